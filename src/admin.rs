@@ -1,0 +1,114 @@
+//! The admin API on its own listener: `GET /health`, `GET /metrics`,
+//! `GET /stats`, and `POST /purge` (bearer token required).
+
+pub mod purge;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::proxy::body::ProxyBody;
+use crate::proxy::Shared;
+
+pub struct Admin {
+    shared: Arc<Shared>,
+}
+
+impl Admin {
+    pub fn new(shared: Arc<Shared>) -> Admin {
+        Admin { shared }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/health") => self.health(),
+            (&Method::GET | &Method::HEAD, "/metrics") => self.metrics(),
+            (&Method::GET | &Method::HEAD, "/stats") => self.stats(),
+            (&Method::POST, "/purge") => purge::handle(&self.shared, req).await,
+            (_, "/health" | "/metrics" | "/stats" | "/purge") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    fn health(&self) -> Response<ProxyBody> {
+        let runtime = self.shared.runtime.load();
+        let servers: Vec<_> = runtime
+            .upstreams
+            .balancer
+            .servers()
+            .iter()
+            .map(|s| {
+                json!({
+                    "server": s.authority.as_str(),
+                    "state": if s.is_healthy() { "healthy" } else { "unhealthy" },
+                    "healthy": s.is_healthy(),
+                })
+            })
+            .collect();
+        let healthy = runtime.upstreams.balancer.healthy_count();
+        let status = if healthy > 0 {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let body = json!({
+            "status": if healthy > 0 { "ok" } else { "unavailable" },
+            "healthy": healthy,
+            "upstreams": servers,
+        });
+        json_response(status, &body)
+    }
+
+    fn metrics(&self) -> Response<ProxyBody> {
+        self.shared.cache.export_sizes();
+        match self.shared.metrics.render() {
+            Ok(text) => {
+                let mut r = Response::new(ProxyBody::full(Bytes::from(text)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot render metrics");
+                text(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n")
+            }
+        }
+    }
+
+    fn stats(&self) -> Response<ProxyBody> {
+        self.shared.cache.export_sizes();
+        json_response(StatusCode::OK, &self.shared.metrics.to_json())
+    }
+}
+
+pub fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(ProxyBody::full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}

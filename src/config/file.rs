@@ -1,0 +1,152 @@
+//! The configuration file's shape, exactly as written in TOML.
+//!
+//! Every table denies unknown keys so that a typo is an error, never a
+//! silently ignored setting. Values that can be checked on their own
+//! (durations, sizes, addresses) are typed here so that their errors carry
+//! the TOML span; checks that involve several keys live in `config.rs`,
+//! which turns this shape into the validated [`crate::config::Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::{ByteSize, Dur};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: ServerFile,
+    pub admin: AdminFile,
+    pub upstream: UpstreamFile,
+    #[serde(default)]
+    pub cache: CacheFile,
+    #[serde(default)]
+    pub rules: Vec<RuleFile>,
+    #[serde(default)]
+    pub compression: CompressionFile,
+    #[serde(default)]
+    pub log: LogFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFile>,
+    pub drain_timeout: Option<Dur>,
+    pub header_read_timeout: Option<Dur>,
+    pub keepalive_timeout: Option<Dur>,
+    pub max_header_size: Option<Spanned<ByteSize>>,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub listen: SocketAddr,
+    pub cert: Spanned<PathBuf>,
+    pub key: Spanned<PathBuf>,
+    /// Further certificates, chosen by SNI against their subject names.
+    #[serde(default)]
+    pub certificates: Vec<CertFile>,
+    pub handshake_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    pub cert: Spanned<PathBuf>,
+    pub key: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub listen: Spanned<SocketAddr>,
+    pub token: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub servers: Spanned<Vec<Spanned<String>>>,
+    pub connect_timeout: Option<Dur>,
+    pub response_timeout: Option<Dur>,
+    pub body_idle_timeout: Option<Dur>,
+    pub pool_idle_timeout: Option<Dur>,
+    pub pool_max_idle_per_server: Option<usize>,
+    #[serde(default)]
+    pub health: HealthFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    pub enabled: Option<bool>,
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<Dur>>,
+    pub timeout: Option<Spanned<Dur>>,
+    pub unhealthy_threshold: Option<Spanned<u32>>,
+    pub healthy_threshold: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    pub enabled: Option<bool>,
+    pub memory_capacity: Option<ByteSize>,
+    pub max_object_size: Option<Spanned<ByteSize>>,
+    pub collapse_timeout: Option<Dur>,
+    pub heuristic_fraction: Option<Spanned<f64>>,
+    pub max_heuristic_lifetime: Option<Dur>,
+    pub redis: Option<RedisFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    pub mode: Option<Spanned<String>>,
+    pub urls: Spanned<Vec<Spanned<String>>>,
+    pub sentinel_master: Option<Spanned<String>>,
+    pub timeout: Option<Dur>,
+    pub key_prefix: Option<String>,
+    pub write_queue: Option<usize>,
+    pub breaker_threshold: Option<u32>,
+    pub breaker_backoff: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    #[serde(rename = "match")]
+    pub pattern: Spanned<String>,
+    pub cache_control: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionFile {
+    pub enabled: Option<bool>,
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub min_size: Option<ByteSize>,
+    pub types: Option<Vec<String>>,
+    pub store_level: Option<LevelsFile>,
+    pub stream_level: Option<LevelsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelsFile {
+    pub br: Option<Spanned<u32>>,
+    pub gzip: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    pub level: Option<String>,
+    pub format: Option<Spanned<String>>,
+    pub access_log: Option<bool>,
+}

@@ -1,0 +1,43 @@
+//! Strata: a caching reverse proxy.
+//!
+//! # Layout
+//! - [`cli`], [`telemetry`]: command line and logging.
+//! - [`config`]: the TOML file → a validated [`config::Config`].
+//! - [`server`]: listeners (plain, TLS, admin), connections, signals, drain.
+//! - [`proxy`]: the request pipeline, headers, `Cache-Status`, errors.
+//! - [`rules`]: path globs → Cache-Control overrides.
+//! - [`cache`]: the RFC 9111 shared cache: keys, entries, freshness,
+//!   storage tiers (memory, Redis), collapsed forwarding, tags and purge.
+//! - [`upstream`]: round-robin balancer, health checks, pooled client.
+//! - [`compression`]: br/gzip negotiation and encoding.
+//! - [`admin`]: `/health`, `/metrics`, `/stats`, `/purge`.
+//! - [`metrics`]: Prometheus registry.
+//!
+//! # Request flow
+//! - **hit**: accept → validate → rule → memory, then Redis (promote) →
+//!   fresh → 304 / Range / HEAD / full from stored bytes →
+//!   `Cache-Status: strata; hit; detail=memory|redis`. No upstream, no
+//!   compression.
+//! - **miss**: collapse lock → the leader forwards round-robin to a healthy
+//!   upstream → rule override → storable and small enough? stream to the
+//!   client while buffering → at the end, encode once, admit to memory now
+//!   and Redis in the background → followers read the result (`collapsed`).
+//! - **stale**: inside stale-while-revalidate serve now and refresh in the
+//!   background; else a conditional request, a 304 refreshes; an upstream
+//!   failure inside stale-if-error serves stale; else 502/503/504.
+//! - **pass**: other methods and uncacheable requests stream both ways;
+//!   unsafe methods invalidate the URL (RFC 9111 §4.4).
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cache;
+pub mod cli;
+pub mod compression;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod rules;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

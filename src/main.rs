@@ -1,0 +1,86 @@
+//! `strata`: parse the command line, set up logging, then `serve` or
+//! `check`. The only place `anyhow` is used.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use strata::cli::{Cli, Command, LogFormatArg};
+use strata::config::{Config, LogFormat};
+use strata::server::{self, Server};
+use strata::telemetry;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Check => check(&cli.global),
+        Command::Serve => match serve(&cli.global) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("strata: {e:#}");
+                tracing::error!(error = format!("{e:#}"), "fatal");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check(global: &strata::cli::Global) -> ExitCode {
+    let result = Config::load(&global.config)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| match &c.server.tls {
+            Some(tls) => server::tls::check(tls).map_err(anyhow::Error::from),
+            None => Ok(()),
+        });
+    match result {
+        Ok(()) => {
+            println!("config ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(global: &strata::cli::Global) -> anyhow::Result<()> {
+    let config = Config::load(&global.config)?;
+    let format = match global.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        None => config.log.format.unwrap_or(LogFormat::Text),
+    };
+    let cli_level = global.log_level.clone();
+    let level = cli_level.clone().or_else(|| config.log.level.clone());
+    let log = telemetry::init(format, level.as_deref());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("strata")
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(async move {
+        let path = config.path.clone();
+        let server = Server::bind(config).await?;
+        tracing::info!(
+            listen = %server.local_addr(),
+            admin = ?server.admin_addr(),
+            tls = ?server.tls_addr(),
+            "strata serving"
+        );
+        server::signals::spawn_reloader(path, server.shared(), move |c| {
+            // The command line wins over the file, as at start-up.
+            if cli_level.is_none() {
+                if let Some(level) = &c.log.level {
+                    if let Err(e) = log.set_level(level) {
+                        tracing::warn!(error = %e, "invalid [log] level in reloaded config");
+                    }
+                }
+            }
+        });
+        server.run(server::signals::shutdown()).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,385 @@
+//! Prometheus metrics (`GET /metrics`) and their JSON twin (`GET /stats`).
+//!
+//! Label combinations used on every request are resolved once at start-up,
+//! so recording a hit is a few atomic adds: no label hashing, no lock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// How a request was answered; the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Fresh response from a cache tier.
+    Hit,
+    /// Stale response served (stale-while-revalidate, stale-if-error).
+    Stale,
+    /// Stored response validated with the upstream (304).
+    Revalidated,
+    /// Fetched from the upstream for the cache.
+    Miss,
+    /// Not handled by the cache (method, request directives, uncacheable).
+    Bypass,
+    /// Strata answered with an error (4xx it generated, 502/503/504).
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Hit,
+        Outcome::Stale,
+        Outcome::Revalidated,
+        Outcome::Miss,
+        Outcome::Bypass,
+        Outcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Stale => "stale",
+            Outcome::Revalidated => "revalidated",
+            Outcome::Miss => "miss",
+            Outcome::Bypass => "bypass",
+            Outcome::Error => "error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Statuses whose counters are pre-resolved.
+const COMMON_STATUS: [u16; 12] = [200, 204, 206, 301, 302, 304, 400, 404, 500, 502, 503, 504];
+
+/// Cheap-clone handle to every metric.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: IntCounterVec,
+    requests_fast: Vec<Vec<IntCounter>>,
+    duration_fast: Vec<prometheus::Histogram>,
+    hits: IntCounterVec,
+    upstream_healthy: IntGaugeVec,
+    upstream_requests: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    upstream_duration: HistogramVec,
+    cache_bytes: IntGaugeVec,
+    cache_entries: IntGaugeVec,
+    redis_errors: IntCounter,
+    redis_breaker_open: IntGauge,
+    redis_dropped_writes: IntCounter,
+    collapsed: IntCounter,
+    purged: IntCounter,
+    rule_requests: IntCounterVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c =
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{name}: {e}"));
+    register(r, Box::new(c.clone()));
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g =
+        IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{name}: {e}"));
+    register(r, Box::new(g.clone()));
+    g
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}"));
+    register(r, Box::new(c.clone()));
+    c
+}
+
+fn register(r: &Registry, c: Box<dyn prometheus::core::Collector>) {
+    // Names are fixed in this file; a clash is a programming error caught
+    // by the unit test below, never a runtime condition.
+    if let Err(e) = r.register(c) {
+        panic!("metric registration: {e}");
+    }
+}
+
+/// Latency buckets from 50 µs (a memory hit) to 30 s (a slow upstream).
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    5.0, 30.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let requests = counter_vec(
+            &r,
+            "strata_requests_total",
+            "Client requests by cache outcome and response status.",
+            &["outcome", "status"],
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "strata_request_duration_seconds",
+                "Time from request head to response head, by cache outcome.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["outcome"],
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        register(&r, Box::new(duration.clone()));
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "strata_upstream_duration_seconds",
+                "Time to the upstream's response head, by server.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["server"],
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        register(&r, Box::new(upstream_duration.clone()));
+        let requests_fast = Outcome::ALL
+            .iter()
+            .map(|o| {
+                COMMON_STATUS
+                    .iter()
+                    .map(|s| requests.with_label_values(&[o.as_str(), &s.to_string()]))
+                    .collect()
+            })
+            .collect();
+        let duration_fast = Outcome::ALL
+            .iter()
+            .map(|o| duration.with_label_values(&[o.as_str()]))
+            .collect();
+        let inner = Inner {
+            requests,
+            requests_fast,
+            duration_fast,
+            hits: counter_vec(
+                &r,
+                "strata_cache_hits_total",
+                "Cache hits by tier.",
+                &["tier"],
+            ),
+            upstream_healthy: gauge_vec(
+                &r,
+                "strata_upstream_healthy",
+                "1 when the upstream server is in rotation.",
+                &["server"],
+            ),
+            upstream_requests: counter_vec(
+                &r,
+                "strata_upstream_requests_total",
+                "Upstream responses by server and status.",
+                &["server", "status"],
+            ),
+            upstream_errors: counter_vec(
+                &r,
+                "strata_upstream_errors_total",
+                "Upstream exchanges that failed, by server and kind (connect, timeout, protocol).",
+                &["server", "kind"],
+            ),
+            upstream_duration,
+            cache_bytes: gauge_vec(&r, "strata_cache_bytes", "Bytes held, by tier.", &["tier"]),
+            cache_entries: gauge_vec(
+                &r,
+                "strata_cache_entries",
+                "Entries held, by tier.",
+                &["tier"],
+            ),
+            redis_errors: counter(&r, "strata_redis_errors_total", "Failed Redis operations."),
+            redis_breaker_open: {
+                let g = IntGauge::new(
+                    "strata_redis_breaker_open",
+                    "1 while the Redis circuit breaker is open (Redis skipped).",
+                )
+                .unwrap_or_else(|e| panic!("gauge: {e}"));
+                register(&r, Box::new(g.clone()));
+                g
+            },
+            redis_dropped_writes: counter(
+                &r,
+                "strata_redis_dropped_writes_total",
+                "Redis writes dropped because the write queue was full.",
+            ),
+            collapsed: counter(
+                &r,
+                "strata_collapsed_total",
+                "Requests answered from another request's upstream fetch.",
+            ),
+            purged: counter(
+                &r,
+                "strata_purged_total",
+                "Cache entries removed by purges.",
+            ),
+            rule_requests: counter_vec(
+                &r,
+                "strata_rule_requests_total",
+                "Cacheable requests by matching rule and whether they hit.",
+                &["rule", "result"],
+            ),
+            registry: r,
+        };
+        Metrics {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// One finished client request.
+    pub fn request(&self, outcome: Outcome, status: u16, elapsed: Duration) {
+        let i = &self.inner;
+        match COMMON_STATUS.iter().position(|&s| s == status) {
+            Some(p) => i.requests_fast[outcome.index()][p].inc(),
+            None => i
+                .requests
+                .with_label_values(&[outcome.as_str(), itoa::Buffer::new().format(status)])
+                .inc(),
+        }
+        i.duration_fast[outcome.index()].observe(elapsed.as_secs_f64());
+    }
+
+    pub fn hit(&self, tier: &str) {
+        self.inner.hits.with_label_values(&[tier]).inc();
+    }
+
+    pub fn rule(&self, rule: &str, hit: bool) {
+        self.inner
+            .rule_requests
+            .with_label_values(&[rule, if hit { "hit" } else { "miss" }])
+            .inc();
+    }
+
+    pub fn upstream_healthy(&self, server: &str, healthy: bool) {
+        self.inner
+            .upstream_healthy
+            .with_label_values(&[server])
+            .set(i64::from(healthy));
+    }
+
+    pub fn upstream_response(&self, server: &str, status: u16, elapsed: Duration) {
+        let i = &self.inner;
+        i.upstream_requests
+            .with_label_values(&[server, itoa::Buffer::new().format(status)])
+            .inc();
+        i.upstream_duration
+            .with_label_values(&[server])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn upstream_error(&self, server: &str, kind: &str, elapsed: Duration) {
+        let i = &self.inner;
+        i.upstream_errors.with_label_values(&[server, kind]).inc();
+        i.upstream_duration
+            .with_label_values(&[server])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn cache_size(&self, tier: &str, bytes: u64, entries: u64) {
+        let i = &self.inner;
+        i.cache_bytes
+            .with_label_values(&[tier])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        i.cache_entries
+            .with_label_values(&[tier])
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    pub fn redis_error(&self) {
+        self.inner.redis_errors.inc();
+    }
+
+    pub fn redis_breaker(&self, open: bool) {
+        self.inner.redis_breaker_open.set(i64::from(open));
+    }
+
+    pub fn redis_dropped_write(&self) {
+        self.inner.redis_dropped_writes.inc();
+    }
+
+    pub fn collapsed(&self) {
+        self.inner.collapsed.inc();
+    }
+
+    pub fn purged(&self, n: u64) {
+        self.inner.purged.inc_by(n);
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.inner.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+
+    /// The same figures as JSON: `{metric: [{labels..., value | buckets}]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use prometheus::proto::MetricType;
+        let mut out = serde_json::Map::new();
+        for family in self.inner.registry.gather() {
+            let mut series = Vec::new();
+            for m in family.get_metric() {
+                let mut obj = serde_json::Map::new();
+                for l in m.get_label() {
+                    obj.insert(l.name().to_string(), l.value().into());
+                }
+                match family.get_field_type() {
+                    MetricType::COUNTER => {
+                        obj.insert("value".into(), m.get_counter().get_value().into());
+                    }
+                    MetricType::GAUGE => {
+                        obj.insert("value".into(), m.get_gauge().get_value().into());
+                    }
+                    MetricType::HISTOGRAM => {
+                        let h = m.get_histogram();
+                        obj.insert("count".into(), h.get_sample_count().into());
+                        obj.insert("sum".into(), h.get_sample_sum().into());
+                        let buckets: serde_json::Map<String, serde_json::Value> = h
+                            .get_bucket()
+                            .iter()
+                            .map(|b| (b.upper_bound().to_string(), b.cumulative_count().into()))
+                            .collect();
+                        obj.insert("buckets".into(), buckets.into());
+                    }
+                    _ => continue,
+                }
+                series.push(serde_json::Value::Object(obj));
+            }
+            out.insert(family.name().to_string(), series.into());
+        }
+        serde_json::Value::Object(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_and_renders() {
+        let m = Metrics::new();
+        m.request(Outcome::Hit, 200, Duration::from_micros(80));
+        m.request(Outcome::Miss, 599, Duration::from_millis(3));
+        m.hit("memory");
+        m.upstream_healthy("127.0.0.1:1", true);
+        let text = m.render().unwrap();
+        assert!(text.contains("strata_requests_total{outcome=\"hit\",status=\"200\"} 1"));
+        assert!(text.contains("strata_requests_total{outcome=\"miss\",status=\"599\"} 1"));
+        assert!(text.contains("strata_cache_hits_total{tier=\"memory\"} 1"));
+        let json = m.to_json();
+        assert!(json["strata_request_duration_seconds"].is_array());
+    }
+}

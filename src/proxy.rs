@@ -1,0 +1,198 @@
+//! The request pipeline: validate the request, answer it from the cache or
+//! forward it, and shape the response. Every response passes through
+//! [`Shared::handle`], which records the outcome and adds `Cache-Status`.
+//!
+//! - `proxy/body.rs`: the response body type (hits are `Full` bytes).
+//! - `proxy/headers.rs`: hop-by-hop stripping and forwarding fields.
+//! - `proxy/cache_status.rs`: RFC 9211 `Cache-Status`.
+//! - `proxy/error.rs`: the one place errors become 400/502/503/504.
+//! - `proxy/forward.rs`: sending a request upstream (pass-through, upgrades).
+
+pub mod body;
+pub mod cache_status;
+pub mod error;
+pub mod forward;
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::metrics::{Metrics, Outcome};
+use crate::upstream::Upstreams;
+use body::ProxyBody;
+use cache_status::{CacheStatus, Fwd};
+use error::ProxyError;
+
+/// The client connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub https: bool,
+}
+
+/// Everything that a reload replaces at once.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub upstreams: Arc<Upstreams>,
+}
+
+/// State shared by every connection (cheap `Arc` clones).
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+    pub cache: Cache,
+}
+
+/// A response and how it was produced, before the common finishing touches.
+pub struct Answered {
+    pub response: Response<ProxyBody>,
+    pub outcome: Outcome,
+    pub status: CacheStatus,
+}
+
+impl Answered {
+    pub fn error(e: &ProxyError, status: CacheStatus) -> Answered {
+        Answered {
+            response: e.into_response(),
+            outcome: Outcome::Error,
+            status,
+        }
+    }
+}
+
+impl Shared {
+    pub fn new(config: Config, metrics: Metrics) -> Arc<Shared> {
+        let upstreams = Upstreams::new(&config.upstream, None, metrics.clone());
+        upstreams.start_health_checks();
+        let cache = Cache::new(&config.cache, metrics.clone());
+        Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(Runtime {
+                config: Arc::new(config),
+                upstreams,
+            }),
+            metrics,
+            cache,
+        })
+    }
+
+    /// Applies a new configuration: rules, upstreams and their health
+    /// settings, compression and cache policies change for the next request;
+    /// cached entries and in-flight requests are kept.
+    pub fn reload(&self, config: Config) {
+        let current = self.runtime.load_full();
+        let old = &current.config;
+        if old.server.listen != config.server.listen
+            || old.admin.listen != config.admin.listen
+            || old.server.tls.as_ref().map(|t| t.listen)
+                != config.server.tls.as_ref().map(|t| t.listen)
+        {
+            tracing::warn!("listener addresses changed in the new config: they take effect only after a restart");
+        }
+        let upstreams = Upstreams::new(
+            &config.upstream,
+            Some(&current.upstreams),
+            self.metrics.clone(),
+        );
+        upstreams.start_health_checks();
+        self.runtime.store(Arc::new(Runtime {
+            config: Arc::new(config),
+            upstreams,
+        }));
+    }
+
+    /// Handles one client request end to end.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let runtime = self.runtime.load_full();
+        let answered = match validate(&req) {
+            Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
+            Ok(()) => {
+                if self.cache.handles(&req) {
+                    crate::cache::flow::serve(self, &runtime, req, conn).await
+                } else {
+                    forward::pass(self, &runtime, req, conn, Fwd::Method).await
+                }
+            }
+        };
+        let Answered {
+            mut response,
+            outcome,
+            status,
+        } = answered;
+        let code = response.status().as_u16();
+        let h = response.headers_mut();
+        h.insert(HeaderName::CACHE_STATUS.clone(), status.to_header());
+        h.append(header::VIA, headers::via_value(Version::HTTP_11));
+        self.metrics.request(outcome, code, started.elapsed());
+        response
+    }
+}
+
+/// Header names Strata adds.
+pub struct HeaderName;
+
+impl HeaderName {
+    pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+}
+
+/// Rejects requests that must never reach an upstream (RFC 9112 §3.2).
+fn validate(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    match req.version() {
+        Version::HTTP_11 if host.is_none() && req.uri().authority().is_none() => {
+            return Err(ProxyError::BadRequest("missing Host header"));
+        }
+        Version::HTTP_2 if host.is_none() && req.uri().authority().is_none() => {
+            return Err(ProxyError::BadRequest("missing :authority"));
+        }
+        _ => {}
+    }
+    if let Some(host) = host {
+        if host_authority(host).is_none() {
+            return Err(ProxyError::BadRequest("invalid Host header"));
+        }
+    }
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not supported"));
+    }
+    if req.uri().path_and_query().is_none() && req.method() != Method::OPTIONS {
+        return Err(ProxyError::BadRequest("invalid request target"));
+    }
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(ProxyError::BadRequest(
+            "both Transfer-Encoding and Content-Length",
+        ));
+    }
+    Ok(())
+}
+
+fn host_authority(v: &HeaderValue) -> Option<http::uri::Authority> {
+    let text = v.to_str().ok()?;
+    if text.is_empty() || text.contains(['/', '@', ' ', '?', '#']) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// The authority the client asked for: the URI's (absolute-form, HTTP/2)
+/// or else the Host header.
+pub fn request_authority<B>(req: &Request<B>) -> Option<http::uri::Authority> {
+    req.uri()
+        .authority()
+        .cloned()
+        .or_else(|| req.headers().get(header::HOST).and_then(host_authority))
+}

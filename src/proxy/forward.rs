@@ -1,0 +1,212 @@
+//! Forwarding a request to an upstream: header rewriting, the retry rule,
+//! streaming bodies both ways, and protocol upgrades (WebSocket).
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::body::{IdleTimeout, ProxyBody};
+use super::cache_status::{CacheStatus, Fwd};
+use super::error::ProxyError;
+use super::headers;
+use super::{Answered, ConnInfo, Runtime, Shared};
+use crate::metrics::Outcome;
+use crate::upstream::{client::empty_body, Answer, ReqBody, RetryParts};
+
+/// Rewrites a client request into the one sent upstream (hop-by-hop fields
+/// out, forwarding fields in, `Host` kept or set from the authority).
+pub fn upstream_request(
+    mut req: Request<ReqBody>,
+    conn: ConnInfo,
+    upgrade: bool,
+) -> Request<ReqBody> {
+    let version = req.version();
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    } else if let Some(a) = req.uri().authority() {
+        // RFC 9112 §3.2.2: an absolute-form target overrides Host.
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let h = req.headers_mut();
+    headers::strip_hop_by_hop(h, upgrade);
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    headers::add_forwarding(h, conn.peer.ip(), conn.https, version);
+    req
+}
+
+/// Sends a prepared request upstream; idempotent body-less requests are
+/// retried once on another server after a connect failure.
+pub async fn send(runtime: &Runtime, req: Request<ReqBody>) -> Result<Answer, ProxyError> {
+    let retryable = is_idempotent(req.method())
+        && req.body().is_end_stream()
+        && runtime.upstreams.balancer.servers().len() > 1;
+    let retry = retryable.then(|| RetryParts::capture(&req));
+    let answer = runtime.upstreams.send(req, retry.as_ref()).await?;
+    check_framing(runtime, &answer)?;
+    Ok(answer)
+}
+
+/// A response whose Transfer-Encoding is anything but plain `chunked` has
+/// framing Strata cannot re-encode faithfully (RFC 9112 §6.3 would read it
+/// to connection close): refuse it as a bad gateway.
+fn check_framing(runtime: &Runtime, answer: &Answer) -> Result<(), ProxyError> {
+    let mut codings = answer
+        .response
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("invalid").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(c), None) if c.eq_ignore_ascii_case("chunked") => Ok(()),
+        _ => {
+            let server = runtime.upstreams.balancer.servers()[answer.server]
+                .authority
+                .to_string();
+            tracing::warn!(%server, "upstream sent an unsupported Transfer-Encoding");
+            Err(ProxyError::BadFraming { server })
+        }
+    }
+}
+
+/// Turns an upstream response into the client response: hop-by-hop fields
+/// out, the body streamed behind the idle timeout.
+pub fn client_response(runtime: &Runtime, resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    let idle = runtime.config.upstream.body_idle_timeout;
+    Response::from_parts(parts, ProxyBody::Upstream(IdleTimeout::new(body, idle)))
+}
+
+/// Pass-through: the cache is not involved (`fwd` says why).
+pub async fn pass(
+    shared: &Shared,
+    runtime: &Arc<Runtime>,
+    mut req: Request<Incoming>,
+    conn: ConnInfo,
+    fwd: Fwd,
+) -> Answered {
+    let upgrade = wants_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let unsafe_method = !is_safe(req.method());
+    let target = unsafe_method.then(|| (req.uri().clone(), super::request_authority(&req)));
+    let req = req.map(|b| {
+        if b.is_end_stream() {
+            empty_body()
+        } else {
+            Either::Left(b)
+        }
+    });
+    let req = upstream_request(req, conn, upgrade);
+    let status = CacheStatus::fwd(fwd);
+    let answer = match send(runtime, req).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(error = %e, "upstream request failed");
+            return Answered::error(&e, status);
+        }
+    };
+    let mut resp = answer.response;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client) = client_upgrade {
+            return switch_protocols(resp, client, status);
+        }
+    }
+    if let Some((uri, authority)) = target {
+        // RFC 9111 §4.4: a non-error response to an unsafe method
+        // invalidates the target URI and same-origin Location/Content-Location.
+        if resp.status().is_success() || resp.status().is_redirection() {
+            shared.cache.invalidate_after_unsafe(
+                &uri,
+                authority.as_ref(),
+                conn.https,
+                resp.headers(),
+            );
+        }
+    }
+    strip_surrogate_fields(&mut resp);
+    Answered {
+        response: client_response(runtime, resp),
+        outcome: Outcome::Bypass,
+        status,
+    }
+}
+
+/// `Surrogate-Key` / `Cache-Tag` are for Strata, never for clients.
+pub fn strip_surrogate_fields<B>(resp: &mut Response<B>) {
+    let h = resp.headers_mut();
+    h.remove(crate::cache::tags::SURROGATE_KEY);
+    h.remove(crate::cache::tags::CACHE_TAG);
+}
+
+fn switch_protocols(
+    mut resp: Response<Incoming>,
+    client: hyper::upgrade::OnUpgrade,
+    status: CacheStatus,
+) -> Answered {
+    let upstream = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((client, upstream)) => {
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
+        }
+    });
+    let (mut parts, _) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, true);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    Answered {
+        response: Response::from_parts(parts, ProxyBody::empty()),
+        outcome: Outcome::Bypass,
+        status,
+    }
+}
+
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// RFC 9110 §9.2.1.
+pub fn is_safe(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// RFC 9110 §9.2.2.
+pub fn is_idempotent(m: &Method) -> bool {
+    is_safe(m) || matches!(*m, Method::PUT | Method::DELETE)
+}

@@ -1,0 +1,254 @@
+//! Listeners and connections: the proxy listener (HTTP/1.1 and h2c), the
+//! optional TLS listener (h2 and HTTP/1.1 by ALPN) and the admin listener.
+//! `run` accepts until shutdown, then stops accepting and drains in-flight
+//! requests for up to `server.drain_timeout`.
+//!
+//! - `server/signals.rs`: SIGTERM/SIGINT → drain and exit, SIGHUP → reload.
+//! - `server/tls.rs`: certificates, SNI and ALPN.
+
+pub mod signals;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
+use crate::config::{Config, ServerConfig};
+use crate::metrics::Metrics;
+use crate::proxy::{ConnInfo, Shared};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// A bound, not yet running, Strata.
+pub struct Server {
+    shared: Arc<Shared>,
+    admin: Arc<Admin>,
+    plain: TcpListener,
+    admin_listener: TcpListener,
+    tls: Option<(TcpListener, tls::Acceptor)>,
+    settings: ServerConfig,
+}
+
+fn listen(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        TcpListener::from_std(socket.into())
+    };
+    bind().map_err(|source| ServerError::Bind { addr, source })
+}
+
+impl Server {
+    /// Binds every listener of `config` (port 0 picks a free port).
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let metrics = Metrics::new();
+        let plain = listen(config.server.listen)?;
+        let admin_listener = listen(config.admin.listen)?;
+        let tls = match &config.server.tls {
+            None => None,
+            Some(t) => Some((listen(t.listen)?, tls::Acceptor::new(t)?)),
+        };
+        let settings = config.server.clone();
+        let shared = Shared::new(config, metrics);
+        let admin = Arc::new(Admin::new(shared.clone()));
+        Ok(Server {
+            shared,
+            admin,
+            plain,
+            admin_listener,
+            tls,
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.plain.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener.local_addr().ok()
+    }
+
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            shared,
+            admin,
+            plain,
+            admin_listener,
+            tls,
+            settings,
+        } = self;
+        let stop = CancellationToken::new();
+        let graceful = GracefulShutdown::new();
+        let builder = Arc::new(builder(&settings));
+        let limit = Arc::new(Semaphore::new(settings.max_connections));
+
+        let proxy_service = |shared: Arc<Shared>, conn: ConnInfo| {
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(shared.handle(req, conn).await) }
+            })
+        };
+        let admin_service = |admin: Arc<Admin>| {
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+            })
+        };
+
+        let plain_loop = accept_loop(&plain, &stop, &limit, |stream, peer, permit| {
+            let service = proxy_service(shared.clone(), ConnInfo { peer, https: false });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                log_conn_error(conn).await;
+                drop(permit);
+            });
+        });
+        let admin_loop = accept_loop(&admin_listener, &stop, &limit, |stream, _peer, permit| {
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), admin_service(admin.clone()))
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                log_conn_error(conn).await;
+                drop(permit);
+            });
+        });
+        let tls_loop = async {
+            let Some((listener, acceptor)) = &tls else {
+                stop.cancelled().await;
+                return;
+            };
+            accept_loop(listener, &stop, &limit, |stream, peer, permit| {
+                let acceptor = acceptor.clone();
+                let shared = shared.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let Some(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = proxy_service(shared, ConnInfo { peer, https: true });
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    log_conn_error(watcher.watch(conn)).await;
+                    drop(permit);
+                });
+            })
+            .await
+        };
+
+        let serving = async { tokio::join!(plain_loop, admin_loop, tls_loop) };
+        tokio::select! {
+            _ = serving => {}
+            _ = shutdown => {}
+        }
+        stop.cancel();
+        drop((plain, admin_listener, tls));
+        tracing::info!(timeout = ?settings.drain_timeout, "draining connections");
+        match tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!("drain timeout reached, closing remaining connections"),
+        }
+    }
+}
+
+fn builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(s.max_header_size.max(8192))
+        .max_headers(256);
+    b.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_concurrent_streams(256)
+        .max_header_list_size(u32::try_from(s.max_header_size).unwrap_or(u32::MAX));
+    b
+}
+
+async fn accept_loop(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    limit: &Arc<Semaphore>,
+    mut serve: impl FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
+) {
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                // The permit lives as long as the connection: at most
+                // `server.max_connections` are served at once.
+                serve(stream, peer, permit);
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn log_conn_error<F, E>(conn: F)
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}

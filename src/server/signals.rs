@@ -1,0 +1,61 @@
+//! Process signals: SIGTERM and SIGINT start a graceful drain; SIGHUP
+//! reloads the configuration file (an invalid file is logged and the old
+//! configuration keeps serving).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::Config;
+use crate::proxy::Shared;
+
+/// Completes on the first SIGTERM or SIGINT.
+pub async fn shutdown() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install SIGTERM/SIGINT handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// Reloads `path` into `shared` on every SIGHUP; `on_reload` sees each
+/// new config that was applied (for the log level).
+pub fn spawn_reloader(
+    path: PathBuf,
+    shared: Arc<Shared>,
+    on_reload: impl Fn(&Config) + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::error!("cannot install the SIGHUP handler: reload disabled");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let loaded = Config::load(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|c| match &c.server.tls {
+                    Some(t) => crate::server::tls::check(t)
+                        .map_err(|e| e.to_string())
+                        .map(|()| c),
+                    None => Ok(c),
+                });
+            match loaded {
+                Ok(config) => {
+                    on_reload(&config);
+                    shared.reload(config);
+                    tracing::info!(path = %path.display(), "configuration reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reload failed: keeping the current configuration");
+                }
+            }
+        }
+    });
+}

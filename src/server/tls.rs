@@ -1,0 +1,152 @@
+//! TLS termination with rustls: PEM certificate chains and keys, several
+//! certificates chosen by SNI (the first is the default), ALPN `h2` and
+//! `http/1.1`, TLS 1.2 and 1.3 only, and a bounded handshake.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{CertPair, TlsConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read certificate chain: {reason}")]
+    Cert { path: PathBuf, reason: String },
+    #[error("{path}: cannot read private key: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("{cert} and {key}: the private key does not match the certificate")]
+    Mismatch { cert: PathBuf, key: PathBuf },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Accepts TLS connections; cheap to clone.
+#[derive(Clone)]
+pub struct Acceptor {
+    inner: TlsAcceptor,
+    handshake_timeout: Duration,
+}
+
+impl Acceptor {
+    pub fn new(config: &TlsConfig) -> Result<Acceptor, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut keys = Vec::with_capacity(config.certificates.len());
+        for pair in &config.certificates {
+            keys.push(Arc::new(load_pair(pair, &provider)?));
+        }
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(SniResolver { keys }));
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Acceptor {
+            inner: TlsAcceptor::from(Arc::new(server)),
+            handshake_timeout: config.handshake_timeout,
+        })
+    }
+
+    /// Completes the handshake, or gives up after the handshake timeout.
+    pub async fn accept(&self, stream: TcpStream) -> Option<TlsStream<TcpStream>> {
+        match tokio::time::timeout(self.handshake_timeout, self.inner.accept(stream)).await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                None
+            }
+        }
+    }
+}
+
+/// Validates every certificate/key pair of `config` (for `strata check`).
+pub fn check(config: &TlsConfig) -> Result<(), TlsError> {
+    Acceptor::new(config).map(|_| ())
+}
+
+fn load_pair(
+    pair: &CertPair,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let cert_err = |reason: String| TlsError::Cert {
+        path: pair.cert.clone(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
+        .map_err(|e| cert_err(pem_reason(&e, &pair.cert)))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(pem_reason(&e, &pair.cert)))?;
+    if chain.is_empty() {
+        return Err(cert_err("no CERTIFICATE block found".into()));
+    }
+    let key_err = |reason: String| TlsError::Key {
+        path: pair.key.clone(),
+        reason,
+    };
+    let key =
+        PrivateKeyDer::from_pem_file(&pair.key).map_err(|e| key_err(pem_reason(&e, &pair.key)))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| key_err(e.to_string()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|_| TlsError::Mismatch {
+        cert: pair.cert.clone(),
+        key: pair.key.clone(),
+    })?;
+    Ok(certified)
+}
+
+fn pem_reason(e: &rustls::pki_types::pem::Error, path: &Path) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            format!("no PEM item found in {}", path.display())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Picks the first certificate valid for the SNI name, else the default.
+struct SniResolver {
+    keys: Vec<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SniResolver({} certificates)", self.keys.len())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let default = self.keys.first().cloned();
+        let Some(name) = hello.server_name() else {
+            return default;
+        };
+        let Ok(name) = ServerName::try_from(name) else {
+            return default;
+        };
+        self.keys
+            .iter()
+            .find(|k| {
+                k.end_entity_cert()
+                    .ok()
+                    .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+                    .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+            })
+            .cloned()
+            .or(default)
+    }
+}

@@ -1,0 +1,54 @@
+//! Logging through tracing-subscriber: text or JSON, a level filter from
+//! `--log-level`, `[log] level` or `RUST_LOG` (in that order), changeable
+//! on reload.
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
+
+use crate::config::LogFormat;
+
+/// Changes the level filter after start-up (SIGHUP).
+#[derive(Clone)]
+pub struct LogHandle {
+    filter: reload::Handle<EnvFilter, Registry>,
+}
+
+impl LogHandle {
+    pub fn set_level(&self, directive: &str) -> Result<(), String> {
+        let filter = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
+        self.filter.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+/// Builds the filter: an explicit directive, else RUST_LOG, else `info`.
+pub fn filter(directive: Option<&str>) -> EnvFilter {
+    match directive {
+        Some(d) => EnvFilter::try_new(d).unwrap_or_else(|e| {
+            eprintln!("invalid log level {d:?} ({e}); using info");
+            EnvFilter::new("info")
+        }),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    }
+}
+
+/// Installs the global subscriber (once per process).
+pub fn init(format: LogFormat, directive: Option<&str>) -> LogHandle {
+    let (filter, handle) = reload::Layer::new(filter(directive));
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
+            .try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("logging already initialised: {e}");
+    }
+    LogHandle { filter: handle }
+}

@@ -1,0 +1,721 @@
+//! The core proxy against real origins: balancing, health, retries,
+//! timeouts, streaming both ways, header rules, malformed requests, limits,
+//! graceful shutdown, config errors and the admin `/health`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, StreamBody};
+use support::origin::{reply, Body};
+use support::{wait_until, Client, Origin, Strata};
+use tokio::sync::{mpsc, Notify};
+
+const NO_HEALTH: &str = "[upstream.health]\nenabled = false\n";
+
+/// A port nobody listens on.
+async fn dead_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn named_origin(name: &'static str) -> Origin {
+    Origin::start(move |_req| async move { reply(200, &[("cache-control", "no-store")], name) })
+        .await
+}
+
+#[tokio::test]
+async fn round_robin_over_two_and_three_upstreams() {
+    for n in [2usize, 3] {
+        let names = ["a", "b", "c"];
+        let mut origins = Vec::new();
+        for name in &names[..n] {
+            origins.push(named_origin(name).await);
+        }
+        let addrs: Vec<_> = origins.iter().map(|o| o.addr).collect();
+        let strata = Strata::start(&addrs, NO_HEALTH).await;
+        let client = Client::new();
+        for _ in 0..(n * 10) {
+            let r = client.get(&strata.url("/api/x")).await;
+            assert_eq!(r.status, 200);
+        }
+        for o in &origins {
+            assert_eq!(o.count(), 10, "each of {n} origins gets an equal share");
+        }
+    }
+}
+
+#[tokio::test]
+async fn failing_health_check_ejects_and_recovery_returns() {
+    let a = named_origin("a").await;
+    let b = named_origin("b").await;
+    let strata = Strata::start(
+        &[a.addr, b.addr],
+        "[upstream.health]\ninterval = \"50ms\"\ntimeout = \"200ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n",
+    )
+    .await;
+    let client = Client::new();
+    a.set_healthy(false);
+    // Ejected within interval x threshold (plus scheduling slack).
+    let started = Instant::now();
+    wait_until(Duration::from_secs(3), "a marked unhealthy", || async {
+        let h = client.get(&strata.admin_url("/health")).await;
+        h.text().contains("\"healthy\":1")
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let before = a.count();
+    for _ in 0..10 {
+        assert_eq!(client.get(&strata.url("/x")).await.text(), "b");
+    }
+    assert_eq!(a.count(), before, "an unhealthy server gets no traffic");
+    let h = client.get(&strata.admin_url("/health")).await;
+    assert_eq!(h.status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&h.body).unwrap();
+    let states: Vec<_> = json["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, vec!["unhealthy", "healthy"]);
+
+    a.set_healthy(true);
+    wait_until(Duration::from_secs(3), "a back in rotation", || async {
+        client
+            .get(&strata.admin_url("/health"))
+            .await
+            .text()
+            .contains("\"healthy\":2")
+    })
+    .await;
+    for _ in 0..4 {
+        client.get(&strata.url("/x")).await;
+    }
+    assert!(a.count() > before, "a serves again after recovery");
+}
+
+#[tokio::test]
+async fn connect_failure_is_retried_on_the_next_server() {
+    let live = named_origin("live").await;
+    let dead = dead_addr().await;
+    let strata = Strata::start(&[dead, live.addr], NO_HEALTH).await;
+    let client = Client::new();
+    for _ in 0..6 {
+        let r = client.get(&strata.url("/x")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "live");
+    }
+    assert_eq!(live.count(), 6);
+}
+
+#[tokio::test]
+async fn all_upstreams_down_is_503_fast() {
+    let d1 = dead_addr().await;
+    let d2 = dead_addr().await;
+    // Health checks take the dead servers out; then answers are immediate.
+    let text = support::config_text(&[d1, d2], "")
+        + "connect_timeout = \"5s\"\nresponse_timeout = \"30s\"\n[upstream.health]\ninterval = \"50ms\"\nunhealthy_threshold = 1\n";
+    let strata = Strata::start_text(&text).await;
+    let client = Client::new();
+    wait_until(Duration::from_secs(3), "both servers ejected", || async {
+        client.get(&strata.admin_url("/health")).await.status == 503
+    })
+    .await;
+    let started = Instant::now();
+    let r = client.get(&strata.url("/x")).await;
+    assert_eq!(r.status, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no healthy server answers at once, not after a timeout"
+    );
+    let h = client.get(&strata.admin_url("/health")).await;
+    let json: serde_json::Value = serde_json::from_slice(&h.body).unwrap();
+    assert_eq!(json["healthy"], 0);
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let slow = Origin::start(|_req| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        reply(200, &[], "late")
+    })
+    .await;
+    let text = support::config_text(&[slow.addr], "response_timeout = \"200ms\"\n") + NO_HEALTH;
+    let strata = Strata::start_text(&text).await;
+    let started = Instant::now();
+    let r = Client::new().get(&strata.url("/slow")).await;
+    assert_eq!(r.status, 504);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// An origin that streams `total` bytes: the first chunk at once, the rest
+/// only after `gate` is notified.
+async fn gated_stream_origin(
+    total: usize,
+    gate: Arc<Notify>,
+    cache_control: &'static str,
+) -> Origin {
+    Origin::start(move |_req| {
+        let gate = gate.clone();
+        async move {
+            let (tx, rx) = mpsc::channel::<
+                Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+            >(4);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+                let _ = tx.send(Ok(http_body::Frame::data(chunk.clone()))).await;
+                gate.notified().await;
+                let mut sent = chunk.len();
+                while sent < total {
+                    let n = (total - sent).min(chunk.len());
+                    if tx
+                        .send(Ok(http_body::Frame::data(chunk.slice(..n))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    sent += n;
+                }
+            });
+            let stream = tokio_stream_from(rx);
+            let body: Body = StreamBody::new(stream).boxed();
+            let mut r = http::Response::new(body);
+            r.headers_mut()
+                .insert("cache-control", cache_control.parse().unwrap());
+            r.headers_mut()
+                .insert("content-type", "application/octet-stream".parse().unwrap());
+            r
+        }
+    })
+    .await
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn large_response_streams_before_origin_finishes() {
+    let gate = Arc::new(Notify::new());
+    let origin = gated_stream_origin(64 << 20, gate.clone(), "no-store").await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let client = Client::new();
+    let req = Request::get(strata.url("/big"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.start(req).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // The first bytes arrive while the origin is still held at its gate:
+    // nothing buffers the whole body.
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("first bytes before the origin finishes")
+        .unwrap()
+        .unwrap();
+    let mut total = first.data_ref().map_or(0, |d| d.len());
+    assert!(total > 0);
+    gate.notify_one();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(30), body.frame())
+        .await
+        .expect("body keeps flowing")
+    {
+        total += frame.unwrap().data_ref().map_or(0, |d| d.len());
+    }
+    assert_eq!(total, 64 << 20);
+}
+
+#[tokio::test]
+async fn large_upload_streams_to_the_upstream() {
+    let got_first = Arc::new(Notify::new());
+    let received = Arc::new(AtomicUsize::new(0));
+    let (gf, rc) = (got_first.clone(), received.clone());
+    let origin = Origin::start(move |req| {
+        let (gf, rc) = (gf.clone(), rc.clone());
+        async move {
+            let mut body = req.into_body();
+            let mut n = 0;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(d) = frame.data_ref() {
+                    if n == 0 {
+                        gf.notify_one();
+                    }
+                    n += d.len();
+                }
+            }
+            rc.store(n, Ordering::SeqCst);
+            reply(200, &[], format!("{n}"))
+        }
+    })
+    .await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+
+    let (tx, rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(2);
+    let body = StreamBody::new(tokio_stream_from(rx));
+    let req = Request::post(strata.url("/upload")).body(body).unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<StreamBody<_>>();
+    let pending = tokio::spawn(async move { client.request(req).await });
+    let chunk = Bytes::from(vec![b'u'; 1 << 20]);
+    tx.send(Ok(http_body::Frame::data(chunk.clone())))
+        .await
+        .unwrap();
+    // The origin sees the first MiB while the client still holds the rest.
+    tokio::time::timeout(Duration::from_secs(10), got_first.notified())
+        .await
+        .expect("upload streamed to the origin before it was complete");
+    for _ in 0..15 {
+        tx.send(Ok(http_body::Frame::data(chunk.clone())))
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    let resp = tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(received.load(Ordering::SeqCst), 16 << 20);
+}
+
+#[tokio::test]
+async fn hop_by_hop_stripped_and_forwarding_headers_set() {
+    let origin = Origin::start(|_req| async {
+        reply(
+            200,
+            &[
+                ("connection", "x-internal"),
+                ("x-internal", "1"),
+                ("keep-alive", "timeout=5"),
+                ("x-kept", "yes"),
+            ],
+            "ok",
+        )
+    })
+    .await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let r = Client::new()
+        .get_with(
+            &strata.url("/h"),
+            &[
+                ("connection", "x-secret"),
+                ("x-secret", "hush"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("proxy-authorization", "Basic abc"),
+                ("x-forwarded-for", "10.1.2.3"),
+                ("x-custom", "kept"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = origin.last().unwrap();
+    for gone in ["x-secret", "keep-alive", "te", "proxy-authorization"] {
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} must not reach the upstream"
+        );
+    }
+    assert_eq!(seen.headers["x-custom"], "kept");
+    assert_eq!(seen.headers["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert!(seen.headers["via"].to_str().unwrap().contains("strata"));
+    assert_eq!(seen.headers["host"], strata.addr.to_string().as_str());
+    assert!(r.headers.get("x-internal").is_none());
+    assert!(r.headers.get("keep-alive").is_none());
+    assert_eq!(r.header("x-kept"), Some("yes"));
+    assert!(r.header("via").unwrap().contains("strata"));
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_never_reach_the_origin() {
+    let origin = named_origin("o").await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let cases: [&[u8]; 6] = [
+        b"GET / HTTP/1.1\r\n\r\n",                       // no Host (RFC 9112 §3.2)
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", // two Hosts
+        b"GARBAGE\r\n\r\n",                              // no request line
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", // space in a field name
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", // bad length
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",          // bad Host
+    ];
+    for raw in cases {
+        let out = support::http::raw(strata.addr, raw).await;
+        assert!(
+            out.starts_with("HTTP/1.1 400"),
+            "{:?} → {out:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    assert_eq!(origin.count(), 0);
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let origin = named_origin("o").await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let big = "a".repeat(70 * 1024);
+    let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let out = support::http::raw(strata.addr, raw.as_bytes()).await;
+    assert!(
+        out.starts_with("HTTP/1.1 431"),
+        "{}",
+        &out[..out.len().min(100)]
+    );
+    assert_eq!(origin.count(), 0);
+}
+
+#[tokio::test]
+async fn any_method_and_status_pass_through() {
+    let origin = Origin::start(|req| async move {
+        let status = if req.method().as_str() == "M-SEARCH" {
+            299
+        } else {
+            599
+        };
+        reply(status, &[], req.method().as_str().to_string())
+    })
+    .await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let client = Client::new();
+    let r = client
+        .send(
+            Method::from_bytes(b"M-SEARCH").unwrap(),
+            &strata.url("/"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 299);
+    assert_eq!(r.text(), "M-SEARCH");
+    let r = client
+        .send(Method::DELETE, &strata.url("/x"), &[], Bytes::new())
+        .await;
+    assert_eq!(r.status.as_u16(), 599);
+}
+
+#[tokio::test]
+async fn upstream_dying_mid_body_cuts_the_response_off() {
+    // A raw origin that promises 1000 bytes, sends 10 and closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nCache-Control: no-store\r\n\r\n0123456789")
+                .await;
+            drop(s);
+        }
+    });
+    let strata = Strata::start(&[addr], NO_HEALTH).await;
+    let req = Request::get(strata.url("/cut"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = Client::new().start(req).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the client is not left hanging");
+    assert!(
+        outcome.is_err(),
+        "a truncated body is an error, not a short success"
+    );
+}
+
+#[tokio::test]
+async fn junk_transfer_encoding_from_upstream_is_502() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: bogus, chunked, gzip\r\n\r\nzzz")
+                .await;
+        }
+    });
+    let strata = Strata::start(&[addr], NO_HEALTH).await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        Client::new().send(Method::POST, &strata.url("/te"), &[], Bytes::new()),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(r.status, 502);
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through() {
+    // A raw origin that accepts an upgrade and echoes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                    .await;
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let strata = Strata::start(&[addr], NO_HEALTH).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(strata.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
+    s.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let origin = named_origin("o").await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let client = Client::new();
+    for _ in 0..30 {
+        assert_eq!(client.get(&strata.url("/x")).await.status, 200);
+    }
+    assert_eq!(origin.count(), 30);
+    assert!(
+        origin.connections() <= 2,
+        "{} connections for 30 sequential requests",
+        origin.connections()
+    );
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served() {
+    let origin = named_origin("o").await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let resp = client
+        .request(
+            Request::get(strata.url("/h2"))
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let seen = origin.last().unwrap();
+    assert_eq!(seen.headers["host"], strata.addr.to_string().as_str());
+}
+
+// === the binary: check, config errors, SIGTERM ===
+
+fn strata_bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+}
+
+#[test]
+fn spec_example_and_shipped_config_pass_check() {
+    for path in ["tests/fixtures/spec-example.toml", "config/strata.toml"] {
+        let out = strata_bin()
+            .args(["check", "--config", path])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok");
+    }
+}
+
+#[test]
+fn config_errors_name_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rules]]\nmatch = \"/a\"\ncache_control = \"max-age=1\"\n[[rules]]\nmatch = \"/b\"\ncache_control = \"max-age=1\"\n[[rules]]\nmatch = \"[\"\ncache_control = \"max-age=1\"\n",
+            ":14:9: rules[2].match: invalid glob \"[\"",
+        ),
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\nlistne = 1\n",
+            ":3:1: server.listne: unknown field `listne`",
+        ),
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\nresponse_timeout = \"soon\"\n",
+            ":7:20: upstream.response_timeout: invalid duration",
+        ),
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache]\nmemory_capacity = \"12 parsecs\"\n",
+            ":8:19: cache.memory_capacity: invalid size",
+        ),
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n",
+            "missing field `upstream`",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = strata_bin()
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with(&path.display().to_string()), "{err}");
+        assert!(err.contains(want), "want {want:?} in {err:?}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let origin = Origin::start(move |_req| {
+        let g = g.clone();
+        async move {
+            g.notified().await;
+            reply(200, &[("cache-control", "no-store")], "finished")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = dead_addr().await.port();
+    let admin = dead_addr().await.port();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_timeout = \"20s\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[upstream]\nservers = [\"{}\"]\n{NO_HEALTH}",
+        origin.addr
+    );
+    let path = dir.path().join("strata.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/slow");
+    let client = Client::new();
+    wait_until(Duration::from_secs(10), "strata listening", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let pending = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(&url).await }
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "request reached the origin",
+        || async { origin.count() == 1 },
+    )
+    .await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // New connections are refused once draining starts…
+    wait_until(Duration::from_secs(10), "listener closed", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    })
+    .await;
+    // …while the in-flight request completes.
+    gate.notify_one();
+    let r = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "finished");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn admin_health_reports_each_upstream() {
+    let a = named_origin("a").await;
+    let dead = dead_addr().await;
+    let strata = Strata::start(
+        &[a.addr, dead],
+        "[upstream.health]\ninterval = \"50ms\"\nunhealthy_threshold = 1\n",
+    )
+    .await;
+    let client = Client::new();
+    wait_until(Duration::from_secs(3), "dead server ejected", || async {
+        client
+            .get(&strata.admin_url("/health"))
+            .await
+            .text()
+            .contains("\"healthy\":1")
+    })
+    .await;
+    let h = client.get(&strata.admin_url("/health")).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.header("content-type"), Some("application/json"));
+    let json: serde_json::Value = serde_json::from_slice(&h.body).unwrap();
+    assert_eq!(json["upstreams"][0]["server"], a.addr.to_string());
+    assert_eq!(json["upstreams"][0]["state"], "healthy");
+    assert_eq!(json["upstreams"][1]["state"], "unhealthy");
+    assert_eq!(client.get(&strata.admin_url("/nope")).await.status, 404);
+}

@@ -1,0 +1,188 @@
+//! A real test origin on 127.0.0.1:0. Each test gives it a handler; the
+//! origin records every request it sees (method, path, headers) so tests
+//! can assert on what reached the upstream.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
+>;
+
+/// What the origin saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    count: Arc<AtomicUsize>,
+    conns: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+}
+
+pub fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A response with `status`, `headers` and `body`.
+pub fn reply(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = StatusCode::from_u16(status).expect("status");
+    for (k, v) in headers {
+        r.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            http::HeaderValue::from_str(v).expect("value"),
+        );
+    }
+    r
+}
+
+impl Origin {
+    /// An origin answering every request with `f(request)`; `/health`
+    /// answers 200 while [`Origin::set_healthy`] is true (the default)
+    /// and is not counted.
+    pub async fn start<F, Fut>(f: F) -> Origin
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |req| Box::pin(f(req)));
+        Origin::start_handler(handler).await
+    }
+
+    /// An origin answering 200 with a fixed body and headers.
+    pub async fn fixed(
+        headers: &'static [(&'static str, &'static str)],
+        body: &'static str,
+    ) -> Origin {
+        Origin::start(move |_req| async move { reply(200, headers, body) }).await
+    }
+
+    pub async fn start_handler(handler: Handler) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let count = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (stop, mut stopped) = watch::channel(false);
+        let (seen2, count2, conns2, healthy2) =
+            (seen.clone(), count.clone(), conns.clone(), healthy.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stopped.changed() => return,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                conns2.fetch_add(1, Ordering::SeqCst);
+                let (handler, seen, count, healthy) = (
+                    handler.clone(),
+                    seen2.clone(),
+                    count2.clone(),
+                    healthy2.clone(),
+                );
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (handler, seen, count, healthy) = (
+                            handler.clone(),
+                            seen.clone(),
+                            count.clone(),
+                            healthy.clone(),
+                        );
+                        async move {
+                            if req.uri().path() == "/health" {
+                                let status = if healthy.load(Ordering::SeqCst) {
+                                    200
+                                } else {
+                                    500
+                                };
+                                return Ok::<_, Infallible>(reply(status, &[], "health"));
+                            }
+                            seen.lock().expect("seen").push(Seen {
+                                method: req.method().clone(),
+                                path: req
+                                    .uri()
+                                    .path_and_query()
+                                    .map(|p| p.as_str().to_string())
+                                    .unwrap_or_default(),
+                                headers: req.headers().clone(),
+                            });
+                            count.fetch_add(1, Ordering::SeqCst);
+                            Ok(handler(req).await)
+                        }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stopped.changed() => {}
+                    }
+                });
+            }
+        });
+        Origin {
+            addr,
+            seen,
+            count,
+            conns,
+            healthy,
+            stop,
+        }
+    }
+
+    /// Requests seen (health checks excluded).
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen").clone()
+    }
+
+    pub fn last(&self) -> Option<Seen> {
+        self.seen.lock().expect("seen").last().cloned()
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
