@@ -1,45 +1,61 @@
-//! The RFC 9111 shared cache (placeholder while the memory tier lands).
+//! The RFC 9111 shared cache.
+//!
+//! - `cache/key.rs`: primary keys (scheme, authority, path and query).
+//! - `cache/entry.rs`: stored objects, variants (Vary) and representations.
+//! - `cache/directives.rs`: Cache-Control parsing.
+//! - `cache/freshness.rs`: storability, freshness, age, reuse decisions.
+//! - `cache/storage.rs`: the tier seam; `memory.rs` (moka) and `redis.rs`.
+//! - `cache/collapse.rs`: collapsed forwarding of concurrent misses.
+//! - `cache/flow.rs`: the request flow for GET and HEAD.
+//! - `cache/admission.rs`: streaming a miss to the client while storing it.
+//! - `cache/respond.rs`: answering from a stored variant (304, 206, HEAD).
+//! - `cache/tags.rs`: surrogate keys.
 
+pub mod admission;
+pub mod collapse;
 pub mod directives;
+pub mod entry;
 pub mod flow;
+pub mod freshness;
+pub mod key;
+pub mod memory;
+pub mod respond;
+pub mod storage;
 pub mod tags;
 
-use http::{HeaderMap, Request, Uri};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap};
+use http::uri::Authority;
+use http::Uri;
 
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
+use crate::proxy::cache_status::Tier;
+use collapse::Collapser;
+use entry::Object;
+use key::CacheKey;
+use memory::MemoryTier;
+use storage::Selector;
 
+/// How long a URL whose response was not storable skips the collapse lock
+/// (Varnish's "hit-for-miss"): later requests go straight upstream in
+/// parallel instead of queueing behind one another. A storable response
+/// clears the mark.
+const PASS_TTL: Duration = Duration::from_secs(60);
+
+/// The cache: tiers, collapse locks and pass marks. Cheap to clone.
+#[derive(Clone)]
 pub struct Cache {
-    enabled: bool,
-    _metrics: Metrics,
+    inner: Arc<Inner>,
 }
 
-impl Cache {
-    pub fn new(config: &CacheConfig, metrics: Metrics) -> Cache {
-        Cache {
-            enabled: config.enabled && cfg!(any()),
-            _metrics: metrics,
-        }
-    }
-
-    pub fn handles<B>(&self, req: &Request<B>) -> bool {
-        self.enabled && (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
-    }
-
-    pub fn export_sizes(&self) {}
-
-    pub async fn purge(&self, _purge: &Purge) -> Result<u64, PurgeError> {
-        Ok(0)
-    }
-
-    pub fn invalidate_after_unsafe(
-        &self,
-        _uri: &Uri,
-        _authority: Option<&http::uri::Authority>,
-        _https: bool,
-        _headers: &HeaderMap,
-    ) {
-    }
+struct Inner {
+    memory: MemoryTier,
+    collapser: Arc<Collapser>,
+    pass: moka::sync::Cache<u128, ()>,
+    metrics: Metrics,
 }
 
 /// What an admin purge removes.
@@ -52,6 +68,140 @@ pub enum Purge {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PurgeError {
-    #[error("invalid url {0:?}: expected an absolute URL or a path starting with /")]
+    #[error("invalid url {0:?}: expected an absolute http(s) URL or a path starting with /")]
     BadUrl(String),
+    #[error("invalid prefix {0:?}: expected a path starting with /")]
+    BadPrefix(String),
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+}
+
+impl Purge {
+    pub fn selector(&self) -> Result<Selector, PurgeError> {
+        Ok(match self {
+            Purge::Url(url) if url.starts_with('/') => Selector::PathAnyHost(url.clone()),
+            Purge::Url(url) => {
+                Selector::Key(CacheKey::from_url(url).ok_or_else(|| PurgeError::BadUrl(url.clone()))?)
+            }
+            Purge::Prefix(p) if p.starts_with('/') => Selector::Prefix(p.clone()),
+            Purge::Prefix(p) => return Err(PurgeError::BadPrefix(p.clone())),
+            Purge::Tags(tags) => Selector::Tags(tags.iter().map(|t| t.trim().to_string()).collect()),
+        })
+    }
+}
+
+impl Cache {
+    pub fn new(config: &CacheConfig, metrics: Metrics) -> Cache {
+        Cache {
+            inner: Arc::new(Inner {
+                memory: MemoryTier::new(config.memory_capacity),
+                collapser: Collapser::new(),
+                pass: moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(PASS_TTL)
+                    .build(),
+                metrics,
+            }),
+        }
+    }
+
+    pub fn memory(&self) -> &MemoryTier {
+        &self.inner.memory
+    }
+
+    pub fn collapser(&self) -> &Arc<Collapser> {
+        &self.inner.collapser
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Looks the URL up in memory (no allocation on a hit).
+    pub async fn lookup(
+        &self,
+        hash: u128,
+        https: bool,
+        authority: &str,
+        path: &str,
+    ) -> Option<(Arc<Object>, Tier)> {
+        self.inner
+            .memory
+            .lookup(hash, https, authority, path)
+            .map(|o| (o, Tier::Memory))
+    }
+
+    /// Admits an object to every tier.
+    pub fn admit(&self, object: Arc<Object>) {
+        self.inner.pass.invalidate(&object.key.hash());
+        self.inner.memory.insert(object);
+    }
+
+    pub fn is_pass(&self, hash: u128) -> bool {
+        self.inner.pass.contains_key(&hash)
+    }
+
+    pub fn mark_pass(&self, hash: u128) {
+        self.inner.pass.insert(hash, ());
+    }
+
+    /// Removes one URL (every variant and encoding) from every tier.
+    pub fn remove(&self, key: &CacheKey) {
+        self.inner.memory.remove(key);
+    }
+
+    /// Admin purge: returns how many objects were removed.
+    pub async fn purge(&self, purge: &Purge) -> Result<u64, PurgeError> {
+        let selector = purge.selector()?;
+        let n = self.inner.memory.purge_now(&selector);
+        self.inner.metrics.purged(n);
+        Ok(n)
+    }
+
+    /// Applies a purge received from another instance.
+    pub fn apply_remote(&self, selector: &Selector) {
+        let n = self.inner.memory.purge_now(selector);
+        tracing::debug!(?selector, removed = n, "fleet invalidation applied");
+    }
+
+    /// RFC 9111 §4.4: a non-error response to an unsafe request
+    /// invalidates the target URI and same-origin Location and
+    /// Content-Location.
+    pub fn invalidate_after_unsafe(
+        &self,
+        uri: &Uri,
+        authority: Option<&Authority>,
+        https: bool,
+        response: &HeaderMap,
+    ) {
+        let Some(authority) = authority else { return };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        self.remove(&CacheKey::new(https, authority.as_str(), path));
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(target) = response.get(&name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let key = if target.starts_with('/') {
+                Some(CacheKey::new(https, authority.as_str(), target))
+            } else {
+                CacheKey::from_url(target).filter(|k| {
+                    // Same origin only (§4.4): another host's entries are
+                    // not this response's to invalidate.
+                    k.origin()
+                        == CacheKey::new(https, authority.as_str(), "/").origin()
+                })
+            };
+            if let Some(key) = key {
+                self.remove(&key);
+            }
+        }
+    }
+
+    /// Publishes tier sizes to the metrics.
+    pub fn export_sizes(&self) {
+        let m = &self.inner.memory;
+        self.inner
+            .metrics
+            .cache_size("memory", m.weighted_size(), m.entry_count());
+    }
 }

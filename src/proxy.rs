@@ -115,7 +115,9 @@ impl Shared {
         let answered = match validate(&req) {
             Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
             Ok(()) => {
-                if self.cache.handles(&req) {
+                let cacheable = (req.method() == Method::GET || req.method() == Method::HEAD)
+                    && !req.headers().contains_key(header::UPGRADE);
+                if cacheable && runtime.config.cache.enabled {
                     crate::cache::flow::serve(self, &runtime, req, conn).await
                 } else {
                     forward::pass(self, &runtime, req, conn, Fwd::Method).await

@@ -17,6 +17,7 @@ pub struct Rule {
     pattern: String,
     matcher: GlobMatcher,
     cache_control: HeaderValue,
+    directives: CacheControl,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +52,12 @@ impl Rule {
             value: value.to_string(),
             reason,
         })?;
+        let directives = CacheControl::from_value(&header);
         Ok(Rule {
             pattern: pattern.to_string(),
             matcher,
             cache_control: header,
+            directives,
         })
     }
 
@@ -64,6 +67,11 @@ impl Rule {
 
     pub fn cache_control(&self) -> &HeaderValue {
         &self.cache_control
+    }
+
+    /// The rule's Cache-Control, parsed once.
+    pub fn directives(&self) -> &CacheControl {
+        &self.directives
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -18,7 +18,7 @@ pub enum ProxyBody {
     Empty,
     Full(Option<Bytes>),
     Upstream(IdleTimeout<hyper::body::Incoming>),
-    Boxed(BoxBody<Bytes, BoxError>),
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
 
 impl ProxyBody {
@@ -36,11 +36,11 @@ impl ProxyBody {
 
     pub fn boxed<B>(body: B) -> Self
     where
-        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         use http_body_util::BodyExt;
-        ProxyBody::Boxed(BoxBody::new(body.map_err(Into::into)))
+        ProxyBody::Boxed(UnsyncBoxBody::new(body.map_err(Into::into)))
     }
 }
 

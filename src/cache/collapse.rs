@@ -1,0 +1,179 @@
+//! Collapsed forwarding: concurrent misses for one URL make one upstream
+//! request. The first caller gets [`Locked::Write`] and fetches; the others
+//! get [`Locked::Read`] and wait (bounded) for its [`Flight`] result. If the
+//! response turns out uncacheable, or the leader fails or gives up, every
+//! waiter is released at once to go upstream itself, in parallel.
+//!
+//! The map is a std `Mutex<HashMap>`: critical sections are a lookup or an
+//! insert, never held across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::entry::Object;
+
+/// How a leader's fetch ended, as seen by the waiters.
+#[derive(Debug, Clone)]
+pub enum Flight {
+    /// Stored: look it up again.
+    Stored(Arc<Object>),
+    /// Not storable, too large, or failed: go upstream yourself.
+    Released,
+}
+
+type Slot = watch::Sender<Option<Flight>>;
+
+#[derive(Default)]
+pub struct Collapser {
+    inflight: Mutex<HashMap<u128, Weak<Slot>>>,
+}
+
+/// The outcome of asking for the lock on a key.
+pub enum Locked {
+    /// You fetch; publish the result (or drop the lock to release waiters).
+    Write(WriteLock),
+    /// Someone else is fetching; wait for it.
+    Read(ReadLock),
+}
+
+pub struct WriteLock {
+    key: u128,
+    slot: Arc<Slot>,
+    owner: Arc<Collapser>,
+    published: bool,
+}
+
+pub struct ReadLock {
+    rx: watch::Receiver<Option<Flight>>,
+}
+
+impl Collapser {
+    pub fn new() -> Arc<Collapser> {
+        Arc::new(Collapser::default())
+    }
+
+    pub fn lock(self: &Arc<Self>, key: u128) -> Locked {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = map.get(&key).and_then(Weak::upgrade) {
+            return Locked::Read(ReadLock {
+                rx: slot.subscribe(),
+            });
+        }
+        let (tx, _) = watch::channel(None);
+        let slot = Arc::new(tx);
+        map.insert(key, Arc::downgrade(&slot));
+        Locked::Write(WriteLock {
+            key,
+            slot,
+            owner: self.clone(),
+            published: false,
+        })
+    }
+
+    /// Takes the lock only if nobody holds it (background refreshes).
+    pub fn try_lock(self: &Arc<Self>, key: u128) -> Option<WriteLock> {
+        match self.lock(key) {
+            Locked::Write(w) => Some(w),
+            Locked::Read(_) => None,
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight
+            .lock()
+            .map(|m| m.values().filter(|w| w.strong_count() > 0).count())
+            .unwrap_or(0)
+    }
+
+    fn release(&self, key: u128, slot: &Arc<Slot>) {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(current) = map.get(&key) {
+            if std::ptr::eq(current.as_ptr(), Arc::as_ptr(slot)) {
+                map.remove(&key);
+            }
+        }
+    }
+}
+
+impl WriteLock {
+    /// Tells the waiters how it ended and removes the lock.
+    pub fn publish(mut self, flight: Flight) {
+        self.finish(flight);
+    }
+
+    fn finish(&mut self, flight: Flight) {
+        if self.published {
+            return;
+        }
+        self.published = true;
+        // Remove first, so that a request arriving after this point starts
+        // from the cache, not from a finished flight.
+        self.owner.release(self.key, &self.slot);
+        self.slot.send_replace(Some(flight));
+    }
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        self.finish(Flight::Released);
+    }
+}
+
+impl ReadLock {
+    /// Waits for the leader, at most `limit`; `None` on timeout.
+    pub async fn wait(mut self, limit: Duration) -> Option<Flight> {
+        let result = tokio::time::timeout(limit, self.rx.wait_for(Option::is_some)).await;
+        match result {
+            Ok(Ok(v)) => v.clone(),
+            // The leader vanished without publishing: treat as released.
+            Ok(Err(_)) => Some(Flight::Released),
+            Err(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_writer_many_readers() {
+        let c = Collapser::new();
+        let Locked::Write(w) = c.lock(1) else { panic!("first is the writer") };
+        let mut readers = Vec::new();
+        for _ in 0..10 {
+            match c.lock(1) {
+                Locked::Read(r) => readers.push(tokio::spawn(r.wait(Duration::from_secs(5)))),
+                Locked::Write(_) => panic!("only one writer"),
+            }
+        }
+        assert!(matches!(c.lock(2), Locked::Write(_)));
+        w.publish(Flight::Released);
+        for r in readers {
+            assert!(matches!(r.await.unwrap(), Some(Flight::Released)));
+        }
+        assert!(matches!(c.lock(1), Locked::Write(_)), "the lock is free again");
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_releases() {
+        let c = Collapser::new();
+        let w = c.try_lock(7).unwrap();
+        assert!(c.try_lock(7).is_none());
+        let Locked::Read(r) = c.lock(7) else { panic!() };
+        drop(w);
+        assert!(matches!(r.wait(Duration::from_secs(1)).await, Some(Flight::Released)));
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn wait_is_bounded() {
+        let c = Collapser::new();
+        let _w = c.try_lock(9).unwrap();
+        let Locked::Read(r) = c.lock(9) else { panic!() };
+        assert!(r.wait(Duration::from_millis(20)).await.is_none());
+    }
+}

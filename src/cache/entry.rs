@@ -1,0 +1,298 @@
+//! What the cache stores. An [`Object`] holds every stored variant of one
+//! URL (RFC 9111 §4.1: several responses may be stored for one key,
+//! selected by the request fields their `Vary` names). A [`Variant`] is one
+//! stored response: status, headers, the identity body, any compressed
+//! representations made at admission, its freshness policy and its tags.
+//!
+//! Bodies are `Bytes`, so a hit clones a reference count, never the bytes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+
+use super::freshness::{self, Millis, Policy, Times};
+use super::key::CacheKey;
+use crate::compression::Coding;
+
+/// Variants kept per URL; beyond this the oldest goes (a `Vary` on a
+/// high-cardinality field must not grow one entry without bound).
+pub const MAX_VARIANTS: usize = 16;
+
+/// A compressed representation made once, at admission.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub coding: Coding,
+    /// Headers of this representation (Content-Encoding, Content-Length,
+    /// ETag with the coding's suffix, Vary with Accept-Encoding).
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The request field values a variant was stored under, one per field
+/// named by its `Vary` (absent fields are `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VaryKey(pub Vec<(HeaderName, Option<String>)>);
+
+/// One stored response.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub vary: VaryKey,
+    pub status: StatusCode,
+    /// End-to-end headers as the client gets them for the identity
+    /// representation (Content-Length set, hop-by-hop and surrogate fields
+    /// removed, any rule's Cache-Control applied; no Age).
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub encoded: Vec<Encoded>,
+    pub times: Times,
+    pub policy: Policy,
+    pub tags: Vec<String>,
+}
+
+impl Variant {
+    /// Bytes this variant accounts for in a tier.
+    pub fn weight(&self) -> u64 {
+        let headers = |h: &HeaderMap| -> u64 {
+            h.iter()
+                .map(|(k, v)| (k.as_str().len() + v.len() + 32) as u64)
+                .sum()
+        };
+        let encoded: u64 = self
+            .encoded
+            .iter()
+            .map(|e| e.body.len() as u64 + headers(&e.headers))
+            .sum();
+        self.body.len() as u64
+            + headers(&self.headers)
+            + encoded
+            + self.tags.iter().map(|t| t.len() as u64 + 24).sum::<u64>()
+            + 256
+    }
+
+    pub fn etag(&self) -> Option<&HeaderValue> {
+        self.headers.get(header::ETAG)
+    }
+
+    pub fn last_modified(&self) -> Option<&HeaderValue> {
+        self.headers.get(header::LAST_MODIFIED)
+    }
+
+    pub fn has_validators(&self) -> bool {
+        freshness::has_validators(&self.headers)
+    }
+
+    /// Seconds a tier should keep this variant from `now`.
+    pub fn keep_secs(&self, now: Millis) -> u64 {
+        let total = freshness::keep_secs(&self.policy, self.has_validators());
+        let age = freshness::current_age(&self.times, now);
+        total.saturating_sub(age).max(1)
+    }
+
+    /// The representation for `coding` (identity when `None` or absent).
+    pub fn representation(&self, coding: Option<Coding>) -> (&HeaderMap, &Bytes) {
+        if let Some(c) = coding {
+            if let Some(e) = self.encoded.iter().find(|e| e.coding == c) {
+                return (&e.headers, &e.body);
+            }
+        }
+        (&self.headers, &self.body)
+    }
+
+    /// Whether a request with these fields selects this variant.
+    pub fn matches(&self, request: &HeaderMap) -> bool {
+        self.vary
+            .0
+            .iter()
+            .all(|(name, stored)| normalized(request, name).as_deref() == stored.as_deref())
+    }
+}
+
+/// All variants of one URL.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub key: CacheKey,
+    pub variants: Vec<Arc<Variant>>,
+}
+
+impl Object {
+    pub fn weight(&self) -> u64 {
+        self.key.url().len() as u64 + self.variants.iter().map(|v| v.weight()).sum::<u64>()
+    }
+
+    /// The stored variant selected by this request, if any.
+    pub fn select(&self, request: &HeaderMap) -> Option<&Arc<Variant>> {
+        // Newest first: a variant added later supersedes an older one.
+        self.variants.iter().rev().find(|v| v.matches(request))
+    }
+
+    /// A copy with `variant` added, replacing any with the same Vary key
+    /// (and every variant when the Vary field names changed).
+    pub fn with_variant(&self, variant: Arc<Variant>) -> Object {
+        let names = |v: &Variant| v.vary.0.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        let new_names = names(&variant);
+        let mut variants: Vec<Arc<Variant>> = self
+            .variants
+            .iter()
+            .filter(|v| names(v) == new_names && v.vary != variant.vary)
+            .cloned()
+            .collect();
+        variants.push(variant);
+        if variants.len() > MAX_VARIANTS {
+            variants.remove(0);
+        }
+        Object {
+            key: self.key.clone(),
+            variants,
+        }
+    }
+
+    pub fn keep_secs(&self, now: Millis) -> u64 {
+        self.variants
+            .iter()
+            .map(|v| v.keep_secs(now))
+            .max()
+            .unwrap_or(1)
+    }
+
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.variants.iter().any(|v| v.tags.iter().any(|t| t == tag))
+    }
+}
+
+/// The Vary field names of a response, lowercased, in order, deduplicated.
+pub fn vary_names(response: &HeaderMap) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = Vec::new();
+    for v in response.get_all(header::VARY) {
+        let Ok(v) = v.to_str() else { continue };
+        for name in v.split(',') {
+            if let Ok(n) = HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()) {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The Vary key of `request` for the fields a response names.
+pub fn vary_key(request: &HeaderMap, names: &[HeaderName]) -> VaryKey {
+    VaryKey(
+        names
+            .iter()
+            .map(|n| (n.clone(), normalized(request, n)))
+            .collect(),
+    )
+}
+
+/// A request field value normalised for Vary matching (RFC 9111 §4.1):
+/// all lines combined, list members trimmed. `Accept-Encoding` is reduced
+/// to the coding Strata would choose, so that the countless spellings of
+/// "gzip, deflate, br" do not each make a variant.
+pub fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut values = request.get_all(name).iter().peekable();
+    values.peek()?;
+    if name == header::ACCEPT_ENCODING {
+        let policy = crate::compression::CompressionPolicy::default();
+        return Some(
+            policy
+                .negotiate(request.get_all(name).iter())
+                .map_or("identity", |c| c.as_str())
+                .to_string(),
+        );
+    }
+    let mut out = String::new();
+    for v in values {
+        for part in String::from_utf8_lossy(v.as_bytes()).split(',') {
+            let part = part.split_whitespace().collect::<Vec<_>>().join(" ");
+            if part.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push_str(&part);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    fn variant(vary: VaryKey) -> Arc<Variant> {
+        Arc::new(Variant {
+            vary,
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"x"),
+            encoded: Vec::new(),
+            times: Times {
+                request: 0,
+                response: 0,
+                initial_age: 0,
+            },
+            policy: Policy {
+                lifetime: 60,
+                stale_while_revalidate: 0,
+                stale_if_error: 0,
+                must_revalidate: false,
+                no_cache: false,
+            },
+            tags: vec![],
+        })
+    }
+
+    #[test]
+    fn vary_selection_normalises() {
+        let names = vary_names(&h(&[("vary", "Accept-Language, X-Foo"), ("vary", "accept-language")]));
+        assert_eq!(names.len(), 2);
+        let en = vary_key(&h(&[("accept-language", "en,  fr")]), &names);
+        let de = vary_key(&h(&[("accept-language", "de")]), &names);
+        let obj = Object {
+            key: CacheKey::new(false, "h", "/"),
+            variants: vec![],
+        };
+        let obj = obj.with_variant(variant(en)).with_variant(variant(de));
+        assert_eq!(obj.variants.len(), 2);
+        assert!(obj.select(&h(&[("accept-language", "en, fr")])).is_some());
+        assert!(obj.select(&h(&[("accept-language", "en"), ("accept-language", "fr")])).is_some());
+        assert!(obj.select(&h(&[("accept-language", "de")])).is_some());
+        assert!(obj.select(&h(&[("accept-language", "es")])).is_none());
+        assert!(obj.select(&h(&[("accept-language", "de"), ("x-foo", "1")])).is_none());
+        assert!(obj.select(&h(&[])).is_none());
+    }
+
+    #[test]
+    fn accept_encoding_is_reduced_to_the_chosen_coding() {
+        let n = HeaderName::from_static("accept-encoding");
+        assert_eq!(normalized(&h(&[("accept-encoding", "gzip, deflate, br")]), &n).as_deref(), Some("br"));
+        assert_eq!(normalized(&h(&[("accept-encoding", "br;q=0.1, gzip")]), &n).as_deref(), Some("gzip"));
+        assert_eq!(normalized(&h(&[("accept-encoding", "identity")]), &n).as_deref(), Some("identity"));
+        assert_eq!(normalized(&h(&[]), &n), None);
+    }
+
+    #[test]
+    fn same_vary_key_replaces() {
+        let obj = Object {
+            key: CacheKey::new(false, "h", "/"),
+            variants: vec![],
+        };
+        let obj = obj.with_variant(variant(VaryKey::default())).with_variant(variant(VaryKey::default()));
+        assert_eq!(obj.variants.len(), 1);
+    }
+}

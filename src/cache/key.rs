@@ -1,0 +1,139 @@
+//! Cache keys. The primary key is scheme, authority and path-with-query
+//! (RFC 9111 §2); GET and HEAD share it. In memory an entry is found by a
+//! 128-bit hash of those parts, computed without allocating; the full URL
+//! is kept in the entry and compared on lookup, so a hash collision is a
+//! miss, never a wrong answer.
+
+use std::fmt;
+use std::sync::Arc;
+
+use xxhash_rust::xxh3::Xxh3;
+
+/// The primary cache key of a request.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CacheKey {
+    hash: u128,
+    /// `scheme://authority/path?query`, lowercase scheme and authority.
+    url: Arc<str>,
+    /// Byte offset of the path in `url`.
+    path_at: usize,
+}
+
+/// Hashes the key parts the same way whether they come from a request or a
+/// stored URL.
+fn hash_parts(https: bool, authority: &str, path_and_query: &str) -> u128 {
+    let mut h = Xxh3::new();
+    h.update(if https { b"https" } else { b"http" });
+    h.update(b"\0");
+    for b in authority.bytes() {
+        h.update(&[b.to_ascii_lowercase()]);
+    }
+    h.update(b"\0");
+    h.update(path_and_query.as_bytes());
+    h.digest128()
+}
+
+impl CacheKey {
+    pub fn new(https: bool, authority: &str, path_and_query: &str) -> CacheKey {
+        let scheme = if https { "https" } else { "http" };
+        let authority = authority.to_ascii_lowercase();
+        let url = format!("{scheme}://{authority}{path_and_query}");
+        let path_at = scheme.len() + 3 + authority.len();
+        CacheKey {
+            hash: hash_parts(https, &authority, path_and_query),
+            url: url.into(),
+            path_at,
+        }
+    }
+
+    /// Parses an absolute `http(s)://authority/path?query` URL.
+    pub fn from_url(url: &str) -> Option<CacheKey> {
+        let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else {
+            (false, url.strip_prefix("http://")?)
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() {
+            return None;
+        }
+        Some(CacheKey::new(https, authority, path))
+    }
+
+    /// The hash only, for a lookup that must not allocate.
+    pub fn hash_of(https: bool, authority: &str, path_and_query: &str) -> u128 {
+        hash_parts(https, authority, path_and_query)
+    }
+
+    pub fn hash(&self) -> u128 {
+        self.hash
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Path and query.
+    pub fn path(&self) -> &str {
+        &self.url[self.path_at..]
+    }
+
+    /// Scheme and authority, e.g. `http://example.com`.
+    pub fn origin(&self) -> &str {
+        &self.url[..self.path_at]
+    }
+
+    /// Whether this key is the one for these request parts.
+    pub fn matches(&self, https: bool, authority: &str, path_and_query: &str) -> bool {
+        let scheme = if https { "https://" } else { "http://" };
+        let url: &str = &self.url;
+        url.len() == scheme.len() + authority.len() + path_and_query.len()
+            && url.starts_with(scheme)
+            && url[scheme.len()..self.path_at].eq_ignore_ascii_case(authority)
+            && &url[self.path_at..] == path_and_query
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_include_scheme_authority_path_and_query() {
+        let a = CacheKey::new(false, "Example.com", "/a?x=1");
+        assert_eq!(a.url(), "http://example.com/a?x=1");
+        assert_eq!(a.path(), "/a?x=1");
+        assert_eq!(a.origin(), "http://example.com");
+        assert_ne!(a.hash(), CacheKey::new(true, "example.com", "/a?x=1").hash());
+        assert_ne!(a.hash(), CacheKey::new(false, "example.com", "/a?x=2").hash());
+        assert_ne!(a.hash(), CacheKey::new(false, "example.org", "/a?x=1").hash());
+        assert_eq!(a.hash(), CacheKey::hash_of(false, "EXAMPLE.com", "/a?x=1"));
+        assert!(a.matches(false, "example.COM", "/a?x=1"));
+        assert!(!a.matches(true, "example.com", "/a?x=1"));
+        assert!(!a.matches(false, "example.com", "/a?x=10"));
+    }
+
+    #[test]
+    fn from_url() {
+        let k = CacheKey::from_url("https://h:8443/p?q").unwrap();
+        assert_eq!(k, CacheKey::new(true, "h:8443", "/p?q"));
+        assert_eq!(CacheKey::from_url("http://h").unwrap().path(), "/");
+        assert!(CacheKey::from_url("ftp://h/").is_none());
+        assert!(CacheKey::from_url("/relative").is_none());
+    }
+}

@@ -1,0 +1,120 @@
+//! The memory tier: a moka cache of [`Object`]s weighted by their bytes
+//! (bodies, encoded bodies, headers, tags), bounded by `memory_capacity`,
+//! with a per-entry expiry of the object's freshness lifetime plus stale
+//! windows. Lookups are synchronous and lock-free on the hit path.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+use moka::Expiry;
+
+use super::entry::Object;
+use super::freshness::now_millis;
+use super::key::CacheKey;
+use super::storage::{Selector, Storage, StorageError};
+
+/// moka weighs in u32; larger objects are never admitted anyway
+/// (`max_object_size` is far below this).
+const MAX_WEIGHT: u64 = u32::MAX as u64;
+
+struct KeepFor;
+
+impl Expiry<u128, Arc<Object>> for KeepFor {
+    fn expire_after_create(&self, _k: &u128, v: &Arc<Object>, _now: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(v.keep_secs(now_millis())))
+    }
+
+    fn expire_after_update(
+        &self,
+        _k: &u128,
+        v: &Arc<Object>,
+        _now: Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(v.keep_secs(now_millis())))
+    }
+}
+
+#[derive(Clone)]
+pub struct MemoryTier {
+    cache: Cache<u128, Arc<Object>>,
+}
+
+impl MemoryTier {
+    pub fn new(capacity: u64) -> MemoryTier {
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|_k, v: &Arc<Object>| v.weight().min(MAX_WEIGHT) as u32)
+            .expire_after(KeepFor)
+            .build();
+        MemoryTier { cache }
+    }
+
+    /// Hit-path lookup by the key's parts: no allocation.
+    pub fn lookup(&self, hash: u128, https: bool, authority: &str, path: &str) -> Option<Arc<Object>> {
+        self.cache
+            .get(&hash)
+            .filter(|o| o.key.matches(https, authority, path))
+    }
+
+    pub fn get_key(&self, key: &CacheKey) -> Option<Arc<Object>> {
+        self.cache.get(&key.hash()).filter(|o| &o.key == key)
+    }
+
+    pub fn insert(&self, object: Arc<Object>) {
+        self.cache.insert(object.key.hash(), object);
+    }
+
+    pub fn remove(&self, key: &CacheKey) -> bool {
+        self.cache.remove(&key.hash()).is_some()
+    }
+
+    /// Removes every object `pred` selects; returns how many.
+    pub fn remove_where(&self, pred: impl Fn(&Object) -> bool) -> u64 {
+        let doomed: Vec<u128> = self
+            .cache
+            .iter()
+            .filter(|(_, o)| pred(o))
+            .map(|(k, _)| *k)
+            .collect();
+        doomed
+            .iter()
+            .filter(|k| self.cache.remove(*k).is_some())
+            .count() as u64
+    }
+
+    pub fn purge_now(&self, selector: &Selector) -> u64 {
+        match selector {
+            Selector::Key(key) => u64::from(self.remove(key)),
+            Selector::PathAnyHost(path) => self.remove_where(|o| o.key.path() == path),
+            Selector::Prefix(prefix) => self.remove_where(|o| o.key.path().starts_with(prefix.as_str())),
+            Selector::Tags(tags) => self.remove_where(|o| tags.iter().any(|t| o.has_tag(t))),
+        }
+    }
+
+    /// Accounted bytes (after pending evictions are applied).
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}
+
+impl Storage for MemoryTier {
+    async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Object>>, StorageError> {
+        Ok(self.get_key(key))
+    }
+
+    async fn put(&self, object: Arc<Object>, _keep: Duration) -> Result<(), StorageError> {
+        self.insert(object);
+        Ok(())
+    }
+
+    async fn purge(&self, selector: &Selector) -> Result<u64, StorageError> {
+        Ok(self.purge_now(selector))
+    }
+}

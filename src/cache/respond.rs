@@ -1,0 +1,279 @@
+//! Answering a request from a stored variant: representation choice
+//! (compressed or identity), conditional requests (RFC 9110 §13: 304 and
+//! 412), single byte ranges (206/416, `If-Range`), HEAD, and `Age`.
+//! Everything here is a clone of stored `Bytes` and headers; no body copy.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+
+use super::entry::Variant;
+use super::freshness::{self, Millis};
+use crate::compression::Coding;
+use crate::proxy::body::ProxyBody;
+
+/// Builds the response for `req` from `variant`.
+pub fn from_stored(
+    variant: &Variant,
+    method: &Method,
+    req: &HeaderMap,
+    coding: Option<Coding>,
+    now: Millis,
+) -> Response<ProxyBody> {
+    let (headers, body) = variant.representation(coding);
+    let age = freshness::current_age(&variant.times, now);
+    if let Some(status) = precondition(headers, req, method) {
+        return not_modified_or_failed(status, headers, age);
+    }
+    let head = method == Method::HEAD;
+    if variant.status == StatusCode::OK && method == Method::GET {
+        if let Some(range) = req.get(header::RANGE) {
+            if if_range_holds(headers, req) {
+                match parse_range(range, body.len() as u64) {
+                    RangeOutcome::Ignore => {}
+                    RangeOutcome::Unsatisfiable => return unsatisfiable(headers, body.len(), age),
+                    RangeOutcome::Single(a, b) => return partial(headers, body, a, b, age),
+                }
+            }
+        }
+    }
+    let mut resp = Response::new(if head {
+        ProxyBody::empty()
+    } else {
+        ProxyBody::full(body.clone())
+    });
+    *resp.status_mut() = variant.status;
+    *resp.headers_mut() = headers.clone();
+    resp.headers_mut().insert(header::AGE, HeaderValue::from(age));
+    resp
+}
+
+/// RFC 9110 §13.2.2 evaluation order; `Some(status)` short-circuits.
+fn precondition(headers: &HeaderMap, req: &HeaderMap, method: &Method) -> Option<StatusCode> {
+    let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
+    let last_modified = headers
+        .get(header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    if let Some(im) = req.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+        if !etag_list_matches(im, etag, true) {
+            return Some(StatusCode::PRECONDITION_FAILED);
+        }
+    } else if let Some(ius) = req
+        .get(header::IF_UNMODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    {
+        if last_modified.is_none_or(|lm| lm > ius) {
+            return Some(StatusCode::PRECONDITION_FAILED);
+        }
+    }
+    let safe = *method == Method::GET || *method == Method::HEAD;
+    if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        if etag_list_matches(inm, etag, false) {
+            return Some(if safe {
+                StatusCode::NOT_MODIFIED
+            } else {
+                StatusCode::PRECONDITION_FAILED
+            });
+        }
+    } else if safe {
+        if let (Some(ims), Some(lm)) = (
+            req.get(header::IF_MODIFIED_SINCE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| httpdate::parse_http_date(v).ok()),
+            last_modified,
+        ) {
+            if lm <= ims {
+                return Some(StatusCode::NOT_MODIFIED);
+            }
+        }
+    }
+    None
+}
+
+/// Whether a list such as `"a", W/"b"` or `*` matches `etag`; weak
+/// comparison unless `strong` (RFC 9110 §8.8.3.2).
+pub fn etag_list_matches(list: &str, etag: Option<&str>, strong: bool) -> bool {
+    let list = list.trim();
+    if list == "*" {
+        return etag.is_some();
+    }
+    let Some(etag) = etag else { return false };
+    let (etag_weak, etag_opaque) = split_weak(etag.trim());
+    if strong && etag_weak {
+        return false;
+    }
+    list.split(',').map(str::trim).any(|candidate| {
+        let (weak, opaque) = split_weak(candidate);
+        opaque == etag_opaque && !(strong && weak)
+    })
+}
+
+fn split_weak(tag: &str) -> (bool, &str) {
+    match tag.strip_prefix("W/") {
+        Some(rest) => (true, rest),
+        None => (false, tag),
+    }
+}
+
+/// The fields a 304 carries (RFC 9110 §15.4.5), plus Last-Modified.
+const NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::VARY,
+    header::LAST_MODIFIED,
+];
+
+fn not_modified_or_failed(status: StatusCode, headers: &HeaderMap, age: u64) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if status == StatusCode::NOT_MODIFIED {
+        for name in &NOT_MODIFIED_FIELDS {
+            for v in headers.get_all(name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        h.insert(header::AGE, HeaderValue::from(age));
+    }
+    resp
+}
+
+fn if_range_holds(headers: &HeaderMap, req: &HeaderMap) -> bool {
+    let Some(cond) = req.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let cond = cond.trim();
+    if cond.starts_with('"') || cond.starts_with("W/") {
+        // A strong comparison; a weak tag never satisfies If-Range.
+        let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
+        return etag_list_matches(cond, etag, true) && !cond.starts_with("W/");
+    }
+    match (
+        httpdate::parse_http_date(cond).ok(),
+        headers
+            .get(header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok()),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+enum RangeOutcome {
+    Ignore,
+    Unsatisfiable,
+    /// Inclusive first and last byte.
+    Single(u64, u64),
+}
+
+/// One `bytes=` range (`a-b`, `a-`, `-n`); several ranges or another unit
+/// are ignored (a full 200 is a valid answer to them).
+fn parse_range(value: &HeaderValue, len: u64) -> RangeOutcome {
+    let Some(spec) = value.to_str().ok().and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return RangeOutcome::Ignore;
+    };
+    if spec.contains(',') {
+        return RangeOutcome::Ignore;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeOutcome::Ignore;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            None
+        } else {
+            s.parse().ok()
+        }
+    };
+    match (a.is_empty(), b.is_empty()) {
+        (true, true) => RangeOutcome::Ignore,
+        (true, false) => match num(b) {
+            None => RangeOutcome::Ignore,
+            Some(0) => RangeOutcome::Unsatisfiable,
+            Some(_) if len == 0 => RangeOutcome::Unsatisfiable,
+            Some(n) => RangeOutcome::Single(len.saturating_sub(n), len - 1),
+        },
+        (false, _) => {
+            let Some(first) = num(a) else {
+                return RangeOutcome::Ignore;
+            };
+            let last = if b.is_empty() { Some(u64::MAX) } else { num(b) };
+            let Some(last) = last else {
+                return RangeOutcome::Ignore;
+            };
+            if last < first {
+                return RangeOutcome::Ignore;
+            }
+            if first >= len {
+                return RangeOutcome::Unsatisfiable;
+            }
+            RangeOutcome::Single(first, last.min(len - 1))
+        }
+    }
+}
+
+fn partial(headers: &HeaderMap, body: &Bytes, first: u64, last: u64, age: u64) -> Response<ProxyBody> {
+    let slice = body.slice(first as usize..=last as usize);
+    let mut resp = Response::new(ProxyBody::full(slice));
+    *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+    let h = resp.headers_mut();
+    *h = headers.clone();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{}", body.len())) {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    h.insert(header::AGE, HeaderValue::from(age));
+    resp
+}
+
+fn unsatisfiable(headers: &HeaderMap, len: usize, age: u64) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+    let h = resp.headers_mut();
+    for name in [header::DATE, header::ETAG, header::LAST_MODIFIED, header::CACHE_CONTROL] {
+        if let Some(v) = headers.get(&name) {
+            h.insert(name, v.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    h.insert(header::AGE, HeaderValue::from(age));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_matching() {
+        assert!(etag_list_matches("\"a\", \"b\"", Some("\"b\""), false));
+        assert!(etag_list_matches("W/\"a\"", Some("\"a\""), false));
+        assert!(!etag_list_matches("W/\"a\"", Some("\"a\""), true));
+        assert!(etag_list_matches("*", Some("\"a\""), false));
+        assert!(!etag_list_matches("*", None, false));
+        assert!(!etag_list_matches("\"c\"", Some("\"a\""), false));
+    }
+
+    #[test]
+    fn ranges() {
+        let v = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert!(matches!(parse_range(&v("bytes=0-9"), 100), RangeOutcome::Single(0, 9)));
+        assert!(matches!(parse_range(&v("bytes=90-"), 100), RangeOutcome::Single(90, 99)));
+        assert!(matches!(parse_range(&v("bytes=-10"), 100), RangeOutcome::Single(90, 99)));
+        assert!(matches!(parse_range(&v("bytes=-200"), 100), RangeOutcome::Single(0, 99)));
+        assert!(matches!(parse_range(&v("bytes=50-500"), 100), RangeOutcome::Single(50, 99)));
+        assert!(matches!(parse_range(&v("bytes=100-"), 100), RangeOutcome::Unsatisfiable));
+        assert!(matches!(parse_range(&v("bytes=0-1,5-6"), 100), RangeOutcome::Ignore));
+        assert!(matches!(parse_range(&v("items=0-1"), 100), RangeOutcome::Ignore));
+        assert!(matches!(parse_range(&v("bytes=5-1"), 100), RangeOutcome::Ignore));
+    }
+}
