@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use strata::compression::{compress_body, decode, encode, Coding};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
+use strata::compression::{compress_body, decode, encode, Coding};
 
 struct Rng(u64);
 

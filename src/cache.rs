@@ -80,12 +80,14 @@ impl Purge {
     pub fn selector(&self) -> Result<Selector, PurgeError> {
         Ok(match self {
             Purge::Url(url) if url.starts_with('/') => Selector::PathAnyHost(url.clone()),
-            Purge::Url(url) => {
-                Selector::Key(CacheKey::from_url(url).ok_or_else(|| PurgeError::BadUrl(url.clone()))?)
-            }
+            Purge::Url(url) => Selector::Key(
+                CacheKey::from_url(url).ok_or_else(|| PurgeError::BadUrl(url.clone()))?,
+            ),
             Purge::Prefix(p) if p.starts_with('/') => Selector::Prefix(p.clone()),
             Purge::Prefix(p) => return Err(PurgeError::BadPrefix(p.clone())),
-            Purge::Tags(tags) => Selector::Tags(tags.iter().map(|t| t.trim().to_string()).collect()),
+            Purge::Tags(tags) => {
+                Selector::Tags(tags.iter().map(|t| t.trim().to_string()).collect())
+            }
         })
     }
 }
@@ -187,8 +189,7 @@ impl Cache {
                 CacheKey::from_url(target).filter(|k| {
                     // Same origin only (§4.4): another host's entries are
                     // not this response's to invalidate.
-                    k.origin()
-                        == CacheKey::new(https, authority.as_str(), "/").origin()
+                    k.origin() == CacheKey::new(https, authority.as_str(), "/").origin()
                 })
             };
             if let Some(key) = key {

@@ -43,23 +43,15 @@ pub type ClientTx = mpsc::Sender<Result<Bytes, BoxError>>;
 
 pub fn client_channel() -> (ClientTx, ProxyBody) {
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, BoxError>>(8);
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        .map_ok_frames();
-    (tx, ProxyBody::boxed(http_body_util::StreamBody::new(stream)))
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|item| item.map(|r| r.map(http_body::Frame::data)))
+    });
+    (
+        tx,
+        ProxyBody::boxed(http_body_util::StreamBody::new(stream)),
+    )
 }
-
-trait MapOkFrames: futures_util::Stream<Item = Result<Bytes, BoxError>> + Sized {
-    fn map_ok_frames(
-        self,
-    ) -> futures_util::stream::Map<
-        Self,
-        fn(Result<Bytes, BoxError>) -> Result<http_body::Frame<Bytes>, BoxError>,
-    > {
-        futures_util::StreamExt::map(self, |r| r.map(http_body::Frame::data))
-    }
-}
-
-impl<S: futures_util::Stream<Item = Result<Bytes, BoxError>>> MapOkFrames for S {}
 
 /// Drives `body` to the end in its own task: forwards each chunk to
 /// `client` (if any, until it goes away), collects it for storage, then
@@ -106,7 +98,9 @@ async fn run(
                 return None; // the lock drops: waiters released
             }
             Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else { continue };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
                 total += data.len() as u64;
                 if storing {
                     if total > plan.max_size {
@@ -136,7 +130,19 @@ async fn run(
         return None;
     }
     let body = concat(chunks, total);
-    let variant = Arc::new(build_variant(plan.status, plan.headers, body, plan.vary, plan.times, plan.policy, plan.tags, plan.compression.as_ref()).await);
+    let variant = Arc::new(
+        build_variant(
+            plan.status,
+            plan.headers,
+            body,
+            plan.vary,
+            plan.times,
+            plan.policy,
+            plan.tags,
+            plan.compression.as_ref(),
+        )
+        .await,
+    );
     let object = Arc::new(match &plan.base {
         Some(base) => base.with_variant(variant.clone()),
         None => Object {
@@ -191,7 +197,8 @@ pub async fn build_variant(
                 let level = policy.store_level.for_coding(coding);
                 let input = body.clone();
                 let result =
-                    tokio::task::spawn_blocking(move || compression::encode(coding, level, &input)).await;
+                    tokio::task::spawn_blocking(move || compression::encode(coding, level, &input))
+                        .await;
                 match result {
                     Ok(Ok(bytes)) if bytes.len() < body.len() => {
                         let mut h = headers.clone();

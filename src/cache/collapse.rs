@@ -142,7 +142,9 @@ mod tests {
     #[tokio::test]
     async fn one_writer_many_readers() {
         let c = Collapser::new();
-        let Locked::Write(w) = c.lock(1) else { panic!("first is the writer") };
+        let Locked::Write(w) = c.lock(1) else {
+            panic!("first is the writer")
+        };
         let mut readers = Vec::new();
         for _ in 0..10 {
             match c.lock(1) {
@@ -155,7 +157,10 @@ mod tests {
         for r in readers {
             assert!(matches!(r.await.unwrap(), Some(Flight::Released)));
         }
-        assert!(matches!(c.lock(1), Locked::Write(_)), "the lock is free again");
+        assert!(
+            matches!(c.lock(1), Locked::Write(_)),
+            "the lock is free again"
+        );
     }
 
     #[tokio::test]
@@ -165,7 +170,10 @@ mod tests {
         assert!(c.try_lock(7).is_none());
         let Locked::Read(r) = c.lock(7) else { panic!() };
         drop(w);
-        assert!(matches!(r.wait(Duration::from_secs(1)).await, Some(Flight::Released)));
+        assert!(matches!(
+            r.wait(Duration::from_secs(1)).await,
+            Some(Flight::Released)
+        ));
         assert_eq!(c.in_flight(), 0);
     }
 

@@ -157,7 +157,9 @@ impl Object {
     }
 
     pub fn has_tag(&self, tag: &str) -> bool {
-        self.variants.iter().any(|v| v.tags.iter().any(|t| t == tag))
+        self.variants
+            .iter()
+            .any(|v| v.tags.iter().any(|t| t == tag))
     }
 }
 
@@ -259,7 +261,10 @@ mod tests {
 
     #[test]
     fn vary_selection_normalises() {
-        let names = vary_names(&h(&[("vary", "Accept-Language, X-Foo"), ("vary", "accept-language")]));
+        let names = vary_names(&h(&[
+            ("vary", "Accept-Language, X-Foo"),
+            ("vary", "accept-language"),
+        ]));
         assert_eq!(names.len(), 2);
         let en = vary_key(&h(&[("accept-language", "en,  fr")]), &names);
         let de = vary_key(&h(&[("accept-language", "de")]), &names);
@@ -270,19 +275,32 @@ mod tests {
         let obj = obj.with_variant(variant(en)).with_variant(variant(de));
         assert_eq!(obj.variants.len(), 2);
         assert!(obj.select(&h(&[("accept-language", "en, fr")])).is_some());
-        assert!(obj.select(&h(&[("accept-language", "en"), ("accept-language", "fr")])).is_some());
+        assert!(obj
+            .select(&h(&[("accept-language", "en"), ("accept-language", "fr")]))
+            .is_some());
         assert!(obj.select(&h(&[("accept-language", "de")])).is_some());
         assert!(obj.select(&h(&[("accept-language", "es")])).is_none());
-        assert!(obj.select(&h(&[("accept-language", "de"), ("x-foo", "1")])).is_none());
+        assert!(obj
+            .select(&h(&[("accept-language", "de"), ("x-foo", "1")]))
+            .is_none());
         assert!(obj.select(&h(&[])).is_none());
     }
 
     #[test]
     fn accept_encoding_is_reduced_to_the_chosen_coding() {
         let n = HeaderName::from_static("accept-encoding");
-        assert_eq!(normalized(&h(&[("accept-encoding", "gzip, deflate, br")]), &n).as_deref(), Some("br"));
-        assert_eq!(normalized(&h(&[("accept-encoding", "br;q=0.1, gzip")]), &n).as_deref(), Some("gzip"));
-        assert_eq!(normalized(&h(&[("accept-encoding", "identity")]), &n).as_deref(), Some("identity"));
+        assert_eq!(
+            normalized(&h(&[("accept-encoding", "gzip, deflate, br")]), &n).as_deref(),
+            Some("br")
+        );
+        assert_eq!(
+            normalized(&h(&[("accept-encoding", "br;q=0.1, gzip")]), &n).as_deref(),
+            Some("gzip")
+        );
+        assert_eq!(
+            normalized(&h(&[("accept-encoding", "identity")]), &n).as_deref(),
+            Some("identity")
+        );
         assert_eq!(normalized(&h(&[]), &n), None);
     }
 
@@ -292,7 +310,9 @@ mod tests {
             key: CacheKey::new(false, "h", "/"),
             variants: vec![],
         };
-        let obj = obj.with_variant(variant(VaryKey::default())).with_variant(variant(VaryKey::default()));
+        let obj = obj
+            .with_variant(variant(VaryKey::default()))
+            .with_variant(variant(VaryKey::default()));
         assert_eq!(obj.variants.len(), 1);
     }
 }

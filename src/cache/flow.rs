@@ -58,8 +58,7 @@ fn request_directives(h: &HeaderMap) -> CacheControl {
         return CacheControl::from_headers(h);
     }
     let mut cc = CacheControl::default();
-    if h
-        .get_all(header::PRAGMA)
+    if h.get_all(header::PRAGMA)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.to_ascii_lowercase().contains("no-cache"))
@@ -111,7 +110,9 @@ pub async fn serve(
     let cache = &shared.cache;
 
     // === lookup ===
-    let found = cache.lookup(hash, conn.https, authority.as_str(), path).await;
+    let found = cache
+        .lookup(hash, conn.https, authority.as_str(), path)
+        .await;
     let mut fwd = Fwd::Miss;
     let mut stale: Option<Stale> = None;
     let object = found.as_ref().map(|(o, _)| o.clone());
@@ -128,7 +129,11 @@ pub async fn serve(
                         return ctx.hit(&req, variant, *tier, ttl);
                     }
                     Reuse::Validate { on_error, .. } => {
-                        fwd = if ctx.req_cc.no_cache { Fwd::Request } else { Fwd::Stale };
+                        fwd = if ctx.req_cc.no_cache {
+                            Fwd::Request
+                        } else {
+                            Fwd::Stale
+                        };
                         stale = Some(Stale {
                             variant: variant.clone(),
                             serve_on_error: on_error,
@@ -207,7 +212,11 @@ impl Ctx<'_> {
         }
         Answered {
             response: self.respond(req, variant),
-            outcome: if ttl > 0 { Outcome::Hit } else { Outcome::Stale },
+            outcome: if ttl > 0 {
+                Outcome::Hit
+            } else {
+                Outcome::Stale
+            },
             status: CacheStatus::hit(tier).with_ttl(ttl),
         }
     }
@@ -215,7 +224,11 @@ impl Ctx<'_> {
     /// The upstream request for a fetch Strata may store: a GET (HEAD is
     /// converted), the client's conditions and range removed, and the
     /// stored validators added when revalidating.
-    fn upstream_request(&self, parts: &Parts, stale: Option<&Variant>) -> Request<crate::upstream::ReqBody> {
+    fn upstream_request(
+        &self,
+        parts: &Parts,
+        stale: Option<&Variant>,
+    ) -> Request<crate::upstream::ReqBody> {
         let mut up = Request::new(empty_body());
         *up.method_mut() = Method::GET;
         *up.uri_mut() = parts.uri.clone();
@@ -270,7 +283,14 @@ impl Ctx<'_> {
 
         if status == StatusCode::NOT_MODIFIED {
             if let Some(s) = &stale {
-                let refreshed = self.freshen(&key, object.as_ref(), &s.variant, answer.response.headers(), request_time, response_time);
+                let refreshed = self.freshen(
+                    &key,
+                    object.as_ref(),
+                    &s.variant,
+                    answer.response.headers(),
+                    request_time,
+                    response_time,
+                );
                 lock.publish(Flight::Stored(refreshed.0.clone()));
                 let variant = refreshed.1;
                 let mut cs = CacheStatus::fwd(fwd);
@@ -295,22 +315,35 @@ impl Ctx<'_> {
         headers::strip_hop_by_hop(&mut rparts.headers, false);
         if let Some(i) = self.rule {
             if let Some(r) = self.runtime.config.rules.iter().nth(i) {
-                rparts.headers.insert(header::CACHE_CONTROL, r.cache_control().clone());
+                rparts
+                    .headers
+                    .insert(header::CACHE_CONTROL, r.cache_control().clone());
             }
         }
         let entry_tags = tags::take(&mut rparts.headers);
         let cc = CacheControl::from_headers(&rparts.headers);
         let max = self.runtime.config.cache.max_object_size;
-        let verdict = freshness::storable(&Method::GET, req.headers(), &self.req_cc, status, &rparts.headers, &cc)
-            .and_then(|()| {
-                let too_big = rparts
-                    .headers
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .is_some_and(|len| len > max);
-                if too_big { Err(NotStorable::TooLarge) } else { Ok(()) }
-            });
+        let verdict = freshness::storable(
+            &Method::GET,
+            req.headers(),
+            &self.req_cc,
+            status,
+            &rparts.headers,
+            &cc,
+        )
+        .and_then(|()| {
+            let too_big = rparts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|len| len > max);
+            if too_big {
+                Err(NotStorable::TooLarge)
+            } else {
+                Ok(())
+            }
+        });
         let idle = self.runtime.config.upstream.body_idle_timeout;
         let body = IdleTimeout::new(body, idle);
         let compression = self.runtime.config.compression.clone();
@@ -321,8 +354,8 @@ impl Ctx<'_> {
                 tracing::debug!(key = %key, reason = reason.as_str(), "not storable");
                 // Mark the URL so later requests skip the collapse lock,
                 // unless the reason is this request's own.
-                let request_specific = matches!(reason, NotStorable::Authorization)
-                    || self.req_cc.no_store;
+                let request_specific =
+                    matches!(reason, NotStorable::Authorization) || self.req_cc.no_store;
                 if !request_specific {
                     self.shared.cache.mark_pass(key.hash());
                 }
@@ -349,7 +382,13 @@ impl Ctx<'_> {
         }
 
         let times = freshness::times(&rparts.headers, request_time, response_time);
-        let policy = freshness::policy(status, &rparts.headers, &cc, response_time, self.heuristic());
+        let policy = freshness::policy(
+            status,
+            &rparts.headers,
+            &cc,
+            response_time,
+            self.heuristic(),
+        );
         let names = entry::vary_names(&rparts.headers);
         let vary = entry::vary_key(req.headers(), &names);
         let ttl = policy.lifetime as i64 - freshness::current_age(&times, response_time) as i64;
@@ -372,7 +411,9 @@ impl Ctx<'_> {
         }
         let cache = self.shared.cache.clone();
         let wants_stored_answer = req.method() == Method::HEAD
-            || CLIENT_CONDITIONALS.iter().any(|h| req.headers().contains_key(h));
+            || CLIENT_CONDITIONALS
+                .iter()
+                .any(|h| req.headers().contains_key(h));
         if wants_stored_answer {
             // Conditions, ranges and HEAD are answered from the stored
             // variant once the body is in (bounded by max_object_size).
@@ -456,8 +497,17 @@ impl Ctx<'_> {
         request_time: Millis,
         response_time: Millis,
     ) -> (Arc<Object>, Arc<Variant>) {
-        let rule = self.rule.and_then(|i| self.runtime.config.rules.iter().nth(i));
-        let v = Arc::new(freshen(old, update, rule, self.heuristic(), request_time, response_time));
+        let rule = self
+            .rule
+            .and_then(|i| self.runtime.config.rules.iter().nth(i));
+        let v = Arc::new(freshen(
+            old,
+            update,
+            rule,
+            self.heuristic(),
+            request_time,
+            response_time,
+        ));
         let object = Arc::new(match object {
             Some(o) => o.with_variant(v.clone()),
             None => Object {
@@ -470,7 +520,12 @@ impl Ctx<'_> {
     }
 
     /// stale-while-revalidate: one background validation per URL.
-    fn refresh_in_background<B>(&self, req: &Request<B>, object: Arc<Object>, variant: Arc<Variant>) {
+    fn refresh_in_background<B>(
+        &self,
+        req: &Request<B>,
+        object: Arc<Object>,
+        variant: Arc<Variant>,
+    ) {
         let cache = self.shared.cache.clone();
         let Some(lock) = cache.collapser().try_lock(object.key.hash()) else {
             return; // a refresh is already running
@@ -491,7 +546,14 @@ impl Ctx<'_> {
             let (mut rparts, body) = answer.response.into_parts();
             if status == StatusCode::NOT_MODIFIED {
                 let rule = rule.and_then(|i| runtime.config.rules.iter().nth(i));
-                let v = freshen(&variant, &rparts.headers, rule, heuristic, request_time, response_time);
+                let v = freshen(
+                    &variant,
+                    &rparts.headers,
+                    rule,
+                    heuristic,
+                    request_time,
+                    response_time,
+                );
                 let obj = Arc::new(object.with_variant(Arc::new(v)));
                 cache.admit(obj.clone());
                 lock.publish(Flight::Stored(obj));
@@ -499,11 +561,21 @@ impl Ctx<'_> {
             }
             headers::strip_hop_by_hop(&mut rparts.headers, false);
             if let Some(r) = rule.and_then(|i| runtime.config.rules.iter().nth(i)) {
-                rparts.headers.insert(header::CACHE_CONTROL, r.cache_control().clone());
+                rparts
+                    .headers
+                    .insert(header::CACHE_CONTROL, r.cache_control().clone());
             }
             let entry_tags = tags::take(&mut rparts.headers);
             let cc = CacheControl::from_headers(&rparts.headers);
-            let ok = freshness::storable(&Method::GET, &parts.headers, &CacheControl::default(), status, &rparts.headers, &cc).is_ok();
+            let ok = freshness::storable(
+                &Method::GET,
+                &parts.headers,
+                &CacheControl::default(),
+                status,
+                &rparts.headers,
+                &cc,
+            )
+            .is_ok();
             if !ok || status.is_server_error() {
                 return;
             }
@@ -522,7 +594,14 @@ impl Ctx<'_> {
                 compression: runtime.config.compression.clone(),
             };
             let idle = runtime.config.upstream.body_idle_timeout;
-            admission::spawn(cache, plan, Some(lock), IdleTimeout::new(body, idle), None, None);
+            admission::spawn(
+                cache,
+                plan,
+                Some(lock),
+                IdleTimeout::new(body, idle),
+                None,
+                None,
+            );
         });
     }
 }
@@ -582,7 +661,11 @@ fn freshen(
     let mut update = update.clone();
     headers::strip_hop_by_hop(&mut update, false);
     tags::take(&mut update);
-    for name in [header::CONTENT_LENGTH, header::CONTENT_ENCODING, header::CONTENT_RANGE] {
+    for name in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::CONTENT_RANGE,
+    ] {
         update.remove(name);
     }
     if let Some(r) = rule {

@@ -164,7 +164,13 @@ fn http_date(headers: &HeaderMap, name: HeaderName) -> Option<Millis> {
         .map(|d| d.as_millis() as u64)
 }
 
-pub fn policy(status: StatusCode, headers: &HeaderMap, cc: &CacheControl, response_time: Millis, h: Heuristic) -> Policy {
+pub fn policy(
+    status: StatusCode,
+    headers: &HeaderMap,
+    cc: &CacheControl,
+    response_time: Millis,
+    h: Heuristic,
+) -> Policy {
     let date = http_date(headers, header::DATE).unwrap_or(response_time);
     let lifetime = if let Some(s) = cc.s_maxage {
         s
@@ -241,8 +247,7 @@ pub fn reuse(p: &Policy, t: &Times, now: Millis, req: &CacheControl) -> Reuse {
     let staleness = (-ttl).max(0) as u64;
     let stale_if_error = |staleness: u64| {
         !p.must_revalidate
-            && (staleness <= p.stale_if_error
-                || req.stale_if_error.is_some_and(|s| staleness <= s))
+            && (staleness <= p.stale_if_error || req.stale_if_error.is_some_and(|s| staleness <= s))
     };
     if req.no_cache || p.no_cache {
         return Reuse::Validate {
@@ -252,10 +257,16 @@ pub fn reuse(p: &Policy, t: &Times, now: Millis, req: &CacheControl) -> Reuse {
     }
     let fresh = ttl > 0;
     if fresh {
-        let too_old = req.max_age.is_some_and(|m| age > m);
+        // Milliseconds, so that max-age=0 means "revalidate" even within
+        // the first second of an entry's life.
+        let age_ms = t.initial_age * 1000 + now.saturating_sub(t.response);
+        let too_old = req.max_age.is_some_and(|m| m == 0 || age_ms > m * 1000);
         let not_fresh_enough = req.min_fresh.is_some_and(|m| (ttl as u64) < m);
         if too_old || not_fresh_enough {
-            return Reuse::Validate { ttl, on_error: true };
+            return Reuse::Validate {
+                ttl,
+                on_error: true,
+            };
         }
         return Reuse::Fresh { ttl };
     }
@@ -334,8 +345,14 @@ mod tests {
     #[test]
     fn lifetime_precedence() {
         let d = date(T0);
-        assert_eq!(pol(&headers(&[("cache-control", "max-age=60, s-maxage=10")])).lifetime, 10);
-        assert_eq!(pol(&headers(&[("cache-control", "max-age=60")])).lifetime, 60);
+        assert_eq!(
+            pol(&headers(&[("cache-control", "max-age=60, s-maxage=10")])).lifetime,
+            10
+        );
+        assert_eq!(
+            pol(&headers(&[("cache-control", "max-age=60")])).lifetime,
+            60
+        );
         let exp = date(T0 + 120_000);
         let h = headers(&[("date", &d), ("expires", &exp)]);
         assert_eq!(pol(&h).lifetime, 120);
@@ -350,26 +367,64 @@ mod tests {
     #[test]
     fn storability_as_shared_cache() {
         assert_eq!(st(200, &[], &[("cache-control", "max-age=60")]), Ok(()));
-        assert_eq!(st(200, &[], &[("cache-control", "no-store, max-age=60")]), Err(NotStorable::NoStore));
-        assert_eq!(st(200, &[], &[("cache-control", "private, max-age=60")]), Err(NotStorable::Private));
         assert_eq!(
-            st(200, &[("authorization", "x")], &[("cache-control", "max-age=60")]),
+            st(200, &[], &[("cache-control", "no-store, max-age=60")]),
+            Err(NotStorable::NoStore)
+        );
+        assert_eq!(
+            st(200, &[], &[("cache-control", "private, max-age=60")]),
+            Err(NotStorable::Private)
+        );
+        assert_eq!(
+            st(
+                200,
+                &[("authorization", "x")],
+                &[("cache-control", "max-age=60")]
+            ),
             Err(NotStorable::Authorization)
         );
-        assert_eq!(st(200, &[("authorization", "x")], &[("cache-control", "public, max-age=60")]), Ok(()));
-        assert_eq!(st(200, &[("authorization", "x")], &[("cache-control", "s-maxage=60")]), Ok(()));
         assert_eq!(
-            st(200, &[], &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]),
+            st(
+                200,
+                &[("authorization", "x")],
+                &[("cache-control", "public, max-age=60")]
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            st(
+                200,
+                &[("authorization", "x")],
+                &[("cache-control", "s-maxage=60")]
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            st(
+                200,
+                &[],
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]
+            ),
             Err(NotStorable::SetCookie)
         );
-        assert_eq!(st(200, &[], &[("cache-control", "max-age=60"), ("vary", "*")]), Err(NotStorable::VaryStar));
+        assert_eq!(
+            st(200, &[], &[("cache-control", "max-age=60"), ("vary", "*")]),
+            Err(NotStorable::VaryStar)
+        );
         assert_eq!(st(500, &[], &[]), Err(NotStorable::Status));
         assert_eq!(st(500, &[], &[("cache-control", "max-age=5")]), Ok(()));
         assert_eq!(st(200, &[], &[]), Err(NotStorable::NoFreshness));
         assert_eq!(st(200, &[], &[("etag", "\"a\"")]), Ok(()));
-        assert_eq!(st(206, &[], &[("cache-control", "max-age=5")]), Err(NotStorable::Status));
         assert_eq!(
-            st(200, &[("cache-control", "no-store")], &[("cache-control", "max-age=5")]),
+            st(206, &[], &[("cache-control", "max-age=5")]),
+            Err(NotStorable::Status)
+        );
+        assert_eq!(
+            st(
+                200,
+                &[("cache-control", "no-store")],
+                &[("cache-control", "max-age=5")]
+            ),
             Err(NotStorable::NoStore)
         );
     }
@@ -401,21 +456,66 @@ mod tests {
         let none = CacheControl::default();
         let p = policy_of("max-age=60");
         assert_eq!(reuse(&p, &t, T0 + 10_000, &none), Reuse::Fresh { ttl: 50 });
-        assert!(matches!(reuse(&p, &t, T0 + 70_000, &none), Reuse::Validate { on_error: false, .. }));
-        assert!(matches!(reuse(&p, &t, T0 + 10_000, &req("max-age=5")), Reuse::Validate { .. }));
-        assert!(matches!(reuse(&p, &t, T0 + 10_000, &req("min-fresh=55")), Reuse::Validate { .. }));
-        assert!(matches!(reuse(&p, &t, T0 + 10_000, &req("no-cache")), Reuse::Validate { .. }));
-        assert_eq!(reuse(&p, &t, T0 + 70_000, &req("max-stale=20")), Reuse::StaleAccepted { ttl: -10 });
-        assert!(matches!(reuse(&p, &t, T0 + 70_000, &req("max-stale=5")), Reuse::Validate { .. }));
+        assert!(matches!(
+            reuse(&p, &t, T0 + 70_000, &none),
+            Reuse::Validate {
+                on_error: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            reuse(&p, &t, T0 + 10_000, &req("max-age=5")),
+            Reuse::Validate { .. }
+        ));
+        assert!(matches!(
+            reuse(&p, &t, T0 + 10_000, &req("min-fresh=55")),
+            Reuse::Validate { .. }
+        ));
+        assert!(matches!(
+            reuse(&p, &t, T0 + 10_000, &req("no-cache")),
+            Reuse::Validate { .. }
+        ));
+        assert_eq!(
+            reuse(&p, &t, T0 + 70_000, &req("max-stale=20")),
+            Reuse::StaleAccepted { ttl: -10 }
+        );
+        assert!(matches!(
+            reuse(&p, &t, T0 + 70_000, &req("max-stale=5")),
+            Reuse::Validate { .. }
+        ));
 
         let p = policy_of("max-age=60, stale-while-revalidate=30, stale-if-error=600");
-        assert_eq!(reuse(&p, &t, T0 + 80_000, &none), Reuse::StaleWhileRevalidate { ttl: -20 });
-        assert_eq!(reuse(&p, &t, T0 + 100_000, &none), Reuse::Validate { ttl: -40, on_error: true });
-        assert_eq!(reuse(&p, &t, T0 + 700_000, &none), Reuse::Validate { ttl: -640, on_error: false });
+        assert_eq!(
+            reuse(&p, &t, T0 + 80_000, &none),
+            Reuse::StaleWhileRevalidate { ttl: -20 }
+        );
+        assert_eq!(
+            reuse(&p, &t, T0 + 100_000, &none),
+            Reuse::Validate {
+                ttl: -40,
+                on_error: true
+            }
+        );
+        assert_eq!(
+            reuse(&p, &t, T0 + 700_000, &none),
+            Reuse::Validate {
+                ttl: -640,
+                on_error: false
+            }
+        );
 
         let p = policy_of("max-age=60, must-revalidate, stale-while-revalidate=30");
-        assert!(matches!(reuse(&p, &t, T0 + 70_000, &req("max-stale")), Reuse::Validate { on_error: false, .. }));
+        assert!(matches!(
+            reuse(&p, &t, T0 + 70_000, &req("max-stale")),
+            Reuse::Validate {
+                on_error: false,
+                ..
+            }
+        ));
         let p = policy_of("max-age=60, no-cache");
-        assert!(matches!(reuse(&p, &t, T0 + 1000, &none), Reuse::Validate { on_error: true, .. }));
+        assert!(matches!(
+            reuse(&p, &t, T0 + 1000, &none),
+            Reuse::Validate { on_error: true, .. }
+        ));
     }
 }

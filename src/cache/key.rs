@@ -119,9 +119,18 @@ mod tests {
         assert_eq!(a.url(), "http://example.com/a?x=1");
         assert_eq!(a.path(), "/a?x=1");
         assert_eq!(a.origin(), "http://example.com");
-        assert_ne!(a.hash(), CacheKey::new(true, "example.com", "/a?x=1").hash());
-        assert_ne!(a.hash(), CacheKey::new(false, "example.com", "/a?x=2").hash());
-        assert_ne!(a.hash(), CacheKey::new(false, "example.org", "/a?x=1").hash());
+        assert_ne!(
+            a.hash(),
+            CacheKey::new(true, "example.com", "/a?x=1").hash()
+        );
+        assert_ne!(
+            a.hash(),
+            CacheKey::new(false, "example.com", "/a?x=2").hash()
+        );
+        assert_ne!(
+            a.hash(),
+            CacheKey::new(false, "example.org", "/a?x=1").hash()
+        );
         assert_eq!(a.hash(), CacheKey::hash_of(false, "EXAMPLE.com", "/a?x=1"));
         assert!(a.matches(false, "example.COM", "/a?x=1"));
         assert!(!a.matches(true, "example.com", "/a?x=1"));

@@ -52,7 +52,13 @@ impl MemoryTier {
     }
 
     /// Hit-path lookup by the key's parts: no allocation.
-    pub fn lookup(&self, hash: u128, https: bool, authority: &str, path: &str) -> Option<Arc<Object>> {
+    pub fn lookup(
+        &self,
+        hash: u128,
+        https: bool,
+        authority: &str,
+        path: &str,
+    ) -> Option<Arc<Object>> {
         self.cache
             .get(&hash)
             .filter(|o| o.key.matches(https, authority, path))
@@ -88,7 +94,9 @@ impl MemoryTier {
         match selector {
             Selector::Key(key) => u64::from(self.remove(key)),
             Selector::PathAnyHost(path) => self.remove_where(|o| o.key.path() == path),
-            Selector::Prefix(prefix) => self.remove_where(|o| o.key.path().starts_with(prefix.as_str())),
+            Selector::Prefix(prefix) => {
+                self.remove_where(|o| o.key.path().starts_with(prefix.as_str()))
+            }
             Selector::Tags(tags) => self.remove_where(|o| tags.iter().any(|t| o.has_tag(t))),
         }
     }

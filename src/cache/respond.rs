@@ -44,7 +44,8 @@ pub fn from_stored(
     });
     *resp.status_mut() = variant.status;
     *resp.headers_mut() = headers.clone();
-    resp.headers_mut().insert(header::AGE, HeaderValue::from(age));
+    resp.headers_mut()
+        .insert(header::AGE, HeaderValue::from(age));
     resp
 }
 
@@ -128,7 +129,11 @@ const NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
     header::LAST_MODIFIED,
 ];
 
-fn not_modified_or_failed(status: StatusCode, headers: &HeaderMap, age: u64) -> Response<ProxyBody> {
+fn not_modified_or_failed(
+    status: StatusCode,
+    headers: &HeaderMap,
+    age: u64,
+) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::empty());
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -175,7 +180,11 @@ enum RangeOutcome {
 /// One `bytes=` range (`a-b`, `a-`, `-n`); several ranges or another unit
 /// are ignored (a full 200 is a valid answer to them).
 fn parse_range(value: &HeaderValue, len: u64) -> RangeOutcome {
-    let Some(spec) = value.to_str().ok().and_then(|v| v.trim().strip_prefix("bytes=")) else {
+    let Some(spec) = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
         return RangeOutcome::Ignore;
     };
     if spec.contains(',') {
@@ -219,7 +228,13 @@ fn parse_range(value: &HeaderValue, len: u64) -> RangeOutcome {
     }
 }
 
-fn partial(headers: &HeaderMap, body: &Bytes, first: u64, last: u64, age: u64) -> Response<ProxyBody> {
+fn partial(
+    headers: &HeaderMap,
+    body: &Bytes,
+    first: u64,
+    last: u64,
+    age: u64,
+) -> Response<ProxyBody> {
     let slice = body.slice(first as usize..=last as usize);
     let mut resp = Response::new(ProxyBody::full(slice));
     *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
@@ -237,7 +252,12 @@ fn unsatisfiable(headers: &HeaderMap, len: usize, age: u64) -> Response<ProxyBod
     let mut resp = Response::new(ProxyBody::empty());
     *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
     let h = resp.headers_mut();
-    for name in [header::DATE, header::ETAG, header::LAST_MODIFIED, header::CACHE_CONTROL] {
+    for name in [
+        header::DATE,
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::CACHE_CONTROL,
+    ] {
         if let Some(v) = headers.get(&name) {
             h.insert(name, v.clone());
         }
@@ -266,14 +286,41 @@ mod tests {
     #[test]
     fn ranges() {
         let v = |s: &str| HeaderValue::from_str(s).unwrap();
-        assert!(matches!(parse_range(&v("bytes=0-9"), 100), RangeOutcome::Single(0, 9)));
-        assert!(matches!(parse_range(&v("bytes=90-"), 100), RangeOutcome::Single(90, 99)));
-        assert!(matches!(parse_range(&v("bytes=-10"), 100), RangeOutcome::Single(90, 99)));
-        assert!(matches!(parse_range(&v("bytes=-200"), 100), RangeOutcome::Single(0, 99)));
-        assert!(matches!(parse_range(&v("bytes=50-500"), 100), RangeOutcome::Single(50, 99)));
-        assert!(matches!(parse_range(&v("bytes=100-"), 100), RangeOutcome::Unsatisfiable));
-        assert!(matches!(parse_range(&v("bytes=0-1,5-6"), 100), RangeOutcome::Ignore));
-        assert!(matches!(parse_range(&v("items=0-1"), 100), RangeOutcome::Ignore));
-        assert!(matches!(parse_range(&v("bytes=5-1"), 100), RangeOutcome::Ignore));
+        assert!(matches!(
+            parse_range(&v("bytes=0-9"), 100),
+            RangeOutcome::Single(0, 9)
+        ));
+        assert!(matches!(
+            parse_range(&v("bytes=90-"), 100),
+            RangeOutcome::Single(90, 99)
+        ));
+        assert!(matches!(
+            parse_range(&v("bytes=-10"), 100),
+            RangeOutcome::Single(90, 99)
+        ));
+        assert!(matches!(
+            parse_range(&v("bytes=-200"), 100),
+            RangeOutcome::Single(0, 99)
+        ));
+        assert!(matches!(
+            parse_range(&v("bytes=50-500"), 100),
+            RangeOutcome::Single(50, 99)
+        ));
+        assert!(matches!(
+            parse_range(&v("bytes=100-"), 100),
+            RangeOutcome::Unsatisfiable
+        ));
+        assert!(matches!(
+            parse_range(&v("bytes=0-1,5-6"), 100),
+            RangeOutcome::Ignore
+        ));
+        assert!(matches!(
+            parse_range(&v("items=0-1"), 100),
+            RangeOutcome::Ignore
+        ));
+        assert!(matches!(
+            parse_range(&v("bytes=5-1"), 100),
+            RangeOutcome::Ignore
+        ));
     }
 }

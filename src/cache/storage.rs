@@ -47,10 +47,17 @@ pub enum Selector {
 
 pub trait Storage: Send + Sync + 'static {
     /// The object stored under `key`; `Ok(None)` is a miss.
-    fn get(&self, key: &CacheKey) -> impl Future<Output = Result<Option<Arc<Object>>, StorageError>> + Send;
+    fn get(
+        &self,
+        key: &CacheKey,
+    ) -> impl Future<Output = Result<Option<Arc<Object>>, StorageError>> + Send;
 
     /// Stores `object`, to be kept for `keep`.
-    fn put(&self, object: Arc<Object>, keep: Duration) -> impl Future<Output = Result<(), StorageError>> + Send;
+    fn put(
+        &self,
+        object: Arc<Object>,
+        keep: Duration,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
 
     /// Removes what `selector` selects; returns how many objects went.
     fn purge(&self, selector: &Selector) -> impl Future<Output = Result<u64, StorageError>> + Send;

@@ -13,7 +13,11 @@ pub fn take(headers: &mut HeaderMap) -> Vec<String> {
     for name in [SURROGATE_KEY, CACHE_TAG] {
         for v in headers.get_all(name) {
             let Ok(v) = v.to_str() else { continue };
-            for t in v.split([' ', ',', '\t']).map(str::trim).filter(|t| !t.is_empty()) {
+            for t in v
+                .split([' ', ',', '\t'])
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+            {
                 if !tags.iter().any(|x| x == t) {
                     tags.push(t.to_string());
                 }

@@ -1,0 +1,931 @@
+//! The RFC 9111 shared cache end to end: real origins that count requests,
+//! the real listener, assertions on Cache-Status, headers, bodies and how
+//! many requests reached the origin.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::Value;
+use support::origin::{reply, Body};
+use support::{wait_until, Client, Origin, Strata};
+use tokio::sync::{Barrier, Notify};
+
+const NO_HEALTH: &str = "[upstream.health]\nenabled = false\n";
+
+async fn strata(origin: &Origin, extra: &str) -> Strata {
+    Strata::start(&[origin.addr], &format!("{NO_HEALTH}{extra}")).await
+}
+
+async fn purge(s: &Strata, body: &str) -> (u16, Value) {
+    let r = Client::new()
+        .send(
+            Method::POST,
+            &s.admin_url("/purge"),
+            &[
+                ("authorization", "Bearer secret"),
+                ("content-type", "application/json"),
+            ],
+            Bytes::from(body.to_string()),
+        )
+        .await;
+    (
+        r.status.as_u16(),
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn miss_then_memory_hit_without_origin_contact() {
+    let origin = Origin::fixed(
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-type", "text/plain"),
+        ],
+        "hello",
+    )
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let first = c.get(&s.url("/a")).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "hello");
+    assert!(
+        first.cache_status().starts_with("strata; fwd=miss; stored"),
+        "{}",
+        first.cache_status()
+    );
+    let second = c.get(&s.url("/a")).await;
+    assert_eq!(second.text(), "hello");
+    assert!(
+        second
+            .cache_status()
+            .starts_with("strata; hit; detail=memory"),
+        "{}",
+        second.cache_status()
+    );
+    assert!(second.header("age").is_some());
+    assert_eq!(second.header("content-length"), Some("5"));
+    assert_eq!(origin.count(), 1);
+    // The query is part of the key.
+    let other = c.get(&s.url("/a?x=1")).await;
+    assert!(other.cache_status().contains("fwd=miss"));
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn rules_override_cache_control_for_cache_and_client() {
+    let origin = Origin::start(|req| async move {
+        let path = req.uri().path().to_string();
+        reply(
+            200,
+            &[("cache-control", "no-store"), ("etag", "\"v1\"")],
+            path,
+        )
+    })
+    .await;
+    let s = strata(
+        &origin,
+        "[[rules]]\nmatch = \"/assets/**\"\ncache_control = \"public, max-age=31536000, immutable\"\n\
+         [[rules]]\nmatch = \"/api/**\"\ncache_control = \"no-cache\"\n\
+         [[rules]]\nmatch = \"**/*.html\"\ncache_control = \"public, max-age=3600\"\n",
+    )
+    .await;
+    let c = Client::new();
+    for path in [
+        "/assets/app.js",
+        "/assets/a/b/c.css",
+        "/index.html",
+        "/a/b/page.html",
+    ] {
+        let r = c.get(&s.url(path)).await;
+        assert!(
+            r.cache_status().contains("stored"),
+            "{path}: {}",
+            r.cache_status()
+        );
+        let r = c.get(&s.url(path)).await;
+        assert!(
+            r.cache_status().contains("hit"),
+            "{path}: {}",
+            r.cache_status()
+        );
+    }
+    let r = c.get(&s.url("/assets/app.js")).await;
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert_eq!(origin.count(), 4);
+    // The API rule says no-cache: stored, but validated every time.
+    let r = c.get(&s.url("/api/items")).await;
+    assert_eq!(r.header("cache-control"), Some("no-cache"));
+    let before = origin.count();
+    let r = c.get(&s.url("/api/items")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.count(), before + 1);
+    assert_eq!(origin.last().unwrap().headers["if-none-match"], "\"v1\"");
+    // Unmatched paths follow the upstream (no-store here).
+    c.get(&s.url("/other")).await;
+    let r = c.get(&s.url("/other")).await;
+    assert!(!r.cache_status().contains("hit"));
+}
+
+#[tokio::test]
+async fn memory_capacity_is_honoured() {
+    let origin = Origin::start(|req| async move {
+        let n: usize = req.uri().path()[1..].parse().unwrap_or(0);
+        reply(
+            200,
+            &[("cache-control", "max-age=600")],
+            vec![b'a' + (n % 26) as u8; 64 * 1024],
+        )
+    })
+    .await;
+    let s = strata(&origin, "[cache]\nmemory_capacity = \"1MiB\"\n").await;
+    let c = Client::new();
+    // 4 MiB of objects through a 1 MiB cache.
+    for i in 0..64 {
+        assert_eq!(c.get(&s.url(&format!("/{i}"))).await.body.len(), 64 * 1024);
+    }
+    let bytes = s.shared.cache.memory().weighted_size();
+    assert!(bytes <= 1024 * 1024, "accounted {bytes} bytes > capacity");
+    assert!(bytes > 0);
+    let stats: Value = serde_json::from_slice(&c.get(&s.admin_url("/stats")).await.body).unwrap();
+    let reported = stats["strata_cache_bytes"][0]["value"].as_f64().unwrap();
+    assert!(reported <= 1024.0 * 1024.0);
+}
+
+#[tokio::test]
+async fn objects_over_max_size_stream_through_uncached() {
+    let origin = Origin::fixed(
+        &[("cache-control", "max-age=60")],
+        "0123456789abcdef0123456789abcdef",
+    )
+    .await;
+    let s = strata(&origin, "[cache]\nmax_object_size = \"16B\"\n").await;
+    let c = Client::new();
+    for _ in 0..3 {
+        let r = c.get(&s.url("/big")).await;
+        assert_eq!(r.body.len(), 32);
+        assert!(!r.cache_status().contains("hit"));
+    }
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
+async fn vary_stores_variants_selected_by_request_fields() {
+    let origin = Origin::start(|req| async move {
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_else(|| "none".into());
+        reply(
+            200,
+            &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+            lang,
+        )
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let en = c.get_with(&s.url("/v"), &[("accept-language", "en")]).await;
+    assert_eq!(en.text(), "en");
+    let de = c.get_with(&s.url("/v"), &[("accept-language", "de")]).await;
+    assert_eq!(de.text(), "de");
+    assert!(
+        de.cache_status().contains("fwd=vary-miss"),
+        "{}",
+        de.cache_status()
+    );
+    let en2 = c.get_with(&s.url("/v"), &[("accept-language", "en")]).await;
+    assert_eq!(en2.text(), "en");
+    assert!(en2.cache_status().contains("hit"));
+    let de2 = c.get_with(&s.url("/v"), &[("accept-language", "de")]).await;
+    assert_eq!(de2.text(), "de");
+    assert!(de2.cache_status().contains("hit"));
+    let none = c.get(&s.url("/v")).await;
+    assert_eq!(none.text(), "none");
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
+async fn vary_star_never_matches() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60"), ("vary", "*")], "x").await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    c.get(&s.url("/star")).await;
+    c.get(&s.url("/star")).await;
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn what_a_shared_cache_must_not_store() {
+    let origin = Origin::start(|req| async move {
+        let cc = match req.uri().path() {
+            "/no-store" => "no-store, max-age=60",
+            "/private" => "private, max-age=60",
+            _ => "max-age=60",
+        };
+        let mut headers = vec![("cache-control", cc)];
+        if req.uri().path() == "/cookie" {
+            headers.push(("set-cookie", "session=abc"));
+        }
+        reply(200, &headers, "x")
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for path in ["/no-store", "/private", "/cookie"] {
+        c.get(&s.url(path)).await;
+        let r = c.get(&s.url(path)).await;
+        assert!(!r.cache_status().contains("hit"), "{path}");
+    }
+    // Authorization: not stored without public/s-maxage/must-revalidate.
+    c.get_with(&s.url("/auth"), &[("authorization", "Bearer a")])
+        .await;
+    let r = c
+        .get_with(&s.url("/auth"), &[("authorization", "Bearer a")])
+        .await;
+    assert!(!r.cache_status().contains("hit"));
+    assert_eq!(origin.count(), 8);
+}
+
+#[tokio::test]
+async fn stale_entry_is_revalidated_and_304_updates_stored_headers() {
+    let version = Arc::new(AtomicUsize::new(1));
+    let v = version.clone();
+    let origin = Origin::start(move |req| {
+        let v = v.clone();
+        async move {
+            let n = v.load(Ordering::SeqCst).to_string();
+            if req
+                .headers()
+                .get("if-none-match")
+                .is_some_and(|t| t == "\"e1\"")
+            {
+                // Age makes the refreshed entry fresh for 60 s.
+                return reply(
+                    304,
+                    &[
+                        ("cache-control", "max-age=60"),
+                        ("etag", "\"e1\""),
+                        ("x-version", &n),
+                    ],
+                    "",
+                );
+            }
+            // Age: 20 > max-age=10: stored already stale.
+            reply(
+                200,
+                &[
+                    ("cache-control", "max-age=10"),
+                    ("age", "20"),
+                    ("etag", "\"e1\""),
+                    ("x-version", &n),
+                ],
+                "body-v1",
+            )
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let r = c.get(&s.url("/r")).await;
+    assert_eq!(r.text(), "body-v1");
+    version.store(2, Ordering::SeqCst);
+    let r = c.get(&s.url("/r")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "body-v1");
+    assert!(
+        r.cache_status().contains("fwd=stale; fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(
+        r.header("x-version"),
+        Some("2"),
+        "304 updates stored headers"
+    );
+    assert_eq!(origin.last().unwrap().headers["if-none-match"], "\"e1\"");
+    // Now fresh again: a hit with the updated headers.
+    let r = c.get(&s.url("/r")).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(r.header("x-version"), Some("2"));
+    assert_eq!(r.header("cache-control"), Some("max-age=60"));
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn client_conditionals_answered_from_cache() {
+    let origin = Origin::fixed(
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"abc\""),
+            ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ],
+        "conditional body",
+    )
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    c.get(&s.url("/c")).await;
+    let r = c
+        .get_with(&s.url("/c"), &[("if-none-match", "\"zzz\", \"abc\"")])
+        .await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some("\"abc\""));
+    let r = c
+        .get_with(&s.url("/c"), &[("if-none-match", "W/\"abc\"")])
+        .await;
+    assert_eq!(r.status, 304, "If-None-Match uses the weak comparison");
+    let r = c
+        .get_with(
+            &s.url("/c"),
+            &[("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT")],
+        )
+        .await;
+    assert_eq!(r.status, 304);
+    let r = c
+        .get_with(
+            &s.url("/c"),
+            &[("if-modified-since", "Tue, 20 Oct 2015 07:28:00 GMT")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = c.get_with(&s.url("/c"), &[("if-match", "\"nope\"")]).await;
+    assert_eq!(r.status, 412);
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test]
+async fn conditional_request_on_a_miss_is_answered_after_storing() {
+    let origin = Origin::fixed(
+        &[("cache-control", "max-age=60"), ("etag", "\"m\"")],
+        "miss body",
+    )
+    .await;
+    let s = strata(&origin, "").await;
+    let r = Client::new()
+        .get_with(&s.url("/m"), &[("if-none-match", "\"m\"")])
+        .await;
+    assert_eq!(r.status, 304);
+    assert!(
+        origin
+            .last()
+            .unwrap()
+            .headers
+            .get("if-none-match")
+            .is_none(),
+        "the cache fetches unconditionally"
+    );
+    let r = Client::new().get(&s.url("/m")).await;
+    assert!(r.cache_status().contains("hit"));
+    assert_eq!(r.text(), "miss body");
+}
+
+#[tokio::test]
+async fn head_is_served_from_a_cached_get() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "0123456789").await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    c.get(&s.url("/h")).await;
+    let r = c.send(Method::HEAD, &s.url("/h"), &[], Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("content-length"), Some("10"));
+    assert!(r.cache_status().contains("hit"));
+    assert_eq!(origin.count(), 1);
+    // A HEAD miss fills the cache with a GET.
+    let r = c.send(Method::HEAD, &s.url("/h2"), &[], Bytes::new()).await;
+    assert!(r.body.is_empty());
+    assert_eq!(origin.last().unwrap().method, Method::GET);
+    wait_until(Duration::from_secs(5), "HEAD miss stored", || async {
+        c.get(&s.url("/h2")).await.cache_status().contains("hit")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ranges_are_served_from_the_stored_object() {
+    let origin = Origin::fixed(
+        &[("cache-control", "max-age=60"), ("etag", "\"r\"")],
+        "0123456789",
+    )
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    c.get(&s.url("/range")).await;
+    let r = c
+        .get_with(&s.url("/range"), &[("range", "bytes=2-4")])
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.text(), "234");
+    assert_eq!(r.header("content-range"), Some("bytes 2-4/10"));
+    let r = c.get_with(&s.url("/range"), &[("range", "bytes=7-")]).await;
+    assert_eq!(r.text(), "789");
+    let r = c.get_with(&s.url("/range"), &[("range", "bytes=-2")]).await;
+    assert_eq!(r.text(), "89");
+    let r = c
+        .get_with(&s.url("/range"), &[("range", "bytes=50-")])
+        .await;
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range"), Some("bytes */10"));
+    let r = c
+        .get_with(
+            &s.url("/range"),
+            &[("range", "bytes=0-1"), ("if-range", "\"other\"")],
+        )
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "a failed If-Range gets the whole representation"
+    );
+    assert_eq!(r.text(), "0123456789");
+    let r = c
+        .get_with(
+            &s.url("/range"),
+            &[("range", "bytes=0-1"), ("if-range", "\"r\"")],
+        )
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_target_and_location() {
+    let origin = Origin::start(|req| async move {
+        if req.method() == Method::POST {
+            return reply(201, &[("location", "/other")], "created");
+        }
+        reply(200, &[("cache-control", "max-age=60")], "cached")
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    c.get(&s.url("/target")).await;
+    c.get(&s.url("/other")).await;
+    assert!(c
+        .get(&s.url("/target"))
+        .await
+        .cache_status()
+        .contains("hit"));
+    assert!(c.get(&s.url("/other")).await.cache_status().contains("hit"));
+    let r = c
+        .send(
+            Method::POST,
+            &s.url("/target"),
+            &[],
+            Bytes::from_static(b"x"),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert!(c
+        .get(&s.url("/target"))
+        .await
+        .cache_status()
+        .contains("fwd=miss"));
+    assert!(c
+        .get(&s.url("/other"))
+        .await
+        .cache_status()
+        .contains("fwd=miss"));
+}
+
+#[tokio::test]
+async fn fifty_concurrent_cold_requests_make_one_origin_request() {
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let origin = Origin::start(move |_req| {
+        let g = g.clone();
+        async move {
+            g.notified().await;
+            reply(200, &[("cache-control", "max-age=60")], "collapsed body")
+        }
+    })
+    .await;
+    let s = Arc::new(strata(&origin, "").await);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let url = s.url("/hot");
+        tasks.push(tokio::spawn(async move { Client::new().get(&url).await }));
+    }
+    wait_until(
+        Duration::from_secs(5),
+        "the leader reached the origin",
+        || async { origin.count() == 1 },
+    )
+    .await;
+    // Give every follower time to queue behind the leader (bounded: they
+    // are all in flight once the collapse map has waiters).
+    wait_until(Duration::from_secs(5), "followers waiting", || async {
+        s.shared.cache.collapser().in_flight() == 1
+    })
+    .await;
+    gate.notify_one();
+    let mut collapsed = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "collapsed body");
+        if r.cache_status().contains("collapsed") {
+            collapsed += 1;
+        }
+    }
+    assert_eq!(
+        origin.count(),
+        1,
+        "one upstream request for 50 concurrent misses"
+    );
+    assert!(collapsed > 0);
+}
+
+#[tokio::test]
+async fn uncacheable_requests_never_wait_on_each_other() {
+    // After the first request, the origin answers only once 10 requests
+    // are inside it at the same time: serialized requests never get there.
+    let barrier = Arc::new(Barrier::new(10));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (b, n) = (barrier.clone(), seen.clone());
+    let origin = Origin::start(move |_req| {
+        let (b, n) = (b.clone(), n.clone());
+        async move {
+            if n.fetch_add(1, Ordering::SeqCst) > 0 {
+                b.wait().await;
+            }
+            reply(200, &[("cache-control", "no-store")], "pass")
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    // The first response teaches the cache that the URL is uncacheable.
+    assert_eq!(Client::new().get(&s.url("/nostore")).await.status, 200);
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let url = s.url("/nostore");
+            tokio::spawn(async move { Client::new().get(&url).await })
+        })
+        .collect();
+    for t in tasks {
+        let r = tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .expect("uncacheable requests run in parallel")
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.cache_status(), "strata; fwd=bypass");
+    }
+    assert_eq!(origin.count(), 11);
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_at_once_and_refreshes_in_background() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let origin = Origin::start(move |_req| {
+        let k = n2.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            // Stored already 5 s stale, inside a 60 s SWR window.
+            reply(
+                200,
+                &[
+                    ("cache-control", "max-age=10, stale-while-revalidate=60"),
+                    ("age", "15"),
+                ],
+                format!("v{k}"),
+            )
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    assert_eq!(c.get(&s.url("/swr")).await.text(), "v1");
+    let r = c.get(&s.url("/swr")).await;
+    assert_eq!(r.text(), "v1", "stale served at once");
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    wait_until(Duration::from_secs(5), "background refresh", || async {
+        origin.count() == 2
+    })
+    .await;
+    wait_until(Duration::from_secs(5), "refreshed entry served", || async {
+        c.get(&s.url("/swr")).await.text() == "v2"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_stale_on_5xx_and_on_a_dead_upstream() {
+    let fail = Arc::new(AtomicUsize::new(0));
+    let f = fail.clone();
+    let origin = Origin::start(move |_req| {
+        let f = f.clone();
+        async move {
+            if f.load(Ordering::SeqCst) == 1 {
+                return reply(500, &[], "boom");
+            }
+            reply(
+                200,
+                &[
+                    ("cache-control", "max-age=10, stale-if-error=600"),
+                    ("age", "15"),
+                ],
+                "good",
+            )
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    assert_eq!(c.get(&s.url("/sie")).await.text(), "good");
+    fail.store(1, Ordering::SeqCst);
+    let r = c.get(&s.url("/sie")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "good");
+    assert!(
+        r.cache_status().contains("stale-if-error"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(r.cache_status().contains("fwd-status=500"));
+    origin.shutdown();
+    wait_until(Duration::from_secs(5), "origin gone", || async {
+        tokio::net::TcpStream::connect(origin.addr).await.is_err()
+    })
+    .await;
+    let r = c.get(&s.url("/sie")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "good");
+    // Without stale-if-error, a dead upstream is an error.
+    let r = c.get(&s.url("/never-stored")).await;
+    assert_eq!(r.status, 502);
+}
+
+#[tokio::test]
+async fn must_revalidate_is_never_served_stale() {
+    let fail = Arc::new(AtomicUsize::new(0));
+    let f = fail.clone();
+    let origin = Origin::start(move |_req| {
+        let f = f.clone();
+        async move {
+            if f.load(Ordering::SeqCst) == 1 {
+                return reply(503, &[], "down");
+            }
+            reply(
+                200,
+                &[
+                    (
+                        "cache-control",
+                        "max-age=10, must-revalidate, stale-if-error=600",
+                    ),
+                    ("age", "15"),
+                ],
+                "x",
+            )
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    c.get(&s.url("/mr")).await;
+    fail.store(1, Ordering::SeqCst);
+    assert_eq!(c.get(&s.url("/mr")).await.status, 503);
+}
+
+#[tokio::test]
+async fn tags_are_hidden_and_purges_work_by_tag_url_and_prefix() {
+    let origin = Origin::start(|req| async move {
+        let tag = if req.uri().path().starts_with("/t/") {
+            "news sport"
+        } else {
+            "other"
+        };
+        reply(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("surrogate-key", tag),
+                ("cache-tag", "all"),
+            ],
+            "tagged",
+        )
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let r = c.get(&s.url("/t/1")).await;
+    assert!(r.header("surrogate-key").is_none());
+    assert!(r.header("cache-tag").is_none());
+    for p in ["/t/2", "/u/1", "/u/2?q=1"] {
+        c.get(&s.url(p)).await;
+    }
+    assert_eq!(
+        purge(&s, r#"{"tags": ["sport"]}"#).await,
+        (200, serde_json::json!({"purged": 2}))
+    );
+    assert!(c
+        .get(&s.url("/t/1"))
+        .await
+        .cache_status()
+        .contains("fwd=miss"));
+    assert!(c.get(&s.url("/u/1")).await.cache_status().contains("hit"));
+    assert_eq!(purge(&s, r#"{"url": "/u/1"}"#).await.1["purged"], 1);
+    assert!(c
+        .get(&s.url("/u/1"))
+        .await
+        .cache_status()
+        .contains("fwd=miss"));
+    let abs = format!(r#"{{"url": "http://{}/u/2?q=1"}}"#, s.addr);
+    assert_eq!(purge(&s, &abs).await.1["purged"], 1);
+    // /t/1 was fetched again after the tag purge; /t/2 was not.
+    assert_eq!(purge(&s, r#"{"prefix": "/t/"}"#).await.1["purged"], 1);
+    assert_eq!(purge(&s, r#"{"tags": ["nothing"]}"#).await.1["purged"], 0);
+
+    // Authentication and validation.
+    let r = c
+        .send(
+            Method::POST,
+            &s.admin_url("/purge"),
+            &[],
+            Bytes::from_static(br#"{"url": "/x"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let r = c
+        .send(
+            Method::POST,
+            &s.admin_url("/purge"),
+            &[("authorization", "Bearer wrong")],
+            Bytes::from_static(br#"{"url": "/x"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    for bad in [
+        r#"{"url": 5}"#,
+        "not json",
+        "{}",
+        r#"{"url": "/a", "prefix": "/b"}"#,
+        r#"{"tags": []}"#,
+        r#"{"prefix": "x"}"#,
+    ] {
+        assert_eq!(purge(&s, bad).await.0, 400, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn storable_miss_streams_while_storing() {
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let origin = Origin::start(move |_req| {
+        let g = g.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<
+                Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+            >(2);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Ok(http_body::Frame::data(Bytes::from_static(b"first-"))))
+                    .await;
+                g.notified().await;
+                let _ = tx
+                    .send(Ok(http_body::Frame::data(Bytes::from_static(b"second"))))
+                    .await;
+            });
+            let mut rx = rx;
+            let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+            let body: Body =
+                http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(stream));
+            let mut r = http::Response::new(body);
+            r.headers_mut()
+                .insert("cache-control", "max-age=60".parse().unwrap());
+            r
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let req = http::Request::get(s.url("/stream"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = Client::new().start(req).await;
+    let mut body = resp.into_body();
+    use http_body_util::BodyExt;
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"first-"));
+    gate.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, Bytes::from_static(b"second"));
+    let c = Client::new();
+    wait_until(
+        Duration::from_secs(5),
+        "stored after the stream ended",
+        || async {
+            c.get(&s.url("/stream"))
+                .await
+                .cache_status()
+                .contains("hit")
+        },
+    )
+    .await;
+    assert_eq!(c.get(&s.url("/stream")).await.text(), "first-second");
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test]
+async fn a_broken_upstream_body_is_never_stored() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let h = h.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if sock.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                h.fetch_add(1, Ordering::SeqCst);
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nCache-Control: max-age=60\r\n\r\ntruncated")
+                    .await;
+            });
+        }
+    });
+    let s = Strata::start(&[addr], NO_HEALTH).await;
+    let c = Client::new();
+    for _ in 0..2 {
+        let req = http::Request::get(s.url("/broken"))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let resp = c.start(req).await;
+        use http_body_util::BodyExt;
+        let got = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .unwrap();
+        assert!(got.is_err(), "the client sees a cut-off body");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "the truncated response was not stored"
+    );
+}
+
+#[tokio::test]
+async fn only_if_cached_miss_is_504() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "x").await;
+    let s = strata(&origin, "").await;
+    let r = Client::new()
+        .get_with(&s.url("/oic"), &[("cache-control", "only-if-cached")])
+        .await;
+    assert_eq!(r.status, 504);
+    assert_eq!(origin.count(), 0);
+}
+
+#[tokio::test]
+async fn request_no_cache_and_max_age_zero_revalidate() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60"), ("etag", "\"q\"")], "x").await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    c.get(&s.url("/q")).await;
+    let r = c
+        .get_with(&s.url("/q"), &[("cache-control", "no-cache")])
+        .await;
+    assert!(
+        r.cache_status().contains("fwd=request"),
+        "{}",
+        r.cache_status()
+    );
+    let r = c.get_with(&s.url("/q"), &[("pragma", "no-cache")]).await;
+    assert!(r.cache_status().contains("fwd=request"));
+    let r = c
+        .get_with(&s.url("/q"), &[("cache-control", "max-age=0")])
+        .await;
+    assert!(!r.cache_status().contains("hit"));
+    assert_eq!(origin.count(), 4);
+}
+
+#[tokio::test]
+async fn every_response_carries_cache_status() {
+    let origin = Origin::fixed(&[("cache-control", "no-store")], "x").await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    assert!(c
+        .get(&s.url("/x"))
+        .await
+        .cache_status()
+        .starts_with("strata; fwd="));
+    let r = c.send(Method::POST, &s.url("/x"), &[], Bytes::new()).await;
+    assert_eq!(r.cache_status(), "strata; fwd=method");
+    let r = support::http::raw(s.addr, b"GET / HTTP/1.1\r\n\r\n").await;
+    assert!(r.to_ascii_lowercase().contains("cache-status: strata"));
+}
