@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 
@@ -162,7 +162,7 @@ fn validate(req: &Request<Incoming>) -> Result<(), ProxyError> {
         _ => {}
     }
     if let Some(host) = host {
-        if host_authority(host).is_none() {
+        if host.to_str().map_or(true, |h| !valid_host(h)) {
             return Err(ProxyError::BadRequest("invalid Host header"));
         }
     }
@@ -182,19 +182,67 @@ fn validate(req: &Request<Incoming>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-fn host_authority(v: &HeaderValue) -> Option<http::uri::Authority> {
-    let text = v.to_str().ok()?;
-    if text.is_empty() || text.contains(['/', '@', ' ', '?', '#']) {
-        return None;
-    }
-    text.parse().ok()
+/// RFC 9110 §7.2 `Host = uri-host [ ":" port ]`, checked without
+/// allocating: a reg-name, IPv4 or bracketed IPv6, and digits after ':'.
+fn valid_host(h: &str) -> bool {
+    let (host, port) = match h.rfind(':') {
+        Some(i) if !h[i..].contains(']') => (&h[..i], Some(&h[i + 1..])),
+        _ => (h, None),
+    };
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner.strip_suffix(']').is_some_and(|ip| {
+            !ip.is_empty()
+                && ip
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        })
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b))
+    };
+    host_ok && port.is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The authority the client asked for: the URI's (absolute-form, HTTP/2)
-/// or else the Host header.
+/// or else the Host header. Borrowed, so the hit path does not allocate.
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| valid_host(h)),
+    }
+}
+
+/// [`request_host`] as an owned `Authority` (for invalidation).
 pub fn request_authority<B>(req: &Request<B>) -> Option<http::uri::Authority> {
-    req.uri()
-        .authority()
-        .cloned()
-        .or_else(|| req.headers().get(header::HOST).and_then(host_authority))
+    request_host(req).and_then(|h| h.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:80",
+            "[::1]:443",
+            "[::1]",
+            "a_b",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "", "a b", "a/b", "u@h", "h:port", "h:123456", "[::1", "h?x", ":80",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
 }

@@ -90,11 +90,11 @@ pub async fn serve(
         // A GET with a body is not something a cache can key on.
         return forward::pass(shared, runtime, req, conn, Fwd::Bypass).await;
     }
-    let Some(authority) = crate::proxy::request_authority(&req) else {
+    let Some(authority) = crate::proxy::request_host(&req) else {
         return forward::pass(shared, runtime, req, conn, Fwd::Bypass).await;
     };
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let hash = CacheKey::hash_of(conn.https, authority.as_str(), path);
+    let hash = CacheKey::hash_of(conn.https, authority, path);
     let rule = config.rules.find(req.uri().path());
     if rule.is_some_and(|(_, r)| r.directives().no_store) || shared.cache.is_pass(hash) {
         return forward::pass(shared, runtime, req, conn, Fwd::Bypass).await;
@@ -110,9 +110,7 @@ pub async fn serve(
     let cache = &shared.cache;
 
     // === lookup ===
-    let found = cache
-        .lookup(hash, conn.https, authority.as_str(), path)
-        .await;
+    let found = cache.lookup(hash, conn.https, authority, path).await;
     let mut fwd = Fwd::Miss;
     let mut stale: Option<Stale> = None;
     let object = found.as_ref().map(|(o, _)| o.clone());
@@ -152,7 +150,7 @@ pub async fn serve(
     }
 
     // === collapse ===
-    let key = CacheKey::new(conn.https, authority.as_str(), path);
+    let key = CacheKey::new(conn.https, authority, path);
     match cache.collapser().lock(hash) {
         Locked::Write(lock) => ctx.fetch(req, key, object, stale, lock, fwd).await,
         Locked::Read(wait) => {

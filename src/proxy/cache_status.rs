@@ -106,37 +106,39 @@ impl CacheStatus {
                 return HeaderValue::from_static(s);
             }
         }
-        let mut out = String::with_capacity(64);
-        out.push_str("strata");
+        let mut out = bytes::BytesMut::with_capacity(64);
+        out.extend_from_slice(b"strata");
         if let Some(tier) = self.hit {
-            out.push_str("; hit; detail=");
-            out.push_str(tier.as_str());
+            out.extend_from_slice(b"; hit; detail=");
+            out.extend_from_slice(tier.as_str().as_bytes());
         }
         if let Some(fwd) = self.fwd {
-            out.push_str("; fwd=");
-            out.push_str(fwd.as_str());
+            out.extend_from_slice(b"; fwd=");
+            out.extend_from_slice(fwd.as_str().as_bytes());
         }
         if let Some(status) = self.fwd_status {
-            out.push_str("; fwd-status=");
-            out.push_str(itoa::Buffer::new().format(status));
+            out.extend_from_slice(b"; fwd-status=");
+            out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
         }
         if self.stored {
-            out.push_str("; stored");
+            out.extend_from_slice(b"; stored");
         }
         if self.collapsed {
-            out.push_str("; collapsed");
+            out.extend_from_slice(b"; collapsed");
         }
         if self.hit.is_none() {
             if let Some(detail) = self.detail {
-                out.push_str("; detail=");
-                out.push_str(detail);
+                out.extend_from_slice(b"; detail=");
+                out.extend_from_slice(detail.as_bytes());
             }
         }
         if let Some(ttl) = self.ttl {
-            out.push_str("; ttl=");
-            out.push_str(itoa::Buffer::new().format(ttl));
+            out.extend_from_slice(b"; ttl=");
+            out.extend_from_slice(itoa::Buffer::new().format(ttl).as_bytes());
         }
-        HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("strata"))
+        // Every piece above is visible ASCII: one allocation, no copy.
+        HeaderValue::from_maybe_shared(out.freeze())
+            .unwrap_or_else(|_| HeaderValue::from_static("strata"))
     }
 }
 
