@@ -4,7 +4,8 @@
 //! - `cache/entry.rs`: stored objects, variants (Vary) and representations.
 //! - `cache/directives.rs`: Cache-Control parsing.
 //! - `cache/freshness.rs`: storability, freshness, age, reuse decisions.
-//! - `cache/storage.rs`: the tier seam; `memory.rs` (moka) and `redis.rs`.
+//! - `cache/storage.rs`: the tier seam; `memory.rs` (moka) and `redis.rs`
+//!   (the shared tier: codec, breaker, connections, fleet purge, indexes).
 //! - `cache/collapse.rs`: collapsed forwarding of concurrent misses.
 //! - `cache/flow.rs`: the request flow for GET and HEAD.
 //! - `cache/admission.rs`: streaming a miss to the client while storing it.
@@ -19,6 +20,7 @@ pub mod flow;
 pub mod freshness;
 pub mod key;
 pub mod memory;
+pub mod redis;
 pub mod respond;
 pub mod storage;
 pub mod tags;
@@ -30,11 +32,13 @@ use http::header::{self, HeaderMap};
 use http::uri::Authority;
 use http::Uri;
 
+use self::redis::RedisTier;
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use crate::proxy::cache_status::Tier;
 use collapse::Collapser;
 use entry::Object;
+use freshness::now_millis;
 use key::CacheKey;
 use memory::MemoryTier;
 use storage::Selector;
@@ -53,6 +57,8 @@ pub struct Cache {
 
 struct Inner {
     memory: MemoryTier,
+    /// The shared tier, when `[cache.redis]` is configured.
+    redis: Option<RedisTier>,
     collapser: Arc<Collapser>,
     pass: moka::sync::Cache<u128, ()>,
     metrics: Metrics,
@@ -93,10 +99,26 @@ impl Purge {
 }
 
 impl Cache {
+    /// Builds the tiers; with Redis configured, also starts the fleet
+    /// listener that applies other instances' purges to this memory tier.
+    /// Must run inside a tokio runtime.
     pub fn new(config: &CacheConfig, metrics: Metrics) -> Cache {
+        let memory = MemoryTier::new(config.memory_capacity);
+        let redis = config.redis.as_ref().map(|r| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Selector>();
+            let listener = memory.clone();
+            tokio::spawn(async move {
+                while let Some(selector) = rx.recv().await {
+                    let n = listener.purge_now(&selector);
+                    tracing::debug!(?selector, removed = n, "fleet invalidation applied");
+                }
+            });
+            RedisTier::start(r, metrics.clone(), tx)
+        });
         Cache {
             inner: Arc::new(Inner {
-                memory: MemoryTier::new(config.memory_capacity),
+                memory,
+                redis,
                 collapser: Collapser::new(),
                 pass: moka::sync::Cache::builder()
                     .max_capacity(100_000)
@@ -119,7 +141,9 @@ impl Cache {
         &self.inner.metrics
     }
 
-    /// Looks the URL up in memory (no allocation on a hit).
+    /// Looks the URL up in memory (no allocation on a hit), then in Redis
+    /// (bounded by its timeout; an error is a miss). A Redis hit is
+    /// promoted into memory.
     pub async fn lookup(
         &self,
         hash: u128,
@@ -127,16 +151,42 @@ impl Cache {
         authority: &str,
         path: &str,
     ) -> Option<(Arc<Object>, Tier)> {
-        self.inner
-            .memory
-            .lookup(hash, https, authority, path)
-            .map(|o| (o, Tier::Memory))
+        if let Some(o) = self.inner.memory.lookup(hash, https, authority, path) {
+            return Some((o, Tier::Memory));
+        }
+        let redis = self.inner.redis.as_ref()?;
+        let key = CacheKey::new(https, authority, path);
+        match redis.get(&key).await {
+            Ok(Some(object)) => {
+                self.inner.memory.insert(object.clone());
+                Some((object, Tier::Redis))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                // Counted by the tier; a Redis problem is only ever a miss.
+                tracing::debug!(key = %key, error = %e, "redis lookup failed: miss");
+                None
+            }
+        }
     }
 
-    /// Admits an object to every tier.
+    /// Admits an object to memory now and to Redis in the background.
     pub fn admit(&self, object: Arc<Object>) {
         self.inner.pass.invalidate(&object.key.hash());
+        if let Some(redis) = &self.inner.redis {
+            let keep = Duration::from_secs(object.keep_secs(now_millis()));
+            redis.put_background(object.clone(), keep);
+        }
         self.inner.memory.insert(object);
+    }
+
+    /// Waits (bounded) for queued Redis writes to land; used at shutdown.
+    pub async fn flush(&self, within: Duration) {
+        if let Some(redis) = &self.inner.redis {
+            if !redis.flush(within).await {
+                tracing::warn!("some Redis writes were still queued at shutdown");
+            }
+        }
     }
 
     pub fn is_pass(&self, hash: u128) -> bool {
@@ -147,23 +197,27 @@ impl Cache {
         self.inner.pass.insert(hash, ());
     }
 
-    /// Removes one URL (every variant and encoding) from every tier.
+    /// Removes one URL (every variant and encoding) from every tier, and
+    /// from the fleet's memory tiers through Redis.
     pub fn remove(&self, key: &CacheKey) {
         self.inner.memory.remove(key);
+        if let Some(redis) = &self.inner.redis {
+            redis.invalidate_background(key.clone());
+        }
     }
 
-    /// Admin purge: returns how many objects were removed.
+    /// Admin purge: removes from memory and, with Redis, from Redis and
+    /// (through the purge channel) every instance's memory. Returns how
+    /// many objects were removed: the larger of the two tiers' counts,
+    /// since memory mostly holds copies of what Redis has.
     pub async fn purge(&self, purge: &Purge) -> Result<u64, PurgeError> {
         let selector = purge.selector()?;
-        let n = self.inner.memory.purge_now(&selector);
+        let mut n = self.inner.memory.purge_now(&selector);
+        if let Some(redis) = &self.inner.redis {
+            n = n.max(redis.purge(&selector).await?);
+        }
         self.inner.metrics.purged(n);
         Ok(n)
-    }
-
-    /// Applies a purge received from another instance.
-    pub fn apply_remote(&self, selector: &Selector) {
-        let n = self.inner.memory.purge_now(selector);
-        tracing::debug!(?selector, removed = n, "fleet invalidation applied");
     }
 
     /// RFC 9111 §4.4: a non-error response to an unsafe request

@@ -78,6 +78,7 @@ struct Inner {
     redis_errors: IntCounter,
     redis_breaker_open: IntGauge,
     redis_dropped_writes: IntCounter,
+    redis_breaker_opens: IntCounter,
     collapsed: IntCounter,
     purged: IntCounter,
     rule_requests: IntCounterVec,
@@ -216,6 +217,11 @@ impl Metrics {
                 "strata_redis_dropped_writes_total",
                 "Redis writes dropped because the write queue was full.",
             ),
+            redis_breaker_opens: counter(
+                &r,
+                "strata_redis_breaker_opens_total",
+                "Times the Redis circuit breaker opened.",
+            ),
             collapsed: counter(
                 &r,
                 "strata_collapsed_total",
@@ -308,6 +314,10 @@ impl Metrics {
 
     pub fn redis_dropped_write(&self) {
         self.inner.redis_dropped_writes.inc();
+    }
+
+    pub fn redis_breaker_opened(&self) {
+        self.inner.redis_breaker_opens.inc();
     }
 
     pub fn collapsed(&self) {

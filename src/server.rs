@@ -192,6 +192,7 @@ impl Server {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("drain timeout reached, closing remaining connections"),
         }
+        shared.cache.flush(Duration::from_secs(2)).await;
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod origin;
+pub mod redis;
 
 use std::future::Future;
 use std::net::SocketAddr;

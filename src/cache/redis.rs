@@ -1,0 +1,334 @@
+//! The shared Redis tier: objects shared by every instance of a fleet,
+//! fleet-wide purges, and graceful degradation when Redis is slow or down.
+//!
+//! - [`RedisTier::start`] never fails and never waits: the connection is made
+//!   in the background (`conn`); until it exists every operation is a fast
+//!   miss.
+//! - Reads ([`RedisTier::get`]) are bounded by `cache.redis.timeout` and go
+//!   through a circuit breaker (`breaker`); every failure is a miss,
+//!   logged at debug and counted in `strata_redis_errors_total`.
+//! - Writes ([`RedisTier::put_background`]) are queued (bounded by
+//!   `write_queue`, dropped and counted when full) and written off the request
+//!   path by worker tasks: the object ([`codec`]) with `SET .. PX keep`, then
+//!   its path and tag index entries (`index`).
+//! - Purges ([`RedisTier::purge`]) delete the selected objects through the
+//!   indexes, then publish the selector on `{prefix}purge`; every instance
+//!   forwards other instances' purges to its memory tier (`fleet`).
+//!
+//! Operation bounds: reads `timeout`; writes, unsafe-method invalidations
+//! and publishes `max(timeout, 1 s)`; a purge at most 5 s in all. Every
+//! operation (`store`) runs on the current connection within its bound,
+//! through the breaker, and is counted and logged when it fails.
+//!
+//! Needs a tokio runtime: `start` spawns the connector, the subscriber, the
+//! index sweeper and the write workers. They stop when the last clone of the
+//! tier is dropped (the write workers after draining their queues).
+
+mod breaker;
+pub mod codec;
+mod conn;
+mod fleet;
+mod index;
+mod store;
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::{self, error::TrySendError, UnboundedSender};
+use tokio::sync::oneshot;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use self::breaker::Breaker;
+use self::conn::Backend;
+use self::fleet::Fleet;
+use self::index::Keys;
+use self::store::Core;
+pub(crate) use self::store::Limits;
+use super::entry::Object;
+use super::key::CacheKey;
+use super::storage::{Selector, Storage, StorageError};
+use crate::config::RedisConfig;
+use crate::metrics::Metrics;
+
+/// Upper bound of one purge, Redis deletes and publish together.
+pub const PURGE_CAP: Duration = Duration::from_secs(5);
+/// Write workers; a key always goes to the same one, so writes and
+/// invalidations of one URL stay in order.
+const LANES: usize = 4;
+/// How often each instance sweeps expired members out of the path index.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+enum Job {
+    Put(Arc<Object>, Duration),
+    Invalidate(CacheKey),
+    /// Answered once every job queued before it on its lane is done.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// The shared Redis tier. Cheap to clone: clones share one connection,
+/// breaker, write queue and subscription.
+#[derive(Clone)]
+pub struct RedisTier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Arc<Core>,
+    lanes: Vec<mpsc::Sender<Job>>,
+    _stop: DropGuard,
+}
+
+/// One write worker: drains its queue until every sender is gone.
+async fn run_lane(core: Arc<Core>, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(job) = jobs.recv().await {
+        // Failures are counted and logged inside; a lost write is a miss.
+        match job {
+            Job::Put(object, keep) => {
+                let _ = core.put(&object, keep).await;
+            }
+            Job::Invalidate(key) => {
+                let _ = core.invalidate(&key).await;
+            }
+            Job::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+async fn run_sweeper(core: Arc<Core>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                // Failures are counted and logged inside.
+                let _ = core.sweep().await;
+            }
+        }
+    }
+}
+
+/// A fleet-unique id for this tier instance (so it can ignore its own
+/// purge messages).
+fn instance_id() -> String {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}-{}", h.finish(), std::process::id())
+}
+
+impl RedisTier {
+    /// Starts the tier. Never fails because Redis is down: it connects in
+    /// the background and keeps trying; until then every operation is a
+    /// fast miss. Must be called inside a tokio runtime (outside one the
+    /// tier stays off and says so in the log). Purges received from other
+    /// instances go to `invalidations`.
+    pub fn start(
+        config: &RedisConfig,
+        metrics: Metrics,
+        invalidations: UnboundedSender<Selector>,
+    ) -> RedisTier {
+        let limits = Limits::new(config.timeout);
+        let keys = Keys::new(&config.key_prefix);
+        let fleet = Arc::new(Fleet::new(
+            instance_id(),
+            keys.channel().to_string(),
+            invalidations,
+        ));
+        let core = Arc::new(Core {
+            keys,
+            backend: Arc::new(Backend::new(config.mode)),
+            breaker: Breaker::new(
+                config.breaker_threshold,
+                config.breaker_backoff,
+                metrics.clone(),
+            ),
+            metrics,
+            fleet,
+            limits,
+        });
+        let stop = CancellationToken::new();
+        let mut lanes = Vec::with_capacity(LANES);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(conn::run_connector(
+                    config.clone(),
+                    limits,
+                    core.backend.clone(),
+                    stop.clone(),
+                ));
+                rt.spawn(fleet::run_subscriber(
+                    config.clone(),
+                    limits,
+                    core.fleet.clone(),
+                    core.backend.clone(),
+                    stop.clone(),
+                ));
+                rt.spawn(run_sweeper(core.clone(), stop.clone()));
+                let per_lane = config.write_queue.max(1).div_ceil(LANES);
+                for _ in 0..LANES {
+                    let (tx, rx) = mpsc::channel(per_lane);
+                    rt.spawn(run_lane(core.clone(), rx));
+                    lanes.push(tx);
+                }
+            }
+            Err(_) => tracing::error!(
+                "RedisTier::start called outside a tokio runtime; the Redis tier stays off"
+            ),
+        }
+        tracing::info!(
+            mode = config.mode.as_str(),
+            urls = ?config.urls,
+            instance = core.fleet.id(),
+            timeout_ms = config.timeout.as_millis() as u64,
+            "redis tier starting (connecting in the background)"
+        );
+        RedisTier {
+            inner: Arc::new(Inner {
+                core,
+                lanes,
+                _stop: stop.drop_guard(),
+            }),
+        }
+    }
+
+    /// The object stored under `key`; `Ok(None)` is a miss. Bounded by
+    /// `timeout`. Errors, timeouts and an open breaker are `Err`: the
+    /// caller treats them as a miss. Failures other than
+    /// [`StorageError::BreakerOpen`] are logged at debug and counted.
+    pub async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Object>>, StorageError> {
+        self.inner.core.get(key).await
+    }
+
+    /// Queues `object` to be written, kept for `keep`; never blocks. A full
+    /// queue drops the write and counts it (`strata_redis_dropped_writes_total`);
+    /// while the breaker is open the write is skipped.
+    pub fn put_background(&self, object: Arc<Object>, keep: Duration) {
+        let hash = object.key.hash();
+        self.enqueue(hash, Job::Put(object, keep));
+    }
+
+    /// Writes `object` now and waits for it (bounded by `max(timeout, 1 s)`).
+    /// For callers that need the write done; the request path uses
+    /// [`RedisTier::put_background`].
+    pub async fn put_now(&self, object: Arc<Object>, keep: Duration) -> Result<(), StorageError> {
+        self.inner.core.put(&object, keep).await
+    }
+
+    /// Waits until every write and invalidation queued before this call has
+    /// been done (or failed), at most `within`; false if that ran out. For
+    /// shutdown (let queued writes land) and tests.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let lanes = &self.inner.lanes;
+        let all = async {
+            let mut done = Vec::with_capacity(lanes.len());
+            for lane in lanes {
+                let (tx, rx) = oneshot::channel();
+                if lane.send(Job::Barrier(tx)).await.is_err() {
+                    return false;
+                }
+                done.push(rx);
+            }
+            for rx in done {
+                if rx.await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(within, all).await.unwrap_or(false)
+    }
+
+    /// Deletes what `selector` selects from Redis and publishes it to the
+    /// fleet; returns how many objects were removed from Redis. Tried even
+    /// while the breaker is open (an admin operation); bounded by
+    /// [`PURGE_CAP`] in all. The publish is attempted even if the deletes
+    /// failed; the first error is returned.
+    pub async fn purge(&self, selector: &Selector) -> Result<u64, StorageError> {
+        let core = &self.inner.core;
+        let publish_bound = core.limits.write.min(PURGE_CAP / 5);
+        let deleted = core.purge_redis(selector, PURGE_CAP - publish_bound).await;
+        let published = core.publish(selector, publish_bound).await;
+        match (&deleted, published) {
+            (Ok(n), Ok(())) => {
+                tracing::debug!(selector = ?selector, deleted = n, "redis purge");
+                Ok(*n)
+            }
+            (Ok(_), Err(e)) => Err(e),
+            (Err(_), _) => deleted,
+        }
+    }
+
+    /// Invalidation after an unsafe method (RFC 9111 §4.4): deletes the
+    /// key's object in Redis and tells the fleet. Queued like a write (same
+    /// worker as the key's writes, so they stay in order); never blocks.
+    pub fn invalidate_background(&self, key: CacheKey) {
+        self.enqueue(key.hash(), Job::Invalidate(key));
+    }
+
+    /// Sweeps index entries of expired objects out of the path index now
+    /// (every instance also does so every minute); returns how many went.
+    pub async fn sweep_index(&self) -> Result<u64, StorageError> {
+        self.inner.core.sweep().await
+    }
+
+    /// Whether the circuit breaker is open (Redis being skipped).
+    pub fn breaker_open(&self) -> bool {
+        self.inner.core.breaker.is_open()
+    }
+
+    /// Whether a data connection exists (it may still be failing).
+    pub fn is_connected(&self) -> bool {
+        self.inner.core.backend.is_connected()
+    }
+
+    /// This instance's id on the purge channel.
+    pub fn instance_id(&self) -> &str {
+        self.inner.core.fleet.id()
+    }
+
+    /// The Redis key holding `key`'s object (for tools and tests).
+    pub fn object_key(&self, key: &CacheKey) -> String {
+        self.inner.core.keys.object(key)
+    }
+
+    fn enqueue(&self, hash: u128, job: Job) {
+        let core = &self.inner.core;
+        if core.breaker.is_open() {
+            return;
+        }
+        let Some(lane) = self.inner.lanes.get((hash % LANES as u128) as usize) else {
+            core.metrics.redis_dropped_write();
+            return;
+        };
+        match lane.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {
+                core.metrics.redis_dropped_write();
+                tracing::debug!("redis write queue full: write dropped");
+            }
+        }
+    }
+}
+
+impl Storage for RedisTier {
+    async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Object>>, StorageError> {
+        RedisTier::get(self, key).await
+    }
+
+    /// Writes and waits (see [`RedisTier::put_now`]).
+    async fn put(&self, object: Arc<Object>, keep: Duration) -> Result<(), StorageError> {
+        self.put_now(object, keep).await
+    }
+
+    async fn purge(&self, selector: &Selector) -> Result<u64, StorageError> {
+        RedisTier::purge(self, selector).await
+    }
+}

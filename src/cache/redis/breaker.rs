@@ -1,0 +1,257 @@
+//! The Redis circuit breaker: after `threshold` consecutive failures Redis
+//! is skipped for `backoff` (every operation is an instant miss), then one
+//! probe is let through (half-open); its success closes the breaker, its
+//! failure opens it for another `backoff`.
+//!
+//! An operation asks for a [`Permit`] and reports its outcome on it. A
+//! permit dropped without an outcome (the caller's future was cancelled)
+//! counts as nothing, except that a dropped probe lets the next caller
+//! probe at once, so the breaker can never stay half-open for good.
+//!
+//! State changes are logged, exported as `strata_redis_breaker_open` and
+//! each opening is counted (`strata_redis_breaker_opens_total`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen,
+}
+
+pub(crate) struct Breaker {
+    state: Mutex<State>,
+    /// Mirrors "not closed" for lock-free reads by `breaker_open()`.
+    open: AtomicBool,
+    threshold: u32,
+    backoff: Duration,
+    metrics: Metrics,
+}
+
+/// Leave to talk to Redis once; report the outcome with [`Permit::success`]
+/// or [`Permit::failure`].
+#[must_use = "report the outcome on the permit"]
+pub(crate) struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    done: bool,
+}
+
+impl Breaker {
+    pub(crate) fn new(threshold: u32, backoff: Duration, metrics: Metrics) -> Breaker {
+        metrics.redis_breaker(false);
+        Breaker {
+            state: Mutex::new(State::Closed { failures: 0 }),
+            open: AtomicBool::new(false),
+            threshold: threshold.max(1),
+            backoff,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is a plain value, always valid: a panic elsewhere while
+        // holding the lock cannot leave it half-written.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether Redis is currently being skipped (open or half-open).
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// A permit, or `None` while the breaker is open (or a probe is out).
+    pub(crate) fn try_acquire(&self) -> Option<Permit<'_>> {
+        if !self.is_open() {
+            return Some(Permit {
+                breaker: self,
+                probe: false,
+                done: false,
+            });
+        }
+        let mut state = self.lock();
+        match *state {
+            State::Closed { .. } => Some(Permit {
+                breaker: self,
+                probe: false,
+                done: false,
+            }),
+            State::Open { until } if Instant::now() >= until => {
+                *state = State::HalfOpen;
+                tracing::debug!("redis circuit breaker half-open: probing");
+                Some(Permit {
+                    breaker: self,
+                    probe: true,
+                    done: false,
+                })
+            }
+            State::Open { .. } | State::HalfOpen => None,
+        }
+    }
+
+    /// Records an outcome of an operation that ran without a permit (an
+    /// admin purge, which is tried even while the breaker is open).
+    pub(crate) fn record(&self, ok: bool) {
+        if ok {
+            self.on_success();
+        } else {
+            self.on_failure(false);
+        }
+    }
+
+    fn on_success(&self) {
+        let mut state = self.lock();
+        let was_open = !matches!(*state, State::Closed { .. });
+        *state = State::Closed { failures: 0 };
+        drop(state);
+        if was_open {
+            self.open.store(false, Ordering::Relaxed);
+            self.metrics.redis_breaker(false);
+            tracing::info!("redis circuit breaker closed: Redis answers again");
+        }
+    }
+
+    fn on_failure(&self, probe: bool) {
+        let mut state = self.lock();
+        let open = match *state {
+            State::Closed { failures } => {
+                let failures = failures.saturating_add(1);
+                if failures >= self.threshold {
+                    true
+                } else {
+                    *state = State::Closed { failures };
+                    false
+                }
+            }
+            // Only the probe decides; a late failure of an operation
+            // admitted before the breaker opened changes nothing.
+            State::HalfOpen => probe,
+            State::Open { .. } => false,
+        };
+        if !open {
+            return;
+        }
+        let was_closed = matches!(*state, State::Closed { .. });
+        *state = State::Open {
+            until: Instant::now() + self.backoff,
+        };
+        drop(state);
+        if was_closed {
+            self.open.store(true, Ordering::Relaxed);
+            self.metrics.redis_breaker(true);
+            self.metrics.redis_breaker_opened();
+            tracing::warn!(
+                threshold = self.threshold,
+                backoff_ms = self.backoff.as_millis() as u64,
+                "redis circuit breaker open: skipping Redis"
+            );
+        } else {
+            tracing::debug!(
+                backoff_ms = self.backoff.as_millis() as u64,
+                "redis circuit breaker probe failed: staying open"
+            );
+        }
+    }
+
+    /// A probe that never reported: let the next caller probe at once.
+    fn on_abandoned_probe(&self) {
+        let mut state = self.lock();
+        if *state == State::HalfOpen {
+            *state = State::Open {
+                until: Instant::now(),
+            };
+        }
+    }
+}
+
+impl Permit<'_> {
+    pub(crate) fn success(mut self) {
+        self.done = true;
+        self.breaker.on_success();
+    }
+
+    pub(crate) fn failure(mut self) {
+        self.done = true;
+        self.breaker.on_failure(self.probe);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.done && self.probe {
+            self.breaker.on_abandoned_probe();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(backoff_ms: u64) -> Breaker {
+        Breaker::new(3, Duration::from_millis(backoff_ms), Metrics::new())
+    }
+
+    #[test]
+    fn opens_after_threshold_consecutive_failures() {
+        let b = breaker(10_000);
+        b.try_acquire().unwrap().failure();
+        b.try_acquire().unwrap().failure();
+        b.try_acquire().unwrap().success();
+        b.try_acquire().unwrap().failure();
+        b.try_acquire().unwrap().failure();
+        assert!(!b.is_open(), "a success resets the count");
+        b.try_acquire().unwrap().failure();
+        assert!(b.is_open());
+        assert!(b.try_acquire().is_none());
+    }
+
+    #[test]
+    fn half_open_lets_one_probe_through() {
+        let b = breaker(0);
+        for _ in 0..3 {
+            b.try_acquire().unwrap().failure();
+        }
+        assert!(b.is_open());
+        let probe = b.try_acquire().expect("backoff elapsed: probe");
+        assert!(b.try_acquire().is_none(), "only one probe at a time");
+        probe.failure();
+        assert!(b.is_open());
+        let probe = b.try_acquire().expect("probe again");
+        probe.success();
+        assert!(!b.is_open());
+        assert!(b.try_acquire().is_some());
+    }
+
+    #[test]
+    fn abandoned_probe_does_not_wedge() {
+        let b = breaker(0);
+        for _ in 0..3 {
+            b.try_acquire().unwrap().failure();
+        }
+        drop(b.try_acquire().expect("probe"));
+        b.try_acquire().expect("next caller probes").success();
+        assert!(!b.is_open());
+    }
+
+    #[test]
+    fn late_failures_do_not_extend_the_backoff() {
+        let b = breaker(50);
+        let late: Vec<_> = (0..4).map(|_| b.try_acquire().unwrap()).collect();
+        let mut late = late.into_iter();
+        for p in late.by_ref().take(3) {
+            p.failure();
+        }
+        let until = match *b.lock() {
+            State::Open { until } => until,
+            s => panic!("{s:?}"),
+        };
+        late.next().unwrap().failure();
+        assert_eq!(*b.lock(), State::Open { until });
+    }
+}

@@ -1,0 +1,233 @@
+//! Redis key names and the purge indexes: which commands a write adds so
+//! that URL, path, prefix and tag purges never need `KEYS` or `SCAN`.
+//!
+//! Keys (`P` = `cache.redis.key_prefix`, default `strata:`):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `Po:{hash}` | string | the encoded [`Object`](crate::cache::entry::Object) (`hash` = 32 hex digits of the key's 128-bit hash), `PX keep` |
+//! | `P{paths}` | sorted set, all scores 0 | `"{path?query}\0Po:{hash}"` for every stored object: lexicographic, so `ZRANGEBYLEX` finds one path (`[p\0` .. `[p\0\xff`) or a prefix (`[p` .. `[p\xff`) |
+//! | `P{paths}:exp` | sorted set | the same members scored by expiry (unix ms), so expired members are swept |
+//! | `Pt:{tag}` | sorted set | object keys carrying the tag, scored by expiry; the key lives at least as long as its newest member |
+//! | `Ppurge` | pub/sub channel | fleet-wide purges |
+//!
+//! Consistency: a write sets the object first and indexes it after; a purge
+//! unindexes first and deletes after. Whatever the interleaving, an object
+//! that exists is indexed (an index member without an object is harmless:
+//! deleting it counts nothing). The two path sets change together in one
+//! Lua script, so a sweep never drops a member a concurrent write renewed.
+//!
+//! Cluster mode: objects spread over all slots; every command touches one
+//! key, or (scripts) both path sets, which share a slot through the
+//! `{paths}` hash tag. The path sets therefore live in one slot (one master
+//! takes every write's index update) and each tag set in its own slot:
+//! acceptable for a cache whose writes are misses.
+
+use bytes::Bytes;
+use redis::Cmd;
+
+use crate::cache::key::CacheKey;
+
+/// Index members are swept this long after their expiry, so that clock
+/// skew between instances and Redis never drops a live object's member.
+pub(crate) const SWEEP_GRACE_MS: u64 = 60_000;
+/// Members read and removed per purge or sweep round.
+pub(crate) const PAGE: usize = 500;
+
+/// Adds one member to both path sets.
+const PATHS_ADD: &str = "redis.call('ZADD', KEYS[1], 0, ARGV[1]) \
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) return 1";
+
+/// Removes members from both path sets.
+const PATHS_REMOVE: &str = "if #ARGV > 0 then redis.call('ZREM', KEYS[1], unpack(ARGV)) \
+redis.call('ZREM', KEYS[2], unpack(ARGV)) end return #ARGV";
+
+/// Removes up to ARGV[2] members whose expiry is at most ARGV[1].
+const PATHS_SWEEP: &str = "local m = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2])) \
+if #m > 0 then redis.call('ZREM', KEYS[1], unpack(m)) redis.call('ZREM', KEYS[2], unpack(m)) end return #m";
+
+/// Adds an object key to a tag set scored by its expiry, drops members
+/// expired before ARGV[4], and makes the set outlive its newest member
+/// (PTTL is -1 without an expiry and -2 for no key: both are extended).
+const TAG_ADD: &str = "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) \
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4]) \
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end return 1";
+
+/// Key names under one prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+    paths: String,
+    paths_exp: String,
+    channel: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+            paths: format!("{prefix}{{paths}}"),
+            paths_exp: format!("{prefix}{{paths}}:exp"),
+            channel: format!("{prefix}purge"),
+        }
+    }
+
+    pub(crate) fn object(&self, key: &CacheKey) -> String {
+        format!("{}o:{:032x}", self.prefix, key.hash())
+    }
+
+    pub(crate) fn tag(&self, tag: &str) -> String {
+        format!("{}t:{tag}", self.prefix)
+    }
+
+    pub(crate) fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// `SET object payload PX keep`.
+    pub(crate) fn set_object(object_key: &str, payload: &[u8], keep_ms: u64) -> Cmd {
+        let mut c = redis::cmd("SET");
+        c.arg(object_key).arg(payload).arg("PX").arg(keep_ms.max(1));
+        c
+    }
+
+    pub(crate) fn paths_add(&self, member: &[u8], expires_ms: u64) -> Cmd {
+        let mut c = redis::cmd("EVAL");
+        c.arg(PATHS_ADD)
+            .arg(2)
+            .arg(&self.paths)
+            .arg(&self.paths_exp)
+            .arg(member)
+            .arg(expires_ms);
+        c
+    }
+
+    pub(crate) fn paths_remove(&self, members: &[Bytes]) -> Cmd {
+        let mut c = redis::cmd("EVAL");
+        c.arg(PATHS_REMOVE)
+            .arg(2)
+            .arg(&self.paths)
+            .arg(&self.paths_exp);
+        for m in members {
+            c.arg(&m[..]);
+        }
+        c
+    }
+
+    pub(crate) fn paths_sweep(&self, expired_before_ms: u64) -> Cmd {
+        let mut c = redis::cmd("EVAL");
+        c.arg(PATHS_SWEEP)
+            .arg(2)
+            .arg(&self.paths)
+            .arg(&self.paths_exp)
+            .arg(expired_before_ms)
+            .arg(PAGE);
+        c
+    }
+
+    /// One page of members for `path` exactly (any host).
+    pub(crate) fn paths_exact(&self, path: &str) -> Cmd {
+        let mut lo = Vec::with_capacity(path.len() + 2);
+        lo.push(b'[');
+        lo.extend_from_slice(path.as_bytes());
+        lo.push(0);
+        let mut hi = lo.clone();
+        hi.push(0xff);
+        self.paths_range(lo, hi)
+    }
+
+    /// One page of members whose path starts with `prefix` (any host).
+    pub(crate) fn paths_prefixed(&self, prefix: &str) -> Cmd {
+        let mut lo = Vec::with_capacity(prefix.len() + 2);
+        lo.push(b'[');
+        lo.extend_from_slice(prefix.as_bytes());
+        let mut hi = lo.clone();
+        hi.push(0xff);
+        self.paths_range(lo, hi)
+    }
+
+    fn paths_range(&self, lo: Vec<u8>, hi: Vec<u8>) -> Cmd {
+        let mut c = redis::cmd("ZRANGEBYLEX");
+        c.arg(&self.paths)
+            .arg(lo)
+            .arg(hi)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(PAGE);
+        c
+    }
+
+    pub(crate) fn tag_add(
+        tag_key: &str,
+        object_key: &str,
+        expires_ms: u64,
+        keep_ms: u64,
+        now_ms: u64,
+    ) -> Cmd {
+        let mut c = redis::cmd("EVAL");
+        c.arg(TAG_ADD)
+            .arg(1)
+            .arg(tag_key)
+            .arg(object_key)
+            .arg(expires_ms)
+            .arg(keep_ms.saturating_add(SWEEP_GRACE_MS))
+            .arg(now_ms.saturating_sub(SWEEP_GRACE_MS));
+        c
+    }
+
+    /// One page of a tag set's members.
+    pub(crate) fn tag_page(tag_key: &str) -> Cmd {
+        let mut c = redis::cmd("ZRANGE");
+        c.arg(tag_key).arg(0).arg(PAGE - 1);
+        c
+    }
+
+    pub(crate) fn tag_remove(tag_key: &str, members: &[Bytes]) -> Cmd {
+        let mut c = redis::cmd("ZREM");
+        c.arg(tag_key);
+        for m in members {
+            c.arg(&m[..]);
+        }
+        c
+    }
+
+    pub(crate) fn delete(key: &[u8]) -> Cmd {
+        let mut c = redis::cmd("DEL");
+        c.arg(key);
+        c
+    }
+}
+
+/// The path-set member of an object: `"{path?query}\0{object key}"`.
+pub(crate) fn member(path: &str, object_key: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(path.len() + 1 + object_key.len());
+    m.extend_from_slice(path.as_bytes());
+    m.push(0);
+    m.extend_from_slice(object_key.as_bytes());
+    m
+}
+
+/// The object key of a path-set member (paths never contain NUL).
+pub(crate) fn object_of_member(member: &[u8]) -> Option<&[u8]> {
+    let at = member.iter().rposition(|&b| b == 0)?;
+    Some(&member[at + 1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_members() {
+        let keys = Keys::new("s:");
+        let k = CacheKey::new(false, "h", "/a?b");
+        let obj = keys.object(&k);
+        assert!(obj.starts_with("s:o:"));
+        assert_eq!(obj.len(), "s:o:".len() + 32);
+        assert_eq!(keys.tag("x"), "s:t:x");
+        assert_eq!(keys.channel(), "s:purge");
+        let m = member(k.path(), &obj);
+        assert_eq!(object_of_member(&m), Some(obj.as_bytes()));
+        assert_eq!(object_of_member(b"no-nul"), None);
+    }
+}

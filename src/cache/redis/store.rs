@@ -1,0 +1,355 @@
+//! The operations on Redis behind [`RedisTier`](super::RedisTier): each
+//! runs on the current connection within its time bound, through the
+//! circuit breaker, and is counted and logged when it fails. Reads, writes
+//! (object first, index entries after), unsafe-method invalidations,
+//! purges through the indexes (unindex first, delete after), publishes and
+//! the path-index sweep.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use redis::{RedisResult, Value};
+
+use super::breaker::{Breaker, Permit};
+use super::codec;
+use super::conn::{not_connected, Backend, Conn};
+use super::fleet::Fleet;
+use super::index::{member, object_of_member, Keys, PAGE, SWEEP_GRACE_MS};
+use crate::cache::entry::Object;
+use crate::cache::freshness::now_millis;
+use crate::cache::key::CacheKey;
+use crate::cache::storage::{Selector, StorageError};
+use crate::metrics::Metrics;
+
+/// Work one sweep may do before yielding to the next interval.
+const SWEEP_BUDGET: Duration = Duration::from_secs(2);
+
+/// Time limits derived from `cache.redis.timeout`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Request-path operations.
+    pub(crate) timeout: Duration,
+    /// Background operations, and each command's response timeout.
+    pub(crate) write: Duration,
+    /// One connect attempt to one node.
+    pub(crate) connect: Duration,
+}
+
+impl Limits {
+    pub(crate) fn new(timeout: Duration) -> Limits {
+        Limits {
+            timeout,
+            write: timeout.max(Duration::from_secs(1)),
+            connect: timeout.max(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// What the background tasks share with the handle.
+pub(crate) struct Core {
+    pub(crate) keys: Keys,
+    pub(crate) backend: Arc<Backend>,
+    pub(crate) breaker: Breaker,
+    pub(crate) metrics: Metrics,
+    pub(crate) fleet: Arc<Fleet>,
+    pub(crate) limits: Limits,
+}
+
+/// Whether an operation passes the breaker or is tried regardless (admin
+/// purges), its outcome still recorded.
+enum Gate<'a> {
+    Permit(Permit<'a>),
+    Always,
+}
+
+impl Core {
+    /// Runs `op` on the current connection within `bound`, records the
+    /// outcome in the breaker and, on failure, counts and logs it.
+    async fn run<'a, T, F, Fut>(
+        &'a self,
+        what: &'static str,
+        bound: Duration,
+        gate: Gate<'a>,
+        op: F,
+    ) -> Result<T, StorageError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let started = Instant::now();
+        let Some(live) = self.backend.current() else {
+            let err = not_connected();
+            self.failed(what, gate, None, &err, started);
+            return Err(err);
+        };
+        let result = match tokio::time::timeout(bound, op(live.conn.clone())).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StorageError::Redis(e)),
+            Err(_) => Err(StorageError::Timeout),
+        };
+        match &result {
+            Ok(_) => match gate {
+                Gate::Permit(p) => p.success(),
+                Gate::Always => self.breaker.record(true),
+            },
+            Err(err) => self.failed(what, gate, Some(live.generation), err, started),
+        }
+        result
+    }
+
+    fn failed(
+        &self,
+        what: &'static str,
+        gate: Gate<'_>,
+        generation: Option<u64>,
+        err: &StorageError,
+        started: Instant,
+    ) {
+        match gate {
+            Gate::Permit(p) => p.failure(),
+            Gate::Always => self.breaker.record(false),
+        }
+        if let Some(g) = generation {
+            self.backend.failed(g, err);
+        }
+        self.metrics.redis_error();
+        tracing::debug!(op = what, error = %err, elapsed_ms = started.elapsed().as_millis() as u64, "redis operation failed");
+    }
+
+    fn permit(&self) -> Result<Gate<'_>, StorageError> {
+        self.breaker
+            .try_acquire()
+            .map(Gate::Permit)
+            .ok_or(StorageError::BreakerOpen)
+    }
+
+    pub(crate) async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Object>>, StorageError> {
+        let gate = self.permit()?;
+        let name = self.keys.object(key);
+        let payload: Option<Bytes> = self
+            .run("get", self.limits.timeout, gate, |mut c| async move {
+                redis::cmd("GET").arg(&name).query_async(&mut c).await
+            })
+            .await?;
+        let Some(payload) = payload else {
+            return Ok(None);
+        };
+        match codec::decode_for(&payload, key) {
+            Ok(object) => Ok(Some(Arc::new(object))),
+            Err(codec::DecodeError::KeyMismatch { stored, .. }) => {
+                tracing::debug!(key = %key, stored, "redis get: hash collision, treated as a miss");
+                Ok(None)
+            }
+            Err(error) => {
+                self.metrics.redis_error();
+                tracing::debug!(key = %key, %error, len = payload.len(), "redis get: corrupt entry, treated as a miss");
+                Err(StorageError::Corrupt(error.to_string()))
+            }
+        }
+    }
+
+    pub(crate) async fn put(&self, object: &Object, keep: Duration) -> Result<(), StorageError> {
+        let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+        if keep_ms == 0 {
+            return Ok(());
+        }
+        let gate = self.permit()?;
+        let payload = codec::encode(object).map_err(|error| {
+            self.metrics.redis_error();
+            tracing::debug!(key = %object.key, %error, "redis put: cannot encode");
+            StorageError::Corrupt(error.to_string())
+        })?;
+        let object_key = self.keys.object(&object.key);
+        let now = now_millis();
+        let expires = now.saturating_add(keep_ms);
+        let tags: BTreeSet<&str> = object
+            .variants
+            .iter()
+            .flat_map(|v| v.tags.iter().map(String::as_str))
+            .collect();
+        let mut index = vec![self
+            .keys
+            .paths_add(&member(object.key.path(), &object_key), expires)];
+        index.extend(
+            tags.iter()
+                .map(|t| Keys::tag_add(&self.keys.tag(t), &object_key, expires, keep_ms, now)),
+        );
+        let set = Keys::set_object(&object_key, &payload, keep_ms);
+        drop(payload);
+        let unset = Keys::delete(object_key.as_bytes());
+        self.run("put", self.limits.write, gate, |mut c| async move {
+            // The object first, its index entries after (see `index`).
+            set.query_async::<()>(&mut c).await?;
+            let indexed = try_join_all(index.iter().map(|cmd| {
+                let mut c = c.clone();
+                async move { cmd.query_async::<Value>(&mut c).await }
+            }))
+            .await;
+            if let Err(e) = indexed {
+                // Never leave an object that purges cannot find.
+                let _ = unset.query_async::<Value>(&mut c).await;
+                return Err(e);
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::trace!(key = %object.key, keep_ms, "redis put");
+        Ok(())
+    }
+
+    pub(crate) async fn invalidate(&self, key: &CacheKey) -> Result<(), StorageError> {
+        let gate = self.permit()?;
+        let object_key = self.keys.object(key);
+        let unindex = self
+            .keys
+            .paths_remove(&[Bytes::from(member(key.path(), &object_key))]);
+        let message = self.fleet.encode(&Selector::Key(key.clone()));
+        let channel = self.keys.channel();
+        self.run("invalidate", self.limits.write, gate, |mut c| async move {
+            unindex.query_async::<Value>(&mut c).await?;
+            Keys::delete(object_key.as_bytes())
+                .query_async::<Value>(&mut c)
+                .await?;
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(message)
+                .query_async::<Value>(&mut c)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        selector: &Selector,
+        bound: Duration,
+    ) -> Result<(), StorageError> {
+        let message = self.fleet.encode(selector);
+        let channel = self.keys.channel();
+        self.run("publish", bound, Gate::Always, |mut c| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(message)
+                .query_async::<Value>(&mut c)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes what `selector` selects from Redis; returns how many objects.
+    pub(crate) async fn purge_redis(
+        &self,
+        selector: &Selector,
+        bound: Duration,
+    ) -> Result<u64, StorageError> {
+        let keys = &self.keys;
+        self.run("purge", bound, Gate::Always, |c| async move {
+            match selector {
+                Selector::Key(k) => {
+                    let mut c = c;
+                    let object_key = keys.object(k);
+                    keys.paths_remove(&[Bytes::from(member(k.path(), &object_key))])
+                        .query_async::<Value>(&mut c)
+                        .await?;
+                    Keys::delete(object_key.as_bytes())
+                        .query_async::<u64>(&mut c)
+                        .await
+                }
+                Selector::PathAnyHost(path) => purge_paths(keys, c, &keys.paths_exact(path)).await,
+                Selector::Prefix(prefix) => {
+                    purge_paths(keys, c, &keys.paths_prefixed(prefix)).await
+                }
+                Selector::Tags(tags) => {
+                    let mut total = 0;
+                    for tag in tags.iter().collect::<BTreeSet<_>>() {
+                        total += purge_tag(&keys.tag(tag), c.clone()).await?;
+                    }
+                    Ok(total)
+                }
+            }
+        })
+        .await
+    }
+
+    /// Removes path-index members whose objects expired (with a grace
+    /// period for clock skew); returns how many. Bounded work: stops after
+    /// [`SWEEP_BUDGET`] or the first error.
+    pub(crate) async fn sweep(&self) -> Result<u64, StorageError> {
+        let started = Instant::now();
+        let before = now_millis().saturating_sub(SWEEP_GRACE_MS);
+        let mut removed = 0u64;
+        while started.elapsed() < SWEEP_BUDGET {
+            let gate = self.permit()?;
+            let cmd = self.keys.paths_sweep(before);
+            let n: u64 = self
+                .run("sweep", self.limits.write, gate, |mut c| async move {
+                    cmd.query_async(&mut c).await
+                })
+                .await?;
+            removed += n;
+            if n < PAGE as u64 {
+                break;
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(removed, "redis path index: swept expired members");
+        }
+        Ok(removed)
+    }
+}
+
+/// Deletes objects named by `members` (path-index members or plain object
+/// keys), one command per key so cluster mode never crosses slots.
+async fn delete_objects(c: &Conn, objects: impl Iterator<Item = &[u8]>) -> RedisResult<u64> {
+    let deleted = try_join_all(objects.map(|key| {
+        let mut c = c.clone();
+        let cmd = Keys::delete(key);
+        async move { cmd.query_async::<u64>(&mut c).await }
+    }))
+    .await?;
+    Ok(deleted.iter().sum())
+}
+
+/// Pages through the path index with `page`, unindexing then deleting.
+async fn purge_paths(keys: &Keys, mut c: Conn, page: &redis::Cmd) -> RedisResult<u64> {
+    let mut total = 0;
+    loop {
+        let members: Vec<Bytes> = page.query_async(&mut c).await?;
+        if members.is_empty() {
+            break;
+        }
+        keys.paths_remove(&members)
+            .query_async::<Value>(&mut c)
+            .await?;
+        total += delete_objects(&c, members.iter().filter_map(|m| object_of_member(m))).await?;
+        if members.len() < PAGE {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Pages through one tag set, unindexing then deleting.
+async fn purge_tag(tag_key: &str, mut c: Conn) -> RedisResult<u64> {
+    let mut total = 0;
+    loop {
+        let members: Vec<Bytes> = Keys::tag_page(tag_key).query_async(&mut c).await?;
+        if members.is_empty() {
+            break;
+        }
+        Keys::tag_remove(tag_key, &members)
+            .query_async::<Value>(&mut c)
+            .await?;
+        total += delete_objects(&c, members.iter().map(|m| &m[..])).await?;
+        if members.len() < PAGE {
+            break;
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,393 @@
+//! The shared Redis tier with real Redis servers spawned by the tests:
+//! standalone, a 6-node Cluster and Sentinel; fleet-wide purge; a dead
+//! Redis never fails a request.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::Value;
+use support::redis::{RedisCluster, RedisSentinel, RedisServer};
+use support::{wait_until, Client, Origin, Strata};
+
+/// Both instances must see the same Host to share keys, as they would
+/// behind one load balancer.
+const HOST: (&str, &str) = ("host", "fleet.example");
+
+async fn get(c: &Client, url: &str) -> support::Reply {
+    c.get_with(url, &[HOST]).await
+}
+
+fn redis_section(mode: &str, urls: &[String], extra: &str) -> String {
+    let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        "[upstream.health]\nenabled = false\n\n[cache.redis]\nmode = \"{mode}\"\nurls = [{}]\ntimeout = \"100ms\"\n{extra}",
+        urls.join(", ")
+    )
+}
+
+async fn tagged_origin() -> Origin {
+    Origin::start(|req| async move {
+        let tag = if req.uri().path().starts_with("/news") {
+            "news"
+        } else {
+            "other"
+        };
+        support::origin::reply(
+            200,
+            &[
+                ("cache-control", "max-age=300"),
+                ("surrogate-key", tag),
+                ("content-type", "text/plain"),
+            ],
+            format!("body of {}", req.uri().path()),
+        )
+    })
+    .await
+}
+
+async fn purge(s: &Strata, body: &str) -> Value {
+    let r = Client::new()
+        .send(
+            Method::POST,
+            &s.admin_url("/purge"),
+            &[("authorization", "Bearer secret")],
+            Bytes::from(body.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// Waits until instance `s` answers `path` from Redis. The write from
+/// another instance is asynchronous (off the request path), so `s` asks
+/// with `only-if-cached`: until the entry is in Redis it gets a 504 and
+/// stores nothing of its own.
+async fn shared_hit(s: &Strata, path: &str) -> support::Reply {
+    let c = Client::new();
+    let url = s.url(path);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c
+            .get_with(&url, &[HOST, ("cache-control", "only-if-cached")])
+            .await;
+        if r.status == 200 {
+            assert!(
+                r.cache_status().contains("detail=redis"),
+                "{}",
+                r.cache_status()
+            );
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no shared hit for {path}: {}",
+            r.cache_status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stores a fresh path through `a` and waits until `b` reads it from
+/// Redis; retries with new paths while the tier recovers.
+async fn shared_again(a: &Strata, b: &Strata, what: &str) {
+    let c = Client::new();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    wait_until(Duration::from_secs(30), what, || {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (c, a_url, b_url) = (
+            c.clone(),
+            a.url(&format!("/again/{i}")),
+            b.url(&format!("/again/{i}")),
+        );
+        async move {
+            assert_eq!(get(&c, &a_url).await.status, 200);
+            for _ in 0..25 {
+                let r = c
+                    .get_with(&b_url, &[HOST, ("cache-control", "only-if-cached")])
+                    .await;
+                if r.status == 200 && r.cache_status().contains("detail=redis") {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn standalone_fleet_shares_entries_and_purges() {
+    let redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    let cfg = redis_section("standalone", &[redis.url()], "");
+    let a = Strata::start(&[origin.addr], &cfg).await;
+    let b = Strata::start(&[origin.addr], &cfg).await;
+    let c = Client::new();
+
+    let r = get(&c, &a.url("/news/1")).await;
+    assert!(r.cache_status().contains("stored"));
+    let r = shared_hit(&b, "/news/1").await;
+    assert_eq!(r.text(), "body of /news/1");
+    assert_eq!(
+        origin.count(),
+        1,
+        "B answered from Redis without the origin"
+    );
+    let r = get(&c, &b.url("/news/1")).await;
+    assert!(
+        r.cache_status().contains("detail=memory"),
+        "promoted: {}",
+        r.cache_status()
+    );
+
+    // Purge on A: B's memory tier is evicted through the channel.
+    assert!(
+        purge(&a, r#"{"url": "/news/1"}"#).await["purged"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    wait_until(Duration::from_secs(10), "B evicted", || async {
+        get(&c, &b.url("/news/1"))
+            .await
+            .cache_status()
+            .contains("fwd=miss")
+    })
+    .await;
+    assert_eq!(origin.count(), 2);
+
+    // Tags.
+    get(&c, &a.url("/news/2")).await;
+    shared_hit(&b, "/news/2").await;
+    get(&c, &b.url("/news/2")).await; // now in B's memory
+    purge(&a, r#"{"tags": ["news"]}"#).await;
+    wait_until(Duration::from_secs(10), "B evicted by tag", || async {
+        get(&c, &b.url("/news/2"))
+            .await
+            .cache_status()
+            .contains("fwd=miss")
+    })
+    .await;
+
+    // Prefix.
+    get(&c, &a.url("/other/x")).await;
+    shared_hit(&b, "/other/x").await;
+    assert!(
+        purge(&b, r#"{"prefix": "/other/"}"#).await["purged"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    wait_until(Duration::from_secs(10), "A evicted by prefix", || async {
+        get(&c, &a.url("/other/x"))
+            .await
+            .cache_status()
+            .contains("fwd=miss")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unsafe_method_invalidation_reaches_the_fleet() {
+    let redis = RedisServer::start().await;
+    let origin = Origin::start(|req| async move {
+        if req.method() == Method::PUT {
+            return support::origin::reply(204, &[], "");
+        }
+        support::origin::reply(200, &[("cache-control", "max-age=300")], "doc")
+    })
+    .await;
+    let cfg = redis_section("standalone", &[redis.url()], "");
+    let a = Strata::start(&[origin.addr], &cfg).await;
+    let b = Strata::start(&[origin.addr], &cfg).await;
+    let c = Client::new();
+    // Same Host on both instances, so both use one key.
+    let host = [HOST];
+    c.get_with(&a.url("/doc"), &host).await;
+    wait_until(Duration::from_secs(10), "B has it", || async {
+        c.get_with(&b.url("/doc"), &host)
+            .await
+            .cache_status()
+            .contains("hit")
+    })
+    .await;
+    let r = c
+        .send(
+            Method::PUT,
+            &a.url("/doc"),
+            &host,
+            Bytes::from_static(b"new"),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    wait_until(Duration::from_secs(10), "B invalidated", || async {
+        c.get_with(&b.url("/doc"), &host)
+            .await
+            .cache_status()
+            .contains("fwd=miss")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dead_redis_degrades_to_memory_and_recovers() {
+    let mut redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    let cfg = redis_section(
+        "standalone",
+        &[redis.url()],
+        "breaker_backoff = \"200ms\"\n",
+    );
+    let a = Strata::start(&[origin.addr], &cfg).await;
+    let b = Strata::start(&[origin.addr], &cfg).await;
+    let c = Client::new();
+    shared_again(&a, &b, "shared hits before the outage").await;
+
+    redis.kill();
+    // Every request still succeeds, none waits on Redis beyond its timeout
+    // (100 ms) plus the origin's (instant) time.
+    for i in 0..30 {
+        let started = Instant::now();
+        let r = get(&c, &a.url(&format!("/down/{i}"))).await;
+        assert_eq!(r.status, 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "request {i} took {:?}",
+            started.elapsed()
+        );
+        let r = get(&c, &a.url(&format!("/down/{i}"))).await;
+        assert!(
+            r.cache_status().contains("detail=memory"),
+            "memory still serves: {}",
+            r.cache_status()
+        );
+    }
+    let metrics = c.get(&a.admin_url("/metrics")).await.text();
+    let errors: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("strata_redis_errors_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(errors > 0.0, "Redis errors are counted");
+
+    redis.restart().await;
+    shared_again(&a, &b, "shared hits resume once Redis is back").await;
+}
+
+#[tokio::test]
+async fn corrupt_payload_is_a_counted_miss() {
+    let redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    let cfg = redis_section("standalone", &[redis.url()], "");
+    let a = Strata::start(&[origin.addr], &cfg).await;
+    let c = Client::new();
+    let port = redis.port().to_string();
+    let scan = || {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port, "--scan", "--pattern", "strata:o:*"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    // The tier connects in the background: store paths until one lands.
+    let mut stored = None;
+    for i in 0..200 {
+        let path = format!("/c{i}");
+        get(&c, &a.url(&path)).await;
+        let landed = (0..10).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            !scan().is_empty()
+        });
+        if landed {
+            stored = Some(path);
+            break;
+        }
+    }
+    let path = stored.expect("an object reached Redis");
+    for key in scan() {
+        let ok = std::process::Command::new("redis-cli")
+            .args(["-p", &port, "SET", &key, "garbage\x01\x02"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let b = Strata::start(&[origin.addr], &cfg).await;
+    // B reads the corrupt payload once its tier is connected: a miss, counted.
+    wait_until(Duration::from_secs(10), "corruption counted", || async {
+        let r = get(&c, &b.url(&path)).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("body of {path}"));
+        assert!(
+            !r.cache_status().contains("detail=redis"),
+            "{}",
+            r.cache_status()
+        );
+        let metrics = c.get(&b.admin_url("/metrics")).await.text();
+        metrics
+            .lines()
+            .any(|l| l.starts_with("strata_redis_errors_total") && !l.ends_with(" 0"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cluster_shares_entries_and_survives_a_master_failover() {
+    let mut cluster = RedisCluster::start().await;
+    let origin = tagged_origin().await;
+    let cfg = redis_section(
+        "cluster",
+        &cluster.urls(),
+        "timeout = \"250ms\"\nbreaker_backoff = \"200ms\"\n",
+    )
+    .replace("timeout = \"100ms\"\n", "");
+    let a = Strata::start(&[origin.addr], &cfg).await;
+    let b = Strata::start(&[origin.addr], &cfg).await;
+    let c = Client::new();
+    shared_again(&a, &b, "shared hits through the cluster").await;
+    for i in 0..6 {
+        get(&c, &a.url(&format!("/k{i}"))).await;
+        shared_hit(&b, &format!("/k{i}")).await;
+    }
+    cluster.kill_a_master().await;
+    // During the failover every client request still succeeds.
+    for i in 0..20 {
+        let r = get(&c, &a.url(&format!("/during/{i}"))).await;
+        assert_eq!(r.status, 200);
+    }
+    cluster.wait_failover().await;
+    shared_again(&a, &b, "shared hits resume after the failover").await;
+}
+
+#[tokio::test]
+async fn sentinel_failover_is_followed() {
+    let mut sentinel = RedisSentinel::start().await;
+    let origin = tagged_origin().await;
+    let cfg = redis_section(
+        "sentinel",
+        &sentinel.sentinel_urls(),
+        &format!(
+            "sentinel_master = \"{}\"\nbreaker_backoff = \"200ms\"\n",
+            sentinel.master_name()
+        ),
+    )
+    .replace("timeout = \"100ms\"\n", "timeout = \"250ms\"\n");
+    let a = Strata::start(&[origin.addr], &cfg).await;
+    let b = Strata::start(&[origin.addr], &cfg).await;
+    let c = Client::new();
+    // The tier connects in the background (through the sentinels).
+    shared_again(&a, &b, "shared hits through the sentinel-resolved master").await;
+    sentinel.kill_master().await;
+    sentinel.wait_failover().await;
+    for i in 0..10 {
+        assert_eq!(get(&c, &a.url(&format!("/during/{i}"))).await.status, 200);
+    }
+    shared_again(&a, &b, "reads and writes through the new master").await;
+}

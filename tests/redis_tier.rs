@@ -1,0 +1,743 @@
+//! The Redis tier against real Redis servers (standalone, 6-node cluster,
+//! sentinel) started by `support::redis`. Every wait is a bounded poll.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use strata::cache::entry::{Object, Variant, VaryKey};
+use strata::cache::freshness::{Policy, Times};
+use strata::cache::key::CacheKey;
+use strata::cache::redis::{codec, RedisTier};
+use strata::cache::storage::{Selector, StorageError};
+use strata::config::{RedisConfig, RedisMode};
+use strata::metrics::Metrics;
+use support::redis::{RedisCluster, RedisSentinel, RedisServer};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+const TIMEOUT: Duration = Duration::from_millis(200);
+const KEEP: Duration = Duration::from_secs(300);
+/// Bound of every poll in this file.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Re-evaluates `$cond` (which may `.await`) until it holds or `$within`
+/// passes, then panics naming `$what`.
+macro_rules! eventually {
+    ($what:expr, $within:expr, $cond:expr) => {{
+        let deadline = Instant::now() + $within;
+        loop {
+            if $cond {
+                break;
+            }
+            if Instant::now() >= deadline {
+                panic!("timed out after {:?} waiting for {}", $within, $what);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }};
+}
+
+fn config(mode: RedisMode, urls: Vec<String>, prefix: &str) -> RedisConfig {
+    RedisConfig {
+        mode,
+        urls,
+        sentinel_master: (mode == RedisMode::Sentinel)
+            .then(|| support::redis::SENTINEL_MASTER_NAME.to_string()),
+        timeout: TIMEOUT,
+        key_prefix: prefix.to_string(),
+        write_queue: 256,
+        breaker_threshold: 3,
+        breaker_backoff: Duration::from_millis(200),
+    }
+}
+
+struct Node {
+    tier: RedisTier,
+    rx: UnboundedReceiver<Selector>,
+    metrics: Metrics,
+}
+
+/// Logs to the test output with `RUST_LOG` (e.g. `RUST_LOG=redistier=debug`).
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn node(config: &RedisConfig) -> Node {
+    logs();
+    let (tx, rx) = unbounded_channel();
+    let metrics = Metrics::new();
+    Node {
+        tier: RedisTier::start(config, metrics.clone(), tx),
+        rx,
+        metrics,
+    }
+}
+
+fn object(url: &str, body: &str, tags: &[&str]) -> Arc<Object> {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("text/plain"));
+    headers.append("x-repeated", HeaderValue::from_static("1"));
+    headers.append("x-repeated", HeaderValue::from_static("2"));
+    headers.insert("x-bytes", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+    Arc::new(Object {
+        key: CacheKey::from_url(url).unwrap(),
+        variants: vec![Arc::new(Variant {
+            vary: VaryKey::default(),
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from(body.to_string()),
+            encoded: vec![],
+            times: Times {
+                request: 1,
+                response: 2,
+                initial_age: 0,
+            },
+            policy: Policy {
+                lifetime: 300,
+                stale_while_revalidate: 0,
+                stale_if_error: 0,
+                must_revalidate: false,
+                no_cache: false,
+            },
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        })],
+    })
+}
+
+fn same(a: &Object, b: &Object) -> bool {
+    codec::encode(a).unwrap() == codec::encode(b).unwrap()
+}
+
+/// Whether `tier` returns an object equal to `o`.
+async fn holds(tier: &RedisTier, o: &Object) -> bool {
+    matches!(tier.get(&o.key).await, Ok(Some(got)) if same(&got, o))
+}
+
+/// Writes `objects` through `from` (again: a write may be lost while Redis
+/// recovers) and reports whether `to` now reads every one of them.
+async fn write_and_read(from: &RedisTier, to: &RedisTier, objects: &[Arc<Object>]) -> bool {
+    for o in objects {
+        from.put_background(o.clone(), KEEP);
+    }
+    // Written and indexed: an object is readable a moment before its index
+    // entries land, and a purge in that moment would miss it.
+    if !from.flush(WAIT).await {
+        return false;
+    }
+    for o in objects {
+        if !holds(to, o).await {
+            return false;
+        }
+    }
+    true
+}
+
+async fn absent(tier: &RedisTier, o: &Object) -> bool {
+    matches!(tier.get(&o.key).await, Ok(None))
+}
+
+fn sel(s: &Selector) -> String {
+    format!("{s:?}")
+}
+
+fn is_flush(s: &Selector) -> bool {
+    matches!(s, Selector::Prefix(p) if p.is_empty())
+}
+
+/// Waits up to `within` for `want` on `rx`, skipping resubscription
+/// flushes; panics on any other selector.
+async fn receive(rx: &mut UnboundedReceiver<Selector>, want: &Selector, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(s)) if sel(&s) == sel(want) => return true,
+            Ok(Some(s)) if is_flush(&s) => continue,
+            Ok(Some(s)) => panic!("unexpected selector {s:?} while waiting for {want:?}"),
+            Ok(None) | Err(_) => return false,
+        }
+    }
+}
+
+/// Purges `selector` through `from` until `to` receives it: proves `to` is
+/// subscribed (messages published before a subscription are lost).
+async fn purge_until_received(
+    from: &RedisTier,
+    to: &mut UnboundedReceiver<Selector>,
+    selector: &Selector,
+) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let _ = from.purge(selector).await;
+        if receive(to, selector, Duration::from_millis(300)).await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{selector:?} never reached the other instance"
+        );
+    }
+}
+
+fn warmup() -> Selector {
+    Selector::Key(CacheKey::from_url("http://warmup.invalid/").unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_put_get_and_fleet_purges() {
+    let server = RedisServer::start().await;
+    let cfg = config(RedisMode::Standalone, vec![server.url()], "t1:");
+    let mut a = node(&cfg);
+    let mut b = node(&cfg);
+    assert_ne!(a.tier.instance_id(), b.tier.instance_id());
+    purge_until_received(&a.tier, &mut b.rx, &warmup()).await;
+    purge_until_received(&b.tier, &mut a.rx, &warmup()).await;
+
+    let o1 = object("http://h1/a/1", "one", &["t1"]);
+    let o2 = object("http://h1/a/2?q=1", "two", &["t2"]);
+    let o3 = object("https://h1/b/3", "three", &["t1", "t3"]);
+    let o4 = object("http://h2/a/1", "four", &[]);
+    let o5 = object("http://h1/c", "five", &["t2"]);
+    let o6 = object("http://h1/d", "six", &[]);
+    for o in [&o1, &o2, &o3, &o4, &o5, &o6] {
+        a.tier.put_background(o.clone(), KEEP);
+    }
+    // Written and indexed (an object is readable a moment before its index
+    // entries land, and a purge in that moment would miss it).
+    assert!(a.tier.flush(WAIT).await);
+    for o in [&o1, &o2, &o3, &o4, &o5, &o6] {
+        eventually!(
+            format!("{} readable through b", o.key),
+            WAIT,
+            holds(&b.tier, o).await
+        );
+    }
+
+    // One path on every host.
+    let s = Selector::PathAnyHost("/a/1".into());
+    assert_eq!(a.tier.purge(&s).await.unwrap(), 2);
+    assert!(receive(&mut b.rx, &s, WAIT).await);
+    assert!(absent(&b.tier, &o1).await && absent(&b.tier, &o4).await);
+    assert!(holds(&b.tier, &o2).await);
+    // A prefix (the query is part of the path).
+    let s = Selector::Prefix("/a/".into());
+    assert_eq!(a.tier.purge(&s).await.unwrap(), 1);
+    assert!(receive(&mut b.rx, &s, WAIT).await);
+    assert!(absent(&b.tier, &o2).await);
+    // Tags: o3 carries t1 (o1 with t1 is gone already) and o5 carries t2.
+    let s = Selector::Tags(vec!["t1".into(), "t2".into(), "nope".into()]);
+    assert_eq!(a.tier.purge(&s).await.unwrap(), 2);
+    assert!(receive(&mut b.rx, &s, WAIT).await);
+    assert!(absent(&b.tier, &o3).await && absent(&b.tier, &o5).await);
+    // One URL; a second purge finds nothing.
+    let s = Selector::Key(o6.key.clone());
+    assert_eq!(b.tier.purge(&s).await.unwrap(), 1);
+    assert!(receive(&mut a.rx, &s, WAIT).await);
+    assert_eq!(b.tier.purge(&s).await.unwrap(), 0);
+    assert!(receive(&mut a.rx, &s, WAIT).await);
+
+    // Unsafe-method invalidation: deleted in Redis and told to the fleet.
+    let o7 = object("http://h1/e", "seven", &[]);
+    a.tier.put_now(o7.clone(), KEEP).await.unwrap();
+    a.tier.invalidate_background(o7.key.clone());
+    assert!(receive(&mut b.rx, &Selector::Key(o7.key.clone()), WAIT).await);
+    assert!(absent(&b.tier, &o7).await);
+
+    // Own messages are not echoed: b's marker is the first thing a sees
+    // after all of a's own purges above.
+    let marker = Selector::Prefix("/marker".into());
+    b.tier.purge(&marker).await.unwrap();
+    let first = tokio::time::timeout(WAIT, a.rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sel(&first), sel(&marker), "a received its own purge");
+    assert!(b.rx.try_recv().is_err(), "b received its own purge");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_outage_opens_breaker_and_recovers() {
+    let mut server = RedisServer::start().await;
+    let cfg = config(RedisMode::Standalone, vec![server.url()], "t2:");
+    let a = node(&cfg);
+    let mut b = node(&cfg);
+    purge_until_received(&a.tier, &mut b.rx, &warmup()).await;
+    let o = object("http://h/x", "x", &[]);
+    a.tier.put_now(o.clone(), KEEP).await.unwrap();
+    assert!(holds(&a.tier, &o).await);
+
+    server.kill();
+    // Failures are bounded by the timeout, then the breaker opens.
+    let slack = Duration::from_millis(150);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = a.tier.get(&o.key).await;
+        assert!(r.is_err(), "{r:?}");
+        assert!(t.elapsed() < TIMEOUT + slack, "get took {:?}", t.elapsed());
+    }
+    eventually!("breaker open", WAIT, {
+        let _ = a.tier.get(&o.key).await;
+        a.tier.breaker_open()
+    });
+    assert!(a
+        .metrics
+        .render()
+        .unwrap()
+        .contains("strata_redis_breaker_open 1"));
+    let t = Instant::now();
+    for _ in 0..100 {
+        match a.tier.get(&o.key).await {
+            Err(StorageError::BreakerOpen) => {}
+            // The half-open probe after the backoff: fails within the timeout.
+            Err(_) => {}
+            Ok(v) => panic!("got {v:?} from a dead server"),
+        }
+    }
+    assert!(
+        t.elapsed() < TIMEOUT + slack,
+        "100 gets with the breaker open took {:?}",
+        t.elapsed()
+    );
+    // Writes never block while Redis is down (a blocked call would wait a
+    // timeout each: 1000 of them, minutes).
+    let objects: Vec<_> = (0..1000)
+        .map(|i| object(&format!("http://h/w{i}"), "w", &[]))
+        .collect();
+    let t = Instant::now();
+    for o in objects {
+        a.tier.put_background(o, KEEP);
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "put_background blocked: {:?}",
+        t.elapsed()
+    );
+
+    server.restart().await;
+    // The data set starts empty after a restart: a miss is success.
+    eventually!(
+        "gets succeed again",
+        WAIT,
+        matches!(a.tier.get(&o.key).await, Ok(None))
+    );
+    assert!(!a.tier.breaker_open());
+    assert!(a
+        .metrics
+        .render()
+        .unwrap()
+        .contains("strata_redis_breaker_open 0"));
+    let o2 = object("http://h/y", "y", &["ty"]);
+    eventually!(
+        "writes land again",
+        WAIT,
+        write_and_read(&a.tier, &b.tier, std::slice::from_ref(&o2)).await
+    );
+    // b resubscribed: it flushed its memory tier and receives purges again.
+    purge_until_received(&a.tier, &mut b.rx, &Selector::Tags(vec!["ty".into()])).await;
+    assert!(absent(&b.tier, &o2).await);
+    let errors = a.metrics.render().unwrap();
+    assert!(
+        !errors.contains("strata_redis_errors_total 0"),
+        "errors were not counted"
+    );
+    assert!(
+        errors.contains("strata_redis_breaker_opens_total 1"),
+        "{errors}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_flush_selector_after_resubscription() {
+    let mut server = RedisServer::start().await;
+    let cfg = config(RedisMode::Standalone, vec![server.url()], "t3:");
+    let a = node(&cfg);
+    let mut b = node(&cfg);
+    purge_until_received(&a.tier, &mut b.rx, &warmup()).await;
+    server.restart().await;
+    let flush = tokio::time::timeout(WAIT, b.rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(is_flush(&flush), "{flush:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_redis_is_bounded_and_a_full_queue_drops() {
+    let server = RedisServer::start().await;
+    let mut cfg = config(RedisMode::Standalone, vec![server.url()], "t7:");
+    cfg.write_queue = 8;
+    cfg.breaker_threshold = 1000; // keep the breaker out of this test
+    let a = node(&cfg);
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let o = object("http://h/slow", "slow", &[]);
+    eventually!("connected", WAIT, a.tier.is_connected());
+    a.tier.put_now(o.clone(), KEEP).await.unwrap();
+    let objects: Vec<_> = (0..100)
+        .map(|i| object(&format!("http://h/q{i}"), "q", &[]))
+        .collect();
+
+    // Redis stops answering (every client but replicas is held) for 1.5 s.
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    assert!(matches!(
+        a.tier.get(&o.key).await,
+        Err(StorageError::Timeout)
+    ));
+    let took = t.elapsed();
+    assert!(
+        took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(150),
+        "get took {took:?}"
+    );
+    // The workers are stuck on their first writes; the queue fills, the rest
+    // is dropped and counted, and no call waits.
+    let t = Instant::now();
+    for o in &objects {
+        a.tier.put_background(o.clone(), KEEP);
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "put_background blocked: {:?}",
+        t.elapsed()
+    );
+    let text = a.metrics.render().unwrap();
+    let dropped: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("strata_redis_dropped_writes_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // At most 8 queued plus one in flight per worker (4) got through.
+    assert!(dropped >= 100 - 8 - 4, "dropped {dropped}\n{text}");
+
+    // Once Redis answers again, so does the tier.
+    eventually!(
+        "gets succeed after the pause",
+        WAIT,
+        holds(&a.tier, &o).await
+    );
+    assert!(a.tier.flush(WAIT).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_while_redis_is_down() {
+    let mut server = RedisServer::start().await;
+    server.kill();
+    let cfg = config(RedisMode::Standalone, vec![server.url()], "t6:");
+    let a = node(&cfg);
+    let o = object("http://h/x", "x", &[]);
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert!(a.tier.get(&o.key).await.is_err());
+        assert!(t.elapsed() < TIMEOUT, "get took {:?}", t.elapsed());
+    }
+    assert!(!a.tier.is_connected());
+    server.restart().await;
+    eventually!("connected", WAIT, a.tier.is_connected());
+    eventually!(
+        "gets succeed",
+        WAIT,
+        matches!(a.tier.get(&o.key).await, Ok(None))
+    );
+    a.tier.put_now(o.clone(), KEEP).await.unwrap();
+    assert!(holds(&a.tier, &o).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_expire_and_are_swept() {
+    let server = RedisServer::start().await;
+    let cfg = config(RedisMode::Standalone, vec![server.url()], "t5:");
+    let a = node(&cfg);
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    eventually!("connected", WAIT, a.tier.is_connected());
+    // Entries of an object that expired long ago.
+    let stale = b"/old\0t5:o:dead".to_vec();
+    redis::pipe()
+        .cmd("ZADD")
+        .arg("t5:{paths}")
+        .arg(0)
+        .arg(&stale)
+        .cmd("ZADD")
+        .arg("t5:{paths}:exp")
+        .arg(1000)
+        .arg(&stale)
+        .cmd("ZADD")
+        .arg("t5:t:tg")
+        .arg(1000)
+        .arg("t5:o:dead")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+
+    let o = object("http://h/live", "live", &["tg"]);
+    a.tier.put_now(o.clone(), KEEP).await.unwrap();
+    let obj_key = a.tier.object_key(&o.key);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&obj_key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        pttl > 0 && pttl <= KEEP.as_millis() as i64,
+        "object PTTL {pttl}"
+    );
+    // The tag set dropped its expired member and outlives the object.
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg("t5:t:tg")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(members, vec![obj_key.clone()]);
+    let tag_ttl: i64 = redis::cmd("PTTL")
+        .arg("t5:t:tg")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(tag_ttl >= KEEP.as_millis() as i64, "tag PTTL {tag_ttl}");
+    // A shorter-lived object with the same tag does not shorten it.
+    a.tier
+        .put_now(
+            object("http://h/short", "s", &["tg"]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let again: i64 = redis::cmd("PTTL")
+        .arg("t5:t:tg")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        again >= tag_ttl - 5_000,
+        "tag PTTL shrank from {tag_ttl} to {again}"
+    );
+
+    // The sweep drops the expired path entry and keeps the live ones.
+    assert_eq!(a.tier.sweep_index().await.unwrap(), 1);
+    let paths: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+        .arg("t5:{paths}")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let mut want = vec![
+        format!("/live\0{obj_key}").into_bytes(),
+        format!(
+            "/short\0{}",
+            a.tier
+                .object_key(&CacheKey::from_url("http://h/short").unwrap())
+        )
+        .into_bytes(),
+    ];
+    want.sort();
+    assert_eq!(paths, want);
+    let exp: u64 = redis::cmd("ZCARD")
+        .arg("t5:{paths}:exp")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(exp, 2);
+    assert_eq!(a.tier.sweep_index().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_payload_is_a_counted_miss() {
+    let server = RedisServer::start().await;
+    let cfg = config(RedisMode::Standalone, vec![server.url()], "t4:");
+    let a = node(&cfg);
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let good = object("http://h/good", "good", &[]);
+    let payload = codec::encode(&good).unwrap();
+    eventually!("connected", WAIT, a.tier.is_connected());
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"definitely not an entry".to_vec()),
+        ("truncated", payload[..payload.len() / 2].to_vec()),
+        ("bit flip", {
+            let mut p = payload.clone();
+            let i = p.len() / 3;
+            p[i] ^= 0x40;
+            p
+        }),
+        ("other version", {
+            let mut p = payload.clone();
+            p[4] = codec::VERSION + 1;
+            p
+        }),
+    ];
+    for (i, (what, bytes)) in cases.iter().enumerate() {
+        let key = CacheKey::from_url(&format!("http://h/corrupt{i}")).unwrap();
+        redis::cmd("SET")
+            .arg(a.tier.object_key(&key))
+            .arg(bytes)
+            .query_async::<()>(&mut raw)
+            .await
+            .unwrap();
+        match a.tier.get(&key).await {
+            Err(StorageError::Corrupt(_)) => {}
+            other => panic!("{what}: expected Corrupt, got {other:?}"),
+        }
+    }
+    let text = a.metrics.render().unwrap();
+    assert!(
+        text.contains(&format!("strata_redis_errors_total {}", cases.len())),
+        "{text}"
+    );
+    assert!(
+        !a.tier.breaker_open(),
+        "corrupt entries are not a Redis outage"
+    );
+
+    // A valid entry for another URL under this key (a hash collision) is a
+    // plain miss.
+    let key = CacheKey::from_url("http://h/collides").unwrap();
+    redis::cmd("SET")
+        .arg(a.tier.object_key(&key))
+        .arg(&payload)
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    assert!(matches!(a.tier.get(&key).await, Ok(None)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_shares_objects_and_follows_failover() {
+    let mut cluster = RedisCluster::start().await;
+    let cfg = config(RedisMode::Cluster, cluster.urls(), "c:");
+    let a = node(&cfg);
+    // b subscribes on the first URL it is given: the master we kill below.
+    let doomed = format!(
+        "redis://127.0.0.1:{}",
+        cluster.master_for_key("c:purge").await
+    );
+    let mut urls = cluster.urls();
+    urls.retain(|u| *u != doomed);
+    urls.insert(0, doomed);
+    let mut b = node(&config(RedisMode::Cluster, urls, "c:"));
+    purge_until_received(&a.tier, &mut b.rx, &warmup()).await;
+
+    let before: Vec<_> = (0..24)
+        .map(|i| {
+            object(
+                &format!("http://h{}/p/{i}", i % 3),
+                &format!("body {i}"),
+                &["all"],
+            )
+        })
+        .collect();
+    for o in &before {
+        a.tier.put_background(o.clone(), KEEP);
+    }
+    assert!(a.tier.flush(WAIT).await);
+    for o in &before {
+        eventually!(
+            format!("{} readable through b", o.key),
+            WAIT,
+            holds(&b.tier, o).await
+        );
+    }
+
+    // Kill the master serving the purge channel: the subscriber must move.
+    let t = Instant::now();
+    cluster.kill_master_of_key("c:purge").await;
+    cluster.wait_failover().await;
+    eprintln!("cluster failover took {:?}", t.elapsed());
+    let t = Instant::now();
+    for o in &before {
+        eventually!(
+            format!("{} readable after failover", o.key),
+            WAIT,
+            holds(&b.tier, o).await
+        );
+    }
+    eprintln!("reads resumed {:?} after failover", t.elapsed());
+    let after: Vec<_> = (0..12)
+        .map(|i| object(&format!("http://h/after/{i}"), "after", &["all"]))
+        .collect();
+    eventually!(
+        "writes after failover",
+        WAIT,
+        write_and_read(&a.tier, &b.tier, &after).await
+    );
+    eprintln!("writes resumed {:?} after failover", t.elapsed());
+    // Purges still reach the other instance, and delete across slots.
+    purge_until_received(&a.tier, &mut b.rx, &Selector::Prefix("/after/".into())).await;
+    for o in &after {
+        assert!(absent(&b.tier, o).await);
+    }
+    let s = Selector::Tags(vec!["all".into()]);
+    assert_eq!(a.tier.purge(&s).await.unwrap(), before.len() as u64);
+    for o in &before {
+        assert!(absent(&b.tier, o).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_follows_failover() {
+    let mut setup = RedisSentinel::start().await;
+    let cfg = config(RedisMode::Sentinel, setup.sentinel_urls(), "s:");
+    let a = node(&cfg);
+    let mut b = node(&cfg);
+    purge_until_received(&a.tier, &mut b.rx, &warmup()).await;
+    let before: Vec<_> = (0..8)
+        .map(|i| object(&format!("http://h/s/{i}"), "before", &["s"]))
+        .collect();
+    for o in &before {
+        a.tier.put_background(o.clone(), KEEP);
+    }
+    assert!(a.tier.flush(WAIT).await);
+    for o in &before {
+        eventually!(
+            format!("{} readable through b", o.key),
+            WAIT,
+            holds(&b.tier, o).await
+        );
+    }
+
+    let t = Instant::now();
+    setup.kill_master().await;
+    setup.wait_failover().await;
+    eprintln!("sentinel failover took {:?}", t.elapsed());
+    let t = Instant::now();
+    for o in &before {
+        eventually!(
+            format!("{} readable after failover", o.key),
+            WAIT,
+            holds(&a.tier, o).await
+        );
+    }
+    eprintln!("reads resumed {:?} after failover", t.elapsed());
+    let o = object("http://h/s/after", "after", &["s"]);
+    eventually!(
+        "write after failover",
+        WAIT,
+        write_and_read(&a.tier, &b.tier, std::slice::from_ref(&o)).await
+    );
+    eprintln!("writes resumed {:?} after failover", t.elapsed());
+    purge_until_received(&a.tier, &mut b.rx, &Selector::Tags(vec!["s".into()])).await;
+    assert!(absent(&b.tier, &o).await);
+}
