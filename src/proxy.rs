@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{MethodClass, Metrics, Outcome, RuleCounters};
 use crate::upstream::Upstreams;
 use body::ProxyBody;
 use cache_status::{CacheStatus, Fwd};
@@ -42,6 +42,8 @@ pub struct ConnInfo {
 pub struct Runtime {
     pub config: Arc<Config>,
     pub upstreams: Arc<Upstreams>,
+    /// `strata_rule_requests_total` handles for `config.rules`, by index.
+    pub rule_counters: RuleCounters,
 }
 
 /// State shared by every connection (cheap `Arc` clones).
@@ -73,10 +75,12 @@ impl Shared {
         let upstreams = Upstreams::new(&config.upstream, None, metrics.clone());
         upstreams.start_health_checks();
         let cache = Cache::new(&config.cache, metrics.clone());
+        let rule_counters = metrics.rule_counters(config.rules.iter().map(|r| r.pattern()));
         Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime {
                 config: Arc::new(config),
                 upstreams,
+                rule_counters,
             }),
             metrics,
             cache,
@@ -102,9 +106,13 @@ impl Shared {
             self.metrics.clone(),
         );
         upstreams.start_health_checks();
+        let rule_counters = self
+            .metrics
+            .rule_counters(config.rules.iter().map(|r| r.pattern()));
         self.runtime.store(Arc::new(Runtime {
             config: Arc::new(config),
             upstreams,
+            rule_counters,
         }));
     }
 
@@ -112,6 +120,7 @@ impl Shared {
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         let runtime = self.runtime.load_full();
+        let method = MethodClass::of(req.method());
         let answered = match validate(&req) {
             Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
             Ok(()) => {
@@ -133,7 +142,9 @@ impl Shared {
         let h = response.headers_mut();
         h.insert(HeaderName::CACHE_STATUS.clone(), status.to_header());
         h.append(header::VIA, headers::via_value(Version::HTTP_11));
-        self.metrics.request(outcome, code, started.elapsed());
+        let elapsed = started.elapsed();
+        self.metrics.request(outcome, code, elapsed);
+        self.metrics.request_class(method, code);
         response
     }
 }
