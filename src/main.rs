@@ -65,17 +65,16 @@ fn serve(global: &strata::cli::Global) -> anyhow::Result<()> {
         let server = Server::bind(config).await?;
         tracing::info!(
             listen = %server.local_addr(),
-            admin = ?server.admin_addr(),
-            tls = ?server.tls_addr(),
+            admin = server.admin_addr().map(tracing::field::display),
+            tls = server.tls_addr().map(tracing::field::display),
             "strata serving"
         );
-        server::signals::spawn_reloader(path, server.shared(), move |c| {
-            // The command line wins over the file, as at start-up.
+        server::signals::spawn_reloader(path, server.reloader(), move |c| {
+            // The command line wins over the file, as at start-up; a
+            // level removed from the file falls back to RUST_LOG, then info.
             if cli_level.is_none() {
-                if let Some(level) = &c.log.level {
-                    if let Err(e) = log.set_level(level) {
-                        tracing::warn!(error = %e, "invalid [log] level in reloaded config");
-                    }
+                if let Err(e) = log.set_level(c.log.level.as_deref()) {
+                    tracing::warn!(error = %e, "invalid [log] level in reloaded config");
                 }
             }
         });

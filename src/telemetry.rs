@@ -1,6 +1,7 @@
-//! Logging through tracing-subscriber: text or JSON, a level filter from
-//! `--log-level`, `[log] level` or `RUST_LOG` (in that order), changeable
-//! on reload.
+//! Logging through tracing-subscriber: text or JSON on stdout, a level
+//! filter from `--log-level`, `[log] level` or `RUST_LOG` (in that order),
+//! changeable on reload. Access events (target `strata::access`, see
+//! `proxy/access.rs`) go through the same filter and format.
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -15,8 +16,13 @@ pub struct LogHandle {
 }
 
 impl LogHandle {
-    pub fn set_level(&self, directive: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
+    /// Replaces the filter: `directive`, or RUST_LOG then `info` when
+    /// `None`. An invalid directive is an error and changes nothing.
+    pub fn set_level(&self, directive: Option<&str>) -> Result<(), String> {
+        let filter = match directive {
+            Some(d) => EnvFilter::try_new(d).map_err(|e| e.to_string())?,
+            None => filter(None),
+        };
         self.filter.reload(filter).map_err(|e| e.to_string())
     }
 }
