@@ -2,12 +2,14 @@
 //! forward it, and shape the response. Every response passes through
 //! [`Shared::handle`], which records the outcome and adds `Cache-Status`.
 //!
+//! - `proxy/access.rs`: the access log (one event per request).
 //! - `proxy/body.rs`: the response body type (hits are `Full` bytes).
 //! - `proxy/headers.rs`: hop-by-hop stripping and forwarding fields.
 //! - `proxy/cache_status.rs`: RFC 9211 `Cache-Status`.
 //! - `proxy/error.rs`: the one place errors become 400/502/503/504.
 //! - `proxy/forward.rs`: sending a request upstream (pass-through, upgrades).
 
+pub mod access;
 pub mod body;
 pub mod cache_status;
 pub mod error;
@@ -121,6 +123,7 @@ impl Shared {
         let started = Instant::now();
         let runtime = self.runtime.load_full();
         let method = MethodClass::of(req.method());
+        let access = access::Pending::capture(&req, runtime.config.log.access_log);
         let answered = match validate(&req) {
             Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
             Ok(()) => {
@@ -145,6 +148,9 @@ impl Shared {
         let elapsed = started.elapsed();
         self.metrics.request(outcome, code, elapsed);
         self.metrics.request_class(method, code);
+        if let Some(access) = access {
+            access.emit(conn, &response, outcome, &status, elapsed);
+        }
         response
     }
 }
