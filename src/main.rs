@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => check(&cli.global),
+        Command::Healthcheck { url } => healthcheck(&cli.global, url),
         Command::Serve => match serve(&cli.global) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -40,6 +41,33 @@ fn check(global: &strata::cli::Global) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn healthcheck(global: &strata::cli::Global, url: Option<String>) -> ExitCode {
+    let url = match url {
+        Some(u) => u,
+        None => match Config::load(&global.config) {
+            Ok(c) => strata::probe::health_url(c.admin.listen),
+            Err(e) => {
+                eprintln!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match strata::probe::get_status(&url, std::time::Duration::from_secs(3)) {
+        Ok(200) => {
+            println!("healthy");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            eprintln!("{url}: status {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }
