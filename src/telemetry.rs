@@ -3,6 +3,8 @@
 //! changeable on reload. Access events (target `strata::access`, see
 //! `proxy/access.rs`) go through the same filter and format.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
@@ -51,7 +53,14 @@ pub fn init(format: LogFormat, directive: Option<&str>) -> LogHandle {
                     .with_current_span(false),
             )
             .try_init(),
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    // Colours for a terminal only, never in a file or a pipe.
+                    .with_ansi(std::io::stdout().is_terminal()),
+            )
+            .try_init(),
     };
     if let Err(e) = result {
         eprintln!("logging already initialised: {e}");
