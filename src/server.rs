@@ -247,8 +247,28 @@ impl Reloader {
         if let (Some(acceptor), Some(certificates)) = (&self.tls, certificates) {
             acceptor.replace(certificates);
         }
+        warn_restart_only(&self.shared.runtime.load().config, &config);
         self.shared.reload(config);
         Ok(self.shared.runtime.load().config.clone())
+    }
+}
+
+/// Settings built into the server at start-up: a reload cannot change
+/// them (listener addresses are checked by `Shared::reload`).
+fn warn_restart_only(old: &Config, new: &Config) {
+    let redis = |c: &Config| {
+        c.cache
+            .redis
+            .as_ref()
+            .map(|r| (r.mode, r.urls.clone(), r.key_prefix.clone()))
+    };
+    if old.server.tls.is_some() != new.server.tls.is_some() {
+        tracing::warn!("[server.tls] added or removed: takes effect only after a restart");
+    }
+    if old.cache.memory_capacity != new.cache.memory_capacity || redis(old) != redis(new) {
+        tracing::warn!(
+            "cache.memory_capacity or [cache.redis] changed: takes effect only after a restart"
+        );
     }
 }
 
