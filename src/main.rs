@@ -20,7 +20,6 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("strata: {e:#}");
-                tracing::error!(error = format!("{e:#}"), "fatal");
                 ExitCode::FAILURE
             }
         },
@@ -82,13 +81,13 @@ fn serve(global: &strata::cli::Global) -> anyhow::Result<()> {
     };
     let cli_level = global.log_level.clone();
     let level = cli_level.clone().or_else(|| config.log.level.clone());
-    let log = telemetry::init(format, level.as_deref());
+    let (log, _flush_on_exit) = telemetry::init(format, level.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("strata")
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let path = config.path.clone();
         let server = Server::bind(config).await?;
         tracing::info!(
@@ -109,5 +108,10 @@ fn serve(global: &strata::cli::Global) -> anyhow::Result<()> {
         server.run(server::signals::shutdown()).await;
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    if let Err(e) = &result {
+        // Logged while the log writer still runs (it stops with `serve`).
+        tracing::error!(error = format!("{e:#}"), "fatal");
+    }
+    result
 }
