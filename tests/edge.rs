@@ -886,6 +886,53 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic_and_stats_agree(
     );
 }
 
+#[tokio::test]
+async fn upstream_errors_and_latency_are_counted_per_server() {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let strata = Strata::start(&[dead], NO_HEALTH).await;
+    let c = Client::new();
+    assert_eq!(c.get(&strata.url("/x")).await.status, 502);
+    let m = parse_prometheus(&c.get(&strata.admin_url("/metrics")).await.text());
+    let server = dead.to_string();
+    let s = server.as_str();
+    assert_eq!(
+        metric(
+            &m,
+            "strata_upstream_errors_total",
+            &[("server", s), ("kind", "connect")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "strata_upstream_duration_seconds_count",
+            &[("server", s)]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "strata_requests_total",
+            &[("outcome", "error"), ("status", "502")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "strata_requests_by_class_total",
+            &[("method_class", "GET"), ("status_class", "5xx")]
+        ),
+        1.0
+    );
+}
+
 // === the container health probe and the Docker files ===
 
 #[tokio::test]
