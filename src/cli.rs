@@ -1,6 +1,6 @@
 //! The command line (SPEC §1): `strata [serve|check] --config PATH`, with
 //! `--log-format` and `--log-level` accepted before or after the
-//! subcommand.
+//! subcommand; plus `strata healthcheck` for container health checks.
 
 use std::path::PathBuf;
 
@@ -41,4 +41,12 @@ pub enum Command {
     Serve,
     /// Validate the configuration: prints "config ok" or the error.
     Check,
+    /// Probe the admin `/health` endpoint, for container HEALTHCHECKs: exit
+    /// 0 when it answers 200, else 1 (no curl needed in the image).
+    Healthcheck {
+        /// URL to probe; default `http://<admin.listen>/health` from the
+        /// config (an unspecified address such as 0.0.0.0 means loopback).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }

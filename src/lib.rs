@@ -12,6 +12,7 @@
 //! - [`compression`]: br/gzip negotiation and encoding.
 //! - [`admin`]: `/health`, `/metrics`, `/stats`, `/purge`.
 //! - [`metrics`]: Prometheus registry.
+//! - [`probe`]: `strata healthcheck`, the container health probe.
 //!
 //! # Request flow
 //! - **hit**: accept → validate → rule → memory, then Redis (promote) →
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod compression;
 pub mod config;
 pub mod metrics;
+pub mod probe;
 pub mod proxy;
 pub mod rules;
 pub mod server;

@@ -15,11 +15,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => check(&cli.global),
+        Command::Healthcheck { url } => healthcheck(&cli.global, url),
         Command::Serve => match serve(&cli.global) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("strata: {e:#}");
-                tracing::error!(error = format!("{e:#}"), "fatal");
                 ExitCode::FAILURE
             }
         },
@@ -45,6 +45,33 @@ fn check(global: &strata::cli::Global) -> ExitCode {
     }
 }
 
+fn healthcheck(global: &strata::cli::Global, url: Option<String>) -> ExitCode {
+    let url = match url {
+        Some(u) => u,
+        None => match Config::load(&global.config) {
+            Ok(c) => strata::probe::health_url(c.admin.listen),
+            Err(e) => {
+                eprintln!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match strata::probe::get_status(&url, std::time::Duration::from_secs(3)) {
+        Ok(200) => {
+            println!("healthy");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            eprintln!("{url}: status {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn serve(global: &strata::cli::Global) -> anyhow::Result<()> {
     let config = Config::load(&global.config)?;
     let format = match global.log_format {
@@ -54,33 +81,37 @@ fn serve(global: &strata::cli::Global) -> anyhow::Result<()> {
     };
     let cli_level = global.log_level.clone();
     let level = cli_level.clone().or_else(|| config.log.level.clone());
-    let log = telemetry::init(format, level.as_deref());
+    let (log, _flush_on_exit) = telemetry::init(format, level.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("strata")
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let path = config.path.clone();
         let server = Server::bind(config).await?;
         tracing::info!(
             listen = %server.local_addr(),
-            admin = ?server.admin_addr(),
-            tls = ?server.tls_addr(),
+            admin = server.admin_addr().map(tracing::field::display),
+            tls = server.tls_addr().map(tracing::field::display),
             "strata serving"
         );
-        server::signals::spawn_reloader(path, server.shared(), move |c| {
-            // The command line wins over the file, as at start-up.
+        server::signals::spawn_reloader(path, server.reloader(), move |c| {
+            // The command line wins over the file, as at start-up; a
+            // level removed from the file falls back to RUST_LOG, then info.
             if cli_level.is_none() {
-                if let Some(level) = &c.log.level {
-                    if let Err(e) = log.set_level(level) {
-                        tracing::warn!(error = %e, "invalid [log] level in reloaded config");
-                    }
+                if let Err(e) = log.set_level(c.log.level.as_deref()) {
+                    tracing::warn!(error = %e, "invalid [log] level in reloaded config");
                 }
             }
         });
         server.run(server::signals::shutdown()).await;
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    if let Err(e) = &result {
+        // Logged while the log writer still runs (it stops with `serve`).
+        tracing::error!(error = format!("{e:#}"), "fatal");
+    }
+    result
 }

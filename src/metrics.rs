@@ -1,10 +1,14 @@
 //! Prometheus metrics (`GET /metrics`) and their JSON twin (`GET /stats`).
 //!
-//! Label combinations used on every request are resolved once at start-up,
-//! so recording a hit is a few atomic adds: no label hashing, no lock.
+//! Label combinations used on every request are resolved once at start-up
+//! (per-rule ones when the rules are loaded), so recording a hit is a few
+//! atomic adds: no label hashing, no lock. The metric list, with types and
+//! labels, is in the README ("Metrics").
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use http::Method;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -54,6 +58,94 @@ impl Outcome {
     }
 }
 
+/// The `method_class` label: the common methods by name, every other token
+/// as `OTHER` (clients may send any method; the label set must stay
+/// bounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodClass {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Patch,
+    Options,
+    Other,
+}
+
+impl MethodClass {
+    pub const ALL: [MethodClass; 8] = [
+        MethodClass::Get,
+        MethodClass::Head,
+        MethodClass::Post,
+        MethodClass::Put,
+        MethodClass::Delete,
+        MethodClass::Patch,
+        MethodClass::Options,
+        MethodClass::Other,
+    ];
+
+    pub fn of(m: &Method) -> MethodClass {
+        match *m {
+            Method::GET => MethodClass::Get,
+            Method::HEAD => MethodClass::Head,
+            Method::POST => MethodClass::Post,
+            Method::PUT => MethodClass::Put,
+            Method::DELETE => MethodClass::Delete,
+            Method::PATCH => MethodClass::Patch,
+            Method::OPTIONS => MethodClass::Options,
+            _ => MethodClass::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodClass::Get => "GET",
+            MethodClass::Head => "HEAD",
+            MethodClass::Post => "POST",
+            MethodClass::Put => "PUT",
+            MethodClass::Delete => "DELETE",
+            MethodClass::Patch => "PATCH",
+            MethodClass::Options => "OPTIONS",
+            MethodClass::Other => "OTHER",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The `status_class` label values, `1xx` to `5xx` (index = status / 100 - 1).
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Per-rule hit and miss counters (`strata_rule_requests_total`), resolved
+/// when the rules are loaded (start-up and reload) so that counting a
+/// request is one atomic add. Index = the rule's position in the file.
+#[derive(Clone, Default)]
+pub struct RuleCounters {
+    /// `[hit, miss]` per rule.
+    by_rule: Vec<[IntCounter; 2]>,
+}
+
+impl RuleCounters {
+    /// The rule's request was answered from the cache (fresh, or stale
+    /// where allowed), without going upstream.
+    pub fn hit(&self, rule: usize) {
+        if let Some([hit, _]) = self.by_rule.get(rule) {
+            hit.inc();
+        }
+    }
+
+    /// The rule's request went upstream for the cache (miss, validation,
+    /// or a collapsed wait on another request's fetch).
+    pub fn miss(&self, rule: usize) {
+        if let Some([_, miss]) = self.by_rule.get(rule) {
+            miss.inc();
+        }
+    }
+}
+
 /// Statuses whose counters are pre-resolved.
 const COMMON_STATUS: [u16; 12] = [200, 204, 206, 301, 302, 304, 400, 404, 500, 502, 503, 504];
 
@@ -68,7 +160,12 @@ struct Inner {
     requests: IntCounterVec,
     requests_fast: Vec<Vec<IntCounter>>,
     duration_fast: Vec<prometheus::Histogram>,
+    /// `[method_class][status_class]`.
+    by_class: IntCounterVec,
+    by_class_fast: Vec<Vec<IntCounter>>,
     hits: IntCounterVec,
+    /// `memory`, `redis`.
+    hits_fast: [IntCounter; 2],
     upstream_healthy: IntGaugeVec,
     upstream_requests: IntCounterVec,
     upstream_errors: IntCounterVec,
@@ -82,6 +179,7 @@ struct Inner {
     collapsed: IntCounter,
     purged: IntCounter,
     rule_requests: IntCounterVec,
+    reloads: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -166,16 +264,39 @@ impl Metrics {
             .iter()
             .map(|o| duration.with_label_values(&[o.as_str()]))
             .collect();
+        let by_class = counter_vec(
+            &r,
+            "strata_requests_by_class_total",
+            "Client requests by method (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, OTHER) and status class (1xx-5xx).",
+            &["method_class", "status_class"],
+        );
+        let by_class_fast = MethodClass::ALL
+            .iter()
+            .map(|m| {
+                STATUS_CLASSES
+                    .iter()
+                    .map(|s| by_class.with_label_values(&[m.as_str(), s]))
+                    .collect()
+            })
+            .collect();
+        let hits = counter_vec(
+            &r,
+            "strata_cache_hits_total",
+            "Cache hits by tier.",
+            &["tier"],
+        );
+        let hits_fast = [
+            hits.with_label_values(&["memory"]),
+            hits.with_label_values(&["redis"]),
+        ];
         let inner = Inner {
             requests,
             requests_fast,
             duration_fast,
-            hits: counter_vec(
-                &r,
-                "strata_cache_hits_total",
-                "Cache hits by tier.",
-                &["tier"],
-            ),
+            by_class,
+            by_class_fast,
+            hits,
+            hits_fast,
             upstream_healthy: gauge_vec(
                 &r,
                 "strata_upstream_healthy",
@@ -235,8 +356,14 @@ impl Metrics {
             rule_requests: counter_vec(
                 &r,
                 "strata_rule_requests_total",
-                "Cacheable requests by matching rule and whether they hit.",
+                "Requests the cache handled, by matching rule (its glob) and result (hit or miss).",
                 &["rule", "result"],
+            ),
+            reloads: counter_vec(
+                &r,
+                "strata_config_reloads_total",
+                "SIGHUP reloads by result (ok, or error: the old configuration kept serving).",
+                &["result"],
             ),
             registry: r,
         };
@@ -258,10 +385,54 @@ impl Metrics {
         i.duration_fast[outcome.index()].observe(elapsed.as_secs_f64());
     }
 
-    pub fn hit(&self, tier: &str) {
-        self.inner.hits.with_label_values(&[tier]).inc();
+    /// One finished client request, by method and status class.
+    pub fn request_class(&self, method: MethodClass, status: u16) {
+        let i = &self.inner;
+        match (status / 100).checked_sub(1).map(usize::from) {
+            Some(c) if c < STATUS_CLASSES.len() => i.by_class_fast[method.index()][c].inc(),
+            // Statuses 600-999 are legal on the wire, and rare.
+            _ => i
+                .by_class
+                .with_label_values(&[method.as_str(), "other"])
+                .inc(),
+        }
     }
 
+    pub fn hit(&self, tier: &str) {
+        let i = &self.inner;
+        match tier {
+            "memory" => i.hits_fast[0].inc(),
+            "redis" => i.hits_fast[1].inc(),
+            other => i.hits.with_label_values(&[other]).inc(),
+        }
+    }
+
+    /// Resolves the per-rule counters for `patterns` (the rules' globs, in
+    /// order).
+    pub fn rule_counters<'a>(&self, patterns: impl Iterator<Item = &'a str>) -> RuleCounters {
+        let rules = &self.inner.rule_requests;
+        RuleCounters {
+            by_rule: patterns
+                .map(|p| {
+                    [
+                        rules.with_label_values(&[p, "hit"]),
+                        rules.with_label_values(&[p, "miss"]),
+                    ]
+                })
+                .collect(),
+        }
+    }
+
+    /// A configuration reload was applied (`ok`) or refused.
+    pub fn reload(&self, ok: bool) {
+        self.inner
+            .reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Counts by rule glob, hashing the labels each time; the request path
+    /// uses [`RuleCounters`].
     pub fn rule(&self, rule: &str, hit: bool) {
         self.inner
             .rule_requests
@@ -384,8 +555,28 @@ mod tests {
         m.request(Outcome::Hit, 200, Duration::from_micros(80));
         m.request(Outcome::Miss, 599, Duration::from_millis(3));
         m.hit("memory");
+        m.hit("redis");
+        m.request_class(MethodClass::of(&Method::GET), 200);
+        m.request_class(MethodClass::of(&Method::from_bytes(b"PURGE").unwrap()), 404);
+        m.request_class(MethodClass::Post, 799);
+        let rules = m.rule_counters(["/a/**", "/b"].into_iter());
+        rules.hit(0);
+        rules.miss(1);
+        rules.miss(7); // out of range: ignored
         m.upstream_healthy("127.0.0.1:1", true);
         let text = m.render().unwrap();
+        assert!(text.contains("strata_cache_hits_total{tier=\"redis\"} 1"));
+        assert!(text.contains(
+            "strata_requests_by_class_total{method_class=\"GET\",status_class=\"2xx\"} 1"
+        ));
+        assert!(text.contains(
+            "strata_requests_by_class_total{method_class=\"OTHER\",status_class=\"4xx\"} 1"
+        ));
+        assert!(text.contains(
+            "strata_requests_by_class_total{method_class=\"POST\",status_class=\"other\"} 1"
+        ));
+        assert!(text.contains("strata_rule_requests_total{result=\"hit\",rule=\"/a/**\"} 1"));
+        assert!(text.contains("strata_rule_requests_total{result=\"miss\",rule=\"/b\"} 1"));
         assert!(text.contains("strata_requests_total{outcome=\"hit\",status=\"200\"} 1"));
         assert!(text.contains("strata_requests_total{outcome=\"miss\",status=\"599\"} 1"));
         assert!(text.contains("strata_cache_hits_total{tier=\"memory\"} 1"));

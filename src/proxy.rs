@@ -2,12 +2,14 @@
 //! forward it, and shape the response. Every response passes through
 //! [`Shared::handle`], which records the outcome and adds `Cache-Status`.
 //!
+//! - `proxy/access.rs`: the access log (one event per request).
 //! - `proxy/body.rs`: the response body type (hits are `Full` bytes).
 //! - `proxy/headers.rs`: hop-by-hop stripping and forwarding fields.
 //! - `proxy/cache_status.rs`: RFC 9211 `Cache-Status`.
 //! - `proxy/error.rs`: the one place errors become 400/502/503/504.
 //! - `proxy/forward.rs`: sending a request upstream (pass-through, upgrades).
 
+pub mod access;
 pub mod body;
 pub mod cache_status;
 pub mod error;
@@ -25,7 +27,7 @@ use hyper::body::Incoming;
 
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{MethodClass, Metrics, Outcome, RuleCounters};
 use crate::upstream::Upstreams;
 use body::ProxyBody;
 use cache_status::{CacheStatus, Fwd};
@@ -42,6 +44,8 @@ pub struct ConnInfo {
 pub struct Runtime {
     pub config: Arc<Config>,
     pub upstreams: Arc<Upstreams>,
+    /// `strata_rule_requests_total` handles for `config.rules`, by index.
+    pub rule_counters: RuleCounters,
 }
 
 /// State shared by every connection (cheap `Arc` clones).
@@ -73,10 +77,12 @@ impl Shared {
         let upstreams = Upstreams::new(&config.upstream, None, metrics.clone());
         upstreams.start_health_checks();
         let cache = Cache::new(&config.cache, metrics.clone());
+        let rule_counters = metrics.rule_counters(config.rules.iter().map(|r| r.pattern()));
         Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime {
                 config: Arc::new(config),
                 upstreams,
+                rule_counters,
             }),
             metrics,
             cache,
@@ -102,9 +108,13 @@ impl Shared {
             self.metrics.clone(),
         );
         upstreams.start_health_checks();
+        let rule_counters = self
+            .metrics
+            .rule_counters(config.rules.iter().map(|r| r.pattern()));
         self.runtime.store(Arc::new(Runtime {
             config: Arc::new(config),
             upstreams,
+            rule_counters,
         }));
     }
 
@@ -112,6 +122,8 @@ impl Shared {
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         let runtime = self.runtime.load_full();
+        let method = MethodClass::of(req.method());
+        let access = access::Pending::capture(&req, runtime.config.log.access_log);
         let answered = match validate(&req) {
             Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
             Ok(()) => {
@@ -133,7 +145,12 @@ impl Shared {
         let h = response.headers_mut();
         h.insert(HeaderName::CACHE_STATUS.clone(), status.to_header());
         h.append(header::VIA, headers::via_value(Version::HTTP_11));
-        self.metrics.request(outcome, code, started.elapsed());
+        let elapsed = started.elapsed();
+        self.metrics.request(outcome, code, elapsed);
+        self.metrics.request_class(method, code);
+        if let Some(access) = access {
+            access.emit(conn, &response, outcome, &status, elapsed);
+        }
         response
     }
 }

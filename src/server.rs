@@ -5,6 +5,9 @@
 //!
 //! - `server/signals.rs`: SIGTERM/SIGINT → drain and exit, SIGHUP → reload.
 //! - `server/tls.rs`: certificates, SNI and ALPN.
+//!
+//! [`Reloader`] applies a new configuration to a running server: all of it
+//! (certificates included) or, when anything in it is invalid, none of it.
 
 pub mod signals;
 pub mod tls;
@@ -25,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
-use crate::config::{Config, ServerConfig};
+use crate::config::{Config, ConfigError, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Shared};
 
@@ -104,6 +107,14 @@ impl Server {
 
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
+    }
+
+    /// The handle that applies reloaded configurations (SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+            tls: self.tls.as_ref().map(|(_, acceptor)| acceptor.clone()),
+        }
     }
 
     /// Serves until `shutdown` completes, then drains.
@@ -193,6 +204,72 @@ impl Server {
             Err(_) => tracing::warn!("drain timeout reached, closing remaining connections"),
         }
         shared.cache.flush(Duration::from_secs(2)).await;
+    }
+}
+
+/// Why a reload was refused (the running configuration is kept).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Applies new configurations to a running server. Cheap to clone.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+    /// The TLS listener's acceptor, when one is running.
+    tls: Option<tls::Acceptor>,
+}
+
+impl Reloader {
+    /// Reads `path` and applies it; see [`Reloader::apply`].
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<Arc<Config>, ReloadError> {
+        let result = Config::load(path)
+            .map_err(ReloadError::from)
+            .and_then(|c| self.apply(c));
+        self.shared.metrics.reload(result.is_ok());
+        result
+    }
+
+    /// Checks `config` whole, certificates included, then swaps it in:
+    /// rules, upstreams, health checks, compression, cache policies, the
+    /// access log switch and the certificates change for the next request
+    /// or handshake; cached entries, connections and in-flight requests
+    /// are kept. On error nothing changes. Listener addresses (and adding
+    /// or removing `[server.tls]`) need a restart; a warning says so.
+    pub fn apply(&self, config: Config) -> Result<Arc<Config>, ReloadError> {
+        let certificates = match &config.server.tls {
+            Some(t) => Some(tls::Certificates::load(t)?),
+            None => None,
+        };
+        if let (Some(acceptor), Some(certificates)) = (&self.tls, certificates) {
+            acceptor.replace(certificates);
+        }
+        warn_restart_only(&self.shared.runtime.load().config, &config);
+        self.shared.reload(config);
+        Ok(self.shared.runtime.load().config.clone())
+    }
+}
+
+/// Settings built into the server at start-up: a reload cannot change
+/// them (listener addresses are checked by `Shared::reload`).
+fn warn_restart_only(old: &Config, new: &Config) {
+    let redis = |c: &Config| {
+        c.cache
+            .redis
+            .as_ref()
+            .map(|r| (r.mode, r.urls.clone(), r.key_prefix.clone()))
+    };
+    if old.server.tls.is_some() != new.server.tls.is_some() {
+        tracing::warn!("[server.tls] added or removed: takes effect only after a restart");
+    }
+    if old.cache.memory_capacity != new.cache.memory_capacity || redis(old) != redis(new) {
+        tracing::warn!(
+            "cache.memory_capacity or [cache.redis] changed: takes effect only after a restart"
+        );
     }
 }
 

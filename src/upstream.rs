@@ -34,6 +34,11 @@ pub struct Upstreams {
     stop: CancellationToken,
 }
 
+/// Response extension naming the upstream server that produced a response
+/// (for the access log); it travels with the response's parts.
+#[derive(Debug, Clone)]
+pub struct ServedBy(pub http::uri::Authority);
+
 /// A response from an upstream, with which server answered.
 pub struct Answer {
     pub response: Response<Incoming>,
@@ -116,12 +121,15 @@ impl Upstreams {
             .await;
         let elapsed = started.elapsed();
         match result {
-            Ok(response) => {
+            Ok(mut response) => {
                 self.metrics.upstream_response(
                     server.authority.as_str(),
                     response.status().as_u16(),
                     elapsed,
                 );
+                response
+                    .extensions_mut()
+                    .insert(ServedBy(server.authority.clone()));
                 Ok(Answer {
                     response,
                     server: index,

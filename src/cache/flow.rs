@@ -145,8 +145,8 @@ pub async fn serve(
         // RFC 9111 §5.2.1.7
         return Answered::error(&ProxyError::NotCached, CacheStatus::fwd(Fwd::Request));
     }
-    if let Some(rule) = rule {
-        shared.metrics.rule(rule.1.pattern(), false);
+    if let Some((i, _)) = rule {
+        runtime.rule_counters.miss(i);
     }
 
     // === collapse ===
@@ -204,9 +204,7 @@ impl Ctx<'_> {
         let metrics = &self.shared.metrics;
         metrics.hit(tier.as_str());
         if let Some(i) = self.rule {
-            if let Some(r) = self.runtime.config.rules.iter().nth(i) {
-                metrics.rule(r.pattern(), true);
-            }
+            self.runtime.rule_counters.hit(i);
         }
         Answered {
             response: self.respond(req, variant),

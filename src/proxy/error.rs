@@ -49,6 +49,19 @@ impl ProxyError {
         }
     }
 
+    /// The upstream server the failure is about, if any.
+    pub fn server(&self) -> Option<&str> {
+        match self {
+            ProxyError::Connect { server, .. }
+            | ProxyError::Upstream { server, .. }
+            | ProxyError::Timeout { server, .. }
+            | ProxyError::BadFraming { server } => Some(server),
+            ProxyError::BadRequest(_) | ProxyError::NoHealthyUpstream | ProxyError::NotCached => {
+                None
+            }
+        }
+    }
+
     /// Whether the failure means the upstream could not give an answer at
     /// all (so `stale-if-error` may serve a stale copy instead).
     pub fn is_upstream_failure(&self) -> bool {
@@ -71,6 +84,10 @@ impl ProxyError {
         );
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(server) = self.server().and_then(|s| s.parse().ok()) {
+            resp.extensions_mut()
+                .insert(crate::upstream::ServedBy(server));
+        }
         resp
     }
 }

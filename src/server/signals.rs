@@ -3,12 +3,11 @@
 //! configuration keeps serving).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::Reloader;
 use crate::config::Config;
-use crate::proxy::Shared;
 
 /// Completes on the first SIGTERM or SIGINT.
 pub async fn shutdown() {
@@ -25,11 +24,11 @@ pub async fn shutdown() {
     }
 }
 
-/// Reloads `path` into `shared` on every SIGHUP; `on_reload` sees each
+/// Reloads `path` through `reloader` on every SIGHUP; `on_reload` sees each
 /// new config that was applied (for the log level).
 pub fn spawn_reloader(
     path: PathBuf,
-    shared: Arc<Shared>,
+    reloader: Reloader,
     on_reload: impl Fn(&Config) + Send + 'static,
 ) {
     tokio::spawn(async move {
@@ -38,22 +37,17 @@ pub fn spawn_reloader(
             return;
         };
         while hup.recv().await.is_some() {
-            let loaded = Config::load(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|c| match &c.server.tls {
-                    Some(t) => crate::server::tls::check(t)
-                        .map_err(|e| e.to_string())
-                        .map(|()| c),
-                    None => Ok(c),
-                });
-            match loaded {
+            match reloader.reload_file(&path) {
                 Ok(config) => {
                     on_reload(&config);
-                    shared.reload(config);
                     tracing::info!(path = %path.display(), "configuration reloaded");
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "reload failed: keeping the current configuration");
+                    tracing::error!(
+                        path = %path.display(),
+                        error = %e,
+                        "reload failed: keeping the current configuration"
+                    );
                 }
             }
         }

@@ -1,12 +1,14 @@
 //! TLS termination with rustls: PEM certificate chains and keys, several
 //! certificates chosen by SNI (the first is the default), ALPN `h2` and
-//! `http/1.1`, TLS 1.2 and 1.3 only, and a bounded handshake.
+//! `http/1.1`, TLS 1.2 and 1.3 only, and a bounded handshake. Certificates
+//! are replaced on reload without touching established connections.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -29,15 +31,16 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Accepts TLS connections; cheap to clone.
-#[derive(Clone)]
-pub struct Acceptor {
-    inner: TlsAcceptor,
+/// A loaded TLS configuration: the rustls server config (certificates,
+/// SNI resolver, ALPN, versions) and the handshake timeout.
+pub struct Certificates {
+    server: Arc<rustls::ServerConfig>,
     handshake_timeout: Duration,
 }
 
-impl Acceptor {
-    pub fn new(config: &TlsConfig) -> Result<Acceptor, TlsError> {
+impl Certificates {
+    /// Reads and checks every certificate/key pair of `config`.
+    pub fn load(config: &TlsConfig) -> Result<Certificates, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut keys = Vec::with_capacity(config.certificates.len());
         for pair in &config.certificates {
@@ -48,15 +51,44 @@ impl Acceptor {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(SniResolver { keys }));
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Acceptor {
-            inner: TlsAcceptor::from(Arc::new(server)),
+        Ok(Certificates {
+            server: Arc::new(server),
             handshake_timeout: config.handshake_timeout,
         })
+    }
+}
+
+/// Accepts TLS connections; cheap to clone, clones share the certificates.
+/// They sit behind an `ArcSwap`: a reload replaces them for the next
+/// handshake, while established connections keep the ones they started
+/// with.
+#[derive(Clone)]
+pub struct Acceptor {
+    current: Arc<ArcSwap<Certificates>>,
+}
+
+impl Acceptor {
+    pub fn new(config: &TlsConfig) -> Result<Acceptor, TlsError> {
+        Ok(Acceptor {
+            current: Arc::new(ArcSwap::from_pointee(Certificates::load(config)?)),
+        })
+    }
+
+    /// Serves `certificates` from the next handshake on.
+    pub fn replace(&self, certificates: Certificates) {
+        self.current.store(Arc::new(certificates));
     }
 
     /// Completes the handshake, or gives up after the handshake timeout.
     pub async fn accept(&self, stream: TcpStream) -> Option<TlsStream<TcpStream>> {
-        match tokio::time::timeout(self.handshake_timeout, self.inner.accept(stream)).await {
+        let (acceptor, limit) = {
+            let current = self.current.load();
+            (
+                TlsAcceptor::from(current.server.clone()),
+                current.handshake_timeout,
+            )
+        };
+        match tokio::time::timeout(limit, acceptor.accept(stream)).await {
             Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
@@ -72,7 +104,7 @@ impl Acceptor {
 
 /// Validates every certificate/key pair of `config` (for `strata check`).
 pub fn check(config: &TlsConfig) -> Result<(), TlsError> {
-    Acceptor::new(config).map(|_| ())
+    Certificates::load(config).map(|_| ())
 }
 
 fn load_pair(

@@ -2,6 +2,7 @@
 //! client, and bounded waits. Origins count every request they see.
 #![allow(dead_code, unused_imports)]
 
+pub mod binary;
 pub mod http;
 pub mod origin;
 pub mod redis;
