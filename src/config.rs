@@ -748,7 +748,7 @@ impl Validator<'_> {
         Ok(LogConfig {
             level,
             format,
-            access_log: access_log.unwrap_or(true),
+            access_log: access_log.unwrap_or(false),
         })
     }
 }

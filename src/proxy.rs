@@ -142,6 +142,9 @@ impl Shared {
             status,
         } = answered;
         let code = response.status().as_u16();
+        // The client's protocol decides the status line, never the
+        // upstream's (an HTTP/1.0 upstream must not downgrade it).
+        *response.version_mut() = Version::default();
         let h = response.headers_mut();
         h.insert(HeaderName::CACHE_STATUS.clone(), status.to_header());
         h.append(header::VIA, headers::via_value(Version::HTTP_11));

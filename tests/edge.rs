@@ -512,12 +512,16 @@ async fn sighup_changes_the_log_level() {
     write_config(
         &path,
         origin.addr,
-        "[log]\nlevel = \"info,strata::access=off\"\n",
+        "[log]\nlevel = \"info,strata::access=off\"\naccess_log = true\n",
     );
     let bin = Binary::start(&path, &[]).await;
     let c = Client::new();
     c.get(&format!("http://{}/quiet", bin.addr)).await;
-    write_config(&path, origin.addr, "[log]\nlevel = \"info\"\n");
+    write_config(
+        &path,
+        origin.addr,
+        "[log]\nlevel = \"info\"\naccess_log = true\n",
+    );
     assert_eq!(bin.reload().await["message"], "configuration reloaded");
     c.get(&format!("http://{}/loud", bin.addr)).await;
     bin.wait_event(0, "access event for /loud", |e| e["path"] == "/loud")
@@ -543,7 +547,7 @@ async fn access_log_has_one_structured_event_per_request_and_can_be_turned_off()
     .await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("strata.toml");
-    write_config(&path, origin.addr, "");
+    write_config(&path, origin.addr, "[log]\naccess_log = true\n");
     let bin = Binary::start(&path, &[]).await;
     let c = Client::new();
     let url = format!("http://{}/page?token=s3cr3t", bin.addr);

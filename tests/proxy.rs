@@ -719,3 +719,24 @@ async fn admin_health_reports_each_upstream() {
     assert_eq!(json["upstreams"][1]["state"], "unhealthy");
     assert_eq!(client.get(&strata.admin_url("/nope")).await.status, 404);
 }
+
+#[tokio::test]
+async fn an_http10_upstream_does_not_downgrade_the_client_status_line() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok",
+                )
+                .await;
+        }
+    });
+    let strata = Strata::start(&[addr], NO_HEALTH).await;
+    let out = support::http::raw(strata.addr, b"GET /v HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
