@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -618,31 +618,35 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_in_background() {
     .await;
 }
 
-#[tokio::test]
-async fn stale_if_error_serves_stale_on_5xx_and_on_a_dead_upstream() {
-    let fail = Arc::new(AtomicUsize::new(0));
+/// An origin whose response is already stale when stored (`Age: 15`
+/// against `max-age=10`), answering `fail_status` once `fail` is set.
+async fn failing_origin(
+    cc: &'static str,
+    body: &'static str,
+    fail_status: u16,
+) -> (Origin, Arc<AtomicBool>) {
+    let fail = Arc::new(AtomicBool::new(false));
     let f = fail.clone();
     let origin = Origin::start(move |_req| {
-        let f = f.clone();
+        let failing = f.load(Ordering::SeqCst);
         async move {
-            if f.load(Ordering::SeqCst) == 1 {
-                return reply(500, &[], "boom");
+            if failing {
+                return reply(fail_status, &[], "upstream failure");
             }
-            reply(
-                200,
-                &[
-                    ("cache-control", "max-age=10, stale-if-error=600"),
-                    ("age", "15"),
-                ],
-                "good",
-            )
+            reply(200, &[("cache-control", cc), ("age", "15")], body)
         }
     })
     .await;
+    (origin, fail)
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_stale_on_5xx_and_on_a_dead_upstream() {
+    let (origin, fail) = failing_origin("max-age=10, stale-if-error=600", "good", 500).await;
     let s = strata(&origin, "").await;
     let c = Client::new();
     assert_eq!(c.get(&s.url("/sie")).await.text(), "good");
-    fail.store(1, Ordering::SeqCst);
+    fail.store(true, Ordering::SeqCst);
     let r = c.get(&s.url("/sie")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "good");
@@ -667,32 +671,12 @@ async fn stale_if_error_serves_stale_on_5xx_and_on_a_dead_upstream() {
 
 #[tokio::test]
 async fn must_revalidate_is_never_served_stale() {
-    let fail = Arc::new(AtomicUsize::new(0));
-    let f = fail.clone();
-    let origin = Origin::start(move |_req| {
-        let f = f.clone();
-        async move {
-            if f.load(Ordering::SeqCst) == 1 {
-                return reply(503, &[], "down");
-            }
-            reply(
-                200,
-                &[
-                    (
-                        "cache-control",
-                        "max-age=10, must-revalidate, stale-if-error=600",
-                    ),
-                    ("age", "15"),
-                ],
-                "x",
-            )
-        }
-    })
-    .await;
+    let (origin, fail) =
+        failing_origin("max-age=10, must-revalidate, stale-if-error=600", "x", 503).await;
     let s = strata(&origin, "").await;
     let c = Client::new();
     c.get(&s.url("/mr")).await;
-    fail.store(1, Ordering::SeqCst);
+    fail.store(true, Ordering::SeqCst);
     assert_eq!(c.get(&s.url("/mr")).await.status, 503);
 }
 
@@ -840,26 +824,10 @@ async fn storable_miss_streams_while_storing() {
 
 #[tokio::test]
 async fn a_broken_upstream_body_is_never_stored() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let h = h.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                if sock.read(&mut buf).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                h.fetch_add(1, Ordering::SeqCst);
-                let _ = sock
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nCache-Control: max-age=60\r\n\r\ntruncated")
-                    .await;
-            });
-        }
-    });
+    let (addr, hits) = support::origin::raw(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nCache-Control: max-age=60\r\n\r\ntruncated",
+    )
+    .await;
     let s = Strata::start(&[addr], NO_HEALTH).await;
     let c = Client::new();
     for _ in 0..2 {

@@ -406,20 +406,11 @@ async fn any_method_and_status_pass_through() {
 
 #[tokio::test]
 async fn upstream_dying_mid_body_cuts_the_response_off() {
-    // A raw origin that promises 1000 bytes, sends 10 and closes.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nCache-Control: no-store\r\n\r\n0123456789")
-                .await;
-            drop(s);
-        }
-    });
+    // Promises 1000 bytes, sends 10 and closes.
+    let (addr, _) = support::origin::raw(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nCache-Control: no-store\r\n\r\n0123456789",
+    )
+    .await;
     let strata = Strata::start(&[addr], NO_HEALTH).await;
     let req = Request::get(strata.url("/cut"))
         .body(http_body_util::Full::new(Bytes::new()))
@@ -436,18 +427,10 @@ async fn upstream_dying_mid_body_cuts_the_response_off() {
 
 #[tokio::test]
 async fn junk_transfer_encoding_from_upstream_is_502() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: bogus, chunked, gzip\r\n\r\nzzz")
-                .await;
-        }
-    });
+    let (addr, _) = support::origin::raw(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: bogus, chunked, gzip\r\n\r\nzzz",
+    )
+    .await;
     let strata = Strata::start(&[addr], NO_HEALTH).await;
     let r = tokio::time::timeout(
         Duration::from_secs(10),
@@ -722,20 +705,10 @@ async fn admin_health_reports_each_upstream() {
 
 #[tokio::test]
 async fn an_http10_upstream_does_not_downgrade_the_client_status_line() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(
-                    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok",
-                )
-                .await;
-        }
-    });
+    let (addr, _) = support::origin::raw(
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok",
+    )
+    .await;
     let strata = Strata::start(&[addr], NO_HEALTH).await;
     let out = support::http::raw(strata.addr, b"GET /v HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");

@@ -186,3 +186,30 @@ impl Drop for Origin {
         let _ = self.stop.send(true);
     }
 }
+
+/// A raw TCP origin for upstream misbehaviour that hyper would not produce:
+/// per connection it reads the request head, writes `response` verbatim
+/// and closes. Returns its address and how many requests it answered.
+pub async fn raw(response: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind raw origin");
+    let addr = listener.local_addr().expect("addr");
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if s.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = s.write_all(response).await;
+            });
+        }
+    });
+    (addr, answered)
+}
