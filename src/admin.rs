@@ -57,11 +57,16 @@ impl Admin {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        let body = json!({
+        let mut body = json!({
             "status": if healthy > 0 { "ok" } else { "unavailable" },
             "healthy": healthy,
             "upstreams": servers,
         });
+        // Redis never makes Strata unhealthy (it degrades to memory only),
+        // but operators want to see it.
+        if let Some((connected, breaker_open)) = self.shared.cache.redis_state() {
+            body["redis"] = json!({ "connected": connected, "breaker_open": breaker_open });
+        }
         json_response(status, &body)
     }
 

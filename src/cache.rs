@@ -252,6 +252,15 @@ impl Cache {
         }
     }
 
+    /// The Redis tier's state for `/health`: `None` without Redis, else
+    /// `(connected, breaker_open)`.
+    pub fn redis_state(&self) -> Option<(bool, bool)> {
+        self.inner
+            .redis
+            .as_ref()
+            .map(|r| (r.is_connected(), r.breaker_open()))
+    }
+
     /// Publishes tier sizes to the metrics.
     pub fn export_sizes(&self) {
         let m = &self.inner.memory;

@@ -320,7 +320,12 @@ async fn corrupt_payload_is_a_counted_miss() {
         assert!(ok.success());
     }
     let b = Strata::start(&[origin.addr], &cfg).await;
-    // B reads the corrupt payload once its tier is connected: a miss, counted.
+    // Once B's tier is connected, B reads the corrupt payload: a miss, counted.
+    wait_until(Duration::from_secs(10), "B connected to Redis", || async {
+        let h: Value = serde_json::from_slice(&c.get(&b.admin_url("/health")).await.body).unwrap();
+        h["redis"]["connected"] == true
+    })
+    .await;
     wait_until(Duration::from_secs(10), "corruption counted", || async {
         let r = get(&c, &b.url(&path)).await;
         assert_eq!(r.status, 200);
