@@ -95,6 +95,11 @@ impl RuleSet {
             .find(|(_, r)| r.matcher.is_match(path))
     }
 
+    /// The rule at `index` (as returned by [`RuleSet::find`]).
+    pub fn get(&self, index: usize) -> Option<&Rule> {
+        self.rules.get(index)
+    }
+
     pub fn len(&self) -> usize {
         self.rules.len()
     }

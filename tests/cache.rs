@@ -500,16 +500,7 @@ async fn unsafe_methods_invalidate_target_and_location() {
 
 #[tokio::test]
 async fn fifty_concurrent_cold_requests_make_one_origin_request() {
-    let gate = Arc::new(Notify::new());
-    let g = gate.clone();
-    let origin = Origin::start(move |_req| {
-        let g = g.clone();
-        async move {
-            g.notified().await;
-            reply(200, &[("cache-control", "max-age=60")], "collapsed body")
-        }
-    })
-    .await;
+    let (origin, gate) = Origin::gated(&[("cache-control", "max-age=60")], "collapsed body").await;
     let s = Arc::new(strata(&origin, "").await);
     let mut tasks = Vec::new();
     for _ in 0..50 {

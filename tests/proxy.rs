@@ -601,16 +601,7 @@ fn config_errors_name_file_line_and_key() {
 
 #[tokio::test]
 async fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
-    let gate = Arc::new(Notify::new());
-    let g = gate.clone();
-    let origin = Origin::start(move |_req| {
-        let g = g.clone();
-        async move {
-            g.notified().await;
-            reply(200, &[("cache-control", "no-store")], "finished")
-        }
-    })
-    .await;
+    let (origin, gate) = Origin::gated(&[("cache-control", "no-store")], "finished").await;
     let dir = tempfile::tempdir().unwrap();
     let port = dead_addr().await.port();
     let admin = dead_addr().await.port();

@@ -183,6 +183,11 @@ struct Stale {
 }
 
 impl Ctx<'_> {
+    /// The rule that matched this request, if any.
+    fn rule(&self) -> Option<&crate::rules::Rule> {
+        self.rule.and_then(|i| self.runtime.config.rules.get(i))
+    }
+
     fn coding(&self, req: &HeaderMap, variant: &Variant) -> Option<Coding> {
         if variant.encoded.is_empty() {
             return None;
@@ -271,7 +276,13 @@ impl Ctx<'_> {
             Ok(a) => a,
             Err(e) => {
                 drop(lock);
-                return self.on_failure(&req, stale, fwd, None, e);
+                return match stale {
+                    Some(s) if s.serve_on_error => self.serve_stale(&req, &s, fwd, None),
+                    _ => {
+                        tracing::debug!(error = %e, "upstream failed");
+                        Answered::error(&e, CacheStatus::fwd(fwd))
+                    }
+                };
             }
         };
         let response_time = now_millis();
@@ -300,23 +311,16 @@ impl Ctx<'_> {
                 };
             }
         }
-        if status.is_server_error() && stale.as_ref().is_some_and(|s| s.serve_on_error) {
-            drop(lock);
-            let e = ProxyError::NotCached; // unused: stale is served
-            return self.on_failure(&req, stale, fwd, Some(status.as_u16()), e);
+        if let Some(s) = stale.as_ref().filter(|s| s.serve_on_error) {
+            if status.is_server_error() {
+                drop(lock);
+                return self.serve_stale(&req, s, fwd, Some(status.as_u16()));
+            }
         }
 
         // A full response: decide whether to store it.
         let (mut rparts, body) = answer.response.into_parts();
-        headers::strip_hop_by_hop(&mut rparts.headers, false);
-        if let Some(i) = self.rule {
-            if let Some(r) = self.runtime.config.rules.iter().nth(i) {
-                rparts
-                    .headers
-                    .insert(header::CACHE_CONTROL, r.cache_control().clone());
-            }
-        }
-        let entry_tags = tags::take(&mut rparts.headers);
+        let entry_tags = normalize_response(&mut rparts.headers, self.rule());
         let cc = CacheControl::from_headers(&rparts.headers);
         let max = self.runtime.config.cache.max_object_size;
         let verdict = freshness::storable(
@@ -413,9 +417,8 @@ impl Ctx<'_> {
         if wants_stored_answer {
             // Conditions, ranges and HEAD are answered from the stored
             // variant once the body is in (bounded by max_object_size).
-            let (done_tx, done_rx) = oneshot::channel();
             if req.method() == Method::HEAD {
-                admission::spawn(cache, plan, Some(lock), body, None, Some(done_tx));
+                admission::spawn(cache, plan, Some(lock), body, None, None);
                 let resp = Response::from_parts(rparts, ProxyBody::empty());
                 return Answered {
                     response: resp,
@@ -423,6 +426,7 @@ impl Ctx<'_> {
                     status: cs,
                 };
             }
+            let (done_tx, done_rx) = oneshot::channel();
             admission::spawn(cache, plan, Some(lock), body, None, Some(done_tx));
             return match done_rx.await {
                 Ok(Some(variant)) => Answered {
@@ -453,33 +457,23 @@ impl Ctx<'_> {
         }
     }
 
-    /// The upstream failed (or answered 5xx): serve stale if allowed.
-    fn on_failure(
+    /// The upstream failed or answered 5xx inside stale-if-error: serve
+    /// the stale copy.
+    fn serve_stale(
         &self,
         req: &Request<()>,
-        stale: Option<Stale>,
+        s: &Stale,
         fwd: Fwd,
         fwd_status: Option<u16>,
-        error: ProxyError,
     ) -> Answered {
-        match stale {
-            Some(s) if s.serve_on_error => {
-                let mut cs = CacheStatus::fwd(fwd).with_detail("stale-if-error");
-                cs.fwd_status = fwd_status;
-                let ttl = s.variant.policy.lifetime as i64
-                    - freshness::current_age(&s.variant.times, self.now) as i64;
-                Answered {
-                    response: self.respond(req, &s.variant),
-                    outcome: Outcome::Stale,
-                    status: cs.with_ttl(ttl),
-                }
-            }
-            _ => {
-                tracing::debug!(error = %error, "upstream failed");
-                let mut cs = CacheStatus::fwd(fwd);
-                cs.fwd_status = fwd_status;
-                Answered::error(&error, cs)
-            }
+        let mut cs = CacheStatus::fwd(fwd).with_detail("stale-if-error");
+        cs.fwd_status = fwd_status;
+        let ttl = s.variant.policy.lifetime as i64
+            - freshness::current_age(&s.variant.times, self.now) as i64;
+        Answered {
+            response: self.respond(req, &s.variant),
+            outcome: Outcome::Stale,
+            status: cs.with_ttl(ttl),
         }
     }
 
@@ -493,13 +487,10 @@ impl Ctx<'_> {
         request_time: Millis,
         response_time: Millis,
     ) -> (Arc<Object>, Arc<Variant>) {
-        let rule = self
-            .rule
-            .and_then(|i| self.runtime.config.rules.iter().nth(i));
         let v = Arc::new(freshen(
             old,
             update,
-            rule,
+            self.rule(),
             self.heuristic(),
             request_time,
             response_time,
@@ -541,7 +532,7 @@ impl Ctx<'_> {
             let status = answer.response.status();
             let (mut rparts, body) = answer.response.into_parts();
             if status == StatusCode::NOT_MODIFIED {
-                let rule = rule.and_then(|i| runtime.config.rules.iter().nth(i));
+                let rule = rule.and_then(|i| runtime.config.rules.get(i));
                 let v = freshen(
                     &variant,
                     &rparts.headers,
@@ -555,13 +546,8 @@ impl Ctx<'_> {
                 lock.publish(Flight::Stored(obj));
                 return;
             }
-            headers::strip_hop_by_hop(&mut rparts.headers, false);
-            if let Some(r) = rule.and_then(|i| runtime.config.rules.iter().nth(i)) {
-                rparts
-                    .headers
-                    .insert(header::CACHE_CONTROL, r.cache_control().clone());
-            }
-            let entry_tags = tags::take(&mut rparts.headers);
+            let rule = rule.and_then(|i| runtime.config.rules.get(i));
+            let entry_tags = normalize_response(&mut rparts.headers, rule);
             let cc = CacheControl::from_headers(&rparts.headers);
             let ok = freshness::storable(
                 &Method::GET,
@@ -643,6 +629,17 @@ pub fn compress_stream(
     Response::from_parts(parts, body)
 }
 
+/// Shapes upstream response headers the way the cache stores and serves
+/// them: hop-by-hop fields out, the rule's Cache-Control in, surrogate
+/// tags taken out (and returned).
+fn normalize_response(headers: &mut HeaderMap, rule: Option<&crate::rules::Rule>) -> Vec<String> {
+    headers::strip_hop_by_hop(headers, false);
+    if let Some(r) = rule {
+        headers.insert(header::CACHE_CONTROL, r.cache_control().clone());
+    }
+    tags::take(headers)
+}
+
 /// RFC 9111 §4.3.4: a 304 updates the stored headers (all but
 /// Content-Length and the representation's framing) and restarts the
 /// freshness clock. A rule's Cache-Control still wins.
@@ -655,17 +652,13 @@ fn freshen(
     response_time: Millis,
 ) -> Variant {
     let mut update = update.clone();
-    headers::strip_hop_by_hop(&mut update, false);
-    tags::take(&mut update);
+    normalize_response(&mut update, rule);
     for name in [
         header::CONTENT_LENGTH,
         header::CONTENT_ENCODING,
         header::CONTENT_RANGE,
     ] {
         update.remove(name);
-    }
-    if let Some(r) = rule {
-        update.insert(header::CACHE_CONTROL, r.cache_control().clone());
     }
     let apply = |target: &mut HeaderMap, keep_etag: bool| {
         let mut last: Option<header::HeaderName> = None;

@@ -62,12 +62,6 @@ impl ProxyError {
         }
     }
 
-    /// Whether the failure means the upstream could not give an answer at
-    /// all (so `stale-if-error` may serve a stale copy instead).
-    pub fn is_upstream_failure(&self) -> bool {
-        !matches!(self, ProxyError::BadRequest(_) | ProxyError::NotCached)
-    }
-
     /// The response sent to the client. The body is a short reason, never
     /// upstream details.
     pub fn into_response(&self) -> Response<ProxyBody> {

@@ -213,3 +213,25 @@ pub async fn raw(response: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
     });
     (addr, answered)
 }
+
+impl Origin {
+    /// An origin that holds every response until the returned gate is
+    /// notified (once per response), then answers 200 with `headers` and
+    /// `body`.
+    pub async fn gated(
+        headers: &'static [(&'static str, &'static str)],
+        body: &'static str,
+    ) -> (Origin, Arc<tokio::sync::Notify>) {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let g = gate.clone();
+        let origin = Origin::start(move |_req| {
+            let g = g.clone();
+            async move {
+                g.notified().await;
+                reply(200, headers, body)
+            }
+        })
+        .await;
+        (origin, gate)
+    }
+}
