@@ -1,0 +1,588 @@
+//! Validation: the serde shape of `config/file.rs` → the typed
+//! [`Config`](super::Config), every default filled in here, every error
+//! located as `file:line:column: key: message` by [`Locator`].
+
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use http::uri::Authority;
+use toml::Spanned;
+
+use super::file::{self, FileConfig};
+use super::units;
+use super::*;
+use crate::compression::{Coding, CompressionPolicy, Levels};
+use crate::rules::{Rule, RuleSet};
+
+/// Turns byte spans into `file:line:column` errors.
+pub(super) struct Locator<'a> {
+    pub(super) path: &'a Path,
+    pub(super) text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(before.chars().count(), |nl| {
+            before[nl + 1..].chars().count()
+        }) + 1;
+        (line, column)
+    }
+
+    fn error(&self, span: Range<usize>, key: &str, message: impl fmt::Display) -> ConfigError {
+        let (line, column) = self.line_col(span.start);
+        ConfigError::Invalid {
+            path: self.path.display().to_string(),
+            line,
+            column,
+            key: if key.is_empty() {
+                String::new()
+            } else {
+                format!("{key}: ")
+            },
+            message: message.to_string(),
+        }
+    }
+
+    pub(super) fn toml(&self, key: String, e: &toml::de::Error) -> ConfigError {
+        let span = e.span().unwrap_or(0..0);
+        // toml's message can span lines; keep the first, it is the gist.
+        let message = e.message().lines().next().unwrap_or("invalid").trim();
+        self.error(span, &key, message)
+    }
+
+    fn spanned<T>(&self, value: &Spanned<T>, key: &str, message: impl fmt::Display) -> ConfigError {
+        self.error(value.span(), key, message)
+    }
+}
+
+pub(super) struct Validator<'a> {
+    pub(super) at: Locator<'a>,
+}
+
+impl Validator<'_> {
+    pub(super) fn config(&self, file: FileConfig) -> Result<Config, ConfigError> {
+        let FileConfig {
+            server,
+            admin,
+            upstream,
+            cache,
+            rules,
+            compression,
+            log,
+        } = file;
+        let server = self.server(server)?;
+        let admin = self.admin(admin, &server)?;
+        Ok(Config {
+            path: self.at.path.to_path_buf(),
+            server,
+            admin,
+            upstream: self.upstream(upstream)?,
+            cache: self.cache(cache)?,
+            rules: self.rules(rules)?,
+            compression: self.compression(compression)?,
+            log: self.log(log)?,
+        })
+    }
+
+    fn server(&self, s: file::ServerFile) -> Result<ServerConfig, ConfigError> {
+        let file::ServerFile {
+            listen,
+            tls,
+            drain_timeout,
+            header_read_timeout,
+            keepalive_timeout,
+            max_header_size,
+            max_connections,
+        } = s;
+        let max_header_size = match max_header_size {
+            None => 64 * 1024,
+            Some(v) if v.get_ref().0 < 1024 || v.get_ref().0 > 16 * 1024 * 1024 => {
+                return Err(self.at.spanned(
+                    &v,
+                    "server.max_header_size",
+                    "expected a size between 1KiB and 16MiB",
+                ))
+            }
+            Some(v) => v.get_ref().0 as usize,
+        };
+        let tls = match tls {
+            None => None,
+            Some(t) => Some(self.tls(t)?),
+        };
+        Ok(ServerConfig {
+            listen,
+            tls,
+            drain_timeout: dur(drain_timeout, 30),
+            header_read_timeout: dur(header_read_timeout, 10),
+            keepalive_timeout: dur(keepalive_timeout, 75),
+            max_header_size,
+            max_connections: max_connections.unwrap_or(100_000),
+        })
+    }
+
+    fn tls(&self, t: file::TlsFile) -> Result<TlsConfig, ConfigError> {
+        let file::TlsFile {
+            listen,
+            cert,
+            key,
+            certificates,
+            handshake_timeout,
+        } = t;
+        let mut pairs = vec![self.cert_pair(cert, key, "server.tls")?];
+        for (i, c) in certificates.into_iter().enumerate() {
+            let file::CertFile { cert, key } = c;
+            pairs.push(self.cert_pair(cert, key, &format!("server.tls.certificates[{i}]"))?);
+        }
+        Ok(TlsConfig {
+            listen,
+            certificates: pairs,
+            handshake_timeout: dur(handshake_timeout, 10),
+        })
+    }
+
+    fn cert_pair(
+        &self,
+        cert: Spanned<PathBuf>,
+        key: Spanned<PathBuf>,
+        at: &str,
+    ) -> Result<CertPair, ConfigError> {
+        let resolve = |p: &Path| self.relative(p);
+        let pair = CertPair {
+            cert: resolve(cert.get_ref()),
+            key: resolve(key.get_ref()),
+        };
+        // Loading (and the cert/key match) is checked by the TLS module;
+        // here, only that the files can be read, so the error has a line.
+        if let Err(e) = std::fs::metadata(&pair.cert) {
+            return Err(self.at.spanned(
+                &cert,
+                &format!("{at}.cert"),
+                format!("cannot read {}: {e}", pair.cert.display()),
+            ));
+        }
+        if let Err(e) = std::fs::metadata(&pair.key) {
+            return Err(self.at.spanned(
+                &key,
+                &format!("{at}.key"),
+                format!("cannot read {}: {e}", pair.key.display()),
+            ));
+        }
+        Ok(pair)
+    }
+
+    /// Relative paths in the file are relative to the working directory, as
+    /// with nginx's `-p`-less default; absolute ones are kept.
+    fn relative(&self, p: &Path) -> PathBuf {
+        p.to_path_buf()
+    }
+
+    fn admin(&self, a: file::AdminFile, server: &ServerConfig) -> Result<AdminConfig, ConfigError> {
+        let file::AdminFile { listen, token } = a;
+        if *listen.get_ref() == server.listen && server.listen.port() != 0 {
+            return Err(self.at.spanned(
+                &listen,
+                "admin.listen",
+                "must differ from server.listen (the admin API has its own listener)",
+            ));
+        }
+        let token = match token {
+            Some(t) if t.get_ref().trim().is_empty() => {
+                return Err(self.at.spanned(
+                    &t,
+                    "admin.token",
+                    "expected a non-empty token (omit the key to disable mutating endpoints)",
+                ))
+            }
+            Some(t) => Some(t.into_inner()),
+            None => None,
+        };
+        Ok(AdminConfig {
+            listen: *listen.get_ref(),
+            token,
+        })
+    }
+
+    fn upstream(&self, u: file::UpstreamFile) -> Result<UpstreamConfig, ConfigError> {
+        let file::UpstreamFile {
+            servers,
+            connect_timeout,
+            response_timeout,
+            body_idle_timeout,
+            pool_idle_timeout,
+            pool_max_idle_per_server,
+            health,
+        } = u;
+        if servers.get_ref().is_empty() {
+            return Err(self.at.spanned(
+                &servers,
+                "upstream.servers",
+                "expected at least one server (\"host:port\")",
+            ));
+        }
+        let mut parsed = Vec::with_capacity(servers.get_ref().len());
+        for (i, s) in servers.get_ref().iter().enumerate() {
+            let key = format!("upstream.servers[{i}]");
+            let text = s.get_ref().trim();
+            let text = text.strip_prefix("http://").unwrap_or(text);
+            let authority: Authority = text.parse().map_err(|_| {
+                self.at.spanned(
+                    s,
+                    &key,
+                    format!("invalid server {:?}, expected \"host:port\"", s.get_ref()),
+                )
+            })?;
+            if authority.port_u16().is_none() || authority.as_str().contains('@') {
+                return Err(self.at.spanned(
+                    s,
+                    &key,
+                    format!("invalid server {:?}, expected \"host:port\"", s.get_ref()),
+                ));
+            }
+            if parsed.contains(&authority) {
+                return Err(self
+                    .at
+                    .spanned(s, &key, format!("duplicate server {text:?}")));
+            }
+            parsed.push(authority);
+        }
+        Ok(UpstreamConfig {
+            servers: parsed,
+            connect_timeout: dur(connect_timeout, 2),
+            response_timeout: dur(response_timeout, 30),
+            body_idle_timeout: dur(body_idle_timeout, 60),
+            pool_idle_timeout: dur(pool_idle_timeout, 90),
+            pool_max_idle_per_server: pool_max_idle_per_server.unwrap_or(256),
+            health: self.health(health)?,
+        })
+    }
+
+    fn health(&self, h: file::HealthFile) -> Result<HealthConfig, ConfigError> {
+        let file::HealthFile {
+            enabled,
+            path,
+            interval,
+            timeout,
+            unhealthy_threshold,
+            healthy_threshold,
+        } = h;
+        let path = match path {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                return Err(self.at.spanned(
+                    &p,
+                    "upstream.health.path",
+                    "expected an absolute path such as \"/health\"",
+                ))
+            }
+            Some(p) => p.into_inner(),
+            None => "/health".to_string(),
+        };
+        let positive = |v: Option<Spanned<u32>>, key: &str, default: u32| match v {
+            Some(v) if *v.get_ref() == 0 => {
+                Err(self.at.spanned(&v, key, "expected a number of at least 1"))
+            }
+            Some(v) => Ok(v.into_inner()),
+            None => Ok(default),
+        };
+        let nonzero = |v: Option<Spanned<units::Dur>>, key: &str, default: u64| match v {
+            Some(v) if v.get_ref().0.is_zero() => {
+                Err(self.at.spanned(&v, key, "expected a duration above zero"))
+            }
+            Some(v) => Ok(v.into_inner().0),
+            None => Ok(Duration::from_secs(default)),
+        };
+        Ok(HealthConfig {
+            enabled: enabled.unwrap_or(true),
+            path,
+            interval: nonzero(interval, "upstream.health.interval", 30)?,
+            timeout: nonzero(timeout, "upstream.health.timeout", 5)?,
+            unhealthy_threshold: positive(
+                unhealthy_threshold,
+                "upstream.health.unhealthy_threshold",
+                3,
+            )?,
+            healthy_threshold: positive(healthy_threshold, "upstream.health.healthy_threshold", 2)?,
+        })
+    }
+
+    fn cache(&self, c: file::CacheFile) -> Result<CacheConfig, ConfigError> {
+        let file::CacheFile {
+            enabled,
+            memory_capacity,
+            max_object_size,
+            collapse_timeout,
+            heuristic_fraction,
+            max_heuristic_lifetime,
+            redis,
+        } = c;
+        let memory_capacity = memory_capacity.map_or(256 * 1024 * 1024, |s| s.0);
+        let max_object_size = match max_object_size {
+            Some(s) if s.get_ref().0 == 0 => {
+                return Err(self.at.spanned(
+                    &s,
+                    "cache.max_object_size",
+                    "expected a size above zero",
+                ))
+            }
+            Some(s) => s.into_inner().0,
+            None => 16 * 1024 * 1024,
+        };
+        let heuristic_fraction = match heuristic_fraction {
+            Some(f) if !(0.0..=1.0).contains(f.get_ref()) => {
+                return Err(self.at.spanned(
+                    &f,
+                    "cache.heuristic_fraction",
+                    "expected a fraction between 0.0 and 1.0",
+                ))
+            }
+            Some(f) => f.into_inner(),
+            None => 0.1,
+        };
+        let redis = match redis {
+            None => None,
+            Some(r) => Some(self.redis(r)?),
+        };
+        Ok(CacheConfig {
+            enabled: enabled.unwrap_or(true),
+            memory_capacity,
+            max_object_size,
+            collapse_timeout: dur(collapse_timeout, 10),
+            heuristic_fraction,
+            max_heuristic_lifetime: max_heuristic_lifetime
+                .map_or(Duration::from_secs(86_400), |d| d.0),
+            redis,
+        })
+    }
+
+    fn redis(&self, r: file::RedisFile) -> Result<RedisConfig, ConfigError> {
+        let file::RedisFile {
+            mode,
+            urls,
+            sentinel_master,
+            timeout,
+            key_prefix,
+            write_queue,
+            breaker_threshold,
+            breaker_backoff,
+        } = r;
+        let mode_value = match &mode {
+            None => RedisMode::Standalone,
+            Some(m) => match m.get_ref().as_str() {
+                "standalone" => RedisMode::Standalone,
+                "cluster" => RedisMode::Cluster,
+                "sentinel" => RedisMode::Sentinel,
+                other => {
+                    return Err(self.at.spanned(
+                        m,
+                        "cache.redis.mode",
+                        format!(
+                            "unknown mode {other:?}, expected \"standalone\", \"cluster\" or \"sentinel\""
+                        ),
+                    ))
+                }
+            },
+        };
+        if urls.get_ref().is_empty() {
+            return Err(self.at.spanned(
+                &urls,
+                "cache.redis.urls",
+                "expected at least one URL such as \"redis://127.0.0.1:6379\"",
+            ));
+        }
+        for (i, u) in urls.get_ref().iter().enumerate() {
+            let ok = u.get_ref().starts_with("redis://")
+                || u.get_ref().starts_with("rediss://")
+                || u.get_ref().starts_with("redis+unix://")
+                || u.get_ref().starts_with("unix://");
+            if !ok || redis::IntoConnectionInfo::into_connection_info(u.get_ref().as_str()).is_err()
+            {
+                return Err(self.at.spanned(
+                    u,
+                    &format!("cache.redis.urls[{i}]"),
+                    format!(
+                        "invalid Redis URL {:?}, expected \"redis://host:port\"",
+                        u.get_ref()
+                    ),
+                ));
+            }
+        }
+        if mode_value == RedisMode::Standalone && urls.get_ref().len() > 1 {
+            return Err(self.at.spanned(
+                &urls,
+                "cache.redis.urls",
+                "standalone mode takes exactly one URL (use mode = \"cluster\" or \"sentinel\" for several)",
+            ));
+        }
+        let sentinel_master = match (mode_value, sentinel_master) {
+            (RedisMode::Sentinel, None) => {
+                let span = mode.as_ref().map_or(urls.span(), |m| m.span());
+                return Err(self.at.error(
+                    span,
+                    "cache.redis.sentinel_master",
+                    "required in sentinel mode: the master name the sentinels monitor",
+                ));
+            }
+            (RedisMode::Sentinel, Some(m)) => Some(m.into_inner()),
+            (_, Some(m)) => {
+                return Err(self.at.spanned(
+                    &m,
+                    "cache.redis.sentinel_master",
+                    "only valid with mode = \"sentinel\"",
+                ))
+            }
+            (_, None) => None,
+        };
+        Ok(RedisConfig {
+            mode: mode_value,
+            urls: urls
+                .into_inner()
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
+            sentinel_master,
+            timeout: timeout.map_or(Duration::from_millis(50), |d| d.0),
+            key_prefix: key_prefix.unwrap_or_else(|| "strata:".to_string()),
+            write_queue: write_queue.unwrap_or(1024),
+            breaker_threshold: breaker_threshold.unwrap_or(5).max(1),
+            breaker_backoff: breaker_backoff.map_or(Duration::from_secs(5), |d| d.0),
+        })
+    }
+
+    fn rules(&self, rules: Vec<file::RuleFile>) -> Result<RuleSet, ConfigError> {
+        let mut out = Vec::with_capacity(rules.len());
+        for (i, r) in rules.into_iter().enumerate() {
+            let file::RuleFile {
+                pattern,
+                cache_control,
+            } = r;
+            let rule = Rule::new(pattern.get_ref(), cache_control.get_ref()).map_err(|e| {
+                let (span, field) = match e {
+                    crate::rules::RuleError::Glob { .. } => (pattern.span(), "match"),
+                    crate::rules::RuleError::CacheControl { .. } => {
+                        (cache_control.span(), "cache_control")
+                    }
+                };
+                self.at.error(span, &format!("rules[{i}].{field}"), e)
+            })?;
+            out.push(rule);
+        }
+        Ok(RuleSet::new(out))
+    }
+
+    fn compression(
+        &self,
+        c: file::CompressionFile,
+    ) -> Result<Option<CompressionPolicy>, ConfigError> {
+        let file::CompressionFile {
+            enabled,
+            algorithms,
+            min_size,
+            types,
+            store_level,
+            stream_level,
+        } = c;
+        if enabled == Some(false) {
+            return Ok(None);
+        }
+        let mut policy = CompressionPolicy::default();
+        if let Some(algorithms) = algorithms {
+            let mut list = Vec::new();
+            for (i, a) in algorithms.get_ref().iter().enumerate() {
+                let coding = Coding::from_token(a.get_ref()).ok_or_else(|| {
+                    self.at.spanned(
+                        a,
+                        &format!("compression.algorithms[{i}]"),
+                        format!(
+                            "unknown algorithm {:?}, expected \"br\" or \"gzip\"",
+                            a.get_ref()
+                        ),
+                    )
+                })?;
+                if !list.contains(&coding) {
+                    list.push(coding);
+                }
+            }
+            if list.is_empty() {
+                return Ok(None);
+            }
+            policy.algorithms = list;
+        }
+        if let Some(min) = min_size {
+            policy.min_size = min.0;
+        }
+        if let Some(types) = types {
+            policy.types = types;
+        }
+        if let Some(l) = store_level {
+            policy.store_level = self.levels(l, policy.store_level, "compression.store_level")?;
+        }
+        if let Some(l) = stream_level {
+            policy.stream_level =
+                self.levels(l, policy.stream_level, "compression.stream_level")?;
+        }
+        Ok(Some(policy))
+    }
+
+    fn levels(
+        &self,
+        l: file::LevelsFile,
+        default: Levels,
+        key: &str,
+    ) -> Result<Levels, ConfigError> {
+        let file::LevelsFile { br, gzip } = l;
+        let br = match br {
+            Some(v) if *v.get_ref() > 11 => {
+                return Err(self
+                    .at
+                    .spanned(&v, &format!("{key}.br"), "expected 0 to 11"))
+            }
+            Some(v) => v.into_inner(),
+            None => default.br,
+        };
+        let gzip = match gzip {
+            Some(v) if !(1..=9).contains(v.get_ref()) => {
+                return Err(self
+                    .at
+                    .spanned(&v, &format!("{key}.gzip"), "expected 1 to 9"))
+            }
+            Some(v) => v.into_inner(),
+            None => default.gzip,
+        };
+        Ok(Levels { br, gzip })
+    }
+
+    fn log(&self, l: file::LogFile) -> Result<LogConfig, ConfigError> {
+        let file::LogFile {
+            level,
+            format,
+            access_log,
+        } = l;
+        let format = match format {
+            None => None,
+            Some(f) => Some(match f.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(self.at.spanned(
+                        &f,
+                        "log.format",
+                        format!("unknown format {other:?}, expected \"text\" or \"json\""),
+                    ))
+                }
+            }),
+        };
+        Ok(LogConfig {
+            level,
+            format,
+            access_log: access_log.unwrap_or(false),
+        })
+    }
+}
+
+fn dur(d: Option<units::Dur>, default_secs: u64) -> Duration {
+    d.map_or(Duration::from_secs(default_secs), |d| d.0)
+}
