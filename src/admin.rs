@@ -1,6 +1,11 @@
-//! The admin API on its own listener: `GET /health`, `GET /metrics`,
-//! `GET /stats`, and `POST /purge` (bearer token required).
+//! The admin API on its own listener: `GET /health` (always open),
+//! `GET /metrics`, `GET /stats` (behind `[admin] read_token` when set), and
+//! `POST /purge` (bearer `[admin] token` required).
+//!
+//! - `admin/auth.rs`: bearer tokens, compared in constant time.
+//! - `admin/purge.rs`: `POST /purge`.
 
+pub mod auth;
 pub mod purge;
 
 use std::sync::Arc;
@@ -24,6 +29,11 @@ impl Admin {
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if is_read_endpoint(req.uri().path())
+            && !auth::may_read(&req, &self.shared.runtime.load().config.admin)
+        {
+            return auth::unauthorized();
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/health") => self.health(),
             (&Method::GET | &Method::HEAD, "/metrics") => self.metrics(),
@@ -92,6 +102,17 @@ impl Admin {
         self.shared.cache.export_sizes();
         json_response(StatusCode::OK, &self.shared.metrics.to_json())
     }
+}
+
+/// The endpoints `[admin] read_token` protects (SPEC: `/metrics`,
+/// `/stats`, `/dashboard`, `/events`, `/cache` and below it). `/health`
+/// stays open for load balancers and orchestrators; `/purge` has its own
+/// token.
+fn is_read_endpoint(path: &str) -> bool {
+    matches!(
+        path,
+        "/metrics" | "/stats" | "/dashboard" | "/events" | "/cache"
+    ) || path.starts_with("/cache/")
 }
 
 pub fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

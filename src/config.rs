@@ -63,6 +63,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token for mutating endpoints; `None` disables them.
     pub token: Option<String>,
+    /// Bearer token for the read endpoints (`/metrics`, `/stats`,
+    /// `/dashboard`, `/events`, `/cache`); `token` is accepted there too.
+    /// `None` leaves them open. `/health` is always open.
+    pub read_token: Option<String>,
 }
 
 #[derive(Debug, Clone)]

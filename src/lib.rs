@@ -12,6 +12,7 @@
 //! - [`compression`]: br/gzip negotiation and encoding.
 //! - [`admin`]: `/health`, `/metrics`, `/stats`, `/purge`.
 //! - [`metrics`]: Prometheus registry.
+//! - [`activity`]: recent purges, reloads and alerts (for the dashboard).
 //! - [`probe`]: `strata healthcheck`, the container health probe.
 //!
 //! # Request flow
@@ -31,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod admin;
 pub mod cache;
 pub mod cli;

@@ -25,6 +25,7 @@ use http::header;
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 
+use crate::activity::Activity;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::{MethodClass, Metrics, Outcome, RuleCounters};
@@ -53,6 +54,8 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub metrics: Metrics,
     pub cache: Cache,
+    /// Recent purges, reloads and alerts (the dashboard's list).
+    pub activity: Activity,
 }
 
 /// A response and how it was produced, before the common finishing touches.
@@ -86,6 +89,7 @@ impl Shared {
             }),
             metrics,
             cache,
+            activity: Activity::new(),
         })
     }
 

@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::Kind;
 use crate::admin::Admin;
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::metrics::Metrics;
@@ -231,6 +232,16 @@ impl Reloader {
             .map_err(ReloadError::from)
             .and_then(|c| self.apply(c));
         self.shared.metrics.reload(result.is_ok());
+        match &result {
+            Ok(_) => self
+                .shared
+                .activity
+                .record(Kind::Reload, format!("{} applied", path.display())),
+            Err(e) => self.shared.activity.record(
+                Kind::ReloadFailed,
+                format!("{}: {e} (old configuration kept)", path.display()),
+            ),
+        }
         result
     }
 

@@ -2,13 +2,14 @@
 //! `{"tags": ["a", "b"]}` with `Authorization: Bearer TOKEN`; answers
 //! `{"purged": N}`. 401 without the right token, 400 on a bad body.
 
-use http::{header, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{json_response, text};
+use super::{auth, json_response, text};
+use crate::activity::Kind;
 use crate::cache::Purge;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::Shared;
@@ -32,13 +33,8 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
             "purge is disabled: no admin.token configured\n",
         );
     };
-    if !authorized(&req, &token) {
-        let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer realm=\"strata-admin\""),
-        );
-        return r;
+    if !auth::may_write(&req, &token) {
+        return auth::unauthorized();
     }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -71,31 +67,30 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
     match shared.cache.purge(&purge).await {
         Ok(n) => {
             tracing::info!(?purge, purged = n, "purge");
+            shared
+                .activity
+                .record(Kind::Purge, format!("{} → {n} purged", describe(&purge)));
             json_response(StatusCode::OK, &json!({ "purged": n }))
         }
         Err(e) => bad(&e.to_string()),
     }
 }
 
-fn bad(reason: &str) -> Response<ProxyBody> {
-    json_response(StatusCode::BAD_REQUEST, &json!({ "error": reason }))
+/// A one-line account of a purge for the activity list. Queries are
+/// shown as `?…`: like the access log, never show what may be a signed
+/// URL's credentials.
+fn describe(purge: &Purge) -> String {
+    let no_query = |s: &str| match s.split_once('?') {
+        Some((path, _)) => format!("{path}?…"),
+        None => s.to_string(),
+    };
+    match purge {
+        Purge::Url(url) => format!("url {}", no_query(url)),
+        Purge::Prefix(prefix) => format!("prefix {}", no_query(prefix)),
+        Purge::Tags(tags) => format!("tags {}", tags.join(", ")),
+    }
 }
 
-/// Constant-time comparison of the bearer token.
-fn authorized<B>(req: &Request<B>, token: &str) -> bool {
-    let Some(value) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some((scheme, given)) = value.trim().split_once(' ') else {
-        return false;
-    };
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return false;
-    }
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn bad(reason: &str) -> Response<ProxyBody> {
+    json_response(StatusCode::BAD_REQUEST, &json!({ "error": reason }))
 }

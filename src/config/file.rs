@@ -66,6 +66,7 @@ pub struct CertFile {
 pub struct AdminFile {
     pub listen: Spanned<SocketAddr>,
     pub token: Option<Spanned<String>>,
+    pub read_token: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

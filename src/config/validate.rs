@@ -182,7 +182,11 @@ impl Validator<'_> {
     }
 
     fn admin(&self, a: file::AdminFile, server: &ServerConfig) -> Result<AdminConfig, ConfigError> {
-        let file::AdminFile { listen, token } = a;
+        let file::AdminFile {
+            listen,
+            token,
+            read_token,
+        } = a;
         if *listen.get_ref() == server.listen && server.listen.port() != 0 {
             return Err(self.at.spanned(
                 &listen,
@@ -190,21 +194,40 @@ impl Validator<'_> {
                 "must differ from server.listen (the admin API has its own listener)",
             ));
         }
-        let token = match token {
-            Some(t) if t.get_ref().trim().is_empty() => {
-                return Err(self.at.spanned(
-                    &t,
-                    "admin.token",
-                    "expected a non-empty token (omit the key to disable mutating endpoints)",
-                ))
-            }
-            Some(t) => Some(t.into_inner()),
-            None => None,
-        };
+        let token = self.token(
+            token,
+            "admin.token",
+            "omit the key to disable mutating endpoints",
+        )?;
+        let read_token = self.token(
+            read_token,
+            "admin.read_token",
+            "omit the key to leave the read endpoints open",
+        )?;
         Ok(AdminConfig {
             listen: *listen.get_ref(),
             token,
+            read_token,
         })
+    }
+
+    /// A bearer token: absent, or non-empty (a blank one would be an
+    /// accident that opens or closes endpoints silently).
+    fn token(
+        &self,
+        t: Option<Spanned<String>>,
+        key: &str,
+        hint: &str,
+    ) -> Result<Option<String>, ConfigError> {
+        match t {
+            Some(t) if t.get_ref().trim().is_empty() => {
+                Err(self
+                    .at
+                    .spanned(&t, key, format!("expected a non-empty token ({hint})")))
+            }
+            Some(t) => Ok(Some(t.into_inner())),
+            None => Ok(None),
+        }
     }
 
     fn upstream(&self, u: file::UpstreamFile) -> Result<UpstreamConfig, ConfigError> {
