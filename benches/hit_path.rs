@@ -18,8 +18,8 @@ use strata::cache::entry::{Object, Variant, VaryKey};
 use strata::cache::freshness::{self, now_millis, Heuristic};
 use strata::cache::key::CacheKey;
 use strata::cache::memory::MemoryTier;
-use strata::cache::respond;
 use strata::proxy::cache_status::{CacheStatus, Tier};
+use strata::proxy::stored as respond;
 
 fn object(body: Bytes) -> Arc<Object> {
     let mut headers = HeaderMap::new();
@@ -76,7 +76,7 @@ fn lookup_respond(c: &mut Criterion) {
             let mut resp = respond::from_stored(v, &Method::GET, &req, None, now);
             resp.headers_mut().insert(
                 "cache-status",
-                CacheStatus::hit(Tier::Memory).with_ttl(ttl).to_header(),
+                CacheStatus::hit(Tier::Memory, ttl).to_header(),
             );
             resp
         })

@@ -7,21 +7,15 @@
 //! - `cache/storage.rs`: the tier seam; `memory.rs` (moka) and `redis.rs`
 //!   (the shared tier: codec, breaker, connections, fleet purge, indexes).
 //! - `cache/collapse.rs`: collapsed forwarding of concurrent misses.
-//! - `cache/flow.rs`: the request flow for GET and HEAD.
-//! - `cache/admission.rs`: streaming a miss to the client while storing it.
-//! - `cache/respond.rs`: answering from a stored variant (304, 206, HEAD).
 //! - `cache/tags.rs`: surrogate keys.
 
-pub mod admission;
 pub mod collapse;
 pub mod directives;
 pub mod entry;
-pub mod flow;
 pub mod freshness;
 pub mod key;
 pub mod memory;
 pub mod redis;
-pub mod respond;
 pub mod storage;
 pub mod tags;
 
@@ -35,13 +29,29 @@ use http::Uri;
 use self::redis::RedisTier;
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
-use crate::proxy::cache_status::Tier;
 use collapse::Collapser;
 use entry::Object;
 use freshness::now_millis;
 use key::CacheKey;
 use memory::MemoryTier;
 use storage::Selector;
+
+/// Where a hit came from: the `detail=` of a `Cache-Status` hit and the
+/// `tier` label of `strata_cache_hits_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Memory,
+    Redis,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Redis => "redis",
+        }
+    }
+}
 
 /// How long a URL whose response was not storable skips the collapse lock
 /// (Varnish's "hit-for-miss"): later requests go straight upstream in

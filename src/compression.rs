@@ -218,6 +218,53 @@ impl Default for CompressionPolicy {
     }
 }
 
+/// RFC 9110 §12.5.3 negotiation over `algorithms` (in order of
+/// preference); see [`CompressionPolicy::negotiate`]. Returns `None` for
+/// identity.
+pub fn negotiate<'a>(
+    algorithms: &[Coding],
+    accept: impl Iterator<Item = &'a HeaderValue>,
+) -> Option<Coding> {
+    // Weights in thousandths: `*`, `identity`, then one per `Coding`.
+    let (mut star, mut identity) = (None, None);
+    let mut explicit: [Option<u16>; 2] = [None; 2];
+    for value in accept {
+        let Ok(value) = value.to_str() else { continue };
+        for element in value.split(',') {
+            let mut parts = element.split(';');
+            let token = parts.next().unwrap_or("").trim();
+            let mut q = Some(1000);
+            for (name, val) in parts.filter_map(|p| p.split_once('=')) {
+                if name.trim().eq_ignore_ascii_case("q") {
+                    q = parse_qvalue(val.trim());
+                }
+            }
+            let Some(q) = q else { continue };
+            let slot = if token == "*" {
+                &mut star
+            } else if token.eq_ignore_ascii_case("identity") {
+                &mut identity
+            } else if let Some(coding) = Coding::from_token(token) {
+                &mut explicit[coding as usize]
+            } else {
+                continue;
+            };
+            *slot = Some(slot.map_or(q, |old: u16| old.min(q)));
+        }
+    }
+    let mut best: Option<(Coding, u16)> = None;
+    for &coding in algorithms {
+        let q = explicit[coding as usize].or(star).unwrap_or(0);
+        if q > 0 && best.is_none_or(|(_, b)| q > b) {
+            best = Some((coding, q));
+        }
+    }
+    match (best, identity) {
+        (Some((_, q)), Some(id)) if id > q => None,
+        (best, _) => best.map(|(c, _)| c),
+    }
+}
+
 /// Quality in thousandths, 0..=1000. `None` for an invalid qvalue.
 fn parse_qvalue(s: &str) -> Option<u16> {
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
@@ -252,44 +299,7 @@ impl CompressionPolicy {
     /// an invalid q-value is ignored; a coding listed twice gets the lower
     /// weight. An explicit `identity;q=X` is honoured when X beats every coding.
     pub fn negotiate<'a>(&self, accept: impl Iterator<Item = &'a HeaderValue>) -> Option<Coding> {
-        // Weights in thousandths: `*`, `identity`, then one per `Coding`.
-        let (mut star, mut identity) = (None, None);
-        let mut explicit: [Option<u16>; 2] = [None; 2];
-        for value in accept {
-            let Ok(value) = value.to_str() else { continue };
-            for element in value.split(',') {
-                let mut parts = element.split(';');
-                let token = parts.next().unwrap_or("").trim();
-                let mut q = Some(1000);
-                for (name, val) in parts.filter_map(|p| p.split_once('=')) {
-                    if name.trim().eq_ignore_ascii_case("q") {
-                        q = parse_qvalue(val.trim());
-                    }
-                }
-                let Some(q) = q else { continue };
-                let slot = if token == "*" {
-                    &mut star
-                } else if token.eq_ignore_ascii_case("identity") {
-                    &mut identity
-                } else if let Some(coding) = Coding::from_token(token) {
-                    &mut explicit[coding as usize]
-                } else {
-                    continue;
-                };
-                *slot = Some(slot.map_or(q, |old: u16| old.min(q)));
-            }
-        }
-        let mut best: Option<(Coding, u16)> = None;
-        for &coding in &self.algorithms {
-            let q = explicit[coding as usize].or(star).unwrap_or(0);
-            if q > 0 && best.is_none_or(|(_, b)| q > b) {
-                best = Some((coding, q));
-            }
-        }
-        match (best, identity) {
-            (Some((_, q)), Some(id)) if id > q => None,
-            (best, _) => best.map(|(c, _)| c),
-        }
+        negotiate(&self.algorithms, accept)
     }
 
     /// Whether a response with these parts is eligible for compression at all:

@@ -1,20 +1,35 @@
-//! The request pipeline: validate the request, answer it from the cache or
-//! forward it, and shape the response. Every response passes through
-//! [`Shared::handle`], which records the outcome and adds `Cache-Status`.
+//! The request pipeline, as phases: **validate** → **route** (cacheable?
+//! rule, key) → **lookup** → one `match` on [`Lookup`] → **finish**
+//! (`Cache-Status`, `Via`, metrics, access log). Every response passes
+//! through [`Shared::handle`].
 //!
-//! - `proxy/access.rs`: the access log (one event per request).
-//! - `proxy/body.rs`: the response body type (hits are `Full` bytes).
+//! - `proxy/lookup.rs`: the hit path — route, memory then Redis, Vary,
+//!   freshness → [`Lookup`].
+//! - `proxy/stored.rs`: answering from a stored variant (304/412, 206/416,
+//!   HEAD, `Age`).
+//! - `proxy/fetch.rs`: the miss path — collapsed forwarding, the upstream
+//!   fetch and its one classification, stale-if-error, the background
+//!   refresh of stale-while-revalidate.
+//! - `proxy/admit.rs`: streaming a miss to the client while storing it.
+//! - `proxy/forward.rs`: pass-through (other methods, uncacheable URLs,
+//!   upgrades) and sending any request upstream.
 //! - `proxy/headers.rs`: hop-by-hop stripping and forwarding fields.
-//! - `proxy/cache_status.rs`: RFC 9211 `Cache-Status`.
+//! - `proxy/cache_status.rs`: RFC 9211 `Cache-Status` and the metrics
+//!   outcome derived from it.
 //! - `proxy/error.rs`: the one place errors become 400/502/503/504.
-//! - `proxy/forward.rs`: sending a request upstream (pass-through, upgrades).
+//! - `proxy/body.rs`: the response body type (hits are `Full` bytes).
+//! - `proxy/access.rs`: the access log (one event per request).
 
 pub mod access;
+pub mod admit;
 pub mod body;
 pub mod cache_status;
 pub mod error;
+pub mod fetch;
 pub mod forward;
 pub mod headers;
+pub mod lookup;
+pub mod stored;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,13 +41,18 @@ use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::activity::Activity;
+use crate::cache::directives::CacheControl;
+use crate::cache::entry::Variant;
+use crate::cache::freshness::{now_millis, Millis};
 use crate::cache::Cache;
+use crate::compression::Coding;
 use crate::config::Config;
 use crate::metrics::{MethodClass, Metrics, Outcome, RuleCounters};
 use crate::upstream::Upstreams;
 use body::ProxyBody;
 use cache_status::{CacheStatus, Fwd};
 use error::ProxyError;
+use lookup::{Hit, Lookup};
 
 /// The client connection a request arrived on.
 #[derive(Debug, Clone, Copy)]
@@ -61,17 +81,74 @@ pub struct Shared {
 /// A response and how it was produced, before the common finishing touches.
 pub struct Answered {
     pub response: Response<ProxyBody>,
-    pub outcome: Outcome,
     pub status: CacheStatus,
+    /// Strata answered with an error of its own (4xx, 502/503/504).
+    failed: bool,
 }
 
 impl Answered {
+    pub fn new(response: Response<ProxyBody>, status: CacheStatus) -> Answered {
+        Answered {
+            response,
+            status,
+            failed: false,
+        }
+    }
+
     pub fn error(e: &ProxyError, status: CacheStatus) -> Answered {
         Answered {
             response: e.into_response(),
-            outcome: Outcome::Error,
             status,
+            failed: true,
         }
+    }
+
+    /// The `outcome` label: `error` for Strata's own errors, else what
+    /// the Cache-Status says.
+    pub fn outcome(&self) -> Outcome {
+        if self.failed {
+            Outcome::Error
+        } else {
+            self.status.outcome()
+        }
+    }
+}
+
+/// What the phases share about one request, computed once.
+pub struct RequestCtx<'a> {
+    pub shared: &'a Shared,
+    pub runtime: &'a Arc<Runtime>,
+    pub conn: ConnInfo,
+    /// The request's own directives (RFC 9111 §5.2.1; `Pragma`, §5.4).
+    pub req_cc: CacheControl,
+    /// Index of the matching rule in `config.rules`.
+    pub rule: Option<usize>,
+    /// The content coding negotiated from `Accept-Encoding` (RFC 9110
+    /// §12.5.3); `None` is identity or compression off.
+    pub coding: Option<Coding>,
+    /// When the request was routed, in milliseconds since the epoch.
+    pub now: Millis,
+}
+
+// === impl RequestCtx ===
+
+impl RequestCtx<'_> {
+    /// The response for `req` from a stored variant, in the negotiated
+    /// coding when one is stored.
+    pub fn respond<B>(&self, req: &Request<B>, variant: &Variant) -> Response<ProxyBody> {
+        stored::from_stored(variant, req.method(), req.headers(), self.coding, self.now)
+    }
+
+    /// A hit: counted per tier and rule, answered from stored bytes.
+    fn hit<B>(&self, req: &Request<B>, hit: &Hit) -> Answered {
+        self.shared.metrics.hit(hit.tier.as_str());
+        if let Some(i) = self.rule {
+            self.runtime.rule_counters.hit(i);
+        }
+        Answered::new(
+            self.respond(req, &hit.variant),
+            CacheStatus::hit(hit.tier, hit.ttl),
+        )
     }
 }
 
@@ -130,20 +207,13 @@ impl Shared {
         let access = access::Pending::capture(&req, runtime.config.log.access_log);
         let answered = match validate(&req) {
             Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
-            Ok(()) => {
-                let cacheable = (req.method() == Method::GET || req.method() == Method::HEAD)
-                    && !req.headers().contains_key(header::UPGRADE);
-                if cacheable && runtime.config.cache.enabled {
-                    crate::cache::flow::serve(self, &runtime, req, conn).await
-                } else {
-                    forward::pass(self, &runtime, req, conn, Fwd::Method).await
-                }
-            }
+            Ok(()) => self.answer(&runtime, req, conn).await,
         };
+        let outcome = answered.outcome();
         let Answered {
             mut response,
-            outcome,
             status,
+            ..
         } = answered;
         let code = response.status().as_u16();
         // The client's protocol decides the status line, never the
@@ -159,6 +229,44 @@ impl Shared {
             access.emit(conn, &response, outcome, &status, elapsed);
         }
         response
+    }
+}
+
+impl Shared {
+    /// Route → lookup → hit, refresh, fetch or pass.
+    async fn answer(
+        &self,
+        runtime: &Arc<Runtime>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Answered {
+        let route = match lookup::route(self, runtime, &req, conn) {
+            Ok(route) => route,
+            Err(fwd) => return forward::pass(self, runtime, req, conn, fwd).await,
+        };
+        let ctx =
+            RequestCtx {
+                shared: self,
+                runtime,
+                conn,
+                req_cc: lookup::request_directives(req.headers()),
+                rule: route.rule,
+                coding: runtime.config.compression.as_ref().and_then(|p| {
+                    p.negotiate(req.headers().get_all(header::ACCEPT_ENCODING).iter())
+                }),
+                now: now_millis(),
+            };
+        match lookup::lookup(&ctx, &req, &route).await {
+            Lookup::Hit(hit) => ctx.hit(&req, &hit),
+            Lookup::HitAndRefresh(hit) => {
+                fetch::refresh(&ctx, &req, &hit);
+                ctx.hit(&req, &hit)
+            }
+            Lookup::Fetch(miss) => fetch::fetch(&ctx, req, miss).await,
+            Lookup::OnlyIfCached => {
+                Answered::error(&ProxyError::NotCached, CacheStatus::fwd(Fwd::Request))
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod balancer;
 pub mod client;
+mod error;
 pub mod health;
 
 use std::sync::Arc;
@@ -19,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
-use crate::proxy::error::ProxyError;
 pub use balancer::{Balancer, ServerState};
 pub use client::{ReqBody, UpstreamClient};
+pub use error::UpstreamError;
 
 /// The pool of upstream servers. Cheap to share (`Arc`); replaced whole on
 /// reload, carrying over the health of servers that stay.
@@ -92,27 +93,24 @@ impl Upstreams {
         &self,
         req: Request<ReqBody>,
         retry: Option<&RetryParts>,
-    ) -> Result<Answer, ProxyError> {
-        let first = self
-            .balancer
-            .pick(None)
-            .ok_or(ProxyError::NoHealthyUpstream)?;
+    ) -> Result<Answer, UpstreamError> {
+        let first = self.balancer.pick(None).ok_or(UpstreamError::NoHealthy)?;
         match self.send_to(first, req).await {
-            Err(ProxyError::Connect { server, source }) => {
-                let Some(parts) = retry else {
-                    return Err(ProxyError::Connect { server, source });
+            Err(e @ UpstreamError::Connect { .. }) => {
+                let (Some(parts), Some(next)) = (retry, self.balancer.pick(Some(first))) else {
+                    return Err(e);
                 };
-                let Some(next) = self.balancer.pick(Some(first)) else {
-                    return Err(ProxyError::Connect { server, source });
-                };
-                tracing::debug!(failed = %server, "connect failed, retrying on the next server");
+                tracing::debug!(
+                    failed = e.server(),
+                    "connect failed, retrying on the next server"
+                );
                 self.send_to(next, parts.rebuild()).await
             }
             other => other,
         }
     }
 
-    async fn send_to(&self, index: usize, req: Request<ReqBody>) -> Result<Answer, ProxyError> {
+    async fn send_to(&self, index: usize, req: Request<ReqBody>) -> Result<Answer, UpstreamError> {
         let server = &self.balancer.servers()[index];
         let started = Instant::now();
         let result = self
@@ -138,13 +136,13 @@ impl Upstreams {
             Err(e) => {
                 self.metrics
                     .upstream_error(server.authority.as_str(), e.kind(), elapsed);
-                if let client::SendError::Connect(_) = e {
+                if let UpstreamError::Connect { .. } = e {
                     if self.balancer.passive_failure(index, &self.config.health) {
                         self.metrics
                             .upstream_healthy(server.authority.as_str(), false);
                     }
                 }
-                Err(e.into_proxy_error(server.authority.as_str(), self.config.response_timeout))
+                Err(e)
             }
         }
     }

@@ -83,6 +83,12 @@ impl Variant {
         freshness::has_validators(&self.headers)
     }
 
+    /// Remaining freshness at `now`, in seconds: the freshness lifetime
+    /// minus the current age (RFC 9111 §4.2); negative once stale.
+    pub fn ttl(&self, now: Millis) -> i64 {
+        self.policy.lifetime as i64 - freshness::current_age(&self.times, now) as i64
+    }
+
     /// Seconds a tier should keep this variant from `now`.
     pub fn keep_secs(&self, now: Millis) -> u64 {
         let total = freshness::keep_secs(&self.policy, self.has_validators());
@@ -189,6 +195,10 @@ pub fn vary_key(request: &HeaderMap, names: &[HeaderName]) -> VaryKey {
     )
 }
 
+/// The coding preference used to normalise `Accept-Encoding` for Vary
+/// matching: fixed, so that stored Vary keys do not change with a reload.
+const VARY_PREFERENCE: &[Coding] = &[Coding::Br, Coding::Gzip];
+
 /// A request field value normalised for Vary matching (RFC 9111 §4.1):
 /// all lines combined, list members trimmed. `Accept-Encoding` is reduced
 /// to the coding Strata would choose, so that the countless spellings of
@@ -197,10 +207,8 @@ pub fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<String> {
     let mut values = request.get_all(name).iter().peekable();
     values.peek()?;
     if name == header::ACCEPT_ENCODING {
-        let policy = crate::compression::CompressionPolicy::default();
         return Some(
-            policy
-                .negotiate(request.get_all(name).iter())
+            crate::compression::negotiate(VARY_PREFERENCE, request.get_all(name).iter())
                 .map_or("identity", |c| c.as_str())
                 .to_string(),
         );

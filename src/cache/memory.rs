@@ -12,7 +12,7 @@ use moka::Expiry;
 use super::entry::Object;
 use super::freshness::now_millis;
 use super::key::CacheKey;
-use super::storage::{Selector, Storage, StorageError};
+use super::storage::Selector;
 
 /// moka weighs in u32; larger objects are never admitted anyway
 /// (`max_object_size` is far below this).
@@ -109,20 +109,5 @@ impl MemoryTier {
 
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
-    }
-}
-
-impl Storage for MemoryTier {
-    async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Object>>, StorageError> {
-        Ok(self.get_key(key))
-    }
-
-    async fn put(&self, object: Arc<Object>, _keep: Duration) -> Result<(), StorageError> {
-        self.insert(object);
-        Ok(())
-    }
-
-    async fn purge(&self, selector: &Selector) -> Result<u64, StorageError> {
-        Ok(self.purge_now(selector))
     }
 }

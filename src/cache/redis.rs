@@ -47,7 +47,7 @@ use self::store::Core;
 pub(crate) use self::store::Limits;
 use super::entry::Object;
 use super::key::CacheKey;
-use super::storage::{Selector, Storage, StorageError};
+use super::storage::{Selector, StorageError};
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 
@@ -315,20 +315,5 @@ impl RedisTier {
                 tracing::debug!("redis write queue full: write dropped");
             }
         }
-    }
-}
-
-impl Storage for RedisTier {
-    async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Object>>, StorageError> {
-        RedisTier::get(self, key).await
-    }
-
-    /// Writes and waits (see [`RedisTier::put_now`]).
-    async fn put(&self, object: Arc<Object>, keep: Duration) -> Result<(), StorageError> {
-        self.put_now(object, keep).await
-    }
-
-    async fn purge(&self, selector: &Selector) -> Result<u64, StorageError> {
-        RedisTier::purge(self, selector).await
     }
 }

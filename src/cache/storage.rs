@@ -1,8 +1,8 @@
-//! The storage seam: a tier keeps [`Object`]s (all variants of one URL)
-//! under a [`CacheKey`]. Two implementations: the in-process memory tier
-//! (`memory.rs`, moka) and the shared Redis tier (`redis.rs`).
-//!
-//! Contract:
+//! What the tiers share: the purge [`Selector`] and the tier error
+//! [`StorageError`]. The two tiers — memory (`memory.rs`, moka, synchronous)
+//! and Redis (`redis.rs`, asynchronous, shared by the fleet) — differ too
+//! much in shape for one trait to serve both honestly, so [`crate::cache::Cache`]
+//! calls each directly; both keep this contract:
 //! - **Concurrency**: every method may be called from many tasks at once;
 //!   a `put` racing a `get` yields either the old or the new object.
 //! - **Failure**: an error is a miss for `get` and a lost write for `put`.
@@ -12,11 +12,6 @@
 //! - **Bounds**: the memory tier never exceeds its byte capacity; the Redis
 //!   tier bounds each operation by its timeout.
 
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
-
-use super::entry::Object;
 use super::key::CacheKey;
 
 /// A tier failure. Only the Redis tier produces them.
@@ -28,8 +23,10 @@ pub enum StorageError {
     Timeout,
     #[error("redis skipped: circuit breaker open")]
     BreakerOpen,
-    #[error("stored entry is corrupt: {0}")]
-    Corrupt(String),
+    #[error("stored entry is corrupt")]
+    Corrupt(#[source] super::redis::codec::DecodeError),
+    #[error("entry cannot be encoded")]
+    Unencodable(#[source] super::redis::codec::EncodeError),
 }
 
 /// What a purge selects.
@@ -43,22 +40,4 @@ pub enum Selector {
     Prefix(String),
     /// Every entry carrying any of these tags.
     Tags(Vec<String>),
-}
-
-pub trait Storage: Send + Sync + 'static {
-    /// The object stored under `key`; `Ok(None)` is a miss.
-    fn get(
-        &self,
-        key: &CacheKey,
-    ) -> impl Future<Output = Result<Option<Arc<Object>>, StorageError>> + Send;
-
-    /// Stores `object`, to be kept for `keep`.
-    fn put(
-        &self,
-        object: Arc<Object>,
-        keep: Duration,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send;
-
-    /// Removes what `selector` selects; returns how many objects went.
-    fn purge(&self, selector: &Selector) -> impl Future<Output = Result<u64, StorageError>> + Send;
 }

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use http::{header, Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 
 use super::body::ProxyBody;
@@ -68,7 +68,7 @@ impl Pending {
             bytes = body_bytes(response),
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
             cache = outcome.as_str(),
-            tier = status.hit.map(Tier::as_str),
+            tier = status.tier().map(Tier::as_str),
             upstream,
             "access"
         );
@@ -79,11 +79,9 @@ impl Pending {
 /// stored (`Full`) and empty bodies, else the `Content-Length`. A streamed
 /// body of unknown length (chunked, compressed on the fly) logs none.
 fn body_bytes(response: &Response<ProxyBody>) -> Option<u64> {
-    response.body().size_hint().exact().or_else(|| {
-        response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-    })
+    response
+        .body()
+        .size_hint()
+        .exact()
+        .or_else(|| super::headers::content_length(response.headers()))
 }

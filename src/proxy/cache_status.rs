@@ -1,4 +1,5 @@
-//! The `Cache-Status` response field (RFC 9211) with cache name `strata`.
+//! The `Cache-Status` response field (RFC 9211) with cache name `strata`,
+//! and the metrics outcome derived from it.
 //!
 //! Examples: `strata; hit; detail=memory`, `strata; fwd=miss; stored`,
 //! `strata; fwd=stale; fwd-status=304`, `strata; fwd=bypass`. `ttl` (the
@@ -6,21 +7,8 @@
 
 use http::HeaderValue;
 
-/// Where a hit came from; `detail=` of a hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    Memory,
-    Redis,
-}
-
-impl Tier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Memory => "memory",
-            Tier::Redis => "redis",
-        }
-    }
-}
+pub use crate::cache::Tier;
+use crate::metrics::Outcome;
 
 /// Why the request went forward (RFC 9211 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,90 +43,156 @@ impl Fwd {
     }
 }
 
-/// One Cache-Status entry.
-#[derive(Debug, Clone, Default)]
-pub struct CacheStatus {
-    pub hit: Option<Tier>,
-    pub fwd: Option<Fwd>,
+/// Why a stale stored response was served on a forward (`detail=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedStale {
+    /// RFC 5861 `stale-if-error`: the upstream failed or answered 5xx.
+    StaleIfError,
+}
+
+impl ServedStale {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServedStale::StaleIfError => "stale-if-error",
+        }
+    }
+}
+
+/// A forward's parameters (RFC 9211 §2.2–§2.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub fwd: Fwd,
+    /// The upstream's status, when a stored response was involved.
     pub fwd_status: Option<u16>,
+    /// The response was stored.
     pub stored: bool,
+    /// The request waited on another request's fetch.
     pub collapsed: bool,
+    /// A stale copy was served instead of the upstream's answer.
+    pub stale: Option<ServedStale>,
+    /// Remaining freshness of what was served or stored, in seconds.
     pub ttl: Option<i64>,
-    pub detail: Option<&'static str>,
+}
+
+/// One Cache-Status entry: a hit or a forward, never both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Answered from a tier without going upstream. `ttl` is the remaining
+    /// freshness in seconds (≤ 0 when a stale copy was allowed).
+    Hit { tier: Tier, ttl: i64 },
+    /// The request went (or would have gone) upstream.
+    Forward(Forward),
 }
 
 impl CacheStatus {
-    pub fn hit(tier: Tier) -> Self {
-        CacheStatus {
-            hit: Some(tier),
-            ..Default::default()
-        }
+    pub fn hit(tier: Tier, ttl: i64) -> Self {
+        CacheStatus::Hit { tier, ttl }
     }
 
+    /// A forward with no parameters yet.
     pub fn fwd(fwd: Fwd) -> Self {
-        CacheStatus {
-            fwd: Some(fwd),
-            ..Default::default()
+        CacheStatus::Forward(Forward {
+            fwd,
+            fwd_status: None,
+            stored: false,
+            collapsed: false,
+            stale: None,
+            ttl: None,
+        })
+    }
+
+    /// Changes a forward's parameters; a hit is left as it is.
+    pub fn map(mut self, f: impl FnOnce(&mut Forward)) -> Self {
+        if let CacheStatus::Forward(fw) = &mut self {
+            f(fw);
+        }
+        self
+    }
+
+    pub fn with_ttl(self, ttl: i64) -> Self {
+        self.map(|f| f.ttl = Some(ttl))
+    }
+
+    /// The tier of a hit.
+    pub fn tier(&self) -> Option<Tier> {
+        match self {
+            CacheStatus::Hit { tier, .. } => Some(*tier),
+            CacheStatus::Forward(_) => None,
         }
     }
 
-    pub fn with_ttl(mut self, ttl: i64) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    pub fn with_detail(mut self, detail: &'static str) -> Self {
-        self.detail = Some(detail);
-        self
+    /// The `outcome` label of a successful answer (errors are counted as
+    /// `error` by [`crate::proxy::Answered::outcome`]).
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            CacheStatus::Hit { ttl, .. } if *ttl > 0 => Outcome::Hit,
+            CacheStatus::Hit { .. } => Outcome::Stale,
+            CacheStatus::Forward(f) if f.stale.is_some() => Outcome::Stale,
+            CacheStatus::Forward(f) if f.fwd_status == Some(304) => Outcome::Revalidated,
+            CacheStatus::Forward(f) if matches!(f.fwd, Fwd::Bypass | Fwd::Method) => {
+                Outcome::Bypass
+            }
+            CacheStatus::Forward(_) => Outcome::Miss,
+        }
     }
 
     pub fn to_header(&self) -> HeaderValue {
-        // The common, parameter-free forms need no formatting at all.
-        if self.ttl.is_none() && self.fwd_status.is_none() && self.detail.is_none() {
-            let s = match (self.hit, self.fwd, self.stored, self.collapsed) {
-                (None, Some(Fwd::Bypass), false, false) => Some("strata; fwd=bypass"),
-                (None, Some(Fwd::Method), false, false) => Some("strata; fwd=method"),
-                (None, Some(Fwd::Request), false, false) => Some("strata; fwd=request"),
-                (None, Some(Fwd::UriMiss), false, false) => Some("strata; fwd=uri-miss"),
-                _ => None,
-            };
-            if let Some(s) = s {
-                return HeaderValue::from_static(s);
-            }
-        }
         let mut out = bytes::BytesMut::with_capacity(64);
         out.extend_from_slice(b"strata");
-        if let Some(tier) = self.hit {
-            out.extend_from_slice(b"; hit; detail=");
-            out.extend_from_slice(tier.as_str().as_bytes());
-        }
-        if let Some(fwd) = self.fwd {
-            out.extend_from_slice(b"; fwd=");
-            out.extend_from_slice(fwd.as_str().as_bytes());
-        }
-        if let Some(status) = self.fwd_status {
-            out.extend_from_slice(b"; fwd-status=");
-            out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-        }
-        if self.stored {
-            out.extend_from_slice(b"; stored");
-        }
-        if self.collapsed {
-            out.extend_from_slice(b"; collapsed");
-        }
-        if self.hit.is_none() {
-            if let Some(detail) = self.detail {
-                out.extend_from_slice(b"; detail=");
-                out.extend_from_slice(detail.as_bytes());
+        match self {
+            CacheStatus::Hit { tier, ttl } => {
+                out.extend_from_slice(b"; hit; detail=");
+                out.extend_from_slice(tier.as_str().as_bytes());
+                push_ttl(&mut out, Some(*ttl));
             }
-        }
-        if let Some(ttl) = self.ttl {
-            out.extend_from_slice(b"; ttl=");
-            out.extend_from_slice(itoa::Buffer::new().format(ttl).as_bytes());
+            CacheStatus::Forward(f) => {
+                // The common, parameter-free forms need no formatting.
+                let plain = Forward {
+                    fwd: f.fwd,
+                    fwd_status: None,
+                    stored: false,
+                    collapsed: false,
+                    stale: None,
+                    ttl: None,
+                };
+                if *f == plain {
+                    match f.fwd {
+                        Fwd::Bypass => return HeaderValue::from_static("strata; fwd=bypass"),
+                        Fwd::Method => return HeaderValue::from_static("strata; fwd=method"),
+                        Fwd::Request => return HeaderValue::from_static("strata; fwd=request"),
+                        Fwd::UriMiss => return HeaderValue::from_static("strata; fwd=uri-miss"),
+                        _ => {}
+                    }
+                }
+                out.extend_from_slice(b"; fwd=");
+                out.extend_from_slice(f.fwd.as_str().as_bytes());
+                if let Some(status) = f.fwd_status {
+                    out.extend_from_slice(b"; fwd-status=");
+                    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+                }
+                if f.stored {
+                    out.extend_from_slice(b"; stored");
+                }
+                if f.collapsed {
+                    out.extend_from_slice(b"; collapsed");
+                }
+                if let Some(stale) = f.stale {
+                    out.extend_from_slice(b"; detail=");
+                    out.extend_from_slice(stale.as_str().as_bytes());
+                }
+                push_ttl(&mut out, f.ttl);
+            }
         }
         // Every piece above is visible ASCII: one allocation, no copy.
         HeaderValue::from_maybe_shared(out.freeze())
             .unwrap_or_else(|_| HeaderValue::from_static("strata"))
+    }
+}
+
+fn push_ttl(out: &mut bytes::BytesMut, ttl: Option<i64>) {
+    if let Some(ttl) = ttl {
+        out.extend_from_slice(b"; ttl=");
+        out.extend_from_slice(itoa::Buffer::new().format(ttl).as_bytes());
     }
 }
 
@@ -149,28 +203,36 @@ mod tests {
     #[test]
     fn formats() {
         assert_eq!(
-            CacheStatus::hit(Tier::Memory).to_header(),
-            "strata; hit; detail=memory"
+            CacheStatus::hit(Tier::Memory, 5).to_header(),
+            "strata; hit; detail=memory; ttl=5"
         );
         assert_eq!(
-            CacheStatus::hit(Tier::Redis).with_ttl(42).to_header(),
+            CacheStatus::hit(Tier::Redis, 42).to_header(),
             "strata; hit; detail=redis; ttl=42"
         );
-        let mut s = CacheStatus::fwd(Fwd::UriMiss);
-        s.stored = true;
+        let s = CacheStatus::fwd(Fwd::UriMiss).map(|f| f.stored = true);
         assert_eq!(s.to_header(), "strata; fwd=uri-miss; stored");
-        let mut s = CacheStatus::fwd(Fwd::Stale);
-        s.fwd_status = Some(304);
+        let s = CacheStatus::fwd(Fwd::Stale).map(|f| f.fwd_status = Some(304));
         assert_eq!(s.to_header(), "strata; fwd=stale; fwd-status=304");
+        assert_eq!(s.outcome(), Outcome::Revalidated);
         assert_eq!(
             CacheStatus::fwd(Fwd::Bypass).to_header(),
             "strata; fwd=bypass"
         );
-        let mut s = CacheStatus::fwd(Fwd::Miss);
-        s.collapsed = true;
+        let s = CacheStatus::fwd(Fwd::Miss).map(|f| f.collapsed = true);
         assert_eq!(
             s.with_ttl(-3).to_header(),
             "strata; fwd=miss; collapsed; ttl=-3"
         );
+        let s = CacheStatus::fwd(Fwd::Stale).map(|f| {
+            f.fwd_status = Some(503);
+            f.stale = Some(ServedStale::StaleIfError);
+        });
+        assert_eq!(
+            s.to_header(),
+            "strata; fwd=stale; fwd-status=503; detail=stale-if-error"
+        );
+        assert_eq!(s.outcome(), Outcome::Stale);
+        assert_eq!(CacheStatus::hit(Tier::Memory, 0).outcome(), Outcome::Stale);
     }
 }

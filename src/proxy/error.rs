@@ -1,36 +1,26 @@
 //! The one place where a failure becomes a status code: 400 for requests
 //! Strata refuses, 502 for a broken upstream exchange, 503 when no upstream
-//! is healthy, 504 when the upstream is too slow.
+//! is healthy, 504 when the upstream is too slow (or, for `only-if-cached`,
+//! when nothing usable is stored).
 
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
+use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The client's request is malformed or refused; it never went upstream.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    #[error("no healthy upstream server")]
-    NoHealthyUpstream,
-    #[error("cannot connect to upstream {server}")]
-    Connect {
-        server: String,
-        #[source]
-        source: hyper_util::client::legacy::Error,
-    },
-    #[error("upstream {server} failed")]
-    Upstream {
-        server: String,
-        #[source]
-        source: hyper_util::client::legacy::Error,
-    },
-    #[error("upstream {server} did not answer within {timeout:?}")]
-    Timeout {
-        server: String,
-        timeout: std::time::Duration,
-    },
-    #[error("upstream {server} sent a response with unsupported framing")]
-    BadFraming { server: String },
+    /// The upstream exchange failed (see [`UpstreamError`]).
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The upstream's body broke before a response that had to be stored
+    /// first (HEAD, conditional or range miss) was complete.
+    #[error("upstream {server} response body failed")]
+    UpstreamBody { server: String },
+    /// RFC 9111 §5.2.1.7: `only-if-cached` and nothing usable stored.
     #[error("only-if-cached request and nothing fresh in cache")]
     NotCached,
 }
@@ -39,12 +29,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect { .. }
-            | ProxyError::Upstream { .. }
-            | ProxyError::BadFraming { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            // RFC 9111 §5.2.1.7
+            ProxyError::Upstream(UpstreamError::NoHealthy) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_) | ProxyError::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -52,13 +39,9 @@ impl ProxyError {
     /// The upstream server the failure is about, if any.
     pub fn server(&self) -> Option<&str> {
         match self {
-            ProxyError::Connect { server, .. }
-            | ProxyError::Upstream { server, .. }
-            | ProxyError::Timeout { server, .. }
-            | ProxyError::BadFraming { server } => Some(server),
-            ProxyError::BadRequest(_) | ProxyError::NoHealthyUpstream | ProxyError::NotCached => {
-                None
-            }
+            ProxyError::Upstream(e) => e.server(),
+            ProxyError::UpstreamBody { server } => Some(server),
+            ProxyError::BadRequest(_) | ProxyError::NotCached => None,
         }
     }
 

@@ -15,8 +15,7 @@ use super::cache_status::{CacheStatus, Fwd};
 use super::error::ProxyError;
 use super::headers;
 use super::{Answered, ConnInfo, Runtime, Shared};
-use crate::metrics::Outcome;
-use crate::upstream::{client::empty_body, Answer, ReqBody, RetryParts};
+use crate::upstream::{client::empty_body, Answer, ReqBody, RetryParts, UpstreamError};
 
 /// Rewrites a client request into the one sent upstream (hop-by-hop fields
 /// out, forwarding fields in, `Host` kept or set from the authority).
@@ -64,7 +63,7 @@ pub async fn send(runtime: &Runtime, req: Request<ReqBody>) -> Result<Answer, Pr
 /// A response whose Transfer-Encoding is anything but plain `chunked` has
 /// framing Strata cannot re-encode faithfully (RFC 9112 §6.3 would read it
 /// to connection close): refuse it as a bad gateway.
-fn check_framing(runtime: &Runtime, answer: &Answer) -> Result<(), ProxyError> {
+fn check_framing(runtime: &Runtime, answer: &Answer) -> Result<(), UpstreamError> {
     let mut codings = answer
         .response
         .headers()
@@ -81,7 +80,7 @@ fn check_framing(runtime: &Runtime, answer: &Answer) -> Result<(), ProxyError> {
                 .authority
                 .to_string();
             tracing::warn!(%server, "upstream sent an unsupported Transfer-Encoding");
-            Err(ProxyError::BadFraming { server })
+            Err(UpstreamError::Framing { server })
         }
     }
 }
@@ -142,11 +141,7 @@ pub async fn pass(
         }
     }
     strip_surrogate_fields(&mut resp);
-    Answered {
-        response: client_response(runtime, resp),
-        outcome: Outcome::Bypass,
-        status,
-    }
+    Answered::new(client_response(runtime, resp), status)
 }
 
 /// `Surrogate-Key` / `Cache-Tag` are for Strata, never for clients.
@@ -179,11 +174,7 @@ fn switch_protocols(
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    Answered {
-        response: Response::from_parts(parts, ProxyBody::empty()),
-        outcome: Outcome::Bypass,
-        status,
-    }
+    Answered::new(Response::from_parts(parts, ProxyBody::empty()), status)
 }
 
 fn wants_upgrade<B>(req: &Request<B>) -> bool {

@@ -22,6 +22,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// The `Content-Length` of `headers`, when present and valid.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Removes hop-by-hop fields, first those listed in `Connection`, then the
 /// fixed set; `Upgrade` goes too unless `keep_upgrade` (a WebSocket
 /// handshake being forwarded).

@@ -14,8 +14,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::error::UpstreamError;
 use crate::config::UpstreamConfig;
-use crate::proxy::error::ProxyError;
 
 /// A request body going upstream: the client's own, or none.
 pub type ReqBody = Either<Incoming, Empty<Bytes>>;
@@ -27,33 +27,6 @@ pub fn empty_body() -> ReqBody {
 #[derive(Clone)]
 pub struct UpstreamClient {
     client: Client<HttpConnector, ReqBody>,
-}
-
-/// Why an upstream exchange failed.
-#[derive(Debug)]
-pub enum SendError {
-    Connect(hyper_util::client::legacy::Error),
-    Timeout,
-    Other(hyper_util::client::legacy::Error),
-}
-
-impl SendError {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SendError::Connect(_) => "connect",
-            SendError::Timeout => "timeout",
-            SendError::Other(_) => "protocol",
-        }
-    }
-
-    pub fn into_proxy_error(self, server: &str, timeout: Duration) -> ProxyError {
-        let server = server.to_string();
-        match self {
-            SendError::Connect(source) => ProxyError::Connect { server, source },
-            SendError::Timeout => ProxyError::Timeout { server, timeout },
-            SendError::Other(source) => ProxyError::Upstream { server, source },
-        }
-    }
 }
 
 impl UpstreamClient {
@@ -81,7 +54,7 @@ impl UpstreamClient {
         authority: &Authority,
         mut req: Request<ReqBody>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(authority.clone());
@@ -95,9 +68,18 @@ impl UpstreamClient {
         // Upstreams speak HTTP/1.1 whatever the client used.
         *req.version_mut() = http::Version::HTTP_11;
         match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => Err(SendError::Timeout),
-            Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(e)),
-            Ok(Err(e)) => Err(SendError::Other(e)),
+            Err(_) => Err(UpstreamError::Timeout {
+                server: authority.to_string(),
+                timeout,
+            }),
+            Ok(Err(source)) if source.is_connect() => Err(UpstreamError::Connect {
+                server: authority.to_string(),
+                source,
+            }),
+            Ok(Err(source)) => Err(UpstreamError::Protocol {
+                server: authority.to_string(),
+                source,
+            }),
             Ok(Ok(resp)) => Ok(resp),
         }
     }

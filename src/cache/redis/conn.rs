@@ -114,7 +114,9 @@ fn drops_connection(err: &StorageError) -> bool {
                         | ErrorKind::Server(ServerErrorKind::BusyLoading)
                 )
         }
-        StorageError::BreakerOpen | StorageError::Corrupt(_) => false,
+        StorageError::BreakerOpen | StorageError::Corrupt(_) | StorageError::Unencodable(_) => {
+            false
+        }
     }
 }
 

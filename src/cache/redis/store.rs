@@ -147,7 +147,7 @@ impl Core {
             Err(error) => {
                 self.metrics.redis_error();
                 tracing::debug!(key = %key, %error, len = payload.len(), "redis get: corrupt entry, treated as a miss");
-                Err(StorageError::Corrupt(error.to_string()))
+                Err(StorageError::Corrupt(error))
             }
         }
     }
@@ -161,7 +161,7 @@ impl Core {
         let payload = codec::encode(object).map_err(|error| {
             self.metrics.redis_error();
             tracing::debug!(key = %object.key, %error, "redis put: cannot encode");
-            StorageError::Corrupt(error.to_string())
+            StorageError::Unencodable(error)
         })?;
         let object_key = self.keys.object(&object.key);
         let now = now_millis();

@@ -13,13 +13,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
 
-use super::collapse::{Flight, WriteLock};
-use super::entry::{Encoded, Object, Variant, VaryKey};
-use super::freshness::{Policy, Times};
-use super::key::CacheKey;
-use super::Cache;
+use super::body::{BoxError, IdleTimeout, ProxyBody};
+use crate::cache::collapse::{Flight, WriteLock};
+use crate::cache::entry::{Encoded, Object, Variant, VaryKey};
+use crate::cache::freshness::{Policy, Times};
+use crate::cache::key::CacheKey;
+use crate::cache::Cache;
 use crate::compression::{self, CompressionPolicy};
-use crate::proxy::body::{BoxError, IdleTimeout, ProxyBody};
 
 /// Everything known about a storable response before its body.
 pub struct Plan {
@@ -79,11 +79,7 @@ async fn run(
     mut body: IdleTimeout<Incoming>,
     mut client: Option<ClientTx>,
 ) -> Option<Arc<Variant>> {
-    let declared = plan
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = super::headers::content_length(&plan.headers);
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
     let mut storing = true;

@@ -7,10 +7,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
-use super::entry::Variant;
-use super::freshness::{self, Millis};
+use super::body::ProxyBody;
+use crate::cache::entry::Variant;
+use crate::cache::freshness::{self, Millis};
 use crate::compression::Coding;
-use crate::proxy::body::ProxyBody;
 
 /// Builds the response for `req` from `variant`.
 pub fn from_stored(

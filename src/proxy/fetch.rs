@@ -1,0 +1,537 @@
+//! The miss path: collapsed forwarding (one leader per URL goes upstream,
+//! followers wait for its stored result), the upstream request for the
+//! cache (conditional when a stored response is stale), one
+//! classification of the upstream's answer ([`Fetched`]) shared by the
+//! foreground fetch and the background refresh (stale-while-revalidate),
+//! stale-if-error, and streaming a miss to the client while it is stored.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use super::admit::{self, Plan};
+use super::body::{IdleTimeout, ProxyBody};
+use super::cache_status::{CacheStatus, ServedStale};
+use super::error::ProxyError;
+use super::lookup::{Hit, Miss, Stale};
+use super::{forward, headers, Answered, ConnInfo, RequestCtx, Runtime};
+use crate::cache::collapse::{Flight, Locked, ReadLock, WriteLock};
+use crate::cache::directives::CacheControl;
+use crate::cache::entry::{self, Object, Variant};
+use crate::cache::freshness::{self, now_millis, Heuristic, Millis, NotStorable};
+use crate::cache::key::CacheKey;
+use crate::cache::{tags, Cache};
+use crate::compression::{self, Coding, CompressionPolicy};
+use crate::rules::Rule;
+use crate::upstream::client::empty_body;
+
+/// Request fields Strata removes before a fetch it may store: the cache
+/// fetches whole, unconditional representations (or adds its own
+/// validators) and answers the client's conditions and ranges itself.
+const CLIENT_CONDITIONALS: [header::HeaderName; 6] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
+/// An upstream body behind the idle timeout.
+type UpstreamBody = IdleTimeout<Incoming>;
+
+/// The upstream's answer to a fetch for the cache, classified once.
+enum Fetched {
+    /// The exchange failed.
+    Failed(ProxyError),
+    /// 5xx while a stale copy may stand in (the response is dropped).
+    ServerError(StatusCode),
+    /// 304 to a conditional fetch: the stored variant, refreshed and
+    /// admitted, and the object now holding it.
+    NotModified(Arc<Object>, Arc<Variant>),
+    /// A response to store while it streams.
+    Storable(Box<Plan>, http::response::Parts, UpstreamBody),
+    /// A full response that must not be stored.
+    Uncacheable(NotStorable, http::response::Parts, UpstreamBody),
+}
+
+/// What a fetch for the cache needs, owned so that a background refresh
+/// can carry it past the request.
+struct Exchange {
+    runtime: Arc<Runtime>,
+    cache: Cache,
+    conn: ConnInfo,
+    rule: Option<usize>,
+    req_cc: CacheControl,
+}
+
+// === impl Exchange ===
+
+impl Exchange {
+    fn new(ctx: &RequestCtx<'_>) -> Exchange {
+        Exchange {
+            runtime: ctx.runtime.clone(),
+            cache: ctx.shared.cache.clone(),
+            conn: ctx.conn,
+            rule: ctx.rule,
+            req_cc: ctx.req_cc.clone(),
+        }
+    }
+
+    fn rule(&self) -> Option<&Rule> {
+        self.rule.and_then(|i| self.runtime.config.rules.get(i))
+    }
+
+    fn heuristic(&self) -> Heuristic {
+        let c = &self.runtime.config.cache;
+        Heuristic {
+            fraction: c.heuristic_fraction,
+            max_secs: c.max_heuristic_lifetime.as_secs(),
+        }
+    }
+
+    /// The upstream request for a fetch Strata may store: a GET (HEAD is
+    /// converted), the client's conditions and range removed, and the
+    /// stored validators added when revalidating.
+    fn upstream_request(
+        &self,
+        parts: &Parts,
+        stale: Option<&Variant>,
+    ) -> Request<crate::upstream::ReqBody> {
+        let mut up = Request::new(empty_body());
+        *up.method_mut() = Method::GET;
+        *up.uri_mut() = parts.uri.clone();
+        *up.version_mut() = parts.version;
+        let mut h = parts.headers.clone();
+        for name in &CLIENT_CONDITIONALS {
+            h.remove(name);
+        }
+        if let Some(v) = stale {
+            if let Some(etag) = v.etag() {
+                h.insert(header::IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(lm) = v.last_modified() {
+                h.insert(header::IF_MODIFIED_SINCE, lm.clone());
+            }
+        }
+        *up.headers_mut() = h;
+        forward::upstream_request(up, self.conn, false)
+    }
+
+    /// Sends the fetch and classifies the answer. `stale` is the stored
+    /// variant being validated; `stale_on_5xx` says a 5xx should give way
+    /// to it.
+    async fn fetch(
+        &self,
+        parts: &Parts,
+        key: &CacheKey,
+        object: Option<&Arc<Object>>,
+        stale: Option<&Arc<Variant>>,
+        stale_on_5xx: bool,
+    ) -> Fetched {
+        let upstream = self.upstream_request(parts, stale.map(|v| &**v));
+        let request_time = now_millis();
+        let answer = match forward::send(&self.runtime, upstream).await {
+            Ok(a) => a,
+            Err(e) => return Fetched::Failed(e),
+        };
+        let response_time = now_millis();
+        let status = answer.response.status();
+        if let (StatusCode::NOT_MODIFIED, Some(old)) = (status, stale) {
+            let v = Arc::new(freshen(
+                old,
+                answer.response.headers(),
+                self.rule(),
+                self.heuristic(),
+                request_time,
+                response_time,
+            ));
+            let object = Arc::new(match object {
+                Some(o) => o.with_variant(v.clone()),
+                None => Object {
+                    key: key.clone(),
+                    variants: vec![v.clone()],
+                },
+            });
+            self.cache.admit(object.clone());
+            return Fetched::NotModified(object, v);
+        }
+        if stale_on_5xx && stale.is_some() && status.is_server_error() {
+            return Fetched::ServerError(status);
+        }
+        let (mut rparts, body) = answer.response.into_parts();
+        let body = IdleTimeout::new(body, self.runtime.config.upstream.body_idle_timeout);
+        let entry_tags = normalize_response(&mut rparts.headers, self.rule());
+        let cc = CacheControl::from_headers(&rparts.headers);
+        let max = self.runtime.config.cache.max_object_size;
+        let verdict = freshness::storable(
+            &Method::GET,
+            &parts.headers,
+            &self.req_cc,
+            status,
+            &rparts.headers,
+            &cc,
+        )
+        .and_then(|()| match headers::content_length(&rparts.headers) {
+            Some(len) if len > max => Err(NotStorable::TooLarge),
+            _ => Ok(()),
+        });
+        if let Err(reason) = verdict {
+            return Fetched::Uncacheable(reason, rparts, body);
+        }
+        let times = freshness::times(&rparts.headers, request_time, response_time);
+        let policy = freshness::policy(
+            status,
+            &rparts.headers,
+            &cc,
+            response_time,
+            self.heuristic(),
+        );
+        let names = entry::vary_names(&rparts.headers);
+        let plan = Plan {
+            key: key.clone(),
+            base: object.cloned(),
+            vary: entry::vary_key(&parts.headers, &names),
+            status,
+            headers: rparts.headers.clone(),
+            times,
+            policy,
+            tags: entry_tags,
+            max_size: max,
+            compression: self.runtime.config.compression.clone(),
+        };
+        Fetched::Storable(Box::new(plan), rparts, body)
+    }
+}
+
+// === the foreground fetch ===
+
+/// A miss: the first request for the URL leads and goes upstream; the
+/// others wait (bounded) for its result.
+pub async fn fetch(ctx: &RequestCtx<'_>, req: Request<Incoming>, miss: Miss) -> Answered {
+    match ctx.shared.cache.collapser().lock(miss.key.hash()) {
+        Locked::Write(lock) => lead(ctx, req, miss, lock).await,
+        Locked::Read(wait) => follow(ctx, req, miss, wait).await,
+    }
+}
+
+/// A follower: answered from the leader's stored result (`collapsed`), or
+/// released to go upstream alone.
+async fn follow(
+    ctx: &RequestCtx<'_>,
+    req: Request<Incoming>,
+    miss: Miss,
+    wait: ReadLock,
+) -> Answered {
+    let limit = ctx.runtime.config.cache.collapse_timeout;
+    if let Some(Flight::Stored(object)) = wait.wait(limit).await {
+        if let Some(variant) = object.select(req.headers()) {
+            ctx.shared.metrics.collapsed();
+            let status = CacheStatus::fwd(miss.fwd).map(|f| {
+                f.collapsed = true;
+                f.ttl = Some(variant.ttl(ctx.now));
+            });
+            return Answered::new(ctx.respond(&req, variant), status);
+        }
+    }
+    // Released, timed out, or another variant: go upstream alone.
+    forward::pass(ctx.shared, ctx.runtime, req, ctx.conn, miss.fwd).await
+}
+
+/// The leader: fetch, then answer by what came back.
+async fn lead(
+    ctx: &RequestCtx<'_>,
+    req: Request<Incoming>,
+    miss: Miss,
+    lock: WriteLock,
+) -> Answered {
+    let (parts, _) = req.into_parts();
+    let exchange = Exchange::new(ctx);
+    let stale_on_error = miss.stale.as_ref().is_some_and(|s| s.serve_on_error);
+    let fetched = exchange
+        .fetch(
+            &parts,
+            &miss.key,
+            miss.object.as_ref(),
+            miss.stale.as_ref().map(|s| &s.variant),
+            stale_on_error,
+        )
+        .await;
+    let req = Request::from_parts(parts, ());
+    match fetched {
+        Fetched::Failed(e) => {
+            drop(lock);
+            match &miss.stale {
+                Some(s) if s.serve_on_error => serve_stale(ctx, &req, &miss, s, None),
+                _ => {
+                    tracing::debug!(error = %e, "upstream failed");
+                    Answered::error(&e, CacheStatus::fwd(miss.fwd))
+                }
+            }
+        }
+        Fetched::ServerError(status) => {
+            drop(lock);
+            match &miss.stale {
+                Some(s) => serve_stale(ctx, &req, &miss, s, Some(status.as_u16())),
+                None => Answered::error(
+                    &ProxyError::UpstreamBody {
+                        server: "upstream".into(),
+                    },
+                    CacheStatus::fwd(miss.fwd),
+                ),
+            }
+        }
+        Fetched::NotModified(object, variant) => {
+            lock.publish(Flight::Stored(object));
+            let status = CacheStatus::fwd(miss.fwd).map(|f| {
+                f.fwd_status = Some(304);
+                f.ttl = Some(variant.ttl(now_millis()));
+            });
+            Answered::new(ctx.respond(&req, &variant), status)
+        }
+        Fetched::Uncacheable(reason, rparts, body) => {
+            uncacheable(ctx, &req, &miss, lock, reason, rparts, body)
+        }
+        Fetched::Storable(plan, rparts, body) => {
+            storable(ctx, &req, &miss, lock, *plan, rparts, body).await
+        }
+    }
+}
+
+/// The upstream failed or answered 5xx inside stale-if-error: serve the
+/// stale copy.
+fn serve_stale(
+    ctx: &RequestCtx<'_>,
+    req: &Request<()>,
+    miss: &Miss,
+    s: &Stale,
+    fwd_status: Option<u16>,
+) -> Answered {
+    let status = CacheStatus::fwd(miss.fwd).map(|f| {
+        f.fwd_status = fwd_status;
+        f.stale = Some(ServedStale::StaleIfError);
+        f.ttl = Some(s.variant.ttl(ctx.now));
+    });
+    Answered::new(ctx.respond(req, &s.variant), status)
+}
+
+/// A response that must not be stored streams through; the URL skips the
+/// collapse lock for a while (hit-for-miss) unless the reason was this
+/// request's own.
+fn uncacheable(
+    ctx: &RequestCtx<'_>,
+    req: &Request<()>,
+    miss: &Miss,
+    lock: WriteLock,
+    reason: NotStorable,
+    rparts: http::response::Parts,
+    body: UpstreamBody,
+) -> Answered {
+    tracing::debug!(key = %miss.key, reason = reason.as_str(), "not storable");
+    let request_specific = matches!(reason, NotStorable::Authorization) || ctx.req_cc.no_store;
+    if !request_specific {
+        ctx.shared.cache.mark_pass(miss.key.hash());
+        if miss.stale.is_some() {
+            // What was stored no longer describes the resource.
+            ctx.shared.cache.remove(&miss.key);
+        }
+    }
+    drop(lock); // waiters go upstream at once, in parallel
+    let mut resp = Response::from_parts(rparts, ProxyBody::Upstream(body));
+    if req.method() == Method::HEAD {
+        *resp.body_mut() = ProxyBody::empty();
+    } else {
+        resp = compress_stream(resp, ctx.runtime.config.compression.as_ref(), ctx.coding);
+    }
+    Answered::new(resp, CacheStatus::fwd(miss.fwd))
+}
+
+/// A storable response: admitted while it streams to the client; HEAD,
+/// conditional and range requests are answered from the stored variant
+/// once its body is in (bounded by `max_object_size`).
+async fn storable(
+    ctx: &RequestCtx<'_>,
+    req: &Request<()>,
+    miss: &Miss,
+    lock: WriteLock,
+    plan: Plan,
+    mut rparts: http::response::Parts,
+    body: UpstreamBody,
+) -> Answered {
+    let upstream_status = rparts.status;
+    let status = CacheStatus::fwd(miss.fwd).map(|f| {
+        f.stored = true;
+        f.ttl = Some(
+            plan.policy.lifetime as i64
+                - freshness::current_age(&plan.times, plan.times.response) as i64,
+        );
+        if miss.stale.is_some() {
+            f.fwd_status = Some(upstream_status.as_u16());
+        }
+    });
+    let cache = ctx.shared.cache.clone();
+    if req.method() == Method::HEAD {
+        admit::spawn(cache, plan, Some(lock), body, None, None);
+        return Answered::new(Response::from_parts(rparts, ProxyBody::empty()), status);
+    }
+    if CLIENT_CONDITIONALS
+        .iter()
+        .any(|h| req.headers().contains_key(h))
+    {
+        let (done_tx, done_rx) = oneshot::channel();
+        admit::spawn(cache, plan, Some(lock), body, None, Some(done_tx));
+        return match done_rx.await {
+            Ok(Some(variant)) => Answered::new(ctx.respond(req, &variant), status),
+            _ => Answered::error(
+                &ProxyError::UpstreamBody {
+                    server: served_by(&rparts.extensions),
+                },
+                CacheStatus::fwd(miss.fwd),
+            ),
+        };
+    }
+    let compression = ctx.runtime.config.compression.as_ref();
+    let (tx, client_body) = admit::client_channel();
+    admit::spawn(cache, plan, Some(lock), body, Some(tx), None);
+    if compression.is_some_and(|p| p.eligible(upstream_status, &rparts.headers)) {
+        compression::merge_vary_accept_encoding(&mut rparts.headers);
+    }
+    let resp = Response::from_parts(rparts, client_body);
+    Answered::new(compress_stream(resp, compression, ctx.coding), status)
+}
+
+/// The upstream server named by a response's extensions (for errors).
+fn served_by(ext: &http::Extensions) -> String {
+    ext.get::<crate::upstream::ServedBy>()
+        .map_or_else(|| "upstream".to_string(), |s| s.0.to_string())
+}
+
+// === the background refresh ===
+
+/// stale-while-revalidate: one background validation per URL; the stale
+/// copy keeps being served until it lands.
+pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
+    let Some(lock) = ctx.shared.cache.collapser().try_lock(hit.object.key.hash()) else {
+        return; // a refresh is already running
+    };
+    let mut exchange = Exchange::new(ctx);
+    // The refresh is the cache's own request: the client's directives
+    // (say, no-store) do not decide whether its result is stored.
+    exchange.req_cc = CacheControl::default();
+    let parts = request_parts(req);
+    let object = hit.object.clone();
+    let variant = hit.variant.clone();
+    tokio::spawn(async move {
+        let key = object.key.clone();
+        match exchange
+            .fetch(&parts, &key, Some(&object), Some(&variant), true)
+            .await
+        {
+            Fetched::NotModified(object, _) => lock.publish(Flight::Stored(object)),
+            Fetched::Storable(mut plan, _, body) => {
+                // Same request fields as the stored variant.
+                plan.vary = variant.vary.clone();
+                admit::spawn(exchange.cache, *plan, Some(lock), body, None, None);
+            }
+            // Stays stale; the lock drops.
+            Fetched::Failed(_) | Fetched::ServerError(_) | Fetched::Uncacheable(..) => {}
+        }
+    });
+}
+
+/// The request's method, URI, version and headers (for building
+/// upstream requests after the original was consumed).
+fn request_parts<B>(req: &Request<B>) -> Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r.into_parts().0
+}
+
+// === response shaping ===
+
+/// Compresses a streamed response with the request's negotiated `coding`
+/// when the response is eligible (`Vary: Accept-Encoding` is added either
+/// way).
+pub fn compress_stream(
+    resp: Response<ProxyBody>,
+    policy: Option<&CompressionPolicy>,
+    coding: Option<Coding>,
+) -> Response<ProxyBody> {
+    let Some(policy) = policy else { return resp };
+    if !policy.eligible(resp.status(), resp.headers()) {
+        return resp;
+    }
+    let len = headers::content_length(resp.headers());
+    let (mut parts, body) = resp.into_parts();
+    compression::merge_vary_accept_encoding(&mut parts.headers);
+    let (true, Some(coding)) = (policy.large_enough(len), coding) else {
+        return Response::from_parts(parts, body);
+    };
+    compression::mark_encoded(&mut parts.headers, coding, None);
+    let level = policy.stream_level.for_coding(coding);
+    let body = ProxyBody::boxed(compression::compress_body(coding, level, body));
+    Response::from_parts(parts, body)
+}
+
+/// Shapes upstream response headers the way the cache stores and serves
+/// them: hop-by-hop fields out, the rule's Cache-Control in, surrogate
+/// tags taken out (and returned).
+fn normalize_response(headers: &mut HeaderMap, rule: Option<&Rule>) -> Vec<String> {
+    headers::strip_hop_by_hop(headers, false);
+    if let Some(r) = rule {
+        headers.insert(header::CACHE_CONTROL, r.cache_control().clone());
+    }
+    tags::take(headers)
+}
+
+/// RFC 9111 §4.3.4: a 304 updates the stored headers (all but
+/// Content-Length and the representation's framing) and restarts the
+/// freshness clock. A rule's Cache-Control still wins.
+fn freshen(
+    old: &Variant,
+    update: &HeaderMap,
+    rule: Option<&Rule>,
+    heuristic: Heuristic,
+    request_time: Millis,
+    response_time: Millis,
+) -> Variant {
+    let mut update = update.clone();
+    normalize_response(&mut update, rule);
+    for name in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::CONTENT_RANGE,
+    ] {
+        update.remove(name);
+    }
+    let apply = |target: &mut HeaderMap, keep_etag: bool| {
+        let mut last: Option<header::HeaderName> = None;
+        for (name, value) in update.iter() {
+            if keep_etag && name == header::ETAG {
+                continue;
+            }
+            if last.as_ref() != Some(name) {
+                target.remove(name);
+                last = Some(name.clone());
+            }
+            target.append(name.clone(), value.clone());
+        }
+        target.remove(header::AGE);
+    };
+    let mut v = old.clone();
+    apply(&mut v.headers, false);
+    for e in &mut v.encoded {
+        apply(&mut e.headers, true);
+    }
+    let cc = CacheControl::from_headers(&v.headers);
+    v.times = freshness::times(&update, request_time, response_time);
+    v.policy = freshness::policy(v.status, &v.headers, &cc, response_time, heuristic);
+    v
+}

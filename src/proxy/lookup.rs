@@ -1,0 +1,184 @@
+//! The hit path: route a GET or HEAD to the cache (or say why not), look
+//! the URL up in memory and then Redis, select the variant by `Vary`, and
+//! decide whether it can be reused (RFC 9111 §4.2, RFC 5861). Nothing here
+//! goes upstream; the answer is a [`Lookup`] that `proxy::handle` matches.
+//!
+//! A fresh memory hit allocates nothing here: the key is hashed from
+//! borrowed parts, and the stored object is shared by `Arc`.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap};
+use http::{Method, Request};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use super::cache_status::Fwd;
+use super::{ConnInfo, RequestCtx, Runtime, Shared};
+use crate::cache::directives::CacheControl;
+use crate::cache::entry::{Object, Variant};
+use crate::cache::freshness::{self, Reuse};
+use crate::cache::key::CacheKey;
+use crate::cache::Tier;
+
+/// Where a cacheable request's key and rule come from; borrowed from the
+/// request so routing a hit allocates nothing.
+pub struct Route<'r> {
+    /// [`CacheKey::hash_of`] the scheme, authority and path.
+    pub hash: u128,
+    pub authority: &'r str,
+    /// Path and query, as the key holds them.
+    pub path: &'r str,
+    /// Index of the first matching rule in `config.rules`.
+    pub rule: Option<usize>,
+}
+
+/// Decides whether the cache handles `req`; `Err` names why it goes
+/// straight upstream (`Cache-Status: fwd=…`).
+pub fn route<'r>(
+    shared: &Shared,
+    runtime: &Runtime,
+    req: &'r Request<Incoming>,
+    conn: ConnInfo,
+) -> Result<Route<'r>, Fwd> {
+    let cacheable = (req.method() == Method::GET || req.method() == Method::HEAD)
+        && !req.headers().contains_key(header::UPGRADE);
+    if !cacheable || !runtime.config.cache.enabled {
+        return Err(Fwd::Method);
+    }
+    if !req.body().is_end_stream() {
+        // A GET with a body is not something a cache can key on.
+        return Err(Fwd::Bypass);
+    }
+    let authority = super::request_host(req).ok_or(Fwd::Bypass)?;
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let hash = CacheKey::hash_of(conn.https, authority, path);
+    let rule = runtime.config.rules.find(req.uri().path());
+    if rule.is_some_and(|(_, r)| r.directives().no_store) || shared.cache.is_pass(hash) {
+        return Err(Fwd::Bypass);
+    }
+    Ok(Route {
+        hash,
+        authority,
+        path,
+        rule: rule.map(|(i, _)| i),
+    })
+}
+
+/// A stored response that can be served without going upstream.
+pub struct Hit {
+    pub object: Arc<Object>,
+    pub variant: Arc<Variant>,
+    pub tier: Tier,
+    /// Remaining freshness in seconds (≤ 0: a stale copy the request or
+    /// stale-while-revalidate allows).
+    pub ttl: i64,
+}
+
+/// A stored response that must be validated before reuse.
+pub struct Stale {
+    pub variant: Arc<Variant>,
+    /// stale-if-error allows serving it when the upstream fails.
+    pub serve_on_error: bool,
+}
+
+/// What a fetch starts from.
+pub struct Miss {
+    pub key: CacheKey,
+    /// The object stored for the URL (other variants, or the stale one).
+    pub object: Option<Arc<Object>>,
+    pub stale: Option<Stale>,
+    pub fwd: Fwd,
+}
+
+/// The lookup's verdict.
+pub enum Lookup {
+    /// Fresh, or stale and allowed by the request (`max-stale`).
+    Hit(Hit),
+    /// Stale inside stale-while-revalidate: serve it and refresh once in
+    /// the background.
+    HitAndRefresh(Hit),
+    /// Go upstream (collapsed with concurrent misses).
+    Fetch(Miss),
+    /// `only-if-cached` and nothing usable: 504 (RFC 9111 §5.2.1.7).
+    OnlyIfCached,
+}
+
+/// A request's directives: Cache-Control, or `Pragma: no-cache` when it
+/// has none (RFC 9111 §5.4).
+pub fn request_directives(h: &HeaderMap) -> CacheControl {
+    if h.contains_key(header::CACHE_CONTROL) {
+        return CacheControl::from_headers(h);
+    }
+    let mut cc = CacheControl::default();
+    if h.get_all(header::PRAGMA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("no-cache"))
+    {
+        cc.no_cache = true;
+    }
+    cc
+}
+
+/// Memory, then Redis (promoted into memory), then the reuse decision.
+pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>) -> Lookup {
+    let https = ctx.conn.https;
+    let found = ctx
+        .shared
+        .cache
+        .lookup(route.hash, https, route.authority, route.path)
+        .await;
+    let mut fwd = Fwd::Miss;
+    let mut stale = None;
+    let mut object = None;
+    if let Some((found, tier)) = found {
+        match found.select(req.headers()).cloned() {
+            None => fwd = Fwd::VaryMiss,
+            Some(variant) => {
+                match freshness::reuse(&variant.policy, &variant.times, ctx.now, &ctx.req_cc) {
+                    Reuse::Fresh { ttl } | Reuse::StaleAccepted { ttl } => {
+                        return Lookup::Hit(Hit {
+                            object: found,
+                            variant,
+                            tier,
+                            ttl,
+                        });
+                    }
+                    Reuse::StaleWhileRevalidate { ttl } => {
+                        return Lookup::HitAndRefresh(Hit {
+                            object: found,
+                            variant,
+                            tier,
+                            ttl,
+                        });
+                    }
+                    Reuse::Validate { on_error, .. } => {
+                        fwd = if ctx.req_cc.no_cache {
+                            Fwd::Request
+                        } else {
+                            Fwd::Stale
+                        };
+                        stale = Some(Stale {
+                            variant,
+                            serve_on_error: on_error,
+                        });
+                    }
+                }
+            }
+        }
+        object = Some(found);
+    }
+    if ctx.req_cc.only_if_cached {
+        return Lookup::OnlyIfCached;
+    }
+    if let Some(i) = ctx.rule {
+        ctx.runtime.rule_counters.miss(i);
+    }
+    Lookup::Fetch(Miss {
+        key: CacheKey::new(https, route.authority, route.path),
+        object,
+        stale,
+        fwd,
+    })
+}
