@@ -1,12 +1,15 @@
 //! The admin API on its own listener: `GET /health` (always open),
 //! `GET /metrics`, `GET /stats` (behind `[admin] read_token` when set), and
-//! `POST /purge` (bearer `[admin] token` required).
+//! the mutating `POST /purge`, `POST /upstreams/drain` and
+//! `POST /upstreams/undrain` (bearer `[admin] token` required).
 //!
 //! - `admin/auth.rs`: bearer tokens, compared in constant time.
 //! - `admin/purge.rs`: `POST /purge`.
+//! - `admin/upstreams.rs`: drain and undrain an upstream server.
 
 pub mod auth;
 pub mod purge;
+pub mod upstreams;
 
 use std::sync::Arc;
 
@@ -39,9 +42,15 @@ impl Admin {
             (&Method::GET | &Method::HEAD, "/metrics") => self.metrics(),
             (&Method::GET | &Method::HEAD, "/stats") => self.stats(),
             (&Method::POST, "/purge") => purge::handle(&self.shared, req).await,
-            (_, "/health" | "/metrics" | "/stats" | "/purge") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            (&Method::POST, "/upstreams/drain") => upstreams::handle(&self.shared, req, true).await,
+            (&Method::POST, "/upstreams/undrain") => {
+                upstreams::handle(&self.shared, req, false).await
             }
+            (
+                _,
+                "/health" | "/metrics" | "/stats" | "/purge" | "/upstreams/drain"
+                | "/upstreams/undrain",
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -53,11 +62,15 @@ impl Admin {
             .balancer
             .servers()
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 json!({
                     "server": s.authority.as_str(),
+                    "weight": runtime.upstreams.balancer.weight(i),
                     "state": if s.is_healthy() { "healthy" } else { "unhealthy" },
                     "healthy": s.is_healthy(),
+                    "draining": s.is_draining(),
+                    "in_flight": s.in_flight(),
                 })
             })
             .collect();

@@ -271,6 +271,12 @@ impl Cache {
             .map(|r| (r.is_connected(), r.breaker_open()))
     }
 
+    /// The shared Redis tier, when configured (rate limits share its
+    /// connection and breaker).
+    pub fn redis(&self) -> Option<&RedisTier> {
+        self.inner.redis.as_ref()
+    }
+
     /// Publishes tier sizes to the metrics.
     pub fn export_sizes(&self) {
         let m = &self.inner.memory;

@@ -5,6 +5,7 @@
 //! file, line, column and key.
 
 pub mod file;
+mod traffic;
 pub mod units;
 mod validate;
 
@@ -31,6 +32,8 @@ pub struct Config {
     /// `None` when compression is disabled.
     pub compression: Option<CompressionPolicy>,
     pub log: LogConfig,
+    /// `[[rate_limits]]`, in file order; empty = no limiter at all.
+    pub rate_limits: Vec<RateLimitConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +45,8 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     pub max_header_size: usize,
     pub max_connections: usize,
+    /// Peers whose `X-Forwarded-For` is believed; empty = none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,12 +78,115 @@ pub struct AdminConfig {
 pub struct UpstreamConfig {
     /// `host:port` authorities, in configuration order.
     pub servers: Vec<Authority>,
+    /// Each server's weight (1 or more), parallel to `servers`.
+    pub weights: Vec<u32>,
+    pub balance: Balance,
+    /// Ramp-up time of a recovered or added server; zero = off.
+    pub slow_start: Duration,
+    /// `[upstream.sticky]`; `None` = off.
+    pub sticky: Option<StickyConfig>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub body_idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_server: usize,
     pub health: HealthConfig,
+}
+
+/// `upstream.balance` (with `hash_key` for `"hash"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// Smooth weighted round-robin (nginx's algorithm).
+    RoundRobin,
+    /// Power of two choices on in-flight requests per weight.
+    LeastRequest,
+    /// Consistent hash ring on a request property.
+    Hash(HashKey),
+}
+
+/// What `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The path and query.
+    Uri,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+/// `[upstream.sticky]`: cookie-based session affinity.
+#[derive(Clone)]
+pub struct StickyConfig {
+    pub cookie: String,
+    pub max_age: Duration,
+    /// HMAC-SHA256 key for the cookie values (never logged).
+    pub secret: String,
+    pub secure: bool,
+    pub http_only: bool,
+    pub same_site: SameSite,
+}
+
+impl std::fmt::Debug for StickyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StickyConfig")
+            .field("cookie", &self.cookie)
+            .field("max_age", &self.max_age)
+            .field("secret", &"<redacted>")
+            .field("secure", &self.secure)
+            .field("http_only", &self.http_only)
+            .field("same_site", &self.same_site)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+/// One `[[rate_limits]]` entry.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub name: String,
+    /// The glob as written (`/**` when absent).
+    pub pattern: String,
+    pub matcher: globset::GlobMatcher,
+    pub key: LimitKey,
+    /// Requests allowed per `per`.
+    pub rate: u32,
+    pub per: Duration,
+    /// Requests allowed at once on top of an idle budget (at least 1).
+    pub burst: u32,
+    pub count: LimitCount,
+    pub backend: LimitBackend,
+    pub dry_run: bool,
+}
+
+/// What a rate limit is kept per.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client IP (see `server.trusted_proxies`).
+    Ip,
+    Header(http::HeaderName),
+    Cookie(String),
+    /// One budget for every client.
+    Global,
+}
+
+/// Which requests a limit charges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitCount {
+    All,
+    /// Only requests that go to an upstream (hits are never charged).
+    Origin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitBackend {
+    Local,
+    /// Shared through the Redis tier; local when Redis is unavailable.
+    Redis,
 }
 
 #[derive(Debug, Clone)]
@@ -183,7 +291,11 @@ impl Config {
         let located = Locator { path, text };
         let de = toml::Deserializer::parse(text).map_err(|e| located.toml(String::new(), &e))?;
         let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
+            // `Spanned` wrappers show up in the path as a private field.
+            let key = e
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
             located.toml(if key == "." { String::new() } else { key }, e.inner())
         })?;
         Validator { at: located }.config(file)

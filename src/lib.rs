@@ -44,4 +44,5 @@ pub mod proxy;
 pub mod rules;
 pub mod server;
 pub mod telemetry;
+pub mod traffic;
 pub mod upstream;

@@ -180,6 +180,7 @@ struct Inner {
     purged: IntCounter,
     rule_requests: IntCounterVec,
     reloads: IntCounterVec,
+    rate_limited: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -365,6 +366,12 @@ impl Metrics {
                 "SIGHUP reloads by result (ok, or error: the old configuration kept serving).",
                 &["result"],
             ),
+            rate_limited: counter_vec(
+                &r,
+                "strata_rate_limited_total",
+                "Requests over a rate limit (answered 429, or only counted under dry_run), by limit name.",
+                &["name"],
+            ),
             registry: r,
         };
         Metrics {
@@ -421,6 +428,12 @@ impl Metrics {
                 })
                 .collect(),
         }
+    }
+
+    /// The `strata_rate_limited_total` counter of limit `name` (created,
+    /// and so exported at zero, by this call).
+    pub fn rate_limited(&self, name: &str) -> IntCounter {
+        self.inner.rate_limited.with_label_values(&[name])
     }
 
     /// A configuration reload was applied (`ok`) or refused.

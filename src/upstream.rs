@@ -1,8 +1,12 @@
-//! The upstream pool: the configured servers, which of them are healthy,
-//! round-robin selection, and sending a request with one retry on a connect
-//! failure.
+//! The upstream pool: the configured servers, which of them are eligible
+//! (healthy, not drained), the balancing policy, sticky sessions, and
+//! sending a request with one retry on a connect failure.
 //!
-//! - `upstream/balancer.rs`: per-server health state and round-robin choice.
+//! - `upstream/balancer.rs`: round-robin, least-request and hash policies
+//!   (`balancer/ring.rs`: the consistent hash ring).
+//! - `upstream/server.rs`: one server's health, drain, in-flight count and
+//!   slow-start ramp.
+//! - `upstream/sticky.rs`: the signed sticky-session cookie.
 //! - `upstream/health.rs`: active HTTP health checks.
 //! - `upstream/client.rs`: the pooled keep-alive HTTP/1.1 client.
 
@@ -10,24 +14,30 @@ pub mod balancer;
 pub mod client;
 mod error;
 pub mod health;
+pub mod server;
+pub mod sticky;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::UpstreamConfig;
+use crate::config::{Balance, HashKey, UpstreamConfig};
 use crate::metrics::Metrics;
-pub use balancer::{Balancer, ServerState};
+pub use balancer::{Balancer, Route};
 pub use client::{ReqBody, UpstreamClient};
 pub use error::UpstreamError;
+pub use server::ServerState;
+pub use sticky::{SetSticky, Sticky};
 
 /// The pool of upstream servers. Cheap to share (`Arc`); replaced whole on
 /// reload, carrying over the health of servers that stay.
 pub struct Upstreams {
     pub balancer: Balancer,
+    /// `[upstream.sticky]`, when configured.
+    sticky: Option<Sticky>,
     client: UpstreamClient,
     config: UpstreamConfig,
     metrics: Metrics,
@@ -52,12 +62,22 @@ impl Upstreams {
         previous: Option<&Upstreams>,
         metrics: Metrics,
     ) -> Arc<Upstreams> {
-        let balancer = Balancer::new(&config.servers, previous.map(|p| &p.balancer));
+        let balancer = Balancer::new(config, previous.map(|p| &p.balancer));
         for s in balancer.servers() {
             metrics.upstream_healthy(s.authority.as_str(), s.is_healthy());
         }
+        let sticky = config.sticky.as_ref().and_then(|c| {
+            let s = Sticky::new(c);
+            if s.is_none() {
+                tracing::error!(
+                    "upstream.sticky: the secret cannot key HMAC-SHA256; sticky sessions are off"
+                );
+            }
+            s
+        });
         Arc::new(Upstreams {
             balancer,
+            sticky,
             client: UpstreamClient::new(config),
             config: config.clone(),
             metrics,
@@ -85,38 +105,108 @@ impl Upstreams {
         &self.metrics
     }
 
+    /// Drains (`true`) or undrains `server` (`host:port`): a drained
+    /// server gets no new requests; those in flight finish. Returns the
+    /// previous state, or `None` for a server that is not configured.
+    pub fn set_draining(&self, server: &str, draining: bool) -> Option<bool> {
+        let index = self.balancer.find(server)?;
+        let s = &self.balancer.servers()[index];
+        let was = s.set_draining(draining);
+        if was != draining {
+            tracing::info!(server = %s.authority, draining, "upstream drain changed");
+        }
+        Some(was)
+    }
+
     /// Sends `req` (origin-form URI; the server's authority is filled in)
-    /// to the next healthy server. A connect failure counts against that
-    /// server and, when `retry` is given (an idempotent request without a
-    /// body, whose parts can be sent again), is retried once on the next.
+    /// to the server the balancer picks: the sticky cookie's server while
+    /// it is eligible, else by `upstream.balance`. The sticky cookie is
+    /// removed from the request; when the answer came from another server
+    /// than a valid cookie named, the response carries a [`SetSticky`]
+    /// extension. A connect failure counts against that server and, when
+    /// `retry` is given (an idempotent request without a body, whose parts
+    /// can be sent again), is retried once on the next server.
     pub async fn send(
         &self,
-        req: Request<ReqBody>,
+        mut req: Request<ReqBody>,
         retry: Option<&RetryParts>,
     ) -> Result<Answer, UpstreamError> {
-        let first = self.balancer.pick(None).ok_or(UpstreamError::NoHealthy)?;
-        match self.send_to(first, req).await {
+        let now = SystemTime::now();
+        let preferred = self
+            .sticky
+            .as_ref()
+            .and_then(|s| s.take(req.headers_mut(), now))
+            .and_then(|id| self.balancer.find_id(id));
+        let mut route = Route {
+            exclude: None,
+            preferred,
+            hash: self.hash_of(&req),
+        };
+        let first = self.balancer.pick(&route).ok_or(UpstreamError::NoHealthy)?;
+        let result = match self.send_to(first, req).await {
             Err(e @ UpstreamError::Connect { .. }) => {
-                let (Some(parts), Some(next)) = (retry, self.balancer.pick(Some(first))) else {
+                route.exclude = Some(first);
+                let (Some(parts), Some(next)) = (retry, self.balancer.pick(&route)) else {
                     return Err(e);
                 };
                 tracing::debug!(
                     failed = e.server(),
                     "connect failed, retrying on the next server"
                 );
-                self.send_to(next, parts.rebuild()).await
+                let mut again = parts.rebuild();
+                if let Some(s) = &self.sticky {
+                    s.take(again.headers_mut(), now);
+                }
+                self.send_to(next, again).await
             }
             other => other,
+        };
+        let mut answer = result?;
+        if let Some(sticky) = &self.sticky {
+            if preferred != Some(answer.server) {
+                let id = self.balancer.servers()[answer.server].id;
+                if let Some(set) = sticky.issue(id, now) {
+                    answer.response.extensions_mut().insert(set);
+                }
+            }
+        }
+        Ok(answer)
+    }
+
+    /// The request's `hash_key` hash under `balance = "hash"`; `None`
+    /// (round-robin) for other policies or when the key is absent.
+    fn hash_of(&self, req: &Request<ReqBody>) -> Option<u64> {
+        let Balance::Hash(key) = self.balancer.balance() else {
+            return None;
+        };
+        let hash = balancer::ring::Ring::hash;
+        match key {
+            HashKey::Uri => req
+                .uri()
+                .path_and_query()
+                .map(|p| hash(p.as_str().as_bytes())),
+            HashKey::Header(name) => req.headers().get(name).map(|v| hash(v.as_bytes())),
+            HashKey::Cookie(name) => req
+                .headers()
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(cookie::Cookie::split_parse)
+                .flatten()
+                .find(|c| c.name() == name)
+                .map(|c| hash(c.value().as_bytes())),
         }
     }
 
     async fn send_to(&self, index: usize, req: Request<ReqBody>) -> Result<Answer, UpstreamError> {
         let server = &self.balancer.servers()[index];
         let started = Instant::now();
+        let in_flight = server.begin();
         let result = self
             .client
             .request(&server.authority, req, self.config.response_timeout)
             .await;
+        drop(in_flight);
         let elapsed = started.elapsed();
         match result {
             Ok(mut response) => {

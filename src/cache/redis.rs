@@ -279,6 +279,23 @@ impl RedisTier {
         self.inner.core.sweep().await
     }
 
+    /// Runs a Lua `script` atomically on the single key `P{key_suffix}`
+    /// (`P` = `key_prefix`) with integer arguments, answering an array of
+    /// integers. Bounded by `timeout` and gated by the breaker like a read:
+    /// any failure is an `Err` for the caller to fall back on. Used by the
+    /// fleet-wide rate limits.
+    pub async fn run_script(
+        &self,
+        what: &'static str,
+        script: &redis::Script,
+        key_suffix: &str,
+        args: &[u64],
+    ) -> Result<Vec<i64>, StorageError> {
+        let core = &self.inner.core;
+        let key = core.keys.other(key_suffix);
+        core.script(what, script, &key, args).await
+    }
+
     /// Whether the circuit breaker is open (Redis being skipped).
     pub fn breaker_open(&self) -> bool {
         self.inner.core.breaker.is_open()

@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub compression: CompressionFile,
     #[serde(default)]
     pub log: LogFile,
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +42,7 @@ pub struct ServerFile {
     pub keepalive_timeout: Option<Dur>,
     pub max_header_size: Option<Spanned<ByteSize>>,
     pub max_connections: Option<usize>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,7 +75,11 @@ pub struct AdminFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
-    pub servers: Spanned<Vec<Spanned<String>>>,
+    pub servers: Spanned<Vec<Spanned<UpstreamServerFile>>>,
+    pub balance: Option<Spanned<String>>,
+    pub hash_key: Option<Spanned<String>>,
+    pub slow_start: Option<Dur>,
+    pub sticky: Option<Spanned<StickyFile>>,
     pub connect_timeout: Option<Dur>,
     pub response_timeout: Option<Dur>,
     pub body_idle_timeout: Option<Dur>,
@@ -80,6 +87,71 @@ pub struct UpstreamFile {
     pub pool_max_idle_per_server: Option<usize>,
     #[serde(default)]
     pub health: HealthFile,
+}
+
+/// An upstream server: `"host:port"` or `{ addr = "host:port", weight = 3 }`.
+#[derive(Debug)]
+pub enum UpstreamServerFile {
+    Addr(String),
+    Weighted(WeightedServerFile),
+}
+
+/// By hand rather than `#[serde(untagged)]`, so that a table's own error
+/// (an unknown key, a missing `addr`) reaches the user instead of "did not
+/// match any variant".
+impl<'de> Deserialize<'de> for UpstreamServerFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UpstreamServerFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"host:port\" or { addr = \"host:port\", weight = N }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(UpstreamServerFile::Addr(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                WeightedServerFile::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(UpstreamServerFile::Weighted)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedServerFile {
+    pub addr: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyFile {
+    pub cookie: Option<Spanned<String>>,
+    pub max_age: Option<Spanned<Dur>>,
+    pub secret: Option<Spanned<String>>,
+    pub secure: Option<bool>,
+    pub http_only: Option<bool>,
+    pub same_site: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    pub name: Spanned<String>,
+    #[serde(rename = "match")]
+    pub pattern: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub rate: Spanned<String>,
+    pub burst: Option<Spanned<u32>>,
+    pub count: Option<Spanned<String>>,
+    pub backend: Option<Spanned<String>>,
+    pub dry_run: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,7 +7,6 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use http::uri::Authority;
 use toml::Spanned;
 
 use super::file::{self, FileConfig};
@@ -33,7 +32,12 @@ impl Locator<'_> {
         (line, column)
     }
 
-    fn error(&self, span: Range<usize>, key: &str, message: impl fmt::Display) -> ConfigError {
+    pub(super) fn error(
+        &self,
+        span: Range<usize>,
+        key: &str,
+        message: impl fmt::Display,
+    ) -> ConfigError {
         let (line, column) = self.line_col(span.start);
         ConfigError::Invalid {
             path: self.path.display().to_string(),
@@ -55,7 +59,12 @@ impl Locator<'_> {
         self.error(span, &key, message)
     }
 
-    fn spanned<T>(&self, value: &Spanned<T>, key: &str, message: impl fmt::Display) -> ConfigError {
+    pub(super) fn spanned<T>(
+        &self,
+        value: &Spanned<T>,
+        key: &str,
+        message: impl fmt::Display,
+    ) -> ConfigError {
         self.error(value.span(), key, message)
     }
 }
@@ -74,6 +83,7 @@ impl Validator<'_> {
             rules,
             compression,
             log,
+            rate_limits,
         } = file;
         let server = self.server(server)?;
         let admin = self.admin(admin, &server)?;
@@ -86,6 +96,7 @@ impl Validator<'_> {
             rules: self.rules(rules)?,
             compression: self.compression(compression)?,
             log: self.log(log)?,
+            rate_limits: self.rate_limits(rate_limits)?,
         })
     }
 
@@ -98,6 +109,7 @@ impl Validator<'_> {
             keepalive_timeout,
             max_header_size,
             max_connections,
+            trusted_proxies,
         } = s;
         let max_header_size = match max_header_size {
             None => 64 * 1024,
@@ -122,6 +134,7 @@ impl Validator<'_> {
             keepalive_timeout: dur(keepalive_timeout, 75),
             max_header_size,
             max_connections: max_connections.unwrap_or(100_000),
+            trusted_proxies: self.trusted_proxies(trusted_proxies)?,
         })
     }
 
@@ -233,6 +246,10 @@ impl Validator<'_> {
     fn upstream(&self, u: file::UpstreamFile) -> Result<UpstreamConfig, ConfigError> {
         let file::UpstreamFile {
             servers,
+            balance,
+            hash_key,
+            slow_start,
+            sticky,
             connect_timeout,
             response_timeout,
             body_idle_timeout,
@@ -240,41 +257,17 @@ impl Validator<'_> {
             pool_max_idle_per_server,
             health,
         } = u;
-        if servers.get_ref().is_empty() {
-            return Err(self.at.spanned(
-                &servers,
-                "upstream.servers",
-                "expected at least one server (\"host:port\")",
-            ));
-        }
-        let mut parsed = Vec::with_capacity(servers.get_ref().len());
-        for (i, s) in servers.get_ref().iter().enumerate() {
-            let key = format!("upstream.servers[{i}]");
-            let text = s.get_ref().trim();
-            let text = text.strip_prefix("http://").unwrap_or(text);
-            let authority: Authority = text.parse().map_err(|_| {
-                self.at.spanned(
-                    s,
-                    &key,
-                    format!("invalid server {:?}, expected \"host:port\"", s.get_ref()),
-                )
-            })?;
-            if authority.port_u16().is_none() || authority.as_str().contains('@') {
-                return Err(self.at.spanned(
-                    s,
-                    &key,
-                    format!("invalid server {:?}, expected \"host:port\"", s.get_ref()),
-                ));
-            }
-            if parsed.contains(&authority) {
-                return Err(self
-                    .at
-                    .spanned(s, &key, format!("duplicate server {text:?}")));
-            }
-            parsed.push(authority);
-        }
+        let (servers, weights) = self.servers(servers)?;
+        let sticky = match sticky {
+            None => None,
+            Some(s) => Some(self.sticky(s)?),
+        };
         Ok(UpstreamConfig {
-            servers: parsed,
+            servers,
+            weights,
+            balance: self.balance(balance, hash_key)?,
+            slow_start: slow_start.map_or(Duration::ZERO, |d| d.0),
+            sticky,
             connect_timeout: dur(connect_timeout, 2),
             response_timeout: dur(response_timeout, 30),
             body_idle_timeout: dur(body_idle_timeout, 60),

@@ -1,80 +1,98 @@
-//! Per-server health state and round-robin selection over healthy servers.
+//! Choosing an upstream server for a request (`upstream.balance`):
 //!
-//! State is atomics only: picking a server on the request path takes no
-//! lock. Health transitions happen in the health checker and on passive
-//! connect failures; each is reported once by the call that made it.
+//! - `round_robin`: smooth weighted round-robin, nginx's algorithm (each
+//!   pick adds every eligible server's weight to its running score, takes
+//!   the highest and subtracts the total from it), so 3:1 weights give
+//!   `a a b a` rather than `a a a b`, and equal weights are plain
+//!   round-robin in configuration order.
+//! - `least_request`: power of two choices: two eligible servers drawn at
+//!   random, the one with fewer requests in flight per unit of weight wins.
+//! - `hash`: a consistent hash ring ([`ring`]) on the request's `hash_key`;
+//!   a request without the key (no such header or cookie) falls back to
+//!   round-robin.
+//!
+//! Every policy sees only eligible servers (healthy, not drained), never
+//! the excluded one (the server a connect just failed on), and honours a
+//! sticky preference when that server is eligible. Slow start scales a
+//! server's weight by its ramp ([`ServerState::ramp`]) under round-robin
+//! and least-request; the hash ring ignores it (moving keys back and forth
+//! during a ramp would defeat the point of hashing).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::Arc;
+pub mod ring;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::uri::Authority;
 
-use crate::config::HealthConfig;
+use super::server::ServerState;
+use crate::config::{Balance, HealthConfig, UpstreamConfig};
+use ring::Ring;
 
-/// One upstream server and its health.
-#[derive(Debug)]
-pub struct ServerState {
-    pub authority: Authority,
-    healthy: AtomicBool,
-    /// Consecutive failures (active or passive) while healthy.
-    failures: AtomicU32,
-    /// Consecutive successful checks while unhealthy.
-    successes: AtomicU32,
+/// What a request asks of the balancer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Route {
+    /// Never this server (a connect to it just failed).
+    pub exclude: Option<usize>,
+    /// This server if it is eligible (a valid sticky cookie).
+    pub preferred: Option<usize>,
+    /// The request's `hash_key` hash, for `balance = "hash"`.
+    pub hash: Option<u64>,
 }
 
-impl ServerState {
-    fn new(authority: Authority) -> ServerState {
-        ServerState {
-            authority,
-            healthy: AtomicBool::new(true),
-            failures: AtomicU32::new(0),
-            successes: AtomicU32::new(0),
-        }
-    }
-
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-
-    /// Records a failed check; returns true when this made it unhealthy.
-    pub fn record_failure(&self, health: &HealthConfig) -> bool {
-        self.successes.store(0, Ordering::Relaxed);
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        n >= health.unhealthy_threshold && self.healthy.swap(false, Ordering::Relaxed)
-    }
-
-    /// Records a successful check; returns true when this made it healthy.
-    pub fn record_success(&self, health: &HealthConfig) -> bool {
-        self.failures.store(0, Ordering::Relaxed);
-        if self.is_healthy() {
-            return false;
-        }
-        let n = self.successes.fetch_add(1, Ordering::Relaxed) + 1;
-        n >= health.healthy_threshold && !self.healthy.swap(true, Ordering::Relaxed)
-    }
-}
-
-/// Round-robin over the healthy servers.
+/// The servers of one configuration and the policy that picks among them.
 pub struct Balancer {
     servers: Vec<Arc<ServerState>>,
-    next: AtomicUsize,
+    weights: Vec<u32>,
+    balance: Balance,
+    slow_start: Duration,
+    /// Smooth round-robin running scores, one per server. A std mutex: the
+    /// critical section is a few additions and never awaits (nginx takes a
+    /// lock for the same reason).
+    scores: Mutex<Vec<i64>>,
+    ring: Option<Ring>,
 }
 
 impl Balancer {
-    /// Servers that were in `previous` keep their state (a reload does not
-    /// put a dead server back into rotation).
-    pub fn new(servers: &[Authority], previous: Option<&Balancer>) -> Balancer {
-        let servers = servers
+    /// Servers that were in `previous` keep their state (health, drain, an
+    /// ongoing ramp); servers a reload adds start a slow-start ramp.
+    pub fn new(config: &UpstreamConfig, previous: Option<&Balancer>) -> Balancer {
+        let servers: Vec<Arc<ServerState>> = config
+            .servers
             .iter()
             .map(|a| {
-                previous
-                    .and_then(|p| p.servers.iter().find(|s| &s.authority == a).cloned())
-                    .unwrap_or_else(|| Arc::new(ServerState::new(a.clone())))
+                let kept = previous.and_then(|p| p.servers.iter().find(|s| &s.authority == a));
+                match (kept, previous) {
+                    (Some(s), _) => s.clone(),
+                    (None, Some(_)) => {
+                        let s = ServerState::new(a.clone());
+                        s.mark_entered();
+                        Arc::new(s)
+                    }
+                    (None, None) => Arc::new(ServerState::new(a.clone())),
+                }
             })
             .collect();
+        let weights = if config.weights.len() == servers.len() {
+            config.weights.clone()
+        } else {
+            vec![1; servers.len()]
+        };
+        let ring = matches!(config.balance, Balance::Hash(_)).then(|| {
+            let pairs: Vec<(Authority, u32)> = servers
+                .iter()
+                .zip(&weights)
+                .map(|(s, w)| (s.authority.clone(), *w))
+                .collect();
+            Ring::new(&pairs)
+        });
         Balancer {
+            scores: Mutex::new(vec![0; servers.len()]),
             servers,
-            next: AtomicUsize::new(0),
+            weights,
+            balance: config.balance.clone(),
+            slow_start: config.slow_start,
+            ring,
         }
     }
 
@@ -82,17 +100,96 @@ impl Balancer {
         &self.servers
     }
 
+    pub fn balance(&self) -> &Balance {
+        &self.balance
+    }
+
+    pub fn weight(&self, index: usize) -> u32 {
+        self.weights.get(index).copied().unwrap_or(1)
+    }
+
     pub fn healthy_count(&self) -> usize {
         self.servers.iter().filter(|s| s.is_healthy()).count()
     }
 
-    /// The next healthy server in turn, other than `exclude`.
-    pub fn pick(&self, exclude: Option<usize>) -> Option<usize> {
-        let n = self.servers.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| Some(i) != exclude && self.servers[i].is_healthy())
+    /// The index of the server with sticky id `id`.
+    pub fn find_id(&self, id: u64) -> Option<usize> {
+        self.servers.iter().position(|s| s.id == id)
+    }
+
+    /// The index of the server `authority` (`host:port`).
+    pub fn find(&self, authority: &str) -> Option<usize> {
+        self.servers
+            .iter()
+            .position(|s| s.authority.as_str().eq_ignore_ascii_case(authority))
+    }
+
+    fn eligible(&self, i: usize, route: &Route) -> bool {
+        Some(i) != route.exclude && self.servers[i].is_eligible()
+    }
+
+    /// A server's weight scaled by its slow-start ramp (thousandths).
+    fn effective(&self, i: usize) -> i64 {
+        (u64::from(self.weight(i)) * self.servers[i].ramp(self.slow_start)) as i64
+    }
+
+    /// The server for a request; `None` when no server is eligible.
+    pub fn pick(&self, route: &Route) -> Option<usize> {
+        if let Some(p) = route.preferred.filter(|&p| p < self.servers.len()) {
+            if self.eligible(p, route) {
+                return Some(p);
+            }
+        }
+        match (&self.balance, &self.ring, route.hash) {
+            (Balance::Hash(_), Some(ring), Some(hash)) => {
+                ring.find(hash, |i| self.eligible(i, route))
+            }
+            (Balance::LeastRequest, _, _) => self.least_request(route),
+            _ => self.round_robin(route),
+        }
+    }
+
+    fn round_robin(&self, route: &Route) -> Option<usize> {
+        let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for i in 0..scores.len() {
+            if !self.eligible(i, route) {
+                continue;
+            }
+            let w = self.effective(i);
+            scores[i] += w;
+            total += w;
+            if best.is_none_or(|b| scores[i] > scores[b]) {
+                best = Some(i);
+            }
+        }
+        let best = best?;
+        scores[best] -= total;
+        Some(best)
+    }
+
+    fn least_request(&self, route: &Route) -> Option<usize> {
+        let eligible: Vec<usize> = (0..self.servers.len())
+            .filter(|&i| self.eligible(i, route))
+            .collect();
+        match eligible.len() {
+            0 => None,
+            1 => Some(eligible[0]),
+            n => {
+                let a = fastrand::usize(..n);
+                let mut b = fastrand::usize(..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (eligible[a], eligible[b]);
+                // Fewer in flight per unit of (ramped) weight wins:
+                // (in_a + 1) / w_a <= (in_b + 1) / w_b, cross-multiplied.
+                let load = |i: usize| self.servers[i].in_flight() as i128 + 1;
+                let (wa, wb) = (self.effective(a) as i128, self.effective(b) as i128);
+                Some(if load(a) * wb <= load(b) * wa { a } else { b })
+            }
+        }
     }
 
     /// A passive connect failure; returns true when it ejected the server.
@@ -114,7 +211,7 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use crate::config::HashKey;
 
     fn health() -> HealthConfig {
         HealthConfig {
@@ -127,37 +224,120 @@ mod tests {
         }
     }
 
-    fn auths(n: usize) -> Vec<Authority> {
-        (0..n)
+    fn config(weights: &[u32], balance: Balance) -> UpstreamConfig {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                    [upstream]\nservers = [\"127.0.0.1:1\"]\n";
+        let mut c = crate::config::Config::parse(std::path::Path::new("t.toml"), text)
+            .unwrap()
+            .upstream;
+        c.servers = (0..weights.len())
             .map(|i| format!("127.0.0.1:{}", 1000 + i).parse().unwrap())
-            .collect()
+            .collect();
+        c.weights = weights.to_vec();
+        c.balance = balance;
+        c
+    }
+
+    fn picks(b: &Balancer, n: usize) -> Vec<usize> {
+        (0..n).map(|_| b.pick(&Route::default()).unwrap()).collect()
     }
 
     #[test]
     fn round_robin_skips_unhealthy() {
-        let b = Balancer::new(&auths(3), None);
-        let picks: Vec<_> = (0..6).map(|_| b.pick(None).unwrap()).collect();
-        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+        let b = Balancer::new(&config(&[1, 1, 1], Balance::RoundRobin), None);
+        assert_eq!(picks(&b, 6), vec![0, 1, 2, 0, 1, 2]);
         let h = health();
         assert!(!b.servers[1].record_failure(&h));
         assert!(b.servers[1].record_failure(&h));
-        let picks: Vec<_> = (0..4).map(|_| b.pick(None).unwrap()).collect();
-        assert!(!picks.contains(&1));
+        assert!(!picks(&b, 4).contains(&1));
         assert!(!b.servers[1].record_success(&h));
         assert!(b.servers[1].record_success(&h));
         assert_eq!(b.healthy_count(), 3);
     }
 
     #[test]
-    fn none_healthy() {
-        let b = Balancer::new(&auths(1), None);
+    fn smooth_weighted() {
+        let b = Balancer::new(&config(&[5, 1, 1], Balance::RoundRobin), None);
+        // nginx's documented sequence for 5:1:1.
+        assert_eq!(picks(&b, 7), vec![0, 0, 1, 0, 2, 0, 0]);
+        let b = Balancer::new(&config(&[3, 1], Balance::RoundRobin), None);
+        let p = picks(&b, 400);
+        assert_eq!(p.iter().filter(|&&i| i == 0).count(), 300);
+    }
+
+    #[test]
+    fn exclude_preferred_and_drain() {
+        let b = Balancer::new(&config(&[1, 1], Balance::RoundRobin), None);
+        let r = Route {
+            exclude: Some(0),
+            ..Route::default()
+        };
+        assert_eq!(b.pick(&r), Some(1));
+        assert_eq!(b.pick(&r), Some(1));
+        let r = Route {
+            preferred: Some(1),
+            ..Route::default()
+        };
+        assert_eq!(b.pick(&r), Some(1));
+        b.servers[1].set_draining(true);
+        assert_eq!(b.pick(&r), Some(0));
+        assert!(!picks(&b, 5).contains(&1));
+    }
+
+    #[test]
+    fn none_eligible() {
+        let c = config(&[1], Balance::RoundRobin);
+        let b = Balancer::new(&c, None);
         let h = health();
         b.servers[0].record_failure(&h);
         b.servers[0].record_failure(&h);
-        assert_eq!(b.pick(None), None);
-        let b2 = Balancer::new(&auths(2), Some(&b));
+        assert_eq!(b.pick(&Route::default()), None);
+        let b2 = Balancer::new(&config(&[1, 1], Balance::RoundRobin), Some(&b));
         assert!(!b2.servers[0].is_healthy());
         assert!(b2.servers[1].is_healthy());
-        assert_eq!(b2.pick(Some(1)), None);
+        let r = Route {
+            exclude: Some(1),
+            ..Route::default()
+        };
+        assert_eq!(b2.pick(&r), None);
+    }
+
+    #[test]
+    fn reload_keeps_drain_and_ramps_added_servers() {
+        let b = Balancer::new(&config(&[1, 1], Balance::RoundRobin), None);
+        b.servers[0].set_draining(true);
+        let mut c = config(&[1, 1, 1], Balance::RoundRobin);
+        c.slow_start = Duration::from_secs(60);
+        let b2 = Balancer::new(&c, Some(&b));
+        assert!(b2.servers[0].is_draining());
+        assert_eq!(b2.servers[1].ramp(c.slow_start), 1000);
+        assert!(b2.servers[2].ramp(c.slow_start) < 100);
+        // The new server gets a small share while ramping.
+        let p = picks(&b2, 200);
+        let new = p.iter().filter(|&&i| i == 2).count();
+        assert!(new < 20, "{new}");
+    }
+
+    #[test]
+    fn least_request_prefers_idle() {
+        let b = Balancer::new(&config(&[1, 1], Balance::LeastRequest), None);
+        let _busy: Vec<_> = (0..5).map(|_| b.servers[0].begin()).collect();
+        assert!(picks(&b, 50).iter().all(|&i| i == 1));
+    }
+
+    #[test]
+    fn hash_is_stable_and_skips_drained() {
+        let b = Balancer::new(&config(&[1, 1, 1], Balance::Hash(HashKey::Uri)), None);
+        let r = Route {
+            hash: Some(Ring::hash(b"/x")),
+            ..Route::default()
+        };
+        let first = b.pick(&r).unwrap();
+        assert!((0..20).all(|_| b.pick(&r) == Some(first)));
+        b.servers[first].set_draining(true);
+        let moved = b.pick(&r).unwrap();
+        assert_ne!(moved, first);
+        // Without a key: round-robin.
+        assert_eq!(picks(&b, 4).len(), 4);
     }
 }

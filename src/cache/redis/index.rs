@@ -76,6 +76,11 @@ impl Keys {
         format!("{}o:{:032x}", self.prefix, key.hash())
     }
 
+    /// `P{suffix}`: a key outside the cache's own names (rate limits).
+    pub(crate) fn other(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
     pub(crate) fn tag(&self, tag: &str) -> String {
         format!("{}t:{tag}", self.prefix)
     }

@@ -127,6 +127,22 @@ impl Core {
             .ok_or(StorageError::BreakerOpen)
     }
 
+    /// Runs a Lua `script` on one key with integer arguments and an array
+    /// of integers as its answer; request-path bound, through the breaker.
+    pub(crate) async fn script(
+        &self,
+        what: &'static str,
+        script: &redis::Script,
+        key: &str,
+        args: &[u64],
+    ) -> Result<Vec<i64>, StorageError> {
+        let gate = self.permit()?;
+        self.run(what, self.limits.timeout, gate, |mut c| async move {
+            script.key(key).arg(args).invoke_async(&mut c).await
+        })
+        .await
+    }
+
     pub(crate) async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Object>>, StorageError> {
         let gate = self.permit()?;
         let name = self.keys.object(key);

@@ -1,0 +1,436 @@
+//! Rate limits (`[[rate_limits]]`; nginx's `limit_req`, HAProxy's
+//! `http-request deny deny_status 429 if { sc_http_req_rate ... }`).
+//!
+//! Each limit is a GCRA (generic cell rate algorithm): `rate` requests per
+//! period, with up to `burst` at once after a quiet spell. A request a
+//! limit matches (by path glob, and by having the limit's key: a request
+//! without the header or cookie a limit is keyed on is not counted, as in
+//! nginx) is charged to that key's budget; over it, Strata answers `429`
+//! with `Retry-After` (whole seconds, at least 1) and sends nothing
+//! upstream. `dry_run` only counts. Every limit over which a request went is
+//! counted in `strata_rate_limited_total{name}`.
+//!
+//! - `local`: the `governor` crate's keyed limiter, per instance. Its map
+//!   is bounded: a sweeper drops keys whose budget is full again every
+//!   [`SWEEP_EVERY`], and when a map still holds more than [`MAX_KEYS`]
+//!   keys (a flood of distinct clients) it is swept at once and, if that
+//!   is not enough, started afresh (forgetting state rather than growing).
+//! - `redis`: one budget for the fleet, kept in Redis by an atomic Lua
+//!   script (`rate_limit/shared.rs`) on the Redis tier's connection,
+//!   behind its breaker and timeout. When Redis is down, slow or its
+//!   breaker open, the local limiter decides: Redis never rejects traffic.
+//!
+//! `count = "all"` limits are checked as a request arrives; `count =
+//! "origin"` ones only when a request is about to go to an upstream, so
+//! cache hits are never charged. With no limits configured there is no
+//! [`RateLimits`] at all: the request path pays one `Option` check.
+
+mod shared;
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use prometheus::IntCounter;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::cache::redis::RedisTier;
+use crate::config::{LimitBackend, LimitCount, LimitKey, RateLimitConfig};
+use crate::metrics::Metrics;
+use crate::proxy::body::ProxyBody;
+
+/// Keys one local limiter may hold before it is swept on the spot.
+pub const MAX_KEYS: usize = 100_000;
+/// How often every local limiter drops keys whose budget is full again.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Checks between two looks at a limiter's size.
+const SIZE_CHECK_EVERY: u64 = 1024;
+
+/// What a limit needs to know about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The path, without the query.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    /// See `server.trusted_proxies`.
+    pub client_ip: IpAddr,
+}
+
+/// A request over a limit.
+#[derive(Debug, Clone)]
+pub struct Limited {
+    pub name: String,
+    /// Until the next request would be allowed.
+    pub retry_after: Duration,
+}
+
+impl Limited {
+    /// `Retry-After` in whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        secs.max(1)
+    }
+
+    /// The `429 Too Many Requests` answer (RFC 6585 §4).
+    pub fn response(&self) -> Response<ProxyBody> {
+        let mut r = Response::new(ProxyBody::from("too many requests\n"));
+        *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(self.retry_after_secs()),
+        );
+        r
+    }
+}
+
+/// One instance's local GCRA state for a limit; kept across reloads while
+/// the limit's name, key, rate and burst stay the same.
+struct Local {
+    limiter: ArcSwap<DefaultKeyedRateLimiter<u64>>,
+    quota: Quota,
+    checks: AtomicU64,
+    name: String,
+}
+
+impl Local {
+    fn new(config: &RateLimitConfig) -> Option<Local> {
+        let period = config.per / config.rate;
+        let quota = Quota::with_period(period.max(Duration::from_nanos(1)))?
+            .allow_burst(NonZeroU32::new(config.burst)?);
+        Some(Local {
+            limiter: ArcSwap::from_pointee(RateLimiter::dashmap(quota)),
+            quota,
+            checks: AtomicU64::new(0),
+            name: config.name.clone(),
+        })
+    }
+
+    /// `None` when allowed, else the wait until the next allowed request.
+    fn check(&self, key: u64) -> Option<Duration> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SIZE_CHECK_EVERY == 0 {
+            self.bound();
+        }
+        let limiter = self.limiter.load();
+        match limiter.check_key(&key) {
+            Ok(()) => None,
+            Err(not_until) => Some(not_until.wait_time_from(DefaultClock::default().now())),
+        }
+    }
+
+    fn sweep(&self) {
+        let limiter = self.limiter.load();
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+    }
+
+    fn bound(&self) {
+        if self.limiter.load().len() <= MAX_KEYS {
+            return;
+        }
+        self.sweep();
+        if self.limiter.load().len() > MAX_KEYS {
+            tracing::warn!(
+                limit = %self.name,
+                max_keys = MAX_KEYS,
+                "rate limit tracks too many distinct keys: state reset"
+            );
+            self.limiter
+                .store(Arc::new(RateLimiter::dashmap(self.quota)));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.limiter.load().len()
+    }
+}
+
+struct Limit {
+    config: RateLimitConfig,
+    local: Arc<Local>,
+    limited: IntCounter,
+}
+
+/// Every configured limit, for one configuration.
+pub struct RateLimits {
+    limits: Vec<Limit>,
+    any_all: bool,
+    any_origin: bool,
+    redis: Option<RedisTier>,
+    _sweeper: Option<DropGuard>,
+}
+
+impl RateLimits {
+    /// `None` when `configs` is empty (no limiter, no cost). Limits of
+    /// `previous` with the same name, key, rate and burst keep their local
+    /// state. Starts the sweeper when inside a tokio runtime.
+    pub fn new(
+        configs: &[RateLimitConfig],
+        previous: Option<&RateLimits>,
+        redis: Option<RedisTier>,
+        metrics: &Metrics,
+    ) -> Option<Arc<RateLimits>> {
+        if configs.is_empty() {
+            return None;
+        }
+        let limits: Vec<Limit> = configs
+            .iter()
+            .filter_map(|c| {
+                let kept = previous.and_then(|p| {
+                    p.limits
+                        .iter()
+                        .find(|l| same_budget(&l.config, c))
+                        .map(|l| l.local.clone())
+                });
+                let local = match kept {
+                    Some(l) => l,
+                    None => Arc::new(Local::new(c)?),
+                };
+                Some(Limit {
+                    config: c.clone(),
+                    local,
+                    limited: metrics.rate_limited(&c.name),
+                })
+            })
+            .collect();
+        if configs.iter().any(|c| c.backend == LimitBackend::Redis) && redis.is_none() {
+            tracing::warn!(
+                "rate limits with backend = \"redis\" but no [cache.redis]: they are local"
+            );
+        }
+        let sweeper = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let stop = CancellationToken::new();
+            let locals: Vec<Arc<Local>> = limits.iter().map(|l| l.local.clone()).collect();
+            rt.spawn(sweep(locals, stop.clone()));
+            stop.drop_guard()
+        });
+        Some(Arc::new(RateLimits {
+            any_all: limits.iter().any(|l| l.config.count == LimitCount::All),
+            any_origin: limits.iter().any(|l| l.config.count == LimitCount::Origin),
+            limits,
+            redis,
+            _sweeper: sweeper,
+        }))
+    }
+
+    /// Whether any limit charges requests of `count`.
+    pub fn charges(&self, count: LimitCount) -> bool {
+        match count {
+            LimitCount::All => self.any_all,
+            LimitCount::Origin => self.any_origin,
+        }
+    }
+
+    /// Charges `subject` to every limit of `count` that matches it; the
+    /// first that is over (and not `dry_run`) rejects it.
+    pub async fn check(&self, count: LimitCount, subject: &Subject<'_>) -> Result<(), Limited> {
+        for limit in self.limits.iter().filter(|l| l.config.count == count) {
+            if !limit.config.matcher.is_match(subject.path) {
+                continue;
+            }
+            let Some(key) = key_of(&limit.config.key, subject) else {
+                continue;
+            };
+            let Some(wait) = self.decide(limit, key).await else {
+                continue;
+            };
+            limit.limited.inc();
+            if limit.config.dry_run {
+                tracing::debug!(limit = %limit.config.name, "over the rate limit (dry run)");
+                continue;
+            }
+            return Err(Limited {
+                name: limit.config.name.clone(),
+                retry_after: wait,
+            });
+        }
+        Ok(())
+    }
+
+    async fn decide(&self, limit: &Limit, key: u64) -> Option<Duration> {
+        if let (LimitBackend::Redis, Some(redis)) = (limit.config.backend, &self.redis) {
+            match shared::check(redis, &limit.config, key).await {
+                Ok(verdict) => return verdict,
+                Err(e) => {
+                    tracing::debug!(limit = %limit.config.name, error = %e, "redis rate limit unavailable: local limit applies");
+                }
+            }
+        }
+        limit.local.check(key)
+    }
+
+    /// Keys held by each limit's local limiter (for tests and `/stats`).
+    pub fn local_keys(&self) -> Vec<(String, usize)> {
+        self.limits
+            .iter()
+            .map(|l| (l.config.name.clone(), l.local.len()))
+            .collect()
+    }
+}
+
+fn same_budget(a: &RateLimitConfig, b: &RateLimitConfig) -> bool {
+    a.name == b.name && a.key == b.key && a.rate == b.rate && a.per == b.per && a.burst == b.burst
+}
+
+/// The key a request is charged to under `key`; `None` when the request
+/// does not carry it.
+fn key_of(key: &LimitKey, s: &Subject<'_>) -> Option<u64> {
+    match key {
+        LimitKey::Global => Some(0),
+        LimitKey::Ip => Some(match s.client_ip {
+            IpAddr::V4(v4) => xxh3_64(&v4.octets()),
+            IpAddr::V6(v6) => xxh3_64(&v6.octets()),
+        }),
+        LimitKey::Header(name) => s.headers.get(name).map(|v| xxh3_64(v.as_bytes())),
+        LimitKey::Cookie(name) => s
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(cookie::Cookie::split_parse)
+            .flatten()
+            .find(|c| c.name() == name)
+            .map(|c| xxh3_64(c.value().as_bytes())),
+    }
+}
+
+async fn sweep(locals: Vec<Arc<Local>>, stop: CancellationToken) {
+    let start = tokio::time::Instant::now() + SWEEP_EVERY;
+    let mut tick = tokio::time::interval_at(start, SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                for l in &locals {
+                    l.sweep();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn limits(extra: &str) -> Arc<RateLimits> {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstream]\nservers = [\"127.0.0.1:1\"]\n{extra}"
+        );
+        let c = crate::config::Config::parse(Path::new("t.toml"), &text).unwrap();
+        RateLimits::new(&c.rate_limits, None, None, &Metrics::new()).unwrap()
+    }
+
+    fn subject<'a>(path: &'a str, h: &'a HeaderMap, ip: &str) -> Subject<'a> {
+        Subject {
+            path,
+            headers: h,
+            client_ip: ip.parse().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn burst_then_limited_per_key() {
+        let l = limits(
+            "[[rate_limits]]\nname = \"api\"\nmatch = \"/api/**\"\nrate = \"1/m\"\nburst = 3",
+        );
+        let h = HeaderMap::new();
+        for _ in 0..3 {
+            assert!(l
+                .check(LimitCount::All, &subject("/api/x", &h, "1.1.1.1"))
+                .await
+                .is_ok());
+        }
+        let over = l
+            .check(LimitCount::All, &subject("/api/x", &h, "1.1.1.1"))
+            .await
+            .unwrap_err();
+        assert_eq!(over.name, "api");
+        assert!((1..=60).contains(&over.retry_after_secs()));
+        // Another key, another budget; other paths are not limited.
+        assert!(l
+            .check(LimitCount::All, &subject("/api/x", &h, "2.2.2.2"))
+            .await
+            .is_ok());
+        assert!(l
+            .check(LimitCount::All, &subject("/other", &h, "1.1.1.1"))
+            .await
+            .is_ok());
+        // Origin-counted limits are not charged by the arrival check.
+        assert!(!l.charges(LimitCount::Origin));
+    }
+
+    #[tokio::test]
+    async fn dry_run_and_missing_key() {
+        let l = limits(
+            "[[rate_limits]]\nname = \"d\"\nrate = \"1/h\"\nburst = 1\ndry_run = true\n\
+             [[rate_limits]]\nname = \"h\"\nkey = \"header:x-user\"\nrate = \"1/h\"\nburst = 1",
+        );
+        let h = HeaderMap::new();
+        for _ in 0..5 {
+            assert!(l
+                .check(LimitCount::All, &subject("/", &h, "1.1.1.1"))
+                .await
+                .is_ok());
+        }
+        let mut h = HeaderMap::new();
+        h.insert("x-user", HeaderValue::from_static("u1"));
+        assert!(l
+            .check(LimitCount::All, &subject("/", &h, "1.1.1.1"))
+            .await
+            .is_ok());
+        assert!(l
+            .check(LimitCount::All, &subject("/", &h, "1.1.1.1"))
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn many_distinct_keys_stay_bounded() {
+        let l = limits("[[rate_limits]]\nname = \"ip\"\nrate = \"1/h\"\nburst = 1");
+        let h = HeaderMap::new();
+        let total = MAX_KEYS as u32 + 5 * SIZE_CHECK_EVERY as u32;
+        for i in 0..total {
+            let ip = IpAddr::from(i.to_be_bytes());
+            let s = Subject {
+                path: "/",
+                headers: &h,
+                client_ip: ip,
+            };
+            let _ = l.check(LimitCount::All, &s).await;
+        }
+        let (_, keys) = l.local_keys()[0].clone();
+        assert!(keys <= MAX_KEYS + SIZE_CHECK_EVERY as usize, "{keys}");
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        let l = Limited {
+            name: "x".into(),
+            retry_after: Duration::from_millis(10),
+        };
+        assert_eq!(l.retry_after_secs(), 1);
+        let l = Limited {
+            name: "x".into(),
+            retry_after: Duration::from_millis(2100),
+        };
+        assert_eq!(l.retry_after_secs(), 3);
+        assert_eq!(l.response().headers()[header::RETRY_AFTER], "3");
+    }
+}
