@@ -1,0 +1,336 @@
+//! Load balancing end to end (SPEC §8): weights, least_request, consistent
+//! hashing, slow start and drain, against real origins that count the
+//! requests each one sees.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use strata::config::Config;
+use support::origin::reply;
+use support::{wait_until, Client, Origin, Strata};
+
+/// An origin whose responses are never stored, so every request reaches it.
+async fn counting() -> Origin {
+    Origin::start(|_req| async move { reply(200, &[("cache-control", "no-store")], "ok") }).await
+}
+
+fn text(servers: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"secret\"\n\
+         [upstream]\nservers = [{servers}]\n{extra}"
+    )
+}
+
+fn quoted(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn hit_n(client: &Client, strata: &Strata, n: usize, path: &str) {
+    for _ in 0..n {
+        let r = client.get(&strata.url(path)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
+#[tokio::test]
+async fn weights_three_to_one() {
+    let (a, b) = (counting().await, counting().await);
+    let strata = Strata::start_text(&text(
+        &format!("{{ addr = \"{}\", weight = 3 }}, \"{}\"", a.addr, b.addr),
+        "",
+    ))
+    .await;
+    let client = Client::new();
+    hit_n(&client, &strata, 400, "/w").await;
+    assert_eq!(a.count() + b.count(), 400);
+    // ±5% of 400 around the 300:100 split.
+    assert!(
+        (280..=320).contains(&a.count()),
+        "a={} b={}",
+        a.count(),
+        b.count()
+    );
+}
+
+#[tokio::test]
+async fn least_request_prefers_the_idle_server() {
+    let slow = Origin::start(|_req| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        reply(200, &[("cache-control", "no-store")], "slow")
+    })
+    .await;
+    let fast = counting().await;
+    let strata = Strata::start(&[slow.addr, fast.addr], "balance = \"least_request\"\n").await;
+    let client = Client::new();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let client = client.clone();
+            let url = strata.url("/lr");
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    assert_eq!(client.get(&url).await.status, 200);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(slow.count() + fast.count(), 40);
+    assert!(
+        fast.count() >= 3 * slow.count(),
+        "slow={} fast={}",
+        slow.count(),
+        fast.count()
+    );
+}
+
+/// Which origin saw each `x-user`.
+fn owners(origins: &[&Origin]) -> HashMap<String, HashSet<usize>> {
+    let mut map: HashMap<String, HashSet<usize>> = HashMap::new();
+    for (i, o) in origins.iter().enumerate() {
+        for s in o.seen() {
+            if let Some(u) = s.headers.get("x-user").and_then(|v| v.to_str().ok()) {
+                map.entry(u.to_string()).or_default().insert(i);
+            }
+        }
+    }
+    map
+}
+
+#[tokio::test]
+async fn hash_keeps_keys_and_moves_few_on_removal() {
+    let origins = [counting().await, counting().await, counting().await];
+    let addrs: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
+    let extra = "balance = \"hash\"\nhash_key = \"header:x-user\"\n";
+    let strata = Strata::start_text(&text(&quoted(&addrs), extra)).await;
+    let client = Client::new();
+    let users: Vec<String> = (0..60).map(|i| format!("user-{i}")).collect();
+    for _ in 0..3 {
+        for u in &users {
+            let r = client
+                .get_with(&strata.url("/h"), &[("x-user", u.as_str())])
+                .await;
+            assert_eq!(r.status, 200);
+        }
+    }
+    let before = owners(&[&origins[0], &origins[1], &origins[2]]);
+    assert_eq!(before.len(), 60);
+    for (u, servers) in &before {
+        assert_eq!(servers.len(), 1, "{u} went to {servers:?}");
+    }
+    let on_removed: HashSet<&String> = before
+        .iter()
+        .filter(|(_, s)| s.contains(&2))
+        .map(|(u, _)| u)
+        .collect();
+    assert!(
+        !on_removed.is_empty() && on_removed.len() < 40,
+        "{}",
+        on_removed.len()
+    );
+
+    // Remove the third server by a reload: only its keys move.
+    let config = Config::parse(Path::new("t.toml"), &text(&quoted(&addrs[..2]), extra)).unwrap();
+    strata.shared.reload(config);
+    let seen_before = [origins[0].count(), origins[1].count()];
+    for u in &users {
+        let r = client
+            .get_with(&strata.url("/h"), &[("x-user", u.as_str())])
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        origins[0].count() + origins[1].count(),
+        seen_before[0] + seen_before[1] + 60
+    );
+    let after = owners(&[&origins[0], &origins[1]]);
+    for (u, servers) in &after {
+        if !on_removed.contains(u) {
+            assert_eq!(servers.len(), 1, "{u} moved although its server stayed");
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_start_ramps_a_recovered_server() {
+    let (a, b) = (counting().await, counting().await);
+    let extra = "slow_start = \"3s\"\n[upstream.health]\ninterval = \"50ms\"\n\
+                 unhealthy_threshold = 1\nhealthy_threshold = 1\n";
+    let strata = Strata::start(&[a.addr, b.addr], extra).await;
+    let client = Client::new();
+    let health = |want: bool| {
+        let client = client.clone();
+        let url = strata.admin_url("/health");
+        let addr = a.addr.to_string();
+        async move {
+            let r = client.get(&url).await;
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            v["upstreams"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["server"] == addr.as_str() && s["healthy"] == want)
+        }
+    };
+    a.set_healthy(false);
+    wait_until(Duration::from_secs(10), "a unhealthy", || health(false)).await;
+    a.set_healthy(true);
+    wait_until(Duration::from_secs(10), "a healthy again", || health(true)).await;
+
+    // Right after recovery: a small share.
+    let a0 = a.count();
+    hit_n(&client, &strata, 40, "/s").await;
+    let early = a.count() - a0;
+    assert!(early <= 10, "recovered server got {early}/40 at once");
+
+    // Later: its full (equal) share, reached within the bounded wait.
+    wait_until(Duration::from_secs(15), "a back at full weight", || {
+        let client = client.clone();
+        let url = strata.url("/s");
+        let a = &a;
+        async move {
+            let before = a.count();
+            for _ in 0..20 {
+                client.get(&url).await;
+            }
+            a.count() - before >= 9
+        }
+    })
+    .await;
+}
+
+async fn admin_post(
+    client: &Client,
+    strata: &Strata,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> support::Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    client
+        .send(
+            Method::POST,
+            &strata.admin_url(path),
+            &headers,
+            Bytes::from(body.to_string()),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn drain_moves_new_requests_and_lets_in_flight_finish() {
+    let a = Origin::start(|req| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        reply(200, &[("cache-control", "no-store")], "a")
+    })
+    .await;
+    let b = counting().await;
+    let strata = Strata::start(&[a.addr, b.addr], "").await;
+    let client = Client::new();
+    let body = format!("{{\"server\": \"{}\"}}", a.addr);
+
+    // Errors first.
+    assert_eq!(
+        admin_post(&client, &strata, "/upstreams/drain", None, &body)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        admin_post(&client, &strata, "/upstreams/drain", Some("wrong"), &body)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        admin_post(&client, &strata, "/upstreams/drain", Some("secret"), "{")
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        admin_post(
+            &client,
+            &strata,
+            "/upstreams/drain",
+            Some("secret"),
+            "{\"server\": \"127.0.0.1:1\"}"
+        )
+        .await
+        .status,
+        404
+    );
+
+    // A request in flight on `a` (the first pick) finishes after the drain.
+    let slow = {
+        let client = client.clone();
+        let url = strata.url("/slow");
+        tokio::spawn(async move { client.get(&url).await })
+    };
+    wait_until(Duration::from_secs(5), "slow request at a", || {
+        let n = a.count();
+        async move { n == 1 }
+    })
+    .await;
+    let r = admin_post(&client, &strata, "/upstreams/drain", Some("secret"), &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let done = slow.await.unwrap();
+    assert_eq!(
+        (done.status, done.text().as_str()),
+        (http::StatusCode::OK, "a")
+    );
+
+    let health = client.get(&strata.admin_url("/health")).await;
+    let v: serde_json::Value = serde_json::from_slice(&health.body).unwrap();
+    let entry = v["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["server"] == a.addr.to_string().as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["draining"], true);
+
+    let a_before = a.count();
+    hit_n(&client, &strata, 10, "/d").await;
+    assert_eq!(a.count(), a_before, "a drained server got new requests");
+
+    // Drain survives a reload of the same servers.
+    let config = Config::parse(
+        Path::new("t.toml"),
+        &support::config_text(&[a.addr, b.addr], ""),
+    )
+    .unwrap();
+    strata.shared.reload(config);
+    hit_n(&client, &strata, 6, "/d").await;
+    assert_eq!(a.count(), a_before);
+
+    let r = admin_post(
+        &client,
+        &strata,
+        "/upstreams/undrain",
+        Some("secret"),
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    hit_n(&client, &strata, 6, "/d").await;
+    assert!(a.count() > a_before, "undrained server gets requests again");
+}
