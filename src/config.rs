@@ -46,7 +46,7 @@ pub struct ServerConfig {
     pub max_header_size: usize,
     pub max_connections: usize,
     /// Peers whose `X-Forwarded-For` is believed; empty = none.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub trusted_proxies: crate::traffic::TrustedProxies,
 }
 
 #[derive(Debug, Clone)]

@@ -31,7 +31,7 @@ pub mod headers;
 pub mod lookup;
 pub mod stored;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,7 +48,8 @@ use crate::cache::Cache;
 use crate::compression::Coding;
 use crate::config::Config;
 use crate::metrics::{MethodClass, Metrics, Outcome, RuleCounters};
-use crate::upstream::Upstreams;
+use crate::traffic::RateLimits;
+use crate::upstream::{SetSticky, Upstreams};
 use body::ProxyBody;
 use cache_status::{CacheStatus, Fwd};
 use error::ProxyError;
@@ -59,6 +60,19 @@ use lookup::{Hit, Lookup};
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub https: bool,
+    /// The client's IP: the peer's, or the one its trusted proxies report
+    /// (`server.trusted_proxies`); set per request by [`Shared::handle`].
+    pub client_ip: IpAddr,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, https: bool) -> ConnInfo {
+        ConnInfo {
+            peer,
+            https,
+            client_ip: peer.ip(),
+        }
+    }
 }
 
 /// Everything that a reload replaces at once.
@@ -67,6 +81,8 @@ pub struct Runtime {
     pub upstreams: Arc<Upstreams>,
     /// `strata_rule_requests_total` handles for `config.rules`, by index.
     pub rule_counters: RuleCounters,
+    /// `[[rate_limits]]`; `None` when there are none.
+    pub rate_limits: Option<Arc<RateLimits>>,
 }
 
 /// State shared by every connection (cheap `Arc` clones).
@@ -158,11 +174,14 @@ impl Shared {
         upstreams.start_health_checks();
         let cache = Cache::new(&config.cache, metrics.clone());
         let rule_counters = metrics.rule_counters(config.rules.iter().map(|r| r.pattern()));
+        let rate_limits =
+            RateLimits::new(&config.rate_limits, None, cache.redis().cloned(), &metrics);
         Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime {
                 config: Arc::new(config),
                 upstreams,
                 rule_counters,
+                rate_limits,
             }),
             metrics,
             cache,
@@ -192,17 +211,29 @@ impl Shared {
         let rule_counters = self
             .metrics
             .rule_counters(config.rules.iter().map(|r| r.pattern()));
+        let rate_limits = RateLimits::new(
+            &config.rate_limits,
+            current.rate_limits.as_deref(),
+            self.cache.redis().cloned(),
+            &self.metrics,
+        );
         self.runtime.store(Arc::new(Runtime {
             config: Arc::new(config),
             upstreams,
             rule_counters,
+            rate_limits,
         }));
     }
 
     /// Handles one client request end to end.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, mut conn: ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         let runtime = self.runtime.load_full();
+        conn.client_ip = runtime
+            .config
+            .server
+            .trusted_proxies
+            .client_ip(conn.peer.ip(), req.headers());
         let method = MethodClass::of(req.method());
         let access = access::Pending::capture(&req, runtime.config.log.access_log);
         let answered = match validate(&req) {
@@ -219,9 +250,15 @@ impl Shared {
         // The client's protocol decides the status line, never the
         // upstream's (an HTTP/1.0 upstream must not downgrade it).
         *response.version_mut() = Version::default();
+        // A sticky cookie is added only now, after anything was stored,
+        // and only to responses that came from an upstream.
+        let sticky = response.extensions_mut().remove::<SetSticky>();
         let h = response.headers_mut();
         h.insert(HeaderName::CACHE_STATUS.clone(), status.to_header());
         h.append(header::VIA, headers::via_value(Version::HTTP_11));
+        if let Some(SetSticky(cookie)) = sticky {
+            h.append(header::SET_COOKIE, cookie);
+        }
         let elapsed = started.elapsed();
         self.metrics.request(outcome, code, elapsed);
         self.metrics.request_class(method, code);

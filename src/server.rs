@@ -147,7 +147,7 @@ impl Server {
         };
 
         let plain_loop = accept_loop(&plain, &stop, &limit, |stream, peer, permit| {
-            let service = proxy_service(shared.clone(), ConnInfo { peer, https: false });
+            let service = proxy_service(shared.clone(), ConnInfo::new(peer, false));
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
@@ -181,7 +181,7 @@ impl Server {
                     let Some(stream) = acceptor.accept(stream).await else {
                         return;
                     };
-                    let service = proxy_service(shared, ConnInfo { peer, https: true });
+                    let service = proxy_service(shared, ConnInfo::new(peer, true));
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();

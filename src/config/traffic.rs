@@ -20,7 +20,7 @@ impl Validator<'_> {
     pub(super) fn trusted_proxies(
         &self,
         list: Option<Vec<Spanned<String>>>,
-    ) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    ) -> Result<crate::traffic::TrustedProxies, ConfigError> {
         let mut out = Vec::new();
         for (i, item) in list.unwrap_or_default().iter().enumerate() {
             let text = item.get_ref().trim();
@@ -39,7 +39,7 @@ impl Validator<'_> {
                 }
             }
         }
-        Ok(out)
+        Ok(crate::traffic::TrustedProxies::new(out))
     }
 
     /// The servers and their weights, in order.
@@ -425,7 +425,10 @@ mod tests {
         let s = c.upstream.sticky.as_ref().unwrap();
         assert_eq!(s.max_age, Duration::from_secs(3600));
         assert!(!format!("{s:?}").contains("change-me"));
-        assert_eq!(c.server.trusted_proxies.len(), 2);
+        assert!(c
+            .server
+            .trusted_proxies
+            .contains("10.1.2.3".parse().unwrap()));
         let r = &c.rate_limits[0];
         assert_eq!((r.rate, r.per, r.burst), (100, Duration::from_secs(1), 200));
         assert!(r.matcher.is_match("/api/x/y"));

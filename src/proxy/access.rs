@@ -60,6 +60,7 @@ impl Pending {
         tracing::info!(
             target: TARGET,
             client = %conn.peer,
+            client_ip = %conn.client_ip,
             scheme = if conn.https { "https" } else { "http" },
             version = ?self.version,
             method = self.method.as_str(),

@@ -23,6 +23,8 @@ pub enum ProxyError {
     /// RFC 9111 §5.2.1.7: `only-if-cached` and nothing usable stored.
     #[error("only-if-cached request and nothing fresh in cache")]
     NotCached,
+    #[error("over the rate limit {:?}", .0.name)]
+    RateLimited(crate::traffic::Limited),
 }
 
 impl ProxyError {
@@ -33,6 +35,7 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) | ProxyError::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -41,13 +44,16 @@ impl ProxyError {
         match self {
             ProxyError::Upstream(e) => e.server(),
             ProxyError::UpstreamBody { server } => Some(server),
-            ProxyError::BadRequest(_) | ProxyError::NotCached => None,
+            ProxyError::BadRequest(_) | ProxyError::NotCached | ProxyError::RateLimited(_) => None,
         }
     }
 
     /// The response sent to the client. The body is a short reason, never
     /// upstream details.
     pub fn into_response(&self) -> Response<ProxyBody> {
+        if let ProxyError::RateLimited(limited) = self {
+            return limited.response();
+        }
         let status = self.status();
         let reason: &'static str = match self {
             ProxyError::BadRequest(why) => why,

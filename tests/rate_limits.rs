@@ -1,0 +1,205 @@
+//! Rate limits end to end (SPEC §8): a burst then 429 with Retry-After
+//! and no upstream request, per-key budgets, the client IP behind trusted
+//! proxies, `count = "origin"` never charging hits, dry runs counted, and
+//! `backend = "redis"` sharing one budget across instances and falling
+//! back to local limits when Redis dies.
+
+mod support;
+
+use std::time::Duration;
+
+use support::origin::reply;
+use support::redis::RedisServer;
+use support::{wait_until, Client, Origin, Strata};
+
+async fn uncached() -> Origin {
+    Origin::start(|_req| async move { reply(200, &[("cache-control", "no-store")], "ok") }).await
+}
+
+#[tokio::test]
+async fn burst_then_429_without_upstream_request() {
+    let origin = uncached().await;
+    let strata = Strata::start(
+        &[origin.addr],
+        "[[rate_limits]]\nname = \"api\"\nmatch = \"/api/**\"\nrate = \"1/m\"\nburst = 3\n\
+         [[rate_limits]]\nname = \"unused\"\nmatch = \"/nothing/**\"\nrate = \"1/s\"\n",
+    )
+    .await;
+    let client = Client::new();
+    for _ in 0..3 {
+        assert_eq!(client.get(&strata.url("/api/x")).await.status, 200);
+    }
+    let over = client.get(&strata.url("/api/x")).await;
+    assert_eq!(over.status, 429);
+    let retry: u64 = over.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(origin.count(), 3, "a limited request reached the upstream");
+    // Other paths are not limited.
+    assert_eq!(client.get(&strata.url("/public")).await.status, 200);
+
+    let metrics = client.get(&strata.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("strata_rate_limited_total{name=\"api\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("strata_rate_limited_total{name=\"unused\"} 0"),
+        "exported at zero"
+    );
+}
+
+#[tokio::test]
+async fn keys_have_their_own_budgets() {
+    let origin = uncached().await;
+    let strata = Strata::start(
+        &[origin.addr],
+        "[[rate_limits]]\nname = \"per-key\"\nkey = \"header:x-api-key\"\nrate = \"1/h\"\nburst = 2\n",
+    )
+    .await;
+    let client = Client::new();
+    let get = |key: &'static str| {
+        let client = client.clone();
+        let url = strata.url("/k");
+        async move { client.get_with(&url, &[("x-api-key", key)]).await.status }
+    };
+    assert_eq!(get("alice").await, 200);
+    assert_eq!(get("alice").await, 200);
+    assert_eq!(get("alice").await, 429);
+    assert_eq!(get("bob").await, 200);
+    assert_eq!(get("bob").await, 200);
+    assert_eq!(get("bob").await, 429);
+    // Without the key the limit does not apply.
+    assert_eq!(client.get(&strata.url("/k")).await.status, 200);
+}
+
+#[tokio::test]
+async fn client_ip_comes_from_trusted_proxies() {
+    let origin = uncached().await;
+    let text = support::config_text(
+        &[origin.addr],
+        "[[rate_limits]]\nname = \"ip\"\nrate = \"1/h\"\nburst = 1\n",
+    )
+    .replace(
+        "listen = \"127.0.0.1:0\"\n\n[admin]",
+        "listen = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[admin]",
+    );
+    assert!(text.contains("trusted_proxies"));
+    let strata = Strata::start_text(&text).await;
+    let client = Client::new();
+    let from = |ip: &'static str| {
+        let client = client.clone();
+        let url = strata.url("/ip");
+        async move {
+            let xff = format!("6.6.6.6, {ip}");
+            client
+                .get_with(&url, &[("x-forwarded-for", xff.as_str())])
+                .await
+                .status
+        }
+    };
+    assert_eq!(from("1.1.1.1").await, 200);
+    assert_eq!(from("1.1.1.1").await, 429);
+    assert_eq!(from("2.2.2.2").await, 200);
+}
+
+#[tokio::test]
+async fn origin_count_never_limits_hits() {
+    let origin =
+        Origin::start(|_req| async move { reply(200, &[("cache-control", "max-age=60")], "doc") })
+            .await;
+    let strata = Strata::start(
+        &[origin.addr],
+        "[[rate_limits]]\nname = \"origin\"\nrate = \"1/h\"\nburst = 1\ncount = \"origin\"\n",
+    )
+    .await;
+    let client = Client::new();
+    assert_eq!(client.get(&strata.url("/doc")).await.status, 200);
+    for _ in 0..20 {
+        let r = client.get(&strata.url("/doc")).await;
+        assert_eq!(r.status, 200, "a hit was limited");
+        assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    }
+    // A second miss is charged and over the budget.
+    let r = client.get(&strata.url("/other")).await;
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test]
+async fn dry_run_only_counts() {
+    let origin = uncached().await;
+    let strata = Strata::start(
+        &[origin.addr],
+        "[[rate_limits]]\nname = \"dry\"\nrate = \"1/h\"\nburst = 1\ndry_run = true\n",
+    )
+    .await;
+    let client = Client::new();
+    for _ in 0..5 {
+        assert_eq!(client.get(&strata.url("/d")).await.status, 200);
+    }
+    let metrics = client.get(&strata.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("strata_rate_limited_total{name=\"dry\"} 4"),
+        "{metrics}"
+    );
+}
+
+fn redis_limit(url: &str) -> String {
+    format!(
+        "[upstream.health]\nenabled = false\n[cache.redis]\nurls = [\"{url}\"]\ntimeout = \"100ms\"\n\
+         breaker_threshold = 2\nbreaker_backoff = \"30s\"\n\
+         [[rate_limits]]\nname = \"fleet\"\nkey = \"global\"\nrate = \"1/h\"\nburst = 4\nbackend = \"redis\"\n"
+    )
+}
+
+async fn connected(client: &Client, strata: &Strata) -> bool {
+    let r = client.get(&strata.admin_url("/health")).await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    v["redis"]["connected"] == true
+}
+
+#[tokio::test]
+async fn redis_backend_shares_one_budget_and_falls_back_locally() {
+    let mut redis = RedisServer::start().await;
+    let origin = uncached().await;
+    let one = Strata::start(&[origin.addr], &redis_limit(&redis.url())).await;
+    let two = Strata::start(&[origin.addr], &redis_limit(&redis.url())).await;
+    let client = Client::new();
+    wait_until(
+        Duration::from_secs(10),
+        "both instances connected",
+        || async { connected(&client, &one).await && connected(&client, &two).await },
+    )
+    .await;
+
+    // Four requests in all, alternating instances, then both are over.
+    for i in 0..4 {
+        let s = if i % 2 == 0 { &one } else { &two };
+        assert_eq!(client.get(&s.url("/r")).await.status, 200, "request {i}");
+    }
+    assert_eq!(client.get(&one.url("/r")).await.status, 429);
+    assert_eq!(client.get(&two.url("/r")).await.status, 429);
+    assert_eq!(origin.count(), 4);
+
+    // Redis dies: every request is still answered (never a 5xx), and the
+    // local limiter (a fresh budget of 4 per instance) takes over.
+    redis.kill();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let r = tokio::time::timeout(Duration::from_secs(5), client.get(&one.url("/r")))
+            .await
+            .expect("answered promptly with Redis down");
+        statuses.push(r.status.as_u16());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&429));
+}
