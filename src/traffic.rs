@@ -11,4 +11,4 @@ pub mod client_ip;
 pub mod rate_limit;
 
 pub use client_ip::TrustedProxies;
-pub use rate_limit::{Limited, RateLimits, Subject};
+pub use rate_limit::{ClientIp, Limited, RateLimits, Subject};

@@ -16,8 +16,8 @@ use super::error::ProxyError;
 use super::headers;
 use super::{Answered, ConnInfo, Runtime, Shared};
 use crate::upstream::{client::empty_body, Answer, ReqBody, RetryParts, UpstreamError};
-use crate::config::LimitCount;
-use crate::traffic::{RateLimits, Subject};
+
+use crate::traffic::ClientIp;
 
 /// Rewrites a client request into the one sent upstream (hop-by-hop fields
 /// out, forwarding fields in, `Host` kept or set from the authority).
@@ -51,16 +51,14 @@ pub fn upstream_request(
     req
 }
 
-/// Request extension on an upstream request: the client it is for (for
-/// the `count = "origin"` rate limits).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub std::net::IpAddr);
-
 /// Sends a prepared request upstream; idempotent body-less requests are
 /// retried once on another server after a connect failure.
 pub async fn send(runtime: &Runtime, req: Request<ReqBody>) -> Result<Answer, ProxyError> {
     if let Some(limits) = &runtime.rate_limits {
-        origin_limit(limits, &req).await?;
+        limits
+            .before_upstream(&req)
+            .await
+            .map_err(ProxyError::RateLimited)?;
     }
     let retryable = is_idempotent(req.method())
         && req.body().is_end_stream()
@@ -69,26 +67,6 @@ pub async fn send(runtime: &Runtime, req: Request<ReqBody>) -> Result<Answer, Pr
     let answer = runtime.upstreams.send(req, retry.as_ref()).await?;
     check_framing(runtime, &answer)?;
     Ok(answer)
-}
-
-/// The `count = "origin"` rate limits, charged only by requests that are
-/// about to reach an upstream (so cache hits never are).
-async fn origin_limit(limits: &RateLimits, req: &Request<ReqBody>) -> Result<(), ProxyError> {
-    if !limits.charges(LimitCount::Origin) {
-        return Ok(());
-    }
-    let Some(ClientIp(client_ip)) = req.extensions().get::<ClientIp>().copied() else {
-        return Ok(());
-    };
-    let subject = Subject {
-        path: req.uri().path(),
-        headers: req.headers(),
-        client_ip,
-    };
-    limits
-        .check(LimitCount::Origin, &subject)
-        .await
-        .map_err(ProxyError::RateLimited)
 }
 
 /// A response whose Transfer-Encoding is anything but plain `chunked` has

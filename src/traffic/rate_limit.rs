@@ -37,7 +37,7 @@ use arc_swap::ArcSwap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use prometheus::IntCounter;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use xxhash_rust::xxh3::xxh3_64;
@@ -63,6 +63,11 @@ pub struct Subject<'a> {
     /// See `server.trusted_proxies`.
     pub client_ip: IpAddr,
 }
+
+/// Request extension on an upstream request: the client it is made for
+/// (for the `count = "origin"` limits).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
 
 /// A request over a limit.
 #[derive(Debug, Clone)]
@@ -232,6 +237,37 @@ impl RateLimits {
             LimitCount::All => self.any_all,
             LimitCount::Origin => self.any_origin,
         }
+    }
+
+    /// The `count = "all"` limits, charged as a request arrives.
+    pub async fn on_arrival<B>(&self, req: &Request<B>, client_ip: IpAddr) -> Result<(), Limited> {
+        if !self.any_all {
+            return Ok(());
+        }
+        let subject = Subject {
+            path: req.uri().path(),
+            headers: req.headers(),
+            client_ip,
+        };
+        self.check(LimitCount::All, &subject).await
+    }
+
+    /// The `count = "origin"` limits, charged by a request about to go to
+    /// an upstream (so hits never are); the client is the request's
+    /// [`ClientIp`] extension (requests without one are not charged).
+    pub async fn before_upstream<B>(&self, req: &Request<B>) -> Result<(), Limited> {
+        if !self.any_origin {
+            return Ok(());
+        }
+        let Some(ClientIp(client_ip)) = req.extensions().get::<ClientIp>().copied() else {
+            return Ok(());
+        };
+        let subject = Subject {
+            path: req.uri().path(),
+            headers: req.headers(),
+            client_ip,
+        };
+        self.check(LimitCount::Origin, &subject).await
     }
 
     /// Charges `subject` to every limit of `count` that matches it; the
