@@ -8,22 +8,28 @@
 //! - [`rules`]: path globs → Cache-Control overrides.
 //! - [`cache`]: the RFC 9111 shared cache: keys, entries, freshness,
 //!   storage tiers (memory, Redis), collapsed forwarding, tags and purge.
-//! - [`upstream`]: round-robin balancer, health checks, pooled client.
+//! - [`upstream`]: balancing (smooth weighted round-robin, least-request,
+//!   consistent hash), slow start, drain, sticky cookies, health checks,
+//!   pooled client.
+//! - [`traffic`]: the client IP behind trusted proxies, rate limits.
 //! - [`compression`]: br/gzip negotiation and encoding.
-//! - [`admin`]: `/health`, `/metrics`, `/stats`, `/purge`.
+//! - [`admin`]: `/health`, `/metrics`, `/stats`, `/purge`, `/upstreams/drain`.
 //! - [`metrics`]: Prometheus registry.
 //! - [`activity`]: recent purges, reloads and alerts (for the dashboard).
 //! - [`probe`]: `strata healthcheck`, the container health probe.
 //!
 //! # Request flow
-//! - **hit**: accept → validate → rule → memory, then Redis (promote) →
-//!   fresh → 304 / Range / HEAD / full from stored bytes →
+//! - **hit**: accept → validate → client IP → `count = "all"` rate limits →
+//!   rule → memory, then Redis (promote) → fresh → 304 / Range / HEAD /
+//!   full from stored bytes →
 //!   `Cache-Status: strata; hit; detail=memory|redis`. No upstream, no
 //!   compression.
-//! - **miss**: collapse lock → the leader forwards round-robin to a healthy
-//!   upstream → rule override → storable and small enough? stream to the
-//!   client while buffering → at the end, encode once, admit to memory now
-//!   and Redis in the background → followers read the result (`collapsed`).
+//! - **miss**: collapse lock → `count = "origin"` rate limits → the leader
+//!   goes to the server the balancer picks (sticky cookie first) → rule
+//!   override → storable and small enough? stream to the client while
+//!   buffering → at the end, encode once, admit to memory now and Redis in
+//!   the background → followers read the result (`collapsed`); a sticky
+//!   `Set-Cookie` is added as the response leaves, never stored.
 //! - **stale**: inside stale-while-revalidate serve now and refresh in the
 //!   background; else a conditional request, a 304 refreshes; an upstream
 //!   failure inside stale-if-error serves stale; else 502/503/504.
