@@ -238,7 +238,16 @@ impl Shared {
         let access = access::Pending::capture(&req, runtime.config.log.access_log);
         let answered = match validate(&req) {
             Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
-            Ok(()) => self.answer(&runtime, req, conn).await,
+            Ok(()) => 'serve: {
+                // No limits configured: one `Option` check.
+                if let Some(limits) = &runtime.rate_limits {
+                    if let Err(over) = limits.on_arrival(&req, conn.client_ip).await {
+                        let e = ProxyError::RateLimited(over);
+                        break 'serve Answered::error(&e, CacheStatus::fwd(Fwd::Bypass));
+                    }
+                }
+                self.answer(&runtime, req, conn).await
+            }
         };
         let outcome = answered.outcome();
         let Answered {
