@@ -88,7 +88,7 @@ async fn least_request_prefers_the_idle_server() {
     }
     assert_eq!(slow.count() + fast.count(), 40);
     assert!(
-        fast.count() >= 3 * slow.count(),
+        fast.count() >= 2 * slow.count(),
         "slow={} fast={}",
         slow.count(),
         fast.count()
@@ -165,7 +165,7 @@ async fn hash_keeps_keys_and_moves_few_on_removal() {
 #[tokio::test]
 async fn slow_start_ramps_a_recovered_server() {
     let (a, b) = (counting().await, counting().await);
-    let extra = "slow_start = \"3s\"\n[upstream.health]\ninterval = \"50ms\"\n\
+    let extra = "slow_start = \"6s\"\n[upstream.health]\ninterval = \"50ms\"\n\
                  unhealthy_threshold = 1\nhealthy_threshold = 1\n";
     let strata = Strata::start(&[a.addr, b.addr], extra).await;
     let client = Client::new();
@@ -188,14 +188,15 @@ async fn slow_start_ramps_a_recovered_server() {
     a.set_healthy(true);
     wait_until(Duration::from_secs(10), "a healthy again", || health(true)).await;
 
-    // Right after recovery: a small share.
+    // Right after recovery: a small share (5% of its weight at first,
+    // well under its equal half while the ramp is young).
     let a0 = a.count();
-    hit_n(&client, &strata, 40, "/s").await;
+    hit_n(&client, &strata, 20, "/s").await;
     let early = a.count() - a0;
-    assert!(early <= 10, "recovered server got {early}/40 at once");
+    assert!(early <= 6, "recovered server got {early}/20 at once");
 
     // Later: its full (equal) share, reached within the bounded wait.
-    wait_until(Duration::from_secs(15), "a back at full weight", || {
+    wait_until(Duration::from_secs(30), "a back at full weight", || {
         let client = client.clone();
         let url = strata.url("/s");
         let a = &a;

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -132,7 +132,7 @@ impl Local {
         let limiter = self.limiter.load();
         match limiter.check_key(&key) {
             Ok(()) => None,
-            Err(not_until) => Some(not_until.wait_time_from(DefaultClock::default().now())),
+            Err(not_until) => Some(not_until.wait_time_from(limiter.clock().now())),
         }
     }
 
