@@ -1,14 +1,21 @@
-//! The admin API on its own listener: `GET /health` (always open),
-//! `GET /metrics`, `GET /stats` (behind `[admin] read_token` when set), and
-//! the mutating `POST /purge`, `POST /upstreams/drain` and
-//! `POST /upstreams/undrain` (bearer `[admin] token` required).
+//! The admin API on its own listener: `GET /health` (always open);
+//! `GET /metrics`, `/stats`, `/dashboard`, `/events` (behind
+//! `[admin] read_token` when set); the mutating `POST /purge`,
+//! `POST /upstreams/drain` and `POST /upstreams/undrain` (bearer
+//! `[admin] token` required).
 //!
 //! - `admin/auth.rs`: bearer tokens, compared in constant time.
+//! - `admin/dashboard.rs`: the live dashboard page (embedded assets).
+//! - `admin/events.rs`: the Server-Sent-Events stream of snapshots.
+//! - `admin/snapshot.rs`: what a snapshot holds and how it is computed.
 //! - `admin/purge.rs`: `POST /purge`.
 //! - `admin/upstreams.rs`: drain and undrain an upstream server.
 
 pub mod auth;
+pub mod dashboard;
+pub mod events;
 pub mod purge;
+pub mod snapshot;
 pub mod upstreams;
 
 use std::sync::Arc;
@@ -24,23 +31,40 @@ use crate::proxy::Shared;
 
 pub struct Admin {
     shared: Arc<Shared>,
+    events: events::Events,
 }
 
 impl Admin {
     pub fn new(shared: Arc<Shared>) -> Admin {
-        Admin { shared }
+        Admin {
+            events: events::Events::new(shared.clone()),
+            shared,
+        }
+    }
+
+    /// The server is draining: end the `/events` streams (they would
+    /// otherwise hold the drain until its timeout).
+    pub fn close(&self) {
+        self.events.close();
+    }
+
+    /// `/events` subscribers right now.
+    pub fn subscribers(&self) -> usize {
+        self.events.subscribers()
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         if is_read_endpoint(req.uri().path())
             && !auth::may_read(&req, &self.shared.runtime.load().config.admin)
         {
-            return auth::unauthorized();
+            return auth::unauthorized_read();
         }
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/health") => self.health(),
             (&Method::GET | &Method::HEAD, "/metrics") => self.metrics(),
             (&Method::GET | &Method::HEAD, "/stats") => self.stats(),
+            (&Method::GET | &Method::HEAD, "/dashboard") => dashboard::page(),
+            (&Method::GET, "/events") => self.events.subscribe(),
             (&Method::POST, "/purge") => purge::handle(&self.shared, req).await,
             (&Method::POST, "/upstreams/drain") => upstreams::handle(&self.shared, req, true).await,
             (&Method::POST, "/upstreams/undrain") => {
@@ -48,8 +72,8 @@ impl Admin {
             }
             (
                 _,
-                "/health" | "/metrics" | "/stats" | "/purge" | "/upstreams/drain"
-                | "/upstreams/undrain",
+                "/health" | "/metrics" | "/stats" | "/dashboard" | "/events" | "/purge"
+                | "/upstreams/drain" | "/upstreams/undrain",
             ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }

@@ -5,119 +5,20 @@
 //! atomic adds: no label hashing, no lock. The metric list, with types and
 //! labels, is in the README ("Metrics").
 
+mod labels;
+mod sample;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use labels::STATUS_CLASSES;
+pub use labels::{MethodClass, Outcome};
+pub use sample::{Buckets, ProcessSample, Sample, UpstreamSample};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-
-/// How a request was answered; the `outcome` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Fresh response from a cache tier.
-    Hit,
-    /// Stale response served (stale-while-revalidate, stale-if-error).
-    Stale,
-    /// Stored response validated with the upstream (304).
-    Revalidated,
-    /// Fetched from the upstream for the cache.
-    Miss,
-    /// Not handled by the cache (method, request directives, uncacheable).
-    Bypass,
-    /// Strata answered with an error (4xx it generated, 502/503/504).
-    Error,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 6] = [
-        Outcome::Hit,
-        Outcome::Stale,
-        Outcome::Revalidated,
-        Outcome::Miss,
-        Outcome::Bypass,
-        Outcome::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Hit => "hit",
-            Outcome::Stale => "stale",
-            Outcome::Revalidated => "revalidated",
-            Outcome::Miss => "miss",
-            Outcome::Bypass => "bypass",
-            Outcome::Error => "error",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// The `method_class` label: the common methods by name, every other token
-/// as `OTHER` (clients may send any method; the label set must stay
-/// bounded).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MethodClass {
-    Get,
-    Head,
-    Post,
-    Put,
-    Delete,
-    Patch,
-    Options,
-    Other,
-}
-
-impl MethodClass {
-    pub const ALL: [MethodClass; 8] = [
-        MethodClass::Get,
-        MethodClass::Head,
-        MethodClass::Post,
-        MethodClass::Put,
-        MethodClass::Delete,
-        MethodClass::Patch,
-        MethodClass::Options,
-        MethodClass::Other,
-    ];
-
-    pub fn of(m: &Method) -> MethodClass {
-        match *m {
-            Method::GET => MethodClass::Get,
-            Method::HEAD => MethodClass::Head,
-            Method::POST => MethodClass::Post,
-            Method::PUT => MethodClass::Put,
-            Method::DELETE => MethodClass::Delete,
-            Method::PATCH => MethodClass::Patch,
-            Method::OPTIONS => MethodClass::Options,
-            _ => MethodClass::Other,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MethodClass::Get => "GET",
-            MethodClass::Head => "HEAD",
-            MethodClass::Post => "POST",
-            MethodClass::Put => "PUT",
-            MethodClass::Delete => "DELETE",
-            MethodClass::Patch => "PATCH",
-            MethodClass::Options => "OPTIONS",
-            MethodClass::Other => "OTHER",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// The `status_class` label values, `1xx` to `5xx` (index = status / 100 - 1).
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Per-rule hit and miss counters (`strata_rule_requests_total`), resolved
 /// when the rules are loaded (start-up and reload) so that counting a
@@ -145,6 +46,9 @@ impl RuleCounters {
         }
     }
 }
+
+/// The `kind` label of `strata_upstream_errors_total`.
+pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "protocol"];
 
 /// Statuses whose counters are pre-resolved.
 const COMMON_STATUS: [u16; 12] = [200, 204, 206, 301, 302, 304, 400, 404, 500, 502, 503, 504];
@@ -181,6 +85,8 @@ struct Inner {
     rule_requests: IntCounterVec,
     reloads: IntCounterVec,
     rate_limited: IntCounterVec,
+    /// `strata_response_bytes_total`, one counter per [`Outcome`].
+    response_bytes_fast: Vec<IntCounter>,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -290,7 +196,33 @@ impl Metrics {
             hits.with_label_values(&["memory"]),
             hits.with_label_values(&["redis"]),
         ];
+        let response_bytes = counter_vec(
+            &r,
+            "strata_response_bytes_total",
+            "Response body bytes sent to clients, by cache outcome (from the stored size or Content-Length; see the README).",
+            &["outcome"],
+        );
+        let response_bytes_fast = Outcome::ALL
+            .iter()
+            .map(|o| response_bytes.with_label_values(&[o.as_str()]))
+            .collect();
+        gauge_vec(
+            &r,
+            "strata_build_info",
+            "Always 1; the label carries the running version.",
+            &["version"],
+        )
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, ... (the standard names; Linux only).
+        #[cfg(target_os = "linux")]
+        register(
+            &r,
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        );
         let inner = Inner {
+            response_bytes_fast,
             requests,
             requests_fast,
             duration_fast,
@@ -360,12 +292,19 @@ impl Metrics {
                 "Requests the cache handled, by matching rule (its glob) and result (hit or miss).",
                 &["rule", "result"],
             ),
-            reloads: counter_vec(
-                &r,
-                "strata_config_reloads_total",
-                "SIGHUP reloads by result (ok, or error: the old configuration kept serving).",
-                &["result"],
-            ),
+            reloads: {
+                let reloads = counter_vec(
+                    &r,
+                    "strata_config_reloads_total",
+                    "SIGHUP reloads by result (ok, or error: the old configuration kept serving).",
+                    &["result"],
+                );
+                // Exported at zero from the start, like every family.
+                for result in ["ok", "error"] {
+                    reloads.with_label_values(&[result]);
+                }
+                reloads
+            },
             rate_limited: counter_vec(
                 &r,
                 "strata_rate_limited_total",
@@ -390,6 +329,12 @@ impl Metrics {
                 .inc(),
         }
         i.duration_fast[outcome.index()].observe(elapsed.as_secs_f64());
+    }
+
+    /// Body bytes of one response sent with this outcome. The hit path
+    /// calls it: one atomic add on a pre-resolved counter.
+    pub fn response_bytes(&self, outcome: Outcome, bytes: u64) {
+        self.inner.response_bytes_fast[outcome.index()].inc_by(bytes);
     }
 
     /// One finished client request, by method and status class.
@@ -451,6 +396,18 @@ impl Metrics {
             .rule_requests
             .with_label_values(&[rule, if hit { "hit" } else { "miss" }])
             .inc();
+    }
+
+    /// Exports `server`'s per-server series at zero before its first
+    /// request: requests (`status="200"`), each error kind, the duration
+    /// histogram.
+    pub fn upstream_known(&self, server: &str) {
+        let i = &self.inner;
+        i.upstream_requests.with_label_values(&[server, "200"]);
+        for kind in UPSTREAM_ERROR_KINDS {
+            i.upstream_errors.with_label_values(&[server, kind]);
+        }
+        i.upstream_duration.with_label_values(&[server]);
     }
 
     pub fn upstream_healthy(&self, server: &str, healthy: bool) {
@@ -561,6 +518,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
 
     #[test]
     fn registers_and_renders() {

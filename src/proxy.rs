@@ -271,6 +271,9 @@ impl Shared {
         let elapsed = started.elapsed();
         self.metrics.request(outcome, code, elapsed);
         self.metrics.request_class(method, code);
+        if let Some(bytes) = access::body_bytes(&response) {
+            self.metrics.response_bytes(outcome, bytes);
+        }
         if let Some(access) = access {
             access.emit(conn, &response, outcome, &status, elapsed);
         }

@@ -198,6 +198,7 @@ impl Server {
             _ = shutdown => {}
         }
         stop.cancel();
+        admin.close();
         drop((plain, admin_listener, tls));
         tracing::info!(timeout = ?settings.drain_timeout, "draining connections");
         match tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await {
@@ -233,14 +234,15 @@ impl Reloader {
             .and_then(|c| self.apply(c));
         self.shared.metrics.reload(result.is_ok());
         match &result {
-            Ok(_) => self
+            Ok(_) => self.shared.activity.record(
+                Kind::Reload,
+                format!("configuration reloaded from {}", path.display()),
+            ),
+            // The error names the file (and line, column, key).
+            Err(e) => self
                 .shared
                 .activity
-                .record(Kind::Reload, format!("{} applied", path.display())),
-            Err(e) => self.shared.activity.record(
-                Kind::ReloadFailed,
-                format!("{}: {e} (old configuration kept)", path.display()),
-            ),
+                .record(Kind::ReloadFailed, format!("{e}; old configuration kept")),
         }
         result
     }

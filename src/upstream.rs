@@ -64,6 +64,7 @@ impl Upstreams {
     ) -> Arc<Upstreams> {
         let balancer = Balancer::new(config, previous.map(|p| &p.balancer));
         for s in balancer.servers() {
+            metrics.upstream_known(s.authority.as_str());
             metrics.upstream_healthy(s.authority.as_str(), s.is_healthy());
         }
         let sticky = config.sticky.as_ref().and_then(|c| {

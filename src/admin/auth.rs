@@ -2,11 +2,18 @@
 //! TOKEN`): `[admin] token` for `POST /purge`, `[admin] read_token` (or
 //! `token`) for the read endpoints when a read token is set.
 //!
+//! The read endpoints also take the token as the password of HTTP Basic
+//! authentication (RFC 7617, any user name), and their `401` offers it: a
+//! browser cannot add a bearer header to a page load or to an
+//! `EventSource`, but it prompts for Basic credentials and then sends them
+//! with `/dashboard` and `/events` itself.
+//!
 //! Tokens are compared in constant time with the `subtle` crate, the
 //! length included: the loop runs over the bytes the client sent (which it
 //! knows), never over the secret, so neither the secret's bytes nor its
 //! length show in the timing.
 
+use base64::Engine as _;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use subtle::{Choice, ConstantTimeEq};
@@ -23,6 +30,21 @@ pub fn bearer<B>(req: &Request<B>) -> Option<&[u8]> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| given.trim().as_bytes())
+}
+
+/// The password of an `Authorization: Basic` header (RFC 7617 §2:
+/// base64 of `user-id ":" password`), if any.
+pub fn basic_password<B>(req: &Request<B>) -> Option<Vec<u8>> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
 }
 
 /// `given == expected`, in time that depends only on `given.len()`.
@@ -42,13 +64,22 @@ pub fn token_eq(given: &[u8], expected: &[u8]) -> bool {
 }
 
 /// May this request use a read endpoint? Yes when no `read_token` is set;
-/// else it needs `read_token` or `token` as its bearer token.
+/// else it needs `read_token` or `token` as its bearer token or Basic
+/// password.
 pub fn may_read<B>(req: &Request<B>, admin: &AdminConfig) -> bool {
     let Some(read) = &admin.read_token else {
         return true;
     };
-    let Some(given) = bearer(req) else {
-        return false;
+    let password;
+    let given = match bearer(req) {
+        Some(token) => token,
+        None => match basic_password(req) {
+            Some(p) => {
+                password = p;
+                &password[..]
+            }
+            None => return false,
+        },
     };
     // Both compared, always, so the timing does not tell which matched.
     let with_read = token_eq(given, read.as_bytes());
@@ -70,6 +101,17 @@ pub fn unauthorized() -> Response<ProxyBody> {
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"strata-admin\""),
+    );
+    r
+}
+
+/// `401` for a read endpoint: offers Bearer and Basic (so that a browser
+/// prompts for the token).
+pub fn unauthorized_read() -> Response<ProxyBody> {
+    let mut r = unauthorized();
+    r.headers_mut().append(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"strata-admin\", charset=\"UTF-8\""),
     );
     r
 }
@@ -101,5 +143,12 @@ mod tests {
         assert_eq!(bearer(&req("bearer  abc ")), Some(&b"abc"[..]));
         assert_eq!(bearer(&req("Basic abc")), None);
         assert_eq!(bearer(&Request::new(())), None);
+        // "any:to:ken" → password "to:ken" (RFC 7617: the user id has no colon).
+        assert_eq!(
+            basic_password(&req("Basic YW55OnRvOmtlbg==")),
+            Some(b"to:ken".to_vec())
+        );
+        assert_eq!(basic_password(&req("Basic !!")), None);
+        assert_eq!(basic_password(&req("Bearer YW55OnRva2Vu")), None);
     }
 }

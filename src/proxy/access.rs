@@ -79,7 +79,7 @@ impl Pending {
 /// The response body's length when known before it is sent: exact for
 /// stored (`Full`) and empty bodies, else the `Content-Length`. A streamed
 /// body of unknown length (chunked, compressed on the fly) logs none.
-fn body_bytes(response: &Response<ProxyBody>) -> Option<u64> {
+pub fn body_bytes(response: &Response<ProxyBody>) -> Option<u64> {
     response
         .body()
         .size_hint()

@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod binary;
+pub mod browser;
 pub mod http;
 pub mod origin;
 pub mod redis;
