@@ -13,7 +13,8 @@
 //!   pooled client.
 //! - [`traffic`]: the client IP behind trusted proxies, rate limits.
 //! - [`compression`]: br/gzip negotiation and encoding.
-//! - [`admin`]: `/health`, `/metrics`, `/stats`, `/purge`, `/upstreams/drain`.
+//! - [`admin`]: `/health`, `/metrics`, `/stats`, `/purge`, `/upstreams/drain`,
+//!   the live `/dashboard` and its `/events` stream.
 //! - [`metrics`]: Prometheus registry.
 //! - [`activity`]: recent purges, reloads and alerts (for the dashboard).
 //! - [`probe`]: `strata healthcheck`, the container health probe.

@@ -4,9 +4,15 @@
 
 mod support;
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::Method;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
 use strata::activity::Kind;
+use support::binary::Binary;
 use support::origin::reply;
 use support::{Client, Origin, Strata};
 
@@ -34,25 +40,61 @@ async fn read_token_guards_every_read_endpoint_and_health_stays_open() {
     let origin = cacheable_origin().await;
     let s = Strata::start_text(&with_read_token(origin.addr)).await;
     let c = Client::new();
-    for path in ["/metrics", "/stats", "/cache"] {
+    for path in ["/metrics", "/stats", "/dashboard", "/cache"] {
         let url = s.admin_url(path);
         let none = c.get(&url).await;
         assert_eq!(none.status, 401, "{path} without a token");
+        let challenges: Vec<_> = none.headers.get_all("www-authenticate").iter().collect();
         assert_eq!(
-            none.header("www-authenticate"),
-            Some("Bearer realm=\"strata-admin\"")
+            challenges,
+            [
+                "Bearer realm=\"strata-admin\"",
+                "Basic realm=\"strata-admin\", charset=\"UTF-8\""
+            ]
         );
-        for wrong in ["Bearer readerx", "Bearer reade", "Bearer ", "Basic reader"] {
+        // "Basic " + base64("any:readerx"), then base64("reader") without a user.
+        for wrong in [
+            "Bearer readerx",
+            "Bearer reade",
+            "Bearer ",
+            "Basic reader",
+            "Basic YW55OnJlYWRlcng=",
+            "Basic cmVhZGVy",
+        ] {
             let r = c.get_with(&url, &[("authorization", wrong)]).await;
             assert_eq!(r.status, 401, "{path} with {wrong:?}");
         }
-        for good in ["Bearer reader", "Bearer secret", "bearer  reader "] {
+        // base64("any:reader"), base64(":secret").
+        for good in [
+            "Bearer reader",
+            "Bearer secret",
+            "bearer  reader ",
+            "Basic YW55OnJlYWRlcg==",
+            "Basic OnNlY3JldA==",
+        ] {
             let r = c.get_with(&url, &[("authorization", good)]).await;
             // `/cache` is guarded whether or not it is served.
             let want = if path == "/cache" { 404 } else { 200 };
             assert_eq!(r.status, want, "{path} with {good:?}");
         }
     }
+    // /events is a stream: its head is enough here.
+    let events = |auth: Option<&'static str>| {
+        let c = c.clone();
+        let url = s.admin_url("/events");
+        async move {
+            let mut req = http::Request::get(url);
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let req = req.body(Full::new(Bytes::new())).unwrap();
+            c.start(req).await.status().as_u16()
+        }
+    };
+    assert_eq!(events(None).await, 401);
+    assert_eq!(events(Some("Bearer reader")).await, 200);
+    assert_eq!(events(Some("Bearer secret")).await, 200);
+
     let health = c.get(&s.admin_url("/health")).await;
     assert_eq!(health.status, 200, "/health needs no token");
     // The read token does not purge.
@@ -72,7 +114,7 @@ async fn without_read_token_the_read_endpoints_are_open() {
     let origin = cacheable_origin().await;
     let s = Strata::start(&[origin.addr], NO_HEALTH).await;
     let c = Client::new();
-    for path in ["/metrics", "/stats", "/health"] {
+    for path in ["/metrics", "/stats", "/dashboard", "/health"] {
         assert_eq!(c.get(&s.admin_url(path)).await.status, 200, "{path}");
     }
 }
@@ -96,4 +138,253 @@ async fn purges_are_listed_in_recent_activity_without_queries() {
     assert_eq!(recent.len(), 1);
     assert_eq!(recent[0].kind, Kind::Purge);
     assert_eq!(recent[0].message, "url /a?… → 1 purged");
+}
+
+/// Reads `/events` until `n` snapshots have arrived (bounded); `between`
+/// runs after each one.
+async fn snapshots(
+    c: &Client,
+    url: &str,
+    n: usize,
+    mut between: impl FnMut(usize),
+) -> (http::HeaderMap, Vec<Value>) {
+    let req = http::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.start(req).await;
+    assert_eq!(resp.status(), 200);
+    let headers = resp.headers().clone();
+    let mut body = resp.into_body();
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while out.len() < n {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("snapshots within 30 s")
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(data) = frame.into_data() {
+            buf.push_str(std::str::from_utf8(&data).unwrap());
+        }
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            for line in event.lines() {
+                if let Some(json) = line.strip_prefix("data: ") {
+                    out.push(serde_json::from_str(json).expect("snapshot JSON"));
+                    between(out.len());
+                } else {
+                    assert!(line.starts_with("retry: ") || line.is_empty(), "{line}");
+                }
+            }
+        }
+    }
+    (headers, out)
+}
+
+#[tokio::test]
+async fn events_stream_snapshots_whose_counters_move() {
+    let origin = cacheable_origin().await;
+    let s = Strata::start(
+        &[origin.addr],
+        &format!("{NO_HEALTH}[[rules]]\nmatch = \"/assets/**\"\ncache_control = \"public, max-age=600\"\n"),
+    )
+    .await;
+    let c = Client::new();
+    // Traffic between snapshots: a miss then hits, on and on.
+    let traffic = {
+        let (c, url) = (c.clone(), s.url("/assets/app.js"));
+        tokio::spawn(async move {
+            for _ in 0..2000 {
+                c.get(&url).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let (headers, snaps) = snapshots(&c, &s.admin_url("/events"), 4, |_| {}).await;
+    traffic.abort();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-store");
+
+    let requests: Vec<u64> = snaps
+        .iter()
+        .map(|s| s["requests"].as_u64().unwrap())
+        .collect();
+    assert!(
+        requests.windows(2).all(|w| w[1] > w[0]),
+        "requests move: {requests:?}"
+    );
+    let at: Vec<u64> = snaps.iter().map(|s| s["at_ms"].as_u64().unwrap()).collect();
+    assert!(at.windows(2).all(|w| w[1] > w[0]), "{at:?}");
+    let last = &snaps[3];
+    assert!(last["requests_per_s"].as_f64().unwrap() > 0.0, "{last}");
+    let ratio = last["hit_ratio"].as_f64().unwrap();
+    assert!(ratio > 0.5 && ratio <= 1.0, "{last}");
+    assert!(last["byte_hit_ratio"].as_f64().unwrap() > 0.5, "{last}");
+    assert!(last["outcomes"]["hit"]["requests"].as_u64().unwrap() > 10);
+    assert_eq!(last["outcomes"]["miss"]["requests"], 1);
+    assert!(last["outcomes"]["hit"]["bytes"].as_u64().unwrap() > 0);
+    assert!(last["tiers"]["memory"]["hits"].as_u64().unwrap() > 10);
+    assert!(last["latency_ms"]["hit"]["p50"].as_f64().unwrap() > 0.0);
+    assert_eq!(last["rules"][0]["rule"], "/assets/**");
+    assert!(last["rules"][0]["hits"].as_u64().unwrap() > 10);
+    assert_eq!(last["upstreams"][0]["server"], origin.addr.to_string());
+    assert_eq!(last["upstreams"][0]["responses"], 1);
+    assert_eq!(last["redis"], Value::Null);
+    assert!(last["memory"]["entries"].as_u64().unwrap() >= 1);
+    assert!(last["process"]["resident_bytes"].as_f64().unwrap() > 0.0);
+    assert!(last["activity"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn every_subscriber_gets_the_same_snapshot_each_second() {
+    let origin = cacheable_origin().await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    let url = s.admin_url("/events");
+    let (a, b) = tokio::join!(
+        snapshots(&c, &url, 3, |_| {}),
+        snapshots(&c, &url, 3, |_| {})
+    );
+    // Computed once, published to both: identical snapshots (same
+    // instant), whichever subscriber started the producer.
+    let by_time = |snaps: &[Value]| -> HashMap<u64, String> {
+        snaps
+            .iter()
+            .map(|s| (s["at_ms"].as_u64().unwrap(), s.to_string()))
+            .collect()
+    };
+    let (a, b) = (by_time(&a.1), by_time(&b.1));
+    let shared: Vec<_> = a.keys().filter(|t| b.contains_key(t)).collect();
+    assert!(shared.len() >= 2, "{a:?} / {b:?}");
+    for t in shared {
+        assert_eq!(a[t], b[t]);
+    }
+}
+
+/// Every family is exported from the start, before its first event.
+#[tokio::test]
+async fn every_metric_family_is_exported_at_zero_from_the_start() {
+    let origin = cacheable_origin().await;
+    let s = Strata::start(
+        &[origin.addr],
+        &format!("{NO_HEALTH}[[rules]]\nmatch = \"/a/**\"\ncache_control = \"max-age=1\"\n"),
+    )
+    .await;
+    let text = Client::new().get(&s.admin_url("/metrics")).await.text();
+    let server = origin.addr.to_string();
+    let version = env!("CARGO_PKG_VERSION");
+    let mut want = vec![
+        format!("strata_build_info{{version=\"{version}\"}} 1"),
+        format!("strata_upstream_requests_total{{server=\"{server}\",status=\"200\"}} 0"),
+        format!("strata_upstream_errors_total{{kind=\"connect\",server=\"{server}\"}} 0"),
+        format!("strata_upstream_duration_seconds_count{{server=\"{server}\"}} 0"),
+        format!("strata_upstream_healthy{{server=\"{server}\"}} 1"),
+        "strata_config_reloads_total{result=\"ok\"} 0".to_string(),
+        "strata_config_reloads_total{result=\"error\"} 0".to_string(),
+        "strata_rule_requests_total{result=\"hit\",rule=\"/a/**\"} 0".to_string(),
+        "strata_cache_hits_total{tier=\"redis\"} 0".to_string(),
+        "strata_requests_total{outcome=\"hit\",status=\"200\"} 0".to_string(),
+        "strata_request_duration_seconds_count{outcome=\"miss\"} 0".to_string(),
+        "strata_cache_bytes{tier=\"memory\"} 0".to_string(),
+        "strata_redis_errors_total 0".to_string(),
+        "strata_redis_breaker_open 0".to_string(),
+        "strata_redis_dropped_writes_total 0".to_string(),
+        "strata_redis_breaker_opens_total 0".to_string(),
+        "strata_collapsed_total 0".to_string(),
+        "strata_purged_total 0".to_string(),
+    ];
+    for outcome in ["hit", "stale", "revalidated", "miss", "bypass", "error"] {
+        want.push(format!(
+            "strata_response_bytes_total{{outcome=\"{outcome}\"}} 0"
+        ));
+    }
+    for line in &want {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "missing {family} in:\n{text}"
+        );
+    }
+    let rss: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(rss > 1e6, "{rss}");
+}
+
+#[tokio::test]
+async fn response_bytes_count_hits_and_misses_bodies() {
+    let body = "0123456789".repeat(100);
+    let origin = Origin::start(move |_req| {
+        let body = body.clone();
+        async move { reply(200, &[("cache-control", "public, max-age=60")], body) }
+    })
+    .await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    assert!(c.get(&s.url("/k")).await.cache_status().contains("miss"));
+    assert!(c.get(&s.url("/k")).await.cache_status().contains("hit"));
+    let head = c.send(Method::HEAD, &s.url("/k"), &[], Bytes::new()).await;
+    assert_eq!(head.status, 200);
+    let text = c.get(&s.admin_url("/metrics")).await.text();
+    for line in [
+        "strata_response_bytes_total{outcome=\"miss\"} 1000",
+        // The GET hit; the HEAD hit sends no body.
+        "strata_response_bytes_total{outcome=\"hit\"} 1000",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+}
+
+/// A SIGTERM while dashboards watch: the streams end and the drain does
+/// not wait for its timeout (120 s here, beyond `stop`'s 40 s bound).
+#[tokio::test]
+async fn sigterm_ends_event_streams_and_reloads_are_listed() {
+    let origin = cacheable_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let config = support::config_text(&[origin.addr], "[upstream.health]\nenabled = false\n")
+        .replace("[server]\n", "[server]\ndrain_timeout = \"120s\"\n");
+    std::fs::write(&path, &config).unwrap();
+    let bin = Binary::start(&path, &[]).await;
+    assert_eq!(bin.reload().await["message"], "configuration reloaded");
+    let c = Client::new();
+    let url = format!("http://{}/events", bin.admin);
+    let (_, snaps) = snapshots(&c, &url, 1, |_| {}).await;
+    let activity = &snaps[0]["activity"][0];
+    assert_eq!(activity["kind"], "reload");
+    assert!(activity["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("configuration reloaded from "));
+
+    let req = http::Request::get(&url)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut body = c.start(req).await.into_body();
+    let stopping = tokio::spawn(bin.stop());
+    // The stream ends (cleanly or cut) instead of running on.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream outlived the shutdown");
+    let (status, _) = stopping.await.unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -6,7 +6,7 @@
 //! package `uplot` 1.6.32, `dist/uPlot.iife.min.js` and `uPlot.min.css`,
 //! its licence in `dashboard/uPlot.LICENSE`): a small, maintained
 //! time-series library rather than hand-drawn canvas code. The assets are
-//! compiled into the binary and assembled once; the page is about 80 KiB.
+//! compiled into the binary and assembled once; the page is about 70 KiB.
 
 use std::sync::LazyLock;
 
