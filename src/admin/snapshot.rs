@@ -152,6 +152,7 @@ impl Window {
                 json!({
                     "server": name,
                     "healthy": s.is_healthy(),
+                    "draining": s.is_draining(),
                     "responses": t.responses,
                     "responses_5xx": t.responses_5xx,
                     "errors": t.errors,

@@ -159,10 +159,11 @@
     box.textContent = "";
     for (const u of ups) {
       const row = el("div", "up");
-      const dot = el("span", "dot " + (u.healthy ? "ok" : "bad"));
-      dot.title = u.healthy ? "healthy" : "unhealthy";
+      const dot = el("span", "dot " + (!u.healthy ? "bad" : u.draining ? "warn" : "ok"));
+      dot.title = !u.healthy ? "unhealthy" : u.draining ? "draining" : "healthy";
       row.append(dot, el("span", "name", u.server),
-        el("span", "num", rate(u.per_s) + "/s · " + u.responses + " resp · " + u.errors + " err"));
+        el("span", "num", (u.draining ? "draining · " : "") + rate(u.per_s) + "/s · " +
+          u.responses + " resp · " + u.errors + " err"));
       box.append(row);
     }
     const healthy = ups.filter((u) => u.healthy).length;
