@@ -42,7 +42,6 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     pub drain_timeout: Duration,
     pub header_read_timeout: Duration,
-    pub keepalive_timeout: Duration,
     pub max_header_size: usize,
     pub max_connections: usize,
     /// Peers whose `X-Forwarded-For` is believed; empty = none.

@@ -17,8 +17,6 @@ pub enum Fwd {
     Bypass,
     /// The method is not cacheable.
     Method,
-    /// Nothing stored for the URL.
-    UriMiss,
     /// Stored responses exist, none matches the request's Vary fields.
     VaryMiss,
     /// Stored but not usable (e.g. Vary: *).
@@ -34,7 +32,6 @@ impl Fwd {
         match self {
             Fwd::Bypass => "bypass",
             Fwd::Method => "method",
-            Fwd::UriMiss => "uri-miss",
             Fwd::VaryMiss => "vary-miss",
             Fwd::Miss => "miss",
             Fwd::Request => "request",
@@ -109,10 +106,6 @@ impl CacheStatus {
         self
     }
 
-    pub fn with_ttl(self, ttl: i64) -> Self {
-        self.map(|f| f.ttl = Some(ttl))
-    }
-
     /// The tier of a hit.
     pub fn tier(&self) -> Option<Tier> {
         match self {
@@ -160,7 +153,6 @@ impl CacheStatus {
                         Fwd::Bypass => return HeaderValue::from_static("strata; fwd=bypass"),
                         Fwd::Method => return HeaderValue::from_static("strata; fwd=method"),
                         Fwd::Request => return HeaderValue::from_static("strata; fwd=request"),
-                        Fwd::UriMiss => return HeaderValue::from_static("strata; fwd=uri-miss"),
                         _ => {}
                     }
                 }
@@ -210,8 +202,8 @@ mod tests {
             CacheStatus::hit(Tier::Redis, 42).to_header(),
             "strata; hit; detail=redis; ttl=42"
         );
-        let s = CacheStatus::fwd(Fwd::UriMiss).map(|f| f.stored = true);
-        assert_eq!(s.to_header(), "strata; fwd=uri-miss; stored");
+        let s = CacheStatus::fwd(Fwd::Miss).map(|f| f.stored = true);
+        assert_eq!(s.to_header(), "strata; fwd=miss; stored");
         let s = CacheStatus::fwd(Fwd::Stale).map(|f| f.fwd_status = Some(304));
         assert_eq!(s.to_header(), "strata; fwd=stale; fwd-status=304");
         assert_eq!(s.outcome(), Outcome::Revalidated);
@@ -221,7 +213,7 @@ mod tests {
         );
         let s = CacheStatus::fwd(Fwd::Miss).map(|f| f.collapsed = true);
         assert_eq!(
-            s.with_ttl(-3).to_header(),
+            s.map(|f| f.ttl = Some(-3)).to_header(),
             "strata; fwd=miss; collapsed; ttl=-3"
         );
         let s = CacheStatus::fwd(Fwd::Stale).map(|f| {
