@@ -48,11 +48,6 @@ impl Admin {
         self.events.close();
     }
 
-    /// `/events` subscribers right now.
-    pub fn subscribers(&self) -> usize {
-        self.events.subscribers()
-    }
-
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         if is_read_endpoint(req.uri().path())
             && !auth::may_read(&req, &self.shared.runtime.load().config.admin)

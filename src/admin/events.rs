@@ -67,11 +67,6 @@ impl Events {
         self.hub.closing.cancel();
     }
 
-    /// Subscribers right now (for tests and the producer's stop check).
-    pub fn subscribers(&self) -> usize {
-        self.hub.latest.receiver_count()
-    }
-
     /// A `200 text/event-stream` response that carries a snapshot every
     /// [`PERIOD`] until the client goes or the server drains.
     pub fn subscribe(&self) -> Response<ProxyBody> {
