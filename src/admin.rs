@@ -65,12 +65,10 @@ impl Admin {
             (&Method::POST, "/upstreams/undrain") => {
                 upstreams::handle(&self.shared, req, false).await
             }
-            (
-                _,
-                "/health" | "/metrics" | "/stats" | "/dashboard" | "/events" | "/purge"
-                | "/upstreams/drain" | "/upstreams/undrain",
-            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            (_, path) => match allowed_methods(path) {
+                Some(allow) => method_not_allowed(allow),
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
         }
     }
 
@@ -145,6 +143,24 @@ fn is_read_endpoint(path: &str) -> bool {
         path,
         "/metrics" | "/stats" | "/dashboard" | "/events" | "/cache"
     ) || path.starts_with("/cache/")
+}
+
+/// The methods each admin path answers, for `405`'s `Allow` (RFC 9110
+/// §15.5.6: a 405 must list them); `None` for an unknown path.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/health" | "/metrics" | "/stats" | "/dashboard" => Some("GET, HEAD"),
+        "/events" => Some("GET"),
+        "/purge" | "/upstreams/drain" | "/upstreams/undrain" => Some("POST"),
+        _ => None,
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<ProxyBody> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
 }
 
 pub fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

@@ -27,6 +27,7 @@ use http::uri::Authority;
 use http::Uri;
 
 use self::redis::RedisTier;
+use crate::alerts::Alerts;
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use collapse::Collapser;
@@ -112,7 +113,7 @@ impl Cache {
     /// Builds the tiers; with Redis configured, also starts the fleet
     /// listener that applies other instances' purges to this memory tier.
     /// Must run inside a tokio runtime.
-    pub fn new(config: &CacheConfig, metrics: Metrics) -> Cache {
+    pub fn new(config: &CacheConfig, metrics: Metrics, alerts: Alerts) -> Cache {
         let memory = MemoryTier::new(config.memory_capacity);
         let redis = config.redis.as_ref().map(|r| {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Selector>();
@@ -123,7 +124,7 @@ impl Cache {
                     tracing::debug!(?selector, removed = n, "fleet invalidation applied");
                 }
             });
-            RedisTier::start(r, metrics.clone(), tx)
+            RedisTier::start(r, metrics.clone(), alerts, tx)
         });
         Cache {
             inner: Arc::new(Inner {

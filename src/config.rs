@@ -4,6 +4,7 @@
 //! runs on, filling in every default in one place. Every error names the
 //! file, line, column and key.
 
+mod alerts;
 pub mod file;
 mod traffic;
 pub mod units;
@@ -34,6 +35,7 @@ pub struct Config {
     pub log: LogConfig,
     /// `[[rate_limits]]`, in file order; empty = no limiter at all.
     pub rate_limits: Vec<RateLimitConfig>,
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -188,7 +190,7 @@ pub enum LimitBackend {
     Redis,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
     pub enabled: bool,
     pub path: String,
@@ -196,6 +198,8 @@ pub struct HealthConfig {
     pub timeout: Duration,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
+    /// Statuses that count as up; empty = liveness: any status below 500.
+    pub expect_status: Vec<crate::upstream::health::StatusMatch>,
 }
 
 #[derive(Debug, Clone)]
@@ -248,11 +252,34 @@ pub enum LogFormat {
     Json,
 }
 
+/// How access lines are written (`[log] access_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessFormat {
+    /// A tracing event in the log's text format.
+    Text,
+    /// A tracing event as one JSON object.
+    Json,
+    /// The nginx/Apache combined log format, one bare line.
+    Combined,
+}
+
+impl AccessFormat {
+    /// The access format that follows the log format (no `access_format`).
+    pub fn following(log: LogFormat) -> AccessFormat {
+        match log {
+            LogFormat::Text => AccessFormat::Text,
+            LogFormat::Json => AccessFormat::Json,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub level: Option<String>,
     pub format: Option<LogFormat>,
     pub access_log: bool,
+    /// `None` = the same format as the rest of the log.
+    pub access_format: Option<AccessFormat>,
 }
 
 /// A configuration error, always naming where it is.
@@ -290,13 +317,38 @@ impl Config {
         let located = Locator { path, text };
         let de = toml::Deserializer::parse(text).map_err(|e| located.toml(String::new(), &e))?;
         let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            // `Spanned` wrappers show up in the path as a private field.
-            let key = e
-                .path()
-                .to_string()
-                .replace(".$__serde_spanned_private_value", "");
-            located.toml(if key == "." { String::new() } else { key }, e.inner())
+            let key = key_path(&e.path().to_string());
+            located.toml(key, e.inner())
         })?;
         Validator { at: located }.config(file)
+    }
+}
+
+/// The key path as the file spells it: serde_path_to_error's `.` for the
+/// root becomes empty, and the private field names through which
+/// `toml::Spanned` deserializes (`$__serde_spanned_private_value`) are
+/// dropped, so `upstream.health.interval` reads as written.
+fn key_path(path: &str) -> String {
+    if path == "." {
+        return String::new();
+    }
+    path.split('.')
+        .filter(|segment| !segment.starts_with("$__"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_path;
+
+    #[test]
+    fn key_paths_hide_serde_internals() {
+        assert_eq!(
+            key_path("upstream.health.interval.$__serde_spanned_private_value"),
+            "upstream.health.interval"
+        );
+        assert_eq!(key_path("rules[2].match"), "rules[2].match");
+        assert_eq!(key_path("."), "");
     }
 }

@@ -20,6 +20,8 @@
 //! - `admin`: `/health`, `/metrics`, `/stats`, `/purge`,
 //!   `/upstreams/drain`, the live `/dashboard` and
 //!   its `/events` stream.
+//! - [`alerts`]: webhook alerts (health, Redis breaker, reloads, ratios,
+//!   certificates), delivered off the request path.
 //! - [`metrics`]: Prometheus registry; [`activity`]: recent purges,
 //!   reloads and alerts.
 //! - [`probe`]: `strata healthcheck`, the container health probe.
@@ -52,6 +54,7 @@
 
 pub mod activity;
 pub(crate) mod admin;
+pub mod alerts;
 pub mod cache;
 pub mod cli;
 pub mod compression;

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use strata::cli::{Cli, Command, LogFormatArg};
-use strata::config::{Config, LogFormat};
+use strata::config::{AccessFormat, Config, LogFormat};
 use strata::server::{self, Server};
 use strata::telemetry;
 
@@ -22,13 +22,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => check(&cli.global),
         Command::Healthcheck { url } => healthcheck(&cli.global, url),
-        Command::Serve => match serve(&cli.global) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("strata: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Serve => serve(&cli.global),
     }
 }
 
@@ -78,8 +72,17 @@ fn healthcheck(global: &strata::cli::Global, url: Option<String>) -> ExitCode {
     }
 }
 
-fn serve(global: &strata::cli::Global) -> anyhow::Result<()> {
-    let config = Config::load(&global.config)?;
+/// Runs the proxy. A fatal error is reported once: on stderr when it
+/// happens before logging starts (the config), else as one `fatal` log
+/// event (JSON-safe for log shippers), never both.
+fn serve(global: &strata::cli::Global) -> ExitCode {
+    let config = match Config::load(&global.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("strata: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let format = match global.log_format {
         Some(LogFormatArg::Json) => LogFormat::Json,
         Some(LogFormatArg::Text) => LogFormat::Text,
@@ -87,13 +90,28 @@ fn serve(global: &strata::cli::Global) -> anyhow::Result<()> {
     };
     let cli_level = global.log_level.clone();
     let level = cli_level.clone().or_else(|| config.log.level.clone());
-    let (log, _flush_on_exit) = telemetry::init(format, level.as_deref());
+    let access = config
+        .log
+        .access_format
+        .unwrap_or(AccessFormat::following(format));
+    let (log, _flush_on_exit) = telemetry::init(format, access, level.as_deref());
+    match run(config, log, cli_level) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Logged while the log writer still runs (it stops with `serve`).
+            tracing::error!(error = format!("{e:#}"), "fatal");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config, log: telemetry::LogHandle, cli_level: Option<String>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("strata")
         .build()
         .context("cannot start the tokio runtime")?;
-    let result = runtime.block_on(async move {
+    runtime.block_on(async move {
         let path = config.path.clone();
         let server = Server::bind(config).await?;
         tracing::info!(
@@ -114,10 +132,5 @@ fn serve(global: &strata::cli::Global) -> anyhow::Result<()> {
         server.run(server::signals::shutdown()).await;
         tracing::info!("stopped");
         Ok(())
-    });
-    if let Err(e) = &result {
-        // Logged while the log writer still runs (it stops with `serve`).
-        tracing::error!(error = format!("{e:#}"), "fatal");
-    }
-    result
+    })
 }

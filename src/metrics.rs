@@ -49,6 +49,44 @@ impl RuleCounters {
 
 /// The `kind` label of `strata_upstream_errors_total`.
 pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "protocol"];
+/// Request counts since start, for ratios over time (see
+/// [`Metrics::request_totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestTotals {
+    /// Indexed like [`Outcome::ALL`].
+    pub by_outcome: [u64; 6],
+    /// Responses with a 5xx status (any outcome).
+    pub server_errors: u64,
+}
+
+impl RequestTotals {
+    /// Answered from the cache without the upstream: `hit` + `stale`.
+    pub fn hits(&self) -> u64 {
+        self.by_outcome[Outcome::Hit.index()] + self.by_outcome[Outcome::Stale.index()]
+    }
+
+    /// Requests the cache looked up: `hit` + `stale` + `revalidated` + `miss`
+    /// (the hit ratio's denominator; `bypass` and `error` are not lookups).
+    pub fn lookups(&self) -> u64 {
+        self.hits()
+            + self.by_outcome[Outcome::Revalidated.index()]
+            + self.by_outcome[Outcome::Miss.index()]
+    }
+
+    pub fn all(&self) -> u64 {
+        self.by_outcome.iter().sum()
+    }
+
+    /// The counts between `earlier` and `self` (counters only grow).
+    pub fn since(&self, earlier: &RequestTotals) -> RequestTotals {
+        let mut d = RequestTotals::default();
+        for (i, v) in d.by_outcome.iter_mut().enumerate() {
+            *v = self.by_outcome[i].saturating_sub(earlier.by_outcome[i]);
+        }
+        d.server_errors = self.server_errors.saturating_sub(earlier.server_errors);
+        d
+    }
+}
 
 /// Statuses whose counters are pre-resolved.
 const COMMON_STATUS: [u16; 12] = [200, 204, 206, 301, 302, 304, 400, 404, 500, 502, 503, 504];
@@ -87,6 +125,7 @@ struct Inner {
     rate_limited: IntCounterVec,
     /// `strata_response_bytes_total`, one counter per [`Outcome`].
     response_bytes_fast: Vec<IntCounter>,
+    alerts: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -311,6 +350,12 @@ impl Metrics {
                 "Requests over a rate limit (answered 429, or only counted under dry_run), by limit name.",
                 &["name"],
             ),
+            alerts: counter_vec(
+                &r,
+                "strata_alerts_total",
+                "Webhook alerts by event and result: sent, failed (every try failed; dropped) or dropped (queue full).",
+                &["event", "result"],
+            ),
             registry: r,
         };
         Metrics {
@@ -467,6 +512,52 @@ impl Metrics {
 
     pub fn purged(&self, n: u64) {
         self.inner.purged.inc_by(n);
+    }
+
+    /// One alert's fate (`sent`, `failed`, `dropped`).
+    pub fn alert(&self, event: &str, result: &str) {
+        self.inner.alerts.with_label_values(&[event, result]).inc();
+    }
+
+    /// Exports `strata_alerts_total` at zero for every event and result,
+    /// so dashboards and rules see the series before the first alert.
+    pub fn alerts_init<'a>(&self, events: impl Iterator<Item = &'a str>) {
+        for e in events {
+            for result in ["sent", "failed", "dropped"] {
+                self.inner.alerts.with_label_values(&[e, result]);
+            }
+        }
+    }
+
+    /// Sums of `strata_requests_total` by outcome, and of 5xx statuses
+    /// (for the alert watcher; walks every series, so not for the
+    /// request path).
+    pub fn request_totals(&self) -> RequestTotals {
+        use prometheus::core::Collector;
+        let mut t = RequestTotals::default();
+        for family in self.inner.requests.collect() {
+            for m in family.get_metric() {
+                let n = m.get_counter().get_value() as u64;
+                let mut outcome = None;
+                let mut server_error = false;
+                for l in m.get_label() {
+                    match l.name() {
+                        "outcome" => {
+                            outcome = Outcome::ALL.iter().position(|o| o.as_str() == l.value())
+                        }
+                        "status" => server_error = l.value().starts_with('5'),
+                        _ => {}
+                    }
+                }
+                if let Some(i) = outcome {
+                    t.by_outcome[i] += n;
+                }
+                if server_error {
+                    t.server_errors += n;
+                }
+            }
+        }
+        t
     }
 
     /// Prometheus text exposition format.

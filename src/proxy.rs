@@ -41,6 +41,7 @@ use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::activity::Activity;
+use crate::alerts::Alerts;
 use crate::cache::directives::CacheControl;
 use crate::cache::entry::Variant;
 use crate::cache::freshness::{now_millis, Millis};
@@ -92,6 +93,8 @@ pub struct Shared {
     pub cache: Cache,
     /// Recent purges, reloads and alerts (the dashboard's list).
     pub activity: Activity,
+    /// Webhook alerts (never used on the request path).
+    pub alerts: Alerts,
 }
 
 /// A response and how it was produced, before the common finishing touches.
@@ -169,10 +172,12 @@ impl RequestCtx<'_> {
 }
 
 impl Shared {
-    pub fn new(config: Config, metrics: Metrics) -> Arc<Shared> {
-        let upstreams = Upstreams::new(&config.upstream, None, metrics.clone());
+    pub fn new(config: Config, metrics: Metrics, alerts: Alerts) -> Arc<Shared> {
+        let activity = Activity::new();
+        alerts.attach(activity.clone());
+        let upstreams = Upstreams::new(&config.upstream, None, metrics.clone(), alerts.clone());
         upstreams.start_health_checks();
-        let cache = Cache::new(&config.cache, metrics.clone());
+        let cache = Cache::new(&config.cache, metrics.clone(), alerts.clone());
         let rule_counters = metrics.rule_counters(config.rules.iter().map(|r| r.pattern()));
         let rate_limits =
             RateLimits::new(&config.rate_limits, None, cache.redis().cloned(), &metrics);
@@ -185,7 +190,8 @@ impl Shared {
             }),
             metrics,
             cache,
-            activity: Activity::new(),
+            activity,
+            alerts,
         })
     }
 
@@ -206,7 +212,9 @@ impl Shared {
             &config.upstream,
             Some(&current.upstreams),
             self.metrics.clone(),
+            self.alerts.clone(),
         );
+        self.alerts.reconfigure(&config.alerts);
         upstreams.start_health_checks();
         let rule_counters = self
             .metrics
@@ -235,7 +243,7 @@ impl Shared {
             .trusted_proxies
             .client_ip(conn.peer.ip(), req.headers());
         let method = MethodClass::of(req.method());
-        let access = access::Pending::capture(&req, runtime.config.log.access_log);
+        let access = access::Pending::capture(&req, &runtime.config.log);
         let answered = match validate(&req) {
             Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
             Ok(()) => 'serve: {

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activity::Kind;
 use crate::admin::Admin;
+use crate::alerts::{Alerts, Event};
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Shared};
@@ -82,7 +83,9 @@ impl Server {
             Some(t) => Some((listen(t.listen)?, tls::Acceptor::new(t)?)),
         };
         let settings = config.server.clone();
-        let shared = Shared::new(config, metrics);
+        let alerts = Alerts::start(&config.alerts, metrics.clone());
+        let shared = Shared::new(config, metrics, alerts);
+        crate::alerts::watch::spawn(Arc::downgrade(&shared));
         let admin = Arc::new(Admin::new(shared.clone()));
         Ok(Server {
             shared,
@@ -239,10 +242,19 @@ impl Reloader {
                 format!("configuration reloaded from {}", path.display()),
             ),
             // The error names the file (and line, column, key).
-            Err(e) => self
-                .shared
-                .activity
-                .record(Kind::ReloadFailed, format!("{e}; old configuration kept")),
+            Err(e) => {
+                self.shared
+                    .activity
+                    .record(Kind::ReloadFailed, format!("{e}; old configuration kept"));
+                self.shared.alerts.emit(
+                    Event::ReloadFailed,
+                    format!(
+                        "reload of {} refused, the previous configuration keeps serving: {e}",
+                        path.display()
+                    ),
+                    &[("path", &path.display().to_string())],
+                );
+            }
         }
         result
     }
@@ -276,6 +288,9 @@ fn warn_restart_only(old: &Config, new: &Config) {
             .as_ref()
             .map(|r| (r.mode, r.urls.clone(), r.key_prefix.clone()))
     };
+    if old.log.access_format != new.log.access_format {
+        tracing::warn!("[log] access_format changed: takes effect only after a restart");
+    }
     if old.server.tls.is_some() != new.server.tls.is_some() {
         tracing::warn!("[server.tls] added or removed: takes effect only after a restart");
     }

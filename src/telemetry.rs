@@ -1,17 +1,23 @@
 //! Logging through tracing-subscriber: text or JSON on stdout (written by a
 //! background thread), a level filter from `--log-level`, `[log] level` or
 //! `RUST_LOG` (in that order), changeable on reload. Access events (target
-//! `strata::access`, see `proxy/access.rs`) go through the same filter and
-//! format.
+//! `strata::access`, see `proxy/access.rs`) go through the same filter, in
+//! their own format (`[log] access_format`: text, JSON or combined lines).
 
 use std::io::{BufWriter, IsTerminal};
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing::field::{Field, Visit};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::filter::{filter_fn, FilterFn};
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
+use tracing_subscriber::{fmt, reload, EnvFilter, Layer, Registry};
 
-use crate::config::LogFormat;
+use crate::config::{AccessFormat, LogFormat};
+use crate::proxy::access::TARGET as ACCESS;
 
 /// Changes the level filter after start-up (SIGHUP).
 #[derive(Clone)]
@@ -48,45 +54,112 @@ pub struct LogGuard {
 }
 
 /// Installs the global subscriber (once per process). Keep the guard until
-/// the process ends.
+/// the process ends. `access` is how access events (target
+/// `strata::access`) are written: as events in the text or JSON format, or
+/// as bare nginx-style `combined` lines.
 ///
 /// Lines are formatted on the thread that logs and written to stdout by a
 /// writer thread that batches them into few `write(2)`s, so an access
 /// event costs no system call on the request path. The queue is not lossy:
 /// when it is full, logging waits (as nginx does on a slow disk) rather
 /// than dropping access lines.
-pub fn init(format: LogFormat, directive: Option<&str>) -> (LogHandle, LogGuard) {
+pub fn init(
+    format: LogFormat,
+    access: AccessFormat,
+    directive: Option<&str>,
+) -> (LogHandle, LogGuard) {
     let (writer, worker) = NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(QUEUED_LINES)
         .thread_name("strata-log")
         .finish(BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let (filter, handle) = reload::Layer::new(filter(directive));
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_writer(writer),
-            )
-            .try_init(),
-        LogFormat::Text => registry
-            .with(
-                fmt::layer()
-                    .with_target(false)
-                    // Colours for a terminal only, never in a file or a pipe.
-                    .with_ansi(std::io::stdout().is_terminal())
-                    .with_writer(writer),
-            )
-            .try_init(),
-    };
-    if let Err(e) = result {
+    let layers = vec![
+        event_layer(format, writer.clone(), filter_fn(not_access)),
+        match access {
+            AccessFormat::Text => event_layer(LogFormat::Text, writer, filter_fn(is_access)),
+            AccessFormat::Json => event_layer(LogFormat::Json, writer, filter_fn(is_access)),
+            AccessFormat::Combined => fmt::layer()
+                .event_format(BareLine)
+                .with_writer(writer)
+                .with_filter(filter_fn(is_access))
+                .boxed(),
+        },
+    ];
+    if let Err(e) = tracing_subscriber::registry()
+        .with(filter)
+        .with(layers)
+        .try_init()
+    {
         eprintln!("logging already initialised: {e}");
     }
     (LogHandle { filter: handle }, LogGuard { _worker: worker })
+}
+
+fn is_access(m: &tracing::Metadata<'_>) -> bool {
+    m.target() == ACCESS
+}
+
+fn not_access(m: &tracing::Metadata<'_>) -> bool {
+    m.target() != ACCESS
+}
+
+type Subscriber = tracing_subscriber::layer::Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+
+/// A fmt layer writing events in `format`, for the targets `keep` lets by.
+fn event_layer(
+    format: LogFormat,
+    writer: NonBlocking,
+    keep: FilterFn<fn(&tracing::Metadata<'_>) -> bool>,
+) -> Box<dyn Layer<Subscriber> + Send + Sync> {
+    match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(writer)
+            .with_filter(keep)
+            .boxed(),
+        LogFormat::Text => fmt::layer()
+            .with_target(false)
+            // Colours for a terminal only, never in a file or a pipe.
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_writer(writer)
+            .with_filter(keep)
+            .boxed(),
+    }
+}
+
+/// Writes an event's message alone, as one line: the access log's
+/// `combined` lines are formatted in full by `proxy/access.rs`.
+struct BareLine;
+
+impl<S, N> FormatEvent<S, N> for BareLine
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut message = Message(&mut writer, Ok(()));
+        event.record(&mut message);
+        message.1?;
+        writeln!(writer)
+    }
+}
+
+struct Message<'a, 'w>(&'a mut format::Writer<'w>, std::fmt::Result);
+
+impl Visit for Message<'_, '_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.1 = write!(self.0, "{value:?}");
+        }
+    }
 }
 
 /// Lines queued for the writer thread before logging waits.

@@ -24,6 +24,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::Alerts;
 use crate::config::{Balance, HashKey, UpstreamConfig};
 use crate::metrics::Metrics;
 pub use balancer::{Balancer, Route};
@@ -41,6 +42,7 @@ pub struct Upstreams {
     client: UpstreamClient,
     config: UpstreamConfig,
     metrics: Metrics,
+    alerts: Alerts,
     /// Cancels the health-check tasks when the pool is dropped or replaced.
     stop: CancellationToken,
 }
@@ -61,6 +63,7 @@ impl Upstreams {
         config: &UpstreamConfig,
         previous: Option<&Upstreams>,
         metrics: Metrics,
+        alerts: Alerts,
     ) -> Arc<Upstreams> {
         let balancer = Balancer::new(config, previous.map(|p| &p.balancer));
         for s in balancer.servers() {
@@ -76,12 +79,20 @@ impl Upstreams {
             }
             s
         });
+        if previous.is_none_or(|p| p.config.health != config.health) {
+            tracing::info!(
+                servers = config.servers.len(),
+                "upstream health checks: {}",
+                health::describe(&config.health)
+            );
+        }
         Arc::new(Upstreams {
             balancer,
             sticky,
             client: UpstreamClient::new(config),
             config: config.clone(),
             metrics,
+            alerts,
             stop: CancellationToken::new(),
         })
     }
@@ -117,6 +128,10 @@ impl Upstreams {
             tracing::info!(server = %s.authority, draining, "upstream drain changed");
         }
         Some(was)
+    }
+
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
     }
 
     /// Sends `req` (origin-form URI; the server's authority is filled in)
@@ -229,8 +244,7 @@ impl Upstreams {
                     .upstream_error(server.authority.as_str(), e.kind(), elapsed);
                 if let UpstreamError::Connect { .. } = e {
                     if self.balancer.passive_failure(index, &self.config.health) {
-                        self.metrics
-                            .upstream_healthy(server.authority.as_str(), false);
+                        health::went_down(self, server, "connect failed");
                     }
                 }
                 Err(e)

@@ -73,7 +73,12 @@ fn node(config: &RedisConfig) -> Node {
     let (tx, rx) = unbounded_channel();
     let metrics = Metrics::new();
     Node {
-        tier: RedisTier::start(config, metrics.clone(), tx),
+        tier: RedisTier::start(
+            config,
+            metrics.clone(),
+            strata::alerts::Alerts::disabled(),
+            tx,
+        ),
         rx,
         metrics,
     }

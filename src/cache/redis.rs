@@ -48,6 +48,7 @@ pub(crate) use self::store::Limits;
 use super::entry::Object;
 use super::key::CacheKey;
 use super::storage::{Selector, StorageError};
+use crate::alerts::Alerts;
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 
@@ -133,6 +134,7 @@ impl RedisTier {
     pub fn start(
         config: &RedisConfig,
         metrics: Metrics,
+        alerts: Alerts,
         invalidations: UnboundedSender<Selector>,
     ) -> RedisTier {
         let limits = Limits::new(config.timeout);
@@ -149,6 +151,7 @@ impl RedisTier {
                 config.breaker_threshold,
                 config.breaker_backoff,
                 metrics.clone(),
+                alerts,
             ),
             metrics,
             fleet,

@@ -6,13 +6,12 @@
 //! the TOML span; checks that involve several keys live in `config.rs`,
 //! which turns this shape into the validated [`crate::config::Config`].
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{ByteSize, Dur};
+use super::units::{ByteSize, Dur, ListenAddr};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,12 +29,13 @@ pub struct FileConfig {
     pub log: LogFile,
     #[serde(default)]
     pub rate_limits: Vec<RateLimitFile>,
+    pub alerts: AlertsFile,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
     pub tls: Option<TlsFile>,
     pub drain_timeout: Option<Dur>,
     pub header_read_timeout: Option<Dur>,
@@ -47,7 +47,7 @@ pub struct ServerFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
     pub cert: Spanned<PathBuf>,
     pub key: Spanned<PathBuf>,
     /// Further certificates, chosen by SNI against their subject names.
@@ -66,7 +66,7 @@ pub struct CertFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
-    pub listen: Spanned<SocketAddr>,
+    pub listen: Spanned<ListenAddr>,
     pub token: Option<Spanned<String>>,
     pub read_token: Option<Spanned<String>>,
 }
@@ -162,6 +162,8 @@ pub struct HealthFile {
     pub timeout: Option<Spanned<Dur>>,
     pub unhealthy_threshold: Option<Spanned<u32>>,
     pub healthy_threshold: Option<Spanned<u32>>,
+    /// Statuses that count as up: classes (`"2xx"`) or codes (`"204"`).
+    pub expect_status: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,4 +223,36 @@ pub struct LogFile {
     pub level: Option<String>,
     pub format: Option<Spanned<String>>,
     pub access_log: Option<bool>,
+    /// `"text"`, `"json"` or `"combined"`; absent = the log `format`.
+    pub access_format: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsFile {
+    pub instance: Option<Spanned<String>>,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookFile>,
+    pub hit_ratio_low: Option<RatioFile>,
+    pub error_ratio_high: Option<RatioFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    pub url: Spanned<String>,
+    pub format: Option<Spanned<String>>,
+    #[serde(default)]
+    pub events: Vec<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
+    pub batch_window: Option<Dur>,
+    pub timeout: Option<Spanned<Dur>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatioFile {
+    pub threshold: Spanned<f64>,
+    pub window: Option<Spanned<Dur>>,
+    pub min_rps: Option<Spanned<f64>>,
 }

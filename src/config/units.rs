@@ -1,11 +1,14 @@
 //! Human-friendly units used by the configuration file: durations such as
-//! `"250ms"`, `"5s"`, `"1h"` and sizes such as `"64KiB"`, `"256MiB"`.
+//! `"250ms"`, `"5s"`, `"1h"`, sizes such as `"64KiB"`, `"256MiB"`, and
+//! listen addresses such as `"127.0.0.1:8080"`, `"localhost:8080"` or
+//! `":8080"`.
 //!
 //! Both deserialize from strings (and, for sizes, from plain integers meaning
 //! bytes), so a bad value is reported by the TOML layer with its line, column
 //! and key.
 
 use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -20,6 +23,44 @@ pub struct Dur(pub Duration);
 /// (binary), or `KB`, `MB`, `GB` (decimal). A bare integer means bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ByteSize(pub u64);
+
+/// A listen address: an IP literal with a port (`"127.0.0.1:8080"`,
+/// `"[::1]:8080"`), `":8080"` for every IPv4 interface (as nginx's
+/// `listen 8080`), or a host name with a port (`"localhost:8080"`),
+/// resolved once when the file is read (the first address wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenAddr(pub SocketAddr);
+
+/// Parses a listen address; the error says what was expected.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let text = s.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let expected = "expected \"IP:port\", \"host:port\" or \":port\", e.g. \"127.0.0.1:8080\"";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "invalid listen address {s:?}: missing port, {expected}"
+        ));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid listen address {s:?}: bad port {port:?}, {expected}"))?;
+    match host {
+        "" | "*" => Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))),
+        // Not left to the resolver: some map localhost to ::1 first, and a
+        // listener on ::1 is unreachable from 127.0.0.1 clients.
+        "localhost" => Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+        name if name.contains(|c: char| c.is_whitespace() || c == '/' || c == '[') => {
+            Err(format!("invalid listen address {s:?}: {expected}"))
+        }
+        name => (name, port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| format!("invalid listen address {s:?}: cannot resolve {name:?}")),
+    }
+}
 
 /// Parses a duration string; the error says what was expected.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -126,6 +167,24 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ListenAddr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a listen address such as \"127.0.0.1:8080\", \"localhost:8080\" or \":8080\"",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ListenAddr, E> {
+                parse_listen(v).map(ListenAddr).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
@@ -165,6 +224,22 @@ mod tests {
         assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let ok = |s: &str| parse_listen(s).unwrap().to_string();
+        assert_eq!(ok("127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(ok("[::1]:8080"), "[::1]:8080");
+        assert_eq!(ok(":8080"), "0.0.0.0:8080");
+        assert_eq!(ok("localhost:9090"), "127.0.0.1:9090");
+        assert!(parse_listen("8080").unwrap_err().contains("missing port"));
+        assert!(parse_listen("localhost:http")
+            .unwrap_err()
+            .contains("bad port"));
+        assert!(parse_listen("localhost:70000")
+            .unwrap_err()
+            .contains("bad port"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::units;
 use super::*;
 use crate::compression::{Coding, CompressionPolicy, Levels};
 use crate::rules::{Rule, RuleSet};
+use crate::upstream::health::StatusMatch;
 
 /// Turns byte spans into `file:line:column` errors.
 pub(super) struct Locator<'a> {
@@ -84,9 +85,11 @@ impl Validator<'_> {
             compression,
             log,
             rate_limits,
+            alerts,
         } = file;
         let server = self.server(server)?;
         let admin = self.admin(admin, &server)?;
+        let alerts = self.alerts(alerts, &server)?;
         Ok(Config {
             path: self.at.path.to_path_buf(),
             server,
@@ -97,6 +100,7 @@ impl Validator<'_> {
             compression: self.compression(compression)?,
             log: self.log(log)?,
             rate_limits: self.rate_limits(rate_limits)?,
+            alerts,
         })
     }
 
@@ -126,7 +130,7 @@ impl Validator<'_> {
             Some(t) => Some(self.tls(t)?),
         };
         Ok(ServerConfig {
-            listen,
+            listen: listen.0,
             tls,
             drain_timeout: dur(drain_timeout, 30),
             header_read_timeout: dur(header_read_timeout, 10),
@@ -150,7 +154,7 @@ impl Validator<'_> {
             pairs.push(self.cert_pair(cert, key, &format!("server.tls.certificates[{i}]"))?);
         }
         Ok(TlsConfig {
-            listen,
+            listen: listen.0,
             certificates: pairs,
             handshake_timeout: dur(handshake_timeout, 10),
         })
@@ -198,7 +202,7 @@ impl Validator<'_> {
             token,
             read_token,
         } = a;
-        if *listen.get_ref() == server.listen && server.listen.port() != 0 {
+        if listen.get_ref().0 == server.listen && server.listen.port() != 0 {
             return Err(self.at.spanned(
                 &listen,
                 "admin.listen",
@@ -216,7 +220,7 @@ impl Validator<'_> {
             "omit the key to leave the read endpoints open",
         )?;
         Ok(AdminConfig {
-            listen: *listen.get_ref(),
+            listen: listen.get_ref().0,
             token,
             read_token,
         })
@@ -283,7 +287,31 @@ impl Validator<'_> {
             timeout,
             unhealthy_threshold,
             healthy_threshold,
+            expect_status,
         } = h;
+        let mut expect = Vec::new();
+        if let Some(list) = expect_status {
+            if list.get_ref().is_empty() {
+                return Err(self.at.spanned(
+                    &list,
+                    "upstream.health.expect_status",
+                    "expected at least one status such as \"2xx\" or \"204\" (omit the key for the liveness check)",
+                ));
+            }
+            for (i, v) in list.get_ref().iter().enumerate() {
+                let m = StatusMatch::parse(v.get_ref()).ok_or_else(|| {
+                    self.at.spanned(
+                        v,
+                        &format!("upstream.health.expect_status[{i}]"),
+                        format!(
+                            "invalid status {:?}, expected a class such as \"2xx\" or a code such as \"204\"",
+                            v.get_ref()
+                        ),
+                    )
+                })?;
+                expect.push(m);
+            }
+        }
         let path = match path {
             Some(p) if !p.get_ref().starts_with('/') => {
                 return Err(self.at.spanned(
@@ -320,6 +348,7 @@ impl Validator<'_> {
                 3,
             )?,
             healthy_threshold: positive(healthy_threshold, "upstream.health.healthy_threshold", 2)?,
+            expect_status: expect,
         })
     }
 
@@ -574,7 +603,25 @@ impl Validator<'_> {
             level,
             format,
             access_log,
+            access_format,
         } = l;
+        let access_format = match access_format {
+            None => None,
+            Some(f) => Some(match f.get_ref().as_str() {
+                "text" => AccessFormat::Text,
+                "json" => AccessFormat::Json,
+                "combined" => AccessFormat::Combined,
+                other => {
+                    return Err(self.at.spanned(
+                        &f,
+                        "log.access_format",
+                        format!(
+                            "unknown format {other:?}, expected \"text\", \"json\" or \"combined\""
+                        ),
+                    ))
+                }
+            }),
+        };
         let format = match format {
             None => None,
             Some(f) => Some(match f.get_ref().as_str() {
@@ -593,6 +640,7 @@ impl Validator<'_> {
             level,
             format,
             access_log: access_log.unwrap_or(false),
+            access_format,
         })
     }
 }

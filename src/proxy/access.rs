@@ -1,5 +1,8 @@
 //! The access log: one structured tracing event per client request, target
-//! `strata::access`, written with the rest of the logs (text or JSON).
+//! `strata::access`, written with the rest of the logs (text or JSON), or
+//! with `[log] access_format = "combined"` one nginx/Apache combined line
+//! (`$remote_addr - - [$time_local] "$request" $status $body_bytes_sent
+//! "$http_referer" "$http_user_agent"`) as the event's message.
 //! `[log] access_log = false` turns it off (reloadable).
 //!
 //! The path is logged without its query: query strings routinely carry
@@ -9,12 +12,13 @@
 
 use std::time::Duration;
 
-use http::{Method, Request, Response, Uri, Version};
+use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 
 use super::body::ProxyBody;
 use super::cache_status::{CacheStatus, Tier};
 use super::ConnInfo;
+use crate::config::{AccessFormat, LogConfig};
 use crate::metrics::Outcome;
 use crate::upstream::ServedBy;
 
@@ -27,19 +31,28 @@ pub struct Pending {
     method: Method,
     uri: Uri,
     version: Version,
+    /// `Referer` and `User-Agent`, for combined lines only.
+    combined: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
 }
 
 impl Pending {
     /// Captures the request line when access logging is on and the log
     /// filter lets access events through; `None` costs nothing more.
-    pub fn capture<B>(req: &Request<B>, enabled: bool) -> Option<Pending> {
-        if !enabled || !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+    pub fn capture<B>(req: &Request<B>, log: &LogConfig) -> Option<Pending> {
+        if !log.access_log || !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
             return None;
         }
+        let combined = (log.access_format == Some(AccessFormat::Combined)).then(|| {
+            (
+                req.headers().get(header::REFERER).cloned(),
+                req.headers().get(header::USER_AGENT).cloned(),
+            )
+        });
         Some(Pending {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
+            combined,
         })
     }
 
@@ -53,6 +66,19 @@ impl Pending {
         status: &CacheStatus,
         elapsed: Duration,
     ) {
+        if let Some((referer, agent)) = &self.combined {
+            let line = combined_line(
+                &self,
+                conn,
+                response.status().as_u16(),
+                body_bytes(response),
+                referer.as_ref(),
+                agent.as_ref(),
+                time::OffsetDateTime::now_utc(),
+            );
+            tracing::info!(target: TARGET, "{line}");
+            return;
+        }
         let upstream = response
             .extensions()
             .get::<ServedBy>()
@@ -85,4 +111,94 @@ pub fn body_bytes(response: &Response<ProxyBody>) -> Option<u64> {
         .size_hint()
         .exact()
         .or_else(|| super::headers::content_length(response.headers()))
+}
+
+/// One combined-format line. `$request` is `METHOD path VERSION` with the
+/// path **without its query** (see the module doc: queries carry
+/// credentials); an unknown body length is `-`; header values are quoted
+/// with `"`, `\\` and bytes outside printable ASCII escaped as `\\xHH`,
+/// as nginx does.
+fn combined_line(
+    p: &Pending,
+    conn: ConnInfo,
+    status: u16,
+    bytes: Option<u64>,
+    referer: Option<&HeaderValue>,
+    agent: Option<&HeaderValue>,
+    now: time::OffsetDateTime,
+) -> String {
+    use std::fmt::Write as _;
+    let mut line = String::with_capacity(160);
+    let _ = write!(
+        line,
+        "{} - - [{:02}/{}/{}:{:02}:{:02}:{:02} +0000] \"{} {} {:?}\" {status} ",
+        conn.client_ip,
+        now.day(),
+        MONTHS[usize::from(u8::from(now.month())) - 1],
+        now.year(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        p.method,
+        p.uri.path(),
+        p.version,
+    );
+    match bytes {
+        Some(n) => {
+            let _ = write!(line, "{n}");
+        }
+        None => line.push('-'),
+    }
+    for v in [referer, agent] {
+        line.push_str(" \"");
+        match v {
+            Some(v) => escape_into(&mut line, v.as_bytes()),
+            None => line.push('-'),
+        }
+        line.push('"');
+    }
+    line
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+fn escape_into(out: &mut String, bytes: &[u8]) {
+    for &b in bytes {
+        match b {
+            b'"' | b'\\' => {
+                out.push_str(&format!("\\x{b:02X}"));
+            }
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => out.push_str(&format!("\\x{b:02X}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combined_line_is_nginx_shaped() {
+        let p = Pending {
+            method: Method::GET,
+            uri: "/a/b.css?token=secret".parse().unwrap(),
+            version: Version::HTTP_11,
+            combined: None,
+        };
+        let conn = ConnInfo {
+            peer: "10.0.0.2:55000".parse().unwrap(),
+            https: false,
+            client_ip: "192.0.2.7".parse().unwrap(),
+        };
+        let now = time::OffsetDateTime::from_unix_timestamp(1_795_976_401).unwrap();
+        let agent = HeaderValue::from_static("curl/8.5 \"x\"");
+        let line = combined_line(&p, conn, 200, Some(512), None, Some(&agent), now);
+        assert_eq!(
+            line,
+            "192.0.2.7 - - [29/Nov/2026:18:20:01 +0000] \"GET /a/b.css HTTP/1.1\" 200 512 \"-\" \"curl/8.5 \\x22x\\x22\""
+        );
+    }
 }

@@ -221,6 +221,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             unhealthy_threshold: 2,
             healthy_threshold: 2,
+            expect_status: Vec::new(),
         }
     }
 

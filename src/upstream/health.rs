@@ -1,8 +1,12 @@
-//! Active health checks: every `interval`, each server gets
-//! `GET <path>` with a `timeout`; a 2xx or 3xx is a success. After
+//! Active health checks: every `interval`, each server gets `GET <path>`
+//! with a `timeout`. By default they judge liveness: any status below 500
+//! is a success, so an app without a health route (a 404) stays in
+//! rotation; `expect_status` (classes such as `2xx`, or codes) tightens
+//! that. A connect error, a timeout or a 5xx is a failure. After
 //! `unhealthy_threshold` consecutive failures a server leaves rotation;
 //! after `healthy_threshold` consecutive successes it returns. Each
-//! transition is logged and exported as `strata_upstream_healthy`.
+//! transition is logged, exported as `strata_upstream_healthy`, and raised
+//! as an alert (`upstream_down`, `upstream_up`, `all_upstreams_down`).
 
 use std::sync::Weak;
 
@@ -11,7 +15,9 @@ use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
 use super::client::empty_body;
-use super::Upstreams;
+use super::{ServerState, Upstreams};
+use crate::alerts::Event;
+use crate::config::HealthConfig;
 
 /// Spawns one checker task for the pool; it holds only a weak reference,
 /// and stops when the pool is dropped (its token is cancelled).
@@ -45,16 +51,45 @@ async fn check_all(pool: &Upstreams) {
                 if server.record_success(health) {
                     tracing::info!(server = name, "upstream healthy: back in rotation");
                     pool.metrics().upstream_healthy(name, true);
+                    pool.alerts().emit(
+                        Event::UpstreamUp,
+                        format!("upstream {name} is back in rotation"),
+                        &[("server", name)],
+                    );
                 }
             }
             Err(reason) => {
                 tracing::debug!(server = name, %reason, "health check failed");
                 if server.record_failure(health) {
-                    tracing::warn!(server = name, %reason, "upstream unhealthy: out of rotation");
-                    pool.metrics().upstream_healthy(name, false);
+                    went_down(pool, server, &reason);
                 }
             }
         }
+    }
+}
+
+/// A server just left rotation (`reason`: why its last check or connect
+/// failed): log, metric, `upstream_down`, and `all_upstreams_down` when it
+/// was the last one.
+pub(super) fn went_down(pool: &Upstreams, server: &ServerState, reason: &str) {
+    let name = server.authority.as_str();
+    tracing::warn!(server = name, %reason, "upstream unhealthy: out of rotation");
+    pool.metrics().upstream_healthy(name, false);
+    pool.alerts().emit(
+        Event::UpstreamDown,
+        format!("upstream {name} is out of rotation: {reason}"),
+        &[("server", name)],
+    );
+    if pool.balancer.healthy_count() == 0 {
+        tracing::error!("no upstream in rotation: uncached requests get 503");
+        pool.alerts().emit(
+            Event::AllUpstreamsDown,
+            format!(
+                "no upstream in rotation (all {} down): uncached requests get 503",
+                pool.balancer.servers().len()
+            ),
+            &[],
+        );
     }
 }
 
@@ -81,7 +116,7 @@ async fn check_one(pool: &Upstreams, authority: &http::uri::Authority) -> Result
         let status = resp.status();
         // Drain the body so the connection can be reused.
         let _ = resp.into_body().collect().await;
-        if status.is_success() || status.is_redirection() {
+        if health_ok(&health.expect_status, status.as_u16()) {
             Ok(())
         } else {
             Err(format!("status {status}"))
@@ -90,5 +125,100 @@ async fn check_one(pool: &Upstreams, authority: &http::uri::Authority) -> Result
     match tokio::time::timeout(health.timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {:?}", health.timeout)),
+    }
+}
+
+/// One accepted health-check status: a class (`"2xx"`) or a code (`"204"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    /// `1xx` … `5xx`: the hundreds digit.
+    Class(u16),
+    Code(u16),
+}
+
+impl StatusMatch {
+    /// Parses `"2xx"` (case-insensitive) or a code `100`–`599`.
+    pub fn parse(s: &str) -> Option<StatusMatch> {
+        let s = s.trim();
+        let lower = s.to_ascii_lowercase();
+        if let Some(d) = lower.strip_suffix("xx") {
+            return match d {
+                "1" | "2" | "3" | "4" | "5" => d.parse().ok().map(StatusMatch::Class),
+                _ => None,
+            };
+        }
+        match s.parse::<u16>() {
+            Ok(c) if (100..600).contains(&c) => Some(StatusMatch::Code(c)),
+            _ => None,
+        }
+    }
+
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            StatusMatch::Class(c) => status / 100 == c,
+            StatusMatch::Code(c) => status == c,
+        }
+    }
+}
+
+impl std::fmt::Display for StatusMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusMatch::Class(c) => write!(f, "{c}xx"),
+            StatusMatch::Code(c) => write!(f, "{c}"),
+        }
+    }
+}
+
+/// Whether a health-check answer with `status` counts as up: one of
+/// `expect`, or with none configured, any status below 500 (liveness).
+pub fn health_ok(expect: &[StatusMatch], status: u16) -> bool {
+    if expect.is_empty() {
+        status < 500
+    } else {
+        expect.iter().any(|m| m.matches(status))
+    }
+}
+
+/// What the checks judge, in words, for the one start-up log line.
+pub fn describe(h: &HealthConfig) -> String {
+    if !h.enabled {
+        return "off (servers stay in rotation; only connect failures are seen)".to_string();
+    }
+    let up = if h.expect_status.is_empty() {
+        "any status below 500 (liveness)".to_string()
+    } else {
+        let list: Vec<String> = h.expect_status.iter().map(ToString::to_string).collect();
+        format!("status {}", list.join(" or "))
+    };
+    format!(
+        "GET {} every {:?}; up = {up} within {:?}; out after {} failures, back after {} successes",
+        h.path, h.interval, h.timeout, h.unhealthy_threshold, h.healthy_threshold
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_by_default_and_expect_status_tightens() {
+        assert!(health_ok(&[], 200));
+        assert!(health_ok(&[], 404));
+        assert!(health_ok(&[], 499));
+        assert!(!health_ok(&[], 500));
+        assert!(!health_ok(&[], 503));
+        let expect = [
+            StatusMatch::parse("2xx").unwrap(),
+            StatusMatch::parse("301").unwrap(),
+        ];
+        assert!(health_ok(&expect, 204));
+        assert!(health_ok(&expect, 301));
+        assert!(!health_ok(&expect, 302));
+        assert!(!health_ok(&expect, 404));
+        assert_eq!(StatusMatch::parse("2XX"), Some(StatusMatch::Class(2)));
+        assert_eq!(StatusMatch::parse("6xx"), None);
+        assert_eq!(StatusMatch::parse("42"), None);
+        assert_eq!(StatusMatch::parse("ok"), None);
     }
 }

@@ -8,13 +8,15 @@
 //! counts as nothing, except that a dropped probe lets the next caller
 //! probe at once, so the breaker can never stay half-open for good.
 //!
-//! State changes are logged, exported as `strata_redis_breaker_open` and
+//! State changes are logged, exported as `strata_redis_breaker_open`,
+//! raised as alerts (`redis_breaker_open`, `redis_breaker_closed`), and
 //! each opening is counted (`strata_redis_breaker_opens_total`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::alerts::{Alerts, Event};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +33,7 @@ pub(crate) struct Breaker {
     threshold: u32,
     backoff: Duration,
     metrics: Metrics,
+    alerts: Alerts,
 }
 
 /// Leave to talk to Redis once; report the outcome with [`Permit::success`]
@@ -43,7 +46,12 @@ pub(crate) struct Permit<'a> {
 }
 
 impl Breaker {
-    pub(crate) fn new(threshold: u32, backoff: Duration, metrics: Metrics) -> Breaker {
+    pub(crate) fn new(
+        threshold: u32,
+        backoff: Duration,
+        metrics: Metrics,
+        alerts: Alerts,
+    ) -> Breaker {
         metrics.redis_breaker(false);
         Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
@@ -51,6 +59,7 @@ impl Breaker {
             threshold: threshold.max(1),
             backoff,
             metrics,
+            alerts,
         }
     }
 
@@ -113,6 +122,11 @@ impl Breaker {
             self.open.store(false, Ordering::Relaxed);
             self.metrics.redis_breaker(false);
             tracing::info!("redis circuit breaker closed: Redis answers again");
+            self.alerts.emit(
+                Event::RedisBreakerClosed,
+                "Redis answers again: the shared tier is back",
+                &[],
+            );
         }
     }
 
@@ -149,6 +163,14 @@ impl Breaker {
                 threshold = self.threshold,
                 backoff_ms = self.backoff.as_millis() as u64,
                 "redis circuit breaker open: skipping Redis"
+            );
+            self.alerts.emit(
+                Event::RedisBreakerOpen,
+                format!(
+                    "Redis failed {} times in a row: skipped (memory tier only), probed every {:?}",
+                    self.threshold, self.backoff
+                ),
+                &[],
             );
         } else {
             tracing::debug!(
@@ -194,7 +216,12 @@ mod tests {
     use super::*;
 
     fn breaker(backoff_ms: u64) -> Breaker {
-        Breaker::new(3, Duration::from_millis(backoff_ms), Metrics::new())
+        Breaker::new(
+            3,
+            Duration::from_millis(backoff_ms),
+            Metrics::new(),
+            Alerts::disabled(),
+        )
     }
 
     #[test]

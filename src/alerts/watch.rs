@@ -1,0 +1,286 @@
+//! Conditions computed, not seen: a periodic task (never the request path)
+//! samples the request counters and raises
+//!
+//! - `hit_ratio_low`: over the rolling `window`, `(hit + stale) / (hit +
+//!   stale + revalidated + miss)` of `strata_requests_total` fell below
+//!   `threshold`, while those cache lookups ran at `min_rps` or more;
+//! - `error_ratio_high`: over the window, responses with a 5xx status over
+//!   all responses rose above `threshold`, at `min_rps` or more;
+//! - `cert_expiring`: a configured TLS certificate ends within
+//!   `cert_expiry` (14 days); checked at start, after a reload that
+//!   changes the certificates, and daily.
+//!
+//! A ratio alert fires when the condition starts holding and re-arms when
+//! it stops, so a long bad spell is one alert, not one per tick.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Weak;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::event::rfc3339;
+use super::{Event, RatioAlert};
+use crate::config::CertPair;
+use crate::metrics::RequestTotals;
+use crate::proxy::Shared;
+
+/// How often certificates are re-read.
+const CERT_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// Starts the watcher; it stops when `shared` is dropped.
+pub fn spawn(shared: Weak<Shared>) {
+    tokio::spawn(async move {
+        let mut hit = Rolling::default();
+        let mut err = Rolling::default();
+        let mut certs_checked: Option<(Instant, Vec<CertPair>)> = None;
+        loop {
+            let tick = {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let config = shared.alerts.config();
+                let totals = shared.metrics.request_totals();
+                let now = Instant::now();
+                if let Some(rule) = config.hit_ratio_low {
+                    if let Some((ratio, rps)) = hit.observe(now, totals, &rule, hit_ratio, false) {
+                        shared.alerts.emit(
+                            Event::HitRatioLow,
+                            format!(
+                                "hit ratio {:.1}% over the last {:?} is below {:.1}% ({rps:.1} cache lookups/s)",
+                                ratio * 100.0,
+                                rule.window,
+                                rule.threshold * 100.0
+                            ),
+                            &[("window", &format!("{:?}", rule.window))],
+                        );
+                    }
+                }
+                if let Some(rule) = config.error_ratio_high {
+                    if let Some((ratio, rps)) = err.observe(now, totals, &rule, error_ratio, true) {
+                        shared.alerts.emit(
+                            Event::ErrorRatioHigh,
+                            format!(
+                                "5xx ratio {:.1}% over the last {:?} is above {:.1}% ({rps:.1} requests/s)",
+                                ratio * 100.0,
+                                rule.window,
+                                rule.threshold * 100.0
+                            ),
+                            &[("window", &format!("{:?}", rule.window))],
+                        );
+                    }
+                }
+                let certs: Vec<CertPair> = shared
+                    .runtime
+                    .load()
+                    .config
+                    .server
+                    .tls
+                    .as_ref()
+                    .map(|t| t.certificates.clone())
+                    .unwrap_or_default();
+                let due = match &certs_checked {
+                    None => true,
+                    Some((at, list)) => *list != certs || at.elapsed() >= CERT_EVERY,
+                };
+                if due {
+                    for pair in &certs {
+                        check_cert(&shared, &pair.cert, config.cert_expiry);
+                    }
+                    certs_checked = Some((Instant::now(), certs));
+                }
+                tick_for(&[config.hit_ratio_low, config.error_ratio_high])
+            };
+            tokio::time::sleep(tick).await;
+        }
+    });
+}
+
+/// A tenth of the shortest window, between 50 ms and 5 s.
+fn tick_for(rules: &[Option<RatioAlert>]) -> Duration {
+    rules
+        .iter()
+        .flatten()
+        .map(|r| r.window / 10)
+        .min()
+        .unwrap_or(Duration::from_secs(5))
+        .clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
+/// `(ratio, rate)` of a counter delta: hits over cache lookups.
+fn hit_ratio(d: &RequestTotals) -> (u64, u64) {
+    (d.hits(), d.lookups())
+}
+
+/// 5xx responses over all responses.
+fn error_ratio(d: &RequestTotals) -> (u64, u64) {
+    (d.server_errors, d.all())
+}
+
+/// Counter samples over one rolling window, and whether the alert fired.
+#[derive(Default)]
+struct Rolling {
+    samples: VecDeque<(Instant, RequestTotals)>,
+    firing: bool,
+}
+
+impl Rolling {
+    /// Records `totals` at `now`; returns `(ratio, per second)` when the
+    /// alert should fire now. `above` = fire when the ratio exceeds the
+    /// threshold (else when it falls below).
+    fn observe(
+        &mut self,
+        now: Instant,
+        totals: RequestTotals,
+        rule: &RatioAlert,
+        ratio_of: fn(&RequestTotals) -> (u64, u64),
+        above: bool,
+    ) -> Option<(f64, f64)> {
+        self.samples.push_back((now, totals));
+        // Keep one sample at least `window` old: the baseline.
+        while self.samples.len() > 2 && now.duration_since(self.samples[1].0) >= rule.window {
+            self.samples.pop_front();
+        }
+        let (start, base) = *self.samples.front()?;
+        let span = now.duration_since(start);
+        if span < rule.window {
+            return None;
+        }
+        let (part, whole) = ratio_of(&totals.since(&base));
+        let rate = whole as f64 / span.as_secs_f64();
+        if whole == 0 || rate < rule.min_rps {
+            return None;
+        }
+        let ratio = part as f64 / whole as f64;
+        let bad = if above {
+            ratio > rule.threshold
+        } else {
+            ratio < rule.threshold
+        };
+        match (bad, self.firing) {
+            (true, false) => {
+                self.firing = true;
+                Some((ratio, rate))
+            }
+            (false, true) => {
+                self.firing = false;
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+fn check_cert(shared: &Shared, path: &Path, within: Duration) {
+    let Some((subject, not_after)) = cert_end(path) else {
+        tracing::debug!(cert = %path.display(), "cannot read the certificate's expiry");
+        return;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let left = not_after - now;
+    if left > within.as_secs() as i64 {
+        return;
+    }
+    let end = rfc3339(UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64));
+    let message = if left <= 0 {
+        format!(
+            "certificate {} ({subject}) expired at {end}",
+            path.display()
+        )
+    } else {
+        format!(
+            "certificate {} ({subject}) expires in {} days, at {end}",
+            path.display(),
+            left / 86_400
+        )
+    };
+    tracing::warn!(cert = %path.display(), not_after = %end, "TLS certificate expiring");
+    shared.alerts.emit(
+        Event::CertExpiring,
+        message,
+        &[("cert", &path.display().to_string()), ("not_after", &end)],
+    );
+}
+
+/// The first certificate's subject and `notAfter` (Unix seconds).
+fn cert_end(path: &Path) -> Option<(String, i64)> {
+    let data = std::fs::read(path).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&data).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some((
+        cert.subject().to_string(),
+        cert.validity().not_after.timestamp(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn totals(hit: u64, miss: u64) -> RequestTotals {
+        let mut t = RequestTotals::default();
+        t.by_outcome[0] = hit;
+        t.by_outcome[3] = miss;
+        t
+    }
+
+    #[test]
+    fn fires_once_when_the_ratio_crosses_and_rearms() {
+        let rule = RatioAlert {
+            threshold: 0.5,
+            window: Duration::from_secs(10),
+            min_rps: 1.0,
+        };
+        let t0 = Instant::now();
+        let mut r = Rolling::default();
+        let at = |s| t0 + Duration::from_secs(s);
+        assert!(r
+            .observe(at(0), totals(0, 0), &rule, hit_ratio, false)
+            .is_none());
+        assert!(
+            r.observe(at(5), totals(0, 50), &rule, hit_ratio, false)
+                .is_none(),
+            "window not full"
+        );
+        let (ratio, rps) = r
+            .observe(at(10), totals(0, 100), &rule, hit_ratio, false)
+            .unwrap();
+        assert_eq!(ratio, 0.0);
+        assert_eq!(rps, 10.0);
+        assert!(
+            r.observe(at(11), totals(0, 110), &rule, hit_ratio, false)
+                .is_none(),
+            "once"
+        );
+        // Hits take over: re-arms, then a new drop fires again.
+        assert!(r
+            .observe(at(30), totals(1000, 110), &rule, hit_ratio, false)
+            .is_none());
+        assert!(!r.firing);
+        assert!(r
+            .observe(at(45), totals(1000, 2000), &rule, hit_ratio, false)
+            .is_some());
+    }
+
+    #[test]
+    fn quiet_traffic_is_not_judged() {
+        let rule = RatioAlert {
+            threshold: 0.5,
+            window: Duration::from_secs(10),
+            min_rps: 1.0,
+        };
+        let t0 = Instant::now();
+        let mut r = Rolling::default();
+        r.observe(t0, totals(0, 0), &rule, hit_ratio, false);
+        assert!(r
+            .observe(
+                t0 + Duration::from_secs(10),
+                totals(0, 5),
+                &rule,
+                hit_ratio,
+                false
+            )
+            .is_none());
+    }
+}

@@ -1,0 +1,201 @@
+//! Validation of `[alerts]`: webhooks (URL, format, events, secret,
+//! windows) and the ratio alerts, into [`AlertsConfig`]. Kept apart from
+//! `validate.rs` (one section, one file).
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::file::{AlertsFile, RatioFile, WebhookFile};
+use super::units::Dur;
+use super::validate::Validator;
+use super::{ConfigError, ServerConfig};
+use crate::alerts::{AlertsConfig, Event, Format, RatioAlert, WebhookConfig};
+
+/// `cert_expiring` fires this long before a certificate ends.
+pub const CERT_EXPIRY: Duration = Duration::from_secs(14 * 86_400);
+
+impl Validator<'_> {
+    pub(super) fn alerts(
+        &self,
+        a: AlertsFile,
+        server: &ServerConfig,
+    ) -> Result<AlertsConfig, ConfigError> {
+        let AlertsFile {
+            instance,
+            webhooks,
+            hit_ratio_low,
+            error_ratio_high,
+        } = a;
+        let instance = match instance {
+            Some(i) if i.get_ref().trim().is_empty() => {
+                return Err(self.at.spanned(
+                    &i,
+                    "alerts.instance",
+                    "expected a non-empty name (omit the key for hostname:port)",
+                ))
+            }
+            Some(i) => i.into_inner(),
+            None => default_instance(server),
+        };
+        let mut hooks = Vec::with_capacity(webhooks.len());
+        for (i, w) in webhooks.into_iter().enumerate() {
+            hooks.push(self.webhook(w, &format!("alerts.webhooks[{i}]"))?);
+        }
+        Ok(AlertsConfig {
+            instance,
+            webhooks: hooks,
+            hit_ratio_low: hit_ratio_low
+                .map(|r| self.ratio(r, "alerts.hit_ratio_low"))
+                .transpose()?,
+            error_ratio_high: error_ratio_high
+                .map(|r| self.ratio(r, "alerts.error_ratio_high"))
+                .transpose()?,
+            cert_expiry: CERT_EXPIRY,
+        })
+    }
+
+    fn webhook(&self, w: WebhookFile, at: &str) -> Result<WebhookConfig, ConfigError> {
+        let WebhookFile {
+            url,
+            format,
+            events,
+            secret,
+            batch_window,
+            timeout,
+        } = w;
+        let parsed: http::Uri = url.get_ref().parse().map_err(|_| {
+            self.at.spanned(
+                &url,
+                &format!("{at}.url"),
+                "invalid URL, expected http:// or https://",
+            )
+        })?;
+        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
+            return Err(self.at.spanned(
+                &url,
+                &format!("{at}.url"),
+                "expected an http:// or https:// URL with a host",
+            ));
+        }
+        let format = match format {
+            None => Format::Json,
+            Some(f) => Format::parse(f.get_ref()).ok_or_else(|| {
+                self.at.spanned(
+                    &f,
+                    &format!("{at}.format"),
+                    format!(
+                        "unknown format {:?}, expected \"json\", \"slack\" or \"alertmanager\"",
+                        f.get_ref()
+                    ),
+                )
+            })?,
+        };
+        let mut list = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            let event = Event::parse(e.get_ref()).ok_or_else(|| {
+                let names: Vec<&str> = Event::ALL.iter().map(|e| e.as_str()).collect();
+                self.at.spanned(
+                    e,
+                    &format!("{at}.events[{i}]"),
+                    format!(
+                        "unknown event {:?}, expected one of {}",
+                        e.get_ref(),
+                        names.join(", ")
+                    ),
+                )
+            })?;
+            if !list.contains(&event) {
+                list.push(event);
+            }
+        }
+        let secret = match secret {
+            Some(s) if s.get_ref().is_empty() => {
+                return Err(self.at.spanned(
+                    &s,
+                    &format!("{at}.secret"),
+                    "expected a non-empty secret (omit the key to send unsigned)",
+                ))
+            }
+            Some(s) => Some(s.into_inner()),
+            None => None,
+        };
+        let timeout = positive(
+            self,
+            timeout,
+            &format!("{at}.timeout"),
+            Duration::from_secs(5),
+        )?;
+        Ok(WebhookConfig {
+            url: parsed,
+            format,
+            events: list,
+            secret,
+            batch_window: batch_window.map_or(Duration::from_secs(10), |d| d.0),
+            timeout,
+        })
+    }
+
+    fn ratio(&self, r: RatioFile, at: &str) -> Result<RatioAlert, ConfigError> {
+        let RatioFile {
+            threshold,
+            window,
+            min_rps,
+        } = r;
+        if !(0.0..=1.0).contains(threshold.get_ref()) {
+            return Err(self.at.spanned(
+                &threshold,
+                &format!("{at}.threshold"),
+                "expected a fraction between 0.0 and 1.0",
+            ));
+        }
+        let min_rps = match min_rps {
+            Some(m) if !m.get_ref().is_finite() || *m.get_ref() < 0.0 => {
+                return Err(self.at.spanned(
+                    &m,
+                    &format!("{at}.min_rps"),
+                    "expected a number of requests per second, 0 or more",
+                ))
+            }
+            Some(m) => m.into_inner(),
+            None => 1.0,
+        };
+        Ok(RatioAlert {
+            threshold: threshold.into_inner(),
+            window: positive(
+                self,
+                window,
+                &format!("{at}.window"),
+                Duration::from_secs(300),
+            )?,
+            min_rps,
+        })
+    }
+}
+
+fn positive(
+    v: &Validator<'_>,
+    d: Option<Spanned<Dur>>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match d {
+        Some(d) if d.get_ref().0.is_zero() => {
+            Err(v.at.spanned(&d, key, "expected a duration above zero"))
+        }
+        Some(d) => Ok(d.into_inner().0),
+        None => Ok(default),
+    }
+}
+
+/// `hostname:port` (the proxy listener's port): unique per instance even
+/// with several on one host.
+fn default_instance(server: &ServerConfig) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "strata".to_string());
+    format!("{host}:{}", server.listen.port())
+}
