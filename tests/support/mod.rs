@@ -7,6 +7,7 @@ pub mod browser;
 pub mod http;
 pub mod origin;
 pub mod redis;
+pub mod webhook;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -386,7 +386,7 @@ pub(crate) async fn run_connector(
 fn log_connect_failure(failures: u32, error: &str, config: &RedisConfig) {
     // First failure and then every 20th at warn, the rest at debug, so a
     // long outage does not flood the log.
-    if failures == 1 || failures % 20 == 0 {
+    if failures == 1 || failures.is_multiple_of(20) {
         tracing::warn!(
             failures,
             error,

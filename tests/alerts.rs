@@ -1,0 +1,379 @@
+//! Webhook alerts end to end: real origins, a real Strata, a real webhook
+//! receiver on 127.0.0.1:0. Health transitions, the signature, retries and
+//! drops against a receiver that fails or hangs (while clients are served),
+//! the Slack and Alertmanager shapes, the rolling hit-ratio and 5xx-ratio
+//! alerts, reload failures and expiring certificates.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use support::webhook::{Receiver, HANG};
+use support::{wait_until, Client, Origin, Strata};
+
+/// Checks every 100 ms, one failure or success flips a server.
+const FAST_HEALTH: &str = "[upstream.health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1\n";
+
+fn webhook(url: &str, extra: &str) -> String {
+    format!("[[alerts.webhooks]]\nurl = \"{url}\"\nbatch_window = \"50ms\"\n{extra}\n")
+}
+
+async fn metric(strata: &Strata, series: &str) -> f64 {
+    let text = Client::new()
+        .get(&strata.admin_url("/metrics"))
+        .await
+        .text();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .map(|v| v.trim().parse().unwrap_or(-1.0))
+        })
+        .unwrap_or(-1.0)
+}
+
+/// Recomputes `t=UNIX,v1=HEX(HMAC-SHA256(secret, "t.body"))`.
+fn verify(secret: &str, header: &str, body: &[u8]) -> bool {
+    let Some((t, v1)) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+    else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut msg = t.as_bytes().to_vec();
+    msg.push(b'.');
+    msg.extend_from_slice(body);
+    let expected: String = ring::hmac::sign(&key, &msg)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let fresh = t.parse::<u64>().is_ok_and(|t| now.abs_diff(t) < 300);
+    fresh && expected == v1
+}
+
+#[tokio::test]
+async fn health_transitions_are_signed_alerts_in_order() {
+    let receiver = Receiver::start(200).await;
+    let a = Origin::fixed(&[("cache-control", "no-store")], "a").await;
+    let b = Origin::fixed(&[("cache-control", "no-store")], "b").await;
+    let extra = format!(
+        "{FAST_HEALTH}[alerts]\ninstance = \"edge-1\"\n{}",
+        webhook(&receiver.url("/hook"), "secret = \"s3cret\"")
+    );
+    let strata = Strata::start(&[a.addr, b.addr], &extra).await;
+    let down = Duration::from_secs(10);
+
+    a.set_healthy(false); // /health answers 500
+    wait_until(down, "upstream_down for a", || async {
+        receiver.events() == ["upstream_down"]
+    })
+    .await;
+    b.shutdown(); // killed: connection refused
+    wait_until(
+        down,
+        "upstream_down for b, then all_upstreams_down",
+        || async { receiver.events().len() >= 3 },
+    )
+    .await;
+    a.set_healthy(true);
+    wait_until(down, "upstream_up for a", || async {
+        receiver.events().len() >= 4
+    })
+    .await;
+
+    assert_eq!(
+        receiver.events(),
+        [
+            "upstream_down",
+            "upstream_down",
+            "all_upstreams_down",
+            "upstream_up"
+        ]
+    );
+    let alerts = receiver.json_alerts();
+    assert_eq!(alerts[0]["labels"]["server"], a.addr.to_string());
+    assert_eq!(alerts[1]["labels"]["server"], b.addr.to_string());
+    assert_eq!(alerts[3]["labels"]["server"], a.addr.to_string());
+    assert_eq!(alerts[2]["severity"], "critical");
+    assert_eq!(alerts[3]["severity"], "info");
+    for alert in &alerts {
+        assert_eq!(alert["instance"], "edge-1");
+        assert!(alert["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(alert["at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+    for d in receiver.deliveries() {
+        assert_eq!(d.path, "/hook");
+        assert_eq!(d.headers["content-type"], "application/json");
+        let sig = d.headers["strata-signature"].to_str().unwrap();
+        assert!(verify("s3cret", sig, &d.body), "bad signature {sig}");
+        assert!(!verify("other", sig, &d.body));
+    }
+    assert_eq!(
+        metric(
+            &strata,
+            "strata_alerts_total{event=\"all_upstreams_down\",result=\"sent\"}"
+        )
+        .await,
+        1.0
+    );
+    strata.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_receiver_gets_three_tries_then_alerts_are_dropped_and_counted() {
+    // One receiver answers 500, the other never answers (timeout 300ms).
+    let failing = Receiver::start(500).await;
+    let hanging = Receiver::start(HANG).await;
+    let a = Origin::fixed(&[("cache-control", "max-age=60")], "a").await;
+    let b = Origin::fixed(&[("cache-control", "max-age=60")], "b").await;
+    let extra = format!(
+        "{FAST_HEALTH}{}{}",
+        webhook(&failing.url("/500"), ""),
+        webhook(&hanging.url("/hang"), "timeout = \"300ms\"")
+    );
+    let strata = Strata::start(&[a.addr, b.addr], &extra).await;
+    let client = Client::new();
+    a.set_healthy(false);
+    wait_until(Duration::from_secs(10), "three tries each", || async {
+        failing.deliveries().len() >= 3 && hanging.deliveries().len() >= 3
+    })
+    .await;
+    // Meanwhile requests are served as usual, from b.
+    for i in 0..20 {
+        let r = client.get(&strata.url(&format!("/p{i}"))).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "b");
+    }
+    let failed = "strata_alerts_total{event=\"upstream_down\",result=\"failed\"}";
+    wait_until(
+        Duration::from_secs(10),
+        "both deliveries given up",
+        || async { metric(&strata, failed).await == 2.0 },
+    )
+    .await;
+    assert_eq!(failing.deliveries().len(), 3, "exactly three tries");
+    assert_eq!(hanging.deliveries().len(), 3, "exactly three tries");
+    assert_eq!(
+        metric(
+            &strata,
+            "strata_alerts_total{event=\"upstream_down\",result=\"sent\"}"
+        )
+        .await,
+        0.0
+    );
+    strata.stop().await;
+}
+
+#[tokio::test]
+async fn slack_and_alertmanager_bodies_have_their_shapes() {
+    let receiver = Receiver::start(200).await;
+    let a = Origin::fixed(&[], "a").await;
+    let b = Origin::fixed(&[], "b").await;
+    let extra = format!(
+        "{FAST_HEALTH}{}{}",
+        webhook(&receiver.url("/slack"), "format = \"slack\""),
+        webhook(
+            &receiver.url("/am"),
+            "format = \"alertmanager\"\nevents = [\"upstream_down\", \"upstream_up\"]"
+        )
+    );
+    let strata = Strata::start(&[a.addr, b.addr], &extra).await;
+    a.set_healthy(false);
+    let of = |path: &'static str| {
+        let receiver = &receiver;
+        move || async move { receiver.deliveries().iter().any(|d| d.path == path) }
+    };
+    wait_until(Duration::from_secs(10), "slack delivery", of("/slack")).await;
+    wait_until(Duration::from_secs(10), "alertmanager delivery", of("/am")).await;
+    let first_am = receiver
+        .deliveries()
+        .iter()
+        .filter(|d| d.path == "/am")
+        .count();
+    a.set_healthy(true);
+    wait_until(
+        Duration::from_secs(10),
+        "alertmanager resolution",
+        || async {
+            receiver
+                .deliveries()
+                .iter()
+                .filter(|d| d.path == "/am")
+                .count()
+                > first_am
+        },
+    )
+    .await;
+
+    let deliveries = receiver.deliveries();
+    let slack = deliveries
+        .iter()
+        .find(|d| d.path == "/slack")
+        .unwrap()
+        .json();
+    let text = slack["text"].as_str().expect("slack text");
+    assert!(text.contains("upstream_down"), "{text}");
+    assert!(text.contains(&a.addr.to_string()), "{text}");
+    assert_eq!(slack["blocks"][0]["type"], "section");
+
+    let am: Vec<serde_json::Value> = deliveries
+        .iter()
+        .filter(|d| d.path == "/am")
+        .flat_map(|d| {
+            d.json()
+                .as_array()
+                .expect("alertmanager body is an array")
+                .clone()
+        })
+        .collect();
+    let fired = &am[0];
+    assert_eq!(fired["labels"]["alertname"], "upstream_down");
+    assert_eq!(fired["labels"]["server"], a.addr.to_string());
+    assert_eq!(fired["labels"]["severity"], "warning");
+    assert!(fired["labels"]["instance"].is_string());
+    assert!(fired["annotations"]["summary"].is_string());
+    let starts = fired["startsAt"].as_str().unwrap();
+    assert!(
+        starts.len() == 20 && starts.as_bytes()[10] == b'T' && starts.ends_with('Z'),
+        "{starts}"
+    );
+    assert!(fired.get("endsAt").is_none());
+    // The recovery resolves the same alert (same labels) with endsAt.
+    let resolved = am.last().unwrap();
+    assert_eq!(resolved["labels"], fired["labels"]);
+    assert!(resolved["endsAt"].is_string());
+    assert_eq!(resolved["annotations"]["event"], "upstream_up");
+    // Alertmanager webhooks get only the events they asked for.
+    assert!(am
+        .iter()
+        .all(|a| a["labels"]["alertname"] == "upstream_down"));
+    strata.stop().await;
+}
+
+#[tokio::test]
+async fn hit_ratio_alert_fires_under_misses_not_under_hits() {
+    let receiver = Receiver::start(200).await;
+    let origin = Origin::fixed(&[("cache-control", "max-age=600")], "x").await;
+    let extra = format!(
+        "[upstream.health]\nenabled = false\n[alerts.hit_ratio_low]\nthreshold = 0.5\nwindow = \"500ms\"\nmin_rps = 5\n{}",
+        webhook(&receiver.url("/hook"), "")
+    );
+    let strata = Strata::start(&[origin.addr], &extra).await;
+    let client = Client::new();
+
+    // Hits for three windows: the ratio stays near 1, nothing fires.
+    let hits_until = tokio::time::Instant::now() + Duration::from_millis(1600);
+    while tokio::time::Instant::now() < hits_until {
+        client.get(&strata.url("/hot")).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(origin.count(), 1, "one miss, then hits");
+    let after_hits = receiver.events().len();
+
+    // Then only misses (a new URL each time) until the alert arrives.
+    let mut i = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !receiver.events().contains(&"hit_ratio_low".to_string()) {
+        assert!(tokio::time::Instant::now() < deadline, "no hit_ratio_low");
+        client.get(&strata.url(&format!("/cold/{i}"))).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(after_hits, 0, "no alert under a hit load");
+    assert_eq!(receiver.events(), ["hit_ratio_low"], "fires once");
+    let alert = &receiver.json_alerts()[0];
+    assert!(alert["message"].as_str().unwrap().contains("hit ratio"));
+    strata.stop().await;
+}
+
+#[tokio::test]
+async fn error_ratio_alert_fires_when_5xx_dominate() {
+    let receiver = Receiver::start(200).await;
+    let origin = Origin::start(|_req| async { support::origin::reply(502, &[], "bad") }).await;
+    let extra = format!(
+        "[upstream.health]\nenabled = false\n[alerts.error_ratio_high]\nthreshold = 0.2\nwindow = \"400ms\"\nmin_rps = 5\n{}",
+        webhook(&receiver.url("/hook"), "events = [\"error_ratio_high\"]")
+    );
+    let strata = Strata::start(&[origin.addr], &extra).await;
+    let client = Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while receiver.events().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no error_ratio_high"
+        );
+        assert_eq!(client.get(&strata.url("/api")).await.status, 502);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(receiver.events(), ["error_ratio_high"]);
+    strata.stop().await;
+}
+
+#[tokio::test]
+async fn an_expiring_certificate_is_an_alert_at_start() {
+    let receiver = Receiver::start(200).await;
+    let origin = Origin::fixed(&[], "x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(5);
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let extra = format!(
+        "[upstream.health]\nenabled = false\n{}",
+        webhook(&receiver.url("/hook"), "")
+    );
+    let text = support::config_text(&[origin.addr], &extra).replace(
+        "[admin]",
+        &format!(
+            "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\n[admin]",
+            cert_path.display(),
+            key_path.display()
+        ),
+    );
+    let strata = Strata::start_text(&text).await;
+    wait_until(Duration::from_secs(10), "cert_expiring", || async {
+        !receiver.events().is_empty()
+    })
+    .await;
+    let alert = &receiver.json_alerts()[0];
+    assert_eq!(alert["event"], "cert_expiring");
+    assert_eq!(alert["labels"]["cert"], cert_path.display().to_string());
+    let message = alert["message"].as_str().unwrap();
+    assert!(
+        message.contains("expires in 4 days") || message.contains("expires in 5 days"),
+        "{message}"
+    );
+    strata.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_reload_is_an_alert() {
+    let receiver = Receiver::start(200).await;
+    let origin = Origin::fixed(&[], "x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let extra = format!(
+        "[upstream.health]\nenabled = false\n{}",
+        webhook(&receiver.url("/hook"), "")
+    );
+    std::fs::write(&path, support::config_text(&[origin.addr], &extra)).unwrap();
+    let strata = support::binary::Binary::start(&path, &[]).await;
+    std::fs::write(&path, "[server]\nlisten = 12\n").unwrap();
+    strata.signal("HUP");
+    wait_until(Duration::from_secs(10), "reload_failed", || async {
+        !receiver.events().is_empty()
+    })
+    .await;
+    let alert = &receiver.json_alerts()[0];
+    assert_eq!(alert["event"], "reload_failed");
+    assert!(alert["message"].as_str().unwrap().contains("strata.toml"));
+    strata.stop().await;
+}
