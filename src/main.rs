@@ -114,12 +114,6 @@ fn run(config: Config, log: telemetry::LogHandle, cli_level: Option<String>) -> 
     runtime.block_on(async move {
         let path = config.path.clone();
         let server = Server::bind(config).await?;
-        tracing::info!(
-            listen = %server.local_addr(),
-            admin = server.admin_addr().map(tracing::field::display),
-            tls = server.tls_addr().map(tracing::field::display),
-            "strata serving"
-        );
         server::signals::spawn_reloader(path, server.reloader(), move |c| {
             // The command line wins over the file, as at start-up; a
             // level removed from the file falls back to RUST_LOG, then info.
@@ -129,6 +123,14 @@ fn run(config: Config, log: telemetry::LogHandle, cli_level: Option<String>) -> 
                 }
             }
         });
+        // Said once the SIGHUP handler is in place (scripts and tests wait
+        // for this line before signalling).
+        tracing::info!(
+            listen = %server.local_addr(),
+            admin = server.admin_addr().map(tracing::field::display),
+            tls = server.tls_addr().map(tracing::field::display),
+            "strata serving"
+        );
         server.run(server::signals::shutdown()).await;
         tracing::info!("stopped");
         Ok(())

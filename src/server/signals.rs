@@ -25,17 +25,21 @@ pub async fn shutdown() {
 }
 
 /// Reloads `path` through `reloader` on every SIGHUP; `on_reload` sees each
-/// new config that was applied (for the log level).
+/// new config that was applied (for the log level). Must be called inside
+/// the runtime; the handler is in place when it returns.
 pub fn spawn_reloader(
     path: PathBuf,
     reloader: Reloader,
     on_reload: impl Fn(&Config) + Send + 'static,
 ) {
+    // Installed before returning, not in the task: a SIGHUP that arrives
+    // right after start-up must reload, never hit the default action
+    // (terminate).
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler: reload disabled");
+        return;
+    };
     tokio::spawn(async move {
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::error!("cannot install the SIGHUP handler: reload disabled");
-            return;
-        };
         while hup.recv().await.is_some() {
             match reloader.reload_file(&path) {
                 Ok(config) => {
