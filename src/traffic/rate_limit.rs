@@ -126,7 +126,11 @@ impl Local {
 
     /// `None` when allowed, else the wait until the next allowed request.
     fn check(&self, key: u64) -> Option<Duration> {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % SIZE_CHECK_EVERY == 0 {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SIZE_CHECK_EVERY)
+        {
             self.bound();
         }
         let limiter = self.limiter.load();
