@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub log: LogFile,
     #[serde(default)]
     pub rate_limits: Vec<RateLimitFile>,
+    #[serde(default)]
     pub alerts: AlertsFile,
 }
 
