@@ -332,10 +332,19 @@ fn key_path(path: &str) -> String {
     if path == "." {
         return String::new();
     }
-    path.split('.')
-        .filter(|segment| !segment.starts_with("$__"))
-        .collect::<Vec<_>>()
-        .join(".")
+    // Drop each `.$__name` segment but keep what follows it on the same
+    // segment (an index: `servers.$__serde_spanned_private_value[0]`).
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(i) = rest.find("$__") {
+        let before = &rest[..i];
+        out.push_str(before.strip_suffix('.').unwrap_or(before));
+        let after = &rest[i..];
+        let end = after.find(['.', '[']).unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -349,6 +358,10 @@ mod tests {
             "upstream.health.interval"
         );
         assert_eq!(key_path("rules[2].match"), "rules[2].match");
+        assert_eq!(
+            key_path("upstream.servers.$__serde_spanned_private_value[0].wieght"),
+            "upstream.servers[0].wieght"
+        );
         assert_eq!(key_path("."), "");
     }
 }
