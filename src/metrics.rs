@@ -88,6 +88,60 @@ impl RequestTotals {
     }
 }
 
+/// One upstream server's series, resolved on first use and kept (the
+/// pool holds one per configured server) so that counting a pass-through
+/// is atomic adds, not a label hash and a lock per request. Lazily, so that
+/// `/metrics` shows only statuses and durations that happened.
+pub struct ServerSeries {
+    metrics: Metrics,
+    server: String,
+    /// `strata_upstream_requests_total{server, status}` for `COMMON_STATUS`.
+    by_status: [std::sync::OnceLock<IntCounter>; COMMON_STATUS.len()],
+    duration: std::sync::OnceLock<prometheus::Histogram>,
+}
+
+impl ServerSeries {
+    /// An upstream response with `status` after `elapsed` (head received).
+    pub fn response(&self, status: u16, elapsed: Duration) {
+        let i = &self.metrics.inner;
+        match COMMON_STATUS.iter().position(|&s| s == status) {
+            Some(p) => self.by_status[p]
+                .get_or_init(|| {
+                    i.upstream_requests.with_label_values(&[
+                        self.server.as_str(),
+                        itoa::Buffer::new().format(status),
+                    ])
+                })
+                .inc(),
+            None => i
+                .upstream_requests
+                .with_label_values(&[self.server.as_str(), itoa::Buffer::new().format(status)])
+                .inc(),
+        }
+        self.observe(elapsed);
+    }
+
+    /// A failed upstream exchange of `kind` after `elapsed`.
+    pub fn error(&self, kind: &str, elapsed: Duration) {
+        let i = &self.metrics.inner;
+        i.upstream_errors
+            .with_label_values(&[self.server.as_str(), kind])
+            .inc();
+        self.observe(elapsed);
+    }
+
+    fn observe(&self, elapsed: Duration) {
+        self.duration
+            .get_or_init(|| {
+                self.metrics
+                    .inner
+                    .upstream_duration
+                    .with_label_values(&[self.server.as_str()])
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
 /// Statuses whose counters are pre-resolved.
 const COMMON_STATUS: [u16; 12] = [200, 204, 206, 301, 302, 304, 400, 404, 500, 502, 503, 504];
 
@@ -462,22 +516,22 @@ impl Metrics {
             .set(i64::from(healthy));
     }
 
+    /// The series of upstream server `server` (`host:port`).
+    pub fn server_series(&self, server: &str) -> ServerSeries {
+        ServerSeries {
+            metrics: self.clone(),
+            server: server.to_string(),
+            by_status: Default::default(),
+            duration: std::sync::OnceLock::new(),
+        }
+    }
+
     pub fn upstream_response(&self, server: &str, status: u16, elapsed: Duration) {
-        let i = &self.inner;
-        i.upstream_requests
-            .with_label_values(&[server, itoa::Buffer::new().format(status)])
-            .inc();
-        i.upstream_duration
-            .with_label_values(&[server])
-            .observe(elapsed.as_secs_f64());
+        self.server_series(server).response(status, elapsed);
     }
 
     pub fn upstream_error(&self, server: &str, kind: &str, elapsed: Duration) {
-        let i = &self.inner;
-        i.upstream_errors.with_label_values(&[server, kind]).inc();
-        i.upstream_duration
-            .with_label_values(&[server])
-            .observe(elapsed.as_secs_f64());
+        self.server_series(server).error(kind, elapsed);
     }
 
     pub fn cache_size(&self, tier: &str, bytes: u64, entries: u64) {

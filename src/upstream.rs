@@ -1,6 +1,8 @@
 //! The upstream pool: the configured servers, which of them are eligible
 //! (healthy, not drained), the balancing policy, sticky sessions, and
-//! sending a request with one retry on a connect failure.
+//! sending a request with one retry on a connect failure (another server)
+//! or on a dead keep-alive connection (the same server, a fresh
+//! connection).
 //!
 //! - `upstream/balancer.rs`: round-robin, least-request and hash policies
 //!   (`balancer/ring.rs`: the consistent hash ring).
@@ -8,12 +10,16 @@
 //!   slow-start ramp.
 //! - `upstream/sticky.rs`: the signed sticky-session cookie.
 //! - `upstream/health.rs`: active HTTP health checks.
-//! - `upstream/client.rs`: the pooled keep-alive HTTP/1.1 client.
+//! - `upstream/client.rs`: one exchange with one server, the retry rule for
+//!   dead keep-alive connections, the body that returns its connection.
+//! - `upstream/pool.rs`: per-server keep-alive connections (connect, idle
+//!   list, expiry).
 
 pub mod balancer;
 pub mod client;
 mod error;
 pub mod health;
+mod pool;
 pub mod server;
 pub mod sticky;
 
@@ -21,14 +27,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::Alerts;
 use crate::config::{Balance, HashKey, UpstreamConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ServerSeries};
 pub use balancer::{Balancer, Route};
-pub use client::{ReqBody, UpstreamClient};
+pub use client::{Failure, ReqBody, UpstreamBody, UpstreamClient};
 pub use error::UpstreamError;
 pub use server::ServerState;
 pub use sticky::{SetSticky, Sticky};
@@ -40,6 +45,8 @@ pub struct Upstreams {
     /// `[upstream.sticky]`, when configured.
     sticky: Option<Sticky>,
     client: UpstreamClient,
+    /// Per-server metric series, in the balancer's order.
+    series: Vec<ServerSeries>,
     config: UpstreamConfig,
     metrics: Metrics,
     alerts: Alerts,
@@ -54,7 +61,7 @@ pub struct ServedBy(pub http::uri::Authority);
 
 /// A response from an upstream, with which server answered.
 pub struct Answer {
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     pub server: usize,
 }
 
@@ -89,7 +96,12 @@ impl Upstreams {
         Arc::new(Upstreams {
             balancer,
             sticky,
-            client: UpstreamClient::new(config),
+            series: balancer
+                .servers()
+                .iter()
+                .map(|s| metrics.server_series(s.authority.as_str()))
+                .collect(),
+            client: UpstreamClient::new(balancer.servers().iter().map(|s| &s.authority), config),
             config: config.clone(),
             metrics,
             alerts,
@@ -139,13 +151,14 @@ impl Upstreams {
     /// it is eligible, else by `upstream.balance`. The sticky cookie is
     /// removed from the request; when the answer came from another server
     /// than a valid cookie named, the response carries a [`SetSticky`]
-    /// extension. A connect failure counts against that server and, when
-    /// `retry` is given (an idempotent request without a body, whose parts
-    /// can be sent again), is retried once on the next server.
+    /// extension. `replayable` says the request is idempotent and has no
+    /// body: it is re-sent once on a fresh connection when a reused one
+    /// turns out dead (`upstream/client.rs`), and after a connect failure
+    /// (which counts against that server) it is retried once on the next.
     pub async fn send(
         &self,
         mut req: Request<ReqBody>,
-        retry: Option<&RetryParts>,
+        replayable: bool,
     ) -> Result<Answer, UpstreamError> {
         let now = SystemTime::now();
         let preferred = self
@@ -159,23 +172,26 @@ impl Upstreams {
             hash: self.hash_of(&req),
         };
         let first = self.balancer.pick(&route).ok_or(UpstreamError::NoHealthy)?;
-        let result = match self.send_to(first, req).await {
-            Err(e @ UpstreamError::Connect { .. }) => {
+        let result = match self.send_to(first, req, replayable).await {
+            Ok(answer) => Ok(answer),
+            Err(Failure {
+                error: e @ UpstreamError::Connect { .. },
+                request: Some(again),
+            }) if replayable => {
                 route.exclude = Some(first);
-                let (Some(parts), Some(next)) = (retry, self.balancer.pick(&route)) else {
+                let Some(next) = self.balancer.pick(&route) else {
                     return Err(e);
                 };
                 tracing::debug!(
                     failed = e.server(),
                     "connect failed, retrying on the next server"
                 );
-                let mut again = parts.rebuild();
-                if let Some(s) = &self.sticky {
-                    s.take(again.headers_mut(), now);
-                }
-                self.send_to(next, again).await
+                // The sticky cookie was already taken out of `again`.
+                self.send_to(next, again, replayable)
+                    .await
+                    .map_err(|f| f.error)
             }
-            other => other,
+            Err(f) => Err(f.error),
         };
         let mut answer = result?;
         if let Some(sticky) = &self.sticky {
@@ -214,23 +230,24 @@ impl Upstreams {
         }
     }
 
-    async fn send_to(&self, index: usize, req: Request<ReqBody>) -> Result<Answer, UpstreamError> {
+    async fn send_to(
+        &self,
+        index: usize,
+        req: Request<ReqBody>,
+        replayable: bool,
+    ) -> Result<Answer, Failure> {
         let server = &self.balancer.servers()[index];
         let started = Instant::now();
         let in_flight = server.begin();
         let result = self
             .client
-            .request(&server.authority, req, self.config.response_timeout)
+            .request(index, req, replayable, self.config.response_timeout)
             .await;
         drop(in_flight);
         let elapsed = started.elapsed();
         match result {
             Ok(mut response) => {
-                self.metrics.upstream_response(
-                    server.authority.as_str(),
-                    response.status().as_u16(),
-                    elapsed,
-                );
+                self.series[index].response(response.status().as_u16(), elapsed);
                 response
                     .extensions_mut()
                     .insert(ServedBy(server.authority.clone()));
@@ -239,15 +256,15 @@ impl Upstreams {
                     server: index,
                 })
             }
-            Err(e) => {
-                self.metrics
-                    .upstream_error(server.authority.as_str(), e.kind(), elapsed);
+            Err(f) => {
+                let e = &f.error;
+                self.series[index].error(e.kind(), elapsed);
                 if let UpstreamError::Connect { .. } = e {
                     if self.balancer.passive_failure(index, &self.config.health) {
                         health::went_down(self, server, "connect failed");
                     }
                 }
-                Err(e)
+                Err(f)
             }
         }
     }
@@ -256,30 +273,5 @@ impl Upstreams {
 impl Drop for Upstreams {
     fn drop(&mut self) {
         self.stop.cancel();
-    }
-}
-
-/// What is needed to send a body-less request again on another server.
-pub struct RetryParts {
-    method: http::Method,
-    uri: http::Uri,
-    headers: http::HeaderMap,
-}
-
-impl RetryParts {
-    pub fn capture(req: &Request<ReqBody>) -> RetryParts {
-        RetryParts {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
-        }
-    }
-
-    fn rebuild(&self) -> Request<ReqBody> {
-        let mut req = Request::new(client::empty_body());
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
     }
 }

@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
+use crate::upstream::UpstreamBody;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
 
 use super::body::{BoxError, IdleTimeout, ProxyBody};
@@ -60,7 +60,7 @@ pub fn spawn(
     cache: Cache,
     plan: Plan,
     lock: Option<WriteLock>,
-    body: IdleTimeout<Incoming>,
+    body: IdleTimeout<UpstreamBody>,
     client: Option<ClientTx>,
     done: Option<oneshot::Sender<Option<Arc<Variant>>>>,
 ) {
@@ -76,7 +76,7 @@ async fn run(
     cache: &Cache,
     plan: Plan,
     mut lock: Option<WriteLock>,
-    mut body: IdleTimeout<Incoming>,
+    mut body: IdleTimeout<UpstreamBody>,
     mut client: Option<ClientTx>,
 ) -> Option<Arc<Variant>> {
     let declared = super::headers::content_length(&plan.headers);

@@ -17,7 +17,7 @@ pub use crate::compression::BoxError;
 pub enum ProxyBody {
     Empty,
     Full(Option<Bytes>),
-    Upstream(IdleTimeout<hyper::body::Incoming>),
+    Upstream(IdleTimeout<crate::upstream::UpstreamBody>),
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
 
@@ -92,10 +92,14 @@ pub struct BodyIdle(pub Duration);
 
 /// Wraps a body so that a stall longer than `idle` between two frames ends
 /// it with [`BodyIdle`] (the client sees a cut-off response, never a hang).
+/// The timer is allocated at the first stall and re-armed (not
+/// re-allocated) at later ones.
 pub struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The timer runs for the current stall.
+    armed: bool,
 }
 
 impl<B> IdleTimeout<B> {
@@ -104,6 +108,7 @@ impl<B> IdleTimeout<B> {
             inner,
             idle,
             sleep: None,
+            armed: false,
         }
     }
 }
@@ -123,14 +128,22 @@ where
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.sleep = None;
+                this.armed = false;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
                 let idle = this.idle;
-                let sleep = this.sleep.get_or_insert_with(|| {
-                    Box::pin(tokio::time::sleep_until(Instant::now() + idle))
-                });
+                if !this.armed {
+                    let deadline = Instant::now() + idle;
+                    match &mut this.sleep {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                    this.armed = true;
+                }
+                let Some(sleep) = this.sleep.as_mut() else {
+                    return Poll::Pending;
+                };
                 ready!(sleep.as_mut().poll(cx));
                 Poll::Ready(Some(Err(Box::new(BodyIdle(idle)))))
             }

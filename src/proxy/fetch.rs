@@ -42,7 +42,7 @@ const CLIENT_CONDITIONALS: [header::HeaderName; 6] = [
 ];
 
 /// An upstream body behind the idle timeout.
-type UpstreamBody = IdleTimeout<Incoming>;
+type UpstreamBody = IdleTimeout<crate::upstream::UpstreamBody>;
 
 /// The upstream's answer to a fetch for the cache, classified once.
 enum Fetched {

@@ -15,7 +15,7 @@ use super::cache_status::{CacheStatus, Fwd};
 use super::error::ProxyError;
 use super::headers;
 use super::{Answered, ConnInfo, Runtime, Shared};
-use crate::upstream::{client::empty_body, Answer, ReqBody, RetryParts, UpstreamError};
+use crate::upstream::{client::empty_body, Answer, ReqBody, UpstreamBody, UpstreamError};
 
 use crate::traffic::ClientIp;
 
@@ -51,8 +51,10 @@ pub fn upstream_request(
     req
 }
 
-/// Sends a prepared request upstream; idempotent body-less requests are
-/// retried once on another server after a connect failure.
+/// Sends a prepared request upstream. Idempotent body-less requests are
+/// replayable: re-sent once on a fresh connection when a reused one was
+/// closed before any response byte, and retried once on another server
+/// after a connect failure (SPEC §6 "Upstream connections").
 pub async fn send(runtime: &Runtime, req: Request<ReqBody>) -> Result<Answer, ProxyError> {
     if let Some(limits) = &runtime.rate_limits {
         limits
@@ -60,11 +62,8 @@ pub async fn send(runtime: &Runtime, req: Request<ReqBody>) -> Result<Answer, Pr
             .await
             .map_err(ProxyError::RateLimited)?;
     }
-    let retryable = is_idempotent(req.method())
-        && req.body().is_end_stream()
-        && runtime.upstreams.balancer.servers().len() > 1;
-    let retry = retryable.then(|| RetryParts::capture(&req));
-    let answer = runtime.upstreams.send(req, retry.as_ref()).await?;
+    let replayable = is_idempotent(req.method()) && req.body().is_end_stream();
+    let answer = runtime.upstreams.send(req, replayable).await?;
     check_framing(runtime, &answer)?;
     Ok(answer)
 }
@@ -96,7 +95,7 @@ fn check_framing(runtime: &Runtime, answer: &Answer) -> Result<(), UpstreamError
 
 /// Turns an upstream response into the client response: hop-by-hop fields
 /// out, the body streamed behind the idle timeout.
-pub fn client_response(runtime: &Runtime, resp: Response<Incoming>) -> Response<ProxyBody> {
+pub fn client_response(runtime: &Runtime, resp: Response<UpstreamBody>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
     let idle = runtime.config.upstream.body_idle_timeout;
@@ -161,7 +160,7 @@ pub fn strip_surrogate_fields<B>(resp: &mut Response<B>) {
 }
 
 fn switch_protocols(
-    mut resp: Response<Incoming>,
+    mut resp: Response<UpstreamBody>,
     client: hyper::upgrade::OnUpgrade,
     status: CacheStatus,
 ) -> Answered {

@@ -1,20 +1,28 @@
-//! The pooled keep-alive HTTP/1.1 client used for every upstream request
-//! (hyper-util's legacy client): connections are reused across requests,
-//! `connect_timeout` bounds the TCP connect and `response_timeout` the wait
-//! for the response head.
+//! Sending one request to one upstream server over a pooled keep-alive
+//! HTTP/1.1 connection (`upstream/pool.rs`), and the response body that
+//! gives its connection back when it ends.
+//!
+//! The retry rule (RFC 9112 §9.3.1): a request that hyper hands back
+//! unsent (the pooled connection was found closed before it was written)
+//! goes out on a fresh connection, whatever its method; an idempotent
+//! request without a body (RFC 9110 §9.2.2) whose reused connection closed
+//! before any response byte is re-sent once on a fresh connection. Nothing
+//! else is ever sent twice: a POST that may have reached the origin fails.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::error::UpstreamError;
+use super::pool::{self, Sender, ServerPool};
 use crate::config::UpstreamConfig;
 
 /// A request body going upstream: the client's own, or none.
@@ -24,63 +32,252 @@ pub fn empty_body() -> ReqBody {
     Either::Right(Empty::new())
 }
 
+/// The keep-alive connections to every configured server, in the
+/// balancer's order (its indices).
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, ReqBody>,
+    servers: Arc<[Arc<ServerPool>]>,
+}
+
+/// A failed send. `request` is given back when it never left Strata (the
+/// connect failed), so the caller may try another server with it.
+pub struct Failure {
+    pub error: UpstreamError,
+    pub request: Option<Request<ReqBody>>,
 }
 
 impl UpstreamClient {
-    pub fn new(config: &UpstreamConfig) -> UpstreamClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_server)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http1_preserve_header_case(false)
-            .retry_canceled_requests(true)
-            .set_host(false)
-            .build(connector);
-        UpstreamClient { client }
+    /// Pools for `servers` (their authorities, in the balancer's order),
+    /// with the pool settings of `config`.
+    pub fn new<'a>(
+        servers: impl Iterator<Item = &'a Authority>,
+        config: &UpstreamConfig,
+    ) -> UpstreamClient {
+        let servers: Arc<[Arc<ServerPool>]> = servers
+            .map(|a| {
+                Arc::new(ServerPool::new(
+                    a.clone(),
+                    config.pool_max_idle_per_server,
+                    config.pool_idle_timeout,
+                    config.connect_timeout,
+                ))
+            })
+            .collect();
+        pool::spawn_sweeper(Arc::downgrade(&servers), config.pool_idle_timeout);
+        UpstreamClient { servers }
     }
 
-    /// Sends `req` to `authority`, waiting at most `timeout` for the head.
+    /// Sends `req` to server `server` (an index into `upstream.servers`),
+    /// waiting at most `timeout` for the response head (connect included).
+    /// `replayable` says the request is idempotent and has no body, so it
+    /// may be re-sent after a reused connection turned out dead.
     pub async fn request(
         &self,
-        authority: &Authority,
-        mut req: Request<ReqBody>,
+        server: usize,
+        req: Request<ReqBody>,
+        replayable: bool,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(authority.clone());
-        parts.path_and_query = req.uri().path_and_query().cloned();
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    ) -> Result<Response<UpstreamBody>, Failure> {
+        let pool = &self.servers[server];
+        match tokio::time::timeout(timeout, exchange(pool, req, replayable)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure {
+                error: UpstreamError::Timeout {
+                    server: pool.authority.to_string(),
+                    timeout,
+                },
+                request: None,
+            }),
         }
-        if let Ok(uri) = Uri::from_parts(parts) {
+    }
+}
+
+async fn exchange(
+    pool: &Arc<ServerPool>,
+    mut req: Request<ReqBody>,
+    replayable: bool,
+) -> Result<Response<UpstreamBody>, Failure> {
+    // Origin-form target (RFC 9112 §3.2.1); upstreams speak HTTP/1.1
+    // whatever the client used.
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse::<Uri>();
+        if let Ok(uri) = target {
             *req.uri_mut() = uri;
         }
-        // Upstreams speak HTTP/1.1 whatever the client used.
-        *req.version_mut() = http::Version::HTTP_11;
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => Err(UpstreamError::Timeout {
-                server: authority.to_string(),
-                timeout,
-            }),
-            Ok(Err(source)) if source.is_connect() => Err(UpstreamError::Connect {
-                server: authority.to_string(),
-                source,
-            }),
-            Ok(Err(source)) => Err(UpstreamError::Protocol {
-                server: authority.to_string(),
-                source,
-            }),
-            Ok(Ok(resp)) => Ok(resp),
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+
+    if let Some(mut sender) = pool.checkout().await {
+        let again = replayable.then(|| Replay::capture(&req));
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok(UpstreamBody::wrap(resp, sender, pool)),
+            Err(mut e) => {
+                if let Some(unsent) = e.take_message() {
+                    tracing::debug!(server = %pool.authority, "pooled connection closed before the request was sent; using a new one");
+                    req = unsent;
+                } else {
+                    let error = e.into_error();
+                    match again {
+                        Some(replay) if closed_before_response(&error) => {
+                            tracing::debug!(server = %pool.authority, error = %error, "reused connection closed before any response byte; re-sending once on a new one");
+                            req = replay.rebuild();
+                        }
+                        _ => {
+                            return Err(Failure {
+                                error: protocol(pool, error),
+                                request: None,
+                            })
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    let mut sender = match pool.connect().await {
+        Ok(s) => s,
+        Err(error) => {
+            return Err(Failure {
+                error,
+                request: Some(req),
+            })
+        }
+    };
+    match sender.send_request(req).await {
+        Ok(resp) => Ok(UpstreamBody::wrap(resp, sender, pool)),
+        Err(error) => Err(Failure {
+            error: protocol(pool, error),
+            request: None,
+        }),
+    }
+}
+
+fn protocol(pool: &ServerPool, source: hyper::Error) -> UpstreamError {
+    UpstreamError::Protocol {
+        server: pool.authority.to_string(),
+        source,
+    }
+}
+
+/// The connection ended before the response began: EOF where the head
+/// should be, or the socket reset or closed under the write. (A partial
+/// head is a parse error, never this.)
+fn closed_before_response(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// What is needed to send a body-less request again.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn capture(req: &Request<ReqBody>) -> Replay {
+        Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn rebuild(self) -> Request<ReqBody> {
+        let mut req = Request::new(empty_body());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = http::Version::HTTP_11;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+/// An upstream response body. When it has been read to the end (or is
+/// empty), its connection goes back to the server's idle list; dropped
+/// before the end, the connection is closed (HTTP/1.1 cannot skip the rest
+/// of a response). A `101 Switching Protocols` never returns its
+/// connection: it belongs to the upgraded stream.
+pub struct UpstreamBody {
+    inner: Incoming,
+    conn: Option<(Sender, Arc<ServerPool>)>,
+}
+
+impl UpstreamBody {
+    fn wrap(resp: Response<Incoming>, sender: Sender, pool: &Arc<ServerPool>) -> Response<Self> {
+        let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        resp.map(|inner| {
+            let mut body = UpstreamBody {
+                inner,
+                conn: (!upgraded).then(|| (sender, pool.clone())),
+            };
+            body.release_if_done();
+            body
+        })
+    }
+
+    fn release_if_done(&mut self) {
+        if self.inner.is_end_stream() {
+            if let Some((sender, pool)) = self.conn.take() {
+                pool.checkin(sender);
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some((sender, pool)) = this.conn.take() {
+                    pool.checkin(sender);
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => this.release_if_done(),
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        self.release_if_done();
     }
 }

@@ -10,12 +10,13 @@ pub enum UpstreamError {
     /// Every server is out of rotation (unhealthy).
     #[error("no healthy upstream server")]
     NoHealthy,
-    /// The TCP connect failed or timed out (`connect_timeout`).
+    /// The TCP connect failed or timed out (`connect_timeout`; the source
+    /// is then of kind `TimedOut`).
     #[error("cannot connect to upstream {server}")]
     Connect {
         server: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: std::io::Error,
     },
     /// No response head within `response_timeout`.
     #[error("upstream {server} did not answer within {timeout:?}")]
@@ -25,7 +26,7 @@ pub enum UpstreamError {
     Protocol {
         server: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
     /// The response's framing cannot be relayed faithfully.
     #[error("upstream {server} sent a response with unsupported framing")]

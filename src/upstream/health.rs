@@ -38,11 +38,14 @@ pub fn spawn(pool: Weak<Upstreams>, stop: CancellationToken) {
 }
 
 async fn check_all(pool: &Upstreams) {
-    let checks = pool
-        .balancer
-        .servers()
-        .iter()
-        .map(|server| async move { (server, check_one(pool, &server.authority).await) });
+    let checks =
+        pool.balancer
+            .servers()
+            .iter()
+            .enumerate()
+            .map(|(index, server)| async move {
+                (server, check_one(pool, index, &server.authority).await)
+            });
     for (server, result) in futures_util::future::join_all(checks).await {
         let health = &pool.config().health;
         let name = server.authority.as_str();
@@ -93,7 +96,11 @@ pub(super) fn went_down(pool: &Upstreams, server: &ServerState, reason: &str) {
     }
 }
 
-async fn check_one(pool: &Upstreams, authority: &http::uri::Authority) -> Result<(), String> {
+async fn check_one(
+    pool: &Upstreams,
+    index: usize,
+    authority: &http::uri::Authority,
+) -> Result<(), String> {
     let health = &pool.config().health;
     let mut req = Request::new(empty_body());
     *req.uri_mut() = health
@@ -110,9 +117,9 @@ async fn check_one(pool: &Upstreams, authority: &http::uri::Authority) -> Result
     let work = async {
         let resp = pool
             .client()
-            .request(authority, req, health.timeout)
+            .request(index, req, true, health.timeout)
             .await
-            .map_err(|e| format!("{} error", e.kind()))?;
+            .map_err(|f| format!("{} error", f.error.kind()))?;
         let status = resp.status();
         // Drain the body so the connection can be reused.
         let _ = resp.into_body().collect().await;

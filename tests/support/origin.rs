@@ -235,3 +235,93 @@ impl Origin {
         (origin, gate)
     }
 }
+
+/// What a [`raw_keepalive`] origin saw: the request line of every request
+/// it read, in order, and how many connections it accepted.
+#[derive(Default)]
+pub struct RawSeen {
+    pub requests: Mutex<Vec<String>>,
+    pub connections: AtomicUsize,
+}
+
+impl RawSeen {
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("requests").clone()
+    }
+
+    /// Request lines starting with `method `.
+    pub fn count(&self, method: &str) -> usize {
+        let prefix = format!("{method} ");
+        self.requests()
+            .iter()
+            .filter(|r| r.starts_with(&prefix))
+            .count()
+    }
+}
+
+/// A raw keep-alive origin: per connection it answers up to `answers`
+/// requests with `response` (which must frame itself, e.g. with
+/// `Content-Length`), then reads one more request, records it and closes
+/// without answering; a connection idle for `idle_close` is closed too.
+/// Every request line read is recorded, answered or not.
+pub async fn raw_keepalive(
+    response: &'static [u8],
+    answers: usize,
+    idle_close: std::time::Duration,
+) -> (SocketAddr, Arc<RawSeen>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind raw origin");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(RawSeen::default());
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            seen2.connections.fetch_add(1, Ordering::SeqCst);
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let mut buf: Vec<u8> = Vec::new();
+                let mut answered = 0;
+                loop {
+                    // One request: the head, then a Content-Length body.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tokio::time::timeout(idle_close, s.read(&mut chunk)).await {
+                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    let length = head
+                        .lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                    let line = head.lines().next().unwrap_or("").to_string();
+                    seen.requests.lock().expect("requests").push(line);
+                    if answered == answers {
+                        return;
+                    }
+                    answered += 1;
+                    if s.write_all(response).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
