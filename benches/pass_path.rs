@@ -59,10 +59,7 @@ fn upstream_response_headers() -> HeaderMap {
 }
 
 fn rewrite(c: &mut Criterion) {
-    let conn = ConnInfo {
-        peer: "192.0.2.7:50000".parse().expect("peer"),
-        https: false,
-    };
+    let conn = ConnInfo::new("192.0.2.7:50000".parse().expect("peer"), false);
     let resp_headers = upstream_response_headers();
     let mut g = c.benchmark_group("pass_path");
     g.throughput(Throughput::Elements(1));

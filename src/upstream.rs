@@ -93,15 +93,17 @@ impl Upstreams {
                 health::describe(&config.health)
             );
         }
+        let series = balancer
+            .servers()
+            .iter()
+            .map(|s| metrics.server_series(s.authority.as_str()))
+            .collect();
+        let client = UpstreamClient::new(balancer.servers().iter().map(|s| &s.authority), config);
         Arc::new(Upstreams {
             balancer,
             sticky,
-            series: balancer
-                .servers()
-                .iter()
-                .map(|s| metrics.server_series(s.authority.as_str()))
-                .collect(),
-            client: UpstreamClient::new(balancer.servers().iter().map(|s| &s.authority), config),
+            series,
+            client,
             config: config.clone(),
             metrics,
             alerts,

@@ -75,15 +75,14 @@ impl ServerPool {
             let mut sender = {
                 let now = Instant::now();
                 let mut idle = self.idle.lock().ok()?;
-                let found = loop {
+                loop {
                     let entry = idle.pop()?;
                     if !entry.sender.is_closed()
                         && now.saturating_duration_since(entry.since) < self.idle_timeout
                     {
                         break entry.sender;
                     }
-                };
-                found
+                }
             };
             // A connection checked in as its body ended may still be
             // finishing that exchange; `ready` waits for it, and fails if
