@@ -1,23 +1,38 @@
 //! Path rules: `[[rules]]` map a glob over the request path (without the
-//! query) to a Cache-Control value that replaces the upstream's, both for
-//! the cache's own decision and for the client. First match wins.
+//! query) to what the cache does with it: a Cache-Control value that
+//! replaces the upstream's (for the cache's own decision and the client),
+//! TTL keys, and, optionally, the request methods and response media types
+//! the rule is for. First match wins; a rule whose `methods` or
+//! `content_type` do not fit is skipped and the next one tried.
+//!
+//! - `rules/lifetime.rs`: what a rule may and may not override (SPEC §10:
+//!   never privacy, only success statuses) and the TTL keys.
 //!
 //! Globs use `/` as a separator: `*` stays inside one segment, `**/` matches
 //! zero or more whole segments, so `"**/*.html"` matches `/index.html` and
 //! `/a/b/c.html`, and `"/assets/**"` matches everything below `/assets/`.
 
-use globset::{GlobBuilder, GlobMatcher};
-use http::HeaderValue;
+pub mod lifetime;
+
+use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
+use http::{HeaderValue, Method};
 
 use crate::cache::directives::CacheControl;
+pub use lifetime::{Lifetime, Lifetimes};
 
 /// One compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pattern: String,
     matcher: GlobMatcher,
-    cache_control: HeaderValue,
-    directives: CacheControl,
+    /// The Cache-Control that replaces the upstream's, parsed once.
+    cache_control: Option<(HeaderValue, CacheControl)>,
+    /// `None`: any method.
+    methods: Option<Vec<Method>>,
+    /// Response media-type globs (lowercase, parameters ignored); `None`:
+    /// any.
+    content_type: Option<GlobSet>,
+    pub lifetimes: Lifetimes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,10 +45,20 @@ pub enum RuleError {
     },
     #[error("invalid Cache-Control {value:?}: {reason}")]
     CacheControl { value: String, reason: String },
+    #[error("invalid method {0:?}")]
+    Method(String),
+    #[error("invalid media-type glob {pattern:?}: {source}")]
+    ContentType {
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
 }
 
 impl Rule {
-    pub fn new(pattern: &str, cache_control: &str) -> Result<Rule, RuleError> {
+    /// A rule for paths matching `pattern`, with an optional Cache-Control
+    /// override; the other keys are set with the `with_*` methods.
+    pub fn new(pattern: &str, cache_control: Option<&str>) -> Result<Rule, RuleError> {
         let matcher = GlobBuilder::new(pattern)
             .literal_separator(true)
             .backslash_escape(true)
@@ -43,36 +68,119 @@ impl Rule {
                 source,
             })?
             .compile_matcher();
-        let value = cache_control.trim();
-        let header = HeaderValue::from_str(value).map_err(|_| RuleError::CacheControl {
-            value: value.to_string(),
-            reason: "not a valid header value".into(),
-        })?;
-        CacheControl::validate(value).map_err(|reason| RuleError::CacheControl {
-            value: value.to_string(),
-            reason,
-        })?;
-        let directives = CacheControl::from_value(&header);
+        let cache_control = match cache_control {
+            None => None,
+            Some(value) => {
+                let value = value.trim();
+                let header = HeaderValue::from_str(value).map_err(|_| RuleError::CacheControl {
+                    value: value.to_string(),
+                    reason: "not a valid header value".into(),
+                })?;
+                CacheControl::validate(value).map_err(|reason| RuleError::CacheControl {
+                    value: value.to_string(),
+                    reason,
+                })?;
+                let directives = CacheControl::from_value(&header);
+                Some((header, directives))
+            }
+        };
         Ok(Rule {
             pattern: pattern.to_string(),
             matcher,
-            cache_control: header,
-            directives,
+            cache_control,
+            methods: None,
+            content_type: None,
+            lifetimes: Lifetimes::default(),
         })
+    }
+
+    /// Restricts the rule to these request methods (see [`parse_method`]).
+    pub fn with_methods(mut self, methods: Vec<Method>) -> Rule {
+        self.methods = Some(methods);
+        self
+    }
+
+    /// Restricts the rule to responses whose media type (without
+    /// parameters, case-insensitive) matches one of `globs` (see
+    /// [`media_glob`]).
+    pub fn with_content_type(mut self, globs: Vec<Glob>) -> Result<Rule, RuleError> {
+        let mut set = GlobSetBuilder::new();
+        for g in globs {
+            set.add(g);
+        }
+        let set = set.build().map_err(|source| RuleError::ContentType {
+            pattern: String::new(),
+            source,
+        })?;
+        self.content_type = Some(set);
+        Ok(self)
+    }
+
+    pub fn with_lifetimes(mut self, lifetimes: Lifetimes) -> Rule {
+        self.lifetimes = lifetimes;
+        self
     }
 
     pub fn pattern(&self) -> &str {
         &self.pattern
     }
 
-    pub fn cache_control(&self) -> &HeaderValue {
-        &self.cache_control
+    /// The Cache-Control that replaces the upstream's, if the rule sets one.
+    pub fn cache_control(&self) -> Option<&HeaderValue> {
+        self.cache_control.as_ref().map(|(v, _)| v)
     }
 
     /// The rule's Cache-Control, parsed once.
-    pub fn directives(&self) -> &CacheControl {
-        &self.directives
+    pub fn directives(&self) -> Option<&CacheControl> {
+        self.cache_control.as_ref().map(|(_, d)| d)
     }
+
+    /// Whether requests that match this rule bypass the cache outright: a
+    /// `no-store` rule that does not wait for the response's media type.
+    pub fn bypasses(&self) -> bool {
+        self.content_type.is_none() && self.directives().is_some_and(|d| d.no_store)
+    }
+
+    fn fits_request(&self, path: &str, method: &Method) -> bool {
+        self.matcher.is_match(path)
+            && self
+                .methods
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|m| m == method))
+    }
+
+    /// Whether a response of media type `content_type` (the field value, as
+    /// sent) is one the rule is for.
+    fn fits_response(&self, content_type: Option<&[u8]>) -> bool {
+        let Some(set) = &self.content_type else {
+            return true;
+        };
+        let Some(value) = content_type.and_then(|v| std::str::from_utf8(v).ok()) else {
+            return false;
+        };
+        let essence = value.split(';').next().unwrap_or("").trim();
+        set.is_match(essence.to_ascii_lowercase())
+    }
+}
+
+/// A `methods` entry: an RFC 9110 method token, case-insensitive.
+pub fn parse_method(m: &str) -> Result<Method, RuleError> {
+    let token = m.trim().to_ascii_uppercase();
+    if token.is_empty() {
+        return Err(RuleError::Method(m.to_string()));
+    }
+    Method::from_bytes(token.as_bytes()).map_err(|_| RuleError::Method(m.to_string()))
+}
+
+/// A `content_type` entry: a glob over lowercase media types such as
+/// `"application/json"` or `"image/*"`.
+pub fn media_glob(pattern: &str) -> Result<Glob, RuleError> {
+    GlobBuilder::new(&pattern.trim().to_ascii_lowercase())
+        .build()
+        .map_err(|source| RuleError::ContentType {
+            pattern: pattern.to_string(),
+            source,
+        })
 }
 
 /// The ordered rules. Matching walks them in order and stops at the first
@@ -87,12 +195,30 @@ impl RuleSet {
         RuleSet { rules }
     }
 
-    /// The first rule whose glob matches `path` (no query), with its index.
-    pub fn find(&self, path: &str) -> Option<(usize, &Rule)> {
+    /// The first rule whose glob matches `path` (no query) and whose
+    /// `methods` allow `method`, with its index; `content_type` is not
+    /// known yet (see [`RuleSet::for_response`]).
+    pub fn find(&self, path: &str, method: &Method) -> Option<(usize, &Rule)> {
         self.rules
             .iter()
             .enumerate()
-            .find(|(_, r)| r.matcher.is_match(path))
+            .find(|(_, r)| r.fits_request(path, method))
+    }
+
+    /// The rule for a response: from `start` (the request's rule, as
+    /// [`RuleSet::find`] gave it) on, the first that fits the request and
+    /// whose `content_type` matches the response's `Content-Type`.
+    pub fn for_response(
+        &self,
+        start: usize,
+        path: &str,
+        method: &Method,
+        content_type: Option<&[u8]>,
+    ) -> Option<&Rule> {
+        self.rules
+            .get(start..)?
+            .iter()
+            .find(|r| r.fits_request(path, method) && r.fits_response(content_type))
     }
 
     /// The rule at `index` (as returned by [`RuleSet::find`]).
@@ -119,45 +245,95 @@ mod tests {
 
     fn set() -> RuleSet {
         RuleSet::new(vec![
-            Rule::new("/assets/**", "public, max-age=31536000, immutable").unwrap(),
-            Rule::new("/api/**", "no-cache").unwrap(),
-            Rule::new("**/*.html", "public, max-age=3600").unwrap(),
+            Rule::new("/assets/**", Some("public, max-age=31536000, immutable")).unwrap(),
+            Rule::new("/api/**", Some("no-cache")).unwrap(),
+            Rule::new("**/*.html", Some("public, max-age=3600")).unwrap(),
         ])
     }
 
     #[test]
     fn first_match_wins() {
         let s = set();
-        assert_eq!(s.find("/assets/app.js").map(|r| r.0), Some(0));
-        assert_eq!(s.find("/assets/a/b/c.css").map(|r| r.0), Some(0));
-        assert_eq!(s.find("/assets/page.html").map(|r| r.0), Some(0));
-        assert_eq!(s.find("/api/items").map(|r| r.0), Some(1));
-        assert_eq!(s.find("/index.html").map(|r| r.0), Some(2));
-        assert_eq!(s.find("/a/b/c.html").map(|r| r.0), Some(2));
-        assert_eq!(s.find("/other.txt").map(|r| r.0), None);
-        assert_eq!(s.find("/apix").map(|r| r.0), None);
+        assert_eq!(s.find("/assets/app.js", &Method::GET).map(|r| r.0), Some(0));
+        assert_eq!(
+            s.find("/assets/a/b/c.css", &Method::GET).map(|r| r.0),
+            Some(0)
+        );
+        assert_eq!(
+            s.find("/assets/page.html", &Method::GET).map(|r| r.0),
+            Some(0)
+        );
+        assert_eq!(s.find("/api/items", &Method::GET).map(|r| r.0), Some(1));
+        assert_eq!(s.find("/index.html", &Method::GET).map(|r| r.0), Some(2));
+        assert_eq!(s.find("/a/b/c.html", &Method::GET).map(|r| r.0), Some(2));
+        assert_eq!(s.find("/other.txt", &Method::GET).map(|r| r.0), None);
+        assert_eq!(s.find("/apix", &Method::GET).map(|r| r.0), None);
     }
 
     #[test]
     fn star_stays_in_segment() {
-        let s = RuleSet::new(vec![Rule::new("/img/*.png", "max-age=1").unwrap()]);
-        assert!(s.find("/img/a.png").is_some());
-        assert!(s.find("/img/x/a.png").is_none());
+        let s = RuleSet::new(vec![Rule::new("/img/*.png", Some("max-age=1")).unwrap()]);
+        assert!(s.find("/img/a.png", &Method::GET).is_some());
+        assert!(s.find("/img/x/a.png", &Method::GET).is_none());
+    }
+
+    #[test]
+    fn methods_and_content_type_skip_to_the_next_rule() {
+        let s = RuleSet::new(vec![
+            Rule::new("/api/**", Some("max-age=1"))
+                .unwrap()
+                .with_methods(vec![parse_method("get").unwrap()])
+                .with_content_type(vec![media_glob("application/json").unwrap()])
+                .unwrap(),
+            Rule::new("/api/**", Some("max-age=2")).unwrap(),
+        ]);
+        assert_eq!(s.find("/api/x", &Method::GET).map(|r| r.0), Some(0));
+        assert_eq!(s.find("/api/x", &Method::HEAD).map(|r| r.0), Some(1));
+        let json = Some(&b"Application/JSON; charset=utf-8"[..]);
+        let html = Some(&b"text/html"[..]);
+        let cc = |r: Option<&Rule>| r.and_then(|r| r.cache_control()).cloned();
+        assert_eq!(
+            cc(s.for_response(0, "/api/x", &Method::GET, json)),
+            Some(HeaderValue::from_static("max-age=1"))
+        );
+        assert_eq!(
+            cc(s.for_response(0, "/api/x", &Method::GET, html)),
+            Some(HeaderValue::from_static("max-age=2"))
+        );
+        assert_eq!(
+            cc(s.for_response(0, "/api/x", &Method::GET, None)),
+            Some(HeaderValue::from_static("max-age=2"))
+        );
+        assert!(s.for_response(0, "/other", &Method::GET, json).is_none());
+        let types = Rule::new("/i/**", None)
+            .unwrap()
+            .with_content_type(vec![media_glob("image/*").unwrap()])
+            .unwrap();
+        assert!(types.fits_response(Some(b"image/png")));
+        assert!(!types.fits_response(Some(b"text/plain")));
+        assert!(!types.bypasses());
+        assert!(Rule::new("/x", Some("no-store")).unwrap().bypasses());
     }
 
     #[test]
     fn bad_rules_are_errors() {
         assert!(matches!(
-            Rule::new("[", "max-age=1"),
+            Rule::new("[", Some("max-age=1")),
             Err(RuleError::Glob { .. })
         ));
         assert!(matches!(
-            Rule::new("/a", "max-age=\"1"),
+            Rule::new("/a", Some("max-age=\"1")),
             Err(RuleError::CacheControl { .. })
         ));
         assert!(matches!(
-            Rule::new("/a", "max-age=abc"),
+            Rule::new("/a", Some("max-age=abc")),
             Err(RuleError::CacheControl { .. })
+        ));
+        assert!(matches!(parse_method("G ET"), Err(RuleError::Method(_))));
+        assert!(matches!(parse_method(" "), Err(RuleError::Method(_))));
+        assert!(matches!(
+            media_glob("text/[html"),
+            Err(RuleError::ContentType { .. })
         ));
     }
 }

@@ -83,7 +83,7 @@ async fn rules_override_cache_control_for_cache_and_client() {
         let path = req.uri().path().to_string();
         reply(
             200,
-            &[("cache-control", "no-store"), ("etag", "\"v1\"")],
+            &[("cache-control", "no-cache"), ("etag", "\"v1\"")],
             path,
         )
     })
@@ -129,7 +129,7 @@ async fn rules_override_cache_control_for_cache_and_client() {
     assert_eq!(r.status, 200);
     assert_eq!(origin.count(), before + 1);
     assert_eq!(origin.last().unwrap().headers["if-none-match"], "\"v1\"");
-    // Unmatched paths follow the upstream (no-store here).
+    // Unmatched paths follow the upstream (no-cache here).
     c.get(&s.url("/other")).await;
     let r = c.get(&s.url("/other")).await;
     assert!(!r.cache_status().contains("hit"));

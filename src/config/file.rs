@@ -6,6 +6,7 @@
 //! the TOML span; checks that involve several keys live in `config.rs`,
 //! which turns this shape into the validated [`crate::config::Config`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -197,7 +198,16 @@ pub struct RedisFile {
 pub struct RuleFile {
     #[serde(rename = "match")]
     pub pattern: Spanned<String>,
-    pub cache_control: Spanned<String>,
+    pub cache_control: Option<Spanned<String>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub content_type: Option<Vec<Spanned<String>>>,
+    pub ttl: Option<Dur>,
+    pub min_ttl: Option<Spanned<Dur>>,
+    pub max_ttl: Option<Spanned<Dur>>,
+    /// Status pattern (`"404"`, `"5xx"`) → lifetime.
+    pub status_ttl: Option<BTreeMap<Spanned<String>, Dur>>,
+    pub stale_while_revalidate: Option<Dur>,
+    pub stale_if_error: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]

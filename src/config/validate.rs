@@ -1,6 +1,8 @@
 //! Validation: the serde shape of `config/file.rs` → the typed
 //! [`Config`](super::Config), every default filled in here, every error
 //! located as `file:line:column: key: message` by [`Locator`].
+//!
+//! - `validate/rules.rs`: `[[rules]]`, including the TTL and key options.
 
 use std::fmt;
 use std::ops::Range;
@@ -9,11 +11,12 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+mod rules;
+
 use super::file::{self, FileConfig};
 use super::units;
 use super::*;
 use crate::compression::{Coding, CompressionPolicy, Levels};
-use crate::rules::{Rule, RuleSet};
 use crate::upstream::health::StatusMatch;
 
 /// Turns byte spans into `file:line:column` errors.
@@ -493,27 +496,6 @@ impl Validator<'_> {
             breaker_threshold: breaker_threshold.unwrap_or(5).max(1),
             breaker_backoff: breaker_backoff.map_or(Duration::from_secs(5), |d| d.0),
         })
-    }
-
-    fn rules(&self, rules: Vec<file::RuleFile>) -> Result<RuleSet, ConfigError> {
-        let mut out = Vec::with_capacity(rules.len());
-        for (i, r) in rules.into_iter().enumerate() {
-            let file::RuleFile {
-                pattern,
-                cache_control,
-            } = r;
-            let rule = Rule::new(pattern.get_ref(), cache_control.get_ref()).map_err(|e| {
-                let (span, field) = match e {
-                    crate::rules::RuleError::Glob { .. } => (pattern.span(), "match"),
-                    crate::rules::RuleError::CacheControl { .. } => {
-                        (cache_control.span(), "cache_control")
-                    }
-                };
-                self.at.error(span, &format!("rules[{i}].{field}"), e)
-            })?;
-            out.push(rule);
-        }
-        Ok(RuleSet::new(out))
     }
 
     fn compression(

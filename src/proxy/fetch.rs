@@ -26,7 +26,7 @@ use crate::cache::freshness::{self, now_millis, Heuristic, Millis, NotStorable};
 use crate::cache::key::CacheKey;
 use crate::cache::{tags, Cache};
 use crate::compression::{self, Coding, CompressionPolicy};
-use crate::rules::Rule;
+use crate::rules::{lifetime, Lifetime, Rule};
 use crate::upstream::client::empty_body;
 
 /// Request fields Strata removes before a fetch it may store: the cache
@@ -82,8 +82,33 @@ impl Exchange {
         }
     }
 
-    fn rule(&self) -> Option<&Rule> {
-        self.rule.and_then(|i| self.runtime.config.rules.get(i))
+    /// The rule for a response to `parts` with `headers`: from the
+    /// request's rule on, the first whose `content_type` fits too.
+    fn rule(&self, parts: &Parts, headers: &HeaderMap) -> Option<&Rule> {
+        self.runtime.config.rules.for_response(
+            self.rule?,
+            parts.uri.path(),
+            &parts.method,
+            headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+        )
+    }
+
+    /// The freshness policy of a response with final directives `cc`,
+    /// with the rule's TTL keys applied.
+    fn policy(
+        &self,
+        parts: &Parts,
+        status: StatusCode,
+        headers: &HeaderMap,
+        cc: &CacheControl,
+        response_time: Millis,
+    ) -> freshness::Policy {
+        let mut policy = freshness::policy(status, headers, cc, response_time, self.heuristic());
+        if let Some(rule) = self.rule(parts, headers) {
+            let explicit = lifetime::explicit_lifetime(cc, headers);
+            rule.lifetimes.adjust(&mut policy, status, cc, explicit);
+        }
+        policy
     }
 
     fn heuristic(&self) -> Heuristic {
@@ -145,7 +170,7 @@ impl Exchange {
             let v = Arc::new(freshen(
                 old,
                 answer.response.headers(),
-                self.rule(),
+                self.rule(parts, &old.headers),
                 self.heuristic(),
                 request_time,
                 response_time,
@@ -157,7 +182,13 @@ impl Exchange {
                     variants: vec![v.clone()],
                 },
             });
-            self.cache.admit(object.clone());
+            let now = CacheControl::from_headers(answer.response.headers());
+            if now.private || now.no_store {
+                // The origin no longer lets it be shared (SPEC §10).
+                self.cache.remove(key);
+            } else {
+                self.cache.admit(object.clone());
+            }
             return Fetched::NotModified(object, v);
         }
         if stale_on_5xx && stale.is_some() && status.is_server_error() {
@@ -165,32 +196,24 @@ impl Exchange {
         }
         let (mut rparts, body) = answer.response.into_parts();
         let body = IdleTimeout::new(body, self.runtime.config.upstream.body_idle_timeout);
-        let entry_tags = normalize_response(&mut rparts.headers, self.rule());
-        let cc = CacheControl::from_headers(&rparts.headers);
-        let max = self.runtime.config.cache.max_object_size;
-        let verdict = freshness::storable(
-            &Method::GET,
+        let entry_tags = normalize_response(&mut rparts.headers);
+        let shaped = shape(
+            self.rule(parts, &rparts.headers),
+            status,
             &parts.headers,
             &self.req_cc,
-            status,
-            &rparts.headers,
-            &cc,
-        )
-        .and_then(|()| match headers::content_length(&rparts.headers) {
-            Some(len) if len > max => Err(NotStorable::TooLarge),
-            _ => Ok(()),
-        });
-        if let Err(reason) = verdict {
-            return Fetched::Uncacheable(reason, rparts, body);
+            &mut rparts.headers,
+        );
+        let cc = match shaped {
+            Ok(cc) => cc,
+            Err(reason) => return Fetched::Uncacheable(reason, rparts, body),
+        };
+        let max = self.runtime.config.cache.max_object_size;
+        if headers::content_length(&rparts.headers).is_some_and(|len| len > max) {
+            return Fetched::Uncacheable(NotStorable::TooLarge, rparts, body);
         }
         let times = freshness::times(&rparts.headers, request_time, response_time);
-        let policy = freshness::policy(
-            status,
-            &rparts.headers,
-            &cc,
-            response_time,
-            self.heuristic(),
-        );
+        let policy = self.policy(parts, status, &rparts.headers, &cc, response_time);
         let names = entry::vary_names(&rparts.headers);
         let plan = Plan {
             key: key.clone(),
@@ -481,19 +504,64 @@ pub fn compress_stream(
 }
 
 /// Shapes upstream response headers the way the cache stores and serves
-/// them: hop-by-hop fields out, the rule's Cache-Control in, surrogate
-/// tags taken out (and returned).
-fn normalize_response(headers: &mut HeaderMap, rule: Option<&Rule>) -> Vec<String> {
+/// them: hop-by-hop fields out, surrogate tags taken out (and returned).
+fn normalize_response(headers: &mut HeaderMap) -> Vec<String> {
     headers::strip_hop_by_hop(headers, false);
-    if let Some(r) = rule {
-        headers.insert(header::CACHE_CONTROL, r.cache_control().clone());
-    }
     tags::take(headers)
+}
+
+/// Applies `rule` to a response within SPEC §10 and decides whether it
+/// may be stored: the response's directives after the rule, or why not.
+///
+/// What the origin made private (or the request, `Authorization`) stays
+/// private whatever the rule says, and the client gets the origin's own
+/// Cache-Control; a rule's Cache-Control and TTL keys apply to success
+/// statuses only, others only when `status_ttl` names them.
+fn shape(
+    rule: Option<&Rule>,
+    status: StatusCode,
+    request: &HeaderMap,
+    request_cc: &CacheControl,
+    response: &mut HeaderMap,
+) -> Result<CacheControl, NotStorable> {
+    let origin = CacheControl::from_headers(response);
+    if let Some(reason) = lifetime::private(request, request_cc, response, &origin) {
+        return Err(reason);
+    }
+    let mut cc = origin;
+    if let Some((value, directives)) = rule
+        .filter(|_| lifetime::rule_status(status))
+        .and_then(|r| Some((r.cache_control()?, r.directives()?)))
+    {
+        response.insert(header::CACHE_CONTROL, value.clone());
+        cc = directives.clone();
+    }
+    let verdict = freshness::storable(&Method::GET, request, request_cc, status, response, &cc);
+    let given = rule.map_or(Lifetime::Origin, |r| {
+        r.lifetimes
+            .decide(status, lifetime::explicit_lifetime(&cc, response))
+    });
+    match (verdict, given) {
+        (_, Lifetime::Never) => Err(NotStorable::Status),
+        (Ok(()), _) => Ok(cc),
+        // A rule's lifetime stands in for the freshness the response
+        // lacks; never for what makes a response unstorable as such.
+        (Err(NotStorable::Status | NotStorable::NoFreshness), Lifetime::Given(_))
+            if !(status.is_informational()
+                || status == StatusCode::PARTIAL_CONTENT
+                || status == StatusCode::NOT_MODIFIED) =>
+        {
+            Ok(cc)
+        }
+        (Err(reason), _) => Err(reason),
+    }
 }
 
 /// RFC 9111 §4.3.4: a 304 updates the stored headers (all but
 /// Content-Length and the representation's framing) and restarts the
-/// freshness clock. A rule's Cache-Control still wins.
+/// freshness clock. A rule's Cache-Control and TTL keys still apply, to
+/// the stored status; a `Set-Cookie` on the 304 is the requester's, never
+/// the shared copy's.
 fn freshen(
     old: &Variant,
     update: &HeaderMap,
@@ -503,11 +571,21 @@ fn freshen(
     response_time: Millis,
 ) -> Variant {
     let mut update = update.clone();
-    normalize_response(&mut update, rule);
+    normalize_response(&mut update);
+    let origin_private = CacheControl::from_headers(&update);
+    if let Some(value) = rule
+        .filter(|_| {
+            lifetime::rule_status(old.status) && !origin_private.private && !origin_private.no_store
+        })
+        .and_then(Rule::cache_control)
+    {
+        update.insert(header::CACHE_CONTROL, value.clone());
+    }
     for name in [
         header::CONTENT_LENGTH,
         header::CONTENT_ENCODING,
         header::CONTENT_RANGE,
+        header::SET_COOKIE,
     ] {
         update.remove(name);
     }
@@ -533,5 +611,10 @@ fn freshen(
     let cc = CacheControl::from_headers(&v.headers);
     v.times = freshness::times(&update, request_time, response_time);
     v.policy = freshness::policy(v.status, &v.headers, &cc, response_time, heuristic);
+    if let Some(rule) = rule {
+        let explicit = lifetime::explicit_lifetime(&cc, &v.headers);
+        rule.lifetimes
+            .adjust(&mut v.policy, v.status, &cc, explicit);
+    }
     v
 }

@@ -53,8 +53,8 @@ pub fn route<'r>(
     let authority = super::request_host(req).ok_or(Fwd::Bypass)?;
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let hash = CacheKey::hash_of(conn.https, authority, path);
-    let rule = runtime.config.rules.find(req.uri().path());
-    if rule.is_some_and(|(_, r)| r.directives().no_store) || shared.cache.is_pass(hash) {
+    let rule = runtime.config.rules.find(req.uri().path(), req.method());
+    if rule.is_some_and(|(_, r)| r.bypasses()) || shared.cache.is_pass(hash) {
         return Err(Fwd::Bypass);
     }
     Ok(Route {

@@ -1,0 +1,88 @@
+//! `[[rules]]` → [`RuleSet`]: globs, Cache-Control, methods, media types
+//! and TTL keys, with the contradictions `strata check` rejects (`min_ttl`
+//! above `max_ttl`, bad or repeated status patterns), each error located at
+//! the offending key.
+
+use super::*;
+use crate::rules::{media_glob, parse_method, Lifetimes, Rule, RuleError, RuleSet};
+
+impl Validator<'_> {
+    pub(super) fn rules(&self, rules: Vec<file::RuleFile>) -> Result<RuleSet, ConfigError> {
+        let mut out = Vec::with_capacity(rules.len());
+        for (i, r) in rules.into_iter().enumerate() {
+            out.push(self.rule(i, r)?);
+        }
+        Ok(RuleSet::new(out))
+    }
+
+    fn rule(&self, i: usize, r: file::RuleFile) -> Result<Rule, ConfigError> {
+        let file::RuleFile {
+            pattern,
+            cache_control,
+            methods,
+            content_type,
+            ttl,
+            min_ttl,
+            max_ttl,
+            status_ttl,
+            stale_while_revalidate,
+            stale_if_error,
+        } = r;
+        let at = |span: Range<usize>, field: &str, e: &dyn fmt::Display| {
+            self.at.error(span, &format!("rules[{i}].{field}"), e)
+        };
+        let mut rule = Rule::new(
+            pattern.get_ref(),
+            cache_control.as_ref().map(|c| c.get_ref().as_str()),
+        )
+        .map_err(|e| match (&e, &cache_control) {
+            (RuleError::CacheControl { .. }, Some(cc)) => at(cc.span(), "cache_control", &e),
+            _ => at(pattern.span(), "match", &e),
+        })?;
+        if let Some(methods) = methods {
+            let list = methods
+                .iter()
+                .map(|m| parse_method(m.get_ref()).map_err(|e| at(m.span(), "methods", &e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            rule = rule.with_methods(list);
+        }
+        if let Some(types) = content_type {
+            let globs = types
+                .iter()
+                .map(|t| media_glob(t.get_ref()).map_err(|e| at(t.span(), "content_type", &e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            rule = rule
+                .with_content_type(globs)
+                .map_err(|e| at(pattern.span(), "content_type", &e))?;
+        }
+        let secs = |d: &units::Dur| d.0.as_secs();
+        let mut lifetimes = Lifetimes {
+            ttl: ttl.as_ref().map(secs),
+            min_ttl: min_ttl.as_ref().map(|d| secs(d.get_ref())),
+            max_ttl: max_ttl.as_ref().map(|d| secs(d.get_ref())),
+            stale_while_revalidate: stale_while_revalidate.as_ref().map(secs),
+            stale_if_error: stale_if_error.as_ref().map(secs),
+            ..Lifetimes::default()
+        };
+        if let (Some(min), Some(max)) = (&min_ttl, &max_ttl) {
+            if min.get_ref() > max.get_ref() {
+                return Err(at(
+                    min.span(),
+                    "min_ttl",
+                    &format_args!(
+                        "min_ttl ({}s) is above max_ttl ({}s)",
+                        secs(min.get_ref()),
+                        secs(max.get_ref())
+                    ),
+                ));
+            }
+        }
+        for (pattern, d) in status_ttl.iter().flatten() {
+            lifetimes
+                .status_ttl
+                .insert(pattern.get_ref(), secs(d))
+                .map_err(|e| at(pattern.span(), "status_ttl", &e))?;
+        }
+        Ok(rule.with_lifetimes(lifetimes))
+    }
+}
