@@ -45,6 +45,8 @@ fn object(body: Bytes) -> Arc<Object> {
         body,
         encoded: Vec::new(),
         tags: Vec::new(),
+        soft_purged: false,
+        hits: Default::default(),
     };
     Arc::new(Object {
         key: CacheKey::new(false, "bench.local", "/small.json"),

@@ -19,6 +19,8 @@ pub mod redis;
 pub mod storage;
 pub mod tags;
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,13 +31,14 @@ use http::Uri;
 use self::redis::RedisTier;
 use crate::alerts::Alerts;
 use crate::config::CacheConfig;
-use crate::metrics::Metrics;
+use crate::invalidation::Cascades;
+use crate::metrics::{Metrics, PurgeCause};
 use collapse::Collapser;
 use entry::Object;
 use freshness::now_millis;
 use key::CacheKey;
 use memory::MemoryTier;
-use storage::Selector;
+use storage::{Invalidation, Selector};
 
 /// Where a hit came from: the `detail=` of a `Cache-Status` hit and the
 /// `tier` label of `strata_cache_hits_total`.
@@ -60,6 +63,16 @@ impl Tier {
 /// clears the mark.
 const PASS_TTL: Duration = Duration::from_secs(60);
 
+/// One hit in this many is counted in the fleet's popularity set (for
+/// `[warming] redis_hot`), so that the hit path pays a thread-local
+/// increment and, rarely, one queue send.
+pub const HIT_SAMPLE: u32 = 64;
+
+thread_local! {
+    /// Hits seen by this worker thread (sampling; no shared cache line).
+    static HITS: Cell<u32> = const { Cell::new(0) };
+}
+
 /// The cache: tiers, collapse locks and pass marks. Cheap to clone.
 #[derive(Clone)]
 pub struct Cache {
@@ -73,6 +86,29 @@ struct Inner {
     collapser: Arc<Collapser>,
     pass: moka::sync::Cache<u128, ()>,
     metrics: Metrics,
+    /// Popularity sampling on (Redis configured and `redis_hot` set).
+    track_hits: AtomicBool,
+}
+
+/// What a purge removed (or marked stale): directly, and through cascades.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub direct: u64,
+    pub cascaded: u64,
+}
+
+/// The path a purge names, for cascades: a URL's path or a prefix; tag
+/// purges name none.
+fn cascade_path(purge: &Purge) -> Option<&str> {
+    match purge {
+        Purge::Url(url) if url.starts_with('/') => Some(url),
+        Purge::Url(url) => {
+            let rest = url.split_once("://")?.1;
+            Some(rest.find('/').map_or("/", |i| &rest[i..]))
+        }
+        Purge::Prefix(p) => Some(p),
+        Purge::Tags(_) => None,
+    }
 }
 
 /// What an admin purge removes.
@@ -116,12 +152,16 @@ impl Cache {
     pub fn new(config: &CacheConfig, metrics: Metrics, alerts: Alerts) -> Cache {
         let memory = MemoryTier::new(config.memory_capacity);
         let redis = config.redis.as_ref().map(|r| {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Selector>();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Invalidation>();
             let listener = memory.clone();
             tokio::spawn(async move {
-                while let Some(selector) = rx.recv().await {
-                    let n = listener.purge_now(&selector);
-                    tracing::debug!(?selector, removed = n, "fleet invalidation applied");
+                while let Some(Invalidation { selector, soft }) = rx.recv().await {
+                    let n = if soft {
+                        listener.mark_stale(&selector)
+                    } else {
+                        listener.purge_now(&selector)
+                    };
+                    tracing::debug!(?selector, soft, entries = n, "fleet invalidation applied");
                 }
             });
             RedisTier::start(r, metrics.clone(), alerts, tx)
@@ -136,6 +176,7 @@ impl Cache {
                     .time_to_live(PASS_TTL)
                     .build(),
                 metrics,
+                track_hits: AtomicBool::new(false),
             }),
         }
     }
@@ -181,6 +222,64 @@ impl Cache {
         }
     }
 
+    /// Turns popularity sampling (for `[warming] redis_hot`) on or off; it
+    /// stays off without Redis.
+    pub fn set_track_hits(&self, on: bool) {
+        let on = on && self.inner.redis.is_some();
+        self.inner.track_hits.store(on, Ordering::Relaxed);
+    }
+
+    /// A hit on `object`: one in [`HIT_SAMPLE`] is queued to the fleet's
+    /// popularity set. Costs one relaxed load when sampling is off.
+    pub fn sample_hit(&self, object: &Arc<Object>) {
+        if !self.inner.track_hits.load(Ordering::Relaxed) {
+            return;
+        }
+        let n = HITS.with(|h| {
+            let n = h.get().wrapping_add(1);
+            h.set(n);
+            n
+        });
+        if n % HIT_SAMPLE == 0 {
+            if let Some(redis) = &self.inner.redis {
+                redis.count_hit(object.clone());
+            }
+        }
+    }
+
+    /// The fleet's `n` most requested URLs (empty without Redis or when it
+    /// fails: logged).
+    pub async fn hot_urls(&self, n: usize) -> Vec<String> {
+        let Some(redis) = &self.inner.redis else {
+            return Vec::new();
+        };
+        match redis.hot(n).await {
+            Ok(urls) => urls,
+            Err(e) => {
+                tracing::warn!(error = %e, "warming: cannot read the popularity set");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Copies `key`'s object from Redis into memory (no upstream request);
+    /// `Ok(false)` when memory already has it or Redis does not.
+    pub async fn warm_from_redis(&self, key: &CacheKey) -> Result<bool, storage::StorageError> {
+        if self.inner.memory.get_key(key).is_some() {
+            return Ok(false);
+        }
+        let Some(redis) = &self.inner.redis else {
+            return Ok(false);
+        };
+        match redis.get(key).await? {
+            Some(object) => {
+                self.inner.memory.insert(object);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Admits an object to memory now and to Redis in the background.
     pub fn admit(&self, object: Arc<Object>) {
         self.inner.pass.invalidate(&object.key.hash());
@@ -218,17 +317,68 @@ impl Cache {
     }
 
     /// Admin purge: removes from memory and, with Redis, from Redis and
-    /// (through the purge channel) every instance's memory. Returns how
-    /// many objects were removed: the larger of the two tiers' counts,
-    /// since memory mostly holds copies of what Redis has.
-    pub async fn purge(&self, purge: &Purge) -> Result<u64, PurgeError> {
+    /// (through the purge channel) every instance's memory; `soft` marks
+    /// the entries stale instead (served stale once while one background
+    /// revalidation runs). Then runs the cascades the purged path sets off
+    /// ([`Cascades::plan`]). Counts are of objects: the larger of the two
+    /// tiers' counts, since memory mostly holds copies of what Redis has.
+    pub async fn purge(
+        &self,
+        purge: &Purge,
+        soft: bool,
+        cascades: &Cascades,
+    ) -> Result<Purged, PurgeError> {
         let selector = purge.selector()?;
-        let mut n = self.inner.memory.purge_now(&selector);
-        if let Some(redis) = &self.inner.redis {
-            n = n.max(redis.purge(&selector).await?);
+        let direct = self.apply(&selector, soft).await?;
+        self.inner.metrics.purged(PurgeCause::Api, direct);
+        let cascaded = match cascade_path(purge) {
+            Some(path) => self.cascade(path, cascades).await,
+            None => 0,
+        };
+        Ok(Purged { direct, cascaded })
+    }
+
+    /// One selector on every tier (hard or soft); returns the object count.
+    async fn apply(&self, selector: &Selector, soft: bool) -> Result<u64, PurgeError> {
+        if soft {
+            let mut n = self.inner.memory.mark_stale(selector);
+            if let Some(redis) = &self.inner.redis {
+                n = n.max(redis.soft_purge(selector).await?);
+            }
+            return Ok(n);
         }
-        self.inner.metrics.purged(n);
+        let mut n = self.inner.memory.purge_now(selector);
+        if let Some(redis) = &self.inner.redis {
+            n = n.max(redis.purge(selector).await?);
+        }
         Ok(n)
+    }
+
+    /// Runs the cascades that purging `path` sets off; returns how many
+    /// objects they purged (counted as `cause="cascade"`). A failing step
+    /// is logged and the others still run.
+    pub async fn cascade(&self, path: &str, cascades: &Cascades) -> u64 {
+        let mut total = 0;
+        for step in cascades.plan(path) {
+            let selector = match step.purge.selector() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cascade: invalid purge skipped");
+                    continue;
+                }
+            };
+            match self.apply(&selector, step.soft).await {
+                Ok(n) => {
+                    tracing::debug!(from = path, purge = ?step.purge, soft = step.soft, depth = step.depth, purged = n, "cascade");
+                    total += n;
+                }
+                Err(e) => {
+                    tracing::warn!(from = path, purge = ?step.purge, error = %e, "cascade purge failed");
+                }
+            }
+        }
+        self.inner.metrics.purged(PurgeCause::Cascade, total);
+        total
     }
 
     /// RFC 9111 §4.4: a non-error response to an unsafe request
@@ -243,7 +393,11 @@ impl Cache {
     ) {
         let Some(authority) = authority else { return };
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        self.remove(&CacheKey::new(https, authority.as_str(), path));
+        let key = CacheKey::new(https, authority.as_str(), path);
+        if self.inner.memory.get_key(&key).is_some() {
+            self.inner.metrics.purged(PurgeCause::UnsafeMethod, 1);
+        }
+        self.remove(&key);
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             let Some(target) = response.get(&name).and_then(|v| v.to_str().ok()) else {
                 continue;
@@ -260,6 +414,20 @@ impl Cache {
             if let Some(key) = key {
                 self.remove(&key);
             }
+        }
+    }
+
+    /// A soft-purged object in memory may have been revalidated by another
+    /// instance already: the Redis copy, promoted into memory, when it is no
+    /// longer soft-purged. Only soft-purged entries pay for this lookup.
+    pub async fn revalidated_elsewhere(&self, key: &CacheKey) -> Option<Arc<Object>> {
+        let redis = self.inner.redis.as_ref()?;
+        match redis.get(key).await {
+            Ok(Some(object)) if !object.is_soft_purged() => {
+                self.inner.memory.insert(object.clone());
+                Some(object)
+            }
+            _ => None,
         }
     }
 

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
-use crate::compression::CompressionPolicy;
+use crate::compression::{Coding, CompressionPolicy};
+use crate::invalidation::Cascades;
 use crate::rules::RuleSet;
 use file::FileConfig;
 use validate::{Locator, Validator};
@@ -36,6 +37,10 @@ pub struct Config {
     /// `[[rate_limits]]`, in file order; empty = no limiter at all.
     pub rate_limits: Vec<RateLimitConfig>,
     pub alerts: crate::alerts::AlertsConfig,
+    /// `[[invalidation.cascade]]`; empty = off.
+    pub invalidation: Cascades,
+    /// `[warming]`; `None` = off.
+    pub warming: Option<WarmingConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -214,7 +219,35 @@ pub struct CacheConfig {
     /// Last-Modified.
     pub heuristic_fraction: f64,
     pub max_heuristic_lifetime: Duration,
+    /// Refresh-ahead: a hit past this fraction of the entry's freshness
+    /// lifetime starts a background revalidation (`0` = off).
+    pub prefresh: f64,
+    /// ... once the entry has had at least this many hits.
+    pub prefresh_min_hits: u32,
     pub redis: Option<RedisConfig>,
+}
+
+/// `[warming]`: populating the cache at start-up and periodically.
+#[derive(Debug, Clone)]
+pub struct WarmingConfig {
+    pub on_start: bool,
+    /// Warm again this often; `None` = start-up only.
+    pub interval: Option<Duration>,
+    /// One path or absolute URL a line, `#` comments.
+    pub urls_file: Option<PathBuf>,
+    /// A sitemap or sitemap index URL (`.gz` too).
+    pub sitemap: Option<String>,
+    /// Pull the fleet's N most requested entries from Redis (0 = off).
+    pub redis_hot: usize,
+    pub concurrency: usize,
+    /// At most `rate_count` warming requests per `rate_per`.
+    pub rate_count: u32,
+    pub rate_per: Duration,
+    /// Also request these encodings (`Accept-Encoding`).
+    pub encodings: Vec<Coding>,
+    /// The Host for paths (and every URL, when set); default: the proxy
+    /// listener's address.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

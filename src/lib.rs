@@ -24,6 +24,8 @@
 //!   certificates), delivered off the request path.
 //! - [`metrics`]: Prometheus registry; [`activity`]: recent purges,
 //!   reloads and alerts.
+//! - [`invalidation`]: cascading invalidation (`[[invalidation.cascade]]`).
+//! - [`warming`]: cache warming (`[warming]`): URL file, sitemap, `redis_hot`.
 //! - [`probe`]: `strata healthcheck`, the container health probe.
 //!
 //! # Request flow (`proxy::Shared::handle`)
@@ -59,6 +61,7 @@ pub mod cache;
 pub mod cli;
 pub mod compression;
 pub mod config;
+pub mod invalidation;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
@@ -67,3 +70,4 @@ pub mod server;
 pub mod telemetry;
 pub mod traffic;
 pub mod upstream;
+pub mod warming;

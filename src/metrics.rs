@@ -145,6 +145,33 @@ impl ServerSeries {
 /// Statuses whose counters are pre-resolved.
 const COMMON_STATUS: [u16; 12] = [200, 204, 206, 301, 302, 304, 400, 404, 500, 502, 503, 504];
 
+/// Why entries were purged: the `cause` label of `strata_purged_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeCause {
+    /// `POST /purge`.
+    Api = 0,
+    /// A successful unsafe method (RFC 9111 §4.4).
+    UnsafeMethod = 1,
+    /// An `[[invalidation.cascade]]` set off by either of the above.
+    Cascade = 2,
+}
+
+impl PurgeCause {
+    pub const ALL: [PurgeCause; 3] = [
+        PurgeCause::Api,
+        PurgeCause::UnsafeMethod,
+        PurgeCause::Cascade,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeCause::Api => "api",
+            PurgeCause::UnsafeMethod => "unsafe_method",
+            PurgeCause::Cascade => "cascade",
+        }
+    }
+}
+
 /// Cheap-clone handle to every metric.
 #[derive(Clone)]
 pub struct Metrics {
@@ -173,7 +200,10 @@ struct Inner {
     redis_dropped_writes: IntCounter,
     redis_breaker_opens: IntCounter,
     collapsed: IntCounter,
-    purged: IntCounter,
+    /// `[api, unsafe_method, cascade]`.
+    purged: [IntCounter; 3],
+    /// `strata_warm_requests_total{source,result}`.
+    warm_requests: IntCounterVec,
     rule_requests: IntCounterVec,
     reloads: IntCounterVec,
     rate_limited: IntCounterVec,
@@ -374,10 +404,20 @@ impl Metrics {
                 "strata_collapsed_total",
                 "Requests answered from another request's upstream fetch.",
             ),
-            purged: counter(
+            purged: {
+                let purged = counter_vec(
+                    &r,
+                    "strata_purged_total",
+                    "Cache entries removed (or marked stale by a soft purge), by cause: api (POST /purge), unsafe_method (RFC 9111 4.4), cascade ([[invalidation.cascade]]).",
+                    &["cause"],
+                );
+                PurgeCause::ALL.map(|c| purged.with_label_values(&[c.as_str()]))
+            },
+            warm_requests: counter_vec(
                 &r,
-                "strata_purged_total",
-                "Cache entries removed by purges.",
+                "strata_warm_requests_total",
+                "Cache warming requests by source (urls_file, sitemap, redis_hot) and result (stored, hit, error).",
+                &["source", "result"],
             ),
             rule_requests: counter_vec(
                 &r,
@@ -564,8 +604,17 @@ impl Metrics {
         self.inner.collapsed.inc();
     }
 
-    pub fn purged(&self, n: u64) {
-        self.inner.purged.inc_by(n);
+    /// Entries purged (or soft-purged) for `cause`.
+    pub fn purged(&self, cause: PurgeCause, n: u64) {
+        self.inner.purged[cause as usize].inc_by(n);
+    }
+
+    /// One warming request (or `redis_hot` entry) and how it ended.
+    pub fn warm_request(&self, source: &str, result: &str) {
+        self.inner
+            .warm_requests
+            .with_label_values(&[source, result])
+            .inc();
     }
 
     /// One alert's fate (`sent`, `failed`, `dropped`).

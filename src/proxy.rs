@@ -52,7 +52,7 @@ use crate::metrics::{MethodClass, Metrics, Outcome, RuleCounters};
 use crate::traffic::RateLimits;
 use crate::upstream::{SetSticky, Upstreams};
 use body::ProxyBody;
-use cache_status::{CacheStatus, Fwd};
+use cache_status::{CacheStatus, Fwd, ServedStale};
 use error::ProxyError;
 use lookup::{Hit, Lookup};
 
@@ -95,6 +95,8 @@ pub struct Shared {
     pub activity: Activity,
     /// Webhook alerts (never used on the request path).
     pub alerts: Alerts,
+    /// Cache warming progress (`GET /health`).
+    pub warming: Arc<crate::warming::Progress>,
 }
 
 /// A response and how it was produced, before the common finishing touches.
@@ -161,6 +163,7 @@ impl RequestCtx<'_> {
     /// A hit: counted per tier and rule, answered from stored bytes.
     fn hit<B>(&self, req: &Request<B>, hit: &Hit) -> Answered {
         self.shared.metrics.hit(hit.tier.as_str());
+        self.shared.cache.sample_hit(&hit.object);
         if let Some(i) = self.rule {
             self.runtime.rule_counters.hit(i);
         }
@@ -178,6 +181,7 @@ impl Shared {
         let upstreams = Upstreams::new(&config.upstream, None, metrics.clone(), alerts.clone());
         upstreams.start_health_checks();
         let cache = Cache::new(&config.cache, metrics.clone(), alerts.clone());
+        cache.set_track_hits(tracks_hits(&config));
         let rule_counters = metrics.rule_counters(config.rules.iter().map(|r| r.pattern()));
         let rate_limits =
             RateLimits::new(&config.rate_limits, None, cache.redis().cloned(), &metrics);
@@ -192,6 +196,7 @@ impl Shared {
             cache,
             activity,
             alerts,
+            warming: Arc::default(),
         })
     }
 
@@ -216,6 +221,7 @@ impl Shared {
         );
         self.alerts.reconfigure(&config.alerts);
         upstreams.start_health_checks();
+        self.cache.set_track_hits(tracks_hits(&config));
         let rule_counters = self
             .metrics
             .rule_counters(config.rules.iter().map(|r| r.pattern()));
@@ -319,12 +325,26 @@ impl Shared {
                 fetch::refresh(&ctx, &req, &hit);
                 ctx.hit(&req, &hit)
             }
+            Lookup::SoftPurged(hit) => {
+                fetch::refresh(&ctx, &req, &hit);
+                let status = CacheStatus::fwd(Fwd::Stale).map(|f| {
+                    f.stale = Some(ServedStale::SoftPurge);
+                    f.ttl = Some(hit.ttl);
+                });
+                Answered::new(ctx.respond(&req, &hit.variant), status)
+            }
             Lookup::Fetch(miss) => fetch::fetch(&ctx, req, miss).await,
             Lookup::OnlyIfCached => {
                 Answered::error(&ProxyError::NotCached, CacheStatus::fwd(Fwd::Request))
             }
         }
     }
+}
+
+/// Whether hits are sampled into the fleet's popularity set: only for
+/// `[warming] redis_hot` (every instance of the fleet should carry it).
+fn tracks_hits(config: &Config) -> bool {
+    config.warming.as_ref().is_some_and(|w| w.redis_hot > 0)
 }
 
 /// Header names Strata adds.

@@ -132,6 +132,9 @@ impl Server {
             settings,
         } = self;
         let stop = CancellationToken::new();
+        if let Ok(addr) = plain.local_addr() {
+            crate::warming::spawn(shared.clone(), addr, stop.clone());
+        }
         let graceful = GracefulShutdown::new();
         let builder = Arc::new(builder(&settings));
         let limit = Arc::new(Semaphore::new(settings.max_connections));

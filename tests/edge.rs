@@ -812,7 +812,8 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic_and_stats_agree(
         ),
         ("strata_upstream_healthy", vec![("server", &server)], 0.0),
         ("strata_collapsed_total", vec![], 0.0),
-        ("strata_purged_total", vec![], 0.0),
+        ("strata_purged_total", vec![("cause", "api")], 0.0),
+        ("strata_purged_total", vec![("cause", "cascade")], 0.0),
         ("strata_redis_errors_total", vec![], 0.0),
     ];
 

@@ -12,7 +12,7 @@ use strata::cache::entry::{Object, Variant, VaryKey};
 use strata::cache::freshness::{Policy, Times};
 use strata::cache::key::CacheKey;
 use strata::cache::redis::{codec, RedisTier};
-use strata::cache::storage::{Selector, StorageError};
+use strata::cache::storage::{Invalidation, Selector, StorageError};
 use strata::config::{RedisConfig, RedisMode};
 use strata::metrics::Metrics;
 use support::redis::{RedisCluster, RedisSentinel, RedisServer};
@@ -56,7 +56,7 @@ fn config(mode: RedisMode, urls: Vec<String>, prefix: &str) -> RedisConfig {
 
 struct Node {
     tier: RedisTier,
-    rx: UnboundedReceiver<Selector>,
+    rx: UnboundedReceiver<Invalidation>,
     metrics: Metrics,
 }
 
@@ -111,6 +111,8 @@ fn object(url: &str, body: &str, tags: &[&str]) -> Arc<Object> {
                 no_cache: false,
             },
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            soft_purged: false,
+            hits: Default::default(),
         })],
     })
 }
@@ -157,10 +159,13 @@ fn is_flush(s: &Selector) -> bool {
 
 /// Waits up to `within` for `want` on `rx`, skipping resubscription
 /// flushes; panics on any other selector.
-async fn receive(rx: &mut UnboundedReceiver<Selector>, want: &Selector, within: Duration) -> bool {
+async fn receive(rx: &mut UnboundedReceiver<Invalidation>, want: &Selector, within: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
+        match tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .map(|o| o.map(|i| i.selector))
+        {
             Ok(Some(s)) if sel(&s) == sel(want) => return true,
             Ok(Some(s)) if is_flush(&s) => continue,
             Ok(Some(s)) => panic!("unexpected selector {s:?} while waiting for {want:?}"),
@@ -173,7 +178,7 @@ async fn receive(rx: &mut UnboundedReceiver<Selector>, want: &Selector, within: 
 /// subscribed (messages published before a subscription are lost).
 async fn purge_until_received(
     from: &RedisTier,
-    to: &mut UnboundedReceiver<Selector>,
+    to: &mut UnboundedReceiver<Invalidation>,
     selector: &Selector,
 ) {
     let deadline = Instant::now() + WAIT;
@@ -261,7 +266,7 @@ async fn standalone_put_get_and_fleet_purges() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(sel(&first), sel(&marker), "a received its own purge");
+    assert_eq!(sel(&first.selector), sel(&marker), "a received its own purge");
     assert!(b.rx.try_recv().is_err(), "b received its own purge");
 }
 
@@ -368,7 +373,7 @@ async fn standalone_flush_selector_after_resubscription() {
         .await
         .unwrap()
         .unwrap();
-    assert!(is_flush(&flush), "{flush:?}");
+    assert!(is_flush(&flush.selector), "{flush:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

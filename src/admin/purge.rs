@@ -1,6 +1,8 @@
 //! `POST /purge`: `{"url": "..."}`, `{"prefix": "/assets/"}` or
-//! `{"tags": ["a", "b"]}` with `Authorization: Bearer TOKEN`; answers
-//! `{"purged": N}`. 401 without the right token, 400 on a bad body.
+//! `{"tags": ["a", "b"]}`, optionally with `"soft": true` (mark stale
+//! instead of removing), with `Authorization: Bearer TOKEN`; answers
+//! `{"purged": N, "cascaded": M}` (`N` counts the cascaded entries too).
+//! 401 without the right token, 400 on a bad body.
 
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -23,6 +25,8 @@ struct PurgeBody {
     url: Option<String>,
     prefix: Option<String>,
     tags: Option<Vec<String>>,
+    #[serde(default)]
+    soft: bool,
 }
 
 pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -44,33 +48,53 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
         Ok(p) => p,
         Err(e) => return bad(&format!("invalid JSON: {e}")),
     };
+    let soft = parsed.soft;
     let purge = match parsed {
         PurgeBody {
             url: Some(url),
             prefix: None,
             tags: None,
+            ..
         } if !url.is_empty() => Purge::Url(url),
         PurgeBody {
             url: None,
             prefix: Some(prefix),
             tags: None,
+            ..
         } if !prefix.is_empty() => Purge::Prefix(prefix),
         PurgeBody {
             url: None,
             prefix: None,
             tags: Some(tags),
+            ..
         } if !tags.is_empty() && tags.iter().all(|t| !t.trim().is_empty()) => Purge::Tags(tags),
         _ => {
             return bad("expected exactly one of {\"url\": ...}, {\"prefix\": ...} or {\"tags\": [...]}, non-empty")
         }
     };
-    match shared.cache.purge(&purge).await {
-        Ok(n) => {
-            tracing::info!(?purge, purged = n, "purge");
-            shared
-                .activity
-                .record(Kind::Purge, format!("{} → {n} purged", describe(&purge)));
-            json_response(StatusCode::OK, &json!({ "purged": n }))
+    let runtime = shared.runtime.load_full();
+    match shared
+        .cache
+        .purge(&purge, soft, &runtime.config.invalidation)
+        .await
+    {
+        Ok(p) => {
+            let n = p.direct + p.cascaded;
+            tracing::info!(?purge, soft, purged = p.direct, cascaded = p.cascaded, "purge");
+            let how = if soft { "soft-purged" } else { "purged" };
+            let cascaded = if p.cascaded > 0 {
+                format!(" (+{} by cascade)", p.cascaded)
+            } else {
+                String::new()
+            };
+            shared.activity.record(
+                Kind::Purge,
+                format!("{} → {} {how}{cascaded}", describe(&purge), p.direct),
+            );
+            json_response(
+                StatusCode::OK,
+                &json!({ "purged": n, "cascaded": p.cascaded, "soft": soft }),
+            )
         }
         Err(e) => bad(&e.to_string()),
     }

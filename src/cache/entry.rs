@@ -6,6 +6,7 @@
 //!
 //! Bodies are `Bytes`, so a hit clones a reference count, never the bytes.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -49,9 +50,44 @@ pub struct Variant {
     pub times: Times,
     pub policy: Policy,
     pub tags: Vec<String>,
+    /// Marked stale by a soft purge (`POST /purge` with `"soft": true`):
+    /// served stale once while one background revalidation runs.
+    pub soft_purged: bool,
+    /// Hits on this copy, counted only when `[cache] prefresh` is on.
+    pub hits: HitCount,
+}
+
+/// Hits on one stored copy of a response: one relaxed atomic add per hit,
+/// and only while refresh-ahead (`[cache] prefresh`) is on. A copy (a
+/// refreshed or soft-purged variant) starts again from zero.
+#[derive(Debug, Default)]
+pub struct HitCount(AtomicU32);
+
+impl HitCount {
+    /// Counts one hit; returns the count including it.
+    pub fn add(&self) -> u32 {
+        self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+    }
+
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Clone for HitCount {
+    fn clone(&self) -> HitCount {
+        HitCount::default()
+    }
 }
 
 impl Variant {
+    /// A copy marked stale by a soft purge.
+    pub fn soft_purged_copy(&self) -> Variant {
+        let mut v = self.clone();
+        v.soft_purged = true;
+        v
+    }
+
     /// Bytes this variant accounts for in a tier.
     pub fn weight(&self) -> u64 {
         let headers = |h: &HeaderMap| -> u64 {
@@ -162,6 +198,23 @@ impl Object {
             .unwrap_or(1)
     }
 
+    /// Whether any variant is marked by a soft purge.
+    pub fn is_soft_purged(&self) -> bool {
+        self.variants.iter().any(|v| v.soft_purged)
+    }
+
+    /// A copy with every variant marked stale by a soft purge.
+    pub fn soft_purged(&self) -> Object {
+        Object {
+            key: self.key.clone(),
+            variants: self
+                .variants
+                .iter()
+                .map(|v| Arc::new(v.soft_purged_copy()))
+                .collect(),
+        }
+    }
+
     pub fn has_tag(&self, tag: &str) -> bool {
         self.variants
             .iter()
@@ -264,6 +317,8 @@ mod tests {
                 no_cache: false,
             },
             tags: vec![],
+            soft_purged: false,
+            hits: HitCount::default(),
         })
     }
 

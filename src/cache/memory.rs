@@ -93,12 +93,26 @@ impl MemoryTier {
     pub fn purge_now(&self, selector: &Selector) -> u64 {
         match selector {
             Selector::Key(key) => u64::from(self.remove(key)),
-            Selector::PathAnyHost(path) => self.remove_where(|o| o.key.path() == path),
-            Selector::Prefix(prefix) => {
-                self.remove_where(|o| o.key.path().starts_with(prefix.as_str()))
-            }
-            Selector::Tags(tags) => self.remove_where(|o| tags.iter().any(|t| o.has_tag(t))),
+            _ => self.remove_where(|o| selector.selects(o)),
         }
+    }
+
+    /// Soft purge: replaces every object `selector` selects with a copy
+    /// whose variants are marked stale; returns how many.
+    pub fn mark_stale(&self, selector: &Selector) -> u64 {
+        let marked: Vec<Arc<Object>> = match selector {
+            Selector::Key(key) => self.get_key(key).into_iter().collect(),
+            _ => self
+                .cache
+                .iter()
+                .filter(|(_, o)| selector.selects(o))
+                .map(|(_, o)| o)
+                .collect(),
+        };
+        for o in &marked {
+            self.insert(Arc::new(o.soft_purged()));
+        }
+        marked.len() as u64
     }
 
     /// Accounted bytes (after pending evictions are applied).

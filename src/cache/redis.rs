@@ -13,7 +13,9 @@
 //!   its path and tag index entries (`index`).
 //! - Purges ([`RedisTier::purge`]) delete the selected objects through the
 //!   indexes, then publish the selector on `{prefix}purge`; every instance
-//!   forwards other instances' purges to its memory tier (`fleet`).
+//!   forwards other instances' purges to its memory tier (`fleet`). Soft
+//!   purges ([`RedisTier::soft_purge`]) mark the objects stale instead
+//!   (`soft`) and are published the same way.
 //!
 //! Operation bounds: reads `timeout`; writes, unsafe-method invalidations
 //! and publishes `max(timeout, 1 s)`; a purge at most 5 s in all. Every
@@ -28,7 +30,9 @@ mod breaker;
 pub mod codec;
 mod conn;
 mod fleet;
+mod hot;
 mod index;
+mod soft;
 mod store;
 
 use std::hash::{BuildHasher, Hasher};
@@ -47,7 +51,7 @@ use self::store::Core;
 pub(crate) use self::store::Limits;
 use super::entry::Object;
 use super::key::CacheKey;
-use super::storage::{Selector, StorageError};
+use super::storage::{Invalidation, Selector, StorageError};
 use crate::alerts::Alerts;
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
@@ -63,6 +67,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 enum Job {
     Put(Arc<Object>, Duration),
     Invalidate(CacheKey),
+    /// One sampled hit on the object (popularity, `hot`).
+    Hit(Arc<Object>),
     /// Answered once every job queued before it on its lane is done.
     Barrier(oneshot::Sender<()>),
 }
@@ -90,6 +96,9 @@ async fn run_lane(core: Arc<Core>, mut jobs: mpsc::Receiver<Job>) {
             }
             Job::Invalidate(key) => {
                 let _ = core.invalidate(&key).await;
+            }
+            Job::Hit(object) => {
+                let _ = core.count_hit(&object.key).await;
             }
             Job::Barrier(done) => {
                 let _ = done.send(());
@@ -135,7 +144,7 @@ impl RedisTier {
         config: &RedisConfig,
         metrics: Metrics,
         alerts: Alerts,
-        invalidations: UnboundedSender<Selector>,
+        invalidations: UnboundedSender<Invalidation>,
     ) -> RedisTier {
         let limits = Limits::new(config.timeout);
         let keys = Keys::new(&config.key_prefix);
@@ -258,7 +267,7 @@ impl RedisTier {
         let core = &self.inner.core;
         let publish_bound = core.limits.write.min(PURGE_CAP / 5);
         let deleted = core.purge_redis(selector, PURGE_CAP - publish_bound).await;
-        let published = core.publish(selector, publish_bound).await;
+        let published = core.publish(selector, false, publish_bound).await;
         match (&deleted, published) {
             (Ok(n), Ok(())) => {
                 tracing::debug!(selector = ?selector, deleted = n, "redis purge");
@@ -269,11 +278,46 @@ impl RedisTier {
         }
     }
 
+    /// Soft purge: marks what `selector` selects as stale in Redis (the
+    /// objects stay, see `soft`) and publishes it to the fleet as a soft
+    /// purge; returns how many objects were marked. Bounds and errors as
+    /// [`RedisTier::purge`].
+    pub async fn soft_purge(&self, selector: &Selector) -> Result<u64, StorageError> {
+        let core = &self.inner.core;
+        let publish_bound = core.limits.write.min(PURGE_CAP / 5);
+        let marked = core
+            .soft_purge_redis(selector, PURGE_CAP - publish_bound)
+            .await;
+        let published = core.publish(selector, true, publish_bound).await;
+        match (&marked, published) {
+            (Ok(n), Ok(())) => {
+                tracing::debug!(selector = ?selector, marked = n, "redis soft purge");
+                Ok(*n)
+            }
+            (Ok(_), Err(e)) => Err(e),
+            (Err(_), _) => marked,
+        }
+    }
+
     /// Invalidation after an unsafe method (RFC 9111 §4.4): deletes the
     /// key's object in Redis and tells the fleet. Queued like a write (same
     /// worker as the key's writes, so they stay in order); never blocks.
     pub fn invalidate_background(&self, key: CacheKey) {
         self.enqueue(key.hash(), Job::Invalidate(key));
+    }
+
+    /// Counts one sampled hit on `object` in the fleet's popularity set,
+    /// off the request path (queued like a write; dropped when the queue
+    /// is full or the breaker open).
+    pub fn count_hit(&self, object: Arc<Object>) {
+        let hash = object.key.hash();
+        self.enqueue(hash, Job::Hit(object));
+    }
+
+    /// The `n` most requested URLs of the fleet (sampled hits), most
+    /// requested first.
+    pub async fn hot(&self, n: usize) -> Result<Vec<String>, StorageError> {
+        self.inner.core.hot(n).await
     }
 
     /// Sweeps index entries of expired objects out of the path index now

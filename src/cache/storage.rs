@@ -12,6 +12,7 @@
 //! - **Bounds**: the memory tier never exceeds its byte capacity; the Redis
 //!   tier bounds each operation by its timeout.
 
+use super::entry::Object;
 use super::key::CacheKey;
 
 /// A tier failure. Only the Redis tier produces them.
@@ -40,4 +41,24 @@ pub enum Selector {
     Prefix(String),
     /// Every entry carrying any of these tags.
     Tags(Vec<String>),
+}
+
+impl Selector {
+    /// Whether `object` is selected.
+    pub fn selects(&self, object: &Object) -> bool {
+        match self {
+            Selector::Key(key) => &object.key == key,
+            Selector::PathAnyHost(path) => object.key.path() == path,
+            Selector::Prefix(prefix) => object.key.path().starts_with(prefix.as_str()),
+            Selector::Tags(tags) => tags.iter().any(|t| object.has_tag(t)),
+        }
+    }
+}
+
+/// A purge as the fleet sees it: what it selects, and whether the entries
+/// are deleted or only marked stale (soft purge).
+#[derive(Debug, Clone)]
+pub struct Invalidation {
+    pub selector: Selector,
+    pub soft: bool,
 }

@@ -32,6 +32,9 @@ pub struct FileConfig {
     pub rate_limits: Vec<RateLimitFile>,
     #[serde(default)]
     pub alerts: AlertsFile,
+    #[serde(default)]
+    pub invalidation: InvalidationFile,
+    pub warming: Option<WarmingFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +180,8 @@ pub struct CacheFile {
     pub collapse_timeout: Option<Dur>,
     pub heuristic_fraction: Option<Spanned<f64>>,
     pub max_heuristic_lifetime: Option<Dur>,
+    pub prefresh: Option<Spanned<f64>>,
+    pub prefresh_min_hits: Option<u32>,
     pub redis: Option<RedisFile>,
 }
 
@@ -266,4 +271,36 @@ pub struct RatioFile {
     pub threshold: Spanned<f64>,
     pub window: Option<Spanned<Dur>>,
     pub min_rps: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidationFile {
+    #[serde(default)]
+    pub cascade: Vec<CascadeFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeFile {
+    pub on: Spanned<String>,
+    #[serde(default)]
+    pub purge_tags: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub purge_prefixes: Vec<Spanned<String>>,
+    pub soft: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmingFile {
+    pub on_start: Option<bool>,
+    pub interval: Option<Spanned<Dur>>,
+    pub urls_file: Option<Spanned<PathBuf>>,
+    pub sitemap: Option<Spanned<String>>,
+    pub redis_hot: Option<usize>,
+    pub concurrency: Option<Spanned<usize>>,
+    pub rate: Option<Spanned<String>>,
+    pub encodings: Option<Vec<Spanned<String>>>,
+    pub host: Option<Spanned<String>>,
 }

@@ -3,6 +3,7 @@
 //! located as `file:line:column: key: message` by [`Locator`].
 //!
 //! - `validate/rules.rs`: `[[rules]]`, including the TTL and key options.
+//! - `validate/operations.rs`: `[[invalidation.cascade]]`, `[warming]`.
 
 use std::fmt;
 use std::ops::Range;
@@ -18,6 +19,8 @@ use super::units;
 use super::*;
 use crate::compression::{Coding, CompressionPolicy, Levels};
 use crate::upstream::health::StatusMatch;
+
+mod operations;
 
 /// Turns byte spans into `file:line:column` errors.
 pub(super) struct Locator<'a> {
@@ -89,6 +92,8 @@ impl Validator<'_> {
             log,
             rate_limits,
             alerts,
+            invalidation,
+            warming,
         } = file;
         let server = self.server(server)?;
         let admin = self.admin(admin, &server)?;
@@ -104,6 +109,11 @@ impl Validator<'_> {
             log: self.log(log)?,
             rate_limits: self.rate_limits(rate_limits)?,
             alerts,
+            invalidation: self.invalidation(invalidation)?,
+            warming: match warming {
+                None => None,
+                Some(w) => Some(self.warming(w)?),
+            },
         })
     }
 
@@ -363,8 +373,21 @@ impl Validator<'_> {
             collapse_timeout,
             heuristic_fraction,
             max_heuristic_lifetime,
+            prefresh,
+            prefresh_min_hits,
             redis,
         } = c;
+        let prefresh = match prefresh {
+            Some(f) if !(0.0..1.0).contains(f.get_ref()) => {
+                return Err(self.at.spanned(
+                    &f,
+                    "cache.prefresh",
+                    "expected a fraction of the freshness lifetime from 0.0 (off) to below 1.0, e.g. 0.9",
+                ))
+            }
+            Some(f) => f.into_inner(),
+            None => 0.0,
+        };
         let memory_capacity = memory_capacity.map_or(256 * 1024 * 1024, |s| s.0);
         let max_object_size = match max_object_size {
             Some(s) if s.get_ref().0 == 0 => {
@@ -400,6 +423,8 @@ impl Validator<'_> {
             heuristic_fraction,
             max_heuristic_lifetime: max_heuristic_lifetime
                 .map_or(Duration::from_secs(86_400), |d| d.0),
+            prefresh,
+            prefresh_min_hits: prefresh_min_hits.unwrap_or(10),
             redis,
         })
     }

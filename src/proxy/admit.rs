@@ -221,5 +221,7 @@ pub async fn build_variant(
         times,
         policy,
         tags,
+        soft_purged: false,
+        hits: Default::default(),
     }
 }

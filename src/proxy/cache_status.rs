@@ -45,12 +45,15 @@ impl Fwd {
 pub enum ServedStale {
     /// RFC 5861 `stale-if-error`: the upstream failed or answered 5xx.
     StaleIfError,
+    /// Marked stale by a soft purge; a background revalidation runs.
+    SoftPurge,
 }
 
 impl ServedStale {
     pub fn as_str(self) -> &'static str {
         match self {
             ServedStale::StaleIfError => "stale-if-error",
+            ServedStale::SoftPurge => "soft-purge",
         }
     }
 }
@@ -226,5 +229,8 @@ mod tests {
         );
         assert_eq!(s.outcome(), Outcome::Stale);
         assert_eq!(CacheStatus::hit(Tier::Memory, 0).outcome(), Outcome::Stale);
+        let s = CacheStatus::fwd(Fwd::Stale).map(|f| f.stale = Some(ServedStale::SoftPurge));
+        assert_eq!(s.to_header(), "strata; fwd=stale; detail=soft-purge");
+        assert_eq!(s.outcome(), Outcome::Stale);
     }
 }

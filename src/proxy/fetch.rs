@@ -435,8 +435,8 @@ fn served_by(ext: &http::Extensions) -> String {
 
 // === the background refresh ===
 
-/// stale-while-revalidate: one background validation per URL; the stale
-/// copy keeps being served until it lands.
+/// stale-while-revalidate, soft purge and refresh-ahead: one background
+/// validation per URL; the stored copy keeps being served until it lands.
 pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
     let Some(lock) = ctx.shared.cache.collapser().try_lock(hit.object.key.hash()) else {
         return; // a refresh is already running
@@ -460,6 +460,8 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
                 plan.vary = variant.vary.clone();
                 admit::spawn(exchange.cache, *plan, Some(lock), body, None, None);
             }
+            // What was soft-purged no longer describes the resource.
+            Fetched::Uncacheable(..) if variant.soft_purged => exchange.cache.remove(&key),
             // Stays stale; the lock drops.
             Fetched::Failed(_) | Fetched::ServerError(_) | Fetched::Uncacheable(..) => {}
         }
@@ -604,6 +606,7 @@ fn freshen(
         target.remove(header::AGE);
     };
     let mut v = old.clone();
+    v.soft_purged = false;
     apply(&mut v.headers, false);
     for e in &mut v.encoded {
         apply(&mut e.headers, true);

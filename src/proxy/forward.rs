@@ -146,6 +146,12 @@ pub async fn pass(
                 conn.https,
                 resp.headers(),
             );
+            // Cascades run before the response goes out, so that a client
+            // reading after its write sees the dependent entries gone.
+            let cascades = &runtime.config.invalidation;
+            if !cascades.is_empty() {
+                shared.cache.cascade(uri.path(), cascades).await;
+            }
         }
     }
     strip_surrogate_fields(&mut resp);

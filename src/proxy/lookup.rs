@@ -17,9 +17,10 @@ use super::cache_status::Fwd;
 use super::{ConnInfo, RequestCtx, Runtime, Shared};
 use crate::cache::directives::CacheControl;
 use crate::cache::entry::{Object, Variant};
-use crate::cache::freshness::{self, Reuse};
+use crate::cache::freshness::{self, Millis, Reuse};
 use crate::cache::key::CacheKey;
 use crate::cache::Tier;
+use crate::config::CacheConfig;
 
 /// Where a cacheable request's key and rule come from; borrowed from the
 /// request so routing a hit allocates nothing.
@@ -95,13 +96,30 @@ pub struct Miss {
 pub enum Lookup {
     /// Fresh, or stale and allowed by the request (`max-stale`).
     Hit(Hit),
-    /// Stale inside stale-while-revalidate: serve it and refresh once in
-    /// the background.
+    /// Stale inside stale-while-revalidate, or fresh and due for
+    /// refresh-ahead (`prefresh`): serve it and refresh once in the
+    /// background.
     HitAndRefresh(Hit),
+    /// Marked stale by a soft purge: serve it (`fwd=stale;
+    /// detail=soft-purge`) and revalidate once in the background.
+    SoftPurged(Hit),
     /// Go upstream (collapsed with concurrent misses).
     Fetch(Miss),
     /// `only-if-cached` and nothing usable: 504 (RFC 9111 §5.2.1.7).
     OnlyIfCached,
+}
+
+/// Refresh-ahead (`[cache] prefresh`): counts this hit on the variant and
+/// says whether it should start a background revalidation: the variant has
+/// had at least `prefresh_min_hits` hits and its age (milliseconds) has
+/// reached `prefresh` of its freshness lifetime. One relaxed atomic add;
+/// only called when prefresh is on.
+fn prefresh_due(v: &Variant, now: Millis, cache: &CacheConfig) -> bool {
+    if v.hits.add() < cache.prefresh_min_hits {
+        return false;
+    }
+    let age_ms = v.times.initial_age * 1000 + now.saturating_sub(v.times.response);
+    age_ms as f64 >= cache.prefresh * (v.policy.lifetime * 1000) as f64
 }
 
 /// A request's directives: Cache-Control, or `Pragma: no-cache` when it
@@ -132,11 +150,53 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
     let mut fwd = Fwd::Miss;
     let mut stale = None;
     let mut object = None;
-    if let Some((found, tier)) = found {
-        match found.select(req.headers()).cloned() {
+    if let Some((mut found, mut tier)) = found {
+        let mut selected = found.select(req.headers()).cloned();
+        if selected.as_ref().is_some_and(|v| v.soft_purged) && tier == Tier::Memory {
+            // Another instance may have revalidated it already.
+            if let Some(o) = ctx.shared.cache.revalidated_elsewhere(&found.key).await {
+                selected = o.select(req.headers()).cloned();
+                found = o;
+                tier = Tier::Redis;
+            }
+        }
+        match selected {
             None => fwd = Fwd::VaryMiss,
+            Some(variant) if variant.soft_purged => {
+                if !(variant.policy.must_revalidate || variant.policy.no_cache || ctx.req_cc.no_cache)
+                {
+                    let ttl = variant.ttl(ctx.now).min(0);
+                    return Lookup::SoftPurged(Hit {
+                        object: found,
+                        variant,
+                        tier,
+                        ttl,
+                    });
+                }
+                // Never served stale: validated first, like any stale entry.
+                fwd = if ctx.req_cc.no_cache {
+                    Fwd::Request
+                } else {
+                    Fwd::Stale
+                };
+                stale = Some(Stale {
+                    variant,
+                    serve_on_error: false,
+                });
+            }
             Some(variant) => {
                 match freshness::reuse(&variant.policy, &variant.times, ctx.now, &ctx.req_cc) {
+                    Reuse::Fresh { ttl }
+                        if ctx.runtime.config.cache.prefresh > 0.0
+                            && prefresh_due(&variant, ctx.now, &ctx.runtime.config.cache) =>
+                    {
+                        return Lookup::HitAndRefresh(Hit {
+                            object: found,
+                            variant,
+                            tier,
+                            ttl,
+                        });
+                    }
                     Reuse::Fresh { ttl } | Reuse::StaleAccepted { ttl } => {
                         return Lookup::Hit(Hit {
                             object: found,

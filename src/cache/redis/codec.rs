@@ -9,7 +9,7 @@
 //! variants:u16  { variant }*
 //!   status:u16
 //!   times:   request:u64 response:u64 initial_age:u64
-//!   policy:  lifetime:u64 swr:u64 sie:u64 flags:u8 (1 must-revalidate, 2 no-cache)
+//!   policy:  lifetime:u64 swr:u64 sie:u64 flags:u8 (1 must-revalidate, 2 no-cache, 4 soft-purged)
 //!   vary:u16 { name:str16 present:u8 [value:str32] }*
 //!   headers  body:bytes32
 //!   encoded:u8 { coding:u8 (1 br, 2 gzip) headers body:bytes32 }*
@@ -184,7 +184,11 @@ impl Writer {
         self.u64(v.policy.lifetime);
         self.u64(v.policy.stale_while_revalidate);
         self.u64(v.policy.stale_if_error);
-        self.u8(u8::from(v.policy.must_revalidate) | (u8::from(v.policy.no_cache) << 1));
+        self.u8(
+            u8::from(v.policy.must_revalidate)
+                | (u8::from(v.policy.no_cache) << 1)
+                | (u8::from(v.soft_purged) << 2),
+        );
         self.len16("vary field count", v.vary.0.len())?;
         for (name, value) in &v.vary.0 {
             self.bytes16("vary field name", name.as_str().as_bytes())?;
@@ -340,7 +344,7 @@ impl Reader<'_> {
         let stale_if_error = self.u64()?;
         let at = self.at;
         let flags = self.u8()?;
-        if flags & !0b11 != 0 {
+        if flags & !0b111 != 0 {
             return Err(DecodeError::Invalid {
                 what: "policy flags",
                 at,
@@ -407,6 +411,8 @@ impl Reader<'_> {
             times,
             policy,
             tags,
+            soft_purged: flags & 4 != 0,
+            hits: Default::default(),
         })
     }
 }
@@ -541,6 +547,8 @@ mod tests {
                 no_cache: true,
             },
             tags: vec!["product".into(), "page:1".into(), "ünï".into()],
+            soft_purged: true,
+            hits: Default::default(),
         };
         let mut h2 = HeaderMap::new();
         h2.append("content-length", hv(b"0"));
@@ -569,6 +577,8 @@ mod tests {
                 no_cache: false,
             },
             tags: vec![],
+            soft_purged: false,
+            hits: Default::default(),
         };
         Object {
             key: CacheKey::new(true, "Example.COM:8443", "/a/b?x=1&y=%20"),
@@ -593,6 +603,7 @@ mod tests {
             assert_eq!(x.times, y.times);
             assert_eq!(x.policy, y.policy);
             assert_eq!(x.tags, y.tags);
+            assert_eq!(x.soft_purged, y.soft_purged);
             assert_eq!(x.encoded.len(), y.encoded.len());
             for (e, f) in x.encoded.iter().zip(&y.encoded) {
                 assert_eq!(e.coding, f.coding);

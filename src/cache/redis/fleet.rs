@@ -4,7 +4,9 @@
 //!
 //! A message is JSON: `{"v":1,"from":"<instance id>","selector":{..}}` with
 //! the selector as `{"key":"http://h/p?q"}`, `{"path":"/p?q"}`,
-//! `{"prefix":"/a/"}` or `{"tags":["a","b"]}`. An instance ignores its
+//! `{"prefix":"/a/"}` or `{"tags":["a","b"]}`, and `"soft":true` for a soft
+//! purge (entries marked stale, not removed; absent = a hard purge, so
+//! older instances read new hard purges unchanged). An instance ignores its
 //! own messages and anything it cannot parse (logged at debug).
 //!
 //! Each instance holds one dedicated RESP2 `PubSub` connection, made again
@@ -39,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use super::conn::{pause, sentinel_client, Backend, Backoff};
 use super::Limits;
 use crate::cache::key::CacheKey;
-use crate::cache::storage::Selector;
+use crate::cache::storage::{Invalidation, Selector};
 use crate::config::{RedisConfig, RedisMode};
 
 const WIRE_VERSION: u32 = 1;
@@ -61,20 +63,22 @@ struct Message {
     v: u32,
     from: String,
     selector: WireSelector,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    soft: bool,
 }
 
 /// Who we are on the channel, and where received purges go.
 pub(crate) struct Fleet {
     id: String,
     channel: String,
-    invalidations: UnboundedSender<Selector>,
+    invalidations: UnboundedSender<Invalidation>,
 }
 
 impl Fleet {
     pub(crate) fn new(
         id: String,
         channel: String,
-        invalidations: UnboundedSender<Selector>,
+        invalidations: UnboundedSender<Invalidation>,
     ) -> Fleet {
         Fleet {
             id,
@@ -91,8 +95,9 @@ impl Fleet {
         &self.channel
     }
 
-    /// The message announcing `selector` to the other instances.
-    pub(crate) fn encode(&self, selector: &Selector) -> Vec<u8> {
+    /// The message announcing `selector` to the other instances (`soft`:
+    /// mark stale instead of removing).
+    pub(crate) fn encode(&self, selector: &Selector, soft: bool) -> Vec<u8> {
         let selector = match selector {
             Selector::Key(k) => WireSelector::Key(k.url().to_string()),
             Selector::PathAnyHost(p) => WireSelector::Path(p.clone()),
@@ -103,6 +108,7 @@ impl Fleet {
             v: WIRE_VERSION,
             from: self.id.clone(),
             selector,
+            soft,
         };
         // Serializing plain strings into a Vec cannot fail.
         serde_json::to_vec(&msg).unwrap_or_default()
@@ -139,8 +145,11 @@ impl Fleet {
             WireSelector::Prefix(p) => Selector::Prefix(p),
             WireSelector::Tags(t) => Selector::Tags(t),
         };
-        tracing::debug!(from = msg.from, selector = ?selector, "redis purge channel: purge from another instance");
-        self.forward(selector);
+        tracing::debug!(from = msg.from, selector = ?selector, soft = msg.soft, "redis purge channel: purge from another instance");
+        self.forward(Invalidation {
+            selector,
+            soft: msg.soft,
+        });
     }
 
     /// Purges may have been missed: select everything.
@@ -148,11 +157,14 @@ impl Fleet {
         tracing::info!(
             "redis purge channel: resubscribed after a gap; dropping the memory tier's entries"
         );
-        self.forward(Selector::Prefix(String::new()));
+        self.forward(Invalidation {
+            selector: Selector::Prefix(String::new()),
+            soft: false,
+        });
     }
 
-    fn forward(&self, selector: Selector) {
-        if self.invalidations.send(selector).is_err() {
+    fn forward(&self, invalidation: Invalidation) {
+        if self.invalidations.send(invalidation).is_err() {
             tracing::debug!("redis purge channel: invalidation receiver gone");
         }
     }
@@ -413,12 +425,14 @@ mod tests {
             Selector::Prefix("/assets/".into()),
             Selector::Tags(vec!["t1".into(), "t2".into()]),
         ];
-        for s in &selectors {
-            let wire = a.encode(s);
+        for (i, s) in selectors.iter().enumerate() {
+            let soft = i % 2 == 1;
+            let wire = a.encode(s, soft);
             a.receive(&wire);
             b.receive(&wire);
             let got = rx_b.try_recv().expect("b receives a's purge");
-            assert_eq!(format!("{got:?}"), format!("{s:?}"));
+            assert_eq!(format!("{:?}", got.selector), format!("{s:?}"));
+            assert_eq!(got.soft, soft);
         }
         assert!(rx_a.try_recv().is_err(), "own messages are ignored");
         b.receive(b"not json");

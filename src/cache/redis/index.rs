@@ -10,6 +10,7 @@
 //! | `P{paths}:exp` | sorted set | the same members scored by expiry (unix ms), so expired members are swept |
 //! | `Pt:{tag}` | sorted set | object keys carrying the tag, scored by expiry; the key lives at least as long as its newest member |
 //! | `Ppurge` | pub/sub channel | fleet-wide purges |
+//! | `Phot` | sorted set | URLs scored by sampled hits (popularity, for `[warming] redis_hot`) |
 //!
 //! Consistency: a write sets the object first and indexes it after; a purge
 //! unindexes first and deletes after. Whatever the interleaving, an object
@@ -81,6 +82,11 @@ impl Keys {
         format!("{}{suffix}", self.prefix)
     }
 
+    /// The popularity set (`[warming] redis_hot`).
+    pub(crate) fn hot(&self) -> String {
+        format!("{}hot", self.prefix)
+    }
+
     pub(crate) fn tag(&self, tag: &str) -> String {
         format!("{}t:{tag}", self.prefix)
     }
@@ -130,34 +136,35 @@ impl Keys {
         c
     }
 
-    /// One page of members for `path` exactly (any host).
-    pub(crate) fn paths_exact(&self, path: &str) -> Cmd {
+    /// One page of members for `path` exactly (any host), from `offset`.
+    pub(crate) fn paths_exact(&self, path: &str, offset: usize) -> Cmd {
         let mut lo = Vec::with_capacity(path.len() + 2);
         lo.push(b'[');
         lo.extend_from_slice(path.as_bytes());
         lo.push(0);
         let mut hi = lo.clone();
         hi.push(0xff);
-        self.paths_range(lo, hi)
+        self.paths_range(lo, hi, offset)
     }
 
-    /// One page of members whose path starts with `prefix` (any host).
-    pub(crate) fn paths_prefixed(&self, prefix: &str) -> Cmd {
+    /// One page of members whose path starts with `prefix` (any host),
+    /// from `offset`.
+    pub(crate) fn paths_prefixed(&self, prefix: &str, offset: usize) -> Cmd {
         let mut lo = Vec::with_capacity(prefix.len() + 2);
         lo.push(b'[');
         lo.extend_from_slice(prefix.as_bytes());
         let mut hi = lo.clone();
         hi.push(0xff);
-        self.paths_range(lo, hi)
+        self.paths_range(lo, hi, offset)
     }
 
-    fn paths_range(&self, lo: Vec<u8>, hi: Vec<u8>) -> Cmd {
+    fn paths_range(&self, lo: Vec<u8>, hi: Vec<u8>, offset: usize) -> Cmd {
         let mut c = redis::cmd("ZRANGEBYLEX");
         c.arg(&self.paths)
             .arg(lo)
             .arg(hi)
             .arg("LIMIT")
-            .arg(0)
+            .arg(offset)
             .arg(PAGE);
         c
     }
@@ -180,10 +187,10 @@ impl Keys {
         c
     }
 
-    /// One page of a tag set's members.
-    pub(crate) fn tag_page(tag_key: &str) -> Cmd {
+    /// One page of a tag set's members, from `offset`.
+    pub(crate) fn tag_page(tag_key: &str, offset: usize) -> Cmd {
         let mut c = redis::cmd("ZRANGE");
-        c.arg(tag_key).arg(0).arg(PAGE - 1);
+        c.arg(tag_key).arg(offset).arg(offset + PAGE - 1);
         c
     }
 

@@ -61,7 +61,7 @@ pub(crate) struct Core {
 
 /// Whether an operation passes the breaker or is tried regardless (admin
 /// purges), its outcome still recorded.
-enum Gate<'a> {
+pub(super) enum Gate<'a> {
     Permit(Permit<'a>),
     Always,
 }
@@ -69,7 +69,7 @@ enum Gate<'a> {
 impl Core {
     /// Runs `op` on the current connection within `bound`, records the
     /// outcome in the breaker and, on failure, counts and logs it.
-    async fn run<'a, T, F, Fut>(
+    pub(super) async fn run<'a, T, F, Fut>(
         &'a self,
         what: &'static str,
         bound: Duration,
@@ -120,7 +120,7 @@ impl Core {
         tracing::debug!(op = what, error = %err, elapsed_ms = started.elapsed().as_millis() as u64, "redis operation failed");
     }
 
-    fn permit(&self) -> Result<Gate<'_>, StorageError> {
+    pub(super) fn permit(&self) -> Result<Gate<'_>, StorageError> {
         self.breaker
             .try_acquire()
             .map(Gate::Permit)
@@ -223,7 +223,7 @@ impl Core {
         let unindex = self
             .keys
             .paths_remove(&[Bytes::from(member(key.path(), &object_key))]);
-        let message = self.fleet.encode(&Selector::Key(key.clone()));
+        let message = self.fleet.encode(&Selector::Key(key.clone()), false);
         let channel = self.keys.channel();
         self.run("invalidate", self.limits.write, gate, |mut c| async move {
             unindex.query_async::<Value>(&mut c).await?;
@@ -243,9 +243,10 @@ impl Core {
     pub(crate) async fn publish(
         &self,
         selector: &Selector,
+        soft: bool,
         bound: Duration,
     ) -> Result<(), StorageError> {
-        let message = self.fleet.encode(selector);
+        let message = self.fleet.encode(selector, soft);
         let channel = self.keys.channel();
         self.run("publish", bound, Gate::Always, |mut c| async move {
             redis::cmd("PUBLISH")
@@ -277,9 +278,9 @@ impl Core {
                         .query_async::<u64>(&mut c)
                         .await
                 }
-                Selector::PathAnyHost(path) => purge_paths(keys, c, &keys.paths_exact(path)).await,
+                Selector::PathAnyHost(path) => purge_paths(keys, c, &keys.paths_exact(path, 0)).await,
                 Selector::Prefix(prefix) => {
-                    purge_paths(keys, c, &keys.paths_prefixed(prefix)).await
+                    purge_paths(keys, c, &keys.paths_prefixed(prefix, 0)).await
                 }
                 Selector::Tags(tags) => {
                     let mut total = 0;
@@ -355,7 +356,7 @@ async fn purge_paths(keys: &Keys, mut c: Conn, page: &redis::Cmd) -> RedisResult
 async fn purge_tag(tag_key: &str, mut c: Conn) -> RedisResult<u64> {
     let mut total = 0;
     loop {
-        let members: Vec<Bytes> = Keys::tag_page(tag_key).query_async(&mut c).await?;
+        let members: Vec<Bytes> = Keys::tag_page(tag_key, 0).query_async(&mut c).await?;
         if members.is_empty() {
             break;
         }

@@ -1,0 +1,299 @@
+//! Soft purge and cascading invalidation (SPEC §7) against real origins
+//! that count requests, and across two instances sharing a real Redis.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::Value;
+use strata::cache::key::CacheKey;
+use support::redis::RedisServer;
+use support::{wait_until, Client, Origin, Strata};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn purge(s: &Strata, body: &str) -> Value {
+    let r = Client::new()
+        .send(
+            Method::POST,
+            &s.admin_url("/purge"),
+            &[("authorization", "Bearer secret")],
+            Bytes::from(body.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// An origin with a validator: `If-None-Match: "v1"` gets a 304 (after
+/// `delay`, so that concurrent requests overlap the revalidation); counts
+/// the conditional requests in `revalidations`.
+async fn validating_origin(delay: Duration, revalidations: Arc<AtomicUsize>) -> Origin {
+    Origin::start(move |req| {
+        let revalidations = revalidations.clone();
+        async move {
+            let headers = [
+                ("cache-control", "max-age=300"),
+                ("etag", "\"v1\""),
+                ("content-type", "text/plain"),
+            ];
+            if req
+                .headers()
+                .get("if-none-match")
+                .is_some_and(|v| v == "\"v1\"")
+            {
+                revalidations.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                return support::origin::reply(304, &headers, "");
+            }
+            support::origin::reply(200, &headers, format!("body of {}", req.uri().path()))
+        }
+    })
+    .await
+}
+
+fn soft_purged(s: &Strata, host: &str, path: &str) -> Option<bool> {
+    let key = CacheKey::new(false, host, path);
+    let object = s.shared.cache.memory().get_key(&key)?;
+    Some(object.variants.iter().any(|v| v.soft_purged))
+}
+
+#[tokio::test]
+async fn soft_purge_serves_stale_while_one_revalidation_runs() {
+    let revalidations = Arc::new(AtomicUsize::new(0));
+    let origin = validating_origin(Duration::from_millis(300), revalidations.clone()).await;
+    let strata = Strata::start(&[origin.addr], "[upstream.health]\nenabled = false\n").await;
+    let c = Client::new();
+    let url = strata.url("/page");
+    let host = strata.addr.to_string();
+
+    assert!(c.get(&url).await.cache_status().contains("stored"));
+    assert!(c.get(&url).await.cache_status().contains("hit"));
+    assert_eq!(origin.count(), 1);
+
+    let answer = purge(&strata, r#"{"url": "/page", "soft": true}"#).await;
+    assert_eq!(answer["purged"], 1, "{answer}");
+    assert_eq!(soft_purged(&strata, &host, "/page"), Some(true));
+
+    // Five concurrent requests: all get the stale copy at once, and the
+    // one background revalidation (held 300 ms by the origin) is shared.
+    let replies = futures_util::future::join_all((0..5).map(|_| c.get(&url))).await;
+    for r in &replies {
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "body of /page");
+        assert!(
+            r.cache_status()
+                .starts_with("strata; fwd=stale; detail=soft-purge"),
+            "{}",
+            r.cache_status()
+        );
+    }
+    wait_until(WAIT, "the revalidation landed", || async {
+        soft_purged(&strata, &host, "/page") == Some(false)
+    })
+    .await;
+    assert_eq!(revalidations.load(Ordering::SeqCst), 1);
+    assert_eq!(origin.count(), 2, "exactly one origin revalidation");
+
+    let r = c.get(&url).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn soft_purge_reaches_the_fleet_and_revalidates_once() {
+    let redis = RedisServer::start().await;
+    let revalidations = Arc::new(AtomicUsize::new(0));
+    let origin = validating_origin(Duration::ZERO, revalidations.clone()).await;
+    let cfg = format!(
+        "[upstream.health]\nenabled = false\n\n[cache.redis]\nurls = [\"{}\"]\ntimeout = \"200ms\"\n",
+        redis.url()
+    );
+    let a = Strata::start(&[origin.addr], &cfg).await;
+    let b = Strata::start(&[origin.addr], &cfg).await;
+
+    assert!(get(&a).await.cache_status().contains("stored"));
+    a.shared.cache.flush(WAIT).await;
+    let r = get(&b).await;
+    assert!(r.cache_status().contains("detail=redis"), "{}", r.cache_status());
+    assert!(get(&b).await.cache_status().contains("detail=memory"));
+    assert_eq!(origin.count(), 1);
+
+    // Both instances listen on the purge channel before the purge.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    wait_until(WAIT, "both instances subscribed", || {
+        let mut conn = conn.clone();
+        async move {
+            let subs: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("strata:purge")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            subs.first().is_some_and(|(_, n)| *n >= 2)
+        }
+    })
+    .await;
+
+    let answer = purge(&a, r#"{"prefix": "/sha", "soft": true}"#).await;
+    assert!(answer["purged"].as_u64().unwrap() >= 1, "{answer}");
+    assert_eq!(soft_purged(&a, "fleet.example", "/shared"), Some(true));
+    wait_until(WAIT, "B's copy marked stale through pub/sub", || async {
+        soft_purged(&b, "fleet.example", "/shared") == Some(true)
+    })
+    .await;
+
+    // B serves the stale copy and revalidates (a 304) ...
+    let r = get(&b).await;
+    assert!(
+        r.cache_status()
+            .starts_with("strata; fwd=stale; detail=soft-purge"),
+        "{}",
+        r.cache_status()
+    );
+    wait_until(WAIT, "B's revalidation landed", || async {
+        soft_purged(&b, "fleet.example", "/shared") == Some(false)
+    })
+    .await;
+    b.shared.cache.flush(WAIT).await;
+    // ... and A, whose memory copy is still marked, finds B's fresh one
+    // in Redis instead of revalidating again.
+    let r = get(&a).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert!(get(&b).await.cache_status().contains("hit"));
+    assert_eq!(revalidations.load(Ordering::SeqCst), 1);
+    assert_eq!(origin.count(), 2, "one fetch and one revalidation in all");
+    let _ = redis::cmd("PING").query_async::<String>(&mut conn).await;
+}
+
+const HOST: (&str, &str) = ("host", "fleet.example");
+
+async fn get(s: &Strata) -> support::Reply {
+    Client::new().get_with(&s.url("/shared"), &[HOST]).await
+}
+
+/// Products tagged `product-listing` on listing pages; PUT answered 204.
+async fn shop_origin() -> Origin {
+    Origin::start(|req| async move {
+        if req.method() != Method::GET {
+            return support::origin::reply(204, &[], "");
+        }
+        let path = req.uri().path().to_string();
+        let tag = if path.starts_with("/listing") {
+            "product-listing"
+        } else {
+            "other"
+        };
+        support::origin::reply(
+            200,
+            &[("cache-control", "max-age=300"), ("surrogate-key", tag)],
+            format!("body of {path}"),
+        )
+    })
+    .await
+}
+
+async fn metric(s: &Strata, cause: &str) -> f64 {
+    let text = Client::new().get(&s.admin_url("/metrics")).await.text();
+    let needle = format!("strata_purged_total{{cause=\"{cause}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .unwrap_or_else(|| panic!("{needle} is exported"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn put_on_a_product_cascades_to_listing_tags() {
+    let origin = shop_origin().await;
+    let strata = Strata::start(
+        &[origin.addr],
+        r#"[upstream.health]
+enabled = false
+
+[[invalidation.cascade]]
+on = "/api/products/**"
+purge_tags = ["product-listing"]
+purge_prefixes = ["/catalog/"]
+"#,
+    )
+    .await;
+    let c = Client::new();
+    for cause in ["api", "unsafe_method", "cascade"] {
+        assert_eq!(metric(&strata, cause).await, 0.0, "{cause} from start");
+    }
+    for path in ["/listing/1", "/listing/2", "/catalog/a", "/api/products/7", "/other"] {
+        assert!(c.get(&strata.url(path)).await.cache_status().contains("stored"));
+    }
+    assert_eq!(origin.count(), 5);
+
+    let r = c
+        .send(
+            Method::PUT,
+            &strata.url("/api/products/7"),
+            &[],
+            Bytes::from_static(b"{}"),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(origin.count(), 6);
+    // The cascade ran before the PUT's response: no wait needed.
+    for path in ["/listing/1", "/listing/2", "/catalog/a", "/api/products/7"] {
+        let r = c.get(&strata.url(path)).await;
+        assert!(r.cache_status().contains("fwd=miss"), "{path}: {}", r.cache_status());
+    }
+    assert!(c.get(&strata.url("/other")).await.cache_status().contains("hit"));
+    assert_eq!(metric(&strata, "unsafe_method").await, 1.0);
+    assert_eq!(metric(&strata, "cascade").await, 3.0);
+
+    // An admin purge of a product URL cascades as well.
+    let answer = purge(&strata, r#"{"url": "/api/products/7"}"#).await;
+    assert_eq!(answer["cascaded"], 3, "{answer}");
+    assert_eq!(answer["purged"], 4, "{answer}");
+    assert_eq!(metric(&strata, "api").await, 1.0);
+    assert_eq!(metric(&strata, "cascade").await, 6.0);
+}
+
+#[tokio::test]
+async fn cascade_cycles_terminate() {
+    let origin = shop_origin().await;
+    let strata = Strata::start(
+        &[origin.addr],
+        r#"[upstream.health]
+enabled = false
+
+[[invalidation.cascade]]
+on = "/a/**"
+purge_prefixes = ["/b/"]
+soft = true
+
+[[invalidation.cascade]]
+on = "/b/**"
+purge_prefixes = ["/a/"]
+soft = true
+"#,
+    )
+    .await;
+    let c = Client::new();
+    for path in ["/a/1", "/b/1"] {
+        assert!(c.get(&strata.url(path)).await.cache_status().contains("stored"));
+    }
+    let answer = tokio::time::timeout(WAIT, purge(&strata, r#"{"prefix": "/a/"}"#))
+        .await
+        .expect("a cyclic cascade ends");
+    // /a/ hard by the API; /b/ then /a/ again soft by the two cascades.
+    assert_eq!(answer["purged"], 2, "{answer}");
+    assert!(c.get(&strata.url("/a/1")).await.cache_status().contains("fwd=miss"));
+    let r = c.get(&strata.url("/b/1")).await;
+    assert!(
+        r.cache_status().contains("detail=soft-purge"),
+        "{}",
+        r.cache_status()
+    );
+}
