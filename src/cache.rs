@@ -247,19 +247,22 @@ impl Cache {
         }
     }
 
-    /// The fleet's `n` most requested URLs (empty without Redis or when it
-    /// fails: logged).
-    pub async fn hot_urls(&self, n: usize) -> Vec<String> {
+    /// The fleet's `n` most requested URLs. Waits (at most `connect`) for
+    /// the Redis connection, which a just-started instance makes in the
+    /// background. Without Redis: empty.
+    pub async fn hot_urls(
+        &self,
+        n: usize,
+        connect: Duration,
+    ) -> Result<Vec<String>, storage::StorageError> {
         let Some(redis) = &self.inner.redis else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        match redis.hot(n).await {
-            Ok(urls) => urls,
-            Err(e) => {
-                tracing::warn!(error = %e, "warming: cannot read the popularity set");
-                Vec::new()
-            }
+        let deadline = tokio::time::Instant::now() + connect;
+        while !redis.is_connected() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        redis.hot(n).await
     }
 
     /// Copies `key`'s object from Redis into memory (no upstream request);
@@ -341,11 +344,18 @@ impl Cache {
     /// One selector on every tier (hard or soft); returns the object count.
     async fn apply(&self, selector: &Selector, soft: bool) -> Result<u64, PurgeError> {
         if soft {
-            let mut n = self.inner.memory.mark_stale(selector);
-            if let Some(redis) = &self.inner.redis {
-                n = n.max(redis.soft_purge(selector).await?);
-            }
-            return Ok(n);
+            // Redis first: a memory copy marked before Redis would find the
+            // Redis copy still unmarked and take it as revalidated.
+            let in_redis = match &self.inner.redis {
+                Some(redis) => Some(redis.soft_purge(selector).await),
+                None => None,
+            };
+            let n = self.inner.memory.mark_stale(selector);
+            return match in_redis {
+                Some(Ok(m)) => Ok(n.max(m)),
+                Some(Err(e)) => Err(e.into()),
+                None => Ok(n),
+            };
         }
         let mut n = self.inner.memory.purge_now(selector);
         if let Some(redis) = &self.inner.redis {

@@ -48,6 +48,9 @@ pub const USER_AGENT: &str = "strata-warmer";
 /// A warming request that takes longer than this is given up (counted as
 /// an error).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a round waits for a just-started instance's Redis connection
+/// before reading the popularity set (`redis_hot`).
+const REDIS_CONNECT: Duration = Duration::from_secs(5);
 
 /// Where a warming item came from: the `source` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,7 +271,17 @@ pub async fn round(shared: &Arc<Shared>, w: &WarmingConfig, listener: SocketAddr
     let mut seen = std::collections::HashSet::new();
     targets.retain(|(_, t)| seen.insert(t.clone()));
     let hot = if w.redis_hot > 0 {
-        shared.cache.hot_urls(w.redis_hot).await
+        match shared.cache.hot_urls(w.redis_hot, REDIS_CONNECT).await {
+            Ok(urls) => urls,
+            Err(e) => {
+                progress.error();
+                shared
+                    .metrics
+                    .warm_request(Source::RedisHot.as_str(), Outcome::Error.as_str());
+                tracing::warn!(error = %e, "warming: cannot read the popularity set from Redis");
+                Vec::new()
+            }
+        }
     } else {
         Vec::new()
     };

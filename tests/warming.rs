@@ -119,7 +119,7 @@ async fn warming_from_a_file_and_a_sitemap_index_fills_the_cache() {
     assert_eq!(progress["errors"], 0, "{progress}");
     let mut pages = page_requests(&origin);
     pages.sort();
-    assert_eq!(pages, ["/f/1", "/f/2", "/s/1", "/s/2", "/s/3", "/s/4"]);
+    assert_eq!(pages, ["/f/1", "/f/2", "/s/1", "/s/2?x=1&y=2", "/s/3", "/s/4"]);
     for s in origin.seen().iter().filter(|s| s.path.starts_with("/f/")) {
         assert_eq!(s.headers["user-agent"], "strata-warmer");
     }
