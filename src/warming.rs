@@ -97,7 +97,6 @@ impl Outcome {
 const WARMING: u8 = 1;
 const DONE: u8 = 2;
 
-
 /// Warming progress for `GET /health`: the state of the current (or last)
 /// round and its item counts. Lock-free; cheap to read.
 #[derive(Debug, Default)]
@@ -346,7 +345,9 @@ async fn warm_from_redis(shared: &Shared, url: &str) -> Outcome {
 }
 
 fn record(shared: &Shared, source: Source, outcome: Outcome) {
-    shared.metrics.warm_request(source.as_str(), outcome.as_str());
+    shared
+        .metrics
+        .warm_request(source.as_str(), outcome.as_str());
     shared.warming.finish_item(outcome);
 }
 

@@ -119,7 +119,11 @@ async fn soft_purge_reaches_the_fleet_and_revalidates_once() {
     assert!(get(&a).await.cache_status().contains("stored"));
     a.shared.cache.flush(WAIT).await;
     let r = get(&b).await;
-    assert!(r.cache_status().contains("detail=redis"), "{}", r.cache_status());
+    assert!(
+        r.cache_status().contains("detail=redis"),
+        "{}",
+        r.cache_status()
+    );
     assert!(get(&b).await.cache_status().contains("detail=memory"));
     assert_eq!(origin.count(), 1);
 
@@ -228,8 +232,18 @@ purge_prefixes = ["/catalog/"]
     for cause in ["api", "unsafe_method", "cascade"] {
         assert_eq!(metric(&strata, cause).await, 0.0, "{cause} from start");
     }
-    for path in ["/listing/1", "/listing/2", "/catalog/a", "/api/products/7", "/other"] {
-        assert!(c.get(&strata.url(path)).await.cache_status().contains("stored"));
+    for path in [
+        "/listing/1",
+        "/listing/2",
+        "/catalog/a",
+        "/api/products/7",
+        "/other",
+    ] {
+        assert!(c
+            .get(&strata.url(path))
+            .await
+            .cache_status()
+            .contains("stored"));
     }
     assert_eq!(origin.count(), 5);
 
@@ -246,9 +260,17 @@ purge_prefixes = ["/catalog/"]
     // The cascade ran before the PUT's response: no wait needed.
     for path in ["/listing/1", "/listing/2", "/catalog/a", "/api/products/7"] {
         let r = c.get(&strata.url(path)).await;
-        assert!(r.cache_status().contains("fwd=miss"), "{path}: {}", r.cache_status());
+        assert!(
+            r.cache_status().contains("fwd=miss"),
+            "{path}: {}",
+            r.cache_status()
+        );
     }
-    assert!(c.get(&strata.url("/other")).await.cache_status().contains("hit"));
+    assert!(c
+        .get(&strata.url("/other"))
+        .await
+        .cache_status()
+        .contains("hit"));
     assert_eq!(metric(&strata, "unsafe_method").await, 1.0);
     assert_eq!(metric(&strata, "cascade").await, 3.0);
 
@@ -282,14 +304,22 @@ soft = true
     .await;
     let c = Client::new();
     for path in ["/a/1", "/b/1"] {
-        assert!(c.get(&strata.url(path)).await.cache_status().contains("stored"));
+        assert!(c
+            .get(&strata.url(path))
+            .await
+            .cache_status()
+            .contains("stored"));
     }
     let answer = tokio::time::timeout(WAIT, purge(&strata, r#"{"prefix": "/a/"}"#))
         .await
         .expect("a cyclic cascade ends");
     // /a/ hard by the API; /b/ then /a/ again soft by the two cascades.
     assert_eq!(answer["purged"], 2, "{answer}");
-    assert!(c.get(&strata.url("/a/1")).await.cache_status().contains("fwd=miss"));
+    assert!(c
+        .get(&strata.url("/a/1"))
+        .await
+        .cache_status()
+        .contains("fwd=miss"));
     let r = c.get(&strata.url("/b/1")).await;
     assert!(
         r.cache_status().contains("detail=soft-purge"),

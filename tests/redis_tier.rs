@@ -159,7 +159,11 @@ fn is_flush(s: &Selector) -> bool {
 
 /// Waits up to `within` for `want` on `rx`, skipping resubscription
 /// flushes; panics on any other selector.
-async fn receive(rx: &mut UnboundedReceiver<Invalidation>, want: &Selector, within: Duration) -> bool {
+async fn receive(
+    rx: &mut UnboundedReceiver<Invalidation>,
+    want: &Selector,
+    within: Duration,
+) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         match tokio::time::timeout_at(deadline, rx.recv())
@@ -266,7 +270,11 @@ async fn standalone_put_get_and_fleet_purges() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(sel(&first.selector), sel(&marker), "a received its own purge");
+    assert_eq!(
+        sel(&first.selector),
+        sel(&marker),
+        "a received its own purge"
+    );
     assert!(b.rx.try_recv().is_err(), "b received its own purge");
 }
 

@@ -25,7 +25,9 @@ fn urlset(paths: &[&str]) -> String {
         .iter()
         .map(|p| format!("<url><loc>http://www.example.com{p}</loc></url>"))
         .collect();
-    format!(r#"<?xml version="1.0" encoding="UTF-8"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{urls}</urlset>"#)
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{urls}</urlset>"#
+    )
 }
 
 /// Pages at any path (cacheable for 5 minutes), and the sitemaps: an
@@ -100,7 +102,11 @@ async fn warming_from_a_file_and_a_sitemap_index_fills_the_cache() {
     let origin = site().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("warm.txt");
-    std::fs::write(&file, "# warm these\n/f/1\n\n/f/2\nhttp://www.example.com/s/1\n").unwrap();
+    std::fs::write(
+        &file,
+        "# warm these\n/f/1\n\n/f/2\nhttp://www.example.com/s/1\n",
+    )
+    .unwrap();
     let strata = Strata::start(
         &[origin.addr],
         &format!(
@@ -119,7 +125,10 @@ async fn warming_from_a_file_and_a_sitemap_index_fills_the_cache() {
     assert_eq!(progress["errors"], 0, "{progress}");
     let mut pages = page_requests(&origin);
     pages.sort();
-    assert_eq!(pages, ["/f/1", "/f/2", "/s/1", "/s/2?x=1&y=2", "/s/3", "/s/4"]);
+    assert_eq!(
+        pages,
+        ["/f/1", "/f/2", "/s/1", "/s/2?x=1&y=2", "/s/3", "/s/4"]
+    );
     for s in origin.seen().iter().filter(|s| s.path.starts_with("/f/")) {
         assert_eq!(s.headers["user-agent"], "strata-warmer");
     }
@@ -130,7 +139,11 @@ async fn warming_from_a_file_and_a_sitemap_index_fills_the_cache() {
     let c = Client::new();
     for path in ["/f/1", "/f/2", "/s/1", "/s/2?x=1&y=2", "/s/3", "/s/4"] {
         let r = c.get_with(&strata.url(path), &[HOST]).await;
-        assert!(r.cache_status().contains("hit"), "{path}: {}", r.cache_status());
+        assert!(
+            r.cache_status().contains("hit"),
+            "{path}: {}",
+            r.cache_status()
+        );
     }
     assert_eq!(page_requests(&origin).len(), 6, "no page fetched twice");
 }
@@ -198,7 +211,11 @@ async fn redis_hot_warms_another_instance_without_the_origin() {
     // Traffic on A: sampled one hit in 64 into the popularity set.
     for (path, hits) in [("/hot/1", 200), ("/hot/2", 140)] {
         let url = a.url(path);
-        assert!(c.get_with(&url, &[("host", "fleet.example")]).await.cache_status().contains("stored"));
+        assert!(c
+            .get_with(&url, &[("host", "fleet.example")])
+            .await
+            .cache_status()
+            .contains("stored"));
         for _ in 0..hits {
             c.get_with(&url, &[("host", "fleet.example")]).await;
         }

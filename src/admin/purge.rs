@@ -80,7 +80,13 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
     {
         Ok(p) => {
             let n = p.direct + p.cascaded;
-            tracing::info!(?purge, soft, purged = p.direct, cascaded = p.cascaded, "purge");
+            tracing::info!(
+                ?purge,
+                soft,
+                purged = p.direct,
+                cascaded = p.cascaded,
+                "purge"
+            );
             let how = if soft { "soft-purged" } else { "purged" };
             let cascaded = if p.cascaded > 0 {
                 format!(" (+{} by cascade)", p.cascaded)

@@ -163,7 +163,9 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
         match selected {
             None => fwd = Fwd::VaryMiss,
             Some(variant) if variant.soft_purged => {
-                if !(variant.policy.must_revalidate || variant.policy.no_cache || ctx.req_cc.no_cache)
+                if !(variant.policy.must_revalidate
+                    || variant.policy.no_cache
+                    || ctx.req_cc.no_cache)
                 {
                     let ttl = variant.ttl(ctx.now).min(0);
                     return Lookup::SoftPurged(Hit {

@@ -62,7 +62,12 @@ pub fn urls_file(
         path: path.display().to_string(),
         source,
     })?;
-    Ok(parse_lines(&text, host, default_host, &path.display().to_string()))
+    Ok(parse_lines(
+        &text,
+        host,
+        default_host,
+        &path.display().to_string(),
+    ))
 }
 
 fn parse_lines(text: &str, host: Option<&str>, default_host: &str, file: &str) -> Vec<Target> {
@@ -265,7 +270,10 @@ mod tests {
         assert!(!doc.index);
         assert_eq!(
             doc.locs,
-            ["http://www.example.com/", "http://www.example.com/p?a=1&b=2"]
+            [
+                "http://www.example.com/",
+                "http://www.example.com/p?a=1&b=2"
+            ]
         );
         let index = br#"<sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
 <sitemap><loc>http://h/s1.xml</loc></sitemap><sitemap><loc>http://h/s2.xml.gz</loc></sitemap>

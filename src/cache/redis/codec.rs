@@ -184,11 +184,9 @@ impl Writer {
         self.u64(v.policy.lifetime);
         self.u64(v.policy.stale_while_revalidate);
         self.u64(v.policy.stale_if_error);
-        self.u8(
-            u8::from(v.policy.must_revalidate)
-                | (u8::from(v.policy.no_cache) << 1)
-                | (u8::from(v.soft_purged) << 2),
-        );
+        self.u8(u8::from(v.policy.must_revalidate)
+            | (u8::from(v.policy.no_cache) << 1)
+            | (u8::from(v.soft_purged) << 2));
         self.len16("vary field count", v.vary.0.len())?;
         for (name, value) in &v.vary.0 {
             self.bytes16("vary field name", name.as_str().as_bytes())?;

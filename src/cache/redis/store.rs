@@ -278,7 +278,9 @@ impl Core {
                         .query_async::<u64>(&mut c)
                         .await
                 }
-                Selector::PathAnyHost(path) => purge_paths(keys, c, &keys.paths_exact(path, 0)).await,
+                Selector::PathAnyHost(path) => {
+                    purge_paths(keys, c, &keys.paths_exact(path, 0)).await
+                }
                 Selector::Prefix(prefix) => {
                     purge_paths(keys, c, &keys.paths_prefixed(prefix, 0)).await
                 }

@@ -132,7 +132,10 @@ impl Validator<'_> {
                 self.at.spanned(
                     e,
                     &format!("warming.encodings[{i}]"),
-                    format!("unknown encoding {:?}, expected \"br\" or \"gzip\"", e.get_ref()),
+                    format!(
+                        "unknown encoding {:?}, expected \"br\" or \"gzip\"",
+                        e.get_ref()
+                    ),
                 )
             })?;
             if !codings.contains(&c) {
@@ -187,7 +190,10 @@ mod tests {
     #[test]
     fn rates() {
         assert_eq!(parse_rate("50/s"), Some((50, Duration::from_secs(1))));
-        assert_eq!(parse_rate(" 600 / m "), Some((600, Duration::from_secs(60))));
+        assert_eq!(
+            parse_rate(" 600 / m "),
+            Some((600, Duration::from_secs(60)))
+        );
         assert_eq!(parse_rate("1/hour"), Some((1, Duration::from_secs(3600))));
         for bad in ["", "50", "0/s", "-1/s", "5/d", "x/s"] {
             assert_eq!(parse_rate(bad), None, "{bad}");
