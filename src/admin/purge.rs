@@ -1,7 +1,8 @@
 //! `POST /purge`: `{"url": "..."}`, `{"prefix": "/assets/"}` or
 //! `{"tags": ["a", "b"]}`, optionally with `"soft": true` (mark stale
 //! instead of removing), with `Authorization: Bearer TOKEN`; answers
-//! `{"purged": N, "cascaded": M}` (`N` counts the cascaded entries too).
+//! `{"purged": N}`, plus `"cascaded": M` when cascades ran (`N` counts
+//! the cascaded entries too).
 //! 401 without the right token, 400 on a bad body.
 
 use http::{Request, Response, StatusCode};
@@ -97,10 +98,13 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
                 Kind::Purge,
                 format!("{} → {} {how}{cascaded}", describe(&purge), p.direct),
             );
-            json_response(
-                StatusCode::OK,
-                &json!({ "purged": n, "cascaded": p.cascaded, "soft": soft }),
-            )
+            // `{"purged": N}` as before; `cascaded` only when cascades ran.
+            let body = if p.cascaded > 0 {
+                json!({ "purged": n, "cascaded": p.cascaded })
+            } else {
+                json!({ "purged": n })
+            };
+            json_response(StatusCode::OK, &body)
         }
         Err(e) => bad(&e.to_string()),
     }
