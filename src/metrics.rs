@@ -413,12 +413,21 @@ impl Metrics {
                 );
                 PurgeCause::ALL.map(|c| purged.with_label_values(&[c.as_str()]))
             },
-            warm_requests: counter_vec(
-                &r,
-                "strata_warm_requests_total",
-                "Cache warming requests by source (urls_file, sitemap, redis_hot) and result (stored, hit, error).",
-                &["source", "result"],
-            ),
+            warm_requests: {
+                let warm = counter_vec(
+                    &r,
+                    "strata_warm_requests_total",
+                    "Cache warming items by source (urls_file, sitemap, redis_hot) and result (stored, hit, uncached, error).",
+                    &["source", "result"],
+                );
+                // Exported at zero from the start, like every family.
+                for source in ["urls_file", "sitemap", "redis_hot"] {
+                    for result in ["stored", "hit", "uncached", "error"] {
+                        warm.with_label_values(&[source, result]);
+                    }
+                }
+                warm
+            },
             rule_requests: counter_vec(
                 &r,
                 "strata_rule_requests_total",

@@ -115,6 +115,12 @@ async fn soft_purge_reaches_the_fleet_and_revalidates_once() {
     );
     let a = Strata::start(&[origin.addr], &cfg).await;
     let b = Strata::start(&[origin.addr], &cfg).await;
+    // Both connect to Redis in the background.
+    wait_until(WAIT, "both instances connected to Redis", || async {
+        a.shared.cache.redis_state() == Some((true, false))
+            && b.shared.cache.redis_state() == Some((true, false))
+    })
+    .await;
 
     assert!(get(&a).await.cache_status().contains("stored"));
     a.shared.cache.flush(WAIT).await;

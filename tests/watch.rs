@@ -292,8 +292,17 @@ async fn every_metric_family_is_exported_at_zero_from_the_start() {
         "strata_redis_dropped_writes_total 0".to_string(),
         "strata_redis_breaker_opens_total 0".to_string(),
         "strata_collapsed_total 0".to_string(),
-        "strata_purged_total 0".to_string(),
     ];
+    for cause in ["api", "unsafe_method", "cascade"] {
+        want.push(format!("strata_purged_total{{cause=\"{cause}\"}} 0"));
+    }
+    for source in ["urls_file", "sitemap", "redis_hot"] {
+        for result in ["stored", "hit", "uncached", "error"] {
+            want.push(format!(
+                "strata_warm_requests_total{{result=\"{result}\",source=\"{source}\"}} 0"
+            ));
+        }
+    }
     for outcome in ["hit", "stale", "revalidated", "miss", "bypass", "error"] {
         want.push(format!(
             "strata_response_bytes_total{{outcome=\"{outcome}\"}} 0"
