@@ -240,7 +240,7 @@ impl Cache {
             h.set(n);
             n
         });
-        if n % HIT_SAMPLE == 0 {
+        if n.is_multiple_of(HIT_SAMPLE) {
             if let Some(redis) = &self.inner.redis {
                 redis.count_hit(object.clone());
             }
