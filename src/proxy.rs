@@ -13,6 +13,7 @@
 //! - `proxy/admit.rs`: streaming a miss to the client while storing it.
 //! - `proxy/forward.rs`: pass-through (other methods, uncacheable URLs,
 //!   upgrades) and sending any request upstream.
+//! - `proxy/target.rs`: the one normalised request path (SPEC §10).
 //! - `proxy/headers.rs`: hop-by-hop stripping and forwarding fields.
 //! - `proxy/cache_status.rs`: RFC 9211 `Cache-Status` and the metrics
 //!   outcome derived from it.
@@ -30,6 +31,7 @@ pub mod forward;
 pub mod headers;
 pub mod lookup;
 pub mod stored;
+pub mod target;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -240,7 +242,7 @@ impl Shared {
     }
 
     /// Handles one client request end to end.
-    pub async fn handle(&self, req: Request<Incoming>, mut conn: ConnInfo) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, mut conn: ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         let runtime = self.runtime.load_full();
         conn.client_ip = runtime
@@ -250,7 +252,7 @@ impl Shared {
             .client_ip(conn.peer.ip(), req.headers());
         let method = MethodClass::of(req.method());
         let access = access::Pending::capture(&req, &runtime.config.log);
-        let answered = match validate(&req) {
+        let answered = match validate(&mut req) {
             Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
             Ok(()) => 'serve: {
                 // No limits configured: one `Option` check.
@@ -354,8 +356,10 @@ impl HeaderName {
     pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 }
 
-/// Rejects requests that must never reach an upstream (RFC 9112 §3.2).
-fn validate(req: &Request<Incoming>) -> Result<(), ProxyError> {
+/// Rejects requests that must never reach an upstream (RFC 9112 §3.2,
+/// SPEC §10), and replaces the request's path by its normalised form
+/// ([`target::normalize`]) so every later phase reads the same one.
+fn validate(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -378,6 +382,11 @@ fn validate(req: &Request<Incoming>) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported"));
     }
+    if req.method() == Method::TRACE {
+        // TRACE echoes the request, credentials included, back to
+        // whoever can make a client send it (cross-site tracing).
+        return Err(ProxyError::MethodNotAllowed);
+    }
     if req.uri().path_and_query().is_none() && req.method() != Method::OPTIONS {
         return Err(ProxyError::BadRequest("invalid request target"));
     }
@@ -387,6 +396,11 @@ fn validate(req: &Request<Incoming>) -> Result<(), ProxyError> {
         return Err(ProxyError::BadRequest(
             "both Transfer-Encoding and Content-Length",
         ));
+    }
+    match target::normalize(req.uri()) {
+        Ok(None) => {}
+        Ok(Some(normal)) => *req.uri_mut() = normal,
+        Err(e) => return Err(ProxyError::BadRequest(e.reason())),
     }
     Ok(())
 }

@@ -8,6 +8,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 use super::body::ProxyBody;
 use crate::upstream::UpstreamError;
 
+/// The `Allow` of a 405: every standard method but TRACE and CONNECT.
+pub const ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The client's request is malformed or refused; it never went upstream.
@@ -20,6 +23,9 @@ pub enum ProxyError {
     /// first (HEAD, conditional or range miss) was complete.
     #[error("upstream {server} response body failed")]
     UpstreamBody { server: String },
+    /// `TRACE`: refused at the edge (SPEC §10), never forwarded.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// RFC 9111 §5.2.1.7: `only-if-cached` and nothing usable stored.
     #[error("only-if-cached request and nothing fresh in cache")]
     NotCached,
@@ -31,6 +37,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream(UpstreamError::NoHealthy) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) | ProxyError::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
@@ -44,7 +51,10 @@ impl ProxyError {
         match self {
             ProxyError::Upstream(e) => e.server(),
             ProxyError::UpstreamBody { server } => Some(server),
-            ProxyError::BadRequest(_) | ProxyError::NotCached | ProxyError::RateLimited(_) => None,
+            ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed
+            | ProxyError::NotCached
+            | ProxyError::RateLimited(_) => None,
         }
     }
 
@@ -67,6 +77,11 @@ impl ProxyError {
         );
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let ProxyError::MethodNotAllowed = self {
+            // RFC 9110 §15.5.6 asks for Allow: the standard methods Strata
+            // forwards (what the origin accepts is the origin's business).
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+        }
         if let Some(server) = self.server().and_then(|s| s.parse().ok()) {
             resp.extensions_mut()
                 .insert(crate::upstream::ServedBy(server));

@@ -1,0 +1,256 @@
+//! The request path, normalised once (SPEC §10, RFC 3986 §6.2.2): the
+//! percent-encoded unreserved characters are decoded (§6.2.2.2) and the dot
+//! segments removed (§6.2.2.3, §5.2.4). The normalised URI replaces the
+//! request's own before anything reads it, so the rules, the cache key and
+//! the request sent upstream all see the same path — a rule never matches a
+//! different path than the origin serves (web cache deception).
+//!
+//! What stays ambiguous is refused with 400, because origins disagree on
+//! it: a path that still holds a `.` or `..` segment once fully
+//! percent-decoded and split on `/` and `\` (`/a/..%2fb`, `/a/%2e%2e%5cb`:
+//! nginx resolves them, most frameworks do not), a NUL (`%00`), or a `..`
+//! that climbs above the root. An encoded slash alone (`/repos/a%2Fb`) is
+//! not ambiguous and is forwarded as sent; so is every other reserved
+//! character, encoded or not, and the query.
+//!
+//! Hand-written rather than taken from a URL crate: `url` and friends
+//! implement WHATWG parsing, which decodes differently and silently drops
+//! `..` above the root instead of reporting it. An already-normal path (the
+//! hit path's usual case) is only scanned, never copied.
+
+use http::uri::{PathAndQuery, Uri};
+
+/// Why a request target was refused (each becomes a 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// A dot segment hidden behind an encoded `/` or `\`, or a `\`.
+    #[error("ambiguous path (dot segment behind an encoded separator)")]
+    Ambiguous,
+    /// `%00` in the path.
+    #[error("NUL in path")]
+    Nul,
+    /// More `..` segments than there are segments above them.
+    #[error("path climbs above the root")]
+    AboveRoot,
+}
+
+impl TargetError {
+    /// The short reason sent to the client.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TargetError::Ambiguous => "ambiguous path (dot segment behind an encoded separator)",
+            TargetError::Nul => "NUL in path",
+            TargetError::AboveRoot => "path climbs above the root",
+        }
+    }
+}
+
+/// The normalised form of `uri`: `Ok(None)` when it already is normal (no
+/// allocation), `Ok(Some(uri))` with only the path rewritten otherwise.
+/// Targets that are not origin-form paths (`*`) are left alone.
+pub fn normalize(uri: &Uri) -> Result<Option<Uri>, TargetError> {
+    let path = uri.path();
+    if !path.starts_with('/') {
+        return Ok(None);
+    }
+    if !needs_rewrite(path) {
+        check(path)?;
+        return Ok(None);
+    }
+    let normal = rewrite(path)?;
+    check(&normal)?;
+    let mut pq = normal;
+    if let Some(q) = uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut parts = uri.clone().into_parts();
+    // Only unreserved characters were decoded and segments dropped: the
+    // result is made of bytes the original path already held, so it
+    // parses; a failure would be a bug, and keeping the original (which
+    // `check` just passed) is then the safe side.
+    parts.path_and_query = PathAndQuery::try_from(pq).ok();
+    Ok(Uri::from_parts(parts).ok())
+}
+
+/// RFC 3986 §2.3.
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The byte a `%XY` at `at` encodes, if `at` starts one.
+fn escaped(bytes: &[u8], at: usize) -> Option<u8> {
+    if bytes.get(at) != Some(&b'%') {
+        return None;
+    }
+    Some(hex(*bytes.get(at + 1)?)? << 4 | hex(*bytes.get(at + 2)?)?)
+}
+
+/// Whether normalising would change `path`: an encoded unreserved
+/// character, or a literal `.` / `..` segment.
+fn needs_rewrite(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let encoded_unreserved =
+        (0..bytes.len()).any(|i| bytes[i] == b'%' && escaped(bytes, i).is_some_and(unreserved));
+    encoded_unreserved || path.split('/').any(|s| s == "." || s == "..")
+}
+
+/// Decodes unreserved characters, then removes dot segments (RFC 3986
+/// §5.2.4, except that climbing above the root is an error).
+fn rewrite(path: &str) -> Result<String, TargetError> {
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match escaped(bytes, i) {
+            Some(b) if unreserved(b) => {
+                decoded.push(char::from(b));
+                i += 3;
+            }
+            _ => {
+                // `path` is ASCII (a URI), so byte = char.
+                decoded.push(char::from(bytes[i]));
+                i += 1;
+            }
+        }
+    }
+    let segments: Vec<&str> = decoded[1..].split('/').collect();
+    let last = segments.len() - 1;
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    for (i, s) in segments.iter().enumerate() {
+        match *s {
+            "." | ".." => {
+                if *s == ".." && out.pop().is_none() {
+                    return Err(TargetError::AboveRoot);
+                }
+                if i == last {
+                    // `/a/b/..` is `/a/`: the directory, not the file `a`.
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    for s in out {
+        normal.push('/');
+        normal.push_str(s);
+    }
+    if normal.is_empty() {
+        normal.push('/');
+    }
+    Ok(normal)
+}
+
+/// Refuses what stays ambiguous once `path` is fully percent-decoded: a
+/// `.`/`..` segment between `/` or `\` separators, or a NUL. Runs over the
+/// bytes without decoding into a buffer.
+fn check(path: &str) -> Result<(), TargetError> {
+    let bytes = path.as_bytes();
+    // Length of the current decoded segment if it is all dots so far;
+    // `None` once it holds anything else.
+    let mut dots: Option<usize> = Some(0);
+    let mut i = 0;
+    while i <= bytes.len() {
+        let (b, width) = match escaped(bytes, i) {
+            Some(b) => (Some(b), 3),
+            None => (bytes.get(i).copied(), 1),
+        };
+        match b {
+            Some(0) => return Err(TargetError::Nul),
+            None | Some(b'/') | Some(b'\\') => {
+                if matches!(dots, Some(1) | Some(2)) {
+                    return Err(TargetError::Ambiguous);
+                }
+                dots = Some(0);
+            }
+            Some(b'.') => dots = dots.map(|n| n + 1),
+            Some(_) => dots = None,
+        }
+        i += width;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(target: &str) -> Result<String, TargetError> {
+        let uri: Uri = target.parse().unwrap();
+        Ok(normalize(&uri)?.unwrap_or(uri).to_string())
+    }
+
+    #[test]
+    fn normal_paths_are_left_alone() {
+        for p in [
+            "/",
+            "/a/b.css",
+            "/a/b/?q=%2e%2e/x",
+            "/repos/group%2Fname",
+            "/a%20b/%E2%82%AC",
+            "/a/.well-known/x",
+            "/a/...b/",
+            "/a/...",
+            "//a//b",
+        ] {
+            let uri: Uri = p.parse().unwrap();
+            assert_eq!(normalize(&uri), Ok(None), "{p}");
+        }
+    }
+
+    #[test]
+    fn unreserved_decoded_and_dots_removed() {
+        assert_eq!(norm("/%61ssets/%7Eme").unwrap(), "/assets/~me");
+        assert_eq!(norm("/assets/%2e%2e/private/me").unwrap(), "/private/me");
+        assert_eq!(norm("/assets/%2E%2E/private/me?x=1").unwrap(), "/private/me?x=1");
+        assert_eq!(norm("/assets/../private/me").unwrap(), "/private/me");
+        assert_eq!(norm("/a/./b/../c").unwrap(), "/a/c");
+        assert_eq!(norm("/a/b/..").unwrap(), "/a/");
+        assert_eq!(norm("/a/.").unwrap(), "/a/");
+        assert_eq!(norm("/a/..").unwrap(), "/");
+        assert_eq!(norm("/a//../b").unwrap(), "/a/b");
+        // Reserved characters stay encoded, as sent.
+        assert_eq!(norm("/x/../a%2Fb%3f").unwrap(), "/a%2Fb%3f");
+        assert_eq!(
+            norm("http://h.example/a/%2e/b").unwrap(),
+            "http://h.example/a/b"
+        );
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for p in [
+            "/assets/..%2fprivate/me",
+            "/assets/..%2Fprivate/me",
+            "/a/%2e%2e%5cb",
+            "/a/%2e%2e%2f",
+            "/a/.%2fb",
+            "/a%2f..%2fb",
+            "/a/..%5C",
+            "/a/%2e%2e%5C..%5Cb",
+        ] {
+            assert_eq!(norm(p), Err(TargetError::Ambiguous), "{p}");
+        }
+        assert_eq!(norm("/a%00b"), Err(TargetError::Nul));
+        assert_eq!(norm("/a/%2e%2e/%00"), Err(TargetError::Nul));
+        for p in ["/..", "/../a", "/a/../..", "/%2e%2e/etc/passwd", "/./../x"] {
+            assert_eq!(norm(p), Err(TargetError::AboveRoot), "{p}");
+        }
+    }
+
+    #[test]
+    fn asterisk_form_is_left_alone() {
+        let uri: Uri = "*".parse().unwrap();
+        assert_eq!(normalize(&uri), Ok(None));
+    }
+}
