@@ -398,6 +398,8 @@ pub fn encode(coding: Coding, level: u32, input: &[u8]) -> io::Result<Bytes> {
             out = enc.finish()?;
         }
     }
+    // Stored for the entry's lifetime: give back the unused capacity.
+    out.shrink_to_fit();
     Ok(Bytes::from(out))
 }
 

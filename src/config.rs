@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Peers whose `X-Forwarded-For` is believed; empty = none.
     pub trusted_proxies: crate::traffic::TrustedProxies,
+    /// Request fields removed before a request goes upstream (SPEC §10);
+    /// default [`crate::proxy::headers::STRIP_BY_DEFAULT`].
+    pub strip_request_headers: Vec<http::HeaderName>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +81,9 @@ pub struct AdminConfig {
     /// `/dashboard`, `/events`, `/cache`); `token` is accepted there too.
     /// `None` leaves them open. `/health` is always open.
     pub read_token: Option<String>,
+    /// Concurrent admin connections, counted apart from the proxy's
+    /// `server.max_connections` so a flood there never blocks `/health`.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]

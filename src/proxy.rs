@@ -242,7 +242,11 @@ impl Shared {
     }
 
     /// Handles one client request end to end.
-    pub async fn handle(&self, mut req: Request<Incoming>, mut conn: ConnInfo) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        mut conn: ConnInfo,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let runtime = self.runtime.load_full();
         conn.client_ip = runtime

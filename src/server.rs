@@ -5,10 +5,18 @@
 //!
 //! - `server/signals.rs`: SIGTERM/SIGINT → drain and exit, SIGHUP → reload.
 //! - `server/tls.rs`: certificates, SNI and ALPN.
+//! - `server/deadline.rs`: `header_read_timeout` from accept to the first
+//!   request.
+//!
+//! Each listener kind has its own connection limit: the proxy and TLS
+//! listeners share `server.max_connections`, the admin listener has
+//! `admin.max_connections`, so a flood of client connections never keeps
+//! `/health` or `/metrics` from answering.
 //!
 //! [`Reloader`] applies a new configuration to a running server: all of it
 //! (certificates included) or, when anything in it is invalid, none of it.
 
+pub mod deadline;
 pub mod signals;
 pub mod tls;
 
@@ -54,6 +62,8 @@ pub struct Server {
     admin_listener: TcpListener,
     tls: Option<(TcpListener, tls::Acceptor)>,
     settings: ServerConfig,
+    /// `admin.max_connections`.
+    admin_limit: usize,
 }
 
 fn listen(addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -83,6 +93,7 @@ impl Server {
             Some(t) => Some((listen(t.listen)?, tls::Acceptor::new(t)?)),
         };
         let settings = config.server.clone();
+        let admin_limit = config.admin.max_connections;
         let alerts = Alerts::start(&config.alerts, metrics.clone());
         let shared = Shared::new(config, metrics, alerts);
         crate::alerts::watch::spawn(Arc::downgrade(&shared));
@@ -94,6 +105,7 @@ impl Server {
             admin_listener,
             tls,
             settings,
+            admin_limit,
         })
     }
 
@@ -130,6 +142,7 @@ impl Server {
             admin_listener,
             tls,
             settings,
+            admin_limit,
         } = self;
         let stop = CancellationToken::new();
         if let Ok(addr) = plain.local_addr() {
@@ -137,42 +150,56 @@ impl Server {
         }
         let graceful = GracefulShutdown::new();
         let builder = Arc::new(builder(&settings));
-        let limit = Arc::new(Semaphore::new(settings.max_connections));
+        let limit = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        let admin_limit = Arc::new(Semaphore::new(admin_limit));
+        let head_timeout = settings.header_read_timeout;
 
-        let proxy_service = |shared: Arc<Shared>, conn: ConnInfo| {
+        let proxy_service = |shared: Arc<Shared>, conn: ConnInfo, first: deadline::FirstRequest| {
             hyper::service::service_fn(move |req: Request<Incoming>| {
+                first.arrived();
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(shared.handle(req, conn).await) }
             })
         };
-        let admin_service = |admin: Arc<Admin>| {
+        let admin_service = |admin: Arc<Admin>, first: deadline::FirstRequest| {
             hyper::service::service_fn(move |req: Request<Incoming>| {
+                first.arrived();
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.handle(req).await) }
             })
         };
 
         let plain_loop = accept_loop(&plain, &stop, &limit, |stream, peer, permit| {
-            let service = proxy_service(shared.clone(), ConnInfo::new(peer, false));
+            let first = deadline::FirstRequest::new(head_timeout);
+            let service = proxy_service(shared.clone(), ConnInfo::new(peer, false), first.clone());
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
-                log_conn_error(conn).await;
+                log_conn_error(first.serve(conn)).await;
                 drop(permit);
             });
         });
-        let admin_loop = accept_loop(&admin_listener, &stop, &limit, |stream, _peer, permit| {
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), admin_service(admin.clone()))
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                log_conn_error(conn).await;
-                drop(permit);
-            });
-        });
+        let admin_loop = accept_loop(
+            &admin_listener,
+            &stop,
+            &admin_limit,
+            |stream, _peer, permit| {
+                let first = deadline::FirstRequest::new(head_timeout);
+                let conn = builder
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        admin_service(admin.clone(), first.clone()),
+                    )
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    log_conn_error(first.serve(conn)).await;
+                    drop(permit);
+                });
+            },
+        );
         let tls_loop = async {
             let Some((listener, acceptor)) = &tls else {
                 stop.cancelled().await;
@@ -183,15 +210,17 @@ impl Server {
                 let shared = shared.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
+                // The deadline runs from accept, across the handshake.
+                let first = deadline::FirstRequest::new(head_timeout);
                 tokio::spawn(async move {
                     let Some(stream) = acceptor.accept(stream).await else {
                         return;
                     };
-                    let service = proxy_service(shared, ConnInfo::new(peer, true));
+                    let service = proxy_service(shared, ConnInfo::new(peer, true), first.clone());
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    log_conn_error(watcher.watch(conn)).await;
+                    log_conn_error(first.serve(watcher.watch(conn))).await;
                     drop(permit);
                 });
             })
@@ -310,6 +339,9 @@ fn builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(s.header_read_timeout)
         .keep_alive(true)
+        // Vectored writes: body chunks are never copied into (and never
+        // grow) the connection's header buffer.
+        .writev(true)
         .max_buf_size(s.max_header_size.max(8192))
         .max_headers(256);
     b.http2()

@@ -327,7 +327,8 @@ async fn hop_by_hop_stripped_and_forwarding_headers_set() {
         );
     }
     assert_eq!(seen.headers["x-custom"], "kept");
-    assert_eq!(seen.headers["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    // Not a trusted proxy: its own X-Forwarded-For is replaced (SPEC §10).
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert!(seen.headers["via"].to_str().unwrap().contains("strata"));
     assert_eq!(seen.headers["host"], strata.addr.to_string().as_str());

@@ -5,6 +5,12 @@
 //! representations made at admission, its freshness policy and its tags.
 //!
 //! Bodies are `Bytes`, so a hit clones a reference count, never the bytes.
+//! What is stored owns right-sized allocations ([`owned_headers`], and the
+//! body copied once at admission): hyper hands out header values and body
+//! chunks as slices of its read buffers, and an entry holding one slice
+//! would keep the whole buffer alive (SPEC §10's memory bound). The
+//! [`Variant::weight`] counts what an entry really holds, bookkeeping
+//! included, so `memory_capacity` bounds the process's memory.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -80,6 +86,36 @@ impl Clone for HitCount {
     }
 }
 
+/// Memory a stored field costs beyond its name and value bytes: its
+/// bucket in `http`'s `HeaderMap` (hash, name, value handle, links: about
+/// 100 bytes), its index slot, the value allocation's own header and
+/// size-class rounding.
+const FIELD_OVERHEAD: u64 = 160;
+
+/// Memory a stored variant costs beyond its fields and bodies: the
+/// `Variant` and its `Arc`, the header maps' tables, the `Object` and its
+/// variant list, the cache's own entry (key, hash, eviction queues).
+const VARIANT_OVERHEAD: u64 = 768;
+
+/// A copy of `h` whose values each own an allocation of their own size
+/// (see the module doc): call it on upstream header maps before storing.
+pub fn owned_headers(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(h.len());
+    for (name, value) in h {
+        let owned = match HeaderValue::from_bytes(value.as_bytes()) {
+            Ok(mut v) => {
+                v.set_sensitive(value.is_sensitive());
+                v
+            }
+            // Cannot happen (the bytes were a valid value); keeping the
+            // shared one is merely less compact.
+            Err(_) => value.clone(),
+        };
+        out.append(name.clone(), owned);
+    }
+    out
+}
+
 impl Variant {
     /// A copy marked stale by a soft purge.
     pub fn soft_purged_copy(&self) -> Variant {
@@ -88,11 +124,12 @@ impl Variant {
         v
     }
 
-    /// Bytes this variant accounts for in a tier.
+    /// Bytes this variant accounts for in a tier: what it really holds
+    /// (see [`FIELD_OVERHEAD`], [`VARIANT_OVERHEAD`]).
     pub fn weight(&self) -> u64 {
         let headers = |h: &HeaderMap| -> u64 {
             h.iter()
-                .map(|(k, v)| (k.as_str().len() + v.len() + 32) as u64)
+                .map(|(k, v)| (k.as_str().len() + v.len()) as u64 + FIELD_OVERHEAD)
                 .sum()
         };
         let encoded: u64 = self
@@ -103,8 +140,16 @@ impl Variant {
         self.body.len() as u64
             + headers(&self.headers)
             + encoded
-            + self.tags.iter().map(|t| t.len() as u64 + 24).sum::<u64>()
-            + 256
+            + self.tags.iter().map(|t| t.len() as u64 + 48).sum::<u64>()
+            + self
+                .vary
+                .0
+                .iter()
+                .map(|(n, v)| {
+                    64 + n.as_str().len() as u64 + v.as_ref().map_or(0, |v| v.len()) as u64
+                })
+                .sum::<u64>()
+            + VARIANT_OVERHEAD
     }
 
     pub fn etag(&self) -> Option<&HeaderValue> {

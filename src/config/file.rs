@@ -47,6 +47,7 @@ pub struct ServerFile {
     pub max_header_size: Option<Spanned<ByteSize>>,
     pub max_connections: Option<usize>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub strip_request_headers: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +75,7 @@ pub struct AdminFile {
     pub listen: Spanned<ListenAddr>,
     pub token: Option<Spanned<String>>,
     pub read_token: Option<Spanned<String>>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

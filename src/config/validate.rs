@@ -126,6 +126,7 @@ impl Validator<'_> {
             max_header_size,
             max_connections,
             trusted_proxies,
+            strip_request_headers,
         } = s;
         let max_header_size = match max_header_size {
             None => 64 * 1024,
@@ -148,9 +149,34 @@ impl Validator<'_> {
             drain_timeout: dur(drain_timeout, 30),
             header_read_timeout: dur(header_read_timeout, 10),
             max_header_size,
-            max_connections: max_connections.unwrap_or(100_000),
+            max_connections: max_connections.unwrap_or(10_000),
             trusted_proxies: self.trusted_proxies(trusted_proxies)?,
+            strip_request_headers: self.strip_request_headers(strip_request_headers)?,
         })
+    }
+
+    fn strip_request_headers(
+        &self,
+        list: Option<Vec<Spanned<String>>>,
+    ) -> Result<Vec<http::HeaderName>, ConfigError> {
+        let Some(list) = list else {
+            return Ok(crate::proxy::headers::STRIP_BY_DEFAULT
+                .iter()
+                .map(|n| http::HeaderName::from_static(n))
+                .collect());
+        };
+        list.iter()
+            .enumerate()
+            .map(|(i, item)| {
+                http::HeaderName::from_bytes(item.get_ref().trim().as_bytes()).map_err(|_| {
+                    self.at.spanned(
+                        item,
+                        &format!("server.strip_request_headers[{i}]"),
+                        format!("invalid header name {:?}", item.get_ref()),
+                    )
+                })
+            })
+            .collect()
     }
 
     fn tls(&self, t: file::TlsFile) -> Result<TlsConfig, ConfigError> {
@@ -214,6 +240,7 @@ impl Validator<'_> {
             listen,
             token,
             read_token,
+            max_connections,
         } = a;
         if listen.get_ref().0 == server.listen && server.listen.port() != 0 {
             return Err(self.at.spanned(
@@ -236,6 +263,7 @@ impl Validator<'_> {
             listen: listen.get_ref().0,
             token,
             read_token,
+            max_connections: max_connections.unwrap_or(256).max(1),
         })
     }
 

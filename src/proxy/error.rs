@@ -80,7 +80,8 @@ impl ProxyError {
         if let ProxyError::MethodNotAllowed = self {
             // RFC 9110 §15.5.6 asks for Allow: the standard methods Strata
             // forwards (what the origin accepts is the origin's business).
-            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
         }
         if let Some(server) = self.server().and_then(|s| s.parse().ok()) {
             resp.extensions_mut()

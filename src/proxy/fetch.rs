@@ -144,7 +144,7 @@ impl Exchange {
             }
         }
         *up.headers_mut() = h;
-        forward::upstream_request(up, self.conn, false)
+        forward::upstream_request(up, self.conn, &self.runtime.config.server, false)
     }
 
     /// Sends the fetch and classifies the answer. `stale` is the stored
@@ -572,7 +572,8 @@ fn freshen(
     request_time: Millis,
     response_time: Millis,
 ) -> Variant {
-    let mut update = update.clone();
+    // Owned values: the 304's are slices of the connection's read buffer.
+    let mut update = entry::owned_headers(update);
     normalize_response(&mut update);
     let origin_private = CacheControl::from_headers(&update);
     if let Some(value) = rule

@@ -17,13 +17,16 @@ use super::headers;
 use super::{Answered, ConnInfo, Runtime, Shared};
 use crate::upstream::{client::empty_body, Answer, ReqBody, UpstreamBody, UpstreamError};
 
+use crate::config::ServerConfig;
 use crate::traffic::ClientIp;
 
 /// Rewrites a client request into the one sent upstream (hop-by-hop fields
-/// out, forwarding fields in, `Host` kept or set from the authority).
+/// and `server.strip_request_headers` out, Strata's forwarding fields in,
+/// `Host` kept or set from the authority).
 pub fn upstream_request(
     mut req: Request<ReqBody>,
     conn: ConnInfo,
+    server: &ServerConfig,
     upgrade: bool,
 ) -> Request<ReqBody> {
     let version = req.version();
@@ -46,7 +49,15 @@ pub fn upstream_request(
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    headers::add_forwarding(h, conn.peer.ip(), conn.https, version);
+    headers::strip_listed(h, &server.strip_request_headers);
+    let by = headers::Forwarder {
+        peer: conn.peer.ip(),
+        https: conn.https,
+        trusted: server.trusted_proxies.contains(conn.peer.ip()),
+    };
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+    let host = host.map(str::to_owned);
+    headers::add_forwarding(h, by, host.as_deref(), version);
     req.extensions_mut().insert(ClientIp(conn.client_ip));
     req
 }
@@ -121,7 +132,7 @@ pub async fn pass(
             Either::Left(b)
         }
     });
-    let req = upstream_request(req, conn, upgrade);
+    let req = upstream_request(req, conn, &runtime.config.server, upgrade);
     let status = CacheStatus::fwd(fwd);
     let answer = match send(runtime, req).await {
         Ok(a) => a,

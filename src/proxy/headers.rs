@@ -1,6 +1,13 @@
 //! Header rules of a proxy (RFC 9110 §7.6): hop-by-hop fields are removed
-//! in both directions, including those named by `Connection`; forwarded
-//! requests carry `X-Forwarded-For`, `X-Forwarded-Proto` and `Via`.
+//! in both directions, including those named by `Connection`. The fields
+//! that tell an origin who asked and how (`X-Forwarded-For`,
+//! `X-Forwarded-Proto`, `X-Forwarded-Host`, `Forwarded` (RFC 7239)) are
+//! Strata's (SPEC §10): a client's own values reach the origin only when
+//! its peer address is in `server.trusted_proxies`, because the cache key
+//! does not hold them and an origin that reflects them would otherwise
+//! store one client's value for everybody. The origin-steering fields of
+//! `server.strip_request_headers` (`X-Original-URL` and friends) are
+//! removed for the same reason.
 
 use std::net::IpAddr;
 
@@ -21,6 +28,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The default `server.strip_request_headers`: fields some frameworks
+/// (Symfony, IIS, Rails, Express method-override) honour to change the
+/// path or method the origin acts on, which the cache key cannot see.
+pub const STRIP_BY_DEFAULT: [&str; 4] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+];
 
 /// The `Content-Length` of `headers`, when present and valid.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -66,8 +84,36 @@ pub fn via_value(version: Version) -> HeaderValue {
     })
 }
 
-/// Sets the forwarding fields on a request going upstream.
-pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, https: bool, version: Version) {
+/// Who forwarded a request, for [`add_forwarding`].
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarder {
+    /// The peer address of the client connection.
+    pub peer: IpAddr,
+    pub https: bool,
+    /// The peer is in `server.trusted_proxies`: its forwarding fields are
+    /// kept (and appended to), not replaced.
+    pub trusted: bool,
+}
+
+/// Sets the forwarding fields on a request going upstream (see the module
+/// doc): from an untrusted peer every client value is dropped first; from
+/// a trusted one `X-Forwarded-For` and `Forwarded` are appended to and
+/// `X-Forwarded-Proto` / `X-Forwarded-Host` kept when present. `host` is
+/// the `Host` the request goes upstream with.
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    by: Forwarder,
+    host: Option<&str>,
+    version: Version,
+) {
+    if !by.trusted {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        headers.remove(header::FORWARDED);
+    }
+    let scheme = if by.https { "https" } else { "http" };
+    let peer = by.peer.to_canonical();
     let mut ip_buf = String::with_capacity(64);
     for prior in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(prior) = prior.to_str() {
@@ -77,15 +123,58 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, https: bool, vers
             }
         }
     }
-    ip_buf.push_str(&client.to_string());
+    ip_buf.push_str(&peer.to_string());
     if let Ok(v) = HeaderValue::from_str(&ip_buf) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if https { "https" } else { "http" }),
-    );
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    }
+    if let Some(host) = host {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            if let Ok(v) = HeaderValue::from_str(host) {
+                headers.insert(X_FORWARDED_HOST.clone(), v);
+            }
+        }
+    }
+    // RFC 7239 §4: an IPv6 node and a host with ':' are quoted strings.
+    let mut element = match peer {
+        IpAddr::V4(ip) => format!("for={ip}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+    };
+    if let Some(host) = host {
+        if host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            element.push_str(&format!(";host={host}"));
+        } else {
+            element.push_str(&format!(";host=\"{host}\""));
+        }
+    }
+    element.push_str(";proto=");
+    element.push_str(scheme);
+    let mut forwarded = String::new();
+    for prior in headers.get_all(header::FORWARDED) {
+        if let Ok(prior) = prior.to_str() {
+            if !prior.trim().is_empty() {
+                forwarded.push_str(prior.trim());
+                forwarded.push_str(", ");
+            }
+        }
+    }
+    forwarded.push_str(&element);
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
     headers.append(header::VIA, via_value(version));
+}
+
+/// Removes `names` (`server.strip_request_headers`).
+pub fn strip_listed(headers: &mut HeaderMap, names: &[HeaderName]) {
+    for name in names {
+        headers.remove(name);
+    }
 }
 
 #[cfg(test)]
@@ -112,18 +201,49 @@ mod tests {
         assert!(h.contains_key("x-kept"));
     }
 
-    #[test]
-    fn forwarding_appends() {
+    fn client_fields() -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        add_forwarding(
-            &mut h,
-            "127.0.0.1".parse().unwrap(),
-            false,
-            Version::HTTP_11,
-        );
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=10.0.0.1"));
+        h
+    }
+
+    #[test]
+    fn untrusted_client_values_are_replaced() {
+        let mut h = client_fields();
+        let by = Forwarder {
+            peer: "127.0.0.1".parse().unwrap(),
+            https: false,
+            trusted: false,
+        };
+        add_forwarding(&mut h, by, Some("shop.example:8080"), Version::HTTP_11);
+        assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "shop.example:8080");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=127.0.0.1;host=\"shop.example:8080\";proto=http"
+        );
         assert_eq!(h[header::VIA], "1.1 strata");
+    }
+
+    #[test]
+    fn trusted_client_values_are_kept_and_appended() {
+        let mut h = client_fields();
+        let by = Forwarder {
+            peer: "::1".parse().unwrap(),
+            https: false,
+            trusted: true,
+        };
+        add_forwarding(&mut h, by, Some("shop.example"), Version::HTTP_11);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, ::1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_HOST], "evil.example");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=10.0.0.1, for=\"[::1]\";host=shop.example;proto=http"
+        );
     }
 }

@@ -212,7 +212,10 @@ mod tests {
     fn unreserved_decoded_and_dots_removed() {
         assert_eq!(norm("/%61ssets/%7Eme").unwrap(), "/assets/~me");
         assert_eq!(norm("/assets/%2e%2e/private/me").unwrap(), "/private/me");
-        assert_eq!(norm("/assets/%2E%2E/private/me?x=1").unwrap(), "/private/me?x=1");
+        assert_eq!(
+            norm("/assets/%2E%2E/private/me?x=1").unwrap(),
+            "/private/me?x=1"
+        );
         assert_eq!(norm("/assets/../private/me").unwrap(), "/private/me");
         assert_eq!(norm("/a/./b/../c").unwrap(), "/a/c");
         assert_eq!(norm("/a/b/..").unwrap(), "/a/");
