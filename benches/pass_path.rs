@@ -60,6 +60,12 @@ fn upstream_response_headers() -> HeaderMap {
 
 fn rewrite(c: &mut Criterion) {
     let conn = ConnInfo::new("192.0.2.7:50000".parse().expect("peer"), false);
+    let server = strata::config::Config::parse(
+        std::path::Path::new("bench.toml"),
+        &config_text("127.0.0.1:9".parse().expect("addr")),
+    )
+    .expect("config")
+    .server;
     let resp_headers = upstream_response_headers();
     let mut g = c.benchmark_group("pass_path");
     g.throughput(Throughput::Elements(1));
@@ -67,7 +73,7 @@ fn rewrite(c: &mut Criterion) {
         b.iter_batched(
             || (client_request(), resp_headers.clone()),
             |(req, mut resp)| {
-                let req = forward::upstream_request(req, conn, false);
+                let req = forward::upstream_request(req, conn, &server, false);
                 headers::strip_hop_by_hop(&mut resp, false);
                 (req, resp)
             },
