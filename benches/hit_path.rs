@@ -39,7 +39,7 @@ fn object(body: Bytes) -> Arc<Object> {
     let variant = Variant {
         vary: VaryKey::default(),
         status: StatusCode::OK,
-        policy: freshness::policy(StatusCode::OK, &headers, &cc, now, h),
+        policy: freshness::policy(StatusCode::OK, &headers, &cc, now, h, 10),
         times: freshness::times(&headers, now, now),
         headers,
         body,

@@ -293,6 +293,35 @@ impl Cache {
         self.inner.memory.insert(object);
     }
 
+    /// Makes an object visible in memory at once, before its encoded
+    /// representations exist; [`Cache::complete`] follows with them and
+    /// the returned epoch.
+    pub fn admit_memory(&self, object: Arc<Object>) -> u64 {
+        let epoch = self.inner.memory.removal_epoch();
+        self.inner.pass.invalidate(&object.key.hash());
+        self.inner.memory.insert(object);
+        epoch
+    }
+
+    /// Replaces what [`Cache::admit_memory`] stored by the completed object
+    /// and writes it to Redis, unless it was purged or superseded in
+    /// between (a purge is never undone). An object the memory tier
+    /// evicted meanwhile (no purge since `epoch`) still goes to Redis.
+    /// Returns whether it was stored.
+    pub fn complete(&self, admitted: &Arc<Object>, complete: Arc<Object>, epoch: u64) -> bool {
+        let memory = &self.inner.memory;
+        let stored = memory.replace(admitted, complete.clone())
+            || (!memory.removed_since(epoch) && memory.get_key(&admitted.key).is_none());
+        if !stored {
+            return false;
+        }
+        if let Some(redis) = &self.inner.redis {
+            let keep = Duration::from_secs(complete.keep_secs(now_millis()));
+            redis.put_background(complete, keep);
+        }
+        true
+    }
+
     /// Waits (bounded) for queued Redis writes to land; used at shutdown.
     pub async fn flush(&self, within: Duration) {
         if let Some(redis) = &self.inner.redis {

@@ -230,6 +230,12 @@ pub struct CacheConfig {
     pub prefresh: f64,
     /// ... once the entry has had at least this many hits.
     pub prefresh_min_hits: u32,
+    /// How long past its freshness lifetime a stale entry may answer when
+    /// the upstream fails or answers 5xx (RFC 9111 §4.2.4); zero = off.
+    pub grace: Duration,
+    /// RFC 9213 targeted fields, in precedence order: the first present and
+    /// valid one replaces Cache-Control for Strata's own decision.
+    pub targeted_cache_control: Vec<http::HeaderName>,
     pub redis: Option<RedisConfig>,
 }
 

@@ -260,7 +260,9 @@ impl Upstreams {
             }
             Err(f) => {
                 let e = &f.error;
-                self.series[index].error(e.kind(), elapsed);
+                if e.is_upstream_fault() {
+                    self.series[index].error(e.kind(), elapsed);
+                }
                 if let UpstreamError::Connect { .. } = e {
                     if self.balancer.passive_failure(index, &self.config.health) {
                         health::went_down(self, server, "connect failed");

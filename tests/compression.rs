@@ -43,11 +43,12 @@ async fn get(c: &Client, url: &str, ae: &str) -> support::Reply {
     c.get_with(url, &[("accept-encoding", ae)]).await
 }
 
-/// Admission (with its one-time compression) finishes after the first
-/// client has its response; wait until the entry answers hits.
+/// The entry answers hits as soon as the first client has its response;
+/// its one-time compression lands just after: wait until hits are encoded.
 async fn stored(c: &Client, url: &str) {
-    wait_until(Duration::from_secs(10), "entry stored", || async {
-        c.get(url).await.cache_status().contains("hit")
+    wait_until(Duration::from_secs(10), "encoded entry stored", || async {
+        let r = get(c, url, "br").await;
+        r.cache_status().contains("hit") && r.header("content-encoding") == Some("br")
     })
     .await;
 }

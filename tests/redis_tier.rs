@@ -101,7 +101,7 @@ fn object(url: &str, body: &str, tags: &[&str]) -> Arc<Object> {
             times: Times {
                 request: 1,
                 response: 2,
-                initial_age: 0,
+                initial_age_ms: 0,
             },
             policy: Policy {
                 lifetime: 300,
@@ -109,6 +109,7 @@ fn object(url: &str, body: &str, tags: &[&str]) -> Arc<Object> {
                 stale_if_error: 0,
                 must_revalidate: false,
                 no_cache: false,
+                grace: 0,
             },
             tags: tags.iter().map(|t| t.to_string()).collect(),
             soft_purged: false,

@@ -5,8 +5,12 @@
 //! restrictive one, and a malformed delta-seconds makes the response stale
 //! (max-age = 0) rather than fresh forever. [`CacheControl::validate`] is the
 //! strict form used for operator-written values in `[[rules]]`.
+//!
+//! Targeted fields (RFC 9213, e.g. `CDN-Cache-Control`) are RFC 8941
+//! dictionaries, parsed with the `sfv` crate: a structured-field parser is
+//! exactly what a well-kept crate does better than hand-written code.
 
-use http::header::{HeaderMap, CACHE_CONTROL};
+use http::header::{HeaderMap, HeaderName, CACHE_CONTROL};
 use http::HeaderValue;
 
 /// RFC 9111 §1.2.2: a delta-seconds too large to represent is 2^31.
@@ -110,6 +114,58 @@ impl CacheControl {
         }
     }
 
+    /// The directives Strata itself obeys for a response (RFC 9213): the
+    /// first of `targeted` (e.g. `Strata-Cache-Control`,
+    /// `CDN-Cache-Control`) present and valid as an RFC 8941 dictionary,
+    /// else `Cache-Control`. An invalid targeted field is ignored.
+    pub fn for_cache(headers: &HeaderMap, targeted: &[HeaderName]) -> CacheControl {
+        targeted
+            .iter()
+            .find_map(|name| CacheControl::targeted(headers, name))
+            .unwrap_or_else(|| CacheControl::from_headers(headers))
+    }
+
+    /// Parses the targeted field `name` (RFC 9213 §2.1): its lines joined
+    /// form one RFC 8941 dictionary; `None` when absent or invalid.
+    /// Directives with a value of the wrong type are ignored (a numeric
+    /// directive needs a non-negative integer, others a boolean `true`,
+    /// a token or a string).
+    pub fn targeted(headers: &HeaderMap, name: &HeaderName) -> Option<CacheControl> {
+        let mut joined = String::new();
+        for value in headers.get_all(name) {
+            if !joined.is_empty() {
+                joined.push_str(", ");
+            }
+            joined.push_str(value.to_str().ok()?);
+        }
+        if joined.is_empty() {
+            return None;
+        }
+        let dict: sfv::Dictionary = sfv::Parser::new(joined.as_str())
+            .with_version(sfv::Version::Rfc8941)
+            .parse()
+            .ok()?;
+        let mut cc = CacheControl::default();
+        for (key, entry) in &dict {
+            let sfv::ListEntry::Item(item) = entry else {
+                continue;
+            };
+            let name = key.as_str();
+            match &item.bare_item {
+                sfv::BareItem::Integer(n) if is_numeric(name) => {
+                    if let Ok(secs) = u64::try_from(i64::from(*n)) {
+                        cc.apply(name, Some(&secs.to_string()));
+                    }
+                }
+                _ if is_numeric(name) => {}
+                sfv::BareItem::Boolean(true) => cc.apply(name, None),
+                sfv::BareItem::Token(_) | sfv::BareItem::String(_) => cc.apply(name, None),
+                _ => {}
+            }
+        }
+        Some(cc)
+    }
+
     /// Strict check of an operator-written value: every directive must be
     /// well formed and numeric directives must carry a number.
     pub fn validate(text: &str) -> Result<(), String> {
@@ -129,10 +185,7 @@ impl CacheControl {
             if name.is_empty() || !name.bytes().all(is_tchar) {
                 return Err(format!("invalid directive name {name:?}"));
             }
-            let numeric = matches!(
-                name.to_ascii_lowercase().as_str(),
-                "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error" | "min-fresh"
-            );
+            let numeric = is_numeric(name) && !name.eq_ignore_ascii_case("max-stale");
             if numeric && arg.and_then(strict_delta).is_none() {
                 return Err(format!("{name} needs a number of seconds, e.g. {name}=60"));
             }
@@ -202,6 +255,19 @@ impl<'a> Iterator for Directives<'a> {
     }
 }
 
+/// Directives whose argument is delta-seconds.
+fn is_numeric(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "max-age"
+            | "s-maxage"
+            | "stale-while-revalidate"
+            | "stale-if-error"
+            | "max-stale"
+            | "min-fresh"
+    )
+}
+
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
@@ -211,7 +277,9 @@ fn delta_seconds(s: &str) -> u64 {
     strict_delta(s).unwrap_or(0)
 }
 
-fn strict_delta(s: &str) -> Option<u64> {
+/// delta-seconds (RFC 9111 §1.2.2) or `None`: digits only; a value beyond 2^31
+/// is 2^31.
+pub fn strict_delta(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -282,5 +350,64 @@ mod tests {
         assert!(CacheControl::validate("max-age=\"1").is_err());
         assert!(CacheControl::validate("").is_err());
         assert!(CacheControl::validate("no cache").is_err());
+    }
+
+    fn targeted_of(lines: &[(&str, &str)]) -> CacheControl {
+        let mut h = HeaderMap::new();
+        for (k, v) in lines {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let names = [
+            HeaderName::from_static("strata-cache-control"),
+            HeaderName::from_static("cdn-cache-control"),
+        ];
+        CacheControl::for_cache(&h, &names)
+    }
+
+    #[test]
+    fn targeted_fields() {
+        let c = targeted_of(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=3600"),
+        ]);
+        assert_eq!(c.max_age, Some(3600));
+        assert!(!c.no_store);
+        // The first listed field present wins.
+        let c = targeted_of(&[
+            ("cdn-cache-control", "max-age=3600"),
+            ("strata-cache-control", "private"),
+        ]);
+        assert!(c.private && c.max_age.is_none());
+        // Invalid as a dictionary: ignored, the next one or Cache-Control.
+        let c = targeted_of(&[
+            ("strata-cache-control", "max-age=\"1"),
+            ("cdn-cache-control", "no-cache"),
+            ("cache-control", "max-age=5"),
+        ]);
+        assert!(c.no_cache && c.max_age.is_none());
+        let c = targeted_of(&[
+            ("cdn-cache-control", "max-age=1.5, ="),
+            ("cache-control", "max-age=5"),
+        ]);
+        assert_eq!(c.max_age, Some(5));
+        // A wrong-typed directive is ignored, the rest applies.
+        let c = targeted_of(&[("cdn-cache-control", "max-age=\"60\", no-store")]);
+        assert!(c.no_store && c.max_age.is_none());
+        let c = targeted_of(&[("cdn-cache-control", "max-age=-1, s-maxage=10")]);
+        assert_eq!((c.max_age, c.s_maxage), (None, Some(10)));
+        // Lines join into one dictionary.
+        let c = targeted_of(&[
+            ("cdn-cache-control", "max-age=60"),
+            ("cdn-cache-control", "private"),
+        ]);
+        assert!(c.private && c.max_age == Some(60));
+        // Absent: Cache-Control.
+        assert_eq!(
+            targeted_of(&[("cache-control", "max-age=7")]).max_age,
+            Some(7)
+        );
     }
 }

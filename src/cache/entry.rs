@@ -165,9 +165,10 @@ impl Variant {
     }
 
     /// Remaining freshness at `now`, in seconds: the freshness lifetime
-    /// minus the current age (RFC 9111 §4.2); negative once stale.
+    /// minus the current age (RFC 9111 §4.2), rounded up while fresh;
+    /// ≤ 0 once stale.
     pub fn ttl(&self, now: Millis) -> i64 {
-        self.policy.lifetime as i64 - freshness::current_age(&self.times, now) as i64
+        freshness::ttl(&self.policy, &self.times, now)
     }
 
     /// Seconds a tier should keep this variant from `now`.
@@ -352,7 +353,7 @@ mod tests {
             times: Times {
                 request: 0,
                 response: 0,
-                initial_age: 0,
+                initial_age_ms: 0,
             },
             policy: Policy {
                 lifetime: 60,
@@ -360,6 +361,7 @@ mod tests {
                 stale_if_error: 0,
                 must_revalidate: false,
                 no_cache: false,
+                grace: 0,
             },
             tags: vec![],
             soft_purged: false,

@@ -139,12 +139,17 @@ pub fn storable(
 pub struct Policy {
     /// Freshness lifetime in seconds (RFC 9111 §4.2.1).
     pub lifetime: u64,
+    /// RFC 5861 windows in seconds; 0 = absent (no stale use at all).
     pub stale_while_revalidate: u64,
     pub stale_if_error: u64,
     /// must-revalidate, proxy-revalidate or s-maxage: never served stale.
     pub must_revalidate: bool,
     /// Response no-cache: validated before every reuse.
     pub no_cache: bool,
+    /// Seconds past the lifetime the entry may stand in for a failed or
+    /// 5xx upstream (`[cache] grace`, RFC 9111 §4.2.4 "disconnected");
+    /// 0 when the response forbids serving it stale.
+    pub grace: u64,
 }
 
 /// When the response was received and how old it already was.
@@ -152,24 +157,38 @@ pub struct Policy {
 pub struct Times {
     pub request: Millis,
     pub response: Millis,
-    /// corrected_initial_age, seconds (RFC 9111 §4.2.3).
-    pub initial_age: u64,
+    /// corrected_initial_age (RFC 9111 §4.2.3), in milliseconds.
+    pub initial_age_ms: u64,
 }
 
+/// The value of `name` as an HTTP-date (RFC 9110 §5.6.7), in unix
+/// milliseconds. Only the three formats the RFC allows parse (httpdate is
+/// exact about field widths: extra spaces, dashes in an IMF-fixdate, periods
+/// in the time or a one-digit hour are rejected); more than one field line
+/// is invalid too.
 fn http_date(headers: &HeaderMap, name: HeaderName) -> Option<Millis> {
-    let v = headers.get(name)?.to_str().ok()?;
-    let t = httpdate::parse_http_date(v.trim()).ok()?;
+    let mut values = headers.get_all(name).iter();
+    let v = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let t = httpdate::parse_http_date(v.to_str().ok()?).ok()?;
     t.duration_since(std::time::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_millis() as u64)
 }
 
+/// RFC 9111 §4.2.1 and §4.2.2: the freshness lifetime and the stale
+/// windows. `grace` is the configured grace in seconds; it is kept only
+/// when the response allows stale use at all (not must-revalidate,
+/// proxy-revalidate, s-maxage or no-cache).
 pub fn policy(
     status: StatusCode,
     headers: &HeaderMap,
     cc: &CacheControl,
     response_time: Millis,
     h: Heuristic,
+    grace: u64,
 ) -> Policy {
     let date = http_date(headers, header::DATE).unwrap_or(response_time);
     let lifetime = if let Some(s) = cc.s_maxage {
@@ -177,7 +196,8 @@ pub fn policy(
     } else if let Some(m) = cc.max_age {
         m
     } else if headers.contains_key(header::EXPIRES) {
-        // An invalid Expires (e.g. "0") means already expired (§5.3).
+        // An invalid Expires (e.g. "0", or two of them) means already
+        // expired (§5.3); one at or before Date gives lifetime 0.
         match http_date(headers, header::EXPIRES) {
             Some(exp) => exp.saturating_sub(date) / 1000,
             None => 0,
@@ -193,36 +213,94 @@ pub fn policy(
     } else {
         0
     };
+    let must_revalidate = cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some();
     Policy {
         lifetime,
         stale_while_revalidate: cc.stale_while_revalidate.unwrap_or(0),
         stale_if_error: cc.stale_if_error.unwrap_or(0),
-        must_revalidate: cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some(),
+        must_revalidate,
         no_cache: cc.no_cache,
+        grace: if must_revalidate || cc.no_cache {
+            0
+        } else {
+            grace
+        },
     }
 }
 
-/// RFC 9111 §4.2.3 age bookkeeping at receipt.
-pub fn times(headers: &HeaderMap, request_time: Millis, response_time: Millis) -> Times {
-    let date = http_date(headers, header::DATE).unwrap_or(response_time);
-    let apparent_age = response_time.saturating_sub(date) / 1000;
-    let age_value = headers
+/// The `Age` field's value in seconds (RFC 9111 §5.1): of a list (on one
+/// line or several) the first member counts; a non-numeric, negative or
+/// fractional first member is ignored (0); values beyond 2^31 are capped.
+pub fn age_value(headers: &HeaderMap) -> u64 {
+    headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    let response_delay = response_time.saturating_sub(request_time) / 1000;
-    let corrected_age_value = age_value.saturating_add(response_delay);
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| super::directives::strict_delta(v.trim()))
+        .unwrap_or(0)
+}
+
+/// RFC 9111 §4.2.3 age bookkeeping at receipt, in milliseconds.
+///
+/// The apparent age counts whole seconds: `Date` has one-second
+/// resolution, so the fraction of a second between it and the receipt
+/// says nothing about the response's age. The time the response took to
+/// arrive is counted to the millisecond.
+pub fn times(headers: &HeaderMap, request_time: Millis, response_time: Millis) -> Times {
+    let date = http_date(headers, header::DATE).unwrap_or(response_time);
+    let apparent_age = response_time.saturating_sub(date) / 1000 * 1000;
+    let response_delay = response_time.saturating_sub(request_time);
+    let corrected_age_value = age_value(headers)
+        .saturating_mul(1000)
+        .saturating_add(response_delay);
     Times {
         request: request_time,
         response: response_time,
-        initial_age: apparent_age.max(corrected_age_value),
+        initial_age_ms: apparent_age.max(corrected_age_value),
     }
 }
 
-/// current_age in seconds at `now`.
+/// current_age at `now`, in milliseconds (RFC 9111 §4.2.3).
+pub fn current_age_ms(t: &Times, now: Millis) -> u64 {
+    t.initial_age_ms
+        .saturating_add(now.saturating_sub(t.response))
+}
+
+/// current_age at `now` in whole seconds, as the `Age` field sends it.
 pub fn current_age(t: &Times, now: Millis) -> u64 {
-    t.initial_age + now.saturating_sub(t.response) / 1000
+    current_age_ms(t, now) / 1000
+}
+
+/// Remaining freshness in milliseconds at `now` (≤ 0: stale).
+pub fn remaining_ms(p: &Policy, t: &Times, now: Millis) -> i64 {
+    let lifetime = p.lifetime.saturating_mul(1000).min(i64::MAX as u64) as i64;
+    let age = current_age_ms(t, now).min(i64::MAX as u64) as i64;
+    lifetime.saturating_sub(age)
+}
+
+/// Remaining freshness in seconds for `Cache-Status: ttl`, rounded up
+/// while fresh, so that `ttl > 0` exactly when the entry is fresh.
+pub fn ttl(p: &Policy, t: &Times, now: Millis) -> i64 {
+    ttl_secs(remaining_ms(p, t, now))
+}
+
+fn ttl_secs(remaining_ms: i64) -> i64 {
+    if remaining_ms > 0 {
+        remaining_ms.saturating_add(999) / 1000
+    } else {
+        remaining_ms / 1000
+    }
+}
+
+/// Why a stale (or unvalidated) response may stand in for a failed
+/// validation: the upstream could not be reached, timed out, dropped the
+/// connection or answered 5xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// RFC 5861 `stale-if-error` (the response's or the request's).
+    StaleIfError,
+    /// `[cache] grace`.
+    Grace,
 }
 
 /// What the cache may do with a stored response for this request.
@@ -236,36 +314,62 @@ pub enum Reuse {
     /// Stale, but the client accepts it (max-stale).
     StaleAccepted { ttl: i64 },
     /// Must be validated with the upstream first. If that fails, it may be
-    /// served stale when `on_error` allows (stale-if-error).
-    Validate { ttl: i64, on_error: bool },
+    /// served as `on_error` says (`None`: the failure is the answer).
+    Validate {
+        ttl: i64,
+        on_error: Option<Fallback>,
+    },
 }
 
-/// RFC 9111 §4.2 and §5.2.1 plus RFC 5861.
+/// RFC 9111 §4.2 and §5.2.1 plus RFC 5861 and grace, to the millisecond:
+/// an entry whose current age has reached its lifetime is stale.
 pub fn reuse(p: &Policy, t: &Times, now: Millis, req: &CacheControl) -> Reuse {
-    let age = current_age(t, now);
-    let ttl = p.lifetime as i64 - age as i64;
-    let staleness = (-ttl).max(0) as u64;
-    let stale_if_error = |staleness: u64| {
-        !p.must_revalidate
-            && (staleness <= p.stale_if_error || req.stale_if_error.is_some_and(|s| staleness <= s))
+    let age = current_age_ms(t, now);
+    let remaining = remaining_ms(p, t, now);
+    let ttl = ttl_secs(remaining);
+    // Milliseconds past the lifetime (0 exactly at it, which is stale).
+    let staleness = remaining.min(0).unsigned_abs();
+    // A window of 0 seconds (or an absent directive) allows no staleness.
+    let within = |window: u64| window > 0 && staleness <= window.saturating_mul(1000);
+    let fallback = || {
+        if p.must_revalidate {
+            None
+        } else if within(p.stale_if_error) || req.stale_if_error.is_some_and(within) {
+            Some(Fallback::StaleIfError)
+        } else if within(p.grace) {
+            Some(Fallback::Grace)
+        } else {
+            None
+        }
     };
-    if req.no_cache || p.no_cache {
+    let fresh = remaining > 0;
+    if p.no_cache {
         return Reuse::Validate {
             ttl,
-            on_error: ttl > 0 || stale_if_error(staleness),
+            on_error: fallback(),
         };
     }
-    let fresh = ttl > 0;
+    if req.no_cache {
+        // Fresh, but the client wants it validated: on an upstream failure
+        // the fresh copy still answers.
+        let on_error = if fresh {
+            Some(Fallback::StaleIfError)
+        } else {
+            fallback()
+        };
+        return Reuse::Validate { ttl, on_error };
+    }
     if fresh {
-        // Milliseconds, so that max-age=0 means "revalidate" even within
-        // the first second of an entry's life.
-        let age_ms = t.initial_age * 1000 + now.saturating_sub(t.response);
-        let too_old = req.max_age.is_some_and(|m| m == 0 || age_ms > m * 1000);
-        let not_fresh_enough = req.min_fresh.is_some_and(|m| (ttl as u64) < m);
+        let too_old = req
+            .max_age
+            .is_some_and(|m| m == 0 || age > m.saturating_mul(1000));
+        let not_fresh_enough = req
+            .min_fresh
+            .is_some_and(|m| (remaining as u64) < m.saturating_mul(1000));
         if too_old || not_fresh_enough {
             return Reuse::Validate {
                 ttl,
-                on_error: true,
+                on_error: Some(Fallback::StaleIfError),
             };
         }
         return Reuse::Fresh { ttl };
@@ -273,28 +377,32 @@ pub fn reuse(p: &Policy, t: &Times, now: Millis, req: &CacheControl) -> Reuse {
     if p.must_revalidate {
         return Reuse::Validate {
             ttl,
-            on_error: false,
+            on_error: None,
         };
     }
-    if req.max_stale.is_some_and(|m| staleness <= m) && req.max_age.is_none_or(|m| age <= m) {
+    if req
+        .max_stale
+        .is_some_and(|m| staleness <= m.saturating_mul(1000))
+        && req.max_age.is_none_or(|m| age <= m.saturating_mul(1000))
+    {
         return Reuse::StaleAccepted { ttl };
     }
-    if staleness <= p.stale_while_revalidate && req.max_age.is_none() {
+    if within(p.stale_while_revalidate) && req.max_age.is_none() {
         return Reuse::StaleWhileRevalidate { ttl };
     }
     Reuse::Validate {
         ttl,
-        on_error: stale_if_error(staleness),
+        on_error: fallback(),
     }
 }
 
-/// How long a tier should keep the entry: its lifetime, its stale windows,
-/// and, when it can be revalidated, an hour more for conditional requests.
+/// How long a tier should keep the entry: its lifetime, its stale windows
+/// (and grace), and, when it can be revalidated, an hour more for
+/// conditional requests.
 pub fn keep_secs(p: &Policy, validators: bool) -> u64 {
-    let windows = p.stale_while_revalidate.max(p.stale_if_error);
+    let windows = p.stale_while_revalidate.max(p.stale_if_error).max(p.grace);
     let extra = if validators { 3600 } else { 0 };
     p.lifetime
-        .saturating_sub(0)
         .saturating_add(windows)
         .saturating_add(extra)
         .max(1)
@@ -327,7 +435,7 @@ mod tests {
     }
 
     fn pol(h: &HeaderMap) -> Policy {
-        policy(StatusCode::OK, h, &CacheControl::from_headers(h), T0, H)
+        policy(StatusCode::OK, h, &CacheControl::from_headers(h), T0, H, 10)
     }
 
     fn st(status: u16, req: &[(&str, &str)], resp: &[(&str, &str)]) -> Result<(), NotStorable> {
@@ -434,11 +542,14 @@ mod tests {
         // Origin says Age: 10; the response took 2 s to arrive.
         let h = headers(&[("age", "10"), ("date", &date(T0))]);
         let t = times(&h, T0 - 2000, T0);
-        assert_eq!(t.initial_age, 12);
+        assert_eq!(t.initial_age_ms, 12_000);
         assert_eq!(current_age(&t, T0 + 5000), 17);
         // A Date in the past gives an apparent age.
         let h = headers(&[("date", &date(T0 - 30_000))]);
-        assert_eq!(times(&h, T0, T0).initial_age, 30);
+        assert_eq!(times(&h, T0, T0).initial_age_ms, 30_000);
+        // Sub-second: the delay and the time since receipt count in ms.
+        let t = times(&HeaderMap::new(), T0 - 250, T0);
+        assert_eq!(current_age_ms(&t, T0 + 300), 550);
     }
 
     fn policy_of(cc: &str) -> Policy {
@@ -456,12 +567,10 @@ mod tests {
         let none = CacheControl::default();
         let p = policy_of("max-age=60");
         assert_eq!(reuse(&p, &t, T0 + 10_000, &none), Reuse::Fresh { ttl: 50 });
+        // 15 s stale: beyond the 10 s grace.
         assert!(matches!(
-            reuse(&p, &t, T0 + 70_000, &none),
-            Reuse::Validate {
-                on_error: false,
-                ..
-            }
+            reuse(&p, &t, T0 + 75_000, &none),
+            Reuse::Validate { on_error: None, .. }
         ));
         assert!(matches!(
             reuse(&p, &t, T0 + 10_000, &req("max-age=5")),
@@ -493,29 +602,196 @@ mod tests {
             reuse(&p, &t, T0 + 100_000, &none),
             Reuse::Validate {
                 ttl: -40,
-                on_error: true
+                on_error: Some(Fallback::StaleIfError)
             }
         );
         assert_eq!(
             reuse(&p, &t, T0 + 700_000, &none),
             Reuse::Validate {
                 ttl: -640,
-                on_error: false
+                on_error: None
             }
         );
 
         let p = policy_of("max-age=60, must-revalidate, stale-while-revalidate=30");
         assert!(matches!(
             reuse(&p, &t, T0 + 70_000, &req("max-stale")),
-            Reuse::Validate {
-                on_error: false,
-                ..
-            }
+            Reuse::Validate { on_error: None, .. }
         ));
+        // Response no-cache: never reused unvalidated, not even on error,
+        // unless stale-if-error says so.
         let p = policy_of("max-age=60, no-cache");
         assert!(matches!(
             reuse(&p, &t, T0 + 1000, &none),
-            Reuse::Validate { on_error: true, .. }
+            Reuse::Validate { on_error: None, .. }
+        ));
+        let p = policy_of("max-age=60, no-cache, stale-if-error=60");
+        assert!(matches!(
+            reuse(&p, &t, T0 + 1000, &none),
+            Reuse::Validate {
+                on_error: Some(Fallback::StaleIfError),
+                ..
+            }
+        ));
+    }
+
+    /// A fresh hit for `cc` asked `at_ms` after receipt?
+    fn fresh_at(resp: &[(&str, &str)], at_ms: u64) -> bool {
+        let h = headers(resp);
+        let p = pol(&h);
+        let t = times(&h, T0, T0);
+        matches!(
+            reuse(&p, &t, T0 + at_ms, &CacheControl::default()),
+            Reuse::Fresh { .. }
+        )
+    }
+
+    #[test]
+    fn freshness_is_exact_to_the_millisecond() {
+        let d = date(T0);
+        // max-age=0 (with validators or not) is stale at once, and there
+        // is no stale-while-revalidate without the directive.
+        assert!(!fresh_at(
+            &[("cache-control", "max-age=0"), ("etag", "\"a\"")],
+            0
+        ));
+        assert!(!fresh_at(&[("cache-control", "max-age=0")], 200));
+        assert!(!fresh_at(
+            &[
+                ("cache-control", "public, max-age=0"),
+                ("last-modified", &date(T0 - 86_400_000))
+            ],
+            200
+        ));
+        assert!(!fresh_at(&[("cache-control", "max-age=-1")], 0));
+        assert!(!fresh_at(&[("expires", "0"), ("date", &d)], 0));
+        assert!(!fresh_at(&[("expires", &d), ("date", &d)], 0));
+        assert!(!fresh_at(&[("expires", &date(T0 - 5000)), ("date", &d)], 0));
+        // max-age=2: fresh at 1.999 s, stale at 2.0 s and 2.3 s.
+        let two = [("cache-control", "max-age=2")];
+        assert!(fresh_at(&two, 1999));
+        assert!(!fresh_at(&two, 2000));
+        assert!(!fresh_at(&two, 2300));
+        let h = headers(&two);
+        let (p, t) = (pol(&h), times(&h, T0, T0));
+        assert_eq!(ttl(&p, &t, T0 + 1500), 1);
+        assert_eq!(ttl(&p, &t, T0 + 2300), 0);
+        assert!(matches!(
+            reuse(&p, &t, T0 + 2300, &CacheControl::default()),
+            Reuse::Validate { .. }
+        ));
+        // The response delay counts: 1.2 s in flight plus 0.9 s stored.
+        let t = times(&h, T0 - 1200, T0);
+        assert!(matches!(
+            reuse(&p, &t, T0 + 900, &CacheControl::default()),
+            Reuse::Validate { .. }
+        ));
+    }
+
+    #[test]
+    fn invalid_expires_is_already_expired() {
+        let d = date(T0);
+        let later = date(T0 + 3_600_000); // a valid IMF-fixdate an hour on
+        assert!(fresh_at(&[("expires", &later), ("date", &d)], 0));
+        for bad in [
+            later.replacen(' ', "  ", 2),                      // two spaces
+            later.replacen(' ', "-", 3).replacen('-', " ", 1), // dd-Mon-yyyy
+            later.replace(':', "."),                           // hh.mm.ss
+            "Sun, 06 Nov 2050 8:49:37 GMT".to_string(),        // one-digit hour
+            "tomorrow".to_string(),
+        ] {
+            assert!(!fresh_at(&[("expires", &bad), ("date", &d)], 0), "{bad}");
+        }
+        // Two Expires lines, even both valid.
+        assert!(!fresh_at(
+            &[("expires", &later), ("expires", &later), ("date", &d)],
+            0
+        ));
+        // The other two HTTP-date formats are valid.
+        assert!(fresh_at(
+            &[("expires", "Sunday, 06-Nov-50 08:49:37 GMT")],
+            0
+        ));
+        assert!(fresh_at(&[("expires", "Sun Nov  6 08:49:37 2050")], 0));
+    }
+
+    #[test]
+    fn age_field() {
+        let age = |vals: &[&str]| {
+            let pairs: Vec<(&str, &str)> = vals.iter().map(|v| ("age", *v)).collect();
+            age_value(&headers(&pairs))
+        };
+        assert_eq!(age(&["10"]), 10);
+        assert_eq!(age(&["old"]), 0);
+        assert_eq!(age(&["-5"]), 0);
+        assert_eq!(age(&["1.5"]), 0);
+        assert_eq!(age(&["30, 0"]), 30);
+        assert_eq!(age(&["30", "0"]), 30);
+        assert_eq!(age(&["old, 0"]), 0);
+        assert_eq!(age(&["99999999999999999999"]), 2_147_483_648);
+        assert_eq!(age(&["4294967297"]), 2_147_483_648);
+        // A capped Age makes the entry stale, never fresh by wrapping.
+        assert!(!fresh_at(
+            &[("cache-control", "max-age=3600"), ("age", "4294967297")],
+            0
+        ));
+    }
+
+    #[test]
+    fn grace_and_its_limits() {
+        let none = CacheControl::default();
+        let t = times(&HeaderMap::new(), T0, T0);
+        let p = policy_of("max-age=1");
+        assert_eq!(p.grace, 10);
+        assert_eq!(
+            reuse(&p, &t, T0 + 5000, &none),
+            Reuse::Validate {
+                ttl: -4,
+                on_error: Some(Fallback::Grace)
+            }
+        );
+        assert!(matches!(
+            reuse(&p, &t, T0 + 11_001, &none),
+            Reuse::Validate { on_error: None, .. }
+        ));
+        // stale-if-error longer than grace wins (and names itself).
+        let p = policy_of("max-age=1, stale-if-error=60");
+        assert!(matches!(
+            reuse(&p, &t, T0 + 30_000, &none),
+            Reuse::Validate {
+                on_error: Some(Fallback::StaleIfError),
+                ..
+            }
+        ));
+        for cc in [
+            "max-age=1, must-revalidate",
+            "max-age=1, proxy-revalidate",
+            "s-maxage=1",
+            "max-age=1, no-cache",
+        ] {
+            let p = policy_of(cc);
+            assert_eq!(p.grace, 0, "{cc}");
+            assert!(
+                matches!(
+                    reuse(&p, &t, T0 + 2000, &none),
+                    Reuse::Validate { on_error: None, .. }
+                ),
+                "{cc}"
+            );
+        }
+        // grace = 0 is off.
+        let h = headers(&[("cache-control", "max-age=1")]);
+        let p = policy(
+            StatusCode::OK,
+            &h,
+            &CacheControl::from_headers(&h),
+            T0,
+            H,
+            0,
+        );
+        assert!(matches!(
+            reuse(&p, &t, T0 + 2000, &none),
+            Reuse::Validate { on_error: None, .. }
         ));
     }
 }

@@ -3,6 +3,7 @@
 //! with a per-entry expiry of the object's freshness lifetime plus stale
 //! windows. Lookups are synchronous and lock-free on the hit path.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,9 @@ impl Expiry<u128, Arc<Object>> for KeepFor {
 #[derive(Clone)]
 pub struct MemoryTier {
     cache: Cache<u128, Arc<Object>>,
+    /// Counts explicit removals (purges, invalidations; not evictions), so
+    /// that work begun before one can tell it must not store again.
+    removals: Arc<AtomicU64>,
 }
 
 impl MemoryTier {
@@ -48,7 +52,10 @@ impl MemoryTier {
             .weigher(|_k, v: &Arc<Object>| v.weight().min(MAX_WEIGHT) as u32)
             .expire_after(KeepFor)
             .build();
-        MemoryTier { cache }
+        MemoryTier {
+            cache,
+            removals: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Hit-path lookup by the key's parts: no allocation.
@@ -72,12 +79,39 @@ impl MemoryTier {
         self.cache.insert(object.key.hash(), object);
     }
 
+    /// Replaces `expected` by `new`, atomically, only while `expected` is
+    /// still the stored object (a purge or a newer admission in between
+    /// wins). Returns whether it replaced.
+    pub fn replace(&self, expected: &Arc<Object>, new: Arc<Object>) -> bool {
+        use moka::ops::compute::{CompResult, Op};
+        let result =
+            self.cache
+                .entry(expected.key.hash())
+                .and_compute_with(|current| match current {
+                    Some(e) if Arc::ptr_eq(e.value(), expected) => Op::Put(new),
+                    _ => Op::Nop,
+                });
+        matches!(result, CompResult::ReplacedWith(_))
+    }
+
+    /// The removal count now (see [`MemoryTier::removed_since`]).
+    pub fn removal_epoch(&self) -> u64 {
+        self.removals.load(Ordering::SeqCst)
+    }
+
+    /// Whether any object was removed explicitly since `epoch`.
+    pub fn removed_since(&self, epoch: u64) -> bool {
+        self.removals.load(Ordering::SeqCst) != epoch
+    }
+
     pub fn remove(&self, key: &CacheKey) -> bool {
+        self.removals.fetch_add(1, Ordering::SeqCst);
         self.cache.remove(&key.hash()).is_some()
     }
 
     /// Removes every object `pred` selects; returns how many.
     pub fn remove_where(&self, pred: impl Fn(&Object) -> bool) -> u64 {
+        self.removals.fetch_add(1, Ordering::SeqCst);
         let doomed: Vec<u128> = self
             .cache
             .iter()

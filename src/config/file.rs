@@ -184,6 +184,8 @@ pub struct CacheFile {
     pub max_heuristic_lifetime: Option<Dur>,
     pub prefresh: Option<Spanned<f64>>,
     pub prefresh_min_hits: Option<u32>,
+    pub grace: Option<Dur>,
+    pub targeted_cache_control: Option<Vec<Spanned<String>>>,
     pub redis: Option<RedisFile>,
 }
 

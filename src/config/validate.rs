@@ -403,6 +403,8 @@ impl Validator<'_> {
             max_heuristic_lifetime,
             prefresh,
             prefresh_min_hits,
+            grace,
+            targeted_cache_control,
             redis,
         } = c;
         let prefresh = match prefresh {
@@ -439,6 +441,28 @@ impl Validator<'_> {
             Some(f) => f.into_inner(),
             None => 0.1,
         };
+        let targeted_cache_control = match targeted_cache_control {
+            None => vec![
+                http::HeaderName::from_static("strata-cache-control"),
+                http::HeaderName::from_static("cdn-cache-control"),
+            ],
+            Some(names) => {
+                let mut out = Vec::with_capacity(names.len());
+                for name in names {
+                    match http::HeaderName::from_bytes(name.get_ref().as_bytes()) {
+                        Ok(n) => out.push(n),
+                        Err(_) => {
+                            return Err(self.at.spanned(
+                                &name,
+                                "cache.targeted_cache_control",
+                                "expected field names such as \"CDN-Cache-Control\"",
+                            ))
+                        }
+                    }
+                }
+                out
+            }
+        };
         let redis = match redis {
             None => None,
             Some(r) => Some(self.redis(r)?),
@@ -453,6 +477,8 @@ impl Validator<'_> {
                 .map_or(Duration::from_secs(86_400), |d| d.0),
             prefresh,
             prefresh_min_hits: prefresh_min_hits.unwrap_or(10),
+            grace: grace.map_or(Duration::from_secs(10), |d| d.0),
+            targeted_cache_control,
             redis,
         })
     }

@@ -1,7 +1,10 @@
 //! Admission: a storable miss streams to the client while its body is
-//! collected (up to `max_object_size`); at the end the variant is built,
-//! compressed once per configured coding (off the async workers), admitted
-//! to the tiers, and the collapse waiters are told. A body that breaks or
+//! collected (up to `max_object_size`); at the end the identity variant is
+//! admitted to memory *before* the client's body ends (so the next request
+//! is a hit and a purge finds it), then compressed once per configured
+//! coding (off the async workers) and stored complete, in memory and Redis,
+//! unless a purge came in between. The collapse waiters are answered with
+//! the identity object as soon as it is admitted. A body that breaks or
 //! outgrows the limit is never stored: the waiters are released instead.
 
 use std::sync::Arc;
@@ -121,34 +124,53 @@ async fn run(
             }
         }
     }
-    drop(client); // ends the client's body
     if !storing || declared.is_some_and(|d| d != total) {
         return None;
     }
     let body = concat(chunks, total);
-    let variant = Arc::new(
-        build_variant(
-            plan.status,
-            plan.headers,
-            body,
-            plan.vary,
-            plan.times,
-            plan.policy,
-            plan.tags,
-            plan.compression.as_ref(),
-        )
-        .await,
-    );
-    let object = Arc::new(match &plan.base {
-        Some(base) => base.with_variant(variant.clone()),
+    let encode = plan
+        .compression
+        .as_ref()
+        .filter(|p| p.eligible(plan.status, &plan.headers) && p.large_enough(Some(total)));
+    let identity = Arc::new(identity_variant(
+        plan.status,
+        plan.headers,
+        body,
+        plan.vary,
+        plan.times,
+        plan.policy,
+        plan.tags,
+        encode.is_some(),
+    ));
+    let admitted = Arc::new(match &plan.base {
+        Some(base) => base.with_variant(identity.clone()),
         None => Object {
             key: plan.key.clone(),
-            variants: vec![variant.clone()],
+            variants: vec![identity.clone()],
         },
     });
-    cache.admit(object.clone());
+    // The entry is visible (and purgeable) before the client's body ends;
+    // encoded representations follow without hiding it (SPEC §6).
+    // The collapse lock goes too: waiting requests get this object, and a
+    // request after a purge fetches anew instead of waiting on the encoding.
+    let epoch = match encode {
+        Some(_) => cache.admit_memory(admitted.clone()),
+        None => {
+            cache.admit(admitted.clone());
+            0
+        }
+    };
     if let Some(l) = lock.take() {
-        l.publish(Flight::Stored(object));
+        l.publish(Flight::Stored(admitted.clone()));
+    }
+    drop(client);
+    let Some(policy) = encode else {
+        return Some(identity);
+    };
+    let variant = Arc::new(with_encodings(&identity, policy).await);
+    let complete = Arc::new(admitted.with_variant(variant.clone()));
+    if !cache.complete(&admitted, complete, epoch) {
+        tracing::debug!(key = %plan.key, "purged or replaced while encoding: not stored again");
     }
     Some(variant)
 }
@@ -164,10 +186,10 @@ fn concat(chunks: Vec<Bytes>, total: u64) -> Bytes {
     buf.freeze()
 }
 
-/// Builds a stored variant: identity headers completed, and one encoded
-/// representation per configured coding when the response compresses.
+/// Builds the identity variant: headers completed (Content-Length, Date,
+/// no Age) and `Vary: Accept-Encoding` when encodings will follow.
 #[allow(clippy::too_many_arguments)]
-pub async fn build_variant(
+fn identity_variant(
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
@@ -175,7 +197,7 @@ pub async fn build_variant(
     times: Times,
     policy: Policy,
     tags: Vec<String>,
-    compression: Option<&CompressionPolicy>,
+    encoded: bool,
 ) -> Variant {
     let mut headers = entry::owned_headers(&headers);
     headers.remove(header::AGE);
@@ -186,43 +208,49 @@ pub async fn build_variant(
             headers.insert(header::DATE, v);
         }
     }
-    let mut encoded = Vec::new();
-    if let Some(policy) = compression {
-        if policy.eligible(status, &headers) && policy.large_enough(Some(body.len() as u64)) {
-            compression::merge_vary_accept_encoding(&mut headers);
-            for &coding in &policy.algorithms {
-                let level = policy.store_level.for_coding(coding);
-                let input = body.clone();
-                let result =
-                    tokio::task::spawn_blocking(move || compression::encode(coding, level, &input))
-                        .await;
-                match result {
-                    Ok(Ok(bytes)) if bytes.len() < body.len() => {
-                        let mut h = headers.clone();
-                        compression::mark_encoded(&mut h, coding, Some(bytes.len() as u64));
-                        encoded.push(Encoded {
-                            coding,
-                            headers: h,
-                            body: bytes,
-                        });
-                    }
-                    Ok(Ok(_)) => {} // no smaller: identity only
-                    Ok(Err(e)) => tracing::warn!(error = %e, "compression failed"),
-                    Err(e) => tracing::warn!(error = %e, "compression task failed"),
-                }
-            }
-        }
+    if encoded {
+        compression::merge_vary_accept_encoding(&mut headers);
     }
     Variant {
         vary,
         status,
         headers,
         body,
-        encoded,
+        encoded: Vec::new(),
         times,
         policy,
         tags,
         soft_purged: false,
         hits: Default::default(),
+    }
+}
+
+/// The identity variant plus one encoded representation per configured
+/// coding that comes out smaller (compressed off the async workers).
+async fn with_encodings(identity: &Variant, policy: &CompressionPolicy) -> Variant {
+    let mut encoded = Vec::new();
+    for &coding in &policy.algorithms {
+        let level = policy.store_level.for_coding(coding);
+        let input = identity.body.clone();
+        let result =
+            tokio::task::spawn_blocking(move || compression::encode(coding, level, &input)).await;
+        match result {
+            Ok(Ok(bytes)) if bytes.len() < identity.body.len() => {
+                let mut h = identity.headers.clone();
+                compression::mark_encoded(&mut h, coding, Some(bytes.len() as u64));
+                encoded.push(Encoded {
+                    coding,
+                    headers: h,
+                    body: bytes,
+                });
+            }
+            Ok(Ok(_)) => {} // no smaller: identity only
+            Ok(Err(e)) => tracing::warn!(error = %e, "compression failed"),
+            Err(e) => tracing::warn!(error = %e, "compression task failed"),
+        }
+    }
+    Variant {
+        encoded,
+        ..identity.clone()
     }
 }

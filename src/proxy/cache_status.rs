@@ -47,6 +47,18 @@ pub enum ServedStale {
     StaleIfError,
     /// Marked stale by a soft purge; a background revalidation runs.
     SoftPurge,
+    /// `[cache] grace`: the upstream failed or answered 5xx and the entry
+    /// is within the configured grace.
+    Grace,
+}
+
+impl From<crate::cache::freshness::Fallback> for ServedStale {
+    fn from(f: crate::cache::freshness::Fallback) -> Self {
+        match f {
+            crate::cache::freshness::Fallback::StaleIfError => ServedStale::StaleIfError,
+            crate::cache::freshness::Fallback::Grace => ServedStale::Grace,
+        }
+    }
 }
 
 impl ServedStale {
@@ -54,6 +66,7 @@ impl ServedStale {
         match self {
             ServedStale::StaleIfError => "stale-if-error",
             ServedStale::SoftPurge => "soft-purge",
+            ServedStale::Grace => "grace",
         }
     }
 }

@@ -36,7 +36,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::Upstream(UpstreamError::ClientBody { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream(UpstreamError::NoHealthy) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -67,6 +69,7 @@ impl ProxyError {
         let status = self.status();
         let reason: &'static str = match self {
             ProxyError::BadRequest(why) => why,
+            ProxyError::Upstream(UpstreamError::ClientBody { .. }) => "malformed request body",
             _ => status.canonical_reason().unwrap_or("error"),
         };
         let mut resp = Response::new(ProxyBody::from(reason));

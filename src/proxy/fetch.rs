@@ -41,6 +41,10 @@ const CLIENT_CONDITIONALS: [header::HeaderName; 6] = [
     header::RANGE,
 ];
 
+/// RFC 9213 field addressed to Strata alone: obeyed, never passed on.
+pub const STRATA_CACHE_CONTROL: header::HeaderName =
+    header::HeaderName::from_static("strata-cache-control");
+
 /// An upstream body behind the idle timeout.
 type UpstreamBody = IdleTimeout<crate::upstream::UpstreamBody>;
 
@@ -103,7 +107,14 @@ impl Exchange {
         cc: &CacheControl,
         response_time: Millis,
     ) -> freshness::Policy {
-        let mut policy = freshness::policy(status, headers, cc, response_time, self.heuristic());
+        let mut policy = freshness::policy(
+            status,
+            headers,
+            cc,
+            response_time,
+            self.heuristic(),
+            self.grace(),
+        );
         if let Some(rule) = self.rule(parts, headers) {
             let explicit = lifetime::explicit_lifetime(cc, headers);
             rule.lifetimes.adjust(&mut policy, status, cc, explicit);
@@ -117,6 +128,18 @@ impl Exchange {
             fraction: c.heuristic_fraction,
             max_secs: c.max_heuristic_lifetime.as_secs(),
         }
+    }
+
+    /// The origin's directives to Strata: the first valid targeted field
+    /// (RFC 9213), else Cache-Control. A rule's Cache-Control, where it
+    /// applies, replaces them (see `shape`).
+    fn directives(&self, headers: &HeaderMap) -> CacheControl {
+        CacheControl::for_cache(headers, &self.runtime.config.cache.targeted_cache_control)
+    }
+
+    /// `[cache] grace` in seconds.
+    fn grace(&self) -> u64 {
+        self.runtime.config.cache.grace.as_secs()
     }
 
     /// The upstream request for a fetch Strata may store: a GET (HEAD is
@@ -167,11 +190,10 @@ impl Exchange {
         let response_time = now_millis();
         let status = answer.response.status();
         if let (StatusCode::NOT_MODIFIED, Some(old)) = (status, stale) {
-            let v = Arc::new(freshen(
+            let v = Arc::new(self.freshen(
+                parts,
                 old,
                 answer.response.headers(),
-                self.rule(parts, &old.headers),
-                self.heuristic(),
                 request_time,
                 response_time,
             ));
@@ -199,6 +221,7 @@ impl Exchange {
         let entry_tags = normalize_response(&mut rparts.headers);
         let shaped = shape(
             self.rule(parts, &rparts.headers),
+            &self.runtime.config.cache.targeted_cache_control,
             status,
             &parts.headers,
             &self.req_cc,
@@ -274,7 +297,7 @@ async fn lead(
 ) -> Answered {
     let (parts, _) = req.into_parts();
     let exchange = Exchange::new(ctx);
-    let stale_on_error = miss.stale.as_ref().is_some_and(|s| s.serve_on_error);
+    let stale_on_error = miss.stale.as_ref().is_some_and(|s| s.on_error.is_some());
     let fetched = exchange
         .fetch(
             &parts,
@@ -289,7 +312,7 @@ async fn lead(
         Fetched::Failed(e) => {
             drop(lock);
             match &miss.stale {
-                Some(s) if s.serve_on_error => serve_stale(ctx, &req, &miss, s, None),
+                Some(s) if s.on_error.is_some() => serve_stale(ctx, &req, &miss, s, None),
                 _ => {
                     tracing::debug!(error = %e, "upstream failed");
                     Answered::error(&e, CacheStatus::fwd(miss.fwd))
@@ -299,8 +322,10 @@ async fn lead(
         Fetched::ServerError(status) => {
             drop(lock);
             match &miss.stale {
-                Some(s) => serve_stale(ctx, &req, &miss, s, Some(status.as_u16())),
-                None => Answered::error(
+                Some(s) if s.on_error.is_some() => {
+                    serve_stale(ctx, &req, &miss, s, Some(status.as_u16()))
+                }
+                _ => Answered::error(
                     &ProxyError::UpstreamBody {
                         server: "upstream".into(),
                     },
@@ -325,8 +350,8 @@ async fn lead(
     }
 }
 
-/// The upstream failed or answered 5xx inside stale-if-error: serve the
-/// stale copy.
+/// The upstream failed or answered 5xx inside stale-if-error or grace:
+/// serve the stale copy (`detail=` says which allowed it).
 fn serve_stale(
     ctx: &RequestCtx<'_>,
     req: &Request<()>,
@@ -336,7 +361,10 @@ fn serve_stale(
 ) -> Answered {
     let status = CacheStatus::fwd(miss.fwd).map(|f| {
         f.fwd_status = fwd_status;
-        f.stale = Some(ServedStale::StaleIfError);
+        f.stale = Some(
+            s.on_error
+                .map_or(ServedStale::StaleIfError, ServedStale::from),
+        );
         f.ttl = Some(s.variant.ttl(ctx.now));
     });
     Answered::new(ctx.respond(req, &s.variant), status)
@@ -364,6 +392,15 @@ fn uncacheable(
         }
     }
     drop(lock); // waiters go upstream at once, in parallel
+    let compression = ctx.runtime.config.compression.as_ref();
+    if client_validator_matches(req, &rparts, compression) {
+        // The fetch dropped the client's If-None-Match; the validator it
+        // holds (ours for an encoded response) still names this response.
+        let resp = Response::from_parts(rparts, ProxyBody::empty());
+        let resp = compress_stream(resp, compression, ctx.coding);
+        let resp = super::stored::not_modified(resp.headers());
+        return Answered::new(resp, CacheStatus::fwd(miss.fwd));
+    }
     let mut resp = Response::from_parts(rparts, ProxyBody::Upstream(body));
     if req.method() == Method::HEAD {
         *resp.body_mut() = ProxyBody::empty();
@@ -371,6 +408,33 @@ fn uncacheable(
         resp = compress_stream(resp, ctx.runtime.config.compression.as_ref(), ctx.coding);
     }
     Answered::new(resp, CacheStatus::fwd(miss.fwd))
+}
+
+/// Whether the client's `If-None-Match` (its encoded ETags mapped back)
+/// matches a 200's `ETag` by weak comparison (RFC 9110 §13.1.2).
+fn client_validator_matches(
+    req: &Request<()>,
+    rparts: &http::response::Parts,
+    compression: Option<&CompressionPolicy>,
+) -> bool {
+    if rparts.status != StatusCode::OK {
+        return false;
+    }
+    let Some(inm) = req.headers().get(header::IF_NONE_MATCH) else {
+        return false;
+    };
+    let mut h = HeaderMap::new();
+    h.insert(header::IF_NONE_MATCH, inm.clone());
+    if let Some(p) = compression {
+        forward::unmap_etags(&mut h, p);
+    }
+    let etag = rparts
+        .headers
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok());
+    h.get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|list| super::stored::etag_list_matches(list, etag, false))
 }
 
 /// A storable response: admitted while it streams to the client; HEAD,
@@ -388,10 +452,11 @@ async fn storable(
     let upstream_status = rparts.status;
     let status = CacheStatus::fwd(miss.fwd).map(|f| {
         f.stored = true;
-        f.ttl = Some(
-            plan.policy.lifetime as i64
-                - freshness::current_age(&plan.times, plan.times.response) as i64,
-        );
+        f.ttl = Some(freshness::ttl(
+            &plan.policy,
+            &plan.times,
+            plan.times.response,
+        ));
         if miss.stale.is_some() {
             f.fwd_status = Some(upstream_status.as_u16());
         }
@@ -420,7 +485,7 @@ async fn storable(
     let compression = ctx.runtime.config.compression.as_ref();
     let (tx, client_body) = admit::client_channel();
     admit::spawn(cache, plan, Some(lock), body, Some(tx), None);
-    if compression.is_some_and(|p| p.eligible(upstream_status, &rparts.headers)) {
+    if compression.is_some_and(|p| would_compress(p, upstream_status, &rparts.headers)) {
         compression::merge_vary_accept_encoding(&mut rparts.headers);
     }
     let resp = Response::from_parts(rparts, client_body);
@@ -482,27 +547,35 @@ fn request_parts<B>(req: &Request<B>) -> Parts {
 // === response shaping ===
 
 /// Compresses a streamed response with the request's negotiated `coding`
-/// when the response is eligible (`Vary: Accept-Encoding` is added either
-/// way).
+/// when Strata compresses it at all: an eligible type and at least
+/// `min_size` (or of unknown length). Those, and only those, get
+/// `Vary: Accept-Encoding`, whichever coding this client gets; any other
+/// response keeps the origin's `Vary` byte for byte (SPEC §6).
 pub fn compress_stream(
     resp: Response<ProxyBody>,
     policy: Option<&CompressionPolicy>,
     coding: Option<Coding>,
 ) -> Response<ProxyBody> {
     let Some(policy) = policy else { return resp };
-    if !policy.eligible(resp.status(), resp.headers()) {
+    if !would_compress(policy, resp.status(), resp.headers()) {
         return resp;
     }
-    let len = headers::content_length(resp.headers());
     let (mut parts, body) = resp.into_parts();
     compression::merge_vary_accept_encoding(&mut parts.headers);
-    let (true, Some(coding)) = (policy.large_enough(len), coding) else {
+    let Some(coding) = coding else {
         return Response::from_parts(parts, body);
     };
     compression::mark_encoded(&mut parts.headers, coding, None);
     let level = policy.stream_level.for_coding(coding);
     let body = ProxyBody::boxed(compression::compress_body(coding, level, body));
     Response::from_parts(parts, body)
+}
+
+/// Whether Strata produces encoded representations of such a response:
+/// an eligible status, type and coding, and a body of at least `min_size`
+/// (unknown lengths are assumed large enough).
+pub fn would_compress(policy: &CompressionPolicy, status: StatusCode, h: &HeaderMap) -> bool {
+    policy.eligible(status, h) && policy.large_enough(headers::content_length(h))
 }
 
 /// Shapes upstream response headers the way the cache stores and serves
@@ -521,12 +594,16 @@ fn normalize_response(headers: &mut HeaderMap) -> Vec<String> {
 /// statuses only, others only when `status_ttl` names them.
 fn shape(
     rule: Option<&Rule>,
+    targeted: &[header::HeaderName],
     status: StatusCode,
     request: &HeaderMap,
     request_cc: &CacheControl,
     response: &mut HeaderMap,
 ) -> Result<CacheControl, NotStorable> {
-    let origin = CacheControl::from_headers(response);
+    // The origin's directives to Strata: a targeted field (RFC 9213) if
+    // valid, else Cache-Control. Strata's own field is never passed on.
+    let origin = CacheControl::for_cache(response, targeted);
+    response.remove(STRATA_CACHE_CONTROL);
     if let Some(reason) = lifetime::private(request, request_cc, response, &origin) {
         return Err(reason);
     }
@@ -564,61 +641,67 @@ fn shape(
 /// freshness clock. A rule's Cache-Control and TTL keys still apply, to
 /// the stored status; a `Set-Cookie` on the 304 is the requester's, never
 /// the shared copy's.
-fn freshen(
-    old: &Variant,
-    update: &HeaderMap,
-    rule: Option<&Rule>,
-    heuristic: Heuristic,
-    request_time: Millis,
-    response_time: Millis,
-) -> Variant {
-    // Owned values: the 304's are slices of the connection's read buffer.
-    let mut update = entry::owned_headers(update);
-    normalize_response(&mut update);
-    let origin_private = CacheControl::from_headers(&update);
-    if let Some(value) = rule
-        .filter(|_| {
-            lifetime::rule_status(old.status) && !origin_private.private && !origin_private.no_store
-        })
-        .and_then(Rule::cache_control)
-    {
-        update.insert(header::CACHE_CONTROL, value.clone());
-    }
-    for name in [
-        header::CONTENT_LENGTH,
-        header::CONTENT_ENCODING,
-        header::CONTENT_RANGE,
-        header::SET_COOKIE,
-    ] {
-        update.remove(name);
-    }
-    let apply = |target: &mut HeaderMap, keep_etag: bool| {
-        let mut last: Option<header::HeaderName> = None;
-        for (name, value) in update.iter() {
-            if keep_etag && name == header::ETAG {
-                continue;
+impl Exchange {
+    fn freshen(
+        &self,
+        parts: &Parts,
+        old: &Variant,
+        update: &HeaderMap,
+        request_time: Millis,
+        response_time: Millis,
+    ) -> Variant {
+        let rule = self.rule(parts, &old.headers);
+        // Owned values: the 304's are slices of the connection's read buffer.
+        let mut update = entry::owned_headers(update);
+        normalize_response(&mut update);
+        let origin = self.directives(&update);
+        let ruled = match rule
+            .filter(|_| lifetime::rule_status(old.status) && !origin.private && !origin.no_store)
+            .and_then(Rule::cache_control)
+        {
+            Some(value) => {
+                update.insert(header::CACHE_CONTROL, value.clone());
+                true
             }
-            if last.as_ref() != Some(name) {
-                target.remove(name);
-                last = Some(name.clone());
-            }
-            target.append(name.clone(), value.clone());
+            None => false,
+        };
+        for name in [
+            header::CONTENT_LENGTH,
+            header::CONTENT_ENCODING,
+            header::CONTENT_RANGE,
+            header::SET_COOKIE,
+        ] {
+            update.remove(name);
         }
-        target.remove(header::AGE);
-    };
-    let mut v = old.clone();
-    v.soft_purged = false;
-    apply(&mut v.headers, false);
-    for e in &mut v.encoded {
-        apply(&mut e.headers, true);
+        let apply = |target: &mut HeaderMap, keep_etag: bool| {
+            let mut last: Option<header::HeaderName> = None;
+            for (name, value) in update.iter() {
+                if keep_etag && name == header::ETAG {
+                    continue;
+                }
+                if last.as_ref() != Some(name) {
+                    target.remove(name);
+                    last = Some(name.clone());
+                }
+                target.append(name.clone(), value.clone());
+            }
+            target.remove(header::AGE);
+        };
+        let mut v = old.clone();
+        v.soft_purged = false;
+        apply(&mut v.headers, false);
+        let cc = if ruled {
+            CacheControl::from_headers(&v.headers)
+        } else {
+            self.directives(&v.headers)
+        };
+        v.headers.remove(STRATA_CACHE_CONTROL);
+        for e in &mut v.encoded {
+            apply(&mut e.headers, true);
+            e.headers.remove(STRATA_CACHE_CONTROL);
+        }
+        v.times = freshness::times(&update, request_time, response_time);
+        v.policy = self.policy(parts, v.status, &v.headers, &cc, response_time);
+        v
     }
-    let cc = CacheControl::from_headers(&v.headers);
-    v.times = freshness::times(&update, request_time, response_time);
-    v.policy = freshness::policy(v.status, &v.headers, &cc, response_time, heuristic);
-    if let Some(rule) = rule {
-        let explicit = lifetime::explicit_lifetime(&cc, &v.headers);
-        rule.lifetimes
-            .adjust(&mut v.policy, v.status, &cc, explicit);
-    }
-    v
 }

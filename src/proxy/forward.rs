@@ -1,5 +1,8 @@
 //! Forwarding a request to an upstream: header rewriting, the retry rule,
-//! streaming bodies both ways, and protocol upgrades (WebSocket).
+//! streaming bodies both ways, response framing (RFC 9112 §6.3), protocol
+//! upgrades (WebSocket), and on pass-through the same compression as the
+//! cache path, with Strata's encoded ETags mapped back in the client's
+//! conditions.
 
 use std::sync::Arc;
 
@@ -15,7 +18,7 @@ use super::cache_status::{CacheStatus, Fwd};
 use super::error::ProxyError;
 use super::headers;
 use super::{Answered, ConnInfo, Runtime, Shared};
-use crate::upstream::{client::empty_body, Answer, ReqBody, UpstreamBody, UpstreamError};
+use crate::upstream::{client::empty_body, Answer, ReqBody, UpstreamBody};
 
 use crate::config::ServerConfig;
 use crate::traffic::ClientIp;
@@ -74,33 +77,20 @@ pub async fn send(runtime: &Runtime, req: Request<ReqBody>) -> Result<Answer, Pr
             .map_err(ProxyError::RateLimited)?;
     }
     let replayable = is_idempotent(req.method()) && req.body().is_end_stream();
-    let answer = runtime.upstreams.send(req, replayable).await?;
-    check_framing(runtime, &answer)?;
+    let mut answer = runtime.upstreams.send(req, replayable).await?;
+    normalize_framing(&mut answer);
     Ok(answer)
 }
 
-/// A response whose Transfer-Encoding is anything but plain `chunked` has
-/// framing Strata cannot re-encode faithfully (RFC 9112 §6.3 would read it
-/// to connection close): refuse it as a bad gateway.
-fn check_framing(runtime: &Runtime, answer: &Answer) -> Result<(), UpstreamError> {
-    let mut codings = answer
-        .response
-        .headers()
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("invalid").split(','))
-        .map(str::trim)
-        .filter(|c| !c.is_empty());
-    match (codings.next(), codings.next()) {
-        (None, _) => Ok(()),
-        (Some(c), None) if c.eq_ignore_ascii_case("chunked") => Ok(()),
-        _ => {
-            let server = runtime.upstreams.balancer.servers()[answer.server]
-                .authority
-                .to_string();
-            tracing::warn!(%server, "upstream sent an unsupported Transfer-Encoding");
-            Err(UpstreamError::Framing { server })
-        }
+/// RFC 9112 §6.3: a response with `Transfer-Encoding` is framed by it
+/// (hyper reads a final `chunked` as chunks and anything else to
+/// connection close); a `Content-Length` beside it is wrong and goes, so
+/// the body is re-framed for the client (Transfer-Encoding is hop-by-hop
+/// and stripped later).
+fn normalize_framing(answer: &mut Answer) {
+    let h = answer.response.headers_mut();
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        h.remove(header::CONTENT_LENGTH);
     }
 }
 
@@ -123,7 +113,16 @@ pub async fn pass(
 ) -> Answered {
     let upgrade = wants_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let compression = runtime.config.compression.as_ref();
+    // Negotiated once for this request, as RequestCtx does on the cache path.
+    let coding = compression
+        .filter(|_| !upgrade && req.method() != Method::HEAD)
+        .and_then(|p| p.negotiate(req.headers().get_all(header::ACCEPT_ENCODING).iter()));
+    if let Some(policy) = compression {
+        unmap_etags(req.headers_mut(), policy);
+    }
     let unsafe_method = !is_safe(req.method());
+    let is_head = req.method() == Method::HEAD;
     let target = unsafe_method.then(|| (req.uri().clone(), super::request_authority(&req)));
     let req = req.map(|b| {
         if b.is_end_stream() {
@@ -166,14 +165,39 @@ pub async fn pass(
         }
     }
     strip_surrogate_fields(&mut resp);
-    Answered::new(client_response(runtime, resp), status)
+    let resp = client_response(runtime, resp);
+    let resp = if is_head {
+        resp
+    } else {
+        super::fetch::compress_stream(resp, compression, coding)
+    };
+    Answered::new(resp, status)
 }
 
-/// `Surrogate-Key` / `Cache-Tag` are for Strata, never for clients.
+/// Strata's ETags of encoded responses (`"xyz-gzip"`, `"xyz-br"`) mapped
+/// back to the origin's own (`"xyz"`) in the client's `If-None-Match` and
+/// `If-Match`, so that the origin's validator matches (SPEC §6).
+pub fn unmap_etags(h: &mut http::HeaderMap, policy: &crate::compression::CompressionPolicy) {
+    for name in [header::IF_NONE_MATCH, header::IF_MATCH] {
+        let Some(mut value) = h.get(&name).cloned() else {
+            continue;
+        };
+        for &coding in &policy.algorithms {
+            if let Some(v) = crate::compression::strip_etag_suffixes(&value, coding) {
+                value = v;
+            }
+        }
+        h.insert(name, value);
+    }
+}
+
+/// `Surrogate-Key` / `Cache-Tag` and `Strata-Cache-Control` (RFC 9213)
+/// are for Strata, never for clients.
 pub fn strip_surrogate_fields<B>(resp: &mut Response<B>) {
     let h = resp.headers_mut();
     h.remove(crate::cache::tags::SURROGATE_KEY);
     h.remove(crate::cache::tags::CACHE_TAG);
+    h.remove(super::fetch::STRATA_CACHE_CONTROL);
 }
 
 fn switch_protocols(

@@ -17,7 +17,7 @@ use super::cache_status::Fwd;
 use super::{ConnInfo, RequestCtx, Runtime, Shared};
 use crate::cache::directives::CacheControl;
 use crate::cache::entry::{Object, Variant};
-use crate::cache::freshness::{self, Millis, Reuse};
+use crate::cache::freshness::{self, Fallback, Millis, Reuse};
 use crate::cache::key::CacheKey;
 use crate::cache::Tier;
 use crate::config::CacheConfig;
@@ -44,8 +44,11 @@ pub fn route<'r>(
 ) -> Result<Route<'r>, Fwd> {
     let cacheable = (req.method() == Method::GET || req.method() == Method::HEAD)
         && !req.headers().contains_key(header::UPGRADE);
-    if !cacheable || !runtime.config.cache.enabled {
+    if !cacheable {
         return Err(Fwd::Method);
+    }
+    if !runtime.config.cache.enabled {
+        return Err(Fwd::Bypass);
     }
     if !req.body().is_end_stream() {
         // A GET with a body is not something a cache can key on.
@@ -79,8 +82,9 @@ pub struct Hit {
 /// A stored response that must be validated before reuse.
 pub struct Stale {
     pub variant: Arc<Variant>,
-    /// stale-if-error allows serving it when the upstream fails.
-    pub serve_on_error: bool,
+    /// Whether (and why) it may be served when the upstream fails or
+    /// answers 5xx: stale-if-error or grace.
+    pub on_error: Option<Fallback>,
 }
 
 /// What a fetch starts from.
@@ -118,8 +122,23 @@ fn prefresh_due(v: &Variant, now: Millis, cache: &CacheConfig) -> bool {
     if v.hits.add() < cache.prefresh_min_hits {
         return false;
     }
-    let age_ms = v.times.initial_age * 1000 + now.saturating_sub(v.times.response);
-    age_ms as f64 >= cache.prefresh * (v.policy.lifetime * 1000) as f64
+    let age_ms = freshness::current_age_ms(&v.times, now);
+    age_ms as f64 >= cache.prefresh * v.policy.lifetime.saturating_mul(1000) as f64
+}
+
+/// A stored variant that must be validated before reuse: `fwd=stale`, or
+/// `fwd=request` when the client asked for it (RFC 9211 §2.2).
+fn validate_first(
+    ctx: &RequestCtx<'_>,
+    variant: Arc<Variant>,
+    on_error: Option<Fallback>,
+) -> (Fwd, Option<Stale>) {
+    let fwd = if ctx.req_cc.no_cache {
+        Fwd::Request
+    } else {
+        Fwd::Stale
+    };
+    (fwd, Some(Stale { variant, on_error }))
 }
 
 /// A request's directives: Cache-Control, or `Pragma: no-cache` when it
@@ -176,15 +195,7 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
                     });
                 }
                 // Never served stale: validated first, like any stale entry.
-                fwd = if ctx.req_cc.no_cache {
-                    Fwd::Request
-                } else {
-                    Fwd::Stale
-                };
-                stale = Some(Stale {
-                    variant,
-                    serve_on_error: false,
-                });
+                (fwd, stale) = validate_first(ctx, variant, None);
             }
             Some(variant) => {
                 match freshness::reuse(&variant.policy, &variant.times, ctx.now, &ctx.req_cc) {
@@ -216,15 +227,7 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
                         });
                     }
                     Reuse::Validate { on_error, .. } => {
-                        fwd = if ctx.req_cc.no_cache {
-                            Fwd::Request
-                        } else {
-                            Fwd::Stale
-                        };
-                        stale = Some(Stale {
-                            variant,
-                            serve_on_error: on_error,
-                        });
+                        (fwd, stale) = validate_first(ctx, variant, on_error);
                     }
                 }
             }

@@ -129,6 +129,13 @@ const NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
     header::LAST_MODIFIED,
 ];
 
+/// A 304 carrying `headers`' validators and metadata (RFC 9110 §15.4.5).
+pub fn not_modified(headers: &HeaderMap) -> Response<ProxyBody> {
+    let mut resp = not_modified_or_failed(StatusCode::NOT_MODIFIED, headers, 0);
+    resp.headers_mut().remove(header::AGE);
+    resp
+}
+
 fn not_modified_or_failed(
     status: StatusCode,
     headers: &HeaderMap,

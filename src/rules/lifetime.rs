@@ -288,6 +288,7 @@ mod tests {
             stale_if_error: 0,
             must_revalidate: false,
             no_cache: false,
+            grace: 0,
         }
     }
 

@@ -157,10 +157,7 @@ async fn exchange(
 }
 
 fn protocol(pool: &ServerPool, source: hyper::Error) -> UpstreamError {
-    UpstreamError::Protocol {
-        server: pool.authority.to_string(),
-        source,
-    }
+    UpstreamError::from_send(pool.authority.to_string(), source)
 }
 
 /// The connection ended before the response began: EOF where the head

@@ -28,9 +28,16 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
-    /// The response's framing cannot be relayed faithfully.
-    #[error("upstream {server} sent a response with unsupported framing")]
-    Framing { server: String },
+    /// The client's request body broke while it was being sent (say, an
+    /// invalid chunk size): the client's fault, answered 400 and not counted
+    /// against the upstream. The upstream never got a complete request:
+    /// the chunked request was cut off without its last chunk.
+    #[error("the request body sent to upstream {server} was malformed")]
+    ClientBody {
+        server: String,
+        #[source]
+        source: hyper::Error,
+    },
 }
 
 impl UpstreamError {
@@ -41,7 +48,7 @@ impl UpstreamError {
             UpstreamError::Connect { server, .. }
             | UpstreamError::Timeout { server, .. }
             | UpstreamError::Protocol { server, .. }
-            | UpstreamError::Framing { server } => Some(server),
+            | UpstreamError::ClientBody { server, .. } => Some(server),
         }
     }
 
@@ -51,7 +58,36 @@ impl UpstreamError {
             UpstreamError::NoHealthy => "no_healthy",
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::Timeout { .. } => "timeout",
-            UpstreamError::Protocol { .. } | UpstreamError::Framing { .. } => "protocol",
+            UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::ClientBody { .. } => "client_body",
+        }
+    }
+
+    /// Whether the failure is the upstream's (counted in
+    /// `strata_upstream_errors_total`); a broken client body is not.
+    pub fn is_upstream_fault(&self) -> bool {
+        !matches!(self, UpstreamError::ClientBody { .. })
+    }
+
+    /// Classifies a failed send (after connecting): a failure of the
+    /// request body the client streams is hyper's "user body" error
+    /// somewhere in the chain; anything else is a protocol failure.
+    pub fn from_send(server: String, source: hyper::Error) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&source);
+        let mut client_body = false;
+        while let Some(e) = cause {
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_user())
+            {
+                client_body = true;
+                break;
+            }
+            cause = e.source();
+        }
+        if client_body {
+            UpstreamError::ClientBody { server, source }
+        } else {
+            UpstreamError::Protocol { server, source }
         }
     }
 }

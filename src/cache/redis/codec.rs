@@ -4,12 +4,12 @@
 //! Layout, all integers little-endian:
 //!
 //! ```text
-//! "STRC" version:u8                      magic and format version (1)
+//! "STRC" version:u8                      magic and format version (2)
 //! url:str32                              the object's key URL
 //! variants:u16  { variant }*
 //!   status:u16
-//!   times:   request:u64 response:u64 initial_age:u64
-//!   policy:  lifetime:u64 swr:u64 sie:u64 flags:u8 (1 must-revalidate, 2 no-cache, 4 soft-purged)
+//!   times:   request:u64 response:u64 initial_age_ms:u64
+//!   policy:  lifetime:u64 swr:u64 sie:u64 grace:u64 flags:u8 (1 must-revalidate, 2 no-cache, 4 soft-purged)
 //!   vary:u16 { name:str16 present:u8 [value:str32] }*
 //!   headers  body:bytes32
 //!   encoded:u8 { coding:u8 (1 br, 2 gzip) headers body:bytes32 }*
@@ -38,7 +38,7 @@ use crate::compression::Coding;
 
 const MAGIC: &[u8; 4] = b"STRC";
 /// Bumped on any layout change; other versions decode to an error (a miss).
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 const HEADER_LEN: usize = MAGIC.len() + 1;
 const CHECKSUM_LEN: usize = 8;
 
@@ -104,7 +104,7 @@ fn variant_len(v: &Variant) -> usize {
         .sum();
     let tags: usize = v.tags.iter().map(|t| 2 + t.len()).sum();
     2 + 3 * 8
-        + 3 * 8
+        + 4 * 8
         + 1
         + 2
         + vary
@@ -180,10 +180,11 @@ impl Writer {
         self.u16(v.status.as_u16());
         self.u64(v.times.request);
         self.u64(v.times.response);
-        self.u64(v.times.initial_age);
+        self.u64(v.times.initial_age_ms);
         self.u64(v.policy.lifetime);
         self.u64(v.policy.stale_while_revalidate);
         self.u64(v.policy.stale_if_error);
+        self.u64(v.policy.grace);
         self.u8(u8::from(v.policy.must_revalidate)
             | (u8::from(v.policy.no_cache) << 1)
             | (u8::from(v.soft_purged) << 2));
@@ -335,11 +336,12 @@ impl Reader<'_> {
         let times = Times {
             request: self.u64()?,
             response: self.u64()?,
-            initial_age: self.u64()?,
+            initial_age_ms: self.u64()?,
         };
         let lifetime = self.u64()?;
         let stale_while_revalidate = self.u64()?;
         let stale_if_error = self.u64()?;
+        let grace = self.u64()?;
         let at = self.at;
         let flags = self.u8()?;
         if flags & !0b111 != 0 {
@@ -354,6 +356,7 @@ impl Reader<'_> {
             stale_if_error,
             must_revalidate: flags & 1 != 0,
             no_cache: flags & 2 != 0,
+            grace,
         };
         let n = usize::from(self.u16()?);
         let n = self.count(n, 3, "vary field count")?;
@@ -535,7 +538,7 @@ mod tests {
             times: Times {
                 request: 1_700_000_000_000,
                 response: 1_700_000_000_123,
-                initial_age: 5,
+                initial_age_ms: 5000,
             },
             policy: Policy {
                 lifetime: 3600,
@@ -543,6 +546,7 @@ mod tests {
                 stale_if_error: 600,
                 must_revalidate: false,
                 no_cache: true,
+                grace: 0,
             },
             tags: vec!["product".into(), "page:1".into(), "ünï".into()],
             soft_purged: true,
@@ -565,7 +569,7 @@ mod tests {
             times: Times {
                 request: 1,
                 response: 2,
-                initial_age: 0,
+                initial_age_ms: 0,
             },
             policy: Policy {
                 lifetime: 0,
@@ -573,6 +577,7 @@ mod tests {
                 stale_if_error: u64::MAX,
                 must_revalidate: true,
                 no_cache: false,
+                grace: 0,
             },
             tags: vec![],
             soft_purged: false,
@@ -670,7 +675,7 @@ mod tests {
         assert_eq!(decode(&Bytes::from(c)).unwrap_err(), DecodeError::Checksum);
         assert_eq!(decode(&Bytes::new()).unwrap_err(), DecodeError::Magic);
         assert_eq!(
-            decode(&Bytes::from_static(b"STRC\x01")).unwrap_err(),
+            decode(&Bytes::from_static(b"STRC\x02")).unwrap_err(),
             DecodeError::Truncated(5)
         );
         assert!(decode(&Bytes::from_static(b"hello world, not an entry")).is_err());

@@ -1,0 +1,452 @@
+//! SPEC §6, cache side, end to end: exact freshness (sub-second ages,
+//! invalid Expires, Age lists), grace, targeted Cache-Control (RFC 9213),
+//! Vary kept byte for byte, and entries visible (and purgeable) as soon as
+//! the client's response is complete. Real origins count every request.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::Value;
+use support::origin::reply;
+use support::{Client, Origin, Strata};
+
+const NO_HEALTH: &str = "[upstream.health]\nenabled = false\n";
+
+async fn strata(origin: &Origin, extra: &str) -> Strata {
+    Strata::start(&[origin.addr], &format!("{NO_HEALTH}{extra}")).await
+}
+
+fn http_date(offset_secs: i64) -> String {
+    let now = std::time::SystemTime::now();
+    let t = if offset_secs >= 0 {
+        now + Duration::from_secs(offset_secs as u64)
+    } else {
+        now - Duration::from_secs(offset_secs.unsigned_abs())
+    };
+    httpdate::fmt_http_date(t)
+}
+
+/// An origin answering each path with the headers `headers_for(path)`
+/// (name, value pairs, repeated names kept) and the body `path`.
+async fn origin_with(headers_for: fn(&str) -> Vec<(String, String)>) -> Origin {
+    Origin::start(move |req| async move {
+        let path = req.uri().path().to_string();
+        let owned = headers_for(&path);
+        let pairs: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        reply(200, &pairs, path.clone())
+    })
+    .await
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Responses whose freshness lifetime is zero: never a hit, however soon
+/// the second request comes.
+fn already_stale(path: &str) -> Vec<(String, String)> {
+    let date = http_date(0);
+    let later = http_date(3600);
+    let mut h = vec![("date".to_string(), date.clone())];
+    h.extend(match path {
+        "/max-age-0" => pairs(&[("cache-control", "max-age=0"), ("etag", "\"a\"")]),
+        "/public-max-age-0" => pairs(&[
+            ("cache-control", "public, max-age=0"),
+            ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+        ]),
+        "/expires-0" => pairs(&[("expires", "0"), ("etag", "\"a\"")]),
+        "/max-age-negative" => pairs(&[("cache-control", "max-age=-1"), ("etag", "\"a\"")]),
+        "/expires-at-date" => vec![("expires".into(), date.clone())],
+        "/two-spaces" => vec![("expires".into(), later.replacen(' ', "  ", 2))],
+        "/dashes" => vec![(
+            "expires".into(),
+            later.replacen(' ', "-", 3).replacen('-', " ", 1),
+        )],
+        "/periods" => vec![("expires".into(), later.replace(':', "."))],
+        "/one-digit-hour" => pairs(&[("expires", "Sun, 06 Nov 2050 8:49:37 GMT")]),
+        "/two-expires" => vec![("expires".into(), later.clone()), ("expires".into(), later)],
+        _ => pairs(&[("cache-control", "max-age=60")]),
+    });
+    h
+}
+
+#[tokio::test]
+async fn zero_lifetimes_are_never_served_as_hits() {
+    let origin = origin_with(already_stale).await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let paths = [
+        "/max-age-0",
+        "/public-max-age-0",
+        "/expires-0",
+        "/max-age-negative",
+        "/expires-at-date",
+        "/two-spaces",
+        "/dashes",
+        "/periods",
+        "/one-digit-hour",
+        "/two-expires",
+    ];
+    for path in paths {
+        let before = origin.count();
+        let first = c.get(&s.url(path)).await;
+        assert_eq!(first.status, 200, "{path}");
+        let second = c.get(&s.url(path)).await;
+        assert_eq!(second.status, 200, "{path}");
+        assert_eq!(second.text(), path);
+        assert!(
+            !second.cache_status().contains("hit"),
+            "{path}: {}",
+            second.cache_status()
+        );
+        assert_eq!(
+            origin.count(),
+            before + 2,
+            "{path} went to the origin twice"
+        );
+    }
+    // The control: a real lifetime is a hit.
+    c.get(&s.url("/fresh")).await;
+    let hit = c.get(&s.url("/fresh")).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+}
+
+#[tokio::test]
+async fn max_age_counts_sub_second_ages() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=2")], "two").await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    assert_eq!(c.get(&s.url("/a")).await.text(), "two");
+    let hit = c.get(&s.url("/a")).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    // 2.3 s after receipt the whole-second age is 2 but the entry is stale.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let late = c.get(&s.url("/a")).await;
+    assert_eq!(late.text(), "two");
+    assert!(
+        late.cache_status().contains("fwd=stale"),
+        "{}",
+        late.cache_status()
+    );
+    assert_eq!(origin.count(), 2);
+}
+
+fn aged(path: &str) -> Vec<(String, String)> {
+    let mut h = pairs(&[("cache-control", "max-age=20")]);
+    match path {
+        "/list" => h.push(("age".into(), "30, 0".into())),
+        "/lines" => {
+            h.push(("age".into(), "30".into()));
+            h.push(("age".into(), "0".into()));
+        }
+        "/huge" => h.push(("age".into(), "4294967297".into())),
+        "/invalid-first" => h.push(("age".into(), "old, 30".into())),
+        "/fraction" => h.push(("age".into(), "30.5".into())),
+        "/negative" => h.push(("age".into(), "-30".into())),
+        _ => {}
+    }
+    h
+}
+
+#[tokio::test]
+async fn age_lists_use_the_first_member_and_bad_values_are_ignored() {
+    let origin = origin_with(aged).await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    // Already older than max-age=20: stale on arrival.
+    for path in ["/list", "/lines", "/huge"] {
+        c.get(&s.url(path)).await;
+        let again = c.get(&s.url(path)).await;
+        assert!(
+            !again.cache_status().contains("hit"),
+            "{path}: {}",
+            again.cache_status()
+        );
+    }
+    assert_eq!(origin.count(), 6);
+    // Ignored values: age 0, fresh.
+    for path in ["/invalid-first", "/fraction", "/negative"] {
+        c.get(&s.url(path)).await;
+        let again = c.get(&s.url(path)).await;
+        assert!(
+            again.cache_status().contains("hit"),
+            "{path}: {}",
+            again.cache_status()
+        );
+    }
+    assert_eq!(origin.count(), 9);
+}
+
+/// An origin serving `cache_control` for GET /x until told to fail with 503
+/// (or be shut down).
+async fn failing_origin(
+    cache_control: &'static str,
+) -> (Origin, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let failing = std::sync::Arc::new(AtomicBool::new(false));
+    let f = failing.clone();
+    let origin = Origin::start(move |_req| {
+        let failing = f.load(Ordering::SeqCst);
+        async move {
+            if failing {
+                reply(503, &[], "down")
+            } else {
+                reply(200, &[("cache-control", cache_control)], "cached")
+            }
+        }
+    })
+    .await;
+    (origin, failing)
+}
+
+#[tokio::test]
+async fn grace_serves_a_just_stale_entry_when_the_origin_fails() {
+    use std::sync::atomic::Ordering;
+    let (origin, failing) = failing_origin("max-age=1").await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    assert_eq!(c.get(&s.url("/x")).await.text(), "cached");
+    failing.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = c.get(&s.url("/x")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "cached");
+    assert!(
+        r.cache_status()
+            .starts_with("strata; fwd=stale; fwd-status=503; detail=grace"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(origin.count(), 2);
+    // Unreachable origin: the same.
+    origin.shutdown();
+    let r = c.get(&s.url("/x")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "cached");
+    assert!(
+        r.cache_status().contains("detail=grace"),
+        "{}",
+        r.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn grace_is_forbidden_by_must_revalidate_and_off_at_zero() {
+    use std::sync::atomic::Ordering;
+    for (cc, extra) in [
+        ("max-age=1, must-revalidate", ""),
+        ("s-maxage=1", ""),
+        ("max-age=1, proxy-revalidate", ""),
+        ("max-age=1", "[cache]\ngrace = \"0s\"\n"),
+    ] {
+        let (origin, failing) = failing_origin(cc).await;
+        let s = strata(&origin, extra).await;
+        let c = Client::new();
+        assert_eq!(c.get(&s.url("/x")).await.text(), "cached");
+        failing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let r = c.get(&s.url("/x")).await;
+        assert_eq!(r.status, 503, "{cc} {extra}: {}", r.cache_status());
+        assert_eq!(r.text(), "down");
+        assert_eq!(origin.count(), 2);
+    }
+}
+
+fn targeted(path: &str) -> Vec<(String, String)> {
+    pairs(match path {
+        "/cdn-no-store" => &[
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "no-store"),
+        ],
+        "/cdn-private" => &[
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "private"),
+        ],
+        "/cdn-no-cache" => &[
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "no-cache"),
+            ("etag", "\"v\""),
+        ],
+        "/cdn-max-age" => &[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=3600"),
+        ],
+        "/strata-first" => &[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "no-store"),
+            ("strata-cache-control", "max-age=60"),
+        ],
+        "/cdn-invalid" => &[
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "max-age=\"60"),
+        ],
+        _ => &[("cache-control", "max-age=60")],
+    })
+}
+
+#[tokio::test]
+async fn targeted_cache_control_decides_for_strata_only() {
+    let origin = origin_with(targeted).await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for path in ["/cdn-no-store", "/cdn-private", "/cdn-no-cache"] {
+        let before = origin.count();
+        let first = c.get(&s.url(path)).await;
+        let second = c.get(&s.url(path)).await;
+        assert_eq!(second.text(), path);
+        assert!(!second.cache_status().contains("hit"), "{path}");
+        assert_eq!(origin.count(), before + 2, "{path}");
+        // Cache-Control and CDN-Cache-Control still reach the client.
+        assert_eq!(first.header("cache-control"), Some("max-age=60"));
+        assert!(first.header("cdn-cache-control").is_some());
+    }
+    for path in ["/cdn-max-age", "/strata-first", "/cdn-invalid"] {
+        let before = origin.count();
+        let first = c.get(&s.url(path)).await;
+        let second = c.get(&s.url(path)).await;
+        assert!(
+            second.cache_status().contains("hit"),
+            "{path}: {}",
+            second.cache_status()
+        );
+        assert_eq!(second.text(), path);
+        assert_eq!(origin.count(), before + 1, "{path}");
+        assert!(first.header("strata-cache-control").is_none());
+        assert!(second.header("strata-cache-control").is_none());
+        assert_eq!(
+            first.header("cache-control"),
+            second.header("cache-control")
+        );
+    }
+    assert_eq!(
+        c.get(&s.url("/cdn-max-age")).await.header("cache-control"),
+        Some("no-store")
+    );
+}
+
+#[tokio::test]
+async fn targeted_cache_control_can_be_turned_off() {
+    let origin = origin_with(targeted).await;
+    let s = strata(&origin, "[cache]\ntargeted_cache_control = []\n").await;
+    let c = Client::new();
+    c.get(&s.url("/cdn-no-store")).await;
+    let again = c.get(&s.url("/cdn-no-store")).await;
+    assert!(
+        again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(origin.count(), 1);
+}
+
+fn varied(path: &str) -> Vec<(String, String)> {
+    pairs(match path {
+        "/small.txt" => &[
+            ("cache-control", "max-age=60"),
+            ("content-type", "text/plain"),
+            ("vary", "Foo"),
+        ],
+        "/image" => &[
+            ("cache-control", "max-age=60"),
+            ("content-type", "image/png"),
+            ("vary", "Foo"),
+        ],
+        _ => &[("cache-control", "max-age=60"), ("vary", "Foo")],
+    })
+}
+
+#[tokio::test]
+async fn vary_is_the_origins_unless_strata_compresses() {
+    let origin = origin_with(varied).await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for path in ["/small.txt", "/image"] {
+        for _ in 0..2 {
+            let r = c
+                .get_with(&s.url(path), &[("accept-encoding", "gzip")])
+                .await;
+            assert_eq!(r.header("vary"), Some("Foo"), "{path}");
+            assert!(r.header("content-encoding").is_none());
+        }
+    }
+}
+
+fn page(path: &str) -> Vec<(String, String)> {
+    let _ = path;
+    pairs(&[
+        ("cache-control", "max-age=60"),
+        ("content-type", "text/html"),
+    ])
+}
+
+async fn purge_url(s: &Strata, url: &str) -> Value {
+    let r = Client::new()
+        .send(
+            Method::POST,
+            &s.admin_url("/purge"),
+            &[
+                ("authorization", "Bearer secret"),
+                ("content-type", "application/json"),
+            ],
+            Bytes::from(format!("{{\"url\": \"{url}\"}}")),
+        )
+        .await;
+    serde_json::from_slice(&r.body).unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_completed_miss_is_a_hit_and_purgeable_at_once() {
+    // Bodies large enough to be compressed at admission.
+    let origin = Origin::start(|req| async move {
+        let body: String = (0..400)
+            .map(|i| format!("<p>{} line {i}</p>\n", req.uri().path()))
+            .collect();
+        let h = page("");
+        let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        reply(200, &pairs, body)
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for i in 0..25 {
+        let path = format!("/v{i}");
+        let first = c
+            .get_with(&s.url(&path), &[("accept-encoding", "gzip")])
+            .await;
+        assert!(
+            first.cache_status().contains("fwd=uri-miss")
+                || first.cache_status().contains("fwd=miss")
+        );
+        let next = c
+            .get_with(&s.url(&path), &[("accept-encoding", "gzip")])
+            .await;
+        assert!(
+            next.cache_status()
+                .starts_with("strata; hit; detail=memory"),
+            "{path}: {}",
+            next.cache_status()
+        );
+    }
+    assert_eq!(origin.count(), 25);
+    for i in 0..25 {
+        let path = format!("/p{i}");
+        c.get_with(&s.url(&path), &[("accept-encoding", "gzip")])
+            .await;
+        assert_eq!(purge_url(&s, &path).await["purged"], 1, "{path}");
+        let after = c.get(&s.url(&path)).await;
+        assert!(
+            !after.cache_status().contains("hit"),
+            "{path}: {}",
+            after.cache_status()
+        );
+    }
+    assert_eq!(origin.count(), 75);
+}

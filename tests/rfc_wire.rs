@@ -1,0 +1,245 @@
+//! SPEC §6, wire side, end to end: message framing both ways (raw-socket
+//! origins and clients where hyper would not misbehave), validators of
+//! encoded responses, compression on every path, and 103 Early Hints.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::BodyExt;
+use strata::compression::{decode, Coding};
+use support::origin::reply;
+use support::{Client, Origin, Strata};
+
+const NO_HEALTH: &str = "[upstream.health]\nenabled = false\n";
+
+#[tokio::test]
+async fn upstream_transfer_encoding_wins_over_content_length() {
+    let (addr, answered) = support::origin::raw(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let s = Strata::start(&[addr], NO_HEALTH).await;
+    let r = Client::new().get(&s.url("/te-cl")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello");
+    assert_ne!(r.header("content-length"), Some("3"));
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn upstream_transfer_encoding_not_ending_in_chunked_is_read_to_close() {
+    let (addr, answered) = support::origin::raw(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nContent-Type: image/png\r\n\r\nhello world",
+    )
+    .await;
+    let s = Strata::start(&[addr], NO_HEALTH).await;
+    let r = Client::new().get(&s.url("/close")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello world");
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+}
+
+/// An origin that reads every request body to its end and counts the
+/// complete ones.
+async fn body_counting_origin() -> (Origin, Arc<AtomicUsize>) {
+    let complete = Arc::new(AtomicUsize::new(0));
+    let c = complete.clone();
+    let origin = Origin::start(move |req| {
+        let c = c.clone();
+        async move {
+            match req.into_body().collect().await {
+                Ok(_) => {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    reply(200, &[], "ok")
+                }
+                Err(_) => reply(400, &[], "broken"),
+            }
+        }
+    })
+    .await;
+    (origin, complete)
+}
+
+#[tokio::test]
+async fn a_broken_client_body_is_the_clients_fault() {
+    let (origin, complete) = body_counting_origin().await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    for raw in [
+        &b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"[..],
+        &b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\n\r\nhello=world"[..],
+        &b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nhello"[..],
+        &b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+    ] {
+        let answer = support::http::raw(s.addr, raw).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{}: {answer}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    assert_eq!(complete.load(Ordering::SeqCst), 0);
+    let metrics = Client::new().get(&s.admin_url("/metrics")).await.text();
+    let counted: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("strata_upstream_errors_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(counted.is_empty(), "{counted:?}");
+    // A well-formed chunked POST still goes through.
+    let ok = support::http::raw(
+        s.addr,
+        b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(complete.load(Ordering::SeqCst), 1);
+}
+
+fn page() -> String {
+    (0..200)
+        .map(|i| format!("<p>paragraph {i}: the quick brown fox</p>\n"))
+        .collect()
+}
+
+#[tokio::test]
+async fn encoded_etags_validate_on_uncached_responses() {
+    // The origin answers 304 only to its own validator, compared as a
+    // plain string.
+    let origin = Origin::start(|req| async move {
+        let inm = req
+            .headers()
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let h = [
+            ("cache-control", "private, max-age=0, must-revalidate"),
+            ("content-type", "text/html"),
+            ("etag", "\"xyz\""),
+        ];
+        if inm.as_deref() == Some("\"xyz\"") {
+            reply(304, &h[..1], "")
+        } else {
+            reply(200, &h, page())
+        }
+    })
+    .await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    let first = c
+        .get_with(&s.url("/doc"), &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!(first.header("content-encoding"), Some("gzip"));
+    let etag = first.header("etag").expect("etag").to_string();
+    assert_eq!(
+        decode(Coding::Gzip, &first.body).unwrap(),
+        Bytes::from(page())
+    );
+    // Revalidated the way a browser does, three times (leader, then
+    // hit-for-miss pass-through).
+    for _ in 0..3 {
+        let r = c
+            .get_with(
+                &s.url("/doc"),
+                &[("accept-encoding", "gzip"), ("if-none-match", &etag)],
+            )
+            .await;
+        assert_eq!(r.status, 304, "{}", r.cache_status());
+        assert!(r.body.is_empty());
+    }
+    assert_eq!(origin.count(), 4);
+}
+
+#[tokio::test]
+async fn every_compressible_response_is_compressed_on_every_path() {
+    let origin = Origin::start(|req| async move {
+        let cc = if req.uri().path().starts_with("/cached") {
+            "max-age=60"
+        } else {
+            "no-store"
+        };
+        reply(
+            200,
+            &[("cache-control", cc), ("content-type", "text/html")],
+            page(),
+        )
+    })
+    .await;
+    let rules = "[[rules]]\nmatch = \"/ruled/*\"\ncache_control = \"no-store\"\n";
+    let s = Strata::start(&[origin.addr], &format!("{NO_HEALTH}{rules}")).await;
+    let off = Strata::start(
+        &[origin.addr],
+        &format!("{NO_HEALTH}[cache]\nenabled = false\n"),
+    )
+    .await;
+    let c = Client::new();
+    let br = [("accept-encoding", "br")];
+    let check = |r: &support::Reply, what: &str| {
+        assert_eq!(r.status, 200, "{what}");
+        assert_eq!(r.header("content-encoding"), Some("br"), "{what}");
+        assert!(
+            r.header("vary")
+                .is_some_and(|v| v.contains("Accept-Encoding")),
+            "{what}"
+        );
+        assert_eq!(
+            decode(Coding::Br, &r.body).unwrap(),
+            Bytes::from(page()),
+            "{what}"
+        );
+    };
+    // Uncacheable: the leader, then hit-for-miss pass-through.
+    for i in 0..3 {
+        check(
+            &c.get_with(&s.url("/?q=7"), &br).await,
+            &format!("no-store #{i}"),
+        );
+    }
+    for i in 0..2 {
+        check(
+            &c.get_with(&s.url("/ruled/a"), &br).await,
+            &format!("rule #{i}"),
+        );
+    }
+    let post = c
+        .send(
+            Method::POST,
+            &s.url("/form"),
+            &br,
+            Bytes::from_static(b"a=1"),
+        )
+        .await;
+    check(&post, "POST");
+    let disabled = c.get_with(&off.url("/cached"), &br).await;
+    check(&disabled, "cache disabled");
+    assert_eq!(disabled.cache_status(), "strata; fwd=bypass");
+    // HEAD is never encoded on the pass path.
+    let head = c
+        .send(Method::HEAD, &s.url("/?q=7"), &br, Bytes::new())
+        .await;
+    assert!(head.body.is_empty());
+}
+
+#[tokio::test]
+async fn early_hints_do_not_break_the_final_response_and_are_never_stored() {
+    let (addr, answered) = support::origin::raw(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\nHTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    let s = Strata::start(&[addr], NO_HEALTH).await;
+    let c = Client::new();
+    let first = c.get(&s.url("/hinted")).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "hello");
+    let second = c.get(&s.url("/hinted")).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.text(), "hello");
+    assert!(
+        second.cache_status().contains("hit"),
+        "{}",
+        second.cache_status()
+    );
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+}
