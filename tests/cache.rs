@@ -21,24 +21,6 @@ async fn strata(origin: &Origin, extra: &str) -> Strata {
     Strata::start(&[origin.addr], &format!("{NO_HEALTH}{extra}")).await
 }
 
-async fn purge(s: &Strata, body: &str) -> (u16, Value) {
-    let r = Client::new()
-        .send(
-            Method::POST,
-            &s.admin_url("/purge"),
-            &[
-                ("authorization", "Bearer secret"),
-                ("content-type", "application/json"),
-            ],
-            Bytes::from(body.to_string()),
-        )
-        .await;
-    (
-        r.status.as_u16(),
-        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-    )
-}
-
 #[tokio::test]
 async fn miss_then_memory_hit_without_origin_contact() {
     let origin = Origin::fixed(
@@ -699,7 +681,7 @@ async fn tags_are_hidden_and_purges_work_by_tag_url_and_prefix() {
         c.get(&s.url(p)).await;
     }
     assert_eq!(
-        purge(&s, r#"{"tags": ["sport"]}"#).await,
+        s.purge(r#"{"tags": ["sport"]}"#).await,
         (200, serde_json::json!({"purged": 2}))
     );
     assert!(c
@@ -708,17 +690,17 @@ async fn tags_are_hidden_and_purges_work_by_tag_url_and_prefix() {
         .cache_status()
         .contains("fwd=miss"));
     assert!(c.get(&s.url("/u/1")).await.cache_status().contains("hit"));
-    assert_eq!(purge(&s, r#"{"url": "/u/1"}"#).await.1["purged"], 1);
+    assert_eq!(s.purge(r#"{"url": "/u/1"}"#).await.1["purged"], 1);
     assert!(c
         .get(&s.url("/u/1"))
         .await
         .cache_status()
         .contains("fwd=miss"));
     let abs = format!(r#"{{"url": "http://{}/u/2?q=1"}}"#, s.addr);
-    assert_eq!(purge(&s, &abs).await.1["purged"], 1);
+    assert_eq!(s.purge(&abs).await.1["purged"], 1);
     // /t/1 was fetched again after the tag purge; /t/2 was not.
-    assert_eq!(purge(&s, r#"{"prefix": "/t/"}"#).await.1["purged"], 1);
-    assert_eq!(purge(&s, r#"{"tags": ["nothing"]}"#).await.1["purged"], 0);
+    assert_eq!(s.purge(r#"{"prefix": "/t/"}"#).await.1["purged"], 1);
+    assert_eq!(s.purge(r#"{"tags": ["nothing"]}"#).await.1["purged"], 0);
 
     // Authentication and validation.
     let r = c
@@ -747,7 +729,7 @@ async fn tags_are_hidden_and_purges_work_by_tag_url_and_prefix() {
         r#"{"tags": []}"#,
         r#"{"prefix": "x"}"#,
     ] {
-        assert_eq!(purge(&s, bad).await.0, 400, "{bad}");
+        assert_eq!(s.purge(bad).await.0, 400, "{bad}");
     }
 }
 

@@ -16,19 +16,6 @@ use support::{wait_until, Client, Origin, Strata};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn purge(s: &Strata, body: &str) -> Value {
-    let r = Client::new()
-        .send(
-            Method::POST,
-            &s.admin_url("/purge"),
-            &[("authorization", "Bearer secret")],
-            Bytes::from(body.to_string()),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    serde_json::from_slice(&r.body).unwrap()
-}
-
 /// An origin with a validator: `If-None-Match: "v1"` gets a 304 (after
 /// `delay`, so that concurrent requests overlap the revalidation); counts
 /// the conditional requests in `revalidations`.
@@ -75,7 +62,7 @@ async fn soft_purge_serves_stale_while_one_revalidation_runs() {
     assert!(c.get(&url).await.cache_status().contains("hit"));
     assert_eq!(origin.count(), 1);
 
-    let answer = purge(&strata, r#"{"url": "/page", "soft": true}"#).await;
+    let answer = purge_ok(&strata, r#"{"url": "/page", "soft": true}"#).await;
     assert_eq!(answer["purged"], 1, "{answer}");
     assert_eq!(soft_purged(&strata, &host, "/page"), Some(true));
 
@@ -150,7 +137,7 @@ async fn soft_purge_reaches_the_fleet_and_revalidates_once() {
     })
     .await;
 
-    let answer = purge(&a, r#"{"prefix": "/sha", "soft": true}"#).await;
+    let answer = purge_ok(&a, r#"{"prefix": "/sha", "soft": true}"#).await;
     assert!(answer["purged"].as_u64().unwrap() >= 1, "{answer}");
     assert_eq!(soft_purged(&a, "fleet.example", "/shared"), Some(true));
     wait_until(WAIT, "B's copy marked stale through pub/sub", || async {
@@ -281,7 +268,7 @@ purge_prefixes = ["/catalog/"]
     assert_eq!(metric(&strata, "cascade").await, 3.0);
 
     // An admin purge of a product URL cascades as well.
-    let answer = purge(&strata, r#"{"url": "/api/products/7"}"#).await;
+    let answer = purge_ok(&strata, r#"{"url": "/api/products/7"}"#).await;
     assert_eq!(answer["cascaded"], 3, "{answer}");
     assert_eq!(answer["purged"], 4, "{answer}");
     assert_eq!(metric(&strata, "api").await, 1.0);
@@ -316,7 +303,7 @@ soft = true
             .cache_status()
             .contains("stored"));
     }
-    let answer = tokio::time::timeout(WAIT, purge(&strata, r#"{"prefix": "/a/"}"#))
+    let answer = tokio::time::timeout(WAIT, purge_ok(&strata, r#"{"prefix": "/a/"}"#))
         .await
         .expect("a cyclic cascade ends");
     // /a/ hard by the API; /b/ then /a/ again soft by the two cascades.
@@ -332,4 +319,10 @@ soft = true
         "{}",
         r.cache_status()
     );
+}
+
+async fn purge_ok(s: &Strata, body: &str) -> Value {
+    let (status, answer) = s.purge(body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
 }

@@ -48,19 +48,6 @@ async fn tagged_origin() -> Origin {
     .await
 }
 
-async fn purge(s: &Strata, body: &str) -> Value {
-    let r = Client::new()
-        .send(
-            Method::POST,
-            &s.admin_url("/purge"),
-            &[("authorization", "Bearer secret")],
-            Bytes::from(body.to_string()),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    serde_json::from_slice(&r.body).unwrap()
-}
-
 /// Waits (up to 30 s: a loaded CI machine can trip the 100 ms Redis
 /// timeout and the breaker for a while) until instance `s` answers `path`
 /// from Redis. The write from
@@ -148,7 +135,7 @@ async fn standalone_fleet_shares_entries_and_purges() {
 
     // Purge on A: B's memory tier is evicted through the channel.
     assert!(
-        purge(&a, r#"{"url": "/news/1"}"#).await["purged"]
+        purge_ok(&a, r#"{"url": "/news/1"}"#).await["purged"]
             .as_u64()
             .unwrap()
             >= 1
@@ -166,7 +153,7 @@ async fn standalone_fleet_shares_entries_and_purges() {
     get(&c, &a.url("/news/2")).await;
     shared_hit(&b, "/news/2").await;
     get(&c, &b.url("/news/2")).await; // now in B's memory
-    purge(&a, r#"{"tags": ["news"]}"#).await;
+    purge_ok(&a, r#"{"tags": ["news"]}"#).await;
     wait_until(Duration::from_secs(10), "B evicted by tag", || async {
         get(&c, &b.url("/news/2"))
             .await
@@ -179,7 +166,7 @@ async fn standalone_fleet_shares_entries_and_purges() {
     get(&c, &a.url("/other/x")).await;
     shared_hit(&b, "/other/x").await;
     assert!(
-        purge(&b, r#"{"prefix": "/other/"}"#).await["purged"]
+        purge_ok(&b, r#"{"prefix": "/other/"}"#).await["purged"]
             .as_u64()
             .unwrap()
             >= 1
@@ -397,4 +384,10 @@ async fn sentinel_failover_is_followed() {
         assert_eq!(get(&c, &a.url(&format!("/during/{i}"))).await.status, 200);
     }
     shared_again(&a, &b, "reads and writes through the new master").await;
+}
+
+async fn purge_ok(s: &Strata, body: &str) -> Value {
+    let (status, answer) = s.purge(body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
 }

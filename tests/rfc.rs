@@ -7,9 +7,6 @@ mod support;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Method;
-use serde_json::Value;
 use support::origin::reply;
 use support::{Client, Origin, Strata};
 
@@ -387,21 +384,6 @@ fn page(path: &str) -> Vec<(String, String)> {
     ])
 }
 
-async fn purge_url(s: &Strata, url: &str) -> Value {
-    let r = Client::new()
-        .send(
-            Method::POST,
-            &s.admin_url("/purge"),
-            &[
-                ("authorization", "Bearer secret"),
-                ("content-type", "application/json"),
-            ],
-            Bytes::from(format!("{{\"url\": \"{url}\"}}")),
-        )
-        .await;
-    serde_json::from_slice(&r.body).unwrap_or(Value::Null)
-}
-
 #[tokio::test]
 async fn a_completed_miss_is_a_hit_and_purgeable_at_once() {
     // Bodies large enough to be compressed at admission.
@@ -440,7 +422,11 @@ async fn a_completed_miss_is_a_hit_and_purgeable_at_once() {
         let path = format!("/p{i}");
         c.get_with(&s.url(&path), &[("accept-encoding", "gzip")])
             .await;
-        assert_eq!(purge_url(&s, &path).await["purged"], 1, "{path}");
+        assert_eq!(
+            s.purge(&format!("{{\"url\": \"{}\"}}", &path)).await.1["purged"],
+            1,
+            "{path}"
+        );
         let after = c.get(&s.url(&path)).await;
         assert!(
             !after.cache_status().contains("hit"),

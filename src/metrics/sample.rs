@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use prometheus::core::{Collector, Metric};
 use prometheus::IntCounterVec;
 
-use super::{Metrics, Outcome, RuleCounters, LATENCY_BUCKETS};
+use super::families::LATENCY_BUCKETS;
+use super::{Metrics, Outcome, RuleCounters};
 
 /// Cumulative bucket counts of a latency histogram: `counts[i]` requests
 /// took at most `LATENCY_BUCKETS[i]` seconds; the last entry is the total

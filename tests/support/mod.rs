@@ -105,6 +105,26 @@ impl Strata {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// `POST /purge` with the test token and a JSON `body`: the status and
+    /// the JSON answer (`Null` when it is not JSON).
+    pub async fn purge(&self, body: &str) -> (u16, serde_json::Value) {
+        let r = Client::new()
+            .send(
+                ::http::Method::POST,
+                &self.admin_url("/purge"),
+                &[
+                    ("authorization", "Bearer secret"),
+                    ("content-type", "application/json"),
+                ],
+                bytes::Bytes::from(body.to_string()),
+            )
+            .await;
+        (
+            r.status.as_u16(),
+            serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     /// Stops accepting and drains (bounded by the drain timeout).
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {

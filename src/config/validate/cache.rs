@@ -1,0 +1,279 @@
+//! Validation of the cache sections: `[cache]` (freshness, grace,
+//! targeted fields, refresh-ahead), `[cache.redis]` and `[compression]`.
+
+use super::super::file;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::super::{CacheConfig, ConfigError, RedisConfig, RedisMode};
+use super::{dur, Validator};
+use crate::compression::{Coding, CompressionPolicy, Levels};
+
+impl Validator<'_> {
+    pub(super) fn cache(&self, c: file::CacheFile) -> Result<CacheConfig, ConfigError> {
+        let file::CacheFile {
+            enabled,
+            memory_capacity,
+            max_object_size,
+            collapse_timeout,
+            heuristic_fraction,
+            max_heuristic_lifetime,
+            prefresh,
+            prefresh_min_hits,
+            grace,
+            targeted_cache_control,
+            redis,
+        } = c;
+        let prefresh = match prefresh {
+            Some(f) if !(0.0..1.0).contains(f.get_ref()) => {
+                return Err(self.at.spanned(
+                    &f,
+                    "cache.prefresh",
+                    "expected a fraction of the freshness lifetime from 0.0 (off) to below 1.0, e.g. 0.9",
+                ))
+            }
+            Some(f) => f.into_inner(),
+            None => 0.0,
+        };
+        let memory_capacity = memory_capacity.map_or(256 * 1024 * 1024, |s| s.0);
+        let max_object_size = match max_object_size {
+            Some(s) if s.get_ref().0 == 0 => {
+                return Err(self.at.spanned(
+                    &s,
+                    "cache.max_object_size",
+                    "expected a size above zero",
+                ))
+            }
+            Some(s) => s.into_inner().0,
+            None => 16 * 1024 * 1024,
+        };
+        let heuristic_fraction = match heuristic_fraction {
+            Some(f) if !(0.0..=1.0).contains(f.get_ref()) => {
+                return Err(self.at.spanned(
+                    &f,
+                    "cache.heuristic_fraction",
+                    "expected a fraction between 0.0 and 1.0",
+                ))
+            }
+            Some(f) => f.into_inner(),
+            None => 0.1,
+        };
+        let targeted_cache_control = match targeted_cache_control {
+            None => vec![
+                http::HeaderName::from_static("strata-cache-control"),
+                http::HeaderName::from_static("cdn-cache-control"),
+            ],
+            Some(names) => {
+                let mut out = Vec::with_capacity(names.len());
+                for name in names {
+                    match http::HeaderName::from_bytes(name.get_ref().as_bytes()) {
+                        Ok(n) => out.push(n),
+                        Err(_) => {
+                            return Err(self.at.spanned(
+                                &name,
+                                "cache.targeted_cache_control",
+                                "expected field names such as \"CDN-Cache-Control\"",
+                            ))
+                        }
+                    }
+                }
+                out
+            }
+        };
+        let redis = match redis {
+            None => None,
+            Some(r) => Some(self.redis(r)?),
+        };
+        Ok(CacheConfig {
+            enabled: enabled.unwrap_or(true),
+            memory_capacity,
+            max_object_size,
+            collapse_timeout: dur(collapse_timeout, 10),
+            heuristic_fraction,
+            max_heuristic_lifetime: max_heuristic_lifetime
+                .map_or(Duration::from_secs(86_400), |d| d.0),
+            prefresh,
+            prefresh_min_hits: prefresh_min_hits.unwrap_or(10),
+            grace: grace.map_or(Duration::from_secs(10), |d| d.0),
+            targeted_cache_control,
+            redis,
+        })
+    }
+
+    pub(super) fn redis(&self, r: file::RedisFile) -> Result<RedisConfig, ConfigError> {
+        let file::RedisFile {
+            mode,
+            urls,
+            sentinel_master,
+            timeout,
+            key_prefix,
+            write_queue,
+            breaker_threshold,
+            breaker_backoff,
+        } = r;
+        let mode_value = match &mode {
+            None => RedisMode::Standalone,
+            Some(m) => match m.get_ref().as_str() {
+                "standalone" => RedisMode::Standalone,
+                "cluster" => RedisMode::Cluster,
+                "sentinel" => RedisMode::Sentinel,
+                other => {
+                    return Err(self.at.spanned(
+                        m,
+                        "cache.redis.mode",
+                        format!(
+                            "unknown mode {other:?}, expected \"standalone\", \"cluster\" or \"sentinel\""
+                        ),
+                    ))
+                }
+            },
+        };
+        if urls.get_ref().is_empty() {
+            return Err(self.at.spanned(
+                &urls,
+                "cache.redis.urls",
+                "expected at least one URL such as \"redis://127.0.0.1:6379\"",
+            ));
+        }
+        for (i, u) in urls.get_ref().iter().enumerate() {
+            let ok = u.get_ref().starts_with("redis://")
+                || u.get_ref().starts_with("rediss://")
+                || u.get_ref().starts_with("redis+unix://")
+                || u.get_ref().starts_with("unix://");
+            if !ok || redis::IntoConnectionInfo::into_connection_info(u.get_ref().as_str()).is_err()
+            {
+                return Err(self.at.spanned(
+                    u,
+                    &format!("cache.redis.urls[{i}]"),
+                    format!(
+                        "invalid Redis URL {:?}, expected \"redis://host:port\"",
+                        u.get_ref()
+                    ),
+                ));
+            }
+        }
+        if mode_value == RedisMode::Standalone && urls.get_ref().len() > 1 {
+            return Err(self.at.spanned(
+                &urls,
+                "cache.redis.urls",
+                "standalone mode takes exactly one URL (use mode = \"cluster\" or \"sentinel\" for several)",
+            ));
+        }
+        let sentinel_master = match (mode_value, sentinel_master) {
+            (RedisMode::Sentinel, None) => {
+                let span = mode.as_ref().map_or(urls.span(), |m| m.span());
+                return Err(self.at.error(
+                    span,
+                    "cache.redis.sentinel_master",
+                    "required in sentinel mode: the master name the sentinels monitor",
+                ));
+            }
+            (RedisMode::Sentinel, Some(m)) => Some(m.into_inner()),
+            (_, Some(m)) => {
+                return Err(self.at.spanned(
+                    &m,
+                    "cache.redis.sentinel_master",
+                    "only valid with mode = \"sentinel\"",
+                ))
+            }
+            (_, None) => None,
+        };
+        Ok(RedisConfig {
+            mode: mode_value,
+            urls: urls
+                .into_inner()
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
+            sentinel_master,
+            timeout: timeout.map_or(Duration::from_millis(50), |d| d.0),
+            key_prefix: key_prefix.unwrap_or_else(|| "strata:".to_string()),
+            write_queue: write_queue.unwrap_or(1024),
+            breaker_threshold: breaker_threshold.unwrap_or(5).max(1),
+            breaker_backoff: breaker_backoff.map_or(Duration::from_secs(5), |d| d.0),
+        })
+    }
+
+    pub(super) fn compression(
+        &self,
+        c: file::CompressionFile,
+    ) -> Result<Option<CompressionPolicy>, ConfigError> {
+        let file::CompressionFile {
+            enabled,
+            algorithms,
+            min_size,
+            types,
+            store_level,
+            stream_level,
+        } = c;
+        if enabled == Some(false) {
+            return Ok(None);
+        }
+        let mut policy = CompressionPolicy::default();
+        if let Some(algorithms) = algorithms {
+            let mut list = Vec::new();
+            for (i, a) in algorithms.get_ref().iter().enumerate() {
+                let coding = Coding::from_token(a.get_ref()).ok_or_else(|| {
+                    self.at.spanned(
+                        a,
+                        &format!("compression.algorithms[{i}]"),
+                        format!(
+                            "unknown algorithm {:?}, expected \"br\" or \"gzip\"",
+                            a.get_ref()
+                        ),
+                    )
+                })?;
+                if !list.contains(&coding) {
+                    list.push(coding);
+                }
+            }
+            if list.is_empty() {
+                return Ok(None);
+            }
+            policy.algorithms = list;
+        }
+        if let Some(min) = min_size {
+            policy.min_size = min.0;
+        }
+        if let Some(types) = types {
+            policy.types = types;
+        }
+        if let Some(l) = store_level {
+            policy.store_level = self.levels(l, policy.store_level, "compression.store_level")?;
+        }
+        if let Some(l) = stream_level {
+            policy.stream_level =
+                self.levels(l, policy.stream_level, "compression.stream_level")?;
+        }
+        Ok(Some(policy))
+    }
+
+    fn levels(
+        &self,
+        l: file::LevelsFile,
+        default: Levels,
+        key: &str,
+    ) -> Result<Levels, ConfigError> {
+        let file::LevelsFile { br, gzip } = l;
+        let br = match br {
+            Some(v) if *v.get_ref() > 11 => {
+                return Err(self
+                    .at
+                    .spanned(&v, &format!("{key}.br"), "expected 0 to 11"))
+            }
+            Some(v) => v.into_inner(),
+            None => default.br,
+        };
+        let gzip = match gzip {
+            Some(v) if !(1..=9).contains(v.get_ref()) => {
+                return Err(self
+                    .at
+                    .spanned(&v, &format!("{key}.gzip"), "expected 1 to 9"))
+            }
+            Some(v) => v.into_inner(),
+            None => default.gzip,
+        };
+        Ok(Levels { br, gzip })
+    }
+}

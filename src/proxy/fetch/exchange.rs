@@ -1,0 +1,379 @@
+//! One exchange with the upstream for the cache, and its classification:
+//! the upstream request (whole and unconditional, or conditional on the
+//! stored validators), the response's directives (a rule's, a targeted
+//! field's per RFC 9213, or Cache-Control), whether it may be stored
+//! (RFC 9111 §3 within SPEC §10's privacy limits), its freshness policy
+//! with the rule's TTL keys, and a 304's update of the stored variant
+//! (RFC 9111 §4.3.4). Shared by the foreground fetch and the background
+//! refresh.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap};
+use http::request::Parts;
+use http::{Method, Request, StatusCode};
+
+use super::super::admit::Plan;
+use super::super::body::IdleTimeout;
+use super::super::error::ProxyError;
+use super::super::{forward, headers, ConnInfo, RequestCtx, Runtime};
+use crate::cache::directives::CacheControl;
+use crate::cache::entry::{self, Object, Variant};
+use crate::cache::freshness::{self, now_millis, Heuristic, Millis, NotStorable};
+use crate::cache::key::CacheKey;
+use crate::cache::{tags, Cache};
+use crate::rules::{lifetime, Lifetime, Rule};
+use crate::upstream::client::empty_body;
+
+/// Request fields Strata removes before a fetch it may store: the cache
+/// fetches whole, unconditional representations (or adds its own
+/// validators) and answers the client's conditions and ranges itself.
+pub(super) const CLIENT_CONDITIONALS: [header::HeaderName; 6] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
+/// RFC 9213 field addressed to Strata alone: obeyed, never passed on.
+pub const STRATA_CACHE_CONTROL: header::HeaderName =
+    header::HeaderName::from_static("strata-cache-control");
+
+/// An upstream body behind the idle timeout.
+pub(super) type UpstreamBody = IdleTimeout<crate::upstream::UpstreamBody>;
+
+/// The upstream's answer to a fetch for the cache, classified once.
+pub(super) enum Fetched {
+    /// The exchange failed.
+    Failed(ProxyError),
+    /// 5xx while a stale copy may stand in (the response is dropped).
+    ServerError(StatusCode),
+    /// 304 to a conditional fetch: the stored variant, refreshed and
+    /// admitted, and the object now holding it.
+    NotModified(Arc<Object>, Arc<Variant>),
+    /// A response to store while it streams.
+    Storable(Box<Plan>, http::response::Parts, UpstreamBody),
+    /// A full response that must not be stored.
+    Uncacheable(NotStorable, http::response::Parts, UpstreamBody),
+}
+
+/// What a fetch for the cache needs, owned so that a background refresh
+/// can carry it past the request.
+pub(super) struct Exchange {
+    pub(super) runtime: Arc<Runtime>,
+    pub(super) cache: Cache,
+    pub(super) conn: ConnInfo,
+    pub(super) rule: Option<usize>,
+    pub(super) req_cc: CacheControl,
+}
+
+// === impl Exchange ===
+
+impl Exchange {
+    pub(super) fn new(ctx: &RequestCtx<'_>) -> Exchange {
+        Exchange {
+            runtime: ctx.runtime.clone(),
+            cache: ctx.shared.cache.clone(),
+            conn: ctx.conn,
+            rule: ctx.rule,
+            req_cc: ctx.req_cc.clone(),
+        }
+    }
+
+    /// The rule for a response to `parts` with `headers`: from the
+    /// request's rule on, the first whose `content_type` fits too.
+    fn rule(&self, parts: &Parts, headers: &HeaderMap) -> Option<&Rule> {
+        self.runtime.config.rules.for_response(
+            self.rule?,
+            parts.uri.path(),
+            &parts.method,
+            headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+        )
+    }
+
+    /// The freshness policy of a response with final directives `cc`,
+    /// with the rule's TTL keys applied.
+    fn policy(
+        &self,
+        parts: &Parts,
+        status: StatusCode,
+        headers: &HeaderMap,
+        cc: &CacheControl,
+        response_time: Millis,
+    ) -> freshness::Policy {
+        let mut policy = freshness::policy(
+            status,
+            headers,
+            cc,
+            response_time,
+            self.heuristic(),
+            self.grace(),
+        );
+        if let Some(rule) = self.rule(parts, headers) {
+            let explicit = lifetime::explicit_lifetime(cc, headers);
+            rule.lifetimes.adjust(&mut policy, status, cc, explicit);
+        }
+        policy
+    }
+
+    fn heuristic(&self) -> Heuristic {
+        let c = &self.runtime.config.cache;
+        Heuristic {
+            fraction: c.heuristic_fraction,
+            max_secs: c.max_heuristic_lifetime.as_secs(),
+        }
+    }
+
+    /// The origin's directives to Strata: the first valid targeted field
+    /// (RFC 9213), else Cache-Control. A rule's Cache-Control, where it
+    /// applies, replaces them (see `shape`).
+    fn directives(&self, headers: &HeaderMap) -> CacheControl {
+        CacheControl::for_cache(headers, &self.runtime.config.cache.targeted_cache_control)
+    }
+
+    /// `[cache] grace` in seconds.
+    fn grace(&self) -> u64 {
+        self.runtime.config.cache.grace.as_secs()
+    }
+
+    /// The upstream request for a fetch Strata may store: a GET (HEAD is
+    /// converted), the client's conditions and range removed, and the
+    /// stored validators added when revalidating.
+    fn upstream_request(
+        &self,
+        parts: &Parts,
+        stale: Option<&Variant>,
+    ) -> Request<crate::upstream::ReqBody> {
+        let mut up = Request::new(empty_body());
+        *up.method_mut() = Method::GET;
+        *up.uri_mut() = parts.uri.clone();
+        *up.version_mut() = parts.version;
+        let mut h = parts.headers.clone();
+        for name in &CLIENT_CONDITIONALS {
+            h.remove(name);
+        }
+        if let Some(v) = stale {
+            if let Some(etag) = v.etag() {
+                h.insert(header::IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(lm) = v.last_modified() {
+                h.insert(header::IF_MODIFIED_SINCE, lm.clone());
+            }
+        }
+        *up.headers_mut() = h;
+        forward::upstream_request(up, self.conn, &self.runtime.config.server, false)
+    }
+
+    /// Sends the fetch and classifies the answer. `stale` is the stored
+    /// variant being validated; `stale_on_5xx` says a 5xx should give way
+    /// to it.
+    pub(super) async fn fetch(
+        &self,
+        parts: &Parts,
+        key: &CacheKey,
+        object: Option<&Arc<Object>>,
+        stale: Option<&Arc<Variant>>,
+        stale_on_5xx: bool,
+    ) -> Fetched {
+        let upstream = self.upstream_request(parts, stale.map(|v| &**v));
+        let request_time = now_millis();
+        let answer = match forward::send(&self.runtime, upstream).await {
+            Ok(a) => a,
+            Err(e) => return Fetched::Failed(e),
+        };
+        let response_time = now_millis();
+        let status = answer.response.status();
+        if let (StatusCode::NOT_MODIFIED, Some(old)) = (status, stale) {
+            let v = Arc::new(self.freshen(
+                parts,
+                old,
+                answer.response.headers(),
+                request_time,
+                response_time,
+            ));
+            let object = Arc::new(match object {
+                Some(o) => o.with_variant(v.clone()),
+                None => Object {
+                    key: key.clone(),
+                    variants: vec![v.clone()],
+                },
+            });
+            let now = CacheControl::from_headers(answer.response.headers());
+            if now.private || now.no_store {
+                // The origin no longer lets it be shared (SPEC §10).
+                self.cache.remove(key);
+            } else {
+                self.cache.admit(object.clone());
+            }
+            return Fetched::NotModified(object, v);
+        }
+        if stale_on_5xx && stale.is_some() && status.is_server_error() {
+            return Fetched::ServerError(status);
+        }
+        let (mut rparts, body) = answer.response.into_parts();
+        let body = IdleTimeout::new(body, self.runtime.config.upstream.body_idle_timeout);
+        let entry_tags = normalize_response(&mut rparts.headers);
+        let shaped = shape(
+            self.rule(parts, &rparts.headers),
+            &self.runtime.config.cache.targeted_cache_control,
+            status,
+            &parts.headers,
+            &self.req_cc,
+            &mut rparts.headers,
+        );
+        let cc = match shaped {
+            Ok(cc) => cc,
+            Err(reason) => return Fetched::Uncacheable(reason, rparts, body),
+        };
+        let max = self.runtime.config.cache.max_object_size;
+        if headers::content_length(&rparts.headers).is_some_and(|len| len > max) {
+            return Fetched::Uncacheable(NotStorable::TooLarge, rparts, body);
+        }
+        let times = freshness::times(&rparts.headers, request_time, response_time);
+        let policy = self.policy(parts, status, &rparts.headers, &cc, response_time);
+        let names = entry::vary_names(&rparts.headers);
+        let plan = Plan {
+            key: key.clone(),
+            base: object.cloned(),
+            vary: entry::vary_key(&parts.headers, &names),
+            status,
+            headers: rparts.headers.clone(),
+            times,
+            policy,
+            tags: entry_tags,
+            max_size: max,
+            compression: self.runtime.config.compression.clone(),
+        };
+        Fetched::Storable(Box::new(plan), rparts, body)
+    }
+}
+
+/// Shapes upstream response headers the way the cache stores and serves
+/// them: hop-by-hop fields out, surrogate tags taken out (and returned).
+fn normalize_response(headers: &mut HeaderMap) -> Vec<String> {
+    headers::strip_hop_by_hop(headers, false);
+    tags::take(headers)
+}
+
+/// Applies `rule` to a response within SPEC §10 and decides whether it
+/// may be stored: the response's directives after the rule, or why not.
+///
+/// What the origin made private (or the request, `Authorization`) stays
+/// private whatever the rule says, and the client gets the origin's own
+/// Cache-Control; a rule's Cache-Control and TTL keys apply to success
+/// statuses only, others only when `status_ttl` names them.
+fn shape(
+    rule: Option<&Rule>,
+    targeted: &[header::HeaderName],
+    status: StatusCode,
+    request: &HeaderMap,
+    request_cc: &CacheControl,
+    response: &mut HeaderMap,
+) -> Result<CacheControl, NotStorable> {
+    // The origin's directives to Strata: a targeted field (RFC 9213) if
+    // valid, else Cache-Control. Strata's own field is never passed on.
+    let origin = CacheControl::for_cache(response, targeted);
+    response.remove(STRATA_CACHE_CONTROL);
+    if let Some(reason) = lifetime::private(request, request_cc, response, &origin) {
+        return Err(reason);
+    }
+    let mut cc = origin;
+    if let Some((value, directives)) = rule
+        .filter(|_| lifetime::rule_status(status))
+        .and_then(|r| Some((r.cache_control()?, r.directives()?)))
+    {
+        response.insert(header::CACHE_CONTROL, value.clone());
+        cc = directives.clone();
+    }
+    let verdict = freshness::storable(&Method::GET, request, request_cc, status, response, &cc);
+    let given = rule.map_or(Lifetime::Origin, |r| {
+        r.lifetimes
+            .decide(status, lifetime::explicit_lifetime(&cc, response))
+    });
+    match (verdict, given) {
+        (_, Lifetime::Never) => Err(NotStorable::Status),
+        (Ok(()), _) => Ok(cc),
+        // A rule's lifetime stands in for the freshness the response
+        // lacks; never for what makes a response unstorable as such.
+        (Err(NotStorable::Status | NotStorable::NoFreshness), Lifetime::Given(_))
+            if !(status.is_informational()
+                || status == StatusCode::PARTIAL_CONTENT
+                || status == StatusCode::NOT_MODIFIED) =>
+        {
+            Ok(cc)
+        }
+        (Err(reason), _) => Err(reason),
+    }
+}
+
+/// RFC 9111 §4.3.4: a 304 updates the stored headers (all but
+/// Content-Length and the representation's framing) and restarts the
+/// freshness clock. A rule's Cache-Control and TTL keys still apply, to
+/// the stored status; a `Set-Cookie` on the 304 is the requester's, never
+/// the shared copy's.
+impl Exchange {
+    fn freshen(
+        &self,
+        parts: &Parts,
+        old: &Variant,
+        update: &HeaderMap,
+        request_time: Millis,
+        response_time: Millis,
+    ) -> Variant {
+        let rule = self.rule(parts, &old.headers);
+        // Owned values: the 304's are slices of the connection's read buffer.
+        let mut update = entry::owned_headers(update);
+        normalize_response(&mut update);
+        let origin = self.directives(&update);
+        let ruled = match rule
+            .filter(|_| lifetime::rule_status(old.status) && !origin.private && !origin.no_store)
+            .and_then(Rule::cache_control)
+        {
+            Some(value) => {
+                update.insert(header::CACHE_CONTROL, value.clone());
+                true
+            }
+            None => false,
+        };
+        for name in [
+            header::CONTENT_LENGTH,
+            header::CONTENT_ENCODING,
+            header::CONTENT_RANGE,
+            header::SET_COOKIE,
+        ] {
+            update.remove(name);
+        }
+        let apply = |target: &mut HeaderMap, keep_etag: bool| {
+            let mut last: Option<header::HeaderName> = None;
+            for (name, value) in update.iter() {
+                if keep_etag && name == header::ETAG {
+                    continue;
+                }
+                if last.as_ref() != Some(name) {
+                    target.remove(name);
+                    last = Some(name.clone());
+                }
+                target.append(name.clone(), value.clone());
+            }
+            target.remove(header::AGE);
+        };
+        let mut v = old.clone();
+        v.soft_purged = false;
+        apply(&mut v.headers, false);
+        let cc = if ruled {
+            CacheControl::from_headers(&v.headers)
+        } else {
+            self.directives(&v.headers)
+        };
+        v.headers.remove(STRATA_CACHE_CONTROL);
+        for e in &mut v.encoded {
+            apply(&mut e.headers, true);
+            e.headers.remove(STRATA_CACHE_CONTROL);
+        }
+        v.times = freshness::times(&update, request_time, response_time);
+        v.policy = self.policy(parts, v.status, &v.headers, &cc, response_time);
+        v
+    }
+}
