@@ -1,6 +1,7 @@
 //! The admin API on its own listener: `GET /health` (always open);
 //! `GET /metrics`, `/stats`, `/dashboard`, `/events` (behind
-//! `[admin] read_token` when set); the mutating `POST /purge`,
+//! `[admin] read_token` when set); `GET /cache?url=` (always behind a
+//! token, see `admin/inspect.rs`); the mutating `POST /purge`,
 //! `POST /upstreams/drain` and `POST /upstreams/undrain` (bearer
 //! `[admin] token` required).
 //!
@@ -9,13 +10,18 @@
 //! - `admin/events.rs`: the Server-Sent-Events stream of snapshots.
 //! - `admin/snapshot.rs`: what a snapshot holds and how it is computed.
 //! - `admin/purge.rs`: `POST /purge`.
+//! - `admin/inspect.rs`: `GET /cache?url=`, what is stored for a URL.
+//! - `admin/target.rs`: a URL keyed as a request for it would be (purge
+//!   and inspection).
 //! - `admin/upstreams.rs`: drain and undrain an upstream server.
 
 pub mod auth;
 pub mod dashboard;
 pub mod events;
+pub mod inspect;
 pub mod purge;
 pub mod snapshot;
+pub mod target;
 pub mod upstreams;
 
 use std::sync::Arc;
@@ -61,6 +67,7 @@ impl Admin {
             (&Method::GET | &Method::HEAD, "/dashboard") => dashboard::page(),
             (&Method::GET, "/events") => self.events.subscribe(),
             (&Method::POST, "/purge") => purge::handle(&self.shared, req).await,
+            (&Method::GET | &Method::HEAD, "/cache") => inspect::handle(&self.shared, &req).await,
             (&Method::POST, "/upstreams/drain") => upstreams::handle(&self.shared, req, true).await,
             (&Method::POST, "/upstreams/undrain") => {
                 upstreams::handle(&self.shared, req, false).await
@@ -153,7 +160,7 @@ fn is_read_endpoint(path: &str) -> bool {
 /// §15.5.6: a 405 must list them); `None` for an unknown path.
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
-        "/health" | "/metrics" | "/stats" | "/dashboard" => Some("GET, HEAD"),
+        "/health" | "/metrics" | "/stats" | "/dashboard" | "/cache" => Some("GET, HEAD"),
         "/events" => Some("GET"),
         "/purge" | "/upstreams/drain" | "/upstreams/undrain" => Some("POST"),
         _ => None,

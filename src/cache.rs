@@ -370,6 +370,25 @@ impl Cache {
         Ok(Purged { direct, cascaded })
     }
 
+    /// Up to `limit` objects per tier that `selector` selects, read
+    /// without changing or promoting them (`GET /cache`). Redis is `None`
+    /// when not configured; its error is the caller's to report.
+    pub async fn find(
+        &self,
+        selector: &Selector,
+        limit: usize,
+    ) -> (
+        Vec<Arc<Object>>,
+        Option<Result<Vec<Arc<Object>>, storage::StorageError>>,
+    ) {
+        let memory = self.inner.memory.find(selector, limit);
+        let redis = match &self.inner.redis {
+            Some(redis) => Some(redis.find(selector, limit).await),
+            None => None,
+        };
+        (memory, redis)
+    }
+
     /// One selector on every tier (hard or soft); returns the object count.
     async fn apply(&self, selector: &Selector, soft: bool) -> Result<u64, PurgeError> {
         if soft {

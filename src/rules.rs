@@ -7,17 +7,22 @@
 //!
 //! - `rules/lifetime.rs`: what a rule may and may not override (SPEC §10:
 //!   never privacy, only success statuses) and the TTL keys.
+//! - `rules/key.rs`: the key options (`key.*`: query normalisation, header
+//!   and cookie values in the key) and what a URL names for purge and
+//!   inspection.
 //!
 //! Globs use `/` as a separator: `*` stays inside one segment, `**/` matches
 //! zero or more whole segments, so `"**/*.html"` matches `/index.html` and
 //! `/a/b/c.html`, and `"/assets/**"` matches everything below `/assets/`.
 
+pub mod key;
 pub mod lifetime;
 
 use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use http::{HeaderValue, Method};
 
 use crate::cache::directives::CacheControl;
+pub use key::{KeyOptions, KeyTarget};
 pub use lifetime::{Lifetime, Lifetimes};
 
 /// One compiled rule.
@@ -33,6 +38,9 @@ pub struct Rule {
     /// any.
     content_type: Option<GlobSet>,
     pub lifetimes: Lifetimes,
+    /// `None` when the key is the request's own: routing a hit under this
+    /// rule then hashes borrowed parts and allocates nothing.
+    key: Option<Box<KeyOptions>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +99,7 @@ impl Rule {
             methods: None,
             content_type: None,
             lifetimes: Lifetimes::default(),
+            key: None,
         })
     }
 
@@ -119,6 +128,17 @@ impl Rule {
     pub fn with_lifetimes(mut self, lifetimes: Lifetimes) -> Rule {
         self.lifetimes = lifetimes;
         self
+    }
+
+    /// Sets the key options; options that change nothing are dropped.
+    pub fn with_key(mut self, key: KeyOptions) -> Rule {
+        self.key = (!key.is_identity()).then(|| Box::new(key));
+        self
+    }
+
+    /// The key options, when they change the key.
+    pub fn key(&self) -> Option<&KeyOptions> {
+        self.key.as_deref()
     }
 
     pub fn pattern(&self) -> &str {

@@ -4,6 +4,10 @@
 //! `{"purged": N}`, plus `"cascaded": M` when cascades ran (`N` counts
 //! the cascaded entries too).
 //! 401 without the right token, 400 on a bad body.
+//!
+//! A `url` is normalised like a request's path and keyed with the
+//! matching rule's key options (`admin/target.rs`); under a rule that
+//! appends header or cookie values it purges every value's entry.
 
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -56,7 +60,13 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
             prefix: None,
             tags: None,
             ..
-        } if !url.is_empty() => Purge::Url(url),
+        } if !url.is_empty() => {
+            // Keyed as a GET for it would be (SPEC §7, §10).
+            match super::target::key_target(&shared.runtime.load().config.rules, &url) {
+                Ok(target) => target.purge(),
+                Err(e) => return bad(&e.to_string()),
+            }
+        }
         PurgeBody {
             url: None,
             prefix: Some(prefix),

@@ -109,6 +109,21 @@ impl MemoryTier {
         self.cache.remove(&key.hash()).is_some()
     }
 
+    /// Up to `limit` objects `selector` selects (a full scan: for the
+    /// admin API only).
+    pub fn find(&self, selector: &Selector, limit: usize) -> Vec<Arc<Object>> {
+        match selector {
+            Selector::Key(key) => self.get_key(key).into_iter().collect(),
+            _ => self
+                .cache
+                .iter()
+                .filter(|(_, o)| selector.selects(o))
+                .map(|(_, o)| o)
+                .take(limit)
+                .collect(),
+        }
+    }
+
     /// Removes every object `pred` selects; returns how many.
     pub fn remove_where(&self, pred: impl Fn(&Object) -> bool) -> u64 {
         self.removals.fetch_add(1, Ordering::SeqCst);

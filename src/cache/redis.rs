@@ -32,6 +32,7 @@ mod conn;
 mod fleet;
 mod hot;
 mod index;
+mod inspect;
 mod soft;
 mod store;
 
@@ -297,6 +298,17 @@ impl RedisTier {
             (Ok(_), Err(e)) => Err(e),
             (Err(_), _) => marked,
         }
+    }
+
+    /// Up to `limit` objects `selector` selects, read without changing
+    /// them (for `GET /cache`); bounded by [`PURGE_CAP`], tried even while
+    /// the breaker is open.
+    pub async fn find(
+        &self,
+        selector: &Selector,
+        limit: usize,
+    ) -> Result<Vec<Arc<Object>>, StorageError> {
+        self.inner.core.find_redis(selector, limit, PURGE_CAP).await
     }
 
     /// Invalidation after an unsafe method (RFC 9111 §4.4): deletes the

@@ -217,6 +217,19 @@ pub struct RuleFile {
     pub status_ttl: Option<BTreeMap<Spanned<String>, Dur>>,
     pub stale_while_revalidate: Option<Dur>,
     pub stale_if_error: Option<Dur>,
+    pub key: Option<KeyFile>,
+}
+
+/// `key.*` of a rule: how the cache key is built (never the upstream
+/// request).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    pub query: Option<Spanned<String>>,
+    pub query_ignore: Option<Spanned<Vec<Spanned<String>>>>,
+    pub query_only: Option<Spanned<Vec<Spanned<String>>>>,
+    pub headers: Option<Vec<Spanned<String>>>,
+    pub cookies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

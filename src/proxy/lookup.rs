@@ -4,8 +4,11 @@
 //! goes upstream; the answer is a [`Lookup`] that `proxy::handle` matches.
 //!
 //! A fresh memory hit allocates nothing here: the key is hashed from
-//! borrowed parts, and the stored object is shared by `Arc`.
+//! borrowed parts, and the stored object is shared by `Arc`. Only a rule
+//! with key options (`key.*`, `rules/key.rs`) builds its key path, once per
+//! request, in [`route`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap};
@@ -28,8 +31,10 @@ pub struct Route<'r> {
     /// [`CacheKey::hash_of`] the scheme, authority and path.
     pub hash: u128,
     pub authority: &'r str,
-    /// Path and query, as the key holds them.
-    pub path: &'r str,
+    /// Path and query as the key holds them: the request's own, or,
+    /// under a rule with key options, normalised and with header and
+    /// cookie values appended (never what goes upstream).
+    pub path: Cow<'r, str>,
     /// Index of the first matching rule in `config.rules`.
     pub rule: Option<usize>,
 }
@@ -55,9 +60,13 @@ pub fn route<'r>(
         return Err(Fwd::Bypass);
     }
     let authority = super::request_host(req).ok_or(Fwd::Bypass)?;
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let hash = CacheKey::hash_of(conn.https, authority, path);
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let rule = runtime.config.rules.find(req.uri().path(), req.method());
+    let path = match rule.and_then(|(_, r)| r.key()) {
+        None => Cow::Borrowed(target),
+        Some(key) => Cow::Owned(key.request_path(target, req.headers())),
+    };
+    let hash = CacheKey::hash_of(conn.https, authority, &path);
     if rule.is_some_and(|(_, r)| r.bypasses()) || shared.cache.is_pass(hash) {
         return Err(Fwd::Bypass);
     }
@@ -164,7 +173,7 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
     let found = ctx
         .shared
         .cache
-        .lookup(route.hash, https, route.authority, route.path)
+        .lookup(route.hash, https, route.authority, &route.path)
         .await;
     let mut fwd = Fwd::Miss;
     let mut stale = None;
@@ -241,7 +250,7 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
         ctx.runtime.rule_counters.miss(i);
     }
     Lookup::Fetch(Miss {
-        key: CacheKey::new(https, route.authority, route.path),
+        key: CacheKey::new(https, route.authority, &route.path),
         object,
         stale,
         fwd,

@@ -203,6 +203,12 @@ impl Keys {
         c
     }
 
+    pub(crate) fn get(key: &[u8]) -> Cmd {
+        let mut c = redis::cmd("GET");
+        c.arg(key);
+        c
+    }
+
     pub(crate) fn delete(key: &[u8]) -> Cmd {
         let mut c = redis::cmd("DEL");
         c.arg(key);

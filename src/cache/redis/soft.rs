@@ -61,7 +61,7 @@ impl Core {
 
 /// Every object key an index range holds, page by page (`page(offset)`);
 /// `in_path_index`: members are path-index members, not object keys.
-async fn members(
+pub(super) async fn members(
     mut c: Conn,
     page: impl Fn(usize) -> Cmd,
     in_path_index: bool,

@@ -1,9 +1,11 @@
-//! `[[rules]]` → [`RuleSet`]: globs, Cache-Control, methods, media types
-//! and TTL keys, with the contradictions `strata check` rejects (`min_ttl`
-//! above `max_ttl`, bad or repeated status patterns), each error located at
-//! the offending key.
+//! `[[rules]]` → [`RuleSet`]: globs, Cache-Control, methods, media types,
+//! TTL keys and key options, with the contradictions `strata check`
+//! rejects (`min_ttl` above `max_ttl`, bad or repeated status patterns,
+//! `key.query_only` with `key.query_ignore`, filters under `key.query =
+//! "none"`), each error located at the offending key.
 
 use super::*;
+use crate::rules::key::{is_token, name_globs, KeyOptions, QueryFilter, QueryMode};
 use crate::rules::{media_glob, parse_method, Lifetimes, Rule, RuleError, RuleSet};
 
 impl Validator<'_> {
@@ -27,6 +29,7 @@ impl Validator<'_> {
             status_ttl,
             stale_while_revalidate,
             stale_if_error,
+            key,
         } = r;
         let at = |span: Range<usize>, field: &str, e: &dyn fmt::Display| {
             self.at.error(span, &format!("rules[{i}].{field}"), e)
@@ -83,6 +86,82 @@ impl Validator<'_> {
                 .insert(pattern.get_ref(), secs(d))
                 .map_err(|e| at(pattern.span(), "status_ttl", &e))?;
         }
-        Ok(rule.with_lifetimes(lifetimes))
+        let rule = rule.with_lifetimes(lifetimes);
+        Ok(match key {
+            None => rule,
+            Some(k) => rule.with_key(self.key(i, k)?),
+        })
+    }
+
+    fn key(&self, i: usize, k: file::KeyFile) -> Result<KeyOptions, ConfigError> {
+        let file::KeyFile {
+            query,
+            query_ignore,
+            query_only,
+            headers,
+            cookies,
+        } = k;
+        let at = |span: Range<usize>, field: &str, e: &dyn fmt::Display| {
+            self.at.error(span, &format!("rules[{i}].key.{field}"), e)
+        };
+        let mode = match &query {
+            None => QueryMode::All,
+            Some(q) => QueryMode::parse(q.get_ref()).ok_or_else(|| {
+                at(
+                    q.span(),
+                    "query",
+                    &format_args!(
+                        "expected \"all\", \"sorted\" or \"none\", got {:?}",
+                        q.get_ref()
+                    ),
+                )
+            })?,
+        };
+        let globs = |list: &Spanned<Vec<Spanned<String>>>, field: &str| {
+            for g in list.get_ref() {
+                name_globs([g.get_ref().as_str()]).map_err(|e| at(g.span(), field, &e))?;
+            }
+            name_globs(list.get_ref().iter().map(|g| g.get_ref().as_str()))
+                .map_err(|e| at(list.span(), field, &e))
+        };
+        let filter = match (&query_ignore, &query_only) {
+            (Some(_), Some(only)) => {
+                return Err(at(
+                    only.span(),
+                    "query_only",
+                    &"query_only and query_ignore exclude each other: keep one",
+                ))
+            }
+            (Some(ignore), None) => Some(QueryFilter::Ignore(globs(ignore, "query_ignore")?)),
+            (None, Some(only)) => Some(QueryFilter::Only(globs(only, "query_only")?)),
+            (None, None) => None,
+        };
+        if let (Some(q), true) = (&query, mode == QueryMode::None && filter.is_some()) {
+            return Err(at(
+                q.span(),
+                "query",
+                &"query = \"none\" drops the whole query: query_ignore / query_only would do nothing",
+            ));
+        }
+        let mut header_names = Vec::new();
+        for h in headers.iter().flatten() {
+            let name = http::HeaderName::from_bytes(h.get_ref().trim().as_bytes())
+                .map_err(|_| at(h.span(), "headers", &"not a valid header name"))?;
+            header_names.push(name);
+        }
+        let mut cookie_names = Vec::new();
+        for c in cookies.iter().flatten() {
+            let name = c.get_ref().trim();
+            if !is_token(name) {
+                return Err(at(c.span(), "cookies", &"not a valid cookie name"));
+            }
+            cookie_names.push(name.to_string());
+        }
+        Ok(KeyOptions {
+            query: mode,
+            filter,
+            headers: header_names,
+            cookies: cookie_names,
+        })
     }
 }

@@ -1,0 +1,379 @@
+//! A rule's key options (`key.*`, SPEC §7): how the query takes part in
+//! the cache key (`all`, `sorted`, `none`, parameters ignored or kept by
+//! name glob) and which request header and cookie values are appended to
+//! it. They change the cache key only, never the request sent upstream.
+//!
+//! The key's path part becomes `PATH[?QUERY][#h.NAME=VALUE&c.NAME=VALUE]`:
+//! a request target never holds `#` (the `http` crate drops a fragment),
+//! so the appended values cannot collide with a path; `%`, `#`, `&` and `=`
+//! in values are percent-encoded. A missing header or cookie is written
+//! without `=`, so it differs from an empty one. Cookies are parsed with
+//! the `cookie` crate (RFC 6265 §4.2 `Cookie` fields).
+//!
+//! Parameter names are matched as sent (not percent-decoded), with globs
+//! where `*` matches any run of characters.
+
+use std::fmt::Write as _;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use http::header::{self, HeaderMap, HeaderName};
+use http::Method;
+
+use super::RuleSet;
+use crate::cache::key::CacheKey;
+use crate::cache::Purge;
+
+/// `key.query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueryMode {
+    /// As sent (less ignored parameters).
+    #[default]
+    All,
+    /// Parameters sorted by name (stable), so `?b=2&a=1` and `?a=1&b=2`
+    /// share an entry.
+    Sorted,
+    /// The query takes no part in the key.
+    None,
+}
+
+impl QueryMode {
+    /// `"all"`, `"sorted"` or `"none"`.
+    pub fn parse(s: &str) -> Option<QueryMode> {
+        match s {
+            "all" => Some(QueryMode::All),
+            "sorted" => Some(QueryMode::Sorted),
+            "none" => Some(QueryMode::None),
+            _ => None,
+        }
+    }
+}
+
+/// Which query parameters the key keeps, by name glob.
+#[derive(Debug, Clone)]
+pub enum QueryFilter {
+    /// `key.query_ignore`: drop these.
+    Ignore(GlobSet),
+    /// `key.query_only`: keep only these.
+    Only(GlobSet),
+}
+
+/// A rule's key options; the default changes nothing.
+#[derive(Debug, Clone, Default)]
+pub struct KeyOptions {
+    pub query: QueryMode,
+    pub filter: Option<QueryFilter>,
+    /// Request fields whose values are appended, in this order.
+    pub headers: Vec<HeaderName>,
+    /// Cookie names whose values are appended, in this order.
+    pub cookies: Vec<String>,
+}
+
+/// Compiles parameter-name globs (`utm_*`, `fbclid`).
+pub fn name_globs<'a>(
+    globs: impl IntoIterator<Item = &'a str>,
+) -> Result<GlobSet, globset::Error> {
+    let mut set = GlobSetBuilder::new();
+    for g in globs {
+        set.add(Glob::new(g)?);
+    }
+    set.build()
+}
+
+/// Whether `name` is an RFC 9110 §5.6.2 token (a valid cookie name,
+/// RFC 6265 §4.1.1).
+pub fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl KeyOptions {
+    /// Whether the options leave the key as the request gives it (such a
+    /// rule keeps none, so the hit path hashes borrowed parts).
+    pub fn is_identity(&self) -> bool {
+        self.query == QueryMode::All && self.filter.is_none() && !self.appends()
+    }
+
+    /// Whether header or cookie values are appended to keys.
+    pub fn appends(&self) -> bool {
+        !(self.headers.is_empty() && self.cookies.is_empty())
+    }
+
+    /// The key's path part for a request: `path_and_query` normalised
+    /// ([`KeyOptions::normalise`]), then the header and cookie values from
+    /// `request`.
+    pub fn request_path(&self, path_and_query: &str, request: &HeaderMap) -> String {
+        let mut out = self.normalise(path_and_query);
+        if !self.appends() {
+            return out;
+        }
+        out.push('#');
+        let mut first = true;
+        let mut sep = |out: &mut String| {
+            if !std::mem::take(&mut first) {
+                out.push('&');
+            }
+        };
+        for name in &self.headers {
+            sep(&mut out);
+            out.push_str("h.");
+            out.push_str(name.as_str());
+            let mut values = request.get_all(name).iter().peekable();
+            if values.peek().is_some() {
+                out.push('=');
+                for (i, v) in values.enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    escape(&mut out, &String::from_utf8_lossy(v.as_bytes()));
+                }
+            }
+        }
+        for name in &self.cookies {
+            sep(&mut out);
+            out.push_str("c.");
+            out.push_str(name);
+            if let Some(value) = cookie_value(request, name) {
+                out.push('=');
+                escape(&mut out, &value);
+            }
+        }
+        out
+    }
+
+    /// The query normalisation alone (purge by URL has no request fields):
+    /// `path_and_query` with its query kept, sorted, filtered or dropped.
+    pub fn normalise(&self, path_and_query: &str) -> String {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        if self.query == QueryMode::All && self.filter.is_none() {
+            return path_and_query.to_string();
+        }
+        let Some(query) = query.filter(|_| self.query != QueryMode::None) else {
+            return path.to_string();
+        };
+        let mut params: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter(|p| match &self.filter {
+                None => true,
+                Some(QueryFilter::Ignore(set)) => !set.is_match(param_name(p)),
+                Some(QueryFilter::Only(set)) => set.is_match(param_name(p)),
+            })
+            .collect();
+        if self.query == QueryMode::Sorted {
+            // Stable: repeated names keep their relative order.
+            params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+        }
+        let mut out = String::with_capacity(path_and_query.len());
+        out.push_str(path);
+        if !params.is_empty() {
+            out.push('?');
+            out.push_str(&params.join("&"));
+        }
+        out
+    }
+}
+
+/// The entries a URL names (purge by URL, `GET /cache?url=`), keyed as a
+/// GET for it would be: the matching rule's query normalisation applied,
+/// and, when the rule appends header or cookie values, every value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTarget {
+    /// Scheme (https?) and authority of an absolute URL; `None`: a path,
+    /// for every host.
+    origin: Option<(bool, String)>,
+    /// The key's path and query, normalised, without appended values.
+    path: String,
+    /// The rule appends header or cookie values: the URL names every
+    /// `PATH#…` key.
+    appended: bool,
+}
+
+impl KeyTarget {
+    /// The key path the URL names (without appended values).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Whether `key` is one of the URL's entries (host included for an
+    /// absolute URL).
+    pub fn selects(&self, key: &CacheKey) -> bool {
+        let path_ok = if self.appended {
+            key.path()
+                .strip_prefix(self.path.as_str())
+                .is_some_and(|rest| rest.starts_with('#'))
+        } else {
+            key.path() == self.path
+        };
+        path_ok
+            && self
+                .origin
+                .as_ref()
+                .is_none_or(|(https, authority)| key.matches(*https, authority, key.path()))
+    }
+
+    /// The URL as a purge names it: the normalised absolute URL or path;
+    /// with appended values, the `PATH#` prefix of every value's entry.
+    /// The Redis path index holds no host, so that prefix is purged on
+    /// every host even for an absolute URL.
+    pub fn purge(&self) -> Purge {
+        if self.appended {
+            return Purge::Prefix(format!("{}#", self.path));
+        }
+        match &self.origin {
+            None => Purge::Url(self.path.clone()),
+            Some((https, authority)) => {
+                Purge::Url(CacheKey::new(*https, authority, &self.path).url().to_string())
+            }
+        }
+    }
+}
+
+impl RuleSet {
+    /// What a URL names: `origin` is `(https, authority)` of an absolute
+    /// URL (`None`: every host), `path_and_query` its path, already
+    /// normalised as a request's is (SPEC §10). The rule is the one a GET
+    /// of that path matches.
+    pub fn key_target(&self, origin: Option<(bool, &str)>, path_and_query: &str) -> KeyTarget {
+        let path_only = path_and_query.split('?').next().unwrap_or("/");
+        let options = self
+            .find(path_only, &Method::GET)
+            .and_then(|(_, r)| r.key());
+        let (path, appended) = match options {
+            None => (path_and_query.to_string(), false),
+            Some(k) => (k.normalise(path_and_query), k.appends()),
+        };
+        KeyTarget {
+            origin: origin.map(|(https, a)| (https, a.to_ascii_lowercase())),
+            path,
+            appended,
+        }
+    }
+}
+
+/// A query parameter's name (`name=value` or a bare `name`).
+fn param_name(p: &str) -> &str {
+    p.split_once('=').map_or(p, |(n, _)| n)
+}
+
+/// The value of the first cookie `name` in the request's `Cookie` fields
+/// (RFC 6265 §5.4; HTTP/2 may split them over several fields).
+fn cookie_value(request: &HeaderMap, name: &str) -> Option<String> {
+    request
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_string())
+}
+
+fn escape(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '%' | '#' | '&' | '=' => {
+                let _ = write!(out, "%{:02X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn opts(query: QueryMode, filter: Option<QueryFilter>) -> KeyOptions {
+        KeyOptions {
+            query,
+            filter,
+            ..KeyOptions::default()
+        }
+    }
+
+    #[test]
+    fn query_modes() {
+        let all = opts(QueryMode::All, None);
+        assert!(all.is_identity());
+        assert_eq!(all.normalise("/p?b=2&a=1"), "/p?b=2&a=1");
+        assert_eq!(all.normalise("/p"), "/p");
+        let sorted = opts(QueryMode::Sorted, None);
+        assert!(!sorted.is_identity());
+        assert_eq!(sorted.normalise("/p?b=2&a=1&a=0"), "/p?a=1&a=0&b=2");
+        assert_eq!(sorted.normalise("/p?"), "/p");
+        assert_eq!(sorted.normalise("/p?x&&a"), "/p?a&x");
+        let none = opts(QueryMode::None, None);
+        assert_eq!(none.normalise("/p?b=2&a=1"), "/p");
+        let ignore = opts(
+            QueryMode::All,
+            Some(QueryFilter::Ignore(name_globs(["utm_*", "fbclid"]).unwrap())),
+        );
+        assert_eq!(
+            ignore.normalise("/p?utm_source=x&id=1&fbclid=9"),
+            "/p?id=1"
+        );
+        assert_eq!(ignore.normalise("/p?utm_source=x"), "/p");
+        let only = opts(
+            QueryMode::Sorted,
+            Some(QueryFilter::Only(name_globs(["q", "page"]).unwrap())),
+        );
+        assert_eq!(only.normalise("/s?page=2&x=1&q=a"), "/s?page=2&q=a");
+        assert_eq!(only.normalise("/s?x=1"), "/s");
+    }
+
+    #[test]
+    fn headers_and_cookies_are_appended() {
+        let o = KeyOptions {
+            headers: vec![HeaderName::from_static("accept-language")],
+            cookies: vec!["currency".into()],
+            ..KeyOptions::default()
+        };
+        assert!(!o.is_identity());
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            o.request_path("/p?a", &h),
+            "/p?a#h.accept-language&c.currency"
+        );
+        h.insert("accept-language", HeaderValue::from_static("fr"));
+        h.append(
+            "cookie",
+            HeaderValue::from_static("session=abc; currency=EUR"),
+        );
+        assert_eq!(
+            o.request_path("/p", &h),
+            "/p#h.accept-language=fr&c.currency=EUR"
+        );
+        h.insert("cookie", HeaderValue::from_static("currency=a&c.x=1"));
+        assert_eq!(
+            o.request_path("/p", &h),
+            "/p#h.accept-language=fr&c.currency=a%26c.x%3D1"
+        );
+        h.insert("cookie", HeaderValue::from_static("currency="));
+        assert_eq!(
+            o.request_path("/p", &h),
+            "/p#h.accept-language=fr&c.currency="
+        );
+        // HTTP/2 may split the cookies over several fields.
+        h.insert("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static("currency=USD"));
+        assert_eq!(
+            o.request_path("/p", &h),
+            "/p#h.accept-language=fr&c.currency=USD"
+        );
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(is_token("currency"));
+        assert!(is_token("__Host-id"));
+        for bad in ["", "a=b", "a b", "a;b", "a,b", "é"] {
+            assert!(!is_token(bad), "{bad}");
+        }
+    }
+}

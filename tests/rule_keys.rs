@@ -1,0 +1,483 @@
+//! Rule key options end to end (SPEC §7): query normalisation, header and
+//! cookie values in the key, purge by URL with the same normalisation
+//! (SPEC §10 path included), `GET /cache?url=`, and `strata check` on
+//! contradictory keys. Real origins count requests and record what they
+//! received; the fleet case uses a real redis-server.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::{json, Value};
+use support::origin::reply;
+use support::redis::RedisServer;
+use support::{wait_until, Client, Origin, Strata};
+
+const NO_HEALTH: &str = "[upstream.health]\nenabled = false\n";
+const ADMIN: (&str, &str) = ("authorization", "Bearer secret");
+const WAIT: Duration = Duration::from_secs(10);
+/// The host both fleet instances are asked for (one key across them).
+const HOST: (&str, &str) = ("host", "fleet.example");
+
+/// An origin echoing the target and the `Cookie` it received.
+async fn echo() -> Origin {
+    Origin::start(|req| async move {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let cookie = req
+            .headers()
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        reply(
+            200,
+            &[("cache-control", "max-age=600"), ("surrogate-key", "echo")],
+            format!("{target} {cookie}"),
+        )
+    })
+    .await
+}
+
+async fn strata(origin: &Origin, rules: &str) -> Strata {
+    Strata::start(&[origin.addr], &format!("{NO_HEALTH}{rules}")).await
+}
+
+async fn purge_url(s: &Strata, url: &str) -> u64 {
+    let r = Client::new()
+        .send(
+            Method::POST,
+            &s.admin_url("/purge"),
+            &[ADMIN],
+            Bytes::from(json!({ "url": url }).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice::<Value>(&r.body).expect("json")["purged"]
+        .as_u64()
+        .expect("purged")
+}
+
+fn hit(r: &support::Reply) -> bool {
+    r.cache_status().contains("; hit")
+}
+
+/// `/cache?url=…` with the url form-encoded.
+fn inspect_url(s: &Strata, url: &str) -> String {
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("url", url)
+        .finish();
+    s.admin_url(&format!("/cache?{q}"))
+}
+
+#[tokio::test]
+async fn sorted_ignored_only_and_none_queries_share_entries_and_reach_upstream_as_sent() {
+    let origin = echo().await;
+    let s = strata(
+        &origin,
+        "[[rules]]\nmatch = \"/sorted\"\nkey.query = \"sorted\"\nkey.query_ignore = [\"utm_*\", \"fbclid\"]\n\
+         [[rules]]\nmatch = \"/only\"\nkey.query_only = [\"q\", \"page\"]\n\
+         [[rules]]\nmatch = \"/none\"\nkey.query = \"none\"\n",
+    )
+    .await;
+    let c = Client::new();
+    let first = c.get(&s.url("/sorted?b=2&a=1&utm_source=mail")).await;
+    assert_eq!(
+        first.text(),
+        "/sorted?b=2&a=1&utm_source=mail ",
+        "the upstream gets the query as sent"
+    );
+    for same in [
+        "/sorted?a=1&b=2",
+        "/sorted?b=2&fbclid=x&a=1",
+        "/sorted?utm_source=ad&a=1&b=2",
+    ] {
+        let r = c.get(&s.url(same)).await;
+        assert!(hit(&r), "{same}: {}", r.cache_status());
+    }
+    let r = c.get(&s.url("/sorted?a=1&b=3")).await;
+    assert!(!hit(&r), "another value is another entry");
+    assert_eq!(origin.last().unwrap().path, "/sorted?a=1&b=3");
+    assert_eq!(origin.count(), 2);
+
+    c.get(&s.url("/only?q=x&page=1&session=1")).await;
+    let r = c.get(&s.url("/only?q=x&tracking=3&page=1")).await;
+    assert!(hit(&r), "{}", r.cache_status());
+    let r = c.get(&s.url("/only?page=1&q=x")).await;
+    assert!(!hit(&r), "query_only keeps the order (query = all)");
+    let r = c.get(&s.url("/only?q=y&page=1")).await;
+    assert!(!hit(&r));
+    assert_eq!(origin.count(), 5);
+
+    c.get(&s.url("/none?x=1")).await;
+    let r = c.get(&s.url("/none?y=2")).await;
+    assert!(hit(&r), "{}", r.cache_status());
+    assert_eq!(r.text(), "/none?x=1 ");
+    assert_eq!(origin.count(), 6);
+}
+
+#[tokio::test]
+async fn currency_cookies_and_languages_split_the_cache_utm_source_does_not() {
+    let origin = echo().await;
+    let s = strata(
+        &origin,
+        "[[rules]]\nmatch = \"/prices\"\nkey.cookies = [\"currency\"]\nkey.headers = [\"Accept-Language\"]\nkey.query_ignore = [\"utm_*\"]\n",
+    )
+    .await;
+    let c = Client::new();
+    let eur = [
+        ("cookie", "currency=EUR; theme=dark"),
+        ("accept-language", "fr"),
+    ];
+    let usd = [
+        ("cookie", "theme=dark; currency=USD"),
+        ("accept-language", "fr"),
+    ];
+    let a = c.get_with(&s.url("/prices"), &eur).await;
+    assert!(a.text().contains("currency=EUR"), "{}", a.text());
+    let b = c.get_with(&s.url("/prices"), &usd).await;
+    assert!(
+        b.text().contains("currency=USD"),
+        "the USD user never gets the EUR page"
+    );
+    assert!(!hit(&b), "{}", b.cache_status());
+    assert_eq!(origin.count(), 2);
+    // Each currency hits its own entry; utm_source and other cookies do
+    // not split it.
+    let r = c
+        .get_with(
+            &s.url("/prices?utm_source=news"),
+            &[("cookie", "currency=EUR"), ("accept-language", "fr")],
+        )
+        .await;
+    assert!(hit(&r), "{}", r.cache_status());
+    assert!(r.text().contains("currency=EUR"));
+    let r = c.get_with(&s.url("/prices"), &usd).await;
+    assert!(hit(&r) && r.text().contains("currency=USD"));
+    let r = c
+        .get_with(
+            &s.url("/prices"),
+            &[("cookie", "currency=EUR"), ("accept-language", "de")],
+        )
+        .await;
+    assert!(!hit(&r), "another language is another entry");
+    let r = c.get(&s.url("/prices")).await;
+    assert!(!hit(&r), "no cookie is its own entry");
+    assert_eq!(origin.count(), 4);
+    // The upstream got each request's own cookie and query.
+    let seen = origin.seen();
+    assert_eq!(seen[0].headers["cookie"], "currency=EUR; theme=dark");
+    assert_eq!(seen[1].headers["cookie"], "theme=dark; currency=USD");
+
+    // /cache lists every value's entry; a purge by URL removes them all.
+    let inspect = c
+        .get_with(&inspect_url(&s, "/prices?utm_source=x"), &[ADMIN])
+        .await;
+    assert_eq!(inspect.status, 200, "{}", inspect.text());
+    let v: Value = serde_json::from_slice(&inspect.body).unwrap();
+    let keys: Vec<&str> = v["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 4, "{v}");
+    let eur_key = format!(
+        "http://{}/prices#h.accept-language=fr&c.currency=EUR",
+        s.addr
+    );
+    assert!(keys.contains(&eur_key.as_str()), "{keys:?}");
+    assert_eq!(purge_url(&s, "/prices?utm_source=x").await, 4);
+    let r = c.get_with(&s.url("/prices"), &eur).await;
+    assert!(!hit(&r), "{}", r.cache_status());
+    assert_eq!(origin.count(), 5);
+}
+
+#[tokio::test]
+async fn purge_by_url_normalises_like_requests() {
+    let origin = echo().await;
+    let s = strata(
+        &origin,
+        "[[rules]]\nmatch = \"/b\"\nkey.query = \"sorted\"\nkey.query_ignore = [\"utm_*\"]\n",
+    )
+    .await;
+    let c = Client::new();
+    let get = |path: &'static str| {
+        let c = c.clone();
+        let url = s.url(path);
+        async move { c.get(&url).await }
+    };
+    // What a GET of the URL stores...
+    assert!(!hit(&get("/a/../b?utm_source=x&z=1&a=2").await));
+    assert_eq!(origin.last().unwrap().path, "/b?utm_source=x&z=1&a=2");
+    assert!(hit(&get("/b?a=2&z=1").await));
+    // ... is what a purge of the same URL removes.
+    assert_eq!(purge_url(&s, "/a/../b?utm_source=x&z=1&a=2").await, 1);
+    assert!(!hit(&get("/b?z=1&a=2").await));
+    // Encoded unreserved characters, other ignored values, absolute URLs.
+    assert_eq!(purge_url(&s, "/%62?utm_campaign=q&a=2&z=1").await, 1);
+    assert!(!hit(&get("/b?a=2&z=1").await));
+    let absolute = format!("http://{}/./b?z=1&utm_medium=m&a=2", s.addr);
+    assert_eq!(purge_url(&s, &absolute).await, 1);
+    assert_eq!(purge_url(&s, &absolute).await, 0, "already gone");
+    assert_eq!(origin.count(), 3);
+    // A path the proxy would refuse names nothing: 400, nothing purged.
+    let r = c
+        .send(
+            Method::POST,
+            &s.admin_url("/purge"),
+            &[ADMIN],
+            Bytes::from(json!({ "url": "/a/..%2fb" }).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+}
+
+#[tokio::test]
+async fn cache_inspection_shape_404_and_401() {
+    let body = "x".repeat(4096);
+    let origin = Origin::start(move |_req| {
+        let body = body.clone();
+        async move {
+            reply(
+                200,
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("content-type", "text/plain"),
+                    ("vary", "Accept-Language"),
+                    ("surrogate-key", "docs product-7"),
+                ],
+                body,
+            )
+        }
+    })
+    .await;
+    let s = Strata::start(
+        &[origin.addr],
+        &format!("{NO_HEALTH}[compression]\nalgorithms = [\"gzip\"]\n"),
+    )
+    .await;
+    let c = Client::new();
+    c.get_with(
+        &s.url("/doc"),
+        &[("accept-encoding", "gzip"), ("accept-language", "en")],
+    )
+    .await;
+    let url = inspect_url(&s, "/doc");
+    // The encoded representation is added just after the response went out.
+    wait_until(WAIT, "the gzip representation stored", || async {
+        let r = c.get_with(&url, &[ADMIN]).await;
+        r.status == 200 && r.text().contains("\"gzip\"")
+    })
+    .await;
+    let r = c.get(&url).await;
+    assert_eq!(r.status, 401, "keys may hold cookie values: token needed");
+    assert!(r.header("www-authenticate").is_some());
+    let wrong = c.get_with(&url, &[("authorization", "Bearer nope")]).await;
+    assert_eq!(wrong.status, 401);
+    let r = c.get_with(&url, &[ADMIN]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["url"], "/doc");
+    let objects = v["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 1, "{v}");
+    let object = &objects[0];
+    assert_eq!(object["key"], format!("http://{}/doc", s.addr));
+    assert_eq!(object["tiers"], json!(["memory"]));
+    let variant = &object["variants"][0];
+    assert_eq!(variant["vary"], json!({ "accept-language": "en" }));
+    assert_eq!(variant["status"], 200);
+    assert_eq!(variant["tags"], json!(["docs", "product-7"]));
+    assert_eq!(variant["tiers"], json!(["memory"]));
+    assert_eq!(variant["soft_purged"], false);
+    assert!(variant["age"].as_u64().unwrap() <= 2, "{variant}");
+    let ttl = variant["ttl"].as_i64().unwrap();
+    assert!((595..=600).contains(&ttl), "{ttl}");
+    let encodings = variant["encodings"].as_array().unwrap();
+    assert_eq!(encodings[0], json!({"coding": "identity", "bytes": 4096}));
+    assert!(
+        encodings
+            .iter()
+            .any(|e| e["coding"] == "gzip" && e["bytes"].as_u64().unwrap() < 4096),
+        "{encodings:?}"
+    );
+    // Absolute URLs name one host; normalised like a request.
+    let abs = inspect_url(&s, &format!("http://{}/x/../doc", s.addr));
+    assert_eq!(c.get_with(&abs, &[ADMIN]).await.status, 200);
+    let other = inspect_url(&s, "http://elsewhere.example/doc");
+    assert_eq!(c.get_with(&other, &[ADMIN]).await.status, 404);
+    let missing = c.get_with(&inspect_url(&s, "/nothing"), &[ADMIN]).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&missing.body).unwrap()["error"],
+        "nothing stored"
+    );
+    for bad in ["nope", "/a/..%2fb"] {
+        let r = c.get_with(&inspect_url(&s, bad), &[ADMIN]).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    let r = c.get_with(&s.admin_url("/cache"), &[ADMIN]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(origin.count(), 1, "inspection never goes upstream");
+}
+
+#[tokio::test]
+async fn read_token_opens_inspection_like_the_dashboard() {
+    let origin = echo().await;
+    let text = support::config_text(&[origin.addr], NO_HEALTH).replace(
+        "token = \"secret\"\n",
+        "token = \"secret\"\nread_token = \"reader\"\n",
+    );
+    let s = Strata::start_text(&text).await;
+    let c = Client::new();
+    c.get(&s.url("/page")).await;
+    let url = inspect_url(&s, "/page");
+    assert_eq!(c.get(&url).await.status, 401);
+    for token in ["Bearer reader", "Bearer secret"] {
+        let r = c.get_with(&url, &[("authorization", token)]).await;
+        assert_eq!(r.status, 200, "{token}: {}", r.text());
+    }
+}
+
+#[tokio::test]
+async fn inspection_and_purge_by_url_across_instances_sharing_redis() {
+    let redis = RedisServer::start().await;
+    let origin = echo().await;
+    let cfg = format!(
+        "{NO_HEALTH}\n[cache.redis]\nurls = [\"{}\"]\ntimeout = \"200ms\"\n\n\
+         [[rules]]\nmatch = \"/prices\"\nkey.cookies = [\"currency\"]\nkey.query = \"sorted\"\n",
+        redis.url()
+    );
+    let a = Strata::start(&[origin.addr], &cfg).await;
+    let b = Strata::start(&[origin.addr], &cfg).await;
+    wait_until(WAIT, "both instances connected to Redis", || async {
+        a.shared.cache.redis_state() == Some((true, false))
+            && b.shared.cache.redis_state() == Some((true, false))
+    })
+    .await;
+    let c = Client::new();
+    for currency in ["EUR", "USD"] {
+        let cookie = format!("currency={currency}");
+        let r = c
+            .get_with(&a.url("/prices?y=2&x=1"), &[HOST, ("cookie", &cookie)])
+            .await;
+        assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    }
+    a.shared.cache.flush(WAIT).await;
+    // B finds A's entries through Redis (same key, same normalisation).
+    let r = c
+        .get_with(&b.url("/prices?x=1&y=2"), &[HOST, ("cookie", "currency=USD")])
+        .await;
+    assert!(
+        r.cache_status().contains("detail=redis"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(r.text().contains("currency=USD"));
+    assert_eq!(origin.count(), 2);
+
+    // B's memory holds USD (promoted), Redis both.
+    let r = c
+        .get_with(&inspect_url(&b, "/prices?x=1&y=2"), &[ADMIN])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    let tiers = |currency: &str| {
+        let key = format!("http://fleet.example/prices?x=1&y=2#c.currency={currency}");
+        v["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["key"] == key)
+            .map(|o| o["tiers"].clone())
+            .unwrap_or_else(|| panic!("{key} not in {v}"))
+    };
+    assert_eq!(tiers("USD"), json!(["memory", "redis"]));
+    assert_eq!(tiers("EUR"), json!(["redis"]));
+
+    // A purge through B, by an unsorted URL, empties A's memory too.
+    assert_eq!(purge_url(&b, "/prices?y=2&x=1").await, 2);
+    wait_until(WAIT, "A's memory purged through the fleet", || async {
+        let memory = a.shared.cache.memory();
+        memory.weighted_size(); // applies moka's pending removals
+        memory.entry_count() == 0
+    })
+    .await;
+    let r = c
+        .get_with(&a.url("/prices?x=1&y=2"), &[HOST, ("cookie", "currency=EUR")])
+        .await;
+    assert!(!hit(&r), "{}", r.cache_status());
+    assert_eq!(origin.count(), 3);
+    let gone = c.get_with(&inspect_url(&b, "/prices"), &[ADMIN]).await;
+    assert_eq!(gone.status, 404, "{}", gone.text());
+}
+
+#[test]
+fn check_rejects_contradictory_key_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rules]]\nmatch = \"/a\"\n";
+    let cases = [
+        (
+            "key.query_ignore = [\"utm_*\"]\nkey.query_only = [\"q\"]\n",
+            ":10:18: rules[0].key.query_only: query_only and query_ignore exclude each other",
+        ),
+        (
+            "key.query = \"none\"\nkey.query_only = [\"q\"]\n",
+            ":9:13: rules[0].key.query: query = \"none\" drops the whole query",
+        ),
+        (
+            "key.query = \"some\"\n",
+            ":9:13: rules[0].key.query: expected \"all\", \"sorted\" or \"none\"",
+        ),
+        (
+            "key.query_ignore = [\"[x\"]\n",
+            ":9:21: rules[0].key.query_ignore:",
+        ),
+        (
+            "key.headers = [\"bad header\"]\n",
+            ":9:16: rules[0].key.headers: not a valid header name",
+        ),
+        (
+            "key.cookies = [\"a=b\"]\n",
+            ":9:16: rules[0].key.cookies: not a valid cookie name",
+        ),
+        ("key.hedaers = [\"x\"]\n", "unknown field `hedaers`"),
+    ];
+    for (i, (extra, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("keys{i}.toml"));
+        std::fs::write(&path, format!("{base}{extra}")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{extra}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with(&path.display().to_string()), "{err}");
+        assert!(err.contains(want), "want {want:?} in {err:?}");
+    }
+    // Every option together is fine.
+    let path = dir.path().join("ok.toml");
+    std::fs::write(
+        &path,
+        format!("{base}key.query = \"sorted\"\nkey.query_ignore = [\"utm_*\", \"fbclid\"]\nkey.headers = [\"Accept-Language\"]\nkey.cookies = [\"currency\"]\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
