@@ -97,9 +97,14 @@ pub struct Purged {
     pub cascaded: u64,
 }
 
-/// The path a purge names, for cascades: a URL's path or a prefix; tag
-/// purges name none.
+/// The path a purge names, for cascades: a URL's path or a prefix (less
+/// any `#` of values a rule's key options append); tag purges name none.
 fn cascade_path(purge: &Purge) -> Option<&str> {
+    let path = named_path(purge)?;
+    Some(path.split('#').next().unwrap_or(path))
+}
+
+fn named_path(purge: &Purge) -> Option<&str> {
     match purge {
         Purge::Url(url) if url.starts_with('/') => Some(url),
         Purge::Url(url) => {
@@ -441,21 +446,22 @@ impl Cache {
 
     /// RFC 9111 §4.4: a non-error response to an unsafe request
     /// invalidates the target URI and same-origin Location and
-    /// Content-Location.
+    /// Content-Location. `entries` says what a URL's entries are (its
+    /// key, or, under a rule with key options, the keys built from it):
+    /// the caller knows the rules, the cache does not.
     pub fn invalidate_after_unsafe(
         &self,
         uri: &Uri,
         authority: Option<&Authority>,
         https: bool,
         response: &HeaderMap,
+        entries: impl Fn(bool, &str, &str) -> Selector,
     ) {
         let Some(authority) = authority else { return };
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let key = CacheKey::new(https, authority.as_str(), path);
-        if self.inner.memory.get_key(&key).is_some() {
-            self.inner.metrics.purged(PurgeCause::UnsafeMethod, 1);
-        }
-        self.remove(&key);
+        let n = self.invalidate(entries(https, authority.as_str(), path));
+        self.inner.metrics.purged(PurgeCause::UnsafeMethod, n);
+        let origin = CacheKey::new(https, authority.as_str(), "/");
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             let Some(target) = response.get(&name).and_then(|v| v.to_str().ok()) else {
                 continue;
@@ -463,16 +469,36 @@ impl Cache {
             let key = if target.starts_with('/') {
                 Some(CacheKey::new(https, authority.as_str(), target))
             } else {
-                CacheKey::from_url(target).filter(|k| {
-                    // Same origin only (§4.4): another host's entries are
-                    // not this response's to invalidate.
-                    k.origin() == CacheKey::new(https, authority.as_str(), "/").origin()
-                })
+                // Same origin only (§4.4): another host's entries are not
+                // this response's to invalidate.
+                CacheKey::from_url(target).filter(|k| k.origin() == origin.origin())
             };
             if let Some(key) = key {
-                self.remove(&key);
+                self.invalidate(entries(https, authority.as_str(), key.path()));
             }
         }
+    }
+
+    /// Removes what `selector` selects from memory now and, with Redis,
+    /// from Redis and the fleet: one key in the key's write queue, other
+    /// selectors in a background purge. Returns how many objects memory
+    /// held.
+    fn invalidate(&self, selector: Selector) -> u64 {
+        if let Selector::Key(key) = &selector {
+            let held = u64::from(self.inner.memory.get_key(key).is_some());
+            self.remove(key);
+            return held;
+        }
+        let n = self.inner.memory.purge_now(&selector);
+        if let Some(redis) = &self.inner.redis {
+            let redis = redis.clone();
+            tokio::spawn(async move {
+                if let Err(e) = redis.purge(&selector).await {
+                    tracing::debug!(?selector, error = %e, "invalidation in redis failed");
+                }
+            });
+        }
+        n
     }
 
     /// A soft-purged object in memory may have been revalidated by another

@@ -199,6 +199,43 @@ async fn currency_cookies_and_languages_split_the_cache_utm_source_does_not() {
 }
 
 #[tokio::test]
+async fn an_unsafe_method_invalidates_every_keyed_entry_of_its_url() {
+    let origin = echo().await;
+    let s = strata(
+        &origin,
+        "[[rules]]\nmatch = \"/cart\"\nkey.cookies = [\"currency\"]\nkey.query = \"sorted\"\n",
+    )
+    .await;
+    let c = Client::new();
+    for currency in ["currency=EUR", "currency=USD"] {
+        c.get_with(&s.url("/cart?b=1&a=2"), &[("cookie", currency)])
+            .await;
+        let r = c
+            .get_with(&s.url("/cart?a=2&b=1"), &[("cookie", currency)])
+            .await;
+        assert!(hit(&r), "{}", r.cache_status());
+    }
+    assert_eq!(origin.count(), 2);
+    // RFC 9111 §4.4: the POST's target URI, keyed as its GET would be.
+    let r = c
+        .send(
+            Method::POST,
+            &s.url("/cart?b=1&a=2"),
+            &[("cookie", "currency=EUR")],
+            Bytes::from_static(b"add"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    for currency in ["currency=EUR", "currency=USD"] {
+        let r = c
+            .get_with(&s.url("/cart?a=2&b=1"), &[("cookie", currency)])
+            .await;
+        assert!(!hit(&r), "{currency}: {}", r.cache_status());
+    }
+    assert_eq!(origin.count(), 5);
+}
+
+#[tokio::test]
 async fn purge_by_url_normalises_like_requests() {
     let origin = echo().await;
     let s = strata(
@@ -372,7 +409,10 @@ async fn inspection_and_purge_by_url_across_instances_sharing_redis() {
     a.shared.cache.flush(WAIT).await;
     // B finds A's entries through Redis (same key, same normalisation).
     let r = c
-        .get_with(&b.url("/prices?x=1&y=2"), &[HOST, ("cookie", "currency=USD")])
+        .get_with(
+            &b.url("/prices?x=1&y=2"),
+            &[HOST, ("cookie", "currency=USD")],
+        )
         .await;
     assert!(
         r.cache_status().contains("detail=redis"),
@@ -410,7 +450,10 @@ async fn inspection_and_purge_by_url_across_instances_sharing_redis() {
     })
     .await;
     let r = c
-        .get_with(&a.url("/prices?x=1&y=2"), &[HOST, ("cookie", "currency=EUR")])
+        .get_with(
+            &a.url("/prices?x=1&y=2"),
+            &[HOST, ("cookie", "currency=EUR")],
+        )
         .await;
     assert!(!hit(&r), "{}", r.cache_status());
     assert_eq!(origin.count(), 3);

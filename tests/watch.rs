@@ -73,8 +73,8 @@ async fn read_token_guards_every_read_endpoint_and_health_stays_open() {
             "Basic OnNlY3JldA==",
         ] {
             let r = c.get_with(&url, &[("authorization", good)]).await;
-            // `/cache` is guarded whether or not it is served.
-            let want = if path == "/cache" { 404 } else { 200 };
+            // Past the guard, `/cache` without `?url=` is a bad request.
+            let want = if path == "/cache" { 400 } else { 200 };
             assert_eq!(r.status, want, "{path} with {good:?}");
         }
     }

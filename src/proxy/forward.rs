@@ -20,6 +20,8 @@ use super::headers;
 use super::{Answered, ConnInfo, Runtime, Shared};
 use crate::upstream::{client::empty_body, Answer, ReqBody, UpstreamBody};
 
+use crate::cache::key::CacheKey;
+use crate::cache::storage::Selector;
 use crate::config::ServerConfig;
 use crate::traffic::ClientIp;
 
@@ -150,11 +152,20 @@ pub async fn pass(
         // RFC 9111 §4.4: a non-error response to an unsafe method
         // invalidates the target URI and same-origin Location/Content-Location.
         if resp.status().is_success() || resp.status().is_redirection() {
+            // Keyed as a GET of each URL would be (the rules' key options).
+            let rules = &runtime.config.rules;
             shared.cache.invalidate_after_unsafe(
                 &uri,
                 authority.as_ref(),
                 conn.https,
                 resp.headers(),
+                |https, authority, path| {
+                    let target = rules.key_target(Some((https, authority)), path);
+                    target
+                        .purge()
+                        .selector()
+                        .unwrap_or_else(|_| Selector::Key(CacheKey::new(https, authority, path)))
+                },
             );
             // Cascades run before the response goes out, so that a client
             // reading after its write sees the dependent entries gone.

@@ -69,9 +69,7 @@ pub struct KeyOptions {
 }
 
 /// Compiles parameter-name globs (`utm_*`, `fbclid`).
-pub fn name_globs<'a>(
-    globs: impl IntoIterator<Item = &'a str>,
-) -> Result<GlobSet, globset::Error> {
+pub fn name_globs<'a>(globs: impl IntoIterator<Item = &'a str>) -> Result<GlobSet, globset::Error> {
     let mut set = GlobSetBuilder::new();
     for g in globs {
         set.add(Glob::new(g)?);
@@ -226,9 +224,11 @@ impl KeyTarget {
         }
         match &self.origin {
             None => Purge::Url(self.path.clone()),
-            Some((https, authority)) => {
-                Purge::Url(CacheKey::new(*https, authority, &self.path).url().to_string())
-            }
+            Some((https, authority)) => Purge::Url(
+                CacheKey::new(*https, authority, &self.path)
+                    .url()
+                    .to_string(),
+            ),
         }
     }
 }
@@ -312,12 +312,11 @@ mod tests {
         assert_eq!(none.normalise("/p?b=2&a=1"), "/p");
         let ignore = opts(
             QueryMode::All,
-            Some(QueryFilter::Ignore(name_globs(["utm_*", "fbclid"]).unwrap())),
+            Some(QueryFilter::Ignore(
+                name_globs(["utm_*", "fbclid"]).unwrap(),
+            )),
         );
-        assert_eq!(
-            ignore.normalise("/p?utm_source=x&id=1&fbclid=9"),
-            "/p?id=1"
-        );
+        assert_eq!(ignore.normalise("/p?utm_source=x&id=1&fbclid=9"), "/p?id=1");
         assert_eq!(ignore.normalise("/p?utm_source=x"), "/p");
         let only = opts(
             QueryMode::Sorted,
