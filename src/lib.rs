@@ -7,7 +7,8 @@
 //!   defaults, `config/units.rs` sizes and durations).
 //! - [`server`]: listeners (plain, TLS, admin), connections, signals, drain.
 //! - [`proxy`]: the request pipeline, as phases (below).
-//! - `rules`: path globs → Cache-Control overrides.
+//! - `rules`: path globs → Cache-Control overrides, lifetimes and cache-key
+//!   options.
 //! - [`cache`]: the RFC 9111 shared cache and nothing else: keys, entries,
 //!   directives, freshness, collapse locks, tags, the memory tier (moka)
 //!   and the Redis tier. It never calls into `proxy`.
