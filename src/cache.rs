@@ -8,6 +8,8 @@
 //!   (the shared tier: codec, breaker, connections, fleet purge, indexes).
 //! - `cache/collapse.rs`: collapsed forwarding of concurrent misses.
 //! - `cache/tags.rs`: surrogate keys.
+//! - `cache/purge.rs`: admin purges (hard, soft, cascades), invalidation
+//!   after unsafe methods, and inspection of what a purge would select.
 
 pub mod collapse;
 pub mod directives;
@@ -15,6 +17,7 @@ pub mod entry;
 pub mod freshness;
 pub mod key;
 pub mod memory;
+pub mod purge;
 pub mod redis;
 pub mod storage;
 pub mod tags;
@@ -24,21 +27,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap};
-use http::uri::Authority;
-use http::Uri;
-
 use self::redis::RedisTier;
 use crate::alerts::Alerts;
 use crate::config::CacheConfig;
-use crate::invalidation::Cascades;
-use crate::metrics::{Metrics, PurgeCause};
+use crate::metrics::Metrics;
 use collapse::Collapser;
 use entry::Object;
 use freshness::now_millis;
 use key::CacheKey;
 use memory::MemoryTier;
-use storage::{Invalidation, Selector};
+pub use purge::{Purge, PurgeError, Purged};
+use storage::Invalidation;
 
 /// Where a hit came from: the `detail=` of a `Cache-Status` hit and the
 /// `tier` label of `strata_cache_hits_total`.
@@ -88,66 +87,6 @@ struct Inner {
     metrics: Metrics,
     /// Popularity sampling on (Redis configured and `redis_hot` set).
     track_hits: AtomicBool,
-}
-
-/// What a purge removed (or marked stale): directly, and through cascades.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Purged {
-    pub direct: u64,
-    pub cascaded: u64,
-}
-
-/// The path a purge names, for cascades: a URL's path or a prefix (less
-/// any `#` of values a rule's key options append); tag purges name none.
-fn cascade_path(purge: &Purge) -> Option<&str> {
-    let path = named_path(purge)?;
-    Some(path.split('#').next().unwrap_or(path))
-}
-
-fn named_path(purge: &Purge) -> Option<&str> {
-    match purge {
-        Purge::Url(url) if url.starts_with('/') => Some(url),
-        Purge::Url(url) => {
-            let rest = url.split_once("://")?.1;
-            Some(rest.find('/').map_or("/", |i| &rest[i..]))
-        }
-        Purge::Prefix(p) => Some(p),
-        Purge::Tags(_) => None,
-    }
-}
-
-/// What an admin purge removes.
-#[derive(Debug, Clone)]
-pub enum Purge {
-    Url(String),
-    Prefix(String),
-    Tags(Vec<String>),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PurgeError {
-    #[error("invalid url {0:?}: expected an absolute http(s) URL or a path starting with /")]
-    BadUrl(String),
-    #[error("invalid prefix {0:?}: expected a path starting with /")]
-    BadPrefix(String),
-    #[error(transparent)]
-    Storage(#[from] storage::StorageError),
-}
-
-impl Purge {
-    pub fn selector(&self) -> Result<Selector, PurgeError> {
-        Ok(match self {
-            Purge::Url(url) if url.starts_with('/') => Selector::PathAnyHost(url.clone()),
-            Purge::Url(url) => Selector::Key(
-                CacheKey::from_url(url).ok_or_else(|| PurgeError::BadUrl(url.clone()))?,
-            ),
-            Purge::Prefix(p) if p.starts_with('/') => Selector::Prefix(p.clone()),
-            Purge::Prefix(p) => return Err(PurgeError::BadPrefix(p.clone())),
-            Purge::Tags(tags) => {
-                Selector::Tags(tags.iter().map(|t| t.trim().to_string()).collect())
-            }
-        })
-    }
 }
 
 impl Cache {
@@ -351,154 +290,6 @@ impl Cache {
         if let Some(redis) = &self.inner.redis {
             redis.invalidate_background(key.clone());
         }
-    }
-
-    /// Admin purge: removes from memory and, with Redis, from Redis and
-    /// (through the purge channel) every instance's memory; `soft` marks
-    /// the entries stale instead (served stale once while one background
-    /// revalidation runs). Then runs the cascades the purged path sets off
-    /// ([`Cascades::plan`]). Counts are of objects: the larger of the two
-    /// tiers' counts, since memory mostly holds copies of what Redis has.
-    pub async fn purge(
-        &self,
-        purge: &Purge,
-        soft: bool,
-        cascades: &Cascades,
-    ) -> Result<Purged, PurgeError> {
-        let selector = purge.selector()?;
-        let direct = self.apply(&selector, soft).await?;
-        self.inner.metrics.purged(PurgeCause::Api, direct);
-        let cascaded = match cascade_path(purge) {
-            Some(path) => self.cascade(path, cascades).await,
-            None => 0,
-        };
-        Ok(Purged { direct, cascaded })
-    }
-
-    /// Up to `limit` objects per tier that `selector` selects, read
-    /// without changing or promoting them (`GET /cache`). Redis is `None`
-    /// when not configured; its error is the caller's to report.
-    pub async fn find(
-        &self,
-        selector: &Selector,
-        limit: usize,
-    ) -> (
-        Vec<Arc<Object>>,
-        Option<Result<Vec<Arc<Object>>, storage::StorageError>>,
-    ) {
-        let memory = self.inner.memory.find(selector, limit);
-        let redis = match &self.inner.redis {
-            Some(redis) => Some(redis.find(selector, limit).await),
-            None => None,
-        };
-        (memory, redis)
-    }
-
-    /// One selector on every tier (hard or soft); returns the object count.
-    async fn apply(&self, selector: &Selector, soft: bool) -> Result<u64, PurgeError> {
-        if soft {
-            // Redis first: a memory copy marked before Redis would find the
-            // Redis copy still unmarked and take it as revalidated.
-            let in_redis = match &self.inner.redis {
-                Some(redis) => Some(redis.soft_purge(selector).await),
-                None => None,
-            };
-            let n = self.inner.memory.mark_stale(selector);
-            return match in_redis {
-                Some(Ok(m)) => Ok(n.max(m)),
-                Some(Err(e)) => Err(e.into()),
-                None => Ok(n),
-            };
-        }
-        let mut n = self.inner.memory.purge_now(selector);
-        if let Some(redis) = &self.inner.redis {
-            n = n.max(redis.purge(selector).await?);
-        }
-        Ok(n)
-    }
-
-    /// Runs the cascades that purging `path` sets off; returns how many
-    /// objects they purged (counted as `cause="cascade"`). A failing step
-    /// is logged and the others still run.
-    pub async fn cascade(&self, path: &str, cascades: &Cascades) -> u64 {
-        let mut total = 0;
-        for step in cascades.plan(path) {
-            let selector = match step.purge.selector() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cascade: invalid purge skipped");
-                    continue;
-                }
-            };
-            match self.apply(&selector, step.soft).await {
-                Ok(n) => {
-                    tracing::debug!(from = path, purge = ?step.purge, soft = step.soft, depth = step.depth, purged = n, "cascade");
-                    total += n;
-                }
-                Err(e) => {
-                    tracing::warn!(from = path, purge = ?step.purge, error = %e, "cascade purge failed");
-                }
-            }
-        }
-        self.inner.metrics.purged(PurgeCause::Cascade, total);
-        total
-    }
-
-    /// RFC 9111 §4.4: a non-error response to an unsafe request
-    /// invalidates the target URI and same-origin Location and
-    /// Content-Location. `entries` says what a URL's entries are (its
-    /// key, or, under a rule with key options, the keys built from it):
-    /// the caller knows the rules, the cache does not.
-    pub fn invalidate_after_unsafe(
-        &self,
-        uri: &Uri,
-        authority: Option<&Authority>,
-        https: bool,
-        response: &HeaderMap,
-        entries: impl Fn(bool, &str, &str) -> Selector,
-    ) {
-        let Some(authority) = authority else { return };
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let n = self.invalidate(entries(https, authority.as_str(), path));
-        self.inner.metrics.purged(PurgeCause::UnsafeMethod, n);
-        let origin = CacheKey::new(https, authority.as_str(), "/");
-        for name in [header::LOCATION, header::CONTENT_LOCATION] {
-            let Some(target) = response.get(&name).and_then(|v| v.to_str().ok()) else {
-                continue;
-            };
-            let key = if target.starts_with('/') {
-                Some(CacheKey::new(https, authority.as_str(), target))
-            } else {
-                // Same origin only (§4.4): another host's entries are not
-                // this response's to invalidate.
-                CacheKey::from_url(target).filter(|k| k.origin() == origin.origin())
-            };
-            if let Some(key) = key {
-                self.invalidate(entries(https, authority.as_str(), key.path()));
-            }
-        }
-    }
-
-    /// Removes what `selector` selects from memory now and, with Redis,
-    /// from Redis and the fleet: one key in the key's write queue, other
-    /// selectors in a background purge. Returns how many objects memory
-    /// held.
-    fn invalidate(&self, selector: Selector) -> u64 {
-        if let Selector::Key(key) = &selector {
-            let held = u64::from(self.inner.memory.get_key(key).is_some());
-            self.remove(key);
-            return held;
-        }
-        let n = self.inner.memory.purge_now(&selector);
-        if let Some(redis) = &self.inner.redis {
-            let redis = redis.clone();
-            tokio::spawn(async move {
-                if let Err(e) = redis.purge(&selector).await {
-                    tracing::debug!(?selector, error = %e, "invalidation in redis failed");
-                }
-            });
-        }
-        n
     }
 
     /// A soft-purged object in memory may have been revalidated by another

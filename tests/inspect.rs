@@ -1,0 +1,241 @@
+//! `GET /cache?url=` (SPEC §7) end to end: the JSON shape (keys, Vary
+//! values, encodings and sizes, age, ttl, tags, tiers), 404, 400, the token
+//! it needs, and two instances sharing a real redis-server (entries found
+//! through Redis, a purge by URL through one instance emptying the other).
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::origin::reply;
+use support::redis::RedisServer;
+use support::{wait_until, Client, Origin, Strata};
+
+const NO_HEALTH: &str = "[upstream.health]\nenabled = false\n";
+const ADMIN: (&str, &str) = ("authorization", "Bearer secret");
+const WAIT: Duration = Duration::from_secs(10);
+/// The host both fleet instances are asked for (one key across them).
+const HOST: (&str, &str) = ("host", "fleet.example");
+
+/// An origin echoing the target and the `Cookie` it received.
+async fn echo() -> Origin {
+    Origin::start(|req| async move {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let cookie = req
+            .headers()
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        reply(
+            200,
+            &[("cache-control", "max-age=600")],
+            format!("{target} {cookie}"),
+        )
+    })
+    .await
+}
+
+fn hit(r: &support::Reply) -> bool {
+    r.cache_status().contains("; hit")
+}
+
+/// `/cache?url=…` with the url form-encoded.
+fn inspect_url(s: &Strata, url: &str) -> String {
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("url", url)
+        .finish();
+    s.admin_url(&format!("/cache?{q}"))
+}
+
+#[tokio::test]
+async fn cache_inspection_shape_404_and_401() {
+    let body = "x".repeat(4096);
+    let origin = Origin::start(move |_req| {
+        let body = body.clone();
+        async move {
+            reply(
+                200,
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("content-type", "text/plain"),
+                    ("vary", "Accept-Language"),
+                    ("surrogate-key", "docs product-7"),
+                ],
+                body,
+            )
+        }
+    })
+    .await;
+    let s = Strata::start(
+        &[origin.addr],
+        &format!("{NO_HEALTH}[compression]\nalgorithms = [\"gzip\"]\n"),
+    )
+    .await;
+    let c = Client::new();
+    c.get_with(
+        &s.url("/doc"),
+        &[("accept-encoding", "gzip"), ("accept-language", "en")],
+    )
+    .await;
+    let url = inspect_url(&s, "/doc");
+    // The encoded representation is added just after the response went out.
+    wait_until(WAIT, "the gzip representation stored", || async {
+        let r = c.get_with(&url, &[ADMIN]).await;
+        r.status == 200 && r.text().contains("\"gzip\"")
+    })
+    .await;
+    let r = c.get(&url).await;
+    assert_eq!(r.status, 401, "keys may hold cookie values: token needed");
+    assert!(r.header("www-authenticate").is_some());
+    let wrong = c.get_with(&url, &[("authorization", "Bearer nope")]).await;
+    assert_eq!(wrong.status, 401);
+    let r = c.get_with(&url, &[ADMIN]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["url"], "/doc");
+    let objects = v["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 1, "{v}");
+    let object = &objects[0];
+    assert_eq!(object["key"], format!("http://{}/doc", s.addr));
+    assert_eq!(object["tiers"], json!(["memory"]));
+    let variant = &object["variants"][0];
+    assert_eq!(variant["vary"], json!({ "accept-language": "en" }));
+    assert_eq!(variant["status"], 200);
+    assert_eq!(variant["tags"], json!(["docs", "product-7"]));
+    assert_eq!(variant["tiers"], json!(["memory"]));
+    assert_eq!(variant["soft_purged"], false);
+    assert!(variant["age"].as_u64().unwrap() <= 2, "{variant}");
+    let ttl = variant["ttl"].as_i64().unwrap();
+    assert!((595..=600).contains(&ttl), "{ttl}");
+    let encodings = variant["encodings"].as_array().unwrap();
+    assert_eq!(encodings[0], json!({"coding": "identity", "bytes": 4096}));
+    assert!(
+        encodings
+            .iter()
+            .any(|e| e["coding"] == "gzip" && e["bytes"].as_u64().unwrap() < 4096),
+        "{encodings:?}"
+    );
+    // Absolute URLs name one host; normalised like a request.
+    let abs = inspect_url(&s, &format!("http://{}/x/../doc", s.addr));
+    assert_eq!(c.get_with(&abs, &[ADMIN]).await.status, 200);
+    let other = inspect_url(&s, "http://elsewhere.example/doc");
+    assert_eq!(c.get_with(&other, &[ADMIN]).await.status, 404);
+    let missing = c.get_with(&inspect_url(&s, "/nothing"), &[ADMIN]).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&missing.body).unwrap()["error"],
+        "nothing stored"
+    );
+    for bad in ["nope", "/a/..%2fb"] {
+        let r = c.get_with(&inspect_url(&s, bad), &[ADMIN]).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    let r = c.get_with(&s.admin_url("/cache"), &[ADMIN]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(origin.count(), 1, "inspection never goes upstream");
+}
+
+#[tokio::test]
+async fn read_token_opens_inspection_like_the_dashboard() {
+    let origin = echo().await;
+    let text = support::config_text(&[origin.addr], NO_HEALTH).replace(
+        "token = \"secret\"\n",
+        "token = \"secret\"\nread_token = \"reader\"\n",
+    );
+    let s = Strata::start_text(&text).await;
+    let c = Client::new();
+    c.get(&s.url("/page")).await;
+    let url = inspect_url(&s, "/page");
+    assert_eq!(c.get(&url).await.status, 401);
+    for token in ["Bearer reader", "Bearer secret"] {
+        let r = c.get_with(&url, &[("authorization", token)]).await;
+        assert_eq!(r.status, 200, "{token}: {}", r.text());
+    }
+}
+
+#[tokio::test]
+async fn inspection_and_purge_by_url_across_instances_sharing_redis() {
+    let redis = RedisServer::start().await;
+    let origin = echo().await;
+    let cfg = format!(
+        "{NO_HEALTH}\n[cache.redis]\nurls = [\"{}\"]\ntimeout = \"200ms\"\n\n\
+         [[rules]]\nmatch = \"/prices\"\nkey.cookies = [\"currency\"]\nkey.query = \"sorted\"\n",
+        redis.url()
+    );
+    let a = Strata::start(&[origin.addr], &cfg).await;
+    let b = Strata::start(&[origin.addr], &cfg).await;
+    wait_until(WAIT, "both instances connected to Redis", || async {
+        a.shared.cache.redis_state() == Some((true, false))
+            && b.shared.cache.redis_state() == Some((true, false))
+    })
+    .await;
+    let c = Client::new();
+    for currency in ["EUR", "USD"] {
+        let cookie = format!("currency={currency}");
+        let r = c
+            .get_with(&a.url("/prices?y=2&x=1"), &[HOST, ("cookie", &cookie)])
+            .await;
+        assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    }
+    a.shared.cache.flush(WAIT).await;
+    // B finds A's entries through Redis (same key, same normalisation).
+    let r = c
+        .get_with(
+            &b.url("/prices?x=1&y=2"),
+            &[HOST, ("cookie", "currency=USD")],
+        )
+        .await;
+    assert!(
+        r.cache_status().contains("detail=redis"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(r.text().contains("currency=USD"));
+    assert_eq!(origin.count(), 2);
+
+    // B's memory holds USD (promoted), Redis both.
+    let r = c
+        .get_with(&inspect_url(&b, "/prices?x=1&y=2"), &[ADMIN])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    let tiers = |currency: &str| {
+        let key = format!("http://fleet.example/prices?x=1&y=2#c.currency={currency}");
+        v["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["key"] == key)
+            .map(|o| o["tiers"].clone())
+            .unwrap_or_else(|| panic!("{key} not in {v}"))
+    };
+    assert_eq!(tiers("USD"), json!(["memory", "redis"]));
+    assert_eq!(tiers("EUR"), json!(["redis"]));
+
+    // A purge through B, by an unsorted URL, empties A's memory too.
+    let (status, purged) = b.purge(r#"{"url": "/prices?y=2&x=1"}"#).await;
+    assert_eq!((status, &purged["purged"]), (200, &json!(2)), "{purged}");
+    wait_until(WAIT, "A's memory purged through the fleet", || async {
+        let memory = a.shared.cache.memory();
+        memory.weighted_size(); // applies moka's pending removals
+        memory.entry_count() == 0
+    })
+    .await;
+    let r = c
+        .get_with(
+            &a.url("/prices?x=1&y=2"),
+            &[HOST, ("cookie", "currency=EUR")],
+        )
+        .await;
+    assert!(!hit(&r), "{}", r.cache_status());
+    assert_eq!(origin.count(), 3);
+    let gone = c.get_with(&inspect_url(&b, "/prices"), &[ADMIN]).await;
+    assert_eq!(gone.status, 404, "{}", gone.text());
+}
