@@ -102,7 +102,9 @@ impl KeyOptions {
     /// ([`KeyOptions::normalise`]), then the header and cookie values from
     /// `request`.
     pub fn request_path(&self, path_and_query: &str, request: &HeaderMap) -> String {
-        let mut out = self.normalise(path_and_query);
+        // One allocation for the key in the usual case (short values).
+        let mut out = String::with_capacity(path_and_query.len() + 64);
+        self.normalise_into(path_and_query, &mut out);
         if !self.appends() {
             return out;
         }
@@ -132,10 +134,7 @@ impl KeyOptions {
             sep(&mut out);
             out.push_str("c.");
             out.push_str(name);
-            if let Some(value) = cookie_value(request, name) {
-                out.push('=');
-                escape(&mut out, &value);
-            }
+            push_cookie(&mut out, request, name);
         }
         out
     }
@@ -143,36 +142,45 @@ impl KeyOptions {
     /// The query normalisation alone (purge by URL has no request fields):
     /// `path_and_query` with its query kept, sorted, filtered or dropped.
     pub fn normalise(&self, path_and_query: &str) -> String {
+        let mut out = String::with_capacity(path_and_query.len());
+        self.normalise_into(path_and_query, &mut out);
+        out
+    }
+
+    /// [`KeyOptions::normalise`], appended to `out`; allocates only to sort.
+    fn normalise_into(&self, path_and_query: &str, out: &mut String) {
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
         };
         if self.query == QueryMode::All && self.filter.is_none() {
-            return path_and_query.to_string();
+            out.push_str(path_and_query);
+            return;
         }
+        out.push_str(path);
         let Some(query) = query.filter(|_| self.query != QueryMode::None) else {
-            return path.to_string();
+            return;
         };
-        let mut params: Vec<&str> = query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .filter(|p| match &self.filter {
-                None => true,
-                Some(QueryFilter::Ignore(set)) => !set.is_match(param_name(p)),
-                Some(QueryFilter::Only(set)) => set.is_match(param_name(p)),
-            })
-            .collect();
+        let kept = query.split('&').filter(|p| {
+            !p.is_empty()
+                && match &self.filter {
+                    None => true,
+                    Some(QueryFilter::Ignore(set)) => !set.is_match(param_name(p)),
+                    Some(QueryFilter::Only(set)) => set.is_match(param_name(p)),
+                }
+        });
+        let mut push = |i: usize, p: &str| {
+            out.push(if i == 0 { '?' } else { '&' });
+            out.push_str(p);
+        };
         if self.query == QueryMode::Sorted {
+            let mut params: Vec<&str> = kept.collect();
             // Stable: repeated names keep their relative order.
             params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+            params.iter().enumerate().for_each(|(i, p)| push(i, p));
+        } else {
+            kept.enumerate().for_each(|(i, p)| push(i, p));
         }
-        let mut out = String::with_capacity(path_and_query.len());
-        out.push_str(path);
-        if !params.is_empty() {
-            out.push('?');
-            out.push_str(&params.join("&"));
-        }
-        out
     }
 }
 
@@ -260,17 +268,21 @@ fn param_name(p: &str) -> &str {
     p.split_once('=').map_or(p, |(n, _)| n)
 }
 
-/// The value of the first cookie `name` in the request's `Cookie` fields
-/// (RFC 6265 §5.4; HTTP/2 may split them over several fields).
-fn cookie_value(request: &HeaderMap, name: &str) -> Option<String> {
-    request
+/// Appends `=VALUE` of the first cookie `name` in the request's `Cookie`
+/// fields (RFC 6265 §5.4; HTTP/2 may split them over several fields), or
+/// nothing when there is none. The `cookie` crate parses without copying.
+fn push_cookie(out: &mut String, request: &HeaderMap, name: &str) {
+    let found = request
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(cookie::Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|c| c.name() == name)
-        .map(|c| c.value().to_string())
+        .find(|c| c.name() == name);
+    if let Some(c) = found {
+        out.push('=');
+        escape(out, c.value());
+    }
 }
 
 fn escape(out: &mut String, s: &str) {
