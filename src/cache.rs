@@ -152,7 +152,9 @@ impl Cache {
         }
         let redis = self.inner.redis.as_ref()?;
         let key = CacheKey::new(https, authority, path);
-        match redis.get(&key).await {
+        // Boxed: this future is part of every request's (see
+        // `Shared::handle`); a memory hit never gets here.
+        match Box::pin(redis.get(&key)).await {
             Ok(Some(object)) => {
                 self.inner.memory.insert(object.clone());
                 Some((object, Tier::Redis))

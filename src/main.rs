@@ -13,7 +13,9 @@ use strata::telemetry;
 
 /// mimalloc: the request path allocates small, short-lived buffers (header
 /// maps, status strings) across threads; measured faster than glibc's
-/// allocator for this pattern (see README, Performance).
+/// allocator for this pattern (see README, Performance). Built with
+/// `no_thp`, so its arena is not backed by transparent huge pages (an idle
+/// process holds ~10 MiB, not ~42; README, Memory).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

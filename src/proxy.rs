@@ -242,6 +242,12 @@ impl Shared {
     }
 
     /// Handles one client request end to end.
+    ///
+    /// This future lives in every connection (hyper keeps one slot of its
+    /// size per connection, idle or not), so everything past a memory hit
+    /// (the miss, the pass, Redis, shared rate limits) is boxed where it
+    /// starts: an idle keep-alive connection stays within SPEC §10's
+    /// 16 KiB, and a memory hit allocates nothing for it.
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
@@ -261,7 +267,7 @@ impl Shared {
             Ok(()) => 'serve: {
                 // No limits configured: one `Option` check.
                 if let Some(limits) = &runtime.rate_limits {
-                    if let Err(over) = limits.on_arrival(&req, conn.client_ip).await {
+                    if let Err(over) = Box::pin(limits.on_arrival(&req, conn.client_ip)).await {
                         let e = ProxyError::RateLimited(over);
                         break 'serve Answered::error(&e, CacheStatus::fwd(Fwd::Bypass));
                     }
@@ -311,7 +317,7 @@ impl Shared {
     ) -> Answered {
         let route = match lookup::route(self, runtime, &req, conn) {
             Ok(route) => route,
-            Err(fwd) => return forward::pass(self, runtime, req, conn, fwd).await,
+            Err(fwd) => return Box::pin(forward::pass(self, runtime, req, conn, fwd)).await,
         };
         let ctx =
             RequestCtx {
@@ -339,7 +345,7 @@ impl Shared {
                 });
                 Answered::new(ctx.respond(&req, &hit.variant), status)
             }
-            Lookup::Fetch(miss) => fetch::fetch(&ctx, req, miss).await,
+            Lookup::Fetch(miss) => Box::pin(fetch::fetch(&ctx, req, miss)).await,
             Lookup::OnlyIfCached => {
                 Answered::error(&ProxyError::NotCached, CacheStatus::fwd(Fwd::Request))
             }

@@ -175,7 +175,10 @@ impl Server {
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
-            let conn = graceful.watch(conn);
+            // Boxed once: passed by value through `serve` and
+            // `log_conn_error`, the connection would be copied into each
+            // of their futures (9 KiB per connection instead of 1.6).
+            let conn = Box::pin(graceful.watch(conn));
             tokio::spawn(async move {
                 log_conn_error(first.serve(conn)).await;
                 drop(permit);
@@ -193,7 +196,7 @@ impl Server {
                         admin_service(admin.clone(), first.clone()),
                     )
                     .into_owned();
-                let conn = graceful.watch(conn);
+                let conn = Box::pin(graceful.watch(conn));
                 tokio::spawn(async move {
                     log_conn_error(first.serve(conn)).await;
                     drop(permit);
@@ -220,7 +223,7 @@ impl Server {
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    log_conn_error(first.serve(watcher.watch(conn))).await;
+                    log_conn_error(first.serve(Box::pin(watcher.watch(conn)))).await;
                     drop(permit);
                 });
             })

@@ -182,7 +182,7 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
         let mut selected = found.select(req.headers()).cloned();
         if selected.as_ref().is_some_and(|v| v.soft_purged) && tier == Tier::Memory {
             // Another instance may have revalidated it already.
-            if let Some(o) = ctx.shared.cache.revalidated_elsewhere(&found.key).await {
+            if let Some(o) = Box::pin(ctx.shared.cache.revalidated_elsewhere(&found.key)).await {
                 selected = o.select(req.headers()).cloned();
                 found = o;
                 tier = Tier::Redis;
