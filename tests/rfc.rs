@@ -330,6 +330,38 @@ async fn targeted_cache_control_decides_for_strata_only() {
 }
 
 #[tokio::test]
+async fn a_rule_never_overrides_what_a_targeted_field_keeps_private() {
+    // SPEC §10 with RFC 9213: the privacy of a response is judged on the
+    // directives addressed to Strata, before a rule's lifetime applies.
+    let origin = origin_with(targeted).await;
+    let s = strata(
+        &origin,
+        "[[rules]]\nmatch = \"/**\"\ncache_control = \"public, max-age=600\"\n",
+    )
+    .await;
+    let c = Client::new();
+    for path in ["/cdn-private", "/cdn-no-store"] {
+        let before = origin.count();
+        c.get(&s.url(path)).await;
+        let second = c.get(&s.url(path)).await;
+        assert!(!second.cache_status().contains("hit"), "{path}");
+        assert_eq!(second.text(), path);
+        assert_eq!(origin.count(), before + 2, "{path}");
+    }
+    // Cache-Control says no-store, the field addressed to CDNs allows
+    // storing: the rule's lifetime applies and Strata's own field never
+    // reaches the client.
+    for path in ["/cdn-max-age", "/strata-first"] {
+        let before = origin.count();
+        c.get(&s.url(path)).await;
+        let second = c.get(&s.url(path)).await;
+        assert!(second.cache_status().contains("hit"), "{path}");
+        assert_eq!(origin.count(), before + 1, "{path}");
+        assert!(second.header("strata-cache-control").is_none());
+    }
+}
+
+#[tokio::test]
 async fn targeted_cache_control_can_be_turned_off() {
     let origin = origin_with(targeted).await;
     let s = strata(&origin, "[cache]\ntargeted_cache_control = []\n").await;
