@@ -1,7 +1,6 @@
 //! The admin API on its own listener: `GET /health` (always open);
-//! `GET /metrics`, `/stats`, `/dashboard`, `/events` (behind
-//! `[admin] read_token` when set); `GET /cache?url=` (always behind a
-//! token, see `admin/inspect.rs`); the mutating `POST /purge`,
+//! `GET /metrics`, `/stats`, `/dashboard`, `/events` and
+//! `GET /cache?url=` (behind `[admin] read_token` when set); the mutating `POST /purge`,
 //! `POST /upstreams/drain` and `POST /upstreams/undrain` (bearer
 //! `[admin] token` required).
 //!

@@ -317,7 +317,7 @@ impl Shared {
     ) -> Answered {
         let route = match lookup::route(self, runtime, &req, conn) {
             Ok(route) => route,
-            Err(fwd) => return Box::pin(forward::pass(self, runtime, req, conn, fwd)).await,
+            Err(pass) => return Box::pin(forward::pass(self, runtime, req, conn, pass)).await,
         };
         let ctx =
             RequestCtx {

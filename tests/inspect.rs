@@ -54,7 +54,7 @@ fn inspect_url(s: &Strata, url: &str) -> String {
 }
 
 #[tokio::test]
-async fn cache_inspection_shape_404_and_401() {
+async fn cache_inspection_shape_and_404() {
     let body = "x".repeat(4096);
     let origin = Origin::start(move |_req| {
         let body = body.clone();
@@ -90,12 +90,8 @@ async fn cache_inspection_shape_404_and_401() {
         r.status == 200 && r.text().contains("\"gzip\"")
     })
     .await;
+    // Without `read_token`, open like `/metrics` (SPEC §9).
     let r = c.get(&url).await;
-    assert_eq!(r.status, 401, "keys may hold cookie values: token needed");
-    assert!(r.header("www-authenticate").is_some());
-    let wrong = c.get_with(&url, &[("authorization", "Bearer nope")]).await;
-    assert_eq!(wrong.status, 401);
-    let r = c.get_with(&url, &[ADMIN]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v: Value = serde_json::from_slice(&r.body).unwrap();

@@ -257,6 +257,43 @@ async fn grace_is_forbidden_by_must_revalidate_and_off_at_zero() {
     }
 }
 
+#[tokio::test]
+async fn an_upstream_error_that_replaces_a_stale_entry_says_its_status() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // A validator keeps the entry stored past its lifetime (for
+    // revalidation); must-revalidate forbids serving it stale.
+    let failing = std::sync::Arc::new(AtomicBool::new(false));
+    let f = failing.clone();
+    let origin = Origin::start(move |_req| {
+        let failing = f.load(Ordering::SeqCst);
+        async move {
+            if failing {
+                reply(500, &[], "down")
+            } else {
+                reply(
+                    200,
+                    &[
+                        ("cache-control", "max-age=1, must-revalidate"),
+                        ("etag", "\"v1\""),
+                    ],
+                    "cached",
+                )
+            }
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    assert_eq!(c.get(&s.url("/x")).await.text(), "cached");
+    failing.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = c.get(&s.url("/x")).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.text(), "down");
+    assert_eq!(r.cache_status(), "strata; fwd=stale; fwd-status=500");
+    assert_eq!(origin.count(), 2);
+}
+
 fn targeted(path: &str) -> Vec<(String, String)> {
     pairs(match path {
         "/cdn-no-store" => &[

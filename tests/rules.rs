@@ -181,3 +181,49 @@ async fn errors_are_not_stored_under_lifetime_rules() {
     );
     assert_eq!(origin.count(), 7);
 }
+
+/// SPEC §2: a rule's `cache_control` is what the client gets on every
+/// response under it, including those that pass the cache by: a URL
+/// remembered as uncacheable, and a `no-store` rule; within SPEC §10 (an
+/// origin's `private` stays).
+#[tokio::test]
+async fn a_rules_cache_control_reaches_the_client_on_passed_responses_too() {
+    let origin = Origin::start(|req| async move {
+        let cc: &[(&str, &str)] = if req.uri().path().starts_with("/api/me") {
+            &[
+                ("cache-control", "private"),
+                ("content-type", "application/json"),
+            ]
+        } else {
+            &[("content-type", "application/json")]
+        };
+        reply(200, cc, "{}")
+    })
+    .await;
+    let s = strata(&origin, &shipped_rules()).await;
+    let c = Client::new();
+    // `/api/**` says no-cache; the origin gives no freshness or validator,
+    // so the first response is not stored and the URL is then passed.
+    for i in 0..3 {
+        let r = c.get(&s.url("/api/items")).await;
+        assert_eq!(r.header("cache-control"), Some("no-cache"), "request {i}");
+        assert!(!r.cache_status().contains("hit"), "request {i}");
+    }
+    for i in 0..2 {
+        let r = c.get(&s.url("/api/me")).await;
+        assert_eq!(r.header("cache-control"), Some("private"), "request {i}");
+    }
+    assert_eq!(origin.count(), 5);
+    let s = strata(
+        &origin,
+        "[[rules]]\nmatch = \"/nostore/**\"\ncache_control = \"no-store\"\n",
+    )
+    .await;
+    let r = c.get(&s.url("/nostore/a")).await;
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(
+        r.cache_status().contains("fwd=bypass"),
+        "{}",
+        r.cache_status()
+    );
+}

@@ -214,7 +214,7 @@ pub struct RuleFile {
     pub min_ttl: Option<Spanned<Dur>>,
     pub max_ttl: Option<Spanned<Dur>>,
     /// Status pattern (`"404"`, `"5xx"`) → lifetime.
-    pub status_ttl: Option<BTreeMap<Spanned<String>, Dur>>,
+    pub status_ttl: Option<BTreeMap<String, Spanned<Dur>>>,
     pub stale_while_revalidate: Option<Dur>,
     pub stale_if_error: Option<Dur>,
     pub key: Option<KeyFile>,

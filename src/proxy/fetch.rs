@@ -58,7 +58,11 @@ async fn follow(
         }
     }
     // Released, timed out, or another variant: go upstream alone.
-    forward::pass(ctx.shared, ctx.runtime, req, ctx.conn, miss.fwd).await
+    let pass = super::lookup::Pass {
+        fwd: miss.fwd,
+        rule: ctx.rule,
+    };
+    forward::pass(ctx.shared, ctx.runtime, req, ctx.conn, pass).await
 }
 
 /// The leader: fetch, then answer by what came back.
@@ -165,6 +169,14 @@ fn uncacheable(
         }
     }
     drop(lock); // waiters go upstream at once, in parallel
+                // A stale entry was validated and the upstream's answer replaced it:
+                // `fwd-status` says what came back, as on the storable path.
+    let upstream_status = rparts.status.as_u16();
+    let status = CacheStatus::fwd(miss.fwd).map(|f| {
+        if miss.stale.is_some() {
+            f.fwd_status = Some(upstream_status);
+        }
+    });
     let compression = ctx.runtime.config.compression.as_ref();
     if client_validator_matches(req, &rparts, compression) {
         // The fetch dropped the client's If-None-Match; the validator it
@@ -172,7 +184,7 @@ fn uncacheable(
         let resp = Response::from_parts(rparts, ProxyBody::empty());
         let resp = compress_stream(resp, compression, ctx.coding);
         let resp = super::stored::not_modified(resp.headers());
-        return Answered::new(resp, CacheStatus::fwd(miss.fwd));
+        return Answered::new(resp, status);
     }
     let mut resp = Response::from_parts(rparts, ProxyBody::Upstream(body));
     if req.method() == Method::HEAD {
@@ -180,7 +192,7 @@ fn uncacheable(
     } else {
         resp = compress_stream(resp, ctx.runtime.config.compression.as_ref(), ctx.coding);
     }
-    Answered::new(resp, CacheStatus::fwd(miss.fwd))
+    Answered::new(resp, status)
 }
 
 /// Whether the client's `If-None-Match` (its encoded ETags mapped back)

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::Either;
@@ -14,15 +14,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::body::{IdleTimeout, ProxyBody};
-use super::cache_status::{CacheStatus, Fwd};
+use super::cache_status::CacheStatus;
 use super::error::ProxyError;
 use super::headers;
+use super::lookup::Pass;
 use super::{Answered, ConnInfo, Runtime, Shared};
 use crate::upstream::{client::empty_body, Answer, ReqBody, UpstreamBody};
 
+use crate::cache::directives::CacheControl;
 use crate::cache::key::CacheKey;
 use crate::cache::storage::Selector;
 use crate::config::ServerConfig;
+use crate::rules::lifetime;
 use crate::traffic::ClientIp;
 
 /// Rewrites a client request into the one sent upstream (hop-by-hop fields
@@ -111,8 +114,12 @@ pub async fn pass(
     runtime: &Arc<Runtime>,
     mut req: Request<Incoming>,
     conn: ConnInfo,
-    fwd: Fwd,
+    pass: Pass,
 ) -> Answered {
+    let Pass { fwd, rule } = pass;
+    // What the rule's Cache-Control needs of the request, kept only when
+    // a rule matched (`rule_cache_control`).
+    let ruled = rule.map(|i| RuledRequest::capture(i, &req));
     let upgrade = wants_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let compression = runtime.config.compression.as_ref();
@@ -175,6 +182,9 @@ pub async fn pass(
             }
         }
     }
+    if let Some(ruled) = &ruled {
+        ruled.apply(runtime, resp.status(), resp.headers_mut());
+    }
     strip_surrogate_fields(&mut resp);
     let resp = client_response(runtime, resp);
     let resp = if is_head {
@@ -183,6 +193,58 @@ pub async fn pass(
         super::fetch::compress_stream(resp, compression, coding)
     };
     Answered::new(resp, status)
+}
+
+/// A passed-through request that matched a rule: what deciding the
+/// client's Cache-Control needs once the request has gone upstream.
+struct RuledRequest {
+    rule: usize,
+    path: String,
+    method: Method,
+    /// Only `Authorization` (RFC 9111 §3.5), if the request had one.
+    authorization: HeaderMap,
+    req_cc: CacheControl,
+}
+
+impl RuledRequest {
+    fn capture<B>(rule: usize, req: &Request<B>) -> RuledRequest {
+        let mut authorization = HeaderMap::new();
+        if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+            authorization.insert(header::AUTHORIZATION, v.clone());
+        }
+        RuledRequest {
+            rule,
+            path: req.uri().path().to_owned(),
+            method: req.method().clone(),
+            authorization,
+            req_cc: super::lookup::request_directives(req.headers()),
+        }
+    }
+
+    /// SPEC §2: the rule's `cache_control` replaces the origin's for the
+    /// client on passed-through responses too (a `no-store` rule, a URL
+    /// remembered as uncacheable), within SPEC §10's limits, exactly as
+    /// on a miss.
+    fn apply(&self, runtime: &Runtime, status: StatusCode, h: &mut HeaderMap) {
+        let content_type = h.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+        let Some(rule) =
+            runtime
+                .config
+                .rules
+                .for_response(self.rule, &self.path, &self.method, content_type)
+        else {
+            return;
+        };
+        let origin = CacheControl::for_cache(h, &runtime.config.cache.targeted_cache_control);
+        if !lifetime::rule_status(status)
+            || lifetime::private(&self.authorization, &self.req_cc, h, &origin).is_some()
+        {
+            return;
+        }
+        if let Some(value) = rule.cache_control() {
+            h.insert(header::CACHE_CONTROL, value.clone());
+        }
+    }
 }
 
 /// Strata's ETags of encoded responses (`"xyz-gzip"`, `"xyz-br"`) mapped

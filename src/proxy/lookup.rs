@@ -39,27 +39,40 @@ pub struct Route<'r> {
     pub rule: Option<usize>,
 }
 
-/// Decides whether the cache handles `req`; `Err` names why it goes
-/// straight upstream (`Cache-Status: fwd=…`).
+/// Why a request goes straight upstream (`Cache-Status: fwd=…`), and the
+/// rule it matched, whose `cache_control` the client still gets.
+pub struct Pass {
+    pub fwd: Fwd,
+    pub rule: Option<usize>,
+}
+
+impl From<Fwd> for Pass {
+    fn from(fwd: Fwd) -> Pass {
+        Pass { fwd, rule: None }
+    }
+}
+
+/// Decides whether the cache handles `req`; `Err` says why it goes
+/// straight upstream.
 pub fn route<'r>(
     shared: &Shared,
     runtime: &Runtime,
     req: &'r Request<Incoming>,
     conn: ConnInfo,
-) -> Result<Route<'r>, Fwd> {
+) -> Result<Route<'r>, Pass> {
     let cacheable = (req.method() == Method::GET || req.method() == Method::HEAD)
         && !req.headers().contains_key(header::UPGRADE);
     if !cacheable {
-        return Err(Fwd::Method);
+        return Err(Fwd::Method.into());
     }
     if !runtime.config.cache.enabled {
-        return Err(Fwd::Bypass);
+        return Err(Fwd::Bypass.into());
     }
     if !req.body().is_end_stream() {
         // A GET with a body is not something a cache can key on.
-        return Err(Fwd::Bypass);
+        return Err(Fwd::Bypass.into());
     }
-    let authority = super::request_host(req).ok_or(Fwd::Bypass)?;
+    let authority = super::request_host(req).ok_or(Pass::from(Fwd::Bypass))?;
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let rule = runtime.config.rules.find(req.uri().path(), req.method());
     let path = match rule.and_then(|(_, r)| r.key()) {
@@ -68,7 +81,10 @@ pub fn route<'r>(
     };
     let hash = CacheKey::hash_of(conn.https, authority, &path);
     if rule.is_some_and(|(_, r)| r.bypasses()) || shared.cache.is_pass(hash) {
-        return Err(Fwd::Bypass);
+        return Err(Pass {
+            fwd: Fwd::Bypass,
+            rule: rule.map(|(i, _)| i),
+        });
     }
     Ok(Route {
         hash,

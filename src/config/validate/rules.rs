@@ -80,11 +80,13 @@ impl Validator<'_> {
                 ));
             }
         }
+        // Keyed by plain strings so that a bad duration's error names its
+        // status (`status_ttl.404`); a bad status is located at its value.
         for (pattern, d) in status_ttl.iter().flatten() {
             lifetimes
                 .status_ttl
-                .insert(pattern.get_ref(), secs(d))
-                .map_err(|e| at(pattern.span(), "status_ttl", &e))?;
+                .insert(pattern, secs(d.get_ref()))
+                .map_err(|e| at(d.span(), &format!("status_ttl.{pattern}"), &e))?;
         }
         let rule = rule.with_lifetimes(lifetimes);
         Ok(match key {
