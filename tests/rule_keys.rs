@@ -276,11 +276,11 @@ fn check_rejects_contradictory_key_options() {
         ),
         (
             "key.headers = [\"bad header\"]\n",
-            ":9:16: rules[0].key.headers: not a valid header name",
+            ":9:16: rules[0].key.headers: \"bad header\" is not a valid header name",
         ),
         (
             "key.cookies = [\"a=b\"]\n",
-            ":9:16: rules[0].key.cookies: not a valid cookie name",
+            ":9:16: rules[0].key.cookies: \"a=b\" is not a valid cookie name",
         ),
         ("key.hedaers = [\"x\"]\n", "unknown field `hedaers`"),
     ];

@@ -73,7 +73,10 @@ impl Validator<'_> {
                             return Err(self.at.spanned(
                                 &name,
                                 "cache.targeted_cache_control",
-                                "expected field names such as \"CDN-Cache-Control\"",
+                                format_args!(
+                                    "{:?} is not a field name; expected names such as \"CDN-Cache-Control\"",
+                                    name.get_ref()
+                                ),
                             ))
                         }
                     }

@@ -147,15 +147,25 @@ impl Validator<'_> {
         }
         let mut header_names = Vec::new();
         for h in headers.iter().flatten() {
-            let name = http::HeaderName::from_bytes(h.get_ref().trim().as_bytes())
-                .map_err(|_| at(h.span(), "headers", &"not a valid header name"))?;
+            let name =
+                http::HeaderName::from_bytes(h.get_ref().trim().as_bytes()).map_err(|_| {
+                    at(
+                        h.span(),
+                        "headers",
+                        &format_args!("{:?} is not a valid header name", h.get_ref()),
+                    )
+                })?;
             header_names.push(name);
         }
         let mut cookie_names = Vec::new();
         for c in cookies.iter().flatten() {
             let name = c.get_ref().trim();
             if !is_token(name) {
-                return Err(at(c.span(), "cookies", &"not a valid cookie name"));
+                return Err(at(
+                    c.span(),
+                    "cookies",
+                    &format_args!("{name:?} is not a valid cookie name"),
+                ));
             }
             cookie_names.push(name.to_string());
         }
