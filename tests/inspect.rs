@@ -18,29 +18,6 @@ const WAIT: Duration = Duration::from_secs(10);
 /// The host both fleet instances are asked for (one key across them).
 const HOST: (&str, &str) = ("host", "fleet.example");
 
-/// An origin echoing the target and the `Cookie` it received.
-async fn echo() -> Origin {
-    Origin::start(|req| async move {
-        let target = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default();
-        let cookie = req
-            .headers()
-            .get("cookie")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        reply(
-            200,
-            &[("cache-control", "max-age=600")],
-            format!("{target} {cookie}"),
-        )
-    })
-    .await
-}
-
 fn hit(r: &support::Reply) -> bool {
     r.cache_status().contains("; hit")
 }
@@ -140,7 +117,7 @@ async fn cache_inspection_shape_and_404() {
 
 #[tokio::test]
 async fn read_token_opens_inspection_like_the_dashboard() {
-    let origin = echo().await;
+    let origin = Origin::echo(&[("cache-control", "max-age=600")]).await;
     let text = support::config_text(&[origin.addr], NO_HEALTH).replace(
         "token = \"secret\"\n",
         "token = \"secret\"\nread_token = \"reader\"\n",
@@ -159,7 +136,7 @@ async fn read_token_opens_inspection_like_the_dashboard() {
 #[tokio::test]
 async fn inspection_and_purge_by_url_across_instances_sharing_redis() {
     let redis = RedisServer::start().await;
-    let origin = echo().await;
+    let origin = Origin::echo(&[("cache-control", "max-age=600")]).await;
     let cfg = format!(
         "{NO_HEALTH}\n[cache.redis]\nurls = [\"{}\"]\ntimeout = \"200ms\"\n\n\
          [[rules]]\nmatch = \"/prices\"\nkey.cookies = [\"currency\"]\nkey.query = \"sorted\"\n",

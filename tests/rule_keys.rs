@@ -9,34 +9,10 @@ mod support;
 use bytes::Bytes;
 use http::Method;
 use serde_json::{json, Value};
-use support::origin::reply;
 use support::{Client, Origin, Strata};
 
 const NO_HEALTH: &str = "[upstream.health]\nenabled = false\n";
 const ADMIN: (&str, &str) = ("authorization", "Bearer secret");
-
-/// An origin echoing the target and the `Cookie` it received.
-async fn echo() -> Origin {
-    Origin::start(|req| async move {
-        let target = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default();
-        let cookie = req
-            .headers()
-            .get("cookie")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        reply(
-            200,
-            &[("cache-control", "max-age=600"), ("surrogate-key", "echo")],
-            format!("{target} {cookie}"),
-        )
-    })
-    .await
-}
 
 async fn strata(origin: &Origin, rules: &str) -> Strata {
     Strata::start(&[origin.addr], &format!("{NO_HEALTH}{rules}")).await
@@ -62,7 +38,7 @@ fn inspect_url(s: &Strata, url: &str) -> String {
 
 #[tokio::test]
 async fn sorted_ignored_only_and_none_queries_share_entries_and_reach_upstream_as_sent() {
-    let origin = echo().await;
+    let origin = Origin::echo(&[("cache-control", "max-age=600"), ("surrogate-key", "echo")]).await;
     let s = strata(
         &origin,
         "[[rules]]\nmatch = \"/sorted\"\nkey.query = \"sorted\"\nkey.query_ignore = [\"utm_*\", \"fbclid\"]\n\
@@ -108,7 +84,7 @@ async fn sorted_ignored_only_and_none_queries_share_entries_and_reach_upstream_a
 
 #[tokio::test]
 async fn currency_cookies_and_languages_split_the_cache_utm_source_does_not() {
-    let origin = echo().await;
+    let origin = Origin::echo(&[("cache-control", "max-age=600"), ("surrogate-key", "echo")]).await;
     let s = strata(
         &origin,
         "[[rules]]\nmatch = \"/prices\"\nkey.cookies = [\"currency\"]\nkey.headers = [\"Accept-Language\"]\nkey.query_ignore = [\"utm_*\"]\n",
@@ -185,7 +161,7 @@ async fn currency_cookies_and_languages_split_the_cache_utm_source_does_not() {
 
 #[tokio::test]
 async fn an_unsafe_method_invalidates_every_keyed_entry_of_its_url() {
-    let origin = echo().await;
+    let origin = Origin::echo(&[("cache-control", "max-age=600"), ("surrogate-key", "echo")]).await;
     let s = strata(
         &origin,
         "[[rules]]\nmatch = \"/cart\"\nkey.cookies = [\"currency\"]\nkey.query = \"sorted\"\n",
@@ -222,7 +198,7 @@ async fn an_unsafe_method_invalidates_every_keyed_entry_of_its_url() {
 
 #[tokio::test]
 async fn purge_by_url_normalises_like_requests() {
-    let origin = echo().await;
+    let origin = Origin::echo(&[("cache-control", "max-age=600"), ("surrogate-key", "echo")]).await;
     let s = strata(
         &origin,
         "[[rules]]\nmatch = \"/b\"\nkey.query = \"sorted\"\nkey.query_ignore = [\"utm_*\"]\n",

@@ -79,6 +79,26 @@ impl Origin {
         Origin::start(move |_req| async move { reply(200, headers, body) }).await
     }
 
+    /// An origin answering 200 with `headers` and a body that echoes the
+    /// request target and the `Cookie` it received (`"/p?q=1 a=b"`).
+    pub async fn echo(headers: &'static [(&'static str, &'static str)]) -> Origin {
+        Origin::start(move |req| async move {
+            let target = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            let cookie = req
+                .headers()
+                .get("cookie")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            reply(200, headers, format!("{target} {cookie}"))
+        })
+        .await
+    }
+
     pub async fn start_handler(handler: Handler) -> Origin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("addr");
