@@ -18,18 +18,6 @@ const WAIT: Duration = Duration::from_secs(10);
 /// The host both fleet instances are asked for (one key across them).
 const HOST: (&str, &str) = ("host", "fleet.example");
 
-fn hit(r: &support::Reply) -> bool {
-    r.cache_status().contains("; hit")
-}
-
-/// `/cache?url=…` with the url form-encoded.
-fn inspect_url(s: &Strata, url: &str) -> String {
-    let q: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("url", url)
-        .finish();
-    s.admin_url(&format!("/cache?{q}"))
-}
-
 #[tokio::test]
 async fn cache_inspection_shape_and_404() {
     let body = "x".repeat(4096);
@@ -60,7 +48,7 @@ async fn cache_inspection_shape_and_404() {
         &[("accept-encoding", "gzip"), ("accept-language", "en")],
     )
     .await;
-    let url = inspect_url(&s, "/doc");
+    let url = s.inspect_url("/doc");
     // The encoded representation is added just after the response went out.
     wait_until(WAIT, "the gzip representation stored", || async {
         let r = c.get_with(&url, &[ADMIN]).await;
@@ -96,18 +84,18 @@ async fn cache_inspection_shape_and_404() {
         "{encodings:?}"
     );
     // Absolute URLs name one host; normalised like a request.
-    let abs = inspect_url(&s, &format!("http://{}/x/../doc", s.addr));
+    let abs = s.inspect_url(&format!("http://{}/x/../doc", s.addr));
     assert_eq!(c.get_with(&abs, &[ADMIN]).await.status, 200);
-    let other = inspect_url(&s, "http://elsewhere.example/doc");
+    let other = s.inspect_url("http://elsewhere.example/doc");
     assert_eq!(c.get_with(&other, &[ADMIN]).await.status, 404);
-    let missing = c.get_with(&inspect_url(&s, "/nothing"), &[ADMIN]).await;
+    let missing = c.get_with(&s.inspect_url("/nothing"), &[ADMIN]).await;
     assert_eq!(missing.status, 404);
     assert_eq!(
         serde_json::from_slice::<Value>(&missing.body).unwrap()["error"],
         "nothing stored"
     );
     for bad in ["nope", "/a/..%2fb"] {
-        let r = c.get_with(&inspect_url(&s, bad), &[ADMIN]).await;
+        let r = c.get_with(&s.inspect_url(bad), &[ADMIN]).await;
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
     let r = c.get_with(&s.admin_url("/cache"), &[ADMIN]).await;
@@ -125,7 +113,7 @@ async fn read_token_opens_inspection_like_the_dashboard() {
     let s = Strata::start_text(&text).await;
     let c = Client::new();
     c.get(&s.url("/page")).await;
-    let url = inspect_url(&s, "/page");
+    let url = s.inspect_url("/page");
     assert_eq!(c.get(&url).await.status, 401);
     for token in ["Bearer reader", "Bearer secret"] {
         let r = c.get_with(&url, &[("authorization", token)]).await;
@@ -175,7 +163,7 @@ async fn inspection_and_purge_by_url_across_instances_sharing_redis() {
 
     // B's memory holds USD (promoted), Redis both.
     let r = c
-        .get_with(&inspect_url(&b, "/prices?x=1&y=2"), &[ADMIN])
+        .get_with(&b.inspect_url("/prices?x=1&y=2"), &[ADMIN])
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v: Value = serde_json::from_slice(&r.body).unwrap();
@@ -207,8 +195,8 @@ async fn inspection_and_purge_by_url_across_instances_sharing_redis() {
             &[HOST, ("cookie", "currency=EUR")],
         )
         .await;
-    assert!(!hit(&r), "{}", r.cache_status());
+    assert!(!r.is_hit(), "{}", r.cache_status());
     assert_eq!(origin.count(), 3);
-    let gone = c.get_with(&inspect_url(&b, "/prices"), &[ADMIN]).await;
+    let gone = c.get_with(&b.inspect_url("/prices"), &[ADMIN]).await;
     assert_eq!(gone.status, 404, "{}", gone.text());
 }

@@ -66,14 +66,7 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
     for (i, (text, want)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));
         std::fs::write(&path, text).unwrap();
-        let out = strata_bin()
-            .arg("check")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = support::binary::check_fails(&path);
         assert!(err.contains(want), "want {want:?} in {err:?}");
         assert!(!err.contains("$__"), "serde internals in {err:?}");
     }

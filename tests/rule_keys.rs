@@ -24,18 +24,6 @@ async fn purge_url(s: &Strata, url: &str) -> u64 {
     body["purged"].as_u64().expect("purged")
 }
 
-fn hit(r: &support::Reply) -> bool {
-    r.cache_status().contains("; hit")
-}
-
-/// `/cache?url=…` with the url form-encoded.
-fn inspect_url(s: &Strata, url: &str) -> String {
-    let q: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("url", url)
-        .finish();
-    s.admin_url(&format!("/cache?{q}"))
-}
-
 #[tokio::test]
 async fn sorted_ignored_only_and_none_queries_share_entries_and_reach_upstream_as_sent() {
     let origin = Origin::echo(&[("cache-control", "max-age=600"), ("surrogate-key", "echo")]).await;
@@ -59,25 +47,25 @@ async fn sorted_ignored_only_and_none_queries_share_entries_and_reach_upstream_a
         "/sorted?utm_source=ad&a=1&b=2",
     ] {
         let r = c.get(&s.url(same)).await;
-        assert!(hit(&r), "{same}: {}", r.cache_status());
+        assert!(r.is_hit(), "{same}: {}", r.cache_status());
     }
     let r = c.get(&s.url("/sorted?a=1&b=3")).await;
-    assert!(!hit(&r), "another value is another entry");
+    assert!(!r.is_hit(), "another value is another entry");
     assert_eq!(origin.last().unwrap().path, "/sorted?a=1&b=3");
     assert_eq!(origin.count(), 2);
 
     c.get(&s.url("/only?q=x&page=1&session=1")).await;
     let r = c.get(&s.url("/only?q=x&tracking=3&page=1")).await;
-    assert!(hit(&r), "{}", r.cache_status());
+    assert!(r.is_hit(), "{}", r.cache_status());
     let r = c.get(&s.url("/only?page=1&q=x")).await;
-    assert!(!hit(&r), "query_only keeps the order (query = all)");
+    assert!(!r.is_hit(), "query_only keeps the order (query = all)");
     let r = c.get(&s.url("/only?q=y&page=1")).await;
-    assert!(!hit(&r));
+    assert!(!r.is_hit());
     assert_eq!(origin.count(), 5);
 
     c.get(&s.url("/none?x=1")).await;
     let r = c.get(&s.url("/none?y=2")).await;
-    assert!(hit(&r), "{}", r.cache_status());
+    assert!(r.is_hit(), "{}", r.cache_status());
     assert_eq!(r.text(), "/none?x=1 ");
     assert_eq!(origin.count(), 6);
 }
@@ -106,7 +94,7 @@ async fn currency_cookies_and_languages_split_the_cache_utm_source_does_not() {
         b.text().contains("currency=USD"),
         "the USD user never gets the EUR page"
     );
-    assert!(!hit(&b), "{}", b.cache_status());
+    assert!(!b.is_hit(), "{}", b.cache_status());
     assert_eq!(origin.count(), 2);
     // Each currency hits its own entry; utm_source and other cookies do
     // not split it.
@@ -116,19 +104,19 @@ async fn currency_cookies_and_languages_split_the_cache_utm_source_does_not() {
             &[("cookie", "currency=EUR"), ("accept-language", "fr")],
         )
         .await;
-    assert!(hit(&r), "{}", r.cache_status());
+    assert!(r.is_hit(), "{}", r.cache_status());
     assert!(r.text().contains("currency=EUR"));
     let r = c.get_with(&s.url("/prices"), &usd).await;
-    assert!(hit(&r) && r.text().contains("currency=USD"));
+    assert!(r.is_hit() && r.text().contains("currency=USD"));
     let r = c
         .get_with(
             &s.url("/prices"),
             &[("cookie", "currency=EUR"), ("accept-language", "de")],
         )
         .await;
-    assert!(!hit(&r), "another language is another entry");
+    assert!(!r.is_hit(), "another language is another entry");
     let r = c.get(&s.url("/prices")).await;
-    assert!(!hit(&r), "no cookie is its own entry");
+    assert!(!r.is_hit(), "no cookie is its own entry");
     assert_eq!(origin.count(), 4);
     // The upstream got each request's own cookie and query.
     let seen = origin.seen();
@@ -137,7 +125,7 @@ async fn currency_cookies_and_languages_split_the_cache_utm_source_does_not() {
 
     // /cache lists every value's entry; a purge by URL removes them all.
     let inspect = c
-        .get_with(&inspect_url(&s, "/prices?utm_source=x"), &[ADMIN])
+        .get_with(&s.inspect_url("/prices?utm_source=x"), &[ADMIN])
         .await;
     assert_eq!(inspect.status, 200, "{}", inspect.text());
     let v: Value = serde_json::from_slice(&inspect.body).unwrap();
@@ -155,7 +143,7 @@ async fn currency_cookies_and_languages_split_the_cache_utm_source_does_not() {
     assert!(keys.contains(&eur_key.as_str()), "{keys:?}");
     assert_eq!(purge_url(&s, "/prices?utm_source=x").await, 4);
     let r = c.get_with(&s.url("/prices"), &eur).await;
-    assert!(!hit(&r), "{}", r.cache_status());
+    assert!(!r.is_hit(), "{}", r.cache_status());
     assert_eq!(origin.count(), 5);
 }
 
@@ -174,7 +162,7 @@ async fn an_unsafe_method_invalidates_every_keyed_entry_of_its_url() {
         let r = c
             .get_with(&s.url("/cart?a=2&b=1"), &[("cookie", currency)])
             .await;
-        assert!(hit(&r), "{}", r.cache_status());
+        assert!(r.is_hit(), "{}", r.cache_status());
     }
     assert_eq!(origin.count(), 2);
     // RFC 9111 §4.4: the POST's target URI, keyed as its GET would be.
@@ -191,7 +179,7 @@ async fn an_unsafe_method_invalidates_every_keyed_entry_of_its_url() {
         let r = c
             .get_with(&s.url("/cart?a=2&b=1"), &[("cookie", currency)])
             .await;
-        assert!(!hit(&r), "{currency}: {}", r.cache_status());
+        assert!(!r.is_hit(), "{currency}: {}", r.cache_status());
     }
     assert_eq!(origin.count(), 5);
 }
@@ -211,15 +199,15 @@ async fn purge_by_url_normalises_like_requests() {
         async move { c.get(&url).await }
     };
     // What a GET of the URL stores...
-    assert!(!hit(&get("/a/../b?utm_source=x&z=1&a=2").await));
+    assert!(!get("/a/../b?utm_source=x&z=1&a=2").await.is_hit());
     assert_eq!(origin.last().unwrap().path, "/b?utm_source=x&z=1&a=2");
-    assert!(hit(&get("/b?a=2&z=1").await));
+    assert!(get("/b?a=2&z=1").await.is_hit());
     // ... is what a purge of the same URL removes.
     assert_eq!(purge_url(&s, "/a/../b?utm_source=x&z=1&a=2").await, 1);
-    assert!(!hit(&get("/b?z=1&a=2").await));
+    assert!(!get("/b?z=1&a=2").await.is_hit());
     // Encoded unreserved characters, other ignored values, absolute URLs.
     assert_eq!(purge_url(&s, "/%62?utm_campaign=q&a=2&z=1").await, 1);
-    assert!(!hit(&get("/b?a=2&z=1").await));
+    assert!(!get("/b?a=2&z=1").await.is_hit());
     let absolute = format!("http://{}/./b?z=1&utm_medium=m&a=2", s.addr);
     assert_eq!(purge_url(&s, &absolute).await, 1);
     assert_eq!(purge_url(&s, &absolute).await, 0, "already gone");
@@ -263,14 +251,7 @@ fn check_rejects_contradictory_key_options() {
     for (i, (extra, want)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("keys{i}.toml"));
         std::fs::write(&path, format!("{base}{extra}")).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-            .arg("check")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{extra}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = support::binary::check_fails(&path);
         assert!(err.starts_with(&path.display().to_string()), "{err}");
         assert!(err.contains(want), "want {want:?} in {err:?}");
     }

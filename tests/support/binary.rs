@@ -180,3 +180,21 @@ impl Binary {
         (status, lines)
     }
 }
+
+/// `strata check --config path`, which must fail with status 1 (a bad
+/// configuration): its standard error.
+pub fn check_fails(path: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("check")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .expect("run strata check");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "strata check {}",
+        path.display()
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

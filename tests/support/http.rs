@@ -29,6 +29,11 @@ impl Reply {
         self.header("cache-status").unwrap_or("")
     }
 
+    /// Answered from the cache (`Cache-Status: strata; hit…`).
+    pub fn is_hit(&self) -> bool {
+        self.cache_status().contains("; hit")
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }

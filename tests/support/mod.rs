@@ -125,6 +125,14 @@ impl Strata {
         )
     }
 
+    /// `GET /cache?url=…` on the admin listener, `url` form-encoded.
+    pub fn inspect_url(&self, url: &str) -> String {
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("url", url)
+            .finish();
+        self.admin_url(&format!("/cache?{q}"))
+    }
+
     /// Stops accepting and drains (bounded by the drain timeout).
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
