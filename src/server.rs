@@ -5,8 +5,7 @@
 //!
 //! - `server/signals.rs`: SIGTERM/SIGINT → drain and exit, SIGHUP → reload.
 //! - `server/tls.rs`: certificates, SNI and ALPN.
-//! - `server/deadline.rs`: `header_read_timeout` from accept to the first
-//!   request.
+//! - `server/deadline.rs`: `header_read_timeout`, for every request head.
 //!
 //! Each listener kind has its own connection limit: the proxy and TLS
 //! listeners share `server.max_connections`, the admin listener has
@@ -41,6 +40,7 @@ use crate::alerts::{Alerts, Event};
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Shared};
+use deadline::{HeadDeadline, Tracked};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -154,24 +154,30 @@ impl Server {
         let admin_limit = Arc::new(Semaphore::new(admin_limit));
         let head_timeout = settings.header_read_timeout;
 
-        let proxy_service = |shared: Arc<Shared>, conn: ConnInfo, first: deadline::FirstRequest| {
+        let proxy_service = |shared: Arc<Shared>, conn: ConnInfo, heads: HeadDeadline| {
             hyper::service::service_fn(move |req: Request<Incoming>| {
-                first.arrived();
+                let open = heads.arrived(req.version());
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(shared.handle(req, conn).await) }
+                async move {
+                    let response = shared.handle(req, conn).await;
+                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, open)))
+                }
             })
         };
-        let admin_service = |admin: Arc<Admin>, first: deadline::FirstRequest| {
+        let admin_service = |admin: Arc<Admin>, heads: HeadDeadline| {
             hyper::service::service_fn(move |req: Request<Incoming>| {
-                first.arrived();
+                let open = heads.arrived(req.version());
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                async move {
+                    let response = admin.handle(req).await;
+                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, open)))
+                }
             })
         };
 
         let plain_loop = accept_loop(&plain, &stop, &limit, |stream, peer, permit| {
-            let first = deadline::FirstRequest::new(head_timeout);
-            let service = proxy_service(shared.clone(), ConnInfo::new(peer, false), first.clone());
+            let heads = HeadDeadline::new(head_timeout);
+            let service = proxy_service(shared.clone(), ConnInfo::new(peer, false), heads.clone());
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
@@ -180,7 +186,7 @@ impl Server {
             // of their futures (9 KiB per connection instead of 1.6).
             let conn = Box::pin(graceful.watch(conn));
             tokio::spawn(async move {
-                log_conn_error(first.serve(conn)).await;
+                log_conn_error(heads.serve(conn)).await;
                 drop(permit);
             });
         });
@@ -189,16 +195,16 @@ impl Server {
             &stop,
             &admin_limit,
             |stream, _peer, permit| {
-                let first = deadline::FirstRequest::new(head_timeout);
+                let heads = HeadDeadline::new(head_timeout);
                 let conn = builder
                     .serve_connection(
                         TokioIo::new(stream),
-                        admin_service(admin.clone(), first.clone()),
+                        admin_service(admin.clone(), heads.clone()),
                     )
                     .into_owned();
                 let conn = Box::pin(graceful.watch(conn));
                 tokio::spawn(async move {
-                    log_conn_error(first.serve(conn)).await;
+                    log_conn_error(heads.serve(conn)).await;
                     drop(permit);
                 });
             },
@@ -214,16 +220,16 @@ impl Server {
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 // The deadline runs from accept, across the handshake.
-                let first = deadline::FirstRequest::new(head_timeout);
+                let heads = HeadDeadline::new(head_timeout);
                 tokio::spawn(async move {
                     let Some(stream) = acceptor.accept(stream).await else {
                         return;
                     };
-                    let service = proxy_service(shared, ConnInfo::new(peer, true), first.clone());
+                    let service = proxy_service(shared, ConnInfo::new(peer, true), heads.clone());
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    log_conn_error(first.serve(Box::pin(watcher.watch(conn)))).await;
+                    log_conn_error(heads.serve(Box::pin(watcher.watch(conn)))).await;
                     drop(permit);
                 });
             })
@@ -338,15 +344,16 @@ fn warn_restart_only(old: &Config, new: &Config) {
 
 fn builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // No hyper header timer (`header_read_timeout`): `deadline.rs` bounds
+    // every head with one timer per connection. hyper's default limit of
+    // 100 header fields stays: a larger `max_headers` makes it allocate
+    // and fill two arrays of that size for every request head it parses.
     b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(s.header_read_timeout)
         .keep_alive(true)
         // Vectored writes: body chunks are never copied into (and never
         // grow) the connection's header buffer.
         .writev(true)
-        .max_buf_size(s.max_header_size.max(8192))
-        .max_headers(256);
+        .max_buf_size(s.max_header_size.max(8192));
     b.http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))

@@ -395,3 +395,93 @@ async fn a_slow_head_is_cut_off_too() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert_eq!(origin.count(), 0);
 }
+
+// === later request heads on a kept-alive connection ===
+
+/// Reads one whole `Content-Length` response from `s` (within 10 s).
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before a whole response: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("content-length");
+                if got.len() >= end + 4 + len {
+                    return text;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a response within 10 s")
+}
+
+#[tokio::test]
+async fn an_idle_or_slow_next_head_is_cut_off_after_the_last_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::fixed(&[("cache-control", "no-store")], "ok").await;
+    let text = support::config_text(&[origin.addr], NO_HEALTH)
+        .replace("[server]\n", "[server]\nheader_read_timeout = \"1s\"\n");
+    let strata = Strata::start_text(&text).await;
+    for partial in [&b""[..], b"GET / HT"] {
+        let mut s = tokio::net::TcpStream::connect(strata.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+        s.write_all(partial).await.unwrap();
+        // Closed by Strata between one and two timeouts after the
+        // response; the bound here is generous.
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
+            .await
+            .expect("closed within the bound");
+        assert!(matches!(read, Ok(0) | Err(_)), "{partial:?}: {read:?}");
+    }
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn a_response_longer_than_header_read_timeout_is_not_cut() {
+    // The body takes 2.5 s, more than three timeouts of 0.8 s: the timer
+    // bounds request heads, never a response being sent.
+    let origin = Origin::start(|_req| async move {
+        let chunks = futures_util::stream::unfold(0u8, |i| async move {
+            if i == 5 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Some((
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(
+                    bytes::Bytes::from_static(b"chunk"),
+                )),
+                i + 1,
+            ))
+        });
+        let mut r = http::Response::new(http_body_util::BodyExt::boxed(
+            http_body_util::StreamBody::new(chunks),
+        ));
+        r.headers_mut()
+            .insert("cache-control", http::HeaderValue::from_static("no-store"));
+        r
+    })
+    .await;
+    let text = support::config_text(&[origin.addr], NO_HEALTH)
+        .replace("[server]\n", "[server]\nheader_read_timeout = \"800ms\"\n");
+    let strata = Strata::start_text(&text).await;
+    let r = Client::new().get(&strata.url("/slow")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "chunk".repeat(5));
+}

@@ -22,7 +22,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
 use super::error::UpstreamError;
-use super::pool::{self, Sender, ServerPool};
+use super::pool::{self, Conn, ServerPool};
 use crate::config::UpstreamConfig;
 
 /// A request body going upstream: the client's own, or none.
@@ -111,10 +111,11 @@ async fn exchange(
     }
     *req.version_mut() = http::Version::HTTP_11;
 
-    if let Some(mut sender) = pool.checkout().await {
+    if let Some(mut conn) = pool.checkout().await {
         let again = replayable.then(|| Replay::capture(&req));
-        match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(UpstreamBody::wrap(resp, sender, pool)),
+        let sent = conn.sender.try_send_request(req);
+        match conn.run(sent).await {
+            Ok(resp) => return Ok(UpstreamBody::wrap(resp, conn, pool)),
             Err(mut e) => {
                 if let Some(unsent) = e.take_message() {
                     tracing::debug!(server = %pool.authority, "pooled connection closed before the request was sent; using a new one");
@@ -138,8 +139,8 @@ async fn exchange(
         }
     }
 
-    let mut sender = match pool.connect().await {
-        Ok(s) => s,
+    let mut conn = match pool.connect().await {
+        Ok(c) => c,
         Err(error) => {
             return Err(Failure {
                 error,
@@ -147,8 +148,9 @@ async fn exchange(
             })
         }
     };
-    match sender.send_request(req).await {
-        Ok(resp) => Ok(UpstreamBody::wrap(resp, sender, pool)),
+    let sent = conn.sender.send_request(req);
+    match conn.run(sent).await {
+        Ok(resp) => Ok(UpstreamBody::wrap(resp, conn, pool)),
         Err(error) => Err(Failure {
             error: protocol(pool, error),
             request: None,
@@ -212,21 +214,25 @@ impl Replay {
 /// An upstream response body. When it has been read to the end (or is
 /// empty), its connection goes back to the server's idle list; dropped
 /// before the end, the connection is closed (HTTP/1.1 cannot skip the rest
-/// of a response). A `101 Switching Protocols` never returns its
-/// connection: it belongs to the upgraded stream.
+/// of a response). Reading it drives the connection's I/O (see
+/// [`pool::Conn`]). A `101 Switching Protocols` never returns its
+/// connection: it belongs to the upgraded stream, driven by a task of its
+/// own.
 pub struct UpstreamBody {
     inner: Incoming,
-    conn: Option<(Sender, Arc<ServerPool>)>,
+    conn: Option<(Conn, Arc<ServerPool>)>,
 }
 
 impl UpstreamBody {
-    fn wrap(resp: Response<Incoming>, sender: Sender, pool: &Arc<ServerPool>) -> Response<Self> {
-        let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    fn wrap(resp: Response<Incoming>, conn: Conn, pool: &Arc<ServerPool>) -> Response<Self> {
+        let conn = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            conn.spawn();
+            None
+        } else {
+            Some((conn, pool.clone()))
+        };
         resp.map(|inner| {
-            let mut body = UpstreamBody {
-                inner,
-                conn: (!upgraded).then(|| (sender, pool.clone())),
-            };
+            let mut body = UpstreamBody { inner, conn };
             body.release_if_done();
             body
         })
@@ -234,8 +240,8 @@ impl UpstreamBody {
 
     fn release_if_done(&mut self) {
         if self.inner.is_end_stream() {
-            if let Some((sender, pool)) = self.conn.take() {
-                pool.checkin(sender);
+            if let Some((conn, pool)) = self.conn.take() {
+                pool.checkin(conn);
             }
         }
     }
@@ -250,11 +256,20 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            // The connection has read nothing more yet, or holds what it
+            // read for us to ask for (hyper's body channel waits for
+            // demand): drive it, then look again.
+            if let Some((conn, _)) = &mut this.conn {
+                conn.drive(cx);
+                polled = Pin::new(&mut this.inner).poll_frame(cx);
+            }
+        }
         match &polled {
             Poll::Ready(None) => {
-                if let Some((sender, pool)) = this.conn.take() {
-                    pool.checkin(sender);
+                if let Some((conn, pool)) = this.conn.take() {
+                    pool.checkin(conn);
                 }
             }
             Poll::Ready(Some(Ok(_))) => this.release_if_done(),

@@ -9,16 +9,29 @@
 //! to wait for the connection to become idle again. Here a checkout is a
 //! mutex-guarded `Vec::pop` on the server's own list (the server index is
 //! known), and a connection goes back when its response body ends (see
-//! [`super::client::UpstreamBody`]): no task, no hash, no extra channel
-//! beyond hyper's own dispatch to the connection task.
+//! [`super::client::UpstreamBody`]): no task, no hash.
+//!
+//! No task per connection either: a [`Conn`] carries hyper's connection
+//! state machine (the `Connection` future that does the socket I/O) with
+//! its request handle, and whoever holds the connection drives it — the
+//! request's own task while it waits for the response head, then whoever
+//! reads the response body. The usual design spawns that future, which
+//! costs every request a wake-up of, and a hop through a channel to,
+//! another task both ways (nginx, whose upstream I/O runs in the request's
+//! own event handler, has neither). Only an upgraded connection (`101`)
+//! gets a task of its own. An idle connection is polled by nobody: a close
+//! by the upstream is noticed at the next checkout or sweep.
 //!
 //! Idle connections are used last-in first-out, so under light load the
 //! surplus ones age out; an idle connection older than `pool_idle_timeout`
 //! is closed at the next checkout or by the sweeper ([`spawn_sweeper`]),
 //! and at most `pool_max_idle_per_server` wait per server.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
@@ -35,6 +48,69 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// An HTTP/1.1 connection's request handle.
 pub type Sender = http1::SendRequest<ReqBody>;
 
+/// An HTTP/1.1 connection's I/O state machine (hyper's `Connection`, with
+/// upgrades for WebSocket pass-through). It resolves when the connection
+/// ends: closed by either side, failed, or handed to an upgrade. Boxed
+/// once per connection: hyper does not name its upgradeable type.
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// One upstream connection: its request handle and its I/O, driven by
+/// whoever holds it (see the module doc).
+pub struct Conn {
+    pub sender: Sender,
+    /// `None` once the connection has ended (a finished hyper connection
+    /// must not be polled again; dropping it fails what it still held).
+    driver: Option<Driver>,
+}
+
+impl Conn {
+    /// Runs the connection's I/O as far as it can go now: writes what is
+    /// queued, reads what has arrived. The connection ending drops the
+    /// driver, which fails any request it still held (hyper hands an
+    /// unsent one back).
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(driver) = &mut self.driver {
+            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+                self.driver = None;
+            }
+        }
+    }
+
+    /// Whether the connection has ended or can take no more requests.
+    pub fn is_closed(&self) -> bool {
+        self.driver.is_none() || self.sender.is_closed()
+    }
+
+    /// Drives `fut` (a request sent on this connection) to completion
+    /// together with the connection's I/O.
+    pub async fn run<F: Future>(&mut self, fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            fut.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Hands the connection to a task of its own: an upgraded (`101`)
+    /// exchange, whose I/O hyper gives to the upgraded stream only from a
+    /// driven connection.
+    pub fn spawn(self) {
+        if let Some(driver) = self.driver {
+            let sender = self.sender;
+            tokio::spawn(async move {
+                if let Err(e) = driver.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+                drop(sender);
+            });
+        }
+    }
+}
+
 /// The connections of one upstream server.
 pub struct ServerPool {
     pub authority: Authority,
@@ -47,7 +123,7 @@ pub struct ServerPool {
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -70,33 +146,38 @@ impl ServerPool {
     /// The most recently used idle connection that is still open and
     /// ready for a request, if any. Expired and closed ones are dropped
     /// (which closes them).
-    pub async fn checkout(&self) -> Option<Sender> {
+    pub async fn checkout(&self) -> Option<Conn> {
         loop {
-            let mut sender = {
+            let mut conn = {
                 let now = Instant::now();
                 let mut idle = self.idle.lock().ok()?;
                 loop {
                     let entry = idle.pop()?;
-                    if !entry.sender.is_closed()
+                    if !entry.conn.is_closed()
                         && now.saturating_duration_since(entry.since) < self.idle_timeout
                     {
-                        break entry.sender;
+                        break entry.conn;
                     }
                 }
             };
-            // A connection checked in as its body ended may still be
-            // finishing that exchange; `ready` waits for it, and fails if
-            // the connection closed meanwhile.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            // Driving it reads what arrived while nobody polled it: the end
+            // of the last exchange, or the upstream's close. Ready means it
+            // can take a request; an error means it closed meanwhile.
+            let ready = std::future::poll_fn(|cx| {
+                conn.drive(cx);
+                conn.sender.poll_ready(cx)
+            })
+            .await;
+            if ready.is_ok() && !conn.is_closed() {
+                return Some(conn);
             }
         }
     }
 
     /// Returns a connection whose exchange has ended (its response body
     /// was read to the end). A full list or a closed connection drops it.
-    pub fn checkin(&self, sender: Sender) {
-        if sender.is_closed() || self.max_idle == 0 {
+    pub fn checkin(&self, conn: Conn) {
+        if conn.is_closed() || self.max_idle == 0 {
             return;
         }
         let Ok(mut idle) = self.idle.lock() else {
@@ -104,24 +185,26 @@ impl ServerPool {
         };
         if idle.len() < self.max_idle {
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
     }
 
-    /// Drops idle connections that expired or closed.
+    /// Drops idle connections that expired or closed. Each is driven once
+    /// first (with a waker that does nothing: nobody waits on an idle
+    /// connection), which is how a close by the upstream is noticed.
     fn sweep(&self) {
         let now = Instant::now();
+        let mut cx = Context::from_waker(Waker::noop());
         let expired: Vec<Idle> = match self.idle.lock() {
-            Ok(mut idle) => {
-                let (keep, expired) = idle.drain(..).partition(|e| {
-                    !e.sender.is_closed()
-                        && now.saturating_duration_since(e.since) < self.idle_timeout
-                });
-                *idle = keep;
-                expired
-            }
+            Ok(mut idle) => idle
+                .extract_if(.., |e| {
+                    e.conn.drive(&mut cx);
+                    e.conn.is_closed()
+                        || now.saturating_duration_since(e.since) >= self.idle_timeout
+                })
+                .collect(),
             Err(_) => return,
         };
         // Closed outside the lock.
@@ -129,10 +212,9 @@ impl ServerPool {
     }
 
     /// Opens a new connection: TCP connect within `connect_timeout`, then
-    /// the HTTP/1.1 handshake; the connection task is spawned (with
-    /// upgrades, for WebSocket pass-through) and ends when the connection
-    /// closes or every handle to it is dropped.
-    pub async fn connect(&self) -> Result<Sender, UpstreamError> {
+    /// the HTTP/1.1 handshake (which does no I/O: the connection is driven
+    /// by its holder, see [`Conn`]).
+    pub async fn connect(&self) -> Result<Conn, UpstreamError> {
         let connect_error = |source| UpstreamError::Connect {
             server: self.authority.to_string(),
             source,
@@ -171,12 +253,10 @@ impl ServerPool {
                 server: self.authority.to_string(),
                 source,
             })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(Conn {
+            sender,
+            driver: Some(Box::pin(conn.with_upgrades())),
+        })
     }
 }
 

@@ -96,6 +96,17 @@ impl Client {
         }
     }
 
+    /// Sends; the head and the streaming body, or the error that came
+    /// instead of a head (within 30 s).
+    pub async fn try_start(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        tokio::time::timeout(Duration::from_secs(30), self.inner.request(req))
+            .await
+            .expect("response or error within 30s")
+    }
+
     /// Sends and returns the head and the streaming body.
     pub async fn start(&self, req: Request<Full<Bytes>>) -> http::Response<hyper::body::Incoming> {
         tokio::time::timeout(Duration::from_secs(30), self.inner.request(req))
