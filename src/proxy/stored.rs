@@ -52,10 +52,14 @@ pub fn from_stored(
 /// RFC 9110 §13.2.2 evaluation order; `Some(status)` short-circuits.
 fn precondition(headers: &HeaderMap, req: &HeaderMap, method: &Method) -> Option<StatusCode> {
     let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
-    let last_modified = headers
-        .get(header::LAST_MODIFIED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
+    // Parsed only for a date precondition (a hit without one, the usual
+    // case, parses no date).
+    let last_modified = || {
+        headers
+            .get(header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+    };
     if let Some(im) = req.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
         if !etag_list_matches(im, etag, true) {
             return Some(StatusCode::PRECONDITION_FAILED);
@@ -65,7 +69,7 @@ fn precondition(headers: &HeaderMap, req: &HeaderMap, method: &Method) -> Option
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok())
     {
-        if last_modified.is_none_or(|lm| lm > ius) {
+        if last_modified().is_none_or(|lm| lm > ius) {
             return Some(StatusCode::PRECONDITION_FAILED);
         }
     }
@@ -79,13 +83,12 @@ fn precondition(headers: &HeaderMap, req: &HeaderMap, method: &Method) -> Option
             });
         }
     } else if safe {
-        if let (Some(ims), Some(lm)) = (
-            req.get(header::IF_MODIFIED_SINCE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| httpdate::parse_http_date(v).ok()),
-            last_modified,
-        ) {
-            if lm <= ims {
+        let ims = req
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        if let Some(ims) = ims {
+            if last_modified().is_some_and(|lm| lm <= ims) {
                 return Some(StatusCode::NOT_MODIFIED);
             }
         }
