@@ -63,9 +63,10 @@ pub fn upstream_request(
         https: conn.https,
         trusted: server.trusted_proxies.contains(conn.peer.ip()),
     };
-    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
-    let host = host.map(str::to_owned);
-    headers::add_forwarding(h, by, host.as_deref(), version);
+    // A clone of the value (a reference count), not of its text.
+    let host = h.get(header::HOST).cloned();
+    let host = host.as_ref().and_then(|v| v.to_str().ok());
+    headers::add_forwarding(h, by, host, version);
     req.extensions_mut().insert(ClientIp(conn.client_ip));
     req
 }
