@@ -179,7 +179,7 @@ impl Server {
             let heads = HeadDeadline::new(head_timeout);
             let service = proxy_service(shared.clone(), ConnInfo::new(peer, false), heads.clone());
             let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(heads.watch_io(stream)), service)
                 .into_owned();
             // Boxed once: passed by value through `serve` and
             // `log_conn_error`, the connection would be copied into each
@@ -198,7 +198,7 @@ impl Server {
                 let heads = HeadDeadline::new(head_timeout);
                 let conn = builder
                     .serve_connection(
-                        TokioIo::new(stream),
+                        TokioIo::new(heads.watch_io(stream)),
                         admin_service(admin.clone(), heads.clone()),
                     )
                     .into_owned();
@@ -227,7 +227,10 @@ impl Server {
                     };
                     let service = proxy_service(shared, ConnInfo::new(peer, true), heads.clone());
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(heads.watch_io(stream)),
+                            service,
+                        )
                         .into_owned();
                     log_conn_error(heads.serve(Box::pin(watcher.watch(conn)))).await;
                     drop(permit);

@@ -485,3 +485,49 @@ async fn a_response_longer_than_header_read_timeout_is_not_cut() {
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "chunk".repeat(5));
 }
+
+#[tokio::test]
+async fn a_hit_written_slowly_to_a_slow_reader_is_not_cut() {
+    // An 8 MiB hit is one frame: hyper is done with the body at once but
+    // writes it only as fast as the client reads. A client that stops
+    // reading for three timeouts still gets all of it.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 8 << 20;
+    let origin = Origin::start(|_req| async move {
+        reply(
+            200,
+            &[("cache-control", "public, max-age=600")],
+            vec![b'h'; SIZE],
+        )
+    })
+    .await;
+    let text = support::config_text(&[origin.addr], NO_HEALTH)
+        .replace("[server]\n", "[server]\nheader_read_timeout = \"1s\"\n");
+    let strata = Strata::start_text(&text).await;
+    let request = b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // The miss that stores it, read at full speed.
+    let warm = support::http::raw(strata.addr, request).await;
+    assert!(warm.starts_with("HTTP/1.1 200"));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive window, so the kernel cannot take the whole body.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(strata.addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut first = [0u8; 1];
+    s.read_exact(&mut first).await.unwrap();
+    // The pause is the scenario: a reader that stalls.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut rest))
+        .await
+        .expect("read within 30 s")
+        .expect("read");
+    let mut all = first.to_vec();
+    all.extend_from_slice(&rest);
+    let head_end = all.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    let head = String::from_utf8_lossy(&all[..head_end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("cache-status: strata; hit"), "{head}");
+    assert_eq!(all.len() - head_end, SIZE, "the whole body");
+    assert_eq!(origin.count(), 1);
+}

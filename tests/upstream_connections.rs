@@ -151,3 +151,91 @@ async fn connections_are_reused_within_the_idle_limit_and_timeout() {
     assert_eq!(r.status, 200);
     assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
 }
+
+/// An origin that answers a POST with `401` as soon as it has the head,
+/// before reading the body (which it then drains), and a GET with `200`;
+/// one connection serves any number of requests.
+async fn early_answering_origin() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf: Vec<u8> = Vec::new();
+                loop {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 65536];
+                        match s.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    let answer: &[u8] = if head.starts_with("post") {
+                        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"
+                    } else {
+                        OK
+                    };
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    while buf.len() < head_end + length {
+                        let mut chunk = [0u8; 65536];
+                        match s.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that answers an upload early (`401` before reading the
+/// body) leaves the rest of the body still to be sent: Strata keeps
+/// sending it, so a client that writes its whole body before reading the
+/// answer is never left stuck, and the connection is reused afterwards.
+#[tokio::test]
+async fn an_upload_answered_early_still_goes_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = early_answering_origin().await;
+    let strata = Strata::start(&[addr], NO_HEALTH).await;
+    // Far more than every socket buffer on the way can hold.
+    let body = vec![b'x'; 32 << 20];
+    let mut s = tokio::net::TcpStream::connect(strata.addr).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tokio::time::timeout(Duration::from_secs(20), async {
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap();
+    })
+    .await
+    .expect("the whole upload is taken within 20 s");
+    let mut got = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut got))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert!(
+        got[..n].starts_with(b"HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&got[..n])
+    );
+    let r = Client::new().get(&strata.url("/after")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "ok");
+}

@@ -7,12 +7,15 @@
 //! One timer per connection, checked when it fires, instead of hyper's
 //! header timer, which reads the clock and arms (then cancels) a timer for
 //! every request head — about 3–4% of a 1 KiB hit's CPU. Per request this
-//! costs two relaxed counter updates when the head arrives and two when
-//! the response ends (its body is done or dropped). The price is
-//! precision after the first request: a connection with no new request
-//! head is closed between one and two timeouts after its last response
-//! ended (the timer re-arms for a full period whenever anything happened
-//! during the last one).
+//! costs two relaxed counter updates when the head arrives, one when hyper
+//! is done with the response body ([`Open`] dropped) and two when the
+//! socket has taken the response's last byte (the connection's first
+//! flush after that, seen by [`Flushes`]). A response still being written
+//! to a slow client is therefore never cut. The price is precision after
+//! the first request: a connection with no new request head is closed
+//! between one and two timeouts after its last response was written (the
+//! timer re-arms for a full period whenever anything happened during the
+//! last one).
 //!
 //! hyper-util's protocol detection (HTTP/1.1 or h2 prior knowledge) waits
 //! for the first bytes without any timer, and hyper's HTTP/1.1 server has
@@ -30,6 +33,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Version;
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 /// A connection's request heads and responses, and by when the next head
@@ -42,8 +46,11 @@ pub struct HeadDeadline {
 }
 
 struct State {
-    /// Requests whose response has not ended.
+    /// Requests whose response has not been written to the end.
     open: AtomicU32,
+    /// Of those, the ones whose body hyper is done with (it may still hold
+    /// bytes of them to write).
+    ended: AtomicU32,
     /// Bumped when a request head arrives and when a response ends; 0
     /// until the first head.
     activity: AtomicU64,
@@ -70,6 +77,7 @@ impl HeadDeadline {
         HeadDeadline {
             state: Arc::new(State {
                 open: AtomicU32::new(0),
+                ended: AtomicU32::new(0),
                 activity: AtomicU64::new(0),
                 http2: AtomicBool::new(false),
             }),
@@ -89,6 +97,15 @@ impl HeadDeadline {
         s.open.fetch_add(1, Ordering::Relaxed);
         s.activity.fetch_add(1, Ordering::Relaxed);
         Open(self.state.clone())
+    }
+
+    /// Wraps the connection's socket so that a flush tells when the
+    /// responses hyper is done with have been written.
+    pub fn watch_io<T>(&self, io: T) -> Flushes<T> {
+        Flushes {
+            io,
+            state: self.state.clone(),
+        }
     }
 
     /// Drives `conn`, dropping it (which closes the socket) when a request
@@ -127,13 +144,14 @@ pub struct Open(Arc<State>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.activity.fetch_add(1, Ordering::Relaxed);
+        // Still open until the socket has taken what hyper holds of it.
+        self.0.ended.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// A response body that keeps its request [`Open`] until it is dropped
-/// (hyper drops it when it has been written, or the connection ended).
+/// (hyper drops it when it has queued the last frame, or the connection
+/// ended).
 pub struct Tracked<B> {
     inner: B,
     _open: Open,
@@ -162,5 +180,63 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A client connection's socket. hyper flushes the socket only once its
+/// own write buffer is empty, so the first successful flush after a
+/// response body was dropped means that response has been written.
+pub struct Flushes<T> {
+    io: T,
+    state: Arc<State>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Flushes<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Flushes<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            let s = &this.state;
+            if s.ended.load(Ordering::Relaxed) != 0 {
+                let written = s.ended.swap(0, Ordering::Relaxed);
+                s.open.fetch_sub(written, Ordering::Relaxed);
+                s.activity.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        flushed
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

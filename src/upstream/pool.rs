@@ -174,12 +174,38 @@ impl ServerPool {
         }
     }
 
-    /// Returns a connection whose exchange has ended (its response body
-    /// was read to the end). A full list or a closed connection drops it.
-    pub fn checkin(&self, conn: Conn) {
+    /// Returns a connection whose response body was read to the end. A
+    /// full list or a closed connection drops it. One whose exchange is not
+    /// over on the wire yet — hyper still writing the request body because
+    /// the upstream answered early (a `401` or `413` to an upload), or not
+    /// yet back to idle — is driven to the end by a task of its own first:
+    /// nobody else would poll it, so the upload would stall.
+    pub fn checkin(self: &Arc<Self>, mut conn: Conn) {
         if conn.is_closed() || self.max_idle == 0 {
             return;
         }
+        if !conn.sender.is_ready() {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            tracing::debug!(server = %self.authority, "upstream exchange not over at check-in; finishing it in the background");
+            let pool = self.clone();
+            runtime.spawn(async move {
+                let ready = std::future::poll_fn(|cx| {
+                    conn.drive(cx);
+                    conn.sender.poll_ready(cx)
+                })
+                .await;
+                if ready.is_ok() && !conn.is_closed() {
+                    pool.put_idle(conn);
+                }
+            });
+            return;
+        }
+        self.put_idle(conn);
+    }
+
+    fn put_idle(&self, conn: Conn) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
