@@ -17,6 +17,14 @@
 //! timer re-arms for a full period whenever anything happened during the
 //! last one).
 //!
+//! Known difference from hyper's timer: a request body still arriving
+//! after its response was written (an upload the upstream answered early,
+//! say with `401`) does not count as activity, so such a connection is
+//! closed one to two timeouts after the response, like nginx's
+//! `lingering_time` but without its lingering reads. Counting every read
+//! would let a client trickling a request head byte by byte keep its
+//! connection forever.
+//!
 //! hyper-util's protocol detection (HTTP/1.1 or h2 prior knowledge) waits
 //! for the first bytes without any timer, and hyper's HTTP/1.1 server has
 //! none unless given one: without this, a silent connection would hold its

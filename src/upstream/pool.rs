@@ -178,8 +178,9 @@ impl ServerPool {
     /// full list or a closed connection drops it. One whose exchange is not
     /// over on the wire yet — hyper still writing the request body because
     /// the upstream answered early (a `401` or `413` to an upload), or not
-    /// yet back to idle — is driven to the end by a task of its own first:
-    /// nobody else would poll it, so the upload would stall.
+    /// yet back to idle — is driven to the end by a task of its own first
+    /// (for at most `pool_idle_timeout`, then closed): nobody else would
+    /// poll it, so the upload would stall.
     pub fn checkin(self: &Arc<Self>, mut conn: Conn) {
         if conn.is_closed() || self.max_idle == 0 {
             return;
@@ -190,13 +191,20 @@ impl ServerPool {
             };
             tracing::debug!(server = %self.authority, "upstream exchange not over at check-in; finishing it in the background");
             let pool = self.clone();
+            // Bounded like an idle connection: an upstream that answered
+            // and then stopped reading must not hold a task and a socket
+            // forever.
+            let bound = self.idle_timeout;
             runtime.spawn(async move {
-                let ready = std::future::poll_fn(|cx| {
-                    conn.drive(cx);
-                    conn.sender.poll_ready(cx)
-                })
+                let finished = tokio::time::timeout(
+                    bound,
+                    std::future::poll_fn(|cx| {
+                        conn.drive(cx);
+                        conn.sender.poll_ready(cx)
+                    }),
+                )
                 .await;
-                if ready.is_ok() && !conn.is_closed() {
+                if matches!(finished, Ok(Ok(()))) && !conn.is_closed() {
                     pool.put_idle(conn);
                 }
             });
