@@ -130,13 +130,7 @@ async fn inspection_and_purge_by_url_across_instances_sharing_redis() {
          [[rules]]\nmatch = \"/prices\"\nkey.cookies = [\"currency\"]\nkey.query = \"sorted\"\n",
         redis.url()
     );
-    let a = Strata::start(&[origin.addr], &cfg).await;
-    let b = Strata::start(&[origin.addr], &cfg).await;
-    wait_until(WAIT, "both instances connected to Redis", || async {
-        a.shared.cache.redis_state() == Some((true, false))
-            && b.shared.cache.redis_state() == Some((true, false))
-    })
-    .await;
+    let (a, b) = Strata::pair_sharing_redis(&[origin.addr], &cfg).await;
     let c = Client::new();
     for currency in ["EUR", "USD"] {
         let cookie = format!("currency={currency}");

@@ -100,14 +100,7 @@ async fn soft_purge_reaches_the_fleet_and_revalidates_once() {
         "[upstream.health]\nenabled = false\n\n[cache.redis]\nurls = [\"{}\"]\ntimeout = \"200ms\"\n",
         redis.url()
     );
-    let a = Strata::start(&[origin.addr], &cfg).await;
-    let b = Strata::start(&[origin.addr], &cfg).await;
-    // Both connect to Redis in the background.
-    wait_until(WAIT, "both instances connected to Redis", || async {
-        a.shared.cache.redis_state() == Some((true, false))
-            && b.shared.cache.redis_state() == Some((true, false))
-    })
-    .await;
+    let (a, b) = Strata::pair_sharing_redis(&[origin.addr], &cfg).await;
 
     assert!(get(&a).await.cache_status().contains("stored"));
     a.shared.cache.flush(WAIT).await;

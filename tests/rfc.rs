@@ -187,16 +187,26 @@ async fn age_lists_use_the_first_member_and_bad_values_are_ignored() {
 async fn failing_origin(
     cache_control: &'static str,
 ) -> (Origin, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    failing_origin_with(vec![("cache-control", cache_control)], 503).await
+}
+
+/// An origin answering 200 "cached" with `headers` until told to fail with
+/// `down`.
+async fn failing_origin_with(
+    headers: Vec<(&'static str, &'static str)>,
+    down: u16,
+) -> (Origin, std::sync::Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let failing = std::sync::Arc::new(AtomicBool::new(false));
     let f = failing.clone();
     let origin = Origin::start(move |_req| {
         let failing = f.load(Ordering::SeqCst);
+        let headers = headers.clone();
         async move {
             if failing {
-                reply(503, &[], "down")
+                reply(down, &[], "down")
             } else {
-                reply(200, &[("cache-control", cache_control)], "cached")
+                reply(200, &headers, "cached")
             }
         }
     })
@@ -259,28 +269,16 @@ async fn grace_is_forbidden_by_must_revalidate_and_off_at_zero() {
 
 #[tokio::test]
 async fn an_upstream_error_that_replaces_a_stale_entry_says_its_status() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     // A validator keeps the entry stored past its lifetime (for
     // revalidation); must-revalidate forbids serving it stale.
-    let failing = std::sync::Arc::new(AtomicBool::new(false));
-    let f = failing.clone();
-    let origin = Origin::start(move |_req| {
-        let failing = f.load(Ordering::SeqCst);
-        async move {
-            if failing {
-                reply(500, &[], "down")
-            } else {
-                reply(
-                    200,
-                    &[
-                        ("cache-control", "max-age=1, must-revalidate"),
-                        ("etag", "\"v1\""),
-                    ],
-                    "cached",
-                )
-            }
-        }
-    })
+    let (origin, failing) = failing_origin_with(
+        vec![
+            ("cache-control", "max-age=1, must-revalidate"),
+            ("etag", "\"v1\""),
+        ],
+        500,
+    )
     .await;
     let s = strata(&origin, "").await;
     let c = Client::new();

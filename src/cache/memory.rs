@@ -149,15 +149,7 @@ impl MemoryTier {
     /// Soft purge: replaces every object `selector` selects with a copy
     /// whose variants are marked stale; returns how many.
     pub fn mark_stale(&self, selector: &Selector) -> u64 {
-        let marked: Vec<Arc<Object>> = match selector {
-            Selector::Key(key) => self.get_key(key).into_iter().collect(),
-            _ => self
-                .cache
-                .iter()
-                .filter(|(_, o)| selector.selects(o))
-                .map(|(_, o)| o)
-                .collect(),
-        };
+        let marked = self.find(selector, usize::MAX);
         for o in &marked {
             self.insert(Arc::new(o.soft_purged()));
         }

@@ -84,6 +84,16 @@ impl Conn {
         self.driver.is_none() || self.sender.is_closed()
     }
 
+    /// Drives the connection until it can take a request (the previous
+    /// exchange is over on the wire); an error means it closed.
+    pub async fn ready(&mut self) -> hyper::Result<()> {
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            self.sender.poll_ready(cx)
+        })
+        .await
+    }
+
     /// Drives `fut` (a request sent on this connection) to completion
     /// together with the connection's I/O.
     pub async fn run<F: Future>(&mut self, fut: F) -> F::Output {
@@ -163,12 +173,7 @@ impl ServerPool {
             // Driving it reads what arrived while nobody polled it: the end
             // of the last exchange, or the upstream's close. Ready means it
             // can take a request; an error means it closed meanwhile.
-            let ready = std::future::poll_fn(|cx| {
-                conn.drive(cx);
-                conn.sender.poll_ready(cx)
-            })
-            .await;
-            if ready.is_ok() && !conn.is_closed() {
+            if conn.ready().await.is_ok() && !conn.is_closed() {
                 return Some(conn);
             }
         }
@@ -196,14 +201,7 @@ impl ServerPool {
             // forever.
             let bound = self.idle_timeout;
             runtime.spawn(async move {
-                let finished = tokio::time::timeout(
-                    bound,
-                    std::future::poll_fn(|cx| {
-                        conn.drive(cx);
-                        conn.sender.poll_ready(cx)
-                    }),
-                )
-                .await;
+                let finished = tokio::time::timeout(bound, conn.ready()).await;
                 if matches!(finished, Ok(Ok(()))) && !conn.is_closed() {
                     pool.put_idle(conn);
                 }

@@ -67,6 +67,23 @@ impl Strata {
         Strata::start_text(&config_text(upstreams, extra)).await
     }
 
+    /// Two instances with the same config (which names a Redis tier),
+    /// returned once both are connected to Redis (within 10 s).
+    pub async fn pair_sharing_redis(upstreams: &[SocketAddr], extra: &str) -> (Strata, Strata) {
+        let a = Strata::start(upstreams, extra).await;
+        let b = Strata::start(upstreams, extra).await;
+        wait_until(
+            Duration::from_secs(10),
+            "both instances connected to Redis",
+            || async {
+                a.shared.cache.redis_state() == Some((true, false))
+                    && b.shared.cache.redis_state() == Some((true, false))
+            },
+        )
+        .await;
+        (a, b)
+    }
+
     pub async fn start_text(text: &str) -> Strata {
         let config = Config::parse(Path::new("test.toml"), text)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
