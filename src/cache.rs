@@ -6,11 +6,14 @@
 //! - `cache/freshness.rs`: storability, freshness, age, reuse decisions.
 //! - `cache/storage.rs`: the tier seam; `memory.rs` (moka) and `redis.rs`
 //!   (the shared tier: codec, breaker, connections, fleet purge, indexes).
+//! - `cache/arena.rs`: large bodies in shared memory, sent with `sendfile`.
 //! - `cache/collapse.rs`: collapsed forwarding of concurrent misses.
 //! - `cache/tags.rs`: surrogate keys.
 //! - `cache/purge.rs`: admin purges (hard, soft, cascades), invalidation
 //!   after unsafe methods, and inspection of what a purge would select.
 
+#[allow(unsafe_code)]
+pub mod arena;
 pub mod collapse;
 pub mod directives;
 pub mod entry;

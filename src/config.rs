@@ -56,6 +56,10 @@ pub struct ServerConfig {
     /// Request fields removed before a request goes upstream (SPEC §10);
     /// default [`crate::proxy::headers::STRIP_BY_DEFAULT`].
     pub strip_request_headers: Vec<http::HeaderName>,
+    /// Large stored bodies are kept in shared memory and sent to plain
+    /// (non-TLS) clients with `sendfile(2)` (Linux; default on, like
+    /// nginx's `sendfile on`). Restart-only.
+    pub sendfile: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -6,6 +6,8 @@
 //! - `server/signals.rs`: SIGTERM/SIGINT → drain and exit, SIGHUP → reload.
 //! - `server/tls.rs`: certificates, SNI and ALPN.
 //! - `server/deadline.rs`: `header_read_timeout`, for every request head.
+//! - `server/sendfile.rs`: the plain listener's socket; arena bodies go out
+//!   with `sendfile`.
 //!
 //! Each listener kind has its own connection limit: the proxy and TLS
 //! listeners share `server.max_connections`, the admin listener has
@@ -16,6 +18,7 @@
 //! (certificates included) or, when anything in it is invalid, none of it.
 
 pub mod deadline;
+pub mod sendfile;
 pub mod signals;
 pub mod tls;
 
@@ -86,6 +89,9 @@ impl Server {
     /// Binds every listener of `config` (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let metrics = Metrics::new();
+        if config.server.sendfile {
+            crate::cache::arena::enable();
+        }
         let plain = listen(config.server.listen)?;
         let admin_listener = listen(config.admin.listen)?;
         let tls = match &config.server.tls {
@@ -179,7 +185,10 @@ impl Server {
             let heads = HeadDeadline::new(head_timeout);
             let service = proxy_service(shared.clone(), ConnInfo::new(peer, false), heads.clone());
             let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(heads.watch_io(stream)), service)
+                .serve_connection_with_upgrades(
+                    TokioIo::new(heads.watch_io(sendfile::Socket::new(stream))),
+                    service,
+                )
                 .into_owned();
             // Boxed once: passed by value through `serve` and
             // `log_conn_error`, the connection would be copied into each
@@ -332,6 +341,9 @@ fn warn_restart_only(old: &Config, new: &Config) {
             .as_ref()
             .map(|r| (r.mode, r.urls.clone(), r.key_prefix.clone()))
     };
+    if old.server.sendfile != new.server.sendfile {
+        tracing::warn!("server.sendfile changed: takes effect only after a restart");
+    }
     if old.log.access_format != new.log.access_format {
         tracing::warn!("[log] access_format changed: takes effect only after a restart");
     }

@@ -870,3 +870,211 @@ async fn every_response_carries_cache_status() {
     let r = support::http::raw(s.addr, b"GET / HTTP/1.1\r\n\r\n").await;
     assert!(r.to_ascii_lowercase().contains("cache-status: strata"));
 }
+
+// === large bodies: the body arena and sendfile ===
+
+/// `len` bytes that differ from any other `seed`'s at most offsets.
+fn pattern(seed: u32, len: usize) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8)
+        .collect()
+}
+
+/// Reads `stream` to its end (bounded) and splits the HTTP/1.1 responses
+/// in it (each with a Content-Length): `(head, body)` pairs.
+async fn read_responses(stream: &mut tokio::net::TcpStream) -> Vec<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut all))
+        .await
+        .expect("responses within 20 s")
+        .expect("read");
+    let mut out = Vec::new();
+    let mut rest = &all[..];
+    while !rest.is_empty() {
+        let end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head")
+            + 4;
+        let head = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .expect("content-length")
+            .trim()
+            .parse()
+            .unwrap();
+        out.push((head, rest[end..end + len].to_vec()));
+        rest = &rest[end + len..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn large_hits_are_sent_from_the_arena_byte_exact() {
+    // Bodies of 16 KiB and more are stored in the shared-memory arena and
+    // sent with sendfile; heads, small bodies, ranges and HTTP/2 frames
+    // around them must come out in order and intact.
+    let origin = Origin::start(|req| async move {
+        let (seed, len) = match req.uri().path() {
+            "/a" => (1, 100_000),
+            "/b" => (2, 40_000),
+            _ => (3, 1000),
+        };
+        reply(
+            200,
+            &[
+                ("cache-control", "public, max-age=600"),
+                ("content-type", "application/octet-stream"),
+            ],
+            pattern(seed, len),
+        )
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for (path, seed, len) in [("/a", 1, 100_000), ("/b", 2, 40_000), ("/small", 3, 1000)] {
+        let r = c.get(&s.url(path)).await;
+        assert_eq!(r.status, 200);
+        assert!(r.body == pattern(seed, len), "{path} on its miss");
+    }
+    let host = s.addr.to_string();
+    let arena = strata::cache::arena::get().expect("an arena (Linux, sendfile on)");
+    let stored = |path: &str| {
+        let key = strata::cache::key::CacheKey::new(false, &host, path);
+        let object = s.shared.cache.memory().get_key(&key).expect("stored");
+        object.variants[0].body.clone()
+    };
+    assert!(arena.locate(&stored("/a")).is_some());
+    assert!(arena.locate(&stored("/b")).is_some());
+    assert_eq!(
+        arena.locate(&stored("/small")),
+        None,
+        "small bodies stay on the heap"
+    );
+
+    // Pipelined on one connection: large, small, large, and a range of a
+    // large one (a slice of the stored body, from an offset).
+    use tokio::io::AsyncWriteExt;
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let requests = format!(
+        "GET /a HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         GET /small HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         GET /b HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         GET /a HTTP/1.1\r\nHost: {host}\r\nRange: bytes=1001-70000\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(requests.as_bytes()).await.unwrap();
+    let responses = read_responses(&mut conn).await;
+    assert_eq!(responses.len(), 4);
+    let expected = [
+        ("http/1.1 200", pattern(1, 100_000)),
+        ("http/1.1 200", pattern(3, 1000)),
+        ("http/1.1 200", pattern(2, 40_000)),
+        ("http/1.1 206", pattern(1, 100_000)[1001..=70000].to_vec()),
+    ];
+    for (i, ((head, body), (status, want))) in responses.iter().zip(&expected).enumerate() {
+        assert!(head.starts_with(status), "response {i}: {head}");
+        assert!(
+            head.contains("cache-status: strata; hit"),
+            "response {i}: {head}"
+        );
+        assert!(body == want, "response {i}: body differs");
+    }
+
+    // HTTP/2 (prior knowledge): DATA frames chain the stored body.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let resp = h2
+        .request(
+            http::Request::get(s.url("/a"))
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body == pattern(1, 100_000), "h2 body differs");
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
+async fn a_large_hit_in_flight_survives_its_purge_and_the_reuse_of_its_pages() {
+    // sendfile queues references to the arena's pages. A body that is
+    // purged (and its range given to the next body) while the client has
+    // not read it yet must still arrive as it was: freed ranges are
+    // punched out of the file, never overwritten in place.
+    const LEN: usize = 140_000; // 35 pages: a size no other test uses
+    let origin = Origin::start(|req| async move {
+        let byte = if req.uri().path() == "/old" {
+            b'o'
+        } else {
+            b'n'
+        };
+        reply(
+            200,
+            &[("cache-control", "public, max-age=600")],
+            vec![byte; LEN],
+        )
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let host = s.addr.to_string();
+    let arena = strata::cache::arena::get().expect("an arena (Linux, sendfile on)");
+    let offset_of = |path: &str| {
+        let key = strata::cache::key::CacheKey::new(false, &host, path);
+        let object = s.shared.cache.memory().get_key(&key)?;
+        arena.locate(&object.variants[0].body)
+    };
+    assert_eq!(c.get(&s.url("/old")).await.body.len(), LEN);
+    let old = offset_of("/old").expect("/old in the arena");
+
+    // A hit the client does not read: the whole response fits in the
+    // socket buffers, so Strata is done with it at once.
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1 << 20).unwrap();
+    let mut reader = socket.connect(s.addr).await.unwrap();
+    reader
+        .write_all(
+            format!("GET /old HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The answer has begun (the hit holds the body) before the purge.
+    tokio::time::timeout(Duration::from_secs(10), reader.peek(&mut [0u8; 1]))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+
+    // Purge it; then store /new until it lands on /old's pages (once the
+    // hit above has let go of them).
+    let (status, _) = s.purge(&format!(r#"{{"url": "{}"}}"#, s.url("/old"))).await;
+    assert_eq!(status, 200);
+    wait_until(
+        Duration::from_secs(10),
+        "/new stored on /old's pages",
+        || async {
+            s.purge(&format!(r#"{{"url": "{}"}}"#, s.url("/new"))).await;
+            let r = c.get(&s.url("/new")).await;
+            assert!(r.body.iter().all(|&b| b == b'n'));
+            offset_of("/new") == Some(old)
+        },
+    )
+    .await;
+
+    let responses = read_responses(&mut reader).await;
+    assert_eq!(responses.len(), 1);
+    let (head, body) = &responses[0];
+    assert!(head.contains("cache-status: strata; hit"), "{head}");
+    assert_eq!(body.len(), LEN);
+    assert!(
+        body.iter().all(|&b| b == b'o'),
+        "{} bytes of the purged body were overwritten",
+        body.iter().filter(|&&b| b != b'o').count()
+    );
+}

@@ -48,6 +48,7 @@ pub struct ServerFile {
     pub max_connections: Option<usize>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub strip_request_headers: Option<Vec<Spanned<String>>>,
+    pub sendfile: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

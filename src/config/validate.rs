@@ -128,6 +128,7 @@ impl Validator<'_> {
             max_connections,
             trusted_proxies,
             strip_request_headers,
+            sendfile,
         } = s;
         let max_header_size = match max_header_size {
             None => 64 * 1024,
@@ -153,6 +154,7 @@ impl Validator<'_> {
             max_connections: max_connections.unwrap_or(10_000),
             trusted_proxies: self.trusted_proxies(trusted_proxies)?,
             strip_request_headers: self.strip_request_headers(strip_request_headers)?,
+            sendfile: sendfile.unwrap_or(true),
         })
     }
 

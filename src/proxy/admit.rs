@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::upstream::UpstreamBody;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -175,15 +175,12 @@ async fn run(
     Some(variant)
 }
 
-/// The body in one allocation of exactly its size. Always a copy, even of
-/// a single chunk: hyper's chunks are slices of its read buffer, which a
-/// stored slice would keep alive whole (a 1 KiB body pinning 8–64 KiB).
+/// The body in one allocation of exactly its size (in the body arena when
+/// it is large, for `sendfile`). Always a copy, even of a single chunk:
+/// hyper's chunks are slices of its read buffer, which a stored slice
+/// would keep alive whole (a 1 KiB body pinning 8–64 KiB).
 fn concat(chunks: Vec<Bytes>, total: u64) -> Bytes {
-    let mut buf = BytesMut::with_capacity(total as usize);
-    for c in chunks {
-        buf.extend_from_slice(&c);
-    }
-    buf.freeze()
+    crate::cache::arena::collect(&chunks, total as usize)
 }
 
 /// Builds the identity variant: headers completed (Content-Length, Date,
@@ -232,8 +229,10 @@ async fn with_encodings(identity: &Variant, policy: &CompressionPolicy) -> Varia
     for &coding in &policy.algorithms {
         let level = policy.store_level.for_coding(coding);
         let input = identity.body.clone();
-        let result =
-            tokio::task::spawn_blocking(move || compression::encode(coding, level, &input)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            compression::encode(coding, level, &input).map(crate::cache::arena::adopt)
+        })
+        .await;
         match result {
             Ok(Ok(bytes)) if bytes.len() < identity.body.len() => {
                 let mut h = identity.headers.clone();

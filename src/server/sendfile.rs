@@ -1,0 +1,171 @@
+//! The plain listener's client socket. Buffers that are slices of a body
+//! in the body arena (`cache/arena.rs`) are sent from the arena's file
+//! with `sendfile(2)`, so the kernel references the stored pages instead
+//! of copying the body into the socket; everything else is written as
+//! before (`writev`). What precedes such a body in one vectored write (a
+//! response head) goes out with `MSG_MORE`, so head and body still leave
+//! in one segment, as nginx does with `sendfile` and `tcp_nopush`.
+//!
+//! hyper hands body `Bytes` to the socket unchanged because the server is
+//! built with `writev(true)` (its queue write strategy); HTTP/2 frames
+//! chain large DATA payloads the same way. TLS connections encrypt, so
+//! they never reach this wrapper.
+//!
+//! With `server.sendfile = false` (or no arena) each write costs one
+//! branch more than the bare `TcpStream`.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::cache::arena::{self, Arena};
+
+/// A client TCP connection that sends arena bodies with `sendfile`.
+pub struct Socket {
+    tcp: TcpStream,
+    arena: Option<&'static Arena>,
+}
+
+impl Socket {
+    /// Wraps `tcp`; `sendfile` is used when the process has an arena.
+    pub fn new(tcp: TcpStream) -> Socket {
+        Socket {
+            tcp,
+            arena: arena::get(),
+        }
+    }
+
+    /// Sends up to `len` bytes of the arena file from `offset`.
+    #[cfg(target_os = "linux")]
+    fn poll_sendfile(
+        &self,
+        cx: &mut Context<'_>,
+        arena: &Arena,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            let mut from = offset;
+            let sent = self.tcp.try_io(Interest::WRITABLE, || {
+                rustix::fs::sendfile(&self.tcp, arena.fd(), Some(&mut from), len)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => return Poll::Ready(Ok(n)),
+                // Readiness was cleared: wait for the next.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Writes `bufs` (what precedes an arena body) with `MSG_MORE`.
+    #[cfg(target_os = "linux")]
+    fn poll_send_more(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            let sent = self.tcp.try_io(Interest::WRITABLE, || {
+                sendmsg(
+                    &self.tcp,
+                    bufs,
+                    &mut SendAncillaryBuffer::default(),
+                    SendFlags::MORE | SendFlags::NOSIGNAL,
+                )
+                .map_err(io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn poll_write_arena(
+        &self,
+        cx: &mut Context<'_>,
+        arena: &Arena,
+        bufs: &[IoSlice<'_>],
+    ) -> Option<Poll<io::Result<usize>>> {
+        let (i, offset) = bufs
+            .iter()
+            .enumerate()
+            .find_map(|(i, b)| arena.locate(b).map(|o| (i, o)))?;
+        Some(match i {
+            0 => self.poll_sendfile(cx, arena, offset, bufs[0].len()),
+            _ => self.poll_send_more(cx, &bufs[..i]),
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn poll_write_arena(
+        &self,
+        _cx: &mut Context<'_>,
+        _arena: &Arena,
+        _bufs: &[IoSlice<'_>],
+    ) -> Option<Poll<io::Result<usize>>> {
+        None
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(arena) = this.arena {
+            if let Some(p) = this.poll_write_arena(cx, arena, &[IoSlice::new(buf)]) {
+                return p;
+            }
+        }
+        Pin::new(&mut this.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(arena) = this.arena {
+            if let Some(p) = this.poll_write_arena(cx, arena, bufs) {
+                return p;
+            }
+        }
+        Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
