@@ -159,6 +159,7 @@ impl Server {
         let limit = Arc::new(Semaphore::new(settings.max_connections.max(1)));
         let admin_limit = Arc::new(Semaphore::new(admin_limit));
         let head_timeout = settings.header_read_timeout;
+        let use_sendfile = settings.sendfile;
 
         let proxy_service = |shared: Arc<Shared>, conn: ConnInfo, heads: HeadDeadline| {
             hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -186,7 +187,7 @@ impl Server {
             let service = proxy_service(shared.clone(), ConnInfo::new(peer, false), heads.clone());
             let conn = builder
                 .serve_connection_with_upgrades(
-                    TokioIo::new(heads.watch_io(sendfile::Socket::new(stream))),
+                    TokioIo::new(heads.watch_io(sendfile::Socket::new(stream, use_sendfile))),
                     service,
                 )
                 .into_owned();
