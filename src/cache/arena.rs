@@ -17,8 +17,15 @@
 //! file (`fallocate(PUNCH_HOLE)`) before it is reused: the page cache lets
 //! go of those pages while queued socket buffers keep them alive, and the
 //! next body written there gets fresh pages. Ranges are whole pages, so a
-//! punch never zeroes part of a page in place. If a punch fails the range
-//! is never reused (leaked, with a warning).
+//! punch never zeroes part of a page in place — provided the file's pages
+//! are 4 KiB: with shared-memory huge pages (or large folios) a punch
+//! inside a 2 MiB page that a socket still references cannot split it and
+//! zeroes the range in place, and the next body is written into the very
+//! pages the socket will send (shown with a tmpfs mounted `huge=always`).
+//! So no arena is made unless `shmem_enabled` (and every per-size
+//! `hugepages-*/shmem_enabled`) rules huge pages out for `write(2)`:
+//! `never`, `deny` or `advise` (`inherit` follows the global value). If a
+//! punch fails the range is never reused (leaked, with a warning).
 //!
 //! Allocation is first-fit by size over free page runs, coalesced on
 //! release (a `BTreeMap`/`BTreeSet` pair under one mutex, held for a few
@@ -98,6 +105,65 @@ pub fn collect(chunks: &[Bytes], total: usize) -> Bytes {
     Bytes::from(buf)
 }
 
+/// Bytes of memory `body` holds: its length, rounded up to whole pages
+/// when it lives in the arena (what the memory tier's weigher counts).
+pub fn footprint(body: &[u8]) -> u64 {
+    match get() {
+        Some(a) if a.locate(body).is_some() => (body.len() as u64).div_ceil(PAGE) * PAGE,
+        _ => body.len() as u64,
+    }
+}
+
+/// The selection of each `shmem_enabled` setting that lets `write(2)` to
+/// a memfd allocate huge pages or large folios, if any (see the module
+/// doc); `None` when there is none or THP is not built in.
+#[cfg(target_os = "linux")]
+fn huge_shmem_setting() -> Option<String> {
+    const THP: &str = "/sys/kernel/mm/transparent_hugepage";
+    let global = std::fs::read_to_string(format!("{THP}/shmem_enabled")).ok()?;
+    let mut sizes = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(THP) {
+        for entry in dir.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("hugepages-")
+            {
+                if let Ok(s) = std::fs::read_to_string(entry.path().join("shmem_enabled")) {
+                    sizes.push((entry.file_name().to_string_lossy().into_owned(), s));
+                }
+            }
+        }
+    }
+    huge_shmem_in(&global, sizes.iter().map(|(n, s)| (n.as_str(), s.as_str())))
+}
+
+/// [`huge_shmem_setting`] over the files' contents (the selected value is
+/// the bracketed word).
+fn huge_shmem_in<'a>(
+    global: &str,
+    sizes: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Option<String> {
+    let selected = |s: &str| -> String {
+        s.split_whitespace()
+            .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+            .unwrap_or(s.trim())
+            .to_string()
+    };
+    let safe = |v: &str| matches!(v, "never" | "deny" | "advise");
+    let global = selected(global);
+    if !safe(&global) {
+        return Some(format!("shmem_enabled = {global}"));
+    }
+    for (name, content) in sizes {
+        let v = selected(content);
+        if v != "inherit" && !safe(&v) {
+            return Some(format!("{name}/shmem_enabled = {v}"));
+        }
+    }
+    None
+}
+
 /// Moves `body` into the arena when its size suits it and there is one;
 /// otherwise returns it unchanged.
 pub fn adopt(body: Bytes) -> Bytes {
@@ -130,6 +196,20 @@ impl Arena {
         use rustix::mm::{mmap, MapFlags, ProtFlags};
         if rustix::param::page_size() as u64 != PAGE {
             return Err(std::io::Error::other("page size is not 4 KiB"));
+        }
+        // ftruncate past RLIMIT_FSIZE raises SIGXFSZ (kills the process):
+        // stay below the limit.
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Fsize).current;
+        let reserve = limit.map_or(reserve, |l| reserve.min(l / PAGE * PAGE));
+        if reserve < MAX_BODY as u64 {
+            return Err(std::io::Error::other(
+                "file size limit (ulimit -f) too small",
+            ));
+        }
+        if let Some(setting) = huge_shmem_setting() {
+            return Err(std::io::Error::other(format!(
+                "shared memory may use huge pages ({setting})"
+            )));
         }
         let len = usize::try_from(reserve).map_err(std::io::Error::other)?;
         let fd = memfd_create("strata-bodies", MemfdFlags::CLOEXEC)?;
@@ -238,7 +318,6 @@ impl Arena {
 
     /// Drops the range's pages from the file, then makes it reusable.
     fn release(&self, start: u64, pages: u64) {
-        self.in_use.fetch_sub(pages * PAGE, Ordering::Relaxed);
         #[cfg(target_os = "linux")]
         {
             use rustix::fs::{fallocate, FallocateFlags};
@@ -251,10 +330,12 @@ impl Arena {
             if let Err(e) = punched {
                 // Reusing the range could change bytes a socket still
                 // holds: leak it instead.
+                // Its pages stay resident: still counted in `in_use`.
                 tracing::warn!(error = %e, bytes = pages * PAGE, "body arena: cannot free a range; it is not reused");
                 return;
             }
         }
+        self.in_use.fetch_sub(pages * PAGE, Ordering::Relaxed);
         self.lock().give(start, pages);
     }
 
@@ -400,6 +481,117 @@ mod tests {
         assert_eq!(f.take(3), Some(runs[2]));
         assert_eq!(f.take(4), Some(runs[4]));
         assert_eq!(f.take(9), Some(f.top - 9));
+    }
+
+    /// Random take/give against a page bitmap: no page handed out twice,
+    /// free runs never adjacent, never touching `top`, both maps agree.
+    #[test]
+    fn free_runs_match_a_bitmap_model() {
+        const LIMIT: u64 = 600;
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        let mut f = FreeRuns::new(LIMIT);
+        let mut used = vec![false; LIMIT as usize];
+        let mut live: Vec<(u64, u64)> = Vec::new();
+        for step in 0..200_000 {
+            if live.is_empty() || rnd(3) != 0 {
+                let n = 1 + rnd(16);
+                match f.take(n) {
+                    Some(s) => {
+                        assert!(s + n <= LIMIT, "step {step}");
+                        for p in s..s + n {
+                            assert!(!used[p as usize], "step {step}: page {p} taken twice");
+                            used[p as usize] = true;
+                        }
+                        live.push((s, n));
+                    }
+                    None => {
+                        // Refused only if no free run of n pages exists.
+                        let mut run = 0;
+                        for &u in &used {
+                            run = if u { 0 } else { run + 1 };
+                            assert!(run < n, "step {step}: {n} free pages refused");
+                        }
+                    }
+                }
+            } else {
+                let (s, n) = live.swap_remove(rnd(live.len() as u64) as usize);
+                for p in s..s + n {
+                    used[p as usize] = false;
+                }
+                f.give(s, n);
+            }
+            // Invariants.
+            assert_eq!(f.by_start.len(), f.by_size.len());
+            let mut prev_end = None;
+            for (&s, &n) in &f.by_start {
+                assert!(f.by_size.contains(&(n, s)));
+                assert!(n > 0 && s + n < f.top, "step {step}: run touches top");
+                assert_ne!(prev_end, Some(s), "step {step}: adjacent runs");
+                prev_end = Some(s + n);
+                assert!((s..s + n).all(|p| !used[p as usize]));
+            }
+            assert!((f.top..LIMIT).all(|p| !used[p as usize]));
+        }
+    }
+
+    /// A file-size limit (`ulimit -f`, systemd `LimitFSIZE=`) makes
+    /// `enable` fail softly (module doc) instead of SIGXFSZ killing the
+    /// process.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn enable_under_a_file_size_limit_does_not_kill_the_process() {
+        if std::env::var_os("STRATA_ARENA_TEST_CHILD").is_some() {
+            let _ = enable();
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -f 1048576 && exec \"$0\" --exact --test-threads=1 cache::arena::tests::enable_under_a_file_size_limit_does_not_kill_the_process")
+            .arg(exe)
+            .env("STRATA_ARENA_TEST_CHILD", "1")
+            .status()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            status.success(),
+            "child under ulimit -f 1 GiB: {status:?} (signal {:?})",
+            status.signal()
+        );
+    }
+
+    #[test]
+    fn huge_page_settings_that_allow_write_faults_refuse_the_arena() {
+        let none = std::iter::empty();
+        assert_eq!(
+            huge_shmem_in("always within_size advise [never] deny force", none),
+            None
+        );
+        for v in ["always", "within_size", "force"] {
+            let line = "always within_size advise never deny force".replace(v, &format!("[{v}]"));
+            assert!(huge_shmem_in(&line, std::iter::empty()).is_some(), "{v}");
+        }
+        assert_eq!(huge_shmem_in("[advise]", std::iter::empty()), None);
+        assert_eq!(huge_shmem_in("[deny]", std::iter::empty()), None);
+        let sizes = [(
+            "hugepages-64kB",
+            "always [inherit] within_size advise never",
+        )];
+        assert_eq!(huge_shmem_in("[never]", sizes.into_iter()), None);
+        let sizes = [(
+            "hugepages-64kB",
+            "[always] inherit within_size advise never",
+        )];
+        assert_eq!(
+            huge_shmem_in("[never]", sizes.into_iter()).as_deref(),
+            Some("hugepages-64kB/shmem_enabled = always")
+        );
     }
 
     #[cfg(target_os = "linux")]

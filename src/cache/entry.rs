@@ -135,9 +135,9 @@ impl Variant {
         let encoded: u64 = self
             .encoded
             .iter()
-            .map(|e| e.body.len() as u64 + headers(&e.headers))
+            .map(|e| crate::cache::arena::footprint(&e.body) + headers(&e.headers))
             .sum();
-        self.body.len() as u64
+        crate::cache::arena::footprint(&self.body)
             + headers(&self.headers)
             + encoded
             + self.tags.iter().map(|t| t.len() as u64 + 48).sum::<u64>()

@@ -17,6 +17,8 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+#[cfg(target_os = "linux")]
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -92,9 +94,12 @@ impl Socket {
         }
     }
 
+    /// `None` when nothing in `bufs` is in the arena, or when the kernel
+    /// refused `sendfile` (a sandbox, an exotic socket): the caller writes
+    /// the buffers instead, and this socket stops using `sendfile`.
     #[cfg(target_os = "linux")]
     fn poll_write_arena(
-        &self,
+        &mut self,
         cx: &mut Context<'_>,
         arena: &Arena,
         bufs: &[IoSlice<'_>],
@@ -103,21 +108,42 @@ impl Socket {
             .iter()
             .enumerate()
             .find_map(|(i, b)| arena.locate(b).map(|o| (i, o)))?;
-        Some(match i {
-            0 => self.poll_sendfile(cx, arena, offset, bufs[0].len()),
-            _ => self.poll_send_more(cx, &bufs[..i]),
-        })
+        if i > 0 {
+            return Some(self.poll_send_more(cx, &bufs[..i]));
+        }
+        match self.poll_sendfile(cx, arena, offset, bufs[0].len()) {
+            Poll::Ready(Err(e)) if refused(&e) => {
+                static LOGGED: AtomicBool = AtomicBool::new(false);
+                if !LOGGED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "sendfile refused by the kernel: bodies are written instead on such connections");
+                }
+                self.arena = None;
+                None
+            }
+            p => Some(p),
+        }
     }
 
     #[cfg(not(target_os = "linux"))]
     fn poll_write_arena(
-        &self,
+        &mut self,
         _cx: &mut Context<'_>,
         _arena: &Arena,
         _bufs: &[IoSlice<'_>],
     ) -> Option<Poll<io::Result<usize>>> {
         None
     }
+}
+
+/// Errors meaning `sendfile` cannot be used on this socket at all (nothing
+/// was sent), as opposed to the connection failing.
+#[cfg(target_os = "linux")]
+fn refused(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM)
+    )
 }
 
 impl AsyncRead for Socket {
