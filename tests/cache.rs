@@ -903,21 +903,10 @@ async fn read_responses(stream: &mut tokio::net::TcpStream) -> Vec<(String, Vec<
     let mut out = Vec::new();
     let mut rest = &all[..];
     while !rest.is_empty() {
-        let end = rest
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a response head")
-            + 4;
-        let head = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .expect("content-length")
-            .trim()
-            .parse()
-            .unwrap();
-        out.push((head, rest[end..end + len].to_vec()));
-        rest = &rest[end + len..];
+        let (body, end) = support::http::first_response(rest).expect("a whole response");
+        let head = String::from_utf8_lossy(&rest[..body]).to_ascii_lowercase();
+        out.push((head, rest[body..end].to_vec()));
+        rest = &rest[end..];
     }
     out
 }

@@ -380,7 +380,7 @@ async fn silent_connections_are_closed_within_header_read_timeout_and_admin_stil
 
 #[tokio::test]
 async fn a_slow_head_is_cut_off_too() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let origin = Origin::fixed(&[], "ok").await;
     let text = support::config_text(&[origin.addr], NO_HEALTH)
         .replace("[server]\n", "[server]\nheader_read_timeout = \"1s\"\n");
@@ -388,11 +388,7 @@ async fn a_slow_head_is_cut_off_too() {
     let mut s = tokio::net::TcpStream::connect(strata.addr).await.unwrap();
     // A partial h2 preface: hyper-util's protocol detection waits for more.
     s.write_all(b"PRI * HTTP/2").await.unwrap();
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
-        .await
-        .expect("closed within the bound");
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_closed(&mut s, "a partial h2 preface").await;
     assert_eq!(origin.count(), 0);
 }
 
@@ -404,33 +400,31 @@ async fn read_response(s: &mut tokio::net::TcpStream) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
+        while support::http::first_response(&got).is_none() {
             let n = s.read(&mut buf).await.expect("read");
             assert!(n > 0, "closed before a whole response: {got:?}");
             got.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&got).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let len: usize = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length: ")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .expect("content-length");
-                if got.len() >= end + 4 + len {
-                    return text;
-                }
-            }
         }
+        String::from_utf8_lossy(&got).into_owned()
     })
     .await
     .expect("a response within 10 s")
 }
 
+/// Asserts that Strata closes `s` within a generous bound (without any
+/// response bytes arriving first).
+async fn assert_closed(s: &mut tokio::net::TcpStream, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
+        .await
+        .expect("closed within the bound");
+    assert!(matches!(read, Ok(0) | Err(_)), "{what}: {read:?}");
+}
+
 #[tokio::test]
 async fn an_idle_or_slow_next_head_is_cut_off_after_the_last_response() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let origin = Origin::fixed(&[("cache-control", "no-store")], "ok").await;
     let text = support::config_text(&[origin.addr], NO_HEALTH)
         .replace("[server]\n", "[server]\nheader_read_timeout = \"1s\"\n");
@@ -444,11 +438,7 @@ async fn an_idle_or_slow_next_head_is_cut_off_after_the_last_response() {
         s.write_all(partial).await.unwrap();
         // Closed by Strata between one and two timeouts after the
         // response; the bound here is generous.
-        let mut buf = [0u8; 64];
-        let read = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
-            .await
-            .expect("closed within the bound");
-        assert!(matches!(read, Ok(0) | Err(_)), "{partial:?}: {read:?}");
+        assert_closed(&mut s, &format!("{partial:?}")).await;
     }
     assert_eq!(origin.count(), 2);
 }

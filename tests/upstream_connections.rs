@@ -156,7 +156,7 @@ async fn connections_are_reused_within_the_idle_limit_and_timeout() {
 /// before reading the body (which it then drains), and a GET with `200`;
 /// one connection serves any number of requests.
 async fn early_answering_origin() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -164,23 +164,13 @@ async fn early_answering_origin() -> std::net::SocketAddr {
             tokio::spawn(async move {
                 let mut buf: Vec<u8> = Vec::new();
                 loop {
-                    let head_end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        let mut chunk = [0u8; 65536];
-                        match s.read(&mut chunk).await {
-                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                            _ => return,
-                        }
+                    let idle = Duration::MAX;
+                    let Some((head, end)) =
+                        support::origin::read_head(&mut s, &mut buf, idle).await
+                    else {
+                        return;
                     };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                    let length = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    let answer: &[u8] = if head.starts_with("post") {
+                    let answer: &[u8] = if head.starts_with("POST") {
                         b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"
                     } else {
                         OK
@@ -188,14 +178,12 @@ async fn early_answering_origin() -> std::net::SocketAddr {
                     if s.write_all(answer).await.is_err() {
                         return;
                     }
-                    while buf.len() < head_end + length {
-                        let mut chunk = [0u8; 65536];
-                        match s.read(&mut chunk).await {
-                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                            _ => return,
-                        }
+                    if support::origin::read_body(&mut s, &mut buf, end)
+                        .await
+                        .is_none()
+                    {
+                        return;
                     }
-                    buf.drain(..head_end + length);
                 }
             });
         }

@@ -229,8 +229,12 @@ async fn with_encodings(identity: &Variant, policy: &CompressionPolicy) -> Varia
     for &coding in &policy.algorithms {
         let level = policy.store_level.for_coding(coding);
         let input = identity.body.clone();
+        // Into the arena only when it will be kept (smaller than identity).
         let result = tokio::task::spawn_blocking(move || {
-            compression::encode(coding, level, &input).map(crate::cache::arena::adopt)
+            compression::encode(coding, level, &input).map(|b| match b.len() < input.len() {
+                true => crate::cache::arena::adopt(b),
+                false => b,
+            })
         })
         .await;
         match result {

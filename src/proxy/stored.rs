@@ -49,26 +49,24 @@ pub fn from_stored(
     resp
 }
 
+/// An HTTP-date field (RFC 9110 §5.6.7); `None` when absent or invalid.
+fn date_field(h: &HeaderMap, name: header::HeaderName) -> Option<std::time::SystemTime> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+}
+
 /// RFC 9110 §13.2.2 evaluation order; `Some(status)` short-circuits.
 fn precondition(headers: &HeaderMap, req: &HeaderMap, method: &Method) -> Option<StatusCode> {
     let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
     // Parsed only for a date precondition (a hit without one, the usual
     // case, parses no date).
-    let last_modified = || {
-        headers
-            .get(header::LAST_MODIFIED)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok())
-    };
+    let last_modified = || date_field(headers, header::LAST_MODIFIED);
     if let Some(im) = req.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
         if !etag_list_matches(im, etag, true) {
             return Some(StatusCode::PRECONDITION_FAILED);
         }
-    } else if let Some(ius) = req
-        .get(header::IF_UNMODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-    {
+    } else if let Some(ius) = date_field(req, header::IF_UNMODIFIED_SINCE) {
         if last_modified().is_none_or(|lm| lm > ius) {
             return Some(StatusCode::PRECONDITION_FAILED);
         }
@@ -83,11 +81,7 @@ fn precondition(headers: &HeaderMap, req: &HeaderMap, method: &Method) -> Option
             });
         }
     } else if safe {
-        let ims = req
-            .get(header::IF_MODIFIED_SINCE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok());
-        if let Some(ims) = ims {
+        if let Some(ims) = date_field(req, header::IF_MODIFIED_SINCE) {
             if last_modified().is_some_and(|lm| lm <= ims) {
                 return Some(StatusCode::NOT_MODIFIED);
             }
@@ -170,10 +164,7 @@ fn if_range_holds(headers: &HeaderMap, req: &HeaderMap) -> bool {
     }
     match (
         httpdate::parse_http_date(cond).ok(),
-        headers
-            .get(header::LAST_MODIFIED)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok()),
+        date_field(headers, header::LAST_MODIFIED),
     ) {
         (Some(a), Some(b)) => a == b,
         _ => false,

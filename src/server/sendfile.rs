@@ -94,44 +94,42 @@ impl Socket {
         }
     }
 
-    /// `None` when nothing in `bufs` is in the arena, or when the kernel
-    /// refused `sendfile` (a sandbox, an exotic socket): the caller writes
-    /// the buffers instead, and this socket stops using `sendfile`.
-    #[cfg(target_os = "linux")]
+    /// `None` when this socket does not use `sendfile`, when nothing in
+    /// `bufs` is in the arena, or when the kernel refused `sendfile` (a
+    /// sandbox, an exotic socket): the caller writes the buffers instead,
+    /// and after a refusal this socket stops using `sendfile`.
     fn poll_write_arena(
         &mut self,
         cx: &mut Context<'_>,
-        arena: &Arena,
         bufs: &[IoSlice<'_>],
     ) -> Option<Poll<io::Result<usize>>> {
-        let (i, offset) = bufs
-            .iter()
-            .enumerate()
-            .find_map(|(i, b)| arena.locate(b).map(|o| (i, o)))?;
-        if i > 0 {
-            return Some(self.poll_send_more(cx, &bufs[..i]));
+        let arena = self.arena?;
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (cx, bufs, arena);
+            None
         }
-        match self.poll_sendfile(cx, arena, offset, bufs[0].len()) {
-            Poll::Ready(Err(e)) if refused(&e) => {
-                static LOGGED: AtomicBool = AtomicBool::new(false);
-                if !LOGGED.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "sendfile refused by the kernel: bodies are written instead on such connections");
-                }
-                self.arena = None;
-                None
+        #[cfg(target_os = "linux")]
+        {
+            let (i, offset) = bufs
+                .iter()
+                .enumerate()
+                .find_map(|(i, b)| arena.locate(b).map(|o| (i, o)))?;
+            if i > 0 {
+                return Some(self.poll_send_more(cx, &bufs[..i]));
             }
-            p => Some(p),
+            match self.poll_sendfile(cx, arena, offset, bufs[0].len()) {
+                Poll::Ready(Err(e)) if refused(&e) => {
+                    static LOGGED: AtomicBool = AtomicBool::new(false);
+                    if !LOGGED.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "sendfile refused by the kernel: bodies are written instead on such connections");
+                    }
+                    self.arena = None;
+                    None
+                }
+                p => Some(p),
+            }
         }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn poll_write_arena(
-        &mut self,
-        _cx: &mut Context<'_>,
-        _arena: &Arena,
-        _bufs: &[IoSlice<'_>],
-    ) -> Option<Poll<io::Result<usize>>> {
-        None
     }
 }
 
@@ -163,10 +161,8 @@ impl AsyncWrite for Socket {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(arena) = this.arena {
-            if let Some(p) = this.poll_write_arena(cx, arena, &[IoSlice::new(buf)]) {
-                return p;
-            }
+        if let Some(p) = this.poll_write_arena(cx, &[IoSlice::new(buf)]) {
+            return p;
         }
         Pin::new(&mut this.tcp).poll_write(cx, buf)
     }
@@ -177,10 +173,8 @@ impl AsyncWrite for Socket {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(arena) = this.arena {
-            if let Some(p) = this.poll_write_arena(cx, arena, bufs) {
-                return p;
-            }
+        if let Some(p) = this.poll_write_arena(cx, bufs) {
+            return p;
         }
         Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
     }

@@ -129,7 +129,7 @@ pub async fn raw(addr: SocketAddr, raw: &[u8]) -> String {
             Ok(Ok(n)) => {
                 out.extend_from_slice(&buf[..n]);
                 // One response is enough once its head and body are in.
-                if response_complete(&out) {
+                if first_response(&out).is_some() {
                     break;
                 }
             }
@@ -138,18 +138,15 @@ pub async fn raw(addr: SocketAddr, raw: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn response_complete(buf: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(buf);
-    let Some(head_end) = text.find("\r\n\r\n") else {
-        return false;
-    };
-    let head = text[..head_end].to_ascii_lowercase();
-    match head
+/// The first HTTP/1.1 response in `buf`, once all of it is there (a head
+/// with Content-Length and that many body bytes): where its body starts
+/// and where it ends.
+pub fn first_response(buf: &[u8]) -> Option<(usize, usize)> {
+    let body = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let len = String::from_utf8_lossy(&buf[..body])
+        .to_ascii_lowercase()
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        Some(len) => buf.len() >= head_end + 4 + len,
-        None => false,
-    }
+        .and_then(|v| v.trim().parse::<usize>().ok())?;
+    (buf.len() >= body + len).then_some((body, body + len))
 }

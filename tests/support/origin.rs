@@ -283,6 +283,51 @@ impl RawSeen {
 /// requests with `response` (which must frame itself, e.g. with
 /// `Content-Length`), then reads one more request, records it and closes
 /// without answering; a connection idle for `idle_close` is closed too.
+/// Reads from `s` into `buf` until it holds a whole HTTP/1.1 request head
+/// (waiting at most `idle` for each read): the head as sent, and where the
+/// request ends in `buf` (after its Content-Length body, 0 without one).
+/// `None` when the connection ends or goes idle first.
+pub async fn read_head(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    idle: std::time::Duration,
+) -> Option<(String, usize)> {
+    use tokio::io::AsyncReadExt;
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 65536];
+        match tokio::time::timeout(idle, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let length = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    Some((head, head_end + length))
+}
+
+/// Reads until `buf` holds `end` bytes (the request [`read_head`] found),
+/// then removes that request from `buf`. `None` when the connection ends.
+pub async fn read_body(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, end: usize) -> Option<()> {
+    use tokio::io::AsyncReadExt;
+    while buf.len() < end {
+        let mut chunk = [0u8; 65536];
+        match s.read(&mut chunk).await {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+    buf.drain(..end);
+    Some(())
+}
+
 /// Every request line read is recorded, answered or not.
 pub async fn raw_keepalive(
     response: &'static [u8],
@@ -305,31 +350,12 @@ pub async fn raw_keepalive(
                 let mut answered = 0;
                 loop {
                     // One request: the head, then a Content-Length body.
-                    let head_end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match tokio::time::timeout(idle_close, s.read(&mut chunk)).await {
-                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                            _ => return,
-                        }
+                    let Some((head, end)) = read_head(&mut s, &mut buf, idle_close).await else {
+                        return;
                     };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-                    let length = head
-                        .lines()
-                        .filter_map(|l| l.split_once(':'))
-                        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    while buf.len() < head_end + length {
-                        let mut chunk = [0u8; 4096];
-                        match s.read(&mut chunk).await {
-                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                            _ => return,
-                        }
+                    if read_body(&mut s, &mut buf, end).await.is_none() {
+                        return;
                     }
-                    buf.drain(..head_end + length);
                     let line = head.lines().next().unwrap_or("").to_string();
                     seen.requests.lock().expect("requests").push(line);
                     if answered == answers {
