@@ -56,12 +56,15 @@ fn hash_parts(https: bool, authority: &str, path_and_query: &str) -> u128 {
 
 impl CacheKey {
     pub fn new(https: bool, authority: &str, path_and_query: &str) -> CacheKey {
-        let scheme = if https { "https" } else { "http" };
-        let authority = authority.to_ascii_lowercase();
-        let url = format!("{scheme}://{authority}{path_and_query}");
-        let path_at = scheme.len() + 3 + authority.len();
+        let scheme = if https { "https://" } else { "http://" };
+        // One buffer, no `format!` (a Redis lookup builds a key per request).
+        let mut url = String::with_capacity(scheme.len() + authority.len() + path_and_query.len());
+        url.push_str(scheme);
+        url.extend(authority.chars().map(|c| c.to_ascii_lowercase()));
+        let path_at = url.len();
+        url.push_str(path_and_query);
         CacheKey {
-            hash: hash_parts(https, &authority, path_and_query),
+            hash: hash_parts(https, &url[scheme.len()..path_at], path_and_query),
             url: url.into(),
             path_at,
         }

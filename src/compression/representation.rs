@@ -13,6 +13,11 @@ use super::Coding;
 /// into one line without duplication (case-insensitive). `Vary: *` is left
 /// alone.
 pub fn merge_vary_accept_encoding(headers: &mut HeaderMap) {
+    if !headers.contains_key(VARY) {
+        // The usual case: nothing to merge with.
+        headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+        return;
+    }
     let mut elements: Vec<&str> = Vec::new();
     for value in headers.get_all(VARY) {
         let Ok(value) = value.to_str() else {

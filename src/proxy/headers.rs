@@ -15,8 +15,11 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
+/// How many fields are always hop-by-hop.
+const HOP_COUNT: usize = 8;
+
 /// Fields that are always hop-by-hop.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -53,12 +56,18 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// fixed set; `Upgrade` goes too unless `keep_upgrade` (a WebSocket
 /// handshake being forwarded).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the message's few field names (the usual message has
-    // none of these) instead of a hashed removal for each of nine names.
-    let any = headers
-        .keys()
-        .any(|k| HOP_BY_HOP.contains(k) || (!keep_upgrade && k == header::UPGRADE));
-    if !any {
+    let hop = |k: &HeaderName| HOP_BY_HOP.contains(k) || (!keep_upgrade && k == header::UPGRADE);
+    // One pass over the message's few field names finds the hop-by-hop
+    // ones present (usually none; on a response often just `Connection`),
+    // and only those are removed, not each of the ten by a hashed lookup.
+    // Names are distinct, so the array holds all of them (and Upgrade).
+    let mut present: [Option<HeaderName>; HOP_COUNT + 1] = Default::default();
+    let mut found = 0;
+    for (slot, k) in present.iter_mut().zip(headers.keys().filter(|k| hop(k))) {
+        *slot = Some(k.clone());
+        found += 1;
+    }
+    if found == 0 {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
@@ -74,11 +83,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(&name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for name in present.iter().flatten() {
         headers.remove(name);
-    }
-    if !keep_upgrade {
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -245,6 +251,23 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn strips_every_fixed_field_at_once() {
+        for keep_upgrade in [false, true] {
+            let mut h = HeaderMap::new();
+            for name in &HOP_BY_HOP {
+                h.append(name, HeaderValue::from_static("x"));
+                h.append(name, HeaderValue::from_static("y"));
+            }
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h, keep_upgrade);
+            assert!(h.contains_key("x-kept"));
+            assert_eq!(h.contains_key(header::UPGRADE), keep_upgrade);
+            assert_eq!(h.len(), 1 + usize::from(keep_upgrade), "{h:?}");
+        }
     }
 
     fn client_fields() -> HeaderMap {

@@ -73,8 +73,17 @@ impl Keys {
         }
     }
 
+    /// `Po:{hash}`, the hash as 32 lowercase hex digits. Built without
+    /// `format!` (it runs on every Redis lookup).
     pub(crate) fn object(&self, key: &CacheKey) -> String {
-        format!("{}o:{:032x}", self.prefix, key.hash())
+        let mut digits = [0u8; 32];
+        let mut name = String::with_capacity(self.prefix.len() + 2 + digits.len());
+        name.push_str(&self.prefix);
+        name.push_str("o:");
+        if hex::encode_to_slice(key.hash().to_be_bytes(), &mut digits).is_ok() {
+            name.push_str(std::str::from_utf8(&digits).unwrap_or_default());
+        }
+        name
     }
 
     /// `P{suffix}`: a key outside the cache's own names (rate limits).
@@ -242,6 +251,10 @@ mod tests {
         let obj = keys.object(&k);
         assert!(obj.starts_with("s:o:"));
         assert_eq!(obj.len(), "s:o:".len() + 32);
+        // The names of objects already in Redis: never change them.
+        assert_eq!(obj, format!("s:o:{:032x}", k.hash()));
+        let small = CacheKey::new(false, "example.com", "/a?x=1");
+        assert_eq!(keys.object(&small), format!("s:o:{:032x}", small.hash()));
         assert_eq!(keys.tag("x"), "s:t:x");
         assert_eq!(keys.channel(), "s:purge");
         let m = member(k.path(), &obj);
