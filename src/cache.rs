@@ -86,7 +86,7 @@ struct Inner {
     /// The shared tier, when `[cache.redis]` is configured.
     redis: Option<RedisTier>,
     collapser: Arc<Collapser>,
-    pass: moka::sync::Cache<u128, (), memory::KeyHasher>,
+    pass: moka::sync::Cache<u128, ()>,
     metrics: Metrics,
     /// Popularity sampling on (Redis configured and `redis_hot` set).
     track_hits: AtomicBool,
@@ -121,7 +121,7 @@ impl Cache {
                 pass: moka::sync::Cache::builder()
                     .max_capacity(100_000)
                     .time_to_live(PASS_TTL)
-                    .build_with_hasher(memory::KeyHasher::default()),
+                    .build(),
                 metrics,
                 track_hits: AtomicBool::new(false),
             }),

@@ -37,16 +37,9 @@ impl Expiry<u128, Arc<Object>> for KeepFor {
     }
 }
 
-/// The hasher of the moka maps keyed by [`CacheKey::hash`]. The key is
-/// already an xxh3 digest, but an unseeded one (Redis names use it), so a
-/// client could choose URLs whose digests crowd one bucket; a seeded
-/// hasher keeps that out, and foldhash does it for about a tenth of the
-/// default SipHash's cost (it runs twice per lookup).
-pub type KeyHasher = foldhash::fast::RandomState;
-
 #[derive(Clone)]
 pub struct MemoryTier {
-    cache: Cache<u128, Arc<Object>, KeyHasher>,
+    cache: Cache<u128, Arc<Object>>,
     /// Counts explicit removals (purges, invalidations; not evictions), so
     /// that work begun before one can tell it must not store again.
     removals: Arc<AtomicU64>,
@@ -58,7 +51,7 @@ impl MemoryTier {
             .max_capacity(capacity)
             .weigher(|_k, v: &Arc<Object>| v.weight().min(MAX_WEIGHT) as u32)
             .expire_after(KeepFor)
-            .build_with_hasher(KeyHasher::default());
+            .build();
         MemoryTier {
             cache,
             removals: Arc::new(AtomicU64::new(0)),

@@ -59,7 +59,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let hop = |k: &HeaderName| HOP_BY_HOP.contains(k) || (!keep_upgrade && k == header::UPGRADE);
     // One pass over the message's few field names finds the hop-by-hop
     // ones present (usually none; on a response often just `Connection`),
-    // and only those are removed, not each of the ten by a hashed lookup.
+    // and only those are removed, not each of the nine by a hashed lookup.
     // Names are distinct, so the array holds all of them (and Upgrade).
     let mut present: [Option<HeaderName>; HOP_COUNT + 1] = Default::default();
     let mut found = 0;
@@ -83,8 +83,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(&name);
         }
     }
-    for name in present.iter().flatten() {
-        headers.remove(name);
+    // In the fixed order, as before: `remove` swaps the last field into
+    // the hole, so the order of removals decides the order of what stays.
+    let upgrade = (!keep_upgrade).then_some(&header::UPGRADE);
+    for name in HOP_BY_HOP.iter().chain(upgrade) {
+        if present[..found].iter().flatten().any(|p| p == name) {
+            headers.remove(name);
+        }
     }
 }
 
@@ -268,6 +273,31 @@ mod tests {
             assert_eq!(h.contains_key(header::UPGRADE), keep_upgrade);
             assert_eq!(h.len(), 1 + usize::from(keep_upgrade), "{h:?}");
         }
+    }
+
+    /// The fields that stay keep the order they had before the one-pass
+    /// search: removals happen in the fixed order (`HeaderMap::remove`
+    /// moves the last field into the hole). A chunked nginx response.
+    #[test]
+    fn what_stays_keeps_its_order() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("server", "nginx"),
+            ("date", "Mon, 30 Nov 2026 05:00:26 GMT"),
+            ("content-type", "text/html"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "keep-alive"),
+            ("vary", "Accept-Encoding"),
+            ("etag", "\"a\""),
+        ] {
+            h.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["server", "date", "content-type", "vary", "etag"]);
     }
 
     fn client_fields() -> HeaderMap {
