@@ -22,8 +22,8 @@ pub struct CacheKey {
 /// Hashes the key parts the same way whether they come from a request or a
 /// stored URL: xxh3-128 of `scheme \0 lowercased-authority \0 path`. The
 /// digest names objects in Redis, so it must never change. A URL that fits
-/// the stack buffer is hashed in one call; a longer one is streamed (the
-/// same digest).
+/// the stack buffer is hashed in one call without allocating; a longer one
+/// is streamed (the same digest).
 fn hash_parts(https: bool, authority: &str, path_and_query: &str) -> u128 {
     let scheme: &[u8] = if https { b"https" } else { b"http" };
     let len = scheme.len() + authority.len() + path_and_query.len() + 2;
@@ -41,14 +41,7 @@ fn hash_parts(https: bool, authority: &str, path_and_query: &str) -> u128 {
     let mut h = Xxh3::new();
     h.update(scheme);
     h.update(b"\0");
-    let mut lower = [0u8; 64];
-    for chunk in authority.as_bytes().chunks(lower.len()) {
-        let lower = &mut lower[..chunk.len()];
-        for (to, from) in lower.iter_mut().zip(chunk) {
-            *to = from.to_ascii_lowercase();
-        }
-        h.update(lower);
-    }
+    h.update(authority.to_ascii_lowercase().as_bytes());
     h.update(b"\0");
     h.update(path_and_query.as_bytes());
     h.digest128()

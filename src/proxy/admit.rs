@@ -229,16 +229,15 @@ async fn with_encodings(identity: &Variant, policy: &CompressionPolicy) -> Varia
     for &coding in &policy.algorithms {
         let level = policy.store_level.for_coding(coding);
         let input = identity.body.clone();
-        // Into the arena only when it will be kept (smaller than identity).
+        // Kept only when smaller than identity; a kept body goes into the
+        // arena (when it suits) still off the async workers.
         let result = tokio::task::spawn_blocking(move || {
-            compression::encode(coding, level, &input).map(|b| match b.len() < input.len() {
-                true => crate::cache::arena::adopt(b),
-                false => b,
-            })
+            compression::encode(coding, level, &input)
+                .map(|b| (b.len() < input.len()).then(|| crate::cache::arena::adopt(b)))
         })
         .await;
         match result {
-            Ok(Ok(bytes)) if bytes.len() < identity.body.len() => {
+            Ok(Ok(Some(bytes))) => {
                 let mut h = identity.headers.clone();
                 compression::mark_encoded(&mut h, coding, Some(bytes.len() as u64));
                 encoded.push(Encoded {
@@ -247,7 +246,7 @@ async fn with_encodings(identity: &Variant, policy: &CompressionPolicy) -> Varia
                     body: bytes,
                 });
             }
-            Ok(Ok(_)) => {} // no smaller: identity only
+            Ok(Ok(None)) => {} // no smaller: identity only
             Ok(Err(e)) => tracing::warn!(error = %e, "compression failed"),
             Err(e) => tracing::warn!(error = %e, "compression task failed"),
         }

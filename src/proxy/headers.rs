@@ -15,11 +15,9 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
-/// How many fields are always hop-by-hop.
-const HOP_COUNT: usize = 8;
-
-/// Fields that are always hop-by-hop.
-const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
+/// Fields that are always hop-by-hop (Connection first: see
+/// [`strip_hop_by_hop`]).
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -56,21 +54,22 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// fixed set; `Upgrade` goes too unless `keep_upgrade` (a WebSocket
 /// handshake being forwarded).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let hop = |k: &HeaderName| HOP_BY_HOP.contains(k) || (!keep_upgrade && k == header::UPGRADE);
-    // One pass over the message's few field names finds the hop-by-hop
-    // ones present (usually none; on a response often just `Connection`),
+    // One pass over the message's few field names marks which of these
+    // are present (usually none; on a response often just `Connection`),
     // and only those are removed, not each of the nine by a hashed lookup.
-    // Names are distinct, so the array holds all of them (and Upgrade).
-    let mut present: [Option<HeaderName>; HOP_COUNT + 1] = Default::default();
-    let mut found = 0;
-    for (slot, k) in present.iter_mut().zip(headers.keys().filter(|k| hop(k))) {
-        *slot = Some(k.clone());
-        found += 1;
+    let upgrade = (!keep_upgrade).then_some(&header::UPGRADE);
+    let hop = || HOP_BY_HOP.iter().chain(upgrade);
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = hop().position(|h| h == k) {
+            present |= 1 << i;
+        }
     }
-    if found == 0 {
+    if present == 0 {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present & 1 != 0 {
+        // HOP_BY_HOP[0], Connection: the names it lists go first.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -83,11 +82,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(&name);
         }
     }
-    // In the fixed order, as before: `remove` swaps the last field into
-    // the hole, so the order of removals decides the order of what stays.
-    let upgrade = (!keep_upgrade).then_some(&header::UPGRADE);
-    for name in HOP_BY_HOP.iter().chain(upgrade) {
-        if present[..found].iter().flatten().any(|p| p == name) {
+    // In the fixed order: `remove` swaps the last field into the hole, so
+    // the order of removals decides the order of what stays.
+    for (i, name) in hop().enumerate() {
+        if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }

@@ -22,26 +22,25 @@ pub fn from_stored(
 ) -> Response<ProxyBody> {
     let (headers, body) = variant.representation(coding);
     let age = freshness::current_age(&variant.times, now);
-    let evaluate = asks_more(req);
-    if let Some(status) = evaluate
-        .then(|| precondition(headers, req, method))
-        .flatten()
-    {
-        return not_modified_or_failed(status, headers, age);
-    }
-    let head = method == Method::HEAD;
-    if evaluate && variant.status == StatusCode::OK && method == Method::GET {
-        if let Some(range) = req.get(header::RANGE) {
-            if if_range_holds(headers, req) {
-                match parse_range(range, body.len() as u64) {
-                    RangeOutcome::Ignore => {}
-                    RangeOutcome::Unsatisfiable => return unsatisfiable(headers, body.len(), age),
-                    RangeOutcome::Single(a, b) => return partial(headers, body, a, b, age),
+    if asks_more(req) {
+        if let Some(status) = precondition(headers, req, method) {
+            return not_modified_or_failed(status, headers, age);
+        }
+        if variant.status == StatusCode::OK && *method == Method::GET {
+            if let Some(range) = req.get(header::RANGE) {
+                if if_range_holds(headers, req) {
+                    match parse_range(range, body.len() as u64) {
+                        RangeOutcome::Ignore => {}
+                        RangeOutcome::Unsatisfiable => {
+                            return unsatisfiable(headers, body.len(), age)
+                        }
+                        RangeOutcome::Single(a, b) => return partial(headers, body, a, b, age),
+                    }
                 }
             }
         }
     }
-    let mut resp = Response::new(if head {
+    let mut resp = Response::new(if method == Method::HEAD {
         ProxyBody::empty()
     } else {
         ProxyBody::full(body.clone())
