@@ -1,7 +1,8 @@
 //! The RFC 9111 shared cache.
 //!
 //! - `cache/key.rs`: primary keys (scheme, authority, path and query).
-//! - `cache/entry.rs`: stored objects, variants (Vary) and representations.
+//! - `cache/entry.rs`: stored objects, variants (Vary) and representations;
+//!   `fields.rs`: header sections read back from Redis, parsed when read.
 //! - `cache/directives.rs`: Cache-Control parsing.
 //! - `cache/freshness.rs`: storability, freshness, age, reuse decisions.
 //! - `cache/storage.rs`: the tier seam; `memory.rs` (moka) and `redis.rs`
@@ -17,6 +18,7 @@ pub mod arena;
 pub mod collapse;
 pub mod directives;
 pub mod entry;
+pub mod fields;
 pub mod freshness;
 pub mod key;
 pub mod memory;

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
+use super::fields::{FieldBlock, LazyFields};
 use super::freshness::{self, Millis, Policy, Times};
 use super::key::CacheKey;
 use crate::compression::Coding;
@@ -32,9 +33,43 @@ pub const MAX_VARIANTS: usize = 16;
 pub struct Encoded {
     pub coding: Coding,
     /// Headers of this representation (Content-Encoding, Content-Length,
-    /// ETag with the coding's suffix, Vary with Accept-Encoding).
-    pub headers: HeaderMap,
+    /// ETag with the coding's suffix, Vary with Accept-Encoding); read
+    /// back from Redis, parsed only when first served ([`LazyFields`]).
+    fields: LazyFields,
     pub body: Bytes,
+}
+
+impl Encoded {
+    pub fn new(coding: Coding, headers: HeaderMap, body: Bytes) -> Encoded {
+        Encoded {
+            coding,
+            fields: LazyFields::Map(headers),
+            body,
+        }
+    }
+
+    /// A representation read back from a tier, its fields still stored.
+    pub fn stored(coding: Coding, fields: FieldBlock, body: Bytes) -> Encoded {
+        Encoded {
+            coding,
+            fields: LazyFields::stored(fields),
+            body,
+        }
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        self.fields.get()
+    }
+
+    /// Changes the headers (see [`LazyFields::modify`]).
+    pub fn modify_headers(&mut self, change: impl FnOnce(&mut HeaderMap)) {
+        self.fields.modify(change)
+    }
+
+    /// The headers as read back from a tier, while unchanged.
+    pub fn stored_fields(&self) -> Option<&FieldBlock> {
+        self.fields.block()
+    }
 }
 
 /// The request field values a variant was stored under, one per field
@@ -135,7 +170,10 @@ impl Variant {
         let encoded: u64 = self
             .encoded
             .iter()
-            .map(|e| crate::cache::arena::footprint(&e.body) + headers(&e.headers))
+            .map(|e| {
+                let (bytes, fields) = e.fields.size();
+                crate::cache::arena::footprint(&e.body) + bytes + fields * FIELD_OVERHEAD
+            })
             .sum();
         crate::cache::arena::footprint(&self.body)
             + headers(&self.headers)
@@ -182,7 +220,7 @@ impl Variant {
     pub fn representation(&self, coding: Option<Coding>) -> (&HeaderMap, &Bytes) {
         if let Some(c) = coding {
             if let Some(e) = self.encoded.iter().find(|e| e.coding == c) {
-                return (&e.headers, &e.body);
+                return (e.headers(), &e.body);
             }
         }
         (&self.headers, &self.body)

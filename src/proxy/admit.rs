@@ -240,11 +240,7 @@ async fn with_encodings(identity: &Variant, policy: &CompressionPolicy) -> Varia
             Ok(Ok(Some(bytes))) => {
                 let mut h = identity.headers.clone();
                 compression::mark_encoded(&mut h, coding, Some(bytes.len() as u64));
-                encoded.push(Encoded {
-                    coding,
-                    headers: h,
-                    body: bytes,
-                });
+                encoded.push(Encoded::new(coding, h, bytes));
             }
             Ok(Ok(None)) => {} // no smaller: identity only
             Ok(Err(e)) => tracing::warn!(error = %e, "compression failed"),

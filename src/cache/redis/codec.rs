@@ -22,7 +22,10 @@
 //! each body once. Decoding checks the checksum before parsing and never
 //! trusts a length or count: a corrupt, truncated or other-version payload
 //! is a [`DecodeError`], never a panic. Decoded bodies and header values are
-//! `Bytes` slices of the one buffer read from Redis (no second copy).
+//! `Bytes` slices of the one buffer read from Redis (no second copy). An
+//! encoded representation's headers are checked but kept unparsed until a
+//! hit serves that representation (`cache/fields.rs`), and are written back
+//! as the same bytes while unchanged.
 
 use std::sync::Arc;
 
@@ -32,6 +35,7 @@ use http::StatusCode;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::cache::entry::{Encoded, Object, Variant, VaryKey};
+use crate::cache::fields::FieldBlock;
 use crate::cache::freshness::{Policy, Times};
 use crate::cache::key::CacheKey;
 use crate::compression::Coding;
@@ -100,7 +104,13 @@ fn variant_len(v: &Variant) -> usize {
     let encoded: usize = v
         .encoded
         .iter()
-        .map(|e| 1 + headers_len(&e.headers) + 4 + e.body.len())
+        .map(|e| {
+            let fields = match e.stored_fields() {
+                Some(block) => block.as_bytes().len(),
+                None => headers_len(e.headers()),
+            };
+            1 + fields + 4 + e.body.len()
+        })
         .sum();
     let tags: usize = v.tags.iter().map(|t| 2 + t.len()).sum();
     2 + 3 * 8
@@ -208,7 +218,11 @@ impl Writer {
         self.u8(n);
         for e in &v.encoded {
             self.u8(coding_byte(e.coding));
-            self.headers(&e.headers)?;
+            match e.stored_fields() {
+                // Read back unchanged: the same bytes, not re-encoded.
+                Some(block) => self.buf.extend_from_slice(block.as_bytes()),
+                None => self.headers(e.headers())?,
+            }
             self.bytes32("encoded body", &e.body)?;
         }
         self.len16("tag count", v.tags.len())?;
@@ -329,6 +343,18 @@ impl Reader<'_> {
         }
         Ok(map)
     }
+    /// A header section checked but not parsed (an encoded
+    /// representation's: a hit serves at most one of them).
+    fn field_block(&mut self) -> Result<FieldBlock, DecodeError> {
+        let start = self.at;
+        let (block, len) =
+            FieldBlock::check(self.payload, start, self.end).map_err(|e| DecodeError::Invalid {
+                what: e.what,
+                at: start + e.at,
+            })?;
+        self.at = start + len;
+        Ok(block)
+    }
     fn variant(&mut self) -> Result<Variant, DecodeError> {
         let at = self.at;
         let status = StatusCode::from_u16(self.u16()?)
@@ -388,13 +414,9 @@ impl Reader<'_> {
             let at = self.at;
             let coding =
                 coding_from(self.u8()?).ok_or(DecodeError::Invalid { what: "coding", at })?;
-            let headers = self.headers()?;
+            let fields = self.field_block()?;
             let body = self.bytes32()?;
-            encoded.push(Encoded {
-                coding,
-                headers,
-                body,
-            });
+            encoded.push(Encoded::stored(coding, fields, body));
         }
         let n = usize::from(self.u16()?);
         let n = self.count(n, 2, "tag count")?;
@@ -524,16 +546,16 @@ mod tests {
             headers: h1,
             body: Bytes::from(vec![7u8; 3000]),
             encoded: vec![
-                Encoded {
-                    coding: Coding::Br,
-                    headers: br_headers,
-                    body: Bytes::from_static(b"\x00\x01brotli"),
-                },
-                Encoded {
-                    coding: Coding::Gzip,
-                    headers: gz_headers,
-                    body: Bytes::from_static(b"\x1f\x8bgzip"),
-                },
+                Encoded::new(
+                    Coding::Br,
+                    br_headers,
+                    Bytes::from_static(b"\x00\x01brotli"),
+                ),
+                Encoded::new(
+                    Coding::Gzip,
+                    gz_headers,
+                    Bytes::from_static(b"\x1f\x8bgzip"),
+                ),
             ],
             times: Times {
                 request: 1_700_000_000_000,
@@ -610,7 +632,7 @@ mod tests {
             assert_eq!(x.encoded.len(), y.encoded.len());
             for (e, f) in x.encoded.iter().zip(&y.encoded) {
                 assert_eq!(e.coding, f.coding);
-                headers_eq(&e.headers, &f.headers);
+                headers_eq(e.headers(), f.headers());
                 assert_eq!(e.body, f.body);
             }
         }
@@ -633,6 +655,33 @@ mod tests {
         let base = payload.as_ptr() as usize;
         let p = body.as_ptr() as usize;
         assert!(p >= base && p + body.len() <= base + payload.len());
+    }
+
+    #[test]
+    fn encoded_fields_stay_unparsed_until_read_or_changed() {
+        let obj = rich();
+        let payload = Bytes::from(encode(&obj).unwrap());
+        let back = decode_for(&payload, &obj.key).unwrap();
+        let mut br = back.variants[0].encoded[0].clone();
+        assert!(br.stored_fields().is_some(), "kept as stored bytes");
+        headers_eq(br.headers(), obj.variants[0].encoded[0].headers());
+        assert!(br.stored_fields().is_some(), "reading keeps the bytes");
+        br.modify_headers(|h| {
+            h.insert("etag", hv(b"\"v2-br\""));
+        });
+        assert!(br.stored_fields().is_none(), "a change drops them");
+        let mut changed = (*back.variants[0]).clone();
+        changed.encoded[0] = br;
+        let changed = Object {
+            key: back.key.clone(),
+            variants: vec![Arc::new(changed)],
+        };
+        let bytes = encode(&changed).unwrap();
+        assert_eq!(bytes.len(), encoded_len(&changed));
+        let again = decode(&Bytes::from(bytes)).unwrap();
+        let etag = again.variants[0].encoded[0].headers().get("etag");
+        assert_eq!(etag.unwrap(), "\"v2-br\"");
+        assert_eq!(again.variants[0].weight(), changed.variants[0].weight());
     }
 
     #[test]
@@ -746,6 +795,15 @@ mod tests {
             let res = decode_for(&payload, &obj.key);
             if round % 4 < 2 {
                 assert!(res.is_err(), "round {round}: corruption went unnoticed");
+            }
+            // What decodes is whole: an encoded representation's fields,
+            // parsed only now, are all there.
+            for v in res.iter().flat_map(|o| &o.variants) {
+                for e in &v.encoded {
+                    let raw = e.stored_fields().unwrap().as_bytes();
+                    let count = u32::from_le_bytes(raw[..4].try_into().unwrap());
+                    assert_eq!(e.headers().len(), count as usize, "round {round}");
+                }
             }
         }
     }

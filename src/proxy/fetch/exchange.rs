@@ -369,8 +369,10 @@ impl Exchange {
         };
         v.headers.remove(STRATA_CACHE_CONTROL);
         for e in &mut v.encoded {
-            apply(&mut e.headers, true);
-            e.headers.remove(STRATA_CACHE_CONTROL);
+            e.modify_headers(|h| {
+                apply(h, true);
+                h.remove(STRATA_CACHE_CONTROL);
+            });
         }
         v.times = freshness::times(&update, request_time, response_time);
         v.policy = self.policy(parts, v.status, &v.headers, &cc, response_time);
