@@ -108,6 +108,82 @@ async fn shared_again(a: &Strata, b: &Strata, what: &str) {
     .await;
 }
 
+/// `memory_capacity = "0"`: a Redis-only instance. Every hit is read from
+/// Redis (nothing is promoted into the memory tier, which is off), and each
+/// representation comes back whole, the gzip one's fields included (read
+/// from the entry only when served: `cache/fields.rs`).
+#[tokio::test]
+async fn a_redis_only_instance_serves_every_hit_from_redis() {
+    let redis = RedisServer::start().await;
+    let body: String = (0..200).map(|i| format!("{{\"item\":{i}}},")).collect();
+    let served = body.clone();
+    let origin = Origin::start(move |_req| {
+        let body = served.clone();
+        async move {
+            support::origin::reply(
+                200,
+                &[
+                    ("cache-control", "max-age=300"),
+                    ("content-type", "application/json"),
+                    ("etag", "\"v1\""),
+                    ("x-app", "catalog"),
+                ],
+                body,
+            )
+        }
+    })
+    .await;
+    let cfg = format!(
+        "[cache]\nmemory_capacity = \"0\"\n\n{}",
+        redis_section("standalone", &[redis.url()], "")
+    );
+    let s = Strata::start(&[origin.addr], &cfg).await;
+    let c = Client::new();
+    let r = get(&c, &s.url("/items.json")).await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    assert_eq!(r.text(), body);
+
+    let r = shared_hit(&s, "/items.json").await;
+    assert_eq!(r.text(), body);
+    for _ in 0..3 {
+        let r = get(&c, &s.url("/items.json")).await;
+        assert!(
+            r.cache_status().contains("detail=redis"),
+            "not promoted: {}",
+            r.cache_status()
+        );
+        assert_eq!(r.text(), body);
+        assert_eq!(r.header("x-app"), Some("catalog"));
+    }
+    for _ in 0..2 {
+        let r = c
+            .get_with(&s.url("/items.json"), &[HOST, ("accept-encoding", "gzip")])
+            .await;
+        assert!(
+            r.cache_status().contains("detail=redis"),
+            "{}",
+            r.cache_status()
+        );
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+        assert_eq!(r.header("x-app"), Some("catalog"));
+        assert_eq!(r.header("etag"), Some("\"v1-gzip\""));
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str())
+        );
+        let mut plain = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut plain)
+            .unwrap();
+        assert_eq!(plain, body);
+    }
+    assert_eq!(
+        origin.count(),
+        1,
+        "every hit from Redis, none from the origin"
+    );
+    assert_eq!(s.shared.cache.memory().entry_count(), 0);
+}
+
 #[tokio::test]
 async fn standalone_fleet_shares_entries_and_purges() {
     let redis = RedisServer::start().await;
