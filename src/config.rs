@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     pub drain_timeout: Duration,
     pub header_read_timeout: Duration,
+    /// How long a response write may wait for a client that reads nothing
+    /// before the connection is closed (nginx's `send_timeout`).
+    pub send_timeout: Duration,
     pub max_header_size: usize,
     pub max_connections: usize,
     /// Peers whose `X-Forwarded-For` is believed; empty = none.

@@ -159,6 +159,7 @@ impl Server {
         let limit = Arc::new(Semaphore::new(settings.max_connections.max(1)));
         let admin_limit = Arc::new(Semaphore::new(admin_limit));
         let head_timeout = settings.header_read_timeout;
+        let send_timeout = settings.send_timeout;
         let use_sendfile = settings.sendfile;
 
         let proxy_service = |shared: Arc<Shared>, conn: ConnInfo, heads: HeadDeadline| {
@@ -183,7 +184,7 @@ impl Server {
         };
 
         let plain_loop = accept_loop(&plain, &stop, &limit, |stream, peer, permit| {
-            let heads = HeadDeadline::new(head_timeout);
+            let heads = HeadDeadline::new(head_timeout, send_timeout);
             let service = proxy_service(shared.clone(), ConnInfo::new(peer, false), heads.clone());
             let conn = builder
                 .serve_connection_with_upgrades(
@@ -205,7 +206,7 @@ impl Server {
             &stop,
             &admin_limit,
             |stream, _peer, permit| {
-                let heads = HeadDeadline::new(head_timeout);
+                let heads = HeadDeadline::new(head_timeout, send_timeout);
                 let conn = builder
                     .serve_connection(
                         TokioIo::new(heads.watch_io(stream)),
@@ -230,7 +231,7 @@ impl Server {
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 // The deadline runs from accept, across the handshake.
-                let heads = HeadDeadline::new(head_timeout);
+                let heads = HeadDeadline::new(head_timeout, send_timeout);
                 tokio::spawn(async move {
                     let Some(stream) = acceptor.accept(stream).await else {
                         return;
@@ -344,6 +345,15 @@ fn warn_restart_only(old: &Config, new: &Config) {
     };
     if old.server.sendfile != new.server.sendfile {
         tracing::warn!("server.sendfile changed: takes effect only after a restart");
+    }
+    let (o, n) = (&old.server, &new.server);
+    if (o.header_read_timeout, o.send_timeout, o.drain_timeout)
+        != (n.header_read_timeout, n.send_timeout, n.drain_timeout)
+        || (o.max_header_size, o.max_connections) != (n.max_header_size, n.max_connections)
+    {
+        tracing::warn!(
+            "server header_read_timeout, send_timeout, drain_timeout, max_header_size or max_connections changed: takes effect only after a restart"
+        );
     }
     if old.log.access_format != new.log.access_format {
         tracing::warn!("[log] access_format changed: takes effect only after a restart");

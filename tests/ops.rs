@@ -62,6 +62,10 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rules]]\nmatch = \"/**\"\nstatus_ttl = { \"404\" = \"abc\" }\n",
             ":9:24: rules[0].status_ttl.404: invalid duration \"abc\"",
         ),
+        (
+            "[server]\nlisten = \":8080\"\nsend_timeout = \"0s\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
+            ":3:16: server.send_timeout: expected a duration above zero",
+        ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));

@@ -521,3 +521,53 @@ async fn a_hit_written_slowly_to_a_slow_reader_is_not_cut() {
     assert_eq!(all.len() - head_end, SIZE, "the whole body");
     assert_eq!(origin.count(), 1);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
+    // nginx's `send_timeout`: a client that takes no byte of its response
+    // for `server.send_timeout` loses the connection, and its slot of
+    // `max_connections` is free again.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 8 << 20;
+    let origin = Origin::start(|_req| async move {
+        reply(
+            200,
+            &[("cache-control", "public, max-age=600")],
+            vec![b's'; SIZE],
+        )
+    })
+    .await;
+    let text = support::config_text(&[origin.addr], NO_HEALTH).replace(
+        "[server]\n",
+        "[server]\nsend_timeout = \"1s\"\nmax_connections = 1\n",
+    );
+    let strata = Strata::start_text(&text).await;
+    let request = b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let warm = support::http::raw(strata.addr, request).await;
+    assert!(warm.starts_with("HTTP/1.1 200"));
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(strata.addr).await.unwrap();
+    stuck.write_all(request).await.unwrap();
+    let mut first = [0u8; 1];
+    stuck.read_exact(&mut first).await.unwrap();
+    // It reads nothing more. The only slot is its own until Strata cuts
+    // it: another client's request is answered only then.
+    let next = tokio::time::timeout(
+        Duration::from_secs(20),
+        support::http::raw(
+            strata.addr,
+            b"GET /small HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ),
+    )
+    .await
+    .expect("the stalled connection's slot freed within 20 s");
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
+    // What the stalled client can still read ends short of the body.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stuck.read_to_end(&mut rest))
+        .await
+        .expect("closed, so the read ends");
+    assert!(rest.len() + 1 < SIZE, "{} bytes: not cut", rest.len() + 1);
+}

@@ -44,6 +44,7 @@ pub struct ServerFile {
     pub tls: Option<TlsFile>,
     pub drain_timeout: Option<Dur>,
     pub header_read_timeout: Option<Dur>,
+    pub send_timeout: Option<Spanned<Dur>>,
     pub max_header_size: Option<Spanned<ByteSize>>,
     pub max_connections: Option<usize>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,

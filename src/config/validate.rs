@@ -124,12 +124,24 @@ impl Validator<'_> {
             tls,
             drain_timeout,
             header_read_timeout,
+            send_timeout,
             max_header_size,
             max_connections,
             trusted_proxies,
             strip_request_headers,
             sendfile,
         } = s;
+        let send_timeout = match send_timeout {
+            None => Duration::from_secs(60),
+            Some(v) if v.get_ref().0.is_zero() => {
+                return Err(self.at.spanned(
+                    &v,
+                    "server.send_timeout",
+                    "expected a duration above zero",
+                ))
+            }
+            Some(v) => v.into_inner().0,
+        };
         let max_header_size = match max_header_size {
             None => 64 * 1024,
             Some(v) if v.get_ref().0 < 1024 || v.get_ref().0 > 16 * 1024 * 1024 => {
@@ -150,6 +162,7 @@ impl Validator<'_> {
             tls,
             drain_timeout: dur(drain_timeout, 30),
             header_read_timeout: dur(header_read_timeout, 10),
+            send_timeout,
             max_header_size,
             max_connections: max_connections.unwrap_or(10_000),
             trusted_proxies: self.trusted_proxies(trusted_proxies)?,

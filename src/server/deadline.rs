@@ -25,6 +25,15 @@
 //! would let a client trickling a request head byte by byte keep its
 //! connection forever.
 //!
+//! The same timer enforces `server.send_timeout` (like nginx's
+//! `send_timeout`): a connection whose writes have waited for socket space
+//! for a whole timeout, with no byte taken by the client in between, is
+//! closed, between one and two timeouts after the client stopped reading.
+//! A client reading slowly but steadily is never cut, and neither is one
+//! waiting for a slow upstream (no write is pending then). This costs a
+//! relaxed load per write, and two relaxed updates when a write has to
+//! wait or stops waiting.
+//!
 //! hyper-util's protocol detection (HTTP/1.1 or h2 prior knowledge) waits
 //! for the first bytes without any timer, and hyper's HTTP/1.1 server has
 //! none unless given one: without this, a silent connection would hold its
@@ -50,6 +59,7 @@ use tokio::time::Instant;
 pub struct HeadDeadline {
     state: Arc<State>,
     timeout: Duration,
+    send_timeout: Duration,
     accepted: Instant,
 }
 
@@ -64,6 +74,12 @@ struct State {
     activity: AtomicU64,
     /// The connection speaks HTTP/2.
     http2: AtomicBool,
+    /// A write (or flush) to the client is waiting for socket space.
+    blocked: AtomicBool,
+    /// Bumped whenever `blocked` changes: the same value at two checks a
+    /// send timeout apart, while blocked, means the client took nothing.
+    /// Only the connection's task writes both (through [`Flushes`]).
+    send_events: AtomicU64,
 }
 
 /// How a connection ended badly.
@@ -75,21 +91,28 @@ pub enum ConnError<E> {
     /// No next request head within the timeout of the last response.
     #[error("no new request head within header_read_timeout of the last response")]
     Idle,
+    /// The client took no response byte for a whole send timeout.
+    #[error("the client read nothing for send_timeout")]
+    SendTimeout,
     #[error("{0}")]
     Http(E),
 }
 
 impl HeadDeadline {
-    /// Starts the clock now (call at accept).
-    pub fn new(timeout: Duration) -> HeadDeadline {
+    /// Starts the clock now (call at accept): `timeout` is
+    /// `server.header_read_timeout`, `send_timeout` `server.send_timeout`.
+    pub fn new(timeout: Duration, send_timeout: Duration) -> HeadDeadline {
         HeadDeadline {
             state: Arc::new(State {
                 open: AtomicU32::new(0),
                 ended: AtomicU32::new(0),
                 activity: AtomicU64::new(0),
                 http2: AtomicBool::new(false),
+                blocked: AtomicBool::new(false),
+                send_events: AtomicU64::new(0),
             }),
             timeout,
+            send_timeout,
             accepted: Instant::now(),
         }
     }
@@ -117,32 +140,60 @@ impl HeadDeadline {
     }
 
     /// Drives `conn`, dropping it (which closes the socket) when a request
-    /// head is overdue.
+    /// head is overdue or the client stopped reading.
     pub async fn serve<F, E>(self, conn: F) -> Result<(), ConnError<E>>
     where
         F: Future<Output = Result<(), E>>,
     {
         let mut conn = std::pin::pin!(conn);
-        let mut timer = std::pin::pin!(tokio::time::sleep_until(self.accepted + self.timeout));
+        let mut head_at = self.accepted + self.timeout;
+        let mut send_at = self.accepted + self.send_timeout;
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(head_at.min(send_at)));
         let mut seen = 0;
+        let mut send_seen = 0;
         loop {
             tokio::select! {
                 done = &mut conn => return done.map_err(ConnError::Http),
                 _ = &mut timer => {}
             }
             let s = &self.state;
-            let activity = s.activity.load(Ordering::Relaxed);
-            if activity == 0 {
-                return Err(ConnError::Silent);
+            let now = Instant::now();
+            if now >= send_at {
+                let events = s.send_events.load(Ordering::Relaxed);
+                if events == send_seen && s.blocked.load(Ordering::Relaxed) {
+                    return Err(ConnError::SendTimeout);
+                }
+                send_seen = events;
+                send_at = now + self.send_timeout;
             }
-            if s.http2.load(Ordering::Relaxed) {
-                return conn.await.map_err(ConnError::Http);
+            if now >= head_at {
+                let activity = s.activity.load(Ordering::Relaxed);
+                if activity == 0 {
+                    return Err(ConnError::Silent);
+                }
+                if s.http2.load(Ordering::Relaxed) {
+                    return conn.await.map_err(ConnError::Http);
+                }
+                if activity == seen && s.open.load(Ordering::Relaxed) == 0 {
+                    return Err(ConnError::Idle);
+                }
+                seen = activity;
+                head_at = now + self.timeout;
             }
-            if activity == seen && s.open.load(Ordering::Relaxed) == 0 {
-                return Err(ConnError::Idle);
-            }
-            seen = activity;
-            timer.as_mut().reset(Instant::now() + self.timeout);
+            timer.as_mut().reset(head_at.min(send_at));
+        }
+    }
+}
+
+impl State {
+    /// Records whether a write to the client had to wait for socket space
+    /// (see the module doc on `send_timeout`).
+    fn note_write(&self, waiting: bool) {
+        if self.blocked.load(Ordering::Relaxed) != waiting {
+            self.blocked.store(waiting, Ordering::Relaxed);
+            let events = self.send_events.load(Ordering::Relaxed);
+            self.send_events
+                .store(events.wrapping_add(1), Ordering::Relaxed);
         }
     }
 }
@@ -215,7 +266,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Flushes<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.state.note_write(written.is_pending());
+        written
     }
 
     fn poll_write_vectored(
@@ -223,7 +277,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Flushes<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.state.note_write(written.is_pending());
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -233,6 +290,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Flushes<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let flushed = Pin::new(&mut this.io).poll_flush(cx);
+        // A TLS stream's flush writes its buffered records: it can wait
+        // for socket space too.
+        this.state.note_write(flushed.is_pending());
         if let Poll::Ready(Ok(())) = flushed {
             let s = &this.state;
             if s.ended.load(Ordering::Relaxed) != 0 {
@@ -246,5 +306,85 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Flushes<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// A connection that has received a request head and writes `len`
+    /// bytes of response into `io` after `wait`, holding the request open.
+    fn respond(
+        heads: &HeadDeadline,
+        mut io: Flushes<tokio::io::DuplexStream>,
+        wait: Duration,
+        len: usize,
+    ) -> impl Future<Output = std::io::Result<()>> {
+        let open = heads.arrived(Version::HTTP_11);
+        async move {
+            let _open = open;
+            tokio::time::sleep(wait).await;
+            io.write_all(&vec![b'x'; len]).await?;
+            io.flush().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_nothing_is_cut_within_one_to_two_send_timeouts() {
+        let heads = HeadDeadline::new(10 * SECOND, SECOND);
+        let (_client, server) = tokio::io::duplex(1024);
+        let conn = respond(&heads, heads.watch_io(server), Duration::ZERO, 64 * 1024);
+        let start = Instant::now();
+        let ended = tokio::time::timeout(60 * SECOND, heads.serve(conn))
+            .await
+            .expect("closed within a minute");
+        assert!(matches!(ended, Err(ConnError::SendTimeout)), "{ended:?}");
+        let took = start.elapsed();
+        assert!(took >= SECOND && took <= 2 * SECOND, "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_steady_reader_is_never_cut() {
+        let heads = HeadDeadline::new(10 * SECOND, SECOND);
+        let (mut client, server) = tokio::io::duplex(1024);
+        let conn = respond(&heads, heads.watch_io(server), Duration::ZERO, 4096);
+        // 100 bytes every 0.7 s: each wait is shorter than the timeout,
+        // the whole response takes many of them.
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = [0u8; 100];
+            loop {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got += n,
+                }
+            }
+        });
+        let start = Instant::now();
+        let ended = heads.serve(conn).await;
+        assert!(ended.is_ok(), "{ended:?}");
+        assert!(start.elapsed() > 10 * SECOND, "{:?}", start.elapsed());
+        assert_eq!(reader.await.unwrap(), 4096);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_the_upstream_is_not_a_stalled_client() {
+        let heads = HeadDeadline::new(10 * SECOND, SECOND);
+        let (mut client, server) = tokio::io::duplex(1024);
+        // Nothing to write for 5 s (a slow upstream), then a response the
+        // client reads at once.
+        let conn = respond(&heads, heads.watch_io(server), 5 * SECOND, 512);
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 512];
+            client.read_exact(&mut buf).await.map(|_| buf.len())
+        });
+        let ended = heads.serve(conn).await;
+        assert!(ended.is_ok(), "{ended:?}");
+        assert_eq!(reader.await.unwrap().unwrap(), 512);
     }
 }
