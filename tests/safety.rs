@@ -476,35 +476,45 @@ async fn a_response_longer_than_header_read_timeout_is_not_cut() {
     assert_eq!(r.text(), "chunk".repeat(5));
 }
 
-#[tokio::test]
-async fn a_hit_written_slowly_to_a_slow_reader_is_not_cut() {
-    // An 8 MiB hit is one frame: hyper is done with the body at once but
-    // writes it only as fast as the client reads. A client that stops
-    // reading for three timeouts still gets all of it.
+const BIG: usize = 8 << 20;
+
+/// Starts Strata (with `server_keys` added to `[server]`) in front of an
+/// origin of one cacheable 8 MiB response, stores it with a full-speed
+/// miss, then asks for it again on a socket with a small receive window
+/// (so the kernel cannot take the whole body) and reads its first byte.
+async fn big_hit_read_one_byte(server_keys: &str) -> (Strata, Origin, tokio::net::TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const SIZE: usize = 8 << 20;
     let origin = Origin::start(|_req| async move {
         reply(
             200,
             &[("cache-control", "public, max-age=600")],
-            vec![b'h'; SIZE],
+            vec![b'h'; BIG],
         )
     })
     .await;
     let text = support::config_text(&[origin.addr], NO_HEALTH)
-        .replace("[server]\n", "[server]\nheader_read_timeout = \"1s\"\n");
+        .replace("[server]\n", &format!("[server]\n{server_keys}"));
     let strata = Strata::start_text(&text).await;
     let request = b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    // The miss that stores it, read at full speed.
     let warm = support::http::raw(strata.addr, request).await;
     assert!(warm.starts_with("HTTP/1.1 200"));
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    // A small receive window, so the kernel cannot take the whole body.
     socket.set_recv_buffer_size(4096).unwrap();
     let mut s = socket.connect(strata.addr).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut first = [0u8; 1];
     s.read_exact(&mut first).await.unwrap();
+    assert_eq!(first[0], b'H');
+    (strata, origin, s)
+}
+
+#[tokio::test]
+async fn a_hit_written_slowly_to_a_slow_reader_is_not_cut() {
+    // An 8 MiB hit is one frame: hyper is done with the body at once but
+    // writes it only as fast as the client reads. A client that stops
+    // reading for three timeouts still gets all of it.
+    use tokio::io::AsyncReadExt;
+    let (_strata, origin, mut s) = big_hit_read_one_byte("header_read_timeout = \"1s\"\n").await;
     // The pause is the scenario: a reader that stalls.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut rest = Vec::new();
@@ -512,13 +522,13 @@ async fn a_hit_written_slowly_to_a_slow_reader_is_not_cut() {
         .await
         .expect("read within 30 s")
         .expect("read");
-    let mut all = first.to_vec();
+    let mut all = b"H".to_vec();
     all.extend_from_slice(&rest);
     let head_end = all.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
     let head = String::from_utf8_lossy(&all[..head_end]).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("cache-status: strata; hit"), "{head}");
-    assert_eq!(all.len() - head_end, SIZE, "the whole body");
+    assert_eq!(all.len() - head_end, BIG, "the whole body");
     assert_eq!(origin.count(), 1);
 }
 
@@ -527,31 +537,9 @@ async fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
     // nginx's `send_timeout`: a client that takes no byte of its response
     // for `server.send_timeout` loses the connection, and its slot of
     // `max_connections` is free again.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const SIZE: usize = 8 << 20;
-    let origin = Origin::start(|_req| async move {
-        reply(
-            200,
-            &[("cache-control", "public, max-age=600")],
-            vec![b's'; SIZE],
-        )
-    })
-    .await;
-    let text = support::config_text(&[origin.addr], NO_HEALTH).replace(
-        "[server]\n",
-        "[server]\nsend_timeout = \"1s\"\nmax_connections = 1\n",
-    );
-    let strata = Strata::start_text(&text).await;
-    let request = b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    let warm = support::http::raw(strata.addr, request).await;
-    assert!(warm.starts_with("HTTP/1.1 200"));
-
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stuck = socket.connect(strata.addr).await.unwrap();
-    stuck.write_all(request).await.unwrap();
-    let mut first = [0u8; 1];
-    stuck.read_exact(&mut first).await.unwrap();
+    use tokio::io::AsyncReadExt;
+    let (strata, _origin, mut stuck) =
+        big_hit_read_one_byte("send_timeout = \"1s\"\nmax_connections = 1\n").await;
     // It reads nothing more. The only slot is its own until Strata cuts
     // it: another client's request is answered only then.
     let next = tokio::time::timeout(
@@ -569,5 +557,5 @@ async fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
     let _ = tokio::time::timeout(Duration::from_secs(10), stuck.read_to_end(&mut rest))
         .await
         .expect("closed, so the read ends");
-    assert!(rest.len() + 1 < SIZE, "{} bytes: not cut", rest.len() + 1);
+    assert!(rest.len() + 1 < BIG, "{} bytes: not cut", rest.len() + 1);
 }
