@@ -2,10 +2,6 @@
 //! (bodies, encoded bodies, headers, tags), bounded by `memory_capacity`,
 //! with a per-entry expiry of the object's freshness lifetime plus stale
 //! windows. Lookups are synchronous and lock-free on the hit path.
-//!
-//! `memory_capacity = "0"` turns the tier off (a Redis-only instance):
-//! lookups miss at once and nothing is inserted, so a Redis hit is not
-//! weighed and handed to moka only to be evicted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,8 +40,6 @@ impl Expiry<u128, Arc<Object>> for KeepFor {
 #[derive(Clone)]
 pub struct MemoryTier {
     cache: Cache<u128, Arc<Object>>,
-    /// False when the capacity is 0 (see the module doc).
-    enabled: bool,
     /// Counts explicit removals (purges, invalidations; not evictions), so
     /// that work begun before one can tell it must not store again.
     removals: Arc<AtomicU64>,
@@ -60,7 +54,6 @@ impl MemoryTier {
             .build();
         MemoryTier {
             cache,
-            enabled: capacity > 0,
             removals: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -73,25 +66,16 @@ impl MemoryTier {
         authority: &str,
         path: &str,
     ) -> Option<Arc<Object>> {
-        if !self.enabled {
-            return None;
-        }
         self.cache
             .get(&hash)
             .filter(|o| o.key.matches(https, authority, path))
     }
 
     pub fn get_key(&self, key: &CacheKey) -> Option<Arc<Object>> {
-        if !self.enabled {
-            return None;
-        }
         self.cache.get(&key.hash()).filter(|o| &o.key == key)
     }
 
     pub fn insert(&self, object: Arc<Object>) {
-        if !self.enabled {
-            return;
-        }
         self.cache.insert(object.key.hash(), object);
     }
 
@@ -100,9 +84,6 @@ impl MemoryTier {
     /// wins). Returns whether it replaced.
     pub fn replace(&self, expected: &Arc<Object>, new: Arc<Object>) -> bool {
         use moka::ops::compute::{CompResult, Op};
-        if !self.enabled {
-            return false;
-        }
         let result =
             self.cache
                 .entry(expected.key.hash())
@@ -183,39 +164,5 @@ impl MemoryTier {
 
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cache::entry::Object;
-
-    fn object(path: &str) -> Arc<Object> {
-        Arc::new(Object {
-            key: CacheKey::new(false, "example.com", path),
-            variants: vec![],
-        })
-    }
-
-    #[test]
-    fn a_capacity_of_zero_turns_the_tier_off() {
-        let off = MemoryTier::new(0);
-        let o = object("/a");
-        off.insert(o.clone());
-        assert!(off.get_key(&o.key).is_none());
-        assert!(off
-            .lookup(o.key.hash(), false, "example.com", "/a")
-            .is_none());
-        assert!(!off.replace(&o, object("/a")));
-        // Purges still count, so work begun before one stores nothing.
-        let epoch = off.removal_epoch();
-        off.remove(&o.key);
-        assert!(off.removed_since(epoch));
-
-        let on = MemoryTier::new(1 << 20);
-        on.insert(o.clone());
-        assert!(on.get_key(&o.key).is_some());
-        assert!(on.replace(&o, object("/a")));
     }
 }
