@@ -55,13 +55,18 @@ async fn tagged_origin() -> Origin {
 /// with `only-if-cached`: until the entry is in Redis it gets a 504 and
 /// stores nothing of its own.
 async fn shared_hit(s: &Strata, path: &str) -> support::Reply {
+    shared_hit_with(s, path, &[]).await
+}
+
+/// [`shared_hit`] with further request fields.
+async fn shared_hit_with(s: &Strata, path: &str, fields: &[(&str, &str)]) -> support::Reply {
     let c = Client::new();
     let url = s.url(path);
+    let mut fields = fields.to_vec();
+    fields.extend([HOST, ("cache-control", "only-if-cached")]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = c
-            .get_with(&url, &[HOST, ("cache-control", "only-if-cached")])
-            .await;
+        let r = c.get_with(&url, &fields).await;
         if r.status == 200 {
             assert!(
                 r.cache_status().contains("detail=redis"),
@@ -106,6 +111,66 @@ async fn shared_again(a: &Strata, b: &Strata, what: &str) {
         }
     })
     .await;
+}
+
+/// A gzip representation read from Redis by another instance comes back
+/// whole: its fields are kept unparsed in the entry until served
+/// (`cache/fields.rs`), then parsed once for the promoted copy.
+#[tokio::test]
+async fn an_encoded_representation_read_from_redis_is_whole() {
+    let redis = RedisServer::start().await;
+    let body: String = (0..200).map(|i| format!("{{\"item\":{i}}},")).collect();
+    let served = body.clone();
+    let origin = Origin::start(move |_req| {
+        let body = served.clone();
+        async move {
+            support::origin::reply(
+                200,
+                &[
+                    ("cache-control", "max-age=300"),
+                    ("content-type", "application/json"),
+                    ("etag", "\"v1\""),
+                    ("x-app", "catalog"),
+                ],
+                body,
+            )
+        }
+    })
+    .await;
+    let cfg = redis_section("standalone", &[redis.url()], "");
+    let (a, b) = Strata::pair_sharing_redis(&[origin.addr], &cfg).await;
+    let c = Client::new();
+    let r = get(&c, &a.url("/items.json")).await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    assert_eq!(r.text(), body);
+
+    let gunzip = |r: &support::Reply| {
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+        assert_eq!(r.header("x-app"), Some("catalog"));
+        assert_eq!(r.header("etag"), Some("\"v1-gzip\""));
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str())
+        );
+        let mut plain = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut plain)
+            .unwrap();
+        plain
+    };
+    // B's first request for it, in gzip: read from Redis.
+    let r = shared_hit_with(&b, "/items.json", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(gunzip(&r), body);
+    // Then from the copy B promoted into memory.
+    let r = c
+        .get_with(&b.url("/items.json"), &[HOST, ("accept-encoding", "gzip")])
+        .await;
+    assert!(
+        r.cache_status().contains("detail=memory"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(gunzip(&r), body);
+    assert_eq!(origin.count(), 1, "every answer from a cache");
 }
 
 #[tokio::test]

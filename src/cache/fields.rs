@@ -32,6 +32,12 @@ pub struct FieldBlock {
     fields: u32,
 }
 
+/// The most fields a stored header section may have. `http`'s `HeaderMap`
+/// panics when asked for room for more than 24,576; no response comes
+/// near this (hyper's client refuses more than 100 fields), so a larger
+/// count is a corrupt or forged entry, refused before any map is built.
+pub const MAX_FIELDS: u32 = 16_384;
+
 /// Why a block failed [`FieldBlock::check`]: what, and the byte offset
 /// within the block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +138,7 @@ impl FieldBlock {
         let fields = u32::from_le_bytes([count[0], count[1], count[2], count[3]]);
         // Each field takes at least 6 bytes of framing: a corrupt count
         // fails here, before any work.
-        if (fields as usize).saturating_mul(6) > raw.len() - 4 {
+        if fields > MAX_FIELDS || (fields as usize).saturating_mul(6) > raw.len() - 4 {
             return Err(BadBlock {
                 what: "header count",
                 at: 0,
@@ -331,6 +337,12 @@ mod tests {
         let mut huge = good.clone();
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(check(huge).unwrap_err().what, "header count");
+        // Framing for them all is there, but a map that large would panic.
+        let many: Vec<(&[u8], &[u8])> = vec![(b"a", b""); MAX_FIELDS as usize + 1];
+        assert_eq!(bad(&many).unwrap_err().what, "header count");
+        let most: Vec<(&[u8], &[u8])> = vec![(b"a", b""); MAX_FIELDS as usize];
+        let (most, _) = check(block(&most)).unwrap();
+        assert_eq!(most.to_map().len(), MAX_FIELDS as usize);
         // Offsets are the block's own, wherever it starts.
         let mut framed = b"xyz".to_vec();
         framed.extend_from_slice(&block(&[(b"a", b"\x00")]));

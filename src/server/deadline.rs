@@ -53,6 +53,10 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+/// Timeouts are capped here: a deadline beyond `Instant`'s range would
+/// panic, and ten years is "never" for a connection.
+const LONGEST: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 /// A connection's request heads and responses, and by when the next head
 /// must arrive.
 #[derive(Clone)]
@@ -111,8 +115,8 @@ impl HeadDeadline {
                 blocked: AtomicBool::new(false),
                 send_events: AtomicU64::new(0),
             }),
-            timeout,
-            send_timeout,
+            timeout: timeout.min(LONGEST),
+            send_timeout: send_timeout.min(LONGEST),
             accepted: Instant::now(),
         }
     }
@@ -370,6 +374,19 @@ mod tests {
         assert!(ended.is_ok(), "{ended:?}");
         assert!(start.elapsed() > 10 * SECOND, "{:?}", start.elapsed());
         assert_eq!(reader.await.unwrap(), 4096);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_too_long_for_a_deadline_mean_never() {
+        let heads = HeadDeadline::new(Duration::MAX, Duration::MAX);
+        let (mut client, server) = tokio::io::duplex(1024);
+        let conn = respond(&heads, heads.watch_io(server), 3600 * SECOND, 16);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            client.read_exact(&mut buf).await.map(|_| buf.len())
+        });
+        assert!(heads.serve(conn).await.is_ok());
+        assert_eq!(reader.await.unwrap().unwrap(), 16);
     }
 
     #[tokio::test(start_paused = true)]

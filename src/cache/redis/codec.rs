@@ -35,7 +35,7 @@ use http::StatusCode;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::cache::entry::{Encoded, Object, Variant, VaryKey};
-use crate::cache::fields::FieldBlock;
+use crate::cache::fields::{FieldBlock, MAX_FIELDS};
 use crate::cache::freshness::{Policy, Times};
 use crate::cache::key::CacheKey;
 use crate::compression::Coding;
@@ -327,8 +327,14 @@ impl Reader<'_> {
         HeaderName::from_bytes(&self.payload[r]).map_err(|_| DecodeError::Invalid { what, at })
     }
     fn headers(&mut self) -> Result<HeaderMap, DecodeError> {
-        let n = self.u32()? as usize;
-        let n = self.count(n, 6, "header count")?;
+        let n = self.u32()?;
+        if n > MAX_FIELDS {
+            return Err(DecodeError::Invalid {
+                what: "header count",
+                at: self.at - 4,
+            });
+        }
+        let n = self.count(n as usize, 6, "header count")?;
         let mut map = HeaderMap::with_capacity(n);
         for _ in 0..n {
             let name = self.name("header name")?;
@@ -682,6 +688,27 @@ mod tests {
         let etag = again.variants[0].encoded[0].headers().get("etag");
         assert_eq!(etag.unwrap(), "\"v2-br\"");
         assert_eq!(again.variants[0].weight(), changed.variants[0].weight());
+    }
+
+    #[test]
+    fn a_header_count_a_map_cannot_hold_is_an_error() {
+        // 24,577 fields would make `HeaderMap::with_capacity` panic: the
+        // count is refused first (the checksum is no defence against a
+        // forged entry).
+        let mut obj = rich();
+        let mut v = (*obj.variants[1]).clone();
+        for i in 0..=MAX_FIELDS {
+            v.headers.append("x-n", HeaderValue::from(i));
+        }
+        obj.variants[1] = Arc::new(v);
+        let payload = Bytes::from(encode(&obj).unwrap());
+        assert!(matches!(
+            decode(&payload),
+            Err(DecodeError::Invalid {
+                what: "header count",
+                ..
+            })
+        ));
     }
 
     #[test]
