@@ -50,6 +50,23 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
+/// The position of a lowercase field name in [`HOP_BY_HOP`], `Upgrade`
+/// after them; one `match` on the name instead of nine comparisons.
+fn hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
+}
+
 /// Removes hop-by-hop fields, first those listed in `Connection`, then the
 /// fixed set; `Upgrade` goes too unless `keep_upgrade` (a WebSocket
 /// handshake being forwarded).
@@ -61,23 +78,46 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let hop = || HOP_BY_HOP.iter().chain(upgrade);
     let mut present = 0u16;
     for k in headers.keys() {
-        if let Some(i) = hop().position(|h| h == k) {
-            present |= 1 << i;
+        match hop_index(k.as_str()) {
+            Some(i) if i < HOP_BY_HOP.len() || !keep_upgrade => present |= 1 << i,
+            _ => {}
         }
     }
     if present == 0 {
         return;
     }
     if present & 1 != 0 {
-        // HOP_BY_HOP[0], Connection: the names it lists go first.
-        let named: Vec<HeaderName> = headers
+        // HOP_BY_HOP[0], Connection: the names it lists go first, in its
+        // order. A listed hop-by-hop name (usually `keep-alive`) is taken
+        // from the fixed set, not parsed, and only when present: removing
+        // an absent name changes nothing, so the order of what stays is
+        // the same, and the usual `Connection: keep-alive` allocates
+        // nothing.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for token in headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .filter(|name| !(keep_upgrade && name == header::UPGRADE))
-            .collect();
+            .map(str::trim)
+        {
+            if keep_upgrade && token.eq_ignore_ascii_case(header::UPGRADE.as_str()) {
+                continue;
+            }
+            let index = if token.bytes().all(|b| !b.is_ascii_uppercase()) {
+                hop_index(token)
+            } else {
+                hop().position(|h| h.as_str().eq_ignore_ascii_case(token))
+            };
+            match index {
+                Some(i) if present & (1 << i) != 0 => {
+                    present &= !(1 << i);
+                    named.extend(hop().nth(i).cloned());
+                }
+                Some(_) => {}
+                None => named.extend(HeaderName::from_bytes(token.as_bytes()).ok()),
+            }
+        }
         for name in named {
             headers.remove(&name);
         }
@@ -296,6 +336,108 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["server", "date", "content-type", "vary", "etag"]);
+    }
+
+    /// The hop-by-hop removal as it was first written: every name
+    /// `Connection` lists parsed and removed in order, then the fixed set
+    /// in order.
+    fn strip_reference(headers: &mut HeaderMap, keep_upgrade: bool) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+            .collect();
+        for name in named {
+            headers.remove(&name);
+        }
+        for name in HOP_BY_HOP.iter() {
+            headers.remove(name);
+        }
+        if !keep_upgrade {
+            headers.remove(header::UPGRADE);
+        }
+    }
+
+    #[test]
+    fn hop_index_follows_the_fixed_order() {
+        for (i, name) in HOP_BY_HOP.iter().chain([&header::UPGRADE]).enumerate() {
+            assert_eq!(hop_index(name.as_str()), Some(i), "{name}");
+        }
+        assert_eq!(hop_index("vary"), None);
+        assert_eq!(hop_index("Connection"), None, "lowercase names only");
+    }
+
+    #[test]
+    fn agrees_with_the_reference_on_random_messages() {
+        const NAMES: [&str; 12] = [
+            "connection",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "transfer-encoding",
+            "proxy-connection",
+            "x-secret",
+            "vary",
+            "etag",
+            "server",
+            "date",
+            "trailer",
+        ];
+        const TOKENS: [&str; 10] = [
+            "keep-alive",
+            "Keep-Alive",
+            "close",
+            "X-Secret",
+            "upgrade",
+            "TE",
+            "",
+            " vary ",
+            "connection",
+            "bad name",
+        ];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for round in 0..50_000 {
+            let mut h = HeaderMap::new();
+            for _ in 0..next(9) {
+                let name = NAMES[next(NAMES.len())];
+                let value = if name == "connection" {
+                    (0..1 + next(3))
+                        .map(|_| TOKENS[next(TOKENS.len())])
+                        .collect::<Vec<_>>()
+                        .join(",")
+                } else {
+                    format!("v{}", next(100))
+                };
+                h.append(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_str(&value).unwrap(),
+                );
+            }
+            let keep_upgrade = next(2) == 0;
+            let mut want = h.clone();
+            strip_reference(&mut want, keep_upgrade);
+            let mut got = h.clone();
+            strip_hop_by_hop(&mut got, keep_upgrade);
+            let order = |m: &HeaderMap| -> Vec<(String, Vec<u8>)> {
+                m.iter()
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                    .collect()
+            };
+            assert_eq!(
+                order(&got),
+                order(&want),
+                "round {round}: {h:?} {keep_upgrade}"
+            );
+        }
     }
 
     fn client_fields() -> HeaderMap {
