@@ -22,8 +22,10 @@ if [ "${#taken[@]}" -gt 0 ]; then
 fi
 
 cargo build --release --bin strata --example origin
-target/release/examples/origin 127.0.0.1:3001 127.0.0.1:3002 &
+# Cargo builds into $CARGO_TARGET_DIR when it is set (relative to here).
+release="${CARGO_TARGET_DIR:-target}/release"
+"$release/examples/origin" 127.0.0.1:3001 127.0.0.1:3002 &
 origin=$!
 trap 'kill $origin 2>/dev/null || true' EXIT
 echo "try: curl -si http://127.0.0.1:8080/index.html ; curl -s http://127.0.0.1:9090/health"
-target/release/strata serve --config config/strata.toml "$@"
+"$release/strata" serve --config config/strata.toml "$@"
