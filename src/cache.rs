@@ -262,7 +262,8 @@ impl Cache {
     pub fn complete(&self, admitted: &Arc<Object>, complete: Arc<Object>, epoch: u64) -> bool {
         let memory = &self.inner.memory;
         let stored = memory.replace(admitted, complete.clone())
-            || (!memory.removed_since(epoch) && memory.get_key(&admitted.key).is_none());
+            || (!memory.removed_since(&admitted.key, epoch)
+                && memory.get_key(&admitted.key).is_none());
         if !stored {
             return false;
         }

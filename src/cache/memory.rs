@@ -15,6 +15,10 @@ use super::freshness::now_millis;
 use super::key::CacheKey;
 use super::storage::Selector;
 
+/// How long a URL's removal is remembered for [`MemoryTier::removed_since`]:
+/// far longer than any admission takes to compress its representations.
+const REMOVALS_KEPT: Duration = Duration::from_secs(600);
+
 /// moka weighs in u32; larger objects are never admitted anyway
 /// (`max_object_size` is far below this).
 const MAX_WEIGHT: u64 = u32::MAX as u64;
@@ -40,9 +44,16 @@ impl Expiry<u128, Arc<Object>> for KeepFor {
 #[derive(Clone)]
 pub struct MemoryTier {
     cache: Cache<u128, Arc<Object>>,
-    /// Counts explicit removals (purges, invalidations; not evictions), so
-    /// that work begun before one can tell it must not store again.
+    /// Counts explicit removals (purges, invalidations, soft purges; not
+    /// evictions), so that work begun before one can tell it must not
+    /// store again ([`MemoryTier::removed_since`]).
     removals: Arc<AtomicU64>,
+    /// The count after the last removal by selector (prefix, tag, all) or
+    /// soft purge: those may have touched any URL.
+    broad_removal: Arc<AtomicU64>,
+    /// The count after each URL's last removal (remembered for
+    /// [`REMOVALS_KEPT`]).
+    removed_urls: Cache<u128, u64>,
 }
 
 impl MemoryTier {
@@ -55,6 +66,11 @@ impl MemoryTier {
         MemoryTier {
             cache,
             removals: Arc::new(AtomicU64::new(0)),
+            broad_removal: Arc::new(AtomicU64::new(0)),
+            removed_urls: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(REMOVALS_KEPT)
+                .build(),
         }
     }
 
@@ -99,14 +115,36 @@ impl MemoryTier {
         self.removals.load(Ordering::SeqCst)
     }
 
-    /// Whether any object was removed explicitly since `epoch`.
-    pub fn removed_since(&self, epoch: u64) -> bool {
-        self.removals.load(Ordering::SeqCst) != epoch
+    /// Whether `key` may have been removed explicitly since `epoch`: by
+    /// its own URL, or by a selector or soft purge (which may have touched
+    /// any URL). Other URLs' removals do not count, so a purge elsewhere
+    /// never stops an admission from being stored.
+    pub fn removed_since(&self, key: &CacheKey, epoch: u64) -> bool {
+        self.broad_removal.load(Ordering::SeqCst) > epoch
+            || self
+                .removed_urls
+                .get(&key.hash())
+                .is_some_and(|at| at > epoch)
+    }
+
+    /// Bumps the removal count; returns the new count. Called *after* the
+    /// removal itself, so an admission whose epoch was read before the bump
+    /// counts the removal even if it raced with it.
+    fn next_removal(&self) -> u64 {
+        self.removals.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// A removal that may touch any URL.
+    fn broad(&self) {
+        let at = self.next_removal();
+        self.broad_removal.fetch_max(at, Ordering::SeqCst);
     }
 
     pub fn remove(&self, key: &CacheKey) -> bool {
-        self.removals.fetch_add(1, Ordering::SeqCst);
-        self.cache.remove(&key.hash()).is_some()
+        let removed = self.cache.remove(&key.hash()).is_some();
+        let at = self.next_removal();
+        self.removed_urls.insert(key.hash(), at);
+        removed
     }
 
     /// Up to `limit` objects `selector` selects (a full scan: for the
@@ -126,17 +164,18 @@ impl MemoryTier {
 
     /// Removes every object `pred` selects; returns how many.
     pub fn remove_where(&self, pred: impl Fn(&Object) -> bool) -> u64 {
-        self.removals.fetch_add(1, Ordering::SeqCst);
         let doomed: Vec<u128> = self
             .cache
             .iter()
             .filter(|(_, o)| pred(o))
             .map(|(k, _)| *k)
             .collect();
-        doomed
+        let removed = doomed
             .iter()
             .filter(|k| self.cache.remove(*k).is_some())
-            .count() as u64
+            .count() as u64;
+        self.broad();
+        removed
     }
 
     pub fn purge_now(&self, selector: &Selector) -> u64 {
@@ -153,6 +192,10 @@ impl MemoryTier {
         for o in &marked {
             self.insert(Arc::new(o.soft_purged()));
         }
+        // Counted as a removal: an admission in flight whose object was
+        // evicted must not write its fresh copy over a soft purge it did
+        // not see (see `Cache::complete`).
+        self.broad();
         marked.len() as u64
     }
 
@@ -164,5 +207,34 @@ impl MemoryTier {
 
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(path: &str) -> CacheKey {
+        CacheKey::new(false, "example.com", path)
+    }
+
+    #[test]
+    fn only_removals_that_may_touch_a_url_count_for_it() {
+        let tier = MemoryTier::new(1 << 20);
+        let mine = key("/mine");
+        let epoch = tier.removal_epoch();
+        tier.remove(&key("/other"));
+        assert!(!tier.removed_since(&mine, epoch), "another URL's purge");
+        tier.remove(&mine);
+        assert!(tier.removed_since(&mine, epoch), "its own purge");
+
+        let epoch = tier.removal_epoch();
+        assert!(!tier.removed_since(&mine, epoch), "before, not since");
+        tier.remove_where(|_| false);
+        assert!(tier.removed_since(&mine, epoch), "a purge by selector");
+
+        let epoch = tier.removal_epoch();
+        tier.mark_stale(&Selector::Prefix("/nothing".into()));
+        assert!(tier.removed_since(&mine, epoch), "a soft purge");
     }
 }
