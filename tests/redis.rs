@@ -173,6 +173,80 @@ async fn an_encoded_representation_read_from_redis_is_whole() {
     assert_eq!(origin.count(), 1, "every answer from a cache");
 }
 
+/// `memory_capacity = "0"` (moka evicts at once): while a miss's encoded
+/// representations are prepared, successful POSTs to other URLs (each an
+/// RFC 9111 §4.4 invalidation of its own URL) must not stop the object
+/// from reaching Redis. Before per-URL removal counts, any invalidation
+/// anywhere dropped the write, and this URL was never stored.
+#[tokio::test]
+async fn a_redis_only_instance_stores_while_other_urls_are_invalidated() {
+    let redis = RedisServer::start().await;
+    let body: String = (0..20_000)
+        .map(|i| format!("{{\"item\":{i},\"name\":\"thing {i}\"}},"))
+        .collect();
+    let served = body.clone();
+    let origin = Origin::start(move |req| {
+        let body = served.clone();
+        async move {
+            if req.method() == Method::POST {
+                return support::origin::reply(204, &[], "");
+            }
+            support::origin::reply(
+                200,
+                &[
+                    ("cache-control", "max-age=300"),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+        }
+    })
+    .await;
+    let cfg = format!(
+        "[cache]\nmemory_capacity = \"0\"\n\n{}",
+        redis_section("standalone", &[redis.url()], "")
+    );
+    let s = Strata::start(&[origin.addr], &cfg).await;
+    wait_until(Duration::from_secs(10), "connected to Redis", || async {
+        s.shared.cache.redis_state() == Some((true, false))
+    })
+    .await;
+    let c = Client::new();
+    let writes = {
+        let (c, url) = (c.clone(), s.url("/other"));
+        tokio::spawn(async move {
+            loop {
+                let r = c
+                    .send(Method::POST, &url, &[HOST], Bytes::from_static(b"x"))
+                    .await;
+                assert_eq!(r.status, 204);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let r = get(&c, &s.url("/doc.json")).await;
+    assert_eq!(r.text(), body);
+    let url = s.url("/doc.json");
+    wait_until(
+        Duration::from_secs(30),
+        "the object read back from Redis",
+        || async {
+            let r = c
+                .get_with(&url, &[HOST, ("cache-control", "only-if-cached")])
+                .await;
+            r.status == 200 && r.cache_status().contains("detail=redis")
+        },
+    )
+    .await;
+    writes.abort();
+    let gets = origin
+        .seen()
+        .iter()
+        .filter(|r| r.method == Method::GET)
+        .count();
+    assert_eq!(gets, 1, "one GET upstream");
+}
+
 #[tokio::test]
 async fn standalone_fleet_shares_entries_and_purges() {
     let redis = RedisServer::start().await;
