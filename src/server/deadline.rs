@@ -81,9 +81,10 @@ struct State {
     http2: AtomicBool,
     /// A write (or flush) to the client is waiting for socket space.
     blocked: AtomicBool,
-    /// Bumped whenever `blocked` changes: the same value at two checks a
-    /// send timeout apart, while blocked, means the client took nothing.
-    /// Only the connection's task writes both (through [`Flushes`]).
+    /// Bumped whenever `blocked` changes: unchanged over two checks in a
+    /// row (half a send timeout apart each) while blocked, the client took
+    /// nothing for at least a whole timeout. Only the connection's task
+    /// writes both (through [`Flushes`]).
     send_events: AtomicU64,
 }
 
@@ -152,8 +153,9 @@ impl HeadDeadline {
     {
         let mut conn = std::pin::pin!(conn);
         let mut head_at = self.accepted + self.timeout;
-        // Checked twice per send timeout: blocked with no progress at two
-        // checks in a row is a stall of one to one and a half timeouts.
+        // Checked twice per send timeout: still blocked, with no change,
+        // at two checks in a row after the one that saw the stall begin is
+        // a stall of one to one and a half timeouts.
         let send_every = (self.send_timeout / 2).max(Duration::from_millis(1));
         let mut send_at = self.accepted + send_every;
         let mut quiet = 0u8;
