@@ -143,7 +143,10 @@ impl MemoryTier {
     pub fn remove(&self, key: &CacheKey) -> bool {
         let removed = self.cache.remove(&key.hash()).is_some();
         let at = self.next_removal();
-        self.removed_urls.insert(key.hash(), at);
+        // The highest count wins when two removals of one URL race.
+        self.removed_urls
+            .entry(key.hash())
+            .and_upsert_with(|old| old.map_or(at, |old| at.max(*old.value())));
         removed
     }
 
