@@ -10,7 +10,8 @@
 //! checks an encoded representation's fields once (cheap byte scans, so a
 //! bad entry is still a decode error, never a panic or a bad field) and
 //! keeps them as a [`FieldBlock`], a slice of the payload already read;
-//! the map is built on first read and kept.
+//! the map is built on first read and kept. The identity headers, which
+//! every hit serves, are parsed at once by the same [`parse`].
 //!
 //! [`Encoded`]: crate::cache::entry::Encoded
 
@@ -118,32 +119,92 @@ fn field_at(raw: &[u8], at: usize) -> Option<(Range<usize>, Range<usize>, usize)
     Some((name, value.clone(), value.end))
 }
 
+/// The block starting at byte `start` of `payload` (which may go on past
+/// it up to `end`) and its field count, checked against [`MAX_FIELDS`]
+/// and against the bytes left (each field takes at least 6 bytes of
+/// framing), so a corrupt count fails before any work.
+fn counted(payload: &Bytes, start: usize, end: usize) -> Result<(&[u8], u32), BadBlock> {
+    let truncated = BadBlock {
+        what: "truncated header block",
+        at: 0,
+    };
+    let raw = payload.get(start..end).ok_or(truncated)?;
+    let count = raw.get(..4).ok_or(truncated)?;
+    let fields = u32::from_le_bytes([count[0], count[1], count[2], count[3]]);
+    if fields > MAX_FIELDS || (fields as usize).saturating_mul(6) > raw.len() - 4 {
+        return Err(BadBlock {
+            what: "header count",
+            at: 0,
+        });
+    }
+    Ok((raw, fields))
+}
+
+/// The encoded size of `h` as a block, in bytes.
+pub fn encoded_len(h: &HeaderMap) -> usize {
+    4 + h
+        .iter()
+        .map(|(k, v)| 2 + k.as_str().len() + 4 + v.len())
+        .sum::<usize>()
+}
+
+/// Appends `h` to `buf` as a block; `Err((what, len))` when a count or
+/// length does not fit its field.
+pub fn write(buf: &mut Vec<u8>, h: &HeaderMap) -> Result<(), (&'static str, usize)> {
+    let count = u32::try_from(h.len()).map_err(|_| ("header count", h.len()))?;
+    buf.extend_from_slice(&count.to_le_bytes());
+    for (name, value) in h {
+        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+        let n = u16::try_from(name.len()).map_err(|_| ("header name", name.len()))?;
+        let v = u32::try_from(value.len()).map_err(|_| ("header value", value.len()))?;
+        buf.extend_from_slice(&n.to_le_bytes());
+        buf.extend_from_slice(name);
+        buf.extend_from_slice(&v.to_le_bytes());
+        buf.extend_from_slice(value);
+    }
+    Ok(())
+}
+
+/// Parses the block starting at byte `start` of `payload` (which may go on
+/// past it up to `end`) into a map at once: repeated fields kept, in
+/// order; values are slices of `payload`, not copies. Returns the map and
+/// the number of bytes the block spans.
+pub fn parse(payload: &Bytes, start: usize, end: usize) -> Result<(HeaderMap, usize), BadBlock> {
+    let (raw, fields) = counted(payload, start, end)?;
+    let mut map = HeaderMap::with_capacity(fields as usize);
+    let mut at = 4;
+    for _ in 0..fields {
+        let (name, value, next) = field_at(raw, at).ok_or(BadBlock {
+            what: "truncated header field",
+            at,
+        })?;
+        let name = HeaderName::from_bytes(&raw[name]).map_err(|_| BadBlock {
+            what: "header name",
+            at,
+        })?;
+        let value_at = value.start - 4;
+        let value =
+            HeaderValue::from_maybe_shared(payload.slice(start + value.start..start + value.end))
+                .map_err(|_| BadBlock {
+                what: "header value",
+                at: value_at,
+            })?;
+        map.append(name, value);
+        at = next;
+    }
+    Ok((map, at))
+}
+
 impl FieldBlock {
     /// Checks the block starting at byte `start` of `payload`, which may
-    /// go on past it up to `end`; returns it (a slice of `payload`) with
-    /// the number of bytes it spans.
+    /// go on past it up to `end`, without parsing it; returns it (a slice
+    /// of `payload`) with the number of bytes it spans.
     pub fn check(
         payload: &Bytes,
         start: usize,
         end: usize,
     ) -> Result<(FieldBlock, usize), BadBlock> {
-        let raw = payload.get(start..end).ok_or(BadBlock {
-            what: "truncated header block",
-            at: 0,
-        })?;
-        let count = raw.get(..4).ok_or(BadBlock {
-            what: "truncated header block",
-            at: 0,
-        })?;
-        let fields = u32::from_le_bytes([count[0], count[1], count[2], count[3]]);
-        // Each field takes at least 6 bytes of framing: a corrupt count
-        // fails here, before any work.
-        if fields > MAX_FIELDS || (fields as usize).saturating_mul(6) > raw.len() - 4 {
-            return Err(BadBlock {
-                what: "header count",
-                at: 0,
-            });
-        }
+        let (raw, fields) = counted(payload, start, end)?;
         let mut at = 4;
         let mut size = 0u64;
         for _ in 0..fields {
@@ -181,27 +242,13 @@ impl FieldBlock {
         &self.raw
     }
 
-    /// Builds the map: repeated fields kept, in order; values are slices
-    /// of the block, not copies.
+    /// Builds the map ([`parse`]). [`FieldBlock::check`] accepted every
+    /// field, so it parses; a block that did not would give an empty map,
+    /// never a panic.
     pub fn to_map(&self) -> HeaderMap {
-        let raw = &self.raw;
-        let mut map = HeaderMap::with_capacity(self.fields as usize);
-        let mut at = 4;
-        for _ in 0..self.fields {
-            // [`FieldBlock::check`] accepted every field, so each one is
-            // there and parses; one that did not would end the map or be
-            // dropped, never panic.
-            let Some((name, value, next)) = field_at(raw, at) else {
-                break;
-            };
-            at = next;
-            let name = HeaderName::from_bytes(&raw[name]);
-            let value = HeaderValue::from_maybe_shared(raw.slice(value));
-            if let (Ok(name), Ok(value)) = (name, value) {
-                map.append(name, value);
-            }
-        }
-        map
+        parse(&self.raw, 0, self.raw.len())
+            .map(|(map, _)| map)
+            .unwrap_or_default()
     }
 }
 

@@ -30,12 +30,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 use http::StatusCode;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::cache::entry::{Encoded, Object, Variant, VaryKey};
-use crate::cache::fields::{FieldBlock, MAX_FIELDS};
+use crate::cache::fields::{self, FieldBlock};
 use crate::cache::freshness::{Policy, Times};
 use crate::cache::key::CacheKey;
 use crate::compression::Coding;
@@ -87,11 +87,11 @@ fn coding_from(b: u8) -> Option<Coding> {
     }
 }
 
-fn headers_len(h: &HeaderMap) -> usize {
-    4 + h
-        .iter()
-        .map(|(k, v)| 2 + k.as_str().len() + 4 + v.len())
-        .sum::<usize>()
+/// An encoded representation's header section: its stored bytes while
+/// unchanged (written back as they are), else its map's encoding.
+fn fields_len(e: &Encoded) -> usize {
+    e.stored_fields()
+        .map_or_else(|| fields::encoded_len(e.headers()), |b| b.as_bytes().len())
 }
 
 fn variant_len(v: &Variant) -> usize {
@@ -104,13 +104,7 @@ fn variant_len(v: &Variant) -> usize {
     let encoded: usize = v
         .encoded
         .iter()
-        .map(|e| {
-            let fields = match e.stored_fields() {
-                Some(block) => block.as_bytes().len(),
-                None => headers_len(e.headers()),
-            };
-            1 + fields + 4 + e.body.len()
-        })
+        .map(|e| 1 + fields_len(e) + 4 + e.body.len())
         .sum();
     let tags: usize = v.tags.iter().map(|t| 2 + t.len()).sum();
     2 + 3 * 8
@@ -118,7 +112,7 @@ fn variant_len(v: &Variant) -> usize {
         + 1
         + 2
         + vary
-        + headers_len(&v.headers)
+        + fields::encoded_len(&v.headers)
         + 4
         + v.body.len()
         + 1
@@ -179,12 +173,7 @@ impl Writer {
         Ok(())
     }
     fn headers(&mut self, h: &HeaderMap) -> Result<(), EncodeError> {
-        self.len32("header count", h.len())?;
-        for (name, value) in h {
-            self.bytes16("header name", name.as_str().as_bytes())?;
-            self.bytes32("header value", value.as_bytes())?;
-        }
-        Ok(())
+        fields::write(&mut self.buf, h).map_err(|(what, len)| EncodeError::TooLarge { what, len })
     }
     fn variant(&mut self, v: &Variant) -> Result<(), EncodeError> {
         self.u16(v.status.as_u16());
@@ -326,27 +315,15 @@ impl Reader<'_> {
         let at = r.start;
         HeaderName::from_bytes(&self.payload[r]).map_err(|_| DecodeError::Invalid { what, at })
     }
+    /// A header section parsed at once (the identity headers).
     fn headers(&mut self) -> Result<HeaderMap, DecodeError> {
-        let n = self.u32()?;
-        if n > MAX_FIELDS {
-            return Err(DecodeError::Invalid {
-                what: "header count",
-                at: self.at - 4,
-            });
-        }
-        let n = self.count(n as usize, 6, "header count")?;
-        let mut map = HeaderMap::with_capacity(n);
-        for _ in 0..n {
-            let name = self.name("header name")?;
-            let at = self.at;
-            let value = HeaderValue::from_maybe_shared(self.bytes32()?).map_err(|_| {
-                DecodeError::Invalid {
-                    what: "header value",
-                    at,
-                }
+        let start = self.at;
+        let (map, len) =
+            fields::parse(self.payload, start, self.end).map_err(|e| DecodeError::Invalid {
+                what: e.what,
+                at: start + e.at,
             })?;
-            map.append(name, value);
-        }
+        self.at = start + len;
         Ok(map)
     }
     /// A header section checked but not parsed (an encoded
@@ -519,6 +496,8 @@ pub fn decode(payload: &Bytes) -> Result<Object, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::fields::MAX_FIELDS;
+    use http::header::HeaderValue;
 
     fn hv(v: &[u8]) -> HeaderValue {
         HeaderValue::from_bytes(v).unwrap()
