@@ -88,7 +88,7 @@ struct Inner {
     /// The shared tier, when `[cache.redis]` is configured.
     redis: Option<RedisTier>,
     collapser: Arc<Collapser>,
-    pass: moka::sync::Cache<u128, ()>,
+    pass: memory::Cache<()>,
     metrics: Metrics,
     /// Popularity sampling on (Redis configured and `redis_hot` set).
     track_hits: AtomicBool,
@@ -123,7 +123,7 @@ impl Cache {
                 pass: moka::sync::Cache::builder()
                     .max_capacity(100_000)
                     .time_to_live(PASS_TTL)
-                    .build(),
+                    .build_with_hasher(Default::default()),
                 metrics,
                 track_hits: AtomicBool::new(false),
             }),

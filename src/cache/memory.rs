@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
 use moka::Expiry;
 
 use super::entry::Object;
@@ -22,6 +21,13 @@ const REMOVALS_KEPT: Duration = Duration::from_secs(600);
 /// moka weighs in u32; larger objects are never admitted anyway
 /// (`max_object_size` is far below this).
 const MAX_WEIGHT: u64 = u32::MAX as u64;
+
+/// A moka cache keyed by a URL's 128-bit key hash. Hashed again by moka
+/// for its table with foldhash rather than the default SipHash (about 150
+/// instructions less per lookup): the key is already a digest, and the
+/// hasher's per-process random seed keeps the table's buckets unknown to
+/// whoever chooses the URLs (the xxh3 digest itself is unseeded).
+pub type Cache<V> = moka::sync::Cache<u128, V, foldhash::quality::RandomState>;
 
 struct KeepFor;
 
@@ -43,7 +49,7 @@ impl Expiry<u128, Arc<Object>> for KeepFor {
 
 #[derive(Clone)]
 pub struct MemoryTier {
-    cache: Cache<u128, Arc<Object>>,
+    cache: Cache<Arc<Object>>,
     /// Counts explicit removals (purges, invalidations, soft purges; not
     /// evictions), so that work begun before one can tell it must not
     /// store again ([`MemoryTier::removed_since`]).
@@ -53,24 +59,24 @@ pub struct MemoryTier {
     broad_removal: Arc<AtomicU64>,
     /// The count after each URL's last removal (remembered for
     /// [`REMOVALS_KEPT`]).
-    removed_urls: Cache<u128, u64>,
+    removed_urls: Cache<u64>,
 }
 
 impl MemoryTier {
     pub fn new(capacity: u64) -> MemoryTier {
-        let cache = Cache::builder()
+        let cache = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .weigher(|_k, v: &Arc<Object>| v.weight().min(MAX_WEIGHT) as u32)
             .expire_after(KeepFor)
-            .build();
+            .build_with_hasher(Default::default());
         MemoryTier {
             cache,
             removals: Arc::new(AtomicU64::new(0)),
             broad_removal: Arc::new(AtomicU64::new(0)),
-            removed_urls: Cache::builder()
+            removed_urls: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(REMOVALS_KEPT)
-                .build(),
+                .build_with_hasher(Default::default()),
         }
     }
 
