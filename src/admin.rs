@@ -97,7 +97,9 @@ impl Admin {
                 })
             })
             .collect();
-        let healthy = runtime.upstreams.balancer.healthy_count();
+        // In rotation, not merely healthy: with every server drained,
+        // uncached requests get 503, so a load balancer must look elsewhere.
+        let healthy = runtime.upstreams.balancer.in_rotation_count();
         let status = if healthy > 0 {
             StatusCode::OK
         } else {

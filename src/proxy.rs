@@ -400,17 +400,42 @@ fn validate(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
     if req.uri().path_and_query().is_none() && req.method() != Method::OPTIONS {
         return Err(ProxyError::BadRequest("invalid request target"));
     }
-    if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
-        return Err(ProxyError::BadRequest(
-            "both Transfer-Encoding and Content-Length",
-        ));
+    if req.headers().contains_key(header::TRANSFER_ENCODING) {
+        if req.headers().contains_key(header::CONTENT_LENGTH) {
+            return Err(ProxyError::BadRequest(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        transfer_codings(req.headers())?;
     }
     match target::normalize(req.uri()) {
         Ok(None) => {}
         Ok(Some(normal)) => *req.uri_mut() = normal,
         Err(e) => return Err(ProxyError::BadRequest(e.reason())),
+    }
+    Ok(())
+}
+
+/// A request's `Transfer-Encoding` (all its lines) must be exactly one
+/// `chunked`: hyper has already refused one whose last coding is not
+/// `chunked`, and it decodes only that one, so any coding before it
+/// (`gzip, chunked`) would be lost on the way upstream — `501`, as RFC 9112
+/// §6.1 asks for a coding the server does not understand (and as nginx
+/// answers) — and `chunked` applied twice is broken framing (§7.1): `400`.
+fn transfer_codings(headers: &http::HeaderMap) -> Result<(), ProxyError> {
+    let mut chunked = 0;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                chunked += 1;
+            } else if !coding.is_empty() {
+                return Err(ProxyError::NotImplemented("unsupported transfer coding"));
+            }
+        }
+    }
+    if chunked > 1 {
+        return Err(ProxyError::BadRequest("chunked applied more than once"));
     }
     Ok(())
 }

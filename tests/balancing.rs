@@ -308,6 +308,10 @@ async fn drain_moves_new_requests_and_lets_in_flight_finish() {
         .unwrap()
         .clone();
     assert_eq!(entry["draining"], true);
+    assert_eq!(
+        (health.status.as_u16(), &v["healthy"]),
+        (200, &serde_json::json!(1))
+    );
 
     let a_before = a.count();
     hit_n(&client, &strata, 10, "/d").await;
@@ -334,4 +338,20 @@ async fn drain_moves_new_requests_and_lets_in_flight_finish() {
     assert_eq!(r.status, 200);
     hit_n(&client, &strata, 6, "/d").await;
     assert!(a.count() > a_before, "undrained server gets requests again");
+
+    // Every server drained: uncached requests get 503, and so does
+    // /health, so that a load balancer in front looks elsewhere.
+    for server in [a.addr, b.addr] {
+        let body = format!("{{\"server\": \"{server}\"}}");
+        let r = admin_post(&client, &strata, "/upstreams/drain", Some("secret"), &body).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(client.get(&strata.url("/d")).await.status, 503);
+    let health = client.get(&strata.admin_url("/health")).await;
+    let v: serde_json::Value = serde_json::from_slice(&health.body).unwrap();
+    assert_eq!(health.status, 503);
+    assert_eq!(
+        (&v["status"], &v["healthy"]),
+        (&serde_json::json!("unavailable"), &serde_json::json!(0))
+    );
 }

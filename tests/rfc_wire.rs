@@ -98,6 +98,58 @@ async fn a_broken_client_body_is_the_clients_fault() {
     assert_eq!(complete.load(Ordering::SeqCst), 1);
 }
 
+/// RFC 9112 §6.1: hyper decodes only the final `chunked`, so a coding
+/// before it would be dropped on the way upstream (the origin would take
+/// gzip bytes for the body): `501`, never forwarded. `chunked` twice is
+/// broken framing: `400`. Neither is the upstream's fault.
+#[tokio::test]
+async fn a_transfer_coding_before_chunked_is_refused_not_dropped() {
+    let (origin, complete) = body_counting_origin().await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let body = "5\r\nhello\r\n0\r\n\r\n";
+    for (te, status) in [
+        ("Transfer-Encoding: gzip, chunked", "501"),
+        ("Transfer-Encoding: GZIP,chunked", "501"),
+        (
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
+            "501",
+        ),
+        ("Transfer-Encoding: chunked, chunked", "400"),
+        (
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+            "400",
+        ),
+    ] {
+        let raw = format!("POST /p HTTP/1.1\r\nHost: x\r\n{te}\r\n\r\n{body}");
+        let answer = support::http::raw(s.addr, raw.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{te}: {answer}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("cache-status:"),
+            "{answer}"
+        );
+    }
+    assert_eq!(complete.load(Ordering::SeqCst), 0);
+    assert_eq!(origin.count(), 0);
+    let metrics = Client::new().get(&s.admin_url("/metrics")).await.text();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("strata_upstream_errors_total{") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    // Case and spaces of the one `chunked` do not matter.
+    let ok = support::http::raw(
+        s.addr,
+        format!("POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:  Chunked \r\nConnection: close\r\n\r\n{body}").as_bytes(),
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(complete.load(Ordering::SeqCst), 1);
+}
+
 fn page() -> String {
     (0..200)
         .map(|i| format!("<p>paragraph {i}: the quick brown fox</p>\n"))

@@ -104,7 +104,10 @@ impl Validator<'_> {
         };
         match policy {
             "round_robin" | "least_request" => {
-                if let Some(k) = &hash_key {
+                // The default `"uri"` is harmless with any policy (SPEC §8's
+                // example sets it beside `round_robin`); another key would
+                // be silently unused, so it is an error.
+                if let Some(k) = hash_key.as_ref().filter(|k| k.get_ref() != "uri") {
                     return Err(self.at.spanned(
                         k,
                         "upstream.hash_key",
@@ -469,6 +472,31 @@ mod tests {
             .map(|c| c.rate_limits.len())
             .unwrap();
         assert_eq!(e, 0);
+    }
+
+    /// SPEC §8's example sets the default `hash_key = "uri"` beside
+    /// `balance = "round_robin"`: it loads. A non-default key there would
+    /// be silently unused: an error naming the key.
+    #[test]
+    fn the_default_hash_key_is_accepted_with_any_policy() {
+        for balance in ["round_robin", "least_request"] {
+            let c = parse(
+                &format!(
+                    "servers = [\"127.0.0.1:1\"]\nbalance = \"{balance}\"\nhash_key = \"uri\""
+                ),
+                "",
+            )
+            .unwrap();
+            assert!(!matches!(c.upstream.balance, Balance::Hash(_)), "{balance}");
+        }
+        let e = parse(
+            "servers = [\"127.0.0.1:1\"]\nbalance = \"round_robin\"\nhash_key = \"cookie:s\"",
+            "",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("t.toml:9:"), "{e}");
+        assert!(e.contains("upstream.hash_key"), "{e}");
     }
 
     #[test]

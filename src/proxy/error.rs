@@ -1,5 +1,5 @@
 //! The one place where a failure becomes a status code: 400 for requests
-//! Strata refuses, 502 for a broken upstream exchange, 503 when no upstream
+//! Strata refuses (501 for a transfer coding it cannot forward), 502 for a broken upstream exchange, 503 when no upstream
 //! is healthy, 504 when the upstream is too slow (or, for `only-if-cached`,
 //! when nothing usable is stored).
 
@@ -16,6 +16,10 @@ pub enum ProxyError {
     /// The client's request is malformed or refused; it never went upstream.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// RFC 9112 §6.1: a request transfer coding other than `chunked`;
+    /// never forwarded.
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     /// The upstream exchange failed (see [`UpstreamError`]).
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -39,6 +43,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::Upstream(UpstreamError::ClientBody { .. }) => {
                 StatusCode::BAD_REQUEST
             }
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream(UpstreamError::NoHealthy) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -54,6 +59,7 @@ impl ProxyError {
             ProxyError::Upstream(e) => e.server(),
             ProxyError::UpstreamBody { server } => Some(server),
             ProxyError::BadRequest(_)
+            | ProxyError::NotImplemented(_)
             | ProxyError::MethodNotAllowed
             | ProxyError::NotCached
             | ProxyError::RateLimited(_) => None,
@@ -68,7 +74,7 @@ impl ProxyError {
         }
         let status = self.status();
         let reason: &'static str = match self {
-            ProxyError::BadRequest(why) => why,
+            ProxyError::BadRequest(why) | ProxyError::NotImplemented(why) => why,
             ProxyError::Upstream(UpstreamError::ClientBody { .. }) => "malformed request body",
             _ => status.canonical_reason().unwrap_or("error"),
         };
