@@ -468,6 +468,14 @@ async fn unsafe_methods_invalidate_target_and_location() {
         )
         .await;
     assert_eq!(r.status, 201);
+    // Both removals are counted, the Location's too (SPEC §7).
+    let metrics = c.get(&s.admin_url("/metrics")).await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "strata_purged_total{cause=\"unsafe_method\"} 2"),
+        "{metrics}"
+    );
     assert!(c
         .get(&s.url("/target"))
         .await
@@ -848,11 +856,19 @@ async fn request_no_cache_and_max_age_zero_revalidate() {
     );
     let r = c.get_with(&s.url("/q"), &[("pragma", "no-cache")]).await;
     assert!(r.cache_status().contains("fwd=request"));
-    let r = c
-        .get_with(&s.url("/q"), &[("cache-control", "max-age=0")])
-        .await;
-    assert!(!r.cache_status().contains("hit"));
-    assert_eq!(origin.count(), 4);
+    // A fresh entry that only the request's max-age or min-fresh refuses
+    // is `fwd=request` too (RFC 9211 §2.2), not `fwd=stale`.
+    for directive in ["max-age=0", "min-fresh=120"] {
+        let r = c
+            .get_with(&s.url("/q"), &[("cache-control", directive)])
+            .await;
+        assert!(
+            r.cache_status().contains("fwd=request"),
+            "{directive}: {}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(origin.count(), 5);
 }
 
 #[tokio::test]

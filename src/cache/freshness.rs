@@ -278,8 +278,10 @@ pub fn remaining_ms(p: &Policy, t: &Times, now: Millis) -> i64 {
     lifetime.saturating_sub(age)
 }
 
-/// Remaining freshness in seconds for `Cache-Status: ttl`, rounded up
-/// while fresh, so that `ttl > 0` exactly when the entry is fresh.
+/// Remaining freshness in seconds for `Cache-Status: ttl` (RFC 9211 §2.6:
+/// negative when stale), rounded away from zero: up while fresh, so that
+/// `ttl > 0` exactly when the entry is fresh, and down once stale, so that
+/// a copy 300 ms past its lifetime shows `-1`, not `0`.
 pub fn ttl(p: &Policy, t: &Times, now: Millis) -> i64 {
     ttl_secs(remaining_ms(p, t, now))
 }
@@ -288,7 +290,7 @@ fn ttl_secs(remaining_ms: i64) -> i64 {
     if remaining_ms > 0 {
         remaining_ms.saturating_add(999) / 1000
     } else {
-        remaining_ms / 1000
+        remaining_ms.div_euclid(1000)
     }
 }
 
@@ -315,9 +317,13 @@ pub enum Reuse {
     StaleAccepted { ttl: i64 },
     /// Must be validated with the upstream first. If that fails, it may be
     /// served as `on_error` says (`None`: the failure is the answer).
+    /// `requested`: the entry is fresh and only the request's directives
+    /// (`no-cache`, `max-age`, `min-fresh`) refused it — RFC 9211 §2.2's
+    /// `fwd=request` rather than `fwd=stale`.
     Validate {
         ttl: i64,
         on_error: Option<Fallback>,
+        requested: bool,
     },
 }
 
@@ -347,6 +353,7 @@ pub fn reuse(p: &Policy, t: &Times, now: Millis, req: &CacheControl) -> Reuse {
         return Reuse::Validate {
             ttl,
             on_error: fallback(),
+            requested: false,
         };
     }
     if req.no_cache {
@@ -357,7 +364,11 @@ pub fn reuse(p: &Policy, t: &Times, now: Millis, req: &CacheControl) -> Reuse {
         } else {
             fallback()
         };
-        return Reuse::Validate { ttl, on_error };
+        return Reuse::Validate {
+            ttl,
+            on_error,
+            requested: fresh,
+        };
     }
     if fresh {
         let too_old = req
@@ -370,6 +381,7 @@ pub fn reuse(p: &Policy, t: &Times, now: Millis, req: &CacheControl) -> Reuse {
             return Reuse::Validate {
                 ttl,
                 on_error: Some(Fallback::StaleIfError),
+                requested: true,
             };
         }
         return Reuse::Fresh { ttl };
@@ -378,6 +390,7 @@ pub fn reuse(p: &Policy, t: &Times, now: Millis, req: &CacheControl) -> Reuse {
         return Reuse::Validate {
             ttl,
             on_error: None,
+            requested: false,
         };
     }
     if req
@@ -393,6 +406,7 @@ pub fn reuse(p: &Policy, t: &Times, now: Millis, req: &CacheControl) -> Reuse {
     Reuse::Validate {
         ttl,
         on_error: fallback(),
+        requested: false,
     }
 }
 
@@ -602,14 +616,16 @@ mod tests {
             reuse(&p, &t, T0 + 100_000, &none),
             Reuse::Validate {
                 ttl: -40,
-                on_error: Some(Fallback::StaleIfError)
+                on_error: Some(Fallback::StaleIfError),
+                requested: false,
             }
         );
         assert_eq!(
             reuse(&p, &t, T0 + 700_000, &none),
             Reuse::Validate {
                 ttl: -640,
-                on_error: None
+                on_error: None,
+                requested: false,
             }
         );
 
@@ -675,7 +691,7 @@ mod tests {
         let h = headers(&two);
         let (p, t) = (pol(&h), times(&h, T0, T0));
         assert_eq!(ttl(&p, &t, T0 + 1500), 1);
-        assert_eq!(ttl(&p, &t, T0 + 2300), 0);
+        assert_eq!(ttl(&p, &t, T0 + 2300), -1);
         assert!(matches!(
             reuse(&p, &t, T0 + 2300, &CacheControl::default()),
             Reuse::Validate { .. }
@@ -738,6 +754,52 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_entry_refused_by_the_request_is_requested_not_stale() {
+        let t = times(&HeaderMap::new(), T0, T0);
+        let p = policy_of("max-age=100");
+        for directives in ["max-age=0", "max-age=5", "min-fresh=200", "no-cache"] {
+            assert!(
+                matches!(
+                    reuse(&p, &t, T0 + 10_000, &req(directives)),
+                    Reuse::Validate {
+                        requested: true,
+                        ..
+                    }
+                ),
+                "{directives}"
+            );
+        }
+        // Stale anyway: the request's no-cache does not make it `request`.
+        assert!(matches!(
+            reuse(&p, &t, T0 + 200_000, &req("no-cache")),
+            Reuse::Validate {
+                requested: false,
+                ..
+            }
+        ));
+        // The origin's no-cache is not the request's doing.
+        let p = policy_of("max-age=100, no-cache");
+        assert!(matches!(
+            reuse(&p, &t, T0 + 10_000, &CacheControl::default()),
+            Reuse::Validate {
+                requested: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn ttl_is_negative_as_soon_as_stale() {
+        let t = times(&HeaderMap::new(), T0, T0);
+        let p = policy_of("max-age=10");
+        assert_eq!(ttl(&p, &t, T0 + 9_500), 1);
+        assert_eq!(ttl(&p, &t, T0 + 10_000), 0);
+        assert_eq!(ttl(&p, &t, T0 + 10_300), -1);
+        assert_eq!(ttl(&p, &t, T0 + 11_000), -1);
+        assert_eq!(ttl(&p, &t, T0 + 11_001), -2);
+    }
+
+    #[test]
     fn grace_and_its_limits() {
         let none = CacheControl::default();
         let t = times(&HeaderMap::new(), T0, T0);
@@ -747,7 +809,8 @@ mod tests {
             reuse(&p, &t, T0 + 5000, &none),
             Reuse::Validate {
                 ttl: -4,
-                on_error: Some(Fallback::Grace)
+                on_error: Some(Fallback::Grace),
+                requested: false,
             }
         );
         assert!(matches!(

@@ -183,8 +183,7 @@ impl Cache {
     ) {
         let Some(authority) = authority else { return };
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let n = self.invalidate(entries(https, authority.as_str(), path));
-        self.inner.metrics.purged(PurgeCause::UnsafeMethod, n);
+        let mut n = self.invalidate(entries(https, authority.as_str(), path));
         let origin = CacheKey::new(https, authority.as_str(), "/");
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             let Some(target) = response.get(&name).and_then(|v| v.to_str().ok()) else {
@@ -198,9 +197,12 @@ impl Cache {
                 CacheKey::from_url(target).filter(|k| k.origin() == origin.origin())
             };
             if let Some(key) = key {
-                self.invalidate(entries(https, authority.as_str(), key.path()));
+                n += self.invalidate(entries(https, authority.as_str(), key.path()));
             }
         }
+        // Location and Content-Location invalidations are counted with the
+        // target's (SPEC §7: every purged entry is counted).
+        self.inner.metrics.purged(PurgeCause::UnsafeMethod, n);
     }
 
     /// Removes what `selector` selects from memory now and, with Redis,

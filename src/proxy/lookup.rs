@@ -152,17 +152,14 @@ fn prefresh_due(v: &Variant, now: Millis, cache: &CacheConfig) -> bool {
 }
 
 /// A stored variant that must be validated before reuse: `fwd=stale`, or
-/// `fwd=request` when the client asked for it (RFC 9211 §2.2).
+/// `fwd=request` when it was usable but the request's directives refused
+/// it (RFC 9211 §2.2).
 fn validate_first(
-    ctx: &RequestCtx<'_>,
     variant: Arc<Variant>,
     on_error: Option<Fallback>,
+    requested: bool,
 ) -> (Fwd, Option<Stale>) {
-    let fwd = if ctx.req_cc.no_cache {
-        Fwd::Request
-    } else {
-        Fwd::Stale
-    };
+    let fwd = if requested { Fwd::Request } else { Fwd::Stale };
     (fwd, Some(Stale { variant, on_error }))
 }
 
@@ -220,7 +217,7 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
                     });
                 }
                 // Never served stale: validated first, like any stale entry.
-                (fwd, stale) = validate_first(ctx, variant, None);
+                (fwd, stale) = validate_first(variant, None, ctx.req_cc.no_cache);
             }
             Some(variant) => {
                 match freshness::reuse(&variant.policy, &variant.times, ctx.now, &ctx.req_cc) {
@@ -251,8 +248,12 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
                             ttl,
                         });
                     }
-                    Reuse::Validate { on_error, .. } => {
-                        (fwd, stale) = validate_first(ctx, variant, on_error);
+                    Reuse::Validate {
+                        on_error,
+                        requested,
+                        ..
+                    } => {
+                        (fwd, stale) = validate_first(variant, on_error, requested);
                     }
                 }
             }
