@@ -735,3 +735,26 @@ async fn an_http10_upstream_does_not_downgrade_the_client_status_line() {
     let out = support::http::raw(strata.addr, b"GET /v HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
+
+/// RFC 9112 §3.2: an HTTP/1.0 client may send no Host, but the request
+/// Strata sends upstream is HTTP/1.1 and must carry one: the server's own
+/// name, as nginx's default `proxy_set_header Host $proxy_host` sends.
+#[tokio::test]
+async fn an_http10_request_without_host_goes_upstream_with_the_servers_name() {
+    let origin = Origin::fixed(&[("cache-control", "no-store")], "ok").await;
+    let s = Strata::start(&[origin.addr], "").await;
+    let answer = support::http::raw(s.addr, b"GET /v10 HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let seen = origin.last().expect("the origin saw the request");
+    assert_eq!(seen.path, "/v10");
+    assert_eq!(
+        seen.headers.get("host").and_then(|h| h.to_str().ok()),
+        Some(origin.addr.to_string().as_str())
+    );
+    // A client's own Host still goes as sent.
+    let answer =
+        support::http::raw(s.addr, b"GET /v10b HTTP/1.0\r\nHost: shop.example\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let seen = origin.last().expect("second request");
+    assert_eq!(seen.headers.get("host").unwrap(), "shop.example");
+}

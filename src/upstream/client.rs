@@ -115,6 +115,15 @@ async fn exchange(
         }
     }
     *req.version_mut() = http::Version::HTTP_11;
+    // RFC 9112 §3.2: every HTTP/1.1 request carries Host. The client's, or
+    // its URI's authority, was kept upstream; an HTTP/1.0 client may have
+    // sent neither, and then the server's own name goes, as nginx's
+    // default `proxy_set_header Host $proxy_host` would send.
+    if !req.headers().contains_key(http::header::HOST) {
+        if let Ok(host) = http::HeaderValue::from_str(pool.authority.as_str()) {
+            req.headers_mut().insert(http::header::HOST, host);
+        }
+    }
 
     if let Some(mut conn) = pool.checkout().await {
         let again = replayable.then(|| Replay::capture(&req));
