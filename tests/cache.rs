@@ -384,14 +384,59 @@ async fn head_is_served_from_a_cached_get() {
     assert_eq!(r.header("content-length"), Some("10"));
     assert!(r.cache_status().contains("hit"));
     assert_eq!(origin.count(), 1);
-    // A HEAD miss fills the cache with a GET.
+    // A HEAD miss fills the cache with a GET, and is answered once that is
+    // stored: the next request is a hit at once, never collapsed onto the
+    // admission (SPEC §6) — also for a body that is being compressed.
     let r = c.send(Method::HEAD, &s.url("/h2"), &[], Bytes::new()).await;
     assert!(r.body.is_empty());
+    assert_eq!(r.header("content-length"), Some("10"));
     assert_eq!(origin.last().unwrap().method, Method::GET);
-    wait_until(Duration::from_secs(5), "HEAD miss stored", || async {
-        c.get(&s.url("/h2")).await.cache_status().contains("hit")
+    let r = c.get(&s.url("/h2")).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(r.text(), "0123456789");
+
+    // The body's second half comes 100 ms after the head, as from an
+    // origin that renders as it sends.
+    let html = Origin::start(|_req| async move {
+        let half = Bytes::from("<p>compressible</p>".repeat(200));
+        let second = half.clone();
+        use futures_util::StreamExt;
+        let chunks = futures_util::stream::iter([half])
+            .chain(futures_util::stream::once(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                second
+            }))
+            .map(|b| Ok::<_, std::io::Error>(http_body::Frame::data(b)));
+        let body: Body = http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+            http_body_util::StreamBody::new(chunks),
+            |e| e.into(),
+        ));
+        let mut r = http::Response::new(body);
+        r.headers_mut()
+            .insert("cache-control", "max-age=60".parse().unwrap());
+        r.headers_mut()
+            .insert("content-type", "text/html".parse().unwrap());
+        r
     })
     .await;
+    let s = strata(&html, "").await;
+    for i in 0..10 {
+        let url = s.url(&format!("/page{i}"));
+        let r = c.send(Method::HEAD, &url, &[], Bytes::new()).await;
+        assert_eq!(r.status, 200);
+        assert!(
+            r.cache_status().contains("fwd=miss; stored"),
+            "{}",
+            r.cache_status()
+        );
+        let r = c.get_with(&url, &[("accept-encoding", "gzip")]).await;
+        assert!(
+            r.cache_status().contains("hit"),
+            "{i}: {}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(html.count(), 10);
 }
 
 #[tokio::test]

@@ -56,6 +56,17 @@ pub fn client_channel() -> (ClientTx, ProxyBody) {
     )
 }
 
+/// A request answered from the stored variant once admission gets far
+/// enough; it learns the variant, or `None` when nothing was stored.
+pub enum Done {
+    /// As soon as the identity variant is visible (a HEAD: its answer
+    /// needs no body, and a request after it must be a hit).
+    Visible(oneshot::Sender<Option<Arc<Variant>>>),
+    /// Once the encoded representations are in too (a conditional or range
+    /// request, answered in the client's coding).
+    Complete(oneshot::Sender<Option<Arc<Variant>>>),
+}
+
 /// Drives `body` to the end in its own task: forwards each chunk to
 /// `client` (if any, until it goes away), collects it for storage, then
 /// admits. `done` learns the stored variant (or `None`).
@@ -65,12 +76,12 @@ pub fn spawn(
     lock: Option<WriteLock>,
     body: IdleTimeout<UpstreamBody>,
     client: Option<ClientTx>,
-    done: Option<oneshot::Sender<Option<Arc<Variant>>>>,
+    mut done: Option<Done>,
 ) {
     tokio::spawn(async move {
-        let stored = run(&cache, plan, lock, body, client).await;
-        if let Some(done) = done {
-            let _ = done.send(stored);
+        let stored = run(&cache, plan, lock, body, client, &mut done).await;
+        if let Some(Done::Visible(tx) | Done::Complete(tx)) = done {
+            let _ = tx.send(stored);
         }
     });
 }
@@ -81,6 +92,7 @@ async fn run(
     mut lock: Option<WriteLock>,
     mut body: IdleTimeout<UpstreamBody>,
     mut client: Option<ClientTx>,
+    done: &mut Option<Done>,
 ) -> Option<Arc<Variant>> {
     let declared = super::headers::content_length(&plan.headers);
     let mut chunks: Vec<Bytes> = Vec::new();
@@ -162,6 +174,9 @@ async fn run(
     };
     if let Some(l) = lock.take() {
         l.publish(Flight::Stored(admitted.clone()));
+    }
+    if let Some(Done::Visible(tx)) = done.take_if(|d| matches!(d, Done::Visible(_))) {
+        let _ = tx.send(Some(identity.clone()));
     }
     drop(client);
     let Some(policy) = encode else {

@@ -248,15 +248,28 @@ async fn storable(
     });
     let cache = ctx.shared.cache.clone();
     if req.method() == Method::HEAD {
-        admit::spawn(cache, plan, Some(lock), body, None, None);
-        return Answered::new(Response::from_parts(rparts, ProxyBody::empty()), status);
+        // Answered once the GET it was fetched as is stored, so that a
+        // request after this response is a hit, never collapsed onto the
+        // admission (SPEC §6). A body that is not stored (too large,
+        // broken) leaves the upstream's head to answer with.
+        let (done_tx, done_rx) = oneshot::channel();
+        let done = admit::Done::Visible(done_tx);
+        admit::spawn(cache, plan, Some(lock), body, None, Some(done));
+        return match done_rx.await {
+            Ok(Some(variant)) => Answered::new(ctx.respond(req, &variant), status),
+            _ => Answered::new(
+                Response::from_parts(rparts, ProxyBody::empty()),
+                CacheStatus::fwd(miss.fwd),
+            ),
+        };
     }
     if CLIENT_CONDITIONALS
         .iter()
         .any(|h| req.headers().contains_key(h))
     {
         let (done_tx, done_rx) = oneshot::channel();
-        admit::spawn(cache, plan, Some(lock), body, None, Some(done_tx));
+        let done = admit::Done::Complete(done_tx);
+        admit::spawn(cache, plan, Some(lock), body, None, Some(done));
         return match done_rx.await {
             Ok(Some(variant)) => Answered::new(ctx.respond(req, &variant), status),
             _ => Answered::error(
