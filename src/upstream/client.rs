@@ -125,7 +125,7 @@ async fn exchange(
         }
     }
 
-    if let Some(mut conn) = pool.checkout().await {
+    if let Some(mut conn) = pool.checkout(replayable).await {
         let again = replayable.then(|| Replay::capture(&req));
         let sent = conn.sender.try_send_request(req);
         match conn.run(sent).await {
