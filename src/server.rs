@@ -18,6 +18,7 @@
 //! (certificates included) or, when anything in it is invalid, none of it.
 
 pub mod deadline;
+pub mod own_responses;
 pub mod sendfile;
 pub mod signals;
 pub mod tls;
@@ -188,7 +189,7 @@ impl Server {
             let service = proxy_service(shared.clone(), ConnInfo::new(peer, false), heads.clone());
             let conn = builder
                 .serve_connection_with_upgrades(
-                    TokioIo::new(heads.watch_io(sendfile::Socket::new(stream, use_sendfile))),
+                    TokioIo::new(heads.watch_io(sendfile::Socket::new(stream, use_sendfile), true)),
                     service,
                 )
                 .into_owned();
@@ -209,7 +210,7 @@ impl Server {
                 let heads = HeadDeadline::new(head_timeout, send_timeout);
                 let conn = builder
                     .serve_connection(
-                        TokioIo::new(heads.watch_io(stream)),
+                        TokioIo::new(heads.watch_io(stream, false)),
                         admin_service(admin.clone(), heads.clone()),
                     )
                     .into_owned();
@@ -239,7 +240,7 @@ impl Server {
                     let service = proxy_service(shared, ConnInfo::new(peer, true), heads.clone());
                     let conn = builder
                         .serve_connection_with_upgrades(
-                            TokioIo::new(heads.watch_io(stream)),
+                            TokioIo::new(heads.watch_io(stream, true)),
                             service,
                         )
                         .into_owned();

@@ -342,13 +342,16 @@ async fn hop_by_hop_stripped_and_forwarding_headers_set() {
 async fn malformed_requests_get_400_and_never_reach_the_origin() {
     let origin = named_origin("o").await;
     let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
-    let cases: [&[u8]; 6] = [
+    let cases: [&[u8]; 9] = [
         b"GET / HTTP/1.1\r\n\r\n",                       // no Host (RFC 9112 §3.2)
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", // two Hosts
         b"GARBAGE\r\n\r\n",                              // no request line
         b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", // space in a field name
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", // bad length
         b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",          // bad Host
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n", // obs-fold
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc",
     ];
     for raw in cases {
         let out = support::http::raw(strata.addr, raw).await;
@@ -357,8 +360,30 @@ async fn malformed_requests_get_400_and_never_reach_the_origin() {
             "{:?} → {out:?}",
             String::from_utf8_lossy(raw)
         );
+        // Every response carries Cache-Status (SPEC §3), hyper's own
+        // refusals of heads it cannot parse too.
+        let head = out.to_ascii_lowercase();
+        assert!(
+            head.contains("\r\ncache-status: strata; fwd=bypass\r\n")
+                && head.contains("\r\nvia: 1.1 strata\r\n"),
+            "{:?} → {out:?}",
+            String::from_utf8_lossy(raw)
+        );
     }
     assert_eq!(origin.count(), 0);
+    // After a keep-alive exchange, a broken second head is stamped too,
+    // and Strata's own refusals are not stamped twice.
+    let out = support::http::raw(
+        strata.addr,
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\nGARBAGE\r\n\r\n",
+    )
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 400").count(), 2, "{out}");
+    assert_eq!(
+        out.to_ascii_lowercase().matches("cache-status:").count(),
+        2,
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -373,6 +398,7 @@ async fn oversized_headers_get_431() {
         "{}",
         &out[..out.len().min(100)]
     );
+    assert!(out.contains("cache-status: strata; fwd=bypass"), "{out}");
     assert_eq!(origin.count(), 0);
 }
 

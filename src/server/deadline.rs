@@ -54,6 +54,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::own_responses::OwnResponses;
+
 /// Timeouts are capped here: a deadline beyond `Instant`'s range would
 /// panic, and ten years is "never" for a connection.
 const LONGEST: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -137,11 +139,14 @@ impl HeadDeadline {
     }
 
     /// Wraps the connection's socket so that a flush tells when the
-    /// responses hyper is done with have been written.
-    pub fn watch_io<T>(&self, io: T) -> Flushes<T> {
+    /// responses hyper is done with have been written; with `stamp_own`
+    /// (a proxy listener), hyper's own error responses get `Cache-Status`
+    /// and `Via` ([`super::own_responses`]).
+    pub fn watch_io<T>(&self, io: T, stamp_own: bool) -> Flushes<T> {
         Flushes {
             io,
             state: self.state.clone(),
+            own: stamp_own.then(OwnResponses::default),
         }
     }
 
@@ -264,6 +269,27 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
 pub struct Flushes<T> {
     io: T,
     state: Arc<State>,
+    /// Set on proxy listeners (the admin's responses carry no
+    /// `Cache-Status`).
+    own: Option<OwnResponses>,
+}
+
+impl<T: AsyncWrite + Unpin> Flushes<T> {
+    /// hyper's own error response, stamped, when no request is open on an
+    /// HTTP/1 connection (see [`super::own_responses`]); `None` otherwise.
+    fn poll_own(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Option<Poll<std::io::Result<usize>>> {
+        let s = &self.state;
+        if s.open.load(Ordering::Relaxed) != 0 || s.http2.load(Ordering::Relaxed) {
+            return None;
+        }
+        let written = self.own.as_mut()?.poll_write(&mut self.io, cx, bufs)?;
+        self.state.note_write(written.is_pending());
+        Some(written)
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Flushes<T> {
@@ -283,6 +309,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Flushes<T> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(own) = this.poll_own(cx, &[std::io::IoSlice::new(buf)]) {
+            return own;
+        }
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
         this.state.note_write(written.is_pending());
         written
@@ -294,6 +323,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Flushes<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(own) = this.poll_own(cx, bufs) {
+            return own;
+        }
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         this.state.note_write(written.is_pending());
         written
@@ -353,7 +385,12 @@ mod tests {
     async fn a_client_that_reads_nothing_is_cut_within_one_and_a_half_send_timeouts() {
         let heads = HeadDeadline::new(10 * SECOND, SECOND);
         let (_client, server) = tokio::io::duplex(1024);
-        let conn = respond(&heads, heads.watch_io(server), Duration::ZERO, 64 * 1024);
+        let conn = respond(
+            &heads,
+            heads.watch_io(server, false),
+            Duration::ZERO,
+            64 * 1024,
+        );
         let start = Instant::now();
         let ended = tokio::time::timeout(60 * SECOND, heads.serve(conn))
             .await
@@ -367,7 +404,7 @@ mod tests {
     async fn a_slow_steady_reader_is_never_cut() {
         let heads = HeadDeadline::new(10 * SECOND, SECOND);
         let (mut client, server) = tokio::io::duplex(1024);
-        let conn = respond(&heads, heads.watch_io(server), Duration::ZERO, 4096);
+        let conn = respond(&heads, heads.watch_io(server, false), Duration::ZERO, 4096);
         // 100 bytes every 0.7 s: each wait is shorter than the timeout,
         // the whole response takes many of them.
         let reader = tokio::spawn(async move {
@@ -392,7 +429,7 @@ mod tests {
     async fn timeouts_too_long_for_a_deadline_mean_never() {
         let heads = HeadDeadline::new(Duration::MAX, Duration::MAX);
         let (mut client, server) = tokio::io::duplex(1024);
-        let conn = respond(&heads, heads.watch_io(server), 3600 * SECOND, 16);
+        let conn = respond(&heads, heads.watch_io(server, false), 3600 * SECOND, 16);
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 16];
             client.read_exact(&mut buf).await.map(|_| buf.len())
@@ -407,7 +444,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1024);
         // Nothing to write for 5 s (a slow upstream), then a response the
         // client reads at once.
-        let conn = respond(&heads, heads.watch_io(server), 5 * SECOND, 512);
+        let conn = respond(&heads, heads.watch_io(server, false), 5 * SECOND, 512);
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 512];
             client.read_exact(&mut buf).await.map(|_| buf.len())
