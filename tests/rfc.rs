@@ -158,9 +158,19 @@ async fn age_lists_use_the_first_member_and_bad_values_are_ignored() {
     let origin = origin_with(aged).await;
     let s = strata(&origin, "").await;
     let c = Client::new();
+    // The miss itself sends one Age, as computed (what its hits send):
+    // never the origin's list, two lines or a bad value.
+    let age_of = |r: &support::http::Reply| -> Vec<String> {
+        r.headers
+            .get_all("age")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    };
     // Already older than max-age=20: stale on arrival.
-    for path in ["/list", "/lines", "/huge"] {
-        c.get(&s.url(path)).await;
+    for (path, age) in [("/list", "30"), ("/lines", "30"), ("/huge", "2147483648")] {
+        let first = c.get(&s.url(path)).await;
+        assert_eq!(age_of(&first), [age], "{path}");
         let again = c.get(&s.url(path)).await;
         assert!(
             !again.cache_status().contains("hit"),
@@ -171,7 +181,8 @@ async fn age_lists_use_the_first_member_and_bad_values_are_ignored() {
     assert_eq!(origin.count(), 6);
     // Ignored values: age 0, fresh.
     for path in ["/invalid-first", "/fraction", "/negative"] {
-        c.get(&s.url(path)).await;
+        let first = c.get(&s.url(path)).await;
+        assert_eq!(age_of(&first), ["0"], "{path}");
         let again = c.get(&s.url(path)).await;
         assert!(
             again.cache_status().contains("hit"),

@@ -280,6 +280,13 @@ async fn storable(
             ),
         };
     }
+    // An origin's Age is sent as Strata computed it (RFC 9111 §4.2.3: the
+    // first member of a list, invalid values ignored), one integer field,
+    // as every hit of this entry will be: never `200, 0` or `abc`.
+    if rparts.headers.contains_key(header::AGE) {
+        let age = freshness::current_age(&plan.times, plan.times.response);
+        rparts.headers.insert(header::AGE, age.into());
+    }
     let compression = ctx.runtime.config.compression.as_ref();
     let (tx, client_body) = admit::client_channel();
     admit::spawn(cache, plan, Some(lock), body, Some(tx), None);
