@@ -244,6 +244,13 @@ impl Cache {
         self.inner.memory.insert(object);
     }
 
+    /// The explicit-removal count now: read before [`Cache::admit`], it
+    /// lets a later [`Cache::complete`] of that object see a purge made in
+    /// between.
+    pub fn removal_epoch(&self) -> u64 {
+        self.inner.memory.removal_epoch()
+    }
+
     /// Makes an object visible in memory at once, before its encoded
     /// representations exist; [`Cache::complete`] follows with them and
     /// the returned epoch.

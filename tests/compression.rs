@@ -208,3 +208,56 @@ async fn uncached_responses_are_compressed_as_they_stream() {
     let plain = decode(Coding::Gzip, &r.body).unwrap();
     assert!(plain.starts_with(b"[1,1,"));
 }
+
+/// An entry revalidated (a reload's `no-cache`, answered `304`) before
+/// its encoded representations were ready still gets them: the 304 keeps
+/// the stored identity-only copy, and without re-encoding every gzip or br
+/// client would get identity for the rest of the entry's life.
+#[tokio::test]
+async fn an_entry_revalidated_before_its_encodings_were_ready_gets_them() {
+    let origin = Origin::start(|req| async move {
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"big\"")
+        {
+            return support::origin::reply(304, &[("etag", "\"big\"")], "");
+        }
+        // About 1.3 MB of text: encoding it takes a while in a test build.
+        let body = page().repeat(100);
+        support::origin::reply(
+            200,
+            &[
+                ("cache-control", "max-age=300"),
+                ("content-type", "text/plain"),
+                ("etag", "\"big\""),
+            ],
+            body,
+        )
+    })
+    .await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    let first = get(&c, &s.url("/big"), "gzip").await;
+    assert!(
+        first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    let reload = c
+        .get_with(&s.url("/big"), &[("cache-control", "no-cache")])
+        .await;
+    assert!(
+        reload.cache_status().contains("fwd-status=304"),
+        "{}",
+        reload.cache_status()
+    );
+    stored(&c, &s.url("/big")).await;
+    let gz = get(&c, &s.url("/big"), "gzip").await;
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        decode(Coding::Gzip, &gz.body).unwrap(),
+        page().repeat(100).as_bytes()
+    );
+    assert_eq!(origin.count(), 2);
+}
