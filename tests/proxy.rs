@@ -784,3 +784,64 @@ async fn an_http10_request_without_host_goes_upstream_with_the_servers_name() {
     let seen = origin.last().expect("second request");
     assert_eq!(seen.headers.get("host").unwrap(), "shop.example");
 }
+
+/// An origin answering with what it received: the body's length and the
+/// `Cookie` fields, one per line.
+async fn body_and_cookie_origin() -> Origin {
+    Origin::start(|req| async move {
+        let cookies: Vec<String> = req
+            .headers()
+            .get_all("cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?").to_string())
+            .collect();
+        let len = req
+            .into_body()
+            .collect()
+            .await
+            .map_or(0, |b| b.to_bytes().len());
+        reply(
+            200,
+            &[("cache-control", "no-store")],
+            format!("{len}\n{}", cookies.join("\n")),
+        )
+    })
+    .await
+}
+
+/// A GET body of unknown length (HTTP/2 DATA frames, an HTTP/1.1 chunked
+/// upload) reaches the origin: hyper's client sends a GET's body only
+/// when told its length or asked for chunked, and dropped it before. And
+/// an HTTP/2 client's `cookie` fields go to the HTTP/1.1 origin as one
+/// `Cookie` line (RFC 9113 §8.2.3).
+#[tokio::test]
+async fn get_bodies_of_unknown_length_and_h2_cookie_fields_reach_the_origin() {
+    let origin = body_and_cookie_origin().await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+
+    let raw = support::http::raw(
+        strata.addr,
+        b"GET /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.ends_with("\r\n\r\n5\n"), "{raw}");
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let (tx, rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(2);
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"hello"))))
+        .await
+        .unwrap();
+    drop(tx);
+    let req = Request::get(strata.url("/h2"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(StreamBody::new(tokio_stream_from(rx)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"5\na=1; b=2");
+}

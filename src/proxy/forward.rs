@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -38,6 +38,13 @@ pub fn upstream_request(
     upgrade: bool,
 ) -> Request<ReqBody> {
     let version = req.version();
+    // hyper's client assumes a GET or HEAD has no body unless it is told
+    // the length or asked for chunked: a body of unknown length (HTTP/2
+    // DATA frames, an HTTP/1.1 chunked upload) would be dropped unsent.
+    let chunked_body = matches!(*req.method(), Method::GET | Method::HEAD)
+        && !req.body().is_end_stream()
+        && req.body().size_hint().exact().is_none()
+        && !req.headers().contains_key(header::CONTENT_LENGTH);
     if !req.headers().contains_key(header::HOST) {
         if let Some(v) = req
             .uri()
@@ -58,6 +65,15 @@ pub fn upstream_request(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     headers::strip_listed(h, &server.strip_request_headers);
+    if chunked_body {
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+    if version == Version::HTTP_2 {
+        headers::join_cookies(h);
+    }
     let by = headers::Forwarder {
         peer: conn.peer.ip(),
         https: conn.https,
