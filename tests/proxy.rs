@@ -845,3 +845,45 @@ async fn get_bodies_of_unknown_length_and_h2_cookie_fields_reach_the_origin() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"5\na=1; b=2");
 }
+
+/// `Upgrade` without `upgrade` in `Connection`, or for `h2c` (which curl
+/// sends with `--http2`), is no protocol switch: the request is cached as
+/// any other and the field is stripped as hop-by-hop.
+#[tokio::test]
+async fn a_bare_or_h2c_upgrade_is_an_ordinary_cacheable_request() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page").await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    for (path, headers) in [
+        (
+            "/h2c",
+            &[
+                ("upgrade", "h2c"),
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ][..],
+        ),
+        ("/bare", &[("upgrade", "websocket")][..]),
+    ] {
+        let first = c.get_with(&strata.url(path), headers).await;
+        assert_eq!(first.status, 200);
+        assert!(
+            first.cache_status().contains("fwd=miss"),
+            "{path}: {}",
+            first.cache_status()
+        );
+        let seen = origin.last().unwrap();
+        assert!(
+            seen.headers.get("upgrade").is_none(),
+            "{path}: {:?}",
+            seen.headers
+        );
+        let again = c.get_with(&strata.url(path), headers).await;
+        assert!(
+            again.cache_status().contains("hit"),
+            "{path}: {}",
+            again.cache_status()
+        );
+    }
+    assert_eq!(origin.count(), 2);
+}

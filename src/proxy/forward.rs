@@ -316,9 +316,20 @@ fn switch_protocols(
     Answered::new(Response::from_parts(parts, ProxyBody::empty()), status)
 }
 
-fn wants_upgrade<B>(req: &Request<B>) -> bool {
+/// An HTTP/1.1 protocol switch to tunnel (WebSocket): `Upgrade` named in
+/// `Connection` (RFC 9110 §7.8), for a protocol other than `h2c` (the
+/// HTTP/2 upgrade RFC 9113 §3.1 deprecates; curl sends it with `--http2`):
+/// a request with a bare or `h2c` Upgrade is an ordinary request, its
+/// Upgrade stripped as hop-by-hop.
+pub(super) fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == http::Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| !p.trim().eq_ignore_ascii_case("h2c"))
         && req
             .headers()
             .get_all(header::CONNECTION)

@@ -61,7 +61,7 @@ pub fn route<'r>(
     conn: ConnInfo,
 ) -> Result<Route<'r>, Pass> {
     let cacheable = (req.method() == Method::GET || req.method() == Method::HEAD)
-        && !req.headers().contains_key(header::UPGRADE);
+        && !super::forward::wants_upgrade(req);
     if !cacheable {
         return Err(Fwd::Method.into());
     }
