@@ -77,6 +77,10 @@ pub struct TlsConfig {
 pub struct CertPair {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Where the config names each file (`strata.toml:5:8:
+    /// server.tls.cert`), for errors found when the files are loaded.
+    pub cert_at: String,
+    pub key_at: String,
 }
 
 #[derive(Debug, Clone)]

@@ -67,6 +67,13 @@ impl Locator<'_> {
         self.error(span, &key, message)
     }
 
+    /// `file:line:column: key` of a value, for errors found later (when
+    /// a file the config names is loaded).
+    pub(super) fn place<T>(&self, value: &Spanned<T>, key: &str) -> String {
+        let (line, column) = self.line_col(value.span().start);
+        format!("{}:{line}:{column}: {key}", self.path.display())
+    }
+
     pub(super) fn spanned<T>(
         &self,
         value: &Spanned<T>,
@@ -225,6 +232,8 @@ impl Validator<'_> {
         let pair = CertPair {
             cert: resolve(cert.get_ref()),
             key: resolve(key.get_ref()),
+            cert_at: self.at.place(&cert, &format!("{at}.cert")),
+            key_at: self.at.place(&key, &format!("{at}.key")),
         };
         // Loading (and the cert/key match) is checked by the TLS module;
         // here, only that the files can be read, so the error has a line.

@@ -21,12 +21,26 @@ use crate::config::{CertPair, TlsConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: cannot read certificate chain: {reason}")]
-    Cert { path: PathBuf, reason: String },
-    #[error("{path}: cannot read private key: {reason}")]
-    Key { path: PathBuf, reason: String },
-    #[error("{cert} and {key}: the private key does not match the certificate")]
-    Mismatch { cert: PathBuf, key: PathBuf },
+    /// `at`: where the config names the file (`strata.toml:5:8:
+    /// server.tls.cert`).
+    #[error("{at}: {path}: cannot read certificate chain: {reason}")]
+    Cert {
+        at: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{at}: {path}: cannot read private key: {reason}")]
+    Key {
+        at: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{at}: {cert} and {key}: the private key does not match the certificate")]
+    Mismatch {
+        at: String,
+        cert: PathBuf,
+        key: PathBuf,
+    },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -112,6 +126,7 @@ fn load_pair(
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
     let cert_err = |reason: String| TlsError::Cert {
+        at: pair.cert_at.clone(),
         path: pair.cert.clone(),
         reason,
     };
@@ -123,6 +138,7 @@ fn load_pair(
         return Err(cert_err("no CERTIFICATE block found".into()));
     }
     let key_err = |reason: String| TlsError::Key {
+        at: pair.key_at.clone(),
         path: pair.key.clone(),
         reason,
     };
@@ -134,6 +150,7 @@ fn load_pair(
         .map_err(|e| key_err(e.to_string()))?;
     let certified = CertifiedKey::new(chain, signing);
     certified.keys_match().map_err(|_| TlsError::Mismatch {
+        at: pair.key_at.clone(),
         cert: pair.cert.clone(),
         key: pair.key.clone(),
     })?;
