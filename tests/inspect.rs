@@ -100,6 +100,20 @@ async fn cache_inspection_shape_and_404() {
     }
     let r = c.get_with(&s.admin_url("/cache"), &[ADMIN]).await;
     assert_eq!(r.status, 400);
+    // Soft-purged: stale whatever its lifetime, as Cache-Status says.
+    let r = c
+        .send(
+            http::Method::POST,
+            &s.admin_url("/purge"),
+            &[("authorization", "Bearer secret")],
+            bytes::Bytes::from_static(br#"{"url": "/doc", "soft": true}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: Value = serde_json::from_slice(&c.get_with(&url, &[ADMIN]).await.body).unwrap();
+    let variant = &v["objects"][0]["variants"][0];
+    assert_eq!(variant["soft_purged"], true, "{v}");
+    assert!(variant["ttl"].as_i64().unwrap() <= 0, "{v}");
     assert_eq!(origin.count(), 1, "inspection never goes upstream");
 }
 
