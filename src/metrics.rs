@@ -447,6 +447,38 @@ mod tests {
     use super::*;
     use http::Method;
 
+    /// `process_cpu_seconds_total` follows the process's CPU time to the
+    /// clock tick: after 60 ms of CPU it has moved by about that much, not
+    /// by a whole second or nothing (the crate's integer counter).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_cpu_seconds_are_not_whole_seconds() {
+        let m = Metrics::new();
+        let cpu = || sample::process().expect("/proc/self").cpu_seconds;
+        let exported = |m: &Metrics| -> f64 {
+            m.render()
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+                .expect("exported")
+                .parse()
+                .unwrap()
+        };
+        let before = exported(&m);
+        let start = cpu();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut x = 0u64;
+        while cpu() < start + 0.06 && std::time::Instant::now() < deadline {
+            for i in 0..200_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        let after = exported(&m);
+        assert!(after <= cpu() + 1e-9, "{after}");
+        assert!(after - before >= 0.04, "{before} -> {after}");
+        assert!(after - before < 1.0, "{before} -> {after}");
+    }
+
     #[test]
     fn registers_and_renders() {
         let m = Metrics::new();

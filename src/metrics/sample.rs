@@ -135,11 +135,12 @@ impl Metrics {
 }
 
 /// This process's CPU time, resident memory and open fds from
-/// `/proc/self` (the `procfs` crate). Read here rather than from the
-/// registered `process_*` collector, whose CPU counter has whole-second
-/// steps: too coarse for a per-second figure.
+/// `/proc/self` (the `procfs` crate). Also what the exported
+/// `process_cpu_seconds_total` reports (see `families.rs`): the crate's
+/// own CPU counter has whole-second steps, too coarse for a per-second
+/// figure.
 #[cfg(target_os = "linux")]
-fn process() -> Option<ProcessSample> {
+pub(super) fn process() -> Option<ProcessSample> {
     use procfs::WithCurrentSystemInfo as _;
     let me = procfs::process::Process::myself().ok()?;
     let stat = me.stat().ok()?;
@@ -152,7 +153,7 @@ fn process() -> Option<ProcessSample> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn process() -> Option<ProcessSample> {
+pub(super) fn process() -> Option<ProcessSample> {
     None
 }
 
