@@ -37,7 +37,7 @@ use crate::alerts::Alerts;
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use collapse::Collapser;
-use entry::Object;
+use entry::{Object, Variant};
 use freshness::now_millis;
 use key::CacheKey;
 use memory::MemoryTier;
@@ -244,13 +244,6 @@ impl Cache {
         self.inner.memory.insert(object);
     }
 
-    /// The explicit-removal count now: read before [`Cache::admit`], it
-    /// lets a later [`Cache::complete`] of that object see a purge made in
-    /// between.
-    pub fn removal_epoch(&self) -> u64 {
-        self.inner.memory.removal_epoch()
-    }
-
     /// Makes an object visible in memory at once, before its encoded
     /// representations exist; [`Cache::complete`] follows with them and
     /// the returned epoch.
@@ -261,19 +254,26 @@ impl Cache {
         epoch
     }
 
-    /// Replaces what [`Cache::admit_memory`] stored by the completed object
-    /// and writes it to Redis, unless it was purged or superseded in
-    /// between (a purge is never undone). An object the memory tier
-    /// evicted meanwhile (no purge since `epoch`) still goes to Redis.
-    /// Returns whether it was stored.
-    pub fn complete(&self, admitted: &Arc<Object>, complete: Arc<Object>, epoch: u64) -> bool {
+    /// Completes what [`Cache::admit_memory`] stored with `variant` (the
+    /// same response with its encoded representations) and writes the
+    /// result to Redis, unless it was purged or superseded by another
+    /// response in between (a purge is never undone). A copy of the same
+    /// response that replaced it meanwhile (a `304` revalidation, a soft
+    /// purge: the same body) gets the encoded representations instead
+    /// ([`Object::with_encodings_of`]). An object the memory tier evicted
+    /// meanwhile (no purge since `epoch`) still goes to Redis. Returns
+    /// whether it was stored.
+    pub fn complete(&self, admitted: &Arc<Object>, variant: Arc<Variant>, epoch: u64) -> bool {
         let memory = &self.inner.memory;
-        let stored = memory.replace(admitted, complete.clone())
-            || (!memory.removed_since(&admitted.key, epoch)
-                && memory.get_key(&admitted.key).is_none());
-        if !stored {
-            return false;
-        }
+        let complete = match memory.complete(admitted, &variant) {
+            Some(stored) => stored,
+            None if !memory.removed_since(&admitted.key, epoch)
+                && memory.get_key(&admitted.key).is_none() =>
+            {
+                Arc::new(admitted.with_variant(variant))
+            }
+            None => return false,
+        };
         if let Some(redis) = &self.inner.redis {
             let keep = Duration::from_secs(complete.keep_secs(now_millis()));
             redis.put_background(complete, keep);

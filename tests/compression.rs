@@ -223,8 +223,9 @@ async fn an_entry_revalidated_before_its_encodings_were_ready_gets_them() {
         {
             return support::origin::reply(304, &[("etag", "\"big\"")], "");
         }
-        // About 1.3 MB of text: encoding it takes a while in a test build.
-        let body = page().repeat(100);
+        // About 3.9 MB of text: encoding it takes far longer than the
+        // reload right after the first response.
+        let body = page().repeat(300);
         support::origin::reply(
             200,
             &[
@@ -257,7 +258,7 @@ async fn an_entry_revalidated_before_its_encodings_were_ready_gets_them() {
     assert_eq!(gz.header("content-encoding"), Some("gzip"));
     assert_eq!(
         decode(Coding::Gzip, &gz.body).unwrap(),
-        page().repeat(100).as_bytes()
+        page().repeat(300).as_bytes()
     );
     assert_eq!(origin.count(), 2);
 }

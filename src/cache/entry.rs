@@ -274,6 +274,33 @@ impl Object {
         }
     }
 
+    /// A copy with `encoded`'s representations given to the variant that
+    /// holds the same response: the same Vary key and the same body bytes
+    /// (the stored `Bytes`, not equal content), and no representations
+    /// yet. Their fields are rebuilt from that variant's own, which a
+    /// `304` may have refreshed since they were encoded. `None` when there
+    /// is no such variant (purged and fetched again, or already complete).
+    pub fn with_encodings_of(&self, encoded: &Variant) -> Option<Object> {
+        let current = self.variants.iter().find(|v| v.vary == encoded.vary)?;
+        let same_body = current.body.as_ptr() == encoded.body.as_ptr()
+            && current.body.len() == encoded.body.len();
+        if !same_body || !current.encoded.is_empty() || encoded.encoded.is_empty() {
+            return None;
+        }
+        let mut v = (**current).clone();
+        crate::compression::merge_vary_accept_encoding(&mut v.headers);
+        v.encoded = encoded
+            .encoded
+            .iter()
+            .map(|e| {
+                let mut h = v.headers.clone();
+                crate::compression::mark_encoded(&mut h, e.coding, Some(e.body.len() as u64));
+                Encoded::new(e.coding, h, e.body.clone())
+            })
+            .collect();
+        Some(self.with_variant(Arc::new(v)))
+    }
+
     pub fn keep_secs(&self, now: Millis) -> u64 {
         self.variants
             .iter()
@@ -405,6 +432,45 @@ mod tests {
             soft_purged: false,
             hits: HitCount::default(),
         })
+    }
+
+    /// Encoded representations made for one stored response go to a copy
+    /// of it that replaced it meanwhile (a 304 refreshed its fields: theirs
+    /// are rebuilt from the copy's), never to another response with equal
+    /// content, nor to a copy that already has some.
+    #[test]
+    fn encodings_go_to_a_copy_of_the_same_response_only() {
+        let admitted = variant(VaryKey::default());
+        let mut refreshed = (*admitted).clone();
+        refreshed.headers = h(&[("cache-control", "max-age=99"), ("etag", "\"e\"")]);
+        let object = Object {
+            key: CacheKey::new(false, "h", "/"),
+            variants: vec![Arc::new(refreshed)],
+        };
+        let mut done = (*admitted).clone();
+        done.encoded = vec![Encoded::new(
+            Coding::Gzip,
+            h(&[("etag", "\"old-gzip\"")]),
+            Bytes::from_static(b"gz"),
+        )];
+        let merged = object.with_encodings_of(&done).expect("same body");
+        let v = &merged.variants[0];
+        assert_eq!(v.encoded.len(), 1);
+        let fields = v.encoded[0].headers();
+        assert_eq!(fields["cache-control"], "max-age=99");
+        assert_eq!(fields["etag"], "\"e-gzip\"");
+        assert_eq!(fields["content-encoding"], "gzip");
+        assert_eq!(v.headers["vary"], "Accept-Encoding");
+        // Complete already: nothing to add.
+        assert!(merged.with_encodings_of(&done).is_none());
+        // Equal content, another response (fetched again after a purge).
+        let mut other = (*admitted).clone();
+        other.body = Bytes::from(b"x".to_vec());
+        let refetched = Object {
+            key: CacheKey::new(false, "h", "/"),
+            variants: vec![Arc::new(other)],
+        };
+        assert!(refetched.with_encodings_of(&done).is_none());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 
-use super::entry::Object;
+use super::entry::{Object, Variant};
 use super::freshness::now_millis;
 use super::key::CacheKey;
 use super::storage::Selector;
@@ -101,19 +101,31 @@ impl MemoryTier {
         self.cache.insert(object.key.hash(), object);
     }
 
-    /// Replaces `expected` by `new`, atomically, only while `expected` is
-    /// still the stored object (a purge or a newer admission in between
-    /// wins). Returns whether it replaced.
-    pub fn replace(&self, expected: &Arc<Object>, new: Arc<Object>) -> bool {
+    /// Adds `variant` (encoded representations included) to `admitted`,
+    /// atomically, while `admitted` is still the stored object; or, when a
+    /// copy of the same response replaced it (same body: a `304`
+    /// revalidation, a soft purge), adds the encoded representations to
+    /// that copy. A purge or another response in between wins. Returns
+    /// what was stored.
+    pub fn complete(&self, admitted: &Arc<Object>, variant: &Arc<Variant>) -> Option<Arc<Object>> {
         use moka::ops::compute::{CompResult, Op};
         let result =
             self.cache
-                .entry(expected.key.hash())
+                .entry(admitted.key.hash())
                 .and_compute_with(|current| match current {
-                    Some(e) if Arc::ptr_eq(e.value(), expected) => Op::Put(new),
-                    _ => Op::Nop,
+                    Some(e) if Arc::ptr_eq(e.value(), admitted) => {
+                        Op::Put(Arc::new(admitted.with_variant(variant.clone())))
+                    }
+                    Some(e) => match e.value().with_encodings_of(variant) {
+                        Some(copy) => Op::Put(Arc::new(copy)),
+                        None => Op::Nop,
+                    },
+                    None => Op::Nop,
                 });
-        matches!(result, CompResult::ReplacedWith(_))
+        match result {
+            CompResult::ReplacedWith(entry) => Some(entry.into_value()),
+            _ => None,
+        }
     }
 
     /// The removal count now (see [`MemoryTier::removed_since`]).

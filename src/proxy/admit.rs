@@ -183,8 +183,7 @@ async fn run(
         return Some(identity);
     };
     let variant = Arc::new(with_encodings(&identity, policy).await);
-    let complete = Arc::new(admitted.with_variant(variant.clone()));
-    if !cache.complete(&admitted, complete, epoch) {
+    if !cache.complete(&admitted, variant.clone(), epoch) {
         tracing::debug!(key = %plan.key, "purged or replaced while encoding: not stored again");
     }
     Some(variant)
@@ -235,28 +234,6 @@ fn identity_variant(
         soft_purged: false,
         hits: Default::default(),
     }
-}
-
-/// Adds the encoded representations `variant` of the stored `object`
-/// lacks, in the background, unless the object was purged or replaced
-/// since `epoch` (read before it was stored). A 304 revalidation keeps
-/// what was stored, so an entry revalidated (or soft-purged) before its
-/// encodings were ready would otherwise send identity to every gzip and br
-/// client for the rest of its life.
-pub fn encode_later(
-    cache: Cache,
-    object: Arc<Object>,
-    variant: Arc<Variant>,
-    policy: CompressionPolicy,
-    epoch: u64,
-) {
-    tokio::spawn(async move {
-        let complete =
-            Arc::new(object.with_variant(Arc::new(with_encodings(&variant, &policy).await)));
-        if !cache.complete(&object, complete, epoch) {
-            tracing::debug!(key = %object.key, "purged or replaced while encoding: not stored again");
-        }
-    });
 }
 
 /// The identity variant plus one encoded representation per configured

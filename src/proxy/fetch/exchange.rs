@@ -205,9 +205,7 @@ impl Exchange {
                 // The origin no longer lets it be shared (SPEC §10).
                 self.cache.remove(key);
             } else {
-                let epoch = self.cache.removal_epoch();
                 self.cache.admit(object.clone());
-                self.encode_missing(&object, &v, epoch);
             }
             return Fetched::NotModified(object, v);
         }
@@ -307,28 +305,6 @@ fn shape(
             Ok(cc)
         }
         (Err(reason), _) => Err(reason),
-    }
-}
-
-impl Exchange {
-    /// A revalidated variant stored without its encoded representations
-    /// (revalidated or soft-purged before they were ready) gets them now.
-    fn encode_missing(&self, object: &Arc<Object>, v: &Arc<Variant>, epoch: u64) {
-        let Some(policy) = &self.runtime.config.compression else {
-            return;
-        };
-        if v.encoded.is_empty()
-            && policy.eligible(v.status, &v.headers)
-            && policy.large_enough(Some(v.body.len() as u64))
-        {
-            super::admit::encode_later(
-                self.cache.clone(),
-                object.clone(),
-                v.clone(),
-                policy.clone(),
-                epoch,
-            );
-        }
     }
 }
 
