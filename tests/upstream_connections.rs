@@ -6,12 +6,10 @@
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
-use support::origin::{read_body, read_head, RawSeen};
 use support::{Client, Strata};
 
 const NO_HEALTH: &str = "[upstream.health]\nenabled = false\n";
@@ -103,22 +101,17 @@ async fn a_post_after_a_lull_takes_a_new_connection() {
     assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
 }
 
-/// SPEC §6: an origin that closes idle connections (after 200 ms here, to
-/// keep the test short) causes POSTs no error at any pace: once a closed
-/// connection has been seen, POSTs reuse only connections idle for less
-/// than half that.
+/// SPEC §6: an origin that closes idle connections after 1 s causes POSTs
+/// no error at any pace: a POST around that idle time never takes the
+/// connection the close is racing (it opens a new one from 500 ms on).
 #[tokio::test]
-async fn origin_closing_idle_connections_causes_posts_no_error() {
-    let (addr, seen) = support::origin::raw_keepalive(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok",
-        usize::MAX,
-        Duration::from_millis(200),
-    )
-    .await;
+async fn origin_closing_idle_connections_after_1s_causes_posts_no_error() {
+    let (addr, seen) = support::origin::raw_keepalive(OK, usize::MAX, Duration::from_secs(1)).await;
     let strata = Strata::start(&[addr], NO_HEALTH).await;
     let client = Client::new();
-    let mut sent = 0;
-    for pause in (150..=260).step_by(10) {
+    assert_eq!(client.get(&strata.url("/first")).await.status, 200);
+    for pause in [990, 1000, 1010] {
+        // The idle time under test, not a wait for a condition.
         tokio::time::sleep(Duration::from_millis(pause)).await;
         let r = client
             .send(
@@ -129,77 +122,8 @@ async fn origin_closing_idle_connections_causes_posts_no_error() {
             )
             .await;
         assert_eq!(r.status, 200, "after {pause} ms idle: {}", r.text());
-        sent += 1;
     }
-    assert_eq!(seen.count("POST"), sent);
-}
-
-/// An origin whose keep-alive timeout is 100 ms, enforced lazily (a
-/// request that arrives on a connection idle that long is read and the
-/// connection closed unanswered: the race an idle close loses to a request
-/// in flight, made certain) and by an active close at 150 ms. Records the
-/// request lines it reads and the connections it accepts.
-async fn lazy_idle_origin() -> (std::net::SocketAddr, Arc<RawSeen>) {
-    use std::time::Instant;
-    use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(RawSeen::default());
-    let seen2 = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            seen2.connections.fetch_add(1, Ordering::SeqCst);
-            let seen = seen2.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut last = Instant::now();
-                let close = Duration::from_millis(150);
-                while let Some((head, end)) = read_head(&mut s, &mut buf, close).await {
-                    if read_body(&mut s, &mut buf, end).await.is_none() {
-                        return;
-                    }
-                    let line = head.lines().next().unwrap_or("").to_string();
-                    seen.requests.lock().unwrap().push(line);
-                    if last.elapsed() >= Duration::from_millis(100) {
-                        return;
-                    }
-                    if s.write_all(OK).await.is_err() {
-                        return;
-                    }
-                    last = Instant::now();
-                }
-            });
-        }
-    });
-    (addr, seen)
-}
-
-/// Once Strata has found a connection closed by the upstream after some
-/// idle time, a POST reuses only connections idle for less than half of
-/// it: here the origin's 150 ms close is seen after 200 ms, so a POST
-/// 120 ms after the last exchange takes a new connection instead of one
-/// the origin would drop (it does so from 100 ms on).
-#[tokio::test]
-async fn posts_learn_the_upstreams_idle_timeout() {
-    let (addr, seen) = lazy_idle_origin().await;
-    let strata = Strata::start(&[addr], NO_HEALTH).await;
-    let client = Client::new();
-    assert_eq!(client.get(&strata.url("/a")).await.status, 200);
-    // Idle times under test, not waits for a condition.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(client.get(&strata.url("/b")).await.status, 200);
-    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
-    tokio::time::sleep(Duration::from_millis(120)).await;
-    let r = client
-        .send(
-            Method::POST,
-            &strata.url("/order"),
-            &[],
-            Bytes::from_static(b"buy"),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}: {:?}", r.text(), seen.requests());
-    assert_eq!(seen.count("POST"), 1, "seen: {:?}", seen.requests());
+    assert_eq!(seen.count("POST"), 3);
 }
 
 /// A POST on a reused connection the origin closes after reading it: it

@@ -30,7 +30,6 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -47,14 +46,16 @@ use super::error::UpstreamError;
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// A request that is never re-sent (non-idempotent, or with a body) takes
-/// a pooled connection only if it has been idle for less than this, or
-/// than half the shortest idle time after which the server was seen to
-/// close one, whichever is less. An upstream closing idle connections
-/// (after 1 s, say) races a request written just then; a GET that loses
-/// the race is re-sent (RFC 9112 §9.3.1), a POST could have been applied
-/// and is not, so it must not run that race (SPEC §6: no client error at
-/// any request rate). Connections older than this stay for the requests
-/// that may be re-sent.
+/// a pooled connection only if it has been idle for less than this. An
+/// upstream closing idle connections (after 1 s, say) races a request
+/// written just then; a GET that loses the race is re-sent (RFC 9112
+/// §9.3.1), a POST could have been applied and is not, so it must not run
+/// that race (SPEC §6: no client error at any request rate). Half a second
+/// is below the keep-alive timeout of the common servers (nginx 75 s,
+/// Apache and Node.js 5 s, gunicorn 2 s) and above the idle time of a
+/// connection under steady load. Connections older than this stay for the
+/// requests that may be re-sent. (Not learned from the closes seen: one
+/// upstream restart would make every later POST open a connection.)
 const UNRETRYABLE_IDLE: Duration = Duration::from_millis(500);
 
 /// An HTTP/1.1 connection's request handle.
@@ -139,10 +140,6 @@ pub struct ServerPool {
     /// Idle connections, most recently used last. A std mutex: it is held
     /// only for a push or a pop, never across an `.await`.
     idle: Mutex<Vec<Idle>>,
-    /// The shortest idle time, in milliseconds, after which a connection
-    /// was found closed by the server (`u64::MAX` until one is): an upper
-    /// bound on the server's keep-alive timeout.
-    closed_after_ms: AtomicU64,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -163,7 +160,6 @@ impl ServerPool {
         ServerPool {
             authority,
             idle: Mutex::new(Vec::new()),
-            closed_after_ms: AtomicU64::new(u64::MAX),
             max_idle,
             idle_timeout,
             connect_timeout,
@@ -174,17 +170,15 @@ impl ServerPool {
     /// ready for a request, if any. Expired and closed ones are dropped
     /// (which closes them). For a request that will not be re-sent
     /// (`retryable` false), only one idle for less than
-    /// [`UNRETRYABLE_IDLE`] (or half the server's observed keep-alive
-    /// timeout) qualifies; older ones are left for others.
+    /// [`UNRETRYABLE_IDLE`] qualifies; older ones are left for others.
     pub async fn checkout(&self, retryable: bool) -> Option<Conn> {
         let fresh_enough = if retryable {
             Duration::MAX
         } else {
-            let learned = self.closed_after_ms.load(Ordering::Relaxed) / 2;
-            UNRETRYABLE_IDLE.min(Duration::from_millis(learned))
+            UNRETRYABLE_IDLE
         };
         loop {
-            let (mut conn, age) = {
+            let mut conn = {
                 let now = Instant::now();
                 let mut idle = self.idle.lock().ok()?;
                 loop {
@@ -194,10 +188,8 @@ impl ServerPool {
                         return None;
                     }
                     let entry = idle.pop()?;
-                    if entry.conn.is_closed() {
-                        self.closed_after(age);
-                    } else if age < self.idle_timeout {
-                        break (entry.conn, age);
+                    if !entry.conn.is_closed() && age < self.idle_timeout {
+                        break entry.conn;
                     }
                 }
             };
@@ -207,14 +199,7 @@ impl ServerPool {
             if conn.ready().await.is_ok() && !conn.is_closed() {
                 return Some(conn);
             }
-            self.closed_after(age);
         }
-    }
-
-    /// Notes that the server closed a connection idle for `age`.
-    fn closed_after(&self, age: Duration) {
-        let ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-        self.closed_after_ms.fetch_min(ms, Ordering::Relaxed);
     }
 
     /// Returns a connection whose response body was read to the end. A
@@ -249,16 +234,26 @@ impl ServerPool {
         self.put_idle(conn);
     }
 
+    /// A full list gives up its oldest connection for this one: the
+    /// newest are the ones worth keeping (used first, and the only ones
+    /// a request that is never re-sent may take).
     fn put_idle(&self, conn: Conn) {
-        let Ok(mut idle) = self.idle.lock() else {
+        if self.max_idle == 0 {
             return;
-        };
-        if idle.len() < self.max_idle {
+        }
+        let evicted = {
+            let Ok(mut idle) = self.idle.lock() else {
+                return;
+            };
+            let evicted = (idle.len() >= self.max_idle).then(|| idle.remove(0));
             idle.push(Idle {
                 conn,
                 since: Instant::now(),
             });
-        }
+            evicted
+        };
+        // Closed outside the lock.
+        drop(evicted);
     }
 
     /// Drops idle connections that expired or closed. Each is driven once
@@ -271,11 +266,8 @@ impl ServerPool {
             Ok(mut idle) => idle
                 .extract_if(.., |e| {
                     e.conn.drive(&mut cx);
-                    let age = now.saturating_duration_since(e.since);
-                    if e.conn.is_closed() {
-                        self.closed_after(age);
-                    }
-                    e.conn.is_closed() || age >= self.idle_timeout
+                    e.conn.is_closed()
+                        || now.saturating_duration_since(e.since) >= self.idle_timeout
                 })
                 .collect(),
             Err(_) => return,
