@@ -97,9 +97,9 @@ impl Admin {
                 })
             })
             .collect();
-        // In rotation, not merely healthy: with every server drained,
-        // uncached requests get 503, so a load balancer must look elsewhere.
-        let healthy = runtime.upstreams.balancer.in_rotation_count();
+        // Healthy, drained or not (SPEC §4: 503 when none is healthy): a
+        // drain is maintenance, and the instance still serves its cache.
+        let healthy = runtime.upstreams.balancer.healthy_count();
         let status = if healthy > 0 {
             StatusCode::OK
         } else {

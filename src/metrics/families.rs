@@ -217,7 +217,7 @@ impl Inner {
         upstream_healthy: gauge_vec(
             &r,
             "strata_upstream_healthy",
-            "1 when the upstream server is in rotation.",
+            "1 while the upstream server passes its health checks (drained or not).",
             &["server"],
         ),
         upstream_requests: counter_vec(

@@ -112,11 +112,6 @@ impl Balancer {
         self.servers.iter().filter(|s| s.is_healthy()).count()
     }
 
-    /// Servers that may take new requests: healthy and not drained.
-    pub fn in_rotation_count(&self) -> usize {
-        self.servers.iter().filter(|s| s.is_eligible()).count()
-    }
-
     /// The index of the server with sticky id `id`.
     pub fn find_id(&self, id: u64) -> Option<usize> {
         self.servers.iter().position(|s| s.id == id)
