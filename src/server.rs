@@ -169,6 +169,9 @@ impl Server {
                 let shared = shared.clone();
                 async move {
                     let response = shared.handle(req, conn).await;
+                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        open.switched();
+                    }
                     Ok::<_, Infallible>(response.map(|body| Tracked::new(body, open)))
                 }
             })

@@ -560,6 +560,23 @@ async fn websocket_upgrade_passes_through() {
         .unwrap()
         .unwrap();
     assert_eq!(&echo, b"ping");
+    // Tunnel bytes that look like an HTTP/1 error head go through as they
+    // are (hyper's own error heads get Cache-Status; a tunnel's never do).
+    let lookalike = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+    s.write_all(lookalike).await.unwrap();
+    let mut echo = vec![0u8; lookalike.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo[..], &lookalike[..]);
+    s.write_all(b"end!").await.unwrap();
+    let mut tail = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut tail))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&tail, b"end!");
 }
 
 #[tokio::test]

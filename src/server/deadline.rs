@@ -81,6 +81,9 @@ struct State {
     activity: AtomicU64,
     /// The connection speaks HTTP/2.
     http2: AtomicBool,
+    /// A `101` switched the connection to another protocol: its bytes are
+    /// a tunnel's, never to be taken for hyper's own responses.
+    switched: AtomicBool,
     /// A write (or flush) to the client is waiting for socket space.
     blocked: AtomicBool,
     /// Bumped whenever `blocked` changes: unchanged over two checks in a
@@ -116,6 +119,7 @@ impl HeadDeadline {
                 ended: AtomicU32::new(0),
                 activity: AtomicU64::new(0),
                 http2: AtomicBool::new(false),
+                switched: AtomicBool::new(false),
                 blocked: AtomicBool::new(false),
                 send_events: AtomicU64::new(0),
             }),
@@ -222,6 +226,13 @@ impl State {
 /// A request that has not been answered to the end.
 pub struct Open(Arc<State>);
 
+impl Open {
+    /// Its response is a `101`: the connection becomes a tunnel.
+    pub fn switched(&self) {
+        self.0.switched.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Open {
     fn drop(&mut self) {
         // Still open until the socket has taken what hyper holds of it.
@@ -283,7 +294,10 @@ impl<T: AsyncWrite + Unpin> Flushes<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Option<Poll<std::io::Result<usize>>> {
         let s = &self.state;
-        if s.open.load(Ordering::Relaxed) != 0 || s.http2.load(Ordering::Relaxed) {
+        if s.open.load(Ordering::Relaxed) != 0
+            || s.http2.load(Ordering::Relaxed)
+            || s.switched.load(Ordering::Relaxed)
+        {
             return None;
         }
         let written = self.own.as_mut()?.poll_write(&mut self.io, cx, bufs)?;

@@ -11,10 +11,9 @@
 //! HTTP/1 connection: a `4xx`/`5xx` response head written then is one of
 //! hyper's, and goes out here with `cache-status: strata; fwd=bypass` and
 //! `via: 1.1 strata` after its status line, as Strata's own refusals
-//! carry. Every other write costs the wrapper one relaxed load (and, on
-//! an upgraded connection's tunnel, where no request is open either, a
-//! compare of the first bytes with `HTTP/1.`: a WebSocket frame never
-//! starts so).
+//! carry. Every other write costs the wrapper one relaxed load; the
+//! tunnel of a connection switched by a `101` (WebSocket), where no request
+//! is open either, is never touched.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
