@@ -141,9 +141,7 @@ fn variant(v: &Variant, tiers: &[&str], now: Millis) -> Value {
         "vary": vary,
         "status": v.status.as_u16(),
         "age": freshness::current_age(&v.times, now),
-        // A soft-purged variant is stale whatever its lifetime says, as
-        // its Cache-Status reports (`ttl=0` at most).
-        "ttl": if v.soft_purged { v.ttl(now).min(0) } else { v.ttl(now) },
+        "ttl": v.reported_ttl(now),
         "tags": v.tags,
         "soft_purged": v.soft_purged,
         "tiers": tiers,

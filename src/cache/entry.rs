@@ -209,6 +209,17 @@ impl Variant {
         freshness::ttl(&self.policy, &self.times, now)
     }
 
+    /// [`Variant::ttl`] as reported (`Cache-Status`, `/cache`): at most 0
+    /// once soft-purged, which makes a copy stale whatever its lifetime.
+    pub fn reported_ttl(&self, now: Millis) -> i64 {
+        let ttl = self.ttl(now);
+        if self.soft_purged {
+            ttl.min(0)
+        } else {
+            ttl
+        }
+    }
+
     /// Seconds a tier should keep this variant from `now`.
     pub fn keep_secs(&self, now: Millis) -> u64 {
         let total = freshness::keep_secs(&self.policy, self.has_validators());

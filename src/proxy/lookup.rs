@@ -208,7 +208,7 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
                     || variant.policy.no_cache
                     || ctx.req_cc.no_cache)
                 {
-                    let ttl = variant.ttl(ctx.now).min(0);
+                    let ttl = variant.reported_ttl(ctx.now);
                     return Lookup::SoftPurged(Hit {
                         object: found,
                         variant,
@@ -216,8 +216,10 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
                         ttl,
                     });
                 }
-                // Never served stale: validated first, like any stale entry.
-                (fwd, stale) = validate_first(variant, None, ctx.req_cc.no_cache);
+                // Never served stale: validated first, like any stale entry
+                // (`fwd=stale`: soft-purged, it is stale, whatever the
+                // request asked).
+                (fwd, stale) = validate_first(variant, None, false);
             }
             Some(variant) => {
                 match freshness::reuse(&variant.policy, &variant.times, ctx.now, &ctx.req_cc) {
