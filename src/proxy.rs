@@ -32,6 +32,7 @@ pub mod headers;
 pub mod lookup;
 pub mod stored;
 pub mod target;
+pub mod validate;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -39,7 +40,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header;
-use http::{Method, Request, Response, Version};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::activity::Activity;
@@ -262,7 +263,7 @@ impl Shared {
             .client_ip(conn.peer.ip(), req.headers());
         let method = MethodClass::of(req.method());
         let access = access::Pending::capture(&req, &runtime.config.log);
-        let answered = match validate(&mut req) {
+        let answered = match validate::validate(&mut req) {
             Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
             Ok(()) => 'serve: {
                 // No limits configured: one `Option` check.
@@ -364,162 +365,4 @@ pub struct HeaderName;
 
 impl HeaderName {
     pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
-}
-
-/// Rejects requests that must never reach an upstream (RFC 9112 §3.2,
-/// SPEC §10), and replaces the request's path by its normalised form
-/// ([`target::normalize`]) so every later phase reads the same one.
-fn validate(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("more than one Host header"));
-    }
-    match req.version() {
-        Version::HTTP_11 if host.is_none() && req.uri().authority().is_none() => {
-            return Err(ProxyError::BadRequest("missing Host header"));
-        }
-        Version::HTTP_2 if host.is_none() && req.uri().authority().is_none() => {
-            return Err(ProxyError::BadRequest("missing :authority"));
-        }
-        _ => {}
-    }
-    if let Some(host) = host {
-        if host.to_str().map_or(true, |h| !valid_host(h)) {
-            return Err(ProxyError::BadRequest("invalid Host header"));
-        }
-    }
-    if req.method() == Method::CONNECT {
-        return Err(ProxyError::BadRequest("CONNECT is not supported"));
-    }
-    if req.method() == Method::TRACE {
-        // TRACE echoes the request, credentials included, back to
-        // whoever can make a client send it (cross-site tracing).
-        return Err(ProxyError::MethodNotAllowed);
-    }
-    if req.uri().path_and_query().is_none() && req.method() != Method::OPTIONS {
-        return Err(ProxyError::BadRequest("invalid request target"));
-    }
-    if req.headers().contains_key(header::TRANSFER_ENCODING) {
-        if req.headers().contains_key(header::CONTENT_LENGTH) {
-            return Err(ProxyError::BadRequest(
-                "both Transfer-Encoding and Content-Length",
-            ));
-        }
-        transfer_codings(req.headers())?;
-    }
-    match target::normalize(req.uri()) {
-        Ok(None) => {}
-        Ok(Some(normal)) => *req.uri_mut() = normal,
-        Err(e) => return Err(ProxyError::BadRequest(e.reason())),
-    }
-    Ok(())
-}
-
-/// A request's `Transfer-Encoding` (all its lines) must be exactly one
-/// `chunked`: hyper has already refused one whose last coding is not
-/// `chunked`, and it decodes only that one, so any coding before it
-/// (`gzip, chunked`) would be lost on the way upstream — `501`, as RFC 9112
-/// §6.1 asks for a coding the server does not understand (and as nginx
-/// answers) — and `chunked` applied twice is broken framing (§7.1): `400`.
-fn transfer_codings(headers: &http::HeaderMap) -> Result<(), ProxyError> {
-    let mut chunked = 0;
-    for value in headers.get_all(header::TRANSFER_ENCODING) {
-        for coding in value.as_bytes().split(|&b| b == b',') {
-            let coding = coding.trim_ascii();
-            if coding.eq_ignore_ascii_case(b"chunked") {
-                chunked += 1;
-            } else if !coding.is_empty() {
-                return Err(ProxyError::NotImplemented("unsupported transfer coding"));
-            }
-        }
-    }
-    if chunked > 1 {
-        return Err(ProxyError::BadRequest("chunked applied more than once"));
-    }
-    Ok(())
-}
-
-/// RFC 9110 §7.2 `Host = uri-host [ ":" port ]`, checked without
-/// allocating: a reg-name, IPv4 or bracketed IPv6, and digits after ':'.
-/// One table lookup per byte (it runs on every request).
-fn valid_host(h: &str) -> bool {
-    let h = h.as_bytes();
-    let (host, port) = match h.iter().rposition(|&b| b == b':') {
-        Some(i) if !h[i..].contains(&b']') => (&h[..i], Some(&h[i + 1..])),
-        _ => (h, None),
-    };
-    let host_ok = match host.strip_prefix(b"[") {
-        Some(inner) => inner.strip_suffix(b"]").is_some_and(|ip| {
-            !ip.is_empty()
-                && ip
-                    .iter()
-                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        }),
-        None => !host.is_empty() && host.iter().all(|&b| REG_NAME[usize::from(b)]),
-    };
-    host_ok && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
-}
-
-/// The bytes of an RFC 3986 §3.2.2 reg-name (unreserved, sub-delims, and
-/// `%` of pct-encoded), as a table indexed by byte.
-static REG_NAME: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric();
-        b += 1;
-    }
-    let extra = b"-._~!$&'()*+,;=%";
-    let mut i = 0;
-    while i < extra.len() {
-        t[extra[i] as usize] = true;
-        i += 1;
-    }
-    t
-};
-
-/// The authority the client asked for: the URI's (absolute-form, HTTP/2)
-/// or else the Host header. Borrowed, so the hit path does not allocate.
-/// Only for a request that passed [`validate`], which checked the Host
-/// header's syntax once (not again here: it runs on every hit).
-pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    match req.uri().authority() {
-        Some(a) => Some(a.as_str()),
-        None => {
-            let host = req.headers().get(header::HOST)?.to_str().ok()?;
-            debug_assert!(valid_host(host), "request_host before validate");
-            Some(host)
-        }
-    }
-}
-
-/// [`request_host`] as an owned `Authority` (for invalidation).
-pub fn request_authority<B>(req: &Request<B>) -> Option<http::uri::Authority> {
-    request_host(req).and_then(|h| h.parse().ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_host;
-
-    #[test]
-    fn hosts() {
-        for ok in [
-            "example.com",
-            "example.com:8080",
-            "127.0.0.1:80",
-            "[::1]:443",
-            "[::1]",
-            "a_b",
-        ] {
-            assert!(valid_host(ok), "{ok}");
-        }
-        for bad in [
-            "", "a b", "a/b", "u@h", "h:port", "h:123456", "[::1", "h?x", ":80",
-        ] {
-            assert!(!valid_host(bad), "{bad}");
-        }
-    }
 }

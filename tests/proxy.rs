@@ -904,3 +904,32 @@ async fn a_bare_or_h2c_upgrade_is_an_ordinary_cacheable_request() {
     }
     assert_eq!(origin.count(), 2);
 }
+
+/// An HTTP/2 client's cookie fields are one `Cookie` from the start: an
+/// entry that varies on Cookie, stored for an HTTP/1.1 client's `a=1;
+/// b=2`, is a hit for an HTTP/2 client sending `a=1` and `b=2` apart.
+#[tokio::test]
+async fn h2_cookie_fields_share_the_http11_clients_vary_entry() {
+    let origin = Origin::fixed(
+        &[("cache-control", "max-age=60"), ("vary", "Cookie")],
+        "per cookie",
+    )
+    .await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let r = Client::new()
+        .get_with(&strata.url("/v"), &[("cookie", "a=1; b=2")])
+        .await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let req = Request::get(strata.url("/v"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.headers()["cache-status"].to_str().unwrap().to_string();
+    assert!(status.contains("hit"), "{status}");
+    assert_eq!(origin.count(), 1);
+}

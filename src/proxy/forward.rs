@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -70,9 +70,6 @@ pub fn upstream_request(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
-    }
-    if version == Version::HTTP_2 {
-        headers::join_cookies(h);
     }
     let by = headers::Forwarder {
         peer: conn.peer.ip(),
@@ -149,7 +146,8 @@ pub async fn pass(
     }
     let unsafe_method = !is_safe(req.method());
     let is_head = req.method() == Method::HEAD;
-    let target = unsafe_method.then(|| (req.uri().clone(), super::request_authority(&req)));
+    let target =
+        unsafe_method.then(|| (req.uri().clone(), super::validate::request_authority(&req)));
     let req = req.map(|b| {
         if b.is_end_stream() {
             empty_body()

@@ -275,7 +275,9 @@ pub fn strip_listed(headers: &mut HeaderMap, names: &[HeaderName]) {
 /// RFC 9113 §8.2.3: an HTTP/2 client may split `Cookie` into several
 /// fields; going to an HTTP/1.1 upstream they "MUST be concatenated into a
 /// single octet string using the two-octet delimiter of 0x3b, 0x20" (an
-/// origin may read only one `Cookie` line). No work for one field or none.
+/// origin may read only one `Cookie` line). Done when the request is
+/// validated, so the cache key and Vary see the same field as HTTP/1.1
+/// requests send. No work for one field or none.
 pub fn join_cookies(h: &mut HeaderMap) {
     let mut fields = h.get_all(header::COOKIE).iter();
     if fields.next().is_none() || fields.next().is_none() {
