@@ -30,7 +30,7 @@
 //! - [`probe`]: `strata healthcheck`, the container health probe.
 //!
 //! # Request flow (`proxy::Shared::handle`)
-//! validate → client IP and `count = "all"` rate limits → route → lookup →
+//! validate (`proxy/validate.rs`) → client IP and `count = "all"` rate limits → route → lookup →
 //! one `match` on `proxy::lookup::Lookup` → finish (`Cache-Status`, `Via`,
 //! metrics, access log).
 //! - **hit**: `proxy.rs` → `proxy/lookup.rs` (memory, then Redis with
