@@ -94,8 +94,7 @@ impl prometheus::core::Collector for ProcessMetrics {
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
         let mut families = self.0.collect();
-        let seconds = super::sample::process().map(|p| p.cpu_seconds);
-        if let Some(seconds) = seconds {
+        if let Some(seconds) = super::sample::cpu_seconds() {
             for family in &mut families {
                 if family.name() == "process_cpu_seconds_total" {
                     for metric in family.mut_metric() {

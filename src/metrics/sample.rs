@@ -144,9 +144,8 @@ pub(super) fn process() -> Option<ProcessSample> {
     use procfs::WithCurrentSystemInfo as _;
     let me = procfs::process::Process::myself().ok()?;
     let stat = me.stat().ok()?;
-    let ticks = procfs::ticks_per_second() as f64;
     Some(ProcessSample {
-        cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
+        cpu_seconds: cpu_of(&stat),
         resident_bytes: stat.rss_bytes().get() as f64,
         open_fds: me.fd_count().map_or(0.0, |n| n as f64),
     })
@@ -155,6 +154,19 @@ pub(super) fn process() -> Option<ProcessSample> {
 #[cfg(not(target_os = "linux"))]
 pub(super) fn process() -> Option<ProcessSample> {
     None
+}
+
+/// This process's CPU time (user + system), in seconds to the clock tick:
+/// `/proc/self/stat` only (for `process_cpu_seconds_total`).
+#[cfg(target_os = "linux")]
+pub(super) fn cpu_seconds() -> Option<f64> {
+    let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+    Some(cpu_of(&stat))
+}
+
+#[cfg(target_os = "linux")]
+fn cpu_of(stat: &procfs::process::Stat) -> f64 {
+    (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
 }
 
 impl RuleCounters {

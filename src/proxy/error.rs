@@ -1,7 +1,8 @@
 //! The one place where a failure becomes a status code: 400 for requests
-//! Strata refuses (501 for a transfer coding it cannot forward), 502 for a broken upstream exchange, 503 when no upstream
-//! is healthy, 504 when the upstream is too slow (or, for `only-if-cached`,
-//! when nothing usable is stored).
+//! Strata refuses (501 for a transfer coding it cannot forward), 502 for
+//! a broken upstream exchange, 503 when no upstream is healthy, 504 when
+//! the upstream is too slow (or, for `only-if-cached`, when nothing usable
+//! is stored).
 
 use http::{header, HeaderValue, Response, StatusCode};
 
