@@ -1143,3 +1143,49 @@ async fn a_large_hit_in_flight_survives_its_purge_and_the_reuse_of_its_pages() {
         body.iter().filter(|&&b| b != b'o').count()
     );
 }
+
+/// A conditional or range request on a miss whose body has no length and
+/// turns out larger than `max_object_size`: not stored, and answered
+/// anyway (it got 502): preconditions against the upstream's head, else
+/// the full body streamed (the range ignored, as RFC 9110 §14.2 allows).
+#[tokio::test]
+async fn a_conditional_miss_too_large_to_store_is_still_answered() {
+    let origin = Origin::start(|_req| async move {
+        use futures_util::StreamExt;
+        // 8 chunks of 16 KiB, no Content-Length: 128 KiB > 64 KiB.
+        let chunks = futures_util::stream::iter(0..8u8).map(|i| {
+            Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(vec![b'a' + i; 16384])))
+        });
+        let body: Body = http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+            http_body_util::StreamBody::new(chunks),
+            |e| e.into(),
+        ));
+        let mut r = http::Response::new(body);
+        r.headers_mut()
+            .insert("cache-control", "max-age=60".parse().unwrap());
+        r.headers_mut().insert("etag", "\"big\"".parse().unwrap());
+        r
+    })
+    .await;
+    let s = strata(&origin, "[cache]\nmax_object_size = \"64KiB\"\n").await;
+    let c = Client::new();
+    let expected: Vec<u8> = (0..8u8).flat_map(|i| vec![b'a' + i; 16384]).collect();
+    for (i, headers) in [
+        &[("if-none-match", "\"other\"")][..],
+        &[("range", "bytes=0-9")][..],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = c.get_with(&s.url(&format!("/full{i}")), headers).await;
+        assert_eq!(r.status, 200, "{headers:?}: {}", r.cache_status());
+        assert_eq!(r.body.len(), expected.len(), "{headers:?}");
+        assert!(r.body[..] == expected[..], "{headers:?}");
+        assert!(!r.cache_status().contains("stored"), "{}", r.cache_status());
+    }
+    let r = c
+        .get_with(&s.url("/match"), &[("if-none-match", "\"big\"")])
+        .await;
+    assert_eq!(r.status, 304, "{}", r.cache_status());
+    assert_eq!(r.header("etag"), Some("\"big\""));
+}

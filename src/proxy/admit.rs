@@ -56,20 +56,39 @@ pub fn client_channel() -> (ClientTx, ProxyBody) {
     )
 }
 
+/// What a request answered from the stored variant learns of the
+/// admission.
+pub enum Admitted {
+    Stored(Arc<Variant>),
+    /// Not stored: the body (of unknown length) outgrew `max_object_size`.
+    /// The whole body as it arrives, for the waiting request to send
+    /// instead (what was read, then the rest).
+    TooLarge(ProxyBody),
+    /// Not stored: the upstream body failed or was cut short.
+    Failed,
+}
+
 /// A request answered from the stored variant once admission gets far
-/// enough; it learns the variant, or `None` when nothing was stored.
+/// enough.
 pub enum Done {
     /// As soon as the identity variant is visible (a HEAD: its answer
     /// needs no body, and a request after it must be a hit).
-    Visible(oneshot::Sender<Option<Arc<Variant>>>),
+    Visible(oneshot::Sender<Admitted>),
     /// Once the encoded representations are in too (a conditional or range
     /// request, answered in the client's coding).
-    Complete(oneshot::Sender<Option<Arc<Variant>>>),
+    Complete(oneshot::Sender<Admitted>),
+}
+
+impl Done {
+    fn send(self, outcome: Admitted) {
+        let (Done::Visible(tx) | Done::Complete(tx)) = self;
+        let _ = tx.send(outcome);
+    }
 }
 
 /// Drives `body` to the end in its own task: forwards each chunk to
 /// `client` (if any, until it goes away), collects it for storage, then
-/// admits. `done` learns the stored variant (or `None`).
+/// admits. `done` learns the outcome.
 pub fn spawn(
     cache: Cache,
     plan: Plan,
@@ -80,8 +99,8 @@ pub fn spawn(
 ) {
     tokio::spawn(async move {
         let stored = run(&cache, plan, lock, body, client, &mut done).await;
-        if let Some(Done::Visible(tx) | Done::Complete(tx)) = done {
-            let _ = tx.send(stored);
+        if let Some(done) = done {
+            done.send(stored.map_or(Admitted::Failed, Admitted::Stored));
         }
     });
 }
@@ -116,11 +135,17 @@ async fn run(
                 if storing {
                     if total > plan.max_size {
                         storing = false;
-                        chunks = Vec::new();
+                        let read = std::mem::take(&mut chunks);
                         if let Some(l) = lock.take() {
                             l.publish(Flight::Released);
                         }
                         cache.mark_pass(plan.key.hash());
+                        if let Some(done) = done.take() {
+                            // The waiting request sends the body itself.
+                            let (tx, body) = client_channel();
+                            done.send(Admitted::TooLarge(body));
+                            client = send_all(tx, read).await;
+                        }
                     } else {
                         chunks.push(data.clone());
                     }
@@ -175,8 +200,8 @@ async fn run(
     if let Some(l) = lock.take() {
         l.publish(Flight::Stored(admitted.clone()));
     }
-    if let Some(Done::Visible(tx)) = done.take_if(|d| matches!(d, Done::Visible(_))) {
-        let _ = tx.send(Some(identity.clone()));
+    if let Some(visible) = done.take_if(|d| matches!(d, Done::Visible(_))) {
+        visible.send(Admitted::Stored(identity.clone()));
     }
     drop(client);
     let Some(policy) = encode else {
@@ -187,6 +212,15 @@ async fn run(
         tracing::debug!(key = %plan.key, "purged or replaced while encoding: not stored again");
     }
     Some(variant)
+}
+
+/// Sends `chunks` to a new client channel: the channel, or `None` when
+/// its receiver went away.
+async fn send_all(tx: ClientTx, chunks: Vec<Bytes>) -> Option<ClientTx> {
+    for chunk in chunks {
+        tx.send(Ok(chunk)).await.ok()?;
+    }
+    Some(tx)
 }
 
 /// The body in one allocation of exactly its size (in the body arena when

@@ -11,7 +11,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use super::admit::{self, Plan};
+use super::admit::{self, Admitted, Plan};
 use super::body::ProxyBody;
 use super::cache_status::{CacheStatus, ServedStale};
 use super::error::ProxyError;
@@ -247,6 +247,13 @@ async fn storable(
         }
     });
     let cache = ctx.shared.cache.clone();
+    // An origin's Age is sent as Strata computed it (RFC 9111 §4.2.3: the
+    // first member of a list, invalid values ignored), one integer field,
+    // as every hit of this entry will be: never `200, 0` or `abc`.
+    if rparts.headers.contains_key(header::AGE) {
+        let age = freshness::current_age(&plan.times, plan.times.response);
+        rparts.headers.insert(header::AGE, age.into());
+    }
     if req.method() == Method::HEAD {
         // Answered once the GET it was fetched as is stored, so that a
         // request after this response is a hit, never collapsed onto the
@@ -256,7 +263,7 @@ async fn storable(
         let done = admit::Done::Visible(done_tx);
         admit::spawn(cache, plan, Some(lock), body, None, Some(done));
         return match done_rx.await {
-            Ok(Some(variant)) => Answered::new(ctx.respond(req, &variant), status),
+            Ok(Admitted::Stored(variant)) => Answered::new(ctx.respond(req, &variant), status),
             _ => Answered::new(
                 Response::from_parts(rparts, ProxyBody::empty()),
                 CacheStatus::fwd(miss.fwd),
@@ -271,7 +278,18 @@ async fn storable(
         let done = admit::Done::Complete(done_tx);
         admit::spawn(cache, plan, Some(lock), body, None, Some(done));
         return match done_rx.await {
-            Ok(Some(variant)) => Answered::new(ctx.respond(req, &variant), status),
+            Ok(Admitted::Stored(variant)) => Answered::new(ctx.respond(req, &variant), status),
+            // Not stored after all (no length, and more than
+            // `max_object_size`): the preconditions are evaluated against
+            // the upstream's head, and a full response streams (a range
+            // is ignored, as RFC 9110 §14.2 allows).
+            Ok(Admitted::TooLarge(body)) => {
+                let not_stored = CacheStatus::fwd(miss.fwd);
+                match super::stored::preconditions(&rparts.headers, req.headers(), req.method()) {
+                    Some(answer) => Answered::new(answer, not_stored),
+                    None => streamed(ctx, rparts, body, not_stored),
+                }
+            }
             _ => Answered::error(
                 &ProxyError::UpstreamBody {
                     server: served_by(&rparts.extensions),
@@ -280,20 +298,25 @@ async fn storable(
             ),
         };
     }
-    // An origin's Age is sent as Strata computed it (RFC 9111 §4.2.3: the
-    // first member of a list, invalid values ignored), one integer field,
-    // as every hit of this entry will be: never `200, 0` or `abc`.
-    if rparts.headers.contains_key(header::AGE) {
-        let age = freshness::current_age(&plan.times, plan.times.response);
-        rparts.headers.insert(header::AGE, age.into());
-    }
-    let compression = ctx.runtime.config.compression.as_ref();
     let (tx, client_body) = admit::client_channel();
     admit::spawn(cache, plan, Some(lock), body, Some(tx), None);
-    if compression.is_some_and(|p| would_compress(p, upstream_status, &rparts.headers)) {
+    streamed(ctx, rparts, client_body, status)
+}
+
+/// A miss's response streamed to the client as it arrives: `Vary:
+/// Accept-Encoding` when Strata compresses such a response, compressed on
+/// the fly for the client's coding.
+fn streamed(
+    ctx: &RequestCtx<'_>,
+    mut rparts: http::response::Parts,
+    body: ProxyBody,
+    status: CacheStatus,
+) -> Answered {
+    let compression = ctx.runtime.config.compression.as_ref();
+    if compression.is_some_and(|p| would_compress(p, rparts.status, &rparts.headers)) {
         compression::merge_vary_accept_encoding(&mut rparts.headers);
     }
-    let resp = Response::from_parts(rparts, client_body);
+    let resp = Response::from_parts(rparts, body);
     Answered::new(compress_stream(resp, compression, ctx.coding), status)
 }
 

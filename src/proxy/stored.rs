@@ -145,6 +145,20 @@ const NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
 ];
 
 /// A 304 carrying `headers`' validators and metadata (RFC 9110 §15.4.5).
+/// The `304` or `412` that the request's preconditions (RFC 9110 §13.2.2)
+/// call for against `headers`, those of a response that was not stored
+/// (no `Age`), if any.
+pub fn preconditions(
+    headers: &HeaderMap,
+    req: &HeaderMap,
+    method: &Method,
+) -> Option<Response<ProxyBody>> {
+    let status = precondition(headers, req, method)?;
+    let mut resp = not_modified_or_failed(status, headers, 0);
+    resp.headers_mut().remove(header::AGE);
+    Some(resp)
+}
+
 pub fn not_modified(headers: &HeaderMap) -> Response<ProxyBody> {
     let mut resp = not_modified_or_failed(StatusCode::NOT_MODIFIED, headers, 0);
     resp.headers_mut().remove(header::AGE);
