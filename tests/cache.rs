@@ -398,25 +398,21 @@ async fn head_is_served_from_a_cached_get() {
     // The body's second half comes 100 ms after the head, as from an
     // origin that renders as it sends.
     let html = Origin::start(|_req| async move {
+        use futures_util::StreamExt;
         let half = Bytes::from("<p>compressible</p>".repeat(200));
         let second = half.clone();
-        use futures_util::StreamExt;
-        let chunks = futures_util::stream::iter([half])
-            .chain(futures_util::stream::once(async move {
+        let chunks =
+            futures_util::stream::iter([half]).chain(futures_util::stream::once(async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 second
-            }))
-            .map(|b| Ok::<_, std::io::Error>(http_body::Frame::data(b)));
-        let body: Body = http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
-            http_body_util::StreamBody::new(chunks),
-            |e| e.into(),
-        ));
-        let mut r = http::Response::new(body);
-        r.headers_mut()
-            .insert("cache-control", "max-age=60".parse().unwrap());
-        r.headers_mut()
-            .insert("content-type", "text/html".parse().unwrap());
-        r
+            }));
+        support::origin::streamed(
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/html"),
+            ],
+            chunks,
+        )
     })
     .await;
     let s = strata(&html, "").await;
@@ -1153,18 +1149,11 @@ async fn a_conditional_miss_too_large_to_store_is_still_answered() {
     let origin = Origin::start(|_req| async move {
         use futures_util::StreamExt;
         // 8 chunks of 16 KiB, no Content-Length: 128 KiB > 64 KiB.
-        let chunks = futures_util::stream::iter(0..8u8).map(|i| {
-            Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(vec![b'a' + i; 16384])))
-        });
-        let body: Body = http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
-            http_body_util::StreamBody::new(chunks),
-            |e| e.into(),
-        ));
-        let mut r = http::Response::new(body);
-        r.headers_mut()
-            .insert("cache-control", "max-age=60".parse().unwrap());
-        r.headers_mut().insert("etag", "\"big\"".parse().unwrap());
-        r
+        let chunks = futures_util::stream::iter(0..8u8).map(|i| Bytes::from(vec![b'a' + i; 16384]));
+        support::origin::streamed(
+            &[("cache-control", "max-age=60"), ("etag", "\"big\"")],
+            chunks,
+        )
     })
     .await;
     let s = strata(&origin, "[cache]\nmax_object_size = \"64KiB\"\n").await;

@@ -58,6 +58,22 @@ pub fn reply(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> R
     r
 }
 
+/// A `200` with `headers` whose body is `chunks` as they come, without a
+/// `Content-Length` (sent chunked).
+pub fn streamed(
+    headers: &[(&str, &str)],
+    chunks: impl futures_util::Stream<Item = Bytes> + Send + Sync + 'static,
+) -> Response<Body> {
+    use futures_util::StreamExt;
+    let frames = chunks.map(|b| Ok::<_, std::io::Error>(http_body::Frame::data(b)));
+    let body = http_body_util::StreamBody::new(frames)
+        .map_err(|e| e.into())
+        .boxed();
+    let mut r = reply(200, headers, Bytes::new());
+    *r.body_mut() = body;
+    r
+}
+
 impl Origin {
     /// An origin answering every request with `f(request)`; `/health`
     /// answers 200 while [`Origin::set_healthy`] is true (the default)
