@@ -406,6 +406,88 @@ async fn dead_redis_degrades_to_memory_and_recovers() {
     shared_again(&a, &b, "shared hits resume once Redis is back").await;
 }
 
+/// With Redis dead, a purge degrades to this instance's memory: `200`
+/// with the memory count and a warning (it answered `400` and skipped the
+/// cascades), the cascades run, `strata_purged_total` counts; and an
+/// unsafe method's cascade does not wait on Redis while its breaker is
+/// open (it took the purge bound, seconds, per step).
+#[tokio::test]
+async fn purges_and_cascades_degrade_to_memory_when_redis_is_dead() {
+    let mut redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    let cfg = redis_section(
+        "standalone",
+        &[redis.url()],
+        "breaker_backoff = \"30s\"\n\n[[invalidation.cascade]]\non = \"/api/**\"\npurge_prefixes = [\"/catalog/\"]\n",
+    );
+    let s = Strata::start(&[origin.addr], &cfg).await;
+    let c = Client::new();
+    for path in ["/api/1", "/catalog/1", "/catalog/2", "/api/2"] {
+        get(&c, &s.url(path)).await;
+    }
+    redis.kill();
+    // Misses meet the dead Redis until its breaker opens.
+    let probes = std::sync::atomic::AtomicUsize::new(0);
+    wait_until(
+        Duration::from_secs(30),
+        "the Redis breaker open",
+        || async {
+            let n = probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            get(&c, &s.url(&format!("/probe/{n}"))).await;
+            let metrics = c.get(&s.admin_url("/metrics")).await.text();
+            metrics.lines().any(|l| l == "strata_redis_breaker_open 1")
+        },
+    )
+    .await;
+    let (status, answer) = s.purge(r#"{"url": "/api/1"}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["purged"], 3, "{answer}");
+    assert_eq!(answer["cascaded"], 2, "{answer}");
+    assert!(
+        answer["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("memory")),
+        "{answer}"
+    );
+    for path in ["/api/1", "/catalog/1", "/catalog/2"] {
+        let r = get(&c, &s.url(path)).await;
+        assert!(
+            r.cache_status().contains("fwd=miss"),
+            "{path}: {}",
+            r.cache_status()
+        );
+    }
+    let metrics = c.get(&s.admin_url("/metrics")).await.text();
+    for line in [
+        "strata_purged_total{cause=\"api\"} 1",
+        "strata_purged_total{cause=\"cascade\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
+    // A PUT whose cascade purges /catalog/ again: memory only, at once.
+    let started = Instant::now();
+    let r = c
+        .send(
+            http::Method::PUT,
+            &s.url("/api/2"),
+            &[HOST],
+            bytes::Bytes::from_static(b"x"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the PUT took {:?}",
+        started.elapsed()
+    );
+    let r = get(&c, &s.url("/catalog/1")).await;
+    assert!(
+        r.cache_status().contains("fwd=miss"),
+        "{}",
+        r.cache_status()
+    );
+}
+
 #[tokio::test]
 async fn corrupt_payload_is_a_counted_miss() {
     let redis = RedisServer::start().await;

@@ -108,12 +108,19 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
                 Kind::Purge,
                 format!("{} → {} {how}{cascaded}", describe(&purge), p.direct),
             );
-            // `{"purged": N}` as before; `cascaded` only when cascades ran.
-            let body = if p.cascaded > 0 {
-                json!({ "purged": n, "cascaded": p.cascaded })
-            } else {
-                json!({ "purged": n })
-            };
+            // `{"purged": N}` as before; `cascaded` only when cascades ran;
+            // `warning` when Redis (so the fleet) could not be purged: this
+            // instance's memory was, and the counts are its.
+            let mut body = json!({ "purged": n });
+            if p.cascaded > 0 {
+                body["cascaded"] = json!(p.cascaded);
+            }
+            if let Some(e) = &p.redis_error {
+                tracing::warn!(?purge, error = %e, "purge: Redis and the fleet not purged; this instance's memory was");
+                body["warning"] = json!(format!(
+                    "{e}: only this instance's memory was purged, not Redis or the other instances"
+                ));
+            }
             json_response(StatusCode::OK, &body)
         }
         Err(e) => bad(&e.to_string()),

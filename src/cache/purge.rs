@@ -17,10 +17,14 @@ use crate::invalidation::Cascades;
 use crate::metrics::PurgeCause;
 
 /// What a purge removed (or marked stale): directly, and through cascades.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Purged {
     pub direct: u64,
     pub cascaded: u64,
+    /// Redis (and with it the fleet) could not be purged: memory was, and
+    /// the counts are memory's. A dead Redis degrades a purge to this
+    /// instance; it never fails it.
+    pub redis_error: Option<storage::StorageError>,
 }
 
 /// The path a purge names, for cascades: a URL's path or a prefix (less
@@ -56,8 +60,6 @@ pub enum PurgeError {
     BadUrl(String),
     #[error("invalid prefix {0:?}: expected a path starting with /")]
     BadPrefix(String),
-    #[error(transparent)]
-    Storage(#[from] storage::StorageError),
 }
 
 impl Purge {
@@ -83,6 +85,9 @@ impl Cache {
     /// revalidation runs). Then runs the cascades the purged path sets off
     /// ([`Cascades::plan`]). Counts are of objects: the larger of the two
     /// tiers' counts, since memory mostly holds copies of what Redis has.
+    /// Only a selector that names nothing valid is an error; Redis failing
+    /// is reported in [`Purged::redis_error`], memory and the cascades
+    /// having been purged all the same.
     pub async fn purge(
         &self,
         purge: &Purge,
@@ -90,13 +95,17 @@ impl Cache {
         cascades: &Cascades,
     ) -> Result<Purged, PurgeError> {
         let selector = purge.selector()?;
-        let direct = self.apply(&selector, soft).await?;
+        let (direct, redis_error) = self.apply(&selector, soft).await;
         self.inner.metrics.purged(PurgeCause::Api, direct);
         let cascaded = match cascade_path(purge) {
             Some(path) => self.cascade(path, cascades).await,
             None => 0,
         };
-        Ok(Purged { direct, cascaded })
+        Ok(Purged {
+            direct,
+            cascaded,
+            redis_error,
+        })
     }
 
     /// Up to `limit` objects per tier that `selector` selects, read
@@ -118,27 +127,34 @@ impl Cache {
         (memory, redis)
     }
 
-    /// One selector on every tier (hard or soft); returns the object count.
-    async fn apply(&self, selector: &Selector, soft: bool) -> Result<u64, PurgeError> {
-        if soft {
+    /// One selector on every tier (hard or soft); returns the object count
+    /// and, if Redis could not be reached, why. Memory is always done;
+    /// Redis is skipped while its breaker is open (it would only time out,
+    /// holding a cascade's unsafe request for each step).
+    async fn apply(&self, selector: &Selector, soft: bool) -> (u64, Option<storage::StorageError>) {
+        let redis = self.inner.redis.as_ref();
+        let in_redis = |soft: bool| async move {
+            match redis {
+                None => None,
+                Some(r) if r.breaker_open() => Some(Err(storage::StorageError::BreakerOpen)),
+                Some(r) if soft => Some(r.soft_purge(selector).await),
+                Some(r) => Some(r.purge(selector).await),
+            }
+        };
+        let (n, in_redis) = if soft {
             // Redis first: a memory copy marked before Redis would find the
             // Redis copy still unmarked and take it as revalidated.
-            let in_redis = match &self.inner.redis {
-                Some(redis) => Some(redis.soft_purge(selector).await),
-                None => None,
-            };
-            let n = self.inner.memory.mark_stale(selector);
-            return match in_redis {
-                Some(Ok(m)) => Ok(n.max(m)),
-                Some(Err(e)) => Err(e.into()),
-                None => Ok(n),
-            };
+            let in_redis = in_redis(true).await;
+            (self.inner.memory.mark_stale(selector), in_redis)
+        } else {
+            let n = self.inner.memory.purge_now(selector);
+            (n, in_redis(false).await)
+        };
+        match in_redis {
+            Some(Ok(m)) => (n.max(m), None),
+            Some(Err(e)) => (n, Some(e)),
+            None => (n, None),
         }
-        let mut n = self.inner.memory.purge_now(selector);
-        if let Some(redis) = &self.inner.redis {
-            n = n.max(redis.purge(selector).await?);
-        }
-        Ok(n)
     }
 
     /// Runs the cascades that purging `path` sets off; returns how many
@@ -154,14 +170,11 @@ impl Cache {
                     continue;
                 }
             };
-            match self.apply(&selector, step.soft).await {
-                Ok(n) => {
-                    tracing::debug!(from = path, purge = ?step.purge, soft = step.soft, depth = step.depth, purged = n, "cascade");
-                    total += n;
-                }
-                Err(e) => {
-                    tracing::warn!(from = path, purge = ?step.purge, error = %e, "cascade purge failed");
-                }
+            let (n, redis_error) = self.apply(&selector, step.soft).await;
+            tracing::debug!(from = path, purge = ?step.purge, soft = step.soft, depth = step.depth, purged = n, "cascade");
+            total += n;
+            if let Some(e) = redis_error {
+                tracing::warn!(from = path, purge = ?step.purge, error = %e, "cascade purge: Redis not purged, memory was");
             }
         }
         self.inner.metrics.purged(PurgeCause::Cascade, total);
