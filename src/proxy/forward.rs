@@ -320,21 +320,10 @@ fn switch_protocols(
 /// a request with a bare or `h2c` Upgrade is an ordinary request, its
 /// Upgrade stripped as hop-by-hop.
 pub(super) fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
     req.version() == http::Version::HTTP_11
-        && req
-            .headers()
-            .get_all(header::UPGRADE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|p| !p.trim().eq_ignore_ascii_case("h2c"))
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && headers::list_members(h, header::UPGRADE).any(|p| !p.eq_ignore_ascii_case("h2c"))
+        && headers::list_members(h, header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// RFC 9110 §9.2.1.

@@ -50,6 +50,20 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
+/// The members of a comma-separated list field (RFC 9110 §5.6.1), every
+/// line of it, trimmed; lines that are not visible ASCII are skipped.
+pub fn list_members<'a>(
+    headers: &'a HeaderMap,
+    name: header::HeaderName,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
 /// The position of a lowercase field name in [`HOP_BY_HOP`], `Upgrade`
 /// after them; one `match` on the name instead of nine comparisons.
 fn hop_index(name: &str) -> Option<usize> {
@@ -94,13 +108,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         // the same, and the usual `Connection: keep-alive` allocates
         // nothing.
         let mut named: Vec<HeaderName> = Vec::new();
-        for token in headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-        {
+        for token in list_members(headers, header::CONNECTION) {
             if keep_upgrade && token.eq_ignore_ascii_case(header::UPGRADE.as_str()) {
                 continue;
             }

@@ -153,14 +153,16 @@ pub fn preconditions(
     req: &HeaderMap,
     method: &Method,
 ) -> Option<Response<ProxyBody>> {
-    let status = precondition(headers, req, method)?;
-    let mut resp = not_modified_or_failed(status, headers, 0);
-    resp.headers_mut().remove(header::AGE);
-    Some(resp)
+    precondition(headers, req, method).map(|status| unstored(status, headers))
 }
 
 pub fn not_modified(headers: &HeaderMap) -> Response<ProxyBody> {
-    let mut resp = not_modified_or_failed(StatusCode::NOT_MODIFIED, headers, 0);
+    unstored(StatusCode::NOT_MODIFIED, headers)
+}
+
+/// A `304` or `412` for a response that was not stored: no `Age`.
+fn unstored(status: StatusCode, headers: &HeaderMap) -> Response<ProxyBody> {
+    let mut resp = not_modified_or_failed(status, headers, 0);
     resp.headers_mut().remove(header::AGE);
     resp
 }
