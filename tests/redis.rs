@@ -605,3 +605,64 @@ async fn purge_ok(s: &Strata, body: &str) -> Value {
     assert_eq!(status, 200, "{answer}");
     answer
 }
+
+/// Reads `"breaker_open"` from `/health`.
+async fn breaker_open(c: &Client, s: &Strata) -> bool {
+    let health: Value =
+        serde_json::from_str(&c.get(&s.admin_url("/health")).await.text()).unwrap_or(Value::Null);
+    health["redis"]["breaker_open"].as_bool().unwrap_or(false)
+}
+
+/// After Redis comes back, the breaker closes at the first probe, one
+/// `breaker_backoff` after it opened, not two: the first command after a
+/// restart fails on the connection the server dropped (redis-rs then
+/// reconnects), and that probe failure used to keep Redis skipped for
+/// another whole backoff (and `redis_breaker_closed` late).
+#[tokio::test]
+async fn the_breaker_closes_at_the_first_probe_after_redis_returns() {
+    let mut redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    let backoff = Duration::from_secs(3);
+    let cfg = redis_section("standalone", &[redis.url()], "breaker_backoff = \"3s\"\n");
+    let a = Strata::start(&[origin.addr], &cfg).await;
+    let c = Client::new();
+    get(&c, &a.url("/warm")).await;
+    wait_until(Duration::from_secs(10), "Redis connected", || async {
+        let health: Value = serde_json::from_str(&c.get(&a.admin_url("/health")).await.text())
+            .unwrap_or(Value::Null);
+        health["redis"]["connected"].as_bool() == Some(true)
+    })
+    .await;
+
+    redis.kill();
+    let mut i = 0;
+    wait_until(Duration::from_secs(10), "the breaker opens", || {
+        i += 1;
+        let path = format!("/down/{i}");
+        let (c, a) = (&c, &a);
+        async move {
+            get(c, &a.url(&path)).await;
+            breaker_open(c, a).await
+        }
+    })
+    .await;
+    let opened = Instant::now();
+    redis.restart().await;
+    // Requests keep coming (each may be the probe) until it closes.
+    let mut j = 0;
+    wait_until(Duration::from_secs(20), "the breaker closes", || {
+        j += 1;
+        let path = format!("/up/{j}");
+        let (c, a) = (&c, &a);
+        async move {
+            get(c, &a.url(&path)).await;
+            !breaker_open(c, a).await
+        }
+    })
+    .await;
+    let closed_after = opened.elapsed();
+    assert!(
+        closed_after < backoff + Duration::from_secs(2),
+        "closed {closed_after:?} after opening; the first probe is due after {backoff:?}"
+    );
+}

@@ -3,6 +3,12 @@
 //! probe is let through (half-open); its success closes the breaker, its
 //! failure opens it for another `backoff`.
 //!
+//! A failed probe gets one second chance [`REPROBE`] later: the first
+//! command a client sends after Redis restarts fails on the connection the
+//! old server dropped, and only that failure makes redis-rs reconnect
+//! (measured: the breaker closed two backoffs after opening, not one). While
+//! Redis stays down this costs one extra fast failure per backoff.
+//!
 //! An operation asks for a [`Permit`] and reports its outcome on it. A
 //! permit dropped without an outcome (the caller's future was cancelled)
 //! counts as nothing, except that a dropped probe lets the next caller
@@ -19,11 +25,23 @@ use std::time::{Duration, Instant};
 use crate::alerts::{Alerts, Event};
 use crate::metrics::Metrics;
 
+/// How soon a failed probe is repeated once, before a whole backoff.
+pub(crate) const REPROBE: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen,
+    Closed {
+        failures: u32,
+    },
+    /// Skipping Redis until `until`; `reprobe`: a failure of the next
+    /// probe is retried after [`REPROBE`] instead of a whole backoff.
+    Open {
+        until: Instant,
+        reprobe: bool,
+    },
+    HalfOpen {
+        reprobe: bool,
+    },
 }
 
 pub(crate) struct Breaker {
@@ -90,8 +108,8 @@ impl Breaker {
                 probe: false,
                 done: false,
             }),
-            State::Open { until } if Instant::now() >= until => {
-                *state = State::HalfOpen;
+            State::Open { until, reprobe } if Instant::now() >= until => {
+                *state = State::HalfOpen { reprobe };
                 tracing::debug!("redis circuit breaker half-open: probing");
                 Some(Permit {
                     breaker: self,
@@ -99,7 +117,7 @@ impl Breaker {
                     done: false,
                 })
             }
-            State::Open { .. } | State::HalfOpen => None,
+            State::Open { .. } | State::HalfOpen { .. } => None,
         }
     }
 
@@ -136,23 +154,29 @@ impl Breaker {
             State::Closed { failures } => {
                 let failures = failures.saturating_add(1);
                 if failures >= self.threshold {
-                    true
+                    Some(false)
                 } else {
                     *state = State::Closed { failures };
-                    false
+                    None
                 }
             }
             // Only the probe decides; a late failure of an operation
             // admitted before the breaker opened changes nothing.
-            State::HalfOpen => probe,
-            State::Open { .. } => false,
+            State::HalfOpen { reprobe } if probe => Some(reprobe),
+            State::HalfOpen { .. } | State::Open { .. } => None,
         };
-        if !open {
+        let Some(soon) = open else {
             return;
-        }
+        };
         let was_closed = matches!(*state, State::Closed { .. });
         *state = State::Open {
-            until: Instant::now() + self.backoff,
+            until: Instant::now()
+                + if soon {
+                    REPROBE.min(self.backoff)
+                } else {
+                    self.backoff
+                },
+            reprobe: !soon,
         };
         drop(state);
         if was_closed {
@@ -174,7 +198,7 @@ impl Breaker {
             );
         } else {
             tracing::debug!(
-                backoff_ms = self.backoff.as_millis() as u64,
+                retry_ms = if soon { REPROBE } else { self.backoff }.as_millis() as u64,
                 "redis circuit breaker probe failed: staying open"
             );
         }
@@ -183,9 +207,10 @@ impl Breaker {
     /// A probe that never reported: let the next caller probe at once.
     fn on_abandoned_probe(&self) {
         let mut state = self.lock();
-        if *state == State::HalfOpen {
+        if let State::HalfOpen { reprobe } = *state {
             *state = State::Open {
                 until: Instant::now(),
+                reprobe,
             };
         }
     }
@@ -274,11 +299,50 @@ mod tests {
         for p in late.by_ref().take(3) {
             p.failure();
         }
-        let until = match *b.lock() {
-            State::Open { until } => until,
+        let before = *b.lock();
+        assert!(
+            matches!(before, State::Open { reprobe: true, .. }),
+            "{before:?}"
+        );
+        late.next().unwrap().failure();
+        assert_eq!(*b.lock(), before);
+    }
+
+    #[test]
+    fn a_failed_probe_is_repeated_once_soon_then_after_a_backoff() {
+        let b = breaker(60_000);
+        for _ in 0..3 {
+            b.try_acquire().unwrap().failure();
+        }
+        let open = |b: &Breaker| match *b.lock() {
+            State::Open { until, reprobe } => (until, reprobe),
             s => panic!("{s:?}"),
         };
-        late.next().unwrap().failure();
-        assert_eq!(*b.lock(), State::Open { until });
+        // Let the backoff elapse.
+        let (_, reprobe) = open(&b);
+        *b.lock() = State::Open {
+            until: Instant::now(),
+            reprobe,
+        };
+        let before = Instant::now();
+        b.try_acquire().expect("first probe").failure();
+        let (until, reprobe) = open(&b);
+        assert!(!reprobe);
+        assert!(until <= Instant::now() + REPROBE, "second probe soon");
+        assert!(until >= before + REPROBE);
+        *b.lock() = State::Open {
+            until: Instant::now(),
+            reprobe,
+        };
+        b.try_acquire().expect("second probe").failure();
+        let (until, reprobe) = open(&b);
+        assert!(
+            reprobe,
+            "the next backoff's probe gets its second chance again"
+        );
+        assert!(
+            until >= Instant::now() + Duration::from_secs(59),
+            "a whole backoff"
+        );
     }
 }
