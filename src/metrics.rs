@@ -192,6 +192,12 @@ impl Metrics {
 
     /// One finished client request.
     pub fn request(&self, outcome: Outcome, status: u16, elapsed: Duration) {
+        self.count_request(outcome, status);
+        self.inner.duration_fast[outcome.index()].observe(elapsed.as_secs_f64());
+    }
+
+    /// `strata_requests_total{outcome, status}`.
+    fn count_request(&self, outcome: Outcome, status: u16) {
         let i = &self.inner;
         match COMMON_STATUS.iter().position(|&s| s == status) {
             Some(p) => i.requests_fast[outcome.index()][p].inc(),
@@ -200,7 +206,14 @@ impl Metrics {
                 .with_label_values(&[outcome.as_str(), itoa::Buffer::new().format(status)])
                 .inc(),
         }
-        i.duration_fast[outcome.index()].observe(elapsed.as_secs_f64());
+    }
+
+    /// A request head hyper refused (`400`, `431`) before Strata saw a
+    /// request: counted in `strata_requests_total{outcome="error"}` and by
+    /// status class (method `other`), with no duration (none was measured).
+    pub fn refused_head(&self, status: u16) {
+        self.count_request(Outcome::Error, status);
+        self.request_class(MethodClass::Other, status);
     }
 
     /// Body bytes of one response sent with this outcome. The hit path

@@ -309,6 +309,14 @@ impl Shared {
 }
 
 impl Shared {
+    /// Counts and logs a request head hyper answered by itself with
+    /// `status` (`400`, `431`: unparseable, or over the size limits), which
+    /// never reached [`Shared::handle`].
+    pub fn refused_head(&self, conn: ConnInfo, status: u16) {
+        self.metrics.refused_head(status);
+        access::emit_refused(conn, status, &self.runtime.load().config.log);
+    }
+
     /// Route → lookup → hit, refresh, fetch or pass.
     async fn answer(
         &self,

@@ -189,10 +189,12 @@ impl Server {
 
         let plain_loop = accept_loop(&plain, &stop, &limit, |stream, peer, permit| {
             let heads = HeadDeadline::new(head_timeout, send_timeout);
-            let service = proxy_service(shared.clone(), ConnInfo::new(peer, false), heads.clone());
+            let info = ConnInfo::new(peer, false);
+            let service = proxy_service(shared.clone(), info, heads.clone());
+            let socket = sendfile::Socket::new(stream, use_sendfile);
             let conn = builder
                 .serve_connection_with_upgrades(
-                    TokioIo::new(heads.watch_io(sendfile::Socket::new(stream, use_sendfile), true)),
+                    TokioIo::new(heads.watch_io(socket, Some(refusals(&shared, info)))),
                     service,
                 )
                 .into_owned();
@@ -213,7 +215,7 @@ impl Server {
                 let heads = HeadDeadline::new(head_timeout, send_timeout);
                 let conn = builder
                     .serve_connection(
-                        TokioIo::new(heads.watch_io(stream, false)),
+                        TokioIo::new(heads.watch_io(stream, None)),
                         admin_service(admin.clone(), heads.clone()),
                     )
                     .into_owned();
@@ -240,10 +242,12 @@ impl Server {
                     let Some(stream) = acceptor.accept(stream).await else {
                         return;
                     };
-                    let service = proxy_service(shared, ConnInfo::new(peer, true), heads.clone());
+                    let info = ConnInfo::new(peer, true);
+                    let own = refusals(&shared, info);
+                    let service = proxy_service(shared, info, heads.clone());
                     let conn = builder
                         .serve_connection_with_upgrades(
-                            TokioIo::new(heads.watch_io(stream, true)),
+                            TokioIo::new(heads.watch_io(stream, Some(own))),
                             service,
                         )
                         .into_owned();
@@ -370,6 +374,13 @@ fn warn_restart_only(old: &Config, new: &Config) {
             "cache.memory_capacity or [cache.redis] changed: takes effect only after a restart"
         );
     }
+}
+
+/// hyper's own `400`/`431` on a proxy connection: stamped, counted and
+/// logged ([`own_responses`]).
+fn refusals(shared: &Arc<Shared>, conn: ConnInfo) -> own_responses::OwnResponses {
+    let shared = shared.clone();
+    own_responses::OwnResponses::new(Box::new(move |status| shared.refused_head(conn, status)))
 }
 
 fn builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {

@@ -208,6 +208,21 @@ async fn start_up_says_what_health_checks_judge_and_access_lines_are_combined() 
     assert_eq!(&c[8], "2");
     assert_eq!(&c[9], "http://example.com/x");
     assert_eq!(&c[10], "probe/1.0");
+
+    // A head hyper refuses by itself (no request reaches Strata's service)
+    // is logged too, with "-" for the request line: nothing of it is trusted.
+    let out = support::http::raw(strata.addr, b"GARBAGE\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let refused = regex::Regex::new(
+        r#"^127\.0\.0\.1 - - \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} \+0000\] "-" 400 0 "-" "-"$"#,
+    )
+    .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "a combined line for the refused head",
+        || std::future::ready(strata.lines().iter().any(|l| refused.is_match(l))),
+    )
+    .await;
     let (status, _) = strata.stop().await;
     assert!(status.success());
 }

@@ -384,6 +384,21 @@ async fn malformed_requests_get_400_and_never_reach_the_origin() {
         2,
         "{out}"
     );
+    // All eleven are counted, hyper's own refusals (which never reach
+    // Strata's service) included.
+    let metrics = Client::new()
+        .get(&strata.admin_url("/metrics"))
+        .await
+        .text();
+    assert!(
+        metrics.contains("strata_requests_total{outcome=\"error\",status=\"400\"} 11\n"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("strata_requests_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 #[tokio::test]

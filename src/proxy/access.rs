@@ -68,7 +68,7 @@ impl Pending {
     ) {
         if let Some((referer, agent)) = &self.combined {
             let line = combined_line(
-                &self,
+                Some(&self),
                 conn,
                 response.status().as_u16(),
                 body_bytes(response),
@@ -102,6 +102,41 @@ impl Pending {
     }
 }
 
+/// The event for a request head hyper refused before Strata saw a request
+/// (a bad request line or field, a head over the size limits): its
+/// `status` (`400`, `431`) with `-` for the method and path, as nothing of
+/// the head is trusted; hyper's refusals have no body.
+pub fn emit_refused(conn: ConnInfo, status: u16, log: &LogConfig) {
+    if !log.access_log || !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+        return;
+    }
+    if log.access_format == Some(AccessFormat::Combined) {
+        let line = combined_line(
+            None,
+            conn,
+            status,
+            Some(0),
+            None,
+            None,
+            time::OffsetDateTime::now_utc(),
+        );
+        tracing::info!(target: TARGET, "{line}");
+        return;
+    }
+    tracing::info!(
+        target: TARGET,
+        client = %conn.peer,
+        client_ip = %conn.client_ip,
+        scheme = if conn.https { "https" } else { "http" },
+        method = "-",
+        path = "-",
+        status,
+        bytes = 0,
+        cache = Outcome::Error.as_str(),
+        "access"
+    );
+}
+
 /// The response body's length when known before it is sent: exact for
 /// stored (`Full`) and empty bodies, else the `Content-Length`. A streamed
 /// body of unknown length (chunked, compressed on the fly) logs none.
@@ -115,11 +150,12 @@ pub fn body_bytes(response: &Response<ProxyBody>) -> Option<u64> {
 
 /// One combined-format line. `$request` is `METHOD path VERSION` with the
 /// path **without its query** (see the module doc: queries carry
-/// credentials); an unknown body length is `-`; header values are quoted
+/// credentials), `-` without a request (`None`: a head hyper refused); an
+/// unknown body length is `-`; header values are quoted
 /// with `"`, `\\` and bytes outside printable ASCII escaped as `\\xHH`,
 /// as nginx does.
 fn combined_line(
-    p: &Pending,
+    p: Option<&Pending>,
     conn: ConnInfo,
     status: u16,
     bytes: Option<u64>,
@@ -131,7 +167,7 @@ fn combined_line(
     let mut line = String::with_capacity(160);
     let _ = write!(
         line,
-        "{} - - [{:02}/{}/{}:{:02}:{:02}:{:02} +0000] \"{} {} {:?}\" {status} ",
+        "{} - - [{:02}/{}/{}:{:02}:{:02}:{:02} +0000] \"",
         conn.client_ip,
         now.day(),
         MONTHS[usize::from(u8::from(now.month())) - 1],
@@ -139,10 +175,14 @@ fn combined_line(
         now.hour(),
         now.minute(),
         now.second(),
-        p.method,
-        p.uri.path(),
-        p.version,
     );
+    match p {
+        Some(p) => {
+            let _ = write!(line, "{} {} {:?}", p.method, p.uri.path(), p.version);
+        }
+        None => line.push('-'),
+    }
+    let _ = write!(line, "\" {status} ");
     match bytes {
         Some(n) => {
             let _ = write!(line, "{n}");
@@ -195,10 +235,15 @@ mod tests {
         };
         let now = time::OffsetDateTime::from_unix_timestamp(1_795_976_401).unwrap();
         let agent = HeaderValue::from_static("curl/8.5 \"x\"");
-        let line = combined_line(&p, conn, 200, Some(512), None, Some(&agent), now);
+        let line = combined_line(Some(&p), conn, 200, Some(512), None, Some(&agent), now);
         assert_eq!(
             line,
             "192.0.2.7 - - [29/Nov/2026:18:20:01 +0000] \"GET /a/b.css HTTP/1.1\" 200 512 \"-\" \"curl/8.5 \\x22x\\x22\""
+        );
+        let refused = combined_line(None, conn, 431, Some(0), None, None, now);
+        assert_eq!(
+            refused,
+            "192.0.2.7 - - [29/Nov/2026:18:20:01 +0000] \"-\" 431 0 \"-\" \"-\""
         );
     }
 }

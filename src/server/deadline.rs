@@ -143,14 +143,14 @@ impl HeadDeadline {
     }
 
     /// Wraps the connection's socket so that a flush tells when the
-    /// responses hyper is done with have been written; with `stamp_own`
-    /// (a proxy listener), hyper's own error responses get `Cache-Status`
-    /// and `Via` ([`super::own_responses`]).
-    pub fn watch_io<T>(&self, io: T, stamp_own: bool) -> Flushes<T> {
+    /// responses hyper is done with have been written; with `own` (a
+    /// proxy listener), hyper's own error responses get `Cache-Status` and
+    /// `Via` and are reported ([`super::own_responses`]).
+    pub fn watch_io<T>(&self, io: T, own: Option<OwnResponses>) -> Flushes<T> {
         Flushes {
             io,
             state: self.state.clone(),
-            own: stamp_own.then(OwnResponses::default),
+            own,
         }
     }
 
@@ -401,7 +401,7 @@ mod tests {
         let (_client, server) = tokio::io::duplex(1024);
         let conn = respond(
             &heads,
-            heads.watch_io(server, false),
+            heads.watch_io(server, None),
             Duration::ZERO,
             64 * 1024,
         );
@@ -418,7 +418,7 @@ mod tests {
     async fn a_slow_steady_reader_is_never_cut() {
         let heads = HeadDeadline::new(10 * SECOND, SECOND);
         let (mut client, server) = tokio::io::duplex(1024);
-        let conn = respond(&heads, heads.watch_io(server, false), Duration::ZERO, 4096);
+        let conn = respond(&heads, heads.watch_io(server, None), Duration::ZERO, 4096);
         // 100 bytes every 0.7 s: each wait is shorter than the timeout,
         // the whole response takes many of them.
         let reader = tokio::spawn(async move {
@@ -443,7 +443,7 @@ mod tests {
     async fn timeouts_too_long_for_a_deadline_mean_never() {
         let heads = HeadDeadline::new(Duration::MAX, Duration::MAX);
         let (mut client, server) = tokio::io::duplex(1024);
-        let conn = respond(&heads, heads.watch_io(server, false), 3600 * SECOND, 16);
+        let conn = respond(&heads, heads.watch_io(server, None), 3600 * SECOND, 16);
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 16];
             client.read_exact(&mut buf).await.map(|_| buf.len())
@@ -458,7 +458,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1024);
         // Nothing to write for 5 s (a slow upstream), then a response the
         // client reads at once.
-        let conn = respond(&heads, heads.watch_io(server, false), 5 * SECOND, 512);
+        let conn = respond(&heads, heads.watch_io(server, None), 5 * SECOND, 512);
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 512];
             client.read_exact(&mut buf).await.map(|_| buf.len())

@@ -11,7 +11,9 @@
 //! HTTP/1 connection: a `4xx`/`5xx` response head written then is one of
 //! hyper's, and goes out here with `cache-status: strata; fwd=bypass` and
 //! `via: 1.1 strata` after its status line, as Strata's own refusals
-//! carry. Every other write costs the wrapper one relaxed load; the
+//! carry, and is reported (counted in `strata_requests_total` and written
+//! to the access log, see `Shared::refused_head`). Every other write costs
+//! the wrapper one relaxed load; the
 //! tunnel of a connection switched by a `101` (WebSocket), where no request
 //! is open either, is never touched.
 
@@ -24,13 +26,18 @@ use tokio::io::AsyncWrite;
 /// The fields added after the status line.
 const STAMP: &[u8] = b"cache-status: strata; fwd=bypass\r\nvia: 1.1 strata\r\n";
 
-/// A rewritten head being written: the caller's buffer counts as written
-/// (`consumed` bytes) once all of `bytes` is.
-#[derive(Default)]
+/// Called once per refusal with its status code (`400`, `431`).
+pub type Report = Box<dyn Fn(u16) + Send + Sync>;
+
+/// Stamps (and reports) hyper's own error responses on one connection.
 pub struct OwnResponses {
+    /// A rewritten head being written.
     pending: Option<Pending>,
+    report: Report,
 }
 
+/// The caller's buffer counts as written (`consumed` bytes) once all of
+/// `bytes` is.
 struct Pending {
     bytes: Vec<u8>,
     written: usize,
@@ -38,6 +45,14 @@ struct Pending {
 }
 
 impl OwnResponses {
+    /// `report` is told each refusal's status when its head is first seen.
+    pub fn new(report: Report) -> OwnResponses {
+        OwnResponses {
+            pending: None,
+            report,
+        }
+    }
+
     /// For a write made while no request is open on an HTTP/1 connection:
     /// `None` (write `bufs` as they are) unless the first buffer is a whole
     /// error response head of hyper's, which is then written with the
@@ -51,8 +66,10 @@ impl OwnResponses {
     ) -> Option<Poll<io::Result<usize>>> {
         if self.pending.is_none() {
             let first = bufs.iter().find(|b| !b.is_empty())?;
+            let bytes = stamped(first)?;
+            (self.report)(status_of(first));
             self.pending = Some(Pending {
-                bytes: stamped(first)?,
+                bytes,
                 written: 0,
                 consumed: first.len(),
             });
@@ -76,6 +93,14 @@ impl OwnResponses {
         self.pending = None;
         Some(Poll::Ready(Ok(consumed)))
     }
+}
+
+/// The status code of a head `stamped` accepted (`HTTP/1.x NNN ...`).
+fn status_of(head: &[u8]) -> u16 {
+    head.get(9..12)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(400)
 }
 
 /// `head` with [`STAMP`] after its status line, if it is a whole HTTP/1
@@ -131,8 +156,10 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let (mut client, mut server) = tokio::io::duplex(16);
         let head = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let reported = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = reported.clone();
         let writer = tokio::spawn(async move {
-            let mut own = OwnResponses::default();
+            let mut own = OwnResponses::new(Box::new(move |s| seen.lock().unwrap().push(s)));
             let bufs = [IoSlice::new(head)];
             // The duplex takes 16 bytes at a time: resumed across Pending.
             std::future::poll_fn(|cx| own.poll_write(&mut server, cx, &bufs).unwrap()).await
@@ -141,5 +168,10 @@ mod tests {
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(writer.await.unwrap().unwrap(), head.len());
         assert_eq!(got, stamped(head).unwrap());
+        assert_eq!(
+            *reported.lock().unwrap(),
+            [400],
+            "reported once, across Pending"
+        );
     }
 }
