@@ -30,7 +30,7 @@ mod stream;
 use std::io::{self, Read, Write};
 
 pub use representation::{
-    encoded_etag, mark_encoded, merge_vary_accept_encoding, strip_etag_suffix, strip_etag_suffixes,
+    encoded_etag, mark_encoded, merge_vary_accept_encoding, strip_etag_suffix, unmap_etag_list,
 };
 pub use stream::{compress_body, CompressedBody};
 
@@ -732,7 +732,9 @@ mod tests {
 
     #[test]
     fn etags() {
-        let e = |s: &str, c| encoded_etag(&HeaderValue::from_str(s).unwrap(), c);
+        let e = |s: &str, c| encoded_etag(&HeaderValue::from_str(s).unwrap(), c, false);
+        let streamed = encoded_etag(&HeaderValue::from_static("\"abc\""), Coding::Br, true);
+        assert_eq!(streamed.unwrap(), "W/\"abc-br\"");
         assert_eq!(e("\"abc\"", Coding::Br).unwrap(), "\"abc-br\"");
         assert_eq!(e("\"abc\"", Coding::Gzip).unwrap(), "\"abc-gzip\"");
         assert_eq!(e("W/\"abc\"", Coding::Br).unwrap(), "W/\"abc-br\"");
@@ -752,13 +754,22 @@ mod tests {
         assert_eq!(strip_etag_suffix("\"abcbr\"", Coding::Br), None);
         assert_eq!(strip_etag_suffix("abc-br", Coding::Br), None);
         let inm = HeaderValue::from_static("\"a-br\", W/\"b-br\", \"c\", \"d-gzip\"");
+        // Only the codings given are mapped, each to its strong base.
         assert_eq!(
-            strip_etag_suffixes(&inm, Coding::Br).unwrap(),
-            "\"a\", W/\"b\", \"c\", \"d-gzip\""
+            unmap_etag_list(&inm, &[Coding::Br]).unwrap(),
+            "\"a\", \"b\", \"c\", \"d-gzip\""
         );
         assert_eq!(
-            strip_etag_suffixes(&HeaderValue::from_static("*"), Coding::Br).unwrap(),
-            "*"
+            unmap_etag_list(&inm, &[Coding::Br, Coding::Gzip]).unwrap(),
+            "\"a\", \"b\", \"c\", \"d\""
+        );
+        assert_eq!(
+            unmap_etag_list(&HeaderValue::from_static("*"), &[Coding::Br]),
+            None
+        );
+        assert_eq!(
+            unmap_etag_list(&HeaderValue::from_static("\"c\""), &[Coding::Br]),
+            None
         );
     }
 
@@ -779,6 +790,18 @@ mod tests {
         let mut h = headers(&[("content-length", "5000"), ("etag", "bogus")]);
         mark_encoded(&mut h, Coding::Gzip, None);
         assert!(!h.contains_key(CONTENT_LENGTH) && !h.contains_key(ETAG));
+        // Streamed: a weak tag; digests of the identity bytes dropped.
+        let mut h = headers(&[
+            ("etag", "\"v1\""),
+            ("content-digest", "sha-256=:AAAA:"),
+            ("repr-digest", "sha-256=:AAAA:"),
+            ("content-md5", "Q2hlY2sgSW50ZWdyaXR5IQ=="),
+        ]);
+        mark_encoded(&mut h, Coding::Gzip, None);
+        assert_eq!(h[ETAG], "W/\"v1-gzip\"");
+        for name in ["content-digest", "repr-digest", "content-md5"] {
+            assert!(!h.contains_key(name), "{name}");
+        }
     }
 
     /// Streaming decoder, so output can be checked as it arrives.

@@ -150,6 +150,21 @@ impl Rule {
         self.cache_control.as_ref().map(|(v, _)| v)
     }
 
+    /// The rule's Cache-Control for a response whose origin sent
+    /// `no-transform` (`origin_no_transform`) or not: a rule replaces the
+    /// origin's directives but never lifts that one (RFC 9110 §7.7: a proxy
+    /// MUST NOT transform such content, so Strata must not compress it, nor
+    /// tell downstream caches they may).
+    pub fn cache_control_for(&self, origin_no_transform: bool) -> Option<HeaderValue> {
+        let (value, directives) = self.cache_control.as_ref()?;
+        if !origin_no_transform || directives.no_transform {
+            return Some(value.clone());
+        }
+        let mut kept = value.as_bytes().to_vec();
+        kept.extend_from_slice(b", no-transform");
+        HeaderValue::from_bytes(&kept).ok()
+    }
+
     /// The rule's Cache-Control, parsed once.
     pub fn directives(&self) -> Option<&CacheControl> {
         self.cache_control.as_ref().map(|(_, d)| d)

@@ -262,3 +262,183 @@ async fn an_entry_revalidated_before_its_encodings_were_ready_gets_them() {
     );
     assert_eq!(origin.count(), 2);
 }
+
+const LAST_MODIFIED: &str = "Tue, 14 Nov 2023 22:13:20 GMT";
+
+/// A cacheable page with a validator date and digests of its identity bytes.
+async fn dated_origin() -> Origin {
+    Origin::start(|_req| async move {
+        support::origin::reply(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/html"),
+                ("etag", "\"doc\""),
+                ("last-modified", LAST_MODIFIED),
+                ("content-digest", "sha-256=:AAAA:"),
+                ("repr-digest", "sha-256=:AAAA:"),
+                ("content-md5", "Q2hlY2sgSW50ZWdyaXR5IQ=="),
+            ],
+            page(),
+        )
+    })
+    .await
+}
+
+/// A body encoded as it streams (the miss) differs from the stored copy
+/// encoded in one shot, so its ETag is weak and `If-Range` against an
+/// encoded representation holds only for the stored copy's strong tag,
+/// never for a tag of the stream or a date: a download begun on the miss
+/// and resumed on a hit got the stored bytes' tail (a corrupt body).
+/// Digests of the identity bytes never go out on encoded bytes.
+#[tokio::test]
+async fn streamed_encodings_are_weakly_validated_and_never_resumed_across() {
+    let origin = dated_origin().await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    let url = s.url("/r.html");
+    let miss = get(&c, &url, "br").await;
+    assert!(
+        miss.cache_status().contains("fwd=miss"),
+        "{}",
+        miss.cache_status()
+    );
+    assert_eq!(miss.header("content-encoding"), Some("br"));
+    assert_eq!(miss.header("etag"), Some("W/\"doc-br\""));
+    for digest in ["content-digest", "repr-digest", "content-md5"] {
+        assert_eq!(miss.header(digest), None, "{digest} on the streamed br");
+    }
+    stored(&c, &url).await;
+    let hit = get(&c, &url, "br").await;
+    assert_eq!(hit.header("etag"), Some("\"doc-br\""));
+    assert_eq!(hit.header("content-digest"), None);
+    let resume = |if_range: &'static str| {
+        let (c, url) = (&c, &url);
+        async move {
+            c.get_with(
+                url,
+                &[
+                    ("accept-encoding", "br"),
+                    ("range", "bytes=40-"),
+                    ("if-range", if_range),
+                ],
+            )
+            .await
+        }
+    };
+    let r = resume("W/\"doc-br\"").await;
+    assert_eq!(r.status, 200, "the miss's tag never satisfies If-Range");
+    assert_eq!(r.body, hit.body);
+    let r = resume(LAST_MODIFIED).await;
+    assert_eq!(r.status, 200, "a date names no encoded bytes");
+    assert_eq!(r.body, hit.body);
+    let r = resume("\"doc-br\"").await;
+    assert_eq!(r.status, 206, "the stored copy's own tag");
+    assert_eq!(&r.body[..], &hit.body[40..]);
+    // Identity: the origin's bytes, its validators and digests as they were.
+    let r = c
+        .get_with(&url, &[("range", "bytes=40-"), ("if-range", LAST_MODIFIED)])
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(&r.body[..], &page().as_bytes()[40..]);
+    let identity = c.get(&url).await;
+    assert_eq!(identity.header("content-digest"), Some("sha-256=:AAAA:"));
+    assert_eq!(identity.header("etag"), Some("\"doc\""));
+    assert_eq!(origin.count(), 1);
+}
+
+/// A rule's `cache_control` replaces the origin's directives but not its
+/// `no-transform` (RFC 9110 §7.7): the page is neither compressed nor
+/// passed on as transformable.
+#[tokio::test]
+async fn a_rule_cannot_lift_the_origins_no_transform() {
+    let origin = text_origin().await;
+    let rule = "[[rules]]\nmatch = \"/**\"\ncache_control = \"public, max-age=600\"\n";
+    let s = Strata::start(&[origin.addr], &format!("{NO_HEALTH}{rule}")).await;
+    let c = Client::new();
+    for _ in 0..3 {
+        let r = get(&c, &s.url("/no-transform.html"), "gzip, br").await;
+        assert_eq!(r.header("content-encoding"), None);
+        assert_eq!(
+            r.header("cache-control"),
+            Some("public, max-age=600, no-transform")
+        );
+        assert_eq!(r.body, page().as_bytes());
+    }
+    let r = get(&c, &s.url("/other.html"), "gzip").await;
+    assert_eq!(r.header("cache-control"), Some("public, max-age=600"));
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+}
+
+/// Conditionals on passed-through requests name the representation the
+/// client gets: a gzip copy's tag is no validator for the br one, a br
+/// copy's tag gets a 304 with the tag and Vary a 200 would carry, and an
+/// origin's own tags that look like Strata's still reach it unchanged.
+/// A HEAD gets the GET's fields.
+#[tokio::test]
+async fn passed_through_conditionals_name_the_selected_encoding() {
+    let origin = Origin::start(|req| async move {
+        let (etag, ctype) = if req.uri().path() == "/own.png" {
+            ("\"abc-br\"", "image/png")
+        } else {
+            ("\"h\"", "application/json")
+        };
+        let inm = req
+            .headers()
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let matches = inm
+            .split(',')
+            .any(|t| t.trim().trim_start_matches("W/") == etag);
+        let headers = [
+            ("cache-control", "no-store"),
+            ("content-type", ctype),
+            ("etag", etag),
+        ];
+        if matches {
+            support::origin::reply(304, &headers, "")
+        } else {
+            support::origin::reply(200, &headers, "[1,1,1,1]".repeat(500))
+        }
+    })
+    .await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    let url = s.url("/api.json");
+    let with = |ae: &'static str, inm: &'static str| {
+        let (c, url) = (&c, &url);
+        async move {
+            c.get_with(url, &[("accept-encoding", ae), ("if-none-match", inm)])
+                .await
+        }
+    };
+    let r = with("br", "\"h-gzip\"").await;
+    assert_eq!(r.status, 200, "the client holds gzip, gets br");
+    assert_eq!(r.header("content-encoding"), Some("br"));
+    assert_eq!(r.header("etag"), Some("W/\"h-br\""));
+    let r = with("br", "W/\"h-br\"").await;
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("etag"), Some("W/\"h-br\""));
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    let r = with("identity", "\"h-gzip\"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("etag"), Some("\"h\""));
+    let r = c
+        .get_with(&s.url("/own.png"), &[("if-none-match", "\"abc-br\"")])
+        .await;
+    assert_eq!(r.status, 304, "the origin's own tag reaches it");
+    assert_eq!(r.header("etag"), Some("\"abc-br\""));
+    let get = with("br", "\"none\"").await;
+    let head = c
+        .send(
+            http::Method::HEAD,
+            &url,
+            &[("accept-encoding", "br")],
+            Bytes::new(),
+        )
+        .await;
+    for name in ["content-encoding", "etag", "vary", "content-length"] {
+        assert_eq!(head.header(name), get.header(name), "{name}");
+    }
+}

@@ -3,6 +3,13 @@
 //! an encoded variant (`"abc"` → `"abc-br"`) with its inverse for
 //! conditional requests sent upstream (RFC 9110 §8.8.3: a different
 //! representation needs a different strong validator).
+//!
+//! A body encoded as it streams (a miss, a pass) gets a **weak** ETag
+//! (`W/"abc-br"`): its bytes depend on how the upstream's body arrived in
+//! chunks, and differ from the stored copy encoded in one shot at store
+//! level, so no strong validator can name both. A strong one let a client
+//! resume a download begun on the miss with `If-Range` against the
+//! stored bytes, and get a corrupt body.
 
 use http::header::{ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, ETAG, VARY};
 use http::{HeaderMap, HeaderValue};
@@ -55,10 +62,20 @@ fn split_etag(etag: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// ETag of an encoded variant: `"abc"` becomes `"abc-br"` / `"abc-gzip"` and
-/// `W/"abc"` becomes `W/"abc-br"`. `None` if `etag` is not a valid entity-tag.
-pub fn encoded_etag(etag: &HeaderValue, coding: Coding) -> Option<HeaderValue> {
-    let (weak, opaque) = split_etag(etag.as_bytes())?;
-    let value = [weak, b"\"", opaque, b"-", coding.as_str().as_bytes(), b"\""].concat();
+/// `W/"abc"` becomes `W/"abc-br"`; with `weak`, always `W/"abc-br"`.
+/// `None` if `etag` is not a valid entity-tag.
+pub fn encoded_etag(etag: &HeaderValue, coding: Coding, weak: bool) -> Option<HeaderValue> {
+    let (prefix, opaque) = split_etag(etag.as_bytes())?;
+    let prefix = if weak { &b"W/"[..] } else { prefix };
+    let value = [
+        prefix,
+        b"\"",
+        opaque,
+        b"-",
+        coding.as_str().as_bytes(),
+        b"\"",
+    ]
+    .concat();
     HeaderValue::from_bytes(&value).ok()
 }
 
@@ -75,25 +92,45 @@ pub fn strip_etag_suffix(etag: &str, coding: Coding) -> Option<String> {
     ))
 }
 
-/// Rewrites an `If-None-Match` / `If-Match` list for the upstream: every
-/// entity-tag carrying `coding`'s suffix is mapped back to the base tag, the
-/// others (and `*`) are kept. `None` if the value is not valid UTF-8.
-pub fn strip_etag_suffixes(value: &HeaderValue, coding: Coding) -> Option<HeaderValue> {
-    let tags: Vec<String> = value
-        .to_str()
-        .ok()?
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| strip_etag_suffix(t, coding).unwrap_or_else(|| t.to_owned()))
-        .collect();
-    HeaderValue::from_str(&tags.join(", ")).ok()
+/// Rewrites an `If-None-Match` or `If-Match` list for the upstream: each
+/// entity-tag carrying the suffix of one of `codings` is replaced by its
+/// base tag, strong, the others (and `*`) are kept; one tag each, as the
+/// client sent, so that an origin comparing the field as one string still
+/// matches its own validator (SPEC §6). Strong because a streamed
+/// encoding's tag is weak only because of Strata's encoder: `W/"xyz-gzip"`
+/// names the origin's `"xyz"`; for `If-None-Match` (weak comparison) an
+/// origin whose own tag is `W/"xyz"` matches either way. `None` if the
+/// value is not valid UTF-8 or nothing carries a suffix.
+pub fn unmap_etag_list(value: &HeaderValue, codings: &[Coding]) -> Option<HeaderValue> {
+    let list = value.to_str().ok()?;
+    let mut out = String::with_capacity(list.len());
+    let mut mapped = false;
+    for tag in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        match codings.iter().find_map(|&c| strip_etag_suffix(tag, c)) {
+            Some(base) => {
+                mapped = true;
+                out.push_str(base.strip_prefix("W/").unwrap_or(&base));
+            }
+            None => out.push_str(tag),
+        }
+    }
+    if mapped {
+        HeaderValue::from_str(&out).ok()
+    } else {
+        None
+    }
 }
 
 /// Header fix-ups for a response whose body is now encoded with `coding`:
 /// sets `Content-Encoding`, sets `Content-Length` to `encoded_len` (or removes
-/// it when streaming), rewrites `ETag` with [`encoded_etag`], removes
-/// `Accept-Ranges` (ranges of the encoded variant are not served) and merges
+/// it when streaming), rewrites `ETag` with [`encoded_etag`] (weak when
+/// streaming, see the module doc), removes `Accept-Ranges` (ranges of the
+/// encoded variant are not served) and the digests of the identity bytes
+/// (`Content-Digest` and `Repr-Digest`, RFC 9530, and `Content-MD5`: each
+/// covers the encoded data, which Strata does not hash), and merges
 /// `Vary: Accept-Encoding`.
 pub fn mark_encoded(headers: &mut HeaderMap, coding: Coding, encoded_len: Option<u64>) {
     headers.insert(CONTENT_ENCODING, coding.header_value());
@@ -106,11 +143,17 @@ pub fn mark_encoded(headers: &mut HeaderMap, coding: Coding, encoded_len: Option
         }
     }
     if let Some(etag) = headers.get(ETAG) {
-        match encoded_etag(etag, coding) {
+        match encoded_etag(etag, coding, encoded_len.is_none()) {
             Some(tag) => headers.insert(ETAG, tag),
             None => headers.remove(ETAG),
         };
     }
     headers.remove(ACCEPT_RANGES);
+    for digest in DIGESTS {
+        headers.remove(digest);
+    }
     merge_vary_accept_encoding(headers);
 }
+
+/// Fields that hash the content as sent: wrong once Strata encodes it.
+const DIGESTS: [&str; 3] = ["content-digest", "repr-digest", "content-md5"];

@@ -178,7 +178,7 @@ fn uncacheable(
         }
     });
     let compression = ctx.runtime.config.compression.as_ref();
-    if client_validator_matches(req, &rparts, compression) {
+    if client_validator_matches(req, &rparts, compression, ctx.coding) {
         // The fetch dropped the client's If-None-Match; the validator it
         // holds (ours for an encoded response) still names this response.
         let resp = Response::from_parts(rparts, ProxyBody::empty());
@@ -195,12 +195,14 @@ fn uncacheable(
     Answered::new(resp, status)
 }
 
-/// Whether the client's `If-None-Match` (its encoded ETags mapped back)
-/// matches a 200's `ETag` by weak comparison (RFC 9110 §13.1.2).
+/// Whether the client's `If-None-Match` (the ETags of the representation
+/// it gets, `coding`, mapped back) matches a 200's `ETag` by weak
+/// comparison (RFC 9110 §13.1.2).
 fn client_validator_matches(
     req: &Request<()>,
     rparts: &http::response::Parts,
     compression: Option<&CompressionPolicy>,
+    coding: Option<Coding>,
 ) -> bool {
     if rparts.status != StatusCode::OK {
         return false;
@@ -211,7 +213,7 @@ fn client_validator_matches(
     let mut h = HeaderMap::new();
     h.insert(header::IF_NONE_MATCH, inm.clone());
     if let Some(p) = compression {
-        forward::unmap_etags(&mut h, p);
+        forward::unmap_etags(&mut h, p, coding);
     }
     let etag = rparts
         .headers

@@ -138,11 +138,14 @@ pub async fn pass(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let compression = runtime.config.compression.as_ref();
     // Negotiated once for this request, as RequestCtx does on the cache path.
+    // HEAD too: its fields are the GET's (RFC 9110 §9.3.2).
     let coding = compression
-        .filter(|_| !upgrade && req.method() != Method::HEAD)
+        .filter(|_| !upgrade)
         .and_then(|p| p.negotiate(req.headers().get_all(header::ACCEPT_ENCODING).iter()));
+    // The client's If-None-Match as sent, when it may name our encoding.
+    let client_inm = coding.and(req.headers().get(header::IF_NONE_MATCH).cloned());
     if let Some(policy) = compression {
-        unmap_etags(req.headers_mut(), policy);
+        unmap_etags(req.headers_mut(), policy, coding);
     }
     let unsafe_method = !is_safe(req.method());
     let is_head = req.method() == Method::HEAD;
@@ -201,13 +204,48 @@ pub async fn pass(
         ruled.apply(runtime, resp.status(), resp.headers_mut());
     }
     strip_surrogate_fields(&mut resp);
+    if let (Some(inm), Some(coding)) = (&client_inm, coding) {
+        encoded_not_modified(&mut resp, inm, coding);
+    }
     let resp = client_response(runtime, resp);
+    let resp = super::fetch::compress_stream(resp, compression, coding);
+    // A HEAD gets the fields of the GET's encoded representation; its
+    // (empty) body is never encoded.
     let resp = if is_head {
-        resp
+        resp.map(|_| ProxyBody::empty())
     } else {
-        super::fetch::compress_stream(resp, compression, coding)
+        resp
     };
     Answered::new(resp, status)
+}
+
+/// A `304` for the encoded representation the client holds: when the
+/// origin's `ETag` is the base of one of the client's tags for `coding`
+/// (mapped back by [`unmap_etags`]), the `304` carries the tag and `Vary`
+/// the `200` would have (RFC 9110 §15.4.5), not the origin's identity tag.
+fn encoded_not_modified<B>(
+    resp: &mut Response<B>,
+    client_inm: &HeaderValue,
+    coding: crate::compression::Coding,
+) {
+    if resp.status() != StatusCode::NOT_MODIFIED {
+        return;
+    }
+    let h = resp.headers_mut();
+    let Some(ours) = h
+        .get(header::ETAG)
+        .and_then(|e| crate::compression::encoded_etag(e, coding, true))
+    else {
+        return;
+    };
+    let held = client_inm
+        .to_str()
+        .ok()
+        .is_some_and(|list| super::stored::etag_list_matches(list, ours.to_str().ok(), false));
+    if held {
+        h.insert(header::ETAG, ours);
+        crate::compression::merge_vary_accept_encoding(h);
+    }
 }
 
 /// A passed-through request that matched a rule: what deciding the
@@ -256,26 +294,38 @@ impl RuledRequest {
         {
             return;
         }
-        if let Some(value) = rule.cache_control() {
-            h.insert(header::CACHE_CONTROL, value.clone());
+        if let Some(value) = rule.cache_control_for(origin.no_transform) {
+            h.insert(header::CACHE_CONTROL, value);
         }
     }
 }
 
 /// Strata's ETags of encoded responses (`"xyz-gzip"`, `"xyz-br"`) mapped
 /// back to the origin's own (`"xyz"`) in the client's `If-None-Match` and
-/// `If-Match`, so that the origin's validator matches (SPEC §6).
-pub fn unmap_etags(h: &mut http::HeaderMap, policy: &crate::compression::CompressionPolicy) {
-    for name in [header::IF_NONE_MATCH, header::IF_MATCH] {
-        let Some(mut value) = h.get(&name).cloned() else {
+/// `If-Match`, so that the origin's validator matches (SPEC §6;
+/// [`crate::compression::unmap_etag_list`]). In `If-None-Match` only the
+/// tags of `selected`, the representation this request gets, are mapped:
+/// a client holding the gzip copy that now asks for br must not be told
+/// its copy is current (RFC 9110 §13.1.2), and an origin's own tag that
+/// looks like one of Strata's (Apache's mod_deflate adds `-gzip`) reaches
+/// it unchanged unless the client accepts that coding. `If-Match` is
+/// about the resource's state: every coding is mapped.
+pub fn unmap_etags(
+    h: &mut http::HeaderMap,
+    policy: &crate::compression::CompressionPolicy,
+    selected: Option<crate::compression::Coding>,
+) {
+    let selected = selected.as_slice();
+    for (name, codings) in [
+        (header::IF_NONE_MATCH, selected),
+        (header::IF_MATCH, &policy.algorithms[..]),
+    ] {
+        let Some(value) = h.get(&name) else {
             continue;
         };
-        for &coding in &policy.algorithms {
-            if let Some(v) = crate::compression::strip_etag_suffixes(&value, coding) {
-                value = v;
-            }
+        if let Some(v) = crate::compression::unmap_etag_list(value, codings) {
+            h.insert(name, v);
         }
-        h.insert(name, value);
     }
 }
 

@@ -279,13 +279,15 @@ fn shape(
     if let Some(reason) = lifetime::private(request, request_cc, response, &origin) {
         return Err(reason);
     }
+    let no_transform = origin.no_transform;
     let mut cc = origin;
     if let Some((value, directives)) = rule
         .filter(|_| lifetime::rule_status(status))
-        .and_then(|r| Some((r.cache_control()?, r.directives()?)))
+        .and_then(|r| Some((r.cache_control_for(no_transform)?, r.directives()?)))
     {
-        response.insert(header::CACHE_CONTROL, value.clone());
+        response.insert(header::CACHE_CONTROL, value);
         cc = directives.clone();
+        cc.no_transform |= no_transform;
     }
     let verdict = freshness::storable(&Method::GET, request, request_cc, status, response, &cc);
     let given = rule.map_or(Lifetime::Origin, |r| {
@@ -329,10 +331,10 @@ impl Exchange {
         let origin = self.directives(&update);
         let ruled = match rule
             .filter(|_| lifetime::rule_status(old.status) && !origin.private && !origin.no_store)
-            .and_then(Rule::cache_control)
+            .and_then(|r| r.cache_control_for(origin.no_transform))
         {
             Some(value) => {
-                update.insert(header::CACHE_CONTROL, value.clone());
+                update.insert(header::CACHE_CONTROL, value);
                 true
             }
             None => false,
