@@ -302,6 +302,13 @@ impl Metrics {
             .set(i64::from(healthy));
     }
 
+    /// `server` left the configuration (a reload): its health gauge goes,
+    /// so that alerts on `strata_upstream_healthy` (all down, say) see only
+    /// the servers in rotation. Its counters stay, as Prometheus expects.
+    pub fn upstream_removed(&self, server: &str) {
+        let _ = self.inner.upstream_healthy.remove_label_values(&[server]);
+    }
+
     /// The series of upstream server `server` (`host:port`).
     pub fn server_series(&self, server: &str) -> ServerSeries {
         ServerSeries {

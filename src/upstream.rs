@@ -77,6 +77,13 @@ impl Upstreams {
             metrics.upstream_known(s.authority.as_str());
             metrics.upstream_healthy(s.authority.as_str(), s.is_healthy());
         }
+        let current =
+            |a: &http::uri::Authority| balancer.servers().iter().any(|s| s.authority == *a);
+        for gone in previous.iter().flat_map(|p| p.balancer.servers()) {
+            if !current(&gone.authority) {
+                metrics.upstream_removed(gone.authority.as_str());
+            }
+        }
         let sticky = config.sticky.as_ref().and_then(|c| {
             let s = Sticky::new(c);
             if s.is_none() {

@@ -160,6 +160,18 @@ async fn hash_keeps_keys_and_moves_few_on_removal() {
             assert_eq!(servers.len(), 1, "{u} moved although its server stayed");
         }
     }
+    // The removed server's health gauge went with it (it stayed at 1, so
+    // an alert on all servers down could never fire once the others were).
+    let metrics = client.get(&strata.admin_url("/metrics")).await.text();
+    let healthy: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("strata_upstream_healthy{"))
+        .collect();
+    assert_eq!(healthy.len(), 2, "{healthy:?}");
+    assert!(
+        !healthy.iter().any(|l| l.contains(&addrs[2].to_string())),
+        "{healthy:?}"
+    );
 }
 
 #[tokio::test]
