@@ -66,6 +66,32 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\nsend_timeout = \"0s\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
             ":3:16: server.send_timeout: expected a duration above zero",
         ),
+        // Listeners that cannot all be bound: refused by `check`, not
+        // found by `serve` failing to bind.
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[server.tls]\nlisten = \"127.0.0.1:8080\"\ncert = \"a.pem\"\nkey = \"a.key\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
+            ":4:10: server.tls.listen: must differ from server.listen",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
+            ":4:10: admin.listen: must differ from server.listen",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\nmax_connections = 0\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
+            ":3:19: server.max_connections: expected at least 1",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[log]\nlevel = \"nonsense[[\"\n",
+            ":8:9: log.level: invalid filter \"nonsense[[\"",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rules]]\nmatch = \"assets/**\"\n",
+            ":8:9: rules[0].match: expected a path glob starting with /",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rules]]\nmatch = \"/**\"\nmethods = []\n",
+            ":9:11: rules[0].methods: an empty list matches no request",
+        ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));

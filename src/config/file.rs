@@ -46,7 +46,7 @@ pub struct ServerFile {
     pub header_read_timeout: Option<Dur>,
     pub send_timeout: Option<Spanned<Dur>>,
     pub max_header_size: Option<Spanned<ByteSize>>,
-    pub max_connections: Option<usize>,
+    pub max_connections: Option<Spanned<usize>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub strip_request_headers: Option<Vec<Spanned<String>>>,
     pub sendfile: Option<bool>,
@@ -55,7 +55,7 @@ pub struct ServerFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
-    pub listen: ListenAddr,
+    pub listen: Spanned<ListenAddr>,
     pub cert: Spanned<PathBuf>,
     pub key: Spanned<PathBuf>,
     /// Further certificates, chosen by SNI against their subject names.
@@ -77,7 +77,7 @@ pub struct AdminFile {
     pub listen: Spanned<ListenAddr>,
     pub token: Option<Spanned<String>>,
     pub read_token: Option<Spanned<String>>,
-    pub max_connections: Option<usize>,
+    pub max_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,7 +210,7 @@ pub struct RuleFile {
     #[serde(rename = "match")]
     pub pattern: Spanned<String>,
     pub cache_control: Option<Spanned<String>>,
-    pub methods: Option<Vec<Spanned<String>>>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
     pub content_type: Option<Vec<Spanned<String>>>,
     pub ttl: Option<Dur>,
     pub min_ttl: Option<Spanned<Dur>>,
@@ -255,7 +255,7 @@ pub struct LevelsFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogFile {
-    pub level: Option<String>,
+    pub level: Option<Spanned<String>>,
     pub format: Option<Spanned<String>>,
     pub access_log: Option<bool>,
     /// `"text"`, `"json"` or `"combined"`; absent = the log `format`.

@@ -5,6 +5,7 @@
 //! - `validate/rules.rs`: `[[rules]]`, including the TTL and key options.
 //! - `validate/operations.rs`: `[[invalidation.cascade]]`, `[warming]`.
 //! - `validate/cache.rs`: `[cache]`, `[cache.redis]`, `[compression]`.
+//! - `validate/listeners.rs`: `[server]`, `[server.tls]`, `[admin]`.
 
 use std::fmt;
 use std::ops::Range;
@@ -21,6 +22,7 @@ use super::*;
 use crate::upstream::health::StatusMatch;
 
 mod cache;
+mod listeners;
 mod operations;
 
 /// Turns byte spans into `file:line:column` errors.
@@ -123,192 +125,6 @@ impl Validator<'_> {
                 Some(w) => Some(self.warming(w)?),
             },
         })
-    }
-
-    fn server(&self, s: file::ServerFile) -> Result<ServerConfig, ConfigError> {
-        let file::ServerFile {
-            listen,
-            tls,
-            drain_timeout,
-            header_read_timeout,
-            send_timeout,
-            max_header_size,
-            max_connections,
-            trusted_proxies,
-            strip_request_headers,
-            sendfile,
-        } = s;
-        let send_timeout = match send_timeout {
-            None => Duration::from_secs(60),
-            Some(v) if v.get_ref().0.is_zero() => {
-                return Err(self.at.spanned(
-                    &v,
-                    "server.send_timeout",
-                    "expected a duration above zero",
-                ))
-            }
-            Some(v) => v.into_inner().0,
-        };
-        let max_header_size = match max_header_size {
-            None => 64 * 1024,
-            Some(v) if v.get_ref().0 < 1024 || v.get_ref().0 > 16 * 1024 * 1024 => {
-                return Err(self.at.spanned(
-                    &v,
-                    "server.max_header_size",
-                    "expected a size between 1KiB and 16MiB",
-                ))
-            }
-            Some(v) => v.get_ref().0 as usize,
-        };
-        let tls = match tls {
-            None => None,
-            Some(t) => Some(self.tls(t)?),
-        };
-        Ok(ServerConfig {
-            listen: listen.0,
-            tls,
-            drain_timeout: dur(drain_timeout, 30),
-            header_read_timeout: dur(header_read_timeout, 10),
-            send_timeout,
-            max_header_size,
-            max_connections: max_connections.unwrap_or(10_000),
-            trusted_proxies: self.trusted_proxies(trusted_proxies)?,
-            strip_request_headers: self.strip_request_headers(strip_request_headers)?,
-            sendfile: sendfile.unwrap_or(true),
-        })
-    }
-
-    fn strip_request_headers(
-        &self,
-        list: Option<Vec<Spanned<String>>>,
-    ) -> Result<Vec<http::HeaderName>, ConfigError> {
-        let Some(list) = list else {
-            return Ok(crate::proxy::headers::STRIP_BY_DEFAULT
-                .iter()
-                .map(|n| http::HeaderName::from_static(n))
-                .collect());
-        };
-        list.iter()
-            .enumerate()
-            .map(|(i, item)| {
-                http::HeaderName::from_bytes(item.get_ref().trim().as_bytes()).map_err(|_| {
-                    self.at.spanned(
-                        item,
-                        &format!("server.strip_request_headers[{i}]"),
-                        format!("invalid header name {:?}", item.get_ref()),
-                    )
-                })
-            })
-            .collect()
-    }
-
-    fn tls(&self, t: file::TlsFile) -> Result<TlsConfig, ConfigError> {
-        let file::TlsFile {
-            listen,
-            cert,
-            key,
-            certificates,
-            handshake_timeout,
-        } = t;
-        let mut pairs = vec![self.cert_pair(cert, key, "server.tls")?];
-        for (i, c) in certificates.into_iter().enumerate() {
-            let file::CertFile { cert, key } = c;
-            pairs.push(self.cert_pair(cert, key, &format!("server.tls.certificates[{i}]"))?);
-        }
-        Ok(TlsConfig {
-            listen: listen.0,
-            certificates: pairs,
-            handshake_timeout: dur(handshake_timeout, 10),
-        })
-    }
-
-    fn cert_pair(
-        &self,
-        cert: Spanned<PathBuf>,
-        key: Spanned<PathBuf>,
-        at: &str,
-    ) -> Result<CertPair, ConfigError> {
-        let resolve = |p: &Path| self.relative(p);
-        let pair = CertPair {
-            cert: resolve(cert.get_ref()),
-            key: resolve(key.get_ref()),
-            cert_at: self.at.place(&cert, &format!("{at}.cert")),
-            key_at: self.at.place(&key, &format!("{at}.key")),
-        };
-        // Loading (and the cert/key match) is checked by the TLS module;
-        // here, only that the files can be read, so the error has a line.
-        if let Err(e) = std::fs::metadata(&pair.cert) {
-            return Err(self.at.spanned(
-                &cert,
-                &format!("{at}.cert"),
-                format!("cannot read {}: {e}", pair.cert.display()),
-            ));
-        }
-        if let Err(e) = std::fs::metadata(&pair.key) {
-            return Err(self.at.spanned(
-                &key,
-                &format!("{at}.key"),
-                format!("cannot read {}: {e}", pair.key.display()),
-            ));
-        }
-        Ok(pair)
-    }
-
-    /// Relative paths in the file are relative to the working directory, as
-    /// with nginx's `-p`-less default; absolute ones are kept.
-    fn relative(&self, p: &Path) -> PathBuf {
-        p.to_path_buf()
-    }
-
-    fn admin(&self, a: file::AdminFile, server: &ServerConfig) -> Result<AdminConfig, ConfigError> {
-        let file::AdminFile {
-            listen,
-            token,
-            read_token,
-            max_connections,
-        } = a;
-        if listen.get_ref().0 == server.listen && server.listen.port() != 0 {
-            return Err(self.at.spanned(
-                &listen,
-                "admin.listen",
-                "must differ from server.listen (the admin API has its own listener)",
-            ));
-        }
-        let token = self.token(
-            token,
-            "admin.token",
-            "omit the key to disable mutating endpoints",
-        )?;
-        let read_token = self.token(
-            read_token,
-            "admin.read_token",
-            "omit the key to leave the read endpoints open",
-        )?;
-        Ok(AdminConfig {
-            listen: listen.get_ref().0,
-            token,
-            read_token,
-            max_connections: max_connections.unwrap_or(256).max(1),
-        })
-    }
-
-    /// A bearer token: absent, or non-empty (a blank one would be an
-    /// accident that opens or closes endpoints silently).
-    fn token(
-        &self,
-        t: Option<Spanned<String>>,
-        key: &str,
-        hint: &str,
-    ) -> Result<Option<String>, ConfigError> {
-        match t {
-            Some(t) if t.get_ref().trim().is_empty() => {
-                Err(self
-                    .at
-                    .spanned(&t, key, format!("expected a non-empty token ({hint})")))
-            }
-            Some(t) => Ok(Some(t.into_inner())),
-            None => Ok(None),
-        }
     }
 
     fn upstream(&self, u: file::UpstreamFile) -> Result<UpstreamConfig, ConfigError> {
@@ -456,8 +272,19 @@ impl Validator<'_> {
                 }
             }),
         };
+        // The same parser the logger uses, so that `check` refuses what
+        // would otherwise be replaced by `info` at start-up.
+        if let Some(l) = &level {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(l.get_ref()) {
+                return Err(self.at.spanned(
+                    l,
+                    "log.level",
+                    format!("invalid filter {:?} ({e})", l.get_ref()),
+                ));
+            }
+        }
         Ok(LogConfig {
-            level,
+            level: level.map(Spanned::into_inner),
             format,
             access_log: access_log.unwrap_or(false),
             access_format,

@@ -34,6 +34,14 @@ impl Validator<'_> {
         let at = |span: Range<usize>, field: &str, e: &dyn fmt::Display| {
             self.at.error(span, &format!("rules[{i}].{field}"), e)
         };
+        // A rule that can match no path is a typo that would do nothing.
+        if !pattern.get_ref().starts_with('/') && !pattern.get_ref().starts_with('*') {
+            return Err(at(
+                pattern.span(),
+                "match",
+                &"expected a path glob starting with / (or **)",
+            ));
+        }
         let mut rule = Rule::new(
             pattern.get_ref(),
             cache_control.as_ref().map(|c| c.get_ref().as_str()),
@@ -43,7 +51,15 @@ impl Validator<'_> {
             _ => at(pattern.span(), "match", &e),
         })?;
         if let Some(methods) = methods {
+            if methods.get_ref().is_empty() {
+                return Err(at(
+                    methods.span(),
+                    "methods",
+                    &"an empty list matches no request (omit the key for every method)",
+                ));
+            }
             let list = methods
+                .get_ref()
                 .iter()
                 .map(|m| parse_method(m.get_ref()).map_err(|e| at(m.span(), "methods", &e)))
                 .collect::<Result<Vec<_>, _>>()?;

@@ -1,0 +1,246 @@
+//! Validation of the listener sections: `[server]` (limits, timeouts,
+//! trusted proxies), `[server.tls]` (certificates) and `[admin]` (tokens);
+//! two listeners that would need the same port are an error here, not a
+//! bind failure at start-up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use super::super::file;
+use super::super::*;
+use super::{dur, Validator};
+
+impl Validator<'_> {
+    pub(super) fn server(&self, s: file::ServerFile) -> Result<ServerConfig, ConfigError> {
+        let file::ServerFile {
+            listen,
+            tls,
+            drain_timeout,
+            header_read_timeout,
+            send_timeout,
+            max_header_size,
+            max_connections,
+            trusted_proxies,
+            strip_request_headers,
+            sendfile,
+        } = s;
+        let send_timeout = match send_timeout {
+            None => Duration::from_secs(60),
+            Some(v) if v.get_ref().0.is_zero() => {
+                return Err(self.at.spanned(
+                    &v,
+                    "server.send_timeout",
+                    "expected a duration above zero",
+                ))
+            }
+            Some(v) => v.into_inner().0,
+        };
+        let max_header_size = match max_header_size {
+            None => 64 * 1024,
+            Some(v) if v.get_ref().0 < 1024 || v.get_ref().0 > 16 * 1024 * 1024 => {
+                return Err(self.at.spanned(
+                    &v,
+                    "server.max_header_size",
+                    "expected a size between 1KiB and 16MiB",
+                ))
+            }
+            Some(v) => v.get_ref().0 as usize,
+        };
+        let tls = match tls {
+            None => None,
+            Some(t) => Some(self.tls(t, listen.0)?),
+        };
+        Ok(ServerConfig {
+            listen: listen.0,
+            tls,
+            drain_timeout: dur(drain_timeout, 30),
+            header_read_timeout: dur(header_read_timeout, 10),
+            send_timeout,
+            max_header_size,
+            max_connections: self.connections(max_connections, "server.max_connections", 10_000)?,
+            trusted_proxies: self.trusted_proxies(trusted_proxies)?,
+            strip_request_headers: self.strip_request_headers(strip_request_headers)?,
+            sendfile: sendfile.unwrap_or(true),
+        })
+    }
+
+    fn strip_request_headers(
+        &self,
+        list: Option<Vec<Spanned<String>>>,
+    ) -> Result<Vec<http::HeaderName>, ConfigError> {
+        let Some(list) = list else {
+            return Ok(crate::proxy::headers::STRIP_BY_DEFAULT
+                .iter()
+                .map(|n| http::HeaderName::from_static(n))
+                .collect());
+        };
+        list.iter()
+            .enumerate()
+            .map(|(i, item)| {
+                http::HeaderName::from_bytes(item.get_ref().trim().as_bytes()).map_err(|_| {
+                    self.at.spanned(
+                        item,
+                        &format!("server.strip_request_headers[{i}]"),
+                        format!("invalid header name {:?}", item.get_ref()),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// A connection limit: at least 1 (`0` would refuse every client).
+    fn connections(
+        &self,
+        v: Option<Spanned<usize>>,
+        key: &str,
+        default: usize,
+    ) -> Result<usize, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) if *v.get_ref() == 0 => Err(self.at.spanned(&v, key, "expected at least 1")),
+            Some(v) => Ok(v.into_inner()),
+        }
+    }
+
+    fn tls(&self, t: file::TlsFile, plain: SocketAddr) -> Result<TlsConfig, ConfigError> {
+        let file::TlsFile {
+            listen,
+            cert,
+            key,
+            certificates,
+            handshake_timeout,
+        } = t;
+        if overlaps(listen.get_ref().0, plain) {
+            return Err(self.at.spanned(
+                &listen,
+                "server.tls.listen",
+                "must differ from server.listen (both cannot be bound)",
+            ));
+        }
+        let mut pairs = vec![self.cert_pair(cert, key, "server.tls")?];
+        for (i, c) in certificates.into_iter().enumerate() {
+            let file::CertFile { cert, key } = c;
+            pairs.push(self.cert_pair(cert, key, &format!("server.tls.certificates[{i}]"))?);
+        }
+        Ok(TlsConfig {
+            listen: listen.into_inner().0,
+            certificates: pairs,
+            handshake_timeout: dur(handshake_timeout, 10),
+        })
+    }
+
+    fn cert_pair(
+        &self,
+        cert: Spanned<PathBuf>,
+        key: Spanned<PathBuf>,
+        at: &str,
+    ) -> Result<CertPair, ConfigError> {
+        let resolve = |p: &Path| self.relative(p);
+        let pair = CertPair {
+            cert: resolve(cert.get_ref()),
+            key: resolve(key.get_ref()),
+            cert_at: self.at.place(&cert, &format!("{at}.cert")),
+            key_at: self.at.place(&key, &format!("{at}.key")),
+        };
+        // Loading (and the cert/key match) is checked by the TLS module;
+        // here, only that the files can be read, so the error has a line.
+        if let Err(e) = std::fs::metadata(&pair.cert) {
+            return Err(self.at.spanned(
+                &cert,
+                &format!("{at}.cert"),
+                format!("cannot read {}: {e}", pair.cert.display()),
+            ));
+        }
+        if let Err(e) = std::fs::metadata(&pair.key) {
+            return Err(self.at.spanned(
+                &key,
+                &format!("{at}.key"),
+                format!("cannot read {}: {e}", pair.key.display()),
+            ));
+        }
+        Ok(pair)
+    }
+
+    /// Relative paths in the file are relative to the working directory, as
+    /// with nginx's `-p`-less default; absolute ones are kept.
+    pub(super) fn relative(&self, p: &Path) -> PathBuf {
+        p.to_path_buf()
+    }
+
+    pub(super) fn admin(
+        &self,
+        a: file::AdminFile,
+        server: &ServerConfig,
+    ) -> Result<AdminConfig, ConfigError> {
+        let file::AdminFile {
+            listen,
+            token,
+            read_token,
+            max_connections,
+        } = a;
+        if overlaps(listen.get_ref().0, server.listen) {
+            return Err(self.at.spanned(
+                &listen,
+                "admin.listen",
+                "must differ from server.listen (the admin API has its own listener)",
+            ));
+        }
+        if server
+            .tls
+            .as_ref()
+            .is_some_and(|t| overlaps(listen.get_ref().0, t.listen))
+        {
+            return Err(self.at.spanned(
+                &listen,
+                "admin.listen",
+                "must differ from server.tls.listen (the admin API has its own listener)",
+            ));
+        }
+        let token = self.token(
+            token,
+            "admin.token",
+            "omit the key to disable mutating endpoints",
+        )?;
+        let read_token = self.token(
+            read_token,
+            "admin.read_token",
+            "omit the key to leave the read endpoints open",
+        )?;
+        Ok(AdminConfig {
+            listen: listen.get_ref().0,
+            token,
+            read_token,
+            max_connections: self.connections(max_connections, "admin.max_connections", 256)?,
+        })
+    }
+
+    /// A bearer token: absent, or non-empty (a blank one would be an
+    /// accident that opens or closes endpoints silently).
+    fn token(
+        &self,
+        t: Option<Spanned<String>>,
+        key: &str,
+        hint: &str,
+    ) -> Result<Option<String>, ConfigError> {
+        match t {
+            Some(t) if t.get_ref().trim().is_empty() => {
+                Err(self
+                    .at
+                    .spanned(&t, key, format!("expected a non-empty token ({hint})")))
+            }
+            Some(t) => Ok(Some(t.into_inner())),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Whether two listeners would need the same port: equal, or one on the
+/// unspecified address (`0.0.0.0`, `[::]`, `:port`) of that port. Port 0
+/// (any free port) never collides.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
