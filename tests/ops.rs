@@ -92,6 +92,15 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rules]]\nmatch = \"/**\"\nmethods = []\n",
             ":9:11: rules[0].methods: an empty list matches no request",
         ),
+        // Keys that need the shared tier, without it.
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[warming]\nredis_hot = 100\n",
+            ":8:13: warming.redis_hot: needs [cache.redis]",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rate_limits]]\nname = \"all\"\nrate = \"10/s\"\nbackend = \"redis\"\n",
+            ":10:11: rate_limits[0].backend: \"redis\" needs [cache.redis]",
+        ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));

@@ -317,7 +317,7 @@ pub struct WarmingFile {
     pub interval: Option<Spanned<Dur>>,
     pub urls_file: Option<Spanned<PathBuf>>,
     pub sitemap: Option<Spanned<String>>,
-    pub redis_hot: Option<usize>,
+    pub redis_hot: Option<Spanned<usize>>,
     pub concurrency: Option<Spanned<usize>>,
     pub rate: Option<Spanned<String>>,
     pub encodings: Option<Vec<Spanned<String>>>,

@@ -242,9 +242,12 @@ impl Validator<'_> {
         })
     }
 
+    /// `[[rate_limits]]`; `redis`: whether `[cache.redis]` is configured
+    /// (`backend = "redis"` needs it).
     pub(super) fn rate_limits(
         &self,
         limits: Vec<file::RateLimitFile>,
+        redis: bool,
     ) -> Result<Vec<RateLimitConfig>, ConfigError> {
         let mut out: Vec<RateLimitConfig> = Vec::with_capacity(limits.len());
         for (i, l) in limits.into_iter().enumerate() {
@@ -349,6 +352,13 @@ impl Validator<'_> {
                 None => LimitBackend::Local,
                 Some(b) => match b.get_ref().as_str() {
                     "local" => LimitBackend::Local,
+                    "redis" if !redis => {
+                        return Err(self.at.spanned(
+                            b,
+                            &format!("{at}.backend"),
+                            "\"redis\" needs [cache.redis] (the budget is kept there)",
+                        ))
+                    }
                     "redis" => LimitBackend::Redis,
                     other => {
                         return Err(self.at.spanned(

@@ -108,21 +108,26 @@ impl Validator<'_> {
         let server = self.server(server)?;
         let admin = self.admin(admin, &server)?;
         let alerts = self.alerts(alerts, &server)?;
+        let upstream = self.upstream(upstream)?;
+        let cache = self.cache(cache)?;
+        // Keys that need the shared tier are errors without it, not silent
+        // no-ops (SPEC §2: a typo must not silently do nothing).
+        let redis = cache.redis.is_some();
         Ok(Config {
             path: self.at.path.to_path_buf(),
             server,
             admin,
-            upstream: self.upstream(upstream)?,
-            cache: self.cache(cache)?,
+            upstream,
+            cache,
             rules: self.rules(rules)?,
             compression: self.compression(compression)?,
             log: self.log(log)?,
-            rate_limits: self.rate_limits(rate_limits)?,
+            rate_limits: self.rate_limits(rate_limits, redis)?,
             alerts,
             invalidation: self.invalidation(invalidation)?,
             warming: match warming {
                 None => None,
-                Some(w) => Some(self.warming(w)?),
+                Some(w) => Some(self.warming(w, redis)?),
             },
         })
     }

@@ -67,7 +67,13 @@ impl Validator<'_> {
         Ok(Cascades::new(out))
     }
 
-    pub(super) fn warming(&self, w: file::WarmingFile) -> Result<WarmingConfig, ConfigError> {
+    /// `[warming]`; `redis`: whether `[cache.redis]` is configured
+    /// (`redis_hot` needs it).
+    pub(super) fn warming(
+        &self,
+        w: file::WarmingFile,
+        redis: bool,
+    ) -> Result<WarmingConfig, ConfigError> {
         let file::WarmingFile {
             on_start,
             interval,
@@ -158,7 +164,17 @@ impl Validator<'_> {
             interval,
             urls_file: urls_file.map(|p| self.relative(p.get_ref())),
             sitemap: sitemap.map(Spanned::into_inner),
-            redis_hot: redis_hot.unwrap_or(0),
+            redis_hot: match redis_hot {
+                Some(n) if *n.get_ref() > 0 && !redis => {
+                    return Err(self.at.spanned(
+                        &n,
+                        "warming.redis_hot",
+                        "needs [cache.redis] (it reads the fleet's hot entries from Redis)",
+                    ))
+                }
+                Some(n) => n.into_inner(),
+                None => 0,
+            },
             concurrency,
             rate_count,
             rate_per,
