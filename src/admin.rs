@@ -175,6 +175,35 @@ fn method_not_allowed(allow: &'static str) -> Response<ProxyBody> {
     r
 }
 
+/// A `400` with `{"error": reason}`.
+pub fn bad_request(reason: &str) -> Response<ProxyBody> {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        &serde_json::json!({ "error": reason }),
+    )
+}
+
+/// A mutating endpoint's request body: at most `limit` bytes, all of it
+/// within `server.header_read_timeout` (a client that stalls mid-body held
+/// the admin connection open for good). `Err` is the answer: `400` (too
+/// large, unreadable) or `408` (too slow).
+pub async fn read_body(
+    shared: &Shared,
+    body: hyper::body::Incoming,
+    limit: usize,
+) -> Result<Bytes, Response<ProxyBody>> {
+    use http_body_util::{BodyExt, Limited};
+    let within = shared.runtime.load().config.server.header_read_timeout;
+    match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(_)) => Err(bad_request("body too large or unreadable")),
+        Err(_) => Err(json_response(
+            StatusCode::REQUEST_TIMEOUT,
+            &serde_json::json!({ "error": "request body not received in time" }),
+        )),
+    }
+}
+
 pub fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::from(body));
     *r.status_mut() = status;

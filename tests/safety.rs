@@ -559,3 +559,25 @@ async fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
         .expect("closed, so the read ends");
     assert!(rest.len() + 1 < BIG, "{} bytes: not cut", rest.len() + 1);
 }
+
+/// A mutating admin request whose body stalls is answered `408` within
+/// `header_read_timeout`: it held the admin connection open for good
+/// (the token is needed, but a broken client or script holds one too).
+#[tokio::test]
+async fn a_stalled_admin_body_gets_408() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::fixed(&[], "ok").await;
+    let text = support::config_text(&[origin.addr], NO_HEALTH)
+        .replace("[server]\n", "[server]\nheader_read_timeout = \"1s\"\n");
+    let strata = Strata::start_text(&text).await;
+    for path in ["/purge", "/upstreams/drain"] {
+        let mut s = tokio::net::TcpStream::connect(strata.admin).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n\
+             Content-Type: application/json\r\nContent-Length: 50\r\n\r\n{{\"u"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let out = read_response(&mut s).await;
+        assert!(out.starts_with("HTTP/1.1 408"), "{path}: {out}");
+    }
+}

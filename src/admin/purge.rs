@@ -9,8 +9,8 @@
 //! matching rule's key options (`admin/target.rs`); under a rule that
 //! appends header or cookie values it purges every value's entry.
 
+use super::bad_request as bad;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
@@ -45,9 +45,9 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
     if !auth::may_write(&req, &token) {
         return auth::unauthorized();
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return bad("body too large or unreadable"),
+    let body = match super::read_body(shared, req.into_body(), MAX_BODY).await {
+        Ok(b) => b,
+        Err(answer) => return answer,
     };
     let parsed: PurgeBody = match serde_json::from_slice(&body) {
         Ok(p) => p,
@@ -140,8 +140,4 @@ fn describe(purge: &Purge) -> String {
         Purge::Prefix(prefix) => format!("prefix {}", no_query(prefix)),
         Purge::Tags(tags) => format!("tags {}", tags.join(", ")),
     }
-}
-
-fn bad(reason: &str) -> Response<ProxyBody> {
-    json_response(StatusCode::BAD_REQUEST, &json!({ "error": reason }))
 }

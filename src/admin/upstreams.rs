@@ -7,8 +7,8 @@
 //! for a server that is not configured. Drain state survives a reload for
 //! servers that stay configured.
 
+use super::bad_request as bad;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
@@ -42,9 +42,9 @@ pub async fn handle(
     if !auth::may_write(&req, &token) {
         return auth::unauthorized();
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return bad("body too large or unreadable"),
+    let body = match super::read_body(shared, req.into_body(), MAX_BODY).await {
+        Ok(b) => b,
+        Err(answer) => return answer,
     };
     let parsed: DrainBody = match serde_json::from_slice(&body) {
         Ok(p) => p,
@@ -69,8 +69,4 @@ pub async fn handle(
             &json!({ "error": format!("no configured upstream server {server:?}") }),
         ),
     }
-}
-
-fn bad(reason: &str) -> Response<ProxyBody> {
-    json_response(StatusCode::BAD_REQUEST, &json!({ "error": reason }))
 }
