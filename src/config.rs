@@ -341,12 +341,11 @@ pub struct LogConfig {
 /// A configuration error, always naming where it is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read the file")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The reason is part of the message (not a `source`): every place
+    /// that reports a config error (`serve`, `check`, a refused reload's
+    /// log line, activity entry and alert) shows it once.
+    #[error("{path}: cannot read the file ({error})")]
+    Read { path: String, error: std::io::Error },
     #[error("{path}:{line}:{column}: {key}{message}")]
     Invalid {
         path: String,
@@ -361,9 +360,9 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Config::parse(path, &text)
     }

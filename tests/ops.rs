@@ -411,3 +411,26 @@ fn systemd_unit_checks_reloads_and_drains() {
         assert!(unit.contains(hardening), "{hardening}");
     }
 }
+
+/// A config file that cannot be read is reported with the reason, once,
+/// by `serve` and by `check` (`serve` said only "cannot read the file").
+#[test]
+fn an_unreadable_config_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    for command in ["serve", "check"] {
+        let out = strata_bin()
+            .args([command, "--config"])
+            .arg(&missing)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.matches("cannot read the file (No such file or directory")
+                .count(),
+            1,
+            "{command}: {err}"
+        );
+    }
+}
