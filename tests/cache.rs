@@ -780,6 +780,14 @@ async fn tags_are_hidden_and_purges_work_by_tag_url_and_prefix() {
     ] {
         assert_eq!(s.purge(bad).await.0, 400, "{bad}");
     }
+    // Not an object: the error says what is expected, not serde's
+    // "expected struct PurgeBody".
+    for bad in ["[]", "5", r#""/a""#] {
+        let (status, answer) = s.purge(bad).await;
+        assert_eq!(status, 400, "{bad}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.starts_with("expected a JSON object"), "{bad}: {error}");
+    }
 }
 
 #[tokio::test]

@@ -92,6 +92,11 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rules]]\nmatch = \"/**\"\nmethods = []\n",
             ":9:11: rules[0].methods: an empty list matches no request",
         ),
+        // serde's Rust type names are not shown.
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[upstream.health]\nunhealthy_threshold = 3.5\n",
+            ":8:23: upstream.health.unhealthy_threshold: invalid type: floating point `3.5`, expected a whole number (0 or more)",
+        ),
         // Keys that need the shared tier, without it.
         (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[warming]\nredis_hot = 100\n",

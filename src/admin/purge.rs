@@ -51,6 +51,12 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
     };
     let parsed: PurgeBody = match serde_json::from_slice(&body) {
         Ok(p) => p,
+        // An array or a scalar: serde's message would name the Rust type.
+        Err(_) if !serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.is_object()) => {
+            return bad(
+                "expected a JSON object: {\"url\": \"/path\"}, {\"prefix\": \"/path/\"} or {\"tags\": [\"tag\"]}, optionally with \"soft\": true",
+            )
+        }
         Err(e) => return bad(&format!("invalid JSON: {e}")),
     };
     let soft = parsed.soft;

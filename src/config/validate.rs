@@ -66,7 +66,7 @@ impl Locator<'_> {
         let span = e.span().unwrap_or(0..0);
         // toml's message can span lines; keep the first, it is the gist.
         let message = e.message().lines().next().unwrap_or("invalid").trim();
-        self.error(span, &key, message)
+        self.error(span, &key, plain_types(message))
     }
 
     /// `file:line:column: key` of a value, for errors found later (when
@@ -295,6 +295,22 @@ impl Validator<'_> {
             access_format,
         })
     }
+}
+
+/// serde's Rust type names in a message (`expected u32`) as an operator
+/// reads them (`expected a whole number`).
+fn plain_types(message: &str) -> String {
+    let Some((head, ty)) = message.rsplit_once("expected ") else {
+        return message.to_string();
+    };
+    let plain = match ty {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a boolean" | "bool" => "true or false",
+        _ => return message.to_string(),
+    };
+    format!("{head}expected {plain}")
 }
 
 fn dur(d: Option<units::Dur>, default_secs: u64) -> Duration {
