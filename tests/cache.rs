@@ -786,7 +786,10 @@ async fn tags_are_hidden_and_purges_work_by_tag_url_and_prefix() {
         let (status, answer) = s.purge(bad).await;
         assert_eq!(status, 400, "{bad}");
         let error = answer["error"].as_str().unwrap_or_default();
-        assert!(error.starts_with("expected a JSON object"), "{bad}: {error}");
+        assert!(
+            error.starts_with("expected a JSON object"),
+            "{bad}: {error}"
+        );
     }
 }
 

@@ -92,6 +92,14 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rules]]\nmatch = \"/**\"\nmethods = []\n",
             ":9:11: rules[0].methods: an empty list matches no request",
         ),
+        (
+            "[server]\nlisten = \":8080\"\nlisten = \":8081\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
+            ":3:1: duplicate key listen",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[warming]\nsitemap = \"https://example.com/sitemap.xml\"\n",
+            ":8:11: warming.sitemap: expected an absolute http:// URL",
+        ),
         // serde's Rust type names are not shown.
         (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[upstream.health]\nunhealthy_threshold = 3.5\n",

@@ -145,7 +145,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
     };
     let bytes = number * factor;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+    // `u64::MAX as f64` is 2^64 itself: that and above do not fit.
+    if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 {
         return Err(format!("invalid size {s:?}: out of range"));
     }
     Ok(bytes.round() as u64)
@@ -253,5 +254,7 @@ mod tests {
             .unwrap_err()
             .contains("unknown unit"));
         assert!(parse_size("MiB").is_err());
+        assert!(parse_size("18446744073709551616").is_err(), "2^64");
+        assert_eq!(parse_size("64k"), Ok(64 * 1024), "nginx's units");
     }
 }

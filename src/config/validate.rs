@@ -66,6 +66,19 @@ impl Locator<'_> {
         let span = e.span().unwrap_or(0..0);
         // toml's message can span lines; keep the first, it is the gist.
         let message = e.message().lines().next().unwrap_or("invalid").trim();
+        if message == "duplicate key" {
+            // toml names the place, not the key: take it from the text.
+            let name = self
+                .text
+                .get(span.start..)
+                .and_then(|t| t.split(['=', '\n']).next())
+                .map(|n| n.trim().trim_matches(['[', ']']))
+                .filter(|n| !n.is_empty());
+            if let Some(name) = name {
+                let message = format!("duplicate key {name}");
+                return self.error(span, &key, message);
+            }
+        }
         self.error(span, &key, plain_types(message))
     }
 

@@ -98,13 +98,13 @@ impl Validator<'_> {
         };
         if let Some(s) = &sitemap {
             let v = s.get_ref();
-            if !(v.starts_with("http://") || v.starts_with("https://"))
-                || v.parse::<http::Uri>().is_err()
-            {
+            // Fetched with a plain HTTP client (an origin or an internal
+            // host serves it): an https:// URL would fail at every run.
+            if !v.starts_with("http://") || v.parse::<http::Uri>().is_err() {
                 return Err(self.at.spanned(
                     s,
                     "warming.sitemap",
-                    "expected an absolute http(s) URL such as \"http://127.0.0.1:3001/sitemap.xml\"",
+                    "expected an absolute http:// URL such as \"http://127.0.0.1:3001/sitemap.xml\" (https is not fetched)",
                 ));
             }
         }
