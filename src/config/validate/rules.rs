@@ -34,14 +34,6 @@ impl Validator<'_> {
         let at = |span: Range<usize>, field: &str, e: &dyn fmt::Display| {
             self.at.error(span, &format!("rules[{i}].{field}"), e)
         };
-        // A rule that can match no path is a typo that would do nothing.
-        if !pattern.get_ref().starts_with('/') && !pattern.get_ref().starts_with('*') {
-            return Err(at(
-                pattern.span(),
-                "match",
-                &"expected a path glob starting with / (or **)",
-            ));
-        }
         let mut rule = Rule::new(
             pattern.get_ref(),
             cache_control.as_ref().map(|c| c.get_ref().as_str()),
@@ -50,6 +42,15 @@ impl Validator<'_> {
             (RuleError::CacheControl { .. }, Some(cc)) => at(cc.span(), "cache_control", &e),
             _ => at(pattern.span(), "match", &e),
         })?;
+        // A valid glob that can match no path is a typo that would do
+        // nothing.
+        if !pattern.get_ref().starts_with('/') && !pattern.get_ref().starts_with('*') {
+            return Err(at(
+                pattern.span(),
+                "match",
+                &"expected a path glob starting with / (or **)",
+            ));
+        }
         if let Some(methods) = methods {
             if methods.get_ref().is_empty() {
                 return Err(at(
