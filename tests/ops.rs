@@ -103,7 +103,17 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
         // serde's Rust type names are not shown.
         (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[upstream.health]\nunhealthy_threshold = 3.5\n",
-            ":8:23: upstream.health.unhealthy_threshold: invalid type: floating point `3.5`, expected a whole number (0 or more)",
+            ":8:23: upstream.health.unhealthy_threshold: invalid type: floating point `3.5`, expected a whole number",
+        ),
+        // A bare word that is not a level filters for a target of that
+        // name: it silenced every log line.
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[log]\nlevel = \"verbose\"\n",
+            ":8:9: log.level: unknown level \"verbose\"",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rate_limits]]\nname = \"api\"\nmatch = \"api/**\"\nrate = \"10/s\"\n",
+            ":9:9: rate_limits[0].match: expected a path glob starting with /",
         ),
         // Keys that need the shared tier, without it.
         (

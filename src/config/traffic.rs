@@ -297,6 +297,17 @@ impl Validator<'_> {
                     )
                 })?
                 .compile_matcher();
+            if let Some(p) = pattern
+                .as_ref()
+                .filter(|p| !p.get_ref().starts_with('/') && !p.get_ref().starts_with('*'))
+            {
+                // As for [[rules]]: it could match no path.
+                return Err(self.at.spanned(
+                    p,
+                    &format!("{at}.match"),
+                    "expected a path glob starting with / (or **)",
+                ));
+            }
             let key = match &key {
                 None => LimitKey::Ip,
                 Some(k) => match k.get_ref().as_str() {

@@ -186,11 +186,11 @@ fn uncacheable(
         let resp = super::stored::not_modified(resp.headers());
         return Answered::new(resp, status);
     }
-    let mut resp = Response::from_parts(rparts, ProxyBody::Upstream(body));
+    let resp = Response::from_parts(rparts, ProxyBody::Upstream(body));
+    let mut resp = compress_stream(resp, ctx.runtime.config.compression.as_ref(), ctx.coding);
     if req.method() == Method::HEAD {
+        // The GET's fields (its encoding too), no body.
         *resp.body_mut() = ProxyBody::empty();
-    } else {
-        resp = compress_stream(resp, ctx.runtime.config.compression.as_ref(), ctx.coding);
     }
     Answered::new(resp, status)
 }
