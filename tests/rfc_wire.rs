@@ -295,3 +295,59 @@ async fn early_hints_do_not_break_the_final_response_and_are_never_stored() {
     );
     assert_eq!(answered.load(Ordering::SeqCst), 1);
 }
+
+/// Upstream responses that must not reach the client as they came: a 204
+/// carrying `Content-Length` (RFC 9110 §8.6 forbids it; it went out), and
+/// a 101 to a request that asked for no upgrade (it went out without
+/// `Upgrade`, leaving the client a dead connection): 502 on the cache path
+/// and on pass-through alike.
+#[tokio::test]
+async fn a_204_loses_content_length_and_an_unasked_101_is_a_502() {
+    let (no_content, _) = support::origin::raw(
+        b"HTTP/1.1 204 No Content\r\nCache-Control: max-age=60\r\nContent-Length: 4\r\n\r\njunk",
+    )
+    .await;
+    let s = Strata::start(&[no_content], NO_HEALTH).await;
+    let r = Client::new().get(&s.url("/gone")).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("content-length"), None);
+    assert!(r.body.is_empty());
+
+    let (switch, answered) = support::origin::raw(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\nRAW",
+    )
+    .await;
+    let s = Strata::start(&[switch], NO_HEALTH).await;
+    let c = Client::new();
+    let r = c.get(&s.url("/101")).await;
+    assert_eq!(r.status, 502, "cache path: {:?}", r.headers);
+    let r = c
+        .send(Method::POST, &s.url("/101"), &[], Bytes::from_static(b"x"))
+        .await;
+    assert_eq!(r.status, 502, "pass-through: {:?}", r.headers);
+    assert!(answered.load(Ordering::SeqCst) >= 2);
+}
+
+/// An HTTP/1.0 client's `Expect: 100-continue` is ignored (RFC 9110
+/// §10.1.1), not passed upstream as an HTTP/1.1 expectation.
+#[tokio::test]
+async fn an_http_1_0_expectation_is_not_forwarded() {
+    let expected = Arc::new(AtomicUsize::new(0));
+    let seen = expected.clone();
+    let origin = Origin::start(move |req| {
+        if req.headers().contains_key("expect") {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+        async move { reply(200, &[("cache-control", "no-store")], "ok") }
+    })
+    .await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let out = support::http::raw(
+        s.addr,
+        b"POST /up HTTP/1.0\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    assert_eq!(origin.count(), 1);
+    assert_eq!(expected.load(Ordering::SeqCst), 0);
+}

@@ -218,6 +218,46 @@ async fn trace_gets_405_with_allow_and_never_reaches_the_origin() {
     assert_eq!(origin.count(), 0);
 }
 
+/// Request targets that must never reach an upstream: an absolute-form
+/// authority with userinfo (it went upstream as the Host and in the
+/// forwarding fields, and keyed the cache apart; a Host field with it got
+/// 400), the asterisk-form with another method than OPTIONS, and CONNECT
+/// (405 like TRACE, not 400).
+#[tokio::test]
+async fn odd_request_targets_never_reach_the_origin() {
+    let origin = Origin::fixed(&[], "ok").await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    for (raw, want) in [
+        (
+            &b"GET http://u:p@other.example/a HTTP/1.1\r\nHost: y\r\n\r\n"[..],
+            "HTTP/1.1 400",
+        ),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400"),
+        (b"DELETE * HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400"),
+        (
+            b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
+    ] {
+        let out = support::http::raw(strata.addr, raw).await;
+        assert!(
+            out.starts_with(want),
+            "{:?} → {out}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    assert_eq!(origin.count(), 0);
+    // The forms that are fine still go through.
+    for raw in [
+        &b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"GET http://other.example/a HTTP/1.1\r\nHost: y\r\nConnection: close\r\n\r\n",
+    ] {
+        let out = support::http::raw(strata.addr, raw).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    assert_eq!(origin.count(), 2);
+}
+
 // === unkeyed request headers ===
 
 /// An origin that trusts whatever it is told: it builds absolute links

@@ -28,7 +28,7 @@ pub enum ProxyError {
     /// first (HEAD, conditional or range miss) was complete.
     #[error("upstream {server} response body failed")]
     UpstreamBody { server: String },
-    /// `TRACE`: refused at the edge (SPEC §10), never forwarded.
+    /// `TRACE` and `CONNECT`: refused at the edge (SPEC §10), never forwarded.
     #[error("method not allowed")]
     MethodNotAllowed,
     /// RFC 9111 §5.2.1.7: `only-if-cached` and nothing usable stored.

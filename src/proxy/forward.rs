@@ -61,6 +61,11 @@ pub fn upstream_request(
     }
     let h = req.headers_mut();
     headers::strip_hop_by_hop(h, upgrade);
+    if version == http::Version::HTTP_10 {
+        // RFC 9110 §10.1.1: an HTTP/1.0 request's 100-continue expectation
+        // is ignored, not passed on as HTTP/1.1's.
+        h.remove(header::EXPECT);
+    }
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -107,10 +112,23 @@ pub async fn send(runtime: &Runtime, req: Request<ReqBody>) -> Result<Answer, Pr
 /// the body is re-framed for the client (Transfer-Encoding is hop-by-hop
 /// and stripped later).
 fn normalize_framing(answer: &mut Answer) {
+    let no_length = answer.response.status() == StatusCode::NO_CONTENT;
     let h = answer.response.headers_mut();
-    if h.contains_key(header::TRANSFER_ENCODING) {
+    // RFC 9110 §8.6: a 204 never carries Content-Length (its body, if an
+    // origin sent one, was not read and closes the connection).
+    if no_length || h.contains_key(header::TRANSFER_ENCODING) {
         h.remove(header::CONTENT_LENGTH);
     }
+}
+
+/// The error for a `101` to a request that asked for no upgrade: relayed,
+/// it left the client a 101 without `Upgrade` and a dead connection.
+pub(super) fn unasked_switch<B>(resp: &Response<B>) -> ProxyError {
+    let server = resp
+        .extensions()
+        .get::<crate::upstream::ServedBy>()
+        .map_or_else(String::new, |s| s.0.to_string());
+    ProxyError::Upstream(crate::upstream::UpstreamError::UnaskedSwitch { server })
 }
 
 /// Turns an upstream response into the client response: hop-by-hop fields
@@ -169,9 +187,10 @@ pub async fn pass(
     };
     let mut resp = answer.response;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client) = client_upgrade {
-            return switch_protocols(resp, client, status);
-        }
+        let Some(client) = client_upgrade else {
+            return Answered::error(&unasked_switch(&resp), status);
+        };
+        return switch_protocols(resp, client, status);
     }
     if let Some((uri, authority)) = target {
         // RFC 9111 §4.4: a non-error response to an unsafe method

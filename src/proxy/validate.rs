@@ -34,16 +34,31 @@ pub(super) fn validate(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
             return Err(ProxyError::BadRequest("invalid Host header"));
         }
     }
-    if req.method() == Method::CONNECT {
-        return Err(ProxyError::BadRequest("CONNECT is not supported"));
+    // An absolute-form target (or HTTP/2 `:authority`) replaces Host, so
+    // it gets Host's check: no userinfo (RFC 9110 §4.2.4), which would
+    // reach the origin's Host and forwarding fields and key the cache apart.
+    if let Some(a) = req.uri().authority() {
+        if !valid_host(a.as_str()) {
+            return Err(ProxyError::BadRequest(
+                "invalid authority in the request target",
+            ));
+        }
     }
-    if req.method() == Method::TRACE {
-        // TRACE echoes the request, credentials included, back to
-        // whoever can make a client send it (cross-site tracing).
+    // A reverse proxy tunnels nothing (405, as for a method it knows and
+    // refuses); TRACE echoes the request, credentials included, back to
+    // whoever can make a client send it (cross-site tracing).
+    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
         return Err(ProxyError::MethodNotAllowed);
     }
-    if req.uri().path_and_query().is_none() && req.method() != Method::OPTIONS {
+    let options = req.method() == Method::OPTIONS;
+    if req.uri().path_and_query().is_none() && !options {
         return Err(ProxyError::BadRequest("invalid request target"));
+    }
+    if req.uri().path() == "*" && !options {
+        // RFC 9112 §3.2.4: the asterisk-form is for OPTIONS only.
+        return Err(ProxyError::BadRequest(
+            "asterisk-form target with a method other than OPTIONS",
+        ));
     }
     if req.headers().contains_key(header::TRANSFER_ENCODING) {
         if req.headers().contains_key(header::CONTENT_LENGTH) {

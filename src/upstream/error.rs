@@ -28,6 +28,10 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// A `101 Switching Protocols` to a request that asked for no upgrade
+    /// (RFC 9110 §15.2.2: 101 only answers a client's `Upgrade`).
+    #[error("upstream {server} switched protocols unasked")]
+    UnaskedSwitch { server: String },
     /// The client's request body broke while it was being sent (say, an
     /// invalid chunk size): the client's fault, answered 400 and not counted
     /// against the upstream. The upstream never got a complete request:
@@ -48,7 +52,8 @@ impl UpstreamError {
             UpstreamError::Connect { server, .. }
             | UpstreamError::Timeout { server, .. }
             | UpstreamError::Protocol { server, .. }
-            | UpstreamError::ClientBody { server, .. } => Some(server),
+            | UpstreamError::ClientBody { server, .. }
+            | UpstreamError::UnaskedSwitch { server } => Some(server),
         }
     }
 
@@ -58,7 +63,7 @@ impl UpstreamError {
             UpstreamError::NoHealthy => "no_healthy",
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::Timeout { .. } => "timeout",
-            UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::Protocol { .. } | UpstreamError::UnaskedSwitch { .. } => "protocol",
             UpstreamError::ClientBody { .. } => "client_body",
         }
     }

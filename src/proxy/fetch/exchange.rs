@@ -185,6 +185,10 @@ impl Exchange {
         };
         let response_time = now_millis();
         let status = answer.response.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // The cache path never asks for an upgrade.
+            return Fetched::Failed(forward::unasked_switch(&answer.response));
+        }
         if let (StatusCode::NOT_MODIFIED, Some(old)) = (status, stale) {
             let v = Arc::new(self.freshen(
                 parts,
