@@ -12,7 +12,7 @@
 //! stored bytes, and get a corrupt body.
 
 use http::header::{ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, ETAG, VARY};
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::Coding;
 
@@ -149,11 +149,16 @@ pub fn mark_encoded(headers: &mut HeaderMap, coding: Coding, encoded_len: Option
         };
     }
     headers.remove(ACCEPT_RANGES);
-    for digest in DIGESTS {
+    for digest in &DIGESTS {
         headers.remove(digest);
     }
     merge_vary_accept_encoding(headers);
 }
 
 /// Fields that hash the content as sent: wrong once Strata encodes it.
-const DIGESTS: [&str; 3] = ["content-digest", "repr-digest", "content-md5"];
+/// Names built once, not parsed for every encoded response.
+const DIGESTS: [HeaderName; 3] = [
+    HeaderName::from_static("content-digest"),
+    HeaderName::from_static("repr-digest"),
+    HeaderName::from_static("content-md5"),
+];

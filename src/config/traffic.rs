@@ -297,16 +297,8 @@ impl Validator<'_> {
                     )
                 })?
                 .compile_matcher();
-            if let Some(p) = pattern
-                .as_ref()
-                .filter(|p| !p.get_ref().starts_with('/') && !p.get_ref().starts_with('*'))
-            {
-                // As for [[rules]]: it could match no path.
-                return Err(self.at.spanned(
-                    p,
-                    &format!("{at}.match"),
-                    "expected a path glob starting with / (or **)",
-                ));
+            if let Some(p) = &pattern {
+                self.path_glob(p, &format!("{at}.match"))?;
             }
             let key = match &key {
                 None => LimitKey::Ip,

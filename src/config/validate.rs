@@ -306,6 +306,21 @@ impl Validator<'_> {
     }
 }
 
+impl Validator<'_> {
+    /// A path glob (`[[rules]] match`, `[[rate_limits]] match`, a
+    /// cascade's `on`) starts with `/` or `*`: anything else is a typo
+    /// that could match no path and would silently do nothing.
+    pub(super) fn path_glob(&self, glob: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
+        let g = glob.get_ref();
+        if g.starts_with('/') || g.starts_with('*') {
+            return Ok(());
+        }
+        Err(self
+            .at
+            .spanned(glob, key, "expected a path glob starting with / (or **)"))
+    }
+}
+
 /// A `[log] level`: what the logger's parser accepts, and no bare word
 /// that is not a level (`"verbose"`: a filter for a target of that name,
 /// which silences every other event, Strata's own included).

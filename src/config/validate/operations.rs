@@ -23,13 +23,7 @@ impl Validator<'_> {
                 soft,
             } = c;
             let at = format!("invalidation.cascade[{n}]");
-            if !on.get_ref().starts_with('/') && !on.get_ref().starts_with('*') {
-                return Err(self.at.spanned(
-                    &on,
-                    &format!("{at}.on"),
-                    "expected a path glob starting with / (or **)",
-                ));
-            }
+            self.path_glob(&on, &format!("{at}.on"))?;
             if purge_tags.is_empty() && purge_prefixes.is_empty() {
                 return Err(self.at.spanned(
                     &on,

@@ -42,15 +42,8 @@ impl Validator<'_> {
             (RuleError::CacheControl { .. }, Some(cc)) => at(cc.span(), "cache_control", &e),
             _ => at(pattern.span(), "match", &e),
         })?;
-        // A valid glob that can match no path is a typo that would do
-        // nothing.
-        if !pattern.get_ref().starts_with('/') && !pattern.get_ref().starts_with('*') {
-            return Err(at(
-                pattern.span(),
-                "match",
-                &"expected a path glob starting with / (or **)",
-            ));
-        }
+        // After the glob's syntax, so that a bad glob says so.
+        self.path_glob(&pattern, &format!("rules[{i}].match"))?;
         if let Some(methods) = methods {
             if methods.get_ref().is_empty() {
                 return Err(at(
