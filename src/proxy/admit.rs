@@ -1,7 +1,8 @@
 //! Admission: a storable miss streams to the client while its body is
 //! collected (up to `max_object_size`); at the end the identity variant is
-//! admitted to memory *before* the client's body ends (so the next request
-//! is a hit and a purge finds it), then compressed once per configured
+//! admitted to memory *before* the client's body ends — before its last
+//! byte, when the length is declared (so the next request is a hit and a
+//! purge finds it), then compressed once per configured
 //! coding (off the async workers) and stored complete, in memory and Redis,
 //! unless a purge came in between. The collapse waiters are answered with
 //! the identity object as soon as it is admitted. A body that breaks or
@@ -117,6 +118,12 @@ async fn run(
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
     let mut storing = true;
+    // The chunk that completes a declared length, held back until the
+    // entry is admitted: with it the client has the whole response (an
+    // HTTP/1.1 response ends at its Content-Length, not when this task lets
+    // go of the channel) and may ask again at once, and that request must
+    // be a hit, never collapsed onto this admission (SPEC §6).
+    let mut last: Option<Bytes> = None;
     loop {
         match body.frame().await {
             None => break,
@@ -148,6 +155,10 @@ async fn run(
                         }
                     } else {
                         chunks.push(data.clone());
+                        if declared == Some(total) {
+                            last = Some(data);
+                            break;
+                        }
                     }
                 }
                 if let Some(tx) = &client {
@@ -203,7 +214,9 @@ async fn run(
     if let Some(visible) = done.take_if(|d| matches!(d, Done::Visible(_))) {
         visible.send(Admitted::Stored(identity.clone()));
     }
-    drop(client);
+    if let (Some(tx), Some(last)) = (client, last) {
+        let _ = tx.send(Ok(last)).await;
+    }
     let Some(policy) = encode else {
         return Some(identity);
     };
