@@ -83,8 +83,7 @@ pub fn upstream_request(
     };
     // A clone of the value (a reference count), not of its text.
     let host = h.get(header::HOST).cloned();
-    let host = host.as_ref().and_then(|v| v.to_str().ok());
-    headers::add_forwarding(h, by, host, version);
+    headers::add_forwarding(h, by, host.as_ref(), version);
     req.extensions_mut().insert(ClientIp(conn.client_ip));
     req
 }
@@ -351,10 +350,18 @@ pub fn unmap_etags(
 /// `Surrogate-Key` / `Cache-Tag` and `Strata-Cache-Control` (RFC 9213)
 /// are for Strata, never for clients.
 pub fn strip_surrogate_fields<B>(resp: &mut Response<B>) {
+    use crate::cache::tags::{CACHE_TAG, SURROGATE_KEY};
+    let strata_cc = super::fetch::STRATA_CACHE_CONTROL;
     let h = resp.headers_mut();
-    h.remove(crate::cache::tags::SURROGATE_KEY);
-    h.remove(crate::cache::tags::CACHE_TAG);
-    h.remove(super::fetch::STRATA_CACHE_CONTROL);
+    // One look at the few names present (usually none of these) instead
+    // of three hashed removals.
+    if h.keys()
+        .any(|k| matches!(k.as_str(), SURROGATE_KEY | CACHE_TAG) || *k == strata_cc)
+    {
+        h.remove(SURROGATE_KEY);
+        h.remove(CACHE_TAG);
+        h.remove(strata_cc);
+    }
 }
 
 fn switch_protocols(

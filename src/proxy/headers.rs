@@ -169,26 +169,36 @@ pub struct Forwarder {
 pub fn add_forwarding(
     headers: &mut HeaderMap,
     by: Forwarder,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
     version: Version,
 ) {
-    if !by.trusted {
-        let theirs = [
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &header::FORWARDED,
-        ];
-        if headers.keys().any(|k| theirs.contains(&k)) {
-            for name in theirs {
-                headers.remove(name);
-            }
+    // Room for the five fields at once: a request with few fields (a
+    // load generator's, a health probe's) would otherwise grow and rehash
+    // the map twice or three times on the way.
+    headers.reserve(5);
+    let theirs = [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &header::FORWARDED,
+    ];
+    // One look at the names: a client's own forwarding fields are rare,
+    // and without them none of the lookups below is needed.
+    let mut kept = headers.keys().any(|k| theirs.contains(&k));
+    if kept && !by.trusted {
+        for name in theirs {
+            headers.remove(name);
         }
+        kept = false;
     }
     let scheme = if by.https { "https" } else { "http" };
     let peer = by.peer.to_canonical();
     let mut ip_buf = String::with_capacity(64);
-    for prior in headers.get_all(&X_FORWARDED_FOR) {
+    for prior in kept
+        .then(|| headers.get_all(&X_FORWARDED_FOR))
+        .into_iter()
+        .flatten()
+    {
         if let Ok(prior) = prior.to_str() {
             if !prior.trim().is_empty() {
                 ip_buf.push_str(prior.trim());
@@ -197,23 +207,27 @@ pub fn add_forwarding(
         }
     }
     push_ip(&mut ip_buf, peer);
-    if let Ok(v) = HeaderValue::from_str(&ip_buf) {
+    if let Some(v) = owned_value(ip_buf) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if !kept || !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     }
     if let Some(host) = host {
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            if let Ok(v) = HeaderValue::from_str(host) {
-                headers.insert(X_FORWARDED_HOST.clone(), v);
-            }
+        if !kept || !headers.contains_key(&X_FORWARDED_HOST) {
+            // A clone of the value (a reference count), not of its text.
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         }
     }
+    let host = host.and_then(|h| h.to_str().ok());
     // RFC 7239 §4: an IPv6 node and a host with ':' are quoted strings.
     // (Writing to a String cannot fail.)
     let mut forwarded = String::with_capacity(96);
-    for prior in headers.get_all(header::FORWARDED) {
+    for prior in kept
+        .then(|| headers.get_all(header::FORWARDED))
+        .into_iter()
+        .flatten()
+    {
         if let Ok(prior) = prior.to_str() {
             if !prior.trim().is_empty() {
                 forwarded.push_str(prior.trim());
@@ -244,10 +258,16 @@ pub fn add_forwarding(
     }
     forwarded.push_str(";proto=");
     forwarded.push_str(scheme);
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Some(v) = owned_value(forwarded) {
         headers.insert(header::FORWARDED, v);
     }
     headers.append(header::VIA, via_value(version));
+}
+
+/// `text` as a field value, without copying it (`HeaderValue::from_str`
+/// copies into a new allocation); `None` if it is not a valid value.
+fn owned_value(text: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_bytes())).ok()
 }
 
 /// Appends `ip` as text. An IPv4 address is written an octet at a time
@@ -488,7 +508,8 @@ mod tests {
             https: false,
             trusted: false,
         };
-        add_forwarding(&mut h, by, Some("shop.example:8080"), Version::HTTP_11);
+        let host = HeaderValue::from_static("shop.example:8080");
+        add_forwarding(&mut h, by, Some(&host), Version::HTTP_11);
         assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "shop.example:8080");
@@ -507,7 +528,8 @@ mod tests {
             https: false,
             trusted: true,
         };
-        add_forwarding(&mut h, by, Some("shop.example"), Version::HTTP_11);
+        let host = HeaderValue::from_static("shop.example");
+        add_forwarding(&mut h, by, Some(&host), Version::HTTP_11);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, ::1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_HOST], "evil.example");
