@@ -1255,3 +1255,111 @@ async fn a_request_right_after_a_complete_miss_is_a_hit() {
     // admission stopped reading at the declared length.
     assert_eq!(origin.connections(), 1);
 }
+
+/// RFC 9111 §4.3.4: a 304 updates only the stored response its validator
+/// names. An origin that compares only `If-Modified-Since` answers 304
+/// with its new tag; that must not freshen the old body under the new tag
+/// (it did: the old body was served as `"v2"` for a minute). Strata asks
+/// again without conditions and stores what comes back. Each path's first
+/// response is stored already stale (`Age` beyond `max-age`).
+#[tokio::test]
+async fn a_304_naming_another_validator_updates_nothing() {
+    const LM: &str = "Mon, 30 Nov 2026 10:00:00 GMT";
+    const LATER: &str = "Mon, 30 Nov 2026 12:00:00 GMT";
+    let served = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<String>::new(),
+    ));
+    let origin = Origin::start(move |req| {
+        let served = served.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            // (first response's validator, the 304's, the new response's)
+            let (old, not_modified, new): (&[(&str, &str)], &[(&str, &str)], &[(&str, &str)]) =
+                match path.as_str() {
+                    "/strong" => (
+                        &[("etag", "\"v1\"")],
+                        &[("etag", "\"v2\"")],
+                        &[("etag", "\"v2\"")],
+                    ),
+                    "/weak" => (
+                        &[("etag", "W/\"v1\"")],
+                        &[("etag", "W/\"v2\"")],
+                        &[("etag", "W/\"v2\"")],
+                    ),
+                    "/date" => (
+                        &[("last-modified", LM)],
+                        &[("last-modified", LATER)],
+                        &[("last-modified", LATER)],
+                    ),
+                    "/bare" => (&[("etag", "\"v1\"")], &[], &[("etag", "\"v2\"")]),
+                    _ => (
+                        &[("etag", "\"v1\"")],
+                        &[("etag", "\"v1\"")],
+                        &[("etag", "\"v1\"")],
+                    ),
+                };
+            let conditional = req.headers().contains_key("if-none-match")
+                || req.headers().contains_key("if-modified-since");
+            let first = served.lock().unwrap().insert(path);
+            if first {
+                let mut h = vec![("cache-control", "max-age=10"), ("age", "20")];
+                h.extend_from_slice(old);
+                return reply(200, &h, "old body");
+            }
+            let mut h = vec![("cache-control", "max-age=60")];
+            if conditional {
+                h.extend_from_slice(not_modified);
+                return reply(304, &h, "");
+            }
+            h.extend_from_slice(new);
+            reply(200, &h, "new body")
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for (path, tag) in [
+        ("/strong", Some("\"v2\"")),
+        ("/weak", Some("W/\"v2\"")),
+        ("/date", None),
+        ("/bare", Some("\"v2\"")),
+    ] {
+        assert_eq!(c.get(&s.url(path)).await.text(), "old body");
+        let before = origin.count();
+        let r = c.get(&s.url(path)).await;
+        assert_eq!(r.text(), "new body", "{path}");
+        assert_eq!(r.header("etag"), tag, "{path}");
+        assert!(
+            r.cache_status().contains("fwd=stale"),
+            "{path}: {}",
+            r.cache_status()
+        );
+        assert!(
+            !r.cache_status().contains("fwd-status=304"),
+            "{path}: {}",
+            r.cache_status()
+        );
+        // The conditional request, then the unconditional one.
+        assert_eq!(origin.count(), before + 2, "{path}");
+        let last = origin.last().unwrap();
+        assert!(!last.headers.contains_key("if-none-match"), "{path}");
+        assert!(!last.headers.contains_key("if-modified-since"), "{path}");
+        // Stored: the next request is a hit with the new body.
+        let r = c.get(&s.url(path)).await;
+        assert!(
+            r.cache_status().contains("hit"),
+            "{path}: {}",
+            r.cache_status()
+        );
+        assert_eq!(r.text(), "new body", "{path}");
+    }
+    // A 304 with the stored tag still freshens the stored body.
+    assert_eq!(c.get(&s.url("/same")).await.text(), "old body");
+    let r = c.get(&s.url("/same")).await;
+    assert_eq!(r.text(), "old body");
+    assert!(
+        r.cache_status().contains("fwd=stale; fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+}

@@ -129,6 +129,33 @@ pub fn etag_list_matches(list: &str, etag: Option<&str>, strong: bool) -> bool {
     })
 }
 
+/// RFC 9111 §4.3.4: whether a `304` (its fields `not_modified`) selects a
+/// stored response (its fields `stored`) for update. A strong `ETag`
+/// selects only a stored response with that same strong tag; a weak one, a
+/// stored tag equal by weak comparison; without an `ETag`, `Last-Modified`
+/// must name the stored response's date; a `304` with neither selects only
+/// a stored response that has no validator either. A `304` that selects
+/// nothing must not be used to update anything.
+pub fn selected_for_update(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    fn tag(h: &HeaderMap) -> Option<&str> {
+        h.get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    }
+    if let Some(new) = tag(not_modified) {
+        let (new_weak, new_opaque) = split_weak(new);
+        return tag(stored).is_some_and(|old| {
+            let (old_weak, old_opaque) = split_weak(old);
+            old_opaque == new_opaque && (new_weak || !old_weak)
+        });
+    }
+    if not_modified.contains_key(header::LAST_MODIFIED) {
+        return date_field(not_modified, header::LAST_MODIFIED)
+            .is_some_and(|new| date_field(stored, header::LAST_MODIFIED) == Some(new));
+    }
+    !stored.contains_key(header::ETAG) && !stored.contains_key(header::LAST_MODIFIED)
+}
+
 fn split_weak(tag: &str) -> (bool, &str) {
     match tag.strip_prefix("W/") {
         Some(rest) => (true, rest),
@@ -312,6 +339,40 @@ fn unsatisfiable(headers: &HeaderMap, len: usize, age: u64) -> Response<ProxyBod
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_304_selects_only_the_response_its_validator_names() {
+        let h = |fields: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in fields {
+                m.append(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let lm = "Mon, 30 Nov 2026 10:00:00 GMT";
+        let later = "Mon, 30 Nov 2026 12:00:00 GMT";
+        let cases: [(&[(&str, &str)], &[(&str, &str)], bool); 10] = [
+            (&[("etag", "\"v1\"")], &[("etag", "\"v1\"")], true),
+            (&[("etag", "\"v1\"")], &[("etag", "\"v2\"")], false),
+            // A strong tag names no weakly tagged response.
+            (&[("etag", "W/\"v1\"")], &[("etag", "\"v1\"")], false),
+            (&[("etag", "W/\"v1\"")], &[("etag", "W/\"v1\"")], true),
+            (&[("etag", "\"v1\"")], &[("etag", "W/\"v1\"")], true),
+            (&[("etag", "W/\"v1\"")], &[("etag", "W/\"v2\"")], false),
+            (&[("last-modified", lm)], &[("last-modified", lm)], true),
+            (&[("last-modified", lm)], &[("last-modified", later)], false),
+            // No validator in the 304: only a response without one.
+            (&[("etag", "\"v1\"")], &[], false),
+            (&[], &[], true),
+        ];
+        for (stored, update, selected) in cases {
+            assert_eq!(
+                selected_for_update(&h(stored), &h(update)),
+                selected,
+                "{stored:?} / {update:?}"
+            );
+        }
+    }
 
     #[test]
     fn etag_matching() {

@@ -16,7 +16,7 @@ use http::{Method, Request, StatusCode};
 use super::super::admit::Plan;
 use super::super::body::IdleTimeout;
 use super::super::error::ProxyError;
-use super::super::{forward, headers, ConnInfo, RequestCtx, Runtime};
+use super::super::{forward, headers, stored, ConnInfo, RequestCtx, Runtime};
 use crate::cache::directives::CacheControl;
 use crate::cache::entry::{self, Object, Variant};
 use crate::cache::freshness::{self, now_millis, Heuristic, Millis, NotStorable};
@@ -177,11 +177,30 @@ impl Exchange {
         stale: Option<&Arc<Variant>>,
         stale_on_5xx: bool,
     ) -> Fetched {
-        let upstream = self.upstream_request(parts, stale.map(|v| &**v));
-        let request_time = now_millis();
-        let answer = match forward::send(&self.runtime, upstream).await {
-            Ok(a) => a,
-            Err(e) => return Fetched::Failed(e),
+        let mut validating = stale;
+        let (answer, request_time) = loop {
+            let upstream = self.upstream_request(parts, validating.map(|v| &**v));
+            let request_time = now_millis();
+            let answer = match forward::send(&self.runtime, upstream).await {
+                Ok(a) => a,
+                Err(e) => return Fetched::Failed(e),
+            };
+            // RFC 9111 §4.3.4: a 304 whose validator names another response
+            // (an origin that compared only the date, say) updates nothing;
+            // the response is asked for again, without conditions.
+            match validating {
+                Some(old)
+                    if answer.response.status() == StatusCode::NOT_MODIFIED
+                        && !stored::selected_for_update(
+                            &old.headers,
+                            answer.response.headers(),
+                        ) =>
+                {
+                    tracing::debug!(%key, "304 names another validator than the stored response's; fetching it whole");
+                    validating = None;
+                }
+                _ => break (answer, request_time),
+            }
         };
         let response_time = now_millis();
         let status = answer.response.status();
@@ -189,7 +208,7 @@ impl Exchange {
             // The cache path never asks for an upgrade.
             return Fetched::Failed(forward::unasked_switch(&answer.response));
         }
-        if let (StatusCode::NOT_MODIFIED, Some(old)) = (status, stale) {
+        if let (StatusCode::NOT_MODIFIED, Some(old)) = (status, validating) {
             let v = Arc::new(self.freshen(
                 parts,
                 old,
