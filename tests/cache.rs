@@ -1274,30 +1274,30 @@ async fn a_304_naming_another_validator_updates_nothing() {
         async move {
             let path = req.uri().path().to_owned();
             // (first response's validator, the 304's, the new response's)
-            let (old, not_modified, new): (&[(&str, &str)], &[(&str, &str)], &[(&str, &str)]) =
-                match path.as_str() {
-                    "/strong" => (
-                        &[("etag", "\"v1\"")],
-                        &[("etag", "\"v2\"")],
-                        &[("etag", "\"v2\"")],
-                    ),
-                    "/weak" => (
-                        &[("etag", "W/\"v1\"")],
-                        &[("etag", "W/\"v2\"")],
-                        &[("etag", "W/\"v2\"")],
-                    ),
-                    "/date" => (
-                        &[("last-modified", LM)],
-                        &[("last-modified", LATER)],
-                        &[("last-modified", LATER)],
-                    ),
-                    "/bare" => (&[("etag", "\"v1\"")], &[], &[("etag", "\"v2\"")]),
-                    _ => (
-                        &[("etag", "\"v1\"")],
-                        &[("etag", "\"v1\"")],
-                        &[("etag", "\"v1\"")],
-                    ),
-                };
+            type Fields = &'static [(&'static str, &'static str)];
+            let (old, not_modified, new): (Fields, Fields, Fields) = match path.as_str() {
+                "/strong" => (
+                    &[("etag", "\"v1\"")],
+                    &[("etag", "\"v2\"")],
+                    &[("etag", "\"v2\"")],
+                ),
+                "/weak" => (
+                    &[("etag", "W/\"v1\"")],
+                    &[("etag", "W/\"v2\"")],
+                    &[("etag", "W/\"v2\"")],
+                ),
+                "/date" => (
+                    &[("last-modified", LM)],
+                    &[("last-modified", LATER)],
+                    &[("last-modified", LATER)],
+                ),
+                "/bare" => (&[("etag", "\"v1\"")], &[], &[("etag", "\"v2\"")]),
+                _ => (
+                    &[("etag", "\"v1\"")],
+                    &[("etag", "\"v1\"")],
+                    &[("etag", "\"v1\"")],
+                ),
+            };
             let conditional = req.headers().contains_key("if-none-match")
                 || req.headers().contains_key("if-modified-since");
             let first = served.lock().unwrap().insert(path);

@@ -349,9 +349,10 @@ mod tests {
             }
             m
         };
-        let lm = "Mon, 30 Nov 2026 10:00:00 GMT";
-        let later = "Mon, 30 Nov 2026 12:00:00 GMT";
-        let cases: [(&[(&str, &str)], &[(&str, &str)], bool); 10] = [
+        const LM: &str = "Mon, 30 Nov 2026 10:00:00 GMT";
+        const LATER: &str = "Mon, 30 Nov 2026 12:00:00 GMT";
+        type Fields = &'static [(&'static str, &'static str)];
+        let cases: [(Fields, Fields, bool); 10] = [
             (&[("etag", "\"v1\"")], &[("etag", "\"v1\"")], true),
             (&[("etag", "\"v1\"")], &[("etag", "\"v2\"")], false),
             // A strong tag names no weakly tagged response.
@@ -359,8 +360,8 @@ mod tests {
             (&[("etag", "W/\"v1\"")], &[("etag", "W/\"v1\"")], true),
             (&[("etag", "\"v1\"")], &[("etag", "W/\"v1\"")], true),
             (&[("etag", "W/\"v1\"")], &[("etag", "W/\"v2\"")], false),
-            (&[("last-modified", lm)], &[("last-modified", lm)], true),
-            (&[("last-modified", lm)], &[("last-modified", later)], false),
+            (&[("last-modified", LM)], &[("last-modified", LM)], true),
+            (&[("last-modified", LM)], &[("last-modified", LATER)], false),
             // No validator in the 304: only a response without one.
             (&[("etag", "\"v1\"")], &[], false),
             (&[], &[], true),
