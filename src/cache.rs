@@ -298,6 +298,12 @@ impl Cache {
         self.inner.pass.insert(hash, ());
     }
 
+    /// Lifts a URL's hit-for-miss mark: a request that went upstream
+    /// because of it got an answer that would be stored.
+    pub fn unmark_pass(&self, hash: u128) {
+        self.inner.pass.invalidate(&hash);
+    }
+
     /// Removes one URL (every variant and encoding) from every tier, and
     /// from the fleet's memory tiers through Redis.
     pub fn remove(&self, key: &CacheKey) {

@@ -1363,3 +1363,78 @@ async fn a_304_naming_another_validator_updates_nothing() {
         r.cache_status()
     );
 }
+
+/// Hit-for-miss (Varnish's): an uncacheable answer marks the URL so that
+/// requests skip the collapse wait, but a storable answer lifts the mark.
+/// After an origin error (`500`, no Cache-Control) or a `private` answer,
+/// a cacheable response was fetched again and again for 60 s and never
+/// stored.
+#[tokio::test]
+async fn a_storable_answer_lifts_the_hit_for_miss_mark() {
+    let served = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<String>::new(),
+    ));
+    let origin = Origin::start(move |req| {
+        let served = served.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            let first = served.lock().unwrap().insert(path.clone());
+            match (first, path.as_str()) {
+                (_, "/mine") => reply(200, &[("cache-control", "private")], "mine"),
+                (true, "/err") => reply(500, &[], "error"),
+                (true, _) => reply(200, &[("cache-control", "private")], "mine"),
+                (false, _) => reply(200, &[("cache-control", "max-age=300")], "shared"),
+            }
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for path in ["/err", "/private"] {
+        let r = c.get(&s.url(path)).await;
+        assert!(
+            r.cache_status().contains("fwd=miss"),
+            "{path}: {}",
+            r.cache_status()
+        );
+        // Marked: straight upstream, and the answer is cacheable now.
+        let r = c.get(&s.url(path)).await;
+        assert_eq!(r.text(), "shared");
+        assert!(
+            r.cache_status().contains("fwd=bypass"),
+            "{path}: {}",
+            r.cache_status()
+        );
+        // The mark is lifted: a miss that is stored, then hits.
+        let r = c.get(&s.url(path)).await;
+        assert_eq!(r.text(), "shared");
+        assert!(
+            r.cache_status().contains("fwd=miss; stored"),
+            "{path}: {}",
+            r.cache_status()
+        );
+        let before = origin.count();
+        let r = c.get(&s.url(path)).await;
+        assert!(
+            r.cache_status().contains("hit"),
+            "{path}: {}",
+            r.cache_status()
+        );
+        assert_eq!(origin.count(), before);
+    }
+    // Still uncacheable: the mark stays.
+    let r = c.get(&s.url("/mine")).await;
+    assert!(
+        r.cache_status().contains("fwd=miss"),
+        "{}",
+        r.cache_status()
+    );
+    for _ in 0..2 {
+        let r = c.get(&s.url("/mine")).await;
+        assert!(
+            r.cache_status().contains("fwd=bypass"),
+            "{}",
+            r.cache_status()
+        );
+    }
+}

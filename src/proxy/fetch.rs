@@ -24,7 +24,7 @@ use crate::compression::{self, Coding, CompressionPolicy};
 
 mod exchange;
 
-pub use exchange::STRATA_CACHE_CONTROL;
+pub use exchange::{would_store, STRATA_CACHE_CONTROL};
 use exchange::{Exchange, Fetched, UpstreamBody, CLIENT_CONDITIONALS};
 
 // === the foreground fetch ===
@@ -61,6 +61,7 @@ async fn follow(
     let pass = super::lookup::Pass {
         fwd: miss.fwd,
         rule: ctx.rule,
+        marked: None,
     };
     forward::pass(ctx.shared, ctx.runtime, req, ctx.conn, pass).await
 }
@@ -365,7 +366,7 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
 
 /// The request's method, URI, version and headers (for building
 /// upstream requests after the original was consumed).
-fn request_parts<B>(req: &Request<B>) -> Parts {
+pub(super) fn request_parts<B>(req: &Request<B>) -> Parts {
     let mut r = Request::new(());
     *r.method_mut() = req.method().clone();
     *r.uri_mut() = req.uri().clone();

@@ -147,7 +147,10 @@ pub async fn pass(
     conn: ConnInfo,
     pass: Pass,
 ) -> Answered {
-    let Pass { fwd, rule } = pass;
+    let Pass { fwd, rule, marked } = pass;
+    // Hit-for-miss (Varnish's): the request, kept only for a URL marked
+    // uncacheable, to tell from the answer whether the mark still holds.
+    let marked = marked.map(|hash| (hash, super::fetch::request_parts(&req)));
     // What the rule's Cache-Control needs of the request, kept only when
     // a rule matched (`rule_cache_control`).
     let ruled = rule.map(|i| RuledRequest::capture(i, &req));
@@ -216,6 +219,13 @@ pub async fn pass(
             if !cascades.is_empty() {
                 shared.cache.cascade(uri.path(), cascades).await;
             }
+        }
+    }
+    if let Some((hash, parts)) = &marked {
+        // A storable answer lifts the mark: the next request is a miss
+        // again, and its response is stored (SPEC §3, README "hit-for-miss").
+        if super::fetch::would_store(runtime, rule, parts, resp.status(), resp.headers()) {
+            shared.cache.unmark_pass(*hash);
         }
     }
     if let Some(ruled) = &ruled {

@@ -44,11 +44,18 @@ pub struct Route<'r> {
 pub struct Pass {
     pub fwd: Fwd,
     pub rule: Option<usize>,
+    /// The URL's key hash when it goes upstream only because it is marked
+    /// uncacheable (hit-for-miss): its answer may lift the mark.
+    pub marked: Option<u128>,
 }
 
 impl From<Fwd> for Pass {
     fn from(fwd: Fwd) -> Pass {
-        Pass { fwd, rule: None }
+        Pass {
+            fwd,
+            rule: None,
+            marked: None,
+        }
     }
 }
 
@@ -80,10 +87,12 @@ pub fn route<'r>(
         Some(key) => Cow::Owned(key.request_path(target, req.headers())),
     };
     let hash = CacheKey::hash_of(conn.https, authority, &path);
-    if rule.is_some_and(|(_, r)| r.bypasses()) || shared.cache.is_pass(hash) {
+    let bypass = rule.is_some_and(|(_, r)| r.bypasses());
+    if bypass || shared.cache.is_pass(hash) {
         return Err(Pass {
             fwd: Fwd::Bypass,
             rule: rule.map(|(i, _)| i),
+            marked: (!bypass).then_some(hash),
         });
     }
     Ok(Route {

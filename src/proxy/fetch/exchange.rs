@@ -273,6 +273,41 @@ impl Exchange {
     }
 }
 
+/// Whether a response (`status`, `response` fields) to `request` would be
+/// stored: the decision of [`Exchange::fetch`] (`rule` from the request's
+/// index on, directives, size), on a copy of the fields. For hit-for-miss:
+/// a request that went upstream because its URL was marked uncacheable
+/// learns whether the mark still holds.
+pub fn would_store(
+    runtime: &Runtime,
+    rule: Option<usize>,
+    request: &Parts,
+    status: StatusCode,
+    response: &HeaderMap,
+) -> bool {
+    let rule = rule.and_then(|i| {
+        runtime.config.rules.for_response(
+            i,
+            request.uri.path(),
+            &request.method,
+            response.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+        )
+    });
+    let cache = &runtime.config.cache;
+    let req_cc = super::super::lookup::request_directives(&request.headers);
+    let mut fields = response.clone();
+    shape(
+        rule,
+        &cache.targeted_cache_control,
+        status,
+        &request.headers,
+        &req_cc,
+        &mut fields,
+    )
+    .is_ok()
+        && headers::content_length(response).is_none_or(|len| len <= cache.max_object_size)
+}
+
 /// Shapes upstream response headers the way the cache stores and serves
 /// them: hop-by-hop fields out, surrogate tags taken out (and returned).
 fn normalize_response(headers: &mut HeaderMap) -> Vec<String> {
