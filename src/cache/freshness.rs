@@ -400,7 +400,14 @@ pub fn reuse(p: &Policy, t: &Times, now: Millis, req: &CacheControl) -> Reuse {
     {
         return Reuse::StaleAccepted { ttl };
     }
-    if within(p.stale_while_revalidate) && req.max_age.is_none() {
+    // The origin's permission to serve stale, unless the client limits it:
+    // `max-age`, `min-fresh` (a stale copy is not fresh for any time to
+    // come) or a `max-stale` this staleness exceeds (RFC 9111 §5.2.1).
+    if within(p.stale_while_revalidate)
+        && req.max_age.is_none()
+        && req.min_fresh.is_none()
+        && req.max_stale.is_none()
+    {
         return Reuse::StaleWhileRevalidate { ttl };
     }
     Reuse::Validate {
@@ -611,6 +618,20 @@ mod tests {
         assert_eq!(
             reuse(&p, &t, T0 + 80_000, &none),
             Reuse::StaleWhileRevalidate { ttl: -20 }
+        );
+        // The client's limits hold inside the window too.
+        for limit in ["min-fresh=5", "min-fresh=0", "max-stale=0", "max-stale=10"] {
+            assert!(
+                matches!(
+                    reuse(&p, &t, T0 + 80_000, &req(limit)),
+                    Reuse::Validate { .. }
+                ),
+                "{limit}"
+            );
+        }
+        assert_eq!(
+            reuse(&p, &t, T0 + 80_000, &req("max-stale=30")),
+            Reuse::StaleAccepted { ttl: -20 }
         );
         assert_eq!(
             reuse(&p, &t, T0 + 100_000, &none),
