@@ -7,7 +7,9 @@
 //! - `cache/freshness.rs`: storability, freshness, age, reuse decisions.
 //! - `cache/storage.rs`: the tier seam; `memory.rs` (moka) and `redis.rs`
 //!   (the shared tier: codec, breaker, connections, fleet purge, indexes).
-//! - `cache/arena.rs`: large bodies in shared memory, sent with `sendfile`.
+//! - `cache/arena.rs`: mid-sized bodies in shared memory, sent with
+//!   `sendfile`; `large.rs`: bodies of 1 MiB and more in mappings of their
+//!   own, unmapped when evicted.
 //! - `cache/collapse.rs`: collapsed forwarding of concurrent misses.
 //! - `cache/tags.rs`: surrogate keys.
 //! - `cache/purge.rs`: admin purges (hard, soft, cascades), invalidation
@@ -21,6 +23,8 @@ pub mod entry;
 pub mod fields;
 pub mod freshness;
 pub mod key;
+#[allow(unsafe_code)]
+pub mod large;
 pub mod memory;
 pub mod purge;
 pub mod redis;

@@ -93,12 +93,16 @@ pub fn enable() -> bool {
 
 /// Copies a body given as `chunks` (`total` bytes together) into one
 /// allocation of its own: the arena when there is one and the body's size
-/// suits it, the heap otherwise.
+/// suits it, a mapping of its own when it is large (`cache/large.rs`),
+/// the heap otherwise.
 pub fn collect(chunks: &[Bytes], total: usize) -> Bytes {
     if (MIN_BODY..=MAX_BODY).contains(&total) {
         if let Some(b) = get().and_then(|a| a.store(chunks, total)) {
             return b;
         }
+    }
+    if let Some(b) = super::large::collect(chunks, total) {
+        return b;
     }
     let mut buf = Vec::with_capacity(total);
     for c in chunks {
@@ -176,11 +180,13 @@ fn huge_shmem_in<'a>(
     None
 }
 
-/// Moves `body` into the arena when its size suits it and there is one;
+/// Moves `body` into the arena when its size suits it and there is one,
+/// or into a mapping of its own when it is large (`cache/large.rs`);
 /// otherwise returns it unchanged.
 pub fn adopt(body: Bytes) -> Bytes {
     if !(MIN_BODY..=MAX_BODY).contains(&body.len()) {
-        return body;
+        let len = body.len();
+        return super::large::collect(std::slice::from_ref(&body), len).unwrap_or(body);
     }
     match get().and_then(|a| a.store(std::slice::from_ref(&body), body.len())) {
         Some(b) => b,

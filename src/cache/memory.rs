@@ -62,6 +62,12 @@ pub struct MemoryTier {
     removed_urls: Cache<u64>,
 }
 
+/// Objects of at least this weight (bytes) are evicted for at once (see
+/// [`MemoryTier::evict_now`]); lighter ones can pile up over capacity by
+/// at most moka's batch of pending writes (a few MiB of them). The
+/// maintenance is cheap next to fetching and copying a body this size.
+const HEAVY: u64 = 256 * 1024;
+
 impl MemoryTier {
     pub fn new(capacity: u64) -> MemoryTier {
         let cache = moka::sync::Cache::builder()
@@ -98,7 +104,20 @@ impl MemoryTier {
     }
 
     pub fn insert(&self, object: Arc<Object>) {
+        let heavy = object.weight() >= HEAVY;
         self.cache.insert(object.key.hash(), object);
+        if heavy {
+            self.evict_now();
+        }
+    }
+
+    /// Runs moka's maintenance, which evicts what is over capacity. moka
+    /// runs it only once enough operations have piled up (or on reads), so
+    /// after a few large objects the tier could hold several times its
+    /// capacity until then — and keep holding it while idle — against
+    /// SPEC §10's memory bound. Done after storing a [`HEAVY`] object.
+    fn evict_now(&self) {
+        self.cache.run_pending_tasks();
     }
 
     /// Adds `variant` (encoded representations included) to `admitted`,
@@ -123,7 +142,13 @@ impl MemoryTier {
                     None => Op::Nop,
                 });
         match result {
-            CompResult::ReplacedWith(entry) => Some(entry.into_value()),
+            CompResult::ReplacedWith(entry) => {
+                let object = entry.into_value();
+                if object.weight() >= HEAVY {
+                    self.evict_now();
+                }
+                Some(object)
+            }
             _ => None,
         }
     }

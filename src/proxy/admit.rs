@@ -22,6 +22,7 @@ use crate::cache::collapse::{Flight, WriteLock};
 use crate::cache::entry::{self, Encoded, Object, Variant, VaryKey};
 use crate::cache::freshness::{Policy, Times};
 use crate::cache::key::CacheKey;
+use crate::cache::large::Collector;
 use crate::cache::Cache;
 use crate::compression::{self, CompressionPolicy};
 
@@ -115,7 +116,7 @@ async fn run(
     done: &mut Option<Done>,
 ) -> Option<Arc<Variant>> {
     let declared = super::headers::content_length(&plan.headers);
-    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut collected = Collector::new(declared);
     let mut total: u64 = 0;
     let mut storing = true;
     // The chunk that completes a declared length, held back until the
@@ -142,7 +143,8 @@ async fn run(
                 if storing {
                     if total > plan.max_size {
                         storing = false;
-                        let read = std::mem::take(&mut chunks);
+                        let read =
+                            std::mem::replace(&mut collected, Collector::new(None)).into_chunks();
                         if let Some(l) = lock.take() {
                             l.publish(Flight::Released);
                         }
@@ -154,7 +156,7 @@ async fn run(
                             client = send_all(tx, read).await;
                         }
                     } else {
-                        chunks.push(data.clone());
+                        collected.push(&data);
                         if declared == Some(total) {
                             last = Some(data);
                             break;
@@ -175,7 +177,10 @@ async fn run(
     if !storing || declared.is_some_and(|d| d != total) {
         return None;
     }
-    let body = concat(chunks, total);
+    // In one allocation of exactly its size, never a slice of hyper's
+    // read buffers (a 1 KiB body would pin 8–64 KiB): the arena when it is
+    // mid-sized (for `sendfile`), a mapping of its own when large.
+    let body = collected.finish(total as usize);
     let encode = plan
         .compression
         .as_ref()
@@ -234,14 +239,6 @@ async fn send_all(tx: ClientTx, chunks: Vec<Bytes>) -> Option<ClientTx> {
         tx.send(Ok(chunk)).await.ok()?;
     }
     Some(tx)
-}
-
-/// The body in one allocation of exactly its size (in the body arena when
-/// it is large, for `sendfile`). Always a copy, even of a single chunk:
-/// hyper's chunks are slices of its read buffer, which a stored slice
-/// would keep alive whole (a 1 KiB body pinning 8–64 KiB).
-fn concat(chunks: Vec<Bytes>, total: u64) -> Bytes {
-    crate::cache::arena::collect(&chunks, total as usize)
 }
 
 /// Builds the identity variant: headers completed (Content-Length, Date,

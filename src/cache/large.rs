@@ -1,0 +1,245 @@
+//! Large stored bodies (at least [`MIN_LARGE`] bytes) in anonymous
+//! mappings of their own, given back to the kernel (`munmap`) the moment
+//! their last reference goes.
+//!
+//! Why not the heap: the allocator (mimalloc) keeps freed memory
+//! committed for its purge delay (1 s) and purges only when the process
+//! allocates again. A burst of multi-MiB misses — each body collected from
+//! hyper's read buffers, copied into one allocation, and sooner or later
+//! evicted — therefore held RSS far above SPEC §10's bound of
+//! 1.25 × `memory_capacity` + 64 MiB (150 MiB at 32 MiB of capacity with
+//! 8 MiB objects) and kept it there while idle. Here a body being
+//! admitted is copied into its mapping chunk by chunk as it arrives (see
+//! [`Collector`]), so hyper's buffers are reused at once instead of
+//! piling up until the end, and an evicted body's pages leave with it.
+//!
+//! The price is two system calls and the page faults of a fresh mapping
+//! per admission of such a body, nothing per hit (a hit clones the
+//! `Bytes`). No crate on this machine wraps an anonymous mapping as a
+//! `Bytes` owner; `rustix::mm` makes the calls.
+
+use std::ptr::NonNull;
+
+use bytes::Bytes;
+
+/// Bodies of at least this many bytes get a mapping of their own. Below
+/// it the allocator's retention is small next to the bound's 64 MiB
+/// allowance, and a mapping's fixed costs are not worth it.
+pub const MIN_LARGE: usize = 1 << 20;
+
+/// One body's anonymous mapping: written while it is exclusively owned,
+/// read-only once frozen into `Bytes`.
+pub struct Mapped {
+    base: NonNull<u8>,
+    /// Bytes mapped (at least `len`, a whole number of pages).
+    mapped: usize,
+    /// Bytes written.
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value alone; it is written only
+// through `&mut self` and only read once shared.
+unsafe impl Send for Mapped {}
+// SAFETY: as above; shared access is read-only.
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    /// A mapping for `capacity` bytes; `None` when the kernel refuses one
+    /// (the caller keeps the heap).
+    pub fn with_capacity(capacity: usize) -> Option<Mapped> {
+        #[cfg(unix)]
+        {
+            use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
+            let mapped = capacity.max(1).div_ceil(4096) * 4096;
+            // SAFETY: a new private anonymous mapping at an address the
+            // kernel picks; nothing else refers to it.
+            let base = unsafe {
+                mmap_anonymous(
+                    std::ptr::null_mut(),
+                    mapped,
+                    ProtFlags::READ | ProtFlags::WRITE,
+                    MapFlags::PRIVATE,
+                )
+            }
+            .ok()?;
+            Some(Mapped {
+                base: NonNull::new(base.cast::<u8>())?,
+                mapped,
+                len: 0,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = capacity;
+            None
+        }
+    }
+
+    /// Appends `data`; `false` (and nothing written) when it does not fit.
+    pub fn push(&mut self, data: &[u8]) -> bool {
+        if data.len() > self.mapped - self.len {
+            return false;
+        }
+        // SAFETY: the destination lies inside the mapping (checked above),
+        // which this value owns exclusively (`&mut self`); the source is a
+        // different allocation.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.base.as_ptr().add(self.len),
+                data.len(),
+            );
+        }
+        self.len += data.len();
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The body, shared from here on.
+    pub fn freeze(self) -> Bytes {
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `len` bytes from `base` were written and lie inside the
+        // mapping, which lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        // SAFETY: the mapping made in `with_capacity`, unmapped once; no
+        // reference to its bytes outlives `self`.
+        unsafe {
+            let _ = rustix::mm::munmap(self.base.as_ptr().cast(), self.mapped);
+        }
+    }
+}
+
+/// `chunks` (`total` bytes together) copied into a mapping of their own,
+/// when the body is large enough for one and the kernel grants it.
+pub fn collect(chunks: &[Bytes], total: usize) -> Option<Bytes> {
+    if total < MIN_LARGE {
+        return None;
+    }
+    let mut m = Mapped::with_capacity(total)?;
+    for c in chunks {
+        if !m.push(c) {
+            return None;
+        }
+    }
+    Some(m.freeze())
+}
+
+/// A body being admitted, collected as it arrives: into a mapping as soon
+/// as its declared length says it is large (each chunk copied at once, so
+/// hyper's read buffer is free to be reused), else as a list of chunks
+/// copied into one allocation at the end.
+pub enum Collector {
+    Chunks(Vec<Bytes>),
+    Mapped(Mapped),
+}
+
+impl Collector {
+    /// For a body of `declared` length (if known).
+    pub fn new(declared: Option<u64>) -> Collector {
+        declared
+            .and_then(|d| usize::try_from(d).ok())
+            .filter(|&d| d >= MIN_LARGE)
+            .and_then(Mapped::with_capacity)
+            .map_or_else(|| Collector::Chunks(Vec::new()), Collector::Mapped)
+    }
+
+    /// Adds a chunk. A mapped body that would overflow its declared length
+    /// (the upstream's framing guarantees it will not) goes back to a
+    /// chunk list.
+    pub fn push(&mut self, data: &Bytes) {
+        match self {
+            Collector::Chunks(chunks) => chunks.push(data.clone()),
+            Collector::Mapped(m) => {
+                if !m.push(data) {
+                    let read = Bytes::copy_from_slice(m.as_ref());
+                    *self = Collector::Chunks(vec![read, data.clone()]);
+                }
+            }
+        }
+    }
+
+    /// What was read so far, as chunks (for a request that sends the body
+    /// itself once it is known not to be stored).
+    pub fn into_chunks(self) -> Vec<Bytes> {
+        match self {
+            Collector::Chunks(chunks) => chunks,
+            Collector::Mapped(m) if m.is_empty() => Vec::new(),
+            Collector::Mapped(m) => vec![m.freeze()],
+        }
+    }
+
+    /// The whole body (`total` bytes) in one allocation of its own.
+    pub fn finish(self, total: usize) -> Bytes {
+        match self {
+            Collector::Chunks(chunks) => super::arena::collect(&chunks, total),
+            Collector::Mapped(m) => m.freeze(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_body_is_collected_into_a_mapping_of_its_own() {
+        let chunk = Bytes::from(vec![7u8; 300 * 1024]);
+        let mut c = Collector::new(Some(MIN_LARGE as u64 + 10));
+        assert!(matches!(c, Collector::Mapped(_)));
+        let mut total = 0;
+        while total + chunk.len() <= MIN_LARGE {
+            c.push(&chunk);
+            total += chunk.len();
+        }
+        let tail = Bytes::from(vec![9u8; MIN_LARGE + 10 - total]);
+        c.push(&tail);
+        let body = c.finish(MIN_LARGE + 10);
+        assert_eq!(body.len(), MIN_LARGE + 10);
+        assert!(body[..total].iter().all(|&b| b == 7));
+        assert!(body[total..].iter().all(|&b| b == 9));
+        // A clone shares the mapping; the last one unmaps it.
+        let clone = body.slice(10..20);
+        drop(body);
+        assert_eq!(&clone[..], &[7u8; 10]);
+    }
+
+    #[test]
+    fn an_overflowing_or_small_body_stays_a_chunk_list() {
+        assert!(matches!(Collector::new(Some(1000)), Collector::Chunks(_)));
+        assert!(matches!(Collector::new(None), Collector::Chunks(_)));
+        let mut c = Collector::new(Some(MIN_LARGE as u64));
+        let big = Bytes::from(vec![1u8; MIN_LARGE]);
+        c.push(&big);
+        c.push(&Bytes::from_static(b"more"));
+        assert!(matches!(c, Collector::Chunks(_)));
+        let body = c.finish(MIN_LARGE + 4);
+        assert_eq!(body.len(), MIN_LARGE + 4);
+        assert_eq!(&body[MIN_LARGE..], b"more");
+    }
+
+    #[test]
+    fn collect_maps_only_large_bodies() {
+        let small = [Bytes::from_static(b"abc")];
+        assert!(collect(&small, 3).is_none());
+        let big = [Bytes::from(vec![5u8; MIN_LARGE])];
+        assert_eq!(collect(&big, MIN_LARGE).unwrap().len(), MIN_LARGE);
+    }
+}
