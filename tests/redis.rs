@@ -647,6 +647,10 @@ async fn the_breaker_closes_at_the_first_probe_after_redis_returns() {
     })
     .await;
     let opened = Instant::now();
+    // While Redis is being skipped, /health does not call it connected.
+    let health: Value = serde_json::from_str(&c.get(&a.admin_url("/health")).await.text()).unwrap();
+    assert_eq!(health["redis"]["connected"], false, "{health}");
+    assert_eq!(health["redis"]["breaker_open"], true, "{health}");
     redis.restart().await;
     // Requests keep coming (each may be the probe) until it closes.
     let mut j = 0;
