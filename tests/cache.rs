@@ -527,6 +527,33 @@ async fn unsafe_methods_invalidate_target_and_location() {
         .await
         .cache_status()
         .contains("fwd=miss"));
+
+    // Relative references are resolved against the request URL (RFC 3986
+    // §5): same origin by construction.
+    let origin = Origin::start(|req| async move {
+        match (req.method().clone(), req.uri().path()) {
+            (Method::POST, _) => reply(201, &[("location", "target")], "created"),
+            (Method::PUT, _) => reply(200, &[("content-location", "../up")], "put"),
+            _ => reply(200, &[("cache-control", "max-age=60")], "cached"),
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    for (method, at, other) in [
+        (Method::POST, "/k/dir/act", "/k/dir/target"),
+        (Method::PUT, "/k/dir/act2", "/k/up"),
+    ] {
+        c.get(&s.url(other)).await;
+        assert!(c.get(&s.url(other)).await.cache_status().contains("hit"));
+        c.send(method, &s.url(at), &[], Bytes::from_static(b"x"))
+            .await;
+        let r = c.get(&s.url(other)).await;
+        assert!(
+            r.cache_status().contains("fwd=miss"),
+            "{other}: {}",
+            r.cache_status()
+        );
+    }
 }
 
 #[tokio::test]

@@ -202,12 +202,15 @@ impl Cache {
             let Some(target) = response.get(&name).and_then(|v| v.to_str().ok()) else {
                 continue;
             };
-            let key = if target.starts_with('/') {
+            let key = if target.starts_with('/') && !target.starts_with("//") {
                 Some(CacheKey::new(https, authority.as_str(), target))
-            } else {
+            } else if target.starts_with("http://") || target.starts_with("https://") {
                 // Same origin only (§4.4): another host's entries are not
                 // this response's to invalidate.
                 CacheKey::from_url(target).filter(|k| k.origin() == origin.origin())
+            } else {
+                same_origin_reference(https, authority.as_str(), path, target)
+                    .map(|p| CacheKey::new(https, authority.as_str(), &p))
             };
             if let Some(key) = key {
                 n += self.invalidate(entries(https, authority.as_str(), key.path()));
@@ -238,5 +241,39 @@ impl Cache {
             });
         }
         n
+    }
+}
+
+/// A relative reference (`target`, e.g. `item/8`, `../up`, `?page=2`, or
+/// a network-path `//host/x`) resolved against the request URL (RFC 3986
+/// §5.2, by the `url` crate): its path and query when it stays on the
+/// request's origin, else `None`.
+fn same_origin_reference(https: bool, authority: &str, path: &str, target: &str) -> Option<String> {
+    let scheme = if https { "https" } else { "http" };
+    let base = url::Url::parse(&format!("{scheme}://{authority}{path}")).ok()?;
+    let resolved = base.join(target).ok()?;
+    if resolved.origin() != base.origin() {
+        return None;
+    }
+    Some(match resolved.query() {
+        Some(q) => format!("{}?{q}", resolved.path()),
+        None => resolved.path().to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin_reference;
+
+    #[test]
+    fn relative_references_resolve_against_the_request_url() {
+        let r = |target| same_origin_reference(false, "shop.example", "/k/dir/act?x=1", target);
+        assert_eq!(r("target").as_deref(), Some("/k/dir/target"));
+        assert_eq!(r("../up").as_deref(), Some("/k/up"));
+        assert_eq!(r("./a?b=2").as_deref(), Some("/k/dir/a?b=2"));
+        assert_eq!(r("?page=2").as_deref(), Some("/k/dir/act?page=2"));
+        assert_eq!(r("//shop.example/same").as_deref(), Some("/same"));
+        assert_eq!(r("//other.example/x"), None);
+        assert_eq!(r("mailto:a@b.example"), None);
     }
 }
