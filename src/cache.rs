@@ -4,7 +4,8 @@
 //! - `cache/entry.rs`: stored objects, variants (Vary) and representations;
 //!   `fields.rs`: header sections read back from Redis, parsed when read.
 //! - `cache/directives.rs`: Cache-Control parsing.
-//! - `cache/freshness.rs`: storability, freshness, age, reuse decisions.
+//! - `cache/freshness.rs`: storability, freshness, age, reuse decisions;
+//!   `http_date.rs`: HTTP-date parsing.
 //! - `cache/storage.rs`: the tier seam; `memory.rs` (moka) and `redis.rs`
 //!   (the shared tier: codec, breaker, connections, fleet purge, indexes).
 //! - `cache/arena.rs`: mid-sized bodies in shared memory, sent with
@@ -22,6 +23,7 @@ pub mod directives;
 pub mod entry;
 pub mod fields;
 pub mod freshness;
+pub mod http_date;
 pub mod key;
 #[allow(unsafe_code)]
 pub mod large;

@@ -172,7 +172,7 @@ fn http_date(headers: &HeaderMap, name: HeaderName) -> Option<Millis> {
     if values.next().is_some() {
         return None;
     }
-    let t = httpdate::parse_http_date(v.to_str().ok()?).ok()?;
+    let t = super::http_date::parse(v.to_str().ok()?)?;
     t.duration_since(std::time::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_millis() as u64)

@@ -74,7 +74,7 @@ fn asks_more(req: &HeaderMap) -> bool {
 fn date_field(h: &HeaderMap, name: header::HeaderName) -> Option<std::time::SystemTime> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(crate::cache::http_date::parse)
 }
 
 /// RFC 9110 §13.2.2 evaluation order; `Some(status)` short-circuits.
@@ -229,7 +229,7 @@ fn if_range_holds(headers: &HeaderMap, req: &HeaderMap, dates: bool) -> bool {
         return etag_list_matches(cond, etag, true) && !cond.starts_with("W/");
     }
     match (
-        httpdate::parse_http_date(cond).ok(),
+        crate::cache::http_date::parse(cond),
         date_field(headers, header::LAST_MODIFIED),
     ) {
         (Some(a), Some(b)) => dates && a == b,
