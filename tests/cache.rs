@@ -212,10 +212,11 @@ async fn what_a_shared_cache_must_not_store() {
         let cc = match req.uri().path() {
             "/no-store" => "no-store, max-age=60",
             "/private" => "private, max-age=60",
+            "/public-cookie" => "public, max-age=60",
             _ => "max-age=60",
         };
         let mut headers = vec![("cache-control", cc)];
-        if req.uri().path() == "/cookie" {
+        if req.uri().path().ends_with("cookie") {
             headers.push(("set-cookie", "session=abc"));
         }
         reply(200, &headers, "x")
@@ -236,6 +237,14 @@ async fn what_a_shared_cache_must_not_store() {
         .await;
     assert!(!r.cache_status().contains("hit"));
     assert_eq!(origin.count(), 8);
+    // Stored because the origin vouches for sharing, but the cookie is the
+    // fetching client's alone: hits never hand it to anyone else.
+    let r = c.get(&s.url("/public-cookie")).await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    assert_eq!(r.header("set-cookie"), Some("session=abc"));
+    let r = c.get(&s.url("/public-cookie")).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(r.header("set-cookie"), None);
 }
 
 #[tokio::test]

@@ -262,7 +262,7 @@ impl Exchange {
             base: object.cloned(),
             vary: entry::vary_key(&parts.headers, &names),
             status,
-            headers: rparts.headers.clone(),
+            headers: stored_fields(&rparts.headers),
             times,
             policy,
             tags: entry_tags,
@@ -306,6 +306,17 @@ pub fn would_store(
     )
     .is_ok()
         && headers::content_length(response).is_none_or(|len| len <= cache.max_object_size)
+}
+
+/// The fields a stored copy keeps: all of the response's but `Set-Cookie`.
+/// A response stored although it sets a cookie (the origin said `public`
+/// or `s-maxage`) is shareable; its cookie is the state of the client
+/// whose request fetched it, who gets it, and is never handed to the
+/// clients of later hits (one user's session given to everyone).
+fn stored_fields(response: &HeaderMap) -> HeaderMap {
+    let mut fields = response.clone();
+    fields.remove(header::SET_COOKIE);
+    fields
 }
 
 /// Shapes upstream response headers the way the cache stores and serves
