@@ -1292,6 +1292,17 @@ async fn a_request_right_after_a_complete_miss_is_a_hit() {
     assert_eq!(origin.connections(), 1);
 }
 
+/// The paths an origin has answered, to answer each path's first request
+/// differently from the later ones.
+#[derive(Clone, Default)]
+struct SeenPaths(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl SeenPaths {
+    fn first(&self, path: &str) -> bool {
+        self.0.lock().unwrap().insert(path.to_owned())
+    }
+}
+
 /// RFC 9111 §4.3.4: a 304 updates only the stored response its validator
 /// names. An origin that compares only `If-Modified-Since` answers 304
 /// with its new tag; that must not freshen the old body under the new tag
@@ -1302,9 +1313,7 @@ async fn a_request_right_after_a_complete_miss_is_a_hit() {
 async fn a_304_naming_another_validator_updates_nothing() {
     const LM: &str = "Mon, 30 Nov 2026 10:00:00 GMT";
     const LATER: &str = "Mon, 30 Nov 2026 12:00:00 GMT";
-    let served = Arc::new(std::sync::Mutex::new(
-        std::collections::HashSet::<String>::new(),
-    ));
+    let served = SeenPaths::default();
     let origin = Origin::start(move |req| {
         let served = served.clone();
         async move {
@@ -1336,7 +1345,7 @@ async fn a_304_naming_another_validator_updates_nothing() {
             };
             let conditional = req.headers().contains_key("if-none-match")
                 || req.headers().contains_key("if-modified-since");
-            let first = served.lock().unwrap().insert(path);
+            let first = served.first(&path);
             if first {
                 let mut h = vec![("cache-control", "max-age=10"), ("age", "20")];
                 h.extend_from_slice(old);
@@ -1407,14 +1416,12 @@ async fn a_304_naming_another_validator_updates_nothing() {
 /// stored.
 #[tokio::test]
 async fn a_storable_answer_lifts_the_hit_for_miss_mark() {
-    let served = Arc::new(std::sync::Mutex::new(
-        std::collections::HashSet::<String>::new(),
-    ));
+    let served = SeenPaths::default();
     let origin = Origin::start(move |req| {
         let served = served.clone();
         async move {
             let path = req.uri().path().to_owned();
-            let first = served.lock().unwrap().insert(path.clone());
+            let first = served.first(&path);
             match (first, path.as_str()) {
                 (_, "/mine") => reply(200, &[("cache-control", "private")], "mine"),
                 (true, "/err") => reply(500, &[], "error"),
