@@ -54,7 +54,8 @@
 //!   (RFC 9111 §4.4).
 
 // Unsafe code is refused everywhere but in `cache/arena.rs`, which maps
-// the body arena's shared memory (three blocks, each with its SAFETY note).
+// the body arena's shared memory, and `cache/large.rs`, which maps large
+// bodies one by one (each block with its SAFETY note).
 #![deny(unsafe_code)]
 
 pub mod activity;
