@@ -54,6 +54,13 @@ impl Admin {
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400,
+        // here as on the proxy listener (`strata healthcheck` sends one).
+        if req.version() == http::Version::HTTP_11
+            && !req.headers().contains_key(http::header::HOST)
+        {
+            return bad_request("an HTTP/1.1 request needs a Host field");
+        }
         if is_read_endpoint(req.uri().path())
             && !auth::may_read(&req, &self.shared.runtime.load().config.admin)
         {

@@ -457,3 +457,18 @@ fn an_unreadable_config_says_why() {
         );
     }
 }
+
+/// RFC 9112 §3.2 on the admin listener too: an HTTP/1.1 request without
+/// `Host` gets 400 (it was answered); HTTP/1.0 needs none.
+#[tokio::test]
+async fn the_admin_listener_answers_400_to_http11_without_host() {
+    let origin = Origin::fixed(&[], "x").await;
+    let s = Strata::start(&[origin.addr], "[upstream.health]\nenabled = false\n").await;
+    let out = support::http::raw(s.admin, b"GET /health HTTP/1.1\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let with_host = b"GET /health HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+    let out = support::http::raw(s.admin, with_host).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let out = support::http::raw(s.admin, b"GET /health HTTP/1.0\r\n\r\n").await;
+    assert!(out.contains(" 200 "), "{out}");
+}
