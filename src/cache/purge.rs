@@ -197,23 +197,20 @@ impl Cache {
         let Some(authority) = authority else { return };
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let mut n = self.invalidate(entries(https, authority.as_str(), path));
-        let origin = CacheKey::new(https, authority.as_str(), "/");
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             let Some(target) = response.get(&name).and_then(|v| v.to_str().ok()) else {
                 continue;
             };
-            let key = if target.starts_with('/') && !target.starts_with("//") {
-                Some(CacheKey::new(https, authority.as_str(), target))
-            } else if target.starts_with("http://") || target.starts_with("https://") {
-                // Same origin only (§4.4): another host's entries are not
-                // this response's to invalidate.
-                CacheKey::from_url(target).filter(|k| k.origin() == origin.origin())
+            // An absolute path as it is; any other reference resolved, and
+            // kept only when on the same origin (§4.4: another host's
+            // entries are not this response's to invalidate).
+            let same_origin = if target.starts_with('/') && !target.starts_with("//") {
+                Some(target.to_owned())
             } else {
                 same_origin_reference(https, authority.as_str(), path, target)
-                    .map(|p| CacheKey::new(https, authority.as_str(), &p))
             };
-            if let Some(key) = key {
-                n += self.invalidate(entries(https, authority.as_str(), key.path()));
+            if let Some(p) = same_origin {
+                n += self.invalidate(entries(https, authority.as_str(), &p));
             }
         }
         // Location and Content-Location invalidations are counted with the
@@ -244,10 +241,10 @@ impl Cache {
     }
 }
 
-/// A relative reference (`target`, e.g. `item/8`, `../up`, `?page=2`, or
-/// a network-path `//host/x`) resolved against the request URL (RFC 3986
-/// §5.2, by the `url` crate): its path and query when it stays on the
-/// request's origin, else `None`.
+/// A reference (`target`: an absolute URL, or a relative one such as
+/// `item/8`, `../up`, `?page=2` or `//host/x`) resolved against the
+/// request URL (RFC 3986 §5.2, by the `url` crate): its path and query
+/// when it stays on the request's origin, else `None`.
 fn same_origin_reference(https: bool, authority: &str, path: &str, target: &str) -> Option<String> {
     let scheme = if https { "https" } else { "http" };
     let base = url::Url::parse(&format!("{scheme}://{authority}{path}")).ok()?;
@@ -275,5 +272,9 @@ mod tests {
         assert_eq!(r("//shop.example/same").as_deref(), Some("/same"));
         assert_eq!(r("//other.example/x"), None);
         assert_eq!(r("mailto:a@b.example"), None);
+        assert_eq!(r("http://shop.example/abs?q").as_deref(), Some("/abs?q"));
+        assert_eq!(r("http://SHOP.example:80/abs").as_deref(), Some("/abs"));
+        assert_eq!(r("https://shop.example/abs"), None);
+        assert_eq!(r("http://other.example/abs"), None);
     }
 }

@@ -85,12 +85,7 @@ impl Exchange {
     /// The rule for a response to `parts` with `headers`: from the
     /// request's rule on, the first whose `content_type` fits too.
     fn rule(&self, parts: &Parts, headers: &HeaderMap) -> Option<&Rule> {
-        self.runtime.config.rules.for_response(
-            self.rule?,
-            parts.uri.path(),
-            &parts.method,
-            headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
-        )
+        response_rule(&self.runtime, self.rule, parts, headers)
     }
 
     /// The freshness policy of a response with final directives `cc`,
@@ -238,22 +233,19 @@ impl Exchange {
         let (mut rparts, body) = answer.response.into_parts();
         let body = IdleTimeout::new(body, self.runtime.config.upstream.body_idle_timeout);
         let entry_tags = normalize_response(&mut rparts.headers);
-        let shaped = shape(
-            self.rule(parts, &rparts.headers),
-            &self.runtime.config.cache.targeted_cache_control,
-            status,
-            &parts.headers,
+        let decided = decide(
+            &self.runtime,
+            self.rule,
+            parts,
             &self.req_cc,
+            status,
             &mut rparts.headers,
         );
-        let cc = match shaped {
+        let cc = match decided {
             Ok(cc) => cc,
             Err(reason) => return Fetched::Uncacheable(reason, rparts, body),
         };
         let max = self.runtime.config.cache.max_object_size;
-        if headers::content_length(&rparts.headers).is_some_and(|len| len > max) {
-            return Fetched::Uncacheable(NotStorable::TooLarge, rparts, body);
-        }
         let times = freshness::times(&rparts.headers, request_time, response_time);
         let policy = self.policy(parts, status, &rparts.headers, &cc, response_time);
         let names = entry::vary_names(&rparts.headers);
@@ -273,11 +265,51 @@ impl Exchange {
     }
 }
 
-/// Whether a response (`status`, `response` fields) to `request` would be
-/// stored: the decision of [`Exchange::fetch`] (`rule` from the request's
-/// index on, directives, size), on a copy of the fields. For hit-for-miss:
-/// a request that went upstream because its URL was marked uncacheable
-/// learns whether the mark still holds.
+/// The rule for a response to `parts` with `headers`: from the request's
+/// rule (index `rule`) on, the first whose `content_type` fits too.
+fn response_rule<'a>(
+    runtime: &'a Runtime,
+    rule: Option<usize>,
+    parts: &Parts,
+    headers: &HeaderMap,
+) -> Option<&'a Rule> {
+    runtime.config.rules.for_response(
+        rule?,
+        parts.uri.path(),
+        &parts.method,
+        headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+    )
+}
+
+/// The cache's decision on a response (`status`, `response` fields, shaped
+/// in place by [`shape`]) to `request`: its directives when it may be
+/// stored, else why not (the rule's and the origin's word, then the size).
+fn decide(
+    runtime: &Runtime,
+    rule: Option<usize>,
+    request: &Parts,
+    request_cc: &CacheControl,
+    status: StatusCode,
+    response: &mut HeaderMap,
+) -> Result<CacheControl, NotStorable> {
+    let cache = &runtime.config.cache;
+    let cc = shape(
+        response_rule(runtime, rule, request, response),
+        &cache.targeted_cache_control,
+        status,
+        &request.headers,
+        request_cc,
+        response,
+    )?;
+    if headers::content_length(response).is_some_and(|len| len > cache.max_object_size) {
+        return Err(NotStorable::TooLarge);
+    }
+    Ok(cc)
+}
+
+/// Whether a response to `request` would be stored: [`decide`] on a copy
+/// of its fields. For hit-for-miss: a request that went upstream because
+/// its URL was marked uncacheable learns whether the mark still holds.
 pub fn would_store(
     runtime: &Runtime,
     rule: Option<usize>,
@@ -285,27 +317,16 @@ pub fn would_store(
     status: StatusCode,
     response: &HeaderMap,
 ) -> bool {
-    let rule = rule.and_then(|i| {
-        runtime.config.rules.for_response(
-            i,
-            request.uri.path(),
-            &request.method,
-            response.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
-        )
-    });
-    let cache = &runtime.config.cache;
-    let req_cc = super::super::lookup::request_directives(&request.headers);
-    let mut fields = response.clone();
-    shape(
+    let request_cc = super::super::lookup::request_directives(&request.headers);
+    decide(
+        runtime,
         rule,
-        &cache.targeted_cache_control,
+        request,
+        &request_cc,
         status,
-        &request.headers,
-        &req_cc,
-        &mut fields,
+        &mut response.clone(),
     )
     .is_ok()
-        && headers::content_length(response).is_none_or(|len| len <= cache.max_object_size)
 }
 
 /// The fields a stored copy keeps: all of the response's but `Set-Cookie`.
