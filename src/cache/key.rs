@@ -98,11 +98,6 @@ impl CacheKey {
         &self.url[self.path_at..]
     }
 
-    /// Scheme and authority, e.g. `http://example.com`.
-    pub fn origin(&self) -> &str {
-        &self.url[..self.path_at]
-    }
-
     /// Whether this key is the one for these request parts.
     pub fn matches(&self, https: bool, authority: &str, path_and_query: &str) -> bool {
         let scheme = if https { "https://" } else { "http://" };
@@ -141,7 +136,6 @@ mod tests {
         let a = CacheKey::new(false, "Example.com", "/a?x=1");
         assert_eq!(a.url(), "http://example.com/a?x=1");
         assert_eq!(a.path(), "/a?x=1");
-        assert_eq!(a.origin(), "http://example.com");
         assert_ne!(
             a.hash(),
             CacheKey::new(true, "example.com", "/a?x=1").hash()
