@@ -326,6 +326,14 @@ impl Shared {
     ) -> Answered {
         let route = match lookup::route(self, runtime, &req, conn) {
             Ok(route) => route,
+            // RFC 9111 §5.2.1.7: nothing is stored for a request the
+            // cache does not handle, so `only-if-cached` gets its 504.
+            Err(pass)
+                if pass.fwd == Fwd::Bypass
+                    && lookup::request_directives(req.headers()).only_if_cached =>
+            {
+                return Answered::error(&ProxyError::NotCached, CacheStatus::fwd(Fwd::Bypass));
+            }
             Err(pass) => return Box::pin(forward::pass(self, runtime, req, conn, pass)).await,
         };
         let ctx =

@@ -629,6 +629,21 @@ async fn h2c_prior_knowledge_is_served() {
     assert_eq!(resp.status(), 200);
     let seen = origin.last().unwrap();
     assert_eq!(seen.headers["host"], strata.addr.to_string().as_str());
+    // RFC 9113 §8.3.1: a `host` naming another authority than `:authority`
+    // is malformed (400, never upstream); the same one, in any case, is not.
+    let with_host = |host: &str| {
+        Request::get(strata.url("/h2"))
+            .header("host", host)
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let resp = client.request(with_host("other.test")).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(origin.count(), 1);
+    let same = strata.addr.to_string().to_uppercase();
+    let resp = client.request(with_host(&same)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(origin.count(), 2);
 }
 
 // === the binary: check, config errors, SIGTERM ===

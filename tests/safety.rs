@@ -307,6 +307,13 @@ async fn forwarding_and_steering_headers_from_clients_never_poison_an_entry() {
                 ("x-rewrite-url", "/admin"),
                 ("x-http-method-override", "DELETE"),
                 ("x-http-method", "DELETE"),
+                // The rest of the family, and `_` spellings that CGI-style
+                // origins read as the same variables.
+                ("x-forwarded-scheme", "http"),
+                ("x-forwarded-port", "1"),
+                ("x-forwarded-prefix", "/evil"),
+                ("x_forwarded_host", "evil.example"),
+                ("x_original_url", "/admin"),
             ],
         )
         .await;
@@ -328,6 +335,11 @@ async fn forwarding_and_steering_headers_from_clients_never_poison_an_entry() {
         "x-rewrite-url",
         "x-http-method-override",
         "x-http-method",
+        "x-forwarded-scheme",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x_forwarded_host",
+        "x_original_url",
     ] {
         assert!(
             !seen.headers.contains_key(stripped),
@@ -343,6 +355,90 @@ async fn forwarding_and_steering_headers_from_clients_never_poison_an_entry() {
     );
     assert_eq!(later.text(), clean);
     assert_eq!(origin.count(), 1);
+}
+
+/// RFC 9110 §7.6.1 `Connection` options (black-box audit, high): a client
+/// naming `Host` had it removed upstream, so the origin answered for its
+/// own default host and that answer was stored under the client's host;
+/// naming a field the response varies on had the variant keyed by a value
+/// the origin never saw.
+#[tokio::test]
+async fn fields_a_client_names_in_connection_never_key_what_the_origin_did_not_see() {
+    let origin = Origin::start(|req: Request<Incoming>| async move {
+        let h = req.headers();
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("-");
+        let body = format!("host={} lang={}", get("host"), get("accept-language"));
+        reply(
+            200,
+            &[
+                ("cache-control", "public, max-age=600"),
+                ("vary", "Accept-Language"),
+            ],
+            body,
+        )
+    })
+    .await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    let attacker = c
+        .get_with(
+            &strata.url("/page"),
+            &[
+                ("host", "victim.test"),
+                ("connection", "keep-alive, Host, Accept-Language"),
+                ("accept-language", "de"),
+            ],
+        )
+        .await;
+    assert_eq!(attacker.status, 200);
+    // Host went upstream; Accept-Language did not, and the stored variant
+    // is the one for a request without it.
+    assert_eq!(attacker.text(), "host=victim.test lang=-");
+    let seen = origin.last().unwrap();
+    assert_eq!(seen.headers["host"], "victim.test");
+    assert!(!seen.headers.contains_key("accept-language"));
+    let german = c
+        .get_with(
+            &strata.url("/page"),
+            &[("host", "victim.test"), ("accept-language", "de")],
+        )
+        .await;
+    assert!(
+        german.cache_status().starts_with("strata; fwd=vary-miss"),
+        "{}",
+        german.cache_status()
+    );
+    assert_eq!(german.text(), "host=victim.test lang=de");
+    let plain = c
+        .get_with(&strata.url("/page"), &[("host", "victim.test")])
+        .await;
+    assert!(
+        plain.cache_status().contains("hit"),
+        "{}",
+        plain.cache_status()
+    );
+    assert_eq!(plain.text(), "host=victim.test lang=-");
+    assert_eq!(origin.count(), 2);
+}
+
+/// RFC 9111 §5.2.1.7: a request the cache does not handle (here a GET
+/// with a body) has no stored response, so `only-if-cached` gets `504`
+/// and nothing goes upstream.
+#[tokio::test]
+async fn only_if_cached_on_a_bypassed_request_is_a_504_not_a_fetch() {
+    let origin = Origin::start(|_req: Request<Incoming>| async {
+        reply(200, &[("cache-control", "public, max-age=600")], "fresh")
+    })
+    .await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let host = strata.addr.to_string();
+    let raw = format!(
+        "GET /fat HTTP/1.1\r\nHost: {host}\r\nCache-Control: only-if-cached\r\n\
+         Content-Length: 4\r\nConnection: close\r\n\r\nbody"
+    );
+    let out = support::http::raw(strata.addr, raw.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    assert_eq!(origin.count(), 0);
 }
 
 #[tokio::test]

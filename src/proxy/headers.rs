@@ -123,7 +123,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                     named.extend(hop().nth(i).cloned());
                 }
                 Some(_) => {}
-                None => named.extend(HeaderName::from_bytes(token.as_bytes()).ok()),
+                // `Host` is end-to-end and keys the cache: never removed.
+                None => named.extend(
+                    HeaderName::from_bytes(token.as_bytes())
+                        .ok()
+                        .filter(|n| n != header::HOST),
+                ),
             }
         }
         for name in named {
@@ -137,6 +142,56 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(name);
         }
     }
+}
+
+/// RFC 9110 §7.6.1: the fields a client names in `Connection` are meant
+/// for Strata alone and do not go upstream. They are removed when the
+/// request is validated, before the cache key, `Vary`, the rules and the
+/// upstream request read it, so that all of them see the request the
+/// origin gets: a stored variant is keyed by the values the origin saw.
+/// `Host` is never removed (end-to-end, and the key's authority: a client
+/// naming it would otherwise have the origin answer for another host under
+/// this one's key); the hop-by-hop names, `close` and `Upgrade` are left to
+/// [`strip_hop_by_hop`]. No work without a `Connection` field.
+pub fn strip_connection_options(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in list_members(headers, header::CONNECTION) {
+        let ours = token.eq_ignore_ascii_case("close")
+            || token.eq_ignore_ascii_case(header::HOST.as_str())
+            || token.eq_ignore_ascii_case(header::UPGRADE.as_str())
+            || HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(token));
+        if !ours {
+            named.extend(HeaderName::from_bytes(token.as_bytes()).ok());
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+}
+
+/// Whether a field name is one of the forwarding fields Strata owns:
+/// `Forwarded` or any `X-Forwarded-*`, also spelt with `_` for `-` (CGI,
+/// PHP-FPM, Rack and WSGI servers read `X_Forwarded_Host` as the same
+/// `HTTP_X_FORWARDED_HOST` as `X-Forwarded-Host`). `name` is lowercase.
+fn forwarding_field(name: &str) -> bool {
+    const PREFIX: &[u8] = b"x-forwarded-";
+    let b = name.as_bytes();
+    same_dashed(b, b"forwarded")
+        || (b.len() > PREFIX.len() && same_dashed(&b[..PREFIX.len()], PREFIX))
+}
+
+/// `name` equals `dashed` when each `_` of `name` is read as `-`.
+fn same_dashed(name: &[u8], dashed: &[u8]) -> bool {
+    name.len() == dashed.len()
+        && name
+            .iter()
+            .zip(dashed)
+            .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
 }
 
 /// The `Via` entry for a message received with `version`.
@@ -176,16 +231,18 @@ pub fn add_forwarding(
     // load generator's, a health probe's) would otherwise grow and rehash
     // the map twice or three times on the way.
     headers.reserve(5);
-    let theirs = [
-        &X_FORWARDED_FOR,
-        &X_FORWARDED_PROTO,
-        &X_FORWARDED_HOST,
-        &header::FORWARDED,
-    ];
     // One look at the names: a client's own forwarding fields are rare,
-    // and without them none of the lookups below is needed.
-    let mut kept = headers.keys().any(|k| theirs.contains(&k));
+    // and without them none of the lookups below is needed. From an
+    // untrusted peer every one goes, not only the four Strata sets:
+    // frameworks act on `X-Forwarded-Scheme`, `-Port`, `-Prefix`, `-Ssl`
+    // (redirects, links) and the key does not hold them.
+    let mut kept = headers.keys().any(|k| forwarding_field(k.as_str()));
     if kept && !by.trusted {
+        let theirs: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| forwarding_field(k.as_str()))
+            .cloned()
+            .collect();
         for name in theirs {
             headers.remove(name);
         }
@@ -291,10 +348,17 @@ fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
-/// Removes `names` (`server.strip_request_headers`).
+/// Removes `names` (`server.strip_request_headers`), also when spelt with
+/// `_` for `-` (see [`forwarding_field`]).
 pub fn strip_listed(headers: &mut HeaderMap, names: &[HeaderName]) {
-    if headers.keys().any(|k| names.contains(k)) {
-        for name in names {
+    let listed = |k: &HeaderName| {
+        names
+            .iter()
+            .any(|n| same_dashed(k.as_str().as_bytes(), n.as_str().as_bytes()))
+    };
+    if headers.keys().any(listed) {
+        let found: Vec<HeaderName> = headers.keys().filter(|k| listed(k)).cloned().collect();
+        for name in found {
             headers.remove(name);
         }
     }
@@ -410,6 +474,62 @@ mod tests {
         if !keep_upgrade {
             headers.remove(header::UPGRADE);
         }
+    }
+
+    #[test]
+    fn connection_options_go_but_host_and_hop_by_hop_names_stay_for_later() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a.test"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("close, HOST, X-A"),
+        );
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, upgrade, Cookie"),
+        );
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert(header::COOKIE, HeaderValue::from_static("s=1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_connection_options(&mut h);
+        assert!(!h.contains_key("x-a") && !h.contains_key(header::COOKIE));
+        for kept in ["host", "keep-alive", "upgrade", "connection"] {
+            assert!(h.contains_key(kept), "{kept}");
+        }
+        // And the later hop-by-hop pass never takes Host either.
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h[header::HOST], "a.test");
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn forwarding_fields_in_either_spelling() {
+        for name in [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-scheme",
+            "x_forwarded_host",
+            "x-forwarded_port",
+        ] {
+            assert!(forwarding_field(name), "{name}");
+        }
+        for name in [
+            "x-forwarded-",
+            "x-forwarded",
+            "forwarded-for",
+            "x-forwardedfor",
+            "via",
+        ] {
+            assert!(!forwarding_field(name), "{name}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("x_original_url", HeaderValue::from_static("/admin"));
+        h.insert("x-original-url", HeaderValue::from_static("/admin"));
+        h.insert("x-originalurl", HeaderValue::from_static("kept"));
+        strip_listed(&mut h, &[HeaderName::from_static("x-original-url")]);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-originalurl"));
     }
 
     #[test]

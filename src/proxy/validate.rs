@@ -1,8 +1,9 @@
 //! Request validation, once, before anything else reads the request:
 //! what must never reach an upstream (RFC 9112 §3.2 Host, §6.1 transfer
 //! codings, CONNECT, TRACE, ambiguous paths: SPEC §10) and the normal form
-//! every later phase reads (the path, and an HTTP/2 client's `cookie`
-//! fields joined as one). Also the request's authority, read after it.
+//! every later phase reads (the path, the fields a client names in
+//! `Connection` removed, and an HTTP/2 client's `cookie` fields joined as
+//! one). Also the request's authority, read after it.
 
 use http::header;
 use http::{Method, Request, Version};
@@ -32,6 +33,15 @@ pub(super) fn validate(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
     if let Some(host) = host {
         if host.to_str().map_or(true, |h| !valid_host(h)) {
             return Err(ProxyError::BadRequest("invalid Host header"));
+        }
+        // RFC 9113 §8.3.1: a `host` naming another authority than
+        // `:authority` makes an HTTP/2 request malformed.
+        if req.version() == Version::HTTP_2 {
+            if let Some(a) = req.uri().authority() {
+                if !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()) {
+                    return Err(ProxyError::BadRequest("Host differs from :authority"));
+                }
+            }
         }
     }
     // An absolute-form target (or HTTP/2 `:authority`) replaces Host, so
@@ -73,6 +83,7 @@ pub(super) fn validate(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
         Ok(Some(normal)) => *req.uri_mut() = normal,
         Err(e) => return Err(ProxyError::BadRequest(e.reason())),
     }
+    headers::strip_connection_options(req.headers_mut());
     if req.version() == Version::HTTP_2 {
         // One `Cookie` for Vary, rule keys, sticky sessions and the
         // HTTP/1.1 upstream alike.
