@@ -692,6 +692,18 @@ fn config_errors_name_file_line_and_key() {
             "[server]\nlisten = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n",
             "missing field `upstream`",
         ),
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache.redis]\nmode = \"sentinel\"\nurls = [\"redis://127.0.0.1:1\"]\nsentinel_master = \"\"\n",
+            ":10:19: cache.redis.sentinel_master: expected the master name",
+        ),
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache.redis]\nurls = [\"redis://127.0.0.1:1\"]\nbreaker_threshold = 0\n",
+            ":9:21: cache.redis.breaker_threshold: expected at least 1",
+        ),
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache.redis]\nurls = [\"redis://127.0.0.1:1\"]\ntimeout = \"0s\"\n",
+            ":9:11: cache.redis.timeout: expected a duration above zero",
+        ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));

@@ -370,6 +370,40 @@ async fn standalone_outage_opens_breaker_and_recovers() {
     );
 }
 
+/// An instance that gets no traffic after an outage (one used for admin
+/// purges, or idle) still closes its breaker once Redis is back (black-box
+/// audit: it stayed open for good, so its purges skipped Redis and the
+/// fleet, and `/health` said Redis was down): nothing but the tier's own
+/// probe talks to Redis here after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_closes_without_traffic_once_redis_is_back() {
+    let mut server = RedisServer::start().await;
+    let cfg = config(RedisMode::Standalone, vec![server.url()], "t6:");
+    let a = node(&cfg);
+    let o = object("http://h/quiet", "q", &[]);
+    eventually!(
+        "connected",
+        WAIT,
+        write_and_read(&a.tier, &a.tier, std::slice::from_ref(&o)).await
+    );
+    server.kill();
+    eventually!("breaker open", WAIT, {
+        let _ = a.tier.get(&o.key).await;
+        a.tier.breaker_open()
+    });
+    server.restart().await;
+    eventually!(
+        "breaker closed with no traffic",
+        WAIT,
+        !a.tier.breaker_open()
+    );
+    assert!(a
+        .metrics
+        .render()
+        .unwrap()
+        .contains("strata_redis_breaker_open 0"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_flush_selector_after_resubscription() {
     let mut server = RedisServer::start().await;
@@ -759,4 +793,49 @@ async fn sentinel_follows_failover() {
     eprintln!("writes resumed {:?} after failover", t.elapsed());
     purge_until_received(&a.tier, &mut b.rx, &Selector::Tags(vec!["s".into()])).await;
     assert!(absent(&b.tier, &o).await);
+}
+
+/// A manual failover leaves the old master running, and calling itself
+/// master, until the sentinels reconfigure it (about 10 s measured);
+/// whatever is written or purged there meanwhile is lost when it resyncs
+/// (black-box audit, high: a purge came back fleet-wide). The tier must
+/// follow the sentinels' answer, not wait for the old master to fail: a
+/// write through it reaches the new master before the old one is demoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_follows_a_manual_failover_before_the_old_master_steps_down() {
+    let mut setup = RedisSentinel::start().await;
+    let cfg = config(RedisMode::Sentinel, setup.sentinel_urls(), "g:");
+    let a = node(&cfg);
+    let warm = object("http://h/g/warm", "warm", &["g"]);
+    eventually!(
+        "tier connected",
+        WAIT,
+        write_and_read(&a.tier, &a.tier, std::slice::from_ref(&warm)).await
+    );
+    let old = setup.master_port();
+    setup.failover_gracefully().await;
+    setup.wait_failover().await;
+    let new = setup.master_port();
+    let t = Instant::now();
+    let mut i = 0;
+    loop {
+        i += 1;
+        let o = object(&format!("http://h/g/{i}"), "after", &["g"]);
+        a.tier.put_background(o.clone(), KEEP);
+        assert!(a.tier.flush(WAIT).await);
+        if setup.exists(new, &a.tier.object_key(&o.key)).await {
+            break;
+        }
+        assert!(
+            !setup.is_replica(old).await,
+            "the tier still wrote to the old master when the sentinels demoted it ({:?} after the failover)",
+            t.elapsed()
+        );
+        assert!(t.elapsed() < WAIT, "no write reached the new master");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "followed the manual failover {:?} after the sentinels",
+        t.elapsed()
+    );
 }

@@ -23,7 +23,7 @@
 //! through the breaker, and is counted and logged when it fails.
 //!
 //! Needs a tokio runtime: `start` spawns the connector, the subscriber, the
-//! index sweeper and the write workers. They stop when the last clone of the
+//! index sweeper, the breaker's prober and the write workers. They stop when the last clone of the
 //! tier is dropped (the write workers after draining their queues).
 
 mod breaker;
@@ -122,6 +122,31 @@ async fn run_sweeper(core: Arc<Core>, stop: CancellationToken) {
     }
 }
 
+/// Probes Redis while the breaker is open, so that it closes about one
+/// backoff after Redis returns even when no request comes to try (an
+/// instance used for admin purges, or idle: its purges would skip Redis and
+/// the fleet, and `/health` would report Redis down, until traffic came).
+/// A PING through the breaker each [`breaker::REPROBE`] while it is open,
+/// which is let through only once the backoff has passed; nothing while it
+/// is closed but a tick a second.
+async fn run_prober(core: Arc<Core>, stop: CancellationToken) {
+    loop {
+        let every = if core.breaker.is_open() {
+            breaker::REPROBE
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if core.breaker.is_open() {
+            // Failures are counted and logged inside.
+            let _ = core.ping().await;
+        }
+    }
+}
+
 /// A fleet-unique id for this tier instance (so it can ignore its own
 /// purge messages).
 fn instance_id() -> String {
@@ -185,6 +210,7 @@ impl RedisTier {
                     stop.clone(),
                 ));
                 rt.spawn(run_sweeper(core.clone(), stop.clone()));
+                rt.spawn(run_prober(core.clone(), stop.clone()));
                 let per_lane = config.write_queue.max(1).div_ceil(LANES);
                 for _ in 0..LANES {
                     let (tx, rx) = mpsc::channel(per_lane);

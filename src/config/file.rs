@@ -197,11 +197,11 @@ pub struct RedisFile {
     pub mode: Option<Spanned<String>>,
     pub urls: Spanned<Vec<Spanned<String>>>,
     pub sentinel_master: Option<Spanned<String>>,
-    pub timeout: Option<Dur>,
+    pub timeout: Option<Spanned<Dur>>,
     pub key_prefix: Option<String>,
     pub write_queue: Option<usize>,
-    pub breaker_threshold: Option<u32>,
-    pub breaker_backoff: Option<Dur>,
+    pub breaker_threshold: Option<Spanned<u32>>,
+    pub breaker_backoff: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Deserialize)]

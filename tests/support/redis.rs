@@ -631,6 +631,36 @@ impl RedisSentinel {
         self.pending = Some((old, new));
     }
 
+    /// A manual failover (`SENTINEL FAILOVER`): the replica is promoted while the master keeps
+    /// running, and keeps calling itself master until the sentinels reconfigure it (seconds
+    /// later). Follow with `wait_failover`.
+    pub async fn failover_gracefully(&mut self) {
+        assert!(
+            self.pending.is_none(),
+            "RedisSentinel supports one failover"
+        );
+        let (old, new) = (self.master_port(), self.replica_port());
+        wait_replica_ack(old, &self.log_sources()).await;
+        query(
+            self.sentinels[0].port,
+            &["SENTINEL", "FAILOVER", SENTINEL_MASTER_NAME],
+        )
+        .await
+        .expect("SENTINEL FAILOVER");
+        self.pending = Some((old, new));
+    }
+
+    /// Whether the node on `port` reports `role:slave` (a demoted master does once the
+    /// sentinels have reconfigured it).
+    pub async fn is_replica(&self, port: u16) -> bool {
+        matches!(info(port, "replication").await, Ok(i) if info_field(&i, "role") == Some("slave"))
+    }
+
+    /// Whether the node on `port` holds `key`.
+    pub async fn exists(&self, port: u16, key: &str) -> bool {
+        matches!(query(port, &["EXISTS", key]).await, Ok(Resp::Int(1)))
+    }
+
     /// Waits until every sentinel reports the former replica as the master (not down) and the
     /// former replica reports `role:master`.
     pub async fn wait_failover(&self) {

@@ -123,11 +123,13 @@ impl Breaker {
 
     /// Records an outcome of an operation that ran without a permit (an
     /// admin purge, which is tried even while the breaker is open).
-    pub(crate) fn record(&self, ok: bool) {
+    /// Returns whether this outcome opened the breaker.
+    pub(crate) fn record(&self, ok: bool) -> bool {
         if ok {
             self.on_success();
+            false
         } else {
-            self.on_failure(false);
+            self.on_failure(false)
         }
     }
 
@@ -148,7 +150,8 @@ impl Breaker {
         }
     }
 
-    fn on_failure(&self, probe: bool) {
+    /// Returns whether this failure opened the breaker (from closed).
+    fn on_failure(&self, probe: bool) -> bool {
         let mut state = self.lock();
         let open = match *state {
             State::Closed { failures } => {
@@ -166,7 +169,7 @@ impl Breaker {
             State::HalfOpen { .. } | State::Open { .. } => None,
         };
         let Some(soon) = open else {
-            return;
+            return false;
         };
         let was_closed = matches!(*state, State::Closed { .. });
         *state = State::Open {
@@ -202,6 +205,7 @@ impl Breaker {
                 "redis circuit breaker probe failed: staying open"
             );
         }
+        was_closed
     }
 
     /// A probe that never reported: let the next caller probe at once.
@@ -222,9 +226,10 @@ impl Permit<'_> {
         self.breaker.on_success();
     }
 
-    pub(crate) fn failure(mut self) {
+    /// Returns whether this failure opened the breaker.
+    pub(crate) fn failure(mut self) -> bool {
         self.done = true;
-        self.breaker.on_failure(self.probe);
+        self.breaker.on_failure(self.probe)
     }
 }
 

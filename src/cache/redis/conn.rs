@@ -27,8 +27,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError,
-    RedisFuture, RedisResult, ServerErrorKind, Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline,
+    RedisError, RedisFuture, RedisResult, ServerErrorKind, Value,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -279,17 +279,27 @@ impl Connector {
         })
     }
 
-    async fn connect(&mut self, limits: &Limits) -> RedisResult<Conn> {
+    /// A connection, and in sentinel mode the master's address it goes to.
+    async fn connect(&mut self, limits: &Limits) -> RedisResult<(Conn, Option<ConnectionAddr>)> {
         match self {
             Connector::Standalone(client) => client
                 .get_connection_manager_with_config(manager_config(limits))
                 .await
-                .map(Conn::Standalone),
-            Connector::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
-            Connector::Sentinel(sentinel) => sentinel
-                .get_async_connection_with_config(&async_config(limits))
+                .map(|c| (Conn::Standalone(c), None)),
+            Connector::Cluster(client) => client
+                .get_async_connection()
                 .await
-                .map(Conn::Sentinel),
+                .map(|c| (Conn::Cluster(c), None)),
+            Connector::Sentinel(sentinel) => {
+                // The library's own `get_async_connection_with_config`, with
+                // the address kept for [`Watch`].
+                let client = sentinel.async_get_client().await?;
+                let addr = client.get_connection_info().addr().clone();
+                let conn = client
+                    .get_multiplexed_async_connection_with_config(&async_config(limits))
+                    .await?;
+                Ok((Conn::Sentinel(conn), Some(addr)))
+            }
         }
     }
 
@@ -299,8 +309,70 @@ impl Connector {
     }
 }
 
-/// How often the sentinel-mode connection is checked with a PING.
+/// How often the sentinel-mode connection is checked: a PING, and the
+/// sentinels asked which master they name.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Sentinel mode: asks a sentinel which address the master has now. A
+/// PING alone does not notice a failover: the demoted master answers, and
+/// still calls itself master, until the sentinels reconfigure it (about
+/// 10 s, measured), and whatever is written or purged there meanwhile is
+/// lost when it resyncs from the new master.
+struct Watch {
+    master: String,
+    /// A connection to one sentinel, made again after an error.
+    sentinel: Option<MultiplexedConnection>,
+}
+
+impl Watch {
+    /// The master the sentinels name, `None` if none answers (then the
+    /// current connection is kept: sentinels down is no failover).
+    async fn named_master(
+        &mut self,
+        connector: &mut Connector,
+        limits: &Limits,
+    ) -> Option<(String, u16)> {
+        let Connector::Sentinel(client) = connector else {
+            return None;
+        };
+        if self.sentinel.is_none() {
+            let made = async {
+                client
+                    .async_get_sentinel_client()
+                    .await?
+                    .get_multiplexed_async_connection_with_config(&async_config(limits))
+                    .await
+            };
+            self.sentinel = tokio::time::timeout(limits.connect * 4, made)
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let conn = self.sentinel.as_mut()?;
+        let mut ask = redis::cmd("SENTINEL");
+        ask.arg("GET-MASTER-ADDR-BY-NAME").arg(&self.master);
+        match tokio::time::timeout(limits.write, ask.query_async::<Option<(String, u16)>>(conn))
+            .await
+        {
+            Ok(Ok(named)) => named,
+            _ => {
+                self.sentinel = None;
+                None
+            }
+        }
+    }
+}
+
+/// Whether `addr` is `host:port`.
+fn is_at(addr: &ConnectionAddr, (host, port): &(String, u16)) -> bool {
+    match addr {
+        ConnectionAddr::Tcp(h, p)
+        | ConnectionAddr::TcpTls {
+            host: h, port: p, ..
+        } => h == host && p == port,
+        _ => true,
+    }
+}
 
 /// Makes the connection in the background and keeps it: retries with
 /// backoff until it succeeds; in sentinel mode makes a new one whenever
@@ -323,22 +395,39 @@ pub(crate) async fn run_connector(
     let attempt_bound = limits.connect * 2 + Duration::from_secs(2) * config.urls.len() as u32;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     let mut failures = 0u32;
+    let mut master: Option<ConnectionAddr> = None;
+    let mut watch = Watch {
+        master: config.sentinel_master.clone().unwrap_or_default(),
+        sentinel: None,
+    };
     loop {
         if let Some(live) = backend.current() {
             // Sentinel mode only (the other modes returned once connected):
-            // PING now and then, so a failover is noticed even while no
-            // request fails on the old master.
+            // PING now and then, and ask the sentinels where the master is,
+            // so a failover is followed even while no request fails on the
+            // old master.
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = backend.wake.notified() => {}
                 _ = tokio::time::sleep(HEALTH_EVERY) => {
                     let mut conn = live.conn.clone();
                     let ping = redis::cmd("PING");
-                    let result = match tokio::time::timeout(limits.write, ping.query_async::<Value>(&mut conn)).await {
+                    let mut result = match tokio::time::timeout(limits.write, ping.query_async::<Value>(&mut conn)).await {
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err(e)) => Err(StorageError::Redis(e)),
                         Err(_) => Err(StorageError::Timeout),
                     };
+                    if result.is_ok() {
+                        if let (Some(named), Some(at)) = (watch.named_master(&mut connector, &limits).await, &master) {
+                            if !is_at(at, &named) {
+                                result = Err(StorageError::Redis(RedisError::from((
+                                    ErrorKind::Io,
+                                    "the sentinels name another master",
+                                    format!("{}:{}", named.0, named.1),
+                                ))));
+                            }
+                        }
+                    }
                     if let Err(err) = result {
                         backend.failed(live.generation, &err);
                     }
@@ -351,7 +440,8 @@ pub(crate) async fn run_connector(
             r = tokio::time::timeout(attempt_bound, connector.connect(&limits)) => r,
         };
         match attempt {
-            Ok(Ok(conn)) => {
+            Ok(Ok((conn, addr))) => {
+                master = addr;
                 let generation = backend.install(conn);
                 tracing::info!(
                     mode = config.mode.as_str(),

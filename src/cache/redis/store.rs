@@ -94,7 +94,9 @@ impl Core {
         match &result {
             Ok(_) => match gate {
                 Gate::Permit(p) => p.success(),
-                Gate::Always => self.breaker.record(true),
+                Gate::Always => {
+                    self.breaker.record(true);
+                }
             },
             Err(err) => self.failed(what, gate, Some(live.generation), err, started),
         }
@@ -109,9 +111,15 @@ impl Core {
         err: &StorageError,
         started: Instant,
     ) {
-        match gate {
+        let opened = match gate {
             Gate::Permit(p) => p.failure(),
             Gate::Always => self.breaker.record(false),
+        };
+        if opened {
+            // The error behind an opening says what is wrong (a cluster
+            // node behind `mode = "standalone"` answers MOVED, a replica
+            // READONLY); the rest are counted and logged at debug.
+            tracing::warn!(op = what, error = %err, "redis: the failure that opened the circuit breaker");
         }
         if let Some(g) = generation {
             self.backend.failed(g, err);
@@ -125,6 +133,17 @@ impl Core {
             .try_acquire()
             .map(Gate::Permit)
             .ok_or(StorageError::BreakerOpen)
+    }
+
+    /// A PING through the breaker (its probe while open), bounded by the
+    /// write bound.
+    pub(crate) async fn ping(&self) -> Result<(), StorageError> {
+        let gate = self.permit()?;
+        self.run("ping", self.limits.write, gate, |mut c| async move {
+            redis::cmd("PING").query_async::<redis::Value>(&mut c).await
+        })
+        .await
+        .map(drop)
     }
 
     /// Runs a Lua `script` on one key with integer arguments and an array

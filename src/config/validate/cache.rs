@@ -2,6 +2,7 @@
 //! targeted fields, refresh-ahead), `[cache.redis]` and `[compression]`.
 
 use super::super::file;
+use crate::config::units::Dur;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -172,6 +173,13 @@ impl Validator<'_> {
                     "required in sentinel mode: the master name the sentinels monitor",
                 ));
             }
+            (RedisMode::Sentinel, Some(m)) if m.get_ref().trim().is_empty() => {
+                return Err(self.at.spanned(
+                    &m,
+                    "cache.redis.sentinel_master",
+                    "expected the master name the sentinels monitor, not an empty string",
+                ))
+            }
             (RedisMode::Sentinel, Some(m)) => Some(m.into_inner()),
             (_, Some(m)) => {
                 return Err(self.at.spanned(
@@ -182,6 +190,33 @@ impl Validator<'_> {
             }
             (_, None) => None,
         };
+        // A zero would skip Redis for good (`timeout`: every operation
+        // times out at once), open the breaker on no failure, or probe with
+        // no pause.
+        let nonzero = |d: Option<Spanned<Dur>>, key: &str, default: Duration| match d {
+            Some(d) if d.get_ref().0.is_zero() => {
+                Err(self.at.spanned(&d, key, "expected a duration above zero"))
+            }
+            Some(d) => Ok(d.into_inner().0),
+            None => Ok(default),
+        };
+        let timeout = nonzero(timeout, "cache.redis.timeout", Duration::from_millis(50))?;
+        let breaker_backoff = nonzero(
+            breaker_backoff,
+            "cache.redis.breaker_backoff",
+            Duration::from_secs(5),
+        )?;
+        let breaker_threshold = match breaker_threshold {
+            Some(t) if *t.get_ref() == 0 => {
+                return Err(self.at.spanned(
+                    &t,
+                    "cache.redis.breaker_threshold",
+                    "expected at least 1 (consecutive failures before Redis is skipped)",
+                ))
+            }
+            Some(t) => t.into_inner(),
+            None => 5,
+        };
         Ok(RedisConfig {
             mode: mode_value,
             urls: urls
@@ -190,11 +225,11 @@ impl Validator<'_> {
                 .map(Spanned::into_inner)
                 .collect(),
             sentinel_master,
-            timeout: timeout.map_or(Duration::from_millis(50), |d| d.0),
+            timeout,
             key_prefix: key_prefix.unwrap_or_else(|| "strata:".to_string()),
             write_queue: write_queue.unwrap_or(1024),
-            breaker_threshold: breaker_threshold.unwrap_or(5).max(1),
-            breaker_backoff: breaker_backoff.map_or(Duration::from_secs(5), |d| d.0),
+            breaker_threshold,
+            breaker_backoff,
         })
     }
 
