@@ -162,8 +162,9 @@ impl Upstreams {
     /// than a valid cookie named, the response carries a [`SetSticky`]
     /// extension. `replayable` says the request is idempotent and has no
     /// body: it is re-sent once on a fresh connection when a reused one
-    /// turns out dead (`upstream/client.rs`), and after a connect failure
-    /// (which counts against that server) it is retried once on the next.
+    /// turns out dead (`upstream/client.rs`). After a connect failure
+    /// (which counts against that server) any idempotent request, body
+    /// included, is retried once on the next: nothing of it was sent.
     pub async fn send(
         &self,
         mut req: Request<ReqBody>,
@@ -181,12 +182,13 @@ impl Upstreams {
             hash: self.hash_of(&req),
         };
         let first = self.balancer.pick(&route).ok_or(UpstreamError::NoHealthy)?;
+        let idempotent = req.method().is_idempotent();
         let result = match self.send_to(first, req, replayable).await {
             Ok(answer) => Ok(answer),
             Err(Failure {
                 error: e @ UpstreamError::Connect { .. },
                 request: Some(again),
-            }) if replayable => {
+            }) if idempotent => {
                 route.exclude = Some(first);
                 let Some(next) = self.balancer.pick(&route) else {
                     return Err(e);

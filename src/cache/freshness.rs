@@ -242,13 +242,14 @@ pub fn age_value(headers: &HeaderMap) -> u64 {
 
 /// RFC 9111 §4.2.3 age bookkeeping at receipt, in milliseconds.
 ///
-/// The apparent age counts whole seconds: `Date` has one-second
-/// resolution, so the fraction of a second between it and the receipt
-/// says nothing about the response's age. The time the response took to
-/// arrive is counted to the millisecond.
+/// Exact to the millisecond and never rounded in the entry's favour (SPEC
+/// §6): the apparent age is `response_time - Date` with `Date` read as the
+/// start of its second, so a response dated `12:00:00` and received at
+/// `12:00:00.891` is 891 ms old, the most its one-second resolution allows.
+/// The time the response took to arrive counts to the millisecond too.
 pub fn times(headers: &HeaderMap, request_time: Millis, response_time: Millis) -> Times {
     let date = http_date(headers, header::DATE).unwrap_or(response_time);
-    let apparent_age = response_time.saturating_sub(date) / 1000 * 1000;
+    let apparent_age = response_time.saturating_sub(date);
     let response_delay = response_time.saturating_sub(request_time);
     let corrected_age_value = age_value(headers)
         .saturating_mul(1000)
@@ -568,6 +569,13 @@ mod tests {
         // A Date in the past gives an apparent age.
         let h = headers(&[("date", &date(T0 - 30_000))]);
         assert_eq!(times(&h, T0, T0).initial_age_ms, 30_000);
+        // `Date` is read as the start of its second, never in the entry's
+        // favour (SPEC §6): received 891 ms into that second, 891 ms old.
+        let second = T0 / 1000 * 1000;
+        let h = headers(&[("date", &date(second)), ("cache-control", "max-age=1")]);
+        let t = times(&h, second + 891, second + 891);
+        assert_eq!(t.initial_age_ms, 891);
+        assert!(remaining_ms(&pol(&h), &t, second + 1000) <= 0);
         // Sub-second: the delay and the time since receipt count in ms.
         let t = times(&HeaderMap::new(), T0 - 250, T0);
         assert_eq!(current_age_ms(&t, T0 + 300), 550);

@@ -43,7 +43,7 @@ pub struct ServerFile {
     pub listen: ListenAddr,
     pub tls: Option<TlsFile>,
     pub drain_timeout: Option<Dur>,
-    pub header_read_timeout: Option<Dur>,
+    pub header_read_timeout: Option<Spanned<Dur>>,
     pub send_timeout: Option<Spanned<Dur>>,
     pub max_header_size: Option<Spanned<ByteSize>>,
     pub max_connections: Option<Spanned<usize>>,
@@ -61,7 +61,7 @@ pub struct TlsFile {
     /// Further certificates, chosen by SNI against their subject names.
     #[serde(default)]
     pub certificates: Vec<CertFile>,
-    pub handshake_timeout: Option<Dur>,
+    pub handshake_timeout: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,9 +88,9 @@ pub struct UpstreamFile {
     pub hash_key: Option<Spanned<String>>,
     pub slow_start: Option<Dur>,
     pub sticky: Option<Spanned<StickyFile>>,
-    pub connect_timeout: Option<Dur>,
-    pub response_timeout: Option<Dur>,
-    pub body_idle_timeout: Option<Dur>,
+    pub connect_timeout: Option<Spanned<Dur>>,
+    pub response_timeout: Option<Spanned<Dur>>,
+    pub body_idle_timeout: Option<Spanned<Dur>>,
     pub pool_idle_timeout: Option<Dur>,
     pub pool_max_idle_per_server: Option<usize>,
     #[serde(default)]
@@ -240,7 +240,7 @@ pub struct CompressionFile {
     pub enabled: Option<bool>,
     pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
     pub min_size: Option<ByteSize>,
-    pub types: Option<Vec<String>>,
+    pub types: Option<Vec<Spanned<String>>>,
     pub store_level: Option<LevelsFile>,
     pub stream_level: Option<LevelsFile>,
 }

@@ -104,6 +104,23 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// A duration that must be above zero (a timeout of zero fails every
+    /// wait it bounds); `default` when the key is absent.
+    pub(super) fn nonzero(
+        &self,
+        v: Option<Spanned<units::Dur>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            Some(v) if v.get_ref().0.is_zero() => {
+                Err(self.at.spanned(&v, key, "expected a duration above zero"))
+            }
+            Some(v) => Ok(v.into_inner().0),
+            None => Ok(default),
+        }
+    }
+
     pub(super) fn config(&self, file: FileConfig) -> Result<Config, ConfigError> {
         let FileConfig {
             server,
@@ -170,9 +187,17 @@ impl Validator<'_> {
             balance: self.balance(balance, hash_key)?,
             slow_start: slow_start.map_or(Duration::ZERO, |d| d.0),
             sticky,
-            connect_timeout: dur(connect_timeout, 2),
-            response_timeout: dur(response_timeout, 30),
-            body_idle_timeout: dur(body_idle_timeout, 60),
+            connect_timeout: self.nonzero(connect_timeout, "upstream.connect_timeout", secs(2))?,
+            response_timeout: self.nonzero(
+                response_timeout,
+                "upstream.response_timeout",
+                secs(30),
+            )?,
+            body_idle_timeout: self.nonzero(
+                body_idle_timeout,
+                "upstream.body_idle_timeout",
+                secs(60),
+            )?,
             pool_idle_timeout: dur(pool_idle_timeout, 90),
             pool_max_idle_per_server: pool_max_idle_per_server.unwrap_or(256),
             health: self.health(health)?,
@@ -230,18 +255,11 @@ impl Validator<'_> {
             Some(v) => Ok(v.into_inner()),
             None => Ok(default),
         };
-        let nonzero = |v: Option<Spanned<units::Dur>>, key: &str, default: u64| match v {
-            Some(v) if v.get_ref().0.is_zero() => {
-                Err(self.at.spanned(&v, key, "expected a duration above zero"))
-            }
-            Some(v) => Ok(v.into_inner().0),
-            None => Ok(Duration::from_secs(default)),
-        };
         Ok(HealthConfig {
             enabled: enabled.unwrap_or(true),
             path,
-            interval: nonzero(interval, "upstream.health.interval", 30)?,
-            timeout: nonzero(timeout, "upstream.health.timeout", 5)?,
+            interval: self.nonzero(interval, "upstream.health.interval", secs(30))?,
+            timeout: self.nonzero(timeout, "upstream.health.timeout", secs(5))?,
             unhealthy_threshold: positive(
                 unhealthy_threshold,
                 "upstream.health.unhealthy_threshold",
@@ -355,6 +373,10 @@ fn plain_types(message: &str) -> String {
         _ => return message.to_string(),
     };
     format!("{head}expected {plain}")
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
 }
 
 fn dur(d: Option<units::Dur>, default_secs: u64) -> Duration {

@@ -2,7 +2,6 @@
 //! targeted fields, refresh-ahead), `[cache.redis]` and `[compression]`.
 
 use super::super::file;
-use crate::config::units::Dur;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -193,15 +192,8 @@ impl Validator<'_> {
         // A zero would skip Redis for good (`timeout`: every operation
         // times out at once), open the breaker on no failure, or probe with
         // no pause.
-        let nonzero = |d: Option<Spanned<Dur>>, key: &str, default: Duration| match d {
-            Some(d) if d.get_ref().0.is_zero() => {
-                Err(self.at.spanned(&d, key, "expected a duration above zero"))
-            }
-            Some(d) => Ok(d.into_inner().0),
-            None => Ok(default),
-        };
-        let timeout = nonzero(timeout, "cache.redis.timeout", Duration::from_millis(50))?;
-        let breaker_backoff = nonzero(
+        let timeout = self.nonzero(timeout, "cache.redis.timeout", Duration::from_millis(50))?;
+        let breaker_backoff = self.nonzero(
             breaker_backoff,
             "cache.redis.breaker_backoff",
             Duration::from_secs(5),
@@ -275,7 +267,37 @@ impl Validator<'_> {
             policy.min_size = min.0;
         }
         if let Some(types) = types {
-            policy.types = types;
+            // The rule forms of `compression::DEFAULT_TYPES`; anything else
+            // would silently never match.
+            let token = |t: &str| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+            };
+            let mut list = Vec::with_capacity(types.len());
+            for (i, t) in types.into_iter().enumerate() {
+                let rule = t.get_ref().trim();
+                let ok = match rule.strip_prefix('+') {
+                    Some(suffix) => token(suffix),
+                    None => {
+                        rule == "*/*"
+                            || rule
+                                .split_once('/')
+                                .is_some_and(|(ty, sub)| token(ty) && (sub == "*" || token(sub)))
+                    }
+                };
+                if !ok {
+                    return Err(self.at.spanned(
+                        &t,
+                        &format!("compression.types[{i}]"),
+                        format!(
+                            "invalid media type rule {rule:?}, expected \"type/subtype\", \"type/*\", \"+suffix\" or \"*/*\""
+                        ),
+                    ));
+                }
+                list.push(rule.to_owned());
+            }
+            policy.types = list;
         }
         if let Some(l) = store_level {
             policy.store_level = self.levels(l, policy.store_level, "compression.store_level")?;

@@ -26,17 +26,13 @@ impl Validator<'_> {
             strip_request_headers,
             sendfile,
         } = s;
-        let send_timeout = match send_timeout {
-            None => Duration::from_secs(60),
-            Some(v) if v.get_ref().0.is_zero() => {
-                return Err(self.at.spanned(
-                    &v,
-                    "server.send_timeout",
-                    "expected a duration above zero",
-                ))
-            }
-            Some(v) => v.into_inner().0,
-        };
+        let send_timeout =
+            self.nonzero(send_timeout, "server.send_timeout", Duration::from_secs(60))?;
+        let header_read_timeout = self.nonzero(
+            header_read_timeout,
+            "server.header_read_timeout",
+            Duration::from_secs(10),
+        )?;
         let max_header_size = match max_header_size {
             None => 64 * 1024,
             Some(v) if v.get_ref().0 < 1024 || v.get_ref().0 > 16 * 1024 * 1024 => {
@@ -56,7 +52,7 @@ impl Validator<'_> {
             listen: listen.0,
             tls,
             drain_timeout: dur(drain_timeout, 30),
-            header_read_timeout: dur(header_read_timeout, 10),
+            header_read_timeout,
             send_timeout,
             max_header_size,
             max_connections: self.connections(max_connections, "server.max_connections", 10_000)?,
@@ -127,7 +123,11 @@ impl Validator<'_> {
         Ok(TlsConfig {
             listen: listen.into_inner().0,
             certificates: pairs,
-            handshake_timeout: dur(handshake_timeout, 10),
+            handshake_timeout: self.nonzero(
+                handshake_timeout,
+                "server.tls.handshake_timeout",
+                Duration::from_secs(10),
+            )?,
         })
     }
 
