@@ -4,10 +4,7 @@
 
 use std::time::Duration;
 
-use toml::Spanned;
-
 use super::file::{AlertsFile, RatioFile, WebhookFile};
-use super::units::Dur;
 use super::validate::Validator;
 use super::{ConfigError, ServerConfig};
 use crate::alerts::{AlertsConfig, Event, Format, RatioAlert, WebhookConfig};
@@ -120,12 +117,7 @@ impl Validator<'_> {
             Some(s) => Some(s.into_inner()),
             None => None,
         };
-        let timeout = positive(
-            self,
-            timeout,
-            &format!("{at}.timeout"),
-            Duration::from_secs(5),
-        )?;
+        let timeout = self.nonzero(timeout, &format!("{at}.timeout"), Duration::from_secs(5))?;
         Ok(WebhookConfig {
             url: parsed,
             format,
@@ -162,29 +154,9 @@ impl Validator<'_> {
         };
         Ok(RatioAlert {
             threshold: threshold.into_inner(),
-            window: positive(
-                self,
-                window,
-                &format!("{at}.window"),
-                Duration::from_secs(300),
-            )?,
+            window: self.nonzero(window, &format!("{at}.window"), Duration::from_secs(300))?,
             min_rps,
         })
-    }
-}
-
-fn positive(
-    v: &Validator<'_>,
-    d: Option<Spanned<Dur>>,
-    key: &str,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    match d {
-        Some(d) if d.get_ref().0.is_zero() => {
-            Err(v.at.spanned(&d, key, "expected a duration above zero"))
-        }
-        Some(d) => Ok(d.into_inner().0),
-        None => Ok(default),
     }
 }
 

@@ -326,17 +326,7 @@ impl Validator<'_> {
                     ),
                 )
             })?;
-            let burst = match burst {
-                Some(b) if *b.get_ref() == 0 => {
-                    return Err(self.at.spanned(
-                        &b,
-                        &format!("{at}.burst"),
-                        "expected a number of at least 1",
-                    ))
-                }
-                Some(b) => b.into_inner(),
-                None => per_count,
-            };
+            let burst = self.at_least_one(burst, &format!("{at}.burst"), per_count)?;
             let count = match &count {
                 None => LimitCount::All,
                 Some(c) => match c.get_ref().as_str() {

@@ -104,6 +104,23 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// A count that must be at least 1 (a zero threshold, limit or burst
+    /// would refuse everything or act on nothing); `default` when absent.
+    pub(super) fn at_least_one<T: From<u8> + PartialEq>(
+        &self,
+        v: Option<Spanned<T>>,
+        key: &str,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        match v {
+            Some(v) if *v.get_ref() == T::from(0) => {
+                Err(self.at.spanned(&v, key, "expected at least 1"))
+            }
+            Some(v) => Ok(v.into_inner()),
+            None => Ok(default),
+        }
+    }
+
     /// A duration that must be above zero (a timeout of zero fails every
     /// wait it bounds); `default` when the key is absent.
     pub(super) fn nonzero(
@@ -248,24 +265,21 @@ impl Validator<'_> {
             Some(p) => p.into_inner(),
             None => "/health".to_string(),
         };
-        let positive = |v: Option<Spanned<u32>>, key: &str, default: u32| match v {
-            Some(v) if *v.get_ref() == 0 => {
-                Err(self.at.spanned(&v, key, "expected a number of at least 1"))
-            }
-            Some(v) => Ok(v.into_inner()),
-            None => Ok(default),
-        };
         Ok(HealthConfig {
             enabled: enabled.unwrap_or(true),
             path,
             interval: self.nonzero(interval, "upstream.health.interval", secs(30))?,
             timeout: self.nonzero(timeout, "upstream.health.timeout", secs(5))?,
-            unhealthy_threshold: positive(
+            unhealthy_threshold: self.at_least_one(
                 unhealthy_threshold,
                 "upstream.health.unhealthy_threshold",
                 3,
             )?,
-            healthy_threshold: positive(healthy_threshold, "upstream.health.healthy_threshold", 2)?,
+            healthy_threshold: self.at_least_one(
+                healthy_threshold,
+                "upstream.health.healthy_threshold",
+                2,
+            )?,
             expect_status: expect,
         })
     }

@@ -198,17 +198,8 @@ impl Validator<'_> {
             "cache.redis.breaker_backoff",
             Duration::from_secs(5),
         )?;
-        let breaker_threshold = match breaker_threshold {
-            Some(t) if *t.get_ref() == 0 => {
-                return Err(self.at.spanned(
-                    &t,
-                    "cache.redis.breaker_threshold",
-                    "expected at least 1 (consecutive failures before Redis is skipped)",
-                ))
-            }
-            Some(t) => t.into_inner(),
-            None => 5,
-        };
+        let breaker_threshold =
+            self.at_least_one(breaker_threshold, "cache.redis.breaker_threshold", 5)?;
         Ok(RedisConfig {
             mode: mode_value,
             urls: urls

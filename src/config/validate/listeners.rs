@@ -55,7 +55,11 @@ impl Validator<'_> {
             header_read_timeout,
             send_timeout,
             max_header_size,
-            max_connections: self.connections(max_connections, "server.max_connections", 10_000)?,
+            max_connections: self.at_least_one(
+                max_connections,
+                "server.max_connections",
+                10_000,
+            )?,
             trusted_proxies: self.trusted_proxies(trusted_proxies)?,
             strip_request_headers: self.strip_request_headers(strip_request_headers)?,
             sendfile: sendfile.unwrap_or(true),
@@ -84,20 +88,6 @@ impl Validator<'_> {
                 })
             })
             .collect()
-    }
-
-    /// A connection limit: at least 1 (`0` would refuse every client).
-    fn connections(
-        &self,
-        v: Option<Spanned<usize>>,
-        key: &str,
-        default: usize,
-    ) -> Result<usize, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(v) if *v.get_ref() == 0 => Err(self.at.spanned(&v, key, "expected at least 1")),
-            Some(v) => Ok(v.into_inner()),
-        }
     }
 
     fn tls(&self, t: file::TlsFile, plain: SocketAddr) -> Result<TlsConfig, ConfigError> {
@@ -212,7 +202,7 @@ impl Validator<'_> {
             listen: listen.get_ref().0,
             token,
             read_token,
-            max_connections: self.connections(max_connections, "admin.max_connections", 256)?,
+            max_connections: self.at_least_one(max_connections, "admin.max_connections", 256)?,
         })
     }
 
