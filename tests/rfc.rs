@@ -278,6 +278,31 @@ async fn grace_is_forbidden_by_must_revalidate_and_off_at_zero() {
     }
 }
 
+/// RFC 9111 §5.2.2.2: a stale `must-revalidate` response whose origin
+/// cannot be reached is not served, and "the generated status code SHOULD
+/// be 504 (Gateway Timeout)" (it was 502).
+#[tokio::test]
+async fn an_unreachable_origin_for_a_must_revalidate_entry_is_a_504() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=1, must-revalidate")], "cached").await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    assert_eq!(c.get(&s.url("/x")).await.text(), "cached");
+    origin.shutdown();
+    support::wait_until(Duration::from_secs(10), "the entry to go stale", || async {
+        let r = c.get(&s.url("/x")).await;
+        r.status != 200
+    })
+    .await;
+    let r = c.get(&s.url("/x")).await;
+    assert_eq!(r.status, 504, "{}", r.cache_status());
+    assert!(
+        r.cache_status().starts_with("strata; fwd=stale"),
+        "{}",
+        r.cache_status()
+    );
+    assert_ne!(r.text(), "cached");
+}
+
 #[tokio::test]
 async fn an_upstream_error_that_replaces_a_stale_entry_says_its_status() {
     use std::sync::atomic::Ordering;

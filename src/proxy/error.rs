@@ -34,6 +34,11 @@ pub enum ProxyError {
     /// RFC 9111 §5.2.1.7: `only-if-cached` and nothing usable stored.
     #[error("only-if-cached request and nothing fresh in cache")]
     NotCached,
+    /// RFC 9111 §4.2.4 / §5.2.2.2: a stale response that may not be served
+    /// without validation (`must-revalidate`, `no-cache`, ...) could not
+    /// be validated because the upstream failed; "SHOULD be 504".
+    #[error("stored response could not be revalidated: {0}")]
+    NotRevalidated(#[source] UpstreamError),
     #[error("over the rate limit {:?}", .0.name)]
     RateLimited(crate::traffic::Limited),
 }
@@ -49,7 +54,7 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::NoHealthy) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) | ProxyError::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NotCached | ProxyError::NotRevalidated(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -57,7 +62,7 @@ impl ProxyError {
     /// The upstream server the failure is about, if any.
     pub fn server(&self) -> Option<&str> {
         match self {
-            ProxyError::Upstream(e) => e.server(),
+            ProxyError::Upstream(e) | ProxyError::NotRevalidated(e) => e.server(),
             ProxyError::UpstreamBody { server } => Some(server),
             ProxyError::BadRequest(_)
             | ProxyError::NotImplemented(_)

@@ -91,7 +91,22 @@ async fn lead(
             drop(lock);
             match &miss.stale {
                 Some(s) if s.on_error.is_some() => serve_stale(ctx, &req, &miss, s, None),
-                _ => {
+                // A stored response that must not be served stale, and no
+                // upstream to validate it: RFC 9111 §5.2.2.2's 504.
+                Some(_) => match e {
+                    ProxyError::Upstream(u)
+                        if !matches!(
+                            u,
+                            crate::upstream::UpstreamError::ClientBody { .. }
+                                | crate::upstream::UpstreamError::NoHealthy
+                        ) =>
+                    {
+                        tracing::debug!(error = %u, "upstream failed; stale entry may not be served");
+                        Answered::error(&ProxyError::NotRevalidated(u), CacheStatus::fwd(miss.fwd))
+                    }
+                    e => Answered::error(&e, CacheStatus::fwd(miss.fwd)),
+                },
+                None => {
                     tracing::debug!(error = %e, "upstream failed");
                     Answered::error(&e, CacheStatus::fwd(miss.fwd))
                 }
