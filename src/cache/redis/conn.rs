@@ -9,8 +9,10 @@
 //! - **sentinel**: a `MultiplexedConnection` to the master the sentinels
 //!   name. It does not follow a failover, so an error that means "this
 //!   connection or node is unusable" (I/O, timeout, READONLY, ...) drops it
-//!   and wakes the connector, which asks the sentinels again; a PING every
-//!   second does the same while no request is failing.
+//!   and wakes the connector, which asks the sentinels again. Every second
+//!   the connection gets a PING and a sentinel is asked which master it
+//!   names ([`Watch`]); a failed PING or another address does the same, so
+//!   a manual failover, whose old master keeps answering, is followed too.
 //!
 //! Until a connection exists every operation fails at once with a
 //! "not connected" error (a miss).
