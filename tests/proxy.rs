@@ -661,6 +661,21 @@ async fn h2c_prior_knowledge_is_served() {
     let resp = client.request(with_host(&same)).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(origin.count(), 2);
+    // The HTTP/1.1 limit of 100 fields holds over HTTP/2 (431), and a
+    // value padded with whitespace is malformed (RFC 9113 §8.2.1: 400);
+    // neither reaches the origin (black-box audit: both were forwarded).
+    let mut many = Request::get(strata.url("/h2"));
+    for i in 0..101 {
+        many = many.header(format!("x-m{i}"), "1");
+    }
+    let many = many.body(http_body_util::Full::new(Bytes::new())).unwrap();
+    assert_eq!(client.request(many).await.unwrap().status(), 431);
+    let padded = Request::get(strata.url("/h2"))
+        .header("x-a", " padded ")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(client.request(padded).await.unwrap().status(), 400);
+    assert_eq!(origin.count(), 2);
 }
 
 // === the binary: check, config errors, SIGTERM ===

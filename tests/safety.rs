@@ -579,6 +579,96 @@ async fn an_idle_or_slow_next_head_is_cut_off_after_the_last_response() {
     assert_eq!(origin.count(), 2);
 }
 
+/// An h2c connection over which `requests` can be sent; its driver task
+/// ends when Strata closes the connection.
+async fn h2c(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    (
+        send,
+        tokio::spawn(async move {
+            let _ = conn.await;
+        }),
+    )
+}
+
+fn h2_get(strata: &Strata, path: &str) -> Request<http_body_util::Empty<bytes::Bytes>> {
+    Request::get(strata.url(path))
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+/// An HTTP/2 client that answers pings but sends nothing more keeps no
+/// slot of `max_connections` for good (black-box audit: such connections
+/// were never closed, so a few clients could take every slot): idle is
+/// idle, as on HTTP/1.1.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_header_read_timeout() {
+    let origin = Origin::fixed(&[("cache-control", "no-store")], "ok").await;
+    let text = support::config_text(&[origin.addr], NO_HEALTH)
+        .replace("[server]\n", "[server]\nheader_read_timeout = \"1s\"\n");
+    let strata = Strata::start_text(&text).await;
+    let (mut send, driver) = h2c(strata.addr).await;
+    let resp = send.send_request(h2_get(&strata, "/x")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    tokio::time::timeout(Duration::from_secs(15), driver)
+        .await
+        .expect("closed within the bound")
+        .unwrap();
+    assert_eq!(origin.count(), 1);
+}
+
+/// CVE-2023-44487, paced: streams reset a moment after their HEADERS, each
+/// one already gone upstream (black-box audit: 3,000 such streams made
+/// ~2,500 upstream requests, and the connection was never closed). The
+/// connection is closed once more than half of at least 100 streams were
+/// reset before their answer.
+#[tokio::test]
+async fn an_http2_client_that_resets_most_of_its_streams_is_disconnected() {
+    let origin = Origin::start(|_req: Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        reply(200, &[], "late")
+    })
+    .await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let (mut send, driver) = h2c(strata.addr).await;
+    let mut sent = 0;
+    for _ in 0..400 {
+        if send.ready().await.is_err() {
+            break;
+        }
+        sent += 1;
+        // Dropping the response future resets the stream (RST_STREAM
+        // CANCEL) once Strata has it in hand.
+        let pending = send.send_request(h2_get(&strata, "/slow"));
+        let _ = tokio::time::timeout(Duration::from_millis(5), pending).await;
+    }
+    tokio::time::timeout(Duration::from_secs(15), driver)
+        .await
+        .expect("closed within the bound")
+        .unwrap();
+    assert!(
+        sent < 400,
+        "the connection stayed open for {sent} reset streams"
+    );
+    assert!(
+        origin.count() < 400,
+        "{} requests reached the origin",
+        origin.count()
+    );
+}
+
 #[tokio::test]
 async fn a_response_longer_than_header_read_timeout_is_not_cut() {
     // The body takes 2.5 s, more than three timeouts of 0.8 s: the timer

@@ -17,6 +17,10 @@ pub enum ProxyError {
     /// The client's request is malformed or refused; it never went upstream.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// More request header fields than the HTTP/1.1 server accepts (hyper's
+    /// 100), over HTTP/2 (RFC 6585 §5).
+    #[error("too many request header fields")]
+    TooManyFields,
     /// RFC 9112 §6.1: a request transfer coding other than `chunked`;
     /// never forwarded.
     #[error("not implemented: {0}")]
@@ -50,6 +54,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::TooManyFields => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream(UpstreamError::NoHealthy) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -65,6 +70,7 @@ impl ProxyError {
             ProxyError::Upstream(e) | ProxyError::NotRevalidated(e) => e.server(),
             ProxyError::UpstreamBody { server } => Some(server),
             ProxyError::BadRequest(_)
+            | ProxyError::TooManyFields
             | ProxyError::NotImplemented(_)
             | ProxyError::MethodNotAllowed
             | ProxyError::NotCached

@@ -38,8 +38,21 @@
 //! hyper-util's protocol detection (HTTP/1.1 or h2 prior knowledge) waits
 //! for the first bytes without any timer, and hyper's HTTP/1.1 server has
 //! none unless given one: without this, a silent connection would hold its
-//! slot of `max_connections` forever. An HTTP/2 connection is bounded until
-//! its first request only; after that hyper's keep-alive pings watch it.
+//! slot of `max_connections` forever. An HTTP/2 connection with no stream
+//! open is idle like a keep-alive one and closed the same way (nginx's
+//! `keepalive_timeout` applies to HTTP/2 too); hyper's keep-alive pings
+//! only tell a live client from a dead one, so a client that answers them
+//! but sends nothing would otherwise keep its slot for good.
+//!
+//! **Premature resets** (CVE-2023-44487, "rapid reset"): an HTTP/2 client
+//! may open a stream and reset it a few milliseconds later, again and
+//! again, staying under `SETTINGS_MAX_CONCURRENT_STREAMS` while each stream
+//! has already gone upstream. h2 stops resets sent with their HEADERS; the
+//! paced ones are caught here, as Envoy does: once a connection has opened
+//! [`RESET_MIN_STREAMS`] streams, more than half of them reset before their
+//! response head closes it. A stream counts as reset when its request is
+//! dropped before the service answered (its [`Open`] goes without being
+//! [`Tracked`]); one relaxed update per stream.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,6 +72,10 @@ use super::own_responses::OwnResponses;
 /// Timeouts are capped here: a deadline beyond `Instant`'s range would
 /// panic, and ten years is "never" for a connection.
 const LONGEST: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// HTTP/2 streams a connection may open before its share of premature
+/// resets is judged (see the module doc).
+pub const RESET_MIN_STREAMS: u32 = 100;
 
 /// A connection's request heads and responses, and by when the next head
 /// must arrive.
@@ -91,6 +108,13 @@ struct State {
     /// nothing for at least a whole timeout. Only the connection's task
     /// writes both (through [`Flushes`]).
     send_events: AtomicU64,
+    /// HTTP/2 streams opened, and of those the ones reset before their
+    /// response head (see the module doc).
+    streams: AtomicU32,
+    resets: AtomicU32,
+    /// Woken when the resets pass the bound: [`HeadDeadline::serve`]
+    /// closes the connection.
+    abusive: tokio::sync::Notify,
 }
 
 /// How a connection ended badly.
@@ -105,6 +129,9 @@ pub enum ConnError<E> {
     /// The client took no response byte for a whole send timeout.
     #[error("the client read nothing for send_timeout")]
     SendTimeout,
+    /// Most of an HTTP/2 client's streams were reset before their answer.
+    #[error("too many HTTP/2 streams reset by the client before their response (rapid reset)")]
+    PrematureResets,
     #[error("{0}")]
     Http(E),
 }
@@ -122,6 +149,9 @@ impl HeadDeadline {
                 switched: AtomicBool::new(false),
                 blocked: AtomicBool::new(false),
                 send_events: AtomicU64::new(0),
+                streams: AtomicU32::new(0),
+                resets: AtomicU32::new(0),
+                abusive: tokio::sync::Notify::new(),
             }),
             timeout: timeout.min(LONGEST),
             send_timeout: send_timeout.min(LONGEST),
@@ -134,12 +164,17 @@ impl HeadDeadline {
     /// with the response body ([`Tracked`]).
     pub fn arrived(&self, version: Version) -> Open {
         let s = &self.state;
-        if version == Version::HTTP_2 {
+        let http2 = version == Version::HTTP_2;
+        if http2 {
             s.http2.store(true, Ordering::Relaxed);
+            s.streams.fetch_add(1, Ordering::Relaxed);
         }
         s.open.fetch_add(1, Ordering::Relaxed);
         s.activity.fetch_add(1, Ordering::Relaxed);
-        Open(self.state.clone())
+        Open {
+            state: self.state.clone(),
+            unanswered_stream: http2,
+        }
     }
 
     /// Wraps the connection's socket so that a flush tells when the
@@ -175,6 +210,7 @@ impl HeadDeadline {
             tokio::select! {
                 done = &mut conn => return done.map_err(ConnError::Http),
                 _ = &mut timer => {}
+                _ = self.state.abusive.notified() => return Err(ConnError::PrematureResets),
             }
             let s = &self.state;
             let now = Instant::now();
@@ -195,9 +231,6 @@ impl HeadDeadline {
                 let activity = s.activity.load(Ordering::Relaxed);
                 if activity == 0 {
                     return Err(ConnError::Silent);
-                }
-                if s.http2.load(Ordering::Relaxed) {
-                    return conn.await.map_err(ConnError::Http);
                 }
                 if activity == seen && s.open.load(Ordering::Relaxed) == 0 {
                     return Err(ConnError::Idle);
@@ -224,19 +257,32 @@ impl State {
 }
 
 /// A request that has not been answered to the end.
-pub struct Open(Arc<State>);
+pub struct Open {
+    state: Arc<State>,
+    /// An HTTP/2 stream whose response head is not given yet: dropped so,
+    /// the client reset it (see the module doc).
+    unanswered_stream: bool,
+}
 
 impl Open {
     /// Its response is a `101`: the connection becomes a tunnel.
     pub fn switched(&self) {
-        self.0.switched.store(true, Ordering::Relaxed);
+        self.state.switched.store(true, Ordering::Relaxed);
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
+        let s = &self.state;
         // Still open until the socket has taken what hyper holds of it.
-        self.0.ended.fetch_add(1, Ordering::Relaxed);
+        s.ended.fetch_add(1, Ordering::Relaxed);
+        if self.unanswered_stream {
+            let resets = s.resets.fetch_add(1, Ordering::Relaxed) + 1;
+            let streams = s.streams.load(Ordering::Relaxed);
+            if streams >= RESET_MIN_STREAMS && resets > streams / 2 {
+                s.abusive.notify_one();
+            }
+        }
     }
 }
 
@@ -249,7 +295,9 @@ pub struct Tracked<B> {
 }
 
 impl<B> Tracked<B> {
-    pub fn new(inner: B, open: Open) -> Tracked<B> {
+    /// `open`'s response: from here the request counts as answered.
+    pub fn new(inner: B, mut open: Open) -> Tracked<B> {
+        open.unanswered_stream = false;
         Tracked { inner, _open: open }
     }
 }
@@ -466,5 +514,65 @@ mod tests {
         let ended = heads.serve(conn).await;
         assert!(ended.is_ok(), "{ended:?}");
         assert_eq!(reader.await.unwrap().unwrap(), 512);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn mostly_reset_http2_streams_close_the_connection() {
+        let heads = HeadDeadline::new(3600 * SECOND, 3600 * SECOND);
+        // Answered streams and a few resets: fine.
+        for i in 0..RESET_MIN_STREAMS {
+            let open = heads.arrived(Version::HTTP_2);
+            if i % 3 == 0 {
+                drop(open);
+            } else {
+                drop(Tracked::new((), open));
+            }
+        }
+        let served = tokio::time::timeout(
+            SECOND,
+            heads
+                .clone()
+                .serve(std::future::pending::<Result<(), ()>>()),
+        );
+        assert!(
+            served.await.is_err(),
+            "closed with a third of its streams reset"
+        );
+        // Then every stream reset before its answer: closed once more than
+        // half of all were.
+        for _ in 0..RESET_MIN_STREAMS {
+            drop(heads.arrived(Version::HTTP_2));
+        }
+        let ended = tokio::time::timeout(
+            SECOND,
+            heads.serve(std::future::pending::<Result<(), ()>>()),
+        )
+        .await
+        .expect("closed at once");
+        assert!(
+            matches!(ended, Err(ConnError::PrematureResets)),
+            "{ended:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http2_connection_is_closed_like_an_http1_one() {
+        let heads = HeadDeadline::new(SECOND, 3600 * SECOND);
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut io = heads.watch_io(server, None);
+        // One stream answered and written, then nothing: the connection
+        // stays up (a pending future: the client answers pings).
+        let open = heads.arrived(Version::HTTP_2);
+        drop(Tracked::new((), open));
+        io.flush().await.unwrap();
+        let start = Instant::now();
+        let ended = tokio::time::timeout(
+            10 * SECOND,
+            heads.serve(std::future::pending::<Result<(), ()>>()),
+        )
+        .await
+        .expect("closed within ten seconds");
+        assert!(matches!(ended, Err(ConnError::Idle)), "{ended:?}");
+        assert!(start.elapsed() <= 2 * SECOND, "{:?}", start.elapsed());
     }
 }
