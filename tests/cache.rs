@@ -142,6 +142,46 @@ async fn memory_capacity_is_honoured() {
     assert!(reported <= 1024.0 * 1024.0);
 }
 
+/// A full memory tier still takes a new object, large or small: the
+/// least recently used entries make room, as in nginx and Varnish (black-box
+/// audit, high: with moka's default TinyLFU admission a 256 KiB object
+/// never got in once small entries filled the tier, each miss answered
+/// `stored` and the next request went upstream again).
+#[tokio::test]
+async fn a_full_memory_tier_takes_new_objects_large_and_small() {
+    let origin = Origin::start(|req| async move {
+        let len = if req.uri().path().starts_with("/big") {
+            300 * 1024
+        } else {
+            2 * 1024
+        };
+        reply(200, &[("cache-control", "max-age=600")], vec![b'x'; len])
+    })
+    .await;
+    let s = strata(&origin, "[cache]\nmemory_capacity = \"2MiB\"\n").await;
+    let c = Client::new();
+    // 3 MiB of small objects, each asked for twice (a hit each).
+    for i in 0..1500 {
+        for _ in 0..2 {
+            assert_eq!(c.get(&s.url(&format!("/s/{i}"))).await.status, 200);
+        }
+    }
+    for path in ["/big/1", "/s/new"] {
+        let first = c.get(&s.url(path)).await;
+        assert!(
+            first.cache_status().contains("stored"),
+            "{}",
+            first.cache_status()
+        );
+        let again = c.get(&s.url(path)).await;
+        assert!(
+            again.cache_status().starts_with("strata; hit"),
+            "{path}: {}",
+            again.cache_status()
+        );
+    }
+}
+
 #[tokio::test]
 async fn objects_over_max_size_stream_through_uncached() {
     let origin = Origin::fixed(

@@ -1,5 +1,6 @@
 //! The memory tier: a moka cache of [`Object`]s weighted by their bytes
 //! (bodies, encoded bodies, headers, tags), bounded by `memory_capacity`,
+//! evicting the least recently used,
 //! with a per-entry expiry of the object's freshness lifetime plus stale
 //! windows. Lookups are synchronous and lock-free on the hit path.
 
@@ -72,6 +73,14 @@ impl MemoryTier {
     pub fn new(capacity: u64) -> MemoryTier {
         let cache = moka::sync::Cache::builder()
             .max_capacity(capacity)
+            // LRU, as nginx and Varnish evict: every storable response is
+            // admitted. moka's default TinyLFU admission refuses a new
+            // entry whose estimated popularity is below that of the
+            // entries it would evict, summed: a 256 KiB object displacing
+            // a hundred small ones never got in once the tier was full,
+            // and an entry must be a hit once its response is complete
+            // (SPEC §6).
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .weigher(|_k, v: &Arc<Object>| v.weight().min(MAX_WEIGHT) as u32)
             .expire_after(KeepFor)
             .build_with_hasher(Default::default());
