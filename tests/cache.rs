@@ -605,6 +605,57 @@ async fn unsafe_methods_invalidate_target_and_location() {
     }
 }
 
+/// A leader whose client went away before the answer leaves its followers
+/// collapsed behind a new leader: one more upstream request, not one each,
+/// and the answer is stored (black-box audit: each follower went upstream
+/// alone, `fwd=miss`, and nothing was stored).
+#[tokio::test]
+async fn followers_of_a_leader_that_went_away_collapse_again() {
+    use tokio::io::AsyncWriteExt;
+    let (origin, gate) = Origin::gated(&[("cache-control", "max-age=60")], "body").await;
+    let s = Arc::new(strata(&origin, "").await);
+    let mut leader = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    leader
+        .write_all(format!("GET /gone HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr).as_bytes())
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the leader at the origin",
+        || async { origin.count() == 1 },
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let url = s.url("/gone");
+        tasks.push(tokio::spawn(async move { Client::new().get(&url).await }));
+    }
+    wait_until(Duration::from_secs(5), "five followers waiting", || async {
+        s.shared.cache.collapser().waiting() == 5
+    })
+    .await;
+    drop(leader);
+    wait_until(
+        Duration::from_secs(5),
+        "a new leader at the origin",
+        || async { origin.count() == 2 },
+    )
+    .await;
+    gate.notify_waiters();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "body");
+    }
+    assert_eq!(origin.count(), 2);
+    let again = Client::new().get(&s.url("/gone")).await;
+    assert!(
+        again.cache_status().starts_with("strata; hit"),
+        "{}",
+        again.cache_status()
+    );
+}
+
 #[tokio::test]
 async fn fifty_concurrent_cold_requests_make_one_origin_request() {
     let (origin, gate) = Origin::gated(&[("cache-control", "max-age=60")], "collapsed body").await;

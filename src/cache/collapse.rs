@@ -1,8 +1,11 @@
 //! Collapsed forwarding: concurrent misses for one URL make one upstream
 //! request. The first caller gets [`Locked::Write`] and fetches; the others
 //! get [`Locked::Read`] and wait (bounded) for its [`Flight`] result. If the
-//! response turns out uncacheable, or the leader fails or gives up, every
-//! waiter is released at once to go upstream itself, in parallel.
+//! response turns out uncacheable, or the upstream fails, every waiter is
+//! released at once to go upstream itself, in parallel. If the leader is
+//! gone without an answer (its client disconnected, the body it was
+//! storing broke), the waiters collapse again behind a new leader, as
+//! Varnish rushes its waiting list: one upstream request, not one each.
 //!
 //! The map is a std `Mutex<HashMap>`: critical sections are a lookup or an
 //! insert, never held across an `.await`.
@@ -22,6 +25,8 @@ pub enum Flight {
     Stored(Arc<Object>),
     /// Not storable, too large, or failed: go upstream yourself.
     Released,
+    /// The leader went away without an answer: ask for the lock again.
+    Abandoned,
 }
 
 type Slot = watch::Sender<Option<Flight>>;
@@ -88,6 +93,19 @@ impl Collapser {
             .unwrap_or(0)
     }
 
+    /// Requests waiting on a leader, over all keys.
+    pub fn waiting(&self) -> usize {
+        self.inflight
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter_map(Weak::upgrade)
+                    .map(|s| s.receiver_count())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     fn release(&self, key: u128, slot: &Arc<Slot>) {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(current) = map.get(&key) {
@@ -118,7 +136,7 @@ impl WriteLock {
 
 impl Drop for WriteLock {
     fn drop(&mut self) {
-        self.finish(Flight::Released);
+        self.finish(Flight::Abandoned);
     }
 }
 
@@ -128,8 +146,8 @@ impl ReadLock {
         let result = tokio::time::timeout(limit, self.rx.wait_for(Option::is_some)).await;
         match result {
             Ok(Ok(v)) => v.clone(),
-            // The leader vanished without publishing: treat as released.
-            Ok(Err(_)) => Some(Flight::Released),
+            // The leader vanished without publishing.
+            Ok(Err(_)) => Some(Flight::Abandoned),
             Err(_) => None,
         }
     }
@@ -164,7 +182,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dropped_writer_releases() {
+    async fn dropped_writer_abandons() {
         let c = Collapser::new();
         let w = c.try_lock(7).unwrap();
         assert!(c.try_lock(7).is_none());
@@ -172,7 +190,7 @@ mod tests {
         drop(w);
         assert!(matches!(
             r.wait(Duration::from_secs(1)).await,
-            Some(Flight::Released)
+            Some(Flight::Abandoned)
         ));
         assert_eq!(c.in_flight(), 0);
     }

@@ -29,33 +29,55 @@ use exchange::{Exchange, Fetched, UpstreamBody, CLIENT_CONDITIONALS};
 
 // === the foreground fetch ===
 
+/// How many times a follower asks for the lock again after its leader went
+/// away without an answer, before it goes upstream alone.
+const REJOINS: u8 = 2;
+
 /// A miss: the first request for the URL leads and goes upstream; the
 /// others wait (bounded) for its result.
 pub async fn fetch(ctx: &RequestCtx<'_>, req: Request<Incoming>, miss: Miss) -> Answered {
+    fetch_or_rejoin(ctx, req, miss, REJOINS).await
+}
+
+async fn fetch_or_rejoin(
+    ctx: &RequestCtx<'_>,
+    req: Request<Incoming>,
+    miss: Miss,
+    rejoins: u8,
+) -> Answered {
     match ctx.shared.cache.collapser().lock(miss.key.hash()) {
         Locked::Write(lock) => lead(ctx, req, miss, lock).await,
-        Locked::Read(wait) => follow(ctx, req, miss, wait).await,
+        Locked::Read(wait) => follow(ctx, req, miss, wait, rejoins).await,
     }
 }
 
-/// A follower: answered from the leader's stored result (`collapsed`), or
-/// released to go upstream alone.
+/// A follower: answered from the leader's stored result (`collapsed`),
+/// collapsed again behind a new leader when the leader went away without
+/// an answer, or released to go upstream alone.
 async fn follow(
     ctx: &RequestCtx<'_>,
     req: Request<Incoming>,
     miss: Miss,
     wait: ReadLock,
+    rejoins: u8,
 ) -> Answered {
     let limit = ctx.runtime.config.cache.collapse_timeout;
-    if let Some(Flight::Stored(object)) = wait.wait(limit).await {
-        if let Some(variant) = object.select(req.headers()) {
-            ctx.shared.metrics.collapsed();
-            let status = CacheStatus::fwd(miss.fwd).map(|f| {
-                f.collapsed = true;
-                f.ttl = Some(variant.ttl(ctx.now));
-            });
-            return Answered::new(ctx.respond(&req, variant), status);
+    match wait.wait(limit).await {
+        Some(Flight::Stored(object)) => {
+            if let Some(variant) = object.select(req.headers()) {
+                ctx.shared.metrics.collapsed();
+                let status = CacheStatus::fwd(miss.fwd).map(|f| {
+                    f.collapsed = true;
+                    f.ttl = Some(variant.ttl(ctx.now));
+                });
+                return Answered::new(ctx.respond(&req, variant), status);
+            }
         }
+        Some(Flight::Abandoned) if rejoins > 0 => {
+            // Boxed: the future would otherwise contain itself.
+            return Box::pin(fetch_or_rejoin(ctx, req, miss, rejoins - 1)).await;
+        }
+        Some(Flight::Released | Flight::Abandoned) | None => {}
     }
     // Released, timed out, or another variant: go upstream alone.
     let pass = super::lookup::Pass {
@@ -88,7 +110,7 @@ async fn lead(
     let req = Request::from_parts(parts, ());
     match fetched {
         Fetched::Failed(e) => {
-            drop(lock);
+            lock.publish(Flight::Released);
             match &miss.stale {
                 Some(s) if s.on_error.is_some() => serve_stale(ctx, &req, &miss, s, None),
                 // A stored response that must not be served stale, and no
@@ -113,7 +135,7 @@ async fn lead(
             }
         }
         Fetched::ServerError(status) => {
-            drop(lock);
+            lock.publish(Flight::Released);
             match &miss.stale {
                 Some(s) if s.on_error.is_some() => {
                     serve_stale(ctx, &req, &miss, s, Some(status.as_u16()))
@@ -184,9 +206,15 @@ fn uncacheable(
             ctx.shared.cache.remove(&miss.key);
         }
     }
-    drop(lock); // waiters go upstream at once, in parallel
-                // A stale entry was validated and the upstream's answer replaced it:
-                // `fwd-status` says what came back, as on the storable path.
+    if request_specific {
+        // Uncacheable for this request only (its Authorization or
+        // no-store): the waiters may well get a storable answer.
+        drop(lock);
+    } else {
+        lock.publish(Flight::Released); // waiters go upstream at once, in parallel
+    }
+    // A stale entry was validated and the upstream's answer replaced it:
+    // `fwd-status` says what came back, as on the storable path.
     let upstream_status = rparts.status.as_u16();
     let status = CacheStatus::fwd(miss.fwd).map(|f| {
         if miss.stale.is_some() {
