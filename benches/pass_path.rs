@@ -139,7 +139,10 @@ fn pooled_exchange(c: &mut Criterion) {
             *req.uri_mut() = http::Uri::from_static("/api/items.json");
             req.headers_mut()
                 .insert("host", HeaderValue::from_static("bench.local"));
-            let resp = match client.request(0, req, true, Duration::from_secs(5)).await {
+            let resp = match client
+                .request(0, req, true, Duration::from_secs(5), Duration::from_secs(5))
+                .await
+            {
                 Ok(r) => r,
                 Err(f) => panic!("exchange failed: {}", f.error),
             };

@@ -19,6 +19,7 @@ pub mod balancer;
 pub mod client;
 mod error;
 pub mod health;
+mod outgoing;
 mod pool;
 pub mod server;
 pub mod sticky;
@@ -252,7 +253,13 @@ impl Upstreams {
         let in_flight = server.begin();
         let result = self
             .client
-            .request(index, req, replayable, self.config.response_timeout)
+            .request(
+                index,
+                req,
+                replayable,
+                self.config.response_timeout,
+                self.config.body_idle_timeout,
+            )
             .await;
         drop(in_flight);
         let elapsed = started.elapsed();

@@ -251,6 +251,77 @@ async fn large_response_streams_before_origin_finishes() {
     assert_eq!(total, 64 << 20);
 }
 
+/// `response_timeout` bounds the wait for the response head once the
+/// request has gone out, not a client's upload (black-box audit: an upload
+/// slower than the timeout got 504 and was counted against the upstream);
+/// a client that stops sending its body gets 408 after `body_idle_timeout`,
+/// not counted against the upstream either.
+#[tokio::test]
+async fn a_slow_upload_is_not_an_upstream_timeout_and_a_stalled_one_is_408() {
+    let origin = Origin::start(|req| async move {
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map_or(0, |b| b.to_bytes().len());
+        reply(200, &[], format!("{n}"))
+    })
+    .await;
+    let text = support::config_text(
+        &[origin.addr],
+        "response_timeout = \"1s\"\nbody_idle_timeout = \"1s\"\n",
+    ) + NO_HEALTH;
+    let strata = Strata::start_text(&text).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<StreamBody<_>>();
+    let upload = |chunks: usize, then_stall: bool| {
+        let (tx, rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
+        let req = Request::post(strata.url("/upload"))
+            .body(StreamBody::new(tokio_stream_from(rx)))
+            .unwrap();
+        let sending = tokio::spawn(async move {
+            for _ in 0..chunks {
+                // A client on a slow link: 64 KiB every 400 ms.
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let chunk = Bytes::from(vec![b'u'; 64 << 10]);
+                if tx.send(Ok(http_body::Frame::data(chunk))).await.is_err() {
+                    return None;
+                }
+            }
+            // Keeps the body open, sending nothing more.
+            then_stall.then_some(tx)
+        });
+        (client.request(req), sending)
+    };
+    // 2 s of upload through a 1 s response timeout.
+    let (answer, sending) = upload(5, false);
+    let resp = tokio::time::timeout(Duration::from_secs(20), answer)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, format!("{}", 5 * (64 << 10)).as_bytes());
+    drop(sending);
+    // A client that stops sending: 408.
+    let (answer, sending) = upload(1, true);
+    let resp = tokio::time::timeout(Duration::from_secs(20), answer)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(resp.status(), 408);
+    drop(sending.await);
+    let metrics = Client::new()
+        .get(&strata.admin_url("/metrics"))
+        .await
+        .text();
+    let counted: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("strata_upstream_errors_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(counted.is_empty(), "{counted:?}");
+}
+
 #[tokio::test]
 async fn large_upload_streams_to_the_upstream() {
     let got_first = Arc::new(Notify::new());

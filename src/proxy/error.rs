@@ -54,6 +54,9 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::Upstream(UpstreamError::ClientStalled { .. }) => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             ProxyError::TooManyFields => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream(UpstreamError::NoHealthy) => StatusCode::SERVICE_UNAVAILABLE,

@@ -120,6 +120,7 @@ async fn lead(
                         if !matches!(
                             u,
                             crate::upstream::UpstreamError::ClientBody { .. }
+                                | crate::upstream::UpstreamError::ClientStalled { .. }
                                 | crate::upstream::UpstreamError::NoHealthy
                         ) =>
                     {

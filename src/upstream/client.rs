@@ -22,6 +22,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
 use super::error::UpstreamError;
+use super::outgoing::{Outgoing, Stalled};
 use super::pool::{self, Conn, ServerPool};
 use crate::config::UpstreamConfig;
 
@@ -68,7 +69,9 @@ impl UpstreamClient {
     }
 
     /// Sends `req` to server `server` (an index into `upstream.servers`),
-    /// waiting at most `timeout` for the response head (connect included).
+    /// waiting at most `timeout` for the response head once the request
+    /// has gone out (connect included; a request body first goes out
+    /// within `body_idle` between chunks, see `upstream/outgoing.rs`).
     /// `replayable` says the request is idempotent and has no body, so it
     /// may be re-sent after a reused connection turned out dead.
     pub async fn request(
@@ -77,13 +80,33 @@ impl UpstreamClient {
         req: Request<ReqBody>,
         replayable: bool,
         timeout: Duration,
+        body_idle: Duration,
     ) -> Result<Response<UpstreamBody>, Failure> {
         let pool = &self.servers[server];
+        let (parts, body) = req.into_parts();
+        let (body, progress) = Outgoing::new(body);
         // Boxed: every caller up the chain (send_to, Upstreams::send,
         // forward::send, pass) holds this future inside its own and is
         // itself moved once into its caller's; unboxed, its 1.4 KB would
         // be copied at each of those levels (about 9 KB per pass).
-        let exchange = Box::pin(exchange(pool, req, replayable));
+        let mut exchange = Box::pin(exchange(pool, Request::from_parts(parts, body), replayable));
+        if let Some(progress) = progress {
+            // The response may come before the body is all sent (an early
+            // answer to an upload).
+            tokio::select! {
+                done = &mut exchange => return done,
+                sent = progress.sent(body_idle) => if let Err(who) = sent {
+                    let server = pool.authority.to_string();
+                    return Err(Failure {
+                        error: match who {
+                            Stalled::Client => UpstreamError::ClientStalled { server, idle: body_idle },
+                            Stalled::Upstream => UpstreamError::Timeout { server, timeout: body_idle },
+                        },
+                        request: None,
+                    });
+                },
+            }
+        }
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(Failure {
@@ -99,7 +122,7 @@ impl UpstreamClient {
 
 async fn exchange(
     pool: &Arc<ServerPool>,
-    mut req: Request<ReqBody>,
+    mut req: Request<Outgoing>,
     replayable: bool,
 ) -> Result<Response<UpstreamBody>, Failure> {
     // Origin-form target (RFC 9112 §3.2.1); upstreams speak HTTP/1.1
@@ -158,7 +181,7 @@ async fn exchange(
         Err(error) => {
             return Err(Failure {
                 error,
-                request: Some(req),
+                request: Some(req.map(Outgoing::into_inner)),
             })
         }
     };
@@ -207,7 +230,7 @@ struct Replay {
 }
 
 impl Replay {
-    fn capture(req: &Request<ReqBody>) -> Replay {
+    fn capture(req: &Request<Outgoing>) -> Replay {
         Replay {
             method: req.method().clone(),
             uri: req.uri().clone(),
@@ -215,8 +238,8 @@ impl Replay {
         }
     }
 
-    fn rebuild(self) -> Request<ReqBody> {
-        let mut req = Request::new(empty_body());
+    fn rebuild(self) -> Request<Outgoing> {
+        let mut req = Request::new(Outgoing::new(empty_body()).0);
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.version_mut() = http::Version::HTTP_11;

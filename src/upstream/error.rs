@@ -32,6 +32,11 @@ pub enum UpstreamError {
     /// (RFC 9110 §15.2.2: 101 only answers a client's `Upgrade`).
     #[error("upstream {server} switched protocols unasked")]
     UnaskedSwitch { server: String },
+    /// The client sent no more of its request body for
+    /// `upstream.body_idle_timeout` while it was going upstream (nginx's
+    /// `client_body_timeout`): `408`, not the upstream's fault.
+    #[error("the client's request body to upstream {server} stalled for {idle:?}")]
+    ClientStalled { server: String, idle: Duration },
     /// The client's request body broke while it was being sent (say, an
     /// invalid chunk size): the client's fault, answered 400 and not counted
     /// against the upstream. The upstream never got a complete request:
@@ -53,6 +58,7 @@ impl UpstreamError {
             | UpstreamError::Timeout { server, .. }
             | UpstreamError::Protocol { server, .. }
             | UpstreamError::ClientBody { server, .. }
+            | UpstreamError::ClientStalled { server, .. }
             | UpstreamError::UnaskedSwitch { server } => Some(server),
         }
     }
@@ -64,14 +70,17 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::Timeout { .. } => "timeout",
             UpstreamError::Protocol { .. } | UpstreamError::UnaskedSwitch { .. } => "protocol",
-            UpstreamError::ClientBody { .. } => "client_body",
+            UpstreamError::ClientBody { .. } | UpstreamError::ClientStalled { .. } => "client_body",
         }
     }
 
     /// Whether the failure is the upstream's (counted in
     /// `strata_upstream_errors_total`); a broken client body is not.
     pub fn is_upstream_fault(&self) -> bool {
-        !matches!(self, UpstreamError::ClientBody { .. })
+        !matches!(
+            self,
+            UpstreamError::ClientBody { .. } | UpstreamError::ClientStalled { .. }
+        )
     }
 
     /// Classifies a failed send (after connecting): a failure of the

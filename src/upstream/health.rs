@@ -117,7 +117,7 @@ async fn check_one(
     let work = async {
         let resp = pool
             .client()
-            .request(index, req, true, health.timeout)
+            .request(index, req, true, health.timeout, health.timeout)
             .await
             .map_err(|f| format!("{} error", f.error.kind()))?;
         let status = resp.status();

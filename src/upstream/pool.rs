@@ -39,8 +39,8 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::client::ReqBody;
 use super::error::UpstreamError;
+use super::outgoing::Outgoing;
 
 /// TCP keepalive probes on upstream sockets start after this long idle.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -59,7 +59,7 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 const UNRETRYABLE_IDLE: Duration = Duration::from_millis(500);
 
 /// An HTTP/1.1 connection's request handle.
-pub type Sender = http1::SendRequest<ReqBody>;
+pub type Sender = http1::SendRequest<Outgoing>;
 
 /// An HTTP/1.1 connection's I/O state machine (hyper's `Connection`, with
 /// upgrades for WebSocket pass-through). It resolves when the connection
