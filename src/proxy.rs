@@ -165,7 +165,12 @@ impl RequestCtx<'_> {
 
     /// A hit: counted per tier and rule, answered from stored bytes.
     fn hit<B>(&self, req: &Request<B>, hit: &Hit) -> Answered {
-        self.shared.metrics.hit(hit.tier.as_str());
+        if hit.ttl > 0 {
+            // Fresh hits only, as `outcome="hit"` counts them: a stale copy
+            // served under stale-while-revalidate is `outcome="stale"`,
+            // like a soft-purged one.
+            self.shared.metrics.hit(hit.tier.as_str());
+        }
         self.shared.cache.sample_hit(&hit.object);
         if let Some(i) = self.rule {
             self.runtime.rule_counters.hit(i);

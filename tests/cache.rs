@@ -757,6 +757,18 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_in_background() {
     let r = c.get(&s.url("/swr")).await;
     assert_eq!(r.text(), "v1", "stale served at once");
     assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    // A stale copy is `outcome="stale"`, not a fresh tier hit (black-box
+    // audit: SWR counted as a tier hit, a soft-purged copy did not).
+    let metrics = c.get(&s.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("strata_cache_hits_total{tier=\"memory\"} 0"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("hits_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     wait_until(Duration::from_secs(5), "background refresh", || async {
         origin.count() == 2
     })

@@ -563,7 +563,7 @@ async fn access_log_has_one_structured_event_per_request_and_can_be_turned_off()
     assert!(c.get(&url).await.cache_status().contains("hit"));
     let is_access = |e: &serde_json::Value| e["target"] == "strata::access";
     let (i, miss) = bin.wait_event(0, "access event (miss)", is_access).await;
-    let (_, hit) = bin.wait_event(i + 1, "access event (hit)", is_access).await;
+    let (j, hit) = bin.wait_event(i + 1, "access event (hit)", is_access).await;
 
     for e in [&miss, &hit] {
         assert_eq!(e["level"], "INFO");
@@ -587,6 +587,26 @@ async fn access_log_has_one_structured_event_per_request_and_can_be_turned_off()
     assert_eq!(hit["cache"], "hit");
     assert_eq!(hit["tier"], "memory");
     assert!(hit.get("upstream").is_none(), "{hit}");
+    // A HEAD miss is answered from the entry it stored, and still names
+    // the upstream that answered (black-box audit: it did not).
+    let head = c
+        .send(
+            http::Method::HEAD,
+            &format!("http://{}/head", bin.addr),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert!(
+        head.cache_status().contains("stored"),
+        "{}",
+        head.cache_status()
+    );
+    let (_, head) = bin
+        .wait_event(j + 1, "access event (HEAD miss)", is_access)
+        .await;
+    assert_eq!(head["method"], "HEAD");
+    assert_eq!(head["upstream"], origin.addr.to_string());
 
     // Turned off by a reload.
     write_config(&path, origin.addr, "[log]\naccess_log = false\n");
@@ -600,7 +620,7 @@ async fn access_log_has_one_structured_event_per_request_and_can_be_turned_off()
         .collect();
     assert_eq!(
         access.len(),
-        2,
+        3,
         "one event per request, none once off: {access:?}"
     );
     assert!(

@@ -149,13 +149,17 @@ async fn lead(
                 ),
             }
         }
-        Fetched::NotModified(object, variant) => {
+        Fetched::NotModified(object, variant, served) => {
             lock.publish(Flight::Stored(object));
             let status = CacheStatus::fwd(miss.fwd).map(|f| {
                 f.fwd_status = Some(304);
                 f.ttl = Some(variant.ttl(now_millis()));
             });
-            Answered::new(ctx.respond(&req, &variant), status)
+            let mut resp = ctx.respond(&req, &variant);
+            if let Some(served) = served {
+                resp.extensions_mut().insert(served);
+            }
+            Answered::new(resp, status)
         }
         Fetched::Uncacheable(reason, rparts, body) => {
             uncacheable(ctx, &req, &miss, lock, reason, rparts, body)
@@ -310,7 +314,9 @@ async fn storable(
         let done = admit::Done::Visible(done_tx);
         admit::spawn(cache, plan, Some(lock), body, None, Some(done));
         return match done_rx.await {
-            Ok(Admitted::Stored(variant)) => Answered::new(ctx.respond(req, &variant), status),
+            Ok(Admitted::Stored(variant)) => {
+                Answered::new(from_stored(ctx, req, &variant, &rparts), status)
+            }
             _ => Answered::new(
                 Response::from_parts(rparts, ProxyBody::empty()),
                 CacheStatus::fwd(miss.fwd),
@@ -325,7 +331,9 @@ async fn storable(
         let done = admit::Done::Complete(done_tx);
         admit::spawn(cache, plan, Some(lock), body, None, Some(done));
         return match done_rx.await {
-            Ok(Admitted::Stored(variant)) => Answered::new(ctx.respond(req, &variant), status),
+            Ok(Admitted::Stored(variant)) => {
+                Answered::new(from_stored(ctx, req, &variant, &rparts), status)
+            }
             // Not stored after all (no length, and more than
             // `max_object_size`): the preconditions are evaluated against
             // the upstream's head, and a full response streams (a range
@@ -367,6 +375,21 @@ fn streamed(
     Answered::new(compress_stream(resp, compression, ctx.coding), status)
 }
 
+/// The answer to a miss from the entry it stored (HEAD, conditional and
+/// range misses), still naming the upstream that answered.
+fn from_stored<B>(
+    ctx: &RequestCtx<'_>,
+    req: &Request<B>,
+    variant: &crate::cache::entry::Variant,
+    upstream: &http::response::Parts,
+) -> Response<ProxyBody> {
+    let mut resp = ctx.respond(req, variant);
+    if let Some(served) = upstream.extensions.get::<crate::upstream::ServedBy>() {
+        resp.extensions_mut().insert(served.clone());
+    }
+    resp
+}
+
 /// The upstream server named by a response's extensions (for errors).
 fn served_by(ext: &http::Extensions) -> String {
     ext.get::<crate::upstream::ServedBy>()
@@ -394,7 +417,7 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
             .fetch(&parts, &key, Some(&object), Some(&variant), true)
             .await
         {
-            Fetched::NotModified(object, _) => lock.publish(Flight::Stored(object)),
+            Fetched::NotModified(object, ..) => lock.publish(Flight::Stored(object)),
             Fetched::Storable(mut plan, _, body) => {
                 // Same request fields as the stored variant.
                 plan.vary = variant.vary.clone();

@@ -51,8 +51,9 @@ pub(super) enum Fetched {
     /// 5xx while a stale copy may stand in (the response is dropped).
     ServerError(StatusCode),
     /// 304 to a conditional fetch: the stored variant, refreshed and
-    /// admitted, and the object now holding it.
-    NotModified(Arc<Object>, Arc<Variant>),
+    /// admitted, the object now holding it, and the server that answered
+    /// (for the access log).
+    NotModified(Arc<Object>, Arc<Variant>, Option<crate::upstream::ServedBy>),
     /// A response to store while it streams.
     Storable(Box<Plan>, http::response::Parts, UpstreamBody),
     /// A full response that must not be stored.
@@ -225,7 +226,12 @@ impl Exchange {
             } else {
                 self.cache.admit(object.clone());
             }
-            return Fetched::NotModified(object, v);
+            let served = answer
+                .response
+                .extensions()
+                .get::<crate::upstream::ServedBy>()
+                .cloned();
+            return Fetched::NotModified(object, v, served);
         }
         if stale_on_5xx && stale.is_some() && status.is_server_error() {
             return Fetched::ServerError(status);
