@@ -129,6 +129,17 @@ impl ServerSeries {
         self.observe(elapsed);
     }
 
+    /// A response body that broke (`protocol`) or stalled (`timeout`)
+    /// after its head was counted as a response: an error too, timed
+    /// with the head already.
+    pub fn body_error(&self, kind: &str) {
+        self.metrics
+            .inner
+            .upstream_errors
+            .with_label_values(&[self.server.as_str(), kind])
+            .inc();
+    }
+
     fn observe(&self, elapsed: Duration) {
         self.duration
             .get_or_init(|| {

@@ -47,7 +47,7 @@ pub struct Upstreams {
     sticky: Option<Sticky>,
     client: UpstreamClient,
     /// Per-server metric series, in the balancer's order.
-    series: Vec<ServerSeries>,
+    series: Vec<Arc<ServerSeries>>,
     config: UpstreamConfig,
     metrics: Metrics,
     alerts: Alerts,
@@ -104,7 +104,7 @@ impl Upstreams {
         let series = balancer
             .servers()
             .iter()
-            .map(|s| metrics.server_series(s.authority.as_str()))
+            .map(|s| Arc::new(metrics.server_series(s.authority.as_str())))
             .collect();
         let client = UpstreamClient::new(balancer.servers().iter().map(|s| &s.authority), config);
         Arc::new(Upstreams {
@@ -266,6 +266,7 @@ impl Upstreams {
         match result {
             Ok(mut response) => {
                 self.series[index].response(response.status().as_u16(), elapsed);
+                response.body_mut().count_failures(&self.series[index]);
                 response
                     .extensions_mut()
                     .insert(ServedBy(server.authority.clone()));

@@ -586,6 +586,16 @@ async fn upstream_dying_mid_body_cuts_the_response_off() {
             "a truncated body is an error, not a short success"
         );
     }
+    // Counted against the upstream (black-box audit: it was not).
+    let line = format!("strata_upstream_errors_total{{kind=\"protocol\",server=\"{addr}\"}} 1");
+    wait_until(Duration::from_secs(5), "the cut counted", || async {
+        let metrics = Client::new()
+            .get(&strata.admin_url("/metrics"))
+            .await
+            .text();
+        metrics.lines().any(|l| l == line)
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -94,6 +94,18 @@ pub struct BodyIdle(pub Duration);
 /// it with [`BodyIdle`] (the client sees a cut-off response, never a hang).
 /// The timer is allocated at the first stall and re-armed (not
 /// re-allocated) at later ones.
+/// A body told when [`IdleTimeout`] cuts it off (an upstream body counts
+/// the stall as an upstream error).
+pub trait Stalls {
+    fn stalled(&mut self) {}
+}
+
+impl Stalls for crate::upstream::UpstreamBody {
+    fn stalled(&mut self) {
+        crate::upstream::UpstreamBody::stalled(self);
+    }
+}
+
 pub struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
@@ -115,7 +127,7 @@ impl<B> IdleTimeout<B> {
 
 impl<B> Body for IdleTimeout<B>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Stalls + Unpin,
     B::Error: Into<BoxError>,
 {
     type Data = Bytes;
@@ -145,6 +157,7 @@ where
                     return Poll::Pending;
                 };
                 ready!(sleep.as_mut().poll(cx));
+                this.inner.stalled();
                 Poll::Ready(Some(Err(Box::new(BodyIdle(idle)))))
             }
         }

@@ -258,6 +258,8 @@ impl Replay {
 pub struct UpstreamBody {
     inner: Incoming,
     conn: Option<(Conn, Arc<ServerPool>)>,
+    /// Where a failure of this body is counted (once), when it is.
+    series: Option<Arc<crate::metrics::ServerSeries>>,
 }
 
 impl UpstreamBody {
@@ -269,10 +271,33 @@ impl UpstreamBody {
             Some((conn, pool.clone()))
         };
         resp.map(|inner| {
-            let mut body = UpstreamBody { inner, conn };
+            let mut body = UpstreamBody {
+                inner,
+                conn,
+                series: None,
+            };
             body.release_if_done();
             body
         })
+    }
+
+    /// Counts this body's failure, if it fails, in `series`
+    /// (`strata_upstream_errors_total`): cut short (`protocol`) or stalled
+    /// past `body_idle_timeout` ([`UpstreamBody::stalled`], `timeout`). A
+    /// body dropped because the client went away is no failure.
+    pub fn count_failures(&mut self, series: &Arc<crate::metrics::ServerSeries>) {
+        self.series = Some(series.clone());
+    }
+
+    /// The body was cut off for stalling (see [`Self::count_failures`]).
+    pub fn stalled(&mut self) {
+        self.failed("timeout");
+    }
+
+    fn failed(&mut self, kind: &str) {
+        if let Some(series) = self.series.take() {
+            series.body_error(kind);
+        }
     }
 
     fn release_if_done(&mut self) {
@@ -310,7 +335,10 @@ impl Body for UpstreamBody {
                 }
             }
             Poll::Ready(Some(Ok(_))) => this.release_if_done(),
-            Poll::Ready(Some(Err(_))) => this.conn = None,
+            Poll::Ready(Some(Err(_))) => {
+                this.conn = None;
+                this.failed("protocol");
+            }
             Poll::Pending => {}
         }
         polled
