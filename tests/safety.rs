@@ -608,6 +608,37 @@ fn h2_get(strata: &Strata, path: &str) -> Request<http_body_util::Empty<bytes::B
         .unwrap()
 }
 
+/// What the HTTP/2 checks of request fields let through (black-box
+/// re-check of this session's fixes): a browser's cookie crumbs are one
+/// field, as over HTTP/1.1, so 150 cookies are no 431; `host` and
+/// `:authority` naming the same authority, one with the default port
+/// written, are no 400 (RFC 3986 §6.2.3).
+#[tokio::test]
+async fn http2_cookie_crumbs_and_a_default_port_are_not_refused() {
+    let origin = Origin::fixed(&[("cache-control", "no-store")], "ok").await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let (mut send, _driver) = h2c(strata.addr).await;
+    let mut crumbs = h2_get(&strata, "/crumbs");
+    for i in 0..150 {
+        crumbs.headers_mut().append(
+            "cookie",
+            http::HeaderValue::from_str(&format!("c{i}=v{i}")).unwrap(),
+        );
+    }
+    let resp = send.send_request(crumbs).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let cookie = origin.last().unwrap().headers["cookie"].clone();
+    assert_eq!(cookie.to_str().unwrap().split("; ").count(), 150);
+    let mut port = Request::get("http://a.example:80/port")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    port.headers_mut()
+        .insert("host", http::HeaderValue::from_static("A.example"));
+    let resp = send.send_request(port).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(origin.count(), 2);
+}
+
 /// An HTTP/2 client that answers pings but sends nothing more keeps no
 /// slot of `max_connections` for good (black-box audit: such connections
 /// were never closed, so a few clients could take every slot): idle is

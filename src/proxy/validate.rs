@@ -38,7 +38,17 @@ pub(super) fn validate(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
         // `:authority` makes an HTTP/2 request malformed.
         if req.version() == Version::HTTP_2 {
             if let Some(a) = req.uri().authority() {
-                if !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()) {
+                let default = if req.uri().scheme_str() == Some("https") {
+                    ":443"
+                } else {
+                    ":80"
+                };
+                // Compared as RFC 3986 §6.2 normalises them: case, and a
+                // default port written or not.
+                let (a, h) = (a.as_str().as_bytes(), host.as_bytes());
+                let a = a.strip_suffix(default.as_bytes()).unwrap_or(a);
+                let h = h.strip_suffix(default.as_bytes()).unwrap_or(h);
+                if !a.eq_ignore_ascii_case(h) {
                     return Err(ProxyError::BadRequest("Host differs from :authority"));
                 }
             }
@@ -83,14 +93,14 @@ pub(super) fn validate(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
         Ok(Some(normal)) => *req.uri_mut() = normal,
         Err(e) => return Err(ProxyError::BadRequest(e.reason())),
     }
-    if req.version() == Version::HTTP_2 {
-        http2_fields(req.headers())?;
-    }
     headers::strip_connection_options(req.headers_mut());
     if req.version() == Version::HTTP_2 {
         // One `Cookie` for Vary, rule keys, sticky sessions and the
-        // HTTP/1.1 upstream alike.
+        // HTTP/1.1 upstream alike; joined before the fields are counted,
+        // as the crumbs a browser splits it into (RFC 9113 §8.2.3) are
+        // one field over HTTP/1.1.
         headers::join_cookies(req.headers_mut());
+        http2_fields(req.headers())?;
     }
     Ok(())
 }
