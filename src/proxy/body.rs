@@ -90,14 +90,10 @@ impl Body for ProxyBody {
 #[error("upstream body idle for more than {0:?}")]
 pub struct BodyIdle(pub Duration);
 
-/// Wraps a body so that a stall longer than `idle` between two frames ends
-/// it with [`BodyIdle`] (the client sees a cut-off response, never a hang).
-/// The timer is allocated at the first stall and re-armed (not
-/// re-allocated) at later ones.
 /// A body told when [`IdleTimeout`] cuts it off (an upstream body counts
 /// the stall as an upstream error).
 pub trait Stalls {
-    fn stalled(&mut self) {}
+    fn stalled(&mut self);
 }
 
 impl Stalls for crate::upstream::UpstreamBody {
@@ -106,6 +102,10 @@ impl Stalls for crate::upstream::UpstreamBody {
     }
 }
 
+/// Wraps a body so that a stall longer than `idle` between two frames ends
+/// it with [`BodyIdle`] (the client sees a cut-off response, never a hang)
+/// and tells it so ([`Stalls`]). The timer is allocated at the first stall
+/// and re-armed (not re-allocated) at later ones.
 pub struct IdleTimeout<B> {
     inner: B,
     idle: Duration,

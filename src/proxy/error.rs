@@ -67,6 +67,21 @@ impl ProxyError {
         }
     }
 
+    /// The answer for a stale response that may not be served stale
+    /// (`must-revalidate`, `no-cache`, ...) when its revalidation failed
+    /// with `self`: an upstream that could not be reached or broke (`502`)
+    /// becomes [`ProxyError::NotRevalidated`] (`504`, RFC 9111 §5.2.2.2);
+    /// any other failure (a timeout is `504` already, no healthy server
+    /// `503`) stays as it is.
+    pub fn revalidating(self) -> ProxyError {
+        match self {
+            ProxyError::Upstream(u) if self.status() == StatusCode::BAD_GATEWAY => {
+                ProxyError::NotRevalidated(u)
+            }
+            other => other,
+        }
+    }
+
     /// The upstream server the failure is about, if any.
     pub fn server(&self) -> Option<&str> {
         match self {

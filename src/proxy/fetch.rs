@@ -21,6 +21,7 @@ use crate::cache::collapse::{Flight, Locked, ReadLock, WriteLock};
 use crate::cache::directives::CacheControl;
 use crate::cache::freshness::{self, now_millis, NotStorable};
 use crate::compression::{self, Coding, CompressionPolicy};
+use crate::upstream::ServedBy;
 
 mod exchange;
 
@@ -114,21 +115,11 @@ async fn lead(
             match &miss.stale {
                 Some(s) if s.on_error.is_some() => serve_stale(ctx, &req, &miss, s, None),
                 // A stored response that must not be served stale, and no
-                // upstream to validate it: RFC 9111 §5.2.2.2's 504.
-                Some(_) => match e {
-                    ProxyError::Upstream(u)
-                        if !matches!(
-                            u,
-                            crate::upstream::UpstreamError::ClientBody { .. }
-                                | crate::upstream::UpstreamError::ClientStalled { .. }
-                                | crate::upstream::UpstreamError::NoHealthy
-                        ) =>
-                    {
-                        tracing::debug!(error = %u, "upstream failed; stale entry may not be served");
-                        Answered::error(&ProxyError::NotRevalidated(u), CacheStatus::fwd(miss.fwd))
-                    }
-                    e => Answered::error(&e, CacheStatus::fwd(miss.fwd)),
-                },
+                // upstream to validate it.
+                Some(_) => {
+                    tracing::debug!(error = %e, "upstream failed; stale entry may not be served");
+                    Answered::error(&e.revalidating(), CacheStatus::fwd(miss.fwd))
+                }
                 None => {
                     tracing::debug!(error = %e, "upstream failed");
                     Answered::error(&e, CacheStatus::fwd(miss.fwd))
@@ -155,11 +146,7 @@ async fn lead(
                 f.fwd_status = Some(304);
                 f.ttl = Some(variant.ttl(now_millis()));
             });
-            let mut resp = ctx.respond(&req, &variant);
-            if let Some(served) = served {
-                resp.extensions_mut().insert(served);
-            }
-            Answered::new(resp, status)
+            Answered::new(from_stored(ctx, &req, &variant, served.as_ref()), status)
         }
         Fetched::Uncacheable(reason, rparts, body) => {
             uncacheable(ctx, &req, &miss, lock, reason, rparts, body)
@@ -315,7 +302,7 @@ async fn storable(
         admit::spawn(cache, plan, Some(lock), body, None, Some(done));
         return match done_rx.await {
             Ok(Admitted::Stored(variant)) => {
-                Answered::new(from_stored(ctx, req, &variant, &rparts), status)
+                Answered::new(from_stored(ctx, req, &variant, served(&rparts)), status)
             }
             _ => Answered::new(
                 Response::from_parts(rparts, ProxyBody::empty()),
@@ -332,7 +319,7 @@ async fn storable(
         admit::spawn(cache, plan, Some(lock), body, None, Some(done));
         return match done_rx.await {
             Ok(Admitted::Stored(variant)) => {
-                Answered::new(from_stored(ctx, req, &variant, &rparts), status)
+                Answered::new(from_stored(ctx, req, &variant, served(&rparts)), status)
             }
             // Not stored after all (no length, and more than
             // `max_object_size`): the preconditions are evaluated against
@@ -375,24 +362,30 @@ fn streamed(
     Answered::new(compress_stream(resp, compression, ctx.coding), status)
 }
 
-/// The answer to a miss from the entry it stored (HEAD, conditional and
-/// range misses), still naming the upstream that answered.
+/// The answer to a miss from the entry it fetched or revalidated (HEAD,
+/// conditional and range misses, a 304), still naming the upstream that
+/// answered (`served`, for the access log).
 fn from_stored<B>(
     ctx: &RequestCtx<'_>,
     req: &Request<B>,
     variant: &crate::cache::entry::Variant,
-    upstream: &http::response::Parts,
+    served: Option<&ServedBy>,
 ) -> Response<ProxyBody> {
     let mut resp = ctx.respond(req, variant);
-    if let Some(served) = upstream.extensions.get::<crate::upstream::ServedBy>() {
+    if let Some(served) = served {
         resp.extensions_mut().insert(served.clone());
     }
     resp
 }
 
+/// The upstream server named by a response's parts.
+fn served(parts: &http::response::Parts) -> Option<&ServedBy> {
+    parts.extensions.get::<ServedBy>()
+}
+
 /// The upstream server named by a response's extensions (for errors).
 fn served_by(ext: &http::Extensions) -> String {
-    ext.get::<crate::upstream::ServedBy>()
+    ext.get::<ServedBy>()
         .map_or_else(|| "upstream".to_string(), |s| s.0.to_string())
 }
 

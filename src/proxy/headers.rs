@@ -123,12 +123,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                     named.extend(hop().nth(i).cloned());
                 }
                 Some(_) => {}
-                // `Host` is end-to-end and keys the cache: never removed.
-                None => named.extend(
-                    HeaderName::from_bytes(token.as_bytes())
-                        .ok()
-                        .filter(|n| n != header::HOST),
-                ),
+                None => named.extend(connection_option(token)),
             }
         }
         for name in named {
@@ -157,21 +152,29 @@ pub fn strip_connection_options(headers: &mut HeaderMap) {
     if !headers.contains_key(header::CONNECTION) {
         return;
     }
-    let mut named: Vec<HeaderName> = Vec::new();
-    for token in list_members(headers, header::CONNECTION) {
-        let ours = token.eq_ignore_ascii_case("close")
-            || token.eq_ignore_ascii_case(header::HOST.as_str())
-            || token.eq_ignore_ascii_case(header::UPGRADE.as_str())
-            || HOP_BY_HOP
-                .iter()
-                .any(|h| h.as_str().eq_ignore_ascii_case(token));
-        if !ours {
-            named.extend(HeaderName::from_bytes(token.as_bytes()).ok());
-        }
-    }
+    let named: Vec<HeaderName> = list_members(headers, header::CONNECTION)
+        .filter_map(connection_option)
+        .collect();
     for name in named {
         headers.remove(name);
     }
+}
+
+/// The end-to-end field a `Connection` option names, if any: not `close`,
+/// a hop-by-hop name or `Upgrade` (which [`strip_hop_by_hop`] handles), and
+/// never `Host` (end-to-end, and the cache key's authority).
+/// Compared before parsing, so the usual `keep-alive` or `close`
+/// allocates nothing.
+fn connection_option(token: &str) -> Option<HeaderName> {
+    let ours = token.eq_ignore_ascii_case("close")
+        || HOP_BY_HOP
+            .iter()
+            .chain([&header::UPGRADE, &header::HOST])
+            .any(|h| h.as_str().eq_ignore_ascii_case(token));
+    if ours {
+        return None;
+    }
+    HeaderName::from_bytes(token.as_bytes()).ok()
 }
 
 /// Whether a field name is one of the forwarding fields Strata owns:

@@ -128,7 +128,7 @@ fn http2_fields(h: &http::HeaderMap) -> Result<(), ProxyError> {
 
 /// hyper's HTTP/1.1 limit on request header fields (its default, kept:
 /// `server.rs`), applied to HTTP/2 requests too.
-pub(super) const MAX_FIELDS: usize = 100;
+const MAX_FIELDS: usize = 100;
 
 /// A request's `Transfer-Encoding` (all its lines) must be exactly one
 /// `chunked`: hyper has already refused one whose last coding is not

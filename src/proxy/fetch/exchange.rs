@@ -226,11 +226,7 @@ impl Exchange {
             } else {
                 self.cache.admit(object.clone());
             }
-            let served = answer
-                .response
-                .extensions()
-                .get::<crate::upstream::ServedBy>()
-                .cloned();
+            let served = answer.response.extensions().get().cloned();
             return Fetched::NotModified(object, v, served);
         }
         if stale_on_5xx && stale.is_some() && status.is_server_error() {
