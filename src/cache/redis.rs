@@ -23,8 +23,9 @@
 //! through the breaker, and is counted and logged when it fails.
 //!
 //! Needs a tokio runtime: `start` spawns the connector, the subscriber, the
-//! index sweeper, the breaker's prober and the write workers. They stop when the last clone of the
-//! tier is dropped (the write workers after draining their queues).
+//! index sweeper, the breaker's prober and the write workers. They stop
+//! when the last clone of the tier is dropped (the write workers after
+//! draining their queues).
 
 mod breaker;
 pub mod codec;
