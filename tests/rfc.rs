@@ -539,3 +539,41 @@ async fn a_completed_miss_is_a_hit_and_purgeable_at_once() {
     }
     assert_eq!(origin.count(), 75);
 }
+
+/// RFC 9111 §3 and §5.2.2.3: with `must-understand`, a status whose
+/// caching requirements Strata does not know (an unregistered `299`) is
+/// never stored; a known one is, and `299` without the directive is too.
+#[tokio::test]
+async fn must_understand_keeps_unknown_statuses_out_of_the_cache() {
+    let origin = Origin::start(|req| async move {
+        let path = req.uri().path().to_string();
+        let (status, cc) = match path.as_str() {
+            "/299-must-understand" => (299, "max-age=100, must-understand"),
+            "/200-must-understand" => (200, "max-age=100, must-understand"),
+            _ => (299, "max-age=100"),
+        };
+        reply(status, &[("cache-control", cc)], path.clone())
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for (path, stored) in [
+        ("/299-must-understand", false),
+        ("/200-must-understand", true),
+        ("/299", true),
+    ] {
+        let before = origin.count();
+        let first = c.get(&s.url(path)).await;
+        let second = c.get(&s.url(path)).await;
+        assert_eq!(second.text(), path);
+        assert_eq!(
+            second.cache_status().contains("hit"),
+            stored,
+            "{path}: {} then {}",
+            first.cache_status(),
+            second.cache_status()
+        );
+        let upstream = if stored { 1 } else { 2 };
+        assert_eq!(origin.count(), before + upstream, "{path}");
+    }
+}

@@ -64,6 +64,18 @@ pub fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
+/// Status codes whose caching requirements Strata implements, for
+/// `must-understand` (RFC 9111 §5.2.2.3): the final codes RFC 9110 §15
+/// defines, plus 429 (RFC 6585) and 451 (RFC 7725). Nothing in them asks a
+/// cache for more than RFC 9111 itself; an unregistered code (`299`, say)
+/// might.
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 429 | 451 | 500..=505
+    )
+}
+
 fn has_explicit_freshness(cc: &CacheControl, headers: &HeaderMap) -> bool {
     cc.s_maxage.is_some() || cc.max_age.is_some() || headers.contains_key(header::EXPIRES)
 }
@@ -99,7 +111,13 @@ pub fn storable(
     if cc.private {
         return Err(NotStorable::Private);
     }
-    // must-understand: we understand every status we store.
+    // RFC 9111 §3, §5.2.2.3: with must-understand, only a status whose
+    // caching requirements Strata knows. Its SHOULD (then ignore no-store)
+    // is not followed: SPEC §10 never stores what the origin marked
+    // no-store, and the check above has already refused it.
+    if cc.must_understand && !understood(status) {
+        return Err(NotStorable::Status);
+    }
     if request.contains_key(header::AUTHORIZATION)
         && !(cc.public || cc.must_revalidate || cc.s_maxage.is_some())
     {
@@ -492,6 +510,26 @@ mod tests {
         let h = headers(&[("date", &d), ("last-modified", &lm)]);
         assert_eq!(pol(&h).lifetime, 1000);
         assert!(pol(&headers(&[("cache-control", "s-maxage=1")])).must_revalidate);
+    }
+
+    #[test]
+    fn must_understand_stores_only_understood_statuses() {
+        let cc = [("cache-control", "max-age=100, must-understand")];
+        assert_eq!(st(299, &[], &cc), Err(NotStorable::Status));
+        assert_eq!(st(418, &[], &cc), Err(NotStorable::Status));
+        assert_eq!(st(299, &[], &[("cache-control", "max-age=100")]), Ok(()));
+        for status in [200, 301, 404, 410, 429, 500] {
+            assert_eq!(st(status, &[], &cc), Ok(()), "{status}");
+        }
+        // SPEC §10 over RFC 9111's SHOULD: no-store still wins.
+        assert_eq!(
+            st(
+                200,
+                &[],
+                &[("cache-control", "max-age=100, must-understand, no-store")]
+            ),
+            Err(NotStorable::NoStore)
+        );
     }
 
     #[test]
