@@ -25,7 +25,7 @@ pub struct Global {
     pub log_format: Option<LogFormatArg>,
     /// Log level or filter, e.g. `info` or `strata=debug` (overrides
     /// `[log] level`; RUST_LOG is used when neither is set).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = log_filter)]
     pub log_level: Option<String>,
 }
 
@@ -49,4 +49,9 @@ pub enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+}
+
+/// `--log-level`: a typo is a usage error, not a filter that logs nothing.
+fn log_filter(value: &str) -> Result<String, String> {
+    crate::telemetry::check_filter(value).map(|()| value.to_string())
 }

@@ -328,7 +328,7 @@ impl Reloader {
     /// or handshake; cached entries, connections and in-flight requests
     /// are kept. On error nothing changes. Listener addresses (and adding
     /// or removing `[server.tls]`) need a restart; a warning says so.
-    pub fn apply(&self, config: Config) -> Result<Arc<Config>, ReloadError> {
+    pub fn apply(&self, mut config: Config) -> Result<Arc<Config>, ReloadError> {
         let certificates = match &config.server.tls {
             Some(t) => Some(tls::Certificates::load(t)?),
             None => None,
@@ -336,7 +336,11 @@ impl Reloader {
         if let (Some(acceptor), Some(certificates)) = (&self.tls, certificates) {
             acceptor.replace(certificates);
         }
-        warn_restart_only(&self.shared.runtime.load().config, &config);
+        let old = self.shared.runtime.load().config.clone();
+        warn_restart_only(&old, &config);
+        // The log layers were built for the old format: requests keep
+        // shaping their access events for it until a restart.
+        config.log.access_format = old.log.access_format;
         self.shared.reload(config);
         Ok(self.shared.runtime.load().config.clone())
     }

@@ -38,14 +38,41 @@ impl LogHandle {
 }
 
 /// Builds the filter: an explicit directive, else RUST_LOG, else `info`.
+/// One that [`check_filter`] refuses is said on stderr and replaced by
+/// `info`, never obeyed silently (`RUST_LOG=verbose` would log nothing).
 pub fn filter(directive: Option<&str>) -> EnvFilter {
-    match directive {
-        Some(d) => EnvFilter::try_new(d).unwrap_or_else(|e| {
-            eprintln!("invalid log level {d:?} ({e}); using info");
+    let env = std::env::var("RUST_LOG").ok();
+    let (source, chosen) = match (directive, env.as_deref().map(str::trim)) {
+        (Some(d), _) => ("log level", d),
+        (None, Some(e)) if !e.is_empty() => ("RUST_LOG", e),
+        (None, _) => return EnvFilter::new("info"),
+    };
+    check_filter(chosen)
+        .and_then(|()| EnvFilter::try_new(chosen).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| {
+            eprintln!("strata: {source}: {e}; using info");
             EnvFilter::new("info")
-        }),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        })
+}
+
+/// A log filter (`[log] level`, `--log-level`, RUST_LOG): what the
+/// logger's parser accepts, and no bare word that is not a level
+/// (`"verbose"` parses as a filter for a target of that name, which
+/// silences every other event, Strata's own included). `Err` says why.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    if let Err(e) = EnvFilter::try_new(filter) {
+        return Err(format!("invalid filter {filter:?} ({e})"));
     }
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains(['=', ':', '[']);
+        if bare && !LEVELS.iter().any(|l| directive.eq_ignore_ascii_case(l)) {
+            return Err(format!(
+                "unknown level {directive:?}: expected trace, debug, info, warn, error or off, or target=level such as \"strata::access=off\""
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Keeps the log writer thread alive; dropping it flushes what is queued.

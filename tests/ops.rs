@@ -281,6 +281,31 @@ async fn start_up_says_what_health_checks_judge_and_access_lines_are_combined() 
         || std::future::ready(strata.lines().iter().any(|l| refused.is_match(l))),
     )
     .await;
+
+    // access_format takes effect at start only: a reload that changes it
+    // keeps combined lines whole (it had left each line the bare word
+    // "access", the structured event's message without its fields).
+    let json = "[log]\naccess_log = true\naccess_format = \"json\"\n";
+    std::fs::write(&path, support::config_text(&[origin.addr], json)).unwrap();
+    let reloaded = strata.reload().await;
+    assert_eq!(reloaded["message"], "configuration reloaded", "{reloaded}");
+    let r = Client::new()
+        .get(&format!("http://{}/after-reload", strata.addr))
+        .await;
+    assert_eq!(r.status, 200);
+    wait_until(
+        Duration::from_secs(10),
+        "a combined line after the reload",
+        || {
+            std::future::ready(
+                strata
+                    .lines()
+                    .iter()
+                    .any(|l| combined.is_match(l) && l.contains("\"GET /after-reload HTTP/1.1\"")),
+            )
+        },
+    )
+    .await;
     let (status, _) = strata.stop().await;
     assert!(status.success());
 }
@@ -310,7 +335,66 @@ async fn a_fatal_start_up_error_is_said_once() {
         let said = all.matches("cannot listen on 127.0.0.1").count();
         assert_eq!(said, 1, "{format}: {all}");
     }
+    // A RUST_LOG that is a bare word, not a level, filters for a target of
+    // that name: it had silenced everything, the fatal error included.
+    let out = strata_bin()
+        .env("RUST_LOG", "verbose")
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("RUST_LOG: unknown level \"verbose\""), "{all}");
+    assert_eq!(
+        all.matches("cannot listen on 127.0.0.1").count(),
+        1,
+        "{all}"
+    );
     drop(taken);
+}
+
+/// `--log-level` with a typo is refused before anything runs, as `[log]
+/// level` is: it had turned every log line off.
+#[test]
+fn a_log_level_typo_is_a_usage_error() {
+    for subcommand in ["check", "serve"] {
+        let out = strata_bin()
+            .args([
+                subcommand,
+                "--log-level",
+                "verbose",
+                "--config",
+                "config/strata.toml",
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{subcommand}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("unknown level \"verbose\""),
+            "{subcommand}: {err}"
+        );
+    }
+    let ok = strata_bin()
+        .args([
+            "check",
+            "--log-level",
+            "warn,strata::access=off",
+            "--config",
+            "config/strata.toml",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }
 
 // === shipped operations files ===

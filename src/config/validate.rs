@@ -325,7 +325,7 @@ impl Validator<'_> {
         // The same parser the logger uses, so that `check` refuses what
         // would otherwise be replaced by `info` at start-up.
         if let Some(l) = &level {
-            if let Err(e) = check_filter(l.get_ref()) {
+            if let Err(e) = crate::telemetry::check_filter(l.get_ref()) {
                 return Err(self.at.spanned(l, "log.level", e));
             }
         }
@@ -351,25 +351,6 @@ impl Validator<'_> {
             .at
             .spanned(glob, key, "expected a path glob starting with / (or **)"))
     }
-}
-
-/// A `[log] level`: what the logger's parser accepts, and no bare word
-/// that is not a level (`"verbose"`: a filter for a target of that name,
-/// which silences every other event, Strata's own included).
-fn check_filter(filter: &str) -> Result<(), String> {
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(filter) {
-        return Err(format!("invalid filter {filter:?} ({e})"));
-    }
-    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
-    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let bare = !directive.contains(['=', ':', '[']);
-        if bare && !LEVELS.iter().any(|l| directive.eq_ignore_ascii_case(l)) {
-            return Err(format!(
-                "unknown level {directive:?}: expected trace, debug, info, warn, error or off, or target=level such as \"strata::access=off\""
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// serde's Rust type names in a message (`expected u32`) as an operator
