@@ -240,15 +240,18 @@ impl<'a> Iterator for Directives<'a> {
             if item.is_empty() {
                 continue;
             }
+            // No whitespace around `=` (RFC 9111 §5.2: `token [ "=" ( token
+            // / quoted-string ) ]`): `max-age =100` names no directive Strata
+            // knows and `max-age= 100` has no valid value, so neither makes
+            // a response fresh.
             return Some(match item.split_once('=') {
                 None => (item, None),
                 Some((n, v)) => {
-                    let v = v.trim();
                     let v = v
                         .strip_prefix('"')
                         .and_then(|v| v.strip_suffix('"'))
                         .unwrap_or(v);
-                    (n.trim(), Some(v))
+                    (n, Some(v))
                 }
             });
         }
@@ -310,6 +313,9 @@ mod tests {
         assert_eq!(cc("max-age=\"60\"").max_age, Some(60));
         assert_eq!(cc("max-age=abc").max_age, Some(0));
         assert_eq!(cc("max-age").max_age, Some(0));
+        assert_eq!(cc("max-age =100").max_age, None);
+        assert_eq!(cc("max-age= 100").max_age, Some(0));
+        assert_eq!(cc("public , max-age=100 ").max_age, Some(100));
         assert_eq!(cc("max-age=99999999999999999999").max_age, Some(DELTA_MAX));
         let c = cc("private=\"a, b\", max-age=5");
         assert!(c.private);
