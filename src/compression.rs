@@ -23,9 +23,13 @@
 //!   ([`compress_body`]).
 //! - `compression/representation.rs`: the headers of an encoded variant
 //!   ([`mark_encoded`], [`encoded_etag`], [`merge_vary_accept_encoding`]).
+//! - `compression/tables.rs`: the brotli encoder's large tables in mappings
+//!   of their own, so that encoding at admission leaves no memory behind.
 
 mod representation;
 mod stream;
+#[allow(unsafe_code)]
+mod tables;
 
 use std::io::{self, Read, Write};
 
@@ -380,6 +384,11 @@ fn list_elements(
         .map(str::trim)
 }
 
+/// Inputs from this size up leave the encoder's freed memory given back
+/// at once ([`tables::release_freed`]); below it the call would cost more
+/// than the memory it saves.
+const RELEASE_AFTER: usize = 64 << 10;
+
 /// One-shot encoding at the given level, for admission into the cache (may be
 /// called in `spawn_blocking`). An out-of-range level is an `InvalidInput` error.
 pub fn encode(coding: Coding, level: u32, input: &[u8]) -> io::Result<Bytes> {
@@ -393,7 +402,15 @@ pub fn encode(coding: Coding, level: u32, input: &[u8]) -> io::Result<Bytes> {
                 size_hint: input.len(),
                 ..Default::default()
             };
-            brotli::BrotliCompress(&mut &input[..], &mut out, &params)?;
+            let (mut inbuf, mut outbuf) = ([0u8; 4096], [0u8; 4096]);
+            brotli::BrotliCompressCustomAlloc(
+                &mut &input[..],
+                &mut out,
+                &mut inbuf,
+                &mut outbuf,
+                &params,
+                tables::TableAlloc,
+            )?;
         }
         Coding::Gzip => {
             let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(level));
@@ -403,6 +420,9 @@ pub fn encode(coding: Coding, level: u32, input: &[u8]) -> io::Result<Bytes> {
     }
     // Stored for the entry's lifetime: give back the unused capacity.
     out.shrink_to_fit();
+    if input.len() >= RELEASE_AFTER {
+        tables::release_freed();
+    }
     Ok(Bytes::from(out))
 }
 

@@ -54,8 +54,9 @@
 //!   (RFC 9111 §4.4).
 
 // Unsafe code is refused everywhere but in `cache/arena.rs`, which maps
-// the body arena's shared memory, and `cache/large.rs`, which maps large
-// bodies one by one (each block with its SAFETY note).
+// the body arena's shared memory, `cache/large.rs`, which maps large
+// bodies one by one, and `compression/tables.rs`, which maps the brotli
+// encoder's tables (each block with its SAFETY note).
 #![deny(unsafe_code)]
 
 pub mod activity;

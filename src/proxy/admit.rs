@@ -280,9 +280,73 @@ fn identity_variant(
     }
 }
 
+/// Admission encodings running at once: one per core. Encoding is
+/// CPU-bound, so more at once finish no sooner; each holds an encoder's
+/// tables (several MiB) and a blocking thread whose allocator keeps what
+/// it freed, which a burst of misses had multiplied by 20–36 threads.
+/// An admission waits here after its identity variant is visible, so a
+/// wait delays only its encoded representations.
+static ENCODERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+});
+
+/// Bytes of bodies waiting for [`ENCODERS`] or being encoded. A waiting
+/// body may already have been evicted, and is then held by its admission
+/// alone: when misses come faster than the cores compress (a burst of
+/// multi-MiB misses through a small memory tier), that backlog had grown
+/// without bound and held RSS at three times SPEC §10's limit.
+static PENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// At most this many bytes in [`PENDING`], or one body of any size when
+/// nothing else is. Past it an object is stored with its identity variant
+/// only (served as it is to every client) rather than queued.
+const PENDING_BUDGET: usize = 16 << 20;
+
+/// A place for `bytes` in a backlog count ([`PENDING`]), given back on drop.
+struct Pending {
+    queue: &'static std::sync::atomic::AtomicUsize,
+    bytes: usize,
+}
+
+impl Pending {
+    /// `None` when `queue` holds something and `bytes` more would pass
+    /// `budget`.
+    fn reserve(
+        queue: &'static std::sync::atomic::AtomicUsize,
+        bytes: usize,
+        budget: usize,
+    ) -> Option<Pending> {
+        use std::sync::atomic::Ordering::Relaxed;
+        queue
+            .fetch_update(Relaxed, Relaxed, |queued| {
+                (queued == 0 || queued.saturating_add(bytes) <= budget)
+                    .then(|| queued.saturating_add(bytes))
+            })
+            .ok()
+            .map(|_| Pending { queue, bytes })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.queue
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The identity variant plus one encoded representation per configured
-/// coding that comes out smaller (compressed off the async workers).
+/// coding that comes out smaller (compressed off the async workers, at
+/// most [`ENCODERS`] at once, and none when [`PENDING_BUDGET`] is spent).
 async fn with_encodings(identity: &Variant, policy: &CompressionPolicy) -> Variant {
+    let Some(_pending) = Pending::reserve(&PENDING, identity.body.len(), PENDING_BUDGET) else {
+        tracing::debug!(
+            bytes = identity.body.len(),
+            "compression backlog full: stored without encoded representations"
+        );
+        return identity.clone();
+    };
+    // Never closed; were it, encoding would go on unbounded.
+    let _turn = ENCODERS.acquire().await.ok();
     let mut encoded = Vec::new();
     for &coding in &policy.algorithms {
         let level = policy.store_level.for_coding(coding);
@@ -308,5 +372,23 @@ async fn with_encodings(identity: &Variant, policy: &CompressionPolicy) -> Varia
     Variant {
         encoded,
         ..identity.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_encoding_backlog_takes_one_body_of_any_size_then_up_to_its_budget() {
+        static QUEUE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let big = Pending::reserve(&QUEUE, 40, 10).expect("an empty backlog takes any body");
+        assert!(Pending::reserve(&QUEUE, 1, 10).is_none());
+        drop(big);
+        let a = Pending::reserve(&QUEUE, 6, 10).expect("a");
+        let b = Pending::reserve(&QUEUE, 4, 10).expect("b");
+        assert!(Pending::reserve(&QUEUE, 1, 10).is_none());
+        drop((a, b));
+        assert_eq!(QUEUE.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 }
