@@ -314,6 +314,53 @@ async fn error_ratio_alert_fires_when_5xx_dominate() {
     strata.stop().await;
 }
 
+/// A ratio alert turned off and on again by reloads starts afresh: it
+/// fires again when its condition holds (it had stayed silent, still
+/// "firing" from before it was turned off).
+#[tokio::test]
+async fn a_ratio_alert_removed_and_restored_by_reload_fires_again() {
+    let receiver = Receiver::start(200).await;
+    let origin = Origin::start(|_req| async { support::origin::reply(502, &[], "bad") }).await;
+    let hook = webhook(&receiver.url("/hook"), "events = [\"error_ratio_high\"]");
+    let with = format!(
+        "[upstream.health]\nenabled = false\n[alerts.error_ratio_high]\nthreshold = 0.2\nwindow = \"400ms\"\nmin_rps = 5\n{hook}"
+    );
+    let without = format!("[upstream.health]\nenabled = false\n{hook}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    std::fs::write(&path, support::config_text(&[origin.addr], &with)).unwrap();
+    let strata = support::binary::Binary::start(&path, &[]).await;
+    let client = Client::new();
+    for expected in [1, 2] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while receiver.events().len() < expected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "error_ratio_high #{expected} never came: {:?}",
+                receiver.events()
+            );
+            client.get(&format!("http://{}/api", strata.addr)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Off: the same 502s for longer than a window raise nothing.
+        std::fs::write(&path, support::config_text(&[origin.addr], &without)).unwrap();
+        let r = strata.reload().await;
+        assert_eq!(r["message"], "configuration reloaded", "{r}");
+        let quiet_until = tokio::time::Instant::now() + Duration::from_millis(800);
+        while tokio::time::Instant::now() < quiet_until {
+            client.get(&format!("http://{}/api", strata.addr)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(receiver.events().len(), expected, "nothing while off");
+        // On again.
+        std::fs::write(&path, support::config_text(&[origin.addr], &with)).unwrap();
+        let r = strata.reload().await;
+        assert_eq!(r["message"], "configuration reloaded", "{r}");
+    }
+    assert_eq!(receiver.events(), ["error_ratio_high", "error_ratio_high"]);
+    strata.stop().await;
+}
+
 #[tokio::test]
 async fn an_expiring_certificate_is_an_alert_at_start() {
     let receiver = Receiver::start(200).await;

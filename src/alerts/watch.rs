@@ -54,6 +54,10 @@ pub fn spawn(shared: Weak<Shared>) {
                             &[("window", &format!("{:?}", rule.window))],
                         );
                     }
+                } else {
+                    // Turned off by a reload: turned on again, it starts
+                    // afresh instead of staying "firing" from before.
+                    hit = Rolling::default();
                 }
                 if let Some(rule) = config.error_ratio_high {
                     if let Some((ratio, rps)) = err.observe(now, totals, &rule, error_ratio, true) {
@@ -68,6 +72,8 @@ pub fn spawn(shared: Weak<Shared>) {
                             &[("window", &format!("{:?}", rule.window))],
                         );
                     }
+                } else {
+                    err = Rolling::default();
                 }
                 let certs: Vec<CertPair> = shared
                     .runtime
