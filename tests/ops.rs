@@ -320,35 +320,29 @@ async fn a_fatal_start_up_error_is_said_once() {
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n"
     );
     std::fs::write(&path, text).unwrap();
-    for format in ["text", "json"] {
+    // Exit 1; stdout and stderr together.
+    let failed_start = |format: &str, rust_log: &str| {
         let out = strata_bin()
+            .env("RUST_LOG", rust_log)
             .args(["serve", "--log-format", format, "--config"])
             .arg(&path)
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1));
-        let all = format!(
+        format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        );
+        )
+    };
+    for format in ["text", "json"] {
+        let all = failed_start(format, "");
         let said = all.matches("cannot listen on 127.0.0.1").count();
         assert_eq!(said, 1, "{format}: {all}");
     }
     // A RUST_LOG that is a bare word, not a level, filters for a target of
     // that name: it had silenced everything, the fatal error included.
-    let out = strata_bin()
-        .env("RUST_LOG", "verbose")
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let all = failed_start("text", "verbose");
     assert!(all.contains("RUST_LOG: unknown level \"verbose\""), "{all}");
     assert_eq!(
         all.matches("cannot listen on 127.0.0.1").count(),

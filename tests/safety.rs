@@ -874,17 +874,7 @@ async fn large_objects_keep_memory_within_the_bound() {
     )
     .unwrap();
     let bin = support::binary::Binary::start(&path, &[]).await;
-    let resident = || {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", bin.pid())).unwrap();
-        let kib = |field: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        (kib("RssAnon:") + kib("RssShmem:")) / 1024
-    };
+    let resident = || resident_mib(bin.pid());
     let c = Client::new();
     let mut peak = 0;
     for i in 0..30 {

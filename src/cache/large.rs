@@ -47,32 +47,12 @@ impl Mapped {
     /// A mapping for `capacity` bytes; `None` when the kernel refuses one
     /// (the caller keeps the heap).
     pub fn with_capacity(capacity: usize) -> Option<Mapped> {
-        #[cfg(unix)]
-        {
-            use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
-            let mapped = capacity.max(1).div_ceil(4096) * 4096;
-            // SAFETY: a new private anonymous mapping at an address the
-            // kernel picks; nothing else refers to it.
-            let base = unsafe {
-                mmap_anonymous(
-                    std::ptr::null_mut(),
-                    mapped,
-                    ProtFlags::READ | ProtFlags::WRITE,
-                    MapFlags::PRIVATE,
-                )
-            }
-            .ok()?;
-            Some(Mapped {
-                base: NonNull::new(base.cast::<u8>())?,
-                mapped,
-                len: 0,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = capacity;
-            None
-        }
+        let mapped = capacity.max(1).div_ceil(4096) * 4096;
+        Some(Mapped {
+            base: map_anonymous(mapped)?,
+            mapped,
+            len: 0,
+        })
     }
 
     /// Appends `data`; `false` (and nothing written) when it does not fit.
@@ -118,13 +98,53 @@ impl AsRef<[u8]> for Mapped {
 
 impl Drop for Mapped {
     fn drop(&mut self) {
-        #[cfg(unix)]
         // SAFETY: the mapping made in `with_capacity`, unmapped once; no
         // reference to its bytes outlives `self`.
-        unsafe {
-            let _ = rustix::mm::munmap(self.base.as_ptr().cast(), self.mapped);
-        }
+        unsafe { unmap(self.base, self.mapped) }
     }
+}
+
+/// A new private anonymous mapping of `bytes` bytes (page-aligned,
+/// zero-filled, resident only where written); `None` when the kernel
+/// refuses one or on a platform without `mmap`.
+pub(crate) fn map_anonymous(bytes: usize) -> Option<NonNull<u8>> {
+    #[cfg(unix)]
+    {
+        use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
+        // SAFETY: a new private anonymous mapping at an address the kernel
+        // picks; nothing else refers to it.
+        let base = unsafe {
+            mmap_anonymous(
+                std::ptr::null_mut(),
+                bytes,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )
+        }
+        .ok()?;
+        NonNull::new(base.cast::<u8>())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = bytes;
+        None
+    }
+}
+
+/// Gives back a mapping made by [`map_anonymous`].
+///
+/// # Safety
+/// `base` and `bytes` are those of one live mapping from
+/// [`map_anonymous`], unmapped once, and nothing refers to its memory
+/// any more.
+pub(crate) unsafe fn unmap(base: NonNull<u8>, bytes: usize) {
+    #[cfg(unix)]
+    // SAFETY: as the caller promises.
+    unsafe {
+        let _ = rustix::mm::munmap(base.as_ptr().cast(), bytes);
+    }
+    #[cfg(not(unix))]
+    let _ = (base, bytes);
 }
 
 /// `chunks` (`total` bytes together) copied into a mapping of their own,

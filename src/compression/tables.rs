@@ -1,7 +1,9 @@
 //! Memory for the brotli encoder's tables at admission: the large integer
 //! tables (hash buckets and chains, 16–34 MiB at the store levels 5–9,
 //! whatever the body's size) in anonymous mappings of their own, given back
-//! to the kernel (`munmap`) when the encoder frees them.
+//! to the kernel (`munmap`) when the encoder frees them; and
+//! [`release_freed`], which hands back what the encoding thread's heap
+//! holds freed after a large encoding.
 //!
 //! Why not the heap: brotli asks for its tables zeroed and touches only a
 //! few MiB of them for a body of up to a few MiB. A fresh mapping is zero
@@ -13,8 +15,7 @@
 //! past SPEC §10's bound of 1.25 × `memory_capacity` + 64 MiB. The cost is
 //! two system calls and the page faults of what is written, per table per
 //! admission, nothing per hit. No crate on this machine offers a brotli
-//! allocator backed by fresh mappings; `rustix::mm` makes the calls, as in
-//! `cache/large.rs`.
+//! allocator backed by fresh mappings; the mappings are `cache/large.rs`'s.
 
 use std::any::TypeId;
 use std::ptr::NonNull;
@@ -73,13 +74,10 @@ impl<T> SliceWrapperMut<T> for Block<T> {
 
 impl<T> Drop for Block<T> {
     fn drop(&mut self) {
-        #[cfg(unix)]
         if let Block::Mapped { base, bytes, .. } = self {
             // SAFETY: the mapping made in `mapped`, unmapped once; no
             // reference to it outlives `self`.
-            unsafe {
-                let _ = rustix::mm::munmap(base.as_ptr().cast(), *bytes);
-            }
+            unsafe { crate::cache::large::unmap(base.cast(), *bytes) }
         }
     }
 }
@@ -101,31 +99,11 @@ fn zero_is_default<T: 'static>() -> bool {
 
 /// `len` zeroed `T`s in a fresh mapping; `None` when the kernel refuses one.
 fn mapped<T>(len: usize, bytes: usize) -> Option<Block<T>> {
-    #[cfg(unix)]
-    {
-        use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
-        // SAFETY: a new private anonymous mapping at an address the kernel
-        // picks (page-aligned, zero-filled); nothing else refers to it.
-        let base = unsafe {
-            mmap_anonymous(
-                std::ptr::null_mut(),
-                bytes,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE,
-            )
-        }
-        .ok()?;
-        Some(Block::Mapped {
-            base: NonNull::new(base.cast::<T>())?,
-            len,
-            bytes,
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (len, bytes);
-        None
-    }
+    Some(Block::Mapped {
+        base: crate::cache::large::map_anonymous(bytes)?.cast(),
+        len,
+        bytes,
+    })
 }
 
 impl<T: Clone + Default + 'static> Allocator<T> for TableAlloc {
