@@ -333,6 +333,20 @@ impl Cache {
         }
     }
 
+    /// Variants this instance lacks may be in Redis, stored by other
+    /// instances: the memory `object` with those added (and promoted into
+    /// memory), so that a request for one is a Redis hit and a variant
+    /// fetched here is written back beside them, not over them. Only a
+    /// memory entry without the request's variant (a vary miss) pays for
+    /// this lookup. `None` without Redis or when it adds nothing.
+    pub async fn variants_elsewhere(&self, object: &Object) -> Option<Arc<Object>> {
+        let redis = self.inner.redis.as_ref()?;
+        let theirs = redis.get(&object.key).await.ok()??;
+        let merged = Arc::new(object.with_missing_from(&theirs)?);
+        self.inner.memory.insert(merged.clone());
+        Some(merged)
+    }
+
     /// The Redis tier's state for `/health`: `None` without Redis, else
     /// `(connected, breaker_open)`. Connected means in use: a connection
     /// is up and the breaker is closed (with the breaker open, the

@@ -670,3 +670,63 @@ async fn the_breaker_closes_at_the_first_probe_after_redis_returns() {
         "closed {closed_after:?} after opening; the first probe is due after {backoff:?}"
     );
 }
+
+/// Variants of one URL (`Vary: Accept-Language`) stored by different
+/// instances are shared: an instance that holds the URL without the
+/// request's variant finds it in Redis (it went to the origin), and its
+/// own write keeps the variants others stored (it replaced them).
+#[tokio::test]
+async fn vary_variants_stored_by_different_instances_are_shared() {
+    let redis = RedisServer::start().await;
+    let origin = Origin::start(|req| async move {
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        support::origin::reply(
+            200,
+            &[
+                ("cache-control", "max-age=300"),
+                ("vary", "accept-language"),
+            ],
+            format!("lang={lang}"),
+        )
+    })
+    .await;
+    let cfg = redis_section("standalone", &[redis.url()], "");
+    let (a, b) = Strata::pair_sharing_redis(&[origin.addr], &cfg).await;
+    let c = Client::new();
+    let lang = |l: &'static str| [HOST, ("accept-language", l)];
+    let r = c.get_with(&a.url("/page"), &lang("en")).await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    // B reads A's object from Redis, lacks "de", fetches and stores it.
+    shared_hit_with(&b, "/page", &[("accept-language", "en")]).await;
+    let r = c.get_with(&b.url("/page"), &lang("de")).await;
+    assert_eq!(r.text(), "lang=de");
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    // A holds the URL ("en") without "de": found in Redis.
+    let r = shared_hit_with(&a, "/page", &[("accept-language", "de")]).await;
+    assert_eq!(r.text(), "lang=de");
+    // A stores "fr"; its write keeps "de" and "en" beside it.
+    let r = c.get_with(&a.url("/page"), &lang("fr")).await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    let fresh = Strata::start(&[origin.addr], &cfg).await;
+    shared_hit_with(&fresh, "/page", &[("accept-language", "fr")]).await;
+    for l in ["de", "en"] {
+        let r = c
+            .get_with(
+                &fresh.url("/page"),
+                &[
+                    HOST,
+                    ("accept-language", l),
+                    ("cache-control", "only-if-cached"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{l}: {}", r.cache_status());
+        assert_eq!(r.text(), format!("lang={l}"));
+    }
+    assert_eq!(origin.count(), 3, "one origin request per language");
+}

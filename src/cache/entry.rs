@@ -285,6 +285,32 @@ impl Object {
         }
     }
 
+    /// A copy with the variants of `other` (the same URL as another
+    /// instance stored it) that this one lacks: same Vary field names, a
+    /// Vary key none of ours has. Ours stay newest, so they win a tie;
+    /// `None` when `other` adds nothing.
+    pub fn with_missing_from(&self, other: &Object) -> Option<Object> {
+        let names = |v: &Variant| v.vary.0.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        let ours = self.variants.first().map(|v| names(v));
+        let mut variants: Vec<Arc<Variant>> = other
+            .variants
+            .iter()
+            .filter(|v| ours.as_ref().is_none_or(|n| *n == names(v)))
+            .filter(|v| self.variants.iter().all(|mine| mine.vary != v.vary))
+            .cloned()
+            .collect();
+        if variants.is_empty() {
+            return None;
+        }
+        variants.extend(self.variants.iter().cloned());
+        let excess = variants.len().saturating_sub(MAX_VARIANTS);
+        variants.drain(..excess);
+        Some(Object {
+            key: self.key.clone(),
+            variants,
+        })
+    }
+
     /// A copy with `encoded`'s representations given to the variant that
     /// holds the same response: the same Vary key and the same body bytes
     /// (the stored `Bytes`, not equal content), and no representations

@@ -202,6 +202,16 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
     let mut object = None;
     if let Some((mut found, mut tier)) = found {
         let mut selected = found.select(req.headers()).cloned();
+        if selected.is_none() && tier == Tier::Memory {
+            // Another instance may have stored the request's variant.
+            if let Some(o) = Box::pin(ctx.shared.cache.variants_elsewhere(&found)).await {
+                selected = o.select(req.headers()).cloned();
+                if selected.is_some() {
+                    tier = Tier::Redis;
+                }
+                found = o;
+            }
+        }
         if selected.as_ref().is_some_and(|v| v.soft_purged) && tier == Tier::Memory {
             // Another instance may have revalidated it already.
             if let Some(o) = Box::pin(ctx.shared.cache.revalidated_elsewhere(&found.key)).await {
