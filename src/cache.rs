@@ -98,7 +98,12 @@ struct Inner {
     metrics: Metrics,
     /// Popularity sampling on (Redis configured and `redis_hot` set).
     track_hits: AtomicBool,
+    /// Bytes of bodies that may wait for (or be in) admission encoding.
+    encoding_backlog: usize,
 }
+
+const MIN_ENCODING_BACKLOG: u64 = 4 << 20;
+const MAX_ENCODING_BACKLOG: u64 = 16 << 20;
 
 impl Cache {
     /// Builds the tiers; with Redis configured, also starts the fleet
@@ -132,8 +137,19 @@ impl Cache {
                     .build_with_hasher(Default::default()),
                 metrics,
                 track_hits: AtomicBool::new(false),
+                encoding_backlog: (config.memory_capacity / 8)
+                    .clamp(MIN_ENCODING_BACKLOG, MAX_ENCODING_BACKLOG)
+                    as usize,
             }),
         }
+    }
+
+    /// Bytes of bodies that may wait for admission encoding or be encoded
+    /// at once: an eighth of `memory_capacity`, between 4 and 16 MiB. A
+    /// waiting body may already be evicted, so this is memory beyond the
+    /// tier's; past it an object is stored without encodings.
+    pub fn encoding_backlog(&self) -> usize {
+        self.inner.encoding_backlog
     }
 
     pub fn memory(&self) -> &MemoryTier {

@@ -225,7 +225,7 @@ async fn run(
     let Some(policy) = encode else {
         return Some(identity);
     };
-    let variant = Arc::new(with_encodings(&identity, policy).await);
+    let variant = Arc::new(with_encodings(&identity, policy, cache.encoding_backlog()).await);
     if !cache.complete(&admitted, variant.clone(), epoch) {
         tracing::debug!(key = %plan.key, "purged or replaced while encoding: not stored again");
     }
@@ -297,11 +297,6 @@ static ENCODERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLo
 /// without bound and held RSS at three times SPEC §10's limit.
 static PENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// At most this many bytes in [`PENDING`], or one body of any size when
-/// nothing else is. Past it an object is stored with its identity variant
-/// only (served as it is to every client) rather than queued.
-const PENDING_BUDGET: usize = 16 << 20;
-
 /// A place for `bytes` in a backlog count ([`PENDING`]), given back on drop.
 struct Pending {
     queue: &'static std::sync::atomic::AtomicUsize,
@@ -336,9 +331,12 @@ impl Drop for Pending {
 
 /// The identity variant plus one encoded representation per configured
 /// coding that comes out smaller (compressed off the async workers, at
-/// most [`ENCODERS`] at once, and none when [`PENDING_BUDGET`] is spent).
-async fn with_encodings(identity: &Variant, policy: &CompressionPolicy) -> Variant {
-    let Some(_pending) = Pending::reserve(&PENDING, identity.body.len(), PENDING_BUDGET) else {
+/// most [`ENCODERS`] at once). With `backlog` bytes already in [`PENDING`]
+/// (or a body of any size when nothing is), none: the object is stored
+/// with its identity variant only (served as it is to every client)
+/// rather than queued.
+async fn with_encodings(identity: &Variant, policy: &CompressionPolicy, backlog: usize) -> Variant {
+    let Some(_pending) = Pending::reserve(&PENDING, identity.body.len(), backlog) else {
         tracing::debug!(
             bytes = identity.body.len(),
             "compression backlog full: stored without encoded representations"
