@@ -367,8 +367,8 @@ fn warn_restart_only(old: &Config, new: &Config) {
             "server header_read_timeout, send_timeout, drain_timeout, max_header_size or max_connections changed: takes effect only after a restart"
         );
     }
-    if old.log.access_format != new.log.access_format {
-        tracing::warn!("[log] access_format changed: takes effect only after a restart");
+    if (old.log.format, old.log.access_format) != (new.log.format, new.log.access_format) {
+        tracing::warn!("[log] format or access_format changed: takes effect only after a restart");
     }
     if old.server.tls.is_some() != new.server.tls.is_some() {
         tracing::warn!("[server.tls] added or removed: takes effect only after a restart");

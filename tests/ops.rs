@@ -285,10 +285,14 @@ async fn start_up_says_what_health_checks_judge_and_access_lines_are_combined() 
     // access_format takes effect at start only: a reload that changes it
     // keeps combined lines whole (it had left each line the bare word
     // "access", the structured event's message without its fields).
-    let json = "[log]\naccess_log = true\naccess_format = \"json\"\n";
+    let json = "[log]\naccess_log = true\nformat = \"text\"\naccess_format = \"json\"\n";
     std::fs::write(&path, support::config_text(&[origin.addr], json)).unwrap();
     let reloaded = strata.reload().await;
     assert_eq!(reloaded["message"], "configuration reloaded", "{reloaded}");
+    let warned = strata.events().iter().any(|e| {
+        e["message"] == "[log] format or access_format changed: takes effect only after a restart"
+    });
+    assert!(warned, "{:?}", strata.lines());
     let r = Client::new()
         .get(&format!("http://{}/after-reload", strata.addr))
         .await;
