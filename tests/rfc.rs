@@ -576,4 +576,13 @@ async fn must_understand_keeps_unknown_statuses_out_of_the_cache() {
         let upstream = if stored { 1 } else { 2 };
         assert_eq!(origin.count(), before + upstream, "{path}");
     }
+    // A hit of a status without a standard name has an empty reason
+    // phrase (hyper's default was `<none>`).
+    let head = format!(
+        "GET /299 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        s.addr
+    );
+    let raw = support::http::raw(s.addr, head.as_bytes()).await;
+    assert!(raw.contains("strata; hit"), "{raw}");
+    assert!(raw.starts_with("HTTP/1.1 299 \r\n"), "{raw}");
 }

@@ -49,6 +49,12 @@ pub fn from_stored(
         ProxyBody::full(body.clone())
     });
     *resp.status_mut() = variant.status;
+    if variant.status.canonical_reason().is_none() {
+        // hyper writes `<none>` for a code it cannot name; the origin's
+        // phrase is not stored (clients ignore it, RFC 9112 §4).
+        resp.extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(b""));
+    }
     *resp.headers_mut() = headers.clone();
     resp.headers_mut()
         .insert(header::AGE, HeaderValue::from(age));
