@@ -779,6 +779,53 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_in_background() {
     .await;
 }
 
+/// A background refresh whose answer may not be stored (the page was
+/// deleted: a 404 without freshness; or it now says `no-store` or
+/// `private`) removes the stale copy (RFC 9111 §4.3.3): clients get the
+/// origin's answer next. It had kept serving the old 200 for the whole
+/// stale-while-revalidate window, refetching on every hit (a replayed
+/// nginx/Souin bug report).
+#[tokio::test]
+async fn an_unstorable_refresh_answer_ends_stale_while_revalidate() {
+    for (status, cc) in [(404, ""), (200, "no-store"), (200, "private")] {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let origin = Origin::start(move |_req| {
+            let first = n2.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    let h = [
+                        ("cache-control", "max-age=10, stale-while-revalidate=60"),
+                        ("age", "15"),
+                    ];
+                    return reply(200, &h, "old page");
+                }
+                let h: Vec<(&str, &str)> = if cc.is_empty() {
+                    vec![]
+                } else {
+                    vec![("cache-control", cc)]
+                };
+                reply(status, &h, "new answer")
+            }
+        })
+        .await;
+        let s = strata(&origin, "").await;
+        let c = Client::new();
+        assert_eq!(c.get(&s.url("/p")).await.text(), "old page");
+        let r = c.get(&s.url("/p")).await;
+        assert_eq!(r.text(), "old page", "{status} {cc}: stale served at once");
+        wait_until(
+            Duration::from_secs(5),
+            "the refresh's answer served",
+            || async { c.get(&s.url("/p")).await.text() == "new answer" },
+        )
+        .await;
+        let r = c.get(&s.url("/p")).await;
+        assert_eq!(r.status, status, "{cc}");
+        assert_eq!(r.text(), "new answer", "{cc}");
+    }
+}
+
 /// An origin whose response is already stale when stored (`Age: 15`
 /// against `max-age=10`), answering `fail_status` once `fail` is set.
 async fn failing_origin(

@@ -416,9 +416,17 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
                 plan.vary = variant.vary.clone();
                 admit::spawn(exchange.cache, *plan, Some(lock), body, None, None);
             }
-            // What was soft-purged no longer describes the resource.
-            Fetched::Uncacheable(..) if variant.soft_purged => exchange.cache.remove(&key),
-            // Stays stale; the lock drops.
+            // A full answer that may not be stored (RFC 9111 §4.3.3: the
+            // stored response is no longer suitable), unless only the
+            // client's Authorization, sent along, made it so.
+            Fetched::Uncacheable(reason, ..)
+                if variant.soft_purged || !matches!(reason, NotStorable::Authorization) =>
+            {
+                exchange.cache.mark_pass(key.hash());
+                exchange.cache.remove(&key);
+            }
+            // Stays stale (stale-if-error's reading of a failure); the
+            // lock drops.
             Fetched::Failed(_) | Fetched::ServerError(_) | Fetched::Uncacheable(..) => {}
         }
     });
