@@ -173,10 +173,22 @@ impl Alerts {
     /// `server`); they become Alertmanager labels. Never blocks: with the
     /// queue full the alert is dropped and counted.
     pub fn emit(&self, event: Event, message: impl Into<String>, labels: &[(&str, &str)]) {
+        self.raise(event, message.into(), labels, false);
+    }
+
+    /// Says that `event`'s condition ended, to Alertmanager webhooks that
+    /// asked for `event` (they resolve the alert; the other formats have
+    /// nothing to say). `labels` are those the alert was raised with.
+    pub fn resolve(&self, event: Event, message: impl Into<String>, labels: &[(&str, &str)]) {
+        self.raise(event, message.into(), labels, true);
+    }
+
+    fn raise(&self, event: Event, message: String, labels: &[(&str, &str)], resolved: bool) {
         let Some(inner) = &self.inner else { return };
-        let message = message.into();
         // A refused reload is listed by the reload itself (its own kind).
-        if let (Some(activity), false) = (inner.activity.get(), event == Event::ReloadFailed) {
+        if let (Some(activity), false, false) =
+            (inner.activity.get(), event == Event::ReloadFailed, resolved)
+        {
             activity.record(Kind::Alert, format!("{}: {message}", event.as_str()));
         }
         if !inner.any_webhook.load(Ordering::Relaxed) {
@@ -193,6 +205,7 @@ impl Alerts {
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),
             at: SystemTime::now(),
+            resolved,
         };
         match inner.tx.try_send(alert) {
             Ok(()) => {}

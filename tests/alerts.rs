@@ -255,6 +255,63 @@ async fn slack_and_alertmanager_bodies_have_their_shapes() {
     strata.stop().await;
 }
 
+/// `all_upstreams_down` is resolved for Alertmanager when the first
+/// upstream is back (it stayed firing until Alertmanager's own timeout);
+/// a JSON webhook hears nothing more of it (its `upstream_up` says so).
+#[tokio::test]
+async fn alertmanager_resolves_all_upstreams_down_when_one_is_back() {
+    let receiver = Receiver::start(200).await;
+    let origin = Origin::fixed(&[], "a").await;
+    let extra = format!(
+        "{FAST_HEALTH}{}{}",
+        webhook(
+            &receiver.url("/am"),
+            "format = \"alertmanager\"\nevents = [\"all_upstreams_down\"]"
+        ),
+        webhook(&receiver.url("/json"), "events = [\"all_upstreams_down\"]")
+    );
+    let strata = Strata::start(&[origin.addr], &extra).await;
+    let am = || {
+        receiver
+            .deliveries()
+            .iter()
+            .filter(|d| d.path == "/am")
+            .flat_map(|d| d.json().as_array().expect("an array").clone())
+            .collect::<Vec<serde_json::Value>>()
+    };
+    origin.set_healthy(false);
+    wait_until(
+        Duration::from_secs(10),
+        "all_upstreams_down fired",
+        || async { !am().is_empty() },
+    )
+    .await;
+    origin.set_healthy(true);
+    wait_until(
+        Duration::from_secs(10),
+        "all_upstreams_down resolved",
+        || async { am().len() >= 2 },
+    )
+    .await;
+    let (fired, resolved) = (&am()[0], &am()[1]);
+    assert_eq!(fired["labels"]["alertname"], "all_upstreams_down");
+    assert!(fired.get("endsAt").is_none(), "{fired}");
+    assert_eq!(resolved["labels"], fired["labels"], "the same alert");
+    assert!(resolved["endsAt"].is_string(), "{resolved}");
+    let json: Vec<_> = receiver
+        .deliveries()
+        .iter()
+        .filter(|d| d.path == "/json")
+        .map(|d| d.json())
+        .collect();
+    let events: usize = json
+        .iter()
+        .map(|j| j["alerts"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(events, 1, "json hears of the outage once: {json:?}");
+    strata.stop().await;
+}
+
 #[tokio::test]
 async fn hit_ratio_alert_fires_under_misses_not_under_hits() {
     let receiver = Receiver::start(200).await;

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use super::deliver::{redacted, Sender};
-use super::{payload, Alert, AlertsConfig, WebhookConfig};
+use super::{payload, Alert, AlertsConfig, Format, WebhookConfig};
 use crate::metrics::Metrics;
 
 /// Deliveries running at once (each holds at most one connection).
@@ -60,7 +60,10 @@ pub async fn run(
                     return;
                 };
                 let current = config.borrow().clone();
-                for hook in current.webhooks.iter().filter(|h| h.wants(alert.event)) {
+                let wanted = |h: &&WebhookConfig| {
+                    h.wants(alert.event) && (!alert.resolved || h.format == Format::Alertmanager)
+                };
+                for hook in current.webhooks.iter().filter(wanted) {
                     let i = match batches.iter().position(|b| &b.hook == hook) {
                         Some(i) => i,
                         None => {

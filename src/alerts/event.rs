@@ -111,6 +111,10 @@ pub struct Alert {
     /// What it is about, e.g. `server = "10.0.0.5:3001"`.
     pub labels: BTreeMap<String, String>,
     pub at: SystemTime,
+    /// The end of `event`'s condition, for formats that resolve alerts
+    /// (Alertmanager) only, when no recovery event of its own exists
+    /// (`all_upstreams_down` ends when the first upstream is back).
+    pub resolved: bool,
 }
 
 /// `at` as RFC 3339 UTC (`2026-11-29T18:20:01Z`), as Alertmanager wants.

@@ -8,7 +8,8 @@
 //!   array of `{"labels", "annotations", "startsAt"}` where `labels` holds
 //!   `alertname` (the event), `severity`, `instance` and the alert's own
 //!   labels. A recovery (`upstream_up`, `redis_breaker_closed`) is sent as
-//!   the alert it ends, with `endsAt`, so Alertmanager resolves it.
+//!   the alert it ends, with `endsAt`, so Alertmanager resolves it; so is a
+//!   resolved alert ([`Alert::resolved`]: `all_upstreams_down` ending).
 
 use serde_json::{json, Map, Value};
 
@@ -83,7 +84,7 @@ fn alertmanager_body(alerts: &[Alert]) -> Value {
                 "annotations": { "summary": a.message, "event": a.event.as_str() },
                 "startsAt": at,
             });
-            if a.event.resolves().is_some() {
+            if a.resolved || a.event.resolves().is_some() {
                 // The alert it ends started earlier; Alertmanager keeps
                 // that start and takes the end from here.
                 if let Some(o) = alert.as_object_mut() {

@@ -59,6 +59,14 @@ async fn check_all(pool: &Upstreams) {
                         format!("upstream {name} is back in rotation"),
                         &[("server", name)],
                     );
+                    if pool.balancer.healthy_count() == 1 {
+                        // The first one back ends "no upstream in rotation".
+                        pool.alerts().resolve(
+                            Event::AllUpstreamsDown,
+                            format!("upstream {name} is back in rotation"),
+                            &[],
+                        );
+                    }
                 }
             }
             Err(reason) => {
