@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::activity::Kind;
 use crate::admin::Admin;
 use crate::alerts::{Alerts, Event};
-use crate::config::{Config, ConfigError, ServerConfig};
+use crate::config::{AccessFormat, Config, ConfigError, LogFormat, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Shared};
 use deadline::{HeadDeadline, Tracked};
@@ -367,7 +367,17 @@ fn warn_restart_only(old: &Config, new: &Config) {
             "server header_read_timeout, send_timeout, drain_timeout, max_header_size or max_connections changed: takes effect only after a restart"
         );
     }
-    if (old.log.format, old.log.access_format) != (new.log.format, new.log.access_format) {
+    // The formats in effect (unset: text, access lines following it), so
+    // spelling out a default is no change.
+    let formats = |c: &Config| {
+        let format = c.log.format.unwrap_or(LogFormat::Text);
+        let access = c
+            .log
+            .access_format
+            .unwrap_or(AccessFormat::following(format));
+        (format, access)
+    };
+    if formats(old) != formats(new) {
         tracing::warn!("[log] format or access_format changed: takes effect only after a restart");
     }
     if old.server.tls.is_some() != new.server.tls.is_some() {
