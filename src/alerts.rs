@@ -185,10 +185,10 @@ impl Alerts {
 
     fn raise(&self, event: Event, message: String, labels: &[(&str, &str)], resolved: bool) {
         let Some(inner) = &self.inner else { return };
-        // A refused reload is listed by the reload itself (its own kind).
-        if let (Some(activity), false, false) =
-            (inner.activity.get(), event == Event::ReloadFailed, resolved)
-        {
+        // A refused reload is listed by the reload itself (its own kind);
+        // a resolution is not an alert of its own.
+        let listed = !resolved && event != Event::ReloadFailed;
+        if let (Some(activity), true) = (inner.activity.get(), listed) {
             activity.record(Kind::Alert, format!("{}: {message}", event.as_str()));
         }
         if !inner.any_webhook.load(Ordering::Relaxed) {

@@ -177,6 +177,12 @@ fn serve_stale(
     Answered::new(ctx.respond(req, &s.variant), status)
 }
 
+/// Whether `reason` is the request's own (its `Authorization`, or its
+/// `no-store`), so the answer says nothing about what the cache holds.
+fn for_this_request_only(reason: NotStorable, req_cc: &CacheControl) -> bool {
+    matches!(reason, NotStorable::Authorization) || req_cc.no_store
+}
+
 /// A response that must not be stored streams through; the URL skips the
 /// collapse lock for a while (hit-for-miss) unless the reason was this
 /// request's own.
@@ -190,7 +196,7 @@ fn uncacheable(
     body: UpstreamBody,
 ) -> Answered {
     tracing::debug!(key = %miss.key, reason = reason.as_str(), "not storable");
-    let request_specific = matches!(reason, NotStorable::Authorization) || ctx.req_cc.no_store;
+    let request_specific = for_this_request_only(reason, &ctx.req_cc);
     if !request_specific {
         ctx.shared.cache.mark_pass(miss.key.hash());
         if miss.stale.is_some() {
@@ -420,7 +426,7 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
             // stored response is no longer suitable), unless only the
             // client's Authorization, sent along, made it so.
             Fetched::Uncacheable(reason, ..)
-                if variant.soft_purged || !matches!(reason, NotStorable::Authorization) =>
+                if variant.soft_purged || !for_this_request_only(reason, &exchange.req_cc) =>
             {
                 exchange.cache.mark_pass(key.hash());
                 exchange.cache.remove(&key);
