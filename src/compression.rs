@@ -385,7 +385,7 @@ fn list_elements(
 }
 
 /// Inputs from this size up leave the encoder's freed memory given back
-/// at once ([`tables::release_freed`]); below it the call would cost more
+/// at once ([`crate::heap::release_freed`]); below it the call would cost more
 /// than the memory it saves.
 const RELEASE_AFTER: usize = 64 << 10;
 
@@ -421,7 +421,7 @@ pub fn encode(coding: Coding, level: u32, input: &[u8]) -> io::Result<Bytes> {
     // Stored for the entry's lifetime: give back the unused capacity.
     out.shrink_to_fit();
     if input.len() >= RELEASE_AFTER {
-        tables::release_freed();
+        crate::heap::release_freed();
     }
     Ok(Bytes::from(out))
 }

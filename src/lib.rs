@@ -55,8 +55,9 @@
 
 // Unsafe code is refused everywhere but in `cache/arena.rs`, which maps
 // the body arena's shared memory, `cache/large.rs`, which maps large
-// bodies one by one, and `compression/tables.rs`, which maps the brotli
-// encoder's tables (each block with its SAFETY note).
+// bodies one by one, `compression/tables.rs`, which maps the brotli
+// encoder's tables, and `heap.rs`, which calls the allocator's purge (each
+// block with its SAFETY note).
 #![deny(unsafe_code)]
 
 pub mod activity;
@@ -66,6 +67,8 @@ pub mod cache;
 pub mod cli;
 pub mod compression;
 pub mod config;
+#[allow(unsafe_code)]
+pub mod heap;
 pub mod invalidation;
 pub mod metrics;
 pub mod probe;

@@ -111,6 +111,7 @@ fn run(config: Config, log: telemetry::LogHandle, cli_level: Option<String>) -> 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("strata")
+        .on_thread_park(strata::server::keepalive::on_thread_park)
         .build()
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async move {

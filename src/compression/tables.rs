@@ -2,8 +2,8 @@
 //! tables (hash buckets and chains, 16–34 MiB at the store levels 5–9,
 //! whatever the body's size) in anonymous mappings of their own, given back
 //! to the kernel (`munmap`) when the encoder frees them; and
-//! [`release_freed`], which hands back what the encoding thread's heap
-//! holds freed after a large encoding.
+//! `crate::heap::release_freed`, which hands back what the encoding
+//! thread's heap holds freed after a large encoding.
 //!
 //! Why not the heap: brotli asks for its tables zeroed and touches only a
 //! few MiB of them for a body of up to a few MiB. A fresh mapping is zero
@@ -123,27 +123,6 @@ impl<T: Clone + Default + 'static> Allocator<T> for TableAlloc {
 }
 
 impl BrotliAlloc for TableAlloc {}
-
-// mimalloc's own entry point (the library Strata links as its global
-// allocator); the `mimalloc` crate does not wrap it. Named here so that
-// every binary linking this library links mimalloc's C library too (the
-// tests, whose global allocator is the system's: there the call finds an
-// empty heap).
-extern crate mimalloc as _;
-extern "C" {
-    fn mi_collect(force: bool);
-}
-
-/// Gives back to the kernel what the calling thread's allocator heap holds
-/// freed (mimalloc purges such pages only after a delay, and only when that
-/// thread allocates again: a blocking thread that encoded a large body and
-/// then sat idle kept its high-water mark resident). Call it on the thread
-/// that encoded, after a large encoding; it walks that thread's heap only.
-pub fn release_freed() {
-    // SAFETY: `mi_collect` takes no pointers; it may be called on any
-    // thread at any time.
-    unsafe { mi_collect(true) }
-}
 
 #[cfg(test)]
 mod tests {

@@ -103,6 +103,9 @@ struct State {
     switched: AtomicBool,
     /// A write (or flush) to the client is waiting for socket space.
     blocked: AtomicBool,
+    /// The latest request came with a body, which hyper may still be
+    /// reading after its response (see [`HeadDeadline::quiet`]).
+    body: AtomicBool,
     /// Bumped whenever `blocked` changes: unchanged over two checks in a
     /// row (half a send timeout apart each) while blocked, the client took
     /// nothing for at least a whole timeout. Only the connection's task
@@ -148,6 +151,7 @@ impl HeadDeadline {
                 http2: AtomicBool::new(false),
                 switched: AtomicBool::new(false),
                 blocked: AtomicBool::new(false),
+                body: AtomicBool::new(false),
                 send_events: AtomicU64::new(0),
                 streams: AtomicU32::new(0),
                 resets: AtomicU32::new(0),
@@ -159,11 +163,13 @@ impl HeadDeadline {
         }
     }
 
-    /// Called by the service for every request (a complete head). The
-    /// request counts as open until the returned guard is dropped: keep it
-    /// with the response body ([`Tracked`]).
-    pub fn arrived(&self, version: Version) -> Open {
+    /// Called by the service for every request (a complete head; `body`:
+    /// a request body follows it). The request counts as open until the
+    /// returned guard is dropped: keep it with the response body
+    /// ([`Tracked`]).
+    pub fn arrived(&self, version: Version, body: bool) -> Open {
         let s = &self.state;
+        s.body.store(body, Ordering::Relaxed);
         let http2 = version == Version::HTTP_2;
         if http2 {
             s.http2.store(true, Ordering::Relaxed);
@@ -175,6 +181,23 @@ impl HeadDeadline {
             state: self.state.clone(),
             unanswered_stream: http2,
         }
+    }
+
+    /// `Some(activity)` while this HTTP/1.1 connection has no request open,
+    /// no response byte waiting for socket space, no request body that
+    /// may still be arriving and no protocol switch: hyper holds nothing of
+    /// it but, at most, the start of a next request head. The value
+    /// changes with every request head and every response written, so two
+    /// equal values some time apart mean the connection was idle in
+    /// between ([`super::keepalive`]).
+    pub fn quiet(&self) -> Option<u64> {
+        let s = &self.state;
+        let busy = s.open.load(Ordering::Relaxed) != 0
+            || s.blocked.load(Ordering::Relaxed)
+            || s.body.load(Ordering::Relaxed)
+            || s.http2.load(Ordering::Relaxed)
+            || s.switched.load(Ordering::Relaxed);
+        (!busy).then(|| s.activity.load(Ordering::Relaxed))
     }
 
     /// Wraps the connection's socket so that a flush tells when the
@@ -354,6 +377,13 @@ impl<T: AsyncWrite + Unpin> Flushes<T> {
     }
 }
 
+impl<T> Flushes<T> {
+    /// The wrapped socket.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Flushes<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -434,7 +464,7 @@ mod tests {
         wait: Duration,
         len: usize,
     ) -> impl Future<Output = std::io::Result<()>> {
-        let open = heads.arrived(Version::HTTP_11);
+        let open = heads.arrived(Version::HTTP_11, false);
         async move {
             let _open = open;
             tokio::time::sleep(wait).await;
@@ -521,7 +551,7 @@ mod tests {
         let heads = HeadDeadline::new(3600 * SECOND, 3600 * SECOND);
         // Answered streams and a few resets: fine.
         for i in 0..RESET_MIN_STREAMS {
-            let open = heads.arrived(Version::HTTP_2);
+            let open = heads.arrived(Version::HTTP_2, false);
             if i % 3 == 0 {
                 drop(open);
             } else {
@@ -541,7 +571,7 @@ mod tests {
         // Then every stream reset before its answer: closed once more than
         // half of all were.
         for _ in 0..RESET_MIN_STREAMS {
-            drop(heads.arrived(Version::HTTP_2));
+            drop(heads.arrived(Version::HTTP_2, false));
         }
         let ended = tokio::time::timeout(
             SECOND,
@@ -562,7 +592,7 @@ mod tests {
         let mut io = heads.watch_io(server, None);
         // One stream answered and written, then nothing: the connection
         // stays up (a pending future: the client answers pings).
-        let open = heads.arrived(Version::HTTP_2);
+        let open = heads.arrived(Version::HTTP_2, false);
         drop(Tracked::new((), open));
         io.flush().await.unwrap();
         let start = Instant::now();

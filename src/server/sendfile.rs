@@ -42,6 +42,21 @@ impl Socket {
         }
     }
 
+    /// Ready when the client has sent something (or closed): an idle
+    /// connection waits on this without a read buffer.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp.poll_read_ready(cx)
+    }
+
+    /// The first bytes the client sent, left in the socket.
+    pub fn poll_peek(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<usize>> {
+        self.tcp.poll_peek(cx, buf)
+    }
+
     /// Sends up to `len` bytes of the arena file from `offset`.
     #[cfg(target_os = "linux")]
     fn poll_sendfile(

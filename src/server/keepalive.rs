@@ -1,0 +1,636 @@
+//! Idle keep-alive connections of the plain listener give their buffers
+//! back (SPEC §10: an idle keep-alive connection costs at most 16 KiB).
+//!
+//! hyper's HTTP/1.1 connection keeps an 8 KiB read buffer, an 8 KiB write
+//! buffer and the slot of the service future for as long as it lives: 19–20
+//! KiB per idle connection (docs/performance.md §12), and hyper offers no
+//! setting to release them. So Strata does what nginx does with a
+//! keep-alive connection (it frees the request's buffers and allocates new
+//! ones when the next request arrives): it takes the socket and the service
+//! back from an idle hyper connection (`into_parts`), waits for the client
+//! with no buffer at all, and starts a new hyper connection on the same
+//! socket when the client sends again.
+//!
+//! **Idle** is decided by [`Keepalive::sweep`], one task for the listener,
+//! every [`SWEEP`]: a connection whose [`HeadDeadline::quiet`] value is the
+//! same at two sweeps in a row (nothing open, no request head and no
+//! response written in between) is asked to let go, so a connection is
+//! released between one and two sweeps after its last response. A request
+//! pays nothing for this (no timer, no clock read): the connection's task
+//! reads one flag when it is woken. Before letting go the task checks
+//! `quiet` again itself; it is the only one driving hyper, so nothing moves
+//! while it looks. What hyper had read of a next request head (a client
+//! that stalled half-way) is replayed to the new hyper connection before
+//! the socket's own bytes.
+//!
+//! **Not released:** a connection whose latest request had a body (hyper
+//! may still be reading it after the response, and the rest of a body must
+//! never be parsed as a request head), a protocol switch (`101`), h2c
+//! (found by peeking at the first bytes, then served by hyper-util's auto
+//! builder as before, like a client that has sent only part of the h2
+//! preface so far), the TLS listener and the admin listener.
+//!
+//! **Drain** ([`Keepalive::drain`]) goes through the same flag: a
+//! connection with a request in flight gets hyper's graceful shutdown (the
+//! response is finished, then the connection closed), an idle one is
+//! closed at once.
+//!
+//! **The freed buffers reach the kernel** through [`on_thread_park`]: the
+//! allocator purges freed pages only when their thread allocates again, so
+//! a burst of connections going idle at once left their buffers resident
+//! in a process that then sat idle. A runtime worker about to park after
+//! connections were released runs [`crate::heap::release_freed`] once.
+//!
+//! The task's waker is recorded once per hyper connection rather than on
+//! every poll: a spawned task's waker does not change while it lives, and
+//! the connection future is polled by its own task only.
+
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::deadline::{Flushes, HeadDeadline};
+use super::sendfile::Socket;
+
+/// How often idle connections are looked for.
+pub const SWEEP: Duration = Duration::from_millis(200);
+
+/// The first bytes of an h2c (prior knowledge) connection, RFC 9113 §3.4.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Flags a connection's task reads when woken.
+const RELEASE: u8 = 1;
+const DRAIN: u8 = 2;
+
+/// Connections released so far (see [`on_thread_park`]).
+static RELEASED: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// `RELEASED` when this thread last purged.
+    static PURGED_AT: Cell<u64> = const { Cell::new(0) };
+}
+
+/// For the runtime's `on_thread_park`: a worker going idle after
+/// connections were released since it last looked hands its freed memory
+/// back to the kernel. One relaxed load per park otherwise.
+pub fn on_thread_park() {
+    let released = RELEASED.load(Ordering::Relaxed);
+    PURGED_AT.with(|at| {
+        if at.get() != released {
+            at.set(released);
+            crate::heap::release_freed();
+        }
+    });
+}
+
+/// What a connection ends with.
+pub type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// The plain listener's connections, for the sweep and the drain.
+#[derive(Default)]
+pub struct Keepalive {
+    conns: Mutex<Vec<Entry>>,
+    /// Wakes the sweep when a connection is registered into an empty list.
+    added: tokio::sync::Notify,
+}
+
+struct Entry {
+    conn: Arc<Handle>,
+    /// `quiet` at the last sweep.
+    seen: Option<u64>,
+    /// Asked to let go since `seen` last changed.
+    asked: bool,
+}
+
+/// One connection as the sweep and the drain see it.
+pub struct Handle {
+    heads: HeadDeadline,
+    flags: AtomicU8,
+    waker: Mutex<Option<Waker>>,
+    /// Times this connection let go of hyper's connection.
+    releases: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Handle {
+    fn ask(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::Relaxed);
+        // The flag is set before the lock: a task that records its waker
+        // after this sees the flag when it next reads it.
+        if let Some(waker) = lock(&self.waker).as_ref() {
+            waker.wake_by_ref();
+        }
+    }
+
+    fn record_waker(&self, cx: &Context<'_>) {
+        let mut waker = lock(&self.waker);
+        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
+        }
+    }
+
+    fn draining(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & DRAIN != 0
+    }
+
+    /// Asked to let go, and still idle now (the flag is cleared).
+    fn take_release(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & RELEASE != 0
+            && self.flags.fetch_and(!RELEASE, Ordering::Relaxed) & RELEASE != 0
+            && self.heads.quiet().is_some()
+    }
+}
+
+impl Keepalive {
+    /// Adds a connection (call at accept).
+    pub fn register(&self, heads: HeadDeadline) -> Arc<Handle> {
+        let conn = Arc::new(Handle {
+            heads,
+            flags: AtomicU8::new(0),
+            waker: Mutex::new(None),
+            releases: AtomicU64::new(0),
+        });
+        let mut conns = lock(&self.conns);
+        conns.push(Entry {
+            conn: conn.clone(),
+            seen: None,
+            asked: false,
+        });
+        if conns.len() == 1 {
+            self.added.notify_one();
+        }
+        conn
+    }
+
+    /// Runs for the listener's life: every [`SWEEP`], asks the connections
+    /// idle since the last sweep to let go, and forgets closed ones.
+    pub async fn sweep(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.sweep_once() {
+                // Nothing to look at: sleep until a connection comes.
+                self.added.notified().await;
+            }
+        }
+    }
+
+    /// One pass; true when no connection is left.
+    fn sweep_once(&self) -> bool {
+        let mut conns = lock(&self.conns);
+        conns.retain_mut(|e| {
+            if Arc::strong_count(&e.conn) == 1 {
+                return false;
+            }
+            let quiet = e.conn.heads.quiet();
+            if quiet.is_some() && quiet == e.seen {
+                if !e.asked {
+                    e.asked = true;
+                    e.conn.ask(RELEASE);
+                }
+            } else {
+                e.seen = quiet;
+                e.asked = false;
+            }
+            true
+        });
+        conns.is_empty()
+    }
+
+    /// Releases so far by the connections still open.
+    pub fn released(&self) -> u64 {
+        lock(&self.conns)
+            .iter()
+            .map(|e| e.conn.releases.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Closes idle connections and lets busy ones finish their response
+    /// (then close).
+    pub fn drain(&self) {
+        for e in lock(&self.conns).iter() {
+            e.conn.ask(DRAIN);
+        }
+    }
+}
+
+/// Serves one plain-listener connection: HTTP/1.1 with release when idle,
+/// or h2c through `fallback`.
+pub async fn serve<S, B>(
+    socket: Flushes<Socket>,
+    mut service: S,
+    conn: Arc<Handle>,
+    h1: Arc<http1::Builder>,
+    fallback: Arc<auto::Builder<TokioExecutor>>,
+) -> ConnResult
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Unpin + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match first_bytes(&socket, &conn).await {
+        First::Closed => return Ok(()),
+        First::Http2 => {
+            let http = fallback.serve_connection_with_upgrades(TokioIo::new(socket), service);
+            let mut http = Box::pin(http.into_owned());
+            return until_done(&conn, http.as_mut(), |h| h.graceful_shutdown()).await;
+        }
+        First::Http1 => {}
+    }
+    let mut io = Replay {
+        held: Bytes::new(),
+        io: socket,
+    };
+    loop {
+        let mut http = Box::pin(
+            h1.serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
+        let mut watching = false;
+        let mut shutting = false;
+        let done = poll_fn(|cx| {
+            if !watching {
+                watching = true;
+                conn.record_waker(cx);
+            }
+            if !shutting && conn.draining() {
+                shutting = true;
+                http.as_mut().graceful_shutdown();
+            } else if !shutting && conn.take_release() {
+                return Poll::Ready(None);
+            }
+            http.as_mut().poll(cx).map(Some)
+        })
+        .await;
+        if let Some(done) = done {
+            return done.map_err(Into::into);
+        }
+        let Some(parts) = Pin::into_inner(http).into_parts() else {
+            return Ok(());
+        };
+        io = parts.io.into_inner();
+        io.hold(parts.read_buf);
+        service = parts.service;
+        RELEASED.fetch_add(1, Ordering::Relaxed);
+        conn.releases.fetch_add(1, Ordering::Relaxed);
+        // Idle: no hyper connection and no buffer until the client sends
+        // (or closes, which the new connection then reads).
+        let wake = poll_fn(|cx| {
+            conn.record_waker(cx);
+            if conn.draining() {
+                return Poll::Ready(false);
+            }
+            if !io.held.is_empty() {
+                return Poll::Ready(true);
+            }
+            io.io
+                .get_ref()
+                .poll_read_ready(cx)
+                .map(|ready| ready.is_ok())
+        })
+        .await;
+        if !wake {
+            return Ok(());
+        }
+    }
+}
+
+enum First {
+    Closed,
+    Http1,
+    /// The h2 preface, or so far only a part of it.
+    Http2,
+}
+
+/// Looks at the client's first bytes without taking them.
+async fn first_bytes(socket: &Flushes<Socket>, conn: &Handle) -> First {
+    let mut first = [MaybeUninit::<u8>::uninit(); H2_PREFACE.len()];
+    poll_fn(|cx| {
+        conn.record_waker(cx);
+        if conn.draining() {
+            return Poll::Ready(First::Closed);
+        }
+        let mut buf = ReadBuf::uninit(&mut first);
+        socket
+            .get_ref()
+            .poll_peek(cx, &mut buf)
+            .map(|peeked| match peeked {
+                Ok(0) | Err(_) => First::Closed,
+                Ok(_) if H2_PREFACE.starts_with(buf.filled()) => First::Http2,
+                Ok(_) => First::Http1,
+            })
+    })
+    .await
+}
+
+/// Drives `http` to its end, shutting it down gracefully on drain.
+async fn until_done<F, E>(
+    conn: &Handle,
+    mut http: Pin<&mut F>,
+    shutdown: impl Fn(Pin<&mut F>),
+) -> ConnResult
+where
+    F: Future<Output = Result<(), E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut watching = false;
+    let mut shutting = false;
+    poll_fn(|cx| {
+        if !watching {
+            watching = true;
+            conn.record_waker(cx);
+        }
+        if !shutting && conn.draining() {
+            shutting = true;
+            shutdown(http.as_mut());
+        }
+        http.as_mut().poll(cx)
+    })
+    .await
+    .map_err(Into::into)
+}
+
+/// The socket, after what hyper had read but not parsed when it let go.
+struct Replay {
+    held: Bytes,
+    io: Flushes<Socket>,
+}
+
+impl Replay {
+    fn hold(&mut self, read: Bytes) {
+        if read.is_empty() {
+            return;
+        }
+        self.held = if self.held.is_empty() {
+            read
+        } else {
+            let mut both = BytesMut::with_capacity(read.len() + self.held.len());
+            both.extend_from_slice(&read);
+            both.extend_from_slice(&self.held);
+            both.freeze()
+        };
+    }
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.held.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.held.len().min(buf.remaining());
+        buf.put_slice(&this.held[..n]);
+        this.held.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::server::deadline::Tracked;
+
+    /// One connection served by [`serve`]: its service answers every
+    /// request at once with the request's path; a request body is read to
+    /// its end afterwards, by a task of its own, into `bodies` (like a
+    /// proxy that streams an upload upstream after the answer).
+    struct Served {
+        keepalive: Arc<Keepalive>,
+        client: TcpStream,
+        bodies: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+        task: JoinHandle<ConnResult>,
+    }
+
+    async fn served() -> Served {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let heads = HeadDeadline::new(Duration::from_secs(60), Duration::from_secs(60));
+        let socket = heads.watch_io(Socket::new(stream, false), None);
+        let keepalive = Arc::new(Keepalive::default());
+        let conn = keepalive.register(heads.clone());
+        let h = heads.clone();
+        let (read, bodies) = tokio::sync::mpsc::unbounded_channel();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let open = h.arrived(req.version(), !req.body().is_end_stream());
+            let path = Bytes::from(req.uri().path().to_owned());
+            let read = read.clone();
+            tokio::spawn(async move {
+                if let Ok(body) = http_body_util::BodyExt::collect(req.into_body()).await {
+                    let body = body.to_bytes();
+                    if !body.is_empty() {
+                        let _ = read.send(body);
+                    }
+                }
+            });
+            async move { Ok::<_, Infallible>(Response::new(Tracked::new(Full::new(path), open))) }
+        });
+        let mut h1 = http1::Builder::new();
+        h1.keep_alive(true);
+        let fallback = auto::Builder::new(TokioExecutor::new());
+        let task = tokio::spawn(serve(
+            socket,
+            service,
+            conn,
+            Arc::new(h1),
+            Arc::new(fallback),
+        ));
+        Served {
+            keepalive,
+            client,
+            bodies,
+            task,
+        }
+    }
+
+    /// Reads one response and returns its body.
+    async fn body(client: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if got.len() >= end + 4 + len {
+                    return text[end + 4..end + 4 + len].to_owned();
+                }
+            }
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {text:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Sweeps until the connections have released `n` times in all.
+    async fn swept_until_released(keepalive: &Keepalive, n: u64) {
+        for _ in 0..400 {
+            keepalive.sweep_once();
+            if keepalive.released() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("released {} times, not {n}", keepalive.released());
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_lets_go_and_serves_the_next_request() {
+        let mut s = served().await;
+        s.client
+            .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(body(&mut s.client).await, "/one");
+        swept_until_released(&s.keepalive, 1).await;
+        s.client
+            .write_all(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(body(&mut s.client).await, "/two");
+        swept_until_released(&s.keepalive, 2).await;
+        s.client
+            .write_all(b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(body(&mut s.client).await, "/three");
+    }
+
+    #[tokio::test]
+    async fn a_head_half_sent_before_the_release_is_kept() {
+        let mut s = served().await;
+        s.client
+            .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(body(&mut s.client).await, "/one");
+        s.client.write_all(b"GET /tw").await.unwrap();
+        swept_until_released(&s.keepalive, 1).await;
+        s.client
+            .write_all(b"o HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(body(&mut s.client).await, "/two");
+    }
+
+    #[tokio::test]
+    async fn a_request_body_still_arriving_keeps_the_connection() {
+        let mut s = served().await;
+        // The body's rest is shaped like a request head: released after the
+        // answer, the connection would take it for one.
+        let rest: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+        let head = format!(
+            "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\nfirst",
+            5 + rest.len()
+        );
+        s.client.write_all(head.as_bytes()).await.unwrap();
+        assert_eq!(body(&mut s.client).await, "/up");
+        for _ in 0..10 {
+            s.keepalive.sweep_once();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        s.client.write_all(rest).await.unwrap();
+        s.client
+            .write_all(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(body(&mut s.client).await, "/two");
+        assert_eq!(s.keepalive.released(), 0);
+        let mut whole = b"first".to_vec();
+        whole.extend_from_slice(rest);
+        assert_eq!(s.bodies.recv().await.unwrap(), whole);
+    }
+
+    #[tokio::test]
+    async fn drain_closes_an_idle_connection_at_once() {
+        let mut s = served().await;
+        s.client
+            .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(body(&mut s.client).await, "/one");
+        swept_until_released(&s.keepalive, 1).await;
+        s.keepalive.drain();
+        let ended = tokio::time::timeout(Duration::from_secs(5), s.task).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+        let mut buf = [0u8; 16];
+        assert_eq!(s.client.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn drain_closes_a_connection_that_sent_nothing_yet() {
+        let s = served().await;
+        s.keepalive.drain();
+        let ended = tokio::time::timeout(Duration::from_secs(5), s.task).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    }
+}
