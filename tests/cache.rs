@@ -395,6 +395,37 @@ async fn client_conditionals_answered_from_cache() {
     assert_eq!(origin.count(), 1);
 }
 
+/// RFC 9110 §13.1.1/§13.1.2: `*` matches any current representation, with
+/// or without an `ETag`; and §13.2.1: preconditions are ignored for a
+/// response other than 2xx (a stored `404` is no representation to
+/// compare).
+#[tokio::test]
+async fn a_star_precondition_matches_a_stored_200_without_etag_and_never_a_404() {
+    let origin = Origin::start(|req| async move {
+        let status = if req.uri().path() == "/gone" {
+            404
+        } else {
+            200
+        };
+        reply(status, &[("cache-control", "max-age=60")], "body")
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    c.get(&s.url("/page")).await;
+    let r = c.get_with(&s.url("/page"), &[("if-none-match", "*")]).await;
+    assert_eq!(r.status, 304, "If-None-Match: * on a stored 200");
+    let r = c.get_with(&s.url("/page"), &[("if-match", "*")]).await;
+    assert_eq!(r.status, 200, "If-Match: *");
+    assert_eq!(&r.body[..], b"body");
+    c.get(&s.url("/gone")).await;
+    let r = c.get_with(&s.url("/gone"), &[("if-none-match", "*")]).await;
+    assert_eq!(r.status, 404, "preconditions on a stored 404 are ignored");
+    let r = c.get_with(&s.url("/gone"), &[("if-match", "*")]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(origin.count(), 2);
+}
+
 #[tokio::test]
 async fn conditional_request_on_a_miss_is_answered_after_storing() {
     let origin = Origin::fixed(

@@ -333,7 +333,12 @@ async fn storable(
             // is ignored, as RFC 9110 §14.2 allows).
             Ok(Admitted::TooLarge(body)) => {
                 let not_stored = CacheStatus::fwd(miss.fwd);
-                match super::stored::preconditions(&rparts.headers, req.headers(), req.method()) {
+                match super::stored::preconditions(
+                    rparts.status,
+                    &rparts.headers,
+                    req.headers(),
+                    req.method(),
+                ) {
                     Some(answer) => Answered::new(answer, not_stored),
                     None => streamed(ctx, rparts, body, not_stored),
                 }

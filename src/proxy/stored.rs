@@ -23,7 +23,7 @@ pub fn from_stored(
     let (headers, body) = variant.representation(coding);
     let age = freshness::current_age(&variant.times, now);
     if asks_more(req) {
-        if let Some(status) = precondition(headers, req, method) {
+        if let Some(status) = precondition(variant.status, headers, req, method) {
             return not_modified_or_failed(status, headers, age);
         }
         if variant.status == StatusCode::OK && *method == Method::GET {
@@ -84,7 +84,17 @@ fn date_field(h: &HeaderMap, name: header::HeaderName) -> Option<std::time::Syst
 }
 
 /// RFC 9110 §13.2.2 evaluation order; `Some(status)` short-circuits.
-fn precondition(headers: &HeaderMap, req: &HeaderMap, method: &Method) -> Option<StatusCode> {
+/// Preconditions are ignored for a response (`status`) other than 2xx
+/// (§13.2.1): a stored `404` is no current representation to compare.
+fn precondition(
+    status: StatusCode,
+    headers: &HeaderMap,
+    req: &HeaderMap,
+    method: &Method,
+) -> Option<StatusCode> {
+    if !status.is_success() {
+        return None;
+    }
     let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
     // Parsed only for a date precondition (a hit without one, the usual
     // case, parses no date).
@@ -117,12 +127,14 @@ fn precondition(headers: &HeaderMap, req: &HeaderMap, method: &Method) -> Option
     None
 }
 
-/// Whether a list such as `"a", W/"b"` or `*` matches `etag`; weak
-/// comparison unless `strong` (RFC 9110 §8.8.3.2).
+/// Whether a list such as `"a", W/"b"` or `*` matches `etag`, the tag of
+/// a current (2xx) representation, if it has one; weak comparison unless
+/// `strong` (RFC 9110 §8.8.3.2). `*` matches any current representation,
+/// with or without a tag (§13.1.1, §13.1.2).
 pub fn etag_list_matches(list: &str, etag: Option<&str>, strong: bool) -> bool {
     let list = list.trim();
     if list == "*" {
-        return etag.is_some();
+        return true;
     }
     let Some(etag) = etag else { return false };
     let (etag_weak, etag_opaque) = split_weak(etag.trim());
@@ -189,11 +201,12 @@ const NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
 /// call for against `headers`, those of a response that was not stored
 /// (no `Age`), if any.
 pub fn preconditions(
+    status: StatusCode,
     headers: &HeaderMap,
     req: &HeaderMap,
     method: &Method,
 ) -> Option<Response<ProxyBody>> {
-    precondition(headers, req, method).map(|status| unstored(status, headers))
+    precondition(status, headers, req, method).map(|status| unstored(status, headers))
 }
 
 pub fn not_modified(headers: &HeaderMap) -> Response<ProxyBody> {
@@ -392,7 +405,7 @@ mod tests {
         assert!(etag_list_matches("W/\"a\"", Some("\"a\""), false));
         assert!(!etag_list_matches("W/\"a\"", Some("\"a\""), true));
         assert!(etag_list_matches("*", Some("\"a\""), false));
-        assert!(!etag_list_matches("*", None, false));
+        assert!(etag_list_matches("*", None, false));
         assert!(!etag_list_matches("\"c\"", Some("\"a\""), false));
     }
 
