@@ -33,7 +33,9 @@
 //! **Drain** ([`Keepalive::drain`]) goes through the same flag: a
 //! connection with a request in flight gets hyper's graceful shutdown (the
 //! response is finished, then the connection closed), an idle one is
-//! closed at once.
+//! closed at once, even with part of a next head received (hyper would
+//! wait for the rest, and a client that never sends it held the drain for
+//! all of `drain_timeout`).
 //!
 //! **The freed buffers reach the kernel** through [`on_thread_park`]: the
 //! allocator purges freed pages only when their thread allocates again, so
@@ -275,10 +277,17 @@ where
                 watching = true;
                 conn.record_waker(cx);
             }
-            if !shutting && conn.draining() {
-                shutting = true;
-                http.as_mut().graceful_shutdown();
-            } else if !shutting && conn.take_release() {
+            if conn.draining() {
+                if conn.heads.quiet().is_some() {
+                    // Nothing in flight (at most part of a next head,
+                    // which nginx would not wait for either): close now.
+                    return Poll::Ready(Some(Ok(())));
+                }
+                if !shutting {
+                    shutting = true;
+                    http.as_mut().graceful_shutdown();
+                }
+            } else if conn.take_release() {
                 return Poll::Ready(None);
             }
             http.as_mut().poll(cx).map(Some)
@@ -460,6 +469,8 @@ mod tests {
     struct Served {
         keepalive: Arc<Keepalive>,
         client: TcpStream,
+        /// The server's end of the connection, to see what hyper has read.
+        server_end: std::net::TcpStream,
         bodies: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
         task: JoinHandle<ConnResult>,
     }
@@ -470,6 +481,9 @@ mod tests {
             .await
             .unwrap();
         let (stream, _) = listener.accept().await.unwrap();
+        let stream = stream.into_std().unwrap();
+        let server_end = stream.try_clone().unwrap();
+        let stream = tokio::net::TcpStream::from_std(stream).unwrap();
         let heads = HeadDeadline::new(Duration::from_secs(60), Duration::from_secs(60));
         let socket = heads.watch_io(Socket::new(stream, false), None);
         let keepalive = Arc::new(Keepalive::default());
@@ -503,6 +517,7 @@ mod tests {
         Served {
             keepalive,
             client,
+            server_end,
             bodies,
             task,
         }
@@ -529,6 +544,17 @@ mod tests {
             assert!(n > 0, "closed after {text:?}");
             got.extend_from_slice(&buf[..n]);
         }
+    }
+
+    /// Waits until hyper has read everything the client sent.
+    async fn all_read(server_end: &std::net::TcpStream) {
+        for _ in 0..400 {
+            match server_end.peek(&mut [0u8; 1]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        panic!("the client's bytes were not read");
     }
 
     /// Sweeps until the connections have released `n` times in all.
@@ -622,8 +648,24 @@ mod tests {
         s.keepalive.drain();
         let ended = tokio::time::timeout(Duration::from_secs(5), s.task).await;
         assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+        // The test's own copy of the server's end would keep it open.
+        drop(s.server_end);
         let mut buf = [0u8; 16];
-        assert_eq!(s.client.read(&mut buf).await.unwrap(), 0);
+        let read = tokio::time::timeout(Duration::from_secs(5), s.client.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn drain_does_not_wait_for_the_rest_of_a_head() {
+        let mut s = served().await;
+        // A new hyper connection (a fresh one, or one started after a
+        // release) counts as busy until its first response: hyper's own
+        // graceful shutdown would wait for the rest of this head.
+        s.client.write_all(b"GET /one HT").await.unwrap();
+        all_read(&s.server_end).await;
+        s.keepalive.drain();
+        let ended = tokio::time::timeout(Duration::from_secs(5), s.task).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
     }
 
     #[tokio::test]
