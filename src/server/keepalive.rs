@@ -82,21 +82,31 @@ const DRAIN: u8 = 2;
 /// Connections released so far (see [`on_thread_park`]).
 static RELEASED: AtomicU64 = AtomicU64::new(0);
 
+/// A thread purges at most this often: a purge walks the thread's heap
+/// (its share of the cache included), and with clients that pause between
+/// requests, releases and parks can both come by the thousand per second.
+const PURGE_EVERY: Duration = Duration::from_millis(100);
+
 thread_local! {
-    /// `RELEASED` when this thread last purged.
-    static PURGED_AT: Cell<u64> = const { Cell::new(0) };
+    /// `RELEASED` when this thread last purged, and when that was.
+    static PURGED: Cell<(u64, Option<std::time::Instant>)> = const { Cell::new((0, None)) };
 }
 
 /// For the runtime's `on_thread_park`: a worker going idle after
 /// connections were released since it last looked hands its freed memory
-/// back to the kernel. One relaxed load per park otherwise.
+/// back to the kernel, at most every [`PURGE_EVERY`] (a purge put off is
+/// made at a later park). One relaxed load per park otherwise. A burst of
+/// releases costs one purge: a worker parks only once it has run all its
+/// ready tasks.
 pub fn on_thread_park() {
     let released = RELEASED.load(Ordering::Relaxed);
-    PURGED_AT.with(|at| {
-        if at.get() != released {
-            at.set(released);
-            crate::heap::release_freed();
+    PURGED.with(|purged| {
+        let (at, when) = purged.get();
+        if at == released || when.is_some_and(|t| t.elapsed() < PURGE_EVERY) {
+            return;
         }
+        purged.set((released, Some(std::time::Instant::now())));
+        crate::heap::release_freed();
     });
 }
 
