@@ -567,6 +567,13 @@ mod tests {
         panic!("the client's bytes were not read");
     }
 
+    /// Sends `GET path` and returns the response's body.
+    async fn get(client: &mut TcpStream, path: &str) -> String {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        client.write_all(head.as_bytes()).await.unwrap();
+        body(client).await
+    }
+
     /// Sweeps until the connections have released `n` times in all.
     async fn swept_until_released(keepalive: &Keepalive, n: u64) {
         for _ in 0..400 {
@@ -582,33 +589,17 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_lets_go_and_serves_the_next_request() {
         let mut s = served().await;
-        s.client
-            .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(body(&mut s.client).await, "/one");
+        assert_eq!(get(&mut s.client, "/one").await, "/one");
         swept_until_released(&s.keepalive, 1).await;
-        s.client
-            .write_all(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(body(&mut s.client).await, "/two");
+        assert_eq!(get(&mut s.client, "/two").await, "/two");
         swept_until_released(&s.keepalive, 2).await;
-        s.client
-            .write_all(b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(body(&mut s.client).await, "/three");
+        assert_eq!(get(&mut s.client, "/three").await, "/three");
     }
 
     #[tokio::test]
     async fn a_head_half_sent_before_the_release_is_kept() {
         let mut s = served().await;
-        s.client
-            .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(body(&mut s.client).await, "/one");
+        assert_eq!(get(&mut s.client, "/one").await, "/one");
         s.client.write_all(b"GET /tw").await.unwrap();
         swept_until_released(&s.keepalive, 1).await;
         s.client
@@ -635,11 +626,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         s.client.write_all(rest).await.unwrap();
-        s.client
-            .write_all(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(body(&mut s.client).await, "/two");
+        assert_eq!(get(&mut s.client, "/two").await, "/two");
         assert_eq!(s.keepalive.released(), 0);
         let mut whole = b"first".to_vec();
         whole.extend_from_slice(rest);
@@ -649,11 +636,7 @@ mod tests {
     #[tokio::test]
     async fn drain_closes_an_idle_connection_at_once() {
         let mut s = served().await;
-        s.client
-            .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(body(&mut s.client).await, "/one");
+        assert_eq!(get(&mut s.client, "/one").await, "/one");
         swept_until_released(&s.keepalive, 1).await;
         s.keepalive.drain();
         let ended = tokio::time::timeout(Duration::from_secs(5), s.task).await;
