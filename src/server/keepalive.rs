@@ -28,7 +28,8 @@
 //! never be parsed as a request head), a protocol switch (`101`), h2c
 //! (found by peeking at the first bytes, then served by hyper-util's auto
 //! builder as before, like a client that has sent only part of the h2
-//! preface so far), the TLS listener and the admin listener.
+//! preface so far), the TLS listener (rustls keeps buffers of its own) and
+//! the admin listener.
 //!
 //! **Drain** ([`Keepalive::drain`]) goes through the same flag: a
 //! connection with a request in flight gets hyper's graceful shutdown (the
