@@ -267,7 +267,9 @@ where
         First::Http2 => {
             let http = fallback.serve_connection_with_upgrades(TokioIo::new(socket), service);
             let mut http = Box::pin(http.into_owned());
-            return until_done(&conn, http.as_mut(), |h| h.graceful_shutdown()).await;
+            // Never left: only an HTTP/1.1 connection lets go.
+            let done = drive(&conn, http.as_mut(), false, |h| h.graceful_shutdown()).await;
+            return done.unwrap_or(Ok(()));
         }
         First::Http1 => {}
     }
@@ -281,32 +283,8 @@ where
             h1.serve_connection(TokioIo::new(io), service)
                 .with_upgrades(),
         );
-        let mut watching = false;
-        let mut shutting = false;
-        let done = poll_fn(|cx| {
-            if !watching {
-                watching = true;
-                conn.record_waker(cx);
-            }
-            let flags = conn.flags.load(Ordering::Relaxed);
-            if flags & DRAIN != 0 {
-                if conn.heads.quiet().is_some() {
-                    // Nothing in flight (at most part of a next head,
-                    // which nginx would not wait for either): close now.
-                    return Poll::Ready(Some(Ok(())));
-                }
-                if !shutting {
-                    shutting = true;
-                    http.as_mut().graceful_shutdown();
-                }
-            } else if flags & RELEASE != 0 && conn.take_release() {
-                return Poll::Ready(None);
-            }
-            http.as_mut().poll(cx).map(Some)
-        })
-        .await;
-        if let Some(done) = done {
-            return done.map_err(Into::into);
+        if let Some(done) = drive(&conn, http.as_mut(), true, |h| h.graceful_shutdown()).await {
+            return done;
         }
         let Some(parts) = Pin::into_inner(http).into_parts() else {
             return Ok(());
@@ -366,12 +344,17 @@ async fn first_bytes(socket: &Flushes<Socket>, conn: &Handle) -> First {
     .await
 }
 
-/// Drives `http` to its end, shutting it down gracefully on drain.
-async fn until_done<F, E>(
+/// Drives `http` to its end (`Some`), shutting it down gracefully on
+/// drain. An HTTP/1.1 connection (`http1`) with nothing in flight is
+/// closed at once on drain instead (at most part of a next head was
+/// received, which nginx does not wait for either), and is left (`None`)
+/// when asked to let go while still quiet.
+async fn drive<F, E>(
     conn: &Handle,
     mut http: Pin<&mut F>,
+    http1: bool,
     shutdown: impl Fn(Pin<&mut F>),
-) -> ConnResult
+) -> Option<ConnResult>
 where
     F: Future<Output = Result<(), E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -383,14 +366,23 @@ where
             watching = true;
             conn.record_waker(cx);
         }
-        if !shutting && conn.draining() {
-            shutting = true;
-            shutdown(http.as_mut());
+        let flags = conn.flags.load(Ordering::Relaxed);
+        if flags & DRAIN != 0 {
+            if http1 && conn.heads.quiet().is_some() {
+                return Poll::Ready(Some(Ok(())));
+            }
+            if !shutting {
+                shutting = true;
+                shutdown(http.as_mut());
+            }
+        } else if http1 && flags & RELEASE != 0 && conn.take_release() {
+            return Poll::Ready(None);
         }
-        http.as_mut().poll(cx)
+        http.as_mut()
+            .poll(cx)
+            .map(|done| Some(done.map_err(Into::into)))
     })
     .await
-    .map_err(Into::into)
 }
 
 /// The socket, after what hyper had read but not parsed when it let go.
