@@ -6,8 +6,10 @@
 //! - `server/signals.rs`: SIGTERM/SIGINT → drain and exit, SIGHUP → reload.
 //! - `server/tls.rs`: certificates, SNI and ALPN.
 //! - `server/deadline.rs`: `header_read_timeout`, for every request head.
-//! - `server/keepalive.rs`: the plain listener's connections; idle ones
-//!   give hyper's buffers back.
+//! - `server/keepalive.rs`: the proxy and TLS listeners' connections; idle
+//!   HTTP/1.1 ones give hyper's buffers back.
+//! - `server/transport.rs`: plain and TLS streams as the release loop
+//!   waits on them.
 //! - `server/sendfile.rs`: the plain listener's socket; arena bodies go out
 //!   with `sendfile`.
 //!
@@ -25,6 +27,7 @@ pub mod own_responses;
 pub mod sendfile;
 pub mod signals;
 pub mod tls;
+pub mod transport;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -52,6 +55,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Shared};
 use deadline::{HeadDeadline, Tracked};
 use keepalive::Keepalive;
+use transport::Replay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -167,7 +171,7 @@ impl Server {
         let http1 = Arc::new(http1_builder(&settings));
         let keepalive = Arc::new(Keepalive::default());
         let sweep = tokio::spawn(keepalive.clone().sweep());
-        let plain_conns = TaskTracker::new();
+        let conns = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(settings.max_connections.max(1)));
         let admin_limit = Arc::new(Semaphore::new(admin_limit));
         let head_timeout = settings.header_read_timeout;
@@ -211,13 +215,13 @@ impl Server {
             // `log_conn_error`, the connection would be copied into each
             // of their futures.
             let conn = Box::pin(keepalive::serve(
-                socket,
+                Replay::new(socket),
                 service,
                 conn,
                 http1.clone(),
                 builder.clone(),
             ));
-            plain_conns.spawn(async move {
+            conns.spawn(async move {
                 log_conn_error(heads.serve(conn)).await;
                 drop(permit);
             });
@@ -249,24 +253,23 @@ impl Server {
             accept_loop(listener, &stop, &limit, |stream, peer, permit| {
                 let acceptor = acceptor.clone();
                 let shared = shared.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
+                let (http1, builder) = (http1.clone(), builder.clone());
                 // The deadline runs from accept, across the handshake.
                 let heads = HeadDeadline::new(head_timeout, send_timeout);
-                tokio::spawn(async move {
-                    let Some(stream) = acceptor.accept(stream).await else {
+                let conn = keepalive.register(heads.clone());
+                conns.spawn(async move {
+                    // Boxed: the handshake's state (rustls's connection,
+                    // inline) would otherwise stay in the task for the
+                    // connection's whole life.
+                    let Some(stream) = Box::pin(acceptor.accept(stream)).await else {
                         return;
                     };
                     let info = ConnInfo::new(peer, true);
                     let own = refusals(&shared, info);
                     let service = proxy_service(shared, info, heads.clone());
-                    let conn = builder
-                        .serve_connection_with_upgrades(
-                            TokioIo::new(heads.watch_io(stream, Some(own))),
-                            service,
-                        )
-                        .into_owned();
-                    log_conn_error(heads.serve(Box::pin(watcher.watch(conn)))).await;
+                    let io = Replay::new(heads.watch_io(stream, Some(own)));
+                    let conn = Box::pin(keepalive::serve(io, service, conn, http1, builder));
+                    log_conn_error(heads.serve(conn)).await;
                     drop(permit);
                 });
             })
@@ -283,8 +286,8 @@ impl Server {
         drop((plain, admin_listener, tls));
         tracing::info!(timeout = ?settings.drain_timeout, "draining connections");
         keepalive.drain();
-        plain_conns.close();
-        let drained = async { tokio::join!(graceful.shutdown(), plain_conns.wait()) };
+        conns.close();
+        let drained = async { tokio::join!(graceful.shutdown(), conns.wait()) };
         match tokio::time::timeout(settings.drain_timeout, drained).await {
             Ok(_) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("drain timeout reached, closing remaining connections"),

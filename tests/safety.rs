@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use http::{Method, Request};
 use hyper::body::Incoming;
+use support::binary::{idle_cost_at_most, resident_kib};
+use support::http::read_response;
 use support::origin::reply;
 use support::{Client, Origin, Strata};
 
@@ -530,23 +532,6 @@ async fn a_slow_head_is_cut_off_too() {
 
 // === later request heads on a kept-alive connection ===
 
-/// Reads one whole `Content-Length` response from `s` (within 10 s).
-async fn read_response(s: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while support::http::first_response(&got).is_none() {
-            let n = s.read(&mut buf).await.expect("read");
-            assert!(n > 0, "closed before a whole response: {got:?}");
-            got.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&got).into_owned()
-    })
-    .await
-    .expect("a response within 10 s")
-}
-
 /// Asserts that Strata closes `s` within a generous bound (without any
 /// response bytes arriving first).
 async fn assert_closed(s: &mut tokio::net::TcpStream, what: &str) {
@@ -921,14 +906,7 @@ async fn idle_keep_alive_connections_cost_at_most_16_kib() {
         assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
         conns.push(s);
     }
-    let per_conn = || resident_kib(bin.pid()).saturating_sub(before) as f64 / CONNS as f64;
-    let first = per_conn();
-    support::wait_until(
-        Duration::from_secs(10),
-        "16 KiB or less per idle connection",
-        || std::future::ready(per_conn() <= 16.0),
-    )
-    .await;
+    let first = idle_cost_at_most(bin.pid(), before, CONNS, 16.0).await;
     // Still served once taken back.
     for s in conns.iter_mut().take(20) {
         s.write_all(get).await.unwrap();
@@ -937,23 +915,9 @@ async fn idle_keep_alive_connections_cost_at_most_16_kib() {
     assert_eq!(origin.count(), 1, "{first:.1} KiB per connection at first");
 }
 
-/// Anonymous plus shared resident memory of process `pid`, in MiB (the
-/// mapped binary, a debug build here, does not count).
+/// [`resident_kib`] in MiB.
 fn resident_mib(pid: u32) -> u64 {
     resident_kib(pid) / 1024
-}
-
-/// [`resident_mib`] in KiB.
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib = |field: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    kib("RssAnon:") + kib("RssShmem:")
 }
 
 /// `len` bytes of text that compresses like prose: words of a small

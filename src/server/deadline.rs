@@ -382,6 +382,12 @@ impl<T> Flushes<T> {
     pub fn get_ref(&self) -> &T {
         &self.io
     }
+
+    /// The wrapped socket, to read from without `Flushes`' bookkeeping
+    /// (which is for writes only).
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.io
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Flushes<T> {

@@ -198,3 +198,33 @@ pub fn check_fails(path: &Path) -> String {
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Anonymous plus shared resident memory of process `pid`, in KiB (the
+/// mapped binary, a debug build here, does not count).
+pub fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    kib("RssAnon:") + kib("RssShmem:")
+}
+
+/// Waits (10 s at most) until process `pid`'s resident memory has grown by
+/// at most `kib` KiB per connection over `before` (KiB, see
+/// [`resident_kib`]) with `conns` connections open. Returns the growth per
+/// connection seen at first, for messages.
+pub async fn idle_cost_at_most(pid: u32, before: u64, conns: u64, kib: f64) -> f64 {
+    let per_conn = || resident_kib(pid).saturating_sub(before) as f64 / conns as f64;
+    let first = per_conn();
+    super::wait_until(
+        Duration::from_secs(10),
+        &format!("{kib} KiB or less per idle connection (first {first:.1})"),
+        || std::future::ready(per_conn() <= kib),
+    )
+    .await;
+    first
+}

@@ -150,3 +150,19 @@ pub fn first_response(buf: &[u8]) -> Option<(usize, usize)> {
         .and_then(|v| v.trim().parse::<usize>().ok())?;
     (buf.len() >= body + len).then_some((body, body + len))
 }
+
+/// Reads one whole response from `s` (10 s at most) and returns it as text.
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while first_response(&got).is_none() {
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before a whole response: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    })
+    .await
+    .expect("a response within 10 s")
+}
