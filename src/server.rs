@@ -462,16 +462,22 @@ async fn accept_loop(
     mut serve: impl FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
 ) {
     loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
+        // Accepted first, then a permit waited for: a permit taken before
+        // `accept` would be held by a listener with nobody to accept, and
+        // the proxy and TLS listeners share one limit (with
+        // `max_connections = 1` the TLS listener never served). At most one
+        // accepted connection per listener waits here; the others wait in
+        // the kernel's backlog.
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             a = listener.accept() => a,
         };
         match accepted {
             Ok((stream, peer)) => {
+                let permit = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                };
                 let _ = stream.set_nodelay(true);
                 // The permit lives as long as the connection: at most
                 // `server.max_connections` are served at once.

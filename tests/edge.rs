@@ -263,6 +263,155 @@ async fn idle_tls_keep_alive_connections_cost_at_most_16_kib() {
     assert_eq!(origin.count(), 1, "{first:.1} KiB per connection at first");
 }
 
+/// `server.max_connections` counts connections, not listeners: each
+/// listener took its slot before `accept` and held it while nobody came,
+/// so with a limit of 1 the TLS listener never served anything.
+#[tokio::test]
+async fn max_connections_of_one_serves_the_tls_and_the_plain_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "a", &["a.test"]);
+    let origin = cacheable_origin().await;
+    let text = config_text(
+        &[origin.addr],
+        &format!("{NO_HEALTH}{}", tls_section(&cert, &[])),
+    )
+    .replace("[server]\n", "[server]\nmax_connections = 1\n");
+    let strata = Strata::start_text(&text).await;
+    let tls = strata.tls.expect("TLS listener");
+    for _ in 0..2 {
+        let r = https_get(tls, "a.test", &[&cert], &["http/1.1"], "/doc").await;
+        assert_eq!(r.status, 200);
+        let r = Client::new()
+            .get(&format!("http://{}/doc", strata.addr))
+            .await;
+        assert_eq!(r.status, 200);
+    }
+}
+
+/// What rustls answers on its own while a TLS connection is taken back
+/// from hyper is sent at once: a TLS 1.2 renegotiation attempt (`R` in
+/// `openssl s_client`) got its `no_renegotiation` alert only when the idle
+/// timeout closed the connection (nothing flushed it). (s_client then
+/// gives up the connection.)
+#[tokio::test]
+async fn a_renegotiation_attempt_on_an_idle_tls_connection_is_answered_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "a", &["a.test"]);
+    let origin = cacheable_origin().await;
+    let text = config_text(
+        &[origin.addr],
+        &format!("{NO_HEALTH}{}", tls_section(&cert, &[])),
+    )
+    .replace("[server]\n", "[server]\nheader_read_timeout = \"30s\"\n");
+    let strata = Strata::start_text(&text).await;
+    let tls = strata.tls.expect("TLS listener");
+    let mut client = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_2",
+            "-crlf",
+            "-msg",
+            "-servername",
+            "a.test",
+        ])
+        .arg("-connect")
+        .arg(tls.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("openssl s_client (apt-get install openssl)");
+    let mut stdin = client.stdin.take().unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    // What s_client printed so far; `until` waits for `what` after `from`.
+    let mut seen = Vec::new();
+    let mut until = async |what: &str, from: usize, within: u64| -> usize {
+        let found = tokio::time::timeout(Duration::from_secs(within), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                if let Some(at) = String::from_utf8_lossy(&seen[from..]).find(what) {
+                    return from + at + what.len();
+                }
+                let n = stdout.read(&mut buf).await.unwrap();
+                assert!(
+                    n > 0,
+                    "s_client ended before {what:?}: {}",
+                    String::from_utf8_lossy(&seen)
+                );
+                seen.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no {what:?} within {within} s"))
+    };
+    stdin
+        .write_all(b"GET /doc HTTP/1.1\nHost: a.test\n\n")
+        .await
+        .unwrap();
+    let at = until("page /doc", 0, 10).await;
+    // Idle for more than two sweeps (200 ms each): taken back from hyper.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stdin.write_all(b"R\n").await.unwrap();
+    until("no_renegotiation", at, 5).await;
+    assert_eq!(origin.count(), 1);
+}
+
+/// ALPN decides the protocol (RFC 7301 §3.2): a client that agreed on `h2`
+/// and sends HTTP/1.1 is closed, not served; one that agreed on `http/1.1`
+/// (or on nothing) and sends the h2 preface is not served HTTP/2. One that
+/// closes (`close_notify`) before its first request gets a `close_notify`
+/// back.
+#[tokio::test]
+async fn tls_clients_are_held_to_their_alpn_and_get_a_close_notify() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "a", &["a.test"]);
+    let origin = cacheable_origin().await;
+    let strata = Strata::start(
+        &[origin.addr],
+        &format!("{NO_HEALTH}{}", tls_section(&cert, &[])),
+    )
+    .await;
+    let addr = strata.tls.expect("TLS listener");
+    let mut h2 = tls_connect(&tls_connector(&[&cert], &["h2"]), addr, "a.test").await;
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    h2.write_all(b"GET /doc HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    h2.flush().await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), h2.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "not closed within 10 s");
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(origin.count(), 0);
+
+    // The other way round: `http/1.1` (or no ALPN) and the h2 preface.
+    for alpn in [&["http/1.1"][..], &[]] {
+        let mut h1 = tls_connect(&tls_connector(&[&cert], alpn), addr, "a.test").await;
+        h1.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        h1.flush().await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), h1.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "not closed within 10 s");
+        let got = String::from_utf8_lossy(&got).into_owned();
+        assert!(
+            got.is_empty() || got.starts_with("HTTP/1.1 4"),
+            "{alpn:?}: {got}"
+        );
+    }
+
+    let mut quiet = tls_connect(&tls_connector(&[&cert], &["http/1.1"]), addr, "a.test").await;
+    quiet.shutdown().await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(10), quiet.read(&mut [0u8; 16])).await;
+    // `Ok(0)` only after the server's `close_notify` (an unexpected EOF
+    // otherwise).
+    assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+}
+
 #[tokio::test]
 async fn sni_picks_the_certificate_for_the_name_and_falls_back_to_the_first() {
     let dir = tempfile::tempdir().unwrap();

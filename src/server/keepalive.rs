@@ -28,9 +28,12 @@
 //! **Not released:** a connection whose latest request had a body (hyper
 //! may still be reading it after the response, and the rest of a body must
 //! never be parsed as a request head), a protocol switch (`101`), HTTP/2
-//! (ALPN `h2`, or h2c found by looking at the first bytes; served by
-//! hyper-util's auto builder, like a client that has sent only part of the
-//! h2 preface so far) and the admin listener.
+//! (h2c, found by looking at the first bytes, or ALPN `h2` over TLS;
+//! served by hyper-util's auto builder, like a client that has sent only
+//! part of the preface so far) and the admin listener. Over TLS, ALPN
+//! decides: a client that agreed on `h2` and sends something else than its
+//! preface is closed, one that agreed on `http/1.1` (or on nothing) is
+//! served HTTP/1.1 whatever it sends.
 //!
 //! **The future's size** is per connection too: [`serve`] returns an async
 //! block rather than being an async fn (which keeps its arguments beside
@@ -78,7 +81,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::ReadBuf;
 
 use super::deadline::HeadDeadline;
-use super::transport::{Replay, Transport, LOOK};
+use super::transport::{Protocol, Replay, Transport, LOOK};
 
 /// How often idle connections are looked for.
 pub const SWEEP: Duration = Duration::from_millis(200);
@@ -275,13 +278,23 @@ where
     // An async block, not an async fn: an async fn moves its arguments
     // into locals of its own and keeps both, which held the stream twice.
     async move {
-        let first = if io.io.negotiated_h2() {
-            First::Http2
-        } else {
-            first_bytes(&mut io.io, &conn).await
+        let first = first_bytes(&mut io.io, &conn).await;
+        let first = match (first, io.io.agreed()) {
+            (First::Closed, _) | (_, None) => first,
+            (First::Http2, Some(Protocol::Http2)) => First::Http2,
+            // ALPN `h2` and not its preface: not served as HTTP/1.1.
+            (_, Some(Protocol::Http2)) => return Ok(()),
+            // HTTP/1.1 by ALPN (or none): an h2 preface is a bad request.
+            (_, Some(Protocol::Http1)) => First::Http1,
         };
         match first {
-            First::Closed => return Ok(()),
+            First::Closed => {
+                // Closed (or drained) before a first byte: a TLS client
+                // still gets its `close_notify`. A few bytes written into
+                // an empty send buffer do not wait.
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+                return Ok(());
+            }
             First::Http2 => {
                 // One expression: a binding of the unboxed connection would stay
                 // in this future, with the stream inside it.
@@ -343,6 +356,7 @@ where
     }
 }
 
+#[derive(Clone, Copy)]
 enum First {
     Closed,
     Http1,

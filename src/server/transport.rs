@@ -28,8 +28,10 @@ pub const LOOK: usize = 24;
 
 /// A client connection's stream, for the keep-alive release loop.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// The protocol was agreed on before any byte (TLS ALPN `h2`).
-    fn negotiated_h2(&self) -> bool;
+    /// The protocol agreed on before any byte: over TLS, ALPN's choice
+    /// (none means HTTP/1.1, RFC 7301 §3.2 and RFC 9113 §3.2); `None` on a
+    /// plain socket, where the first bytes tell (h2c or HTTP/1.1).
+    fn agreed(&self) -> Option<Protocol>;
 
     /// Ready once the client has sent something or closed, taking nothing
     /// from the stream. With `look`, a copy of the first bytes available
@@ -44,9 +46,16 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     ) -> Poll<io::Result<()>>;
 }
 
+/// A protocol a TLS client agreed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
 impl Transport for Flushes<Socket> {
-    fn negotiated_h2(&self) -> bool {
-        false
+    fn agreed(&self) -> Option<Protocol> {
+        None
     }
 
     fn poll_arrival(
@@ -65,23 +74,36 @@ impl Transport for Flushes<Socket> {
 }
 
 impl Transport for Flushes<TlsStream<TcpStream>> {
-    fn negotiated_h2(&self) -> bool {
-        self.get_ref().get_ref().1.alpn_protocol() == Some(b"h2")
+    fn agreed(&self) -> Option<Protocol> {
+        Some(match self.get_ref().get_ref().1.alpn_protocol() {
+            Some(b"h2") => Protocol::Http2,
+            _ => Protocol::Http1,
+        })
     }
 
     /// Reads and decrypts records into rustls's plaintext buffer, where
     /// the bytes stay for hyper (an empty buffer after the client's
-    /// `close_notify` or the socket's end).
+    /// `close_notify` or the socket's end). Records rustls queued in
+    /// answer to what it read (a `no_renegotiation` alert, a TLS 1.3
+    /// `KeyUpdate`) are sent here: hyper, which would flush them, is not
+    /// there while the connection waits.
     fn poll_arrival(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
         _look: bool,
     ) -> Poll<io::Result<()>> {
-        Pin::new(self.get_mut()).poll_fill_buf(cx).map_ok(|plain| {
+        let tls = self.get_mut();
+        let read = Pin::new(&mut *tls).poll_fill_buf(cx).map_ok(|plain| {
             let n = plain.len().min(buf.remaining());
             buf.put_slice(&plain[..n]);
-        })
+        });
+        if read.is_pending() && tls.get_ref().1.wants_write() {
+            if let Poll::Ready(Err(e)) = Pin::new(tls).poll_flush(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        read
     }
 }
 
