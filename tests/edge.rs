@@ -263,11 +263,9 @@ async fn idle_tls_keep_alive_connections_cost_at_most_16_kib() {
     assert_eq!(origin.count(), 1, "{first:.1} KiB per connection at first");
 }
 
-/// `server.max_connections` counts connections, not listeners: each
-/// listener took its slot before `accept` and held it while nobody came,
-/// so with a limit of 1 the TLS listener never served anything.
-#[tokio::test]
-async fn max_connections_of_one_serves_the_tls_and_the_plain_listener() {
+/// Strata with a TLS listener (a certificate for `a.test`) in front of
+/// [`cacheable_origin`], `server` added to its `[server]` section.
+async fn tls_strata(server: &str) -> (tempfile::TempDir, Cert, Origin, Strata) {
     let dir = tempfile::tempdir().unwrap();
     let cert = make_cert(dir.path(), "a", &["a.test"]);
     let origin = cacheable_origin().await;
@@ -275,8 +273,17 @@ async fn max_connections_of_one_serves_the_tls_and_the_plain_listener() {
         &[origin.addr],
         &format!("{NO_HEALTH}{}", tls_section(&cert, &[])),
     )
-    .replace("[server]\n", "[server]\nmax_connections = 1\n");
+    .replace("[server]\n", &format!("[server]\n{server}"));
     let strata = Strata::start_text(&text).await;
+    (dir, cert, origin, strata)
+}
+
+/// `server.max_connections` counts connections, not listeners: each
+/// listener took its slot before `accept` and held it while nobody came,
+/// so with a limit of 1 the TLS listener never served anything.
+#[tokio::test]
+async fn max_connections_of_one_serves_the_tls_and_the_plain_listener() {
+    let (_dir, cert, _origin, strata) = tls_strata("max_connections = 1\n").await;
     let tls = strata.tls.expect("TLS listener");
     for _ in 0..2 {
         let r = https_get(tls, "a.test", &[&cert], &["http/1.1"], "/doc").await;
@@ -296,15 +303,7 @@ async fn max_connections_of_one_serves_the_tls_and_the_plain_listener() {
 #[tokio::test]
 async fn a_renegotiation_attempt_on_an_idle_tls_connection_is_answered_at_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let cert = make_cert(dir.path(), "a", &["a.test"]);
-    let origin = cacheable_origin().await;
-    let text = config_text(
-        &[origin.addr],
-        &format!("{NO_HEALTH}{}", tls_section(&cert, &[])),
-    )
-    .replace("[server]\n", "[server]\nheader_read_timeout = \"30s\"\n");
-    let strata = Strata::start_text(&text).await;
+    let (_dir, _cert, origin, strata) = tls_strata("header_read_timeout = \"30s\"\n").await;
     let tls = strata.tls.expect("TLS listener");
     let mut client = tokio::process::Command::new("openssl")
         .args([
@@ -366,14 +365,7 @@ async fn a_renegotiation_attempt_on_an_idle_tls_connection_is_answered_at_once()
 #[tokio::test]
 async fn tls_clients_are_held_to_their_alpn_and_get_a_close_notify() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let cert = make_cert(dir.path(), "a", &["a.test"]);
-    let origin = cacheable_origin().await;
-    let strata = Strata::start(
-        &[origin.addr],
-        &format!("{NO_HEALTH}{}", tls_section(&cert, &[])),
-    )
-    .await;
+    let (_dir, cert, origin, strata) = tls_strata("").await;
     let addr = strata.tls.expect("TLS listener");
     let mut h2 = tls_connect(&tls_connector(&[&cert], &["h2"]), addr, "a.test").await;
     assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
