@@ -462,12 +462,9 @@ async fn accept_loop(
     mut serve: impl FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
 ) {
     loop {
-        // Accepted first, then a permit waited for: a permit taken before
-        // `accept` would be held by a listener with nobody to accept, and
-        // the proxy and TLS listeners share one limit (with
-        // `max_connections = 1` the TLS listener never served). At most one
-        // accepted connection per listener waits here; the others wait in
-        // the kernel's backlog.
+        // Accept, then wait for a permit: a permit taken first is held by a
+        // listener nobody connects to, out of the limit the proxy and TLS
+        // listeners share. The rest wait in the kernel's backlog.
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             a = listener.accept() => a,
