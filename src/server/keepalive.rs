@@ -284,7 +284,7 @@ where
             (First::Http2, Some(Protocol::Http2)) => First::Http2,
             // ALPN `h2` and not its preface: not served as HTTP/1.1.
             (_, Some(Protocol::Http2)) => return Ok(()),
-            // HTTP/1.1 by ALPN (or none): an h2 preface is a bad request.
+            // HTTP/1.1 by ALPN (or none): hyper closes on an h2 preface.
             (_, Some(Protocol::Http1)) => First::Http1,
         };
         match first {
