@@ -174,13 +174,13 @@ impl Server {
         let conns = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(settings.max_connections.max(1)));
         let admin_limit = Arc::new(Semaphore::new(admin_limit));
-        let head_timeout = settings.header_read_timeout;
-        let send_timeout = settings.send_timeout;
+        let (head_timeout, send_timeout) = (settings.header_read_timeout, settings.send_timeout);
         let use_sendfile = settings.sendfile;
 
         let proxy_service = |shared: Arc<Shared>, conn: ConnInfo, heads: HeadDeadline| {
             hyper::service::service_fn(move |req: Request<Incoming>| {
                 let open = heads.arrived(req.version(), !req.body().is_end_stream());
+                let req = req.map(|body| heads.request_body(body));
                 let shared = shared.clone();
                 async move {
                     let response = shared.handle(req, conn).await;

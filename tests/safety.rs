@@ -915,6 +915,42 @@ async fn idle_keep_alive_connections_cost_at_most_16_kib() {
     assert_eq!(origin.count(), 1, "{first:.1} KiB per connection at first");
 }
 
+/// The same after a request with a body, once the body has been read to
+/// its end: such a connection was never taken back (hyper might still have
+/// been reading the body), 16.0–16.35 KiB each.
+#[tokio::test]
+async fn idle_connections_whose_last_request_had_a_body_are_taken_back_too() {
+    use tokio::io::AsyncWriteExt;
+    const CONNS: u64 = 400;
+    let origin = Origin::fixed(&[], "posted").await;
+    let (bin, _dir) = binary_with_32_mib(&origin).await;
+    let post = b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    let mut warm = tokio::net::TcpStream::connect(bin.addr).await.unwrap();
+    for _ in 0..2 {
+        warm.write_all(post).await.unwrap();
+        assert!(read_response(&mut warm).await.starts_with("HTTP/1.1 200"));
+    }
+    let before = resident_kib(bin.pid());
+    let mut conns = Vec::new();
+    for _ in 0..CONNS {
+        let mut s = tokio::net::TcpStream::connect(bin.addr).await.unwrap();
+        s.write_all(post).await.unwrap();
+        assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+        conns.push(s);
+    }
+    // Well under the 16 KiB those connections cost when kept.
+    let first = idle_cost_at_most(bin.pid(), before, CONNS, 8.0).await;
+    for s in conns.iter_mut().take(20) {
+        s.write_all(post).await.unwrap();
+        assert!(read_response(s).await.starts_with("HTTP/1.1 200"));
+    }
+    assert_eq!(
+        origin.count(),
+        2 + CONNS as usize + 20,
+        "{first:.1} KiB per connection at first"
+    );
+}
+
 /// [`resident_kib`] in MiB.
 fn resident_mib(pid: u32) -> u64 {
     resident_kib(pid) / 1024

@@ -10,7 +10,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::Either;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::body::{IdleTimeout, ProxyBody};
@@ -19,6 +18,7 @@ use super::error::ProxyError;
 use super::headers;
 use super::lookup::Pass;
 use super::{Answered, ConnInfo, Runtime, Shared};
+use crate::server::deadline::RequestBody;
 use crate::upstream::{client::empty_body, Answer, ReqBody, UpstreamBody};
 
 use crate::cache::directives::CacheControl;
@@ -143,7 +143,7 @@ pub fn client_response(runtime: &Runtime, resp: Response<UpstreamBody>) -> Respo
 pub async fn pass(
     shared: &Shared,
     runtime: &Arc<Runtime>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     conn: ConnInfo,
     pass: Pass,
 ) -> Answered {

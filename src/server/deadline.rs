@@ -61,13 +61,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Version;
-use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::own_responses::OwnResponses;
+
+mod bodies;
+pub use bodies::{Open, RequestBody, Tracked};
 
 /// Timeouts are capped here: a deadline beyond `Instant`'s range would
 /// panic, and ten years is "never" for a connection.
@@ -103,9 +105,10 @@ struct State {
     switched: AtomicBool,
     /// A write (or flush) to the client is waiting for socket space.
     blocked: AtomicBool,
-    /// The latest request came with a body, which hyper may still be
-    /// reading after its response (see [`HeadDeadline::quiet`]).
-    body: AtomicBool,
+    /// The latest request came with a body that has not been read to its
+    /// end (see [`HeadDeadline::quiet`]): that request's `activity`
+    /// number, 0 if none.
+    body: AtomicU64,
     /// Bumped whenever `blocked` changes: unchanged over two checks in a
     /// row (half a send timeout apart each) while blocked, the client took
     /// nothing for at least a whole timeout. Only the connection's task
@@ -151,7 +154,7 @@ impl HeadDeadline {
                 http2: AtomicBool::new(false),
                 switched: AtomicBool::new(false),
                 blocked: AtomicBool::new(false),
-                body: AtomicBool::new(false),
+                body: AtomicU64::new(0),
                 send_events: AtomicU64::new(0),
                 streams: AtomicU32::new(0),
                 resets: AtomicU32::new(0),
@@ -169,14 +172,15 @@ impl HeadDeadline {
     /// ([`Tracked`]).
     pub fn arrived(&self, version: Version, body: bool) -> Open {
         let s = &self.state;
-        s.body.store(body, Ordering::Relaxed);
         let http2 = version == Version::HTTP_2;
         if http2 {
             s.http2.store(true, Ordering::Relaxed);
             s.streams.fetch_add(1, Ordering::Relaxed);
         }
         s.open.fetch_add(1, Ordering::Relaxed);
-        s.activity.fetch_add(1, Ordering::Relaxed);
+        let number = s.activity.fetch_add(1, Ordering::Relaxed) + 1;
+        s.body
+            .store(if body { number } else { 0 }, Ordering::Relaxed);
         Open {
             state: self.state.clone(),
             unanswered_stream: http2,
@@ -194,10 +198,22 @@ impl HeadDeadline {
         let s = &self.state;
         let busy = s.open.load(Ordering::Relaxed) != 0
             || s.blocked.load(Ordering::Relaxed)
-            || s.body.load(Ordering::Relaxed)
+            || s.body.load(Ordering::Relaxed) != 0
             || s.http2.load(Ordering::Relaxed)
             || s.switched.load(Ordering::Relaxed);
         (!busy).then(|| s.activity.load(Ordering::Relaxed))
+    }
+
+    /// The latest request's body (call right after [`Self::arrived`]),
+    /// telling the connection when it has been read to its end: hyper has
+    /// then read all of it, and what follows on the connection is a next
+    /// head, so the connection may be taken back when idle.
+    pub fn request_body(&self, body: Incoming) -> RequestBody {
+        let number = self.state.body.load(Ordering::Relaxed);
+        RequestBody {
+            inner: body,
+            pending: (number != 0).then(|| (self.state.clone(), number)),
+        }
     }
 
     /// Wraps the connection's socket so that a flush tells when the
@@ -276,72 +292,6 @@ impl State {
             self.send_events
                 .store(events.wrapping_add(1), Ordering::Relaxed);
         }
-    }
-}
-
-/// A request that has not been answered to the end.
-pub struct Open {
-    state: Arc<State>,
-    /// An HTTP/2 stream whose response head is not given yet: dropped so,
-    /// the client reset it (see the module doc).
-    unanswered_stream: bool,
-}
-
-impl Open {
-    /// Its response is a `101`: the connection becomes a tunnel.
-    pub fn switched(&self) {
-        self.state.switched.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        let s = &self.state;
-        // Still open until the socket has taken what hyper holds of it.
-        s.ended.fetch_add(1, Ordering::Relaxed);
-        if self.unanswered_stream {
-            let resets = s.resets.fetch_add(1, Ordering::Relaxed) + 1;
-            let streams = s.streams.load(Ordering::Relaxed);
-            if streams >= RESET_MIN_STREAMS && resets > streams / 2 {
-                s.abusive.notify_one();
-            }
-        }
-    }
-}
-
-/// A response body that keeps its request [`Open`] until it is dropped
-/// (hyper drops it when it has queued the last frame, or the connection
-/// ended).
-pub struct Tracked<B> {
-    inner: B,
-    _open: Open,
-}
-
-impl<B> Tracked<B> {
-    /// `open`'s response: from here the request counts as answered.
-    pub fn new(inner: B, mut open: Open) -> Tracked<B> {
-        open.unanswered_stream = false;
-        Tracked { inner, _open: open }
-    }
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

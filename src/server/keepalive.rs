@@ -25,7 +25,8 @@
 //! that stalled half-way) is replayed to the new hyper connection before
 //! the socket's own bytes.
 //!
-//! **Not released:** a connection whose latest request had a body (hyper
+//! **Not released:** a connection whose latest request's body has not been
+//! read to its end ([`super::deadline::RequestBody`] says when it has: hyper
 //! may still be reading it after the response, and the rest of a body must
 //! never be parsed as a request head), a protocol switch (`101`), HTTP/2
 //! (h2c, found by looking at the first bytes, or ALPN `h2` over TLS;
@@ -517,8 +518,9 @@ mod tests {
             let open = heads.arrived(req.version(), !req.body().is_end_stream());
             let path = Bytes::from(req.uri().path().to_owned());
             let read = read.clone();
+            let body = heads.request_body(req.into_body());
             tokio::spawn(async move {
-                if let Ok(body) = http_body_util::BodyExt::collect(req.into_body()).await {
+                if let Ok(body) = http_body_util::BodyExt::collect(body).await {
                     let body = body.to_bytes();
                     if !body.is_empty() {
                         let _ = read.send(body);
@@ -674,6 +676,32 @@ mod tests {
         let mut whole = b"first".to_vec();
         whole.extend_from_slice(rest);
         assert_eq!(s.bodies.recv().await.unwrap(), whole);
+    }
+
+    /// A request body read to its end (a declared length, or chunked) no
+    /// longer keeps the connection from letting go, and what follows it is
+    /// served as the next request.
+    #[tokio::test]
+    async fn a_request_body_read_to_its_end_lets_the_connection_go() {
+        let mut s = served().await;
+        send(
+            &mut s.client,
+            "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nfirst",
+        )
+        .await;
+        assert_eq!(body(&mut s.client).await, "/up");
+        assert_eq!(s.bodies.recv().await.unwrap(), "first");
+        swept_until_released(&s.keepalive, 1).await;
+        assert_eq!(get(&mut s.client, "/two").await, "/two");
+        send(
+            &mut s.client,
+            "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(body(&mut s.client).await, "/c");
+        assert_eq!(s.bodies.recv().await.unwrap(), "hello");
+        swept_until_released(&s.keepalive, 2).await;
+        assert_eq!(get(&mut s.client, "/three").await, "/three");
     }
 
     #[tokio::test]

@@ -21,13 +21,15 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
+use crate::server::deadline::RequestBody;
+
 use super::error::UpstreamError;
 use super::outgoing::{Outgoing, Stalled};
 use super::pool::{self, Conn, ServerPool};
 use crate::config::UpstreamConfig;
 
 /// A request body going upstream: the client's own, or none.
-pub type ReqBody = Either<Incoming, Empty<Bytes>>;
+pub type ReqBody = Either<RequestBody, Empty<Bytes>>;
 
 pub fn empty_body() -> ReqBody {
     Either::Right(Empty::new())

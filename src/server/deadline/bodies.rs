@@ -1,0 +1,126 @@
+//! The request and response bodies that tell a connection's
+//! [`HeadDeadline`](super::HeadDeadline) what became of its requests: a
+//! response written to the end ([`Tracked`], holding the request's
+//! [`Open`]) and a request body read to its end ([`RequestBody`]).
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::{State, RESET_MIN_STREAMS};
+
+/// A request that has not been answered to the end.
+pub struct Open {
+    pub(super) state: Arc<State>,
+    /// An HTTP/2 stream whose response head is not given yet: dropped so,
+    /// the client reset it (see the module doc).
+    pub(super) unanswered_stream: bool,
+}
+
+impl Open {
+    /// Its response is a `101`: the connection becomes a tunnel.
+    pub fn switched(&self) {
+        self.state.switched.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let s = &self.state;
+        // Still open until the socket has taken what hyper holds of it.
+        s.ended.fetch_add(1, Ordering::Relaxed);
+        if self.unanswered_stream {
+            let resets = s.resets.fetch_add(1, Ordering::Relaxed) + 1;
+            let streams = s.streams.load(Ordering::Relaxed);
+            if streams >= RESET_MIN_STREAMS && resets > streams / 2 {
+                s.abusive.notify_one();
+            }
+        }
+    }
+}
+
+/// A response body that keeps its request [`Open`] until it is dropped
+/// (hyper drops it when it has queued the last frame, or the connection
+/// ended).
+pub struct Tracked<B> {
+    inner: B,
+    _open: Open,
+}
+
+impl<B> Tracked<B> {
+    /// `open`'s response: from here the request counts as answered.
+    pub fn new(inner: B, mut open: Open) -> Tracked<B> {
+        open.unanswered_stream = false;
+        Tracked { inner, _open: open }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client request's body ([`super::HeadDeadline::request_body`]).
+pub struct RequestBody {
+    pub(super) inner: Incoming,
+    /// The connection, and the request's number, until the end is read.
+    pub(super) pending: Option<(Arc<State>, u64)>,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        // hyper's decoder is done with a body before its last frame is
+        // handed over (a declared length reached, or the last chunk read).
+        let ended = match &frame {
+            None => true,
+            Some(Ok(_)) => this.inner.is_end_stream(),
+            Some(Err(_)) => false,
+        };
+        if ended {
+            if let Some((state, number)) = this.pending.take() {
+                // Only if no later request came meanwhile.
+                let _ =
+                    state
+                        .body
+                        .compare_exchange(number, 0, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
