@@ -41,6 +41,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::header;
 use http::{Request, Response, Version};
+use hyper::body::Incoming;
 
 use crate::activity::Activity;
 use crate::alerts::Alerts;
@@ -51,7 +52,6 @@ use crate::cache::Cache;
 use crate::compression::Coding;
 use crate::config::Config;
 use crate::metrics::{MethodClass, Metrics, Outcome, RuleCounters};
-use crate::server::deadline::RequestBody;
 use crate::traffic::RateLimits;
 use crate::upstream::{SetSticky, Upstreams};
 use body::ProxyBody;
@@ -256,7 +256,7 @@ impl Shared {
     /// 16 KiB, and a memory hit allocates nothing for it.
     pub async fn handle(
         &self,
-        mut req: Request<RequestBody>,
+        mut req: Request<Incoming>,
         mut conn: ConnInfo,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
@@ -326,7 +326,7 @@ impl Shared {
     async fn answer(
         &self,
         runtime: &Arc<Runtime>,
-        req: Request<RequestBody>,
+        req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Answered {
         let route = match lookup::route(self, runtime, &req, conn) {

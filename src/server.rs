@@ -178,11 +178,14 @@ impl Server {
         let use_sendfile = settings.sendfile;
 
         let proxy_service = |shared: Arc<Shared>, conn: ConnInfo, heads: HeadDeadline| {
-            hyper::service::service_fn(move |req: Request<Incoming>| {
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let open = heads.arrived(req.version(), !req.body().is_end_stream());
-                let req = req.map(|body| heads.request_body(body));
+                let end = heads.body_end(); // `None` unless it has a body
                 let shared = shared.clone();
                 async move {
+                    if let Some(end) = end {
+                        req.extensions_mut().insert(end);
+                    }
                     let response = shared.handle(req, conn).await;
                     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                         open.switched();
@@ -211,9 +214,7 @@ impl Server {
                 Some(refusals(&shared, info)),
             );
             let conn = keepalive.register(heads.clone());
-            // Boxed once: passed by value through `serve` and
-            // `log_conn_error`, the connection would be copied into each
-            // of their futures.
+            // Boxed once, not copied into `serve`'s and `log_conn_error`'s.
             let conn = Box::pin(keepalive::serve(
                 Replay::new(socket),
                 service,
@@ -462,9 +463,8 @@ async fn accept_loop(
     mut serve: impl FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
 ) {
     loop {
-        // Accept, then wait for a permit: a permit taken first is held by a
-        // listener nobody connects to, out of the limit the proxy and TLS
-        // listeners share. The rest wait in the kernel's backlog.
+        // Accept, then wait for a permit: one taken first is held by a
+        // listener nobody connects to (the proxy and TLS ones share them).
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             a = listener.accept() => a,

@@ -8,6 +8,7 @@
 use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use super::admit::{self, Admitted, Plan};
@@ -20,7 +21,6 @@ use crate::cache::collapse::{Flight, Locked, ReadLock, WriteLock};
 use crate::cache::directives::CacheControl;
 use crate::cache::freshness::{self, now_millis, NotStorable};
 use crate::compression::{self, Coding, CompressionPolicy};
-use crate::server::deadline::RequestBody;
 use crate::upstream::ServedBy;
 
 mod exchange;
@@ -36,13 +36,13 @@ const REJOINS: u8 = 2;
 
 /// A miss: the first request for the URL leads and goes upstream; the
 /// others wait (bounded) for its result.
-pub async fn fetch(ctx: &RequestCtx<'_>, req: Request<RequestBody>, miss: Miss) -> Answered {
+pub async fn fetch(ctx: &RequestCtx<'_>, req: Request<Incoming>, miss: Miss) -> Answered {
     fetch_or_rejoin(ctx, req, miss, REJOINS).await
 }
 
 async fn fetch_or_rejoin(
     ctx: &RequestCtx<'_>,
-    req: Request<RequestBody>,
+    req: Request<Incoming>,
     miss: Miss,
     rejoins: u8,
 ) -> Answered {
@@ -57,7 +57,7 @@ async fn fetch_or_rejoin(
 /// an answer, or released to go upstream alone.
 async fn follow(
     ctx: &RequestCtx<'_>,
-    req: Request<RequestBody>,
+    req: Request<Incoming>,
     miss: Miss,
     wait: ReadLock,
     rejoins: u8,
@@ -92,7 +92,7 @@ async fn follow(
 /// The leader: fetch, then answer by what came back.
 async fn lead(
     ctx: &RequestCtx<'_>,
-    req: Request<RequestBody>,
+    req: Request<Incoming>,
     miss: Miss,
     lock: WriteLock,
 ) -> Answered {

@@ -10,6 +10,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::Either;
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::body::{IdleTimeout, ProxyBody};
@@ -18,7 +19,7 @@ use super::error::ProxyError;
 use super::headers;
 use super::lookup::Pass;
 use super::{Answered, ConnInfo, Runtime, Shared};
-use crate::server::deadline::RequestBody;
+use crate::server::deadline::{BodyEnd, RequestBody};
 use crate::upstream::{client::empty_body, Answer, ReqBody, UpstreamBody};
 
 use crate::cache::directives::CacheControl;
@@ -143,7 +144,7 @@ pub fn client_response(runtime: &Runtime, resp: Response<UpstreamBody>) -> Respo
 pub async fn pass(
     shared: &Shared,
     runtime: &Arc<Runtime>,
-    mut req: Request<RequestBody>,
+    mut req: Request<Incoming>,
     conn: ConnInfo,
     pass: Pass,
 ) -> Answered {
@@ -171,11 +172,12 @@ pub async fn pass(
     let is_head = req.method() == Method::HEAD;
     let target =
         unsafe_method.then(|| (req.uri().clone(), super::validate::request_authority(&req)));
+    let end = req.extensions_mut().remove::<BodyEnd>();
     let req = req.map(|b| {
         if b.is_end_stream() {
             empty_body()
         } else {
-            Either::Left(b)
+            Either::Left(RequestBody::new(b, end))
         }
     });
     let req = upstream_request(req, conn, &runtime.config.server, upgrade);

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap};
 use http::{Method, Request};
 use http_body::Body as _;
+use hyper::body::Incoming;
 
 use super::cache_status::Fwd;
 use super::{ConnInfo, RequestCtx, Runtime, Shared};
@@ -23,7 +24,6 @@ use crate::cache::freshness::{self, Fallback, Millis, Reuse};
 use crate::cache::key::CacheKey;
 use crate::cache::Tier;
 use crate::config::CacheConfig;
-use crate::server::deadline::RequestBody;
 
 /// Where a cacheable request's key and rule come from; borrowed from the
 /// request so routing a hit allocates nothing.
@@ -64,7 +64,7 @@ impl From<Fwd> for Pass {
 pub fn route<'r>(
     shared: &Shared,
     runtime: &Runtime,
-    req: &'r Request<RequestBody>,
+    req: &'r Request<Incoming>,
     conn: ConnInfo,
 ) -> Result<Route<'r>, Pass> {
     let cacheable = (req.method() == Method::GET || req.method() == Method::HEAD)

@@ -7,15 +7,15 @@
 
 use http::header;
 use http::{Method, Request, Version};
+use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::{headers, target};
-use crate::server::deadline::RequestBody;
 
 /// Rejects requests that must never reach an upstream (RFC 9112 §3.2,
 /// SPEC §10), and replaces the request's path by its normalised form
 /// ([`target::normalize`]) so every later phase reads the same one.
-pub(super) fn validate(req: &mut Request<RequestBody>) -> Result<(), ProxyError> {
+pub(super) fn validate(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {

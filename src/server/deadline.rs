@@ -62,14 +62,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Version;
-use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::own_responses::OwnResponses;
 
 mod bodies;
-pub use bodies::{Open, RequestBody, Tracked};
+pub use bodies::{BodyEnd, Open, RequestBody, Tracked};
 
 /// Timeouts are capped here: a deadline beyond `Instant`'s range would
 /// panic, and ten years is "never" for a connection.
@@ -204,16 +203,20 @@ impl HeadDeadline {
         (!busy).then(|| s.activity.load(Ordering::Relaxed))
     }
 
-    /// The latest request's body (call right after [`Self::arrived`]),
-    /// telling the connection when it has been read to its end: hyper has
-    /// then read all of it, and what follows on the connection is a next
-    /// head, so the connection may be taken back when idle.
-    pub fn request_body(&self, body: Incoming) -> RequestBody {
+    /// [`Self::arrived`] for a proxy request; one with a body carries its
+    /// [`BodyEnd`] in its extensions, for the pass path that reads the body
+    /// (`proxy::forward`).
+    /// For the latest request, if it has a body (call right after
+    /// [`Self::arrived`]): the mark a [`RequestBody`] clears when that body
+    /// has been read to its end. hyper has then read all of it, and what
+    /// follows on the connection is a next head, so the connection may be
+    /// taken back when idle.
+    pub fn body_end(&self) -> Option<BodyEnd> {
         let number = self.state.body.load(Ordering::Relaxed);
-        RequestBody {
-            inner: body,
-            pending: (number != 0).then(|| (self.state.clone(), number)),
-        }
+        (number != 0).then(|| BodyEnd {
+            state: self.state.clone(),
+            number,
+        })
     }
 
     /// Wraps the connection's socket so that a flush tells when the

@@ -437,7 +437,7 @@ mod tests {
     use tokio::task::JoinHandle;
 
     use super::*;
-    use crate::server::deadline::Tracked;
+    use crate::server::deadline::{RequestBody, Tracked};
     use crate::server::sendfile::Socket;
     use bytes::Bytes;
 
@@ -518,7 +518,7 @@ mod tests {
             let open = heads.arrived(req.version(), !req.body().is_end_stream());
             let path = Bytes::from(req.uri().path().to_owned());
             let read = read.clone();
-            let body = heads.request_body(req.into_body());
+            let body = RequestBody::new(req.into_body(), heads.body_end());
             tokio::spawn(async move {
                 if let Ok(body) = http_body_util::BodyExt::collect(body).await {
                     let body = body.to_bytes();

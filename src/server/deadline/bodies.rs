@@ -80,11 +80,28 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     }
 }
 
-/// A client request's body ([`super::HeadDeadline::request_body`]).
+/// A request's body is pending on its connection until this is cleared
+/// ([`super::HeadDeadline::body_end`]). Carried to where the body is read
+/// in the request's extensions, and only for a request with a body: a
+/// `GET` costs nothing.
+#[derive(Clone)]
+pub struct BodyEnd {
+    pub(super) state: Arc<State>,
+    /// The request's number (`State::body`).
+    pub(super) number: u64,
+}
+
+/// A client request's body, read upstream, that clears its [`BodyEnd`]
+/// once read to its end.
 pub struct RequestBody {
-    pub(super) inner: Incoming,
-    /// The connection, and the request's number, until the end is read.
-    pub(super) pending: Option<(Arc<State>, u64)>,
+    inner: Incoming,
+    end: Option<BodyEnd>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, end: Option<BodyEnd>) -> RequestBody {
+        RequestBody { inner, end }
+    }
 }
 
 impl Body for RequestBody {
@@ -105,12 +122,12 @@ impl Body for RequestBody {
             Some(Err(_)) => false,
         };
         if ended {
-            if let Some((state, number)) = this.pending.take() {
+            if let Some(end) = this.end.take() {
                 // Only if no later request came meanwhile.
+                let s = &end.state;
                 let _ =
-                    state
-                        .body
-                        .compare_exchange(number, 0, Ordering::Relaxed, Ordering::Relaxed);
+                    s.body
+                        .compare_exchange(end.number, 0, Ordering::Relaxed, Ordering::Relaxed);
             }
         }
         Poll::Ready(frame)
