@@ -203,14 +203,13 @@ impl HeadDeadline {
         (!busy).then(|| s.activity.load(Ordering::Relaxed))
     }
 
-    /// [`Self::arrived`] for a proxy request; one with a body carries its
-    /// [`BodyEnd`] in its extensions, for the pass path that reads the body
-    /// (`proxy::forward`).
     /// For the latest request, if it has a body (call right after
     /// [`Self::arrived`]): the mark a [`RequestBody`] clears when that body
     /// has been read to its end. hyper has then read all of it, and what
     /// follows on the connection is a next head, so the connection may be
-    /// taken back when idle.
+    /// taken back when idle. The proxy's service puts it in the request's
+    /// extensions, for the pass path that reads the body
+    /// (`proxy::forward`).
     pub fn body_end(&self) -> Option<BodyEnd> {
         let number = self.state.body.load(Ordering::Relaxed);
         (number != 0).then(|| BodyEnd {
