@@ -343,11 +343,7 @@ where
                 if !io.held.is_empty() {
                     return Poll::Ready(true);
                 }
-                let mut look = [MaybeUninit::<u8>::uninit(); LOOK];
-                let mut buf = ReadBuf::uninit(&mut look);
-                io.io
-                    .poll_arrival(cx, &mut buf, false)
-                    .map(|arrived| arrived.is_ok())
+                io.io.poll_arrival(cx, None).map(|arrived| arrived.is_ok())
             })
             .await;
             if !wake {
@@ -374,7 +370,7 @@ async fn first_bytes<T: Transport>(io: &mut T, conn: &Handle) -> First {
             return Poll::Ready(First::Closed);
         }
         let mut buf = ReadBuf::uninit(&mut first);
-        io.poll_arrival(cx, &mut buf, true)
+        io.poll_arrival(cx, Some(&mut buf))
             .map(|arrived| match arrived {
                 Err(_) => First::Closed,
                 Ok(()) if buf.filled().is_empty() => First::Closed,

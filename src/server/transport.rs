@@ -35,14 +35,13 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
     /// Ready once the client has sent something or closed, taking nothing
     /// from the stream. With `look`, a copy of the first bytes available
-    /// (up to `buf`'s room) is put in `buf`, and none means the client
-    /// closed; without it, a stream that can wait without a buffer fills
-    /// nothing. An error means nothing more will come.
+    /// (up to its room) is put there, and none means the client closed;
+    /// without it, a stream that can wait without a buffer reads nothing.
+    /// An error means nothing more will come.
     fn poll_arrival(
         &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-        look: bool,
+        look: Option<&mut ReadBuf<'_>>,
     ) -> Poll<io::Result<()>>;
 }
 
@@ -61,15 +60,14 @@ impl Transport for Flushes<Socket> {
     fn poll_arrival(
         &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-        look: bool,
+        look: Option<&mut ReadBuf<'_>>,
     ) -> Poll<io::Result<()>> {
         let socket = self.get_ref();
-        if !look {
+        match look {
+            Some(buf) => socket.poll_peek(cx, buf).map_ok(|_| ()),
             // The new hyper connection reads the end, if that is what came.
-            return socket.poll_read_ready(cx);
+            None => socket.poll_read_ready(cx),
         }
-        socket.poll_peek(cx, buf).map_ok(|_| ())
     }
 }
 
@@ -90,13 +88,14 @@ impl Transport for Flushes<TlsStream<TcpStream>> {
     fn poll_arrival(
         &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-        _look: bool,
+        look: Option<&mut ReadBuf<'_>>,
     ) -> Poll<io::Result<()>> {
         let tls = self.get_mut();
         let read = Pin::new(&mut *tls).poll_fill_buf(cx).map_ok(|plain| {
-            let n = plain.len().min(buf.remaining());
-            buf.put_slice(&plain[..n]);
+            if let Some(buf) = look {
+                let n = plain.len().min(buf.remaining());
+                buf.put_slice(&plain[..n]);
+            }
         });
         if read.is_pending() && tls.get_ref().1.wants_write() {
             if let Poll::Ready(Err(e)) = Pin::new(tls).poll_flush(cx) {
