@@ -702,10 +702,11 @@ async fn fifty_concurrent_cold_requests_make_one_origin_request() {
         || async { origin.count() == 1 },
     )
     .await;
-    // Give every follower time to queue behind the leader (bounded: they
-    // are all in flight once the collapse map has waiters).
+    // Every follower queued behind the leader (bounded). `in_flight() == 1`
+    // held as soon as the leader alone had the lock, so it waited for
+    // nothing and `collapsed > 0` below depended on timing.
     wait_until(Duration::from_secs(5), "followers waiting", || async {
-        s.shared.cache.collapser().in_flight() == 1
+        s.shared.cache.collapser().waiting() == 49
     })
     .await;
     gate.notify_one();

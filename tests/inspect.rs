@@ -140,7 +140,7 @@ async fn inspection_and_purge_by_url_across_instances_sharing_redis() {
     let redis = RedisServer::start().await;
     let origin = Origin::echo(&[("cache-control", "max-age=600")]).await;
     let cfg = format!(
-        "{NO_HEALTH}\n[cache.redis]\nurls = [\"{}\"]\ntimeout = \"200ms\"\n\n\
+        "{NO_HEALTH}\n[cache.redis]\nurls = [\"{}\"]\ntimeout = \"1s\"\n\n\
          [[rules]]\nmatch = \"/prices\"\nkey.cookies = [\"currency\"]\nkey.query = \"sorted\"\n",
         redis.url()
     );

@@ -56,7 +56,7 @@ async fn failing_health_check_ejects_and_recovery_returns() {
     let b = named_origin("b").await;
     let strata = Strata::start(
         &[a.addr, b.addr],
-        "[upstream.health]\ninterval = \"50ms\"\ntimeout = \"200ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n",
+        "[upstream.health]\ninterval = \"50ms\"\ntimeout = \"2s\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n",
     )
     .await;
     let client = Client::new();
@@ -269,7 +269,7 @@ async fn a_slow_upload_is_not_an_upstream_timeout_and_a_stalled_one_is_408() {
     .await;
     let text = support::config_text(
         &[origin.addr],
-        "response_timeout = \"1s\"\nbody_idle_timeout = \"1s\"\n",
+        "response_timeout = \"1s\"\nbody_idle_timeout = \"3s\"\n",
     ) + NO_HEALTH;
     let strata = Strata::start_text(&text).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

@@ -13,15 +13,17 @@ use serde_json::Value;
 use strata::cache::key::CacheKey;
 use support::redis::RedisServer;
 use support::{wait_until, Client, Origin, Strata};
+use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// An origin with a validator: `If-None-Match: "v1"` gets a 304 (after
-/// `delay`, so that concurrent requests overlap the revalidation); counts
-/// the conditional requests in `revalidations`.
-async fn validating_origin(delay: Duration, revalidations: Arc<AtomicUsize>) -> Origin {
+/// An origin with a validator: `If-None-Match: "v1"` gets a 304 (once
+/// `gate`, if any, is notified, so that concurrent requests overlap the
+/// revalidation); counts the conditional requests in `revalidations`.
+async fn validating_origin(gate: Option<Arc<Notify>>, revalidations: Arc<AtomicUsize>) -> Origin {
     Origin::start(move |req| {
         let revalidations = revalidations.clone();
+        let gate = gate.clone();
         async move {
             let headers = [
                 ("cache-control", "max-age=300"),
@@ -34,7 +36,9 @@ async fn validating_origin(delay: Duration, revalidations: Arc<AtomicUsize>) -> 
                 .is_some_and(|v| v == "\"v1\"")
             {
                 revalidations.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(delay).await;
+                if let Some(gate) = gate {
+                    gate.notified().await;
+                }
                 return support::origin::reply(304, &headers, "");
             }
             support::origin::reply(200, &headers, format!("body of {}", req.uri().path()))
@@ -52,7 +56,8 @@ fn soft_purged(s: &Strata, host: &str, path: &str) -> Option<bool> {
 #[tokio::test]
 async fn soft_purge_serves_stale_while_one_revalidation_runs() {
     let revalidations = Arc::new(AtomicUsize::new(0));
-    let origin = validating_origin(Duration::from_millis(300), revalidations.clone()).await;
+    let gate = Arc::new(Notify::new());
+    let origin = validating_origin(Some(gate.clone()), revalidations.clone()).await;
     let strata = Strata::start(&[origin.addr], "[upstream.health]\nenabled = false\n").await;
     let c = Client::new();
     let url = strata.url("/page");
@@ -67,8 +72,11 @@ async fn soft_purge_serves_stale_while_one_revalidation_runs() {
     assert_eq!(soft_purged(&strata, &host, "/page"), Some(true));
 
     // Five concurrent requests: all get the stale copy at once, and the
-    // one background revalidation (held 300 ms by the origin) is shared.
+    // one background revalidation (held by the origin until all five are
+    // answered: a fixed 300 ms hold raced them on a loaded machine) is
+    // shared.
     let replies = futures_util::future::join_all((0..5).map(|_| c.get(&url))).await;
+    gate.notify_one();
     for r in &replies {
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), "body of /page");
@@ -95,9 +103,9 @@ async fn soft_purge_serves_stale_while_one_revalidation_runs() {
 async fn soft_purge_reaches_the_fleet_and_revalidates_once() {
     let redis = RedisServer::start().await;
     let revalidations = Arc::new(AtomicUsize::new(0));
-    let origin = validating_origin(Duration::ZERO, revalidations.clone()).await;
+    let origin = validating_origin(None, revalidations.clone()).await;
     let cfg = format!(
-        "[upstream.health]\nenabled = false\n\n[cache.redis]\nurls = [\"{}\"]\ntimeout = \"200ms\"\n",
+        "[upstream.health]\nenabled = false\n\n[cache.redis]\nurls = [\"{}\"]\ntimeout = \"1s\"\n",
         redis.url()
     );
     let (a, b) = Strata::pair_sharing_redis(&[origin.addr], &cfg).await;

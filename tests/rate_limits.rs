@@ -147,7 +147,7 @@ async fn dry_run_only_counts() {
 
 fn redis_limit(url: &str) -> String {
     format!(
-        "[upstream.health]\nenabled = false\n[cache.redis]\nurls = [\"{url}\"]\ntimeout = \"100ms\"\n\
+        "[upstream.health]\nenabled = false\n[cache.redis]\nurls = [\"{url}\"]\ntimeout = \"1s\"\n\
          breaker_threshold = 2\nbreaker_backoff = \"30s\"\n\
          [[rate_limits]]\nname = \"fleet\"\nkey = \"global\"\nrate = \"1/h\"\nburst = 4\nbackend = \"redis\"\n"
     )

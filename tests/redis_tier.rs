@@ -292,7 +292,7 @@ async fn standalone_outage_opens_breaker_and_recovers() {
 
     server.kill();
     // Failures are bounded by the timeout, then the breaker opens.
-    let slack = Duration::from_millis(150);
+    let slack = Duration::from_millis(400);
     for _ in 0..3 {
         let t = Instant::now();
         let r = a.tier.get(&o.key).await;
@@ -453,7 +453,7 @@ async fn slow_redis_is_bounded_and_a_full_queue_drops() {
     ));
     let took = t.elapsed();
     assert!(
-        took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(150),
+        took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(400),
         "get took {took:?}"
     );
     // The workers are stuck on their first writes; the queue fills, the rest

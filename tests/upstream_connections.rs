@@ -194,16 +194,17 @@ async fn connections_are_reused_within_the_idle_limit_and_timeout() {
 
     let (addr, seen) =
         support::origin::raw_keepalive(OK, usize::MAX, Duration::from_secs(30)).await;
-    let strata =
-        Strata::start_text(&with_upstream_keys(addr, "pool_idle_timeout = \"100ms\"")).await;
+    let strata = Strata::start_text(&with_upstream_keys(addr, "pool_idle_timeout = \"1s\"")).await;
     let r = client.get(&strata.url("/expire/1")).await;
     assert_eq!(r.status, 200);
     let r = client.get(&strata.url("/expire/2")).await;
     assert_eq!(r.status, 200);
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
     // Past the idle timeout the connection is not reused (expiry is
-    // decided on the pool's clock, so this wait is not a race).
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // decided on the pool's clock, so this wait is not a race). The
+    // timeout is 1 s, not 100 ms: two back-to-back requests above must
+    // not be 100 ms apart on a loaded machine for the reuse to hold.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = client.get(&strata.url("/expire/3")).await;
     assert_eq!(r.status, 200);
     assert_eq!(seen.connections.load(Ordering::SeqCst), 2);

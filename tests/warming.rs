@@ -202,7 +202,7 @@ async fn redis_hot_warms_another_instance_without_the_origin() {
     let redis = RedisServer::start().await;
     let origin = site().await;
     let cfg = format!(
-        "[upstream.health]\nenabled = false\n\n[cache.redis]\nurls = [\"{}\"]\ntimeout = \"200ms\"\n\n[warming]\nredis_hot = 10\n",
+        "[upstream.health]\nenabled = false\n\n[cache.redis]\nurls = [\"{}\"]\ntimeout = \"1s\"\n\n[warming]\nredis_hot = 10\n",
         redis.url()
     );
     let a = Strata::start(&[origin.addr], &cfg).await;
