@@ -285,3 +285,25 @@ async fn an_upload_answered_early_still_goes_through() {
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "ok");
 }
+
+/// An upstream connection reads at most 64 KiB at a time (it was hyper's
+/// ~400 KiB, which let every chunk of a fast body pin a buffer that large;
+/// see `concurrent_large_misses_keep_memory_within_the_bound`), so that is
+/// also the largest response head an upstream may send: a 40 KiB head is
+/// forwarded, an 80 KiB one is a `502` (nginx: 4–8 KiB).
+#[tokio::test]
+async fn upstream_response_heads_up_to_64_kib_are_read() {
+    let origin = support::Origin::start(|req| async move {
+        let kib: usize = req.uri().path().trim_start_matches('/').parse().unwrap();
+        let value = "v".repeat(kib << 10);
+        support::origin::reply(200, &[("x-large", value.as_str())], "body")
+    })
+    .await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let client = Client::new();
+    let r = client.get(&strata.url("/40")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-large").map(str::len), Some(40 << 10));
+    let r = client.get(&strata.url("/80")).await;
+    assert_eq!(r.status, 502);
+}

@@ -5,8 +5,10 @@
 //! purge finds it), then compressed once per configured
 //! coding (off the async workers) and stored complete, in memory and Redis,
 //! unless a purge came in between. The collapse waiters are answered with
-//! the identity object as soon as it is admitted. A body that breaks or
-//! outgrows the limit is never stored: the waiters are released instead.
+//! the identity object as soon as it is admitted. A body that breaks,
+//! outgrows the limit or finds the cache's collecting budget full
+//! ([`Cache::collecting`]: bodies held at once before their admission) is
+//! never stored: the waiters are released instead, and it streams on.
 
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::body::{BoxError, IdleTimeout, ProxyBody};
+use crate::cache::budget::Budget;
 use crate::cache::collapse::{Flight, WriteLock};
 use crate::cache::entry::{self, Encoded, Object, Variant, VaryKey};
 use crate::cache::freshness::{Policy, Times};
@@ -62,10 +65,11 @@ pub fn client_channel() -> (ClientTx, ProxyBody) {
 /// admission.
 pub enum Admitted {
     Stored(Arc<Variant>),
-    /// Not stored: the body (of unknown length) outgrew `max_object_size`.
-    /// The whole body as it arrives, for the waiting request to send
-    /// instead (what was read, then the rest).
-    TooLarge(ProxyBody),
+    /// Not stored: the body (of unknown length) outgrew `max_object_size`,
+    /// or did not fit in the cache's collecting budget
+    /// ([`Cache::collecting`]). The whole body as it arrives, for the
+    /// waiting request to send instead (what was read, then the rest).
+    NotStored(ProxyBody),
     /// Not stored: the upstream body failed or was cut short.
     Failed,
 }
@@ -117,6 +121,8 @@ async fn run(
 ) -> Option<Arc<Variant>> {
     let declared = super::headers::content_length(&plan.headers);
     let mut collected = Collector::new(declared);
+    // Counts the body against the cache's collecting budget until admitted.
+    let mut reserved = cache.collecting().reservation();
     let mut total: u64 = 0;
     let mut storing = true;
     // The chunk that completes a declared length, held back until the
@@ -141,18 +147,30 @@ async fn run(
                 };
                 total += data.len() as u64;
                 if storing {
-                    if total > plan.max_size {
+                    let too_large = total > plan.max_size;
+                    // A declared length is reserved whole with the first chunk.
+                    let wanted = usize::try_from(declared.unwrap_or(0).max(total));
+                    if too_large || !wanted.is_ok_and(|w| reserved.cover(w)) {
                         storing = false;
+                        reserved = cache.collecting().reservation();
                         let read =
                             std::mem::replace(&mut collected, Collector::new(None)).into_chunks();
                         if let Some(l) = lock.take() {
                             l.publish(Flight::Released);
                         }
-                        cache.mark_pass(plan.key.hash());
+                        if too_large {
+                            cache.mark_pass(plan.key.hash());
+                        } else {
+                            tracing::debug!(
+                                key = %plan.key,
+                                budget = cache.collecting().limit(),
+                                "bodies being collected fill their budget: streamed without storing"
+                            );
+                        }
                         if let Some(done) = done.take() {
                             // The waiting request sends the body itself.
                             let (tx, body) = client_channel();
-                            done.send(Admitted::TooLarge(body));
+                            done.send(Admitted::NotStored(body));
                             client = send_all(tx, read).await;
                         }
                     } else {
@@ -213,6 +231,7 @@ async fn run(
             0
         }
     };
+    drop(reserved); // the tier holds the body now
     if let Some(l) = lock.take() {
         l.publish(Flight::Stored(admitted.clone()));
     }
@@ -290,53 +309,21 @@ static ENCODERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLo
     tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
 });
 
-/// Bytes of bodies waiting for [`ENCODERS`] or being encoded. A waiting
-/// body may already have been evicted, and is then held by its admission
-/// alone: when misses come faster than the cores compress (a burst of
-/// multi-MiB misses through a small memory tier), that backlog had grown
-/// without bound and held RSS at three times SPEC §10's limit.
-static PENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// A place for `bytes` in a backlog count ([`PENDING`]), given back on drop.
-struct Pending {
-    queue: &'static std::sync::atomic::AtomicUsize,
-    bytes: usize,
-}
-
-impl Pending {
-    /// `None` when `queue` holds something and `bytes` more would pass
-    /// `budget`.
-    fn reserve(
-        queue: &'static std::sync::atomic::AtomicUsize,
-        bytes: usize,
-        budget: usize,
-    ) -> Option<Pending> {
-        use std::sync::atomic::Ordering::Relaxed;
-        queue
-            .fetch_update(Relaxed, Relaxed, |queued| {
-                (queued == 0 || queued.saturating_add(bytes) <= budget)
-                    .then(|| queued.saturating_add(bytes))
-            })
-            .ok()
-            .map(|_| Pending { queue, bytes })
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.queue
-            .fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// The identity variant plus one encoded representation per configured
 /// coding that comes out smaller (compressed off the async workers, at
-/// most [`ENCODERS`] at once). With `backlog` bytes already in [`PENDING`]
-/// (or a body of any size when nothing is), none: the object is stored
-/// with its identity variant only (served as it is to every client)
-/// rather than queued.
-async fn with_encodings(identity: &Variant, policy: &CompressionPolicy, backlog: usize) -> Variant {
-    let Some(_pending) = Pending::reserve(&PENDING, identity.body.len(), backlog) else {
+/// most [`ENCODERS`] at once). When the body does not fit in `backlog`
+/// (bodies waiting for [`ENCODERS`] or being encoded; a body may wait
+/// after its object was evicted, and is then held by its admission alone:
+/// misses coming faster than the cores compress had grown that backlog
+/// without bound and held RSS at three times SPEC §10's limit), none: the
+/// object is stored with its identity variant only (served as it is to
+/// every client) rather than queued.
+async fn with_encodings(
+    identity: &Variant,
+    policy: &CompressionPolicy,
+    backlog: &Arc<Budget>,
+) -> Variant {
+    let Some(_pending) = backlog.reserve(identity.body.len()) else {
         tracing::debug!(
             bytes = identity.body.len(),
             "compression backlog full: stored without encoded representations"
@@ -370,23 +357,5 @@ async fn with_encodings(identity: &Variant, policy: &CompressionPolicy, backlog:
     Variant {
         encoded,
         ..identity.clone()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_encoding_backlog_takes_one_body_of_any_size_then_up_to_its_budget() {
-        static QUEUE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let big = Pending::reserve(&QUEUE, 40, 10).expect("an empty backlog takes any body");
-        assert!(Pending::reserve(&QUEUE, 1, 10).is_none());
-        drop(big);
-        let a = Pending::reserve(&QUEUE, 6, 10).expect("a");
-        let b = Pending::reserve(&QUEUE, 4, 10).expect("b");
-        assert!(Pending::reserve(&QUEUE, 1, 10).is_none());
-        drop((a, b));
-        assert_eq!(QUEUE.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 }

@@ -328,10 +328,11 @@ async fn storable(
                 Answered::new(from_stored(ctx, req, &variant, served(&rparts)), status)
             }
             // Not stored after all (no length, and more than
-            // `max_object_size`): the preconditions are evaluated against
-            // the upstream's head, and a full response streams (a range
-            // is ignored, as RFC 9110 §14.2 allows).
-            Ok(Admitted::TooLarge(body)) => {
+            // `max_object_size`, or no room in the collecting budget): the
+            // preconditions are evaluated against the upstream's head, and
+            // a full response streams (a range is ignored, as RFC 9110
+            // §14.2 allows).
+            Ok(Admitted::NotStored(body)) => {
                 let not_stored = CacheStatus::fwd(miss.fwd);
                 match super::stored::preconditions(
                     rparts.status,

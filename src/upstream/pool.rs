@@ -42,6 +42,14 @@ use tokio::net::TcpStream;
 use super::error::UpstreamError;
 use super::outgoing::Outgoing;
 
+/// The most an upstream connection's read buffer grows to (bytes), and so
+/// the largest response head an upstream may send (nginx's
+/// `proxy_buffer_size` is 4–8 KiB). hyper's default, ~400 KiB, let every
+/// chunk of a fast upstream body be a slice of a buffer that large, kept
+/// until the client had taken the chunk: 16 concurrent large misses held
+/// 60 MiB of them, freed only into the allocator (SPEC §10's memory
+/// bound). A 16 MiB body is read in 256 reads instead of about 40.
+const READ_BUFFER_MAX: usize = 64 << 10;
 /// TCP keepalive probes on upstream sockets start after this long idle.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
@@ -312,6 +320,7 @@ impl ServerPool {
             tracing::debug!(error = %e, "cannot set TCP keepalive on an upstream socket");
         }
         let (sender, conn) = http1::Builder::new()
+            .max_buf_size(READ_BUFFER_MAX)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| UpstreamError::Protocol {
