@@ -420,10 +420,17 @@ pub fn encode(coding: Coding, level: u32, input: &[u8]) -> io::Result<Bytes> {
     }
     // Stored for the entry's lifetime: give back the unused capacity.
     out.shrink_to_fit();
-    if input.len() >= RELEASE_AFTER {
+    Ok(Bytes::from(out))
+}
+
+/// After encoding `input_len` bytes with [`encode`] and dropping what is
+/// not kept (the output, once copied where it is stored): gives back to the
+/// kernel what the calling thread's heap holds freed, when the input was
+/// large enough for it to matter ([`crate::heap::release_freed`]).
+pub fn release_after_encoding(input_len: usize) {
+    if input_len >= RELEASE_AFTER {
         crate::heap::release_freed();
     }
-    Ok(Bytes::from(out))
 }
 
 /// Decodes a whole `br` or `gzip` body (tests, and serving identity from an

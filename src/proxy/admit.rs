@@ -25,7 +25,7 @@ use crate::cache::collapse::{Flight, WriteLock};
 use crate::cache::entry::{self, Encoded, Object, Variant, VaryKey};
 use crate::cache::freshness::{Policy, Times};
 use crate::cache::key::CacheKey;
-use crate::cache::large::Collector;
+use crate::cache::large::{Collector, MIN_LARGE};
 use crate::cache::Cache;
 use crate::compression::{self, CompressionPolicy};
 
@@ -299,14 +299,23 @@ fn identity_variant(
     }
 }
 
-/// Admission encodings running at once: one per core. Encoding is
-/// CPU-bound, so more at once finish no sooner; each holds an encoder's
-/// tables (several MiB) and a blocking thread whose allocator keeps what
-/// it freed, which a burst of misses had multiplied by 20–36 threads.
-/// An admission waits here after its identity variant is visible, so a
-/// wait delays only its encoded representations.
-static ENCODERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
-    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+/// Admission encodings running at once: one per core ([`CORES`] turns,
+/// one each), and one alone for a body of [`MIN_LARGE`] or more (it takes
+/// every turn). Encoding is CPU-bound, so more at once finish no sooner;
+/// each holds an encoder's tables (several MiB) and a blocking thread whose
+/// allocator keeps what it freed, which a burst of misses had multiplied by
+/// 20–36 threads. A large body's encoding holds tens of MiB (brotli at
+/// level 8 grows RSS by about 30 MiB for a 16 MiB text body, and the
+/// output grows by doubling), and SPEC §10's bound leaves 64 MiB over the
+/// tier for everything: two at once could take half of it. An admission
+/// waits here after its identity variant is visible, so a wait delays only
+/// its encoded representations.
+static ENCODERS: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(*CORES as usize));
+
+/// The cores this process may run on, read once.
+static CORES: std::sync::LazyLock<u32> = std::sync::LazyLock::new(|| {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
 });
 
 /// The identity variant plus one encoded representation per configured
@@ -330,8 +339,13 @@ async fn with_encodings(
         );
         return identity.clone();
     };
+    let turns = if identity.body.len() >= MIN_LARGE {
+        *CORES
+    } else {
+        1
+    };
     // Never closed; were it, encoding would go on unbounded.
-    let _turn = ENCODERS.acquire().await.ok();
+    let _turn = ENCODERS.acquire_many(turns).await.ok();
     let mut encoded = Vec::new();
     for &coding in &policy.algorithms {
         let level = policy.store_level.for_coding(coding);
@@ -339,8 +353,10 @@ async fn with_encodings(
         // Kept only when smaller than identity; a kept body goes into the
         // arena (when it suits) still off the async workers.
         let result = tokio::task::spawn_blocking(move || {
-            compression::encode(coding, level, &input)
-                .map(|b| (b.len() < input.len()).then(|| crate::cache::arena::adopt(b)))
+            let kept = compression::encode(coding, level, &input)
+                .map(|b| (b.len() < input.len()).then(|| crate::cache::arena::adopt(b)));
+            compression::release_after_encoding(input.len());
+            kept
         })
         .await;
         match result {
