@@ -1669,3 +1669,76 @@ async fn a_storable_answer_lifts_the_hit_for_miss_mark() {
         );
     }
 }
+
+/// The bodies being collected for admission have a budget (a quarter of
+/// `memory_capacity`, at least 8 MiB; one body of any size when alone).
+/// While a 9 MiB body is collected through a 32 MiB tier, a 1 MiB miss
+/// streams to its client whole and is not stored (a range request on one
+/// gets the full body, as on a body too large to store); once the large
+/// one is stored, the same URL is stored again.
+#[tokio::test]
+async fn a_miss_over_the_collecting_budget_streams_unstored_and_is_stored_later() {
+    const BIG: usize = 9 << 20;
+    let gate = Arc::new(Notify::new());
+    let origin = {
+        let gate = gate.clone();
+        Origin::start(move |req| {
+            let gate = gate.clone();
+            async move {
+                use futures_util::StreamExt;
+                let headers = [("cache-control", "max-age=60")];
+                if req.uri().path() != "/big" {
+                    return support::origin::reply(200, &headers, vec![b's'; 1 << 20]);
+                }
+                // All but the last byte at once, the last once released.
+                let head = futures_util::stream::iter([Bytes::from(vec![b'b'; BIG - 1])]);
+                let last = futures_util::stream::once(async move {
+                    gate.notified().await;
+                    Bytes::from_static(b"b")
+                });
+                support::origin::streamed(&headers, head.chain(last))
+            }
+        })
+        .await
+    };
+    let s = strata(&origin, "[cache]\nmemory_capacity = \"32MiB\"\n").await;
+    let big = {
+        let url = s.url("/big");
+        tokio::spawn(async move { Client::new().get(&url).await })
+    };
+    let collecting = s.shared.cache.collecting().clone();
+    wait_until(Duration::from_secs(10), "the large body collected", || {
+        let used = collecting.used();
+        async move { used >= BIG - 1 }
+    })
+    .await;
+    let c = Client::new();
+    for (path, headers) in [
+        ("/small", &[][..]),
+        ("/ranged", &[("range", "bytes=0-9")][..]),
+    ] {
+        let r = c.get_with(&s.url(path), headers).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.cache_status());
+        assert_eq!(r.body.len(), 1 << 20, "{path}");
+        assert!(
+            !r.cache_status().contains("stored"),
+            "{path}: {}",
+            r.cache_status()
+        );
+        let again = c.get(&s.url(path)).await;
+        assert!(
+            !again.cache_status().contains("hit"),
+            "{path}: {}",
+            again.cache_status()
+        );
+    }
+    gate.notify_one();
+    let r = big.await.unwrap();
+    assert_eq!(r.body.len(), BIG);
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    assert_eq!(collecting.used(), 0);
+    let r = c.get(&s.url("/small")).await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    let r = c.get(&s.url("/small")).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+}

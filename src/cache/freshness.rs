@@ -38,6 +38,9 @@ pub enum NotStorable {
     /// validators: storing it could never answer a request.
     NoFreshness,
     TooLarge,
+    /// The bodies being collected for admission fill their budget
+    /// (`Cache::collecting`) at this moment: storable, but not stored now.
+    Busy,
 }
 
 impl NotStorable {
@@ -52,6 +55,7 @@ impl NotStorable {
             NotStorable::VaryStar => "vary-star",
             NotStorable::NoFreshness => "no-freshness",
             NotStorable::TooLarge => "too-large",
+            NotStorable::Busy => "busy",
         }
     }
 }

@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::body::{BoxError, IdleTimeout, ProxyBody};
-use crate::cache::budget::Budget;
+use crate::cache::budget::{Budget, Reservation};
 use crate::cache::collapse::{Flight, WriteLock};
 use crate::cache::entry::{self, Encoded, Object, Variant, VaryKey};
 use crate::cache::freshness::{Policy, Times};
@@ -43,6 +43,9 @@ pub struct Plan {
     pub tags: Vec<String>,
     pub max_size: u64,
     pub compression: Option<CompressionPolicy>,
+    /// The body's place in the cache's collecting budget
+    /// ([`Cache::collecting`]): its declared length, or nothing yet.
+    pub reserved: Reservation,
 }
 
 /// Chunks for the client; the channel is small so a slow client paces
@@ -122,7 +125,7 @@ async fn run(
     let declared = super::headers::content_length(&plan.headers);
     let mut collected = Collector::new(declared);
     // Counts the body against the cache's collecting budget until admitted.
-    let mut reserved = cache.collecting().reservation();
+    let mut reserved = plan.reserved;
     let mut total: u64 = 0;
     let mut storing = true;
     // The chunk that completes a declared length, held back until the
@@ -148,9 +151,7 @@ async fn run(
                 total += data.len() as u64;
                 if storing {
                     let too_large = total > plan.max_size;
-                    // A declared length is reserved whole with the first chunk.
-                    let wanted = usize::try_from(declared.unwrap_or(0).max(total));
-                    if too_large || !wanted.is_ok_and(|w| reserved.cover(w)) {
+                    if too_large || !usize::try_from(total).is_ok_and(|t| reserved.cover(t)) {
                         storing = false;
                         reserved = cache.collecting().reservation();
                         let read =

@@ -180,7 +180,7 @@ fn serve_stale(
 /// Whether `reason` is the request's own (its `Authorization`, or its
 /// `no-store`), so the answer says nothing about what the cache holds.
 fn for_this_request_only(reason: NotStorable, req_cc: &CacheControl) -> bool {
-    matches!(reason, NotStorable::Authorization) || req_cc.no_store
+    matches!(reason, NotStorable::Authorization | NotStorable::Busy) || req_cc.no_store
 }
 
 /// A response that must not be stored streams through; the URL skips the
@@ -206,7 +206,8 @@ fn uncacheable(
     }
     if request_specific {
         // Uncacheable for this request only (its Authorization or
-        // no-store): the waiters may well get a storable answer.
+        // no-store, or no room to collect its body now): the waiters may
+        // well get a storable answer.
         drop(lock);
     } else {
         lock.publish(Flight::Released); // waiters go upstream at once, in parallel
@@ -430,9 +431,12 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
             }
             // A full answer that may not be stored (RFC 9111 §4.3.3: the
             // stored response is no longer suitable), unless only the
-            // client's Authorization, sent along, made it so.
+            // client's Authorization, sent along, made it so (or there was
+            // no room to collect it now: it is storable).
             Fetched::Uncacheable(reason, ..)
-                if variant.soft_purged || !for_this_request_only(reason, &exchange.req_cc) =>
+                if !matches!(reason, NotStorable::Busy)
+                    && (variant.soft_purged
+                        || !for_this_request_only(reason, &exchange.req_cc)) =>
             {
                 exchange.cache.mark_pass(key.hash());
                 exchange.cache.remove(&key);

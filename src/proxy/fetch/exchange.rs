@@ -247,6 +247,17 @@ impl Exchange {
             Ok(cc) => cc,
             Err(reason) => return Fetched::Uncacheable(reason, rparts, body),
         };
+        // A declared length is reserved before the head goes out, so that
+        // `Cache-Status` says `stored` only when there is room to collect
+        // the body; one without grows its reservation as it arrives.
+        let collecting = self.cache.collecting();
+        let reserved = match headers::content_length(&rparts.headers) {
+            Some(len) => match collecting.reserve(usize::try_from(len).unwrap_or(usize::MAX)) {
+                Some(r) => r,
+                None => return Fetched::Uncacheable(NotStorable::Busy, rparts, body),
+            },
+            None => collecting.reservation(),
+        };
         let max = self.runtime.config.cache.max_object_size;
         let times = freshness::times(&rparts.headers, request_time, response_time);
         let policy = self.policy(parts, status, &rparts.headers, &cc, response_time);
@@ -262,6 +273,7 @@ impl Exchange {
             tags: entry_tags,
             max_size: max,
             compression: self.runtime.config.compression.clone(),
+            reserved,
         };
         Fetched::Storable(Box::new(plan), rparts, body)
     }
