@@ -1742,3 +1742,129 @@ async fn a_miss_over_the_collecting_budget_streams_unstored_and_is_stored_later(
     let r = c.get(&s.url("/small")).await;
     assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
 }
+
+/// A slow client does not keep a storable miss's body in the collecting
+/// budget: once its channel is full the upstream is read at its own pace,
+/// the body is admitted (and leaves the budget), and the client gets the
+/// rest from the stored body. Before, the admission read the upstream at
+/// the client's pace, so a client that stopped reading held 15 MiB of
+/// budget (and kept other misses from being stored) for as long as it
+/// stalled.
+#[tokio::test]
+async fn a_slow_client_does_not_hold_its_body_in_the_collecting_budget() {
+    use tokio::io::AsyncWriteExt;
+    const BIG: usize = 15 << 20;
+    let body: Bytes = (0..BIG).map(|i| (i % 251) as u8).collect::<Vec<_>>().into();
+    let origin = {
+        let body = body.clone();
+        Origin::start(move |_req| {
+            let body = body.clone();
+            async move {
+                let mut r = support::origin::reply(200, &[("cache-control", "max-age=60")], "");
+                *r.body_mut() = support::origin::full(body);
+                r
+            }
+        })
+        .await
+    };
+    let s = strata(&origin, "").await;
+    // A small receive buffer, so that the response cannot all wait in the
+    // kernel while the client does not read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let mut slow = socket.connect(s.addr).await.unwrap();
+    let get = format!("GET /big HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr);
+    slow.write_all(get.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let (head, end) = support::origin::read_head(&mut slow, &mut buf, Duration::from_secs(10))
+        .await
+        .expect("a response head");
+    assert!(head.contains("stored"), "{head}");
+    // The client reads nothing more; the body is stored all the same.
+    let collecting = s.shared.cache.collecting().clone();
+    wait_until(
+        Duration::from_secs(10),
+        "the body out of the budget",
+        || {
+            let used = collecting.used();
+            async move { used == 0 }
+        },
+    )
+    .await;
+    let hit = Client::new().get(&s.url("/big")).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert!(hit.body == body);
+    // The slow client gets its whole body, in order.
+    let head_len = end - BIG;
+    while buf.len() < end {
+        let mut chunk = vec![0u8; 1 << 20];
+        let n = tokio::io::AsyncReadExt::read(&mut slow, &mut chunk)
+            .await
+            .unwrap();
+        assert!(n > 0, "closed after {} body bytes", buf.len() - head_len);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(buf[head_len..] == body[..]);
+    assert_eq!(origin.count(), 1);
+}
+
+/// A slow client of a body without a length that turns out larger than
+/// `max_object_size` (8 MiB of 12) gets every byte once, in order: the admission read
+/// ahead of the client while it was storing, and when it stops storing it
+/// sends the client what it had read and not yet passed on before going
+/// on at the client's pace.
+#[tokio::test]
+async fn a_slow_client_of_a_body_too_large_to_store_gets_it_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CHUNKS: usize = 192;
+    const CHUNK: usize = 64 << 10;
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let pulled = pulled.clone();
+        Origin::start(move |_req| {
+            use futures_util::StreamExt;
+            let pulled = pulled.clone();
+            let chunks = futures_util::stream::iter(0..CHUNKS).map(move |i| {
+                pulled.fetch_add(1, Ordering::SeqCst);
+                Bytes::from(vec![i as u8; CHUNK])
+            });
+            async move { support::origin::streamed(&[("cache-control", "max-age=60")], chunks) }
+        })
+        .await
+    };
+    let s = strata(&origin, "[cache]\nmax_object_size = \"8MiB\"\n").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let mut slow = socket.connect(s.addr).await.unwrap();
+    let get = format!(
+        "GET /chunked HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        s.addr
+    );
+    slow.write_all(get.as_bytes()).await.unwrap();
+    // Read nothing until the admission has read past the limit (more
+    // than the kernel's buffers and the client channel hold).
+    wait_until(Duration::from_secs(10), "8 MiB read upstream", || {
+        let n = pulled.load(Ordering::SeqCst);
+        async move { n * CHUNK > 8 << 20 }
+    })
+    .await;
+    let mut raw = Vec::new();
+    slow.read_to_end(&mut raw).await.unwrap();
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    // Chunked transfer coding: collect the data of each chunk.
+    let mut body = Vec::new();
+    let mut rest = &raw[head_end..];
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        body.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+        rest = &rest[line_end + 2 + size + 2..];
+    }
+    let expected: Vec<u8> = (0..CHUNKS).flat_map(|i| vec![i as u8; CHUNK]).collect();
+    assert_eq!(body.len(), expected.len());
+    assert!(body == expected, "bytes lost, repeated or out of order");
+}

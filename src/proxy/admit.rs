@@ -48,8 +48,11 @@ pub struct Plan {
     pub reserved: Reservation,
 }
 
-/// Chunks for the client; the channel is small so a slow client paces
-/// the upstream read instead of growing a buffer.
+/// Chunks for the client; the channel is small so that, once a body is
+/// not being stored, a slow client paces the upstream read instead of
+/// growing a buffer. While it is stored, the body is collected anyway: a
+/// client whose channel is full is left behind and gets the rest from the
+/// stored body.
 pub type ClientTx = mpsc::Sender<Result<Bytes, BoxError>>;
 
 pub fn client_channel() -> (ClientTx, ProxyBody) {
@@ -134,6 +137,13 @@ async fn run(
     // go of the channel) and may ask again at once, and that request must
     // be a hit, never collapsed onto this admission (SPEC §6).
     let mut last: Option<Bytes> = None;
+    // Bytes the client has been given. Once its channel is full while the
+    // body is being stored, it is no longer fed chunk by chunk (`lagging`):
+    // the upstream is read at its own pace, so a slow client does not keep
+    // the body in the collecting budget (where it kept other misses from
+    // being stored), and the client gets the rest from the stored body.
+    let mut sent: usize = 0;
+    let mut lagging = false;
     loop {
         match body.frame().await {
             None => break,
@@ -153,7 +163,6 @@ async fn run(
                     let too_large = total > plan.max_size;
                     if too_large || !usize::try_from(total).is_ok_and(|t| reserved.cover(t)) {
                         storing = false;
-                        reserved = cache.collecting().reservation();
                         let read =
                             std::mem::replace(&mut collected, Collector::new(None)).into_chunks();
                         if let Some(l) = lock.take() {
@@ -173,7 +182,12 @@ async fn run(
                             let (tx, body) = client_channel();
                             done.send(Admitted::NotStored(body));
                             client = send_all(tx, read).await;
+                        } else if let (Some(tx), true) = (client.take(), lagging) {
+                            client = send_all(tx, skip(read, sent)).await;
+                            lagging = false;
                         }
+                        // Given back once what was read has been passed on.
+                        reserved = cache.collecting().reservation();
                     } else {
                         collected.push(&data);
                         if declared == Some(total) {
@@ -183,8 +197,17 @@ async fn run(
                     }
                 }
                 if let Some(tx) = &client {
-                    if tx.send(Ok(data)).await.is_err() {
-                        client = None;
+                    if !storing {
+                        if tx.send(Ok(data)).await.is_err() {
+                            client = None;
+                        }
+                    } else if !lagging {
+                        let len = data.len();
+                        match tx.try_send(Ok(data)) {
+                            Ok(()) => sent += len,
+                            Err(mpsc::error::TrySendError::Full(_)) => lagging = true,
+                            Err(mpsc::error::TrySendError::Closed(_)) => client = None,
+                        }
                     }
                 }
                 if client.is_none() && !storing {
@@ -200,6 +223,7 @@ async fn run(
     // read buffers (a 1 KiB body would pin 8–64 KiB): the arena when it is
     // mid-sized (for `sendfile`), a mapping of its own when large.
     let body = collected.finish(total as usize);
+    let rest = lagging.then(|| body.slice(sent.min(body.len())..));
     let encode = plan
         .compression
         .as_ref()
@@ -239,8 +263,8 @@ async fn run(
     if let Some(visible) = done.take_if(|d| matches!(d, Done::Visible(_))) {
         visible.send(Admitted::Stored(identity.clone()));
     }
-    if let (Some(tx), Some(last)) = (client, last) {
-        let _ = tx.send(Ok(last)).await;
+    if let (Some(tx), Some(rest)) = (client, rest.or(last)) {
+        let _ = tx.send(Ok(rest)).await;
     }
     let Some(policy) = encode else {
         return Some(identity);
@@ -250,6 +274,23 @@ async fn run(
         tracing::debug!(key = %plan.key, "purged or replaced while encoding: not stored again");
     }
     Some(variant)
+}
+
+/// `chunks` without their first `n` bytes.
+fn skip(chunks: Vec<Bytes>, mut n: usize) -> Vec<Bytes> {
+    chunks
+        .into_iter()
+        .filter_map(|c| {
+            if n >= c.len() {
+                n -= c.len();
+                None
+            } else {
+                let rest = c.slice(n..);
+                n = 0;
+                Some(rest)
+            }
+        })
+        .collect()
 }
 
 /// Sends `chunks` to a new client channel: the channel, or `None` when
