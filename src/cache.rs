@@ -110,6 +110,9 @@ const MIN_ENCODING_BACKLOG: u64 = 4 << 20;
 const MAX_ENCODING_BACKLOG: u64 = 16 << 20;
 const MIN_COLLECTING: u64 = 8 << 20;
 const MAX_COLLECTING: u64 = 32 << 20;
+/// How long the collecting budget keeps room for a body it refused
+/// (`cache/budget.rs`): long enough for a popular URL's next request.
+const KEEP_ROOM: Duration = Duration::from_secs(1);
 
 impl Cache {
     /// Builds the tiers; with Redis configured, also starts the fleet
@@ -147,8 +150,9 @@ impl Cache {
                     (config.memory_capacity / 8).clamp(MIN_ENCODING_BACKLOG, MAX_ENCODING_BACKLOG)
                         as usize,
                 ),
-                collecting: Budget::new(
+                collecting: Budget::keeping_room(
                     (config.memory_capacity / 4).clamp(MIN_COLLECTING, MAX_COLLECTING) as usize,
+                    KEEP_ROOM,
                 ),
             }),
         }

@@ -1868,3 +1868,64 @@ async fn a_slow_client_of_a_body_too_large_to_store_gets_it_whole() {
     assert_eq!(body.len(), expected.len());
     assert!(body == expected, "bytes lost, repeated or out of order");
 }
+
+/// A body larger than what the collecting budget has left gets its turn
+/// under a steady stream of smaller misses: the budget keeps room for it
+/// once it is refused, so the next request for it is stored. Four clients
+/// keep 1 MiB misses (each streamed over ~60 ms) in flight through a
+/// 32 MiB tier (an 8 MiB budget) while a 12 MiB object is asked for until
+/// it is a hit.
+#[tokio::test]
+async fn a_large_body_is_stored_under_a_steady_stream_of_small_misses() {
+    const LARGE: usize = 12 << 20;
+    let origin = Origin::start(|req| async move {
+        use futures_util::StreamExt;
+        let headers = [("cache-control", "max-age=60")];
+        if req.uri().path() == "/large" {
+            return support::origin::reply(200, &headers, vec![b'l'; LARGE]);
+        }
+        // 1 MiB in four chunks 20 ms apart, with its length declared.
+        let chunks = futures_util::stream::iter(0..4).then(|i| async move {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Bytes::from(vec![b's'; 256 << 10])
+        });
+        let mut r = support::origin::streamed(&headers, chunks);
+        r.headers_mut()
+            .insert("content-length", http::HeaderValue::from(1 << 20));
+        r
+    })
+    .await;
+    let s = strata(&origin, "[cache]\nmemory_capacity = \"32MiB\"\n").await;
+    let running = Arc::new(AtomicBool::new(true));
+    let loopers: Vec<_> = (0..4)
+        .map(|n| {
+            let (running, base) = (running.clone(), s.url(&format!("/small/{n}/")));
+            tokio::spawn(async move {
+                let c = Client::new();
+                let mut i = 0;
+                while running.load(Ordering::SeqCst) {
+                    let r = c.get(&format!("{base}{i}")).await;
+                    assert_eq!(r.body.len(), 1 << 20);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let c = Client::new();
+    wait_until(
+        Duration::from_secs(20),
+        "the large object a hit",
+        || async {
+            let r = c.get(&s.url("/large")).await;
+            assert_eq!(r.body.len(), LARGE);
+            r.cache_status().contains("hit")
+        },
+    )
+    .await;
+    running.store(false, Ordering::SeqCst);
+    for l in loopers {
+        l.await.unwrap();
+    }
+}

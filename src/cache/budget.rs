@@ -9,18 +9,55 @@
 //! caller streams the body without storing it (Varnish, out of storage,
 //! does the same: the object is delivered, not kept).
 //!
+//! **Room for a large body.** Under a steady stream of small misses the
+//! budget is rarely empty, so a body larger than what is left would never
+//! get in. A budget built with [`Budget::keeping_room`] remembers a refused
+//! size for a while (the collecting budget: 1 s): meanwhile smaller reservations are refused
+//! unless they leave that much free, so the budget drains and the next
+//! request for the large body (a retry of a popular URL comes soon) is
+//! stored. The encoding backlog does not keep room: a body refused there is
+//! stored without encodings and never asks again.
+//!
 //! A counter and a compare-and-swap rather than a semaphore: a refused
 //! reservation never waits (waiting would stall the client's response),
 //! and tokio's semaphore cannot grant "anything when empty".
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Bytes held against a limit (bytes).
 #[derive(Debug)]
 pub struct Budget {
     used: AtomicUsize,
     limit: usize,
+    /// Room kept for a refused reservation, when the budget keeps room.
+    room: Option<Room>,
+}
+
+/// The largest refused size (bytes) and until when (milliseconds since
+/// `since`) it is kept free, for `keep` after the refusal.
+#[derive(Debug)]
+struct Room {
+    wanted: AtomicUsize,
+    until: AtomicU64,
+    since: Instant,
+    keep: Duration,
+}
+
+impl Room {
+    fn now(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The size kept free now (0 when none, or expired).
+    fn wanted(&self, now: u64) -> usize {
+        match self.wanted.load(Relaxed) {
+            0 => 0,
+            w if now < self.until.load(Relaxed) => w,
+            _ => 0,
+        }
+    }
 }
 
 impl Budget {
@@ -29,6 +66,22 @@ impl Budget {
         Arc::new(Budget {
             used: AtomicUsize::new(0),
             limit,
+            room: None,
+        })
+    }
+
+    /// A budget of `limit` bytes that keeps room for a refused body for
+    /// `keep` (see the module doc).
+    pub fn keeping_room(limit: usize, keep: Duration) -> Arc<Budget> {
+        Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            limit,
+            room: Some(Room {
+                wanted: AtomicUsize::new(0),
+                until: AtomicU64::new(0),
+                since: Instant::now(),
+                keep,
+            }),
         })
     }
 
@@ -51,7 +104,8 @@ impl Budget {
     }
 
     /// A reservation of `bytes`, or `None` when others hold some of the
-    /// budget and `bytes` more would pass its limit.
+    /// budget and `bytes` more would pass its limit (or take room kept for
+    /// a larger body).
     pub fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
         let mut r = self.reservation();
         r.cover(bytes).then_some(r)
@@ -68,16 +122,33 @@ pub struct Reservation {
 impl Reservation {
     /// Grows the reservation to at least `total` bytes: `false` (and
     /// nothing changed) when others hold some of the budget and the growth
-    /// would pass its limit. When this reservation is all the budget holds,
+    /// would pass its limit, or leave less free than the room kept for a
+    /// larger refused body. When this reservation is all the budget holds,
     /// it grows to any size.
     pub fn cover(&mut self, total: usize) -> bool {
         let Some(more) = total.checked_sub(self.bytes).filter(|&m| m > 0) else {
             return true;
         };
-        let (mine, limit) = (self.bytes, self.budget.limit);
-        let grown = self.budget.used.fetch_update(Relaxed, Relaxed, |used| {
-            (used == mine || used.saturating_add(more) <= limit).then(|| used.saturating_add(more))
+        let budget = &*self.budget;
+        let now = budget.room.as_ref().map_or(0, Room::now);
+        let wanted = budget.room.as_ref().map_or(0, |r| r.wanted(now));
+        // Room kept for a body larger than this one.
+        let kept = if wanted > total { wanted } else { 0 };
+        let (mine, limit) = (self.bytes, budget.limit);
+        let grown = budget.used.fetch_update(Relaxed, Relaxed, |used| {
+            let after = used.saturating_add(more);
+            let alone = used == mine && kept == 0;
+            (alone || after.saturating_add(kept) <= limit).then_some(after)
         });
+        if let Some(room) = &budget.room {
+            if grown.is_ok() && wanted > 0 && wanted <= total {
+                room.wanted.store(0, Relaxed); // the body room was kept for
+            } else if grown.is_err() && wanted < total {
+                room.wanted.store(total, Relaxed);
+                let keep = u64::try_from(room.keep.as_millis()).unwrap_or(u64::MAX);
+                room.until.store(now.saturating_add(keep), Relaxed);
+            }
+        }
         if grown.is_ok() {
             self.bytes = total;
         }
@@ -108,6 +179,55 @@ mod tests {
         assert!(budget.reserve(1).is_none());
         drop((a, b));
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn room_is_kept_for_a_refused_larger_body_for_a_while() {
+        let budget = Budget::keeping_room(10, Duration::from_secs(3600));
+        let small = budget.reserve(4).expect("small");
+        assert!(budget.reserve(8).is_none(), "4 + 8 > 10");
+        assert!(
+            budget.reserve(3).is_none(),
+            "3 more would leave less than 8"
+        );
+        assert!(budget.reserve(2).is_none(), "room for 8 is kept");
+        drop(small);
+        let large = budget.reserve(8).expect("once drained, the large one");
+        assert!(
+            budget.reserve(2).is_some(),
+            "room no longer kept once it got in"
+        );
+        drop(large);
+        // Larger than the whole budget: it gets in only alone, and nothing
+        // smaller starts meanwhile.
+        let small = budget.reserve(1).expect("small");
+        assert!(budget.reserve(20).is_none());
+        assert!(budget.reserve(1).is_none());
+        drop(small);
+        assert!(
+            budget.reserve(1).is_none(),
+            "empty, but kept for the large one"
+        );
+        assert!(budget.reserve(20).is_some());
+    }
+
+    #[test]
+    fn room_is_kept_no_longer_than_asked() {
+        let budget = Budget::keeping_room(10, Duration::from_millis(20));
+        let small = budget.reserve(4).expect("small");
+        assert!(budget.reserve(8).is_none());
+        assert!(budget.reserve(3).is_none());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(budget.reserve(3).is_some(), "the room was given up");
+        drop(small);
+    }
+
+    #[test]
+    fn a_budget_that_keeps_no_room_takes_what_fits() {
+        let budget = Budget::new(10);
+        let _small = budget.reserve(4).expect("small");
+        assert!(budget.reserve(8).is_none());
+        assert!(budget.reserve(3).is_some());
     }
 
     #[test]
