@@ -1929,3 +1929,86 @@ async fn a_large_body_is_stored_under_a_steady_stream_of_small_misses() {
         l.await.unwrap();
     }
 }
+
+/// A background refresh that finds no room in the collecting budget keeps
+/// its URL's lock for a second, so the hits meanwhile do not each start
+/// another full upstream fetch (thrown away): while a 9 MiB body is being
+/// collected through a 32 MiB tier, five hits on a stale-while-revalidate
+/// entry of 1 MiB make one refresh, not five.
+#[tokio::test]
+async fn a_refresh_with_no_room_is_not_retried_on_every_hit() {
+    const BIG: usize = 9 << 20;
+    let gate = Arc::new(Notify::new());
+    let origin = {
+        let gate = gate.clone();
+        Origin::start(move |req| {
+            let gate = gate.clone();
+            async move {
+                use futures_util::StreamExt;
+                if req.uri().path() == "/swr" {
+                    return support::origin::reply(
+                        200,
+                        &[("cache-control", "max-age=1, stale-while-revalidate=60")],
+                        vec![b's'; 1 << 20],
+                    );
+                }
+                let head = futures_util::stream::iter([Bytes::from(vec![b'b'; BIG - 1])]);
+                let last = futures_util::stream::once(async move {
+                    gate.notified().await;
+                    Bytes::from_static(b"b")
+                });
+                support::origin::streamed(&[("cache-control", "max-age=60")], head.chain(last))
+            }
+        })
+        .await
+    };
+    let s = strata(&origin, "[cache]\nmemory_capacity = \"32MiB\"\n").await;
+    let c = Client::new();
+    assert!(c
+        .get(&s.url("/swr"))
+        .await
+        .cache_status()
+        .contains("stored"));
+    let big = {
+        let url = s.url("/big");
+        tokio::spawn(async move { Client::new().get(&url).await })
+    };
+    let collecting = s.shared.cache.collecting().clone();
+    wait_until(Duration::from_secs(10), "the large body collected", || {
+        let used = collecting.used();
+        async move { used >= BIG - 1 }
+    })
+    .await;
+    // The first stale hit starts a refresh, which finds no room.
+    wait_until(Duration::from_secs(10), "the entry stale", || async {
+        c.get(&s.url("/swr")).await.cache_status().contains("ttl=-")
+    })
+    .await;
+    let swr_seen = || origin.seen().iter().filter(|r| r.path == "/swr").count();
+    wait_until(Duration::from_secs(5), "the first refresh", || {
+        let n = swr_seen();
+        async move { n == 2 }
+    })
+    .await;
+    let first = std::time::Instant::now();
+    for _ in 0..4 {
+        let r = c.get(&s.url("/swr")).await;
+        assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    }
+    let within_backoff = first.elapsed() < Duration::from_millis(900);
+    // Every refresh lock given back (the one backing off, after 1 s).
+    wait_until(Duration::from_secs(5), "the refresh locks released", || {
+        let locks = s.shared.cache.collapser().in_flight();
+        async move { locks == 1 } // the large body's own
+    })
+    .await;
+    let refreshes = swr_seen() - 1;
+    if within_backoff {
+        assert_eq!(refreshes, 1);
+    } else {
+        // A machine so loaded that four local hits took most of a second.
+        assert!(refreshes <= 2, "{refreshes}");
+    }
+    gate.notify_one();
+    assert_eq!(big.await.unwrap().body.len(), BIG);
+}

@@ -34,6 +34,12 @@ use exchange::{Exchange, Fetched, UpstreamBody, CLIENT_CONDITIONALS};
 /// away without an answer, before it goes upstream alone.
 const REJOINS: u8 = 2;
 
+/// How long a background refresh that found no room in the collecting
+/// budget (`NotStorable::Busy`) keeps its URL's lock, so that the hits
+/// meanwhile do not each start another (a full upstream fetch, thrown
+/// away) while memory is short.
+const BUSY_REFRESH_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A miss: the first request for the URL leads and goes upstream; the
 /// others wait (bounded) for its result.
 pub async fn fetch(ctx: &RequestCtx<'_>, req: Request<Incoming>, miss: Miss) -> Answered {
@@ -178,7 +184,8 @@ fn serve_stale(
 }
 
 /// Whether `reason` is the request's own (its `Authorization`, or its
-/// `no-store`), so the answer says nothing about what the cache holds.
+/// `no-store`) or the moment's (no room in the collecting budget), so the
+/// answer says nothing about what the cache holds or may store.
 fn for_this_request_only(reason: NotStorable, req_cc: &CacheControl) -> bool {
     matches!(reason, NotStorable::Authorization | NotStorable::Busy) || req_cc.no_store
 }
@@ -424,6 +431,10 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
             .await
         {
             Fetched::NotModified(object, ..) => lock.publish(Flight::Stored(object)),
+            Fetched::Uncacheable(NotStorable::Busy, rparts, body) => {
+                drop((rparts, body)); // the upstream connection goes now
+                tokio::time::sleep(BUSY_REFRESH_BACKOFF).await;
+            }
             Fetched::Storable(mut plan, _, body) => {
                 // Same request fields as the stored variant.
                 plan.vary = variant.vary.clone();
@@ -431,12 +442,9 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
             }
             // A full answer that may not be stored (RFC 9111 §4.3.3: the
             // stored response is no longer suitable), unless only the
-            // client's Authorization, sent along, made it so (or there was
-            // no room to collect it now: it is storable).
+            // client's Authorization, sent along, made it so.
             Fetched::Uncacheable(reason, ..)
-                if !matches!(reason, NotStorable::Busy)
-                    && (variant.soft_purged
-                        || !for_this_request_only(reason, &exchange.req_cc)) =>
+                if variant.soft_purged || !for_this_request_only(reason, &exchange.req_cc) =>
             {
                 exchange.cache.mark_pass(key.hash());
                 exchange.cache.remove(&key);
