@@ -25,7 +25,7 @@ use crate::cache::collapse::{Flight, WriteLock};
 use crate::cache::entry::{self, Encoded, Object, Variant, VaryKey};
 use crate::cache::freshness::{Policy, Times};
 use crate::cache::key::CacheKey;
-use crate::cache::large::{Collector, MIN_LARGE};
+use crate::cache::large::Collector;
 use crate::cache::Cache;
 use crate::compression::{self, CompressionPolicy};
 
@@ -48,11 +48,13 @@ pub struct Plan {
     pub reserved: Reservation,
 }
 
-/// Chunks for the client; the channel is small so that, once a body is
-/// not being stored, a slow client paces the upstream read instead of
-/// growing a buffer. While it is stored, the body is collected anyway: a
-/// client whose channel is full is left behind and gets the rest from the
-/// stored body.
+/// Chunks for the client; the channel is small so a slow client paces
+/// the upstream read instead of growing a buffer. (It paces a stored body
+/// too: read ahead of its client, an admission finished sooner, and a
+/// lagging client kept the whole stored body alive after the tier had
+/// evicted it, beyond the tier and the collecting budget: 32 clients of
+/// 1 KiB–16 MiB misses through a 32 MiB tier peaked at 158 MiB, SPEC §10's
+/// bound being 104.)
 pub type ClientTx = mpsc::Sender<Result<Bytes, BoxError>>;
 
 pub fn client_channel() -> (ClientTx, ProxyBody) {
@@ -137,13 +139,6 @@ async fn run(
     // go of the channel) and may ask again at once, and that request must
     // be a hit, never collapsed onto this admission (SPEC §6).
     let mut last: Option<Bytes> = None;
-    // Bytes the client has been given. Once its channel is full while the
-    // body is being stored, it is no longer fed chunk by chunk (`lagging`):
-    // the upstream is read at its own pace, so a slow client does not keep
-    // the body in the collecting budget (where it kept other misses from
-    // being stored), and the client gets the rest from the stored body.
-    let mut sent: usize = 0;
-    let mut lagging = false;
     loop {
         match body.frame().await {
             None => break,
@@ -182,9 +177,6 @@ async fn run(
                             let (tx, body) = client_channel();
                             done.send(Admitted::NotStored(body));
                             client = send_all(tx, read).await;
-                        } else if let (Some(tx), true) = (client.take(), lagging) {
-                            client = send_all(tx, skip(read, sent)).await;
-                            lagging = false;
                         }
                         // Given back once what was read has been passed on.
                         reserved = cache.collecting().reservation();
@@ -197,17 +189,8 @@ async fn run(
                     }
                 }
                 if let Some(tx) = &client {
-                    if !storing {
-                        if tx.send(Ok(data)).await.is_err() {
-                            client = None;
-                        }
-                    } else if !lagging {
-                        let len = data.len();
-                        match tx.try_send(Ok(data)) {
-                            Ok(()) => sent += len,
-                            Err(mpsc::error::TrySendError::Full(_)) => lagging = true,
-                            Err(mpsc::error::TrySendError::Closed(_)) => client = None,
-                        }
+                    if tx.send(Ok(data)).await.is_err() {
+                        client = None;
                     }
                 }
                 if client.is_none() && !storing {
@@ -223,7 +206,6 @@ async fn run(
     // read buffers (a 1 KiB body would pin 8–64 KiB): the arena when it is
     // mid-sized (for `sendfile`), a mapping of its own when large.
     let body = collected.finish(total as usize);
-    let rest = lagging.then(|| body.slice(sent.min(body.len())..));
     let encode = plan
         .compression
         .as_ref()
@@ -263,8 +245,8 @@ async fn run(
     if let Some(visible) = done.take_if(|d| matches!(d, Done::Visible(_))) {
         visible.send(Admitted::Stored(identity.clone()));
     }
-    if let (Some(tx), Some(rest)) = (client, rest.or(last)) {
-        let _ = tx.send(Ok(rest)).await;
+    if let (Some(tx), Some(last)) = (client, last) {
+        let _ = tx.send(Ok(last)).await;
     }
     let Some(policy) = encode else {
         return Some(identity);
@@ -274,23 +256,6 @@ async fn run(
         tracing::debug!(key = %plan.key, "purged or replaced while encoding: not stored again");
     }
     Some(variant)
-}
-
-/// `chunks` without their first `n` bytes.
-fn skip(chunks: Vec<Bytes>, mut n: usize) -> Vec<Bytes> {
-    chunks
-        .into_iter()
-        .filter_map(|c| {
-            if n >= c.len() {
-                n -= c.len();
-                None
-            } else {
-                let rest = c.slice(n..);
-                n = 0;
-                Some(rest)
-            }
-        })
-        .collect()
 }
 
 /// Sends `chunks` to a new client channel: the channel, or `None` when
@@ -341,9 +306,9 @@ fn identity_variant(
     }
 }
 
-/// Admission encodings running at once: one per core ([`CORES`] turns,
-/// one each), and one alone for a body of [`MIN_LARGE`] or more (it takes
-/// every turn). Encoding is CPU-bound, so more at once finish no sooner;
+/// Admission encodings running at once: one per core ([`CORES`] turns),
+/// a body taking one turn per [`ENCODING_TURN`] bytes (every turn, at
+/// most: a 16 MiB body is encoded alone on up to 16 cores). Encoding is CPU-bound, so more at once finish no sooner;
 /// each holds an encoder's tables (several MiB) and a blocking thread whose
 /// allocator keeps what it freed, which a burst of misses had multiplied by
 /// 20–36 threads. A large body's encoding holds tens of MiB (brotli at
@@ -354,6 +319,9 @@ fn identity_variant(
 /// its encoded representations.
 static ENCODERS: std::sync::LazyLock<tokio::sync::Semaphore> =
     std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(*CORES as usize));
+
+/// Bytes of body per turn of [`ENCODERS`].
+const ENCODING_TURN: usize = 1 << 20;
 
 /// The cores this process may run on, read once.
 static CORES: std::sync::LazyLock<u32> = std::sync::LazyLock::new(|| {
@@ -381,11 +349,9 @@ async fn with_encodings(
         );
         return identity.clone();
     };
-    let turns = if identity.body.len() >= MIN_LARGE {
-        *CORES
-    } else {
-        1
-    };
+    let turns = u32::try_from(identity.body.len().div_ceil(ENCODING_TURN))
+        .unwrap_or(u32::MAX)
+        .clamp(1, *CORES);
     // Never closed; were it, encoding would go on unbounded.
     let _turn = ENCODERS.acquire_many(turns).await.ok();
     let mut encoded = Vec::new();
