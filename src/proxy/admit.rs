@@ -306,17 +306,18 @@ fn identity_variant(
     }
 }
 
-/// Admission encodings running at once: one per core ([`CORES`] turns),
-/// a body taking one turn per [`ENCODING_TURN`] bytes (every turn, at
-/// most: a 16 MiB body is encoded alone on up to 16 cores). Encoding is CPU-bound, so more at once finish no sooner;
-/// each holds an encoder's tables (several MiB) and a blocking thread whose
-/// allocator keeps what it freed, which a burst of misses had multiplied by
-/// 20–36 threads. A large body's encoding holds tens of MiB (brotli at
-/// level 8 grows RSS by about 30 MiB for a 16 MiB text body, and the
-/// output grows by doubling), and SPEC §10's bound leaves 64 MiB over the
-/// tier for everything: two at once could take half of it. An admission
-/// waits here after its identity variant is visible, so a wait delays only
-/// its encoded representations.
+/// Admission encodings running at once: one per core ([`CORES`] turns), a
+/// body taking one turn per [`ENCODING_TURN`] bytes (every turn at most,
+/// so on two cores a body of 2 MiB or more is encoded alone). Encoding is
+/// CPU-bound, so more at once finish no sooner; each holds an encoder's
+/// tables (several MiB) and a blocking thread whose allocator keeps what it
+/// freed, which a burst of misses had multiplied by 20–36 threads. A large
+/// body's encoding holds tens of MiB (brotli at level 8 grows RSS by about
+/// 5 MiB for a 1 MiB text body, 17 MiB for 4 MiB and 30 MiB for 16 MiB,
+/// and the output grows by doubling), and SPEC §10's bound leaves 64 MiB
+/// over the tier for everything. An admission waits here after its
+/// identity variant is visible, so a wait delays only its encoded
+/// representations.
 static ENCODERS: std::sync::LazyLock<tokio::sync::Semaphore> =
     std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(*CORES as usize));
 
