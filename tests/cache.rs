@@ -1678,40 +1678,13 @@ async fn a_storable_answer_lifts_the_hit_for_miss_mark() {
 /// one is stored, the same URL is stored again.
 #[tokio::test]
 async fn a_miss_over_the_collecting_budget_streams_unstored_and_is_stored_later() {
-    const BIG: usize = 9 << 20;
     let gate = Arc::new(Notify::new());
-    let origin = {
-        let gate = gate.clone();
-        Origin::start(move |req| {
-            let gate = gate.clone();
-            async move {
-                use futures_util::StreamExt;
-                let headers = [("cache-control", "max-age=60")];
-                if req.uri().path() != "/big" {
-                    return support::origin::reply(200, &headers, vec![b's'; 1 << 20]);
-                }
-                // All but the last byte at once, the last once released.
-                let head = futures_util::stream::iter([Bytes::from(vec![b'b'; BIG - 1])]);
-                let last = futures_util::stream::once(async move {
-                    gate.notified().await;
-                    Bytes::from_static(b"b")
-                });
-                support::origin::streamed(&headers, head.chain(last))
-            }
-        })
-        .await
-    };
-    let s = strata(&origin, "[cache]\nmemory_capacity = \"32MiB\"\n").await;
-    let big = {
-        let url = s.url("/big");
-        tokio::spawn(async move { Client::new().get(&url).await })
-    };
-    let collecting = s.shared.cache.collecting().clone();
-    wait_until(Duration::from_secs(10), "the large body collected", || {
-        let used = collecting.used();
-        async move { used >= BIG - 1 }
+    let origin = gated_origin(gate.clone(), |_path| {
+        support::origin::reply(200, &[("cache-control", "max-age=60")], vec![b's'; 1 << 20])
     })
     .await;
+    let s = strata(&origin, "[cache]\nmemory_capacity = \"32MiB\"\n").await;
+    let big = fill_the_budget(&s).await;
     let c = Client::new();
     for (path, headers) in [
         ("/small", &[][..]),
@@ -1734,9 +1707,9 @@ async fn a_miss_over_the_collecting_budget_streams_unstored_and_is_stored_later(
     }
     gate.notify_one();
     let r = big.await.unwrap();
-    assert_eq!(r.body.len(), BIG);
+    assert_eq!(r.body.len(), GATED);
     assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
-    assert_eq!(collecting.used(), 0);
+    assert_eq!(s.shared.cache.collecting().used(), 0);
     let r = c.get(&s.url("/small")).await;
     assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
     let r = c.get(&s.url("/small")).await;
@@ -1870,31 +1843,15 @@ async fn a_large_body_is_stored_under_a_steady_stream_of_small_misses() {
 /// entry of 1 MiB make one refresh, not five.
 #[tokio::test]
 async fn a_refresh_with_no_room_is_not_retried_on_every_hit() {
-    const BIG: usize = 9 << 20;
     let gate = Arc::new(Notify::new());
-    let origin = {
-        let gate = gate.clone();
-        Origin::start(move |req| {
-            let gate = gate.clone();
-            async move {
-                use futures_util::StreamExt;
-                if req.uri().path() == "/swr" {
-                    return support::origin::reply(
-                        200,
-                        &[("cache-control", "max-age=1, stale-while-revalidate=60")],
-                        vec![b's'; 1 << 20],
-                    );
-                }
-                let head = futures_util::stream::iter([Bytes::from(vec![b'b'; BIG - 1])]);
-                let last = futures_util::stream::once(async move {
-                    gate.notified().await;
-                    Bytes::from_static(b"b")
-                });
-                support::origin::streamed(&[("cache-control", "max-age=60")], head.chain(last))
-            }
-        })
-        .await
-    };
+    let origin = gated_origin(gate.clone(), |_path| {
+        support::origin::reply(
+            200,
+            &[("cache-control", "max-age=1, stale-while-revalidate=60")],
+            vec![b's'; 1 << 20],
+        )
+    })
+    .await;
     let s = strata(&origin, "[cache]\nmemory_capacity = \"32MiB\"\n").await;
     let c = Client::new();
     assert!(c
@@ -1902,16 +1859,7 @@ async fn a_refresh_with_no_room_is_not_retried_on_every_hit() {
         .await
         .cache_status()
         .contains("stored"));
-    let big = {
-        let url = s.url("/big");
-        tokio::spawn(async move { Client::new().get(&url).await })
-    };
-    let collecting = s.shared.cache.collecting().clone();
-    wait_until(Duration::from_secs(10), "the large body collected", || {
-        let used = collecting.used();
-        async move { used >= BIG - 1 }
-    })
-    .await;
+    let big = fill_the_budget(&s).await;
     // The first stale hit starts a refresh, which finds no room.
     wait_until(Duration::from_secs(10), "the entry stale", || async {
         c.get(&s.url("/swr")).await.cache_status().contains("ttl=-")
@@ -1943,5 +1891,52 @@ async fn a_refresh_with_no_room_is_not_retried_on_every_hit() {
         assert!(refreshes <= 2, "{refreshes}");
     }
     gate.notify_one();
-    assert_eq!(big.await.unwrap().body.len(), BIG);
+    assert_eq!(big.await.unwrap().body.len(), GATED);
+}
+
+/// A 9 MiB body (no length) whose last byte is sent once `gate` is
+/// notified: it holds 9 MiB of the collecting budget until then.
+const GATED: usize = 9 << 20;
+
+fn gated_response(gate: Arc<Notify>) -> http::Response<support::origin::Body> {
+    use futures_util::StreamExt;
+    let head = futures_util::stream::iter([Bytes::from(vec![b'b'; GATED - 1])]);
+    let last = futures_util::stream::once(async move {
+        gate.notified().await;
+        Bytes::from_static(b"b")
+    });
+    support::origin::streamed(&[("cache-control", "max-age=60")], head.chain(last))
+}
+
+/// An origin answering `/big` with a [`gated_response`], any other path
+/// with `other(path)`.
+async fn gated_origin(
+    gate: Arc<Notify>,
+    other: fn(&str) -> http::Response<support::origin::Body>,
+) -> Origin {
+    Origin::start(move |req| {
+        let response = match req.uri().path() {
+            "/big" => gated_response(gate.clone()),
+            path => other(path),
+        };
+        async move { response }
+    })
+    .await
+}
+
+/// Requests `/big` (a [`gated_response`]) in the background and waits until
+/// its body fills the collecting budget; the task answers once the gate
+/// is opened.
+async fn fill_the_budget(s: &Strata) -> tokio::task::JoinHandle<support::Reply> {
+    let big = {
+        let url = s.url("/big");
+        tokio::spawn(async move { Client::new().get(&url).await })
+    };
+    let collecting = s.shared.cache.collecting().clone();
+    wait_until(Duration::from_secs(10), "the large body collected", || {
+        let used = collecting.used();
+        async move { used >= GATED - 1 }
+    })
+    .await;
+    big
 }

@@ -34,10 +34,8 @@ use exchange::{Exchange, Fetched, UpstreamBody, CLIENT_CONDITIONALS};
 /// away without an answer, before it goes upstream alone.
 const REJOINS: u8 = 2;
 
-/// How long a background refresh that found no room in the collecting
-/// budget (`NotStorable::Busy`) keeps its URL's lock, so that the hits
-/// meanwhile do not each start another (a full upstream fetch, thrown
-/// away) while memory is short.
+/// How long a refresh that found no room to collect (`NotStorable::Busy`)
+/// keeps its URL's lock: hits meanwhile start no other (a fetch thrown away).
 const BUSY_REFRESH_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A miss: the first request for the URL leads and goes upstream; the
