@@ -1940,3 +1940,60 @@ async fn fill_the_budget(s: &Strata) -> tokio::task::JoinHandle<support::Reply> 
     .await;
     big
 }
+
+/// brotli's working memory (four bytes per byte of body, up to 32 MiB) is
+/// counted against the collecting budget while it encodes; without room
+/// for it the object is stored with gzip only. Here a 9 MiB body being
+/// collected leaves 7 MiB of a 64 MiB tier's 16 MiB budget, which a
+/// 2 MiB text body fits and its brotli encoding (8 MiB) does not.
+#[tokio::test]
+async fn brotli_is_left_out_when_its_working_memory_has_no_room() {
+    let gate = Arc::new(Notify::new());
+    let origin = gated_origin(gate.clone(), |_path| {
+        let text = "<p>compressible text</p>\n".repeat((2 << 20) / 26);
+        support::origin::reply(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/html"),
+            ],
+            text,
+        )
+    })
+    .await;
+    let s = strata(&origin, "[cache]\nmemory_capacity = \"64MiB\"\n").await;
+    let big = fill_the_budget(&s).await;
+    let c = Client::new();
+    assert!(c
+        .get(&s.url("/text"))
+        .await
+        .cache_status()
+        .contains("stored"));
+    wait_until(
+        Duration::from_secs(10),
+        "the gzip representation",
+        || async {
+            let r = c
+                .get_with(&s.url("/text"), &[("accept-encoding", "gzip")])
+                .await;
+            r.header("content-encoding") == Some("gzip")
+        },
+    )
+    .await;
+    let r = c
+        .get_with(&s.url("/text"), &[("accept-encoding", "br")])
+        .await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_ne!(r.header("content-encoding"), Some("br"));
+    gate.notify_one();
+    assert_eq!(big.await.unwrap().body.len(), GATED);
+    // With room, a new object gets both.
+    c.get(&s.url("/text2")).await;
+    wait_until(Duration::from_secs(10), "the br representation", || async {
+        let r = c
+            .get_with(&s.url("/text2"), &[("accept-encoding", "br")])
+            .await;
+        r.header("content-encoding") == Some("br")
+    })
+    .await;
+}

@@ -110,6 +110,13 @@ impl Budget {
         let mut r = self.reservation();
         r.cover(bytes).then_some(r)
     }
+
+    /// [`Budget::reserve`] for a caller that will not ask again when
+    /// refused: no room is kept for it.
+    pub fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
+        let mut r = self.reservation();
+        r.grow(bytes, false).then_some(r)
+    }
 }
 
 /// Bytes counted in a [`Budget`], given back on drop.
@@ -126,6 +133,12 @@ impl Reservation {
     /// larger refused body. When this reservation is all the budget holds,
     /// it grows to any size.
     pub fn cover(&mut self, total: usize) -> bool {
+        self.grow(total, true)
+    }
+
+    /// [`Reservation::cover`]; a refusal keeps room for `total` only when
+    /// `keep_room` (and the budget keeps room at all).
+    fn grow(&mut self, total: usize, keep_room: bool) -> bool {
         let Some(more) = total.checked_sub(self.bytes).filter(|&m| m > 0) else {
             return true;
         };
@@ -143,7 +156,7 @@ impl Reservation {
         if let Some(room) = &budget.room {
             if grown.is_ok() && wanted > 0 && wanted <= total {
                 room.wanted.store(0, Relaxed); // the body room was kept for
-            } else if grown.is_err() && wanted < total {
+            } else if grown.is_err() && keep_room && wanted < total {
                 room.wanted.store(total, Relaxed);
                 let keep = u64::try_from(room.keep.as_millis()).unwrap_or(u64::MAX);
                 room.until.store(now.saturating_add(keep), Relaxed);
@@ -220,6 +233,14 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         assert!(budget.reserve(3).is_some(), "the room was given up");
         drop(small);
+    }
+
+    #[test]
+    fn a_refused_try_reserve_keeps_no_room() {
+        let budget = Budget::keeping_room(10, Duration::from_secs(3600));
+        let _small = budget.reserve(4).expect("small");
+        assert!(budget.try_reserve(8).is_none());
+        assert!(budget.reserve(3).is_some(), "no room kept for the 8");
     }
 
     #[test]

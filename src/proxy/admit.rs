@@ -20,14 +20,14 @@ use http_body_util::BodyExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::body::{BoxError, IdleTimeout, ProxyBody};
-use crate::cache::budget::{Budget, Reservation};
+use crate::cache::budget::Reservation;
 use crate::cache::collapse::{Flight, WriteLock};
 use crate::cache::entry::{self, Encoded, Object, Variant, VaryKey};
 use crate::cache::freshness::{Policy, Times};
 use crate::cache::key::CacheKey;
 use crate::cache::large::Collector;
 use crate::cache::Cache;
-use crate::compression::{self, CompressionPolicy};
+use crate::compression::{self, Coding, CompressionPolicy};
 
 /// Everything known about a storable response before its body.
 pub struct Plan {
@@ -251,7 +251,7 @@ async fn run(
     let Some(policy) = encode else {
         return Some(identity);
     };
-    let variant = Arc::new(with_encodings(&identity, policy, cache.encoding_backlog()).await);
+    let variant = Arc::new(with_encodings(&identity, policy, cache).await);
     if !cache.complete(&admitted, variant.clone(), epoch) {
         tracing::debug!(key = %plan.key, "purged or replaced while encoding: not stored again");
     }
@@ -321,6 +321,14 @@ fn identity_variant(
 static ENCODERS: std::sync::LazyLock<tokio::sync::Semaphore> =
     std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(*CORES as usize));
 
+/// brotli's working memory (at the store levels, lgwin 22, with the size
+/// hint), counted against the collecting budget while it encodes: about 5
+/// MiB for a 1 MiB body, 17 MiB for 4 MiB, 30 MiB for 16 MiB (RSS growth
+/// measured in a separate program), so four bytes per byte of body, at
+/// most [`BROTLI_WORKING_MAX`].
+const BROTLI_WORKING_PER_BYTE: usize = 4;
+const BROTLI_WORKING_MAX: usize = 32 << 20;
+
 /// Bytes of body per turn of [`ENCODERS`].
 const ENCODING_TURN: usize = 1 << 20;
 
@@ -331,19 +339,16 @@ static CORES: std::sync::LazyLock<u32> = std::sync::LazyLock::new(|| {
 
 /// The identity variant plus one encoded representation per configured
 /// coding that comes out smaller (compressed off the async workers, at
-/// most [`ENCODERS`] at once). When the body does not fit in `backlog`
-/// (bodies waiting for [`ENCODERS`] or being encoded; a body may wait
-/// after its object was evicted, and is then held by its admission alone:
-/// misses coming faster than the cores compress had grown that backlog
-/// without bound and held RSS at three times SPEC §10's limit), none: the
-/// object is stored with its identity variant only (served as it is to
-/// every client) rather than queued.
-async fn with_encodings(
-    identity: &Variant,
-    policy: &CompressionPolicy,
-    backlog: &Arc<Budget>,
-) -> Variant {
-    let Some(_pending) = backlog.reserve(identity.body.len()) else {
+/// most [`ENCODERS`] at once). When the body does not fit in the cache's
+/// encoding backlog (bodies waiting for [`ENCODERS`] or being encoded; a
+/// body may wait after its object was evicted, and is then held by its
+/// admission alone: misses coming faster than the cores compress had grown
+/// that backlog without bound and held RSS at three times SPEC §10's
+/// limit), none: the object is stored with its identity variant only
+/// (served as it is to every client) rather than queued. Without room for
+/// brotli's working memory in the collecting budget, no `br`.
+async fn with_encodings(identity: &Variant, policy: &CompressionPolicy, cache: &Cache) -> Variant {
+    let Some(_pending) = cache.encoding_backlog().reserve(identity.body.len()) else {
         tracing::debug!(
             bytes = identity.body.len(),
             "compression backlog full: stored without encoded representations"
@@ -357,6 +362,26 @@ async fn with_encodings(
     let _turn = ENCODERS.acquire_many(turns).await.ok();
     let mut encoded = Vec::new();
     for &coding in &policy.algorithms {
+        // brotli's working memory is counted with the bodies being
+        // collected; without room for it, the body is stored with its
+        // other codings (gzip's state is about 256 KiB).
+        let working = BROTLI_WORKING_PER_BYTE.saturating_mul(identity.body.len());
+        let _working = match coding {
+            Coding::Br => match cache
+                .collecting()
+                .try_reserve(working.min(BROTLI_WORKING_MAX))
+            {
+                Some(r) => Some(r),
+                None => {
+                    tracing::debug!(
+                        bytes = identity.body.len(),
+                        "no room for brotli's working memory: stored without br"
+                    );
+                    continue;
+                }
+            },
+            Coding::Gzip => None,
+        };
         let level = policy.store_level.for_coding(coding);
         let input = identity.body.clone();
         // Kept only when smaller than identity; a kept body goes into the
