@@ -36,13 +36,13 @@ pub struct Budget {
 }
 
 /// The largest refused size (bytes) and until when (milliseconds since
-/// `since`) it is kept free, for `keep` after the refusal.
+/// `since`) it is kept free, for `keep_ms` after the refusal.
 #[derive(Debug)]
 struct Room {
     wanted: AtomicUsize,
     until: AtomicU64,
     since: Instant,
-    keep: Duration,
+    keep_ms: u64,
 }
 
 impl Room {
@@ -80,7 +80,7 @@ impl Budget {
                 wanted: AtomicUsize::new(0),
                 until: AtomicU64::new(0),
                 since: Instant::now(),
-                keep,
+                keep_ms: u64::try_from(keep.as_millis()).unwrap_or(u64::MAX),
             }),
         })
     }
@@ -143,8 +143,9 @@ impl Reservation {
             return true;
         };
         let budget = &*self.budget;
-        let now = budget.room.as_ref().map_or(0, Room::now);
-        let wanted = budget.room.as_ref().map_or(0, |r| r.wanted(now));
+        let room = budget.room.as_ref();
+        let now = room.map_or(0, Room::now);
+        let wanted = room.map_or(0, |r| r.wanted(now));
         // Room kept for a body larger than this one.
         let kept = if wanted > total { wanted } else { 0 };
         let (mine, limit) = (self.bytes, budget.limit);
@@ -153,13 +154,12 @@ impl Reservation {
             let alone = used == mine && kept == 0;
             (alone || after.saturating_add(kept) <= limit).then_some(after)
         });
-        if let Some(room) = &budget.room {
+        if let Some(room) = room {
             if grown.is_ok() && wanted > 0 && wanted <= total {
                 room.wanted.store(0, Relaxed); // the body room was kept for
             } else if grown.is_err() && keep_room && wanted < total {
                 room.wanted.store(total, Relaxed);
-                let keep = u64::try_from(room.keep.as_millis()).unwrap_or(u64::MAX);
-                room.until.store(now.saturating_add(keep), Relaxed);
+                room.until.store(now.saturating_add(room.keep_ms), Relaxed);
             }
         }
         if grown.is_ok() {

@@ -365,22 +365,19 @@ async fn with_encodings(identity: &Variant, policy: &CompressionPolicy, cache: &
         // brotli's working memory is counted with the bodies being
         // collected; without room for it, the body is stored with its
         // other codings (gzip's state is about 256 KiB).
-        let working = BROTLI_WORKING_PER_BYTE.saturating_mul(identity.body.len());
-        let _working = match coding {
-            Coding::Br => match cache
-                .collecting()
-                .try_reserve(working.min(BROTLI_WORKING_MAX))
-            {
-                Some(r) => Some(r),
-                None => {
-                    tracing::debug!(
-                        bytes = identity.body.len(),
-                        "no room for brotli's working memory: stored without br"
-                    );
-                    continue;
-                }
-            },
-            Coding::Gzip => None,
+        let _working = if matches!(coding, Coding::Br) {
+            let bytes = (BROTLI_WORKING_PER_BYTE.saturating_mul(identity.body.len()))
+                .min(BROTLI_WORKING_MAX);
+            let Some(r) = cache.collecting().try_reserve(bytes) else {
+                tracing::debug!(
+                    bytes,
+                    "no room for brotli's working memory: stored without br"
+                );
+                continue;
+            };
+            Some(r)
+        } else {
+            None
         };
         let level = policy.store_level.for_coding(coding);
         let input = identity.body.clone();

@@ -50,6 +50,7 @@ use super::outgoing::Outgoing;
 /// 60 MiB of them, freed only into the allocator (SPEC §10's memory
 /// bound). A 16 MiB body is read in 256 reads instead of about 40.
 const READ_BUFFER_MAX: usize = 64 << 10;
+
 /// TCP keepalive probes on upstream sockets start after this long idle.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 

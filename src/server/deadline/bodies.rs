@@ -91,6 +91,17 @@ pub struct BodyEnd {
     pub(super) number: u64,
 }
 
+impl BodyEnd {
+    /// The body has been read to its end: the connection's mark is cleared,
+    /// unless a later request has set its own meanwhile.
+    fn reached(self) {
+        let _ =
+            self.state
+                .body
+                .compare_exchange(self.number, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
 /// A client request's body, read upstream, that clears its [`BodyEnd`]
 /// once read to its end.
 pub struct RequestBody {
@@ -121,14 +132,8 @@ impl Body for RequestBody {
             Some(Ok(_)) => this.inner.is_end_stream(),
             Some(Err(_)) => false,
         };
-        if ended {
-            if let Some(end) = this.end.take() {
-                // Only if no later request came meanwhile.
-                let s = &end.state;
-                let _ =
-                    s.body
-                        .compare_exchange(end.number, 0, Ordering::Relaxed, Ordering::Relaxed);
-            }
+        if let Some(end) = this.end.take_if(|_| ended) {
+            end.reached();
         }
         Poll::Ready(frame)
     }
