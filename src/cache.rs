@@ -11,7 +11,8 @@
 //! - `cache/arena.rs`: mid-sized bodies in shared memory, sent with
 //!   `sendfile`; `large.rs`: bodies of 1 MiB and more in mappings of their
 //!   own, unmapped when evicted.
-//! - `cache/collapse.rs`: collapsed forwarding of concurrent misses.
+//! - `cache/collapse.rs`: collapsed forwarding of concurrent misses, and
+//!   of concurrent Redis reads of one URL ([`Cache::lookup`]).
 //! - `cache/tags.rs`: surrogate keys.
 //! - `cache/purge.rs`: admin purges (hard, soft, cascades), invalidation
 //!   after unsafe methods, and inspection of what a purge would select.
@@ -44,7 +45,7 @@ use crate::alerts::Alerts;
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use budget::Budget;
-use collapse::Collapser;
+use collapse::{Collapser, Flight, Locked};
 use entry::{Object, Variant};
 use freshness::now_millis;
 use key::CacheKey;
@@ -75,6 +76,15 @@ impl Tier {
 /// clears the mark.
 const PASS_TTL: Duration = Duration::from_secs(60);
 
+/// How many times a lookup joins or leads a Redis read of its URL before
+/// it takes a miss: a leader that leaves (its client went away) or whose
+/// answer may predate a purge sends its waiters to read again.
+const REDIS_READ_TRIES: usize = 3;
+
+/// How much longer than the Redis timeout a lookup waits for the read it
+/// joined (the leader's read is bounded by the timeout itself).
+const REDIS_READ_SLACK: Duration = Duration::from_millis(50);
+
 /// One hit in this many is counted in the fleet's popularity set (for
 /// `[warming] redis_hot`), so that the hit path pays a thread-local
 /// increment and, rarely, one queue send.
@@ -96,6 +106,8 @@ struct Inner {
     /// The shared tier, when `[cache.redis]` is configured.
     redis: Option<RedisTier>,
     collapser: Arc<Collapser>,
+    /// Redis reads in flight, one per URL, shared by concurrent lookups.
+    redis_reads: Arc<Collapser>,
     pass: memory::Cache<()>,
     metrics: Metrics,
     /// Popularity sampling on (Redis configured and `redis_hot` set).
@@ -140,6 +152,7 @@ impl Cache {
                 memory,
                 redis,
                 collapser: Collapser::new(),
+                redis_reads: Collapser::new(),
                 pass: moka::sync::Cache::builder()
                     .max_capacity(100_000)
                     .time_to_live(PASS_TTL)
@@ -186,13 +199,19 @@ impl Cache {
         &self.inner.collapser
     }
 
+    /// Redis reads in flight, shared by concurrent lookups of one URL
+    /// (see [`Cache::lookup`]); `waiting()` counts the lookups sharing one.
+    pub fn redis_reads(&self) -> &Arc<Collapser> {
+        &self.inner.redis_reads
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 
     /// Looks the URL up in memory (no allocation on a hit), then in Redis
-    /// (bounded by its timeout; an error is a miss). A Redis hit is
-    /// promoted into memory.
+    /// (bounded by its timeout; an error is a miss; see
+    /// [`Cache::read_redis`]). A Redis hit is promoted into memory.
     pub async fn lookup(
         &self,
         hash: u128,
@@ -207,18 +226,67 @@ impl Cache {
         let key = CacheKey::new(https, authority, path);
         // Boxed: this future is part of every request's (see
         // `Shared::handle`); a memory hit never gets here.
-        match Box::pin(redis.get(&key)).await {
-            Ok(Some(object)) => {
-                self.inner.memory.insert(object.clone());
-                Some((object, Tier::Redis))
+        Box::pin(self.read_redis(redis, key))
+            .await
+            .map(|o| (o, Tier::Redis))
+    }
+
+    /// `key` read from Redis after a memory miss, and promoted into memory.
+    ///
+    /// Concurrent reads of one URL are coalesced: the first request
+    /// (the leader) sends the `GET`; the others wait for its answer, at
+    /// most the Redis timeout and a little more, and share the decoded
+    /// object. A hot URL costs Redis one read per round trip, not one per
+    /// request: the hot-key load on one Cluster shard, and the per-hit
+    /// decoding, when the memory tier does not hold it (`memory_capacity`
+    /// small or `0`). A leader's error or miss is every waiter's miss.
+    ///
+    /// A purge that removes the URL while its read is in flight may have
+    /// come after Redis answered: the answer is then served to the
+    /// leader's own request (which overlapped the purge) but neither
+    /// promoted into memory nor handed to the waiters, which read again.
+    /// (A hard purge removes from Redis before memory, see
+    /// `cache/purge.rs`, so every read that can have seen the purged copy
+    /// overlaps the memory removal.)
+    async fn read_redis(&self, redis: &RedisTier, key: CacheKey) -> Option<Arc<Object>> {
+        let memory = &self.inner.memory;
+        for _ in 0..REDIS_READ_TRIES {
+            // Before the lock: a leader's epoch is never later than the
+            // moment a waiter joined it.
+            let epoch = memory.removal_epoch();
+            let lock = match self.inner.redis_reads.lock(key.hash()) {
+                Locked::Write(lock) => lock,
+                Locked::Read(read) => {
+                    match read.wait(redis.read_timeout() + REDIS_READ_SLACK).await {
+                        Some(Flight::Stored(o)) => return (o.key == key).then_some(o),
+                        // The leader left or its answer may predate a purge.
+                        Some(Flight::Abandoned) => continue,
+                        Some(Flight::Released) | None => return None,
+                    }
+                }
+            };
+            let found = match redis.get(&key).await {
+                Ok(found) => found,
+                Err(e) => {
+                    // Counted by the tier; a Redis problem is only ever a miss.
+                    tracing::debug!(key = %key, error = %e, "redis lookup failed: miss");
+                    None
+                }
+            };
+            if memory.removed_since(&key, epoch) {
+                // Dropping the lock sends the waiters back to Redis.
+                return found;
             }
-            Ok(None) => None,
-            Err(e) => {
-                // Counted by the tier; a Redis problem is only ever a miss.
-                tracing::debug!(key = %key, error = %e, "redis lookup failed: miss");
-                None
+            match &found {
+                Some(o) => {
+                    memory.insert(o.clone());
+                    lock.publish(Flight::Stored(o.clone()));
+                }
+                None => lock.publish(Flight::Released),
             }
+            return found;
         }
+        None
     }
 
     /// Turns popularity sampling (for `[warming] redis_hot`) on or off; it

@@ -839,3 +839,236 @@ async fn sentinel_follows_a_manual_failover_before_the_old_master_steps_down() {
         t.elapsed()
     );
 }
+
+/// A TCP relay in front of a Redis server that can hold Redis's answers:
+/// what a client sends goes through at once (and is recorded), what Redis
+/// answers waits while the relay holds. Orders a test's steps around a
+/// read that Redis has answered but the tier has not yet received.
+struct Relay {
+    addr: std::net::SocketAddr,
+    sent: Arc<std::sync::Mutex<Vec<u8>>>,
+    hold: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start(redis_port: u16) -> Relay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (hold, held) = tokio::sync::watch::channel(false);
+        let log = sent.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
+                    .await
+                    .unwrap();
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 16 << 10];
+                    while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                        log.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if to_server.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut held = held.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 16 << 10];
+                    while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+                        if held.wait_for(|h| !h).await.is_err()
+                            || to_client.write_all(&buf[..n]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Relay { addr, sent, hold }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Times `needle` was sent to Redis so far.
+    fn sent_count(&self, needle: &str) -> usize {
+        let sent = self.sent.lock().unwrap();
+        sent.windows(needle.len())
+            .filter(|w| *w == needle.as_bytes())
+            .count()
+    }
+
+    fn hold(&self, on: bool) {
+        self.hold.send_replace(on);
+    }
+}
+
+/// A whole cache (memory `capacity`, Redis at `url`) whose Redis reads are
+/// bounded by 5 s, so that a held answer is waited for, not timed out.
+async fn cache_over(url: &str, capacity: &str) -> strata::cache::Cache {
+    logs();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         token = \"secret\"\n[upstream]\nservers = [\"127.0.0.1:9\"]\n\
+         [cache]\nmemory_capacity = \"{capacity}\"\n\
+         [cache.redis]\nurls = [\"{url}\"]\ntimeout = \"5s\"\n"
+    );
+    let config = strata::config::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+    let cache = strata::cache::Cache::new(
+        &config.cache,
+        Metrics::new(),
+        strata::alerts::Alerts::disabled(),
+    );
+    let redis = cache.redis().unwrap();
+    eventually!("connected", WAIT, redis.is_connected());
+    cache
+}
+
+/// The `GET` bytes a read of `key` sends (RESP, as redis-rs writes it).
+fn get_command(tier: &RedisTier, key: &CacheKey) -> String {
+    let name = tier.object_key(key);
+    format!("$3\r\nGET\r\n${}\r\n{name}\r\n", name.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_of_one_url_share_one_redis_read() {
+    let server = RedisServer::start().await;
+    let relay = Relay::start(server.port()).await;
+    // No memory tier: every request for the URL is a Redis read.
+    let cache = cache_over(&relay.url(), "0").await;
+    let tier = cache.redis().unwrap();
+    let o = object("http://h/hot", "hot", &[]);
+    tier.put_now(o.clone(), KEEP).await.unwrap();
+    let get = get_command(tier, &o.key);
+
+    relay.hold(true);
+    let lookups: Vec<_> = (0..20)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.lookup(0, false, "h", "/hot").await })
+        })
+        .collect();
+    eventually!(
+        "19 lookups waiting on one read",
+        WAIT,
+        cache.redis_reads().waiting() == 19 && relay.sent_count(&get) == 1
+    );
+    relay.hold(false);
+    let mut found = Vec::new();
+    for lookup in lookups {
+        let (object, tier) = lookup.await.unwrap().expect("a Redis hit");
+        assert_eq!(tier, strata::cache::Tier::Redis);
+        found.push(object);
+    }
+    assert_eq!(relay.sent_count(&get), 1, "one GET for 20 lookups");
+    assert!(
+        found.iter().all(|f| Arc::ptr_eq(f, &found[0])),
+        "decoded once, shared"
+    );
+    assert_eq!(&found[0].variants[0].body[..], b"hot");
+
+    // Once answered, the next lookup reads again.
+    assert!(cache.lookup(0, false, "h", "/hot").await.is_some());
+    assert_eq!(relay.sent_count(&get), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_during_a_redis_read_does_not_bring_the_copy_back() {
+    let server = RedisServer::start().await;
+    let relay = Relay::start(server.port()).await;
+    let cache = cache_over(&relay.url(), "1MiB").await;
+    let tier = cache.redis().unwrap();
+    let o = object("http://h/purged", "old", &[]);
+    tier.put_now(o.clone(), KEEP).await.unwrap();
+    let get = get_command(tier, &o.key);
+
+    // Redis answers the read with the copy; the answer is held.
+    relay.hold(true);
+    let read = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.lookup(0, false, "h", "/purged").await })
+    };
+    eventually!("the read sent", WAIT, relay.sent_count(&get) == 1);
+    // The purge is sent after it (its answer is held too).
+    let purge = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let purge = strata::cache::Purge::Url("http://h/purged".into());
+            cache
+                .purge(&purge, false, &Default::default())
+                .await
+                .unwrap()
+        })
+    };
+    let name = tier.object_key(&o.key);
+    eventually!(
+        "the purge sent",
+        WAIT,
+        relay.sent_count(&name) > relay.sent_count(&get)
+    );
+    relay.hold(false);
+    let served = read.await.unwrap();
+    assert!(
+        served.is_some(),
+        "the read overlapping the purge got the copy"
+    );
+    purge.await.unwrap();
+
+    assert!(
+        cache.memory().get_key(&o.key).is_none(),
+        "the purged copy was promoted back into memory"
+    );
+    assert!(cache.lookup(0, false, "h", "/purged").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_read_sent_while_a_purge_is_under_way_does_not_bring_the_copy_back() {
+    let server = RedisServer::start().await;
+    let relay = Relay::start(server.port()).await;
+    let cache = cache_over(&relay.url(), "1MiB").await;
+    let tier = cache.redis().unwrap();
+    let o = object("http://h/purging", "old", &[]);
+    tier.put_now(o.clone(), KEEP).await.unwrap();
+    let get = get_command(tier, &o.key);
+    let name = tier.object_key(&o.key);
+
+    // The purge's first step (the path index) is sent; its answer, and so
+    // the deletion after it, are held.
+    relay.hold(true);
+    let sent_before = relay.sent_count(&name);
+    let purge = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let purge = strata::cache::Purge::Url("http://h/purging".into());
+            cache
+                .purge(&purge, false, &Default::default())
+                .await
+                .unwrap()
+        })
+    };
+    eventually!(
+        "the purge's first step sent",
+        WAIT,
+        relay.sent_count(&name) > sent_before
+    );
+    // A read now is answered before the deletion, with the copy.
+    let read = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.lookup(0, false, "h", "/purging").await })
+    };
+    eventually!("the read sent", WAIT, relay.sent_count(&get) == 1);
+    relay.hold(false);
+    assert!(read.await.unwrap().is_some(), "the read got the copy");
+    purge.await.unwrap();
+
+    assert!(
+        cache.memory().get_key(&o.key).is_none(),
+        "the purged copy was promoted back into memory"
+    );
+    assert!(cache.lookup(0, false, "h", "/purging").await.is_none());
+}

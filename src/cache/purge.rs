@@ -141,14 +141,17 @@ impl Cache {
                 Some(r) => Some(r.purge(selector).await),
             }
         };
-        let (n, in_redis) = if soft {
-            // Redis first: a memory copy marked before Redis would find the
-            // Redis copy still unmarked and take it as revalidated.
-            let in_redis = in_redis(true).await;
-            (self.inner.memory.mark_stale(selector), in_redis)
+        // Redis first, then memory. Soft: a memory copy marked before Redis
+        // would find the Redis copy still unmarked and take it as
+        // revalidated. Hard: a lookup that read the Redis copy before it
+        // was deleted then overlaps the memory removal, which keeps it from
+        // promoting that copy back into memory (`Cache::read_redis`);
+        // removed from memory first, it could promote it after.
+        let in_redis = in_redis(soft).await;
+        let n = if soft {
+            self.inner.memory.mark_stale(selector)
         } else {
-            let n = self.inner.memory.purge_now(selector);
-            (n, in_redis(false).await)
+            self.inner.memory.purge_now(selector)
         };
         match in_redis {
             Some(Ok(m)) => (n.max(m), None),

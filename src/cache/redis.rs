@@ -382,6 +382,11 @@ impl RedisTier {
         core.script(what, script, &key, args).await
     }
 
+    /// The bound of one read ([`RedisTier::get`]): `cache.redis.timeout`.
+    pub fn read_timeout(&self) -> Duration {
+        self.inner.core.limits.timeout
+    }
+
     /// Whether the circuit breaker is open (Redis being skipped).
     pub fn breaker_open(&self) -> bool {
         self.inner.core.breaker.is_open()
