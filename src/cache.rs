@@ -423,10 +423,13 @@ impl Cache {
     /// Removes one URL (every variant and encoding) from every tier, and
     /// from the fleet's memory tiers through Redis.
     pub fn remove(&self, key: &CacheKey) {
-        self.inner.memory.remove(key);
+        // Redis first: from here this instance reads the key from Redis as
+        // a miss, so a lookup after the memory removal cannot promote the
+        // copy Redis still holds (`cache/redis/pending.rs`).
         if let Some(redis) = &self.inner.redis {
             redis.invalidate_background(key.clone());
         }
+        self.inner.memory.remove(key);
     }
 
     /// A soft-purged object in memory may have been revalidated by another

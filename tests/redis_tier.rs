@@ -1072,3 +1072,50 @@ async fn a_redis_read_sent_while_a_purge_is_under_way_does_not_bring_the_copy_ba
     );
     assert!(cache.lookup(0, false, "h", "/purging").await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_an_invalidation_is_a_miss_while_redis_still_holds_the_copy() {
+    let server = RedisServer::start().await;
+    let relay = Relay::start(server.port()).await;
+    let cache = cache_over(&relay.url(), "1MiB").await;
+    let tier = cache.redis().unwrap();
+    let o = object("http://h/written", "old", &[]);
+    tier.put_now(o.clone(), KEEP).await.unwrap();
+    cache.memory().insert(o.clone());
+    let get = get_command(tier, &o.key);
+
+    // The key's write lane is busy: a rewrite of it waits for Redis's
+    // answer, so the invalidation queued behind it is not done yet.
+    relay.hold(true);
+    let sets = relay.sent_count("SET");
+    tier.put_background(o.clone(), KEEP);
+    eventually!("the rewrite sent", WAIT, relay.sent_count("SET") > sets);
+    // An unsafe request's invalidation of the URL (RFC 9111 §4.4).
+    cache.remove(&o.key);
+    assert!(cache.memory().get_key(&o.key).is_none());
+
+    // A read now (a client reading after its write) must not get the copy
+    // Redis still holds.
+    let read = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.lookup(0, false, "h", "/written").await })
+    };
+    eventually!(
+        "the read answered or sent",
+        WAIT,
+        read.is_finished() || relay.sent_count(&get) > 0
+    );
+    relay.hold(false);
+    assert!(
+        read.await.unwrap().is_none(),
+        "a read after the invalidation got the invalidated copy"
+    );
+    assert!(cache.memory().get_key(&o.key).is_none());
+
+    // Once the lane has deleted it, a read is a plain Redis miss; a new
+    // copy is read again.
+    assert!(tier.flush(WAIT).await);
+    assert!(cache.lookup(0, false, "h", "/written").await.is_none());
+    tier.put_now(o.clone(), KEEP).await.unwrap();
+    assert!(cache.lookup(0, false, "h", "/written").await.is_some());
+}

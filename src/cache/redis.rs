@@ -17,6 +17,9 @@
 //!   purges ([`RedisTier::soft_purge`]) mark the objects stale instead
 //!   (`soft`) and are published the same way.
 //!
+//! - Reads of a key whose invalidation is queued and not yet done are
+//!   misses (`pending`).
+//!
 //! Operation bounds: reads `timeout`; writes, unsafe-method invalidations
 //! and publishes `max(timeout, 1 s)`; a purge at most 5 s in all. Every
 //! operation (`store`) runs on the current connection within its bound,
@@ -34,6 +37,7 @@ mod fleet;
 mod hot;
 mod index;
 mod inspect;
+mod pending;
 mod soft;
 mod store;
 
@@ -98,6 +102,7 @@ async fn run_lane(core: Arc<Core>, mut jobs: mpsc::Receiver<Job>) {
             }
             Job::Invalidate(key) => {
                 let _ = core.invalidate(&key).await;
+                core.invalidating.end(key.hash());
             }
             Job::Hit(object) => {
                 let _ = core.count_hit(&object.key).await;
@@ -192,6 +197,7 @@ impl RedisTier {
             metrics,
             fleet,
             limits,
+            invalidating: Default::default(),
         });
         let stop = CancellationToken::new();
         let mut lanes = Vec::with_capacity(LANES);
@@ -341,8 +347,16 @@ impl RedisTier {
     /// Invalidation after an unsafe method (RFC 9111 §4.4): deletes the
     /// key's object in Redis and tells the fleet. Queued like a write (same
     /// worker as the key's writes, so they stay in order); never blocks.
+    /// Until the worker has done it, this instance reads the key as a miss
+    /// (`pending`); a dropped invalidation (full queue, open breaker) is a
+    /// lost write like any other.
     pub fn invalidate_background(&self, key: CacheKey) {
-        self.enqueue(key.hash(), Job::Invalidate(key));
+        let hash = key.hash();
+        let pending = &self.inner.core.invalidating;
+        pending.begin(hash);
+        if !self.enqueue(hash, Job::Invalidate(key)) {
+            pending.end(hash);
+        }
     }
 
     /// Counts one sampled hit on `object` in the fleet's popularity set,
@@ -407,20 +421,23 @@ impl RedisTier {
         self.inner.core.keys.object(key)
     }
 
-    fn enqueue(&self, hash: u128, job: Job) {
+    /// Queues `job` on `hash`'s lane; `false` when it was skipped (breaker
+    /// open) or dropped (queue full).
+    fn enqueue(&self, hash: u128, job: Job) -> bool {
         let core = &self.inner.core;
         if core.breaker.is_open() {
-            return;
+            return false;
         }
         let Some(lane) = self.inner.lanes.get((hash % LANES as u128) as usize) else {
             core.metrics.redis_dropped_write();
-            return;
+            return false;
         };
         match lane.try_send(job) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {
                 core.metrics.redis_dropped_write();
                 tracing::debug!("redis write queue full: write dropped");
+                false
             }
         }
     }

@@ -57,6 +57,8 @@ pub(crate) struct Core {
     pub(crate) metrics: Metrics,
     pub(crate) fleet: Arc<Fleet>,
     pub(crate) limits: Limits,
+    /// Invalidations queued and not yet done: reading one is a miss.
+    pub(crate) invalidating: super::pending::Pending,
 }
 
 /// Whether an operation passes the breaker or is tried regardless (admin
@@ -163,6 +165,9 @@ impl Core {
     }
 
     pub(crate) async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Object>>, StorageError> {
+        if self.invalidating.contains(key.hash()) {
+            return Ok(None);
+        }
         let gate = self.permit()?;
         let name = self.keys.object(key);
         let payload: Option<Bytes> = self
