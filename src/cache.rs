@@ -244,7 +244,8 @@ impl Cache {
     /// A purge that removes the URL while its read is in flight may have
     /// come after Redis answered: the answer is then served to the
     /// leader's own request (which overlapped the purge) but neither
-    /// promoted into memory nor handed to the waiters, which read again.
+    /// promoted into memory ([`MemoryTier::promote`]) nor handed to the
+    /// waiters, which read again.
     /// (A hard purge removes from Redis before memory, see
     /// `cache/purge.rs`, so every read that can have seen the purged copy
     /// overlaps the memory removal.)
@@ -273,15 +274,11 @@ impl Cache {
                     None
                 }
             };
-            if memory.removed_since(&key, epoch) {
-                // Dropping the lock sends the waiters back to Redis.
-                return found;
-            }
             match &found {
-                Some(o) => {
-                    memory.insert(o.clone());
-                    lock.publish(Flight::Stored(o.clone()));
-                }
+                Some(o) if memory.promote(o, epoch) => lock.publish(Flight::Stored(o.clone())),
+                // A removal overlapped the read: the copy is served to this
+                // request only; dropping the lock sends the waiters back.
+                Some(_) => {}
                 None => lock.publish(Flight::Released),
             }
             return found;
@@ -341,11 +338,9 @@ impl Cache {
         let Some(redis) = &self.inner.redis else {
             return Ok(false);
         };
+        let epoch = self.inner.memory.removal_epoch();
         match redis.get(key).await? {
-            Some(object) => {
-                self.inner.memory.insert(object);
-                Ok(true)
-            }
+            Some(object) => Ok(self.inner.memory.promote(&object, epoch)),
             None => Ok(false),
         }
     }
@@ -437,10 +432,11 @@ impl Cache {
     /// longer soft-purged. Only soft-purged entries pay for this lookup.
     pub async fn revalidated_elsewhere(&self, key: &CacheKey) -> Option<Arc<Object>> {
         let redis = self.inner.redis.as_ref()?;
+        let epoch = self.inner.memory.removal_epoch();
         match redis.get(key).await {
             Ok(Some(object)) if !object.is_soft_purged() => {
-                self.inner.memory.insert(object.clone());
-                Some(object)
+                // Not when a purge overlapped the read: it may be its copy.
+                self.inner.memory.promote(&object, epoch).then_some(object)
             }
             _ => None,
         }
@@ -454,10 +450,10 @@ impl Cache {
     /// this lookup. `None` without Redis or when it adds nothing.
     pub async fn variants_elsewhere(&self, object: &Object) -> Option<Arc<Object>> {
         let redis = self.inner.redis.as_ref()?;
+        let epoch = self.inner.memory.removal_epoch();
         let theirs = redis.get(&object.key).await.ok()??;
         let merged = Arc::new(object.with_missing_from(&theirs)?);
-        self.inner.memory.insert(merged.clone());
-        Some(merged)
+        self.inner.memory.promote(&merged, epoch).then_some(merged)
     }
 
     /// The Redis tier's state for `/health`: `None` without Redis, else

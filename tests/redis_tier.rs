@@ -860,9 +860,11 @@ impl Relay {
         let log = sent.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let server = tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
-                    .await
-                    .unwrap();
+                // Redis gone (the test is ending): the client is closed.
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    continue;
+                };
                 let (mut from_client, mut to_client) = client.into_split();
                 let (mut from_server, mut to_server) = server.into_split();
                 let log = log.clone();
@@ -927,6 +929,29 @@ async fn cache_over(url: &str, capacity: &str) -> strata::cache::Cache {
     let redis = cache.redis().unwrap();
     eventually!("connected", WAIT, redis.is_connected());
     cache
+}
+
+/// `o` as if just received: memory keeps it for its lifetime (the
+/// objects of [`object`] were received in 1970 and last a second there).
+fn live(o: &Arc<Object>) -> Arc<Object> {
+    let now = strata::cache::freshness::now_millis();
+    let variants = o
+        .variants
+        .iter()
+        .map(|v| {
+            let mut v = Variant::clone(v);
+            v.times = Times {
+                request: now,
+                response: now,
+                initial_age_ms: 0,
+            };
+            Arc::new(v)
+        })
+        .collect();
+    Arc::new(Object {
+        key: o.key.clone(),
+        variants,
+    })
 }
 
 /// The `GET` bytes a read of `key` sends (RESP, as redis-rs writes it).
@@ -1081,7 +1106,8 @@ async fn a_read_after_an_invalidation_is_a_miss_while_redis_still_holds_the_copy
     let tier = cache.redis().unwrap();
     let o = object("http://h/written", "old", &[]);
     tier.put_now(o.clone(), KEEP).await.unwrap();
-    cache.memory().insert(o.clone());
+    cache.memory().insert(live(&o));
+    assert!(cache.memory().get_key(&o.key).is_some());
     let get = get_command(tier, &o.key);
 
     // The key's write lane is busy: a rewrite of it waits for Redis's
@@ -1118,4 +1144,151 @@ async fn a_read_after_an_invalidation_is_a_miss_while_redis_still_holds_the_copy
     assert!(cache.lookup(0, false, "h", "/written").await.is_none());
     tier.put_now(o.clone(), KEEP).await.unwrap();
     assert!(cache.lookup(0, false, "h", "/written").await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_whose_client_left_still_purges_memory() {
+    let server = RedisServer::start().await;
+    let relay = Relay::start(server.port()).await;
+    let cache = cache_over(&relay.url(), "1MiB").await;
+    let tier = cache.redis().unwrap();
+    let o = object("http://h/left", "old", &[]);
+    tier.put_now(o.clone(), KEEP).await.unwrap();
+    cache.memory().insert(live(&o));
+    assert!(cache.memory().get_key(&o.key).is_some());
+    let name = tier.object_key(&o.key);
+
+    // The purge is under way in Redis when its caller is dropped (an admin
+    // client that went away).
+    relay.hold(true);
+    let before = relay.sent_count(&name);
+    let purge = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let purge = strata::cache::Purge::Url("http://h/left".into());
+            cache.purge(&purge, false, &Default::default()).await
+        })
+    };
+    eventually!("the purge sent", WAIT, relay.sent_count(&name) > before);
+    purge.abort();
+    assert!(purge.await.unwrap_err().is_cancelled());
+    relay.hold(false);
+    eventually!(
+        "memory purged all the same",
+        WAIT,
+        cache.memory().get_key(&o.key).is_none()
+    );
+    eventually!(
+        "Redis purged",
+        WAIT,
+        tier.get(&o.key).await.ok().flatten().is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_read_from_redis_during_a_fleet_purge_is_not_promoted() {
+    let server = RedisServer::start().await;
+    let relay = Relay::start(server.port()).await;
+    let cache = cache_over(&relay.url(), "1MiB").await;
+    let tier = cache.redis().unwrap();
+    let o = object("http://h/soft", "old", &[]);
+    tier.put_now(o.clone(), KEEP).await.unwrap();
+    // A soft-purged copy in memory looks in Redis for another instance's
+    // revalidation; the read is answered, the answer held.
+    cache.memory().insert(Arc::new(live(&o).soft_purged()));
+    assert!(cache.memory().get_key(&o.key).is_some());
+    let get = get_command(tier, &o.key);
+    relay.hold(true);
+    let read = {
+        let cache = cache.clone();
+        let key = o.key.clone();
+        tokio::spawn(async move { cache.revalidated_elsewhere(&key).await })
+    };
+    eventually!("the read sent", WAIT, relay.sent_count(&get) == 1);
+    // Meanwhile another instance purges the URL: its message removes it
+    // from this memory tier (as the fleet listener does).
+    cache.memory().purge_now(&Selector::Key(o.key.clone()));
+    relay.hold(false);
+    assert!(
+        read.await.unwrap().is_none(),
+        "a copy the purge may have removed was taken as revalidated"
+    );
+    assert!(
+        cache.memory().get_key(&o.key).is_none(),
+        "the purged copy was promoted back into memory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_an_invalidation_by_selector_is_a_miss_while_redis_still_holds_the_copy() {
+    let server = RedisServer::start().await;
+    let relay = Relay::start(server.port()).await;
+    let cache = cache_over(&relay.url(), "1MiB").await;
+    let tier = cache.redis().unwrap();
+    // An entry of a URL under a rule's key options: its unsafe request
+    // invalidates every key starting with the path.
+    let key = CacheKey::new(false, "h", "/p#v1");
+    let o = {
+        let o = object("http://h/x", "old", &[]);
+        Arc::new(Object {
+            key: key.clone(),
+            variants: o.variants.clone(),
+        })
+    };
+    tier.put_now(o.clone(), KEEP).await.unwrap();
+    cache.memory().insert(live(&o));
+    assert!(cache.memory().get_key(&key).is_some());
+    let get = get_command(tier, &key);
+
+    relay.hold(true);
+    let uri: http::Uri = "/p".parse().unwrap();
+    let authority: http::uri::Authority = "h".parse().unwrap();
+    cache.invalidate_after_unsafe(
+        &uri,
+        Some(&authority),
+        false,
+        &HeaderMap::new(),
+        |_, _, _| Selector::Prefix("/p#".into()),
+    );
+    assert!(cache.memory().get_key(&key).is_none());
+    // The unsafe response has gone out; the client reads the URL while
+    // Redis still holds the copy.
+    let read = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.lookup(0, false, "h", "/p#v1").await })
+    };
+    eventually!(
+        "the read answered or sent",
+        WAIT,
+        read.is_finished() || relay.sent_count(&get) > 0
+    );
+    relay.hold(false);
+    assert!(
+        read.await.unwrap().is_none(),
+        "a read after the invalidation got the invalidated copy"
+    );
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let name = tier.object_key(&key);
+    eventually!(
+        "Redis purged",
+        WAIT,
+        redis::cmd("EXISTS")
+            .arg(&name)
+            .query_async::<u64>(&mut raw)
+            .await
+            .unwrap()
+            == 0
+    );
+    assert!(cache.memory().get_key(&key).is_none());
+    // The mark goes with the purge: a new copy is read again.
+    tier.put_now(o.clone(), KEEP).await.unwrap();
+    eventually!(
+        "a new copy read",
+        WAIT,
+        cache.lookup(0, false, "h", "/p#v1").await.is_some()
+    );
 }

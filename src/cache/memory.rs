@@ -179,9 +179,12 @@ impl MemoryTier {
                 .is_some_and(|at| at > epoch)
     }
 
-    /// Bumps the removal count; returns the new count. Called *after* the
-    /// removal itself, so an admission whose epoch was read before the bump
-    /// counts the removal even if it raced with it.
+    /// Bumps the removal count; returns the new count. Called before the
+    /// removal and again after it: an admission whose epoch was read
+    /// before the second bump counts the removal even if it raced with it,
+    /// and a promotion that inserts and then checks (see
+    /// [`MemoryTier::promote`]) sees the first bump whenever its insert
+    /// may have come after the removal.
     fn next_removal(&self) -> u64 {
         self.removals.fetch_add(1, Ordering::SeqCst) + 1
     }
@@ -193,13 +196,43 @@ impl MemoryTier {
     }
 
     pub fn remove(&self, key: &CacheKey) -> bool {
+        self.removed_url(key);
         let removed = self.cache.remove(&key.hash()).is_some();
+        self.removed_url(key);
+        removed
+    }
+
+    /// Records a removal of `key`'s URL (see [`MemoryTier::next_removal`]).
+    fn removed_url(&self, key: &CacheKey) {
         let at = self.next_removal();
         // The highest count wins when two removals of one URL race.
         self.removed_urls
             .entry(key.hash())
             .and_upsert_with(|old| old.map_or(at, |old| at.max(*old.value())));
-        removed
+    }
+
+    /// Inserts `object`, read from another tier when the removal count was
+    /// `epoch`, unless its URL may have been removed since (a purge or
+    /// invalidation that the read overlapped: the copy may be the one it
+    /// removed). Inserts first and checks after, taking back its own
+    /// insert when it lost the race, so a removal cannot fall between the
+    /// check and the insert. Returns whether it stayed.
+    pub fn promote(&self, object: &Arc<Object>, epoch: u64) -> bool {
+        if self.removed_since(&object.key, epoch) {
+            return false;
+        }
+        self.insert(object.clone());
+        if !self.removed_since(&object.key, epoch) {
+            return true;
+        }
+        use moka::ops::compute::Op;
+        self.cache
+            .entry(object.key.hash())
+            .and_compute_with(|current| match current {
+                Some(e) if Arc::ptr_eq(e.value(), object) => Op::Remove,
+                _ => Op::Nop,
+            });
+        false
     }
 
     /// Up to `limit` objects `selector` selects (a full scan: for the
@@ -219,6 +252,7 @@ impl MemoryTier {
 
     /// Removes every object `pred` selects; returns how many.
     pub fn remove_where(&self, pred: impl Fn(&Object) -> bool) -> u64 {
+        self.broad();
         let doomed: Vec<u128> = self
             .cache
             .iter()
@@ -243,6 +277,7 @@ impl MemoryTier {
     /// Soft purge: replaces every object `selector` selects with a copy
     /// whose variants are marked stale; returns how many.
     pub fn mark_stale(&self, selector: &Selector) -> u64 {
+        self.broad();
         let marked = self.find(selector, usize::MAX);
         for o in &marked {
             self.insert(Arc::new(o.soft_purged()));
@@ -271,6 +306,60 @@ mod tests {
 
     fn key(path: &str) -> CacheKey {
         CacheKey::new(false, "example.com", path)
+    }
+
+    /// A one-byte object of `key`, received now, fresh for a minute.
+    fn object(key: &CacheKey) -> Arc<Object> {
+        use crate::cache::entry::{Variant, VaryKey};
+        use crate::cache::freshness::{Policy, Times};
+        let now = now_millis();
+        Arc::new(Object {
+            key: key.clone(),
+            variants: vec![Arc::new(Variant {
+                vary: VaryKey::default(),
+                status: http::StatusCode::OK,
+                headers: http::HeaderMap::new(),
+                body: bytes::Bytes::from_static(b"x"),
+                encoded: Vec::new(),
+                times: Times {
+                    request: now,
+                    response: now,
+                    initial_age_ms: 0,
+                },
+                policy: Policy {
+                    lifetime: 60,
+                    stale_while_revalidate: 0,
+                    stale_if_error: 0,
+                    must_revalidate: false,
+                    no_cache: false,
+                    grace: 0,
+                },
+                tags: vec![],
+                soft_purged: false,
+                hits: Default::default(),
+            })],
+        })
+    }
+
+    #[test]
+    fn a_copy_read_before_a_removal_of_its_url_is_not_promoted() {
+        let tier = MemoryTier::new(1 << 20);
+        let mine = key("/mine");
+        let copy = object(&mine);
+        let epoch = tier.removal_epoch();
+        tier.remove(&key("/other"));
+        assert!(tier.promote(&copy, epoch), "another URL's removal");
+        assert!(tier.get_key(&mine).is_some_and(|o| Arc::ptr_eq(&o, &copy)));
+
+        let epoch = tier.removal_epoch();
+        tier.remove(&mine);
+        let newer = object(&mine);
+        tier.insert(newer.clone());
+        assert!(!tier.promote(&copy, epoch), "its URL was removed since");
+        assert!(
+            tier.get_key(&mine).is_some_and(|o| Arc::ptr_eq(&o, &newer)),
+            "what was stored after the removal stays"
+        );
     }
 
     #[test]

@@ -131,7 +131,33 @@ impl Cache {
     /// and, if Redis could not be reached, why. Memory is always done;
     /// Redis is skipped while its breaker is open (it would only time out,
     /// holding a cascade's unsafe request for each step).
+    ///
+    /// Runs in a task of its own, so that it finishes even if the request
+    /// that asked for it is dropped (its client went away) between the
+    /// Redis step and the memory step: memory would keep what Redis lost.
     async fn apply(&self, selector: &Selector, soft: bool) -> (u64, Option<storage::StorageError>) {
+        let (cache, owned) = (self.clone(), selector.clone());
+        match tokio::spawn(async move { cache.apply_here(&owned, soft).await }).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                // Only a panic or the runtime shutting down: memory still
+                // gets the purge.
+                tracing::error!(error = %e, ?selector, "purge task failed; memory purged");
+                let n = if soft {
+                    self.inner.memory.mark_stale(selector)
+                } else {
+                    self.inner.memory.purge_now(selector)
+                };
+                (n, None)
+            }
+        }
+    }
+
+    async fn apply_here(
+        &self,
+        selector: &Selector,
+        soft: bool,
+    ) -> (u64, Option<storage::StorageError>) {
         let redis = self.inner.redis.as_ref();
         let in_redis = |soft: bool| async move {
             match redis {
@@ -231,16 +257,12 @@ impl Cache {
             self.remove(key);
             return held;
         }
-        let n = self.inner.memory.purge_now(&selector);
+        // Redis first: from here this instance reads what it selects from
+        // Redis as a miss (`Cache::remove` likewise).
         if let Some(redis) = &self.inner.redis {
-            let redis = redis.clone();
-            tokio::spawn(async move {
-                if let Err(e) = redis.purge(&selector).await {
-                    tracing::debug!(?selector, error = %e, "invalidation in redis failed");
-                }
-            });
+            redis.purge_background(selector.clone());
         }
-        n
+        self.inner.memory.purge_now(&selector)
     }
 }
 

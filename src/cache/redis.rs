@@ -79,6 +79,15 @@ enum Job {
     Barrier(oneshot::Sender<()>),
 }
 
+/// Ends a selector's pending invalidation when dropped.
+struct EndSelector<'a>(&'a pending::Pending, u64);
+
+impl Drop for EndSelector<'_> {
+    fn drop(&mut self) {
+        self.0.end_selector(self.1);
+    }
+}
+
 /// The shared Redis tier. Cheap to clone: clones share one connection,
 /// breaker, write queue and subscription.
 #[derive(Clone)]
@@ -357,6 +366,23 @@ impl RedisTier {
         if !self.enqueue(hash, Job::Invalidate(key)) {
             pending.end(hash);
         }
+    }
+
+    /// Deletes what `selector` selects from Redis and tells the fleet, in a
+    /// task of its own (an unsafe request's invalidation of a URL under a
+    /// rule's key options). Until it is done, this instance reads what it
+    /// may select as a miss (`pending`).
+    pub fn purge_background(&self, selector: Selector) {
+        let pending = &self.inner.core.invalidating;
+        let id = pending.begin_selector(selector.clone());
+        let tier = self.clone();
+        tokio::spawn(async move {
+            // Ended however the task ends (a panic, the runtime stopping).
+            let _end = EndSelector(&tier.inner.core.invalidating, id);
+            if let Err(e) = tier.purge(&selector).await {
+                tracing::debug!(?selector, error = %e, "invalidation in redis failed");
+            }
+        });
     }
 
     /// Counts one sampled hit on `object` in the fleet's popularity set,

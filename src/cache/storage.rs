@@ -53,6 +53,17 @@ impl Selector {
             Selector::Tags(tags) => tags.iter().any(|t| object.has_tag(t)),
         }
     }
+
+    /// Whether `key`'s object may be selected, from the key alone: tags
+    /// are on the object, so a tag selector may select any key.
+    pub fn may_select(&self, key: &CacheKey) -> bool {
+        match self {
+            Selector::Key(k) => k == key,
+            Selector::PathAnyHost(path) => key.path() == path,
+            Selector::Prefix(prefix) => key.path().starts_with(prefix.as_str()),
+            Selector::Tags(_) => true,
+        }
+    }
 }
 
 /// A purge as the fleet sees it: what it selects, and whether the entries

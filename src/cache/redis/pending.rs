@@ -1,76 +1,134 @@
 //! Invalidations queued for Redis and not yet done there.
 //!
-//! An unsafe request's invalidation (RFC 9111 §4.4) deletes the URL's
-//! object in Redis off the request path, through the key's write lane
-//! (`RedisTier::invalidate_background`), so that it stays in order with the
-//! key's writes. Until the lane has done it, Redis still holds the old
-//! object; a read of that key from this instance is a miss instead, so a
-//! client that reads after its own write never gets the copy it
-//! invalidated. Other instances learn of it when the lane publishes it.
+//! An unsafe request's invalidation (RFC 9111 §4.4) deletes in Redis off
+//! the request path: one URL's object through the key's write lane
+//! (`RedisTier::invalidate_background`), so that it stays in order with
+//! the key's writes; the entries of a URL under a rule's key options (a
+//! selector) in a task of its own (`RedisTier::purge_background`). Until
+//! that is done Redis still holds the old objects; a read of one from
+//! this instance is a miss instead, so a client that reads after its own
+//! write never gets the copy it invalidated. Other instances learn of it
+//! when the deletion is published.
 //!
-//! Costs a Redis read one relaxed load while nothing is pending.
+//! Costs a Redis read one load while nothing is pending.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use crate::cache::key::CacheKey;
+use crate::cache::storage::Selector;
+
 #[derive(Default)]
 pub(crate) struct Pending {
-    /// How many invalidations are pending, over all keys.
+    /// How many invalidations are pending, keys and selectors together.
     count: AtomicUsize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
     /// Pending invalidations per key hash.
-    keys: Mutex<HashMap<u128, u32>>,
+    keys: HashMap<u128, u32>,
+    /// Pending selector invalidations, by id.
+    selectors: Vec<(u64, Selector)>,
+    next_id: u64,
 }
 
 impl Pending {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// An invalidation of `hash` is queued.
     pub(crate) fn begin(&self, hash: u128) {
-        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        *keys.entry(hash).or_default() += 1;
+        *self.state().keys.entry(hash).or_default() += 1;
         self.count.fetch_add(1, Ordering::SeqCst);
     }
 
     /// An invalidation of `hash` is done (or failed, or was dropped).
     pub(crate) fn end(&self, hash: u128) {
-        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = keys.get_mut(&hash) {
+        let mut state = self.state();
+        if let Some(n) = state.keys.get_mut(&hash) {
             *n -= 1;
             if *n == 0 {
-                keys.remove(&hash);
+                state.keys.remove(&hash);
             }
             self.count.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
-    /// Whether an invalidation of `hash` is pending.
-    pub(crate) fn contains(&self, hash: u128) -> bool {
-        self.count.load(Ordering::SeqCst) > 0
-            && self
-                .keys
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&hash)
+    /// An invalidation of what `selector` selects is under way; returns
+    /// its id for [`Pending::end_selector`].
+    pub(crate) fn begin_selector(&self, selector: Selector) -> u64 {
+        let mut state = self.state();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.selectors.push((id, selector));
+        self.count.fetch_add(1, Ordering::SeqCst);
+        id
+    }
+
+    pub(crate) fn end_selector(&self, id: u64) {
+        let mut state = self.state();
+        if let Some(i) = state.selectors.iter().position(|(s, _)| *s == id) {
+            state.selectors.swap_remove(i);
+            self.count.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether an invalidation that may select `key` is pending.
+    pub(crate) fn contains(&self, key: &CacheKey) -> bool {
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let state = self.state();
+        state.keys.contains_key(&key.hash())
+            || state.selectors.iter().any(|(_, s)| s.may_select(key))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::Pending;
+    use crate::cache::key::CacheKey;
+    use crate::cache::storage::Selector;
 
     #[test]
     fn a_key_is_pending_until_each_of_its_invalidations_ends() {
+        let (one, two) = (
+            CacheKey::new(false, "h", "/1"),
+            CacheKey::new(false, "h", "/2"),
+        );
         let p = Pending::default();
-        assert!(!p.contains(1));
-        p.begin(1);
-        p.begin(1);
-        assert!(p.contains(1) && !p.contains(2));
-        p.end(1);
-        assert!(p.contains(1), "one of two still pending");
-        p.end(1);
-        assert!(!p.contains(1));
-        p.end(1);
-        assert!(!p.contains(1), "an extra end changes nothing");
-        p.begin(2);
-        assert!(p.contains(2) && !p.contains(1));
+        assert!(!p.contains(&one));
+        p.begin(one.hash());
+        p.begin(one.hash());
+        assert!(p.contains(&one) && !p.contains(&two));
+        p.end(one.hash());
+        assert!(p.contains(&one), "one of two still pending");
+        p.end(one.hash());
+        assert!(!p.contains(&one));
+        p.end(one.hash());
+        assert!(!p.contains(&one), "an extra end changes nothing");
+        p.begin(two.hash());
+        assert!(p.contains(&two) && !p.contains(&one));
+    }
+
+    #[test]
+    fn a_selector_covers_what_it_may_select_until_it_ends() {
+        let p = Pending::default();
+        let id = p.begin_selector(Selector::Prefix("/p#".into()));
+        assert!(p.contains(&CacheKey::new(false, "h", "/p#v1")));
+        assert!(!p.contains(&CacheKey::new(false, "h", "/q")));
+        p.end_selector(id);
+        p.end_selector(id);
+        assert!(!p.contains(&CacheKey::new(false, "h", "/p#v1")));
+        let id = p.begin_selector(Selector::Tags(vec!["t".into()]));
+        assert!(
+            p.contains(&CacheKey::new(false, "h", "/any")),
+            "a tag may select any key"
+        );
+        p.end_selector(id);
     }
 }

@@ -165,7 +165,7 @@ impl Core {
     }
 
     pub(crate) async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Object>>, StorageError> {
-        if self.invalidating.contains(key.hash()) {
+        if self.invalidating.contains(key) {
             return Ok(None);
         }
         let gate = self.permit()?;
