@@ -259,7 +259,12 @@ impl Cache {
                 Locked::Write(lock) => lock,
                 Locked::Read(read) => {
                     match read.wait(redis.read_timeout() + REDIS_READ_SLACK).await {
-                        Some(Flight::Stored(o)) => return (o.key == key).then_some(o),
+                        Some(Flight::Stored(o)) if o.key == key => {
+                            self.inner.metrics.redis_coalesced();
+                            return Some(o);
+                        }
+                        // Another URL of the same hash (never seen).
+                        Some(Flight::Stored(_)) => return None,
                         // The leader left or its answer may predate a purge.
                         Some(Flight::Abandoned) => continue,
                         Some(Flight::Released) | None => return None,

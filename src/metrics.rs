@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use families::Inner;
 use labels::STATUS_CLASSES;
-pub use labels::{MethodClass, Outcome};
+pub use labels::{MethodClass, Outcome, PurgeCause, Shed};
 pub use sample::{Buckets, ProcessSample, Sample, UpstreamSample};
 
 use prometheus::{Encoder, IntCounter, TextEncoder};
@@ -154,33 +154,6 @@ impl ServerSeries {
 
 /// Statuses whose counters are pre-resolved.
 const COMMON_STATUS: [u16; 12] = [200, 204, 206, 301, 302, 304, 400, 404, 500, 502, 503, 504];
-
-/// Why entries were purged: the `cause` label of `strata_purged_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PurgeCause {
-    /// `POST /purge`.
-    Api = 0,
-    /// A successful unsafe method (RFC 9111 §4.4).
-    UnsafeMethod = 1,
-    /// An `[[invalidation.cascade]]` set off by either of the above.
-    Cascade = 2,
-}
-
-impl PurgeCause {
-    pub const ALL: [PurgeCause; 3] = [
-        PurgeCause::Api,
-        PurgeCause::UnsafeMethod,
-        PurgeCause::Cascade,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PurgeCause::Api => "api",
-            PurgeCause::UnsafeMethod => "unsafe_method",
-            PurgeCause::Cascade => "cascade",
-        }
-    }
-}
 
 /// Cheap-clone handle to every metric.
 #[derive(Clone)]
@@ -366,6 +339,16 @@ impl Metrics {
 
     pub fn collapsed(&self) {
         self.inner.collapsed.inc();
+    }
+
+    /// A lookup answered by another request's Redis read of its URL.
+    pub fn redis_coalesced(&self) {
+        self.inner.redis_coalesced.inc();
+    }
+
+    /// An admission left something out for lack of memory.
+    pub fn shed(&self, what: Shed) {
+        self.inner.shed[what as usize].inc();
     }
 
     /// Entries purged (or soft-purged) for `cause`.

@@ -1705,6 +1705,14 @@ async fn a_miss_over_the_collecting_budget_streams_unstored_and_is_stored_later(
             again.cache_status()
         );
     }
+    // Each of the four is counted (an operator's sign of a full budget).
+    let metrics = c.get(&s.admin_url("/metrics")).await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "strata_admission_shed_total{reason=\"busy\"} 4"),
+        "{metrics}"
+    );
     gate.notify_one();
     let r = big.await.unwrap();
     assert_eq!(r.body.len(), GATED);
@@ -1985,6 +1993,13 @@ async fn brotli_is_left_out_when_its_working_memory_has_no_room() {
         .await;
     assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
     assert_ne!(r.header("content-encoding"), Some("br"));
+    let metrics = c.get(&s.admin_url("/metrics")).await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "strata_admission_shed_total{reason=\"brotli_memory\"} 1"),
+        "{metrics}"
+    );
     gate.notify_one();
     assert_eq!(big.await.unwrap().body.len(), GATED);
     // With room, a new object gets both.

@@ -996,6 +996,13 @@ async fn concurrent_lookups_of_one_url_share_one_redis_read() {
         "decoded once, shared"
     );
     assert_eq!(&found[0].variants[0].body[..], b"hot");
+    let metrics = cache.metrics().render().unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "strata_redis_coalesced_total 19"),
+        "{metrics}"
+    );
 
     // Once answered, the next lookup reads again.
     assert!(cache.lookup(0, false, "h", "/hot").await.is_some());

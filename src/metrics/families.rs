@@ -7,7 +7,7 @@ use prometheus::{
 };
 
 use super::labels::STATUS_CLASSES;
-use super::{MethodClass, Outcome, PurgeCause, COMMON_STATUS};
+use super::{MethodClass, Outcome, PurgeCause, Shed, COMMON_STATUS};
 
 pub(super) struct Inner {
     pub(super) registry: Registry,
@@ -31,6 +31,9 @@ pub(super) struct Inner {
     pub(super) redis_dropped_writes: IntCounter,
     pub(super) redis_breaker_opens: IntCounter,
     pub(super) collapsed: IntCounter,
+    pub(super) redis_coalesced: IntCounter,
+    /// `[busy, encoding_backlog, brotli_memory]`.
+    pub(super) shed: [IntCounter; 3],
     /// `[api, unsafe_method, cascade]`.
     pub(super) purged: [IntCounter; 3],
     /// `strata_warm_requests_total{source,result}`.
@@ -264,6 +267,20 @@ impl Inner {
             "strata_collapsed_total",
             "Requests answered from another request's upstream fetch.",
         ),
+        redis_coalesced: counter(
+            &r,
+            "strata_redis_coalesced_total",
+            "Lookups answered by another request's Redis read of the same URL.",
+        ),
+        shed: {
+            let shed = counter_vec(
+                &r,
+                "strata_admission_shed_total",
+                "What admissions left out for lack of memory, by reason: busy (a storable response streamed without being stored: the collecting budget was full), encoding_backlog (stored without encoded representations), brotli_memory (stored without br).",
+                &["reason"],
+            );
+            Shed::ALL.map(|w| shed.with_label_values(&[w.as_str()]))
+        },
         purged: {
             let purged = counter_vec(
                 &r,

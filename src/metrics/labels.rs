@@ -1,6 +1,8 @@
 //! The bounded label values of the request metrics: `outcome` (how a
-//! request was answered), `method_class` and `status_class`. Each enum's
-//! `index` addresses the counters pre-resolved for it.
+//! request was answered), `method_class` and `status_class`; and of the
+//! cache's: `cause` of a purge, `reason` of what an admission shed. Each
+//! enum's `index` (or discriminant) addresses the counters pre-resolved
+//! for it.
 
 use http::Method;
 
@@ -107,3 +109,56 @@ impl MethodClass {
 
 /// The `status_class` label values, `1xx` to `5xx` (index = status / 100 - 1).
 pub(super) const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Why entries were purged: the `cause` label of `strata_purged_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeCause {
+    /// `POST /purge`.
+    Api = 0,
+    /// A successful unsafe method (RFC 9111 §4.4).
+    UnsafeMethod = 1,
+    /// An `[[invalidation.cascade]]` set off by either of the above.
+    Cascade = 2,
+}
+
+impl PurgeCause {
+    pub const ALL: [PurgeCause; 3] = [
+        PurgeCause::Api,
+        PurgeCause::UnsafeMethod,
+        PurgeCause::Cascade,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeCause::Api => "api",
+            PurgeCause::UnsafeMethod => "unsafe_method",
+            PurgeCause::Cascade => "cascade",
+        }
+    }
+}
+
+/// What an admission left out for lack of memory: the `reason` label of
+/// `strata_admission_shed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// A storable response streamed without being stored: the bodies
+    /// being collected filled their budget.
+    Busy = 0,
+    /// Stored without encoded representations: the encoding backlog was
+    /// full.
+    EncodingBacklog = 1,
+    /// Stored without `br`: no room for brotli's working memory.
+    BrotliMemory = 2,
+}
+
+impl Shed {
+    pub const ALL: [Shed; 3] = [Shed::Busy, Shed::EncodingBacklog, Shed::BrotliMemory];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shed::Busy => "busy",
+            Shed::EncodingBacklog => "encoding_backlog",
+            Shed::BrotliMemory => "brotli_memory",
+        }
+    }
+}

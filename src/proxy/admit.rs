@@ -28,6 +28,7 @@ use crate::cache::key::CacheKey;
 use crate::cache::large::Collector;
 use crate::cache::Cache;
 use crate::compression::{self, Coding, CompressionPolicy};
+use crate::metrics::Shed;
 
 /// Everything known about a storable response before its body.
 pub struct Plan {
@@ -166,6 +167,7 @@ async fn run(
                         if too_large {
                             cache.mark_pass(plan.key.hash());
                         } else {
+                            cache.metrics().shed(Shed::Busy);
                             tracing::debug!(
                                 key = %plan.key,
                                 budget = cache.collecting().limit(),
@@ -349,6 +351,7 @@ static CORES: std::sync::LazyLock<u32> = std::sync::LazyLock::new(|| {
 /// brotli's working memory in the collecting budget, no `br`.
 async fn with_encodings(identity: &Variant, policy: &CompressionPolicy, cache: &Cache) -> Variant {
     let Some(_pending) = cache.encoding_backlog().reserve(identity.body.len()) else {
+        cache.metrics().shed(Shed::EncodingBacklog);
         tracing::debug!(
             bytes = identity.body.len(),
             "compression backlog full: stored without encoded representations"
@@ -369,6 +372,7 @@ async fn with_encodings(identity: &Variant, policy: &CompressionPolicy, cache: &
             let bytes = (BROTLI_WORKING_PER_BYTE.saturating_mul(identity.body.len()))
                 .min(BROTLI_WORKING_MAX);
             let Some(r) = cache.collecting().try_reserve(bytes) else {
+                cache.metrics().shed(Shed::BrotliMemory);
                 tracing::debug!(
                     bytes,
                     "no room for brotli's working memory: stored without br"

@@ -22,6 +22,7 @@ use crate::cache::entry::{self, Object, Variant};
 use crate::cache::freshness::{self, now_millis, Heuristic, Millis, NotStorable};
 use crate::cache::key::CacheKey;
 use crate::cache::{tags, Cache};
+use crate::metrics::Shed;
 use crate::rules::{lifetime, Lifetime, Rule};
 use crate::upstream::client::empty_body;
 
@@ -254,7 +255,10 @@ impl Exchange {
         let reserved = match headers::content_length(&rparts.headers) {
             Some(len) => match collecting.reserve(usize::try_from(len).unwrap_or(usize::MAX)) {
                 Some(r) => r,
-                None => return Fetched::Uncacheable(NotStorable::Busy, rparts, body),
+                None => {
+                    self.cache.metrics().shed(Shed::Busy);
+                    return Fetched::Uncacheable(NotStorable::Busy, rparts, body);
+                }
             },
             None => collecting.reservation(),
         };
