@@ -259,15 +259,23 @@ impl Cache {
                 Locked::Write(lock) => lock,
                 Locked::Read(read) => {
                     match read.wait(redis.read_timeout() + REDIS_READ_SLACK).await {
-                        Some(Flight::Stored(o)) if o.key == key => {
+                        Some(Flight::Found { object, epoch }) => {
+                            if memory.removed_since(&key, epoch) {
+                                // A purge completed after the leader's
+                                // read began: its copy may be the purged
+                                // one.
+                                continue;
+                            }
+                            if object.key != key {
+                                // Another URL of the same hash (never seen).
+                                return None;
+                            }
                             self.inner.metrics.redis_coalesced();
-                            return Some(o);
+                            return Some(object);
                         }
-                        // Another URL of the same hash (never seen).
-                        Some(Flight::Stored(_)) => return None,
                         // The leader left or its answer may predate a purge.
                         Some(Flight::Abandoned) => continue,
-                        Some(Flight::Released) | None => return None,
+                        Some(Flight::Released | Flight::Stored(_)) | None => return None,
                     }
                 }
             };
@@ -280,7 +288,10 @@ impl Cache {
                 }
             };
             match &found {
-                Some(o) if memory.promote(o, epoch) => lock.publish(Flight::Stored(o.clone())),
+                Some(o) if memory.promote(o, epoch) => lock.publish(Flight::Found {
+                    object: o.clone(),
+                    epoch,
+                }),
                 // A removal overlapped the read: the copy is served to this
                 // request only; dropping the lock sends the waiters back.
                 Some(_) => {}

@@ -1299,3 +1299,105 @@ async fn a_read_after_an_invalidation_by_selector_is_a_miss_while_redis_still_ho
         cache.lookup(0, false, "h", "/p#v1").await.is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_whose_client_left_still_runs_its_cascades() {
+    let server = RedisServer::start().await;
+    let relay = Relay::start(server.port()).await;
+    let cache = cache_over(&relay.url(), "1MiB").await;
+    let tier = cache.redis().unwrap();
+    let p = object("http://h/p", "old", &[]);
+    let dependent = object("http://h/a/1", "old", &[]);
+    for o in [&p, &dependent] {
+        tier.put_now(o.clone(), KEEP).await.unwrap();
+        cache.memory().insert(live(o));
+        assert!(cache.memory().get_key(&o.key).is_some());
+    }
+    // Purging /p purges the prefix /a/ too.
+    let cascades = strata::invalidation::Cascades::new(vec![strata::invalidation::Cascade::new(
+        "/p",
+        vec![],
+        vec!["/a/".into()],
+        false,
+    )
+    .unwrap()]);
+    let name = tier.object_key(&p.key);
+    relay.hold(true);
+    let before = relay.sent_count(&name);
+    let purge = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let purge = strata::cache::Purge::Url("http://h/p".into());
+            cache.purge(&purge, false, &cascades).await
+        })
+    };
+    eventually!("the purge sent", WAIT, relay.sent_count(&name) > before);
+    purge.abort();
+    assert!(purge.await.unwrap_err().is_cancelled());
+    relay.hold(false);
+    eventually!(
+        "the purge and its cascade done",
+        WAIT,
+        cache.memory().get_key(&p.key).is_none()
+            && cache.memory().get_key(&dependent.key).is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_queued_before_an_invalidation_by_selector_does_not_outlive_it() {
+    let server = RedisServer::start().await;
+    let relay = Relay::start(server.port()).await;
+    let cache = cache_over(&relay.url(), "1MiB").await;
+    let tier = cache.redis().unwrap();
+    let key = CacheKey::new(false, "h", "/p#v1");
+    let o = {
+        let o = object("http://h/x", "old", &[]);
+        Arc::new(Object {
+            key: key.clone(),
+            variants: o.variants.clone(),
+        })
+    };
+    tier.put_now(o.clone(), KEEP).await.unwrap();
+    // The key's lane is busy with one write, more (the admission of the
+    // copy before the unsafe request) queued behind it.
+    relay.hold(true);
+    let sets = relay.sent_count("SET");
+    tier.put_background(o.clone(), KEEP);
+    eventually!("the first write sent", WAIT, relay.sent_count("SET") > sets);
+    for _ in 0..6 {
+        tier.put_background(o.clone(), KEEP);
+    }
+    let uri: http::Uri = "/p".parse().unwrap();
+    let authority: http::uri::Authority = "h".parse().unwrap();
+    cache.invalidate_after_unsafe(
+        &uri,
+        Some(&authority),
+        false,
+        &HeaderMap::new(),
+        |_, _, _| Selector::Prefix("/p#".into()),
+    );
+    assert!(tier.invalidation_pending(&key));
+    relay.hold(false);
+    // Every queued write lands; then the invalidation ends.
+    assert!(tier.flush(WAIT).await);
+    eventually!(
+        "the invalidation done",
+        WAIT,
+        !tier.invalidation_pending(&key)
+    );
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(tier.object_key(&key))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        exists, 0,
+        "a write queued before the invalidation outlived it"
+    );
+    assert!(cache.lookup(0, false, "h", "/p#v1").await.is_none());
+}

@@ -27,6 +27,11 @@ pub enum Flight {
     Released,
     /// The leader went away without an answer: ask for the lock again.
     Abandoned,
+    /// A Redis read found it (coalesced lookups, `Cache::lookup`), having
+    /// begun at removal count `epoch`: a waiter takes it only if its URL
+    /// was not removed from memory since, which a purge that completed
+    /// before the waiter joined would have done.
+    Found { object: Arc<Object>, epoch: u64 },
 }
 
 type Slot = watch::Sender<Option<Flight>>;

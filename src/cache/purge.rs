@@ -88,6 +88,8 @@ impl Cache {
     /// Only a selector that names nothing valid is an error; Redis failing
     /// is reported in [`Purged::redis_error`], memory and the cascades
     /// having been purged all the same.
+    ///
+    /// Runs to the end in a task of its own (see [`to_the_end`]).
     pub async fn purge(
         &self,
         purge: &Purge,
@@ -95,17 +97,21 @@ impl Cache {
         cascades: &Cascades,
     ) -> Result<Purged, PurgeError> {
         let selector = purge.selector()?;
-        let (direct, redis_error) = self.apply(&selector, soft).await;
-        self.inner.metrics.purged(PurgeCause::Api, direct);
-        let cascaded = match cascade_path(purge) {
-            Some(path) => self.cascade(path, cascades).await,
-            None => 0,
-        };
-        Ok(Purged {
-            direct,
-            cascaded,
-            redis_error,
-        })
+        let (cache, purge, cascades) = (self.clone(), purge.clone(), cascades.clone());
+        let purged = to_the_end(async move {
+            let (direct, redis_error) = cache.apply(&selector, soft).await;
+            cache.inner.metrics.purged(PurgeCause::Api, direct);
+            let cascaded = match cascade_path(&purge) {
+                Some(path) => cache.cascade_here(path, &cascades).await,
+                None => 0,
+            };
+            Purged {
+                direct,
+                cascaded,
+                redis_error,
+            }
+        });
+        Ok(purged.await.unwrap_or_default())
     }
 
     /// Up to `limit` objects per tier that `selector` selects, read
@@ -131,33 +137,7 @@ impl Cache {
     /// and, if Redis could not be reached, why. Memory is always done;
     /// Redis is skipped while its breaker is open (it would only time out,
     /// holding a cascade's unsafe request for each step).
-    ///
-    /// Runs in a task of its own, so that it finishes even if the request
-    /// that asked for it is dropped (its client went away) between the
-    /// Redis step and the memory step: memory would keep what Redis lost.
     async fn apply(&self, selector: &Selector, soft: bool) -> (u64, Option<storage::StorageError>) {
-        let (cache, owned) = (self.clone(), selector.clone());
-        match tokio::spawn(async move { cache.apply_here(&owned, soft).await }).await {
-            Ok(applied) => applied,
-            Err(e) => {
-                // Only a panic or the runtime shutting down: memory still
-                // gets the purge.
-                tracing::error!(error = %e, ?selector, "purge task failed; memory purged");
-                let n = if soft {
-                    self.inner.memory.mark_stale(selector)
-                } else {
-                    self.inner.memory.purge_now(selector)
-                };
-                (n, None)
-            }
-        }
-    }
-
-    async fn apply_here(
-        &self,
-        selector: &Selector,
-        soft: bool,
-    ) -> (u64, Option<storage::StorageError>) {
         let redis = self.inner.redis.as_ref();
         let in_redis = |soft: bool| async move {
             match redis {
@@ -189,7 +169,16 @@ impl Cache {
     /// Runs the cascades that purging `path` sets off; returns how many
     /// objects they purged (counted as `cause="cascade"`). A failing step
     /// is logged and the others still run.
+    ///
+    /// Runs to the end in a task of its own (see [`to_the_end`]).
     pub async fn cascade(&self, path: &str, cascades: &Cascades) -> u64 {
+        let (cache, path, cascades) = (self.clone(), path.to_owned(), cascades.clone());
+        to_the_end(async move { cache.cascade_here(&path, &cascades).await })
+            .await
+            .unwrap_or(0)
+    }
+
+    async fn cascade_here(&self, path: &str, cascades: &Cascades) -> u64 {
         let mut total = 0;
         for step in cascades.plan(path) {
             let selector = match step.purge.selector() {
@@ -263,6 +252,23 @@ impl Cache {
             redis.purge_background(selector.clone());
         }
         self.inner.memory.purge_now(&selector)
+    }
+}
+
+/// Runs `work` in a task of its own and waits for it. A purge (with its
+/// cascades) goes from Redis to memory; were it dropped in between, with
+/// the request that asked for it (its client went away), memory would
+/// keep what Redis and the fleet lost. A panic in it is the caller's, as
+/// it would be inline; `None` only while the runtime shuts down.
+async fn to_the_end<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    match tokio::spawn(work).await {
+        Ok(done) => Some(done),
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => None,
+        },
     }
 }
 

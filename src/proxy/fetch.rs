@@ -82,7 +82,8 @@ async fn follow(
             // Boxed: the future would otherwise contain itself.
             return Box::pin(fetch_or_rejoin(ctx, req, miss, rejoins - 1)).await;
         }
-        Some(Flight::Released | Flight::Abandoned) | None => {}
+        // `Found` is for Redis reads' waiters; never sent on this lock.
+        Some(Flight::Released | Flight::Abandoned | Flight::Found { .. }) | None => {}
     }
     // Released, timed out, or another variant: go upstream alone.
     let pass = super::lookup::Pass {
