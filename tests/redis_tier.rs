@@ -954,6 +954,65 @@ fn live(o: &Arc<Object>) -> Arc<Object> {
     })
 }
 
+/// A Redis server, a [`Relay`] in front of it, and a whole cache over the
+/// relay (memory `capacity`, Redis reads bounded by 5 s).
+struct Relayed {
+    server: RedisServer,
+    relay: Relay,
+    cache: strata::cache::Cache,
+}
+
+impl Relayed {
+    async fn start(capacity: &str) -> Relayed {
+        let server = RedisServer::start().await;
+        let relay = Relay::start(server.port()).await;
+        let cache = cache_over(&relay.url(), capacity).await;
+        Relayed {
+            server,
+            relay,
+            cache,
+        }
+    }
+}
+
+/// A lookup of `http://h{path}` in a task of its own.
+fn spawn_lookup(
+    cache: &strata::cache::Cache,
+    path: &'static str,
+) -> tokio::task::JoinHandle<Option<(Arc<Object>, strata::cache::Tier)>> {
+    let cache = cache.clone();
+    tokio::spawn(async move { cache.lookup(0, false, "h", path).await })
+}
+
+/// A hard purge of `url` (and its `cascades`) in a task of its own.
+fn spawn_purge(
+    cache: &strata::cache::Cache,
+    url: &'static str,
+    cascades: strata::invalidation::Cascades,
+) -> tokio::task::JoinHandle<Result<strata::cache::Purged, strata::cache::PurgeError>> {
+    let cache = cache.clone();
+    tokio::spawn(async move {
+        let purge = strata::cache::Purge::Url(url.into());
+        cache.purge(&purge, false, &cascades).await
+    })
+}
+
+/// Whether Redis at `server` holds `name`, asked directly (not through
+/// the tier, whose reads of a pending invalidation are misses).
+async fn exists(server: &RedisServer, name: &str) -> bool {
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("EXISTS")
+        .arg(name)
+        .query_async::<u64>(&mut raw)
+        .await
+        .unwrap()
+        == 1
+}
+
 /// The `GET` bytes a read of `key` sends (RESP, as redis-rs writes it).
 fn get_command(tier: &RedisTier, key: &CacheKey) -> String {
     let name = tier.object_key(key);
@@ -962,10 +1021,12 @@ fn get_command(tier: &RedisTier, key: &CacheKey) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_lookups_of_one_url_share_one_redis_read() {
-    let server = RedisServer::start().await;
-    let relay = Relay::start(server.port()).await;
     // No memory tier: every request for the URL is a Redis read.
-    let cache = cache_over(&relay.url(), "0").await;
+    let Relayed {
+        server: _server,
+        relay,
+        cache,
+    } = Relayed::start("0").await;
     let tier = cache.redis().unwrap();
     let o = object("http://h/hot", "hot", &[]);
     tier.put_now(o.clone(), KEEP).await.unwrap();
@@ -1011,9 +1072,11 @@ async fn concurrent_lookups_of_one_url_share_one_redis_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_during_a_redis_read_does_not_bring_the_copy_back() {
-    let server = RedisServer::start().await;
-    let relay = Relay::start(server.port()).await;
-    let cache = cache_over(&relay.url(), "1MiB").await;
+    let Relayed {
+        server: _server,
+        relay,
+        cache,
+    } = Relayed::start("1MiB").await;
     let tier = cache.redis().unwrap();
     let o = object("http://h/purged", "old", &[]);
     tier.put_now(o.clone(), KEEP).await.unwrap();
@@ -1021,22 +1084,10 @@ async fn a_purge_during_a_redis_read_does_not_bring_the_copy_back() {
 
     // Redis answers the read with the copy; the answer is held.
     relay.hold(true);
-    let read = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.lookup(0, false, "h", "/purged").await })
-    };
+    let read = spawn_lookup(&cache, "/purged");
     eventually!("the read sent", WAIT, relay.sent_count(&get) == 1);
     // The purge is sent after it (its answer is held too).
-    let purge = {
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            let purge = strata::cache::Purge::Url("http://h/purged".into());
-            cache
-                .purge(&purge, false, &Default::default())
-                .await
-                .unwrap()
-        })
-    };
+    let purge = spawn_purge(&cache, "http://h/purged", Default::default());
     let name = tier.object_key(&o.key);
     eventually!(
         "the purge sent",
@@ -1049,7 +1100,7 @@ async fn a_purge_during_a_redis_read_does_not_bring_the_copy_back() {
         served.is_some(),
         "the read overlapping the purge got the copy"
     );
-    purge.await.unwrap();
+    purge.await.unwrap().unwrap();
 
     assert!(
         cache.memory().get_key(&o.key).is_none(),
@@ -1060,9 +1111,11 @@ async fn a_purge_during_a_redis_read_does_not_bring_the_copy_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_read_sent_while_a_purge_is_under_way_does_not_bring_the_copy_back() {
-    let server = RedisServer::start().await;
-    let relay = Relay::start(server.port()).await;
-    let cache = cache_over(&relay.url(), "1MiB").await;
+    let Relayed {
+        server: _server,
+        relay,
+        cache,
+    } = Relayed::start("1MiB").await;
     let tier = cache.redis().unwrap();
     let o = object("http://h/purging", "old", &[]);
     tier.put_now(o.clone(), KEEP).await.unwrap();
@@ -1073,30 +1126,18 @@ async fn a_redis_read_sent_while_a_purge_is_under_way_does_not_bring_the_copy_ba
     // the deletion after it, are held.
     relay.hold(true);
     let sent_before = relay.sent_count(&name);
-    let purge = {
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            let purge = strata::cache::Purge::Url("http://h/purging".into());
-            cache
-                .purge(&purge, false, &Default::default())
-                .await
-                .unwrap()
-        })
-    };
+    let purge = spawn_purge(&cache, "http://h/purging", Default::default());
     eventually!(
         "the purge's first step sent",
         WAIT,
         relay.sent_count(&name) > sent_before
     );
     // A read now is answered before the deletion, with the copy.
-    let read = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.lookup(0, false, "h", "/purging").await })
-    };
+    let read = spawn_lookup(&cache, "/purging");
     eventually!("the read sent", WAIT, relay.sent_count(&get) == 1);
     relay.hold(false);
     assert!(read.await.unwrap().is_some(), "the read got the copy");
-    purge.await.unwrap();
+    purge.await.unwrap().unwrap();
 
     assert!(
         cache.memory().get_key(&o.key).is_none(),
@@ -1107,9 +1148,11 @@ async fn a_redis_read_sent_while_a_purge_is_under_way_does_not_bring_the_copy_ba
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_after_an_invalidation_is_a_miss_while_redis_still_holds_the_copy() {
-    let server = RedisServer::start().await;
-    let relay = Relay::start(server.port()).await;
-    let cache = cache_over(&relay.url(), "1MiB").await;
+    let Relayed {
+        server: _server,
+        relay,
+        cache,
+    } = Relayed::start("1MiB").await;
     let tier = cache.redis().unwrap();
     let o = object("http://h/written", "old", &[]);
     tier.put_now(o.clone(), KEEP).await.unwrap();
@@ -1129,10 +1172,7 @@ async fn a_read_after_an_invalidation_is_a_miss_while_redis_still_holds_the_copy
 
     // A read now (a client reading after its write) must not get the copy
     // Redis still holds.
-    let read = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.lookup(0, false, "h", "/written").await })
-    };
+    let read = spawn_lookup(&cache, "/written");
     eventually!(
         "the read answered or sent",
         WAIT,
@@ -1155,9 +1195,11 @@ async fn a_read_after_an_invalidation_is_a_miss_while_redis_still_holds_the_copy
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_whose_client_left_still_purges_memory() {
-    let server = RedisServer::start().await;
-    let relay = Relay::start(server.port()).await;
-    let cache = cache_over(&relay.url(), "1MiB").await;
+    let Relayed {
+        server: _server,
+        relay,
+        cache,
+    } = Relayed::start("1MiB").await;
     let tier = cache.redis().unwrap();
     let o = object("http://h/left", "old", &[]);
     tier.put_now(o.clone(), KEEP).await.unwrap();
@@ -1169,13 +1211,7 @@ async fn a_purge_whose_client_left_still_purges_memory() {
     // client that went away).
     relay.hold(true);
     let before = relay.sent_count(&name);
-    let purge = {
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            let purge = strata::cache::Purge::Url("http://h/left".into());
-            cache.purge(&purge, false, &Default::default()).await
-        })
-    };
+    let purge = spawn_purge(&cache, "http://h/left", Default::default());
     eventually!("the purge sent", WAIT, relay.sent_count(&name) > before);
     purge.abort();
     assert!(purge.await.unwrap_err().is_cancelled());
@@ -1194,9 +1230,11 @@ async fn a_purge_whose_client_left_still_purges_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_read_from_redis_during_a_fleet_purge_is_not_promoted() {
-    let server = RedisServer::start().await;
-    let relay = Relay::start(server.port()).await;
-    let cache = cache_over(&relay.url(), "1MiB").await;
+    let Relayed {
+        server: _server,
+        relay,
+        cache,
+    } = Relayed::start("1MiB").await;
     let tier = cache.redis().unwrap();
     let o = object("http://h/soft", "old", &[]);
     tier.put_now(o.clone(), KEEP).await.unwrap();
@@ -1228,9 +1266,11 @@ async fn a_copy_read_from_redis_during_a_fleet_purge_is_not_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_after_an_invalidation_by_selector_is_a_miss_while_redis_still_holds_the_copy() {
-    let server = RedisServer::start().await;
-    let relay = Relay::start(server.port()).await;
-    let cache = cache_over(&relay.url(), "1MiB").await;
+    let Relayed {
+        server,
+        relay,
+        cache,
+    } = Relayed::start("1MiB").await;
     let tier = cache.redis().unwrap();
     // An entry of a URL under a rule's key options: its unsafe request
     // invalidates every key starting with the path.
@@ -1260,10 +1300,7 @@ async fn a_read_after_an_invalidation_by_selector_is_a_miss_while_redis_still_ho
     assert!(cache.memory().get_key(&key).is_none());
     // The unsafe response has gone out; the client reads the URL while
     // Redis still holds the copy.
-    let read = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.lookup(0, false, "h", "/p#v1").await })
-    };
+    let read = spawn_lookup(&cache, "/p#v1");
     eventually!(
         "the read answered or sent",
         WAIT,
@@ -1274,22 +1311,8 @@ async fn a_read_after_an_invalidation_by_selector_is_a_miss_while_redis_still_ho
         read.await.unwrap().is_none(),
         "a read after the invalidation got the invalidated copy"
     );
-    let mut raw = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
     let name = tier.object_key(&key);
-    eventually!(
-        "Redis purged",
-        WAIT,
-        redis::cmd("EXISTS")
-            .arg(&name)
-            .query_async::<u64>(&mut raw)
-            .await
-            .unwrap()
-            == 0
-    );
+    eventually!("Redis purged", WAIT, !exists(&server, &name).await);
     assert!(cache.memory().get_key(&key).is_none());
     // The mark goes with the purge: a new copy is read again.
     tier.put_now(o.clone(), KEEP).await.unwrap();
@@ -1302,9 +1325,11 @@ async fn a_read_after_an_invalidation_by_selector_is_a_miss_while_redis_still_ho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_whose_client_left_still_runs_its_cascades() {
-    let server = RedisServer::start().await;
-    let relay = Relay::start(server.port()).await;
-    let cache = cache_over(&relay.url(), "1MiB").await;
+    let Relayed {
+        server: _server,
+        relay,
+        cache,
+    } = Relayed::start("1MiB").await;
     let tier = cache.redis().unwrap();
     let p = object("http://h/p", "old", &[]);
     let dependent = object("http://h/a/1", "old", &[]);
@@ -1324,13 +1349,7 @@ async fn a_purge_whose_client_left_still_runs_its_cascades() {
     let name = tier.object_key(&p.key);
     relay.hold(true);
     let before = relay.sent_count(&name);
-    let purge = {
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            let purge = strata::cache::Purge::Url("http://h/p".into());
-            cache.purge(&purge, false, &cascades).await
-        })
-    };
+    let purge = spawn_purge(&cache, "http://h/p", cascades);
     eventually!("the purge sent", WAIT, relay.sent_count(&name) > before);
     purge.abort();
     assert!(purge.await.unwrap_err().is_cancelled());
@@ -1345,9 +1364,11 @@ async fn a_purge_whose_client_left_still_runs_its_cascades() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_queued_before_an_invalidation_by_selector_does_not_outlive_it() {
-    let server = RedisServer::start().await;
-    let relay = Relay::start(server.port()).await;
-    let cache = cache_over(&relay.url(), "1MiB").await;
+    let Relayed {
+        server,
+        relay,
+        cache,
+    } = Relayed::start("1MiB").await;
     let tier = cache.redis().unwrap();
     let key = CacheKey::new(false, "h", "/p#v1");
     let o = {
@@ -1385,18 +1406,8 @@ async fn a_write_queued_before_an_invalidation_by_selector_does_not_outlive_it()
         WAIT,
         !tier.invalidation_pending(&key)
     );
-    let mut raw = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let exists: u64 = redis::cmd("EXISTS")
-        .arg(tier.object_key(&key))
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    assert_eq!(
-        exists, 0,
+    assert!(
+        !exists(&server, &tier.object_key(&key)).await,
         "a write queued before the invalidation outlived it"
     );
     assert!(cache.lookup(0, false, "h", "/p#v1").await.is_none());
