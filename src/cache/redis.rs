@@ -79,18 +79,6 @@ enum Job {
     Barrier(oneshot::Sender<()>),
 }
 
-/// Ends a selector's pending invalidation when dropped.
-struct EndSelector(Arc<Core>, u64);
-
-impl Drop for EndSelector {
-    fn drop(&mut self) {
-        self.0.invalidating.end_selector(self.1);
-    }
-}
-
-/// Invalidations by selector under way at once ([`RedisTier::purge_background`]).
-const MAX_BACKGROUND_PURGES: usize = 64;
-
 /// The shared Redis tier. Cheap to clone: clones share one connection,
 /// breaker, write queue and subscription.
 #[derive(Clone)]
@@ -254,7 +242,7 @@ impl RedisTier {
             inner: Arc::new(Inner {
                 core,
                 lanes,
-                background: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_PURGES)),
+                background: Arc::new(tokio::sync::Semaphore::new(pending::MAX_BACKGROUND_PURGES)),
                 _stop: stop.drop_guard(),
             }),
         }
@@ -372,46 +360,6 @@ impl RedisTier {
         if !self.enqueue(hash, Job::Invalidate(key)) {
             pending.end(hash);
         }
-    }
-
-    /// Deletes what `selector` selects from Redis and tells the fleet, in a
-    /// task of its own (an unsafe request's invalidation of a URL under a
-    /// rule's key options). Until it is done, this instance reads what it
-    /// may select as a miss (`pending`).
-    ///
-    /// It deletes twice: at once, and again once every write lane has
-    /// passed what was queued before it (a write of an entry it selects,
-    /// queued earlier, may land after the first deletion; one URL's
-    /// invalidation goes through that URL's lane instead). Skipped while
-    /// the breaker is open, and dropped (counted as a dropped write) past
-    /// [`MAX_BACKGROUND_PURGES`] at once.
-    pub fn purge_background(&self, selector: Selector) {
-        let core = &self.inner.core;
-        if core.breaker.is_open() {
-            return;
-        }
-        let Ok(slot) = self.inner.background.clone().try_acquire_owned() else {
-            core.metrics.redis_dropped_write();
-            tracing::debug!(?selector, "too many invalidations under way: dropped");
-            return;
-        };
-        // Ended however the task ends (a panic, the runtime stopping).
-        let end = EndSelector(
-            core.clone(),
-            core.invalidating.begin_selector(selector.clone()),
-        );
-        let tier = self.clone();
-        tokio::spawn(async move {
-            let _held = (slot, end);
-            if let Err(e) = tier.purge(&selector).await {
-                tracing::debug!(?selector, error = %e, "invalidation in redis failed");
-            }
-            if tier.flush(PURGE_CAP).await {
-                if let Err(e) = tier.purge(&selector).await {
-                    tracing::debug!(?selector, error = %e, "invalidation in redis failed (after the queued writes)");
-                }
-            }
-        });
     }
 
     /// Counts one sampled hit on `object` in the fleet's popularity set,

@@ -14,8 +14,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use super::store::Core;
+use super::{RedisTier, PURGE_CAP};
 use crate::cache::key::CacheKey;
 use crate::cache::storage::Selector;
 
@@ -87,6 +89,60 @@ impl Pending {
             || state.selectors.iter().any(|(_, s)| s.may_select(key))
     }
 }
+
+impl RedisTier {
+    /// Deletes what `selector` selects from Redis and tells the fleet, in a
+    /// task of its own (an unsafe request's invalidation of a URL under a
+    /// rule's key options). Until it is done, this instance reads what it
+    /// may select as a miss (`pending`).
+    ///
+    /// It deletes twice: at once, and again once every write lane has
+    /// passed what was queued before it (a write of an entry it selects,
+    /// queued earlier, may land after the first deletion; one URL's
+    /// invalidation goes through that URL's lane instead). Skipped while
+    /// the breaker is open, and dropped (counted as a dropped write) past
+    /// [`MAX_BACKGROUND_PURGES`] at once.
+    pub fn purge_background(&self, selector: Selector) {
+        let core = &self.inner.core;
+        if core.breaker.is_open() {
+            return;
+        }
+        let Ok(slot) = self.inner.background.clone().try_acquire_owned() else {
+            core.metrics.redis_dropped_write();
+            tracing::debug!(?selector, "too many invalidations under way: dropped");
+            return;
+        };
+        // Ended however the task ends (a panic, the runtime stopping).
+        let end = EndSelector(
+            core.clone(),
+            core.invalidating.begin_selector(selector.clone()),
+        );
+        let tier = self.clone();
+        tokio::spawn(async move {
+            let _held = (slot, end);
+            if let Err(e) = tier.purge(&selector).await {
+                tracing::debug!(?selector, error = %e, "invalidation in redis failed");
+            }
+            if tier.flush(PURGE_CAP).await {
+                if let Err(e) = tier.purge(&selector).await {
+                    tracing::debug!(?selector, error = %e, "invalidation in redis failed (after the queued writes)");
+                }
+            }
+        });
+    }
+}
+
+/// Ends a selector's pending invalidation when dropped.
+struct EndSelector(Arc<Core>, u64);
+
+impl Drop for EndSelector {
+    fn drop(&mut self) {
+        self.0.invalidating.end_selector(self.1);
+    }
+}
+
+/// Invalidations by selector under way at once ([`RedisTier::purge_background`]).
+pub(super) const MAX_BACKGROUND_PURGES: usize = 64;
 
 #[cfg(test)]
 mod tests {
