@@ -361,24 +361,36 @@ impl Cache {
         }
     }
 
-    /// Admits an object to memory now and to Redis in the background.
-    pub fn admit(&self, object: Arc<Object>) {
-        self.inner.pass.invalidate(&object.key.hash());
+    /// The removal count now: read when a fetch for the cache begins, and
+    /// given to [`Cache::admit`] with its response.
+    pub fn removal_epoch(&self) -> u64 {
+        self.inner.memory.removal_epoch()
+    }
+
+    /// Admits an object to memory now and to Redis in the background,
+    /// unless its URL was removed (purged, invalidated after an unsafe
+    /// request) since `since`, the [`Cache::removal_epoch`] when its fetch
+    /// began: the response may have left the origin before the purge or
+    /// the write, and storing it would undo them. Such a response is
+    /// served to the requests that overlapped the removal, not stored.
+    /// Returns whether it was stored.
+    pub fn admit(&self, object: Arc<Object>, since: u64) -> bool {
+        if !self.admit_memory(object.clone(), since) {
+            return false;
+        }
         if let Some(redis) = &self.inner.redis {
             let keep = Duration::from_secs(object.keep_secs(now_millis()));
-            redis.put_background(object.clone(), keep);
+            redis.put_background(object, keep);
         }
-        self.inner.memory.insert(object);
+        true
     }
 
     /// Makes an object visible in memory at once, before its encoded
-    /// representations exist; [`Cache::complete`] follows with them and
-    /// the returned epoch.
-    pub fn admit_memory(&self, object: Arc<Object>) -> u64 {
-        let epoch = self.inner.memory.removal_epoch();
+    /// representations exist, on the terms of [`Cache::admit`];
+    /// [`Cache::complete`] follows with them and the same `since`.
+    pub fn admit_memory(&self, object: Arc<Object>, since: u64) -> bool {
         self.inner.pass.invalidate(&object.key.hash());
-        self.inner.memory.insert(object);
-        epoch
+        self.inner.memory.promote(&object, since)
     }
 
     /// Completes what [`Cache::admit_memory`] stored with `variant` (the

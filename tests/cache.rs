@@ -2012,3 +2012,74 @@ async fn brotli_is_left_out_when_its_working_memory_has_no_room() {
     })
     .await;
 }
+
+/// A response that left the origin before a purge or a write of its URL
+/// (its fetch began before them, it arrives after) is served to its
+/// request but not stored: storing it would undo them. Without the check
+/// the next request was a hit on it until its lifetime ran out.
+#[tokio::test]
+async fn a_response_fetched_across_a_purge_or_a_write_is_not_stored() {
+    let gate = Arc::new(Notify::new());
+    let hold = Arc::new(AtomicBool::new(true));
+    let gets = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let (gate, hold, gets) = (gate.clone(), hold.clone(), gets.clone());
+        Origin::start(move |req| {
+            let (gate, hold, gets) = (gate.clone(), hold.clone(), gets.clone());
+            async move {
+                if req.method() != Method::GET {
+                    return reply(204, &[], "");
+                }
+                gets.fetch_add(1, Ordering::SeqCst);
+                if hold.swap(false, Ordering::SeqCst) {
+                    gate.notified().await;
+                }
+                reply(200, &[("cache-control", "max-age=60")], "before")
+            }
+        })
+        .await
+    };
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for (path, removal) in [("/purged", "purge"), ("/written", "put")] {
+        hold.store(true, Ordering::SeqCst);
+        let before = gets.load(Ordering::SeqCst);
+        let fetch = {
+            let url = s.url(path);
+            tokio::spawn(async move { Client::new().get(&url).await })
+        };
+        wait_until(Duration::from_secs(10), "the fetch at the origin", || {
+            let n = gets.load(Ordering::SeqCst);
+            async move { n > before }
+        })
+        .await;
+        if removal == "purge" {
+            let (status, _) = s.purge(&format!(r#"{{"url": "{path}"}}"#)).await;
+            assert_eq!(status, 200);
+        } else {
+            let r = c
+                .send(Method::PUT, &s.url(path), &[], Bytes::from_static(b"new"))
+                .await;
+            assert_eq!(r.status, 204);
+        }
+        gate.notify_one();
+        let r = fetch.await.unwrap();
+        assert_eq!(
+            (r.status.as_u16(), &r.body[..]),
+            (200, &b"before"[..]),
+            "{path}"
+        );
+        let r = c.get(&s.url(path)).await;
+        assert!(
+            r.cache_status().contains("fwd=miss"),
+            "{path} after the {removal}: {}",
+            r.cache_status()
+        );
+        let r = c.get(&s.url(path)).await;
+        assert!(
+            r.cache_status().contains("hit"),
+            "{path}: {}",
+            r.cache_status()
+        );
+    }
+}

@@ -44,6 +44,9 @@ pub struct Plan {
     pub tags: Vec<String>,
     pub max_size: u64,
     pub compression: Option<CompressionPolicy>,
+    /// [`Cache::removal_epoch`] when the fetch began: a purge or an
+    /// invalidation of the URL since then keeps the response out.
+    pub since: u64,
     /// The body's place in the cache's collecting budget
     /// ([`Cache::collecting`]): its declared length, or nothing yet.
     pub reserved: Reservation,
@@ -233,16 +236,23 @@ async fn run(
     // encoded representations follow without hiding it (SPEC §6).
     // The collapse lock goes too: waiting requests get this object, and a
     // request after a purge fetches anew instead of waiting on the encoding.
-    let epoch = match encode {
-        Some(_) => cache.admit_memory(admitted.clone()),
-        None => {
-            cache.admit(admitted.clone());
-            0
-        }
+    let since = plan.since;
+    let stored = match encode {
+        Some(_) => cache.admit_memory(admitted.clone(), since),
+        None => cache.admit(admitted.clone(), since),
     };
     drop(reserved); // the tier holds the body now
     if let Some(l) = lock.take() {
-        l.publish(Flight::Stored(admitted.clone()));
+        // Not stored: the URL was purged while it was fetched, and a
+        // request that came after the purge may be waiting.
+        l.publish(if stored {
+            Flight::Stored(admitted.clone())
+        } else {
+            Flight::Released
+        });
+    }
+    if !stored {
+        tracing::debug!(key = %plan.key, "purged or invalidated while fetched: not stored");
     }
     if let Some(visible) = done.take_if(|d| matches!(d, Done::Visible(_))) {
         visible.send(Admitted::Stored(identity.clone()));
@@ -250,11 +260,11 @@ async fn run(
     if let (Some(tx), Some(last)) = (client, last) {
         let _ = tx.send(Ok(last)).await;
     }
-    let Some(policy) = encode else {
+    let Some(policy) = encode.filter(|_| stored) else {
         return Some(identity);
     };
     let variant = Arc::new(with_encodings(&identity, policy, cache).await);
-    if !cache.complete(&admitted, variant.clone(), epoch) {
+    if !cache.complete(&admitted, variant.clone(), since) {
         tracing::debug!(key = %plan.key, "purged or replaced while encoding: not stored again");
     }
     Some(variant)

@@ -175,6 +175,9 @@ impl Exchange {
         stale_on_5xx: bool,
     ) -> Fetched {
         let mut validating = stale;
+        // Before the request leaves: a purge or invalidation of the URL
+        // from here on keeps the response out of the cache.
+        let since = self.cache.removal_epoch();
         let (answer, request_time) = loop {
             let upstream = self.upstream_request(parts, validating.map(|v| &**v));
             let request_time = now_millis();
@@ -224,8 +227,8 @@ impl Exchange {
             if now.private || now.no_store {
                 // The origin no longer lets it be shared (SPEC §10).
                 self.cache.remove(key);
-            } else {
-                self.cache.admit(object.clone());
+            } else if !self.cache.admit(object.clone(), since) {
+                tracing::debug!(%key, "purged or invalidated while revalidated: not stored");
             }
             let served = answer.response.extensions().get().cloned();
             return Fetched::NotModified(object, v, served);
@@ -277,6 +280,7 @@ impl Exchange {
             tags: entry_tags,
             max_size: max,
             compression: self.runtime.config.compression.clone(),
+            since,
             reserved,
         };
         Fetched::Storable(Box::new(plan), rparts, body)
