@@ -1412,3 +1412,40 @@ async fn a_write_queued_before_an_invalidation_by_selector_does_not_outlive_it()
     );
     assert!(cache.lookup(0, false, "h", "/p#v1").await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_queued_before_a_purge_does_not_outlive_it() {
+    let Relayed {
+        server,
+        relay,
+        cache,
+    } = Relayed::start("1MiB").await;
+    let tier = cache.redis().unwrap();
+    let o = object("http://h/queued", "old", &[]);
+    tier.put_now(o.clone(), KEEP).await.unwrap();
+    // The key's lane is busy with one write; another (an admission just
+    // before the purge) waits behind it.
+    relay.hold(true);
+    let sets = relay.sent_count("SET");
+    tier.put_background(o.clone(), KEEP);
+    eventually!("the first write sent", WAIT, relay.sent_count("SET") > sets);
+    tier.put_background(o.clone(), KEEP);
+    // The purge deletes in Redis now (its answers are held); the queued
+    // write is sent only once the first one is answered.
+    let name = tier.object_key(&o.key);
+    let before = relay.sent_count(&name);
+    let purge = spawn_purge(&cache, "http://h/queued", Default::default());
+    eventually!("the purge sent", WAIT, relay.sent_count(&name) > before);
+    relay.hold(false);
+    purge.await.unwrap().unwrap();
+    assert!(tier.flush(WAIT).await);
+    eventually!(
+        "the purge done behind the queued writes",
+        WAIT,
+        !tier.invalidation_pending(&o.key)
+    );
+    assert!(
+        !exists(&server, &name).await,
+        "a write queued before the purge outlived it"
+    );
+}

@@ -159,6 +159,10 @@ impl Cache {
         } else {
             self.inner.memory.purge_now(selector)
         };
+        if let (Some(redis), Some(Ok(_))) = (redis, &in_redis) {
+            // A write queued before the purge may land after it.
+            redis.purge_behind_queued_writes(selector.clone(), soft);
+        }
         match in_redis {
             Some(Ok(m)) => (n.max(m), None),
             Some(Err(e)) => (n, Some(e)),

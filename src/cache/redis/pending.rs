@@ -94,7 +94,7 @@ impl RedisTier {
     /// Deletes what `selector` selects from Redis and tells the fleet, in a
     /// task of its own (an unsafe request's invalidation of a URL under a
     /// rule's key options). Until it is done, this instance reads what it
-    /// may select as a miss (`pending`).
+    /// may select as a miss (this module's marks).
     ///
     /// It deletes twice: at once, and again once every write lane has
     /// passed what was queued before it (a write of an entry it selects,
@@ -103,13 +103,31 @@ impl RedisTier {
     /// the breaker is open, and dropped (counted as a dropped write) past
     /// [`MAX_BACKGROUND_PURGES`] at once.
     pub fn purge_background(&self, selector: Selector) {
+        self.spawn_purge(selector, false, true);
+    }
+
+    /// The second half of an admin purge that has just deleted (or, with
+    /// `soft`, marked) what `selector` selects in Redis: a write queued
+    /// before it on a write lane (an object admitted just before the
+    /// purge) may land after it. Purged again behind those writes: one URL
+    /// through its own lane, a selector once every lane has passed what
+    /// was queued; meanwhile this instance reads what it may select as a
+    /// miss. Bounds as [`RedisTier::purge_background`].
+    pub fn purge_behind_queued_writes(&self, selector: Selector, soft: bool) {
+        match selector {
+            Selector::Key(key) if !soft => self.invalidate_background(key),
+            selector => self.spawn_purge(selector, soft, false),
+        }
+    }
+
+    fn spawn_purge(&self, selector: Selector, soft: bool, first: bool) {
         let core = &self.inner.core;
         if core.breaker.is_open() {
             return;
         }
         let Ok(slot) = self.inner.background.clone().try_acquire_owned() else {
             core.metrics.redis_dropped_write();
-            tracing::debug!(?selector, "too many invalidations under way: dropped");
+            tracing::debug!(?selector, "too many background purges under way: dropped");
             return;
         };
         // Ended however the task ends (a panic, the runtime stopping).
@@ -120,13 +138,21 @@ impl RedisTier {
         let tier = self.clone();
         tokio::spawn(async move {
             let _held = (slot, end);
-            if let Err(e) = tier.purge(&selector).await {
-                tracing::debug!(?selector, error = %e, "invalidation in redis failed");
+            let purge = || async {
+                let done = if soft {
+                    tier.soft_purge(&selector).await
+                } else {
+                    tier.purge(&selector).await
+                };
+                if let Err(e) = done {
+                    tracing::debug!(?selector, soft, error = %e, "background purge in redis failed");
+                }
+            };
+            if first {
+                purge().await;
             }
             if tier.flush(PURGE_CAP).await {
-                if let Err(e) = tier.purge(&selector).await {
-                    tracing::debug!(?selector, error = %e, "invalidation in redis failed (after the queued writes)");
-                }
+                purge().await;
             }
         });
     }
