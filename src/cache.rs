@@ -260,7 +260,7 @@ impl Cache {
                 Locked::Read(read) => {
                     match read.wait(redis.read_timeout() + REDIS_READ_SLACK).await {
                         Some(Flight::Found { object, epoch }) => {
-                            if memory.removed_since(&key, epoch) {
+                            if memory.removed_since(&object, epoch) {
                                 // A purge completed after the leader's
                                 // read began: its copy may be the purged
                                 // one.
@@ -406,7 +406,7 @@ impl Cache {
         let memory = &self.inner.memory;
         let complete = match memory.complete(admitted, &variant) {
             Some(stored) => stored,
-            None if !memory.removed_since(&admitted.key, epoch)
+            None if !memory.removed_since(admitted, epoch)
                 && memory.get_key(&admitted.key).is_none() =>
             {
                 Arc::new(admitted.with_variant(variant))

@@ -4,8 +4,9 @@
 //! with a per-entry expiry of the object's freshness lifetime plus stale
 //! windows. Lookups are synchronous and lock-free on the hit path.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -55,13 +56,30 @@ pub struct MemoryTier {
     /// evictions), so that work begun before one can tell it must not
     /// store again ([`MemoryTier::removed_since`]).
     removals: Arc<AtomicU64>,
-    /// The count after the last removal by selector (prefix, tag, all) or
-    /// soft purge: those may have touched any URL.
+    /// The count after the last removal by selector (prefix, tag, path on
+    /// every host) or soft purge.
     broad_removal: Arc<AtomicU64>,
+    /// The latest of those, with their counts (see [`Broad`]).
+    recent_broad: Arc<Mutex<Broad>>,
     /// The count after each URL's last removal (remembered for
     /// [`REMOVALS_KEPT`]).
     removed_urls: Cache<u64>,
 }
+
+/// Removals by selector remembered with their selectors, so that one
+/// removes from consideration only what it may have selected: a tag purge
+/// every second must not keep every miss in flight from being stored.
+/// Past [`RECENT_BROAD`] of them, the oldest are forgotten and count for
+/// every URL.
+#[derive(Default)]
+struct Broad {
+    /// `(count, selector)`, oldest first.
+    recent: VecDeque<(u64, Selector)>,
+    /// The highest count forgotten.
+    forgotten: u64,
+}
+
+const RECENT_BROAD: usize = 256;
 
 /// Objects of at least this weight (bytes) are evicted for at once (see
 /// [`MemoryTier::evict_now`]); lighter ones can pile up over capacity by
@@ -88,6 +106,7 @@ impl MemoryTier {
             cache,
             removals: Arc::new(AtomicU64::new(0)),
             broad_removal: Arc::new(AtomicU64::new(0)),
+            recent_broad: Default::default(),
             removed_urls: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(REMOVALS_KEPT)
@@ -167,16 +186,22 @@ impl MemoryTier {
         self.removals.load(Ordering::SeqCst)
     }
 
-    /// Whether `key` may have been removed explicitly since `epoch`: by
-    /// its own URL, or by a selector or soft purge (which may have touched
-    /// any URL). Other URLs' removals do not count, so a purge elsewhere
-    /// never stops an admission from being stored.
-    pub fn removed_since(&self, key: &CacheKey, epoch: u64) -> bool {
-        self.broad_removal.load(Ordering::SeqCst) > epoch
-            || self
-                .removed_urls
-                .get(&key.hash())
-                .is_some_and(|at| at > epoch)
+    /// Whether `object`'s URL may have been removed explicitly since
+    /// `epoch`: by its own URL, or by a selector or soft purge that selects
+    /// it. Other removals do not count, so a purge elsewhere never stops
+    /// an admission from being stored.
+    pub fn removed_since(&self, object: &Object, epoch: u64) -> bool {
+        self.removed_urls
+            .get(&object.key.hash())
+            .is_some_and(|at| at > epoch)
+            || (self.broad_removal.load(Ordering::SeqCst) > epoch && {
+                let broad = self.recent_broad.lock().unwrap_or_else(|p| p.into_inner());
+                broad.forgotten > epoch
+                    || broad
+                        .recent
+                        .iter()
+                        .any(|(at, selector)| *at > epoch && selector.selects(object))
+            })
     }
 
     /// Bumps the removal count; returns the new count. Called before the
@@ -189,9 +214,18 @@ impl MemoryTier {
         self.removals.fetch_add(1, Ordering::SeqCst) + 1
     }
 
-    /// A removal that may touch any URL.
-    fn broad(&self) {
+    /// A removal of what `selector` selects. Remembered before the count
+    /// that says it happened is raised, so that a check that sees the
+    /// count finds it.
+    fn broad(&self, selector: &Selector) {
+        let mut broad = self.recent_broad.lock().unwrap_or_else(|p| p.into_inner());
         let at = self.next_removal();
+        broad.recent.push_back((at, selector.clone()));
+        if broad.recent.len() > RECENT_BROAD {
+            if let Some((old, _)) = broad.recent.pop_front() {
+                broad.forgotten = broad.forgotten.max(old);
+            }
+        }
         self.broad_removal.fetch_max(at, Ordering::SeqCst);
     }
 
@@ -218,11 +252,11 @@ impl MemoryTier {
     /// insert when it lost the race, so a removal cannot fall between the
     /// check and the insert. Returns whether it stayed.
     pub fn promote(&self, object: &Arc<Object>, epoch: u64) -> bool {
-        if self.removed_since(&object.key, epoch) {
+        if self.removed_since(object, epoch) {
             return false;
         }
         self.insert(object.clone());
-        if !self.removed_since(&object.key, epoch) {
+        if !self.removed_since(object, epoch) {
             return true;
         }
         use moka::ops::compute::Op;
@@ -250,34 +284,30 @@ impl MemoryTier {
         }
     }
 
-    /// Removes every object `pred` selects; returns how many.
-    pub fn remove_where(&self, pred: impl Fn(&Object) -> bool) -> u64 {
-        self.broad();
+    /// Removes every object `selector` selects; returns how many.
+    pub fn purge_now(&self, selector: &Selector) -> u64 {
+        if let Selector::Key(key) = selector {
+            return u64::from(self.remove(key));
+        }
+        self.broad(selector);
         let doomed: Vec<u128> = self
             .cache
             .iter()
-            .filter(|(_, o)| pred(o))
+            .filter(|(_, o)| selector.selects(o))
             .map(|(k, _)| *k)
             .collect();
         let removed = doomed
             .iter()
             .filter(|k| self.cache.remove(*k).is_some())
             .count() as u64;
-        self.broad();
+        self.broad(selector);
         removed
-    }
-
-    pub fn purge_now(&self, selector: &Selector) -> u64 {
-        match selector {
-            Selector::Key(key) => u64::from(self.remove(key)),
-            _ => self.remove_where(|o| selector.selects(o)),
-        }
     }
 
     /// Soft purge: replaces every object `selector` selects with a copy
     /// whose variants are marked stale; returns how many.
     pub fn mark_stale(&self, selector: &Selector) -> u64 {
-        self.broad();
+        self.broad(selector);
         let marked = self.find(selector, usize::MAX);
         for o in &marked {
             self.insert(Arc::new(o.soft_purged()));
@@ -285,7 +315,7 @@ impl MemoryTier {
         // Counted as a removal: an admission in flight whose object was
         // evicted must not write its fresh copy over a soft purge it did
         // not see (see `Cache::complete`).
-        self.broad();
+        self.broad(selector);
         marked.len() as u64
     }
 
@@ -365,20 +395,44 @@ mod tests {
     #[test]
     fn only_removals_that_may_touch_a_url_count_for_it() {
         let tier = MemoryTier::new(1 << 20);
-        let mine = key("/mine");
+        let mine = object(&key("/mine/a"));
         let epoch = tier.removal_epoch();
         tier.remove(&key("/other"));
         assert!(!tier.removed_since(&mine, epoch), "another URL's purge");
-        tier.remove(&mine);
+        tier.remove(&mine.key);
         assert!(tier.removed_since(&mine, epoch), "its own purge");
 
         let epoch = tier.removal_epoch();
         assert!(!tier.removed_since(&mine, epoch), "before, not since");
-        tier.remove_where(|_| false);
-        assert!(tier.removed_since(&mine, epoch), "a purge by selector");
+        tier.purge_now(&Selector::Prefix("/other/".into()));
+        tier.purge_now(&Selector::Tags(vec!["other".into()]));
+        tier.mark_stale(&Selector::PathAnyHost("/other".into()));
+        assert!(
+            !tier.removed_since(&mine, epoch),
+            "selectors that do not select it"
+        );
+        tier.purge_now(&Selector::Prefix("/mine/".into()));
+        assert!(tier.removed_since(&mine, epoch), "a purge by prefix");
 
         let epoch = tier.removal_epoch();
-        tier.mark_stale(&Selector::Prefix("/nothing".into()));
+        tier.mark_stale(&Selector::PathAnyHost("/mine/a".into()));
         assert!(tier.removed_since(&mine, epoch), "a soft purge");
+    }
+
+    #[test]
+    fn selectors_forgotten_count_for_every_url() {
+        let tier = MemoryTier::new(1 << 20);
+        let mine = object(&key("/mine"));
+        let epoch = tier.removal_epoch();
+        for i in 0..RECENT_BROAD {
+            tier.purge_now(&Selector::Prefix(format!("/other{i}/")));
+        }
+        assert!(
+            tier.removed_since(&mine, epoch),
+            "more removals than remembered since: any may have selected it"
+        );
+        let epoch = tier.removal_epoch();
+        tier.purge_now(&Selector::Prefix("/other/".into()));
+        assert!(!tier.removed_since(&mine, epoch), "all remembered");
     }
 }
