@@ -2098,3 +2098,81 @@ async fn a_response_fetched_across_a_purge_or_a_write_is_not_stored() {
         );
     }
 }
+
+/// A revalidation (`304`) that crossed a purge of its URL is not stored,
+/// and a request made after the purge that waited on it fetches for
+/// itself instead of getting the refreshed pre-purge copy.
+#[tokio::test]
+async fn a_revalidation_across_a_purge_is_not_handed_to_later_requests() {
+    let gate = Arc::new(Notify::new());
+    let purged = Arc::new(AtomicBool::new(false));
+    let conditional = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let (gate, purged, conditional) = (gate.clone(), purged.clone(), conditional.clone());
+        Origin::start(move |req| {
+            let (gate, purged, conditional) = (gate.clone(), purged.clone(), conditional.clone());
+            async move {
+                if req.headers().get("if-none-match").is_some() {
+                    // Decided before the purge, answered after it.
+                    conditional.fetch_add(1, Ordering::SeqCst);
+                    gate.notified().await;
+                    let fields = [("cache-control", "max-age=60"), ("etag", "\"e1\"")];
+                    return reply(304, &fields, "");
+                }
+                let body = if purged.load(Ordering::SeqCst) {
+                    "after"
+                } else {
+                    "before"
+                };
+                // Stale at once: the next request revalidates it.
+                let fields = [
+                    ("cache-control", "max-age=10"),
+                    ("age", "20"),
+                    ("etag", "\"e1\""),
+                ];
+                reply(200, &fields, body)
+            }
+        })
+        .await
+    };
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    assert_eq!(c.get(&s.url("/r")).await.text(), "before");
+    let revalidating = {
+        let url = s.url("/r");
+        tokio::spawn(async move { Client::new().get(&url).await })
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the revalidation at the origin",
+        || {
+            let n = conditional.load(Ordering::SeqCst);
+            async move { n == 1 }
+        },
+    )
+    .await;
+    purged.store(true, Ordering::SeqCst);
+    assert_eq!(s.purge(r#"{"url": "/r"}"#).await.0, 200);
+    // After the purge: a miss that waits on the revalidation in flight.
+    let after = {
+        let url = s.url("/r");
+        tokio::spawn(async move { Client::new().get(&url).await })
+    };
+    let collapser = s.shared.cache.collapser().clone();
+    wait_until(Duration::from_secs(10), "the request waiting", || {
+        let n = collapser.waiting();
+        async move { n == 1 }
+    })
+    .await;
+    gate.notify_one();
+    assert_eq!(revalidating.await.unwrap().text(), "before");
+    let r = after.await.unwrap();
+    assert_eq!(
+        r.text(),
+        "after",
+        "a request made after the purge got the pre-purge copy: {}",
+        r.cache_status()
+    );
+    let r = c.get(&s.url("/r")).await;
+    assert_eq!(r.text(), "after", "{}", r.cache_status());
+}

@@ -1449,3 +1449,25 @@ async fn a_write_queued_before_a_purge_does_not_outlive_it() {
         "a write queued before the purge outlived it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_tag_purge_leaves_keys_it_does_not_select_readable() {
+    let Relayed {
+        server: _server,
+        relay: _relay,
+        cache,
+    } = Relayed::start("0").await;
+    let tier = cache.redis().unwrap();
+    let o = object("http://h/unrelated", "x", &["kept"]);
+    tier.put_now(o.clone(), KEEP).await.unwrap();
+    let purge = strata::cache::Purge::Tags(vec!["nothing-has-this".into()]);
+    cache
+        .purge(&purge, false, &Default::default())
+        .await
+        .unwrap();
+    // The purge is repeated behind the queued writes in the background;
+    // meanwhile other keys are read as before (a tag may select any key,
+    // so a mark would make every read a miss).
+    assert!(!tier.invalidation_pending(&o.key));
+    assert!(tier.get(&o.key).await.unwrap().is_some());
+}

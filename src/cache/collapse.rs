@@ -34,6 +34,19 @@ pub enum Flight {
     Found { object: Arc<Object>, epoch: u64 },
 }
 
+impl Flight {
+    /// `Stored(object)` when it was stored; else `Released` (a response
+    /// fetched across a purge of its URL is not stored, and a request
+    /// made after the purge may be waiting).
+    pub fn stored_if(stored: bool, object: Arc<Object>) -> Flight {
+        if stored {
+            Flight::Stored(object)
+        } else {
+            Flight::Released
+        }
+    }
+}
+
 type Slot = watch::Sender<Option<Flight>>;
 
 #[derive(Default)]

@@ -91,6 +91,8 @@ struct Inner {
     lanes: Vec<mpsc::Sender<Job>>,
     /// Slots for [`RedisTier::purge_background`].
     background: Arc<tokio::sync::Semaphore>,
+    /// Slots for [`RedisTier::purge_behind_queued_writes`].
+    behind: Arc<tokio::sync::Semaphore>,
     _stop: DropGuard,
 }
 
@@ -243,6 +245,7 @@ impl RedisTier {
                 core,
                 lanes,
                 background: Arc::new(tokio::sync::Semaphore::new(pending::MAX_BACKGROUND_PURGES)),
+                behind: Arc::new(tokio::sync::Semaphore::new(pending::MAX_BACKGROUND_PURGES)),
                 _stop: stop.drop_guard(),
             }),
         }

@@ -243,13 +243,7 @@ async fn run(
     };
     drop(reserved); // the tier holds the body now
     if let Some(l) = lock.take() {
-        // Not stored: the URL was purged while it was fetched, and a
-        // request that came after the purge may be waiting.
-        l.publish(if stored {
-            Flight::Stored(admitted.clone())
-        } else {
-            Flight::Released
-        });
+        l.publish(Flight::stored_if(stored, admitted.clone()));
     }
     if !stored {
         tracing::debug!(key = %plan.key, "purged or invalidated while fetched: not stored");

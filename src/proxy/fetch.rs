@@ -82,7 +82,6 @@ async fn follow(
             // Boxed: the future would otherwise contain itself.
             return Box::pin(fetch_or_rejoin(ctx, req, miss, rejoins - 1)).await;
         }
-        // `Found` is for Redis reads' waiters; never sent on this lock.
         Some(Flight::Released | Flight::Abandoned | Flight::Found { .. }) | None => {}
     }
     // Released, timed out, or another variant: go upstream alone.
@@ -145,8 +144,8 @@ async fn lead(
                 ),
             }
         }
-        Fetched::NotModified(object, variant, served) => {
-            lock.publish(Flight::Stored(object));
+        Fetched::NotModified(object, variant, served, stored) => {
+            lock.publish(Flight::stored_if(stored, object));
             let status = CacheStatus::fwd(miss.fwd).map(|f| {
                 f.fwd_status = Some(304);
                 f.ttl = Some(variant.ttl(now_millis()));
@@ -429,7 +428,7 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
             .fetch(&parts, &key, Some(&object), Some(&variant), true)
             .await
         {
-            Fetched::NotModified(object, ..) => lock.publish(Flight::Stored(object)),
+            Fetched::NotModified(o, _, _, stored) => lock.publish(Flight::stored_if(stored, o)),
             Fetched::Uncacheable(NotStorable::Busy, rparts, body) => {
                 drop((rparts, body)); // the upstream connection goes now
                 tokio::time::sleep(BUSY_REFRESH_BACKOFF).await;

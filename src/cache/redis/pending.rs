@@ -103,31 +103,13 @@ impl RedisTier {
     /// the breaker is open, and dropped (counted as a dropped write) past
     /// [`MAX_BACKGROUND_PURGES`] at once.
     pub fn purge_background(&self, selector: Selector) {
-        self.spawn_purge(selector, false, true);
-    }
-
-    /// The second half of an admin purge that has just deleted (or, with
-    /// `soft`, marked) what `selector` selects in Redis: a write queued
-    /// before it on a write lane (an object admitted just before the
-    /// purge) may land after it. Purged again behind those writes: one URL
-    /// through its own lane, a selector once every lane has passed what
-    /// was queued; meanwhile this instance reads what it may select as a
-    /// miss. Bounds as [`RedisTier::purge_background`].
-    pub fn purge_behind_queued_writes(&self, selector: Selector, soft: bool) {
-        match selector {
-            Selector::Key(key) if !soft => self.invalidate_background(key),
-            selector => self.spawn_purge(selector, soft, false),
-        }
-    }
-
-    fn spawn_purge(&self, selector: Selector, soft: bool, first: bool) {
         let core = &self.inner.core;
         if core.breaker.is_open() {
             return;
         }
         let Ok(slot) = self.inner.background.clone().try_acquire_owned() else {
             core.metrics.redis_dropped_write();
-            tracing::debug!(?selector, "too many background purges under way: dropped");
+            tracing::debug!(?selector, "too many invalidations under way: dropped");
             return;
         };
         // Ended however the task ends (a panic, the runtime stopping).
@@ -138,21 +120,51 @@ impl RedisTier {
         let tier = self.clone();
         tokio::spawn(async move {
             let _held = (slot, end);
-            let purge = || async {
-                let done = if soft {
-                    tier.soft_purge(&selector).await
-                } else {
-                    tier.purge(&selector).await
-                };
-                if let Err(e) = done {
-                    tracing::debug!(?selector, soft, error = %e, "background purge in redis failed");
-                }
-            };
-            if first {
-                purge().await;
+            if let Err(e) = tier.purge(&selector).await {
+                tracing::debug!(?selector, error = %e, "invalidation in redis failed");
             }
             if tier.flush(PURGE_CAP).await {
-                purge().await;
+                if let Err(e) = tier.purge(&selector).await {
+                    tracing::debug!(?selector, error = %e, "invalidation in redis failed (after the queued writes)");
+                }
+            }
+        });
+    }
+
+    /// The second half of an admin purge that has just deleted (or, with
+    /// `soft`, marked) what `selector` selects in Redis and told the fleet:
+    /// a write queued before it on a write lane (an object admitted just
+    /// before the purge) may land after it. One URL is deleted again
+    /// through its own lane (read as a miss here meanwhile); a selector
+    /// once every lane has passed what was queued, in Redis only (no
+    /// second message to the fleet, no mark: a tag may select any key).
+    /// Best effort: skipped while the breaker is open, dropped past
+    /// [`MAX_BACKGROUND_PURGES`] under way.
+    pub fn purge_behind_queued_writes(&self, selector: Selector, soft: bool) {
+        if let (Selector::Key(key), false) = (&selector, soft) {
+            return self.invalidate_background(key.clone());
+        }
+        if self.inner.core.breaker.is_open() {
+            return;
+        }
+        let Ok(slot) = self.inner.behind.clone().try_acquire_owned() else {
+            tracing::debug!(?selector, "too many purges under way: not repeated");
+            return;
+        };
+        let tier = self.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            if !tier.flush(PURGE_CAP).await {
+                return;
+            }
+            let core = &tier.inner.core;
+            let done = if soft {
+                core.soft_purge_redis(&selector, PURGE_CAP).await
+            } else {
+                core.purge_redis(&selector, PURGE_CAP).await
+            };
+            if let Err(e) = done {
+                tracing::debug!(?selector, soft, error = %e, "purge behind the queued writes failed");
             }
         });
     }
@@ -167,7 +179,8 @@ impl Drop for EndSelector {
     }
 }
 
-/// Invalidations by selector under way at once ([`RedisTier::purge_background`]).
+/// Background purges under way at once, of each kind
+/// ([`RedisTier::purge_background`], [`RedisTier::purge_behind_queued_writes`]).
 pub(super) const MAX_BACKGROUND_PURGES: usize = 64;
 
 #[cfg(test)]

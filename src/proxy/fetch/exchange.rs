@@ -25,6 +25,7 @@ use crate::cache::{tags, Cache};
 use crate::metrics::Shed;
 use crate::rules::{lifetime, Lifetime, Rule};
 use crate::upstream::client::empty_body;
+use crate::upstream::ServedBy;
 
 /// Request fields Strata removes before a fetch it may store: the cache
 /// fetches whole, unconditional representations (or adds its own
@@ -51,10 +52,10 @@ pub(super) enum Fetched {
     Failed(ProxyError),
     /// 5xx while a stale copy may stand in (the response is dropped).
     ServerError(StatusCode),
-    /// 304 to a conditional fetch: the stored variant, refreshed and
-    /// admitted, the object now holding it, and the server that answered
-    /// (for the access log).
-    NotModified(Arc<Object>, Arc<Variant>, Option<crate::upstream::ServedBy>),
+    /// 304 to a conditional fetch: the object holding the refreshed
+    /// variant, the variant, the server that answered (for the access log),
+    /// and whether it was stored (not when purged while revalidated).
+    NotModified(Arc<Object>, Arc<Variant>, Option<ServedBy>, bool),
     /// A response to store while it streams.
     Storable(Box<Plan>, http::response::Parts, UpstreamBody),
     /// A full response that must not be stored.
@@ -224,14 +225,15 @@ impl Exchange {
                 },
             });
             let now = CacheControl::from_headers(answer.response.headers());
-            if now.private || now.no_store {
-                // The origin no longer lets it be shared (SPEC §10).
+            // Not when the origin no longer lets it be shared (SPEC §10),
+            // nor when it was purged while revalidated.
+            let shared = !(now.private || now.no_store);
+            let stored = shared && self.cache.admit(object.clone(), since);
+            if !shared {
                 self.cache.remove(key);
-            } else if !self.cache.admit(object.clone(), since) {
-                tracing::debug!(%key, "purged or invalidated while revalidated: not stored");
             }
             let served = answer.response.extensions().get().cloned();
-            return Fetched::NotModified(object, v, served);
+            return Fetched::NotModified(object, v, served, stored);
         }
         if stale_on_5xx && stale.is_some() && status.is_server_error() {
             return Fetched::ServerError(status);
