@@ -430,6 +430,35 @@ pub fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<String> {
     Some(out)
 }
 
+/// A one-byte `200` variant received at `received` (milliseconds since
+/// the epoch), fresh for a minute: for tests of the cache's modules.
+#[cfg(test)]
+pub(crate) fn one_byte_variant(vary: VaryKey, received: Millis) -> Variant {
+    Variant {
+        vary,
+        status: StatusCode::OK,
+        headers: HeaderMap::new(),
+        body: Bytes::from_static(b"x"),
+        encoded: Vec::new(),
+        times: Times {
+            request: received,
+            response: received,
+            initial_age_ms: 0,
+        },
+        policy: Policy {
+            lifetime: 60,
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+            must_revalidate: false,
+            no_cache: false,
+            grace: 0,
+        },
+        tags: vec![],
+        soft_purged: false,
+        hits: HitCount::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,29 +475,7 @@ mod tests {
     }
 
     fn variant(vary: VaryKey) -> Arc<Variant> {
-        Arc::new(Variant {
-            vary,
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: Bytes::from_static(b"x"),
-            encoded: Vec::new(),
-            times: Times {
-                request: 0,
-                response: 0,
-                initial_age_ms: 0,
-            },
-            policy: Policy {
-                lifetime: 60,
-                stale_while_revalidate: 0,
-                stale_if_error: 0,
-                must_revalidate: false,
-                no_cache: false,
-                grace: 0,
-            },
-            tags: vec![],
-            soft_purged: false,
-            hits: HitCount::default(),
-        })
+        Arc::new(one_byte_variant(vary, 0))
     }
 
     /// Encoded representations made for one stored response go to a copy

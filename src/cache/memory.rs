@@ -340,34 +340,10 @@ mod tests {
 
     /// A one-byte object of `key`, received now, fresh for a minute.
     fn object(key: &CacheKey) -> Arc<Object> {
-        use crate::cache::entry::{Variant, VaryKey};
-        use crate::cache::freshness::{Policy, Times};
-        let now = now_millis();
+        let variant = crate::cache::entry::one_byte_variant(Default::default(), now_millis());
         Arc::new(Object {
             key: key.clone(),
-            variants: vec![Arc::new(Variant {
-                vary: VaryKey::default(),
-                status: http::StatusCode::OK,
-                headers: http::HeaderMap::new(),
-                body: bytes::Bytes::from_static(b"x"),
-                encoded: Vec::new(),
-                times: Times {
-                    request: now,
-                    response: now,
-                    initial_age_ms: 0,
-                },
-                policy: Policy {
-                    lifetime: 60,
-                    stale_while_revalidate: 0,
-                    stale_if_error: 0,
-                    must_revalidate: false,
-                    no_cache: false,
-                    grace: 0,
-                },
-                tags: vec![],
-                soft_purged: false,
-                hits: Default::default(),
-            })],
+            variants: vec![Arc::new(variant)],
         })
     }
 

@@ -45,8 +45,8 @@ impl Cache {
     pub(super) async fn read_redis(&self, redis: &RedisTier, key: CacheKey) -> Option<Arc<Object>> {
         let memory = &self.inner.memory;
         for _ in 0..REDIS_READ_TRIES {
-            // Before the lock: a leader's epoch is never later than the
-            // moment a waiter joined it.
+            // A leader's, read before its `GET` leaves; a waiter checks the
+            // leader's instead (`Flight::Found`).
             let epoch = memory.removal_epoch();
             let lock = match self.inner.redis_reads.lock(key.hash()) {
                 Locked::Write(lock) => lock,
