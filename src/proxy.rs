@@ -58,6 +58,7 @@ use body::ProxyBody;
 use cache_status::{CacheStatus, Fwd, ServedStale};
 use error::ProxyError;
 use lookup::{Hit, Lookup};
+use validate::{Field, Present};
 
 /// The client connection a request arrived on.
 #[derive(Debug, Clone, Copy)]
@@ -270,7 +271,7 @@ impl Shared {
         let access = access::Pending::capture(&req, &runtime.config.log);
         let answered = match validate::validate(&mut req) {
             Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
-            Ok(()) => 'serve: {
+            Ok(present) => 'serve: {
                 // No limits configured: one `Option` check.
                 if let Some(limits) = &runtime.rate_limits {
                     if let Err(over) = Box::pin(limits.on_arrival(&req, conn.client_ip)).await {
@@ -278,7 +279,7 @@ impl Shared {
                         break 'serve Answered::error(&e, CacheStatus::fwd(Fwd::Bypass));
                     }
                 }
-                self.answer(&runtime, req, conn).await
+                self.answer(&runtime, req, conn, present).await
             }
         };
         let outcome = answered.outcome();
@@ -322,37 +323,43 @@ impl Shared {
         access::emit_refused(conn, status, &self.runtime.load().config.log);
     }
 
-    /// Route → lookup → hit, refresh, fetch or pass.
+    /// Route → lookup → hit, refresh, fetch or pass; `present` says which
+    /// fields `req` has (from [`validate::validate`]).
     async fn answer(
         &self,
         runtime: &Arc<Runtime>,
         req: Request<Incoming>,
         conn: ConnInfo,
+        present: Present,
     ) -> Answered {
-        let route = match lookup::route(self, runtime, &req, conn) {
+        let route = match lookup::route(self, runtime, &req, conn, present) {
             Ok(route) => route,
             // RFC 9111 §5.2.1.7: nothing is stored for a request the
             // cache does not handle, so `only-if-cached` gets its 504.
             Err(pass)
                 if pass.fwd == Fwd::Bypass
-                    && lookup::request_directives(req.headers()).only_if_cached =>
+                    && lookup::request_directives(req.headers(), present).only_if_cached =>
             {
                 return Answered::error(&ProxyError::NotCached, CacheStatus::fwd(Fwd::Bypass));
             }
             Err(pass) => return Box::pin(forward::pass(self, runtime, req, conn, pass)).await,
         };
-        let ctx =
-            RequestCtx {
-                shared: self,
-                runtime,
-                conn,
-                req_cc: lookup::request_directives(req.headers()),
-                rule: route.rule,
-                coding: runtime.config.compression.as_ref().and_then(|p| {
-                    p.negotiate(req.headers().get_all(header::ACCEPT_ENCODING).iter())
-                }),
-                now: now_millis(),
-            };
+        let ctx = RequestCtx {
+            shared: self,
+            runtime,
+            conn,
+            req_cc: lookup::request_directives(req.headers(), present),
+            rule: route.rule,
+            coding: runtime.config.compression.as_ref().and_then(|p| {
+                // Without the field, identity (RFC 9110 §12.5.3: a
+                // cache picks no coding the client did not ask for).
+                if !present.has(Field::AcceptEncoding) {
+                    return None;
+                }
+                p.negotiate(req.headers().get_all(header::ACCEPT_ENCODING).iter())
+            }),
+            now: now_millis(),
+        };
         match lookup::lookup(&ctx, &req, &route).await {
             Lookup::Hit(hit) => ctx.hit(&req, &hit),
             Lookup::HitAndRefresh(hit) => {

@@ -18,6 +18,7 @@ use super::cache_status::CacheStatus;
 use super::error::ProxyError;
 use super::headers;
 use super::lookup::Pass;
+use super::validate::Present;
 use super::{Answered, ConnInfo, Runtime, Shared};
 use crate::server::deadline::{BodyEnd, RequestBody};
 use crate::upstream::{client::empty_body, Answer, ReqBody, UpstreamBody};
@@ -300,7 +301,7 @@ impl RuledRequest {
             path: req.uri().path().to_owned(),
             method: req.method().clone(),
             authorization,
-            req_cc: super::lookup::request_directives(req.headers()),
+            req_cc: super::lookup::request_directives(req.headers(), Present::ALL),
         }
     }
 

@@ -17,6 +17,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::cache_status::Fwd;
+use super::validate::{Field, Present};
 use super::{ConnInfo, RequestCtx, Runtime, Shared};
 use crate::cache::directives::CacheControl;
 use crate::cache::entry::{Object, Variant};
@@ -66,9 +67,10 @@ pub fn route<'r>(
     runtime: &Runtime,
     req: &'r Request<Incoming>,
     conn: ConnInfo,
+    present: Present,
 ) -> Result<Route<'r>, Pass> {
     let cacheable = (req.method() == Method::GET || req.method() == Method::HEAD)
-        && !super::forward::wants_upgrade(req);
+        && !(present.has(Field::Upgrade) && super::forward::wants_upgrade(req));
     if !cacheable {
         return Err(Fwd::Method.into());
     }
@@ -173,16 +175,18 @@ fn validate_first(
 }
 
 /// A request's directives: Cache-Control, or `Pragma: no-cache` when it
-/// has none (RFC 9111 §5.4).
-pub fn request_directives(h: &HeaderMap) -> CacheControl {
-    if h.contains_key(header::CACHE_CONTROL) {
+/// has none (RFC 9111 §5.4). Fields not in `present` are not looked up
+/// ([`Present::ALL`] looks both up).
+pub fn request_directives(h: &HeaderMap, present: Present) -> CacheControl {
+    if present.has(Field::CacheControl) && h.contains_key(header::CACHE_CONTROL) {
         return CacheControl::from_headers(h);
     }
     let mut cc = CacheControl::default();
-    if h.get_all(header::PRAGMA)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("no-cache"))
+    if present.has(Field::Pragma)
+        && h.get_all(header::PRAGMA)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("no-cache"))
     {
         cc.no_cache = true;
     }

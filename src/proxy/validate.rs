@@ -3,24 +3,91 @@
 //! codings, CONNECT, TRACE, ambiguous paths: SPEC §10) and the normal form
 //! every later phase reads (the path, the fields a client names in
 //! `Connection` removed, and an HTTP/2 client's `cookie` fields joined as
-//! one). Also the request's authority, read after it.
+//! one). Also the request's authority, read after it, and [`Present`]:
+//! which of the fields the hit path reads the request has at all.
 
-use http::header;
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Version};
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::{headers, target};
 
+/// A request field the hit path reads, as a bit of [`Present`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Field {
+    Host = 1,
+    TransferEncoding = 1 << 1,
+    Connection = 1 << 2,
+    Upgrade = 1 << 3,
+    CacheControl = 1 << 4,
+    Pragma = 1 << 5,
+    AcceptEncoding = 1 << 6,
+}
+
+/// Which [`Field`]s a request has, noted in one pass over its field names
+/// so that the hit path looks up only the fields that are there: a hashed
+/// lookup of an absent name costs as much as one of a present name, and
+/// most requests carry few of these seven (a load generator's, only
+/// `Host`). A bit set means "may be present": validation may still remove
+/// a field a `Connection` option names, and nothing between validation
+/// and the cache adds a request field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Present(u8);
+
+impl Present {
+    /// Every field possibly present: for a caller that did not scan (it
+    /// looks every field up, as before).
+    pub const ALL: Present = Present(u8::MAX);
+
+    /// The fields of `h`: one comparison per name and field, no hashing.
+    pub fn of(h: &HeaderMap) -> Present {
+        let mut bits = 0;
+        for name in h.keys() {
+            let field = if name == header::HOST {
+                Field::Host
+            } else if name == header::ACCEPT_ENCODING {
+                Field::AcceptEncoding
+            } else if name == header::CACHE_CONTROL {
+                Field::CacheControl
+            } else if name == header::CONNECTION {
+                Field::Connection
+            } else if name == header::PRAGMA {
+                Field::Pragma
+            } else if name == header::UPGRADE {
+                Field::Upgrade
+            } else if name == header::TRANSFER_ENCODING {
+                Field::TransferEncoding
+            } else {
+                continue;
+            };
+            bits |= field as u8;
+        }
+        Present(bits)
+    }
+
+    pub fn has(self, field: Field) -> bool {
+        self.0 & field as u8 != 0
+    }
+}
+
 /// Rejects requests that must never reach an upstream (RFC 9112 §3.2,
 /// SPEC §10), and replaces the request's path by its normalised form
 /// ([`target::normalize`]) so every later phase reads the same one.
-pub(super) fn validate(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("more than one Host header"));
-    }
+/// Returns the [`Present`] fields, for the phases after it.
+pub(super) fn validate(req: &mut Request<Incoming>) -> Result<Present, ProxyError> {
+    let present = Present::of(req.headers());
+    let host = if present.has(Field::Host) {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Err(ProxyError::BadRequest("more than one Host header"));
+        }
+        host
+    } else {
+        None
+    };
     match req.version() {
         Version::HTTP_11 if host.is_none() && req.uri().authority().is_none() => {
             return Err(ProxyError::BadRequest("missing Host header"));
@@ -80,7 +147,7 @@ pub(super) fn validate(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
             "asterisk-form target with a method other than OPTIONS",
         ));
     }
-    if req.headers().contains_key(header::TRANSFER_ENCODING) {
+    if present.has(Field::TransferEncoding) {
         if req.headers().contains_key(header::CONTENT_LENGTH) {
             return Err(ProxyError::BadRequest(
                 "both Transfer-Encoding and Content-Length",
@@ -93,7 +160,9 @@ pub(super) fn validate(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
         Ok(Some(normal)) => *req.uri_mut() = normal,
         Err(e) => return Err(ProxyError::BadRequest(e.reason())),
     }
-    headers::strip_connection_options(req.headers_mut());
+    if present.has(Field::Connection) {
+        headers::strip_connection_options(req.headers_mut());
+    }
     if req.version() == Version::HTTP_2 {
         // One `Cookie` for Vary, rule keys, sticky sessions and the
         // HTTP/1.1 upstream alike; joined before the fields are counted,
@@ -102,7 +171,7 @@ pub(super) fn validate(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
         headers::join_cookies(req.headers_mut());
         http2_fields(req.headers())?;
     }
-    Ok(())
+    Ok(present)
 }
 
 /// The HTTP/1.1 server refuses a head of more than [`MAX_FIELDS`] fields
@@ -217,6 +286,38 @@ pub fn request_authority<B>(req: &Request<B>) -> Option<http::uri::Authority> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn present_notes_the_fields_the_hit_path_reads() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "a".parse().unwrap());
+        h.insert(header::USER_AGENT, "x".parse().unwrap());
+        h.append(header::PRAGMA, "no-cache".parse().unwrap());
+        h.append(header::PRAGMA, "x".parse().unwrap());
+        let p = Present::of(&h);
+        assert!(p.has(Field::Host) && p.has(Field::Pragma));
+        for absent in [
+            Field::TransferEncoding,
+            Field::Connection,
+            Field::Upgrade,
+            Field::CacheControl,
+            Field::AcceptEncoding,
+        ] {
+            assert!(!p.has(absent), "{absent:?}");
+            assert!(Present::ALL.has(absent));
+        }
+        for (name, field) in [
+            (header::TRANSFER_ENCODING, Field::TransferEncoding),
+            (header::CONNECTION, Field::Connection),
+            (header::UPGRADE, Field::Upgrade),
+            (header::CACHE_CONTROL, Field::CacheControl),
+            (header::ACCEPT_ENCODING, Field::AcceptEncoding),
+        ] {
+            h.insert(name, "v".parse().unwrap());
+            assert!(Present::of(&h).has(field), "{field:?}");
+        }
+        assert_eq!(Present::of(&HeaderMap::new()), Present(0));
+    }
 
     #[test]
     fn hosts() {

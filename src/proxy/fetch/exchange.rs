@@ -16,6 +16,7 @@ use http::{Method, Request, StatusCode};
 use super::super::admit::Plan;
 use super::super::body::IdleTimeout;
 use super::super::error::ProxyError;
+use super::super::validate::Present;
 use super::super::{forward, headers, stored, ConnInfo, RequestCtx, Runtime};
 use crate::cache::directives::CacheControl;
 use crate::cache::entry::{self, Object, Variant};
@@ -341,7 +342,7 @@ pub fn would_store(
     status: StatusCode,
     response: &HeaderMap,
 ) -> bool {
-    let request_cc = super::super::lookup::request_directives(&request.headers);
+    let request_cc = super::super::lookup::request_directives(&request.headers, Present::ALL);
     decide(
         runtime,
         rule,
