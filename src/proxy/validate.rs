@@ -6,7 +6,7 @@
 //! one). Also the request's authority, read after it, and [`Present`]:
 //! which of the fields the hit path reads the request has at all.
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Version};
 use hyper::body::Incoming;
 
@@ -43,26 +43,20 @@ impl Present {
 
     /// The fields of `h`: one comparison per name and field, no hashing.
     pub fn of(h: &HeaderMap) -> Present {
+        const NAMES: [(HeaderName, Field); 7] = [
+            (header::HOST, Field::Host),
+            (header::ACCEPT_ENCODING, Field::AcceptEncoding),
+            (header::CACHE_CONTROL, Field::CacheControl),
+            (header::CONNECTION, Field::Connection),
+            (header::PRAGMA, Field::Pragma),
+            (header::UPGRADE, Field::Upgrade),
+            (header::TRANSFER_ENCODING, Field::TransferEncoding),
+        ];
         let mut bits = 0;
         for name in h.keys() {
-            let field = if name == header::HOST {
-                Field::Host
-            } else if name == header::ACCEPT_ENCODING {
-                Field::AcceptEncoding
-            } else if name == header::CACHE_CONTROL {
-                Field::CacheControl
-            } else if name == header::CONNECTION {
-                Field::Connection
-            } else if name == header::PRAGMA {
-                Field::Pragma
-            } else if name == header::UPGRADE {
-                Field::Upgrade
-            } else if name == header::TRANSFER_ENCODING {
-                Field::TransferEncoding
-            } else {
-                continue;
-            };
-            bits |= field as u8;
+            if let Some((_, field)) = NAMES.iter().find(|(n, _)| n == name) {
+                bits |= *field as u8;
+            }
         }
         Present(bits)
     }
