@@ -34,6 +34,7 @@ pub mod stored;
 pub mod target;
 pub mod validate;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -255,62 +256,70 @@ impl Shared {
     /// (the miss, the pass, Redis, shared rate limits) is boxed where it
     /// starts: an idle keep-alive connection stays within SPEC §10's
     /// 16 KiB, and a memory hit allocates nothing for it.
-    pub async fn handle(
+    ///
+    /// Written as a function returning an `async` block, not an `async fn`:
+    /// an `async fn` keeps each argument twice in its future (as passed,
+    /// and moved into the body), which here is the request (264 bytes) and
+    /// the connection, in a future hyper moves once per request.
+    #[allow(clippy::manual_async_fn)]
+    pub fn handle(
         &self,
         mut req: Request<Incoming>,
         mut conn: ConnInfo,
-    ) -> Response<ProxyBody> {
-        let started = Instant::now();
-        let runtime = self.runtime.load_full();
-        conn.client_ip = runtime
-            .config
-            .server
-            .trusted_proxies
-            .client_ip(conn.peer.ip(), req.headers());
-        let method = MethodClass::of(req.method());
-        let access = access::Pending::capture(&req, &runtime.config.log);
-        let answered = match validate::validate(&mut req) {
-            Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
-            Ok(present) => 'serve: {
-                // No limits configured: one `Option` check.
-                if let Some(limits) = &runtime.rate_limits {
-                    if let Err(over) = Box::pin(limits.on_arrival(&req, conn.client_ip)).await {
-                        let e = ProxyError::RateLimited(over);
-                        break 'serve Answered::error(&e, CacheStatus::fwd(Fwd::Bypass));
+    ) -> impl Future<Output = Response<ProxyBody>> + '_ {
+        async move {
+            let started = Instant::now();
+            let runtime = self.runtime.load_full();
+            conn.client_ip = runtime
+                .config
+                .server
+                .trusted_proxies
+                .client_ip(conn.peer.ip(), req.headers());
+            let method = MethodClass::of(req.method());
+            let access = access::Pending::capture(&req, &runtime.config.log);
+            let answered = match validate::validate(&mut req) {
+                Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
+                Ok(present) => 'serve: {
+                    // No limits configured: one `Option` check.
+                    if let Some(limits) = &runtime.rate_limits {
+                        if let Err(over) = Box::pin(limits.on_arrival(&req, conn.client_ip)).await {
+                            let e = ProxyError::RateLimited(over);
+                            break 'serve Answered::error(&e, CacheStatus::fwd(Fwd::Bypass));
+                        }
                     }
+                    self.answer(&runtime, req, conn, present).await
                 }
-                self.answer(&runtime, req, conn, present).await
+            };
+            let outcome = answered.outcome();
+            let Answered {
+                mut response,
+                status,
+                ..
+            } = answered;
+            let code = response.status().as_u16();
+            // The client's protocol decides the status line, never the
+            // upstream's (an HTTP/1.0 upstream must not downgrade it).
+            *response.version_mut() = Version::default();
+            // A sticky cookie is added only now, after anything was stored,
+            // and only to responses that came from an upstream.
+            let sticky = response.extensions_mut().remove::<SetSticky>();
+            let h = response.headers_mut();
+            h.insert(HeaderName::CACHE_STATUS.clone(), status.to_header());
+            h.append(header::VIA, headers::via_value(Version::HTTP_11));
+            if let Some(SetSticky(cookie)) = sticky {
+                h.append(header::SET_COOKIE, cookie);
             }
-        };
-        let outcome = answered.outcome();
-        let Answered {
-            mut response,
-            status,
-            ..
-        } = answered;
-        let code = response.status().as_u16();
-        // The client's protocol decides the status line, never the
-        // upstream's (an HTTP/1.0 upstream must not downgrade it).
-        *response.version_mut() = Version::default();
-        // A sticky cookie is added only now, after anything was stored,
-        // and only to responses that came from an upstream.
-        let sticky = response.extensions_mut().remove::<SetSticky>();
-        let h = response.headers_mut();
-        h.insert(HeaderName::CACHE_STATUS.clone(), status.to_header());
-        h.append(header::VIA, headers::via_value(Version::HTTP_11));
-        if let Some(SetSticky(cookie)) = sticky {
-            h.append(header::SET_COOKIE, cookie);
+            let elapsed = started.elapsed();
+            self.metrics.request(outcome, code, elapsed);
+            self.metrics.request_class(method, code);
+            if let Some(bytes) = access::body_bytes(&response) {
+                self.metrics.response_bytes(outcome, bytes);
+            }
+            if let Some(access) = access {
+                access.emit(conn, &response, outcome, &status, elapsed);
+            }
+            response
         }
-        let elapsed = started.elapsed();
-        self.metrics.request(outcome, code, elapsed);
-        self.metrics.request_class(method, code);
-        if let Some(bytes) = access::body_bytes(&response) {
-            self.metrics.response_bytes(outcome, bytes);
-        }
-        if let Some(access) = access {
-            access.emit(conn, &response, outcome, &status, elapsed);
-        }
-        response
     }
 }
 
@@ -325,58 +334,63 @@ impl Shared {
 
     /// Route → lookup → hit, refresh, fetch or pass; `present` says which
     /// fields `req` has (from [`validate::validate`]).
-    async fn answer(
-        &self,
-        runtime: &Arc<Runtime>,
+    /// A function returning an `async` block for the reason
+    /// [`Shared::handle`] is.
+    #[allow(clippy::manual_async_fn)]
+    fn answer<'a>(
+        &'a self,
+        runtime: &'a Arc<Runtime>,
         req: Request<Incoming>,
         conn: ConnInfo,
         present: Present,
-    ) -> Answered {
-        let route = match lookup::route(self, runtime, &req, conn, present) {
-            Ok(route) => route,
-            // RFC 9111 §5.2.1.7: nothing is stored for a request the
-            // cache does not handle, so `only-if-cached` gets its 504.
-            Err(pass)
-                if pass.fwd == Fwd::Bypass
-                    && lookup::request_directives(req.headers(), present).only_if_cached =>
-            {
-                return Answered::error(&ProxyError::NotCached, CacheStatus::fwd(Fwd::Bypass));
-            }
-            Err(pass) => return Box::pin(forward::pass(self, runtime, req, conn, pass)).await,
-        };
-        let ctx = RequestCtx {
-            shared: self,
-            runtime,
-            conn,
-            req_cc: lookup::request_directives(req.headers(), present),
-            rule: route.rule,
-            coding: runtime.config.compression.as_ref().and_then(|p| {
-                // Without the field, identity (RFC 9110 §12.5.3: a
-                // cache picks no coding the client did not ask for).
-                if !present.has(Field::AcceptEncoding) {
-                    return None;
+    ) -> impl Future<Output = Answered> + 'a {
+        async move {
+            let route = match lookup::route(self, runtime, &req, conn, present) {
+                Ok(route) => route,
+                // RFC 9111 §5.2.1.7: nothing is stored for a request the
+                // cache does not handle, so `only-if-cached` gets its 504.
+                Err(pass)
+                    if pass.fwd == Fwd::Bypass
+                        && lookup::request_directives(req.headers(), present).only_if_cached =>
+                {
+                    return Answered::error(&ProxyError::NotCached, CacheStatus::fwd(Fwd::Bypass));
                 }
-                p.negotiate(req.headers().get_all(header::ACCEPT_ENCODING).iter())
-            }),
-            now: now_millis(),
-        };
-        match lookup::lookup(&ctx, &req, &route).await {
-            Lookup::Hit(hit) => ctx.hit(&req, &hit),
-            Lookup::HitAndRefresh(hit) => {
-                fetch::refresh(&ctx, &req, &hit);
-                ctx.hit(&req, &hit)
-            }
-            Lookup::SoftPurged(hit) => {
-                fetch::refresh(&ctx, &req, &hit);
-                let status = CacheStatus::fwd(Fwd::Stale).map(|f| {
-                    f.stale = Some(ServedStale::SoftPurge);
-                    f.ttl = Some(hit.ttl);
-                });
-                Answered::new(ctx.respond(&req, &hit.variant), status)
-            }
-            Lookup::Fetch(miss) => Box::pin(fetch::fetch(&ctx, req, miss)).await,
-            Lookup::OnlyIfCached => {
-                Answered::error(&ProxyError::NotCached, CacheStatus::fwd(Fwd::Request))
+                Err(pass) => return Box::pin(forward::pass(self, runtime, req, conn, pass)).await,
+            };
+            let ctx = RequestCtx {
+                shared: self,
+                runtime,
+                conn,
+                req_cc: lookup::request_directives(req.headers(), present),
+                rule: route.rule,
+                coding: runtime.config.compression.as_ref().and_then(|p| {
+                    // Without the field, identity (RFC 9110 §12.5.3: a
+                    // cache picks no coding the client did not ask for).
+                    if !present.has(Field::AcceptEncoding) {
+                        return None;
+                    }
+                    p.negotiate(req.headers().get_all(header::ACCEPT_ENCODING).iter())
+                }),
+                now: now_millis(),
+            };
+            match lookup::lookup(&ctx, &req, &route).await {
+                Lookup::Hit(hit) => ctx.hit(&req, &hit),
+                Lookup::HitAndRefresh(hit) => {
+                    fetch::refresh(&ctx, &req, &hit);
+                    ctx.hit(&req, &hit)
+                }
+                Lookup::SoftPurged(hit) => {
+                    fetch::refresh(&ctx, &req, &hit);
+                    let status = CacheStatus::fwd(Fwd::Stale).map(|f| {
+                        f.stale = Some(ServedStale::SoftPurge);
+                        f.ttl = Some(hit.ttl);
+                    });
+                    Answered::new(ctx.respond(&req, &hit.variant), status)
+                }
+                Lookup::Fetch(miss) => Box::pin(fetch::fetch(&ctx, req, miss)).await,
+                Lookup::OnlyIfCached => {
+                    Answered::error(&ProxyError::NotCached, CacheStatus::fwd(Fwd::Request))
+                }
             }
         }
     }
