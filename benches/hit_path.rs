@@ -20,6 +20,7 @@ use strata::cache::key::CacheKey;
 use strata::cache::memory::MemoryTier;
 use strata::proxy::cache_status::{CacheStatus, Tier};
 use strata::proxy::stored as respond;
+use strata::proxy::validate::Present;
 
 fn object(body: Bytes) -> Arc<Object> {
     let mut headers = HeaderMap::new();
@@ -75,7 +76,8 @@ fn lookup_respond(c: &mut Criterion) {
                 freshness::Reuse::Fresh { ttl } => ttl,
                 other => panic!("{other:?}"),
             };
-            let mut resp = respond::from_stored(v, &Method::GET, &req, None, now);
+            let present = Present::of(&req);
+            let mut resp = respond::from_stored(v, &Method::GET, &req, present, None, now);
             resp.headers_mut().insert(
                 "cache-status",
                 CacheStatus::hit(Tier::Memory, ttl).to_header(),

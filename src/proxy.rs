@@ -154,6 +154,8 @@ pub struct RequestCtx<'a> {
     pub coding: Option<Coding>,
     /// When the request was routed, in milliseconds since the epoch.
     pub now: Millis,
+    /// The request fields noted by validation.
+    pub present: Present,
 }
 
 // === impl RequestCtx ===
@@ -162,7 +164,14 @@ impl RequestCtx<'_> {
     /// The response for `req` from a stored variant, in the negotiated
     /// coding when one is stored.
     pub fn respond<B>(&self, req: &Request<B>, variant: &Variant) -> Response<ProxyBody> {
-        stored::from_stored(variant, req.method(), req.headers(), self.coding, self.now)
+        stored::from_stored(
+            variant,
+            req.method(),
+            req.headers(),
+            self.present,
+            self.coding,
+            self.now,
+        )
     }
 
     /// A hit: counted per tier and rule, answered from stored bytes.
@@ -372,6 +381,7 @@ impl Shared {
                     p.negotiate(req.headers().get_all(header::ACCEPT_ENCODING).iter())
                 }),
                 now: now_millis(),
+                present,
             };
             match lookup::lookup(&ctx, &req, &route).await {
                 Lookup::Hit(hit) => ctx.hit(&req, &hit),

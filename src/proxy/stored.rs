@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use super::body::ProxyBody;
+use super::validate::{Field, Present};
 use crate::cache::entry::Variant;
 use crate::cache::freshness::{self, Millis};
 use crate::compression::Coding;
@@ -17,12 +18,14 @@ pub fn from_stored(
     variant: &Variant,
     method: &Method,
     req: &HeaderMap,
+    present: Present,
     coding: Option<Coding>,
     now: Millis,
 ) -> Response<ProxyBody> {
     let (headers, body) = variant.representation(coding);
     let age = freshness::current_age(&variant.times, now);
-    if asks_more(req) {
+    // Most hits carry no precondition and no range: no lookup for them.
+    if present.has(Field::Conditional) {
         if let Some(status) = precondition(variant.status, headers, req, method) {
             return not_modified_or_failed(status, headers, age);
         }
@@ -97,21 +100,6 @@ const AGE_TABLE_MAX: u64 = 9_999;
 /// The table's text: 10 one-digit, 90 two-digit, 900 three-digit and
 /// 9,000 four-digit numbers.
 const AGE_TEXT_LEN: usize = 10 + 90 * 2 + 900 * 3 + 9_000 * 4;
-
-/// Whether the request carries a field evaluated against the stored
-/// response: a precondition (RFC 9110 §13.1) or `Range`/`If-Range`
-/// (§14.2). One pass over the request's few names, none of them these on
-/// most hits, instead of a hashed lookup per field.
-fn asks_more(req: &HeaderMap) -> bool {
-    req.keys().any(|k| {
-        k == header::IF_MATCH
-            || k == header::IF_NONE_MATCH
-            || k == header::IF_MODIFIED_SINCE
-            || k == header::IF_UNMODIFIED_SINCE
-            || k == header::RANGE
-            || k == header::IF_RANGE
-    })
-}
 
 /// An HTTP-date field (RFC 9110 §5.6.7); `None` when absent or invalid.
 fn date_field(h: &HeaderMap, name: header::HeaderName) -> Option<std::time::SystemTime> {

@@ -24,13 +24,17 @@ pub enum Field {
     CacheControl = 1 << 4,
     Pragma = 1 << 5,
     AcceptEncoding = 1 << 6,
+    /// Any field evaluated against a stored response: a precondition
+    /// (`If-Match`, `If-None-Match`, `If-Modified-Since`,
+    /// `If-Unmodified-Since`; RFC 9110 §13.1) or `Range`/`If-Range`
+    /// (§14.2).
+    Conditional = 1 << 7,
 }
 
 /// Which [`Field`]s a request has, noted in one pass over its field names
 /// so that the hit path looks up only the fields that are there: a hashed
 /// lookup of an absent name costs as much as one of a present name, and
-/// most requests carry few of these seven (a load generator's, only
-/// `Host`). A bit set means "may be present": validation may still remove
+/// most requests carry few of these (a load generator's, only `Host`). A bit set means "may be present": validation may still remove
 /// a field a `Connection` option names, and nothing between validation
 /// and the cache adds a request field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +47,7 @@ impl Present {
 
     /// The fields of `h`: one comparison per name and field, no hashing.
     pub fn of(h: &HeaderMap) -> Present {
-        const NAMES: [(HeaderName, Field); 7] = [
+        const NAMES: [(HeaderName, Field); 13] = [
             (header::HOST, Field::Host),
             (header::ACCEPT_ENCODING, Field::AcceptEncoding),
             (header::CACHE_CONTROL, Field::CacheControl),
@@ -51,6 +55,12 @@ impl Present {
             (header::PRAGMA, Field::Pragma),
             (header::UPGRADE, Field::Upgrade),
             (header::TRANSFER_ENCODING, Field::TransferEncoding),
+            (header::IF_MATCH, Field::Conditional),
+            (header::IF_NONE_MATCH, Field::Conditional),
+            (header::IF_MODIFIED_SINCE, Field::Conditional),
+            (header::IF_UNMODIFIED_SINCE, Field::Conditional),
+            (header::RANGE, Field::Conditional),
+            (header::IF_RANGE, Field::Conditional),
         ];
         let mut bits = 0;
         for name in h.keys() {
@@ -296,6 +306,7 @@ mod tests {
             Field::Upgrade,
             Field::CacheControl,
             Field::AcceptEncoding,
+            Field::Conditional,
         ] {
             assert!(!p.has(absent), "{absent:?}");
             assert!(Present::ALL.has(absent));
@@ -309,6 +320,22 @@ mod tests {
         ] {
             h.insert(name, "v".parse().unwrap());
             assert!(Present::of(&h).has(field), "{field:?}");
+        }
+        for name in [
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
+            header::RANGE,
+            header::IF_RANGE,
+        ] {
+            let mut one = HeaderMap::new();
+            one.insert(name.clone(), "v".parse().unwrap());
+            assert_eq!(
+                Present::of(&one),
+                Present(Field::Conditional as u8),
+                "{name}"
+            );
         }
         assert_eq!(Present::of(&HeaderMap::new()), Present(0));
     }
