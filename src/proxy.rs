@@ -364,7 +364,9 @@ impl Shared {
                 {
                     return Answered::error(&ProxyError::NotCached, CacheStatus::fwd(Fwd::Bypass));
                 }
-                Err(pass) => return Box::pin(forward::pass(self, runtime, req, conn, pass)).await,
+                Err(pass) => {
+                    return Box::pin(forward::pass(self, runtime, req, conn, pass, present)).await
+                }
             };
             let ctx = RequestCtx {
                 shared: self,

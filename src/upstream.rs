@@ -182,30 +182,32 @@ impl Upstreams {
             preferred,
             hash: self.hash_of(&req),
         };
-        let first = self.balancer.pick(&route).ok_or(UpstreamError::NoHealthy)?;
+        let mut target = self.balancer.pick(&route).ok_or(UpstreamError::NoHealthy)?;
         let idempotent = req.method().is_idempotent();
-        let result = match self.send_to(first, req, replayable).await {
-            Ok(answer) => Ok(answer),
-            Err(Failure {
-                error: e @ UpstreamError::Connect { .. },
-                request: Some(again),
-            }) if idempotent => {
-                route.exclude = Some(first);
-                let Some(next) = self.balancer.pick(&route) else {
-                    return Err(e);
-                };
-                tracing::debug!(
-                    failed = e.server(),
-                    "connect failed, retrying on the next server"
-                );
-                // The sticky cookie was already taken out of `again`.
-                self.send_to(next, again, replayable)
-                    .await
-                    .map_err(|f| f.error)
+        // One `send_to` in the loop, not one per attempt: each would take
+        // its own 1 KB in this future and in every caller's.
+        let mut answer = loop {
+            match self.send_to(target, req, replayable).await {
+                Ok(answer) => break answer,
+                // Once, on another server.
+                Err(Failure {
+                    error: e @ UpstreamError::Connect { .. },
+                    request: Some(again),
+                }) if idempotent && route.exclude.is_none() => {
+                    route.exclude = Some(target);
+                    let Some(next) = self.balancer.pick(&route) else {
+                        return Err(e);
+                    };
+                    tracing::debug!(
+                        failed = e.server(),
+                        "connect failed, retrying on the next server"
+                    );
+                    // The sticky cookie was already taken out of `again`.
+                    (target, req) = (next, again);
+                }
+                Err(f) => return Err(f.error),
             }
-            Err(f) => Err(f.error),
         };
-        let mut answer = result?;
         if let Some(sticky) = &self.sticky {
             if preferred != Some(answer.server) {
                 let id = self.balancer.servers()[answer.server].id;

@@ -90,7 +90,7 @@ async fn follow(
         rule: ctx.rule,
         marked: None,
     };
-    forward::pass(ctx.shared, ctx.runtime, req, ctx.conn, pass).await
+    forward::pass(ctx.shared, ctx.runtime, req, ctx.conn, pass, ctx.present).await
 }
 
 /// The leader: fetch, then answer by what came back.

@@ -18,7 +18,7 @@ use super::cache_status::CacheStatus;
 use super::error::ProxyError;
 use super::headers;
 use super::lookup::Pass;
-use super::validate::Present;
+use super::validate::{Field, Present};
 use super::{Answered, ConnInfo, Runtime, Shared};
 use crate::server::deadline::{BodyEnd, RequestBody};
 use crate::upstream::{client::empty_body, Answer, ReqBody, UpstreamBody};
@@ -148,6 +148,7 @@ pub async fn pass(
     mut req: Request<Incoming>,
     conn: ConnInfo,
     pass: Pass,
+    present: Present,
 ) -> Answered {
     let Pass { fwd, rule, marked } = pass;
     // Hit-for-miss (Varnish's): the request, kept only for a URL marked
@@ -156,17 +157,22 @@ pub async fn pass(
     // What the rule's Cache-Control needs of the request, kept only when
     // a rule matched (`rule_cache_control`).
     let ruled = rule.map(|i| RuledRequest::capture(i, &req));
-    let upgrade = wants_upgrade(&req);
+    // Absent fields (most requests have no `Upgrade`, `Accept-Encoding`
+    // or precondition) are not looked up.
+    let upgrade = present.has(Field::Upgrade) && wants_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let compression = runtime.config.compression.as_ref();
     // Negotiated once for this request, as RequestCtx does on the cache path.
     // HEAD too: its fields are the GET's (RFC 9110 §9.3.2).
     let coding = compression
-        .filter(|_| !upgrade)
+        .filter(|_| !upgrade && present.has(Field::AcceptEncoding))
         .and_then(|p| p.negotiate(req.headers().get_all(header::ACCEPT_ENCODING).iter()));
+    let conditional = present.has(Field::Conditional);
     // The client's If-None-Match as sent, when it may name our encoding.
-    let client_inm = coding.and(req.headers().get(header::IF_NONE_MATCH).cloned());
-    if let Some(policy) = compression {
+    let client_inm = coding
+        .filter(|_| conditional)
+        .and(req.headers().get(header::IF_NONE_MATCH).cloned());
+    if let Some(policy) = compression.filter(|_| conditional) {
         unmap_etags(req.headers_mut(), policy, coding);
     }
     let unsafe_method = !is_safe(req.method());

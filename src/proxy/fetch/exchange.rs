@@ -342,6 +342,13 @@ pub fn would_store(
     status: StatusCode,
     response: &HeaderMap,
 ) -> bool {
+    // What the origin made unstorable (`no-store`, `private`) stays so
+    // whatever a rule says ([`shape`] checks it before any rule): the usual
+    // answer for a marked URL, read without copying its fields.
+    let origin = CacheControl::for_cache(response, &runtime.config.cache.targeted_cache_control);
+    if origin.no_store || origin.private {
+        return false;
+    }
     let request_cc = super::super::lookup::request_directives(&request.headers, Present::ALL);
     decide(
         runtime,
