@@ -920,6 +920,51 @@ async fn must_revalidate_is_never_served_stale() {
     assert_eq!(c.get(&s.url("/mr")).await.status, 503);
 }
 
+/// RFC 9110 §4.2.3: `Host: example.com:80` and `Host: example.com` name
+/// one resource, so they share one entry, and a purge of the URL without
+/// the port removes what was stored through the port.
+#[tokio::test]
+async fn a_default_port_names_the_same_entry() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "body").await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let with_port = [("host", "example.com:80")];
+    let without = [("host", "Example.com")];
+    assert!(c
+        .get_with(&s.url("/port"), &with_port)
+        .await
+        .cache_status()
+        .contains("fwd=miss"));
+    assert!(c
+        .get_with(&s.url("/port"), &without)
+        .await
+        .cache_status()
+        .contains("hit"));
+    assert_eq!(origin.count(), 1);
+    assert_eq!(
+        s.purge(r#"{"url": "http://example.com/port"}"#).await.1["purged"],
+        1
+    );
+    assert!(c
+        .get_with(&s.url("/port"), &with_port)
+        .await
+        .cache_status()
+        .contains("fwd=miss"));
+    assert_eq!(origin.count(), 2);
+    // And the other way round: stored without the port, purged with it.
+    assert_eq!(
+        s.purge(r#"{"url": "http://example.com:80/port"}"#).await.1["purged"],
+        1
+    );
+    // Another port is another origin.
+    assert!(c
+        .get_with(&s.url("/port"), &[("host", "example.com:8080")])
+        .await
+        .cache_status()
+        .contains("fwd=miss"));
+    assert_eq!(origin.count(), 3);
+}
+
 #[tokio::test]
 async fn tags_are_hidden_and_purges_work_by_tag_url_and_prefix() {
     let origin = Origin::start(|req| async move {

@@ -3,6 +3,11 @@
 //! 128-bit hash of those parts, computed without allocating; the full URL
 //! is kept in the entry and compared on lookup, so a hash collision is a
 //! miss, never a wrong answer.
+//!
+//! The authority is keyed without the scheme's default port (RFC 9110
+//! §4.2.3: `http://example.com:80/x` and `http://example.com/x` are the
+//! same resource), so `Host: example.com:80` and `Host: example.com` share
+//! one entry and a purge of either URL removes it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -47,8 +52,19 @@ fn hash_parts(https: bool, authority: &str, path_and_query: &str) -> u128 {
     h.digest128()
 }
 
+/// `authority` as keyed: without a port that is the scheme's default (80
+/// for http, 443 for https) or empty (RFC 3986 §6.2.3), case untouched.
+pub fn keyed_authority(https: bool, authority: &str) -> &str {
+    let default = if https { ":443" } else { ":80" };
+    authority
+        .strip_suffix(default)
+        .or_else(|| authority.strip_suffix(':'))
+        .unwrap_or(authority)
+}
+
 impl CacheKey {
     pub fn new(https: bool, authority: &str, path_and_query: &str) -> CacheKey {
+        let authority = keyed_authority(https, authority);
         let scheme = if https { "https://" } else { "http://" };
         // One buffer, no `format!` (a Redis lookup builds a key per request).
         let mut url = String::with_capacity(scheme.len() + authority.len() + path_and_query.len());
@@ -82,6 +98,7 @@ impl CacheKey {
 
     /// The hash only, for a lookup that must not allocate.
     pub fn hash_of(https: bool, authority: &str, path_and_query: &str) -> u128 {
+        let authority = keyed_authority(https, authority);
         hash_parts(https, authority, path_and_query)
     }
 
@@ -100,6 +117,7 @@ impl CacheKey {
 
     /// Whether this key is the one for these request parts.
     pub fn matches(&self, https: bool, authority: &str, path_and_query: &str) -> bool {
+        let authority = keyed_authority(https, authority);
         let scheme = if https { "https://" } else { "http://" };
         let url: &str = &self.url;
         url.len() == scheme.len() + authority.len() + path_and_query.len()
@@ -184,6 +202,30 @@ mod tests {
             CacheKey::new(false, "example.com", "/a?x=1").hash(),
             0xa990_f7a1_cd82_ae6d_ae6e_cd20_1b33_4588
         );
+    }
+
+    /// RFC 9110 §4.2.3: a default or empty port names the same resource.
+    #[test]
+    fn default_ports_are_not_keyed() {
+        let plain = CacheKey::new(false, "example.com", "/x");
+        for a in ["example.com:80", "Example.com:", "EXAMPLE.COM"] {
+            let k = CacheKey::new(false, a, "/x");
+            assert_eq!(k, plain, "{a}");
+            assert_eq!(CacheKey::hash_of(false, a, "/x"), plain.hash(), "{a}");
+            assert!(plain.matches(false, a, "/x"), "{a}");
+        }
+        assert_eq!(
+            CacheKey::from_url("http://example.com:80/x").unwrap(),
+            plain
+        );
+        assert_eq!(CacheKey::new(true, "h:443", "/").url(), "https://h/");
+        for other in ["example.com:8080", "example.com:443", "example.com:180"] {
+            assert_ne!(CacheKey::new(false, other, "/x"), plain, "{other}");
+            assert!(!plain.matches(false, other, "/x"), "{other}");
+        }
+        assert_eq!(CacheKey::new(true, "h:80", "/").url(), "https://h:80/");
+        assert_eq!(keyed_authority(false, "[::1]:80"), "[::1]");
+        assert_eq!(keyed_authority(false, "[::1]"), "[::1]");
     }
 
     #[test]
