@@ -687,6 +687,88 @@ async fn followers_of_a_leader_that_went_away_collapse_again() {
     );
 }
 
+/// Followers of a leader whose answer is another variant (`Vary`) collapse
+/// among themselves: one upstream request for their variant, stored, not
+/// one each (fresh-eyes tryout: three `X-V: b` followers each went
+/// upstream, `fwd=miss`, and none was stored).
+#[tokio::test]
+async fn followers_wanting_another_variant_collapse_among_themselves() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let origin = Origin::start(move |req| {
+        let g = g.clone();
+        async move {
+            let v = req
+                .headers()
+                .get("x-v")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            g.notified().await;
+            reply(
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "X-V")],
+                format!("variant {v}"),
+            )
+        }
+    })
+    .await;
+    let s = Arc::new(strata(&origin, "").await);
+    let get = |v: &'static str| {
+        let url = s.url("/col");
+        tokio::spawn(async move { Client::new().get_with(&url, &[("x-v", v)]).await })
+    };
+    let leader = get("a");
+    wait_until(
+        Duration::from_secs(5),
+        "the leader at the origin",
+        || async { origin.count() == 1 },
+    )
+    .await;
+    let followers: Vec<_> = (0..3).map(|_| get("b")).collect();
+    wait_until(
+        Duration::from_secs(5),
+        "three followers waiting",
+        || async { s.shared.cache.collapser().waiting() == 3 },
+    )
+    .await;
+    gate.notify_one();
+    let a = leader.await.unwrap();
+    assert_eq!(a.text(), "variant a");
+    wait_until(
+        Duration::from_secs(5),
+        "one follower at the origin for variant b",
+        || async { origin.count() == 2 },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(5),
+        "two followers waiting on it",
+        || async { s.shared.cache.collapser().waiting() == 2 },
+    )
+    .await;
+    gate.notify_one();
+    let mut collapsed = 0;
+    for f in followers {
+        let r = f.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "variant b");
+        collapsed += usize::from(r.cache_status().contains("collapsed"));
+    }
+    assert_eq!(collapsed, 2);
+    assert_eq!(origin.count(), 2, "one upstream request per variant");
+    for v in ["a", "b"] {
+        let r = Client::new().get_with(&s.url("/col"), &[("x-v", v)]).await;
+        assert_eq!(r.text(), format!("variant {v}"));
+        assert!(
+            r.cache_status().starts_with("strata; hit"),
+            "{v}: {}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(origin.count(), 2);
+}
+
 #[tokio::test]
 async fn fifty_concurrent_cold_requests_make_one_origin_request() {
     let (origin, gate) = Origin::gated(&[("cache-control", "max-age=60")], "collapsed body").await;

@@ -264,6 +264,36 @@ impl Object {
         self.variants.iter().rev().find(|v| v.matches(request))
     }
 
+    /// The collapsed-forwarding key of the variant `request` selects: the
+    /// URL's hash when its responses vary on nothing, else the hash mixed
+    /// with the request's values of the Vary fields (normalised as for
+    /// selection). Concurrent misses for one variant make one upstream
+    /// request (SPEC §3); those for different variants do not queue
+    /// behind each other.
+    pub fn collapse_key(&self, request: &HeaderMap) -> u128 {
+        let url = self.key.hash();
+        let Some(names) = self.variants.last().map(|v| &v.vary.0) else {
+            return url;
+        };
+        if names.is_empty() {
+            return url;
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&url.to_le_bytes());
+        for (name, _) in names {
+            h.update(name.as_str().as_bytes());
+            match normalized(request, name) {
+                Some(v) => {
+                    h.update(b"\x01");
+                    h.update(v.as_bytes());
+                }
+                None => h.update(b"\x00"),
+            }
+            h.update(b"\x00");
+        }
+        h.digest128()
+    }
+
     /// A copy with `variant` added, replacing any with the same Vary key
     /// (and every variant when the Vary field names changed).
     pub fn with_variant(&self, variant: Arc<Variant>) -> Object {

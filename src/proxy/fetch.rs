@@ -50,7 +50,8 @@ async fn fetch_or_rejoin(
     miss: Miss,
     rejoins: u8,
 ) -> Answered {
-    match ctx.shared.cache.collapser().lock(miss.key.hash()) {
+    let key = miss.collapse_key(req.headers());
+    match ctx.shared.cache.collapser().lock(key) {
         Locked::Write(lock) => lead(ctx, req, miss, lock).await,
         Locked::Read(wait) => follow(ctx, req, miss, wait, rejoins).await,
     }
@@ -76,6 +77,17 @@ async fn follow(
                     f.ttl = Some(variant.ttl(ctx.now));
                 });
                 return Answered::new(ctx.respond(&req, variant), status);
+            }
+            if rejoins > 0 {
+                // Stored, but another variant: the leader's answer says
+                // what the URL varies on, so this request's variant is
+                // now collapsed on its own (with the other followers
+                // that asked for it), not fetched once per follower.
+                let miss = Miss {
+                    object: Some(object),
+                    ..miss
+                };
+                return Box::pin(fetch_or_rejoin(ctx, req, miss, rejoins - 1)).await;
             }
         }
         Some(Flight::Abandoned) if rejoins > 0 => {
@@ -412,7 +424,8 @@ fn served_by(ext: &http::Extensions) -> String {
 /// stale-while-revalidate, soft purge and refresh-ahead: one background
 /// validation per URL; the stored copy keeps being served until it lands.
 pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
-    let Some(lock) = ctx.shared.cache.collapser().try_lock(hit.object.key.hash()) else {
+    let key = hit.object.collapse_key(req.headers());
+    let Some(lock) = ctx.shared.cache.collapser().try_lock(key) else {
         return; // a refresh is already running
     };
     let mut exchange = Exchange::new(ctx);

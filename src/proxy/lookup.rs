@@ -132,6 +132,17 @@ pub struct Miss {
     pub fwd: Fwd,
 }
 
+impl Miss {
+    /// The collapse lock's key for `request`: the URL's, or its
+    /// variant's once the stored responses say what they vary on
+    /// ([`Object::collapse_key`]).
+    pub fn collapse_key(&self, request: &HeaderMap) -> u128 {
+        self.object
+            .as_ref()
+            .map_or(self.key.hash(), |o| o.collapse_key(request))
+    }
+}
+
 /// The lookup's verdict.
 pub enum Lookup {
     /// Fresh, or stale and allowed by the request (`max-stale`).
