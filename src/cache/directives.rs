@@ -72,9 +72,14 @@ impl CacheControl {
         let min = |slot: &mut Option<u64>, v: u64| {
             *slot = Some(slot.map_or(v, |old| old.min(v)));
         };
+        // RFC 9111 §4.2.1: of repeated freshness directives the first
+        // occurrence is used (over every Cache-Control line, in order).
+        let first = |slot: &mut Option<u64>, v: u64| {
+            slot.get_or_insert(v);
+        };
         match name.to_ascii_lowercase().as_str() {
-            "max-age" => min(&mut self.max_age, secs(arg)),
-            "s-maxage" => min(&mut self.s_maxage, secs(arg)),
+            "max-age" => first(&mut self.max_age, secs(arg)),
+            "s-maxage" => first(&mut self.s_maxage, secs(arg)),
             "no-store" => self.no_store = true,
             // Qualified no-cache="field" and private="field" are treated as
             // unqualified, which RFC 9111 §5.2.2.4 and §5.2.2.7 allow.
@@ -323,8 +328,26 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_take_most_restrictive() {
-        assert_eq!(cc("max-age=10, max-age=5").max_age, Some(5));
+    fn repeated_directives() {
+        // Freshness: the first occurrence (RFC 9111 §4.2.1).
+        assert_eq!(cc("max-age=10, max-age=5").max_age, Some(10));
+        assert_eq!(cc("max-age=5, max-age=10").max_age, Some(5));
+        assert_eq!(cc("s-maxage=1800, s-maxage=1").s_maxage, Some(1800));
+        let mut two_lines = HeaderMap::new();
+        two_lines.append(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=1800"),
+        );
+        two_lines.append(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=1"),
+        );
+        assert_eq!(CacheControl::from_headers(&two_lines).max_age, Some(1800));
+        // The stale windows: the shorter.
+        assert_eq!(
+            cc("stale-if-error=60, stale-if-error=5").stale_if_error,
+            Some(5)
+        );
     }
 
     #[test]
