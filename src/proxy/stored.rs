@@ -292,13 +292,15 @@ enum RangeOutcome {
     Single(u64, u64),
 }
 
-/// One `bytes=` range (`a-b`, `a-`, `-n`); several ranges or another unit
-/// are ignored (a full 200 is a valid answer to them).
+/// One `bytes=` range (`a-b`, `a-`, `-n`; the unit case-insensitive, RFC
+/// 9110 §14.1); several ranges or another unit are ignored (a full 200 is
+/// a valid answer to them).
 fn parse_range(value: &HeaderValue, len: u64) -> RangeOutcome {
     let Some(spec) = value
         .to_str()
         .ok()
-        .and_then(|v| v.trim().strip_prefix("bytes="))
+        .and_then(|v| v.trim().split_once('='))
+        .and_then(|(unit, spec)| unit.eq_ignore_ascii_case("bytes").then_some(spec))
     else {
         return RangeOutcome::Ignore;
     };
@@ -449,7 +451,7 @@ mod tests {
             RangeOutcome::Single(0, 9)
         ));
         assert!(matches!(
-            parse_range(&v("bytes=90-"), 100),
+            parse_range(&v("BYTES=90-"), 100),
             RangeOutcome::Single(90, 99)
         ));
         assert!(matches!(
