@@ -307,14 +307,16 @@ impl Shared {
             } = answered;
             let code = response.status().as_u16();
             // The client's protocol decides the status line, never the
-            // upstream's (an HTTP/1.0 upstream must not downgrade it).
-            *response.version_mut() = Version::default();
+            // upstream's (an HTTP/1.0 upstream must not downgrade it);
+            // `Via` names the protocol the response was received with
+            // (RFC 9110 §7.6.3; 1.1 for what the cache answered).
+            let received = std::mem::take(response.version_mut());
             // A sticky cookie is added only now, after anything was stored,
             // and only to responses that came from an upstream.
             let sticky = response.extensions_mut().remove::<SetSticky>();
             let h = response.headers_mut();
             h.insert(HeaderName::CACHE_STATUS.clone(), status.to_header());
-            h.append(header::VIA, headers::via_value(Version::HTTP_11));
+            h.append(header::VIA, headers::via_value(received));
             if let Some(SetSticky(cookie)) = sticky {
                 h.append(header::SET_COOKIE, cookie);
             }

@@ -944,6 +944,9 @@ async fn an_http10_upstream_does_not_downgrade_the_client_status_line() {
     let strata = Strata::start(&[addr], NO_HEALTH).await;
     let out = support::http::raw(strata.addr, b"GET /v HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // Via names the protocol the response was received with (RFC 9110
+    // §7.6.3).
+    assert!(out.to_ascii_lowercase().contains("\r\nvia: 1.0 strata\r\n"), "{out}");
 }
 
 /// RFC 9112 §3.2: an HTTP/1.0 client may send no Host, but the request
