@@ -41,7 +41,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header;
-use http::{Request, Response, Version};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::activity::Activity;
