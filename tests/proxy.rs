@@ -946,7 +946,10 @@ async fn an_http10_upstream_does_not_downgrade_the_client_status_line() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     // Via names the protocol the response was received with (RFC 9110
     // §7.6.3).
-    assert!(out.to_ascii_lowercase().contains("\r\nvia: 1.0 strata\r\n"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("\r\nvia: 1.0 strata\r\n"),
+        "{out}"
+    );
 }
 
 /// RFC 9112 §3.2: an HTTP/1.0 client may send no Host, but the request

@@ -245,7 +245,13 @@ fn valid_host(h: &str) -> bool {
         }),
         None => !host.is_empty() && host.iter().all(|&b| REG_NAME[usize::from(b)]),
     };
-    host_ok && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
+    // A port is digits, at most 65535 (empty: the scheme's default).
+    let port_ok = |p: &[u8]| {
+        p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535
+    };
+    host_ok && port.is_none_or(port_ok)
 }
 
 /// The bytes of an RFC 3986 §3.2.2 reg-name (unreserved, sub-delims, and
@@ -349,11 +355,14 @@ mod tests {
             "[::1]:443",
             "[::1]",
             "a_b",
+            "h:65535",
+            "h:",
         ] {
             assert!(valid_host(ok), "{ok}");
         }
         for bad in [
-            "", "a b", "a/b", "u@h", "h:port", "h:123456", "[::1", "h?x", ":80",
+            "", "a b", "a/b", "u@h", "h:port", "h:123456", "h:99999", "h:65536", "[::1", "h?x",
+            ":80",
         ] {
             assert!(!valid_host(bad), "{bad}");
         }
