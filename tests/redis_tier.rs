@@ -1314,7 +1314,13 @@ async fn a_read_after_an_invalidation_by_selector_is_a_miss_while_redis_still_ho
     let name = tier.object_key(&key);
     eventually!("Redis purged", WAIT, !exists(&server, &name).await);
     assert!(cache.memory().get_key(&key).is_none());
-    // The mark goes with the purge: a new copy is read again.
+    // The mark goes with the purge (both its deletions: a copy written
+    // between them is deleted by the second): a new copy is read again.
+    eventually!(
+        "the invalidation done",
+        WAIT,
+        tier.pending_invalidations() == 0
+    );
     tier.put_now(o.clone(), KEEP).await.unwrap();
     eventually!(
         "a new copy read",

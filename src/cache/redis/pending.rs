@@ -79,6 +79,11 @@ impl Pending {
         }
     }
 
+    /// How many invalidations are pending, keys and selectors together.
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
     /// Whether an invalidation that may select `key` is pending.
     pub(crate) fn contains(&self, key: &CacheKey) -> bool {
         if self.count.load(Ordering::SeqCst) == 0 {
@@ -91,6 +96,12 @@ impl Pending {
 }
 
 impl RedisTier {
+    /// Invalidations of this instance not yet done in Redis (each key's
+    /// and each selector's, both deletions of [`Self::purge_background`]).
+    pub fn pending_invalidations(&self) -> usize {
+        self.inner.core.invalidating.count()
+    }
+
     /// Deletes what `selector` selects from Redis and tells the fleet, in a
     /// task of its own (an unsafe request's invalidation of a URL under a
     /// rule's key options). Until it is done, this instance reads what it
