@@ -991,6 +991,53 @@ async fn stale_if_error_serves_stale_on_5xx_and_on_a_dead_upstream() {
     assert_eq!(r.status, 502);
 }
 
+/// RFC 9111 §4.3.3: a 5xx in answer to a validation says nothing about the
+/// resource. It is passed on (here `must-revalidate` forbids stale), but
+/// the stored entry stays: once the origin is back, its 304 validates it
+/// (it was deleted and the URL marked uncacheable, so the next request
+/// went upstream unconditionally, `fwd=bypass`).
+#[tokio::test]
+async fn a_5xx_to_a_validation_keeps_the_stored_entry() {
+    let mode = Arc::new(AtomicUsize::new(0)); // 0 good, 1 failing
+    let m = mode.clone();
+    let origin = Origin::start(move |req| {
+        let failing = m.load(Ordering::SeqCst) == 1;
+        let conditional = req.headers().contains_key("if-none-match");
+        async move {
+            let cc = ("cache-control", "max-age=0, must-revalidate");
+            if failing {
+                reply(500, &[], "down")
+            } else if conditional {
+                reply(304, &[cc, ("etag", "\"v1\"")], "")
+            } else {
+                reply(200, &[cc, ("etag", "\"v1\"")], "stored body")
+            }
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    assert_eq!(c.get(&s.url("/v")).await.text(), "stored body");
+    mode.store(1, Ordering::SeqCst);
+    let r = c.get(&s.url("/v")).await;
+    assert_eq!(r.status, 500);
+    assert!(
+        r.cache_status().contains("fwd=stale"),
+        "{}",
+        r.cache_status()
+    );
+    mode.store(0, Ordering::SeqCst);
+    let r = c.get(&s.url("/v")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "stored body");
+    assert!(
+        r.cache_status().contains("fwd=stale") && r.cache_status().contains("fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(origin.count(), 3);
+}
+
 #[tokio::test]
 async fn must_revalidate_is_never_served_stale() {
     let (origin, fail) =

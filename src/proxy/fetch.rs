@@ -213,8 +213,12 @@ fn uncacheable(
     body: UpstreamBody,
 ) -> Answered {
     tracing::debug!(key = %miss.key, reason = reason.as_str(), "not storable");
+    // A server error in answer to a validation says nothing about the
+    // resource (RFC 9111 §4.3.3): the stored entry stays, to be validated
+    // again or served under grace, as nginx and Varnish keep theirs.
+    let failed_validation = miss.stale.is_some() && rparts.status.is_server_error();
     let request_specific = for_this_request_only(reason, &ctx.req_cc);
-    if !request_specific {
+    if !(request_specific || failed_validation) {
         ctx.shared.cache.mark_pass(miss.key.hash());
         if miss.stale.is_some() {
             // What was stored no longer describes the resource.
