@@ -426,7 +426,8 @@ fn served_by(ext: &http::Extensions) -> String {
 // === the background refresh ===
 
 /// stale-while-revalidate, soft purge and refresh-ahead: one background
-/// validation per URL; the stored copy keeps being served until it lands.
+/// validation per URL (per variant, for a URL with `Vary`); the stored
+/// copy keeps being served until it lands.
 pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
     let key = hit.object.collapse_key(req.headers());
     let Some(lock) = ctx.shared.cache.collapser().try_lock(key) else {
