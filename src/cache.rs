@@ -274,30 +274,41 @@ impl Cache {
         self.inner.memory.removal_epoch()
     }
 
-    /// Admits an object to memory now and to Redis in the background,
-    /// unless its URL was removed (purged, invalidated after an unsafe
+    /// Admits `variant` (which `object`, its URL's object as the fetch saw
+    /// it, holds) to memory now and to Redis in the background: added to
+    /// what memory holds for the URL at that moment, so variants admitted
+    /// concurrently are all kept ([`MemoryTier::promote_variant`]). Not
+    /// when its URL was removed (purged, invalidated after an unsafe
     /// request) since `since`, the [`Cache::removal_epoch`] when its fetch
     /// began: the response may have left the origin before the purge or
     /// the write, and storing it would undo them. Such a response is
     /// served to the requests that overlapped the removal, not stored.
-    /// Returns whether it was stored.
-    pub fn admit(&self, object: Arc<Object>, since: u64) -> bool {
-        if !self.admit_memory(object.clone(), since) {
-            return false;
-        }
+    /// Returns the object stored, or `None`.
+    pub fn admit(
+        &self,
+        object: Arc<Object>,
+        variant: &Arc<Variant>,
+        since: u64,
+    ) -> Option<Arc<Object>> {
+        let stored = self.admit_memory(object, variant, since)?;
         if let Some(redis) = &self.inner.redis {
-            let keep = Duration::from_secs(object.keep_secs(now_millis()));
-            redis.put_background(object, keep);
+            let keep = Duration::from_secs(stored.keep_secs(now_millis()));
+            redis.put_background(stored.clone(), keep);
         }
-        true
+        Some(stored)
     }
 
-    /// Makes an object visible in memory at once, before its encoded
+    /// Makes `variant` visible in memory at once, before its encoded
     /// representations exist, on the terms of [`Cache::admit`];
     /// [`Cache::complete`] follows with them and the same `since`.
-    pub fn admit_memory(&self, object: Arc<Object>, since: u64) -> bool {
+    pub fn admit_memory(
+        &self,
+        object: Arc<Object>,
+        variant: &Arc<Variant>,
+        since: u64,
+    ) -> Option<Arc<Object>> {
         self.inner.pass.invalidate(&object.key.hash());
-        self.inner.memory.promote(&object, since)
+        self.inner.memory.promote_variant(&object, variant, since)
     }
 
     /// Completes what [`Cache::admit_memory`] stored with `variant` (the

@@ -769,6 +769,70 @@ async fn followers_wanting_another_variant_collapse_among_themselves() {
     assert_eq!(origin.count(), 2);
 }
 
+/// Variants of one URL fetched at the same time are all kept: each is
+/// added to what the cache holds when it lands, not to what its lookup saw
+/// (fresh-eyes tryout: with `a` stored, `b` and `c` fetched together both
+/// said `stored`, but one was lost and fetched again).
+#[tokio::test]
+async fn variants_fetched_at_the_same_time_are_all_kept() {
+    // Open once b, c and d are all at the origin (a watch: a notification
+    // sent before a handler waits is not lost).
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let origin = Origin::start(move |req| {
+        let mut g = gate.clone();
+        async move {
+            let v = req
+                .headers()
+                .get("x-v")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            if v != "a" {
+                let _ = g.wait_for(|open| *open).await;
+            }
+            reply(
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "X-V")],
+                format!("variant {v}"),
+            )
+        }
+    })
+    .await;
+    let s = Arc::new(strata(&origin, "").await);
+    let get = |v: &'static str| {
+        let url = s.url("/vars");
+        tokio::spawn(async move { Client::new().get_with(&url, &[("x-v", v)]).await })
+    };
+    assert_eq!(get("a").await.unwrap().text(), "variant a");
+    let later: Vec<_> = ["b", "c", "d"].into_iter().map(get).collect();
+    wait_until(
+        Duration::from_secs(5),
+        "b, c and d at the origin",
+        || async { origin.count() == 4 },
+    )
+    .await;
+    open.send_replace(true);
+    for (t, v) in later.into_iter().zip(["b", "c", "d"]) {
+        let r = t.await.unwrap();
+        assert_eq!(r.text(), format!("variant {v}"));
+        assert!(
+            r.cache_status().contains("stored"),
+            "{v}: {}",
+            r.cache_status()
+        );
+    }
+    for v in ["a", "b", "c", "d"] {
+        let r = Client::new().get_with(&s.url("/vars"), &[("x-v", v)]).await;
+        assert_eq!(r.text(), format!("variant {v}"));
+        assert!(
+            r.cache_status().starts_with("strata; hit"),
+            "{v}: {}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(origin.count(), 4);
+}
+
 #[tokio::test]
 async fn fifty_concurrent_cold_requests_make_one_origin_request() {
     let (origin, gate) = Origin::gated(&[("cache-control", "max-age=60")], "collapsed body").await;

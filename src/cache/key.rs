@@ -53,13 +53,19 @@ fn hash_parts(https: bool, authority: &str, path_and_query: &str) -> u128 {
 }
 
 /// `authority` as keyed: without a port that is the scheme's default (80
-/// for http, 443 for https) or empty (RFC 3986 §6.2.3), case untouched.
+/// for http, 443 for https, leading zeros allowed: RFC 3986's port is
+/// `*DIGIT`) or empty (RFC 3986 §6.2.3), case untouched.
 pub fn keyed_authority(https: bool, authority: &str) -> &str {
-    let default = if https { ":443" } else { ":80" };
-    authority
-        .strip_suffix(default)
-        .or_else(|| authority.strip_suffix(':'))
-        .unwrap_or(authority)
+    let default: u16 = if https { 443 } else { 80 };
+    match authority.rsplit_once(':') {
+        Some((host, port))
+            if port.bytes().all(|b| b.is_ascii_digit())
+                && (port.is_empty() || port.trim_start_matches('0').parse() == Ok(default)) =>
+        {
+            host
+        }
+        _ => authority,
+    }
 }
 
 impl CacheKey {
@@ -208,7 +214,12 @@ mod tests {
     #[test]
     fn default_ports_are_not_keyed() {
         let plain = CacheKey::new(false, "example.com", "/x");
-        for a in ["example.com:80", "Example.com:", "EXAMPLE.COM"] {
+        for a in [
+            "example.com:80",
+            "Example.com:",
+            "EXAMPLE.COM",
+            "example.com:0080",
+        ] {
             let k = CacheKey::new(false, a, "/x");
             assert_eq!(k, plain, "{a}");
             assert_eq!(CacheKey::hash_of(false, a, "/x"), plain.hash(), "{a}");
@@ -219,7 +230,13 @@ mod tests {
             plain
         );
         assert_eq!(CacheKey::new(true, "h:443", "/").url(), "https://h/");
-        for other in ["example.com:8080", "example.com:443", "example.com:180"] {
+        for other in [
+            "example.com:8080",
+            "example.com:443",
+            "example.com:180",
+            "example.com:800",
+            "example.com:0",
+        ] {
             assert_ne!(CacheKey::new(false, other, "/x"), plain, "{other}");
             assert!(!plain.matches(false, other, "/x"), "{other}");
         }

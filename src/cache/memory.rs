@@ -269,6 +269,50 @@ impl MemoryTier {
         false
     }
 
+    /// Stores `variant` for `admitted`'s URL on the terms of
+    /// [`Self::promote`] (not when the URL was removed since `epoch`), as
+    /// one atomic update: added to the object stored now when there is one
+    /// (so a variant of another Vary key stored meanwhile, by a concurrent
+    /// miss or refresh, is kept), else `admitted` itself, which holds
+    /// `variant` over what its fetch saw. Returns what was stored.
+    pub fn promote_variant(
+        &self,
+        admitted: &Arc<Object>,
+        variant: &Arc<Variant>,
+        epoch: u64,
+    ) -> Option<Arc<Object>> {
+        use moka::ops::compute::{CompResult, Op};
+        if self.removed_since(admitted, epoch) {
+            return None;
+        }
+        let result =
+            self.cache
+                .entry(admitted.key.hash())
+                .and_compute_with(|current| match current {
+                    Some(e) if e.value().key == admitted.key => {
+                        Op::Put(Arc::new(e.value().with_variant(variant.clone())))
+                    }
+                    _ => Op::Put(admitted.clone()),
+                });
+        let stored = match result {
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) => e.into_value(),
+            _ => return None,
+        };
+        if stored.weight() >= HEAVY {
+            self.evict_now();
+        }
+        if !self.removed_since(&stored, epoch) {
+            return Some(stored);
+        }
+        self.cache
+            .entry(stored.key.hash())
+            .and_compute_with(|current| match current {
+                Some(e) if Arc::ptr_eq(e.value(), &stored) => Op::Remove,
+                _ => Op::Nop,
+            });
+        None
+    }
+
     /// Up to `limit` objects `selector` selects (a full scan: for the
     /// admin API only).
     pub fn find(&self, selector: &Selector, limit: usize) -> Vec<Arc<Object>> {
@@ -366,6 +410,44 @@ mod tests {
             tier.get_key(&mine).is_some_and(|o| Arc::ptr_eq(&o, &newer)),
             "what was stored after the removal stays"
         );
+    }
+
+    /// Two fetches that both saw `{a}` admit `b` and `c`: both are kept,
+    /// and neither lands after its URL was removed.
+    #[test]
+    fn concurrent_variants_are_all_kept() {
+        use crate::cache::entry::{one_byte_variant, VaryKey};
+        let tier = MemoryTier::new(1 << 20);
+        let k = key("/v");
+        let variant = |v: &str| {
+            let vary = VaryKey(vec![(http::HeaderName::from_static("x-v"), Some(v.into()))]);
+            Arc::new(one_byte_variant(vary, now_millis()))
+        };
+        let seen = Arc::new(Object {
+            key: k.clone(),
+            variants: vec![variant("a")],
+        });
+        tier.insert(seen.clone());
+        let epoch = tier.removal_epoch();
+        for v in ["b", "c"] {
+            let mine = variant(v);
+            let built = Arc::new(seen.with_variant(mine.clone()));
+            let stored = tier.promote_variant(&built, &mine, epoch).expect("stored");
+            assert!(Arc::ptr_eq(&tier.get_key(&k).unwrap(), &stored));
+        }
+        let vary_values = |o: &Object| -> Vec<String> {
+            o.variants
+                .iter()
+                .map(|v| v.vary.0[0].1.clone().unwrap_or_default())
+                .collect()
+        };
+        assert_eq!(vary_values(&tier.get_key(&k).unwrap()), ["a", "b", "c"]);
+
+        tier.remove(&k);
+        let late = variant("d");
+        let built = Arc::new(seen.with_variant(late.clone()));
+        assert!(tier.promote_variant(&built, &late, epoch).is_none());
+        assert!(tier.get_key(&k).is_none(), "a removal is never undone");
     }
 
     #[test]

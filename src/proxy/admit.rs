@@ -225,7 +225,7 @@ async fn run(
         plan.tags,
         encode.is_some(),
     ));
-    let admitted = Arc::new(match &plan.base {
+    let built = Arc::new(match &plan.base {
         Some(base) => base.with_variant(identity.clone()),
         None => Object {
             key: plan.key.clone(),
@@ -237,10 +237,13 @@ async fn run(
     // The collapse lock goes too: waiting requests get this object, and a
     // request after a purge fetches anew instead of waiting on the encoding.
     let since = plan.since;
-    let stored = match encode {
-        Some(_) => cache.admit_memory(admitted.clone(), since),
-        None => cache.admit(admitted.clone(), since),
+    let admission = match encode {
+        Some(_) => cache.admit_memory(built.clone(), &identity, since),
+        None => cache.admit(built.clone(), &identity, since),
     };
+    let stored = admission.is_some();
+    // What memory holds now (other variants admitted meanwhile included).
+    let admitted = admission.unwrap_or(built);
     drop(reserved); // the tier holds the body now
     if let Some(l) = lock.take() {
         l.publish(Flight::stored_if(stored, admitted.clone()));

@@ -229,10 +229,14 @@ impl Exchange {
             // Not when the origin no longer lets it be shared (SPEC §10),
             // nor when it was purged while revalidated.
             let shared = !(now.private || now.no_store);
-            let stored = shared && self.cache.admit(object.clone(), since);
-            if !shared {
+            let admission = if shared {
+                self.cache.admit(object.clone(), &v, since)
+            } else {
                 self.cache.remove(key);
-            }
+                None
+            };
+            let stored = admission.is_some();
+            let object = admission.unwrap_or(object);
             let served = answer.response.extensions().get().cloned();
             return Fetched::NotModified(object, v, served, stored);
         }
