@@ -99,6 +99,79 @@ async fn soft_purge_serves_stale_while_one_revalidation_runs() {
     assert_eq!(origin.count(), 2);
 }
 
+/// A soft-purged URL with two variants (`Vary`): each variant's background
+/// revalidation runs (one each, at the same time) and both land; neither
+/// overwrites the other (fresh-eyes tryout: one variant stayed soft-purged
+/// and went to the origin a third time).
+#[tokio::test]
+async fn soft_purged_variants_revalidate_together_and_both_land() {
+    let revalidations = Arc::new(AtomicUsize::new(0));
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let seen = revalidations.clone();
+    let origin = Origin::start(move |req| {
+        let seen = seen.clone();
+        let mut gate = gate.clone();
+        async move {
+            let v = req
+                .headers()
+                .get("x-v")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            let headers = [
+                ("cache-control", "max-age=300"),
+                ("vary", "X-V"),
+                ("etag", "\"v1\""),
+            ];
+            if req.headers().contains_key("if-none-match") {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let _ = gate.wait_for(|open| *open).await;
+                return support::origin::reply(304, &headers, "");
+            }
+            support::origin::reply(200, &headers, format!("variant {v}"))
+        }
+    })
+    .await;
+    let strata = Strata::start(&[origin.addr], "[upstream.health]\nenabled = false\n").await;
+    let c = Client::new();
+    let url = strata.url("/vv");
+    let host = strata.addr.to_string();
+    for v in ["a", "b"] {
+        let r = c.get_with(&url, &[("x-v", v)]).await;
+        assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    }
+    let answer = purge_ok(&strata, r#"{"url": "/vv", "soft": true}"#).await;
+    assert_eq!(answer["purged"], 1, "{answer}");
+    for v in ["a", "b"] {
+        let r = c.get_with(&url, &[("x-v", v)]).await;
+        assert_eq!(r.text(), format!("variant {v}"));
+        assert!(
+            r.cache_status().contains("detail=soft-purge"),
+            "{}",
+            r.cache_status()
+        );
+    }
+    wait_until(WAIT, "both revalidations at the origin", || async {
+        revalidations.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    open.send_replace(true);
+    wait_until(WAIT, "both revalidations landed", || async {
+        soft_purged(&strata, &host, "/vv") == Some(false)
+    })
+    .await;
+    for v in ["a", "b"] {
+        let r = c.get_with(&url, &[("x-v", v)]).await;
+        assert_eq!(r.text(), format!("variant {v}"));
+        assert!(
+            r.cache_status().starts_with("strata; hit"),
+            "{v}: {}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(origin.count(), 4);
+}
+
 #[tokio::test]
 async fn soft_purge_reaches_the_fleet_and_revalidates_once() {
     let redis = RedisServer::start().await;
