@@ -56,15 +56,20 @@ fn hash_parts(https: bool, authority: &str, path_and_query: &str) -> u128 {
 /// for http, 443 for https, leading zeros allowed: RFC 3986's port is
 /// `*DIGIT`) or empty (RFC 3986 §6.2.3), case untouched.
 pub fn keyed_authority(https: bool, authority: &str) -> &str {
-    let default: u16 = if https { 443 } else { 80 };
-    match authority.rsplit_once(':') {
-        Some((host, port))
-            if port.bytes().all(|b| b.is_ascii_digit())
-                && (port.is_empty() || port.trim_start_matches('0').parse() == Ok(default)) =>
-        {
-            host
-        }
-        _ => authority,
+    // Runs on every hit: a scan of the trailing digits, no parsing.
+    let b = authority.as_bytes();
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    let colon = b.len() - digits;
+    if colon == 0 || b[colon - 1] != b':' {
+        return authority; // no port (an IPv6 literal ends in `]`)
+    }
+    let port = &b[colon..];
+    let significant = &port[port.iter().take_while(|&&c| c == b'0').count()..];
+    let default: &[u8] = if https { b"443" } else { b"80" };
+    if port.is_empty() || significant == default {
+        &authority[..colon - 1]
+    } else {
+        authority
     }
 }
 
@@ -102,9 +107,10 @@ impl CacheKey {
         Some(CacheKey::new(https, authority, path))
     }
 
-    /// The hash only, for a lookup that must not allocate.
+    /// The hash only, for a lookup that must not allocate. `authority` is
+    /// as keyed ([`keyed_authority`]; the caller normalises it once).
     pub fn hash_of(https: bool, authority: &str, path_and_query: &str) -> u128 {
-        let authority = keyed_authority(https, authority);
+        debug_assert_eq!(keyed_authority(https, authority), authority);
         hash_parts(https, authority, path_and_query)
     }
 
@@ -121,9 +127,10 @@ impl CacheKey {
         &self.url[self.path_at..]
     }
 
-    /// Whether this key is the one for these request parts.
+    /// Whether this key is the one for these request parts; `authority` is
+    /// as keyed ([`keyed_authority`]).
     pub fn matches(&self, https: bool, authority: &str, path_and_query: &str) -> bool {
-        let authority = keyed_authority(https, authority);
+        debug_assert_eq!(keyed_authority(https, authority), authority);
         let scheme = if https { "https://" } else { "http://" };
         let url: &str = &self.url;
         url.len() == scheme.len() + authority.len() + path_and_query.len()
@@ -222,8 +229,9 @@ mod tests {
         ] {
             let k = CacheKey::new(false, a, "/x");
             assert_eq!(k, plain, "{a}");
-            assert_eq!(CacheKey::hash_of(false, a, "/x"), plain.hash(), "{a}");
-            assert!(plain.matches(false, a, "/x"), "{a}");
+            let keyed = keyed_authority(false, a);
+            assert_eq!(CacheKey::hash_of(false, keyed, "/x"), plain.hash(), "{a}");
+            assert!(plain.matches(false, keyed, "/x"), "{a}");
         }
         assert_eq!(
             CacheKey::from_url("http://example.com:80/x").unwrap(),
@@ -238,6 +246,7 @@ mod tests {
             "example.com:0",
         ] {
             assert_ne!(CacheKey::new(false, other, "/x"), plain, "{other}");
+            assert_eq!(keyed_authority(false, other), other);
             assert!(!plain.matches(false, other, "/x"), "{other}");
         }
         assert_eq!(CacheKey::new(true, "h:80", "/").url(), "https://h:80/");

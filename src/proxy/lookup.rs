@@ -81,7 +81,8 @@ pub fn route<'r>(
         // A GET with a body is not something a cache can key on.
         return Err(Fwd::Bypass.into());
     }
-    let authority = super::validate::request_host(req).ok_or(Pass::from(Fwd::Bypass))?;
+    let host = super::validate::request_host(req).ok_or(Pass::from(Fwd::Bypass))?;
+    let authority = crate::cache::key::keyed_authority(conn.https, host);
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let rule = runtime.config.rules.find(req.uri().path(), req.method());
     let path = match rule.and_then(|(_, r)| r.key()) {

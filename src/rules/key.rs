@@ -256,7 +256,10 @@ impl RuleSet {
             Some(k) => (k.normalise(path_and_query), k.appends()),
         };
         KeyTarget {
-            origin: origin.map(|(https, a)| (https, a.to_ascii_lowercase())),
+            origin: origin.map(|(https, a)| {
+                let keyed = crate::cache::key::keyed_authority(https, a);
+                (https, keyed.to_ascii_lowercase())
+            }),
             path,
             appended,
         }
