@@ -687,24 +687,17 @@ async fn followers_of_a_leader_that_went_away_collapse_again() {
     );
 }
 
-/// Followers of a leader whose answer is another variant (`Vary`) collapse
-/// among themselves: one upstream request for their variant, stored, not
-/// one each (fresh-eyes tryout: three `X-V: b` followers each went
-/// upstream, `fwd=miss`, and none was stored).
-#[tokio::test]
-async fn followers_wanting_another_variant_collapse_among_themselves() {
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let g = gate.clone();
-    let origin = Origin::start(move |req| {
-        let g = g.clone();
+/// An origin answering `variant {X-V}` with `Vary: X-V`, fresh for a
+/// minute; a request for variant `v` is held until `gate` reaches
+/// `stage(v)` (a watch: a stage reached before a request waits is not
+/// missed).
+async fn variant_origin(gate: tokio::sync::watch::Receiver<u32>, stage: fn(&str) -> u32) -> Origin {
+    Origin::start(move |req| {
+        let mut gate = gate.clone();
         async move {
-            let v = req
-                .headers()
-                .get("x-v")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string();
-            g.notified().await;
+            let v = support::origin::field(&req, "x-v");
+            let at = stage(&v);
+            let _ = gate.wait_for(|now| *now >= at).await;
             reply(
                 200,
                 &[("cache-control", "max-age=60"), ("vary", "X-V")],
@@ -712,7 +705,31 @@ async fn followers_wanting_another_variant_collapse_among_themselves() {
             )
         }
     })
-    .await;
+    .await
+}
+
+/// Each of `variants` of `url` is a memory hit with its own body.
+async fn assert_variant_hits(url: &str, variants: &[&str]) {
+    for v in variants {
+        let r = Client::new().get_with(url, &[("x-v", v)]).await;
+        assert_eq!(r.text(), format!("variant {v}"));
+        assert!(
+            r.cache_status().starts_with("strata; hit"),
+            "{v}: {}",
+            r.cache_status()
+        );
+    }
+}
+
+/// Followers of a leader whose answer is another variant (`Vary`) collapse
+/// among themselves: one upstream request for their variant, stored, not
+/// one each (fresh-eyes tryout: three `X-V: b` followers each went
+/// upstream, `fwd=miss`, and none was stored).
+#[tokio::test]
+async fn followers_wanting_another_variant_collapse_among_themselves() {
+    // a is held until stage 1, b until stage 2.
+    let (stage, gate) = tokio::sync::watch::channel(0);
+    let origin = variant_origin(gate, |v| if v == "a" { 1 } else { 2 }).await;
     let s = Arc::new(strata(&origin, "").await);
     let get = |v: &'static str| {
         let url = s.url("/col");
@@ -732,7 +749,7 @@ async fn followers_wanting_another_variant_collapse_among_themselves() {
         || async { s.shared.cache.collapser().waiting() == 3 },
     )
     .await;
-    gate.notify_one();
+    stage.send_replace(1);
     let a = leader.await.unwrap();
     assert_eq!(a.text(), "variant a");
     wait_until(
@@ -747,7 +764,7 @@ async fn followers_wanting_another_variant_collapse_among_themselves() {
         || async { s.shared.cache.collapser().waiting() == 2 },
     )
     .await;
-    gate.notify_one();
+    stage.send_replace(2);
     let mut collapsed = 0;
     for f in followers {
         let r = f.await.unwrap();
@@ -757,15 +774,7 @@ async fn followers_wanting_another_variant_collapse_among_themselves() {
     }
     assert_eq!(collapsed, 2);
     assert_eq!(origin.count(), 2, "one upstream request per variant");
-    for v in ["a", "b"] {
-        let r = Client::new().get_with(&s.url("/col"), &[("x-v", v)]).await;
-        assert_eq!(r.text(), format!("variant {v}"));
-        assert!(
-            r.cache_status().starts_with("strata; hit"),
-            "{v}: {}",
-            r.cache_status()
-        );
-    }
+    assert_variant_hits(&s.url("/col"), &["a", "b"]).await;
     assert_eq!(origin.count(), 2);
 }
 
@@ -775,29 +784,9 @@ async fn followers_wanting_another_variant_collapse_among_themselves() {
 /// said `stored`, but one was lost and fetched again).
 #[tokio::test]
 async fn variants_fetched_at_the_same_time_are_all_kept() {
-    // Open once b, c and d are all at the origin (a watch: a notification
-    // sent before a handler waits is not lost).
-    let (open, gate) = tokio::sync::watch::channel(false);
-    let origin = Origin::start(move |req| {
-        let mut g = gate.clone();
-        async move {
-            let v = req
-                .headers()
-                .get("x-v")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string();
-            if v != "a" {
-                let _ = g.wait_for(|open| *open).await;
-            }
-            reply(
-                200,
-                &[("cache-control", "max-age=60"), ("vary", "X-V")],
-                format!("variant {v}"),
-            )
-        }
-    })
-    .await;
+    // a answers at once; b, c and d once all three are at the origin.
+    let (open, gate) = tokio::sync::watch::channel(0);
+    let origin = variant_origin(gate, |v| u32::from(v != "a")).await;
     let s = Arc::new(strata(&origin, "").await);
     let get = |v: &'static str| {
         let url = s.url("/vars");
@@ -811,7 +800,7 @@ async fn variants_fetched_at_the_same_time_are_all_kept() {
         || async { origin.count() == 4 },
     )
     .await;
-    open.send_replace(true);
+    open.send_replace(1);
     for (t, v) in later.into_iter().zip(["b", "c", "d"]) {
         let r = t.await.unwrap();
         assert_eq!(r.text(), format!("variant {v}"));
@@ -821,15 +810,7 @@ async fn variants_fetched_at_the_same_time_are_all_kept() {
             r.cache_status()
         );
     }
-    for v in ["a", "b", "c", "d"] {
-        let r = Client::new().get_with(&s.url("/vars"), &[("x-v", v)]).await;
-        assert_eq!(r.text(), format!("variant {v}"));
-        assert!(
-            r.cache_status().starts_with("strata; hit"),
-            "{v}: {}",
-            r.cache_status()
-        );
-    }
+    assert_variant_hits(&s.url("/vars"), &["a", "b", "c", "d"]).await;
     assert_eq!(origin.count(), 4);
 }
 

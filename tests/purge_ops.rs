@@ -112,12 +112,7 @@ async fn soft_purged_variants_revalidate_together_and_both_land() {
         let seen = seen.clone();
         let mut gate = gate.clone();
         async move {
-            let v = req
-                .headers()
-                .get("x-v")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string();
+            let v = support::origin::field(&req, "x-v");
             let headers = [
                 ("cache-control", "max-age=300"),
                 ("vary", "X-V"),

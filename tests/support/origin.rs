@@ -46,6 +46,15 @@ pub fn full(body: impl Into<Bytes>) -> Body {
 }
 
 /// A response with `status`, `headers` and `body`.
+/// The request's `name` field as text; `"-"` when absent or not text.
+pub fn field<B>(req: &Request<B>, name: &str) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string()
+}
+
 pub fn reply(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = StatusCode::from_u16(status).expect("status");
