@@ -45,7 +45,7 @@
 //!   background) → followers answer from the result (`collapsed`). A
 //!   sticky `Set-Cookie` is added as the response leaves, never stored.
 //! - **stale**: `proxy/lookup.rs` decides; inside stale-while-revalidate
-//!   `proxy/fetch.rs::refresh` revalidates in the background while the
+//!   `proxy/fetch/refresh.rs` revalidates in the background while the
 //!   stale copy is served; otherwise a conditional fetch, where a 304
 //!   refreshes the entry and an upstream failure inside stale-if-error
 //!   serves the stale copy.

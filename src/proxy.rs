@@ -8,8 +8,9 @@
 //! - `proxy/stored.rs`: answering from a stored variant (304/412, 206/416,
 //!   HEAD, `Age`).
 //! - `proxy/fetch.rs`: the miss path — collapsed forwarding, the upstream
-//!   fetch and its one classification, stale-if-error, the background
-//!   refresh of stale-while-revalidate.
+//!   fetch and its one classification (`fetch/exchange.rs`, with
+//!   `fetch/storability.rs`), stale-if-error, the background refresh
+//!   (`fetch/refresh.rs`).
 //! - `proxy/admit.rs`: streaming a miss to the client while storing it.
 //! - `proxy/forward.rs`: pass-through (other methods, uncacheable URLs,
 //!   upgrades) and sending any request upstream.

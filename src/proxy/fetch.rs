@@ -6,7 +6,6 @@
 //! is stored, compressed where SPEC §3 says so.
 
 use http::header::{self, HeaderMap};
-use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
@@ -15,7 +14,7 @@ use super::admit::{self, Admitted, Plan};
 use super::body::ProxyBody;
 use super::cache_status::{CacheStatus, ServedStale};
 use super::error::ProxyError;
-use super::lookup::{Hit, Miss, Stale};
+use super::lookup::{Miss, Stale};
 use super::{forward, headers, Answered, RequestCtx};
 use crate::cache::collapse::{Flight, Locked, ReadLock, WriteLock};
 use crate::cache::directives::CacheControl;
@@ -24,19 +23,19 @@ use crate::compression::{self, Coding, CompressionPolicy};
 use crate::upstream::ServedBy;
 
 mod exchange;
+mod refresh;
+mod storability;
 
-pub use exchange::{would_store, STRATA_CACHE_CONTROL};
 use exchange::{Exchange, Fetched, UpstreamBody, CLIENT_CONDITIONALS};
+pub use refresh::refresh;
+pub(super) use refresh::request_parts;
+pub use storability::{would_store, STRATA_CACHE_CONTROL};
 
 // === the foreground fetch ===
 
 /// How many times a follower asks for the lock again after its leader went
 /// away without an answer, before it goes upstream alone.
 const REJOINS: u8 = 2;
-
-/// How long a refresh that found no room to collect (`NotStorable::Busy`)
-/// keeps its URL's lock: hits meanwhile start no other (a fetch thrown away).
-const BUSY_REFRESH_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A miss: the first request for the URL leads and goes upstream; the
 /// others wait (bounded) for its result.
@@ -196,7 +195,7 @@ fn serve_stale(
 /// Whether `reason` is the request's own (its `Authorization`, or its
 /// `no-store`) or the moment's (no room in the collecting budget), so the
 /// answer says nothing about what the cache holds or may store.
-fn for_this_request_only(reason: NotStorable, req_cc: &CacheControl) -> bool {
+pub(super) fn for_this_request_only(reason: NotStorable, req_cc: &CacheControl) -> bool {
     matches!(reason, NotStorable::Authorization | NotStorable::Busy) || req_cc.no_store
 }
 
@@ -421,66 +420,6 @@ fn served(parts: &http::response::Parts) -> Option<&ServedBy> {
 fn served_by(ext: &http::Extensions) -> String {
     ext.get::<ServedBy>()
         .map_or_else(|| "upstream".to_string(), |s| s.0.to_string())
-}
-
-// === the background refresh ===
-
-/// stale-while-revalidate, soft purge and refresh-ahead: one background
-/// validation per URL (per variant, for a URL with `Vary`); the stored
-/// copy keeps being served until it lands.
-pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
-    let key = hit.object.collapse_key(req.headers());
-    let Some(lock) = ctx.shared.cache.collapser().try_lock(key) else {
-        return; // a refresh is already running
-    };
-    let mut exchange = Exchange::new(ctx);
-    // The refresh is the cache's own request: the client's directives
-    // (say, no-store) do not decide whether its result is stored.
-    exchange.req_cc = CacheControl::default();
-    let parts = request_parts(req);
-    let object = hit.object.clone();
-    let variant = hit.variant.clone();
-    tokio::spawn(async move {
-        let key = object.key.clone();
-        match exchange
-            .fetch(&parts, &key, Some(&object), Some(&variant), true)
-            .await
-        {
-            Fetched::NotModified(o, _, _, stored) => lock.publish(Flight::stored_if(stored, o)),
-            Fetched::Uncacheable(NotStorable::Busy, rparts, body) => {
-                drop((rparts, body)); // the upstream connection goes now
-                tokio::time::sleep(BUSY_REFRESH_BACKOFF).await;
-            }
-            Fetched::Storable(mut plan, _, body) => {
-                // Same request fields as the stored variant.
-                plan.vary = variant.vary.clone();
-                admit::spawn(exchange.cache, *plan, Some(lock), body, None, None);
-            }
-            // A full answer that may not be stored (RFC 9111 §4.3.3: the
-            // stored response is no longer suitable), unless only the
-            // client's Authorization, sent along, made it so.
-            Fetched::Uncacheable(reason, ..)
-                if variant.soft_purged || !for_this_request_only(reason, &exchange.req_cc) =>
-            {
-                exchange.cache.mark_pass(key.hash());
-                exchange.cache.remove(&key);
-            }
-            // Stays stale (stale-if-error's reading of a failure); the
-            // lock drops.
-            Fetched::Failed(_) | Fetched::ServerError(_) | Fetched::Uncacheable(..) => {}
-        }
-    });
-}
-
-/// The request's method, URI, version and headers (for building
-/// upstream requests after the original was consumed).
-pub(super) fn request_parts<B>(req: &Request<B>) -> Parts {
-    let mut r = Request::new(());
-    *r.method_mut() = req.method().clone();
-    *r.uri_mut() = req.uri().clone();
-    *r.version_mut() = req.version();
-    *r.headers_mut() = req.headers().clone();
-    r.into_parts().0
 }
 
 // === response shaping ===

@@ -1,8 +1,7 @@
 //! One exchange with the upstream for the cache, and its classification:
 //! the upstream request (whole and unconditional, or conditional on the
-//! stored validators), the response's directives (a rule's, a targeted
-//! field's per RFC 9213, or Cache-Control), whether it may be stored
-//! (RFC 9111 §3 within SPEC §10's privacy limits), its freshness policy
+//! stored validators), the response's directives and whether it may be
+//! stored (`storability.rs`), its freshness policy
 //! with the rule's TTL keys, and a 304's update of the stored variant
 //! (RFC 9111 §4.3.4). Shared by the foreground fetch and the background
 //! refresh.
@@ -16,15 +15,15 @@ use http::{Method, Request, StatusCode};
 use super::super::admit::Plan;
 use super::super::body::IdleTimeout;
 use super::super::error::ProxyError;
-use super::super::validate::Present;
 use super::super::{forward, headers, stored, ConnInfo, RequestCtx, Runtime};
+use super::storability::{decide, response_rule, STRATA_CACHE_CONTROL};
 use crate::cache::directives::CacheControl;
 use crate::cache::entry::{self, Object, Variant};
 use crate::cache::freshness::{self, now_millis, Heuristic, Millis, NotStorable};
 use crate::cache::key::CacheKey;
 use crate::cache::{tags, Cache};
 use crate::metrics::Shed;
-use crate::rules::{lifetime, Lifetime, Rule};
+use crate::rules::{lifetime, Rule};
 use crate::upstream::client::empty_body;
 use crate::upstream::ServedBy;
 
@@ -39,10 +38,6 @@ pub(super) const CLIENT_CONDITIONALS: [header::HeaderName; 6] = [
     header::IF_RANGE,
     header::RANGE,
 ];
-
-/// RFC 9213 field addressed to Strata alone: obeyed, never passed on.
-pub const STRATA_CACHE_CONTROL: header::HeaderName =
-    header::HeaderName::from_static("strata-cache-control");
 
 /// An upstream body behind the idle timeout.
 pub(super) type UpstreamBody = IdleTimeout<crate::upstream::UpstreamBody>;
@@ -294,77 +289,6 @@ impl Exchange {
     }
 }
 
-/// The rule for a response to `parts` with `headers`: from the request's
-/// rule (index `rule`) on, the first whose `content_type` fits too.
-fn response_rule<'a>(
-    runtime: &'a Runtime,
-    rule: Option<usize>,
-    parts: &Parts,
-    headers: &HeaderMap,
-) -> Option<&'a Rule> {
-    runtime.config.rules.for_response(
-        rule?,
-        parts.uri.path(),
-        &parts.method,
-        headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
-    )
-}
-
-/// The cache's decision on a response (`status`, `response` fields, shaped
-/// in place by [`shape`]) to `request`: its directives when it may be
-/// stored, else why not (the rule's and the origin's word, then the size).
-fn decide(
-    runtime: &Runtime,
-    rule: Option<usize>,
-    request: &Parts,
-    request_cc: &CacheControl,
-    status: StatusCode,
-    response: &mut HeaderMap,
-) -> Result<CacheControl, NotStorable> {
-    let cache = &runtime.config.cache;
-    let cc = shape(
-        response_rule(runtime, rule, request, response),
-        &cache.targeted_cache_control,
-        status,
-        &request.headers,
-        request_cc,
-        response,
-    )?;
-    if headers::content_length(response).is_some_and(|len| len > cache.max_object_size) {
-        return Err(NotStorable::TooLarge);
-    }
-    Ok(cc)
-}
-
-/// Whether a response to `request` would be stored: [`decide`] on a copy
-/// of its fields. For hit-for-miss: a request that went upstream because
-/// its URL was marked uncacheable learns whether the mark still holds.
-pub fn would_store(
-    runtime: &Runtime,
-    rule: Option<usize>,
-    request: &Parts,
-    status: StatusCode,
-    response: &HeaderMap,
-) -> bool {
-    // What the origin made unstorable (`no-store`, `private`) stays so
-    // whatever a rule says ([`shape`] checks it before any rule): the usual
-    // answer for a marked URL, read without copying its fields.
-    let origin = CacheControl::for_cache(response, &runtime.config.cache.targeted_cache_control);
-    if origin.no_store || origin.private {
-        return false;
-    }
-    let request_cc = super::super::lookup::request_directives(&request.headers, Present::ALL);
-    decide(
-        runtime,
-        rule,
-        request,
-        &request_cc,
-        status,
-        &mut response.clone(),
-    )
-    .is_ok()
-}
-
 /// The fields a stored copy keeps: all of the response's but `Set-Cookie`.
 /// A response stored although it sets a cookie (the origin said `public`
 /// or `s-maxage`) is shareable; its cookie is the state of the client
@@ -381,59 +305,6 @@ fn stored_fields(response: &HeaderMap) -> HeaderMap {
 fn normalize_response(headers: &mut HeaderMap) -> Vec<String> {
     headers::strip_hop_by_hop(headers, false);
     tags::take(headers)
-}
-
-/// Applies `rule` to a response within SPEC §10 and decides whether it
-/// may be stored: the response's directives after the rule, or why not.
-///
-/// What the origin made private (or the request, `Authorization`) stays
-/// private whatever the rule says, and the client gets the origin's own
-/// Cache-Control; a rule's Cache-Control and TTL keys apply to success
-/// statuses only, others only when `status_ttl` names them.
-fn shape(
-    rule: Option<&Rule>,
-    targeted: &[header::HeaderName],
-    status: StatusCode,
-    request: &HeaderMap,
-    request_cc: &CacheControl,
-    response: &mut HeaderMap,
-) -> Result<CacheControl, NotStorable> {
-    // The origin's directives to Strata: a targeted field (RFC 9213) if
-    // valid, else Cache-Control. Strata's own field is never passed on.
-    let origin = CacheControl::for_cache(response, targeted);
-    response.remove(STRATA_CACHE_CONTROL);
-    if let Some(reason) = lifetime::private(request, request_cc, response, &origin) {
-        return Err(reason);
-    }
-    let no_transform = origin.no_transform;
-    let mut cc = origin;
-    if let Some((value, directives)) = rule
-        .filter(|_| lifetime::rule_status(status))
-        .and_then(|r| Some((r.cache_control_for(no_transform)?, r.directives()?)))
-    {
-        response.insert(header::CACHE_CONTROL, value);
-        cc = directives.clone();
-        cc.no_transform |= no_transform;
-    }
-    let verdict = freshness::storable(&Method::GET, request, request_cc, status, response, &cc);
-    let given = rule.map_or(Lifetime::Origin, |r| {
-        r.lifetimes
-            .decide(status, lifetime::explicit_lifetime(&cc, response))
-    });
-    match (verdict, given) {
-        (_, Lifetime::Never) => Err(NotStorable::Status),
-        (Ok(()), _) => Ok(cc),
-        // A rule's lifetime stands in for the freshness the response
-        // lacks; never for what makes a response unstorable as such.
-        (Err(NotStorable::Status | NotStorable::NoFreshness), Lifetime::Given(_))
-            if !(status.is_informational()
-                || status == StatusCode::PARTIAL_CONTENT
-                || status == StatusCode::NOT_MODIFIED) =>
-        {
-            Ok(cc)
-        }
-        (Err(reason), _) => Err(reason),
-    }
 }
 
 /// RFC 9111 §4.3.4: a 304 updates the stored headers (all but
