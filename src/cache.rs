@@ -274,9 +274,10 @@ impl Cache {
         self.inner.memory.removal_epoch()
     }
 
-    /// Admits `variant` (which `object`, its URL's object as the fetch saw
-    /// it, holds) to memory now and to Redis in the background: added to
-    /// what memory holds for the URL at that moment, so variants admitted
+    /// Admits `variant` of `key` to memory now and to Redis in the
+    /// background: added to what memory holds for the URL at that moment
+    /// (`base`, the URL's object as the fetch saw it, when memory holds
+    /// nothing), so variants admitted
     /// concurrently are all kept ([`MemoryTier::promote_variant`]). Not
     /// when its URL was removed (purged, invalidated after an unsafe
     /// request) since `since`, the [`Cache::removal_epoch`] when its fetch
@@ -286,11 +287,12 @@ impl Cache {
     /// Returns the object stored, or `None`.
     pub fn admit(
         &self,
-        object: Arc<Object>,
+        key: &CacheKey,
+        base: Option<&Object>,
         variant: &Arc<Variant>,
         since: u64,
     ) -> Option<Arc<Object>> {
-        let stored = self.admit_memory(object, variant, since)?;
+        let stored = self.admit_memory(key, base, variant, since)?;
         if let Some(redis) = &self.inner.redis {
             let keep = Duration::from_secs(stored.keep_secs(now_millis()));
             redis.put_background(stored.clone(), keep);
@@ -303,12 +305,14 @@ impl Cache {
     /// [`Cache::complete`] follows with them and the same `since`.
     pub fn admit_memory(
         &self,
-        object: Arc<Object>,
+        key: &CacheKey,
+        base: Option<&Object>,
         variant: &Arc<Variant>,
         since: u64,
     ) -> Option<Arc<Object>> {
-        self.inner.pass.invalidate(&object.key.hash());
-        self.inner.memory.promote_variant(&object, variant, since)
+        self.inner.pass.invalidate(&key.hash());
+        let built = Arc::new(Object::adding(base, key, variant.clone()));
+        self.inner.memory.promote_variant(&built, variant, since)
     }
 
     /// Completes what [`Cache::admit_memory`] stored with `variant` (the

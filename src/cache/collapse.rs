@@ -35,15 +35,11 @@ pub enum Flight {
 }
 
 impl Flight {
-    /// `Stored(object)` when it was stored; else `Released` (a response
-    /// fetched across a purge of its URL is not stored, and a request
-    /// made after the purge may be waiting).
-    pub fn stored_if(stored: bool, object: Arc<Object>) -> Flight {
-        if stored {
-            Flight::Stored(object)
-        } else {
-            Flight::Released
-        }
+    /// `Stored(object)` for what an admission stored; `Released` when it
+    /// stored nothing (a response fetched across a purge of its URL is not
+    /// stored, and a request made after the purge may be waiting).
+    pub fn admitted(stored: Option<Arc<Object>>) -> Flight {
+        stored.map_or(Flight::Released, Flight::Stored)
     }
 }
 

@@ -294,6 +294,18 @@ impl Object {
         h.digest128()
     }
 
+    /// `base` (the URL's object as a fetch saw it, if any) with `variant`
+    /// added; a new object of `key` holding only `variant` without one.
+    pub fn adding(base: Option<&Object>, key: &CacheKey, variant: Arc<Variant>) -> Object {
+        match base {
+            Some(base) => base.with_variant(variant),
+            None => Object {
+                key: key.clone(),
+                variants: vec![variant],
+            },
+        }
+    }
+
     /// A copy with `variant` added, replacing any with the same Vary key
     /// (and every variant when the Vary field names changed).
     pub fn with_variant(&self, variant: Arc<Variant>) -> Object {

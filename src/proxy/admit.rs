@@ -225,30 +225,22 @@ async fn run(
         plan.tags,
         encode.is_some(),
     ));
-    let built = Arc::new(match &plan.base {
-        Some(base) => base.with_variant(identity.clone()),
-        None => Object {
-            key: plan.key.clone(),
-            variants: vec![identity.clone()],
-        },
-    });
     // The entry is visible (and purgeable) before the client's body ends;
     // encoded representations follow without hiding it (SPEC §6).
     // The collapse lock goes too: waiting requests get this object, and a
     // request after a purge fetches anew instead of waiting on the encoding.
     let since = plan.since;
-    let admission = match encode {
-        Some(_) => cache.admit_memory(built.clone(), &identity, since),
-        None => cache.admit(built.clone(), &identity, since),
-    };
-    let stored = admission.is_some();
     // What memory holds now (other variants admitted meanwhile included).
-    let admitted = admission.unwrap_or(built);
+    let base = plan.base.as_deref();
+    let admitted = match encode {
+        Some(_) => cache.admit_memory(&plan.key, base, &identity, since),
+        None => cache.admit(&plan.key, base, &identity, since),
+    };
     drop(reserved); // the tier holds the body now
     if let Some(l) = lock.take() {
-        l.publish(Flight::stored_if(stored, admitted.clone()));
+        l.publish(Flight::admitted(admitted.clone()));
     }
-    if !stored {
+    if admitted.is_none() {
         tracing::debug!(key = %plan.key, "purged or invalidated while fetched: not stored");
     }
     if let Some(visible) = done.take_if(|d| matches!(d, Done::Visible(_))) {
@@ -257,7 +249,7 @@ async fn run(
     if let (Some(tx), Some(last)) = (client, last) {
         let _ = tx.send(Ok(last)).await;
     }
-    let Some(policy) = encode.filter(|_| stored) else {
+    let (Some(policy), Some(admitted)) = (encode, admitted) else {
         return Some(identity);
     };
     let variant = Arc::new(with_encodings(&identity, policy, cache).await);

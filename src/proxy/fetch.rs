@@ -155,8 +155,8 @@ async fn lead(
                 ),
             }
         }
-        Fetched::NotModified(object, variant, served, stored) => {
-            lock.publish(Flight::stored_if(stored, object));
+        Fetched::NotModified(stored, variant, served) => {
+            lock.publish(Flight::admitted(stored));
             let status = CacheStatus::fwd(miss.fwd).map(|f| {
                 f.fwd_status = Some(304);
                 f.ttl = Some(variant.ttl(now_millis()));

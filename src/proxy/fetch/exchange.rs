@@ -48,10 +48,11 @@ pub(super) enum Fetched {
     Failed(ProxyError),
     /// 5xx while a stale copy may stand in (the response is dropped).
     ServerError(StatusCode),
-    /// 304 to a conditional fetch: the object holding the refreshed
-    /// variant, the variant, the server that answered (for the access log),
-    /// and whether it was stored (not when purged while revalidated).
-    NotModified(Arc<Object>, Arc<Variant>, Option<ServedBy>, bool),
+    /// 304 to a conditional fetch: the stored object now holding the
+    /// refreshed variant (`None`: not stored, when purged while
+    /// revalidated or no longer shareable), the variant, and the server
+    /// that answered (for the access log).
+    NotModified(Option<Arc<Object>>, Arc<Variant>, Option<ServedBy>),
     /// A response to store while it streams.
     Storable(Box<Plan>, http::response::Parts, UpstreamBody),
     /// A full response that must not be stored.
@@ -213,27 +214,18 @@ impl Exchange {
                 request_time,
                 response_time,
             ));
-            let object = Arc::new(match object {
-                Some(o) => o.with_variant(v.clone()),
-                None => Object {
-                    key: key.clone(),
-                    variants: vec![v.clone()],
-                },
-            });
             let now = CacheControl::from_headers(answer.response.headers());
             // Not when the origin no longer lets it be shared (SPEC §10),
             // nor when it was purged while revalidated.
             let shared = !(now.private || now.no_store);
-            let admission = if shared {
-                self.cache.admit(object.clone(), &v, since)
+            let stored = if shared {
+                self.cache.admit(key, object.map(|o| &**o), &v, since)
             } else {
                 self.cache.remove(key);
                 None
             };
-            let stored = admission.is_some();
-            let object = admission.unwrap_or(object);
             let served = answer.response.extensions().get().cloned();
-            return Fetched::NotModified(object, v, served, stored);
+            return Fetched::NotModified(stored, v, served);
         }
         if stale_on_5xx && stale.is_some() && status.is_server_error() {
             return Fetched::ServerError(status);

@@ -39,7 +39,7 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
             .fetch(&parts, &key, Some(&object), Some(&variant), true)
             .await
         {
-            Fetched::NotModified(o, _, _, stored) => lock.publish(Flight::stored_if(stored, o)),
+            Fetched::NotModified(stored, ..) => lock.publish(Flight::admitted(stored)),
             Fetched::Uncacheable(NotStorable::Busy, rparts, body) => {
                 drop((rparts, body)); // the upstream connection goes now
                 tokio::time::sleep(BUSY_REFRESH_BACKOFF).await;
