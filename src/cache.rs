@@ -277,8 +277,8 @@ impl Cache {
     /// Admits `variant` of `key` to memory now and to Redis in the
     /// background: added to what memory holds for the URL at that moment
     /// (`base`, the URL's object as the fetch saw it, when memory holds
-    /// nothing), so variants admitted
-    /// concurrently are all kept ([`MemoryTier::promote_variant`]). Not
+    /// nothing), so variants admitted concurrently are all kept
+    /// ([`MemoryTier::promote_variant`]). Not
     /// when its URL was removed (purged, invalidated after an unsafe
     /// request) since `since`, the [`Cache::removal_epoch`] when its fetch
     /// began: the response may have left the origin before the purge or
@@ -293,11 +293,17 @@ impl Cache {
         since: u64,
     ) -> Option<Arc<Object>> {
         let stored = self.admit_memory(key, base, variant, since)?;
-        if let Some(redis) = &self.inner.redis {
-            let keep = Duration::from_secs(stored.keep_secs(now_millis()));
-            redis.put_background(stored.clone(), keep);
-        }
+        self.write_behind(&stored);
         Some(stored)
+    }
+
+    /// Queues `object` for Redis (when configured), kept as long as its
+    /// longest-lived variant may be used.
+    fn write_behind(&self, object: &Arc<Object>) {
+        if let Some(redis) = &self.inner.redis {
+            let keep = Duration::from_secs(object.keep_secs(now_millis()));
+            redis.put_background(object.clone(), keep);
+        }
     }
 
     /// Makes `variant` visible in memory at once, before its encoded
@@ -335,10 +341,7 @@ impl Cache {
             }
             None => return false,
         };
-        if let Some(redis) = &self.inner.redis {
-            let keep = Duration::from_secs(complete.keep_secs(now_millis()));
-            redis.put_background(complete, keep);
-        }
+        self.write_behind(&complete);
         true
     }
 
