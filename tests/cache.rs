@@ -352,6 +352,62 @@ async fn stale_entry_is_revalidated_and_304_updates_stored_headers() {
     assert_eq!(origin.count(), 2);
 }
 
+/// A `Set-Cookie` on the `304` that validates a stored response is the
+/// requesting client's: it reaches that client (as Varnish delivers it),
+/// and is neither stored nor handed to later hits (RFC 9111 §4.3.4 with
+/// SPEC §10).
+#[tokio::test]
+async fn a_304_set_cookie_reaches_its_requester_only() {
+    let origin = Origin::start(|req| async move {
+        if req.headers().contains_key("if-none-match") {
+            return reply(
+                304,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("etag", "\"c1\""),
+                    ("set-cookie", "seen=1; Path=/"),
+                    ("set-cookie", "lang=en"),
+                ],
+                "",
+            );
+        }
+        // Age: 20 > max-age=10: stored already stale.
+        reply(
+            200,
+            &[
+                ("cache-control", "max-age=10"),
+                ("age", "20"),
+                ("etag", "\"c1\""),
+            ],
+            "cookie-body",
+        )
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let r = c.get(&s.url("/c")).await;
+    assert_eq!(r.header("set-cookie"), None);
+    let r = c.get(&s.url("/c")).await;
+    assert_eq!(r.text(), "cookie-body");
+    assert!(
+        r.cache_status().contains("fwd=stale; fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(
+        r.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["seen=1; Path=/", "lang=en"]
+    );
+    let r = c.get(&s.url("/c")).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(r.header("set-cookie"), None);
+    assert_eq!(origin.count(), 2);
+}
+
 #[tokio::test]
 async fn client_conditionals_answered_from_cache() {
     let origin = Origin::fixed(

@@ -155,13 +155,19 @@ async fn lead(
                 ),
             }
         }
-        Fetched::NotModified(stored, variant, served) => {
+        Fetched::NotModified(stored, variant, requester) => {
             lock.publish(Flight::admitted(stored));
             let status = CacheStatus::fwd(miss.fwd).map(|f| {
                 f.fwd_status = Some(304);
                 f.ttl = Some(variant.ttl(now_millis()));
             });
-            Answered::new(from_stored(ctx, &req, &variant, served.as_ref()), status)
+            let mut resp = from_stored(ctx, &req, &variant, requester.served.as_ref());
+            // The origin's cookies for this client (RFC 9111 §4.3.4 keeps
+            // them out of the stored headers, not out of the response).
+            for cookie in requester.set_cookie {
+                resp.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            Answered::new(resp, status)
         }
         Fetched::Uncacheable(reason, rparts, body) => {
             uncacheable(ctx, &req, &miss, lock, reason, rparts, body)

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, StatusCode};
 
@@ -50,13 +50,22 @@ pub(super) enum Fetched {
     ServerError(StatusCode),
     /// 304 to a conditional fetch: the stored object now holding the
     /// refreshed variant (`None`: not stored, when purged while
-    /// revalidated or no longer shareable), the variant, and the server
-    /// that answered (for the access log).
-    NotModified(Option<Arc<Object>>, Arc<Variant>, Option<ServedBy>),
+    /// revalidated or no longer shareable), the variant, and what goes to
+    /// the requester only.
+    NotModified(Option<Arc<Object>>, Arc<Variant>, Requester),
     /// A response to store while it streams.
     Storable(Box<Plan>, http::response::Parts, UpstreamBody),
     /// A full response that must not be stored.
     Uncacheable(NotStorable, http::response::Parts, UpstreamBody),
+}
+
+/// What a `304` gives the request that triggered its validation and no
+/// one else: the server that answered (for the access log) and the
+/// `Set-Cookie` fields the `304` carried (the requester's; never stored,
+/// never given to collapsed requests).
+pub(super) struct Requester {
+    pub(super) served: Option<ServedBy>,
+    pub(super) set_cookie: Vec<HeaderValue>,
 }
 
 /// What a fetch for the cache needs, owned so that a background refresh
@@ -224,8 +233,17 @@ impl Exchange {
                 self.cache.remove(key);
                 None
             };
-            let served = answer.response.extensions().get().cloned();
-            return Fetched::NotModified(stored, v, served);
+            let requester = Requester {
+                served: answer.response.extensions().get().cloned(),
+                set_cookie: answer
+                    .response
+                    .headers()
+                    .get_all(header::SET_COOKIE)
+                    .iter()
+                    .cloned()
+                    .collect(),
+            };
+            return Fetched::NotModified(stored, v, requester);
         }
         if stale_on_5xx && stale.is_some() && status.is_server_error() {
             return Fetched::ServerError(status);
