@@ -265,7 +265,10 @@ fn not_modified_or_failed(
 }
 
 /// RFC 9110 §13.1.5. `dates`: whether `Last-Modified` may validate these
-/// bytes (not for a representation Strata encoded).
+/// bytes (not for a representation Strata encoded). A date holds only when
+/// it equals `Last-Modified` and is a strong validator for a cache
+/// (§8.8.2.2): the stored `Date` at least 60 seconds after it, so that two
+/// versions changed within one clock second cannot be spliced together.
 fn if_range_holds(headers: &HeaderMap, req: &HeaderMap, dates: bool) -> bool {
     let Some(cond) = req.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
         return true;
@@ -280,7 +283,14 @@ fn if_range_holds(headers: &HeaderMap, req: &HeaderMap, dates: bool) -> bool {
         crate::cache::http_date::parse(cond),
         date_field(headers, header::LAST_MODIFIED),
     ) {
-        (Some(a), Some(b)) => dates && a == b,
+        (Some(a), Some(b)) => {
+            dates
+                && a == b
+                && date_field(headers, header::DATE).is_some_and(|sent| {
+                    sent.duration_since(b)
+                        .is_ok_and(|gap| gap >= std::time::Duration::from_secs(60))
+                })
+        }
         _ => false,
     }
 }
