@@ -365,7 +365,7 @@ impl Shared {
                     if pass.fwd == Fwd::Bypass
                         && lookup::request_directives(req.headers(), present).only_if_cached =>
                 {
-                    return Answered::error(&ProxyError::NotCached, CacheStatus::fwd(Fwd::Bypass));
+                    return Answered::error(&ProxyError::NotCached, CacheStatus::OnlyIfCached);
                 }
                 Err(pass) => {
                     return Box::pin(forward::pass(self, runtime, req, conn, pass, present)).await
@@ -404,7 +404,7 @@ impl Shared {
                 }
                 Lookup::Fetch(miss) => Box::pin(fetch::fetch(&ctx, req, miss)).await,
                 Lookup::OnlyIfCached => {
-                    Answered::error(&ProxyError::NotCached, CacheStatus::fwd(Fwd::Request))
+                    Answered::error(&ProxyError::NotCached, CacheStatus::OnlyIfCached)
                 }
             }
         }

@@ -617,6 +617,55 @@ async fn ranges_are_served_from_the_stored_object() {
     assert_eq!(origin.count(), 1);
 }
 
+/// RFC 9110 §13.1.5 with §8.8.2.2: an `If-Range` date selects the stored
+/// bytes only when it is a strong validator for a cache, the response's
+/// `Date` at least 60 seconds after its `Last-Modified`; otherwise the
+/// whole representation is sent (a resource changed twice within one
+/// second would have its ranges spliced from two versions).
+#[tokio::test]
+async fn an_if_range_date_must_be_a_strong_validator() {
+    let now = std::time::SystemTime::now();
+    let date = httpdate::fmt_http_date(now);
+    let recent = httpdate::fmt_http_date(now - Duration::from_secs(5));
+    let old = httpdate::fmt_http_date(now - Duration::from_secs(3600));
+    let (d, r, o) = (date.clone(), recent.clone(), old.clone());
+    let origin = Origin::start(move |req| {
+        let lm = if req.uri().path() == "/recent" {
+            r.clone()
+        } else {
+            o.clone()
+        };
+        let d = d.clone();
+        async move {
+            reply(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("date", &d),
+                    ("last-modified", &lm),
+                ],
+                "0123456789",
+            )
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for (path, lm, status, body) in [
+        ("/recent", &recent, 200, "0123456789"),
+        ("/old", &old, 206, "01"),
+    ] {
+        c.get(&s.url(path)).await;
+        let r = c
+            .get_with(&s.url(path), &[("range", "bytes=0-1"), ("if-range", lm)])
+            .await;
+        assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(r.text(), body, "{path}");
+    }
+    assert_eq!(origin.count(), 2);
+}
+
 #[tokio::test]
 async fn unsafe_methods_invalidate_target_and_location() {
     let origin = Origin::start(|req| async move {
@@ -1382,6 +1431,8 @@ async fn only_if_cached_miss_is_504() {
         .get_with(&s.url("/oic"), &[("cache-control", "only-if-cached")])
         .await;
     assert_eq!(r.status, 504);
+    // Nothing went forward: no `fwd` parameter (RFC 9211 §2.2).
+    assert_eq!(r.cache_status(), "strata; detail=only-if-cached");
     assert_eq!(origin.count(), 0);
 }
 

@@ -95,6 +95,10 @@ pub enum CacheStatus {
     Hit { tier: Tier, ttl: i64 },
     /// The request went (or would have gone) upstream.
     Forward(Forward),
+    /// Neither: `only-if-cached` and nothing usable stored (RFC 9111
+    /// §5.2.1.7), so the request did not go forward and the answer has no
+    /// `fwd` (RFC 9211 §2.2): `strata; detail=only-if-cached`.
+    OnlyIfCached,
 }
 
 impl CacheStatus {
@@ -126,7 +130,7 @@ impl CacheStatus {
     pub fn tier(&self) -> Option<Tier> {
         match self {
             CacheStatus::Hit { tier, .. } => Some(*tier),
-            CacheStatus::Forward(_) => None,
+            CacheStatus::Forward(_) | CacheStatus::OnlyIfCached => None,
         }
     }
 
@@ -141,11 +145,14 @@ impl CacheStatus {
             CacheStatus::Forward(f) if matches!(f.fwd, Fwd::Bypass | Fwd::Method) => {
                 Outcome::Bypass
             }
-            CacheStatus::Forward(_) => Outcome::Miss,
+            CacheStatus::Forward(_) | CacheStatus::OnlyIfCached => Outcome::Miss,
         }
     }
 
     pub fn to_header(&self) -> HeaderValue {
+        if let CacheStatus::OnlyIfCached = self {
+            return HeaderValue::from_static("strata; detail=only-if-cached");
+        }
         let mut out = bytes::BytesMut::with_capacity(64);
         out.extend_from_slice(b"strata");
         match self {
@@ -190,6 +197,7 @@ impl CacheStatus {
                 }
                 push_ttl(&mut out, f.ttl);
             }
+            CacheStatus::OnlyIfCached => {}
         }
         // Every piece above is visible ASCII: one allocation, no copy.
         HeaderValue::from_maybe_shared(out.freeze())
