@@ -444,15 +444,17 @@ fn check(payload: &[u8]) -> Result<usize, DecodeError> {
     Ok(end)
 }
 
-/// Parses the URL and variants after a successful [`check`].
-fn parse(payload: &Bytes, end: usize) -> Result<(String, Vec<Arc<Variant>>), DecodeError> {
-    let mut r = Reader {
+/// A reader of the region after a successful [`check`], at the URL.
+fn reader(payload: &Bytes, end: usize) -> Reader<'_> {
+    Reader {
         payload,
         end,
         at: HEADER_LEN,
-    };
-    let url = r.slice32()?;
-    let url = r.string(url, "url")?;
+    }
+}
+
+/// Parses the variants after the URL, to the end of the region.
+fn variants(r: &mut Reader<'_>) -> Result<Vec<Arc<Variant>>, DecodeError> {
     let n = usize::from(r.u16()?);
     let n = r.count(n, 64, "variant count")?;
     let mut variants = Vec::with_capacity(n);
@@ -462,30 +464,35 @@ fn parse(payload: &Bytes, end: usize) -> Result<(String, Vec<Arc<Variant>>), Dec
     if r.remaining() != 0 {
         return Err(DecodeError::Trailing(r.remaining()));
     }
-    Ok((url, variants))
+    Ok(variants)
 }
 
 /// Decodes the entry stored for `key`. A well-formed entry for another URL
-/// (a hash collision) is [`DecodeError::KeyMismatch`].
+/// (a hash collision) is [`DecodeError::KeyMismatch`], found before its
+/// variants are parsed; the URL is compared as bytes, not copied.
 pub fn decode_for(payload: &Bytes, key: &CacheKey) -> Result<Object, DecodeError> {
     let end = check(payload)?;
-    let (url, variants) = parse(payload, end)?;
-    if url != key.url() {
+    let mut r = reader(payload, end);
+    let url = r.slice32()?;
+    if &payload[url.clone()] != key.url().as_bytes() {
         return Err(DecodeError::KeyMismatch {
-            stored: url,
+            stored: r.string(url, "url")?,
             requested: key.url().to_string(),
         });
     }
     Ok(Object {
         key: key.clone(),
-        variants,
+        variants: variants(&mut r)?,
     })
 }
 
 /// Decodes an entry whatever its URL (for tools and tests).
 pub fn decode(payload: &Bytes) -> Result<Object, DecodeError> {
     let end = check(payload)?;
-    let (url, variants) = parse(payload, end)?;
+    let mut r = reader(payload, end);
+    let url = r.slice32()?;
+    let url = r.string(url, "url")?;
+    let variants = variants(&mut r)?;
     let key = CacheKey::from_url(&url).ok_or(DecodeError::Invalid {
         what: "url",
         at: HEADER_LEN,
