@@ -30,6 +30,7 @@
 //! when the last clone of the tier is dropped (the write workers after
 //! draining their queues).
 
+mod batch;
 mod breaker;
 pub mod codec;
 mod conn;
@@ -88,6 +89,8 @@ pub struct RedisTier {
 
 struct Inner {
     core: Arc<Core>,
+    /// The queue to the read batcher (`batch`).
+    reads: batch::Reads,
     lanes: Vec<mpsc::Sender<Job>>,
     /// Slots for [`RedisTier::purge_background`].
     background: Arc<tokio::sync::Semaphore>,
@@ -205,8 +208,10 @@ impl RedisTier {
         });
         let stop = CancellationToken::new();
         let mut lanes = Vec::with_capacity(LANES);
+        let mut reads = batch::Reads::off();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
+                reads = batch::Reads::start(core.clone(), &rt);
                 rt.spawn(conn::run_connector(
                     config.clone(),
                     limits,
@@ -243,6 +248,7 @@ impl RedisTier {
         RedisTier {
             inner: Arc::new(Inner {
                 core,
+                reads,
                 lanes,
                 background: Arc::new(tokio::sync::Semaphore::new(pending::MAX_BACKGROUND_PURGES)),
                 behind: Arc::new(tokio::sync::Semaphore::new(pending::MAX_BACKGROUND_PURGES)),
@@ -255,8 +261,15 @@ impl RedisTier {
     /// `timeout`. Errors, timeouts and an open breaker are `Err`: the
     /// caller treats them as a miss. Failures other than
     /// [`StorageError::BreakerOpen`] are logged at debug and counted.
+    /// Concurrent reads of different URLs share one `MGET` (`batch`); a
+    /// URL whose invalidation is queued reads as a miss (`pending`).
     pub async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Object>>, StorageError> {
-        self.inner.core.get(key).await
+        let core = &self.inner.core;
+        if core.invalidating.contains(key) {
+            return Ok(None);
+        }
+        let payload = self.inner.reads.read(core.keys.object(key)).await?;
+        core.decode(payload, key)
     }
 
     /// Queues `object` to be written, kept for `keep`; never blocks. A full

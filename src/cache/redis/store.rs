@@ -164,17 +164,33 @@ impl Core {
         .await
     }
 
-    pub(crate) async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Object>>, StorageError> {
-        if self.invalidating.contains(key) {
-            return Ok(None);
-        }
+    /// The payloads stored under `names`, in order (`None`: absent): one
+    /// `GET`, or one `MGET` for several (`batch.rs`). Request-path bound,
+    /// through the breaker, counted once.
+    pub(super) async fn read_many(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Option<Bytes>>, StorageError> {
         let gate = self.permit()?;
-        let name = self.keys.object(key);
-        let payload: Option<Bytes> = self
-            .run("get", self.limits.timeout, gate, |mut c| async move {
-                redis::cmd("GET").arg(&name).query_async(&mut c).await
-            })
-            .await?;
+        self.run("get", self.limits.timeout, gate, |mut c| async move {
+            if let [name] = names {
+                let one: Option<Bytes> = redis::cmd("GET").arg(name).query_async(&mut c).await?;
+                Ok(vec![one])
+            } else {
+                redis::cmd("MGET").arg(names).query_async(&mut c).await
+            }
+        })
+        .await
+    }
+
+    /// The object in `payload`, read from Redis for `key`: `Ok(None)` when
+    /// absent or another URL's (a hash collision); a corrupt entry is
+    /// counted, logged and an error.
+    pub(crate) fn decode(
+        &self,
+        payload: Option<Bytes>,
+        key: &CacheKey,
+    ) -> Result<Option<Arc<Object>>, StorageError> {
         let Some(payload) = payload else {
             return Ok(None);
         };
