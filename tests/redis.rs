@@ -552,6 +552,77 @@ async fn corrupt_payload_is_a_counted_miss() {
     .await;
 }
 
+/// Many URLs read from Redis at once: every request gets its own URL's
+/// body (the batch's answers are matched to their reads in order), and the
+/// reads share `MGET`s (`cache/redis/batch.rs`). `ports` are the data
+/// nodes whose command counts are read; `b` keeps nothing in memory, so
+/// every round reads Redis again.
+async fn many_urls_read_at_once(cfg: &str, ports: &[u16]) {
+    let origin = tagged_origin().await;
+    let a = Strata::start(&[origin.addr], cfg).await;
+    let b = Strata::start(
+        &[origin.addr],
+        &format!("[cache]\nmemory_capacity = \"0\"\n\n{cfg}"),
+    )
+    .await;
+    // Connected first: a write made before A's tier is up is dropped.
+    for s in [&a, &b] {
+        wait_until(Duration::from_secs(10), "connected to Redis", || async {
+            s.shared.cache.redis_state() == Some((true, false))
+        })
+        .await;
+    }
+    let c = Client::new();
+    const URLS: usize = 40;
+    for i in 0..URLS {
+        assert_eq!(get(&c, &a.url(&format!("/m/{i}"))).await.status, 200);
+    }
+    for i in 0..URLS {
+        shared_hit(&b, &format!("/m/{i}")).await;
+    }
+    let stored = origin.count();
+    let mget_calls = || async {
+        let mut n = 0;
+        for &port in ports {
+            n += support::redis::command_calls(port, "mget").await;
+        }
+        n
+    };
+    let before = mget_calls().await;
+    wait_until(Duration::from_secs(20), "reads shared an MGET", || async {
+        let replies = futures_util::future::join_all((0..URLS).map(|i| {
+            let (c, url) = (c.clone(), b.url(&format!("/m/{i}")));
+            async move { (i, get(&c, &url).await) }
+        }))
+        .await;
+        for (i, r) in replies {
+            assert_eq!(r.text(), format!("body of /m/{i}"));
+            assert!(
+                r.cache_status().contains("detail=redis"),
+                "{}",
+                r.cache_status()
+            );
+        }
+        mget_calls().await > before
+    })
+    .await;
+    assert_eq!(origin.count(), stored, "every read answered from Redis");
+}
+
+#[tokio::test]
+async fn concurrent_reads_of_many_urls_share_mget() {
+    let redis = RedisServer::start().await;
+    let cfg = redis_section("standalone", &[redis.url()], "");
+    many_urls_read_at_once(&cfg, &[redis.port()]).await;
+}
+
+#[tokio::test]
+async fn concurrent_reads_of_many_urls_share_mget_across_cluster_slots() {
+    let cluster = RedisCluster::start().await;
+    let cfg = redis_section("cluster", &cluster.urls(), "");
+    many_urls_read_at_once(&cfg, &cluster.ports()).await;
+}
+
 #[tokio::test]
 async fn cluster_shares_entries_and_survives_a_master_failover() {
     let mut cluster = RedisCluster::start().await;

@@ -1304,6 +1304,17 @@ fn parse_resp(buf: &[u8]) -> Result<Parsed, String> {
     Ok(Some((Ok(value), next)))
 }
 
+/// How many times the server on `port` ran `command` (lowercase), from
+/// `INFO commandstats`; 0 when it never ran.
+pub async fn command_calls(port: u16, command: &str) -> u64 {
+    let text = info(port, "commandstats").await.unwrap_or_default();
+    info_field(&text, &format!("cmdstat_{command}"))
+        .and_then(|v| v.strip_prefix("calls="))
+        .and_then(|v| v.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn info(port: u16, section: &str) -> Result<String, String> {
     Ok(query(port, &["INFO", section]).await?.text())
 }

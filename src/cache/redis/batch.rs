@@ -13,7 +13,7 @@
 //! [`MAX_BATCH`]). An idle instance pays one task hop per read.
 //!
 //! In a Cluster, redis-rs splits an `MGET` by hash slot and sends each
-//! part to its node. Each batch runs in a task of its own (batches
+//! part to its node (a node that fails fails the whole batch). Each batch runs in a task of its own (batches
 //! overlap), bounded by `cache.redis.timeout` and counted once by the
 //! circuit breaker; its error or timeout is every member's miss.
 
