@@ -43,6 +43,33 @@ async fn upstream_transfer_encoding_not_ending_in_chunked_is_read_to_close() {
     assert_eq!(answered.load(Ordering::SeqCst), 1);
 }
 
+/// RFC 9110 §8.6: an upstream `Content-Length` that repeats one value (as
+/// a list or as two fields) reaches the client as that one value, on the
+/// cache path and on a pass; the client used to get no response at all
+/// (hyper's server refuses to send the list) while the body was stored.
+#[tokio::test]
+async fn a_repeated_upstream_content_length_goes_on_as_one_value() {
+    for (head, cc) in [
+        ("Content-Length: 5, 5\r\n", "max-age=60"),
+        ("Content-Length: 5\r\nContent-Length: 5\r\n", "max-age=60"),
+        ("Content-Length: 5,5,5\r\n", "no-store"),
+    ] {
+        let response =
+            format!("HTTP/1.1 200 OK\r\nCache-Control: {cc}\r\n{head}\r\nHELLO").into_bytes();
+        let (addr, answered) = support::origin::raw(Box::leak(response.into_boxed_slice())).await;
+        let s = Strata::start(&[addr], NO_HEALTH).await;
+        let c = Client::new();
+        for _ in 0..2 {
+            let r = c.get(&s.url("/cl")).await;
+            assert_eq!(r.status, 200, "{head}");
+            assert_eq!(r.text(), "HELLO", "{head}");
+            assert_eq!(r.header("content-length"), Some("5"), "{head}");
+        }
+        let expected = if cc == "no-store" { 2 } else { 1 };
+        assert_eq!(answered.load(Ordering::SeqCst), expected, "{head}");
+    }
+}
+
 /// An origin that reads every request body to its end and counts the
 /// complete ones.
 async fn body_counting_origin() -> (Origin, Arc<AtomicUsize>) {

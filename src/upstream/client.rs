@@ -197,6 +197,31 @@ async fn exchange(
     }
 }
 
+/// RFC 9110 §8.6: a `Content-Length` sent as a list of one repeated value
+/// (`5, 5`, or the field twice), which hyper accepts and frames the body
+/// by, goes on as that one value: forwarded as received it would be an
+/// invalid field, and hyper's server refuses to send it (the client got no
+/// response at all). Differing values never get here: hyper's client
+/// refuses them (a 502).
+fn single_content_length(h: &mut http::HeaderMap) {
+    let mut values = h.get_all(http::header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return;
+    };
+    if values.next().is_none() && first.as_bytes().iter().all(u8::is_ascii_digit) {
+        return;
+    }
+    let length = first
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    h.remove(http::header::CONTENT_LENGTH);
+    if let Some(length) = length {
+        h.insert(http::header::CONTENT_LENGTH, length.into());
+    }
+}
+
 fn protocol(pool: &ServerPool, source: hyper::Error) -> UpstreamError {
     UpstreamError::from_send(pool.authority.to_string(), source)
 }
@@ -265,7 +290,8 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn wrap(resp: Response<Incoming>, conn: Conn, pool: &Arc<ServerPool>) -> Response<Self> {
+    fn wrap(mut resp: Response<Incoming>, conn: Conn, pool: &Arc<ServerPool>) -> Response<Self> {
+        single_content_length(resp.headers_mut());
         let conn = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             conn.spawn();
             None
