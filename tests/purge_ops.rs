@@ -99,6 +99,43 @@ async fn soft_purge_serves_stale_while_one_revalidation_runs() {
     assert_eq!(origin.count(), 2);
 }
 
+/// A soft-purged entry is stale: a request that refuses staleness
+/// (`max-age`, `min-fresh`, `max-stale=0`, RFC 9111 §4.2.4) waits for the
+/// revalidation instead of getting the stale copy; `max-stale` with room
+/// still gets it at once.
+#[tokio::test]
+async fn soft_purge_respects_requests_that_refuse_stale() {
+    let revalidations = Arc::new(AtomicUsize::new(0));
+    let origin = validating_origin(None, revalidations.clone()).await;
+    let strata = Strata::start(&[origin.addr], "[upstream.health]\nenabled = false\n").await;
+    let c = Client::new();
+    let url = strata.url("/strict");
+    assert!(c.get(&url).await.cache_status().contains("stored"));
+    for (i, directive) in ["max-age=0", "max-age=600", "min-fresh=10", "max-stale=0"]
+        .into_iter()
+        .enumerate()
+    {
+        purge_ok(&strata, r#"{"url": "/strict", "soft": true}"#).await;
+        let r = c.get_with(&url, &[("cache-control", directive)]).await;
+        assert_eq!(r.text(), "body of /strict");
+        assert!(
+            r.cache_status()
+                .starts_with("strata; fwd=stale; fwd-status=304; ttl="),
+            "{directive}: {}",
+            r.cache_status()
+        );
+        assert_eq!(revalidations.load(Ordering::SeqCst), i + 1, "{directive}");
+    }
+    purge_ok(&strata, r#"{"url": "/strict", "soft": true}"#).await;
+    let r = c.get_with(&url, &[("cache-control", "max-stale=60")]).await;
+    assert!(
+        r.cache_status()
+            .starts_with("strata; fwd=stale; detail=soft-purge"),
+        "{}",
+        r.cache_status()
+    );
+}
+
 /// A soft-purged URL with two variants (`Vary`): each variant's background
 /// revalidation runs (one each, at the same time) and both land; neither
 /// overwrites the other (fresh-eyes tryout: one variant stayed soft-purged

@@ -186,6 +186,13 @@ fn validate_first(
     (fwd, Some(Stale { variant, on_error }))
 }
 
+/// Whether the request's directives refuse a stale response, such as a
+/// soft-purged one (RFC 9111 §4.2.4, §5.2.1): `no-cache`, `max-age`,
+/// `min-fresh`, or `max-stale=0`. Any other `max-stale` accepts it.
+fn refuses_stale(req: &CacheControl) -> bool {
+    req.no_cache || req.max_age.is_some() || req.min_fresh.is_some() || req.max_stale == Some(0)
+}
+
 /// A request's directives: Cache-Control, or `Pragma: no-cache` when it
 /// has none (RFC 9111 §5.4). Fields not in `present` are not looked up
 /// ([`Present::ALL`] looks both up).
@@ -241,7 +248,7 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
             Some(variant) if variant.soft_purged => {
                 if !(variant.policy.must_revalidate
                     || variant.policy.no_cache
-                    || ctx.req_cc.no_cache)
+                    || refuses_stale(&ctx.req_cc))
                 {
                     let ttl = variant.reported_ttl(ctx.now);
                     return Lookup::SoftPurged(Hit {
