@@ -114,6 +114,10 @@ async fn ambiguous_paths_get_400_and_never_reach_the_origin() {
         "/assets/x%00.css",
         "/../private/me",
         "/assets/../../private/me",
+        // Path parameters on a dot segment: Tomcat and Jetty climb.
+        "/assets/..;/private/me",
+        "/assets/.;/..;/private/me",
+        "/assets/..;jsessionid=x/private/me",
     ] {
         for cookie in ["user=victim", "user=attacker"] {
             let r = c.get_with(&strata.url(path), &[("cookie", cookie)]).await;
@@ -188,6 +192,25 @@ async fn an_encoded_slash_alone_is_forwarded_as_sent() {
         other.cache_status()
     );
     assert_eq!(origin.count(), 2);
+    // The same escape in lower case is the same path (RFC 3986 §6.2.2.1):
+    // one key, one purge, sent upstream in upper case.
+    let lower = c.get(&strata.url("/repos/group%2fname?tab=%2e%2e")).await;
+    assert!(
+        lower.cache_status().contains("hit"),
+        "{}",
+        lower.cache_status()
+    );
+    let (status, answer) = strata
+        .purge(r#"{"url": "/repos/group%2fname?tab=%2e%2e"}"#)
+        .await;
+    assert_eq!((status, &answer["purged"]), (200, &1.into()), "{answer}");
+    let again = c.get(&strata.url("/repos/group%2Fname?tab=%2e%2e")).await;
+    assert!(
+        again.cache_status().contains("fwd=miss"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(origin.count(), 3);
     // Pass-through methods get the normalised path too.
     let post = c
         .send(

@@ -8,10 +8,14 @@
 //! What stays ambiguous is refused with 400, because origins disagree on
 //! it: a path that still holds a `.` or `..` segment once fully
 //! percent-decoded and split on `/` and `\` (`/a/..%2fb`, `/a/%2e%2e%5cb`:
-//! nginx resolves them, most frameworks do not), a NUL (`%00`), or a `..`
-//! that climbs above the root. An encoded slash alone (`/repos/a%2Fb`) is
-//! not ambiguous and is forwarded as sent; so is every other reserved
-//! character, encoded or not, and the query.
+//! nginx resolves them, most frameworks do not), a dot segment with path
+//! parameters (`/a/..;/b`: Tomcat and Jetty drop the `;…` and climb, a
+//! proxy's rules would not), a NUL (`%00`), or a `..` that climbs above the
+//! root. An encoded slash alone (`/repos/a%2Fb`) is not ambiguous and is
+//! forwarded as sent, but for the case of its hex digits: every escape
+//! that stays is written in upper case (§6.2.2.1), so `%2f` and `%2F` are
+//! one path for the rules, the key and purges. Every other reserved
+//! character, encoded or not, and the query are forwarded as sent.
 //!
 //! Hand-written rather than taken from a URL crate: `url` and friends
 //! implement WHATWG parsing, which decodes differently and silently drops
@@ -26,6 +30,9 @@ pub enum TargetError {
     /// A dot segment hidden behind an encoded `/` or `\`, or a `\`.
     #[error("ambiguous path (dot segment behind an encoded separator)")]
     Ambiguous,
+    /// A `.` or `..` segment with path parameters (`..;x`).
+    #[error("ambiguous path (dot segment with parameters)")]
+    DotParameters,
     /// `%00` in the path.
     #[error("NUL in path")]
     Nul,
@@ -39,6 +46,7 @@ impl TargetError {
     pub fn reason(self) -> &'static str {
         match self {
             TargetError::Ambiguous => "ambiguous path (dot segment behind an encoded separator)",
+            TargetError::DotParameters => "ambiguous path (dot segment with parameters)",
             TargetError::Nul => "NUL in path",
             TargetError::AboveRoot => "path climbs above the root",
         }
@@ -82,7 +90,7 @@ fn plainly_normal(path: &[u8]) -> bool {
     for &b in path {
         match b {
             b'%' | b'\\' => return false,
-            b'/' if dots == 1 || dots == 2 => return false,
+            b'/' | b';' if dots == 1 || dots == 2 => return false,
             b'/' => dots = 0,
             b'.' if dots < 3 => dots += 1,
             _ => dots = 3,
@@ -114,12 +122,16 @@ fn escaped(bytes: &[u8], at: usize) -> Option<u8> {
 }
 
 /// Whether normalising would change `path`: an encoded unreserved
-/// character, or a literal `.` / `..` segment.
+/// character, an escape written with lower-case hex digits, or a literal
+/// `.` / `..` segment.
 fn needs_rewrite(path: &str) -> bool {
     let bytes = path.as_bytes();
-    let encoded_unreserved =
-        (0..bytes.len()).any(|i| bytes[i] == b'%' && escaped(bytes, i).is_some_and(unreserved));
-    encoded_unreserved || path.split('/').any(|s| s == "." || s == "..")
+    let changes_escape = (0..bytes.len()).any(|i| {
+        escaped(bytes, i).is_some_and(|b| {
+            unreserved(b) || bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase)
+        })
+    });
+    changes_escape || path.split('/').any(|s| s == "." || s == "..")
 }
 
 /// Decodes unreserved characters, then removes dot segments (RFC 3986
@@ -132,6 +144,14 @@ fn rewrite(path: &str) -> Result<String, TargetError> {
         match escaped(bytes, i) {
             Some(b) if unreserved(b) => {
                 decoded.push(char::from(b));
+                i += 3;
+            }
+            Some(b) => {
+                // RFC 3986 §6.2.2.1: an escape that stays, in upper case.
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                decoded.push('%');
+                decoded.push(char::from(HEX[usize::from(b >> 4)]));
+                decoded.push(char::from(HEX[usize::from(b & 0xf)]));
                 i += 3;
             }
             _ => {
@@ -192,6 +212,9 @@ fn check(path: &str) -> Result<(), TargetError> {
                 dots = Some(0);
             }
             Some(b'.') => dots = dots.map(|n| n + 1),
+            Some(b';') if matches!(dots, Some(1) | Some(2)) => {
+                return Err(TargetError::DotParameters)
+            }
             Some(_) => dots = None,
         }
         i += width;
@@ -231,7 +254,7 @@ mod tests {
     /// an alphabet of separators, dots, escapes and letters.
     #[test]
     fn the_fast_path_agrees_with_the_full_check() {
-        let alphabet = b"/.a%2e\\";
+        let alphabet = b"/.a%2e\\;";
         let mut path = vec![b'/'];
         fn walk(path: &mut Vec<u8>, alphabet: &[u8], left: usize) {
             let p = std::str::from_utf8(path).unwrap();
@@ -267,8 +290,12 @@ mod tests {
         assert_eq!(norm("/a/.").unwrap(), "/a/");
         assert_eq!(norm("/a/..").unwrap(), "/");
         assert_eq!(norm("/a//../b").unwrap(), "/a/b");
-        // Reserved characters stay encoded, as sent.
-        assert_eq!(norm("/x/../a%2Fb%3f").unwrap(), "/a%2Fb%3f");
+        // Reserved characters stay encoded, their hex digits in upper case
+        // (RFC 3986 §6.2.2.1), so both spellings are one key and one purge.
+        assert_eq!(norm("/x/../a%2Fb%3f").unwrap(), "/a%2Fb%3F");
+        assert_eq!(norm("/repos/a%2fb").unwrap(), "/repos/a%2Fb");
+        assert_eq!(norm("/p/e%3ad?q=%2f").unwrap(), "/p/e%3Ad?q=%2f");
+        assert_eq!(norm("/a%e2%82%ac").unwrap(), "/a%E2%82%AC");
         assert_eq!(
             norm("http://h.example/a/%2e/b").unwrap(),
             "http://h.example/a/b"
@@ -288,6 +315,19 @@ mod tests {
             "/a/%2e%2e%5C..%5Cb",
         ] {
             assert_eq!(norm(p), Err(TargetError::Ambiguous), "{p}");
+        }
+        for p in [
+            "/assets/..;/account",
+            "/assets/.;/..;/account",
+            "/assets/..;jsessionid=x/account",
+            "/a/%2e%2e;/b",
+            "/a/..%3b/b",
+            "/a/.;",
+        ] {
+            assert_eq!(norm(p), Err(TargetError::DotParameters), "{p}");
+        }
+        for p in ["/a/b;v=1/c", "/a/...;x/b", "/a;b", "/.x;y"] {
+            assert!(norm(p).is_ok(), "{p}");
         }
         assert_eq!(norm("/a%00b"), Err(TargetError::Nul));
         assert_eq!(norm("/a/%2e%2e/%00"), Err(TargetError::Nul));
