@@ -70,6 +70,29 @@ async fn sorted_ignored_only_and_none_queries_share_entries_and_reach_upstream_a
     assert_eq!(origin.count(), 6);
 }
 
+/// Parameter cloaking (rack#1732, CVE-2021-23336): an origin that splits
+/// the query on `;` too reads `a=EVIL` inside an ignored parameter. Such a
+/// parameter stays in the key, so the request gets an entry of its own and
+/// a clean `?a=1` never receives its answer.
+#[tokio::test]
+async fn an_ignored_parameter_cannot_cloak_a_keyed_one() {
+    let origin = Origin::echo(&[("cache-control", "max-age=600")]).await;
+    let s = strata(
+        &origin,
+        "[[rules]]\nmatch = \"/**\"\nkey.query_ignore = [\"utm_*\"]\n",
+    )
+    .await;
+    let c = Client::new();
+    let cloaked = c.get(&s.url("/p?a=1&utm_content=x;a=EVIL")).await;
+    assert!(cloaked.text().contains("a=EVIL"));
+    let clean = c.get(&s.url("/p?a=1")).await;
+    assert!(!clean.is_hit(), "{}", clean.cache_status());
+    assert_eq!(clean.text(), "/p?a=1 ");
+    let tracked = c.get(&s.url("/p?a=1&utm_source=mail")).await;
+    assert!(tracked.is_hit(), "{}", tracked.cache_status());
+    assert_eq!(origin.count(), 2);
+}
+
 #[tokio::test]
 async fn currency_cookies_and_languages_split_the_cache_utm_source_does_not() {
     let origin = Origin::echo(&[("cache-control", "max-age=600"), ("surrogate-key", "echo")]).await;

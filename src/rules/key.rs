@@ -161,13 +161,18 @@ impl KeyOptions {
         let Some(query) = query.filter(|_| self.query != QueryMode::None) else {
             return;
         };
+        // A parameter holding `;` is always kept: origins that also split
+        // on `;` (Rack, older Python) would read a second parameter inside
+        // it, which dropping it from the key would let through unkeyed
+        // (`?a=1&utm_x=1;a=EVIL` stored as `?a=1`: parameter cloaking).
         let kept = query.split('&').filter(|p| {
             !p.is_empty()
-                && match &self.filter {
-                    None => true,
-                    Some(QueryFilter::Ignore(set)) => !set.is_match(param_name(p)),
-                    Some(QueryFilter::Only(set)) => set.is_match(param_name(p)),
-                }
+                && (p.contains(';')
+                    || match &self.filter {
+                        None => true,
+                        Some(QueryFilter::Ignore(set)) => !set.is_match(param_name(p)),
+                        Some(QueryFilter::Only(set)) => set.is_match(param_name(p)),
+                    })
         });
         let mut push = |i: usize, p: &str| {
             out.push(if i == 0 { '?' } else { '&' });
@@ -339,6 +344,32 @@ mod tests {
         );
         assert_eq!(only.normalise("/s?page=2&x=1&q=a"), "/s?page=2&q=a");
         assert_eq!(only.normalise("/s?x=1"), "/s");
+    }
+
+    /// Parameter cloaking: an origin that splits the query on `;` as well
+    /// reads `a=EVIL` inside `utm_content=x;a=EVIL`; the parameter stays in
+    /// the key, so that request never shares an entry with `?a=1`.
+    #[test]
+    fn a_parameter_holding_a_semicolon_is_never_dropped() {
+        let ignore = opts(
+            QueryMode::All,
+            Some(QueryFilter::Ignore(name_globs(["utm_*"]).unwrap())),
+        );
+        assert_eq!(
+            ignore.normalise("/p?a=1&utm_content=x;a=EVIL"),
+            "/p?a=1&utm_content=x;a=EVIL"
+        );
+        assert_eq!(
+            ignore.normalise("/p?a=1&utm_content;a=EVIL"),
+            "/p?a=1&utm_content;a=EVIL"
+        );
+        assert_eq!(ignore.normalise("/p?a=1&utm_content=x"), "/p?a=1");
+        let only = opts(
+            QueryMode::Sorted,
+            Some(QueryFilter::Only(name_globs(["a"]).unwrap())),
+        );
+        assert_eq!(only.normalise("/p?x=1;a=EVIL&a=1"), "/p?a=1&x=1;a=EVIL");
+        assert_eq!(only.normalise("/p?x=1&a=1"), "/p?a=1");
     }
 
     #[test]
