@@ -290,9 +290,11 @@ impl RedisMode {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
     pub mode: RedisMode,
+    /// May carry passwords: written anywhere through
+    /// [`crate::telemetry::without_credentials`] only.
     pub urls: Vec<String>,
     pub sentinel_master: Option<String>,
     pub timeout: Duration,
@@ -300,6 +302,26 @@ pub struct RedisConfig {
     pub write_queue: usize,
     pub breaker_threshold: u32,
     pub breaker_backoff: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<_> = self
+            .urls
+            .iter()
+            .map(|u| crate::telemetry::without_credentials(u))
+            .collect();
+        f.debug_struct("RedisConfig")
+            .field("mode", &self.mode)
+            .field("urls", &urls)
+            .field("sentinel_master", &self.sentinel_master)
+            .field("timeout", &self.timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("write_queue", &self.write_queue)
+            .field("breaker_threshold", &self.breaker_threshold)
+            .field("breaker_backoff", &self.breaker_backoff)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,8 @@
 //! `RUST_LOG` (in that order), changeable on reload. Access events (target
 //! `strata::access`, see `proxy/access.rs`) go through the same filter, in
 //! their own format (`[log] access_format`: text, JSON or combined lines).
+//! [`without_credentials`] is how a URL that may carry a password (Redis,
+//! webhooks) is written into a log line or an error.
 
 use std::io::{BufWriter, IsTerminal};
 
@@ -191,3 +193,48 @@ impl Visit for Message<'_, '_> {
 
 /// Lines queued for the writer thread before logging waits.
 const QUEUED_LINES: usize = 64 * 1024;
+
+/// `url` with the password of its userinfo (`scheme://user:PASSWORD@host`)
+/// replaced by `***`, for logs and error messages: secrets never reach a
+/// log. A URL without one is returned as it is (no allocation).
+pub fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i) else {
+        return url.into();
+    };
+    let userinfo = &url[start..at];
+    let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+    format!("{}{user}:***{}", &url[..start], &url[at..]).into()
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::without_credentials;
+
+    #[test]
+    fn passwords_are_hidden_and_the_rest_kept() {
+        for (url, shown) in [
+            (
+                "redis://:secretpw@127.0.0.1:6379",
+                "redis://:***@127.0.0.1:6379",
+            ),
+            ("redis://default:pw@h:1/0", "redis://default:***@h:1/0"),
+            ("rediss://u:p@ss@h", "rediss://u:***@h"),
+            (
+                "http://user:WHPASS@h:8/s?x=a@b",
+                "http://user:***@h:8/s?x=a@b",
+            ),
+            ("redis://token@h", "redis://:***@h"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("http://h/a@b", "http://h/a@b"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(without_credentials(url), shown, "{url}");
+        }
+    }
+}

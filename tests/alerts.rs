@@ -481,3 +481,46 @@ async fn a_refused_reload_is_an_alert() {
     assert!(alert["message"].as_str().unwrap().contains("strata.toml"));
     strata.stop().await;
 }
+
+/// Secrets never reach the log: a Redis URL's password (at start, in the
+/// tier's "starting" line) and a webhook URL's password (when a delivery
+/// fails, logged with scheme, host and port only), with `debug` on.
+#[tokio::test]
+async fn passwords_in_redis_and_webhook_urls_never_reach_the_log() {
+    let origin = Origin::fixed(&[], "x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let extra = format!(
+        "[log]\nlevel = \"debug\"\n[upstream.health]\nenabled = false\n\
+         [cache.redis]\nurls = [\"redis://:REDISPW-1@127.0.0.1:{port}\"]\n{}",
+        webhook(
+            &format!("http://user:HOOKPW-2@127.0.0.1:{port}/services/T0"),
+            "events = [\"reload_failed\"]"
+        )
+    );
+    std::fs::write(&path, support::config_text(&[origin.addr], &extra)).unwrap();
+    let strata = support::binary::Binary::start(&path, &[]).await;
+    strata
+        .wait_event(0, "redis tier starting", |e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("redis tier starting"))
+        })
+        .await;
+    std::fs::write(&path, "[server]\nlisten = 12\n").unwrap();
+    strata.signal("HUP");
+    strata
+        .wait_event(0, "webhook delivery failed", |e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("webhook delivery failed: alerts dropped"))
+        })
+        .await;
+    let (_, lines) = strata.stop().await;
+    let log = lines.join("\n");
+    assert!(log.contains(":***@127.0.0.1"), "{log}");
+    assert!(!log.contains("REDISPW") && !log.contains("HOOKPW"), "{log}");
+}

@@ -145,12 +145,14 @@ pub fn signature(secret: &str, unix: u64, body: &[u8]) -> Option<String> {
 }
 
 /// The URL without its path and query, which often embed a token (Slack
-/// webhook URLs are secrets): only scheme and authority are logged.
+/// webhook URLs are secrets), and without userinfo: only scheme, host and
+/// port are logged.
 pub fn redacted(url: &http::Uri) -> String {
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
     format!(
-        "{}://{}/…",
+        "{}://{}{port}/…",
         url.scheme_str().unwrap_or("http"),
-        url.authority().map_or("", |a| a.as_str())
+        url.host().unwrap_or("")
     )
 }
 
@@ -173,5 +175,9 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(redacted(&u), "https://hooks.example.com/…");
+        let u: http::Uri = "http://user:WHPASS@127.0.0.1:24004/services/X"
+            .parse()
+            .unwrap();
+        assert_eq!(redacted(&u), "http://127.0.0.1:24004/…");
     }
 }

@@ -152,15 +152,42 @@ impl fmt::Debug for CacheKey {
     }
 }
 
+/// The key as logs show it: the URL without its query (`?…`) and without
+/// the request field and cookie values a rule appended (`#…`), which
+/// routinely carry credentials (SPEC: secrets never in logs). The whole key
+/// is [`CacheKey::url`].
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.url)
+        let end = self.url.find(['?', '#']).unwrap_or(self.url.len());
+        f.write_str(&self.url[..end])?;
+        if self.url[end..].starts_with('?') {
+            f.write_str("?…")?;
+        }
+        if self.url[end..].contains('#') {
+            f.write_str("#…")?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_show_no_query_and_no_appended_values() {
+        let k = CacheKey::new(false, "h", "/q3?token=QUERYTOK");
+        assert_eq!(k.to_string(), "http://h/q3?…");
+        assert!(k.url().contains("QUERYTOK"));
+        let k = CacheKey::new(false, "h", "/q3#h.x-api-key=APIKEY&c.sid=COOKIE");
+        assert_eq!(k.to_string(), "http://h/q3#…");
+        let k = CacheKey::new(true, "h", "/a?b#c.sid=1");
+        assert_eq!(k.to_string(), "https://h/a?…#…");
+        assert_eq!(
+            CacheKey::new(false, "h", "/plain").to_string(),
+            "http://h/plain"
+        );
+    }
 
     #[test]
     fn keys_include_scheme_authority_path_and_query() {

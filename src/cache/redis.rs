@@ -240,7 +240,11 @@ impl RedisTier {
         }
         tracing::info!(
             mode = config.mode.as_str(),
-            urls = ?config.urls,
+            urls = ?config
+                .urls
+                .iter()
+                .map(|u| crate::telemetry::without_credentials(u))
+                .collect::<Vec<_>>(),
             instance = core.fleet.id(),
             timeout_ms = config.timeout.as_millis() as u64,
             "redis tier starting (connecting in the background)"
