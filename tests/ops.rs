@@ -51,6 +51,21 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             ":8:7: alerts.webhooks[0].url: expected an http:// or https:// URL",
         ),
         (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[alerts.webhooks]]\nurl = \"http://127.0.0.1:99999999/s\"\n",
+            ":8:7: alerts.webhooks[0].url: invalid port, expected 1 to 65535",
+        ),
+        // Beyond 100 years a timer's deadline overflows the clock (every
+        // proxied request panicked with this one).
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\nbody_idle_timeout = \"200000000000000d\"\n",
+            ":7:21: upstream.body_idle_timeout: invalid duration \"200000000000000d\": out of range",
+        ),
+        // A password in a Redis URL never reaches an error message.
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache.redis]\nurls = [\"redis://:RELOADPW-9@127.0.0.1:6379/x\"]\n",
+            "cache.redis.urls[0]: invalid Redis URL \"redis://:***@127.0.0.1:6379/x\"",
+        ),
+        (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[alerts.webhooks]]\nurl = \"http://x/\"\nevents = [\"upstream_dwn\"]\n",
             ":9:11: alerts.webhooks[0].events[0]: unknown event \"upstream_dwn\"",
         ),
@@ -131,6 +146,7 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
         let err = support::binary::check_fails(&path);
         assert!(err.contains(want), "want {want:?} in {err:?}");
         assert!(!err.contains("$__"), "serde internals in {err:?}");
+        assert!(!err.contains("RELOADPW"), "a password in {err:?}");
     }
 }
 

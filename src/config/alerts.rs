@@ -75,6 +75,18 @@ impl Validator<'_> {
                 "expected an http:// or https:// URL with a host",
             ));
         }
+        // `http` reads a port it cannot hold as absent: look at the text.
+        let port_written = parsed.authority().is_some_and(|a| {
+            let host_port = a.as_str().rsplit('@').next().unwrap_or("");
+            host_port.rsplit(']').next().unwrap_or("").contains(':')
+        });
+        if port_written && !parsed.port_u16().is_some_and(|p| p > 0) {
+            return Err(self.at.spanned(
+                &url,
+                &format!("{at}.url"),
+                "invalid port, expected 1 to 65535",
+            ));
+        }
         let format = match format {
             None => Format::Json,
             Some(f) => Format::parse(f.get_ref()).ok_or_else(|| {

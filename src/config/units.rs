@@ -62,7 +62,13 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
-/// Parses a duration string; the error says what was expected.
+/// The longest duration any key takes: 100 years. Longer ones would
+/// overflow a clock reading plus the duration (a panic on every request
+/// that arms such a timer); no setting needs more.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses a duration string, at most [`MAX_DURATION`]; the error says what
+/// was expected.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let text = s.trim();
     if text.is_empty() {
@@ -110,7 +116,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .map_err(|_| format!("invalid duration {s:?}: out of range"))?;
         total = total
             .checked_add(part)
-            .ok_or_else(|| format!("invalid duration {s:?}: out of range"))?;
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(|| format!("invalid duration {s:?}: out of range (at most 36500d)"))?;
     }
     Ok(total)
 }
@@ -225,6 +232,14 @@ mod tests {
         assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("ms").is_err());
+        // Beyond 100 years a clock reading plus the duration overflows.
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
+        assert!(parse_duration("36501d")
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(parse_duration("200000000000000d")
+            .unwrap_err()
+            .contains("out of range"));
     }
 
     #[test]

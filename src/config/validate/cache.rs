@@ -151,7 +151,7 @@ impl Validator<'_> {
                     &format!("cache.redis.urls[{i}]"),
                     format!(
                         "invalid Redis URL {:?}, expected \"redis://host:port\"",
-                        u.get_ref()
+                        crate::telemetry::without_credentials(u.get_ref())
                     ),
                 ));
             }
