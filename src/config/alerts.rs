@@ -80,7 +80,7 @@ impl Validator<'_> {
             let host_port = a.as_str().rsplit('@').next().unwrap_or("");
             host_port.rsplit(']').next().unwrap_or("").contains(':')
         });
-        if port_written && !parsed.port_u16().is_some_and(|p| p > 0) {
+        if port_written && parsed.port_u16().is_none_or(|p| p == 0) {
             return Err(self.at.spanned(
                 &url,
                 &format!("{at}.url"),
