@@ -285,8 +285,15 @@ impl Shared {
                 .server
                 .trusted_proxies
                 .client_ip(conn.peer.ip(), req.headers());
-            let method = MethodClass::of(req.method());
-            let access = access::Pending::capture(&req, &runtime.config.log);
+            // Counts and logs the request as `499` if its client leaves
+            // before the answer (hyper then drops this future).
+            let mut abandoned = Abandoned {
+                shared: self,
+                started,
+                method: Some(MethodClass::of(req.method())),
+                conn,
+                access: access::Pending::capture(&req, &runtime.config.log),
+            };
             let answered = match validate::validate(&mut req) {
                 Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
                 Ok(present) => 'serve: {
@@ -322,6 +329,7 @@ impl Shared {
                 h.append(header::SET_COOKIE, cookie);
             }
             let elapsed = started.elapsed();
+            let (method, access) = abandoned.answered();
             self.metrics.request(outcome, code, elapsed);
             self.metrics.request_class(method, code);
             if let Some(bytes) = access::body_bytes(&response) {
@@ -331,6 +339,43 @@ impl Shared {
                 access.emit(conn, &response, outcome, &status, elapsed);
             }
             response
+        }
+    }
+}
+
+/// A request being answered: dropped before [`Abandoned::answered`] (the
+/// client went away and hyper dropped the request's future), it counts the
+/// request as `499` with outcome `error` and logs it, as nginx does. One
+/// flag on the way of every request; nothing else.
+struct Abandoned<'a> {
+    shared: &'a Shared,
+    started: Instant,
+    /// `None` once answered.
+    method: Option<MethodClass>,
+    conn: ConnInfo,
+    access: Option<access::Pending>,
+}
+
+impl Abandoned<'_> {
+    /// The answer is ready: hands back what the normal path counts and
+    /// logs with, and disarms the guard.
+    fn answered(&mut self) -> (MethodClass, Option<access::Pending>) {
+        let method = self.method.take().unwrap_or(MethodClass::Other);
+        (method, self.access.take())
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        let Some(method) = self.method.take() else {
+            return;
+        };
+        let elapsed = self.started.elapsed();
+        let metrics = &self.shared.metrics;
+        metrics.request(Outcome::Error, access::CLIENT_CLOSED, elapsed);
+        metrics.request_class(method, access::CLIENT_CLOSED);
+        if let Some(access) = self.access.take() {
+            access.emit_abandoned(self.conn, elapsed);
         }
     }
 }

@@ -583,3 +583,42 @@ async fn the_admin_listener_answers_400_to_http11_without_host() {
     let out = support::http::raw(s.admin, b"GET /health HTTP/1.0\r\n\r\n").await;
     assert!(out.contains(" 200 "), "{out}");
 }
+
+/// A client that goes away before its answer is ready is counted and
+/// logged as `499` (nginx's "client closed request"), outcome `error`; it
+/// left no trace before (hyper drops the request's future).
+#[tokio::test]
+async fn a_client_that_leaves_before_its_answer_is_a_499() {
+    use tokio::io::AsyncWriteExt;
+    let (origin, gate) = Origin::gated(&[("cache-control", "no-store")], "late").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let extra = "[upstream.health]\nenabled = false\n[log]\naccess_log = true\n";
+    std::fs::write(&path, support::config_text(&[origin.addr], extra)).unwrap();
+    let strata = Binary::start(&path, &[]).await;
+    let mut s = tokio::net::TcpStream::connect(strata.addr).await.unwrap();
+    s.write_all(b"GET /leaving?token=x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the request upstream", || {
+        std::future::ready(origin.count() == 1)
+    })
+    .await;
+    drop(s);
+    let (_, line) = strata
+        .wait_event(0, "a 499 access event", |e| e["status"] == 499)
+        .await;
+    assert_eq!(line["path"], "/leaving", "{line}");
+    assert_eq!(line["cache"], "error", "{line}");
+    assert_eq!(line["method"], "GET", "{line}");
+    let metrics = Client::new()
+        .get(&format!("http://{}/metrics", strata.admin))
+        .await
+        .text();
+    assert!(
+        metrics.contains(r#"strata_requests_total{outcome="error",status="499"} 1"#),
+        "{metrics}"
+    );
+    gate.notify_one();
+    strata.stop().await;
+}

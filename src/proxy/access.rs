@@ -102,6 +102,46 @@ impl Pending {
     }
 }
 
+impl Pending {
+    /// The event for a request whose client went away before its response
+    /// head was ready (the request's future was dropped): status `499`, as
+    /// nginx logs a client that closed the connection, no bytes, outcome
+    /// `error`.
+    pub fn emit_abandoned(self, conn: ConnInfo, elapsed: Duration) {
+        if let Some((referer, agent)) = &self.combined {
+            let line = combined_line(
+                Some(&self),
+                conn,
+                CLIENT_CLOSED,
+                Some(0),
+                referer.as_ref(),
+                agent.as_ref(),
+                time::OffsetDateTime::now_utc(),
+            );
+            tracing::info!(target: TARGET, "{line}");
+            return;
+        }
+        tracing::info!(
+            target: TARGET,
+            client = %conn.peer,
+            client_ip = %conn.client_ip,
+            scheme = if conn.https { "https" } else { "http" },
+            version = ?self.version,
+            method = self.method.as_str(),
+            path = self.uri.path(),
+            status = CLIENT_CLOSED,
+            bytes = 0,
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
+            cache = Outcome::Error.as_str(),
+            "access"
+        );
+    }
+}
+
+/// nginx's status for a request whose client closed the connection before
+/// the response was ready (never sent: there is no one to send it to).
+pub const CLIENT_CLOSED: u16 = 499;
+
 /// The event for a request head hyper refused before Strata saw a request
 /// (a bad request line or field, a head over the size limits): its
 /// `status` (`400`, `431`) with `-` for the method and path, as nothing of
