@@ -275,25 +275,29 @@ impl Shared {
     pub fn handle(
         &self,
         mut req: Request<Incoming>,
-        mut conn: ConnInfo,
+        conn: ConnInfo,
     ) -> impl Future<Output = Response<ProxyBody>> + '_ {
         async move {
-            let started = Instant::now();
+            // Counts and logs the request as `499` if its client leaves
+            // before the answer (hyper then drops this future). It holds
+            // the start time and the connection for the whole request.
+            let mut abandoned = Abandoned {
+                shared: self,
+                started: Instant::now(),
+                method: None,
+                conn,
+                access: None,
+            };
             let runtime = self.runtime.load_full();
+            let conn = &mut abandoned.conn;
             conn.client_ip = runtime
                 .config
                 .server
                 .trusted_proxies
                 .client_ip(conn.peer.ip(), req.headers());
-            // Counts and logs the request as `499` if its client leaves
-            // before the answer (hyper then drops this future).
-            let mut abandoned = Abandoned {
-                shared: self,
-                started,
-                method: Some(MethodClass::of(req.method())),
-                conn,
-                access: access::Pending::capture(&req, &runtime.config.log),
-            };
+            let conn = *conn;
+            abandoned.method = Some(MethodClass::of(req.method()));
+            abandoned.access = access::Pending::capture(&req, &runtime.config.log);
             let answered = match validate::validate(&mut req) {
                 Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
                 Ok(present) => 'serve: {
@@ -328,14 +332,14 @@ impl Shared {
             if let Some(SetSticky(cookie)) = sticky {
                 h.append(header::SET_COOKIE, cookie);
             }
-            let elapsed = started.elapsed();
-            let (method, access) = abandoned.answered();
+            let elapsed = abandoned.started.elapsed();
+            let method = abandoned.answered();
             self.metrics.request(outcome, code, elapsed);
             self.metrics.request_class(method, code);
             if let Some(bytes) = access::body_bytes(&response) {
                 self.metrics.response_bytes(outcome, bytes);
             }
-            if let Some(access) = access {
+            if let Some(access) = &abandoned.access {
                 access.emit(conn, &response, outcome, &status, elapsed);
             }
             response
@@ -357,11 +361,11 @@ struct Abandoned<'a> {
 }
 
 impl Abandoned<'_> {
-    /// The answer is ready: hands back what the normal path counts and
-    /// logs with, and disarms the guard.
-    fn answered(&mut self) -> (MethodClass, Option<access::Pending>) {
-        let method = self.method.take().unwrap_or(MethodClass::Other);
-        (method, self.access.take())
+    /// The answer is ready: disarms the guard and hands back the method
+    /// the normal path counts (the access event is logged from
+    /// `self.access` in place, not moved out).
+    fn answered(&mut self) -> MethodClass {
+        self.method.take().unwrap_or(MethodClass::Other)
     }
 }
 
@@ -374,7 +378,7 @@ impl Drop for Abandoned<'_> {
         let metrics = &self.shared.metrics;
         metrics.request(Outcome::Error, access::CLIENT_CLOSED, elapsed);
         metrics.request_class(method, access::CLIENT_CLOSED);
-        if let Some(access) = self.access.take() {
+        if let Some(access) = &self.access {
             access.emit_abandoned(self.conn, elapsed);
         }
     }

@@ -59,7 +59,7 @@ impl Pending {
     /// Emits the event for `response`. `duration_ms` is the time to the
     /// response head, as in `strata_request_duration_seconds`.
     pub fn emit(
-        self,
+        &self,
         conn: ConnInfo,
         response: &Response<ProxyBody>,
         outcome: Outcome,
@@ -68,7 +68,7 @@ impl Pending {
     ) {
         if let Some((referer, agent)) = &self.combined {
             let line = combined_line(
-                Some(&self),
+                Some(self),
                 conn,
                 response.status().as_u16(),
                 body_bytes(response),
@@ -107,10 +107,10 @@ impl Pending {
     /// head was ready (the request's future was dropped): status `499`, as
     /// nginx logs a client that closed the connection, no bytes, outcome
     /// `error`.
-    pub fn emit_abandoned(self, conn: ConnInfo, elapsed: Duration) {
+    pub fn emit_abandoned(&self, conn: ConnInfo, elapsed: Duration) {
         if let Some((referer, agent)) = &self.combined {
             let line = combined_line(
-                Some(&self),
+                Some(self),
                 conn,
                 CLIENT_CLOSED,
                 Some(0),
