@@ -25,8 +25,13 @@ use tokio::sync::{mpsc, oneshot};
 use super::store::Core;
 use crate::cache::storage::StorageError;
 
-/// The most names one `MGET` carries.
-pub(super) const MAX_BATCH: usize = 64;
+/// The most names one `MGET` carries. A batch is answered whole, so a
+/// small read waits for the largest in its batch, and a batch that overruns
+/// `cache.redis.timeout` is a miss for all of its reads (pipelined `GET`s
+/// would lose only the later ones): 16 keeps a burst of large objects from
+/// failing together, and is about the batch size that 64 busy connections
+/// form by themselves here.
+pub(super) const MAX_BATCH: usize = 16;
 
 /// What one read waits for: the object's payload, `None` when absent.
 type Answer = Result<Option<Bytes>, StorageError>;
