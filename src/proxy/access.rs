@@ -66,54 +66,46 @@ impl Pending {
         status: &CacheStatus,
         elapsed: Duration,
     ) {
-        if let Some((referer, agent)) = &self.combined {
-            let line = combined_line(
-                Some(self),
-                conn,
-                response.status().as_u16(),
-                body_bytes(response),
-                referer.as_ref(),
-                agent.as_ref(),
-                time::OffsetDateTime::now_utc(),
-            );
-            tracing::info!(target: TARGET, "{line}");
-            return;
-        }
         let upstream = response
             .extensions()
             .get::<ServedBy>()
             .map(|s| s.0.as_str());
-        tracing::info!(
-            target: TARGET,
-            client = %conn.peer,
-            client_ip = %conn.client_ip,
-            scheme = if conn.https { "https" } else { "http" },
-            version = ?self.version,
-            method = self.method.as_str(),
-            path = self.uri.path(),
-            status = response.status().as_u16(),
-            bytes = body_bytes(response),
-            duration_ms = elapsed.as_micros() as f64 / 1000.0,
-            cache = outcome.as_str(),
-            tier = status.tier().map(Tier::as_str),
-            upstream,
-            "access"
+        self.event(
+            conn,
+            Answer {
+                status: response.status().as_u16(),
+                bytes: body_bytes(response),
+                outcome,
+                tier: status.tier(),
+                upstream,
+            },
+            elapsed,
         );
     }
-}
 
-impl Pending {
     /// The event for a request whose client went away before its response
     /// head was ready (the request's future was dropped): status `499`, as
     /// nginx logs a client that closed the connection, no bytes, outcome
     /// `error`.
     pub fn emit_abandoned(&self, conn: ConnInfo, elapsed: Duration) {
+        let answer = Answer {
+            status: CLIENT_CLOSED,
+            bytes: Some(0),
+            outcome: Outcome::Error,
+            tier: None,
+            upstream: None,
+        };
+        self.event(conn, answer, elapsed);
+    }
+
+    /// One access event, in the configured format.
+    fn event(&self, conn: ConnInfo, a: Answer<'_>, elapsed: Duration) {
         if let Some((referer, agent)) = &self.combined {
             let line = combined_line(
                 Some(self),
                 conn,
-                CLIENT_CLOSED,
-                Some(0),
+                a.status,
+                a.bytes,
                 referer.as_ref(),
                 agent.as_ref(),
                 time::OffsetDateTime::now_utc(),
@@ -129,13 +121,26 @@ impl Pending {
             version = ?self.version,
             method = self.method.as_str(),
             path = self.uri.path(),
-            status = CLIENT_CLOSED,
-            bytes = 0,
+            status = a.status,
+            bytes = a.bytes,
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
-            cache = Outcome::Error.as_str(),
+            cache = a.outcome.as_str(),
+            tier = a.tier.map(Tier::as_str),
+            upstream = a.upstream,
             "access"
         );
     }
+}
+
+/// What an access event says about the answer.
+struct Answer<'a> {
+    status: u16,
+    /// The body's length when known before it is sent.
+    bytes: Option<u64>,
+    outcome: Outcome,
+    tier: Option<Tier>,
+    /// The upstream server that answered (or failed).
+    upstream: Option<&'a str>,
 }
 
 /// nginx's status for a request whose client closed the connection before
