@@ -196,15 +196,15 @@ const QUEUED_LINES: usize = 64 * 1024;
 
 /// `url` with the password of its userinfo (`scheme://user:PASSWORD@host`)
 /// replaced by `***`, for logs and error messages: secrets never reach a
-/// log. A URL without one is returned as it is (no allocation).
+/// log. The userinfo is taken to end at the last `@`, so a password
+/// pasted with a `/`, `?` or `#` unencoded (a malformed URL, reported in an
+/// error) is hidden too; an `@` in a path is over-hidden, never leaked. A
+/// URL without `@` is returned as it is (no allocation).
 pub fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
     let Some(start) = url.find("://").map(|i| i + 3) else {
         return url.into();
     };
-    let authority_end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| start + i);
-    let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i) else {
+    let Some(at) = url[start..].rfind('@').map(|i| start + i) else {
         return url.into();
     };
     let userinfo = &url[start..at];
@@ -225,13 +225,12 @@ mod credential_tests {
             ),
             ("redis://default:pw@h:1/0", "redis://default:***@h:1/0"),
             ("rediss://u:p@ss@h", "rediss://u:***@h"),
-            (
-                "http://user:WHPASS@h:8/s?x=a@b",
-                "http://user:***@h:8/s?x=a@b",
-            ),
+            ("redis://:PWs/x@127.0.0.1:1", "redis://:***@127.0.0.1:1"),
+            ("redis://:p?w#d@h:1/0", "redis://:***@h:1/0"),
             ("redis://token@h", "redis://:***@h"),
             ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
-            ("http://h/a@b", "http://h/a@b"),
+            // An `@` after the host is hidden with what precedes it.
+            ("http://h/a@b", "http://:***@b"),
             ("not a url", "not a url"),
         ] {
             assert_eq!(without_credentials(url), shown, "{url}");

@@ -211,6 +211,9 @@ async fn an_encoded_slash_alone_is_forwarded_as_sent() {
         again.cache_status()
     );
     assert_eq!(origin.count(), 3);
+    // A prefix gets the same escapes (and no dot-segment resolution).
+    let (status, answer) = strata.purge(r#"{"prefix": "/repos/group%2f"}"#).await;
+    assert_eq!((status, &answer["purged"]), (200, &1.into()), "{answer}");
     // Pass-through methods get the normalised path too.
     let post = c
         .send(

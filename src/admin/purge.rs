@@ -137,13 +137,10 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
 /// shown as `?…`: like the access log, never show what may be a signed
 /// URL's credentials.
 fn describe(purge: &Purge) -> String {
-    let no_query = |s: &str| match s.split_once('?') {
-        Some((path, _)) => format!("{path}?…"),
-        None => s.to_string(),
-    };
+    use crate::cache::key::loggable;
     match purge {
-        Purge::Url(url) => format!("url {}", no_query(url)),
-        Purge::Prefix(prefix) => format!("prefix {}", no_query(prefix)),
+        Purge::Url(url) => format!("url {}", loggable(url)),
+        Purge::Prefix(prefix) => format!("prefix {}", loggable(prefix)),
         Purge::Tags(tags) => format!("tags {}", tags.join(", ")),
     }
 }

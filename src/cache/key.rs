@@ -158,16 +158,25 @@ impl fmt::Debug for CacheKey {
 /// is [`CacheKey::url`].
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let end = self.url.find(['?', '#']).unwrap_or(self.url.len());
-        f.write_str(&self.url[..end])?;
-        if self.url[end..].starts_with('?') {
-            f.write_str("?…")?;
-        }
-        if self.url[end..].contains('#') {
-            f.write_str("#…")?;
-        }
-        Ok(())
+        f.write_str(&loggable(&self.url))
     }
+}
+
+/// A URL or path as logs may show it: its query cut to `?…` and the key
+/// values a rule appended cut to `#…` (both routinely carry credentials);
+/// borrowed when it has neither.
+pub fn loggable(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(end) = url.find(['?', '#']) else {
+        return url.into();
+    };
+    let mut out = url[..end].to_string();
+    if url[end..].starts_with('?') {
+        out.push_str("?…");
+    }
+    if url[end..].contains('#') {
+        out.push_str("#…");
+    }
+    out.into()
 }
 
 #[cfg(test)]

@@ -46,12 +46,24 @@ fn named_path(purge: &Purge) -> Option<&str> {
     }
 }
 
-/// What an admin purge removes.
-#[derive(Debug, Clone)]
+/// What an admin purge removes. Its `Debug` form (what logs show) cuts
+/// queries to `?…` ([`loggable`](crate::cache::key::loggable)).
+#[derive(Clone)]
 pub enum Purge {
     Url(String),
     Prefix(String),
     Tags(Vec<String>),
+}
+
+impl std::fmt::Debug for Purge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::cache::key::loggable;
+        match self {
+            Purge::Url(u) => write!(f, "Url({:?})", loggable(u)),
+            Purge::Prefix(p) => write!(f, "Prefix({:?})", loggable(p)),
+            Purge::Tags(tags) => f.debug_tuple("Tags").field(tags).finish(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +81,12 @@ impl Purge {
             Purge::Url(url) => Selector::Key(
                 CacheKey::from_url(url).ok_or_else(|| PurgeError::BadUrl(url.clone()))?,
             ),
-            Purge::Prefix(p) if p.starts_with('/') => Selector::Prefix(p.clone()),
+            // The escapes normalised as request paths' are (SPEC §10), so
+            // `/x%2f` selects what `/x%2F…` stored; dot segments are not
+            // resolved (that would change what a prefix selects).
+            Purge::Prefix(p) if p.starts_with('/') => {
+                Selector::Prefix(crate::proxy::target::normalize_escapes(p).into_owned())
+            }
             Purge::Prefix(p) => return Err(PurgeError::BadPrefix(p.clone())),
             Purge::Tags(tags) => {
                 Selector::Tags(tags.iter().map(|t| t.trim().to_string()).collect())

@@ -30,8 +30,10 @@ pub enum StorageError {
     Unencodable(#[source] super::redis::codec::EncodeError),
 }
 
-/// What a purge selects.
-#[derive(Debug, Clone)]
+/// What a purge selects. Its `Debug` form (what logs show) leaves out
+/// queries and appended key values, as [`CacheKey`]'s `Display` does:
+/// they routinely carry credentials.
+#[derive(Clone)]
 pub enum Selector {
     /// One URL, all variants and encodings (`CacheKey`).
     Key(CacheKey),
@@ -41,6 +43,18 @@ pub enum Selector {
     Prefix(String),
     /// Every entry carrying any of these tags.
     Tags(Vec<String>),
+}
+
+impl std::fmt::Debug for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::cache::key::loggable;
+        match self {
+            Selector::Key(key) => write!(f, "Key({key})"),
+            Selector::PathAnyHost(p) => write!(f, "PathAnyHost({:?})", loggable(p)),
+            Selector::Prefix(p) => write!(f, "Prefix({:?})", loggable(p)),
+            Selector::Tags(tags) => f.debug_tuple("Tags").field(tags).finish(),
+        }
+    }
 }
 
 impl Selector {
@@ -72,4 +86,33 @@ impl Selector {
 pub struct Invalidation {
     pub selector: Selector,
     pub soft: bool,
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::Selector;
+    use crate::cache::key::CacheKey;
+
+    #[test]
+    fn selectors_are_logged_without_queries() {
+        let shown = |s: Selector| format!("{s:?}");
+        assert_eq!(
+            shown(Selector::Prefix("/ck/a?apikey=LEAK2#".into())),
+            r#"Prefix("/ck/a?…#…")"#
+        );
+        assert_eq!(
+            shown(Selector::PathAnyHost("/p?token=x".into())),
+            r#"PathAnyHost("/p?…")"#
+        );
+        assert_eq!(
+            shown(Selector::Prefix("/assets/".into())),
+            r#"Prefix("/assets/")"#
+        );
+        let key = CacheKey::new(false, "h", "/a?secret=1");
+        assert_eq!(shown(Selector::Key(key)), "Key(http://h/a?…)");
+        assert_eq!(
+            shown(Selector::Tags(vec!["news".into()])),
+            r#"Tags(["news"])"#
+        );
+    }
 }

@@ -125,18 +125,35 @@ fn escaped(bytes: &[u8], at: usize) -> Option<u8> {
 /// character, an escape written with lower-case hex digits, or a literal
 /// `.` / `..` segment.
 fn needs_rewrite(path: &str) -> bool {
+    changes_escapes(path) || path.split('/').any(|s| s == "." || s == "..")
+}
+
+/// Whether [`normalize_escapes`] would change `path`: an encoded
+/// unreserved character, or an escape with lower-case hex digits.
+fn changes_escapes(path: &str) -> bool {
     let bytes = path.as_bytes();
-    let changes_escape = (0..bytes.len()).any(|i| {
+    (0..bytes.len()).any(|i| {
         escaped(bytes, i).is_some_and(|b| {
             unreserved(b) || bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase)
         })
-    });
-    changes_escape || path.split('/').any(|s| s == "." || s == "..")
+    })
 }
 
-/// Decodes unreserved characters, then removes dot segments (RFC 3986
-/// §5.2.4, except that climbing above the root is an error).
-fn rewrite(path: &str) -> Result<String, TargetError> {
+/// `path` with its escapes normalised as a request path's are (RFC 3986
+/// §6.2.2.1–2: unreserved characters decoded, the others' hex digits in
+/// upper case) but nothing else: a purge prefix (`/a/x%2f` selects what
+/// `/a/x%2F…` stored), where resolving dot segments would change what it
+/// selects. Borrowed when already normal.
+pub fn normalize_escapes(path: &str) -> std::borrow::Cow<'_, str> {
+    if !changes_escapes(path) {
+        return path.into();
+    }
+    decode_escapes(path).into()
+}
+
+/// Decodes unreserved characters and writes every other escape with
+/// upper-case hex digits; any other byte is kept.
+fn decode_escapes(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;
@@ -154,13 +171,20 @@ fn rewrite(path: &str) -> Result<String, TargetError> {
                 decoded.push(char::from(HEX[usize::from(b & 0xf)]));
                 i += 3;
             }
-            _ => {
+            None => {
                 // `path` is ASCII (a URI), so byte = char.
                 decoded.push(char::from(bytes[i]));
                 i += 1;
             }
         }
     }
+    decoded
+}
+
+/// Decodes unreserved characters, then removes dot segments (RFC 3986
+/// §5.2.4, except that climbing above the root is an error).
+fn rewrite(path: &str) -> Result<String, TargetError> {
+    let decoded = decode_escapes(path);
     let segments: Vec<&str> = decoded[1..].split('/').collect();
     let last = segments.len() - 1;
     let mut out: Vec<&str> = Vec::with_capacity(segments.len());
@@ -300,6 +324,17 @@ mod tests {
             norm("http://h.example/a/%2e/b").unwrap(),
             "http://h.example/a/b"
         );
+    }
+
+    #[test]
+    fn prefixes_get_the_escapes_of_request_paths_and_nothing_else() {
+        assert_eq!(normalize_escapes("/q1/x%2f"), "/q1/x%2F");
+        assert_eq!(normalize_escapes("/q2/%41b/"), "/q2/Ab/");
+        assert_eq!(normalize_escapes("/a/../x%2"), "/a/../x%2");
+        assert!(matches!(
+            normalize_escapes("/assets/%2F"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]
