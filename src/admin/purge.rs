@@ -78,7 +78,12 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
             prefix: Some(prefix),
             tags: None,
             ..
-        } if !prefix.is_empty() => Purge::Prefix(prefix),
+        // The escapes normalised as request paths' are (SPEC §10), so
+        // `/x%2f` selects what `/x%2F…` stored; dot segments are not
+        // resolved (that would change what a prefix selects).
+        } if !prefix.is_empty() => {
+            Purge::Prefix(crate::proxy::target::normalize_escapes(&prefix).into_owned())
+        }
         PurgeBody {
             url: None,
             prefix: None,

@@ -81,12 +81,7 @@ impl Purge {
             Purge::Url(url) => Selector::Key(
                 CacheKey::from_url(url).ok_or_else(|| PurgeError::BadUrl(url.clone()))?,
             ),
-            // The escapes normalised as request paths' are (SPEC §10), so
-            // `/x%2f` selects what `/x%2F…` stored; dot segments are not
-            // resolved (that would change what a prefix selects).
-            Purge::Prefix(p) if p.starts_with('/') => {
-                Selector::Prefix(crate::proxy::target::normalize_escapes(p).into_owned())
-            }
+            Purge::Prefix(p) if p.starts_with('/') => Selector::Prefix(p.clone()),
             Purge::Prefix(p) => return Err(PurgeError::BadPrefix(p.clone())),
             Purge::Tags(tags) => {
                 Selector::Tags(tags.iter().map(|t| t.trim().to_string()).collect())
