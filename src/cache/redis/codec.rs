@@ -107,18 +107,10 @@ fn variant_len(v: &Variant) -> usize {
         .map(|e| 1 + fields_len(e) + 4 + e.body.len())
         .sum();
     let tags: usize = v.tags.iter().map(|t| 2 + t.len()).sum();
-    2 + 3 * 8
-        + 4 * 8
-        + 1
-        + 2
-        + vary
-        + fields::encoded_len(&v.headers)
-        + 4
-        + v.body.len()
-        + 1
-        + encoded
-        + 2
-        + tags
+    // status, times, policy, flags, vary count, body length, encoded
+    // count, tag count.
+    const FIXED: usize = 2 + 3 * 8 + 4 * 8 + 1 + 2 + 4 + 1 + 2;
+    FIXED + vary + fields::encoded_len(&v.headers) + v.body.len() + encoded + tags
 }
 
 /// The exact encoded size of `object`.
@@ -444,13 +436,17 @@ fn check(payload: &[u8]) -> Result<usize, DecodeError> {
     Ok(end)
 }
 
-/// A reader of the region after a successful [`check`], at the URL.
-fn reader(payload: &Bytes, end: usize) -> Reader<'_> {
-    Reader {
+/// Checks `payload` ([`check`]) and reads its URL: a reader at the
+/// variants, and where the URL's bytes are.
+fn open(payload: &Bytes) -> Result<(Reader<'_>, std::ops::Range<usize>), DecodeError> {
+    let end = check(payload)?;
+    let mut r = Reader {
         payload,
         end,
         at: HEADER_LEN,
-    }
+    };
+    let url = r.slice32()?;
+    Ok((r, url))
 }
 
 /// Parses the variants after the URL, to the end of the region.
@@ -471,26 +467,23 @@ fn variants(r: &mut Reader<'_>) -> Result<Vec<Arc<Variant>>, DecodeError> {
 /// (a hash collision) is [`DecodeError::KeyMismatch`], found before its
 /// variants are parsed; the URL is compared as bytes, not copied.
 pub fn decode_for(payload: &Bytes, key: &CacheKey) -> Result<Object, DecodeError> {
-    let end = check(payload)?;
-    let mut r = reader(payload, end);
-    let url = r.slice32()?;
+    let (mut r, url) = open(payload)?;
     if &payload[url.clone()] != key.url().as_bytes() {
         return Err(DecodeError::KeyMismatch {
             stored: r.string(url, "url")?,
             requested: key.url().to_string(),
         });
     }
+    let variants = variants(&mut r)?;
     Ok(Object {
         key: key.clone(),
-        variants: variants(&mut r)?,
+        variants,
     })
 }
 
 /// Decodes an entry whatever its URL (for tools and tests).
 pub fn decode(payload: &Bytes) -> Result<Object, DecodeError> {
-    let end = check(payload)?;
-    let mut r = reader(payload, end);
-    let url = r.slice32()?;
+    let (mut r, url) = open(payload)?;
     let url = r.string(url, "url")?;
     let variants = variants(&mut r)?;
     let key = CacheKey::from_url(&url).ok_or(DecodeError::Invalid {
