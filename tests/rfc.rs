@@ -291,6 +291,36 @@ async fn grace_is_forbidden_by_must_revalidate_and_off_at_zero() {
     }
 }
 
+/// RFC 9111 §5.2.2.4: a `no-cache` response is never used without a
+/// successful validation, so an origin's 5xx (or its absence) on
+/// revalidation is passed on even inside `stale-if-error` — fresh or not.
+/// It was served as `fwd=stale; detail=stale-if-error`.
+#[tokio::test]
+async fn stale_if_error_never_answers_for_a_no_cache_response() {
+    use std::sync::atomic::Ordering;
+    for cc in [
+        "max-age=100, no-cache, stale-if-error=100",
+        "no-cache, stale-if-error=100",
+    ] {
+        let (origin, failing) =
+            failing_origin_with(vec![("cache-control", cc), ("etag", "\"e\"")], 500).await;
+        let s = strata(&origin, "").await;
+        let c = Client::new();
+        let first = c.get(&s.url("/x")).await;
+        assert_eq!(first.text(), "cached");
+        assert!(first.cache_status().contains("stored"), "{cc}: {}", first.cache_status());
+        failing.store(true, Ordering::SeqCst);
+        for request_cc in [None, Some("stale-if-error=600")] {
+            let headers: Vec<(&str, &str)> =
+                request_cc.map(|v| ("cache-control", v)).into_iter().collect();
+            let r = c.get_with(&s.url("/x"), &headers).await;
+            assert_eq!(r.status, 500, "{cc} {request_cc:?}: {}", r.cache_status());
+            assert_eq!(r.text(), "down");
+        }
+        assert_eq!(origin.count(), 3, "{cc}");
+    }
+}
+
 /// RFC 9111 §5.2.2.2: a stale `must-revalidate` response whose origin
 /// cannot be reached is not served, and "the generated status code SHOULD
 /// be 504 (Gateway Timeout)" (it was 502). The entry has a validator, so
@@ -561,6 +591,35 @@ async fn a_completed_miss_is_a_hit_and_purgeable_at_once() {
         );
     }
     assert_eq!(origin.count(), 75);
+}
+
+/// SPEC §6 for empty bodies: a `204` or a `200` with `Content-Length: 0`
+/// is complete with its head, so it must be admitted before the head goes
+/// out. A request right after it on the same connection was answered
+/// `fwd=miss; collapsed` about one time in eight.
+#[tokio::test]
+async fn a_completed_empty_miss_is_a_hit_at_once() {
+    let origin = Origin::start(|req| async move {
+        let status = if req.uri().path().starts_with("/nc") { 204 } else { 200 };
+        reply(status, &[("cache-control", "max-age=100")], "")
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for i in 0..40 {
+        for path in [format!("/nc{i}"), format!("/empty{i}")] {
+            let first = c.get(&s.url(&path)).await;
+            assert!(first.cache_status().contains("stored"), "{path}: {}", first.cache_status());
+            let next = c.get(&s.url(&path)).await;
+            assert!(
+                next.cache_status().starts_with("strata; hit; detail=memory"),
+                "{path}: {}",
+                next.cache_status()
+            );
+            assert!(next.body.is_empty());
+        }
+    }
+    assert_eq!(origin.count(), 80);
 }
 
 /// RFC 9111 §3 and §5.2.2.3: with `must-understand`, a status whose

@@ -373,9 +373,11 @@ pub fn reuse(p: &Policy, t: &Times, now: Millis, req: &CacheControl) -> Reuse {
     };
     let fresh = remaining > 0;
     if p.no_cache {
+        // RFC 9111 §5.2.2.4 and §4.2.4: without a successful validation the
+        // response is never used, not even under `stale-if-error`.
         return Reuse::Validate {
             ttl,
-            on_error: fallback(),
+            on_error: None,
             requested: false,
         };
     }
@@ -912,6 +914,26 @@ mod tests {
                 ),
                 "{cc}"
             );
+        }
+        // `no-cache` forbids any use without a successful validation, so
+        // stale-if-error (the response's or the request's) never answers
+        // for it, fresh or stale (RFC 9111 §5.2.2.4, §4.2.4).
+        for cc in [
+            "max-age=100, no-cache, stale-if-error=100",
+            "no-cache, stale-if-error=100",
+        ] {
+            let p = policy_of(cc);
+            for now in [T0 + 2000, T0 + 150_000] {
+                for r in [&none, &req("stale-if-error=600")] {
+                    assert!(
+                        matches!(
+                            reuse(&p, &t, now, r),
+                            Reuse::Validate { on_error: None, .. }
+                        ),
+                        "{cc} at {now}"
+                    );
+                }
+            }
         }
         // grace = 0 is off.
         let h = headers(&[("cache-control", "max-age=1")]);

@@ -7,6 +7,7 @@
 
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
@@ -325,10 +326,12 @@ async fn storable(
         let age = freshness::current_age(&plan.times, plan.times.response);
         rparts.headers.insert(header::AGE, age.into());
     }
-    if req.method() == Method::HEAD {
+    if req.method() == Method::HEAD || body.is_end_stream() {
         // Answered once the GET it was fetched as is stored, so that a
         // request after this response is a hit, never collapsed onto the
-        // admission (SPEC §6). A body that is not stored (too large,
+        // admission (SPEC §6). An empty body (a `204`, `Content-Length: 0`)
+        // is the same case: the head alone is the whole response, so the
+        // admission must come first. A body that is not stored (too large,
         // broken) leaves the upstream's head to answer with.
         let (done_tx, done_rx) = oneshot::channel();
         let done = admit::Done::Visible(done_tx);
