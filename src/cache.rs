@@ -37,6 +37,7 @@ mod reads;
 pub mod redis;
 pub mod storage;
 pub mod tags;
+pub mod vary;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -308,11 +308,17 @@ async fn stale_if_error_never_answers_for_a_no_cache_response() {
         let c = Client::new();
         let first = c.get(&s.url("/x")).await;
         assert_eq!(first.text(), "cached");
-        assert!(first.cache_status().contains("stored"), "{cc}: {}", first.cache_status());
+        assert!(
+            first.cache_status().contains("stored"),
+            "{cc}: {}",
+            first.cache_status()
+        );
         failing.store(true, Ordering::SeqCst);
         for request_cc in [None, Some("stale-if-error=600")] {
-            let headers: Vec<(&str, &str)> =
-                request_cc.map(|v| ("cache-control", v)).into_iter().collect();
+            let headers: Vec<(&str, &str)> = request_cc
+                .map(|v| ("cache-control", v))
+                .into_iter()
+                .collect();
             let r = c.get_with(&s.url("/x"), &headers).await;
             assert_eq!(r.status, 500, "{cc} {request_cc:?}: {}", r.cache_status());
             assert_eq!(r.text(), "down");
@@ -593,6 +599,55 @@ async fn a_completed_miss_is_a_hit_and_purgeable_at_once() {
     assert_eq!(origin.count(), 75);
 }
 
+/// RFC 9111 §4.1: an origin that varies on `Accept-Encoding` and encodes
+/// in a coding Strata does not know (`zstd`) has each variant served only
+/// to requests whose list means the same. `Accept-Encoding` was reduced to
+/// the coding Strata would pick, so `gzip, deflate, br` (and `identity`)
+/// were served the `zstd` body stored for `gzip, deflate, br, zstd`.
+#[tokio::test]
+async fn an_origins_own_coding_reaches_only_clients_that_accept_it() {
+    let origin = Origin::start(|req| async move {
+        let zstd = req
+            .headers()
+            .get("accept-encoding")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("zstd"));
+        let mut h = vec![
+            ("cache-control", "max-age=100"),
+            ("vary", "Accept-Encoding"),
+            ("content-type", "application/octet-stream"),
+        ];
+        if zstd {
+            h.push(("content-encoding", "zstd"));
+        }
+        reply(200, &h, if zstd { "ZSTD-BYTES" } else { "plain" })
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let get = |ae: &'static str| {
+        let c = &c;
+        let url = s.url("/p");
+        async move { c.get_with(&url, &[("accept-encoding", ae)]).await }
+    };
+    let r = get("gzip, deflate, br, zstd").await;
+    assert_eq!(r.text(), "ZSTD-BYTES");
+    for ae in ["gzip, deflate, br", "identity", "deflate"] {
+        let r = get(ae).await;
+        assert_eq!(r.text(), "plain", "{ae}: {}", r.cache_status());
+        assert_eq!(r.header("content-encoding"), None, "{ae}");
+    }
+    // Another spelling of the first list is the same variant: a hit.
+    let r = get("zstd,br , GZIP,deflate").await;
+    assert_eq!(r.text(), "ZSTD-BYTES");
+    assert!(
+        r.cache_status().starts_with("strata; hit"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(origin.count(), 4);
+}
+
 /// SPEC §6 for empty bodies: a `204` or a `200` with `Content-Length: 0`
 /// is complete with its head, so it must be admitted before the head goes
 /// out. A request right after it on the same connection was answered
@@ -600,7 +655,11 @@ async fn a_completed_miss_is_a_hit_and_purgeable_at_once() {
 #[tokio::test]
 async fn a_completed_empty_miss_is_a_hit_at_once() {
     let origin = Origin::start(|req| async move {
-        let status = if req.uri().path().starts_with("/nc") { 204 } else { 200 };
+        let status = if req.uri().path().starts_with("/nc") {
+            204
+        } else {
+            200
+        };
         reply(status, &[("cache-control", "max-age=100")], "")
     })
     .await;
@@ -609,10 +668,15 @@ async fn a_completed_empty_miss_is_a_hit_at_once() {
     for i in 0..40 {
         for path in [format!("/nc{i}"), format!("/empty{i}")] {
             let first = c.get(&s.url(&path)).await;
-            assert!(first.cache_status().contains("stored"), "{path}: {}", first.cache_status());
+            assert!(
+                first.cache_status().contains("stored"),
+                "{path}: {}",
+                first.cache_status()
+            );
             let next = c.get(&s.url(&path)).await;
             assert!(
-                next.cache_status().starts_with("strata; hit; detail=memory"),
+                next.cache_status()
+                    .starts_with("strata; hit; detail=memory"),
                 "{path}: {}",
                 next.cache_status()
             );

@@ -22,6 +22,7 @@ use http::StatusCode;
 use super::fields::{FieldBlock, LazyFields};
 use super::freshness::{self, Millis, Policy, Times};
 use super::key::CacheKey;
+pub use super::vary::normalized;
 use crate::compression::Coding;
 
 /// Variants kept per URL; beyond this the oldest goes (a `Vary` on a
@@ -438,40 +439,6 @@ pub fn vary_key(request: &HeaderMap, names: &[HeaderName]) -> VaryKey {
     )
 }
 
-/// The coding preference used to normalise `Accept-Encoding` for Vary
-/// matching: fixed, so that stored Vary keys do not change with a reload.
-const VARY_PREFERENCE: &[Coding] = &[Coding::Br, Coding::Gzip];
-
-/// A request field value normalised for Vary matching (RFC 9111 §4.1):
-/// all lines combined, list members trimmed. `Accept-Encoding` is reduced
-/// to the coding Strata would choose, so that the countless spellings of
-/// "gzip, deflate, br" do not each make a variant.
-pub fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut values = request.get_all(name).iter().peekable();
-    values.peek()?;
-    if name == header::ACCEPT_ENCODING {
-        return Some(
-            crate::compression::negotiate(VARY_PREFERENCE, request.get_all(name).iter())
-                .map_or("identity", |c| c.as_str())
-                .to_string(),
-        );
-    }
-    let mut out = String::new();
-    for v in values {
-        for part in String::from_utf8_lossy(v.as_bytes()).split(',') {
-            let part = part.split_whitespace().collect::<Vec<_>>().join(" ");
-            if part.is_empty() {
-                continue;
-            }
-            if !out.is_empty() {
-                out.push_str(", ");
-            }
-            out.push_str(&part);
-        }
-    }
-    Some(out)
-}
-
 /// A one-byte `200` variant received at `received` (milliseconds since
 /// the epoch), fresh for a minute: for tests of the cache's modules.
 #[cfg(test)]
@@ -584,24 +551,6 @@ mod tests {
             .select(&h(&[("accept-language", "de"), ("x-foo", "1")]))
             .is_none());
         assert!(obj.select(&h(&[])).is_none());
-    }
-
-    #[test]
-    fn accept_encoding_is_reduced_to_the_chosen_coding() {
-        let n = HeaderName::from_static("accept-encoding");
-        assert_eq!(
-            normalized(&h(&[("accept-encoding", "gzip, deflate, br")]), &n).as_deref(),
-            Some("br")
-        );
-        assert_eq!(
-            normalized(&h(&[("accept-encoding", "br;q=0.1, gzip")]), &n).as_deref(),
-            Some("gzip")
-        );
-        assert_eq!(
-            normalized(&h(&[("accept-encoding", "identity")]), &n).as_deref(),
-            Some("identity")
-        );
-        assert_eq!(normalized(&h(&[]), &n), None);
     }
 
     #[test]

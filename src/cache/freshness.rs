@@ -708,19 +708,12 @@ mod tests {
             Reuse::Validate { on_error: None, .. }
         ));
         // Response no-cache: never reused unvalidated, not even on error,
-        // unless stale-if-error says so.
+        // and not under stale-if-error either (as must-revalidate; see
+        // grace_and_its_limits).
         let p = policy_of("max-age=60, no-cache");
         assert!(matches!(
             reuse(&p, &t, T0 + 1000, &none),
             Reuse::Validate { on_error: None, .. }
-        ));
-        let p = policy_of("max-age=60, no-cache, stale-if-error=60");
-        assert!(matches!(
-            reuse(&p, &t, T0 + 1000, &none),
-            Reuse::Validate {
-                on_error: Some(Fallback::StaleIfError),
-                ..
-            }
         ));
     }
 
