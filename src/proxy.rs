@@ -298,7 +298,8 @@ impl Shared {
             let conn = *conn;
             abandoned.method = Some(MethodClass::of(req.method()));
             abandoned.access = access::Pending::capture(&req, &runtime.config.log);
-            let answered = match validate::validate(&mut req) {
+            let answered = match validate::validate(&mut req, runtime.config.server.max_header_size)
+            {
                 Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
                 Ok(present) => 'serve: {
                     // No limits configured: one `Option` check.

@@ -757,6 +757,18 @@ async fn h2c_prior_knowledge_is_served() {
         .unwrap();
     assert_eq!(client.request(padded).await.unwrap().status(), 400);
     assert_eq!(origin.count(), 2);
+    // A header list over `max_header_size` (64 KiB) gets Strata's own 431,
+    // stamped like every answer (SPEC §3); it was the h2 library's bare
+    // `:status 431`, without Cache-Status or Via, and never counted.
+    let big = Request::get(strata.url("/h2"))
+        .header("x-big", "a".repeat(66_000))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(big).await.unwrap();
+    assert_eq!(resp.status(), 431);
+    assert_eq!(resp.headers()["cache-status"], "strata; fwd=bypass");
+    assert!(resp.headers().contains_key("via"));
+    assert_eq!(origin.count(), 2);
 }
 
 // === the binary: check, config errors, SIGTERM ===
@@ -1105,4 +1117,112 @@ async fn h2_cookie_fields_share_the_http11_clients_vary_entry() {
     let status = resp.headers()["cache-status"].to_str().unwrap().to_string();
     assert!(status.contains("hit"), "{status}");
     assert_eq!(origin.count(), 1);
+}
+
+/// RFC 9113 §8.1.1: an HTTP/2 request whose `DATA` exceeds its
+/// `content-length` is malformed and must not be forwarded. When the excess
+/// came in a later frame than the one completing the length, the origin got
+/// a complete request and the client a `200`. The completing frame is now
+/// held until the stream ends, so the origin never sees a whole body and
+/// the client gets an error; a request whose `END_STREAM` comes alone
+/// after its last `DATA` still goes through whole.
+#[tokio::test]
+async fn an_h2_body_longer_than_its_content_length_never_reaches_the_origin_whole() {
+    let complete = Arc::new(AtomicUsize::new(0));
+    let seen = complete.clone();
+    let origin = Origin::start(move |req| {
+        let seen = seen.clone();
+        async move {
+            if let Ok(body) = req.into_body().collect().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let body = body.to_bytes();
+                return reply(200, &[("cache-control", "no-store")], body);
+            }
+            reply(500, &[], "broken")
+        }
+    })
+    .await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let io =
+        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // `chunks` as separate DATA frames, the next one sent only when
+    // `gate` is notified; END_STREAM comes with an empty last frame.
+    let post = |chunks: Vec<&'static str>, gate: Arc<Notify>| {
+        let (tx, rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
+        tokio::spawn(async move {
+            for (i, c) in chunks.into_iter().enumerate() {
+                if i > 0 {
+                    gate.notified().await;
+                }
+                let _ = tx.send(Ok(http_body::Frame::data(Bytes::from(c)))).await;
+            }
+        });
+        let body = StreamBody::new(tokio_stream_from(rx));
+        Request::post(strata.url("/upload"))
+            .header("content-length", "5")
+            .body(body)
+            .unwrap()
+    };
+    // Too long: 5 bytes, then 5 more in a later frame.
+    let gate = Arc::new(Notify::new());
+    let pending = send.send_request(post(vec!["12345", "67890"], gate.clone()));
+    let answer = tokio::spawn(pending);
+    // The upstream exchange has begun (the origin has the head) before the
+    // excess is sent.
+    wait_until(
+        Duration::from_secs(5),
+        "the request to reach the origin",
+        || async { origin.count() == 1 },
+    )
+    .await;
+    // Before the excess, the origin must not be able to finish reading a
+    // body (without the hold it did within a millisecond or two).
+    let whole_early = tokio::time::timeout(Duration::from_millis(300), async {
+        while complete.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .is_ok();
+    assert!(
+        !whole_early,
+        "the origin read a whole body before the client ended it"
+    );
+    gate.notify_one();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    if let Ok(resp) = answer {
+        assert_ne!(resp.status(), 200);
+    }
+    assert_eq!(
+        complete.load(Ordering::SeqCst),
+        0,
+        "the origin got a whole body"
+    );
+    // Exact: 5 bytes, END_STREAM in a frame of its own.
+    let gate = Arc::new(Notify::new());
+    let pending = tokio::spawn(send.send_request(post(vec!["12345", ""], gate.clone())));
+    wait_until(
+        Duration::from_secs(5),
+        "the second request to reach the origin",
+        || async { origin.count() == 2 },
+    )
+    .await;
+    gate.notify_one();
+    let resp = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("an answer within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"12345");
+    assert_eq!(complete.load(Ordering::SeqCst), 1);
 }

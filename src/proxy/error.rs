@@ -21,6 +21,11 @@ pub enum ProxyError {
     /// 100), over HTTP/2 (RFC 6585 §5).
     #[error("too many request header fields")]
     TooManyFields,
+    /// An HTTP/2 request's header list over `server.max_header_size`
+    /// (RFC 9113 §6.5.2's count; RFC 6585 §5). HTTP/1.1 heads are limited
+    /// by hyper.
+    #[error("request header section too large")]
+    HeadTooLarge,
     /// RFC 9112 §6.1: a request transfer coding other than `chunked`;
     /// never forwarded.
     #[error("not implemented: {0}")]
@@ -57,7 +62,9 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::ClientStalled { .. }) => {
                 StatusCode::REQUEST_TIMEOUT
             }
-            ProxyError::TooManyFields => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::TooManyFields | ProxyError::HeadTooLarge => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream(UpstreamError::NoHealthy) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -89,6 +96,7 @@ impl ProxyError {
             ProxyError::UpstreamBody { server } => Some(server),
             ProxyError::BadRequest(_)
             | ProxyError::TooManyFields
+            | ProxyError::HeadTooLarge
             | ProxyError::NotImplemented(_)
             | ProxyError::MethodNotAllowed
             | ProxyError::NotCached

@@ -80,7 +80,12 @@ impl Present {
 /// SPEC §10), and replaces the request's path by its normalised form
 /// ([`target::normalize`]) so every later phase reads the same one.
 /// Returns the [`Present`] fields, for the phases after it.
-pub(super) fn validate(req: &mut Request<Incoming>) -> Result<Present, ProxyError> {
+/// `max_header_size` is `server.max_header_size` in bytes (checked here for
+/// HTTP/2 only; hyper checks HTTP/1.1 heads).
+pub(super) fn validate(
+    req: &mut Request<Incoming>,
+    max_header_size: usize,
+) -> Result<Present, ProxyError> {
     let present = Present::of(req.headers());
     let host = if present.has(Field::Host) {
         let mut hosts = req.headers().get_all(header::HOST).iter();
@@ -174,8 +179,52 @@ pub(super) fn validate(req: &mut Request<Incoming>) -> Result<Present, ProxyErro
         // one field over HTTP/1.1.
         headers::join_cookies(req.headers_mut());
         http2_fields(req.headers())?;
+        if header_list_size(req) > max_header_size {
+            return Err(ProxyError::HeadTooLarge);
+        }
+        single_content_length(req.headers_mut())?;
     }
     Ok(present)
+}
+
+/// The size of an HTTP/2 request's header list as RFC 9113 §6.5.2 counts it
+/// (each field's name and value plus 32 bytes, pseudo-header fields
+/// included), in bytes. The h2 server's own limit is set above
+/// `max_header_size` (see `server.rs`) so that a head between the two gets
+/// Strata's `431`, stamped and counted, rather than the h2 library's bare one.
+fn header_list_size<B>(req: &Request<B>) -> usize {
+    let pseudo = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + req.uri().scheme_str().map_or(0, str::len)
+        + req.uri().authority().map_or(0, |a| a.as_str().len())
+        + 4 * (32 + 8);
+    req.headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum::<usize>()
+        + pseudo
+}
+
+/// RFC 9110 §8.6: repeated `content-length` fields with one value are that
+/// value (forwarded once, as for HTTP/1.1, whose parser joins them); values
+/// that differ make the request malformed (`400`). The HTTP/2 server
+/// accepts both; the HTTP/1.1 one refuses the second itself.
+fn single_content_length(h: &mut http::HeaderMap) -> Result<(), ProxyError> {
+    let mut values = h.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next().cloned() else {
+        return Ok(());
+    };
+    let mut repeated = false;
+    for v in values {
+        if v != first {
+            return Err(ProxyError::BadRequest("conflicting content-length fields"));
+        }
+        repeated = true;
+    }
+    if repeated {
+        h.insert(header::CONTENT_LENGTH, first);
+    }
+    Ok(())
 }
 
 /// The HTTP/1.1 server refuses a head of more than [`MAX_FIELDS`] fields
@@ -296,6 +345,25 @@ pub fn request_authority<B>(req: &Request<B>) -> Option<http::uri::Authority> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An HTTP/2 request's repeated equal `content-length` went upstream as
+    /// two fields; differing ones are a `400`.
+    #[test]
+    fn repeated_content_length_is_one_value_or_malformed() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, "5".parse().unwrap());
+        h.append(header::CONTENT_LENGTH, "5".parse().unwrap());
+        assert!(single_content_length(&mut h).is_ok());
+        assert_eq!(h.get_all(header::CONTENT_LENGTH).iter().count(), 1);
+        assert_eq!(h[header::CONTENT_LENGTH], "5");
+        h.append(header::CONTENT_LENGTH, "6".parse().unwrap());
+        assert!(matches!(
+            single_content_length(&mut h),
+            Err(ProxyError::BadRequest(_))
+        ));
+        let mut none = HeaderMap::new();
+        assert!(single_content_length(&mut none).is_ok());
+    }
 
     #[test]
     fn present_notes_the_fields_the_hit_path_reads() {

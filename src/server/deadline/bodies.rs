@@ -104,45 +104,106 @@ impl BodyEnd {
 
 /// A client request's body, read upstream, that clears its [`BodyEnd`]
 /// once read to its end.
+///
+/// Over HTTP/2 a body's declared `content-length` can be reached before its
+/// stream ends (`END_STREAM` may come in a later frame, after more `DATA`
+/// than declared: a malformed request, RFC 9113 §8.1.1, that must not be
+/// forwarded). The frame that completes the length is therefore held back
+/// until the stream ends: the upstream never receives a complete request
+/// whose client then sends too much, and the excess fails the exchange as
+/// a broken client body (`400`). HTTP/1.1 bodies end with their length and
+/// are never held.
 pub struct RequestBody {
     inner: Incoming,
     end: Option<BodyEnd>,
+    /// The data frame that completed the declared length, waiting for the
+    /// stream's end.
+    held: Option<Frame<Bytes>>,
+    /// Trailers that ended the stream after `held`, given next.
+    trailers: Option<Frame<Bytes>>,
 }
+
+/// More request body than its `content-length` declared (RFC 9113
+/// §8.1.1).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is longer than its content-length")]
+pub struct BodyTooLong;
+
+/// A request body's failure: hyper's, or [`BodyTooLong`].
+pub type RequestBodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl RequestBody {
     pub fn new(inner: Incoming, end: Option<BodyEnd>) -> RequestBody {
-        RequestBody { inner, end }
+        RequestBody {
+            inner,
+            end,
+            held: None,
+            trailers: None,
+        }
+    }
+
+    fn ended(&mut self) {
+        if let Some(end) = self.end.take() {
+            end.reached();
+        }
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RequestBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        // hyper's decoder is done with a body before its last frame is
-        // handed over (a declared length reached, or the last chunk read).
-        let ended = match &frame {
-            None => true,
-            Some(Ok(_)) => this.inner.is_end_stream(),
-            Some(Err(_)) => false,
-        };
-        if let Some(end) = this.end.take_if(|_| ended) {
-            end.reached();
+        if let Some(trailers) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(trailers)));
         }
-        Poll::Ready(frame)
+        loop {
+            let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                None => {
+                    this.ended();
+                    return Poll::Ready(this.held.take().map(Ok));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                Some(Ok(frame)) => frame,
+            };
+            let empty_data = frame.data_ref().is_some_and(|d| d.is_empty());
+            if this.held.is_some() {
+                if empty_data {
+                    continue;
+                }
+                if frame.is_data() {
+                    return Poll::Ready(Some(Err(BodyTooLong.into())));
+                }
+                // Trailers end the stream: the held frame, then them.
+                this.ended();
+                this.trailers = Some(frame);
+                return Poll::Ready(this.held.take().map(Ok));
+            }
+            // hyper's decoder is done with a body before its last frame is
+            // handed over (a declared length reached, or the last chunk
+            // read).
+            if this.inner.is_end_stream() {
+                this.ended();
+            } else if frame.is_data() && !empty_data && this.inner.size_hint().exact() == Some(0) {
+                this.held = Some(frame);
+                continue;
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.held.is_none() && self.trailers.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.held.as_ref().and_then(Frame::data_ref) {
+            Some(held) => SizeHint::with_exact(held.len() as u64),
+            None => self.inner.size_hint(),
+        }
     }
 }
