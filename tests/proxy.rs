@@ -1226,3 +1226,59 @@ async fn an_h2_body_longer_than_its_content_length_never_reaches_the_origin_whol
     assert_eq!(&body[..], b"12345");
     assert_eq!(complete.load(Ordering::SeqCst), 1);
 }
+
+/// An HTTP/2 client that never opens its flow-control window paced the
+/// admission of the miss it fetched for as long as it stayed connected
+/// (HTTP/2 has no connection-level `send_timeout`), so every other request
+/// for the URL waited out `collapse_timeout` and went upstream itself,
+/// never stored. The pace is now bounded by `send_timeout`: the stalled
+/// client is cut off (its body fails, never ends as if complete) and the
+/// object is stored.
+#[tokio::test]
+async fn a_stalled_h2_client_holds_a_miss_for_send_timeout_at_most() {
+    let body = Bytes::from(vec![b'x'; 2 << 20]);
+    let origin = Origin::start(move |_req| {
+        let body = body.clone();
+        async move { reply(200, &[("cache-control", "max-age=300")], body) }
+    })
+    .await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nsend_timeout = \"1s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"secret\"\n\n[upstream]\nservers = [\"{}\"]\n{NO_HEALTH}[cache]\ncollapse_timeout = \"300ms\"\n",
+        origin.addr
+    );
+    let strata = Strata::start_text(&text).await;
+    let io =
+        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
+    // HTTP/2's default windows (64 KiB), which only reading opens further.
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .adaptive_window(false)
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .handshake(io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(strata.url("/big"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    // The head, then nothing read: the stream's window stays shut.
+    let stalled = send.send_request(req).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    let client = Client::new();
+    wait_until(
+        Duration::from_secs(15),
+        "the object to be stored",
+        || async {
+            let r = client.get(&strata.url("/big")).await;
+            assert_eq!(r.body.len(), 2 << 20);
+            r.cache_status().starts_with("strata; hit")
+        },
+    )
+    .await;
+    // The stalled client's body fails once it reads what was queued.
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.into_body().collect())
+        .await
+        .expect("the body ends within 10 s");
+    assert!(read.is_err(), "a cut-off body must not end as if complete");
+}

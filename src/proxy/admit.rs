@@ -10,7 +10,9 @@
 //! ([`Cache::collecting`]: bodies held at once before their admission) is
 //! never stored: the waiters are released instead, and it streams on.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use crate::upstream::UpstreamBody;
 use bytes::Bytes;
@@ -50,6 +52,10 @@ pub struct Plan {
     /// The body's place in the cache's collecting budget
     /// ([`Cache::collecting`]): its declared length, or nothing yet.
     pub reserved: Reservation,
+    /// `server.send_timeout`: how long the client that fetched the body may
+    /// leave a chunk untaken before it is cut off and the admission goes
+    /// on without it (see [`ClientTx`]).
+    pub send_timeout: std::time::Duration,
 }
 
 /// Chunks for the client; the channel is small so a slow client paces
@@ -58,17 +64,50 @@ pub struct Plan {
 /// lagging client kept the whole stored body alive after the tier had
 /// evicted it, beyond the tier and the collecting budget: 32 clients of
 /// 1 KiB–16 MiB misses through a 32 MiB tier peaked at 158 MiB, SPEC §10's
-/// bound being 104.)
-pub type ClientTx = mpsc::Sender<Result<Bytes, BoxError>>;
+/// bound being 104.) The pace is bounded: a client that takes no chunk for
+/// `server.send_timeout` is cut off (its body ends in an error) and the
+/// admission reads on at the upstream's speed. Without the bound an HTTP/2
+/// client that never opened its flow-control window (HTTP/2 has no
+/// connection-level `send_timeout`: other streams may be moving) held the
+/// admission, and so every collapsed request for the URL, for as long as
+/// it stayed connected.
+pub struct ClientTx {
+    tx: mpsc::Sender<Result<Bytes, BoxError>>,
+    /// Set when the client is cut off: its body ends in [`CutOff`], never
+    /// as if complete.
+    cut: Arc<AtomicBool>,
+}
+
+/// The error a cut-off client's body ends with (see [`ClientTx`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the client took nothing for send_timeout")]
+pub struct CutOff;
+
+impl ClientTx {
+    /// Queues `item`; `Err` when the client went away.
+    async fn send(&self, item: Result<Bytes, BoxError>) -> Result<(), ()> {
+        self.tx.send(item).await.map_err(|_| ())
+    }
+
+    /// Gives up on the client: once it has taken what is queued, its body
+    /// fails.
+    fn cut(self) {
+        self.cut.store(true, Ordering::Relaxed);
+    }
+}
 
 pub fn client_channel() -> (ClientTx, ProxyBody) {
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, BoxError>>(8);
-    let stream = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|item| item.map(|r| r.map(http_body::Frame::data)))
+    let cut = Arc::new(AtomicBool::new(false));
+    let was_cut = cut.clone();
+    let stream = futures_util::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
+        Poll::Ready(None) if was_cut.swap(false, Ordering::Relaxed) => {
+            Poll::Ready(Some(Err(Box::new(CutOff) as BoxError)))
+        }
+        polled => polled.map(|item| item.map(|r| r.map(http_body::Frame::data))),
     });
     (
-        tx,
+        ClientTx { tx, cut },
         ProxyBody::boxed(http_body_util::StreamBody::new(stream)),
     )
 }
@@ -194,8 +233,15 @@ async fn run(
                     }
                 }
                 if let Some(tx) = &client {
-                    if tx.send(Ok(data)).await.is_err() {
-                        client = None;
+                    match tokio::time::timeout(plan.send_timeout, tx.send(Ok(data))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(())) => client = None,
+                        Err(_) => {
+                            tracing::debug!(key = %plan.key, "the client took nothing for send_timeout: cut off, the admission goes on");
+                            if let Some(tx) = client.take() {
+                                tx.cut();
+                            }
+                        }
                     }
                 }
                 if client.is_none() && !storing {
@@ -247,7 +293,12 @@ async fn run(
         visible.send(Admitted::Stored(identity.clone()));
     }
     if let (Some(tx), Some(last)) = (client, last) {
-        let _ = tx.send(Ok(last)).await;
+        if tokio::time::timeout(plan.send_timeout, tx.send(Ok(last)))
+            .await
+            .is_err()
+        {
+            tx.cut();
+        }
     }
     let (Some(policy), Some(admitted)) = (encode, admitted) else {
         return Some(identity);

@@ -294,6 +294,7 @@ impl Exchange {
             compression: self.runtime.config.compression.clone(),
             since,
             reserved,
+            send_timeout: self.runtime.config.server.send_timeout,
         };
         Fetched::Storable(Box::new(plan), rparts, body)
     }
