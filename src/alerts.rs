@@ -51,7 +51,12 @@ pub struct AlertsConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookConfig {
     /// `http://` or `https://` (Mozilla's roots, rustls).
+    /// Without userinfo: a `user:password@` written in the URL is taken
+    /// out when the config is read and sent as [`Self::authorization`].
     pub url: http::Uri,
+    /// `Authorization: Basic` (RFC 7617) from the URL's userinfo, marked
+    /// sensitive (its `Debug` shows no secret).
+    pub authorization: Option<http::HeaderValue>,
     pub format: Format,
     /// Events sent to this webhook; empty = all.
     pub events: Vec<Event>,

@@ -524,3 +524,46 @@ async fn passwords_in_redis_and_webhook_urls_never_reach_the_log() {
     assert!(log.contains(":***@127.0.0.1"), "{log}");
     assert!(!log.contains("REDISPW") && !log.contains("HOOKPW"), "{log}");
 }
+
+/// Credentials in a webhook URL are sent as HTTP Basic authorization
+/// (percent-decoded, as curl and Alertmanager do) and the HTTP client
+/// never sees them: its debug lines ("pooling idle connection for ...")
+/// carried the password, and no Authorization header was sent.
+#[tokio::test]
+async fn webhook_url_credentials_are_sent_as_basic_authorization() {
+    let receiver = Receiver::start(200).await;
+    let origin = Origin::fixed(&[], "x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let url = format!("http://alice:HOOK%2FPASS@{}/c11", receiver.addr);
+    let extra = format!(
+        "[log]\nlevel = \"debug\"\n[upstream.health]\nenabled = false\n{}",
+        webhook(&url, "events = [\"reload_failed\"]")
+    );
+    std::fs::write(&path, support::config_text(&[origin.addr], &extra)).unwrap();
+    let strata = support::binary::Binary::start(&path, &[]).await;
+    std::fs::write(&path, "[server]\nlisten = 12\n").unwrap();
+    strata.signal("HUP");
+    wait_until(Duration::from_secs(10), "reload_failed", || async {
+        !receiver.deliveries().is_empty()
+    })
+    .await;
+    let delivery = &receiver.deliveries()[0];
+    assert_eq!(delivery.path, "/c11");
+    // base64("alice:HOOK/PASS")
+    assert_eq!(
+        delivery.headers["authorization"],
+        "Basic YWxpY2U6SE9PSy9QQVNT"
+    );
+    strata
+        .wait_event(0, "webhook delivered", |e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("alerts delivered"))
+        })
+        .await;
+    let (_, lines) = strata.stop().await;
+    let log = lines.join("\n");
+    assert!(log.contains("alerts delivered"), "{log}");
+    assert!(!log.contains("HOOK") && !log.contains("alice"), "{log}");
+}
