@@ -567,3 +567,54 @@ async fn webhook_url_credentials_are_sent_as_basic_authorization() {
     assert!(log.contains("alerts delivered"), "{log}");
     assert!(!log.contains("HOOK") && !log.contains("alice"), "{log}");
 }
+
+/// Writes a self-signed certificate for localhost ending in `days`, and
+/// its key, to `cert` and `key`.
+fn write_cert(cert: &std::path::Path, key: &std::path::Path, days: i64) {
+    let pair = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    std::fs::write(cert, params.self_signed(&pair).unwrap().pem()).unwrap();
+    std::fs::write(key, pair.serialize_pem()).unwrap();
+}
+
+/// A certificate renewed in place (same path, new contents, as certbot
+/// does) and reloaded is checked: only the list of paths was compared.
+#[tokio::test]
+async fn a_certificate_replaced_at_the_same_path_is_checked_on_reload() {
+    let receiver = Receiver::start(200).await;
+    let origin = Origin::fixed(&[], "x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+    write_cert(&cert_path, &key_path, 90);
+    let extra = format!(
+        "[upstream.health]\nenabled = false\n{}",
+        webhook(&receiver.url("/hook"), "events = [\"cert_expiring\"]")
+    );
+    let text = support::config_text(&[origin.addr], &extra).replace(
+        "[admin]",
+        &format!(
+            "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\n[admin]",
+            cert_path.display(),
+            key_path.display()
+        ),
+    );
+    let path = dir.path().join("strata.toml");
+    std::fs::write(&path, &text).unwrap();
+    let strata = support::binary::Binary::start(&path, &[]).await;
+    write_cert(&cert_path, &key_path, 5);
+    let r = strata.reload().await;
+    assert_eq!(r["message"], "configuration reloaded", "{r}");
+    wait_until(Duration::from_secs(10), "cert_expiring", || async {
+        !receiver.events().is_empty()
+    })
+    .await;
+    let alert = &receiver.json_alerts()[0];
+    assert_eq!(alert["event"], "cert_expiring");
+    let message = alert["message"].as_str().unwrap();
+    assert!(
+        message.contains("expires in 4 days") || message.contains("expires in 5 days"),
+        "{message}"
+    );
+    strata.stop().await;
+}
