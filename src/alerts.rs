@@ -12,7 +12,8 @@
 //! - `alerts/event.rs`: the events, their severities, one [`Alert`].
 //! - `alerts/payload.rs`: the `json`, `slack` and `alertmanager` bodies.
 //! - `alerts/deliver.rs`: the HTTP(S) client, `Strata-Signature`, retries.
-//! - `alerts/dispatch.rs`: the queue's consumer: per-webhook batching.
+//! - `alerts/dispatch.rs`: the queue's consumer: a queue, batching and
+//!   one delivery at a time per webhook.
 //! - `alerts/watch.rs`: rolling hit/5xx ratios and certificate expiry.
 
 pub mod deliver;

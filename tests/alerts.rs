@@ -618,3 +618,46 @@ async fn a_certificate_replaced_at_the_same_path_is_checked_on_reload() {
     );
     strata.stop().await;
 }
+
+/// A receiver that never answers (each batch holds its delivery for 3
+/// tries of 30 s) delays only its own alerts: the other webhook gets each
+/// alert while the slow one is still waiting. All webhooks shared 8
+/// delivery slots, so the fast one stalled from the 9th alert on.
+#[tokio::test]
+async fn a_dead_receiver_does_not_delay_another_webhook() {
+    let slow = Receiver::start(HANG).await;
+    let fast = Receiver::start(200).await;
+    let origin = Origin::fixed(&[], "x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let extra = format!(
+        "[upstream.health]\nenabled = false\n{}{}",
+        webhook(
+            &slow.url("/slow"),
+            "events = [\"reload_failed\"]\ntimeout = \"30s\""
+        ),
+        webhook(&fast.url("/fast"), "events = [\"reload_failed\"]")
+    );
+    std::fs::write(&path, support::config_text(&[origin.addr], &extra)).unwrap();
+    let strata = support::binary::Binary::start(&path, &[]).await;
+    std::fs::write(&path, "[server]\nlisten = 12\n").unwrap();
+    for n in 1..=12 {
+        strata.signal("HUP");
+        // Each alert is a batch of its own for both webhooks (more than
+        // `batch_window` apart); well under the slow receiver's 30 s.
+        wait_until(
+            Duration::from_secs(10),
+            &format!("reload_failed #{n} at the fast receiver"),
+            || async { fast.events().len() >= n },
+        )
+        .await;
+    }
+    assert_eq!(fast.events().len(), 12);
+    wait_until(
+        Duration::from_secs(5),
+        "a try at the slow receiver",
+        || async { !slow.deliveries().is_empty() },
+    )
+    .await;
+    strata.stop().await;
+}
