@@ -12,7 +12,8 @@
 //! - `alerts/event.rs`: the events, their severities, one [`Alert`].
 //! - `alerts/payload.rs`: the `json`, `slack` and `alertmanager` bodies.
 //! - `alerts/deliver.rs`: the HTTP(S) client, `Strata-Signature`, retries.
-//! - `alerts/dispatch.rs`: the queue's consumer: per-webhook batching.
+//! - `alerts/dispatch.rs`: the queue's consumer: a queue, batching and
+//!   one delivery at a time per webhook.
 //! - `alerts/watch.rs`: rolling hit/5xx ratios and certificate expiry.
 
 pub mod deliver;
@@ -51,7 +52,12 @@ pub struct AlertsConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookConfig {
     /// `http://` or `https://` (Mozilla's roots, rustls).
+    /// Without userinfo: a `user:password@` written in the URL is taken
+    /// out when the config is read and sent as [`Self::authorization`].
     pub url: http::Uri,
+    /// `Authorization: Basic` (RFC 7617) from the URL's userinfo, marked
+    /// sensitive (its `Debug` shows no secret).
+    pub authorization: Option<http::HeaderValue>,
     pub format: Format,
     /// Events sent to this webhook; empty = all.
     pub events: Vec<Event>,

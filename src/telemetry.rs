@@ -198,15 +198,25 @@ const QUEUED_LINES: usize = 64 * 1024;
 /// replaced by `***`, for logs and error messages: secrets never reach a
 /// log. The userinfo is taken to end at the last `@`, so a password
 /// pasted with a `/`, `?` or `#` unencoded (a malformed URL, reported in an
-/// error) is hidden too; an `@` in a path is over-hidden, never leaked. A
-/// URL without `@` is returned as it is (no allocation).
+/// error) is hidden too; an `@` in a path is over-hidden, never leaked.
+/// When what precedes the last `@` is not `scheme://user:...` (a mistyped
+/// `redis:/:pw@host`, `rediss//:pw@host`), all of it is hidden: `***@host`.
+/// A URL without `@` is returned as it is (no allocation).
 pub fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
+    let Some(at) = url.rfind('@') else {
         return url.into();
     };
-    let Some(at) = url[start..].rfind('@').map(|i| start + i) else {
-        return url.into();
+    // RFC 3986 §3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ).
+    let scheme = url[..at].find("://").filter(|&end| {
+        let s = &url[..end];
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    let Some(end) = scheme else {
+        return format!("***{}", &url[at..]).into();
     };
+    let start = end + 3;
     let userinfo = &url[start..at];
     let user = userinfo.split_once(':').map_or("", |(user, _)| user);
     format!("{}{user}:***{}", &url[..start], &url[at..]).into()
@@ -232,6 +242,13 @@ mod credential_tests {
             // An `@` after the host is hidden with what precedes it.
             ("http://h/a@b", "http://:***@b"),
             ("not a url", "not a url"),
+            // Malformed: everything before the last `@` is hidden.
+            ("redis:/:REDISPASS@127.0.0.1:6379", "***@127.0.0.1:6379"),
+            ("rediss//:REDISPASS@127.0.0.1:6379", "***@127.0.0.1:6379"),
+            ("redis:/:PASS@h/x://y", "***@h/x://y"),
+            ("redis:/:PASS@h/x://u@y", "***@y"),
+            ("://:PASS@h", "***@h"),
+            ("re dis://:PASS@h", "***@h"),
         ] {
             assert_eq!(without_credentials(url), shown, "{url}");
         }

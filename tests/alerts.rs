@@ -524,3 +524,140 @@ async fn passwords_in_redis_and_webhook_urls_never_reach_the_log() {
     assert!(log.contains(":***@127.0.0.1"), "{log}");
     assert!(!log.contains("REDISPW") && !log.contains("HOOKPW"), "{log}");
 }
+
+/// Credentials in a webhook URL are sent as HTTP Basic authorization
+/// (percent-decoded, as curl and Alertmanager do) and the HTTP client
+/// never sees them: its debug lines ("pooling idle connection for ...")
+/// carried the password, and no Authorization header was sent.
+#[tokio::test]
+async fn webhook_url_credentials_are_sent_as_basic_authorization() {
+    let receiver = Receiver::start(200).await;
+    let origin = Origin::fixed(&[], "x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let url = format!("http://alice:HOOK%2FPASS@{}/c11", receiver.addr);
+    let extra = format!(
+        "[log]\nlevel = \"debug\"\n[upstream.health]\nenabled = false\n{}",
+        webhook(&url, "events = [\"reload_failed\"]")
+    );
+    std::fs::write(&path, support::config_text(&[origin.addr], &extra)).unwrap();
+    let strata = support::binary::Binary::start(&path, &[]).await;
+    std::fs::write(&path, "[server]\nlisten = 12\n").unwrap();
+    strata.signal("HUP");
+    wait_until(Duration::from_secs(10), "reload_failed", || async {
+        !receiver.deliveries().is_empty()
+    })
+    .await;
+    let delivery = &receiver.deliveries()[0];
+    assert_eq!(delivery.path, "/c11");
+    // base64("alice:HOOK/PASS")
+    assert_eq!(
+        delivery.headers["authorization"],
+        "Basic YWxpY2U6SE9PSy9QQVNT"
+    );
+    strata
+        .wait_event(0, "webhook delivered", |e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("alerts delivered"))
+        })
+        .await;
+    let (_, lines) = strata.stop().await;
+    let log = lines.join("\n");
+    assert!(log.contains("alerts delivered"), "{log}");
+    assert!(!log.contains("HOOK") && !log.contains("alice"), "{log}");
+}
+
+/// Writes a self-signed certificate for localhost ending in `days`, and
+/// its key, to `cert` and `key`.
+fn write_cert(cert: &std::path::Path, key: &std::path::Path, days: i64) {
+    let pair = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    std::fs::write(cert, params.self_signed(&pair).unwrap().pem()).unwrap();
+    std::fs::write(key, pair.serialize_pem()).unwrap();
+}
+
+/// A certificate renewed in place (same path, new contents, as certbot
+/// does) and reloaded is checked: only the list of paths was compared.
+#[tokio::test]
+async fn a_certificate_replaced_at_the_same_path_is_checked_on_reload() {
+    let receiver = Receiver::start(200).await;
+    let origin = Origin::fixed(&[], "x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+    write_cert(&cert_path, &key_path, 90);
+    let extra = format!(
+        "[upstream.health]\nenabled = false\n{}",
+        webhook(&receiver.url("/hook"), "events = [\"cert_expiring\"]")
+    );
+    let text = support::config_text(&[origin.addr], &extra).replace(
+        "[admin]",
+        &format!(
+            "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\n[admin]",
+            cert_path.display(),
+            key_path.display()
+        ),
+    );
+    let path = dir.path().join("strata.toml");
+    std::fs::write(&path, &text).unwrap();
+    let strata = support::binary::Binary::start(&path, &[]).await;
+    write_cert(&cert_path, &key_path, 5);
+    let r = strata.reload().await;
+    assert_eq!(r["message"], "configuration reloaded", "{r}");
+    wait_until(Duration::from_secs(10), "cert_expiring", || async {
+        !receiver.events().is_empty()
+    })
+    .await;
+    let alert = &receiver.json_alerts()[0];
+    assert_eq!(alert["event"], "cert_expiring");
+    let message = alert["message"].as_str().unwrap();
+    assert!(
+        message.contains("expires in 4 days") || message.contains("expires in 5 days"),
+        "{message}"
+    );
+    strata.stop().await;
+}
+
+/// A receiver that never answers (each batch holds its delivery for 3
+/// tries of 30 s) delays only its own alerts: the other webhook gets each
+/// alert while the slow one is still waiting. All webhooks shared 8
+/// delivery slots, so the fast one stalled from the 9th alert on.
+#[tokio::test]
+async fn a_dead_receiver_does_not_delay_another_webhook() {
+    let slow = Receiver::start(HANG).await;
+    let fast = Receiver::start(200).await;
+    let origin = Origin::fixed(&[], "x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let extra = format!(
+        "[upstream.health]\nenabled = false\n{}{}",
+        webhook(
+            &slow.url("/slow"),
+            "events = [\"reload_failed\"]\ntimeout = \"30s\""
+        ),
+        webhook(&fast.url("/fast"), "events = [\"reload_failed\"]")
+    );
+    std::fs::write(&path, support::config_text(&[origin.addr], &extra)).unwrap();
+    let strata = support::binary::Binary::start(&path, &[]).await;
+    std::fs::write(&path, "[server]\nlisten = 12\n").unwrap();
+    for n in 1..=12 {
+        strata.signal("HUP");
+        // Each alert is a batch of its own for both webhooks (more than
+        // `batch_window` apart); well under the slow receiver's 30 s.
+        wait_until(
+            Duration::from_secs(10),
+            &format!("reload_failed #{n} at the fast receiver"),
+            || async { fast.events().len() >= n },
+        )
+        .await;
+    }
+    assert_eq!(fast.events().len(), 12);
+    wait_until(
+        Duration::from_secs(5),
+        "a try at the slow receiver",
+        || async { !slow.deliveries().is_empty() },
+    )
+    .await;
+    strata.stop().await;
+}

@@ -65,6 +65,15 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache.redis]\nurls = [\"redis://:RELOADPW-9@127.0.0.1:6379/x\"]\n",
             "cache.redis.urls[0]: invalid Redis URL \"redis://:***@127.0.0.1:6379/x\"",
         ),
+        // Malformed (no "://"): all before the last '@' is hidden.
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache.redis]\nurls = [\"redis:/:RELOADPW-9@127.0.0.1:6379\"]\n",
+            "cache.redis.urls[0]: invalid Redis URL \"***@127.0.0.1:6379\"",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache.redis]\nurls = [\"rediss//:RELOADPW-9@127.0.0.1:6379\"]\n",
+            "cache.redis.urls[0]: invalid Redis URL \"***@127.0.0.1:6379\"",
+        ),
         (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[alerts.webhooks]]\nurl = \"http://x/\"\nevents = [\"upstream_dwn\"]\n",
             ":9:11: alerts.webhooks[0].events[0]: unknown event \"upstream_dwn\"",

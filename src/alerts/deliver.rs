@@ -94,6 +94,9 @@ impl Sender {
                 header::USER_AGENT,
                 concat!("strata/", env!("CARGO_PKG_VERSION")),
             );
+        if let Some(auth) = &hook.authorization {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
         if let Some(secret) = &hook.secret {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

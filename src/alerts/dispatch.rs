@@ -1,23 +1,27 @@
 //! The queue's consumer: fans each alert out to the webhooks that want its
-//! event, batches per webhook for its `batch_window` (from the batch's
-//! first alert), then hands each batch to a delivery task. At most
-//! [`IN_FLIGHT`] deliveries run at once; every alert of a batch is counted
-//! in `strata_alerts_total{event,result}` as `sent` or `failed` (all
-//! [`TRIES`](super::deliver::TRIES) failed: dropped).
+//! event. Each webhook has a worker of its own with its own bounded queue
+//! ([`WEBHOOK_QUEUE`] alerts; when full, the alert is dropped for that
+//! webhook and counted as `dropped`): it batches for the webhook's
+//! `batch_window` (from the batch's first alert), then sends one request at
+//! a time, in order. A slow or dead receiver (up to
+//! [`TRIES`](super::deliver::TRIES) × `timeout` per batch) delays only its
+//! own alerts, never another webhook's. Every alert of a batch is counted
+//! in `strata_alerts_total{event,result}` as `sent` or `failed` (all tries
+//! failed: dropped).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::deliver::{redacted, Sender};
 use super::{payload, Alert, AlertsConfig, Format, WebhookConfig};
 use crate::metrics::Metrics;
 
-/// Deliveries running at once (each holds at most one connection).
-pub const IN_FLIGHT: usize = 8;
+/// Alerts waiting for one webhook before new ones for it are dropped.
+pub const WEBHOOK_QUEUE: usize = super::QUEUE;
 
 /// Alerts in one request at most; a fuller batch goes out at once.
 pub const MAX_BATCH: usize = 100;
@@ -25,16 +29,17 @@ pub const MAX_BATCH: usize = 100;
 /// Base of the retry backoff: tries at 0, 0.5 s and 1.5 s.
 const BACKOFF: Duration = Duration::from_millis(500);
 
-struct Batch {
+/// The queue of one webhook's worker. Dropping it lets the worker send
+/// what it holds (at once, without waiting for the window) and end.
+struct Worker {
     hook: WebhookConfig,
-    alerts: Vec<Alert>,
-    due: Instant,
+    tx: mpsc::Sender<Alert>,
 }
 
 /// Runs until every [`Alerts`](super::Alerts) handle is gone.
 pub async fn run(
     mut rx: mpsc::Receiver<Alert>,
-    config: watch::Receiver<Arc<AlertsConfig>>,
+    mut config: watch::Receiver<Arc<AlertsConfig>>,
     metrics: Metrics,
 ) {
     let sender = match Sender::new(BACKOFF) {
@@ -47,86 +52,106 @@ pub async fn run(
             return;
         }
     };
-    let limit = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut batches: Vec<Batch> = Vec::new();
+    let mut workers: Vec<Worker> = Vec::new();
     loop {
-        let next_due = batches.iter().map(|b| b.due).min();
         tokio::select! {
             received = rx.recv() => {
-                let Some(alert) = received else {
-                    for b in batches.drain(..) {
-                        send(&sender, &limit, &metrics, b);
-                    }
-                    return;
-                };
+                // Gone: dropping the workers' queues flushes them.
+                let Some(alert) = received else { return };
                 let current = config.borrow().clone();
                 let wanted = |h: &&WebhookConfig| {
                     h.wants(alert.event) && (!alert.resolved || h.format == Format::Alertmanager)
                 };
                 for hook in current.webhooks.iter().filter(wanted) {
-                    let i = match batches.iter().position(|b| &b.hook == hook) {
-                        Some(i) => i,
-                        None => {
-                            batches.push(Batch {
-                                hook: hook.clone(),
-                                alerts: Vec::new(),
-                                due: Instant::now() + hook.batch_window,
-                            });
-                            batches.len() - 1
-                        }
-                    };
-                    batches[i].alerts.push(alert.clone());
-                    if batches[i].alerts.len() >= MAX_BATCH {
-                        send(&sender, &limit, &metrics, batches.swap_remove(i));
+                    let worker = worker_for(&mut workers, hook, &sender, &metrics);
+                    if worker.tx.try_send(alert.clone()).is_err() {
+                        tracing::warn!(
+                            url = %redacted(&hook.url),
+                            event = alert.event.as_str(),
+                            "webhook queue full: alert dropped"
+                        );
+                        metrics.alert(alert.event.as_str(), "dropped");
                     }
                 }
             }
-            _ = sleep_until(next_due) => {
-                let now = Instant::now();
-                let (due, keep): (Vec<Batch>, Vec<Batch>) =
-                    batches.drain(..).partition(|b| b.due <= now);
-                batches = keep;
-                for b in due {
-                    send(&sender, &limit, &metrics, b);
-                }
+            Ok(()) = config.changed() => {
+                // Webhooks removed or changed by a reload: their workers
+                // send what they hold under the old settings, then end.
+                let current = config.borrow_and_update().clone();
+                workers.retain(|w| current.webhooks.contains(&w.hook));
             }
         }
     }
 }
 
-async fn sleep_until(due: Option<Instant>) {
-    match due {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+/// The worker of `hook` (equal configurations share one), started on first
+/// use.
+fn worker_for<'a>(
+    workers: &'a mut Vec<Worker>,
+    hook: &WebhookConfig,
+    sender: &Sender,
+    metrics: &Metrics,
+) -> &'a Worker {
+    let i = match workers.iter().position(|w| &w.hook == hook) {
+        Some(i) => i,
+        None => {
+            let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
+            tokio::spawn(work(hook.clone(), rx, sender.clone(), metrics.clone()));
+            workers.push(Worker {
+                hook: hook.clone(),
+                tx,
+            });
+            workers.len() - 1
+        }
+    };
+    &workers[i]
+}
+
+/// One webhook's worker: batches, then delivers, one request at a time.
+async fn work(
+    hook: WebhookConfig,
+    mut rx: mpsc::Receiver<Alert>,
+    sender: Sender,
+    metrics: Metrics,
+) {
+    while let Some(first) = rx.recv().await {
+        // The window runs from when the first alert was raised: alerts that
+        // queued behind a slow delivery are not held back once more.
+        let waited = SystemTime::now()
+            .duration_since(first.at)
+            .unwrap_or_default();
+        let due = Instant::now() + hook.batch_window.saturating_sub(waited);
+        let mut alerts = vec![first];
+        while alerts.len() < MAX_BATCH {
+            match tokio::time::timeout_at(due, rx.recv()).await {
+                Ok(Some(a)) => alerts.push(a),
+                // Window over, or the queue closed (reload, shutdown).
+                Ok(None) | Err(_) => break,
+            }
+        }
+        deliver(&sender, &metrics, &hook, &alerts).await;
     }
 }
 
-fn send(sender: &Sender, limit: &Arc<Semaphore>, metrics: &Metrics, batch: Batch) {
-    let (sender, limit, metrics) = (sender.clone(), limit.clone(), metrics.clone());
-    tokio::spawn(async move {
-        let Ok(_permit) = limit.acquire_owned().await else {
-            return;
-        };
-        let Batch { hook, alerts, .. } = batch;
-        let body = Bytes::from(payload::body(hook.format, &alerts));
-        let result = match sender.deliver(&hook, body).await {
-            Ok(tries) => {
-                tracing::debug!(url = %redacted(&hook.url), alerts = alerts.len(), tries, "alerts delivered");
-                "sent"
-            }
-            Err((tries, e)) => {
-                tracing::warn!(
-                    url = %redacted(&hook.url),
-                    alerts = alerts.len(),
-                    tries,
-                    error = %e,
-                    "webhook delivery failed: alerts dropped"
-                );
-                "failed"
-            }
-        };
-        for a in &alerts {
-            metrics.alert(a.event.as_str(), result);
+async fn deliver(sender: &Sender, metrics: &Metrics, hook: &WebhookConfig, alerts: &[Alert]) {
+    let body = Bytes::from(payload::body(hook.format, alerts));
+    let result = match sender.deliver(hook, body).await {
+        Ok(tries) => {
+            tracing::debug!(url = %redacted(&hook.url), alerts = alerts.len(), tries, "alerts delivered");
+            "sent"
         }
-    });
+        Err((tries, e)) => {
+            tracing::warn!(
+                url = %redacted(&hook.url),
+                alerts = alerts.len(),
+                tries,
+                error = %e,
+                "webhook delivery failed: alerts dropped"
+            );
+            "failed"
+        }
+    };
+    for a in alerts {
+        metrics.alert(a.event.as_str(), result);
+    }
 }

@@ -8,19 +8,22 @@
 //!   all responses rose above `threshold`, at `min_rps` or more;
 //! - `cert_expiring`: a configured TLS certificate ends within
 //!   `cert_expiry` (14 days); checked at start, after a reload that
-//!   changes the certificates, and daily.
+//!   changes the certificates (their paths or their files' contents: a
+//!   renewal in place), and daily.
 //!
 //! A ratio alert fires when the condition starts holding and re-arms when
 //! it stops, so a long bad spell is one alert, not one per tick.
 
 use std::collections::VecDeque;
-use std::path::Path;
-use std::sync::Weak;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::event::rfc3339;
 use super::{Event, RatioAlert};
-use crate::config::CertPair;
+use crate::config::{CertPair, Config};
 use crate::metrics::RequestTotals;
 use crate::proxy::Shared;
 
@@ -32,7 +35,7 @@ pub fn spawn(shared: Weak<Shared>) {
     tokio::spawn(async move {
         let mut hit = Rolling::default();
         let mut err = Rolling::default();
-        let mut certs_checked: Option<(Instant, Vec<CertPair>)> = None;
+        let mut certs = CertWatch::default();
         loop {
             let tick = {
                 let Some(shared) = shared.upgrade() else {
@@ -75,30 +78,68 @@ pub fn spawn(shared: Weak<Shared>) {
                 } else {
                     err = Rolling::default();
                 }
-                let certs: Vec<CertPair> = shared
-                    .runtime
-                    .load()
-                    .config
-                    .server
-                    .tls
-                    .as_ref()
-                    .map(|t| t.certificates.clone())
-                    .unwrap_or_default();
-                let due = match &certs_checked {
-                    None => true,
-                    Some((at, list)) => *list != certs || at.elapsed() >= CERT_EVERY,
-                };
-                if due {
-                    for pair in &certs {
-                        check_cert(&shared, &pair.cert, config.cert_expiry);
-                    }
-                    certs_checked = Some((Instant::now(), certs));
+                let config_now = shared.runtime.load().config.clone();
+                for pair in certs.due(&config_now) {
+                    check_cert(&shared, &pair.cert, config.cert_expiry);
                 }
                 tick_for(&[config.hit_ratio_low, config.error_ratio_high])
             };
             tokio::time::sleep(tick).await;
         }
     });
+}
+
+/// When the certificates are checked: at start, daily, and after a reload
+/// that changed them: other paths, or new contents at the same paths (a
+/// certificate renewed in place, as certbot does).
+#[derive(Default)]
+struct CertWatch {
+    /// The configuration last looked at (a reload swaps in another).
+    config: Option<Arc<Config>>,
+    checked: Option<(Instant, Vec<Fingerprint>)>,
+}
+
+/// A certificate file's path and the XXH3-64 of its contents (`None`:
+/// unreadable).
+type Fingerprint = (PathBuf, Option<u64>);
+
+impl CertWatch {
+    /// The certificates of `config` to check now (none most ticks: the
+    /// files are read only when `config` is new or a day has passed).
+    fn due(&mut self, config: &Arc<Config>) -> Vec<CertPair> {
+        let reloaded = !self.config.as_ref().is_some_and(|c| Arc::ptr_eq(c, config));
+        let daily = self
+            .checked
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= CERT_EVERY);
+        if !reloaded && !daily {
+            return Vec::new();
+        }
+        self.config = Some(config.clone());
+        let certs: Vec<CertPair> = config
+            .server
+            .tls
+            .as_ref()
+            .map(|t| t.certificates.clone())
+            .unwrap_or_default();
+        let now = fingerprints(&certs);
+        let changed = self.checked.as_ref().is_none_or(|(_, seen)| *seen != now);
+        if !daily && !changed {
+            return Vec::new();
+        }
+        self.checked = Some((Instant::now(), now));
+        certs
+    }
+}
+
+fn fingerprints(certs: &[CertPair]) -> Vec<Fingerprint> {
+    certs
+        .iter()
+        .map(|p| {
+            let hash = std::fs::read(&p.cert).ok().map(|d| xxh3_64(&d));
+            (p.cert.clone(), hash)
+        })
+        .collect()
 }
 
 /// A tenth of the shortest window, between 50 ms and 5 s.
@@ -267,6 +308,36 @@ mod tests {
         assert!(r
             .observe(at(45), totals(1000, 2000), &rule, hit_ratio, false)
             .is_some());
+    }
+
+    /// A renewal in place (same path, new contents, then a reload) is
+    /// checked; a reload that changes nothing, or no reload, is not.
+    #[test]
+    fn certificates_are_checked_when_a_reload_changes_their_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        let key = dir.path().join("k.pem");
+        std::fs::write(&cert, "old").unwrap();
+        std::fs::write(&key, "key").unwrap();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\nlisten = \"127.0.0.1:0\"\n\
+             cert = \"{}\"\nkey = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstream]\nservers = [\"127.0.0.1:1\"]\n",
+            cert.display(),
+            key.display()
+        );
+        let load = || Arc::new(Config::parse(Path::new("t.toml"), &text).unwrap());
+        let mut watch = CertWatch::default();
+        let first = load();
+        assert_eq!(watch.due(&first).len(), 1, "at start");
+        assert!(watch.due(&first).is_empty(), "no reload");
+        let same = load();
+        assert!(watch.due(&same).is_empty(), "a reload, same contents");
+        std::fs::write(&cert, "renewed").unwrap();
+        assert!(watch.due(&same).is_empty(), "renewed, no reload yet");
+        let renewed = load();
+        assert_eq!(watch.due(&renewed).len(), 1, "reloaded, new contents");
+        assert!(watch.due(&renewed).is_empty());
     }
 
     #[test]

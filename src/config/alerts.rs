@@ -4,6 +4,10 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
+use http::HeaderValue;
+use percent_encoding::percent_decode_str;
+
 use super::file::{AlertsFile, RatioFile, WebhookFile};
 use super::validate::Validator;
 use super::{ConfigError, ServerConfig};
@@ -87,6 +91,8 @@ impl Validator<'_> {
                 "invalid port, expected 1 to 65535",
             ));
         }
+        let (parsed, authorization) = take_userinfo(parsed)
+            .map_err(|why| self.at.spanned(&url, &format!("{at}.url"), why))?;
         let format = match format {
             None => Format::Json,
             Some(f) => Format::parse(f.get_ref()).ok_or_else(|| {
@@ -132,6 +138,7 @@ impl Validator<'_> {
         let timeout = self.nonzero(timeout, &format!("{at}.timeout"), Duration::from_secs(5))?;
         Ok(WebhookConfig {
             url: parsed,
+            authorization,
             format,
             events: list,
             secret,
@@ -172,6 +179,37 @@ impl Validator<'_> {
     }
 }
 
+/// Splits `user:password@` off `url`: the URL without it (what the HTTP
+/// client sees, and could log) and the `Authorization: Basic` value of the
+/// percent-decoded user and password (RFC 7617; as curl and Alertmanager
+/// send URL credentials), marked sensitive. A user without `:` has an
+/// empty password.
+fn take_userinfo(url: http::Uri) -> Result<(http::Uri, Option<HeaderValue>), &'static str> {
+    let Some((userinfo, host)) = url.authority().and_then(|a| a.as_str().rsplit_once('@')) else {
+        return Ok((url, None));
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let user: Vec<u8> = percent_decode_str(user).collect();
+    if user.contains(&b':') {
+        return Err("the user name must not contain ':' (RFC 7617), even encoded as %3A");
+    }
+    let mut pair = user;
+    pair.push(b':');
+    pair.extend(percent_decode_str(password));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&pair);
+    let mut value = HeaderValue::try_from(format!("Basic {encoded}"))
+        .map_err(|_| "invalid user or password")?;
+    value.set_sensitive(true);
+    let authority = host
+        .parse()
+        .map_err(|_| "invalid URL, expected http:// or https://")?;
+    let mut parts = url.into_parts();
+    parts.authority = Some(authority);
+    let url =
+        http::Uri::from_parts(parts).map_err(|_| "invalid URL, expected http:// or https://")?;
+    Ok((url, Some(value)))
+}
+
 /// `hostname:port` (the proxy listener's port): unique per instance even
 /// with several on one host.
 fn default_instance(server: &ServerConfig) -> String {
@@ -182,4 +220,31 @@ fn default_instance(server: &ServerConfig) -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "strata".to_string());
     format!("{host}:{}", server.listen.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_userinfo;
+
+    #[test]
+    fn userinfo_becomes_basic_authorization_and_leaves_the_url() {
+        let (url, auth) = take_userinfo(
+            "http://alice:HOOK%2FPASS@127.0.0.1:24050/c11?x=1"
+                .parse()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(url.to_string(), "http://127.0.0.1:24050/c11?x=1");
+        let auth = auth.unwrap();
+        assert!(auth.is_sensitive());
+        // base64("alice:HOOK/PASS")
+        assert_eq!(auth, "Basic YWxpY2U6SE9PSy9QQVNT");
+        assert_eq!(format!("{auth:?}"), "Sensitive");
+        let (url, auth) = take_userinfo("https://token@h.example/x".parse().unwrap()).unwrap();
+        assert_eq!(url.to_string(), "https://h.example/x");
+        assert_eq!(auth.unwrap(), "Basic dG9rZW46"); // "token:"
+        let (url, auth) = take_userinfo("http://h:1/".parse().unwrap()).unwrap();
+        assert_eq!((url.to_string().as_str(), auth), ("http://h:1/", None));
+        assert!(take_userinfo("http://a%3Ab:c@h/".parse().unwrap()).is_err());
+    }
 }

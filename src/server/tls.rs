@@ -29,6 +29,15 @@ pub enum TlsError {
         path: PathBuf,
         reason: String,
     },
+    /// `index` counts from 1 in the chain's order (leaf first).
+    #[error("{at}: {path}: certificate {index} of {count} cannot be parsed: {reason}")]
+    Unparsable {
+        at: String,
+        path: PathBuf,
+        index: usize,
+        count: usize,
+        reason: String,
+    },
     #[error("{at}: {path}: cannot read private key: {reason}")]
     Key {
         at: String,
@@ -137,6 +146,19 @@ fn load_pair(
     if chain.is_empty() {
         return Err(cert_err("no CERTIFICATE block found".into()));
     }
+    // rustls takes any DER and fails the handshake later: a chain with a
+    // garbage block must be refused here, by `check` and by a reload.
+    for (i, der) in chain.iter().enumerate() {
+        if let Err(e) = x509_parser::parse_x509_certificate(der) {
+            return Err(TlsError::Unparsable {
+                at: pair.cert_at.clone(),
+                path: pair.cert.clone(),
+                index: i + 1,
+                count: chain.len(),
+                reason: e.to_string(),
+            });
+        }
+    }
     let key_err = |reason: String| TlsError::Key {
         at: pair.key_at.clone(),
         path: pair.key.clone(),
@@ -197,5 +219,63 @@ impl ResolvesServerCert for SniResolver {
             })
             .cloned()
             .or(default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GARBAGE: &str = "-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n";
+
+    /// A config naming `cert_pem` and the key of a fresh self-signed
+    /// certificate (`cert_pem` gets that certificate's PEM as `{cert}`).
+    fn config(dir: &Path, cert_pem: &str) -> TlsConfig {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (dir.join("a.pem"), dir.join("a.key"));
+        std::fs::write(&cert, cert_pem.replace("{cert}", &made.cert.pem())).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        TlsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            certificates: vec![CertPair {
+                cert,
+                key,
+                cert_at: "t.toml:5:8: server.tls.cert".into(),
+                key_at: "t.toml:6:7: server.tls.key".into(),
+            }],
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_good_chain_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        check(&config(dir.path(), "{cert}")).unwrap();
+    }
+
+    /// nginx -t refuses it; rustls took it and failed every handshake.
+    #[test]
+    fn an_unparsable_certificate_in_a_chain_is_refused_with_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = check(&config(dir.path(), &format!("{{cert}}{GARBAGE}")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:5:8: server.tls.cert: ")
+                && e.contains("a.pem: certificate 2 of 2 cannot be parsed: "),
+            "{e}"
+        );
+    }
+
+    /// It said "the private key does not match the certificate".
+    #[test]
+    fn a_chain_of_one_garbage_certificate_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = check(&config(dir.path(), GARBAGE)).unwrap_err().to_string();
+        assert!(
+            e.contains("a.pem: certificate 1 of 1 cannot be parsed: "),
+            "{e}"
+        );
+        assert!(!e.contains("does not match"), "{e}");
     }
 }
