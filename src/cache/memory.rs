@@ -328,39 +328,57 @@ impl MemoryTier {
         }
     }
 
-    /// Removes every object `selector` selects; returns how many.
+    /// Removes what `selector` selects: whole objects, or under a tag the
+    /// variants carrying it ([`Selector::purged`]); returns how many
+    /// objects lost something (a URL counts once however many of its
+    /// variants went).
     pub fn purge_now(&self, selector: &Selector) -> u64 {
         if let Selector::Key(key) = selector {
             return u64::from(self.remove(key));
         }
         self.broad(selector);
-        let doomed: Vec<u128> = self
-            .cache
-            .iter()
-            .filter(|(_, o)| selector.selects(o))
-            .map(|(k, _)| *k)
-            .collect();
-        let removed = doomed
-            .iter()
-            .filter(|k| self.cache.remove(*k).is_some())
-            .count() as u64;
+        let removed = self.edit_selected(selector, |o| selector.purged(o));
         self.broad(selector);
         removed
     }
 
-    /// Soft purge: replaces every object `selector` selects with a copy
-    /// whose variants are marked stale; returns how many.
+    /// Soft purge: marks stale the variants `selector` selects
+    /// ([`Selector::marked`]); returns how many objects.
     pub fn mark_stale(&self, selector: &Selector) -> u64 {
         self.broad(selector);
-        let marked = self.find(selector, usize::MAX);
-        for o in &marked {
-            self.insert(Arc::new(o.soft_purged()));
-        }
+        let marked = self.edit_selected(selector, |o| selector.marked(o));
         // Counted as a removal: an admission in flight whose object was
         // evicted must not write its fresh copy over a soft purge it did
         // not see (see `Cache::complete`).
         self.broad(selector);
-        marked.len() as u64
+        marked
+    }
+
+    /// Replaces each object `selector` selects with `edit` of it, as one
+    /// atomic update of what is stored at that moment, and removes it when
+    /// the edit leaves no variant; returns how many objects changed.
+    fn edit_selected(&self, selector: &Selector, edit: impl Fn(&Object) -> Option<Object>) -> u64 {
+        use moka::ops::compute::{CompResult, Op};
+        let selected: Vec<u128> = match selector {
+            Selector::Key(key) => vec![key.hash()],
+            _ => self
+                .cache
+                .iter()
+                .filter(|(_, o)| selector.selects(o))
+                .map(|(k, _)| *k)
+                .collect(),
+        };
+        let changed = |hash: &u128| {
+            let result = self.cache.entry(*hash).and_compute_with(|current| {
+                match current.and_then(|e| edit(e.value())) {
+                    None => Op::Nop,
+                    Some(left) if left.variants.is_empty() => Op::Remove,
+                    Some(left) => Op::Put(Arc::new(left)),
+                }
+            });
+            matches!(result, CompResult::Removed(_) | CompResult::ReplacedWith(_))
+        };
+        selected.iter().filter(|h| changed(h)).count() as u64
     }
 
     /// Accounted bytes (after pending evictions are applied).
@@ -492,5 +510,38 @@ mod tests {
         let epoch = tier.removal_epoch();
         tier.purge_now(&Selector::Prefix("/other/".into()));
         assert!(!tier.removed_since(&mine, epoch), "all remembered");
+    }
+
+    /// `/p` with an `en` and a `fr` variant, tagged `lang-en` and `lang-fr`.
+    fn two_languages() -> Arc<Object> {
+        let variant = |lang: &str| {
+            let name = http::header::ACCEPT_LANGUAGE;
+            let vary = crate::cache::entry::VaryKey(vec![(name, Some(lang.into()))]);
+            let mut v = crate::cache::entry::one_byte_variant(vary, now_millis());
+            v.tags = vec![format!("lang-{lang}")];
+            Arc::new(v)
+        };
+        Arc::new(Object {
+            key: key("/p"),
+            variants: vec![variant("en"), variant("fr")],
+        })
+    }
+
+    #[test]
+    fn a_tag_purge_takes_only_the_variants_carrying_the_tag() {
+        let tier = MemoryTier::new(1 << 20);
+        let tags = |t: &str| Selector::Tags(vec![t.into()]);
+        tier.insert(two_languages());
+        assert_eq!(tier.purge_now(&tags("lang-de")), 0);
+        assert_eq!(tier.mark_stale(&tags("lang-fr")), 1);
+        let o = tier.get_key(&key("/p")).unwrap();
+        let stale: Vec<bool> = o.variants.iter().map(|v| v.soft_purged).collect();
+        assert_eq!(stale, [false, true]);
+        assert_eq!(tier.purge_now(&tags("lang-en")), 1);
+        let o = tier.get_key(&key("/p")).unwrap();
+        assert_eq!(o.variants.len(), 1);
+        assert!(o.has_tag("lang-fr"));
+        assert_eq!(tier.purge_now(&tags("lang-fr")), 1);
+        assert!(tier.get_key(&key("/p")).is_none());
     }
 }

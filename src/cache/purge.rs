@@ -99,7 +99,11 @@ impl Cache {
     /// tiers' counts, since memory mostly holds copies of what Redis has.
     /// Only a selector that names nothing valid is an error; Redis failing
     /// is reported in [`Purged::redis_error`], memory and the cascades
-    /// having been purged all the same.
+    /// having been purged all the same. Waits for Redis (each command at
+    /// most `max(timeout, 1 s)`, a step at most [`PURGE_CAP`]) so that
+    /// the answer can say whether Redis and the fleet were purged.
+    ///
+    /// [`PURGE_CAP`]: super::redis::PURGE_CAP
     ///
     /// Runs to the end in a task of its own (see [`to_the_end`]).
     pub async fn purge(
@@ -148,7 +152,7 @@ impl Cache {
     /// One selector on every tier (hard or soft); returns the object count
     /// and, if Redis could not be reached, why. Memory is always done;
     /// Redis is skipped while its breaker is open (it would only time out,
-    /// holding a cascade's unsafe request for each step).
+    /// holding the admin request for each step).
     async fn apply(&self, selector: &Selector, soft: bool) -> (u64, Option<storage::StorageError>) {
         let redis = self.inner.redis.as_ref();
         let in_redis = |soft: bool| async move {
@@ -182,18 +186,36 @@ impl Cache {
         }
     }
 
-    /// Runs the cascades that purging `path` sets off; returns how many
-    /// objects they purged (counted as `cause="cascade"`). A failing step
-    /// is logged and the others still run.
+    /// The cascades a successful unsafe request on `path` sets off
+    /// (README "Cascading invalidation"); returns how many objects memory
+    /// held (counted as `cause="cascade"`). Memory is purged (or marked)
+    /// now, before the response goes out; Redis and the fleet in the
+    /// background ([`purge_background`]), this instance reading
+    /// what each step selects from Redis as a miss until that is done: the
+    /// request never waits on Redis, however slow it is.
     ///
-    /// Runs to the end in a task of its own (see [`to_the_end`]).
-    pub async fn cascade(&self, path: &str, cascades: &Cascades) -> u64 {
-        let (cache, path, cascades) = (self.clone(), path.to_owned(), cascades.clone());
-        to_the_end(async move { cache.cascade_here(&path, &cascades).await })
-            .await
-            .unwrap_or(0)
+    /// [`purge_background`]: super::redis::RedisTier::purge_background
+    pub fn cascade_after_unsafe(&self, path: &str, cascades: &Cascades) -> u64 {
+        let mut total = 0;
+        for step in cascades.plan(path) {
+            let selector = match step.purge.selector() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cascade: invalid purge skipped");
+                    continue;
+                }
+            };
+            tracing::debug!(from = path, purge = ?step.purge, soft = step.soft, depth = step.depth, "cascade");
+            total += self.invalidate(selector, step.soft);
+        }
+        self.inner.metrics.purged(PurgeCause::Cascade, total);
+        total
     }
 
+    /// The cascades an admin purge of `path` sets off, each step waiting
+    /// for Redis ([`Cache::apply`]); returns how many objects they purged
+    /// (counted as `cause="cascade"`). A failing step is logged and the
+    /// others still run.
     async fn cascade_here(&self, path: &str, cascades: &Cascades) -> u64 {
         let mut total = 0;
         for step in cascades.plan(path) {
@@ -230,7 +252,7 @@ impl Cache {
     ) {
         let Some(authority) = authority else { return };
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut n = self.invalidate(entries(https, authority.as_str(), path));
+        let mut n = self.invalidate(entries(https, authority.as_str(), path), false);
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             let Some(target) = response.get(&name).and_then(|v| v.to_str().ok()) else {
                 continue;
@@ -244,7 +266,7 @@ impl Cache {
                 same_origin_reference(https, authority.as_str(), path, target)
             };
             if let Some(p) = same_origin {
-                n += self.invalidate(entries(https, authority.as_str(), &p));
+                n += self.invalidate(entries(https, authority.as_str(), &p), false);
             }
         }
         // Location and Content-Location invalidations are counted with the
@@ -252,22 +274,27 @@ impl Cache {
         self.inner.metrics.purged(PurgeCause::UnsafeMethod, n);
     }
 
-    /// Removes what `selector` selects from memory now and, with Redis,
-    /// from Redis and the fleet: one key in the key's write queue, other
-    /// selectors in a background purge. Returns how many objects memory
-    /// held.
-    fn invalidate(&self, selector: Selector) -> u64 {
-        if let Selector::Key(key) = &selector {
+    /// Removes (with `soft`, marks stale) what `selector` selects in
+    /// memory now and, with Redis, in Redis and the fleet without waiting:
+    /// one key through the key's write queue, other selectors in a
+    /// background purge. Returns how many objects memory held.
+    fn invalidate(&self, selector: Selector, soft: bool) -> u64 {
+        if let (Selector::Key(key), false) = (&selector, soft) {
             let held = u64::from(self.inner.memory.get_key(key).is_some());
             self.remove(key);
             return held;
         }
         // Redis first: from here this instance reads what it selects from
-        // Redis as a miss (`Cache::remove` likewise).
+        // Redis as a miss (`Cache::remove` likewise), so a soft-purged
+        // memory copy never takes the unmarked Redis copy as revalidated.
         if let Some(redis) = &self.inner.redis {
-            redis.purge_background(selector.clone());
+            redis.purge_background(selector.clone(), soft);
         }
-        self.inner.memory.purge_now(&selector)
+        if soft {
+            self.inner.memory.mark_stale(&selector)
+        } else {
+            self.inner.memory.purge_now(&selector)
+        }
     }
 }
 

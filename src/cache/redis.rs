@@ -12,7 +12,8 @@
 //!   path by worker tasks: the object ([`codec`]) with `SET .. PX keep`, then
 //!   its path and tag index entries (`index`).
 //! - Purges ([`RedisTier::purge`]) delete the selected objects through the
-//!   indexes, then publish the selector on `{prefix}purge`; every instance
+//!   indexes (a tag's objects read and checked for the tag, per variant:
+//!   `edit`), then publish the selector on `{prefix}purge`; every instance
 //!   forwards other instances' purges to its memory tier (`fleet`). Soft
 //!   purges ([`RedisTier::soft_purge`]) mark the objects stale instead
 //!   (`soft`) and are published the same way.
@@ -21,7 +22,8 @@
 //!   misses (`pending`).
 //!
 //! Operation bounds: reads `timeout`; writes, unsafe-method invalidations
-//! and publishes `max(timeout, 1 s)`; a purge at most 5 s in all. Every
+//! and their cascades (all in the background, never waited for by the
+//! request) and publishes `max(timeout, 1 s)`; a purge at most 5 s in all. Every
 //! operation (`store`) runs on the current connection within its bound,
 //! through the breaker, and is counted and logged when it fails.
 //!
@@ -34,6 +36,7 @@ mod batch;
 mod breaker;
 pub mod codec;
 mod conn;
+mod edit;
 mod fleet;
 mod hot;
 mod index;
@@ -273,7 +276,9 @@ impl RedisTier {
             return Ok(None);
         }
         let payload = self.inner.reads.read(core.keys.object(key)).await?;
-        core.decode(payload, key)
+        let object = core.decode(payload, key)?;
+        // A pending tag invalidation is known by the object's tags.
+        Ok(object.filter(|o| !core.invalidating.selects(o)))
     }
 
     /// Queues `object` to be written, kept for `keep`; never blocks. A full

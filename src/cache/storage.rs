@@ -12,7 +12,9 @@
 //! - **Bounds**: the memory tier never exceeds its byte capacity; the Redis
 //!   tier bounds each operation by its timeout.
 
-use super::entry::Object;
+use std::sync::Arc;
+
+use super::entry::{Object, Variant};
 use super::key::CacheKey;
 
 /// A tier failure. Only the Redis tier produces them.
@@ -41,7 +43,8 @@ pub enum Selector {
     PathAnyHost(String),
     /// Every URL whose path starts with this prefix, on every host.
     Prefix(String),
-    /// Every entry carrying any of these tags.
+    /// Every variant carrying any of these tags (the URL's other Vary
+    /// variants stay).
     Tags(Vec<String>),
 }
 
@@ -68,6 +71,51 @@ impl Selector {
         }
     }
 
+    /// What a hard purge leaves of `object`: `None` when it selects
+    /// nothing in it, else a copy without what it selects, which has no
+    /// variants left when the object goes whole. A tag selects the Vary
+    /// variants that carry it (per variant, as Varnish's xkey and Fastly's
+    /// surrogate keys); the other selectors the whole object.
+    pub fn purged(&self, object: &Object) -> Option<Object> {
+        if !self.selects(object) {
+            return None;
+        }
+        let variants = match self {
+            Selector::Tags(tags) => object
+                .variants
+                .iter()
+                .filter(|v| !tagged(v, tags))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        Some(Object {
+            key: object.key.clone(),
+            variants,
+        })
+    }
+
+    /// What a soft purge makes of `object`: `None` when it selects nothing
+    /// in it, else a copy with the variants it selects (as in
+    /// [`Selector::purged`]) marked stale.
+    pub fn marked(&self, object: &Object) -> Option<Object> {
+        if !self.selects(object) {
+            return None;
+        }
+        let variants = object
+            .variants
+            .iter()
+            .map(|v| match self {
+                Selector::Tags(tags) if !tagged(v, tags) => v.clone(),
+                _ => Arc::new(v.soft_purged_copy()),
+            })
+            .collect();
+        Some(Object {
+            key: object.key.clone(),
+            variants,
+        })
+    }
+
     /// Whether `key`'s object may be selected, from the key alone: tags
     /// are on the object, so a tag selector may select any key.
     pub fn may_select(&self, key: &CacheKey) -> bool {
@@ -78,6 +126,11 @@ impl Selector {
             Selector::Tags(_) => true,
         }
     }
+}
+
+/// Whether `variant` carries any of `tags`.
+fn tagged(variant: &Variant, tags: &[String]) -> bool {
+    variant.tags.iter().any(|t| tags.contains(t))
 }
 
 /// A purge as the fleet sees it: what it selects, and whether the entries
@@ -114,5 +167,61 @@ mod log_tests {
             shown(Selector::Tags(vec!["news".into()])),
             r#"Tags(["news"])"#
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Selector;
+    use crate::cache::entry::{one_byte_variant, Object, VaryKey};
+    use crate::cache::key::CacheKey;
+
+    /// `/p` in two Vary variants, `en` tagged `lang-en shared`, `fr`
+    /// tagged `lang-fr shared`.
+    fn object() -> Object {
+        let variant = |lang: &str| {
+            let vary = VaryKey(vec![(
+                "accept-language".parse().unwrap(),
+                Some(lang.into()),
+            )]);
+            let mut v = one_byte_variant(vary, 0);
+            v.tags = vec![format!("lang-{lang}"), "shared".into()];
+            Arc::new(v)
+        };
+        Object {
+            key: CacheKey::new(false, "h", "/p"),
+            variants: vec![variant("en"), variant("fr")],
+        }
+    }
+
+    fn tags(t: &[&str]) -> Selector {
+        Selector::Tags(t.iter().map(|t| t.to_string()).collect())
+    }
+
+    fn langs(o: &Object) -> Vec<String> {
+        o.variants
+            .iter()
+            .flat_map(|v| v.tags[..1].to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn a_tag_selects_the_variants_carrying_it() {
+        let o = object();
+        let left = tags(&["lang-en"]).purged(&o).unwrap();
+        assert_eq!(langs(&left), ["lang-fr"]);
+        assert!(tags(&["shared"]).purged(&o).unwrap().variants.is_empty());
+        assert!(tags(&["lang-de"]).purged(&o).is_none());
+        let whole = Selector::Prefix("/".into()).purged(&o).unwrap();
+        assert!(whole.variants.is_empty());
+
+        let marked = tags(&["lang-fr", "lang-de"]).marked(&o).unwrap();
+        let stale: Vec<bool> = marked.variants.iter().map(|v| v.soft_purged).collect();
+        assert_eq!(stale, [false, true]);
+        assert!(tags(&["lang-de"]).marked(&o).is_none());
+        let all = Selector::PathAnyHost("/p".into()).marked(&o).unwrap();
+        assert!(all.variants.iter().all(|v| v.soft_purged));
     }
 }

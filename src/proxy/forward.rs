@@ -222,11 +222,12 @@ pub async fn pass(
                         .unwrap_or_else(|_| Selector::Key(CacheKey::new(https, authority, path)))
                 },
             );
-            // Cascades run before the response goes out, so that a client
-            // reading after its write sees the dependent entries gone.
+            // Cascades purge memory before the response goes out, so that
+            // a client reading after its write sees the dependent entries
+            // gone; Redis and the fleet follow in the background.
             let cascades = &runtime.config.invalidation;
             if !cascades.is_empty() {
-                shared.cache.cascade(uri.path(), cascades).await;
+                shared.cache.cascade_after_unsafe(uri.path(), cascades);
             }
         }
     }

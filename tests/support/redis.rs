@@ -107,10 +107,45 @@ impl RedisServer {
         self.node.is_running()
     }
 
+    /// Stops the server with SIGSTOP, as a hung Redis: connections stay open and new ones are
+    /// accepted (the kernel completes the handshake), but nothing is answered until the
+    /// returned guard is dropped (SIGCONT) — also when the test panics meanwhile.
+    pub fn pause(&self) -> Paused {
+        let pid = self
+            .node
+            .child
+            .as_ref()
+            .map(Child::id)
+            .expect("pause: the server is not running");
+        assert!(signal(pid, "-STOP"), "kill -STOP {pid} failed");
+        Paused(pid)
+    }
+
     /// Last lines of the server's log.
     pub fn log_tail(&self) -> String {
         log_tails(&[&self.node])
     }
+}
+
+/// A server stopped by [`RedisServer::pause`]; resumed (SIGCONT) when dropped.
+pub struct Paused(u32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // Never a panic here: it may run while a failed test unwinds.
+        if !signal(self.0, "-CONT") {
+            eprintln!("kill -CONT {} failed", self.0);
+        }
+    }
+}
+
+/// Sends `which` (`-STOP`, `-CONT`) to `pid`; whether `kill` succeeded.
+fn signal(pid: u32, which: &str) -> bool {
+    Command::new("kill")
+        .arg(which)
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 // ---------------------------------------------------------------------------------------------

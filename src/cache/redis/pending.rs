@@ -4,13 +4,16 @@
 //! the request path: one URL's object through the key's write lane
 //! (`RedisTier::invalidate_background`), so that it stays in order with
 //! the key's writes; the entries of a URL under a rule's key options (a
-//! selector) in a task of its own (`RedisTier::purge_background`). Until
-//! that is done Redis still holds the old objects; a read of one from
-//! this instance is a miss instead, so a client that reads after its own
-//! write never gets the copy it invalidated. Other instances learn of it
-//! when the deletion is published.
+//! selector), and the purges its cascades set off, hard or soft, in a task
+//! of their own (`RedisTier::purge_background`). Until that is done Redis
+//! still holds the old objects; a read of one from this instance is a miss
+//! instead, so a client that reads after its own write never gets the copy
+//! it invalidated. Other instances learn of it when the deletion is
+//! published.
 //!
-//! Costs a Redis read one load while nothing is pending.
+//! Costs a Redis read one load while nothing is pending. A tag selector is
+//! checked on the object read (tags are not in the key), so that pending
+//! tag purges make misses of what carries the tag only.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use super::store::Core;
 use super::{RedisTier, PURGE_CAP};
+use crate::cache::entry::Object;
 use crate::cache::key::CacheKey;
 use crate::cache::storage::Selector;
 
@@ -84,14 +88,30 @@ impl Pending {
         self.count.load(Ordering::SeqCst)
     }
 
-    /// Whether an invalidation that may select `key` is pending.
+    /// Whether an invalidation that may select `key` by its URL is
+    /// pending. Tags are on the objects: a pending tag invalidation is
+    /// checked on the object read ([`Pending::selects`]), so that it does
+    /// not make every read a miss.
     pub(crate) fn contains(&self, key: &CacheKey) -> bool {
         if self.count.load(Ordering::SeqCst) == 0 {
             return false;
         }
         let state = self.state();
         state.keys.contains_key(&key.hash())
-            || state.selectors.iter().any(|(_, s)| s.may_select(key))
+            || state
+                .selectors
+                .iter()
+                .any(|(_, s)| !matches!(s, Selector::Tags(_)) && s.may_select(key))
+    }
+
+    /// Whether a pending invalidation selects `object` (read from Redis).
+    pub(crate) fn selects(&self, object: &Object) -> bool {
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let state = self.state();
+        state.keys.contains_key(&object.key.hash())
+            || state.selectors.iter().any(|(_, s)| s.selects(object))
     }
 }
 
@@ -102,18 +122,20 @@ impl RedisTier {
         self.inner.core.invalidating.count()
     }
 
-    /// Deletes what `selector` selects from Redis and tells the fleet, in a
-    /// task of its own (an unsafe request's invalidation of a URL under a
-    /// rule's key options). Until it is done, this instance reads what it
-    /// may select as a miss (this module's marks).
+    /// Deletes (with `soft`, marks stale) what `selector` selects in Redis
+    /// and tells the fleet, in a task of its own: an unsafe request's
+    /// invalidation of a URL under a rule's key options, and its cascades.
+    /// Until it is done, this instance reads what it selects as a miss
+    /// (this module's marks; a soft-purged memory copy is then served
+    /// stale and revalidated, never taken as revalidated elsewhere).
     ///
-    /// It deletes twice: at once, and again once every write lane has
+    /// It runs twice: at once, and again once every write lane has
     /// passed what was queued before it (a write of an entry it selects,
-    /// queued earlier, may land after the first deletion; one URL's
+    /// queued earlier, may land after the first pass; one URL's
     /// invalidation goes through that URL's lane instead). Skipped while
     /// the breaker is open, and dropped (counted as a dropped write) past
     /// [`MAX_BACKGROUND_PURGES`] at once.
-    pub fn purge_background(&self, selector: Selector) {
+    pub fn purge_background(&self, selector: Selector, soft: bool) {
         let core = &self.inner.core;
         if core.breaker.is_open() {
             return;
@@ -131,12 +153,19 @@ impl RedisTier {
         let tier = self.clone();
         tokio::spawn(async move {
             let _held = (slot, end);
-            if let Err(e) = tier.purge(&selector).await {
-                tracing::debug!(?selector, error = %e, "invalidation in redis failed");
+            let run = || async {
+                if soft {
+                    tier.soft_purge(&selector).await
+                } else {
+                    tier.purge(&selector).await
+                }
+            };
+            if let Err(e) = run().await {
+                tracing::debug!(?selector, soft, error = %e, "invalidation in redis failed");
             }
             if tier.flush(PURGE_CAP).await {
-                if let Err(e) = tier.purge(&selector).await {
-                    tracing::debug!(?selector, error = %e, "invalidation in redis failed (after the queued writes)");
+                if let Err(e) = run().await {
+                    tracing::debug!(?selector, soft, error = %e, "invalidation in redis failed (after the queued writes)");
                 }
             }
         });
@@ -197,6 +226,7 @@ pub(super) const MAX_BACKGROUND_PURGES: usize = 64;
 #[cfg(test)]
 mod tests {
     use super::Pending;
+    use crate::cache::entry::Object;
     use crate::cache::key::CacheKey;
     use crate::cache::storage::Selector;
 
@@ -231,10 +261,20 @@ mod tests {
         p.end_selector(id);
         assert!(!p.contains(&CacheKey::new(false, "h", "/p#v1")));
         let id = p.begin_selector(Selector::Tags(vec!["t".into()]));
-        assert!(
-            p.contains(&CacheKey::new(false, "h", "/any")),
-            "a tag may select any key"
-        );
+        let key = CacheKey::new(false, "h", "/any");
+        assert!(!p.contains(&key), "checked on the object read");
+        let mut variant = crate::cache::entry::one_byte_variant(Default::default(), 0);
+        let untagged = Object {
+            key: key.clone(),
+            variants: vec![std::sync::Arc::new(variant.clone())],
+        };
+        variant.tags = vec!["t".into()];
+        let tagged = Object {
+            key,
+            variants: vec![std::sync::Arc::new(variant)],
+        };
+        assert!(p.selects(&tagged) && !p.selects(&untagged));
         p.end_selector(id);
+        assert!(!p.selects(&tagged));
     }
 }

@@ -1,25 +1,25 @@
 //! Soft purge in Redis: the selected objects are not deleted but written
-//! back with every variant marked stale (`soft_purged`), keeping their
-//! expiry (`SET .. XX KEEPTTL`), so that whichever instance reads one next
+//! back with the selected variants marked stale (`soft_purged`; every
+//! variant, or under a tag those carrying it), keeping their expiry
+//! (`SET .. XX KEEPTTL`), so that whichever instance reads one next
 //! serves it stale while one revalidation runs. The objects are found
 //! through the same indexes as a hard purge, read page by page and left
-//! indexed.
+//! indexed; an object stored again without the tag is left alone.
 //!
-//! A write racing the mark (a revalidation landing between the `GET` and
-//! the `SET`) can be overwritten by the marked copy: it is then only
-//! revalidated once more, never served as fresh when it is not.
+//! The mark is written only over the copy it was made from (`edit`): a
+//! write landing in between (a revalidation) is read and marked in turn.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::try_join_all;
-use redis::{Cmd, RedisResult, Value};
+use redis::{Cmd, RedisResult};
 
-use super::codec;
 use super::conn::Conn;
+use super::edit::{self, Change};
 use super::index::{object_of_member, Keys, PAGE};
 use super::store::{Core, Gate};
+use crate::cache::entry::Object;
 use crate::cache::storage::{Selector, StorageError};
 
 impl Core {
@@ -52,8 +52,12 @@ impl Core {
                     all.into_iter().collect()
                 }
             };
-            let marked = try_join_all(objects.iter().map(|k| mark(c.clone(), k))).await?;
-            Ok(marked.iter().filter(|m| **m).count() as u64)
+            let mark = |o: &Object| match selector.marked(o) {
+                None => Change::None,
+                Some(m) if unchanged(o, &m) => Change::Done,
+                Some(m) => Change::Write(m),
+            };
+            edit::apply_all(&c, &objects, false, mark).await
         })
         .await
     }
@@ -89,31 +93,11 @@ pub(super) async fn members(
     }
 }
 
-/// Rewrites one object with its variants marked stale; false when it is
-/// gone or unreadable (a corrupt entry is left to expire or a hard purge).
-async fn mark(mut c: Conn, object_key: &[u8]) -> RedisResult<bool> {
-    let payload: Option<Bytes> = redis::cmd("GET")
-        .arg(object_key)
-        .query_async(&mut c)
-        .await?;
-    let Some(payload) = payload else {
-        return Ok(false);
-    };
-    let Ok(object) = codec::decode(&payload) else {
-        return Ok(false);
-    };
-    if object.variants.iter().all(|v| v.soft_purged) {
-        return Ok(true);
-    }
-    let Ok(marked) = codec::encode(&object.soft_purged()) else {
-        return Ok(false);
-    };
-    let set: Value = redis::cmd("SET")
-        .arg(object_key)
-        .arg(marked)
-        .arg("XX")
-        .arg("KEEPTTL")
-        .query_async(&mut c)
-        .await?;
-    Ok(!matches!(set, Value::Nil))
+/// Whether `marked` marks nothing `object` has not marked already.
+fn unchanged(object: &Object, marked: &Object) -> bool {
+    object
+        .variants
+        .iter()
+        .zip(&marked.variants)
+        .all(|(a, b)| a.soft_purged == b.soft_purged)
 }

@@ -2,8 +2,9 @@
 //! runs on the current connection within its time bound, through the
 //! circuit breaker, and is counted and logged when it fails. Reads, writes
 //! (object first, index entries after), unsafe-method invalidations,
-//! purges through the indexes (unindex first, delete after), publishes and
-//! the path-index sweep.
+//! purges through the indexes (unindex first, delete after; a tag's
+//! objects checked for the tag, `edit`), publishes and the path-index
+//! sweep.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -17,6 +18,7 @@ use redis::{RedisResult, Value};
 use super::breaker::{Breaker, Permit};
 use super::codec;
 use super::conn::{not_connected, Backend, Conn};
+use super::edit::{self, Change};
 use super::fleet::Fleet;
 use super::index::{member, object_of_member, Keys, PAGE, SWEEP_GRACE_MS};
 use crate::cache::entry::Object;
@@ -327,7 +329,7 @@ impl Core {
                 Selector::Tags(tags) => {
                     let mut total = 0;
                     for tag in tags.iter().collect::<BTreeSet<_>>() {
-                        total += purge_tag(&keys.tag(tag), c.clone()).await?;
+                        total += purge_tag(&keys.tag(tag), selector, c.clone()).await?;
                     }
                     Ok(total)
                 }
@@ -394,8 +396,12 @@ async fn purge_paths(keys: &Keys, mut c: Conn, page: &redis::Cmd) -> RedisResult
     Ok(total)
 }
 
-/// Pages through one tag set, unindexing then deleting.
-async fn purge_tag(tag_key: &str, mut c: Conn) -> RedisResult<u64> {
+/// Pages through one tag set, unindexing each page, then taking from each
+/// member's object the variants `selector` (tags) selects, checked against
+/// what it holds now (`edit`): a member whose object was stored again
+/// without the tag only leaves the index. Returns how many objects lost
+/// variants (or went).
+async fn purge_tag(tag_key: &str, selector: &Selector, mut c: Conn) -> RedisResult<u64> {
     let mut total = 0;
     loop {
         let members: Vec<Bytes> = Keys::tag_page(tag_key, 0).query_async(&mut c).await?;
@@ -405,7 +411,11 @@ async fn purge_tag(tag_key: &str, mut c: Conn) -> RedisResult<u64> {
         Keys::tag_remove(tag_key, &members)
             .query_async::<Value>(&mut c)
             .await?;
-        total += delete_objects(&c, members.iter().map(|m| &m[..])).await?;
+        let purged = |o: &Object| match selector.purged(o) {
+            Some(left) => Change::Write(left),
+            None => Change::None,
+        };
+        total += edit::apply_all(&c, &members, true, purged).await?;
         if members.len() < PAGE {
             break;
         }

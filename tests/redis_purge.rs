@@ -1,0 +1,334 @@
+//! Purges, tag purges and cascades across both tiers, through the real
+//! listener, with a real `redis-server` (spawned by `support::redis`): a
+//! tag purge removes only what carries the tag now (per Vary variant, in
+//! memory and in Redis), and a stalled Redis never holds an unsafe request
+//! for its cascades.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use strata::cache::key::CacheKey;
+use support::redis::RedisServer;
+use support::{wait_until, Client, Origin, Strata};
+
+const HOST: &str = "shop.example";
+/// Bound of every wait in this file.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn redis_config(url: &str, extra: &str) -> String {
+    format!(
+        "[upstream.health]\nenabled = false\n\n[cache.redis]\nurls = [\"{url}\"]\n\
+         timeout = \"50ms\"\nbreaker_threshold = 1000\n{extra}"
+    )
+}
+
+fn key(path: &str) -> CacheKey {
+    CacheKey::new(false, HOST, path)
+}
+
+async fn get(c: &Client, s: &Strata, path: &str, fields: &[(&str, &str)]) -> support::Reply {
+    let mut fields = fields.to_vec();
+    fields.push(("host", HOST));
+    c.get_with(&s.url(path), &fields).await
+}
+
+/// Every write this instance queued for Redis has landed.
+async fn flushed(s: &Strata) {
+    let redis = s.shared.cache.redis().unwrap();
+    assert!(redis.flush(WAIT).await, "writes to Redis did not land");
+}
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Whether Redis holds `name`, asked directly.
+async fn exists(server: &RedisServer, name: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(name)
+        .query_async::<u64>(&mut raw(server).await)
+        .await
+        .unwrap()
+        == 1
+}
+
+async fn connected(s: &Strata) {
+    wait_until(WAIT, "connected to Redis", || async {
+        s.shared.cache.redis_state() == Some((true, false))
+    })
+    .await;
+}
+
+/// A tag purge names what carries the tag now: an object re-stored with
+/// other tags stays in both tiers, and `purged` counts nothing (Redis's
+/// index still listed it under the old tag, and the purge deleted it from
+/// Redis alone, `{"purged": 1}`). The stale index member goes.
+#[tokio::test]
+async fn a_tag_purge_leaves_an_object_that_no_longer_carries_the_tag() {
+    let server = RedisServer::start().await;
+    let renamed = Arc::new(AtomicBool::new(false));
+    let origin = {
+        let renamed = renamed.clone();
+        Origin::start(move |_req| {
+            let tag = if renamed.load(Ordering::SeqCst) {
+                "new2"
+            } else {
+                "old2"
+            };
+            async move {
+                support::origin::reply(
+                    200,
+                    &[("cache-control", "max-age=300"), ("surrogate-key", tag)],
+                    tag,
+                )
+            }
+        })
+        .await
+    };
+    let s = Strata::start(&[origin.addr], &redis_config(&server.url(), "")).await;
+    connected(&s).await;
+    let c = Client::new();
+    assert!(get(&c, &s, "/tg/2", &[])
+        .await
+        .cache_status()
+        .contains("stored"));
+    flushed(&s).await;
+    renamed.store(true, Ordering::SeqCst);
+    // The client asks for a validation: a new response, new tags.
+    let r = get(&c, &s, "/tg/2", &[("cache-control", "no-cache")]).await;
+    assert_eq!(r.text(), "new2");
+    flushed(&s).await;
+    let old_index = "strata:t:old2";
+    assert!(
+        exists(&server, old_index).await,
+        "the old tag's index member"
+    );
+
+    let (status, answer) = s.purge(r#"{"tags": ["old2"]}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["purged"], 0, "{answer}");
+    let r = get(&c, &s, "/tg/2", &[]).await;
+    assert!(
+        r.cache_status().contains("detail=memory"),
+        "{}",
+        r.cache_status()
+    );
+    let redis = s.shared.cache.redis().unwrap();
+    let kept = redis.get(&key("/tg/2")).await.unwrap();
+    assert!(
+        kept.is_some_and(|o| o.has_tag("new2")),
+        "Redis lost the object"
+    );
+    assert!(
+        !exists(&server, old_index).await,
+        "the stale index member stays"
+    );
+    assert_eq!(origin.count(), 2);
+
+    // The tag it carries now purges it from both tiers.
+    let (_, answer) = s.purge(r#"{"tags": ["new2"]}"#).await;
+    assert_eq!(answer["purged"], 1, "{answer}");
+    assert!(redis.get(&key("/tg/2")).await.unwrap().is_none());
+    assert!(get(&c, &s, "/tg/2", &[])
+        .await
+        .cache_status()
+        .contains("fwd=miss"));
+}
+
+/// An origin whose `/vt/…` varies on Accept-Language and tags each
+/// variant `lang-<language>`.
+async fn language_origin() -> Origin {
+    Origin::start(|req| async move {
+        let lang = support::origin::field(&req, "accept-language");
+        support::origin::reply(
+            200,
+            &[
+                ("cache-control", "max-age=300"),
+                ("vary", "Accept-Language"),
+                ("surrogate-key", &format!("lang-{lang}")),
+                ("etag", &format!("\"{lang}\"")),
+            ],
+            format!("in {lang}"),
+        )
+    })
+    .await
+}
+
+/// The stored variants of `path` in Redis: (Accept-Language, tags, soft-purged).
+async fn redis_variants(s: &Strata, path: &str) -> Vec<(String, Vec<String>, bool)> {
+    let redis = s.shared.cache.redis().unwrap();
+    let Some(object) = redis.get(&key(path)).await.unwrap() else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = object
+        .variants
+        .iter()
+        .map(|v| {
+            let lang = v.vary.0.first().and_then(|(_, l)| l.clone());
+            (lang.unwrap_or_default(), v.tags.clone(), v.soft_purged)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A tag purge removes the Vary variants carrying the tag, not the URL's
+/// other variants (Varnish xkey, Fastly surrogate keys: per variant), in
+/// memory and in Redis; `purged` counts the URL once.
+#[tokio::test]
+async fn a_tag_purge_removes_only_the_variants_carrying_the_tag() {
+    let server = RedisServer::start().await;
+    let origin = language_origin().await;
+    let s = Strata::start(&[origin.addr], &redis_config(&server.url(), "")).await;
+    connected(&s).await;
+    let c = Client::new();
+    let (en, fr) = ([("accept-language", "en")], [("accept-language", "fr")]);
+    get(&c, &s, "/vt/2", &en).await;
+    get(&c, &s, "/vt/2", &fr).await;
+    flushed(&s).await;
+    assert_eq!(redis_variants(&s, "/vt/2").await.len(), 2);
+
+    let (status, answer) = s.purge(r#"{"tags": ["lang-en"]}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["purged"], 1, "{answer}");
+    let r = get(&c, &s, "/vt/2", &fr).await;
+    assert!(
+        r.cache_status().contains("hit") && r.cache_status().contains("detail=memory"),
+        "fr: {}",
+        r.cache_status()
+    );
+    assert_eq!(
+        redis_variants(&s, "/vt/2").await,
+        [("fr".to_string(), vec!["lang-fr".to_string()], false)]
+    );
+    let r = get(&c, &s, "/vt/2", &en).await;
+    assert!(
+        r.cache_status().contains("fwd=vary-miss"),
+        "en: {}",
+        r.cache_status()
+    );
+    assert_eq!(origin.count(), 3);
+}
+
+/// A soft purge by tag marks only the variants carrying the tag, in
+/// memory and in Redis.
+#[tokio::test]
+async fn a_soft_tag_purge_marks_only_the_variants_carrying_the_tag() {
+    let server = RedisServer::start().await;
+    let origin = language_origin().await;
+    let s = Strata::start(&[origin.addr], &redis_config(&server.url(), "")).await;
+    connected(&s).await;
+    let c = Client::new();
+    let (en, fr) = ([("accept-language", "en")], [("accept-language", "fr")]);
+    get(&c, &s, "/vt/3", &en).await;
+    get(&c, &s, "/vt/3", &fr).await;
+    flushed(&s).await;
+
+    let (_, answer) = s.purge(r#"{"tags": ["lang-en"], "soft": true}"#).await;
+    assert_eq!(answer["purged"], 1, "{answer}");
+    let redis = redis_variants(&s, "/vt/3").await;
+    assert_eq!(
+        redis,
+        [
+            ("en".to_string(), vec!["lang-en".to_string()], true),
+            ("fr".to_string(), vec!["lang-fr".to_string()], false)
+        ]
+    );
+    let r = get(&c, &s, "/vt/3", &fr).await;
+    assert!(
+        r.cache_status().contains("hit"),
+        "fr is not stale: {}",
+        r.cache_status()
+    );
+    let r = get(&c, &s, "/vt/3", &en).await;
+    assert!(
+        r.cache_status().contains("detail=soft-purge"),
+        "en: {}",
+        r.cache_status()
+    );
+}
+
+/// A hung Redis (SIGSTOP: it accepts connections and answers nothing,
+/// the breaker still closed) never holds an unsafe request for its
+/// cascades: memory is purged before the answer, Redis and the fleet in
+/// the background once Redis answers again. Each step waited a second
+/// (the background bound), 3 s for this PUT with a `timeout` of 50 ms.
+#[tokio::test]
+async fn a_hung_redis_does_not_hold_an_unsafe_request_for_its_cascades() {
+    let server = RedisServer::start().await;
+    let origin = Origin::start(|req| async move {
+        if req.method() == Method::PUT {
+            return support::origin::reply(200, &[], "saved");
+        }
+        let tag = if req.uri().path().starts_with("/list/") {
+            "listing"
+        } else {
+            "other"
+        };
+        support::origin::reply(
+            200,
+            &[("cache-control", "max-age=300"), ("surrogate-key", tag)],
+            "page",
+        )
+    })
+    .await;
+    let cascades = "\n[[invalidation.cascade]]\non = \"/api/products/**\"\n\
+                    purge_tags = [\"listing\"]\npurge_prefixes = [\"/catalog/\"]\n\n\
+                    [[invalidation.cascade]]\non = \"/api/products/**\"\n\
+                    purge_prefixes = [\"/soft/\"]\nsoft = true\n";
+    let s = Strata::start(&[origin.addr], &redis_config(&server.url(), cascades)).await;
+    connected(&s).await;
+    let c = Client::new();
+    let paths = ["/list/1", "/catalog/1", "/soft/1"];
+    for path in paths {
+        get(&c, &s, path, &[]).await;
+    }
+    flushed(&s).await;
+    let redis = s.shared.cache.redis().unwrap();
+    let names: Vec<String> = paths.iter().map(|p| redis.object_key(&key(p))).collect();
+    for name in &names {
+        assert!(exists(&server, name).await);
+    }
+
+    let product = s.url("/api/products/77");
+    let paused = server.pause();
+    let put = c.send(
+        Method::PUT,
+        &product,
+        &[("host", HOST)],
+        Bytes::from_static(b"{}"),
+    );
+    let r = tokio::time::timeout(Duration::from_millis(800), put)
+        .await
+        .expect("the PUT waited on the hung Redis");
+    assert_eq!(r.status, 200);
+    let memory = s.shared.cache.memory();
+    assert!(memory.get_key(&key("/list/1")).is_none());
+    assert!(memory.get_key(&key("/catalog/1")).is_none());
+    assert!(memory
+        .get_key(&key("/soft/1"))
+        .is_some_and(|o| o.is_soft_purged()));
+    drop(paused);
+
+    // Redis gets the purges once it answers again.
+    wait_until(WAIT, "Redis purged", || async {
+        !exists(&server, &names[0]).await && !exists(&server, &names[1]).await
+    })
+    .await;
+    wait_until(WAIT, "Redis marked", || async {
+        redis
+            .get(&key("/soft/1"))
+            .await
+            .is_ok_and(|o| o.is_some_and(|o| o.is_soft_purged()))
+    })
+    .await;
+}
