@@ -174,7 +174,8 @@ pub struct RateLimitConfig {
     pub name: String,
     /// The glob as written (`/**` when absent).
     pub pattern: String,
-    pub matcher: globset::GlobMatcher,
+    /// Matches the path with repeated slashes merged (`rules/path_glob.rs`).
+    pub matcher: crate::rules::PathGlob,
     pub key: LimitKey,
     /// Requests allowed per `per`.
     pub rate: u32,

@@ -284,19 +284,14 @@ impl Validator<'_> {
             let pattern_text = pattern
                 .as_ref()
                 .map_or("/**".to_string(), |p| p.get_ref().clone());
-            let matcher = globset::GlobBuilder::new(&pattern_text)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map_err(|e| {
-                    let span = pattern.as_ref().map_or(name.span(), |p| p.span());
-                    self.at.error(
-                        span,
-                        &format!("{at}.match"),
-                        format!("invalid glob {pattern_text:?}: {e}"),
-                    )
-                })?
-                .compile_matcher();
+            let matcher = crate::rules::PathGlob::new(&pattern_text).map_err(|e| {
+                let span = pattern.as_ref().map_or(name.span(), |p| p.span());
+                self.at.error(
+                    span,
+                    &format!("{at}.match"),
+                    format!("invalid glob {pattern_text:?}: {e}"),
+                )
+            })?;
             if let Some(p) = &pattern {
                 self.path_glob(p, &format!("{at}.match"))?;
             }
@@ -439,6 +434,7 @@ mod tests {
         assert_eq!((r.rate, r.per, r.burst), (100, Duration::from_secs(1), 200));
         assert!(r.matcher.is_match("/api/x/y"));
         assert!(!r.matcher.is_match("/other"));
+        assert!(r.matcher.is_match("//api/x") && r.matcher.is_match("/api//x"));
     }
 
     #[test]
