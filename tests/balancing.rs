@@ -95,6 +95,26 @@ async fn least_request_prefers_the_idle_server() {
     );
 }
 
+/// Sequential requests under `least_request` (nothing in flight, every
+/// server tied) follow the weights, as nginx's `least_conn` does: 3:1 is
+/// 75/25, not all on the heavier server.
+#[tokio::test]
+async fn least_request_follows_the_weights_sequentially() {
+    let (a, b) = (counting().await, counting().await);
+    let strata = Strata::start_text(&text(
+        &format!("{{ addr = \"{}\", weight = 3 }}, \"{}\"", a.addr, b.addr),
+        "balance = \"least_request\"\n",
+    ))
+    .await;
+    hit_n(&Client::new(), &strata, 100, "/lw").await;
+    assert!(
+        (74..=76).contains(&a.count()) && a.count() + b.count() == 100,
+        "a={} b={}",
+        a.count(),
+        b.count()
+    );
+}
+
 /// Which origin saw each `x-user`.
 fn owners(origins: &[&Origin]) -> HashMap<String, HashSet<usize>> {
     let mut map: HashMap<String, HashSet<usize>> = HashMap::new();
