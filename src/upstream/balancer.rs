@@ -114,11 +114,6 @@ impl Balancer {
         self.servers.iter().filter(|s| s.is_healthy()).count()
     }
 
-    /// The index of the server with sticky id `id`.
-    pub fn find_id(&self, id: u64) -> Option<usize> {
-        self.servers.iter().position(|s| s.id == id)
-    }
-
     /// The index of the server `authority` (`host:port`).
     pub fn find(&self, authority: &str) -> Option<usize> {
         self.servers
