@@ -217,11 +217,19 @@ impl Validator<'_> {
                 ))
             }
         };
+        let secure = secure.unwrap_or(false);
         let same_site = match same_site {
             None => SameSite::Lax,
             Some(v) => match v.get_ref().to_ascii_lowercase().as_str() {
                 "strict" => SameSite::Strict,
                 "lax" => SameSite::Lax,
+                // RFC 6265bis §4.1.2.7: browsers reject `SameSite=None`
+                // without `Secure`, so the cookie would never stick.
+                "none" if !secure => return Err(self.at.spanned(
+                    &v,
+                    "upstream.sticky.same_site",
+                    "\"None\" needs secure = true (browsers reject SameSite=None without Secure)",
+                )),
                 "none" => SameSite::None,
                 _ => {
                     return Err(self.at.spanned(
@@ -236,7 +244,7 @@ impl Validator<'_> {
             cookie,
             max_age,
             secret,
-            secure: secure.unwrap_or(false),
+            secure,
             http_only: http_only.unwrap_or(true),
             same_site,
         })
@@ -467,6 +475,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("upstream.sticky.secret"), "{e}");
+        // RFC 6265bis: SameSite=None needs Secure (browsers drop it).
+        let sticky = |tail: &str| {
+            parse(
+                &format!(
+                    "servers = [\"127.0.0.1:1\"]\n[upstream.sticky]\nsecret = \"12345678\"\n{tail}"
+                ),
+                "",
+            )
+        };
+        let e = sticky("same_site = \"None\"").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:10:"), "{e}");
+        assert!(e.contains("upstream.sticky.same_site"), "{e}");
+        assert!(e.contains("\"None\" needs secure = true"), "{e}");
+        let e = sticky("same_site = \"none\"\nsecure = false").unwrap_err();
+        assert!(e.to_string().contains("secure = true"), "{e}");
+        let c = sticky("same_site = \"None\"\nsecure = true").unwrap();
+        let s = c.upstream.sticky.unwrap();
+        assert!(s.secure && s.same_site == SameSite::None);
         let e = parse("servers = [\"127.0.0.1:1\"]", "")
             .map(|c| c.rate_limits.len())
             .unwrap();
