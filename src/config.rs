@@ -121,7 +121,8 @@ pub struct UpstreamConfig {
 pub enum Balance {
     /// Smooth weighted round-robin (nginx's algorithm).
     RoundRobin,
-    /// Power of two choices on in-flight requests per weight.
+    /// nginx's `least_conn`: fewest in-flight requests per unit of weight,
+    /// ties by smooth weighted round-robin.
     LeastRequest,
     /// Consistent hash ring on a request property.
     Hash(HashKey),
@@ -174,7 +175,8 @@ pub struct RateLimitConfig {
     pub name: String,
     /// The glob as written (`/**` when absent).
     pub pattern: String,
-    pub matcher: globset::GlobMatcher,
+    /// Matches the path with repeated slashes merged (`rules/path_glob.rs`).
+    pub matcher: crate::rules::PathGlob,
     pub key: LimitKey,
     /// Requests allowed per `per`.
     pub rate: u32,

@@ -8,10 +8,11 @@
 //! a cycle (`/a/**` → `/b/`, `/b/**` → `/a/`) ends after one round. Tags
 //! carry no path and set off nothing further.
 //!
-//! Globs are the rules' (`rules.rs`): `*` within a segment, `**/` any
-//! number of segments, matched against the path without the query.
+//! Globs are the rules' (`rules/path_glob.rs`): `*` within a segment, `**/`
+//! any number of segments, matched against the path without the query and
+//! with repeated slashes merged.
 
-use globset::{GlobBuilder, GlobMatcher};
+use crate::rules::PathGlob;
 
 use crate::cache::Purge;
 
@@ -23,7 +24,7 @@ pub const MAX_DEPTH: usize = 3;
 #[derive(Debug, Clone)]
 pub struct Cascade {
     on: String,
-    matcher: GlobMatcher,
+    matcher: PathGlob,
     purge_tags: Vec<String>,
     purge_prefixes: Vec<String>,
     soft: bool,
@@ -45,15 +46,10 @@ impl Cascade {
         purge_prefixes: Vec<String>,
         soft: bool,
     ) -> Result<Cascade, CascadeError> {
-        let matcher = GlobBuilder::new(on)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|source| CascadeError {
-                pattern: on.to_string(),
-                source,
-            })?
-            .compile_matcher();
+        let matcher = PathGlob::new(on).map_err(|source| CascadeError {
+            pattern: on.to_string(),
+            source,
+        })?;
         Ok(Cascade {
             on: on.to_string(),
             matcher,
@@ -180,6 +176,8 @@ mod tests {
             ["1:tags product-listing", "1:prefix /catalog/"]
         );
         assert!(cs.plan("/api/users/7").is_empty());
+        // Repeated slashes are merged for matching (nginx's merge_slashes).
+        assert_eq!(describe(&cs.plan("//api/products//7")).len(), 2);
         assert!(Cascades::default().plan("/x").is_empty());
     }
 

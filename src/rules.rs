@@ -11,25 +11,30 @@
 //!   and cookie values in the key) and what a URL names for purge and
 //!   inspection.
 //!
+//! - `rules/path_glob.rs`: path globs, shared with rate limits and
+//!   cascades, and the path they see (repeated slashes merged).
+//!
 //! Globs use `/` as a separator: `*` stays inside one segment, `**/` matches
 //! zero or more whole segments, so `"**/*.html"` matches `/index.html` and
 //! `/a/b/c.html`, and `"/assets/**"` matches everything below `/assets/`.
 
 pub mod key;
 pub mod lifetime;
+pub mod path_glob;
 
-use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use http::{HeaderValue, Method};
 
 use crate::cache::directives::CacheControl;
 pub use key::{KeyOptions, KeyTarget};
 pub use lifetime::{Lifetime, Lifetimes};
+pub use path_glob::PathGlob;
 
 /// One compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pattern: String,
-    matcher: GlobMatcher,
+    matcher: PathGlob,
     /// The Cache-Control that replaces the upstream's, parsed once.
     cache_control: Option<(HeaderValue, CacheControl)>,
     /// `None`: any method.
@@ -67,15 +72,10 @@ impl Rule {
     /// A rule for paths matching `pattern`, with an optional Cache-Control
     /// override; the other keys are set with the `with_*` methods.
     pub fn new(pattern: &str, cache_control: Option<&str>) -> Result<Rule, RuleError> {
-        let matcher = GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|source| RuleError::Glob {
-                pattern: pattern.to_string(),
-                source,
-            })?
-            .compile_matcher();
+        let matcher = PathGlob::new(pattern).map_err(|source| RuleError::Glob {
+            pattern: pattern.to_string(),
+            source,
+        })?;
         let cache_control = match cache_control {
             None => None,
             Some(value) => {
@@ -230,10 +230,13 @@ impl RuleSet {
         RuleSet { rules }
     }
 
-    /// The first rule whose glob matches `path` (no query) and whose
-    /// `methods` allow `method`, with its index; `content_type` is not
-    /// known yet (see [`RuleSet::for_response`]).
+    /// The first rule whose glob matches `path` (no query; repeated
+    /// slashes merged, see [`path_glob`]) and whose `methods` allow
+    /// `method`, with its index; `content_type` is not known yet (see
+    /// [`RuleSet::for_response`]).
     pub fn find(&self, path: &str, method: &Method) -> Option<(usize, &Rule)> {
+        let path = path_glob::merge_slashes(path);
+        let path = path.as_ref();
         self.rules
             .iter()
             .enumerate()
@@ -250,6 +253,8 @@ impl RuleSet {
         method: &Method,
         content_type: Option<&[u8]>,
     ) -> Option<&Rule> {
+        let path = path_glob::merge_slashes(path);
+        let path = path.as_ref();
         self.rules
             .get(start..)?
             .iter()
@@ -303,6 +308,11 @@ mod tests {
         assert_eq!(s.find("/a/b/c.html", &Method::GET).map(|r| r.0), Some(2));
         assert_eq!(s.find("/other.txt", &Method::GET).map(|r| r.0), None);
         assert_eq!(s.find("/apix", &Method::GET).map(|r| r.0), None);
+        // Repeated slashes are merged for matching (nginx's merge_slashes).
+        assert_eq!(s.find("//api/x", &Method::GET).map(|r| r.0), Some(1));
+        assert_eq!(s.find("/api//x", &Method::GET).map(|r| r.0), Some(1));
+        let json = Some(&b"application/json"[..]);
+        assert!(s.for_response(0, "//api/x", &Method::GET, json).is_some());
     }
 
     #[test]

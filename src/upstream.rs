@@ -86,7 +86,7 @@ impl Upstreams {
             }
         }
         let sticky = config.sticky.as_ref().and_then(|c| {
-            let s = Sticky::new(c);
+            let s = Sticky::new(c, balancer.servers().iter().map(|s| &s.authority));
             if s.is_none() {
                 tracing::error!(
                     "upstream.sticky: the secret cannot key HMAC-SHA256; sticky sessions are off"
@@ -175,8 +175,7 @@ impl Upstreams {
         let preferred = self
             .sticky
             .as_ref()
-            .and_then(|s| s.take(req.headers_mut(), now))
-            .and_then(|id| self.balancer.find_id(id));
+            .and_then(|s| s.take(req.headers_mut(), now));
         let mut route = Route {
             exclude: None,
             preferred,
@@ -210,8 +209,7 @@ impl Upstreams {
         };
         if let Some(sticky) = &self.sticky {
             if preferred != Some(answer.server) {
-                let id = self.balancer.servers()[answer.server].id;
-                if let Some(set) = sticky.issue(id, now) {
+                if let Some(set) = sticky.issue(answer.server, now) {
                     answer.response.extensions_mut().insert(set);
                 }
             }

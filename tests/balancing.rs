@@ -95,6 +95,26 @@ async fn least_request_prefers_the_idle_server() {
     );
 }
 
+/// Sequential requests under `least_request` (nothing in flight, every
+/// server tied) follow the weights, as nginx's `least_conn` does: 3:1 is
+/// 75/25, not all on the heavier server.
+#[tokio::test]
+async fn least_request_follows_the_weights_sequentially() {
+    let (a, b) = (counting().await, counting().await);
+    let strata = Strata::start_text(&text(
+        &format!("{{ addr = \"{}\", weight = 3 }}, \"{}\"", a.addr, b.addr),
+        "balance = \"least_request\"\n",
+    ))
+    .await;
+    hit_n(&Client::new(), &strata, 100, "/lw").await;
+    assert!(
+        (74..=76).contains(&a.count()) && a.count() + b.count() == 100,
+        "a={} b={}",
+        a.count(),
+        b.count()
+    );
+}
+
 /// Which origin saw each `x-user`.
 fn owners(origins: &[&Origin]) -> HashMap<String, HashSet<usize>> {
     let mut map: HashMap<String, HashSet<usize>> = HashMap::new();
@@ -370,4 +390,50 @@ async fn drain_moves_new_requests_and_lets_in_flight_finish() {
     );
     let servers = v["upstreams"].as_array().unwrap();
     assert!(servers.iter().all(|s| s["draining"] == true), "{v}");
+}
+
+/// Each server is health-checked on its own schedule: one whose health
+/// endpoint answers after several intervals delays no other server's
+/// checks (they were all awaited together, so every server's period was
+/// `interval` + the slowest check), and never has two checks at once.
+#[tokio::test]
+async fn a_slow_health_check_delays_no_other_server() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let fast = counting().await;
+    let (active, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, m) = (active.clone(), most.clone());
+    let slow = Origin::start(move |_req| {
+        let (active, most) = (a.clone(), m.clone());
+        async move {
+            let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            active.fetch_sub(1, Ordering::SeqCst);
+            reply(200, &[], "late")
+        }
+    })
+    .await;
+    // `/hc` is not the origins' built-in `/health`: they count it.
+    let _strata = Strata::start(
+        &[slow.addr, fast.addr],
+        "[upstream.health]\npath = \"/hc\"\ninterval = \"200ms\"\ntimeout = \"5s\"\n",
+    )
+    .await;
+    // Four checks take 3 intervals (600 ms) on their own schedule; behind
+    // the slow one they took 3 × 2.2 s.
+    wait_until(
+        Duration::from_secs(3),
+        "4 checks of the fast server",
+        || async { fast.count() >= 4 },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "2 checks of the slow server",
+        || async { slow.count() >= 2 },
+    )
+    .await;
+    assert_eq!(most.load(Ordering::SeqCst), 1, "two checks at once");
+    assert!(fast.seen().iter().all(|s| s.path == "/hc"));
 }

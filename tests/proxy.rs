@@ -171,6 +171,55 @@ async fn slow_upstream_is_504() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// An address whose TCP connects time out: a listener with a backlog of
+/// zero that never accepts, its accept queue filled (on Linux one
+/// connection fills it; the kernel then drops further SYNs, so later
+/// connects hang). Returns the address and what must stay open for it;
+/// panics if no connect times out here.
+fn unanswering_addr() -> (SocketAddr, socket2::Socket, Vec<std::net::TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => held.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return (addr, listener, held),
+            Err(e) => panic!("filling the backlog: {e}"),
+        }
+    }
+    panic!("no connect to a full backlog timed out: cannot test connect timeouts here");
+}
+
+/// SPEC §3 "upstream timeout → 504": a connect that times out is a
+/// timeout (nginx's `proxy_connect_timeout` gives 504 too); a refused
+/// connect stays 502. After the retry on the next server, the status is
+/// the last failure's.
+#[tokio::test]
+async fn connect_timeout_is_504_and_a_refused_connect_502() {
+    let (slow1, _l1, _h1) = unanswering_addr();
+    let (slow2, _l2, _h2) = unanswering_addr();
+    let dead = dead_addr().await;
+    let client = Client::new();
+    for (servers, status) in [
+        (vec![slow1], 504),
+        (vec![slow1, slow2], 504),
+        (vec![slow1, dead], 502),
+        (vec![dead, slow1], 504),
+        (vec![dead], 502),
+    ] {
+        let text = support::config_text(&servers, "connect_timeout = \"300ms\"\n") + NO_HEALTH;
+        let strata = Strata::start_text(&text).await;
+        let r = client.get(&strata.url("/x")).await;
+        assert_eq!(r.status, status, "{servers:?}: {}", r.text());
+        strata.stop().await;
+    }
+}
+
 /// An origin that streams `total` bytes: the first chunk at once, the rest
 /// only after `gate` is notified.
 async fn gated_stream_origin(

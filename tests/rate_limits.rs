@@ -203,3 +203,46 @@ async fn redis_backend_shares_one_budget_and_falls_back_locally() {
     );
     assert_eq!(statuses.last(), Some(&429));
 }
+
+/// nginx's `merge_slashes`: a limit and a rule on `/api/**` see `//api/x`
+/// and `/api//x` as `/api/x` (origins such as Python's `http.server` serve
+/// them so), while the cache key and the path sent upstream keep the
+/// slashes.
+#[tokio::test]
+async fn repeated_slashes_do_not_escape_a_limit_or_a_rule() {
+    // No Cache-Control from the origin: only the rule makes it storable.
+    let origin = Origin::start(|_req| async move { reply(200, &[], "ok") }).await;
+    let strata = Strata::start(
+        &[origin.addr],
+        "[[rules]]\nmatch = \"/api/**\"\ncache_control = \"max-age=60\"\n\
+         [[rate_limits]]\nname = \"api\"\nmatch = \"/api/**\"\nrate = \"1/h\"\nburst = 3\n",
+    )
+    .await;
+    let client = Client::new();
+    let first = client.get(&strata.url("//api/x")).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.header("cache-control"),
+        Some("max-age=60"),
+        "the rule"
+    );
+    assert_eq!(origin.last().unwrap().path, "//api/x", "forwarded as sent");
+    assert!(client.get(&strata.url("//api/x")).await.is_hit());
+    let other = client.get(&strata.url("/api//x")).await;
+    assert_eq!(other.status, 200);
+    assert!(
+        !other.is_hit(),
+        "a key of its own: {}",
+        other.cache_status()
+    );
+    assert_eq!(
+        other.header("cache-control"),
+        Some("max-age=60"),
+        "the rule"
+    );
+    assert_eq!(origin.last().unwrap().path, "/api//x");
+    // Three requests charged to `api`: the fourth is over.
+    assert_eq!(client.get(&strata.url("/api//x")).await.status, 429);
+    assert_eq!(client.get(&strata.url("//api/y")).await.status, 429);
+    assert_eq!(origin.count(), 2);
+}

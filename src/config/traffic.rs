@@ -217,11 +217,19 @@ impl Validator<'_> {
                 ))
             }
         };
+        let secure = secure.unwrap_or(false);
         let same_site = match same_site {
             None => SameSite::Lax,
             Some(v) => match v.get_ref().to_ascii_lowercase().as_str() {
                 "strict" => SameSite::Strict,
                 "lax" => SameSite::Lax,
+                // RFC 6265bis §4.1.2.7: browsers reject `SameSite=None`
+                // without `Secure`, so the cookie would never stick.
+                "none" if !secure => return Err(self.at.spanned(
+                    &v,
+                    "upstream.sticky.same_site",
+                    "\"None\" needs secure = true (browsers reject SameSite=None without Secure)",
+                )),
                 "none" => SameSite::None,
                 _ => {
                     return Err(self.at.spanned(
@@ -236,7 +244,7 @@ impl Validator<'_> {
             cookie,
             max_age,
             secret,
-            secure: secure.unwrap_or(false),
+            secure,
             http_only: http_only.unwrap_or(true),
             same_site,
         })
@@ -284,19 +292,14 @@ impl Validator<'_> {
             let pattern_text = pattern
                 .as_ref()
                 .map_or("/**".to_string(), |p| p.get_ref().clone());
-            let matcher = globset::GlobBuilder::new(&pattern_text)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map_err(|e| {
-                    let span = pattern.as_ref().map_or(name.span(), |p| p.span());
-                    self.at.error(
-                        span,
-                        &format!("{at}.match"),
-                        format!("invalid glob {pattern_text:?}: {e}"),
-                    )
-                })?
-                .compile_matcher();
+            let matcher = crate::rules::PathGlob::new(&pattern_text).map_err(|e| {
+                let span = pattern.as_ref().map_or(name.span(), |p| p.span());
+                self.at.error(
+                    span,
+                    &format!("{at}.match"),
+                    format!("invalid glob {pattern_text:?}: {e}"),
+                )
+            })?;
             if let Some(p) = &pattern {
                 self.path_glob(p, &format!("{at}.match"))?;
             }
@@ -439,6 +442,7 @@ mod tests {
         assert_eq!((r.rate, r.per, r.burst), (100, Duration::from_secs(1), 200));
         assert!(r.matcher.is_match("/api/x/y"));
         assert!(!r.matcher.is_match("/other"));
+        assert!(r.matcher.is_match("//api/x") && r.matcher.is_match("/api//x"));
     }
 
     #[test]
@@ -471,6 +475,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("upstream.sticky.secret"), "{e}");
+        // RFC 6265bis: SameSite=None needs Secure (browsers drop it).
+        let sticky = |tail: &str| {
+            parse(
+                &format!(
+                    "servers = [\"127.0.0.1:1\"]\n[upstream.sticky]\nsecret = \"12345678\"\n{tail}"
+                ),
+                "",
+            )
+        };
+        let e = sticky("same_site = \"None\"").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:10:"), "{e}");
+        assert!(e.contains("upstream.sticky.same_site"), "{e}");
+        assert!(e.contains("\"None\" needs secure = true"), "{e}");
+        let e = sticky("same_site = \"none\"\nsecure = false").unwrap_err();
+        assert!(e.to_string().contains("secure = true"), "{e}");
+        let c = sticky("same_site = \"None\"\nsecure = true").unwrap();
+        let s = c.upstream.sticky.unwrap();
+        assert!(s.secure && s.same_site == SameSite::None);
         let e = parse("servers = [\"127.0.0.1:1\"]", "")
             .map(|c| c.rate_limits.len())
             .unwrap();

@@ -1,8 +1,9 @@
 //! The one place where a failure becomes a status code: 400 for requests
 //! Strata refuses (501 for a transfer coding it cannot forward), 502 for
-//! a broken upstream exchange, 503 when no upstream is healthy, 504 when
-//! the upstream is too slow (or, for `only-if-cached`, when nothing usable
-//! is stored).
+//! a broken upstream exchange (a refused connect included), 503 when no
+//! upstream is healthy, 504 when the upstream is too slow: no response
+//! head in time, or a connect that timed out (or, for `only-if-cached`,
+//! when nothing usable is stored).
 
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -67,7 +68,9 @@ impl ProxyError {
             }
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream(UpstreamError::NoHealthy) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            // A response timeout, and a connect timeout too (nginx's
+            // `proxy_connect_timeout` gives 504); a refused connect is 502.
+            ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) | ProxyError::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::NotCached | ProxyError::NotRevalidated(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -135,5 +138,46 @@ impl ProxyError {
                 .insert(crate::upstream::ServedBy(server));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(kind: std::io::ErrorKind) -> ProxyError {
+        ProxyError::Upstream(UpstreamError::Connect {
+            server: "127.0.0.1:1".into(),
+            source: std::io::Error::from(kind),
+        })
+    }
+
+    #[test]
+    fn a_connect_timeout_is_504_and_a_refused_connect_502() {
+        use std::io::ErrorKind;
+        assert_eq!(
+            connect(ErrorKind::TimedOut).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            connect(ErrorKind::ConnectionRefused).status(),
+            StatusCode::BAD_GATEWAY
+        );
+        let timeout = ProxyError::Upstream(UpstreamError::Timeout {
+            server: "127.0.0.1:1".into(),
+            timeout: std::time::Duration::from_secs(1),
+        });
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        // A failed revalidation: a timeout stays 504, a refusal becomes it.
+        assert!(matches!(
+            connect(ErrorKind::TimedOut).revalidating(),
+            ProxyError::Upstream(_)
+        ));
+        assert_eq!(
+            connect(ErrorKind::ConnectionRefused)
+                .revalidating()
+                .status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
     }
 }

@@ -5,8 +5,10 @@
 //!   the highest and subtracts the total from it), so 3:1 weights give
 //!   `a a b a` rather than `a a a b`, and equal weights are plain
 //!   round-robin in configuration order.
-//! - `least_request`: power of two choices: two eligible servers drawn at
-//!   random, the one with fewer requests in flight per unit of weight wins.
+//! - `least_request`: nginx's `least_conn`: the server with the fewest
+//!   requests in flight per unit of weight; ties (idle servers, say) are
+//!   broken by smooth weighted round-robin among the tied servers, so
+//!   sequential traffic follows the weights (3:1 gives 75% / 25%).
 //! - `hash`: a consistent hash ring ([`ring`]) on the request's `hash_key`;
 //!   a request without the key (no such header or cookie) falls back to
 //!   round-robin.
@@ -112,11 +114,6 @@ impl Balancer {
         self.servers.iter().filter(|s| s.is_healthy()).count()
     }
 
-    /// The index of the server with sticky id `id`.
-    pub fn find_id(&self, id: u64) -> Option<usize> {
-        self.servers.iter().position(|s| s.id == id)
-    }
-
     /// The index of the server `authority` (`host:port`).
     pub fn find(&self, authority: &str) -> Option<usize> {
         self.servers
@@ -169,27 +166,43 @@ impl Balancer {
         Some(best)
     }
 
+    /// nginx's `least_conn`: the eligible server with the fewest requests
+    /// in flight per unit of (ramped) weight; servers tied on that share it
+    /// by smooth weighted round-robin (over the tied ones only), so idle
+    /// servers, as under sequential traffic, get their weights' shares.
     fn least_request(&self, route: &Route) -> Option<usize> {
-        let eligible: Vec<usize> = (0..self.servers.len())
+        let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
+        // One reading of each count, so both passes see the same loads.
+        let loads: Vec<(usize, i128, i128)> = (0..self.servers.len())
             .filter(|&i| self.eligible(i, route))
+            .map(|i| {
+                let in_flight = self.servers[i].in_flight() as i128;
+                (i, in_flight, i128::from(self.effective(i)))
+            })
             .collect();
-        match eligible.len() {
-            0 => None,
-            1 => Some(eligible[0]),
-            n => {
-                let a = fastrand::usize(..n);
-                let mut b = fastrand::usize(..n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (a, b) = (eligible[a], eligible[b]);
-                // Fewer in flight per unit of (ramped) weight wins:
-                // (in_a + 1) / w_a <= (in_b + 1) / w_b, cross-multiplied.
-                let load = |i: usize| self.servers[i].in_flight() as i128 + 1;
-                let (wa, wb) = (self.effective(a) as i128, self.effective(b) as i128);
-                Some(if load(a) * wb <= load(b) * wa { a } else { b })
+        // in_a / w_a < in_b / w_b, cross-multiplied (weights are > 0).
+        let lighter = |a: &(usize, i128, i128), b: &(usize, i128, i128)| a.1 * b.2 < b.1 * a.2;
+        let least =
+            loads
+                .iter()
+                .fold(None, |best: Option<&(usize, i128, i128)>, l| match best {
+                    Some(b) if !lighter(l, b) => Some(b),
+                    _ => Some(l),
+                })?;
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for tied in loads.iter().filter(|l| !lighter(least, l)) {
+            let i = tied.0;
+            let w = self.effective(i);
+            scores[i] += w;
+            total += w;
+            if best.is_none_or(|b| scores[i] > scores[b]) {
+                best = Some(i);
             }
         }
+        let best = best?;
+        scores[best] -= total;
+        Some(best)
     }
 
     /// A passive connect failure; returns true when it ejected the server.
@@ -324,6 +337,34 @@ mod tests {
         let b = Balancer::new(&config(&[1, 1], Balance::LeastRequest), None);
         let _busy: Vec<_> = (0..5).map(|_| b.servers[0].begin()).collect();
         assert!(picks(&b, 50).iter().all(|&i| i == 1));
+        // Per unit of weight: 4 in flight on weight 4 is lighter than 2 on
+        // weight 1, and 4 on 4 ties 1 on 1 (then shared by weight).
+        let b = Balancer::new(&config(&[4, 1], Balance::LeastRequest), None);
+        let _a: Vec<_> = (0..4).map(|_| b.servers[0].begin()).collect();
+        let b1: Vec<_> = (0..2).map(|_| b.servers[1].begin()).collect();
+        assert!(picks(&b, 10).iter().all(|&i| i == 0));
+        drop(b1);
+        let _b1 = b.servers[1].begin();
+        let p = picks(&b, 50);
+        assert_eq!(p.iter().filter(|&&i| i == 0).count(), 40, "{p:?}");
+    }
+
+    /// Sequential requests (nothing in flight: every server tied) follow
+    /// the weights exactly, spread as smooth round-robin spreads them.
+    #[test]
+    fn least_request_honours_weights_when_idle() {
+        let share = |weights: &[u32], n: usize| {
+            let b = Balancer::new(&config(weights, Balance::LeastRequest), None);
+            let p = picks(&b, n);
+            (0..weights.len())
+                .map(|s| p.iter().filter(|&&i| i == s).count())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(share(&[3, 1], 200), vec![150, 50]);
+        assert_eq!(share(&[100, 1, 1], 102), vec![100, 1, 1]);
+        assert_eq!(share(&[1, 1, 1], 9), vec![3, 3, 3]);
+        let b = Balancer::new(&config(&[5, 1, 1], Balance::LeastRequest), None);
+        assert_eq!(picks(&b, 7), vec![0, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Why an upstream exchange failed, said where it fails. The pipeline turns
 //! it into a status code in one place (`proxy/error.rs`): no healthy server
-//! → 503, a timeout → 504, anything else → 502.
+//! → 503, a timeout (a connect timeout included) → 504, anything else → 502.
 
 use std::time::Duration;
 
@@ -60,6 +60,19 @@ impl UpstreamError {
             | UpstreamError::ClientBody { server, .. }
             | UpstreamError::ClientStalled { server, .. }
             | UpstreamError::UnaskedSwitch { server } => Some(server),
+        }
+    }
+
+    /// Whether the upstream was too slow (SPEC §3, "upstream timeout →
+    /// 504"): no response head within `response_timeout`, a stalled
+    /// request body, or a TCP connect that timed out (`connect_timeout`, or
+    /// the kernel's own `ETIMEDOUT`). A refused or otherwise failed connect
+    /// is not: that is a broken exchange (`502`), as in nginx.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            UpstreamError::Timeout { .. } => true,
+            UpstreamError::Connect { source, .. } => source.kind() == std::io::ErrorKind::TimedOut,
+            _ => false,
         }
     }
 

@@ -1,5 +1,5 @@
 //! Active health checks: every `interval`, each server gets `GET <path>`
-//! with a `timeout`. By default they judge liveness: any status below 500
+//! with a `timeout`, each on its own schedule (one task per server). By default they judge liveness: any status below 500
 //! is a success, so an app without a health route (a 404) stays in
 //! rotation; `expect_status` (classes such as `2xx`, or codes) tightens
 //! that. A connect error, a timeout or a 5xx is a failure. After
@@ -9,9 +9,11 @@
 //! as an alert (`upstream_down`, `upstream_up`, `all_upstreams_down`).
 
 use std::sync::Weak;
+use std::time::Duration;
 
 use http::{header, HeaderValue, Request};
 use http_body_util::BodyExt;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::client::empty_body;
@@ -19,61 +21,76 @@ use super::{ServerState, Upstreams};
 use crate::alerts::Event;
 use crate::config::HealthConfig;
 
-/// Spawns one checker task for the pool; it holds only a weak reference,
-/// and stops when the pool is dropped (its token is cancelled).
+/// Spawns one checker task per server of the pool, so that each server is
+/// checked on its own schedule: every `interval` from the start, whatever
+/// the other servers' checks take (a slow or hanging one delays no one
+/// else's). A server's next check starts only once its previous one ended
+/// (at most one in flight per server; a check longer than `interval`
+/// delays that server's next one, never more). The tasks hold only a weak
+/// reference and stop when the pool is dropped (its token is cancelled);
+/// a reload builds a new pool, with tasks for its own servers.
 pub fn spawn(pool: Weak<Upstreams>, stop: CancellationToken) {
-    tokio::spawn(async move {
-        loop {
-            let interval = {
-                let Some(pool) = pool.upgrade() else { return };
-                check_all(&pool).await;
-                pool.config().health.interval
-            };
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
-        }
-    });
+    let Some(servers) = pool.upgrade().map(|p| p.balancer.servers().len()) else {
+        return;
+    };
+    for index in 0..servers {
+        tokio::spawn(check_forever(pool.clone(), index, stop.clone()));
+    }
 }
 
-async fn check_all(pool: &Upstreams) {
-    let checks =
-        pool.balancer
-            .servers()
-            .iter()
-            .enumerate()
-            .map(|(index, server)| async move {
-                (server, check_one(pool, index, &server.authority).await)
-            });
-    for (server, result) in futures_util::future::join_all(checks).await {
-        let health = &pool.config().health;
-        let name = server.authority.as_str();
-        match result {
-            Ok(()) => {
-                if server.record_success(health) {
-                    tracing::info!(server = name, "upstream healthy: back in rotation");
-                    pool.metrics().upstream_healthy(name, true);
-                    pool.alerts().emit(
-                        Event::UpstreamUp,
+/// Checks server `index` every `interval` until the pool goes away.
+async fn check_forever(pool: Weak<Upstreams>, index: usize, stop: CancellationToken) {
+    let Some(interval) = pool.upgrade().map(|p| p.config().health.interval) else {
+        return;
+    };
+    // `interval` is above zero (config); `tokio::time::interval` would
+    // panic on zero.
+    let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(1)));
+    // After an overlong check: the next one at once, then every interval
+    // from there (not a burst of the missed ones).
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let Some(pool) = pool.upgrade() else { return };
+        check_and_record(&pool, index).await;
+    }
+}
+
+/// One check of server `index`, and what its result changes.
+async fn check_and_record(pool: &Upstreams, index: usize) {
+    let Some(server) = pool.balancer.servers().get(index) else {
+        return;
+    };
+    let result = check_one(pool, index, &server.authority).await;
+    let health = &pool.config().health;
+    let name = server.authority.as_str();
+    match result {
+        Ok(()) => {
+            if server.record_success(health) {
+                tracing::info!(server = name, "upstream healthy: back in rotation");
+                pool.metrics().upstream_healthy(name, true);
+                pool.alerts().emit(
+                    Event::UpstreamUp,
+                    format!("upstream {name} is back in rotation"),
+                    &[("server", name)],
+                );
+                if pool.balancer.healthy_count() == 1 {
+                    // The first one back ends "no upstream in rotation".
+                    pool.alerts().resolve(
+                        Event::AllUpstreamsDown,
                         format!("upstream {name} is back in rotation"),
-                        &[("server", name)],
+                        &[],
                     );
-                    if pool.balancer.healthy_count() == 1 {
-                        // The first one back ends "no upstream in rotation".
-                        pool.alerts().resolve(
-                            Event::AllUpstreamsDown,
-                            format!("upstream {name} is back in rotation"),
-                            &[],
-                        );
-                    }
                 }
             }
-            Err(reason) => {
-                tracing::debug!(server = name, %reason, "health check failed");
-                if server.record_failure(health) {
-                    went_down(pool, server, &reason);
-                }
+        }
+        Err(reason) => {
+            tracing::debug!(server = name, %reason, "health check failed");
+            if server.record_failure(health) {
+                went_down(pool, server, &reason);
             }
         }
     }

@@ -25,9 +25,6 @@ fn now_ticks() -> u64 {
 #[derive(Debug)]
 pub struct ServerState {
     pub authority: Authority,
-    /// Stable id of the server for sticky cookies: a hash of `authority`,
-    /// so it survives reloads and reordering.
-    pub id: u64,
     healthy: AtomicBool,
     /// Set by `POST /upstreams/drain`: no new requests.
     draining: AtomicBool,
@@ -43,10 +40,8 @@ pub struct ServerState {
 
 impl ServerState {
     pub fn new(authority: Authority) -> ServerState {
-        let id = xxhash_rust::xxh3::xxh3_64(authority.as_str().as_bytes());
         ServerState {
             authority,
-            id,
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
