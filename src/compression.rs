@@ -274,8 +274,10 @@ pub fn negotiate<'a>(
     }
 }
 
-/// Quality in thousandths, 0..=1000. `None` for an invalid qvalue.
-fn parse_qvalue(s: &str) -> Option<u16> {
+/// An RFC 9110 §12.4.2 qvalue in thousandths, 0..=1000. `None` for an
+/// invalid qvalue (digits past the third are ignored, as negotiation reads
+/// them).
+pub fn parse_qvalue(s: &str) -> Option<u16> {
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
     if !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -197,14 +197,7 @@ impl Cache {
     /// [`purge_background`]: super::redis::RedisTier::purge_background
     pub fn cascade_after_unsafe(&self, path: &str, cascades: &Cascades) -> u64 {
         let mut total = 0;
-        for step in cascades.plan(path) {
-            let selector = match step.purge.selector() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cascade: invalid purge skipped");
-                    continue;
-                }
-            };
+        for (step, selector) in cascade_steps(path, cascades) {
             tracing::debug!(from = path, purge = ?step.purge, soft = step.soft, depth = step.depth, "cascade");
             total += self.invalidate(selector, step.soft);
         }
@@ -218,14 +211,7 @@ impl Cache {
     /// others still run.
     async fn cascade_here(&self, path: &str, cascades: &Cascades) -> u64 {
         let mut total = 0;
-        for step in cascades.plan(path) {
-            let selector = match step.purge.selector() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cascade: invalid purge skipped");
-                    continue;
-                }
-            };
+        for (step, selector) in cascade_steps(path, cascades) {
             let (n, redis_error) = self.apply(&selector, step.soft).await;
             tracing::debug!(from = path, purge = ?step.purge, soft = step.soft, depth = step.depth, purged = n, "cascade");
             total += n;
@@ -330,6 +316,24 @@ fn same_origin_reference(https: bool, authority: &str, path: &str, target: &str)
         Some(q) => format!("{}?{q}", resolved.path()),
         None => resolved.path().to_owned(),
     })
+}
+
+/// The steps a change to `path` sets off, each with its selector; a step
+/// whose purge cannot be made one (an invalid URL) is logged and skipped.
+fn cascade_steps(
+    path: &str,
+    cascades: &Cascades,
+) -> impl Iterator<Item = (crate::invalidation::Step, Selector)> {
+    cascades
+        .plan(path)
+        .into_iter()
+        .filter_map(|step| match step.purge.selector() {
+            Ok(selector) => Some((step, selector)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cascade: invalid purge skipped");
+                None
+            }
+        })
 }
 
 #[cfg(test)]

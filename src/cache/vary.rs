@@ -18,6 +18,8 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
+use crate::compression::parse_qvalue;
+
 /// `request`'s value of the field `name`, normalised as the module says;
 /// `None` when the request does not carry the field (distinct from an
 /// empty value).
@@ -103,7 +105,7 @@ fn accept_encoding(members: Vec<String>) -> String {
             [p] => p
                 .split_once('=')
                 .filter(|(n, _)| n.trim() == "q")
-                .and_then(|(_, v)| qvalue(v.trim())),
+                .and_then(|(_, v)| parse_qvalue(v.trim())),
             _ => None,
         };
         let (name, q) = match q {
@@ -128,22 +130,6 @@ fn accept_encoding(members: Vec<String>) -> String {
         }
     }
     out
-}
-
-/// An RFC 9110 §12.4.2 qvalue in thousandths (`0`–`1000`); `None` when
-/// invalid.
-fn qvalue(s: &str) -> Option<u16> {
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let millis = frac.bytes().chain(std::iter::repeat(b'0')).take(3);
-    let millis = millis.fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'));
-    match int {
-        "0" => Some(millis),
-        "1" if millis == 0 => Some(1000),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -147,13 +147,17 @@ impl Balancer {
     }
 
     fn round_robin(&self, route: &Route) -> Option<usize> {
+        let eligible = (0..self.servers.len()).filter(|&i| self.eligible(i, route));
+        self.smooth_pick(eligible)
+    }
+
+    /// nginx's smooth weighted round-robin over `candidates`: each gains its
+    /// (ramped) weight, the highest score is picked and pays back the sum.
+    fn smooth_pick(&self, candidates: impl Iterator<Item = usize>) -> Option<usize> {
         let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
         let mut total = 0i64;
         let mut best: Option<usize> = None;
-        for i in 0..scores.len() {
-            if !self.eligible(i, route) {
-                continue;
-            }
+        for i in candidates {
             let w = self.effective(i);
             scores[i] += w;
             total += w;
@@ -171,8 +175,9 @@ impl Balancer {
     /// by smooth weighted round-robin (over the tied ones only), so idle
     /// servers, as under sequential traffic, get their weights' shares.
     fn least_request(&self, route: &Route) -> Option<usize> {
-        let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
-        // One reading of each count, so both passes see the same loads.
+        // One reading of each count, so both passes see the same loads (a
+        // count read twice could change between them and leave no server
+        // tied with the least).
         let loads: Vec<(usize, i128, i128)> = (0..self.servers.len())
             .filter(|&i| self.eligible(i, route))
             .map(|i| {
@@ -189,20 +194,7 @@ impl Balancer {
                     Some(b) if !lighter(l, b) => Some(b),
                     _ => Some(l),
                 })?;
-        let mut total = 0i64;
-        let mut best: Option<usize> = None;
-        for tied in loads.iter().filter(|l| !lighter(least, l)) {
-            let i = tied.0;
-            let w = self.effective(i);
-            scores[i] += w;
-            total += w;
-            if best.is_none_or(|b| scores[i] > scores[b]) {
-                best = Some(i);
-            }
-        }
-        let best = best?;
-        scores[best] -= total;
-        Some(best)
+        self.smooth_pick(loads.iter().filter(|l| !lighter(least, l)).map(|l| l.0))
     }
 
     /// A passive connect failure; returns true when it ejected the server.
