@@ -261,8 +261,26 @@ impl Object {
 
     /// The stored variant selected by this request, if any.
     pub fn select(&self, request: &HeaderMap) -> Option<&Arc<Variant>> {
-        // Newest first: a variant added later supersedes an older one.
-        self.variants.iter().rev().find(|v| v.matches(request))
+        // Newest first: a variant added later supersedes an older one. An
+        // object with one variant (or none varying) compares once; with
+        // several, the request's normalised values are computed once per
+        // field, not once per variant.
+        if self.variants.len() < 2 {
+            return self.variants.iter().find(|v| v.matches(request));
+        }
+        let mut seen: Vec<(&HeaderName, Option<String>)> = Vec::new();
+        self.variants.iter().rev().find(|v| {
+            v.vary.0.iter().all(|(name, stored)| {
+                let value = match seen.iter().position(|(n, _)| *n == name) {
+                    Some(i) => &seen[i].1,
+                    None => {
+                        seen.push((name, normalized(request, name)));
+                        &seen[seen.len() - 1].1
+                    }
+                };
+                value.as_deref() == stored.as_deref()
+            })
+        })
     }
 
     /// The collapsed-forwarding key of the variant `request` selects: the
