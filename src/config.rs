@@ -230,6 +230,8 @@ pub struct HealthConfig {
 pub struct CacheConfig {
     pub enabled: bool,
     pub memory_capacity: u64,
+    /// `cache.max_object_size` as configured, bytes; what may really be
+    /// stored is [`CacheConfig::storable_size`].
     pub max_object_size: u64,
     /// How long a collapsed request waits on the leader's fetch before
     /// going to the upstream itself.
@@ -250,6 +252,19 @@ pub struct CacheConfig {
     /// valid one replaces Cache-Control for Strata's own decision.
     pub targeted_cache_control: Vec<http::HeaderName>,
     pub redis: Option<RedisConfig>,
+}
+
+impl CacheConfig {
+    /// The largest body, in bytes, a response may have to be stored:
+    /// `max_object_size`, and without a Redis tier no more than the memory
+    /// tier holds (a larger one was answered `stored` and evicted at once).
+    pub fn storable_size(&self) -> u64 {
+        if self.redis.is_some() {
+            self.max_object_size
+        } else {
+            self.max_object_size.min(self.memory_capacity)
+        }
+    }
 }
 
 /// `[warming]`: populating the cache at start-up and periodically.
@@ -442,5 +457,38 @@ mod tests {
             "upstream.servers[0].wieght"
         );
         assert_eq!(key_path("."), "");
+    }
+
+    const BASE: &str = "[server]\nlisten = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:2\"\n[upstream]\nservers = [\"127.0.0.1:3\"]\n";
+
+    /// `memory_capacity = "0"` without Redis stored nothing while every
+    /// miss said `stored`: refused, located. With Redis it is the
+    /// Redis-only instance README documents.
+    #[test]
+    fn a_memory_tier_of_zero_needs_redis() {
+        let text = format!("{BASE}[cache]\nmemory_capacity = \"0\"\n");
+        let e = super::Config::parse(std::path::Path::new("t.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml:8:19: cache.memory_capacity: "), "{e}");
+        let text = format!(
+            "{BASE}[cache]\nmemory_capacity = \"0\"\n[cache.redis]\nurls = [\"redis://127.0.0.1:6379\"]\n"
+        );
+        assert!(super::Config::parse(std::path::Path::new("t.toml"), &text).is_ok());
+    }
+
+    /// Without Redis an object larger than the memory tier cannot be
+    /// stored, whatever `max_object_size` says.
+    #[test]
+    fn the_storable_size_is_bounded_by_the_memory_tier_without_redis() {
+        let text = format!("{BASE}[cache]\nmemory_capacity = \"1MiB\"\n");
+        let c = super::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        assert_eq!(c.cache.max_object_size, 16 << 20);
+        assert_eq!(c.cache.storable_size(), 1 << 20);
+        let text = format!(
+            "{BASE}[cache]\nmemory_capacity = \"1MiB\"\n[cache.redis]\nurls = [\"redis://127.0.0.1:6379\"]\n"
+        );
+        let c = super::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        assert_eq!(c.cache.storable_size(), 16 << 20);
     }
 }

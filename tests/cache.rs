@@ -199,6 +199,27 @@ async fn objects_over_max_size_stream_through_uncached() {
     assert_eq!(origin.count(), 3);
 }
 
+/// Without Redis, an object larger than the memory tier was answered
+/// `fwd=miss; stored` every time and never kept: it now streams through
+/// uncached, without `stored`.
+#[tokio::test]
+async fn an_object_larger_than_the_memory_tier_is_never_said_stored() {
+    let origin = Origin::fixed(
+        &[("cache-control", "max-age=60")],
+        "x".repeat(1_500_000).leak(),
+    )
+    .await;
+    let s = strata(&origin, "[cache]\nmemory_capacity = \"1MiB\"\n").await;
+    let c = Client::new();
+    for _ in 0..2 {
+        let r = c.get(&s.url("/big")).await;
+        assert_eq!(r.body.len(), 1_500_000);
+        assert!(!r.cache_status().contains("stored"), "{}", r.cache_status());
+        assert!(!r.cache_status().contains("hit"), "{}", r.cache_status());
+    }
+    assert_eq!(origin.count(), 2);
+}
+
 #[tokio::test]
 async fn vary_stores_variants_selected_by_request_fields() {
     let origin = Origin::start(|req| async move {

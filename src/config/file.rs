@@ -179,7 +179,7 @@ pub struct HealthFile {
 #[serde(deny_unknown_fields)]
 pub struct CacheFile {
     pub enabled: Option<bool>,
-    pub memory_capacity: Option<ByteSize>,
+    pub memory_capacity: Option<Spanned<ByteSize>>,
     pub max_object_size: Option<Spanned<ByteSize>>,
     pub collapse_timeout: Option<Dur>,
     pub heuristic_fraction: Option<Spanned<f64>>,

@@ -36,7 +36,8 @@ impl Validator<'_> {
             Some(f) => f.into_inner(),
             None => 0.0,
         };
-        let memory_capacity = memory_capacity.map_or(256 * 1024 * 1024, |s| s.0);
+        let capacity_span = memory_capacity.as_ref().map(Spanned::span);
+        let memory_capacity = memory_capacity.map_or(256 * 1024 * 1024, |s| s.into_inner().0);
         let max_object_size = match max_object_size {
             Some(s) if s.get_ref().0 == 0 => {
                 return Err(self.at.spanned(
@@ -88,6 +89,15 @@ impl Validator<'_> {
             None => None,
             Some(r) => Some(self.redis(r)?),
         };
+        if let (Some(span), None) = (capacity_span, &redis) {
+            if memory_capacity == 0 {
+                return Err(self.at.error(
+                    span,
+                    "cache.memory_capacity",
+                    "\"0\" keeps nothing without [cache.redis]; to cache nothing, set cache.enabled = false",
+                ));
+            }
+        }
         Ok(CacheConfig {
             enabled: enabled.unwrap_or(true),
             memory_capacity,

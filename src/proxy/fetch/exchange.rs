@@ -277,7 +277,7 @@ impl Exchange {
             },
             None => collecting.reservation(),
         };
-        let max = self.runtime.config.cache.max_object_size;
+        let max = self.runtime.config.cache.storable_size();
         let times = freshness::times(&rparts.headers, request_time, response_time);
         let policy = self.policy(parts, status, &rparts.headers, &cc, response_time);
         let names = entry::vary_names(&rparts.headers);

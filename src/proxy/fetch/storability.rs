@@ -56,7 +56,7 @@ pub(super) fn decide(
         request_cc,
         response,
     )?;
-    if headers::content_length(response).is_some_and(|len| len > cache.max_object_size) {
+    if headers::content_length(response).is_some_and(|len| len > cache.storable_size()) {
         return Err(NotStorable::TooLarge);
     }
     Ok(cc)
