@@ -479,8 +479,11 @@ async fn hop_by_hop_stripped_and_forwarding_headers_set() {
 async fn malformed_requests_get_400_and_never_reach_the_origin() {
     let origin = named_origin("o").await;
     let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
-    let cases: [&[u8]; 9] = [
+    let cases: [&[u8]; 10] = [
         b"GET / HTTP/1.1\r\n\r\n",                       // no Host (RFC 9112 §3.2)
+        // No Host with an absolute-form target: still a 400 (it was
+        // forwarded and cached).
+        b"GET http://example.test/nohost HTTP/1.1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", // two Hosts
         b"GARBAGE\r\n\r\n",                              // no request line
         b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", // space in a field name
@@ -521,14 +524,14 @@ async fn malformed_requests_get_400_and_never_reach_the_origin() {
         2,
         "{out}"
     );
-    // All eleven are counted, hyper's own refusals (which never reach
+    // All twelve are counted, hyper's own refusals (which never reach
     // Strata's service) included.
     let metrics = Client::new()
         .get(&strata.admin_url("/metrics"))
         .await
         .text();
     assert!(
-        metrics.contains("strata_requests_total{outcome=\"error\",status=\"400\"} 11\n"),
+        metrics.contains("strata_requests_total{outcome=\"error\",status=\"400\"} 12\n"),
         "{}",
         metrics
             .lines()

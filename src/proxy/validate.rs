@@ -98,7 +98,10 @@ pub(super) fn validate(
         None
     };
     match req.version() {
-        Version::HTTP_11 if host.is_none() && req.uri().authority().is_none() => {
+        // RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request)
+        // status code to any HTTP/1.1 request message that lacks a Host
+        // header field", an absolute-form target included (nginx too).
+        Version::HTTP_11 if host.is_none() => {
             return Err(ProxyError::BadRequest("missing Host header"));
         }
         Version::HTTP_2 if host.is_none() && req.uri().authority().is_none() => {
