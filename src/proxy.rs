@@ -328,7 +328,30 @@ impl Shared {
             // and only to responses that came from an upstream.
             let sticky = response.extensions_mut().remove::<SetSticky>();
             let h = response.headers_mut();
-            h.insert(HeaderName::CACHE_STATUS.clone(), status.to_header());
+            // RFC 9211 §2: an upstream cache's members (a shield, a CDN,
+            // another Strata) are kept, this cache's added last.
+            match h.entry(HeaderName::CACHE_STATUS.clone()) {
+                http::header::Entry::Vacant(e) => {
+                    e.insert(status.to_header());
+                }
+                http::header::Entry::Occupied(mut e) => {
+                    // One field line, so a client reading one value sees
+                    // the whole chain.
+                    let mut chain = Vec::new();
+                    for v in e.iter() {
+                        chain.extend_from_slice(v.as_bytes());
+                        chain.extend_from_slice(b", ");
+                    }
+                    let ours = status.to_header();
+                    chain.extend_from_slice(ours.as_bytes());
+                    match http::HeaderValue::from_bytes(&chain) {
+                        Ok(v) => {
+                            e.insert(v);
+                        }
+                        Err(_) => e.append(ours),
+                    }
+                }
+            }
             h.append(header::VIA, headers::via_value(received));
             if let Some(SetSticky(cookie)) = sticky {
                 h.append(header::SET_COOKIE, cookie);

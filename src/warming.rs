@@ -379,10 +379,13 @@ async fn warm_one(
     let exchange = async {
         let resp = client.request(req).await.ok()?;
         let status = resp.status();
+        // Strata's own member, the last: an upstream cache's come first
+        // (RFC 9211 §2).
         let cache_status = resp
             .headers()
             .get("cache-status")
             .and_then(|v| v.to_str().ok())
+            .map(|v| v.rfind("strata").map_or(v, |i| &v[i..]))
             .unwrap_or("")
             .to_string();
         resp.into_body().collect().await.ok()?;

@@ -457,3 +457,60 @@ async fn passed_through_conditionals_name_the_selected_encoding() {
         assert!(head.body.is_empty());
     }
 }
+
+/// RFC 9110 §7.7: `no-transform` arriving on a 304 forbids the encoded
+/// copies Strata made before it: they were served, with `no-transform` on
+/// them, after the refresh.
+#[tokio::test]
+async fn no_transform_on_a_304_drops_the_encoded_copies() {
+    let origin = Origin::start(|req| async move {
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"n1\"")
+        {
+            return support::origin::reply(
+                304,
+                &[
+                    ("cache-control", "max-age=60, no-transform"),
+                    ("etag", "\"n1\""),
+                ],
+                "",
+            );
+        }
+        support::origin::reply(
+            200,
+            &[
+                ("cache-control", "max-age=1"),
+                ("content-type", "text/plain"),
+                ("etag", "\"n1\""),
+            ],
+            page(),
+        )
+    })
+    .await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    let url = s.url("/doc");
+    assert_eq!(get(&c, &url, "identity").await.status, 200);
+    stored(&c, &url).await;
+    // Stale, revalidated with a 304 that says no-transform.
+    wait_until(
+        Duration::from_secs(10),
+        "a revalidation with 304",
+        || async {
+            get(&c, &url, "identity")
+                .await
+                .cache_status()
+                .contains("fwd-status=304")
+        },
+    )
+    .await;
+    for ae in ["gzip", "br"] {
+        let r = get(&c, &url, ae).await;
+        assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+        assert_eq!(r.header("content-encoding"), None, "{ae}");
+        assert_eq!(r.text(), page());
+        assert!(r.header("cache-control").unwrap().contains("no-transform"));
+    }
+}

@@ -480,7 +480,7 @@ async fn malformed_requests_get_400_and_never_reach_the_origin() {
     let origin = named_origin("o").await;
     let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
     let cases: [&[u8]; 10] = [
-        b"GET / HTTP/1.1\r\n\r\n",                       // no Host (RFC 9112 §3.2)
+        b"GET / HTTP/1.1\r\n\r\n", // no Host (RFC 9112 §3.2)
         // No Host with an absolute-form target: still a 400 (it was
         // forwarded and cached).
         b"GET http://example.test/nohost HTTP/1.1\r\n\r\n",

@@ -648,6 +648,35 @@ async fn an_origins_own_coding_reaches_only_clients_that_accept_it() {
     assert_eq!(origin.count(), 4);
 }
 
+/// RFC 9211 §2: an upstream cache's Cache-Status members are kept, this
+/// cache's member added last, on the miss and on hits (they were
+/// replaced). One field line, so a client reading one value sees the chain.
+#[tokio::test]
+async fn an_upstream_caches_cache_status_is_kept_before_ours() {
+    let origin = Origin::fixed(
+        &[
+            ("cache-control", "max-age=60"),
+            ("cache-status", "OriginCache; hit; ttl=30"),
+        ],
+        "shielded",
+    )
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let miss = c.get(&s.url("/s")).await;
+    assert_eq!(
+        miss.header("cache-status"),
+        Some("OriginCache; hit; ttl=30, strata; fwd=miss; stored; ttl=60")
+    );
+    let hit = c.get(&s.url("/s")).await;
+    let status = hit.header("cache-status").unwrap();
+    assert!(
+        status.starts_with("OriginCache; hit; ttl=30, strata; hit; detail=memory"),
+        "{status}"
+    );
+    assert_eq!(hit.headers.get_all("cache-status").iter().count(), 1);
+}
+
 /// SPEC §6 for empty bodies: a `204` or a `200` with `Content-Length: 0`
 /// is complete with its head, so it must be admitted before the head goes
 /// out. A request right after it on the same connection was answered

@@ -378,6 +378,12 @@ impl Exchange {
             self.directives(&v.headers)
         };
         v.headers.remove(STRATA_CACHE_CONTROL);
+        // RFC 9110 §7.7: a response that now says `no-transform` is never
+        // served in a coding Strata made (its encoded copies made before
+        // were served after the 304, with `no-transform` on them).
+        if CacheControl::from_headers(&v.headers).no_transform {
+            v.encoded.clear();
+        }
         for e in &mut v.encoded {
             e.modify_headers(|h| {
                 apply(h, true);
