@@ -43,6 +43,38 @@ async fn upstream_transfer_encoding_not_ending_in_chunked_is_read_to_close() {
     assert_eq!(answered.load(Ordering::SeqCst), 1);
 }
 
+/// RFC 9112 §6.1: a transfer coding other than `chunked` is not decoded,
+/// so the relayed body is still in it: it is labelled as a content coding
+/// (`Content-Encoding: gzip`), on the miss and on the hit. The coding was
+/// dropped with the hop-by-hop field, and gzip bytes served and stored as
+/// plain text.
+#[tokio::test]
+async fn an_upstream_transfer_coding_becomes_a_content_coding() {
+    use std::io::Write;
+    let text = "hello world, gzip then chunked\n";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n",
+        gz.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(&gz);
+    response.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (addr, answered) = support::origin::raw(Box::leak(response.into_boxed_slice())).await;
+    let s = Strata::start(&[addr], NO_HEALTH).await;
+    let c = Client::new();
+    for expect in ["fwd=miss", "hit"] {
+        let r = c.get(&s.url("/tegz")).await;
+        assert_eq!(r.status, 200);
+        assert!(r.cache_status().contains(expect), "{}", r.cache_status());
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+        assert_eq!(decode(Coding::Gzip, &r.body).unwrap(), text.as_bytes());
+    }
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+}
+
 /// RFC 9110 §8.6: an upstream `Content-Length` that repeats one value (as
 /// a list or as two fields) reaches the client as that one value, on the
 /// cache path and on a pass; the client used to get no response at all

@@ -119,6 +119,47 @@ fn normalize_framing(answer: &mut Answer) {
     // origin sent one, was not read and closes the connection).
     if no_length || h.contains_key(header::TRANSFER_ENCODING) {
         h.remove(header::CONTENT_LENGTH);
+        transfer_codings_as_content_codings(h);
+    }
+}
+
+/// A transfer coding other than `chunked` (`Transfer-Encoding: gzip,
+/// chunked`, or `gzip` read to close) is not decoded by hyper, so the body
+/// Strata relays is still in that coding: it becomes a content coding of
+/// the relayed response (appended to `Content-Encoding`, RFC 9110 §8.4),
+/// so no client or cache takes gzip bytes for plain content. It was
+/// dropped with the hop-by-hop `Transfer-Encoding`, and the coded bytes
+/// served and stored as if they were the representation.
+fn transfer_codings_as_content_codings(h: &mut http::HeaderMap) {
+    let mut codings: Vec<String> = Vec::new();
+    for v in h.get_all(header::TRANSFER_ENCODING) {
+        for c in String::from_utf8_lossy(v.as_bytes()).split(',') {
+            let c = c
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if !c.is_empty() && c != "chunked" && c != "identity" {
+                codings.push(c);
+            }
+        }
+    }
+    if codings.is_empty() {
+        return;
+    }
+    let mut content: Vec<String> = Vec::new();
+    for v in h.get_all(header::CONTENT_ENCODING) {
+        for c in String::from_utf8_lossy(v.as_bytes()).split(',') {
+            let c = c.trim();
+            if !c.is_empty() && !c.eq_ignore_ascii_case("identity") {
+                content.push(c.to_string());
+            }
+        }
+    }
+    content.extend(codings);
+    if let Ok(v) = http::HeaderValue::from_str(&content.join(", ")) {
+        h.insert(header::CONTENT_ENCODING, v);
     }
 }
 
