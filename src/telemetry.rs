@@ -203,6 +203,58 @@ const QUEUED_LINES: usize = 64 * 1024;
 /// `redis:/:pw@host`, `rediss//:pw@host`), all of it is hidden: `***@host`.
 /// A URL without `@` is returned as it is (no allocation).
 pub fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+    let masked = without_userinfo(url);
+    match masked.find('?') {
+        Some(q) if has_password_parameter(&masked[q + 1..]) => {
+            without_password_parameters(&masked, q).into()
+        }
+        _ => masked,
+    }
+}
+
+/// The names of query parameters that carry a password in a Redis URL
+/// (redis-rs reads `pass` for `redis+unix://` and `unix://` URLs).
+const PASSWORD_PARAMETERS: [&str; 2] = ["pass", "password"];
+
+fn has_password_parameter(query: &str) -> bool {
+    query.split(['&', '#']).any(|p| {
+        let name = p.split_once('=').map_or(p, |(n, _)| n);
+        PASSWORD_PARAMETERS
+            .iter()
+            .any(|w| name.eq_ignore_ascii_case(w))
+    })
+}
+
+/// `url` (its query starting after byte `q`) with the values of
+/// [`PASSWORD_PARAMETERS`] shown as `***`.
+fn without_password_parameters(url: &str, q: usize) -> String {
+    let (head, query) = url.split_at(q + 1);
+    let (query, fragment) = query
+        .split_once('#')
+        .map_or((query, None), |(a, b)| (a, Some(b)));
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((n, _))
+                if PASSWORD_PARAMETERS
+                    .iter()
+                    .any(|w| n.eq_ignore_ascii_case(w)) =>
+            {
+                format!("{n}=***")
+            }
+            _ => p.to_string(),
+        })
+        .collect();
+    let mut out = format!("{head}{}", params.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+/// [`without_credentials`] for the userinfo part only.
+fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
     let Some(at) = url.rfind('@') else {
         return url.into();
     };
@@ -249,6 +301,17 @@ mod credential_tests {
             ("redis:/:PASS@h/x://u@y", "***@y"),
             ("://:PASS@h", "***@h"),
             ("re dis://:PASS@h", "***@h"),
+            // A password given as a query parameter (Unix sockets).
+            (
+                "redis+unix:///tmp/r.sock?pass=S3cretU",
+                "redis+unix:///tmp/r.sock?pass=***",
+            ),
+            (
+                "unix:///tmp/x?db=1&PASS=LeakU2&x=y",
+                "unix:///tmp/x?db=1&PASS=***&x=y",
+            ),
+            ("redis://h/?password=p#f", "redis://h/?password=***#f"),
+            ("redis://h/?passenger=1", "redis://h/?passenger=1"),
         ] {
             assert_eq!(without_credentials(url), shown, "{url}");
         }

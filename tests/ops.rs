@@ -74,6 +74,15 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache.redis]\nurls = [\"rediss//:RELOADPW-9@127.0.0.1:6379\"]\n",
             "cache.redis.urls[0]: invalid Redis URL \"***@127.0.0.1:6379\"",
         ),
+        // A list written as a string: toml quotes the value it refuses.
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache.redis]\nurls = \"redis://:RELOADPW-9@127.0.0.1:6379\"\n",
+            "cache.redis.urls: invalid type: string \"redis://:***@127.0.0.1:6379\"",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache.redis]\nurls = [\"redis+unix:///tmp/x?pass=RELOADPW-9&db=abc\"]\n",
+            "redis+unix:///tmp/x?pass=***&db=abc",
+        ),
         (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[alerts.webhooks]]\nurl = \"http://x/\"\nevents = [\"upstream_dwn\"]\n",
             ":9:11: alerts.webhooks[0].events[0]: unknown event \"upstream_dwn\"",

@@ -79,7 +79,11 @@ impl Locator<'_> {
                 return self.error(span, &key, message);
             }
         }
-        self.error(span, &key, plain_types(message))
+        self.error(
+            span,
+            &key,
+            without_quoted_credentials(&plain_types(message)),
+        )
     }
 
     /// `file:line:column: key` of a value, for errors found later (when
@@ -355,6 +359,27 @@ impl Validator<'_> {
 
 /// serde's Rust type names in a message (`expected u32`) as an operator
 /// reads them (`expected a whole number`).
+/// `message` with every quoted value shown as
+/// [`crate::telemetry::without_credentials`] shows a URL: toml quotes a
+/// value of the wrong type (`urls = "redis://:pw@h"` for a list), and the
+/// error must not carry its password.
+fn without_quoted_credentials(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        let Some(len) = rest[open + 1..].find('"') else {
+            break;
+        };
+        let inner = &rest[open + 1..open + 1 + len];
+        out.push_str(&rest[..=open]);
+        out.push_str(&crate::telemetry::without_credentials(inner));
+        out.push('"');
+        rest = &rest[open + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn plain_types(message: &str) -> String {
     let Some((head, ty)) = message.rsplit_once("expected ") else {
         return message.to_string();
