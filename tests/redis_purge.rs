@@ -332,3 +332,53 @@ async fn a_hung_redis_does_not_hold_an_unsafe_request_for_its_cascades() {
     })
     .await;
 }
+
+/// A path or prefix purge whose Redis deletes fail (here Redis refuses
+/// `DEL` to Strata's user; in a Cluster, a slot in migration answering
+/// `ASK`) leaves the objects indexed, so a later purge still reaches them.
+/// The index entries went first, and the objects were left in Redis where
+/// no path or prefix purge could find them, served to the fleet until
+/// they expired.
+#[tokio::test]
+async fn a_failed_redis_purge_leaves_its_objects_findable() {
+    let server = RedisServer::start().await;
+    redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", "strata", "on", ">pw", "~*", "&*", "+@all", "-del", "-unlink",
+        ])
+        .query_async::<()>(&mut raw(&server).await)
+        .await
+        .unwrap();
+    let origin = Origin::fixed(&[("cache-control", "max-age=300")], "body").await;
+    let url = format!("redis://strata:pw@127.0.0.1:{}", server.port());
+    let s = Strata::start(&[origin.addr], &redis_config(&url, "")).await;
+    connected(&s).await;
+    let c = Client::new();
+    let paths = ["/o/1", "/o/2"];
+    for p in paths {
+        get(&c, &s, p, &[]).await;
+    }
+    flushed(&s).await;
+    let redis = s.shared.cache.redis().unwrap();
+    let names: Vec<String> = paths.iter().map(|p| redis.object_key(&key(p))).collect();
+    for name in &names {
+        assert!(exists(&server, name).await);
+    }
+    let (status, body) = s.purge(r#"{"prefix": "/o/"}"#).await;
+    assert_eq!(status, 200);
+    assert!(body["warning"].is_string(), "{body}");
+    for name in &names {
+        assert!(exists(&server, name).await, "DEL was refused");
+    }
+    // Allowed again: the next purge finds the objects through the index.
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "strata", "+del", "+unlink"])
+        .query_async::<()>(&mut raw(&server).await)
+        .await
+        .unwrap();
+    let (status, body) = s.purge(r#"{"prefix": "/o/"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    for name in &names {
+        assert!(!exists(&server, name).await, "{name} left in Redis: {body}");
+    }
+}

@@ -377,7 +377,11 @@ async fn delete_objects(c: &Conn, objects: impl Iterator<Item = &[u8]>) -> Redis
     Ok(deleted.iter().sum())
 }
 
-/// Pages through the path index with `page`, unindexing then deleting.
+/// Pages through the path index with `page`, deleting then unindexing:
+/// a page whose deletes fail (a Cluster slot in migration answering
+/// `ASK`, a timeout) stays indexed, so a later purge still finds its
+/// objects (unindexed first, they were left in Redis where no path or
+/// prefix purge could reach them).
 async fn purge_paths(keys: &Keys, mut c: Conn, page: &redis::Cmd) -> RedisResult<u64> {
     let mut total = 0;
     loop {
@@ -385,10 +389,10 @@ async fn purge_paths(keys: &Keys, mut c: Conn, page: &redis::Cmd) -> RedisResult
         if members.is_empty() {
             break;
         }
+        total += delete_objects(&c, members.iter().filter_map(|m| object_of_member(m))).await?;
         keys.paths_remove(&members)
             .query_async::<Value>(&mut c)
             .await?;
-        total += delete_objects(&c, members.iter().filter_map(|m| object_of_member(m))).await?;
         if members.len() < PAGE {
             break;
         }
@@ -396,11 +400,11 @@ async fn purge_paths(keys: &Keys, mut c: Conn, page: &redis::Cmd) -> RedisResult
     Ok(total)
 }
 
-/// Pages through one tag set, unindexing each page, then taking from each
-/// member's object the variants `selector` (tags) selects, checked against
-/// what it holds now (`edit`): a member whose object was stored again
-/// without the tag only leaves the index. Returns how many objects lost
-/// variants (or went).
+/// Pages through one tag set: from each member's object it takes the
+/// variants `selector` (tags) selects, checked against what the object
+/// holds now (`edit`), then unindexes the page; a member whose object was
+/// stored again without the tag only leaves the index. Returns how many
+/// objects lost variants (or went).
 async fn purge_tag(tag_key: &str, selector: &Selector, mut c: Conn) -> RedisResult<u64> {
     let mut total = 0;
     loop {
@@ -408,14 +412,16 @@ async fn purge_tag(tag_key: &str, selector: &Selector, mut c: Conn) -> RedisResu
         if members.is_empty() {
             break;
         }
-        Keys::tag_remove(tag_key, &members)
-            .query_async::<Value>(&mut c)
-            .await?;
+        // Objects first, then the index (as `purge_paths`): a page that
+        // fails stays indexed for the next purge.
         let purged = |o: &Object| match selector.purged(o) {
             Some(left) => Change::Write(left),
             None => Change::None,
         };
         total += edit::apply_all(&c, &members, true, purged).await?;
+        Keys::tag_remove(tag_key, &members)
+            .query_async::<Value>(&mut c)
+            .await?;
         if members.len() < PAGE {
             break;
         }
