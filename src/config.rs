@@ -268,7 +268,7 @@ impl CacheConfig {
 }
 
 /// `[warming]`: populating the cache at start-up and periodically.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WarmingConfig {
     pub on_start: bool,
     /// Warm again this often; `None` = start-up only.
