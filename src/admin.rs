@@ -122,8 +122,10 @@ impl Admin {
         if let Some((connected, breaker_open)) = self.shared.cache.redis_state() {
             body["redis"] = json!({ "connected": connected, "breaker_open": breaker_open });
         }
-        // Warming never makes Strata unhealthy either: it stays 200.
-        if runtime.config.warming.is_some() {
+        // Warming never makes Strata unhealthy either: it stays 200. Shown
+        // only for a warming loop that runs (or ran), not for a section a
+        // reload added, which waits for a restart.
+        if self.shared.warming.shown(runtime.config.warming.is_some()) {
             body["warming"] = self.shared.warming.to_json();
         }
         json_response(status, &body)

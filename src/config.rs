@@ -268,7 +268,7 @@ impl CacheConfig {
 }
 
 /// `[warming]`: populating the cache at start-up and periodically.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WarmingConfig {
     pub on_start: bool,
     /// Warm again this often; `None` = start-up only.
@@ -475,6 +475,125 @@ mod tests {
             "{BASE}[cache]\nmemory_capacity = \"0\"\n[cache.redis]\nurls = [\"redis://127.0.0.1:6379\"]\n"
         );
         assert!(super::Config::parse(std::path::Path::new("t.toml"), &text).is_ok());
+    }
+
+    /// The error `check` gives for `BASE` followed by `extra`.
+    fn refused(extra: &str) -> String {
+        let text = format!("{BASE}{extra}");
+        match super::Config::parse(std::path::Path::new("t.toml"), &text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn accepted(extra: &str) -> super::Config {
+        let text = format!("{BASE}{extra}");
+        super::Config::parse(std::path::Path::new("t.toml"), &text)
+            .unwrap_or_else(|e| panic!("refused: {e}\n{text}"))
+    }
+
+    /// An upstream on port 0 can never be connected to; a listener on
+    /// port 0 binds a free port (the tests rely on it).
+    #[test]
+    fn an_upstream_on_port_zero_is_refused_a_listener_on_port_zero_is_not() {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nservers = [\"127.0.0.1:3\", \"127.0.0.1:0\"]\n";
+        let e = super::Config::parse(std::path::Path::new("t.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:6:27: upstream.servers[1]: port 0 "),
+            "{e}"
+        );
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nservers = [{ addr = \"http://backend:0\", weight = 2 }]\n";
+        let e = super::Config::parse(std::path::Path::new("t.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:6:12: upstream.servers[0]: port 0 "),
+            "{e}"
+        );
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"Cargo.toml\"\nkey = \"Cargo.toml\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nservers = [\"127.0.0.1:3\"]\n";
+        assert!(super::Config::parse(std::path::Path::new("t.toml"), text).is_ok());
+    }
+
+    /// `content_type` values the matcher can never match (it compares the
+    /// response's media type without parameters) are refused, located at
+    /// the value; the glob forms it matches stay accepted.
+    #[test]
+    fn rule_content_types_that_never_match_are_refused() {
+        let rule = |types: &str| format!("[[rules]]\nmatch = \"/**\"\ncontent_type = {types}\n");
+        let e = refused(&rule(r#"["text/html", "application/json; charset=utf-8"]"#));
+        assert!(
+            e.starts_with(
+                "t.toml:9:30: rules[0].content_type[1]: \"application/json; charset=utf-8\": expected a media type without parameters, such as \"application/json\" (parameters are ignored when matching)"
+            ),
+            "{e}"
+        );
+        let e = refused(&rule("[]"));
+        assert!(
+            e.starts_with("t.toml:9:16: rules[0].content_type: an empty list matches no response"),
+            "{e}"
+        );
+        for (bad, col) in [
+            (r#"[""]"#, 17),
+            (r#"["notatype"]"#, 17),
+            (r#"["json"]"#, 17),
+            (r#"["text/"]"#, 17),
+            (r#"["/json"]"#, 17),
+            (r#"["text / html"]"#, 17),
+        ] {
+            let e = refused(&rule(bad));
+            assert!(
+                e.starts_with(&format!("t.toml:9:{col}: rules[0].content_type[0]: ")),
+                "{bad}: {e}"
+            );
+            assert!(
+                e.contains("expected a media type such as \"application/json\""),
+                "{bad}: {e}"
+            );
+        }
+        for good in [
+            r#"["application/json"]"#,
+            r#"["Application/JSON"]"#,
+            r#"["image/*"]"#,
+            r#"["*/*"]"#,
+            r#"["*"]"#,
+            r#"["application/*+json"]"#,
+            r#"["text/{html,plain}"]"#,
+            r#"["application/vnd.api+json"]"#,
+            r#"[" text/html "]"#,
+        ] {
+            accepted(&rule(good));
+        }
+    }
+
+    /// `enabled = false` still validates the other keys: a typo must not
+    /// wait for the reload that enables compression.
+    #[test]
+    fn disabled_compression_still_validates_its_keys() {
+        for (keys, want) in [
+            (
+                "algorithms = [\"zstd\"]\n",
+                "t.toml:9:15: compression.algorithms[0]: unknown algorithm \"zstd\"",
+            ),
+            (
+                "types = [\"notatype\"]\n",
+                "t.toml:9:10: compression.types[0]: invalid media type rule \"notatype\"",
+            ),
+            (
+                "[compression.store_level]\nbr = 99\n",
+                "t.toml:10:6: compression.store_level.br: expected 0 to 11",
+            ),
+        ] {
+            let e = refused(&format!("[compression]\nenabled = false\n{keys}"));
+            assert!(e.starts_with(want), "{want} in {e}");
+        }
+        let c = accepted("[compression]\nenabled = false\nalgorithms = [\"gzip\"]\n");
+        assert!(c.compression.is_none());
+        let c = accepted("[compression]\nalgorithms = []\ntypes = [\"text/*\"]\n");
+        assert!(c.compression.is_none());
+        let e = refused("[compression]\nalgorithms = []\ntypes = [\"text\"]\n");
+        assert!(e.starts_with("t.toml:9:10: compression.types[0]: "), "{e}");
     }
 
     /// Without Redis an object larger than the memory tier cannot be

@@ -350,7 +350,8 @@ impl Reloader {
     /// access log switch and the certificates change for the next request
     /// or handshake; cached entries, connections and in-flight requests
     /// are kept. On error nothing changes. Listener addresses (and adding
-    /// or removing `[server.tls]`) need a restart; a warning says so.
+    /// or removing `[server.tls]`, adding `[warming]`) need a restart; a
+    /// warning says so.
     pub fn apply(&self, mut config: Config) -> Result<Arc<Config>, ReloadError> {
         let certificates = match &config.server.tls {
             Some(t) => Some(tls::Certificates::load(t)?),
@@ -361,6 +362,13 @@ impl Reloader {
         }
         let old = self.shared.runtime.load().config.clone();
         warn_restart_only(&old, &config);
+        if let Some(warning) = self
+            .shared
+            .warming
+            .restart_warning(old.warming.as_ref(), config.warming.as_ref())
+        {
+            tracing::warn!("{warning}");
+        }
         // The log layers were built for the old format: requests keep
         // shaping their access events for it until a restart.
         config.log.access_format = old.log.access_format;

@@ -16,12 +16,14 @@
 //! counted in `strata_warm_requests_total{source,result}`.
 //!
 //! - `warming/sources.rs`: the URL file and the sitemap (quick-xml, flate2).
+//! - `warming/progress.rs`: the state `GET /health` shows, and whether a
+//!   reload's `[warming]` needs a restart.
 
+mod progress;
 mod sources;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,13 +36,13 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::key::CacheKey;
 use crate::compression::Coding;
 use crate::config::WarmingConfig;
 use crate::proxy::Shared;
+pub use progress::{Progress, Schedule};
 pub use sources::SourceError;
 
 /// The `User-Agent` of warming requests.
@@ -94,66 +96,6 @@ impl Outcome {
     }
 }
 
-const WARMING: u8 = 1;
-const DONE: u8 = 2;
-
-/// Warming progress for `GET /health`: the state of the current (or last)
-/// round and its item counts. Lock-free; cheap to read.
-#[derive(Debug, Default)]
-pub struct Progress {
-    state: AtomicU8,
-    done: AtomicU64,
-    total: AtomicU64,
-    errors: AtomicU64,
-    rounds: AtomicU64,
-}
-
-impl Progress {
-    /// `{"state": "idle"|"warming"|"done", "done", "total", "errors",
-    /// "rounds"}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let state = match self.state.load(Ordering::Relaxed) {
-            WARMING => "warming",
-            DONE => "done",
-            _ => "idle",
-        };
-        json!({
-            "state": state,
-            "done": self.done.load(Ordering::Relaxed),
-            "total": self.total.load(Ordering::Relaxed),
-            "errors": self.errors.load(Ordering::Relaxed),
-            "rounds": self.rounds.load(Ordering::Relaxed),
-        })
-    }
-
-    fn start(&self) {
-        self.done.store(0, Ordering::Relaxed);
-        self.total.store(0, Ordering::Relaxed);
-        self.errors.store(0, Ordering::Relaxed);
-        self.state.store(WARMING, Ordering::Relaxed);
-    }
-
-    fn add_total(&self, n: usize) {
-        self.total.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    fn finish_item(&self, outcome: Outcome) {
-        if outcome == Outcome::Error {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        self.done.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn error(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn finish(&self) {
-        self.rounds.fetch_add(1, Ordering::Relaxed);
-        self.state.store(DONE, Ordering::Relaxed);
-    }
-}
-
 /// One URL to warm, as sent to the proxy listener.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
@@ -189,35 +131,58 @@ impl Target {
 
 /// Starts the warming loop when `[warming]` is configured: a round at once
 /// (`on_start`), then every `interval` (read from the current
-/// configuration at each round, so a reload changes it). Stops with `stop`.
+/// configuration after each round, so a reload changes it). Stops with
+/// `stop`, when a reload removes `[warming]`, or after the start-up round
+/// when there is no `interval`; [`Progress::schedule`] says which.
 /// `listener` is the proxy listener's bound address.
 pub fn spawn(shared: Arc<Shared>, listener: SocketAddr, stop: CancellationToken) {
     let Some(config) = shared.runtime.load().config.warming.clone() else {
         return;
     };
+    // Before the task starts, so that a reload at once sees it running.
+    shared.warming.set_schedule(Schedule::Running);
     let target = loopback(listener);
     tokio::spawn(async move {
-        let mut first = true;
-        loop {
-            let current = shared.runtime.load().config.warming.clone();
-            let Some(w) = current.or_else(|| first.then(|| config.clone())) else {
-                tracing::info!("warming: [warming] removed from the configuration; stopping");
-                return;
-            };
-            if !first || w.on_start {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = round(&shared, &w, target) => {}
-                }
-            }
-            first = false;
-            let Some(every) = w.interval else { return };
+        let end = run(&shared, config, target, &stop).await;
+        shared.warming.set_schedule(end);
+    });
+}
+
+/// The warming loop; returns how it ended.
+async fn run(
+    shared: &Arc<Shared>,
+    config: WarmingConfig,
+    target: SocketAddr,
+    stop: &CancellationToken,
+) -> Schedule {
+    let mut first = true;
+    loop {
+        let current = shared.runtime.load().config.warming.clone();
+        let Some(w) = current.or_else(|| first.then(|| config.clone())) else {
+            tracing::info!("warming: [warming] removed from the configuration; stopping");
+            return Schedule::Stopped;
+        };
+        if !first || w.on_start {
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return Schedule::Stopped,
+                _ = round(shared, &w, target) => {}
             }
         }
-    });
+        first = false;
+        // A reload during the round counts (one that removed the section
+        // is seen at the top of the loop).
+        let interval = match &shared.runtime.load().config.warming {
+            Some(now) => now.interval,
+            None => w.interval,
+        };
+        let Some(every) = interval else {
+            return Schedule::Finished;
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return Schedule::Stopped,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// The address to reach a listener bound to `addr` (a wildcard address
@@ -419,22 +384,5 @@ mod tests {
         assert_eq!(t.path, "/");
         assert!(Target::parse("ftp://x/y", None, "d").is_none());
         assert!(Target::parse("not a url", None, "d").is_none());
-    }
-
-    #[test]
-    fn progress_json() {
-        let p = Progress::default();
-        assert_eq!(p.to_json()["state"], "idle");
-        p.start();
-        p.add_total(2);
-        p.finish_item(Outcome::Stored);
-        assert_eq!(p.to_json()["state"], "warming");
-        assert_eq!(p.to_json()["done"], 1);
-        p.finish_item(Outcome::Error);
-        p.finish();
-        let j = p.to_json();
-        assert_eq!(j["state"], "done");
-        assert_eq!(j["total"], 2);
-        assert_eq!(j["errors"], 1);
     }
 }

@@ -1262,6 +1262,30 @@ fn docker_files_are_consistent_with_the_shipped_configs() {
         dockerfile.lines().any(|l| l.starts_with("USER ")),
         "non-root user"
     );
+    // Its `[log]` comment promises the access log: it is on.
+    assert!(config.log.access_log, "docker.toml turns the access log on");
+    // `docker stop` sends SIGTERM, then SIGKILL after the service's
+    // stop_grace_period (Docker's default: 10 s): each Strata service
+    // gives the drain its whole timeout (the default 30 s, which
+    // docker.toml keeps), as the systemd unit's TimeoutStopSec does.
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&compose).unwrap();
+    let services = yaml["services"].as_mapping().expect("services");
+    let mut stratas = 0;
+    for (name, service) in services {
+        if service["command"][0].as_str() != Some("serve") {
+            continue;
+        }
+        stratas += 1;
+        let grace = service["stop_grace_period"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name:?}: no stop_grace_period"));
+        let grace: u64 = grace.strip_suffix('s').unwrap().parse().unwrap();
+        assert!(
+            Duration::from_secs(grace) > config.server.drain_timeout,
+            "{name:?}: stop_grace_period {grace}s above the drain timeout"
+        );
+    }
+    assert_eq!(stratas, 2, "both Strata services");
     // Every file the Dockerfile copies from the build context exists.
     for line in dockerfile
         .lines()

@@ -1,6 +1,6 @@
-//! Cache warming (URL file, sitemap and index with .gz, rate, redis_hot)
-//! and refresh-ahead, against real origins that count requests and a
-//! real Redis.
+//! Cache warming (URL file, sitemap and index with .gz, rate, redis_hot,
+//! a reload that adds it) and refresh-ahead, against real origins that
+//! count requests and a real Redis.
 
 mod support;
 
@@ -8,6 +8,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::binary::Binary;
 use support::redis::RedisServer;
 use support::{wait_until, Client, Origin, Strata};
 
@@ -236,6 +237,58 @@ async fn redis_hot_warms_another_instance_without_the_origin() {
         );
     }
     assert_eq!(origin.count(), 2, "B warmed with zero origin requests");
+}
+
+/// Adding `[warming]` by a reload started no warming and said nothing,
+/// while `/health` showed an `idle` block that never ran: a warning now
+/// says it needs a restart, and `/health` shows no block. After the
+/// restart it warms.
+#[tokio::test]
+async fn warming_added_by_a_reload_says_it_needs_a_restart() {
+    let origin = site().await;
+    let dir = tempfile::tempdir().unwrap();
+    let urls = dir.path().join("warm.txt");
+    std::fs::write(&urls, "/a\n").unwrap();
+    let path = dir.path().join("strata.toml");
+    let base = "[upstream.health]\nenabled = false\n";
+    std::fs::write(&path, support::config_text(&[origin.addr], base)).unwrap();
+    let strata = Binary::start(&path, &[]).await;
+    let health = |admin| async move {
+        let r = Client::new().get(&format!("http://{admin}/health")).await;
+        assert_eq!(r.status, 200);
+        serde_json::from_slice::<Value>(&r.body).unwrap()
+    };
+    assert!(health(strata.admin).await.get("warming").is_none());
+
+    let with = format!(
+        "{base}\n[warming]\nurls_file = \"{}\"\ninterval = \"1s\"\n",
+        urls.display()
+    );
+    std::fs::write(&path, support::config_text(&[origin.addr], &with)).unwrap();
+    let reloaded = strata.reload().await;
+    assert_eq!(reloaded["message"], "configuration reloaded", "{reloaded}");
+    let warned = strata
+        .events()
+        .iter()
+        .filter(|e| {
+            e["level"] == "WARN"
+                && e["message"] == "[warming] added: takes effect only after a restart"
+        })
+        .count();
+    assert_eq!(warned, 1, "{:?}", strata.lines());
+    let h = health(strata.admin).await;
+    assert!(h.get("warming").is_none(), "no loop runs for it: {h}");
+    let (status, _) = strata.stop().await;
+    assert!(status.success());
+
+    let strata = Binary::start(&path, &[]).await;
+    wait_until(WAIT, "warming done after the restart", || async {
+        health(strata.admin).await["warming"]["state"] == "done"
+    })
+    .await;
+    assert_eq!(page_requests(&origin), ["/a"]);
+    let (status, _) = strata.stop().await;
+    assert!(status.success());
 }
 
 #[tokio::test]

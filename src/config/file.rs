@@ -211,7 +211,7 @@ pub struct RuleFile {
     pub pattern: Spanned<String>,
     pub cache_control: Option<Spanned<String>>,
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
-    pub content_type: Option<Vec<Spanned<String>>>,
+    pub content_type: Option<Spanned<Vec<Spanned<String>>>>,
     pub ttl: Option<Dur>,
     pub min_ttl: Option<Spanned<Dur>>,
     pub max_ttl: Option<Spanned<Dur>>,

@@ -82,6 +82,15 @@ impl Validator<'_> {
             if authority.port_u16().is_none() || authority.as_str().contains('@') {
                 return Err(invalid());
             }
+            // Port 0 means "any free port" to a listener; as a destination
+            // it can never be connected to.
+            if authority.port_u16() == Some(0) {
+                return Err(self.at.spanned(
+                    s,
+                    &key,
+                    format!("port 0 in {addr:?} can never be connected to, expected a port from 1 to 65535"),
+                ));
+            }
             if parsed.contains(&authority) {
                 return Err(self
                     .at

@@ -238,9 +238,8 @@ impl Validator<'_> {
             store_level,
             stream_level,
         } = c;
-        if enabled == Some(false) {
-            return Ok(None);
-        }
+        // Every key is checked even when compression is off, so that a
+        // typo fails `check` now, not the reload that turns it on.
         let mut policy = CompressionPolicy::default();
         if let Some(algorithms) = algorithms {
             let mut list = Vec::new();
@@ -258,9 +257,6 @@ impl Validator<'_> {
                 if !list.contains(&coding) {
                     list.push(coding);
                 }
-            }
-            if list.is_empty() {
-                return Ok(None);
             }
             policy.algorithms = list;
         }
@@ -306,6 +302,10 @@ impl Validator<'_> {
         if let Some(l) = stream_level {
             policy.stream_level =
                 self.levels(l, policy.stream_level, "compression.stream_level")?;
+        }
+        // `algorithms = []` turns compression off too.
+        if enabled == Some(false) || policy.algorithms.is_empty() {
+            return Ok(None);
         }
         Ok(Some(policy))
     }

@@ -60,9 +60,22 @@ impl Validator<'_> {
             rule = rule.with_methods(list);
         }
         if let Some(types) = content_type {
+            if types.get_ref().is_empty() {
+                return Err(at(
+                    types.span(),
+                    "content_type",
+                    &"an empty list matches no response (omit the key for every media type)",
+                ));
+            }
             let globs = types
+                .get_ref()
                 .iter()
-                .map(|t| media_glob(t.get_ref()).map_err(|e| at(t.span(), "content_type", &e)))
+                .enumerate()
+                .map(|(j, t)| {
+                    let field = format!("content_type[{j}]");
+                    media_range(t.get_ref()).map_err(|e| at(t.span(), &field, &e))?;
+                    media_glob(t.get_ref()).map_err(|e| at(t.span(), &field, &e))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             rule = rule
                 .with_content_type(globs)
@@ -185,5 +198,30 @@ impl Validator<'_> {
             headers: header_names,
             cookies: cookie_names,
         })
+    }
+}
+
+/// Refuses a `content_type` entry the matcher can never match: it compares
+/// the response's media type without its parameters (`type/subtype`, RFC
+/// 9110 §8.3.1), lowercased, against the glob. So an entry with
+/// parameters, an empty one, or a literal that is not `type/subtype` would
+/// silently make the rule do nothing. Globs (`*`, `?`, `[...]`, `{a,b}`)
+/// are left to the glob syntax: `"image/*"`, `"*/*"`, `"*"`,
+/// `"application/*+json"` all match real types.
+fn media_range(pattern: &str) -> Result<(), String> {
+    let p = pattern.trim();
+    if p.contains(';') {
+        return Err(format!(
+            "{pattern:?}: expected a media type without parameters, such as \"application/json\" (parameters are ignored when matching)"
+        ));
+    }
+    if p.contains(['*', '?', '[', '{']) {
+        return Ok(());
+    }
+    match p.split_once('/') {
+        Some((ty, sub)) if is_token(ty) && is_token(sub) => Ok(()),
+        _ => Err(format!(
+            "{pattern:?}: expected a media type such as \"application/json\" or a glob such as \"image/*\""
+        )),
     }
 }
