@@ -486,19 +486,26 @@ pub(crate) fn one_byte_variant(vary: VaryKey, received: Millis) -> Variant {
     }
 }
 
+/// A header map of `pairs` (repeated names kept): for tests of the
+/// cache's modules.
+#[cfg(test)]
+pub(crate) fn test_headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut m = HeaderMap::new();
+    for (k, v) in pairs {
+        m.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        m
+        test_headers(pairs)
     }
 
     fn variant(vary: VaryKey) -> Arc<Variant> {
