@@ -235,6 +235,9 @@ impl RuleSet {
     /// `method`, with its index; `content_type` is not known yet (see
     /// [`RuleSet::for_response`]).
     pub fn find(&self, path: &str, method: &Method) -> Option<(usize, &Rule)> {
+        if self.rules.is_empty() {
+            return None;
+        }
         let path = path_glob::merge_slashes(path);
         let path = path.as_ref();
         self.rules
