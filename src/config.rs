@@ -475,6 +475,10 @@ mod tests {
             "{BASE}[cache]\nmemory_capacity = \"0\"\n[cache.redis]\nurls = [\"redis://127.0.0.1:6379\"]\n"
         );
         assert!(super::Config::parse(std::path::Path::new("t.toml"), &text).is_ok());
+        // With caching off the capacity does not matter (a plain load
+        // balancer): accepted, as it was before.
+        let text = format!("{BASE}[cache]\nenabled = false\nmemory_capacity = \"0\"\n");
+        assert!(super::Config::parse(std::path::Path::new("t.toml"), &text).is_ok());
     }
 
     /// The error `check` gives for `BASE` followed by `extra`.

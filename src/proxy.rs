@@ -335,21 +335,8 @@ impl Shared {
                     e.insert(status.to_header());
                 }
                 http::header::Entry::Occupied(mut e) => {
-                    // One field line, so a client reading one value sees
-                    // the whole chain.
-                    let mut chain = Vec::new();
-                    for v in e.iter() {
-                        chain.extend_from_slice(v.as_bytes());
-                        chain.extend_from_slice(b", ");
-                    }
-                    let ours = status.to_header();
-                    chain.extend_from_slice(ours.as_bytes());
-                    match http::HeaderValue::from_bytes(&chain) {
-                        Ok(v) => {
-                            e.insert(v);
-                        }
-                        Err(_) => e.append(ours),
-                    }
+                    let chain = cache_status::chain(e.iter(), &status.to_header());
+                    e.insert(chain);
                 }
             }
             h.append(header::VIA, headers::via_value(received));

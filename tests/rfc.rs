@@ -657,6 +657,7 @@ async fn an_upstream_caches_cache_status_is_kept_before_ours() {
         &[
             ("cache-control", "max-age=60"),
             ("cache-status", "OriginCache; hit; ttl=30"),
+            ("etag", "\"s1\""),
         ],
         "shielded",
     )
@@ -675,6 +676,28 @@ async fn an_upstream_caches_cache_status_is_kept_before_ours() {
         "{status}"
     );
     assert_eq!(hit.headers.get_all("cache-status").iter().count(), 1);
+    // A 304 from the stored copy carries the chain too.
+    let not_modified = c
+        .get_with(&s.url("/s"), &[("if-none-match", "\"s1\"")])
+        .await;
+    assert_eq!(not_modified.status, 304);
+    let status = not_modified.header("cache-status").unwrap();
+    assert!(
+        status.starts_with("OriginCache; hit; ttl=30, strata; hit; detail=memory"),
+        "{status}"
+    );
+    // An empty upstream member is dropped, not chained as `, strata; ...`
+    // (an invalid list a strict parser throws away whole).
+    let empty = Origin::fixed(
+        &[("cache-control", "max-age=60"), ("cache-status", "")],
+        "e",
+    )
+    .await;
+    let s = strata(&empty, "").await;
+    assert_eq!(
+        c.get(&s.url("/e")).await.header("cache-status"),
+        Some("strata; fwd=miss; stored; ttl=60")
+    );
 }
 
 /// SPEC §6 for empty bodies: a `204` or a `200` with `Content-Length: 0`

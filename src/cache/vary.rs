@@ -39,7 +39,7 @@ pub fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<String> {
 /// Appends the members of the list `value` to `out`: split on commas
 /// outside quoted strings, trimmed, inner whitespace outside quotes
 /// collapsed to one space; empty members dropped (RFC 9110 §5.6.1).
-fn split_members(value: &str, out: &mut Vec<String>) {
+pub(crate) fn split_members(value: &str, out: &mut Vec<String>) {
     let mut member = String::new();
     let mut quoted = false;
     let mut escaped = false;

@@ -212,9 +212,58 @@ fn push_ttl(out: &mut bytes::BytesMut, ttl: Option<i64>) {
     }
 }
 
+/// An upstream cache's `Cache-Status` lines followed by Strata's member
+/// `ours`, as one field line (RFC 9211 §2: the chain is kept, so a client
+/// reading one value sees all of it). Empty members, and members that
+/// cannot begin an RFC 8941 list member naming a cache (a token or a
+/// quoted string), are dropped: one would make the whole field invalid
+/// and a strict parser throw Strata's member away with it.
+pub fn chain<'a>(
+    upstream: impl Iterator<Item = &'a HeaderValue>,
+    ours: &HeaderValue,
+) -> HeaderValue {
+    let mut members: Vec<String> = Vec::new();
+    for v in upstream {
+        crate::cache::vary::split_members(&String::from_utf8_lossy(v.as_bytes()), &mut members);
+    }
+    members.retain(|m| m.starts_with(|c: char| c.is_ascii_alphabetic() || c == '*' || c == '"'));
+    if members.is_empty() {
+        return ours.clone();
+    }
+    let mut chain = members.join(", ");
+    chain.push_str(", ");
+    chain.push_str(ours.to_str().unwrap_or("strata"));
+    HeaderValue::from_str(&chain).unwrap_or_else(|_| ours.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Empty or unparsable upstream members are dropped: `, strata; ...`
+    /// made the whole field an invalid list.
+    #[test]
+    fn the_chain_keeps_only_members_that_parse() {
+        let ours = HeaderValue::from_static("strata; hit");
+        let chain = |lines: &[&str]| {
+            let values: Vec<HeaderValue> = lines
+                .iter()
+                .map(|l| HeaderValue::from_str(l).unwrap())
+                .collect();
+            chain(values.iter(), &ours)
+        };
+        assert_eq!(chain(&[""]), "strata; hit");
+        assert_eq!(chain(&["", "A; hit"]), "A; hit, strata; hit");
+        assert_eq!(
+            chain(&["A; hit, , B; fwd=miss"]),
+            "A; hit, B; fwd=miss, strata; hit"
+        );
+        assert_eq!(chain(&[";;;garbage\""]), "strata; hit");
+        assert_eq!(
+            chain(&["\"Edge, Inc\"; hit"]),
+            "\"Edge, Inc\"; hit, strata; hit"
+        );
+    }
 
     #[test]
     fn formats() {

@@ -210,8 +210,10 @@ fn split_weak(tag: &str) -> (bool, &str) {
     }
 }
 
-/// The fields a 304 carries (RFC 9110 §15.4.5), plus Last-Modified.
-const NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
+/// The fields a 304 carries (RFC 9110 §15.4.5), plus Last-Modified and an
+/// upstream cache's `Cache-Status` (kept before Strata's, RFC 9211 §2, as
+/// on the 200 it stands for).
+const NOT_MODIFIED_FIELDS: [header::HeaderName; 8] = [
     header::CACHE_CONTROL,
     header::CONTENT_LOCATION,
     header::DATE,
@@ -219,6 +221,7 @@ const NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
     header::EXPIRES,
     header::VARY,
     header::LAST_MODIFIED,
+    header::HeaderName::from_static("cache-status"),
 ];
 
 /// A 304 carrying `headers`' validators and metadata (RFC 9110 §15.4.5).

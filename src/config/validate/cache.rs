@@ -89,7 +89,7 @@ impl Validator<'_> {
             None => None,
             Some(r) => Some(self.redis(r)?),
         };
-        if let (Some(span), None) = (capacity_span, &redis) {
+        if let (Some(span), None, true) = (capacity_span, &redis, enabled != Some(false)) {
             if memory_capacity == 0 {
                 return Err(self.at.error(
                     span,
