@@ -288,6 +288,7 @@ impl Shared {
                 conn,
                 access: None,
             };
+            let http10 = req.version() == http::Version::HTTP_10;
             let runtime = self.runtime.load_full();
             let conn = &mut abandoned.conn;
             conn.client_ip = runtime
@@ -327,7 +328,21 @@ impl Shared {
             // A sticky cookie is added only now, after anything was stored,
             // and only to responses that came from an upstream.
             let sticky = response.extensions_mut().remove::<SetSticky>();
+            // HTTP/1.0 has no chunked coding: a body of unknown length ends
+            // only by closing, and hyper still told a keep-alive client
+            // `Connection: keep-alive` before closing (RFC 9112 §9.3).
+            let close = http10
+                && !http_body::Body::is_end_stream(response.body())
+                && !response.headers().contains_key(header::CONTENT_LENGTH);
+            if close {
+                // As a 1.0 response without `keep-alive`, hyper closes
+                // the connection (as 1.1 it appended `keep-alive`).
+                *response.version_mut() = http::Version::HTTP_10;
+            }
             let h = response.headers_mut();
+            if close {
+                h.insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
             // RFC 9211 §2: an upstream cache's members (a shield, a CDN,
             // another Strata) are kept, this cache's added last.
             match h.entry(HeaderName::CACHE_STATUS.clone()) {

@@ -410,3 +410,39 @@ async fn an_http_1_0_expectation_is_not_forwarded() {
     assert_eq!(origin.count(), 1);
     assert_eq!(expected.load(Ordering::SeqCst), 0);
 }
+
+/// RFC 9112 §9.3: HTTP/1.0 has no chunked coding, so a body of unknown
+/// length (an upstream's chunked miss) ends only when the connection
+/// closes; a keep-alive HTTP/1.0 client was told `Connection: keep-alive`
+/// and then the connection closed under its next request. It is now told
+/// `Connection: close`; a response with a length keeps the connection.
+#[tokio::test]
+async fn an_http_1_0_client_is_told_close_when_only_closing_ends_the_body() {
+    let (addr, _) = support::origin::raw(
+        b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let s = Strata::start(&[addr], NO_HEALTH).await;
+    let out = support::http::raw(
+        s.addr,
+        b"GET /chunked HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    let head = out.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.0 200"), "{out}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{out}");
+    assert!(!head.contains("keep-alive"), "{out}");
+    assert!(out.ends_with("hello"), "{out}");
+    // With a length the connection may stay open.
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "sized").await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let out = support::http::raw(
+        s.addr,
+        b"GET /sized HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    assert!(
+        !out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+}
