@@ -372,7 +372,7 @@ impl CompressionPolicy {
 }
 
 /// Comma-separated list elements of every value of header `name`, trimmed.
-fn list_elements(
+pub(crate) fn list_elements(
     headers: &HeaderMap,
     name: http::header::HeaderName,
 ) -> impl Iterator<Item = &str> + '_ {

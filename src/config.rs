@@ -466,20 +466,15 @@ mod tests {
     /// Redis-only instance README documents.
     #[test]
     fn a_memory_tier_of_zero_needs_redis() {
-        let text = format!("{BASE}[cache]\nmemory_capacity = \"0\"\n");
-        let e = super::Config::parse(std::path::Path::new("t.toml"), &text)
-            .unwrap_err()
-            .to_string();
+        let e = refused("[cache]\nmemory_capacity = \"0\"\n");
         assert!(e.starts_with("t.toml:8:19: cache.memory_capacity: "), "{e}");
-        let text = format!(
-            "{BASE}[cache]\nmemory_capacity = \"0\"\n[cache.redis]\nurls = [\"redis://127.0.0.1:6379\"]\n"
-        );
-        assert!(super::Config::parse(std::path::Path::new("t.toml"), &text).is_ok());
+        accepted(&format!("[cache]\nmemory_capacity = \"0\"\n{REDIS}"));
         // With caching off the capacity does not matter (a plain load
         // balancer): accepted, as it was before.
-        let text = format!("{BASE}[cache]\nenabled = false\nmemory_capacity = \"0\"\n");
-        assert!(super::Config::parse(std::path::Path::new("t.toml"), &text).is_ok());
+        accepted("[cache]\nenabled = false\nmemory_capacity = \"0\"\n");
     }
+
+    const REDIS: &str = "[cache.redis]\nurls = [\"redis://127.0.0.1:6379\"]\n";
 
     /// The error `check` gives for `BASE` followed by `extra`.
     fn refused(extra: &str) -> String {
@@ -500,24 +495,22 @@ mod tests {
     /// port 0 binds a free port (the tests rely on it).
     #[test]
     fn an_upstream_on_port_zero_is_refused_a_listener_on_port_zero_is_not() {
+        let parse = |text: &str| super::Config::parse(std::path::Path::new("t.toml"), text);
+        let refused = |text: &str| parse(text).err().map(|e| e.to_string()).unwrap_or_default();
         let text = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nservers = [\"127.0.0.1:3\", \"127.0.0.1:0\"]\n";
-        let e = super::Config::parse(std::path::Path::new("t.toml"), text)
-            .unwrap_err()
-            .to_string();
+        let e = refused(text);
         assert!(
             e.starts_with("t.toml:6:27: upstream.servers[1]: port 0 "),
             "{e}"
         );
         let text = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nservers = [{ addr = \"http://backend:0\", weight = 2 }]\n";
-        let e = super::Config::parse(std::path::Path::new("t.toml"), text)
-            .unwrap_err()
-            .to_string();
+        let e = refused(text);
         assert!(
             e.starts_with("t.toml:6:12: upstream.servers[0]: port 0 "),
             "{e}"
         );
         let text = "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"Cargo.toml\"\nkey = \"Cargo.toml\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nservers = [\"127.0.0.1:3\"]\n";
-        assert!(super::Config::parse(std::path::Path::new("t.toml"), text).is_ok());
+        assert!(parse(text).is_ok());
     }
 
     /// `content_type` values the matcher can never match (it compares the
@@ -604,14 +597,10 @@ mod tests {
     /// stored, whatever `max_object_size` says.
     #[test]
     fn the_storable_size_is_bounded_by_the_memory_tier_without_redis() {
-        let text = format!("{BASE}[cache]\nmemory_capacity = \"1MiB\"\n");
-        let c = super::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let c = accepted("[cache]\nmemory_capacity = \"1MiB\"\n");
         assert_eq!(c.cache.max_object_size, 16 << 20);
         assert_eq!(c.cache.storable_size(), 1 << 20);
-        let text = format!(
-            "{BASE}[cache]\nmemory_capacity = \"1MiB\"\n[cache.redis]\nurls = [\"redis://127.0.0.1:6379\"]\n"
-        );
-        let c = super::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let c = accepted(&format!("[cache]\nmemory_capacity = \"1MiB\"\n{REDIS}"));
         assert_eq!(c.cache.storable_size(), 16 << 20);
     }
 }

@@ -338,11 +338,11 @@ impl Shared {
                 // As a 1.0 response without `keep-alive`, hyper closes
                 // the connection (as 1.1 it appended `keep-alive`).
                 *response.version_mut() = http::Version::HTTP_10;
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
             }
             let h = response.headers_mut();
-            if close {
-                h.insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-            }
             // RFC 9211 §2: an upstream cache's members (a shield, a CDN,
             // another Strata) are kept, this cache's added last.
             match h.entry(HeaderName::CACHE_STATUS.clone()) {

@@ -77,37 +77,33 @@ impl Selector {
     /// variants that carry it (per variant, as Varnish's xkey and Fastly's
     /// surrogate keys); the other selectors the whole object.
     pub fn purged(&self, object: &Object) -> Option<Object> {
-        if !self.selects(object) {
-            return None;
-        }
-        let variants = match self {
-            Selector::Tags(tags) => object
-                .variants
-                .iter()
-                .filter(|v| !tagged(v, tags))
-                .cloned()
-                .collect(),
-            _ => Vec::new(),
-        };
-        Some(Object {
-            key: object.key.clone(),
-            variants,
-        })
+        self.with_selected(object, |_| None)
     }
 
     /// What a soft purge makes of `object`: `None` when it selects nothing
     /// in it, else a copy with the variants it selects (as in
     /// [`Selector::purged`]) marked stale.
     pub fn marked(&self, object: &Object) -> Option<Object> {
+        self.with_selected(object, |v| Some(Arc::new(v.soft_purged_copy())))
+    }
+
+    /// `object` with `each` applied to the variants this selector takes
+    /// (all of them, or under a tag those carrying it; `None` drops one);
+    /// `None` when it selects nothing in `object`.
+    fn with_selected(
+        &self,
+        object: &Object,
+        each: impl Fn(&Arc<Variant>) -> Option<Arc<Variant>>,
+    ) -> Option<Object> {
         if !self.selects(object) {
             return None;
         }
         let variants = object
             .variants
             .iter()
-            .map(|v| match self {
-                Selector::Tags(tags) if !tagged(v, tags) => v.clone(),
-                _ => Arc::new(v.soft_purged_copy()),
+            .filter_map(|v| match self {
+                Selector::Tags(tags) if !tagged(v, tags) => Some(v.clone()),
+                _ => each(v),
             })
             .collect();
         Some(Object {

@@ -131,33 +131,23 @@ fn normalize_framing(answer: &mut Answer) {
 /// dropped with the hop-by-hop `Transfer-Encoding`, and the coded bytes
 /// served and stored as if they were the representation.
 fn transfer_codings_as_content_codings(h: &mut http::HeaderMap) {
-    let mut codings: Vec<String> = Vec::new();
-    for v in h.get_all(header::TRANSFER_ENCODING) {
-        for c in String::from_utf8_lossy(v.as_bytes()).split(',') {
-            let c = c
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            if !c.is_empty() && c != "chunked" && c != "identity" {
-                codings.push(c);
-            }
-        }
-    }
-    if codings.is_empty() {
+    use crate::compression::list_elements;
+    // Codings named in a list field, parameters cut, `except` left out.
+    let codings = |h: &http::HeaderMap, name, except: &'static str| {
+        list_elements(h, name)
+            .map(|e| e.split(';').next().unwrap_or("").trim())
+            .filter(move |c| !c.is_empty() && !c.eq_ignore_ascii_case(except))
+            .filter(|c| !c.eq_ignore_ascii_case("identity"))
+            .map(str::to_ascii_lowercase)
+            .collect::<Vec<_>>()
+    };
+    // The usual `chunked` alone leaves this empty, allocating nothing.
+    let transfer = codings(h, header::TRANSFER_ENCODING, "chunked");
+    if transfer.is_empty() {
         return;
     }
-    let mut content: Vec<String> = Vec::new();
-    for v in h.get_all(header::CONTENT_ENCODING) {
-        for c in String::from_utf8_lossy(v.as_bytes()).split(',') {
-            let c = c.trim();
-            if !c.is_empty() && !c.eq_ignore_ascii_case("identity") {
-                content.push(c.to_string());
-            }
-        }
-    }
-    content.extend(codings);
+    let mut content = codings(h, header::CONTENT_ENCODING, "identity");
+    content.extend(transfer);
     if let Ok(v) = http::HeaderValue::from_str(&content.join(", ")) {
         h.insert(header::CONTENT_ENCODING, v);
     }

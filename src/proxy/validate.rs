@@ -185,7 +185,11 @@ pub(super) fn validate(
         if header_list_size(req) > max_header_size {
             return Err(ProxyError::HeadTooLarge);
         }
-        single_content_length(req.headers_mut())?;
+        // Repeated equal values go upstream as one, as over HTTP/1.1
+        // (whose parser joins them); differing ones are malformed. The
+        // HTTP/2 server accepts both.
+        crate::upstream::client::single_content_length(req.headers_mut())
+            .map_err(|_| ProxyError::BadRequest("conflicting content-length fields"))?;
     }
     Ok(present)
 }
@@ -206,28 +210,6 @@ fn header_list_size<B>(req: &Request<B>) -> usize {
         .map(|(n, v)| n.as_str().len() + v.len() + 32)
         .sum::<usize>()
         + pseudo
-}
-
-/// RFC 9110 §8.6: repeated `content-length` fields with one value are that
-/// value (forwarded once, as for HTTP/1.1, whose parser joins them); values
-/// that differ make the request malformed (`400`). The HTTP/2 server
-/// accepts both; the HTTP/1.1 one refuses the second itself.
-fn single_content_length(h: &mut http::HeaderMap) -> Result<(), ProxyError> {
-    let mut values = h.get_all(header::CONTENT_LENGTH).iter();
-    let Some(first) = values.next().cloned() else {
-        return Ok(());
-    };
-    let mut repeated = false;
-    for v in values {
-        if v != first {
-            return Err(ProxyError::BadRequest("conflicting content-length fields"));
-        }
-        repeated = true;
-    }
-    if repeated {
-        h.insert(header::CONTENT_LENGTH, first);
-    }
-    Ok(())
 }
 
 /// The HTTP/1.1 server refuses a head of more than [`MAX_FIELDS`] fields
@@ -356,14 +338,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(header::CONTENT_LENGTH, "5".parse().unwrap());
         h.append(header::CONTENT_LENGTH, "5".parse().unwrap());
+        let single_content_length = crate::upstream::client::single_content_length;
         assert!(single_content_length(&mut h).is_ok());
         assert_eq!(h.get_all(header::CONTENT_LENGTH).iter().count(), 1);
         assert_eq!(h[header::CONTENT_LENGTH], "5");
         h.append(header::CONTENT_LENGTH, "6".parse().unwrap());
-        assert!(matches!(
-            single_content_length(&mut h),
-            Err(ProxyError::BadRequest(_))
-        ));
+        assert!(single_content_length(&mut h).is_err());
         let mut none = HeaderMap::new();
         assert!(single_content_length(&mut none).is_ok());
     }

@@ -198,29 +198,43 @@ async fn exchange(
 }
 
 /// RFC 9110 §8.6: a `Content-Length` sent as a list of one repeated value
-/// (`5, 5`, or the field twice), which hyper accepts and frames the body
-/// by, goes on as that one value: forwarded as received it would be an
-/// invalid field, and hyper's server refuses to send it (the client got no
-/// response at all). Differing values never get here: hyper's client
-/// refuses them (a 502).
-fn single_content_length(h: &mut http::HeaderMap) {
-    let mut values = h.get_all(http::header::CONTENT_LENGTH).iter();
-    let Some(first) = values.next() else {
-        return;
+/// (`5, 5`, or the field twice) is that one value: rewritten as one
+/// field. Forwarded as received it would be an invalid field (hyper's
+/// server refuses to send it, and the client got no response at all).
+/// `Err` when the values differ (a malformed message), the fields left as
+/// they are. For responses hyper's client has already refused differing
+/// values (a 502); for an HTTP/2 request the caller answers `400`.
+pub fn single_content_length(h: &mut http::HeaderMap) -> Result<(), ConflictingLengths> {
+    let mut lines = h.get_all(http::header::CONTENT_LENGTH).iter();
+    let Some(first) = lines.next() else {
+        return Ok(());
     };
-    if values.next().is_none() && first.as_bytes().iter().all(u8::is_ascii_digit) {
-        return;
+    if lines.next().is_none() && first.as_bytes().iter().all(u8::is_ascii_digit) {
+        return Ok(());
     }
-    let length = first
-        .to_str()
-        .ok()
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    h.remove(http::header::CONTENT_LENGTH);
+    let mut length: Option<u64> = None;
+    for v in h.get_all(http::header::CONTENT_LENGTH) {
+        for element in v.to_str().map_err(|_| ConflictingLengths)?.split(',') {
+            let n = element
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| ConflictingLengths)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ConflictingLengths);
+            }
+            length = Some(n);
+        }
+    }
     if let Some(length) = length {
         h.insert(http::header::CONTENT_LENGTH, length.into());
     }
+    Ok(())
 }
+
+/// `Content-Length` values that differ, or one that is not a number.
+#[derive(Debug, thiserror::Error)]
+#[error("conflicting or invalid content-length fields")]
+pub struct ConflictingLengths;
 
 fn protocol(pool: &ServerPool, source: hyper::Error) -> UpstreamError {
     UpstreamError::from_send(pool.authority.to_string(), source)
@@ -291,7 +305,8 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     fn wrap(mut resp: Response<Incoming>, conn: Conn, pool: &Arc<ServerPool>) -> Response<Self> {
-        single_content_length(resp.headers_mut());
+        // hyper's client refused differing values already.
+        let _ = single_content_length(resp.headers_mut());
         let conn = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             conn.spawn();
             None
