@@ -443,19 +443,26 @@ async fn an_expiring_certificate_is_an_alert_at_start() {
         ),
     );
     let strata = Strata::start_text(&text).await;
+    let alert = expiring_in_five_days(&receiver).await;
+    assert_eq!(alert["labels"]["cert"], cert_path.display().to_string());
+    strata.stop().await;
+}
+
+/// The first alert `receiver` gets, once it has one: a `cert_expiring`
+/// for a certificate made to end in 5 days (4 once a day boundary passed).
+async fn expiring_in_five_days(receiver: &Receiver) -> serde_json::Value {
     wait_until(Duration::from_secs(10), "cert_expiring", || async {
         !receiver.events().is_empty()
     })
     .await;
-    let alert = &receiver.json_alerts()[0];
+    let alert = receiver.json_alerts()[0].clone();
     assert_eq!(alert["event"], "cert_expiring");
-    assert_eq!(alert["labels"]["cert"], cert_path.display().to_string());
     let message = alert["message"].as_str().unwrap();
     assert!(
         message.contains("expires in 4 days") || message.contains("expires in 5 days"),
         "{message}"
     );
-    strata.stop().await;
+    alert
 }
 
 #[tokio::test]
@@ -605,17 +612,7 @@ async fn a_certificate_replaced_at_the_same_path_is_checked_on_reload() {
     write_cert(&cert_path, &key_path, 5);
     let r = strata.reload().await;
     assert_eq!(r["message"], "configuration reloaded", "{r}");
-    wait_until(Duration::from_secs(10), "cert_expiring", || async {
-        !receiver.events().is_empty()
-    })
-    .await;
-    let alert = &receiver.json_alerts()[0];
-    assert_eq!(alert["event"], "cert_expiring");
-    let message = alert["message"].as_str().unwrap();
-    assert!(
-        message.contains("expires in 4 days") || message.contains("expires in 5 days"),
-        "{message}"
-    );
+    expiring_in_five_days(&receiver).await;
     strata.stop().await;
 }
 

@@ -181,20 +181,28 @@ async fn redis_variants(s: &Strata, path: &str) -> Vec<(String, Vec<String>, boo
     out
 }
 
-/// A tag purge removes the Vary variants carrying the tag, not the URL's
-/// other variants (Varnish xkey, Fastly surrogate keys: per variant), in
-/// memory and in Redis; `purged` counts the URL once.
-#[tokio::test]
-async fn a_tag_purge_removes_only_the_variants_carrying_the_tag() {
+/// A Redis server, the language origin, Strata sharing the server, and a
+/// client, once `path`'s `en` and `fr` variants are stored in both tiers.
+async fn two_languages_stored(path: &str) -> (RedisServer, Origin, Strata, Client) {
     let server = RedisServer::start().await;
     let origin = language_origin().await;
     let s = Strata::start(&[origin.addr], &redis_config(&server.url(), "")).await;
     connected(&s).await;
     let c = Client::new();
-    let (en, fr) = ([("accept-language", "en")], [("accept-language", "fr")]);
-    get(&c, &s, "/vt/2", &en).await;
-    get(&c, &s, "/vt/2", &fr).await;
+    for lang in ["en", "fr"] {
+        get(&c, &s, path, &[("accept-language", lang)]).await;
+    }
     flushed(&s).await;
+    (server, origin, s, c)
+}
+
+/// A tag purge removes the Vary variants carrying the tag, not the URL's
+/// other variants (Varnish xkey, Fastly surrogate keys: per variant), in
+/// memory and in Redis; `purged` counts the URL once.
+#[tokio::test]
+async fn a_tag_purge_removes_only_the_variants_carrying_the_tag() {
+    let (_server, origin, s, c) = two_languages_stored("/vt/2").await;
+    let (en, fr) = ([("accept-language", "en")], [("accept-language", "fr")]);
     assert_eq!(redis_variants(&s, "/vt/2").await.len(), 2);
 
     let (status, answer) = s.purge(r#"{"tags": ["lang-en"]}"#).await;
@@ -223,15 +231,8 @@ async fn a_tag_purge_removes_only_the_variants_carrying_the_tag() {
 /// memory and in Redis.
 #[tokio::test]
 async fn a_soft_tag_purge_marks_only_the_variants_carrying_the_tag() {
-    let server = RedisServer::start().await;
-    let origin = language_origin().await;
-    let s = Strata::start(&[origin.addr], &redis_config(&server.url(), "")).await;
-    connected(&s).await;
-    let c = Client::new();
+    let (_server, _origin, s, c) = two_languages_stored("/vt/3").await;
     let (en, fr) = ([("accept-language", "en")], [("accept-language", "fr")]);
-    get(&c, &s, "/vt/3", &en).await;
-    get(&c, &s, "/vt/3", &fr).await;
-    flushed(&s).await;
 
     let (_, answer) = s.purge(r#"{"tags": ["lang-en"], "soft": true}"#).await;
     assert_eq!(answer["purged"], 1, "{answer}");

@@ -1,5 +1,6 @@
 //! Active health checks: every `interval`, each server gets `GET <path>`
-//! with a `timeout`, each on its own schedule (one task per server). By default they judge liveness: any status below 500
+//! with a `timeout`, each on its own schedule (one task per server). By
+//! default they judge liveness: any status below 500
 //! is a success, so an app without a health route (a 404) stays in
 //! rotation; `expect_status` (classes such as `2xx`, or codes) tightens
 //! that. A connect error, a timeout or a 5xx is a failure. After

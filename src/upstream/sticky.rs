@@ -9,10 +9,11 @@
 //! HMAC-SHA256 under `secret` of a label and the server's `host:port`, so
 //! it is stable across reloads, reordering and instances sharing the
 //! secret, yet does not disclose the address (an unkeyed hash of it would:
-//! hashing `127.0.0.1:1` to `:65535` finds it in milliseconds). A value that does not parse, whose MAC does not verify
-//! (compared in constant time by `Mac::verify_slice`) or that has expired
-//! is ignored: the request is balanced as if it had none and the response
-//! re-issues the cookie. Parsing and formatting go through the `cookie`
+//! hashing `127.0.0.1:1` to `:65535` finds it in milliseconds). A value
+//! that does not parse, whose MAC does not verify (compared in constant
+//! time by `Mac::verify_slice`) or that has expired is ignored: the
+//! request is balanced as if it had none and the response re-issues the
+//! cookie. Parsing and formatting go through the `cookie`
 //! crate.
 //!
 //! The cookie is Strata's: [`Sticky::take`] removes it from the request
