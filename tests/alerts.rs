@@ -510,26 +510,23 @@ async fn passwords_in_redis_and_webhook_urls_never_reach_the_log() {
     );
     std::fs::write(&path, support::config_text(&[origin.addr], &extra)).unwrap();
     let strata = support::binary::Binary::start(&path, &[]).await;
-    strata
-        .wait_event(0, "redis tier starting", |e| {
-            e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("redis tier starting"))
-        })
-        .await;
+    wait_message(&strata, "redis tier starting").await;
     std::fs::write(&path, "[server]\nlisten = 12\n").unwrap();
     strata.signal("HUP");
-    strata
-        .wait_event(0, "webhook delivery failed", |e| {
-            e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("webhook delivery failed: alerts dropped"))
-        })
-        .await;
+    wait_message(&strata, "webhook delivery failed: alerts dropped").await;
     let (_, lines) = strata.stop().await;
     let log = lines.join("\n");
     assert!(log.contains(":***@127.0.0.1"), "{log}");
     assert!(!log.contains("REDISPW") && !log.contains("HOOKPW"), "{log}");
+}
+
+/// Waits (up to 20 s) for a log event whose message contains `text`.
+async fn wait_message(strata: &support::binary::Binary, text: &str) {
+    strata
+        .wait_event(0, text, |e| {
+            e["message"].as_str().is_some_and(|m| m.contains(text))
+        })
+        .await;
 }
 
 /// Credentials in a webhook URL are sent as HTTP Basic authorization
@@ -562,13 +559,7 @@ async fn webhook_url_credentials_are_sent_as_basic_authorization() {
         delivery.headers["authorization"],
         "Basic YWxpY2U6SE9PSy9QQVNT"
     );
-    strata
-        .wait_event(0, "webhook delivered", |e| {
-            e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("alerts delivered"))
-        })
-        .await;
+    wait_message(&strata, "alerts delivered").await;
     let (_, lines) = strata.stop().await;
     let log = lines.join("\n");
     assert!(log.contains("alerts delivered"), "{log}");
