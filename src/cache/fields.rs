@@ -171,7 +171,8 @@ pub fn write(buf: &mut Vec<u8>, h: &HeaderMap) -> Result<(), (&'static str, usiz
 /// the number of bytes the block spans.
 pub fn parse(payload: &Bytes, start: usize, end: usize) -> Result<(HeaderMap, usize), BadBlock> {
     let (raw, fields) = counted(payload, start, end)?;
-    let mut map = HeaderMap::with_capacity(fields as usize);
+    // Room for what a hit adds (see `entry::room_to_serve`).
+    let mut map = HeaderMap::with_capacity(fields as usize + super::entry::SERVED_FIELDS);
     let mut at = 4;
     for _ in 0..fields {
         let (name, value, next) = field_at(raw, at).ok_or(BadBlock {
@@ -286,6 +287,7 @@ impl LazyFields {
             LazyFields::Stored { block, map } => map.into_inner().unwrap_or_else(|| block.to_map()),
         };
         change(&mut fields);
+        super::entry::room_to_serve(&mut fields);
         *self = LazyFields::Map(fields);
     }
 

@@ -344,6 +344,7 @@ fn identity_variant(
     if encoded {
         compression::merge_vary_accept_encoding(&mut headers);
     }
+    entry::room_to_serve(&mut headers);
     Variant {
         vary,
         status,

@@ -378,6 +378,7 @@ impl Exchange {
             self.directives(&v.headers)
         };
         v.headers.remove(STRATA_CACHE_CONTROL);
+        entry::room_to_serve(&mut v.headers);
         // RFC 9110 §7.7: a response that now says `no-transform` is never
         // served in a coding Strata made (its encoded copies made before
         // were served after the 304, with `no-transform` on them).
