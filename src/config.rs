@@ -59,6 +59,10 @@ pub struct ServerConfig {
     /// Request fields removed before a request goes upstream (SPEC §10);
     /// default [`crate::proxy::headers::STRIP_BY_DEFAULT`].
     pub strip_request_headers: Vec<http::HeaderName>,
+    /// Request fields whose name holds `_` are forwarded (nginx's
+    /// `underscores_in_headers`); default off: they are dropped when the
+    /// request arrives (SPEC §10).
+    pub underscores_in_headers: bool,
     /// Large stored bodies are kept in shared memory and sent to plain
     /// (non-TLS) clients with `sendfile(2)` (Linux; default on, like
     /// nginx's `sendfile on`). Restart-only.
@@ -562,6 +566,28 @@ mod tests {
         ] {
             accepted(&rule(good));
         }
+    }
+
+    /// A status about the request (security probe F3, CPDoS) is never
+    /// stored: `status_ttl` naming one with a lifetime is refused, at its
+    /// key; `"0s"` (what happens anyway) and a class are accepted.
+    #[test]
+    fn status_ttl_for_a_status_about_the_request_is_refused() {
+        let rule = |ttl: &str| format!("[[rules]]\nmatch = \"/**\"\nstatus_ttl = {ttl}\n");
+        for code in ["400", "408", "411", "413", "414", "417", "431"] {
+            let e = refused(&rule(&format!(
+                "{{ \"404\" = \"1m\", \"{code}\" = \"10s\" }}"
+            )));
+            assert!(
+                e.contains(&format!(
+                    "rules[0].status_ttl.{code}: {code} is never stored"
+                )),
+                "{e}"
+            );
+        }
+        accepted(&rule(
+            "{ \"400\" = \"0s\", \"4xx\" = \"10s\", \"404\" = \"1m\" }",
+        ));
     }
 
     /// `enabled = false` still validates the other keys: a typo must not

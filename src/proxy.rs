@@ -111,6 +111,8 @@ pub struct Answered {
     pub status: CacheStatus,
     /// Strata answered with an error of its own (4xx, 502/503/504).
     failed: bool,
+    /// Closes an HTTP/1.x connection ([`ProxyError::closes_connection`]).
+    close: bool,
 }
 
 impl Answered {
@@ -119,6 +121,7 @@ impl Answered {
             response,
             status,
             failed: false,
+            close: false,
         }
     }
 
@@ -127,6 +130,7 @@ impl Answered {
             response: e.into_response(),
             status,
             failed: true,
+            close: e.closes_connection(),
         }
     }
 
@@ -289,6 +293,7 @@ impl Shared {
                 access: None,
             };
             let http10 = req.version() == http::Version::HTTP_10;
+            let http1 = req.version() < http::Version::HTTP_2;
             let runtime = self.runtime.load_full();
             let conn = &mut abandoned.conn;
             conn.client_ip = runtime
@@ -299,8 +304,7 @@ impl Shared {
             let conn = *conn;
             abandoned.method = Some(MethodClass::of(req.method()));
             abandoned.access = access::Pending::capture(&req, &runtime.config.log);
-            let answered = match validate::validate(&mut req, runtime.config.server.max_header_size)
-            {
+            let answered = match validate::validate(&mut req, &runtime.config.server) {
                 Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
                 Ok(present) => 'serve: {
                     // No limits configured: one `Option` check.
@@ -317,6 +321,7 @@ impl Shared {
             let Answered {
                 mut response,
                 status,
+                close: refused,
                 ..
             } = answered;
             let code = response.status().as_u16();
@@ -338,6 +343,9 @@ impl Shared {
                 // As a 1.0 response without `keep-alive`, hyper closes
                 // the connection (as 1.1 it appended `keep-alive`).
                 *response.version_mut() = http::Version::HTTP_10;
+            }
+            if close || (refused && http1) {
+                // hyper reads no further request after `Connection: close`.
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, http::HeaderValue::from_static("close"));

@@ -10,7 +10,8 @@
 //! - `rules/key.rs`: the key options (`key.*`: query normalisation, header
 //!   and cookie values in the key) and what a URL names for purge and
 //!   inspection.
-//!
+//! - `rules/param_name.rs`: the names origin frameworks read a query
+//!   parameter as (parameter cloaking), for the key options.
 //! - `rules/path_glob.rs`: path globs, shared with rate limits and
 //!   cascades, and the path they see (repeated slashes merged).
 //!
@@ -20,6 +21,7 @@
 
 pub mod key;
 pub mod lifetime;
+pub mod param_name;
 pub mod path_glob;
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};

@@ -93,6 +93,63 @@ async fn an_ignored_parameter_cannot_cloak_a_keyed_one() {
     assert_eq!(origin.count(), 2);
 }
 
+/// Parameter cloaking through `query_only` (security probe F1, high):
+/// names were matched as sent, so `%71`, `+q` and `Q` were left out of the
+/// key while PHP, Django and Rack read `%71` and `+q` as `q` (last wins)
+/// and ASP.NET reads `Q` as `q`: the attacker's value was stored under
+/// the clean URL's key. Each spelling now keys an entry of its own.
+#[tokio::test]
+async fn a_parameter_the_origin_reads_as_a_kept_one_cannot_be_cloaked() {
+    let origin = Origin::echo(&[("cache-control", "public, max-age=600")]).await;
+    let s = strata(
+        &origin,
+        "[[rules]]\nmatch = \"/q/**\"\nkey.query_only = [\"q\"]\n",
+    )
+    .await;
+    let c = Client::new();
+    for cloak in ["%71", "+q", "Q", "q[]", "q%00"] {
+        let attack = format!("/q/search?q=shoes&{cloak}=%3Cscript%3E");
+        let r = c.get(&s.url(&attack)).await;
+        assert_eq!(r.text(), format!("{attack} "));
+        assert!(!r.is_hit(), "{cloak}: {}", r.cache_status());
+    }
+    let victim = c.get(&s.url("/q/search?q=shoes")).await;
+    assert!(!victim.is_hit(), "{}", victim.cache_status());
+    assert_eq!(victim.text(), "/q/search?q=shoes ");
+    // What the rule is for still works: other parameters share the entry.
+    let tracked = c.get(&s.url("/q/search?q=shoes&utm_source=x")).await;
+    assert!(tracked.is_hit(), "{}", tracked.cache_status());
+    assert_eq!(origin.count(), 6);
+}
+
+/// `key.cookies` keyed the first of repeated cookies only (security probe
+/// F4): `currency=EUR; currency=USD`, which Django reads as USD, was a hit
+/// for `currency=EUR`. Every value is keyed now.
+#[tokio::test]
+async fn a_repeated_cookie_is_keyed_by_every_value() {
+    let origin = Origin::echo(&[("cache-control", "public, max-age=600")]).await;
+    let s = strata(
+        &origin,
+        "[[rules]]\nmatch = \"/**\"\nkey.cookies = [\"currency\"]\n",
+    )
+    .await;
+    let c = Client::new();
+    let first = c
+        .get_with(&s.url("/p"), &[("cookie", "currency=EUR; currency=USD")])
+        .await;
+    assert_eq!(first.text(), "/p currency=EUR; currency=USD");
+    let eur = c
+        .get_with(&s.url("/p"), &[("cookie", "currency=EUR")])
+        .await;
+    assert!(!eur.is_hit(), "{}", eur.cache_status());
+    assert_eq!(eur.text(), "/p currency=EUR");
+    let again = c
+        .get_with(&s.url("/p"), &[("cookie", "currency=EUR; currency=USD")])
+        .await;
+    assert!(again.is_hit(), "{}", again.cache_status());
+    assert_eq!(origin.count(), 2);
+}
+
 #[tokio::test]
 async fn currency_cookies_and_languages_split_the_cache_utm_source_does_not() {
     let origin = Origin::echo(&[("cache-control", "max-age=600"), ("surrogate-key", "echo")]).await;

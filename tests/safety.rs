@@ -385,6 +385,163 @@ async fn forwarding_and_steering_headers_from_clients_never_poison_an_entry() {
     assert_eq!(origin.count(), 1);
 }
 
+/// Underscore spellings of field names (security probe F2): `X_Lang` and
+/// `X_Attack` reached the origin, whose CGI-style stack reads them as
+/// `X-Lang` / `X-Attack`, while `key.headers` and `Vary` saw them as
+/// absent, so the attacker's value was stored as the default variant.
+/// They are dropped on arrival, as nginx does (`underscores_in_headers
+/// off`); `server.underscores_in_headers = true` forwards them.
+#[tokio::test]
+async fn underscored_field_names_never_reach_the_origin_unkeyed() {
+    let origin = Origin::start(|req: Request<Incoming>| async move {
+        // As PHP-FPM, Rack and WSGI read fields: `_` and `-` alike.
+        let read = |dashed: &str| {
+            let under = dashed.replace('-', "_");
+            support::origin::field(
+                &req,
+                if req.headers().contains_key(&under) {
+                    &under
+                } else {
+                    dashed
+                },
+            )
+        };
+        let body = format!("attack={} lang={}", read("x-attack"), read("x-lang"));
+        reply(
+            200,
+            &[
+                ("cache-control", "public, max-age=600"),
+                ("vary", "X-Attack"),
+            ],
+            body,
+        )
+    })
+    .await;
+    let rules = "[[rules]]\nmatch = \"/k/**\"\nkey.headers = [\"X-Lang\"]\n";
+    let strata = Strata::start(&[origin.addr], &format!("{NO_HEALTH}{rules}")).await;
+    let c = Client::new();
+    for path in ["/vary9", "/k/page"] {
+        let attacker = c
+            .get_with(&strata.url(path), &[("x_attack", "evil"), ("x_lang", "fr")])
+            .await;
+        assert_eq!(attacker.text(), "attack=- lang=-", "{path}");
+        let seen = origin.last().unwrap();
+        assert!(
+            !seen.headers.contains_key("x_attack") && !seen.headers.contains_key("x_lang"),
+            "{path}: {:?}",
+            seen.headers
+        );
+        let later = c.get(&strata.url(path)).await;
+        assert_eq!(later.text(), "attack=- lang=-", "{path}");
+    }
+    let dashed = c
+        .get_with(&strata.url("/k/page"), &[("x-lang", "fr")])
+        .await;
+    assert!(!dashed.is_hit(), "{}", dashed.cache_status());
+    assert_eq!(dashed.text(), "attack=- lang=fr");
+    strata.stop().await;
+
+    // Forwarded when the operator says so.
+    let text = support::config_text(&[origin.addr], NO_HEALTH).replacen(
+        "[server]\n",
+        "[server]\nunderscores_in_headers = true\n",
+        1,
+    );
+    let strata = Strata::start_text(&text).await;
+    let r = c
+        .get_with(&strata.url("/other"), &[("x_attack", "evil")])
+        .await;
+    assert_eq!(r.text(), "attack=evil lang=-");
+}
+
+/// Cache-poisoned denial of service (security probe F3; Nguyen et al.,
+/// CCS 2019): the origin refused one client's oversized header with a
+/// `431` carrying its site-wide `public, max-age=60`, and that `431` was
+/// stored and served to everybody. Statuses about the request (400, 408,
+/// 411, 413, 414, 417, 431) are never stored, whatever a rule says, and
+/// do not displace what is stored.
+#[tokio::test]
+async fn an_error_about_one_request_is_never_stored_for_everybody() {
+    let origin = Origin::start(|req: Request<Incoming>| async move {
+        let cc = [("cache-control", "public, max-age=60")];
+        match support::origin::field(&req, "x-refuse").parse::<u16>() {
+            Ok(status) => reply(status, &cc, "refused"),
+            Err(_) => reply(200, &cc, "home"),
+        }
+    })
+    .await;
+    let rules = "[[rules]]\nmatch = \"/ttl/**\"\nstatus_ttl = { \"4xx\" = \"1h\" }\n";
+    let strata = Strata::start(&[origin.addr], &format!("{NO_HEALTH}{rules}")).await;
+    let c = Client::new();
+    let mut expected = 0;
+    for status in ["400", "408", "411", "413", "414", "417", "431"] {
+        for path in [format!("/home{status}"), format!("/ttl/{status}")] {
+            let attacker = c
+                .get_with(&strata.url(&path), &[("x-refuse", status)])
+                .await;
+            assert_eq!(attacker.status.as_str(), status, "{path}");
+            assert!(
+                !attacker.cache_status().contains("stored"),
+                "{path}: {}",
+                attacker.cache_status()
+            );
+            // Not marked uncacheable (hit-for-miss) either: the next
+            // request is an ordinary miss, and its 200 is stored.
+            let victim = c.get(&strata.url(&path)).await;
+            assert_eq!(victim.status, 200, "{path}: {}", victim.cache_status());
+            assert_eq!(victim.text(), "home");
+            assert!(
+                victim
+                    .cache_status()
+                    .starts_with("strata; fwd=miss; stored"),
+                "{path}: {}",
+                victim.cache_status()
+            );
+            let next = c.get(&strata.url(&path)).await;
+            assert!(next.is_hit(), "{path}: {}", next.cache_status());
+            expected += 2;
+        }
+    }
+    assert_eq!(origin.count(), expected);
+    // A 404 under the same rule still follows status_ttl.
+    c.get_with(&strata.url("/ttl/x"), &[("x-refuse", "404")])
+        .await;
+    let r = c.get(&strata.url("/ttl/x")).await;
+    assert!(r.is_hit() && r.status == 404, "{}", r.cache_status());
+}
+
+/// After Strata's own `400` (or `501`) on HTTP/1.1 the connection stayed
+/// open and the next pipelined request was served (security probe F6);
+/// where that request starts is in doubt, so the connection now closes,
+/// as nginx does.
+#[tokio::test]
+async fn the_connection_closes_after_strata_refuses_a_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::fixed(&[], "ok").await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    for refused in [
+        &b"GET /a/..%2fb HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(strata.addr).await.unwrap();
+        let mut pipelined = refused.to_vec();
+        pipelined.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+        s.write_all(&pipelined).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut got)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(read.is_ok(), "still open after: {text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{text}"
+        );
+    }
+    assert_eq!(origin.count(), 0);
+}
+
 /// RFC 9110 §7.6.1 `Connection` options (black-box audit, high): a client
 /// naming `Host` had it removed upstream, so the origin answered for its
 /// own default host and that answer was stored under the client's host;

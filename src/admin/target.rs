@@ -49,14 +49,14 @@ mod tests {
     use super::*;
     use crate::cache::key::CacheKey;
     use crate::cache::Purge;
-    use crate::rules::key::{name_globs, KeyOptions, QueryFilter, QueryMode};
+    use crate::rules::key::{KeyOptions, QueryFilter, QueryMode};
     use crate::rules::Rule;
 
     fn rules() -> RuleSet {
         RuleSet::new(vec![
             Rule::new("/b", None).unwrap().with_key(KeyOptions {
                 query: QueryMode::Sorted,
-                filter: Some(QueryFilter::Ignore(name_globs(["utm_*"]).unwrap())),
+                filter: Some(QueryFilter::ignore(["utm_*"]).unwrap()),
                 ..KeyOptions::default()
             }),
             Rule::new("/prices", None).unwrap().with_key(KeyOptions {

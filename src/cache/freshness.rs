@@ -41,6 +41,10 @@ pub enum NotStorable {
     /// The bodies being collected for admission fill their budget
     /// (`Cache::collecting`) at this moment: storable, but not stored now.
     Busy,
+    /// A status about the request, not the resource
+    /// ([`about_the_request`]): that request's alone, it neither marks
+    /// the URL uncacheable nor replaces what is stored.
+    RequestError,
 }
 
 impl NotStorable {
@@ -56,8 +60,29 @@ impl NotStorable {
             NotStorable::NoFreshness => "no-freshness",
             NotStorable::TooLarge => "too-large",
             NotStorable::Busy => "busy",
+            NotStorable::RequestError => "request-error",
         }
     }
+}
+
+/// Statuses that describe the request rather than the resource: `400`,
+/// `408`, `411`, `413`, `414`, `417` and `431` (RFC 9110 §15.5, RFC 6585
+/// §5). Never stored, whatever the origin or a rule says: one client's
+/// malformed or oversized request (a header the origin refuses, a query
+/// parameter the key ignores) would otherwise answer everybody's
+/// (cache-poisoned denial of service, Nguyen et al., CCS 2019).
+pub fn about_the_request(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 408 | 411 | 413 | 414 | 417 | 431)
+}
+
+/// Statuses never stored whatever a rule says: informational, `206`
+/// (served from full objects), `304` (a validation) and
+/// [`about_the_request`].
+pub fn never_stored(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || about_the_request(status)
 }
 
 /// Status codes that are heuristically cacheable (RFC 9110 §15.1).
@@ -101,12 +126,13 @@ pub fn storable(
     if method != Method::GET {
         return Err(NotStorable::Method);
     }
+    if about_the_request(status) {
+        return Err(NotStorable::RequestError);
+    }
     // Final statuses only; partial content is served from full objects,
-    // never stored itself; 304 is handled as a validation.
-    if status.is_informational()
-        || status == StatusCode::PARTIAL_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    // never stored itself; 304 is handled as a validation; an answer
+    // about the request is that request's alone.
+    if never_stored(status) {
         return Err(NotStorable::Status);
     }
     if cc.no_store || request_cc.no_store {

@@ -49,6 +49,7 @@ pub struct ServerFile {
     pub max_connections: Option<Spanned<usize>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub strip_request_headers: Option<Vec<Spanned<String>>>,
+    pub underscores_in_headers: Option<bool>,
     pub sendfile: Option<bool>,
 }
 

@@ -77,6 +77,19 @@ impl ProxyError {
         }
     }
 
+    /// Whether an HTTP/1.x connection is closed after this answer: a
+    /// request refused as malformed (`400`) or framed with a transfer
+    /// coding Strata cannot forward (`501`) leaves in doubt where the next
+    /// request starts, so none is read after it (nginx closes after both;
+    /// hyper after its own `400`). HTTP/2 streams are framed apart: their
+    /// connection stays.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self.status(),
+            StatusCode::BAD_REQUEST | StatusCode::NOT_IMPLEMENTED
+        )
+    }
+
     /// The answer for a stale response that may not be served stale
     /// (`must-revalidate`, `no-cache`, ...) when its revalidation failed
     /// with `self`: an upstream that could not be reached or broke (`502`)

@@ -199,11 +199,14 @@ fn serve_stale(
     Answered::new(ctx.respond(req, &s.variant), status)
 }
 
-/// Whether `reason` is the request's own (its `Authorization`, or its
-/// `no-store`) or the moment's (no room in the collecting budget), so the
+/// Whether `reason` is the request's own (its `Authorization`, its
+/// `no-store`, an answer about the request such as `431`) or the moment's (no room in the collecting budget), so the
 /// answer says nothing about what the cache holds or may store.
 pub(super) fn for_this_request_only(reason: NotStorable, req_cc: &CacheControl) -> bool {
-    matches!(reason, NotStorable::Authorization | NotStorable::Busy) || req_cc.no_store
+    matches!(
+        reason,
+        NotStorable::Authorization | NotStorable::Busy | NotStorable::RequestError
+    ) || req_cc.no_store
 }
 
 /// A response that must not be stored streams through; the URL skips the

@@ -188,6 +188,23 @@ fn forwarding_field(name: &str) -> bool {
         || (b.len() > PREFIX.len() && same_dashed(&b[..PREFIX.len()], PREFIX))
 }
 
+/// Removes request fields whose name holds `_`, as nginx does by default
+/// (`underscores_in_headers off`): CGI, PHP-FPM, Rack and WSGI servers
+/// read `X_Lang` as the same `HTTP_X_LANG` variable as `X-Lang`, so such a
+/// field would reach the origin as one that the cache key (`key.headers`)
+/// and `Vary` matching never saw under that name. One scan of the names;
+/// allocates only when such a field is there.
+pub fn drop_underscored(headers: &mut HeaderMap) {
+    let underscored = |k: &HeaderName| k.as_str().as_bytes().contains(&b'_');
+    if !headers.keys().any(underscored) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|k| underscored(k)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 /// `name` equals `dashed` when each `_` of `name` is read as `-`.
 fn same_dashed(name: &[u8], dashed: &[u8]) -> bool {
     name.len() == dashed.len()

@@ -2,8 +2,8 @@
 //! what must never reach an upstream (RFC 9112 §3.2 Host, §6.1 transfer
 //! codings, CONNECT, TRACE, ambiguous paths: SPEC §10) and the normal form
 //! every later phase reads (the path, the fields a client names in
-//! `Connection` removed, and an HTTP/2 client's `cookie` fields joined as
-//! one). Also the request's authority, read after it, and [`Present`]:
+//! `Connection` removed, fields whose name holds `_` dropped, and an
+//! HTTP/2 client's `cookie` fields joined as one). Also the request's authority, read after it, and [`Present`]:
 //! which of the fields the hit path reads the request has at all.
 
 use http::header::{self, HeaderMap, HeaderName};
@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::{headers, target};
+use crate::config::ServerConfig;
 
 /// A request field the hit path reads, as a bit of [`Present`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,11 +81,11 @@ impl Present {
 /// SPEC §10), and replaces the request's path by its normalised form
 /// ([`target::normalize`]) so every later phase reads the same one.
 /// Returns the [`Present`] fields, for the phases after it.
-/// `max_header_size` is `server.max_header_size` in bytes (checked here for
-/// HTTP/2 only; hyper checks HTTP/1.1 heads).
+/// Reads `server.max_header_size` (in bytes; checked here for HTTP/2 only,
+/// hyper checks HTTP/1.1 heads) and `server.underscores_in_headers`.
 pub(super) fn validate(
     req: &mut Request<Incoming>,
-    max_header_size: usize,
+    server: &ServerConfig,
 ) -> Result<Present, ProxyError> {
     let present = Present::of(req.headers());
     let host = if present.has(Field::Host) {
@@ -182,7 +183,7 @@ pub(super) fn validate(
         // one field over HTTP/1.1.
         headers::join_cookies(req.headers_mut());
         http2_fields(req.headers())?;
-        if header_list_size(req) > max_header_size {
+        if header_list_size(req) > server.max_header_size {
             return Err(ProxyError::HeadTooLarge);
         }
         // Repeated equal values go upstream as one, as over HTTP/1.1
@@ -190,6 +191,9 @@ pub(super) fn validate(
         // HTTP/2 server accepts both.
         crate::upstream::client::single_content_length(req.headers_mut())
             .map_err(|_| ProxyError::BadRequest("conflicting content-length fields"))?;
+    }
+    if !server.underscores_in_headers {
+        headers::drop_underscored(req.headers_mut());
     }
     Ok(present)
 }

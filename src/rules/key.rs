@@ -8,18 +8,24 @@
 //! so the appended values cannot collide with a path; `%`, `#`, `&` and `=`
 //! in values are percent-encoded. A missing header or cookie is written
 //! without `=`, so it differs from an empty one. Cookies are parsed with
-//! the `cookie` crate (RFC 6265 §4.2 `Cookie` fields).
+//! the `cookie` crate (RFC 6265 §4.2 `Cookie` fields); every value of a
+//! repeated cookie name is keyed, in order.
 //!
-//! Parameter names are matched as sent (not percent-decoded), with globs
-//! where `*` matches any run of characters.
+//! Parameters are kept in the key as sent. Their names are matched with
+//! globs where `*` matches any run of characters, against every name an
+//! origin framework may read them as (`rules/param_name.rs`: `%71`, `+q`,
+//! `Q` and `q[]` are all `q` somewhere): `query_only` keeps a parameter
+//! when any reading is kept (case-insensitively), `query_ignore` drops it
+//! only when every reading is ignored, and `sorted` never reorders two
+//! parameters a framework could read as one name (parameter cloaking).
 
 use std::fmt::Write as _;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use http::header::{self, HeaderMap, HeaderName};
 use http::Method;
 
-use super::RuleSet;
+use super::{param_name, RuleSet};
 use crate::cache::key::CacheKey;
 use crate::cache::Purge;
 
@@ -48,13 +54,44 @@ impl QueryMode {
     }
 }
 
-/// Which query parameters the key keeps, by name glob.
+/// Which query parameters the key keeps, by name glob; built by
+/// [`QueryFilter::ignore`] and [`QueryFilter::only`].
 #[derive(Debug, Clone)]
 pub enum QueryFilter {
-    /// `key.query_ignore`: drop these.
+    /// `key.query_ignore`: drop these (every reading of the name matches).
     Ignore(GlobSet),
-    /// `key.query_only`: keep only these.
+    /// `key.query_only`: keep only these (some reading of the name
+    /// matches; the globs match case-insensitively).
     Only(GlobSet),
+}
+
+impl QueryFilter {
+    /// `key.query_ignore = globs`.
+    pub fn ignore<'a>(
+        globs: impl IntoIterator<Item = &'a str>,
+    ) -> Result<QueryFilter, globset::Error> {
+        Ok(QueryFilter::Ignore(name_globs(globs)?))
+    }
+
+    /// `key.query_only = globs`, matched case-insensitively (ASP.NET reads
+    /// `Q` as `q`).
+    pub fn only<'a>(
+        globs: impl IntoIterator<Item = &'a str>,
+    ) -> Result<QueryFilter, globset::Error> {
+        let mut set = GlobSetBuilder::new();
+        for g in globs {
+            set.add(GlobBuilder::new(g).case_insensitive(true).build()?);
+        }
+        Ok(QueryFilter::Only(set.build()?))
+    }
+
+    /// Whether the key keeps a parameter sent with name `name`.
+    fn keeps(&self, name: &str) -> bool {
+        match self {
+            QueryFilter::Ignore(set) => !param_name::every_reading(name, |r| set.is_match(r)),
+            QueryFilter::Only(set) => param_name::any_reading(name, |r| set.is_match(r)),
+        }
+    }
 }
 
 /// A rule's key options; the default changes nothing.
@@ -167,12 +204,7 @@ impl KeyOptions {
         // (`?a=1&utm_x=1;a=EVIL` stored as `?a=1`: parameter cloaking).
         let kept = query.split('&').filter(|p| {
             !p.is_empty()
-                && (p.contains(';')
-                    || match &self.filter {
-                        None => true,
-                        Some(QueryFilter::Ignore(set)) => !set.is_match(param_name(p)),
-                        Some(QueryFilter::Only(set)) => set.is_match(param_name(p)),
-                    })
+                && (p.contains(';') || self.filter.as_ref().is_none_or(|f| f.keeps(param_name(p))))
         });
         let mut push = |i: usize, p: &str| {
             out.push(if i == 0 { '?' } else { '&' });
@@ -180,8 +212,19 @@ impl KeyOptions {
         };
         if self.query == QueryMode::Sorted {
             let mut params: Vec<&str> = kept.collect();
-            // Stable: repeated names keep their relative order.
-            params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+            // Stable, and by name regardless of ASCII case: parameters an
+            // origin reads as one name (repeated, or `Q` and `q` for
+            // ASP.NET) keep their relative order, which decides the value
+            // it reads. A name of other characters (`q[]`, `%71`, `a.b`)
+            // may be read as one of several names: such a query keeps its
+            // order.
+            if params.iter().all(|p| param_name::is_plain(param_name(p))) {
+                params.sort_by(|a, b| {
+                    let (a, b) = (param_name(a).bytes(), param_name(b).bytes());
+                    a.map(|c| c.to_ascii_lowercase())
+                        .cmp(b.map(|c| c.to_ascii_lowercase()))
+                });
+            }
             params.iter().enumerate().for_each(|(i, p)| push(i, p));
         } else {
             kept.enumerate().for_each(|(i, p)| push(i, p));
@@ -276,20 +319,55 @@ fn param_name(p: &str) -> &str {
     p.split_once('=').map_or(p, |(n, _)| n)
 }
 
-/// Appends `=VALUE` of the first cookie `name` in the request's `Cookie`
-/// fields (RFC 6265 §5.4; HTTP/2 may split them over several fields), or
-/// nothing when there is none. The `cookie` crate parses without copying.
+/// Appends `=VALUES` for cookie `name` in the request's `Cookie` fields
+/// (RFC 6265 §5.4; HTTP/2 crumbs were joined at validation), or nothing
+/// when there is none. Origins differ on which cookie they read, so every
+/// one that some origin could read as `name` is keyed, in order, `;`
+/// between them:
+///
+/// - each cookie of that name (Django reads the last, nginx's `$cookie_`
+///   the first);
+/// - `~SPELLING=VALUE` for one whose name is another spelling of `name`
+///   (PHP decodes names and reads `.` as `_`, ASP.NET ignores case: the
+///   readings of `rules/param_name.rs`);
+/// - `,VALUE` for one found only by splitting on `,` as well (Rack 2 reads
+///   `x=a,currency=USD` as two cookies).
+///
+/// Values and spellings are escaped so that none holds `;`, `,`, `~` or
+/// `=`. The `cookie` crate parses without copying.
 fn push_cookie(out: &mut String, request: &HeaderMap, name: &str) {
-    let found = request
+    let cookies = request
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(cookie::Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|c| c.name() == name);
-    if let Some(c) = found {
-        out.push('=');
-        escape(out, c.value());
+        .filter_map(Result::ok);
+    let mut first = true;
+    let mut entry = |out: &mut String, prefix: &str, sent: &str, value: &str| {
+        out.push(if std::mem::take(&mut first) { '=' } else { ';' });
+        out.push_str(prefix);
+        if sent != name {
+            out.push('~');
+            escape_cookie(out, sent);
+            out.push('=');
+        }
+        escape_cookie(out, value);
+    };
+    let read_as_name = |sent: &str| {
+        sent == name || param_name::any_reading(sent, |r| r.eq_ignore_ascii_case(name))
+    };
+    for c in cookies {
+        if read_as_name(c.name()) {
+            entry(out, "", c.name(), c.value());
+        }
+        for part in c.value().split(',').skip(1) {
+            if let Some((sent, value)) = part.split_once('=') {
+                let sent = sent.trim();
+                if read_as_name(sent) {
+                    entry(out, ",", sent, value);
+                }
+            }
+        }
     }
 }
 
@@ -297,6 +375,19 @@ fn escape(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
             '%' | '#' | '&' | '=' => {
+                let _ = write!(out, "%{:02X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// [`escape`], and `;`, `,` and `~` too (the separators of
+/// [`push_cookie`]).
+fn escape_cookie(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '%' | '#' | '&' | '=' | ';' | ',' | '~' => {
                 let _ = write!(out, "%{:02X}", c as u32);
             }
             c => out.push(c),
@@ -332,15 +423,13 @@ mod tests {
         assert_eq!(none.normalise("/p?b=2&a=1"), "/p");
         let ignore = opts(
             QueryMode::All,
-            Some(QueryFilter::Ignore(
-                name_globs(["utm_*", "fbclid"]).unwrap(),
-            )),
+            Some(QueryFilter::ignore(["utm_*", "fbclid"]).unwrap()),
         );
         assert_eq!(ignore.normalise("/p?utm_source=x&id=1&fbclid=9"), "/p?id=1");
         assert_eq!(ignore.normalise("/p?utm_source=x"), "/p");
         let only = opts(
             QueryMode::Sorted,
-            Some(QueryFilter::Only(name_globs(["q", "page"]).unwrap())),
+            Some(QueryFilter::only(["q", "page"]).unwrap()),
         );
         assert_eq!(only.normalise("/s?page=2&x=1&q=a"), "/s?page=2&q=a");
         assert_eq!(only.normalise("/s?x=1"), "/s");
@@ -353,7 +442,7 @@ mod tests {
     fn a_parameter_holding_a_semicolon_is_never_dropped() {
         let ignore = opts(
             QueryMode::All,
-            Some(QueryFilter::Ignore(name_globs(["utm_*"]).unwrap())),
+            Some(QueryFilter::ignore(["utm_*"]).unwrap()),
         );
         assert_eq!(
             ignore.normalise("/p?a=1&utm_content=x;a=EVIL"),
@@ -364,12 +453,98 @@ mod tests {
             "/p?a=1&utm_content;a=EVIL"
         );
         assert_eq!(ignore.normalise("/p?a=1&utm_content=x"), "/p?a=1");
-        let only = opts(
-            QueryMode::Sorted,
-            Some(QueryFilter::Only(name_globs(["a"]).unwrap())),
-        );
+        let only = opts(QueryMode::Sorted, Some(QueryFilter::only(["a"]).unwrap()));
         assert_eq!(only.normalise("/p?x=1;a=EVIL&a=1"), "/p?a=1&x=1;a=EVIL");
         assert_eq!(only.normalise("/p?x=1&a=1"), "/p?a=1");
+    }
+
+    /// Parameter cloaking (security probe F1): a spelling an origin reads
+    /// as a kept name (`%71`, `+q`, `Q`, `q[]`, `q%00`) was dropped from
+    /// the key, so `?q=shoes&%71=EVIL` was stored as `?q=shoes` while PHP,
+    /// Django and Rack rendered `q = EVIL`.
+    #[test]
+    fn a_spelling_an_origin_reads_as_a_kept_name_stays_in_the_key() {
+        let only = opts(QueryMode::All, Some(QueryFilter::only(["q"]).unwrap()));
+        for cloak in [
+            "%71", "+q", "%20q", "Q", "q[]", "q%5B%5D", "q%00", "%u0071", "[q]",
+        ] {
+            let url = format!("/s?q=shoes&{cloak}=EVIL&x=1");
+            assert_eq!(
+                only.normalise(&url),
+                format!("/s?q=shoes&{cloak}=EVIL"),
+                "{cloak}"
+            );
+        }
+        assert_eq!(only.normalise("/s?q=shoes&qq=1&x=1"), "/s?q=shoes");
+        // PHP reads `a.b`, `a b` and `a[b` as `a_b`.
+        let php = opts(QueryMode::All, Some(QueryFilter::only(["a_b"]).unwrap()));
+        assert_eq!(
+            php.normalise("/s?a.b=1&a+b=2&a[b=3&ab=4"),
+            "/s?a.b=1&a+b=2&a[b=3"
+        );
+        // Dropped only when every reading is ignored.
+        let ignore = opts(
+            QueryMode::All,
+            Some(QueryFilter::ignore(["utm_*", "fbclid"]).unwrap()),
+        );
+        assert_eq!(
+            ignore.normalise("/p?a=1&utm_x=1&utm_a.b=2&%75tm_x=3&fbclid[]=4&UTM_X=5"),
+            "/p?a=1&%75tm_x=3&fbclid[]=4&UTM_X=5"
+        );
+    }
+
+    /// `sorted` must not reorder two parameters an origin reads as one
+    /// name: with last-wins parsing, the order decides the value read.
+    #[test]
+    fn sorting_keeps_the_order_of_parameters_read_as_one_name() {
+        let sorted = opts(QueryMode::Sorted, None);
+        assert_eq!(sorted.normalise("/p?q=a&b=1&Q=b"), "/p?b=1&q=a&Q=b");
+        assert_eq!(sorted.normalise("/p?Q=b&b=1&q=a"), "/p?b=1&Q=b&q=a");
+        // A name that may be read as another keeps the query's order.
+        assert_eq!(sorted.normalise("/p?q=a&b=1&%71=b"), "/p?q=a&b=1&%71=b");
+        assert_eq!(sorted.normalise("/p?%71=b&b=1&q=a"), "/p?%71=b&b=1&q=a");
+    }
+
+    /// Security probe F4: only the first of repeated cookies was keyed, so
+    /// `currency=EUR; currency=USD` (Django reads USD) shared the entry of
+    /// `currency=EUR`.
+    #[test]
+    fn every_cookie_an_origin_may_read_is_keyed() {
+        let o = KeyOptions {
+            cookies: vec!["currency".into()],
+            ..KeyOptions::default()
+        };
+        let key = |cookies: &[&str]| {
+            let mut h = HeaderMap::new();
+            for c in cookies {
+                h.append("cookie", HeaderValue::from_str(c).unwrap());
+            }
+            o.request_path("/p", &h)
+        };
+        assert_eq!(key(&["currency=EUR"]), "/p#c.currency=EUR");
+        assert_eq!(
+            key(&["currency=EUR; currency=USD"]),
+            "/p#c.currency=EUR;USD"
+        );
+        assert_eq!(
+            key(&["currency=EUR", "currency=USD"]),
+            "/p#c.currency=EUR;USD"
+        );
+        assert_eq!(
+            key(&["currency=USD; currency=EUR"]),
+            "/p#c.currency=USD;EUR"
+        );
+        // Rack 2 splits on `,` too; Django reads `x` only.
+        assert_eq!(key(&["x=a,currency=USD"]), "/p#c.currency=,USD");
+        assert_eq!(
+            key(&["currency=EUR,USD"]),
+            "/p#c.currency=EUR%2CUSD",
+            "one value holding a comma"
+        );
+        // PHP decodes names, ASP.NET ignores case.
+        assert_eq!(key(&["%63urrency=USD"]), "/p#c.currency=~%2563urrency=USD");
+        assert_eq!(key(&["Currency=USD"]), "/p#c.currency=~Currency=USD");
+        assert_eq!(key(&["other=1"]), "/p#c.currency");
     }
 
     #[test]

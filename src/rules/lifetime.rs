@@ -61,7 +61,9 @@ pub struct StatusTtl {
 
 impl StatusTtl {
     /// Adds `pattern` (`"404"`, `"5xx"`; 100–599) with `secs`; the error
-    /// says what was expected.
+    /// says what was expected. A status about the request
+    /// ([`crate::cache::freshness::about_the_request`]) with a lifetime is
+    /// refused: it is never stored (a class such as `"4xx"` leaves it out).
     pub fn insert(&mut self, pattern: &str, secs: u64) -> Result<(), String> {
         let p = pattern.trim().to_ascii_lowercase();
         let bytes = p.as_bytes();
@@ -79,6 +81,13 @@ impl StatusTtl {
             self.class.push((class, secs));
         } else if bytes[1..].iter().all(u8::is_ascii_digit) {
             let code: u16 = p.parse().map_err(|_| bad())?;
+            let about_request =
+                StatusCode::from_u16(code).is_ok_and(crate::cache::freshness::about_the_request);
+            if about_request && secs > 0 {
+                return Err(format!(
+                    "{code} is never stored: it answers one malformed or oversized request, not the resource, and stored it would answer everybody (remove it, or use \"0s\")"
+                ));
+            }
             if self.exact.iter().any(|(c, _)| *c == code) {
                 return Err(format!("status pattern {pattern:?} given twice"));
             }

@@ -24,6 +24,7 @@ impl Validator<'_> {
             max_connections,
             trusted_proxies,
             strip_request_headers,
+            underscores_in_headers,
             sendfile,
         } = s;
         let send_timeout =
@@ -62,6 +63,7 @@ impl Validator<'_> {
             )?,
             trusted_proxies: self.trusted_proxies(trusted_proxies)?,
             strip_request_headers: self.strip_request_headers(strip_request_headers)?,
+            underscores_in_headers: underscores_in_headers.unwrap_or(false),
             sendfile: sendfile.unwrap_or(true),
         })
     }

@@ -142,12 +142,17 @@ impl Validator<'_> {
                 )
             })?,
         };
-        let globs = |list: &Spanned<Vec<Spanned<String>>>, field: &str| {
+        let globs = |list: &Spanned<Vec<Spanned<String>>>, field: &str, only: bool| {
             for g in list.get_ref() {
                 name_globs([g.get_ref().as_str()]).map_err(|e| at(g.span(), field, &e))?;
             }
-            name_globs(list.get_ref().iter().map(|g| g.get_ref().as_str()))
-                .map_err(|e| at(list.span(), field, &e))
+            let names = list.get_ref().iter().map(|g| g.get_ref().as_str());
+            if only {
+                QueryFilter::only(names)
+            } else {
+                QueryFilter::ignore(names)
+            }
+            .map_err(|e| at(list.span(), field, &e))
         };
         let filter = match (&query_ignore, &query_only) {
             (Some(_), Some(only)) => {
@@ -157,8 +162,8 @@ impl Validator<'_> {
                     &"query_only and query_ignore exclude each other: keep one",
                 ))
             }
-            (Some(ignore), None) => Some(QueryFilter::Ignore(globs(ignore, "query_ignore")?)),
-            (None, Some(only)) => Some(QueryFilter::Only(globs(only, "query_only")?)),
+            (Some(ignore), None) => Some(globs(ignore, "query_ignore", false)?),
+            (None, Some(only)) => Some(globs(only, "query_only", true)?),
             (None, None) => None,
         };
         if let (Some(q), true) = (&query, mode == QueryMode::None && filter.is_some()) {

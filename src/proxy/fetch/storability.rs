@@ -97,7 +97,8 @@ pub fn would_store(
 /// What the origin made private (or the request, `Authorization`) stays
 /// private whatever the rule says, and the client gets the origin's own
 /// Cache-Control; a rule's Cache-Control and TTL keys apply to success
-/// statuses only, others only when `status_ttl` names them.
+/// statuses only, others only when `status_ttl` names them. A status
+/// about the request ([`freshness::about_the_request`]) is never stored.
 fn shape(
     rule: Option<&Rule>,
     targeted: &[header::HeaderName],
@@ -110,6 +111,10 @@ fn shape(
     // valid, else Cache-Control. Strata's own field is never passed on.
     let origin = CacheControl::for_cache(response, targeted);
     response.remove(STRATA_CACHE_CONTROL);
+    // Before any rule or the origin's word: `status_ttl` cannot name it.
+    if freshness::about_the_request(status) {
+        return Err(NotStorable::RequestError);
+    }
     if let Some(reason) = lifetime::private(request, request_cc, response, &origin) {
         return Err(reason);
     }
@@ -134,9 +139,7 @@ fn shape(
         // A rule's lifetime stands in for the freshness the response
         // lacks; never for what makes a response unstorable as such.
         (Err(NotStorable::Status | NotStorable::NoFreshness), Lifetime::Given(_))
-            if !(status.is_informational()
-                || status == StatusCode::PARTIAL_CONTENT
-                || status == StatusCode::NOT_MODIFIED) =>
+            if !freshness::never_stored(status) =>
         {
             Ok(cc)
         }
