@@ -48,6 +48,7 @@ fn object(body: Bytes) -> Arc<Object> {
         tags: Vec::new(),
         soft_purged: false,
         hits: Default::default(),
+        refresh: Default::default(),
     };
     Arc::new(Object {
         key: CacheKey::new(false, "bench.local", "/small.json"),

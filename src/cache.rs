@@ -13,6 +13,8 @@
 //!   own, unmapped when evicted.
 //! - `cache/collapse.rs`: collapsed forwarding of concurrent misses, and
 //!   of concurrent Redis reads of one URL ([`Cache::lookup`]).
+//! - `cache/refresh.rs`: when a stored copy is refreshed in the background
+//!   (refresh-ahead's hit count, the back-off after a failed refresh).
 //! - `cache/tags.rs`: surrogate keys.
 //! - `cache/reads.rs`: reads of the Redis tier for this cache: coalesced
 //!   lookups, and copies promoted into memory unless a purge overlapped.
@@ -35,6 +37,7 @@ pub mod memory;
 pub mod purge;
 mod reads;
 pub mod redis;
+pub mod refresh;
 pub mod storage;
 pub mod tags;
 pub mod vary;

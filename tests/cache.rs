@@ -2191,8 +2191,8 @@ async fn a_large_body_is_stored_under_a_steady_stream_of_small_misses() {
     }
 }
 
-/// A background refresh that finds no room in the collecting budget keeps
-/// its URL's lock for a second, so the hits meanwhile do not each start
+/// A background refresh that finds no room in the collecting budget holds
+/// the entry's next refresh back for a second, so the hits meanwhile do not each start
 /// another full upstream fetch (thrown away): while a 9 MiB body is being
 /// collected through a 32 MiB tier, five hits on a stale-while-revalidate
 /// entry of 1 MiB make one refresh, not five.
@@ -2232,7 +2232,7 @@ async fn a_refresh_with_no_room_is_not_retried_on_every_hit() {
         assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
     }
     let within_backoff = first.elapsed() < Duration::from_millis(900);
-    // Every refresh lock given back (the one backing off, after 1 s).
+    // Every refresh lock given back.
     wait_until(Duration::from_secs(5), "the refresh locks released", || {
         let locks = s.shared.cache.collapser().in_flight();
         async move { locks == 1 } // the large body's own

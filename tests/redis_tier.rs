@@ -114,6 +114,7 @@ fn object(url: &str, body: &str, tags: &[&str]) -> Arc<Object> {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             soft_purged: false,
             hits: Default::default(),
+            refresh: Default::default(),
         })],
     })
 }

@@ -1,8 +1,11 @@
 //! Collapsed forwarding: concurrent misses for one URL make one upstream
 //! request. The first caller gets [`Locked::Write`] and fetches; the others
 //! get [`Locked::Read`] and wait (bounded) for its [`Flight`] result. If the
-//! response turns out uncacheable, or the upstream fails, every waiter is
-//! released at once to go upstream itself, in parallel. If the leader is
+//! response turns out uncacheable, every waiter is released at once to go
+//! upstream itself, in parallel. If the upstream fails (or answers 5xx),
+//! the waiters are told so ([`Flight::Failed`]): one holding a stale copy
+//! it may serve on error (stale-if-error, grace) serves it as the leader
+//! did, without asking the failing upstream again. If the leader is
 //! gone without an answer (its client disconnected, the body it was
 //! storing broke), the waiters collapse again behind a new leader, as
 //! Varnish rushes its waiting list: one upstream request, not one each.
@@ -23,8 +26,13 @@ use super::entry::Object;
 pub enum Flight {
     /// Stored: look it up again.
     Stored(Arc<Object>),
-    /// Not storable, too large, or failed: go upstream yourself.
+    /// Not storable or too large: go upstream yourself.
     Released,
+    /// The upstream could not be reached, timed out, dropped the
+    /// connection (`status: None`) or answered a 5xx (`status`): serve the
+    /// stale copy if it may stand in for an error (RFC 5861 §4, grace),
+    /// else go upstream yourself.
+    Failed { status: Option<u16> },
     /// The leader went away without an answer: ask for the lock again.
     Abandoned,
     /// A Redis read found it (coalesced lookups, `Cache::lookup`), having

@@ -12,7 +12,6 @@
 //! [`Variant::weight`] counts what an entry really holds, bookkeeping
 //! included, so `memory_capacity` bounds the process's memory.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,6 +21,7 @@ use http::StatusCode;
 use super::fields::{FieldBlock, LazyFields};
 use super::freshness::{self, Millis, Policy, Times};
 use super::key::CacheKey;
+pub use super::refresh::{HitCount, RefreshBackoff};
 pub use super::vary::normalized;
 use crate::compression::Coding;
 
@@ -98,29 +98,9 @@ pub struct Variant {
     pub soft_purged: bool,
     /// Hits on this copy, counted only when `[cache] prefresh` is on.
     pub hits: HitCount,
-}
-
-/// Hits on one stored copy of a response: one relaxed atomic add per hit,
-/// and only while refresh-ahead (`[cache] prefresh`) is on. A copy (a
-/// refreshed or soft-purged variant) starts again from zero.
-#[derive(Debug, Default)]
-pub struct HitCount(AtomicU32);
-
-impl HitCount {
-    /// Counts one hit; returns the count including it.
-    pub fn add(&self) -> u32 {
-        self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1)
-    }
-
-    pub fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl Clone for HitCount {
-    fn clone(&self) -> HitCount {
-        HitCount::default()
-    }
+    /// When a failed background refresh of this copy lets the next one
+    /// start (see [`RefreshBackoff`]).
+    pub refresh: RefreshBackoff,
 }
 
 /// Memory a stored field costs beyond its name and value bytes: its
@@ -499,6 +479,7 @@ pub(crate) fn one_byte_variant(vary: VaryKey, received: Millis) -> Variant {
         tags: vec![],
         soft_purged: false,
         hits: HitCount::default(),
+        refresh: RefreshBackoff::default(),
     }
 }
 

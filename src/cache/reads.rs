@@ -68,7 +68,8 @@ impl Cache {
                         }
                         // The leader left or its answer may predate a purge.
                         Some(Flight::Abandoned) => continue,
-                        Some(Flight::Released | Flight::Stored(_)) | None => return None,
+                        Some(Flight::Released | Flight::Failed { .. } | Flight::Stored(_))
+                        | None => return None,
                     }
                 }
             };

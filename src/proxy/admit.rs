@@ -356,6 +356,7 @@ fn identity_variant(
         tags,
         soft_purged: false,
         hits: Default::default(),
+        refresh: Default::default(),
     }
 }
 

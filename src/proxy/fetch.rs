@@ -94,9 +94,19 @@ async fn follow(
             // Boxed: the future would otherwise contain itself.
             return Box::pin(fetch_or_rejoin(ctx, req, miss, rejoins - 1)).await;
         }
+        Some(Flight::Failed { status }) => {
+            // The leader's validation failed: a stale copy this request
+            // may have on error is served as the leader's was, without
+            // asking the failing upstream again (RFC 5861 §4, SPEC §6).
+            if let Some(s) = miss.stale.as_ref().filter(|s| s.on_error.is_some()) {
+                ctx.shared.metrics.collapsed();
+                return serve_stale(ctx, &req, &miss, s, status, true);
+            }
+        }
         Some(Flight::Released | Flight::Abandoned | Flight::Found { .. }) | None => {}
     }
-    // Released, timed out, or another variant: go upstream alone.
+    // Released, failed with nothing to serve instead, timed out, or
+    // another variant: go upstream alone.
     let pass = super::lookup::Pass {
         fwd: miss.fwd,
         rule: ctx.rule,
@@ -127,9 +137,9 @@ async fn lead(
     let req = Request::from_parts(parts, ());
     match fetched {
         Fetched::Failed(e) => {
-            lock.publish(Flight::Released);
+            lock.publish(Flight::Failed { status: None });
             match &miss.stale {
-                Some(s) if s.on_error.is_some() => serve_stale(ctx, &req, &miss, s, None),
+                Some(s) if s.on_error.is_some() => serve_stale(ctx, &req, &miss, s, None, false),
                 // A stored response that must not be served stale, and no
                 // upstream to validate it.
                 Some(_) => {
@@ -143,10 +153,12 @@ async fn lead(
             }
         }
         Fetched::ServerError(status) => {
-            lock.publish(Flight::Released);
+            lock.publish(Flight::Failed {
+                status: Some(status.as_u16()),
+            });
             match &miss.stale {
                 Some(s) if s.on_error.is_some() => {
-                    serve_stale(ctx, &req, &miss, s, Some(status.as_u16()))
+                    serve_stale(ctx, &req, &miss, s, Some(status.as_u16()), false)
                 }
                 _ => Answered::error(
                     &ProxyError::UpstreamBody {
@@ -179,17 +191,21 @@ async fn lead(
     }
 }
 
-/// The upstream failed or answered 5xx inside stale-if-error or grace:
-/// serve the stale copy (`detail=` says which allowed it).
-fn serve_stale(
+/// The upstream failed or answered 5xx (`fwd_status`) inside
+/// stale-if-error or grace: serve the stale copy (`detail=` says which
+/// allowed it; `collapsed` when it was another request's validation that
+/// failed).
+fn serve_stale<B>(
     ctx: &RequestCtx<'_>,
-    req: &Request<()>,
+    req: &Request<B>,
     miss: &Miss,
     s: &Stale,
     fwd_status: Option<u16>,
+    collapsed: bool,
 ) -> Answered {
     let status = CacheStatus::fwd(miss.fwd).map(|f| {
         f.fwd_status = fwd_status;
+        f.collapsed = collapsed;
         f.stale = Some(
             s.on_error
                 .map_or(ServedStale::StaleIfError, ServedStale::from),
@@ -234,7 +250,12 @@ fn uncacheable(
             ctx.shared.cache.remove(&miss.key);
         }
     }
-    if request_specific {
+    if failed_validation {
+        // Waiters holding a stale copy they may serve on error serve it.
+        lock.publish(Flight::Failed {
+            status: Some(rparts.status.as_u16()),
+        });
+    } else if request_specific {
         // Uncacheable for this request only (its Authorization or
         // no-store, or no room to collect its body now): the waiters may
         // well get a storable answer.

@@ -411,6 +411,7 @@ impl Reader<'_> {
             tags,
             soft_purged: flags & 4 != 0,
             hits: Default::default(),
+            refresh: Default::default(),
         })
     }
 }
@@ -558,6 +559,7 @@ mod tests {
             tags: vec!["product".into(), "page:1".into(), "ünï".into()],
             soft_purged: true,
             hits: Default::default(),
+            refresh: Default::default(),
         };
         let mut h2 = HeaderMap::new();
         h2.append("content-length", hv(b"0"));
@@ -589,6 +591,7 @@ mod tests {
             tags: vec![],
             soft_purged: false,
             hits: Default::default(),
+            refresh: Default::default(),
         };
         Object {
             key: CacheKey::new(true, "Example.COM:8443", "/a/b?x=1&y=%20"),

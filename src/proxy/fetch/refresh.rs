@@ -1,7 +1,18 @@
 //! The background refresh: one validation per URL (per variant, for a
 //! URL with `Vary`) for stale-while-revalidate, refresh-ahead and soft
 //! purge, while the stored copy keeps being served.
+//!
+//! A refresh is the cache's own request, made for the shared entry and not
+//! for the client whose hit started it: it carries neither that client's
+//! cache directives nor its `Authorization` (unless the entry varies on
+//! it), so its answer is judged as the answer to an anonymous request (RFC
+//! 9111 §3.5) and one signed-in visitor can neither keep an entry from
+//! being refreshed nor turn a soft purge into a removal. A refresh that
+//! fails holds the entry's next one back ([`REFRESH_BACKOFF`]).
 
+use std::time::Duration;
+
+use http::header;
 use http::request::Parts;
 use http::Request;
 
@@ -12,16 +23,23 @@ use super::exchange::{Exchange, Fetched};
 use super::for_this_request_only;
 use crate::cache::collapse::Flight;
 use crate::cache::directives::CacheControl;
-use crate::cache::freshness::NotStorable;
+use crate::cache::entry::Variant;
+use crate::cache::freshness::now_millis;
 
-/// How long a refresh that found no room to collect (`NotStorable::Busy`)
-/// keeps its URL's lock: hits meanwhile start no other (a fetch thrown away).
-const BUSY_REFRESH_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long after a failed background refresh (the upstream unreachable,
+/// timed out or answering 5xx, an answer refused for the request's own
+/// reasons, or no room to collect it) the hits on that stored copy start
+/// no other: a failing origin gets one refresh per second per entry, not
+/// its hit traffic, while the stale copy keeps being served.
+pub const REFRESH_BACKOFF: Duration = Duration::from_secs(1);
 
 /// stale-while-revalidate, soft purge and refresh-ahead: one background
 /// validation per URL (per variant, for a URL with `Vary`); the stored
 /// copy keeps being served until it lands.
 pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
+    if hit.variant.refresh.holds(ctx.now) {
+        return; // the last refresh failed a moment ago
+    }
     let key = hit.object.collapse_key(req.headers());
     let Some(lock) = ctx.shared.cache.collapser().try_lock(key) else {
         return; // a refresh is already running
@@ -30,39 +48,70 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
     // The refresh is the cache's own request: the client's directives
     // (say, no-store) do not decide whether its result is stored.
     exchange.req_cc = CacheControl::default();
-    let parts = request_parts(req);
+    let mut parts = request_parts(req);
+    if !varies_on_authorization(&hit.variant) {
+        // Made for the shared entry, not for this client (module doc).
+        parts.headers.remove(header::AUTHORIZATION);
+    }
     let object = hit.object.clone();
     let variant = hit.variant.clone();
     tokio::spawn(async move {
         let key = object.key.clone();
+        let back_off = || {
+            let until = now_millis().saturating_add(REFRESH_BACKOFF.as_millis() as u64);
+            variant.refresh.hold_until(until);
+        };
         match exchange
             .fetch(&parts, &key, Some(&object), Some(&variant), true)
             .await
         {
             Fetched::NotModified(stored, ..) => lock.publish(Flight::admitted(stored)),
-            Fetched::Uncacheable(NotStorable::Busy, rparts, body) => {
-                drop((rparts, body)); // the upstream connection goes now
-                tokio::time::sleep(BUSY_REFRESH_BACKOFF).await;
-            }
             Fetched::Storable(mut plan, _, body) => {
                 // Same request fields as the stored variant.
                 plan.vary = variant.vary.clone();
                 admit::spawn(exchange.cache, *plan, Some(lock), body, None, None);
             }
             // A full answer that may not be stored (RFC 9111 §4.3.3: the
-            // stored response is no longer suitable), unless only the
-            // client's Authorization, sent along, made it so.
+            // stored response is no longer suitable), unless the reason
+            // was this request's own: no room to collect it now, or the
+            // Authorization of an entry that varies on it.
             Fetched::Uncacheable(reason, ..)
-                if variant.soft_purged || !for_this_request_only(reason, &exchange.req_cc) =>
+                if !for_this_request_only(reason, &exchange.req_cc) =>
             {
                 exchange.cache.mark_pass(key.hash());
                 exchange.cache.remove(&key);
             }
-            // Stays stale (stale-if-error's reading of a failure); the
-            // lock drops.
-            Fetched::Failed(_) | Fetched::ServerError(_) | Fetched::Uncacheable(..) => {}
+            Fetched::Uncacheable(reason, rparts, body) => {
+                tracing::debug!(%key, reason = reason.as_str(), "refresh not stored; backing off");
+                drop((rparts, body)); // the upstream connection goes now
+                back_off();
+            }
+            // Stays stale (stale-if-error's reading of a failure); waiters
+            // on the lock may serve their stale copies too.
+            Fetched::Failed(e) => {
+                tracing::debug!(%key, error = %e, "refresh failed; backing off");
+                back_off();
+                lock.publish(Flight::Failed { status: None });
+            }
+            Fetched::ServerError(status) => {
+                tracing::debug!(%key, %status, "refresh answered 5xx; backing off");
+                back_off();
+                lock.publish(Flight::Failed {
+                    status: Some(status.as_u16()),
+                });
+            }
         }
     });
+}
+
+/// Whether `variant` was stored for the `Authorization` of its request
+/// (`Vary: Authorization`): its refresh must carry that same field.
+fn varies_on_authorization(variant: &Variant) -> bool {
+    variant
+        .vary
+        .0
+        .iter()
+        .any(|(name, _)| name == header::AUTHORIZATION)
 }
 
 /// The request's method, URI, version and headers (for building
