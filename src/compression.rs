@@ -815,19 +815,21 @@ mod tests {
         assert_eq!(h[CONTENT_LENGTH], "1234");
         assert_eq!(h[ETAG], "\"v1-br\"");
         assert_eq!(h[VARY], "Origin, Accept-Encoding");
-        assert!(!h.contains_key(ACCEPT_RANGES));
+        assert_eq!(h[ACCEPT_RANGES], "bytes", "stored: ranges are served");
         let mut h = headers(&[("content-length", "5000"), ("etag", "bogus")]);
         mark_encoded(&mut h, Coding::Gzip, None);
         assert!(!h.contains_key(CONTENT_LENGTH) && !h.contains_key(ETAG));
         // Streamed: a weak tag; digests of the identity bytes dropped.
         let mut h = headers(&[
             ("etag", "\"v1\""),
+            ("accept-ranges", "bytes"),
             ("content-digest", "sha-256=:AAAA:"),
             ("repr-digest", "sha-256=:AAAA:"),
             ("content-md5", "Q2hlY2sgSW50ZWdyaXR5IQ=="),
         ]);
         mark_encoded(&mut h, Coding::Gzip, None);
         assert_eq!(h[ETAG], "W/\"v1-gzip\"");
+        assert!(!h.contains_key(ACCEPT_RANGES));
         for name in ["content-digest", "repr-digest", "content-md5"] {
             assert!(!h.contains_key(name), "{name}");
         }

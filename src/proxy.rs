@@ -31,6 +31,7 @@ pub mod fetch;
 pub mod forward;
 pub mod headers;
 pub mod lookup;
+pub mod range;
 pub mod stored;
 pub mod target;
 pub mod validate;

@@ -127,8 +127,9 @@ pub fn unmap_etag_list(value: &HeaderValue, codings: &[Coding]) -> Option<Header
 /// Header fix-ups for a response whose body is now encoded with `coding`:
 /// sets `Content-Encoding`, sets `Content-Length` to `encoded_len` (or removes
 /// it when streaming), rewrites `ETag` with [`encoded_etag`] (weak when
-/// streaming, see the module doc), removes `Accept-Ranges` (ranges of the
-/// encoded variant are not served) and the digests of the identity bytes
+/// streaming, see the module doc), removes `Accept-Ranges` when streaming
+/// (ranges of a body encoded on the fly are not served; a stored one keeps
+/// the identity's) and the digests of the identity bytes
 /// (`Content-Digest` and `Repr-Digest`, RFC 9530, and `Content-MD5`: each
 /// covers the encoded data, which Strata does not hash), and merges
 /// `Vary: Accept-Encoding`.
@@ -148,7 +149,12 @@ pub fn mark_encoded(headers: &mut HeaderMap, coding: Coding, encoded_len: Option
             None => headers.remove(ETAG),
         };
     }
-    headers.remove(ACCEPT_RANGES);
+    if encoded_len.is_none() {
+        // Encoded as it streams: no byte of it can be asked for again. A
+        // stored copy keeps the identity's field (Strata serves ranges of
+        // its bytes).
+        headers.remove(ACCEPT_RANGES);
+    }
     for digest in &DIGESTS {
         headers.remove(digest);
     }

@@ -2,8 +2,10 @@
 //! followers wait for its stored result), acting on the classified
 //! upstream answer (`exchange`) in the foreground fetch and the background
 //! refresh (stale-while-revalidate, refresh-ahead, soft purge),
-//! stale-if-error and grace, and streaming a miss to the client while it
-//! is stored, compressed where SPEC §3 says so.
+//! stale-if-error and grace, streaming a miss to the client while it is
+//! stored, compressed where SPEC §3 says so, and answering from a response
+//! that is not stored (`relay`: the client's preconditions and range
+//! evaluated against it).
 
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode};
@@ -25,6 +27,7 @@ use crate::upstream::ServedBy;
 
 mod exchange;
 mod refresh;
+mod relay;
 mod storability;
 
 use exchange::{Exchange, Fetched, UpstreamBody, CLIENT_CONDITIONALS};
@@ -271,51 +274,7 @@ fn uncacheable(
             f.fwd_status = Some(upstream_status);
         }
     });
-    let compression = ctx.runtime.config.compression.as_ref();
-    if client_validator_matches(req, &rparts, compression, ctx.coding) {
-        // The fetch dropped the client's If-None-Match; the validator it
-        // holds (ours for an encoded response) still names this response.
-        let resp = Response::from_parts(rparts, ProxyBody::empty());
-        let resp = compress_stream(resp, compression, ctx.coding);
-        let resp = super::stored::not_modified(resp.headers());
-        return Answered::new(resp, status);
-    }
-    let resp = Response::from_parts(rparts, ProxyBody::Upstream(body));
-    let mut resp = compress_stream(resp, ctx.runtime.config.compression.as_ref(), ctx.coding);
-    if req.method() == Method::HEAD {
-        // The GET's fields (its encoding too), no body.
-        *resp.body_mut() = ProxyBody::empty();
-    }
-    Answered::new(resp, status)
-}
-
-/// Whether the client's `If-None-Match` (the ETags of the representation
-/// it gets, `coding`, mapped back) matches a 200's `ETag` by weak
-/// comparison (RFC 9110 §13.1.2).
-fn client_validator_matches(
-    req: &Request<()>,
-    rparts: &http::response::Parts,
-    compression: Option<&CompressionPolicy>,
-    coding: Option<Coding>,
-) -> bool {
-    if rparts.status != StatusCode::OK {
-        return false;
-    }
-    let Some(inm) = req.headers().get(header::IF_NONE_MATCH) else {
-        return false;
-    };
-    let mut h = HeaderMap::new();
-    h.insert(header::IF_NONE_MATCH, inm.clone());
-    if let Some(p) = compression {
-        forward::unmap_etags(&mut h, p, coding);
-    }
-    let etag = rparts
-        .headers
-        .get(header::ETAG)
-        .and_then(|v| v.to_str().ok());
-    h.get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|list| super::stored::etag_list_matches(list, etag, false))
+    relay::relay(ctx, req, rparts, ProxyBody::Upstream(body), status)
 }
 
 /// A storable response: admitted while it streams to the client; HEAD,
@@ -364,8 +323,11 @@ async fn storable(
             Ok(Admitted::Stored(variant)) => {
                 Answered::new(from_stored(ctx, req, &variant, served(&rparts)), status)
             }
-            _ => Answered::new(
-                Response::from_parts(rparts, ProxyBody::empty()),
+            _ => relay::relay(
+                ctx,
+                req,
+                rparts,
+                ProxyBody::empty(),
                 CacheStatus::fwd(miss.fwd),
             ),
         };
@@ -383,20 +345,10 @@ async fn storable(
             }
             // Not stored after all (no length, and more than
             // `max_object_size`, or no room in the collecting budget): the
-            // preconditions are evaluated against the upstream's head, and
-            // a full response streams (a range is ignored, as RFC 9110
-            // §14.2 allows).
+            // request is answered from the upstream's response as it
+            // streams (a range is ignored: its length is unknown).
             Ok(Admitted::NotStored(body)) => {
-                let not_stored = CacheStatus::fwd(miss.fwd);
-                match super::stored::preconditions(
-                    rparts.status,
-                    &rparts.headers,
-                    req.headers(),
-                    req.method(),
-                ) {
-                    Some(answer) => Answered::new(answer, not_stored),
-                    None => streamed(ctx, rparts, body, not_stored),
-                }
+                relay::relay(ctx, req, rparts, body, CacheStatus::fwd(miss.fwd))
             }
             _ => Answered::error(
                 &ProxyError::UpstreamBody {

@@ -292,7 +292,7 @@ pub async fn pass(
 /// origin's `ETag` is the base of one of the client's tags for `coding`
 /// (mapped back by [`unmap_etags`]), the `304` carries the tag and `Vary`
 /// the `200` would have (RFC 9110 §15.4.5), not the origin's identity tag.
-fn encoded_not_modified<B>(
+pub(super) fn encoded_not_modified<B>(
     resp: &mut Response<B>,
     client_inm: &HeaderValue,
     coding: crate::compression::Coding,

@@ -1,13 +1,15 @@
 //! Answering a request from a stored variant: representation choice
 //! (compressed or identity), conditional requests (RFC 9110 §13: 304 and
-//! 412), single byte ranges (206/416, `If-Range`), HEAD, and `Age`.
-//! Everything here is a clone of stored `Bytes` and headers; no body copy.
+//! 412, also for a response relayed unstored), single byte ranges
+//! (206/416, `If-Range`: `range.rs`), HEAD, and `Age`. Everything here is
+//! a clone of stored `Bytes` and headers; no body copy.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use super::body::ProxyBody;
+use super::range::{if_range_holds, parse_range, partial, unsatisfiable, RangeOutcome};
 use super::validate::{Field, Present};
 use crate::cache::entry::Variant;
 use crate::cache::freshness::{self, Millis};
@@ -26,7 +28,8 @@ pub fn from_stored(
     let age = freshness::current_age(&variant.times, now);
     // Most hits carry no precondition and no range: no lookup for them.
     if present.has(Field::Conditional) {
-        if let Some(status) = precondition(variant.status, headers, req, method) {
+        let received = Some(variant.times.response);
+        if let Some(status) = precondition(variant.status, headers, req, method, received) {
             return not_modified_or_failed(status, headers, age);
         }
         if variant.status == StatusCode::OK && *method == Method::GET {
@@ -38,7 +41,7 @@ pub fn from_stored(
                     match parse_range(range, body.len() as u64) {
                         RangeOutcome::Ignore => {}
                         RangeOutcome::Unsatisfiable => {
-                            return unsatisfiable(headers, body.len(), age)
+                            return unsatisfiable(headers, body.len() as u64, age)
                         }
                         RangeOutcome::Single(a, b) => return partial(headers, body, a, b, age),
                     }
@@ -102,7 +105,7 @@ const AGE_TABLE_MAX: u64 = 9_999;
 const AGE_TEXT_LEN: usize = 10 + 90 * 2 + 900 * 3 + 9_000 * 4;
 
 /// An HTTP-date field (RFC 9110 §5.6.7); `None` when absent or invalid.
-fn date_field(h: &HeaderMap, name: header::HeaderName) -> Option<std::time::SystemTime> {
+pub(super) fn date_field(h: &HeaderMap, name: header::HeaderName) -> Option<std::time::SystemTime> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::cache::http_date::parse)
@@ -111,11 +114,16 @@ fn date_field(h: &HeaderMap, name: header::HeaderName) -> Option<std::time::Syst
 /// RFC 9110 §13.2.2 evaluation order; `Some(status)` short-circuits.
 /// Preconditions are ignored for a response (`status`) other than 2xx
 /// (§13.2.1): a stored `404` is no current representation to compare.
+/// `received` (unix ms) is set for a stored response: without
+/// `Last-Modified`, `If-Modified-Since` is evaluated against its `Date`,
+/// else the time it was received (RFC 9111 §4.3.2); a response relayed
+/// unstored is judged as its origin judges it, by `Last-Modified` alone.
 fn precondition(
     status: StatusCode,
     headers: &HeaderMap,
     req: &HeaderMap,
     method: &Method,
+    received: Option<Millis>,
 ) -> Option<StatusCode> {
     if !status.is_success() {
         return None;
@@ -144,7 +152,13 @@ fn precondition(
         }
     } else if safe {
         if let Some(ims) = date_field(req, header::IF_MODIFIED_SINCE) {
-            if last_modified().is_some_and(|lm| lm <= ims) {
+            let modified = last_modified().or_else(|| {
+                let received = received?;
+                date_field(headers, header::DATE).or_else(|| {
+                    Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(received))
+                })
+            });
+            if modified.is_some_and(|lm| lm <= ims) {
                 return Some(StatusCode::NOT_MODIFIED);
             }
         }
@@ -224,21 +238,17 @@ const NOT_MODIFIED_FIELDS: [header::HeaderName; 8] = [
     header::HeaderName::from_static("cache-status"),
 ];
 
-/// A 304 carrying `headers`' validators and metadata (RFC 9110 §15.4.5).
-/// The `304` or `412` that the request's preconditions (RFC 9110 §13.2.2)
-/// call for against `headers`, those of a response that was not stored
-/// (no `Age`), if any.
+/// The `304` or `412` that the request's preconditions (`req`, RFC 9110
+/// §13.2.2) call for against `headers`, those of a response that was not
+/// stored (no `Age`), if any; a `304` carries their validators and
+/// metadata (§15.4.5).
 pub fn preconditions(
     status: StatusCode,
     headers: &HeaderMap,
     req: &HeaderMap,
     method: &Method,
 ) -> Option<Response<ProxyBody>> {
-    precondition(status, headers, req, method).map(|status| unstored(status, headers))
-}
-
-pub fn not_modified(headers: &HeaderMap) -> Response<ProxyBody> {
-    unstored(StatusCode::NOT_MODIFIED, headers)
+    precondition(status, headers, req, method, None).map(|status| unstored(status, headers))
 }
 
 /// A `304` or `412` for a response that was not stored: no `Age`.
@@ -264,138 +274,6 @@ fn not_modified_or_failed(
         }
         h.insert(header::AGE, age_value(age));
     }
-    resp
-}
-
-/// RFC 9110 §13.1.5. `dates`: whether `Last-Modified` may validate these
-/// bytes (not for a representation Strata encoded). A date holds only when
-/// it equals `Last-Modified` and is a strong validator for a cache
-/// (§8.8.2.2): the stored `Date` at least 60 seconds after it, so that two
-/// versions changed within one clock second cannot be spliced together.
-fn if_range_holds(headers: &HeaderMap, req: &HeaderMap, dates: bool) -> bool {
-    let Some(cond) = req.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    let cond = cond.trim();
-    if cond.starts_with('"') || cond.starts_with("W/") {
-        // A strong comparison; a weak tag never satisfies If-Range.
-        let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
-        return etag_list_matches(cond, etag, true) && !cond.starts_with("W/");
-    }
-    match (
-        crate::cache::http_date::parse(cond),
-        date_field(headers, header::LAST_MODIFIED),
-    ) {
-        (Some(a), Some(b)) => {
-            dates
-                && a == b
-                && date_field(headers, header::DATE).is_some_and(|sent| {
-                    sent.duration_since(b)
-                        .is_ok_and(|gap| gap >= std::time::Duration::from_secs(60))
-                })
-        }
-        _ => false,
-    }
-}
-
-enum RangeOutcome {
-    Ignore,
-    Unsatisfiable,
-    /// Inclusive first and last byte.
-    Single(u64, u64),
-}
-
-/// One `bytes=` range (`a-b`, `a-`, `-n`; the unit case-insensitive, RFC
-/// 9110 §14.1); several ranges or another unit are ignored (a full 200 is
-/// a valid answer to them).
-fn parse_range(value: &HeaderValue, len: u64) -> RangeOutcome {
-    let Some(spec) = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().split_once('='))
-        .and_then(|(unit, spec)| unit.eq_ignore_ascii_case("bytes").then_some(spec))
-    else {
-        return RangeOutcome::Ignore;
-    };
-    if spec.contains(',') {
-        return RangeOutcome::Ignore;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeOutcome::Ignore;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let num = |s: &str| -> Option<u64> {
-        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-            None
-        } else {
-            s.parse().ok()
-        }
-    };
-    match (a.is_empty(), b.is_empty()) {
-        (true, true) => RangeOutcome::Ignore,
-        (true, false) => match num(b) {
-            None => RangeOutcome::Ignore,
-            Some(0) => RangeOutcome::Unsatisfiable,
-            Some(_) if len == 0 => RangeOutcome::Unsatisfiable,
-            Some(n) => RangeOutcome::Single(len.saturating_sub(n), len - 1),
-        },
-        (false, _) => {
-            let Some(first) = num(a) else {
-                return RangeOutcome::Ignore;
-            };
-            let last = if b.is_empty() { Some(u64::MAX) } else { num(b) };
-            let Some(last) = last else {
-                return RangeOutcome::Ignore;
-            };
-            if last < first {
-                return RangeOutcome::Ignore;
-            }
-            if first >= len {
-                return RangeOutcome::Unsatisfiable;
-            }
-            RangeOutcome::Single(first, last.min(len - 1))
-        }
-    }
-}
-
-fn partial(
-    headers: &HeaderMap,
-    body: &Bytes,
-    first: u64,
-    last: u64,
-    age: u64,
-) -> Response<ProxyBody> {
-    let slice = body.slice(first as usize..=last as usize);
-    let mut resp = Response::new(ProxyBody::full(slice));
-    *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-    let h = resp.headers_mut();
-    *h = headers.clone();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
-    if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{}", body.len())) {
-        h.insert(header::CONTENT_RANGE, v);
-    }
-    h.insert(header::AGE, age_value(age));
-    resp
-}
-
-fn unsatisfiable(headers: &HeaderMap, len: usize, age: u64) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::empty());
-    *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-    let h = resp.headers_mut();
-    for name in [
-        header::DATE,
-        header::ETAG,
-        header::LAST_MODIFIED,
-        header::CACHE_CONTROL,
-    ] {
-        if let Some(v) = headers.get(&name) {
-            h.insert(name, v.clone());
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-        h.insert(header::CONTENT_RANGE, v);
-    }
-    h.insert(header::AGE, age_value(age));
     resp
 }
 
@@ -454,46 +332,5 @@ mod tests {
         assert!(etag_list_matches("*", Some("\"a\""), false));
         assert!(etag_list_matches("*", None, false));
         assert!(!etag_list_matches("\"c\"", Some("\"a\""), false));
-    }
-
-    #[test]
-    fn ranges() {
-        let v = |s: &str| HeaderValue::from_str(s).unwrap();
-        assert!(matches!(
-            parse_range(&v("bytes=0-9"), 100),
-            RangeOutcome::Single(0, 9)
-        ));
-        assert!(matches!(
-            parse_range(&v("BYTES=90-"), 100),
-            RangeOutcome::Single(90, 99)
-        ));
-        assert!(matches!(
-            parse_range(&v("bytes=-10"), 100),
-            RangeOutcome::Single(90, 99)
-        ));
-        assert!(matches!(
-            parse_range(&v("bytes=-200"), 100),
-            RangeOutcome::Single(0, 99)
-        ));
-        assert!(matches!(
-            parse_range(&v("bytes=50-500"), 100),
-            RangeOutcome::Single(50, 99)
-        ));
-        assert!(matches!(
-            parse_range(&v("bytes=100-"), 100),
-            RangeOutcome::Unsatisfiable
-        ));
-        assert!(matches!(
-            parse_range(&v("bytes=0-1,5-6"), 100),
-            RangeOutcome::Ignore
-        ));
-        assert!(matches!(
-            parse_range(&v("items=0-1"), 100),
-            RangeOutcome::Ignore
-        ));
-        assert!(matches!(
-            parse_range(&v("bytes=5-1"), 100),
-            RangeOutcome::Ignore
-        ));
     }
 }

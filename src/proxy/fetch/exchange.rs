@@ -39,6 +39,9 @@ pub(super) const CLIENT_CONDITIONALS: [header::HeaderName; 6] = [
     header::RANGE,
 ];
 
+/// `Accept-Ranges: bytes`, built once.
+static BYTES: HeaderValue = HeaderValue::from_static("bytes");
+
 /// An upstream body behind the idle timeout.
 pub(super) type UpstreamBody = IdleTimeout<crate::upstream::UpstreamBody>;
 
@@ -277,6 +280,12 @@ impl Exchange {
             },
             None => collecting.reservation(),
         };
+        if status == StatusCode::OK {
+            // Strata serves byte ranges of every stored 200, whatever the
+            // origin serves (`none` included), and says so on the miss and
+            // on every hit (RFC 9110 §14.3), as nginx and Varnish do.
+            rparts.headers.insert(header::ACCEPT_RANGES, BYTES.clone());
+        }
         let max = self.runtime.config.cache.storable_size();
         let times = freshness::times(&rparts.headers, request_time, response_time);
         let policy = self.policy(parts, status, &rparts.headers, &cc, response_time);
@@ -352,6 +361,9 @@ impl Exchange {
             header::CONTENT_ENCODING,
             header::CONTENT_RANGE,
             header::SET_COOKIE,
+            // Strata's own (stored with the 200): the stored bytes are
+            // served in ranges whatever the origin says now.
+            header::ACCEPT_RANGES,
         ] {
             update.remove(name);
         }
