@@ -126,7 +126,8 @@ fn run(config: Config, log: telemetry::LogHandle, cli_level: Option<String>) -> 
                 }
             }
         });
-        // Said once the SIGHUP handler is in place (scripts and tests wait
+        let (shutdown, force) = server::signals::shutdown();
+        // Said once the signal handlers are in place (scripts and tests wait
         // for this line before signalling).
         tracing::info!(
             listen = %server.local_addr(),
@@ -134,7 +135,7 @@ fn run(config: Config, log: telemetry::LogHandle, cli_level: Option<String>) -> 
             tls = server.tls_addr().map(tracing::field::display),
             "strata serving"
         );
-        server.run(server::signals::shutdown()).await;
+        server.run_with_force(shutdown, force).await;
         tracing::info!("stopped");
         Ok(())
     })

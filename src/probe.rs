@@ -2,7 +2,7 @@
 //! endpoint for container `HEALTHCHECK`s (the runtime image has no curl).
 //! One blocking HTTP/1.1 GET with `Connection: close`, bounded in time.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ pub enum ProbeError {
     },
     #[error("{url}: not an HTTP response")]
     Response { url: String },
+    /// No connection, or no status line, within the probe's bound.
+    #[error("{url}: timed out after {after:?} (no answer)")]
+    Timeout { url: String, after: Duration },
 }
 
 /// The admin `/health` URL for an admin listener address; an unspecified
@@ -39,9 +42,17 @@ pub fn get_status(url: &str, timeout: Duration) -> Result<u16, ProbeError> {
     let (Some("http"), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         return Err(ProbeError::Url(url.into()));
     };
-    let io = |source| ProbeError::Io {
-        url: url.to_string(),
-        source,
+    // A socket timeout shows as `WouldBlock` ("Resource temporarily
+    // unavailable") on reads and writes, `TimedOut` on connect.
+    let io = |source: std::io::Error| match source.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => ProbeError::Timeout {
+            url: url.to_string(),
+            after: timeout,
+        },
+        _ => ProbeError::Io {
+            url: url.to_string(),
+            source,
+        },
     };
     let port = authority.port_u16().unwrap_or(80);
     let addr = (authority.host().trim_matches(['[', ']']), port)
@@ -96,6 +107,20 @@ mod tests {
             health_url("10.0.0.5:9090".parse().unwrap()),
             "http://10.0.0.5:9090/health"
         );
+    }
+
+    /// It said "Resource temporarily unavailable (os error 11)".
+    #[test]
+    fn a_silent_server_is_a_timeout_that_says_so() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/health", listener.local_addr().unwrap());
+        // Accepted by the kernel (backlog), never answered.
+        let e = get_status(&url, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{url}: timed out after 200ms (no answer)")
+        );
+        drop(listener);
     }
 
     #[test]

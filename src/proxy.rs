@@ -227,17 +227,10 @@ impl Shared {
 
     /// Applies a new configuration: rules, upstreams and their health
     /// settings, compression and cache policies change for the next request;
-    /// cached entries and in-flight requests are kept.
+    /// cached entries and in-flight requests are kept. Restart-only
+    /// settings are the caller's to warn about (`server::Reloader`).
     pub fn reload(&self, config: Config) {
         let current = self.runtime.load_full();
-        let old = &current.config;
-        if old.server.listen != config.server.listen
-            || old.admin.listen != config.admin.listen
-            || old.server.tls.as_ref().map(|t| t.listen)
-                != config.server.tls.as_ref().map(|t| t.listen)
-        {
-            tracing::warn!("listener addresses changed in the new config: they take effect only after a restart");
-        }
         let upstreams = Upstreams::new(
             &config.upstream,
             Some(&current.upstreams),

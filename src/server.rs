@@ -3,7 +3,10 @@
 //! `run` accepts until shutdown, then stops accepting and drains in-flight
 //! requests for up to `server.drain_timeout`.
 //!
-//! - `server/signals.rs`: SIGTERM/SIGINT → drain and exit, SIGHUP → reload.
+//! - `server/signals.rs`: SIGTERM/SIGINT → drain and exit (a second one:
+//!   exit now), SIGHUP → reload.
+//! - `server/reload.rs`: [`Reloader`], applying a reloaded configuration;
+//!   `server/restart_only.rs`: what a reload cannot change.
 //! - `server/tls.rs`: certificates, SNI and ALPN.
 //! - `server/deadline.rs`: `header_read_timeout`, for every request head.
 //! - `server/keepalive.rs`: the proxy and TLS listeners' connections; idle
@@ -24,6 +27,7 @@
 pub mod deadline;
 pub mod keepalive;
 pub mod own_responses;
+mod reload;
 mod restart_only;
 pub mod sendfile;
 pub mod signals;
@@ -48,14 +52,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::activity::Kind;
 use crate::admin::Admin;
-use crate::alerts::{Alerts, Event};
-use crate::config::{Config, ConfigError, ServerConfig};
+use crate::alerts::Alerts;
+use crate::config::{Config, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Shared};
 use deadline::{HeadDeadline, Tracked};
 use keepalive::Keepalive;
+pub use reload::{ReloadError, Reloader};
 use transport::Replay;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,10 @@ pub struct Server {
     settings: ServerConfig,
     /// `admin.max_connections`.
     admin_limit: usize,
+    /// The configuration the process started with: what its listeners,
+    /// limits and tiers run on until a restart ([`Reloader`] compares
+    /// reloaded files with it).
+    started: Arc<Config>,
 }
 
 fn listen(addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -115,6 +123,7 @@ impl Server {
         let admin_limit = config.admin.max_connections;
         let alerts = Alerts::start(&config.alerts, metrics.clone());
         let shared = Shared::new(config, metrics, alerts);
+        let started = shared.runtime.load().config.clone();
         crate::alerts::watch::spawn(Arc::downgrade(&shared));
         let admin = Arc::new(Admin::new(shared.clone()));
         Ok(Server {
@@ -125,6 +134,7 @@ impl Server {
             tls,
             settings,
             admin_limit,
+            started,
         })
     }
 
@@ -146,14 +156,27 @@ impl Server {
 
     /// The handle that applies reloaded configurations (SIGHUP).
     pub fn reloader(&self) -> Reloader {
-        Reloader {
-            shared: self.shared.clone(),
-            tls: self.tls.as_ref().map(|(_, acceptor)| acceptor.clone()),
-        }
+        Reloader::new(
+            self.shared.clone(),
+            self.tls.as_ref().map(|(_, acceptor)| acceptor.clone()),
+            self.started.clone(),
+        )
     }
 
-    /// Serves until `shutdown` completes, then drains.
+    /// Serves until `shutdown` completes, then drains for up to
+    /// `server.drain_timeout`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_with_force(shutdown, std::future::pending()).await;
+    }
+
+    /// [`Server::run`], and a drain stops as soon as `force` completes (a
+    /// second SIGTERM/SIGINT): the remaining connections are closed at
+    /// once, without waiting for pending Redis writes.
+    pub async fn run_with_force(
+        self,
+        shutdown: impl Future<Output = ()>,
+        force: impl Future<Output = ()>,
+    ) {
         let Server {
             shared,
             admin,
@@ -162,6 +185,7 @@ impl Server {
             tls,
             settings,
             admin_limit,
+            started: _,
         } = self;
         let stop = CancellationToken::new();
         if let Ok(addr) = plain.local_addr() {
@@ -290,91 +314,20 @@ impl Server {
         keepalive.drain();
         conns.close();
         let drained = async { tokio::join!(graceful.shutdown(), conns.wait()) };
-        match tokio::time::timeout(settings.drain_timeout, drained).await {
-            Ok(_) => tracing::info!("all connections closed"),
-            Err(_) => tracing::warn!("drain timeout reached, closing remaining connections"),
+        let finish = async {
+            match tokio::time::timeout(settings.drain_timeout, drained).await {
+                Ok(_) => tracing::info!("all connections closed"),
+                Err(_) => tracing::warn!("drain timeout reached, closing remaining connections"),
+            }
+            shared.cache.flush(Duration::from_secs(2)).await;
+        };
+        tokio::select! {
+            _ = finish => {}
+            // Logged by whoever completes `force` (signals.rs says which
+            // signal); the connections' tasks end with the runtime.
+            _ = force => {}
         }
         sweep.abort();
-        shared.cache.flush(Duration::from_secs(2)).await;
-    }
-}
-
-/// Why a reload was refused (the running configuration is kept).
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
-}
-
-/// Applies new configurations to a running server. Cheap to clone.
-#[derive(Clone)]
-pub struct Reloader {
-    shared: Arc<Shared>,
-    /// The TLS listener's acceptor, when one is running.
-    tls: Option<tls::Acceptor>,
-}
-
-impl Reloader {
-    /// Reads `path` and applies it; see [`Reloader::apply`].
-    pub fn reload_file(&self, path: &std::path::Path) -> Result<Arc<Config>, ReloadError> {
-        let result = Config::load(path)
-            .map_err(ReloadError::from)
-            .and_then(|c| self.apply(c));
-        self.shared.metrics.reload(result.is_ok());
-        match &result {
-            Ok(_) => self.shared.activity.record(
-                Kind::Reload,
-                format!("configuration reloaded from {}", path.display()),
-            ),
-            // The error names the file (and line, column, key).
-            Err(e) => {
-                self.shared
-                    .activity
-                    .record(Kind::ReloadFailed, format!("{e}; old configuration kept"));
-                self.shared.alerts.emit(
-                    Event::ReloadFailed,
-                    format!(
-                        "reload of {} refused, the previous configuration keeps serving: {e}",
-                        path.display()
-                    ),
-                    &[("path", &path.display().to_string())],
-                );
-            }
-        }
-        result
-    }
-
-    /// Checks `config` whole, certificates included, then swaps it in:
-    /// rules, upstreams, health checks, compression, cache policies, the
-    /// access log switch and the certificates change for the next request
-    /// or handshake; cached entries, connections and in-flight requests
-    /// are kept. On error nothing changes. Listener addresses (and adding
-    /// or removing `[server.tls]`, adding `[warming]`) need a restart; a
-    /// warning says so.
-    pub fn apply(&self, mut config: Config) -> Result<Arc<Config>, ReloadError> {
-        let certificates = match &config.server.tls {
-            Some(t) => Some(tls::Certificates::load(t)?),
-            None => None,
-        };
-        if let (Some(acceptor), Some(certificates)) = (&self.tls, certificates) {
-            acceptor.replace(certificates);
-        }
-        let old = self.shared.runtime.load().config.clone();
-        restart_only::warn(&old, &config);
-        if let Some(warning) = self
-            .shared
-            .warming
-            .restart_warning(old.warming.as_ref(), config.warming.as_ref())
-        {
-            tracing::warn!("{warning}");
-        }
-        // The log layers were built for the old format: requests keep
-        // shaping their access events for it until a restart.
-        config.log.access_format = old.log.access_format;
-        self.shared.reload(config);
-        Ok(self.shared.runtime.load().config.clone())
     }
 }
 

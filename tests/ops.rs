@@ -1,8 +1,9 @@
 //! Running Strata for real, as a new operator would: `--version`, config
 //! errors that read like the file, listen addresses as nginx takes them,
 //! the admin API's 405, health checks that judge liveness, the combined
-//! access log, a fatal start-up error said once, and the shipped operations
-//! files (Grafana dashboard, Prometheus rules, systemd unit) naming only
+//! access log, a fatal start-up error said once, restart-only warnings on
+//! reload, a second signal cutting the drain short, and the shipped
+//! operations files (Grafana dashboard, Prometheus rules, systemd unit) naming only
 //! metrics a running Strata exports.
 
 mod support;
@@ -475,6 +476,32 @@ async fn grafana_dashboard_and_prometheus_rules_name_only_exported_metrics() {
         serde_json::from_str(&std::fs::read_to_string("contrib/grafana/strata.json").unwrap())
             .expect("the dashboard is JSON");
     assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 6));
+    // Each import input is used (the import dialog asked for a data source
+    // nothing used): `${DS_PROMETHEUS}` is the `datasource` variable's
+    // default, and every panel queries that variable.
+    let text = dashboard.to_string();
+    for input in dashboard["__inputs"].as_array().into_iter().flatten() {
+        let name = input["name"].as_str().expect("input name");
+        assert!(
+            text.contains(&format!("${{{name}}}")),
+            "input {name} unused"
+        );
+    }
+    let variable = dashboard["templating"]["list"]
+        .as_array()
+        .and_then(|l| l.iter().find(|v| v["type"] == "datasource"))
+        .expect("a datasource variable");
+    let name = variable["name"].as_str().expect("its name");
+    for panel in dashboard["panels"].as_array().unwrap() {
+        if panel["type"] != "row" {
+            assert_eq!(
+                panel["datasource"]["uid"],
+                format!("${{{name}}}"),
+                "{}",
+                panel["title"]
+            );
+        }
+    }
     let mut exprs = String::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
@@ -639,4 +666,100 @@ async fn a_client_that_leaves_before_its_answer_is_a_499() {
     );
     gate.notify_one();
     strata.stop().await;
+}
+
+/// Restart-only settings are compared with what the process started with:
+/// each reload warns while the file differs from what runs, and a file set
+/// back to the running values warns no more. Before, `admin.max_connections`
+/// was in no group (neither applied nor warned), a second reload of the
+/// same changed file said nothing, and setting `server.listen` back to the
+/// bound address warned that it needed a restart.
+#[tokio::test]
+async fn restart_only_warnings_follow_what_runs_not_the_last_file_read() {
+    let origin = Origin::fixed(&[], "ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let running = support::config_text(&[origin.addr], "[upstream.health]\nenabled = false\n")
+        .replace(
+            "token = \"secret\"\n",
+            "token = \"secret\"\nmax_connections = 2\n",
+        );
+    std::fs::write(&path, &running).unwrap();
+    let strata = Binary::start(&path, &[]).await;
+    const LISTEN: &str =
+        "listener addresses changed in the new config: they take effect only after a restart";
+    const ADMIN: &str = "admin.max_connections changed: takes effect only after a restart";
+    let count = |message: &str| {
+        strata
+            .events()
+            .iter()
+            .filter(|e| e["message"] == message)
+            .count()
+    };
+    let changed = running
+        .replacen("127.0.0.1:0", "127.0.0.2:0", 1)
+        .replace("max_connections = 2\n", "max_connections = 300\n");
+    std::fs::write(&path, &changed).unwrap();
+    for reloads in 1..=2 {
+        let r = strata.reload().await;
+        assert_eq!(r["message"], "configuration reloaded", "{r}");
+        assert_eq!(count(LISTEN), reloads, "{:?}", strata.lines());
+        assert_eq!(count(ADMIN), reloads, "{:?}", strata.lines());
+    }
+    std::fs::write(&path, &running).unwrap();
+    let r = strata.reload().await;
+    assert_eq!(r["message"], "configuration reloaded", "{r}");
+    assert_eq!(count(LISTEN), 2, "{:?}", strata.lines());
+    assert_eq!(count(ADMIN), 2, "{:?}", strata.lines());
+    let (status, _) = strata.stop().await;
+    assert!(status.success());
+}
+
+/// A second SIGTERM or SIGINT during the drain stops it at once (Ctrl-C
+/// twice): the request still in flight is cut, the process exits 0. It was
+/// ignored, and the process waited out the whole `drain_timeout` (here
+/// 300 s, far beyond `stop`'s 40 s bound). The admin listener closes when
+/// the drain starts.
+#[tokio::test]
+async fn a_second_signal_during_the_drain_stops_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let (origin, gate) = Origin::gated(&[("cache-control", "no-store")], "late").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    // The origin never answers by itself: the request holds the drain.
+    let extra = "response_timeout = \"300s\"\n[upstream.health]\nenabled = false\n";
+    let text = support::config_text(&[origin.addr], extra)
+        .replace("[server]\n", "[server]\ndrain_timeout = \"300s\"\n");
+    std::fs::write(&path, text).unwrap();
+    let strata = Binary::start(&path, &[]).await;
+    let mut s = tokio::net::TcpStream::connect(strata.addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the request upstream", || {
+        std::future::ready(origin.count() == 1)
+    })
+    .await;
+    strata.signal("INT");
+    strata
+        .wait_event(0, "the drain", |e| e["message"] == "draining connections")
+        .await;
+    let admin = strata.admin;
+    wait_until(
+        Duration::from_secs(10),
+        "the admin listener closed",
+        || async { tokio::net::TcpStream::connect(admin).await.is_err() },
+    )
+    .await;
+    let (status, lines) = strata.stop().await;
+    assert_eq!(status.code(), Some(0), "{lines:?}");
+    let said = |message: &str| lines.iter().any(|l| l.contains(message));
+    assert!(said("SIGINT: shutting down"), "{lines:?}");
+    assert!(
+        said("SIGTERM during the drain: closing the remaining connections now"),
+        "{lines:?}"
+    );
+    assert!(said("\"stopped\""), "{lines:?}");
+    gate.notify_one();
+    drop(s);
 }

@@ -1,26 +1,59 @@
-//! Process signals: SIGTERM and SIGINT start a graceful drain; SIGHUP
-//! reloads the configuration file (an invalid file is logged and the old
-//! configuration keeps serving).
+//! Process signals: SIGTERM and SIGINT start a graceful drain, and a
+//! second one during the drain stops it at once (Ctrl-C twice, as Caddy,
+//! Traefik and the Docker CLI take it); SIGHUP reloads the configuration
+//! file (an invalid file is logged and the old configuration keeps
+//! serving).
 
+use std::future::Future;
 use std::path::PathBuf;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::oneshot;
 
 use super::Reloader;
 use crate::config::Config;
 
-/// Completes on the first SIGTERM or SIGINT.
-pub async fn shutdown() {
-    let (Ok(mut term), Ok(mut int)) = (
+/// Installs the SIGTERM and SIGINT handlers (inside the runtime; they are
+/// in place when it returns). The first future completes on the first of
+/// these signals (drain), the second on the next one (stop the drain now):
+/// the two arguments of [`super::Server::run_with_force`].
+pub fn shutdown() -> (impl Future<Output = ()>, impl Future<Output = ()>) {
+    let (first_tx, first) = oneshot::channel::<()>();
+    let (second_tx, second) = oneshot::channel::<()>();
+    match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install SIGTERM/SIGINT handlers");
-        return std::future::pending().await;
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::spawn(async move {
+                let Some(name) = next(&mut term, &mut int).await else {
+                    return;
+                };
+                tracing::info!("{name}: shutting down");
+                let _ = first_tx.send(());
+                let Some(name) = next(&mut term, &mut int).await else {
+                    return;
+                };
+                tracing::warn!("{name} during the drain: closing the remaining connections now");
+                let _ = second_tx.send(());
+            });
+        }
+        _ => tracing::error!("cannot install SIGTERM/SIGINT handlers"),
+    }
+    // A dropped sender (no handlers) never completes: serve on.
+    let wait = |rx: oneshot::Receiver<()>| async move {
+        if rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
     };
+    (wait(first), wait(second))
+}
+
+/// The name of the next SIGTERM or SIGINT received.
+async fn next(term: &mut Signal, int: &mut Signal) -> Option<&'static str> {
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        r = term.recv() => r.map(|_| "SIGTERM"),
+        r = int.recv() => r.map(|_| "SIGINT"),
     }
 }
 

@@ -179,13 +179,26 @@ fn load_pair(
     Ok(certified)
 }
 
+/// A PEM reading error as an operator reads it: the section's label as
+/// text, never the parser's byte arrays (RFC 7468 §2: a section runs from
+/// `-----BEGIN label-----` to `-----END label-----`).
 fn pem_reason(e: &rustls::pki_types::pem::Error, path: &Path) -> String {
+    use rustls::pki_types::pem::Error;
     match e {
-        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            format!("no PEM item found in {}", path.display())
+        Error::Io(io) => io.to_string(),
+        Error::NoItemsFound => format!("no PEM item found in {}", path.display()),
+        Error::MissingSectionEnd { end_marker } => {
+            let label = String::from_utf8_lossy(end_marker);
+            format!(
+                "PEM section BEGIN {label} without END (no \"-----END {label}-----\" line: is the file truncated?)"
+            )
         }
-        other => format!("{other:?}"),
+        Error::IllegalSectionStart { line } => format!(
+            "malformed PEM BEGIN line {:?}",
+            String::from_utf8_lossy(line).trim_end()
+        ),
+        Error::Base64Decode(reason) => format!("invalid base64 in a PEM section: {reason}"),
+        other => other.to_string(),
     }
 }
 
@@ -264,6 +277,40 @@ mod tests {
             e.starts_with("t.toml:5:8: server.tls.cert: ")
                 && e.contains("a.pem: certificate 2 of 2 cannot be parsed: "),
             "{e}"
+        );
+    }
+
+    /// It showed `MissingSectionEnd { end_marker: [67, 69, ...] }`.
+    #[test]
+    fn a_truncated_pem_file_is_named_with_its_missing_end_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = check(&config(dir.path(), "-----BEGIN CERTIFICATE-----\nMIIB"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:5:8: server.tls.cert: ") && e.contains("a.pem: cannot read certificate chain: PEM section BEGIN CERTIFICATE without END (no \"-----END CERTIFICATE-----\" line: is the file truncated?)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pem_errors_read_as_text() {
+        use rustls::pki_types::pem::Error;
+        let path = Path::new("k.pem");
+        let bad_start = Error::IllegalSectionStart {
+            line: b"-----BEGIN PRIVATE KEY\n".to_vec(),
+        };
+        assert_eq!(
+            pem_reason(&bad_start, path),
+            "malformed PEM BEGIN line \"-----BEGIN PRIVATE KEY\""
+        );
+        assert_eq!(
+            pem_reason(&Error::Base64Decode("invalid byte 42".into()), path),
+            "invalid base64 in a PEM section: invalid byte 42"
+        );
+        assert_eq!(
+            pem_reason(&Error::NoItemsFound, path),
+            "no PEM item found in k.pem"
         );
     }
 
