@@ -24,8 +24,9 @@ pub(super) fn pending(running: &Config, new: &Config) -> Vec<&'static str> {
         send_timeout,
         max_header_size,
         max_connections,
-        trusted_proxies: _,       // read per request
-        strip_request_headers: _, // read per request
+        trusted_proxies: _,        // read per request
+        strip_request_headers: _,  // read per request
+        underscores_in_headers: _, // read per request
         sendfile,
     } = &new.server;
     let AdminConfig {
