@@ -180,7 +180,9 @@ impl Cache {
     /// Bodies that may be collected from their upstreams for admission at
     /// once: a quarter of `memory_capacity`, between 8 and 32 MiB (one body
     /// of any size when no other is). A body is memory beyond the tier's
-    /// until it is admitted; past the budget a miss streams through
+    /// until it is admitted, and until the client it was fetched for has
+    /// taken it (a lagging client may hold it after its eviction); past
+    /// the budget a miss streams through
     /// without being stored. Before it, a burst of concurrent large misses
     /// held all their bodies at once: 16 clients fetching 1 KiB–16 MiB
     /// objects through a 32 MiB tier peaked at 123 MiB (SPEC §10's bound:

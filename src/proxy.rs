@@ -11,7 +11,8 @@
 //!   fetch and its one classification (`fetch/exchange.rs`, with
 //!   `fetch/storability.rs`), stale-if-error, the background refresh
 //!   (`fetch/refresh.rs`).
-//! - `proxy/admit.rs`: streaming a miss to the client while storing it.
+//! - `proxy/admit.rs`: storing a miss at the upstream's speed while it
+//!   streams to its client (`proxy/feed.rs`: that client's body).
 //! - `proxy/forward.rs`: pass-through (other methods, uncacheable URLs,
 //!   upgrades) and sending any request upstream.
 //! - `proxy/target.rs`: the one normalised request path (SPEC §10).
@@ -27,6 +28,7 @@ pub mod admit;
 pub mod body;
 pub mod cache_status;
 pub mod error;
+pub mod feed;
 pub mod fetch;
 pub mod forward;
 pub mod headers;

@@ -17,6 +17,7 @@
 
 pub mod balancer;
 pub mod client;
+mod counted;
 mod error;
 pub mod health;
 mod outgoing;

@@ -1821,6 +1821,122 @@ async fn a_request_right_after_a_complete_miss_is_a_hit() {
     assert_eq!(origin.connections(), 1);
 }
 
+/// A storable miss is read from the origin at the origin's speed, not its
+/// client's. It was read only as fast as the client it was fetched for
+/// took it, so a client reading slowly but steadily (never stalled for
+/// `send_timeout`) kept the object out of the cache for its whole
+/// download, and every collapsed request for the URL waited
+/// `collapse_timeout` and then went upstream itself. Now, once the origin
+/// has sent the whole body, the object is stored and a request is a hit
+/// while the slow client is still reading; the slow client still gets
+/// every byte, and the origin is asked once.
+#[tokio::test]
+async fn a_slow_client_does_not_keep_its_miss_out_of_the_cache() {
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LEN: usize = 8 << 20;
+    const CHUNK: usize = 64 << 10;
+    let body = Bytes::from(pattern(7, LEN));
+    let sent = Arc::new(AtomicBool::new(false));
+    let origin = {
+        let (body, sent) = (body.clone(), sent.clone());
+        Origin::start(move |_req| {
+            let (body, sent) = (body.clone(), sent.clone());
+            async move {
+                // The flag is set when the origin's server asks for the
+                // last chunk: everything before it has been handed over.
+                let chunks = futures_util::stream::iter((0..LEN).step_by(CHUNK)).map(move |at| {
+                    if at + CHUNK >= LEN {
+                        sent.store(true, Ordering::SeqCst);
+                    }
+                    body.slice(at..LEN.min(at + CHUNK))
+                });
+                support::origin::streamed(
+                    &[
+                        ("cache-control", "max-age=60"),
+                        ("content-type", "application/octet-stream"),
+                        ("content-length", &LEN.to_string()),
+                    ],
+                    chunks,
+                )
+            }
+        })
+        .await
+    };
+    let s = strata(&origin, "[cache]\nmax_object_size = \"64MiB\"\n").await;
+
+    // The slow client: a small receive buffer, 2 KiB every 20 ms (about
+    // 100 KB/s, far from send_timeout) until told to read on at full speed.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(s.addr).await.unwrap();
+    let host = s.addr.to_string();
+    conn.write_all(format!("GET /slow HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let progress = Arc::new(AtomicUsize::new(0));
+    let fast = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (progress, fast) = (progress.clone(), fast.clone());
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                if let Some((start, end)) = support::http::first_response(&got) {
+                    return (got[..start].to_vec(), got[start..end].to_vec());
+                }
+                let slow = !fast.load(Ordering::SeqCst);
+                let want = if slow { 2048 } else { buf.len() };
+                let n = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut buf[..want]))
+                    .await
+                    .expect("a byte within 30 s")
+                    .unwrap();
+                assert!(n > 0, "connection closed after {} bytes", got.len());
+                got.extend_from_slice(&buf[..n]);
+                progress.store(got.len(), Ordering::SeqCst);
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+    };
+
+    wait_until(
+        Duration::from_secs(10),
+        "the origin to send the whole body",
+        || {
+            let sent = sent.load(Ordering::SeqCst);
+            async move { sent }
+        },
+    )
+    .await;
+    let key = strata::cache::key::CacheKey::new(false, &host, "/slow");
+    wait_until(Duration::from_secs(10), "the object stored", || {
+        let stored = s.shared.cache.memory().get_key(&key).is_some();
+        async move { stored }
+    })
+    .await;
+    let c = Client::new();
+    let r = c.get(&s.url("/slow")).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert!(r.body == body, "the hit's body");
+    assert!(
+        progress.load(Ordering::SeqCst) < LEN,
+        "the slow client is still reading"
+    );
+
+    fast.store(true, Ordering::SeqCst);
+    let (head, got) = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the slow client's body within 30 s")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("fwd=miss"), "{head}");
+    assert!(got == body, "the slow client's body");
+    assert_eq!(origin.count(), 1);
+}
+
 /// The paths an origin has answered, to answer each path's first request
 /// differently from the later ones.
 #[derive(Clone, Default)]

@@ -161,6 +161,80 @@ async fn post_on_a_dead_reused_connection_is_never_resent() {
     assert_eq!(seen.count("POST"), 1);
 }
 
+/// RFC 9112 §9.3.1, README "Retry rule": a GET is re-sent only when its
+/// reused connection closed before any response byte. One that closed
+/// partway through the response head (an origin worker dying on that very
+/// request, a "query of death") was re-sent too, doubling the origin's
+/// hits: hyper reports that close as it reports one before any byte. Now
+/// the client gets 502 and the origin sees the request once; a GET whose
+/// reused connection closed before answering is still re-sent.
+#[tokio::test]
+async fn a_get_is_not_resent_after_part_of_the_response_head() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(support::origin::RawSeen::default());
+    {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                seen.connections.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let idle = Duration::from_secs(30);
+                    // Answers until `/cut` (half a head, then FIN) or
+                    // `/gone` (read, then closed unanswered).
+                    while let Some((head, end)) =
+                        support::origin::read_head(&mut s, &mut buf, idle).await
+                    {
+                        if support::origin::read_body(&mut s, &mut buf, end)
+                            .await
+                            .is_none()
+                        {
+                            return;
+                        }
+                        let line = head.lines().next().unwrap_or("").to_string();
+                        seen.requests.lock().unwrap().push(line.clone());
+                        let reply: &[u8] = if line.starts_with("GET /cut ") {
+                            b"HTTP/1.1 200 OK\r\nContent-Type: text/pl"
+                        } else if line.starts_with("GET /gone ") {
+                            return;
+                        } else {
+                            OK
+                        };
+                        if s.write_all(reply).await.is_err() || reply != OK {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let strata = Strata::start(&[addr], NO_HEALTH).await;
+    let client = Client::new();
+    assert_eq!(client.get(&strata.url("/first")).await.status, 200);
+    let r = client.get(&strata.url("/cut")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let cut = seen
+        .requests()
+        .iter()
+        .filter(|l| l.starts_with("GET /cut "))
+        .count();
+    assert_eq!(cut, 1, "seen: {:?}", seen.requests());
+    // Closed before any response byte: re-sent once, on a new connection.
+    assert_eq!(client.get(&strata.url("/again")).await.status, 200);
+    let r = client.get(&strata.url("/gone")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let gone = seen
+        .requests()
+        .iter()
+        .filter(|l| l.starts_with("GET /gone "))
+        .count();
+    assert_eq!(gone, 2, "seen: {:?}", seen.requests());
+}
+
 /// Renders a config whose `[upstream]` table also holds `keys`.
 fn with_upstream_keys(addr: std::net::SocketAddr, keys: &str) -> String {
     support::config_text(&[addr], NO_HEALTH)

@@ -12,6 +12,8 @@
 //! admitted is copied into its mapping chunk by chunk as it arrives (see
 //! [`Collector`]), so hyper's buffers are reused at once instead of
 //! piling up until the end, and an evicted body's pages leave with it.
+//! What is written is shared as it goes ([`Mapped::written`]): the client
+//! the body is fetched for is sent the mapping's bytes, not a copy.
 //!
 //! The price is two system calls and the page faults of a fresh mapping
 //! per admission of such a body, nothing per hit (a hit clones the
@@ -27,21 +29,54 @@ use bytes::Bytes;
 /// allowance, and a mapping's fixed costs are not worth it.
 pub const MIN_LARGE: usize = 1 << 20;
 
-/// One body's anonymous mapping: written while it is exclusively owned,
-/// read-only once frozen into `Bytes`.
-pub struct Mapped {
+/// One body's anonymous mapping, unmapped when the writer and every
+/// `Bytes` of it are gone.
+struct Mapping {
     base: NonNull<u8>,
-    /// Bytes mapped (at least `len`, a whole number of pages).
+    /// Bytes mapped (a whole number of pages).
     mapped: usize,
+}
+
+// SAFETY: the memory is reached only through `Mapped` (the one writer,
+// which writes past every byte it has shared) and `Written` (bytes
+// already written, never written again), see their docs.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `Mapped::with_capacity`, unmapped
+        // once; this is its last reference, so nothing refers to its bytes.
+        unsafe { unmap(self.base, self.mapped) }
+    }
+}
+
+/// A body being written into its mapping by its one writer (this value,
+/// not `Clone`), appending only. What it has written can be shared at any
+/// time ([`Mapped::written`]) without a copy: a shared byte is never
+/// written again, the writer only writes past `len`.
+pub struct Mapped {
+    map: std::sync::Arc<Mapping>,
     /// Bytes written.
     len: usize,
 }
 
-// SAFETY: the mapping is owned by this value alone; it is written only
-// through `&mut self` and only read once shared.
-unsafe impl Send for Mapped {}
-// SAFETY: as above; shared access is read-only.
-unsafe impl Sync for Mapped {}
+/// The first `len` bytes of a mapping, written before this value was made
+/// and never written again: the owner of the `Bytes` shared from it.
+struct Written {
+    map: std::sync::Arc<Mapping>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Written {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `len` bytes from `base` lie inside the mapping, which lives
+        // as long as `self`; they were written before `self` was made (by
+        // the writer, whose later writes go past them).
+        unsafe { std::slice::from_raw_parts(self.map.base.as_ptr(), self.len) }
+    }
+}
 
 impl Mapped {
     /// A mapping for `capacity` bytes; `None` when the kernel refuses one
@@ -49,24 +84,27 @@ impl Mapped {
     pub fn with_capacity(capacity: usize) -> Option<Mapped> {
         let mapped = capacity.max(1).div_ceil(4096) * 4096;
         Some(Mapped {
-            base: map_anonymous(mapped)?,
-            mapped,
+            map: std::sync::Arc::new(Mapping {
+                base: map_anonymous(mapped)?,
+                mapped,
+            }),
             len: 0,
         })
     }
 
     /// Appends `data`; `false` (and nothing written) when it does not fit.
     pub fn push(&mut self, data: &[u8]) -> bool {
-        if data.len() > self.mapped - self.len {
+        if data.len() > self.map.mapped - self.len {
             return false;
         }
-        // SAFETY: the destination lies inside the mapping (checked above),
-        // which this value owns exclusively (`&mut self`); the source is a
-        // different allocation.
+        // SAFETY: the destination lies inside the mapping (checked above)
+        // and past every byte shared so far (`Written` covers at most
+        // `len`), and only this value writes; the source is a different
+        // allocation.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 data.as_ptr(),
-                self.base.as_ptr().add(self.len),
+                self.map.base.as_ptr().add(self.len),
                 data.len(),
             );
         }
@@ -82,25 +120,19 @@ impl Mapped {
         self.len == 0
     }
 
+    /// The bytes written from `from` on, shared (no copy; one small
+    /// allocation for the owner). `from` is at most [`Mapped::len`].
+    pub fn written(&self, from: usize) -> Bytes {
+        Bytes::from_owner(Written {
+            map: self.map.clone(),
+            len: self.len,
+        })
+        .slice(from.min(self.len)..)
+    }
+
     /// The body, shared from here on.
     pub fn freeze(self) -> Bytes {
-        Bytes::from_owner(self)
-    }
-}
-
-impl AsRef<[u8]> for Mapped {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: `len` bytes from `base` were written and lie inside the
-        // mapping, which lives as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `with_capacity`, unmapped once; no
-        // reference to its bytes outlives `self`.
-        unsafe { unmap(self.base, self.mapped) }
+        self.written(0)
     }
 }
 
@@ -189,10 +221,21 @@ impl Collector {
             Collector::Chunks(chunks) => chunks.push(data.clone()),
             Collector::Mapped(m) => {
                 if !m.push(data) {
-                    let read = Bytes::copy_from_slice(m.as_ref());
+                    let read = m.written(0);
                     *self = Collector::Chunks(vec![read, data.clone()]);
                 }
             }
+        }
+    }
+
+    /// [`Collector::push`], returning the chunk as collected, shared (no
+    /// copy): in the mapping when the body has one, so that what is passed
+    /// on to a client holds no read buffer of the upstream's.
+    pub fn push_shared(&mut self, data: &Bytes) -> Bytes {
+        self.push(data);
+        match self {
+            Collector::Mapped(m) => m.written(m.len() - data.len()),
+            Collector::Chunks(_) => data.clone(),
         }
     }
 

@@ -1,27 +1,29 @@
-//! Admission: a storable miss streams to the client while its body is
-//! collected (up to `max_object_size`); at the end the identity variant is
-//! admitted to memory *before* the client's body ends — before its last
-//! byte, when the length is declared (so the next request is a hit and a
-//! purge finds it), then compressed once per configured
-//! coding (off the async workers) and stored complete, in memory and Redis,
-//! unless a purge came in between. The collapse waiters are answered with
-//! the identity object as soon as it is admitted. A body that breaks,
-//! outgrows the limit or finds the cache's collecting budget full
-//! ([`Cache::collecting`]: bodies held at once before their admission) is
-//! never stored: the waiters are released instead, and it streams on.
+//! Admission: a storable miss's body is collected (up to
+//! `max_object_size`) at the upstream's speed while its client is fed from
+//! what was collected at its own pace ([`super::feed`]: a slow client
+//! neither slows the fill nor keeps the collapsed requests waiting); at
+//! the end the identity variant is admitted to memory *before* the
+//! client's body ends — before its last byte, when the length is declared
+//! (so the next request is a hit and a purge finds it), then compressed
+//! once per configured coding (off the async workers) and stored complete,
+//! in memory and Redis, unless a purge came in between. The collapse
+//! waiters are answered with the identity object as soon as it is
+//! admitted. A body that breaks, outgrows the limit or finds the cache's
+//! collecting budget full ([`Cache::collecting`]: bodies held at once
+//! before their admission) is never stored: the waiters are released
+//! instead, and it streams on at its client's pace.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 
 use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 use http_body_util::BodyExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::body::{BoxError, IdleTimeout, ProxyBody};
+use super::body::{IdleTimeout, ProxyBody};
+use super::feed::{self, Feed, Taken, Unfinished};
 use crate::cache::budget::Reservation;
 use crate::cache::collapse::{Flight, WriteLock};
 use crate::cache::entry::{self, Encoded, Object, Variant, VaryKey};
@@ -53,64 +55,15 @@ pub struct Plan {
     /// ([`Cache::collecting`]): its declared length, or nothing yet.
     pub reserved: Reservation,
     /// `server.send_timeout`: how long the client that fetched the body may
-    /// leave a chunk untaken before it is cut off and the admission goes
-    /// on without it (see [`ClientTx`]).
+    /// take nothing, once the admission waits on it (a body not stored, or
+    /// stored while the client still takes it), before it is cut off (see
+    /// [`Feed::close`]).
     pub send_timeout: std::time::Duration,
 }
 
-/// Chunks for the client; the channel is small so a slow client paces
-/// the upstream read instead of growing a buffer. (It paces a stored body
-/// too: read ahead of its client, an admission finished sooner, and a
-/// lagging client kept the whole stored body alive after the tier had
-/// evicted it, beyond the tier and the collecting budget: 32 clients of
-/// 1 KiB–16 MiB misses through a 32 MiB tier peaked at 158 MiB, SPEC §10's
-/// bound being 104.) The pace is bounded: a client that takes no chunk for
-/// `server.send_timeout` is cut off (its body ends in an error) and the
-/// admission reads on at the upstream's speed. Without the bound an HTTP/2
-/// client that never opened its flow-control window (HTTP/2 has no
-/// connection-level `send_timeout`: other streams may be moving) held the
-/// admission, and so every collapsed request for the URL, for as long as
-/// it stayed connected.
-pub struct ClientTx {
-    tx: mpsc::Sender<Result<Bytes, BoxError>>,
-    /// Set when the client is cut off: its body ends in [`CutOff`], never
-    /// as if complete.
-    cut: Arc<AtomicBool>,
-}
-
-/// The error a cut-off client's body ends with (see [`ClientTx`]).
-#[derive(Debug, thiserror::Error)]
-#[error("the client took nothing for send_timeout")]
-pub struct CutOff;
-
-impl ClientTx {
-    /// Queues `item`; `Err` when the client went away.
-    async fn send(&self, item: Result<Bytes, BoxError>) -> Result<(), ()> {
-        self.tx.send(item).await.map_err(|_| ())
-    }
-
-    /// Gives up on the client: once it has taken what is queued, its body
-    /// fails.
-    fn cut(self) {
-        self.cut.store(true, Ordering::Relaxed);
-    }
-}
-
-pub fn client_channel() -> (ClientTx, ProxyBody) {
-    let (tx, mut rx) = mpsc::channel::<Result<Bytes, BoxError>>(8);
-    let cut = Arc::new(AtomicBool::new(false));
-    let was_cut = cut.clone();
-    let stream = futures_util::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
-        Poll::Ready(None) if was_cut.swap(false, Ordering::Relaxed) => {
-            Poll::Ready(Some(Err(Box::new(CutOff) as BoxError)))
-        }
-        polled => polled.map(|item| item.map(|r| r.map(http_body::Frame::data))),
-    });
-    (
-        ClientTx { tx, cut },
-        ProxyBody::boxed(http_body_util::StreamBody::new(stream)),
-    )
-}
+/// How far a body that is not stored is read ahead of its client
+/// (bytes): eight upstream reads of at most 64 KiB.
+const AHEAD: usize = 512 << 10;
 
 /// What a request answered from the stored variant learns of the
 /// admission.
@@ -143,15 +96,16 @@ impl Done {
     }
 }
 
-/// Drives `body` to the end in its own task: forwards each chunk to
-/// `client` (if any, until it goes away), collects it for storage, then
-/// admits. `done` learns the outcome.
+/// Drives `body` to the end in its own task, at the upstream's speed while
+/// it is collected: queues each chunk for `client` (if any, until it goes
+/// away; see [`super::feed`]), collects it for storage, then admits.
+/// `done` learns the outcome.
 pub fn spawn(
     cache: Cache,
     plan: Plan,
     lock: Option<WriteLock>,
     body: IdleTimeout<UpstreamBody>,
-    client: Option<ClientTx>,
+    client: Option<Feed>,
     mut done: Option<Done>,
 ) {
     tokio::spawn(async move {
@@ -167,90 +121,84 @@ async fn run(
     plan: Plan,
     mut lock: Option<WriteLock>,
     mut body: IdleTimeout<UpstreamBody>,
-    mut client: Option<ClientTx>,
+    mut client: Option<Feed>,
     done: &mut Option<Done>,
 ) -> Option<Arc<Variant>> {
     let declared = super::headers::content_length(&plan.headers);
     let mut collected = Collector::new(declared);
-    // Counts the body against the cache's collecting budget until admitted.
+    // Counts the body against the cache's collecting budget until admitted
+    // (and, after, until a lagging client has taken it).
     let mut reserved = plan.reserved;
     let mut total: u64 = 0;
-    let mut storing = true;
-    // The chunk that completes a declared length, held back until the
-    // entry is admitted: with it the client has the whole response (an
-    // HTTP/1.1 response ends at its Content-Length, not when this task lets
-    // go of the channel) and may ask again at once, and that request must
-    // be a hit, never collapsed onto this admission (SPEC §6).
-    let mut last: Option<Bytes> = None;
     loop {
-        match body.frame().await {
+        let data = match body.frame().await {
             None => break,
             Some(Err(e)) => {
                 tracing::debug!(key = %plan.key, error = %e, "upstream body failed: not stored");
-                if let Some(tx) = client.take() {
-                    let _ = tx.send(Err(e)).await;
+                if let Some(feed) = client {
+                    feed.close(Err(e), Some(reserved), plan.send_timeout);
                 }
                 return None; // the lock drops: waiters released
             }
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                total += data.len() as u64;
-                if storing {
-                    let too_large = total > plan.max_size;
-                    if too_large || !usize::try_from(total).is_ok_and(|t| reserved.cover(t)) {
-                        storing = false;
-                        let read =
-                            std::mem::replace(&mut collected, Collector::new(None)).into_chunks();
-                        if let Some(l) = lock.take() {
-                            l.publish(Flight::Released);
-                        }
-                        if too_large {
-                            cache.mark_pass(plan.key.hash());
-                        } else {
-                            cache.metrics().shed(Shed::Busy);
-                            tracing::debug!(
-                                key = %plan.key,
-                                budget = cache.collecting().limit(),
-                                "bodies being collected fill their budget: streamed without storing"
-                            );
-                        }
-                        if let Some(done) = done.take() {
-                            // The waiting request sends the body itself.
-                            let (tx, body) = client_channel();
-                            done.send(Admitted::NotStored(body));
-                            client = send_all(tx, read).await;
-                        }
-                        // Given back once what was read has been passed on.
-                        reserved = cache.collecting().reservation();
-                    } else {
-                        collected.push(&data);
-                        if declared == Some(total) {
-                            last = Some(data);
-                            break;
-                        }
-                    }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+        };
+        total += data.len() as u64;
+        let too_large = total > plan.max_size;
+        if too_large || !usize::try_from(total).is_ok_and(|t| reserved.cover(t)) {
+            if let Some(l) = lock.take() {
+                l.publish(Flight::Released);
+            }
+            if too_large {
+                cache.mark_pass(plan.key.hash());
+            } else {
+                cache.metrics().shed(Shed::Busy);
+                tracing::debug!(
+                    key = %plan.key,
+                    budget = cache.collecting().limit(),
+                    "bodies being collected fill their budget: streamed without storing"
+                );
+            }
+            let feed = match done.take() {
+                // The waiting request sends the body itself.
+                Some(done) => {
+                    let (feed, body) = feed::channel();
+                    done.send(Admitted::NotStored(body));
+                    feed.push_all(collected.into_chunks());
+                    Some(feed)
                 }
-                if let Some(tx) = &client {
-                    match tokio::time::timeout(plan.send_timeout, tx.send(Ok(data))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(())) => client = None,
-                        Err(_) => {
-                            tracing::debug!(key = %plan.key, "the client took nothing for send_timeout: cut off, the admission goes on");
-                            if let Some(tx) = client.take() {
-                                tx.cut();
-                            }
-                        }
-                    }
-                }
-                if client.is_none() && !storing {
-                    return None;
+                // The client already has what was read queued.
+                None => client,
+            };
+            if let Some(feed) = feed {
+                stream_rest(feed, data, body, reserved, plan.send_timeout).await;
+            }
+            return None;
+        }
+        // The chunk that completes a declared length is held back until
+        // the entry is admitted: with it the client has the whole response
+        // (an HTTP/1.1 response ends at its Content-Length, not when its
+        // body ends) and may ask again at once, and that request must be a
+        // hit, never collapsed onto this admission (SPEC §6).
+        if declared == Some(total) {
+            collected.push(&data);
+            break;
+        }
+        match &client {
+            Some(feed) => {
+                if !feed.push(collected.push_shared(&data)) {
+                    client = None;
                 }
             }
+            None => collected.push(&data),
         }
     }
-    if !storing || declared.is_some_and(|d| d != total) {
+    if declared.is_some_and(|d| d != total) {
+        if let Some(feed) = client {
+            feed.close(Err(Box::new(Unfinished)), Some(reserved), plan.send_timeout);
+        }
         return None;
     }
     // In one allocation of exactly its size, never a slice of hyper's
@@ -282,7 +230,6 @@ async fn run(
         Some(_) => cache.admit_memory(&plan.key, base, &identity, since),
         None => cache.admit(&plan.key, base, &identity, since),
     };
-    drop(reserved); // the tier holds the body now
     if let Some(l) = lock.take() {
         l.publish(Flight::admitted(admitted.clone()));
     }
@@ -292,13 +239,14 @@ async fn run(
     if let Some(visible) = done.take_if(|d| matches!(d, Done::Visible(_))) {
         visible.send(Admitted::Stored(identity.clone()));
     }
-    if let (Some(tx), Some(last)) = (client, last) {
-        if tokio::time::timeout(plan.send_timeout, tx.send(Ok(last)))
-            .await
-            .is_err()
-        {
-            tx.cut();
+    // The tier holds the body now; a client still taking it keeps it
+    // counted until it has (it may outlive its eviction).
+    match client {
+        Some(feed) => {
+            feed.complete(&identity.body);
+            feed.close(Ok(()), Some(reserved), plan.send_timeout);
         }
+        None => drop(reserved),
     }
     let (Some(policy), Some(admitted)) = (encode, admitted) else {
         return Some(identity);
@@ -310,13 +258,42 @@ async fn run(
     Some(variant)
 }
 
-/// Sends `chunks` to a new client channel: the channel, or `None` when
-/// its receiver went away.
-async fn send_all(tx: ClientTx, chunks: Vec<Bytes>) -> Option<ClientTx> {
-    for chunk in chunks {
-        tx.send(Ok(chunk)).await.ok()?;
+/// Streams the rest of a body that turned out not to be stored, at its
+/// client's pace: `first` (read, not yet queued), then the upstream's,
+/// never more than [`AHEAD`] bytes ahead of the client. `reserved` (what
+/// was read while it was collected) is given back once the client has
+/// caught up; a client that takes nothing for `idle` (`send_timeout`) is
+/// cut off and the upstream read stops.
+async fn stream_rest(
+    feed: Feed,
+    first: Bytes,
+    mut body: IdleTimeout<UpstreamBody>,
+    reserved: Reservation,
+    idle: std::time::Duration,
+) {
+    let mut reserved = Some(reserved);
+    let mut next = Some(first);
+    loop {
+        if let Some(data) = next.take() {
+            if !feed.push(data) {
+                return;
+            }
+        }
+        match feed.taken(AHEAD, idle).await {
+            Taken::Drained => drop(reserved.take()),
+            Taken::Gone => return,
+            Taken::Stalled => {
+                tracing::debug!("the client took nothing for send_timeout: cut off");
+                feed.cut();
+                return;
+            }
+        }
+        match body.frame().await {
+            None => return feed.close(Ok(()), None, idle),
+            Some(Err(e)) => return feed.close(Err(e), None, idle),
+            Some(Ok(frame)) => next = frame.into_data().ok(),
+        }
     }
-    Some(tx)
 }
 
 /// Builds the identity variant: headers completed (Content-Length, Date,

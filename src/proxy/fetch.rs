@@ -358,8 +358,8 @@ async fn storable(
             ),
         };
     }
-    let (tx, client_body) = admit::client_channel();
-    admit::spawn(cache, plan, Some(lock), body, Some(tx), None);
+    let (feed, client_body) = super::feed::channel();
+    admit::spawn(cache, plan, Some(lock), body, Some(feed), None);
     streamed(ctx, rparts, client_body, status)
 }
 

@@ -152,6 +152,8 @@ async fn exchange(
 
     if let Some(mut conn) = pool.checkout(replayable).await {
         let again = replayable.then(|| Replay::capture(&req));
+        // Anything read from here on is this request's response.
+        let read_before = conn.bytes_read();
         let sent = conn.sender.try_send_request(req);
         match conn.run(sent).await {
             Ok(resp) => return Ok(UpstreamBody::wrap(resp, conn, pool)),
@@ -162,7 +164,10 @@ async fn exchange(
                 } else {
                     let error = e.into_error();
                     match again {
-                        Some(replay) if closed_before_response(&error) => {
+                        Some(replay)
+                            if conn.bytes_read() == read_before
+                                && closed_before_response(&error) =>
+                        {
                             tracing::debug!(server = %pool.authority, error = %error, "reused connection closed before any response byte; re-sending once on a new one");
                             req = replay.rebuild();
                         }
@@ -240,9 +245,10 @@ fn protocol(pool: &ServerPool, source: hyper::Error) -> UpstreamError {
     UpstreamError::from_send(pool.authority.to_string(), source)
 }
 
-/// The connection ended before the response began: EOF where the head
-/// should be, or the socket reset or closed under the write. (A partial
-/// head is a parse error, never this.)
+/// The connection ended: EOF where the head should be, or the socket
+/// reset or closed under the write. hyper reports an EOF partway through
+/// a head the same way, so whether any response byte came first is told
+/// by the bytes the connection read ([`Conn::bytes_read`]).
 fn closed_before_response(e: &hyper::Error) -> bool {
     if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
         return true;

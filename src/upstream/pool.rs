@@ -39,6 +39,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::counted::{Counted, ReadCount};
 use super::error::UpstreamError;
 use super::outgoing::Outgoing;
 
@@ -83,9 +84,17 @@ pub struct Conn {
     /// `None` once the connection has ended (a finished hyper connection
     /// must not be polled again; dropping it fails what it still held).
     driver: Option<Driver>,
+    /// Bytes read from the socket so far.
+    read: ReadCount,
 }
 
 impl Conn {
+    /// Bytes read from the upstream on this connection so far (a response
+    /// byte arrived when this grows).
+    pub fn bytes_read(&self) -> u64 {
+        self.read.get()
+    }
+
     /// Runs the connection's I/O as far as it can go now: writes what is
     /// queued, reads what has arrived. The connection ending drops the
     /// driver, which fails any request it still held (hyper hands an
@@ -320,6 +329,7 @@ impl ServerPool {
         if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
             tracing::debug!(error = %e, "cannot set TCP keepalive on an upstream socket");
         }
+        let (stream, read) = Counted::new(stream);
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(READ_BUFFER_MAX)
             .handshake(TokioIo::new(stream))
@@ -331,6 +341,7 @@ impl ServerPool {
         Ok(Conn {
             sender,
             driver: Some(Box::pin(conn.with_upgrades())),
+            read,
         })
     }
 }
