@@ -263,6 +263,11 @@ pub async fn pass(
                 conn.https,
                 resp.headers(),
                 |https, authority, path| {
+                    // Normalised as a request path is (a Location's
+                    // `/a/./b` or `%7e` names the key `/a/b`, `~`); the
+                    // request's own is already.
+                    let normal = super::target::normalize_reference(path);
+                    let path = normal.as_deref().unwrap_or(path);
                     let target = rules.key_target(Some((https, authority)), path);
                     target
                         .purge()
