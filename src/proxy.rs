@@ -17,6 +17,8 @@
 //!   upgrades) and sending any request upstream.
 //! - `proxy/target.rs`: the one normalised request path (SPEC §10).
 //! - `proxy/headers.rs`: hop-by-hop stripping and forwarding fields.
+//! - `proxy/as_forwarded.rs`: a request's fields as the origin gets them,
+//!   for `Vary` (the forwarding fields Strata rewrites).
 //! - `proxy/cache_status.rs`: RFC 9211 `Cache-Status` and the metrics
 //!   outcome derived from it.
 //! - `proxy/error.rs`: the one place errors become 400/502/503/504.
@@ -25,6 +27,7 @@
 
 pub mod access;
 pub mod admit;
+pub mod as_forwarded;
 pub mod body;
 pub mod cache_status;
 pub mod error;

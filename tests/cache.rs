@@ -762,6 +762,61 @@ async fn unsafe_methods_invalidate_target_and_location() {
     }
 }
 
+/// RFC 9111 §4.4 with RFC 3986 §5.2.2 / §6.2.2 (replay probe): an
+/// absolute-path `Location` / `Content-Location` was used as written, so
+/// a dot segment, a fragment or an encoded unreserved character (also in
+/// an absolute URL) named no stored key and invalidated nothing. Each is
+/// now normalised as a request path is.
+#[tokio::test]
+async fn locations_are_normalised_like_request_paths_before_invalidating() {
+    let origin = Origin::start(|req| async move {
+        if req.method() == Method::POST {
+            // The reference the test asks for: `x-field: x-value`.
+            let get = |n: &str| {
+                req.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            return reply(201, &[(&get("x-field"), &get("x-value"))], "created");
+        }
+        reply(200, &[("cache-control", "max-age=60")], "cached")
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let absolute = s.url("/iv/x%7ey");
+    for (field, value, stored) in [
+        ("location", "/iv/./item", "/iv/item"),
+        ("location", "/iv/x/../item", "/iv/item"),
+        ("location", "/iv/%69tem", "/iv/item"),
+        ("location", "/iv/item#top", "/iv/item"),
+        ("location", "/iv/item?q=1#f", "/iv/item?q=1"),
+        ("content-location", "/iv/x%7ey", "/iv/x~y"),
+        ("location", absolute.as_str(), "/iv/x~y"),
+    ] {
+        c.get(&s.url(stored)).await;
+        let r = c.get(&s.url(stored)).await;
+        assert!(r.is_hit(), "{stored}: {}", r.cache_status());
+        let r = c
+            .send(
+                Method::POST,
+                &s.url("/iv/new"),
+                &[("x-field", field), ("x-value", value)],
+                Bytes::from_static(b"x"),
+            )
+            .await;
+        assert_eq!(r.status, 201);
+        let r = c.get(&s.url(stored)).await;
+        assert!(
+            r.cache_status().contains("fwd=miss"),
+            "{field}: {value} left {stored}: {}",
+            r.cache_status()
+        );
+    }
+}
+
 /// A leader whose client went away before the answer leaves its followers
 /// collapsed behind a new leader: one more upstream request, not one each,
 /// and the answer is stored (black-box audit: each follower went upstream

@@ -663,6 +663,143 @@ async fn a_trusted_proxy_keeps_its_forwarding_fields_and_the_strip_list_can_chan
     assert!(!seen.headers.contains_key("x-rewrite-url"));
 }
 
+/// A GET of `path` sent from the source address `ip` (127.0.0.2,
+/// 127.0.0.3: Linux routes all of 127/8 to the loopback, so each is
+/// another client to Strata), with `fields`: the response as text.
+async fn get_from(ip: &str, strata: &Strata, path: &str, fields: &[(&str, &str)]) -> String {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(strata.addr).await.unwrap();
+    let mut head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        strata.addr
+    );
+    for (name, value) in fields {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    read_response(&mut s).await
+}
+
+/// The `Cache-Status` line and the body of a response read as text.
+fn status_and_body(response: &str) -> (String, String) {
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
+    let status = head
+        .lines()
+        .find_map(|l| l.strip_prefix("cache-status: "))
+        .unwrap_or("-");
+    (status.to_string(), body.to_string())
+}
+
+/// RFC 9111 §4.1 (replay probe, medium-high): Strata writes
+/// `X-Forwarded-For` and `Forwarded` from the peer address, but Vary was
+/// matched on the client's own fields, so an origin answering `Vary:
+/// X-Forwarded-For` for per-client content had one client's response
+/// served to another (neither sent the field), and a forged value
+/// selected the variant of whoever forged it first. The variant is now
+/// keyed and selected by the values the origin received.
+#[tokio::test]
+async fn vary_on_forwarding_fields_matches_what_the_origin_received() {
+    let origin = Origin::start(|req: Request<Incoming>| async move {
+        let h = req.headers();
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("-");
+        let vary = if req.uri().path() == "/xff" {
+            "X-Forwarded-For"
+        } else {
+            "Forwarded"
+        };
+        let body = format!("xff={} fwd={}", get("x-forwarded-for"), get("forwarded"));
+        reply(
+            200,
+            &[("cache-control", "public, max-age=600"), ("vary", vary)],
+            body,
+        )
+    })
+    .await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    for path in ["/xff", "/fwd"] {
+        let (status, body) = status_and_body(&get_from("127.0.0.2", &strata, path, &[]).await);
+        assert!(
+            status.starts_with("strata; fwd=miss; stored"),
+            "{path}: {status}"
+        );
+        assert!(body.starts_with("xff=127.0.0.2 "), "{path}: {body}");
+        // Another client: the origin sees another address, so this is
+        // another variant, never the first client's response.
+        let (status, body) = status_and_body(&get_from("127.0.0.3", &strata, path, &[]).await);
+        assert!(
+            status.starts_with("strata; fwd=vary-miss"),
+            "{path}: {status}"
+        );
+        assert!(body.starts_with("xff=127.0.0.3 "), "{path}: {body}");
+        // Forged values are dropped on the way upstream: the origin would
+        // see the peer's address, so the peer's variant is the answer.
+        let forged = [
+            ("X-Forwarded-For", "127.0.0.3"),
+            ("Forwarded", "for=127.0.0.3"),
+        ];
+        let (status, body) = status_and_body(&get_from("127.0.0.2", &strata, path, &forged).await);
+        assert!(status.starts_with("strata; hit"), "{path}: {status}");
+        assert!(body.starts_with("xff=127.0.0.2 "), "{path}: {body}");
+    }
+    assert_eq!(origin.count(), 4);
+}
+
+/// The redirect loop behind a cache (replay probe): an origin that sends
+/// plain-http requests to https answers by `X-Forwarded-Proto` with
+/// `Vary: X-Forwarded-Proto`. A client outside `trusted_proxies` claiming
+/// `https` had its request forwarded as `http`, and the redirect was
+/// stored under `https`: the trusted TLS front's https users were then
+/// redirected to https forever.
+#[tokio::test]
+async fn vary_on_x_forwarded_proto_cannot_be_poisoned_by_an_untrusted_client() {
+    let origin = Origin::start(|req: Request<Incoming>| async move {
+        let https = req
+            .headers()
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v == "https");
+        let cache = ("cache-control", "public, max-age=600");
+        let vary = ("vary", "X-Forwarded-Proto");
+        if https {
+            reply(200, &[cache, vary], "secure page")
+        } else {
+            reply(
+                301,
+                &[cache, vary, ("location", "https://shop.example/")],
+                "",
+            )
+        }
+    })
+    .await;
+    // 127.0.0.2 is the TLS-terminating front; 127.0.0.3 is anybody.
+    let text = support::config_text(&[origin.addr], NO_HEALTH).replace(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.2\"]\n",
+    );
+    let strata = Strata::start_text(&text).await;
+    let https = [("X-Forwarded-Proto", "https")];
+    let attacker = get_from("127.0.0.3", &strata, "/", &https).await;
+    assert!(attacker.starts_with("HTTP/1.1 301"), "{attacker}");
+    let front = get_from("127.0.0.2", &strata, "/", &https).await;
+    assert!(front.starts_with("HTTP/1.1 200"), "{front}");
+    let (status, body) = status_and_body(&front);
+    assert!(status.starts_with("strata; fwd=vary-miss"), "{status}");
+    assert_eq!(body, "secure page");
+    // The redirect was stored as the answer to `http`, which is what any
+    // untrusted client's request is forwarded as.
+    let plain = get_from("127.0.0.3", &strata, "/", &[]).await;
+    assert!(plain.starts_with("HTTP/1.1 301"), "{plain}");
+    assert!(
+        status_and_body(&plain).0.starts_with("strata; hit"),
+        "{plain}"
+    );
+    let again = get_from("127.0.0.2", &strata, "/", &https).await;
+    assert_eq!(status_and_body(&again).1, "secure page");
+    assert_eq!(origin.count(), 2);
+}
+
 // === connections that send nothing ===
 
 #[tokio::test]

@@ -22,7 +22,7 @@ use super::fields::{FieldBlock, LazyFields};
 use super::freshness::{self, Millis, Policy, Times};
 use super::key::CacheKey;
 pub use super::refresh::{HitCount, RefreshBackoff};
-pub use super::vary::normalized;
+pub use super::vary::RequestFields;
 use crate::compression::Coding;
 
 /// Variants kept per URL; beyond this the oldest goes (a `Vary` on a
@@ -235,11 +235,11 @@ impl Variant {
     }
 
     /// Whether a request with these fields selects this variant.
-    pub fn matches(&self, request: &HeaderMap) -> bool {
+    pub fn matches(&self, request: &(impl RequestFields + ?Sized)) -> bool {
         self.vary
             .0
             .iter()
-            .all(|(name, stored)| normalized(request, name).as_deref() == stored.as_deref())
+            .all(|(name, stored)| request.vary_value(name).as_deref() == stored.as_deref())
     }
 }
 
@@ -256,7 +256,7 @@ impl Object {
     }
 
     /// The stored variant selected by this request, if any.
-    pub fn select(&self, request: &HeaderMap) -> Option<&Arc<Variant>> {
+    pub fn select(&self, request: &(impl RequestFields + ?Sized)) -> Option<&Arc<Variant>> {
         // Newest first: a variant added later supersedes an older one. An
         // object with one variant (or none varying) compares once; with
         // several, the request's normalised values are computed once per
@@ -270,7 +270,7 @@ impl Object {
                 let value = match seen.iter().position(|(n, _)| *n == name) {
                     Some(i) => &seen[i].1,
                     None => {
-                        seen.push((name, normalized(request, name)));
+                        seen.push((name, request.vary_value(name)));
                         &seen[seen.len() - 1].1
                     }
                 };
@@ -285,7 +285,7 @@ impl Object {
     /// selection). Concurrent misses for one variant make one upstream
     /// request (SPEC §3); those for different variants do not queue
     /// behind each other.
-    pub fn collapse_key(&self, request: &HeaderMap) -> u128 {
+    pub fn collapse_key(&self, request: &(impl RequestFields + ?Sized)) -> u128 {
         let url = self.key.hash();
         let Some(names) = self.variants.last().map(|v| &v.vary.0) else {
             return url;
@@ -297,7 +297,7 @@ impl Object {
         h.update(&url.to_le_bytes());
         for (name, _) in names {
             h.update(name.as_str().as_bytes());
-            match normalized(request, name) {
+            match request.vary_value(name) {
                 Some(v) => {
                     h.update(b"\x01");
                     h.update(v.as_bytes());
@@ -443,12 +443,13 @@ pub fn vary_names(response: &HeaderMap) -> Vec<HeaderName> {
     names
 }
 
-/// The Vary key of `request` for the fields a response names.
-pub fn vary_key(request: &HeaderMap, names: &[HeaderName]) -> VaryKey {
+/// The Vary key of `request` for the fields a response names (read as
+/// [`Variant::matches`] reads them, so the variant is found again).
+pub fn vary_key(request: &(impl RequestFields + ?Sized), names: &[HeaderName]) -> VaryKey {
     VaryKey(
         names
             .iter()
-            .map(|n| (n.clone(), normalized(request, n)))
+            .map(|n| (n.clone(), request.vary_value(n)))
             .collect(),
     )
 }

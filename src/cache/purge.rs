@@ -227,7 +227,10 @@ impl Cache {
     /// invalidates the target URI and same-origin Location and
     /// Content-Location. `entries` says what a URL's entries are (its
     /// key, or, under a rule with key options, the keys built from it):
-    /// the caller knows the rules, the cache does not.
+    /// the caller knows the rules, the cache does not. It gets each path
+    /// as referenced (resolved, fragment dropped) and normalises it as it
+    /// normalises request paths, so that `/a/./b`, `/a/%62` and `/a/b`
+    /// name one key.
     pub fn invalidate_after_unsafe(
         &self,
         uri: &Uri,
@@ -243,11 +246,13 @@ impl Cache {
             let Some(target) = response.get(&name).and_then(|v| v.to_str().ok()) else {
                 continue;
             };
-            // An absolute path as it is; any other reference resolved, and
-            // kept only when on the same origin (§4.4: another host's
-            // entries are not this response's to invalidate).
+            // An absolute path as it is but for its fragment (RFC 3986
+            // §4.2: not part of the target); any other reference resolved,
+            // and kept only when on the same origin (§4.4: another host's
+            // entries are not this response's to invalidate). `entries`
+            // normalises the path as request paths are.
             let same_origin = if target.starts_with('/') && !target.starts_with("//") {
-                Some(target.to_owned())
+                Some(target.split('#').next().unwrap_or(target).to_owned())
             } else {
                 same_origin_reference(https, authority.as_str(), path, target)
             };

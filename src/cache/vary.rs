@@ -15,10 +15,32 @@
 //!   itself would choose (as before) let a variant the origin encoded in
 //!   another coding (`zstd`, `deflate`) reach clients that never accepted
 //!   it.
+//!
+//! The values compared are those of the request the origin received
+//! (§4.1 matches against the request the stored response answered): a
+//! caller whose requests go upstream with some fields rewritten reads
+//! them through [`RequestFields`] as they are sent, not as the client
+//! wrote them.
 
 use http::header::{self, HeaderMap, HeaderName};
 
 use crate::compression::parse_qvalue;
+
+/// A request's fields as Vary matching reads them (RFC 9111 §4.1). A
+/// `HeaderMap` is read as it is; the proxy's view of a request as it is
+/// forwarded (`proxy::as_forwarded`) reads the fields Strata rewrites on
+/// the way upstream as the origin gets them.
+pub trait RequestFields {
+    /// The request's value of the field `name`, normalised as
+    /// [`normalized`] does; `None` when the request does not carry it.
+    fn vary_value(&self, name: &HeaderName) -> Option<String>;
+}
+
+impl RequestFields for HeaderMap {
+    fn vary_value(&self, name: &HeaderName) -> Option<String> {
+        normalized(self, name)
+    }
+}
 
 /// `request`'s value of the field `name`, normalised as the module says;
 /// `None` when the request does not carry the field (distinct from an

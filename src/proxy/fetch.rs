@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use super::admit::{self, Admitted, Plan};
+use super::as_forwarded::AsForwarded;
 use super::body::ProxyBody;
 use super::cache_status::{CacheStatus, ServedStale};
 use super::error::ProxyError;
@@ -53,7 +54,11 @@ async fn fetch_or_rejoin(
     miss: Miss,
     rejoins: u8,
 ) -> Answered {
-    let key = miss.collapse_key(req.headers());
+    let key = miss.collapse_key(&AsForwarded::new(
+        &req,
+        ctx.conn,
+        &ctx.runtime.config.server,
+    ));
     match ctx.shared.cache.collapser().lock(key) {
         Locked::Write(lock) => lead(ctx, req, miss, lock).await,
         Locked::Read(wait) => follow(ctx, req, miss, wait, rejoins).await,
@@ -73,7 +78,8 @@ async fn follow(
     let limit = ctx.runtime.config.cache.collapse_timeout;
     match wait.wait(limit).await {
         Some(Flight::Stored(object)) => {
-            if let Some(variant) = object.select(req.headers()) {
+            let server = &ctx.runtime.config.server;
+            if let Some(variant) = object.select(&AsForwarded::new(&req, ctx.conn, server)) {
                 ctx.shared.metrics.collapsed();
                 let status = CacheStatus::fwd(miss.fwd).map(|f| {
                     f.collapsed = true;

@@ -32,7 +32,7 @@ use crate::traffic::ClientIp;
 
 /// Rewrites a client request into the one sent upstream (hop-by-hop fields
 /// and `server.strip_request_headers` out, Strata's forwarding fields in,
-/// `Host` kept or set from the authority).
+/// `Host` kept or set from the authority: [`forward_fields`]).
 pub fn upstream_request(
     mut req: Request<ReqBody>,
     conn: ConnInfo,
@@ -47,21 +47,46 @@ pub fn upstream_request(
         && !req.body().is_end_stream()
         && req.body().size_hint().exact().is_none()
         && !req.headers().contains_key(header::CONTENT_LENGTH);
-    if !req.headers().contains_key(header::HOST) {
-        if let Some(v) = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            req.headers_mut().insert(header::HOST, v);
-        }
-    } else if let Some(a) = req.uri().authority() {
-        // RFC 9112 §3.2.2: an absolute-form target overrides Host.
-        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-            req.headers_mut().insert(header::HOST, v);
-        }
-    }
+    let authority = target_host(req.uri());
     let h = req.headers_mut();
+    forward_fields(h, authority, version, conn, server, upgrade);
+    if chunked_body {
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+    req.extensions_mut().insert(ClientIp(conn.client_ip));
+    req
+}
+
+/// The authority of an absolute-form target (or an HTTP/2 request's
+/// `:authority`) as a `Host` value: it replaces the client's `Host`
+/// upstream (RFC 9112 §3.2.2).
+pub(super) fn target_host(uri: &http::Uri) -> Option<HeaderValue> {
+    uri.authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+/// The fields of a request as they go upstream, rewritten in place: `Host`
+/// set to `authority` ([`target_host`]) when there is one, hop-by-hop
+/// fields out (`Upgrade` kept for an `upgrade`), an HTTP/1.0 `Expect` out,
+/// `server.strip_request_headers` out, Strata's forwarding fields and
+/// `Via` in ([`headers::add_forwarding`], SPEC §10). The one place these
+/// rewrites are made: Vary matching reads the rewritten fields through it
+/// too ([`super::as_forwarded`]), so a stored variant is keyed by what the
+/// origin saw.
+pub(super) fn forward_fields(
+    h: &mut HeaderMap,
+    authority: Option<HeaderValue>,
+    version: http::Version,
+    conn: ConnInfo,
+    server: &ServerConfig,
+    upgrade: bool,
+) {
+    if let Some(v) = authority {
+        h.insert(header::HOST, v);
+    }
     headers::strip_hop_by_hop(h, upgrade);
     if version == http::Version::HTTP_10 {
         // RFC 9110 §10.1.1: an HTTP/1.0 request's 100-continue expectation
@@ -72,12 +97,6 @@ pub fn upstream_request(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     headers::strip_listed(h, &server.strip_request_headers);
-    if chunked_body {
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-    }
     let by = headers::Forwarder {
         peer: conn.peer.ip(),
         https: conn.https,
@@ -86,8 +105,6 @@ pub fn upstream_request(
     // A clone of the value (a reference count), not of its text.
     let host = h.get(header::HOST).cloned();
     headers::add_forwarding(h, by, host.as_ref(), version);
-    req.extensions_mut().insert(ClientIp(conn.client_ip));
-    req
 }
 
 /// Sends a prepared request upstream. Idempotent body-less requests are
@@ -246,6 +263,11 @@ pub async fn pass(
                 conn.https,
                 resp.headers(),
                 |https, authority, path| {
+                    // Normalised as a request path is (a Location's
+                    // `/a/./b` or `%7e` names the key `/a/b`, `~`); the
+                    // request's own is already.
+                    let normal = super::target::normalize_reference(path);
+                    let path = normal.as_deref().unwrap_or(path);
                     let target = rules.key_target(Some((https, authority)), path);
                     target
                         .purge()

@@ -181,7 +181,7 @@ fn connection_option(token: &str) -> Option<HeaderName> {
 /// `Forwarded` or any `X-Forwarded-*`, also spelt with `_` for `-` (CGI,
 /// PHP-FPM, Rack and WSGI servers read `X_Forwarded_Host` as the same
 /// `HTTP_X_FORWARDED_HOST` as `X-Forwarded-Host`). `name` is lowercase.
-fn forwarding_field(name: &str) -> bool {
+pub(super) fn forwarding_field(name: &str) -> bool {
     const PREFIX: &[u8] = b"x-forwarded-";
     let b = name.as_bytes();
     same_dashed(b, b"forwarded")

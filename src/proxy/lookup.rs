@@ -16,11 +16,12 @@ use http::{Method, Request};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+use super::as_forwarded::AsForwarded;
 use super::cache_status::Fwd;
 use super::validate::{Field, Present};
 use super::{ConnInfo, RequestCtx, Runtime, Shared};
 use crate::cache::directives::CacheControl;
-use crate::cache::entry::{Object, Variant};
+use crate::cache::entry::{Object, RequestFields, Variant};
 use crate::cache::freshness::{self, Fallback, Millis, Reuse};
 use crate::cache::key::CacheKey;
 use crate::cache::Tier;
@@ -137,7 +138,7 @@ impl Miss {
     /// The collapse lock's key for `request`: the URL's, or its
     /// variant's once the stored responses say what they vary on
     /// ([`Object::collapse_key`]).
-    pub fn collapse_key(&self, request: &HeaderMap) -> u128 {
+    pub fn collapse_key(&self, request: &(impl RequestFields + ?Sized)) -> u128 {
         self.object
             .as_ref()
             .map_or(self.key.hash(), |o| o.collapse_key(request))
@@ -224,11 +225,18 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
     let mut stale = None;
     let mut object = None;
     if let Some((mut found, mut tier)) = found {
-        let mut selected = found.select(req.headers()).cloned();
+        // Vary reads the request as the origin gets it (the fields Strata
+        // rewrites upstream as it rewrites them; computed only if a Vary
+        // names one).
+        let selects = |o: &Object| {
+            let request = AsForwarded::new(req, ctx.conn, &ctx.runtime.config.server);
+            o.select(&request).cloned()
+        };
+        let mut selected = selects(&found);
         if selected.is_none() && tier == Tier::Memory {
             // Another instance may have stored the request's variant.
             if let Some(o) = Box::pin(ctx.shared.cache.variants_elsewhere(&found)).await {
-                selected = o.select(req.headers()).cloned();
+                selected = selects(&o);
                 if selected.is_some() {
                     tier = Tier::Redis;
                 }
@@ -238,7 +246,7 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
         if selected.as_ref().is_some_and(|v| v.soft_purged) && tier == Tier::Memory {
             // Another instance may have revalidated it already.
             if let Some(o) = Box::pin(ctx.shared.cache.revalidated_elsewhere(&found.key)).await {
-                selected = o.select(req.headers()).cloned();
+                selected = selects(&o);
                 found = o;
                 tier = Tier::Redis;
             }

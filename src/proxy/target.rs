@@ -81,6 +81,19 @@ pub fn normalize(uri: &Uri) -> Result<Option<Uri>, TargetError> {
     Ok(Uri::from_parts(parts).ok())
 }
 
+/// A path and query named by a response (an unsafe method's `Location` or
+/// `Content-Location`, RFC 9111 §4.4) normalised as a request target is
+/// ([`normalize`]), so that it names the key a `GET` of it stored:
+/// borrowed when already normal; `None` when a request for it would be
+/// refused (nothing is stored under it) or it is not a valid target.
+pub fn normalize_reference(path_and_query: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let uri: Uri = path_and_query.parse().ok()?;
+    match normalize(&uri).ok()? {
+        None => Some(path_and_query.into()),
+        Some(normal) => Some(normal.path_and_query()?.as_str().to_owned().into()),
+    }
+}
+
 /// The usual case, decided in one pass: no `%` escape, no backslash and
 /// no `.` or `..` segment, so there is nothing to decode, remove or refuse
 /// (a NUL can only arrive escaped).
@@ -253,6 +266,20 @@ mod tests {
     fn norm(target: &str) -> Result<String, TargetError> {
         let uri: Uri = target.parse().unwrap();
         Ok(normalize(&uri)?.unwrap_or(uri).to_string())
+    }
+
+    #[test]
+    fn references_are_normalised_as_targets() {
+        let r = |p| normalize_reference(p).map(|n| n.into_owned());
+        assert_eq!(r("/a/./b").as_deref(), Some("/a/b"));
+        assert_eq!(r("/a/x/../b?q=%7e").as_deref(), Some("/a/b?q=%7e"));
+        assert_eq!(r("/a/%62%2f").as_deref(), Some("/a/b%2F"));
+        assert!(matches!(
+            normalize_reference("/a/b"),
+            Some(std::borrow::Cow::Borrowed("/a/b"))
+        ));
+        assert_eq!(r("/../above"), None);
+        assert_eq!(r("/a b"), None);
     }
 
     #[test]

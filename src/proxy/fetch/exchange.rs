@@ -13,6 +13,7 @@ use http::request::Parts;
 use http::{Method, Request, StatusCode};
 
 use super::super::admit::Plan;
+use super::super::as_forwarded::AsForwarded;
 use super::super::body::IdleTimeout;
 use super::super::error::ProxyError;
 use super::super::{forward, headers, stored, ConnInfo, RequestCtx, Runtime};
@@ -138,6 +139,12 @@ impl Exchange {
     /// applies, replaces them (see `shape`).
     fn directives(&self, headers: &HeaderMap) -> CacheControl {
         CacheControl::for_cache(headers, &self.runtime.config.cache.targeted_cache_control)
+    }
+
+    /// `parts` as the origin gets them, for Vary.
+    fn as_forwarded<'a>(&'a self, parts: &'a Parts) -> AsForwarded<'a> {
+        let server = &self.runtime.config.server;
+        AsForwarded::of_parts(&parts.uri, &parts.headers, parts.version, self.conn, server)
     }
 
     /// `[cache] grace` in seconds.
@@ -293,7 +300,9 @@ impl Exchange {
         let plan = Plan {
             key: key.clone(),
             base: object.cloned(),
-            vary: entry::vary_key(&parts.headers, &names),
+            // Keyed by the fields as this request sent them upstream, as
+            // lookups read them.
+            vary: entry::vary_key(&self.as_forwarded(parts), &names),
             status,
             headers: stored_fields(&rparts.headers),
             times,

@@ -17,6 +17,7 @@ use http::request::Parts;
 use http::Request;
 
 use super::super::admit;
+use super::super::as_forwarded::AsForwarded;
 use super::super::lookup::Hit;
 use super::super::RequestCtx;
 use super::exchange::{Exchange, Fetched};
@@ -40,7 +41,10 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
     if hit.variant.refresh.holds(ctx.now) {
         return; // the last refresh failed a moment ago
     }
-    let key = hit.object.collapse_key(req.headers());
+    let server = &ctx.runtime.config.server;
+    let key = hit
+        .object
+        .collapse_key(&AsForwarded::new(req, ctx.conn, server));
     let Some(lock) = ctx.shared.cache.collapser().try_lock(key) else {
         return; // a refresh is already running
     };
