@@ -5,8 +5,8 @@
 //!
 //! - `proxy/lookup.rs`: the hit path — route, memory then Redis, Vary,
 //!   freshness → [`Lookup`].
-//! - `proxy/stored.rs`: answering from a stored variant (304/412, 206/416,
-//!   HEAD, `Age`).
+//! - `proxy/stored.rs`: answering from a stored variant (304/412, HEAD,
+//!   `Age`); `proxy/range.rs`: byte ranges (206/416, `If-Range`).
 //! - `proxy/fetch.rs`: the miss path — collapsed forwarding, the upstream
 //!   fetch and its one classification (`fetch/exchange.rs`, with
 //!   `fetch/storability.rs`), stale-if-error, the background refresh
@@ -418,14 +418,6 @@ impl Drop for Abandoned<'_> {
 }
 
 impl Shared {
-    /// Counts and logs a request head hyper answered by itself with
-    /// `status` (`400`, `431`: unparseable, or over the size limits), which
-    /// never reached [`Shared::handle`].
-    pub fn refused_head(&self, conn: ConnInfo, status: u16) {
-        self.metrics.refused_head(status);
-        access::emit_refused(conn, status, &self.runtime.load().config.log);
-    }
-
     /// Route → lookup → hit, refresh, fetch or pass; `present` says which
     /// fields `req` has (from [`validate::validate`]).
     /// A function returning an `async` block for the reason

@@ -261,6 +261,16 @@ fn escape_into(out: &mut String, bytes: &[u8]) {
     }
 }
 
+impl super::Shared {
+    /// Counts and logs a request head hyper answered by itself with
+    /// `status` (`400`, `431`: unparseable, or over the size limits), which
+    /// never reached [`super::Shared::handle`].
+    pub fn refused_head(&self, conn: ConnInfo, status: u16) {
+        self.metrics.refused_head(status);
+        emit_refused(conn, status, &self.runtime.load().config.log);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
