@@ -13,22 +13,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 use support::origin::{field, reply};
-use support::{wait_until, Client, Origin, Strata};
+use support::{http_date, wait_until, Client, Origin, Strata};
 
 const NO_HEALTH: &str = "[upstream.health]\nenabled = false\n";
 
 async fn strata(origin: &Origin, extra: &str) -> Strata {
     Strata::start(&[origin.addr], &format!("{NO_HEALTH}{extra}")).await
-}
-
-fn http_date(offset_secs: i64) -> String {
-    let now = std::time::SystemTime::now();
-    let t = if offset_secs >= 0 {
-        now + Duration::from_secs(offset_secs as u64)
-    } else {
-        now - Duration::from_secs(offset_secs.unsigned_abs())
-    };
-    httpdate::fmt_http_date(t)
 }
 
 /// A page of text (compressible, over the default `min_size`).

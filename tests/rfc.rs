@@ -8,22 +8,12 @@ mod support;
 use std::time::Duration;
 
 use support::origin::reply;
-use support::{Client, Origin, Strata};
+use support::{http_date, Client, Origin, Strata};
 
 const NO_HEALTH: &str = "[upstream.health]\nenabled = false\n";
 
 async fn strata(origin: &Origin, extra: &str) -> Strata {
     Strata::start(&[origin.addr], &format!("{NO_HEALTH}{extra}")).await
-}
-
-fn http_date(offset_secs: i64) -> String {
-    let now = std::time::SystemTime::now();
-    let t = if offset_secs >= 0 {
-        now + Duration::from_secs(offset_secs as u64)
-    } else {
-        now - Duration::from_secs(offset_secs.unsigned_abs())
-    };
-    httpdate::fmt_http_date(t)
 }
 
 /// An origin answering each path with the headers `headers_for(path)`

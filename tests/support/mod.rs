@@ -21,6 +21,17 @@ use tokio::sync::oneshot;
 pub use self::http::{Client, Reply};
 pub use origin::{Origin, Seen};
 
+/// An HTTP date `offset_secs` from now (negative: in the past).
+pub fn http_date(offset_secs: i64) -> String {
+    let now = std::time::SystemTime::now();
+    let t = if offset_secs >= 0 {
+        now + Duration::from_secs(offset_secs as u64)
+    } else {
+        now - Duration::from_secs(offset_secs.unsigned_abs())
+    };
+    httpdate::fmt_http_date(t)
+}
+
 /// Polls `cond` every 20 ms until it holds; panics after `limit`.
 pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F)
 where
