@@ -192,13 +192,10 @@ pub(super) fn forwarding_field(name: &str) -> bool {
 /// (`underscores_in_headers off`): CGI, PHP-FPM, Rack and WSGI servers
 /// read `X_Lang` as the same `HTTP_X_LANG` variable as `X-Lang`, so such a
 /// field would reach the origin as one that the cache key (`key.headers`)
-/// and `Vary` matching never saw under that name. One scan of the names;
-/// allocates only when such a field is there.
+/// and `Vary` matching never saw under that name. Called only when
+/// validation's one scan of the names saw such a field.
 pub fn drop_underscored(headers: &mut HeaderMap) {
     let underscored = |k: &HeaderName| k.as_str().as_bytes().contains(&b'_');
-    if !headers.keys().any(underscored) {
-        return;
-    }
     let names: Vec<HeaderName> = headers.keys().filter(|k| underscored(k)).cloned().collect();
     for name in names {
         headers.remove(name);

@@ -16,7 +16,7 @@ use crate::config::ServerConfig;
 
 /// A request field the hit path reads, as a bit of [`Present`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
+#[repr(u16)]
 pub enum Field {
     Host = 1,
     TransferEncoding = 1 << 1,
@@ -30,6 +30,8 @@ pub enum Field {
     /// `If-Unmodified-Since`; RFC 9110 §13.1) or `Range`/`If-Range`
     /// (§14.2).
     Conditional = 1 << 7,
+    /// A field whose name holds `_` ([`headers::drop_underscored`]).
+    Underscored = 1 << 8,
 }
 
 /// Which [`Field`]s a request has, noted in one pass over its field names
@@ -39,12 +41,12 @@ pub enum Field {
 /// a field a `Connection` option names, and nothing between validation
 /// and the cache adds a request field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Present(u8);
+pub struct Present(u16);
 
 impl Present {
     /// Every field possibly present: for a caller that did not scan (it
     /// looks every field up, as before).
-    pub const ALL: Present = Present(u8::MAX);
+    pub const ALL: Present = Present(u16::MAX);
 
     /// The fields of `h`: one comparison per name and field, no hashing.
     pub fn of(h: &HeaderMap) -> Present {
@@ -66,14 +68,16 @@ impl Present {
         let mut bits = 0;
         for name in h.keys() {
             if let Some((_, field)) = NAMES.iter().find(|(n, _)| n == name) {
-                bits |= *field as u8;
+                bits |= *field as u16;
+            } else if name.as_str().as_bytes().contains(&b'_') {
+                bits |= Field::Underscored as u16;
             }
         }
         Present(bits)
     }
 
     pub fn has(self, field: Field) -> bool {
-        self.0 & field as u8 != 0
+        self.0 & field as u16 != 0
     }
 }
 
@@ -192,7 +196,7 @@ pub(super) fn validate(
         crate::upstream::client::single_content_length(req.headers_mut())
             .map_err(|_| ProxyError::BadRequest("conflicting content-length fields"))?;
     }
-    if !server.underscores_in_headers {
+    if present.has(Field::Underscored) && !server.underscores_in_headers {
         headers::drop_underscored(req.headers_mut());
     }
     Ok(present)
@@ -394,7 +398,7 @@ mod tests {
             one.insert(name.clone(), "v".parse().unwrap());
             assert_eq!(
                 Present::of(&one),
-                Present(Field::Conditional as u8),
+                Present(Field::Conditional as u16),
                 "{name}"
             );
         }
