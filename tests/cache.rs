@@ -429,6 +429,66 @@ async fn a_304_set_cookie_reaches_its_requester_only() {
     assert_eq!(origin.count(), 2);
 }
 
+/// RFC 9111 §3.1: `Proxy-Authentication-Info` answers one client's proxy
+/// credentials and is never stored (the miss that fetched it passes it
+/// on). RFC 9111 §4.3.4: a 304 does not replace the fields that describe
+/// the stored body, `Content-MD5` among them (cache-tests
+/// `headers-store-Proxy-Authentication-Info`,
+/// `304-etag-update-response-Content-MD5`).
+#[tokio::test]
+async fn proxy_authentication_info_is_never_stored_and_a_304_keeps_content_md5() {
+    let origin = Origin::start(|req| async move {
+        if req.headers().contains_key("if-none-match") {
+            return reply(
+                304,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("etag", "\"m1\""),
+                    ("content-md5", "bm90IHRoZSBzdG9yZWQgYm9keQ=="),
+                    ("proxy-authentication-info", "nextnonce=\"b\""),
+                ],
+                "",
+            );
+        }
+        // Age: 20 > max-age=10: stored already stale.
+        reply(
+            200,
+            &[
+                ("cache-control", "max-age=10"),
+                ("age", "20"),
+                ("etag", "\"m1\""),
+                ("content-md5", "ICGaD7ui5EM8xWSX3gI0WA=="),
+                ("proxy-authentication-info", "nextnonce=\"a\""),
+            ],
+            "md5-body",
+        )
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let r = c.get(&s.url("/m")).await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    assert_eq!(
+        r.header("proxy-authentication-info"),
+        Some("nextnonce=\"a\""),
+        "the fetching client gets it"
+    );
+    let r = c.get(&s.url("/m")).await;
+    assert!(
+        r.cache_status().contains("fwd=stale; fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(r.text(), "md5-body");
+    assert_eq!(r.header("content-md5"), Some("ICGaD7ui5EM8xWSX3gI0WA=="));
+    assert_eq!(r.header("proxy-authentication-info"), None);
+    let r = c.get(&s.url("/m")).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(r.header("content-md5"), Some("ICGaD7ui5EM8xWSX3gI0WA=="));
+    assert_eq!(r.header("proxy-authentication-info"), None);
+    assert_eq!(origin.count(), 2);
+}
+
 #[tokio::test]
 async fn client_conditionals_answered_from_cache() {
     let origin = Origin::fixed(

@@ -318,16 +318,29 @@ impl Exchange {
     }
 }
 
-/// The fields a stored copy keeps: all of the response's but `Set-Cookie`.
-/// A response stored although it sets a cookie (the origin said `public`
-/// or `s-maxage`) is shareable; its cookie is the state of the client
-/// whose request fetched it, who gets it, and is never handed to the
-/// clients of later hits (one user's session given to everyone).
+/// The fields a stored copy keeps: all of the response's but `Set-Cookie`
+/// and `Proxy-Authentication-Info`. A response stored although it sets a
+/// cookie (the origin said `public` or `s-maxage`) is shareable; its
+/// cookie is the state of the client whose request fetched it, who gets
+/// it, and is never handed to the clients of later hits (one user's
+/// session given to everyone). `Proxy-Authentication-Info` answers one
+/// client's proxy credentials (RFC 9110 §11.7.3); RFC 9111 §3.1 keeps it
+/// out of a cache's store like `Proxy-Authenticate` and
+/// `Proxy-Authorization`, which are hop-by-hop here and never reach it.
 fn stored_fields(response: &HeaderMap) -> HeaderMap {
     let mut fields = response.clone();
     fields.remove(header::SET_COOKIE);
+    fields.remove(&PROXY_AUTHENTICATION_INFO);
     fields
 }
+
+/// RFC 9110 §11.7.3 (not among `http`'s constants).
+static PROXY_AUTHENTICATION_INFO: header::HeaderName =
+    header::HeaderName::from_static("proxy-authentication-info");
+
+/// RFC 1864's obsolete body digest: like `Content-Length`, it describes
+/// the stored bytes, which a 304 does not replace.
+static CONTENT_MD5: header::HeaderName = header::HeaderName::from_static("content-md5");
 
 /// Shapes upstream response headers the way the cache stores and serves
 /// them: hop-by-hop fields out, surrogate tags taken out (and returned).
@@ -336,8 +349,10 @@ fn normalize_response(headers: &mut HeaderMap) -> Vec<String> {
     tags::take(headers)
 }
 
-/// RFC 9111 §4.3.4: a 304 updates the stored headers (all but
-/// Content-Length and the representation's framing) and restarts the
+/// RFC 9111 §4.3.4: a 304 updates the stored headers (all but the fields
+/// that describe the stored body: `Content-Length`, `Content-Encoding`,
+/// `Content-Range`, `Content-MD5`, Strata's `Accept-Ranges`; and those no
+/// shared copy holds: `Set-Cookie`, `Proxy-Authentication-Info`) and restarts the
 /// freshness clock. A rule's Cache-Control and TTL keys still apply, to
 /// the stored status; a `Set-Cookie` on the 304 is the requester's, never
 /// the shared copy's.
@@ -369,6 +384,8 @@ impl Exchange {
             header::CONTENT_LENGTH,
             header::CONTENT_ENCODING,
             header::CONTENT_RANGE,
+            CONTENT_MD5.clone(),
+            PROXY_AUTHENTICATION_INFO.clone(),
             header::SET_COOKIE,
             // Strata's own (stored with the 200): the stored bytes are
             // served in ranges whatever the origin says now.
