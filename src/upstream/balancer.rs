@@ -197,7 +197,8 @@ impl Balancer {
         self.smooth_pick(loads.iter().filter(|l| !lighter(least, l)).map(|l| l.0))
     }
 
-    /// A passive connect failure; returns true when it ejected the server.
+    /// A passive connect failure; returns true when it ejected the server
+    /// (the `unhealthy_threshold`-th in a row).
     pub fn passive_failure(&self, index: usize, health: &HealthConfig) -> bool {
         // Without active checks nothing would bring a server back, so
         // passive failures only eject when health checks run.
@@ -205,11 +206,7 @@ impl Balancer {
             return false;
         }
         let s = &self.servers[index];
-        let ejected = s.record_failure(health);
-        if ejected {
-            tracing::warn!(server = %s.authority, "upstream unhealthy: connect failures");
-        }
-        ejected
+        s.record_connect_failure(health) && s.leave()
     }
 }
 
