@@ -561,3 +561,31 @@ async fn sporadic_connect_failures_leave_a_server_in_rotation() {
     );
     assert!(metrics.contains(&failures), "{metrics}");
 }
+
+/// A run of connect failures does not take out the last server in
+/// rotation (nginx never marks its only server down): once the origin is
+/// back, the next request reaches it, rather than 503s until
+/// `healthy_threshold` checks (here an hour apart) bring it back.
+#[tokio::test]
+async fn connect_failures_leave_the_last_server_in_rotation() {
+    let mut flaky = Flaky::start().await;
+    let strata = Strata::start(&[flaky.addr], "[upstream.health]\ninterval = \"1h\"\n").await;
+    wait_until(Duration::from_secs(10), "the start-up check", || async {
+        flaky.checked()
+    })
+    .await;
+    let client = Client::new();
+    flaky.off().await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(client.get(&strata.url("/dead")).await.status.as_u16());
+    }
+    assert_eq!(statuses, vec![502; 5], "refused connects, no 503");
+    flaky.on().await;
+    let back = client.get(&strata.url("/back")).await;
+    assert_eq!(back.status, 200, "{}", back.text());
+    assert_eq!(flaky.served(), 1);
+    let health = client.get(&strata.admin_url("/health")).await;
+    let v: serde_json::Value = serde_json::from_slice(&health.body).unwrap();
+    assert_eq!(v["upstreams"][0]["healthy"], true, "{v}");
+}
