@@ -266,6 +266,7 @@ impl Upstreams {
         let elapsed = started.elapsed();
         match result {
             Ok(mut response) => {
+                server.record_answer();
                 self.series[index].response(response.status().as_u16(), elapsed);
                 response.body_mut().count_failures(&self.series[index]);
                 response

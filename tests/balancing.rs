@@ -7,6 +7,8 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +16,9 @@ use http::Method;
 use strata::config::Config;
 use support::origin::reply;
 use support::{wait_until, Client, Origin, Strata};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 /// An origin whose responses are never stored, so every request reaches it.
 async fn counting() -> Origin {
@@ -436,4 +441,151 @@ async fn a_slow_health_check_delays_no_other_server() {
     .await;
     assert_eq!(most.load(Ordering::SeqCst), 1, "two checks at once");
     assert!(fast.seen().iter().all(|s| s.path == "/hc"));
+}
+
+/// An upstream on a fixed port that can be switched off (connections
+/// refused) and on again. Every answer closes its connection, so each
+/// request connects anew. Counts the requests it answers and, apart, its
+/// health checks.
+struct Flaky {
+    addr: SocketAddr,
+    served: Arc<AtomicUsize>,
+    checks: Arc<AtomicUsize>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Flaky {
+    async fn start() -> Flaky {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut flaky = Flaky {
+            addr: listener.local_addr().unwrap(),
+            served: Arc::default(),
+            checks: Arc::default(),
+            task: None,
+        };
+        flaky.serve(listener);
+        flaky
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (served, checks) = (self.served.clone(), self.checks.clone());
+        self.task = Some(tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let counter = if head.starts_with(b"GET /health ") {
+                    &checks
+                } else {
+                    &served
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncache-control: no-store\r\n\
+                          connection: close\r\n\r\nflaky",
+                    )
+                    .await;
+                let _ = stream.shutdown().await;
+            }
+        }));
+    }
+
+    /// Closes the listener: connects are refused.
+    async fn off(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    async fn on(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    fn checked(&self) -> bool {
+        self.checks.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// Passive health counts connect failures in a row: an answer between two
+/// of them resets the count (README `[upstream.health]`; nginx's
+/// `max_fails`), so four sporadic connect failures, each followed by
+/// answers from the same server, leave it in rotation.
+#[tokio::test]
+async fn sporadic_connect_failures_leave_a_server_in_rotation() {
+    let mut flaky = Flaky::start().await;
+    let steady = counting().await;
+    // Checks once at start (unhealthy_threshold = 3 by default).
+    let strata = Strata::start(
+        &[flaky.addr, steady.addr],
+        "[upstream.health]\ninterval = \"1h\"\n",
+    )
+    .await;
+    wait_until(Duration::from_secs(10), "the start-up check", || async {
+        flaky.checked()
+    })
+    .await;
+    let client = Client::new();
+    for round in 1..=4 {
+        // Round-robin: one of the two goes to `flaky`, fails to connect
+        // and is retried on `steady`.
+        flaky.off().await;
+        hit_n(&client, &strata, 2, "/f").await;
+        flaky.on().await;
+        let before = flaky.served();
+        hit_n(&client, &strata, 6, "/f").await;
+        assert_eq!(
+            flaky.served() - before,
+            3,
+            "round {round}: out of rotation after {round} sporadic connect failures"
+        );
+    }
+    let metrics = client.get(&strata.admin_url("/metrics")).await.text();
+    let failures = format!(
+        "strata_upstream_errors_total{{kind=\"connect\",server=\"{}\"}} 4\n",
+        flaky.addr
+    );
+    assert!(metrics.contains(&failures), "{metrics}");
+}
+
+/// A run of connect failures does not take out the last server in
+/// rotation (nginx never marks its only server down): once the origin is
+/// back, the next request reaches it, rather than 503s until
+/// `healthy_threshold` checks (here an hour apart) bring it back.
+#[tokio::test]
+async fn connect_failures_leave_the_last_server_in_rotation() {
+    let mut flaky = Flaky::start().await;
+    let strata = Strata::start(&[flaky.addr], "[upstream.health]\ninterval = \"1h\"\n").await;
+    wait_until(Duration::from_secs(10), "the start-up check", || async {
+        flaky.checked()
+    })
+    .await;
+    let client = Client::new();
+    flaky.off().await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(client.get(&strata.url("/dead")).await.status.as_u16());
+    }
+    assert_eq!(statuses, vec![502; 5], "refused connects, no 503");
+    flaky.on().await;
+    let back = client.get(&strata.url("/back")).await;
+    assert_eq!(back.status, 200, "{}", back.text());
+    assert_eq!(flaky.served(), 1);
+    let health = client.get(&strata.admin_url("/health")).await;
+    let v: serde_json::Value = serde_json::from_slice(&health.body).unwrap();
+    assert_eq!(v["upstreams"][0]["healthy"], true, "{v}");
 }

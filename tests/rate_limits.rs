@@ -145,6 +145,74 @@ async fn dry_run_only_counts() {
     );
 }
 
+/// A site-wide limit listed before a tighter one on `/api/**`: the
+/// requests `api` refuses are charged to neither `site` nor the dry-run
+/// `watch` (nginx's `limit_req` commits its zones only once all accepted),
+/// so the client's site budget is intact and `/other` goes through.
+const SITE_THEN_API: &str = "[[rate_limits]]\nname = \"site\"\nmatch = \"/**\"\nrate = \"1/m\"\nburst = 10\n\
+     [[rate_limits]]\nname = \"watch\"\nmatch = \"/**\"\nrate = \"1/m\"\nburst = 2\ndry_run = true\n\
+     [[rate_limits]]\nname = \"api\"\nmatch = \"/api/**\"\nrate = \"1/m\"\nburst = 1\n";
+
+/// Twelve `/api/x` then `/other` (see [`SITE_THEN_API`]); the metrics text.
+async fn refused_then_other(client: &Client, strata: &Strata) -> String {
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(client.get(&strata.url("/api/x")).await.status.as_u16());
+    }
+    let mut expected = vec![429; 12];
+    expected[0] = 200;
+    assert_eq!(statuses, expected);
+    assert_eq!(
+        client.get(&strata.url("/other")).await.status,
+        200,
+        "requests refused by `api` used up the site budget"
+    );
+    client.get(&strata.admin_url("/metrics")).await.text()
+}
+
+fn assert_counted(metrics: &str, name: &str, n: u64) {
+    let line = format!("strata_rate_limited_total{{name=\"{name}\"}} {n}\n");
+    assert!(metrics.contains(&line), "want {line}in {metrics}");
+}
+
+#[tokio::test]
+async fn a_refused_request_is_charged_to_no_limit() {
+    let origin = uncached().await;
+    let strata = Strata::start(&[origin.addr], SITE_THEN_API).await;
+    let client = Client::new();
+    let metrics = refused_then_other(&client, &strata).await;
+    assert_eq!(origin.count(), 2);
+    assert_counted(&metrics, "api", 11);
+    assert_counted(&metrics, "site", 0);
+    assert_counted(&metrics, "watch", 0);
+}
+
+#[tokio::test]
+async fn a_refused_request_is_charged_to_no_shared_budget() {
+    let redis = RedisServer::start().await;
+    let origin = uncached().await;
+    let limits = SITE_THEN_API.replace("burst = ", "backend = \"redis\"\nburst = ");
+    let config = format!(
+        "[cache.redis]\nurls = [\"{}\"]\ntimeout = \"1s\"\n{limits}",
+        redis.url()
+    );
+    let strata = Strata::start(&[origin.addr], &config).await;
+    let client = Client::new();
+    wait_until(Duration::from_secs(10), "connected to Redis", || async {
+        connected(&client, &strata).await
+    })
+    .await;
+    let metrics = refused_then_other(&client, &strata).await;
+    assert_eq!(origin.count(), 2);
+    assert_counted(&metrics, "api", 11);
+    assert_counted(&metrics, "site", 0);
+    assert_counted(&metrics, "watch", 0);
+    assert!(
+        metrics.contains("strata_redis_errors_total 0"),
+        "the budgets were Redis's, not the local fallback"
+    );
+}
+
 fn redis_limit(url: &str) -> String {
     format!(
         "[upstream.health]\nenabled = false\n[cache.redis]\nurls = [\"{url}\"]\ntimeout = \"1s\"\n\

@@ -7,35 +7,40 @@
 //! without the header or cookie a limit is keyed on is not counted, as in
 //! nginx) is charged to that key's budget; over it, Strata answers `429`
 //! with `Retry-After` (whole seconds, at least 1) and sends nothing
-//! upstream. `dry_run` only counts. Every limit over which a request went is
-//! counted in `strata_rate_limited_total{name}`.
+//! upstream.
 //!
-//! - `local`: the `governor` crate's keyed limiter, per instance. Its map
-//!   is bounded: a sweeper drops keys whose budget is full again every
-//!   [`SWEEP_EVERY`], and when a map still holds more than [`MAX_KEYS`]
-//!   keys (a flood of distinct clients) it is swept at once and, if that
-//!   is not enough, started afresh (forgetting state rather than growing).
+//! A request is charged only if every limit accepts it, whatever the order
+//! of the limits (nginx's `limit_req` commits its zones only once all have
+//! accepted): the enforced limits are checked in order, each charging as
+//! it accepts, and when one refuses, the ones before it are refunded. The
+//! refusing limit counts the request in `strata_rate_limited_total{name}`.
+//! `dry_run` limits only count, and only see requests the enforced ones
+//! let through (they answer "how many more 429s would this limit add").
+//!
+//! - `local` (`rate_limit/local.rs`): the `governor` crate's keyed
+//!   limiter, per instance. Its map is bounded: a sweeper drops keys whose
+//!   budget is full again every [`SWEEP_EVERY`], and when a map still
+//!   holds more than [`MAX_KEYS`] keys (a flood of distinct clients) it is
+//!   swept at once and, if that is not enough, started afresh (forgetting
+//!   state rather than growing).
 //! - `redis`: one budget for the fleet, kept in Redis by an atomic Lua
 //!   script (`rate_limit/shared.rs`) on the Redis tier's connection,
 //!   behind its breaker and timeout. When Redis is down, slow or its
 //!   breaker open, the local limiter decides: Redis never rejects traffic.
+//!   A refund goes to whichever of the two charged.
 //!
 //! `count = "all"` limits are checked as a request arrives; `count =
 //! "origin"` ones only when a request is about to go to an upstream, so
 //! cache hits are never charged. With no limits configured there is no
 //! [`RateLimits`] at all: the request path pays one `Option` check.
 
+mod local;
 mod shared;
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use governor::clock::Clock;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use prometheus::IntCounter;
@@ -47,12 +52,13 @@ use crate::config::{LimitBackend, LimitCount, LimitKey, RateLimitConfig};
 use crate::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
 
-/// Keys one local limiter may hold before it is swept on the spot.
-pub const MAX_KEYS: usize = 100_000;
+use local::Local;
+pub use local::MAX_KEYS;
+#[cfg(test)]
+use local::SIZE_CHECK_EVERY;
+
 /// How often every local limiter drops keys whose budget is full again.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
-/// Checks between two looks at a limiter's size.
-const SIZE_CHECK_EVERY: u64 = 1024;
 
 /// What a limit needs to know about a request.
 #[derive(Debug, Clone, Copy)]
@@ -102,75 +108,30 @@ impl Limited {
     }
 }
 
-/// One instance's local GCRA state for a limit; kept across reloads while
-/// the limit's name, key, rate and burst stay the same.
-struct Local {
-    limiter: ArcSwap<DefaultKeyedRateLimiter<u64>>,
-    quota: Quota,
-    checks: AtomicU64,
-    name: String,
-}
-
-impl Local {
-    fn new(config: &RateLimitConfig) -> Option<Local> {
-        let period = config.per / config.rate;
-        let quota = Quota::with_period(period.max(Duration::from_nanos(1)))?
-            .allow_burst(NonZeroU32::new(config.burst)?);
-        Some(Local {
-            limiter: ArcSwap::from_pointee(RateLimiter::dashmap(quota)),
-            quota,
-            checks: AtomicU64::new(0),
-            name: config.name.clone(),
-        })
-    }
-
-    /// `None` when allowed, else the wait until the next allowed request.
-    fn check(&self, key: u64) -> Option<Duration> {
-        if self
-            .checks
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(SIZE_CHECK_EVERY)
-        {
-            self.bound();
-        }
-        let limiter = self.limiter.load();
-        match limiter.check_key(&key) {
-            Ok(()) => None,
-            Err(not_until) => Some(not_until.wait_time_from(limiter.clock().now())),
-        }
-    }
-
-    fn sweep(&self) {
-        let limiter = self.limiter.load();
-        limiter.retain_recent();
-        limiter.shrink_to_fit();
-    }
-
-    fn bound(&self) {
-        if self.limiter.load().len() <= MAX_KEYS {
-            return;
-        }
-        self.sweep();
-        if self.limiter.load().len() > MAX_KEYS {
-            tracing::warn!(
-                limit = %self.name,
-                max_keys = MAX_KEYS,
-                "rate limit tracks too many distinct keys: state reset"
-            );
-            self.limiter
-                .store(Arc::new(RateLimiter::dashmap(self.quota)));
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.limiter.load().len()
-    }
-}
-
 struct Limit {
     config: RateLimitConfig,
     local: Arc<Local>,
     limited: IntCounter,
+}
+
+impl Limit {
+    /// The key `subject` is charged to under this limit; `None` when the
+    /// limit does not apply (another `count`, another path, no such key).
+    fn key(&self, count: LimitCount, subject: &Subject<'_>) -> Option<u64> {
+        if self.config.count != count || !self.config.matcher.is_match(subject.path) {
+            return None;
+        }
+        key_of(&self.config.key, subject)
+    }
+}
+
+/// The budget that decided a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Charged {
+    /// This instance's ([`Local`]).
+    Local,
+    /// The fleet's, in Redis (`rate_limit/shared.rs`).
+    Redis,
 }
 
 /// Every configured limit, for one configuration.
@@ -274,42 +235,95 @@ impl RateLimits {
         self.check(LimitCount::Origin, &subject).await
     }
 
-    /// Charges `subject` to every limit of `count` that matches it; the
-    /// first that is over (and not `dry_run`) rejects it.
+    /// Charges `subject` to every limit of `count` that matches it, or,
+    /// when an enforced one is over, to none: `Err` names the first
+    /// enforced limit (in configuration order) over which it is, and every
+    /// limit that had accepted it before is refunded. `dry_run` limits are
+    /// charged (and counted when over) only once every enforced one has
+    /// accepted.
     pub async fn check(&self, count: LimitCount, subject: &Subject<'_>) -> Result<(), Limited> {
-        for limit in self.limits.iter().filter(|l| l.config.count == count) {
-            if !limit.config.matcher.is_match(subject.path) {
-                continue;
-            }
-            let Some(key) = key_of(&limit.config.key, subject) else {
-                continue;
-            };
-            let Some(wait) = self.decide(limit, key).await else {
-                continue;
-            };
-            limit.limited.inc();
+        // Redis-backed limits the local limiter charged instead (Redis
+        // unavailable): their refund goes there. Allocates only then.
+        let mut fell_back: Vec<usize> = Vec::new();
+        for (i, limit) in self.limits.iter().enumerate() {
             if limit.config.dry_run {
-                tracing::debug!(limit = %limit.config.name, "over the rate limit (dry run)");
                 continue;
             }
-            return Err(Limited {
-                name: limit.config.name.clone(),
-                retry_after: wait,
-            });
+            let Some(key) = limit.key(count, subject) else {
+                continue;
+            };
+            match self.decide(limit, key).await {
+                (None, Charged::Local) if self.shared(limit) => fell_back.push(i),
+                (None, _) => {}
+                (Some(wait), _) => {
+                    limit.limited.inc();
+                    self.refund(count, subject, i, &fell_back).await;
+                    return Err(Limited {
+                        name: limit.config.name.clone(),
+                        retry_after: wait,
+                    });
+                }
+            }
+        }
+        for limit in self.limits.iter().filter(|l| l.config.dry_run) {
+            let Some(key) = limit.key(count, subject) else {
+                continue;
+            };
+            if let (Some(_), _) = self.decide(limit, key).await {
+                limit.limited.inc();
+                tracing::debug!(limit = %limit.config.name, "over the rate limit (dry run)");
+            }
         }
         Ok(())
     }
 
-    async fn decide(&self, limit: &Limit, key: u64) -> Option<Duration> {
+    /// Takes back what the enforced limits before index `refused` charged
+    /// `subject` (they all accepted it, or `check` would have stopped
+    /// there); `fell_back`: the Redis-backed ones the local limiter
+    /// charged. A refund Redis cannot take is lost (logged at debug): the
+    /// budget stays one request shorter until it refills.
+    async fn refund(
+        &self,
+        count: LimitCount,
+        subject: &Subject<'_>,
+        refused: usize,
+        fell_back: &[usize],
+    ) {
+        for (i, limit) in self.limits[..refused].iter().enumerate() {
+            if limit.config.dry_run {
+                continue;
+            }
+            let Some(key) = limit.key(count, subject) else {
+                continue;
+            };
+            match &self.redis {
+                Some(redis) if self.shared(limit) && !fell_back.contains(&i) => {
+                    if let Err(e) = shared::refund(redis, &limit.config, key).await {
+                        tracing::debug!(limit = %limit.config.name, error = %e, "redis rate limit refund failed");
+                    }
+                }
+                _ => limit.local.refund(key),
+            }
+        }
+    }
+
+    /// Whether `limit` is kept in Redis (when Redis answers).
+    fn shared(&self, limit: &Limit) -> bool {
+        limit.config.backend == LimitBackend::Redis && self.redis.is_some()
+    }
+
+    /// Charges `key` to `limit`: `None` when allowed, else the wait until
+    /// it would be; and which budget decided.
+    async fn decide(&self, limit: &Limit, key: u64) -> (Option<Duration>, Charged) {
         if let (LimitBackend::Redis, Some(redis)) = (limit.config.backend, &self.redis) {
             match shared::check(redis, &limit.config, key).await {
-                Ok(verdict) => return verdict,
+                Ok(verdict) => return (verdict, Charged::Redis),
                 Err(e) => {
                     tracing::debug!(limit = %limit.config.name, error = %e, "redis rate limit unavailable: local limit applies");
                 }
             }
         }
-        limit.local.check(key)
+        (limit.local.check(key), Charged::Local)
     }
 
     /// Keys held by each limit's local limiter (for tests and `/stats`).

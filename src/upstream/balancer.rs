@@ -197,7 +197,13 @@ impl Balancer {
         self.smooth_pick(loads.iter().filter(|l| !lighter(least, l)).map(|l| l.0))
     }
 
-    /// A passive connect failure; returns true when it ejected the server.
+    /// A passive connect failure; returns true when it ejected the server:
+    /// the `unhealthy_threshold`-th in a row, unless no other server is
+    /// eligible (healthy, not drained). As nginx never marks its only server down (and
+    /// with every server failed, tries them all again), a run of connect
+    /// failures never leaves no server to try: a brief origin restart then
+    /// costs a few 502s, not `healthy_threshold` checks' worth of 503s
+    /// after it is back. Failed checks take the last one out all the same.
     pub fn passive_failure(&self, index: usize, health: &HealthConfig) -> bool {
         // Without active checks nothing would bring a server back, so
         // passive failures only eject when health checks run.
@@ -205,11 +211,23 @@ impl Balancer {
             return false;
         }
         let s = &self.servers[index];
-        let ejected = s.record_failure(health);
-        if ejected {
-            tracing::warn!(server = %s.authority, "upstream unhealthy: connect failures");
+        if !s.record_connect_failure(health) || !self.others_eligible(index) || !s.leave() {
+            return false;
         }
-        ejected
+        // Two last servers failing at once both saw the other in rotation.
+        if !self.others_eligible(index) {
+            s.stay();
+            return false;
+        }
+        true
+    }
+
+    /// Whether a server other than `index` may take new requests.
+    fn others_eligible(&self, index: usize) -> bool {
+        self.servers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| i != index && s.is_eligible())
     }
 }
 
@@ -259,6 +277,38 @@ mod tests {
         assert!(!b.servers[1].record_success(&h));
         assert!(b.servers[1].record_success(&h));
         assert_eq!(b.healthy_count(), 3);
+    }
+
+    #[test]
+    fn connect_failures_never_take_out_the_last_server_in_rotation() {
+        let h = health(); // unhealthy_threshold = 2
+        let one = Balancer::new(&config(&[1], Balance::RoundRobin), None);
+        for _ in 0..5 {
+            assert!(!one.passive_failure(0, &h));
+        }
+        assert_eq!(one.pick(&Route::default()), Some(0));
+        // Failed checks still take it out.
+        one.servers[0].record_failure(&h);
+        assert!(one.servers[0].record_failure(&h));
+        assert_eq!(one.pick(&Route::default()), None);
+
+        let two = Balancer::new(&config(&[1, 1], Balance::RoundRobin), None);
+        assert!(!two.passive_failure(0, &h));
+        assert!(two.passive_failure(0, &h), "another server is in rotation");
+        for _ in 0..5 {
+            assert!(!two.passive_failure(1, &h), "the last one stays");
+        }
+        assert_eq!(picks(&two, 2), vec![1, 1]);
+        // A drained server takes no requests: it does not count as one left.
+        let drained = Balancer::new(&config(&[1, 1], Balance::RoundRobin), None);
+        drained.servers[1].set_draining(true);
+        for _ in 0..5 {
+            assert!(!drained.passive_failure(0, &h));
+        }
+        assert_eq!(drained.pick(&Route::default()), Some(0));
+        // Once another is back in rotation, the next failure ejects.
+        drained.servers[1].set_draining(false);
+        assert!(drained.passive_failure(0, &h));
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! One upstream server's live state: health (active checks and passive
 //! failures), drain, requests in flight and the slow-start ramp.
 //!
+//! Health counts two runs of failures, each `unhealthy_threshold` long at
+//! most: failed checks (reset by a successful check) and connect failures
+//! of proxied requests (reset by a successful check or by any answer from
+//! the server, as nginx's `max_fails`). An answer does not reset the failed
+//! checks: a check judges the app's own verdict (`/health` answering 503
+//! to leave rotation), which traffic it still serves does not overrule.
+//!
 //! State is atomics only, so choosing a server takes no lock on it. The
 //! state outlives a reload for servers that stay configured (the new pool
 //! takes the same `Arc`), so health, drain and an ongoing ramp carry over.
@@ -30,8 +37,11 @@ pub struct ServerState {
     draining: AtomicBool,
     /// Requests sent and waiting for their response head.
     in_flight: AtomicUsize,
-    /// Consecutive failures (active or passive) while healthy.
-    failures: AtomicU32,
+    /// Consecutive failed checks while healthy.
+    failed_checks: AtomicU32,
+    /// Consecutive connect failures while healthy, with no answer from the
+    /// server between them.
+    failed_connects: AtomicU32,
     /// Consecutive successful checks while unhealthy.
     successes: AtomicU32,
     /// When the server (re)entered rotation ([`now_ticks`]); 0 = at start.
@@ -45,7 +55,8 @@ impl ServerState {
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-            failures: AtomicU32::new(0),
+            failed_checks: AtomicU32::new(0),
+            failed_connects: AtomicU32::new(0),
             successes: AtomicU32::new(0),
             since: AtomicU64::new(0),
         }
@@ -109,14 +120,16 @@ impl ServerState {
     /// Records a failed check; returns true when this made it unhealthy.
     pub fn record_failure(&self, health: &HealthConfig) -> bool {
         self.successes.store(0, Ordering::Relaxed);
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        n >= health.unhealthy_threshold && self.healthy.swap(false, Ordering::Relaxed)
+        let n = self.failed_checks.fetch_add(1, Ordering::Relaxed) + 1;
+        n >= health.unhealthy_threshold && self.leave()
     }
 
-    /// Records a successful check; returns true when this made it healthy
-    /// (and starts its slow-start ramp).
+    /// Records a successful check (which ends both runs of failures);
+    /// returns true when this made it healthy (and starts its slow-start
+    /// ramp).
     pub fn record_success(&self, health: &HealthConfig) -> bool {
-        self.failures.store(0, Ordering::Relaxed);
+        self.failed_checks.store(0, Ordering::Relaxed);
+        self.failed_connects.store(0, Ordering::Relaxed);
         if self.is_healthy() {
             return false;
         }
@@ -126,6 +139,36 @@ impl ServerState {
             self.mark_entered();
         }
         back
+    }
+
+    /// Records a connect failure of a proxied request; returns true when
+    /// it makes `unhealthy_threshold` in a row (the server should leave
+    /// rotation: [`ServerState::leave`], unless it is the last one).
+    pub fn record_connect_failure(&self, health: &HealthConfig) -> bool {
+        self.successes.store(0, Ordering::Relaxed);
+        let n = self.failed_connects.fetch_add(1, Ordering::Relaxed) + 1;
+        n >= health.unhealthy_threshold
+    }
+
+    /// Records an answer (a response head) from the server: connect
+    /// failures before it were not consecutive. Writes only after a
+    /// failure, so busy servers' answers do not contend on the counter.
+    pub fn record_answer(&self) {
+        if self.failed_connects.load(Ordering::Relaxed) != 0 {
+            self.failed_connects.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the server out of rotation; returns true when it was in.
+    pub fn leave(&self) -> bool {
+        self.healthy.swap(false, Ordering::Relaxed)
+    }
+
+    /// Puts back a server [`ServerState::leave`] just took out (the last
+    /// one in rotation): no recovery, so no slow-start ramp; its run of
+    /// failures stays, so the next failure tries again.
+    pub fn stay(&self) {
+        self.healthy.store(true, Ordering::Relaxed);
     }
 }
 
@@ -145,6 +188,49 @@ impl Drop for InFlight<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn health() -> HealthConfig {
+        HealthConfig {
+            enabled: true,
+            path: "/health".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+            expect_status: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_consecutive_failures_count() {
+        let h = health();
+        let s = ServerState::new("127.0.0.1:1".parse().unwrap());
+        // Sporadic connect failures with answers between them: never three
+        // in a row.
+        for _ in 0..10 {
+            assert!(!s.record_connect_failure(&h));
+            s.record_answer();
+        }
+        assert!(!s.record_connect_failure(&h));
+        assert!(!s.record_connect_failure(&h));
+        assert!(s.record_connect_failure(&h), "three in a row");
+        // A successful check ends the run too.
+        s.record_success(&h);
+        assert!(!s.record_connect_failure(&h));
+        // Answers to proxied requests do not overrule failed checks.
+        assert!(!s.record_failure(&h));
+        s.record_answer();
+        assert!(!s.record_failure(&h));
+        s.record_answer();
+        assert!(s.record_failure(&h));
+        assert!(!s.is_healthy());
+        // Back after `healthy_threshold` successes, a failure resetting them.
+        assert!(!s.record_success(&h));
+        assert!(!s.record_failure(&h));
+        assert!(!s.record_success(&h));
+        assert!(s.record_success(&h));
+        assert!(s.is_healthy());
+    }
 
     #[test]
     fn ramp_and_drain() {

@@ -8,7 +8,9 @@
 //! themselves. A request is allowed when, after adding one emission
 //! interval `T = period / rate` to `max(TAT, now)`, the TAT is at most
 //! `burst × T` ahead of now; otherwise it is refused (TAT unchanged) and
-//! told how long until it would fit.
+//! told how long until it would fit. A refund (a later limit refused the
+//! request) moves the TAT back one interval, deleting the key when that
+//! leaves it in the past (a full budget).
 //!
 //! Key: `{key_prefix}rl:{name}:{hash of the client key}`.
 
@@ -36,9 +38,39 @@ redis.call('SET', KEYS[1], string.format('%d', tat + interval), 'PX', math.ceil(
 return {1, 0}
 "#;
 
+/// ARGV[1] = emission interval (µs). Answers `{1, 0}` (taken back) or
+/// `{0, 0}` (nothing to take back: the key expired).
+const REFUND: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat then return {0, 0} end
+tat = tat - tonumber(ARGV[1])
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+end
+return {1, 0}
+"#;
+
 fn script() -> &'static redis::Script {
     static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
     SCRIPT.get_or_init(|| redis::Script::new(GCRA))
+}
+
+fn refund_script() -> &'static redis::Script {
+    static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(REFUND))
+}
+
+/// `limit`'s emission interval in microseconds (at least 1).
+fn interval_us(limit: &RateLimitConfig) -> u64 {
+    (limit.per.as_micros() / u128::from(limit.rate)).max(1) as u64
+}
+
+fn key_name(limit: &RateLimitConfig, key: u64) -> String {
+    format!("rl:{}:{key:016x}", limit.name)
 }
 
 /// Charges `key` to `limit` in Redis: `Ok(None)` allowed, `Ok(Some(wait))`
@@ -49,11 +81,15 @@ pub(super) async fn check(
     limit: &RateLimitConfig,
     key: u64,
 ) -> Result<Option<Duration>, StorageError> {
-    let interval = (limit.per.as_micros() / u128::from(limit.rate)).max(1) as u64;
+    let interval = interval_us(limit);
     let tolerance = interval.saturating_mul(u64::from(limit.burst));
-    let name = format!("rl:{}:{key:016x}", limit.name);
     let answer = redis
-        .run_script("rate_limit", script(), &name, &[interval, tolerance])
+        .run_script(
+            "rate_limit",
+            script(),
+            &key_name(limit, key),
+            &[interval, tolerance],
+        )
         .await?;
     match answer.as_slice() {
         [1, _] => Ok(None),
@@ -63,4 +99,22 @@ pub(super) async fn check(
             "unexpected rate-limit script answer",
         )))),
     }
+}
+
+/// Takes back one request [`check`] allowed for `key` (a later limit
+/// refused it). `Err` when Redis could not answer: the charge stays.
+pub(super) async fn refund(
+    redis: &RedisTier,
+    limit: &RateLimitConfig,
+    key: u64,
+) -> Result<(), StorageError> {
+    redis
+        .run_script(
+            "rate_limit_refund",
+            refund_script(),
+            &key_name(limit, key),
+            &[interval_us(limit)],
+        )
+        .await
+        .map(drop)
 }
