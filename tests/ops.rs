@@ -644,6 +644,9 @@ fn systemd_unit_checks_reloads_and_drains() {
     assert!(value("ExecStartPre").contains("strata check --config"));
     assert!(value("ExecStart").contains("strata serve --config"));
     assert_eq!(value("ExecReload"), "/bin/kill -HUP $MAINPID");
+    // Relative paths in the config (certificates, warming.urls_file)
+    // resolve from the config's directory, not from `/`.
+    assert_eq!(value("WorkingDirectory"), "/etc/strata");
     assert_eq!(value("KillSignal"), "SIGTERM");
     let stop: u64 = value("TimeoutStopSec")
         .trim_end_matches('s')
