@@ -1,4 +1,4 @@
-//! Compression level measurements for REPORT.md.
+//! Compression level measurements for `docs/compression-levels.md`.
 //!
 //! `cargo run --release --example levels -- [label=path[,path...]]...`
 //!

@@ -62,6 +62,10 @@ pub enum RuleError {
     CacheControl { value: String, reason: String },
     #[error("invalid method {0:?}")]
     Method(String),
+    /// Methods are case-sensitive (RFC 9110 §9.1): `"get"` would never
+    /// match a `GET` request.
+    #[error("{given:?}: methods are case-sensitive (RFC 9110 §9.1), write {upper:?}")]
+    MethodCase { given: String, upper: String },
     #[error("invalid media-type glob {pattern:?}: {source}")]
     ContentType {
         pattern: String,
@@ -200,13 +204,24 @@ impl Rule {
     }
 }
 
-/// A `methods` entry: an RFC 9110 method token, case-insensitive.
+/// A `methods` entry: an RFC 9110 method token, as written. Methods are
+/// case-sensitive (RFC 9110 §9.1), so one with a lower-case letter would
+/// match no request a client sends for the upper-case method:
+/// [`RuleError::MethodCase`], naming the upper-case spelling.
 pub fn parse_method(m: &str) -> Result<Method, RuleError> {
-    let token = m.trim().to_ascii_uppercase();
+    let token = m.trim();
     if token.is_empty() {
         return Err(RuleError::Method(m.to_string()));
     }
-    Method::from_bytes(token.as_bytes()).map_err(|_| RuleError::Method(m.to_string()))
+    let method =
+        Method::from_bytes(token.as_bytes()).map_err(|_| RuleError::Method(m.to_string()))?;
+    if token.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(RuleError::MethodCase {
+            given: m.to_string(),
+            upper: token.to_ascii_uppercase(),
+        });
+    }
+    Ok(method)
 }
 
 /// A `content_type` entry: a glob over lowercase media types such as
@@ -332,7 +347,7 @@ mod tests {
         let s = RuleSet::new(vec![
             Rule::new("/api/**", Some("max-age=1"))
                 .unwrap()
-                .with_methods(vec![parse_method("get").unwrap()])
+                .with_methods(vec![parse_method("GET").unwrap()])
                 .with_content_type(vec![media_glob("application/json").unwrap()])
                 .unwrap(),
             Rule::new("/api/**", Some("max-age=2")).unwrap(),
@@ -381,6 +396,11 @@ mod tests {
         ));
         assert!(matches!(parse_method("G ET"), Err(RuleError::Method(_))));
         assert!(matches!(parse_method(" "), Err(RuleError::Method(_))));
+        assert!(matches!(
+            parse_method("get"),
+            Err(RuleError::MethodCase { upper, .. }) if upper == "GET"
+        ));
+        assert_eq!(parse_method(" PURGE ").unwrap().as_str(), "PURGE");
         assert!(matches!(
             media_glob("text/[html"),
             Err(RuleError::ContentType { .. })

@@ -203,7 +203,20 @@ const QUEUED_LINES: usize = 64 * 1024;
 /// `redis:/:pw@host`, `rediss//:pw@host`), all of it is hidden: `***@host`.
 /// A URL without `@` is returned as it is (no allocation).
 pub fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
-    let masked = without_userinfo(url);
+    without_password_query(masked_userinfo(url, true))
+}
+
+/// `url` as an error about a refused value shows it: as
+/// [`without_credentials`], but the user name is hidden with the password
+/// (`redis://***@host`): in a URL that does not parse, where the user name
+/// ends is a guess (`redis://pa:ss@word@host`), and a guess must not show
+/// part of a password.
+pub fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    without_password_query(masked_userinfo(url, false))
+}
+
+/// `masked` with the values of its password query parameters hidden.
+fn without_password_query(masked: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> {
     match masked.find('?') {
         Some(q) if has_password_parameter(&masked[q + 1..]) => {
             without_password_parameters(&masked, q).into()
@@ -253,8 +266,9 @@ fn without_password_parameters(url: &str, q: usize) -> String {
     out
 }
 
-/// [`without_credentials`] for the userinfo part only.
-fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+/// [`without_credentials`] (`keep_user`) or [`without_userinfo`] for the
+/// userinfo part only.
+fn masked_userinfo(url: &str, keep_user: bool) -> std::borrow::Cow<'_, str> {
     let Some(at) = url.rfind('@') else {
         return url.into();
     };
@@ -269,6 +283,9 @@ fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
         return format!("***{}", &url[at..]).into();
     };
     let start = end + 3;
+    if !keep_user {
+        return format!("{}***{}", &url[..start], &url[at..]).into();
+    }
     let userinfo = &url[start..at];
     let user = userinfo.split_once(':').map_or("", |(user, _)| user);
     format!("{}{user}:***{}", &url[..start], &url[at..]).into()
@@ -314,6 +331,20 @@ mod credential_tests {
             ("redis://h/?passenger=1", "redis://h/?passenger=1"),
         ] {
             assert_eq!(without_credentials(url), shown, "{url}");
+        }
+    }
+
+    /// A refused URL hides its user name too: where it ends is a guess.
+    #[test]
+    fn refused_urls_hide_the_whole_userinfo() {
+        for (url, shown) in [
+            ("redis://user:pa@ss@[bad", "redis://***@[bad"),
+            ("redis://pa:ss@h:1/x", "redis://***@h:1/x"),
+            ("rediss//:PW@h", "***@h"),
+            ("unix:///tmp/x?pass=PW", "unix:///tmp/x?pass=***"),
+            ("redis://h:1", "redis://h:1"),
+        ] {
+            assert_eq!(super::without_userinfo(url), shown, "{url}");
         }
     }
 }

@@ -64,7 +64,7 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
         // A password in a Redis URL never reaches an error message.
         (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache.redis]\nurls = [\"redis://:RELOADPW-9@127.0.0.1:6379/x\"]\n",
-            "cache.redis.urls[0]: invalid Redis URL \"redis://:***@127.0.0.1:6379/x\"",
+            "cache.redis.urls[0]: invalid Redis URL \"redis://***@127.0.0.1:6379/x\"",
         ),
         // Malformed (no "://"): all before the last '@' is hidden.
         (
@@ -78,7 +78,7 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
         // A list written as a string: toml quotes the value it refuses.
         (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache.redis]\nurls = \"redis://:RELOADPW-9@127.0.0.1:6379\"\n",
-            "cache.redis.urls: invalid type: string \"redis://:***@127.0.0.1:6379\"",
+            "cache.redis.urls: invalid type: string \"redis://***@127.0.0.1:6379\"",
         ),
         (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[cache.redis]\nurls = [\"redis+unix:///tmp/x?pass=RELOADPW-9&db=abc\"]\n",
@@ -166,6 +166,74 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
         assert!(err.contains(want), "want {want:?} in {err:?}");
         assert!(!err.contains("$__"), "serde internals in {err:?}");
         assert!(!err.contains("RELOADPW"), "a password in {err:?}");
+    }
+}
+
+/// What an operator following the README got wrong and `check` passed
+/// (newcomer probe 3, 4, 8, 9): each is refused now, located at the value,
+/// saying why.
+#[test]
+fn check_refuses_what_would_silently_do_something_else() {
+    const HEAD: &str = "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("warm.txt");
+    let cases = [
+        // A URL file warming could not read: one WARN at start, no more.
+        (
+            format!("{HEAD}[warming]\nurls_file = \"{}\"\n", missing.display()),
+            format!(
+                ":8:13: warming.urls_file: cannot read {}: No such file or directory",
+                missing.display()
+            ),
+        ),
+        (
+            format!("{HEAD}[warming]\nurls_file = \"/\"\n"),
+            ":8:13: warming.urls_file: cannot read /: it is a directory".to_string(),
+        ),
+        // Plain HTTP was spoken to a TLS port.
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\", \"https://127.0.0.1:443\"]\n".to_string(),
+            ":6:27: upstream.servers[1]: \"https://127.0.0.1:443\": Strata speaks plain HTTP to upstreams, https:// is not supported".to_string(),
+        ),
+        (
+            format!("{HEAD}[compression]\nalgorithms = [\"gzip\", \"gzip\"]\n"),
+            ":8:23: compression.algorithms[1]: duplicate algorithm \"gzip\"".to_string(),
+        ),
+        // `"get"` matched GET: methods are case-sensitive.
+        (
+            format!("{HEAD}[[rules]]\nmatch = \"/**\"\nmethods = [\"GET\", \"head\"]\n"),
+            ":9:19: rules[0].methods[1]: \"head\": methods are case-sensitive (RFC 9110 §9.1), write \"HEAD\"".to_string(),
+        ),
+        (
+            format!("{HEAD}[cache.redis]\nurls = [\"redis://127.0.0.1:6379\"]\nwrite_queue = 0\n"),
+            ":9:15: cache.redis.write_queue: expected at least 1".to_string(),
+        ),
+        // TLS to Redis was "invalid URL".
+        (
+            format!("{HEAD}[cache.redis]\nurls = [\"rediss://:RELOADPW-9@cache.example:6380\"]\n"),
+            ":8:9: cache.redis.urls[0]: \"rediss://***@cache.example:6380\": rediss:// (TLS to Redis) is not supported".to_string(),
+        ),
+        (
+            format!("{HEAD}[cache.redis]\nmode = \"cluster\"\nurls = [\"unix:///run/redis/redis.sock\"]\n"),
+            ":9:9: cache.redis.urls[0]: \"unix:///run/redis/redis.sock\": a Unix socket cannot be used in cluster mode".to_string(),
+        ),
+        // A refused URL hides its user name as well as its password.
+        (
+            format!("{HEAD}[cache.redis]\nurls = [\"redis://RELOADPW:RELOADPW-9@[bad\"]\n"),
+            ":8:9: cache.redis.urls[0]: invalid Redis URL \"redis://***@[bad\"".to_string(),
+        ),
+        // The list named every unit but `min`, which was accepted.
+        (
+            "[server]\nlisten = \":8080\"\ndrain_timeout = \"2 minutes\"\n".to_string(),
+            ":3:17: server.drain_timeout: invalid duration \"2 minutes\": unknown unit \"minutes\", expected one of us, µs, ms, s, sec, secs, m, min, mins, h, hr, hrs, d, day, days".to_string(),
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let err = support::binary::check_fails(&path);
+        assert!(err.contains(want.as_str()), "want {want:?} in {err:?}");
+        assert!(!err.contains("RELOADPW"), "a credential in {err:?}");
     }
 }
 
@@ -576,6 +644,9 @@ fn systemd_unit_checks_reloads_and_drains() {
     assert!(value("ExecStartPre").contains("strata check --config"));
     assert!(value("ExecStart").contains("strata serve --config"));
     assert_eq!(value("ExecReload"), "/bin/kill -HUP $MAINPID");
+    // Relative paths in the config (certificates, warming.urls_file)
+    // resolve from the config's directory, not from `/`.
+    assert_eq!(value("WorkingDirectory"), "/etc/strata");
     assert_eq!(value("KillSignal"), "SIGTERM");
     let stop: u64 = value("TimeoutStopSec")
         .trim_end_matches('s')

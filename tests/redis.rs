@@ -671,6 +671,46 @@ async fn sentinel_failover_is_followed() {
     shared_again(&a, &b, "reads and writes through the new master").await;
 }
 
+/// README documents Unix-socket URLs (`unix://`, `redis+unix://`) in
+/// standalone mode: two instances, one on each spelling, share entries
+/// and purges through a real `redis-server` listening on a socket.
+#[tokio::test]
+async fn standalone_over_a_unix_socket_shares_entries_and_purges() {
+    let redis = RedisServer::start_with_socket().await;
+    let origin = tagged_origin().await;
+    let socket = redis.socket();
+    let with = |scheme: &str| {
+        let url = format!("{scheme}://{}", socket.display());
+        redis_section("standalone", &[url], "")
+    };
+    let a = Strata::start(&[origin.addr], &with("unix")).await;
+    let b = Strata::start(&[origin.addr], &with("redis+unix")).await;
+    wait_until(
+        Duration::from_secs(10),
+        "both connected over the socket",
+        || async {
+            a.shared.cache.redis_state() == Some((true, false))
+                && b.shared.cache.redis_state() == Some((true, false))
+        },
+    )
+    .await;
+    let c = Client::new();
+    let r = get(&c, &a.url("/news/1")).await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    let r = shared_hit(&b, "/news/1").await;
+    assert_eq!(r.text(), "body of /news/1");
+    assert_eq!(origin.count(), 1, "B answered from Redis");
+    get(&c, &b.url("/news/1")).await; // now in B's memory
+    purge_ok(&a, r#"{"url": "/news/1"}"#).await;
+    wait_until(Duration::from_secs(10), "B evicted", || async {
+        get(&c, &b.url("/news/1"))
+            .await
+            .cache_status()
+            .contains("fwd=miss")
+    })
+    .await;
+}
+
 async fn purge_ok(s: &Strata, body: &str) -> Value {
     let (status, answer) = s.purge(body).await;
     assert_eq!(status, 200, "{answer}");

@@ -152,9 +152,17 @@ async fn warming_from_a_file_and_a_sitemap_index_fills_the_cache() {
 #[tokio::test]
 async fn a_failing_source_never_stops_serving() {
     let origin = site().await;
+    // A file `check` can open (a missing one is refused there) but the
+    // round cannot read: not UTF-8.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("warm.txt");
+    std::fs::write(&file, b"/a\n\xff\xfe\n").unwrap();
     let strata = Strata::start(
         &[origin.addr],
-        "[upstream.health]\nenabled = false\n\n[warming]\nurls_file = \"/nonexistent/warm.txt\"\nsitemap = \"http://127.0.0.1:9/sitemap.xml\"\n",
+        &format!(
+            "[upstream.health]\nenabled = false\n\n[warming]\nurls_file = \"{}\"\nsitemap = \"http://127.0.0.1:9/sitemap.xml\"\n",
+            file.display()
+        ),
     )
     .await;
     let progress = warmed(&strata).await;

@@ -200,7 +200,7 @@ pub struct RedisFile {
     pub sentinel_master: Option<Spanned<String>>,
     pub timeout: Option<Spanned<Dur>>,
     pub key_prefix: Option<String>,
-    pub write_queue: Option<usize>,
+    pub write_queue: Option<Spanned<usize>>,
     pub breaker_threshold: Option<Spanned<u32>>,
     pub breaker_backoff: Option<Spanned<Dur>>,
 }

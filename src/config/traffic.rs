@@ -70,7 +70,21 @@ impl Validator<'_> {
                 ));
             }
             let text = addr.trim();
-            let text = text.strip_prefix("http://").unwrap_or(text);
+            // Strata speaks plain HTTP/1.1 to its upstreams: `https://`
+            // would be sent in clear text to a TLS port. The scheme is
+            // case-insensitive (RFC 3986 §3.1).
+            let scheme = |s: &str| {
+                text.get(..s.len())
+                    .is_some_and(|h| h.eq_ignore_ascii_case(s))
+            };
+            if scheme("https://") {
+                return Err(self.at.spanned(
+                    s,
+                    &key,
+                    format!("{addr:?}: Strata speaks plain HTTP to upstreams, https:// is not supported; give \"host:port\" (or \"http://host:port\") of a plain-HTTP listener"),
+                ));
+            }
+            let text = if scheme("http://") { &text[7..] } else { text };
             let invalid = || {
                 self.at.spanned(
                     s,

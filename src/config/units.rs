@@ -14,8 +14,9 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-/// A duration written as a number and a unit: `ms`, `s`, `m`, `h`, `d`
-/// (also `us`). Several parts may be chained: `"1h30m"`.
+/// A duration written as a number and a unit, one of [`DURATION_UNITS`]
+/// (`ms`, `s`, `m`, `h`, `d` and their spellings). Several parts may be
+/// chained: `"1h30m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dur(pub Duration);
 
@@ -67,6 +68,32 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 /// that arms such a timer); no setting needs more.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
+/// Every duration unit the parser takes, with its length in seconds: the
+/// one list the parser, its errors and the README's list follow.
+pub const DURATION_UNITS: [(&str, f64); 15] = [
+    ("us", 1e-6),
+    ("µs", 1e-6),
+    ("ms", 1e-3),
+    ("s", 1.0),
+    ("sec", 1.0),
+    ("secs", 1.0),
+    ("m", 60.0),
+    ("min", 60.0),
+    ("mins", 60.0),
+    ("h", 3600.0),
+    ("hr", 3600.0),
+    ("hrs", 3600.0),
+    ("d", 86_400.0),
+    ("day", 86_400.0),
+    ("days", 86_400.0),
+];
+
+/// [`DURATION_UNITS`] as an error lists them: `us, µs, ms, ...`.
+fn duration_units() -> String {
+    let names: Vec<&str> = DURATION_UNITS.iter().map(|(n, _)| *n).collect();
+    names.join(", ")
+}
+
 /// Parses a duration string, at most [`MAX_DURATION`]; the error says what
 /// was expected.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -82,7 +109,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!(
-                "invalid duration {s:?}: expected a number followed by a unit (ms, s, m, h, d)"
+                "invalid duration {s:?}: expected a number followed by a unit ({})",
+                duration_units()
             ));
         }
         let number: f64 = rest[..digits]
@@ -94,23 +122,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let unit = rest[..unit_len].trim();
         rest = &rest[unit_len..];
-        let seconds = match unit {
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" | "sec" | "secs" => 1.0,
-            "m" | "min" | "mins" => 60.0,
-            "h" | "hr" | "hrs" => 3600.0,
-            "d" | "day" | "days" => 86_400.0,
-            "" => {
-                return Err(format!(
-                    "invalid duration {s:?}: missing unit, expected e.g. \"{number}s\" or \"{number}ms\""
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "invalid duration {s:?}: unknown unit {other:?}, expected one of us, ms, s, m, h, d"
-                ))
-            }
+        if unit.is_empty() {
+            return Err(format!(
+                "invalid duration {s:?}: missing unit, expected e.g. \"{number}s\" or \"{number}ms\""
+            ));
+        }
+        let Some(&(_, seconds)) = DURATION_UNITS.iter().find(|(name, _)| *name == unit) else {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {unit:?}, expected one of {}",
+                duration_units()
+            ));
         };
         let part = Duration::try_from_secs_f64(number * seconds)
             .map_err(|_| format!("invalid duration {s:?}: out of range"))?;
@@ -230,6 +251,22 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("5").unwrap_err().contains("missing unit"));
         assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+        // The error lists every unit the parser takes (it left out `min`,
+        // which was accepted, newcomer probe 8).
+        let e = parse_duration("2 minutes").unwrap_err();
+        assert!(
+            e.ends_with("unknown unit \"minutes\", expected one of us, µs, ms, s, sec, secs, m, min, mins, h, hr, hrs, d, day, days"),
+            "{e}"
+        );
+        for (unit, seconds) in DURATION_UNITS {
+            assert_eq!(
+                parse_duration(&format!("2{unit}")),
+                Ok(Duration::from_secs_f64(2.0 * seconds)),
+                "{unit}"
+            );
+        }
+        assert_eq!(parse_duration("1 min"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("ms").is_err());
         // Beyond 100 years a clock reading plus the duration overflows.

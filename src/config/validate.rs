@@ -360,8 +360,8 @@ impl Validator<'_> {
 /// serde's Rust type names in a message (`expected u32`) as an operator
 /// reads them (`expected a whole number`).
 /// `message` with every quoted value shown as
-/// [`crate::telemetry::without_credentials`] shows a URL: toml quotes a
-/// value of the wrong type (`urls = "redis://:pw@h"` for a list), and the
+/// [`crate::telemetry::without_userinfo`] shows a refused URL: toml quotes
+/// a value of the wrong type (`urls = "redis://:pw@h"` for a list), and the
 /// error must not carry its password.
 fn without_quoted_credentials(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
@@ -372,7 +372,7 @@ fn without_quoted_credentials(message: &str) -> String {
         };
         let inner = &rest[open + 1..open + 1 + len];
         out.push_str(&rest[..=open]);
-        out.push_str(&crate::telemetry::without_credentials(inner));
+        out.push_str(&crate::telemetry::without_userinfo(inner));
         out.push('"');
         rest = &rest[open + len + 2..];
     }

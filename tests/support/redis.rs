@@ -54,6 +54,8 @@ pub const SENTINEL_MASTER_NAME: &str = "mymaster";
 const CLUSTER_SLOTS: usize = 16384;
 const LOG_TAIL_LINES: usize = 25;
 const DIR_PREFIX: &str = "strata-redis-";
+/// The file name of a standalone server's Unix socket.
+const SOCKET: &str = "redis.sock";
 /// File marking a topology dir kept on purpose (`STRATA_KEEP_REDIS_DIRS`): swept of its
 /// processes but not deleted.
 const KEEP_MARKER: &str = "kept";
@@ -80,6 +82,25 @@ impl RedisServer {
         )
         .await;
         RedisServer { node, _dir: dir }
+    }
+
+    /// A server that also listens on a Unix socket, `<its dir>/redis.sock`
+    /// (see [`RedisServer::socket`]).
+    pub async fn start_with_socket() -> RedisServer {
+        let dir = TempDir::new("standalone");
+        let node_dir = dir.path().join("standalone");
+        let conf = format!(
+            "unixsocket \"{}\"\nunixsocketperm 700\n",
+            node_dir.join(SOCKET).display()
+        );
+        let node = Node::start("standalone", node_dir, NodeKind::Data, &conf).await;
+        RedisServer { node, _dir: dir }
+    }
+
+    /// The Unix socket of a server started by
+    /// [`RedisServer::start_with_socket`].
+    pub fn socket(&self) -> PathBuf {
+        self.node.dir.join(SOCKET)
     }
 
     /// `redis://127.0.0.1:<port>`

@@ -150,21 +150,7 @@ impl Validator<'_> {
             ));
         }
         for (i, u) in urls.get_ref().iter().enumerate() {
-            let ok = u.get_ref().starts_with("redis://")
-                || u.get_ref().starts_with("rediss://")
-                || u.get_ref().starts_with("redis+unix://")
-                || u.get_ref().starts_with("unix://");
-            if !ok || redis::IntoConnectionInfo::into_connection_info(u.get_ref().as_str()).is_err()
-            {
-                return Err(self.at.spanned(
-                    u,
-                    &format!("cache.redis.urls[{i}]"),
-                    format!(
-                        "invalid Redis URL {:?}, expected \"redis://host:port\"",
-                        crate::telemetry::without_credentials(u.get_ref())
-                    ),
-                ));
-            }
+            self.redis_url(u, &format!("cache.redis.urls[{i}]"), mode_value)?;
         }
         if mode_value == RedisMode::Standalone && urls.get_ref().len() > 1 {
             return Err(self.at.spanned(
@@ -220,10 +206,61 @@ impl Validator<'_> {
             sentinel_master,
             timeout,
             key_prefix: key_prefix.unwrap_or_else(|| "strata:".to_string()),
-            write_queue: write_queue.unwrap_or(1024),
+            // Zero would still queue (one write per lane): refused
+            // rather than meaning something it does not.
+            write_queue: self.at_least_one(write_queue, "cache.redis.write_queue", 1024)?,
             breaker_threshold,
             breaker_backoff,
         })
+    }
+
+    /// One `cache.redis.urls` entry: `redis://`, or a Unix socket
+    /// (`unix://`, `redis+unix://`) outside cluster mode; `rediss://` (TLS)
+    /// is refused as such (the `redis` crate is built without TLS). A
+    /// refused URL is shown with its whole userinfo hidden
+    /// ([`crate::telemetry::without_userinfo`]).
+    fn redis_url(
+        &self,
+        u: &Spanned<String>,
+        key: &str,
+        mode: RedisMode,
+    ) -> Result<(), ConfigError> {
+        let url = u.get_ref().as_str();
+        let shown = crate::telemetry::without_userinfo(url);
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        let unix = match scheme.to_ascii_lowercase().as_str() {
+            "redis" => false,
+            "unix" | "redis+unix" => true,
+            "rediss" => {
+                return Err(self.at.spanned(
+                    u,
+                    key,
+                    format!("{shown:?}: rediss:// (TLS to Redis) is not supported; use redis:// on a trusted network, or a local TLS tunnel (stunnel, spiped) in front of Redis"),
+                ))
+            }
+            _ => {
+                return Err(self.at.spanned(
+                    u,
+                    key,
+                    format!("invalid Redis URL {shown:?}, expected \"redis://host:port\" or \"unix:///path/to/redis.sock\""),
+                ))
+            }
+        };
+        if unix && mode == RedisMode::Cluster {
+            return Err(self.at.spanned(
+                u,
+                key,
+                format!("{shown:?}: a Unix socket cannot be used in cluster mode (cluster nodes are found by IP and port); use redis://host:port"),
+            ));
+        }
+        if redis::IntoConnectionInfo::into_connection_info(url).is_err() {
+            return Err(self.at.spanned(
+                u,
+                key,
+                format!("invalid Redis URL {shown:?}, expected \"redis://host:port\" or \"unix:///path/to/redis.sock\""),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn compression(
@@ -254,9 +291,19 @@ impl Validator<'_> {
                         ),
                     )
                 })?;
-                if !list.contains(&coding) {
-                    list.push(coding);
+                // A repeat changes nothing (the first place sets the
+                // preference): a typo for the other coding, most likely.
+                if list.contains(&coding) {
+                    return Err(self.at.spanned(
+                        a,
+                        &format!("compression.algorithms[{i}]"),
+                        format!(
+                            "duplicate algorithm {:?}, each of \"br\" and \"gzip\" may be listed once",
+                            a.get_ref()
+                        ),
+                    ));
                 }
+                list.push(coding);
             }
             policy.algorithms = list;
         }

@@ -129,34 +129,41 @@ impl Validator<'_> {
         key: Spanned<PathBuf>,
         at: &str,
     ) -> Result<CertPair, ConfigError> {
-        let resolve = |p: &Path| self.relative(p);
-        let pair = CertPair {
-            cert: resolve(cert.get_ref()),
-            key: resolve(key.get_ref()),
-            cert_at: self.at.place(&cert, &format!("{at}.cert")),
-            key_at: self.at.place(&key, &format!("{at}.key")),
-        };
         // Loading (and the cert/key match) is checked by the TLS module;
         // here, only that the files can be read, so the error has a line.
-        if let Err(e) = std::fs::metadata(&pair.cert) {
-            return Err(self.at.spanned(
-                &cert,
-                &format!("{at}.cert"),
-                format!("cannot read {}: {e}", pair.cert.display()),
-            ));
+        Ok(CertPair {
+            cert: self.readable_file(&cert, &format!("{at}.cert"))?,
+            key: self.readable_file(&key, &format!("{at}.key"))?,
+            cert_at: self.at.place(&cert, &format!("{at}.cert")),
+            key_at: self.at.place(&key, &format!("{at}.key")),
+        })
+    }
+
+    /// A file the config names (`server.tls` certificates and keys,
+    /// `warming.urls_file`), resolved by [`Validator::relative`] and opened
+    /// now, so that a missing or unreadable file (or a directory) fails
+    /// `check`, start-up and a reload with the file's line and key, not
+    /// later with no line at all.
+    pub(super) fn readable_file(
+        &self,
+        p: &Spanned<PathBuf>,
+        key: &str,
+    ) -> Result<PathBuf, ConfigError> {
+        let path = self.relative(p.get_ref());
+        let refused = |reason: &dyn std::fmt::Display| {
+            self.at
+                .spanned(p, key, format!("cannot read {}: {reason}", path.display()))
+        };
+        match std::fs::File::open(&path).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_dir() => Err(refused(&"it is a directory")),
+            Ok(_) => Ok(path.clone()),
+            Err(e) => Err(refused(&e)),
         }
-        if let Err(e) = std::fs::metadata(&pair.key) {
-            return Err(self.at.spanned(
-                &key,
-                &format!("{at}.key"),
-                format!("cannot read {}: {e}", pair.key.display()),
-            ));
-        }
-        Ok(pair)
     }
 
     /// Relative paths in the file are relative to the working directory, as
-    /// with nginx's `-p`-less default; absolute ones are kept.
+    /// with nginx's `-p`-less default (`WorkingDirectory=/etc/strata` in the
+    /// systemd unit); absolute ones are kept.
     pub(super) fn relative(&self, p: &Path) -> PathBuf {
         p.to_path_buf()
     }

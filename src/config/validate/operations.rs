@@ -156,7 +156,10 @@ impl Validator<'_> {
         Ok(WarmingConfig {
             on_start: on_start.unwrap_or(true),
             interval,
-            urls_file: urls_file.map(|p| self.relative(p.get_ref())),
+            urls_file: match urls_file {
+                Some(p) => Some(self.readable_file(&p, "warming.urls_file")?),
+                None => None,
+            },
             sitemap: sitemap.map(Spanned::into_inner),
             redis_hot: match redis_hot {
                 Some(n) if *n.get_ref() > 0 && !redis => {

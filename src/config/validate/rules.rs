@@ -55,7 +55,11 @@ impl Validator<'_> {
             let list = methods
                 .get_ref()
                 .iter()
-                .map(|m| parse_method(m.get_ref()).map_err(|e| at(m.span(), "methods", &e)))
+                .enumerate()
+                .map(|(j, m)| {
+                    parse_method(m.get_ref())
+                        .map_err(|e| at(m.span(), &format!("methods[{j}]"), &e))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             rule = rule.with_methods(list);
         }
