@@ -388,12 +388,14 @@ impl Cache {
 
     /// The Redis tier's state for `/health`: `None` without Redis, else
     /// `(connected, breaker_open)`. Connected means in use: a connection
-    /// is up and the breaker is closed (with the breaker open, the
-    /// connection object may still exist while every command fails).
+    /// is up, the purge channel is subscribed (else this instance misses
+    /// the fleet's purges) and the breaker is closed (with the breaker
+    /// open, the connection object may still exist while every command
+    /// fails).
     pub fn redis_state(&self) -> Option<(bool, bool)> {
         self.inner.redis.as_ref().map(|r| {
             let open = r.breaker_open();
-            (r.is_connected() && !open, open)
+            (r.is_connected() && r.is_subscribed() && !open, open)
         })
     }
 

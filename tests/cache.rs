@@ -1471,6 +1471,44 @@ async fn tags_are_hidden_and_purges_work_by_tag_url_and_prefix() {
     }
 }
 
+/// A tag with a space or a comma can never be stored (tags are split on
+/// them), so a purge naming one is a `400` with `strata check`'s wording
+/// for a cascade's `purge_tags` (it answered `200 {"purged": 0}`, leaving
+/// the entries tagged `a` and `b` in place); so is a URL whose port no
+/// request can carry. A tag is trimmed, as `check` trims it.
+#[tokio::test]
+async fn purge_refuses_tags_that_can_never_match_and_out_of_range_ports() {
+    let origin = Origin::start(|_req| async move {
+        reply(
+            200,
+            &[("cache-control", "max-age=60"), ("surrogate-key", "a b")],
+            "tagged",
+        )
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    c.get(&s.url("/t")).await;
+    for bad in [r#"["a b"]"#, r#"["a,b"]"#, r#"["a\tb"]"#, r#"["a", " "]"#] {
+        let (status, answer) = s.purge(&format!(r#"{{"tags": {bad}}}"#)).await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.ends_with("]: expected a non-empty tag without spaces or commas"),
+            "{bad}: {error}"
+        );
+    }
+    assert!(c.get(&s.url("/t")).await.cache_status().contains("hit"));
+    for bad in ["http://h:99999/a", "http://h:65536/a"] {
+        let (status, answer) = s.purge(&format!(r#"{{"url": "{bad}"}}"#)).await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
+    assert_eq!(
+        s.purge(r#"{"tags": [" a "]}"#).await,
+        (200, serde_json::json!({"purged": 1}))
+    );
+}
+
 #[tokio::test]
 async fn storable_miss_streams_while_storing() {
     let gate = Arc::new(Notify::new());

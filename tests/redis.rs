@@ -782,6 +782,79 @@ async fn the_breaker_closes_at_the_first_probe_after_redis_returns() {
     );
 }
 
+/// `/health`'s `"redis"` object.
+async fn redis_health(c: &Client, s: &Strata) -> Value {
+    let health: Value =
+        serde_json::from_str(&c.get(&s.admin_url("/health")).await.text()).unwrap_or(Value::Null);
+    health["redis"].clone()
+}
+
+/// The value of the unlabelled metric `name` (0 when absent).
+async fn metric(c: &Client, s: &Strata, name: &str) -> f64 {
+    c.get(&s.admin_url("/metrics"))
+        .await
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// An instance that gets no proxy traffic (one used for admin purges)
+/// notices a dead Redis through its purge subscription: the lost
+/// subscription and the failed resubscriptions are counted as Redis errors
+/// and check Redis through the breaker, which opens, so `/health` says
+/// `connected: false`; once Redis is back and the subscription too, it
+/// says `connected: true` again. It said `connected: true`, breaker
+/// closed, no errors, for as long as Redis was down, while the instance
+/// missed every fleet purge.
+#[tokio::test]
+async fn an_idle_instance_reports_redis_down_and_back_through_its_subscription() {
+    let mut redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    let cfg = redis_section("standalone", &[redis.url()], "breaker_backoff = \"1s\"\n");
+    let a = Strata::start(&[origin.addr], &cfg).await;
+    let c = Client::new();
+    wait_until(Duration::from_secs(10), "Redis connected", || async {
+        redis_health(&c, &a).await["connected"] == true
+    })
+    .await;
+    let errors = metric(&c, &a, "strata_redis_errors_total").await;
+
+    redis.kill();
+    // Default breaker_threshold (5): a handful of failed resubscriptions,
+    // under a second against a refused connection.
+    wait_until(
+        Duration::from_secs(10),
+        "/health says Redis is down",
+        || async {
+            let r = redis_health(&c, &a).await;
+            r["connected"] == false && r["breaker_open"] == true
+        },
+    )
+    .await;
+    assert_eq!(metric(&c, &a, "strata_redis_breaker_open").await, 1.0);
+    assert!(
+        metric(&c, &a, "strata_redis_errors_total").await > errors,
+        "the lost subscription is counted"
+    );
+
+    redis.restart().await;
+    // The breaker's prober closes it one backoff after it opened; the
+    // subscriber is back within its own backoff (at most 1 s).
+    wait_until(
+        Duration::from_secs(20),
+        "/health says Redis is back",
+        || async {
+            let r = redis_health(&c, &a).await;
+            r["connected"] == true && r["breaker_open"] == false
+        },
+    )
+    .await;
+    assert!(a.shared.cache.redis().unwrap().is_subscribed());
+    assert_eq!(metric(&c, &a, "strata_redis_breaker_open").await, 0.0);
+    assert_eq!(origin.count(), 0, "no proxy traffic at all");
+}
+
 /// Variants of one URL (`Vary: Accept-Language`) stored by different
 /// instances are shared: an instance that holds the URL without the
 /// request's variant finds it in Redis (it went to the origin), and its

@@ -89,7 +89,18 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
             prefix: None,
             tags: Some(tags),
             ..
-        } if !tags.is_empty() && tags.iter().all(|t| !t.trim().is_empty()) => Purge::Tags(tags),
+        } if !tags.is_empty() => {
+            // Checked as a cascade's `purge_tags` are: a tag with a space or
+            // a comma can never be stored, so it would purge nothing.
+            let mut checked = Vec::with_capacity(tags.len());
+            for (i, t) in tags.iter().enumerate() {
+                match crate::cache::tags::checked(t) {
+                    Ok(t) => checked.push(t.to_string()),
+                    Err(e) => return bad(&format!("tags[{i}]: {e}")),
+                }
+            }
+            Purge::Tags(checked)
+        }
         _ => {
             return bad("expected exactly one of {\"url\": ...}, {\"prefix\": ...} or {\"tags\": [...]}, non-empty")
         }

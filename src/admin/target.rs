@@ -29,7 +29,9 @@ pub fn key_target(rules: &RuleSet, url: &str) -> Result<KeyTarget, UrlError> {
         (Some("https"), Some(a)) => Some((true, a.as_str())),
         _ => return Err(invalid()),
     };
-    if origin.is_some_and(|(_, a)| a.is_empty() || a.contains('@')) {
+    // The proxy's Host rule (no userinfo, a port up to 65535): an
+    // authority no request can carry names no entry.
+    if origin.is_some_and(|(_, a)| !crate::proxy::validate::valid_host(a)) {
         return Err(invalid());
     }
     let normal = target::normalize(&uri).map_err(|e| UrlError::Path {
@@ -93,7 +95,16 @@ mod tests {
     #[test]
     fn bad_urls_are_errors() {
         let r = rules();
-        for bad in ["nope", "ftp://h/x", "http:///x", "/a b", ""] {
+        for bad in [
+            "nope",
+            "ftp://h/x",
+            "http:///x",
+            "/a b",
+            "",
+            "http://h:99999/a",
+            "http://h:65536/a",
+            "http://u@h/a",
+        ] {
             assert!(
                 matches!(key_target(&r, bad), Err(UrlError::Invalid(_))),
                 "{bad}"

@@ -223,9 +223,7 @@ impl RedisTier {
                 ));
                 rt.spawn(fleet::run_subscriber(
                     config.clone(),
-                    limits,
-                    core.fleet.clone(),
-                    core.backend.clone(),
+                    core.clone(),
                     stop.clone(),
                 ));
                 rt.spawn(run_sweeper(core.clone(), stop.clone()));
@@ -443,6 +441,12 @@ impl RedisTier {
     /// Whether a data connection exists (it may still be failing).
     pub fn is_connected(&self) -> bool {
         self.inner.core.backend.is_connected()
+    }
+
+    /// Whether this instance is subscribed to the fleet's purge channel
+    /// now (false until the first subscription, and while it is lost).
+    pub fn is_subscribed(&self) -> bool {
+        self.inner.core.fleet.is_subscribed()
     }
 
     /// This instance's id on the purge channel.

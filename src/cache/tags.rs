@@ -1,11 +1,28 @@
 //! Surrogate keys: `Surrogate-Key` / `Cache-Tag` response fields (space or
 //! comma separated) tag an entry for purging, and are removed before the
-//! response reaches a client.
+//! response reaches a client. [`checked`] is the one rule for a tag named
+//! by an operator (a cascade's `purge_tags`, an admin tag purge).
 
 use http::HeaderMap;
 
 pub const SURROGATE_KEY: &str = "surrogate-key";
 pub const CACHE_TAG: &str = "cache-tag";
+
+/// A tag that no stored entry can carry: [`take`] splits on spaces, tabs
+/// and commas, so a tag containing one never matches anything.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected a non-empty tag without spaces or commas")]
+pub struct BadTag;
+
+/// `tag` trimmed, as [`take`] would have stored it; [`BadTag`] when it is
+/// empty or holds a separator (space, tab, comma), which no stored tag can.
+pub fn checked(tag: &str) -> Result<&str, BadTag> {
+    let tag = tag.trim();
+    if tag.is_empty() || tag.contains([' ', ',', '\t']) {
+        return Err(BadTag);
+    }
+    Ok(tag)
+}
 
 /// Removes the tag fields from `headers` and returns the tags, deduplicated.
 pub fn take(headers: &mut HeaderMap) -> Vec<String> {
@@ -40,5 +57,13 @@ mod tests {
         h.append("x-other", "1".parse().unwrap());
         assert_eq!(take(&mut h), vec!["a", "b", "c", "d", "e"]);
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn checked_refuses_what_take_splits() {
+        assert_eq!(checked(" news "), Ok("news"));
+        for bad in ["", "  ", "a b", "a,b", "a\tb"] {
+            assert_eq!(checked(bad), Err(BadTag), "{bad:?}");
+        }
     }
 }

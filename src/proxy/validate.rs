@@ -270,9 +270,11 @@ fn transfer_codings(headers: &http::HeaderMap) -> Result<(), ProxyError> {
 }
 
 /// RFC 9110 §7.2 `Host = uri-host [ ":" port ]`, checked without
-/// allocating: a reg-name, IPv4 or bracketed IPv6, and digits after ':'.
-/// One table lookup per byte (it runs on every request).
-fn valid_host(h: &str) -> bool {
+/// allocating: a reg-name, IPv4 or bracketed IPv6, and digits after ':'
+/// (a port up to 65535). One table lookup per byte (it runs on every
+/// request). Also the rule for an admin URL's authority
+/// (`admin/target.rs`): what no request can be keyed under is a 400 there.
+pub(crate) fn valid_host(h: &str) -> bool {
     let h = h.as_bytes();
     let (host, port) = match h.iter().rposition(|&b| b == b':') {
         Some(i) if !h[i..].contains(&b']') => (&h[..i], Some(&h[i + 1..])),

@@ -28,7 +28,19 @@
 //! every (re)subscription after a gap forwards `Selector::Prefix("")`,
 //! which selects everything: the memory tier empties and refills from
 //! Redis, which the lost purges did reach.
+//!
+//! While there is no subscription the tier is not in use as the README
+//! defines it ([`Fleet::is_subscribed`] is false, and `/health` says
+//! `connected: false`). A lost subscription and each failed attempt to
+//! make it again count as Redis errors (`strata_redis_errors_total`), and
+//! each sends a PING through the circuit breaker on the data connection:
+//! an instance that gets no traffic (so makes no other Redis call) still
+//! opens its breaker within `breaker_threshold` attempts when Redis is
+//! down, and the breaker's own prober closes it once Redis is back. A
+//! subscription that fails while Redis otherwise answers (the PINGs pass)
+//! leaves the breaker closed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +51,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{pause, sentinel_client, Backend, Backoff};
-use super::Limits;
+use super::store::Core;
 use crate::cache::key::CacheKey;
 use crate::cache::storage::{Invalidation, Selector};
 use crate::config::{RedisConfig, RedisMode};
@@ -72,6 +84,8 @@ pub(crate) struct Fleet {
     id: String,
     channel: String,
     invalidations: UnboundedSender<Invalidation>,
+    /// Whether the subscription is up now (set by the subscriber only).
+    subscribed: AtomicBool,
 }
 
 impl Fleet {
@@ -84,7 +98,14 @@ impl Fleet {
             id,
             channel,
             invalidations,
+            subscribed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this instance is subscribed to the purge channel now, so
+    /// receives the fleet's purges. False until the first subscription.
+    pub(crate) fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed)
     }
 
     pub(crate) fn id(&self) -> &str {
@@ -171,14 +192,8 @@ impl Fleet {
 }
 
 /// Subscribes to the purge channel and keeps the subscription until `stop`.
-pub(crate) async fn run_subscriber(
-    config: RedisConfig,
-    limits: Limits,
-    fleet: Arc<Fleet>,
-    backend: Arc<Backend>,
-    stop: CancellationToken,
-) {
-    let result = subscribe_loop(&config, &limits, &fleet, backend, &stop).await;
+pub(crate) async fn run_subscriber(config: RedisConfig, core: Arc<Core>, stop: CancellationToken) {
+    let result = subscribe_loop(&config, &core, &stop).await;
     if let Err(error) = result {
         tracing::error!(%error, mode = config.mode.as_str(), "redis purge channel: invalid configuration; fleet purges are not received");
     }
@@ -330,16 +345,30 @@ fn cluster_node_addrs(text: &str) -> Vec<(String, u16)> {
         .collect()
 }
 
+/// The subscription is down (the caller logged why): not subscribed,
+/// counted as a Redis error, and a PING through the breaker on the data
+/// connection, whose failure feeds the breaker as any operation's does
+/// (skipped while it is open: its prober probes). The PING ends early at
+/// `stop`; false then.
+async fn down(core: &Core, stop: &CancellationToken) -> bool {
+    core.fleet.subscribed.store(false, Ordering::Relaxed);
+    core.metrics.redis_error();
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        // Failures are counted and logged inside; an open breaker skips it.
+        _ = core.ping() => true,
+    }
+}
+
 /// A dedicated RESP2 pub/sub connection, made again whenever it ends or a
 /// PING fails.
 async fn subscribe_loop(
     config: &RedisConfig,
-    limits: &Limits,
-    fleet: &Fleet,
-    backend: Arc<Backend>,
+    core: &Core,
     stop: &CancellationToken,
 ) -> RedisResult<()> {
-    let mut source = Source::new(config, backend)?;
+    let (fleet, limits) = (&*core.fleet, &core.limits);
+    let mut source = Source::new(config, core.backend.clone())?;
     let bound = match config.mode {
         // Resolving through sentinels tries each in turn with fixed timeouts.
         RedisMode::Sentinel => {
@@ -356,18 +385,17 @@ async fn subscribe_loop(
         };
         let pubsub = match attempt {
             Ok(Ok(p)) => p,
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "redis purge channel: subscribe failed; retrying");
+            failed => {
+                match failed {
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "redis purge channel: subscribe failed; retrying")
+                    }
+                    _ => tracing::debug!("redis purge channel: subscribe timed out; retrying"),
+                }
                 gap = true;
-                source.advance(limits.write).await;
-                if !pause(stop, backoff.next_delay()).await {
+                if !down(core, stop).await {
                     return Ok(());
                 }
-                continue;
-            }
-            Err(_) => {
-                tracing::debug!("redis purge channel: subscribe timed out; retrying");
-                gap = true;
                 source.advance(limits.write).await;
                 if !pause(stop, backoff.next_delay()).await {
                     return Ok(());
@@ -376,6 +404,7 @@ async fn subscribe_loop(
             }
         };
         tracing::debug!(channel = fleet.channel(), "redis purge channel: subscribed");
+        fleet.subscribed.store(true, Ordering::Relaxed);
         if gap {
             fleet.resubscribed();
         }
@@ -404,6 +433,9 @@ async fn subscribe_loop(
             }
         }
         gap = true;
+        if !down(core, stop).await {
+            return Ok(());
+        }
         source.advance(limits.write).await;
     }
 }

@@ -33,14 +33,8 @@ impl Validator<'_> {
             }
             let mut tags = Vec::with_capacity(purge_tags.len());
             for (k, t) in purge_tags.iter().enumerate() {
-                let tag = t.get_ref().trim();
-                if tag.is_empty() || tag.contains([' ', ',']) {
-                    return Err(self.at.spanned(
-                        t,
-                        &format!("{at}.purge_tags[{k}]"),
-                        "expected a non-empty tag without spaces or commas",
-                    ));
-                }
+                let tag = crate::cache::tags::checked(t.get_ref())
+                    .map_err(|e| self.at.spanned(t, &format!("{at}.purge_tags[{k}]"), e))?;
                 tags.push(tag.to_string());
             }
             let mut prefixes = Vec::with_capacity(purge_prefixes.len());
