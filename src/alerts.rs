@@ -179,21 +179,30 @@ impl Alerts {
     /// `server`); they become Alertmanager labels. Never blocks: with the
     /// queue full the alert is dropped and counted.
     pub fn emit(&self, event: Event, message: impl Into<String>, labels: &[(&str, &str)]) {
-        self.raise(event, message.into(), labels, false);
+        self.raise(event, message.into(), labels, None);
     }
 
-    /// Says that `event`'s condition ended, to Alertmanager webhooks that
-    /// asked for `event` (they resolve the alert; the other formats have
-    /// nothing to say). `labels` are those the alert was raised with.
-    pub fn resolve(&self, event: Event, message: impl Into<String>, labels: &[(&str, &str)]) {
-        self.raise(event, message.into(), labels, true);
+    /// Says that `ended`'s condition ended with `recovery` (e.g.
+    /// `all_upstreams_down` with an `upstream_up`), to Alertmanager
+    /// webhooks that asked for `ended` (they resolve the alert; the other
+    /// formats hear `recovery` itself, if they asked for it). `labels` are
+    /// those `ended` was raised with. Delivered, it counts as `recovery`
+    /// in `strata_alerts_total`, as `recovery`'s own alert does.
+    pub fn resolve(
+        &self,
+        ended: Event,
+        recovery: Event,
+        message: impl Into<String>,
+        labels: &[(&str, &str)],
+    ) {
+        self.raise(recovery, message.into(), labels, Some(ended));
     }
 
-    fn raise(&self, event: Event, message: String, labels: &[(&str, &str)], resolved: bool) {
+    fn raise(&self, event: Event, message: String, labels: &[(&str, &str)], ends: Option<Event>) {
         let Some(inner) = &self.inner else { return };
         // A refused reload is listed by the reload itself (its own kind);
         // a resolution is not an alert of its own.
-        let listed = !resolved && event != Event::ReloadFailed;
+        let listed = ends.is_none() && event != Event::ReloadFailed;
         if let (Some(activity), true) = (inner.activity.get(), listed) {
             activity.record(Kind::Alert, format!("{}: {message}", event.as_str()));
         }
@@ -211,7 +220,7 @@ impl Alerts {
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),
             at: SystemTime::now(),
-            resolved,
+            ends,
         };
         match inner.tx.try_send(alert) {
             Ok(()) => {}

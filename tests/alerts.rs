@@ -258,6 +258,10 @@ async fn slack_and_alertmanager_bodies_have_their_shapes() {
 /// `all_upstreams_down` is resolved for Alertmanager when the first
 /// upstream is back (it stayed firing until Alertmanager's own timeout);
 /// a JSON webhook hears nothing more of it (its `upstream_up` says so).
+/// The resolution is that `upstream_up`: annotated and counted as such,
+/// not as a second `all_upstreams_down` (one outage counted 2, one per
+/// webhook plus one for the resolution, and alert rules on the counter
+/// fired again on recovery).
 #[tokio::test]
 async fn alertmanager_resolves_all_upstreams_down_when_one_is_back() {
     let receiver = Receiver::start(200).await;
@@ -298,6 +302,25 @@ async fn alertmanager_resolves_all_upstreams_down_when_one_is_back() {
     assert!(fired.get("endsAt").is_none(), "{fired}");
     assert_eq!(resolved["labels"], fired["labels"], "the same alert");
     assert!(resolved["endsAt"].is_string(), "{resolved}");
+    assert_eq!(
+        resolved["annotations"]["event"], "upstream_up",
+        "{resolved}"
+    );
+    // Counted once a delivery's answer is in: three sent in all, the
+    // outage once per webhook and the resolution as the recovery.
+    let sent = |event: &'static str| {
+        let strata = &strata;
+        async move {
+            let series = format!("strata_alerts_total{{event=\"{event}\",result=\"sent\"}}");
+            metric(strata, &series).await
+        }
+    };
+    wait_until(Duration::from_secs(10), "three alerts counted", || async {
+        sent("all_upstreams_down").await + sent("upstream_up").await >= 3.0
+    })
+    .await;
+    assert_eq!(sent("all_upstreams_down").await, 2.0);
+    assert_eq!(sent("upstream_up").await, 1.0);
     let json: Vec<_> = receiver
         .deliveries()
         .iter()

@@ -370,6 +370,25 @@ async fn start_up_says_what_health_checks_judge_and_access_lines_are_combined() 
     assert_eq!(&c[9], "http://example.com/x");
     assert_eq!(&c[10], "probe/1.0");
 
+    // hyper accepts `"`, `\` and UTF-8 in the target: the request line is
+    // escaped as nginx escapes `$request`, so the quoted field stays whole.
+    let out = support::http::raw(
+        strata.addr,
+        b"GET /q\"x\\y/\xc3\xa9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let escaped = r#""GET /q\x22x\x5Cy/\xC3\xA9 HTTP/1.1" 200 2 "-" "-""#;
+    wait_until(Duration::from_secs(10), "an escaped request line", || {
+        std::future::ready(
+            strata
+                .lines()
+                .iter()
+                .any(|l| combined.is_match(l) && l.ends_with(escaped)),
+        )
+    })
+    .await;
+
     // A head hyper refuses by itself (no request reaches Strata's service)
     // is logged too, with "-" for the request line: nothing of it is trusted.
     let out = support::http::raw(strata.addr, b"GARBAGE\r\n\r\n").await;

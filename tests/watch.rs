@@ -236,6 +236,50 @@ async fn events_stream_snapshots_whose_counters_move() {
     assert!(last["activity"].as_array().unwrap().is_empty());
 }
 
+/// The first snapshot has no window yet (`window_s` 0): its windowed
+/// figures are `null`, not the totals since start (it had shown the
+/// lifetime hit ratio and latencies as "the last 10 s" for one second).
+#[tokio::test]
+async fn the_first_snapshot_has_an_empty_window() {
+    let origin = cacheable_origin().await;
+    let s = Strata::start(
+        &[origin.addr],
+        &format!("{NO_HEALTH}[[rules]]\nmatch = \"/assets/**\"\ncache_control = \"public, max-age=600\"\n"),
+    )
+    .await;
+    let c = Client::new();
+    // Past traffic, before anyone watches: one miss, three hits.
+    for _ in 0..4 {
+        assert_eq!(c.get(&s.url("/assets/app.js")).await.status, 200);
+    }
+    let (_, snaps) = snapshots(&c, &s.admin_url("/events"), 2, |_| {}).await;
+    let first = &snaps[0];
+    assert_eq!(first["window_s"], 0.0, "{first}");
+    // Totals since start are there...
+    assert_eq!(first["requests"], 4, "{first}");
+    assert_eq!(first["outcomes"]["hit"]["requests"], 3, "{first}");
+    assert_eq!(first["tiers"]["memory"]["hits"], 3, "{first}");
+    assert_eq!(first["rules"][0]["hits"], 3, "{first}");
+    assert_eq!(first["rules"][0]["misses"], 1, "{first}");
+    // ...but nothing happened in an empty window.
+    for snap in &snaps {
+        for field in [
+            "/hit_ratio",
+            "/byte_hit_ratio",
+            "/tiers/memory/ratio",
+            "/tiers/redis/ratio",
+            "/rules/0/hit_ratio",
+            "/latency_ms/hit/p50",
+            "/latency_ms/hit/p99",
+            "/latency_ms/miss/p50",
+            "/latency_ms/miss/p99",
+        ] {
+            assert_eq!(snap.pointer(field), Some(&Value::Null), "{field}: {snap}");
+        }
+    }
+    assert!(snaps[1]["window_s"].as_f64().unwrap() > 0.0, "{}", snaps[1]);
+}
+
 #[tokio::test]
 async fn every_subscriber_gets_the_same_snapshot_each_second() {
     let origin = cacheable_origin().await;

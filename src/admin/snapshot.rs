@@ -78,7 +78,10 @@ impl Window {
             self.points.pop_front();
         }
         let previous = self.points.back();
-        let oldest = self.points.front();
+        // The window starts at the oldest kept sample; the first snapshot
+        // has none, so its window is empty (from now to now): its ratios
+        // and quantiles are `null`, not the totals since start.
+        let oldest = self.points.front().unwrap_or(&point);
         let cur = &point.sample;
 
         let per_s = |f: &dyn Fn(&Sample) -> u64| -> Value {
@@ -87,9 +90,8 @@ impl Window {
                 None => Value::Null,
             }
         };
-        let over_window = |f: &dyn Fn(&Sample) -> u64| -> u64 {
-            f(cur).saturating_sub(oldest.map_or(0, |p| f(&p.sample)))
-        };
+        let over_window =
+            |f: &dyn Fn(&Sample) -> u64| -> u64 { f(cur).saturating_sub(f(&oldest.sample)) };
         let sum = |xs: &[u64; 6], outcomes: &[Outcome]| -> u64 {
             outcomes.iter().map(|o| xs[*o as usize]).sum()
         };
@@ -117,10 +119,7 @@ impl Window {
             })
         };
         let latency = |f: fn(&Sample) -> &Buckets| {
-            let window = match oldest {
-                Some(p) => f(cur).since(f(&p.sample)),
-                None => f(cur).clone(),
-            };
+            let window = f(cur).since(f(&oldest.sample));
             let ms = |q| window.quantile(q).map(|s| s * 1000.0);
             json!({ "p50": ms(0.5), "p99": ms(0.99) })
         };
@@ -129,7 +128,9 @@ impl Window {
             .iter()
             .map(|(glob, (hits, misses))| {
                 let (h0, m0) = oldest
-                    .and_then(|p| p.rules.iter().find(|(g, _)| g == glob))
+                    .rules
+                    .iter()
+                    .find(|(g, _)| g == glob)
                     .map_or((0, 0), |(_, c)| *c);
                 let (dh, dm) = (hits.saturating_sub(h0), misses.saturating_sub(m0));
                 json!({
@@ -186,7 +187,7 @@ impl Window {
             .into_iter()
             .take(ACTIVITY)
             .collect();
-        let window_s = oldest.map_or(0.0, |p| now.duration_since(p.at).as_secs_f64());
+        let window_s = now.duration_since(oldest.at).as_secs_f64();
         let snapshot = json!({
             "at_ms": unix_ms(),
             "version": env!("CARGO_PKG_VERSION"),

@@ -59,8 +59,9 @@ pub async fn run(
                 // Gone: dropping the workers' queues flushes them.
                 let Some(alert) = received else { return };
                 let current = config.borrow().clone();
-                let wanted = |h: &&WebhookConfig| {
-                    h.wants(alert.event) && (!alert.resolved || h.format == Format::Alertmanager)
+                let wanted = |h: &&WebhookConfig| match alert.ends {
+                    None => h.wants(alert.event),
+                    Some(ended) => h.format == Format::Alertmanager && h.wants(ended),
                 };
                 for hook in current.webhooks.iter().filter(wanted) {
                     let worker = worker_for(&mut workers, hook, &sender, &metrics);

@@ -111,10 +111,14 @@ pub struct Alert {
     /// What it is about, e.g. `server = "10.0.0.5:3001"`.
     pub labels: BTreeMap<String, String>,
     pub at: SystemTime,
-    /// The end of `event`'s condition, for formats that resolve alerts
-    /// (Alertmanager) only, when no recovery event of its own exists
-    /// (`all_upstreams_down` ends when the first upstream is back).
-    pub resolved: bool,
+    /// For formats that resolve alerts (Alertmanager) only: the event
+    /// whose firing alert this recovery ends when that event has no
+    /// recovery of its own (`all_upstreams_down` ends with the first
+    /// `upstream_up`). Such an alert goes only to Alertmanager webhooks
+    /// that asked for the ended event, and is counted in
+    /// `strata_alerts_total` under `event` (the recovery), as a recovery
+    /// of [`Event::resolves`] is.
+    pub ends: Option<Event>,
 }
 
 /// `at` as RFC 3339 UTC (`2026-11-29T18:20:01Z`), as Alertmanager wants.

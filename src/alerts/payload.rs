@@ -8,8 +8,10 @@
 //!   array of `{"labels", "annotations", "startsAt"}` where `labels` holds
 //!   `alertname` (the event), `severity`, `instance` and the alert's own
 //!   labels. A recovery (`upstream_up`, `redis_breaker_closed`) is sent as
-//!   the alert it ends, with `endsAt`, so Alertmanager resolves it; so is a
-//!   resolved alert ([`Alert::resolved`]: `all_upstreams_down` ending).
+//!   the alert it ends, with `endsAt`, so Alertmanager resolves it; so is
+//!   a recovery that ends another event's alert ([`Alert::ends`]: the
+//!   first `upstream_up` ends `all_upstreams_down`). `annotations.event`
+//!   names the recovery.
 
 use serde_json::{json, Map, Value};
 
@@ -69,7 +71,8 @@ fn alertmanager_body(alerts: &[Alert]) -> Value {
     let list: Vec<Value> = alerts
         .iter()
         .map(|a| {
-            let name = a.event.resolves().unwrap_or(a.event);
+            let ends = a.ends.or(a.event.resolves());
+            let name = ends.unwrap_or(a.event);
             let mut labels = Map::new();
             for (k, v) in &a.labels {
                 labels.insert(k.clone(), Value::String(v.clone()));
@@ -84,7 +87,7 @@ fn alertmanager_body(alerts: &[Alert]) -> Value {
                 "annotations": { "summary": a.message, "event": a.event.as_str() },
                 "startsAt": at,
             });
-            if a.resolved || a.event.resolves().is_some() {
+            if ends.is_some() {
                 // The alert it ends started earlier; Alertmanager keeps
                 // that start and takes the end from here.
                 if let Some(o) = alert.as_object_mut() {

@@ -196,9 +196,9 @@ pub fn body_bytes(response: &Response<ProxyBody>) -> Option<u64> {
 /// One combined-format line. `$request` is `METHOD path VERSION` with the
 /// path **without its query** (see the module doc: queries carry
 /// credentials), `-` without a request (`None`: a head hyper refused); an
-/// unknown body length is `-`; header values are quoted
-/// with `"`, `\\` and bytes outside printable ASCII escaped as `\\xHH`,
-/// as nginx does.
+/// unknown body length is `-`. The request line and the header values are
+/// quoted with `"`, `\\` and bytes outside printable ASCII escaped as
+/// `\\xHH`, as nginx escapes `$request` and `$http_*`.
 fn combined_line(
     p: Option<&Pending>,
     conn: ConnInfo,
@@ -223,7 +223,13 @@ fn combined_line(
     );
     match p {
         Some(p) => {
-            let _ = write!(line, "{} {} {:?}", p.method, p.uri.path(), p.version);
+            // hyper accepts `"`, `\` and bytes above 0x7F in the target:
+            // escaped like the header values, or one raw `"` would break
+            // the quoted field that log parsers split on.
+            escape_into(&mut line, p.method.as_str().as_bytes());
+            line.push(' ');
+            escape_into(&mut line, p.uri.path().as_bytes());
+            let _ = write!(line, " {:?}", p.version);
         }
         None => line.push('-'),
     }
@@ -249,14 +255,17 @@ const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
+/// Appends `bytes` with `"`, `\\` and every byte outside printable ASCII
+/// (controls, DEL, each byte of a UTF-8 sequence) as `\\xHH`, uppercase
+/// hex, as nginx escapes logged variables.
 fn escape_into(out: &mut String, bytes: &[u8]) {
+    use std::fmt::Write as _;
     for &b in bytes {
         match b {
-            b'"' | b'\\' => {
-                out.push_str(&format!("\\x{b:02X}"));
+            b'"' | b'\\' | ..=0x1f | 0x7f.. => {
+                let _ = write!(out, "\\x{b:02X}");
             }
-            0x20..=0x7e => out.push(char::from(b)),
-            _ => out.push_str(&format!("\\x{b:02X}")),
+            _ => out.push(char::from(b)),
         }
     }
 }
@@ -294,6 +303,17 @@ mod tests {
         assert_eq!(
             line,
             "192.0.2.7 - - [29/Nov/2026:18:20:01 +0000] \"GET /a/b.css HTTP/1.1\" 200 512 \"-\" \"curl/8.5 \\x22x\\x22\""
+        );
+        // The request line is escaped like the header values: a raw `"`
+        // in the path (hyper accepts one) would end the quoted field.
+        let odd = Pending {
+            uri: "/a\"b\\c/\u{e9}?q=1".parse().unwrap(),
+            ..p
+        };
+        let line = combined_line(Some(&odd), conn, 200, Some(512), None, None, now);
+        assert_eq!(
+            line,
+            "192.0.2.7 - - [29/Nov/2026:18:20:01 +0000] \"GET /a\\x22b\\x5Cc/\\xC3\\xA9 HTTP/1.1\" 200 512 \"-\" \"-\""
         );
         let refused = combined_line(None, conn, 431, Some(0), None, None, now);
         assert_eq!(

@@ -82,6 +82,7 @@ async fn check_and_record(pool: &Upstreams, index: usize) {
                     // The first one back ends "no upstream in rotation".
                     pool.alerts().resolve(
                         Event::AllUpstreamsDown,
+                        Event::UpstreamUp,
                         format!("upstream {name} is back in rotation"),
                         &[],
                     );
