@@ -405,6 +405,50 @@ async fn the_breaker_closes_without_traffic_once_redis_is_back() {
         .contains("strata_redis_breaker_open 0"));
 }
 
+/// Black-box finding F1: a call admitted before the breaker opened that
+/// succeeds after it opened closed it at once, without a probe (with a
+/// jittery Redis: 65 openings and alert pairs in 10 s). Here a write is
+/// admitted, Redis hangs, reads time out until the breaker opens, then
+/// Redis answers and the write succeeds: the breaker stays open for its
+/// backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_success_does_not_close_the_breaker() {
+    let server = RedisServer::start().await;
+    let mut cfg = config(RedisMode::Standalone, vec![server.url()], "t9:");
+    // Reads give up after 50 ms, a write after 1 s.
+    cfg.timeout = Duration::from_millis(50);
+    cfg.breaker_backoff = Duration::from_secs(60);
+    let a = node(&cfg);
+    let o = object("http://h/late", "late", &[]);
+    eventually!(
+        "connected",
+        WAIT,
+        a.tier.put_now(o.clone(), KEEP).await.is_ok()
+    );
+
+    let paused = server.pause();
+    // `join!` polls the write first: it is admitted while the breaker is
+    // closed, then waits on the hung Redis.
+    let (written, ()) = tokio::join!(a.tier.put_now(o.clone(), KEEP), async {
+        eventually!("breaker open", WAIT, {
+            let _ = a.tier.get(&o.key).await;
+            a.tier.breaker_open()
+        });
+        drop(paused);
+    });
+    assert!(
+        written.is_ok(),
+        "the write must succeed after the breaker opened: {written:?}"
+    );
+    assert!(a.tier.breaker_open(), "a late success closed the breaker");
+    let text = a.metrics.render().unwrap();
+    assert!(text.contains("strata_redis_breaker_open 1"), "{text}");
+    assert!(
+        text.contains("strata_redis_breaker_opens_total 1"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_flush_selector_after_resubscription() {
     let mut server = RedisServer::start().await;
