@@ -794,6 +794,53 @@ async fn cluster_shares_objects_and_follows_failover() {
     }
 }
 
+/// The `strata_redis_errors_total` of `metrics`.
+fn redis_errors(metrics: &Metrics) -> u64 {
+    metrics
+        .render()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("strata_redis_errors_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Black-box finding F3: with a slot range left without a master the
+/// cluster refuses every command, but the breaker's probe was a PING,
+/// which any live node answers: the breaker closed every backoff and
+/// requests paid the timeout again. The probe now asks `CLUSTER INFO`:
+/// with no traffic, probe after probe fails and the breaker stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_cannot_serve_keeps_the_breaker_open() {
+    let mut cluster = RedisCluster::start().await;
+    let cfg = config(RedisMode::Cluster, cluster.urls(), "cd:");
+    let a = node(&cfg);
+    let o = object("http://h/down", "down", &[]);
+    eventually!(
+        "connected",
+        WAIT,
+        a.tier.put_now(o.clone(), KEEP).await.is_ok()
+    );
+
+    cluster.kill_a_shard().await;
+    eventually!("breaker open", WAIT, {
+        let _ = a.tier.get(&o.key).await;
+        a.tier.breaker_open()
+    });
+    // Only the tier's own probe (every 200 ms backoff) talks to Redis now;
+    // each failed probe is counted. Three of them, and never a close.
+    let errors = redis_errors(&a.metrics);
+    eventually!("three failed probes", WAIT, {
+        assert!(
+            a.tier.breaker_open(),
+            "the breaker closed while the cluster is down\n{}",
+            cluster.log_tail()
+        );
+        redis_errors(&a.metrics) >= errors + 3
+    });
+    assert!(a.tier.breaker_open());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_follows_failover() {
     let mut setup = RedisSentinel::start().await;
