@@ -724,6 +724,50 @@ async fn breaker_open(c: &Client, s: &Strata) -> bool {
     health["redis"]["breaker_open"].as_bool().unwrap_or(false)
 }
 
+/// Black-box finding F4: `redis://host:port/?password=PW` passed `check`
+/// and was masked in the logs as a password, but redis-rs reads the
+/// password of a `redis://` URL from its userinfo only: none was sent and
+/// every command failed with `NOAUTH`. `check` refuses it now, naming the
+/// key and the form to write instead, which works against a Redis with
+/// `requirepass`.
+#[tokio::test]
+async fn a_password_in_the_url_query_is_refused_and_the_userinfo_form_works() {
+    const PW: &str = "s3cr3tPW";
+    let server = RedisServer::start().await;
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(PW)
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    let origin = tagged_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    for query in ["password", "pass"] {
+        let url = format!("redis://127.0.0.1:{}/?{query}={PW}", server.port());
+        let path = dir.path().join(format!("{query}.toml"));
+        let text = support::config_text(&[origin.addr], &redis_section("standalone", &[url], ""));
+        std::fs::write(&path, text).unwrap();
+        let err = support::binary::check_fails(&path);
+        let want = format!("cache.redis.urls[0]: query parameter \"{query}\" is not read");
+        assert!(err.contains(&want), "want {want:?} in {err:?}");
+        assert!(err.contains("\"redis://:PASSWORD@host:port\""), "{err}");
+        assert!(!err.contains(PW), "the password in {err:?}");
+    }
+    // The form it names is sent: two instances share an entry through the
+    // password-protected Redis.
+    let url = format!("redis://:{PW}@127.0.0.1:{}", server.port());
+    let (a, b) =
+        Strata::pair_sharing_redis(&[origin.addr], &redis_section("standalone", &[url], "")).await;
+    assert_eq!(get(&Client::new(), &a.url("/news/pw")).await.status, 200);
+    shared_hit(&b, "/news/pw").await;
+}
+
 /// After Redis comes back, the breaker closes at the first probe, one
 /// `breaker_backoff` after it opened, not two: the first command after a
 /// restart fails on the connection the server dropped (redis-rs then

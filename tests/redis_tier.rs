@@ -405,6 +405,50 @@ async fn the_breaker_closes_without_traffic_once_redis_is_back() {
         .contains("strata_redis_breaker_open 0"));
 }
 
+/// Black-box finding F1: a call admitted before the breaker opened that
+/// succeeds after it opened closed it at once, without a probe (with a
+/// jittery Redis: 65 openings and alert pairs in 10 s). Here a write is
+/// admitted, Redis hangs, reads time out until the breaker opens, then
+/// Redis answers and the write succeeds: the breaker stays open for its
+/// backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_success_does_not_close_the_breaker() {
+    let server = RedisServer::start().await;
+    let mut cfg = config(RedisMode::Standalone, vec![server.url()], "t9:");
+    // Reads give up after 50 ms, a write after 1 s.
+    cfg.timeout = Duration::from_millis(50);
+    cfg.breaker_backoff = Duration::from_secs(60);
+    let a = node(&cfg);
+    let o = object("http://h/late", "late", &[]);
+    eventually!(
+        "connected",
+        WAIT,
+        a.tier.put_now(o.clone(), KEEP).await.is_ok()
+    );
+
+    let paused = server.pause();
+    // `join!` polls the write first: it is admitted while the breaker is
+    // closed, then waits on the hung Redis.
+    let (written, ()) = tokio::join!(a.tier.put_now(o.clone(), KEEP), async {
+        eventually!("breaker open", WAIT, {
+            let _ = a.tier.get(&o.key).await;
+            a.tier.breaker_open()
+        });
+        drop(paused);
+    });
+    assert!(
+        written.is_ok(),
+        "the write must succeed after the breaker opened: {written:?}"
+    );
+    assert!(a.tier.breaker_open(), "a late success closed the breaker");
+    let text = a.metrics.render().unwrap();
+    assert!(text.contains("strata_redis_breaker_open 1"), "{text}");
+    assert!(
+        text.contains("strata_redis_breaker_opens_total 1"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_flush_selector_after_resubscription() {
     let mut server = RedisServer::start().await;
@@ -748,6 +792,53 @@ async fn cluster_shares_objects_and_follows_failover() {
     for o in &before {
         assert!(absent(&b.tier, o).await);
     }
+}
+
+/// The `strata_redis_errors_total` of `metrics`.
+fn redis_errors(metrics: &Metrics) -> u64 {
+    metrics
+        .render()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("strata_redis_errors_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Black-box finding F3: with a slot range left without a master the
+/// cluster refuses every command, but the breaker's probe was a PING,
+/// which any live node answers: the breaker closed every backoff and
+/// requests paid the timeout again. The probe now asks `CLUSTER INFO`:
+/// with no traffic, probe after probe fails and the breaker stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_cannot_serve_keeps_the_breaker_open() {
+    let mut cluster = RedisCluster::start().await;
+    let cfg = config(RedisMode::Cluster, cluster.urls(), "cd:");
+    let a = node(&cfg);
+    let o = object("http://h/down", "down", &[]);
+    eventually!(
+        "connected",
+        WAIT,
+        a.tier.put_now(o.clone(), KEEP).await.is_ok()
+    );
+
+    cluster.kill_a_shard().await;
+    eventually!("breaker open", WAIT, {
+        let _ = a.tier.get(&o.key).await;
+        a.tier.breaker_open()
+    });
+    // Only the tier's own probe (every 200 ms backoff) talks to Redis now;
+    // each failed probe is counted. Three of them, and never a close.
+    let errors = redis_errors(&a.metrics);
+    eventually!("three failed probes", WAIT, {
+        assert!(
+            a.tier.breaker_open(),
+            "the breaker closed while the cluster is down\n{}",
+            cluster.log_tail()
+        );
+        redis_errors(&a.metrics) >= errors + 3
+    });
+    assert!(a.tier.breaker_open());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

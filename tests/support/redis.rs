@@ -367,6 +367,44 @@ impl RedisCluster {
         port
     }
 
+    /// Kills one master serving slots and its replicas, so that its slots have no owner, and
+    /// waits until every running node reports `cluster_state:fail` (the cluster then refuses
+    /// every command with `CLUSTERDOWN`, while each live node still answers PING). Returns the
+    /// killed ports.
+    pub async fn kill_a_shard(&mut self) -> Vec<u16> {
+        let lines = self.any_cluster_nodes().await;
+        let master = lines
+            .iter()
+            .find(|m| m.is_master() && m.has_slots && !m.has_flag("fail"))
+            .unwrap_or_else(|| panic!("no master serving slots in:\n{lines:#?}"));
+        let mut ports: Vec<u16> = lines
+            .iter()
+            .filter(|r| r.master_id.as_deref() == Some(master.id.as_str()))
+            .map(|r| r.port)
+            .collect();
+        ports.push(master.port);
+        for &port in &ports {
+            self.node_mut(port).kill();
+        }
+        let this = &*self;
+        poll_until(
+            "cluster_state:fail",
+            self.log_sources(),
+            move || async move {
+                for node in this.nodes.iter().filter(|n| n.child.is_some()) {
+                    let text = query(node.port, &["CLUSTER", "INFO"]).await?.text();
+                    let state = info_field(&text, "cluster_state");
+                    if state != Some("fail") {
+                        return Err(format!("{}: cluster_state:{state:?}", node.port));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await;
+        ports
+    }
+
     /// Waits until every failover started by `kill_a_master` completed: the killed master's
     /// replica reports `role:master`, and every running node sees the killed node as `fail`,
     /// the promoted replica as a master owning slots, `cluster_state:ok` and 16384 slots ok.

@@ -1,7 +1,11 @@
 //! The Redis circuit breaker: after `threshold` consecutive failures Redis
 //! is skipped for `backoff` (every operation is an instant miss), then one
 //! probe is let through (half-open); its success closes the breaker, its
-//! failure opens it for another `backoff`.
+//! failure opens it for another `backoff`. Only the probe decides: an
+//! operation admitted before the breaker opened (or one run without a
+//! permit) that ends while it is open changes nothing, whether it failed or
+//! succeeded (a slow Redis answering some calls within the bound and not
+//! others would otherwise close and reopen it many times a second).
 //!
 //! A failed probe gets one second chance [`REPROBE`] later: the first
 //! command a client sends after Redis restarts fails on the connection the
@@ -122,20 +126,29 @@ impl Breaker {
     }
 
     /// Records an outcome of an operation that ran without a permit (an
-    /// admin purge, which is tried even while the breaker is open).
-    /// Returns whether this outcome opened the breaker.
+    /// admin purge, which is tried even while the breaker is open): counted
+    /// while the breaker is closed, never the probe's. Returns whether this
+    /// outcome opened the breaker.
     pub(crate) fn record(&self, ok: bool) -> bool {
         if ok {
-            self.on_success();
+            self.on_success(false);
             false
         } else {
             self.on_failure(false)
         }
     }
 
-    fn on_success(&self) {
+    /// Resets the failure count; closes the breaker when `probe` is the
+    /// half-open probe's success.
+    fn on_success(&self, probe: bool) {
         let mut state = self.lock();
-        let was_open = !matches!(*state, State::Closed { .. });
+        let was_open = match *state {
+            State::Closed { .. } => false,
+            State::HalfOpen { .. } if probe => true,
+            // Only the probe decides; a late success of an operation
+            // admitted before the breaker opened changes nothing.
+            State::HalfOpen { .. } | State::Open { .. } => return,
+        };
         *state = State::Closed { failures: 0 };
         drop(state);
         if was_open {
@@ -223,7 +236,7 @@ impl Breaker {
 impl Permit<'_> {
     pub(crate) fn success(mut self) {
         self.done = true;
-        self.breaker.on_success();
+        self.breaker.on_success(self.probe);
     }
 
     /// Returns whether this failure opened the breaker.
@@ -311,6 +324,39 @@ mod tests {
         );
         late.next().unwrap().failure();
         assert_eq!(*b.lock(), before);
+    }
+
+    /// Black-box finding F1: with replies jittering around the timeout, an
+    /// operation admitted before the breaker opened (or one without a
+    /// permit) that succeeded afterwards closed it at once, with no probe:
+    /// 65 openings and 65 alert pairs in 10 s. Only the probe closes it.
+    #[test]
+    fn late_successes_do_not_close_the_breaker() {
+        let b = breaker(60_000);
+        let mut late: Vec<_> = (0..5).map(|_| b.try_acquire().unwrap()).collect();
+        for p in late.drain(..3) {
+            p.failure();
+        }
+        let before = *b.lock();
+        assert!(matches!(before, State::Open { .. }), "{before:?}");
+        late.pop().unwrap().success();
+        assert!(!b.record(true), "a success opens nothing");
+        assert_eq!(*b.lock(), before, "open until the backoff has passed");
+        assert!(b.is_open());
+        assert!(b.try_acquire().is_none());
+        // Half-open: the probe is out; a late success still decides nothing.
+        *b.lock() = State::Open {
+            until: Instant::now(),
+            reprobe: true,
+        };
+        let probe = b.try_acquire().expect("backoff elapsed: probe");
+        late.pop().unwrap().success();
+        b.record(true);
+        assert_eq!(*b.lock(), State::HalfOpen { reprobe: true });
+        assert!(b.is_open());
+        probe.success();
+        assert_eq!(*b.lock(), State::Closed { failures: 0 });
+        assert!(!b.is_open());
     }
 
     #[test]

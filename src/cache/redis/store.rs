@@ -140,14 +140,27 @@ impl Core {
     }
 
     /// A PING through the breaker (its probe while open), bounded by the
-    /// write bound.
+    /// write bound. In cluster mode `CLUSTER INFO` on a node instead,
+    /// which must say `cluster_state:ok`: a live node answers PING while
+    /// the cluster refuses every command (`CLUSTERDOWN`, a slot without a
+    /// master), and the breaker would close on it every backoff.
     pub(crate) async fn ping(&self) -> Result<(), StorageError> {
         let gate = self.permit()?;
         self.run("ping", self.limits.write, gate, |mut c| async move {
-            redis::cmd("PING").query_async::<redis::Value>(&mut c).await
+            if matches!(c, Conn::Cluster(_)) {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut c)
+                    .await?;
+                cluster_state_ok(&info)
+            } else {
+                redis::cmd("PING")
+                    .query_async::<redis::Value>(&mut c)
+                    .await
+                    .map(drop)
+            }
         })
         .await
-        .map(drop)
     }
 
     /// Runs a Lua `script` on one key with integer arguments and an array
@@ -367,6 +380,22 @@ impl Core {
 
 /// Deletes objects named by `members` (path-index members or plain object
 /// keys), one command per key so cluster mode never crosses slots.
+/// `Ok` when a `CLUSTER INFO` reply (`field:value` lines) says
+/// `cluster_state:ok`, else a `CLUSTERDOWN` error naming the state.
+fn cluster_state_ok(info: &str) -> RedisResult<()> {
+    let state = info
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("cluster_state:"));
+    match state {
+        Some("ok") => Ok(()),
+        other => Err(redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+            "CLUSTER INFO: the cluster cannot serve",
+            format!("cluster_state:{}", other.unwrap_or("(missing)")),
+        ))),
+    }
+}
+
 async fn delete_objects(c: &Conn, objects: impl Iterator<Item = &[u8]>) -> RedisResult<u64> {
     let deleted = try_join_all(objects.map(|key| {
         let mut c = c.clone();
@@ -427,4 +456,27 @@ async fn purge_tag(tag_key: &str, selector: &Selector, mut c: Conn) -> RedisResu
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Black-box finding F3: the cluster-mode probe reads the state, not
+    /// just an answer.
+    #[test]
+    fn the_cluster_probe_reads_cluster_state() {
+        let ok = "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:16384\r\n";
+        assert!(cluster_state_ok(ok).is_ok());
+        let down =
+            "cluster_state:fail\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:10923\r\n";
+        let err = cluster_state_ok(down).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+        );
+        assert!(err.to_string().contains("cluster_state:fail"), "{err}");
+        assert!(cluster_state_ok("cluster_enabled:1\r\n").is_err());
+        assert!(cluster_state_ok("").is_err());
+    }
 }

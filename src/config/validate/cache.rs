@@ -260,6 +260,9 @@ impl Validator<'_> {
                 format!("invalid Redis URL {shown:?}, expected \"redis://host:port\" or \"unix:///path/to/redis.sock\""),
             ));
         }
+        if let Some(why) = unread_query_parameter(url) {
+            return Err(self.at.spanned(u, key, why));
+        }
         Ok(())
     }
 
@@ -383,5 +386,90 @@ impl Validator<'_> {
             None => default.gzip,
         };
         Ok(Levels { br, gzip })
+    }
+}
+
+/// Why a query parameter of Redis URL `url` would be ignored, if one would
+/// (SPEC §2: a typo must not silently do nothing). redis-rs reads only
+/// `protocol` in a `redis://` URL, whose user, password and database are
+/// the userinfo and the path, and `db`, `user`, `pass` and `protocol` in a
+/// `redis+unix://` or `unix://` one. A `?password=` was masked in the logs
+/// but never sent: every command failed with `NOAUTH`. Only the names
+/// given a hint are quoted: a password pasted as a bare parameter must not
+/// reach the error.
+fn unread_query_parameter(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let unix = matches!(parsed.scheme(), "redis+unix" | "unix");
+    let read: &[&str] = if unix {
+        &["db", "user", "pass", "protocol"]
+    } else {
+        &["protocol"]
+    };
+    let unread: Vec<_> = parsed
+        .query_pairs()
+        .map(|(name, _)| name)
+        .filter(|name| !read.contains(&name.as_ref()))
+        .collect();
+    // A credential first: it is what the operator must fix most.
+    let hinted = ["password", "pass", "user", "username", "db"];
+    let name = unread
+        .iter()
+        .find(|name| hinted.contains(&name.as_ref()))
+        .or(unread.first())?;
+    let not_read = |name: &str| format!("query parameter {name:?} is not read");
+    Some(match (unix, name.as_ref()) {
+        (false, n @ ("password" | "pass")) => format!(
+            "{}, so no password would be sent: write it before the host, \"redis://:PASSWORD@host:port\" (percent-encoded)",
+            not_read(n)
+        ),
+        (false, n @ ("user" | "username")) => format!(
+            "{}: write the user before the host, \"redis://USER:PASSWORD@host:port\"",
+            not_read(n)
+        ),
+        (false, "db") => format!(
+            "{}: the database is the path, \"redis://host:port/DB\"",
+            not_read("db")
+        ),
+        (true, "password") => format!("{}: write \"?pass=PASSWORD\"", not_read("password")),
+        (true, "username") => format!("{}: write \"?user=USER\"", not_read("username")),
+        (false, _) => "unknown query parameter: a redis:// URL takes only \"protocol\" (user, password and database: \"redis://USER:PASSWORD@host:port/DB\")".to_string(),
+        (true, _) => "unknown query parameter: a Unix socket URL takes only \"db\", \"user\", \"pass\" and \"protocol\"".to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unread_query_parameter as unread;
+
+    #[test]
+    fn query_parameters_the_client_ignores_are_refused() {
+        for read in [
+            "redis://h:1",
+            "redis://u:pw@h:1/2?protocol=resp2",
+            "redis+unix:///tmp/r.sock?pass=pw&db=1&user=u&protocol=3",
+        ] {
+            assert_eq!(unread(read), None, "{read}");
+        }
+        for (url, want) in [
+            (
+                "redis://h:1/?password=pw",
+                "\"password\" is not read, so no password",
+            ),
+            (
+                "redis://h:1/?a=1&pass=pw",
+                "\"redis://:PASSWORD@host:port\"",
+            ),
+            ("redis://h:1/?user=u", "\"redis://USER:PASSWORD@host:port\""),
+            ("redis://h:1/?db=2", "\"redis://host:port/DB\""),
+            ("unix:///tmp/r.sock?password=pw", "write \"?pass=PASSWORD\""),
+            ("redis+unix:///tmp/r.sock?timeout=1", "takes only \"db\""),
+        ] {
+            let why = unread(url).unwrap_or_default();
+            assert!(why.contains(want), "{url}: {why}");
+        }
+        // A name outside the list is not quoted: it may be a pasted password.
+        let why = unread("redis://h:1/?S3cretPW").unwrap_or_default();
+        assert!(why.starts_with("unknown query parameter"), "{why}");
+        assert!(!why.contains("S3cretPW"), "{why}");
     }
 }
