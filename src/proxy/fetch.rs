@@ -184,10 +184,11 @@ async fn lead(
                 f.ttl = Some(variant.ttl(now_millis()));
             });
             let mut resp = from_stored(ctx, &req, &variant, requester.served.as_ref());
-            // The origin's cookies for this client (RFC 9111 §4.3.4 keeps
-            // them out of the stored headers, not out of the response).
-            for cookie in requester.set_cookie {
-                resp.headers_mut().append(header::SET_COOKIE, cookie);
+            // The origin's cookies and proxy authentication for this
+            // client (RFC 9111 §3.1 and §4.3.4 keep them out of the stored
+            // headers, not out of the response).
+            for (name, value) in requester.own_fields {
+                resp.headers_mut().append(name, value);
             }
             Answered::new(resp, status)
         }

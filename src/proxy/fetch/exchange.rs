@@ -65,11 +65,12 @@ pub(super) enum Fetched {
 
 /// What a `304` gives the request that triggered its validation and no
 /// one else: the server that answered (for the access log) and the
-/// `Set-Cookie` fields the `304` carried (the requester's; never stored,
-/// never given to collapsed requests).
+/// fields the `304` carried that no shared copy holds, `Set-Cookie` and
+/// `Proxy-Authentication-Info` (the requester's; never stored, never
+/// given to collapsed requests).
 pub(super) struct Requester {
     pub(super) served: Option<ServedBy>,
-    pub(super) set_cookie: Vec<HeaderValue>,
+    pub(super) own_fields: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 /// What a fetch for the cache needs, owned so that a background refresh
@@ -245,12 +246,12 @@ impl Exchange {
             };
             let requester = Requester {
                 served: answer.response.extensions().get().cloned(),
-                set_cookie: answer
-                    .response
-                    .headers()
-                    .get_all(header::SET_COOKIE)
-                    .iter()
-                    .cloned()
+                own_fields: [header::SET_COOKIE, PROXY_AUTHENTICATION_INFO.clone()]
+                    .into_iter()
+                    .flat_map(|name| {
+                        let values = answer.response.headers().get_all(&name);
+                        values.iter().map(move |v| (name.clone(), v.clone()))
+                    })
                     .collect(),
             };
             return Fetched::NotModified(stored, v, requester);
