@@ -195,6 +195,20 @@ fn check_refuses_what_would_silently_do_something_else() {
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\", \"https://127.0.0.1:443\"]\n".to_string(),
             ":6:27: upstream.servers[1]: \"https://127.0.0.1:443\": Strata speaks plain HTTP to upstreams, https:// is not supported".to_string(),
         ),
+        // An upstream's password was echoed; nginx's trailing slash got
+        // "expected host:port" (regression probe 4).
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"http://u:RELOADPW-7@127.0.0.1:1\"]\n".to_string(),
+            ":6:12: upstream.servers[0]: \"http://***@127.0.0.1:1\": credentials in an upstream address are not supported".to_string(),
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"https://u:RELOADPW-8@127.0.0.1:443\"]\n".to_string(),
+            ":6:12: upstream.servers[0]: \"https://***@127.0.0.1:443\": Strata speaks plain HTTP".to_string(),
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"http://127.0.0.1:3001/\"]\n".to_string(),
+            ":6:12: upstream.servers[0]: \"http://127.0.0.1:3001/\": a path (\"/\") is not taken: a server is \"host:port\" and each request's own path is forwarded as sent".to_string(),
+        ),
         (
             format!("{HEAD}[compression]\nalgorithms = [\"gzip\", \"gzip\"]\n"),
             ":8:23: compression.algorithms[1]: duplicate algorithm \"gzip\"".to_string(),

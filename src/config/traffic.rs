@@ -70,30 +70,57 @@ impl Validator<'_> {
                 ));
             }
             let text = addr.trim();
+            // An address is echoed in errors without any userinfo: it may
+            // hold a password (`http://u:pw@host:port`).
+            let shown = match addr.rfind('@') {
+                Some(at) => {
+                    let start = if scheme_of(addr, "http://") || scheme_of(addr, "https://") {
+                        addr.find("//").map_or(0, |i| i + 2)
+                    } else {
+                        0
+                    };
+                    format!("{}***{}", &addr[..start], &addr[at..])
+                }
+                None => addr.to_owned(),
+            };
             // Strata speaks plain HTTP/1.1 to its upstreams: `https://`
             // would be sent in clear text to a TLS port. The scheme is
             // case-insensitive (RFC 3986 §3.1).
-            let scheme = |s: &str| {
-                text.get(..s.len())
-                    .is_some_and(|h| h.eq_ignore_ascii_case(s))
-            };
-            if scheme("https://") {
+            if scheme_of(text, "https://") {
                 return Err(self.at.spanned(
                     s,
                     &key,
-                    format!("{addr:?}: Strata speaks plain HTTP to upstreams, https:// is not supported; give \"host:port\" (or \"http://host:port\") of a plain-HTTP listener"),
+                    format!("{shown:?}: Strata speaks plain HTTP to upstreams, https:// is not supported; give \"host:port\" (or \"http://host:port\") of a plain-HTTP listener"),
                 ));
             }
-            let text = if scheme("http://") { &text[7..] } else { text };
+            let text = if scheme_of(text, "http://") {
+                &text[7..]
+            } else {
+                text
+            };
+            if text.contains('@') {
+                return Err(self.at.spanned(
+                    s,
+                    &key,
+                    format!("{shown:?}: credentials in an upstream address are not supported (Strata sends none); give \"host:port\""),
+                ));
+            }
+            if let Some(slash) = text.find('/') {
+                return Err(self.at.spanned(
+                    s,
+                    &key,
+                    format!("{shown:?}: a path ({:?}) is not taken: a server is \"host:port\" and each request's own path is forwarded as sent (unlike nginx's proxy_pass with a URI)", &text[slash..]),
+                ));
+            }
             let invalid = || {
                 self.at.spanned(
                     s,
                     &key,
-                    format!("invalid server {addr:?}, expected \"host:port\""),
+                    format!("invalid server {shown:?}, expected \"host:port\""),
                 )
             };
             let authority: Authority = text.parse().map_err(|_| invalid())?;
-            if authority.port_u16().is_none() || authority.as_str().contains('@') {
+            if authority.port_u16().is_none() {
                 return Err(invalid());
             }
             // Port 0 means "any free port" to a listener; as a destination
@@ -102,7 +129,7 @@ impl Validator<'_> {
                 return Err(self.at.spanned(
                     s,
                     &key,
-                    format!("port 0 in {addr:?} can never be connected to, expected a port from 1 to 65535"),
+                    format!("port 0 in {shown:?} can never be connected to, expected a port from 1 to 65535"),
                 ));
             }
             if parsed.contains(&authority) {
@@ -421,6 +448,12 @@ fn parse_rate(text: &str) -> Option<(u32, Duration)> {
         _ => return None,
     };
     Some((n, per))
+}
+
+/// Whether `text` starts with `scheme` (case-insensitive, RFC 3986 §3.1).
+fn scheme_of(text: &str, scheme: &str) -> bool {
+    text.get(..scheme.len())
+        .is_some_and(|h| h.eq_ignore_ascii_case(scheme))
 }
 
 #[cfg(test)]
