@@ -226,6 +226,10 @@ pub struct HealthConfig {
     pub timeout: Duration,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
+    /// How long connect failures alone take a server out (nginx's
+    /// `fail_timeout`, Envoy's `base_ejection_time`); then one request
+    /// tries it again. Above zero; default 10 s.
+    pub fail_timeout: Duration,
     /// Statuses that count as up; empty = liveness: any status below 500.
     pub expect_status: Vec<crate::upstream::health::StatusMatch>,
 }
@@ -628,5 +632,32 @@ mod tests {
         assert_eq!(c.cache.storable_size(), 1 << 20);
         let c = accepted(&format!("[cache]\nmemory_capacity = \"1MiB\"\n{REDIS}"));
         assert_eq!(c.cache.storable_size(), 16 << 20);
+    }
+
+    /// `upstream.health.fail_timeout`: 10 s by default, above zero.
+    #[test]
+    fn fail_timeout_defaults_to_ten_seconds_and_refuses_zero() {
+        let parse = |extra: &str| {
+            let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nservers = [\"127.0.0.1:3\"]\n{extra}");
+            super::Config::parse(std::path::Path::new("t.toml"), &text)
+        };
+        let c = parse("").unwrap();
+        assert_eq!(
+            c.upstream.health.fail_timeout,
+            super::Duration::from_secs(10)
+        );
+        let c = parse("[upstream.health]\nfail_timeout = \"2s\"\n").unwrap();
+        assert_eq!(
+            c.upstream.health.fail_timeout,
+            super::Duration::from_secs(2)
+        );
+        let e = parse("[upstream.health]\nfail_timeout = \"0s\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            "t.toml:8:16: upstream.health.fail_timeout: expected a duration above zero"
+        );
     }
 }

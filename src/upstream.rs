@@ -251,6 +251,8 @@ impl Upstreams {
     ) -> Result<Answer, Failure> {
         let server = &self.balancer.servers()[index];
         let started = Instant::now();
+        // Out of rotation yet picked: a trial after `fail_timeout`.
+        let trial = !server.is_healthy();
         let in_flight = server.begin();
         let result = self
             .client
@@ -266,7 +268,11 @@ impl Upstreams {
         let elapsed = started.elapsed();
         match result {
             Ok(mut response) => {
-                server.record_answer();
+                if !trial {
+                    server.record_answer();
+                } else if server.trial_passed() {
+                    health::came_back(self, server, "a request after fail_timeout");
+                }
                 self.series[index].response(response.status().as_u16(), elapsed);
                 response.body_mut().count_failures(&self.series[index]);
                 response

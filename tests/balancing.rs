@@ -589,3 +589,81 @@ async fn connect_failures_leave_the_last_server_in_rotation() {
     let v: serde_json::Value = serde_json::from_slice(&health.body).unwrap();
     assert_eq!(v["upstreams"][0]["healthy"], true, "{v}");
 }
+
+/// Which of the servers `/health` lists in rotation.
+async fn in_rotation(client: &Client, strata: &Strata) -> Vec<bool> {
+    let health = client.get(&strata.admin_url("/health")).await;
+    let v: serde_json::Value = serde_json::from_slice(&health.body).unwrap();
+    let list = v["upstreams"].as_array().cloned().unwrap_or_default();
+    list.iter().map(|u| u["healthy"] == true).collect()
+}
+
+/// Connect failures take a server out for `fail_timeout` only (nginx's
+/// `fail_timeout`, Envoy's `base_ejection_time`), then one request tries
+/// it again. Three servers all down: two are taken out, the last one
+/// stays; when the two come back (and the one left does not), requests
+/// reach them after `fail_timeout`, not after `healthy_threshold` active
+/// checks (here an hour apart).
+#[tokio::test]
+async fn connect_failure_ejection_ends_after_fail_timeout() {
+    let mut flaky = [
+        Flaky::start().await,
+        Flaky::start().await,
+        Flaky::start().await,
+    ];
+    let addrs: Vec<SocketAddr> = flaky.iter().map(|f| f.addr).collect();
+    let strata = Strata::start(
+        &addrs,
+        "[upstream.health]\ninterval = \"1h\"\nfail_timeout = \"300ms\"\n",
+    )
+    .await;
+    wait_until(Duration::from_secs(10), "the start-up checks", || async {
+        flaky.iter().all(Flaky::checked)
+    })
+    .await;
+    let client = Client::new();
+    for f in &mut flaky {
+        f.off().await;
+    }
+    // Three connect failures in a row take a server out (each request
+    // fails on two); the last one in rotation stays.
+    wait_until(Duration::from_secs(10), "two servers out", || async {
+        let r = client.get(&strata.url("/down")).await;
+        assert_eq!(r.status, 502, "{}", r.text());
+        in_rotation(&client, &strata)
+            .await
+            .iter()
+            .filter(|&&h| h)
+            .count()
+            == 1
+    })
+    .await;
+    let up = in_rotation(&client, &strata).await;
+    let left = up.iter().position(|&h| h).unwrap();
+    for (i, f) in flaky.iter_mut().enumerate() {
+        if i != left {
+            f.on().await;
+        }
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "a request served after fail_timeout",
+        || async { client.get(&strata.url("/back")).await.status == 200 },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "both revived servers back in rotation",
+        || async {
+            let up = in_rotation(&client, &strata).await;
+            up.iter().enumerate().all(|(i, &h)| h == (i != left)) || {
+                // The next trial is one more request away.
+                let _ = client.get(&strata.url("/back")).await;
+                false
+            }
+        },
+    )
+    .await;
+    hit_n(&client, &strata, 6, "/up").await;
+    assert_eq!(flaky[left].served(), 0);
+}

@@ -172,6 +172,7 @@ pub struct HealthFile {
     pub timeout: Option<Spanned<Dur>>,
     pub unhealthy_threshold: Option<Spanned<u32>>,
     pub healthy_threshold: Option<Spanned<u32>>,
+    pub fail_timeout: Option<Spanned<Dur>>,
     /// Statuses that count as up: classes (`"2xx"`) or codes (`"204"`).
     pub expect_status: Option<Spanned<Vec<Spanned<String>>>>,
 }

@@ -233,6 +233,7 @@ impl Validator<'_> {
             timeout,
             unhealthy_threshold,
             healthy_threshold,
+            fail_timeout,
             expect_status,
         } = h;
         let mut expect = Vec::new();
@@ -284,6 +285,7 @@ impl Validator<'_> {
                 "upstream.health.healthy_threshold",
                 2,
             )?,
+            fail_timeout: self.nonzero(fail_timeout, "upstream.health.fail_timeout", secs(10))?,
             expect_status: expect,
         })
     }

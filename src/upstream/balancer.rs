@@ -19,6 +19,11 @@
 //! server's weight by its ramp ([`ServerState::ramp`]) under round-robin
 //! and least-request; the hash ring ignores it (moving keys back and forth
 //! during a ramp would defeat the point of hashing).
+//!
+//! Before the policy (after a sticky preference), a server out for connect
+//! failures alone whose `fail_timeout` has passed gets the request as its
+//! one trial ([`ServerState::claim_trial`]); a retry after a connect
+//! failure may be that trial too.
 
 pub mod ring;
 
@@ -48,6 +53,9 @@ pub struct Balancer {
     weights: Vec<u32>,
     balance: Balance,
     slow_start: Duration,
+    /// `upstream.health.fail_timeout`: how long connect failures take a
+    /// server out before a trial request.
+    fail_timeout: Duration,
     /// Smooth round-robin running scores, one per server. A std mutex: the
     /// critical section is a few additions and never awaits (nginx takes a
     /// lock for the same reason).
@@ -94,6 +102,7 @@ impl Balancer {
             weights,
             balance: config.balance.clone(),
             slow_start: config.slow_start,
+            fail_timeout: config.health.fail_timeout,
             ring,
         }
     }
@@ -137,6 +146,9 @@ impl Balancer {
                 return Some(p);
             }
         }
+        if let Some(t) = self.trial(route) {
+            return Some(t);
+        }
         match (&self.balance, &self.ring, route.hash) {
             (Balance::Hash(_), Some(ring), Some(hash)) => {
                 ring.find(hash, |i| self.eligible(i, route))
@@ -144,6 +156,20 @@ impl Balancer {
             (Balance::LeastRequest, _, _) => self.least_request(route),
             _ => self.round_robin(route),
         }
+    }
+
+    /// A server out for connect failures whose `fail_timeout` has passed
+    /// (not excluded, not drained), claimed for one trial request. One
+    /// atomic load per server while none is out; the clock is read only
+    /// when one is.
+    fn trial(&self, route: &Route) -> Option<usize> {
+        let mut now = 0;
+        (0..self.servers.len()).find(|&i| {
+            let s = &self.servers[i];
+            Some(i) != route.exclude
+                && !s.is_draining()
+                && s.claim_trial(&mut now, self.fail_timeout)
+        })
     }
 
     fn round_robin(&self, route: &Route) -> Option<usize> {
@@ -204,6 +230,9 @@ impl Balancer {
     /// failures never leaves no server to try: a brief origin restart then
     /// costs a few 502s, not `healthy_threshold` checks' worth of 503s
     /// after it is back. Failed checks take the last one out all the same.
+    /// An ejection lasts `fail_timeout`, then a trial request tries the
+    /// server again ([`Balancer::pick`]); a failed trial (already out)
+    /// returns false: the claim started its next period.
     pub fn passive_failure(&self, index: usize, health: &HealthConfig) -> bool {
         // Without active checks nothing would bring a server back, so
         // passive failures only eject when health checks run.
@@ -211,7 +240,10 @@ impl Balancer {
             return false;
         }
         let s = &self.servers[index];
-        if !s.record_connect_failure(health) || !self.others_eligible(index) || !s.leave() {
+        if !s.record_connect_failure(health)
+            || !self.others_eligible(index)
+            || !s.eject(self.fail_timeout)
+        {
             return false;
         }
         // Two last servers failing at once both saw the other in rotation.
@@ -244,6 +276,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             unhealthy_threshold: 2,
             healthy_threshold: 2,
+            fail_timeout: Duration::from_secs(10),
             expect_status: Vec::new(),
         }
     }

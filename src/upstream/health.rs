@@ -7,7 +7,9 @@
 //! `unhealthy_threshold` consecutive failures a server leaves rotation;
 //! after `healthy_threshold` consecutive successes it returns. Each
 //! transition is logged, exported as `strata_upstream_healthy`, and raised
-//! as an alert (`upstream_down`, `upstream_up`, `all_upstreams_down`).
+//! as an alert (`upstream_down`, `upstream_up`, `all_upstreams_down`),
+//! as are a passive ejection and a trial request's return
+//! ([`super::server`]).
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -71,22 +73,7 @@ async fn check_and_record(pool: &Upstreams, index: usize) {
     match result {
         Ok(()) => {
             if server.record_success(health) {
-                tracing::info!(server = name, "upstream healthy: back in rotation");
-                pool.metrics().upstream_healthy(name, true);
-                pool.alerts().emit(
-                    Event::UpstreamUp,
-                    format!("upstream {name} is back in rotation"),
-                    &[("server", name)],
-                );
-                if pool.balancer.healthy_count() == 1 {
-                    // The first one back ends "no upstream in rotation".
-                    pool.alerts().resolve(
-                        Event::AllUpstreamsDown,
-                        Event::UpstreamUp,
-                        format!("upstream {name} is back in rotation"),
-                        &[],
-                    );
-                }
+                came_back(pool, server, "health checks passed");
             }
         }
         Err(reason) => {
@@ -95,6 +82,29 @@ async fn check_and_record(pool: &Upstreams, index: usize) {
                 went_down(pool, server, &reason);
             }
         }
+    }
+}
+
+/// A server just came back in rotation (`how`: the checks, or a trial
+/// request's answer): log, metric, `upstream_up`, and the end of
+/// `all_upstreams_down` when it is the first one back.
+pub(super) fn came_back(pool: &Upstreams, server: &ServerState, how: &str) {
+    let name = server.authority.as_str();
+    tracing::info!(server = name, how, "upstream healthy: back in rotation");
+    pool.metrics().upstream_healthy(name, true);
+    pool.alerts().emit(
+        Event::UpstreamUp,
+        format!("upstream {name} is back in rotation"),
+        &[("server", name)],
+    );
+    if pool.balancer.healthy_count() == 1 {
+        // The first one back ends "no upstream in rotation".
+        pool.alerts().resolve(
+            Event::AllUpstreamsDown,
+            Event::UpstreamUp,
+            format!("upstream {name} is back in rotation"),
+            &[],
+        );
     }
 }
 
@@ -226,8 +236,15 @@ pub fn describe(h: &HealthConfig) -> String {
         format!("status {}", list.join(" or "))
     };
     format!(
-        "GET {} every {:?}; up = {up} within {:?}; out after {} failures, back after {} successes",
-        h.path, h.interval, h.timeout, h.unhealthy_threshold, h.healthy_threshold
+        "GET {} every {:?}; up = {up} within {:?}; out after {} failures, back after {} successes; \
+         out after {} connect failures for {:?}, then one request tries again",
+        h.path,
+        h.interval,
+        h.timeout,
+        h.unhealthy_threshold,
+        h.healthy_threshold,
+        h.unhealthy_threshold,
+        h.fail_timeout
     )
 }
 

@@ -8,6 +8,14 @@
 //! checks: a check judges the app's own verdict (`/health` answering 503
 //! to leave rotation), which traffic it still serves does not overrule.
 //!
+//! Out of rotation by connect failures alone is bounded in time (nginx's
+//! `fail_timeout`, Envoy's `base_ejection_time`): once `fail_timeout` has
+//! passed, one request may try the server again ([`ServerState::claim_trial`],
+//! which starts the next period at once). Its answer puts the server back
+//! ([`ServerState::trial_passed`]); if it fails, the server waits another
+//! period. `unhealthy_threshold` failed checks end the periods: then only
+//! `healthy_threshold` successful checks bring the server back.
+//!
 //! State is atomics only, so choosing a server takes no lock on it. The
 //! state outlives a reload for servers that stay configured (the new pool
 //! takes the same `Arc`), so health, drain and an ongoing ramp carry over.
@@ -46,6 +54,9 @@ pub struct ServerState {
     successes: AtomicU32,
     /// When the server (re)entered rotation ([`now_ticks`]); 0 = at start.
     since: AtomicU64,
+    /// Out by connect failures alone: when a trial request may go
+    /// ([`now_ticks`]); 0 = not so (in rotation, or out by failed checks).
+    retry_at: AtomicU64,
 }
 
 impl ServerState {
@@ -59,6 +70,7 @@ impl ServerState {
             failed_connects: AtomicU32::new(0),
             successes: AtomicU32::new(0),
             since: AtomicU64::new(0),
+            retry_at: AtomicU64::new(0),
         }
     }
 
@@ -118,10 +130,16 @@ impl ServerState {
     }
 
     /// Records a failed check; returns true when this made it unhealthy.
+    /// `unhealthy_threshold` of them also end connect-failure periods: the
+    /// server then waits for successful checks, with no trial requests.
     pub fn record_failure(&self, health: &HealthConfig) -> bool {
         self.successes.store(0, Ordering::Relaxed);
         let n = self.failed_checks.fetch_add(1, Ordering::Relaxed) + 1;
-        n >= health.unhealthy_threshold && self.leave()
+        if n < health.unhealthy_threshold {
+            return false;
+        }
+        self.retry_at.store(0, Ordering::Relaxed);
+        self.leave()
     }
 
     /// Records a successful check (which ends both runs of failures);
@@ -136,6 +154,7 @@ impl ServerState {
         let n = self.successes.fetch_add(1, Ordering::Relaxed) + 1;
         let back = n >= health.healthy_threshold && !self.healthy.swap(true, Ordering::Relaxed);
         if back {
+            self.retry_at.store(0, Ordering::Relaxed);
             self.mark_entered();
         }
         back
@@ -164,12 +183,74 @@ impl ServerState {
         self.healthy.swap(false, Ordering::Relaxed)
     }
 
-    /// Puts back a server [`ServerState::leave`] just took out (the last
+    /// Takes the server out of rotation for connect failures: a trial
+    /// request may go once `fail_timeout` has passed. Returns true when it
+    /// was in (else it is left as it is: out by checks, or already out).
+    pub fn eject(&self, fail_timeout: Duration) -> bool {
+        if !self.leave() {
+            return false;
+        }
+        self.retry_at.store(
+            now_ticks().saturating_add(millis(fail_timeout)),
+            Ordering::Relaxed,
+        );
+        true
+    }
+
+    /// Puts back a server [`ServerState::eject`] just took out (the last
     /// one in rotation): no recovery, so no slow-start ramp; its run of
     /// failures stays, so the next failure tries again.
     pub fn stay(&self) {
+        self.retry_at.store(0, Ordering::Relaxed);
         self.healthy.store(true, Ordering::Relaxed);
     }
+
+    /// Whether one request may try this server, out for connect failures
+    /// alone, now that its `fail_timeout` has passed; true claims the trial
+    /// and starts the next period, so concurrent requests get one trial
+    /// between them. `now` is [`now_ticks`], read at most once per pick
+    /// (0 until read). One atomic load for a server in rotation.
+    pub fn claim_trial(&self, now: &mut u64, fail_timeout: Duration) -> bool {
+        let at = self.retry_at.load(Ordering::Relaxed);
+        if at == 0 {
+            return false;
+        }
+        if *now == 0 {
+            *now = now_ticks();
+        }
+        at <= *now
+            && self
+                .retry_at
+                .compare_exchange(
+                    at,
+                    now.saturating_add(millis(fail_timeout)),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// The server answered a trial request: back in rotation (with a
+    /// slow-start ramp, as after checks), its connect failures forgotten.
+    /// Returns true when this put it back (false when it was in, or out by
+    /// failed checks meanwhile).
+    pub fn trial_passed(&self) -> bool {
+        self.record_answer();
+        if self.retry_at.swap(0, Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let back = !self.healthy.swap(true, Ordering::Relaxed);
+        if back {
+            self.successes.store(0, Ordering::Relaxed);
+            self.mark_entered();
+        }
+        back
+    }
+}
+
+/// A period in [`now_ticks`] units (milliseconds), at least one.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2).max(1)
 }
 
 /// The share (in thousandths of its weight) a server gets the moment it
@@ -197,6 +278,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             unhealthy_threshold: 3,
             healthy_threshold: 2,
+            fail_timeout: Duration::from_secs(10),
             expect_status: Vec::new(),
         }
     }
@@ -230,6 +312,71 @@ mod tests {
         assert!(!s.record_success(&h));
         assert!(s.record_success(&h));
         assert!(s.is_healthy());
+    }
+
+    #[test]
+    fn connect_failure_ejection_lasts_fail_timeout_then_one_trial() {
+        let h = health(); // unhealthy_threshold = 3
+        let period = Duration::from_secs(10);
+        let s = ServerState::new("127.0.0.1:1".parse().unwrap());
+        let at = |secs: u64| now_ticks() + secs * 1000;
+        // In rotation: no trial, whatever the time.
+        assert!(!s.claim_trial(&mut at(100), period));
+        for _ in 0..3 {
+            s.record_connect_failure(&h);
+        }
+        assert!(s.eject(period));
+        assert!(!s.is_healthy());
+        assert!(!s.eject(period), "already out");
+        assert!(!s.claim_trial(&mut at(5), period), "within fail_timeout");
+        let mut after = at(11);
+        assert!(s.claim_trial(&mut after, period), "after fail_timeout");
+        assert!(!s.claim_trial(&mut at(11), period), "one trial at a time");
+        // The trial failed: another period from the claim.
+        assert!(!s.claim_trial(&mut at(20), period));
+        assert!(s.claim_trial(&mut at(22), period));
+        // The trial answered: back in rotation, its count reset.
+        assert!(s.trial_passed());
+        assert!(s.is_healthy());
+        assert!(!s.trial_passed(), "already back");
+        assert!(!s.claim_trial(&mut at(100), period));
+        assert!(!s.record_connect_failure(&h), "the count starts over");
+
+        // `unhealthy_threshold` failed checks end the periods: only checks
+        // bring it back.
+        s.record_connect_failure(&h);
+        assert!(s.record_connect_failure(&h));
+        assert!(s.eject(period));
+        for _ in 0..3 {
+            assert!(!s.record_failure(&h), "already out");
+        }
+        assert!(!s.claim_trial(&mut at(100), period));
+        assert!(!s.trial_passed());
+        assert!(!s.is_healthy());
+        assert!(!s.record_success(&h));
+        assert!(s.record_success(&h));
+        assert!(!s.claim_trial(&mut at(100), period));
+
+        // Back by checks during a period: no trial left over.
+        for _ in 0..3 {
+            s.record_connect_failure(&h);
+        }
+        assert!(s.eject(period));
+        s.record_success(&h);
+        assert!(s.record_success(&h));
+        assert!(!s.claim_trial(&mut at(100), period));
+        // Out by checks alone: never a trial.
+        for _ in 0..3 {
+            s.record_failure(&h);
+        }
+        assert!(!s.is_healthy());
+        assert!(!s.claim_trial(&mut at(100), period));
+        // Kept in rotation as the last one: no trial pending.
+        s.record_success(&h);
+        s.record_success(&h);
+        assert!(s.eject(period));
+        s.stay();
+        assert!(!s.claim_trial(&mut at(100), period));
     }
 
     #[test]
