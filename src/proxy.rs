@@ -35,6 +35,7 @@ pub mod feed;
 pub mod fetch;
 pub mod forward;
 pub mod headers;
+mod limits;
 pub mod lookup;
 pub mod range;
 pub mod stored;
@@ -119,6 +120,8 @@ pub struct Answered {
     failed: bool,
     /// Closes an HTTP/1.x connection ([`ProxyError::closes_connection`]).
     close: bool,
+    /// A rate limit refused the request ([`ProxyError::RateLimited`]).
+    limited: bool,
 }
 
 impl Answered {
@@ -128,6 +131,7 @@ impl Answered {
             status,
             failed: false,
             close: false,
+            limited: false,
         }
     }
 
@@ -137,6 +141,7 @@ impl Answered {
             status,
             failed: true,
             close: e.closes_connection(),
+            limited: matches!(e, ProxyError::RateLimited(_)),
         }
     }
 
@@ -305,16 +310,11 @@ impl Shared {
             abandoned.access = access::Pending::capture(&req, &runtime.config.log);
             let answered = match validate::validate(&mut req, &runtime.config.server) {
                 Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
-                Ok(present) => 'serve: {
-                    // No limits configured: one `Option` check.
-                    if let Some(limits) = &runtime.rate_limits {
-                        if let Err(over) = Box::pin(limits.on_arrival(&req, conn.client_ip)).await {
-                            let e = ProxyError::RateLimited(over);
-                            break 'serve Answered::error(&e, CacheStatus::fwd(Fwd::Bypass));
-                        }
-                    }
-                    self.answer(&runtime, req, conn, present).await
-                }
+                // No limits configured: one `Option` check.
+                Ok(present) => match &runtime.rate_limits {
+                    Some(limits) => self.limited(limits, &runtime, req, conn, present).await,
+                    None => self.answer(&runtime, req, conn, present).await,
+                },
             };
             let outcome = answered.outcome();
             let Answered {

@@ -1,6 +1,7 @@
 //! Rate limits end to end (SPEC §8): a burst then 429 with Retry-After
 //! and no upstream request, per-key budgets, the client IP behind trusted
-//! proxies, `count = "origin"` never charging hits, dry runs counted, and
+//! proxies, `count = "origin"` never charging hits (nor keeping the arrival
+//! charges of what it refuses), dry runs counted, and
 //! `backend = "redis"` sharing one budget across instances and falling
 //! back to local limits when Redis dies.
 
@@ -211,6 +212,106 @@ async fn a_refused_request_is_charged_to_no_shared_budget() {
         metrics.contains("strata_redis_errors_total 0"),
         "the budgets were Redis's, not the local fallback"
     );
+}
+
+/// `/c` is cacheable, anything else not.
+async fn cached_and_uncached() -> Origin {
+    Origin::start(|req| async move {
+        let cc = if req.uri().path() == "/c" {
+            "max-age=100"
+        } else {
+            "no-store"
+        };
+        reply(200, &[("cache-control", cc)], "ok")
+    })
+    .await
+}
+
+/// A site-wide `all` limit (3) and an `orig` limit (1) on what goes
+/// upstream, which the first `/c` spends.
+const ALL_AND_ORIGIN: &str = "[[rate_limits]]\nname = \"all\"\nmatch = \"/**\"\nrate = \"1/m\"\nburst = 3\n\
+     [[rate_limits]]\nname = \"orig\"\nmatch = \"/**\"\nrate = \"1/m\"\nburst = 1\ncount = \"origin\"\n";
+
+/// `/c` (stored, the one `orig` token), five `/u` that `orig` refuses,
+/// then two hits of `/c`: the refused `/u` gave their `all` charge back,
+/// so the hits are within `all`'s budget. The metrics text.
+async fn origin_refusals_then_hits(client: &Client, strata: &Strata) -> String {
+    assert_eq!(client.get(&strata.url("/c")).await.status, 200);
+    for i in 0..5 {
+        let r = client.get(&strata.url("/u")).await;
+        assert_eq!(r.status, 429, "/u {i}");
+    }
+    for i in 0..2 {
+        let r = client.get(&strata.url("/c")).await;
+        assert_eq!(
+            r.status, 200,
+            "hit {i}: requests `orig` refused used up `all`"
+        );
+        assert!(r.is_hit(), "{}", r.cache_status());
+    }
+    client.get(&strata.admin_url("/metrics")).await.text()
+}
+
+#[tokio::test]
+async fn an_origin_refusal_is_charged_to_no_arrival_limit() {
+    let origin = cached_and_uncached().await;
+    let strata = Strata::start(&[origin.addr], ALL_AND_ORIGIN).await;
+    let client = Client::new();
+    let metrics = origin_refusals_then_hits(&client, &strata).await;
+    assert_eq!(origin.count(), 1);
+    assert_counted(&metrics, "all", 0);
+    assert_counted(&metrics, "orig", 5);
+    // Refunds gave back no more than was charged: `/c` and the two hits
+    // spent `all`.
+    assert_eq!(client.get(&strata.url("/c")).await.status, 429);
+}
+
+#[tokio::test]
+async fn an_origin_refusal_is_charged_to_no_shared_arrival_budget() {
+    let redis = RedisServer::start().await;
+    let origin = cached_and_uncached().await;
+    let limits = ALL_AND_ORIGIN.replace("burst = ", "backend = \"redis\"\nburst = ");
+    let config = format!(
+        "[cache.redis]\nurls = [\"{}\"]\ntimeout = \"1s\"\n{limits}",
+        redis.url()
+    );
+    let strata = Strata::start(&[origin.addr], &config).await;
+    let client = Client::new();
+    wait_until(Duration::from_secs(10), "connected to Redis", || async {
+        connected(&client, &strata).await
+    })
+    .await;
+    let metrics = origin_refusals_then_hits(&client, &strata).await;
+    assert_eq!(origin.count(), 1);
+    assert_counted(&metrics, "all", 0);
+    assert_counted(&metrics, "orig", 5);
+    assert!(
+        metrics.contains("strata_redis_errors_total 0"),
+        "the budgets were Redis's, not the local fallback"
+    );
+}
+
+/// A `count = "all"` dry run sees only what the enforced limits of both
+/// phases let through: of six `/u`, `orig` lets one through.
+#[tokio::test]
+async fn an_arrival_dry_run_does_not_count_origin_refusals() {
+    let origin = uncached().await;
+    let strata = Strata::start(
+        &[origin.addr],
+        "[[rate_limits]]\nname = \"dry\"\nmatch = \"/**\"\nrate = \"1/m\"\nburst = 2\ndry_run = true\n\
+         [[rate_limits]]\nname = \"orig\"\nmatch = \"/**\"\nrate = \"1/m\"\nburst = 1\ncount = \"origin\"\n",
+    )
+    .await;
+    let client = Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(client.get(&strata.url("/u")).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 429, 429, 429, 429, 429]);
+    let metrics = client.get(&strata.admin_url("/metrics")).await.text();
+    assert_counted(&metrics, "dry", 0);
+    assert_counted(&metrics, "orig", 5);
+    assert_eq!(origin.count(), 1);
 }
 
 fn redis_limit(url: &str) -> String {

@@ -31,8 +31,13 @@
 //!
 //! `count = "all"` limits are checked as a request arrives; `count =
 //! "origin"` ones only when a request is about to go to an upstream, so
-//! cache hits are never charged. With no limits configured there is no
-//! [`RateLimits`] at all: the request path pays one `Option` check.
+//! cache hits are never charged. The same rule holds across the two
+//! phases: when an origin limit may apply to the request's path, what the
+//! arrival charged travels with the request as an [`Arrival`], refunded
+//! if an origin limit refuses it ([`RateLimits::settle`]), and the arrival
+//! phase's `dry_run` limits count it only then, once it was let through.
+//! With no limits configured there is no [`RateLimits`] at all: the
+//! request path pays one `Option` check.
 
 mod local;
 mod shared;
@@ -134,6 +139,25 @@ enum Charged {
     Redis,
 }
 
+/// One charge of a request to a limit: the limit's index, the key, and
+/// the budget that took it (`None`: a `dry_run` limit, not yet charged).
+#[derive(Debug, Clone, Copy)]
+struct Charge {
+    index: usize,
+    key: u64,
+    charged: Option<Charged>,
+}
+
+/// What the arrival check did for a request an origin limit may still
+/// refuse: the enforced `count = "all"` charges (to refund then) and the
+/// `dry_run` ones' keys (counted only once the request was let through).
+/// Given back to [`RateLimits::settle`] of the same [`RateLimits`] once
+/// the request is answered.
+#[derive(Debug)]
+pub struct Arrival {
+    charges: Vec<Charge>,
+}
+
 /// Every configured limit, for one configuration.
 pub struct RateLimits {
     limits: Vec<Limit>,
@@ -204,17 +228,64 @@ impl RateLimits {
         }
     }
 
-    /// The `count = "all"` limits, charged as a request arrives.
-    pub async fn on_arrival<B>(&self, req: &Request<B>, client_ip: IpAddr) -> Result<(), Limited> {
+    /// The `count = "all"` limits, charged as a request arrives. `Ok(None)`
+    /// when no `count = "origin"` limit matches the path (the charges are
+    /// final) or none was made; else `Ok(Some)` with what to [`RateLimits::settle`] once
+    /// the request is answered (the `dry_run` limits wait for that).
+    pub async fn on_arrival<B>(
+        &self,
+        req: &Request<B>,
+        client_ip: IpAddr,
+    ) -> Result<Option<Arrival>, Limited> {
         if !self.any_all {
-            return Ok(());
+            return Ok(None);
         }
         let subject = Subject {
             path: req.uri().path(),
             headers: req.headers(),
             client_ip,
         };
-        self.check(LimitCount::All, &subject).await
+        // Only the path: the origin check reads the upstream request's
+        // fields, which the forwarding fields add to.
+        let pending = self.any_origin
+            && self.limits.iter().any(|l| {
+                l.config.count == LimitCount::Origin && l.config.matcher.is_match(subject.path)
+            });
+        if !pending {
+            return self.check(LimitCount::All, &subject).await.map(|()| None);
+        }
+        let mut charges = Vec::new();
+        self.enforce(LimitCount::All, &subject, Some(&mut charges))
+            .await?;
+        for (index, limit) in self.limits.iter().enumerate() {
+            if limit.config.dry_run {
+                if let Some(key) = limit.key(LimitCount::All, &subject) {
+                    charges.push(Charge {
+                        index,
+                        key,
+                        charged: None,
+                    });
+                }
+            }
+        }
+        Ok((!charges.is_empty()).then_some(Arrival { charges }))
+    }
+
+    /// The request `arrival` was made for is answered: `refused` says
+    /// whether a `count = "origin"` limit refused it (its answer is that
+    /// limit's `429`), and then every arrival charge is refunded; else the
+    /// arrival's `dry_run` limits are charged and count it if over.
+    pub async fn settle(&self, arrival: Arrival, refused: bool) {
+        for c in &arrival.charges {
+            let Some(limit) = self.limits.get(c.index) else {
+                continue;
+            };
+            match (refused, c.charged) {
+                (true, Some(charged)) => self.refund_one(limit, c.key, charged).await,
+                (false, None) => self.dry_run(limit, c.key).await,
+                _ => {}
+            }
+        }
     }
 
     /// The `count = "origin"` limits, charged by a request about to go to
@@ -242,6 +313,23 @@ impl RateLimits {
     /// charged (and counted when over) only once every enforced one has
     /// accepted.
     pub async fn check(&self, count: LimitCount, subject: &Subject<'_>) -> Result<(), Limited> {
+        self.enforce(count, subject, None).await?;
+        for limit in self.limits.iter().filter(|l| l.config.dry_run) {
+            if let Some(key) = limit.key(count, subject) {
+                self.dry_run(limit, key).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The enforced half of [`RateLimits::check`]; each charge is pushed
+    /// to `record` when given (they stand only if `Ok`).
+    async fn enforce(
+        &self,
+        count: LimitCount,
+        subject: &Subject<'_>,
+        mut record: Option<&mut Vec<Charge>>,
+    ) -> Result<(), Limited> {
         // Redis-backed limits the local limiter charged instead (Redis
         // unavailable): their refund goes there. Allocates only then.
         let mut fell_back: Vec<usize> = Vec::new();
@@ -253,8 +341,18 @@ impl RateLimits {
                 continue;
             };
             match self.decide(limit, key).await {
-                (None, Charged::Local) if self.shared(limit) => fell_back.push(i),
-                (None, _) => {}
+                (None, charged) => {
+                    if charged == Charged::Local && self.shared(limit) {
+                        fell_back.push(i);
+                    }
+                    if let Some(record) = record.as_deref_mut() {
+                        record.push(Charge {
+                            index: i,
+                            key,
+                            charged: Some(charged),
+                        });
+                    }
+                }
                 (Some(wait), _) => {
                     limit.limited.inc();
                     self.refund(count, subject, i, &fell_back).await;
@@ -265,23 +363,21 @@ impl RateLimits {
                 }
             }
         }
-        for limit in self.limits.iter().filter(|l| l.config.dry_run) {
-            let Some(key) = limit.key(count, subject) else {
-                continue;
-            };
-            if let (Some(_), _) = self.decide(limit, key).await {
-                limit.limited.inc();
-                tracing::debug!(limit = %limit.config.name, "over the rate limit (dry run)");
-            }
-        }
         Ok(())
+    }
+
+    /// Charges `key` to the `dry_run` `limit`, counting it if over.
+    async fn dry_run(&self, limit: &Limit, key: u64) {
+        if let (Some(_), _) = self.decide(limit, key).await {
+            limit.limited.inc();
+            tracing::debug!(limit = %limit.config.name, "over the rate limit (dry run)");
+        }
     }
 
     /// Takes back what the enforced limits before index `refused` charged
     /// `subject` (they all accepted it, or `check` would have stopped
     /// there); `fell_back`: the Redis-backed ones the local limiter
-    /// charged. A refund Redis cannot take is lost (logged at debug): the
-    /// budget stays one request shorter until it refills.
+    /// charged.
     async fn refund(
         &self,
         count: LimitCount,
@@ -296,14 +392,26 @@ impl RateLimits {
             let Some(key) = limit.key(count, subject) else {
                 continue;
             };
-            match &self.redis {
-                Some(redis) if self.shared(limit) && !fell_back.contains(&i) => {
-                    if let Err(e) = shared::refund(redis, &limit.config, key).await {
-                        tracing::debug!(limit = %limit.config.name, error = %e, "redis rate limit refund failed");
-                    }
+            let charged = if self.shared(limit) && !fell_back.contains(&i) {
+                Charged::Redis
+            } else {
+                Charged::Local
+            };
+            self.refund_one(limit, key, charged).await;
+        }
+    }
+
+    /// Takes back one charge of `key` from the budget that `charged` it.
+    /// A refund Redis cannot take is lost (logged at debug): the budget
+    /// stays one request shorter until it refills.
+    async fn refund_one(&self, limit: &Limit, key: u64, charged: Charged) {
+        match (&self.redis, charged) {
+            (Some(redis), Charged::Redis) => {
+                if let Err(e) = shared::refund(redis, &limit.config, key).await {
+                    tracing::debug!(limit = %limit.config.name, error = %e, "redis rate limit refund failed");
                 }
-                _ => limit.local.refund(key),
             }
+            _ => limit.local.refund(key),
         }
     }
 
