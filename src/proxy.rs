@@ -310,9 +310,13 @@ impl Shared {
             abandoned.access = access::Pending::capture(&req, &runtime.config.log);
             let answered = match validate::validate(&mut req, &runtime.config.server) {
                 Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
-                // No limits configured: one `Option` check.
+                // No limits configured: one `Option` check. With limits,
+                // their future (the answer's and the arrival's) is boxed,
+                // so the request future hyper moves keeps its size.
                 Ok(present) => match &runtime.rate_limits {
-                    Some(limits) => self.limited(limits, &runtime, req, conn, present).await,
+                    Some(limits) => {
+                        Box::pin(self.limited(limits, &runtime, req, conn, present)).await
+                    }
                     None => self.answer(&runtime, req, conn, present).await,
                 },
             };
