@@ -356,7 +356,7 @@ impl Shared {
             let h = response.headers_mut();
             // RFC 9211 §2: an upstream cache's members (a shield, a CDN,
             // another Strata) are kept, this cache's added last.
-            match h.entry(HeaderName::CACHE_STATUS.clone()) {
+            match h.entry(cache_status::CACHE_STATUS) {
                 http::header::Entry::Vacant(e) => {
                     e.insert(status.to_header());
                 }
@@ -493,11 +493,4 @@ impl Shared {
 /// `[warming] redis_hot` (every instance of the fleet should carry it).
 fn tracks_hits(config: &Config) -> bool {
     config.warming.as_ref().is_some_and(|w| w.redis_hot > 0)
-}
-
-/// Header names Strata adds.
-pub struct HeaderName;
-
-impl HeaderName {
-    pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 }

@@ -7,6 +7,9 @@
 
 use http::HeaderValue;
 
+/// The field's name (RFC 9211 §2).
+pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
 pub use crate::cache::Tier;
 use crate::metrics::Outcome;
 
