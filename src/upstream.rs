@@ -177,13 +177,16 @@ impl Upstreams {
             .sticky
             .as_ref()
             .and_then(|s| s.take(req.headers_mut(), now));
+        let idempotent = req.method().is_idempotent();
         let mut route = Route {
             exclude: None,
             preferred,
             hash: self.hash_of(&req),
+            // Only a request retried after a connect failure tries a
+            // server whose `fail_timeout` has passed.
+            no_trial: !idempotent,
         };
         let mut target = self.balancer.pick(&route).ok_or(UpstreamError::NoHealthy)?;
-        let idempotent = req.method().is_idempotent();
         // One `send_to` in the loop, not one per attempt: each would take
         // its own 1 KB in this future and in every caller's.
         let mut answer = loop {

@@ -667,3 +667,48 @@ async fn connect_failure_ejection_ends_after_fail_timeout() {
     hit_n(&client, &strata, 6, "/up").await;
     assert_eq!(flaky[left].served(), 0);
 }
+
+/// A POST is never the trial of a server out for connect failures: it is
+/// not retried on another server when its connect fails, so a server
+/// still down after `fail_timeout` would cost that write its 502 once per
+/// period. GETs take the trial (and are retried on the live server).
+#[tokio::test]
+async fn a_post_is_never_the_trial_of_an_ejected_server() {
+    let mut flaky = Flaky::start().await;
+    let steady = counting().await;
+    let strata = Strata::start(
+        &[flaky.addr, steady.addr],
+        "[upstream.health]\ninterval = \"1h\"\nfail_timeout = \"100ms\"\n",
+    )
+    .await;
+    wait_until(Duration::from_secs(10), "the start-up check", || async {
+        flaky.checked()
+    })
+    .await;
+    let client = Client::new();
+    flaky.off().await;
+    wait_until(Duration::from_secs(10), "the dead server out", || async {
+        let r = client.get(&strata.url("/g")).await;
+        assert_eq!(r.status, 200, "a GET is retried on the live server");
+        in_rotation(&client, &strata).await == [false, true]
+    })
+    .await;
+    for i in 0..10 {
+        // Past the period on every round but the first: each POST comes
+        // when a trial is due.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let r = client
+            .send(
+                Method::POST,
+                &strata.url("/write"),
+                &[],
+                Bytes::from_static(b"x"),
+            )
+            .await;
+        assert_eq!(r.status, 200, "POST {i}: {}", r.text());
+    }
+    assert_eq!(in_rotation(&client, &strata).await, [false, true]);
+    // A GET takes the due trial, fails to connect and is retried.
+    let r = client.get(&strata.url("/g2")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

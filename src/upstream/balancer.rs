@@ -45,6 +45,10 @@ pub struct Route {
     pub preferred: Option<usize>,
     /// The request's `hash_key` hash, for `balance = "hash"`.
     pub hash: Option<u64>,
+    /// Never a trial of a server out for connect failures: the request
+    /// would not be retried on another server if the trial failed (a
+    /// non-idempotent method), so its client would get the 502.
+    pub no_trial: bool,
 }
 
 /// The servers of one configuration and the policy that picks among them.
@@ -146,8 +150,10 @@ impl Balancer {
                 return Some(p);
             }
         }
-        if let Some(t) = self.trial(route) {
-            return Some(t);
+        if !route.no_trial {
+            if let Some(t) = self.trial(route) {
+                return Some(t);
+            }
         }
         match (&self.balance, &self.ring, route.hash) {
             (Balance::Hash(_), Some(ring), Some(hash)) => {
