@@ -188,11 +188,10 @@ async fn a_refused_request_is_charged_to_no_limit() {
     assert_counted(&metrics, "watch", 0);
 }
 
-#[tokio::test]
-async fn a_refused_request_is_charged_to_no_shared_budget() {
-    let redis = RedisServer::start().await;
-    let origin = uncached().await;
-    let limits = SITE_THEN_API.replace("burst = ", "backend = \"redis\"\nburst = ");
+/// Strata in front of `origin` with `limits` kept in `redis`
+/// (`backend = "redis"` on each), once it is connected to Redis.
+async fn with_redis_budgets(redis: &RedisServer, origin: &Origin, limits: &str) -> Strata {
+    let limits = limits.replace("burst = ", "backend = \"redis\"\nburst = ");
     let config = format!(
         "[cache.redis]\nurls = [\"{}\"]\ntimeout = \"1s\"\n{limits}",
         redis.url()
@@ -203,6 +202,15 @@ async fn a_refused_request_is_charged_to_no_shared_budget() {
         connected(&client, &strata).await
     })
     .await;
+    strata
+}
+
+#[tokio::test]
+async fn a_refused_request_is_charged_to_no_shared_budget() {
+    let redis = RedisServer::start().await;
+    let origin = uncached().await;
+    let strata = with_redis_budgets(&redis, &origin, SITE_THEN_API).await;
+    let client = Client::new();
     let metrics = refused_then_other(&client, &strata).await;
     assert_eq!(origin.count(), 2);
     assert_counted(&metrics, "api", 11);
@@ -270,17 +278,8 @@ async fn an_origin_refusal_is_charged_to_no_arrival_limit() {
 async fn an_origin_refusal_is_charged_to_no_shared_arrival_budget() {
     let redis = RedisServer::start().await;
     let origin = cached_and_uncached().await;
-    let limits = ALL_AND_ORIGIN.replace("burst = ", "backend = \"redis\"\nburst = ");
-    let config = format!(
-        "[cache.redis]\nurls = [\"{}\"]\ntimeout = \"1s\"\n{limits}",
-        redis.url()
-    );
-    let strata = Strata::start(&[origin.addr], &config).await;
+    let strata = with_redis_budgets(&redis, &origin, ALL_AND_ORIGIN).await;
     let client = Client::new();
-    wait_until(Duration::from_secs(10), "connected to Redis", || async {
-        connected(&client, &strata).await
-    })
-    .await;
     let metrics = origin_refusals_then_hits(&client, &strata).await;
     assert_eq!(origin.count(), 1);
     assert_counted(&metrics, "all", 0);

@@ -8,6 +8,9 @@ use http::HeaderMap;
 pub const SURROGATE_KEY: &str = "surrogate-key";
 pub const CACHE_TAG: &str = "cache-tag";
 
+/// What separates the tags of one `Surrogate-Key` or `Cache-Tag` line.
+const SEPARATORS: [char; 3] = [' ', ',', '\t'];
+
 /// A tag that no stored entry can carry: [`take`] splits on spaces, tabs
 /// and commas, so a tag containing one never matches anything.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,7 +21,7 @@ pub struct BadTag;
 /// empty or holds a separator (space, tab, comma), which no stored tag can.
 pub fn checked(tag: &str) -> Result<&str, BadTag> {
     let tag = tag.trim();
-    if tag.is_empty() || tag.contains([' ', ',', '\t']) {
+    if tag.is_empty() || tag.contains(SEPARATORS) {
         return Err(BadTag);
     }
     Ok(tag)
@@ -30,11 +33,7 @@ pub fn take(headers: &mut HeaderMap) -> Vec<String> {
     for name in [SURROGATE_KEY, CACHE_TAG] {
         for v in headers.get_all(name) {
             let Ok(v) = v.to_str() else { continue };
-            for t in v
-                .split([' ', ',', '\t'])
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-            {
+            for t in v.split(SEPARATORS).map(str::trim).filter(|t| !t.is_empty()) {
                 if !tags.iter().any(|x| x == t) {
                     tags.push(t.to_string());
                 }

@@ -72,17 +72,7 @@ impl Validator<'_> {
             let text = addr.trim();
             // An address is echoed in errors without any userinfo: it may
             // hold a password (`http://u:pw@host:port`).
-            let shown = match addr.rfind('@') {
-                Some(at) => {
-                    let start = if scheme_of(addr, "http://") || scheme_of(addr, "https://") {
-                        addr.find("//").map_or(0, |i| i + 2)
-                    } else {
-                        0
-                    };
-                    format!("{}***{}", &addr[..start], &addr[at..])
-                }
-                None => addr.to_owned(),
-            };
+            let shown = crate::telemetry::without_userinfo(addr);
             // Strata speaks plain HTTP/1.1 to its upstreams: `https://`
             // would be sent in clear text to a TLS port. The scheme is
             // case-insensitive (RFC 3986 §3.1).

@@ -275,16 +275,7 @@ mod tests {
     use crate::config::HashKey;
 
     fn health() -> HealthConfig {
-        HealthConfig {
-            enabled: true,
-            path: "/health".into(),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            unhealthy_threshold: 2,
-            healthy_threshold: 2,
-            fail_timeout: Duration::from_secs(10),
-            expect_status: Vec::new(),
-        }
+        super::super::server::health_for_tests(2)
     }
 
     fn config(weights: &[u32], balance: Balance) -> UpstreamConfig {

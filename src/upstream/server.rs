@@ -266,21 +266,28 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Checks every second, two successes to come back, `fail_timeout` 10 s
+/// (the unit tests' health settings here and in `balancer.rs`).
+#[cfg(test)]
+pub(crate) fn health_for_tests(unhealthy_threshold: u32) -> HealthConfig {
+    HealthConfig {
+        enabled: true,
+        path: "/health".into(),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        unhealthy_threshold,
+        healthy_threshold: 2,
+        fail_timeout: Duration::from_secs(10),
+        expect_status: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn health() -> HealthConfig {
-        HealthConfig {
-            enabled: true,
-            path: "/health".into(),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            unhealthy_threshold: 3,
-            healthy_threshold: 2,
-            fail_timeout: Duration::from_secs(10),
-            expect_status: Vec::new(),
-        }
+        health_for_tests(3)
     }
 
     #[test]
