@@ -22,8 +22,9 @@
 //!
 //! Before the policy (after a sticky preference), a server out for connect
 //! failures alone whose `fail_timeout` has passed gets the request as its
-//! one trial ([`ServerState::claim_trial`]); a retry after a connect
-//! failure may be that trial too.
+//! one trial ([`ServerState::claim_trial`]). A retry after a connect
+//! failure goes to a server in rotation first, and is the trial only when
+//! no server is in rotation.
 
 pub mod ring;
 
@@ -150,17 +151,26 @@ impl Balancer {
                 return Some(p);
             }
         }
-        if !route.no_trial {
+        // A retry (a connect just failed) goes to a server in rotation
+        // first: its client already paid one failed connect, and a second
+        // server out for connect failures is likely dead too. A first
+        // attempt may be the trial.
+        let retry = route.exclude.is_some();
+        if !route.no_trial && !retry {
             if let Some(t) = self.trial(route) {
                 return Some(t);
             }
         }
-        match (&self.balance, &self.ring, route.hash) {
+        let picked = match (&self.balance, &self.ring, route.hash) {
             (Balance::Hash(_), Some(ring), Some(hash)) => {
                 ring.find(hash, |i| self.eligible(i, route))
             }
             (Balance::LeastRequest, _, _) => self.least_request(route),
             _ => self.round_robin(route),
+        };
+        match picked {
+            None if retry && !route.no_trial => self.trial(route),
+            picked => picked,
         }
     }
 
@@ -339,6 +349,44 @@ mod tests {
         // Once another is back in rotation, the next failure ejects.
         drained.servers[1].set_draining(false);
         assert!(drained.passive_failure(0, &h));
+    }
+
+    #[test]
+    fn a_retry_goes_to_a_server_in_rotation_before_a_trial() {
+        let h = health(); // unhealthy_threshold = 2
+        let mut c = config(&[1, 1, 1], Balance::RoundRobin);
+        c.health.fail_timeout = Duration::from_millis(1);
+        let b = Balancer::new(&c, None);
+        for dead in [0, 1] {
+            assert!(!b.passive_failure(dead, &h));
+            assert!(b.passive_failure(dead, &h));
+        }
+        // Both trials are due once 1 ms has passed (sleep waits at least
+        // that long).
+        std::thread::sleep(Duration::from_millis(2));
+        // A connect to server 0 (its trial) just failed: the retry goes
+        // to server 2, in rotation, not to server 1's due trial.
+        let retry = Route {
+            exclude: Some(0),
+            ..Route::default()
+        };
+        assert_eq!(b.pick(&retry), Some(2));
+        // A first attempt is still a trial.
+        assert_eq!(b.pick(&Route::default()), Some(0));
+        // With no server in rotation, a retry may be the trial.
+        let alone = Balancer::new(&c, None);
+        alone.servers[2].set_draining(true);
+        for dead in [0, 1] {
+            alone.servers[dead].record_failure(&h);
+            alone.servers[dead].eject(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(alone.pick(&retry), Some(1));
+        let post = Route {
+            no_trial: true,
+            ..retry
+        };
+        assert_eq!(alone.pick(&post), None);
     }
 
     #[test]
