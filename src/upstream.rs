@@ -54,6 +54,12 @@ pub struct Upstreams {
     alerts: Alerts,
     /// Cancels the health-check tasks when the pool is dropped or replaced.
     stop: CancellationToken,
+    /// True while `all_upstreams_down` is raised and not yet ended, shared
+    /// with the pool a reload replaces. Its lock orders the health alerts
+    /// (never held across an `.await`), so one outage raises one
+    /// `all_upstreams_down` and one recovery ends it, however many servers
+    /// leave or return at once ([`health::went_down`], [`health::came_back`]).
+    outage: Arc<std::sync::Mutex<bool>>,
 }
 
 /// Response extension naming the upstream server that produced a response
@@ -108,6 +114,11 @@ impl Upstreams {
             .map(|s| Arc::new(metrics.server_series(s.authority.as_str())))
             .collect();
         let client = UpstreamClient::new(balancer.servers().iter().map(|s| &s.authority), config);
+        let outage = previous.map_or_else(Default::default, |p| p.outage.clone());
+        if balancer.healthy_count() > 0 {
+            // A reload that brings servers in rotation ends an outage.
+            health::ended_outage(&outage, &alerts, "a reload put upstreams in rotation");
+        }
         Arc::new(Upstreams {
             balancer,
             sticky,
@@ -117,6 +128,7 @@ impl Upstreams {
             metrics,
             alerts,
             stop: CancellationToken::new(),
+            outage,
         })
     }
 

@@ -11,7 +11,7 @@
 //! as are a passive ejection and a trial request's return
 //! ([`super::server`]).
 
-use std::sync::Weak;
+use std::sync::{Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use http::{header, HeaderValue, Request};
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::empty_body;
 use super::{ServerState, Upstreams};
-use crate::alerts::Event;
+use crate::alerts::{Alerts, Event};
 use crate::config::HealthConfig;
 
 /// Spawns one checker task per server of the pool, so that each server is
@@ -87,17 +87,18 @@ async fn check_and_record(pool: &Upstreams, index: usize) {
 
 /// A server just came back in rotation (`how`: the checks, or a trial
 /// request's answer): log, metric, `upstream_up`, and the end of
-/// `all_upstreams_down` when it is the first one back.
+/// `all_upstreams_down` when it was raised.
 pub(super) fn came_back(pool: &Upstreams, server: &ServerState, how: &str) {
     let name = server.authority.as_str();
     tracing::info!(server = name, how, "upstream healthy: back in rotation");
     pool.metrics().upstream_healthy(name, true);
+    let mut outage = pool.outage.lock().unwrap_or_else(PoisonError::into_inner);
     pool.alerts().emit(
         Event::UpstreamUp,
         format!("upstream {name} is back in rotation"),
         &[("server", name)],
     );
-    if pool.balancer.healthy_count() == 1 {
+    if std::mem::take(&mut *outage) {
         // The first one back ends "no upstream in rotation".
         pool.alerts().resolve(
             Event::AllUpstreamsDown,
@@ -108,19 +109,30 @@ pub(super) fn came_back(pool: &Upstreams, server: &ServerState, how: &str) {
     }
 }
 
+/// Ends a raised `all_upstreams_down` (a reload put servers in rotation).
+pub(super) fn ended_outage(outage: &Mutex<bool>, alerts: &Alerts, message: &str) {
+    let mut outage = outage.lock().unwrap_or_else(PoisonError::into_inner);
+    if std::mem::take(&mut *outage) {
+        alerts.resolve(Event::AllUpstreamsDown, Event::UpstreamUp, message, &[]);
+    }
+}
+
 /// A server just left rotation (`reason`: why its last check or connect
 /// failed): log, metric, `upstream_down`, and `all_upstreams_down` when it
-/// was the last one.
+/// was the last one (once per outage: two servers leaving at once both
+/// see none left).
 pub(super) fn went_down(pool: &Upstreams, server: &ServerState, reason: &str) {
     let name = server.authority.as_str();
     tracing::warn!(server = name, %reason, "upstream unhealthy: out of rotation");
     pool.metrics().upstream_healthy(name, false);
+    let mut outage = pool.outage.lock().unwrap_or_else(PoisonError::into_inner);
     pool.alerts().emit(
         Event::UpstreamDown,
         format!("upstream {name} is out of rotation: {reason}"),
         &[("server", name)],
     );
-    if pool.balancer.healthy_count() == 0 {
+    if !*outage && pool.balancer.healthy_count() == 0 {
+        *outage = true;
         tracing::error!("no upstream in rotation: uncached requests get 503");
         pool.alerts().emit(
             Event::AllUpstreamsDown,
@@ -251,6 +263,43 @@ pub fn describe(h: &HealthConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::activity::Activity;
+    use crate::alerts::AlertsConfig;
+    use crate::metrics::Metrics;
+
+    /// Two servers that leave at once both see none left; one outage is
+    /// one `all_upstreams_down`, and the next outage raises it again.
+    #[tokio::test]
+    async fn one_outage_raises_all_upstreams_down_once() {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                    [upstream]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n";
+        let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let metrics = Metrics::new();
+        let alerts = Alerts::start(&AlertsConfig::default(), metrics.clone());
+        let activity = Activity::new();
+        alerts.attach(activity.clone());
+        let pool = Upstreams::new(&config.upstream, None, metrics, alerts);
+        let raised = || {
+            activity
+                .recent()
+                .iter()
+                .filter(|e| e.message.starts_with("all_upstreams_down"))
+                .count()
+        };
+        let servers = pool.balancer.servers();
+        for _ in 0..2 {
+            // Both leave before either announces it (the race).
+            assert!(servers.iter().all(|s| s.leave()));
+            went_down(&pool, &servers[0], "connect error");
+            went_down(&pool, &servers[1], "connect error");
+            for s in servers {
+                s.record_success(&pool.config().health);
+                s.record_success(&pool.config().health);
+                came_back(&pool, s, "checks");
+            }
+        }
+        assert_eq!(raised(), 2, "{:?}", activity.recent());
+    }
 
     #[test]
     fn liveness_by_default_and_expect_status_tightens() {
