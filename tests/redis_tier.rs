@@ -405,6 +405,132 @@ async fn the_breaker_closes_without_traffic_once_redis_is_back() {
         .contains("strata_redis_breaker_open 0"));
 }
 
+/// A TCP proxy to a Redis server that can swallow traffic: once
+/// [`StallProxy::swallow`] is called, every connection open then, and every
+/// one accepted until [`StallProxy::pass_new`], has its bytes discarded in
+/// both directions and is never closed (a stuck proxy, or a firewall that
+/// lost the connection's state and drops its packets); connections
+/// accepted after `pass_new` work normally.
+struct StallProxy {
+    port: u16,
+    state: Arc<std::sync::Mutex<StallState>>,
+}
+
+#[derive(Default)]
+struct StallState {
+    /// Whether new connections are swallowed from the start.
+    swallowing: bool,
+    /// Each connection's "swallowed" flag.
+    connections: Vec<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl StallProxy {
+    async fn start(to: u16) -> StallProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(std::sync::Mutex::new(StallState::default()));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let swallowed = {
+                    let mut state = shared.lock().unwrap();
+                    let flag = Arc::new(std::sync::atomic::AtomicBool::new(state.swallowing));
+                    state.connections.push(flag.clone());
+                    flag
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(Self::pump(client_read, server_write, swallowed.clone()));
+                tokio::spawn(Self::pump(server_read, client_write, swallowed));
+            }
+        });
+        StallProxy { port, state }
+    }
+
+    /// Copies `from` to `to`, discarding what it reads while `swallowed`;
+    /// holds both halves open until the peer closes.
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        swallowed: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) if !swallowed.load(Ordering::SeqCst) => {
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Swallows every open connection for good, and new ones until
+    /// [`StallProxy::pass_new`].
+    fn swallow(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.swallowing = true;
+        for c in &state.connections {
+            c.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// New connections pass again; the swallowed ones stay swallowed.
+    fn pass_new(&self) {
+        self.state.lock().unwrap().swallowing = false;
+    }
+}
+
+/// Black-box finding (Redis rate-limit probe, 1): a connection that
+/// swallows commands without closing (a stuck proxy, a firewall that lost
+/// its state) was never replaced: the client kept it, every probe timed out
+/// on it, and the breaker stayed open for good (until the kernel gives up,
+/// about 15 min, with a firewall) although Redis answered on new
+/// connections. A timed-out operation now makes the tier replace its
+/// connection, so the breaker closes about one backoff plus one timed-out
+/// probe (1 s) after new connections pass again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_swallows_commands_is_replaced() {
+    let server = RedisServer::start().await;
+    let proxy = StallProxy::start(server.port()).await;
+    let cfg = config(RedisMode::Standalone, vec![proxy.url()], "t9:");
+    let a = node(&cfg);
+    let o = object("http://h/stuck", "s", &[]);
+    eventually!(
+        "connected",
+        WAIT,
+        write_and_read(&a.tier, &a.tier, std::slice::from_ref(&o)).await
+    );
+
+    proxy.swallow();
+    eventually!("breaker open", WAIT, {
+        let _ = a.tier.get(&o.key).await;
+        a.tier.breaker_open()
+    });
+    proxy.pass_new();
+    // Backoff 200 ms, a probe timing out on the stuck connection (1 s), the
+    // replacement and the probe 100 ms later on it: about 1.5 s. Without
+    // the replacement it never closes.
+    eventually!(
+        "breaker closed once new connections pass",
+        Duration::from_secs(10),
+        !a.tier.breaker_open()
+    );
+    assert!(holds(&a.tier, &o).await, "reads go to Redis again");
+}
+
 /// Black-box finding F1: a call admitted before the breaker opened that
 /// succeeds after it opened closed it at once, without a probe (with a
 /// jittery Redis: 65 openings and alert pairs in 10 s). Here a write is

@@ -32,6 +32,7 @@
 //! when the last clone of the tier is dropped (the write workers after
 //! draining their queues).
 
+mod backoff;
 mod batch;
 mod breaker;
 pub mod codec;

@@ -3,7 +3,8 @@
 //!
 //! - **standalone**: a `ConnectionManager` tuned to fail fast (short connect
 //!   timeout, one retry, 10–100 ms delays); once made it reconnects by
-//!   itself, each command on a dead server failing in milliseconds.
+//!   itself when the server closes or refuses, each command on a dead
+//!   server failing in milliseconds.
 //! - **cluster**: a `ClusterConnection` with connect and response timeouts;
 //!   it follows MOVED/ASK and failovers by itself.
 //! - **sentinel**: a `MultiplexedConnection` to the master the sentinels
@@ -14,8 +15,22 @@
 //!   names ([`Watch`]); a failed PING or another address does the same, so
 //!   a manual failover, whose old master keeps answering, is followed too.
 //!
+//! The standalone and cluster clients do not notice a connection that
+//! swallows commands without closing (a stuck proxy, a firewall or NAT
+//! that lost its state and drops the packets): its commands time out, and
+//! the client keeps it until the kernel gives up (about 15 min), so the
+//! breaker's probes would fail all that time. So in those modes an
+//! operation that times out marks its connection presumed dead
+//! ([`Backend::failed`]) and wakes the connector, which makes a new one
+//! and puts it in place; the old one keeps serving (its operations bounded
+//! as ever) until then, and replacements are at most one per
+//! [`REPLACE_EVERY`], so a Redis that is merely slow does not make Strata
+//! reconnect in a loop.
+//!
 //! Until a connection exists every operation fails at once with a
-//! "not connected" error (a miss).
+//! "not connected" error (a miss). Data connections use TCP keepalive
+//! ([`keepalive`]), so an idle connection to a vanished peer is closed by
+//! the kernel within about a minute.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +42,7 @@ use redis::aio::{
 };
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline,
@@ -35,6 +51,10 @@ use redis::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+mod watch;
+
+use self::watch::{Watch, HEALTH_EVERY};
+use super::backoff::{pause, Backoff};
 use super::Limits;
 use crate::cache::storage::StorageError;
 use crate::config::{RedisConfig, RedisMode};
@@ -90,6 +110,9 @@ pub(crate) struct Backend {
     mode: RedisMode,
     current: ArcSwapOption<Live>,
     generations: AtomicU64,
+    /// The generation presumed dead (an operation on it timed out), which
+    /// the connector replaces; 0: none. Standalone and cluster modes.
+    stale: AtomicU64,
     wake: Notify,
 }
 
@@ -99,6 +122,19 @@ pub(crate) fn not_connected() -> StorageError {
         ErrorKind::Io,
         "no Redis connection yet (connecting in the background)",
     )))
+}
+
+/// How often at most a connection presumed dead is replaced.
+const REPLACE_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether an operation timed out: under Strata's own bound, or the
+/// client's response timeout.
+fn timed_out(err: &StorageError) -> bool {
+    match err {
+        StorageError::Timeout => true,
+        StorageError::Redis(e) => e.is_timeout(),
+        _ => false,
+    }
 }
 
 /// Whether an error means the sentinel-mode connection is unusable.
@@ -128,6 +164,7 @@ impl Backend {
             mode,
             current: ArcSwapOption::empty(),
             generations: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
             wake: Notify::new(),
         }
     }
@@ -147,12 +184,31 @@ impl Backend {
         generation
     }
 
+    /// Whether connection `generation` is presumed dead and to be replaced.
+    fn is_stale(&self, generation: u64) -> bool {
+        self.stale.load(Ordering::Relaxed) == generation
+    }
+
     /// Reports an operation's error on connection `generation`. In sentinel
     /// mode an error that means the connection or node is unusable drops
-    /// the connection and wakes the connector to ask the sentinels again;
-    /// the other modes reconnect by themselves.
+    /// the connection and wakes the connector to ask the sentinels again.
+    /// In the other modes, which reconnect by themselves when the server
+    /// closes or refuses, a timeout marks the connection presumed dead and
+    /// wakes the connector to replace it; the connection stays in use
+    /// until the new one is made.
     pub(crate) fn failed(&self, generation: u64, err: &StorageError) {
-        if self.mode != RedisMode::Sentinel || !drops_connection(err) {
+        if self.mode != RedisMode::Sentinel {
+            let current = self.current.load();
+            if timed_out(err)
+                && current.as_ref().is_some_and(|l| l.generation == generation)
+                && self.stale.swap(generation, Ordering::Relaxed) != generation
+            {
+                tracing::info!(generation, error = %err, "redis: an operation timed out; replacing the connection, presumed dead");
+                self.wake.notify_one();
+            }
+            return;
+        }
+        if !drops_connection(err) {
             return;
         }
         let current = self.current.load();
@@ -166,52 +222,16 @@ impl Backend {
     }
 }
 
-/// Exponential backoff with jitter for reconnect loops.
-pub(crate) struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            next: min,
-            min,
-            max,
-        }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = self.min;
-    }
-
-    /// The next delay: between half and all of the current step.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let step = self.next;
-        self.next = (self.next * 2).min(self.max);
-        step / 2 + step.mul_f64(jitter() / 2.0)
-    }
-}
-
-/// A number in [0, 1) that differs between calls and processes.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// Sleeps, returning false if `stop` fired first.
-pub(crate) async fn pause(stop: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = stop.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
-    }
+/// TCP keepalive on a data connection: first probe after 30 s idle, then
+/// every 10 s, the connection closed after 3 unanswered (on Linux and
+/// macOS; elsewhere the system's interval and count).
+pub(crate) fn keepalive(settings: &TcpSettings) -> TcpSettings {
+    let keepalive = TcpKeepalive::new().with_time(Duration::from_secs(30));
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    let keepalive = keepalive
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    settings.clone().set_keepalive(keepalive)
 }
 
 pub(crate) fn manager_config(limits: &Limits) -> ConnectionManagerConfig {
@@ -243,7 +263,8 @@ pub(crate) fn sentinel_client(config: &RedisConfig) -> RedisResult<SentinelClien
         .as_str()
         .into_connection_info()?;
     let node = SentinelNodeConnectionInfo::default()
-        .set_redis_connection_info(first.redis_settings().clone());
+        .set_redis_connection_info(first.redis_settings().clone())
+        .set_tcp_settings(keepalive(first.tcp_settings()));
     SentinelClient::build(
         config.urls.clone(),
         master,
@@ -256,6 +277,7 @@ fn cluster_builder(config: &RedisConfig, limits: &Limits) -> redis::cluster::Clu
     ClusterClient::builder(config.urls.clone())
         .connection_timeout(limits.connect)
         .response_timeout(limits.write)
+        .tcp_settings(keepalive(&TcpSettings::default()))
 }
 
 enum Connector {
@@ -272,7 +294,9 @@ impl Connector {
                     .urls
                     .first()
                     .ok_or((ErrorKind::InvalidClientConfig, "no Redis URL"))?;
-                Connector::Standalone(Client::open(url.as_str())?)
+                let info = url.as_str().into_connection_info()?;
+                let tcp = keepalive(info.tcp_settings());
+                Connector::Standalone(Client::open(info.set_tcp_settings(tcp))?)
             }
             RedisMode::Cluster => {
                 Connector::Cluster(Box::new(cluster_builder(config, limits).build()?))
@@ -305,80 +329,18 @@ impl Connector {
         }
     }
 
-    /// Whether the connection, once made, repairs itself.
+    /// Whether the connection, once made, repairs itself (except when
+    /// presumed dead: [`Backend::failed`]).
     fn self_healing(&self) -> bool {
         !matches!(self, Connector::Sentinel(_))
     }
 }
 
-/// How often the sentinel-mode connection is checked: a PING, and the
-/// sentinels asked which master they name.
-const HEALTH_EVERY: Duration = Duration::from_secs(1);
-
-/// Sentinel mode: asks a sentinel which address the master has now. A
-/// PING alone does not notice a failover: the demoted master answers, and
-/// still calls itself master, until the sentinels reconfigure it (about
-/// 10 s, measured), and whatever is written or purged there meanwhile is
-/// lost when it resyncs from the new master.
-struct Watch {
-    master: String,
-    /// A connection to one sentinel, made again after an error.
-    sentinel: Option<MultiplexedConnection>,
-}
-
-impl Watch {
-    /// The master the sentinels name, `None` if none answers (then the
-    /// current connection is kept: sentinels down is no failover).
-    async fn named_master(
-        &mut self,
-        connector: &mut Connector,
-        limits: &Limits,
-    ) -> Option<(String, u16)> {
-        let Connector::Sentinel(client) = connector else {
-            return None;
-        };
-        if self.sentinel.is_none() {
-            let made = async {
-                client
-                    .async_get_sentinel_client()
-                    .await?
-                    .get_multiplexed_async_connection_with_config(&async_config(limits))
-                    .await
-            };
-            self.sentinel = tokio::time::timeout(limits.connect * 4, made)
-                .await
-                .ok()
-                .and_then(Result::ok);
-        }
-        let conn = self.sentinel.as_mut()?;
-        let mut ask = redis::cmd("SENTINEL");
-        ask.arg("GET-MASTER-ADDR-BY-NAME").arg(&self.master);
-        match tokio::time::timeout(limits.write, ask.query_async::<Option<(String, u16)>>(conn))
-            .await
-        {
-            Ok(Ok(named)) => named,
-            _ => {
-                self.sentinel = None;
-                None
-            }
-        }
-    }
-}
-
-/// Whether `addr` is `host:port`.
-fn is_at(addr: &ConnectionAddr, (host, port): &(String, u16)) -> bool {
-    match addr {
-        ConnectionAddr::Tcp(h, p)
-        | ConnectionAddr::TcpTls {
-            host: h, port: p, ..
-        } => h == host && p == port,
-        _ => true,
-    }
-}
-
 /// Makes the connection in the background and keeps it: retries with
 /// backoff until it succeeds; in sentinel mode makes a new one whenever
-/// [`Backend::failed`] dropped it.
+/// [`Backend::failed`] dropped it, in the other modes whenever it marked
+/// it presumed dead (at most once per [`REPLACE_EVERY`], the old one in
+/// use until the new one is made).
 pub(crate) async fn run_connector(
     config: RedisConfig,
     limits: Limits,
@@ -402,40 +364,37 @@ pub(crate) async fn run_connector(
         master: config.sentinel_master.clone().unwrap_or_default(),
         sentinel: None,
     };
+    let mut installed = tokio::time::Instant::now();
     loop {
         if let Some(live) = backend.current() {
-            // Sentinel mode only (the other modes returned once connected):
-            // PING now and then, and ask the sentinels where the master is,
-            // so a failover is followed even while no request fails on the
-            // old master.
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = backend.wake.notified() => {}
-                _ = tokio::time::sleep(HEALTH_EVERY) => {
-                    let mut conn = live.conn.clone();
-                    let ping = redis::cmd("PING");
-                    let mut result = match tokio::time::timeout(limits.write, ping.query_async::<Value>(&mut conn)).await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(e)) => Err(StorageError::Redis(e)),
-                        Err(_) => Err(StorageError::Timeout),
-                    };
-                    if result.is_ok() {
-                        if let (Some(named), Some(at)) = (watch.named_master(&mut connector, &limits).await, &master) {
-                            if !is_at(at, &named) {
-                                result = Err(StorageError::Redis(RedisError::from((
-                                    ErrorKind::Io,
-                                    "the sentinels name another master",
-                                    format!("{}:{}", named.0, named.1),
-                                ))));
-                            }
+            if connector.self_healing() {
+                if !backend.is_stale(live.generation) {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = backend.wake.notified() => {}
+                    }
+                    continue;
+                }
+                // Presumed dead: replace it (below), but not more often
+                // than REPLACE_EVERY.
+                if !pause(&stop, REPLACE_EVERY.saturating_sub(installed.elapsed())).await {
+                    return;
+                }
+            } else {
+                // Sentinel mode: PING now and then, and ask the sentinels where the master is,
+                // so a failover is followed even while no request fails on the
+                // old master.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = backend.wake.notified() => {}
+                    _ = tokio::time::sleep(HEALTH_EVERY) => {
+                        if let Err(err) = watch.check(&live, &mut connector, &limits, master.as_ref()).await {
+                            backend.failed(live.generation, &err);
                         }
                     }
-                    if let Err(err) = result {
-                        backend.failed(live.generation, &err);
-                    }
                 }
+                continue;
             }
-            continue;
         }
         let attempt = tokio::select! {
             _ = stop.cancelled() => return,
@@ -445,6 +404,7 @@ pub(crate) async fn run_connector(
             Ok(Ok((conn, addr))) => {
                 master = addr;
                 let generation = backend.install(conn);
+                installed = tokio::time::Instant::now();
                 tracing::info!(
                     mode = config.mode.as_str(),
                     generation,
@@ -453,9 +413,6 @@ pub(crate) async fn run_connector(
                 );
                 failures = 0;
                 backoff.reset();
-                if connector.self_healing() {
-                    return;
-                }
             }
             Ok(Err(error)) => {
                 failures += 1;

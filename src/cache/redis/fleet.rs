@@ -50,7 +50,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{pause, sentinel_client, Backend, Backoff};
+use super::backoff::{pause, Backoff};
+use super::conn::{sentinel_client, Backend};
 use super::store::Core;
 use crate::cache::key::CacheKey;
 use crate::cache::storage::{Invalidation, Selector};
