@@ -2803,3 +2803,322 @@ async fn a_revalidation_across_a_purge_is_not_handed_to_later_requests() {
     let r = c.get(&s.url("/r")).await;
     assert_eq!(r.text(), "after", "{}", r.cache_status());
 }
+
+/// The tags of `path`'s stored variants in `s`'s memory tier (`None`
+/// when it holds no object for the URL).
+fn stored_tags(s: &Strata, path: &str) -> Option<Vec<Vec<String>>> {
+    let key = strata::cache::key::CacheKey::new(false, &s.addr.to_string(), path);
+    let object = s.shared.cache.memory().get_key(&key)?;
+    Some(object.variants.iter().map(|v| v.tags.clone()).collect())
+}
+
+/// RFC 9111 §4.3.4: the tag fields a 304 carries replace the stored
+/// tags, so a tag purge selects the entry by the tags its stored response
+/// carries now (README, Admin API); a 304 without them keeps them (bug
+/// replay: a 304 bringing `Surrogate-Key: new` left the entry tagged
+/// `old`, and purging `new` answered `{"purged":0}`).
+#[tokio::test]
+async fn a_304_replaces_the_tags_it_carries_and_keeps_absent_ones() {
+    let origin = Origin::start(|req| async move {
+        if req.headers().contains_key("if-none-match") {
+            let mut fields = vec![("cache-control", "max-age=60"), ("etag", "\"t\"")];
+            if req.uri().path() == "/retag" {
+                fields.extend([("surrogate-key", "new"), ("cache-tag", "newer")]);
+            }
+            return reply(304, &fields, "");
+        }
+        // Age: 20 > max-age=10: stored already stale.
+        reply(
+            200,
+            &[
+                ("cache-control", "max-age=10"),
+                ("age", "20"),
+                ("etag", "\"t\""),
+                ("surrogate-key", "old"),
+            ],
+            "tagged",
+        )
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for path in ["/retag", "/keep"] {
+        let r = c.get(&s.url(path)).await;
+        assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+        let r = c.get(&s.url(path)).await;
+        assert!(
+            r.cache_status().contains("fwd=stale; fwd-status=304"),
+            "{path}: {}",
+            r.cache_status()
+        );
+        assert_eq!(r.header("surrogate-key"), None);
+        assert_eq!(r.header("cache-tag"), None);
+    }
+    assert_eq!(origin.count(), 4);
+    assert_eq!(
+        stored_tags(&s, "/retag"),
+        Some(vec![vec!["new".into(), "newer".into()]])
+    );
+    assert_eq!(stored_tags(&s, "/keep"), Some(vec![vec!["old".into()]]));
+    // `old` now tags /keep only; `new` tags /retag.
+    let (status, answer) = s.purge(r#"{"tags": ["old"]}"#).await;
+    assert_eq!(
+        (status, &answer["purged"]),
+        (200, &Value::from(1)),
+        "{answer}"
+    );
+    assert!(stored_tags(&s, "/retag").is_some(), "untouched by `old`");
+    let (status, answer) = s.purge(r#"{"tags": ["new"]}"#).await;
+    assert_eq!(
+        (status, &answer["purged"]),
+        (200, &Value::from(1)),
+        "{answer}"
+    );
+    let r = c.get(&s.url("/retag")).await;
+    assert!(!r.is_hit(), "{}", r.cache_status());
+    assert_eq!(origin.count(), 5);
+}
+
+/// The background 304s (stale-while-revalidate, soft purge) replace the
+/// stored tags as a synchronous revalidation does: each refresh here
+/// brings the tag `t{n}` (`n` counting the 304s).
+#[tokio::test]
+async fn background_304s_replace_the_tags_too() {
+    let refreshes = Arc::new(AtomicUsize::new(0));
+    let counted = refreshes.clone();
+    let origin = Origin::start(move |req| {
+        let counted = counted.clone();
+        async move {
+            if req.headers().contains_key("if-none-match") {
+                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                let tag = format!("t{n}");
+                return reply(
+                    304,
+                    &[
+                        ("cache-control", "max-age=60"),
+                        ("etag", "\"b\""),
+                        ("surrogate-key", &tag),
+                    ],
+                    "",
+                );
+            }
+            // Stale at once, inside stale-while-revalidate.
+            reply(
+                200,
+                &[
+                    ("cache-control", "max-age=10, stale-while-revalidate=60"),
+                    ("age", "20"),
+                    ("etag", "\"b\""),
+                    ("surrogate-key", "t0"),
+                ],
+                "swr",
+            )
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let tagged = |n: &str| Some(vec![vec![n.to_string()]]);
+    assert!(c.get(&s.url("/bg")).await.cache_status().contains("stored"));
+    let r = c.get(&s.url("/bg")).await;
+    assert_eq!(r.text(), "swr");
+    wait_until(
+        Duration::from_secs(10),
+        "the refresh's tags stored",
+        || async { stored_tags(&s, "/bg") == tagged("t1") },
+    )
+    .await;
+    let (_, answer) = s.purge(r#"{"url": "/bg", "soft": true}"#).await;
+    assert_eq!(answer["purged"], 1, "{answer}");
+    let r = c.get(&s.url("/bg")).await;
+    assert_eq!(r.text(), "swr");
+    wait_until(
+        Duration::from_secs(10),
+        "the soft purge's refresh's tags stored",
+        || async { stored_tags(&s, "/bg") == tagged("t2") },
+    )
+    .await;
+    let (_, answer) = s.purge(r#"{"tags": ["t2"]}"#).await;
+    assert_eq!(answer["purged"], 1, "{answer}");
+    assert_eq!(refreshes.load(Ordering::SeqCst), 2);
+}
+
+/// An origin whose first answer (`page-for-1`) varies on `Accept-Language`
+/// and is stored already stale; a revalidation of it is a 304 that widens
+/// `Vary` to `Accept-Language, Cookie` (`Vary: *` for `/star`), held until
+/// `open` says true; later full answers vary on both, their body naming
+/// the request's cookie.
+async fn widening_vary_origin(open: tokio::sync::watch::Receiver<bool>) -> Origin {
+    let first = Arc::new(AtomicBool::new(true));
+    Origin::start(move |req| {
+        let (first, mut open) = (first.clone(), open.clone());
+        async move {
+            if req.headers().contains_key("if-none-match") {
+                let _ = open.wait_for(|open| *open).await;
+                let vary = if req.uri().path() == "/star" {
+                    "*"
+                } else {
+                    "Accept-Language, Cookie"
+                };
+                return reply(
+                    304,
+                    &[
+                        ("cache-control", "max-age=60"),
+                        ("etag", "\"p\""),
+                        ("vary", vary),
+                    ],
+                    "",
+                );
+            }
+            if first.swap(false, Ordering::SeqCst) {
+                // Age: 20 > max-age=10: stored already stale.
+                return reply(
+                    200,
+                    &[
+                        ("cache-control", "max-age=10"),
+                        ("age", "20"),
+                        ("etag", "\"p\""),
+                        ("vary", "Accept-Language"),
+                    ],
+                    "page-for-1",
+                );
+            }
+            let cookie = support::origin::field(&req, "cookie");
+            reply(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("etag", "\"q\""),
+                    ("vary", "Accept-Language, Cookie"),
+                ],
+                format!("page-for-{cookie}"),
+            )
+        }
+    })
+    .await
+}
+
+const EN: (&str, &str) = ("accept-language", "en");
+const ALICE: (&str, &str) = ("cookie", "user=alice");
+const BOB: (&str, &str) = ("cookie", "user=bob");
+
+/// RFC 9111 §4.1 with §4.3.4: a `Vary` that arrives on a 304 selects, as
+/// it is sent: the updated response is the one stored for the request
+/// that was validated (its `Cookie` now among the selecting values), so a
+/// request with another cookie, or none, is not served it (bug replay:
+/// alice's revalidated copy, sent with `Vary: Accept-Language, Cookie`,
+/// was a hit for bob and for a request without a cookie).
+#[tokio::test]
+async fn a_vary_on_a_304_selects_by_the_validated_request() {
+    let (_open, gate) = tokio::sync::watch::channel(true);
+    let origin = widening_vary_origin(gate).await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let url = s.url("/vc");
+    let r = c.get_with(&url, &[EN]).await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    let r = c.get_with(&url, &[EN, ALICE]).await;
+    assert!(
+        r.cache_status().contains("fwd=stale; fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(r.text(), "page-for-1");
+    assert_eq!(r.header("vary"), Some("Accept-Language, Cookie"));
+    let r = c.get_with(&url, &[EN, BOB]).await;
+    assert!(!r.is_hit(), "bob is not alice: {}", r.cache_status());
+    assert_eq!(r.text(), "page-for-user=bob");
+    assert_eq!(origin.count(), 3);
+    assert_eq!(origin.last().unwrap().headers["cookie"], "user=bob");
+    let r = c.get_with(&url, &[EN]).await;
+    assert!(
+        !r.is_hit(),
+        "no cookie is not alice's: {}",
+        r.cache_status()
+    );
+    assert_eq!(origin.count(), 4);
+    // Each request is now a hit on its own variant.
+    for (cookie, body) in [(ALICE, "page-for-1"), (BOB, "page-for-user=bob")] {
+        let r = c.get_with(&url, &[EN, cookie]).await;
+        assert!(r.is_hit(), "{cookie:?}: {}", r.cache_status());
+        assert_eq!(r.text(), body);
+    }
+    assert_eq!(origin.count(), 4);
+}
+
+/// A 304 that says `Vary: *` answers its own request, and the stored
+/// response it updated is used for no later one (RFC 9111 §4.1).
+#[tokio::test]
+async fn a_304_saying_vary_star_ends_the_entry() {
+    let (_open, gate) = tokio::sync::watch::channel(true);
+    let origin = widening_vary_origin(gate).await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let url = s.url("/star");
+    assert!(c
+        .get_with(&url, &[EN])
+        .await
+        .cache_status()
+        .contains("stored"));
+    let r = c.get_with(&url, &[EN]).await;
+    assert!(
+        r.cache_status().contains("fwd=stale; fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(r.text(), "page-for-1");
+    let r = c.get_with(&url, &[EN]).await;
+    assert!(!r.is_hit(), "{}", r.cache_status());
+    assert_eq!(origin.count(), 3);
+}
+
+/// A request collapsed onto another's validation whose 304 widens `Vary`
+/// is not answered with the validated request's copy unless it matches it
+/// too: bob, waiting on alice's validation, goes to the origin with his
+/// own cookie.
+#[tokio::test]
+async fn a_waiter_on_a_304_that_widens_vary_is_selected_anew() {
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let origin = widening_vary_origin(gate).await;
+    let s = Arc::new(strata(&origin, "").await);
+    let url = s.url("/vw");
+    let r = Client::new().get_with(&url, &[EN]).await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    let get = |cookie: (&'static str, &'static str)| {
+        let url = url.clone();
+        tokio::spawn(async move { Client::new().get_with(&url, &[EN, cookie]).await })
+    };
+    let alice = get(ALICE);
+    wait_until(
+        Duration::from_secs(5),
+        "alice's validation at the origin",
+        || async { origin.count() == 2 },
+    )
+    .await;
+    let bob = get(BOB);
+    wait_until(Duration::from_secs(5), "bob waiting on it", || async {
+        s.shared.cache.collapser().waiting() == 1
+    })
+    .await;
+    open.send_replace(true);
+    let alice = alice.await.unwrap();
+    assert!(
+        alice.cache_status().contains("fwd-status=304"),
+        "{}",
+        alice.cache_status()
+    );
+    let bob = bob.await.unwrap();
+    assert!(
+        !bob.cache_status().contains("collapsed"),
+        "{}",
+        bob.cache_status()
+    );
+    assert_eq!(origin.count(), 3, "bob's own request");
+    assert_eq!(origin.last().unwrap().headers["cookie"], "user=bob");
+    // Each is stored for its own cookie.
+    for cookie in [ALICE, BOB] {
+        let r = Client::new().get_with(&url, &[EN, cookie]).await;
+        assert!(r.is_hit(), "{cookie:?}: {}", r.cache_status());
+    }
+    assert_eq!(origin.count(), 3);
+}

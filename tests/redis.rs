@@ -958,3 +958,158 @@ async fn vary_variants_stored_by_different_instances_are_shared() {
     }
     assert_eq!(origin.count(), 3, "one origin request per language");
 }
+
+/// A Redis-only instance (`memory_capacity = "0"`: every read comes from
+/// Redis) on `redis`, connected.
+async fn redis_only(origin: &Origin, redis: &RedisServer) -> Strata {
+    let cfg = format!(
+        "[cache]\nmemory_capacity = \"0\"\n\n{}",
+        redis_section("standalone", &[redis.url()], "")
+    );
+    let s = Strata::start(&[origin.addr], &cfg).await;
+    wait_until(Duration::from_secs(10), "connected to Redis", || async {
+        s.shared.cache.redis_state() == Some((true, false))
+    })
+    .await;
+    s
+}
+
+/// `path` read from Redis with `fields`, once that copy `fits` (30 s).
+async fn redis_copy(
+    s: &Strata,
+    path: &str,
+    fields: &[(&str, &str)],
+    fits: impl Fn(&support::Reply) -> bool,
+) -> support::Reply {
+    let c = Client::new();
+    let mut fields = fields.to_vec();
+    fields.extend([HOST, ("cache-control", "only-if-cached")]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c.get_with(&s.url(path), &fields).await;
+        if r.status == 200 && r.cache_status().contains("detail=redis") && fits(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{path}: {}", r.cache_status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The Redis tier's tag index follows a 304 that retags the entry (RFC
+/// 9111 §4.3.4): the object written back carries the 304's tags, so a
+/// purge by the new tag finds it (bug replay: `{"purged":0}` and the copy
+/// kept being served).
+#[tokio::test]
+async fn a_304_retags_the_redis_copy() {
+    let redis = RedisServer::start().await;
+    let origin = Origin::start(|req| async move {
+        if req.headers().contains_key("if-none-match") {
+            let fields = [
+                ("cache-control", "max-age=300"),
+                ("etag", "\"r\""),
+                ("surrogate-key", "new"),
+                ("x-version", "2"),
+            ];
+            return support::origin::reply(304, &fields, "");
+        }
+        let fields = [
+            ("cache-control", "max-age=300"),
+            ("etag", "\"r\""),
+            ("surrogate-key", "old"),
+            ("x-version", "1"),
+        ];
+        support::origin::reply(200, &fields, "retagged")
+    })
+    .await;
+    let s = redis_only(&origin, &redis).await;
+    let c = Client::new();
+    assert!(get(&c, &s.url("/rt"))
+        .await
+        .cache_status()
+        .contains("stored"));
+    redis_copy(&s, "/rt", &[], |_| true).await;
+    // A request `max-age=0` revalidates the fresh copy.
+    let r = c
+        .get_with(&s.url("/rt"), &[HOST, ("cache-control", "max-age=0")])
+        .await;
+    assert!(
+        r.cache_status().contains("fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    redis_copy(&s, "/rt", &[], |r| r.header("x-version") == Some("2")).await;
+    let (_, answer) = s.purge(r#"{"tags": ["new"]}"#).await;
+    assert_eq!(answer["purged"], 1, "{answer}");
+    let r = get(&c, &s.url("/rt")).await;
+    assert!(!r.is_hit(), "{}", r.cache_status());
+    assert_eq!(origin.count(), 3);
+}
+
+/// A `Vary` widened by a 304 selects in the Redis tier too: the object
+/// written back holds the validated request's variant, keyed by its
+/// cookie, which another cookie does not select (RFC 9111 §4.1).
+#[tokio::test]
+async fn a_304_that_widens_vary_rekeys_the_redis_copy() {
+    let redis = RedisServer::start().await;
+    let origin = Origin::start(|req| async move {
+        if req.headers().contains_key("if-none-match") {
+            let fields = [
+                ("cache-control", "max-age=300"),
+                ("etag", "\"p\""),
+                ("vary", "Accept-Language, Cookie"),
+            ];
+            return support::origin::reply(304, &fields, "");
+        }
+        let cookie = support::origin::field(&req, "cookie");
+        if cookie == "-" {
+            let fields = [
+                ("cache-control", "max-age=300"),
+                ("etag", "\"p\""),
+                ("vary", "Accept-Language"),
+            ];
+            return support::origin::reply(200, &fields, "page-for-1");
+        }
+        let fields = [
+            ("cache-control", "max-age=300"),
+            ("vary", "Accept-Language, Cookie"),
+        ];
+        support::origin::reply(200, &fields, format!("page-for-{cookie}"))
+    })
+    .await;
+    let s = redis_only(&origin, &redis).await;
+    let c = Client::new();
+    let en = ("accept-language", "en");
+    let r = c.get_with(&s.url("/vr"), &[HOST, en]).await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    redis_copy(&s, "/vr", &[en], |_| true).await;
+    let alice = ("cookie", "user=alice");
+    let r = c
+        .get_with(
+            &s.url("/vr"),
+            &[HOST, en, alice, ("cache-control", "max-age=0")],
+        )
+        .await;
+    assert!(
+        r.cache_status().contains("fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(r.text(), "page-for-1");
+    let r = redis_copy(&s, "/vr", &[en, alice], |r| {
+        r.header("vary") == Some("Accept-Language, Cookie")
+    })
+    .await;
+    assert_eq!(r.text(), "page-for-1");
+    let bob = ("cookie", "user=bob");
+    let r = c
+        .get_with(
+            &s.url("/vr"),
+            &[HOST, en, bob, ("cache-control", "only-if-cached")],
+        )
+        .await;
+    assert_eq!(r.status, 504, "bob is not alice: {}", r.cache_status());
+    let r = c.get_with(&s.url("/vr"), &[HOST, en, bob]).await;
+    assert_eq!(r.text(), "page-for-user=bob");
+    assert_eq!(origin.last().unwrap().headers["cookie"], "user=bob");
+    assert_eq!(origin.count(), 3);
+}

@@ -109,6 +109,18 @@ fn has_explicit_freshness(cc: &CacheControl, headers: &HeaderMap) -> bool {
     cc.s_maxage.is_some() || cc.max_age.is_some() || headers.contains_key(header::EXPIRES)
 }
 
+/// Whether a response's `Vary` names `*` (on any of its lines): it
+/// varies on more than request fields, so no later request can be
+/// selected for it (RFC 9111 §4.1) and it is never stored.
+pub fn varies_on_everything(response: &HeaderMap) -> bool {
+    response
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim() == "*")
+}
+
 pub fn has_validators(headers: &HeaderMap) -> bool {
     headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
 }
@@ -158,13 +170,7 @@ pub fn storable(
     if response.contains_key(header::SET_COOKIE) && !(cc.public || cc.s_maxage.is_some()) {
         return Err(NotStorable::SetCookie);
     }
-    if response
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|v| v.trim() == "*")
-    {
+    if varies_on_everything(response) {
         return Err(NotStorable::VaryStar);
     }
     let explicit = has_explicit_freshness(cc, response) || cc.public;

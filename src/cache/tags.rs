@@ -27,6 +27,13 @@ pub fn checked(tag: &str) -> Result<&str, BadTag> {
     Ok(tag)
 }
 
+/// Whether `headers` carry a tag field (`Surrogate-Key` or `Cache-Tag`),
+/// even an empty one: a `304` that does replaces the stored tags, one
+/// that does not keeps them (RFC 9111 §4.3.4).
+pub fn carried(headers: &HeaderMap) -> bool {
+    headers.contains_key(SURROGATE_KEY) || headers.contains_key(CACHE_TAG)
+}
+
 /// Removes the tag fields from `headers` and returns the tags, deduplicated.
 pub fn take(headers: &mut HeaderMap) -> Vec<String> {
     let mut tags: Vec<String> = Vec::new();

@@ -235,9 +235,13 @@ impl Exchange {
                 response_time,
             ));
             let now = CacheControl::from_headers(answer.response.headers());
-            // Not when the origin no longer lets it be shared (SPEC §10),
-            // nor when it was purged while revalidated.
-            let shared = !(now.private || now.no_store);
+            // Not when the origin no longer lets it be shared (SPEC §10)
+            // or now varies on everything (`Vary: *`: no later request can
+            // be selected for it, RFC 9111 §4.1), nor when it was purged
+            // while revalidated.
+            let shared = !(now.private
+                || now.no_store
+                || freshness::varies_on_everything(answer.response.headers()));
             let stored = if shared {
                 self.cache.admit(key, object.map(|o| &**o), &v, since)
             } else {
@@ -356,7 +360,12 @@ fn normalize_response(headers: &mut HeaderMap) -> Vec<String> {
 /// shared copy holds: `Set-Cookie`, `Proxy-Authentication-Info`) and restarts the
 /// freshness clock. A rule's Cache-Control and TTL keys still apply, to
 /// the stored status; a `Set-Cookie` on the 304 is the requester's, never
-/// the shared copy's.
+/// the shared copy's. Fields the 304 carries replace the stored ones and
+/// absent ones are kept, which holds for two that Strata keeps beside the
+/// headers: the tags (`Surrogate-Key` / `Cache-Tag`, purged by what the
+/// entry carries now) and the selecting fields (RFC 9111 §4.1: a `Vary`
+/// naming other fields makes the updated response the one stored for the
+/// request that was validated, selected by its values of them).
 impl Exchange {
     fn freshen(
         &self,
@@ -369,7 +378,9 @@ impl Exchange {
         let rule = self.rule(parts, &old.headers);
         // Owned values: the 304's are slices of the connection's read buffer.
         let mut update = entry::owned_headers(update);
-        normalize_response(&mut update);
+        headers::strip_hop_by_hop(&mut update, false);
+        let tagged = tags::carried(&update);
+        let new_tags = tags::take(&mut update);
         let origin = self.directives(&update);
         let ruled = match rule
             .filter(|_| lifetime::rule_status(old.status) && !origin.private && !origin.no_store)
@@ -410,6 +421,17 @@ impl Exchange {
         };
         let mut v = old.clone();
         v.soft_purged = false;
+        if tagged {
+            v.tags = new_tags;
+        }
+        if update.contains_key(header::VARY) {
+            let names = entry::vary_names(&update);
+            if !v.vary.0.iter().map(|(n, _)| n).eq(names.iter()) {
+                // Keyed by the fields as this request sent them upstream
+                // (the request the 304 answered), as lookups read them.
+                v.vary = entry::vary_key(&self.as_forwarded(parts), &names);
+            }
+        }
         apply(&mut v.headers, false);
         let cc = if ruled {
             CacheControl::from_headers(&v.headers)
