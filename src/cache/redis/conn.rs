@@ -132,6 +132,10 @@ impl Backend {
         }
     }
 
+    pub(crate) fn mode(&self) -> RedisMode {
+        self.mode
+    }
+
     pub(crate) fn current(&self) -> Option<Arc<Live>> {
         self.current.load_full()
     }
