@@ -222,6 +222,83 @@ async fn a_refused_request_is_charged_to_no_shared_budget() {
     );
 }
 
+/// A site-wide limit (5) and a tighter one on `/login/**` (2), both kept
+/// in Redis.
+const SITE_AND_LOGIN: &str =
+    "[[rate_limits]]\nname = \"site\"\nmatch = \"/**\"\nrate = \"1/m\"\nburst = 5\n\
+     [[rate_limits]]\nname = \"login\"\nmatch = \"/login/**\"\nrate = \"1/m\"\nburst = 2\n";
+
+/// Both Redis-backed limits of a request are checked and charged in one
+/// script call, all or none: a request `login` refuses never holds a
+/// charge on `site` (which a concurrent request to another path would
+/// find used up, and be refused by `site` for). Counted as Redis sees it:
+/// one call per request, none to give a charge back.
+#[tokio::test]
+async fn a_refused_request_holds_no_charge_on_another_shared_budget() {
+    let redis = RedisServer::start().await;
+    let origin = uncached().await;
+    let strata = with_redis_budgets(&redis, &origin, SITE_AND_LOGIN).await;
+    let client = Client::new();
+    // The first call loads the script.
+    assert_eq!(client.get(&strata.url("/login/a")).await.status, 200);
+    let before = support::redis::command_calls(redis.port(), "evalsha").await;
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        statuses.push(client.get(&strata.url("/login/a")).await.status.as_u16());
+    }
+    let mut expected = vec![429; 11];
+    expected[0] = 200;
+    assert_eq!(statuses, expected);
+    let calls = support::redis::command_calls(redis.port(), "evalsha").await - before;
+    assert_eq!(
+        calls, 11,
+        "one script call per request (a refused one charged `site`, then gave it back)"
+    );
+    // `site` has 5 - 2 left.
+    for i in 0..3 {
+        assert_eq!(client.get(&strata.url("/o")).await.status, 200, "/o {i}");
+    }
+    assert_eq!(client.get(&strata.url("/o")).await.status, 429);
+    let metrics = client.get(&strata.admin_url("/metrics")).await.text();
+    assert_counted(&metrics, "login", 10);
+    assert_counted(&metrics, "site", 1);
+    assert!(
+        metrics.contains("strata_redis_errors_total 0"),
+        "the budgets were Redis's, not the local fallback"
+    );
+}
+
+/// A local limit refusing what the Redis-backed ones accepted gives their
+/// charges back: `site` (Redis) keeps 5 - 2 after ten refused `/login`.
+#[tokio::test]
+async fn a_local_refusal_gives_back_the_shared_charges() {
+    let redis = RedisServer::start().await;
+    let origin = uncached().await;
+    let limits = SITE_AND_LOGIN.replacen("burst = 5", "backend = \"redis\"\nburst = 5", 1);
+    let config = format!(
+        "[cache.redis]\nurls = [\"{}\"]\ntimeout = \"1s\"\n{limits}",
+        redis.url()
+    );
+    let strata = Strata::start(&[origin.addr], &config).await;
+    let client = Client::new();
+    wait_until(Duration::from_secs(10), "connected to Redis", || async {
+        connected(&client, &strata).await
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(client.get(&strata.url("/login/a")).await.status.as_u16());
+    }
+    assert_eq!(&statuses[..3], [200, 200, 429]);
+    for i in 0..3 {
+        assert_eq!(client.get(&strata.url("/o")).await.status, 200, "/o {i}");
+    }
+    assert_eq!(client.get(&strata.url("/o")).await.status, 429);
+    let metrics = client.get(&strata.admin_url("/metrics")).await.text();
+    assert_counted(&metrics, "login", 10);
+    assert!(metrics.contains("strata_redis_errors_total 0"), "{metrics}");
+}
+
 /// `/c` is cacheable, anything else not.
 async fn cached_and_uncached() -> Origin {
     Origin::start(|req| async move {
@@ -413,4 +490,52 @@ async fn repeated_slashes_do_not_escape_a_limit_or_a_rule() {
     assert_eq!(client.get(&strata.url("/api//x")).await.status, 429);
     assert_eq!(client.get(&strata.url("//api/y")).await.status, 429);
     assert_eq!(origin.count(), 2);
+}
+
+/// A rate-limit call Redis runs only after its caller gave up on it
+/// (Redis stalled past the call's deadline: `timeout` after it was sent,
+/// plus as much again for clocks) charges nothing: the local limiter
+/// decided those requests, and the fleet budget is not charged twice.
+#[tokio::test]
+async fn a_call_redis_runs_after_its_deadline_charges_nothing() {
+    let redis = RedisServer::start().await;
+    let origin = uncached().await;
+    let config = format!(
+        "[upstream.health]\nenabled = false\n[cache.redis]\nurls = [\"{}\"]\ntimeout = \"100ms\"\n\
+         breaker_threshold = 100\n\
+         [[rate_limits]]\nname = \"fleet\"\nkey = \"global\"\nrate = \"1/h\"\nburst = 4\nbackend = \"redis\"\n",
+        redis.url()
+    );
+    let strata = Strata::start(&[origin.addr], &config).await;
+    let client = Client::new();
+    wait_until(Duration::from_secs(10), "connected to Redis", || async {
+        connected(&client, &strata).await
+    })
+    .await;
+    // One charge in Redis (and the script loaded).
+    assert_eq!(client.get(&strata.url("/r")).await.status, 200);
+    {
+        let _paused = redis.pause();
+        // Redis stalled: the local limiter decides (its own budget of 4).
+        for i in 0..3 {
+            assert_eq!(
+                client.get(&strata.url("/r")).await.status,
+                200,
+                "stalled {i}"
+            );
+        }
+        // Past every stalled call's deadline (2 × timeout after it was sent).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The stalled calls run now, before the next ones (one connection):
+    // the fleet budget still has 4 - 1.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(client.get(&strata.url("/r")).await.status.as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429],
+        "stalled calls charged Redis too"
+    );
 }

@@ -406,21 +406,29 @@ impl RedisTier {
         self.inner.core.sweep().await
     }
 
-    /// Runs a Lua `script` atomically on the single key `P{key_suffix}`
-    /// (`P` = `key_prefix`) with integer arguments, answering an array of
+    /// Runs a Lua `script` atomically on the keys `P{suffix}` (`P` =
+    /// `key_prefix`) with integer arguments, answering an array of
     /// integers. Bounded by `timeout` and gated by the breaker like a read:
-    /// any failure is an `Err` for the caller to fall back on. Used by the
-    /// fleet-wide rate limits.
+    /// any failure is an `Err` for the caller to fall back on. In cluster
+    /// mode every key must be in one hash slot (else Redis answers
+    /// `CROSSSLOT`; see [`RedisTier::is_cluster`]). Used by the fleet-wide
+    /// rate limits.
     pub async fn run_script(
         &self,
         what: &'static str,
         script: &redis::Script,
-        key_suffix: &str,
+        key_suffixes: &[String],
         args: &[u64],
     ) -> Result<Vec<i64>, StorageError> {
         let core = &self.inner.core;
-        let key = core.keys.other(key_suffix);
-        core.script(what, script, &key, args).await
+        let keys: Vec<String> = key_suffixes.iter().map(|s| core.keys.other(s)).collect();
+        core.script(what, script, &keys, args).await
+    }
+
+    /// Whether the tier is a Redis Cluster (`mode = "cluster"`), where one
+    /// script cannot take keys of different hash slots.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.core.backend.mode() == crate::config::RedisMode::Cluster
     }
 
     /// The bound of one read ([`RedisTier::get`]): `cache.redis.timeout`.

@@ -11,9 +11,11 @@
 //!
 //! A request is charged only if every limit accepts it, whatever the order
 //! of the limits (nginx's `limit_req` commits its zones only once all have
-//! accepted): the enforced limits are checked in order, each charging as
-//! it accepts, and when one refuses, the ones before it are refunded. The
-//! refusing limit counts the request in `strata_rate_limited_total{name}`.
+//! accepted): `rate_limit/enforce.rs` checks the Redis-backed ones of a
+//! phase in one all-or-nothing script call (one per limit in cluster
+//! mode), and the local ones in order, and gives back what was charged
+//! when one refuses. The first limit over, in file order, counts the
+//! request in `strata_rate_limited_total{name}`.
 //! `dry_run` limits only count, and only see requests the enforced ones
 //! let through (they answer "how many more 429s would this limit add").
 //!
@@ -26,8 +28,9 @@
 //! - `redis`: one budget for the fleet, kept in Redis by an atomic Lua
 //!   script (`rate_limit/shared.rs`) on the Redis tier's connection,
 //!   behind its breaker and timeout. When Redis is down, slow or its
-//!   breaker open, the local limiter decides: Redis never rejects traffic.
-//!   A refund goes to whichever of the two charged.
+//!   breaker open, the local limiter decides: Redis never rejects traffic,
+//!   and a call Redis runs after its deadline charges nothing. A refund
+//!   goes to whichever of the two charged.
 //!
 //! `count = "all"` limits are checked as a request arrives; `count =
 //! "origin"` ones only when a request is about to go to an upstream, so
@@ -39,6 +42,7 @@
 //! With no limits configured there is no [`RateLimits`] at all: the
 //! request path pays one `Option` check.
 
+mod enforce;
 mod local;
 mod shared;
 
@@ -320,118 +324,6 @@ impl RateLimits {
             }
         }
         Ok(())
-    }
-
-    /// The enforced half of [`RateLimits::check`]; each charge is pushed
-    /// to `record` when given (they stand only if `Ok`).
-    async fn enforce(
-        &self,
-        count: LimitCount,
-        subject: &Subject<'_>,
-        mut record: Option<&mut Vec<Charge>>,
-    ) -> Result<(), Limited> {
-        // Redis-backed limits the local limiter charged instead (Redis
-        // unavailable): their refund goes there. Allocates only then.
-        let mut fell_back: Vec<usize> = Vec::new();
-        for (i, limit) in self.limits.iter().enumerate() {
-            if limit.config.dry_run {
-                continue;
-            }
-            let Some(key) = limit.key(count, subject) else {
-                continue;
-            };
-            match self.decide(limit, key).await {
-                (None, charged) => {
-                    if charged == Charged::Local && self.shared(limit) {
-                        fell_back.push(i);
-                    }
-                    if let Some(record) = record.as_deref_mut() {
-                        record.push(Charge {
-                            index: i,
-                            key,
-                            charged: Some(charged),
-                        });
-                    }
-                }
-                (Some(wait), _) => {
-                    limit.limited.inc();
-                    self.refund(count, subject, i, &fell_back).await;
-                    return Err(Limited {
-                        name: limit.config.name.clone(),
-                        retry_after: wait,
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Charges `key` to the `dry_run` `limit`, counting it if over.
-    async fn dry_run(&self, limit: &Limit, key: u64) {
-        if let (Some(_), _) = self.decide(limit, key).await {
-            limit.limited.inc();
-            tracing::debug!(limit = %limit.config.name, "over the rate limit (dry run)");
-        }
-    }
-
-    /// Takes back what the enforced limits before index `refused` charged
-    /// `subject` (they all accepted it, or `check` would have stopped
-    /// there); `fell_back`: the Redis-backed ones the local limiter
-    /// charged.
-    async fn refund(
-        &self,
-        count: LimitCount,
-        subject: &Subject<'_>,
-        refused: usize,
-        fell_back: &[usize],
-    ) {
-        for (i, limit) in self.limits[..refused].iter().enumerate() {
-            if limit.config.dry_run {
-                continue;
-            }
-            let Some(key) = limit.key(count, subject) else {
-                continue;
-            };
-            let charged = if self.shared(limit) && !fell_back.contains(&i) {
-                Charged::Redis
-            } else {
-                Charged::Local
-            };
-            self.refund_one(limit, key, charged).await;
-        }
-    }
-
-    /// Takes back one charge of `key` from the budget that `charged` it.
-    /// A refund Redis cannot take is lost (logged at debug): the budget
-    /// stays one request shorter until it refills.
-    async fn refund_one(&self, limit: &Limit, key: u64, charged: Charged) {
-        match (&self.redis, charged) {
-            (Some(redis), Charged::Redis) => {
-                if let Err(e) = shared::refund(redis, &limit.config, key).await {
-                    tracing::debug!(limit = %limit.config.name, error = %e, "redis rate limit refund failed");
-                }
-            }
-            _ => limit.local.refund(key),
-        }
-    }
-
-    /// Whether `limit` is kept in Redis (when Redis answers).
-    fn shared(&self, limit: &Limit) -> bool {
-        limit.config.backend == LimitBackend::Redis && self.redis.is_some()
-    }
-
-    /// Charges `key` to `limit`: `None` when allowed, else the wait until
-    /// it would be; and which budget decided.
-    async fn decide(&self, limit: &Limit, key: u64) -> (Option<Duration>, Charged) {
-        if let (LimitBackend::Redis, Some(redis)) = (limit.config.backend, &self.redis) {
-            match shared::check(redis, &limit.config, key).await {
-                Ok(verdict) => return (verdict, Charged::Redis),
-                Err(e) => {
-                    tracing::debug!(limit = %limit.config.name, error = %e, "redis rate limit unavailable: local limit applies");
-                }
-            }
-        }
-        (limit.local.check(key), Charged::Local)
     }
 
     /// Keys held by each limit's local limiter (for tests and `/stats`).

@@ -169,6 +169,10 @@ impl Backend {
         }
     }
 
+    pub(crate) fn mode(&self) -> RedisMode {
+        self.mode
+    }
+
     pub(crate) fn current(&self) -> Option<Arc<Live>> {
         self.current.load_full()
     }

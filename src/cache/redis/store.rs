@@ -163,18 +163,22 @@ impl Core {
         .await
     }
 
-    /// Runs a Lua `script` on one key with integer arguments and an array
+    /// Runs a Lua `script` on `keys` with integer arguments and an array
     /// of integers as its answer; request-path bound, through the breaker.
     pub(crate) async fn script(
         &self,
         what: &'static str,
         script: &redis::Script,
-        key: &str,
+        keys: &[String],
         args: &[u64],
     ) -> Result<Vec<i64>, StorageError> {
         let gate = self.permit()?;
         self.run(what, self.limits.timeout, gate, |mut c| async move {
-            script.key(key).arg(args).invoke_async(&mut c).await
+            let mut call = script.prepare_invoke();
+            for key in keys {
+                call.key(key);
+            }
+            call.arg(args).invoke_async(&mut c).await
         })
         .await
     }

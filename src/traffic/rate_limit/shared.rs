@@ -1,7 +1,7 @@
 //! The fleet-wide GCRA of `backend = "redis"`: one Lua script, run
-//! atomically by Redis on the limit's key, so every instance sharing the
-//! Redis tier charges one budget. Times come from Redis's own clock
-//! (`TIME`), so instances' clocks never disagree about a budget.
+//! atomically by Redis, so every instance sharing the Redis tier charges
+//! one budget. Times come from Redis's own clock (`TIME`), so instances'
+//! clocks never disagree about a budget.
 //!
 //! State per key: the theoretical arrival time (TAT) in microseconds, kept
 //! only as long as it is in the future (`PX`), so idle keys vanish by
@@ -12,30 +12,55 @@
 //! request) moves the TAT back one interval, deleting the key when that
 //! leaves it in the past (a full budget).
 //!
+//! One call checks every key it is given and charges all of them or none
+//! ([`check_all`]; nginx's `limit_req` commits its zones only once all
+//! accepted), so a request refused by one limit never holds a charge on
+//! another meanwhile. Each call carries its caller's deadline (Unix ms,
+//! the caller's clock): a call Redis reaches only after it (Redis was
+//! stalled and the caller has long fallen back to its local limiter)
+//! does nothing, so a request is never charged to both budgets. The
+//! deadline is the call's own bound (`cache.redis.timeout`) after it is
+//! sent, plus as much again for clocks that differ between the instance
+//! and the Redis host: a call Redis runs less than that late still
+//! charges, and a Redis clock ahead by more than `timeout` makes every
+//! call expire (the local limits apply; a warning says so, once).
+//!
 //! Key: `{key_prefix}rl:{name}:{hash of the client key}`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cache::redis::RedisTier;
 use crate::cache::storage::StorageError;
 use crate::config::RateLimitConfig;
 
-/// ARGV[1] = emission interval (µs), ARGV[2] = burst × interval (µs).
-/// Answers `{1, 0}` (allowed) or `{0, wait_µs}`.
+/// ARGV[1] = the caller's deadline (Unix ms); then, for each key `i`,
+/// ARGV[2i] = its emission interval (µs) and ARGV[2i+1] = burst ×
+/// interval (µs). Answers `{1, 0, 0}` (every key allowed and charged),
+/// `{0, wait_µs, i}` (the first key over, 1-based; nothing charged) or
+/// `{-1, 0, 0}` (past the deadline; nothing done).
 const GCRA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if not tat or tat < now then tat = now end
-local ahead = tat + interval - now
-if ahead > limit then
-  return {0, ahead - limit}
+if now > tonumber(ARGV[1]) * 1000 then return {-1, 0, 0} end
+local tats = {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i])
+  local limit = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]))
+  if not tat or tat < now then tat = now end
+  local ahead = tat + interval - now
+  if ahead > limit then
+    return {0, ahead - limit, i}
+  end
+  tats[i] = tat + interval
 end
-redis.call('SET', KEYS[1], string.format('%d', tat + interval), 'PX', math.ceil(ahead / 1000) + 1)
-return {1, 0}
+for i = 1, #KEYS do
+  local ahead = tats[i] - now
+  redis.call('SET', KEYS[i], string.format('%d', tats[i]), 'PX', math.ceil(ahead / 1000) + 1)
+end
+return {1, 0, 0}
 "#;
 
 /// ARGV[1] = emission interval (µs). Answers `{1, 0}` (taken back) or
@@ -73,35 +98,63 @@ fn key_name(limit: &RateLimitConfig, key: u64) -> String {
     format!("rl:{}:{key:016x}", limit.name)
 }
 
-/// Charges `key` to `limit` in Redis: `Ok(None)` allowed, `Ok(Some(wait))`
-/// over the limit, `Err` when Redis could not answer (the caller falls
-/// back to the local limiter).
-pub(super) async fn check(
+/// Charges `key` of every limit in `keys` (in order) in Redis, all or
+/// none: `Ok(None)` every one allowed and charged, `Ok(Some((i, wait)))`
+/// `keys[i]` is the first over (nothing charged), `Err` when Redis could
+/// not answer, or answered past the call's deadline (the caller falls back
+/// to the local limiter; a call that reaches Redis after it charges
+/// nothing). In cluster mode the keys must share a hash slot.
+pub(super) async fn check_all(
     redis: &RedisTier,
-    limit: &RateLimitConfig,
-    key: u64,
-) -> Result<Option<Duration>, StorageError> {
-    let interval = interval_us(limit);
-    let tolerance = interval.saturating_mul(u64::from(limit.burst));
+    keys: &[(&RateLimitConfig, u64)],
+) -> Result<Option<(usize, Duration)>, StorageError> {
+    let timeout = redis.read_timeout();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    // The call's own bound, and as much again for clock differences.
+    let deadline = now.saturating_add(timeout.saturating_mul(2));
+    let mut args = Vec::with_capacity(1 + 2 * keys.len());
+    args.push(u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX));
+    let mut names = Vec::with_capacity(keys.len());
+    for (limit, key) in keys {
+        let interval = interval_us(limit);
+        args.push(interval);
+        args.push(interval.saturating_mul(u64::from(limit.burst)));
+        names.push(key_name(limit, *key));
+    }
     let answer = redis
-        .run_script(
-            "rate_limit",
-            script(),
-            &key_name(limit, key),
-            &[interval, tolerance],
-        )
+        .run_script("rate_limit", script(), &names, &args)
         .await?;
     match answer.as_slice() {
-        [1, _] => Ok(None),
-        [0, wait] => Ok(Some(Duration::from_micros((*wait).max(1) as u64))),
-        _ => Err(StorageError::Redis(redis::RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "unexpected rate-limit script answer",
-        )))),
+        [1, _, _] => Ok(None),
+        [0, wait, i] if (1..=keys.len() as i64).contains(i) => Ok(Some((
+            (*i - 1) as usize,
+            Duration::from_micros((*wait).max(1) as u64),
+        ))),
+        [-1, _, _] => {
+            // Answered in time, yet past the deadline: this host's clock
+            // is behind Redis's by more than the slack.
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "redis rate limits: Redis's clock is ahead of this host's by more than the slack; the local limits apply (synchronise the clocks)"
+                );
+            }
+            Err(unexpected("rate-limit call past its deadline"))
+        }
+        _ => Err(unexpected("unexpected rate-limit script answer")),
     }
 }
 
-/// Takes back one request [`check`] allowed for `key` (a later limit
+fn unexpected(what: &'static str) -> StorageError {
+    StorageError::Redis(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        what,
+    )))
+}
+
+/// Takes back one request [`check_all`] allowed for `key` (a later limit
 /// refused it). `Err` when Redis could not answer: the charge stays.
 pub(super) async fn refund(
     redis: &RedisTier,
@@ -112,7 +165,7 @@ pub(super) async fn refund(
         .run_script(
             "rate_limit_refund",
             refund_script(),
-            &key_name(limit, key),
+            &[key_name(limit, key)],
             &[interval_us(limit)],
         )
         .await
