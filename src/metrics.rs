@@ -26,6 +26,8 @@ use prometheus::{Encoder, IntCounter, TextEncoder};
 pub struct RuleCounters {
     /// `[hit, miss]` per rule.
     by_rule: Vec<[IntCounter; 2]>,
+    /// The `rule` label per rule ([`crate::rules::RuleSet::labels`]).
+    labels: Vec<String>,
 }
 
 impl RuleCounters {
@@ -228,19 +230,21 @@ impl Metrics {
         }
     }
 
-    /// Resolves the per-rule counters for `patterns` (the rules' globs, in
-    /// order).
-    pub fn rule_counters<'a>(&self, patterns: impl Iterator<Item = &'a str>) -> RuleCounters {
+    /// Resolves the per-rule counters for `labels` (the rules' `rule`
+    /// labels, in order: [`crate::rules::RuleSet::labels`], distinct).
+    pub fn rule_counters(&self, labels: Vec<String>) -> RuleCounters {
         let rules = &self.inner.rule_requests;
         RuleCounters {
-            by_rule: patterns
-                .map(|p| {
+            by_rule: labels
+                .iter()
+                .map(|l| {
                     [
-                        rules.with_label_values(&[p, "hit"]),
-                        rules.with_label_values(&[p, "miss"]),
+                        rules.with_label_values(&[l.as_str(), "hit"]),
+                        rules.with_label_values(&[l.as_str(), "miss"]),
                     ]
                 })
                 .collect(),
+            labels,
         }
     }
 
@@ -503,7 +507,7 @@ mod tests {
         m.request_class(MethodClass::of(&Method::GET), 200);
         m.request_class(MethodClass::of(&Method::from_bytes(b"PURGE").unwrap()), 404);
         m.request_class(MethodClass::Post, 799);
-        let rules = m.rule_counters(["/a/**", "/b"].into_iter());
+        let rules = m.rule_counters(vec!["/a/**".into(), "/b".into()]);
         rules.hit(0);
         rules.miss(1);
         rules.miss(7); // out of range: ignored

@@ -24,6 +24,8 @@
 //! - `proxy/error.rs`: the one place errors become 400/502/503/504.
 //! - `proxy/body.rs`: the response body type (hits are `Full` bytes).
 //! - `proxy/access.rs`: the access log (one event per request).
+//! - `proxy/rule_count.rs`: the rule a request counts under (the one that
+//!   applied to its response).
 
 pub mod access;
 pub mod admit;
@@ -38,6 +40,7 @@ pub mod headers;
 mod limits;
 pub mod lookup;
 pub mod range;
+mod rule_count;
 pub mod stored;
 pub mod target;
 pub mod validate;
@@ -199,9 +202,7 @@ impl RequestCtx<'_> {
             self.shared.metrics.hit(hit.tier.as_str());
         }
         self.shared.cache.sample_hit(&hit.object);
-        if let Some(i) = self.rule {
-            self.runtime.rule_counters.hit(i);
-        }
+        self.count_hit(req, &hit.variant);
         Answered::new(
             self.respond(req, &hit.variant),
             CacheStatus::hit(hit.tier, hit.ttl),
@@ -217,7 +218,7 @@ impl Shared {
         upstreams.start_health_checks();
         let cache = Cache::new(&config.cache, metrics.clone(), alerts.clone());
         cache.set_track_hits(tracks_hits(&config));
-        let rule_counters = metrics.rule_counters(config.rules.iter().map(|r| r.pattern()));
+        let rule_counters = metrics.rule_counters(config.rules.labels());
         let rate_limits =
             RateLimits::new(&config.rate_limits, None, cache.redis().cloned(), &metrics);
         Arc::new(Shared {
@@ -250,9 +251,7 @@ impl Shared {
         self.alerts.reconfigure(&config.alerts);
         upstreams.start_health_checks();
         self.cache.set_track_hits(tracks_hits(&config));
-        let rule_counters = self
-            .metrics
-            .rule_counters(config.rules.iter().map(|r| r.pattern()));
+        let rule_counters = self.metrics.rule_counters(config.rules.labels());
         let rate_limits = RateLimits::new(
             &config.rate_limits,
             current.rate_limits.as_deref(),

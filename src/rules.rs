@@ -182,6 +182,13 @@ impl Rule {
         self.content_type.is_none() && self.directives().is_some_and(|d| d.no_store)
     }
 
+    /// Whether the rule waits for the response: with a `content_type`,
+    /// whether it applies is known only from the response's media type
+    /// ([`RuleSet::applied`]).
+    pub fn waits_for_response(&self) -> bool {
+        self.content_type.is_some()
+    }
+
     fn fits_request(&self, path: &str, method: &Method) -> bool {
         self.matcher.is_match(path)
             && self
@@ -273,12 +280,46 @@ impl RuleSet {
         method: &Method,
         content_type: Option<&[u8]>,
     ) -> Option<&Rule> {
+        self.get(self.applied(start, path, method, content_type)?)
+    }
+
+    /// The index of [`RuleSet::for_response`]'s rule: the rule that
+    /// applies to a response of media type `content_type` (the field
+    /// value, as sent; `None` without one), which
+    /// `strata_rule_requests_total` counts the request under.
+    pub fn applied(
+        &self,
+        start: usize,
+        path: &str,
+        method: &Method,
+        content_type: Option<&[u8]>,
+    ) -> Option<usize> {
         let path = path_glob::merge_slashes(path);
         let path = path.as_ref();
         self.rules
             .get(start..)?
             .iter()
-            .find(|r| r.fits_request(path, method) && r.fits_response(content_type))
+            .position(|r| r.fits_request(path, method) && r.fits_response(content_type))
+            .map(|offset| start + offset)
+    }
+
+    /// The label each rule's series of `strata_rule_requests_total` (and
+    /// the rule's entry in `/events`) goes by, in rule order: its glob, or,
+    /// for a rule whose glob an earlier rule has, `"<glob> #<index>"` with
+    /// its index in `[[rules]]` from 0 (as `check`'s `rules[2]` numbers
+    /// it), so that rules sharing a glob count apart.
+    pub fn labels(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if self.rules[..i].iter().any(|e| e.pattern == r.pattern) {
+                    format!("{} #{i}", r.pattern)
+                } else {
+                    r.pattern.clone()
+                }
+            })
+            .collect()
     }
 
     /// The rule at `index` (as returned by [`RuleSet::find`]).
@@ -378,6 +419,38 @@ mod tests {
         assert!(!types.fits_response(Some(b"text/plain")));
         assert!(!types.bypasses());
         assert!(Rule::new("/x", Some("no-store")).unwrap().bypasses());
+    }
+
+    #[test]
+    fn applied_names_the_rule_a_response_counts_under() {
+        let json = || vec![media_glob("application/json").unwrap()];
+        let s = RuleSet::new(vec![
+            Rule::new("/api/**", None)
+                .unwrap()
+                .with_content_type(json())
+                .unwrap(),
+            Rule::new("/api/**", None)
+                .unwrap()
+                .with_methods(vec![Method::POST]),
+            Rule::new("/**", None).unwrap(),
+            Rule::new("/api/**", None).unwrap(),
+        ]);
+        let get = |ct: &'static str| s.applied(0, "/api//x", &Method::GET, Some(ct.as_bytes()));
+        assert_eq!(get("application/json; charset=utf-8"), Some(0));
+        // Not the POST rule: the next that fits the request and response.
+        assert_eq!(get("text/plain"), Some(2));
+        assert_eq!(s.applied(0, "/api/x", &Method::GET, None), Some(2));
+        let only_json = RuleSet::new(vec![Rule::new("/api/**", None)
+            .unwrap()
+            .with_content_type(json())
+            .unwrap()]);
+        assert_eq!(
+            only_json.applied(0, "/api/x", &Method::GET, Some(b"text/plain")),
+            None
+        );
+        assert!(s.get(0).unwrap().waits_for_response());
+        assert!(!s.get(2).unwrap().waits_for_response());
+        assert_eq!(s.labels(), ["/api/**", "/api/** #1", "/**", "/api/** #3"]);
     }
 
     #[test]

@@ -441,3 +441,138 @@ async fn sigterm_ends_event_streams_and_reloads_are_listed() {
     let (status, _) = stopping.await.unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// An origin that answers `application/json` for paths ending `.json` and
+/// `text/plain` otherwise, storable for a minute.
+async fn typed_origin() -> Origin {
+    Origin::start(|req| async move {
+        let path = req.uri().path();
+        let media = if path.ends_with(".json") {
+            "application/json"
+        } else {
+            "text/plain"
+        };
+        reply(
+            200,
+            &[("cache-control", "max-age=60"), ("content-type", media)],
+            format!("page {path}"),
+        )
+    })
+    .await
+}
+
+/// The `strata_rule_requests_total` line of `rule` and `result`.
+fn rule_line(rule: &str, result: &str, n: u64) -> String {
+    format!("strata_rule_requests_total{{result=\"{result}\",rule=\"{rule}\"}} {n}")
+}
+
+/// SPEC §7: a rule whose `content_type` does not match the response does
+/// not apply, and the next matching rule does; the request counts under
+/// that one (it had counted under the first glob that matched).
+#[tokio::test]
+async fn rule_requests_count_under_the_rule_whose_content_type_applied() {
+    let origin = typed_origin().await;
+    let s = Strata::start(
+        &[origin.addr],
+        &format!(
+            "{NO_HEALTH}[[rules]]\nmatch = \"/api/**\"\ncontent_type = [\"application/json\"]\n\
+             cache_control = \"public, max-age=10\"\n\n\
+             [[rules]]\nmatch = \"/**\"\ncache_control = \"public, max-age=20\"\n"
+        ),
+    )
+    .await;
+    let c = Client::new();
+    // text/plain: the second rule applies (its lifetime); a miss, two hits.
+    for i in 0..3 {
+        let r = c.get(&s.url("/api/z")).await;
+        assert_eq!(r.header("cache-control"), Some("public, max-age=20"));
+        assert_eq!(r.is_hit(), i > 0, "{}", r.cache_status());
+    }
+    // application/json: the first rule applies; a miss, one hit.
+    for i in 0..2 {
+        let r = c.get(&s.url("/api/a.json")).await;
+        assert_eq!(r.header("cache-control"), Some("public, max-age=10"));
+        assert_eq!(r.is_hit(), i > 0, "{}", r.cache_status());
+    }
+    let text = c.get(&s.admin_url("/metrics")).await.text();
+    for want in [
+        rule_line("/**", "hit", 2),
+        rule_line("/**", "miss", 1),
+        rule_line("/api/**", "hit", 1),
+        rule_line("/api/**", "miss", 1),
+    ] {
+        assert!(text.contains(&want), "{want} in\n{text}");
+    }
+    let (_, snaps) = snapshots(&c, &s.admin_url("/events"), 1, |_| {}).await;
+    let rules = &snaps[0]["rules"];
+    assert_eq!(rules[0]["rule"], "/api/**", "{rules}");
+    assert_eq!(
+        (&rules[0]["hits"], &rules[0]["misses"]),
+        (&1.into(), &1.into())
+    );
+    assert_eq!(rules[1]["rule"], "/**", "{rules}");
+    assert_eq!(
+        (&rules[1]["hits"], &rules[1]["misses"]),
+        (&2.into(), &1.into())
+    );
+}
+
+/// Rules sharing a glob (different `content_type`, SPEC §7's pattern) each
+/// have their own series: the glob for the first, `"<glob> #<index>"` for
+/// a repeat, in `/metrics` and `/events` alike (they had shared one series,
+/// listed twice in `/events`).
+#[tokio::test]
+async fn rules_sharing_a_glob_count_apart_under_their_index() {
+    let origin = typed_origin().await;
+    let s = Strata::start(
+        &[origin.addr],
+        &format!(
+            "{NO_HEALTH}[[rules]]\nmatch = \"/api/**\"\ncontent_type = [\"application/json\"]\n\
+             cache_control = \"public, max-age=10\"\n\n\
+             [[rules]]\nmatch = \"/api/**\"\ncache_control = \"public, max-age=20\"\n\n\
+             [[rules]]\nmatch = \"/other\"\ncache_control = \"public, max-age=30\"\n\n\
+             [[rules]]\nmatch = \"/api/**\"\nmethods = [\"HEAD\"]\n"
+        ),
+    )
+    .await;
+    let c = Client::new();
+    for i in 0..2 {
+        let r = c.get(&s.url("/api/x")).await;
+        assert_eq!(r.header("cache-control"), Some("public, max-age=20"));
+        assert_eq!(r.is_hit(), i > 0, "{}", r.cache_status());
+    }
+    let text = c.get(&s.admin_url("/metrics")).await.text();
+    for want in [
+        rule_line("/api/**", "hit", 0),
+        rule_line("/api/**", "miss", 0),
+        rule_line("/api/** #1", "hit", 1),
+        rule_line("/api/** #1", "miss", 1),
+        rule_line("/other", "miss", 0),
+        rule_line("/api/** #3", "miss", 0),
+    ] {
+        assert!(text.contains(&want), "{want} in\n{text}");
+    }
+    let (_, snaps) = snapshots(&c, &s.admin_url("/events"), 1, |_| {}).await;
+    let rules: Vec<(String, u64, u64)> = snaps[0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_u64().unwrap();
+            (
+                r["rule"].as_str().unwrap().to_string(),
+                n("hits"),
+                n("misses"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("/api/**".to_string(), 0, 0),
+            ("/api/** #1".to_string(), 1, 1),
+            ("/other".to_string(), 0, 0),
+            ("/api/** #3".to_string(), 0, 0),
+        ]
+    );
+}

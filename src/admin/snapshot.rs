@@ -35,7 +35,8 @@ const CACHE_HANDLED: [Outcome; 4] = [
 ];
 
 /// A timed metric sample, with the per-rule counts of the rules then in
-/// force (by glob).
+/// force (by `rule` label: the glob, `"<glob> #<index>"` for a repeated
+/// one).
 struct Point {
     at: Instant,
     sample: Sample,
@@ -58,17 +59,10 @@ impl Window {
         let now = Instant::now();
         shared.cache.export_sizes();
         let runtime = shared.runtime.load();
-        let rule_counts = runtime.rule_counters.counts();
         let point = Point {
             at: now,
             sample: shared.metrics.sample(),
-            rules: runtime
-                .config
-                .rules
-                .iter()
-                .map(|r| r.pattern().to_string())
-                .zip(rule_counts)
-                .collect(),
+            rules: runtime.rule_counters.counts(),
         };
         while self
             .points
@@ -126,15 +120,15 @@ impl Window {
         let rules: Vec<Value> = point
             .rules
             .iter()
-            .map(|(glob, (hits, misses))| {
+            .map(|(label, (hits, misses))| {
                 let (h0, m0) = oldest
                     .rules
                     .iter()
-                    .find(|(g, _)| g == glob)
+                    .find(|(g, _)| g == label)
                     .map_or((0, 0), |(_, c)| *c);
                 let (dh, dm) = (hits.saturating_sub(h0), misses.saturating_sub(m0));
                 json!({
-                    "rule": glob,
+                    "rule": label,
                     "hits": hits,
                     "misses": misses,
                     "hit_ratio": ratio(dh, dh + dm),

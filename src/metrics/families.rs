@@ -308,7 +308,7 @@ impl Inner {
         rule_requests: counter_vec(
             &r,
             "strata_rule_requests_total",
-            "Requests the cache handled, by matching rule (its glob) and result (hit or miss).",
+            "Requests the cache handled, by the rule that applied (its glob, or <glob> #<index> for a repeated glob) and result (hit or miss).",
             &["rule", "result"],
         ),
         reloads: {

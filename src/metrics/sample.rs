@@ -170,11 +170,12 @@ fn cpu_of(stat: &procfs::process::Stat) -> f64 {
 }
 
 impl RuleCounters {
-    /// `(hits, misses)` per rule, in rule order.
-    pub fn counts(&self) -> Vec<(u64, u64)> {
-        self.by_rule
+    /// `(label, (hits, misses))` per rule, in rule order.
+    pub fn counts(&self) -> Vec<(String, (u64, u64))> {
+        self.labels
             .iter()
-            .map(|[hit, miss]| (hit.get(), miss.get()))
+            .zip(&self.by_rule)
+            .map(|(label, [hit, miss])| (label.clone(), (hit.get(), miss.get())))
             .collect()
     }
 }

@@ -81,6 +81,7 @@ async fn follow(
             let server = &ctx.runtime.config.server;
             if let Some(variant) = object.select(&AsForwarded::new(&req, ctx.conn, server)) {
                 ctx.shared.metrics.collapsed();
+                ctx.count_fetched(req.uri().path(), req.method(), Some(&variant.headers));
                 let status = CacheStatus::fwd(miss.fwd).map(|f| {
                     f.collapsed = true;
                     f.ttl = Some(variant.ttl(ctx.now));
@@ -109,6 +110,7 @@ async fn follow(
             // asking the failing upstream again (RFC 5861 §4, SPEC §6).
             if let Some(s) = miss.stale.as_ref().filter(|s| s.on_error.is_some()) {
                 ctx.shared.metrics.collapsed();
+                ctx.count_fetched(req.uri().path(), req.method(), Some(&s.variant.headers));
                 return serve_stale(ctx, &req, &miss, s, status, true);
             }
         }
@@ -121,7 +123,16 @@ async fn follow(
         rule: ctx.rule,
         marked: None,
     };
-    forward::pass(ctx.shared, ctx.runtime, req, ctx.conn, pass, ctx.present).await
+    // Counted by the response the pass gets (under a rule that waits for it).
+    let counted = ctx
+        .rule_waits()
+        .then(|| (req.uri().path().to_owned(), req.method().clone()));
+    let answered = forward::pass(ctx.shared, ctx.runtime, req, ctx.conn, pass, ctx.present).await;
+    if let Some((path, method)) = counted {
+        let fields = (!answered.failed).then(|| answered.response.headers());
+        ctx.count_fetched(&path, &method, fields);
+    }
+    answered
 }
 
 /// The leader: fetch, then answer by what came back.
@@ -144,6 +155,17 @@ async fn lead(
         )
         .await;
     let req = Request::from_parts(parts, ());
+    let answer_fields = match &fetched {
+        Fetched::Storable(_, rparts, _) | Fetched::Uncacheable(_, rparts, _) => {
+            Some(&rparts.headers)
+        }
+        Fetched::NotModified(_, variant, _) => Some(&variant.headers),
+        // The stale copy, whether or not it may be served.
+        Fetched::Failed(_) | Fetched::ServerError(_) => {
+            miss.stale.as_ref().map(|s| &s.variant.headers)
+        }
+    };
+    ctx.count_fetched(req.uri().path(), req.method(), answer_fields);
     match fetched {
         Fetched::Failed(e) => {
             lock.publish(Flight::Failed { status: None });

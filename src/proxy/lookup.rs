@@ -315,9 +315,7 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
     if ctx.req_cc.only_if_cached {
         return Lookup::OnlyIfCached;
     }
-    if let Some(i) = ctx.rule {
-        ctx.runtime.rule_counters.miss(i);
-    }
+    ctx.count_miss();
     Lookup::Fetch(Miss {
         key: CacheKey::new(https, route.authority, &route.path),
         object,

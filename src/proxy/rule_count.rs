@@ -1,0 +1,87 @@
+//! Which rule a cache-handled request counts under in
+//! `strata_rule_requests_total` (and so in `/events` and the dashboard's
+//! hit ratio by rule): the rule that applied to its response. That is the
+//! request's rule ([`crate::rules::RuleSet::find`]) unless it has a
+//! `content_type` the response does not match; then it is the next
+//! matching rule whose `content_type` fits, or none (SPEC §7: a rule
+//! whose `methods` or `content_type` do not match does not apply, and the
+//! next matching rule is tried).
+//!
+//! A rule without `content_type` applies to any response, so a hit under
+//! it is counted with one check and no glob matched; only a rule with one
+//! has its stored response's media type looked at. A miss under such a
+//! rule is counted once the response is known (the upstream's answer, the
+//! leader's stored variant, or the stale copy served), not by the lookup.
+
+use http::header::{self, HeaderMap};
+use http::{Method, Request};
+
+use super::RequestCtx;
+use crate::cache::entry::Variant;
+
+// === impl RequestCtx ===
+
+impl RequestCtx<'_> {
+    /// A hit (fresh, or stale where allowed) from `variant`: counted under
+    /// the rule that applies to the stored response.
+    pub(super) fn count_hit<B>(&self, req: &Request<B>, variant: &Variant) {
+        let fields = Some(&variant.headers);
+        if let Some(i) = self.applied_rule(req.uri().path(), req.method(), fields) {
+            self.runtime.rule_counters.hit(i);
+        }
+    }
+
+    /// A request going upstream for the cache, as the lookup sends it:
+    /// counted now when the request's rule applies whatever the response;
+    /// else [`RequestCtx::count_fetched`] counts it.
+    pub(super) fn count_miss(&self) {
+        if let Some(i) = self.rule.filter(|&i| !self.waits(i)) {
+            self.runtime.rule_counters.miss(i);
+        }
+    }
+
+    /// The answer to a miss whose request's rule waits for the response
+    /// (and so was not counted by [`RequestCtx::count_miss`]): counted
+    /// under the rule that applies to the response with `fields` (the
+    /// upstream's, or the stored variant's the request is answered from).
+    /// `None`, no response (the upstream failed): under the request's rule.
+    pub(super) fn count_fetched(&self, path: &str, method: &Method, fields: Option<&HeaderMap>) {
+        if !self.rule_waits() {
+            return;
+        }
+        if let Some(i) = self.applied_rule(path, method, fields) {
+            self.runtime.rule_counters.miss(i);
+        }
+    }
+
+    /// Whether the request's rule applies only to some media types, so
+    /// that its miss is counted by [`RequestCtx::count_fetched`].
+    pub(super) fn rule_waits(&self) -> bool {
+        self.rule.is_some_and(|i| self.waits(i))
+    }
+
+    /// Whether rule `i` applies only to some media types.
+    fn waits(&self, i: usize) -> bool {
+        let rules = &self.runtime.config.rules;
+        rules.get(i).is_some_and(|r| r.waits_for_response())
+    }
+
+    /// The rule that applies to a response with `fields` to a request for
+    /// `path` by `method` (see the module docs).
+    fn applied_rule(
+        &self,
+        path: &str,
+        method: &Method,
+        fields: Option<&HeaderMap>,
+    ) -> Option<usize> {
+        let start = self.rule?;
+        let Some(fields) = fields.filter(|_| self.waits(start)) else {
+            return Some(start);
+        };
+        let content_type = fields.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+        self.runtime
+            .config
+            .rules
+            .applied(start, path, method, content_type)
+    }
+}
