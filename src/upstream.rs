@@ -14,11 +14,13 @@
 //!   dead keep-alive connections, the body that returns its connection.
 //! - `upstream/pool.rs`: per-server keep-alive connections (connect, idle
 //!   list, expiry).
+//! - `upstream/failure_log.rs`: the `warn` line of each failed exchange.
 
 pub mod balancer;
 pub mod client;
 mod counted;
 mod error;
+mod failure_log;
 pub mod health;
 mod outgoing;
 mod pool;
@@ -198,7 +200,12 @@ impl Upstreams {
             // server whose `fail_timeout` has passed.
             no_trial: !idempotent,
         };
-        let mut target = self.balancer.pick(&route).ok_or(UpstreamError::NoHealthy)?;
+        let attempt = failure_log::Attempt::of(&req);
+        let asks_upgrade = req.headers().contains_key(http::header::UPGRADE);
+        let Some(mut target) = self.balancer.pick(&route) else {
+            attempt.failed(&UpstreamError::NoHealthy, None);
+            return Err(UpstreamError::NoHealthy);
+        };
         // One `send_to` in the loop, not one per attempt: each would take
         // its own 1 KB in this future and in every caller's.
         let mut answer = loop {
@@ -211,18 +218,25 @@ impl Upstreams {
                 }) if idempotent && route.exclude.is_none() => {
                     route.exclude = Some(target);
                     let Some(next) = self.balancer.pick(&route) else {
+                        attempt.failed(&e, None);
                         return Err(e);
                     };
-                    tracing::debug!(
-                        failed = e.server(),
-                        "connect failed, retrying on the next server"
-                    );
+                    let next_server = &self.balancer.servers()[next].authority;
+                    attempt.failed(&e, Some(next_server.as_str()));
                     // The sticky cookie was already taken out of `again`.
                     (target, req) = (next, again);
                 }
-                Err(f) => return Err(f.error),
+                Err(f) => {
+                    attempt.failed(&f.error, None);
+                    return Err(f.error);
+                }
             }
         };
+        if answer.response.status() == http::StatusCode::SWITCHING_PROTOCOLS && !asks_upgrade {
+            // Answered, but the proxy turns it into a 502 (`proxy/forward.rs`).
+            let server = self.balancer.servers()[answer.server].authority.to_string();
+            attempt.failed(&UpstreamError::UnaskedSwitch { server }, None);
+        }
         if let Some(sticky) = &self.sticky {
             if preferred != Some(answer.server) {
                 if let Some(set) = sticky.issue(answer.server, now) {

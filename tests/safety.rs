@@ -286,6 +286,42 @@ async fn odd_request_targets_never_reach_the_origin() {
     assert_eq!(origin.count(), 2);
 }
 
+/// An absolute-form target with an empty path and a query
+/// (`http://y?a=1`) is `/?a=1` with Host `y` (RFC 9112 §3.2.1, RFC 3986
+/// §6.2.3): it went upstream in absolute-form (`GET http://y/?a=1`) and
+/// was stored under a key of its own that no purge reached. Found by the
+/// wire probe (finding 1).
+#[tokio::test]
+async fn an_absolute_target_with_an_empty_path_is_the_root() {
+    let (addr, seen) = support::origin::raw_keepalive(
+        b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: 2\r\n\r\nok",
+        100,
+        Duration::from_secs(10),
+    )
+    .await;
+    let strata = Strata::start(&[addr], NO_HEALTH).await;
+    let out = support::http::raw(
+        strata.addr,
+        b"GET http://y?a=1 HTTP/1.1\r\nHost: y\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("stored"), "{out}");
+    assert_eq!(seen.requests(), ["GET /?a=1 HTTP/1.1"]);
+    // One key with the origin-form target: a hit, inspected, purged.
+    let r = Client::new()
+        .get_with(&strata.url("/?a=1"), &[("host", "y")])
+        .await;
+    assert!(r.is_hit(), "{}", r.cache_status());
+    assert_eq!(seen.requests().len(), 1);
+    let (status, answer) = strata.purge(r#"{"url":"http://y/?a=1"}"#).await;
+    assert_eq!((status, &answer["purged"]), (200, &serde_json::json!(1)));
+    let r = Client::new()
+        .get_with(&strata.url("/?a=1"), &[("host", "y")])
+        .await;
+    assert!(!r.is_hit(), "{}", r.cache_status());
+}
+
 // === unkeyed request headers ===
 
 /// An origin that trusts whatever it is told: it builds absolute links

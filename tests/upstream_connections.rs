@@ -381,3 +381,124 @@ async fn upstream_response_heads_up_to_64_kib_are_read() {
     let r = client.get(&strata.url("/80")).await;
     assert_eq!(r.status, 502);
 }
+
+/// A raw keep-alive origin whose response to `GET /head/<n>` has a head
+/// of exactly `n` bytes (status line, fields, the empty line) and the body
+/// `ok`; counts the connections it accepts.
+async fn sized_head_origin() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let idle = Duration::from_secs(10);
+                while let Some((head, end)) =
+                    support::origin::read_head(&mut s, &mut buf, idle).await
+                {
+                    if support::origin::read_body(&mut s, &mut buf, end)
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
+                    let n: usize = head
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|t| t.strip_prefix("/head/"))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(1000);
+                    let start = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\nX-Big: ";
+                    let pad = "v".repeat(n - start.len() - 4);
+                    let response = format!("{start}{pad}\r\n\r\nok");
+                    assert_eq!(response.len(), n + 2);
+                    if s.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+/// The largest upstream response head is one number, 65,536 bytes (the
+/// README's), whatever the connection carried before. It depended on the
+/// connection's history: a fresh connection took heads up to about
+/// 112 KiB, one whose previous response had a large head refused anything
+/// over 64 KiB, so one URL alternated between `200` and `502`. Found by
+/// the wire probe (finding 2).
+#[tokio::test]
+async fn the_response_head_limit_does_not_depend_on_the_connection() {
+    const LIMIT: usize = 65_536;
+    let (addr, conns) = sized_head_origin().await;
+    let strata = Strata::start(&[addr], NO_HEALTH).await;
+    let client = Client::new();
+    for i in 0..2 {
+        let r = client.get(&strata.url(&format!("/head/{LIMIT}"))).await;
+        assert_eq!(r.status, 200, "request {i} at the limit: {}", r.text());
+        assert_eq!(r.text(), "ok");
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 1, "one pooled connection");
+    // One byte over: refused on the reused connection and on a fresh one.
+    for i in 0..2 {
+        let r = client
+            .get(&strata.url(&format!("/head/{}", LIMIT + 1)))
+            .await;
+        assert_eq!(r.status, 502, "request {i} over the limit");
+    }
+    let r = client.get(&strata.url(&format!("/head/{LIMIT}"))).await;
+    assert_eq!(r.status, 200);
+}
+
+/// Each upstream failure is one `warn` line naming the server, the cause,
+/// the method, the path without its query and the client IP. Nothing was
+/// logged at the default level (at `debug` only "upstream failed", without
+/// a cause). Found by the wire probe (finding 4).
+#[tokio::test]
+async fn an_upstream_failure_is_logged_once_with_its_cause() {
+    let (bad_status, _) =
+        support::origin::raw(b"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n").await;
+    let refusing = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    for (server, cause) in [
+        (bad_status, "invalid HTTP status-code parsed"),
+        (refusing, "Connection refused"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strata.toml");
+        std::fs::write(&path, support::config_text(&[server], NO_HEALTH)).unwrap();
+        let strata = support::binary::Binary::start(&path, &[]).await;
+        let url = format!("http://{}/private/a?token=hunter2", strata.addr);
+        let r = Client::new().get(&url).await;
+        assert_eq!(r.status, 502);
+        let failed = |e: &serde_json::Value| e["message"] == "upstream failed";
+        let (_, e) = strata.wait_event(0, "the upstream failure", failed).await;
+        assert_eq!(e["level"], "WARN", "{e}");
+        assert_eq!(e["server"], server.to_string(), "{e}");
+        assert_eq!(e["method"], "GET", "{e}");
+        assert_eq!(e["path"], "/private/a", "{e}");
+        assert_eq!(e["client_ip"], "127.0.0.1", "{e}");
+        let logged = e["cause"].as_str().unwrap_or_default();
+        assert!(logged.contains(cause), "{e}");
+        let (_, lines) = strata.stop().await;
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.contains("upstream failed"))
+                .count(),
+            1,
+            "{lines:?}"
+        );
+        assert!(!lines.iter().any(|l| l.contains("hunter2")), "{lines:?}");
+    }
+}

@@ -177,10 +177,8 @@ async fn lead(
                     tracing::debug!(error = %e, "upstream failed; stale entry may not be served");
                     Answered::error(&e.revalidating(), CacheStatus::fwd(miss.fwd))
                 }
-                None => {
-                    tracing::debug!(error = %e, "upstream failed");
-                    Answered::error(&e, CacheStatus::fwd(miss.fwd))
-                }
+                // Logged where it failed (`upstream/failure_log.rs`).
+                None => Answered::error(&e, CacheStatus::fwd(miss.fwd)),
             }
         }
         Fetched::ServerError(status) => {

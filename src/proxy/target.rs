@@ -56,7 +56,29 @@ impl TargetError {
 /// The normalised form of `uri`: `Ok(None)` when it already is normal (no
 /// allocation), `Ok(Some(uri))` with only the path rewritten otherwise.
 /// Targets that are not origin-form paths (`*`) are left alone.
+///
+/// An absolute-form target with an empty path and a query
+/// (`http://h?q`) gets the path `/` (RFC 3986 §6.2.3: the same resource;
+/// RFC 9112 §3.2.1: "If the target URI's path component is empty, the
+/// client MUST send "/" as the path"), so that it is one target with
+/// `/?q` for the rules, the key, purges and the origin-form request sent
+/// upstream. (`Uri::path` already reads `/` there, but the path and
+/// query, which the key and the upstream request take, is `?q`.)
 pub fn normalize(uri: &Uri) -> Result<Option<Uri>, TargetError> {
+    if uri
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str().starts_with('?'))
+    {
+        let slashed = format!("/{}", uri.path_and_query().map_or("", |pq| pq.as_str()));
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = PathAndQuery::try_from(slashed).ok();
+        // A query already parsed parses after a `/`; a failure would be
+        // a bug, and the original is then kept as it was before.
+        let Ok(slashed) = Uri::from_parts(parts) else {
+            return Ok(None);
+        };
+        return Ok(Some(normalize(&slashed)?.unwrap_or(slashed)));
+    }
     let path = uri.path();
     if !path.starts_with('/') || plainly_normal(path.as_bytes()) {
         return Ok(None);
@@ -396,6 +418,27 @@ mod tests {
         for p in ["/..", "/../a", "/a/../..", "/%2e%2e/etc/passwd", "/./../x"] {
             assert_eq!(norm(p), Err(TargetError::AboveRoot), "{p}");
         }
+    }
+
+    /// Finding 1 of the wire probe: `http://y?a=1` kept `?a=1` as its path
+    /// and query, so it went upstream in absolute-form and was keyed
+    /// apart from `/?a=1`.
+    #[test]
+    fn an_empty_path_before_a_query_is_the_root() {
+        let pq = |t: &str| {
+            let uri: Uri = t.parse().unwrap();
+            let normal = normalize(&uri).unwrap().unwrap_or(uri);
+            normal.path_and_query().unwrap().as_str().to_owned()
+        };
+        assert_eq!(pq("http://y?a=1"), "/?a=1");
+        assert_eq!(pq("http://y?"), "/?");
+        assert_eq!(pq("https://y:8080?a=%2e"), "/?a=%2e");
+        assert_eq!(pq("http://y"), "/");
+        assert_eq!(pq("http://y/?a=1"), "/?a=1");
+        let uri: Uri = "http://y?a=1".parse().unwrap();
+        let normal = normalize(&uri).unwrap().unwrap();
+        assert_eq!(normal.authority().unwrap().as_str(), "y");
+        assert_eq!(normal.scheme_str(), Some("http"));
     }
 
     #[test]

@@ -43,14 +43,26 @@ use super::counted::{Counted, ReadCount};
 use super::error::UpstreamError;
 use super::outgoing::Outgoing;
 
-/// The most an upstream connection's read buffer grows to (bytes), and so
-/// the largest response head an upstream may send (nginx's
-/// `proxy_buffer_size` is 4–8 KiB). hyper's default, ~400 KiB, let every
+/// The most an upstream connection's read buffer grows to (bytes). hyper's
+/// default, ~400 KiB, let every
 /// chunk of a fast upstream body be a slice of a buffer that large, kept
 /// until the client had taken the chunk: 16 concurrent large misses held
 /// 60 MiB of them, freed only into the allocator (SPEC §10's memory
 /// bound). A 16 MiB body is read in 256 reads instead of about 40.
 const READ_BUFFER_MAX: usize = 64 << 10;
+
+/// The largest response head an upstream may send, in bytes: the status
+/// line, the fields and the empty line that ends them, each `1xx` head
+/// counted on its own (nginx's `proxy_buffer_size`, 4–8 KiB, is the same
+/// kind of limit). A larger one is a protocol error (`502`). Set as
+/// hyper's `max_header_size`, so it is one number. The buffer limit alone
+/// is checked only while a head is incomplete, and a read may fill more
+/// than it (the buffer's spare capacity, which depends on what the
+/// connection read before): a fresh connection took heads up to about
+/// 112 KiB, one whose previous response had a large head refused anything
+/// over 64 KiB. No larger than [`READ_BUFFER_MAX`], so that limit never
+/// refuses a head this one allows.
+const RESPONSE_HEAD_MAX: usize = READ_BUFFER_MAX;
 
 /// TCP keepalive probes on upstream sockets start after this long idle.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -332,6 +344,7 @@ impl ServerPool {
         let (stream, read) = Counted::new(stream);
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(READ_BUFFER_MAX)
+            .max_header_size(RESPONSE_HEAD_MAX)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| UpstreamError::Protocol {
