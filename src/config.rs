@@ -660,4 +660,33 @@ mod tests {
             "t.toml:8:16: upstream.health.fail_timeout: expected a duration above zero"
         );
     }
+
+    /// `cert = ""` said "cannot read : No such file or directory".
+    #[test]
+    fn an_empty_file_path_is_refused_as_empty() {
+        let tls = |cert: &str, key: &str, more: &str| {
+            format!("[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"{key}\"\n{more}")
+        };
+        for (extra, want) in [
+            (tls("", "Cargo.toml", ""), "t.toml:9:8: server.tls.cert: "),
+            (tls("Cargo.toml", "", ""), "t.toml:10:7: server.tls.key: "),
+            (
+                tls(
+                    "Cargo.toml",
+                    "Cargo.toml",
+                    "[[server.tls.certificates]]\ncert = \"Cargo.toml\"\nkey = \"\"\n",
+                ),
+                "t.toml:13:7: server.tls.certificates[0].key: ",
+            ),
+            (
+                "[warming]\nurls_file = \"\"\n".to_string(),
+                "t.toml:8:13: warming.urls_file: ",
+            ),
+        ] {
+            assert_eq!(
+                refused(&extra),
+                format!("{want}expected a file path, not an empty string")
+            );
+        }
+    }
 }

@@ -2,6 +2,9 @@
 //! certificates chosen by SNI (the first is the default), ALPN `h2` and
 //! `http/1.1`, TLS 1.2 and 1.3 only, and a bounded handshake. Certificates
 //! are replaced on reload without touching established connections.
+//! Keys are read by [`key`], which says why one cannot be used.
+
+pub mod key;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -10,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
@@ -38,11 +41,13 @@ pub enum TlsError {
         count: usize,
         reason: String,
     },
-    #[error("{at}: {path}: cannot read private key: {reason}")]
+    /// `at`: where the config names the key (`strata.toml:6:7:
+    /// server.tls.key`).
+    #[error("{at}: {path}: {problem}")]
     Key {
         at: String,
         path: PathBuf,
-        reason: String,
+        problem: key::KeyProblem,
     },
     #[error("{at}: {cert} and {key}: the private key does not match the certificate")]
     Mismatch {
@@ -159,17 +164,16 @@ fn load_pair(
             });
         }
     }
-    let key_err = |reason: String| TlsError::Key {
+    let key_err = |problem: key::KeyProblem| TlsError::Key {
         at: pair.key_at.clone(),
         path: pair.key.clone(),
-        reason,
+        problem,
     };
-    let key =
-        PrivateKeyDer::from_pem_file(&pair.key).map_err(|e| key_err(pem_reason(&e, &pair.key)))?;
+    let key = key::read(&pair.key).map_err(key_err)?;
     let signing = provider
         .key_provider
-        .load_private_key(key)
-        .map_err(|e| key_err(e.to_string()))?;
+        .load_private_key(key.clone_key())
+        .map_err(|e| key_err(key::refused(&key, &e)))?;
     let certified = CertifiedKey::new(chain, signing);
     certified.keys_match().map_err(|_| TlsError::Mismatch {
         at: pair.key_at.clone(),
@@ -312,6 +316,106 @@ mod tests {
             pem_reason(&Error::NoItemsFound, path),
             "no PEM item found in k.pem"
         );
+    }
+
+    /// `check`'s error for the config of [`config`] with `key_pem` as the
+    /// key file's contents.
+    fn key_error(key_pem: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), "{cert}");
+        let key = &config.certificates[0].key;
+        std::fs::write(
+            key,
+            key_pem.replace(
+                "{cert}",
+                &std::fs::read_to_string(&config.certificates[0].cert).unwrap(),
+            ),
+        )
+        .unwrap();
+        let e = check(&config).unwrap_err().to_string();
+        let at = format!("t.toml:6:7: server.tls.key: {}: ", key.display());
+        assert!(e.starts_with(&at), "{e}");
+        e[at.len()..].replace(&key.display().to_string(), "KEY")
+    }
+
+    /// Both said "no PEM item found".
+    #[test]
+    fn an_encrypted_key_says_so() {
+        for pem in [
+            include_str!("../../tests/fixtures/tls/encrypted-p256.key"),
+            include_str!("../../tests/fixtures/tls/rsa1024-legacy-encrypted.key"),
+        ] {
+            assert_eq!(
+                key_error(pem),
+                "encrypted private keys are not supported (decrypt it: openssl pkey -in KEY -out KEY.plain)"
+            );
+        }
+    }
+
+    /// It said "no PEM item found" of a file with a PEM item.
+    #[test]
+    fn a_certificate_given_as_the_key_says_what_the_file_holds() {
+        assert_eq!(
+            key_error("{cert}"),
+            "no private key in the file (it holds CERTIFICATE; a key is a PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY section)"
+        );
+        assert_eq!(
+            key_error(""),
+            "cannot read private key: no PEM item found in KEY"
+        );
+    }
+
+    /// Valid keys ring does not sign with said "failed to parse private
+    /// key as RSA, ECDSA, or EdDSA".
+    #[test]
+    fn a_valid_key_of_an_unsupported_type_is_named() {
+        for (pem, kind) in [
+            (
+                include_str!("../../tests/fixtures/tls/p521.key"),
+                "ECDSA P-521",
+            ),
+            (
+                include_str!("../../tests/fixtures/tls/secp256k1-sec1.key"),
+                "ECDSA secp256k1",
+            ),
+            (
+                include_str!("../../tests/fixtures/tls/rsa1024.key"),
+                "RSA 1024 bits",
+            ),
+            (
+                include_str!("../../tests/fixtures/tls/rsa1024-pkcs1.key"),
+                "RSA 1024 bits",
+            ),
+            (include_str!("../../tests/fixtures/tls/ed448.key"), "Ed448"),
+        ] {
+            assert_eq!(
+                key_error(pem),
+                format!("unsupported private key: {kind} (supported: RSA 2048–4096 bits, ECDSA P-256 or P-384, Ed25519)")
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_that_cannot_be_decoded_says_so() {
+        assert_eq!(
+            key_error("-----BEGIN PRIVATE KEY-----\nAAAAAAAA\n-----END PRIVATE KEY-----\n"),
+            "invalid private key: its DER cannot be decoded (unexpected error: failed to parse private key as RSA, ECDSA, or EdDSA)"
+        );
+    }
+
+    #[test]
+    fn supported_keys_are_recognised_as_such() {
+        for (alg, want) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, "ECDSA P-256"),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, "ECDSA P-384"),
+            (&rcgen::PKCS_ED25519, "Ed25519"),
+        ] {
+            let pair = rcgen::KeyPair::generate_for(alg).unwrap();
+            let der = rustls::pki_types::PrivateKeyDer::try_from(pair.serialize_der()).unwrap();
+            let kind = key::kind(&der).unwrap();
+            assert_eq!(kind.to_string(), want);
+            assert!(kind.is_supported(), "{kind}");
+        }
     }
 
     /// It said "the private key does not match the certificate".

@@ -143,12 +143,18 @@ impl Validator<'_> {
     /// `warming.urls_file`), resolved by [`Validator::relative`] and opened
     /// now, so that a missing or unreadable file (or a directory) fails
     /// `check`, start-up and a reload with the file's line and key, not
-    /// later with no line at all.
+    /// later with no line at all. An empty path is refused as such (it
+    /// read "cannot read : No such file or directory").
     pub(super) fn readable_file(
         &self,
         p: &Spanned<PathBuf>,
         key: &str,
     ) -> Result<PathBuf, ConfigError> {
+        if p.get_ref().as_os_str().is_empty() {
+            return Err(self
+                .at
+                .spanned(p, key, "expected a file path, not an empty string"));
+        }
         let path = self.relative(p.get_ref());
         let refused = |reason: &dyn std::fmt::Display| {
             self.at
