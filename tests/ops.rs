@@ -297,6 +297,51 @@ async fn admin_405_names_the_allowed_methods() {
     strata.stop().await;
 }
 
+/// SPEC §4: `POST /purge` is `401` without the token. With no
+/// `admin.token` configured no token is right: every mutating endpoint
+/// answers `401` with `WWW-Authenticate: Bearer` and says why (it was a
+/// `403` in plain text).
+#[tokio::test]
+async fn mutating_endpoints_without_a_configured_token_are_401() {
+    let origin = Origin::fixed(&[], "ok").await;
+    let text = support::config_text(&[origin.addr], "[upstream.health]\nenabled = false\n")
+        .replace("token = \"secret\"\n", "");
+    let strata = Strata::start_text(&text).await;
+    let client = Client::new();
+    let server = format!("{{\"server\": \"{}\"}}", origin.addr);
+    for (path, body, what) in [
+        ("/purge", r#"{"url": "/x"}"#.to_string(), "purge"),
+        ("/upstreams/drain", server.clone(), "drain"),
+        ("/upstreams/undrain", server, "undrain"),
+    ] {
+        for auth in [None, Some("Bearer secret")] {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| ("authorization", a)).into_iter().collect();
+            let r = client
+                .send(
+                    http::Method::POST,
+                    &strata.admin_url(path),
+                    &headers,
+                    bytes::Bytes::from(body.clone()),
+                )
+                .await;
+            assert_eq!(r.status, 401, "{path} {auth:?}");
+            assert_eq!(
+                r.header("www-authenticate"),
+                Some("Bearer realm=\"strata-admin\""),
+                "{path}"
+            );
+            assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+            assert_eq!(
+                r.text(),
+                format!("{{\"error\":\"{what} is disabled: no admin.token configured\"}}\n"),
+                "{path}"
+            );
+        }
+    }
+    strata.stop().await;
+}
+
 /// SPEC §2's `[cache.redis]` example, uncommented, sets `sentinel_master`
 /// ("sentinel mode only") beside `mode = "standalone"`: `check` accepts it
 /// with a warning naming `file:line:column` and the key, and `serve` logs
