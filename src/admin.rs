@@ -160,7 +160,7 @@ impl Admin {
 
     fn stats(&self) -> Response<ProxyBody> {
         self.shared.cache.export_sizes();
-        json_response(StatusCode::OK, &self.shared.metrics.to_json())
+        json_response(StatusCode::OK, &self.shared.metrics.stats())
     }
 }
 
