@@ -5,6 +5,7 @@
 //! `[admin] token` required).
 //!
 //! - `admin/auth.rs`: bearer tokens, compared in constant time.
+//! - `admin/health.rs`: the shape of `GET /health`'s body.
 //! - `admin/dashboard.rs`: the live dashboard page (embedded assets).
 //! - `admin/events.rs`: the Server-Sent-Events stream of snapshots.
 //! - `admin/snapshot.rs`: what a snapshot holds and how it is computed.
@@ -17,6 +18,7 @@
 pub mod auth;
 pub mod dashboard;
 pub mod events;
+mod health;
 pub mod inspect;
 pub mod purge;
 pub mod snapshot;
@@ -29,7 +31,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::json;
 
 use crate::proxy::body::ProxyBody;
 use crate::proxy::Shared;
@@ -87,47 +88,55 @@ impl Admin {
 
     fn health(&self) -> Response<ProxyBody> {
         let runtime = self.shared.runtime.load();
-        let servers: Vec<_> = runtime
-            .upstreams
-            .balancer
+        let balancer = &runtime.upstreams.balancer;
+        let upstreams = balancer
             .servers()
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                json!({
-                    "server": s.authority.as_str(),
-                    "weight": runtime.upstreams.balancer.weight(i),
-                    "state": if s.is_healthy() { "healthy" } else { "unhealthy" },
-                    "healthy": s.is_healthy(),
-                    "draining": s.is_draining(),
-                    "in_flight": s.in_flight(),
-                })
+            .map(|(i, s)| health::Upstream {
+                server: s.authority.as_str(),
+                state: if s.is_healthy() {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                },
+                healthy: s.is_healthy(),
+                weight: balancer.weight(i),
+                draining: s.is_draining(),
+                in_flight: s.in_flight(),
             })
             .collect();
         // Healthy, drained or not (SPEC §4: 503 when none is healthy): a
         // drain is maintenance, and the instance still serves its cache.
-        let healthy = runtime.upstreams.balancer.healthy_count();
+        let healthy = balancer.healthy_count();
         let status = if healthy > 0 {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        let mut body = json!({
-            "status": if healthy > 0 { "ok" } else { "unavailable" },
-            "healthy": healthy,
-            "upstreams": servers,
-        });
-        // Redis never makes Strata unhealthy (it degrades to memory only),
-        // but operators want to see it.
-        if let Some((connected, breaker_open)) = self.shared.cache.redis_state() {
-            body["redis"] = json!({ "connected": connected, "breaker_open": breaker_open });
-        }
-        // Warming never makes Strata unhealthy either: it stays 200. Shown
-        // only for a warming loop that runs (or ran), not for a section a
-        // reload added, which waits for a restart.
-        if self.shared.warming.shown(runtime.config.warming.is_some()) {
-            body["warming"] = self.shared.warming.to_json();
-        }
+        let body = health::Health {
+            status: if healthy > 0 { "ok" } else { "unavailable" },
+            healthy,
+            upstreams,
+            // Redis never makes Strata unhealthy (it degrades to memory
+            // only), but operators want to see it.
+            redis: self
+                .shared
+                .cache
+                .redis_state()
+                .map(|(connected, breaker_open)| health::Redis {
+                    connected,
+                    breaker_open,
+                }),
+            // Warming never makes Strata unhealthy either: it stays 200.
+            // Shown only for a warming loop that runs (or ran), not for a
+            // section a reload added, which waits for a restart.
+            warming: self
+                .shared
+                .warming
+                .shown(runtime.config.warming.is_some())
+                .then(|| self.shared.warming.to_json()),
+        };
         json_response(status, &body)
     }
 
@@ -151,7 +160,7 @@ impl Admin {
 
     fn stats(&self) -> Response<ProxyBody> {
         self.shared.cache.export_sizes();
-        json_response(StatusCode::OK, &self.shared.metrics.to_json())
+        json_response(StatusCode::OK, &self.shared.metrics.stats())
     }
 }
 
@@ -223,7 +232,12 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     r
 }
 
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+/// `value` as JSON (objects built with `json!` have sorted keys; a
+/// `#[derive(Serialize)]` struct keeps its fields' order).
+pub fn json_response<T: serde::Serialize + ?Sized>(
+    status: StatusCode,
+    value: &T,
+) -> Response<ProxyBody> {
     let mut body = serde_json::to_vec(value).unwrap_or_default();
     body.push(b'\n');
     let mut r = Response::new(ProxyBody::full(Bytes::from(body)));

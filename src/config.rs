@@ -41,6 +41,11 @@ pub struct Config {
     pub invalidation: Cascades,
     /// `[warming]`; `None` = off.
     pub warming: Option<WarmingConfig>,
+    /// What the file sets that is accepted but ignored, each as
+    /// `file:line:column: key: message` (e.g. `sentinel_master` outside
+    /// sentinel mode, as in SPEC §2's example): `check` prints them,
+    /// `serve` and reloads log them at `warn`.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -422,7 +427,11 @@ impl Config {
             let key = key_path(&e.path().to_string());
             located.toml(key, e.inner())
         })?;
-        Validator { at: located }.config(file)
+        Validator {
+            at: located,
+            warnings: Default::default(),
+        }
+        .config(file)
     }
 }
 

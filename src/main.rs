@@ -32,11 +32,18 @@ fn check(global: &strata::cli::Global) -> ExitCode {
     let result = Config::load(&global.config)
         .map_err(anyhow::Error::from)
         .and_then(|c| match &c.server.tls {
-            Some(tls) => server::tls::check(tls).map_err(anyhow::Error::from),
-            None => Ok(()),
+            Some(tls) => server::tls::check(tls)
+                .map(|()| c.warnings)
+                .map_err(anyhow::Error::from),
+            None => Ok(c.warnings),
         });
     match result {
-        Ok(()) => {
+        Ok(warnings) => {
+            // Accepted but ignored keys: the file is valid, and said so on
+            // stdout; what it sets for nothing goes to stderr.
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
             println!("config ok");
             ExitCode::SUCCESS
         }
@@ -97,6 +104,9 @@ fn serve(global: &strata::cli::Global) -> ExitCode {
         .access_format
         .unwrap_or(AccessFormat::following(format));
     let (log, _flush_on_exit) = telemetry::init(format, access, level.as_deref());
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     match run(config, log, cli_level) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

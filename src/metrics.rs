@@ -8,6 +8,7 @@
 mod families;
 mod labels;
 mod sample;
+mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use families::Inner;
 use labels::STATUS_CLASSES;
 pub use labels::{MethodClass, Outcome, PurgeCause, Shed};
 pub use sample::{Buckets, ProcessSample, Sample, UpstreamSample};
+pub use stats::Stats;
 
 use prometheus::{Encoder, IntCounter, TextEncoder};
 
@@ -421,42 +423,9 @@ impl Metrics {
         String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 
-    /// The same figures as JSON: `{metric: [{labels..., value | buckets}]}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        use prometheus::proto::MetricType;
-        let mut out = serde_json::Map::new();
-        for family in self.inner.registry.gather() {
-            let mut series = Vec::new();
-            for m in family.get_metric() {
-                let mut obj = serde_json::Map::new();
-                for l in m.get_label() {
-                    obj.insert(l.name().to_string(), l.value().into());
-                }
-                match family.get_field_type() {
-                    MetricType::COUNTER => {
-                        obj.insert("value".into(), m.get_counter().get_value().into());
-                    }
-                    MetricType::GAUGE => {
-                        obj.insert("value".into(), m.get_gauge().get_value().into());
-                    }
-                    MetricType::HISTOGRAM => {
-                        let h = m.get_histogram();
-                        obj.insert("count".into(), h.get_sample_count().into());
-                        obj.insert("sum".into(), h.get_sample_sum().into());
-                        let buckets: serde_json::Map<String, serde_json::Value> = h
-                            .get_bucket()
-                            .iter()
-                            .map(|b| (b.upper_bound().to_string(), b.cumulative_count().into()))
-                            .collect();
-                        obj.insert("buckets".into(), buckets.into());
-                    }
-                    _ => continue,
-                }
-                series.push(serde_json::Value::Object(obj));
-            }
-            out.insert(family.name().to_string(), series.into());
-        }
-        serde_json::Value::Object(out)
+    /// The same figures for JSON (`GET /stats`; shape in `metrics/stats.rs`).
+    pub fn stats(&self) -> Stats {
+        Stats::of(&self.inner.registry.gather())
     }
 }
 
@@ -528,7 +497,7 @@ mod tests {
         assert!(text.contains("strata_requests_total{outcome=\"hit\",status=\"200\"} 1"));
         assert!(text.contains("strata_requests_total{outcome=\"miss\",status=\"599\"} 1"));
         assert!(text.contains("strata_cache_hits_total{tier=\"memory\"} 1"));
-        let json = m.to_json();
+        let json = serde_json::to_value(m.stats()).unwrap();
         assert!(json["strata_request_duration_seconds"].is_array());
     }
 }

@@ -297,6 +297,99 @@ async fn admin_405_names_the_allowed_methods() {
     strata.stop().await;
 }
 
+/// SPEC §4: `POST /purge` is `401` without the token. With no
+/// `admin.token` configured no token is right: every mutating endpoint
+/// answers `401` with `WWW-Authenticate: Bearer` and says why (it was a
+/// `403` in plain text).
+#[tokio::test]
+async fn mutating_endpoints_without_a_configured_token_are_401() {
+    let origin = Origin::fixed(&[], "ok").await;
+    let text = support::config_text(&[origin.addr], "[upstream.health]\nenabled = false\n")
+        .replace("token = \"secret\"\n", "");
+    let strata = Strata::start_text(&text).await;
+    let client = Client::new();
+    let server = format!("{{\"server\": \"{}\"}}", origin.addr);
+    for (path, body, what) in [
+        ("/purge", r#"{"url": "/x"}"#.to_string(), "purge"),
+        ("/upstreams/drain", server.clone(), "drain"),
+        ("/upstreams/undrain", server, "undrain"),
+    ] {
+        for auth in [None, Some("Bearer secret")] {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| ("authorization", a)).into_iter().collect();
+            let r = client
+                .send(
+                    http::Method::POST,
+                    &strata.admin_url(path),
+                    &headers,
+                    bytes::Bytes::from(body.clone()),
+                )
+                .await;
+            assert_eq!(r.status, 401, "{path} {auth:?}");
+            assert_eq!(
+                r.header("www-authenticate"),
+                Some("Bearer realm=\"strata-admin\""),
+                "{path}"
+            );
+            assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+            assert_eq!(
+                r.text(),
+                format!("{{\"error\":\"{what} is disabled: no admin.token configured\"}}\n"),
+                "{path}"
+            );
+        }
+    }
+    strata.stop().await;
+}
+
+/// SPEC §2's `[cache.redis]` example, uncommented, sets `sentinel_master`
+/// ("sentinel mode only") beside `mode = "standalone"`: `check` accepts it
+/// with a warning naming `file:line:column` and the key, and `serve` logs
+/// the same warning. `check` refused it ("only valid with mode =
+/// \"sentinel\"").
+#[tokio::test]
+async fn sentinel_master_outside_sentinel_mode_is_a_warning_not_an_error() {
+    let origin = Origin::fixed(&[], "ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let redis = "[cache.redis]\n\
+        mode = \"standalone\"          # \"standalone\" | \"cluster\" | \"sentinel\"\n\
+        urls = [\"redis://127.0.0.1:1\"]\n\
+        sentinel_master = \"mymaster\" # sentinel mode only\n\
+        timeout = \"50ms\"             # a slow or dead Redis degrades to memory-only\n";
+    let text = support::config_text(&[origin.addr], "[upstream.health]\nenabled = false\n") + redis;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("sentinel_master"))
+        .unwrap()
+        + 1;
+    std::fs::write(&path, &text).unwrap();
+    let warning = format!(
+        "{}:{line}:19: cache.redis.sentinel_master: ignored: only used with mode = \"sentinel\"",
+        path.display()
+    );
+
+    let out = strata_bin()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "config ok\n");
+    assert_eq!(stderr, format!("warning: {warning}\n"));
+
+    let strata = Binary::start(&path, &[]).await;
+    let logged: Vec<_> = strata
+        .events()
+        .into_iter()
+        .filter(|e| e["level"] == "WARN" && e["message"] == warning.as_str())
+        .collect();
+    assert_eq!(logged.len(), 1, "{:?}", strata.lines());
+    let (status, _) = strata.stop().await;
+    assert!(status.success());
+}
+
 /// An app without a health route: every path, `/health` included, is 404.
 const NO_HEALTH_ROUTE: &[u8] =
     b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found";

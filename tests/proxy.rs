@@ -50,6 +50,24 @@ async fn round_robin_over_two_and_three_upstreams() {
     }
 }
 
+/// `/health` keeps the README's key order (`status`, `healthy`,
+/// `upstreams`; per server `server`, `state`, `healthy`, then the
+/// details), not serde_json's alphabetical one.
+#[tokio::test]
+async fn health_keys_follow_the_readme_order() {
+    let a = named_origin("a").await;
+    let strata = Strata::start(&[a.addr], NO_HEALTH).await;
+    let h = Client::new().get(&strata.admin_url("/health")).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(
+        h.text(),
+        format!(
+            "{{\"status\":\"ok\",\"healthy\":1,\"upstreams\":[{{\"server\":\"{}\",\"state\":\"healthy\",\"healthy\":true,\"weight\":1,\"draining\":false,\"in_flight\":0}}]}}\n",
+            a.addr
+        )
+    );
+}
+
 #[tokio::test]
 async fn failing_health_check_ejects_and_recovery_returns() {
     let a = named_origin("a").await;

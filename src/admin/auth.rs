@@ -1,5 +1,6 @@
 //! Bearer tokens on the admin API (RFC 6750 §2.1 `Authorization: Bearer
-//! TOKEN`): `[admin] token` for `POST /purge`, `[admin] read_token` (or
+//! TOKEN`): `[admin] token` for `POST /purge` and the drain endpoints
+//! (`401` for every request while it is unset), `[admin] read_token` (or
 //! `token`) for the read endpoints when a read token is set.
 //!
 //! The read endpoints also take the token as the password of HTTP Basic
@@ -98,6 +99,24 @@ pub fn may_write<B>(req: &Request<B>, token: &str) -> bool {
 /// `401` with `WWW-Authenticate: Bearer` (RFC 6750 §3).
 pub fn unauthorized() -> Response<ProxyBody> {
     let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"strata-admin\""),
+    );
+    r
+}
+
+/// `401` for a mutating endpoint (`what`: "purge", "drain") while no
+/// `[admin] token` is configured: SPEC §4 says `401` without the token,
+/// and none can be right. `WWW-Authenticate: Bearer` as for a wrong token
+/// (RFC 6750 §3), with a JSON body saying why no token will do.
+pub fn disabled(what: &str) -> Response<ProxyBody> {
+    let mut r = super::json_response(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({
+            "error": format!("{what} is disabled: no admin.token configured")
+        }),
+    );
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"strata-admin\""),

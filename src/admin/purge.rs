@@ -3,7 +3,8 @@
 //! instead of removing), with `Authorization: Bearer TOKEN`; answers
 //! `{"purged": N}`, plus `"cascaded": M` when cascades ran (`N` counts
 //! the cascaded entries too).
-//! 401 without the right token, 400 on a bad body.
+//! 401 without the right token (and, with no `admin.token` configured,
+//! for every request), 400 on a bad body.
 //!
 //! A `url` is normalised like a request's path and keyed with the
 //! matching rule's key options (`admin/target.rs`); under a rule that
@@ -15,7 +16,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{auth, json_response, text};
+use super::{auth, json_response};
 use crate::activity::Kind;
 use crate::cache::Purge;
 use crate::proxy::body::ProxyBody;
@@ -37,10 +38,7 @@ struct PurgeBody {
 pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     let token = shared.runtime.load().config.admin.token.clone();
     let Some(token) = token else {
-        return text(
-            StatusCode::FORBIDDEN,
-            "purge is disabled: no admin.token configured\n",
-        );
+        return auth::disabled("purge");
     };
     if !auth::may_write(&req, &token) {
         return auth::unauthorized();

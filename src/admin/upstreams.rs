@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth;
-use super::{json_response, text};
+use super::json_response;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::Shared;
 
@@ -34,10 +34,7 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let token = shared.runtime.load().config.admin.token.clone();
     let Some(token) = token else {
-        return text(
-            StatusCode::FORBIDDEN,
-            "drain is disabled: no admin.token configured\n",
-        );
+        return auth::disabled(if draining { "drain" } else { "undrain" });
     };
     if !auth::may_write(&req, &token) {
         return auth::unauthorized();

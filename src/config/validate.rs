@@ -105,9 +105,19 @@ impl Locator<'_> {
 
 pub(super) struct Validator<'a> {
     pub(super) at: Locator<'a>,
+    /// `file:line:column: key: message` of keys accepted but ignored
+    /// ([`Validator::warn`]), handed to [`Config::warnings`].
+    pub(super) warnings: std::cell::RefCell<Vec<String>>,
 }
 
 impl Validator<'_> {
+    /// Notes that `value` (at `key`) is accepted but ignored, saying why:
+    /// a warning, located like an error, not a refusal.
+    pub(super) fn warn<T>(&self, value: &Spanned<T>, key: &str, message: impl fmt::Display) {
+        let warning = self.at.spanned(value, key, message).to_string();
+        self.warnings.borrow_mut().push(warning);
+    }
+
     /// A count that must be at least 1 (a zero threshold, limit or burst
     /// would refuse everything or act on nothing); `default` when absent.
     pub(super) fn at_least_one<T: From<u8> + PartialEq>(
@@ -180,6 +190,7 @@ impl Validator<'_> {
                 None => None,
                 Some(w) => Some(self.warming(w, redis)?),
             },
+            warnings: self.warnings.take(),
         })
     }
 

@@ -87,6 +87,9 @@ impl Reloader {
         if let (Some(acceptor), Some(certificates)) = (&self.tls, certificates) {
             acceptor.replace(certificates);
         }
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
         for warning in restart_only::pending(&self.started, &config) {
             tracing::warn!("{warning}");
         }

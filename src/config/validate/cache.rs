@@ -176,12 +176,15 @@ impl Validator<'_> {
                 ))
             }
             (RedisMode::Sentinel, Some(m)) => Some(m.into_inner()),
+            // SPEC §2's own example sets it beside mode = "standalone"
+            // ("sentinel mode only"): accepted, said, and ignored.
             (_, Some(m)) => {
-                return Err(self.at.spanned(
+                self.warn(
                     &m,
                     "cache.redis.sentinel_master",
-                    "only valid with mode = \"sentinel\"",
-                ))
+                    "ignored: only used with mode = \"sentinel\"",
+                );
+                None
             }
             (_, None) => None,
         };
