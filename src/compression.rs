@@ -369,6 +369,15 @@ impl CompressionPolicy {
     pub fn large_enough(&self, len: Option<u64>) -> bool {
         len.is_none_or(|len| len >= self.min_size)
     }
+
+    /// Whether a stored response of `status` and `headers` with a body of
+    /// `len` bytes gets encoded representations: eligible and at least
+    /// `min_size`. Its identity copy then carries `Vary: Accept-Encoding`
+    /// like the encoded ones, from admission on and after every `304` that
+    /// brings a `Vary` of its own (SPEC §6).
+    pub fn encodes_stored(&self, status: StatusCode, headers: &HeaderMap, len: u64) -> bool {
+        self.eligible(status, headers) && self.large_enough(Some(len))
+    }
 }
 
 /// Comma-separated list elements of every value of header `name`, trimmed.

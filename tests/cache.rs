@@ -3122,3 +3122,72 @@ async fn a_waiter_on_a_304_that_widens_vary_is_selected_anew() {
     }
     assert_eq!(origin.count(), 3);
 }
+
+/// RFC 9111 §4.1: a background refresh (stale-while-revalidate) answered
+/// with a 200 whose `Vary` names other fields stores it under the
+/// refreshing request's values of those fields, not the old variant's:
+/// alice's refreshed page, sent with `Vary: Accept-Language, Cookie`, is
+/// no hit for bob (bug replay: it was stored under `Accept-Language: en`
+/// alone, and bob was served alice's page).
+#[tokio::test]
+async fn a_refresh_whose_vary_names_other_fields_selects_by_the_refreshing_request() {
+    let first = Arc::new(AtomicBool::new(true));
+    let origin = Origin::start(move |req| {
+        let first = first.clone();
+        async move {
+            if first.swap(false, Ordering::SeqCst) {
+                // Age: 20 > max-age=10, within stale-while-revalidate.
+                return reply(
+                    200,
+                    &[
+                        ("cache-control", "max-age=10, stale-while-revalidate=600"),
+                        ("age", "20"),
+                        ("etag", "\"p\""),
+                        ("vary", "Accept-Language"),
+                    ],
+                    "page-for-1",
+                );
+            }
+            let cookie = support::origin::field(&req, "cookie");
+            reply(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("etag", "\"q\""),
+                    ("vary", "Accept-Language, Cookie"),
+                ],
+                format!("page-for-{cookie}"),
+            )
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let url = s.url("/swr-vary");
+    let r = c.get_with(&url, &[EN]).await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    // Served stale; the refresh goes in the background with alice's cookie.
+    let r = c.get_with(&url, &[EN, ALICE]).await;
+    assert_eq!(r.text(), "page-for-1");
+    wait_until(
+        Duration::from_secs(5),
+        "alice's refreshed page stored",
+        || async {
+            let r = c.get_with(&url, &[EN, ALICE]).await;
+            r.is_hit() && r.text() == "page-for-user=alice"
+        },
+    )
+    .await;
+    assert_eq!(origin.count(), 2);
+    let r = c.get_with(&url, &[EN, BOB]).await;
+    assert!(!r.is_hit(), "bob is not alice: {}", r.cache_status());
+    assert_eq!(r.text(), "page-for-user=bob");
+    assert_eq!(origin.count(), 3);
+    let r = c.get_with(&url, &[EN]).await;
+    assert!(
+        !r.is_hit(),
+        "no cookie is not alice's: {}",
+        r.cache_status()
+    );
+    assert_eq!(origin.count(), 4);
+}

@@ -514,3 +514,80 @@ async fn no_transform_on_a_304_drops_the_encoded_copies() {
         assert!(r.header("cache-control").unwrap().contains("no-transform"));
     }
 }
+
+/// A 304 that brings a `Vary` of its own replaces the origin's fields, not
+/// the `Accept-Encoding` Strata adds to a response it encodes: after the
+/// revalidation every copy (gzip, br, identity) still says it varies on
+/// `Accept-Encoding`, so no cache or browser downstream hands the gzip
+/// copy to a client that cannot take it.
+#[tokio::test]
+async fn a_vary_on_a_304_keeps_accept_encoding_on_every_copy() {
+    let origin = Origin::start(|req| async move {
+        if req.headers().contains_key("if-none-match") {
+            return support::origin::reply(
+                304,
+                &[
+                    ("cache-control", "max-age=300"),
+                    ("etag", "\"v1\""),
+                    ("vary", "Accept-Language"),
+                ],
+                "",
+            );
+        }
+        support::origin::reply(
+            200,
+            &[
+                ("cache-control", "max-age=300"),
+                ("content-type", "text/plain"),
+                ("etag", "\"v1\""),
+            ],
+            page(),
+        )
+    })
+    .await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    let url = s.url("/vary304");
+    let first = get(&c, &url, "gzip").await;
+    assert!(
+        first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    assert_eq!(first.header("vary"), Some("Accept-Encoding"));
+    stored(&c, &url).await;
+    let reload = c
+        .get_with(
+            &url,
+            &[("accept-encoding", "gzip"), ("cache-control", "no-cache")],
+        )
+        .await;
+    assert!(
+        reload.cache_status().contains("fwd-status=304"),
+        "{}",
+        reload.cache_status()
+    );
+    assert_eq!(
+        reload.header("vary"),
+        Some("Accept-Language, Accept-Encoding")
+    );
+    for (ae, coding) in [
+        ("gzip", Some("gzip")),
+        ("br", Some("br")),
+        ("identity", None),
+    ] {
+        let r = get(&c, &url, ae).await;
+        assert!(
+            r.cache_status().contains("hit"),
+            "{ae}: {}",
+            r.cache_status()
+        );
+        assert_eq!(r.header("content-encoding"), coding, "{ae}");
+        assert_eq!(
+            r.header("vary"),
+            Some("Accept-Language, Accept-Encoding"),
+            "{ae}"
+        );
+    }
+    assert_eq!(origin.count(), 2);
+}

@@ -208,7 +208,7 @@ async fn run(
     let encode = plan
         .compression
         .as_ref()
-        .filter(|p| p.eligible(plan.status, &plan.headers) && p.large_enough(Some(total)));
+        .filter(|p| p.encodes_stored(plan.status, &plan.headers, total));
     let identity = Arc::new(identity_variant(
         plan.status,
         plan.headers,

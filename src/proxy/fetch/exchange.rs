@@ -23,6 +23,7 @@ use crate::cache::entry::{self, Object, Variant};
 use crate::cache::freshness::{self, now_millis, Heuristic, Millis, NotStorable};
 use crate::cache::key::CacheKey;
 use crate::cache::{tags, Cache};
+use crate::compression;
 use crate::metrics::Shed;
 use crate::rules::{lifetime, Rule};
 use crate::upstream::client::empty_body;
@@ -365,7 +366,9 @@ fn normalize_response(headers: &mut HeaderMap) -> Vec<String> {
 /// headers: the tags (`Surrogate-Key` / `Cache-Tag`, purged by what the
 /// entry carries now) and the selecting fields (RFC 9111 §4.1: a `Vary`
 /// naming other fields makes the updated response the one stored for the
-/// request that was validated, selected by its values of them).
+/// request that was validated, selected by its values of them). A `Vary`
+/// on the 304 replaces the origin's fields only: a response Strata
+/// encodes keeps `Accept-Encoding` in it, on every copy (SPEC §6).
 impl Exchange {
     fn freshen(
         &self,
@@ -446,10 +449,21 @@ impl Exchange {
         if CacheControl::from_headers(&v.headers).no_transform {
             v.encoded.clear();
         }
+        // A response Strata encodes varies on `Accept-Encoding` as well as
+        // on what the origin names (added as admission adds it): a `Vary`
+        // on the 304 replaces the origin's fields, not Strata's.
+        let compression = self.runtime.config.compression.as_ref();
+        if !v.encoded.is_empty()
+            || compression
+                .is_some_and(|p| p.encodes_stored(v.status, &v.headers, v.body.len() as u64))
+        {
+            compression::merge_vary_accept_encoding(&mut v.headers);
+        }
         for e in &mut v.encoded {
             e.modify_headers(|h| {
                 apply(h, true);
                 h.remove(STRATA_CACHE_CONTROL);
+                compression::merge_vary_accept_encoding(h);
             });
         }
         v.times = freshness::times(&update, request_time, response_time);

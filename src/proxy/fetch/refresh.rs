@@ -24,7 +24,7 @@ use super::exchange::{Exchange, Fetched};
 use super::for_this_request_only;
 use crate::cache::collapse::Flight;
 use crate::cache::directives::CacheControl;
-use crate::cache::entry::Variant;
+use crate::cache::entry::{Variant, VaryKey};
 use crate::cache::freshness::now_millis;
 
 /// How long after a failed background refresh (the upstream unreachable,
@@ -71,8 +71,13 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
         {
             Fetched::NotModified(stored, ..) => lock.publish(Flight::admitted(stored)),
             Fetched::Storable(mut plan, _, body) => {
-                // Same request fields as the stored variant.
-                plan.vary = variant.vary.clone();
+                // Under the stored variant's values when the new response
+                // varies on the same fields; one that names others is
+                // keyed by this request's values of them, as forwarded
+                // (`plan.vary`, RFC 9111 §4.1).
+                if same_fields(&plan.vary, &variant.vary) {
+                    plan.vary = variant.vary.clone();
+                }
                 admit::spawn(exchange.cache, *plan, Some(lock), body, None, None);
             }
             // A full answer that may not be stored (RFC 9111 §4.3.3: the
@@ -106,6 +111,11 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
             }
         }
     });
+}
+
+/// Whether two Vary keys name the same fields, in the same order.
+fn same_fields(a: &VaryKey, b: &VaryKey) -> bool {
+    a.0.iter().map(|(n, _)| n).eq(b.0.iter().map(|(n, _)| n))
 }
 
 /// Whether `variant` was stored for the `Authorization` of its request
