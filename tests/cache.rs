@@ -1498,7 +1498,9 @@ async fn purge_refuses_tags_that_can_never_match_and_out_of_range_ports() {
         assert_eq!(status, 400, "{bad}: {answer}");
         let error = answer["error"].as_str().unwrap_or_default();
         assert!(
-            error.ends_with("]: expected a non-empty tag without spaces or commas"),
+            error.ends_with(
+                "]: expected a non-empty tag of visible ASCII characters, without commas"
+            ),
             "{bad}: {error}"
         );
     }

@@ -12,16 +12,18 @@ pub const CACHE_TAG: &str = "cache-tag";
 const SEPARATORS: [char; 3] = [' ', ',', '\t'];
 
 /// A tag that no stored entry can carry: [`take`] splits on spaces, tabs
-/// and commas, so a tag containing one never matches anything.
+/// and commas, so a tag containing one never matches anything, and reads
+/// only visible ASCII (a field value with other bytes is not text to it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("expected a non-empty tag without spaces or commas")]
+#[error("expected a non-empty tag of visible ASCII characters, without commas")]
 pub struct BadTag;
 
 /// `tag` trimmed, as [`take`] would have stored it; [`BadTag`] when it is
-/// empty or holds a separator (space, tab, comma), which no stored tag can.
+/// empty, holds a separator (space, tab, comma) or a character outside
+/// visible ASCII, which no stored tag can.
 pub fn checked(tag: &str) -> Result<&str, BadTag> {
     let tag = tag.trim();
-    if tag.is_empty() || tag.contains(SEPARATORS) {
+    if tag.is_empty() || tag.contains(SEPARATORS) || !tag.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(BadTag);
     }
     Ok(tag)
@@ -68,7 +70,7 @@ mod tests {
     #[test]
     fn checked_refuses_what_take_splits() {
         assert_eq!(checked(" news "), Ok("news"));
-        for bad in ["", "  ", "a b", "a,b", "a\tb"] {
+        for bad in ["", "  ", "a b", "a,b", "a\tb", "café", "a\u{7f}"] {
             assert_eq!(checked(bad), Err(BadTag), "{bad:?}");
         }
     }
