@@ -59,10 +59,7 @@ pub async fn run(
                 // Gone: dropping the workers' queues flushes them.
                 let Some(alert) = received else { return };
                 let current = config.borrow().clone();
-                let wanted = |h: &&WebhookConfig| match alert.ends {
-                    None => h.wants(alert.event),
-                    Some(ended) => h.format == Format::Alertmanager && h.wants(ended),
-                };
+                let wanted = |h: &&WebhookConfig| delivers(h, &alert);
                 for hook in current.webhooks.iter().filter(wanted) {
                     let worker = worker_for(&mut workers, hook, &sender, &metrics);
                     if worker.tx.try_send(alert.clone()).is_err() {
@@ -154,5 +151,78 @@ async fn deliver(sender: &Sender, metrics: &Metrics, hook: &WebhookConfig, alert
     };
     for a in alerts {
         metrics.alert(a.event.as_str(), result);
+    }
+}
+
+/// Whether `hook` gets `alert`: an event it asked for (all, when its
+/// `events` is empty). An Alertmanager hook also gets the recovery of an
+/// event it asked for (`upstream_up` for `upstream_down`,
+/// `redis_breaker_closed` for `redis_breaker_open`, the first
+/// `upstream_up` for `all_upstreams_down`), sent as that alert with
+/// `endsAt`: without it, an alert Alertmanager was told of would stay
+/// firing until its `resolve_timeout`. Other formats hear a recovery only
+/// when they asked for it.
+fn delivers(hook: &WebhookConfig, alert: &Alert) -> bool {
+    let alertmanager = hook.format == Format::Alertmanager;
+    match alert.ends {
+        None => {
+            hook.wants(alert.event)
+                || (alertmanager && alert.event.resolves().is_some_and(|e| hook.wants(e)))
+        }
+        Some(ended) => alertmanager && hook.wants(ended),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::Event;
+
+    fn hook(format: Format, events: &[Event]) -> WebhookConfig {
+        WebhookConfig {
+            url: "http://127.0.0.1:9/hook".parse().unwrap(),
+            authorization: None,
+            format,
+            events: events.to_vec(),
+            secret: None,
+            batch_window: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn alert(event: Event, ends: Option<Event>) -> Alert {
+        Alert {
+            event,
+            severity: event.severity(),
+            instance: "edge-1".into(),
+            message: String::new(),
+            labels: Default::default(),
+            at: SystemTime::now(),
+            ends,
+        }
+    }
+
+    /// An Alertmanager hook that asked for `upstream_down` alone hears the
+    /// `upstream_up` that resolves it; a `json` hook does not.
+    #[test]
+    fn an_alertmanager_hook_hears_the_recovery_of_what_it_asked_for() {
+        let up = alert(Event::UpstreamUp, None);
+        let closed = alert(Event::RedisBreakerClosed, None);
+        let am = hook(Format::Alertmanager, &[Event::UpstreamDown]);
+        assert!(delivers(&am, &up));
+        assert!(
+            !delivers(&am, &closed),
+            "not the recovery of what it asked for"
+        );
+        assert!(!delivers(&hook(Format::Json, &[Event::UpstreamDown]), &up));
+        assert!(delivers(&hook(Format::Json, &[Event::UpstreamUp]), &up));
+        // The recovery that ends another event's alert.
+        let ends = alert(Event::UpstreamUp, Some(Event::AllUpstreamsDown));
+        assert!(delivers(
+            &hook(Format::Alertmanager, &[Event::AllUpstreamsDown]),
+            &ends
+        ));
+        assert!(!delivers(&hook(Format::Json, &[]), &ends));
+        assert!(!delivers(&am, &ends));
     }
 }
