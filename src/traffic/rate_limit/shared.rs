@@ -22,8 +22,9 @@
 //! deadline is the call's own bound (`cache.redis.timeout`) after it is
 //! sent, plus as much again for clocks that differ between the instance
 //! and the Redis host: a call Redis runs less than that late still
-//! charges, and a Redis clock ahead by more than `timeout` makes every
-//! call expire (the local limits apply; a warning says so, once).
+//! charges, and a Redis clock ahead by more than twice `timeout` (less the
+//! trip there) makes every call expire (the local limits apply; a warning
+//! says so, once).
 //!
 //! Key: `{key_prefix}rl:{name}:{hash of the client key}`.
 
