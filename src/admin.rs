@@ -65,7 +65,7 @@ impl Admin {
         if is_read_endpoint(req.uri().path())
             && !auth::may_read(&req, &self.shared.runtime.load().config.admin)
         {
-            return auth::unauthorized_read();
+            return auth::unauthorized_read(&req);
         }
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/health") => self.health(),
@@ -203,8 +203,8 @@ pub fn bad_request(reason: &str) -> Response<ProxyBody> {
 
 /// A mutating endpoint's request body: at most `limit` bytes, all of it
 /// within `server.header_read_timeout` (a client that stalls mid-body held
-/// the admin connection open for good). `Err` is the answer: `400` (too
-/// large, unreadable) or `408` (too slow).
+/// the admin connection open for good). `Err` is the answer: `413` (more
+/// than `limit` bytes), `400` (unreadable) or `408` (too slow).
 pub async fn read_body(
     shared: &Shared,
     body: hyper::body::Incoming,
@@ -214,7 +214,12 @@ pub async fn read_body(
     let within = shared.runtime.load().config.server.header_read_timeout;
     match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
         Ok(Ok(b)) => Ok(b.to_bytes()),
-        Ok(Err(_)) => Err(bad_request("body too large or unreadable")),
+        // RFC 9110 §15.5.14, as nginx's `client_max_body_size` answers.
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(json_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &serde_json::json!({ "error": format!("request body larger than {limit} bytes") }),
+        )),
+        Ok(Err(_)) => Err(bad_request("request body unreadable")),
         Err(_) => Err(json_response(
             StatusCode::REQUEST_TIMEOUT,
             &serde_json::json!({ "error": "request body not received in time" }),

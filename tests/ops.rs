@@ -342,6 +342,110 @@ async fn mutating_endpoints_without_a_configured_token_are_401() {
     strata.stop().await;
 }
 
+/// With a token configured, a missing or wrong one is `401` as JSON with
+/// `Cache-Control: no-store`, like the no-token case (it was plain text
+/// without `Cache-Control`); a wrong bearer token's challenge carries
+/// `error="invalid_token"` (RFC 6750 §3.1), a missing one's none.
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_a_json_401() {
+    let origin = Origin::fixed(&[], "ok").await;
+    let text = support::config_text(&[origin.addr], "[upstream.health]\nenabled = false\n")
+        .replace(
+            "token = \"secret\"\n",
+            "token = \"secret\"\nread_token = \"reader\"\n",
+        );
+    let strata = Strata::start_text(&text).await;
+    let client = Client::new();
+    let server = format!("{{\"server\": \"{}\"}}", origin.addr);
+    let plain = "Bearer realm=\"strata-admin\"";
+    let invalid = "Bearer realm=\"strata-admin\", error=\"invalid_token\"";
+    for (method, path, body) in [
+        (http::Method::POST, "/purge", r#"{"url": "/x"}"#.to_string()),
+        (http::Method::POST, "/upstreams/drain", server.clone()),
+        (http::Method::POST, "/upstreams/undrain", server),
+        (http::Method::GET, "/metrics", String::new()),
+    ] {
+        for (auth, challenge, error) in [
+            (
+                None,
+                plain,
+                "missing token: send Authorization: Bearer TOKEN",
+            ),
+            (Some("Bearer wrong"), invalid, "wrong token"),
+            (Some("Basic d3Jvbmc="), plain, "wrong token"),
+        ] {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| ("authorization", a)).into_iter().collect();
+            let r = client
+                .send(
+                    method.clone(),
+                    &strata.admin_url(path),
+                    &headers,
+                    bytes::Bytes::from(body.clone()),
+                )
+                .await;
+            assert_eq!(r.status, 401, "{path} {auth:?}");
+            assert_eq!(
+                r.header("www-authenticate"),
+                Some(challenge),
+                "{path} {auth:?}"
+            );
+            assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+            assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
+            assert_eq!(
+                r.text(),
+                format!("{{\"error\":\"{error}\"}}\n"),
+                "{path} {auth:?}"
+            );
+        }
+    }
+    strata.stop().await;
+}
+
+/// An admin body over its endpoint's bound (64 KiB for `/purge`, 4 KiB
+/// for drain) is `413` (RFC 9110 §15.5.14), not `400`: nothing is wrong
+/// with its syntax. A body within the bound still parses.
+#[tokio::test]
+async fn an_oversized_admin_body_is_413() {
+    let origin = Origin::fixed(&[], "ok").await;
+    let text = support::config_text(&[origin.addr], "[upstream.health]\nenabled = false\n");
+    let strata = Strata::start_text(&text).await;
+    let client = Client::new();
+    let auth = [("authorization", "Bearer secret")];
+    let tags = |n: usize| format!(r#"{{"tags": ["{}"]}}"#, "t".repeat(n));
+    let padded = |n: usize| format!(r#"{{"server": "{}"{}}}"#, origin.addr, " ".repeat(n));
+    for (path, over, within, limit) in [
+        ("/purge", tags(64 * 1024), tags(60 * 1024), 65536),
+        ("/upstreams/drain", padded(4 * 1024), padded(100), 4096),
+    ] {
+        let r = client
+            .send(
+                http::Method::POST,
+                &strata.admin_url(path),
+                &auth,
+                bytes::Bytes::from(over),
+            )
+            .await;
+        assert_eq!(r.status, 413, "{path}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+        assert_eq!(
+            r.text(),
+            format!("{{\"error\":\"request body larger than {limit} bytes\"}}\n"),
+            "{path}"
+        );
+        let r = client
+            .send(
+                http::Method::POST,
+                &strata.admin_url(path),
+                &auth,
+                bytes::Bytes::from(within),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    strata.stop().await;
+}
+
 /// SPEC §2's `[cache.redis]` example, uncommented, sets `sentinel_master`
 /// ("sentinel mode only") beside `mode = "standalone"`: `check` accepts it
 /// with a warning naming `file:line:column` and the key, and `serve` logs

@@ -19,7 +19,6 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use subtle::{Choice, ConstantTimeEq};
 
-use super::text;
 use crate::config::AdminConfig;
 use crate::proxy::body::ProxyBody;
 
@@ -96,12 +95,27 @@ pub fn may_write<B>(req: &Request<B>, token: &str) -> bool {
     bearer(req).is_some_and(|given| token_eq(given, token.as_bytes()))
 }
 
-/// `401` with `WWW-Authenticate: Bearer` (RFC 6750 §3).
-pub fn unauthorized() -> Response<ProxyBody> {
-    let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+/// `401` for a missing or wrong token: `WWW-Authenticate: Bearer
+/// realm="strata-admin"`, with `error="invalid_token"` when the request
+/// carried a bearer token (RFC 6750 §3.1: no error code when it carried
+/// none), and a JSON `{"error": ...}` body with `Cache-Control: no-store`,
+/// as `/purge` answers a bad body.
+pub fn unauthorized<B>(req: &Request<B>) -> Response<ProxyBody> {
+    let given = req.headers().contains_key(header::AUTHORIZATION);
+    let mut r = super::json_response(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({
+            "error": if given { "wrong token" } else { "missing token: send Authorization: Bearer TOKEN" }
+        }),
+    );
+    let challenge = if bearer(req).is_some() {
+        "Bearer realm=\"strata-admin\", error=\"invalid_token\""
+    } else {
+        "Bearer realm=\"strata-admin\""
+    };
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"strata-admin\""),
+        HeaderValue::from_static(challenge),
     );
     r
 }
@@ -126,8 +140,8 @@ pub fn disabled(what: &str) -> Response<ProxyBody> {
 
 /// `401` for a read endpoint: offers Bearer and Basic (so that a browser
 /// prompts for the token).
-pub fn unauthorized_read() -> Response<ProxyBody> {
-    let mut r = unauthorized();
+pub fn unauthorized_read<B>(req: &Request<B>) -> Response<ProxyBody> {
+    let mut r = unauthorized(req);
     r.headers_mut().append(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Basic realm=\"strata-admin\", charset=\"UTF-8\""),

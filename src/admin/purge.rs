@@ -41,7 +41,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
         return auth::disabled("purge");
     };
     if !auth::may_write(&req, &token) {
-        return auth::unauthorized();
+        return auth::unauthorized(&req);
     }
     let body = match super::read_body(shared, req.into_body(), MAX_BODY).await {
         Ok(b) => b,

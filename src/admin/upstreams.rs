@@ -37,7 +37,7 @@ pub async fn handle(
         return auth::disabled(if draining { "drain" } else { "undrain" });
     };
     if !auth::may_write(&req, &token) {
-        return auth::unauthorized();
+        return auth::unauthorized(&req);
     }
     let body = match super::read_body(shared, req.into_body(), MAX_BODY).await {
         Ok(b) => b,
