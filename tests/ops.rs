@@ -325,21 +325,22 @@ async fn mutating_endpoints_without_a_configured_token_are_401() {
                     bytes::Bytes::from(body.clone()),
                 )
                 .await;
-            assert_eq!(r.status, 401, "{path} {auth:?}");
-            assert_eq!(
-                r.header("www-authenticate"),
-                Some("Bearer realm=\"strata-admin\""),
-                "{path}"
-            );
-            assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
-            assert_eq!(
-                r.text(),
-                format!("{{\"error\":\"{what} is disabled: no admin.token configured\"}}\n"),
-                "{path}"
-            );
+            let error = format!("{what} is disabled: no admin.token configured");
+            let challenge = "Bearer realm=\"strata-admin\"";
+            expect_json_401(&r, challenge, &error, &format!("{path} {auth:?}"));
         }
     }
     strata.stop().await;
+}
+
+/// An admin `401`: its first challenge, and `{"error": error}` as JSON
+/// that no cache may keep.
+fn expect_json_401(r: &support::http::Reply, challenge: &str, error: &str, what: &str) {
+    assert_eq!(r.status, 401, "{what}");
+    assert_eq!(r.header("www-authenticate"), Some(challenge), "{what}");
+    assert_eq!(r.header("content-type"), Some("application/json"), "{what}");
+    assert_eq!(r.header("cache-control"), Some("no-store"), "{what}");
+    assert_eq!(r.text(), format!("{{\"error\":\"{error}\"}}\n"), "{what}");
 }
 
 /// With a token configured, a missing or wrong one is `401` as JSON with
@@ -384,19 +385,7 @@ async fn a_missing_or_wrong_token_is_a_json_401() {
                     bytes::Bytes::from(body.clone()),
                 )
                 .await;
-            assert_eq!(r.status, 401, "{path} {auth:?}");
-            assert_eq!(
-                r.header("www-authenticate"),
-                Some(challenge),
-                "{path} {auth:?}"
-            );
-            assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
-            assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
-            assert_eq!(
-                r.text(),
-                format!("{{\"error\":\"{error}\"}}\n"),
-                "{path} {auth:?}"
-            );
+            expect_json_401(&r, challenge, error, &format!("{path} {auth:?}"));
         }
     }
     strata.stop().await;
