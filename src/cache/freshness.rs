@@ -76,10 +76,12 @@ pub fn about_the_request(status: StatusCode) -> bool {
 }
 
 /// Statuses never stored whatever a rule says: informational, `206`
-/// (served from full objects), `304` (a validation) and
-/// [`about_the_request`].
+/// (served from full objects), `304` (a validation),
+/// [`about_the_request`], and the invalid `600`–`999` (RFC 9110 §15: a
+/// recipient treats them as a `5xx`, whose meaning no cache can know).
 pub fn never_stored(status: StatusCode) -> bool {
-    status.is_informational()
+    status.as_u16() >= 600
+        || status.is_informational()
         || status == StatusCode::PARTIAL_CONTENT
         || status == StatusCode::NOT_MODIFIED
         || about_the_request(status)
@@ -548,6 +550,22 @@ mod tests {
         let h = headers(&[("date", &d), ("last-modified", &lm)]);
         assert_eq!(pol(&h).lifetime, 1000);
         assert!(pol(&headers(&[("cache-control", "s-maxage=1")])).must_revalidate);
+    }
+
+    #[test]
+    /// http-cache-tests' origin answered `999` with `max-age`: it was
+    /// stored and served as a hit.
+    #[test]
+    fn invalid_statuses_are_never_stored() {
+        for status in [600, 999] {
+            assert!(
+                never_stored(StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
+            let cc = [("cache-control", "public, max-age=3600")];
+            assert_eq!(st(status, &[], &cc), Err(NotStorable::Status), "{status}");
+        }
+        assert!(!never_stored(StatusCode::from_u16(599).unwrap()));
     }
 
     #[test]
