@@ -107,7 +107,8 @@ fn serve(global: &strata::cli::Global) -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    match run(config, log, cli_level) {
+    let cli_format = global.log_format.is_some().then_some(format);
+    match run(config, log, cli_level, cli_format) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Logged while the log writer still runs (it stops with `serve`).
@@ -117,7 +118,12 @@ fn serve(global: &strata::cli::Global) -> ExitCode {
     }
 }
 
-fn run(config: Config, log: telemetry::LogHandle, cli_level: Option<String>) -> anyhow::Result<()> {
+fn run(
+    config: Config,
+    log: telemetry::LogHandle,
+    cli_level: Option<String>,
+    cli_format: Option<LogFormat>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("strata")
@@ -127,7 +133,8 @@ fn run(config: Config, log: telemetry::LogHandle, cli_level: Option<String>) -> 
     runtime.block_on(async move {
         let path = config.path.clone();
         let server = Server::bind(config).await?;
-        server::signals::spawn_reloader(path, server.reloader(), move |c| {
+        let reloader = server.reloader().with_cli_log_format(cli_format);
+        server::signals::spawn_reloader(path, reloader, move |c| {
             // The command line wins over the file, as at start-up; a
             // level removed from the file falls back to RUST_LOG, then info.
             if cli_level.is_none() {

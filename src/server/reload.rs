@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{restart_only, tls};
 use crate::activity::Kind;
 use crate::alerts::Event;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LogFormat};
 use crate::proxy::Shared;
 
 /// Why a reload was refused (the running configuration is kept).
@@ -27,6 +27,9 @@ pub struct Reloader {
     tls: Option<tls::Acceptor>,
     /// The configuration the process started with (see [`super::Server`]).
     started: Arc<Config>,
+    /// The `--log-format` given on the command line, which wins over the
+    /// file's `[log] format` (for the restart-only warnings).
+    cli_format: Option<LogFormat>,
 }
 
 impl Reloader {
@@ -39,7 +42,15 @@ impl Reloader {
             shared,
             tls,
             started,
+            cli_format: None,
         }
+    }
+
+    /// The `--log-format` the process was started with: a reload's
+    /// `[log] format` then changes nothing and is not warned about.
+    pub fn with_cli_log_format(mut self, format: Option<LogFormat>) -> Reloader {
+        self.cli_format = format;
+        self
     }
 
     /// Reads `path` and applies it; see [`Reloader::apply`].
@@ -90,7 +101,7 @@ impl Reloader {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
-        for warning in restart_only::pending(&self.started, &config) {
+        for warning in restart_only::pending(&self.started, &config, self.cli_format) {
             tracing::warn!("{warning}");
         }
         let old = self.shared.runtime.load().config.clone();

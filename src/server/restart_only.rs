@@ -8,11 +8,17 @@
 //! again while the file differs, and a file set back to the running value
 //! warns no more.
 
-use crate::config::{AccessFormat, AdminConfig, Config, LogFormat, ServerConfig};
+use crate::config::{AccessFormat, AdminConfig, Config, LogFormat, RedisConfig, ServerConfig};
 
 /// The restart-only groups in which `new` differs from `running` (the
 /// configuration the process started with), as warnings to log.
-pub(super) fn pending(running: &Config, new: &Config) -> Vec<&'static str> {
+/// `cli_format`: the `--log-format` the process was started with, which
+/// wins over both files' `[log] format`.
+pub(super) fn pending(
+    running: &Config,
+    new: &Config,
+    cli_format: Option<LogFormat>,
+) -> Vec<&'static str> {
     let mut warnings = Vec::new();
     // Destructured whole, so a field added to `[server]` or `[admin]` must
     // be sorted here into reloadable or restart-only.
@@ -61,10 +67,11 @@ pub(super) fn pending(running: &Config, new: &Config) -> Vec<&'static str> {
     if *admin_max_connections != running.admin.max_connections {
         warnings.push("admin.max_connections changed: takes effect only after a restart");
     }
-    // The formats in effect (unset: text, access lines following it), so
-    // spelling out a default is no change.
+    // The formats in effect (the command line's, else the file's, else
+    // text; access lines following it), so spelling out a default, or a
+    // format the command line overrides, is no change.
     let formats = |c: &Config| {
-        let format = c.log.format.unwrap_or(LogFormat::Text);
+        let format = cli_format.or(c.log.format).unwrap_or(LogFormat::Text);
         let access = c
             .log
             .access_format
@@ -74,11 +81,31 @@ pub(super) fn pending(running: &Config, new: &Config) -> Vec<&'static str> {
     if formats(running) != formats(new) {
         warnings.push("[log] format or access_format changed: takes effect only after a restart");
     }
+    // Every `[cache.redis]` key: the tier's connections, breaker and write
+    // queue are built at start-up. Destructured whole, so a key added
+    // there must be sorted here too.
     let redis = |c: &Config| {
-        c.cache
-            .redis
-            .as_ref()
-            .map(|r| (r.mode, r.urls.clone(), r.key_prefix.clone()))
+        c.cache.redis.as_ref().map(|r| {
+            let RedisConfig {
+                mode,
+                urls,
+                sentinel_master,
+                timeout,
+                key_prefix,
+                write_queue,
+                breaker_threshold,
+                breaker_backoff,
+            } = r;
+            (
+                (
+                    *mode,
+                    urls.clone(),
+                    sentinel_master.clone(),
+                    key_prefix.clone(),
+                ),
+                (*timeout, *write_queue, *breaker_threshold, *breaker_backoff),
+            )
+        })
     };
     if running.cache.memory_capacity != new.cache.memory_capacity || redis(running) != redis(new) {
         warnings.push(
@@ -103,13 +130,13 @@ mod tests {
     #[test]
     fn reloadable_keys_are_no_restart_warning() {
         let running = config("", "", "");
-        assert!(pending(&running, &running.clone()).is_empty());
+        assert!(pending(&running, &running.clone(), None).is_empty());
         let new = config(
             "trusted_proxies = [\"10.0.0.0/8\"]\n",
             "token = \"t\"\nread_token = \"r\"\n",
             "",
         );
-        assert_eq!(pending(&running, &new), Vec::<&str>::new());
+        assert_eq!(pending(&running, &new, None), Vec::<&str>::new());
     }
 
     /// It was in no list: neither applied nor warned.
@@ -118,7 +145,7 @@ mod tests {
         let running = config("", "max_connections = 2\n", "");
         let new = config("", "max_connections = 300\n", "");
         assert_eq!(
-            pending(&running, &new),
+            pending(&running, &new, None),
             ["admin.max_connections changed: takes effect only after a restart"]
         );
     }
@@ -135,11 +162,67 @@ mod tests {
         );
         moved.server.listen = "127.0.0.1:8081".parse().unwrap();
         assert_eq!(
-            pending(&running, &moved).len(),
+            pending(&running, &moved, None).len(),
             6,
             "{:?}",
-            pending(&running, &moved)
+            pending(&running, &moved, None)
         );
-        assert!(pending(&running, &config("", "", "")).is_empty());
+        assert!(pending(&running, &config("", "", ""), None).is_empty());
+    }
+
+    /// Only `mode`, `urls` and `key_prefix` were compared: a reload that
+    /// raised `breaker_threshold` said nothing while the old threshold
+    /// stayed in force.
+    #[test]
+    fn every_redis_key_is_restart_only() {
+        let redis = |extra: &str| {
+            config(
+                "",
+                "",
+                &format!("[cache.redis]\nurls = [\"redis://127.0.0.1:6379\"]\n{extra}"),
+            )
+        };
+        let running = redis("");
+        assert!(pending(&running, &redis(""), None).is_empty());
+        for changed in [
+            "timeout = \"1s\"\n",
+            "write_queue = 7\n",
+            "breaker_threshold = 1000\n",
+            "breaker_backoff = \"9s\"\n",
+            "key_prefix = \"x:\"\n",
+        ] {
+            assert_eq!(
+                pending(&running, &redis(changed), None),
+                ["cache.memory_capacity or [cache.redis] changed: takes effect only after a restart"],
+                "{changed}"
+            );
+        }
+        // Outside sentinel mode `sentinel_master` is ignored (a warning).
+        let sentinel = |master: &str| {
+            redis(&format!(
+                "mode = \"sentinel\"\nsentinel_master = \"{master}\"\n"
+            ))
+        };
+        assert_eq!(pending(&sentinel("a"), &sentinel("b"), None).len(), 1);
+        assert!(pending(&running, &redis("sentinel_master = \"b\"\n"), None).is_empty());
+    }
+
+    /// With `--log-format json` the file's `[log] format` is not used:
+    /// writing the running format into it warned, changing it did not.
+    #[test]
+    fn the_command_line_log_format_wins_over_both_files() {
+        let json = Some(LogFormat::Json);
+        let running = config("", "", "");
+        for file in ["[log]\nformat = \"json\"\n", "[log]\nformat = \"text\"\n"] {
+            assert!(
+                pending(&running, &config("", "", file), json).is_empty(),
+                "{file}"
+            );
+        }
+        let access = config("", "", "[log]\naccess_format = \"combined\"\n");
+        assert_eq!(
+            pending(&running, &access, json),
+            ["[log] format or access_format changed: takes effect only after a restart"]
+        );
     }
 }
