@@ -320,7 +320,7 @@ impl RedisMode {
     }
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct RedisConfig {
     pub mode: RedisMode,
     /// May carry passwords: written anywhere through

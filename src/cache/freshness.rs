@@ -552,7 +552,6 @@ mod tests {
         assert!(pol(&headers(&[("cache-control", "s-maxage=1")])).must_revalidate);
     }
 
-    #[test]
     /// http-cache-tests' origin answered `999` with `max-age`: it was
     /// stored and served as a hit.
     #[test]

@@ -8,7 +8,7 @@
 //! again while the file differs, and a file set back to the running value
 //! warns no more.
 
-use crate::config::{AccessFormat, AdminConfig, Config, LogFormat, RedisConfig, ServerConfig};
+use crate::config::{AccessFormat, AdminConfig, Config, LogFormat, ServerConfig};
 
 /// The restart-only groups in which `new` differs from `running` (the
 /// configuration the process started with), as warnings to log.
@@ -81,33 +81,12 @@ pub(super) fn pending(
     if formats(running) != formats(new) {
         warnings.push("[log] format or access_format changed: takes effect only after a restart");
     }
-    // Every `[cache.redis]` key: the tier's connections, breaker and write
-    // queue are built at start-up. Destructured whole, so a key added
-    // there must be sorted here too.
-    let redis = |c: &Config| {
-        c.cache.redis.as_ref().map(|r| {
-            let RedisConfig {
-                mode,
-                urls,
-                sentinel_master,
-                timeout,
-                key_prefix,
-                write_queue,
-                breaker_threshold,
-                breaker_backoff,
-            } = r;
-            (
-                (
-                    *mode,
-                    urls.clone(),
-                    sentinel_master.clone(),
-                    key_prefix.clone(),
-                ),
-                (*timeout, *write_queue, *breaker_threshold, *breaker_backoff),
-            )
-        })
-    };
-    if running.cache.memory_capacity != new.cache.memory_capacity || redis(running) != redis(new) {
+    // Every `[cache.redis]` key (a derived `PartialEq`, so a key added
+    // later is compared too): the tier's connections, breaker and write
+    // queue are built at start-up.
+    if running.cache.memory_capacity != new.cache.memory_capacity
+        || running.cache.redis != new.cache.redis
+    {
         warnings.push(
             "cache.memory_capacity or [cache.redis] changed: takes effect only after a restart",
         );
