@@ -346,3 +346,46 @@ async fn a_refresh_of_an_entry_varying_on_authorization_carries_it() {
     )
     .await;
 }
+
+/// `status_ttl = { "5xx" = "2s" }` in front of an origin that keeps
+/// answering 503: each 503 is stored for two seconds, then replaced by the
+/// next. The expired 503 was taken as a `grace` fallback for the new one:
+/// the new 503 was thrown away, the old one served (`detail=grace`) and
+/// every request went upstream until the old one left grace (found by the
+/// invalidation probe: 27 origin requests for 28 client requests in 14 s).
+#[tokio::test]
+async fn a_stored_5xx_is_replaced_by_the_next_not_served_as_grace() {
+    let origin = Origin::start(|_req| async move { reply(503, &[], "down") }).await;
+    let s = strata(
+        origin.addr,
+        "[[rules]]\nmatch = \"/**\"\nstatus_ttl = { \"5xx\" = \"2s\" }\n",
+    )
+    .await;
+    let c = Client::new();
+    let first = c.get(&s.url("/e")).await;
+    assert_eq!(first.status, 503);
+    assert_eq!(
+        first.header("cache-status"),
+        Some("strata; fwd=miss; stored; ttl=2")
+    );
+    // Once the stored 503 has expired, the next request fetches again.
+    wait_until(
+        Duration::from_secs(10),
+        "the stored 503 expired",
+        || async {
+            c.get(&s.url("/e")).await;
+            origin.count() >= 2
+        },
+    )
+    .await;
+    let fetched = origin.count();
+    assert_eq!(fetched, 2);
+    // That fetch's 503 replaced the stored one: the next request is a hit
+    // on it, not another trip upstream.
+    let next = c.get(&s.url("/e")).await;
+    assert_eq!(next.status, 503);
+    let status = next.header("cache-status").unwrap_or_default().to_string();
+    assert!(status.starts_with("strata; hit"), "{status}");
+    assert_eq!(origin.count(), fetched);
+    s.stop().await;
+}

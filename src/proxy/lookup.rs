@@ -177,12 +177,16 @@ fn prefresh_due(v: &Variant, now: Millis, cache: &CacheConfig) -> bool {
 
 /// A stored variant that must be validated before reuse: `fwd=stale`, or
 /// `fwd=request` when it was usable but the request's directives refused
-/// it (RFC 9211 §2.2).
+/// it (RFC 9211 §2.2). A stored `5xx` (a `status_ttl` negative entry) is
+/// no fallback for a failing upstream: the new answer replaces it (and is
+/// stored by the same `status_ttl`) instead of an older error being
+/// served as `grace` while every request goes upstream.
 fn validate_first(
     variant: Arc<Variant>,
     on_error: Option<Fallback>,
     requested: bool,
 ) -> (Fwd, Option<Stale>) {
+    let on_error = on_error.filter(|_| !variant.status.is_server_error());
     let fwd = if requested { Fwd::Request } else { Fwd::Stale };
     (fwd, Some(Stale { variant, on_error }))
 }
