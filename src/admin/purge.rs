@@ -80,6 +80,9 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
         // `/x%2f` selects what `/x%2F…` stored; dot segments are not
         // resolved (that would change what a prefix selects).
         } if !prefix.is_empty() => {
+            if let Err(e) = super::target::encoded("prefix", &prefix) {
+                return bad(&e.to_string());
+            }
             Purge::Prefix(crate::proxy::target::normalize_escapes(&prefix).into_owned())
         }
         PurgeBody {
