@@ -591,3 +591,37 @@ async fn a_vary_on_a_304_keeps_accept_encoding_on_every_copy() {
     }
     assert_eq!(origin.count(), 2);
 }
+
+/// A range of an unstored response Strata would compress is cut from the
+/// identity stream; the `206` (and a `416`) carry the `Vary:
+/// Accept-Encoding` of the `200` they stand for (RFC 9110 §15.3.7). They
+/// had none while the `200` and a `206` from a stored copy did (found by
+/// the content-coding probe).
+#[tokio::test]
+async fn a_range_cut_from_an_unstored_response_keeps_its_vary() {
+    let origin = Origin::start(|_req| async move {
+        support::origin::reply(
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("content-type", "text/plain"),
+            ],
+            "x".repeat(5000),
+        )
+    })
+    .await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    let full = c.get(&s.url("/t")).await;
+    assert_eq!(full.header("vary"), Some("Accept-Encoding"));
+    // Each on a URL of its own: a first miss (a URL answered `no-store`
+    // is passed from then on, its range left to the origin).
+    for (range, status, len) in [("bytes=0-9", 206, 10), ("bytes=9000-", 416, 0)] {
+        let r = c
+            .get_with(&s.url(&format!("/{range}")), &[("range", range)])
+            .await;
+        assert_eq!(r.status, status, "{range}: {}", r.cache_status());
+        assert_eq!(r.body.len(), len, "{range}");
+        assert_eq!(r.header("vary"), Some("Accept-Encoding"), "{range}");
+    }
+}

@@ -40,13 +40,15 @@ pub(super) fn relay(
     body: ProxyBody,
     status: CacheStatus,
 ) -> Answered {
-    let compressing = ctx.coding.is_some()
-        && ctx
-            .runtime
-            .config
-            .compression
-            .as_ref()
-            .is_some_and(|p| would_compress(p, rparts.status, &rparts.headers));
+    // Whether the `200` varies on Accept-Encoding (every coding's answer
+    // carries `Vary`, identity's too), and whether this one is encoded.
+    let varies = ctx
+        .runtime
+        .config
+        .compression
+        .as_ref()
+        .is_some_and(|p| would_compress(p, rparts.status, &rparts.headers));
+    let compressing = ctx.coding.is_some() && varies;
     // Most requests carry no precondition and no range.
     if ctx.present.has(Field::Conditional) {
         if let Some(mut resp) = preconditions(ctx, req, &rparts) {
@@ -56,13 +58,20 @@ pub(super) fn relay(
             return Answered::new(resp, status);
         }
         match single_range(req, &rparts, compressing) {
+            // The `Vary` of the `200` they are cut from (RFC 9110 §15.3.7).
             Some((len, RangeOutcome::Single(first, last))) => {
-                let resp = range::partial_stream(rparts, body, first, last, len);
+                let mut resp = range::partial_stream(rparts, body, first, last, len);
+                if varies {
+                    compression::merge_vary_accept_encoding(resp.headers_mut());
+                }
                 return Answered::new(resp, status);
             }
             Some((len, RangeOutcome::Unsatisfiable)) => {
                 let mut resp = range::unsatisfiable(&rparts.headers, len, 0);
                 resp.headers_mut().remove(header::AGE);
+                if varies {
+                    compression::merge_vary_accept_encoding(resp.headers_mut());
+                }
                 if let Some(served) = served(&rparts) {
                     resp.extensions_mut().insert(served.clone());
                 }
