@@ -134,7 +134,22 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[warming]\nsitemap = \"https://example.com/sitemap.xml\"\n",
             ":8:11: warming.sitemap: expected an absolute http:// URL",
         ),
+        // A secret written as a number: its value is not repeated (the
+        // message reaches the log, a reload_failed alert and the
+        // dashboard's activity list).
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\ntoken = 987654321\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
+            ":5:9: admin.token: invalid type: integer `<hidden>`, expected a string",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[upstream.sticky]\nsecret = 123456789\n",
+            ":8:10: upstream.sticky.secret: invalid type: integer `<hidden>`, expected a string",
+        ),
         // serde's Rust type names are not shown.
+        (
+            "[server]\nlisten = \":8080\"\nmax_connections = 99999999999999999999999\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
+            ":3:19: server.max_connections: invalid type: integer `99999999999999999999999`, expected a whole number",
+        ),
         (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[upstream.health]\nunhealthy_threshold = 3.5\n",
             ":8:23: upstream.health.unhealthy_threshold: invalid type: floating point `3.5`, expected a whole number",

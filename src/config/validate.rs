@@ -79,11 +79,13 @@ impl Locator<'_> {
                 return self.error(span, &key, message);
             }
         }
-        self.error(
-            span,
-            &key,
-            without_quoted_credentials(&plain_types(message)),
-        )
+        let message = without_quoted_credentials(&plain_types(message));
+        let message = if is_secret(&key) {
+            without_values(&message)
+        } else {
+            message
+        };
+        self.error(span, &key, message)
     }
 
     /// `file:line:column: key` of a value, for errors found later (when
@@ -393,7 +395,34 @@ fn without_quoted_credentials(message: &str) -> String {
     out
 }
 
+/// Whether `key` holds a secret (`admin.token`, `admin.read_token`,
+/// `upstream.sticky.secret`, a webhook's `secret`, a password): its value
+/// never appears in an error, which reaches the log, a `reload_failed`
+/// alert and the dashboard's activity list.
+fn is_secret(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    last.ends_with("token") || last.ends_with("secret") || last.contains("password")
+}
+
+/// `message` with each `` `value` `` serde quotes replaced by `<hidden>`
+/// (`invalid type: integer `987654321`, expected a string`).
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    let mut inside = true;
+    for part in parts {
+        out.push_str(if inside { "`<hidden>`" } else { part });
+        inside = !inside;
+    }
+    out
+}
+
 fn plain_types(message: &str) -> String {
+    // toml reads an integer too large for 64 bits as `i128`.
+    let message = &message.replace(" as i128", "").replace(" as u128", "");
     let Some((head, ty)) = message.rsplit_once("expected ") else {
         return message.to_string();
     };
