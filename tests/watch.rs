@@ -576,3 +576,47 @@ async fn rules_sharing_a_glob_count_apart_under_their_index() {
         ]
     );
 }
+
+/// Each open `/events` stream holds an admin connection slot: with
+/// `admin.max_connections = 3`, three dashboard tabs made `/health` and
+/// `strata healthcheck` time out (found by the ops probe). Streams are
+/// capped at half the slots; one more is `503` with `Retry-After`, and
+/// `/health` still answers. A closed stream frees its place.
+#[tokio::test]
+async fn event_streams_leave_admin_slots_for_health() {
+    let origin = cacheable_origin().await;
+    let text = support::config_text(&[origin.addr], NO_HEALTH).replace(
+        "token = \"secret\"\n",
+        "token = \"secret\"\nmax_connections = 4\n",
+    );
+    let s = Strata::start_text(&text).await;
+    let c = Client::new();
+    let url = s.admin_url("/events");
+    let open = || {
+        let req = http::Request::get(&url)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        c.start(req)
+    };
+    let first = open().await;
+    let second = open().await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let refused = c.get(&url).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    assert_eq!(c.get(&s.admin_url("/health")).await.status, 200);
+    drop(first);
+    support::wait_until(
+        Duration::from_secs(10),
+        "a closed stream's place",
+        || async {
+            let again = open().await;
+            again.status() == 200
+        },
+    )
+    .await;
+    drop(second);
+}

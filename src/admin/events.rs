@@ -68,9 +68,24 @@ impl Events {
     }
 
     /// A `200 text/event-stream` response that carries a snapshot every
-    /// [`PERIOD`] until the client goes or the server drains.
+    /// [`PERIOD`] until the client goes or the server drains; `503` (JSON,
+    /// `Retry-After`) while [`max_streams`] are open, so that dashboard
+    /// tabs never take every admin connection slot from `/health`.
     pub fn subscribe(&self) -> Response<ProxyBody> {
         let hub = &self.hub;
+        let cap = max_streams(hub.shared.runtime.load().config.admin.max_connections);
+        let open = hub.latest.receiver_count();
+        if open >= cap {
+            let mut r = super::json_response(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({
+                    "error": format!("{open} /events streams open, the most admin.max_connections allows; close a dashboard")
+                }),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        }
         let mut rx = hub.latest.subscribe();
         let already_running = hub.producing.swap(true, Ordering::SeqCst);
         if !already_running {
@@ -108,6 +123,13 @@ impl Events {
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
         r
     }
+}
+
+/// Open `/events` streams allowed: half of `admin.max_connections`
+/// (each stream holds a connection for as long as it is open), so the
+/// other half stays for `/health`, `/metrics` and the rest.
+pub fn max_streams(max_connections: usize) -> usize {
+    max_connections / 2
 }
 
 impl Drop for Events {
