@@ -98,6 +98,23 @@ async fn health_transitions_are_signed_alerts_in_order() {
     let alerts = receiver.json_alerts();
     assert_eq!(alerts[0]["labels"]["server"], a.addr.to_string());
     assert_eq!(alerts[1]["labels"]["server"], b.addr.to_string());
+    // Why each left: the check's status, and the connect error's cause (it
+    // said only "connect error", a refused port and an unknown name alike).
+    assert_eq!(
+        alerts[0]["message"],
+        format!(
+            "upstream {} is out of rotation: status 500 Internal Server Error",
+            a.addr
+        )
+    );
+    let refused = alerts[1]["message"].as_str().unwrap_or_default();
+    assert!(
+        refused.starts_with(&format!(
+            "upstream {0} is out of rotation: cannot connect to upstream {0}: ",
+            b.addr
+        )) && refused.contains("refused"),
+        "{refused}"
+    );
     assert_eq!(alerts[3]["labels"]["server"], a.addr.to_string());
     assert_eq!(alerts[2]["severity"], "critical");
     assert_eq!(alerts[3]["severity"], "info");

@@ -89,7 +89,9 @@ impl fmt::Display for ClientField {
 
 /// An error and its sources, joined by `: ` (hyper's errors say what broke
 /// in their Display and why in their source).
-struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+/// An error and each of its sources, joined by `: ` (also the reason a
+/// failed health check gives).
+pub(super) struct Chain<'a>(pub(super) &'a (dyn std::error::Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

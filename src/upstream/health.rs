@@ -168,7 +168,9 @@ async fn check_one(
             .client()
             .request(index, req, true, health.timeout, health.timeout)
             .await
-            .map_err(|f| format!("{} error", f.error.kind()))?;
+            // The whole cause, as a failed request logs it: a refused
+            // connect and an unresolvable name read differently.
+            .map_err(|f| super::failure_log::Chain(&f.error).to_string())?;
         let status = resp.status();
         // Drain the body so the connection can be reused.
         let _ = resp.into_body().collect().await;
