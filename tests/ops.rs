@@ -145,6 +145,15 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[upstream.sticky]\nsecret = 123456789\n",
             ":8:10: upstream.sticky.secret: invalid type: integer `<hidden>`, expected a string",
         ),
+        // A token no header can carry (it was accepted: every purge 401).
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\ntoken = \"\"\"\nab\ncd\"\"\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
+            ":5:9: admin.token: expected visible ASCII characters only",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\nread_token = \"two words\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
+            ":5:14: admin.read_token: expected visible ASCII characters only",
+        ),
         // serde's Rust type names are not shown.
         (
             "[server]\nlisten = \":8080\"\nmax_connections = 99999999999999999999999\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",

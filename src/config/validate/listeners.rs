@@ -235,6 +235,14 @@ impl Validator<'_> {
                     .at
                     .spanned(&t, key, format!("expected a non-empty token ({hint})")))
             }
+            // A bearer token is sent as a header value, trimmed here on
+            // arrival: a space, line break or non-ASCII character in it
+            // could never be matched (every request would be `401`).
+            Some(t) if !t.get_ref().chars().all(|c| c.is_ascii_graphic()) => Err(self.at.spanned(
+                &t,
+                key,
+                "expected visible ASCII characters only (no spaces, tabs, line breaks or non-ASCII): no Authorization header could carry this token",
+            )),
             Some(t) => Ok(Some(t.into_inner())),
             None => Ok(None),
         }
