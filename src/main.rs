@@ -56,8 +56,15 @@ fn check(global: &strata::cli::Global) -> ExitCode {
 
 fn healthcheck(global: &strata::cli::Global, url: Option<String>) -> ExitCode {
     let url = match url {
-        Some(u) => u,
+        Some(u) => strata::probe::with_health_path(u),
         None => match Config::load(&global.config) {
+            Ok(c) if c.admin.listen.port() == 0 => {
+                eprintln!(
+                    "{}: admin.listen is port 0 (any free port), so the port is not known here: pass --url http://HOST:PORT/health",
+                    global.config.display()
+                );
+                return ExitCode::FAILURE;
+            }
             Ok(c) => strata::probe::health_url(c.admin.listen),
             Err(e) => {
                 eprintln!("{e:#}");

@@ -36,6 +36,21 @@ pub fn health_url(admin: SocketAddr) -> String {
     format!("http://{}/health", SocketAddr::new(ip, admin.port()))
 }
 
+/// `url` with `/health` as its path when it names none
+/// (`http://127.0.0.1:9090` or `…:9090/`: the admin root is a `404`).
+pub fn with_health_path(url: String) -> String {
+    match url.parse::<Uri>() {
+        Ok(uri)
+            if uri.authority().is_some()
+                && matches!(uri.path(), "" | "/")
+                && uri.query().is_none() =>
+        {
+            format!("{}/health", url.trim_end_matches('/'))
+        }
+        _ => url,
+    }
+}
+
 /// GETs `url` and returns the response status.
 pub fn get_status(url: &str, timeout: Duration) -> Result<u16, ProbeError> {
     let uri: Uri = url.parse().map_err(|_| ProbeError::Url(url.into()))?;

@@ -1189,6 +1189,19 @@ async fn healthcheck_subcommand_probes_admin_health() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "healthy");
+    // A URL without a path probes /health (it probed / and got 404).
+    for bare in [
+        format!("http://{}", strata.admin),
+        format!("http://{}/", strata.admin),
+    ] {
+        let out = run(vec!["healthcheck".into(), "--url".into(), bare.clone()]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{bare}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // From a config: admin.listen gives the address.
     let dir = tempfile::tempdir().unwrap();
@@ -1212,6 +1225,26 @@ async fn healthcheck_subcommand_probes_admin_health() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Port 0 in the config: no port to probe; it says to pass --url (it
+    // tried http://127.0.0.1:0/health, "Connection refused").
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n",
+    )
+    .unwrap();
+    let out = run(vec![
+        "healthcheck".into(),
+        "--config".into(),
+        path.display().to_string(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("admin.listen is port 0") && err.contains("--url"),
+        "{err}"
     );
 
     // Nobody listening: exit 1 naming the URL.
