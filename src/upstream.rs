@@ -83,6 +83,9 @@ impl Upstreams {
         alerts: Alerts,
     ) -> Arc<Upstreams> {
         let balancer = Balancer::new(config, previous.map(|p| &p.balancer));
+        if !config.health.enabled && previous.is_some_and(|p| p.config.health.enabled) {
+            health::checks_turned_off(balancer.servers(), &alerts);
+        }
         for s in balancer.servers() {
             metrics.upstream_known(s.authority.as_str());
             metrics.upstream_healthy(s.authority.as_str(), s.is_healthy());

@@ -689,3 +689,48 @@ async fn a_dead_receiver_does_not_delay_another_webhook() {
     .await;
     strata.stop().await;
 }
+
+/// A reload that turns active checks off put no server out by failed
+/// checks back: no check runs any more and such a server gets no trial
+/// requests, so it stayed out until a restart (all of them out: every
+/// miss `503`), while the reload's line said "servers stay in rotation"
+/// (found by the load-balancing probe). Now it returns, with
+/// `upstream_up`, and takes traffic.
+#[tokio::test]
+async fn turning_checks_off_puts_check_ejected_servers_back() {
+    let receiver = Receiver::start(200).await;
+    let a = Origin::fixed(&[("cache-control", "no-store")], "a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let hook = webhook(&receiver.url("/hook"), "");
+    std::fs::write(
+        &path,
+        support::config_text(&[a.addr], &format!("{FAST_HEALTH}{hook}")),
+    )
+    .unwrap();
+    let strata = support::binary::Binary::start(&path, &[]).await;
+    let c = Client::new();
+    let url = format!("http://{}/x", strata.addr);
+    a.set_healthy(false); // /health answers 500; requests still 200
+    wait_until(Duration::from_secs(10), "a out of rotation", || async {
+        c.get(&url).await.status == 503
+    })
+    .await;
+    let off = FAST_HEALTH.replace(
+        "[upstream.health]\n",
+        "[upstream.health]\nenabled = false\n",
+    );
+    std::fs::write(
+        &path,
+        support::config_text(&[a.addr], &format!("{off}{hook}")),
+    )
+    .unwrap();
+    let r = strata.reload().await;
+    assert_eq!(r["message"], "configuration reloaded", "{r}");
+    assert_eq!(c.get(&url).await.status, 200);
+    wait_until(Duration::from_secs(10), "upstream_up", || async {
+        receiver.events().iter().any(|e| e == "upstream_up")
+    })
+    .await;
+    strata.stop().await;
+}

@@ -154,6 +154,12 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\nread_token = \"two words\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
             ":5:14: admin.read_token: expected visible ASCII characters only",
         ),
+        // A health path no request line can carry: every check failed and
+        // every server went out (check accepted it).
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[upstream.health]\npath = \"/he alth\"\n",
+            ":8:8: upstream.health.path: not a valid request target",
+        ),
         // serde's Rust type names are not shown.
         (
             "[server]\nlisten = \":8080\"\nmax_connections = 99999999999999999999999\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",

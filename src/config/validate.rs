@@ -280,6 +280,16 @@ impl Validator<'_> {
                     "expected an absolute path such as \"/health\"",
                 ))
             }
+            // What the checks send as their request target: a path no
+            // request line can carry (`/he alth`) failed every check, so
+            // every server went out of rotation.
+            Some(p) if p.get_ref().parse::<http::uri::PathAndQuery>().is_err() => {
+                return Err(self.at.spanned(
+                    &p,
+                    "upstream.health.path",
+                    "not a valid request target (percent-encode spaces and other reserved characters: \"/he%20alth\")",
+                ))
+            }
             Some(p) => p.into_inner(),
             None => "/health".to_string(),
         };

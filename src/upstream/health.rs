@@ -109,6 +109,26 @@ pub(super) fn came_back(pool: &Upstreams, server: &ServerState, how: &str) {
     }
 }
 
+/// A reload turned active checks off: servers out by failed checks go
+/// back in rotation ([`ServerState::checks_turned_off`]), each with its
+/// `upstream_up`, as the start-up line says ("servers stay in rotation").
+pub(super) fn checks_turned_off(servers: &[std::sync::Arc<ServerState>], alerts: &Alerts) {
+    for server in servers {
+        if server.checks_turned_off() {
+            let name = server.authority.as_str();
+            tracing::info!(
+                server = name,
+                "upstream back in rotation: health checks turned off"
+            );
+            alerts.emit(
+                Event::UpstreamUp,
+                format!("upstream {name} is back in rotation: health checks turned off"),
+                &[("server", name)],
+            );
+        }
+    }
+}
+
 /// Ends a raised `all_upstreams_down` (a reload put servers in rotation).
 pub(super) fn ended_outage(outage: &Mutex<bool>, alerts: &Alerts, message: &str) {
     let mut outage = outage.lock().unwrap_or_else(PoisonError::into_inner);

@@ -230,6 +230,25 @@ impl ServerState {
                 .is_ok()
     }
 
+    /// Active checks were turned off (a reload): a server out by failed
+    /// checks would never come back (no check runs, and such a server
+    /// gets no trial requests), so it returns to rotation, with a
+    /// slow-start ramp, its failure counts forgotten, as every server
+    /// starts. Returns true when this put it back.
+    pub fn checks_turned_off(&self) -> bool {
+        if self.is_healthy() || self.retry_at.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        self.failed_checks.store(0, Ordering::Relaxed);
+        self.failed_connects.store(0, Ordering::Relaxed);
+        self.successes.store(0, Ordering::Relaxed);
+        let back = !self.healthy.swap(true, Ordering::Relaxed);
+        if back {
+            self.mark_entered();
+        }
+        back
+    }
+
     /// The server answered a trial request: back in rotation (with a
     /// slow-start ramp, as after checks), its connect failures forgotten.
     /// Returns true when this put it back (false when it was in, or out by
