@@ -297,6 +297,9 @@ impl Shared {
             };
             let http10 = req.version() == http::Version::HTTP_10;
             let http1 = req.version() < http::Version::HTTP_2;
+            // A request body that may still be arriving when Strata answers
+            // with an error of its own (see `refused` below).
+            let with_body = http1 && !http_body::Body::is_end_stream(req.body());
             let runtime = self.runtime.load_full();
             let conn = &mut abandoned.conn;
             conn.client_ip = runtime
@@ -320,12 +323,19 @@ impl Shared {
                 },
             };
             let outcome = answered.outcome();
+            // An error of Strata's own (a refused connect's `502`, a
+            // `429`) to a request with a body may come before the body
+            // was read; hyper then closes the connection, and said so
+            // nowhere: a client that sent the body in a second write got a
+            // broken pipe on its next request (RFC 9112 §9.6).
+            let unread = with_body && answered.failed;
             let Answered {
                 mut response,
                 status,
                 close: refused,
                 ..
             } = answered;
+            let refused = refused || unread;
             let code = response.status().as_u16();
             // The client's protocol decides the status line, never the
             // upstream's (an HTTP/1.0 upstream must not downgrade it);

@@ -502,3 +502,35 @@ async fn an_upstream_failure_is_logged_once_with_its_cause() {
         assert!(!lines.iter().any(|l| l.contains("hunter2")), "{lines:?}");
     }
 }
+
+/// A POST whose body comes in a second write, to an upstream that refuses
+/// connections: Strata's `502` comes before the body was read, and hyper
+/// then closes the connection. The `502` said nothing of it, so the
+/// client's next request on that connection hit a broken pipe (Python's
+/// `http.client` every time; found by the load-balancing probe). Now it
+/// carries `Connection: close` (RFC 9112 §9.6).
+#[tokio::test]
+async fn an_early_error_to_an_unread_upload_says_connection_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let strata = Strata::start(&[addr], NO_HEALTH).await;
+    let mut s = tokio::net::TcpStream::connect(strata.addr).await.unwrap();
+    s.write_all(b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed before an answer");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 502"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+}
