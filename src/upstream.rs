@@ -251,7 +251,8 @@ impl Upstreams {
     }
 
     /// The request's `hash_key` hash under `balance = "hash"`; `None`
-    /// (round-robin) for other policies or when the key is absent.
+    /// (round-robin) for other policies or when the key is absent or
+    /// empty (`sid=`, `X-User:`: every such client pinned to one server).
     fn hash_of(&self, req: &Request<ReqBody>) -> Option<u64> {
         let Balance::Hash(key) = self.balancer.balance() else {
             return None;
@@ -262,7 +263,11 @@ impl Upstreams {
                 .uri()
                 .path_and_query()
                 .map(|p| hash(p.as_str().as_bytes())),
-            HashKey::Header(name) => req.headers().get(name).map(|v| hash(v.as_bytes())),
+            HashKey::Header(name) => req
+                .headers()
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .map(|v| hash(v.as_bytes())),
             HashKey::Cookie(name) => req
                 .headers()
                 .get_all(http::header::COOKIE)
@@ -271,6 +276,7 @@ impl Upstreams {
                 .flat_map(cookie::Cookie::split_parse)
                 .flatten()
                 .find(|c| c.name() == name)
+                .filter(|c| !c.value().is_empty())
                 .map(|c| hash(c.value().as_bytes())),
         }
     }

@@ -712,3 +712,25 @@ async fn a_post_is_never_the_trial_of_an_ejected_server() {
     let r = client.get(&strata.url("/g2")).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// Under `hash`, an empty key (`Cookie: sid=`, an empty `X-User`) is a
+/// missing one: round-robin. It hashed the empty string and pinned every
+/// such client to one server (found by the load-balancing probe).
+#[tokio::test]
+async fn an_empty_hash_key_falls_back_to_round_robin() {
+    for (key, header) in [
+        ("cookie:sid", ("cookie", "sid=")),
+        ("header:x-user", ("x-user", "")),
+    ] {
+        let origins = [counting().await, counting().await];
+        let addrs: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
+        let extra = format!("balance = \"hash\"\nhash_key = \"{key}\"\n");
+        let strata = Strata::start_text(&text(&quoted(&addrs), &extra)).await;
+        let client = Client::new();
+        for _ in 0..4 {
+            let r = client.get_with(&strata.url("/h"), &[header]).await;
+            assert_eq!(r.status, 200);
+        }
+        assert_eq!([origins[0].count(), origins[1].count()], [2, 2], "{key}");
+    }
+}
