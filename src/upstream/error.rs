@@ -7,8 +7,8 @@ use std::time::Duration;
 /// An upstream failure, naming the server (`host:port`) it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// Every server is out of rotation (unhealthy).
-    #[error("no healthy upstream server")]
+    /// Every server is out of rotation (unhealthy) or drained.
+    #[error("no upstream server in rotation (all unhealthy or drained)")]
     NoHealthy,
     /// The TCP connect failed or timed out (`connect_timeout`; the source
     /// is then of kind `TimedOut`).
