@@ -128,7 +128,16 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
         ),
         (
             "[server]\nlisten = \":8080\"\nlisten = \":8081\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
-            ":3:1: duplicate key listen",
+            ":3:1: duplicate key server.listen",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[upstream]\nconnect_timeout = \"1s\"\n",
+            ":7:2: duplicate table [upstream]",
+        ),
+        // `[rules]` for `[[rules]]`: said how to write it.
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[rules]\nmatch = \"/x\"\n",
+            ":7:1: rules: invalid type: map, expected a sequence (write [[rules]] above each entry: an array of tables)",
         ),
         (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[warming]\nsitemap = \"https://example.com/sitemap.xml\"\n",

@@ -75,9 +75,28 @@ impl Locator<'_> {
                 .map(|n| n.trim().trim_matches(['[', ']']))
                 .filter(|n| !n.is_empty());
             if let Some(name) = name {
-                let message = format!("duplicate key {name}");
+                // The table it is in, from the last header above it.
+                let table = self.text.get(..span.start).and_then(|before| {
+                    before
+                        .lines()
+                        .rev()
+                        .map(str::trim)
+                        .find(|l| l.starts_with('['))
+                        .map(|l| l.split(']').next().unwrap_or(l).trim_matches(['[', ' ']))
+                });
+                let message = match table {
+                    // The header itself (`[upstream]` twice).
+                    Some("") => format!("duplicate table [{name}]"),
+                    Some(t) => format!("duplicate key {t}.{name}"),
+                    None => format!("duplicate key {name}"),
+                };
                 return self.error(span, &key, message);
             }
+        }
+        if message == "invalid type: map, expected a sequence" && !key.is_empty() {
+            // `[rules]` written for `[[rules]]`.
+            let hint = format!("{message} (write [[{key}]] above each entry: an array of tables)");
+            return self.error(span, &key, hint);
         }
         let message = without_quoted_credentials(&plain_types(message));
         let message = if is_secret(&key) {
