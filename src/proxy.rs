@@ -288,7 +288,7 @@ impl Shared {
             // Counts and logs the request as `499` if its client leaves
             // before the answer (hyper then drops this future). It holds
             // the start time and the connection for the whole request.
-            let mut abandoned = Abandoned {
+            let mut abandoned = access::Abandoned {
                 shared: self,
                 started: Instant::now(),
                 method: None,
@@ -389,43 +389,6 @@ impl Shared {
                 access.emit(conn, &response, outcome, &status, elapsed);
             }
             response
-        }
-    }
-}
-
-/// A request being answered: dropped before [`Abandoned::answered`] (the
-/// client went away and hyper dropped the request's future), it counts the
-/// request as `499` with outcome `error` and logs it, as nginx does. One
-/// flag on the way of every request; nothing else.
-struct Abandoned<'a> {
-    shared: &'a Shared,
-    started: Instant,
-    /// `None` once answered.
-    method: Option<MethodClass>,
-    conn: ConnInfo,
-    access: Option<access::Pending>,
-}
-
-impl Abandoned<'_> {
-    /// The answer is ready: disarms the guard and hands back the method
-    /// the normal path counts (the access event is logged from
-    /// `self.access` in place, not moved out).
-    fn answered(&mut self) -> MethodClass {
-        self.method.take().unwrap_or(MethodClass::Other)
-    }
-}
-
-impl Drop for Abandoned<'_> {
-    fn drop(&mut self) {
-        let Some(method) = self.method.take() else {
-            return;
-        };
-        let elapsed = self.started.elapsed();
-        let metrics = &self.shared.metrics;
-        metrics.request(Outcome::Error, access::CLIENT_CLOSED, elapsed);
-        metrics.request_class(method, access::CLIENT_CLOSED);
-        if let Some(access) = &self.access {
-            access.emit_abandoned(self.conn, elapsed);
         }
     }
 }

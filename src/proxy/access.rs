@@ -9,17 +9,20 @@
 //! credentials (signed-URL signatures, API keys, reset tokens), and a log
 //! is read by more people than the traffic it records. No header value and
 //! no body is ever logged.
+//!
+//! [`Abandoned`] counts and logs a request whose client left before its
+//! answer (`499`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 
 use super::body::ProxyBody;
 use super::cache_status::{CacheStatus, Tier};
-use super::ConnInfo;
+use super::{ConnInfo, Shared};
 use crate::config::{AccessFormat, LogConfig};
-use crate::metrics::Outcome;
+use crate::metrics::{MethodClass, Outcome};
 use crate::upstream::ServedBy;
 
 /// The tracing target of access events (filter on it, e.g.
@@ -277,6 +280,43 @@ impl super::Shared {
     pub fn refused_head(&self, conn: ConnInfo, status: u16) {
         self.metrics.refused_head(status);
         emit_refused(conn, status, &self.runtime.load().config.log);
+    }
+}
+
+/// A request being answered: dropped before [`Abandoned::answered`] (the
+/// client went away and hyper dropped the request's future), it counts the
+/// request as `499` with outcome `error` and logs it, as nginx does. One
+/// flag on the way of every request; nothing else.
+pub(super) struct Abandoned<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) started: Instant,
+    /// `None` once answered.
+    pub(super) method: Option<MethodClass>,
+    pub(super) conn: ConnInfo,
+    pub(super) access: Option<Pending>,
+}
+
+impl Abandoned<'_> {
+    /// The answer is ready: disarms the guard and hands back the method
+    /// the normal path counts (the access event is logged from
+    /// `self.access` in place, not moved out).
+    pub(super) fn answered(&mut self) -> MethodClass {
+        self.method.take().unwrap_or(MethodClass::Other)
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        let Some(method) = self.method.take() else {
+            return;
+        };
+        let elapsed = self.started.elapsed();
+        let metrics = &self.shared.metrics;
+        metrics.request(Outcome::Error, CLIENT_CLOSED, elapsed);
+        metrics.request_class(method, CLIENT_CLOSED);
+        if let Some(access) = &self.access {
+            access.emit_abandoned(self.conn, elapsed);
+        }
     }
 }
 
