@@ -1169,82 +1169,49 @@ async fn upstream_errors_and_latency_are_counted_per_server() {
 async fn healthcheck_subcommand_probes_admin_health() {
     let origin = cacheable_origin().await;
     let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
-    let run = |args: Vec<String>| async move {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args(args)
+    // `strata healthcheck FLAG VALUE`: its exit status and standard
+    // output and error.
+    let probe = |flag: &'static str, value: String| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["healthcheck", flag, &value])
             .output()
             .await
-            .unwrap()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
     };
-    let out = run(vec![
-        "healthcheck".into(),
-        "--url".into(),
-        strata.admin_url("/health"),
-    ])
-    .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "healthy");
+    let (code, stdout, stderr) = probe("--url", strata.admin_url("/health")).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), "healthy");
     // A URL without a path probes /health (it probed / and got 404).
     for bare in [
         format!("http://{}", strata.admin),
         format!("http://{}/", strata.admin),
     ] {
-        let out = run(vec!["healthcheck".into(), "--url".into(), bare.clone()]).await;
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{bare}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (code, _, stderr) = probe("--url", bare.clone()).await;
+        assert_eq!(code, Some(0), "{bare}: {stderr}");
     }
 
     // From a config: admin.listen gives the address.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
+    let config = |admin: &str| {
         format!(
-            "[server]\nlisten = \"127.0.0.1:1\"\n[admin]\nlisten = \"{}\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n",
-            strata.admin
-        ),
-    )
-    .unwrap();
-    let out = run(vec![
-        "healthcheck".into(),
-        "--config".into(),
-        path.display().to_string(),
-    ])
-    .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+            "[server]\nlisten = \"127.0.0.1:1\"\n[admin]\nlisten = \"{admin}\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n"
+        )
+    };
+    std::fs::write(&path, config(&strata.admin.to_string())).unwrap();
+    let (code, _, stderr) = probe("--config", path.display().to_string()).await;
+    assert_eq!(code, Some(0), "{stderr}");
 
     // Port 0 in the config: no port to probe; it says to pass --url (it
     // tried http://127.0.0.1:0/health, "Connection refused").
-    std::fs::write(
-        &path,
-        "[server]\nlisten = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n",
-    )
-    .unwrap();
-    let out = run(vec![
-        "healthcheck".into(),
-        "--config".into(),
-        path.display().to_string(),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    std::fs::write(&path, config("127.0.0.1:0")).unwrap();
+    let (code, _, stderr) = probe("--config", path.display().to_string()).await;
+    assert_eq!(code, Some(1));
     assert!(
-        err.contains("admin.listen is port 0") && err.contains("--url"),
-        "{err}"
+        stderr.contains("admin.listen is port 0") && stderr.contains("--url"),
+        "{stderr}"
     );
 
     // Nobody listening: exit 1 naming the URL.
@@ -1254,9 +1221,9 @@ async fn healthcheck_subcommand_probes_admin_health() {
         .local_addr()
         .unwrap();
     let url = format!("http://{dead}/health");
-    let out = run(vec!["healthcheck".into(), "--url".into(), url.clone()]).await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&url));
+    let (code, _, stderr) = probe("--url", url.clone()).await;
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains(&url));
 }
 
 /// The `EXPOSE` ports of the Dockerfile.

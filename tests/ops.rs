@@ -442,18 +442,20 @@ async fn an_oversized_admin_body_is_413() {
     let auth = [("authorization", "Bearer secret")];
     let tags = |n: usize| format!(r#"{{"tags": ["{}"]}}"#, "t".repeat(n));
     let padded = |n: usize| format!(r#"{{"server": "{}"{}}}"#, origin.addr, " ".repeat(n));
+    let post = |path: &str, body: String| {
+        let url = strata.admin_url(path);
+        let client = &client;
+        async move {
+            client
+                .send(http::Method::POST, &url, &auth, bytes::Bytes::from(body))
+                .await
+        }
+    };
     for (path, over, within, limit) in [
         ("/purge", tags(64 * 1024), tags(60 * 1024), 65536),
         ("/upstreams/drain", padded(4 * 1024), padded(100), 4096),
     ] {
-        let r = client
-            .send(
-                http::Method::POST,
-                &strata.admin_url(path),
-                &auth,
-                bytes::Bytes::from(over),
-            )
-            .await;
+        let r = post(path, over).await;
         assert_eq!(r.status, 413, "{path}: {}", r.text());
         assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
         assert_eq!(
@@ -461,14 +463,7 @@ async fn an_oversized_admin_body_is_413() {
             format!("{{\"error\":\"request body larger than {limit} bytes\"}}\n"),
             "{path}"
         );
-        let r = client
-            .send(
-                http::Method::POST,
-                &strata.admin_url(path),
-                &auth,
-                bytes::Bytes::from(within),
-            )
-            .await;
+        let r = post(path, within).await;
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     }
     strata.stop().await;
