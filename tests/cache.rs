@@ -308,6 +308,70 @@ async fn what_a_shared_cache_must_not_store() {
     assert_eq!(r.header("set-cookie"), None);
 }
 
+/// `Set-Cookie2` (RFC 2965, obsoleted by RFC 6265 but still sent by old
+/// application servers) sets a client's state as `Set-Cookie` does: the
+/// response is not shared unless the origin says so, and a shared copy
+/// never hands the cookie to later hits, nor does a 304's.
+#[tokio::test]
+async fn set_cookie2_is_somebodys_state_like_set_cookie() {
+    let origin = Origin::start(|req| async move {
+        let cc = match req.uri().path() {
+            "/public" => "public, max-age=60",
+            "/stale" if req.headers().contains_key("if-none-match") => {
+                return reply(
+                    304,
+                    &[
+                        ("cache-control", "max-age=60"),
+                        ("etag", "\"s\""),
+                        ("set-cookie2", "v=2; Version=1"),
+                    ],
+                    "",
+                )
+            }
+            "/stale" => {
+                return reply(
+                    200,
+                    &[
+                        ("cache-control", "max-age=10"),
+                        ("age", "20"),
+                        ("etag", "\"s\""),
+                    ],
+                    "s",
+                )
+            }
+            _ => "max-age=60",
+        };
+        reply(
+            200,
+            &[("cache-control", cc), ("set-cookie2", "sid=1; Version=1")],
+            "x",
+        )
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    c.get(&s.url("/private")).await;
+    let r = c.get(&s.url("/private")).await;
+    assert!(!r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(origin.count(), 2);
+    let r = c.get(&s.url("/public")).await;
+    assert_eq!(r.header("set-cookie2"), Some("sid=1; Version=1"));
+    let r = c.get(&s.url("/public")).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(r.header("set-cookie2"), None);
+    c.get(&s.url("/stale")).await;
+    let r = c.get(&s.url("/stale")).await;
+    assert!(
+        r.cache_status().contains("fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(r.header("set-cookie2"), Some("v=2; Version=1"));
+    let r = c.get(&s.url("/stale")).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(r.header("set-cookie2"), None);
+}
+
 #[tokio::test]
 async fn stale_entry_is_revalidated_and_304_updates_stored_headers() {
     let version = Arc::new(AtomicUsize::new(1));

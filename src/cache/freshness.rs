@@ -123,6 +123,18 @@ pub fn varies_on_everything(response: &HeaderMap) -> bool {
         .any(|v| v.trim() == "*")
 }
 
+/// `Set-Cookie2` (RFC 2965, obsoleted by RFC 6265 §9.3 but still sent by
+/// old application servers): a client's state like `Set-Cookie`, so
+/// treated alike wherever a shared copy must not carry one.
+pub static SET_COOKIE2: HeaderName = HeaderName::from_static("set-cookie2");
+
+/// Whether a response sets some client's state: `Set-Cookie` or the
+/// obsolete `Set-Cookie2`. Such a response is shared only when the origin
+/// says so, and its cookies never enter the stored copy.
+pub fn sets_cookie(response: &HeaderMap) -> bool {
+    response.contains_key(header::SET_COOKIE) || response.contains_key(&SET_COOKIE2)
+}
+
 pub fn has_validators(headers: &HeaderMap) -> bool {
     headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
 }
@@ -169,7 +181,7 @@ pub fn storable(
     }
     // A Set-Cookie response is somebody's session: shared only when the
     // origin says so explicitly (as nginx and Varnish do by default).
-    if response.contains_key(header::SET_COOKIE) && !(cc.public || cc.s_maxage.is_some()) {
+    if sets_cookie(response) && !(cc.public || cc.s_maxage.is_some()) {
         return Err(NotStorable::SetCookie);
     }
     if varies_on_everything(response) {

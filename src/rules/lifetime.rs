@@ -45,7 +45,9 @@ pub fn private(
         return Some(NotStorable::Authorization);
     }
     // Somebody's session: shared only when the origin says so itself.
-    if response.contains_key(header::SET_COOKIE) && !(origin.public || origin.s_maxage.is_some()) {
+    if crate::cache::freshness::sets_cookie(response)
+        && !(origin.public || origin.s_maxage.is_some())
+    {
         return Some(NotStorable::SetCookie);
     }
     None

@@ -251,13 +251,17 @@ impl Exchange {
             };
             let requester = Requester {
                 served: answer.response.extensions().get().cloned(),
-                own_fields: [header::SET_COOKIE, PROXY_AUTHENTICATION_INFO.clone()]
-                    .into_iter()
-                    .flat_map(|name| {
-                        let values = answer.response.headers().get_all(&name);
-                        values.iter().map(move |v| (name.clone(), v.clone()))
-                    })
-                    .collect(),
+                own_fields: [
+                    header::SET_COOKIE,
+                    freshness::SET_COOKIE2.clone(),
+                    PROXY_AUTHENTICATION_INFO.clone(),
+                ]
+                .into_iter()
+                .flat_map(|name| {
+                    let values = answer.response.headers().get_all(&name);
+                    values.iter().map(move |v| (name.clone(), v.clone()))
+                })
+                .collect(),
             };
             return Fetched::NotModified(stored, v, requester);
         }
@@ -325,7 +329,7 @@ impl Exchange {
 }
 
 /// The fields a stored copy keeps: all of the response's but `Set-Cookie`
-/// and `Proxy-Authentication-Info`. A response stored although it sets a
+/// (and the obsolete `Set-Cookie2`) and `Proxy-Authentication-Info`. A response stored although it sets a
 /// cookie (the origin said `public` or `s-maxage`) is shareable; its
 /// cookie is the state of the client whose request fetched it, who gets
 /// it, and is never handed to the clients of later hits (one user's
@@ -336,6 +340,7 @@ impl Exchange {
 fn stored_fields(response: &HeaderMap) -> HeaderMap {
     let mut fields = response.clone();
     fields.remove(header::SET_COOKIE);
+    fields.remove(&freshness::SET_COOKIE2);
     fields.remove(&PROXY_AUTHENTICATION_INFO);
     fields
 }
@@ -402,6 +407,7 @@ impl Exchange {
             CONTENT_MD5.clone(),
             PROXY_AUTHENTICATION_INFO.clone(),
             header::SET_COOKIE,
+            freshness::SET_COOKIE2.clone(),
             // Strata's own (stored with the 200): the stored bytes are
             // served in ranges whatever the origin says now.
             header::ACCEPT_RANGES,
