@@ -175,6 +175,8 @@ pub struct RequestCtx<'a> {
     pub now: Millis,
     /// The request fields noted by validation.
     pub present: Present,
+    /// The rule a fetched request counts under, once answered.
+    pub noted_rule: rule_count::NotedRule,
 }
 
 // === impl RequestCtx ===
@@ -437,6 +439,7 @@ impl Shared {
                 }),
                 now: now_millis(),
                 present,
+                noted_rule: Default::default(),
             };
             match lookup::lookup(&ctx, &req, &route).await {
                 Lookup::Hit(hit) => ctx.hit(&req, &hit),
@@ -446,13 +449,18 @@ impl Shared {
                 }
                 Lookup::SoftPurged(hit) => {
                     fetch::refresh(&ctx, &req, &hit);
+                    ctx.count_hit(&req, &hit.variant);
                     let status = CacheStatus::fwd(Fwd::Stale).map(|f| {
                         f.stale = Some(ServedStale::SoftPurge);
                         f.ttl = Some(hit.ttl);
                     });
                     Answered::new(ctx.respond(&req, &hit.variant), status)
                 }
-                Lookup::Fetch(miss) => Box::pin(fetch::fetch(&ctx, req, miss)).await,
+                Lookup::Fetch(miss) => {
+                    let answered = Box::pin(fetch::fetch(&ctx, req, miss)).await;
+                    ctx.count_answered(answered.outcome());
+                    answered
+                }
                 Lookup::OnlyIfCached => {
                     Answered::error(&ProxyError::NotCached, CacheStatus::OnlyIfCached)
                 }

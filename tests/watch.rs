@@ -517,6 +517,58 @@ async fn rule_requests_count_under_the_rule_whose_content_type_applied() {
     );
 }
 
+/// A rule's `hit` and `miss` count as `strata_requests_total`'s outcomes
+/// do (README, "Hit ratio: the one formula"): an origin-phase `429` is an
+/// `error`, in neither (it had counted as the rule's miss), and a stale
+/// copy served because the upstream answered `500` is `stale`, a hit (it
+/// had counted as a miss).
+#[tokio::test]
+async fn rule_requests_leave_out_errors_and_count_stale_as_hits() {
+    let origin = Origin::start(|req| async move {
+        if req.uri().path() == "/s/x" && req.headers().contains_key("if-none-match") {
+            return reply(500, &[], "down");
+        }
+        // Age 5 > max-age 1: stored already stale.
+        let cc = [
+            ("cache-control", "max-age=1, stale-if-error=600"),
+            ("age", "5"),
+            ("etag", "\"e\""),
+        ];
+        reply(200, &cc, format!("page {}", req.uri().path()))
+    })
+    .await;
+    let s = Strata::start(
+        &[origin.addr],
+        &format!(
+            "{NO_HEALTH}[[rules]]\nmatch = \"/o/**\"\n\n[[rules]]\nmatch = \"/s/**\"\n\n\
+             [[rate_limits]]\nname = \"orig\"\nmatch = \"/o/**\"\nrate = \"1/m\"\nburst = 1\n\
+             count = \"origin\"\n"
+        ),
+    )
+    .await;
+    let c = Client::new();
+    assert_eq!(c.get(&s.url("/o/1")).await.status, 200);
+    for path in ["/o/2", "/o/3"] {
+        assert_eq!(c.get(&s.url(path)).await.status, 429, "{path}");
+    }
+    assert_eq!(c.get(&s.url("/s/x")).await.status, 200);
+    let r = c.get(&s.url("/s/x")).await;
+    assert!(
+        r.cache_status().contains("detail=stale-if-error"),
+        "{}",
+        r.cache_status()
+    );
+    let text = c.get(&s.admin_url("/metrics")).await.text();
+    for want in [
+        rule_line("/o/**", "hit", 0),
+        rule_line("/o/**", "miss", 1),
+        rule_line("/s/**", "hit", 1),
+        rule_line("/s/**", "miss", 1),
+    ] {
+        assert!(text.contains(&want), "{want} in\n{text}");
+    }
+}
+
 /// Rules sharing a glob (different `content_type`, SPEC §7's pattern) each
 /// have their own series: the glob for the first, `"<glob> #<index>"` for
 /// a repeat, in `/metrics` and `/events` alike (they had shared one series,

@@ -10,14 +10,41 @@
 //! A rule without `content_type` applies to any response, so a hit under
 //! it is counted with one check and no glob matched; only a rule with one
 //! has its stored response's media type looked at. A miss under such a
-//! rule is counted once the response is known (the upstream's answer, the
+//! rule is judged once the response is known (the upstream's answer, the
 //! leader's stored variant, or the stale copy served), not by the lookup.
+//!
+//! A request that goes to fetch is counted only when its answer is known,
+//! by the answer's outcome, as `strata_requests_total` counts it (README,
+//! "Hit ratio: the one formula"): `miss` or `revalidated` as the rule's
+//! miss, a stale copy served on error as its hit, and Strata's own errors
+//! (an origin-phase `429`, a `502`/`504`) not at all. The lookup and the
+//! fetch only note the rule ([`RequestCtx::count_miss`],
+//! [`RequestCtx::count_fetched`]); [`RequestCtx::count_answered`] counts.
 
 use http::header::{self, HeaderMap};
 use http::{Method, Request};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::RequestCtx;
 use crate::cache::entry::Variant;
+use crate::metrics::Outcome;
+
+/// The rule a fetched request counts under once its answer is known:
+/// the rule's index + 1, 0 for none. Atomic only because the context is
+/// shared by reference across the fetch's `.await`s (one task writes it).
+#[derive(Debug, Default)]
+pub struct NotedRule(AtomicUsize);
+
+impl NotedRule {
+    fn note(&self, rule: usize) {
+        self.0.store(rule.saturating_add(1), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<usize> {
+        self.0.load(Ordering::Relaxed).checked_sub(1)
+    }
+}
 
 // === impl RequestCtx ===
 
@@ -32,16 +59,30 @@ impl RequestCtx<'_> {
     }
 
     /// A request going upstream for the cache, as the lookup sends it:
-    /// counted now when the request's rule applies whatever the response;
-    /// else [`RequestCtx::count_fetched`] counts it.
+    /// noted under the request's rule when that applies whatever the
+    /// response; else [`RequestCtx::count_fetched`] notes it.
     pub(super) fn count_miss(&self) {
         if let Some(i) = self.rule.filter(|&i| !self.waits(i)) {
-            self.runtime.rule_counters.miss(i);
+            self.noted_rule.note(i);
+        }
+    }
+
+    /// The answer to a fetched request, with `outcome`: counted under the
+    /// rule noted for it, as the one formula counts (see the module docs).
+    pub(super) fn count_answered(&self, outcome: Outcome) {
+        let Some(i) = self.noted_rule.get() else {
+            return;
+        };
+        let counters = &self.runtime.rule_counters;
+        match outcome {
+            Outcome::Hit | Outcome::Stale => counters.hit(i),
+            Outcome::Miss | Outcome::Revalidated => counters.miss(i),
+            Outcome::Bypass | Outcome::Error => {}
         }
     }
 
     /// The answer to a miss whose request's rule waits for the response
-    /// (and so was not counted by [`RequestCtx::count_miss`]): counted
+    /// (and so was not noted by [`RequestCtx::count_miss`]): noted
     /// under the rule that applies to the response with `fields` (the
     /// upstream's, or the stored variant's the request is answered from).
     /// `None`, no response (the upstream failed): under the request's rule.
@@ -50,7 +91,7 @@ impl RequestCtx<'_> {
             return;
         }
         if let Some(i) = self.applied_rule(path, method, fields) {
-            self.runtime.rule_counters.miss(i);
+            self.noted_rule.note(i);
         }
     }
 
