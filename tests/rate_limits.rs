@@ -49,6 +49,40 @@ async fn burst_then_429_without_upstream_request() {
     );
 }
 
+/// RFC 9110 §10.2.3: `Retry-After` is when a follow-up may succeed, so
+/// over two limits it is the longer wait, whichever refused first (it was
+/// the first limit's second, and a client that waited as told was refused
+/// again for an hour). Local, shared and mixed budgets alike.
+async fn two_limits_retry_after(strata: &Strata) {
+    let client = Client::new();
+    assert_eq!(client.get(&strata.url("/z/a")).await.status, 200);
+    let over = client.get(&strata.url("/z/a")).await;
+    assert_eq!(over.status, 429);
+    let retry: u64 = over.header("retry-after").unwrap().parse().unwrap();
+    assert!((3590..=3600).contains(&retry), "{retry}");
+    let metrics = client.get(&strata.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("strata_rate_limited_total{name=\"fast\"} 1"),
+        "the first limit over counts it: {metrics}"
+    );
+}
+
+const FAST_THEN_SLOW: &str =
+    "[[rate_limits]]\nname = \"fast\"\nmatch = \"/z/**\"\nrate = \"1/s\"\nburst = 1\n\
+     [[rate_limits]]\nname = \"slow\"\nmatch = \"/z/**\"\nrate = \"1/h\"\nburst = 1\n";
+
+#[tokio::test]
+async fn retry_after_is_the_longest_wait_of_the_limits_over() {
+    let origin = uncached().await;
+    two_limits_retry_after(&Strata::start(&[origin.addr], FAST_THEN_SLOW).await).await;
+    let redis = RedisServer::start().await;
+    two_limits_retry_after(&with_redis_budgets(&redis, &origin, FAST_THEN_SLOW).await).await;
+    // The first shared, the second local: the local one is looked at too.
+    let redis = RedisServer::start().await;
+    let mixed = FAST_THEN_SLOW.replacen("burst = 1", "backend = \"redis\"\nburst = 1", 1);
+    two_limits_retry_after(&with_redis(&redis, &origin, &mixed).await).await;
+}
+
 #[tokio::test]
 async fn keys_have_their_own_budgets() {
     let origin = uncached().await;
@@ -192,6 +226,12 @@ async fn a_refused_request_is_charged_to_no_limit() {
 /// (`backend = "redis"` on each), once it is connected to Redis.
 async fn with_redis_budgets(redis: &RedisServer, origin: &Origin, limits: &str) -> Strata {
     let limits = limits.replace("burst = ", "backend = \"redis\"\nburst = ");
+    with_redis(redis, origin, &limits).await
+}
+
+/// Strata in front of `origin` with `limits` as written and `redis` as its
+/// Redis, once it is connected to Redis.
+async fn with_redis(redis: &RedisServer, origin: &Origin, limits: &str) -> Strata {
     let config = format!(
         "[cache.redis]\nurls = [\"{}\"]\ntimeout = \"1s\"\n{limits}",
         redis.url()
@@ -275,16 +315,8 @@ async fn a_local_refusal_gives_back_the_shared_charges() {
     let redis = RedisServer::start().await;
     let origin = uncached().await;
     let limits = SITE_AND_LOGIN.replacen("burst = 5", "backend = \"redis\"\nburst = 5", 1);
-    let config = format!(
-        "[cache.redis]\nurls = [\"{}\"]\ntimeout = \"1s\"\n{limits}",
-        redis.url()
-    );
-    let strata = Strata::start(&[origin.addr], &config).await;
+    let strata = with_redis(&redis, &origin, &limits).await;
     let client = Client::new();
-    wait_until(Duration::from_secs(10), "connected to Redis", || async {
-        connected(&client, &strata).await
-    })
-    .await;
     let mut statuses = Vec::new();
     for _ in 0..12 {
         statuses.push(client.get(&strata.url("/login/a")).await.status.as_u16());

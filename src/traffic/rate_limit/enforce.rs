@@ -26,8 +26,8 @@ use std::time::Duration;
 enum Verdict {
     /// Every Redis-backed limit accepted and was charged.
     Charged,
-    /// The Redis-backed limit of this index is the first over; none was
-    /// charged.
+    /// The Redis-backed limit of this index is the first over, with the
+    /// longest wait of those over; none was charged.
     Refused(usize, Duration),
     /// Redis did not answer: the local limiter decides for them.
     Unavailable,
@@ -108,19 +108,25 @@ impl RateLimits {
             let Some(key) = limit.key(count, subject) else {
                 continue;
             };
+            let in_batch = |i: usize| batch.iter().any(|&(b, _)| b == i);
+            // The limits after a refusing one the local limiter decides.
+            let decided_here =
+                |j: usize, _: &Limit| !in_batch(j) || matches!(verdict, Verdict::Unavailable);
             if let Verdict::Refused(at, wait) = verdict {
                 if i == at {
                     self.give_back_local(&local);
+                    let wait = self.longest_wait(count, subject, i, wait, decided_here);
                     return Err(limit.refuse(wait));
                 }
             }
-            let in_batch = batch.iter().any(|&(b, _)| b == i);
+            let in_batch = in_batch(i);
             let charged = if in_batch && !matches!(verdict, Verdict::Unavailable) {
                 // Accepted by Redis (charged, or nothing will be: a later
                 // one refuses).
                 Charged::Redis
             } else if let Some(wait) = limit.local.check(key) {
                 self.give_back_local(&local);
+                let wait = self.longest_wait(count, subject, i, wait, decided_here);
                 if matches!(verdict, Verdict::Charged) {
                     for &(b, key) in batch {
                         if let Some(l) = self.limits.get(b) {
@@ -142,6 +148,39 @@ impl RateLimits {
             }
         }
         Ok(())
+    }
+
+    /// The longest wait among `wait` (the refusing limit's, index
+    /// `refused`) and the enforced limits after it that would refuse
+    /// `subject` too: `Retry-After` says when a follow-up request may
+    /// succeed (RFC 9110 §10.2.3), and a client that waited only for the
+    /// first limit was refused again by the next. Only the limits
+    /// `decided_here` says the local limiter decides are looked at, each
+    /// charged and at once given back when it accepts (governor has no
+    /// look without a charge); the Redis-backed ones of one script call
+    /// are in its wait already. The metric counts only the refusing limit.
+    fn longest_wait(
+        &self,
+        count: LimitCount,
+        subject: &Subject<'_>,
+        refused: usize,
+        wait: Duration,
+        decided_here: impl Fn(usize, &Limit) -> bool,
+    ) -> Duration {
+        let mut longest = wait;
+        for (i, limit) in self.limits.iter().enumerate().skip(refused + 1) {
+            if limit.config.dry_run || !decided_here(i, limit) {
+                continue;
+            }
+            let Some(key) = limit.key(count, subject) else {
+                continue;
+            };
+            match limit.local.check(key) {
+                Some(wait) => longest = longest.max(wait),
+                None => limit.local.refund(key),
+            }
+        }
+        longest
     }
 
     /// Takes back the local charges `(index, key)` at once.
@@ -190,9 +229,12 @@ impl RateLimits {
                 (Some(wait), _) => {
                     limit.limited.inc();
                     self.refund(count, subject, i, &fell_back).await;
+                    // Cluster: a later Redis-backed limit would take a
+                    // call of its own to look at; only local ones count.
+                    let local_only = |_: usize, l: &Limit| !self.shared(l);
                     return Err(Limited {
                         name: limit.config.name.clone(),
-                        retry_after: wait,
+                        retry_after: self.longest_wait(count, subject, i, wait, local_only),
                     });
                 }
             }

@@ -39,13 +39,15 @@ use crate::config::RateLimitConfig;
 /// ARGV[1] = the caller's deadline (Unix ms); then, for each key `i`,
 /// ARGV[2i] = its emission interval (µs) and ARGV[2i+1] = burst ×
 /// interval (µs). Answers `{1, 0, 0}` (every key allowed and charged),
-/// `{0, wait_µs, i}` (the first key over, 1-based; nothing charged) or
-/// `{-1, 0, 0}` (past the deadline; nothing done).
+/// `{0, wait_µs, i}` (`i` the first key over, 1-based, `wait_µs` the
+/// longest wait of all the keys over; nothing charged) or `{-1, 0, 0}`
+/// (past the deadline; nothing done).
 const GCRA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if now > tonumber(ARGV[1]) * 1000 then return {-1, 0, 0} end
 local tats = {}
+local first, longest = 0, 0
 for i = 1, #KEYS do
   local interval = tonumber(ARGV[2 * i])
   local limit = tonumber(ARGV[2 * i + 1])
@@ -53,10 +55,12 @@ for i = 1, #KEYS do
   if not tat or tat < now then tat = now end
   local ahead = tat + interval - now
   if ahead > limit then
-    return {0, ahead - limit, i}
+    if first == 0 then first = i end
+    if ahead - limit > longest then longest = ahead - limit end
   end
   tats[i] = tat + interval
 end
+if first > 0 then return {0, longest, first} end
 for i = 1, #KEYS do
   local ahead = tats[i] - now
   redis.call('SET', KEYS[i], string.format('%d', tats[i]), 'PX', math.ceil(ahead / 1000) + 1)
