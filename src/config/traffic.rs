@@ -364,8 +364,9 @@ impl Validator<'_> {
                     &rate,
                     &format!("{at}.rate"),
                     format!(
-                        "invalid rate {:?}, expected \"N/s\", \"N/m\" or \"N/h\" with N at least 1",
-                        rate.get_ref()
+                        "invalid rate {:?}, expected \"N/s\", \"N/m\" or \"N/h\" with N from 1 to {}",
+                        rate.get_ref(),
+                        u32::MAX
                     ),
                 )
             })?;
@@ -514,6 +515,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("rate_limits[0].rate"), "{e}");
+        // Beyond u32: the bound is named (it had said "N at least 1").
+        let e = parse(
+            "servers = [\"127.0.0.1:1\"]",
+            "[[rate_limits]]\nname = \"a\"\nrate = \"100000000000/s\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("from 1 to 4294967295"), "{e}");
         let e = parse(
             "servers = [\"127.0.0.1:1\"]\n[upstream.sticky]\ncookie = \"x\"",
             "",
