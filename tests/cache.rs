@@ -3138,6 +3138,42 @@ async fn a_304_saying_vary_star_ends_the_entry() {
     assert_eq!(origin.count(), 3);
 }
 
+/// A 304 that says `private` or `no-store` removes the stored copy, and
+/// its `Cache-Status` reports no `ttl` for it (it said `ttl=100` and
+/// `ttl=-1` for an entry no longer there).
+#[tokio::test]
+async fn a_304_that_ends_the_entry_reports_no_ttl() {
+    let origin = Origin::start(|req| async move {
+        let cc = if req.uri().path() == "/private" {
+            "private, max-age=100"
+        } else {
+            "no-store"
+        };
+        if req.headers().contains_key("if-none-match") {
+            return reply(304, &[("cache-control", cc), ("etag", "\"p\"")], "");
+        }
+        // Age 20 > max-age 10: stored already stale.
+        let fields = [
+            ("cache-control", "max-age=10"),
+            ("age", "20"),
+            ("etag", "\"p\""),
+        ];
+        reply(200, &fields, "p")
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for path in ["/private", "/no-store"] {
+        c.get(&s.url(path)).await;
+        let r = c.get(&s.url(path)).await;
+        let status = r.cache_status();
+        assert!(status.contains("fwd-status=304"), "{path}: {status}");
+        assert!(!status.contains("ttl="), "{path}: {status}");
+        let r = c.get(&s.url(path)).await;
+        assert!(!r.is_hit(), "{path}: {}", r.cache_status());
+    }
+}
+
 /// A request collapsed onto another's validation whose 304 widens `Vary`
 /// is not answered with the validated request's copy unless it matches it
 /// too: bob, waiting on alice's validation, goes to the origin with his

@@ -198,10 +198,13 @@ async fn lead(
             }
         }
         Fetched::NotModified(stored, variant, requester) => {
+            // A 304 that says `private` or `no-store` removed the entry:
+            // no `ttl` is reported for what is no longer stored.
+            let kept = stored.is_some();
             lock.publish(Flight::admitted(stored));
             let status = CacheStatus::fwd(miss.fwd).map(|f| {
                 f.fwd_status = Some(304);
-                f.ttl = Some(variant.ttl(now_millis()));
+                f.ttl = kept.then(|| variant.ttl(now_millis()));
             });
             let mut resp = from_stored(ctx, &req, &variant, requester.served.as_ref());
             // The origin's cookies and proxy authentication for this
