@@ -3138,6 +3138,39 @@ async fn a_304_saying_vary_star_ends_the_entry() {
     assert_eq!(origin.count(), 3);
 }
 
+/// An invalid `Last-Modified` is no validator (RFC 9110 §8.8.2): it is
+/// never sent back as `If-Modified-Since` (it was, on every request), and
+/// without explicit freshness it gives no reason to store the response.
+#[tokio::test]
+async fn an_invalid_last_modified_is_no_validator() {
+    let conditionals = Arc::new(AtomicUsize::new(0));
+    let seen = conditionals.clone();
+    let origin = Origin::start(move |req| {
+        if req.headers().contains_key("if-modified-since") {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+        async move {
+            let mut fields = vec![("last-modified", "yesterday")];
+            if req.uri().path() == "/stale" {
+                fields.push(("cache-control", "max-age=0"));
+            }
+            reply(200, &fields, "lm")
+        }
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for path in ["/heuristic", "/stale"] {
+        for _ in 0..3 {
+            let r = c.get(&s.url(path)).await;
+            assert_eq!(r.status, 200, "{path}");
+            assert!(!r.is_hit(), "{path}: {}", r.cache_status());
+        }
+    }
+    assert_eq!(origin.count(), 6);
+    assert_eq!(conditionals.load(Ordering::SeqCst), 0);
+}
+
 /// A 304 that says `private` or `no-store` removes the stored copy, and
 /// its `Cache-Status` reports no `ttl` for it (it said `ttl=100` and
 /// `ttl=-1` for an entry no longer there).

@@ -191,8 +191,12 @@ impl Variant {
         self.headers.get(header::ETAG)
     }
 
+    /// The stored `Last-Modified` when it is one valid HTTP-date: an
+    /// invalid one is no validator (it was sent as `If-Modified-Since`).
     pub fn last_modified(&self) -> Option<&HeaderValue> {
-        self.headers.get(header::LAST_MODIFIED)
+        self.headers
+            .get(header::LAST_MODIFIED)
+            .filter(|_| freshness::last_modified_is_valid(&self.headers))
     }
 
     pub fn has_validators(&self) -> bool {

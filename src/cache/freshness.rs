@@ -135,8 +135,16 @@ pub fn sets_cookie(response: &HeaderMap) -> bool {
     response.contains_key(header::SET_COOKIE) || response.contains_key(&SET_COOKIE2)
 }
 
+/// Whether `headers` carry a validator (RFC 9110 §8.8): an `ETag`, or a
+/// `Last-Modified` that is one valid HTTP-date (an invalid one can neither
+/// be sent as `If-Modified-Since` nor give a heuristic lifetime).
 pub fn has_validators(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
+    headers.contains_key(header::ETAG) || last_modified_is_valid(headers)
+}
+
+/// Whether `Last-Modified` is one valid HTTP-date (RFC 9110 §8.8.2).
+pub fn last_modified_is_valid(headers: &HeaderMap) -> bool {
+    http_date(headers, header::LAST_MODIFIED).is_some()
 }
 
 /// RFC 9111 §3 for a shared cache: may this response be stored?
@@ -191,10 +199,7 @@ pub fn storable(
     if !explicit && !heuristically_cacheable(status) {
         return Err(NotStorable::Status);
     }
-    if !has_explicit_freshness(cc, response)
-        && !has_validators(response)
-        && !response.contains_key(header::LAST_MODIFIED)
-    {
+    if !has_explicit_freshness(cc, response) && !has_validators(response) {
         // Heuristically cacheable but with nothing to compute a lifetime
         // from and nothing to validate with.
         return Err(NotStorable::NoFreshness);
