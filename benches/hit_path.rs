@@ -46,6 +46,7 @@ fn object(body: Bytes) -> Arc<Object> {
         body,
         encoded: Vec::new(),
         tags: Vec::new(),
+        strata_cc: None,
         soft_purged: false,
         hits: Default::default(),
         refresh: Default::default(),

@@ -112,6 +112,7 @@ fn object(url: &str, body: &str, tags: &[&str]) -> Arc<Object> {
                 grace: 0,
             },
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            strata_cc: None,
             soft_purged: false,
             hits: Default::default(),
             refresh: Default::default(),

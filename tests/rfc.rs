@@ -481,6 +481,52 @@ async fn a_rule_never_overrides_what_a_targeted_field_keeps_private() {
     }
 }
 
+/// RFC 9111 §4.3.4 with RFC 9213: a 304 without `Strata-Cache-Control`
+/// leaves the stored one in force (it was dropped, and the entry then
+/// lived by `Cache-Control`'s ten minutes); a 304 with one replaces it.
+#[tokio::test]
+async fn strata_cache_control_outlives_a_304_without_one() {
+    let origin = Origin::start(|req| async move {
+        let validating = req.headers().contains_key("if-none-match");
+        let mut fields = vec![
+            ("cache-control", "max-age=600"),
+            ("etag", "\"t\""),
+            // Older than Strata's lifetime: stale for Strata at once.
+            ("age", "20"),
+        ];
+        if !validating || req.uri().path() == "/replaced" {
+            let strata_cc = if validating {
+                "max-age=600"
+            } else {
+                "max-age=10"
+            };
+            fields.push(("strata-cache-control", strata_cc));
+        }
+        reply(if validating { 304 } else { 200 }, &fields, "t")
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    // Kept: every request revalidates (Strata's 10 s < the age of 20 s).
+    for i in 0..3 {
+        let r = c.get(&s.url("/kept")).await;
+        assert!(!r.is_hit(), "{i}: {}", r.cache_status());
+        assert!(r.header("strata-cache-control").is_none());
+    }
+    assert_eq!(origin.count(), 3);
+    // Replaced by the 304's ten minutes: a hit after it.
+    c.get(&s.url("/replaced")).await;
+    let r = c.get(&s.url("/replaced")).await;
+    assert!(
+        r.cache_status().contains("fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    let r = c.get(&s.url("/replaced")).await;
+    assert!(r.is_hit(), "{}", r.cache_status());
+    assert_eq!(origin.count(), 5);
+}
+
 #[tokio::test]
 async fn targeted_cache_control_can_be_turned_off() {
     let origin = origin_with(targeted).await;

@@ -93,6 +93,11 @@ pub struct Variant {
     pub times: Times,
     pub policy: Policy,
     pub tags: Vec<String>,
+    /// The `Strata-Cache-Control` the stored response came with (RFC 9213:
+    /// Strata's own targeted field), kept beside `headers` because it is
+    /// never served: a 304 without one leaves it in force, as RFC 9111
+    /// §4.3.4 leaves every stored field the 304 does not carry.
+    pub strata_cc: Option<HeaderValue>,
     /// Marked stale by a soft purge (`POST /purge` with `"soft": true`):
     /// served stale once while one background revalidation runs.
     pub soft_purged: bool,
@@ -176,6 +181,7 @@ impl Variant {
             + headers(&self.headers)
             + encoded
             + self.tags.iter().map(|t| t.len() as u64 + 48).sum::<u64>()
+            + self.strata_cc.as_ref().map_or(0, |v| v.len() as u64 + 48)
             + self
                 .vary
                 .0
@@ -482,6 +488,7 @@ pub(crate) fn one_byte_variant(vary: VaryKey, received: Millis) -> Variant {
             grace: 0,
         },
         tags: vec![],
+        strata_cc: None,
         soft_purged: false,
         hits: HitCount::default(),
         refresh: RefreshBackoff::default(),

@@ -46,6 +46,8 @@ pub struct Plan {
     pub times: Times,
     pub policy: Policy,
     pub tags: Vec<String>,
+    /// The response's `Strata-Cache-Control` (see [`Variant::strata_cc`]).
+    pub strata_cc: Option<HeaderValue>,
     pub max_size: u64,
     pub compression: Option<CompressionPolicy>,
     /// [`Cache::removal_epoch`] when the fetch began: a purge or an
@@ -217,6 +219,7 @@ async fn run(
         plan.times,
         plan.policy,
         plan.tags,
+        plan.strata_cc,
         encode.is_some(),
     ));
     // The entry is visible (and purgeable) before the client's body ends;
@@ -307,6 +310,7 @@ fn identity_variant(
     times: Times,
     policy: Policy,
     tags: Vec<String>,
+    strata_cc: Option<HeaderValue>,
     encoded: bool,
 ) -> Variant {
     let mut headers = entry::owned_headers(&headers);
@@ -331,6 +335,7 @@ fn identity_variant(
         times,
         policy,
         tags,
+        strata_cc,
         soft_purged: false,
         hits: Default::default(),
         refresh: Default::default(),

@@ -4,7 +4,7 @@
 //! Layout, all integers little-endian:
 //!
 //! ```text
-//! "STRC" version:u8                      magic and format version (2)
+//! "STRC" version:u8                      magic and format version (3)
 //! url:str32                              the object's key URL
 //! variants:u16  { variant }*
 //!   status:u16
@@ -14,6 +14,7 @@
 //!   headers  body:bytes32
 //!   encoded:u8 { coding:u8 (1 br, 2 gzip) headers body:bytes32 }*
 //!   tags:u16 { tag:str16 }*
+//!   strata_cc:u8 (0 absent, 1 present) [value:bytes32]   Strata-Cache-Control
 //! checksum:u64                           xxh3-64 of every byte before it
 //! headers = count:u32 { name:str16 value:bytes32 }*   (repeated fields kept, in order)
 //! ```
@@ -30,7 +31,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -42,7 +43,7 @@ use crate::compression::Coding;
 
 const MAGIC: &[u8; 4] = b"STRC";
 /// Bumped on any layout change; other versions decode to an error (a miss).
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 const HEADER_LEN: usize = MAGIC.len() + 1;
 const CHECKSUM_LEN: usize = 8;
 
@@ -107,10 +108,11 @@ fn variant_len(v: &Variant) -> usize {
         .map(|e| 1 + fields_len(e) + 4 + e.body.len())
         .sum();
     let tags: usize = v.tags.iter().map(|t| 2 + t.len()).sum();
+    let strata_cc = v.strata_cc.as_ref().map_or(0, |s| 4 + s.len());
     // status, times, policy, flags, vary count, body length, encoded
-    // count, tag count.
-    const FIXED: usize = 2 + 3 * 8 + 4 * 8 + 1 + 2 + 4 + 1 + 2;
-    FIXED + vary + fields::encoded_len(&v.headers) + v.body.len() + encoded + tags
+    // count, tag count, strata_cc presence.
+    const FIXED: usize = 2 + 3 * 8 + 4 * 8 + 1 + 2 + 4 + 1 + 2 + 1;
+    FIXED + vary + fields::encoded_len(&v.headers) + v.body.len() + encoded + tags + strata_cc
 }
 
 /// The exact encoded size of `object`.
@@ -209,6 +211,13 @@ impl Writer {
         self.len16("tag count", v.tags.len())?;
         for t in &v.tags {
             self.bytes16("tag", t.as_bytes())?;
+        }
+        match &v.strata_cc {
+            None => self.u8(0),
+            Some(value) => {
+                self.u8(1);
+                self.bytes32("strata-cache-control", value.as_bytes())?;
+            }
         }
         Ok(())
     }
@@ -400,6 +409,28 @@ impl Reader<'_> {
             let r = self.slice16()?;
             tags.push(self.string(r, "tag")?);
         }
+        let at = self.at;
+        let strata_cc = match self.u8()? {
+            0 => None,
+            1 => {
+                let r = self.slice32()?;
+                let at = r.start;
+                Some(
+                    HeaderValue::from_maybe_shared(self.payload.slice(r)).map_err(|_| {
+                        DecodeError::Invalid {
+                            what: "strata-cache-control",
+                            at,
+                        }
+                    })?,
+                )
+            }
+            _ => {
+                return Err(DecodeError::Invalid {
+                    what: "strata-cache-control presence",
+                    at,
+                })
+            }
+        };
         Ok(Variant {
             vary: VaryKey(vary),
             status,
@@ -409,6 +440,7 @@ impl Reader<'_> {
             times,
             policy,
             tags,
+            strata_cc,
             soft_purged: flags & 4 != 0,
             hits: Default::default(),
             refresh: Default::default(),
@@ -557,6 +589,7 @@ mod tests {
                 grace: 0,
             },
             tags: vec!["product".into(), "page:1".into(), "ünï".into()],
+            strata_cc: Some(hv(b"max-age=1, must-revalidate")),
             soft_purged: true,
             hits: Default::default(),
             refresh: Default::default(),
@@ -589,6 +622,7 @@ mod tests {
                 grace: 0,
             },
             tags: vec![],
+            strata_cc: None,
             soft_purged: false,
             hits: Default::default(),
             refresh: Default::default(),
@@ -616,6 +650,7 @@ mod tests {
             assert_eq!(x.times, y.times);
             assert_eq!(x.policy, y.policy);
             assert_eq!(x.tags, y.tags);
+            assert_eq!(x.strata_cc, y.strata_cc);
             assert_eq!(x.soft_purged, y.soft_purged);
             assert_eq!(x.encoded.len(), y.encoded.len());
             for (e, f) in x.encoded.iter().zip(&y.encoded) {
@@ -733,8 +768,13 @@ mod tests {
         assert_eq!(decode(&Bytes::from(c)).unwrap_err(), DecodeError::Checksum);
         assert_eq!(decode(&Bytes::new()).unwrap_err(), DecodeError::Magic);
         assert_eq!(
-            decode(&Bytes::from_static(b"STRC\x02")).unwrap_err(),
+            decode(&Bytes::from_static(b"STRC\x03")).unwrap_err(),
             DecodeError::Truncated(5)
+        );
+        // An entry of the previous format (without `strata_cc`) is a miss.
+        assert_eq!(
+            decode(&Bytes::from_static(b"STRC\x02")).unwrap_err(),
+            DecodeError::Version(2)
         );
         assert!(decode(&Bytes::from_static(b"hello world, not an entry")).is_err());
     }

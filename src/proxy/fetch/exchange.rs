@@ -271,6 +271,12 @@ impl Exchange {
         let (mut rparts, body) = answer.response.into_parts();
         let body = IdleTimeout::new(body, self.runtime.config.upstream.body_idle_timeout);
         let entry_tags = normalize_response(&mut rparts.headers);
+        // Strata's own targeted field, removed by `decide` (never served):
+        // an owned copy, not a slice pinning the connection's read buffer.
+        let strata_cc = rparts
+            .headers
+            .get(STRATA_CACHE_CONTROL)
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
         let decided = decide(
             &self.runtime,
             self.rule,
@@ -318,6 +324,7 @@ impl Exchange {
             times,
             policy,
             tags: entry_tags,
+            strata_cc,
             max_size: max,
             compression: self.runtime.config.compression.clone(),
             since,
@@ -442,6 +449,16 @@ impl Exchange {
             }
         }
         apply(&mut v.headers, false);
+        // Strata's own targeted field: the 304's replaces the stored one;
+        // without one, the stored one stays in force (never served).
+        match v.headers.get(STRATA_CACHE_CONTROL) {
+            Some(new) => v.strata_cc = Some(new.clone()),
+            None => {
+                if let Some(stored) = &v.strata_cc {
+                    v.headers.insert(STRATA_CACHE_CONTROL, stored.clone());
+                }
+            }
+        }
         let cc = if ruled {
             CacheControl::from_headers(&v.headers)
         } else {
