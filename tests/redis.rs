@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Method;
 use serde_json::Value;
-use support::redis::{RedisCluster, RedisSentinel, RedisServer};
+use support::redis::{command_calls, RedisCluster, RedisSentinel, RedisServer};
 use support::{wait_until, Client, Origin, Strata};
 
 /// Both instances must see the same Host to share keys, as they would
@@ -669,6 +669,88 @@ async fn sentinel_failover_is_followed() {
         assert_eq!(get(&c, &a.url(&format!("/during/{i}"))).await.status, 200);
     }
     shared_again(&a, &b, "reads and writes through the new master").await;
+}
+
+/// SPEC §4: a purge reaches every instance. After a manual failover the
+/// old master keeps answering (and calling itself master) for seconds,
+/// and the purge subscriptions stayed on it while the fleet published on
+/// the new one: B served a purged copy from memory until the old master
+/// was demoted (about 10 s; black-box probe). The subscription now follows
+/// the data connection to the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_purges_reach_the_fleet_right_after_a_manual_failover() {
+    let mut sentinel = RedisSentinel::start().await;
+    let origin = tagged_origin().await;
+    let cfg = redis_section(
+        "sentinel",
+        &sentinel.sentinel_urls(),
+        &format!("sentinel_master = \"{}\"\n", sentinel.master_name()),
+    );
+    let a = Strata::start(&[origin.addr], &cfg).await;
+    let b = Strata::start(&[origin.addr], &cfg).await;
+    let c = Client::new();
+    shared_again(&a, &b, "shared hits through the sentinel-resolved master").await;
+    get(&c, &a.url("/news/kept")).await;
+    shared_hit(&b, "/news/kept").await;
+    let r = get(&c, &b.url("/news/kept")).await;
+    assert!(
+        r.cache_status().contains("detail=memory"),
+        "{}",
+        r.cache_status()
+    );
+    let old = sentinel.master_port();
+    sentinel.failover_gracefully().await;
+    sentinel.wait_failover().await;
+    let new = sentinel.master_port();
+    let t = Instant::now();
+    // Only once A's data connection follows the new master (a write of
+    // A's reaches it; the old master still answers meanwhile) is the one
+    // purge made: an earlier one would go out on the old master, where B
+    // still listens.
+    let written = command_calls(new, "set").await;
+    for i in 0.. {
+        get(&c, &a.url(&format!("/news/follow{i}"))).await;
+        if command_calls(new, "set").await > written {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "A never wrote to the new master"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let published = command_calls(new, "publish").await;
+    purge_ok(&a, r#"{"url": "/news/kept"}"#).await;
+    assert!(command_calls(new, "publish").await > published);
+    let purged = t.elapsed();
+    assert!(
+        !sentinel.is_replica(old).await,
+        "the old master was demoted before A's purge: nothing shown"
+    );
+    loop {
+        let r = get(&c, &b.url("/news/kept")).await;
+        if !r.is_hit() {
+            break;
+        }
+        assert!(
+            !sentinel.is_replica(old).await,
+            "B served the purged copy until the old master was demoted ({:?} after the failover)",
+            t.elapsed()
+        );
+        // The subscription follows within a second or two; the old
+        // master is demoted (and B's subscription cut) about 10 s after
+        // the failover.
+        assert!(
+            t.elapsed() - purged < Duration::from_secs(5),
+            "B still served the purged copy {:?} after the purge",
+            t.elapsed() - purged
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "A published on the new master {purged:?} after the failover, B dropped the copy at {:?}",
+        t.elapsed()
+    );
 }
 
 /// README documents Unix-socket URLs (`unix://`, `redis+unix://`) in

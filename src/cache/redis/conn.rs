@@ -103,6 +103,9 @@ impl ConnectionLike for Conn {
 pub(crate) struct Live {
     pub(crate) generation: u64,
     pub(crate) conn: Conn,
+    /// Sentinel mode: the master's address the connection goes to (the
+    /// purge subscriber follows it to a new master after a failover).
+    pub(crate) master: Option<ConnectionAddr>,
 }
 
 /// Holds the current connection, if any.
@@ -181,10 +184,14 @@ impl Backend {
         self.current.load().is_some()
     }
 
-    fn install(&self, conn: Conn) -> u64 {
+    /// Makes `conn` (to `master`, in sentinel mode) the current connection.
+    fn install(&self, conn: Conn, master: Option<ConnectionAddr>) -> u64 {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        self.current
-            .store(Some(Arc::new(Live { generation, conn })));
+        self.current.store(Some(Arc::new(Live {
+            generation,
+            conn,
+            master,
+        })));
         generation
     }
 
@@ -411,7 +418,7 @@ pub(crate) async fn run_connector(
         match attempt {
             Ok(Ok((conn, addr))) => {
                 master = addr;
-                let generation = backend.install(conn);
+                let generation = backend.install(conn, master.clone());
                 installed = tokio::time::Instant::now();
                 tracing::info!(
                     mode = config.mode.as_str(),

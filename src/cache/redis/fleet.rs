@@ -22,7 +22,10 @@
 //!   master failed over: once the client drops the dead primary, PING only
 //!   reaches the live ones, and after the slot refresh it did not
 //!   resubscribe.)
-//! - **sentinel**: the master the sentinels name at each (re)subscription.
+//! - **sentinel**: the master the sentinels name at each (re)subscription,
+//!   and again whenever the data connection moves to another master (a
+//!   failover; checked every second): the demoted master still answers
+//!   PINGs for seconds while the fleet publishes on the new one.
 //!
 //! Messages published while an instance was not subscribed are lost, so
 //! every (re)subscription after a gap forwards `Selector::Prefix("")`,
@@ -61,6 +64,14 @@ const WIRE_VERSION: u32 = 1;
 /// PING on the subscription, to notice a dead peer whose socket never
 /// closed.
 const PING_EVERY: Duration = Duration::from_secs(5);
+
+/// Sentinel mode: how often the subscription checks that it is on the
+/// master the data connection uses. After a failover the old master keeps
+/// answering (the PING passes) for about 10 s until the sentinels demote
+/// it, while the fleet publishes its purges on the new one: the
+/// subscription follows the data connection, which asks the sentinels
+/// every second.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -238,7 +249,12 @@ impl Source {
         })
     }
 
-    async fn subscribe(&mut self, channel: &str) -> RedisResult<redis::aio::PubSub> {
+    /// A subscription to `channel`, and in sentinel mode the address of
+    /// the master it is on.
+    async fn subscribe(
+        &mut self,
+        channel: &str,
+    ) -> RedisResult<(redis::aio::PubSub, Option<redis::ConnectionAddr>)> {
         let client = match self {
             Source::Client(c) => c.clone(),
             Source::Nodes {
@@ -258,9 +274,11 @@ impl Source {
             }
             Source::Sentinel(s) => s.async_get_client().await?,
         };
+        let at = matches!(self, Source::Sentinel(_))
+            .then(|| client.get_connection_info().addr().clone());
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
-        Ok(pubsub)
+        Ok((pubsub, at))
     }
 
     /// The current node failed: move to the next one (cluster mode).
@@ -384,7 +402,7 @@ async fn subscribe_loop(
             _ = stop.cancelled() => return Ok(()),
             r = tokio::time::timeout(bound, source.subscribe(fleet.channel())) => r,
         };
-        let pubsub = match attempt {
+        let (pubsub, at) = match attempt {
             Ok(Ok(p)) => p,
             failed => {
                 match failed {
@@ -414,8 +432,25 @@ async fn subscribe_loop(
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
+        // Sentinel mode: the master the data connection went to when this
+        // subscription was made; a change means a failover.
+        let data_master = || core.backend.current().and_then(|l| l.master.clone());
+        let data_at_start = data_master();
+        let mut follow = tokio::time::interval(FOLLOW_EVERY);
+        follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        follow.tick().await;
         loop {
             tokio::select! {
+                _ = follow.tick(), if at.is_some() => {
+                    if let Some(now) = data_master() {
+                        if Some(&now) != data_at_start.as_ref() && Some(&now) != at.as_ref() {
+                            tracing::warn!(
+                                "redis purge channel: the data connection follows another master (sentinel failover); resubscribing there"
+                            );
+                            break;
+                        }
+                    }
+                }
                 _ = stop.cancelled() => return Ok(()),
                 msg = stream.next() => match msg {
                     Some(msg) => fleet.receive(msg.get_payload_bytes()),
