@@ -753,6 +753,51 @@ async fn sentinel_purges_reach_the_fleet_right_after_a_manual_failover() {
     );
 }
 
+/// Pub/sub ignores the database number: a fleet on `redis://h/2` had its
+/// memory tier emptied by a purge of a fleet on database 0 with the same
+/// `key_prefix` (black-box probe). Each database has its own channel now.
+#[tokio::test]
+async fn purges_stay_within_their_redis_database() {
+    let redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    let on = |db: u8| {
+        let url = format!("{}/{db}", redis.url().trim_end_matches('/'));
+        redis_section("standalone", &[url], "")
+    };
+    let purger = Strata::start(&[origin.addr], &on(0)).await;
+    let same_db = Strata::start(&[origin.addr], &on(0)).await;
+    let other_db = Strata::start(&[origin.addr], &on(2)).await;
+    wait_until(Duration::from_secs(10), "all connected", || async {
+        [&purger, &same_db, &other_db]
+            .iter()
+            .all(|s| s.shared.cache.redis_state() == Some((true, false)))
+    })
+    .await;
+    let c = Client::new();
+    for s in [&same_db, &other_db] {
+        get(&c, &s.url("/news/db")).await;
+        let r = get(&c, &s.url("/news/db")).await;
+        assert!(
+            r.cache_status().contains("detail=memory"),
+            "{}",
+            r.cache_status()
+        );
+    }
+    purge_ok(&purger, r#"{"url": "/news/db"}"#).await;
+    // The instance on database 0 hears it (and so has the other, were it
+    // listening on the same channel: one server delivers both at once).
+    wait_until(Duration::from_secs(10), "database 0 purged", || async {
+        !get(&c, &same_db.url("/news/db")).await.is_hit()
+    })
+    .await;
+    let r = get(&c, &other_db.url("/news/db")).await;
+    assert!(
+        r.cache_status().contains("detail=memory"),
+        "{}",
+        r.cache_status()
+    );
+}
+
 /// README documents Unix-socket URLs (`unix://`, `redis+unix://`) in
 /// standalone mode: two instances, one on each spelling, share entries
 /// and purges through a real `redis-server` listening on a socket.

@@ -190,7 +190,14 @@ impl RedisTier {
         invalidations: UnboundedSender<Invalidation>,
     ) -> RedisTier {
         let limits = Limits::new(config.timeout);
-        let keys = Keys::new(&config.key_prefix);
+        // The database of the data nodes: the first URL's (sentinel mode
+        // passes it on to the master; a cluster has only 0).
+        let db = config
+            .urls
+            .first()
+            .and_then(|u| redis::IntoConnectionInfo::into_connection_info(u.as_str()).ok())
+            .map_or(0, |info| info.redis_settings().db());
+        let keys = Keys::new(&config.key_prefix, db);
         let fleet = Arc::new(Fleet::new(
             instance_id(),
             keys.channel().to_string(),

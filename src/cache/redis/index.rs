@@ -64,12 +64,21 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
-    pub(crate) fn new(prefix: &str) -> Keys {
+    /// Names under `prefix` in database `db`. Pub/sub ignores the
+    /// database number (one channel space per server), so the purge
+    /// channel of a database other than 0 names it: two fleets on
+    /// `redis://h/0` and `redis://h/2` with one `key_prefix` must not
+    /// empty each other's memory tiers. Database 0 keeps `{prefix}purge`.
+    pub(crate) fn new(prefix: &str, db: i64) -> Keys {
         Keys {
             prefix: prefix.to_string(),
             paths: format!("{prefix}{{paths}}"),
             paths_exp: format!("{prefix}{{paths}}:exp"),
-            channel: format!("{prefix}purge"),
+            channel: if db == 0 {
+                format!("{prefix}purge")
+            } else {
+                format!("{prefix}purge:db{db}")
+            },
         }
     }
 
@@ -246,7 +255,7 @@ mod tests {
 
     #[test]
     fn names_and_members() {
-        let keys = Keys::new("s:");
+        let keys = Keys::new("s:", 0);
         let k = CacheKey::new(false, "h", "/a?b");
         let obj = keys.object(&k);
         assert!(obj.starts_with("s:o:"));
@@ -257,6 +266,7 @@ mod tests {
         assert_eq!(keys.object(&small), format!("s:o:{:032x}", small.hash()));
         assert_eq!(keys.tag("x"), "s:t:x");
         assert_eq!(keys.channel(), "s:purge");
+        assert_eq!(Keys::new("s:", 2).channel(), "s:purge:db2");
         let m = member(k.path(), &obj);
         assert_eq!(object_of_member(&m), Some(obj.as_bytes()));
         assert_eq!(object_of_member(b"no-nul"), None);
