@@ -798,6 +798,49 @@ async fn purges_stay_within_their_redis_database() {
     );
 }
 
+/// A Redis `timeout` (the server closes clients idle that long) made the
+/// first read after every quiet spell fail: an error, and a miss that
+/// went to the origin although Redis held the object (black-box probe).
+/// The connection is PINGed every second, so it never idles.
+#[tokio::test]
+async fn a_redis_idle_timeout_costs_no_read() {
+    let redis = RedisServer::start().await;
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("timeout")
+        .arg("1")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    let origin = tagged_origin().await;
+    let cfg = redis_section("standalone", &[redis.url()], "");
+    let s = Strata::start(
+        &[origin.addr],
+        &format!("[cache]\nmemory_capacity = \"0\"\n\n{cfg}"),
+    )
+    .await;
+    let c = Client::new();
+    get(&c, &s.url("/news/idle")).await;
+    shared_hit(&s, "/news/idle").await;
+    let before = metric(&c, &s, "strata_redis_errors_total").await;
+    // Quiet for longer than Redis's idle limit (its client check runs
+    // several times a second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = get(&c, &s.url("/news/idle")).await;
+    assert!(
+        r.cache_status().contains("detail=redis"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(origin.count(), 1);
+    assert_eq!(metric(&c, &s, "strata_redis_errors_total").await, before);
+}
+
 /// README documents Unix-socket URLs (`unix://`, `redis+unix://`) in
 /// standalone mode: two instances, one on each spelling, share entries
 /// and purges through a real `redis-server` listening on a socket.

@@ -25,7 +25,10 @@
 //! and puts it in place; the old one keeps serving (its operations bounded
 //! as ever) until then, and replacements are at most one per
 //! [`REPLACE_EVERY`], so a Redis that is merely slow does not make Strata
-//! reconnect in a loop.
+//! reconnect in a loop. In those modes too the connection gets a PING
+//! every second (cluster: every primary), so that a server-side idle
+//! limit (Redis's `timeout`) never closes it between requests: the first
+//! operation after each quiet spell failed.
 //!
 //! Until a connection exists every operation fails at once with a
 //! "not connected" error (a miss). Data connections use TCP_NODELAY and keepalive
@@ -387,6 +390,21 @@ pub(crate) async fn run_connector(
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = backend.wake.notified() => {}
+                        // A PING now and then keeps the connection from
+                        // idling: a Redis `timeout` (server-side idle
+                        // limit) closed it, and the first operation after
+                        // every quiet spell failed (an error and a miss).
+                        // Cluster mode routes it to every primary.
+                        _ = tokio::time::sleep(HEALTH_EVERY) => {
+                            let mut conn = live.conn.clone();
+                            let ping = redis::cmd("PING");
+                            let pong = tokio::time::timeout(limits.write, ping.query_async::<Value>(&mut conn)).await;
+                            match pong {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => backend.failed(live.generation, &StorageError::Redis(e)),
+                                Err(_) => backend.failed(live.generation, &StorageError::Timeout),
+                            }
+                        }
                     }
                     continue;
                 }
