@@ -698,4 +698,19 @@ mod tests {
             );
         }
     }
+
+    /// SPEC §9 names `[log] access_format` alone: choosing a format turns
+    /// the access log on (it stayed off, silently); `access_log = false`
+    /// still turns it off.
+    #[test]
+    fn an_access_format_turns_the_access_log_on_unless_told_not() {
+        assert!(!accepted("").log.access_log);
+        assert!(
+            accepted("[log]\naccess_format = \"combined\"\n")
+                .log
+                .access_log
+        );
+        let off = accepted("[log]\naccess_format = \"json\"\naccess_log = false\n");
+        assert!(!off.log.access_log);
+    }
 }

@@ -558,7 +558,9 @@ async fn start_up_says_what_health_checks_judge_and_access_lines_are_combined() 
     let origin = Origin::fixed(&[("content-length", "2")], "ok").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("strata.toml");
-    let extra = "[log]\naccess_log = true\naccess_format = \"combined\"\n";
+    // SPEC §9's key alone: choosing a format turns the access log on (it
+    // had stayed off, silently, without `access_log = true`).
+    let extra = "[log]\naccess_format = \"combined\"\n";
     std::fs::write(&path, support::config_text(&[origin.addr], extra)).unwrap();
     let strata = Binary::start(&path, &[]).await;
     let said: Vec<String> = strata

@@ -380,7 +380,9 @@ impl Validator<'_> {
         Ok(LogConfig {
             level: level.map(Spanned::into_inner),
             format,
-            access_log: access_log.unwrap_or(false),
+            // SPEC §9 names only `access_format`: choosing a format asks
+            // for the access log, unless `access_log = false` says not.
+            access_log: access_log.unwrap_or(access_format.is_some()),
             access_format,
         })
     }
