@@ -33,7 +33,7 @@ fn check(global: &strata::cli::Global) -> ExitCode {
         .map_err(anyhow::Error::from)
         .and_then(|c| match &c.server.tls {
             Some(tls) => server::tls::check(tls)
-                .map(|()| c.warnings)
+                .map(|expired| [c.warnings, expired].concat())
                 .map_err(anyhow::Error::from),
             None => Ok(c.warnings),
         });

@@ -488,6 +488,47 @@ async fn an_expiring_certificate_is_an_alert_at_start() {
     strata.stop().await;
 }
 
+/// `strata check` on an expired certificate said `config ok` and nothing
+/// else (serve then warned and served it): it is still accepted, as nginx
+/// accepts it, with a warning naming the file, its key and the date.
+#[test]
+fn check_warns_of_an_expired_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let text = support::config_text(&["127.0.0.1:9".parse().unwrap()], "").replace(
+        "[admin]",
+        &format!(
+            "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\n[admin]",
+            cert_path.display(),
+            key_path.display()
+        ),
+    );
+    let path = dir.path().join("strata.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "config ok\n");
+    assert!(stderr.starts_with("warning: "), "{stderr}");
+    assert!(stderr.contains("server.tls.cert: certificate "), "{stderr}");
+    assert!(
+        stderr.contains(&cert_path.display().to_string()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("expired at "), "{stderr}");
+}
+
 /// The first alert `receiver` gets, once it has one: a `cert_expiring`
 /// for a certificate made to end in 5 days (4 once a day boundary passed).
 async fn expiring_in_five_days(receiver: &Receiver) -> serde_json::Value {

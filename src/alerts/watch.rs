@@ -218,7 +218,7 @@ impl Rolling {
 }
 
 fn check_cert(shared: &Shared, path: &Path, within: Duration) {
-    let Some((subject, not_after)) = cert_end(path) else {
+    let Some((subject, _, not_after)) = crate::server::tls::validity(path) else {
         tracing::debug!(cert = %path.display(), "cannot read the certificate's expiry");
         return;
     };
@@ -248,17 +248,6 @@ fn check_cert(shared: &Shared, path: &Path, within: Duration) {
         message,
         &[("cert", &path.display().to_string()), ("not_after", &end)],
     );
-}
-
-/// The first certificate's subject and `notAfter` (Unix seconds).
-fn cert_end(path: &Path) -> Option<(String, i64)> {
-    let data = std::fs::read(path).ok()?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&data).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    Some((
-        cert.subject().to_string(),
-        cert.validity().not_after.timestamp(),
-    ))
 }
 
 #[cfg(test)]

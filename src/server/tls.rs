@@ -131,8 +131,52 @@ impl Acceptor {
 }
 
 /// Validates every certificate/key pair of `config` (for `strata check`).
-pub fn check(config: &TlsConfig) -> Result<(), TlsError> {
-    Certificates::load(config).map(|_| ())
+/// `Ok` holds warnings: a certificate outside its validity period now
+/// (expired, or not yet valid) loads and is served, as nginx serves it,
+/// but clients refuse it.
+pub fn check(config: &TlsConfig) -> Result<Vec<String>, TlsError> {
+    Certificates::load(config)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut warnings = Vec::new();
+    for pair in &config.certificates {
+        let Some((subject, not_before, not_after)) = validity(&pair.cert) else {
+            continue;
+        };
+        let date = |t: i64| {
+            crate::alerts::event::rfc3339(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
+            )
+        };
+        let (path, at) = (pair.cert.display(), &pair.cert_at);
+        if not_after < now {
+            warnings.push(format!(
+                "{at}: certificate {path} ({subject}) expired at {}: clients will refuse it",
+                date(not_after)
+            ));
+        } else if not_before > now {
+            warnings.push(format!(
+                "{at}: certificate {path} ({subject}) is not valid before {}: clients will refuse it until then",
+                date(not_before)
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+/// The first certificate's subject, `notBefore` and `notAfter` (Unix
+/// seconds) in the PEM file at `path`; `None` when it cannot be read.
+pub fn validity(path: &Path) -> Option<(String, i64, i64)> {
+    let data = std::fs::read(path).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&data).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let v = cert.validity();
+    Some((
+        cert.subject().to_string(),
+        v.not_before.timestamp(),
+        v.not_after.timestamp(),
+    ))
 }
 
 fn load_pair(
