@@ -1089,3 +1089,70 @@ async fn a_second_signal_during_the_drain_stops_at_once() {
     gate.notify_one();
     drop(s);
 }
+
+/// A Redis that refuses every write (`maxmemory` reached under
+/// `noeviction`) was visible only in `strata_redis_errors_total`: nothing
+/// at the default log level (black-box probe). Failures are logged at
+/// `warn` now, at most once a minute with the count since the last line.
+#[tokio::test]
+async fn a_redis_refusing_writes_is_logged_once_a_minute() {
+    let redis = support::redis::RedisServer::start().await;
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for (key, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(key)
+            .arg(value)
+            .query_async::<()>(&mut raw)
+            .await
+            .unwrap();
+    }
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let extra = format!(
+        "[upstream.health]\nenabled = false\n[cache.redis]\nurls = [\"{}\"]\n",
+        redis.url()
+    );
+    std::fs::write(&path, support::config_text(&[origin.addr], &extra)).unwrap();
+    let running = Binary::start(&path, &[]).await;
+    let c = Client::new();
+    let failing = |e: &serde_json::Value| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("redis operations failing"))
+    };
+    let strata = &running;
+    let mut n = 0;
+    wait_until(
+        Duration::from_secs(10),
+        "a warning of failing writes",
+        || {
+            n += 1;
+            let url = format!("http://{}/p{n}", strata.addr);
+            let c = &c;
+            async move {
+                c.get(&url).await;
+                strata.events().iter().any(failing)
+            }
+        },
+    )
+    .await;
+    for i in 0..5 {
+        c.get(&format!("http://{}/more{i}", strata.addr)).await;
+    }
+    let warned: Vec<_> = strata.events().into_iter().filter(failing).collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0]["level"], "WARN", "{}", warned[0]);
+    let error = warned[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("OOM") || error.contains("maxmemory"),
+        "{}",
+        warned[0]
+    );
+    running.stop().await;
+}

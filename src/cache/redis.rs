@@ -216,6 +216,7 @@ impl RedisTier {
             fleet,
             limits,
             invalidating: Default::default(),
+            sometimes: Default::default(),
         });
         let stop = CancellationToken::new();
         let mut lanes = Vec::with_capacity(LANES);

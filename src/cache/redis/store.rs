@@ -61,6 +61,48 @@ pub(crate) struct Core {
     pub(crate) limits: Limits,
     /// Invalidations queued and not yet done: reading one is a miss.
     pub(crate) invalidating: super::pending::Pending,
+    /// Failures logged at `warn` now and then (see [`Sometimes`]).
+    pub(crate) sometimes: Sometimes,
+}
+
+/// How often at most a failing Redis operation is logged at `warn`.
+const WARN_EVERY_MS: u64 = 60_000;
+
+/// A failed operation logged at `warn` at most once a minute, with the
+/// count of failures since the last one: every failure is counted in
+/// `strata_redis_errors_total`, but a Redis that refuses every write (full,
+/// `maxmemory` with `noeviction`) or holds corrupt entries had nothing in
+/// the log at the default level, and one line per failure would flood it.
+#[derive(Debug, Default)]
+pub(crate) struct Sometimes {
+    /// When the last warning was logged (ms since the epoch; 0: never).
+    last: std::sync::atomic::AtomicU64,
+    /// Failures since then.
+    since: std::sync::atomic::AtomicU64,
+}
+
+impl Sometimes {
+    fn failed(&self, op: &str, err: &dyn std::fmt::Display) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.since.fetch_add(1, Relaxed);
+        let now = now_millis();
+        let last = self.last.load(Relaxed);
+        if now.saturating_sub(last) < WARN_EVERY_MS
+            || self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let failures = self.since.swap(0, Relaxed);
+        tracing::warn!(
+            op,
+            error = %err,
+            failures,
+            "redis operations failing (this one, and the count since the last such line; at most one line a minute)"
+        );
+    }
 }
 
 /// Whether an operation passes the breaker or is tried regardless (admin
@@ -129,6 +171,9 @@ impl Core {
             self.backend.failed(g, err);
         }
         self.metrics.redis_error();
+        if !opened {
+            self.sometimes.failed(what, err);
+        }
         tracing::debug!(op = what, error = %err, elapsed_ms = started.elapsed().as_millis() as u64, "redis operation failed");
     }
 
@@ -219,8 +264,15 @@ impl Core {
                 tracing::debug!(key = %key, stored, "redis get: hash collision, treated as a miss");
                 Ok(None)
             }
+            // Written by a Strata of another entry format (a rolling
+            // upgrade): a miss, whose fetch writes it anew; no fault.
+            Err(codec::DecodeError::Version(version)) => {
+                tracing::debug!(key = %key, version, "redis get: entry of another format version, treated as a miss");
+                Ok(None)
+            }
             Err(error) => {
                 self.metrics.redis_error();
+                self.sometimes.failed("get (corrupt entry)", &error);
                 tracing::debug!(key = %key, %error, len = payload.len(), "redis get: corrupt entry, treated as a miss");
                 Err(StorageError::Corrupt(error))
             }
