@@ -278,6 +278,37 @@ async fn tls_strata(server: &str) -> (tempfile::TempDir, Cert, Origin, Strata) {
     (dir, cert, origin, strata)
 }
 
+/// A plain HTTP request on the TLS port got a bare TLS alert and a close;
+/// nginx answers `400` "The plain HTTP request was sent to HTTPS port".
+/// Strata answers a readable `400` too, and TLS still works there.
+#[tokio::test]
+async fn a_plain_http_request_on_the_tls_port_gets_a_readable_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, cert, _origin, strata) = tls_strata("").await;
+    let tls = strata.tls.expect("TLS listener");
+    let mut plain = tokio::net::TcpStream::connect(tls).await.unwrap();
+    plain
+        .write_all(b"GET /doc HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), plain.read_to_string(&mut answer))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("this port speaks HTTPS"), "{answer}");
+    assert!(
+        answer.contains("Cache-Status: strata; fwd=bypass"),
+        "{answer}"
+    );
+    let r = https_get(tls, "a.test", &[&cert], &["http/1.1"], "/doc").await;
+    assert_eq!(r.status, 200);
+}
+
 /// `server.max_connections` counts connections, not listeners: each
 /// listener took its slot before `accept` and held it while nobody came,
 /// so with a limit of 1 the TLS listener never served anything.

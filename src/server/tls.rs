@@ -116,7 +116,17 @@ impl Acceptor {
                 current.handshake_timeout,
             )
         };
-        match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        let handshake = async {
+            let mut first = [0u8; 1];
+            if matches!(stream.peek(&mut first).await, Ok(1)) && first[0].is_ascii_uppercase() {
+                plain_http(stream).await;
+                return Err(std::io::Error::other(
+                    "a plain HTTP request on the TLS port",
+                ));
+            }
+            acceptor.accept(stream).await
+        };
+        match tokio::time::timeout(limit, handshake).await {
             Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
@@ -128,6 +138,32 @@ impl Acceptor {
             }
         }
     }
+}
+
+/// The answer to a plain HTTP request on the TLS port (its first byte a
+/// method's letter; a TLS record starts with 22): a `400` that says so, as
+/// nginx answers ("The plain HTTP request was sent to HTTPS port"), not a
+/// bare TLS alert the client cannot read. The request head is read first
+/// (up to 16 KiB), so that closing does not reset the connection before
+/// the client reads the answer; the caller's handshake timeout bounds it.
+async fn plain_http(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str =
+        "400 Bad Request: this port speaks HTTPS, and a plain HTTP request was sent to it\n";
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while head.len() < 16 << 10 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\nCache-Status: strata; fwd=bypass\r\nVia: 1.1 strata\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Validates every certificate/key pair of `config` (for `strata check`).
