@@ -139,6 +139,9 @@ impl Answered {
     }
 
     pub fn error(e: &ProxyError, status: CacheStatus) -> Answered {
+        if let ProxyError::RateLimited(limited) = e {
+            limited.count();
+        }
         Answered {
             response: e.into_response(),
             status,

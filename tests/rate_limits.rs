@@ -571,3 +571,46 @@ async fn a_call_redis_runs_after_its_deadline_charges_nothing() {
         "stalled calls charged Redis too"
     );
 }
+
+/// README: "a limited revalidation inside `stale-if-error` serves the
+/// stale copy", and such a request is no refusal: it was still counted in
+/// `strata_rate_limited_total` (black-box probe). Only a `429` counts.
+#[tokio::test]
+async fn a_stale_copy_served_instead_of_a_429_is_not_counted_as_refused() {
+    let origin = Origin::start(|req| async move {
+        let cc = if req.uri().path() == "/o/stale" {
+            // Age 5 > max-age 1: stored already stale.
+            "max-age=1, stale-if-error=600"
+        } else {
+            "max-age=1"
+        };
+        reply(200, &[("cache-control", cc), ("age", "5")], "o")
+    })
+    .await;
+    let strata = Strata::start(
+        &[origin.addr],
+        "[upstream.health]\nenabled = false\n[cache]\ngrace = \"0s\"\n\
+         [[rate_limits]]\nname = \"o\"\nmatch = \"/o/**\"\nrate = \"1/h\"\nburst = 2\ncount = \"origin\"\n",
+    )
+    .await;
+    let client = Client::new();
+    for path in ["/o/stale", "/o/plain"] {
+        assert_eq!(client.get(&strata.url(path)).await.status, 200, "{path}");
+    }
+    // The budget is spent: the stale copy stands in for the 429...
+    let r = client.get(&strata.url("/o/stale")).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.cache_status().contains("detail=stale-if-error"),
+        "{}",
+        r.cache_status()
+    );
+    // ...which the other URL gets.
+    assert_eq!(client.get(&strata.url("/o/plain")).await.status, 429);
+    let metrics = client.get(&strata.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("strata_rate_limited_total{name=\"o\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(origin.count(), 2);
+}

@@ -90,9 +90,21 @@ pub struct Limited {
     pub name: String,
     /// Until the next request would be allowed.
     pub retry_after: Duration,
+    /// `strata_rate_limited_total{name}` of the refusing limit, counted by
+    /// [`Limited::count`] when the `429` is the answer: a stale copy served
+    /// instead (`count = "origin"` inside `stale-if-error`) is no refusal.
+    pub(crate) counter: Option<IntCounter>,
 }
 
 impl Limited {
+    /// Counts the refusal in `strata_rate_limited_total`: call it once, when
+    /// the request is answered `429`.
+    pub fn count(&self) {
+        if let Some(c) = &self.counter {
+            c.inc();
+        }
+    }
+
     /// `Retry-After` in whole seconds, rounded up, at least 1.
     pub fn retry_after_secs(&self) -> u64 {
         let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
@@ -478,11 +490,13 @@ mod tests {
         let l = Limited {
             name: "x".into(),
             retry_after: Duration::from_millis(10),
+            counter: None,
         };
         assert_eq!(l.retry_after_secs(), 1);
         let l = Limited {
             name: "x".into(),
             retry_after: Duration::from_millis(2100),
+            counter: None,
         };
         assert_eq!(l.retry_after_secs(), 3);
         assert_eq!(l.response().headers()[header::RETRY_AFTER], "3");

@@ -34,12 +34,12 @@ enum Verdict {
 }
 
 impl Limit {
-    /// Counts a refusal and makes its answer.
+    /// The refusal's answer; counted when it is sent ([`Limited::count`]).
     fn refuse(&self, wait: Duration) -> Limited {
-        self.limited.inc();
         Limited {
             name: self.config.name.clone(),
             retry_after: wait,
+            counter: Some(self.limited.clone()),
         }
     }
 }
@@ -227,15 +227,12 @@ impl RateLimits {
                     }
                 }
                 (Some(wait), _) => {
-                    limit.limited.inc();
                     self.refund(count, subject, i, &fell_back).await;
                     // Cluster: a later Redis-backed limit would take a
                     // call of its own to look at; only local ones count.
                     let local_only = |_: usize, l: &Limit| !self.shared(l);
-                    return Err(Limited {
-                        name: limit.config.name.clone(),
-                        retry_after: self.longest_wait(count, subject, i, wait, local_only),
-                    });
+                    let wait = self.longest_wait(count, subject, i, wait, local_only);
+                    return Err(limit.refuse(wait));
                 }
             }
         }
