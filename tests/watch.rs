@@ -567,6 +567,19 @@ async fn rule_requests_leave_out_errors_and_count_stale_as_hits() {
     ] {
         assert!(text.contains(&want), "{want} in\n{text}");
     }
+    // A soft-purged copy served stale is the rule's hit too (it was not
+    // counted at all).
+    let (status, _) = s.purge(r#"{"url": "/s/x", "soft": true}"#).await;
+    assert_eq!(status, 200);
+    let r = c.get(&s.url("/s/x")).await;
+    assert!(
+        r.cache_status().contains("detail=soft-purge"),
+        "{}",
+        r.cache_status()
+    );
+    let text = c.get(&s.admin_url("/metrics")).await.text();
+    let want = rule_line("/s/**", "hit", 2);
+    assert!(text.contains(&want), "{want} in\n{text}");
 }
 
 /// Rules sharing a glob (different `content_type`, SPEC §7's pattern) each
