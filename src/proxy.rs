@@ -178,8 +178,6 @@ pub struct RequestCtx<'a> {
     pub now: Millis,
     /// The request fields noted by validation.
     pub present: Present,
-    /// The rule a fetched request counts under, once answered.
-    pub noted_rule: rule_count::NotedRule,
 }
 
 // === impl RequestCtx ===
@@ -442,7 +440,6 @@ impl Shared {
                 }),
                 now: now_millis(),
                 present,
-                noted_rule: Default::default(),
             };
             match lookup::lookup(&ctx, &req, &route).await {
                 Lookup::Hit(hit) => ctx.hit(&req, &hit),
@@ -459,11 +456,7 @@ impl Shared {
                     });
                     Answered::new(ctx.respond(&req, &hit.variant), status)
                 }
-                Lookup::Fetch(miss) => {
-                    let answered = Box::pin(fetch::fetch(&ctx, req, miss)).await;
-                    ctx.count_answered(answered.outcome());
-                    answered
-                }
+                Lookup::Fetch(miss) => Box::pin(fetch::fetch(&ctx, req, miss)).await,
                 Lookup::OnlyIfCached => {
                     Answered::error(&ProxyError::NotCached, CacheStatus::OnlyIfCached)
                 }

@@ -19,6 +19,7 @@ use super::body::ProxyBody;
 use super::cache_status::{CacheStatus, ServedStale};
 use super::error::ProxyError;
 use super::lookup::{Miss, Stale};
+use super::rule_count::NotedRule;
 use super::{forward, headers, Answered, RequestCtx};
 use crate::cache::collapse::{Flight, Locked, ReadLock, WriteLock};
 use crate::cache::directives::CacheControl;
@@ -45,7 +46,13 @@ const REJOINS: u8 = 2;
 /// A miss: the first request for the URL leads and goes upstream; the
 /// others wait (bounded) for its result.
 pub async fn fetch(ctx: &RequestCtx<'_>, req: Request<Incoming>, miss: Miss) -> Answered {
-    fetch_or_rejoin(ctx, req, miss, REJOINS).await
+    // The rule the request counts under, noted here (inside the boxed miss
+    // future: the hit path's request context does not carry it).
+    let noted = NotedRule::default();
+    ctx.count_miss(&noted);
+    let answered = fetch_or_rejoin(ctx, req, miss, REJOINS, &noted).await;
+    ctx.count_answered(&noted, answered.outcome());
+    answered
 }
 
 async fn fetch_or_rejoin(
@@ -53,6 +60,7 @@ async fn fetch_or_rejoin(
     req: Request<Incoming>,
     miss: Miss,
     rejoins: u8,
+    noted: &NotedRule,
 ) -> Answered {
     let key = miss.collapse_key(&AsForwarded::new(
         &req,
@@ -60,8 +68,8 @@ async fn fetch_or_rejoin(
         &ctx.runtime.config.server,
     ));
     match ctx.shared.cache.collapser().lock(key) {
-        Locked::Write(lock) => lead(ctx, req, miss, lock).await,
-        Locked::Read(wait) => follow(ctx, req, miss, wait, rejoins).await,
+        Locked::Write(lock) => lead(ctx, req, miss, lock, noted).await,
+        Locked::Read(wait) => follow(ctx, req, miss, wait, rejoins, noted).await,
     }
 }
 
@@ -74,6 +82,7 @@ async fn follow(
     miss: Miss,
     wait: ReadLock,
     rejoins: u8,
+    noted: &NotedRule,
 ) -> Answered {
     let limit = ctx.runtime.config.cache.collapse_timeout;
     match wait.wait(limit).await {
@@ -81,7 +90,12 @@ async fn follow(
             let server = &ctx.runtime.config.server;
             if let Some(variant) = object.select(&AsForwarded::new(&req, ctx.conn, server)) {
                 ctx.shared.metrics.collapsed();
-                ctx.count_fetched(req.uri().path(), req.method(), Some(&variant.headers));
+                ctx.count_fetched(
+                    noted,
+                    req.uri().path(),
+                    req.method(),
+                    Some(&variant.headers),
+                );
                 let status = CacheStatus::fwd(miss.fwd).map(|f| {
                     f.collapsed = true;
                     f.ttl = Some(variant.ttl(ctx.now));
@@ -97,12 +111,12 @@ async fn follow(
                     object: Some(object),
                     ..miss
                 };
-                return Box::pin(fetch_or_rejoin(ctx, req, miss, rejoins - 1)).await;
+                return Box::pin(fetch_or_rejoin(ctx, req, miss, rejoins - 1, noted)).await;
             }
         }
         Some(Flight::Abandoned) if rejoins > 0 => {
             // Boxed: the future would otherwise contain itself.
-            return Box::pin(fetch_or_rejoin(ctx, req, miss, rejoins - 1)).await;
+            return Box::pin(fetch_or_rejoin(ctx, req, miss, rejoins - 1, noted)).await;
         }
         Some(Flight::Failed { status }) => {
             // The leader's validation failed: a stale copy this request
@@ -110,7 +124,12 @@ async fn follow(
             // asking the failing upstream again (RFC 5861 §4, SPEC §6).
             if let Some(s) = miss.stale.as_ref().filter(|s| s.on_error.is_some()) {
                 ctx.shared.metrics.collapsed();
-                ctx.count_fetched(req.uri().path(), req.method(), Some(&s.variant.headers));
+                ctx.count_fetched(
+                    noted,
+                    req.uri().path(),
+                    req.method(),
+                    Some(&s.variant.headers),
+                );
                 return serve_stale(ctx, &req, &miss, s, status, true);
             }
         }
@@ -130,7 +149,7 @@ async fn follow(
     let answered = forward::pass(ctx.shared, ctx.runtime, req, ctx.conn, pass, ctx.present).await;
     if let Some((path, method)) = counted {
         let fields = (!answered.failed).then(|| answered.response.headers());
-        ctx.count_fetched(&path, &method, fields);
+        ctx.count_fetched(noted, &path, &method, fields);
     }
     answered
 }
@@ -141,6 +160,7 @@ async fn lead(
     req: Request<Incoming>,
     miss: Miss,
     lock: WriteLock,
+    noted: &NotedRule,
 ) -> Answered {
     let (parts, _) = req.into_parts();
     let exchange = Exchange::new(ctx);
@@ -165,7 +185,7 @@ async fn lead(
             miss.stale.as_ref().map(|s| &s.variant.headers)
         }
     };
-    ctx.count_fetched(req.uri().path(), req.method(), answer_fields);
+    ctx.count_fetched(noted, req.uri().path(), req.method(), answer_fields);
     match fetched {
         Fetched::Failed(e) => {
             lock.publish(Flight::Failed { status: None });

@@ -319,7 +319,6 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
     if ctx.req_cc.only_if_cached {
         return Lookup::OnlyIfCached;
     }
-    ctx.count_miss();
     Lookup::Fetch(Miss {
         key: CacheKey::new(https, route.authority, &route.path),
         object,

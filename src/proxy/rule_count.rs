@@ -17,9 +17,11 @@
 //! by the answer's outcome, as `strata_requests_total` counts it (README,
 //! "Hit ratio: the one formula"): `miss` or `revalidated` as the rule's
 //! miss, a stale copy served on error as its hit, and Strata's own errors
-//! (an origin-phase `429`, a `502`/`504`) not at all. The lookup and the
-//! fetch only note the rule ([`RequestCtx::count_miss`],
-//! [`RequestCtx::count_fetched`]); [`RequestCtx::count_answered`] counts.
+//! (an origin-phase `429`, a `502`/`504`) not at all. The fetch's steps
+//! only note the rule ([`RequestCtx::count_miss`],
+//! [`RequestCtx::count_fetched`]) in a [`NotedRule`] the miss future holds
+//! (not the request context, whose size is on the hit path);
+//! [`RequestCtx::count_answered`] counts.
 
 use http::header::{self, HeaderMap};
 use http::{Method, Request};
@@ -58,19 +60,19 @@ impl RequestCtx<'_> {
         }
     }
 
-    /// A request going upstream for the cache, as the lookup sends it:
+    /// A request going upstream for the cache, as the lookup sent it:
     /// noted under the request's rule when that applies whatever the
     /// response; else [`RequestCtx::count_fetched`] notes it.
-    pub(super) fn count_miss(&self) {
+    pub(super) fn count_miss(&self, noted: &NotedRule) {
         if let Some(i) = self.rule.filter(|&i| !self.waits(i)) {
-            self.noted_rule.note(i);
+            noted.note(i);
         }
     }
 
     /// The answer to a fetched request, with `outcome`: counted under the
     /// rule noted for it, as the one formula counts (see the module docs).
-    pub(super) fn count_answered(&self, outcome: Outcome) {
-        let Some(i) = self.noted_rule.get() else {
+    pub(super) fn count_answered(&self, noted: &NotedRule, outcome: Outcome) {
+        let Some(i) = noted.get() else {
             return;
         };
         let counters = &self.runtime.rule_counters;
@@ -86,12 +88,18 @@ impl RequestCtx<'_> {
     /// under the rule that applies to the response with `fields` (the
     /// upstream's, or the stored variant's the request is answered from).
     /// `None`, no response (the upstream failed): under the request's rule.
-    pub(super) fn count_fetched(&self, path: &str, method: &Method, fields: Option<&HeaderMap>) {
+    pub(super) fn count_fetched(
+        &self,
+        noted: &NotedRule,
+        path: &str,
+        method: &Method,
+        fields: Option<&HeaderMap>,
+    ) {
         if !self.rule_waits() {
             return;
         }
         if let Some(i) = self.applied_rule(path, method, fields) {
-            self.noted_rule.note(i);
+            noted.note(i);
         }
     }
 
