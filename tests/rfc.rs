@@ -527,6 +527,60 @@ async fn strata_cache_control_outlives_a_304_without_one() {
     assert_eq!(origin.count(), 5);
 }
 
+/// SPEC §6: the targeted field decides for Strata, on a 304 too. A 304
+/// whose `Strata-Cache-Control` says `no-store` ends the entry (it was
+/// kept, reported with a ttl, and later served as grace: only
+/// `Cache-Control` was read); a 304 whose `Cache-Control` says `no-store`
+/// while the stored `Strata-Cache-Control` stays in force does not.
+#[tokio::test]
+async fn a_304_is_judged_by_the_targeted_field_in_force() {
+    let origin = Origin::start(|req| async move {
+        let validating = req.headers().contains_key("if-none-match");
+        let mut fields = vec![("etag", "\"t\""), ("age", "20")];
+        match (req.uri().path(), validating) {
+            (_, false) => {
+                fields.push(("cache-control", "max-age=600"));
+                fields.push(("strata-cache-control", "max-age=10"));
+            }
+            ("/ended", true) => {
+                fields.push(("cache-control", "max-age=600"));
+                fields.push(("strata-cache-control", "no-store"));
+            }
+            (_, true) => fields.push(("cache-control", "no-store")),
+        }
+        reply(if validating { 304 } else { 200 }, &fields, "t")
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    c.get(&s.url("/ended")).await;
+    let r = c.get(&s.url("/ended")).await;
+    assert!(
+        r.cache_status().contains("fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(!r.cache_status().contains("ttl="), "{}", r.cache_status());
+    let r = c.get(&s.url("/ended")).await;
+    assert!(
+        r.cache_status().contains("fwd=miss"),
+        "{}",
+        r.cache_status()
+    );
+    // Cache-Control's no-store is not Strata's word while its own field
+    // (stored with the 200) is in force: the entry stays, revalidated
+    // each time (10 s < the age of 20 s).
+    c.get(&s.url("/kept")).await;
+    for _ in 0..2 {
+        let r = c.get(&s.url("/kept")).await;
+        assert!(
+            r.cache_status().contains("fwd=stale; fwd-status=304; ttl="),
+            "{}",
+            r.cache_status()
+        );
+    }
+}
+
 #[tokio::test]
 async fn targeted_cache_control_can_be_turned_off() {
     let origin = origin_with(targeted).await;

@@ -143,6 +143,37 @@ impl Exchange {
         CacheControl::for_cache(headers, &self.runtime.config.cache.targeted_cache_control)
     }
 
+    /// The origin's directives to Strata after a 304 with `update` to the
+    /// stored `old` (RFC 9111 §4.3.4 with RFC 9213): a targeted field the
+    /// 304 does not carry stays in force from the stored response (its
+    /// `Strata-Cache-Control` kept beside the served fields, any other in
+    /// them), so `no-store` or `private` in the 304's targeted field ends
+    /// the entry, and `Cache-Control: no-store` beside a targeted field in
+    /// force does not.
+    fn directives_after_304(&self, old: &Variant, update: &HeaderMap) -> CacheControl {
+        let targeted = &self.runtime.config.cache.targeted_cache_control;
+        let stored = |name: &header::HeaderName| {
+            if *name == STRATA_CACHE_CONTROL {
+                old.strata_cc.clone()
+            } else {
+                old.headers.get(name).cloned()
+            }
+        };
+        let missing: Vec<_> = targeted
+            .iter()
+            .filter(|name| !update.contains_key(*name))
+            .filter_map(|name| Some((name.clone(), stored(name)?)))
+            .collect();
+        if missing.is_empty() {
+            return self.directives(update);
+        }
+        let mut merged = update.clone();
+        for (name, value) in missing {
+            merged.insert(name, value);
+        }
+        self.directives(&merged)
+    }
+
     /// `parts` as the origin gets them, for Vary.
     fn as_forwarded<'a>(&'a self, parts: &'a Parts) -> AsForwarded<'a> {
         let server = &self.runtime.config.server;
@@ -235,7 +266,7 @@ impl Exchange {
                 request_time,
                 response_time,
             ));
-            let now = CacheControl::from_headers(answer.response.headers());
+            let now = self.directives_after_304(old, answer.response.headers());
             // Not when the origin no longer lets it be shared (SPEC §10)
             // or now varies on everything (`Vary: *`: no later request can
             // be selected for it, RFC 9111 §4.1), nor when it was purged
