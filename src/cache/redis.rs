@@ -38,6 +38,7 @@ mod breaker;
 pub mod codec;
 mod conn;
 mod edit;
+mod failures;
 mod fleet;
 mod hot;
 mod index;
@@ -216,7 +217,7 @@ impl RedisTier {
             fleet,
             limits,
             invalidating: Default::default(),
-            sometimes: Default::default(),
+            failure_log: Default::default(),
         });
         let stop = CancellationToken::new();
         let mut lanes = Vec::with_capacity(LANES);

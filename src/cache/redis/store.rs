@@ -19,6 +19,7 @@ use super::breaker::{Breaker, Permit};
 use super::codec;
 use super::conn::{not_connected, Backend, Conn};
 use super::edit::{self, Change};
+use super::failures::FailureLog;
 use super::fleet::Fleet;
 use super::index::{member, object_of_member, Keys, PAGE, SWEEP_GRACE_MS};
 use crate::cache::entry::Object;
@@ -61,48 +62,8 @@ pub(crate) struct Core {
     pub(crate) limits: Limits,
     /// Invalidations queued and not yet done: reading one is a miss.
     pub(crate) invalidating: super::pending::Pending,
-    /// Failures logged at `warn` now and then (see [`Sometimes`]).
-    pub(crate) sometimes: Sometimes,
-}
-
-/// How often at most a failing Redis operation is logged at `warn`.
-const WARN_EVERY_MS: u64 = 60_000;
-
-/// A failed operation logged at `warn` at most once a minute, with the
-/// count of failures since the last one: every failure is counted in
-/// `strata_redis_errors_total`, but a Redis that refuses every write (full,
-/// `maxmemory` with `noeviction`) or holds corrupt entries had nothing in
-/// the log at the default level, and one line per failure would flood it.
-#[derive(Debug, Default)]
-pub(crate) struct Sometimes {
-    /// When the last warning was logged (ms since the epoch; 0: never).
-    last: std::sync::atomic::AtomicU64,
-    /// Failures since then.
-    since: std::sync::atomic::AtomicU64,
-}
-
-impl Sometimes {
-    fn failed(&self, op: &str, err: &dyn std::fmt::Display) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.since.fetch_add(1, Relaxed);
-        let now = now_millis();
-        let last = self.last.load(Relaxed);
-        if now.saturating_sub(last) < WARN_EVERY_MS
-            || self
-                .last
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        let failures = self.since.swap(0, Relaxed);
-        tracing::warn!(
-            op,
-            error = %err,
-            failures,
-            "redis operations failing (this one, and the count since the last such line; at most one line a minute)"
-        );
-    }
+    /// Failures logged at `warn` now and then.
+    pub(crate) failure_log: FailureLog,
 }
 
 /// Whether an operation passes the breaker or is tried regardless (admin
@@ -172,7 +133,7 @@ impl Core {
         }
         self.metrics.redis_error();
         if !opened {
-            self.sometimes.failed(what, err);
+            self.failure_log.failed(what, err);
         }
         tracing::debug!(op = what, error = %err, elapsed_ms = started.elapsed().as_millis() as u64, "redis operation failed");
     }
@@ -272,7 +233,7 @@ impl Core {
             }
             Err(error) => {
                 self.metrics.redis_error();
-                self.sometimes.failed("get (corrupt entry)", &error);
+                self.failure_log.failed("get (corrupt entry)", &error);
                 tracing::debug!(key = %key, %error, len = payload.len(), "redis get: corrupt entry, treated as a miss");
                 Err(StorageError::Corrupt(error))
             }
