@@ -488,18 +488,19 @@ async fn an_expiring_certificate_is_an_alert_at_start() {
     strata.stop().await;
 }
 
-/// `strata check` on an expired certificate said `config ok` and nothing
-/// else (serve then warned and served it): it is still accepted, as nginx
-/// accepts it, with a warning naming the file, its key and the date.
-#[test]
-fn check_warns_of_an_expired_certificate() {
-    let dir = tempfile::tempdir().unwrap();
+/// A config whose TLS certificate is valid from `not_before` to
+/// `not_after` (days from now), written in `dir`: its path and the cert's.
+fn config_with_cert(
+    dir: &std::path::Path,
+    not_before: i64,
+    not_after: i64,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
-    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+    params.not_before = time::OffsetDateTime::now_utc() + time::Duration::days(not_before);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(not_after);
     let cert = params.self_signed(&key).unwrap();
-    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+    let (cert_path, key_path) = (dir.join("c.pem"), dir.join("c.key"));
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     let text = support::config_text(&["127.0.0.1:9".parse().unwrap()], "").replace(
@@ -510,8 +511,18 @@ fn check_warns_of_an_expired_certificate() {
             key_path.display()
         ),
     );
-    let path = dir.path().join("strata.toml");
+    let path = dir.join("strata.toml");
     std::fs::write(&path, text).unwrap();
+    (path, cert_path)
+}
+
+/// `strata check` on an expired certificate said `config ok` and nothing
+/// else (serve then warned and served it): it is still accepted, as nginx
+/// accepts it, with a warning naming the file, its key and the date.
+#[test]
+fn check_warns_of_an_expired_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, cert_path) = config_with_cert(dir.path(), -30, -2);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(["check", "--config"])
         .arg(&path)
@@ -527,6 +538,25 @@ fn check_warns_of_an_expired_certificate() {
         "{stderr}"
     );
     assert!(stderr.contains("expired at "), "{stderr}");
+}
+
+/// A certificate not valid yet was said by `check` only: `serve` logged
+/// nothing while every client refused it. It is warned of at start now
+/// (no SPEC §9 event names it), and an expired one is said "expired".
+#[tokio::test]
+async fn serve_warns_of_a_certificate_not_valid_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = config_with_cert(dir.path(), 3, 30);
+    let strata = support::binary::Binary::start(&path, &[]).await;
+    wait_until(Duration::from_secs(10), "the not-valid-yet warning", || {
+        let said = strata.events().iter().any(|e| {
+            e["message"] == "TLS certificate not valid yet: clients will refuse it"
+                && e["level"] == "WARN"
+        });
+        std::future::ready(said)
+    })
+    .await;
+    strata.stop().await;
 }
 
 /// The first alert `receiver` gets, once it has one: a `cert_expiring`
