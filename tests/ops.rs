@@ -1097,20 +1097,8 @@ async fn a_second_signal_during_the_drain_stops_at_once() {
 #[tokio::test]
 async fn a_redis_refusing_writes_is_logged_once_a_minute() {
     let redis = support::redis::RedisServer::start().await;
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    for (key, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(key)
-            .arg(value)
-            .query_async::<()>(&mut raw)
-            .await
-            .unwrap();
-    }
+    redis.config_set("maxmemory-policy", "noeviction").await;
+    redis.config_set("maxmemory", "1").await;
     let origin = Origin::fixed(&[("cache-control", "max-age=60")], "ok").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("strata.toml");

@@ -805,18 +805,7 @@ async fn purges_stay_within_their_redis_database() {
 #[tokio::test]
 async fn a_redis_idle_timeout_costs_no_read() {
     let redis = RedisServer::start().await;
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("timeout")
-        .arg("1")
-        .query_async::<()>(&mut raw)
-        .await
-        .unwrap();
+    redis.config_set("timeout", "1").await;
     let origin = tagged_origin().await;
     let cfg = redis_section("standalone", &[redis.url()], "");
     let s = Strata::start(

@@ -108,6 +108,13 @@ impl RedisServer {
         url(self.node.port)
     }
 
+    /// `CONFIG SET key value` on this server.
+    pub async fn config_set(&self, key: &str, value: &str) {
+        query(self.node.port, &["CONFIG", "SET", key, value])
+            .await
+            .expect("CONFIG SET");
+    }
+
     pub fn port(&self) -> u16 {
         self.node.port
     }
