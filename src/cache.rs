@@ -99,6 +99,19 @@ pub struct Cache {
     inner: Arc<Inner>,
 }
 
+/// Why a URL is hit-for-miss (Varnish's term): what a later answer must
+/// show to lift the mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassMark {
+    /// Its answer was not storable (`no-store`, `private`, an error, ...):
+    /// any answer that would be stored lifts it.
+    Uncacheable,
+    /// Its body, of unknown length, outgrew `max_object_size`: its fields
+    /// looked storable, so only an answer whose `Content-Length` fits
+    /// lifts it (else every other request would collect it again).
+    Oversize,
+}
+
 struct Inner {
     memory: MemoryTier,
     /// The shared tier, when `[cache.redis]` is configured.
@@ -106,7 +119,7 @@ struct Inner {
     collapser: Arc<Collapser>,
     /// Redis reads in flight, one per URL, shared by concurrent lookups.
     redis_reads: Arc<Collapser>,
-    pass: memory::Cache<()>,
+    pass: memory::Cache<PassMark>,
     metrics: Metrics,
     /// Popularity sampling on (Redis configured and `redis_hot` set).
     track_hits: AtomicBool,
@@ -364,8 +377,21 @@ impl Cache {
         self.inner.pass.contains_key(&hash)
     }
 
+    /// Marks a URL hit-for-miss for [`PASS_TTL`]: its answer could not be
+    /// stored.
     pub fn mark_pass(&self, hash: u128) {
-        self.inner.pass.insert(hash, ());
+        self.inner.pass.insert(hash, PassMark::Uncacheable);
+    }
+
+    /// Marks a URL hit-for-miss because its body outgrew
+    /// `max_object_size` while it was collected.
+    pub fn mark_oversize(&self, hash: u128) {
+        self.inner.pass.insert(hash, PassMark::Oversize);
+    }
+
+    /// Why a URL is hit-for-miss, if it is.
+    pub fn pass_mark(&self, hash: u128) -> Option<PassMark> {
+        self.inner.pass.get(&hash)
     }
 
     /// Lifts a URL's hit-for-miss mark: a request that went upstream

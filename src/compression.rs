@@ -794,19 +794,24 @@ mod tests {
         let inm = HeaderValue::from_static("\"a-br\", W/\"b-br\", \"c\", \"d-gzip\"");
         // Only the codings given are mapped, each to its strong base.
         assert_eq!(
-            unmap_etag_list(&inm, &[Coding::Br]).unwrap(),
+            unmap_etag_list(&inm, &[Coding::Br], true).unwrap(),
             "\"a\", \"b\", \"c\", \"d-gzip\""
         );
         assert_eq!(
-            unmap_etag_list(&inm, &[Coding::Br, Coding::Gzip]).unwrap(),
+            unmap_etag_list(&inm, &[Coding::Br, Coding::Gzip], true).unwrap(),
             "\"a\", \"b\", \"c\", \"d\""
         );
+        // For If-Match a weak tag stays weak: it matches nothing.
         assert_eq!(
-            unmap_etag_list(&HeaderValue::from_static("*"), &[Coding::Br]),
+            unmap_etag_list(&inm, &[Coding::Br, Coding::Gzip], false).unwrap(),
+            "\"a\", W/\"b\", \"c\", \"d\""
+        );
+        assert_eq!(
+            unmap_etag_list(&HeaderValue::from_static("*"), &[Coding::Br], true),
             None
         );
         assert_eq!(
-            unmap_etag_list(&HeaderValue::from_static("\"c\""), &[Coding::Br]),
+            unmap_etag_list(&HeaderValue::from_static("\"c\""), &[Coding::Br], true),
             None
         );
     }

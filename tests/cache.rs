@@ -1163,6 +1163,87 @@ async fn fifty_concurrent_cold_requests_make_one_origin_request() {
     assert!(collapsed > 0);
 }
 
+/// A response that must be validated before each reuse (`no-cache`,
+/// `max-age=0`, no freshness at all) is never handed to requests collapsed
+/// onto its fetch: each goes upstream itself, as nginx and Varnish pass
+/// them (RFC 9111 §4, §5.2.2.4). They got the leader's response, so with
+/// an origin answering per cookie (Express's default: an ETag, no
+/// `Cache-Control`) one user's page went to the others, on a cold URL and
+/// again when the leader revalidated the stored copy (found by the
+/// bug-replay probe).
+#[tokio::test]
+async fn responses_needing_validation_are_not_shared_with_collapsed_requests() {
+    for cc in ["no-cache", "max-age=0", ""] {
+        let gate = Arc::new(Notify::new());
+        let g = gate.clone();
+        let origin = Origin::start(move |req| {
+            let g = g.clone();
+            async move {
+                let cookie = support::origin::field(&req, "cookie");
+                let user = cookie.trim_start_matches("user=").to_string();
+                if user == "alice" {
+                    g.notified().await;
+                }
+                let etag = format!("\"{user}\"");
+                let mut headers = vec![
+                    ("etag", etag.as_str()),
+                    ("content-type", "application/json"),
+                ];
+                if !cc.is_empty() {
+                    headers.push(("cache-control", cc));
+                }
+                if support::origin::field(&req, "if-none-match") == etag {
+                    reply(304, &headers, "")
+                } else {
+                    reply(200, &headers, format!("{{\"user\":\"{user}\"}}"))
+                }
+            }
+        })
+        .await;
+        let s = Arc::new(strata(&origin, "").await);
+        // A cold URL, then its stored copy validated by alice's request.
+        for round in 0..2 {
+            let get = |user: &'static str| {
+                let url = s.url("/me");
+                tokio::spawn(async move {
+                    let cookie = format!("user={user}");
+                    Client::new().get_with(&url, &[("cookie", &cookie)]).await
+                })
+            };
+            let alice = get("alice");
+            wait_until(
+                Duration::from_secs(5),
+                "alice's request upstream",
+                || async {
+                    let alice = |r: &support::origin::Seen| {
+                        r.headers.get("cookie").is_some_and(|v| v == "user=alice")
+                    };
+                    origin.seen().iter().filter(|r| alice(r)).count() == round + 1
+                },
+            )
+            .await;
+            let others = [("bob", get("bob")), ("carol", get("carol"))];
+            wait_until(Duration::from_secs(5), "bob and carol waiting", || async {
+                s.shared.cache.collapser().waiting() == 2
+            })
+            .await;
+            gate.notify_one();
+            let r = alice.await.unwrap();
+            assert_eq!(r.text(), "{\"user\":\"alice\"}", "{cc:?} round {round}");
+            for (user, task) in others {
+                let r = task.await.unwrap();
+                assert_eq!(r.status, 200, "{cc:?} round {round}");
+                assert_eq!(
+                    r.text(),
+                    format!("{{\"user\":\"{user}\"}}"),
+                    "{cc:?} round {round}: {}",
+                    r.cache_status()
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn uncacheable_requests_never_wait_on_each_other() {
     // After the first request, the origin answers only once 10 requests
@@ -1976,6 +2057,48 @@ async fn a_conditional_miss_too_large_to_store_is_still_answered() {
         .await;
     assert_eq!(r.status, 304, "{}", r.cache_status());
     assert_eq!(r.header("etag"), Some("\"big\""));
+}
+
+/// A body without a length that outgrew `max_object_size` marks its URL
+/// hit-for-miss for the mark's whole minute, as one whose `Content-Length`
+/// is too large does: later answers look storable by their fields, and
+/// each lifted the mark, so every other request collected the body again
+/// (`fwd=miss; stored`) and every other HEAD went upstream as a GET of the
+/// whole body (found by the content-coding probe).
+#[tokio::test]
+async fn an_oversize_body_without_a_length_stays_hit_for_miss() {
+    let origin = Origin::start(|_req| async move {
+        use futures_util::StreamExt;
+        let chunks = futures_util::stream::iter(0..8u8).map(|i| Bytes::from(vec![b'a' + i; 16384]));
+        support::origin::streamed(
+            &[("cache-control", "max-age=60"), ("etag", "\"big\"")],
+            chunks,
+        )
+    })
+    .await;
+    let s = strata(&origin, "[cache]\nmax_object_size = \"64KiB\"\n").await;
+    let c = Client::new();
+    let url = s.url("/big");
+    let r = c.get(&url).await;
+    assert_eq!(r.body.len(), 8 * 16384);
+    for method in [
+        Method::GET,
+        Method::GET,
+        Method::HEAD,
+        Method::GET,
+        Method::HEAD,
+    ] {
+        let r = c.send(method.clone(), &url, &[], Bytes::new()).await;
+        assert_eq!(r.status, 200);
+        assert!(
+            r.cache_status().contains("fwd=bypass"),
+            "{method}: {}",
+            r.cache_status()
+        );
+        let seen = origin.last().expect("a request upstream");
+        assert_eq!(seen.method, method, "forwarded as it came");
+    }
+    assert_eq!(origin.count(), 6);
 }
 
 /// SPEC §6: an entry is visible once its client response is complete. A

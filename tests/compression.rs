@@ -625,3 +625,111 @@ async fn a_range_cut_from_an_unstored_response_keeps_its_vary() {
         assert_eq!(r.header("vary"), Some("Accept-Encoding"), "{range}");
     }
 }
+
+/// A `206` Strata cuts carries a part of the content, so the origin's
+/// `Content-Digest` and `Content-MD5` of the whole body no longer describe
+/// it (RFC 9530 §2: `Repr-Digest` is of the representation and stays); a
+/// client checking digests refused every range. A `416` from a stored
+/// encoded copy carries that copy's `Vary`, as one cut on a miss does: its
+/// `Content-Range` is the encoded length (found by the content-coding
+/// probe).
+#[tokio::test]
+async fn ranges_drop_the_digests_of_the_whole_body_and_keep_vary() {
+    let origin = Origin::start(|req| async move {
+        let cc = if req.uri().path().starts_with("/pass") {
+            "no-store"
+        } else {
+            "max-age=60"
+        };
+        support::origin::reply(
+            200,
+            &[
+                ("cache-control", cc),
+                ("content-type", "text/plain"),
+                ("etag", "\"d\""),
+                ("content-digest", "sha-256=:AAAA:"),
+                ("repr-digest", "sha-256=:AAAA:"),
+                ("content-md5", "Q2hlY2sgSW50ZWdyaXR5IQ=="),
+            ],
+            "x".repeat(5000),
+        )
+    })
+    .await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    // Stored (identity and encoded copies), then a miss that is not stored.
+    c.get(&s.url("/stored")).await;
+    stored(&c, &s.url("/stored")).await;
+    let cases = [
+        ("/stored", "identity"),
+        ("/stored", "gzip"),
+        ("/pass1", "identity"),
+    ];
+    for (path, ae) in cases {
+        let r = c
+            .get_with(
+                &s.url(path),
+                &[("range", "bytes=0-9"), ("accept-encoding", ae)],
+            )
+            .await;
+        assert_eq!(r.status, 206, "{path} {ae}: {}", r.cache_status());
+        assert_eq!(r.header("content-digest"), None, "{path} {ae}");
+        assert_eq!(r.header("content-md5"), None, "{path} {ae}");
+        if ae == "identity" {
+            assert_eq!(r.header("repr-digest"), Some("sha-256=:AAAA:"));
+        }
+    }
+    for ae in ["identity", "gzip"] {
+        let r = c
+            .get_with(
+                &s.url("/stored"),
+                &[("range", "bytes=90000-"), ("accept-encoding", ae)],
+            )
+            .await;
+        assert_eq!(r.status, 416, "{ae}: {}", r.cache_status());
+        assert_eq!(r.header("vary"), Some("Accept-Encoding"), "{ae}");
+    }
+}
+
+/// `If-Match` compares strongly (RFC 9110 §13.1.1): the weak tag of an
+/// encoding made as it streamed (`W/"h-gzip"`) matches nothing, as nginx
+/// answers. Strata mapped it to the strong `"h"`, so the request went
+/// through (found by the content-coding probe). A strong encoded tag is
+/// still mapped to the origin's.
+#[tokio::test]
+async fn a_weak_encoded_tag_in_if_match_stays_weak() {
+    let origin = Origin::start(|req| async move {
+        let held = req
+            .headers()
+            .get("if-match")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("\"h\"")
+            .to_string();
+        let status = if held.split(',').any(|t| t.trim() == "\"h\"") {
+            200
+        } else {
+            412
+        };
+        support::origin::reply(
+            status,
+            &[
+                ("cache-control", "no-store"),
+                ("content-type", "application/json"),
+                ("etag", "\"h\""),
+            ],
+            "[1,1,1,1]".repeat(500),
+        )
+    })
+    .await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    for (held, status) in [("W/\"h-gzip\"", 412), ("\"h-gzip\"", 200)] {
+        let r = c
+            .get_with(
+                &s.url("/doc.json"),
+                &[("accept-encoding", "gzip"), ("if-match", held)],
+            )
+            .await;
+        assert_eq!(r.status, status, "{held}: {}", r.cache_status());
+    }
+}

@@ -94,14 +94,21 @@ pub fn strip_etag_suffix(etag: &str, coding: Coding) -> Option<String> {
 
 /// Rewrites an `If-None-Match` or `If-Match` list for the upstream: each
 /// entity-tag carrying the suffix of one of `codings` is replaced by its
-/// base tag, strong, the others (and `*`) are kept; one tag each, as the
-/// client sent, so that an origin comparing the field as one string still
-/// matches its own validator (SPEC §6). Strong because a streamed
-/// encoding's tag is weak only because of Strata's encoder: `W/"xyz-gzip"`
-/// names the origin's `"xyz"`; for `If-None-Match` (weak comparison) an
-/// origin whose own tag is `W/"xyz"` matches either way. `None` if the
-/// value is not valid UTF-8 or nothing carries a suffix.
-pub fn unmap_etag_list(value: &HeaderValue, codings: &[Coding]) -> Option<HeaderValue> {
+/// base tag, the others (and `*`) are kept; one tag each, as the client
+/// sent, so that an origin comparing the field as one string still
+/// matches its own validator (SPEC §6). With `strong` (`If-None-Match`)
+/// the base tag is strong: a streamed encoding's tag is weak only because
+/// of Strata's encoder, `W/"xyz-gzip"` names the origin's `"xyz"`, and
+/// under weak comparison an origin whose own tag is `W/"xyz"` matches
+/// either way. Without it (`If-Match`, strong comparison, RFC 9110
+/// §13.1.1) a weak tag stays weak, so it matches nothing, as the client's
+/// own weak tag would not. `None` if the value is not valid UTF-8 or
+/// nothing carries a suffix.
+pub fn unmap_etag_list(
+    value: &HeaderValue,
+    codings: &[Coding],
+    strong: bool,
+) -> Option<HeaderValue> {
     let list = value.to_str().ok()?;
     let mut out = String::with_capacity(list.len());
     let mut mapped = false;
@@ -112,7 +119,12 @@ pub fn unmap_etag_list(value: &HeaderValue, codings: &[Coding]) -> Option<Header
         match codings.iter().find_map(|&c| strip_etag_suffix(tag, c)) {
             Some(base) => {
                 mapped = true;
-                out.push_str(base.strip_prefix("W/").unwrap_or(&base));
+                let base = if strong {
+                    base.strip_prefix("W/").unwrap_or(&base)
+                } else {
+                    &base
+                };
+                out.push_str(base);
             }
             None => out.push_str(tag),
         }

@@ -154,7 +154,7 @@ async fn run(
                 l.publish(Flight::Released);
             }
             if too_large {
-                cache.mark_pass(plan.key.hash());
+                cache.mark_oversize(plan.key.hash());
             } else {
                 cache.metrics().shed(Shed::Busy);
                 tracing::debug!(

@@ -88,7 +88,14 @@ async fn follow(
     match wait.wait(limit).await {
         Some(Flight::Stored(object)) => {
             let server = &ctx.runtime.config.server;
-            if let Some(variant) = object.select(&AsForwarded::new(&req, ctx.conn, server)) {
+            let selected = object.select(&AsForwarded::new(&req, ctx.conn, server));
+            if selected.is_some_and(|v| needs_validation(v, ctx.now)) {
+                // Each request goes upstream itself (below), as nginx and
+                // Varnish pass them: the leader's answer may be its own
+                // (a page per cookie, say).
+                return pass_alone(ctx, req, miss, noted).await;
+            }
+            if let Some(variant) = selected {
                 ctx.shared.metrics.collapsed();
                 ctx.count_fetched(
                     noted,
@@ -137,6 +144,28 @@ async fn follow(
     }
     // Released, failed with nothing to serve instead, timed out, or
     // another variant: go upstream alone.
+    pass_alone(ctx, req, miss, noted).await
+}
+
+/// Whether `variant`, just stored by the leader, may be reused only after
+/// a validation of its own (`no-cache`, or no freshness left: `max-age=0`,
+/// no explicit or heuristic lifetime; RFC 9111 §4, §5.2.2.4). The
+/// request's own directives are not asked: the leader's fetch stands for
+/// the ones that arrived while it was under way.
+fn needs_validation(variant: &crate::cache::entry::Variant, now: freshness::Millis) -> bool {
+    matches!(
+        freshness::reuse(&variant.policy, &variant.times, now, &CacheControl::default()),
+        freshness::Reuse::Validate { .. }
+    )
+}
+
+/// A follower that goes upstream alone, its request forwarded as it came.
+async fn pass_alone(
+    ctx: &RequestCtx<'_>,
+    req: Request<Incoming>,
+    miss: Miss,
+    noted: &NotedRule,
+) -> Answered {
     let pass = super::lookup::Pass {
         fwd: miss.fwd,
         rule: ctx.rule,

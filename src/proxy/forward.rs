@@ -287,7 +287,16 @@ pub async fn pass(
     if let Some((hash, parts)) = &marked {
         // A storable answer lifts the mark: the next request is a miss
         // again, and its response is stored (SPEC §3, README "hit-for-miss").
-        if super::fetch::would_store(runtime, rule, parts, resp.status(), resp.headers()) {
+        // A body that outgrew `max_object_size` looked storable by its
+        // fields: without a length (that `would_store` checks) it would
+        // again.
+        let oversize = || {
+            shared.cache.pass_mark(*hash) == Some(crate::cache::PassMark::Oversize)
+                && headers::content_length(resp.headers()).is_none()
+        };
+        if super::fetch::would_store(runtime, rule, parts, resp.status(), resp.headers())
+            && !oversize()
+        {
             shared.cache.unmark_pass(*hash);
         }
     }
@@ -407,14 +416,14 @@ pub fn unmap_etags(
     selected: Option<crate::compression::Coding>,
 ) {
     let selected = selected.as_slice();
-    for (name, codings) in [
-        (header::IF_NONE_MATCH, selected),
-        (header::IF_MATCH, &policy.algorithms[..]),
+    for (name, codings, strong) in [
+        (header::IF_NONE_MATCH, selected, true),
+        (header::IF_MATCH, &policy.algorithms[..], false),
     ] {
         let Some(value) = h.get(&name) else {
             continue;
         };
-        if let Some(v) = crate::compression::unmap_etag_list(value, codings) {
+        if let Some(v) = crate::compression::unmap_etag_list(value, codings, strong) {
             h.insert(name, v);
         }
     }

@@ -118,6 +118,7 @@ pub(super) fn partial(
     *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
     let h = resp.headers_mut();
     *h = headers.clone();
+    drop_content_digests(h);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
     if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{}", body.len())) {
         h.insert(header::CONTENT_RANGE, v);
@@ -135,6 +136,9 @@ pub(super) fn unsatisfiable(headers: &HeaderMap, len: u64, age: u64) -> Response
         header::ETAG,
         header::LAST_MODIFIED,
         header::CACHE_CONTROL,
+        // The Content-Range length is of this representation (an encoded
+        // copy's, say): a downstream cache must not give it to others.
+        header::VARY,
     ] {
         if let Some(v) = headers.get(&name) {
             h.insert(name, v.clone());
@@ -145,6 +149,16 @@ pub(super) fn unsatisfiable(headers: &HeaderMap, len: u64, age: u64) -> Response
     }
     h.insert(header::AGE, age_value(age));
     resp
+}
+
+/// Digests of the whole content (`Content-Digest`, RFC 9530 §2;
+/// `Content-MD5`, RFC 1864) do not describe a part of it; `Repr-Digest`
+/// is of the representation and stays.
+fn drop_content_digests(h: &mut HeaderMap) {
+    static CONTENT_DIGEST: header::HeaderName = header::HeaderName::from_static("content-digest");
+    static CONTENT_MD5: header::HeaderName = header::HeaderName::from_static("content-md5");
+    h.remove(&CONTENT_DIGEST);
+    h.remove(&CONTENT_MD5);
 }
 
 /// A `206` of bytes `first..=last` (inclusive) of a `200` of `len` bytes
@@ -158,6 +172,7 @@ pub(super) fn partial_stream(
 ) -> Response<ProxyBody> {
     let count = last - first + 1;
     parts.status = StatusCode::PARTIAL_CONTENT;
+    drop_content_digests(&mut parts.headers);
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(count));
