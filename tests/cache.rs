@@ -1244,6 +1244,55 @@ async fn responses_needing_validation_are_not_shared_with_collapsed_requests() {
     }
 }
 
+/// A purge while a miss is fetched keeps its answer out of the cache, but
+/// the requests collapsed onto it collapse again behind one new fetch,
+/// which is stored (SPEC §3: concurrent misses make one upstream
+/// request). They were released: 20 waiters made 20 upstream requests,
+/// none stored (found by the invalidation and bug-replay probes).
+#[tokio::test]
+async fn a_purge_during_a_miss_sends_its_waiters_behind_one_new_fetch() {
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let first = Arc::new(AtomicBool::new(true));
+    let origin = Origin::start(move |_req| {
+        let (g, first) = (g.clone(), first.clone());
+        async move {
+            if first.swap(false, Ordering::SeqCst) {
+                g.notified().await;
+            }
+            reply(200, &[("cache-control", "max-age=60")], "body")
+        }
+    })
+    .await;
+    let s = Arc::new(strata(&origin, "").await);
+    let get = || {
+        let url = s.url("/herd");
+        tokio::spawn(async move { Client::new().get(&url).await })
+    };
+    let leader = get();
+    wait_until(Duration::from_secs(5), "the leader upstream", || async {
+        origin.count() == 1
+    })
+    .await;
+    let waiters: Vec<_> = (0..10).map(|_| get()).collect();
+    wait_until(Duration::from_secs(5), "10 waiting", || async {
+        s.shared.cache.collapser().waiting() == 10
+    })
+    .await;
+    let (status, _) = s.purge(r#"{"url":"/herd"}"#).await;
+    assert_eq!(status, 200);
+    gate.notify_one();
+    assert_eq!(leader.await.unwrap().text(), "body");
+    for w in waiters {
+        let r = w.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "body");
+    }
+    assert_eq!(origin.count(), 2, "one new fetch after the purge");
+    let r = Client::new().get(&s.url("/herd")).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+}
+
 #[tokio::test]
 async fn uncacheable_requests_never_wait_on_each_other() {
     // After the first request, the origin answers only once 10 requests

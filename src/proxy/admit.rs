@@ -234,7 +234,11 @@ async fn run(
         None => cache.admit(&plan.key, base, &identity, since),
     };
     if let Some(l) = lock.take() {
-        l.publish(Flight::admitted(admitted.clone()));
+        // Purged or invalidated while fetched: the waiters collapse again
+        // behind a new leader, whose fetch begins after the purge (one
+        // more upstream request, and its answer stored), as when a leader
+        // goes away; released, each went upstream and stored nothing.
+        l.publish(admitted.clone().map_or(Flight::Abandoned, Flight::Stored));
     }
     if admitted.is_none() {
         tracing::debug!(key = %plan.key, "purged or invalidated while fetched: not stored");
