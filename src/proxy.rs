@@ -267,6 +267,7 @@ impl Shared {
             rule_counters,
             rate_limits,
         }));
+        current.upstreams.stop_health_checks();
     }
 
     /// Handles one client request end to end.

@@ -145,6 +145,14 @@ impl Upstreams {
         }
     }
 
+    /// Stops this pool's active health checks (a reload replaced it). A
+    /// request still in flight keeps the pool alive, and its checkers
+    /// with it, until its answer: a removed server was checked and
+    /// alerted on, and a kept one checked twice per interval.
+    pub fn stop_health_checks(&self) {
+        self.stop.cancel();
+    }
+
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
     }

@@ -734,3 +734,66 @@ async fn an_empty_hash_key_falls_back_to_round_robin() {
         assert_eq!([origins[0].count(), origins[1].count()], [2, 2], "{key}");
     }
 }
+
+/// A reload stops the replaced pool's health checks at once. They ran as
+/// long as a request begun before the reload waited for its answer (the
+/// pool lived on with it): a removed server kept being checked (and
+/// alerted on, its `strata_upstream_healthy` series back), and a kept one
+/// was checked twice per interval (found by the upstream probe).
+#[tokio::test]
+async fn a_reload_stops_the_old_pools_health_checks() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let origin = || {
+        let gate = gate.clone();
+        Origin::start(move |req| {
+            let gate = gate.clone();
+            async move {
+                if req.uri().path() == "/slow" {
+                    gate.notified().await;
+                }
+                reply(200, &[("cache-control", "no-store")], "ok")
+            }
+        })
+    };
+    let (kept, removed) = (origin().await, origin().await);
+    let health = "[upstream.health]\npath = \"/hc\"\ninterval = \"100ms\"\n";
+    let strata = Strata::start_text(&text(&quoted(&[kept.addr, removed.addr]), health)).await;
+    let checks = |o: &Origin| o.seen().iter().filter(|s| s.path == "/hc").count();
+    let url = strata.url("/slow");
+    let in_flight = tokio::spawn(async move { Client::new().get(&url).await });
+    wait_until(Duration::from_secs(5), "a request in flight", || async {
+        kept.count() + removed.count() - checks(&kept) - checks(&removed) == 1
+    })
+    .await;
+    let config = Config::parse(Path::new("t.toml"), &text(&quoted(&[kept.addr]), health)).unwrap();
+    strata.shared.reload(config);
+    let (kept_at, removed_at) = (checks(&kept), checks(&removed));
+    // Ten intervals of the new pool's checks: one per interval, at most
+    // one more besides (a check of the old pool under way at the reload).
+    wait_until(
+        Duration::from_secs(10),
+        "10 checks of the kept server",
+        || async { checks(&kept) >= kept_at + 10 },
+    )
+    .await;
+    assert!(
+        checks(&removed) <= removed_at + 1,
+        "{} > {removed_at} + 1",
+        checks(&removed)
+    );
+    let started = std::time::Instant::now();
+    let at = checks(&kept);
+    wait_until(Duration::from_secs(10), "5 more checks", || async {
+        checks(&kept) >= at + 5
+    })
+    .await;
+    // Five checks at one per 100 ms take at least 400 ms; twice per
+    // interval, about 250 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(380),
+        "{:?}",
+        started.elapsed()
+    );
+    gate.notify_waiters();
+    in_flight.abort();
+}

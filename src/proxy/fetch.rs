@@ -154,7 +154,12 @@ async fn follow(
 /// the ones that arrived while it was under way.
 fn needs_validation(variant: &crate::cache::entry::Variant, now: freshness::Millis) -> bool {
     matches!(
-        freshness::reuse(&variant.policy, &variant.times, now, &CacheControl::default()),
+        freshness::reuse(
+            &variant.policy,
+            &variant.times,
+            now,
+            &CacheControl::default()
+        ),
         freshness::Reuse::Validate { .. }
     )
 }

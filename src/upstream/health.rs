@@ -30,8 +30,8 @@ use crate::config::HealthConfig;
 /// else's). A server's next check starts only once its previous one ended
 /// (at most one in flight per server; a check longer than `interval`
 /// delays that server's next one, never more). The tasks hold only a weak
-/// reference and stop when the pool is dropped (its token is cancelled);
-/// a reload builds a new pool, with tasks for its own servers.
+/// reference and stop when the pool is replaced by a reload or dropped
+/// (its token is cancelled); the new pool has tasks for its own servers.
 pub fn spawn(pool: Weak<Upstreams>, stop: CancellationToken) {
     let Some(servers) = pool.upgrade().map(|p| p.balancer.servers().len()) else {
         return;
@@ -58,7 +58,11 @@ async fn check_forever(pool: Weak<Upstreams>, index: usize, stop: CancellationTo
             _ = ticks.tick() => {}
         }
         let Some(pool) = pool.upgrade() else { return };
-        check_and_record(&pool, index).await;
+        // A check under way when the pool is replaced records nothing.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = check_and_record(&pool, index) => {}
+        }
     }
 }
 
