@@ -120,7 +120,7 @@ impl Upstreams {
             .collect();
         let client = UpstreamClient::new(balancer.servers().iter().map(|s| &s.authority), config);
         let outage = previous.map_or_else(Default::default, |p| p.outage.clone());
-        if balancer.healthy_count() > 0 {
+        if balancer.eligible_count() > 0 {
             // A reload that brings servers in rotation ends an outage.
             health::ended_outage(&outage, &alerts, "a reload put upstreams in rotation");
         }
@@ -174,6 +174,7 @@ impl Upstreams {
         let was = s.set_draining(draining);
         if was != draining {
             tracing::info!(server = %s.authority, draining, "upstream drain changed");
+            health::drain_changed(self, s, draining);
         }
         Some(was)
     }

@@ -805,3 +805,55 @@ async fn turning_checks_off_puts_check_ejected_servers_back() {
     .await;
     strata.stop().await;
 }
+
+/// A drained server is out of rotation: when the last server in rotation
+/// fails while the others are drained, uncached requests get 503 and
+/// `all_upstreams_down` is raised (README's alert table); undraining a
+/// healthy one ends it. Only `upstream_down` was sent (found by the
+/// observability probe).
+#[tokio::test]
+async fn the_last_server_in_rotation_failing_beside_drained_ones_is_an_outage() {
+    let receiver = Receiver::start(200).await;
+    let a = Origin::fixed(&[("cache-control", "no-store")], "a").await;
+    let b = Origin::fixed(&[("cache-control", "no-store")], "b").await;
+    let extra = format!("{FAST_HEALTH}{}", webhook(&receiver.url("/hook"), ""));
+    let strata = Strata::start(&[a.addr, b.addr], &extra).await;
+    let c = Client::new();
+    let drain = |path: &'static str| {
+        let (c, url) = (&c, strata.admin_url(path));
+        let body = format!(r#"{{"server":"{}"}}"#, a.addr);
+        async move {
+            let headers = [
+                ("authorization", "Bearer secret"),
+                ("content-type", "application/json"),
+            ];
+            let r = c
+                .send(http::Method::POST, &url, &headers, bytes::Bytes::from(body))
+                .await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+        }
+    };
+    drain("/upstreams/drain").await;
+    b.set_healthy(false);
+    let down = Duration::from_secs(10);
+    wait_until(down, "upstream_down, then all_upstreams_down", || async {
+        receiver.events().len() >= 2
+    })
+    .await;
+    assert_eq!(c.get(&strata.url("/x")).await.status, 503);
+    drain("/upstreams/undrain").await;
+    wait_until(down, "the outage resolved", || async {
+        receiver.events().len() >= 3
+    })
+    .await;
+    assert_eq!(
+        receiver.events(),
+        ["upstream_down", "all_upstreams_down", "upstream_up"]
+    );
+    let alerts = receiver.json_alerts();
+    assert_eq!(
+        alerts[1]["message"],
+        "no upstream in rotation (1 down, 1 drained): uncached requests get 503"
+    );
+    assert_eq!(c.get(&strata.url("/x")).await.text(), "a");
+}

@@ -128,6 +128,11 @@ impl Balancer {
         self.servers.iter().filter(|s| s.is_healthy()).count()
     }
 
+    /// Servers in rotation: healthy and not drained.
+    pub fn eligible_count(&self) -> usize {
+        self.servers.iter().filter(|s| s.is_eligible()).count()
+    }
+
     /// The index of the server `authority` (`host:port`).
     pub fn find(&self, authority: &str) -> Option<usize> {
         self.servers

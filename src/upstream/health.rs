@@ -102,8 +102,10 @@ pub(super) fn came_back(pool: &Upstreams, server: &ServerState, how: &str) {
         format!("upstream {name} is back in rotation"),
         &[("server", name)],
     );
-    if std::mem::take(&mut *outage) {
-        // The first one back ends "no upstream in rotation".
+    // The first one back in rotation (not drained) ends "no upstream in
+    // rotation".
+    if *outage && pool.balancer.eligible_count() > 0 {
+        *outage = false;
         pool.alerts().resolve(
             Event::AllUpstreamsDown,
             Event::UpstreamUp,
@@ -111,6 +113,54 @@ pub(super) fn came_back(pool: &Upstreams, server: &ServerState, how: &str) {
             &[],
         );
     }
+}
+
+/// A drain changed (`drained`: the server is now drained): raises
+/// `all_upstreams_down` when it took the last server in rotation out (the
+/// others down or drained: uncached requests get 503), and ends it when
+/// an undrain put a healthy one back.
+pub(super) fn drain_changed(pool: &Upstreams, server: &ServerState, drained: bool) {
+    let name = server.authority.as_str();
+    let mut outage = pool.outage.lock().unwrap_or_else(PoisonError::into_inner);
+    let in_rotation = pool.balancer.eligible_count();
+    if drained && !*outage && in_rotation == 0 {
+        *outage = true;
+        raise_outage(pool, &format!("upstream {name} was drained"));
+    } else if !drained && *outage && in_rotation > 0 {
+        *outage = false;
+        tracing::info!(server = name, "upstream undrained: back in rotation");
+        pool.alerts().emit(
+            Event::UpstreamUp,
+            format!("upstream {name} was undrained: back in rotation"),
+            &[("server", name)],
+        );
+        pool.alerts().resolve(
+            Event::AllUpstreamsDown,
+            Event::UpstreamUp,
+            format!("upstream {name} was undrained: back in rotation"),
+            &[],
+        );
+    }
+}
+
+/// Logs and sends `all_upstreams_down` (the caller holds the outage flag).
+fn raise_outage(pool: &Upstreams, last: &str) {
+    let servers = pool.balancer.servers();
+    let drained = servers.iter().filter(|s| s.is_draining()).count();
+    tracing::error!(last, "no upstream in rotation: uncached requests get 503");
+    let detail = if drained == 0 {
+        format!("all {} down", servers.len())
+    } else {
+        format!(
+            "{} down, {drained} drained",
+            servers.len().saturating_sub(drained)
+        )
+    };
+    pool.alerts().emit(
+        Event::AllUpstreamsDown,
+        format!("no upstream in rotation ({detail}): uncached requests get 503"),
+        &[],
+    );
 }
 
 /// A reload turned active checks off: servers out by failed checks go
@@ -143,8 +193,8 @@ pub(super) fn ended_outage(outage: &Mutex<bool>, alerts: &Alerts, message: &str)
 
 /// A server just left rotation (`reason`: why its last check or connect
 /// failed): log, metric, `upstream_down`, and `all_upstreams_down` when it
-/// was the last one (once per outage: two servers leaving at once both
-/// see none left).
+/// was the last one in rotation, the others down or drained (once per
+/// outage: two servers leaving at once both see none left).
 pub(super) fn went_down(pool: &Upstreams, server: &ServerState, reason: &str) {
     let name = server.authority.as_str();
     tracing::warn!(server = name, %reason, "upstream unhealthy: out of rotation");
@@ -155,17 +205,10 @@ pub(super) fn went_down(pool: &Upstreams, server: &ServerState, reason: &str) {
         format!("upstream {name} is out of rotation: {reason}"),
         &[("server", name)],
     );
-    if !*outage && pool.balancer.healthy_count() == 0 {
+    // In rotation: healthy and not drained (the others may be drained).
+    if !*outage && pool.balancer.eligible_count() == 0 {
         *outage = true;
-        tracing::error!("no upstream in rotation: uncached requests get 503");
-        pool.alerts().emit(
-            Event::AllUpstreamsDown,
-            format!(
-                "no upstream in rotation (all {} down): uncached requests get 503",
-                pool.balancer.servers().len()
-            ),
-            &[],
-        );
+        raise_outage(pool, &format!("upstream {name} went down"));
     }
 }
 
