@@ -432,3 +432,69 @@ async fn purge_ok(s: &Strata, body: &str) -> Value {
     assert_eq!(status, 200, "{answer}");
     answer
 }
+
+/// A soft-purged copy stands in for a failing origin for its `grace`
+/// only, counted from the first failed background revalidation; then it
+/// is validated before the answer and the failure is the answer, as
+/// Varnish keeps a soft-purged object for its grace. It was served for as
+/// long as the origin failed (found by the invalidation probe).
+#[tokio::test]
+async fn a_soft_purged_copy_stands_in_for_a_failing_origin_for_grace_only() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = failing.clone();
+    let origin = Origin::start(move |_req| {
+        let failing = f.load(Ordering::SeqCst);
+        async move {
+            let headers = [("cache-control", "max-age=300"), ("etag", "\"v1\"")];
+            if failing {
+                support::origin::reply(503, &[], "down")
+            } else {
+                support::origin::reply(200, &headers, "v1")
+            }
+        }
+    })
+    .await;
+    let strata = Strata::start(
+        &[origin.addr],
+        "[upstream.health]\nenabled = false\n[cache]\ngrace = \"1s\"\n",
+    )
+    .await;
+    let c = Client::new();
+    let url = strata.url("/sp");
+    assert!(c.get(&url).await.cache_status().contains("stored"));
+    purge_ok(&strata, r#"{"url": "/sp", "soft": true}"#).await;
+    failing.store(true, Ordering::SeqCst);
+    let r = c.get(&url).await;
+    assert_eq!(r.text(), "v1");
+    assert!(
+        r.cache_status().contains("detail=soft-purge"),
+        "{}",
+        r.cache_status()
+    );
+    wait_until(WAIT, "the background revalidation failed", || async {
+        origin.count() == 2
+    })
+    .await;
+    let failed = std::time::Instant::now();
+    wait_until(WAIT, "the failure answered after grace", || async {
+        let r = c.get(&url).await;
+        assert!(
+            r.status == 503 || r.cache_status().contains("detail=soft-purge"),
+            "{} {}",
+            r.status,
+            r.cache_status()
+        );
+        r.status == 503
+    })
+    .await;
+    assert!(
+        failed.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        failed.elapsed()
+    );
+    // The origin back: validated at once, and fresh again.
+    failing.store(false, Ordering::SeqCst);
+    let r = c.get(&url).await;
+    assert_eq!(r.text(), "v1");
+    assert!(c.get(&url).await.cache_status().contains("hit"));
+}

@@ -38,18 +38,38 @@ impl Clone for HitCount {
 /// failing origin gets one refresh per back-off, not one per hit. One
 /// relaxed atomic load per refreshing hit; a copy (a refreshed or
 /// soft-purged variant) starts without one.
+///
+/// It also remembers when the first refresh failed, so that a
+/// soft-purged copy stands in for a failing origin only for a while
+/// (`proxy/lookup.rs`).
 #[derive(Debug, Default)]
-pub struct RefreshBackoff(AtomicU64);
+pub struct RefreshBackoff {
+    until: AtomicU64,
+    /// When the first refresh failed (Unix milliseconds); 0: none has.
+    failed_since: AtomicU64,
+}
 
 impl RefreshBackoff {
-    /// No refresh before `until` (Unix milliseconds).
-    pub fn hold_until(&self, until: Millis) {
-        self.0.store(until, Ordering::Relaxed);
+    /// A refresh failed at `now`: no other before `until` (Unix
+    /// milliseconds).
+    pub fn hold_until(&self, now: Millis, until: Millis) {
+        self.until.store(until, Ordering::Relaxed);
+        let _ =
+            self.failed_since
+                .compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Whether a refresh may not start at `now` (Unix milliseconds).
     pub fn holds(&self, now: Millis) -> bool {
-        now < self.0.load(Ordering::Relaxed)
+        now < self.until.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds since the first failed refresh, if one failed.
+    pub fn failing_for(&self, now: Millis) -> Option<Millis> {
+        match self.failed_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(now.saturating_sub(since)),
+        }
     }
 }
 
@@ -67,9 +87,13 @@ mod tests {
     fn a_back_off_holds_until_its_moment_and_is_not_copied() {
         let b = RefreshBackoff::default();
         assert!(!b.holds(1_000), "none at first");
-        b.hold_until(2_000);
+        assert_eq!(b.failing_for(1_000), None);
+        b.hold_until(1_000, 2_000);
         assert!(b.holds(1_999));
         assert!(!b.holds(2_000));
+        b.hold_until(2_500, 3_000);
+        assert_eq!(b.failing_for(3_000), Some(2_000), "since the first failure");
         assert!(!b.clone().holds(1_999), "a copy starts without one");
+        assert_eq!(b.clone().failing_for(3_000), None);
     }
 }

@@ -162,6 +162,19 @@ pub enum Lookup {
     OnlyIfCached,
 }
 
+/// Whether a soft-purged copy has stood in for a failing origin long
+/// enough: its background revalidations have failed for longer than its
+/// `grace` (or `stale-if-error`, the longer). From then on it is validated
+/// before the answer like any stale entry, and the failure is the answer,
+/// as Varnish keeps a soft-purged object for its grace only; it was
+/// served for as long as the origin failed (up to its whole lifetime).
+fn soft_purge_outlived(v: &Variant, now: Millis) -> bool {
+    let window = v.policy.grace.max(v.policy.stale_if_error);
+    v.refresh
+        .failing_for(now)
+        .is_some_and(|ms| ms > window.saturating_mul(1000))
+}
+
 /// Refresh-ahead (`[cache] prefresh`): counts this hit on the variant and
 /// says whether it should start a background revalidation: the variant has
 /// had at least `prefresh_min_hits` hits and its age (milliseconds) has
@@ -260,7 +273,8 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
             Some(variant) if variant.soft_purged => {
                 if !(variant.policy.must_revalidate
                     || variant.policy.no_cache
-                    || refuses_stale(&ctx.req_cc))
+                    || refuses_stale(&ctx.req_cc)
+                    || soft_purge_outlived(&variant, ctx.now))
                 {
                     let ttl = variant.reported_ttl(ctx.now);
                     return Lookup::SoftPurged(Hit {

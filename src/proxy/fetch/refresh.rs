@@ -62,8 +62,9 @@ pub fn refresh<B>(ctx: &RequestCtx<'_>, req: &Request<B>, hit: &Hit) {
     tokio::spawn(async move {
         let key = object.key.clone();
         let back_off = || {
-            let until = now_millis().saturating_add(REFRESH_BACKOFF.as_millis() as u64);
-            variant.refresh.hold_until(until);
+            let now = now_millis();
+            let until = now.saturating_add(REFRESH_BACKOFF.as_millis() as u64);
+            variant.refresh.hold_until(now, until);
         };
         match exchange
             .fetch(&parts, &key, Some(&object), Some(&variant), true)
