@@ -189,7 +189,8 @@ impl Server {
         } = self;
         let stop = CancellationToken::new();
         if let Ok(addr) = plain.local_addr() {
-            crate::warming::spawn(shared.clone(), addr, stop.clone());
+            let tls_addr = tls.as_ref().and_then(|(l, _)| l.local_addr().ok());
+            crate::warming::spawn(shared.clone(), addr, tls_addr, stop.clone());
         }
         let graceful = GracefulShutdown::new();
         let builder = Arc::new(builder(&settings));

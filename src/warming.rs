@@ -21,6 +21,7 @@
 
 mod progress;
 mod sources;
+mod tls;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -103,6 +104,9 @@ pub struct Target {
     pub host: String,
     /// Path and query.
     pub path: String,
+    /// An `https://` URL: warmed through the TLS listener (when there is
+    /// one), under the `https` key.
+    pub https: bool,
 }
 
 impl Target {
@@ -117,6 +121,7 @@ impl Target {
             return Some(Target {
                 host: host.unwrap_or(default_host).to_string(),
                 path,
+                https: false,
             });
         }
         let key = CacheKey::from_url(line)?;
@@ -125,6 +130,7 @@ impl Target {
         Some(Target {
             host: host.map_or(authority, str::to_string),
             path: key.path().to_string(),
+            https: uri.scheme() == Some(&http::uri::Scheme::HTTPS),
         })
     }
 }
@@ -134,14 +140,23 @@ impl Target {
 /// configuration after each round, so a reload changes it). Stops with
 /// `stop`, when a reload removes `[warming]`, or after the start-up round
 /// when there is no `interval`; [`Progress::schedule`] says which.
-/// `listener` is the proxy listener's bound address.
-pub fn spawn(shared: Arc<Shared>, listener: SocketAddr, stop: CancellationToken) {
+/// `listener` is the proxy listener's bound address, `tls` the TLS
+/// listener's, if any (`https://` URLs are warmed through it).
+pub fn spawn(
+    shared: Arc<Shared>,
+    listener: SocketAddr,
+    tls: Option<SocketAddr>,
+    stop: CancellationToken,
+) {
     let Some(config) = shared.runtime.load().config.warming.clone() else {
         return;
     };
     // Before the task starts, so that a reload at once sees it running.
     shared.warming.set_schedule(Schedule::Running);
-    let target = loopback(listener);
+    let target = Listeners {
+        plain: loopback(listener),
+        tls: tls.map(loopback),
+    };
     tokio::spawn(async move {
         let end = run(&shared, config, target, &stop).await;
         shared.warming.set_schedule(end);
@@ -152,7 +167,7 @@ pub fn spawn(shared: Arc<Shared>, listener: SocketAddr, stop: CancellationToken)
 async fn run(
     shared: &Arc<Shared>,
     config: WarmingConfig,
-    target: SocketAddr,
+    target: Listeners,
     stop: &CancellationToken,
 ) -> Schedule {
     let mut first = true;
@@ -185,6 +200,13 @@ async fn run(
     }
 }
 
+/// Where warming requests go (loopback addresses of Strata's listeners).
+#[derive(Clone, Copy)]
+pub struct Listeners {
+    pub plain: SocketAddr,
+    pub tls: Option<SocketAddr>,
+}
+
 /// The address to reach a listener bound to `addr` (a wildcard address
 /// is reached on loopback).
 fn loopback(addr: SocketAddr) -> SocketAddr {
@@ -201,11 +223,17 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 type WarmClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// One warming round: every source, then the URLs at the configured pace.
-pub async fn round(shared: &Arc<Shared>, w: &WarmingConfig, listener: SocketAddr) {
+pub async fn round(shared: &Arc<Shared>, w: &WarmingConfig, listeners: Listeners) {
     let progress = &shared.warming;
     progress.start();
     tracing::info!("warming: round starting");
+    let listener = listeners.plain;
     let client: WarmClient = Client::builder(TokioExecutor::new()).build_http();
+    // Certificates as configured now (a reload may have replaced them).
+    let tls = match (listeners.tls, &shared.runtime.load().config.server.tls) {
+        (Some(addr), Some(config)) => tls::TlsTarget::new(addr, config),
+        _ => None,
+    };
     let default_host = listener.to_string();
     let mut targets: Vec<(Source, Target)> = Vec::new();
     if let Some(path) = &w.urls_file {
@@ -277,11 +305,12 @@ pub async fn round(shared: &Arc<Shared>, w: &WarmingConfig, listener: SocketAddr
     futures_util::stream::iter(items)
         .for_each_concurrent(w.concurrency, |(source, target, coding)| {
             let (shared, client, limiter) = (shared.clone(), client.clone(), limiter.clone());
+            let tls = tls.as_ref().filter(|_| target.https);
             async move {
                 if let Some(l) = &limiter {
                     l.until_ready().await;
                 }
-                let outcome = warm_one(&client, listener, &target, coding).await;
+                let outcome = warm_one(&client, tls, listener, &target, coding).await;
                 record(&shared, source, outcome);
             }
         })
@@ -320,11 +349,15 @@ fn record(shared: &Shared, source: Source, outcome: Outcome) {
 /// body to the end (so the miss is stored before the next one starts).
 async fn warm_one(
     client: &WarmClient,
+    tls: Option<&tls::TlsTarget>,
     listener: SocketAddr,
     target: &Target,
     coding: Option<Coding>,
 ) -> Outcome {
-    let uri = format!("http://{listener}{}", target.path);
+    let uri = match tls {
+        Some(_) => target.path.clone(),
+        None => format!("http://{listener}{}", target.path),
+    };
     let mut req = match Request::get(uri).body(Empty::<Bytes>::new()) {
         Ok(r) => r,
         Err(_) => return Outcome::Error,
@@ -342,7 +375,10 @@ async fn warm_one(
         );
     }
     let exchange = async {
-        let resp = client.request(req).await.ok()?;
+        let resp = match tls {
+            Some(tls) => tls.send(req).await?,
+            None => client.request(req).await.ok()?,
+        };
         let status = resp.status();
         // Strata's own member, the last: an upstream cache's come first
         // (RFC 9211 §2).

@@ -342,3 +342,46 @@ async fn refresh_ahead_keeps_a_hot_entry_hitting_across_its_expiry() {
         origin.count()
     );
 }
+
+/// An `https://` URL is warmed through the TLS listener, so it lands
+/// under the `https` key that TLS clients read; it filled the `http` entry
+/// and the first TLS client still missed (found by the invalidation
+/// probe). An `http://` URL still warms the `http` entry.
+#[tokio::test]
+async fn https_urls_warm_the_https_entries() {
+    use strata::cache::key::CacheKey;
+    let origin = site().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["secure.example".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let file = dir.path().join("warm.txt");
+    std::fs::write(
+        &file,
+        "https://secure.example/tls/1\nhttp://secure.example/plain/1\n",
+    )
+    .unwrap();
+    let strata = Strata::start(
+        &[origin.addr],
+        &format!(
+            "[upstream.health]\nenabled = false\n\n[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\n[warming]\nurls_file = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            file.display(),
+        ),
+    )
+    .await;
+    let progress = warmed(&strata).await;
+    assert_eq!(progress["errors"], 0, "{progress}");
+    let stored = |https: bool, path: &str| {
+        let key = CacheKey::new(https, "secure.example", path);
+        strata.shared.cache.memory().get_key(&key).is_some()
+    };
+    assert!(stored(true, "/tls/1"));
+    assert!(!stored(false, "/tls/1"));
+    assert!(stored(false, "/plain/1"));
+    let seen = origin.seen();
+    let tls = seen.iter().find(|s| s.path == "/tls/1").expect("warmed");
+    assert_eq!(tls.headers["x-forwarded-proto"], "https");
+}
