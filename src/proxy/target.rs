@@ -39,6 +39,10 @@ pub enum TargetError {
     /// More `..` segments than there are segments above them.
     #[error("path climbs above the root")]
     AboveRoot,
+    /// A `%` not followed by two hex digits (RFC 3986 §2.1), as nginx
+    /// refuses it: origins would read it each their own way.
+    #[error("invalid percent-encoding in path")]
+    BadEscape,
 }
 
 impl TargetError {
@@ -49,6 +53,7 @@ impl TargetError {
             TargetError::DotParameters => "ambiguous path (dot segment with parameters)",
             TargetError::Nul => "NUL in path",
             TargetError::AboveRoot => "path climbs above the root",
+            TargetError::BadEscape => "invalid percent-encoding in path",
         }
     }
 }
@@ -249,8 +254,9 @@ fn rewrite(path: &str) -> Result<String, TargetError> {
 }
 
 /// Refuses what stays ambiguous once `path` is fully percent-decoded: a
-/// `.`/`..` segment between `/` or `\` separators, or a NUL. Runs over the
-/// bytes without decoding into a buffer.
+/// `.`/`..` segment between `/` or `\` separators, or a NUL; and a `%`
+/// that starts no escape. Runs over the bytes without decoding into a
+/// buffer.
 fn check(path: &str) -> Result<(), TargetError> {
     let bytes = path.as_bytes();
     // Length of the current decoded segment if it is all dots so far;
@@ -260,6 +266,7 @@ fn check(path: &str) -> Result<(), TargetError> {
     while i <= bytes.len() {
         let (b, width) = match escaped(bytes, i) {
             Some(b) => (Some(b), 3),
+            None if bytes.get(i) == Some(&b'%') => return Err(TargetError::BadEscape),
             None => (bytes.get(i).copied(), 1),
         };
         match b {
@@ -413,6 +420,10 @@ mod tests {
         for p in ["/a/b;v=1/c", "/a/...;x/b", "/a;b", "/.x;y"] {
             assert!(norm(p).is_ok(), "{p}");
         }
+        for p in ["/n/%zz", "/n/%", "/n/%4", "/n/%4g/x", "/%2e%2e%"] {
+            assert_eq!(norm(p), Err(TargetError::BadEscape), "{p}");
+        }
+        assert!(norm("/n/%41?q=%zz").is_ok(), "the query is the origin's");
         assert_eq!(norm("/a%00b"), Err(TargetError::Nul));
         assert_eq!(norm("/a/%2e%2e/%00"), Err(TargetError::Nul));
         for p in ["/..", "/../a", "/a/../..", "/%2e%2e/etc/passwd", "/./../x"] {
