@@ -54,7 +54,7 @@ impl Validator<'_> {
                 "expected at least one server (\"host:port\" or { addr = \"host:port\", weight = N })",
             ));
         }
-        let mut parsed = Vec::with_capacity(servers.get_ref().len());
+        let mut parsed: Vec<Authority> = Vec::with_capacity(servers.get_ref().len());
         let mut weights = Vec::with_capacity(servers.get_ref().len());
         for (i, s) in servers.get_ref().iter().enumerate() {
             let key = format!("upstream.servers[{i}]");
@@ -122,10 +122,21 @@ impl Validator<'_> {
                     format!("port 0 in {shown:?} can never be connected to, expected a port from 1 to 65535"),
                 ));
             }
-            if parsed.contains(&authority) {
-                return Err(self
-                    .at
-                    .spanned(s, &key, format!("duplicate server {text:?}")));
+            // One spelling per server: `127.0.0.1:080` and `[::0001]:80`
+            // are `127.0.0.1:80` and `[::1]:80`, and names are
+            // case-insensitive, so a server given twice is refused below
+            // (it got two health states, and a drain of one still sent
+            // it traffic through the other).
+            let authority = canonical(&authority).unwrap_or(authority);
+            if let Some(first) = parsed.iter().find(|a| **a == authority) {
+                return Err(self.at.spanned(
+                    s,
+                    &key,
+                    format!(
+                        "duplicate server {text:?} (the same as {:?})",
+                        first.as_str()
+                    ),
+                ));
             }
             parsed.push(authority);
             weights.push(weight);
@@ -447,6 +458,21 @@ fn scheme_of(text: &str, scheme: &str) -> bool {
         .is_some_and(|h| h.eq_ignore_ascii_case(scheme))
 }
 
+/// `authority` in one spelling: the host in lower case (an IP address in
+/// its canonical form), the port without leading zeros. `None` if it has
+/// no port (refused before this is asked).
+fn canonical(authority: &Authority) -> Option<Authority> {
+    let port = authority.port_u16()?;
+    let host = authority.host();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let host = match bare.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        Ok(ip) => ip.to_string(),
+        Err(_) => host.to_ascii_lowercase(),
+    };
+    format!("{host}:{port}").parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +516,26 @@ mod tests {
         assert!(r.matcher.is_match("/api/x/y"));
         assert!(!r.matcher.is_match("/other"));
         assert!(r.matcher.is_match("//api/x") && r.matcher.is_match("/api//x"));
+    }
+
+    /// A server given twice in two spellings was two servers (found by
+    /// the upstream probe).
+    #[test]
+    fn a_server_is_one_server_however_it_is_spelled() {
+        for (a, b) in [
+            ("127.0.0.1:41001", "127.0.0.1:041001"),
+            ("App.Example:80", "app.example:80"),
+            ("[::1]:80", "[0:0:0:0:0:0:0:1]:80"),
+        ] {
+            let e = parse(&format!("servers = [\"{a}\", \"{b}\"]"), "")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("duplicate server"), "{e}");
+            assert!(e.contains("upstream.servers[1]"), "{e}");
+        }
+        let c = parse("servers = [\"App.Example:080\", \"127.0.0.1:81\"]", "").unwrap();
+        let shown: Vec<&str> = c.upstream.servers.iter().map(|a| a.as_str()).collect();
+        assert_eq!(shown, ["app.example:80", "127.0.0.1:81"]);
     }
 
     #[test]

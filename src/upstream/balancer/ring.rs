@@ -1,6 +1,7 @@
 //! The consistent hash ring of `balance = "hash"` (ketama-style): every
-//! server owns `POINTS_PER_WEIGHT × weight` points placed by hashing its
-//! address, and a key goes to the owner of the first point at or after the
+//! server owns `POINTS_PER_WEIGHT × weight` points (weights divided by
+//! their greatest common divisor, the ring bounded: [`point_counts`])
+//! placed by hashing its address, and a key goes to the owner of the first point at or after the
 //! key's hash. A server's points depend only on its own address, so adding
 //! or removing one of N servers moves only the keys on its arcs, about 1/N
 //! of them. An ineligible owner (unhealthy, drained) passes its keys to the
@@ -13,6 +14,39 @@ use xxhash_rust::xxh3::xxh3_64;
 /// percent of the weights.
 const POINTS_PER_WEIGHT: u32 = 160;
 
+/// At most this many points in a ring (16 bytes each: 4 MiB). Weights are
+/// first divided by their greatest common divisor (weights of 1000 spread
+/// keys exactly as weights of 1); a ring still larger gives each server a
+/// proportional share of this many. 64 servers of weight 1000 took 160
+/// million points, 174 MB, and a reload built a second ring beside it.
+const MAX_POINTS: u64 = 1 << 18;
+
+/// The number of points of each server: `POINTS_PER_WEIGHT` per unit of
+/// its weight divided by the weights' greatest common divisor, scaled
+/// down (at least 1 each) to stay within [`MAX_POINTS`].
+fn point_counts(weights: &[u32]) -> Vec<u64> {
+    fn gcd(a: u32, b: u32) -> u32 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let divisor = weights.iter().copied().fold(0, gcd).max(1);
+    let counts: Vec<u64> = weights
+        .iter()
+        .map(|w| u64::from(w / divisor) * u64::from(POINTS_PER_WEIGHT))
+        .collect();
+    let total: u64 = counts.iter().sum();
+    if total <= MAX_POINTS {
+        return counts;
+    }
+    counts
+        .iter()
+        .map(|c| (c.saturating_mul(MAX_POINTS) / total).max(1))
+        .collect()
+}
+
 /// A sorted ring of `(point, server index)`.
 #[derive(Debug)]
 pub struct Ring {
@@ -21,9 +55,11 @@ pub struct Ring {
 
 impl Ring {
     pub fn new(servers: &[(Authority, u32)]) -> Ring {
-        let mut points = Vec::new();
-        for (index, (authority, weight)) in servers.iter().enumerate() {
-            for i in 0..POINTS_PER_WEIGHT * weight {
+        let weights: Vec<u32> = servers.iter().map(|(_, w)| *w).collect();
+        let counts = point_counts(&weights);
+        let mut points = Vec::with_capacity(counts.iter().sum::<u64>() as usize);
+        for (index, ((authority, _), count)) in servers.iter().zip(counts).enumerate() {
+            for i in 0..count {
                 let label = format!("{authority}#{i}");
                 points.push((xxh3_64(label.as_bytes()), index));
             }
@@ -92,6 +128,27 @@ mod tests {
         for c in counts {
             assert!((1400..2600).contains(&c), "unbalanced: {counts:?}");
         }
+    }
+
+    #[test]
+    fn weights_share_their_divisor_and_the_ring_is_bounded() {
+        assert_eq!(point_counts(&[1000, 1000]), [160, 160]);
+        assert_eq!(point_counts(&[3, 6]), [160, 320]);
+        assert_eq!(point_counts(&[1, 1]), [160, 160]);
+        // 64 servers of weights 999 and 1000: no common divisor; scaled.
+        let weights: Vec<u32> = (0..64).map(|i| 999 + (i % 2)).collect();
+        let counts = point_counts(&weights);
+        assert!(counts.iter().sum::<u64>() <= MAX_POINTS);
+        assert!(counts[0] < counts[1] && counts[0] > 1000, "{counts:?}");
+        assert_eq!(point_counts(&[1, 1_000_000])[0], 1, "at least one point");
+        let ring = Ring::new(
+            &weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (format!("10.0.0.{i}:80").parse().unwrap(), *w))
+                .collect::<Vec<_>>(),
+        );
+        assert!(ring.points.len() as u64 <= MAX_POINTS);
     }
 
     #[test]
