@@ -72,7 +72,7 @@ impl Admin {
             (&Method::GET | &Method::HEAD, "/metrics") => self.metrics(),
             (&Method::GET | &Method::HEAD, "/stats") => self.stats(),
             (&Method::GET | &Method::HEAD, "/dashboard") => dashboard::page(),
-            (&Method::GET, "/events") => self.events.subscribe(),
+            (&Method::GET, "/events") => self.events.subscribe(auth::read_credential(&req)),
             (&Method::POST, "/purge") => purge::handle(&self.shared, req).await,
             (&Method::GET | &Method::HEAD, "/cache") => inspect::handle(&self.shared, &req).await,
             (&Method::POST, "/upstreams/drain") => upstreams::handle(&self.shared, req, true).await,

@@ -177,3 +177,66 @@ async fn dashboard_shows_live_figures_in_headless_chromium_without_errors() {
     }
     bin.stop().await;
 }
+
+/// A dashboard whose stream was refused (`503` while every `/events`
+/// slot is taken) reconnects by itself once a slot is free: a browser
+/// never retries a refused `EventSource`, and the page said
+/// "reconnecting…" for ever (found by the observability probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dashboard_stream_reconnects_by_itself() {
+    let Some(chromium) = find_chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have Chromium (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: no chromium on PATH");
+        return;
+    };
+    let a = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    // Three `/events` streams at most.
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\nmax_connections = 6\n\n\
+         [upstream]\nservers = [\"{}\"]\n",
+        a.addr
+    );
+    std::fs::write(&path, &config).unwrap();
+    let bin = Binary::start(&path, &[]).await;
+    let c = Client::new();
+    let events = format!("http://{}/events", bin.admin);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let req = http::Request::get(&events)
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let resp = c.start(req).await;
+        assert_eq!(resp.status(), 200);
+        held.push(resp);
+    }
+    assert_eq!(c.get(&events).await.status, 503, "every slot taken");
+    let url = format!("http://{}/dashboard", bin.admin);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let browser = tokio::task::spawn_blocking(move || {
+        let mut br = Browser::launch(&chromium, 1000, 800);
+        br.open(&url);
+        br.wait_until(Duration::from_secs(30), "the refusal shown", |b| {
+            b.eval("document.getElementById('p-live').textContent")
+                .as_str()
+                .is_some_and(|t| t.starts_with("refused"))
+        });
+        tx.send(()).unwrap();
+        br.wait_until(Duration::from_secs(60), "snapshots after the retry", |b| {
+            b.eval("document.documentElement.dataset.snapshots || '0'") != "0"
+        });
+        br.eval("document.getElementById('p-live').textContent")
+    });
+    tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(40)))
+        .await
+        .unwrap()
+        .expect("the page was refused");
+    drop(held);
+    let live = browser.await.expect("browser task");
+    assert_eq!(live, "live");
+    bin.stop().await;
+}

@@ -685,3 +685,56 @@ async fn event_streams_leave_admin_slots_for_health() {
     .await;
     drop(second);
 }
+
+/// An `/events` stream opened with a read token that a reload rotates away
+/// ends at its next snapshot (it kept streaming to a holder of the old
+/// token); one opened with the admin token, still valid, goes on (found by
+/// the observability probe).
+#[tokio::test]
+async fn a_rotated_read_token_ends_the_streams_it_opened() {
+    let origin = cacheable_origin().await;
+    let text = with_read_token(origin.addr);
+    let s = Strata::start_text(&text).await;
+    let c = Client::new();
+    let open = |token: &str| {
+        let req = http::Request::get(s.admin_url("/events"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        c.start(req)
+    };
+    let old = open("reader").await;
+    let admin = open("secret").await;
+    assert_eq!(
+        (old.status(), admin.status()),
+        (http::StatusCode::OK, http::StatusCode::OK)
+    );
+    let rotated = text.replace("read_token = \"reader\"", "read_token = \"rotated\"");
+    s.shared
+        .reload(strata::config::Config::parse(std::path::Path::new("t.toml"), &rotated).unwrap());
+    // The old token's stream ends: every frame until the end, bounded.
+    let mut old = old.into_body();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(frame) = old.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream of the rotated token still runs");
+    // The admin token's stream carries snapshots on.
+    let mut admin = admin.into_body();
+    let mut data = String::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while data.matches("data: ").count() < 2 {
+            let frame = admin.frame().await.expect("open").expect("frame");
+            if let Ok(d) = frame.into_data() {
+                data.push_str(std::str::from_utf8(&d).unwrap());
+            }
+        }
+    })
+    .await
+    .expect("snapshots on the admin token's stream");
+    assert_eq!(open("reader").await.status(), 401);
+}

@@ -67,9 +67,9 @@ pub fn token_eq(given: &[u8], expected: &[u8]) -> bool {
 /// else it needs `read_token` or `token` as its bearer token or Basic
 /// password.
 pub fn may_read<B>(req: &Request<B>, admin: &AdminConfig) -> bool {
-    let Some(read) = &admin.read_token else {
+    if admin.read_token.is_none() {
         return true;
-    };
+    }
     let password;
     let given = match bearer(req) {
         Some(token) => token,
@@ -80,6 +80,23 @@ pub fn may_read<B>(req: &Request<B>, admin: &AdminConfig) -> bool {
             }
             None => return false,
         },
+    };
+    allows_read(given, admin)
+}
+
+/// The token a read request carries (bearer, else Basic password), kept
+/// by an `/events` stream to check it again after a reload.
+pub fn read_credential<B>(req: &Request<B>) -> Option<Vec<u8>> {
+    bearer(req)
+        .map(<[u8]>::to_vec)
+        .or_else(|| basic_password(req))
+}
+
+/// Whether `given` opens the read endpoints under `admin` (any token does
+/// when no `read_token` is set).
+pub fn allows_read(given: &[u8], admin: &AdminConfig) -> bool {
+    let Some(read) = &admin.read_token else {
+        return true;
     };
     // Both compared, always, so the timing does not tell which matched.
     let with_read = token_eq(given, read.as_bytes());

@@ -71,7 +71,11 @@ impl Events {
     /// [`PERIOD`] until the client goes or the server drains; `503` (JSON,
     /// `Retry-After`) while [`max_streams`] are open, so that dashboard
     /// tabs never take every admin connection slot from `/health`.
-    pub fn subscribe(&self) -> Response<ProxyBody> {
+    ///
+    /// `credential` is the token the request carried: a stream whose token
+    /// a reload no longer accepts (`read_token` rotated) ends at its next
+    /// snapshot, and the page's reconnection is refused.
+    pub fn subscribe(&self, credential: Option<Vec<u8>>) -> Response<ProxyBody> {
         let hub = &self.hub;
         let cap = max_streams(hub.shared.runtime.load().config.admin.max_connections);
         let open = hub.latest.receiver_count();
@@ -98,13 +102,27 @@ impl Events {
         let retry = Bytes::from(format!("retry: {RETRY_MS}\n\n"));
         let closing = hub.closing.clone();
         let head = stream::iter([retry].into_iter().chain(first));
-        let updates = stream::unfold((rx, closing), |(mut rx, closing)| async move {
-            tokio::select! {
-                _ = closing.cancelled() => None,
-                changed = rx.changed() => {
-                    changed.ok()?;
-                    let event = rx.borrow_and_update().clone();
-                    Some((event, (rx, closing)))
+        let shared = hub.shared.clone();
+        let allowed = move || {
+            let admin = &shared.runtime.load().config.admin;
+            admin.read_token.is_none()
+                || credential
+                    .as_deref()
+                    .is_some_and(|c| super::auth::allows_read(c, admin))
+        };
+        let updates = stream::unfold((rx, closing), move |(mut rx, closing)| {
+            let allowed = allowed.clone();
+            async move {
+                tokio::select! {
+                    _ = closing.cancelled() => None,
+                    changed = rx.changed() => {
+                        changed.ok()?;
+                        if !allowed() {
+                            return None;
+                        }
+                        let event = rx.borrow_and_update().clone();
+                        Some((event, (rx, closing)))
+                    }
                 }
             }
         });

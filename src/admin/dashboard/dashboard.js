@@ -264,15 +264,29 @@
     text(pill.lastElementChild, label);
   }
 
-  const source = new EventSource("events");
-  source.onopen = () => setLive("ok", "live");
-  source.onerror = () => setLive("bad", "reconnecting…");
-  source.onmessage = (e) => {
-    let s;
-    try { s = JSON.parse(e.data); } catch (err) { return showError("bad snapshot: " + err); }
-    onSnapshot(s);
-    setLive("ok", "live");
-  };
+  // A dropped stream is reconnected by the browser itself; one refused
+  // (503 while too many streams are open, 401 after the read token was
+  // rotated) is closed for good, so the page reconnects by itself, every
+  // 5 s doubling up to 60 s, until a stream opens again.
+  let retryDelay = 5000;
+  function connect() {
+    const source = new EventSource("events");
+    source.onopen = () => { retryDelay = 5000; setLive("ok", "live"); };
+    source.onerror = () => {
+      if (source.readyState !== EventSource.CLOSED) return setLive("bad", "reconnecting…");
+      source.close();
+      setLive("bad", "refused: retrying in " + Math.round(retryDelay / 1000) + " s");
+      setTimeout(connect, retryDelay);
+      retryDelay = Math.min(retryDelay * 2, 60000);
+    };
+    source.onmessage = (e) => {
+      let s;
+      try { s = JSON.parse(e.data); } catch (err) { return showError("bad snapshot: " + err); }
+      onSnapshot(s);
+      setLive("ok", "live");
+    };
+  }
+  connect();
   setInterval(() => { if (lastAt && Date.now() - lastAt > 3500) setLive("warn", "stale"); }, 1000);
 
   function showError(msg) {
