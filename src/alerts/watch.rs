@@ -11,8 +11,14 @@
 //!   changes the certificates (their paths or their files' contents: a
 //!   renewal in place), and daily.
 //!
-//! A ratio alert fires when the condition starts holding and re-arms when
-//! it stops, so a long bad spell is one alert, not one per tick.
+//! A ratio alert fires when the condition starts holding and re-arms once
+//! the ratio is back past the threshold by a fifth of the way to 100%
+//! (hit ratio) or to 0% (errors), so a long bad spell is one alert, not
+//! one per tick, and a ratio hovering at the threshold does not page
+//! again and again ([`REARM`]). `error_ratio_high` is judged from a tenth
+//! of its window after start (a broken origin at deploy time is seen in
+//! seconds, not after a whole window); `hit_ratio_low` waits for a whole
+//! window, as a cache starts cold.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -45,7 +51,8 @@ pub fn spawn(shared: Weak<Shared>) {
                 let totals = shared.metrics.request_totals();
                 let now = Instant::now();
                 if let Some(rule) = config.hit_ratio_low {
-                    if let Some((ratio, rps)) = hit.observe(now, totals, &rule, hit_ratio, false) {
+                    if let Some((ratio, rps, _)) = hit.observe(now, totals, &rule, hit_ratio, false)
+                    {
                         shared.alerts.emit(
                             Event::HitRatioLow,
                             format!(
@@ -63,13 +70,15 @@ pub fn spawn(shared: Weak<Shared>) {
                     hit = Rolling::default();
                 }
                 if let Some(rule) = config.error_ratio_high {
-                    if let Some((ratio, rps)) = err.observe(now, totals, &rule, error_ratio, true) {
+                    if let Some((ratio, rps, span)) =
+                        err.observe(now, totals, &rule, error_ratio, true)
+                    {
                         shared.alerts.emit(
                             Event::ErrorRatioHigh,
                             format!(
                                 "5xx ratio {:.1}% over the last {:?} is above {:.1}% ({rps:.1} requests/s)",
                                 ratio * 100.0,
-                                rule.window,
+                                Duration::from_secs(span.as_secs_f64().round() as u64),
                                 rule.threshold * 100.0
                             ),
                             &[("window", &format!("{:?}", rule.window))],
@@ -163,6 +172,10 @@ fn error_ratio(d: &RequestTotals) -> (u64, u64) {
     (d.server_errors, d.all())
 }
 
+/// The share of the distance from the threshold to the good end (100%
+/// hits, 0% errors) the ratio must cover before the alert re-arms.
+const REARM: f64 = 0.2;
+
 /// Counter samples over one rolling window, and whether the alert fired.
 #[derive(Default)]
 struct Rolling {
@@ -171,9 +184,11 @@ struct Rolling {
 }
 
 impl Rolling {
-    /// Records `totals` at `now`; returns `(ratio, per second)` when the
-    /// alert should fire now. `above` = fire when the ratio exceeds the
-    /// threshold (else when it falls below).
+    /// Records `totals` at `now`; returns `(ratio, per second, span)` when
+    /// the alert should fire now (`span`: the time the ratio is over, the
+    /// window once it is full). `above` = fire when the ratio exceeds the
+    /// threshold (else when it falls below), and judge a window a tenth
+    /// full (else only a full one).
     fn observe(
         &mut self,
         now: Instant,
@@ -181,7 +196,7 @@ impl Rolling {
         rule: &RatioAlert,
         ratio_of: fn(&RequestTotals) -> (u64, u64),
         above: bool,
-    ) -> Option<(f64, f64)> {
+    ) -> Option<(f64, f64, Duration)> {
         self.samples.push_back((now, totals));
         // Keep one sample at least `window` old: the baseline.
         while self.samples.len() > 2 && now.duration_since(self.samples[1].0) >= rule.window {
@@ -189,7 +204,8 @@ impl Rolling {
         }
         let (start, base) = *self.samples.front()?;
         let span = now.duration_since(start);
-        if span < rule.window {
+        let judged = if above { rule.window / 10 } else { rule.window };
+        if span < judged || span.is_zero() {
             return None;
         }
         let (part, whole) = ratio_of(&totals.since(&base));
@@ -203,12 +219,17 @@ impl Rolling {
         } else {
             ratio < rule.threshold
         };
+        let recovered = if above {
+            ratio <= rule.threshold * (1.0 - REARM)
+        } else {
+            ratio >= rule.threshold + (1.0 - rule.threshold) * REARM
+        };
         match (bad, self.firing) {
             (true, false) => {
                 self.firing = true;
-                Some((ratio, rate))
+                Some((ratio, rate, span.min(rule.window)))
             }
-            (false, true) => {
+            (false, true) if recovered => {
                 self.firing = false;
                 None
             }
@@ -289,11 +310,12 @@ mod tests {
                 .is_none(),
             "window not full"
         );
-        let (ratio, rps) = r
+        let (ratio, rps, span) = r
             .observe(at(10), totals(0, 100), &rule, hit_ratio, false)
             .unwrap();
         assert_eq!(ratio, 0.0);
         assert_eq!(rps, 10.0);
+        assert_eq!(span, Duration::from_secs(10));
         assert!(
             r.observe(at(11), totals(0, 110), &rule, hit_ratio, false)
                 .is_none(),
@@ -337,6 +359,77 @@ mod tests {
         let renewed = load();
         assert_eq!(watch.due(&renewed).len(), 1, "reloaded, new contents");
         assert!(watch.due(&renewed).is_empty());
+    }
+
+    /// A ratio hovering at the threshold fired on every crossing (twice
+    /// in 45 s at about 50% hits, found by the observability probe); it
+    /// re-arms only a fifth of the way back to 100%.
+    #[test]
+    fn a_ratio_hovering_at_the_threshold_fires_once() {
+        let rule = RatioAlert {
+            threshold: 0.5,
+            window: Duration::from_secs(10),
+            min_rps: 1.0,
+        };
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut r = Rolling::default();
+        r.observe(at(0), totals(0, 0), &rule, hit_ratio, false);
+        // 45% over the first window: fires.
+        assert!(r
+            .observe(at(10), totals(45, 55), &rule, hit_ratio, false)
+            .is_some());
+        // 52% over the next window (not re-armed: 60% needed), then 45%.
+        r.observe(at(20), totals(97, 103), &rule, hit_ratio, false);
+        assert!(r.firing);
+        assert!(r
+            .observe(at(30), totals(142, 158), &rule, hit_ratio, false)
+            .is_none());
+        // 65%: re-armed; 45% again fires again.
+        r.observe(at(40), totals(207, 193), &rule, hit_ratio, false);
+        assert!(!r.firing);
+        assert!(r
+            .observe(at(50), totals(252, 248), &rule, hit_ratio, false)
+            .is_some());
+    }
+
+    /// The 5xx ratio is judged from a tenth of its window after start: all
+    /// 500s in the first 20 s of a 1-minute window alerted after a minute
+    /// (found by the observability probe). The hit ratio waits for a whole
+    /// window (a cold cache).
+    #[test]
+    fn errors_are_judged_before_the_first_window_is_full() {
+        let rule = RatioAlert {
+            threshold: 0.2,
+            window: Duration::from_secs(60),
+            min_rps: 1.0,
+        };
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut r = Rolling::default();
+        r.observe(at(0), totals(0, 0), &rule, error_ratio, true);
+        let errors = |n: u64| {
+            let mut t = RequestTotals::default();
+            t.server_errors = n;
+            t.by_outcome[3] = n;
+            t
+        };
+        assert!(
+            r.observe(at(3), errors(10), &rule, error_ratio, true)
+                .is_none(),
+            "a twentieth of the window"
+        );
+        let (ratio, _, span) = r
+            .observe(at(6), errors(20), &rule, error_ratio, true)
+            .unwrap();
+        assert_eq!((ratio, span), (1.0, Duration::from_secs(6)));
+        let mut h = Rolling::default();
+        h.observe(at(0), totals(0, 0), &rule, hit_ratio, false);
+        assert!(
+            h.observe(at(30), totals(0, 300), &rule, hit_ratio, false)
+                .is_none(),
+            "a cold cache at start"
+        );
     }
 
     #[test]
