@@ -409,8 +409,10 @@ mod tests {
         let mut r = Rolling::default();
         r.observe(at(0), totals(0, 0), &rule, error_ratio, true);
         let errors = |n: u64| {
-            let mut t = RequestTotals::default();
-            t.server_errors = n;
+            let mut t = RequestTotals {
+                server_errors: n,
+                ..Default::default()
+            };
             t.by_outcome[3] = n;
             t
         };
