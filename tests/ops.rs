@@ -382,6 +382,9 @@ fn expect_json_401(r: &support::http::Reply, challenge: &str, error: &str, what:
     assert_eq!(r.text(), format!("{{\"error\":\"{error}\"}}\n"), "{what}");
 }
 
+const OTHER_SCHEME: &str =
+    "missing token: send Authorization: Bearer TOKEN (the Authorization field sent uses another scheme)";
+
 /// With a token configured, a missing or wrong one is `401` as JSON with
 /// `Cache-Control: no-store`, like the no-token case (it was plain text
 /// without `Cache-Control`); a wrong bearer token's challenge carries
@@ -412,7 +415,19 @@ async fn a_missing_or_wrong_token_is_a_json_401() {
                 "missing token: send Authorization: Bearer TOKEN",
             ),
             (Some("Bearer wrong"), invalid, "wrong token"),
-            (Some("Basic d3Jvbmc="), plain, "wrong token"),
+            // A Basic password is a token only on the read endpoints; a
+            // right token in another scheme is no token (both said "wrong
+            // token", found by the invalidation and observability probes).
+            (
+                Some("Basic dXNlcjp3cm9uZw=="),
+                plain,
+                if path == "/metrics" {
+                    "wrong token"
+                } else {
+                    OTHER_SCHEME
+                },
+            ),
+            (Some("Token secret"), plain, OTHER_SCHEME),
         ] {
             let headers: Vec<(&str, &str)> =
                 auth.map(|a| ("authorization", a)).into_iter().collect();

@@ -118,12 +118,27 @@ pub fn may_write<B>(req: &Request<B>, token: &str) -> bool {
 /// none), and a JSON `{"error": ...}` body with `Cache-Control: no-store`,
 /// as `/purge` answers a bad body.
 pub fn unauthorized<B>(req: &Request<B>) -> Response<ProxyBody> {
-    let given = req.headers().contains_key(header::AUTHORIZATION);
+    refused(req, false)
+}
+
+/// [`unauthorized`]; "wrong token" only when the request carried one this
+/// endpoint takes (a bearer token; for a read endpoint, `basic`, a Basic
+/// password too), else "missing token", saying so when the
+/// `Authorization` field uses another scheme (`Basic` on `/purge`,
+/// `Token ...`): it said "wrong token" for a right token in the wrong
+/// scheme.
+fn refused<B>(req: &Request<B>, basic: bool) -> Response<ProxyBody> {
+    let given = bearer(req).is_some() || (basic && basic_password(req).is_some());
+    let message = if given {
+        "wrong token"
+    } else if req.headers().contains_key(header::AUTHORIZATION) {
+        "missing token: send Authorization: Bearer TOKEN (the Authorization field sent uses another scheme)"
+    } else {
+        "missing token: send Authorization: Bearer TOKEN"
+    };
     let mut r = super::json_response(
         StatusCode::UNAUTHORIZED,
-        &serde_json::json!({
-            "error": if given { "wrong token" } else { "missing token: send Authorization: Bearer TOKEN" }
-        }),
+        &serde_json::json!({ "error": message }),
     );
     let challenge = if bearer(req).is_some() {
         "Bearer realm=\"strata-admin\", error=\"invalid_token\""
@@ -158,7 +173,7 @@ pub fn disabled(what: &str) -> Response<ProxyBody> {
 /// `401` for a read endpoint: offers Bearer and Basic (so that a browser
 /// prompts for the token).
 pub fn unauthorized_read<B>(req: &Request<B>) -> Response<ProxyBody> {
-    let mut r = unauthorized(req);
+    let mut r = refused(req, true);
     r.headers_mut().append(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Basic realm=\"strata-admin\", charset=\"UTF-8\""),
