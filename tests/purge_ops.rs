@@ -498,3 +498,28 @@ async fn a_soft_purged_copy_stands_in_for_a_failing_origin_for_grace_only() {
     assert_eq!(r.text(), "v1");
     assert!(c.get(&url).await.cache_status().contains("hit"));
 }
+
+/// A second soft purge of what is marked already changes and counts
+/// nothing: each answered `{"purged": 1}` and added to
+/// `strata_purged_total` (found by the invalidation probe).
+#[tokio::test]
+async fn a_repeated_soft_purge_counts_nothing() {
+    let origin = validating_origin(None, Arc::new(AtomicUsize::new(0))).await;
+    let strata = Strata::start(&[origin.addr], "[upstream.health]\nenabled = false\n").await;
+    let c = Client::new();
+    assert!(c
+        .get(&strata.url("/twice"))
+        .await
+        .cache_status()
+        .contains("stored"));
+    let soft = r#"{"url": "/twice", "soft": true}"#;
+    assert_eq!(purge_ok(&strata, soft).await["purged"], 1);
+    assert_eq!(purge_ok(&strata, soft).await["purged"], 0);
+    let metrics = c.get(&strata.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("strata_purged_total{cause=\"api\"} 1\n"),
+        "{metrics}"
+    );
+    // A hard purge still removes the marked entry.
+    assert_eq!(purge_ok(&strata, r#"{"url": "/twice"}"#).await["purged"], 1);
+}

@@ -81,10 +81,26 @@ impl Selector {
     }
 
     /// What a soft purge makes of `object`: `None` when it selects nothing
-    /// in it, else a copy with the variants it selects (as in
-    /// [`Selector::purged`]) marked stale.
+    /// in it that is not marked already (a second soft purge changes and
+    /// counts nothing: it was counted again, and `{"purged": N}` said so),
+    /// else a copy with the variants it selects (as in
+    /// [`Selector::purged`]) marked stale; those marked before are kept as
+    /// they are.
     pub fn marked(&self, object: &Object) -> Option<Object> {
-        self.with_selected(object, |v| Some(Arc::new(v.soft_purged_copy())))
+        let unmarked = |v: &Arc<Variant>| match self {
+            Selector::Tags(tags) => tagged(v, tags) && !v.soft_purged,
+            _ => !v.soft_purged,
+        };
+        if !object.variants.iter().any(unmarked) {
+            return None;
+        }
+        self.with_selected(object, |v| {
+            Some(if v.soft_purged {
+                v.clone()
+            } else {
+                Arc::new(v.soft_purged_copy())
+            })
+        })
     }
 
     /// `object` with `each` applied to the variants this selector takes
@@ -217,6 +233,10 @@ mod tests {
         let stale: Vec<bool> = marked.variants.iter().map(|v| v.soft_purged).collect();
         assert_eq!(stale, [false, true]);
         assert!(tags(&["lang-de"]).marked(&o).is_none());
+        assert!(
+            tags(&["lang-fr"]).marked(&marked).is_none(),
+            "marked already: nothing to count"
+        );
         let all = Selector::PathAnyHost("/p".into()).marked(&o).unwrap();
         assert!(all.variants.iter().all(|v| v.soft_purged));
     }
