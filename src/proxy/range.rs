@@ -46,6 +46,15 @@ pub(super) fn if_range_holds(headers: &HeaderMap, req: &HeaderMap, dates: bool) 
     }
 }
 
+/// The request's `Range` when it has one field line: two lines do not
+/// combine into a valid `ranges-specifier` (`bytes=0-9, bytes=20-29`), so
+/// the field is ignored (RFC 9110 §14.2), as nginx does.
+pub(super) fn range_field(req: &HeaderMap) -> Option<&HeaderValue> {
+    let mut lines = req.get_all(header::RANGE).iter();
+    let first = lines.next()?;
+    lines.next().is_none().then_some(first)
+}
+
 pub(super) enum RangeOutcome {
     Ignore,
     Unsatisfiable,
@@ -72,11 +81,13 @@ pub(super) fn parse_range(value: &HeaderValue, len: u64) -> RangeOutcome {
         return RangeOutcome::Ignore;
     };
     let (a, b) = (a.trim(), b.trim());
+    // Digits beyond u64 are a position past any length (nginx: 416 for
+    // such a first position), not an invalid field.
     let num = |s: &str| -> Option<u64> {
         if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
             None
         } else {
-            s.parse().ok()
+            Some(s.parse().unwrap_or(u64::MAX))
         }
     };
     match (a.is_empty(), b.is_empty()) {
@@ -310,6 +321,25 @@ mod tests {
             parse_range(&v("bytes=0-1,5-6"), 100),
             RangeOutcome::Ignore
         ));
+        // Positions beyond u64 (found by the content-coding probe: 200).
+        assert!(matches!(
+            parse_range(&v("bytes=99999999999999999999999-"), 100),
+            RangeOutcome::Unsatisfiable
+        ));
+        assert!(matches!(
+            parse_range(&v("bytes=10-99999999999999999999999"), 100),
+            RangeOutcome::Single(10, 99)
+        ));
+        assert!(matches!(
+            parse_range(&v("bytes=-99999999999999999999999"), 100),
+            RangeOutcome::Single(0, 99)
+        ));
+        // Two field lines make no valid field: ignored.
+        let mut h = HeaderMap::new();
+        h.append(header::RANGE, v("bytes=0-9"));
+        assert!(range_field(&h).is_some());
+        h.append(header::RANGE, v("bytes=20-29"));
+        assert!(range_field(&h).is_none());
         assert!(matches!(
             parse_range(&v("items=0-1"), 100),
             RangeOutcome::Ignore

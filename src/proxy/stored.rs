@@ -9,7 +9,9 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use super::body::ProxyBody;
-use super::range::{if_range_holds, parse_range, partial, unsatisfiable, RangeOutcome};
+use super::range::{
+    if_range_holds, parse_range, partial, range_field, unsatisfiable, RangeOutcome,
+};
 use super::validate::{Field, Present};
 use crate::cache::entry::Variant;
 use crate::cache::freshness::{self, Millis};
@@ -33,7 +35,7 @@ pub fn from_stored(
             return not_modified_or_failed(status, headers, age);
         }
         if variant.status == StatusCode::OK && *method == Method::GET {
-            if let Some(range) = req.get(header::RANGE) {
+            if let Some(range) = range_field(req) {
                 // A date names no encoded bytes: Strata's encoder made them,
                 // and a streamed miss's differ from the stored copy's.
                 let encoded = !std::ptr::eq(headers, &variant.headers);

@@ -137,7 +137,7 @@ fn single_range(
     if req.method() != Method::GET || rparts.status != StatusCode::OK || compressing {
         return None;
     }
-    let value = req.headers().get(header::RANGE)?;
+    let value = range::range_field(req.headers())?;
     let len = headers::content_length(&rparts.headers)?;
     let weak = rparts
         .headers
