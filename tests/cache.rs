@@ -1299,7 +1299,10 @@ async fn a_purge_during_a_miss_sends_its_waiters_behind_one_new_fetch() {
     let (status, _) = s.purge(r#"{"url":"/herd"}"#).await;
     assert_eq!(status, 200);
     gate.notify_one();
-    assert_eq!(leader.await.unwrap().text(), "body");
+    let r = leader.await.unwrap();
+    assert_eq!(r.text(), "body");
+    // The purge came before the head: not reported `stored`.
+    assert_eq!(r.cache_status(), "strata; fwd=miss");
     for w in waiters {
         let r = w.await.unwrap();
         assert_eq!(r.status, 200);

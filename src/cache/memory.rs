@@ -236,6 +236,24 @@ impl MemoryTier {
         removed
     }
 
+    /// Whether `key`'s URL was purged or invalidated since removal count
+    /// `epoch`, judged from the key alone: by its own URL, or by a path or
+    /// prefix selector that names it (a tag's is decided on the object, at
+    /// admission, so it is not looked at here).
+    pub fn url_removed_since(&self, key: &CacheKey, epoch: u64) -> bool {
+        self.removed_urls
+            .get(&key.hash())
+            .is_some_and(|at| at > epoch)
+            || (self.broad_removal.load(Ordering::SeqCst) > epoch && {
+                let broad = self.recent_broad.lock().unwrap_or_else(|p| p.into_inner());
+                broad.recent.iter().any(|(at, selector)| {
+                    *at > epoch
+                        && !matches!(selector, Selector::Tags(_))
+                        && selector.may_select(key)
+                })
+            })
+    }
+
     /// Records a removal of `key`'s URL (see [`MemoryTier::next_removal`]).
     fn removed_url(&self, key: &CacheKey) {
         let at = self.next_removal();

@@ -374,13 +374,17 @@ async fn storable(
     body: UpstreamBody,
 ) -> Answered {
     let upstream_status = rparts.status;
+    // A purge of the URL since the fetch began keeps its answer out
+    // (`cache/memory.rs`): known before the head goes out, it is not
+    // reported `stored` (RFC 9211 §2.5).
+    let purged = ctx
+        .shared
+        .cache
+        .memory()
+        .url_removed_since(&miss.key, plan.since);
     let status = CacheStatus::fwd(miss.fwd).map(|f| {
-        f.stored = true;
-        f.ttl = Some(freshness::ttl(
-            &plan.policy,
-            &plan.times,
-            plan.times.response,
-        ));
+        f.stored = !purged;
+        f.ttl = (!purged).then(|| freshness::ttl(&plan.policy, &plan.times, plan.times.response));
         if miss.stale.is_some() {
             f.fwd_status = Some(upstream_status.as_u16());
         }
