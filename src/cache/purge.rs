@@ -224,7 +224,7 @@ impl Cache {
     }
 
     /// RFC 9111 §4.4: a non-error response to an unsafe request
-    /// invalidates the target URI and same-origin Location and
+    /// invalidates the target URI and same-host Location and
     /// Content-Location. `entries` says what a URL's entries are (its
     /// key, or, under a rule with key options, the keys built from it):
     /// the caller knows the rules, the cache does not. It gets each path
@@ -248,15 +248,15 @@ impl Cache {
             };
             // An absolute path as it is but for its fragment (RFC 3986
             // §4.2: not part of the target); any other reference resolved,
-            // and kept only when on the same origin (§4.4: another host's
+            // and kept only when on the same host (§4.4: another host's
             // entries are not this response's to invalidate). `entries`
             // normalises the path as request paths are.
-            let same_origin = if target.starts_with('/') && !target.starts_with("//") {
+            let same_host = if target.starts_with('/') && !target.starts_with("//") {
                 Some(target.split('#').next().unwrap_or(target).to_owned())
             } else {
-                same_origin_reference(https, authority.as_str(), path, target)
+                same_host_reference(https, authority.as_str(), path, target)
             };
-            if let Some(p) = same_origin {
+            if let Some(p) = same_host {
                 n += self.invalidate(entries(https, authority.as_str(), &p), false);
             }
         }
@@ -310,11 +310,15 @@ async fn to_the_end<T: Send + 'static>(
 /// `item/8`, `../up`, `?page=2` or `//host/x`) resolved against the
 /// request URL (RFC 3986 §5.2, by the `url` crate): its path and query
 /// when it stays on the request's origin, else `None`.
-fn same_origin_reference(https: bool, authority: &str, path: &str, target: &str) -> Option<String> {
+fn same_host_reference(https: bool, authority: &str, path: &str, target: &str) -> Option<String> {
     let scheme = if https { "https" } else { "http" };
     let base = url::Url::parse(&format!("{scheme}://{authority}{path}")).ok()?;
     let resolved = base.join(target).ok()?;
-    if resolved.origin() != base.origin() {
+    // RFC 9111 §4.4 compares the host part only: behind a load balancer
+    // that ends TLS every key is `http`, while the origin names its own
+    // URLs `https://` (and on the public port); the entry invalidated is
+    // this request's scheme and authority with the reference's path.
+    if !matches!(resolved.scheme(), "http" | "https") || resolved.host() != base.host() {
         return None;
     }
     Some(match resolved.query() {
@@ -343,11 +347,11 @@ fn cascade_steps(
 
 #[cfg(test)]
 mod tests {
-    use super::same_origin_reference;
+    use super::same_host_reference;
 
     #[test]
     fn relative_references_resolve_against_the_request_url() {
-        let r = |target| same_origin_reference(false, "shop.example", "/k/dir/act?x=1", target);
+        let r = |target| same_host_reference(false, "shop.example", "/k/dir/act?x=1", target);
         assert_eq!(r("target").as_deref(), Some("/k/dir/target"));
         assert_eq!(r("../up").as_deref(), Some("/k/up"));
         assert_eq!(r("./a?b=2").as_deref(), Some("/k/dir/a?b=2"));
@@ -357,7 +361,10 @@ mod tests {
         assert_eq!(r("mailto:a@b.example"), None);
         assert_eq!(r("http://shop.example/abs?q").as_deref(), Some("/abs?q"));
         assert_eq!(r("http://SHOP.example:80/abs").as_deref(), Some("/abs"));
-        assert_eq!(r("https://shop.example/abs"), None);
+        // The host part decides, not the scheme or port (§4.4).
+        assert_eq!(r("https://shop.example/abs").as_deref(), Some("/abs"));
+        assert_eq!(r("https://shop.example:8443/abs").as_deref(), Some("/abs"));
         assert_eq!(r("http://other.example/abs"), None);
+        assert_eq!(r("https://sub.shop.example/abs"), None);
     }
 }
