@@ -1266,6 +1266,72 @@ async fn responses_needing_validation_are_not_shared_with_collapsed_requests() {
     }
 }
 
+/// The followers of a `no-cache` entry's validation each validate the
+/// stored copy themselves (`If-None-Match`, a `304` each), as they would
+/// one at a time; they sent full unconditional requests, so a burst of
+/// `/api/**` requests under the shipped `no-cache` rule took twice as
+/// long (found by the regression probe).
+#[tokio::test]
+async fn followers_of_a_no_cache_validation_validate_it_themselves() {
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let held = Arc::new(AtomicBool::new(false));
+    let h = held.clone();
+    let origin = Origin::start(move |req| {
+        let (g, h) = (g.clone(), h.clone());
+        async move {
+            let headers = [("cache-control", "no-cache"), ("etag", "\"same\"")];
+            if support::origin::field(&req, "if-none-match") == "\"same\"" {
+                // The first validation waits until the followers queued.
+                if !h.swap(true, Ordering::SeqCst) {
+                    g.notified().await;
+                }
+                return reply(304, &headers, "");
+            }
+            reply(200, &headers, "page")
+        }
+    })
+    .await;
+    let s = Arc::new(strata(&origin, "").await);
+    assert!(Client::new()
+        .get(&s.url("/nc"))
+        .await
+        .cache_status()
+        .contains("stored"));
+    let get = || {
+        let url = s.url("/nc");
+        tokio::spawn(async move { Client::new().get(&url).await })
+    };
+    let leader = get();
+    wait_until(
+        Duration::from_secs(5),
+        "the leader's validation",
+        || async { origin.count() == 2 },
+    )
+    .await;
+    let followers: Vec<_> = (0..4).map(|_| get()).collect();
+    wait_until(Duration::from_secs(5), "4 waiting", || async {
+        s.shared.cache.collapser().waiting() == 4
+    })
+    .await;
+    gate.notify_one();
+    for t in std::iter::once(leader).chain(followers) {
+        let r = t.await.unwrap();
+        assert_eq!(r.text(), "page");
+        assert!(
+            r.cache_status().contains("fwd-status=304"),
+            "{}",
+            r.cache_status()
+        );
+    }
+    let conditional = origin
+        .seen()
+        .iter()
+        .filter(|r| r.headers.contains_key("if-none-match"))
+        .count();
+    assert_eq!((origin.count(), conditional), (6, 5), "one validation each");
+}
+
 /// A purge while a miss is fetched keeps its answer out of the cache, but
 /// the requests collapsed onto it collapse again behind one new fetch,
 /// which is stored (SPEC §3: concurrent misses make one upstream

@@ -100,6 +100,20 @@ impl Collapser {
         })
     }
 
+    /// A lock for `key` that nobody can wait on and that displaces no
+    /// other: for a request that must go upstream itself through the
+    /// leader's path (a follower whose leader's answer needs a validation
+    /// of its own). Publishing it tells no one.
+    pub fn solo(self: &Arc<Self>, key: u128) -> WriteLock {
+        let (tx, _) = watch::channel(None);
+        WriteLock {
+            key,
+            slot: Arc::new(tx),
+            owner: self.clone(),
+            published: false,
+        }
+    }
+
     /// Takes the lock only if nobody holds it (background refreshes).
     pub fn try_lock(self: &Arc<Self>, key: u128) -> Option<WriteLock> {
         match self.lock(key) {

@@ -1,6 +1,6 @@
 //! A follower of a collapsed miss: answered from the leader's stored
 //! result (`collapsed`), unless that result must be validated before each
-//! reuse; collapsed again behind a new leader when the leader went away
+//! reuse (then it validates it itself); collapsed again behind a new leader when the leader went away
 //! or its answer was purged while fetched; else sent upstream alone.
 
 use http::Request;
@@ -8,13 +8,15 @@ use hyper::body::Incoming;
 
 use super::super::as_forwarded::AsForwarded;
 use super::super::cache_status::CacheStatus;
-use super::super::lookup::Miss;
+use super::super::cache_status::Fwd;
+use super::super::lookup::{Miss, Stale};
 use super::super::rule_count::NotedRule;
 use super::super::{forward, Answered, RequestCtx};
-use super::{fetch_or_rejoin, serve_stale};
+use super::{fetch_or_rejoin, lead, serve_stale};
 use crate::cache::collapse::{Flight, ReadLock};
 use crate::cache::directives::CacheControl;
-use crate::cache::freshness;
+use crate::cache::entry::Variant;
+use crate::cache::freshness::{self, Fallback};
 
 /// A follower: answered from the leader's stored result (`collapsed`),
 /// collapsed again behind a new leader when the leader went away without
@@ -32,11 +34,21 @@ pub(super) async fn follow(
         Some(Flight::Stored(object)) => {
             let server = &ctx.runtime.config.server;
             let selected = object.select(&AsForwarded::new(&req, ctx.conn, server));
-            if selected.is_some_and(|v| needs_validation(v, ctx.now)) {
-                // Each request goes upstream itself (below), as nginx and
-                // Varnish pass them: the leader's answer may be its own
-                // (a page per cookie, say).
-                return pass_alone(ctx, req, miss, noted).await;
+            let validate = selected.and_then(|v| Some((v.clone(), validation(v, ctx.now)?)));
+            if let Some((variant, on_error)) = validate {
+                // Not handed over: the leader's answer may be its own (a
+                // page per cookie, say). This request validates the
+                // stored copy itself, as it would had it come alone (a
+                // `304` serves it, a `200` replaces it), in parallel with
+                // the other followers; a lock nobody waits on.
+                let miss = Miss {
+                    key: miss.key,
+                    object: Some(object),
+                    stale: Some(Stale { variant, on_error }),
+                    fwd: Fwd::Stale,
+                };
+                let lock = ctx.shared.cache.collapser().solo(miss.key.hash());
+                return Box::pin(lead(ctx, req, miss, lock, noted)).await;
             }
             if let Some(variant) = selected {
                 ctx.shared.metrics.collapsed();
@@ -90,21 +102,24 @@ pub(super) async fn follow(
     pass_alone(ctx, req, miss, noted).await
 }
 
-/// Whether `variant`, just stored by the leader, may be reused only after
-/// a validation of its own (`no-cache`, or no freshness left: `max-age=0`,
-/// no explicit or heuristic lifetime; RFC 9111 §4, §5.2.2.4). The
-/// request's own directives are not asked: the leader's fetch stands for
-/// the ones that arrived while it was under way.
-fn needs_validation(variant: &crate::cache::entry::Variant, now: freshness::Millis) -> bool {
-    matches!(
-        freshness::reuse(
-            &variant.policy,
-            &variant.times,
-            now,
-            &CacheControl::default()
-        ),
-        freshness::Reuse::Validate { .. }
-    )
+/// `Some(on_error)` when `variant`, just stored by the leader, may be
+/// reused only after a validation of its own (`no-cache`, or no freshness
+/// left: `max-age=0`, no explicit or heuristic lifetime; RFC 9111 §4,
+/// §5.2.2.4), with what may stand in if that fails. The request's own
+/// directives are not asked: the leader's fetch stands for the ones that
+/// arrived while it was under way.
+fn validation(variant: &Variant, now: freshness::Millis) -> Option<Option<Fallback>> {
+    match freshness::reuse(
+        &variant.policy,
+        &variant.times,
+        now,
+        &CacheControl::default(),
+    ) {
+        freshness::Reuse::Validate { on_error, .. } => {
+            Some(on_error.filter(|_| !variant.status.is_server_error()))
+        }
+        _ => None,
+    }
 }
 
 /// A follower that goes upstream alone, its request forwarded as it came.
