@@ -428,6 +428,13 @@ async fn a_missing_or_wrong_token_is_a_json_401() {
                 },
             ),
             (Some("Token secret"), plain, OTHER_SCHEME),
+            // `curl -H "Authorization: Bearer $TOKEN"` with TOKEN unset
+            // (found by the regression probe: "another scheme").
+            (
+                Some("Bearer "),
+                plain,
+                "missing token: the Bearer token sent is empty",
+            ),
         ] {
             let headers: Vec<(&str, &str)> =
                 auth.map(|a| ("authorization", a)).into_iter().collect();

@@ -128,8 +128,18 @@ pub fn unauthorized<B>(req: &Request<B>) -> Response<ProxyBody> {
 /// `Token ...`): it said "wrong token" for a right token in the wrong
 /// scheme.
 fn refused<B>(req: &Request<B>, basic: bool) -> Response<ProxyBody> {
+    let field = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let empty_bearer = bearer(req).is_some_and(<[u8]>::is_empty)
+        || field.is_some_and(|f| f.eq_ignore_ascii_case("bearer"));
     let given = bearer(req).is_some() || (basic && basic_password(req).is_some());
-    let message = if given {
+    let message = if empty_bearer {
+        // What `curl -H "Authorization: Bearer $TOKEN"` sends with TOKEN unset.
+        "missing token: the Bearer token sent is empty"
+    } else if given {
         "wrong token"
     } else if req.headers().contains_key(header::AUTHORIZATION) {
         "missing token: send Authorization: Bearer TOKEN (the Authorization field sent uses another scheme)"
