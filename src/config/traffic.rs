@@ -110,8 +110,25 @@ impl Validator<'_> {
                 )
             };
             let authority: Authority = text.parse().map_err(|_| invalid())?;
-            if authority.port_u16().is_none() {
+            if authority.port_u16().is_none()
+                || !authority
+                    .port()
+                    .is_some_and(|p| p.as_str().bytes().all(|b| b.is_ascii_digit()))
+            {
                 return Err(invalid());
+            }
+            // A host that reads as a number is an IPv4 address to every
+            // resolver, each its own way (`010.0.0.1` is 8.0.0.1 to
+            // glibc; `127.1`, `0x7f.0.0.1`): only the dotted-quad form is
+            // taken, so a server has one spelling.
+            if numeric_host(authority.host())
+                && authority.host().parse::<std::net::Ipv4Addr>().is_err()
+            {
+                return Err(self.at.spanned(
+                    s,
+                    &key,
+                    format!("{shown:?}: {:?} is no IPv4 address in dotted-quad form (a.b.c.d, no leading zeros); resolvers read it differently", authority.host()),
+                ));
             }
             // Port 0 means "any free port" to a listener; as a destination
             // it can never be connected to.
@@ -458,6 +475,17 @@ fn scheme_of(text: &str, scheme: &str) -> bool {
         .is_some_and(|h| h.eq_ignore_ascii_case(scheme))
 }
 
+/// Whether `host` reads as a number (its last label is digits, or hex
+/// `0x…`): an IPv4 address in some spelling (the WHATWG URL rule).
+fn numeric_host(host: &str) -> bool {
+    let last = host.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+    let hex = last
+        .strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    hex || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// `authority` in one spelling: the host in lower case (an IP address in
 /// its canonical form), the port without leading zeros. `None` if it has
 /// no port (refused before this is asked).
@@ -533,6 +561,21 @@ mod tests {
             assert!(e.contains("duplicate server"), "{e}");
             assert!(e.contains("upstream.servers[1]"), "{e}");
         }
+        // Other spellings of IPv4 addresses, and a signed port, are
+        // refused (found by the regression probe).
+        for bad in [
+            "127.000.000.001:80",
+            "127.1:80",
+            "0x7f.0.0.1:80",
+            "010.0.0.1:80",
+            "127.0.0.1:+80",
+        ] {
+            let e = parse(&format!("servers = [\"{bad}\"]"), "")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("upstream.servers[0]"), "{bad}: {e}");
+        }
+        assert!(parse("servers = [\"app1.example:80\", \"10.0.0.1:80\"]", "").is_ok());
         let c = parse("servers = [\"App.Example:080\", \"127.0.0.1:81\"]", "").unwrap();
         let shown: Vec<&str> = c.upstream.servers.iter().map(|a| a.as_str()).collect();
         assert_eq!(shown, ["app.example:80", "127.0.0.1:81"]);
