@@ -347,15 +347,30 @@ async fn refresh_ahead_keeps_a_hot_entry_hitting_across_its_expiry() {
 /// under the `https` key that TLS clients read; it filled the `http` entry
 /// and the first TLS client still missed (found by the invalidation
 /// probe). An `http://` URL still warms the `http` entry.
+///
+/// A self-signed certificate marked as a CA (what `openssl req -x509`
+/// makes) is trusted too: the listener's own certificates are pinned
+/// (the regression probe found WebPKI refusing it, so nothing warmed).
 #[tokio::test]
 async fn https_urls_warm_the_https_entries() {
+    for ca in [false, true] {
+        https_urls_warm_with(ca).await;
+    }
+}
+
+async fn https_urls_warm_with(ca: bool) {
     use strata::cache::key::CacheKey;
     let origin = site().await;
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["secure.example".to_string()]).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["secure.example".to_string()]).unwrap();
+    if ca {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    }
+    let signing = rcgen::KeyPair::generate().unwrap();
+    let issued = params.self_signed(&signing).unwrap();
     let (cert, key) = (dir.path().join("c.pem"), dir.path().join("c.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&cert, issued.pem()).unwrap();
+    std::fs::write(&key, signing.serialize_pem()).unwrap();
     let file = dir.path().join("warm.txt");
     std::fs::write(
         &file,
@@ -373,7 +388,7 @@ async fn https_urls_warm_the_https_entries() {
     )
     .await;
     let progress = warmed(&strata).await;
-    assert_eq!(progress["errors"], 0, "{progress}");
+    assert_eq!(progress["errors"], 0, "CA: {ca}: {progress}");
     let stored = |https: bool, path: &str| {
         let key = CacheKey::new(https, "secure.example", path);
         strata.shared.cache.memory().get_key(&key).is_some()

@@ -4,15 +4,18 @@
 //! warmed `https://` URL went to the plain listener and filled the `http`
 //! entry, which no TLS client reads.
 //!
-//! The connection is to a loopback address of this process, so the trust
-//! anchors are the listener's own configured certificates (every one of
-//! each chain, read from the files the configuration names at the start
-//! of the round): a URL whose host no configured certificate covers, or a
-//! certificate expired, fails to warm as it would fail for a client. One
+//! The connection is to a loopback address of this process, so the
+//! server is trusted when it presents one of the listener's own
+//! configured certificates (the first of each file the configuration
+//! names, read at the start of the round): pinned, not checked against a
+//! CA, so a self-signed certificate made with `openssl req -x509` (a CA
+//! certificate, which WebPKI refuses as a server's) warms too. One
 //! HTTP/1.1 connection per request (`hyper::client::conn`): warming is
-//! paced, and the plain listener's pooled client needs no TLS.
+//! paced, and the plain listener's pooled client needs no TLS. A failed
+//! handshake is logged at `warn` once per round.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,8 +23,11 @@ use http::{Request, Response};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -33,39 +39,46 @@ use crate::config::TlsConfig;
 pub struct TlsTarget {
     addr: SocketAddr,
     connector: TlsConnector,
+    /// Whether a failed handshake was logged this round.
+    warned: Arc<AtomicBool>,
 }
 
 impl TlsTarget {
-    /// `None` (logged) when no certificate of `config` can be read as a
-    /// trust anchor: `https://` URLs then warm through the plain listener.
+    /// `None` (logged) when no certificate of `config` can be read:
+    /// `https://` URLs then warm through the plain listener.
     pub fn new(addr: SocketAddr, config: &TlsConfig) -> Option<TlsTarget> {
-        let mut roots = rustls::RootCertStore::empty();
-        for pair in &config.certificates {
-            let Ok(chain) = CertificateDer::pem_file_iter(&pair.cert) else {
-                continue;
-            };
-            for cert in chain.flatten() {
-                // A leaf that is not self-signed is no anchor of its own
-                // chain; its issuer, next in the file, is.
-                let _ = roots.add(cert);
-            }
-        }
-        if roots.is_empty() {
+        let pinned: Vec<CertificateDer<'static>> = config
+            .certificates
+            .iter()
+            .filter_map(|pair| {
+                CertificateDer::pem_file_iter(&pair.cert)
+                    .ok()?
+                    .flatten()
+                    .next()
+            })
+            .collect();
+        if pinned.is_empty() {
             tracing::warn!(
                 "warming: the TLS certificates cannot be read; https:// URLs warm the http entries"
             );
             return None;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(Pinned {
+            pinned,
+            algorithms: provider.signature_verification_algorithms,
+        });
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .ok()?
-            .with_root_certificates(roots)
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
         Some(TlsTarget {
             addr,
             connector: TlsConnector::from(Arc::new(client)),
+            warned: Arc::default(),
         })
     }
 
@@ -80,7 +93,15 @@ impl TlsTarget {
             .to_string();
         let name = sni(&host)?;
         let tcp = TcpStream::connect(self.addr).await.ok()?;
-        let stream = self.connector.connect(name, tcp).await.ok()?;
+        let stream = match self.connector.connect(name, tcp).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%error, "warming: TLS handshake with the own listener failed; https:// URLs are not warmed");
+                }
+                return None;
+            }
+        };
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .ok()?;
@@ -90,6 +111,60 @@ impl TlsTarget {
             }
         });
         send.send_request(req).await.ok()
+    }
+}
+
+/// Trusts exactly the listener's own certificates (compared byte for
+/// byte); the handshake's signatures are still verified, so the peer
+/// holds the key.
+#[derive(Debug)]
+struct Pinned {
+    pinned: Vec<CertificateDer<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self
+            .pinned
+            .iter()
+            .any(|c| c.as_ref() == end_entity.as_ref())
+        {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
     }
 }
 
