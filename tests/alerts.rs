@@ -841,19 +841,44 @@ async fn the_last_server_in_rotation_failing_beside_drained_ones_is_an_outage() 
     })
     .await;
     assert_eq!(c.get(&strata.url("/x")).await.status, 503);
+    // The drained server fails and recovers: healthy again, not in
+    // rotation, and the outage goes on (it said "back in rotation",
+    // found by the regression probe).
+    a.set_healthy(false);
+    wait_until(down, "a down", || async { receiver.events().len() >= 3 }).await;
+    a.set_healthy(true);
+    wait_until(down, "a healthy", || async { receiver.events().len() >= 4 }).await;
+    assert_eq!(c.get(&strata.url("/x")).await.status, 503);
     drain("/upstreams/undrain").await;
     wait_until(down, "the outage resolved", || async {
-        receiver.events().len() >= 3
+        receiver.events().len() >= 5
     })
     .await;
     assert_eq!(
         receiver.events(),
-        ["upstream_down", "all_upstreams_down", "upstream_up"]
+        [
+            "upstream_down",
+            "all_upstreams_down",
+            "upstream_down",
+            "upstream_up",
+            "upstream_up"
+        ]
     );
     let alerts = receiver.json_alerts();
     assert_eq!(
         alerts[1]["message"],
         "no upstream in rotation (1 down, 1 drained): uncached requests get 503"
+    );
+    assert_eq!(
+        alerts[3]["message"],
+        format!(
+            "upstream {} is healthy again (drained: in rotation once undrained)",
+            a.addr
+        )
+    );
+    assert_eq!(
+        alerts[4]["message"],
+        format!("upstream {} was undrained: back in rotation", a.addr)
     );
     assert_eq!(c.get(&strata.url("/x")).await.text(), "a");
 }

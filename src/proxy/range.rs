@@ -74,10 +74,13 @@ pub(super) fn parse_range(value: &HeaderValue, len: u64) -> RangeOutcome {
     else {
         return RangeOutcome::Ignore;
     };
-    if spec.contains(',') {
+    // Empty list elements are no ranges (RFC 9110 §5.6.1: `bytes=0-9,`
+    // is one range); several ranges are ignored.
+    let mut ranges = spec.split(',').map(str::trim).filter(|r| !r.is_empty());
+    let (Some(spec), None) = (ranges.next(), ranges.next()) else {
         return RangeOutcome::Ignore;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
+    };
+    let Some((a, b)) = spec.split_once('-') else {
         return RangeOutcome::Ignore;
     };
     let (a, b) = (a.trim(), b.trim());
@@ -319,6 +322,19 @@ mod tests {
         ));
         assert!(matches!(
             parse_range(&v("bytes=0-1,5-6"), 100),
+            RangeOutcome::Ignore
+        ));
+        // Empty list elements (found by the regression probe: 200).
+        assert!(matches!(
+            parse_range(&v("bytes=0-9,"), 100),
+            RangeOutcome::Single(0, 9)
+        ));
+        assert!(matches!(
+            parse_range(&v("bytes=, 0-9 ,,"), 100),
+            RangeOutcome::Single(0, 9)
+        ));
+        assert!(matches!(
+            parse_range(&v("bytes=,"), 100),
             RangeOutcome::Ignore
         ));
         // Positions beyond u64 (found by the content-coding probe: 200).

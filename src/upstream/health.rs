@@ -94,14 +94,23 @@ async fn check_and_record(pool: &Upstreams, index: usize) {
 /// `all_upstreams_down` when it was raised.
 pub(super) fn came_back(pool: &Upstreams, server: &ServerState, how: &str) {
     let name = server.authority.as_str();
-    tracing::info!(server = name, how, "upstream healthy: back in rotation");
     pool.metrics().upstream_healthy(name, true);
     let mut outage = pool.outage.lock().unwrap_or_else(PoisonError::into_inner);
-    pool.alerts().emit(
-        Event::UpstreamUp,
-        format!("upstream {name} is back in rotation"),
-        &[("server", name)],
-    );
+    // A drained server is healthy again but not in rotation until it is
+    // undrained (which then says so, if that ends an outage).
+    let message = if server.is_draining() {
+        tracing::info!(
+            server = name,
+            how,
+            "upstream healthy again; drained, so not in rotation"
+        );
+        format!("upstream {name} is healthy again (drained: in rotation once undrained)")
+    } else {
+        tracing::info!(server = name, how, "upstream healthy: back in rotation");
+        format!("upstream {name} is back in rotation")
+    };
+    pool.alerts()
+        .emit(Event::UpstreamUp, message, &[("server", name)]);
     // The first one back in rotation (not drained) ends "no upstream in
     // rotation".
     if *outage && pool.balancer.eligible_count() > 0 {
