@@ -2160,15 +2160,12 @@ async fn a_large_hit_in_flight_survives_its_purge_and_the_reuse_of_its_pages() {
     );
 }
 
-/// A conditional or range request on a miss whose body has no length and
-/// turns out larger than `max_object_size`: not stored, and answered
-/// anyway (it got 502): preconditions against the upstream's head, else
-/// the full body streamed (the range ignored, as RFC 9110 §14.2 allows).
-#[tokio::test]
-async fn a_conditional_miss_too_large_to_store_is_still_answered() {
+/// An origin answering 8 chunks of 16 KiB without `Content-Length`
+/// (`max-age=60`, `ETag: "big"`), and a Strata whose `max_object_size`
+/// (64 KiB) the body outgrows.
+async fn oversize_without_length() -> (Origin, Strata) {
     let origin = Origin::start(|_req| async move {
         use futures_util::StreamExt;
-        // 8 chunks of 16 KiB, no Content-Length: 128 KiB > 64 KiB.
         let chunks = futures_util::stream::iter(0..8u8).map(|i| Bytes::from(vec![b'a' + i; 16384]));
         support::origin::streamed(
             &[("cache-control", "max-age=60"), ("etag", "\"big\"")],
@@ -2177,6 +2174,16 @@ async fn a_conditional_miss_too_large_to_store_is_still_answered() {
     })
     .await;
     let s = strata(&origin, "[cache]\nmax_object_size = \"64KiB\"\n").await;
+    (origin, s)
+}
+
+/// A conditional or range request on a miss whose body has no length and
+/// turns out larger than `max_object_size`: not stored, and answered
+/// anyway (it got 502): preconditions against the upstream's head, else
+/// the full body streamed (the range ignored, as RFC 9110 §14.2 allows).
+#[tokio::test]
+async fn a_conditional_miss_too_large_to_store_is_still_answered() {
+    let (origin, s) = oversize_without_length().await;
     let c = Client::new();
     let expected: Vec<u8> = (0..8u8).flat_map(|i| vec![b'a' + i; 16384]).collect();
     for (i, headers) in [
@@ -2207,16 +2214,7 @@ async fn a_conditional_miss_too_large_to_store_is_still_answered() {
 /// whole body (found by the content-coding probe).
 #[tokio::test]
 async fn an_oversize_body_without_a_length_stays_hit_for_miss() {
-    let origin = Origin::start(|_req| async move {
-        use futures_util::StreamExt;
-        let chunks = futures_util::stream::iter(0..8u8).map(|i| Bytes::from(vec![b'a' + i; 16384]));
-        support::origin::streamed(
-            &[("cache-control", "max-age=60"), ("etag", "\"big\"")],
-            chunks,
-        )
-    })
-    .await;
-    let s = strata(&origin, "[cache]\nmax_object_size = \"64KiB\"\n").await;
+    let (origin, s) = oversize_without_length().await;
     let c = Client::new();
     let url = s.url("/big");
     let r = c.get(&url).await;

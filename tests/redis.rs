@@ -85,8 +85,9 @@ async fn shared_hit_with(s: &Strata, path: &str, fields: &[(&str, &str)]) -> sup
 }
 
 /// Stores a fresh path through `a` and waits until `b` reads it from
-/// Redis; retries with new paths while the tier recovers.
-async fn shared_again(a: &Strata, b: &Strata, what: &str) {
+/// Redis; retries with new paths while the tier recovers (or a write is
+/// lost on a loaded machine). Returns the path read back.
+async fn shared_again(a: &Strata, b: &Strata, what: &str) -> String {
     let c = Client::new();
     let n = std::sync::atomic::AtomicUsize::new(0);
     wait_until(Duration::from_secs(30), what, || {
@@ -111,6 +112,8 @@ async fn shared_again(a: &Strata, b: &Strata, what: &str) {
         }
     })
     .await;
+    let last = n.load(std::sync::atomic::Ordering::SeqCst) - 1;
+    format!("/again/{last}")
 }
 
 /// A gzip representation read from Redis by another instance comes back
@@ -818,35 +821,7 @@ async fn a_redis_idle_timeout_costs_no_read() {
     )
     .await;
     let c = Client::new();
-    // The store is written off the request path, and a write can be lost
-    // to a loaded machine (the 250 ms Redis timeout): store fresh paths
-    // until one is read back from Redis.
-    let n = std::sync::atomic::AtomicUsize::new(0);
-    let stored = std::sync::Mutex::new(String::new());
-    wait_until(Duration::from_secs(30), "an entry stored in Redis", || {
-        let path = format!(
-            "/news/idle{}",
-            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        );
-        let (c, url) = (c.clone(), s.url(&path));
-        let stored = &stored;
-        async move {
-            assert_eq!(get(&c, &url).await.status, 200);
-            for _ in 0..25 {
-                let r = c
-                    .get_with(&url, &[HOST, ("cache-control", "only-if-cached")])
-                    .await;
-                if r.status == 200 && r.cache_status().contains("detail=redis") {
-                    *stored.lock().unwrap() = path;
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            false
-        }
-    })
-    .await;
-    let path = stored.into_inner().unwrap();
+    let path = shared_again(&s, &s, "an entry stored in Redis").await;
     let fetched = origin.count();
     let before = metric(&c, &s, "strata_redis_errors_total").await;
     // Quiet for longer than Redis's idle limit (3 s on its clock at most;
