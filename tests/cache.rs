@@ -2183,7 +2183,7 @@ async fn oversize_without_length() -> (Origin, Strata) {
 /// the full body streamed (the range ignored, as RFC 9110 §14.2 allows).
 #[tokio::test]
 async fn a_conditional_miss_too_large_to_store_is_still_answered() {
-    let (origin, s) = oversize_without_length().await;
+    let (_origin, s) = oversize_without_length().await;
     let c = Client::new();
     let expected: Vec<u8> = (0..8u8).flat_map(|i| vec![b'a' + i; 16384]).collect();
     for (i, headers) in [
