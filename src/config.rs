@@ -6,6 +6,7 @@
 
 mod alerts;
 pub mod file;
+mod server_address;
 mod traffic;
 pub mod units;
 mod validate;

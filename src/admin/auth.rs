@@ -67,21 +67,7 @@ pub fn token_eq(given: &[u8], expected: &[u8]) -> bool {
 /// else it needs `read_token` or `token` as its bearer token or Basic
 /// password.
 pub fn may_read<B>(req: &Request<B>, admin: &AdminConfig) -> bool {
-    if admin.read_token.is_none() {
-        return true;
-    }
-    let password;
-    let given = match bearer(req) {
-        Some(token) => token,
-        None => match basic_password(req) {
-            Some(p) => {
-                password = p;
-                &password[..]
-            }
-            None => return false,
-        },
-    };
-    allows_read(given, admin)
+    admin.read_token.is_none() || read_credential(req).is_some_and(|c| allows_read(&c, admin))
 }
 
 /// The token a read request carries (bearer, else Basic password), kept

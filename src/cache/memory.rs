@@ -191,16 +191,29 @@ impl MemoryTier {
     /// it. Other removals do not count, so a purge elsewhere never stops
     /// an admission from being stored.
     pub fn removed_since(&self, object: &Object, epoch: u64) -> bool {
+        self.removed_where(&object.key, epoch, true, |s| s.selects(object))
+    }
+
+    /// Whether `key`'s URL was removed since `epoch`: by its own URL, or
+    /// by a broad removal since then that `selects` (`forgotten`: one too
+    /// old to be remembered counts).
+    fn removed_where(
+        &self,
+        key: &CacheKey,
+        epoch: u64,
+        forgotten: bool,
+        selects: impl Fn(&Selector) -> bool,
+    ) -> bool {
         self.removed_urls
-            .get(&object.key.hash())
+            .get(&key.hash())
             .is_some_and(|at| at > epoch)
             || (self.broad_removal.load(Ordering::SeqCst) > epoch && {
                 let broad = self.recent_broad.lock().unwrap_or_else(|p| p.into_inner());
-                broad.forgotten > epoch
+                (forgotten && broad.forgotten > epoch)
                     || broad
                         .recent
                         .iter()
-                        .any(|(at, selector)| *at > epoch && selector.selects(object))
+                        .any(|(at, selector)| *at > epoch && selects(selector))
             })
     }
 
@@ -241,17 +254,9 @@ impl MemoryTier {
     /// prefix selector that names it (a tag's is decided on the object, at
     /// admission, so it is not looked at here).
     pub fn url_removed_since(&self, key: &CacheKey, epoch: u64) -> bool {
-        self.removed_urls
-            .get(&key.hash())
-            .is_some_and(|at| at > epoch)
-            || (self.broad_removal.load(Ordering::SeqCst) > epoch && {
-                let broad = self.recent_broad.lock().unwrap_or_else(|p| p.into_inner());
-                broad.recent.iter().any(|(at, selector)| {
-                    *at > epoch
-                        && !matches!(selector, Selector::Tags(_))
-                        && selector.may_select(key)
-                })
-            })
+        self.removed_where(key, epoch, false, |s| {
+            !matches!(s, Selector::Tags(_)) && s.may_select(key)
+        })
     }
 
     /// Records a removal of `key`'s URL (see [`MemoryTier::next_removal`]).

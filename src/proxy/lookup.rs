@@ -194,7 +194,7 @@ fn prefresh_due(v: &Variant, now: Millis, cache: &CacheConfig) -> bool {
 /// no fallback for a failing upstream: the new answer replaces it (and is
 /// stored by the same `status_ttl`) instead of an older error being
 /// served as `grace` while every request goes upstream.
-fn validate_first(
+pub(super) fn validate_first(
     variant: Arc<Variant>,
     on_error: Option<Fallback>,
     requested: bool,

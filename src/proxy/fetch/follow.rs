@@ -3,20 +3,22 @@
 //! reuse (then it validates it itself); collapsed again behind a new leader when the leader went away
 //! or its answer was purged while fetched; else sent upstream alone.
 
+use std::sync::Arc;
+
 use http::Request;
 use hyper::body::Incoming;
 
 use super::super::as_forwarded::AsForwarded;
 use super::super::cache_status::CacheStatus;
 use super::super::cache_status::Fwd;
-use super::super::lookup::{Miss, Stale};
+use super::super::lookup::{validate_first, Miss, Stale};
 use super::super::rule_count::NotedRule;
 use super::super::{forward, Answered, RequestCtx};
 use super::{fetch_or_rejoin, lead, serve_stale};
 use crate::cache::collapse::{Flight, ReadLock};
 use crate::cache::directives::CacheControl;
 use crate::cache::entry::Variant;
-use crate::cache::freshness::{self, Fallback};
+use crate::cache::freshness;
 
 /// A follower: answered from the leader's stored result (`collapsed`),
 /// collapsed again behind a new leader when the leader went away without
@@ -34,8 +36,7 @@ pub(super) async fn follow(
         Some(Flight::Stored(object)) => {
             let server = &ctx.runtime.config.server;
             let selected = object.select(&AsForwarded::new(&req, ctx.conn, server));
-            let validate = selected.and_then(|v| Some((v.clone(), validation(v, ctx.now)?)));
-            if let Some((variant, on_error)) = validate {
+            if let Some((fwd, stale)) = selected.and_then(|v| validation(v, ctx.now)) {
                 // Not handed over: the leader's answer may be its own (a
                 // page per cookie, say). This request validates the
                 // stored copy itself, as it would had it come alone (a
@@ -44,8 +45,8 @@ pub(super) async fn follow(
                 let miss = Miss {
                     key: miss.key,
                     object: Some(object),
-                    stale: Some(Stale { variant, on_error }),
-                    fwd: Fwd::Stale,
+                    stale,
+                    fwd,
                 };
                 let lock = ctx.shared.cache.collapser().solo(miss.key.hash());
                 return Box::pin(lead(ctx, req, miss, lock, noted)).await;
@@ -102,13 +103,14 @@ pub(super) async fn follow(
     pass_alone(ctx, req, miss, noted).await
 }
 
-/// `Some(on_error)` when `variant`, just stored by the leader, may be
-/// reused only after a validation of its own (`no-cache`, or no freshness
-/// left: `max-age=0`, no explicit or heuristic lifetime; RFC 9111 §4,
-/// §5.2.2.4), with what may stand in if that fails. The request's own
-/// directives are not asked: the leader's fetch stands for the ones that
-/// arrived while it was under way.
-fn validation(variant: &Variant, now: freshness::Millis) -> Option<Option<Fallback>> {
+/// What a follower starts its own validation from when `variant`, just
+/// stored by the leader, may be reused only after a validation of its
+/// own (`no-cache`, or no freshness left: `max-age=0`, no explicit or
+/// heuristic lifetime; RFC 9111 §4, §5.2.2.4), as a lookup would have
+/// started it (`lookup::validate_first`); `None` when it may be handed
+/// over. The request's own directives are not asked: the leader's fetch
+/// stands for the ones that arrived while it was under way.
+fn validation(variant: &Arc<Variant>, now: freshness::Millis) -> Option<(Fwd, Option<Stale>)> {
     match freshness::reuse(
         &variant.policy,
         &variant.times,
@@ -116,7 +118,7 @@ fn validation(variant: &Variant, now: freshness::Millis) -> Option<Option<Fallba
         &CacheControl::default(),
     ) {
         freshness::Reuse::Validate { on_error, .. } => {
-            Some(on_error.filter(|_| !variant.status.is_server_error()))
+            Some(validate_first(variant.clone(), on_error, false))
         }
         _ => None,
     }
