@@ -103,13 +103,14 @@ impl Events {
         let closing = hub.closing.clone();
         let head = stream::iter([retry].into_iter().chain(first));
         let shared = hub.shared.clone();
-        let allowed = move || {
+        // Shared by the stream's steps, not copied into each.
+        let allowed = Arc::new(move || {
             let admin = &shared.runtime.load().config.admin;
             admin.read_token.is_none()
                 || credential
                     .as_deref()
                     .is_some_and(|c| super::auth::allows_read(c, admin))
-        };
+        });
         let updates = stream::unfold((rx, closing), move |(mut rx, closing)| {
             let allowed = allowed.clone();
             async move {
