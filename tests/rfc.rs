@@ -106,6 +106,45 @@ async fn zero_lifetimes_are_never_served_as_hits() {
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
 }
 
+/// RFC 9110 §5.6.7 asks recipients to be robust: an `Expires` an hour
+/// ahead with names in the wrong case or a day name that does not fit the
+/// date (origins with a buggy formatter send these; nginx and Varnish read
+/// them) gives an hour of freshness, as cache-tests.fyi's optimal
+/// `freshness-expires-wrong-case-*` and `-ansi-c` tests expect. Each was
+/// read as invalid, so already stale.
+#[tokio::test]
+async fn an_expires_with_odd_case_or_a_wrong_day_name_still_gives_freshness() {
+    fn expires(path: &str) -> Vec<(String, String)> {
+        let later = http_date(3600);
+        let day = &later[..3];
+        let other_day = if day == "Mon" { "Tue" } else { "Mon" };
+        let value = match path {
+            "/upper-month" => {
+                let month = &later[8..11];
+                later.replacen(month, &month.to_ascii_uppercase(), 1)
+            }
+            "/lower-zone" => later.replace("GMT", "gmt"),
+            "/upper-day" => later.replacen(day, &day.to_ascii_uppercase(), 1),
+            _ => later.replacen(day, other_day, 1),
+        };
+        vec![("expires".into(), value)]
+    }
+    let origin = origin_with(expires).await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for path in ["/upper-month", "/lower-zone", "/upper-day", "/wrong-day"] {
+        let first = c.get(&s.url(path)).await;
+        assert!(
+            first.cache_status().contains("stored; ttl=3"),
+            "{path}: {}",
+            first.cache_status()
+        );
+        let second = c.get(&s.url(path)).await;
+        assert!(second.is_hit(), "{path}: {}", second.cache_status());
+    }
+    assert_eq!(origin.count(), 4);
+}
+
 #[tokio::test]
 async fn max_age_counts_sub_second_ages() {
     let origin = Origin::fixed(&[("cache-control", "max-age=2")], "two").await;

@@ -446,3 +446,45 @@ async fn an_http_1_0_client_is_told_close_when_only_closing_ends_the_body() {
         "{out}"
     );
 }
+
+/// An entity-tag may hold obs-text (RFC 9110 §8.8.3): a client's
+/// `If-None-Match`, `If-Match` and `If-Range` naming such a tag are
+/// compared byte for byte with the stored one (cache-tests.fyi's
+/// `conditional-etag-strong-respond-obs-text`). They were read as text,
+/// failed, and were ignored: a 200 for the matching `If-None-Match`, a 200
+/// for the failing `If-Match`, a 206 for the failing `If-Range`.
+#[tokio::test]
+async fn conditionals_compare_an_obs_text_etag_byte_for_byte() {
+    let (origin, answered) = support::origin::raw(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nETag: \"abc\xfc\"\r\nContent-Length: 10\r\n\r\n0123456789",
+    )
+    .await;
+    let s = Strata::start(&[origin], NO_HEALTH).await;
+    let first = Client::new().get(&s.url("/obs")).await;
+    assert_eq!(first.status, 200);
+    let ask = |fields: &'static [u8]| {
+        let addr = s.addr;
+        let mut req =
+            format!("GET /obs HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n").into_bytes();
+        req.extend_from_slice(fields);
+        req.extend_from_slice(b"\r\n");
+        async move { support::http::raw(addr, &req).await }
+    };
+    let matching = ask(b"If-None-Match: \"abc\xfc\"\r\n").await;
+    assert!(matching.starts_with("HTTP/1.1 304"), "{matching}");
+    let other = ask(b"If-None-Match: \"abd\xfc\"\r\n").await;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    let failing = ask(b"If-Match: \"zzz\xfc\"\r\n").await;
+    assert!(failing.starts_with("HTTP/1.1 412"), "{failing}");
+    let holding = ask(b"If-Match: \"abc\xfc\"\r\n").await;
+    assert!(holding.starts_with("HTTP/1.1 200"), "{holding}");
+    let stale_range = ask(b"Range: bytes=0-1\r\nIf-Range: \"zzz\xfc\"\r\n").await;
+    assert!(stale_range.starts_with("HTTP/1.1 200"), "{stale_range}");
+    let range = ask(b"Range: bytes=0-1\r\nIf-Range: \"abc\xfc\"\r\n").await;
+    assert!(range.starts_with("HTTP/1.1 206"), "{range}");
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        1,
+        "all answered from the cache"
+    );
+}

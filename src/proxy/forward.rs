@@ -338,10 +338,8 @@ pub(super) fn encoded_not_modified<B>(
     else {
         return;
     };
-    let held = client_inm
-        .to_str()
-        .ok()
-        .is_some_and(|list| super::stored::etag_list_matches(list, ours.to_str().ok(), false));
+    let held =
+        super::stored::etag_list_matches(client_inm.as_bytes(), Some(ours.as_bytes()), false);
     if held {
         h.insert(header::ETAG, ours);
         crate::compression::merge_vary_accept_encoding(h);

@@ -21,17 +21,19 @@ use super::stored::{age_value, date_field, etag_list_matches};
 /// (§8.8.2.2): the stored `Date` at least 60 seconds after it, so that two
 /// versions changed within one clock second cannot be spliced together.
 pub(super) fn if_range_holds(headers: &HeaderMap, req: &HeaderMap, dates: bool) -> bool {
-    let Some(cond) = req.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
+    let Some(cond) = req.get(header::IF_RANGE) else {
         return true;
     };
-    let cond = cond.trim();
-    if cond.starts_with('"') || cond.starts_with("W/") {
+    // Bytes: a tag may hold obs-text (RFC 9110 §8.8.3).
+    let cond = cond.as_bytes().trim_ascii();
+    if cond.starts_with(b"\"") || cond.starts_with(b"W/") {
         // A strong comparison; a weak tag never satisfies If-Range.
-        let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
-        return etag_list_matches(cond, etag, true) && !cond.starts_with("W/");
+        let etag = headers.get(header::ETAG).map(HeaderValue::as_bytes);
+        return etag_list_matches(cond, etag, true) && !cond.starts_with(b"W/");
     }
+    let date = std::str::from_utf8(cond).ok();
     match (
-        crate::cache::http_date::parse(cond),
+        date.and_then(crate::cache::http_date::parse),
         date_field(headers, header::LAST_MODIFIED),
     ) {
         (Some(a), Some(b)) => {
