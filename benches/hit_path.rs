@@ -79,7 +79,7 @@ fn lookup_respond(c: &mut Criterion) {
                 other => panic!("{other:?}"),
             };
             let present = Present::of(&req);
-            let mut resp = respond::from_stored(v, &Method::GET, &req, present, None, now);
+            let mut resp = respond::from_stored(v, &Method::GET, &req, present, None, None, now);
             resp.headers_mut().insert(
                 "cache-status",
                 CacheStatus::hit(Tier::Memory, ttl).to_header(),

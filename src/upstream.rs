@@ -214,6 +214,9 @@ impl Upstreams {
         };
         let attempt = failure_log::Attempt::of(&req);
         let asks_upgrade = req.headers().contains_key(http::header::UPGRADE);
+        // Any precondition field (`If-None-Match`, `If-Modified-Since`, …):
+        // without one, a 304 answers nothing that was asked.
+        let conditional = req.headers().keys().any(|k| k.as_str().starts_with("if-"));
         let Some(mut target) = self.balancer.pick(&route) else {
             attempt.failed(&UpstreamError::NoHealthy, None);
             return Err(UpstreamError::NoHealthy);
@@ -248,6 +251,12 @@ impl Upstreams {
             // Answered, but the proxy turns it into a 502 (`proxy/forward.rs`).
             let server = self.balancer.servers()[answer.server].authority.to_string();
             attempt.failed(&UpstreamError::UnaskedSwitch { server }, None);
+        }
+        if answer.response.status() == http::StatusCode::NOT_MODIFIED && !conditional {
+            let server = self.balancer.servers()[answer.server].authority.to_string();
+            let e = UpstreamError::UnaskedNotModified { server };
+            attempt.failed(&e, None);
+            return Err(e);
         }
         if let Some(sticky) = &self.sticky {
             if preferred != Some(answer.server) {

@@ -3587,3 +3587,30 @@ async fn a_refresh_whose_vary_names_other_fields_selects_by_the_refreshing_reque
     );
     assert_eq!(origin.count(), 4);
 }
+
+/// A fully qualified host's root dot names the same site (nginx's `$host`
+/// drops it): `Host: example.com.` is keyed as `example.com`, so a purge
+/// of `http://example.com/x` reaches it. It had an entry of its own that
+/// the purge left serving.
+#[tokio::test]
+async fn a_hosts_trailing_dot_is_keyed_without_it() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page").await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    let url = s.url("/dot");
+    let get = |host: &'static str| {
+        let (c, url) = (&c, url.clone());
+        async move { c.get_with(&url, &[("host", host)]).await }
+    };
+    assert!(!get("example.com").await.is_hit());
+    for host in ["example.com.", "EXAMPLE.COM.", "example.com.:80"] {
+        let r = get(host).await;
+        assert!(r.is_hit(), "{host}: {}", r.cache_status());
+    }
+    let (status, answer) = s.purge(r#"{"url": "http://example.com/dot"}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["purged"], 1);
+    let after = get("example.com.").await;
+    assert!(!after.is_hit(), "{}", after.cache_status());
+    assert_eq!(origin.count(), 2);
+}

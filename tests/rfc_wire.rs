@@ -488,3 +488,140 @@ async fn conditionals_compare_an_obs_text_etag_byte_for_byte() {
         "all answered from the cache"
     );
 }
+
+/// A `304` to a request Strata sent without a precondition answers
+/// nothing that was asked (RFC 9110 §15.4.5): `502`, as Varnish's
+/// built-in VCL does, on the cache path and on pass-through alike, and
+/// never relayed (a browser holding nothing showed an empty page, and
+/// the URL was then marked uncacheable). A stored copy whose
+/// revalidation ends in one stands in under grace. A client's own
+/// conditional request passed through still gets the origin's `304`.
+#[tokio::test]
+async fn a_304_to_an_unconditional_request_is_a_502() {
+    let answered = Arc::new(AtomicUsize::new(0));
+    let n = answered.clone();
+    let origin = Origin::start(move |req| {
+        let first_stale = req.uri().path() == "/stale" && n.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if first_stale {
+                // Stored already stale (Age = max-age), with a validator.
+                return reply(
+                    200,
+                    &[
+                        ("cache-control", "max-age=1"),
+                        ("age", "1"),
+                        ("etag", "\"a\""),
+                    ],
+                    "stored",
+                );
+            }
+            reply(
+                304,
+                &[("cache-control", "max-age=60"), ("etag", "\"b\"")],
+                "",
+            )
+        }
+    })
+    .await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    for _ in 0..2 {
+        let miss = c.get(&s.url("/never")).await;
+        assert_eq!(miss.status, 502, "{}", miss.cache_status());
+    }
+    let post = c
+        .send(
+            Method::POST,
+            &s.url("/never"),
+            &[],
+            Bytes::from_static(b"x"),
+        )
+        .await;
+    assert_eq!(post.status, 502);
+    // A GET with a body passes through, its precondition with it.
+    let asked = c
+        .send(
+            Method::GET,
+            &s.url("/never"),
+            &[("if-none-match", "\"b\"")],
+            Bytes::from_static(b"x"),
+        )
+        .await;
+    assert_eq!(asked.status, 304, "{}", asked.cache_status());
+    let stored = c.get(&s.url("/stale")).await;
+    assert_eq!(stored.text(), "stored");
+    // Revalidated with `"a"`, answered `304 "b"` (selects nothing), asked
+    // again unconditionally, answered 304 again: the stored copy, in grace.
+    let graced = c.get(&s.url("/stale")).await;
+    assert_eq!(graced.status, 200);
+    assert_eq!(graced.text(), "stored");
+    assert!(
+        graced.cache_status().contains("detail=grace"),
+        "{}",
+        graced.cache_status()
+    );
+}
+
+/// RFC 9110 §8.6: no `Content-Length` on a `204`; a HEAD answered from a
+/// stored one carried `Content-Length: 0` (the GET's did not).
+#[tokio::test]
+async fn a_stored_204_has_no_content_length_for_head_either() {
+    let origin =
+        Origin::start(
+            |_req| async move { reply(204, &[("cache-control", "public, max-age=60")], "") },
+        )
+        .await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    for _ in 0..2 {
+        let head = c
+            .send(Method::HEAD, &s.url("/empty"), &[], Bytes::new())
+            .await;
+        assert_eq!(head.status, 204);
+        assert_eq!(
+            head.header("content-length"),
+            None,
+            "{}",
+            head.cache_status()
+        );
+    }
+    let get = c.get(&s.url("/empty")).await;
+    assert!(get.is_hit(), "{}", get.cache_status());
+    assert_eq!(get.header("content-length"), None);
+    assert_eq!(origin.count(), 1);
+}
+
+/// RFC 9110 §6.6.1: a stored response with two `Date` lines (or an
+/// unparsable one) goes out with one valid `Date`, the time it was
+/// received; freshness already ignored the invalid field, and a cache
+/// downstream reading the first line saw a response 100 s old.
+#[tokio::test]
+async fn an_invalid_date_is_replaced_by_the_time_received() {
+    let origin = Origin::start(|req| async move {
+        let date = match req.uri().path() {
+            "/two" => vec![support::http_date(-100), support::http_date(0)],
+            _ => vec!["yesterday".to_string()],
+        };
+        let mut headers = vec![("cache-control", "max-age=60")];
+        headers.extend(date.iter().map(|d| ("date", d.as_str())));
+        reply(200, &headers, "dated")
+    })
+    .await;
+    let s = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    for path in ["/two", "/bad"] {
+        for _ in 0..2 {
+            let r = c.get(&s.url(path)).await;
+            let dates: Vec<_> = r.headers.get_all("date").iter().collect();
+            assert_eq!(dates.len(), 1, "{path}: {dates:?}");
+            let sent = httpdate::parse_http_date(dates[0].to_str().unwrap()).unwrap();
+            let skew = std::time::SystemTime::now()
+                .duration_since(sent)
+                .unwrap_or_default();
+            assert!(
+                skew < std::time::Duration::from_secs(30),
+                "{path}: {dates:?}"
+            );
+        }
+    }
+}

@@ -9,6 +9,7 @@
 //! same resource), so `Host: example.com:80` and `Host: example.com` share
 //! one entry and a purge of either URL removes it.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -54,28 +55,48 @@ fn hash_parts(https: bool, authority: &str, path_and_query: &str) -> u128 {
 
 /// `authority` as keyed: without a port that is the scheme's default (80
 /// for http, 443 for https, leading zeros allowed: RFC 3986's port is
-/// `*DIGIT`) or empty (RFC 3986 §6.2.3), case untouched.
-pub fn keyed_authority(https: bool, authority: &str) -> &str {
+/// `*DIGIT`) or empty (RFC 3986 §6.2.3), and without the root's trailing
+/// dot of a fully qualified name (`example.com.` is `example.com`, as
+/// nginx's `$host` keys it), case untouched. Borrowed unless a dot goes
+/// from before a port that stays.
+pub fn keyed_authority(https: bool, authority: &str) -> Cow<'_, str> {
     // Runs on every hit: a scan of the trailing digits, no parsing.
     let b = authority.as_bytes();
     let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
     let colon = b.len() - digits;
     if colon == 0 || b[colon - 1] != b':' {
-        return authority; // no port (an IPv6 literal ends in `]`)
+        // No port (an IPv6 literal ends in `]`).
+        return Cow::Borrowed(without_root_dot(authority));
     }
     let port = &b[colon..];
     let significant = &port[port.iter().take_while(|&&c| c == b'0').count()..];
     let default: &[u8] = if https { b"443" } else { b"80" };
+    let host = &authority[..colon - 1];
     if port.is_empty() || significant == default {
-        &authority[..colon - 1]
+        Cow::Borrowed(without_root_dot(host))
+    } else if without_root_dot(host).len() < host.len() {
+        Cow::Owned(format!(
+            "{}{}",
+            without_root_dot(host),
+            &authority[colon - 1..]
+        ))
     } else {
-        authority
+        Cow::Borrowed(authority)
+    }
+}
+
+/// `host` without a trailing `.` (the DNS root), unless that is all it is.
+fn without_root_dot(host: &str) -> &str {
+    match host.strip_suffix('.') {
+        Some(name) if !name.is_empty() => name,
+        _ => host,
     }
 }
 
 impl CacheKey {
     pub fn new(https: bool, authority: &str, path_and_query: &str) -> CacheKey {
         let authority = keyed_authority(https, authority);
+        let authority: &str = &authority;
         let scheme = if https { "https://" } else { "http://" };
         // One buffer, no `format!` (a Redis lookup builds a key per request).
         let mut url = String::with_capacity(scheme.len() + authority.len() + path_and_query.len());
@@ -262,12 +283,15 @@ mod tests {
             "Example.com:",
             "EXAMPLE.COM",
             "example.com:0080",
+            // A fully qualified name's root dot (nginx's `$host` drops it).
+            "example.com.",
+            "Example.Com.:80",
         ] {
             let k = CacheKey::new(false, a, "/x");
             assert_eq!(k, plain, "{a}");
             let keyed = keyed_authority(false, a);
-            assert_eq!(CacheKey::hash_of(false, keyed, "/x"), plain.hash(), "{a}");
-            assert!(plain.matches(false, keyed, "/x"), "{a}");
+            assert_eq!(CacheKey::hash_of(false, &keyed, "/x"), plain.hash(), "{a}");
+            assert!(plain.matches(false, &keyed, "/x"), "{a}");
         }
         assert_eq!(
             CacheKey::from_url("http://example.com:80/x").unwrap(),
@@ -288,6 +312,9 @@ mod tests {
         assert_eq!(CacheKey::new(true, "h:80", "/").url(), "https://h:80/");
         assert_eq!(keyed_authority(false, "[::1]:80"), "[::1]");
         assert_eq!(keyed_authority(false, "[::1]"), "[::1]");
+        assert_eq!(keyed_authority(false, "h.:8080"), "h:8080");
+        assert_eq!(keyed_authority(false, "."), ".");
+        assert_eq!(CacheKey::from_url("http://example.com./x").unwrap(), plain);
     }
 
     #[test]

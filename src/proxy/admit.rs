@@ -319,7 +319,12 @@ fn identity_variant(
 ) -> Variant {
     let mut headers = entry::owned_headers(&headers);
     headers.remove(header::AGE);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if status == StatusCode::NO_CONTENT {
+        // RFC 9110 §8.6: never on a 204, a HEAD's answer included.
+        headers.remove(header::CONTENT_LENGTH);
+    } else {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     if !headers.contains_key(header::DATE) {
         let date = std::time::UNIX_EPOCH + std::time::Duration::from_millis(times.response);
         if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(date)) {

@@ -32,7 +32,9 @@ use crate::config::CacheConfig;
 pub struct Route<'r> {
     /// [`CacheKey::hash_of`] the scheme, authority and path.
     pub hash: u128,
-    pub authority: &'r str,
+    /// As keyed ([`crate::cache::key::keyed_authority`]): borrowed but
+    /// for a root dot before a port.
+    pub authority: Cow<'r, str>,
     /// Path and query as the key holds them: the request's own, or,
     /// under a rule with key options, normalised and with header and
     /// cookie values appended (never what goes upstream).
@@ -90,7 +92,7 @@ pub fn route<'r>(
         None => Cow::Borrowed(target),
         Some(key) => Cow::Owned(key.request_path(target, req.headers())),
     };
-    let hash = CacheKey::hash_of(conn.https, authority, &path);
+    let hash = CacheKey::hash_of(conn.https, &authority, &path);
     let bypass = rule.is_some_and(|(_, r)| r.bypasses());
     if bypass || shared.cache.is_pass(hash) {
         return Err(Pass {
@@ -236,7 +238,7 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
     let found = ctx
         .shared
         .cache
-        .lookup(route.hash, https, route.authority, &route.path)
+        .lookup(route.hash, https, &route.authority, &route.path)
         .await;
     let mut fwd = Fwd::Miss;
     let mut stale = None;
@@ -334,7 +336,7 @@ pub async fn lookup<B>(ctx: &RequestCtx<'_>, req: &Request<B>, route: &Route<'_>
         return Lookup::OnlyIfCached;
     }
     Lookup::Fetch(Miss {
-        key: CacheKey::new(https, route.authority, &route.path),
+        key: CacheKey::new(https, &route.authority, &route.path),
         object,
         stale,
         fwd,

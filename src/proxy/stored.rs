@@ -17,13 +17,20 @@ use crate::cache::entry::Variant;
 use crate::cache::freshness::{self, Millis};
 use crate::compression::Coding;
 
-/// Builds the response for `req` from `variant`.
+/// Builds the response for `req` from `variant`, in `coding` (identity
+/// when `None` or not stored). `wanted` is the client's first choice
+/// ([`crate::compression::negotiate`]); when `coding` is another (the
+/// first choice was not stored), an `If-None-Match` naming the first
+/// choice's tag of this variant (what Strata sent when it encoded the
+/// miss on the fly) still gets `304`: the client holds this version in
+/// the coding it prefers (SPEC §6).
 pub fn from_stored(
     variant: &Variant,
     method: &Method,
     req: &HeaderMap,
     present: Present,
     coding: Option<Coding>,
+    wanted: Option<Coding>,
     now: Millis,
 ) -> Response<ProxyBody> {
     let (headers, body) = variant.representation(coding);
@@ -33,6 +40,13 @@ pub fn from_stored(
         let received = Some(variant.times.response);
         if let Some(status) = precondition(variant.status, headers, req, method, received) {
             return not_modified_or_failed(status, headers, age);
+        }
+        if let Some(wanted) = wanted.filter(|&w| Some(w) != coding && variant.status.is_success()) {
+            if held_in(wanted, &variant.headers, req)
+                && (*method == Method::GET || *method == Method::HEAD)
+            {
+                return not_modified_or_failed(StatusCode::NOT_MODIFIED, headers, age);
+            }
         }
         if variant.status == StatusCode::OK && *method == Method::GET {
             if let Some(range) = range_field(req) {
@@ -111,6 +125,23 @@ pub(super) fn date_field(h: &HeaderMap, name: header::HeaderName) -> Option<std:
     h.get(name)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::cache::http_date::parse)
+}
+
+/// Whether `req`'s `If-None-Match` names the tag Strata gives the
+/// representation in `coding` of the identity response with `identity`
+/// fields (`"xyz-gzip"`, or weak when it was encoded on the fly). Weak
+/// comparison, as for `If-None-Match` (RFC 9110 §13.1.2).
+fn held_in(coding: Coding, identity: &HeaderMap, req: &HeaderMap) -> bool {
+    let Some(inm) = req.get(header::IF_NONE_MATCH) else {
+        return false;
+    };
+    crate::compression::unmap_etag_list(inm, &[coding], false).is_some_and(|mapped| {
+        etag_list_matches(
+            mapped.as_bytes(),
+            identity.get(header::ETAG).map(HeaderValue::as_bytes),
+            false,
+        )
+    })
 }
 
 /// RFC 9110 §13.2.2 evaluation order; `Some(status)` short-circuits.

@@ -32,6 +32,12 @@ pub enum UpstreamError {
     /// (RFC 9110 §15.2.2: 101 only answers a client's `Upgrade`).
     #[error("upstream {server} switched protocols unasked")]
     UnaskedSwitch { server: String },
+    /// A `304 Not Modified` to a request with no precondition (RFC 9110
+    /// §15.4.5: 304 only answers a conditional GET or HEAD). Relayed, it
+    /// left a client that holds nothing an empty page; Varnish's built-in
+    /// VCL refuses it too.
+    #[error("upstream {server} answered 304 to an unconditional request")]
+    UnaskedNotModified { server: String },
     /// The client sent no more of its request body for
     /// `upstream.body_idle_timeout` while it was going upstream (nginx's
     /// `client_body_timeout`): `408`, not the upstream's fault.
@@ -59,7 +65,8 @@ impl UpstreamError {
             | UpstreamError::Protocol { server, .. }
             | UpstreamError::ClientBody { server, .. }
             | UpstreamError::ClientStalled { server, .. }
-            | UpstreamError::UnaskedSwitch { server } => Some(server),
+            | UpstreamError::UnaskedSwitch { server }
+            | UpstreamError::UnaskedNotModified { server } => Some(server),
         }
     }
 
@@ -82,7 +89,9 @@ impl UpstreamError {
             UpstreamError::NoHealthy => "no_healthy",
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::Timeout { .. } => "timeout",
-            UpstreamError::Protocol { .. } | UpstreamError::UnaskedSwitch { .. } => "protocol",
+            UpstreamError::Protocol { .. }
+            | UpstreamError::UnaskedSwitch { .. }
+            | UpstreamError::UnaskedNotModified { .. } => "protocol",
             UpstreamError::ClientBody { .. } | UpstreamError::ClientStalled { .. } => "client_body",
         }
     }

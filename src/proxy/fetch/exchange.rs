@@ -271,7 +271,7 @@ impl Exchange {
         }
         let (mut rparts, body) = answer.response.into_parts();
         let body = IdleTimeout::new(body, self.runtime.config.upstream.body_idle_timeout);
-        let entry_tags = normalize_response(&mut rparts.headers);
+        let entry_tags = normalize_response(&mut rparts.headers, response_time);
         // Strata's own targeted field, removed by `decide` (never served):
         // an owned copy, not a slice pinning the connection's read buffer.
         let strata_cc = rparts
@@ -363,7 +363,32 @@ static CONTENT_MD5: header::HeaderName = header::HeaderName::from_static("conten
 
 /// Shapes upstream response headers the way the cache stores and serves
 /// them: hop-by-hop fields out, surrogate tags taken out (and returned).
-fn normalize_response(headers: &mut HeaderMap) -> Vec<String> {
+fn normalize_response(headers: &mut HeaderMap, response_time: Millis) -> Vec<String> {
     headers::strip_hop_by_hop(headers, false);
+    replace_invalid_date(headers, response_time);
     tags::take(headers)
+}
+
+/// RFC 9110 §6.6.1: an invalid `Date` (unparsable, or two lines, which
+/// freshness ignores: RFC 9111 §4.2.3 then takes the time received) is
+/// replaced by the time the response was received, so that no cache or
+/// client downstream reads an age Strata did not. A missing one is added
+/// when stored (`admit.rs`) and by hyper on the way out.
+fn replace_invalid_date(headers: &mut HeaderMap, response_time: Millis) {
+    let mut dates = headers.get_all(header::DATE).iter();
+    let valid = match (dates.next(), dates.next()) {
+        (None, _) => true,
+        (Some(d), None) => d
+            .to_str()
+            .ok()
+            .and_then(crate::cache::http_date::parse)
+            .is_some(),
+        (Some(_), Some(_)) => false,
+    };
+    if !valid {
+        let received = std::time::UNIX_EPOCH + std::time::Duration::from_millis(response_time);
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(received)) {
+            headers.insert(header::DATE, v);
+        }
+    }
 }
