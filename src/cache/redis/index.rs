@@ -12,9 +12,14 @@
 //! | `Ppurge` | pub/sub channel | fleet-wide purges |
 //! | `Phot` | sorted set | URLs scored by sampled hits (popularity, for `[warming] redis_hot`) |
 //!
-//! Consistency: a write sets the object first and indexes it after; a purge
-//! unindexes first and deletes after. Whatever the interleaving, an object
-//! that exists is indexed (an index member without an object is harmless:
+//! Consistency: a write sets the object first and indexes it after. A
+//! purge reads a page of members with their scores (expiry, unique to each
+//! write), deletes their objects, then removes each member only if its
+//! score is still the one read: a write that stored an object again in
+//! between (and so re-added, that is re-scored, its member) stays indexed.
+//! Removed unconditionally, its member went while the new copy stayed, and
+//! no later purge could find it. Whatever the interleaving, an object that
+//! exists is indexed (an index member without an object is harmless:
 //! deleting it counts nothing). The two path sets change together in one
 //! Lua script, so a sweep never drops a member a concurrent write renewed.
 //!
@@ -42,6 +47,29 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) return 1";
 /// Removes members from both path sets.
 const PATHS_REMOVE: &str = "if #ARGV > 0 then redis.call('ZREM', KEYS[1], unpack(ARGV)) \
 redis.call('ZREM', KEYS[2], unpack(ARGV)) end return #ARGV";
+
+/// One page (ARGV[3] members) of the path set between ARGV[1] and ARGV[2]
+/// (`ZRANGEBYLEX` bounds), each member followed by its expiry score as
+/// the expiry set holds it (`""` when it holds none).
+const PATHS_PAGE_SCORED: &str = "local m = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, tonumber(ARGV[3])) \
+local out = {} for _, v in ipairs(m) do out[#out + 1] = v \
+out[#out + 1] = redis.call('ZSCORE', KEYS[2], v) or '' end return out";
+
+/// Removes from both path sets each member (odd ARGV) whose expiry score
+/// is still the one read (the even ARGV after it); returns how many.
+const PATHS_REMOVE_UNCHANGED: &str = "local n = 0 for i = 1, #ARGV, 2 do \
+if (redis.call('ZSCORE', KEYS[2], ARGV[i]) or '') == ARGV[i + 1] then \
+redis.call('ZREM', KEYS[1], ARGV[i]) redis.call('ZREM', KEYS[2], ARGV[i]) n = n + 1 end end return n";
+
+/// One page (ARGV[1] members) of a tag set, each followed by its score.
+const TAG_PAGE_SCORED: &str =
+    "return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')";
+
+/// Removes each member (odd ARGV) of the tag set whose score is still the
+/// one read (the even ARGV after it); returns how many.
+const TAG_REMOVE_UNCHANGED: &str = "local n = 0 for i = 1, #ARGV, 2 do \
+if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then \
+redis.call('ZREM', KEYS[1], ARGV[i]) n = n + 1 end end return n";
 
 /// Removes up to ARGV[2] members whose expiry is at most ARGV[1].
 const PATHS_SWEEP: &str = "local m = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2])) \
@@ -156,24 +184,44 @@ impl Keys {
 
     /// One page of members for `path` exactly (any host), from `offset`.
     pub(crate) fn paths_exact(&self, path: &str, offset: usize) -> Cmd {
-        let mut lo = Vec::with_capacity(path.len() + 2);
-        lo.push(b'[');
-        lo.extend_from_slice(path.as_bytes());
-        lo.push(0);
-        let mut hi = lo.clone();
-        hi.push(0xff);
+        let (lo, hi) = PathRange::Exact(path).bounds();
         self.paths_range(lo, hi, offset)
     }
 
     /// One page of members whose path starts with `prefix` (any host),
     /// from `offset`.
     pub(crate) fn paths_prefixed(&self, prefix: &str, offset: usize) -> Cmd {
-        let mut lo = Vec::with_capacity(prefix.len() + 2);
-        lo.push(b'[');
-        lo.extend_from_slice(prefix.as_bytes());
-        let mut hi = lo.clone();
-        hi.push(0xff);
+        let (lo, hi) = PathRange::Prefix(prefix).bounds();
         self.paths_range(lo, hi, offset)
+    }
+
+    /// The first page of `range`'s members, scored ([`PATHS_PAGE_SCORED`]:
+    /// member, score, member, score…), for a purge.
+    pub(crate) fn paths_page_scored(&self, range: PathRange<'_>) -> Cmd {
+        let (lo, hi) = range.bounds();
+        let mut c = redis::cmd("EVAL");
+        c.arg(PATHS_PAGE_SCORED)
+            .arg(2)
+            .arg(&self.paths)
+            .arg(&self.paths_exp)
+            .arg(lo)
+            .arg(hi)
+            .arg(PAGE);
+        c
+    }
+
+    /// Removes the members of a scored page whose scores are unchanged
+    /// ([`PATHS_REMOVE_UNCHANGED`]); answers how many went.
+    pub(crate) fn paths_remove_unchanged(&self, scored: &[Bytes]) -> Cmd {
+        let mut c = redis::cmd("EVAL");
+        c.arg(PATHS_REMOVE_UNCHANGED)
+            .arg(2)
+            .arg(&self.paths)
+            .arg(&self.paths_exp);
+        for m in scored {
+            c.arg(&m[..]);
+        }
+        c
     }
 
     fn paths_range(&self, lo: Vec<u8>, hi: Vec<u8>, offset: usize) -> Cmd {
@@ -212,10 +260,20 @@ impl Keys {
         c
     }
 
-    pub(crate) fn tag_remove(tag_key: &str, members: &[Bytes]) -> Cmd {
-        let mut c = redis::cmd("ZREM");
-        c.arg(tag_key);
-        for m in members {
+    /// The first page of a tag set, scored ([`TAG_PAGE_SCORED`]: member,
+    /// score, member, score…), for a purge.
+    pub(crate) fn tag_page_scored(tag_key: &str) -> Cmd {
+        let mut c = redis::cmd("EVAL");
+        c.arg(TAG_PAGE_SCORED).arg(1).arg(tag_key).arg(PAGE);
+        c
+    }
+
+    /// Removes the members of a scored page whose scores are unchanged
+    /// ([`TAG_REMOVE_UNCHANGED`]); answers how many went.
+    pub(crate) fn tag_remove_unchanged(tag_key: &str, scored: &[Bytes]) -> Cmd {
+        let mut c = redis::cmd("EVAL");
+        c.arg(TAG_REMOVE_UNCHANGED).arg(1).arg(tag_key);
+        for m in scored {
             c.arg(&m[..]);
         }
         c
@@ -232,6 +290,39 @@ impl Keys {
         c.arg(key);
         c
     }
+}
+
+/// A range of the path set: one path (any host) or every path under a
+/// prefix.
+#[derive(Clone, Copy)]
+pub(crate) enum PathRange<'a> {
+    Exact(&'a str),
+    Prefix(&'a str),
+}
+
+impl PathRange<'_> {
+    /// Its `ZRANGEBYLEX` bounds: `[p\0` .. `[p\0\xff` for one path, `[p` ..
+    /// `[p\xff` for a prefix.
+    fn bounds(self) -> (Vec<u8>, Vec<u8>) {
+        let (text, exact) = match self {
+            PathRange::Exact(p) => (p, true),
+            PathRange::Prefix(p) => (p, false),
+        };
+        let mut lo = Vec::with_capacity(text.len() + 3);
+        lo.push(b'[');
+        lo.extend_from_slice(text.as_bytes());
+        if exact {
+            lo.push(0);
+        }
+        let mut hi = lo.clone();
+        hi.push(0xff);
+        (lo, hi)
+    }
+}
+
+/// The members of a scored page (member, score, member, score…).
+pub(crate) fn scored_members(scored: &[Bytes]) -> impl Iterator<Item = &Bytes> {
+    scored.iter().step_by(2)
 }
 
 /// The path-set member of an object: `"{path?query}\0{object key}"`.

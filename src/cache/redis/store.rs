@@ -21,7 +21,9 @@ use super::conn::{not_connected, Backend, Conn};
 use super::edit::{self, Change};
 use super::failures::FailureLog;
 use super::fleet::Fleet;
-use super::index::{member, object_of_member, Keys, PAGE, SWEEP_GRACE_MS};
+use super::index::{
+    member, object_of_member, scored_members, Keys, PathRange, PAGE, SWEEP_GRACE_MS,
+};
 use crate::cache::entry::Object;
 use crate::cache::freshness::now_millis;
 use crate::cache::key::CacheKey;
@@ -350,12 +352,8 @@ impl Core {
                         .query_async::<u64>(&mut c)
                         .await
                 }
-                Selector::PathAnyHost(path) => {
-                    purge_paths(keys, c, &keys.paths_exact(path, 0)).await
-                }
-                Selector::Prefix(prefix) => {
-                    purge_paths(keys, c, &keys.paths_prefixed(prefix, 0)).await
-                }
+                Selector::PathAnyHost(path) => purge_paths(keys, c, PathRange::Exact(path)).await,
+                Selector::Prefix(prefix) => purge_paths(keys, c, PathRange::Prefix(prefix)).await,
                 Selector::Tags(tags) => {
                     let mut total = 0;
                     for tag in tags.iter().collect::<BTreeSet<_>>() {
@@ -423,23 +421,29 @@ async fn delete_objects(c: &Conn, objects: impl Iterator<Item = &[u8]>) -> Redis
     Ok(deleted.iter().sum())
 }
 
-/// Pages through the path index with `page`, deleting then unindexing:
+/// Pages through `range` of the path index, deleting then unindexing:
 /// a page whose deletes fail (a Cluster slot in migration answering
 /// `ASK`, a timeout) stays indexed, so a later purge still finds its
 /// objects (unindexed first, they were left in Redis where no path or
-/// prefix purge could reach them).
-async fn purge_paths(keys: &Keys, mut c: Conn, page: &redis::Cmd) -> RedisResult<u64> {
+/// prefix purge could reach them). A member stored again meanwhile keeps
+/// its place (see `index`).
+async fn purge_paths(keys: &Keys, mut c: Conn, range: PathRange<'_>) -> RedisResult<u64> {
+    let page = keys.paths_page_scored(range);
     let mut total = 0;
     loop {
-        let members: Vec<Bytes> = page.query_async(&mut c).await?;
-        if members.is_empty() {
+        let scored: Vec<Bytes> = page.query_async(&mut c).await?;
+        if scored.is_empty() {
             break;
         }
-        total += delete_objects(&c, members.iter().filter_map(|m| object_of_member(m))).await?;
-        keys.paths_remove(&members)
-            .query_async::<Value>(&mut c)
+        let objects = scored_members(&scored).filter_map(|m| object_of_member(m));
+        total += delete_objects(&c, objects).await?;
+        let removed: u64 = keys
+            .paths_remove_unchanged(&scored)
+            .query_async(&mut c)
             .await?;
-        if members.len() < PAGE {
+        // A short page was the last; a full one that lost nothing (each
+        // member stored again meanwhile) would be read again as it is.
+        if scored.len() / 2 < PAGE || removed == 0 {
             break;
         }
     }
@@ -448,14 +452,16 @@ async fn purge_paths(keys: &Keys, mut c: Conn, page: &redis::Cmd) -> RedisResult
 
 /// Pages through one tag set: from each member's object it takes the
 /// variants `selector` (tags) selects, checked against what the object
-/// holds now (`edit`), then unindexes the page; a member whose object was
-/// stored again without the tag only leaves the index. Returns how many
-/// objects lost variants (or went).
+/// holds now (`edit`), then unindexes the page, but for a member stored
+/// again meanwhile (see `index`); a member whose object was stored again
+/// without the tag only leaves the index. Returns how many objects lost
+/// variants (or went).
 async fn purge_tag(tag_key: &str, selector: &Selector, mut c: Conn) -> RedisResult<u64> {
+    let page = Keys::tag_page_scored(tag_key);
     let mut total = 0;
     loop {
-        let members: Vec<Bytes> = Keys::tag_page(tag_key, 0).query_async(&mut c).await?;
-        if members.is_empty() {
+        let scored: Vec<Bytes> = page.query_async(&mut c).await?;
+        if scored.is_empty() {
             break;
         }
         // Objects first, then the index (as `purge_paths`): a page that
@@ -464,11 +470,12 @@ async fn purge_tag(tag_key: &str, selector: &Selector, mut c: Conn) -> RedisResu
             Some(left) => Change::Write(left),
             None => Change::None,
         };
+        let members: Vec<&Bytes> = scored_members(&scored).collect();
         total += edit::apply_all(&c, &members, true, purged).await?;
-        Keys::tag_remove(tag_key, &members)
-            .query_async::<Value>(&mut c)
+        let removed: u64 = Keys::tag_remove_unchanged(tag_key, &scored)
+            .query_async(&mut c)
             .await?;
-        if members.len() < PAGE {
+        if members.len() < PAGE || removed == 0 {
             break;
         }
     }
