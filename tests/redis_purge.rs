@@ -495,3 +495,135 @@ async fn a_purge_racing_a_write_leaves_the_object_findable() {
         );
     }
 }
+
+/// A TCP proxy to a Redis server whose client-to-server bytes can be held
+/// (in order, per connection) while server-to-client bytes always pass:
+/// a held instance still hears the purge channel but its writes wait.
+struct HoldingProxy {
+    port: u16,
+    open: tokio::sync::watch::Sender<bool>,
+    /// Whether a held chunk carried a `SET`.
+    saw_set: Arc<AtomicBool>,
+}
+
+impl HoldingProxy {
+    async fn start(to: u16) -> HoldingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, watch) = tokio::sync::watch::channel(true);
+        let saw_set = Arc::new(AtomicBool::new(false));
+        let saw = saw_set.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+                let (mut watch, saw) = (watch.clone(), saw.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match client_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if !*watch.borrow() && buf[..n].windows(3).any(|w| w == b"SET") {
+                            saw.store(true, Ordering::SeqCst);
+                        }
+                        if watch.wait_for(|open| *open).await.is_err() {
+                            return;
+                        }
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        HoldingProxy {
+            port,
+            open,
+            saw_set,
+        }
+    }
+
+    fn hold(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn release(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// Another instance's purge never comes undone by this instance's write
+/// of the same object that was on its way to Redis when the purge ran
+/// there (an admission queued behind other writes, or a revalidation of a
+/// soft-purged copy): the write lands after the purge's delete, and used
+/// to bring the old copy back for the whole fleet, the purging instance
+/// included, for its whole lifetime (the chaos probe saw it 80 ms after a
+/// prefix purge). The write is held on its way (a proxy in front of
+/// Redis) while the other instance purges; once it lands it is deleted
+/// again, because the purge reached this instance meanwhile.
+#[tokio::test]
+async fn a_write_on_its_way_during_another_instances_purge_does_not_undo_it() {
+    let server = RedisServer::start().await;
+    let proxy = HoldingProxy::start(server.port()).await;
+    let (origin, gate) = Origin::gated(&[("cache-control", "max-age=300")], "old").await;
+    let purging = Strata::start(&[origin.addr], &redis_config(&server.url(), "")).await;
+    let writing = Strata::start(
+        &[origin.addr],
+        &format!(
+            "[upstream.health]\nenabled = false\n\n[cache.redis]\n\
+             urls = [\"redis://127.0.0.1:{}\"]\ntimeout = \"5s\"\n",
+            proxy.port
+        ),
+    )
+    .await;
+    connected(&purging).await;
+    connected(&writing).await;
+    let c = Client::new();
+    // The miss reads Redis first, then asks the origin: the write is held
+    // from then on.
+    let miss = {
+        let c = c.clone();
+        let url = writing.url("/fleet/1");
+        tokio::spawn(async move { c.get_with(&url, &[("host", HOST)]).await })
+    };
+    wait_until(WAIT, "the origin asked", || async { origin.count() == 1 }).await;
+    proxy.hold();
+    gate.notify_one();
+    assert!(miss.await.unwrap().cache_status().contains("stored"));
+    wait_until(WAIT, "the write held on its way", || async {
+        proxy.saw_set.load(Ordering::SeqCst)
+    })
+    .await;
+    let (status, answer) = purging
+        .purge(r#"{"url": "http://shop.example/fleet/1"}"#)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    wait_until(WAIT, "the purge heard by the writing instance", || async {
+        writing
+            .shared
+            .cache
+            .memory()
+            .get_key(&key("/fleet/1"))
+            .is_none()
+    })
+    .await;
+    proxy.release();
+    flushed(&writing).await;
+    let object = format!("strata:o:{:032x}", key("/fleet/1").hash());
+    assert!(
+        !exists(&server, &object).await,
+        "the write landed after the purge and stayed"
+    );
+    gate.notify_one();
+    let r = get(&c, &purging, "/fleet/1", &[]).await;
+    assert!(!r.is_hit(), "{}", r.cache_status());
+}

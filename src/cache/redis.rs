@@ -44,6 +44,7 @@ mod hot;
 mod index;
 mod inspect;
 mod pending;
+mod received;
 mod soft;
 mod store;
 
@@ -77,7 +78,8 @@ const LANES: usize = 4;
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 enum Job {
-    Put(Arc<Object>, Duration),
+    /// Kept for the duration; queued after that many fleet purges.
+    Put(Arc<Object>, Duration, u64),
     Invalidate(CacheKey),
     /// One sampled hit on the object (popularity, `hot`).
     Hit(Arc<Object>),
@@ -109,9 +111,7 @@ async fn run_lane(core: Arc<Core>, mut jobs: mpsc::Receiver<Job>) {
     while let Some(job) = jobs.recv().await {
         // Failures are counted and logged inside; a lost write is a miss.
         match job {
-            Job::Put(object, keep) => {
-                let _ = core.put(&object, keep).await;
-            }
+            Job::Put(object, keep, queued) => core.put_unless_purged(&object, keep, queued).await,
             Job::Invalidate(key) => {
                 let _ = core.invalidate(&key).await;
                 core.invalidating.end(key.hash());
@@ -293,8 +293,8 @@ impl RedisTier {
     /// queue drops the write and counts it (`strata_redis_dropped_writes_total`);
     /// while the breaker is open the write is skipped.
     pub fn put_background(&self, object: Arc<Object>, keep: Duration) {
-        let hash = object.key.hash();
-        self.enqueue(hash, Job::Put(object, keep));
+        let purges = self.inner.core.fleet.received.count();
+        self.enqueue(object.key.hash(), Job::Put(object, keep, purges));
     }
 
     /// Writes `object` now and waits for it (bounded by `max(timeout, 1 s)`).

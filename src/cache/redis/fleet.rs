@@ -98,6 +98,8 @@ pub(crate) struct Fleet {
     invalidations: UnboundedSender<Invalidation>,
     /// Whether the subscription is up now (set by the subscriber only).
     subscribed: AtomicBool,
+    /// Purges received, for the write lanes (`received`).
+    pub(crate) received: super::received::Received,
 }
 
 impl Fleet {
@@ -111,6 +113,7 @@ impl Fleet {
             channel,
             invalidations,
             subscribed: AtomicBool::new(false),
+            received: Default::default(),
         }
     }
 
@@ -197,6 +200,7 @@ impl Fleet {
     }
 
     fn forward(&self, invalidation: Invalidation) {
+        self.received.record(&invalidation.selector);
         if self.invalidations.send(invalidation).is_err() {
             tracing::debug!("redis purge channel: invalidation receiver gone");
         }
