@@ -742,7 +742,21 @@ async fn a_weak_encoded_tag_in_if_match_stays_weak() {
 /// identity body in full: 3 MB here, 9 MB in the report.
 #[tokio::test]
 async fn a_client_accepting_br_gets_the_stored_gzip_when_br_was_not_stored() {
-    let origin = Origin::start(|_req| async move {
+    let origin = Origin::start(|req| async move {
+        if req.uri().path() == "/slow" {
+            // A declared 4 MiB that never ends: held in the collecting
+            // budget for as long as the test runs.
+            let first = futures_util::stream::iter([Bytes::from(vec![0u8; 1024])]);
+            let never = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+            return support::origin::streamed(
+                &[
+                    ("cache-control", "max-age=300"),
+                    ("content-type", "application/octet-stream"),
+                    ("content-length", "4194304"),
+                ],
+                never,
+            );
+        }
         support::origin::reply(
             200,
             &[
@@ -754,14 +768,24 @@ async fn a_client_accepting_br_gets_the_stored_gzip_when_br_was_not_stored() {
         )
     })
     .await;
-    // A collecting budget of 8 MiB (its floor): brotli's working memory
-    // for 3 MB (four bytes per byte) does not fit.
+    // A collecting budget of 8 MiB (its floor), 4 MiB of it held by a body
+    // still arriving: brotli's working memory for 3 MB (four bytes per
+    // byte) does not fit beside it (alone, one reservation of any size
+    // would).
     let s = Strata::start(
         &[origin.addr],
         &format!("{NO_HEALTH}[cache]\nmemory_capacity = \"32MiB\"\n"),
     )
     .await;
     let c = Client::new();
+    let slow = c
+        .start(
+            http::Request::get(s.url("/slow"))
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(slow.status(), 200);
     let url = s.url("/big");
     let first = get(&c, &url, "gzip").await;
     assert!(
@@ -812,5 +836,6 @@ async fn a_client_accepting_br_gets_the_stored_gzip_when_br_was_not_stored() {
         )
         .await;
     assert_eq!(changed.status, 200);
-    assert_eq!(origin.count(), 1);
+    assert_eq!(origin.count(), 2);
+    drop(slow);
 }
