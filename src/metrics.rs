@@ -133,9 +133,10 @@ impl ServerSeries {
         self.observe(elapsed);
     }
 
-    /// A response body that broke (`protocol`) or stalled (`timeout`)
-    /// after its head was counted as a response: an error too, timed
-    /// with the head already.
+    /// An exchange whose head was counted as a response and which still
+    /// failed: its body broke (`protocol`) or stalled (`timeout`), or its
+    /// head cannot be relayed (an unasked `101` or `304`, `protocol`).
+    /// An error too, timed with the head already.
     pub fn body_error(&self, kind: &str) {
         self.metrics
             .inner

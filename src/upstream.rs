@@ -250,11 +250,14 @@ impl Upstreams {
         if answer.response.status() == http::StatusCode::SWITCHING_PROTOCOLS && !asks_upgrade {
             // Answered, but the proxy turns it into a 502 (`proxy/forward.rs`).
             let server = self.balancer.servers()[answer.server].authority.to_string();
-            attempt.failed(&UpstreamError::UnaskedSwitch { server }, None);
+            let e = UpstreamError::UnaskedSwitch { server };
+            self.series[answer.server].body_error(e.kind());
+            attempt.failed(&e, None);
         }
         if answer.response.status() == http::StatusCode::NOT_MODIFIED && !conditional {
             let server = self.balancer.servers()[answer.server].authority.to_string();
             let e = UpstreamError::UnaskedNotModified { server };
+            self.series[answer.server].body_error(e.kind());
             attempt.failed(&e, None);
             return Err(e);
         }

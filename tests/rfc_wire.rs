@@ -385,6 +385,17 @@ async fn a_204_loses_content_length_and_an_unasked_101_is_a_502() {
         .await;
     assert_eq!(r.status, 502, "pass-through: {:?}", r.headers);
     assert!(answered.load(Ordering::SeqCst) >= 2);
+    // Counted as upstream errors (they were not, only as `101` answers).
+    assert_eq!(protocol_errors(&s, switch).await, 2.0);
+}
+
+/// `strata_upstream_errors_total{kind="protocol"}` of `server`.
+async fn protocol_errors(s: &Strata, server: std::net::SocketAddr) -> f64 {
+    let text = Client::new().get(&s.admin_url("/metrics")).await.text();
+    let series = format!("strata_upstream_errors_total{{kind=\"protocol\",server=\"{server}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(0.0, |v| v.trim().parse().unwrap_or(-1.0))
 }
 
 /// An HTTP/1.0 client's `Expect: 100-continue` is ignored (RFC 9110
@@ -560,6 +571,9 @@ async fn a_304_to_an_unconditional_request_is_a_502() {
         "{}",
         graced.cache_status()
     );
+    // Each unasked 304 is an upstream error: two misses, the POST and the
+    // revalidation's unconditional retry.
+    assert_eq!(protocol_errors(&s, origin.addr).await, 4.0);
 }
 
 /// RFC 9110 §8.6: no `Content-Length` on a `204`; a HEAD answered from a

@@ -1450,3 +1450,102 @@ async fn concurrent_large_misses_keep_memory_within_the_bound() {
     })
     .await;
 }
+
+/// SPEC §10's memory bound with mid-size objects: 24 clients fetching 64
+/// new objects each of 200–300 KiB (every other one text, so encoded at
+/// admission) through a 64 MiB memory tier keep the real binary within
+/// 1.25 × capacity + 64 MiB (144 MiB). When only bodies of 1 MiB or more
+/// had mappings of their own, freed bodies of this size stayed committed
+/// in the allocator: 148–149 MiB here (debug binary; the chaos probe saw
+/// 153–160 with 16 clients on the release binary), 122 MiB now.
+#[tokio::test]
+async fn mid_size_misses_keep_memory_within_the_bound() {
+    const CLIENTS: usize = 24;
+    const EACH: usize = 64;
+    static BODY: std::sync::LazyLock<bytes::Bytes> = std::sync::LazyLock::new(|| {
+        let text: String = (0..12_000)
+            .map(|i| format!("line {i}: mid-size objects through a small tier\n"))
+            .collect();
+        bytes::Bytes::from(text)
+    });
+    let len = |n: usize| (200 << 10) + (n * 7919) % (100 << 10);
+    let origin = Origin::start(move |req| {
+        let n: usize = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = BODY.slice(..len(n));
+        let kind = if n.is_multiple_of(2) {
+            "text/plain"
+        } else {
+            "application/octet-stream"
+        };
+        async move {
+            let mut r = reply(
+                200,
+                &[
+                    ("cache-control", "public, max-age=300"),
+                    ("content-type", kind),
+                ],
+                "",
+            );
+            *r.body_mut() = support::origin::full(body);
+            r
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    std::fs::write(
+        &path,
+        support::config_text(
+            &[origin.addr],
+            &format!("{NO_HEALTH}[cache]\nmemory_capacity = \"64MiB\"\n"),
+        ),
+    )
+    .unwrap();
+    let bin = support::binary::Binary::start(&path, &[]).await;
+    let (addr, pid) = (bin.addr, bin.pid());
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let running = running.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut peak = 0;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(resident_mib(pid));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            tokio::spawn(async move {
+                let c = Client::new();
+                for i in 0..EACH {
+                    let n = client * EACH + i;
+                    let ae = if i % 3 == 0 { "identity" } else { "br, gzip" };
+                    let r = c
+                        .get_with(
+                            &format!("http://{addr}/mid/{n}"),
+                            &[("accept-encoding", ae)],
+                        )
+                        .await;
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await.unwrap().max(resident_mib(pid));
+    eprintln!("peak {peak} MiB");
+    let bound = 64 * 5 / 4 + 64;
+    assert!(peak <= bound, "peak {peak} MiB over {bound} MiB");
+}

@@ -1,6 +1,6 @@
-//! Large stored bodies (at least [`MIN_LARGE`] bytes) in anonymous
-//! mappings of their own, given back to the kernel (`munmap`) the moment
-//! their last reference goes.
+//! Large stored bodies (at least [`MIN_LARGE`] bytes, at most
+//! [`MAX_MAPPED`] at once) in anonymous mappings of their own, given back
+//! to the kernel (`munmap`) the moment their last reference goes.
 //!
 //! Why not the heap: the allocator (mimalloc) keeps freed memory
 //! committed for its purge delay (1 s) and purges only when the process
@@ -24,10 +24,25 @@ use std::ptr::NonNull;
 
 use bytes::Bytes;
 
-/// Bodies of at least this many bytes get a mapping of their own. Below
-/// it the allocator's retention is small next to the bound's 64 MiB
-/// allowance, and a mapping's fixed costs are not worth it.
-pub const MIN_LARGE: usize = 1 << 20;
+/// Bodies of at least this many bytes get a mapping of their own: above
+/// mimalloc's small and medium sizes, whose pages are reused at once.
+/// With 1 MiB here, 16 clients' misses of unique 200–300 KiB objects
+/// through a 64 MiB tier peaked at 141–152 MiB of RSS (SPEC §10's bound:
+/// 144) and held 113–121 after; with 128 KiB, 130–134 and 95–99 (release
+/// binary, three runs each). A mapping's fixed costs (two system calls,
+/// the page faults of fresh memory: a few µs) are small next to a miss
+/// of this size.
+pub const MIN_LARGE: usize = 128 << 10;
+
+/// Bodies in mappings at once, at most: every mapping of the process
+/// (mimalloc's and the threads' stacks too) counts against the kernel's
+/// `vm.max_map_count` (65,530 by default), so past this many a body stays
+/// on the heap. A tier of many GiB of mid-size objects would otherwise
+/// reach the limit, and an allocation then fails.
+const MAX_MAPPED: usize = 16_384;
+
+/// Bodies in mappings now.
+static MAPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// One body's anonymous mapping, unmapped when the writer and every
 /// `Bytes` of it are gone.
@@ -49,6 +64,7 @@ impl Drop for Mapping {
         // SAFETY: the mapping made in `Mapped::with_capacity`, unmapped
         // once; this is its last reference, so nothing refers to its bytes.
         unsafe { unmap(self.base, self.mapped) }
+        MAPPED.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -80,14 +96,21 @@ impl AsRef<[u8]> for Written {
 
 impl Mapped {
     /// A mapping for `capacity` bytes; `None` when the kernel refuses one
-    /// (the caller keeps the heap).
+    /// or [`MAX_MAPPED`] bodies are mapped already (the caller keeps the
+    /// heap).
     pub fn with_capacity(capacity: usize) -> Option<Mapped> {
+        use std::sync::atomic::Ordering;
         let mapped = capacity.max(1).div_ceil(4096) * 4096;
+        if MAPPED.fetch_add(1, Ordering::Relaxed) >= MAX_MAPPED {
+            MAPPED.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let Some(base) = map_anonymous(mapped) else {
+            MAPPED.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        };
         Some(Mapped {
-            map: std::sync::Arc::new(Mapping {
-                base: map_anonymous(mapped)?,
-                mapped,
-            }),
+            map: std::sync::Arc::new(Mapping { base, mapped }),
             len: 0,
         })
     }
@@ -264,7 +287,7 @@ mod tests {
 
     #[test]
     fn a_large_body_is_collected_into_a_mapping_of_its_own() {
-        let chunk = Bytes::from(vec![7u8; 300 * 1024]);
+        let chunk = Bytes::from(vec![7u8; MIN_LARGE / 3]);
         let mut c = Collector::new(Some(MIN_LARGE as u64 + 10));
         assert!(matches!(c, Collector::Mapped(_)));
         let mut total = 0;
