@@ -146,17 +146,32 @@ impl Cache {
         let redis = config.redis.as_ref().map(|r| {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Invalidation>();
             let listener = memory.clone();
+            let tier = RedisTier::start(r, metrics.clone(), alerts, tx);
+            let own = tier.clone();
             tokio::spawn(async move {
-                while let Some(Invalidation { selector, soft }) = rx.recv().await {
+                while let Some(Invalidation {
+                    selector,
+                    soft,
+                    purge,
+                }) = rx.recv().await
+                {
                     let n = if soft {
                         listener.mark_stale(&selector)
                     } else {
                         listener.purge_now(&selector)
                     };
                     tracing::debug!(?selector, soft, entries = n, "fleet invalidation applied");
+                    if purge && !soft {
+                        // A write of ours that landed in Redis after the
+                        // purging instance deleted there, before its
+                        // message reached us, is deleted again. (A soft
+                        // purge's repeat would mark the copies the fleet
+                        // revalidated meanwhile, and revalidate again.)
+                        own.repeat_behind_queued_writes(selector, soft);
+                    }
                 }
             });
-            RedisTier::start(r, metrics.clone(), alerts, tx)
+            tier
         });
         Cache {
             inner: Arc::new(Inner {

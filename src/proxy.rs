@@ -191,37 +191,14 @@ impl RequestCtx<'_> {
             req.method(),
             req.headers(),
             self.present,
-            self.stored_coding(req, variant),
+            stored::stored_coding(
+                variant,
+                self.coding,
+                self.runtime.config.compression.as_ref(),
+                req.headers(),
+            ),
             self.coding,
             self.now,
-        )
-    }
-
-    /// The coding `variant` is served in: the negotiated one when it is
-    /// stored (the usual case: one comparison); else the best of those
-    /// stored that the client accepts, by its q-values (brotli may not
-    /// have fitted the encoding budget while gzip did, and a browser
-    /// accepts both); identity when none is.
-    fn stored_coding<B>(&self, req: &Request<B>, variant: &Variant) -> Option<Coding> {
-        let wanted = self.coding?;
-        if variant.encoded.iter().any(|e| e.coding == wanted) {
-            return Some(wanted);
-        }
-        if variant.encoded.is_empty() {
-            return None;
-        }
-        let policy = self.runtime.config.compression.as_ref()?;
-        let mut stored = [wanted; 2];
-        let mut n = 0;
-        for &c in &policy.algorithms {
-            if n < stored.len() && variant.encoded.iter().any(|e| e.coding == c) {
-                stored[n] = c;
-                n += 1;
-            }
-        }
-        crate::compression::negotiate(
-            &stored[..n],
-            req.headers().get_all(header::ACCEPT_ENCODING).iter(),
         )
     }
 

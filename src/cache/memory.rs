@@ -242,6 +242,19 @@ impl MemoryTier {
         self.broad_removal.fetch_max(at, Ordering::SeqCst);
     }
 
+    /// Records a removal of what `selector` selects without removing
+    /// anything yet: from here an admission whose fetch began earlier is
+    /// refused ([`MemoryTier::removed_since`]). A purge notes itself before
+    /// it deletes in Redis, so that such an admission, landing while the
+    /// purge works there, is neither stored here nor written to Redis
+    /// behind the purge's delete.
+    pub fn note_removal(&self, selector: &Selector) {
+        match selector {
+            Selector::Key(key) => self.removed_url(key),
+            _ => self.broad(selector),
+        }
+    }
+
     pub fn remove(&self, key: &CacheKey) -> bool {
         self.removed_url(key);
         let removed = self.cache.remove(&key.hash()).is_some();

@@ -169,6 +169,10 @@ impl Cache {
         // was deleted then overlaps the memory removal, which keeps it from
         // promoting that copy back into memory (`Cache::read_redis`);
         // removed from memory first, it could promote it after.
+        // Noted first: a fetch begun before the purge and admitted while it
+        // works in Redis would otherwise be stored, and written to Redis
+        // behind its delete.
+        self.inner.memory.note_removal(selector);
         let in_redis = in_redis(soft).await;
         let n = if soft {
             self.inner.memory.mark_stale(selector)

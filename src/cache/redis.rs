@@ -328,13 +328,13 @@ impl RedisTier {
         tokio::time::timeout(within, all).await.unwrap_or(false)
     }
 
-    /// Deletes what `selector` selects from Redis and publishes it to the
-    /// fleet; returns how many objects were removed from Redis. Tried even
-    /// while the breaker is open (an admin operation); bounded by
-    /// [`PURGE_CAP`] in all. The publish is attempted even if the deletes
-    /// failed; the first error is returned.
+    /// Deletes what `selector` selects from Redis (and this instance's
+    /// queued writes of it, `received`) and tells the fleet; returns how
+    /// many objects went from Redis. Tried even while the breaker is open;
+    /// bounded by [`PURGE_CAP`] in all; the first error is returned.
     pub async fn purge(&self, selector: &Selector) -> Result<u64, StorageError> {
         let core = &self.inner.core;
+        core.fleet.received.record(selector);
         let publish_bound = core.limits.write.min(PURGE_CAP / 5);
         let deleted = core.purge_redis(selector, PURGE_CAP - publish_bound).await;
         let published = core.publish(selector, false, publish_bound).await;
@@ -348,12 +348,12 @@ impl RedisTier {
         }
     }
 
-    /// Soft purge: marks what `selector` selects as stale in Redis (the
-    /// objects stay, see `soft`) and publishes it to the fleet as a soft
-    /// purge; returns how many objects were marked. Bounds and errors as
-    /// [`RedisTier::purge`].
+    /// Soft purge: marks what `selector` selects as stale in Redis (see
+    /// `soft`) and tells the fleet; returns how many objects were marked.
+    /// Bounds and errors as [`RedisTier::purge`].
     pub async fn soft_purge(&self, selector: &Selector) -> Result<u64, StorageError> {
         let core = &self.inner.core;
+        core.fleet.received.record(selector);
         let publish_bound = core.limits.write.min(PURGE_CAP / 5);
         let marked = core
             .soft_purge_redis(selector, PURGE_CAP - publish_bound)

@@ -151,6 +151,9 @@ fn tagged(variant: &Variant, tags: &[String]) -> bool {
 pub struct Invalidation {
     pub selector: Selector,
     pub soft: bool,
+    /// Another instance's purge (not a resubscription's "drop everything"):
+    /// this instance repeats it in Redis behind its own queued writes.
+    pub purge: bool,
 }
 
 #[cfg(test)]

@@ -127,6 +127,36 @@ pub(super) fn date_field(h: &HeaderMap, name: header::HeaderName) -> Option<std:
         .and_then(crate::cache::http_date::parse)
 }
 
+/// The coding `variant` is served in: `wanted` (the client's first
+/// choice) when it is stored (the usual case: one comparison); else the
+/// best of those stored that the client accepts (`req`'s
+/// Accept-Encoding), by its q-values (brotli may not have fitted the
+/// encoding budget while gzip did, and a browser accepts both); identity
+/// when none is.
+pub fn stored_coding(
+    variant: &Variant,
+    wanted: Option<Coding>,
+    policy: Option<&crate::compression::CompressionPolicy>,
+    req: &HeaderMap,
+) -> Option<Coding> {
+    let wanted = wanted?;
+    if variant.encoded.iter().any(|e| e.coding == wanted) {
+        return Some(wanted);
+    }
+    if variant.encoded.is_empty() {
+        return None;
+    }
+    let mut stored = [wanted; 2];
+    let mut n = 0;
+    for &c in &policy?.algorithms {
+        if n < stored.len() && variant.encoded.iter().any(|e| e.coding == c) {
+            stored[n] = c;
+            n += 1;
+        }
+    }
+    crate::compression::negotiate(&stored[..n], req.get_all(header::ACCEPT_ENCODING).iter())
+}
+
 /// Whether `req`'s `If-None-Match` names the tag Strata gives the
 /// representation in `coding` of the identity response with `identity`
 /// fields (`"xyz-gzip"`, or weak when it was encoded on the fly). Weak

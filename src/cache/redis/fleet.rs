@@ -185,6 +185,7 @@ impl Fleet {
         self.forward(Invalidation {
             selector,
             soft: msg.soft,
+            purge: true,
         });
     }
 
@@ -196,6 +197,7 @@ impl Fleet {
         self.forward(Invalidation {
             selector: Selector::Prefix(String::new()),
             soft: false,
+            purge: false,
         });
     }
 

@@ -173,17 +173,29 @@ impl RedisTier {
 
     /// The second half of an admin purge that has just deleted (or, with
     /// `soft`, marked) what `selector` selects in Redis and told the fleet:
-    /// a write queued before it on a write lane (an object admitted just
-    /// before the purge) may land after it. One URL is deleted again
-    /// through its own lane (read as a miss here meanwhile); a selector
-    /// once every lane has passed what was queued, in Redis only (no
-    /// second message to the fleet, no mark: a tag may select any key).
-    /// Best effort: skipped while the breaker is open, dropped past
-    /// [`MAX_BACKGROUND_PURGES`] under way.
+    /// a write on its way then (this instance's, though `received` skips
+    /// or undoes those, or another's whose purge message was still on the
+    /// way) may land after it. One URL is deleted again through its own
+    /// lane; a selector once every lane has passed what was queued, in
+    /// Redis only (no second message to the fleet). Either way what it
+    /// selects is read from Redis as a miss here meanwhile, never promoted
+    /// (a tag's on the object read). Best effort: skipped while the
+    /// breaker is open, dropped past [`MAX_BACKGROUND_PURGES`] under way.
     pub fn purge_behind_queued_writes(&self, selector: Selector, soft: bool) {
         if let (Selector::Key(key), false) = (&selector, soft) {
             return self.invalidate_background(key.clone());
         }
+        self.repeat_behind_queued_writes(selector, soft);
+    }
+
+    /// Deletes (with `soft`, marks) what `selector` selects in Redis again,
+    /// once every write lane has passed what was queued, telling no one;
+    /// for a hard purge, until then (and for [`LINGER`] after) this
+    /// instance reads what it selects from Redis as a miss. For a purge of
+    /// this instance's (see [`Self::purge_behind_queued_writes`]) and for
+    /// another instance's hard purge just received: one of our writes may
+    /// have landed after its delete, before its message reached us.
+    pub fn repeat_behind_queued_writes(&self, selector: Selector, soft: bool) {
         if self.inner.core.breaker.is_open() {
             return;
         }
@@ -191,9 +203,21 @@ impl RedisTier {
             tracing::debug!(?selector, "too many purges under way: not repeated");
             return;
         };
+        // Until a hard purge's repeat is done this instance reads what it
+        // selects from Redis as a miss: a write that landed after the
+        // first pass (another instance's, as its purge message was on the
+        // way) is then never promoted into memory here. Not a soft purge's:
+        // a copy revalidated meanwhile by another instance is to be found.
+        let core = &self.inner.core;
+        let end = (!soft).then(|| {
+            EndSelector(
+                core.clone(),
+                core.invalidating.begin_selector(selector.clone()),
+            )
+        });
         let tier = self.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _held = (slot, end);
             if !tier.flush(PURGE_CAP).await {
                 return;
             }
@@ -206,9 +230,18 @@ impl RedisTier {
             if let Err(e) = done {
                 tracing::debug!(?selector, soft, error = %e, "purge behind the queued writes failed");
             }
+            // Other instances repeat a hard purge as its message reaches
+            // them: their copies may land until then.
+            if !soft {
+                tokio::time::sleep(LINGER).await;
+            }
         });
     }
 }
+
+/// How long after its repeat a purge still makes reads of what it
+/// selects misses here ([`RedisTier::repeat_behind_queued_writes`]).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Ends a selector's pending invalidation when dropped.
 struct EndSelector(Arc<Core>, u64);

@@ -1,5 +1,5 @@
-//! Purges received from the fleet, remembered for a moment so that this
-//! instance's queued Redis writes never undo them.
+//! Purges made here or received from the fleet, remembered for a moment
+//! so that this instance's queued Redis writes never undo them.
 //!
 //! A write queued on a lane before another instance's purge reached this
 //! one (an admission, a revalidation of a soft-purged copy) would land in
@@ -53,8 +53,9 @@ impl Received {
         self.count.load(Ordering::SeqCst)
     }
 
-    /// A purge (hard or soft) from another instance: recorded before it
-    /// is applied to the memory tier.
+    /// A purge (hard or soft): this instance's own, before it deletes in
+    /// Redis, or another instance's, before it is applied to the memory
+    /// tier.
     pub(crate) fn record(&self, selector: &Selector) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let at = self.count.fetch_add(1, Ordering::SeqCst) + 1;
