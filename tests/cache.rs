@@ -3612,5 +3612,10 @@ async fn a_hosts_trailing_dot_is_keyed_without_it() {
     assert_eq!(answer["purged"], 1);
     let after = get("example.com.").await;
     assert!(!after.is_hit(), "{}", after.cache_status());
+    // An empty label, or nothing but the root, names no host (nginx: 400);
+    // each had an entry of its own.
+    for host in ["example.com..", "."] {
+        assert_eq!(get(host).await.status, 400, "{host}");
+    }
     assert_eq!(origin.count(), 2);
 }

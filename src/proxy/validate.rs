@@ -287,7 +287,14 @@ pub(crate) fn valid_host(h: &str) -> bool {
                     .iter()
                     .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
         }),
-        None => !host.is_empty() && host.iter().all(|&b| REG_NAME[usize::from(b)]),
+        // As nginx reads a host: no empty label inside (`a..b`), and not
+        // empty once the root's trailing dot goes (`.`); each would be
+        // keyed apart from the host it names.
+        None => {
+            host.iter().all(|&b| REG_NAME[usize::from(b)])
+                && !host.windows(2).any(|w| w == b"..")
+                && !host.strip_suffix(b".").unwrap_or(host).is_empty()
+        }
     };
     // A port is digits, at most 65535 (empty: the scheme's default).
     let port_ok = |p: &[u8]| {
@@ -418,12 +425,28 @@ mod tests {
             "a_b",
             "h:65535",
             "h:",
+            "example.com.",
+            "example.com.:80",
         ] {
             assert!(valid_host(ok), "{ok}");
         }
         for bad in [
-            "", "a b", "a/b", "u@h", "h:port", "h:123456", "h:99999", "h:65536", "[::1", "h?x",
+            "",
+            "a b",
+            "a/b",
+            "u@h",
+            "h:port",
+            "h:123456",
+            "h:99999",
+            "h:65536",
+            "[::1",
+            "h?x",
             ":80",
+            // An empty label, or nothing but the root (nginx: 400 too).
+            "example.com..",
+            "a..b",
+            ".",
+            ".:80",
         ] {
             assert!(!valid_host(bad), "{bad}");
         }
