@@ -815,6 +815,8 @@ async fn a_client_accepting_br_gets_the_stored_gzip_when_br_was_not_stored() {
         assert_eq!(hit.body.len(), page().repeat(230).len(), "{ae}");
     }
     // What a browser holds from a miss encoded on the fly: still current.
+    // The 304 names the representation the client holds, not a stored
+    // one it never got (whose strong tag a later If-Range would splice).
     for (ae, held) in [
         ("gzip, deflate, br", "W/\"big-br\""),
         ("br", "W/\"big-br\""),
@@ -824,6 +826,14 @@ async fn a_client_accepting_br_gets_the_stored_gzip_when_br_was_not_stored() {
             .get_with(&url, &[("accept-encoding", ae), ("if-none-match", held)])
             .await;
         assert_eq!(revalidated.status, 304, "{ae} {held}");
+        assert_eq!(revalidated.header("etag"), Some(held), "{ae}");
+        assert!(
+            revalidated
+                .header("vary")
+                .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding")),
+            "{ae} {held}: {:?}",
+            revalidated.header("vary")
+        );
     }
     // A tag of another version is not.
     let changed = c

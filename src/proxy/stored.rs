@@ -45,7 +45,20 @@ pub fn from_stored(
             if held_in(wanted, &variant.headers, req)
                 && (*method == Method::GET || *method == Method::HEAD)
             {
-                return not_modified_or_failed(StatusCode::NOT_MODIFIED, headers, age);
+                // It names the representation the client holds (the one
+                // encoded on the fly), not one it never got: a later
+                // `If-Range` with a stored copy's strong tag would splice
+                // that copy's bytes onto the client's.
+                let mut resp = not_modified_or_failed(StatusCode::NOT_MODIFIED, headers, age);
+                let held = variant
+                    .headers
+                    .get(header::ETAG)
+                    .and_then(|e| crate::compression::encoded_etag(e, wanted, true));
+                if let Some(held) = held {
+                    resp.headers_mut().insert(header::ETAG, held);
+                    crate::compression::merge_vary_accept_encoding(resp.headers_mut());
+                }
+                return resp;
             }
         }
         if variant.status == StatusCode::OK && *method == Method::GET {
