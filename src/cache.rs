@@ -147,7 +147,10 @@ impl Cache {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Invalidation>();
             let listener = memory.clone();
             let tier = RedisTier::start(r, metrics.clone(), alerts, tx);
-            let own = tier.clone();
+            // Weak: the tier's fleet holds this channel's sender, so a
+            // strong handle here would keep the tier (and its tasks) alive
+            // for ever.
+            let own = tier.downgrade();
             tokio::spawn(async move {
                 while let Some(Invalidation {
                     selector,
@@ -161,13 +164,18 @@ impl Cache {
                         listener.purge_now(&selector)
                     };
                     tracing::debug!(?selector, soft, entries = n, "fleet invalidation applied");
-                    if purge && !soft {
-                        // A write of ours that landed in Redis after the
-                        // purging instance deleted there, before its
-                        // message reached us, is deleted again. (A soft
-                        // purge's repeat would mark the copies the fleet
-                        // revalidated meanwhile, and revalidate again.)
-                        own.repeat_behind_queued_writes(selector, soft);
+                    // A write of ours that landed in Redis after the purging
+                    // instance deleted there, before its message reached
+                    // us, is deleted again. Not for one URL (an unsafe
+                    // request's invalidation, every write of the fleet:
+                    // the repeat would cost each instance a flush and a
+                    // scan per write), nor a soft purge (it would mark the
+                    // copies the fleet revalidated meanwhile).
+                    let broad = !matches!(selector, storage::Selector::Key(_));
+                    if purge && !soft && broad {
+                        if let Some(own) = own.upgrade() {
+                            own.repeat_behind_queued_writes(selector, soft);
+                        }
                     }
                 }
             });

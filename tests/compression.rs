@@ -835,6 +835,18 @@ async fn a_client_accepting_br_gets_the_stored_gzip_when_br_was_not_stored() {
             revalidated.header("vary")
         );
     }
+    // An identity tag beside another version's br tag: the gzip copy's
+    // precondition is false, and no 304 names a br copy it does not hold.
+    let mixed = c
+        .get_with(
+            &url,
+            &[
+                ("accept-encoding", "gzip, br"),
+                ("if-none-match", "\"big\", W/\"other-br\""),
+            ],
+        )
+        .await;
+    assert_eq!(mixed.status, 200);
     // A tag of another version is not.
     let changed = c
         .get_with(

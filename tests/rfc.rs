@@ -143,6 +143,18 @@ async fn an_expires_with_odd_case_or_a_wrong_day_name_still_gives_freshness() {
         assert!(second.is_hit(), "{path}: {}", second.cache_status());
     }
     assert_eq!(origin.count(), 4);
+    // A request's precondition is read exactly (RFC 9110 §13.1.3: one that
+    // is not a valid HTTP-date is ignored): 8 August 2050 was a Monday.
+    for (ims, status) in [
+        ("Mon, 08 Aug 2050 02:01:18 GMT", 304),
+        ("Thu, 08 Aug 2050 02:01:18 GMT", 200),
+        ("MON, 08 AUG 2050 02:01:18 GMT", 200),
+    ] {
+        let r = c
+            .get_with(&s.url("/upper-month"), &[("if-modified-since", ims)])
+            .await;
+        assert_eq!(r.status, status, "{ims}");
+    }
 }
 
 #[tokio::test]

@@ -30,6 +30,14 @@ pub fn parse(s: &str) -> Option<SystemTime> {
     parse_at(s, current_year())
 }
 
+/// `s` as an HTTP-date read exactly, without the lenient second reading:
+/// for a request's preconditions (`If-Modified-Since`,
+/// `If-Unmodified-Since`, `If-Range`), which RFC 9110 §13.1.3–§13.1.5
+/// say to ignore when they are not valid HTTP-dates.
+pub fn parse_exact(s: &str) -> Option<SystemTime> {
+    strict(s, current_year())
+}
+
 /// [`parse`], with the rfc850 year placed relative to `this_year`.
 fn parse_at(s: &str, this_year: u64) -> Option<SystemTime> {
     strict(s, this_year).or_else(|| lenient(s, this_year))
@@ -217,6 +225,15 @@ mod tests {
         ] {
             assert_eq!(parse_at(s, 2026), None, "{s}");
         }
+    }
+
+    #[test]
+    fn the_exact_reading_has_no_second_chance() {
+        let wrong_day = "Thu, 08 Aug 2050 02:01:18 GMT";
+        assert!(parse(wrong_day).is_some());
+        assert!(parse_exact(wrong_day).is_none());
+        assert!(parse_exact("Mon, 08 Aug 2050 02:01:18 GMT").is_some());
+        assert!(parse_exact("mon, 08 Aug 2050 02:01:18 GMT").is_none());
     }
 
     #[test]

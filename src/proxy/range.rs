@@ -33,7 +33,7 @@ pub(super) fn if_range_holds(headers: &HeaderMap, req: &HeaderMap, dates: bool) 
     }
     let date = std::str::from_utf8(cond).ok();
     match (
-        date.and_then(crate::cache::http_date::parse),
+        date.and_then(crate::cache::http_date::parse_exact),
         date_field(headers, header::LAST_MODIFIED),
     ) {
         (Some(a), Some(b)) => {

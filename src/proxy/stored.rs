@@ -178,13 +178,25 @@ fn held_in(coding: Coding, identity: &HeaderMap, req: &HeaderMap) -> bool {
     let Some(inm) = req.get(header::IF_NONE_MATCH) else {
         return false;
     };
-    crate::compression::unmap_etag_list(inm, &[coding], false).is_some_and(|mapped| {
-        etag_list_matches(
-            mapped.as_bytes(),
-            identity.get(header::ETAG).map(HeaderValue::as_bytes),
-            false,
-        )
-    })
+    let etag = identity.get(header::ETAG).map(HeaderValue::as_bytes);
+    // Only the tags that carry the coding's suffix: an identity tag in the
+    // same list is the precondition's to judge, and the 304 must not name
+    // a representation the client does not hold.
+    inm.as_bytes()
+        .split(|&b| b == b',')
+        .filter_map(|tag| std::str::from_utf8(tag).ok())
+        .filter_map(|tag| crate::compression::strip_etag_suffix(tag, coding))
+        .any(|base| etag_list_matches(base.as_bytes(), etag, false))
+}
+
+/// A request's precondition date, read exactly ([`parse_exact`]): not a
+/// valid HTTP-date, it is ignored (RFC 9110 §13.1.3, §13.1.4).
+///
+/// [`parse_exact`]: crate::cache::http_date::parse_exact
+fn precondition_date(req: &HeaderMap, name: header::HeaderName) -> Option<std::time::SystemTime> {
+    req.get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::cache::http_date::parse_exact)
 }
 
 /// RFC 9110 §13.2.2 evaluation order; `Some(status)` short-circuits.
@@ -213,7 +225,7 @@ fn precondition(
         if !etag_list_matches(im, etag, true) {
             return Some(StatusCode::PRECONDITION_FAILED);
         }
-    } else if let Some(ius) = date_field(req, header::IF_UNMODIFIED_SINCE) {
+    } else if let Some(ius) = precondition_date(req, header::IF_UNMODIFIED_SINCE) {
         if last_modified().is_none_or(|lm| lm > ius) {
             return Some(StatusCode::PRECONDITION_FAILED);
         }
@@ -228,7 +240,7 @@ fn precondition(
             });
         }
     } else if safe {
-        if let Some(ims) = date_field(req, header::IF_MODIFIED_SINCE) {
+        if let Some(ims) = precondition_date(req, header::IF_MODIFIED_SINCE) {
             let modified = last_modified().or_else(|| {
                 let received = received?;
                 date_field(headers, header::DATE).or_else(|| {

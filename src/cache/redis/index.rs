@@ -40,9 +40,12 @@ pub(crate) const SWEEP_GRACE_MS: u64 = 60_000;
 /// Members read and removed per purge or sweep round.
 pub(crate) const PAGE: usize = 500;
 
-/// Adds one member to both path sets.
-const PATHS_ADD: &str = "redis.call('ZADD', KEYS[1], 0, ARGV[1]) \
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) return 1";
+/// Adds one member to both path sets, scored by its expiry; a score
+/// equal to the one it has (two writes in one millisecond) is moved on by
+/// one, so that every write re-scores its member (see the module doc).
+const PATHS_ADD: &str = "local s = tonumber(ARGV[2]) \
+if tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or -1) == s then s = s + 1 end \
+redis.call('ZADD', KEYS[1], 0, ARGV[1]) redis.call('ZADD', KEYS[2], s, ARGV[1]) return 1";
 
 /// Removes members from both path sets.
 const PATHS_REMOVE: &str = "if #ARGV > 0 then redis.call('ZREM', KEYS[1], unpack(ARGV)) \
@@ -56,9 +59,13 @@ local out = {} for _, v in ipairs(m) do out[#out + 1] = v \
 out[#out + 1] = redis.call('ZSCORE', KEYS[2], v) or '' end return out";
 
 /// Removes from both path sets each member (odd ARGV) whose expiry score
-/// is still the one read (the even ARGV after it); returns how many.
+/// is still the one read (the even ARGV after it); returns how many are
+/// gone (removed, or already gone: another purge, the sweep), so that
+/// only a page every member of which was stored again stops a purge.
 const PATHS_REMOVE_UNCHANGED: &str = "local n = 0 for i = 1, #ARGV, 2 do \
-if (redis.call('ZSCORE', KEYS[2], ARGV[i]) or '') == ARGV[i + 1] then \
+local cur = redis.call('ZSCORE', KEYS[2], ARGV[i]) \
+if cur == false and redis.call('ZSCORE', KEYS[1], ARGV[i]) == false then n = n + 1 \
+elseif (cur or '') == ARGV[i + 1] then \
 redis.call('ZREM', KEYS[1], ARGV[i]) redis.call('ZREM', KEYS[2], ARGV[i]) n = n + 1 end end return n";
 
 /// One page (ARGV[1] members) of a tag set, each followed by its score.
@@ -66,19 +73,24 @@ const TAG_PAGE_SCORED: &str =
     "return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')";
 
 /// Removes each member (odd ARGV) of the tag set whose score is still the
-/// one read (the even ARGV after it); returns how many.
+/// one read (the even ARGV after it); returns how many are gone (removed,
+/// or already gone), as [`PATHS_REMOVE_UNCHANGED`].
 const TAG_REMOVE_UNCHANGED: &str = "local n = 0 for i = 1, #ARGV, 2 do \
-if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then \
+local cur = redis.call('ZSCORE', KEYS[1], ARGV[i]) \
+if cur == false then n = n + 1 elseif cur == ARGV[i + 1] then \
 redis.call('ZREM', KEYS[1], ARGV[i]) n = n + 1 end end return n";
 
 /// Removes up to ARGV[2] members whose expiry is at most ARGV[1].
 const PATHS_SWEEP: &str = "local m = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2])) \
 if #m > 0 then redis.call('ZREM', KEYS[1], unpack(m)) redis.call('ZREM', KEYS[2], unpack(m)) end return #m";
 
-/// Adds an object key to a tag set scored by its expiry, drops members
-/// expired before ARGV[4], and makes the set outlive its newest member
-/// (PTTL is -1 without an expiry and -2 for no key: both are extended).
-const TAG_ADD: &str = "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) \
+/// Adds an object key to a tag set scored by its expiry (moved on by one
+/// when equal to the one it has, as [`PATHS_ADD`]), drops members expired
+/// before ARGV[4], and makes the set outlive its newest member (PTTL is
+/// -1 without an expiry and -2 for no key: both are extended).
+const TAG_ADD: &str = "local s = tonumber(ARGV[2]) \
+if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or -1) == s then s = s + 1 end \
+redis.call('ZADD', KEYS[1], s, ARGV[1]) \
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4]) \
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end return 1";
 

@@ -116,8 +116,9 @@ impl Pending {
 }
 
 impl RedisTier {
-    /// Invalidations of this instance not yet done in Redis (each key's
-    /// and each selector's, both deletions of [`Self::purge_background`]).
+    /// Invalidations not yet done in Redis (each key's and each
+    /// selector's: this instance's, and the repeats of hard purges, its
+    /// own and the fleet's, [`Self::repeat_behind_queued_writes`]).
     pub fn pending_invalidations(&self) -> usize {
         self.inner.core.invalidating.count()
     }
@@ -239,6 +240,23 @@ impl RedisTier {
     }
 }
 
+/// A [`RedisTier`] that does not keep it alive.
+pub struct WeakRedisTier(std::sync::Weak<super::Inner>);
+
+impl WeakRedisTier {
+    pub fn upgrade(&self) -> Option<RedisTier> {
+        self.0.upgrade().map(|inner| RedisTier { inner })
+    }
+}
+
+impl RedisTier {
+    /// A handle that does not keep the tier alive (its tasks stop when
+    /// the last strong one goes).
+    pub fn downgrade(&self) -> WeakRedisTier {
+        WeakRedisTier(Arc::downgrade(&self.inner))
+    }
+}
+
 /// How long after its repeat a purge still makes reads of what it
 /// selects misses here ([`RedisTier::repeat_behind_queued_writes`]).
 const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
@@ -253,7 +271,8 @@ impl Drop for EndSelector {
 }
 
 /// Background purges under way at once, of each kind
-/// ([`RedisTier::purge_background`], [`RedisTier::purge_behind_queued_writes`]).
+/// ([`RedisTier::purge_background`]; [`RedisTier::repeat_behind_queued_writes`],
+/// for this instance's purges and the fleet's hard ones by selector).
 pub(super) const MAX_BACKGROUND_PURGES: usize = 64;
 
 #[cfg(test)]

@@ -11,6 +11,10 @@
 //! one that was in flight meanwhile. What remains is the moment between
 //! the purge's delete in Redis and its message reaching this instance.
 //!
+//! A resubscription after a gap (purges may have been missed) is recorded
+//! as a purge of everything: the writes queued then are skipped, which
+//! costs misses elsewhere, never a stale copy.
+//!
 //! Hand-written: a counter and a short log under a mutex, touched by a
 //! write only when a purge arrived since it was queued.
 

@@ -2,9 +2,10 @@
 //! runs on the current connection within its time bound, through the
 //! circuit breaker, and is counted and logged when it fails. Reads, writes
 //! (object first, index entries after), unsafe-method invalidations,
-//! purges through the indexes (unindex first, delete after; a tag's
-//! objects checked for the tag, `edit`), publishes and the path-index
-//! sweep.
+//! purges through the indexes (a page's objects deleted, then its members
+//! unindexed unless a write re-scored them meanwhile, see `index`; a
+//! tag's objects checked for the tag, `edit`), publishes and the
+//! path-index sweep.
 
 use std::collections::BTreeSet;
 use std::future::Future;
