@@ -239,7 +239,7 @@ pub struct Times {
 /// exact about field widths: extra spaces, dashes in an IMF-fixdate, periods
 /// in the time or a one-digit hour are rejected); more than one field line
 /// is invalid too.
-fn http_date(headers: &HeaderMap, name: HeaderName) -> Option<Millis> {
+pub(crate) fn http_date(headers: &HeaderMap, name: HeaderName) -> Option<Millis> {
     let mut values = headers.get_all(name).iter();
     let v = values.next()?;
     if values.next().is_some() {

@@ -4,7 +4,6 @@
 //! with a per-entry expiry of the object's freshness lifetime plus stale
 //! windows. Lookups are synchronous and lock-free on the hit path.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use moka::Expiry;
 use super::entry::{Object, Variant};
 use super::freshness::now_millis;
 use super::key::CacheKey;
-use super::storage::Selector;
+use super::storage::{Selector, SelectorLog};
 
 /// How long a URL's removal is remembered for [`MemoryTier::removed_since`]:
 /// far longer than any admission takes to compress its representations.
@@ -59,26 +58,18 @@ pub struct MemoryTier {
     /// The count after the last removal by selector (prefix, tag, path on
     /// every host) or soft purge.
     broad_removal: Arc<AtomicU64>,
-    /// The latest of those, with their counts (see [`Broad`]).
-    recent_broad: Arc<Mutex<Broad>>,
+    /// The latest of those, with their counts (see [`RECENT_BROAD`]).
+    recent_broad: Arc<Mutex<SelectorLog>>,
     /// The count after each URL's last removal (remembered for
     /// [`REMOVALS_KEPT`]).
     removed_urls: Cache<u64>,
 }
 
-/// Removals by selector remembered with their selectors, so that one
-/// removes from consideration only what it may have selected: a tag purge
-/// every second must not keep every miss in flight from being stored.
-/// Past [`RECENT_BROAD`] of them, the oldest are forgotten and count for
-/// every URL.
-#[derive(Default)]
-struct Broad {
-    /// `(count, selector)`, oldest first.
-    recent: VecDeque<(u64, Selector)>,
-    /// The highest count forgotten.
-    forgotten: u64,
-}
-
+/// Removals by selector remembered with their selectors (a
+/// [`SelectorLog`]), so that one removes from consideration only what it
+/// may have selected: a tag purge every second must not keep every miss
+/// in flight from being stored. Past this many, the oldest are forgotten
+/// and count for every URL.
 const RECENT_BROAD: usize = 256;
 
 /// Objects of at least this weight (bytes) are evicted for at once (see
@@ -106,7 +97,7 @@ impl MemoryTier {
             cache,
             removals: Arc::new(AtomicU64::new(0)),
             broad_removal: Arc::new(AtomicU64::new(0)),
-            recent_broad: Default::default(),
+            recent_broad: Arc::new(Mutex::new(SelectorLog::new(RECENT_BROAD))),
             removed_urls: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(REMOVALS_KEPT)
@@ -209,11 +200,7 @@ impl MemoryTier {
             .is_some_and(|at| at > epoch)
             || (self.broad_removal.load(Ordering::SeqCst) > epoch && {
                 let broad = self.recent_broad.lock().unwrap_or_else(|p| p.into_inner());
-                (forgotten && broad.forgotten > epoch)
-                    || broad
-                        .recent
-                        .iter()
-                        .any(|(at, selector)| *at > epoch && selects(selector))
+                broad.since(epoch, forgotten, selects)
             })
     }
 
@@ -233,12 +220,7 @@ impl MemoryTier {
     fn broad(&self, selector: &Selector) {
         let mut broad = self.recent_broad.lock().unwrap_or_else(|p| p.into_inner());
         let at = self.next_removal();
-        broad.recent.push_back((at, selector.clone()));
-        if broad.recent.len() > RECENT_BROAD {
-            if let Some((old, _)) = broad.recent.pop_front() {
-                broad.forgotten = broad.forgotten.max(old);
-            }
-        }
+        broad.push(at, selector.clone());
         self.broad_removal.fetch_max(at, Ordering::SeqCst);
     }
 

@@ -145,6 +145,56 @@ fn tagged(variant: &Variant, tags: &[String]) -> bool {
     variant.tags.iter().any(|t| tags.contains(t))
 }
 
+/// The latest selectors of some kind of removal, each with the count it
+/// was given (removals in memory, purges seen by a Redis tier's write
+/// lanes), so that a check asks only whether one since its own count may
+/// select what it holds. Past `kept` of them, the oldest are forgotten;
+/// a check older than a forgotten one counts as selected (a miss or a
+/// skipped write, never a stale copy).
+#[derive(Debug)]
+pub struct SelectorLog {
+    /// `(count, selector)`, oldest first.
+    recent: std::collections::VecDeque<(u64, Selector)>,
+    /// The highest count forgotten.
+    forgotten: u64,
+    kept: usize,
+}
+
+impl SelectorLog {
+    pub fn new(kept: usize) -> SelectorLog {
+        SelectorLog {
+            recent: Default::default(),
+            forgotten: 0,
+            kept,
+        }
+    }
+
+    /// Remembers `selector` under the count `at`.
+    pub fn push(&mut self, at: u64, selector: Selector) {
+        self.recent.push_back((at, selector));
+        if self.recent.len() > self.kept {
+            if let Some((old, _)) = self.recent.pop_front() {
+                self.forgotten = self.forgotten.max(old);
+            }
+        }
+    }
+
+    /// Whether one remembered after `since` `selects`; with
+    /// `forgotten_counts`, also whether one after it was forgotten.
+    pub fn since(
+        &self,
+        since: u64,
+        forgotten_counts: bool,
+        selects: impl Fn(&Selector) -> bool,
+    ) -> bool {
+        (forgotten_counts && self.forgotten > since)
+            || self
+                .recent
+                .iter()
+                .any(|(at, selector)| *at > since && selects(selector))
+    }
+}
+
 /// A purge as the fleet sees it: what it selects, and whether the entries
 /// are deleted or only marked stale (soft purge).
 #[derive(Debug, Clone)]

@@ -303,8 +303,9 @@ async fn stream_rest(
     }
 }
 
-/// Builds the identity variant: headers completed (Content-Length, Date,
-/// no Age) and `Vary: Accept-Encoding` when encodings will follow.
+/// Builds the identity variant: headers completed (Content-Length, no
+/// Age; `Date` was made one valid line when the response arrived,
+/// `exchange.rs`) and `Vary: Accept-Encoding` when encodings will follow.
 #[allow(clippy::too_many_arguments)]
 fn identity_variant(
     status: StatusCode,
@@ -324,12 +325,6 @@ fn identity_variant(
         headers.remove(header::CONTENT_LENGTH);
     } else {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    }
-    if !headers.contains_key(header::DATE) {
-        let date = std::time::UNIX_EPOCH + std::time::Duration::from_millis(times.response);
-        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(date)) {
-            headers.insert(header::DATE, v);
-        }
     }
     if encoded {
         compression::merge_vary_accept_encoding(&mut headers);

@@ -135,9 +135,15 @@ const AGE_TEXT_LEN: usize = 10 + 90 * 2 + 900 * 3 + 9_000 * 4;
 
 /// An HTTP-date field (RFC 9110 §5.6.7); `None` when absent or invalid.
 pub(super) fn date_field(h: &HeaderMap, name: header::HeaderName) -> Option<std::time::SystemTime> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::cache::http_date::parse)
+    read_date(h, name, crate::cache::http_date::parse)
+}
+
+fn read_date(
+    h: &HeaderMap,
+    name: header::HeaderName,
+    parse: fn(&str) -> Option<std::time::SystemTime>,
+) -> Option<std::time::SystemTime> {
+    h.get(name).and_then(|v| v.to_str().ok()).and_then(parse)
 }
 
 /// The coding `variant` is served in: `wanted` (the client's first
@@ -194,9 +200,7 @@ fn held_in(coding: Coding, identity: &HeaderMap, req: &HeaderMap) -> bool {
 ///
 /// [`parse_exact`]: crate::cache::http_date::parse_exact
 fn precondition_date(req: &HeaderMap, name: header::HeaderName) -> Option<std::time::SystemTime> {
-    req.get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::cache::http_date::parse_exact)
+    read_date(req, name, crate::cache::http_date::parse_exact)
 }
 
 /// RFC 9110 §13.2.2 evaluation order; `Some(status)` short-circuits.

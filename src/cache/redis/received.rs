@@ -18,41 +18,36 @@
 //! Hand-written: a counter and a short log under a mutex, touched by a
 //! write only when a purge arrived since it was queued.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::Bytes;
-use redis::Value;
-
-use super::index::{member, Keys};
 use super::store::Core;
 use crate::cache::entry::Object;
 use crate::cache::key::CacheKey;
-use crate::cache::storage::{Selector, StorageError};
+use crate::cache::storage::{Selector, SelectorLog, StorageError};
 
 /// Purges remembered; a write queued before the oldest of them counts as
 /// selected by one forgotten (skipping or deleting never serves stale).
 const KEPT: usize = 256;
 
-#[derive(Default)]
 pub(crate) struct Received {
-    /// Purges received so far.
+    /// Purges seen so far.
     count: AtomicU64,
-    log: Mutex<Log>,
+    log: Mutex<SelectorLog>,
 }
 
-#[derive(Default)]
-struct Log {
-    /// `(count once received, selector)`, oldest first.
-    recent: VecDeque<(u64, Selector)>,
-    /// The count of the newest purge no longer in `recent`.
-    forgotten: u64,
+impl Default for Received {
+    fn default() -> Received {
+        Received {
+            count: AtomicU64::new(0),
+            log: Mutex::new(SelectorLog::new(KEPT)),
+        }
+    }
 }
 
 impl Received {
-    /// Purges received so far: what a write job carries when queued.
+    /// Purges seen so far: what a write job carries when queued.
     pub(crate) fn count(&self) -> u64 {
         self.count.load(Ordering::SeqCst)
     }
@@ -63,64 +58,44 @@ impl Received {
     pub(crate) fn record(&self, selector: &Selector) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let at = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-        log.recent.push_back((at, selector.clone()));
-        if log.recent.len() > KEPT {
-            if let Some((old, _)) = log.recent.pop_front() {
-                log.forgotten = old;
-            }
-        }
+        log.push(at, selector.clone());
     }
 
-    /// Whether a purge received after `since` (a [`Received::count`])
-    /// selects `object`.
+    /// Whether a purge seen after `since` (a [`Received::count`]) selects
+    /// `object` (one forgotten counts).
     pub(crate) fn selects_since(&self, object: &Object, since: u64) -> bool {
         if self.count.load(Ordering::SeqCst) <= since {
             return false;
         }
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        log.forgotten > since
-            || log
-                .recent
-                .iter()
-                .any(|(at, s)| *at > since && s.selects(object))
+        log.since(since, true, |s| s.selects(object))
     }
 }
 
 impl Core {
-    /// A write job of a lane: `object` written for `keep` unless a fleet
-    /// purge received since it was `queued` (a [`Received::count`])
-    /// selects it; deleted again when one arrived while it was under way.
-    /// Failures are counted and logged inside; a lost write is a miss.
+    /// A write job of a lane: `object` written for `keep` unless a purge
+    /// seen since it was `queued` (a [`Received::count`]) selects it;
+    /// deleted again when one arrived while it was under way. Failures
+    /// are counted and logged inside; a lost write is a miss.
     pub(crate) async fn put_unless_purged(&self, object: &Object, keep: Duration, queued: u64) {
         let received = &self.fleet.received;
         if received.selects_since(object, queued) {
-            tracing::debug!(key = %object.key, "redis write skipped: purged by the fleet since it was queued");
+            tracing::debug!(key = %object.key, "redis write skipped: purged since it was queued");
             return;
         }
         let _ = self.put(object, keep).await;
         if received.selects_since(object, queued) {
             // It may have landed after the purge's delete.
-            tracing::debug!(key = %object.key, "redis write purged by the fleet meanwhile: deleted again");
+            tracing::debug!(key = %object.key, "redis write purged meanwhile: deleted again");
             let _ = self.delete_quietly(&object.key).await;
         }
     }
 
     /// Unindexes and deletes one object, telling no one (the purging
     /// instance told the fleet).
-    async fn delete_quietly(&self, key: &CacheKey) -> Result<(), StorageError> {
-        let gate = self.permit()?;
-        let object_key = self.keys.object(key);
-        let unindex = self
-            .keys
-            .paths_remove(&[Bytes::from(member(key.path(), &object_key))]);
-        self.run("delete", self.limits.write, gate, |mut c| async move {
-            unindex.query_async::<Value>(&mut c).await?;
-            Keys::delete(object_key.as_bytes())
-                .query_async::<Value>(&mut c)
-                .await?;
-            Ok(())
-        })
-        .await
+    async fn delete_quietly(&self, key: &CacheKey) -> Result<u64, StorageError> {
+        self.purge_redis(&Selector::Key(key.clone()), self.limits.write)
+            .await
     }
 }
 

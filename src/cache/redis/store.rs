@@ -294,17 +294,10 @@ impl Core {
 
     pub(crate) async fn invalidate(&self, key: &CacheKey) -> Result<(), StorageError> {
         let gate = self.permit()?;
-        let object_key = self.keys.object(key);
-        let unindex = self
-            .keys
-            .paths_remove(&[Bytes::from(member(key.path(), &object_key))]);
         let message = self.fleet.encode(&Selector::Key(key.clone()), false);
-        let channel = self.keys.channel();
+        let (keys, channel) = (&self.keys, self.keys.channel());
         self.run("invalidate", self.limits.write, gate, |mut c| async move {
-            unindex.query_async::<Value>(&mut c).await?;
-            Keys::delete(object_key.as_bytes())
-                .query_async::<Value>(&mut c)
-                .await?;
+            unindex_and_delete(keys, &mut c, key).await?;
             redis::cmd("PUBLISH")
                 .arg(channel)
                 .arg(message)
@@ -345,13 +338,7 @@ impl Core {
             match selector {
                 Selector::Key(k) => {
                     let mut c = c;
-                    let object_key = keys.object(k);
-                    keys.paths_remove(&[Bytes::from(member(k.path(), &object_key))])
-                        .query_async::<Value>(&mut c)
-                        .await?;
-                    Keys::delete(object_key.as_bytes())
-                        .query_async::<u64>(&mut c)
-                        .await
+                    unindex_and_delete(keys, &mut c, k).await
                 }
                 Selector::PathAnyHost(path) => purge_paths(keys, c, PathRange::Exact(path)).await,
                 Selector::Prefix(prefix) => purge_paths(keys, c, PathRange::Prefix(prefix)).await,
@@ -392,6 +379,18 @@ impl Core {
         }
         Ok(removed)
     }
+}
+
+/// Unindexes one object, then deletes it (an index member without its
+/// object is harmless, see `index`); answers how many objects went.
+async fn unindex_and_delete(keys: &Keys, c: &mut Conn, key: &CacheKey) -> RedisResult<u64> {
+    let object_key = keys.object(key);
+    keys.paths_remove(&[Bytes::from(member(key.path(), &object_key))])
+        .query_async::<Value>(c)
+        .await?;
+    Keys::delete(object_key.as_bytes())
+        .query_async::<u64>(c)
+        .await
 }
 
 /// Deletes objects named by `members` (path-index members or plain object

@@ -365,30 +365,22 @@ static CONTENT_MD5: header::HeaderName = header::HeaderName::from_static("conten
 /// them: hop-by-hop fields out, surrogate tags taken out (and returned).
 fn normalize_response(headers: &mut HeaderMap, response_time: Millis) -> Vec<String> {
     headers::strip_hop_by_hop(headers, false);
-    replace_invalid_date(headers, response_time);
+    complete_date(headers, response_time);
     tags::take(headers)
 }
 
-/// RFC 9110 §6.6.1: an invalid `Date` (unparsable, or two lines, which
-/// freshness ignores: RFC 9111 §4.2.3 then takes the time received) is
-/// replaced by the time the response was received, so that no cache or
-/// client downstream reads an age Strata did not. A missing one is added
-/// when stored (`admit.rs`) and by hyper on the way out.
-fn replace_invalid_date(headers: &mut HeaderMap, response_time: Millis) {
-    let mut dates = headers.get_all(header::DATE).iter();
-    let valid = match (dates.next(), dates.next()) {
-        (None, _) => true,
-        (Some(d), None) => d
-            .to_str()
-            .ok()
-            .and_then(crate::cache::http_date::parse)
-            .is_some(),
-        (Some(_), Some(_)) => false,
-    };
-    if !valid {
-        let received = std::time::UNIX_EPOCH + std::time::Duration::from_millis(response_time);
-        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(received)) {
-            headers.insert(header::DATE, v);
-        }
+/// RFC 9110 §6.6.1: the response's `Date` as one valid line, for the
+/// stored copy and the client alike: added when missing, and replaced
+/// when invalid (unparsable, or two lines, which freshness ignores: RFC
+/// 9111 §4.2.3 then takes the time received), by the time the response
+/// was received, so that no cache or client downstream reads an age
+/// Strata did not.
+fn complete_date(headers: &mut HeaderMap, response_time: Millis) {
+    if freshness::http_date(headers, header::DATE).is_some() {
+        return;
+    }
+    let received = std::time::UNIX_EPOCH + std::time::Duration::from_millis(response_time);
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(received)) {
+        headers.insert(header::DATE, v);
     }
 }
