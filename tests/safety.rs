@@ -1378,6 +1378,28 @@ async fn compressed_admissions_keep_memory_within_the_bound() {
     assert!(peak <= bound, "peak {peak} MiB over {bound} MiB");
 }
 
+/// The peak resident size of `pid` (MiB), sampled every 5 ms until every
+/// one of `clients` has finished (each must succeed).
+async fn peak_resident_mib(pid: u32, clients: Vec<tokio::task::JoinHandle<()>>) -> u64 {
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let running = running.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut peak = 0;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(resident_mib(pid));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    for c in clients {
+        c.await.unwrap();
+    }
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.await.unwrap().max(resident_mib(pid))
+}
+
 /// SPEC §10's memory bound with many large misses at once: 16 clients
 /// fetching objects of 1 KiB to 16 MiB (each a new URL) through a 32 MiB
 /// memory tier keep the real binary within 1.25 × capacity + 64 MiB
@@ -1405,18 +1427,6 @@ async fn concurrent_large_misses_keep_memory_within_the_bound() {
     .await;
     let (bin, _dir) = binary_with_32_mib(&origin).await;
     let (addr, pid) = (bin.addr, bin.pid());
-    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let sampler = {
-        let running = running.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut peak = 0;
-            while running.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(resident_mib(pid));
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            peak
-        })
-    };
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
             tokio::spawn(async move {
@@ -1429,11 +1439,7 @@ async fn concurrent_large_misses_keep_memory_within_the_bound() {
             })
         })
         .collect();
-    for c in clients {
-        c.await.unwrap();
-    }
-    running.store(false, std::sync::atomic::Ordering::Relaxed);
-    let peak = sampler.await.unwrap().max(resident_mib(pid));
+    let peak = peak_resident_mib(pid, clients).await;
     eprintln!("peak {peak} MiB");
     let bound = 32 * 5 / 4 + 64;
     assert!(peak <= bound, "peak {peak} MiB over {bound} MiB");
@@ -1510,18 +1516,6 @@ async fn mid_size_misses_keep_memory_within_the_bound() {
     .unwrap();
     let bin = support::binary::Binary::start(&path, &[]).await;
     let (addr, pid) = (bin.addr, bin.pid());
-    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let sampler = {
-        let running = running.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut peak = 0;
-            while running.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(resident_mib(pid));
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            peak
-        })
-    };
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
             tokio::spawn(async move {
@@ -1540,11 +1534,7 @@ async fn mid_size_misses_keep_memory_within_the_bound() {
             })
         })
         .collect();
-    for c in clients {
-        c.await.unwrap();
-    }
-    running.store(false, std::sync::atomic::Ordering::Relaxed);
-    let peak = sampler.await.unwrap().max(resident_mib(pid));
+    let peak = peak_resident_mib(pid, clients).await;
     eprintln!("peak {peak} MiB");
     let bound = 64 * 5 / 4 + 64;
     assert!(peak <= bound, "peak {peak} MiB over {bound} MiB");
