@@ -507,23 +507,26 @@ async fn a_purge_racing_a_write_leaves_the_object_findable() {
 /// still hears the purge channel but its commands wait) or, on the purge
 /// channel's connection only, server-to-client
 /// ([`HoldingProxy::hold_messages`]: its commands run and are answered,
-/// but it hears no purge).
+/// but it hears no purge) or on every connection
+/// ([`HoldingProxy::hold_replies`]: commands run, their answers wait).
 struct HoldingProxy {
     port: u16,
     open: tokio::sync::watch::Sender<bool>,
     replies_open: tokio::sync::watch::Sender<bool>,
+    /// Whether held replies include commands' (not only the purge channel's).
+    all_replies: Arc<AtomicBool>,
     /// Whether a held chunk carried a `SET`.
     saw_set: Arc<AtomicBool>,
 }
 
 /// Copies `from` to `to`, waiting while `open` says false, unless
-/// `only_if` is given and false; notes a `SET` read while held in `saw`
+/// `only_if` is given and none of its flags is true; notes a `SET` read while held in `saw`
 /// and a `SUBSCRIBE` in `subscribes`.
 async fn relay_held(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut open: tokio::sync::watch::Receiver<bool>,
-    only_if: Option<Arc<AtomicBool>>,
+    only_if: Option<[Arc<AtomicBool>; 2]>,
     saw: Arc<AtomicBool>,
     subscribes: Arc<AtomicBool>,
 ) {
@@ -546,7 +549,7 @@ async fn relay_held(
         }
         let held = only_if
             .as_ref()
-            .is_none_or(|gate| gate.load(Ordering::SeqCst));
+            .is_none_or(|gates| gates.iter().any(|g| g.load(Ordering::SeqCst)));
         if held && open.wait_for(|open| *open).await.is_err() {
             return;
         }
@@ -586,6 +589,8 @@ impl HoldingProxy {
         let (replies_open, replies) = tokio::sync::watch::channel(true);
         let saw_set = Arc::new(AtomicBool::new(false));
         let saw = saw_set.clone();
+        let all_replies = Arc::new(AtomicBool::new(false));
+        let all = all_replies.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
@@ -599,7 +604,7 @@ impl HoldingProxy {
                     server_read,
                     client_write,
                     replies.clone(),
-                    Some(subscriber.clone()),
+                    Some([subscriber.clone(), all.clone()]),
                     ignored.clone(),
                     ignored,
                 ));
@@ -617,6 +622,7 @@ impl HoldingProxy {
             port,
             open,
             replies_open,
+            all_replies,
             saw_set,
         }
     }
@@ -635,6 +641,11 @@ impl HoldingProxy {
 
     fn release_messages(&self) {
         self.replies_open.send_replace(true);
+    }
+
+    fn hold_replies(&self) {
+        self.all_replies.store(true, Ordering::SeqCst);
+        self.replies_open.send_replace(false);
     }
 }
 
@@ -728,4 +739,61 @@ async fn a_write_that_landed_before_the_purge_was_heard_is_deleted_again() {
         !exists(&server, &object).await
     })
     .await;
+}
+
+/// A write whose time bound ran out while its `SET` waited for an answer
+/// left the object in Redis with no index entry (the index commands were
+/// never sent): every purge answered success and skipped it, and the fleet
+/// served it for its whole lifetime. The write now runs to its end
+/// detached, and deletes the object again when it cannot index it.
+#[tokio::test]
+async fn a_write_cut_off_by_its_time_bound_leaves_nothing_purges_cannot_find() {
+    let server = RedisServer::start().await;
+    let proxy = HoldingProxy::start(server.port()).await;
+    let (origin, gate) = Origin::gated(&[("cache-control", "max-age=300")], "old").await;
+    let writing = Strata::start(
+        &[origin.addr],
+        &format!(
+            "[upstream.health]\nenabled = false\n\n[cache.redis]\n\
+             urls = [\"redis://127.0.0.1:{}\"]\ntimeout = \"100ms\"\n\
+             breaker_threshold = 1000\n",
+            proxy.port
+        ),
+    )
+    .await;
+    connected(&writing).await;
+    let c = Client::new();
+    let miss = {
+        let c = c.clone();
+        let url = writing.url("/cut/1");
+        tokio::spawn(async move { c.get_with(&url, &[("host", HOST)]).await })
+    };
+    wait_until(WAIT, "the origin asked", || async { origin.count() == 1 }).await;
+    // Redis runs the write's commands; their answers wait past its bound.
+    proxy.hold_replies();
+    gate.notify_one();
+    assert!(miss.await.unwrap().cache_status().contains("stored"));
+    let object = format!("strata:o:{:032x}", key("/cut/1").hash());
+    wait_until(WAIT, "the object set in Redis", || async {
+        exists(&server, &object).await
+    })
+    .await;
+    flushed(&writing).await;
+    proxy.release_messages();
+    let conn = raw(&server).await;
+    wait_until(WAIT, "the object deleted again or indexed", || async {
+        let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+            .arg("strata:{paths}")
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
+        let indexed = members.iter().any(|m| m.ends_with(object.as_bytes()));
+        indexed || !exists(&server, &object).await
+    })
+    .await;
+    let (status, answer) = writing.purge(r#"{"prefix": "/cut/"}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(!exists(&server, &object).await, "a purge could not find it");
 }

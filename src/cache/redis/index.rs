@@ -20,7 +20,8 @@
 //! Removed unconditionally, its member went while the new copy stayed, and
 //! no later purge could find it. Whatever the interleaving, an object that
 //! exists is indexed (an index member without an object is harmless:
-//! deleting it counts nothing). The two path sets change together in one
+//! deleting it counts nothing): a write runs to its end detached from its
+//! time bound, and deletes the object again when its index commands fail. The two path sets change together in one
 //! Lua script, so a sweep never drops a member a concurrent write renewed.
 //!
 //! Cluster mode: objects spread over all slots; every command touches one
@@ -29,9 +30,14 @@
 //! takes every write's index update) and each tag set in its own slot:
 //! acceptable for a cache whose writes are misses.
 
-use bytes::Bytes;
-use redis::Cmd;
+use std::collections::BTreeSet;
 
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use redis::{Cmd, RedisResult, Value};
+
+use super::conn::Conn;
+use crate::cache::entry::Object;
 use crate::cache::key::CacheKey;
 
 /// Index members are swept this long after their expiry, so that clock
@@ -151,6 +157,35 @@ impl Keys {
 
     pub(crate) fn channel(&self) -> &str {
         &self.channel
+    }
+
+    /// The commands that write `object` (encoded as `payload`) for
+    /// `keep_ms` milliseconds from `now_ms` (unix ms): its `SET`, and its
+    /// path member and one member per tag its variants carry.
+    pub(crate) fn write(
+        &self,
+        object: &Object,
+        payload: &[u8],
+        keep_ms: u64,
+        now_ms: u64,
+    ) -> Write {
+        let object_key = self.object(&object.key);
+        let expires = now_ms.saturating_add(keep_ms);
+        let tags: BTreeSet<&str> = object
+            .variants
+            .iter()
+            .flat_map(|v| v.tags.iter().map(String::as_str))
+            .collect();
+        let mut index = vec![self.paths_add(&member(object.key.path(), &object_key), expires)];
+        index.extend(
+            tags.iter()
+                .map(|t| Keys::tag_add(&self.tag(t), &object_key, expires, keep_ms, now_ms)),
+        );
+        Write {
+            set: Keys::set_object(&object_key, payload, keep_ms),
+            index,
+            unset: Keys::delete(object_key.as_bytes()),
+        }
     }
 
     /// `SET object payload PX keep`.
@@ -301,6 +336,36 @@ impl Keys {
         let mut c = redis::cmd("DEL");
         c.arg(key);
         c
+    }
+}
+
+/// One object's write ([`Keys::write`]): the object, then its index
+/// members.
+pub(crate) struct Write {
+    set: Cmd,
+    index: Vec<Cmd>,
+    unset: Cmd,
+}
+
+impl Write {
+    /// Sets the object, then adds its index members. An object whose
+    /// `SET` or index commands fail is deleted again (best effort, on the
+    /// same connection, so Redis runs it after the `SET`): an object that
+    /// purges cannot find would be served for its whole lifetime.
+    pub(crate) async fn run(self, mut c: Conn) -> RedisResult<()> {
+        let indexed = match self.set.query_async::<()>(&mut c).await {
+            Ok(()) => try_join_all(self.index.iter().map(|cmd| {
+                let mut c = c.clone();
+                async move { cmd.query_async::<Value>(&mut c).await }
+            }))
+            .await
+            .map(drop),
+            Err(e) => Err(e),
+        };
+        if indexed.is_err() {
+            let _ = self.unset.query_async::<Value>(&mut c).await;
+        }
+        indexed
     }
 }
 

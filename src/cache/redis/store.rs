@@ -254,38 +254,20 @@ impl Core {
             tracing::debug!(key = %object.key, %error, "redis put: cannot encode");
             StorageError::Unencodable(error)
         })?;
-        let object_key = self.keys.object(&object.key);
-        let now = now_millis();
-        let expires = now.saturating_add(keep_ms);
-        let tags: BTreeSet<&str> = object
-            .variants
-            .iter()
-            .flat_map(|v| v.tags.iter().map(String::as_str))
-            .collect();
-        let mut index = vec![self
-            .keys
-            .paths_add(&member(object.key.path(), &object_key), expires)];
-        index.extend(
-            tags.iter()
-                .map(|t| Keys::tag_add(&self.keys.tag(t), &object_key, expires, keep_ms, now)),
-        );
-        let set = Keys::set_object(&object_key, &payload, keep_ms);
+        let write = self.keys.write(object, &payload, keep_ms, now_millis());
         drop(payload);
-        let unset = Keys::delete(object_key.as_bytes());
-        self.run("put", self.limits.write, gate, |mut c| async move {
-            // The object first, its index entries after (see `index`).
-            set.query_async::<()>(&mut c).await?;
-            let indexed = try_join_all(index.iter().map(|cmd| {
-                let mut c = c.clone();
-                async move { cmd.query_async::<Value>(&mut c).await }
-            }))
-            .await;
-            if let Err(e) = indexed {
-                // Never leave an object that purges cannot find.
-                let _ = unset.query_async::<Value>(&mut c).await;
-                return Err(e);
-            }
-            Ok(())
+        self.run("put", self.limits.write, gate, |c| async move {
+            // Detached, so that the time bound (or a caller going away)
+            // never cuts between the object and its index: each command
+            // is bounded by the connection's response timeout instead.
+            tokio::spawn(write.run(c)).await.unwrap_or_else(|gone| {
+                Err((
+                    redis::ErrorKind::Io,
+                    "redis write task ended",
+                    gone.to_string(),
+                )
+                    .into())
+            })
         })
         .await?;
         tracing::trace!(key = %object.key, keep_ms, "redis put");
