@@ -267,6 +267,73 @@ async fn vary_star_never_matches() {
     assert_eq!(origin.count(), 2);
 }
 
+/// A `Vary` whose list holds a member that is not a field name
+/// (`Origin;`, space-separated names) cannot be matched: it is read as
+/// `*`, as Varnish does, and never stored. Before, the bad member was
+/// dropped, the entry stored as not varying, and a second `Origin` got
+/// the first one's `Access-Control-Allow-Origin` as a hit (the probe's
+/// replay of GSA/api.data.gov#397). Empty list elements are valid.
+#[tokio::test]
+async fn a_malformed_vary_is_read_as_varying_on_everything() {
+    let origin = Origin::start(|req| async move {
+        let vary = match req.uri().path() {
+            "/semicolon" => "Accept-Encoding; Origin",
+            "/spaces" => "Origin Cookie",
+            "/trailing" => "Origin;",
+            _ => ", Origin,",
+        };
+        let allowed = req
+            .headers()
+            .get("origin")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        reply(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("vary", vary),
+                ("access-control-allow-origin", &allowed),
+            ],
+            "x",
+        )
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for path in ["/semicolon", "/spaces", "/trailing", "/empty-elements"] {
+        let a = c
+            .get_with(&s.url(path), &[("origin", "https://a.example")])
+            .await;
+        assert_eq!(
+            a.header("access-control-allow-origin"),
+            Some("https://a.example")
+        );
+        let b = c
+            .get_with(&s.url(path), &[("origin", "https://b.example")])
+            .await;
+        assert_eq!(
+            b.header("access-control-allow-origin"),
+            Some("https://b.example"),
+            "{path}"
+        );
+        assert!(
+            !b.cache_status().contains("hit"),
+            "{path}: {}",
+            b.cache_status()
+        );
+    }
+    // Empty elements around a valid name still vary on it, and store.
+    let again = c
+        .get_with(
+            &s.url("/empty-elements"),
+            &[("origin", "https://a.example")],
+        )
+        .await;
+    assert!(again.is_hit(), "{}", again.cache_status());
+    assert_eq!(origin.count(), 8);
+}
+
 #[tokio::test]
 async fn what_a_shared_cache_must_not_store() {
     let origin = Origin::start(|req| async move {

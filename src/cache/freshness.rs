@@ -6,6 +6,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 
 use super::directives::CacheControl;
+use super::vary::varies_on_everything;
 
 /// Wall-clock time in unix milliseconds (shared with other instances via
 /// Redis, so not a monotonic `Instant`).
@@ -109,18 +110,6 @@ fn understood(status: StatusCode) -> bool {
 
 fn has_explicit_freshness(cc: &CacheControl, headers: &HeaderMap) -> bool {
     cc.s_maxage.is_some() || cc.max_age.is_some() || headers.contains_key(header::EXPIRES)
-}
-
-/// Whether a response's `Vary` names `*` (on any of its lines): it
-/// varies on more than request fields, so no later request can be
-/// selected for it (RFC 9111 §4.1) and it is never stored.
-pub fn varies_on_everything(response: &HeaderMap) -> bool {
-    response
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|v| v.trim() == "*")
 }
 
 /// `Set-Cookie2` (RFC 2965, obsoleted by RFC 6265 §9.3 but still sent by

@@ -154,10 +154,43 @@ fn accept_encoding(members: Vec<String>) -> String {
     out
 }
 
+/// Whether a response's `Vary` names `*` (on any of its lines), or a
+/// member that is not a field name (`Origin;`, `Origin Cookie`): either
+/// way no later request can be selected for it (RFC 9111 §4.1), and it is
+/// never stored. A malformed list cannot be matched, so it is read as `*`,
+/// as Varnish does ("Malformed Vary header": a pass); dropping the member
+/// shared a CORS answer or a cookie page across the values the origin
+/// meant to vary on. Empty list elements are allowed (RFC 9110 §5.6.1).
+pub fn varies_on_everything(response: &HeaderMap) -> bool {
+    response.get_all(header::VARY).iter().any(|line| {
+        let Ok(line) = line.to_str() else {
+            return true;
+        };
+        line.split(',').map(str::trim).any(|member| {
+            member == "*"
+                || (!member.is_empty() && HeaderName::from_bytes(member.as_bytes()).is_err())
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cache::entry::test_headers as h;
+
+    #[test]
+    fn a_malformed_vary_varies_on_everything() {
+        for vary in ["*", "Origin, *", "Origin;", "Accept-Encoding Origin", "a;b"] {
+            assert!(varies_on_everything(&h(&[("vary", vary)])), "{vary}");
+        }
+        for vary in ["Origin", ", Origin,", "Accept-Encoding , Origin", ""] {
+            assert!(!varies_on_everything(&h(&[("vary", vary)])), "{vary}");
+        }
+        assert!(varies_on_everything(&h(&[
+            ("vary", "Origin"),
+            ("vary", "x y")
+        ])));
+    }
 
     fn ae(values: &[&str]) -> Option<String> {
         let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("accept-encoding", *v)).collect();

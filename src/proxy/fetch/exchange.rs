@@ -243,7 +243,7 @@ impl Exchange {
             // while revalidated.
             let shared = !(now.private
                 || now.no_store
-                || freshness::varies_on_everything(answer.response.headers()));
+                || crate::cache::vary::varies_on_everything(answer.response.headers()));
             let stored = if shared {
                 self.cache.admit(key, object.map(|o| &**o), &v, since)
             } else {
