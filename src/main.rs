@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Parser;
 
 use strata::cli::{Cli, Command, LogFormatArg};
@@ -92,6 +91,24 @@ fn healthcheck(global: &strata::cli::Global, url: Option<String>) -> ExitCode {
 /// happens before logging starts (the config), else as one `fatal` log
 /// event (JSON-safe for log shippers), never both.
 fn serve(global: &strata::cli::Global) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("strata")
+        .on_thread_park(strata::server::keepalive::on_thread_park)
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strata: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Before anything else: a SIGHUP from here on reloads (once serving),
+    // never terminates.
+    let hup = {
+        let _runtime = runtime.enter();
+        server::signals::hangup()
+    };
     let config = match Config::load(&global.config) {
         Ok(c) => c,
         Err(e) => {
@@ -115,7 +132,7 @@ fn serve(global: &strata::cli::Global) -> ExitCode {
         tracing::warn!("{warning}");
     }
     let cli_format = global.log_format.is_some().then_some(format);
-    match run(config, log, cli_level, cli_format) {
+    match run(runtime, hup, config, log, cli_level, cli_format) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Logged while the log writer still runs (it stops with `serve`).
@@ -126,22 +143,18 @@ fn serve(global: &strata::cli::Global) -> ExitCode {
 }
 
 fn run(
+    runtime: tokio::runtime::Runtime,
+    hup: Option<tokio::signal::unix::Signal>,
     config: Config,
     log: telemetry::LogHandle,
     cli_level: Option<String>,
     cli_format: Option<LogFormat>,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("strata")
-        .on_thread_park(strata::server::keepalive::on_thread_park)
-        .build()
-        .context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
         let path = config.path.clone();
         let server = Server::bind(config).await?;
         let reloader = server.reloader().with_cli_log_format(cli_format);
-        server::signals::spawn_reloader(path, reloader, move |c| {
+        server::signals::spawn_reloader(hup, path, reloader, move |c| {
             // The command line wins over the file, as at start-up; a
             // level removed from the file falls back to RUST_LOG, then info.
             if cli_level.is_none() {

@@ -114,6 +114,11 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\nmax_connections = 0\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
             ":3:19: server.max_connections: expected at least 1",
         ),
+        // Passed `check`, then made `serve` panic (tokio's semaphore).
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\nmax_connections = 4611686018427387904\n[upstream]\nservers = [\"127.0.0.1:1\"]\n",
+            ":5:19: admin.max_connections: expected at most 1000000",
+        ),
         (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[log]\nlevel = \"nonsense[[\"\n",
             ":8:9: log.level: invalid filter \"nonsense[[\"",
@@ -260,6 +265,10 @@ fn check_refuses_what_would_silently_do_something_else() {
         (
             format!("{HEAD}[cache.redis]\nurls = [\"redis://127.0.0.1:6379\"]\nwrite_queue = 0\n"),
             ":9:15: cache.redis.write_queue: expected at least 1".to_string(),
+        ),
+        (
+            format!("{HEAD}[cache.redis]\nurls = [\"redis://127.0.0.1:6379\"]\nwrite_queue = 4611686018427387904\n"),
+            ":9:15: cache.redis.write_queue: expected at most 1000000".to_string(),
         ),
         // TLS to Redis was "invalid URL".
         (
@@ -1165,4 +1174,72 @@ async fn a_redis_refusing_writes_is_logged_once_a_minute() {
         warned[0]
     );
     running.stop().await;
+}
+
+/// Whether process `pid` catches SIGHUP (`SigCgt` in its status).
+fn catches_sighup(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 == 1)
+}
+
+/// A SIGHUP that arrives while Strata is still starting (a `systemctl
+/// reload` right after `start`) never kills it: SIGHUP is taken over
+/// before the configuration is read, and the reload runs once it serves.
+/// The configuration comes through a FIFO, so start-up waits at that read
+/// while the signal arrives. Before, SIGHUP's default action (terminate)
+/// stayed until the listeners were bound: a HUP 10–40 ms after start
+/// killed the process (status 129), silently, and systemd does not
+/// restart a process that SIGHUP ended.
+#[tokio::test]
+async fn a_sighup_during_start_up_reloads_once_serving() {
+    let origin = Origin::fixed(&[], "x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("strata.toml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let text = support::config_text(&[origin.addr], "");
+    let starting = Binary::spawn(&fifo, &[]);
+    let pid = starting.pid();
+    wait_until(
+        Duration::from_secs(20),
+        "SIGHUP caught before the config is read",
+        || std::future::ready(catches_sighup(pid)),
+    )
+    .await;
+    let ok = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    // Read at start, then again by the reload once it serves (each open
+    // waits for the other end).
+    let (read_once, again) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            std::fs::write(&fifo, &text).unwrap();
+            if again.recv().is_ok() {
+                std::fs::write(&fifo, &text).unwrap();
+            }
+        })
+    };
+    let strata = starting.serving().await;
+    read_once.send(()).unwrap();
+    strata
+        .wait_event(0, "the reload the early SIGHUP asked for", |e| {
+            e["message"] == "configuration reloaded"
+        })
+        .await;
+    writer.join().unwrap();
+    let r = Client::new().get(&format!("http://{}/", strata.addr)).await;
+    assert_eq!(r.status, 200);
+    let (status, lines) = strata.stop().await;
+    assert!(status.success(), "{status}: {lines:?}");
 }

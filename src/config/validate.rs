@@ -156,6 +156,25 @@ impl Validator<'_> {
         }
     }
 
+    /// A count from 1 to `max` (a limit past it would make `serve` fail
+    /// where `check` passed: tokio's semaphores hold at most 2^61 permits);
+    /// `default` when the key is absent.
+    pub(super) fn one_to<T: From<u8> + PartialOrd + std::fmt::Display + Copy>(
+        &self,
+        v: Option<Spanned<T>>,
+        key: &str,
+        default: T,
+        max: T,
+    ) -> Result<T, ConfigError> {
+        let value = self.at_least_one(v.clone(), key, default)?;
+        match v {
+            Some(v) if value > max => {
+                Err(self.at.spanned(&v, key, format!("expected at most {max}")))
+            }
+            _ => Ok(value),
+        }
+    }
+
     /// A duration that must be above zero (a timeout of zero fails every
     /// wait it bounds); `default` when the key is absent.
     pub(super) fn nonzero(

@@ -57,19 +57,30 @@ async fn next(term: &mut Signal, int: &mut Signal) -> Option<&'static str> {
     }
 }
 
-/// Reloads `path` through `reloader` on every SIGHUP; `on_reload` sees each
-/// new config that was applied (for the log level). Must be called inside
-/// the runtime; the handler is in place when it returns.
+/// Takes SIGHUP over from its default action (terminate): called first
+/// thing at start-up, inside the runtime, so that a reload sent while the
+/// configuration loads and the listeners bind (a `systemctl reload` right
+/// after `start`) waits for [`spawn_reloader`] instead of killing the
+/// process. `None` when the handler cannot be installed (logged).
+pub fn hangup() -> Option<Signal> {
+    let hup = signal(SignalKind::hangup());
+    if hup.is_err() {
+        tracing::error!("cannot install the SIGHUP handler: reload disabled");
+    }
+    hup.ok()
+}
+
+/// Reloads `path` through `reloader` on every SIGHUP `hup` ([`hangup`])
+/// receives, one received before this call included; `on_reload` sees
+/// each new config that was applied (for the log level). Must be called
+/// inside the runtime.
 pub fn spawn_reloader(
+    hup: Option<Signal>,
     path: PathBuf,
     reloader: Reloader,
     on_reload: impl Fn(&Config) + Send + 'static,
 ) {
-    // Installed before returning, not in the task: a SIGHUP that arrives
-    // right after start-up must reload, never hit the default action
-    // (terminate).
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler: reload disabled");
+    let Some(mut hup) = hup else {
         return;
     };
     tokio::spawn(async move {

@@ -42,6 +42,12 @@ impl Binary {
     /// Runs `strata serve --config PATH --log-format json ARGS...` and waits
     /// (bounded) until it serves.
     pub async fn start(config: &Path, args: &[&str]) -> Binary {
+        Binary::spawn(config, args).serving().await
+    }
+
+    /// Runs `strata serve --config PATH --log-format json ARGS...`, not
+    /// waiting for anything: see [`Starting::serving`].
+    pub fn spawn(config: &Path, args: &[&str]) -> Starting {
         let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
             .arg("serve")
             .arg("--config")
@@ -58,6 +64,33 @@ impl Binary {
             collect(child.stdout.take().expect("stdout"), lines.clone()),
             collect(child.stderr.take().expect("stderr"), lines.clone()),
         ];
+        Starting {
+            child,
+            lines,
+            readers,
+        }
+    }
+}
+
+/// A `strata serve` started and not yet known to serve.
+pub struct Starting {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Starting {
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Waits (bounded) until it serves.
+    pub async fn serving(self) -> Binary {
+        let Starting {
+            mut child,
+            lines,
+            readers,
+        } = self;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let serving = lines
@@ -91,7 +124,9 @@ impl Binary {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
 
+impl Binary {
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
     }

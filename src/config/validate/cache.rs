@@ -211,7 +211,7 @@ impl Validator<'_> {
             key_prefix: key_prefix.unwrap_or_else(|| "strata:".to_string()),
             // Zero would still queue (one write per lane): refused
             // rather than meaning something it does not.
-            write_queue: self.at_least_one(write_queue, "cache.redis.write_queue", 1024)?,
+            write_queue: self.one_to(write_queue, "cache.redis.write_queue", 1024, 1_000_000)?,
             breaker_threshold,
             breaker_backoff,
         })

@@ -12,6 +12,10 @@ use super::super::file;
 use super::super::*;
 use super::{dur, Validator};
 
+/// Most connections a listener's `max_connections` may allow (far past
+/// any file-descriptor limit; tokio's semaphores hold at most 2^61).
+const MAX_CONNECTIONS: usize = 1_000_000;
+
 impl Validator<'_> {
     pub(super) fn server(&self, s: file::ServerFile) -> Result<ServerConfig, ConfigError> {
         let file::ServerFile {
@@ -56,10 +60,11 @@ impl Validator<'_> {
             header_read_timeout,
             send_timeout,
             max_header_size,
-            max_connections: self.at_least_one(
+            max_connections: self.one_to(
                 max_connections,
                 "server.max_connections",
                 10_000,
+                MAX_CONNECTIONS,
             )?,
             trusted_proxies: self.trusted_proxies(trusted_proxies)?,
             strip_request_headers: self.strip_request_headers(strip_request_headers)?,
@@ -217,7 +222,12 @@ impl Validator<'_> {
             listen: listen.get_ref().0,
             token,
             read_token,
-            max_connections: self.at_least_one(max_connections, "admin.max_connections", 256)?,
+            max_connections: self.one_to(
+                max_connections,
+                "admin.max_connections",
+                256,
+                MAX_CONNECTIONS,
+            )?,
         })
     }
 
