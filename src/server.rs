@@ -203,18 +203,24 @@ impl Server {
         let (head_timeout, send_timeout) = (settings.header_read_timeout, settings.send_timeout);
         let use_sendfile = settings.sendfile;
 
-        let proxy_service = |shared: Arc<Shared>, conn: ConnInfo, heads: HeadDeadline| {
+        let proxy_service = move |shared: Arc<Shared>, conn: ConnInfo, heads: HeadDeadline| {
             hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let open = heads.arrived(req.version(), !req.body().is_end_stream());
                 let end = heads.body_end(); // `None` unless it has a body
+                let http2 = req.version() == http::Version::HTTP_2;
                 let shared = shared.clone();
                 async move {
                     if let Some(end) = end {
                         req.extensions_mut().insert(end);
                     }
-                    let response = shared.handle(req, conn).await;
+                    let mut response = shared.handle(req, conn).await;
                     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                         open.switched();
+                    }
+                    if http2 {
+                        // HTTP/2 has no connection-wide send timeout here.
+                        response =
+                            response.map(|body| deadline::stalled::guard(body, send_timeout));
                     }
                     Ok::<_, Infallible>(response.map(|body| Tracked::new(body, open)))
                 }

@@ -1373,3 +1373,109 @@ async fn a_stalled_h2_client_holds_neither_its_miss_nor_its_body() {
         .expect("the body ends within 10 s");
     assert!(read.is_err(), "a cut-off body must not end as if complete");
 }
+
+/// An HTTP/2 client that stops opening its window on a pass-through (a
+/// `no-store` body, streamed at its client's pace) held the upstream
+/// connection for as long as it stayed connected: hyper's HTTP/2 server
+/// stops polling a body it cannot send, so `send_timeout` never reached
+/// it, and one client connection could pin one origin connection per
+/// stream (the HTTP/2 probe held 100). Now the stalled stream's body is
+/// dropped at `send_timeout`, which closes the upstream connection, and
+/// the stream ends in an error, never as if complete.
+#[tokio::test]
+async fn a_stalled_h2_pass_through_lets_go_of_its_upstream_at_send_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let closed = Arc::new(Notify::new());
+    {
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 4096];
+            let _ = s.read(&mut head).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncache-control: no-store\r\ncontent-length: 1073741824\r\n\r\n")
+                .await;
+            // Writes until the proxy lets go (at most the 1 GiB declared).
+            let chunk = vec![b'x'; 64 << 10];
+            for _ in 0..(1 << 14) {
+                if s.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            closed.notify_one();
+        });
+    }
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nsend_timeout = \"1s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"secret\"\n\n[upstream]\nservers = [\"{origin}\"]\n{NO_HEALTH}"
+    );
+    let strata = Strata::start_text(&text).await;
+    let io =
+        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .adaptive_window(false)
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .handshake(io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(strata.url("/stream"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let stalled = send.send_request(req).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    tokio::time::timeout(Duration::from_secs(15), closed.notified())
+        .await
+        .expect("the upstream connection closed within 15 s of the stall");
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.into_body().collect())
+        .await
+        .expect("the body ends within 10 s");
+    assert!(read.is_err(), "a cut-off body must not end as if complete");
+}
+
+/// The other side of the rule above: an HTTP/2 response waiting on a slow
+/// upstream (nothing owed to the client) is never cut, however long the
+/// upstream pauses past `send_timeout`.
+#[tokio::test]
+async fn an_h2_pass_through_waiting_on_its_upstream_is_not_cut() {
+    let origin = Origin::start(|_req| async move {
+        let chunks = futures_util::stream::unfold(0u8, |n| async move {
+            match n {
+                0 => Some((Bytes::from_static(b"first "), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                    Some((Bytes::from_static(b"second"), 2))
+                }
+                _ => None,
+            }
+        });
+        support::origin::streamed(&[("cache-control", "no-store")], chunks)
+    })
+    .await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nsend_timeout = \"1s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"secret\"\n\n[upstream]\nservers = [\"{}\"]\nbody_idle_timeout = \"10s\"\n{NO_HEALTH}",
+        origin.addr
+    );
+    let strata = Strata::start_text(&text).await;
+    let io =
+        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(strata.url("/slow"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(15), resp.into_body().collect())
+        .await
+        .expect("the body ends within 15 s")
+        .expect("a complete body")
+        .to_bytes();
+    assert_eq!(&body[..], b"first second");
+}

@@ -68,6 +68,7 @@ use tokio::time::Instant;
 use super::own_responses::OwnResponses;
 
 mod bodies;
+pub mod stalled;
 pub use bodies::{BodyEnd, Open, RequestBody, Tracked};
 
 /// Timeouts are capped here: a deadline beyond `Instant`'s range would

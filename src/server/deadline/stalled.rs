@@ -1,0 +1,153 @@
+//! `server.send_timeout` for one HTTP/2 stream: a response body the
+//! client takes nothing of (it gives no flow-control window, while it may
+//! still answer pings and use its other streams) is cut off between one
+//! and one and a half timeouts after it stopped, as HTTP/1.1 connections
+//! are (`HeadDeadline`) and as nginx's `send_timeout` resets such a stream.
+//!
+//! hyper's HTTP/2 server holds a chunk it cannot send until the stream's
+//! window opens and polls the body no more meanwhile, so a body cannot
+//! notice the stall itself (a failure it is told of waits for the next
+//! poll). A watchdog task per streamed body therefore checks, twice per
+//! timeout, whether hyper has polled it since it last gave a chunk; once
+//! it has not for a whole timeout, the inner body is dropped there — the
+//! upstream connection of a pass-through or the queue of a miss is let go
+//! at once — and the next poll, if the client ever opens its window, ends
+//! the stream in an error (hyper resets it), never as if complete. A body
+//! hyper waits on (a slow upstream, a long poll) is never cut.
+//!
+//! Only streamed bodies get a guard: a hit (`Full`) is whole in hyper's
+//! hands at once and holds nothing upstream. Cost per streamed HTTP/2
+//! response: one allocation, one task, and two relaxed updates per frame.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::proxy::body::{BoxError, ProxyBody};
+
+/// The error a stalled stream's body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the client took nothing of the response for send_timeout")]
+pub struct Stalled;
+
+/// `body` as an HTTP/2 stream's response: guarded when it streams (see
+/// the module doc). `send_timeout` is `server.send_timeout`.
+pub fn guard(body: ProxyBody, send_timeout: Duration) -> ProxyBody {
+    match body {
+        ProxyBody::Empty | ProxyBody::Full(_) => body,
+        streamed => {
+            let shared = Arc::new(Shared {
+                body: Mutex::new(Some(streamed)),
+                polls: AtomicU64::new(0),
+                owed: AtomicBool::new(false),
+                cut: AtomicBool::new(false),
+            });
+            tokio::spawn(watch(Arc::downgrade(&shared), send_timeout));
+            ProxyBody::boxed(Guarded { shared })
+        }
+    }
+}
+
+struct Shared {
+    /// `None` once ended, cut, or dropped by hyper.
+    body: Mutex<Option<ProxyBody>>,
+    /// Polls so far.
+    polls: AtomicU64,
+    /// A chunk was given and hyper has not polled since.
+    owed: AtomicBool,
+    cut: AtomicBool,
+}
+
+impl Shared {
+    fn body(&self) -> MutexGuard<'_, Option<ProxyBody>> {
+        self.body.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Guarded {
+    shared: Arc<Shared>,
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let shared = &self.shared;
+        shared.polls.fetch_add(1, Ordering::Relaxed);
+        shared.owed.store(false, Ordering::Relaxed);
+        let mut body = shared.body();
+        let Some(inner) = body.as_mut() else {
+            let cut = shared.cut.load(Ordering::Relaxed);
+            return Poll::Ready(cut.then(|| Err(Box::new(Stalled) as BoxError)));
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) if frame.is_data() => {
+                shared.owed.store(true, Ordering::Relaxed);
+            }
+            Poll::Ready(None) => *body = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self.shared.body().as_ref() {
+            Some(inner) => inner.is_end_stream(),
+            None => !self.shared.cut.load(Ordering::Relaxed),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.shared.body().as_ref() {
+            Some(inner) => inner.size_hint(),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let inner = self.shared.body().take();
+        drop(inner);
+    }
+}
+
+/// Checks `shared` every half `send_timeout` until its body is gone; cuts
+/// it after a whole timeout with a chunk owed and no poll.
+async fn watch(shared: Weak<Shared>, send_timeout: Duration) {
+    let period = (send_timeout / 2).max(Duration::from_millis(1));
+    let (mut last, mut quiet) = (u64::MAX, 0u8);
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.body().is_none() {
+            return;
+        }
+        let polls = shared.polls.load(Ordering::Relaxed);
+        if shared.owed.load(Ordering::Relaxed) && polls == last {
+            quiet += 1;
+            if quiet >= 2 {
+                shared.cut.store(true, Ordering::Relaxed);
+                let inner = shared.body().take();
+                drop(inner);
+                tracing::debug!("an HTTP/2 client took nothing for send_timeout: stream cut off");
+                return;
+            }
+        } else {
+            quiet = 0;
+        }
+        last = polls;
+    }
+}
