@@ -25,6 +25,7 @@
 //! (certificates included) or, when anything in it is invalid, none of it.
 
 pub mod deadline;
+mod descriptors;
 pub mod keepalive;
 pub mod own_responses;
 mod reload;
@@ -121,6 +122,7 @@ impl Server {
         };
         let settings = config.server.clone();
         let admin_limit = config.admin.max_connections;
+        descriptors::warn_if_short(settings.max_connections, admin_limit);
         let alerts = Alerts::start(&config.alerts, metrics.clone());
         let shared = Shared::new(config, metrics, alerts);
         let started = shared.runtime.load().config.clone();

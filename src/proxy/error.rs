@@ -67,7 +67,9 @@ impl ProxyError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Upstream(UpstreamError::NoHealthy) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(
+                UpstreamError::NoHealthy | UpstreamError::LocalResources { .. },
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             // A response timeout, and a connect timeout too (nginx's
             // `proxy_connect_timeout` gives 504); a refused connect is 502.
             ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
@@ -163,6 +165,28 @@ mod tests {
             server: "127.0.0.1:1".into(),
             source: std::io::Error::from(kind),
         })
+    }
+
+    /// Out of file descriptors is Strata's shortage, not the upstream's:
+    /// it was a `502` counted against the server (and could take it out of
+    /// rotation), as if the origin refused.
+    #[test]
+    fn a_socket_strata_cannot_open_is_503_and_not_the_upstreams_fault() {
+        let e =
+            UpstreamError::connecting("127.0.0.1:1".into(), std::io::Error::from_raw_os_error(24));
+        assert!(matches!(e, UpstreamError::LocalResources { .. }));
+        assert!(!e.is_upstream_fault());
+        assert_eq!(
+            ProxyError::Upstream(e).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let refused =
+            UpstreamError::connecting("127.0.0.1:1".into(), std::io::Error::from_raw_os_error(111));
+        assert!(matches!(refused, UpstreamError::Connect { .. }));
+        assert_eq!(
+            ProxyError::Upstream(refused).status(),
+            StatusCode::BAD_GATEWAY
+        );
     }
 
     #[test]

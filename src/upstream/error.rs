@@ -18,6 +18,17 @@ pub enum UpstreamError {
         #[source]
         source: std::io::Error,
     },
+    /// Strata itself could not open a socket to the upstream: out of file
+    /// descriptors (`EMFILE`, `ENFILE`) or buffers (`ENOBUFS`, `ENOMEM`).
+    /// Not the upstream's fault: `503`, not counted against it, never
+    /// retried on another server (which would fail alike). nginx answers
+    /// `500` for the same `socket()` failure.
+    #[error("no local resources to connect to upstream {server} (raise the file descriptor limit, e.g. LimitNOFILE)")]
+    LocalResources {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// No response head within `response_timeout`.
     #[error("upstream {server} did not answer within {timeout:?}")]
     Timeout { server: String, timeout: Duration },
@@ -56,11 +67,23 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A failed connect to `server`: [`UpstreamError::LocalResources`] when
+    /// the shortage is this process's (`EMFILE`, `ENFILE`, `ENOBUFS`,
+    /// `ENOMEM`), else [`UpstreamError::Connect`].
+    pub fn connecting(server: String, source: std::io::Error) -> UpstreamError {
+        if matches!(source.raw_os_error(), Some(24 | 23 | 105 | 12)) {
+            UpstreamError::LocalResources { server, source }
+        } else {
+            UpstreamError::Connect { server, source }
+        }
+    }
+
     /// The server the failure is about, if any.
     pub fn server(&self) -> Option<&str> {
         match self {
             UpstreamError::NoHealthy => None,
             UpstreamError::Connect { server, .. }
+            | UpstreamError::LocalResources { server, .. }
             | UpstreamError::Timeout { server, .. }
             | UpstreamError::Protocol { server, .. }
             | UpstreamError::ClientBody { server, .. }
@@ -88,6 +111,7 @@ impl UpstreamError {
         match self {
             UpstreamError::NoHealthy => "no_healthy",
             UpstreamError::Connect { .. } => "connect",
+            UpstreamError::LocalResources { .. } => "local",
             UpstreamError::Timeout { .. } => "timeout",
             UpstreamError::Protocol { .. }
             | UpstreamError::UnaskedSwitch { .. }
@@ -97,11 +121,14 @@ impl UpstreamError {
     }
 
     /// Whether the failure is the upstream's (counted in
-    /// `strata_upstream_errors_total`); a broken client body is not.
+    /// `strata_upstream_errors_total`); a broken client body is not, nor a
+    /// local shortage of sockets.
     pub fn is_upstream_fault(&self) -> bool {
         !matches!(
             self,
-            UpstreamError::ClientBody { .. } | UpstreamError::ClientStalled { .. }
+            UpstreamError::ClientBody { .. }
+                | UpstreamError::ClientStalled { .. }
+                | UpstreamError::LocalResources { .. }
         )
     }
 

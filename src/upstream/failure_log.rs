@@ -49,6 +49,10 @@ impl Attempt {
         let path = self.uri.path();
         let client = ClientField(self.client);
         let cause = Chain(e);
+        if let UpstreamError::LocalResources { .. } = e {
+            tracing::error!(server, method = %self.method, path, client_ip = %client, cause = %cause, "cannot open a socket to the upstream: this process is out of file descriptors or buffers");
+            return;
+        }
         if !e.is_upstream_fault() {
             tracing::debug!(server, method = %self.method, path, client_ip = %client, cause = %cause, "request body to the upstream failed");
             return;

@@ -310,10 +310,7 @@ impl ServerPool {
     /// the HTTP/1.1 handshake (which does no I/O: the connection is driven
     /// by its holder, see [`Conn`]).
     pub async fn connect(&self) -> Result<Conn, UpstreamError> {
-        let connect_error = |source| UpstreamError::Connect {
-            server: self.authority.to_string(),
-            source,
-        };
+        let connect_error = |source| UpstreamError::connecting(self.authority.to_string(), source);
         // `host()` keeps an IPv6 literal's brackets; the resolver wants none.
         let host = self
             .authority
