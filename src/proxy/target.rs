@@ -129,7 +129,7 @@ fn plainly_normal(path: &[u8]) -> bool {
     let mut dots = 0u8;
     for &b in path {
         match b {
-            b'%' | b'\\' => return false,
+            b'%' | b'\\' | 0x80.. => return false,
             b'/' | b';' if dots == 1 || dots == 2 => return false,
             b'/' => dots = 0,
             b'.' if dots < 3 => dots += 1,
@@ -162,21 +162,23 @@ fn escaped(bytes: &[u8], at: usize) -> Option<u8> {
 }
 
 /// Whether normalising would change `path`: an encoded unreserved
-/// character, an escape written with lower-case hex digits, or a literal
-/// `.` / `..` segment.
+/// character, an escape written with lower-case hex digits, a byte outside
+/// ASCII, or a literal `.` / `..` segment.
 fn needs_rewrite(path: &str) -> bool {
     changes_escapes(path) || path.split('/').any(|s| s == "." || s == "..")
 }
 
 /// Whether [`normalize_escapes`] would change `path`: an encoded
-/// unreserved character, or an escape with lower-case hex digits.
+/// unreserved character, an escape with lower-case hex digits, or a byte
+/// outside ASCII.
 fn changes_escapes(path: &str) -> bool {
     let bytes = path.as_bytes();
-    (0..bytes.len()).any(|i| {
-        escaped(bytes, i).is_some_and(|b| {
-            unreserved(b) || bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase)
+    !path.is_ascii()
+        || (0..bytes.len()).any(|i| {
+            escaped(bytes, i).is_some_and(|b| {
+                unreserved(b) || bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase)
+            })
         })
-    })
 }
 
 /// `path` with its escapes normalised as a request path's are (RFC 3986
@@ -192,7 +194,10 @@ pub fn normalize_escapes(path: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Decodes unreserved characters and writes every other escape with
-/// upper-case hex digits; any other byte is kept.
+/// upper-case hex digits; a byte outside ASCII (raw UTF-8, which RFC 9112
+/// §3.2 does not allow in a target but hyper accepts) is percent-encoded,
+/// as a browser sends it, so that `/café` and `/caf%C3%A9` are one path
+/// for the rules, the key, purges and the origin; any other byte is kept.
 fn decode_escapes(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
@@ -205,20 +210,29 @@ fn decode_escapes(path: &str) -> String {
             }
             Some(b) => {
                 // RFC 3986 §6.2.2.1: an escape that stays, in upper case.
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                decoded.push('%');
-                decoded.push(char::from(HEX[usize::from(b >> 4)]));
-                decoded.push(char::from(HEX[usize::from(b & 0xf)]));
+                push_escape(&mut decoded, b);
                 i += 3;
             }
+            None if bytes[i] >= 0x80 => {
+                push_escape(&mut decoded, bytes[i]);
+                i += 1;
+            }
             None => {
-                // `path` is ASCII (a URI), so byte = char.
+                // An ASCII byte: byte = char.
                 decoded.push(char::from(bytes[i]));
                 i += 1;
             }
         }
     }
     decoded
+}
+
+/// `%XY` for `b`, upper-case hex digits.
+fn push_escape(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(b >> 4)]));
+    out.push(char::from(HEX[usize::from(b & 0xf)]));
 }
 
 /// Decodes unreserved characters, then removes dot segments (RFC 3986
@@ -376,6 +390,14 @@ mod tests {
         assert_eq!(norm("/repos/a%2fb").unwrap(), "/repos/a%2Fb");
         assert_eq!(norm("/p/e%3ad?q=%2f").unwrap(), "/p/e%3Ad?q=%2f");
         assert_eq!(norm("/a%e2%82%ac").unwrap(), "/a%E2%82%AC");
+        // Raw UTF-8 (hyper accepts it) is one path with its escapes: it
+        // was a key of its own that no purge or invalidation could name.
+        assert_eq!(norm("/t/caf\u{e9}").unwrap(), "/t/caf%C3%A9");
+        assert_eq!(
+            norm("/t/caf\u{e9}/../x\u{e9}?q=\u{e9}").unwrap(),
+            "/t/x%C3%A9?q=\u{e9}"
+        );
+        assert_eq!(normalize_escapes("/t/caf\u{e9}"), "/t/caf%C3%A9");
         assert_eq!(
             norm("http://h.example/a/%2e/b").unwrap(),
             "http://h.example/a/b"
