@@ -127,6 +127,11 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rules]]\nmatch = \"assets/**\"\n",
             ":8:9: rules[0].match: expected a path glob starting with /",
         ),
+        // Passed `check` and matched nothing (config probe).
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rules]]\nmatch = \"*.html\"\n",
+            ":8:9: rules[0].match: \"*.html\" matches no path (every path starts with /, and * stays inside one segment): write \"**/*.html\" for any directory, or \"/*.html\" for the root only",
+        ),
         (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rules]]\nmatch = \"/**\"\nmethods = []\n",
             ":9:11: rules[0].methods: an empty list matches no request",

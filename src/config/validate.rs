@@ -409,16 +409,21 @@ impl Validator<'_> {
 
 impl Validator<'_> {
     /// A path glob (`[[rules]] match`, `[[rate_limits]] match`, a
-    /// cascade's `on`) starts with `/` or `*`: anything else is a typo
-    /// that could match no path and would silently do nothing.
+    /// cascade's `on`) starts with `/`, `**`, or a `*` before a `/`:
+    /// anything else is a typo that could match no path and would silently
+    /// do nothing. `*.html` is one (`*` stays inside a segment, and every
+    /// path starts with `/`): the message names `**/*.html`.
     pub(super) fn path_glob(&self, glob: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
         let g = glob.get_ref();
-        if g.starts_with('/') || g.starts_with('*') {
+        if g.starts_with('/') || g.starts_with("**") || g.starts_with("*/") {
             return Ok(());
         }
-        Err(self
-            .at
-            .spanned(glob, key, "expected a path glob starting with / (or **)"))
+        let message = if g.starts_with('*') {
+            format!("\"{g}\" matches no path (every path starts with /, and * stays inside one segment): write \"**/{g}\" for any directory, or \"/{g}\" for the root only")
+        } else {
+            "expected a path glob starting with / (or **)".to_string()
+        };
+        Err(self.at.spanned(glob, key, message))
     }
 }
 
