@@ -320,7 +320,16 @@ impl Shared {
             let conn = *conn;
             abandoned.method = Some(MethodClass::of(req.method()));
             abandoned.access = access::Pending::capture(&req, &runtime.config.log);
-            let answered = match validate::validate(&mut req, &runtime.config.server) {
+            let checked = match validate::validate(&mut req, &runtime.config.server) {
+                // Rare: boxed, so the request future keeps its size.
+                Ok(present) if validate::declared_empty_but_open(&req) => {
+                    let idle = runtime.config.upstream.body_idle_timeout;
+                    let ended = Box::pin(validate::empty_body_end(&mut req, idle)).await;
+                    ended.map(|()| present)
+                }
+                checked => checked,
+            };
+            let answered = match checked {
                 Err(e) => Answered::error(&e, CacheStatus::fwd(Fwd::Bypass)),
                 // No limits configured: one `Option` check. With limits,
                 // their future (the answer's and the arrival's) is boxed,

@@ -1479,3 +1479,62 @@ async fn an_h2_pass_through_waiting_on_its_upstream_is_not_cut() {
         .to_bytes();
     assert_eq!(&body[..], b"first second");
 }
+
+/// An HTTP/2 request declaring `content-length: 0` whose stream goes on
+/// with `DATA` (malformed, RFC 9113 §8.1.1) reached the origin complete at
+/// its HEADERS, while the client got a reset: the origin acted on a
+/// request the client was told failed. It now goes upstream only once its
+/// stream has ended empty; one whose `DATA` holds bytes never does.
+#[tokio::test]
+async fn an_h2_request_declared_empty_goes_upstream_only_once_its_stream_ends() {
+    let origin = Origin::fixed(&[("cache-control", "no-store")], "done").await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let io =
+        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // HEADERS now; one DATA frame (`chunk`) when `gate` is notified, with
+    // END_STREAM.
+    let post = |chunk: &'static str, gate: Arc<Notify>| {
+        let (tx, rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
+        tokio::spawn(async move {
+            gate.notified().await;
+            let _ = tx
+                .send(Ok(http_body::Frame::data(Bytes::from(chunk))))
+                .await;
+        });
+        Request::post(strata.url("/empty"))
+            .header("content-length", "0")
+            .body(StreamBody::new(tokio_stream_from(rx)))
+            .unwrap()
+    };
+    for (chunk, forwarded) in [("abc", false), ("", true)] {
+        let before = origin.count();
+        let gate = Arc::new(Notify::new());
+        let answer = tokio::spawn(send.send_request(post(chunk, gate.clone())));
+        // Without the wait the origin had the request within a millisecond.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            origin.count(),
+            before,
+            "{chunk:?}: upstream before the stream ended"
+        );
+        gate.notify_one();
+        let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        if forwarded {
+            assert_eq!(answer.unwrap().status(), 200);
+            assert_eq!(origin.count(), before + 1);
+        } else {
+            if let Ok(r) = answer {
+                assert_eq!(r.status(), 400);
+            }
+            assert_eq!(origin.count(), before, "{chunk:?} reached the origin");
+        }
+    }
+}

@@ -27,6 +27,10 @@ pub enum ProxyError {
     /// by hyper.
     #[error("request header section too large")]
     HeadTooLarge,
+    /// An HTTP/2 request declaring an empty body whose stream did not end
+    /// within `upstream.body_idle_timeout` (`408`; it never went upstream).
+    #[error("request body stalled")]
+    BodyStalled,
     /// RFC 9112 §6.1: a request transfer coding other than `chunked`;
     /// never forwarded.
     #[error("not implemented: {0}")]
@@ -60,7 +64,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::Upstream(UpstreamError::ClientStalled { .. }) => {
+            ProxyError::Upstream(UpstreamError::ClientStalled { .. }) | ProxyError::BodyStalled => {
                 StatusCode::REQUEST_TIMEOUT
             }
             ProxyError::TooManyFields | ProxyError::HeadTooLarge => {
@@ -113,6 +117,7 @@ impl ProxyError {
             ProxyError::Upstream(e) | ProxyError::NotRevalidated(e) => e.server(),
             ProxyError::UpstreamBody { server } => Some(server),
             ProxyError::BadRequest(_)
+            | ProxyError::BodyStalled
             | ProxyError::TooManyFields
             | ProxyError::HeadTooLarge
             | ProxyError::NotImplemented(_)

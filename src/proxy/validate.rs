@@ -344,6 +344,42 @@ pub fn request_authority<B>(req: &Request<B>) -> Option<http::uri::Authority> {
     request_host(req).and_then(|h| h.parse().ok())
 }
 
+/// Whether `req` is an HTTP/2 request that declares an empty body
+/// (`content-length: 0`) but has not ended its stream: [`empty_body_end`]
+/// must see the end before it goes upstream.
+pub fn declared_empty_but_open(req: &Request<Incoming>) -> bool {
+    use http_body::Body;
+    req.version() == Version::HTTP_2
+        && req.body().size_hint().exact() == Some(0)
+        && !req.body().is_end_stream()
+}
+
+/// Waits (at most `idle` between frames) for the end of the stream of a
+/// request [`declared_empty_but_open`]. A `content-length: 0` request went
+/// upstream complete at its HEADERS, so `DATA` sent after them (malformed,
+/// RFC 9113 §8.1.1) reached the client as a reset while the origin acted
+/// on the request; bodies with a length hold back the frame that
+/// completes it instead (`server::deadline::RequestBody`). `DATA` with
+/// bytes is a `400`, a stream that does not end a `408`.
+pub async fn empty_body_end(
+    req: &mut Request<Incoming>,
+    idle: std::time::Duration,
+) -> Result<(), ProxyError> {
+    use http_body_util::BodyExt;
+    loop {
+        match tokio::time::timeout(idle, req.body_mut().frame()).await {
+            Err(_) => return Err(ProxyError::BodyStalled),
+            Ok(None) => return Ok(()),
+            Ok(Some(Ok(frame))) if frame.data_ref().is_none_or(|d| d.is_empty()) => {}
+            Ok(Some(_)) => {
+                return Err(ProxyError::BadRequest(
+                    "request body longer than its content-length",
+                ))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
