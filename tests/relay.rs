@@ -385,3 +385,43 @@ async fn stored_200s_advertise_byte_ranges() {
     assert!(r.is_hit());
     assert_eq!(r.header("accept-ranges"), None);
 }
+
+/// A range or conditional miss is answered once its body is stored; a
+/// body that stalls past `body_idle_timeout` is an upstream timeout: `504`
+/// (SPEC §3), as the metric already called it. It was a `502`, and no
+/// "upstream failed" line was logged, although Strata wrote that answer
+/// itself (slow-peers probe).
+#[tokio::test]
+async fn a_range_or_conditional_miss_whose_body_stalls_is_a_504() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 1000\r\n\r\nonly ten b")
+                    .await;
+                // Holds the connection, sending nothing more.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let strata = Strata::start_text(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nservers = [\"{addr}\"]\nbody_idle_timeout = \"300ms\"\n{NO_HEALTH}"
+    ))
+    .await;
+    let c = Client::new();
+    for (i, field) in [("range", "bytes=0-4"), ("if-none-match", "\"zz\"")]
+        .into_iter()
+        .enumerate()
+    {
+        let r = c
+            .get_with(&strata.url(&format!("/stall/{i}")), &[field])
+            .await;
+        assert_eq!(r.status, 504, "{field:?}: {}", r.cache_status());
+    }
+}

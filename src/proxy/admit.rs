@@ -76,8 +76,11 @@ pub enum Admitted {
     /// ([`Cache::collecting`]). The whole body as it arrives, for the
     /// waiting request to send instead (what was read, then the rest).
     NotStored(ProxyBody),
-    /// Not stored: the upstream body failed or was cut short.
-    Failed,
+    /// Not stored: the upstream body failed or was cut short; `stalled`
+    /// when it stalled past `body_idle_timeout` (a timeout, `504`).
+    Failed {
+        stalled: bool,
+    },
 }
 
 /// A request answered from the stored variant once admission gets far
@@ -113,7 +116,7 @@ pub fn spawn(
     tokio::spawn(async move {
         let stored = run(&cache, plan, lock, body, client, &mut done).await;
         if let Some(done) = done {
-            done.send(stored.map_or(Admitted::Failed, Admitted::Stored));
+            done.send(stored.map_or(Admitted::Failed { stalled: false }, Admitted::Stored));
         }
     });
 }
@@ -137,6 +140,11 @@ async fn run(
             None => break,
             Some(Err(e)) => {
                 tracing::debug!(key = %plan.key, error = %e, "upstream body failed: not stored");
+                if let Some(done) = done.take() {
+                    done.send(Admitted::Failed {
+                        stalled: e.is::<super::body::BodyIdle>(),
+                    });
+                }
                 if let Some(feed) = client {
                     feed.close(Err(e), Some(reserved), plan.send_timeout);
                 }

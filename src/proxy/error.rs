@@ -39,9 +39,10 @@ pub enum ProxyError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     /// The upstream's body broke before a response that had to be stored
-    /// first (HEAD, conditional or range miss) was complete.
+    /// first (HEAD, conditional or range miss) was complete; `stalled`
+    /// when it stalled past `body_idle_timeout` (`504`, else `502`).
     #[error("upstream {server} response body failed")]
-    UpstreamBody { server: String },
+    UpstreamBody { server: String, stalled: bool },
     /// `TRACE` and `CONNECT`: refused at the edge (SPEC §10), never forwarded.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -77,6 +78,7 @@ impl ProxyError {
             // A response timeout, and a connect timeout too (nginx's
             // `proxy_connect_timeout` gives 504); a refused connect is 502.
             ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamBody { stalled: true, .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) | ProxyError::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::NotCached | ProxyError::NotRevalidated(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -115,7 +117,7 @@ impl ProxyError {
     pub fn server(&self) -> Option<&str> {
         match self {
             ProxyError::Upstream(e) | ProxyError::NotRevalidated(e) => e.server(),
-            ProxyError::UpstreamBody { server } => Some(server),
+            ProxyError::UpstreamBody { server, .. } => Some(server),
             ProxyError::BadRequest(_)
             | ProxyError::BodyStalled
             | ProxyError::TooManyFields

@@ -132,6 +132,7 @@ async fn lead(
                 _ => Answered::error(
                     &ProxyError::UpstreamBody {
                         server: "upstream".into(),
+                        stalled: false,
                     },
                     CacheStatus::fwd(miss.fwd),
                 ),
@@ -324,12 +325,22 @@ async fn storable(
             Ok(Admitted::NotStored(body)) => {
                 relay::relay(ctx, req, rparts, body, CacheStatus::fwd(miss.fwd))
             }
-            _ => Answered::error(
-                &ProxyError::UpstreamBody {
-                    server: served_by(&rparts.extensions),
-                },
-                CacheStatus::fwd(miss.fwd),
-            ),
+            outcome => {
+                let stalled = matches!(outcome, Ok(Admitted::Failed { stalled: true }));
+                let server = served_by(&rparts.extensions);
+                // Strata answers this failure itself: logged as any
+                // failed exchange is (`upstream/failure_log.rs`).
+                tracing::warn!(
+                    server,
+                    method = %req.method(),
+                    path = req.uri().path(),
+                    client_ip = %ctx.conn.client_ip,
+                    cause = if stalled { "the response body stalled past body_idle_timeout" } else { "the response body was cut short" },
+                    "upstream failed"
+                );
+                let e = ProxyError::UpstreamBody { server, stalled };
+                Answered::error(&e, CacheStatus::fwd(miss.fwd))
+            }
         };
     }
     let (feed, client_body) = super::feed::channel();
