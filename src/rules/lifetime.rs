@@ -77,6 +77,9 @@ impl StatusTtl {
         }
         if &p[1..] == "xx" {
             let class = bytes[0] - b'0';
+            if class == 1 && secs > 0 {
+                return Err("1xx responses are interim, never stored (remove it)".to_string());
+            }
             if self.class.iter().any(|(c, _)| *c == class) {
                 return Err(format!("status pattern {pattern:?} given twice"));
             }
@@ -88,6 +91,13 @@ impl StatusTtl {
             if about_request && secs > 0 {
                 return Err(format!(
                     "{code} is never stored: it answers one malformed or oversized request, not the resource, and stored it would answer everybody (remove it, or use \"0s\")"
+                ));
+            }
+            // Interim answers; a part (ranges are served from whole
+            // stored responses); a validation (merged into what is stored).
+            if secs > 0 && (code < 200 || code == 206 || code == 304) {
+                return Err(format!(
+                    "{code} is never stored: ranges and 304s are answered from a stored whole response, and 1xx are interim (remove it)"
                 ));
             }
             if self.exact.iter().any(|(c, _)| *c == code) {
@@ -290,6 +300,13 @@ mod tests {
             assert!(StatusTtl::default().insert(bad, 1).is_err(), "{bad}");
         }
         assert!(s.insert("404", 1).is_err(), "duplicate");
+        // Never stored, so a lifetime for them would silently do nothing
+        // (config probe); "0s" says so and is accepted.
+        for never in ["206", "304", "101", "1xx"] {
+            let e = StatusTtl::default().insert(never, 60).unwrap_err();
+            assert!(e.contains("never stored"), "{never}: {e}");
+            assert!(StatusTtl::default().insert(never, 0).is_ok(), "{never}");
+        }
     }
 
     fn pol(lifetime: u64) -> Policy {
