@@ -144,6 +144,20 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[upstream]\nconnect_timeout = \"1s\"\n",
             ":7:2: duplicate table [upstream]",
         ),
+        // The entry of an array and the key of an inline table are named
+        // (were `rules.match` and `rules."404"`; config probe).
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rules]]\nmatch = \"/a\"\n[[rules]]\nmatch = \"/b\"\nmatch = \"/c\"\n",
+            ":11:1: duplicate key rules[1].match",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[[rules]]\nmatch = \"/a\"\nstatus_ttl = { \"404\" = \"1s\", \"404\" = \"2s\" }\n",
+            ":9:30: duplicate key rules[0].status_ttl.404",
+        ),
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[upstream.health]\npath = \"/h\"\n[upstream.health]\npath = \"/i\"\n",
+            "duplicate table [upstream.health]",
+        ),
         // `[rules]` for `[[rules]]`: said how to write it.
         (
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[rules]\nmatch = \"/x\"\n",

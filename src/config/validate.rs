@@ -67,29 +67,7 @@ impl Locator<'_> {
         // toml's message can span lines; keep the first, it is the gist.
         let message = e.message().lines().next().unwrap_or("invalid").trim();
         if message == "duplicate key" {
-            // toml names the place, not the key: take it from the text.
-            let name = self
-                .text
-                .get(span.start..)
-                .and_then(|t| t.split(['=', '\n']).next())
-                .map(|n| n.trim().trim_matches(['[', ']']))
-                .filter(|n| !n.is_empty());
-            if let Some(name) = name {
-                // The table it is in, from the last header above it.
-                let table = self.text.get(..span.start).and_then(|before| {
-                    before
-                        .lines()
-                        .rev()
-                        .map(str::trim)
-                        .find(|l| l.starts_with('['))
-                        .map(|l| l.split(']').next().unwrap_or(l).trim_matches(['[', ' ']))
-                });
-                let message = match table {
-                    // The header itself (`[upstream]` twice).
-                    Some("") => format!("duplicate table [{name}]"),
-                    Some(t) => format!("duplicate key {t}.{name}"),
-                    None => format!("duplicate key {name}"),
-                };
+            if let Some(message) = self.duplicate(span.start) {
                 return self.error(span, &key, message);
             }
         }
@@ -105,6 +83,51 @@ impl Locator<'_> {
             message
         };
         self.error(span, &key, message)
+    }
+
+    /// What a duplicate at `at` duplicates, named from the text (toml
+    /// names the place, not the key): `duplicate table [upstream.health]`,
+    /// or `duplicate key rules[1].status_ttl.404` with the array index of
+    /// an `[[array]]` entry and the key of an inline table.
+    fn duplicate(&self, at: usize) -> Option<String> {
+        let (before, rest) = (self.text.get(..at)?, self.text.get(at..)?);
+        let name = rest.split(['=', '\n']).next()?.trim();
+        let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+        if rest.starts_with('[') || line.trim_start().starts_with('[') {
+            // The whole header, wherever on it toml points.
+            let header = format!("{line}{}", rest.split('\n').next().unwrap_or(""));
+            let table = header.trim().trim_matches(['[', ']']).trim();
+            return Some(format!("duplicate table [{table}]"));
+        }
+        let name = name.trim_matches('"');
+        let inline = line
+            .contains('{')
+            .then(|| line.split('=').next().unwrap_or("").trim());
+        let header = before.lines().map(str::trim).rfind(|l| l.starts_with('['));
+        let table = header.map(|h| match h.strip_prefix("[[") {
+            Some(array) => {
+                let array = array.split("]]").next().unwrap_or(array).trim();
+                let index = before
+                    .lines()
+                    .filter(|l| l.trim() == h)
+                    .count()
+                    .saturating_sub(1);
+                format!("{array}[{index}]")
+            }
+            None => h
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or(h)
+                .trim()
+                .to_string(),
+        });
+        let path: Vec<&str> = [table.as_deref(), inline, Some(name)]
+            .into_iter()
+            .flatten()
+            .filter(|p| !p.is_empty())
+            .collect();
+        Some(format!("duplicate key {}", path.join(".")))
     }
 
     /// `file:line:column: key` of a value, for errors found later (when
