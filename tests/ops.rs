@@ -202,6 +202,12 @@ fn config_errors_show_keys_as_written_never_serde_internals() {
             "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[upstream.health]\nunhealthy_threshold = 3.5\n",
             ":8:23: upstream.health.unhealthy_threshold: invalid type: floating point `3.5`, expected a whole number",
         ),
+        // Out of its type's range: the range is said ("a whole number" was
+        // true of -1; config probe).
+        (
+            "[server]\nlisten = \":8080\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[upstream.health]\nunhealthy_threshold = -1\n",
+            ":8:23: upstream.health.unhealthy_threshold: invalid value: integer `-1`, expected a whole number from 0 to 4294967295",
+        ),
         // A bare word that is not a level filters for a target of that
         // name: it silenced every log line.
         (

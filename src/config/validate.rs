@@ -504,10 +504,14 @@ fn plain_types(message: &str) -> String {
     let Some((head, ty)) = message.rsplit_once("expected ") else {
         return message.to_string();
     };
+    // An integer that does not fit its type (negative, or too large)
+    // gets the range: "expected a whole number" is true of the value.
     let plain = match ty {
-        "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" | "isize" => {
-            "a whole number"
-        }
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "usize" => "a whole number from 0 to 18446744073709551615",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
         "f32" | "f64" => "a number",
         "a boolean" | "bool" => "true or false",
         _ => return message.to_string(),
