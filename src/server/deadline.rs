@@ -228,6 +228,7 @@ impl HeadDeadline {
             io,
             state: self.state.clone(),
             own,
+            eof_deferred: false,
         }
     }
 
@@ -307,6 +308,8 @@ pub struct Flushes<T> {
     /// Set on proxy listeners (the admin's responses carry no
     /// `Cache-Status`).
     own: Option<OwnResponses>,
+    /// The end of the client's input was held back once (see `poll_read`).
+    eof_deferred: bool,
 }
 
 impl<T: AsyncWrite + Unpin> Flushes<T> {
@@ -331,6 +334,18 @@ impl<T: AsyncWrite + Unpin> Flushes<T> {
 }
 
 impl<T> Flushes<T> {
+    /// Whether to hold back the end of input now (once per connection,
+    /// only while an HTTP/1 request is open).
+    fn defer_eof(&mut self) -> bool {
+        let s = &self.state;
+        let defer = !self.eof_deferred
+            && s.open.load(Ordering::Relaxed) != 0
+            && !s.http2.load(Ordering::Relaxed)
+            && !s.switched.load(Ordering::Relaxed);
+        self.eof_deferred |= defer;
+        defer
+    }
+
     /// The wrapped socket.
     pub fn get_ref(&self) -> &T {
         &self.io
@@ -349,7 +364,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for Flushes<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() == before && this.defer_eof() {
+            // The end of input while an HTTP/1 request is open: a client
+            // that half-closed after its request (`nc -N`, some scripts).
+            // hyper takes it for a closed connection and drops the request
+            // before polling its answer once; held back for one turn, the
+            // answer is polled first, and one ready at once (a hit) is
+            // written, as nginx and Varnish answer such a client. A request
+            // that needs longer still ends at the next read (`499`).
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        read
     }
 }
 
