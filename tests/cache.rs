@@ -1057,12 +1057,15 @@ async fn raw_utf8_in_a_path_is_one_key_with_its_percent_encoding() {
     assert_eq!(origin.count(), 1);
 }
 
-/// A leader whose client went away before the answer leaves its followers
-/// collapsed behind a new leader: one more upstream request, not one each,
-/// and the answer is stored (black-box audit: each follower went upstream
-/// alone, `fwd=miss`, and nothing was stored).
+/// A leader whose client goes away before the answer does not cancel its
+/// fetch: its followers get the answer it stores, with no more upstream
+/// requests, and so do later requests (nginx's `proxy_cache` finishes a
+/// cacheable fetch too). At first each follower went upstream alone and
+/// nothing was stored (black-box audit); then they collapsed behind a new
+/// leader (one more request); and with impatient clients and a slow
+/// origin, nothing was ever stored (slow-peers probe).
 #[tokio::test]
-async fn followers_of_a_leader_that_went_away_collapse_again() {
+async fn a_leader_whose_client_went_away_still_fetches_for_its_followers() {
     use tokio::io::AsyncWriteExt;
     let (origin, gate) = Origin::gated(&[("cache-control", "max-age=60")], "body").await;
     let s = Arc::new(strata(&origin, "").await);
@@ -1087,10 +1090,16 @@ async fn followers_of_a_leader_that_went_away_collapse_again() {
     })
     .await;
     drop(leader);
+    let c = Client::new();
     wait_until(
         Duration::from_secs(5),
-        "a new leader at the origin",
-        || async { origin.count() == 2 },
+        "the leader's client gone (499)",
+        || async {
+            c.get(&s.admin_url("/metrics"))
+                .await
+                .text()
+                .contains(r#"strata_requests_total{outcome="error",status="499"} 1"#)
+        },
     )
     .await;
     gate.notify_waiters();
@@ -1099,13 +1108,44 @@ async fn followers_of_a_leader_that_went_away_collapse_again() {
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), "body");
     }
-    assert_eq!(origin.count(), 2);
+    assert_eq!(origin.count(), 1);
     let again = Client::new().get(&s.url("/gone")).await;
     assert!(
         again.cache_status().starts_with("strata; hit"),
         "{}",
         again.cache_status()
     );
+}
+
+/// With nobody waiting at all, the fetch of a client that gave up before a
+/// slow origin answered is stored: the next request is a hit.
+#[tokio::test]
+async fn a_miss_whose_client_gave_up_is_stored_anyway() {
+    let (origin, gate) = Origin::gated(&[("cache-control", "max-age=60")], "slow").await;
+    let s = strata(&origin, "").await;
+    let url = s.url("/impatient");
+    let impatient = tokio::spawn(async move { Client::new().get(&url).await });
+    wait_until(
+        Duration::from_secs(5),
+        "the request at the origin",
+        || async { origin.count() == 1 },
+    )
+    .await;
+    impatient.abort();
+    let c = Client::new();
+    wait_until(Duration::from_secs(5), "the client gone (499)", || async {
+        c.get(&s.admin_url("/metrics"))
+            .await
+            .text()
+            .contains(r#"strata_requests_total{outcome="error",status="499"} 1"#)
+    })
+    .await;
+    gate.notify_one();
+    wait_until(Duration::from_secs(10), "the answer stored", || async {
+        c.get(&s.url("/impatient")).await.is_hit()
+    })
+    .await;
+    assert_eq!(origin.count(), 1);
 }
 
 /// An origin answering `variant {X-V}` with `Vary: X-V`, fresh for a

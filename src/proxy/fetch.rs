@@ -83,17 +83,16 @@ async fn lead(
     noted: &NotedRule,
 ) -> Answered {
     let (parts, _) = req.into_parts();
-    let exchange = Exchange::new(ctx);
-    let stale_on_error = miss.stale.as_ref().is_some_and(|s| s.on_error.is_some());
-    let fetched = exchange
-        .fetch(
-            &parts,
-            &miss.key,
-            miss.object.as_ref(),
-            miss.stale.as_ref().map(|s| &s.variant),
-            stale_on_error,
-        )
-        .await;
+    let fwd = miss.fwd;
+    let Ok((parts, miss, lock, fetched)) = detached(Exchange::new(ctx), parts, miss, lock).await
+    else {
+        // The fetch's task panicked (a bug): its lock went with it.
+        let e = ProxyError::UpstreamBody {
+            server: "upstream".into(),
+            stalled: false,
+        };
+        return Answered::error(&e, CacheStatus::fwd(fwd));
+    };
     let req = Request::from_parts(parts, ());
     let answer_fields = match &fetched {
         Fetched::Storable(_, rparts, _) | Fetched::Uncacheable(_, rparts, _) => {
@@ -163,6 +162,53 @@ async fn lead(
             storable(ctx, &req, &miss, lock, *plan, rparts, body).await
         }
     }
+}
+
+/// The leader's fetch, in a task of its own, so that a client that goes
+/// away before the response head arrives does not cancel it (as nginx's
+/// `proxy_cache` finishes a cacheable fetch, and Varnish any): with the
+/// client gone, a storable response is admitted for the requests waiting
+/// on the lock and the next ones, a 304's refreshed entry (stored by the
+/// exchange) handed to them, a failure published to them; an uncacheable
+/// response is dropped (its waiters go upstream themselves). Before, the
+/// fetch was cancelled, and with clients that give up before a slow
+/// origin answers nothing was ever stored (slow-peers probe).
+async fn detached(
+    exchange: Exchange,
+    parts: http::request::Parts,
+    miss: Miss,
+    lock: WriteLock,
+) -> Result<(http::request::Parts, Miss, WriteLock, Fetched), oneshot::error::RecvError> {
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let stale_on_error = miss.stale.as_ref().is_some_and(|s| s.on_error.is_some());
+        let stale = miss.stale.as_ref().map(|s| &s.variant);
+        let fetched = exchange
+            .fetch(
+                &parts,
+                &miss.key,
+                miss.object.as_ref(),
+                stale,
+                stale_on_error,
+            )
+            .await;
+        let Err((_, miss, lock, fetched)) = tx.send((parts, miss, lock, fetched)) else {
+            return;
+        };
+        match fetched {
+            Fetched::Storable(plan, _, body) => {
+                tracing::debug!(key = %miss.key, "the client left before the response head: stored for the others");
+                admit::spawn(exchange.cache, *plan, Some(lock), body, None, None);
+            }
+            Fetched::NotModified(stored, ..) => lock.publish(Flight::admitted(stored)),
+            Fetched::ServerError(status) => lock.publish(Flight::Failed {
+                status: Some(status.as_u16()),
+            }),
+            Fetched::Failed(_) => lock.publish(Flight::Failed { status: None }),
+            Fetched::Uncacheable(..) => drop(lock),
+        }
+    });
+    rx.await
 }
 
 /// The upstream failed or answered 5xx (`fwd_status`) inside
