@@ -49,6 +49,15 @@ pub enum TlsError {
         path: PathBuf,
         problem: key::KeyProblem,
     },
+    /// An X.509 v1 end-entity certificate (`openssl x509 -req -signkey`
+    /// without extensions makes one): rustls cannot parse it to check the
+    /// key, and TLS clients that verify with webpki refuse it.
+    #[error("{at}: {path}: an X.509 v{version} certificate; TLS needs v3 (make one with `openssl req -x509`, or give `openssl x509 -req` an -extfile)")]
+    Version {
+        at: String,
+        path: PathBuf,
+        version: u32,
+    },
     #[error("{at}: {cert} and {key}: the private key does not match the certificate")]
     Mismatch {
         at: String,
@@ -241,6 +250,18 @@ fn load_pair(
                 index: i + 1,
                 count: chain.len(),
                 reason: e.to_string(),
+            });
+        }
+    }
+    // Told apart from a key mismatch, which is how rustls's key check
+    // reported it.
+    if let Ok((_, leaf)) = x509_parser::parse_x509_certificate(&chain[0]) {
+        let version = leaf.version().0 + 1;
+        if version < 3 {
+            return Err(TlsError::Version {
+                at: pair.cert_at.clone(),
+                path: pair.cert.clone(),
+                version,
             });
         }
     }
@@ -496,6 +517,30 @@ mod tests {
             assert_eq!(kind.to_string(), want);
             assert!(kind.is_supported(), "{kind}");
         }
+    }
+
+    /// A v1 certificate of its own key was "the private key does not
+    /// match the certificate" (docs probe): the operator went looking for
+    /// another key.
+    #[test]
+    fn an_x509_v1_certificate_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tls = config(
+            dir.path(),
+            include_str!("../../tests/fixtures/tls/v1-p256.pem"),
+        );
+        let pair = &mut tls.certificates[0];
+        std::fs::write(
+            &pair.key,
+            include_str!("../../tests/fixtures/tls/v1-p256.key"),
+        )
+        .unwrap();
+        let e = check(&tls).unwrap_err().to_string();
+        assert!(
+            e.contains("a.pem: an X.509 v1 certificate; TLS needs v3"),
+            "{e}"
+        );
+        assert!(!e.contains("does not match"), "{e}");
     }
 
     /// It said "the private key does not match the certificate".
