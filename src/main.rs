@@ -116,6 +116,14 @@ fn serve(global: &strata::cli::Global) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The certificates and keys are config too: their errors go where the
+    // file's do, as `check` says them (loaded again by the listener).
+    if let Some(tls) = &config.server.tls {
+        if let Err(e) = server::tls::check(tls) {
+            eprintln!("strata: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     let format = match global.log_format {
         Some(LogFormatArg::Json) => LogFormat::Json,
         Some(LogFormatArg::Text) => LogFormat::Text,

@@ -539,6 +539,25 @@ fn check_accepts_good_certificates_and_names_the_file_when_they_are_bad() {
         )
     );
 
+    // `serve` says it as `check` does, on stderr (it was a `fatal` log
+    // event on stdout; docs probe).
+    let out = strata_bin()
+        .arg("serve")
+        .arg("--config")
+        .arg(&mismatch)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!("strata: {}", err.trim())
+    );
+
     // A file that is not PEM at all.
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate\n").unwrap();
