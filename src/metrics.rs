@@ -293,11 +293,23 @@ impl Metrics {
             .set(i64::from(healthy));
     }
 
-    /// `server` left the configuration (a reload): its health gauge goes,
-    /// so that alerts on `strata_upstream_healthy` (all down, say) see only
-    /// the servers in rotation. Its counters stay, as Prometheus expects.
+    /// `strata_upstream_draining`: 1 while `server` is drained. With
+    /// `strata_upstream_healthy`, says whether it is in rotation (the
+    /// shipped `StrataAllUpstreamsDown` rule).
+    pub fn upstream_draining(&self, server: &str, draining: bool) {
+        self.inner
+            .upstream_draining
+            .with_label_values(&[server])
+            .set(i64::from(draining));
+    }
+
+    /// `server` left the configuration (a reload): its health and drain
+    /// gauges go, so that alerts on `strata_upstream_healthy` (all down,
+    /// say) see only the servers configured. Its counters stay, as
+    /// Prometheus expects.
     pub fn upstream_removed(&self, server: &str) {
         let _ = self.inner.upstream_healthy.remove_label_values(&[server]);
+        let _ = self.inner.upstream_draining.remove_label_values(&[server]);
     }
 
     /// The series of upstream server `server` (`host:port`).

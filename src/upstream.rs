@@ -89,6 +89,7 @@ impl Upstreams {
         for s in balancer.servers() {
             metrics.upstream_known(s.authority.as_str());
             metrics.upstream_healthy(s.authority.as_str(), s.is_healthy());
+            metrics.upstream_draining(s.authority.as_str(), s.is_draining());
         }
         let current =
             |a: &http::uri::Authority| balancer.servers().iter().any(|s| s.authority == *a);
@@ -173,6 +174,7 @@ impl Upstreams {
         let s = &self.balancer.servers()[index];
         let was = s.set_draining(draining);
         if was != draining {
+            self.metrics.upstream_draining(s.authority.as_str(), draining);
             tracing::info!(server = %s.authority, draining, "upstream drain changed");
             health::drain_changed(self, s, draining);
         }

@@ -395,6 +395,13 @@ async fn drain_moves_new_requests_and_lets_in_flight_finish() {
     );
     let servers = v["upstreams"].as_array().unwrap();
     assert!(servers.iter().all(|s| s["draining"] == true), "{v}");
+    // The metrics say it too, so the shipped all-down rule (healthy and not
+    // drained) fires; with health alone it could not (docs probe).
+    let metrics = client.get(&strata.admin_url("/metrics")).await.text();
+    for server in [a.addr, b.addr] {
+        let line = format!("strata_upstream_draining{{server=\"{server}\"}} 1");
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
 }
 
 /// Each server is health-checked on its own schedule: one whose health

@@ -21,6 +21,7 @@ pub(super) struct Inner {
     /// `memory`, `redis`.
     pub(super) hits_fast: [IntCounter; 2],
     pub(super) upstream_healthy: IntGaugeVec,
+    pub(super) upstream_draining: IntGaugeVec,
     pub(super) upstream_requests: IntCounterVec,
     pub(super) upstream_errors: IntCounterVec,
     pub(super) upstream_duration: HistogramVec,
@@ -220,6 +221,12 @@ impl Inner {
             &r,
             "strata_upstream_healthy",
             "1 while the upstream server passes its health checks (drained or not).",
+            &["server"],
+        ),
+        upstream_draining: gauge_vec(
+            &r,
+            "strata_upstream_draining",
+            "1 while the upstream server is drained (POST /upstreams/drain): no new requests.",
             &["server"],
         ),
         upstream_requests: counter_vec(
