@@ -174,7 +174,8 @@ impl Upstreams {
         let s = &self.balancer.servers()[index];
         let was = s.set_draining(draining);
         if was != draining {
-            self.metrics.upstream_draining(s.authority.as_str(), draining);
+            self.metrics
+                .upstream_draining(s.authority.as_str(), draining);
             tracing::info!(server = %s.authority, draining, "upstream drain changed");
             health::drain_changed(self, s, draining);
         }

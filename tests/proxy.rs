@@ -1538,3 +1538,58 @@ async fn an_h2_request_declared_empty_goes_upstream_only_once_its_stream_ends() 
         }
     }
 }
+
+/// A hit over HTTP/2 read slowly but steadily is never cut: h2 takes the
+/// whole body at once, so the request ended long before the client had
+/// it, and the connection, counted idle, was closed 1–2
+/// `header_read_timeout`s into the download with no GOAWAY (regression
+/// probe: 1 MB at 60 KB/s cut at 8 s with a 4 s timeout). Writes of
+/// response data now count as activity.
+#[tokio::test]
+async fn a_slow_steady_h2_download_of_a_hit_outlasts_header_read_timeout() {
+    let body = Bytes::from(vec![b'h'; 512 << 10]);
+    let origin = Origin::start(move |_req| {
+        let body = body.clone();
+        async move { reply(200, &[("cache-control", "max-age=300")], body) }
+    })
+    .await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"secret\"\n\n[upstream]\nservers = [\"{}\"]\n{NO_HEALTH}",
+        origin.addr
+    );
+    let strata = Strata::start_text(&text).await;
+    let client = Client::new();
+    client.get(&strata.url("/big")).await;
+    assert!(client.get(&strata.url("/big")).await.is_hit());
+    let io =
+        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .adaptive_window(false)
+            .initial_stream_window_size(16 << 10)
+            .initial_connection_window_size(16 << 10)
+            .handshake(io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(strata.url("/big"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let mut body = send.send_request(req).await.unwrap().into_body();
+    // About 128 KiB/s: four seconds, four header_read_timeouts.
+    let started = Instant::now();
+    let mut got = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("the download is not cut");
+        if let Some(data) = frame.data_ref() {
+            got += data.len();
+            tokio::time::sleep(Duration::from_millis(data.len() as u64 / 128)).await;
+        }
+    }
+    assert_eq!(got, 512 << 10);
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
