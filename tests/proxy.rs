@@ -1593,3 +1593,57 @@ async fn a_slow_steady_h2_download_of_a_hit_outlasts_header_read_timeout() {
         started.elapsed()
     );
 }
+
+/// A slow but steady HTTP/2 reader of a streamed response is not taken
+/// for a stalled one: the per-stream `send_timeout` sees progress only
+/// when hyper asks for more, which it did once h2 had taken a whole 64 KiB
+/// piece, so a client reading 40 KiB/s against a 1 s timeout was cut
+/// (regression probe). Pieces are now one 16 KiB frame.
+#[tokio::test]
+async fn a_slow_steady_h2_reader_is_not_cut_by_send_timeout() {
+    let body = Bytes::from(vec![b's'; 192 << 10]);
+    // A miss (stored while it streams) and a pass-through (streamed as the
+    // upstream's chunks come, which can be far larger than a frame).
+    let origin = Origin::start(move |req| {
+        let body = body.clone();
+        let cc = if req.uri().path() == "/pass" {
+            "no-store"
+        } else {
+            "max-age=300"
+        };
+        async move { reply(200, &[("cache-control", cc)], body) }
+    })
+    .await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nsend_timeout = \"1s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"secret\"\n\n[upstream]\nservers = [\"{}\"]\n{NO_HEALTH}",
+        origin.addr
+    );
+    let strata = Strata::start_text(&text).await;
+    let io =
+        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .adaptive_window(false)
+            .initial_stream_window_size(16 << 10)
+            .initial_connection_window_size(16 << 10)
+            .handshake(io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for path in ["/miss", "/pass"] {
+        let req = Request::get(strata.url(path))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let mut body = send.send_request(req).await.unwrap().into_body();
+        let mut got = 0;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap_or_else(|e| panic!("{path}: a steady reader cut: {e}"));
+            if let Some(data) = frame.data_ref() {
+                got += data.len();
+                // About 40 KiB/s.
+                tokio::time::sleep(Duration::from_millis(data.len() as u64 / 40)).await;
+            }
+        }
+        assert_eq!(got, 192 << 10, "{path}");
+    }
+}

@@ -15,8 +15,14 @@
 //! the stream in an error (hyper resets it), never as if complete. A body
 //! hyper waits on (a slow upstream, a long poll) is never cut.
 //!
+//! Chunks go to hyper in 16 KiB pieces ([`PIECE`], one frame), so that a
+//! slow but steady reader shows progress at least that often: a client
+//! that takes less than 16 KiB per `send_timeout` is cut (nginx's
+//! `send_timeout` likewise times one write operation, not one byte).
+//!
 //! Only streamed bodies get a guard: a hit (`Full`) is whole in hyper's
-//! hands at once and holds nothing upstream. Cost per streamed HTTP/2
+//! hands at once and holds nothing upstream (a slow reader of one keeps
+//! its connection while it reads, `deadline.rs`). Cost per streamed HTTP/2
 //! response: one allocation, one task, and two relaxed updates per frame.
 
 use std::pin::Pin;
@@ -48,7 +54,10 @@ pub fn guard(body: ProxyBody, send_timeout: Duration) -> ProxyBody {
                 cut: AtomicBool::new(false),
             });
             tokio::spawn(watch(Arc::downgrade(&shared), send_timeout));
-            ProxyBody::boxed(Guarded { shared })
+            ProxyBody::boxed(Guarded {
+                shared,
+                rest: Bytes::new(),
+            })
         }
     }
 }
@@ -71,7 +80,16 @@ impl Shared {
 
 struct Guarded {
     shared: Arc<Shared>,
+    /// What is left of a chunk handed over in [`PIECE`]s.
+    rest: Bytes,
 }
+
+/// Bytes handed to hyper per poll at most: one HTTP/2 frame at the
+/// default `SETTINGS_MAX_FRAME_SIZE`. hyper polls again only once h2 has
+/// taken the whole piece, so progress is seen every 16 KiB a client takes:
+/// a client reading at least that much per `send_timeout` is never cut
+/// (with 64 KiB chunks, one reading 16 KB/s against a 2 s timeout was).
+const PIECE: usize = 16 << 10;
 
 impl Body for Guarded {
     type Data = Bytes;
@@ -81,26 +99,44 @@ impl Body for Guarded {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let shared = &self.shared;
+        let this = self.get_mut();
+        let shared = &this.shared;
         shared.polls.fetch_add(1, Ordering::Relaxed);
         shared.owed.store(false, Ordering::Relaxed);
+        if !this.rest.is_empty() && !shared.cut.load(Ordering::Relaxed) {
+            let n = this.rest.len().min(PIECE);
+            shared.owed.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(n)))));
+        }
         let mut body = shared.body();
         let Some(inner) = body.as_mut() else {
             let cut = shared.cut.load(Ordering::Relaxed);
             return Poll::Ready(cut.then(|| Err(Box::new(Stalled) as BoxError)));
         };
         let polled = Pin::new(inner).poll_frame(cx);
-        match &polled {
+        match polled {
             Poll::Ready(Some(Ok(frame))) if frame.is_data() => {
                 shared.owed.store(true, Ordering::Relaxed);
+                let Ok(mut data) = frame.into_data() else {
+                    return Poll::Ready(None);
+                };
+                if data.len() > PIECE {
+                    this.rest = data.split_off(PIECE);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
-            Poll::Ready(None) => *body = None,
-            _ => {}
+            Poll::Ready(None) => {
+                *body = None;
+                Poll::Ready(None)
+            }
+            other => other,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
+        if !self.rest.is_empty() {
+            return false;
+        }
         match self.shared.body().as_ref() {
             Some(inner) => inner.is_end_stream(),
             None => !self.shared.cut.load(Ordering::Relaxed),
@@ -108,8 +144,17 @@ impl Body for Guarded {
     }
 
     fn size_hint(&self) -> SizeHint {
+        let rest = self.rest.len() as u64;
         match self.shared.body().as_ref() {
-            Some(inner) => inner.size_hint(),
+            Some(inner) => {
+                let inner = inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + rest);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + rest);
+                }
+                hint
+            }
             None => SizeHint::default(),
         }
     }
