@@ -1055,6 +1055,17 @@ async fn raw_utf8_in_a_path_is_one_key_with_its_percent_encoding() {
     let r = c.get_with(&s.url("/u/caf%C3%A9"), &[("host", "h")]).await;
     assert!(r.is_hit(), "{}", r.cache_status());
     assert_eq!(origin.count(), 1);
+    // The query's raw UTF-8 too (regression probe: still a key of its own).
+    let out = support::http::raw(
+        s.addr,
+        b"GET /u/q?x=\xC3\xA9 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(origin.last().unwrap().path, "/u/q?x=%C3%A9");
+    let r = c.get_with(&s.url("/u/q?x=%C3%A9"), &[("host", "h")]).await;
+    assert!(r.is_hit(), "{}", r.cache_status());
+    assert_eq!(origin.count(), 2);
 }
 
 /// A leader whose client goes away before the answer does not cancel its

@@ -85,19 +85,32 @@ pub fn normalize(uri: &Uri) -> Result<Option<Uri>, TargetError> {
         return Ok(Some(normalize(&slashed)?.unwrap_or(slashed)));
     }
     let path = uri.path();
-    if !path.starts_with('/') || plainly_normal(path.as_bytes()) {
+    // Raw UTF-8 in the query is encoded as in the path (the rest of the
+    // query is forwarded as sent): one key with its `%XX` form.
+    let raw_query = uri.query().is_some_and(|q| !q.is_ascii());
+    if !path.starts_with('/') || (plainly_normal(path.as_bytes()) && !raw_query) {
         return Ok(None);
     }
-    if !needs_rewrite(path) {
+    if !needs_rewrite(path) && !raw_query {
         check(path)?;
         return Ok(None);
     }
-    let normal = rewrite(path)?;
+    let normal = if needs_rewrite(path) {
+        rewrite(path)?
+    } else {
+        path.to_string()
+    };
     check(&normal)?;
     let mut pq = normal;
     if let Some(q) = uri.query() {
         pq.push('?');
-        pq.push_str(q);
+        for b in q.bytes() {
+            if b.is_ascii() {
+                pq.push(char::from(b));
+            } else {
+                push_escape(&mut pq, b);
+            }
+        }
     }
     let mut parts = uri.clone().into_parts();
     // Only unreserved characters were decoded and segments dropped: the
@@ -395,9 +408,14 @@ mod tests {
         assert_eq!(norm("/t/caf\u{e9}").unwrap(), "/t/caf%C3%A9");
         assert_eq!(
             norm("/t/caf\u{e9}/../x\u{e9}?q=\u{e9}").unwrap(),
-            "/t/x%C3%A9?q=\u{e9}"
+            "/t/x%C3%A9?q=%C3%A9"
         );
         assert_eq!(normalize_escapes("/t/caf\u{e9}"), "/t/caf%C3%A9");
+        // The query's raw UTF-8 too, and nothing else of it.
+        assert_eq!(
+            norm("/t/x?q=caf\u{e9}&a=%2f").unwrap(),
+            "/t/x?q=caf%C3%A9&a=%2f"
+        );
         assert_eq!(
             norm("http://h.example/a/%2e/b").unwrap(),
             "http://h.example/a/b"

@@ -22,9 +22,14 @@ pub struct PathGlob {
 }
 
 impl PathGlob {
-    /// Compiles `pattern` (`/` as separator, `\` escapes).
+    /// Compiles `pattern` (`/` as separator, `\` escapes), its escapes
+    /// normalised as a request path's are (`crate::proxy::target`):
+    /// `/café/**` matches the path `/caf%C3%A9/x` that a request for
+    /// `/café/x` (raw or encoded, any hex case) is normalised to; written
+    /// raw, it matched nothing.
     pub fn new(pattern: &str) -> Result<PathGlob, globset::Error> {
-        let matcher = GlobBuilder::new(pattern)
+        let pattern = crate::proxy::target::normalize_escapes(pattern);
+        let matcher = GlobBuilder::new(&pattern)
             .literal_separator(true)
             .backslash_escape(true)
             .build()?
@@ -75,5 +80,16 @@ mod tests {
         let g = PathGlob::new("/a/*/c").unwrap();
         assert!(g.is_match("/a//b//c"));
         assert!(!g.is_match("/a/b/x/c"));
+    }
+
+    /// Matched against normalised paths, so normalised alike.
+    #[test]
+    fn non_ascii_and_escapes_in_a_glob_match_the_normalised_path() {
+        for glob in ["/caf\u{e9}/**", "/caf%c3%a9/**", "/caf%C3%A9/**"] {
+            let g = PathGlob::new(glob).unwrap();
+            assert!(g.is_match("/caf%C3%A9/x"), "{glob}");
+        }
+        // An encoded `*` stays encoded: never a wildcard.
+        assert!(!PathGlob::new("/a%2A").unwrap().is_match("/abc"));
     }
 }
