@@ -80,13 +80,25 @@ async fn check_and_record(pool: &Upstreams, index: usize) {
                 came_back(pool, server, "health checks passed");
             }
         }
-        Err(reason) => {
+        Err(Unchecked::Failed(reason)) => {
             tracing::debug!(server = name, %reason, "health check failed");
             if server.record_failure(health) {
                 went_down(pool, server, &reason);
             }
         }
+        // Says nothing about the server: no failure recorded (out of file
+        // descriptors, every check failed and took the servers out).
+        Err(Unchecked::Local(reason)) => {
+            tracing::warn!(server = name, %reason, "health check not run: no local resources");
+        }
     }
+}
+
+/// Why a check did not pass: the server failed it, or Strata could not
+/// run it (out of file descriptors or buffers).
+enum Unchecked {
+    Failed(String),
+    Local(String),
 }
 
 /// A server just came back in rotation (`how`: the checks, or a trial
@@ -225,13 +237,13 @@ async fn check_one(
     pool: &Upstreams,
     index: usize,
     authority: &http::uri::Authority,
-) -> Result<(), String> {
+) -> Result<(), Unchecked> {
     let health = &pool.config().health;
     let mut req = Request::new(empty_body());
     *req.uri_mut() = health
         .path
         .parse()
-        .map_err(|_| format!("invalid health path {:?}", health.path))?;
+        .map_err(|_| Unchecked::Failed(format!("invalid health path {:?}", health.path)))?;
     if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
         req.headers_mut().insert(header::HOST, host);
     }
@@ -246,19 +258,28 @@ async fn check_one(
             .await
             // The whole cause, as a failed request logs it: a refused
             // connect and an unresolvable name read differently.
-            .map_err(|f| super::failure_log::Chain(&f.error).to_string())?;
+            .map_err(|f| {
+                let reason = super::failure_log::Chain(&f.error).to_string();
+                match f.error {
+                    super::UpstreamError::LocalResources { .. } => Unchecked::Local(reason),
+                    _ => Unchecked::Failed(reason),
+                }
+            })?;
         let status = resp.status();
         // Drain the body so the connection can be reused.
         let _ = resp.into_body().collect().await;
         if health_ok(&health.expect_status, status.as_u16()) {
             Ok(())
         } else {
-            Err(format!("status {status}"))
+            Err(Unchecked::Failed(format!("status {status}")))
         }
     };
     match tokio::time::timeout(health.timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {:?}", health.timeout)),
+        Err(_) => Err(Unchecked::Failed(format!(
+            "no answer within {:?}",
+            health.timeout
+        ))),
     }
 }
 
