@@ -425,3 +425,66 @@ async fn a_range_or_conditional_miss_whose_body_stalls_is_a_504() {
         assert_eq!(r.status, 504, "{field:?}: {}", r.cache_status());
     }
 }
+
+/// The same failure with a stale copy inside `grace`: the copy stands in,
+/// as for a failure before the head (SPEC §6). It was a `504`
+/// (regression probe).
+#[tokio::test]
+async fn a_stalled_range_miss_over_a_stale_copy_in_grace_serves_the_copy() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await;
+                if first {
+                    // Closed after it: the next fetch takes a new connection.
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncache-control: max-age=1\r\nconnection: close\r\ncontent-length: 10\r\n\r\n0123456789")
+                        .await;
+                    return;
+                } else {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncache-control: max-age=1\r\ncontent-length: 1000\r\n\r\nonly ten b")
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let strata = Strata::start_text(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"secret\"\n\
+         [upstream]\nservers = [\"{addr}\"]\nbody_idle_timeout = \"300ms\"\n{NO_HEALTH}\
+         [cache]\ngrace = \"60s\"\n"
+    ))
+    .await;
+    let c = Client::new();
+    assert_eq!(c.get(&strata.url("/g")).await.text(), "0123456789");
+    wait_until(Duration::from_secs(10), "the copy stale", || async {
+        let v: serde_json::Value =
+            serde_json::from_slice(&c.get(&strata.admin_url("/cache?url=/g")).await.body)
+                .unwrap_or_default();
+        v["objects"][0]["variants"][0]["ttl"]
+            .as_i64()
+            .is_some_and(|t| t <= 0)
+    })
+    .await;
+    let r = c
+        .get_with(&strata.url("/g"), &[("range", "bytes=0-3")])
+        .await;
+    assert_eq!(r.status, 206, "{}", r.cache_status());
+    assert_eq!(r.text(), "0123");
+    assert!(
+        r.cache_status().contains("detail=grace"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(served.load(Ordering::SeqCst), 2);
+}

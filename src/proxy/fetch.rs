@@ -384,6 +384,12 @@ async fn storable(
                     cause = if stalled { "the response body stalled past body_idle_timeout" } else { "the response body was cut short" },
                     "upstream failed"
                 );
+                // A stale copy that may stand in for an upstream failure
+                // (grace, stale-if-error) does, as for a failure before
+                // the head (regression probe: it was a 504).
+                if let Some(s) = miss.stale.as_ref().filter(|s| s.on_error.is_some()) {
+                    return serve_stale(ctx, req, miss, s, None, false);
+                }
                 let e = ProxyError::UpstreamBody { server, stalled };
                 Answered::error(&e, CacheStatus::fwd(miss.fwd))
             }
