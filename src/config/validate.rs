@@ -24,6 +24,7 @@ use crate::upstream::health::StatusMatch;
 mod cache;
 mod listeners;
 mod operations;
+mod toml_errors;
 
 /// Turns byte spans into `file:line:column` errors.
 pub(super) struct Locator<'a> {
@@ -60,74 +61,6 @@ impl Locator<'_> {
             },
             message: message.to_string(),
         }
-    }
-
-    pub(super) fn toml(&self, key: String, e: &toml::de::Error) -> ConfigError {
-        let span = e.span().unwrap_or(0..0);
-        // toml's message can span lines; keep the first, it is the gist.
-        let message = e.message().lines().next().unwrap_or("invalid").trim();
-        if message == "duplicate key" {
-            if let Some(message) = self.duplicate(span.start) {
-                return self.error(span, &key, message);
-            }
-        }
-        if message == "invalid type: map, expected a sequence" && !key.is_empty() {
-            // `[rules]` written for `[[rules]]`.
-            let hint = format!("{message} (write [[{key}]] above each entry: an array of tables)");
-            return self.error(span, &key, hint);
-        }
-        let message = without_quoted_credentials(&plain_types(message));
-        let message = if is_secret(&key) {
-            without_values(&message)
-        } else {
-            message
-        };
-        self.error(span, &key, message)
-    }
-
-    /// What a duplicate at `at` duplicates, named from the text (toml
-    /// names the place, not the key): `duplicate table [upstream.health]`,
-    /// or `duplicate key rules[1].status_ttl.404` with the array index of
-    /// an `[[array]]` entry and the key of an inline table.
-    fn duplicate(&self, at: usize) -> Option<String> {
-        let (before, rest) = (self.text.get(..at)?, self.text.get(at..)?);
-        let name = rest.split(['=', '\n']).next()?.trim();
-        let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
-        if rest.starts_with('[') || line.trim_start().starts_with('[') {
-            // The whole header, wherever on it toml points.
-            let header = format!("{line}{}", rest.split('\n').next().unwrap_or(""));
-            let table = header.trim().trim_matches(['[', ']']).trim();
-            return Some(format!("duplicate table [{table}]"));
-        }
-        let name = name.trim_matches('"');
-        let inline = line
-            .contains('{')
-            .then(|| line.split('=').next().unwrap_or("").trim());
-        let header = before.lines().map(str::trim).rfind(|l| l.starts_with('['));
-        let table = header.map(|h| match h.strip_prefix("[[") {
-            Some(array) => {
-                let array = array.split("]]").next().unwrap_or(array).trim();
-                let index = before
-                    .lines()
-                    .filter(|l| l.trim() == h)
-                    .count()
-                    .saturating_sub(1);
-                format!("{array}[{index}]")
-            }
-            None => h
-                .trim_start_matches('[')
-                .split(']')
-                .next()
-                .unwrap_or(h)
-                .trim()
-                .to_string(),
-        });
-        let path: Vec<&str> = [table.as_deref(), inline, Some(name)]
-            .into_iter()
-            .flatten()
-            .filter(|p| !p.is_empty())
-            .collect();
-        Some(format!("duplicate key {}", path.join(".")))
     }
 
     /// `file:line:column: key` of a value, for errors found later (when
@@ -438,85 +371,22 @@ impl Validator<'_> {
     /// path starts with `/`): the message names `**/*.html`.
     pub(super) fn path_glob(&self, glob: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
         let g = glob.get_ref();
-        if g.starts_with('/') || g.starts_with("**") || g.starts_with("*/") {
+        if g.starts_with('/') || g == "**" || g.starts_with("**/") || g.starts_with("*/") {
             return Ok(());
         }
-        let message = if g.starts_with('*') {
+        let message = if let Some(rest) = g.strip_prefix("**") {
+            // `**` is a whole segment or nothing: `**.html` is `*.html`.
+            format!(
+                "\"{g}\" matches no path (** stands for whole segments: write \"**/*{}\")",
+                rest.trim_start_matches('*')
+            )
+        } else if g.starts_with('*') {
             format!("\"{g}\" matches no path (every path starts with /, and * stays inside one segment): write \"**/{g}\" for any directory, or \"/{g}\" for the root only")
         } else {
             "expected a path glob starting with / (or **)".to_string()
         };
         Err(self.at.spanned(glob, key, message))
     }
-}
-
-/// serde's Rust type names in a message (`expected u32`) as an operator
-/// reads them (`expected a whole number`).
-/// `message` with every quoted value shown as
-/// [`crate::telemetry::without_userinfo`] shows a refused URL: toml quotes
-/// a value of the wrong type (`urls = "redis://:pw@h"` for a list), and the
-/// error must not carry its password.
-fn without_quoted_credentials(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(open) = rest.find('"') {
-        let Some(len) = rest[open + 1..].find('"') else {
-            break;
-        };
-        let inner = &rest[open + 1..open + 1 + len];
-        out.push_str(&rest[..=open]);
-        out.push_str(&crate::telemetry::without_userinfo(inner));
-        out.push('"');
-        rest = &rest[open + len + 2..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Whether `key` holds a secret (`admin.token`, `admin.read_token`,
-/// `upstream.sticky.secret`, a webhook's `secret`, a password): its value
-/// never appears in an error, which reaches the log, a `reload_failed`
-/// alert and the dashboard's activity list.
-fn is_secret(key: &str) -> bool {
-    let last = key.rsplit('.').next().unwrap_or(key);
-    last.ends_with("token") || last.ends_with("secret") || last.contains("password")
-}
-
-/// `message` with each `` `value` `` serde quotes replaced by `<hidden>`
-/// (`invalid type: integer `987654321`, expected a string`).
-fn without_values(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut parts = message.split('`');
-    if let Some(first) = parts.next() {
-        out.push_str(first);
-    }
-    let mut inside = true;
-    for part in parts {
-        out.push_str(if inside { "`<hidden>`" } else { part });
-        inside = !inside;
-    }
-    out
-}
-
-fn plain_types(message: &str) -> String {
-    // toml reads an integer too large for 64 bits as `i128`.
-    let message = &message.replace(" as i128", "").replace(" as u128", "");
-    let Some((head, ty)) = message.rsplit_once("expected ") else {
-        return message.to_string();
-    };
-    // An integer that does not fit its type (negative, or too large)
-    // gets the range: "expected a whole number" is true of the value.
-    let plain = match ty {
-        "u8" => "a whole number from 0 to 255",
-        "u16" => "a whole number from 0 to 65535",
-        "u32" => "a whole number from 0 to 4294967295",
-        "u64" | "usize" => "a whole number from 0 to 18446744073709551615",
-        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
-        "f32" | "f64" => "a number",
-        "a boolean" | "bool" => "true or false",
-        _ => return message.to_string(),
-    };
-    format!("{head}expected {plain}")
 }
 
 fn secs(n: u64) -> Duration {
