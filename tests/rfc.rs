@@ -283,7 +283,7 @@ async fn grace_serves_a_just_stale_entry_when_the_origin_fails() {
     assert_eq!(r.text(), "cached");
     assert!(
         r.cache_status()
-            .starts_with("strata; fwd=stale; fwd-status=503; detail=grace"),
+            .starts_with("strata; fwd=stale; detail=grace; fwd-status=503"),
         "{}",
         r.cache_status()
     );

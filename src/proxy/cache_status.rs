@@ -184,6 +184,12 @@ impl CacheStatus {
                 }
                 out.extend_from_slice(b"; fwd=");
                 out.extend_from_slice(f.fwd.as_str().as_bytes());
+                // Right after `fwd`, as SPEC §6 writes it (`strata;
+                // fwd=stale; detail=grace`), whatever follows.
+                if let Some(stale) = f.stale {
+                    out.extend_from_slice(b"; detail=");
+                    out.extend_from_slice(stale.as_str().as_bytes());
+                }
                 if let Some(status) = f.fwd_status {
                     out.extend_from_slice(b"; fwd-status=");
                     out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
@@ -193,10 +199,6 @@ impl CacheStatus {
                 }
                 if f.collapsed {
                     out.extend_from_slice(b"; collapsed");
-                }
-                if let Some(stale) = f.stale {
-                    out.extend_from_slice(b"; detail=");
-                    out.extend_from_slice(stale.as_str().as_bytes());
                 }
                 push_ttl(&mut out, f.ttl);
             }
@@ -298,7 +300,7 @@ mod tests {
         });
         assert_eq!(
             s.to_header(),
-            "strata; fwd=stale; fwd-status=503; detail=stale-if-error"
+            "strata; fwd=stale; detail=stale-if-error; fwd-status=503"
         );
         assert_eq!(s.outcome(), Outcome::Stale);
         assert_eq!(CacheStatus::hit(Tier::Memory, 0).outcome(), Outcome::Stale);
