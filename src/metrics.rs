@@ -433,7 +433,14 @@ impl Metrics {
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut buf = Vec::with_capacity(16 * 1024);
         TextEncoder::new().encode(&self.inner.registry.gather(), &mut buf)?;
-        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+        let mut text = String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
+        // A family with no series is left out by the encoder: said anyway.
+        for (name, help) in [families::RULE_REQUESTS, families::RATE_LIMITED] {
+            if !text.contains(&format!("# TYPE {name} ")) {
+                text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            }
+        }
+        Ok(text)
     }
 
     /// The same figures for JSON (`GET /stats`; shape in `metrics/stats.rs`).
@@ -495,6 +502,9 @@ mod tests {
         rules.miss(7); // out of range: ignored
         m.upstream_healthy("127.0.0.1:1", true);
         let text = m.render().unwrap();
+        // Listed without a series too (SPEC §9: the dashboard names it).
+        assert!(!text.contains("strata_rate_limited_total{"));
+        assert!(text.contains("# TYPE strata_rate_limited_total counter\n"));
         assert!(text.contains("strata_cache_hits_total{tier=\"redis\"} 1"));
         assert!(text.contains(
             "strata_requests_by_class_total{method_class=\"GET\",status_class=\"2xx\"} 1"

@@ -9,6 +9,19 @@ use prometheus::{
 use super::labels::STATUS_CLASSES;
 use super::{MethodClass, Outcome, PurgeCause, Shed, COMMON_STATUS};
 
+/// Counter families whose series exist only with the config that makes
+/// them (`[[rules]]`, `[[rate_limits]]`): name and help. Without one they
+/// are still exported, with no sample, so that every metric the shipped
+/// dashboard and rules name exists (SPEC §9).
+pub(super) const RULE_REQUESTS: (&str, &str) = (
+    "strata_rule_requests_total",
+    "Requests the cache handled, by the rule that applied (its glob, or <glob> #<index> for a repeated glob) and result (hit or miss).",
+);
+pub(super) const RATE_LIMITED: (&str, &str) = (
+    "strata_rate_limited_total",
+    "Requests over a rate limit (answered 429, or only counted under dry_run), by limit name.",
+);
+
 pub(super) struct Inner {
     pub(super) registry: Registry,
     pub(super) requests: IntCounterVec,
@@ -312,12 +325,7 @@ impl Inner {
             }
             warm
         },
-        rule_requests: counter_vec(
-            &r,
-            "strata_rule_requests_total",
-            "Requests the cache handled, by the rule that applied (its glob, or <glob> #<index> for a repeated glob) and result (hit or miss).",
-            &["rule", "result"],
-        ),
+        rule_requests: counter_vec(&r, RULE_REQUESTS.0, RULE_REQUESTS.1, &["rule", "result"]),
         reloads: {
             let reloads = counter_vec(
                 &r,
@@ -331,12 +339,7 @@ impl Inner {
             }
             reloads
         },
-        rate_limited: counter_vec(
-            &r,
-            "strata_rate_limited_total",
-            "Requests over a rate limit (answered 429, or only counted under dry_run), by limit name.",
-            &["name"],
-        ),
+        rate_limited: counter_vec(&r, RATE_LIMITED.0, RATE_LIMITED.1, &["name"]),
         alerts: counter_vec(
             &r,
             "strata_alerts_total",
