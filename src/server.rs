@@ -215,16 +215,16 @@ impl Server {
                     if let Some(end) = end {
                         req.extensions_mut().insert(end);
                     }
-                    let mut response = shared.handle(req, conn).await;
+                    let response = shared.handle(req, conn).await;
                     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                         open.switched();
                     }
-                    if http2 {
-                        // HTTP/2 has no connection-wide send timeout here.
-                        response =
-                            response.map(|body| deadline::stalled::guard(body, send_timeout));
-                    }
-                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, open)))
+                    // HTTP/2 has no connection-wide send timeout here.
+                    Ok::<_, Infallible>(if http2 {
+                        response.map(|body| deadline::stalled::guard(body, send_timeout, open))
+                    } else {
+                        response.map(|body| Tracked::new(body, open))
+                    })
                 }
             })
         };

@@ -1647,3 +1647,64 @@ async fn a_slow_steady_h2_reader_is_not_cut_by_send_timeout() {
         assert_eq!(got, 192 << 10, "{path}");
     }
 }
+
+/// An HTTP/2 client that stops reading a large hit loses that stream at
+/// `send_timeout`, not its whole connection: handed to h2 whole, the hit
+/// had ended its request at once, and the connection, counted idle, was
+/// closed at 1–2 `header_read_timeout`s with every stream on it (probe).
+/// Its other requests go on meanwhile.
+#[tokio::test]
+async fn a_stalled_h2_hit_costs_its_stream_not_its_connection() {
+    let big = Bytes::from(vec![b'b'; 512 << 10]);
+    let origin = Origin::start(move |req| {
+        let body = if req.uri().path() == "/big" {
+            big.clone()
+        } else {
+            Bytes::from_static(b"small")
+        };
+        async move { reply(200, &[("cache-control", "max-age=300")], body) }
+    })
+    .await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\nsend_timeout = \"2s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"secret\"\n\n[upstream]\nservers = [\"{}\"]\n{NO_HEALTH}",
+        origin.addr
+    );
+    let strata = Strata::start_text(&text).await;
+    let client = Client::new();
+    for path in ["/big", "/small"] {
+        client.get(&strata.url(path)).await;
+        assert!(client.get(&strata.url(path)).await.is_hit(), "{path}");
+    }
+    let io =
+        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .adaptive_window(false)
+            .initial_stream_window_size(16 << 10)
+            .initial_connection_window_size(1 << 20)
+            .handshake(io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        Request::get(strata.url(path))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let stalled = send.send_request(get("/big")).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    // Nothing read for four header_read_timeouts, past the stream's cut
+    // (one to one and a half send_timeouts); the connection still serves.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let small = tokio::time::timeout(Duration::from_secs(5), send.send_request(get("/small")))
+        .await
+        .expect("an answer within 5 s")
+        .expect("the connection still serves");
+    let body = small.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"small");
+    // The stalled stream was cut: it fails once read, never ends whole.
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.into_body().collect())
+        .await
+        .expect("the body ends within 10 s");
+    assert!(read.is_err(), "a cut-off body must not end as if complete");
+}

@@ -43,9 +43,10 @@
 //! `keepalive_timeout` applies to HTTP/2 too); hyper's keep-alive pings
 //! only tell a live client from a dead one, so a client that answers them
 //! but sends nothing would otherwise keep its slot for good. An HTTP/2
-//! connection still writing response data (h2 takes a hit's whole body at
-//! once, and sends it as the client's window opens) is not idle: each
-//! write of at least 1 KiB counts as activity, control frames do not.
+//! response body of more than one 16 KiB piece keeps its request open
+//! until the client has taken all but the last piece (`stalled.rs`): h2
+//! would take it whole at once, and the connection, counted idle, was
+//! closed under a slow reader.
 //!
 //! **Premature resets** (CVE-2023-44487, "rapid reset"): an HTTP/2 client
 //! may open a stream and reset it a few milliseconds later, again and
@@ -77,10 +78,6 @@ pub use bodies::{BodyEnd, Open, RequestBody, Tracked};
 /// Timeouts are capped here: a deadline beyond `Instant`'s range would
 /// panic, and ten years is "never" for a connection.
 const LONGEST: Duration = Duration::from_secs(10 * 365 * 86_400);
-
-/// Bytes an HTTP/2 write must carry to count as activity (a PING or
-/// SETTINGS frame carries under 100).
-const SENT: usize = 1024;
 
 /// HTTP/2 streams a connection may open before its share of premature
 /// resets is judged (see the module doc).
@@ -296,20 +293,6 @@ impl HeadDeadline {
 impl State {
     /// Records whether a write to the client had to wait for socket space
     /// (see the module doc on `send_timeout`).
-    /// An HTTP/2 connection sending response data is not idle, even with
-    /// no request open: h2 takes a whole body (a hit) at once, so the
-    /// request ends long before a slow reader has it, and the connection
-    /// was closed 1–2 `header_read_timeout`s into the download. Writes of
-    /// at least [`SENT`] bytes count (never keep-alive pings and other
-    /// control frames, which would keep an idle connection open).
-    fn note_sent(&self, written: &Poll<std::io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = written {
-            if *n >= SENT && self.http2.load(Ordering::Relaxed) {
-                self.activity.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
     fn note_write(&self, waiting: bool) {
         if self.blocked.load(Ordering::Relaxed) != waiting {
             self.blocked.store(waiting, Ordering::Relaxed);
@@ -415,7 +398,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Flushes<T> {
         }
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
         this.state.note_write(written.is_pending());
-        this.state.note_sent(&written);
         written
     }
 
@@ -430,7 +412,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Flushes<T> {
         }
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         this.state.note_write(written.is_pending());
-        this.state.note_sent(&written);
         written
     }
 

@@ -23,6 +23,12 @@ pub struct Open {
 }
 
 impl Open {
+    /// Its response is given: from here the request counts as answered.
+    pub fn answered(mut self) -> Open {
+        self.unanswered_stream = false;
+        self
+    }
+
     /// Its response is a `101`: the connection becomes a tunnel.
     pub fn switched(&self) {
         self.state.switched.store(true, Ordering::Relaxed);
@@ -49,14 +55,23 @@ impl Drop for Open {
 /// ended).
 pub struct Tracked<B> {
     inner: B,
-    _open: Open,
+    _open: Option<Open>,
 }
 
 impl<B> Tracked<B> {
     /// `open`'s response: from here the request counts as answered.
-    pub fn new(inner: B, mut open: Open) -> Tracked<B> {
-        open.unanswered_stream = false;
-        Tracked { inner, _open: open }
+    pub fn new(inner: B, open: Open) -> Tracked<B> {
+        Tracked {
+            inner,
+            _open: Some(open.answered()),
+        }
+    }
+
+    /// A response whose body holds its request's [`Open`] itself (an
+    /// HTTP/2 body behind the stall guard, which lets it go when it cuts
+    /// the stream).
+    pub fn holding_its_own(inner: B) -> Tracked<B> {
+        Tracked { inner, _open: None }
     }
 }
 

@@ -20,9 +20,13 @@
 //! that takes less than 16 KiB per `send_timeout` is cut (nginx's
 //! `send_timeout` likewise times one write operation, not one byte).
 //!
-//! Only streamed bodies get a guard: a hit (`Full`) is whole in hyper's
-//! hands at once and holds nothing upstream (a slow reader of one keeps
-//! its connection while it reads, `deadline.rs`). Cost per streamed HTTP/2
+//! A hit's body (`Full`) of more than one piece is guarded too: handed to
+//! h2 whole, its request ended at once and its connection counted as idle
+//! while a slow reader was still taking it (cut 1–2 `header_read_timeout`s
+//! in). The guard holds the request's `Open` until the last piece is
+//! taken, or drops it with the body when it cuts the stream, so the
+//! connection may then be closed as idle. A smaller body (most hits) is
+//! tracked as any response, at no cost. Cost per streamed HTTP/2
 //! response: one allocation, one task, and two relaxed updates per frame.
 
 use std::pin::Pin;
@@ -34,6 +38,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use super::bodies::{Open, Tracked};
 use crate::proxy::body::{BoxError, ProxyBody};
 
 /// The error a stalled stream's body ends with.
@@ -41,23 +46,29 @@ use crate::proxy::body::{BoxError, ProxyBody};
 #[error("the client took nothing of the response for send_timeout")]
 pub struct Stalled;
 
-/// `body` as an HTTP/2 stream's response: guarded when it streams (see
-/// the module doc). `send_timeout` is `server.send_timeout`.
-pub fn guard(body: ProxyBody, send_timeout: Duration) -> ProxyBody {
+/// `body` as the response of HTTP/2 request `open`: guarded when it
+/// streams or holds more than one piece (see the module doc), with `open`
+/// held by the guard until the body ends or is cut; else tracked as any
+/// response. `send_timeout` is `server.send_timeout`.
+pub fn guard(body: ProxyBody, send_timeout: Duration, open: Open) -> Tracked<ProxyBody> {
     match body {
-        ProxyBody::Empty | ProxyBody::Full(_) => body,
-        streamed => {
+        ProxyBody::Empty => Tracked::new(body, open),
+        ProxyBody::Full(ref b) if b.as_ref().is_none_or(|b| b.len() <= PIECE) => {
+            Tracked::new(body, open)
+        }
+        guarded => {
             let shared = Arc::new(Shared {
-                body: Mutex::new(Some(streamed)),
+                body: Mutex::new(Some(guarded)),
+                open: Mutex::new(Some(open.answered())),
                 polls: AtomicU64::new(0),
                 owed: AtomicBool::new(false),
                 cut: AtomicBool::new(false),
             });
             tokio::spawn(watch(Arc::downgrade(&shared), send_timeout));
-            ProxyBody::boxed(Guarded {
+            Tracked::holding_its_own(ProxyBody::boxed(Guarded {
                 shared,
                 rest: Bytes::new(),
-            })
+            }))
         }
     }
 }
@@ -65,6 +76,9 @@ pub fn guard(body: ProxyBody, send_timeout: Duration) -> ProxyBody {
 struct Shared {
     /// `None` once ended, cut, or dropped by hyper.
     body: Mutex<Option<ProxyBody>>,
+    /// The request, open on its connection until the body is done or cut
+    /// (a cut stream's connection may then be idle and closed).
+    open: Mutex<Option<Open>>,
     /// Polls so far.
     polls: AtomicU64,
     /// A chunk was given and hyper has not polled since.
@@ -187,6 +201,8 @@ async fn watch(shared: Weak<Shared>, send_timeout: Duration) {
                 shared.cut.store(true, Ordering::Relaxed);
                 let inner = shared.body().take();
                 drop(inner);
+                let open = shared.open.lock().unwrap_or_else(|p| p.into_inner()).take();
+                drop(open);
                 tracing::debug!("an HTTP/2 client took nothing for send_timeout: stream cut off");
                 return;
             }
