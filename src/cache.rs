@@ -127,7 +127,15 @@ struct Inner {
     encoding_backlog: Arc<Budget>,
     /// Bodies being collected from their upstream for admission.
     collecting: Arc<Budget>,
+    /// Fetches that go on after their client left ([`CLIENTLESS`]).
+    clientless: Arc<tokio::sync::Semaphore>,
 }
+
+/// Misses that may go on fetching at once after their client left before
+/// the response head (`proxy/fetch.rs`): past it, such a fetch stops as
+/// it did before, so that clients that ask and leave cannot start
+/// unbounded upstream work.
+pub const CLIENTLESS: usize = 64;
 
 const MIN_ENCODING_BACKLOG: u64 = 4 << 20;
 const MAX_ENCODING_BACKLOG: u64 = 16 << 20;
@@ -193,6 +201,7 @@ impl Cache {
                     .build_with_hasher(Default::default()),
                 metrics,
                 track_hits: AtomicBool::new(false),
+                clientless: Arc::new(tokio::sync::Semaphore::new(CLIENTLESS)),
                 encoding_backlog: Budget::new(
                     (config.memory_capacity / 8).clamp(MIN_ENCODING_BACKLOG, MAX_ENCODING_BACKLOG)
                         as usize,
@@ -233,6 +242,11 @@ impl Cache {
 
     pub fn collapser(&self) -> &Arc<Collapser> {
         &self.inner.collapser
+    }
+
+    /// Permits for fetches whose client left ([`CLIENTLESS`]).
+    pub fn clientless(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.clientless
     }
 
     /// Redis reads in flight, shared by concurrent lookups of one URL

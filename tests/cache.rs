@@ -1159,6 +1159,60 @@ async fn a_miss_whose_client_gave_up_is_stored_anyway() {
     assert_eq!(origin.count(), 1);
 }
 
+/// Fetches that go on after their client left are bounded
+/// (`strata::cache::CLIENTLESS` at once): past the bound such a fetch
+/// stops, as all did before, so that clients that ask and leave cannot
+/// start unbounded upstream work.
+#[tokio::test]
+async fn fetches_without_their_client_are_bounded() {
+    use strata::cache::key::CacheKey;
+    use strata::cache::CLIENTLESS;
+    let (origin, gate) = Origin::gated(&[("cache-control", "max-age=60")], "late").await;
+    let s = strata(&origin, "").await;
+    let n = CLIENTLESS + 6;
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let url = s.url(&format!("/left/{i}"));
+        clients.push(tokio::spawn(async move {
+            Client::new()
+                .get_with(&url, &[("host", "shop.example")])
+                .await
+        }));
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "every request at the origin",
+        || async { origin.count() == n },
+    )
+    .await;
+    for c in &clients {
+        c.abort();
+    }
+    let c = Client::new();
+    let gone = format!(r#"strata_requests_total{{outcome="error",status="499"}} {n}"#);
+    wait_until(
+        Duration::from_secs(20),
+        "every client gone (499)",
+        || async { c.get(&s.admin_url("/metrics")).await.text().contains(&gone) },
+    )
+    .await;
+    gate.notify_waiters();
+    let stored = || {
+        (0..n)
+            .filter(|i| {
+                let key = CacheKey::new(false, "shop.example", &format!("/left/{i}"));
+                s.shared.cache.memory().get_key(&key).is_some()
+            })
+            .count()
+    };
+    // Every fetch done (its collapse lock gone: stored or stopped).
+    wait_until(Duration::from_secs(20), "every fetch done", || {
+        std::future::ready(s.shared.cache.collapser().in_flight() == 0)
+    })
+    .await;
+    assert_eq!(stored(), CLIENTLESS);
+}
+
 /// An origin answering `variant {X-V}` with `Vary: X-V`, fresh for a
 /// minute; a request for variant `v` is held until `gate` reaches
 /// `stage(v)` (a watch: a stage reached before a request waits is not

@@ -179,19 +179,36 @@ async fn detached(
     miss: Miss,
     lock: WriteLock,
 ) -> Result<(http::request::Parts, Miss, WriteLock, Fetched), oneshot::error::RecvError> {
-    let (tx, rx) = oneshot::channel();
+    let (mut tx, rx) = oneshot::channel();
     tokio::spawn(async move {
         let stale_on_error = miss.stale.as_ref().is_some_and(|s| s.on_error.is_some());
         let stale = miss.stale.as_ref().map(|s| &s.variant);
-        let fetched = exchange
-            .fetch(
+        let fetched = {
+            let fetch = exchange.fetch(
                 &parts,
                 &miss.key,
                 miss.object.as_ref(),
                 stale,
                 stale_on_error,
-            )
-            .await;
+            );
+            let mut fetch = std::pin::pin!(fetch);
+            let mut permit = None;
+            loop {
+                tokio::select! {
+                    fetched = &mut fetch => break fetched,
+                    () = tx.closed(), if permit.is_none() => {
+                        // The client left: go on only within the bound.
+                        match exchange.cache.clientless().clone().try_acquire_owned() {
+                            Ok(p) => permit = Some(p),
+                            Err(_) => {
+                                tracing::debug!(key = %miss.key, "the client left and too many fetches go on without theirs: stopped");
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        };
         let Err((_, miss, lock, fetched)) = tx.send((parts, miss, lock, fetched)) else {
             return;
         };
