@@ -13,6 +13,13 @@ use tokio::time::{Instant, Sleep};
 
 pub use crate::compression::BoxError;
 
+/// Bytes of a streamed body handed to hyper per frame at most: one HTTP/2
+/// frame at the default `SETTINGS_MAX_FRAME_SIZE`. hyper asks an HTTP/2
+/// body for more only once h2 has taken a whole piece, so a client is seen
+/// to take something (for `send_timeout`) every piece it takes: with
+/// 64 KiB, one reading 40 KiB/s against a 1 s timeout was cut.
+pub const PIECE: usize = 16 << 10;
+
 /// The body of every response Strata sends.
 pub enum ProxyBody {
     Empty,

@@ -34,17 +34,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame};
 use tokio::sync::Notify;
 
-use super::body::{BoxError, ProxyBody};
+// Bytes handed to the client per frame at most, as the upstream is read:
+// a slice of a whole stored body reaches the connection in pieces.
+use super::body::{BoxError, ProxyBody, PIECE};
 use crate::cache::budget::Reservation;
-
-/// Bytes handed to the client per frame at most, as the upstream is read
-/// (so a slice of a whole stored body reaches the connection's write
-/// buffer in pieces, never at once). One HTTP/2 frame: the client is seen
-/// to take something (for `send_timeout`) whenever it has taken a piece,
-/// and h2 hands a piece over only once the client's window let it all
-/// out, so with 64 KiB a client reading 40 KiB/s against a 1 s timeout
-/// was cut.
-const PIECE: usize = 16 << 10;
 
 /// The error a cut-off client's body ends with (see [`Feed::close`]).
 #[derive(Debug, thiserror::Error)]

@@ -91,11 +91,12 @@ pub fn normalize(uri: &Uri) -> Result<Option<Uri>, TargetError> {
     if !path.starts_with('/') || (plainly_normal(path.as_bytes()) && !raw_query) {
         return Ok(None);
     }
-    if !needs_rewrite(path) && !raw_query {
+    let rewrites = needs_rewrite(path);
+    if !rewrites && !raw_query {
         check(path)?;
         return Ok(None);
     }
-    let normal = if needs_rewrite(path) {
+    let normal = if rewrites {
         rewrite(path)?
     } else {
         path.to_string()

@@ -39,7 +39,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::bodies::{Open, Tracked};
-use crate::proxy::body::{BoxError, ProxyBody};
+use crate::proxy::body::{BoxError, ProxyBody, PIECE};
 
 /// The error a stalled stream's body ends with.
 #[derive(Debug, thiserror::Error)]
@@ -94,16 +94,9 @@ impl Shared {
 
 struct Guarded {
     shared: Arc<Shared>,
-    /// What is left of a chunk handed over in [`PIECE`]s.
+    /// What is left of a chunk handed over in [`PIECE`]s (one frame each).
     rest: Bytes,
 }
-
-/// Bytes handed to hyper per poll at most: one HTTP/2 frame at the
-/// default `SETTINGS_MAX_FRAME_SIZE`. hyper polls again only once h2 has
-/// taken the whole piece, so progress is seen every 16 KiB a client takes:
-/// a client reading at least that much per `send_timeout` is never cut
-/// (with 64 KiB chunks, one reading 16 KB/s against a 2 s timeout was).
-const PIECE: usize = 16 << 10;
 
 impl Body for Guarded {
     type Data = Bytes;
