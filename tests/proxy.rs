@@ -281,6 +281,40 @@ async fn gated_stream_origin(
     .await
 }
 
+/// An h2c (prior knowledge) connection to `addr`, driven in the
+/// background. `window` (stream, connection) sets the initial windows with
+/// adaptive windows off, so that only reading opens them further; `None`
+/// keeps hyper's defaults.
+async fn h2_connect<B>(
+    addr: SocketAddr,
+    window: Option<(u32, u32)>,
+) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let mut builder =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    if let Some((stream, connection)) = window {
+        builder
+            .adaptive_window(false)
+            .initial_stream_window_size(stream)
+            .initial_connection_window_size(connection);
+    }
+    let (send, conn) = builder.handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// A `GET` of `url` with no body, for [`h2_connect`]'s sender.
+fn h2_get(url: &str) -> Request<http_body_util::Empty<Bytes>> {
+    Request::get(url)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap()
+}
+
 fn tokio_stream_from<T: Send + 'static>(
     mut rx: mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> + Send {
@@ -1223,13 +1257,7 @@ async fn an_h2_body_longer_than_its_content_length_never_reaches_the_origin_whol
     })
     .await;
     let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
-    let io =
-        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_connect(strata.addr, None).await;
     // `chunks` as separate DATA frames, the next one sent only when
     // `gate` is notified; END_STREAM comes with an empty last frame.
     let post = |chunks: Vec<&'static str>, gate: Arc<Notify>| {
@@ -1328,21 +1356,9 @@ async fn a_stalled_h2_client_holds_neither_its_miss_nor_its_body() {
         origin.addr
     );
     let strata = Strata::start_text(&text).await;
-    let io =
-        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
     // HTTP/2's default windows (64 KiB), which only reading opens further.
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .adaptive_window(false)
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .handshake(io)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get(strata.url("/big"))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
+    let mut send = h2_connect(strata.addr, Some((65_535, 65_535))).await;
+    let req = h2_get(&strata.url("/big"));
     // The head, then nothing read: the stream's window stays shut.
     let stalled = send.send_request(req).await.unwrap();
     assert_eq!(stalled.status(), 200);
@@ -1411,20 +1427,8 @@ async fn a_stalled_h2_pass_through_lets_go_of_its_upstream_at_send_timeout() {
         "[server]\nlisten = \"127.0.0.1:0\"\nsend_timeout = \"1s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"secret\"\n\n[upstream]\nservers = [\"{origin}\"]\n{NO_HEALTH}"
     );
     let strata = Strata::start_text(&text).await;
-    let io =
-        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .adaptive_window(false)
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .handshake(io)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get(strata.url("/stream"))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
+    let mut send = h2_connect(strata.addr, Some((65_535, 65_535))).await;
+    let req = h2_get(&strata.url("/stream"));
     let stalled = send.send_request(req).await.unwrap();
     assert_eq!(stalled.status(), 200);
     tokio::time::timeout(Duration::from_secs(15), closed.notified())
@@ -1460,17 +1464,8 @@ async fn an_h2_pass_through_waiting_on_its_upstream_is_not_cut() {
         origin.addr
     );
     let strata = Strata::start_text(&text).await;
-    let io =
-        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(io)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get(strata.url("/slow"))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
+    let mut send = h2_connect(strata.addr, None).await;
+    let req = h2_get(&strata.url("/slow"));
     let resp = send.send_request(req).await.unwrap();
     let body = tokio::time::timeout(Duration::from_secs(15), resp.into_body().collect())
         .await
@@ -1489,13 +1484,7 @@ async fn an_h2_pass_through_waiting_on_its_upstream_is_not_cut() {
 async fn an_h2_request_declared_empty_goes_upstream_only_once_its_stream_ends() {
     let origin = Origin::fixed(&[("cache-control", "no-store")], "done").await;
     let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
-    let io =
-        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_connect(strata.addr, None).await;
     // HEADERS now; one DATA frame (`chunk`) when `gate` is notified, with
     // END_STREAM.
     let post = |chunk: &'static str, gate: Arc<Notify>| {
@@ -1561,20 +1550,8 @@ async fn a_slow_steady_h2_download_of_a_hit_outlasts_header_read_timeout() {
     let client = Client::new();
     client.get(&strata.url("/big")).await;
     assert!(client.get(&strata.url("/big")).await.is_hit());
-    let io =
-        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .adaptive_window(false)
-            .initial_stream_window_size(16 << 10)
-            .initial_connection_window_size(16 << 10)
-            .handshake(io)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get(strata.url("/big"))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
+    let mut send = h2_connect(strata.addr, Some((16 << 10, 16 << 10))).await;
+    let req = h2_get(&strata.url("/big"));
     let mut body = send.send_request(req).await.unwrap().into_body();
     // About 128 KiB/s: four seconds, four header_read_timeouts.
     let started = Instant::now();
@@ -1619,21 +1596,9 @@ async fn a_slow_steady_h2_reader_is_not_cut_by_send_timeout() {
         origin.addr
     );
     let strata = Strata::start_text(&text).await;
-    let io =
-        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .adaptive_window(false)
-            .initial_stream_window_size(16 << 10)
-            .initial_connection_window_size(16 << 10)
-            .handshake(io)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_connect(strata.addr, Some((16 << 10, 16 << 10))).await;
     for path in ["/miss", "/pass"] {
-        let req = Request::get(strata.url(path))
-            .body(http_body_util::Empty::<Bytes>::new())
-            .unwrap();
+        let req = h2_get(&strata.url(path));
         let mut body = send.send_request(req).await.unwrap().into_body();
         let mut got = 0;
         while let Some(frame) = body.frame().await {
@@ -1675,31 +1640,22 @@ async fn a_stalled_h2_hit_costs_its_stream_not_its_connection() {
         client.get(&strata.url(path)).await;
         assert!(client.get(&strata.url(path)).await.is_hit(), "{path}");
     }
-    let io =
-        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .adaptive_window(false)
-            .initial_stream_window_size(16 << 10)
-            .initial_connection_window_size(1 << 20)
-            .handshake(io)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let get = |path: &str| {
-        Request::get(strata.url(path))
-            .body(http_body_util::Empty::<Bytes>::new())
-            .unwrap()
-    };
-    let stalled = send.send_request(get("/big")).await.unwrap();
+    let mut send = h2_connect(strata.addr, Some((16 << 10, 1 << 20))).await;
+    let stalled = send
+        .send_request(h2_get(&strata.url("/big")))
+        .await
+        .unwrap();
     assert_eq!(stalled.status(), 200);
     // Nothing read for four header_read_timeouts, past the stream's cut
     // (one to one and a half send_timeouts); the connection still serves.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let small = tokio::time::timeout(Duration::from_secs(5), send.send_request(get("/small")))
-        .await
-        .expect("an answer within 5 s")
-        .expect("the connection still serves");
+    let small = tokio::time::timeout(
+        Duration::from_secs(5),
+        send.send_request(h2_get(&strata.url("/small"))),
+    )
+    .await
+    .expect("an answer within 5 s")
+    .expect("the connection still serves");
     let body = small.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"small");
     // The stalled stream was cut: it fails once read, never ends whole.

@@ -1235,13 +1235,22 @@ async fn binary_origin(len: fn(&str) -> usize) -> Origin {
 /// The real binary in front of `origin` with a 32 MiB memory tier (SPEC
 /// §10's bound: 104 MiB); keep the directory while it runs.
 async fn binary_with_32_mib(origin: &Origin) -> (support::binary::Binary, tempfile::TempDir) {
+    binary_with_memory(origin, "32MiB").await
+}
+
+/// The real binary in front of `origin` with a memory tier of `capacity`
+/// (`"64MiB"`); keep the directory while it runs.
+async fn binary_with_memory(
+    origin: &Origin,
+    capacity: &str,
+) -> (support::binary::Binary, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("strata.toml");
     std::fs::write(
         &path,
         support::config_text(
             &[origin.addr],
-            &format!("{NO_HEALTH}[cache]\nmemory_capacity = \"32MiB\"\n"),
+            &format!("{NO_HEALTH}[cache]\nmemory_capacity = \"{capacity}\"\n"),
         ),
     )
     .unwrap();
@@ -1504,17 +1513,7 @@ async fn mid_size_misses_keep_memory_within_the_bound() {
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("strata.toml");
-    std::fs::write(
-        &path,
-        support::config_text(
-            &[origin.addr],
-            &format!("{NO_HEALTH}[cache]\nmemory_capacity = \"64MiB\"\n"),
-        ),
-    )
-    .unwrap();
-    let bin = support::binary::Binary::start(&path, &[]).await;
+    let (bin, _dir) = binary_with_memory(&origin, "64MiB").await;
     let (addr, pid) = (bin.addr, bin.pid());
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
