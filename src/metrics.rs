@@ -5,6 +5,7 @@
 //! atomic adds: no label hashing, no lock. The metric list, with types and
 //! labels, is in the README ("Metrics").
 
+mod connections;
 mod families;
 mod labels;
 mod sample;
@@ -427,6 +428,18 @@ impl Metrics {
             }
         }
         t
+    }
+
+    /// Reports the connections open on a listener (`"proxy"` or
+    /// `"admin"`) as `strata_client_connections`: `size` permits of
+    /// `limit`, one held per open connection, read at each scrape.
+    pub fn watch_connections(
+        &self,
+        listener: &'static str,
+        limit: std::sync::Weak<tokio::sync::Semaphore>,
+        size: usize,
+    ) {
+        self.inner.connections.watch(listener, limit, size);
     }
 
     /// Prometheus text exposition format.

@@ -201,7 +201,15 @@ impl Server {
         let sweep = tokio::spawn(keepalive.clone().sweep());
         let conns = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        let admin_limit_size = admin_limit;
         let admin_limit = Arc::new(Semaphore::new(admin_limit));
+        let metrics = &shared.metrics;
+        metrics.watch_connections(
+            "proxy",
+            Arc::downgrade(&limit),
+            settings.max_connections.max(1),
+        );
+        metrics.watch_connections("admin", Arc::downgrade(&admin_limit), admin_limit_size);
         let (head_timeout, send_timeout) = (settings.header_read_timeout, settings.send_timeout);
         let use_sendfile = settings.sendfile;
 

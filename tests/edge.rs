@@ -1166,6 +1166,48 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic_and_stats_agree(
     );
 }
 
+/// `strata_client_connections{listener}` counts the client connections
+/// open on each listener, as nginx's stub_status "Active connections":
+/// three idle ones on the proxy listener are 3, and 0 once closed.
+#[tokio::test]
+async fn client_connections_gauge_follows_open_connections() {
+    let origin = cacheable_origin().await;
+    let strata = Strata::start(&[origin.addr], NO_HEALTH).await;
+    let c = Client::new();
+    let open = || async {
+        let text = c.get(&strata.admin_url("/metrics")).await.text();
+        let samples = parse_prometheus(&text);
+        (
+            metric(
+                &samples,
+                "strata_client_connections",
+                &[("listener", "proxy")],
+            ),
+            metric(
+                &samples,
+                "strata_client_connections",
+                &[("listener", "admin")],
+            ),
+        )
+    };
+    let (proxy, admin) = open().await;
+    assert_eq!(proxy, 0.0);
+    assert!(admin >= 1.0, "the scrape's own connection: {admin}");
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(tokio::net::TcpStream::connect(strata.addr).await.unwrap());
+    }
+    support::wait_until(Duration::from_secs(5), "3 proxy connections", || async {
+        open().await.0 == 3.0
+    })
+    .await;
+    drop(conns);
+    support::wait_until(Duration::from_secs(5), "0 proxy connections", || async {
+        open().await.0 == 0.0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn upstream_errors_and_latency_are_counted_per_server() {
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0")

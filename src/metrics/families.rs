@@ -6,6 +6,7 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use super::connections::Connections;
 use super::labels::STATUS_CLASSES;
 use super::{MethodClass, Outcome, PurgeCause, Shed, COMMON_STATUS};
 
@@ -58,6 +59,7 @@ pub(super) struct Inner {
     /// `strata_response_bytes_total`, one counter per [`Outcome`].
     pub(super) response_bytes_fast: Vec<IntCounter>,
     pub(super) alerts: IntCounterVec,
+    pub(super) connections: Connections,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -346,6 +348,11 @@ impl Inner {
             "Webhook alerts by event and result: sent, failed (every try failed; dropped) or dropped (queue full).",
             &["event", "result"],
         ),
+        connections: {
+            let c = Connections::new();
+            register(&r, Box::new(c.clone()));
+            c
+        },
         registry: r,
     };
         inner
