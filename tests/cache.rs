@@ -1864,6 +1864,69 @@ async fn a_default_port_names_the_same_entry() {
     assert_eq!(origin.count(), 3);
 }
 
+/// The origin sees the host the entry is keyed by (SPEC §10: one form for
+/// key and upstream), in `Host`, `X-Forwarded-Host` and `Forwarded`: an
+/// origin that builds a redirect from `Host: GOOD.example:80` stored
+/// `Location: http://GOOD.example:80/` under the key of
+/// `Host: good.example`, served to everyone (unkeyed-port poisoning; the
+/// security probe's high finding).
+#[tokio::test]
+async fn the_origin_sees_the_host_as_keyed_so_host_spellings_cannot_poison() {
+    let origin = Origin::start(|req| async move {
+        let h = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let location = format!("http://{}/", h("host"));
+        let seen = format!("{}|{}|{}", h("host"), h("x-forwarded-host"), h("forwarded"));
+        reply(
+            301,
+            &[("cache-control", "max-age=60"), ("location", &location)],
+            seen,
+        )
+    })
+    .await;
+    let s = strata(&origin, "").await;
+    let c = Client::new();
+    for (i, spelling) in [
+        "GOOD.example:80",
+        "good.example.",
+        "good.example:",
+        "Good.Example.:080",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = format!("/r{i}");
+        let attacker = c.get_with(&s.url(&path), &[("host", spelling)]).await;
+        assert_eq!(attacker.status, 301);
+        let text = attacker.text();
+        assert!(
+            text.starts_with("good.example|good.example|") && text.contains("host=good.example"),
+            "{spelling}: the origin saw {text}"
+        );
+        let innocent = c.get_with(&s.url(&path), &[("host", "good.example")]).await;
+        assert!(innocent.is_hit(), "{}", innocent.cache_status());
+        assert_eq!(
+            innocent.header("location"),
+            Some("http://good.example/"),
+            "{spelling}"
+        );
+    }
+    // A port that is not the default stays: another origin, its own entry.
+    let other = c
+        .get_with(&s.url("/r9"), &[("host", "Good.Example:8080")])
+        .await;
+    assert!(
+        other.text().starts_with("good.example:8080|"),
+        "{}",
+        other.text()
+    );
+}
+
 #[tokio::test]
 async fn tags_are_hidden_and_purges_work_by_tag_url_and_prefix() {
     let origin = Origin::start(|req| async move {

@@ -24,7 +24,7 @@ use crate::server::deadline::{BodyEnd, RequestBody};
 use crate::upstream::{client::empty_body, Answer, ReqBody, UpstreamBody};
 
 use crate::cache::directives::CacheControl;
-use crate::cache::key::CacheKey;
+use crate::cache::key::{keyed_authority, CacheKey};
 use crate::cache::storage::Selector;
 use crate::config::ServerConfig;
 use crate::rules::lifetime;
@@ -68,8 +68,27 @@ pub(super) fn target_host(uri: &http::Uri) -> Option<HeaderValue> {
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
+/// `host` as the cache key names it ([`keyed_authority`]: case-folded,
+/// without the scheme's default port, an empty port or the root's
+/// trailing dot), when that differs from what the client wrote; `None`
+/// when it is already so (the usual case: nothing is allocated). The
+/// origin, and the `X-Forwarded-Host` and `Forwarded` fields made from
+/// `Host`, see the host the entry is keyed by (SPEC §10: one form for key
+/// and upstream), so `Host: EXAMPLE.com:80` cannot store a redirect to
+/// `http://EXAMPLE.com:80/` that `Host: example.com` is then served
+/// (nginx forwards `$host` with `proxy_set_header Host $host`).
+fn keyed_host(https: bool, host: &HeaderValue) -> Option<HeaderValue> {
+    let text = host.to_str().ok()?;
+    let keyed = keyed_authority(https, text);
+    if keyed.len() == text.len() && !text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    HeaderValue::from_str(&keyed.to_ascii_lowercase()).ok()
+}
+
 /// The fields of a request as they go upstream, rewritten in place: `Host`
-/// set to `authority` ([`target_host`]) when there is one, hop-by-hop
+/// set to `authority` ([`target_host`]) when there is one and written as
+/// the cache key names it ([`keyed_host`]), hop-by-hop
 /// fields out (`Upgrade` kept for an `upgrade`), an HTTP/1.0 `Expect` out,
 /// `server.strip_request_headers` out, Strata's forwarding fields and
 /// `Via` in ([`headers::add_forwarding`], SPEC §10). The one place these
@@ -85,6 +104,9 @@ pub(super) fn forward_fields(
     upgrade: bool,
 ) {
     if let Some(v) = authority {
+        h.insert(header::HOST, v);
+    }
+    if let Some(v) = h.get(header::HOST).and_then(|v| keyed_host(conn.https, v)) {
         h.insert(header::HOST, v);
     }
     headers::strip_hop_by_hop(h, upgrade);
