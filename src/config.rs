@@ -588,7 +588,9 @@ mod tests {
     #[test]
     fn status_ttl_for_a_status_about_the_request_is_refused() {
         let rule = |ttl: &str| format!("[[rules]]\nmatch = \"/**\"\nstatus_ttl = {ttl}\n");
-        for code in ["400", "408", "411", "413", "414", "417", "431"] {
+        for code in [
+            "400", "408", "411", "413", "414", "417", "428", "429", "431", "511",
+        ] {
             let e = refused(&rule(&format!(
                 "{{ \"404\" = \"1m\", \"{code}\" = \"10s\" }}"
             )));

@@ -67,13 +67,18 @@ impl NotStorable {
 }
 
 /// Statuses that describe the request rather than the resource: `400`,
-/// `408`, `411`, `413`, `414`, `417` and `431` (RFC 9110 §15.5, RFC 6585
-/// §5). Never stored, whatever the origin or a rule says: one client's
-/// malformed or oversized request (a header the origin refuses, a query
-/// parameter the key ignores) would otherwise answer everybody's
-/// (cache-poisoned denial of service, Nguyen et al., CCS 2019).
+/// `408`, `411`, `413`, `414`, `417` (RFC 9110 §15.5), and `428`, `429`,
+/// `431`, `511`, which RFC 6585 §3–§6 says a cache MUST NOT store. Never
+/// stored, whatever the origin or a rule says: one client's malformed or
+/// oversized request (a header the origin refuses, a query parameter the
+/// key ignores), its rate limit, or a captive portal's login page would
+/// otherwise answer everybody's (cache-poisoned denial of service, Nguyen
+/// et al., CCS 2019).
 pub fn about_the_request(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 400 | 408 | 411 | 413 | 414 | 417 | 431)
+    matches!(
+        status.as_u16(),
+        400 | 408 | 411 | 413 | 414 | 417 | 428 | 429 | 431 | 511
+    )
 }
 
 /// Statuses never stored whatever a rule says: informational, `206`
