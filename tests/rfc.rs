@@ -522,14 +522,34 @@ async fn a_rule_never_overrides_what_a_targeted_field_keeps_private() {
     // Cache-Control says no-store, the field addressed to CDNs allows
     // storing: the rule's lifetime applies and Strata's own field never
     // reaches the client.
+    // The client, and every cache after Strata, still get the origin's own
+    // `no-store`, not the rule's `public, max-age=600` (it was replaced:
+    // security probe, medium; SPEC §6 "Cache-Control still goes to the
+    // client").
     for path in ["/cdn-max-age", "/strata-first"] {
         let before = origin.count();
-        c.get(&s.url(path)).await;
+        let first = c.get(&s.url(path)).await;
         let second = c.get(&s.url(path)).await;
         assert!(second.cache_status().contains("hit"), "{path}");
         assert_eq!(origin.count(), before + 1, "{path}");
         assert!(second.header("strata-cache-control").is_none());
+        // The rule's lifetime, not the targeted field's 3600.
+        assert!(
+            ["ttl=600", "ttl=599"]
+                .iter()
+                .any(|t| second.cache_status().contains(t)),
+            "{path}: {}",
+            second.cache_status()
+        );
+        for r in [&first, &second] {
+            assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
+        }
     }
+    // Without a targeted field the rule's value is what the client gets.
+    assert_eq!(
+        c.get(&s.url("/plain")).await.header("cache-control"),
+        Some("public, max-age=600")
+    );
 }
 
 /// RFC 9111 §4.3.4 with RFC 9213: a 304 without `Strata-Cache-Control`

@@ -414,6 +414,9 @@ impl RuledRequest {
         {
             return;
         }
+        if lifetime::private_downstream(h) {
+            return;
+        }
         if let Some(value) = rule.cache_control_for(origin.no_transform) {
             h.insert(header::CACHE_CONTROL, value);
         }

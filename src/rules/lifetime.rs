@@ -23,6 +23,19 @@ pub fn rule_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 308)
 }
 
+/// Whether the origin's own `Cache-Control` (what the client and every
+/// cache after Strata read) keeps the response `private` or `no-store`
+/// while a targeted field (RFC 9213 `CDN-Cache-Control`,
+/// `Strata-Cache-Control`) let Strata store it. A rule's `cache_control`
+/// then sets Strata's lifetime only: the client gets the origin's
+/// `Cache-Control` (SPEC §6), never the rule's `public, max-age=…`.
+pub fn private_downstream(response: &HeaderMap) -> bool {
+    response.contains_key(header::CACHE_CONTROL) && {
+        let own = CacheControl::from_headers(response);
+        own.private || own.no_store
+    }
+}
+
 /// Why the response may not be shared, judged on the origin's own
 /// directives `origin` and the request, before any rule: `Some` means
 /// it is never stored and the client gets the origin's Cache-Control.

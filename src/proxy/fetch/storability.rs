@@ -124,7 +124,9 @@ fn shape(
         .filter(|_| lifetime::rule_status(status))
         .and_then(|r| Some((r.cache_control_for(no_transform)?, r.directives()?)))
     {
-        response.insert(header::CACHE_CONTROL, value);
+        if !lifetime::private_downstream(response) {
+            response.insert(header::CACHE_CONTROL, value);
+        }
         cc = directives.clone();
         cc.no_transform |= no_transform;
     }
