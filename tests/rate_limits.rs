@@ -262,6 +262,37 @@ async fn a_refused_request_is_charged_to_no_shared_budget() {
     );
 }
 
+/// A Redis-backed limit whose rate or burst changed (a reload, or an
+/// instance running the new config) starts every client's budget afresh,
+/// as a local one does (README "Reload"); the same limit on another
+/// instance still shares the budget. Before, the stored arrival time was
+/// judged against the new, smaller window: a limit loosened from 1/m to
+/// 100/s kept a refused client out for a minute (rate-limit probe).
+#[tokio::test]
+async fn a_changed_shared_limit_starts_every_budget_afresh() {
+    let redis = RedisServer::start().await;
+    let origin = uncached().await;
+    let limit = |rate: &str, burst: u32| {
+        format!("[[rate_limits]]\nname = \"shared\"\nrate = \"{rate}\"\nburst = {burst}\n")
+    };
+    let strict = with_redis_budgets(&redis, &origin, &limit("1/m", 2)).await;
+    let same = with_redis_budgets(&redis, &origin, &limit("1/m", 2)).await;
+    let loosened = with_redis_budgets(&redis, &origin, &limit("100/s", 100)).await;
+    let client = Client::new();
+    for _ in 0..2 {
+        assert_eq!(client.get(&strict.url("/a")).await.status, 200);
+    }
+    assert_eq!(client.get(&strict.url("/a")).await.status, 429);
+    assert_eq!(
+        client.get(&same.url("/a")).await.status,
+        429,
+        "one budget for the fleet"
+    );
+    let r = client.get(&loosened.url("/a")).await;
+    assert_eq!(r.status, 200, "retry-after {:?}", r.header("retry-after"));
+    assert_eq!(origin.count(), 3);
+}
+
 /// A site-wide limit (5) and a tighter one on `/login/**` (2), both kept
 /// in Redis.
 const SITE_AND_LOGIN: &str =

@@ -26,7 +26,9 @@
 //! trip there) makes every call expire (the local limits apply; a warning
 //! says so, once).
 //!
-//! Key: `{key_prefix}rl:{name}:{hash of the client key}`.
+//! Key: `{key_prefix}rl:{name}:{budget}:{hash of the client key}`, where
+//! `budget` is a digest of the limit's key kind, rate and burst, so a
+//! reload that changes them starts every budget afresh.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -34,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cache::redis::RedisTier;
 use crate::cache::storage::StorageError;
-use crate::config::RateLimitConfig;
+use crate::config::{LimitKey, RateLimitConfig};
 
 /// ARGV[1] = the caller's deadline (Unix ms); then, for each key `i`,
 /// ARGV[2i] = its emission interval (µs) and ARGV[2i+1] = burst ×
@@ -99,8 +101,35 @@ fn interval_us(limit: &RateLimitConfig) -> u64 {
     (limit.per.as_micros() / u128::from(limit.rate)).max(1) as u64
 }
 
+/// The Redis key of `key`'s budget under `limit`:
+/// `rl:{name}:{budget}:{key hash}`, where `budget` names the limit's key
+/// kind, rate, period and burst ([`budget_id`]). A reload that changes any
+/// of them starts every client's budget afresh, as the local limiter does
+/// (README "Reload"); a stored theoretical arrival time judged against a
+/// smaller `burst` kept a client out for up to `burst` periods after the
+/// limit was loosened (rate-limit probe).
 fn key_name(limit: &RateLimitConfig, key: u64) -> String {
-    format!("rl:{}:{key:016x}", limit.name)
+    format!("rl:{}:{:08x}:{key:016x}", limit.name, budget_id(limit))
+}
+
+/// A digest of what makes `limit`'s budget: its key kind, rate, period
+/// (ns) and burst. The same on every instance with the same limit (xxh3 of
+/// fixed text), so a fleet shares one budget.
+fn budget_id(limit: &RateLimitConfig) -> u32 {
+    let key = match &limit.key {
+        LimitKey::Ip => "ip".to_string(),
+        LimitKey::Global => "global".to_string(),
+        LimitKey::Header(name) => format!("header:{name}"),
+        LimitKey::Cookie(name) => format!("cookie:{name}"),
+    };
+    let text = format!(
+        "{key} {}/{} {}",
+        limit.rate,
+        limit.per.as_nanos(),
+        limit.burst
+    );
+    // The low 32 bits: enough to tell a handful of configurations apart.
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes()) as u32
 }
 
 /// Charges `key` of every limit in `keys` (in order) in Redis, all or
