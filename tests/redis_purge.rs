@@ -797,3 +797,100 @@ async fn a_write_cut_off_by_its_time_bound_leaves_nothing_purges_cannot_find() {
     assert_eq!(status, 200, "{answer}");
     assert!(!exists(&server, &object).await, "a purge could not find it");
 }
+
+/// Redis as a cache at `maxmemory` with a `volatile-*` policy evicts
+/// objects, never a purge index: the indexes carry no expiry. Tag sets had
+/// one (as long as their newest member), so eviction took some while their
+/// objects stayed, and a purge of such a tag answered success and left the
+/// object served fleet-wide (fleet probe, high; bug-report probe: Souin
+/// #867). Every object Redis still holds after eviction is found by a
+/// purge of its tag; and the sweep deletes a tag set whose members all
+/// expired, which expiry no longer does.
+#[tokio::test]
+async fn eviction_never_leaves_an_object_its_tag_purge_cannot_find() {
+    let server = RedisServer::start().await;
+    server.config_set("maxmemory", "3mb").await;
+    server
+        .config_set("maxmemory-policy", "volatile-random")
+        .await;
+    let origin = Origin::start(|req| async move {
+        let n = req.uri().path().trim_start_matches("/ev/").to_string();
+        let tags = format!("ev-{n} every");
+        support::origin::reply(
+            200,
+            &[("cache-control", "max-age=300"), ("surrogate-key", &tags)],
+            "x".repeat(16 * 1024),
+        )
+    })
+    .await;
+    let s = Strata::start(&[origin.addr], &redis_config(&server.url(), "")).await;
+    connected(&s).await;
+    let c = Client::new();
+    const N: usize = 300;
+    for i in 0..N {
+        assert_eq!(get(&c, &s, &format!("/ev/{i}"), &[]).await.status, 200);
+    }
+    flushed(&s).await;
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut raw(&server).await)
+        .await
+        .unwrap();
+    let evicted: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(
+        evicted > 0,
+        "Redis evicted nothing: the test needs eviction"
+    );
+    let redis = s.shared.cache.redis().unwrap();
+    let mut held = 0;
+    for i in 0..N {
+        let path = format!("/ev/{i}");
+        if redis.get(&key(&path)).await.unwrap().is_none() {
+            continue;
+        }
+        held += 1;
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("strata:t:ev-{i}"))
+            .query_async(&mut raw(&server).await)
+            .await
+            .unwrap();
+        assert_eq!(ttl, -1, "ev-{i}: a tag set has no expiry (-2: evicted)");
+        let (status, answer) = s.purge(&format!(r#"{{"tags": ["ev-{i}"]}}"#)).await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(
+            redis.get(&key(&path)).await.unwrap().is_none(),
+            "{path} stays in Redis after its tag purge: {answer}"
+        );
+    }
+    assert!(held > 0, "eviction left nothing to purge");
+
+    // A tag set whose members all expired is deleted by the sweep, and
+    // unregistered; a live one stays.
+    let mut conn = raw(&server).await;
+    redis::pipe()
+        .cmd("ZADD")
+        .arg("strata:t:gone")
+        .arg(1_000)
+        .arg("strata:o:0")
+        .cmd("ZADD")
+        .arg("strata:{tags}")
+        .arg(1_000)
+        .arg("gone")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    redis.sweep_index().await.unwrap();
+    assert!(!exists(&server, "strata:t:gone").await);
+    let registered: Option<f64> = redis::cmd("ZSCORE")
+        .arg("strata:{tags}")
+        .arg("gone")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(registered, None);
+    assert!(exists(&server, "strata:t:every").await);
+}

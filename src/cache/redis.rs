@@ -38,6 +38,7 @@ mod breaker;
 pub mod codec;
 mod conn;
 mod edit;
+mod eviction;
 mod failures;
 mod fleet;
 mod hot;

@@ -436,6 +436,10 @@ pub(crate) async fn run_connector(
         match attempt {
             Ok(Ok((conn, addr))) => {
                 master = addr;
+                tokio::spawn(super::eviction::warn_if_indexes_evictable(
+                    conn.clone(),
+                    limits.write,
+                ));
                 let generation = backend.install(conn, master.clone());
                 installed = tokio::time::Instant::now();
                 tracing::info!(

@@ -8,7 +8,8 @@
 //! | `Po:{hash}` | string | the encoded [`Object`](crate::cache::entry::Object) (`hash` = 32 hex digits of the key's 128-bit hash), `PX keep` |
 //! | `P{paths}` | sorted set, all scores 0 | `"{path?query}\0Po:{hash}"` for every stored object: lexicographic, so `ZRANGEBYLEX` finds one path (`[p\0` .. `[p\0\xff`) or a prefix (`[p` .. `[p\xff`) |
 //! | `P{paths}:exp` | sorted set | the same members scored by expiry (unix ms), so expired members are swept |
-//! | `Pt:{tag}` | sorted set | object keys carrying the tag, scored by expiry; the key lives at least as long as its newest member |
+//! | `Pt:{tag}` | sorted set | object keys carrying the tag, scored by expiry; no expiry of its own: deleted by the sweep once its newest member expired |
+//! | `P{tags}` | sorted set | every tag, scored by its set's newest expiry (unix ms), so the sweep finds expired tag sets |
 //! | `Ppurge` | pub/sub channel | fleet-wide purges |
 //! | `Phot` | sorted set | URLs scored by sampled hits (popularity, for `[warming] redis_hot`) |
 //!
@@ -23,6 +24,12 @@
 //! deleting it counts nothing): a write runs to its end detached from its
 //! time bound, and deletes the object again when its index commands fail. The two path sets change together in one
 //! Lua script, so a sweep never drops a member a concurrent write renewed.
+//!
+//! Only objects (and rate-limit budgets) carry an expiry: the indexes
+//! have none, so Redis's `volatile-*` eviction policies evict objects and
+//! never an index, and a purge finds every object Redis still holds.
+//! Under `allkeys-*` Redis may evict an index and keep its objects, which
+//! purges then miss: Strata warns at connect (`eviction.rs`).
 //!
 //! Cluster mode: objects spread over all slots; every command touches one
 //! key, or (scripts) both path sets, which share a slot through the
@@ -92,13 +99,40 @@ if #m > 0 then redis.call('ZREM', KEYS[1], unpack(m)) redis.call('ZREM', KEYS[2]
 
 /// Adds an object key to a tag set scored by its expiry (moved on by one
 /// when equal to the one it has, as [`PATHS_ADD`]), drops members expired
-/// before ARGV[4], and makes the set outlive its newest member (PTTL is
-/// -1 without an expiry and -2 for no key: both are extended).
+/// before ARGV[3], and leaves the set without an expiry (`PERSIST`; sets
+/// written by older versions had one), so that Redis's `volatile-*`
+/// eviction policies, which choose among keys with an expiry, never evict
+/// an index while its objects stay. The sweep deletes a set once every
+/// member has expired ([`TAG_DROP_EXPIRED`]).
 const TAG_ADD: &str = "local s = tonumber(ARGV[2]) \
 if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or -1) == s then s = s + 1 end \
 redis.call('ZADD', KEYS[1], s, ARGV[1]) \
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4]) \
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end return 1";
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3]) \
+redis.call('PERSIST', KEYS[1]) return 1";
+
+/// Raises each tag (ARGV[2..]) in the tag registry `P{tags}` to the
+/// expiry ARGV[1] when that is later than its score: the registry holds
+/// every tag set's newest expiry, so the sweep finds the sets to delete
+/// without `SCAN`.
+const TAGS_RAISE: &str = "local s = tonumber(ARGV[1]) for i = 2, #ARGV do \
+if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]) or -1) < s then \
+redis.call('ZADD', KEYS[1], s, ARGV[i]) end end return 1";
+
+/// Up to ARGV[2] tags of the registry whose newest expiry is at most
+/// ARGV[1], each followed by its score.
+const TAGS_EXPIRED: &str = "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))";
+
+/// Deletes a tag set whose every member expired by ARGV[1] (a write in
+/// between added a live one: kept, and trimmed); answers 1 when gone.
+const TAG_DROP_EXPIRED: &str = "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1]) \
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) return 1 end return 0";
+
+/// Removes each registry member (odd ARGV) whose score is still the one
+/// read (the even ARGV after it): a write that raised it in between keeps
+/// its tag registered.
+const TAGS_REMOVE_UNCHANGED: &str = "for i = 1, #ARGV, 2 do \
+if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then \
+redis.call('ZREM', KEYS[1], ARGV[i]) end end return 1";
 
 /// Key names under one prefix.
 #[derive(Debug, Clone)]
@@ -106,6 +140,8 @@ pub(crate) struct Keys {
     prefix: String,
     paths: String,
     paths_exp: String,
+    /// `P{tags}`: every tag set's name scored by its newest expiry.
+    tags: String,
     channel: String,
 }
 
@@ -120,6 +156,7 @@ impl Keys {
             prefix: prefix.to_string(),
             paths: format!("{prefix}{{paths}}"),
             paths_exp: format!("{prefix}{{paths}}:exp"),
+            tags: format!("{prefix}{{tags}}"),
             channel: if db == 0 {
                 format!("{prefix}purge")
             } else {
@@ -179,8 +216,11 @@ impl Keys {
         let mut index = vec![self.paths_add(&member(object.key.path(), &object_key), expires)];
         index.extend(
             tags.iter()
-                .map(|t| Keys::tag_add(&self.tag(t), &object_key, expires, keep_ms, now_ms)),
+                .map(|t| Keys::tag_add(&self.tag(t), &object_key, expires, now_ms)),
         );
+        if !tags.is_empty() {
+            index.push(self.tags_raise(tags.iter().copied(), expires));
+        }
         Write {
             set: Keys::set_object(&object_key, payload, keep_ms),
             index,
@@ -282,21 +322,62 @@ impl Keys {
         c
     }
 
-    pub(crate) fn tag_add(
-        tag_key: &str,
-        object_key: &str,
-        expires_ms: u64,
-        keep_ms: u64,
-        now_ms: u64,
-    ) -> Cmd {
+    pub(crate) fn tag_add(tag_key: &str, object_key: &str, expires_ms: u64, now_ms: u64) -> Cmd {
         let mut c = redis::cmd("EVAL");
         c.arg(TAG_ADD)
             .arg(1)
             .arg(tag_key)
             .arg(object_key)
             .arg(expires_ms)
-            .arg(keep_ms.saturating_add(SWEEP_GRACE_MS))
             .arg(now_ms.saturating_sub(SWEEP_GRACE_MS));
+        c
+    }
+
+    /// Registers `tags` with the newest expiry `expires_ms` ([`TAGS_RAISE`]).
+    pub(crate) fn tags_raise<'a>(
+        &self,
+        tags: impl Iterator<Item = &'a str>,
+        expires_ms: u64,
+    ) -> Cmd {
+        let mut c = redis::cmd("EVAL");
+        c.arg(TAGS_RAISE).arg(1).arg(&self.tags).arg(expires_ms);
+        for t in tags {
+            c.arg(t);
+        }
+        c
+    }
+
+    /// One page of registered tags whose newest member expired by
+    /// `expired_before_ms`, scored ([`TAGS_EXPIRED`]).
+    pub(crate) fn tags_expired(&self, expired_before_ms: u64) -> Cmd {
+        let mut c = redis::cmd("EVAL");
+        c.arg(TAGS_EXPIRED)
+            .arg(1)
+            .arg(&self.tags)
+            .arg(expired_before_ms)
+            .arg(PAGE);
+        c
+    }
+
+    /// Deletes `tag`'s set if all its members expired by
+    /// `expired_before_ms` ([`TAG_DROP_EXPIRED`]).
+    pub(crate) fn tag_drop_expired(&self, tag: &str, expired_before_ms: u64) -> Cmd {
+        let mut c = redis::cmd("EVAL");
+        c.arg(TAG_DROP_EXPIRED)
+            .arg(1)
+            .arg(self.tag(tag))
+            .arg(expired_before_ms);
+        c
+    }
+
+    /// Unregisters the tags of a scored page whose scores are unchanged
+    /// ([`TAGS_REMOVE_UNCHANGED`]).
+    pub(crate) fn tags_remove_unchanged(&self, scored: &[Bytes]) -> Cmd {
+        let mut c = redis::cmd("EVAL");
+        c.arg(TAGS_REMOVE_UNCHANGED).arg(1).arg(&self.tags);
+        for m in scored {
+            c.arg(&m[..]);
+        }
         c
     }
 

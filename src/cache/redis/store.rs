@@ -337,7 +337,8 @@ impl Core {
     }
 
     /// Removes path-index members whose objects expired (with a grace
-    /// period for clock skew); returns how many. Bounded work: stops after
+    /// period for clock skew), and deletes tag sets whose every member
+    /// expired; returns how many path members went. Bounded work: stops after
     /// [`SWEEP_BUDGET`] or the first error.
     pub(crate) async fn sweep(&self) -> Result<u64, StorageError> {
         let started = Instant::now();
@@ -356,8 +357,28 @@ impl Core {
                 break;
             }
         }
-        if removed > 0 {
-            tracing::debug!(removed, "redis path index: swept expired members");
+        // Tag sets whose newest member expired: deleted, then unregistered
+        // (they have no expiry of their own; see `index`).
+        let mut dropped = 0u64;
+        while started.elapsed() < SWEEP_BUDGET {
+            let gate = self.permit()?;
+            let keys = &self.keys;
+            let (read, gone) = self
+                .run("sweep", self.limits.write, gate, |mut c| async move {
+                    super::eviction::sweep_tag_sets(keys, &mut c, before).await
+                })
+                .await?;
+            dropped += gone;
+            if read < PAGE {
+                break;
+            }
+        }
+        if removed > 0 || dropped > 0 {
+            tracing::debug!(
+                removed,
+                tag_sets = dropped,
+                "redis indexes: swept expired members"
+            );
         }
         Ok(removed)
     }
