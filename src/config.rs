@@ -582,6 +582,33 @@ mod tests {
         }
     }
 
+    /// A rate limit keyed on a header that never reaches it is refused:
+    /// an underscore header (dropped on arrival by default), or, for
+    /// `count = "origin"`, one `strip_request_headers` removes (rate-limit
+    /// probe: such limits passed `check` and never counted).
+    #[test]
+    fn a_limit_keyed_on_a_header_that_never_arrives_is_refused() {
+        let parse = |server: &str, key: &str, count: &str| {
+            let text = format!(
+                "[server]\nlisten = \"127.0.0.1:1\"\n{server}[admin]\nlisten = \"127.0.0.1:2\"\n\
+                 [upstream]\nservers = [\"127.0.0.1:3\"]\n\
+                 [[rate_limits]]\nname = \"l\"\nrate = \"1/s\"\nkey = \"{key}\"\ncount = \"{count}\"\n"
+            );
+            super::Config::parse(std::path::Path::new("t.toml"), &text).map_err(|e| e.to_string())
+        };
+        let e = parse("", "header:X_Tenant", "all").unwrap_err();
+        assert!(
+            e.contains("rate_limits[0].key: header \"x_tenant\" can never be counted: a header with '_' is dropped on arrival"),
+            "{e}"
+        );
+        let strip = "strip_request_headers = [\"X-Method-Override\"]\n";
+        let e = parse(strip, "header:X-Method-Override", "origin").unwrap_err();
+        assert!(e.contains("strip_request_headers removes it"), "{e}");
+        assert!(parse(strip, "header:X-Method-Override", "all").is_ok());
+        assert!(parse("underscores_in_headers = true\n", "header:X_Tenant", "all").is_ok());
+        assert!(parse("", "header:X-Tenant", "origin").is_ok());
+    }
+
     /// A status about the request (security probe F3, CPDoS) is never
     /// stored: `status_ttl` naming one with a lifetime is refused, at its
     /// key; `"0s"` (what happens anyway) and a class are accepted.

@@ -325,6 +325,7 @@ impl Validator<'_> {
         &self,
         limits: Vec<file::RateLimitFile>,
         redis: bool,
+        server: &ServerConfig,
     ) -> Result<Vec<RateLimitConfig>, ConfigError> {
         let mut out: Vec<RateLimitConfig> = Vec::with_capacity(limits.len());
         for (i, l) in limits.into_iter().enumerate() {
@@ -372,6 +373,7 @@ impl Validator<'_> {
             if let Some(p) = &pattern {
                 self.path_glob(p, &format!("{at}.match"))?;
             }
+            let key_span = key.clone();
             let key = match &key {
                 None => LimitKey::Ip,
                 Some(k) => match k.get_ref().as_str() {
@@ -414,6 +416,22 @@ impl Validator<'_> {
                     }
                 },
             };
+            if let (LimitKey::Header(h), Some(k)) = (&key, &key_span) {
+                let never = if h.as_str().contains('_') && !server.underscores_in_headers {
+                    Some("a header with '_' is dropped on arrival (server.underscores_in_headers = false)")
+                } else if count == LimitCount::Origin && server.strip_request_headers.contains(h) {
+                    Some("server.strip_request_headers removes it before the upstream phase this limit counts in")
+                } else {
+                    None
+                };
+                if let Some(why) = never {
+                    return Err(self.at.spanned(
+                        k,
+                        &format!("{at}.key"),
+                        format!("header {h:?} can never be counted: {why}"),
+                    ));
+                }
+            }
             let backend = match &backend {
                 None => LimitBackend::Local,
                 Some(b) => match b.get_ref().as_str() {

@@ -170,6 +170,7 @@ impl Validator<'_> {
         // Keys that need the shared tier are errors without it, not silent
         // no-ops (SPEC §2: a typo must not silently do nothing).
         let redis = cache.redis.is_some();
+        let rate_limits = self.rate_limits(rate_limits, redis, &server)?;
         Ok(Config {
             path: self.at.path.to_path_buf(),
             server,
@@ -179,7 +180,7 @@ impl Validator<'_> {
             rules: self.rules(rules)?,
             compression: self.compression(compression)?,
             log: self.log(log)?,
-            rate_limits: self.rate_limits(rate_limits, redis)?,
+            rate_limits,
             alerts,
             invalidation: self.invalidation(invalidation)?,
             warming: match warming {

@@ -361,16 +361,34 @@ fn key_of(key: &LimitKey, s: &Subject<'_>) -> Option<u64> {
             IpAddr::V6(v6) => xxh3_64(&v6.octets()),
         }),
         LimitKey::Header(name) => s.headers.get(name).map(|v| xxh3_64(v.as_bytes())),
-        LimitKey::Cookie(name) => s
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(cookie::Cookie::split_parse)
+        LimitKey::Cookie(name) => cookie_key(s.headers, name),
+    }
+}
+
+/// The key of cookie `name`: its first value, as nginx's `$cookie_NAME`
+/// reads it, with surrounding quotes taken off (RFC 6265 §4.1.1 allows
+/// them; frameworks strip them). A `Cookie` line is read pair by pair
+/// from its bytes: a pair with bytes that are not UTF-8 (obs-text) is
+/// replaced, not the whole line dropped, so `sid=victim; x=\xe9` is still
+/// counted as `victim` (it was not counted at all: a bypass of any
+/// cookie-keyed limit; rate-limit probe). A repeated name counts under
+/// its first value, as nginx does; an origin that reads the last one
+/// sees another value (documented).
+fn cookie_key(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get_all(header::COOKIE).iter().find_map(|line| {
+        let text = String::from_utf8_lossy(line.as_bytes());
+        cookie::Cookie::split_parse(text.as_ref())
             .flatten()
             .find(|c| c.name() == name)
-            .map(|c| xxh3_64(c.value().as_bytes())),
-    }
+            .map(|c| {
+                let v = c.value();
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v);
+                xxh3_64(v.as_bytes())
+            })
+    })
 }
 
 async fn sweep(locals: Vec<Arc<Local>>, stop: CancellationToken) {
@@ -409,6 +427,37 @@ mod tests {
             headers: h,
             client_ip: ip.parse().unwrap(),
         }
+    }
+
+    /// A cookie-keyed limit counts `sid=victim` however the rest of the
+    /// line is written: a non-UTF-8 byte in another cookie made the whole
+    /// line unreadable and the request uncounted (rate-limit probe:
+    /// `sid=victim; x=\xe9` was never limited); quotes are taken off.
+    #[test]
+    fn a_cookie_key_survives_odd_bytes_elsewhere_and_quotes() {
+        let key = |line: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(header::COOKIE, HeaderValue::from_bytes(line).unwrap());
+            cookie_key(&h, "sid")
+        };
+        let victim = key(b"sid=victim");
+        assert!(victim.is_some());
+        for line in [
+            &b"sid=victim; x=\xe9"[..],
+            b"x=\xe9\xff; sid=victim",
+            b"sid=\"victim\"",
+            b"a=1;sid=victim;b=2",
+            b"sid=victim; sid=other",
+        ] {
+            assert_eq!(key(line), victim, "{}", String::from_utf8_lossy(line));
+        }
+        assert_ne!(key(b"sid=other"), victim);
+        assert_eq!(key(b"other=victim"), None);
+        // Over several lines, the first that names it.
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("sid=victim"));
+        assert_eq!(cookie_key(&h, "sid"), victim);
     }
 
     #[tokio::test]
