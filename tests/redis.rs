@@ -1279,3 +1279,56 @@ async fn a_304_that_widens_vary_rekeys_the_redis_copy() {
     assert_eq!(origin.last().unwrap().headers["cookie"], "user=bob");
     assert_eq!(origin.count(), 3);
 }
+
+/// A purge subscription Redis refuses (an ACL user without channel
+/// permission; Redis 7 gives new users none) is logged at warn with
+/// Redis's error: such an instance never hears purges made elsewhere, and
+/// said so nowhere but in a counter (fleet probe, medium).
+#[tokio::test]
+async fn a_refused_purge_subscription_is_logged() {
+    let redis = RedisServer::start().await;
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "limited",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "resetchannels",
+        ])
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    let origin = Origin::fixed(&[], "x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let extra = format!(
+        "[upstream.health]\nenabled = false\n[cache.redis]\nurls = [\"redis://limited:pw@127.0.0.1:{}\"]\n",
+        redis.port()
+    );
+    std::fs::write(&path, support::config_text(&[origin.addr], &extra)).unwrap();
+    let bin = support::binary::Binary::start(&path, &[]).await;
+    let (_, event) = bin
+        .wait_event(0, "the refused subscription, at warn", |e| {
+            e["level"] == "WARN"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("redis purge channel: subscribe failed"))
+        })
+        .await;
+    let line = event.to_string();
+    assert!(
+        line.contains("NOPERM") || line.contains("permission"),
+        "{line}"
+    );
+    assert!(
+        !line.contains(":pw@"),
+        "the password is never logged: {line}"
+    );
+}

@@ -403,6 +403,7 @@ async fn subscribe_loop(
     };
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     let mut gap = false;
+    let mut failures = 0u32;
     loop {
         let attempt = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -411,11 +412,22 @@ async fn subscribe_loop(
         let (pubsub, at) = match attempt {
             Ok(Ok(p)) => p,
             failed => {
-                match failed {
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, "redis purge channel: subscribe failed; retrying")
-                    }
-                    _ => tracing::debug!("redis purge channel: subscribe timed out; retrying"),
+                failures += 1;
+                let error = match failed {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "subscribe timed out".to_string(),
+                };
+                // The first failure and every 20th at warn: a subscription
+                // Redis refuses (an ACL without channel permission) leaves
+                // this instance deaf to fleet purges, and said so nowhere.
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::warn!(
+                        %error,
+                        failures,
+                        "redis purge channel: subscribe failed; purges made on other instances are not received here until it succeeds (retrying)"
+                    );
+                } else {
+                    tracing::debug!(%error, failures, "redis purge channel: subscribe failed; retrying");
                 }
                 gap = true;
                 if !down(core, stop).await {
@@ -428,7 +440,16 @@ async fn subscribe_loop(
                 continue;
             }
         };
-        tracing::debug!(channel = fleet.channel(), "redis purge channel: subscribed");
+        if failures > 0 {
+            tracing::info!(
+                channel = fleet.channel(),
+                failures,
+                "redis purge channel: subscribed"
+            );
+        } else {
+            tracing::debug!(channel = fleet.channel(), "redis purge channel: subscribed");
+        }
+        failures = 0;
         fleet.subscribed.store(true, Ordering::Relaxed);
         if gap {
             fleet.resubscribed();
