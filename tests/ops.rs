@@ -1286,3 +1286,38 @@ async fn a_sighup_during_start_up_reloads_once_serving() {
     let (status, lines) = strata.stop().await;
     assert!(status.success(), "{status}: {lines:?}");
 }
+
+/// A wrong admin token is logged (method and path, never the token), so
+/// that token guessing shows; it left no trace at any level (security
+/// probe, low).
+#[tokio::test]
+async fn a_wrong_admin_token_is_logged_without_the_token() {
+    let origin = Origin::fixed(&[], "x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let config = support::config_text(&[origin.addr], "[upstream.health]\nenabled = false\n")
+        .replace("token = \"secret\"", "token = \"right-token-1\"");
+    std::fs::write(&path, &config).unwrap();
+    let bin = Binary::start(&path, &[]).await;
+    let client = Client::new();
+    let r = client
+        .send(
+            http::Method::POST,
+            &format!("http://{}/purge", bin.admin),
+            &[("authorization", "Bearer guess-0001")],
+            bytes::Bytes::from_static(br#"{"url": "http://x/"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let (_, event) = bin
+        .wait_event(0, "the refusal, at warn", |e| {
+            e["level"] == "WARN" && e["message"] == "admin: request refused for a wrong token"
+        })
+        .await;
+    assert_eq!(event["path"], "/purge", "{event}");
+    let all = bin.lines().join("\n");
+    assert!(
+        !all.contains("guess-0001") && !all.contains("right-token-1"),
+        "{all}"
+    );
+}

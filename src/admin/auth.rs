@@ -9,10 +9,15 @@
 //! `EventSource`, but it prompts for Basic credentials and then sends them
 //! with `/dashboard` and `/events` itself.
 //!
+//! A wrong token is logged (method and path, never the token; the first
+//! and every 100th at warn), so that guessing shows.
+//!
 //! Tokens are compared in constant time with the `subtle` crate, the
 //! length included: the loop runs over the bytes the client sent (which it
 //! knows), never over the secret, so neither the secret's bytes nor its
 //! length show in the timing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use http::header::{self, HeaderValue};
@@ -122,6 +127,9 @@ fn refused<B>(req: &Request<B>, basic: bool) -> Response<ProxyBody> {
     let empty_bearer = bearer(req).is_some_and(<[u8]>::is_empty)
         || field.is_some_and(|f| f.eq_ignore_ascii_case("bearer"));
     let given = bearer(req).is_some() || (basic && basic_password(req).is_some());
+    if given && !empty_bearer {
+        wrong_token(req);
+    }
     let message = if empty_bearer {
         // What `curl -H "Authorization: Bearer $TOKEN"` sends with TOKEN unset.
         "missing token: the Bearer token sent is empty"
@@ -146,6 +154,30 @@ fn refused<B>(req: &Request<B>, basic: bool) -> Response<ProxyBody> {
         HeaderValue::from_static(challenge),
     );
     r
+}
+
+/// Logs a request refused for a wrong token (never the token): the first
+/// and then every 100th at warn, the rest at debug, so that token guessing
+/// shows in the log without flooding it. It left no trace at any level.
+fn wrong_token<B>(req: &Request<B>) {
+    static REFUSED: AtomicU64 = AtomicU64::new(0);
+    let n = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    let (method, path) = (req.method().as_str(), req.uri().path());
+    if n == 1 || n.is_multiple_of(100) {
+        tracing::warn!(
+            method,
+            path,
+            refused_so_far = n,
+            "admin: request refused for a wrong token"
+        );
+    } else {
+        tracing::debug!(
+            method,
+            path,
+            refused_so_far = n,
+            "admin: request refused for a wrong token"
+        );
+    }
 }
 
 /// `401` for a mutating endpoint (`what`: "purge", "drain") while no
