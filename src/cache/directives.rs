@@ -14,7 +14,7 @@ use http::header::{HeaderMap, HeaderName, CACHE_CONTROL};
 use http::HeaderValue;
 
 /// RFC 9111 §1.2.2: a delta-seconds too large to represent is 2^31.
-const DELTA_MAX: u64 = 2_147_483_648;
+pub(crate) const DELTA_MAX: u64 = 2_147_483_648;
 
 /// The directives Strata acts on. Absent numeric directives are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -266,7 +266,9 @@ pub fn policy(
         // An invalid Expires (e.g. "0", or two of them) means already
         // expired (§5.3); one at or before Date gives lifetime 0.
         match http_date(headers, header::EXPIRES) {
-            Some(exp) => exp.saturating_sub(date) / 1000,
+            // Capped as a delta-seconds is (RFC 9111 §1.2.2): `Expires`
+            // in year 9999 was a lifetime of 251,605,969,136 s.
+            Some(exp) => (exp.saturating_sub(date) / 1000).min(crate::cache::directives::DELTA_MAX),
             None => 0,
         }
     } else if heuristically_cacheable(status) || cc.public {
@@ -855,6 +857,17 @@ mod tests {
             0
         ));
         assert!(fresh_at(&[("expires", "Sun Nov  6 08:49:37 2050")], 0));
+    }
+
+    /// A far `Expires` is capped as a delta-seconds is (RFC 9111 §1.2.2):
+    /// year 9999 was a lifetime of 251,605,969,136 s (bug-report probe).
+    #[test]
+    fn a_far_expires_is_capped_like_max_age() {
+        let h = headers(&[
+            ("expires", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            ("date", &date(T0)),
+        ]);
+        assert_eq!(pol(&h).lifetime, 2_147_483_648);
     }
 
     #[test]
