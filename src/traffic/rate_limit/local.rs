@@ -1,37 +1,52 @@
 //! One instance's GCRA for a limit (`backend = "local"`, and the fallback
 //! of `backend = "redis"`): the `governor` crate's keyed limiter, on a
-//! state store this module keeps a second handle to, so that a charge can
-//! be taken back ([`Local::refund`]) when a later limit refuses the same
-//! request (governor itself has no way to undo a charge).
+//! state store of our own: per key, governor's [`InMemoryState`] in a
+//! `moka` cache, which this module keeps a second handle to, so that a
+//! charge can be taken back ([`Local::refund`]) when a later limit refuses
+//! the same request (governor itself has no way to undo a charge).
 //!
-//! The key map is bounded: [`Local::sweep`] drops keys whose budget is full
-//! again, and a map that holds more than [`MAX_KEYS`] keys is swept at once
-//! and, if that is not enough, started afresh.
+//! The key map is bounded by moka, not by hand: at most [`MAX_KEYS`] keys,
+//! and a key idle for `burst` emission intervals goes (its budget is full
+//! again, as if it had never been seen). Past the bound moka's TinyLFU
+//! policy forgets the least used keys, so a flood of one-off keys (junk
+//! header values, spoofed addresses through a trusted proxy) cannot push
+//! out a client that keeps asking and is being limited: nginx's
+//! `limit_req` evicts its least recently used states in the same spirit.
+//! It used to reset every key at once past the bound, freeing every
+//! limited client (rate-limit probe).
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use governor::clock::{Clock, DefaultClock};
 use governor::nanos::Nanos;
-use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
-use governor::state::StateStore;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
+use moka::sync::Cache;
 
 use crate::config::RateLimitConfig;
 
-/// Keys one local limiter may hold before it is swept on the spot.
-pub const MAX_KEYS: usize = 100_000;
-/// Checks between two looks at a limiter's size.
-pub(super) const SIZE_CHECK_EVERY: u64 = 1024;
+/// Keys one local limiter holds at most.
+pub const MAX_KEYS: u64 = 100_000;
 
-/// governor's DashMap state (per key, the theoretical arrival time in
-/// nanoseconds since the limiter's start) behind an `Arc`: the limiter
-/// holds one handle, [`Gcra::store`] the other.
-#[derive(Clone, Default)]
-struct Store(Arc<DashMapStateStore<u64>>);
+/// Per key, the theoretical arrival time (nanoseconds since the limiter's
+/// start) in governor's atomic cell; the limiter holds one handle,
+/// [`Local`] the other.
+#[derive(Clone)]
+struct Store(Cache<u64, Arc<InMemoryState>>);
+
+impl Store {
+    /// `idle`: how long a key may go unused before it is forgotten.
+    fn new(idle: Duration) -> Store {
+        Store(
+            Cache::builder()
+                .max_capacity(MAX_KEYS)
+                .time_to_idle(idle)
+                .build(),
+        )
+    }
+}
 
 impl StateStore for Store {
     type Key = u64;
@@ -40,52 +55,19 @@ impl StateStore for Store {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        self.0.measure_and_replace(key, f)
-    }
-}
-
-impl ShrinkableKeyedStateStore<u64> for Store {
-    fn retain_recent(&self, drop_below: Nanos) {
-        self.0.retain_recent(drop_below);
-    }
-
-    fn shrink_to_fit(&self) {
-        ShrinkableKeyedStateStore::shrink_to_fit(&*self.0);
-    }
-
-    fn len(&self) -> usize {
-        ShrinkableKeyedStateStore::len(&*self.0)
-    }
-
-    fn is_empty(&self) -> bool {
-        ShrinkableKeyedStateStore::is_empty(&*self.0)
-    }
-}
-
-/// A keyed limiter and a handle on its state.
-struct Gcra {
-    limiter: RateLimiter<u64, Store, DefaultClock>,
-    store: Store,
-}
-
-impl Gcra {
-    fn new(quota: Quota) -> Gcra {
-        let store = Store::default();
-        Gcra {
-            limiter: RateLimiter::new(quota, store.clone(), DefaultClock::default()),
-            store,
-        }
+        self.0
+            .get_with(*key, || Arc::new(InMemoryState::default()))
+            .measure_and_replace(&NotKeyed::NonKey, f)
     }
 }
 
 /// One instance's local GCRA state for a limit; kept across reloads while
 /// the limit's name, key, rate and burst stay the same.
 pub(super) struct Local {
-    gcra: ArcSwap<Gcra>,
-    quota: Quota,
+    limiter: RateLimiter<u64, Store, DefaultClock>,
+    store: Store,
     /// The emission interval (one request's worth of budget).
     interval: Nanos,
-    checks: AtomicU64,
     name: String,
 }
 
@@ -94,12 +76,17 @@ impl Local {
     /// both).
     pub(super) fn new(config: &RateLimitConfig) -> Option<Local> {
         let period = (config.per / config.rate).max(Duration::from_nanos(1));
-        let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(config.burst)?);
+        let burst = NonZeroU32::new(config.burst)?;
+        let quota = Quota::with_period(period)?.allow_burst(burst);
+        // After `burst` intervals unused a key's budget is full again.
+        let idle = period
+            .saturating_mul(burst.get())
+            .max(Duration::from_secs(1));
+        let store = Store::new(idle);
         Some(Local {
-            gcra: ArcSwap::from_pointee(Gcra::new(quota)),
-            quota,
+            limiter: RateLimiter::new(quota, store.clone(), DefaultClock::default()),
+            store,
             interval: Nanos::from(u64::try_from(period.as_nanos()).unwrap_or(u64::MAX)),
-            checks: AtomicU64::new(0),
             name: config.name.clone(),
         })
     }
@@ -107,62 +94,45 @@ impl Local {
     /// Charges one request to `key`: `None` when allowed, else the wait
     /// until the next allowed request (a refused request is not charged).
     pub(super) fn check(&self, key: u64) -> Option<Duration> {
-        if self
-            .checks
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(SIZE_CHECK_EVERY)
-        {
-            self.bound();
-        }
-        let gcra = self.gcra.load();
-        match gcra.limiter.check_key(&key) {
+        match self.limiter.check_key(&key) {
             Ok(()) => None,
-            Err(not_until) => Some(not_until.wait_time_from(gcra.limiter.clock().now())),
+            Err(not_until) => Some(not_until.wait_time_from(self.limiter.clock().now())),
         }
     }
 
     /// Takes back one request [`Local::check`] allowed for `key`: its
     /// theoretical arrival time moves back one interval, to where it was
     /// (or, for a budget that was full, to the charge's time, which is as
-    /// full). Charges made in between are kept (they commute). After a
-    /// reset of the map in between there is nothing to take back.
+    /// full). Charges made in between are kept (they commute). A key
+    /// forgotten in between has nothing to take back.
     pub(super) fn refund(&self, key: u64) {
         let interval = self.interval;
-        let _ = self
-            .gcra
-            .load()
-            .store
-            .measure_and_replace(&key, |tat| match tat {
+        if let Some(state) = self.store.0.get(&key) {
+            let _ = state.measure_and_replace(&NotKeyed::NonKey, |tat| match tat {
                 Some(tat) => Ok(((), tat.saturating_sub(interval))),
                 None => Err(()),
             });
-    }
-
-    /// Drops keys whose budget is full again.
-    pub(super) fn sweep(&self) {
-        let gcra = self.gcra.load();
-        gcra.limiter.retain_recent();
-        gcra.limiter.shrink_to_fit();
-    }
-
-    fn bound(&self) {
-        if self.len() <= MAX_KEYS {
-            return;
         }
-        self.sweep();
-        if self.len() > MAX_KEYS {
+    }
+
+    /// Lets moka drop the keys idle past their budget's refill and evict
+    /// past [`MAX_KEYS`] now (it also does so as it is used), and says so
+    /// when the limit is at its bound.
+    pub(super) fn sweep(&self) {
+        if self.len() as u64 >= MAX_KEYS {
             tracing::warn!(
                 limit = %self.name,
                 max_keys = MAX_KEYS,
-                "rate limit tracks too many distinct keys: state reset"
+                "rate limit tracks as many distinct keys as it may: the least used are forgotten"
             );
-            self.gcra.store(Arc::new(Gcra::new(self.quota)));
         }
     }
 
-    /// Keys held.
+    /// Keys held, once moka has done its pending work (evictions,
+    /// expiries), which this runs first.
     pub(super) fn len(&self) -> usize {
-        self.gcra.load().limiter.len()
+        self.store.0.run_pending_tasks();
+        usize::try_from(self.store.0.entry_count()).unwrap_or(usize::MAX)
     }
 }
 
