@@ -126,7 +126,10 @@ impl Server {
         let alerts = Alerts::start(&config.alerts, metrics.clone());
         let shared = Shared::new(config, metrics, alerts);
         let started = shared.runtime.load().config.clone();
-        crate::alerts::watch::spawn(Arc::downgrade(&shared));
+        crate::alerts::watch::spawn(
+            Arc::downgrade(&shared),
+            tls.as_ref().map(|(_, acceptor)| acceptor.clone()),
+        );
         let admin = Arc::new(Admin::new(shared.clone()));
         Ok(Server {
             shared,

@@ -718,6 +718,57 @@ async fn a_certificate_replaced_at_the_same_path_is_checked_on_reload() {
     strata.stop().await;
 }
 
+/// `cert_expiring` judges the certificates served, not the files. A
+/// reload serves a 5-day certificate as the default; then, without a
+/// reload, its files are renewed (90 days, as certbot does) and the SNI
+/// entry's files are replaced by a 3-day certificate, which is not served.
+/// The alert names the served 5-day certificate, and none names the 3-day
+/// file. The watcher read the files: the served certificate went
+/// unalerted until it expired, and the unserved one was alerted (TLS
+/// probe, F1). In-process, the files change before the watcher runs again.
+#[tokio::test]
+async fn cert_expiring_judges_the_served_certificates_not_the_files() {
+    let receiver = Receiver::start(200).await;
+    let origin = Origin::fixed(&[], "x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    write_cert(&at("a.pem"), &at("a.key"), 90);
+    write_cert(&at("b.pem"), &at("b.key"), 90);
+    let extra = format!(
+        "[upstream.health]\nenabled = false\n{}",
+        webhook(&receiver.url("/hook"), "events = [\"cert_expiring\"]")
+    );
+    let text = support::config_text(&[origin.addr], &extra).replace(
+        "[admin]",
+        &format!(
+            "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\
+             [[server.tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n\n[admin]",
+            at("a.pem").display(),
+            at("a.key").display(),
+            at("b.pem").display(),
+            at("b.key").display()
+        ),
+    );
+    let strata = Strata::start_text(&text).await;
+    assert_eq!(
+        Client::new().get(&strata.url("/")).await.status.as_u16(),
+        200
+    );
+    write_cert(&at("a.pem"), &at("a.key"), 5);
+    let config = strata::config::Config::parse(std::path::Path::new("test.toml"), &text).unwrap();
+    strata.reloader.apply(config).expect("reloaded");
+    // No await since the reload: the watcher has not looked yet.
+    write_cert(&at("a.pem"), &at("a.key"), 90);
+    write_cert(&at("b.pem"), &at("b.key"), 3);
+    let alert = expiring_in_five_days(&receiver).await;
+    assert_eq!(alert["labels"]["cert"], at("a.pem").display().to_string());
+    let b = at("b.pem").display().to_string();
+    for alert in receiver.json_alerts() {
+        assert_ne!(alert["labels"]["cert"], b.as_str(), "{alert}");
+    }
+    strata.stop().await;
+}
+
 /// A receiver that never answers (each batch holds its delivery for 3
 /// tries of 30 s) delays only its own alerts: the other webhook gets each
 /// alert while the slow one is still waiting. All webhooks shared 8

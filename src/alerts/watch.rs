@@ -6,10 +6,13 @@
 //!   `threshold`, while those cache lookups ran at `min_rps` or more;
 //! - `error_ratio_high`: over the window, responses with a 5xx status over
 //!   all responses rose above `threshold`, at `min_rps` or more;
-//! - `cert_expiring`: a configured TLS certificate ends within
-//!   `cert_expiry` (14 days); checked at start, after a reload that
-//!   changes the certificates (their paths or their files' contents: a
-//!   renewal in place), and daily.
+//! - `cert_expiring`: a certificate the TLS listener serves ends within
+//!   `cert_expiry` (14 days). What is judged is each loaded chain's leaf
+//!   as the acceptor holds it ([`tls::Leaf`]), never the files: files
+//!   renewed without a reload are not served, and neither is a
+//!   certificate a reload refused. Checked at start, after a reload that
+//!   loads other certificates (other paths, or a renewal in place), and
+//!   daily.
 //!
 //! A ratio alert fires when the condition starts holding and re-arms once
 //! the ratio is back past the threshold by a fifth of the way to 100%
@@ -21,23 +24,21 @@
 //! window, as a cache starts cold.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use xxhash_rust::xxh3::xxh3_64;
-
 use super::event::rfc3339;
 use super::{Event, RatioAlert};
-use crate::config::{CertPair, Config};
 use crate::metrics::RequestTotals;
 use crate::proxy::Shared;
+use crate::server::tls::{self, Certificates, Leaf};
 
-/// How often certificates are re-read.
+/// How often the served certificates are judged again without a reload.
 const CERT_EVERY: Duration = Duration::from_secs(24 * 3600);
 
-/// Starts the watcher; it stops when `shared` is dropped.
-pub fn spawn(shared: Weak<Shared>) {
+/// Starts the watcher; it stops when `shared` is dropped. `tls`: the TLS
+/// listener's acceptor, whose certificates `cert_expiring` judges.
+pub fn spawn(shared: Weak<Shared>, tls: Option<tls::Acceptor>) {
     tokio::spawn(async move {
         let mut hit = Rolling::default();
         let mut err = Rolling::default();
@@ -87,9 +88,10 @@ pub fn spawn(shared: Weak<Shared>) {
                 } else {
                     err = Rolling::default();
                 }
-                let config_now = shared.runtime.load().config.clone();
-                for pair in certs.due(&config_now) {
-                    check_cert(&shared, &pair.cert, config.cert_expiry);
+                if let Some(acceptor) = &tls {
+                    for leaf in certs.due(&acceptor.serving()) {
+                        check_cert(&shared, &leaf, config.cert_expiry);
+                    }
                 }
                 tick_for(&[config.hit_ratio_low, config.error_ratio_high])
             };
@@ -98,57 +100,42 @@ pub fn spawn(shared: Weak<Shared>) {
     });
 }
 
-/// When the certificates are checked: at start, daily, and after a reload
-/// that changed them: other paths, or new contents at the same paths (a
-/// certificate renewed in place, as certbot does).
+/// When the served certificates are checked: at start, daily, and after a
+/// reload that loaded other ones: other paths, or another certificate at
+/// the same path (renewed in place, as certbot does, then reloaded).
 #[derive(Default)]
 struct CertWatch {
-    /// The configuration last looked at (a reload swaps in another).
-    config: Option<Arc<Config>>,
-    checked: Option<(Instant, Vec<Fingerprint>)>,
+    /// The certificates last looked at (a reload swaps in others). Weak:
+    /// replaced keys are not kept; the allocation it pins cannot be reused
+    /// by newer ones, so a pointer match is the same load.
+    served: Weak<Certificates>,
+    checked: Option<(Instant, Vec<Leaf>)>,
 }
 
-/// A certificate file's path and the XXH3-64 of its contents (`None`:
-/// unreadable).
-type Fingerprint = (PathBuf, Option<u64>);
-
 impl CertWatch {
-    /// The certificates of `config` to check now (none most ticks: the
-    /// files are read only when `config` is new or a day has passed).
-    fn due(&mut self, config: &Arc<Config>) -> Vec<CertPair> {
-        let reloaded = !self.config.as_ref().is_some_and(|c| Arc::ptr_eq(c, config));
+    /// The leaves of `served` to check now (none most ticks: they are
+    /// compared only when `served` is new, and all judged daily).
+    fn due(&mut self, served: &Arc<Certificates>) -> Vec<Leaf> {
+        let swapped = !std::ptr::eq(self.served.as_ptr(), Arc::as_ptr(served));
         let daily = self
             .checked
             .as_ref()
             .is_none_or(|(at, _)| at.elapsed() >= CERT_EVERY);
-        if !reloaded && !daily {
+        if !swapped && !daily {
             return Vec::new();
         }
-        self.config = Some(config.clone());
-        let certs: Vec<CertPair> = config
-            .server
-            .tls
+        self.served = Arc::downgrade(served);
+        let leaves = served.leaves().to_vec();
+        let changed = self
+            .checked
             .as_ref()
-            .map(|t| t.certificates.clone())
-            .unwrap_or_default();
-        let now = fingerprints(&certs);
-        let changed = self.checked.as_ref().is_none_or(|(_, seen)| *seen != now);
+            .is_none_or(|(_, seen)| *seen != leaves);
         if !daily && !changed {
             return Vec::new();
         }
-        self.checked = Some((Instant::now(), now));
-        certs
+        self.checked = Some((Instant::now(), leaves.clone()));
+        leaves
     }
-}
-
-fn fingerprints(certs: &[CertPair]) -> Vec<Fingerprint> {
-    certs
-        .iter()
-        .map(|p| {
-            let hash = std::fs::read(&p.cert).ok().map(|d| xxh3_64(&d));
-            (p.cert.clone(), hash)
-        })
-        .collect()
 }
 
 /// A tenth of the shortest window, between 50 ms and 5 s.
@@ -238,46 +225,41 @@ impl Rolling {
     }
 }
 
-fn check_cert(shared: &Shared, path: &Path, within: Duration) {
-    let Some((subject, not_before, not_after)) = crate::server::tls::validity(path) else {
-        tracing::debug!(cert = %path.display(), "cannot read the certificate's expiry");
-        return;
-    };
+/// Judges one served leaf: `cert_expiring` when it ends within `within`,
+/// a warning when it is not valid yet.
+fn check_cert(shared: &Shared, leaf: &Leaf, within: Duration) {
+    let (path, subject) = (leaf.path.display(), &leaf.subject);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    if not_before > now {
+    if leaf.not_before > now {
         // Served, and refused by every client until then; no event of
         // SPEC §9 names it, so it is said in the log (as `check` says it).
-        let start = rfc3339(UNIX_EPOCH + Duration::from_secs(not_before.max(0) as u64));
-        tracing::warn!(cert = %path.display(), %subject, not_before = %start, "TLS certificate not valid yet: clients will refuse it");
+        let start = rfc3339(UNIX_EPOCH + Duration::from_secs(leaf.not_before.max(0) as u64));
+        tracing::warn!(cert = %path, %subject, not_before = %start, "TLS certificate not valid yet: clients will refuse it");
     }
-    let left = not_after - now;
+    let left = leaf.not_after - now;
     if left > within.as_secs() as i64 {
         return;
     }
-    let end = rfc3339(UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64));
+    let end = rfc3339(UNIX_EPOCH + Duration::from_secs(leaf.not_after.max(0) as u64));
     let message = if left <= 0 {
-        format!(
-            "certificate {} ({subject}) expired at {end}",
-            path.display()
-        )
+        format!("certificate {path} ({subject}) expired at {end}")
     } else {
         format!(
-            "certificate {} ({subject}) expires in {} days, at {end}",
-            path.display(),
+            "certificate {path} ({subject}) expires in {} days, at {end}",
             left / 86_400
         )
     };
     if left <= 0 {
-        tracing::warn!(cert = %path.display(), not_after = %end, "TLS certificate expired");
+        tracing::warn!(cert = %path, not_after = %end, "TLS certificate expired");
     } else {
-        tracing::warn!(cert = %path.display(), not_after = %end, "TLS certificate expiring");
+        tracing::warn!(cert = %path, not_after = %end, "TLS certificate expiring");
     }
     shared.alerts.emit(
         Event::CertExpiring,
         message,
-        &[("cert", &path.display().to_string()), ("not_after", &end)],
+        &[("cert", &path.to_string()), ("not_after", &end)],
     );
 }
 
@@ -331,33 +313,44 @@ mod tests {
             .is_some());
     }
 
-    /// A renewal in place (same path, new contents, then a reload) is
-    /// checked; a reload that changes nothing, or no reload, is not.
+    /// The served certificates are judged at start and when a reload loads
+    /// other ones (a renewal in place included); a reload of the same
+    /// ones is not, and files renewed without a reload are not served, so
+    /// not looked at.
     #[test]
-    fn certificates_are_checked_when_a_reload_changes_their_contents() {
+    fn served_certificates_are_checked_when_a_reload_loads_others() {
+        use crate::config::{CertPair, TlsConfig};
         let dir = tempfile::tempdir().unwrap();
-        let cert = dir.path().join("c.pem");
-        let key = dir.path().join("k.pem");
-        std::fs::write(&cert, "old").unwrap();
-        std::fs::write(&key, "key").unwrap();
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\nlisten = \"127.0.0.1:0\"\n\
-             cert = \"{}\"\nkey = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [upstream]\nservers = [\"127.0.0.1:1\"]\n",
-            cert.display(),
-            key.display()
-        );
-        let load = || Arc::new(Config::parse(Path::new("t.toml"), &text).unwrap());
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let renew = || {
+            let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+            std::fs::write(&cert, made.cert.pem()).unwrap();
+            std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        };
+        renew();
+        let config = TlsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            certificates: vec![CertPair {
+                cert: cert.clone(),
+                key: key.clone(),
+                cert_at: "t.toml:5:8: server.tls.cert".into(),
+                key_at: "t.toml:6:7: server.tls.key".into(),
+            }],
+            handshake_timeout: Duration::from_secs(10),
+        };
+        let load = || Arc::new(Certificates::load(&config).unwrap());
         let mut watch = CertWatch::default();
         let first = load();
-        assert_eq!(watch.due(&first).len(), 1, "at start");
+        assert_eq!(watch.due(&first), first.leaves(), "at start");
         assert!(watch.due(&first).is_empty(), "no reload");
         let same = load();
-        assert!(watch.due(&same).is_empty(), "a reload, same contents");
-        std::fs::write(&cert, "renewed").unwrap();
-        assert!(watch.due(&same).is_empty(), "renewed, no reload yet");
+        assert!(watch.due(&same).is_empty(), "a reload, same certificate");
+        renew();
+        assert!(watch.due(&same).is_empty(), "renewed on disk, not loaded");
         let renewed = load();
-        assert_eq!(watch.due(&renewed).len(), 1, "reloaded, new contents");
+        let due = watch.due(&renewed);
+        assert_eq!(due, renewed.leaves(), "reloaded, another certificate");
+        assert_ne!(due[0].fingerprint, first.leaves()[0].fingerprint);
         assert!(watch.due(&renewed).is_empty());
     }
 

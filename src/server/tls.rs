@@ -3,6 +3,8 @@
 //! `http/1.1`, TLS 1.2 and 1.3 only, and a bounded handshake. Certificates
 //! are replaced on reload without touching established connections.
 //! Keys are read by [`key`], which says why one cannot be used.
+//! Each loaded pair keeps its leaf's validity ([`Leaf`]): what
+//! `cert_expiring` judges is what the listener serves, not the files.
 
 pub mod key;
 
@@ -19,6 +21,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::{CertPair, TlsConfig};
 
@@ -69,10 +72,30 @@ pub enum TlsError {
 }
 
 /// A loaded TLS configuration: the rustls server config (certificates,
-/// SNI resolver, ALPN, versions) and the handshake timeout.
+/// SNI resolver, ALPN, versions), the handshake timeout, and the leaf of
+/// each chain as it was parsed when loaded.
 pub struct Certificates {
     server: Arc<rustls::ServerConfig>,
     handshake_timeout: Duration,
+    leaves: Vec<Leaf>,
+}
+
+/// The end-entity certificate of one loaded chain, read from the DER that
+/// is served (never from the file again: it may have been renewed or
+/// removed since).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    /// The file it was loaded from (`cert` of its pair).
+    pub path: PathBuf,
+    /// The subject, as `CN=example.com`.
+    pub subject: String,
+    /// `notBefore`, Unix seconds.
+    pub not_before: i64,
+    /// `notAfter`, Unix seconds.
+    pub not_after: i64,
+    /// XXH3-64 of its DER: a certificate renewed at the same path (and
+    /// with the same dates) is still another certificate.
+    pub fingerprint: u64,
 }
 
 impl Certificates {
@@ -80,8 +103,11 @@ impl Certificates {
     pub fn load(config: &TlsConfig) -> Result<Certificates, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut keys = Vec::with_capacity(config.certificates.len());
+        let mut leaves = Vec::with_capacity(config.certificates.len());
         for pair in &config.certificates {
-            keys.push(Arc::new(load_pair(pair, &provider)?));
+            let (key, leaf) = load_pair(pair, &provider)?;
+            keys.push(Arc::new(key));
+            leaves.push(leaf);
         }
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -91,7 +117,14 @@ impl Certificates {
         Ok(Certificates {
             server: Arc::new(server),
             handshake_timeout: config.handshake_timeout,
+            leaves,
         })
+    }
+
+    /// The leaf of each pair, in the configuration's order (the default
+    /// certificate first).
+    pub fn leaves(&self) -> &[Leaf] {
+        &self.leaves
     }
 }
 
@@ -114,6 +147,12 @@ impl Acceptor {
     /// Serves `certificates` from the next handshake on.
     pub fn replace(&self, certificates: Certificates) {
         self.current.store(Arc::new(certificates));
+    }
+
+    /// The certificates new handshakes get now: those loaded at start or
+    /// by the last reload that loaded any (a refused reload keeps them).
+    pub fn serving(&self) -> Arc<Certificates> {
+        self.current.load_full()
     }
 
     /// Completes the handshake, or gives up after the handshake timeout.
@@ -180,54 +219,38 @@ async fn plain_http(mut stream: TcpStream) {
 /// (expired, or not yet valid) loads and is served, as nginx serves it,
 /// but clients refuse it.
 pub fn check(config: &TlsConfig) -> Result<Vec<String>, TlsError> {
-    Certificates::load(config)?;
+    let loaded = Certificates::load(config)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let mut warnings = Vec::new();
-    for pair in &config.certificates {
-        let Some((subject, not_before, not_after)) = validity(&pair.cert) else {
-            continue;
-        };
+    for (leaf, pair) in loaded.leaves().iter().zip(&config.certificates) {
         let date = |t: i64| {
             crate::alerts::event::rfc3339(
                 std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
             )
         };
-        let (path, at) = (pair.cert.display(), &pair.cert_at);
-        if not_after < now {
+        let (path, at, subject) = (leaf.path.display(), &pair.cert_at, &leaf.subject);
+        if leaf.not_after < now {
             warnings.push(format!(
                 "{at}: certificate {path} ({subject}) expired at {}: clients will refuse it",
-                date(not_after)
+                date(leaf.not_after)
             ));
-        } else if not_before > now {
+        } else if leaf.not_before > now {
             warnings.push(format!(
                 "{at}: certificate {path} ({subject}) is not valid before {}: clients will refuse it until then",
-                date(not_before)
+                date(leaf.not_before)
             ));
         }
     }
     Ok(warnings)
 }
 
-/// The first certificate's subject, `notBefore` and `notAfter` (Unix
-/// seconds) in the PEM file at `path`; `None` when it cannot be read.
-pub fn validity(path: &Path) -> Option<(String, i64, i64)> {
-    let data = std::fs::read(path).ok()?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&data).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    let v = cert.validity();
-    Some((
-        cert.subject().to_string(),
-        v.not_before.timestamp(),
-        v.not_after.timestamp(),
-    ))
-}
-
+/// The pair's chain and key, checked, and its leaf as served.
 fn load_pair(
     pair: &CertPair,
     provider: &rustls::crypto::CryptoProvider,
-) -> Result<CertifiedKey, TlsError> {
+) -> Result<(CertifiedKey, Leaf), TlsError> {
     let cert_err = |reason: String| TlsError::Cert {
         at: pair.cert_at.clone(),
         path: pair.cert.clone(),
@@ -237,33 +260,48 @@ fn load_pair(
         .map_err(|e| cert_err(pem_reason(&e, &pair.cert)))?
         .collect::<Result<_, _>>()
         .map_err(|e| cert_err(pem_reason(&e, &pair.cert)))?;
-    if chain.is_empty() {
-        return Err(cert_err("no CERTIFICATE block found".into()));
-    }
     // rustls takes any DER and fails the handshake later: a chain with a
     // garbage block must be refused here, by `check` and by a reload.
+    let mut leaf = None;
     for (i, der) in chain.iter().enumerate() {
-        if let Err(e) = x509_parser::parse_x509_certificate(der) {
-            return Err(TlsError::Unparsable {
-                at: pair.cert_at.clone(),
-                path: pair.cert.clone(),
-                index: i + 1,
-                count: chain.len(),
-                reason: e.to_string(),
-            });
+        match x509_parser::parse_x509_certificate(der) {
+            Err(e) => {
+                return Err(TlsError::Unparsable {
+                    at: pair.cert_at.clone(),
+                    path: pair.cert.clone(),
+                    index: i + 1,
+                    count: chain.len(),
+                    reason: e.to_string(),
+                })
+            }
+            Ok((_, parsed)) if i == 0 => {
+                let validity = parsed.validity();
+                leaf = Some((
+                    parsed.version().0 + 1,
+                    Leaf {
+                        path: pair.cert.clone(),
+                        subject: parsed.subject().to_string(),
+                        not_before: validity.not_before.timestamp(),
+                        not_after: validity.not_after.timestamp(),
+                        fingerprint: xxh3_64(der),
+                    },
+                ));
+            }
+            Ok(_) => {}
         }
     }
+    let Some((version, leaf)) = leaf else {
+        // An empty chain.
+        return Err(cert_err("no CERTIFICATE block found".into()));
+    };
     // Told apart from a key mismatch, which is how rustls's key check
     // reported it.
-    if let Ok((_, leaf)) = x509_parser::parse_x509_certificate(&chain[0]) {
-        let version = leaf.version().0 + 1;
-        if version < 3 {
-            return Err(TlsError::Version {
-                at: pair.cert_at.clone(),
-                path: pair.cert.clone(),
-                version,
-            });
-        }
+    if version < 3 {
+        return Err(TlsError::Version {
+            at: pair.cert_at.clone(),
+            path: pair.cert.clone(),
+            version,
+        });
     }
     let key_err = |problem: key::KeyProblem| TlsError::Key {
         at: pair.key_at.clone(),
@@ -281,7 +319,7 @@ fn load_pair(
         cert: pair.cert.clone(),
         key: pair.key.clone(),
     })?;
-    Ok(certified)
+    Ok((certified, leaf))
 }
 
 /// A PEM reading error as an operator reads it: the section's label as

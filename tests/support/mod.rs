@@ -56,6 +56,8 @@ pub struct Strata {
     pub admin: SocketAddr,
     pub tls: Option<SocketAddr>,
     pub shared: std::sync::Arc<strata::proxy::Shared>,
+    /// Applies a configuration as SIGHUP does (certificates included).
+    pub reloader: strata::server::Reloader,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -107,6 +109,7 @@ impl Strata {
         let admin = server.admin_addr().expect("admin addr");
         let tls = server.tls_addr();
         let shared = server.shared();
+        let reloader = server.reloader();
         let (tx, rx) = oneshot::channel();
         let done = tokio::spawn(async move {
             server
@@ -120,6 +123,7 @@ impl Strata {
             admin,
             tls,
             shared,
+            reloader,
             stop: Some(tx),
             done: Some(done),
         }
