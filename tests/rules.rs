@@ -132,6 +132,49 @@ async fn an_authorization_request_is_stored_when_the_origin_allows_it() {
     assert_eq!(r.header("cache-control"), Some("public, max-age=3600"));
 }
 
+/// RFC 9111 §3.5: an answer to an `Authorization` request that the origin
+/// let be shared only through `must-revalidate` keeps the origin's
+/// lifetime and `must-revalidate` under a rule; the rule's
+/// `public, max-age=31536000, immutable` served one user's authenticated
+/// answer to anonymous clients for a year, never revalidated (security
+/// probe). With `s-maxage` (above) or `public` the rule applies.
+#[tokio::test]
+async fn a_rule_does_not_stretch_an_authenticated_answer_shared_by_must_revalidate() {
+    let origin = Origin::fixed(
+        &[("cache-control", "max-age=60, must-revalidate")],
+        "alice's data",
+    )
+    .await;
+    let s = strata(&origin, &shipped_rules()).await;
+    let c = Client::new();
+    let first = c
+        .get_with(
+            &s.url("/assets/me.css"),
+            &[("authorization", "Bearer alice")],
+        )
+        .await;
+    assert!(
+        first.cache_status().contains("stored; ttl=60"),
+        "{}",
+        first.cache_status()
+    );
+    assert_eq!(
+        first.header("cache-control"),
+        Some("max-age=60, must-revalidate")
+    );
+    let other = c.get(&s.url("/assets/me.css")).await;
+    assert!(other.is_hit(), "{}", other.cache_status());
+    assert_eq!(
+        other.header("cache-control"),
+        Some("max-age=60, must-revalidate")
+    );
+    assert!(
+        !other.cache_status().contains("ttl=31"),
+        "{}",
+        other.cache_status()
+    );
+}
+
 #[tokio::test]
 async fn errors_are_not_stored_under_lifetime_rules() {
     let hits = Arc::new(AtomicUsize::new(0));

@@ -414,7 +414,9 @@ impl RuledRequest {
         {
             return;
         }
-        if lifetime::private_downstream(h) {
+        if lifetime::private_downstream(h)
+            || !lifetime::rule_may_apply(&self.authorization, &origin)
+        {
             return;
         }
         if let Some(value) = rule.cache_control_for(origin.no_transform) {

@@ -66,6 +66,17 @@ pub fn private(
     None
 }
 
+/// Whether a rule may set the lifetime of a response to `request`: not
+/// when the request carried `Authorization` and the origin let it be
+/// shared only through `must-revalidate` (RFC 9111 §3.5), neither `public`
+/// nor `s-maxage`. Then the origin's own lifetime and `must-revalidate`
+/// stand, so the next client's credentials are checked once it is stale;
+/// a rule's `public, max-age=31536000` served one user's authenticated
+/// answer to anonymous clients for a year (security probe).
+pub fn rule_may_apply(request: &HeaderMap, origin: &CacheControl) -> bool {
+    !request.contains_key(header::AUTHORIZATION) || origin.public || origin.s_maxage.is_some()
+}
+
 /// `status_ttl`: lifetimes by exact status (`"404"`) or class (`"5xx"`);
 /// an exact status beats its class. Seconds; 0 = never stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -118,6 +118,7 @@ fn shape(
     if let Some(reason) = lifetime::private(request, request_cc, response, &origin) {
         return Err(reason);
     }
+    let rule = rule.filter(|_| lifetime::rule_may_apply(request, &origin));
     let no_transform = origin.no_transform;
     let mut cc = origin;
     if let Some((value, directives)) = rule
