@@ -1163,7 +1163,7 @@ async fn get_bodies_of_unknown_length_and_h2_cookie_fields_reach_the_origin() {
 }
 
 /// `Upgrade` without `upgrade` in `Connection`, or for `h2c` (which curl
-/// sends with `--http2`), is no protocol switch: the request is cached as
+/// sends with `--http2`) or any protocol but WebSocket, is no protocol switch: the request is cached as
 /// any other and the field is stripped as hop-by-hop.
 #[tokio::test]
 async fn a_bare_or_h2c_upgrade_is_an_ordinary_cacheable_request() {
@@ -1180,6 +1180,12 @@ async fn a_bare_or_h2c_upgrade_is_an_ordinary_cacheable_request() {
             ][..],
         ),
         ("/bare", &[("upgrade", "websocket")][..]),
+        // Only WebSocket is tunnelled: after a `101` the bytes reach the
+        // origin raw (security probe: `foo/1` tunnelled a raw request).
+        (
+            "/foo",
+            &[("upgrade", "foo/1"), ("connection", "upgrade")][..],
+        ),
     ] {
         let first = c.get_with(&strata.url(path), headers).await;
         assert_eq!(first.status, 200);
@@ -1201,7 +1207,7 @@ async fn a_bare_or_h2c_upgrade_is_an_ordinary_cacheable_request() {
             again.cache_status()
         );
     }
-    assert_eq!(origin.count(), 2);
+    assert_eq!(origin.count(), 3);
 }
 
 /// An HTTP/2 client's cookie fields are one `Cookie` from the start: an

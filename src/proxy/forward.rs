@@ -497,15 +497,18 @@ fn switch_protocols(
     Answered::new(Response::from_parts(parts, ProxyBody::empty()), status)
 }
 
-/// An HTTP/1.1 protocol switch to tunnel (WebSocket): `Upgrade` named in
-/// `Connection` (RFC 9110 §7.8), for a protocol other than `h2c` (the
-/// HTTP/2 upgrade RFC 9113 §3.1 deprecates; curl sends it with `--http2`):
-/// a request with a bare or `h2c` Upgrade is an ordinary request, its
-/// Upgrade stripped as hop-by-hop.
+/// An HTTP/1.1 protocol switch to tunnel: `Upgrade: websocket` named in
+/// `Connection` (RFC 9110 §7.8; RFC 6455). Any other protocol (`h2c`, the
+/// HTTP/2 upgrade RFC 9113 §3.1 deprecates and curl sends with `--http2`,
+/// or an arbitrary token) makes an ordinary request, its Upgrade stripped
+/// as hop-by-hop: once an origin answers `101`, the bytes that follow
+/// reach it raw, past header stripping, path normalisation and rate
+/// limits, so only WebSocket, whose frames are no HTTP, is let through
+/// (security probe: `Upgrade: foo/1` tunnelled a raw `GET /admin`).
 pub(super) fn wants_upgrade<B>(req: &Request<B>) -> bool {
     let h = req.headers();
     req.version() == http::Version::HTTP_11
-        && headers::list_members(h, header::UPGRADE).any(|p| !p.eq_ignore_ascii_case("h2c"))
+        && headers::list_members(h, header::UPGRADE).any(|p| p.eq_ignore_ascii_case("websocket"))
         && headers::list_members(h, header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
