@@ -138,9 +138,13 @@ impl Answered {
         }
     }
 
-    pub fn error(e: &ProxyError, status: CacheStatus) -> Answered {
+    pub fn error(e: &ProxyError, mut status: CacheStatus) -> Answered {
         if let ProxyError::RateLimited(limited) = e {
             limited.count();
+            // Refused before it went forward, on arrival or on its way
+            // upstream (`count = "origin"`): never `fwd=miss`, which says
+            // the request went towards the origin (RFC 9211 §2.2).
+            status = CacheStatus::fwd(Fwd::Bypass);
         }
         Answered {
             response: e.into_response(),

@@ -158,6 +158,8 @@ async fn origin_count_never_limits_hits() {
     let r = client.get(&strata.url("/other")).await;
     assert_eq!(r.status, 429);
     assert!(r.header("retry-after").is_some());
+    // It never went forward: not `fwd=miss` (rate-limit probe).
+    assert_eq!(r.cache_status(), "strata; fwd=bypass");
     assert_eq!(origin.count(), 1);
 }
 
